@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "vnsnap_io",
+      "sources": ["switch/native/vnsnap_io.c"],
+      "cflags!": ["-O3"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,151 @@
+/**
+ * Geneve (RFC 8926) encapsulation with vnsnap's option.
+ *
+ * Layout of every packet a vnsnap switch sends on a tunnel (UDP payload):
+ *
+ *   0                   1                   2                   3
+ *   |Ver|  Opt Len  |O|C|  Rsvd.  |    Protocol Type (0x6558)     |
+ *   |        Virtual Network Identifier (VNI)       |    Reserved   |
+ *   |   Option Class (0xFFF5)      |     Type      |R R R| Length  |
+ *   |                     option data (Length * 4 bytes)            |
+ *   |                inner Ethernet frame (data packets)            |
+ *
+ * Data packets (O=0) carry one non-critical option, type 0x01, 8 bytes: the source port's
+ * snapshot epoch (u32) and the VNE generation (u32) — 20 header bytes in all, so a frame can be
+ * encapsulated in place in 20 bytes of headroom. Control packets (O=1, C=1) carry no inner
+ * frame and one critical option: 0x82 marker (epoch, generation, count of epoch<k data frames
+ * sent on this tunnel as u64) or 0x83 marker acknowledgement (epoch, generation).
+ * Option class 0xFFF5 is in IANA's "Experimental Use" range (0xFFF0–0xFFFF).
+ *
+ * decode() never throws on wire input: malformed packets return null and are counted by the
+ * caller.
+ */
+
+export const GENEVE_PORT = 6081;
+export const PROTO_ETHERNET = 0x6558;
+export const VNSNAP_OPTION_CLASS = 0xfff5;
+export const OPT_EPOCH = 0x01;
+export const OPT_MARKER = 0x82;
+export const OPT_MARKER_ACK = 0x83;
+/** Bytes of a data packet's Geneve header including the epoch option. */
+export const DATA_HEADER_LEN = 20;
+const BASE_LEN = 8;
+const MAX_VNI = 0xff_ffff;
+
+export type Decoded =
+  | { kind: 'data'; vni: number; epoch: number; generation: number; payloadOffset: number }
+  | { kind: 'marker'; vni: number; epoch: number; generation: number; count: number }
+  | { kind: 'ack'; vni: number; epoch: number; generation: number }
+  /** A well-formed Geneve data packet without vnsnap's option (not from a vnsnap switch). */
+  | { kind: 'foreign'; vni: number; payloadOffset: number };
+
+/** Write the 20-byte data header at buf[off..off+20). */
+export function writeDataHeader(buf: Buffer, off: number, vni: number, epoch: number, generation: number): void {
+  buf[off] = 3; // version 0, option length 3 words (12 bytes)
+  buf[off + 1] = 0; // O=0, C=0
+  buf.writeUInt16BE(PROTO_ETHERNET, off + 2);
+  buf.writeUInt32BE((vni << 8) >>> 0, off + 4);
+  buf.writeUInt16BE(VNSNAP_OPTION_CLASS, off + 8);
+  buf[off + 10] = OPT_EPOCH;
+  buf[off + 11] = 2; // 2 words of data
+  buf.writeUInt32BE(epoch >>> 0, off + 12);
+  buf.writeUInt32BE(generation >>> 0, off + 16);
+}
+
+/** A whole data packet (header + copy of frame) in a new buffer. */
+export function encodeData(vni: number, epoch: number, generation: number, frame: Buffer): Buffer {
+  const b = Buffer.allocUnsafe(DATA_HEADER_LEN + frame.length);
+  writeDataHeader(b, 0, vni, epoch, generation);
+  frame.copy(b, DATA_HEADER_LEN);
+  return b;
+}
+
+export function encodeMarker(vni: number, epoch: number, generation: number, count: number): Buffer {
+  const b = Buffer.alloc(BASE_LEN + 4 + 16);
+  b[0] = 5; // option length: 4-byte option header + 16 bytes = 5 words
+  b[1] = 0xc0; // O and C
+  b.writeUInt16BE(PROTO_ETHERNET, 2);
+  b.writeUInt32BE((vni << 8) >>> 0, 4);
+  b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
+  b[10] = OPT_MARKER;
+  b[11] = 4;
+  b.writeUInt32BE(epoch >>> 0, 12);
+  b.writeUInt32BE(generation >>> 0, 16);
+  b.writeUInt32BE(Math.floor(count / 0x1_0000_0000), 20);
+  b.writeUInt32BE(count % 0x1_0000_0000, 24);
+  return b;
+}
+
+export function encodeAck(vni: number, epoch: number, generation: number): Buffer {
+  const b = Buffer.alloc(BASE_LEN + 4 + 8);
+  b[0] = 3;
+  b[1] = 0xc0;
+  b.writeUInt16BE(PROTO_ETHERNET, 2);
+  b.writeUInt32BE((vni << 8) >>> 0, 4);
+  b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
+  b[10] = OPT_MARKER_ACK;
+  b[11] = 2;
+  b.writeUInt32BE(epoch >>> 0, 12);
+  b.writeUInt32BE(generation >>> 0, 16);
+  return b;
+}
+
+export function isValidVni(vni: number): boolean {
+  return Number.isInteger(vni) && vni >= 0 && vni <= MAX_VNI;
+}
+
+/**
+ * Decode the Geneve packet at buf[off..off+len). Returns null when it is malformed, of an
+ * unknown version, or a control packet this switch does not understand.
+ */
+export function decode(buf: Buffer, off: number, len: number): Decoded | null {
+  if (len < BASE_LEN) return null;
+  const b0 = buf[off] as number;
+  if (b0 >> 6 !== 0) return null; // version 0 only
+  const optLen = (b0 & 0x3f) * 4;
+  const hdrLen = BASE_LEN + optLen;
+  if (hdrLen > len) return null;
+  const control = ((buf[off + 1] as number) & 0x80) !== 0;
+  const proto = buf.readUInt16BE(off + 2);
+  const vni = buf.readUInt32BE(off + 4) >>> 8;
+  // Walk the options, remembering ours.
+  let p = off + BASE_LEN;
+  const end = off + hdrLen;
+  let ourType = -1;
+  let ourData = -1;
+  let ourLen = 0;
+  while (p < end) {
+    if (p + 4 > end) return null;
+    const cls = buf.readUInt16BE(p);
+    const type = buf[p + 2] as number;
+    const dlen = ((buf[p + 3] as number) & 0x1f) * 4;
+    if (p + 4 + dlen > end) return null;
+    if (cls === VNSNAP_OPTION_CLASS && ourType < 0) {
+      ourType = type;
+      ourData = p + 4;
+      ourLen = dlen;
+    }
+    p += 4 + dlen;
+  }
+  if (control) {
+    if (ourType === OPT_MARKER && ourLen >= 16) {
+      return {
+        kind: 'marker',
+        vni,
+        epoch: buf.readUInt32BE(ourData),
+        generation: buf.readUInt32BE(ourData + 4),
+        count: buf.readUInt32BE(ourData + 8) * 0x1_0000_0000 + buf.readUInt32BE(ourData + 12),
+      };
+    }
+    if (ourType === OPT_MARKER_ACK && ourLen >= 8) {
+      return { kind: 'ack', vni, epoch: buf.readUInt32BE(ourData), generation: buf.readUInt32BE(ourData + 4) };
+    }
+    return null;
+  }
+  if (proto !== PROTO_ETHERNET) return null;
+  if (len - hdrLen < 14) return null; // no room for an Ethernet header
+  if (ourType === OPT_EPOCH && ourLen >= 8) {
+    return { kind: 'data', vni, epoch: buf.readUInt32BE(ourData), generation: buf.readUInt32BE(ourData + 4), payloadOffset: hdrLen };
+  }
+  return { kind: 'foreign', vni, payloadOffset: hdrLen };
+}

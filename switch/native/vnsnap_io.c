@@ -1,0 +1,1046 @@
+/*
+ * vnsnap_io: the native I/O addon of the vnsnap switch (contract: switch/native-io.ts).
+ *
+ * Only what plain Node cannot do well lives here: opening TAP devices, packet sockets and
+ * large-buffer UDP sockets, and moving many frames/datagrams per event-loop wakeup
+ * (uv_poll + read loop, recvmmsg, sendmmsg). Everything is non-blocking; nothing here
+ * blocks the event loop.
+ *
+ * Errors: every failing system call throws a JS Error with code 'ERR_NATIVE_IO', a message
+ * "<op>(<subject>): <syscall>: <strerror>", and the extra properties `errno` (negative, as
+ * Node does), `errnoCode` ('ENODEV', ...) and `syscall`. Bad argument types throw a
+ * TypeError/RangeError with code 'ERR_INVALID_ARGUMENT'.
+ *
+ * Pollers (createPoller):
+ * - The uv_poll_t handle exists only while the poller is started: start() allocates and
+ *   initialises one, stop() uv_close()s it. libuv's uv_poll_stop/uv_close remove the fd
+ *   number from epoll; doing that while the number still belongs to us (not after a later
+ *   close + reuse of the number by some other socket) is why handles are never kept around.
+ * - close(fd) from this addon stops every poller on that fd BEFORE closing it; closing a
+ *   polled fd behind the addon's back (fs.closeSync) is not supported.
+ * - While started, the poller object holds a strong reference to itself (so a started poller
+ *   is never garbage collected); the slab, lens/ips/ports arrays and the callback are kept
+ *   alive by a hidden property of the poller object. stop() turns the self-reference weak,
+ *   so an unreachable stopped poller (and everything it holds) is collected; its finalizer
+ *   frees the native state. A callback that captures its own poller therefore leaks nothing.
+ * - On each wakeup one batch (up to maxBatch frames) is read; the rest waits for the next
+ *   loop turn (the fd is level-triggered), so one busy port cannot starve the others.
+ * - Read errors other than EAGAIN end the batch and are counted (stats()); they never throw
+ *   from a wakeup. When libuv reports POLLERR (it stops the watcher itself) the error is
+ *   consumed by a read; if the fd is still in an error state afterwards (a TAP whose device
+ *   was deleted, a closed fd) the poller stops for good (stats().dead), otherwise (a packet
+ *   socket whose link went down: ENETDOWN once) it keeps polling.
+ * - Frames longer than the slot (slotSize - headroom) are dropped and counted as truncated.
+ */
+#define _GNU_SOURCE
+#include <node_api.h>
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+
+#define SOCK_BUF_BYTES (4 * 1024 * 1024)
+#define MAX_BATCH 1024
+#define SEND_CHUNK 256
+/* A wakeup whose reads fail this many times in a row (no frame read) stops the poller. */
+#define MAX_CONSECUTIVE_ERRORS 64
+
+/* Scratch tail for TAP reads: a frame longer than the slot spills here and is detected
+ * (and dropped) instead of being silently truncated. Contents are never used. */
+static uint8_t g_scratch[128 * 1024];
+
+/* ------------------------------------------------------------------------------------ */
+/* errors                                                                               */
+
+static napi_value make_error(napi_env env, const char *code, const char *msg) {
+  napi_value c, m, e;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &c);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+  napi_create_error(env, c, m, &e);
+  return e;
+}
+
+static void set_str_prop(napi_env env, napi_value obj, const char *key, const char *val) {
+  napi_value v;
+  if (napi_create_string_utf8(env, val, NAPI_AUTO_LENGTH, &v) == napi_ok) napi_set_named_property(env, obj, key, v);
+}
+
+static void set_num_prop(napi_env env, napi_value obj, const char *key, double val) {
+  napi_value v;
+  if (napi_create_double(env, val, &v) == napi_ok) napi_set_named_property(env, obj, key, v);
+}
+
+static void set_bool_prop(napi_env env, napi_value obj, const char *key, int val) {
+  napi_value v;
+  if (napi_get_boolean(env, val != 0, &v) == napi_ok) napi_set_named_property(env, obj, key, v);
+}
+
+/* "<op>: <syscall>: <strerror>", code ERR_NATIVE_IO, errno/errnoCode/syscall properties. */
+static napi_value sys_error(napi_env env, const char *op, const char *syscall_name, int err) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "%s: %s: %s", op, syscall_name, strerror(err));
+  napi_value e = make_error(env, "ERR_NATIVE_IO", msg);
+  set_num_prop(env, e, "errno", -err);
+  const char *name = strerrorname_np(err);
+  if (name) set_str_prop(env, e, "errnoCode", name);
+  set_str_prop(env, e, "syscall", syscall_name);
+  return e;
+}
+
+static void throw_sys(napi_env env, const char *op, const char *syscall_name, int err) {
+  napi_throw(env, sys_error(env, op, syscall_name, err));
+}
+
+static void throw_io(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void throw_io(napi_env env, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw(env, make_error(env, "ERR_NATIVE_IO", msg));
+}
+
+static void throw_type(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void throw_type(napi_env env, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw_type_error(env, "ERR_INVALID_ARGUMENT", msg);
+}
+
+static void throw_range(napi_env env, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void throw_range(napi_env env, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  napi_throw_range_error(env, "ERR_INVALID_ARGUMENT", msg);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* argument helpers: each returns 1 on success, or throws and returns 0                 */
+
+static int arg_string(napi_env env, napi_value v, char *buf, size_t size, size_t *len_out, const char *what) {
+  napi_valuetype t;
+  size_t len = 0;
+  if (!v || napi_typeof(env, v, &t) != napi_ok || t != napi_string) {
+    throw_type(env, "%s must be a string", what);
+    return 0;
+  }
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (len >= size) {
+    throw_range(env, "%s is too long (%zu bytes)", what, len);
+    return 0;
+  }
+  napi_get_value_string_utf8(env, v, buf, size, &len);
+  if (strlen(buf) != len) {
+    throw_type(env, "%s must not contain NUL characters", what);
+    return 0;
+  }
+  if (len_out) *len_out = len;
+  return 1;
+}
+
+static int arg_int(napi_env env, napi_value v, int64_t lo, int64_t hi, int64_t *out, const char *what) {
+  napi_valuetype t;
+  double d;
+  if (!v || napi_typeof(env, v, &t) != napi_ok || t != napi_number) {
+    throw_type(env, "%s must be a number", what);
+    return 0;
+  }
+  napi_get_value_double(env, v, &d);
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) {
+    throw_range(env, "%s must be an integer in [%lld, %lld], got %g", what, (long long)lo, (long long)hi, d);
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
+static int arg_fd(napi_env env, napi_value v, int *fd) {
+  int64_t x;
+  if (!arg_int(env, v, 0, INT32_MAX, &x, "fd")) return 0;
+  *fd = (int)x;
+  return 1;
+}
+
+static int arg_u32array(napi_env env, napi_value v, uint32_t **data, size_t *len, const char *what) {
+  bool is;
+  napi_typedarray_type type;
+  void *p = NULL;
+  size_t n = 0;
+  if (!v || napi_is_typedarray(env, v, &is) != napi_ok || !is ||
+      napi_get_typedarray_info(env, v, &type, &n, &p, NULL, NULL) != napi_ok || type != napi_uint32_array) {
+    throw_type(env, "%s must be a Uint32Array", what);
+    return 0;
+  }
+  *data = (uint32_t *)p;
+  *len = n;
+  return 1;
+}
+
+static int arg_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len, const char *what) {
+  bool is = false;
+  void *p = NULL;
+  size_t n = 0;
+  if (!v || napi_is_buffer(env, v, &is) != napi_ok || !is || napi_get_buffer_info(env, v, &p, &n) != napi_ok) {
+    throw_type(env, "%s must be a Buffer", what);
+    return 0;
+  }
+  *data = (uint8_t *)p;
+  *len = n;
+  return 1;
+}
+
+static int arg_array(napi_env env, napi_value v, uint32_t *len, const char *what) {
+  bool is = false;
+  if (!v || napi_is_array(env, v, &is) != napi_ok || !is) {
+    throw_type(env, "%s must be an array", what);
+    return 0;
+  }
+  napi_get_array_length(env, v, len);
+  return 1;
+}
+
+static int arg_function(napi_env env, napi_value v, const char *what) {
+  napi_valuetype t;
+  if (!v || napi_typeof(env, v, &t) != napi_ok || t != napi_function) {
+    throw_type(env, "%s must be a function", what);
+    return 0;
+  }
+  return 1;
+}
+
+#define GET_ARGS(n)                                                      \
+  size_t argc = (n);                                                     \
+  napi_value argv[(n)] = {0};                                            \
+  napi_value self_this = NULL;                                           \
+  if (napi_get_cb_info(env, info, &argc, argv, &self_this, NULL) != napi_ok) return NULL; \
+  for (size_t i_ = argc; i_ < (n); i_++) argv[i_] = NULL;                \
+  (void)self_this;
+
+/* ------------------------------------------------------------------------------------ */
+/* per-environment state: the pollers, so close(fd) can stop the ones on that fd          */
+
+struct poller;
+typedef struct addon {
+  struct poller *pollers;
+} addon_t;
+
+static addon_t *get_addon(napi_env env) {
+  void *d = NULL;
+  napi_get_instance_data(env, &d);
+  return (addon_t *)d;
+}
+
+/* ------------------------------------------------------------------------------------ */
+
+static void set_sock_bufs(int fd) {
+  int bytes = SOCK_BUF_BYTES;
+  /* We run as root: the FORCE variants ignore net.core.{r,w}mem_max. */
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof bytes) < 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof bytes);
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) < 0)
+    (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+}
+
+/* tapOpen(name) -> { fd, name } */
+static napi_value TapOpen(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  char name[256];
+  size_t len = 0;
+  if (!arg_string(env, argv[0], name, sizeof name, &len, "tapOpen: name")) return NULL;
+  char op[300];
+  snprintf(op, sizeof op, "tapOpen(%s)", name);
+  if (len >= IFNAMSIZ) {
+    throw_io(env, "%s: interface name longer than %d bytes", op, IFNAMSIZ - 1);
+    return NULL;
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    throw_sys(env, op, "open /dev/net/tun", errno);
+    return NULL;
+  }
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  memcpy(ifr.ifr_name, name, len);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int e = errno;
+    close(fd);
+    throw_sys(env, op, "ioctl TUNSETIFF", e);
+    return NULL;
+  }
+  ifr.ifr_name[IFNAMSIZ - 1] = 0;
+  napi_value res;
+  napi_create_object(env, &res);
+  set_num_prop(env, res, "fd", fd);
+  set_str_prop(env, res, "name", ifr.ifr_name);
+  return res;
+}
+
+/*
+ * packetOpen(ifname) -> { fd, ifindex }
+ *
+ * CALLER'S DUTY: on veth and TAP kernel sides (and most NICs) the kernel hands a packet
+ * socket 64 KiB GSO super-frames with partial checksums unless segmentation/checksum
+ * offloads are off on that interface: run `ethtool -K IF tx off tso off gso off` (and, so
+ * VLAN tags are not moved out of the frame into metadata, `rxvlan off txvlan off`) before
+ * using the port. This addon does not shell out.
+ */
+static napi_value PacketOpen(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  char name[256];
+  size_t len = 0;
+  if (!arg_string(env, argv[0], name, sizeof name, &len, "packetOpen: ifname")) return NULL;
+  char op[300];
+  snprintf(op, sizeof op, "packetOpen(%s)", name);
+  if (len == 0 || len >= IFNAMSIZ) {
+    throw_io(env, "%s: invalid interface name (1 to %d bytes)", op, IFNAMSIZ - 1);
+    return NULL;
+  }
+  errno = 0;
+  unsigned idx = if_nametoindex(name);
+  if (idx == 0) {
+    throw_sys(env, op, "if_nametoindex", errno ? errno : ENODEV);
+    return NULL;
+  }
+  /* Protocol 0 at creation: nothing is queued until bind() (with ETH_P_ALL) on this ifindex,
+   * so no frame of another interface slips in between socket() and bind(). */
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(env, op, "socket AF_PACKET", errno);
+    return NULL;
+  }
+  int one = 1, zero = 0;
+  const char *step = NULL;
+  if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) < 0) {
+    step = "setsockopt PACKET_IGNORE_OUTGOING";
+    goto fail;
+  }
+  if (setsockopt(fd, SOL_PACKET, PACKET_AUXDATA, &zero, sizeof zero) < 0) {
+    step = "setsockopt PACKET_AUXDATA";
+    goto fail;
+  }
+  struct packet_mreq mr;
+  memset(&mr, 0, sizeof mr);
+  mr.mr_ifindex = (int)idx;
+  mr.mr_type = PACKET_MR_PROMISC;
+  if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) {
+    step = "setsockopt PACKET_ADD_MEMBERSHIP";
+    goto fail;
+  }
+  set_sock_bufs(fd);
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof sll);
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(ETH_P_ALL);
+  sll.sll_ifindex = (int)idx;
+  if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
+    step = "bind";
+    goto fail;
+  }
+  napi_value res;
+  napi_create_object(env, &res);
+  set_num_prop(env, res, "fd", fd);
+  set_num_prop(env, res, "ifindex", idx);
+  return res;
+fail: {
+  int e = errno;
+  close(fd);
+  throw_sys(env, op, step, e);
+  return NULL;
+}
+}
+
+/* udpOpen(ip, port) -> { fd, port } */
+static napi_value UdpOpen(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  char ip[64];
+  int64_t port;
+  if (!arg_string(env, argv[0], ip, sizeof ip, NULL, "udpOpen: ip")) return NULL;
+  if (!arg_int(env, argv[1], 0, 65535, &port, "udpOpen: port")) return NULL;
+  char op[128];
+  snprintf(op, sizeof op, "udpOpen(%s:%d)", ip, (int)port);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons((uint16_t)port);
+  if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1) {
+    throw_io(env, "%s: not an IPv4 address", op);
+    return NULL;
+  }
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    throw_sys(env, op, "socket", errno);
+    return NULL;
+  }
+  int one = 1;
+  const char *step;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+    step = "setsockopt SO_REUSEADDR";
+    goto fail;
+  }
+  set_sock_bufs(fd);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    step = "bind";
+    goto fail;
+  }
+  socklen_t sl = sizeof sa;
+  if (getsockname(fd, (struct sockaddr *)&sa, &sl) < 0) {
+    step = "getsockname";
+    goto fail;
+  }
+  napi_value res;
+  napi_create_object(env, &res);
+  set_num_prop(env, res, "fd", fd);
+  set_num_prop(env, res, "port", ntohs(sa.sin_port));
+  return res;
+fail: {
+  int e = errno;
+  close(fd);
+  throw_sys(env, op, step, e);
+  return NULL;
+}
+}
+
+/* writeFrames(fd, frames, count) -> number written */
+static napi_value WriteFrames(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int fd;
+  uint32_t n;
+  int64_t count;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_array(env, argv[1], &n, "writeFrames: frames")) return NULL;
+  if (!arg_int(env, argv[2], 0, n, &count, "writeFrames: count")) return NULL;
+  uint32_t written = 0;
+  for (uint32_t i = 0; i < (uint32_t)count; i++) {
+    napi_value el;
+    uint8_t *data;
+    size_t len;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok) return NULL;
+    if (!arg_bytes(env, el, &data, &len, "writeFrames: frames[i]")) return NULL;
+    ssize_t w;
+    do {
+      w = write(fd, data, len);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) break;
+      char op[64];
+      snprintf(op, sizeof op, "writeFrames(fd %d)", fd);
+      napi_value err = sys_error(env, op, "write", e);
+      set_num_prop(env, err, "written", written);
+      napi_throw(env, err);
+      return NULL;
+    }
+    written++;
+  }
+  napi_value res;
+  napi_create_uint32(env, written, &res);
+  return res;
+}
+
+/* udpSend(fd, frames, ips, ports, count) -> number sent */
+static napi_value UdpSend(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int fd;
+  uint32_t n;
+  uint32_t *ips, *ports;
+  size_t nips, nports;
+  int64_t count;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_array(env, argv[1], &n, "udpSend: frames")) return NULL;
+  if (!arg_u32array(env, argv[2], &ips, &nips, "udpSend: ips")) return NULL;
+  if (!arg_u32array(env, argv[3], &ports, &nports, "udpSend: ports")) return NULL;
+  int64_t max = n;
+  if ((int64_t)nips < max) max = (int64_t)nips;
+  if ((int64_t)nports < max) max = (int64_t)nports;
+  if (!arg_int(env, argv[4], 0, max, &count, "udpSend: count (<= frames/ips/ports length)")) return NULL;
+
+  struct mmsghdr msgs[SEND_CHUNK];
+  struct iovec iov[SEND_CHUNK];
+  struct sockaddr_in sa[SEND_CHUNK];
+  uint32_t done = 0, total = (uint32_t)count;
+  while (done < total) {
+    uint32_t k = total - done;
+    if (k > SEND_CHUNK) k = SEND_CHUNK;
+    for (uint32_t j = 0; j < k; j++) {
+      napi_value el;
+      uint8_t *data;
+      size_t len;
+      uint32_t idx = done + j;
+      if (napi_get_element(env, argv[1], idx, &el) != napi_ok) return NULL;
+      if (!arg_bytes(env, el, &data, &len, "udpSend: frames[i]")) return NULL;
+      if (ports[idx] > 65535) {
+        throw_range(env, "udpSend: ports[%u] = %u is not a port", idx, ports[idx]);
+        return NULL;
+      }
+      memset(&sa[j], 0, sizeof sa[j]);
+      sa[j].sin_family = AF_INET;
+      sa[j].sin_addr.s_addr = htonl(ips[idx]);
+      sa[j].sin_port = htons((uint16_t)ports[idx]);
+      iov[j].iov_base = data;
+      iov[j].iov_len = len;
+      memset(&msgs[j], 0, sizeof msgs[j]);
+      msgs[j].msg_hdr.msg_name = &sa[j];
+      msgs[j].msg_hdr.msg_namelen = sizeof sa[j];
+      msgs[j].msg_hdr.msg_iov = &iov[j];
+      msgs[j].msg_hdr.msg_iovlen = 1;
+    }
+    int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
+    if (r < 0) {
+      int e = errno;
+      if (e == EINTR) continue;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) break;
+      char op[64];
+      snprintf(op, sizeof op, "udpSend(fd %d)", fd);
+      napi_value err = sys_error(env, op, "sendmmsg", e);
+      set_num_prop(env, err, "sent", done);
+      napi_throw(env, err);
+      return NULL;
+    }
+    if (r == 0) break;
+    done += (uint32_t)r;
+    /* r < k: the next sendmmsg starts at the first unsent datagram and reports its error. */
+  }
+  napi_value res;
+  napi_create_uint32(env, done, &res);
+  return res;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* pollers                                                                              */
+
+enum { KIND_FRAMES = 0, KIND_UDP = 1 };
+
+typedef struct poller {
+  napi_env env;
+  addon_t *addon;
+  struct poller *next;
+  uv_poll_t *h; /* non-NULL exactly while started */
+  int fd;
+  int kind;
+  int is_socket;
+  uint8_t *slab;
+  uint32_t slot, headroom, max_batch;
+  uint32_t *lens, *ips, *ports;
+  napi_ref self_ref; /* strong while started */
+  napi_ref cb_ref;   /* weak: the hidden property keeps the callback alive */
+  napi_async_context actx;
+  struct mmsghdr *msgs;
+  struct iovec *iov;
+  struct sockaddr_in *addrs;
+  int in_cb;
+  int fd_closed; /* closed through the addon's close() */
+  int dead;      /* stopped for good after a persistent error */
+  int consecutive_errors;
+  int last_errno;
+  double frames, batches, truncated, errors, wakeups;
+} poller_t;
+
+static void on_handle_closed(uv_handle_t *h) { free(h); }
+
+/* Stop watching (idempotent). Safe from inside onBatch. */
+static void poller_stop(poller_t *p) {
+  if (!p->h) return;
+  uv_close((uv_handle_t *)p->h, on_handle_closed); /* stops the watcher now, frees later */
+  p->h = NULL;
+  uint32_t rc;
+  napi_reference_unref(p->env, p->self_ref, &rc);
+}
+
+/* Read one batch into the slab. Returns the number of frames delivered in slots 0..n-1. */
+static uint32_t read_batch(poller_t *p) {
+  const uint32_t cap = p->slot - p->headroom;
+  uint32_t n = 0;
+  int err = 0;
+  if (p->kind == KIND_FRAMES) {
+    uint32_t attempts = 0;
+    while (n < p->max_batch && attempts < 2 * p->max_batch) {
+      attempts++;
+      uint8_t *buf = p->slab + (size_t)n * p->slot + p->headroom;
+      ssize_t r;
+      if (p->is_socket) {
+        /* MSG_TRUNC: the return value is the real length even when it does not fit. */
+        r = recv(p->fd, buf, cap, MSG_TRUNC | MSG_DONTWAIT);
+      } else {
+        struct iovec v[2] = {{buf, cap}, {g_scratch, sizeof g_scratch}};
+        r = readv(p->fd, v, 2);
+      }
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      if (r == 0) continue;
+      if ((size_t)r > cap) {
+        p->truncated++;
+        continue;
+      }
+      p->lens[n++] = (uint32_t)r;
+    }
+  } else {
+    int r;
+    for (uint32_t j = 0; j < p->max_batch; j++) {
+      p->msgs[j].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+      p->msgs[j].msg_hdr.msg_flags = 0;
+      p->msgs[j].msg_len = 0;
+    }
+    do {
+      r = recvmmsg(p->fd, p->msgs, p->max_batch, MSG_DONTWAIT, NULL);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+      r = 0;
+    }
+    for (int j = 0; j < r; j++) {
+      struct mmsghdr *m = &p->msgs[j];
+      if (m->msg_hdr.msg_flags & MSG_TRUNC) {
+        p->truncated++;
+        continue;
+      }
+      if (n != (uint32_t)j) {
+        memmove(p->slab + (size_t)n * p->slot + p->headroom, p->slab + (size_t)j * p->slot + p->headroom, m->msg_len);
+      }
+      p->lens[n] = m->msg_len;
+      if (m->msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) && p->addrs[j].sin_family == AF_INET) {
+        p->ips[n] = ntohl(p->addrs[j].sin_addr.s_addr);
+        p->ports[n] = ntohs(p->addrs[j].sin_port);
+      } else {
+        p->ips[n] = 0;
+        p->ports[n] = 0;
+      }
+      n++;
+    }
+  }
+  if (err) {
+    p->errors++;
+    p->last_errno = err;
+    if (n == 0) p->consecutive_errors++;
+  } else {
+    p->consecutive_errors = 0;
+  }
+  if (n > 0) {
+    p->frames += n;
+    p->batches++;
+  }
+  return n;
+}
+
+/* A persistent error (closed fd, deleted TAP device) or too many failing wakeups: stop. */
+static void check_dead(poller_t *p, int after_pollerr) {
+  int is_dead = p->consecutive_errors >= MAX_CONSECUTIVE_ERRORS;
+  if (!is_dead && after_pollerr) {
+    struct pollfd pf = {.fd = p->fd, .events = POLLIN, .revents = 0};
+    int r = poll(&pf, 1, 0);
+    if (r < 0 || (pf.revents & (POLLERR | POLLNVAL))) is_dead = 1;
+  }
+  if (is_dead) {
+    p->dead = 1;
+    poller_stop(p);
+  }
+}
+
+static void deliver_async(poller_t *p, uint32_t n) {
+  napi_env env = p->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value self = NULL, cb = NULL, arg, result;
+  napi_get_reference_value(env, p->self_ref, &self);
+  napi_get_reference_value(env, p->cb_ref, &cb);
+  if (self && cb && napi_create_uint32(env, n, &arg) == napi_ok) {
+    p->in_cb++;
+    napi_status st = napi_make_callback(env, p->actx, self, cb, 1, &arg, &result);
+    p->in_cb--;
+    if (st != napi_ok) {
+      bool pending = false;
+      napi_is_exception_pending(env, &pending);
+      if (pending) {
+        napi_value exc;
+        if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+      }
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  (void)events;
+  poller_t *p = (poller_t *)h->data;
+  if (!p || p->h != h) return; /* a handle already being closed */
+  p->wakeups++;
+  if (status < 0) {
+    /* libuv saw POLLERR and stopped the watcher itself (status UV_EBADF). Read once to
+     * deliver what is queued and to consume a socket error, then decide. */
+    uint32_t n = read_batch(p);
+    if (n > 0) deliver_async(p, n);
+    if (p->h != h) return; /* stopped from onBatch */
+    check_dead(p, 1);
+    if (p->h == h && uv_poll_start(h, UV_READABLE, on_poll) != 0) {
+      p->dead = 1;
+      poller_stop(p);
+    }
+    return;
+  }
+  uint32_t n = read_batch(p);
+  if (n > 0) deliver_async(p, n);
+  if (p->h == h) check_dead(p, 0);
+}
+
+static poller_t *unwrap_poller(napi_env env, napi_value self_this, const char *method) {
+  void *d = NULL;
+  if (!self_this || napi_unwrap(env, self_this, &d) != napi_ok || !d) {
+    throw_type(env, "Poller.%s called on an object that is not a poller", method);
+    return NULL;
+  }
+  return (poller_t *)d;
+}
+
+static int poller_usable(napi_env env, poller_t *p, const char *method) {
+  if (p->fd_closed) {
+    throw_io(env, "poller(fd %d).%s: the fd was closed", p->fd, method);
+    return 0;
+  }
+  if (p->dead) {
+    throw_io(env, "poller(fd %d).%s: the fd failed for good: %s", p->fd, method,
+             p->last_errno ? strerror(p->last_errno) : "persistent poll error");
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value PollerStart(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  poller_t *p = unwrap_poller(env, self_this, "start");
+  if (!p) return NULL;
+  if (p->h) return NULL;
+  if (!poller_usable(env, p, "start")) return NULL;
+  for (poller_t *q = p->addon->pollers; q; q = q->next) {
+    if (q != p && q->fd == p->fd && q->h) {
+      throw_io(env, "poller(fd %d).start: another poller is already watching this fd", p->fd);
+      return NULL;
+    }
+  }
+  uv_loop_t *loop = NULL;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) {
+    throw_io(env, "poller(fd %d).start: no event loop", p->fd);
+    return NULL;
+  }
+  uv_poll_t *h = calloc(1, sizeof *h);
+  if (!h) {
+    throw_sys(env, "poller.start", "calloc", ENOMEM);
+    return NULL;
+  }
+  char op[64];
+  snprintf(op, sizeof op, "poller(fd %d).start", p->fd);
+  int r = uv_poll_init(loop, h, p->fd);
+  if (r != 0) {
+    free(h);
+    throw_sys(env, op, "uv_poll_init", -r);
+    return NULL;
+  }
+  h->data = p;
+  r = uv_poll_start(h, UV_READABLE, on_poll);
+  if (r != 0) {
+    uv_close((uv_handle_t *)h, on_handle_closed);
+    throw_sys(env, op, "uv_poll_start", -r);
+    return NULL;
+  }
+  p->h = h;
+  uint32_t rc;
+  napi_reference_ref(env, p->self_ref, &rc);
+  return NULL;
+}
+
+static napi_value PollerStop(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  poller_t *p = unwrap_poller(env, self_this, "stop");
+  if (!p) return NULL;
+  poller_stop(p);
+  return NULL;
+}
+
+static napi_value PollerPoll(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  poller_t *p = unwrap_poller(env, self_this, "poll");
+  if (!p) return NULL;
+  if (!poller_usable(env, p, "poll")) return NULL;
+  if (p->in_cb) {
+    throw_io(env, "poller(fd %d).poll: called from inside onBatch (it would overwrite the batch being handled)", p->fd);
+    return NULL;
+  }
+  uint32_t n = read_batch(p);
+  if (n > 0) {
+    napi_value cb = NULL, arg, result;
+    napi_get_reference_value(env, p->cb_ref, &cb);
+    if (cb) {
+      napi_create_uint32(env, n, &arg);
+      p->in_cb++;
+      napi_status st = napi_call_function(env, self_this, cb, 1, &arg, &result);
+      p->in_cb--;
+      if (st != napi_ok) return NULL; /* the exception propagates to poll()'s caller */
+    }
+  }
+  napi_value res;
+  napi_create_uint32(env, n, &res);
+  return res;
+}
+
+static napi_value PollerStats(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  poller_t *p = unwrap_poller(env, self_this, "stats");
+  if (!p) return NULL;
+  napi_value res;
+  napi_create_object(env, &res);
+  set_bool_prop(env, res, "active", p->h != NULL);
+  set_bool_prop(env, res, "dead", p->dead);
+  set_bool_prop(env, res, "closed", p->fd_closed);
+  set_num_prop(env, res, "wakeups", p->wakeups);
+  set_num_prop(env, res, "batches", p->batches);
+  set_num_prop(env, res, "frames", p->frames);
+  set_num_prop(env, res, "truncated", p->truncated);
+  set_num_prop(env, res, "errors", p->errors);
+  if (p->last_errno) {
+    char msg[160];
+    const char *name = strerrorname_np(p->last_errno);
+    snprintf(msg, sizeof msg, "%s (%s)", strerror(p->last_errno), name ? name : "?");
+    set_str_prop(env, res, "lastError", msg);
+  } else {
+    napi_value nul;
+    napi_get_null(env, &nul);
+    napi_set_named_property(env, res, "lastError", nul);
+  }
+  return res;
+}
+
+static void poller_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  poller_t *p = (poller_t *)data;
+  if (p->h) {
+    /* Only at environment teardown: a started poller is strongly referenced. */
+    p->h->data = NULL;
+    uv_close((uv_handle_t *)p->h, on_handle_closed);
+    p->h = NULL;
+  }
+  for (poller_t **pp = &p->addon->pollers; *pp; pp = &(*pp)->next) {
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
+  }
+  if (p->self_ref) napi_delete_reference(env, p->self_ref);
+  if (p->cb_ref) napi_delete_reference(env, p->cb_ref);
+  if (p->actx) napi_async_destroy(env, p->actx);
+  free(p->msgs);
+  free(p->iov);
+  free(p->addrs);
+  free(p);
+}
+
+/* createPoller(fd, kind, slab, slotSize, headroom, maxBatch, lens, ips, ports, onBatch) */
+static napi_value CreatePoller(napi_env env, napi_callback_info info) {
+  GET_ARGS(10);
+  int fd;
+  char kind[16];
+  uint8_t *slab;
+  size_t slab_len, nlens, nips, nports;
+  int64_t slot, headroom, max_batch;
+  uint32_t *lens, *ips, *ports;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_string(env, argv[1], kind, sizeof kind, NULL, "createPoller: kind")) return NULL;
+  int k;
+  if (strcmp(kind, "frames") == 0) k = KIND_FRAMES;
+  else if (strcmp(kind, "udp") == 0) k = KIND_UDP;
+  else {
+    throw_type(env, "createPoller: kind must be 'frames' or 'udp', got '%s'", kind);
+    return NULL;
+  }
+  if (!arg_bytes(env, argv[2], &slab, &slab_len, "createPoller: slab")) return NULL;
+  if (!arg_int(env, argv[3], 1, 1 << 20, &slot, "createPoller: slotSize")) return NULL;
+  if (!arg_int(env, argv[4], 0, slot - 1, &headroom, "createPoller: headroom (< slotSize)")) return NULL;
+  if (!arg_int(env, argv[5], 1, MAX_BATCH, &max_batch, "createPoller: maxBatch")) return NULL;
+  if (!arg_u32array(env, argv[6], &lens, &nlens, "createPoller: lens")) return NULL;
+  if (!arg_u32array(env, argv[7], &ips, &nips, "createPoller: ips")) return NULL;
+  if (!arg_u32array(env, argv[8], &ports, &nports, "createPoller: ports")) return NULL;
+  if (!arg_function(env, argv[9], "createPoller: onBatch")) return NULL;
+  if ((size_t)slot * (size_t)max_batch > slab_len) {
+    throw_range(env, "createPoller: slab (%zu bytes) is smaller than maxBatch * slotSize (%lld)", slab_len,
+                (long long)(slot * max_batch));
+    return NULL;
+  }
+  if (nlens < (size_t)max_batch || (k == KIND_UDP && (nips < (size_t)max_batch || nports < (size_t)max_batch))) {
+    throw_range(env, "createPoller: lens%s must have at least maxBatch (%lld) elements",
+                k == KIND_UDP ? ", ips and ports" : "", (long long)max_batch);
+    return NULL;
+  }
+  char op[64];
+  snprintf(op, sizeof op, "createPoller(fd %d)", fd);
+  struct stat st;
+  if (fstat(fd, &st) < 0) {
+    throw_sys(env, op, "fstat", errno);
+    return NULL;
+  }
+  int is_socket = S_ISSOCK(st.st_mode);
+  if (k == KIND_UDP && !is_socket) {
+    throw_io(env, "%s: kind 'udp' needs a socket", op);
+    return NULL;
+  }
+
+  poller_t *p = calloc(1, sizeof *p);
+  if (!p) {
+    throw_sys(env, op, "calloc", ENOMEM);
+    return NULL;
+  }
+  p->env = env;
+  p->addon = get_addon(env);
+  p->fd = fd;
+  p->kind = k;
+  p->is_socket = is_socket;
+  p->slab = slab;
+  p->slot = (uint32_t)slot;
+  p->headroom = (uint32_t)headroom;
+  p->max_batch = (uint32_t)max_batch;
+  p->lens = lens;
+  p->ips = ips;
+  p->ports = ports;
+  if (k == KIND_UDP) {
+    p->msgs = calloc((size_t)max_batch, sizeof *p->msgs);
+    p->iov = calloc((size_t)max_batch, sizeof *p->iov);
+    p->addrs = calloc((size_t)max_batch, sizeof *p->addrs);
+    if (!p->msgs || !p->iov || !p->addrs) {
+      free(p->msgs);
+      free(p->iov);
+      free(p->addrs);
+      free(p);
+      throw_sys(env, op, "calloc", ENOMEM);
+      return NULL;
+    }
+    for (uint32_t j = 0; j < p->max_batch; j++) {
+      p->iov[j].iov_base = slab + (size_t)j * p->slot + p->headroom;
+      p->iov[j].iov_len = p->slot - p->headroom;
+      p->msgs[j].msg_hdr.msg_name = &p->addrs[j];
+      p->msgs[j].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
+      p->msgs[j].msg_hdr.msg_iov = &p->iov[j];
+      p->msgs[j].msg_hdr.msg_iovlen = 1;
+    }
+  }
+
+  napi_value obj, keep;
+  napi_create_object(env, &obj);
+  /* keep = [slab, lens, ips, ports, onBatch], a hidden (non-enumerable) property. */
+  napi_create_array_with_length(env, 5, &keep);
+  napi_set_element(env, keep, 0, argv[2]);
+  napi_set_element(env, keep, 1, argv[6]);
+  napi_set_element(env, keep, 2, argv[7]);
+  napi_set_element(env, keep, 3, argv[8]);
+  napi_set_element(env, keep, 4, argv[9]);
+  napi_property_descriptor props[] = {
+      {"_keep", NULL, NULL, NULL, NULL, keep, napi_default, NULL},
+      {"start", NULL, PollerStart, NULL, NULL, NULL, napi_default, NULL},
+      {"stop", NULL, PollerStop, NULL, NULL, NULL, napi_default, NULL},
+      {"poll", NULL, PollerPoll, NULL, NULL, NULL, napi_default, NULL},
+      {"stats", NULL, PollerStats, NULL, NULL, NULL, napi_default, NULL},
+  };
+  if (napi_define_properties(env, obj, sizeof props / sizeof props[0], props) != napi_ok) goto fail_free;
+  if (napi_create_reference(env, argv[9], 0, &p->cb_ref) != napi_ok) goto fail_free;
+  if (napi_create_reference(env, obj, 0, &p->self_ref) != napi_ok) goto fail_free;
+  {
+    napi_value resource, name;
+    napi_create_object(env, &resource);
+    napi_create_string_utf8(env, "vnsnap_io.Poller", NAPI_AUTO_LENGTH, &name);
+    if (napi_async_init(env, resource, name, &p->actx) != napi_ok) goto fail_free;
+  }
+  if (napi_wrap(env, obj, p, poller_finalize, NULL, NULL) != napi_ok) goto fail_free;
+  p->next = p->addon->pollers;
+  p->addon->pollers = p;
+  return obj;
+
+fail_free:
+  if (p->self_ref) napi_delete_reference(env, p->self_ref);
+  if (p->cb_ref) napi_delete_reference(env, p->cb_ref);
+  if (p->actx) napi_async_destroy(env, p->actx);
+  free(p->msgs);
+  free(p->iov);
+  free(p->addrs);
+  free(p);
+  {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) throw_io(env, "%s: internal N-API failure", op);
+  }
+  return NULL;
+}
+
+/* close(fd): stops the pollers on fd first, then closes it. */
+static napi_value Close(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  addon_t *a = get_addon(env);
+  for (poller_t *q = a ? a->pollers : NULL; q; q = q->next) {
+    if (q->fd == fd && !q->fd_closed) {
+      poller_stop(q);
+      q->fd_closed = 1;
+    }
+  }
+  if (close(fd) < 0 && errno != EINTR) {
+    char op[64];
+    snprintf(op, sizeof op, "close(%d)", fd);
+    throw_sys(env, op, "close", errno);
+    return NULL;
+  }
+  return NULL;
+}
+
+static void addon_free(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  /* Pollers still listed are finalized by their own finalizers (which unlink them). */
+  free(data);
+}
+
+NAPI_MODULE_INIT() {
+  addon_t *a = calloc(1, sizeof *a);
+  if (!a || napi_set_instance_data(env, a, addon_free, NULL) != napi_ok) {
+    free(a);
+    napi_throw_error(env, "ERR_NATIVE_IO", "vnsnap_io: cannot allocate addon state");
+    return NULL;
+  }
+  napi_property_descriptor props[] = {
+      {"tapOpen", NULL, TapOpen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"packetOpen", NULL, PacketOpen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpOpen", NULL, UdpOpen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"close", NULL, Close, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"writeFrames", NULL, WriteFrames, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"udpSend", NULL, UdpSend, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"createPoller", NULL, CreatePoller, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
