@@ -168,6 +168,8 @@ class Recording {
   localDone = false;
   lastMarkerSent = 0;
   done = false;
+  /** The frames were given to a channelState() caller; kept only to retransmit markers. */
+  handedOver = false;
   /** When recording ended or was aborted (ms), for pruning unclaimed state. */
   endedAt = 0;
   aborted = false;
@@ -261,6 +263,7 @@ export class Switch implements Startable {
 
   constructor(opts: Partial<SwitchOptions> & { id: string }) {
     this.opts = { ...DEFAULT_SWITCH_OPTIONS, ...opts };
+    this.fdbTick = Math.floor(this.opts.now() / 1000);
   }
 
   // ───────────────────────────── lifecycle ─────────────────────────────
@@ -498,6 +501,10 @@ export class Switch implements Startable {
    */
   channelState(vneName: string, k: number, timeoutMs = 30_000): Promise<ChannelState> {
     const v = this.vne(vneName);
+    const existing = v.recordings.get(k);
+    if ((existing === undefined && k <= v.cutEpoch) || existing?.handedOver) {
+      return Promise.reject(new VnsnapError('ERR_NOT_FOUND', `channel state ${k} of VNE ${vneName} was already handed over or is gone`));
+    }
     const r = this.recording(v, k);
     if (r.aborted) return Promise.reject(new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${k} of VNE ${vneName} was aborted`));
     return new Promise<ChannelState>((resolve, reject) => {
@@ -551,6 +558,23 @@ export class Switch implements Startable {
     return out;
   }
 
+  /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
+  recordingStatus(vneName: string): { epoch: number; localDone: boolean; done: boolean; aborted: boolean; peers: { peer: string; marker: number | null; received: number; acked: boolean }[] }[] {
+    const v = this.vne(vneName);
+    return [...v.recordings.values()].map((r) => ({
+      epoch: r.k,
+      localDone: r.localDone,
+      done: r.done,
+      aborted: r.aborted,
+      peers: [...v.peers.values()].map((vp) => ({
+        peer: vp.peer.name,
+        marker: r.markersIn.get(vp.peer.idx)?.count ?? null,
+        received: vp.recv.below(r.k),
+        acked: r.localDone && !r.unacked.has(vp.peer.idx),
+      })),
+    }));
+  }
+
   portNames(vneName?: string): string[] {
     return [...this.portsByName.values()].filter((p) => vneName === undefined || p.vne.name === vneName).map((p) => p.name);
   }
@@ -563,7 +587,7 @@ export class Switch implements Startable {
     for (const v of this.vnesByName.values()) {
       v.fdb.age(this.fdbTick);
       for (const r of v.recordings.values()) {
-        if ((r.aborted || (r.done && r.waiters.length === 0)) && r.endedAt > 0 && now - r.endedAt > this.opts.unclaimedTtlMs) {
+        if ((r.aborted || (r.done && r.waiters.length === 0) || r.handedOver) && r.endedAt > 0 && now - r.endedAt > this.opts.unclaimedTtlMs) {
           v.recordings.delete(r.k);
           continue;
         }
@@ -662,10 +686,15 @@ export class Switch implements Startable {
         case 'marker':
           this.onMarker(v, vp, d.epoch, d.generation, d.count);
           break;
-        case 'ack':
+        case 'ack': {
           this.counters.acksReceived++;
-          if (d.generation === v.generation) v.recordings.get(d.epoch)?.unacked.delete(peer.idx);
+          const r = d.generation === v.generation ? v.recordings.get(d.epoch) : undefined;
+          if (r) {
+            r.unacked.delete(peer.idx);
+            if (r.handedOver && r.unacked.size === 0) v.recordings.delete(r.k);
+          }
           break;
+        }
         case 'foreign':
           this.counters.foreign++;
           break;
@@ -864,7 +893,7 @@ export class Switch implements Startable {
   }
 
   private checkRecordingDone(v: Vne, r: Recording): void {
-    if (r.aborted || !r.localDone) return;
+    if (r.aborted || !r.localDone || r.handedOver) return;
     if (r.done) {
       if (r.waiters.length > 0) this.handOver(v, r);
       return;
@@ -894,7 +923,10 @@ export class Switch implements Startable {
     const cs: ChannelState = { vne: v.name, epoch: r.k, ports, lostFrames: r.lostFrames };
     const waiters = r.waiters;
     r.waiters = [];
-    v.recordings.delete(r.k);
+    r.handedOver = true;
+    r.frames.clear();
+    // Keep retransmitting our markers to peers that have not acknowledged them yet.
+    if (r.unacked.size === 0) v.recordings.delete(r.k);
     for (const w of waiters) w.resolve(cs);
   }
 
