@@ -1,0 +1,127 @@
+/**
+ * The switch daemon's control socket: a unix socket speaking JSON lines, so the switch can be
+ * driven and tested on its own before the agent exists (no gRPC inside switch/).
+ *
+ * Request  {"id": 1, "op": "snapshot", "vne": "blue", "epoch": 1}
+ * Reply    {"id": 1, "ok": true, ...}  or  {"id": 1, "ok": false, "code": "ERR_...", "error": "..."}
+ * Ops: stats; snapshot {vne, epoch} (cut every local port); channelState {vne, epoch,
+ * timeoutMs?, frames?: true for base64 frames}; abort {vne, epoch}; recordings {vne};
+ * setStaticMac {vne, mac, peer | port}; inject {port, frames: base64[]};
+ * setGeneration {vne, generation}; setPortEpoch {port, epoch}.
+ */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { describeError, VnsnapError } from '../proto/errors';
+import type { Switch } from './switch';
+
+type Req = Record<string, unknown> & { id?: unknown; op?: unknown };
+
+function need<T>(r: Req, key: string, type: 'string' | 'number'): T {
+  const v = r[key];
+  if (typeof v !== type) throw new VnsnapError('ERR_INVALID_ARGUMENT', `"${key}" must be a ${type}`);
+  return v as T;
+}
+
+export async function handleControl(sw: Switch, r: Req): Promise<Record<string, unknown>> {
+  switch (r.op) {
+    case 'stats':
+      return { stats: sw.stats(), innerMtu: sw.innerMtu };
+    case 'snapshot': {
+      const t0 = process.hrtime.bigint();
+      await sw.cutVne(need(r, 'vne', 'string'), need(r, 'epoch', 'number'));
+      return { cutMs: Number(process.hrtime.bigint() - t0) / 1e6 };
+    }
+    case 'channelState': {
+      const cs = await sw.channelState(need(r, 'vne', 'string'), need(r, 'epoch', 'number'), typeof r['timeoutMs'] === 'number' ? r['timeoutMs'] : 30_000);
+      const ports: Record<string, unknown> = {};
+      for (const [name, frames] of cs.ports) ports[name] = r['frames'] === true ? frames.map((f) => f.toString('base64')) : frames.length;
+      return { epoch: cs.epoch, lostFrames: cs.lostFrames, ports };
+    }
+    case 'abort':
+      sw.abort(need(r, 'vne', 'string'), need(r, 'epoch', 'number'));
+      return {};
+    case 'recordings':
+      return { recordings: sw.recordingStatus(need(r, 'vne', 'string')) };
+    case 'setStaticMac': {
+      const target = typeof r['peer'] === 'string' ? { peer: r['peer'] } : { port: need<string>(r, 'port', 'string') };
+      sw.setStaticMac(need(r, 'vne', 'string'), need(r, 'mac', 'string'), target);
+      return {};
+    }
+    case 'inject': {
+      const frames = r['frames'];
+      if (!Array.isArray(frames) || !frames.every((f) => typeof f === 'string')) throw new VnsnapError('ERR_INVALID_ARGUMENT', '"frames" must be an array of base64 strings');
+      return { injected: sw.inject(need(r, 'port', 'string'), frames.map((f: string) => Buffer.from(f, 'base64'))) };
+    }
+    case 'setGeneration':
+      sw.setGeneration(need(r, 'vne', 'string'), need(r, 'generation', 'number'));
+      return {};
+    case 'setPortEpoch':
+      sw.setPortEpoch(need(r, 'port', 'string'), need(r, 'epoch', 'number'));
+      return {};
+    default:
+      throw new VnsnapError('ERR_INVALID_ARGUMENT', `unknown op ${JSON.stringify(r.op)}`);
+  }
+}
+
+export class ControlServer {
+  private server: net.Server | undefined;
+  constructor(
+    private readonly sw: Switch,
+    readonly path: string,
+  ) {}
+
+  start(): Promise<void> {
+    try {
+      if (fs.statSync(this.path).isSocket()) fs.unlinkSync(this.path);
+    } catch {
+      /* absent */
+    }
+    const server = net.createServer((s) => this.serve(s));
+    this.server = server;
+    return new Promise((resolve, reject) => {
+      server.once('error', (e) => reject(new VnsnapError('ERR_CONFIG', `cannot listen on control socket ${this.path}: ${e.message}`)));
+      server.listen(this.path, () => resolve());
+    });
+  }
+
+  private serve(s: net.Socket): void {
+    let buf = '';
+    s.on('error', () => s.destroy());
+    s.on('data', (d) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (line) void this.answer(s, line);
+      }
+    });
+  }
+
+  private async answer(s: net.Socket, line: string): Promise<void> {
+    let req: Req;
+    try {
+      req = JSON.parse(line) as Req;
+    } catch {
+      s.write(JSON.stringify({ ok: false, code: 'ERR_INVALID_ARGUMENT', error: 'request is not JSON' }) + '\n');
+      return;
+    }
+    let reply: Record<string, unknown>;
+    try {
+      reply = { id: req.id, ok: true, ...(await handleControl(this.sw, req)) };
+    } catch (e) {
+      reply = { id: req.id, ok: false, code: e instanceof VnsnapError ? e.code : 'ERR_STATE', error: describeError(e) };
+    }
+    if (!s.destroyed) s.write(JSON.stringify(reply) + '\n');
+  }
+
+  stop(): void {
+    this.server?.close();
+    this.server = undefined;
+    try {
+      fs.unlinkSync(this.path);
+    } catch {
+      /* gone */
+    }
+  }
+}
