@@ -11,6 +11,9 @@ import { nativeIo, Poller } from './native-io';
 import type { Port, PortKind, RxBatch } from './port';
 import { DEFAULT_MAX_BATCH, newRxBatch } from './port';
 
+/** The most frames one drain reads. */
+export const DRAIN_MAX_FRAMES = 2048;
+
 class FdPort implements Port {
   readonly rx: RxBatch;
   private poller: Poller | undefined;
@@ -39,8 +42,9 @@ class FdPort implements Port {
     let n = 0;
     if (this.poller) {
       let k: number;
-      // Bounded: a VM that keeps writing (not paused) cannot keep us here forever.
-      for (let i = 0; i < 1024 && (k = this.poller.poll()) > 0; i++) n += k;
+      // Bounded by what a paused VM can have queued (a TAP queues at most its txqueuelen,
+      // 1000 frames by default): a VM that keeps running cannot keep the switch here.
+      for (let i = 0; n < DRAIN_MAX_FRAMES && (k = this.poller.poll()) > 0; i++) n += k;
     }
     return Promise.resolve(n);
   }

@@ -153,6 +153,13 @@ class EpochCounts {
 class VnePeer {
   readonly sent = new EpochCounts();
   readonly recv = new EpochCounts();
+  /**
+   * Counts are cumulative, so a frame lost before snapshot j is missing from every later
+   * marker's count too: remember the shortfall found when recording j ended (`lostEpoch` = j)
+   * so later recordings do not wait a grace period for it again.
+   */
+  lost = 0;
+  lostEpoch = 0;
   constructor(readonly peer: Peer) {}
 }
 
@@ -393,6 +400,8 @@ export class Switch implements Startable {
     for (const vp of v.peers.values()) {
       vp.sent.reset();
       vp.recv.reset();
+      vp.lost = 0;
+      vp.lostEpoch = 0;
     }
     for (const r of [...v.recordings.values()]) this.failRecording(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `VNE ${vneName} moved to generation ${generation}`));
     v.fdb.flushLearned();
@@ -900,13 +909,22 @@ export class Switch implements Startable {
     }
     const now = this.opts.now();
     let lost = 0;
+    const shortfalls: [VnePeer, number][] = [];
     for (const vp of v.peers.values()) {
       const m = r.markersIn.get(vp.peer.idx);
       if (!m) return;
       const got = vp.recv.below(r.k);
-      if (got < m.count) {
+      const knownLost = vp.lostEpoch < r.k ? vp.lost : 0;
+      if (got + knownLost < m.count) {
         if (now - m.at < this.opts.recordingGraceMs) return;
-        lost += m.count - got;
+        lost += m.count - got - knownLost;
+      }
+      shortfalls.push([vp, Math.max(0, m.count - got)]);
+    }
+    for (const [vp, short] of shortfalls) {
+      if (r.k > vp.lostEpoch) {
+        vp.lost = short;
+        vp.lostEpoch = r.k;
       }
     }
     r.done = true;

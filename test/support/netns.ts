@@ -11,7 +11,7 @@ import { ChildProcess, execFileSync, spawn, SpawnOptions } from 'node:child_proc
 
 export function sh(cmd: string, args: readonly string[], opts: { allowFail?: boolean; timeoutMs?: number } = {}): string {
   try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 60_000 });
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024 });
   } catch (e) {
     if (opts.allowFail) return '';
     const err = e as { stderr?: string; message: string };
@@ -153,4 +153,34 @@ export function waitForJsonLine<T>(child: ChildProcess, pred: (v: T) => boolean,
     child.stderr?.on('data', onErr);
     child.once('exit', onExit);
   });
+}
+
+/** A tcpdump capture in a namespace, started for real (its "listening on" seen) before resolving. */
+export async function startCapture(topo: Topology, ns: string, iface: string, file: string, args: readonly string[] = []): Promise<{ stop: () => Promise<void> }> {
+  // --immediate-mode: without it packets wait in a TPACKET_V3 block for up to a second and are
+  // lost when the capture is stopped sooner.
+  const c = topo.spawn(ns, 'tcpdump', ['-i', iface, '-w', file, '-U', '--immediate-mode', ...args]);
+  await new Promise<void>((resolve, reject) => {
+    let err = '';
+    const t = setTimeout(() => reject(new Error(`tcpdump on ${ns}/${iface} did not start: ${err}`)), 10_000);
+    c.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (err.includes('listening on')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    c.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`tcpdump on ${ns}/${iface} exited (${code}): ${err}`));
+    });
+  });
+  return {
+    stop: () =>
+      new Promise<void>((resolve) => {
+        if (c.exitCode !== null) return resolve();
+        c.once('exit', () => resolve());
+        c.kill('SIGINT');
+      }),
+  };
 }

@@ -189,3 +189,29 @@ describe('snapshot rules', () => {
     assert.equal(env.sw('a').portEpoch('v1'), 1);
   });
 });
+
+describe('snapshot rules: losses are accounted once', () => {
+  it('a frame lost before snapshot 1 does not make snapshot 2 wait a grace period again', async () => {
+    const env = twoHosts({ recordingGraceMs: 500 });
+    sendFrom(env, 'v1', 1, 2, 1, 0);
+    env.port('v1').vm.pumpAll();
+    env.net.drop([0]);
+    await env.sw('a').cutPort('v1', 1);
+    await env.sw('b').cutPort('v2', 1);
+    env.settle();
+    const p1 = env.sw('b').channelState('blue', 1);
+    env.tick(600);
+    assert.equal((await p1).lostFrames, 1);
+    await env.sw('a').cutPort('v1', 2);
+    await env.sw('b').cutPort('v2', 2);
+    env.settle();
+    let ended = false;
+    const p2 = env.sw('b').channelState('blue', 2).then((cs) => {
+      ended = true;
+      return cs;
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(ended, true, 'recording 2 ended on its markers, without a grace period');
+    assert.equal((await p2).lostFrames, 0);
+  });
+});
