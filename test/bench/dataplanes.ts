@@ -185,12 +185,15 @@ export async function setupVnsnap(topo: Topology, tmp: string, daemonPath: strin
       } catch (e) {
         throw new Error(`daemon ${id}: ${(e as Error).message}\nstdout: ${log.stdout().slice(-2000)}`);
       }
-      topo.moveLink(id, `vnbt${i + 1}`, `vm${i + 1}`, `${INNER[i]}/${INNER_PREFIX}`, INNER_MTU);
       controls.push(await ControlClient.connect(ctl));
     }
+    // Bring the VM sides up only once both daemons listen: a frame a VM sends (IPv6 DAD,
+    // router solicitation) before the peer's tunnel socket exists is lost on the wire.
+    for (const i of [0, 1]) topo.moveLink(`h${i + 1}`, `vnbt${i + 1}`, `vm${i + 1}`, `${INNER[i]}/${INNER_PREFIX}`, INNER_MTU);
   } catch (e) {
     await dp.close();
     throw e;
   }
+  dp.describe += `; ready lines: ${ready.map((r) => JSON.stringify(r)).join(' ')}`;
   return dp;
 }

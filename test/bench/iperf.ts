@@ -109,10 +109,11 @@ export function rxPackets(topo: Topology, ns: string, ifname: string): { packets
 }
 
 /**
- * 64-byte frames at a high offered rate (`rate` is iperf3's -b; "0" = as fast as the client can).
+ * 64-byte frames at a high offered rate (`rate` is iperf3's -b per stream; "0" = as fast as the
+ * client can; `streams` is iperf3's -P).
  * The figure is frames delivered to the receiving VM's interface per second of sending.
  */
-export async function udp64Run(topo: Topology, ep: Endpoints, durationS: number, rate: string): Promise<UdpResult> {
+export async function udp64Run(topo: Topology, ep: Endpoints, durationS: number, rate: string, streams = 1): Promise<UdpResult> {
   const port = ep.port ?? 5201;
   const server = await startServer(topo, ep.serverNs, ep.serverAddr, port);
   try {
@@ -120,7 +121,7 @@ export async function udp64Run(topo: Topology, ep: Endpoints, durationS: number,
     const j = await client(
       topo,
       ep.clientNs,
-      ['-c', ep.serverAddr, '-p', String(port), '-u', '-l', String(UDP64_PAYLOAD), '-b', rate, '-t', String(durationS)],
+      ['-c', ep.serverAddr, '-p', String(port), '-u', '-l', String(UDP64_PAYLOAD), '-b', rate, '-t', String(durationS), '-P', String(streams)],
       durationS,
     );
     const after = rxPackets(topo, ep.serverNs, ep.serverIf);

@@ -3,7 +3,7 @@
  * VM namespace to VM namespace across two host namespaces joined by a veth underlay.
  *
  *   npm run bench:switch -- [--json] [--only vnsnap,ovs,kernel] [--duration S] [--runs N]
- *                           [--udp-rate B] [--daemon PATH] [--snapshot-interval MS]
+ *                           [--udp-rate B] [--udp-streams N] [--daemon PATH] [--snapshot-interval MS]
  *                           [--kernel-tunnel geneve|vxlan|auto]
  *
  * For each dataplane (set up, measured, torn down in turn): iperf3 TCP vm1→vm2 (Gbit/s) and
@@ -32,6 +32,7 @@ interface Options {
   duration: number;
   runs: number;
   udpRate: string;
+  udpStreams: number;
   daemon: string;
   snapshotIntervalMs: number;
   kernelTunnel: 'geneve' | 'vxlan' | 'auto';
@@ -40,7 +41,7 @@ interface Options {
 function usage(msg?: string): never {
   if (msg) process.stderr.write(`switch-bench: ${msg}\n`);
   process.stderr.write(
-    'usage: switch-bench [--json] [--only vnsnap|ovs|kernel[,..]]... [--duration S] [--runs N] [--udp-rate B] [--daemon PATH] [--snapshot-interval MS] [--kernel-tunnel geneve|vxlan|auto]\n',
+    'usage: switch-bench [--json] [--only vnsnap|ovs|kernel[,..]]... [--duration S] [--runs N] [--udp-rate B] [--udp-streams N] [--daemon PATH] [--snapshot-interval MS] [--kernel-tunnel geneve|vxlan|auto]\n',
   );
   process.exit(2);
 }
@@ -52,6 +53,7 @@ function parseArgs(argv: string[]): Options {
     duration: 5,
     runs: 3,
     udpRate: '0',
+    udpStreams: 1,
     daemon: path.resolve(__dirname, '../../switch/daemon.js'),
     snapshotIntervalMs: 1000,
     kernelTunnel: 'auto',
@@ -84,6 +86,10 @@ function parseArgs(argv: string[]): Options {
         break;
       case '--udp-rate':
         o.udpRate = val();
+        break;
+      case '--udp-streams':
+        o.udpStreams = Number(val());
+        if (!Number.isInteger(o.udpStreams) || o.udpStreams < 1) usage('--udp-streams must be a positive integer');
         break;
       case '--daemon':
         o.daemon = path.resolve(val());
@@ -184,7 +190,7 @@ async function udpRuns(topo: Topology, dp: Dataplane): Promise<number | null> {
   for (let r = 0; r < opts.runs; r++) {
     if (shuttingDown) break;
     try {
-      const u: UdpResult = await udp64Run(topo, dp.endpoints, opts.duration, opts.udpRate);
+      const u: UdpResult = await udp64Run(topo, dp.endpoints, opts.duration, opts.udpRate, opts.udpStreams);
       vals.push(u.kpps);
       log(
         `${dp.name} UDP64 run ${r + 1}/${opts.runs}: ${u.kpps.toFixed(1)} kpps delivered to vm2 ` +
@@ -203,6 +209,8 @@ interface SnapshotStats {
   channelMs: number[];
   error: string | null;
   lastChannelState: unknown[];
+  /** Per snapshot: [epoch, channelState ms, lostFrames h1, lostFrames h2]. */
+  perEpoch: Array<[number, number, ...Array<number | null>]>;
 }
 
 /**
@@ -212,7 +220,7 @@ interface SnapshotStats {
  * since the daemons' epochs may then disagree.
  */
 function snapshotLoop(dp: VnsnapDataplane, firstEpoch: number, intervalMs: number): { stop: () => Promise<SnapshotStats>; nextEpoch: () => number } {
-  const st: SnapshotStats = { done: 0, cutMs: [], channelMs: [], error: null, lastChannelState: [] };
+  const st: SnapshotStats = { done: 0, cutMs: [], channelMs: [], error: null, lastChannelState: [], perEpoch: [] };
   let epoch = firstEpoch;
   let stopping = false;
   let wake: (() => void) | null = null;
@@ -227,6 +235,7 @@ function snapshotLoop(dp: VnsnapDataplane, firstEpoch: number, intervalMs: numbe
         st.cutMs.push(t1 - t0);
         st.channelMs.push(t2 - t1);
         st.lastChannelState = cs;
+        st.perEpoch.push([epoch, t2 - t1, ...cs.map((r) => (typeof r.lostFrames === 'number' ? r.lostFrames : null))]);
         st.done++;
         epoch++;
       } catch (e) {
@@ -261,12 +270,13 @@ interface VnsnapExtra {
   channelMsMedian: number | null;
   error: string | null;
   lastChannelState: unknown[];
+  lossySnapshots: number;
 }
 
 async function tcpDuringSnapshots(topo: Topology, dp: VnsnapDataplane): Promise<{ gbps: number | null; extra: VnsnapExtra }> {
   const vals: number[] = [];
   let epoch = 1;
-  const all: SnapshotStats = { done: 0, cutMs: [], channelMs: [], error: null, lastChannelState: [] };
+  const all: SnapshotStats = { done: 0, cutMs: [], channelMs: [], error: null, lastChannelState: [], perEpoch: [] };
   for (let r = 0; r < opts.runs && !shuttingDown && !all.error; r++) {
     const loop = snapshotLoop(dp, epoch, opts.snapshotIntervalMs);
     let t: TcpResult | null = null;
@@ -281,6 +291,7 @@ async function tcpDuringSnapshots(topo: Topology, dp: VnsnapDataplane): Promise<
     all.done += st.done;
     all.cutMs.push(...st.cutMs);
     all.channelMs.push(...st.channelMs);
+    all.perEpoch.push(...st.perEpoch);
     all.lastChannelState = st.lastChannelState.length ? st.lastChannelState : all.lastChannelState;
     if (st.error) all.error = st.error;
     if (t && !st.error) {
@@ -293,6 +304,11 @@ async function tcpDuringSnapshots(topo: Topology, dp: VnsnapDataplane): Promise<
       log(`vnsnap TCP during snapshots run ${r + 1}/${opts.runs} failed: ${err || st.error}`);
     }
   }
+  if (all.perEpoch.length) {
+    log(`per snapshot [epoch, channelState ms, lostFrames h1, lostFrames h2]: ${JSON.stringify(all.perEpoch)}`);
+  }
+  const lossy = all.perEpoch.filter((e) => e.slice(2).some((x) => typeof x === 'number' && x > 0)).length;
+  if (lossy) log(`${lossy}/${all.perEpoch.length} snapshots reported lostFrames > 0 (their recordings end only after the daemon's grace period)`);
   if (all.lastChannelState.length) log(`last channelState replies: ${JSON.stringify(all.lastChannelState).slice(0, 1500)}`);
   return {
     gbps: all.error ? null : median(vals),
@@ -302,6 +318,7 @@ async function tcpDuringSnapshots(topo: Topology, dp: VnsnapDataplane): Promise<
       channelMsMedian: median(all.channelMs),
       error: all.error,
       lastChannelState: all.lastChannelState,
+      lossySnapshots: lossy,
     },
   };
 }
@@ -330,7 +347,7 @@ async function main(): Promise<void> {
   const described: string[] = [];
   let snapExtra: VnsnapExtra | null = null;
   log(
-    `dataplanes ${opts.only.join(',')}; ${opts.runs} run(s) of ${opts.duration} s; UDP -l 18 -b ${opts.udpRate}; inner MTU ${INNER_MTU}; ` +
+    `dataplanes ${opts.only.join(',')}; ${opts.runs} run(s) of ${opts.duration} s; UDP -l 18 -b ${opts.udpRate} -P ${opts.udpStreams}; inner MTU ${INNER_MTU}; ` +
       `${os.cpus().length} CPUs, nothing pinned`,
   );
 
@@ -369,6 +386,16 @@ async function main(): Promise<void> {
         res.tcp_gbps_during_snapshots.vnsnap = d.gbps;
         snapExtra = d.extra;
         if (d.extra.error) notes.push(`vnsnap snapshots: ${d.extra.error}`);
+        if (d.extra.lossySnapshots) {
+          notes.push(`vnsnap snapshots: ${d.extra.lossySnapshots}/${d.extra.snapshotsDone} channelState replies had lostFrames > 0 (recording ended by the grace period, channelState median ${d.extra.channelMsMedian} ms)`);
+        }
+        for (const [i, c] of vdp.controls.entries()) {
+          try {
+            log(`h${i + 1} stats after snapshot runs: ${JSON.stringify(await c.request({ op: 'stats' }, 5000)).slice(0, 2000)}`);
+          } catch (e) {
+            log(`h${i + 1} stats: ${errMsg(e)}`);
+          }
+        }
         for (const [i, c] of vdp.daemons.entries()) {
           if (c.exitCode !== null || c.signalCode !== null) {
             notes.push(`vnsnap daemon h${i + 1} exited (${c.exitCode ?? c.signalCode}) during the bench; stderr: ${vdp.logs[i]?.stderr().slice(-1000)}`);
@@ -408,7 +435,10 @@ async function main(): Promise<void> {
   if (opts.only.includes('vnsnap')) {
     out.push(`vnsnap TCP during snapshots every ${opts.snapshotIntervalMs} ms: ${f(res.tcp_gbps_during_snapshots.vnsnap, 3)} Gbit/s`);
     if (snapExtra) {
-      out.push(`  snapshots completed: ${snapExtra.snapshotsDone}, cut (both daemons) median ${snapExtra.cutMsMedian ?? 'n/a'} ms, channelState median ${snapExtra.channelMsMedian ?? 'n/a'} ms`);
+      out.push(
+        `  snapshots completed: ${snapExtra.snapshotsDone}, cut (both daemons) median ${snapExtra.cutMsMedian ?? 'n/a'} ms, ` +
+          `channelState median ${snapExtra.channelMsMedian ?? 'n/a'} ms, with lostFrames > 0: ${snapExtra.lossySnapshots}`,
+      );
     }
     out.push(`ratios: TCP vnsnap/ovs ${ratio(res.tcp_gbps.vnsnap, res.tcp_gbps.ovs)}, vnsnap/kernel ${ratio(res.tcp_gbps.vnsnap, res.tcp_gbps.kernel)}; ` +
       `UDP64 vnsnap/ovs ${ratio(res.udp64_kpps.vnsnap, res.udp64_kpps.ovs)}, vnsnap/kernel ${ratio(res.udp64_kpps.vnsnap, res.udp64_kpps.kernel)}; ` +
