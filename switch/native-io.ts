@@ -47,6 +47,14 @@ export interface PollerStats {
   lastError: string | null;
 }
 
+/**
+ * Errors: a failing system call throws an Error with `code` 'ERR_NATIVE_IO', a message
+ * "<op>(<subject>): <syscall>: <strerror>" (e.g. "tapOpen(vnt0): ioctl TUNSETIFF: Operation
+ * not permitted") and the extra properties `errno` (negative, as in Node), `errnoCode`
+ * ('EPERM', ...) and `syscall`; writeFrames adds `written` and udpSend `sent` (how many went
+ * out before the failure). Wrong argument types/ranges throw TypeError/RangeError with `code`
+ * 'ERR_INVALID_ARGUMENT'. Close polled fds with close() below, which stops their pollers first.
+ */
 export interface NativeIo {
   /** Open (create if needed) a TAP device: IFF_TAP | IFF_NO_PI, non-blocking, link set up by the caller. */
   tapOpen(name: string): { fd: number; name: string };

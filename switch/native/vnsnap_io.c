@@ -29,7 +29,8 @@
  *   from a wakeup. When libuv reports POLLERR (it stops the watcher itself) the error is
  *   consumed by a read; if the fd is still in an error state afterwards (a TAP whose device
  *   was deleted, a closed fd) the poller stops for good (stats().dead), otherwise (a packet
- *   socket whose link went down: ENETDOWN once) it keeps polling.
+ *   socket whose link went down: ENETDOWN once) it keeps polling. start() on a dead poller
+ *   throws; poll() on it still tries to read (and returns 0).
  * - Frames longer than the slot (slotSize - headroom) are dropped and counted as truncated.
  */
 #define _GNU_SOURCE
@@ -790,7 +791,9 @@ static napi_value PollerPoll(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   poller_t *p = unwrap_poller(env, self_this, "poll");
   if (!p) return NULL;
-  if (!poller_usable(env, p, "poll")) return NULL;
+  /* A dead poller (device gone) still reads: it returns 0 and counts the error, so a
+   * caller draining ports needs no special case. A closed fd is a caller bug: throw. */
+  if (p->fd_closed && !poller_usable(env, p, "poll")) return NULL;
   if (p->in_cb) {
     throw_io(env, "poller(fd %d).poll: called from inside onBatch (it would overwrite the batch being handled)", p->fd);
     return NULL;

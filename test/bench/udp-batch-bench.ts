@@ -189,7 +189,6 @@ async function txOnly(kind: 'dgram' | 'addon', io: NativeIo, size: number): Prom
 async function main(): Promise<void> {
   const io = nativeIo();
   console.log(`udp-batch-bench: loopback, ${RUNS} runs x ${DURATION_MS} ms each, median; addon batch ${MAX_BATCH}, burst ${BURST}, window ${WINDOW}`);
-  const rows: string[] = [];
   console.log('(dgram and addon runs alternate, so background load hits both alike; ratio = median of per-run ratios)');
   for (const size of [64, 1400]) {
     const cases: [string, () => Promise<number>, () => Promise<number>][] = [

@@ -234,6 +234,7 @@ describe('native-io (unit)', function () {
     let self: unknown;
     let inner: unknown;
     const p = io.createPoller(b.fd, 'udp', slab, 64, 0, 4, u(), u(), u(), function (this: unknown) {
+      // eslint-disable-next-line @typescript-eslint/no-this-alias -- the test checks what `this` is
       self = this;
       try {
         p.poll();

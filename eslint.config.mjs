@@ -1,0 +1,42 @@
+// Lint: typescript-eslint's recommended rules, `.only` banned, no import cycles, and the
+// dependency rule of DESIGN.md (switch never imports agent or coordinator; coordinator never
+// imports switch or agent; proto imports nothing of ours).
+import tseslint from 'typescript-eslint';
+import importX from 'eslint-plugin-import-x';
+
+const zone = (target, from, message) => ({ target, from, message });
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'build/**', 'node_modules/**', '**/*.js', '**/*.mjs'] },
+  ...tseslint.configs.recommended,
+  {
+    files: ['**/*.ts'],
+    plugins: { 'import-x': importX },
+    settings: { 'import-x/resolver': { node: { extensions: ['.ts', '.js'] } } },
+    rules: {
+      'import-x/no-cycle': 'error',
+      'import-x/no-restricted-paths': [
+        'error',
+        {
+          zones: [
+            zone('./switch', './agent', 'switch/ must not import agent/'),
+            zone('./switch', './coordinator', 'switch/ must not import coordinator/'),
+            zone('./coordinator', './switch', 'coordinator/ must not import switch/'),
+            zone('./coordinator', './agent', 'coordinator/ must not import agent/'),
+            zone('./proto', './switch', 'proto/ imports nothing of ours'),
+            zone('./proto', './agent', 'proto/ imports nothing of ours'),
+            zone('./proto', './coordinator', 'proto/ imports nothing of ours'),
+            zone('./agent', './coordinator', 'agent/ must not import coordinator/'),
+          ],
+        },
+      ],
+      'no-restricted-properties': [
+        'error',
+        { object: 'describe', property: 'only', message: '.only must not be committed' },
+        { object: 'it', property: 'only', message: '.only must not be committed' },
+        { object: 'context', property: 'only', message: '.only must not be committed' },
+      ],
+      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+    },
+  },
+);
