@@ -1,0 +1,72 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { isVnsnapError } from '../../proto/errors';
+import { parseSwitchConfig } from '../../switch/config';
+
+const good = {
+  id: 'h1',
+  tunnel: { address: '10.0.0.1', port: 6081 },
+  peers: [{ id: 'h2', address: '10.0.0.2', port: 6081 }],
+  vnes: [{ name: 'blue', vni: 100, peers: ['h2'] }],
+  ports: [
+    { name: 'vm1', vne: 'blue', type: 'tap', ifname: 'vnt1' },
+    { name: 'vm2', vne: 'blue', type: 'stream', path: '/run/x.sock' },
+  ],
+  static: [{ vne: 'blue', mac: '52:54:00:00:00:01', peer: 'h2' }],
+};
+
+function bad(mutate: (c: Record<string, unknown>) => void): string {
+  const c = JSON.parse(JSON.stringify(good)) as Record<string, unknown>;
+  mutate(c);
+  try {
+    parseSwitchConfig(JSON.stringify(c));
+  } catch (e) {
+    assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+    return (e as Error).message;
+  }
+  assert.fail('expected the config to be refused');
+}
+
+describe('switch config', () => {
+  it('accepts a complete config', () => {
+    const c = parseSwitchConfig(JSON.stringify(good));
+    assert.equal(c.ports.length, 2);
+    assert.deepEqual(c.static, [{ vne: 'blue', mac: '52:54:00:00:00:01', peer: 'h2' }]);
+  });
+
+  it('refuses bad input with a message naming the field', () => {
+    assert.equal(bad((c) => (c['extra'] = 1)), 'config: unknown field "extra" (known: id, tunnel, control, peers, vnes, ports, static)');
+    assert.equal(bad((c) => delete c['id']), 'config.id must be a non-empty string');
+    assert.equal(bad((c) => ((c['vnes'] as { vni: number }[])[0]!.vni = 1 << 24)), 'vnes[0].vni must be an integer 0..16777215, got 16777216');
+    assert.equal(bad((c) => ((c['vnes'] as { peers: string[] }[])[0]!.peers = ['h9'])), 'vnes[0].peers[0]: no peer with id "h9"');
+    assert.equal(bad((c) => ((c['ports'] as { type: string }[])[0]!.type = 'veth')), 'ports[0].type must be "tap", "packet" or "stream", got "veth"');
+    assert.equal(bad((c) => ((c['ports'] as { ifname: string }[])[0]!.ifname = 'a-very-long-interface-name')), 'ports[0].ifname "a-very-long-interface-name" is longer than 15 characters (the kernel\'s IFNAMSIZ)');
+    assert.equal(bad((c) => ((c['ports'] as { vne: string }[])[0]!.vne = 'red')), 'ports[0].vne: no VNE named "red"');
+    assert.equal(bad((c) => ((c['static'] as { port?: string }[])[0]!.port = 'vm1')), 'static[0] needs exactly one of "peer" or "port"');
+    assert.equal(bad((c) => ((c['tunnel'] as { port: number }).port = 70000)), 'tunnel.port must be an integer 0..65535, got 70000');
+    assert.throws(() => parseSwitchConfig('{ nope'), (e) => isVnsnapError(e, 'ERR_CONFIG') && /not valid JSON/.test((e as Error).message));
+  });
+
+  it('the daemon explains a bad config in one line and exits 2; --help explains the flags', () => {
+    const daemon = path.resolve(__dirname, '../../switch/daemon.js');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
+    try {
+      const f = path.join(dir, 'c.json');
+      fs.writeFileSync(f, JSON.stringify({ ...good, ports: [{ name: 'x', vne: 'nope', type: 'tap', ifname: 't' }] }));
+      const r = spawnSync(process.execPath, [daemon, '--config', f], { encoding: 'utf8' });
+      assert.equal(r.status, 2);
+      assert.equal(r.stderr.trim(), 'vnsnap-switch: ports[0].vne: no VNE named "nope" [ERR_CONFIG]');
+      const missing = spawnSync(process.execPath, [daemon, '--config', path.join(dir, 'absent.json')], { encoding: 'utf8' });
+      assert.equal(missing.status, 2);
+      assert.match(missing.stderr, /^vnsnap-switch: cannot read config file .*absent\.json: ENOENT/);
+      const help = spawnSync(process.execPath, [daemon, '--help'], { encoding: 'utf8' });
+      assert.equal(help.status, 0);
+      assert.match(help.stdout, /--config <file>\s+switch configuration \(JSON\)/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
