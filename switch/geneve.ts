@@ -13,7 +13,7 @@
  * Data packets (O=0) carry one non-critical option, type 0x01, 8 bytes: the source port's
  * snapshot epoch (u32) and the VNE generation (u32) — 20 header bytes in all, so a frame can be
  * encapsulated in place in 20 bytes of headroom. Control packets (O=1, C=1) carry no inner
- * frame and one critical option: 0x82 marker (epoch, generation, count of epoch<k data frames
+ * frame (protocol type 0) and one critical option: 0x82 marker (epoch, generation, count of epoch<k data frames
  * sent on this tunnel as u64) or 0x83 marker acknowledgement (epoch, generation).
  * Option class 0xFFF5 is in IANA's "Experimental Use" range (0xFFF0–0xFFFF).
  *
@@ -23,6 +23,8 @@
 
 export const GENEVE_PORT = 6081;
 export const PROTO_ETHERNET = 0x6558;
+/** Control packets carry no payload: protocol type 0 so decoders do not look for a frame. */
+export const PROTO_NONE = 0x0000;
 export const VNSNAP_OPTION_CLASS = 0xfff5;
 export const OPT_EPOCH = 0x01;
 export const OPT_MARKER = 0x82;
@@ -64,7 +66,7 @@ export function encodeMarker(vni: number, epoch: number, generation: number, cou
   const b = Buffer.alloc(BASE_LEN + 4 + 16);
   b[0] = 5; // option length: 4-byte option header + 16 bytes = 5 words
   b[1] = 0xc0; // O and C
-  b.writeUInt16BE(PROTO_ETHERNET, 2);
+  b.writeUInt16BE(PROTO_NONE, 2);
   b.writeUInt32BE((vni << 8) >>> 0, 4);
   b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
   b[10] = OPT_MARKER;
@@ -80,7 +82,7 @@ export function encodeAck(vni: number, epoch: number, generation: number): Buffe
   const b = Buffer.alloc(BASE_LEN + 4 + 8);
   b[0] = 3;
   b[1] = 0xc0;
-  b.writeUInt16BE(PROTO_ETHERNET, 2);
+  b.writeUInt16BE(PROTO_NONE, 2);
   b.writeUInt32BE((vni << 8) >>> 0, 4);
   b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
   b[10] = OPT_MARKER_ACK;
