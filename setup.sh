@@ -45,7 +45,9 @@ fi
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<20||(a===20&&b<19)) { console.error("setup.sh: Node.js >= 20.19 is required, found "+process.versions.node); process.exit(2) }'
 
 echo "== installing npm dependencies and building the native addon"
-npm ci --no-audit --no-fund
+# `npm install` (not `npm ci`): npm 11 rejects this lock file in `ci` over optional platform
+# packages of a lint dependency it never installs here; `install` keeps the locked versions.
+npm install --no-audit --no-fund
 echo "== building"
 npm run build --silent
 
