@@ -47,6 +47,8 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<20||(a=
 echo "== installing npm dependencies and building the native addon"
 # `npm install` (not `npm ci`): npm 11 rejects this lock file in `ci` over optional platform
 # packages of a lint dependency it never installs here; `install` keeps the locked versions.
+# Native modules (ours, better-sqlite3) are compiled here; never fetch prebuilt binaries.
+export npm_config_build_from_source=true
 npm install --no-audit --no-fund
 echo "== building"
 npm run build --silent

@@ -21,7 +21,49 @@ export type ErrorCode =
   | 'ERR_SNAPSHOT_ABORTED'
   | 'ERR_NATIVE_IO'
   | 'ERR_TIMEOUT'
-  | 'ERR_STATE';
+  | 'ERR_STATE'
+  | 'ERR_FAILED_PRECONDITION'
+  | 'ERR_UNAVAILABLE'
+  | 'ERR_AGENT_DISCONNECTED'
+  | 'ERR_DATA_LOSS'
+  | 'ERR_CHECKSUM'
+  | 'ERR_UNSUPPORTED_VERSION'
+  | 'ERR_STORE_FULL'
+  | 'ERR_DRIVER'
+  | 'ERR_CANCELLED'
+  | 'ERR_INTERNAL';
+
+/** Every code, for tables that must cover them all (checked by a test). */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  'ERR_INVALID_ARGUMENT',
+  'ERR_CONFIG',
+  'ERR_NOT_FOUND',
+  'ERR_ALREADY_EXISTS',
+  'ERR_PORT_EXISTS',
+  'ERR_PORT_UNKNOWN',
+  'ERR_VNE_UNKNOWN',
+  'ERR_PEER_UNKNOWN',
+  'ERR_EPOCH_ORDER',
+  'ERR_CUT_IN_PROGRESS',
+  'ERR_SNAPSHOT_ABORTED',
+  'ERR_NATIVE_IO',
+  'ERR_TIMEOUT',
+  'ERR_STATE',
+  'ERR_FAILED_PRECONDITION',
+  'ERR_UNAVAILABLE',
+  'ERR_AGENT_DISCONNECTED',
+  'ERR_DATA_LOSS',
+  'ERR_CHECKSUM',
+  'ERR_UNSUPPORTED_VERSION',
+  'ERR_STORE_FULL',
+  'ERR_DRIVER',
+  'ERR_CANCELLED',
+  'ERR_INTERNAL',
+];
+
+export function isErrorCode(s: string): s is ErrorCode {
+  return (ERROR_CODES as readonly string[]).includes(s);
+}
 
 export class VnsnapError extends Error {
   readonly code: ErrorCode;

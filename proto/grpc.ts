@@ -1,0 +1,64 @@
+/**
+ * Loading the contract at run time: the .proto files under proto/vnsnap/v1 become a grpc-js
+ * package definition (typed by the code proto-loader-gen-types generates into proto/gen at
+ * build time — never written by hand), plus the standard gRPC health and reflection services
+ * so stock clients (grpcurl, grpcui, Postman) work unaided.
+ *
+ * Loader options must match the generator's flags in package.json (`gen:proto`): camelCase
+ * fields, 64-bit integers as JS numbers, enums as their names, defaults filled in, oneofs named.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, type ServingStatusMap } from 'grpc-health-check';
+import type { ProtoGrpcType as AgentProto } from './gen/agent';
+import type { ProtoGrpcType as CoordinatorProto } from './gen/coordinator';
+
+export const PROTO_FILES = ['vnsnap/v1/coordinator.proto', 'vnsnap/v1/agent.proto', 'vnsnap/v1/manifest.proto', 'vnsnap/v1/types.proto'];
+
+export const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+/** The directory holding vnsnap/v1/*.proto (works from the sources and from dist/). */
+export function protoDir(): string {
+  for (const c of [path.join(__dirname), path.join(__dirname, '..', '..', 'proto')]) {
+    if (fs.existsSync(path.join(c, 'vnsnap', 'v1', 'coordinator.proto'))) return c;
+  }
+  throw new Error(`cannot find the .proto files near ${__dirname}`);
+}
+
+let cached: protoLoader.PackageDefinition | undefined;
+
+export function packageDefinition(): protoLoader.PackageDefinition {
+  cached ??= protoLoader.loadSync(PROTO_FILES, { ...LOADER_OPTIONS, includeDirs: [protoDir()] });
+  return cached;
+}
+
+export type VnsnapGrpc = CoordinatorProto & AgentProto;
+
+export function loadVnsnap(): VnsnapGrpc {
+  return grpc.loadPackageDefinition(packageDefinition()) as unknown as VnsnapGrpc;
+}
+
+export const COORDINATOR_SERVICE = 'vnsnap.v1.CoordinatorService';
+export const AGENT_SERVICE = 'vnsnap.v1.AgentService';
+
+/**
+ * Add grpc.health.v1 and server reflection (v1 and v1alpha) to a server. The returned health
+ * implementation lets the caller flip a service to NOT_SERVING (e.g. while shutting down).
+ */
+export function addHealthAndReflection(server: grpc.Server, services: readonly string[]): HealthImplementation {
+  const statusMap: ServingStatusMap = { '': 'SERVING' };
+  for (const s of services) statusMap[s] = 'SERVING';
+  const health = new HealthImplementation(statusMap);
+  health.addToServer(server);
+  new ReflectionService(packageDefinition()).addToServer(server);
+  return health;
+}
