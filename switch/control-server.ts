@@ -9,10 +9,10 @@
  * setStaticMac {vne, mac, peer | port}; inject {port, frames: base64[]};
  * setGeneration {vne, generation}; setPortEpoch {port, epoch}.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { describeError, VnsnapError } from '../proto/errors';
 import type { Switch } from './switch';
+import { closeUnix, listenUnix } from './unix-listen';
 
 type Req = Record<string, unknown> & { id?: unknown; op?: unknown };
 
@@ -70,18 +70,8 @@ export class ControlServer {
     readonly path: string,
   ) {}
 
-  start(): Promise<void> {
-    try {
-      if (fs.statSync(this.path).isSocket()) fs.unlinkSync(this.path);
-    } catch {
-      /* absent */
-    }
-    const server = net.createServer((s) => this.serve(s));
-    this.server = server;
-    return new Promise((resolve, reject) => {
-      server.once('error', (e) => reject(new VnsnapError('ERR_CONFIG', `cannot listen on control socket ${this.path}: ${e.message}`)));
-      server.listen(this.path, () => resolve());
-    });
+  async start(): Promise<void> {
+    this.server = await listenUnix(this.path, 'control socket', (s) => this.serve(s));
   }
 
   private serve(s: net.Socket): void {
@@ -116,12 +106,7 @@ export class ControlServer {
   }
 
   stop(): void {
-    this.server?.close();
+    closeUnix(this.server, this.path);
     this.server = undefined;
-    try {
-      fs.unlinkSync(this.path);
-    } catch {
-      /* gone */
-    }
   }
 }

@@ -62,34 +62,31 @@ export function encodeData(vni: number, epoch: number, generation: number, frame
   return b;
 }
 
-export function encodeMarker(vni: number, epoch: number, generation: number, count: number): Buffer {
-  const b = Buffer.alloc(BASE_LEN + 4 + 16);
-  b[0] = 5; // option length: 4-byte option header + 16 bytes = 5 words
+/** A control packet (O and C set, protocol type 0) with one critical vnsnap option. */
+function encodeControl(vni: number, type: number, epoch: number, generation: number, extraWords: number): Buffer {
+  const dataWords = 2 + extraWords;
+  const b = Buffer.alloc(BASE_LEN + 4 + dataWords * 4);
+  b[0] = 1 + dataWords; // option length in words: 4-byte option header + data
   b[1] = 0xc0; // O and C
   b.writeUInt16BE(PROTO_NONE, 2);
   b.writeUInt32BE((vni << 8) >>> 0, 4);
   b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
-  b[10] = OPT_MARKER;
-  b[11] = 4;
+  b[10] = type;
+  b[11] = dataWords;
   b.writeUInt32BE(epoch >>> 0, 12);
   b.writeUInt32BE(generation >>> 0, 16);
+  return b;
+}
+
+export function encodeMarker(vni: number, epoch: number, generation: number, count: number): Buffer {
+  const b = encodeControl(vni, OPT_MARKER, epoch, generation, 2);
   b.writeUInt32BE(Math.floor(count / 0x1_0000_0000), 20);
   b.writeUInt32BE(count % 0x1_0000_0000, 24);
   return b;
 }
 
 export function encodeAck(vni: number, epoch: number, generation: number): Buffer {
-  const b = Buffer.alloc(BASE_LEN + 4 + 8);
-  b[0] = 3;
-  b[1] = 0xc0;
-  b.writeUInt16BE(PROTO_NONE, 2);
-  b.writeUInt32BE((vni << 8) >>> 0, 4);
-  b.writeUInt16BE(VNSNAP_OPTION_CLASS, 8);
-  b[10] = OPT_MARKER_ACK;
-  b[11] = 2;
-  b.writeUInt32BE(epoch >>> 0, 12);
-  b.writeUInt32BE(generation >>> 0, 16);
-  return b;
+  return encodeControl(vni, OPT_MARKER_ACK, epoch, generation, 0);
 }
 
 export function isValidVni(vni: number): boolean {

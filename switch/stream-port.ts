@@ -8,11 +8,10 @@
  * loop read what is already queued in the socket (two turns), which after a VM pause is what
  * the VM wrote before it.
  */
-import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { VnsnapError } from '../proto/errors';
 import type { Port, RxBatch } from './port';
 import { DEFAULT_MAX_BATCH, newRxBatch } from './port';
+import { closeUnix, listenUnix } from './unix-listen';
 
 const MAX_FRAME = 65535;
 /** Bytes queued towards the VM beyond which new frames are dropped (a stalled reader). */
@@ -36,18 +35,8 @@ export class StreamPort implements Port {
   }
 
   /** Listen on the socket path (a stale socket file is replaced). Resolves when listening. */
-  listen(): Promise<void> {
-    try {
-      if (fs.statSync(this.path).isSocket()) fs.unlinkSync(this.path);
-    } catch {
-      /* does not exist */
-    }
-    const server = net.createServer((s) => this.accept(s));
-    this.server = server;
-    return new Promise((resolve, reject) => {
-      server.once('error', (e) => reject(new VnsnapError('ERR_NATIVE_IO', `stream port ${this.name}: cannot listen on ${this.path}`, { cause: e })));
-      server.listen(this.path, () => resolve());
-    });
+  async listen(): Promise<void> {
+    this.server = await listenUnix(this.path, `stream port ${this.name}`, (s) => this.accept(s));
   }
 
   get connected(): boolean {
@@ -130,12 +119,7 @@ export class StreamPort implements Port {
   close(): void {
     this.conn?.destroy();
     this.conn = undefined;
-    this.server?.close();
+    closeUnix(this.server, this.path);
     this.server = undefined;
-    try {
-      fs.unlinkSync(this.path);
-    } catch {
-      /* gone */
-    }
   }
 }
