@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "vnsnap_io",
-      "sources": ["switch/native/vnsnap_io.c"],
+      "sources": ["switch/native/vnsnap_io.c", "switch/native/offload.c"],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
       "defines": ["NAPI_VERSION=8"]

@@ -23,11 +23,13 @@ export interface PortSpec {
   type: 'tap' | 'packet' | 'stream';
   ifname?: string;
   path?: string;
+  /** TAP ports: IFF_VNET_HDR + TSO/checksum offloads (default true). Never for a TAP a QEMU backend restores onto. */
+  offload?: boolean;
 }
 
 export interface SwitchConfig {
   id: string;
-  tunnel?: { address: string; port: number; underlayMtu?: number };
+  tunnel?: { address: string; port: number; underlayMtu?: number; offload?: boolean };
   control?: string;
   peers: { id: string; address: string; port: number }[];
   vnes: { name: string; vni: number; generation?: number; peers?: string[] }[];
@@ -83,6 +85,10 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
     };
     const mtu = int(t, 'underlayMtu', 'tunnel', 576, 65535, true);
     if (mtu !== undefined) cfg.tunnel.underlayMtu = mtu;
+    if (t['offload'] !== undefined) {
+      if (typeof t['offload'] !== 'boolean') fail('tunnel.offload must be true or false');
+      cfg.tunnel.offload = t['offload'];
+    }
   }
   const control = str(o, 'control', source, true);
   if (control !== undefined) cfg.control = control;
@@ -108,6 +114,11 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
     if (type !== 'tap' && type !== 'packet' && type !== 'stream') fail(`ports[${i}].type must be "tap", "packet" or "stream", got ${JSON.stringify(type)}`);
     const spec: PortSpec = { name: str(po, 'name', `ports[${i}]`) as string, vne: str(po, 'vne', `ports[${i}]`) as string, type };
     if (!cfg.vnes.some((v) => v.name === spec.vne)) fail(`ports[${i}].vne: no VNE named "${spec.vne}"`);
+    if (po['offload'] !== undefined) {
+      if (type !== 'tap') fail(`ports[${i}].offload applies to "tap" ports only`);
+      if (typeof po['offload'] !== 'boolean') fail(`ports[${i}].offload must be true or false`);
+      spec.offload = po['offload'];
+    }
     if (type === 'stream') spec.path = str(po, 'path', `ports[${i}]`) as string;
     else {
       spec.ifname = str(po, 'ifname', `ports[${i}]`) as string;

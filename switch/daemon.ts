@@ -25,14 +25,14 @@ export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; cont
     for (const v of cfg.vnes) sw.addVne(v);
     let tunnelPort: number | undefined;
     if (cfg.tunnel) {
-      const t = new UdpTransport(cfg.tunnel.address, cfg.tunnel.port);
+      const t = new UdpTransport(cfg.tunnel.address, cfg.tunnel.port, { offload: cfg.tunnel.offload ?? true });
       sw.attachTunnel(t);
       tunnelPort = t.localPort;
     }
     for (const p of cfg.ports) {
       let port: Port;
       if (p.type === 'tap') {
-        const tap = new TapPort(p.name, p.ifname as string);
+        const tap = new TapPort(p.name, p.ifname as string, undefined, { offload: p.offload ?? true });
         tapNames[p.name] = tap.ifname;
         port = tap;
       } else if (p.type === 'packet') port = new PacketPort(p.name, p.ifname as string);

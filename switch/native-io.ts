@@ -43,6 +43,10 @@ export interface PollerStats {
   truncated: number;
   /** Read errors other than EAGAIN (each ends a batch). */
   errors: number;
+  /** vnet TAPs: frames dropped for a virtio_net_hdr the switch cannot handle (addition; optional). */
+  gsoDrops?: number;
+  /** GRO sockets: datagrams dropped because a batch had no room for more entries (addition; optional). */
+  groDropped?: number;
   /** strerror and errno name of the last read error, or null. */
   lastError: string | null;
 }
@@ -55,16 +59,37 @@ export interface PollerStats {
  * out before the failure). Wrong argument types/ranges throw TypeError/RangeError with `code`
  * 'ERR_INVALID_ARGUMENT'. Close polled fds with close() below, which stops their pollers first.
  */
+/** Bytes of a struct virtio_net_hdr (legacy, native byte order). */
+export const VNET_HDR_LEN = 10;
+/** virtio_net_hdr.gso_type values the switch meets (byte 1 of the header). */
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_TCPV6 = 4;
+
+/** Options of the offload-aware poller kinds (see createPoller). */
+export interface PollerOptions {
+  /** 'vnet' and GRO 'udp': a virtio_net_hdr per frame/entry, VNET_HDR_LEN bytes each. */
+  meta?: Buffer;
+  /** 'udp': the socket has UDP_GRO; entries are described by offs/lens/segs. */
+  gro?: boolean;
+  offs?: Uint32Array;
+  segs?: Uint32Array;
+}
+
 export interface NativeIo {
-  /** Open (create if needed) a TAP device: IFF_TAP | IFF_NO_PI, non-blocking, link set up by the caller. */
-  tapOpen(name: string): { fd: number; name: string };
+  /**
+   * Open (create if needed) a TAP device: IFF_TAP | IFF_NO_PI, non-blocking, link set up by the
+   * caller. opts.vnetHdr adds IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6): frames are read and
+   * written behind a virtio_net_hdr and may be TCP super-frames (`offloads`: TUNSETOFFLOAD worked).
+   */
+  tapOpen(name: string, opts?: { vnetHdr?: boolean }): { fd: number; name: string; vnetHdr?: boolean; offloads?: boolean };
   /**
    * AF_PACKET SOCK_RAW socket bound to an existing interface (ETH_P_ALL, promiscuous,
    * PACKET_IGNORE_OUTGOING), non-blocking.
    */
   packetOpen(ifname: string): { fd: number; ifindex: number };
   /** IPv4 UDP socket bound to ip:port (port 0 = ephemeral), non-blocking, large buffers. */
-  udpOpen(ip: string, port: number): { fd: number; port: number };
+  udpOpen(ip: string, port: number, opts?: { gro?: boolean }): { fd: number; port: number; gro?: boolean };
   close(fd: number): void;
   /**
    * Write frames to a TAP or packet socket, one write() each. Returns how many were written;
@@ -72,18 +97,50 @@ export interface NativeIo {
    */
   writeFrames(fd: number, frames: readonly Buffer[], count: number): number;
   /**
+   * writeFrames for a TAP opened with vnetHdr: frame i goes out behind metas[10i, 10i+10) (its
+   * virtio_net_hdr), or behind a zero header when metas is null. A frame the kernel refuses
+   * (EINVAL) is skipped and not counted.
+   */
+  writeFramesVnet(fd: number, frames: readonly Buffer[], count: number, metas: Buffer | null): number;
+  /**
    * sendmmsg: frames[i] to ips[i] (IPv4, host byte order) : ports[i]. Returns how many were sent
    * (the caller counts the rest as dropped).
    */
   udpSend(fd: number, frames: readonly Buffer[], ips: Uint32Array, ports: Uint32Array, count: number): number;
   /**
-   * A batched reader. kind 'frames' (TAP, packet socket: read() in a loop) or 'udp'
-   * (recvmmsg; the source address of datagram i is written to ips[i] / ports[i]).
+   * udpSend with offloads: metas holds a virtio_net_hdr per entry; an entry whose gso_type is
+   * TCPV4/TCPV6 is a Geneve header followed by a TCP super-frame, cut into segments of at most
+   * maxFrame bytes of inner frame (each behind the same Geneve header, with correct IP/TCP
+   * headers and checksums) and sent with UDP_SEGMENT (or one datagram each where the socket
+   * refuses it). segs[i] receives how many datagrams of entry i the kernel accepted. Returns how
+   * many entries went out entirely (stops at EAGAIN/ENOBUFS); an unsegmentable super-frame is
+   * dropped (segs[i] = 0).
+   */
+  udpSend(fd: number, frames: readonly Buffer[], ips: Uint32Array, ports: Uint32Array, count: number, metas: Buffer, segs: Uint32Array, maxFrame: number): number;
+  /**
+   * The segments of a TCP super-frame as new buffers: dgram[0, prefixLen) (e.g. a Geneve header)
+   * + one segment each, at most maxFrame bytes of frame (0: the header's gso_size decides). A
+   * frame without GSO comes back as one copy (partial checksum completed). null: not segmentable.
+   */
+  gsoSegment(dgram: Buffer, meta: Buffer, metaOff: number, maxFrame: number, prefixLen?: number): Buffer[] | null;
+  /**
+   * What a GRO poller does with one received buffer (for tests): buf[0, len) holds datagrams of
+   * gsoSize bytes (the last may be shorter); consecutive Geneve data datagrams with identical
+   * headers carrying consecutive segments of one TCP flow are coalesced in place into one
+   * super-frame. Entry i: buf[offs[i], offs[i] + lens[i]), segs[i] datagrams, header at metas[10i].
+   */
+  groSplit(buf: Buffer, len: number, gsoSize: number, offs: Uint32Array, lens: Uint32Array, segs: Uint32Array, metas: Buffer): number;
+  /**
+   * A batched reader. kind 'frames' (TAP, packet socket: read() in a loop), 'vnet' (a TAP opened
+   * with vnetHdr: opts.meta receives each frame's virtio_net_hdr, zero unless it is a TCP
+   * super-frame) or 'udp' (recvmmsg; the source address of datagram i is written to ips[i] /
+   * ports[i]; with opts.gro the socket must have UDP_GRO and onBatch counts entries, entry i
+   * at slab[offs[i], offs[i] + lens[i]) standing for segs[i] datagrams).
    * lens[i] receives the length of frame i. onBatch(count) runs with the slab filled.
    */
   createPoller(
     fd: number,
-    kind: 'frames' | 'udp',
+    kind: 'frames' | 'udp' | 'vnet',
     slab: Buffer,
     slotSize: number,
     headroom: number,
@@ -92,6 +149,7 @@ export interface NativeIo {
     ips: Uint32Array,
     ports: Uint32Array,
     onBatch: (count: number) => void,
+    opts?: PollerOptions,
   ): Poller;
 }
 

@@ -14,6 +14,12 @@ export interface RxBatch {
   slotSize: number;
   headroom: number;
   lens: Uint32Array;
+  /**
+   * Ports with offloads: frame i's virtio_net_hdr at meta[10i, 10i + 10) (native-io's
+   * VNET_HDR_LEN); all zero for an ordinary frame, gso_type (byte 1) != 0 for a TCP super-frame
+   * (up to 64 KiB, cut into MSS-sized segments wherever it goes to a place without offloads).
+   */
+  meta?: Buffer;
 }
 
 export type PortKind = 'tap' | 'packet' | 'stream' | 'fake';
@@ -31,10 +37,20 @@ export interface Port {
    * number of frames read.
    */
   drain(): Promise<number>;
+  /**
+   * True when the port takes TCP super-frames: send() then honours `metas` (a virtio_net_hdr
+   * per frame, 10 bytes each; null or absent = all ordinary frames). Ports without it are
+   * only ever given ordinary frames. Only the switch's own TAPs (vnet_hdr) set it; packet,
+   * stream and QEMU-facing ports never do.
+   */
+  readonly offload?: boolean;
   /** Write frames to the VM; returns how many were accepted (the rest are dropped by the caller's count). */
-  send(frames: readonly Buffer[], count: number): number;
+  send(frames: readonly Buffer[], count: number, metas?: Buffer | null): number;
   close(): void;
 }
+
+/** Slot size of ports with offloads: a 64 KiB super-frame (IP length <= 65535, + Ethernet) plus headroom. */
+export const OFFLOAD_SLOT_SIZE = 65536 + 128;
 
 /** Frame slot sizes shared by the ports (room for a 1500-byte MTU frame plus headroom). */
 export const DEFAULT_SLOT_SIZE = 2048;

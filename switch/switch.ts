@@ -34,6 +34,7 @@ import { classify, Verdict } from './epoch-rules';
 import { Fdb, FdbOptions } from './fdb';
 import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, isValidVni, writeDataHeader } from './geneve';
 import { BROADCAST_MAC, isGroupMac, macAt, parseMac } from './mac';
+import { segmentFrame, VNET_HDR_LEN } from './offload';
 import type { Port } from './port';
 import type { TunnelTransport } from './tunnel-transport';
 import { ipv4ToInt } from './tunnel-transport';
@@ -81,6 +82,8 @@ interface PortStats {
 interface HeldFrame {
   frame: Buffer;
   epoch: number;
+  /** A super-frame's virtio_net_hdr (copy); null for an ordinary frame. */
+  meta: Buffer | null;
 }
 
 class LocalPort {
@@ -92,6 +95,8 @@ class LocalPort {
   /** Recordings in progress that this port has passed the cut of. */
   recordings: Recording[] = [];
   tx: Buffer[] = [];
+  /** Ports with offloads: the virtio_net_hdr of each queued frame (VNET_HDR_LEN bytes each). */
+  txMeta: Buffer | null;
   txCount = 0;
   dirty = false;
   readonly stats: PortStats = { rxFrames: 0, txFrames: 0, txDrops: 0, held: 0, holdDrops: 0, recorded: 0, runts: 0, injected: 0, lateInFlight: 0 };
@@ -100,7 +105,9 @@ class LocalPort {
     readonly id: number,
     readonly port: Port,
     readonly vne: Vne,
-  ) {}
+  ) {
+    this.txMeta = port.offload === true ? Buffer.alloc(256 * VNET_HDR_LEN) : null;
+  }
 
   get name(): string {
     return this.port.name;
@@ -120,14 +127,14 @@ class EpochCounts {
   private curEpoch = -1;
   private cur = 0;
 
-  inc(epoch: number): void {
+  inc(epoch: number, n = 1): void {
     if (epoch === this.curEpoch) {
-      this.cur++;
+      this.cur += n;
       return;
     }
     this.fold();
     this.curEpoch = epoch;
-    this.cur = 1;
+    this.cur = n;
   }
 
   /** Frames with epoch < k. */
@@ -242,6 +249,11 @@ export class Switch implements Startable {
   private readonly tunPorts = new Uint32Array(this.tunCap);
   private readonly tunVp: (VnePeer | null)[] = [];
   private readonly tunEpoch = new Uint32Array(this.tunCap);
+  /** virtio_net_hdr per queued datagram (flags and gso_type zeroed for ordinary ones). */
+  private readonly tunMeta = Buffer.alloc(this.tunCap * VNET_HDR_LEN);
+  /** Datagrams the kernel accepted per queued entry (a super-frame is many). */
+  private readonly tunSegs = new Uint32Array(this.tunCap);
+  private tunGso = 0;
   private tunCount = 0;
   private fdbTick = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -266,6 +278,8 @@ export class Switch implements Startable {
     acksSent: 0,
     acksReceived: 0,
     oversize: 0,
+    /** Super-frames that could not be segmented (malformed headers from a TAP or a peer). */
+    gsoErrors: 0,
   };
 
   constructor(opts: Partial<SwitchOptions> & { id: string }) {
@@ -612,18 +626,24 @@ export class Switch implements Startable {
   private onPortBatch(lp: LocalPort, count: number): void {
     const rx = lp.port.rx;
     const slab = rx.slab;
+    const meta = rx.meta;
     const v = lp.vne;
     const epoch = lp.epoch;
     const max = this.innerFrameMax;
+    const inPlace = rx.headroom >= DATA_HEADER_LEN;
     for (let i = 0; i < count; i++) {
       const off = i * rx.slotSize + rx.headroom;
       const len = rx.lens[i] as number;
+      // A TCP super-frame from a TAP with offloads: one forwarding decision for all its
+      // segments, which share its epoch; it is segmented wherever it meets no offloads.
+      const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;
+      const moff = i * VNET_HDR_LEN;
       lp.stats.rxFrames++;
       if (len < 14) {
         lp.stats.runts++;
         continue;
       }
-      if (len > max && v.peers.size > 0) this.counters.oversize++;
+      if (len > max && m === null && v.peers.size > 0) this.counters.oversize++;
       const dst = macAt(slab, off);
       const src = macAt(slab, off + 6);
       if (!isGroupMac(src)) v.fdb.learn(src, lp.id, this.fdbTick);
@@ -633,20 +653,19 @@ export class Switch implements Startable {
         if (owner >= 0) {
           if (owner !== lp.id) {
             const dp = this.portsById[owner];
-            if (dp) this.deliver(dp, slab, off, len, epoch);
+            if (dp) this.deliver(dp, slab, off, len, epoch, m, moff);
           }
         } else {
           const vp = v.peers.get(-owner - 1);
-          if (vp) this.toPeer(v, vp, slab, off, len, rx.headroom >= DATA_HEADER_LEN, epoch);
+          if (vp) this.toPeer(v, vp, slab, off, len, inPlace, epoch, m, moff);
         }
         continue;
       }
       // Unknown unicast, multicast, broadcast: flood within the VNE.
       this.counters.floods++;
-      for (const dp of v.ports) if (dp !== lp) this.deliver(dp, slab, off, len, epoch);
+      for (const dp of v.ports) if (dp !== lp) this.deliver(dp, slab, off, len, epoch, m, moff);
       if (v.peers.size > 0) {
-        const inPlace = rx.headroom >= DATA_HEADER_LEN;
-        for (const vp of v.peers.values()) this.toPeer(v, vp, slab, off, len, inPlace, epoch);
+        for (const vp of v.peers.values()) this.toPeer(v, vp, slab, off, len, inPlace, epoch, m, moff);
       }
     }
     this.flush();
@@ -657,39 +676,46 @@ export class Switch implements Startable {
     if (!t) return;
     const rx = t.rx;
     const slab = rx.slab;
+    // With UDP GRO, entry i may stand for segs[i] datagrams (all with the same Geneve header,
+    // hence one epoch) coalesced into one TCP super-frame; counts are per datagram.
+    const offs = rx.offs;
+    const segsOf = rx.segs;
+    const meta = rx.meta;
     for (let i = 0; i < count; i++) {
-      const off = i * rx.slotSize + rx.headroom;
+      const off = offs !== undefined ? (offs[i] as number) : i * rx.slotSize + rx.headroom;
       const len = rx.lens[i] as number;
-      this.counters.tunnelRx++;
+      const segs = segsOf !== undefined ? (segsOf[i] as number) : 1;
+      this.counters.tunnelRx += segs;
       const peer = this.peersByAddr.get((rx.ips[i] as number) * 65536 + (rx.ports[i] as number));
       if (peer === undefined) {
-        this.counters.unknownPeer++;
+        this.counters.unknownPeer += segs;
         continue;
       }
       const d = decode(slab, off, len);
       if (d === null) {
-        this.counters.malformed++;
+        this.counters.malformed += segs;
         continue;
       }
       const v = this.vnesByVni.get(d.vni);
       if (v === undefined) {
-        this.counters.unknownVni++;
+        this.counters.unknownVni += segs;
         continue;
       }
       const vp = v.peers.get(peer.idx);
       if (vp === undefined) {
-        this.counters.peerNotInVne++;
+        this.counters.peerNotInVne += segs;
         continue;
       }
       switch (d.kind) {
         case 'data': {
           if (d.generation !== v.generation) {
-            if (d.generation < v.generation) this.counters.oldGeneration++;
-            else this.counters.newerGeneration++;
+            if (d.generation < v.generation) this.counters.oldGeneration += segs;
+            else this.counters.newerGeneration += segs;
             break;
           }
-          vp.recv.inc(d.epoch);
-          this.fromPeer(v, peer, slab, off + d.payloadOffset, len - d.payloadOffset, d.epoch);
+          vp.recv.inc(d.epoch, segs);
+          const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;
+          this.fromPeer(v, peer, slab, off + d.payloadOffset, len - d.payloadOffset, d.epoch, m, i * VNET_HDR_LEN);
           break;
         }
         case 'marker':
@@ -705,14 +731,14 @@ export class Switch implements Startable {
           break;
         }
         case 'foreign':
-          this.counters.foreign++;
+          this.counters.foreign += segs;
           break;
       }
     }
     this.flush();
   }
 
-  private fromPeer(v: Vne, peer: Peer, slab: Buffer, off: number, len: number, epoch: number): void {
+  private fromPeer(v: Vne, peer: Peer, slab: Buffer, off: number, len: number, epoch: number, m: Buffer | null, moff: number): void {
     const dst = macAt(slab, off);
     const src = macAt(slab, off + 6);
     const owner: Owner = -(peer.idx + 1);
@@ -721,7 +747,7 @@ export class Switch implements Startable {
     if (entry !== undefined) {
       if (entry.owner >= 0) {
         const dp = this.portsById[entry.owner];
-        if (dp) this.deliver(dp, slab, off, len, epoch);
+        if (dp) this.deliver(dp, slab, off, len, epoch, m, moff);
       } else {
         // Split horizon: never forward from one tunnel into another.
         this.counters.tunnelHairpinDrops++;
@@ -730,53 +756,91 @@ export class Switch implements Startable {
     }
     // Flood to local ports only.
     this.counters.floods++;
-    for (const dp of v.ports) this.deliver(dp, slab, off, len, epoch);
+    for (const dp of v.ports) this.deliver(dp, slab, off, len, epoch, m, moff);
   }
 
-  /** Apply the frame rules at destination port dp. */
-  private deliver(dp: LocalPort, slab: Buffer, off: number, len: number, epoch: number): void {
+  /**
+   * Apply the frame rules at destination port dp. m/moff: the virtio_net_hdr of a super-frame
+   * (null for an ordinary frame); a port without offloads gets its segments instead, each under
+   * the rules with the same epoch.
+   */
+  private deliver(dp: LocalPort, slab: Buffer, off: number, len: number, epoch: number, m: Buffer | null, moff: number): void {
+    if (m !== null && dp.txMeta === null) {
+      const segs = segmentFrame(slab.subarray(off, off + len), m, moff, 0);
+      if (segs === null) {
+        this.counters.gsoErrors++;
+        dp.stats.txDrops++;
+        return;
+      }
+      for (const sg of segs) this.deliver(dp, sg, 0, sg.length, epoch, null, 0);
+      return;
+    }
     const verdict = classify(epoch, dp.epoch, dp.gated);
     if (verdict === Verdict.Hold) {
-      this.hold(dp, Buffer.from(slab.subarray(off, off + len)), epoch);
+      this.hold(dp, Buffer.from(slab.subarray(off, off + len)), epoch, m === null ? null : Buffer.from(m.subarray(moff, moff + VNET_HDR_LEN)));
       return;
     }
     const frame = slab.subarray(off, off + len);
-    if (verdict === Verdict.DeliverAndRecord) this.record(dp, frame, epoch, true);
-    this.enqueue(dp, frame);
+    if (verdict === Verdict.DeliverAndRecord) this.record(dp, frame, epoch, true, m, moff);
+    this.enqueue(dp, frame, m, moff);
   }
 
-  private hold(dp: LocalPort, frame: Buffer, epoch: number): void {
+  private hold(dp: LocalPort, frame: Buffer, epoch: number, meta: Buffer | null): void {
     if (dp.heldBytes + frame.length > this.opts.holdBytesPerPort) {
       dp.stats.holdDrops++;
       return;
     }
-    dp.held.push({ frame, epoch });
+    dp.held.push({ frame, epoch, meta });
     dp.heldBytes += frame.length;
     dp.stats.held++;
   }
 
-  private record(dp: LocalPort, frame: Buffer, epoch: number, copy: boolean): void {
+  /** Channel state is stored as plain Ethernet frames: a super-frame is recorded as its segments. */
+  private record(dp: LocalPort, frame: Buffer, epoch: number, copy: boolean, m: Buffer | null, moff: number): void {
     if (dp.recordings.length === 0) {
       dp.stats.lateInFlight++;
       return;
     }
-    let c: Buffer | undefined;
+    let cs: Buffer[] | undefined;
     for (const r of dp.recordings) {
       if (epoch < r.k) {
-        c ??= copy ? Buffer.from(frame) : frame;
+        if (cs === undefined) {
+          if (m !== null) {
+            const segs = segmentFrame(frame, m, moff, 0);
+            if (segs === null) {
+              this.counters.gsoErrors++;
+              return;
+            }
+            cs = segs;
+          } else {
+            cs = [copy ? Buffer.from(frame) : frame];
+          }
+        }
         let list = r.frames.get(dp.name);
         if (!list) {
           list = [];
           r.frames.set(dp.name, list);
         }
-        list.push(c);
-        dp.stats.recorded++;
+        for (const c of cs) list.push(c);
+        dp.stats.recorded += cs.length;
       }
     }
   }
 
-  private enqueue(dp: LocalPort, frame: Buffer): void {
-    dp.tx[dp.txCount++] = frame;
+  private enqueue(dp: LocalPort, frame: Buffer, m: Buffer | null, moff: number): void {
+    const i = dp.txCount++;
+    dp.tx[i] = frame;
+    let tm = dp.txMeta;
+    if (tm !== null) {
+      const at = i * VNET_HDR_LEN;
+      if (at + VNET_HDR_LEN > tm.length) {
+        const bigger = Buffer.alloc(tm.length * 2);
+        tm.copy(bigger, 0, 0, at);
+        dp.txMeta = tm = bigger;
+      }
+      if (m !== null) m.copy(tm, at, moff, moff + VNET_HDR_LEN);
+      else tm.fill(0, at, at + VNET_HDR_LEN);
+    }
     if (!dp.dirty) {
       dp.dirty = true;
       this.dirtyPorts.push(dp);
@@ -794,14 +858,24 @@ export class Switch implements Startable {
         keepBytes += h.frame.length;
         continue;
       }
-      if (verdict === Verdict.DeliverAndRecord) this.record(dp, h.frame, h.epoch, false);
-      this.enqueue(dp, h.frame);
+      if (verdict === Verdict.DeliverAndRecord) this.record(dp, h.frame, h.epoch, false, h.meta, 0);
+      this.enqueue(dp, h.frame, h.meta, 0);
     }
     dp.held = keep;
     dp.heldBytes = keepBytes;
   }
 
-  private toPeer(v: Vne, vp: VnePeer, slab: Buffer, off: number, len: number, inPlace: boolean, epoch: number): void {
+  private toPeer(v: Vne, vp: VnePeer, slab: Buffer, off: number, len: number, inPlace: boolean, epoch: number, m: Buffer | null, moff: number): void {
+    if (m !== null && this.tunnel?.gso !== true) {
+      // No segmentation offload on this tunnel: send the segments one datagram each.
+      const segs = segmentFrame(slab.subarray(off, off + len), m, moff, this.innerFrameMax);
+      if (segs === null) {
+        this.counters.gsoErrors++;
+        return;
+      }
+      for (const sg of segs) this.queueTunnel(encodeData(v.vni, epoch, v.generation, sg), vp.peer, vp, epoch, null, 0);
+      return;
+    }
     let dgram: Buffer;
     if (inPlace) {
       writeDataHeader(slab, off - DATA_HEADER_LEN, v.vni, epoch, v.generation);
@@ -809,10 +883,10 @@ export class Switch implements Startable {
     } else {
       dgram = encodeData(v.vni, epoch, v.generation, slab.subarray(off, off + len));
     }
-    this.queueTunnel(dgram, vp.peer, vp, epoch);
+    this.queueTunnel(dgram, vp.peer, vp, epoch, m, moff);
   }
 
-  private queueTunnel(dgram: Buffer, peer: Peer, vp: VnePeer | null, epoch: number): void {
+  private queueTunnel(dgram: Buffer, peer: Peer, vp: VnePeer | null, epoch: number, m: Buffer | null, moff: number): void {
     if (this.tunnel === undefined) {
       this.counters.tunnelTxDrops++;
       return;
@@ -824,6 +898,14 @@ export class Switch implements Startable {
     this.tunPorts[i] = peer.port;
     this.tunVp[i] = vp;
     this.tunEpoch[i] = epoch;
+    const at = i * VNET_HDR_LEN;
+    if (m !== null) {
+      m.copy(this.tunMeta, at, moff, moff + VNET_HDR_LEN);
+      this.tunGso++;
+    } else {
+      this.tunMeta[at] = 0;
+      this.tunMeta[at + 1] = 0;
+    }
   }
 
   private flush(): void {
@@ -831,7 +913,7 @@ export class Switch implements Startable {
     const dirty = this.dirtyPorts;
     for (let i = 0; i < dirty.length; i++) {
       const dp = dirty[i] as LocalPort;
-      const n = dp.port.send(dp.tx, dp.txCount);
+      const n = dp.port.send(dp.tx, dp.txCount, dp.txMeta);
       dp.stats.txFrames += n;
       dp.stats.txDrops += dp.txCount - n;
       dp.tx.length = 0;
@@ -843,15 +925,32 @@ export class Switch implements Startable {
 
   private flushTunnel(): void {
     const n = this.tunCount;
-    if (n === 0 || this.tunnel === undefined) return;
-    const sent = this.tunnel.send(this.tunTx, this.tunIps, this.tunPorts, n);
-    this.counters.tunnelTx += sent;
-    this.counters.tunnelTxDrops += n - sent;
-    // Only what the kernel accepted counts toward markers: the receiver can match it.
-    for (let i = 0; i < sent; i++) this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number);
+    const t = this.tunnel;
+    if (n === 0 || t === undefined) return;
+    if (this.tunGso > 0 && t.sendGso !== undefined) {
+      const segs = this.tunSegs;
+      const sent = t.sendGso(this.tunTx, this.tunIps, this.tunPorts, n, this.tunMeta, segs, this.innerFrameMax);
+      // Every datagram the kernel accepted counts toward markers (a super-frame is many).
+      let dgrams = 0;
+      for (let i = 0; i < n; i++) {
+        const k = segs[i] as number;
+        if (k === 0) continue;
+        dgrams += k;
+        this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number, k);
+      }
+      this.counters.tunnelTx += dgrams;
+      this.counters.tunnelTxDrops += n - sent;
+    } else {
+      const sent = t.send(this.tunTx, this.tunIps, this.tunPorts, n);
+      this.counters.tunnelTx += sent;
+      this.counters.tunnelTxDrops += n - sent;
+      // Only what the kernel accepted counts toward markers: the receiver can match it.
+      for (let i = 0; i < sent; i++) this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number);
+    }
     this.tunTx.length = 0;
     this.tunVp.length = 0;
     this.tunCount = 0;
+    this.tunGso = 0;
   }
 
   // ───────────────────────────── markers and recordings ─────────────────────────────
@@ -883,7 +982,7 @@ export class Switch implements Startable {
     for (const idx of r.unacked) {
       const vp = v.peers.get(idx);
       if (!vp) continue;
-      this.queueTunnel(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k)), vp.peer, null, 0);
+      this.queueTunnel(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k)), vp.peer, null, 0, null, 0);
       this.counters.markersSent++;
     }
     r.lastMarkerSent = now;
@@ -891,7 +990,7 @@ export class Switch implements Startable {
 
   private onMarker(v: Vne, vp: VnePeer, k: number, generation: number, count: number): void {
     this.counters.markersReceived++;
-    this.queueTunnel(encodeAck(v.vni, k, generation), vp.peer, null, 0);
+    this.queueTunnel(encodeAck(v.vni, k, generation), vp.peer, null, 0, null, 0);
     this.counters.acksSent++;
     if (generation !== v.generation) return;
     // A retransmitted marker for a recording already handed over: acknowledged, nothing more.

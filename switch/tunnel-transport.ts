@@ -10,6 +10,14 @@ import type { RxBatch } from './port';
 export interface UdpRxBatch extends RxBatch {
   ips: Uint32Array;
   ports: Uint32Array;
+  /**
+   * With UDP GRO (offloads): entry i is at slab[offs[i], offs[i] + lens[i]) and stands for
+   * segs[i] datagrams that carried the same Geneve header (one epoch); when segs[i] > 1 it is a
+   * coalesced TCP super-frame whose virtio_net_hdr is at meta[10i]. Absent: entry i is datagram i
+   * at i * slotSize + headroom.
+   */
+  offs?: Uint32Array;
+  segs?: Uint32Array;
 }
 
 export interface TunnelTransport {
@@ -19,6 +27,15 @@ export interface TunnelTransport {
   open(onBatch: (count: number) => void): void;
   /** Send dgrams[i] to ips[i]:ports[i] for i < count; returns how many were sent. */
   send(dgrams: readonly Buffer[], ips: Uint32Array, ports: Uint32Array, count: number): number;
+  /** sendGso may be used (offloads on). */
+  readonly gso?: boolean;
+  /**
+   * Offloads (optional): like send, but entry i with a GSO virtio_net_hdr at metas[10i] is a
+   * Geneve header + TCP super-frame, cut into inner frames of at most maxFrame bytes and sent
+   * as several datagrams; segs[i] receives how many datagrams of entry i went out. Returns how
+   * many entries went out entirely.
+   */
+  sendGso?(dgrams: readonly Buffer[], ips: Uint32Array, ports: Uint32Array, count: number, metas: Buffer, segs: Uint32Array, maxFrame: number): number;
   close(): void;
 }
 

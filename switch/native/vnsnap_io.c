@@ -57,6 +57,23 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "offload.h"
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef TUN_F_CSUM
+#define TUN_F_CSUM 0x01
+#define TUN_F_TSO4 0x02
+#define TUN_F_TSO6 0x04
+#endif
+
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
 #endif
@@ -270,12 +287,28 @@ static void set_sock_bufs(int fd) {
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
 }
 
-/* tapOpen(name) -> { fd, name } */
+static int opt_bool(napi_env env, napi_value opts, const char *key) {
+  napi_valuetype t;
+  if (!opts || napi_typeof(env, opts, &t) != napi_ok || t != napi_object) return 0;
+  bool has = false;
+  if (napi_has_named_property(env, opts, key, &has) != napi_ok || !has) return 0;
+  napi_value v;
+  bool b = false;
+  if (napi_get_named_property(env, opts, key, &v) != napi_ok || napi_get_value_bool(env, v, &b) != napi_ok) return 0;
+  return b;
+}
+
+/*
+ * tapOpen(name, opts?) -> { fd, name, vnetHdr, offloads }
+ * opts.vnetHdr: IFF_VNET_HDR (every frame read/written is prefixed by a 10-byte
+ * virtio_net_hdr) and TUNSETOFFLOAD(CSUM|TSO4|TSO6) (`offloads` says whether that worked).
+ */
 static napi_value TapOpen(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+  GET_ARGS(2);
   char name[256];
   size_t len = 0;
   if (!arg_string(env, argv[0], name, sizeof name, &len, "tapOpen: name")) return NULL;
+  int vnet = opt_bool(env, argv[1], "vnetHdr");
   char op[300];
   snprintf(op, sizeof op, "tapOpen(%s)", name);
   if (len >= IFNAMSIZ) {
@@ -289,7 +322,7 @@ static napi_value TapOpen(napi_env env, napi_callback_info info) {
   }
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
   memcpy(ifr.ifr_name, name, len);
   if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
     int e = errno;
@@ -297,11 +330,24 @@ static napi_value TapOpen(napi_env env, napi_callback_info info) {
     throw_sys(env, op, "ioctl TUNSETIFF", e);
     return NULL;
   }
+  int offloads = 0;
+  if (vnet) {
+    int sz = OFL_VNET_HDR_LEN;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &sz) < 0) {
+      int e = errno;
+      close(fd);
+      throw_sys(env, op, "ioctl TUNSETVNETHDRSZ", e);
+      return NULL;
+    }
+    offloads = ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)) == 0;
+  }
   ifr.ifr_name[IFNAMSIZ - 1] = 0;
   napi_value res;
   napi_create_object(env, &res);
   set_num_prop(env, res, "fd", fd);
   set_str_prop(env, res, "name", ifr.ifr_name);
+  set_bool_prop(env, res, "vnetHdr", vnet);
+  set_bool_prop(env, res, "offloads", offloads);
   return res;
 }
 
@@ -379,9 +425,10 @@ fail: {
 }
 }
 
-/* udpOpen(ip, port) -> { fd, port } */
+/* udpOpen(ip, port, opts?) -> { fd, port, gro }; opts.gro: enable UDP_GRO (`gro` says whether it worked). */
 static napi_value UdpOpen(napi_env env, napi_callback_info info) {
-  GET_ARGS(2);
+  GET_ARGS(3);
+  int want_gro = opt_bool(env, argv[2], "gro");
   char ip[64];
   int64_t port;
   if (!arg_string(env, argv[0], ip, sizeof ip, NULL, "udpOpen: ip")) return NULL;
@@ -408,6 +455,8 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
     goto fail;
   }
   set_sock_bufs(fd);
+  int gro = 0;
+  if (want_gro) gro = setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
   if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
     step = "bind";
     goto fail;
@@ -421,6 +470,7 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   napi_create_object(env, &res);
   set_num_prop(env, res, "fd", fd);
   set_num_prop(env, res, "port", ntohs(sa.sin_port));
+  set_bool_prop(env, res, "gro", gro);
   return res;
 fail: {
   int e = errno;
@@ -467,14 +517,197 @@ static napi_value WriteFrames(napi_env env, napi_callback_info info) {
   return res;
 }
 
-/* udpSend(fd, frames, ips, ports, count) -> number sent */
-static napi_value UdpSend(napi_env env, napi_callback_info info) {
-  GET_ARGS(5);
+/*
+ * writeFramesVnet(fd, frames, count, metas?) -> number written: like writeFrames, for a TAP
+ * opened with vnetHdr; frame i goes out behind metas[10*i .. 10*i+10) (a virtio_net_hdr), or
+ * behind a zero header when metas is null/undefined.
+ */
+static napi_value WriteFramesVnet(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
   int fd;
   uint32_t n;
-  uint32_t *ips, *ports;
-  size_t nips, nports;
   int64_t count;
+  uint8_t *metas = NULL;
+  size_t metas_len = 0;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_array(env, argv[1], &n, "writeFramesVnet: frames")) return NULL;
+  if (!arg_int(env, argv[2], 0, n, &count, "writeFramesVnet: count")) return NULL;
+  napi_valuetype mt = napi_undefined;
+  if (argv[3]) napi_typeof(env, argv[3], &mt);
+  if (mt != napi_undefined && mt != napi_null) {
+    if (!arg_bytes(env, argv[3], &metas, &metas_len, "writeFramesVnet: metas")) return NULL;
+    if (metas_len < (size_t)count * OFL_VNET_HDR_LEN) {
+      throw_range(env, "writeFramesVnet: metas holds %zu bytes, %lld frames need %lld", metas_len, (long long)count, (long long)count * OFL_VNET_HDR_LEN);
+      return NULL;
+    }
+  }
+  static const uint8_t zero[OFL_VNET_HDR_LEN] = {0};
+  uint32_t written = 0;
+  for (uint32_t i = 0; i < (uint32_t)count; i++) {
+    napi_value el;
+    uint8_t *data;
+    size_t len;
+    if (napi_get_element(env, argv[1], i, &el) != napi_ok) return NULL;
+    if (!arg_bytes(env, el, &data, &len, "writeFramesVnet: frames[i]")) return NULL;
+    struct iovec v[2] = {{(void *)(metas ? metas + (size_t)i * OFL_VNET_HDR_LEN : zero), OFL_VNET_HDR_LEN}, {data, len}};
+    ssize_t w;
+    do {
+      w = writev(fd, v, 2);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0) {
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) break;
+      if (e == EINVAL) continue; /* a header the kernel refuses: drop this frame only */
+      char op[64];
+      snprintf(op, sizeof op, "writeFramesVnet(fd %d)", fd);
+      napi_value err = sys_error(env, op, "writev", e);
+      set_num_prop(env, err, "written", written);
+      napi_throw(env, err);
+      return NULL;
+    }
+    written++;
+  }
+  napi_value res;
+  napi_create_uint32(env, written, &res);
+  return res;
+}
+
+/* ---- udpSend: sendmmsg with per-entry segmentation and UDP_SEGMENT ---------------------- */
+
+/* Only the main thread's environment uses these (the switch runs on one thread). */
+#define ARENA_SEGS 1024
+#define ARENA_MSGS 512
+#define GSO_MAX_SEGS 64
+#define GSO_MAX_BYTES 65000
+static uint8_t g_hdr_arena[ARENA_SEGS * OFL_SEG_HDR_MAX];
+static ofl_seg_t g_segs[ARENA_SEGS];
+static struct iovec g_iov[ARENA_SEGS * 2 + ARENA_MSGS];
+static struct mmsghdr g_msgs[ARENA_MSGS];
+static struct sockaddr_in g_sa[ARENA_MSGS];
+static union {
+  char buf[CMSG_SPACE(sizeof(uint16_t))];
+  struct cmsghdr align;
+} g_ctl[ARENA_MSGS];
+static uint32_t g_msg_entry[ARENA_MSGS], g_msg_nseg[ARENA_MSGS];
+/* fds whose sockets refused UDP_SEGMENT: segments go out one datagram each. */
+static uint8_t g_gso_broken[4096];
+
+typedef struct {
+  int fd;
+  uint32_t nmsg, niov, nseg;
+  uint32_t *segs_out; /* may be NULL */
+  int stopped;        /* EAGAIN/ENOBUFS: nothing more goes out in this call */
+  uint32_t stop_entry;
+  int err;            /* another errno: thrown by the caller */
+  uint32_t datagrams;
+} sendctx_t;
+
+static int gso_ok(int fd) { return !(fd >= 0 && fd < (int)sizeof g_gso_broken && g_gso_broken[fd]); }
+
+static void credit(sendctx_t *c, uint32_t m) {
+  if (c->segs_out) c->segs_out[g_msg_entry[m]] += g_msg_nseg[m];
+  c->datagrams += g_msg_nseg[m];
+}
+
+/* Send one UDP_SEGMENT message's segments as separate datagrams (after the kernel refused GSO). */
+static int send_split(sendctx_t *c, uint32_t m) {
+  struct msghdr *h = &g_msgs[m].msg_hdr;
+  uint32_t k = (uint32_t)h->msg_iovlen / 2;
+  struct mmsghdr mm[GSO_MAX_SEGS];
+  memset(mm, 0, sizeof mm);
+  for (uint32_t j = 0; j < k; j++) {
+    mm[j].msg_hdr.msg_name = h->msg_name;
+    mm[j].msg_hdr.msg_namelen = h->msg_namelen;
+    mm[j].msg_hdr.msg_iov = h->msg_iov + 2 * j;
+    mm[j].msg_hdr.msg_iovlen = 2;
+  }
+  uint32_t done = 0;
+  while (done < k) {
+    int r = sendmmsg(c->fd, mm + done, k - done, MSG_DONTWAIT);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (c->segs_out) c->segs_out[g_msg_entry[m]] += done;
+      c->datagrams += done;
+      return errno;
+    }
+    done += (uint32_t)r;
+  }
+  credit(c, m);
+  return 0;
+}
+
+static void send_flush(sendctx_t *c) {
+  uint32_t m = 0;
+  while (m < c->nmsg && !c->stopped && !c->err) {
+    int r = sendmmsg(c->fd, g_msgs + m, c->nmsg - m, MSG_DONTWAIT);
+    if (r < 0) {
+      int e = errno;
+      if (e == EINTR) continue;
+      int is_gso = g_msgs[m].msg_hdr.msg_controllen > 0;
+      if (is_gso && (e == EIO || e == EINVAL || e == EOPNOTSUPP || e == EMSGSIZE)) {
+        if (c->fd >= 0 && c->fd < (int)sizeof g_gso_broken) g_gso_broken[c->fd] = 1;
+        e = send_split(c, m);
+        if (e == 0) {
+          m++;
+          continue;
+        }
+      }
+      if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) {
+        c->stopped = 1;
+        c->stop_entry = g_msg_entry[m];
+      } else {
+        c->err = e;
+        c->stop_entry = g_msg_entry[m];
+      }
+      break;
+    }
+    if (r == 0) {
+      c->stopped = 1;
+      c->stop_entry = g_msg_entry[m];
+      break;
+    }
+    for (int j = 0; j < r; j++) credit(c, m + (uint32_t)j);
+    m += (uint32_t)r;
+  }
+  c->nmsg = c->niov = c->nseg = 0;
+}
+
+static struct msghdr *add_msg(sendctx_t *c, uint32_t entry, const struct sockaddr_in *sa, uint32_t nseg) {
+  uint32_t m = c->nmsg++;
+  g_sa[m] = *sa;
+  memset(&g_msgs[m], 0, sizeof g_msgs[m]);
+  struct msghdr *h = &g_msgs[m].msg_hdr;
+  h->msg_name = &g_sa[m];
+  h->msg_namelen = sizeof g_sa[m];
+  h->msg_iov = g_iov + c->niov;
+  h->msg_iovlen = 0;
+  g_msg_entry[m] = entry;
+  g_msg_nseg[m] = nseg;
+  return h;
+}
+
+/*
+ * udpSend(fd, frames, ips, ports, count, metas?, segs?, maxFrame?) -> entries sent.
+ * Without metas: frames[i] to ips[i]:ports[i], one datagram each (sendmmsg). With metas (a
+ * virtio_net_hdr per entry, 10 bytes each): an entry whose gso_type is TCPV4/TCPV6 is a tunnel
+ * header (Geneve, its length from its first byte) followed by a TCP super-frame; it is cut into
+ * segments of at most maxFrame bytes of Ethernet frame (each behind a copy of the tunnel
+ * header, with its own IP/TCP headers and checksums) and sent with UDP_SEGMENT (up to 64
+ * segments per message), or one datagram per segment if the socket refuses UDP_SEGMENT. An
+ * entry with NEEDS_CSUM and no GSO gets its checksum completed first. segs[i] receives the
+ * number of datagrams of entry i the kernel accepted. Returns how many entries were sent
+ * entirely; stops at the first EAGAIN/ENOBUFS. A super-frame that cannot be segmented is
+ * dropped (segs[i] = 0) and the call goes on.
+ */
+static napi_value UdpSend(napi_env env, napi_callback_info info) {
+  GET_ARGS(8);
+  int fd;
+  uint32_t n;
+  uint32_t *ips, *ports, *segs_out = NULL;
+  size_t nips, nports, nsegs_out = 0;
+  int64_t count, max_frame = 0;
+  uint8_t *metas = NULL;
+  size_t metas_len = 0;
   if (!arg_fd(env, argv[0], &fd)) return NULL;
   if (!arg_array(env, argv[1], &n, "udpSend: frames")) return NULL;
   if (!arg_u32array(env, argv[2], &ips, &nips, "udpSend: ips")) return NULL;
@@ -483,62 +716,220 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
   if ((int64_t)nips < max) max = (int64_t)nips;
   if ((int64_t)nports < max) max = (int64_t)nports;
   if (!arg_int(env, argv[4], 0, max, &count, "udpSend: count (<= frames/ips/ports length)")) return NULL;
-
-  struct mmsghdr msgs[SEND_CHUNK];
-  struct iovec iov[SEND_CHUNK];
-  struct sockaddr_in sa[SEND_CHUNK];
-  uint32_t done = 0, total = (uint32_t)count;
-  while (done < total) {
-    uint32_t k = total - done;
-    if (k > SEND_CHUNK) k = SEND_CHUNK;
-    for (uint32_t j = 0; j < k; j++) {
-      napi_value el;
-      uint8_t *data;
-      size_t len;
-      uint32_t idx = done + j;
-      if (napi_get_element(env, argv[1], idx, &el) != napi_ok) return NULL;
-      if (!arg_bytes(env, el, &data, &len, "udpSend: frames[i]")) return NULL;
-      if (ports[idx] > 65535) {
-        throw_range(env, "udpSend: ports[%u] = %u is not a port", idx, ports[idx]);
-        return NULL;
-      }
-      memset(&sa[j], 0, sizeof sa[j]);
-      sa[j].sin_family = AF_INET;
-      sa[j].sin_addr.s_addr = htonl(ips[idx]);
-      sa[j].sin_port = htons((uint16_t)ports[idx]);
-      iov[j].iov_base = data;
-      iov[j].iov_len = len;
-      memset(&msgs[j], 0, sizeof msgs[j]);
-      msgs[j].msg_hdr.msg_name = &sa[j];
-      msgs[j].msg_hdr.msg_namelen = sizeof sa[j];
-      msgs[j].msg_hdr.msg_iov = &iov[j];
-      msgs[j].msg_hdr.msg_iovlen = 1;
-    }
-    int r = sendmmsg(fd, msgs, k, MSG_DONTWAIT);
-    if (r < 0) {
-      int e = errno;
-      if (e == EINTR) continue;
-      if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) break;
-      char op[64];
-      snprintf(op, sizeof op, "udpSend(fd %d)", fd);
-      napi_value err = sys_error(env, op, "sendmmsg", e);
-      set_num_prop(env, err, "sent", done);
-      napi_throw(env, err);
+  napi_valuetype t5 = napi_undefined;
+  if (argv[5]) napi_typeof(env, argv[5], &t5);
+  if (t5 != napi_undefined && t5 != napi_null) {
+    if (!arg_bytes(env, argv[5], &metas, &metas_len, "udpSend: metas")) return NULL;
+    if (metas_len < (size_t)count * OFL_VNET_HDR_LEN) {
+      throw_range(env, "udpSend: metas holds %zu bytes, %lld entries need %lld", metas_len, (long long)count, (long long)count * OFL_VNET_HDR_LEN);
       return NULL;
     }
-    if (r == 0) break;
-    done += (uint32_t)r;
-    /* r < k: the next sendmmsg starts at the first unsent datagram and reports its error. */
+    if (!arg_u32array(env, argv[6], &segs_out, &nsegs_out, "udpSend: segs")) return NULL;
+    if (nsegs_out < (size_t)count) {
+      throw_range(env, "udpSend: segs must have at least count (%lld) elements", (long long)count);
+      return NULL;
+    }
+    if (!arg_int(env, argv[7], 64, 65535, &max_frame, "udpSend: maxFrame")) return NULL;
+    memset(segs_out, 0, (size_t)count * sizeof *segs_out);
+  }
+
+  sendctx_t c = {.fd = fd, .segs_out = segs_out};
+  uint32_t total = (uint32_t)count;
+  uint32_t idx;
+  for (idx = 0; idx < total && !c.stopped && !c.err; idx++) {
+    napi_value el;
+    uint8_t *data;
+    size_t len;
+    if (napi_get_element(env, argv[1], idx, &el) != napi_ok) return NULL;
+    if (!arg_bytes(env, el, &data, &len, "udpSend: frames[i]")) return NULL;
+    if (ports[idx] > 65535) {
+      throw_range(env, "udpSend: ports[%u] = %u is not a port", idx, ports[idx]);
+      return NULL;
+    }
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(ips[idx]);
+    sa.sin_port = htons((uint16_t)ports[idx]);
+    ofl_vnet_t vh = {0};
+    if (metas) ofl_vnet_get(metas + (size_t)idx * OFL_VNET_HDR_LEN, &vh);
+    uint32_t gl = len > 0 ? 8 + (uint32_t)(data[0] & 0x3f) * 4 : 0;
+    if (vh.gso_type != OFL_GSO_NONE) {
+      if (gl >= len) continue; /* dropped: segs[idx] stays 0 */
+      int k = ofl_segment(data, gl, data + gl, len - gl, &vh, (uint32_t)max_frame, g_hdr_arena + (size_t)c.nseg * OFL_SEG_HDR_MAX, g_segs + c.nseg,
+                          ARENA_SEGS - (int)c.nseg);
+      if (k == -2 && c.nseg > 0) {
+        send_flush(&c);
+        if (c.stopped || c.err) break;
+        k = ofl_segment(data, gl, data + gl, len - gl, &vh, (uint32_t)max_frame, g_hdr_arena, g_segs, ARENA_SEGS);
+      }
+      if (k <= 0) continue; /* not segmentable: dropped */
+      if (c.nmsg + (uint32_t)k > ARENA_MSGS) {
+        /* keep the segments: move them to the arena's front after the flush */
+        uint32_t first = c.nseg;
+        send_flush(&c);
+        if (c.stopped || c.err) break;
+        memmove(g_hdr_arena, g_hdr_arena + (size_t)first * OFL_SEG_HDR_MAX, (size_t)k * OFL_SEG_HDR_MAX);
+        for (int j = 0; j < k; j++) g_segs[j] = g_segs[first + j], g_segs[j].hdr = g_hdr_arena + (size_t)j * OFL_SEG_HDR_MAX;
+      }
+      ofl_seg_t *sg = g_segs + c.nseg;
+      c.nseg += (uint32_t)k;
+      int use_gso = gso_ok(fd);
+      for (int j = 0; j < k;) {
+        /* one message: up to GSO_MAX_SEGS equal-sized segments (the last may be shorter) */
+        uint32_t seg_size = sg[j].hdr_len + sg[j].payload_len;
+        int take = 1;
+        uint32_t bytes = seg_size;
+        if (use_gso) {
+          while (j + take < k && take < GSO_MAX_SEGS && bytes + sg[j + take].hdr_len + sg[j + take].payload_len <= GSO_MAX_BYTES &&
+                 sg[j + take - 1].hdr_len + sg[j + take - 1].payload_len == seg_size) {
+            bytes += sg[j + take].hdr_len + sg[j + take].payload_len;
+            take++;
+          }
+          /* a shorter segment may only be the last one of a message */
+          if (take > 1 && sg[j + take - 1].hdr_len + sg[j + take - 1].payload_len > seg_size) take--;
+        }
+        struct msghdr *h = add_msg(&c, idx, &sa, (uint32_t)take);
+        for (int q = 0; q < take; q++) {
+          g_iov[c.niov].iov_base = sg[j + q].hdr;
+          g_iov[c.niov++].iov_len = sg[j + q].hdr_len;
+          g_iov[c.niov].iov_base = (void *)sg[j + q].payload;
+          g_iov[c.niov++].iov_len = sg[j + q].payload_len;
+        }
+        h->msg_iovlen = (size_t)take * 2;
+        if (take > 1) {
+          uint32_t m = c.nmsg - 1;
+          h->msg_control = g_ctl[m].buf;
+          h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+          struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+          cm->cmsg_level = SOL_UDP;
+          cm->cmsg_type = UDP_SEGMENT;
+          cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+          uint16_t gs = (uint16_t)seg_size;
+          memcpy(CMSG_DATA(cm), &gs, sizeof gs);
+        }
+        j += take;
+      }
+    } else {
+      if (metas && (vh.flags & OFL_F_NEEDS_CSUM) && gl < len) (void)ofl_complete_csum(data + gl, len - gl, &vh);
+      if (c.nmsg + 1 > ARENA_MSGS) {
+        send_flush(&c);
+        if (c.stopped || c.err) break;
+      }
+      struct msghdr *h = add_msg(&c, idx, &sa, 1);
+      g_iov[c.niov].iov_base = data;
+      g_iov[c.niov++].iov_len = len;
+      h->msg_iovlen = 1;
+    }
+  }
+  if (!c.stopped && !c.err) send_flush(&c);
+  uint32_t done = (c.stopped || c.err) ? c.stop_entry : total;
+  if (c.err) {
+    char op[64];
+    snprintf(op, sizeof op, "udpSend(fd %d)", fd);
+    napi_value err = sys_error(env, op, "sendmmsg", c.err);
+    set_num_prop(env, err, "sent", done);
+    napi_throw(env, err);
+    return NULL;
   }
   napi_value res;
   napi_create_uint32(env, done, &res);
   return res;
 }
 
+/*
+ * gsoSegment(dgram, meta, metaOff, maxFrame, prefixLen?) -> Buffer[]: the segments of the TCP
+ * super-frame at dgram[prefixLen..] (virtio_net_hdr at meta[metaOff..+10]) as new buffers,
+ * each = dgram[0..prefixLen) + one segment (prefixLen 0: plain Ethernet frames). A frame
+ * without GSO comes back as one copy (its checksum completed if NEEDS_CSUM). Returns null
+ * when the frame cannot be segmented.
+ */
+static napi_value GsoSegment(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  uint8_t *data, *meta;
+  size_t len, mlen;
+  int64_t moff, max_frame, plen = 0;
+  if (!arg_bytes(env, argv[0], &data, &len, "gsoSegment: dgram")) return NULL;
+  if (!arg_bytes(env, argv[1], &meta, &mlen, "gsoSegment: meta")) return NULL;
+  if (!arg_int(env, argv[2], 0, mlen >= OFL_VNET_HDR_LEN ? (int64_t)(mlen - OFL_VNET_HDR_LEN) : -1, &moff, "gsoSegment: metaOff")) return NULL;
+  if (!arg_int(env, argv[3], 0, 65535, &max_frame, "gsoSegment: maxFrame")) return NULL;
+  napi_valuetype t4 = napi_undefined;
+  if (argv[4]) napi_typeof(env, argv[4], &t4);
+  if (t4 != napi_undefined && !arg_int(env, argv[4], 0, (int64_t)len, &plen, "gsoSegment: prefixLen")) return NULL;
+  ofl_vnet_t vh;
+  ofl_vnet_get(meta + moff, &vh);
+  napi_value arr, nul;
+  napi_get_null(env, &nul);
+  if (vh.gso_type == OFL_GSO_NONE) {
+    napi_value b;
+    void *p;
+    if (napi_create_buffer_copy(env, len, data, &p, &b) != napi_ok) return NULL;
+    if ((vh.flags & OFL_F_NEEDS_CSUM) && ofl_complete_csum((uint8_t *)p + plen, len - (size_t)plen, &vh) < 0) return nul;
+    napi_create_array_with_length(env, 1, &arr);
+    napi_set_element(env, arr, 0, b);
+    return arr;
+  }
+  static uint8_t arena[ARENA_SEGS * OFL_SEG_HDR_MAX];
+  static ofl_seg_t segs[ARENA_SEGS];
+  int k = ofl_segment(data, (uint32_t)plen, data + plen, len - (size_t)plen, &vh, (uint32_t)max_frame, arena, segs, ARENA_SEGS);
+  if (k <= 0) return nul;
+  napi_create_array_with_length(env, (size_t)k, &arr);
+  for (int j = 0; j < k; j++) {
+    napi_value b;
+    void *p;
+    if (napi_create_buffer(env, segs[j].hdr_len + segs[j].payload_len, &p, &b) != napi_ok) return NULL;
+    memcpy(p, segs[j].hdr, segs[j].hdr_len);
+    memcpy((uint8_t *)p + segs[j].hdr_len, segs[j].payload, segs[j].payload_len);
+    napi_set_element(env, arr, (uint32_t)j, b);
+  }
+  return arr;
+}
+
+/*
+ * groSplit(buf, len, gsoSize, offs, lens, segs, metas) -> entry count: what the GRO-enabled
+ * UDP poller does to each received buffer (exposed for tests): buf[0..len) holds datagrams of
+ * gsoSize bytes (the last may be shorter); entries are written to offs/lens/segs and their
+ * virtio_net_hdr to metas[10*i..]. buf is modified in place (coalescing).
+ */
+static napi_value GroSplit(napi_env env, napi_callback_info info) {
+  GET_ARGS(7);
+  uint8_t *buf, *metas;
+  size_t blen, noffs, nlens, nsegs, mlen;
+  int64_t len, gso;
+  uint32_t *offs, *lens, *segs;
+  if (!arg_bytes(env, argv[0], &buf, &blen, "groSplit: buf")) return NULL;
+  if (!arg_int(env, argv[1], 0, (int64_t)blen, &len, "groSplit: len")) return NULL;
+  if (!arg_int(env, argv[2], 0, 65535, &gso, "groSplit: gsoSize")) return NULL;
+  if (!arg_u32array(env, argv[3], &offs, &noffs, "groSplit: offs")) return NULL;
+  if (!arg_u32array(env, argv[4], &lens, &nlens, "groSplit: lens")) return NULL;
+  if (!arg_u32array(env, argv[5], &segs, &nsegs, "groSplit: segs")) return NULL;
+  if (!arg_bytes(env, argv[6], &metas, &mlen, "groSplit: metas")) return NULL;
+  size_t cap = noffs;
+  if (nlens < cap) cap = nlens;
+  if (nsegs < cap) cap = nsegs;
+  if (mlen / OFL_VNET_HDR_LEN < cap) cap = mlen / OFL_VNET_HDR_LEN;
+  if (cap > 4096) cap = 4096;
+  static ofl_entry_t ents[4096];
+  uint32_t dropped = 0;
+  int k = ofl_gro_split(buf, (uint32_t)len, (uint32_t)gso, ents, (int)cap, &dropped);
+  for (int j = 0; j < k; j++) {
+    offs[j] = ents[j].off;
+    lens[j] = ents[j].len;
+    segs[j] = ents[j].segs;
+    ofl_vnet_put(metas + (size_t)j * OFL_VNET_HDR_LEN, &ents[j].vnet);
+  }
+  napi_value res;
+  napi_create_uint32(env, (uint32_t)k, &res);
+  return res;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* pollers                                                                              */
 
-enum { KIND_FRAMES = 0, KIND_UDP = 1 };
+enum { KIND_FRAMES = 0, KIND_UDP = 1, KIND_VNET = 2 };
+#define GRO_CTRL_LEN CMSG_SPACE(sizeof(int))
+/* Entries one received buffer may yield (UDP GSO allows up to 128 segments per send). */
+#define GRO_MAX_ENTS 256
 
 typedef struct poller {
   napi_env env;
@@ -557,6 +948,14 @@ typedef struct poller {
   struct mmsghdr *msgs;
   struct iovec *iov;
   struct sockaddr_in *addrs;
+  /* vnet TAPs and GRO sockets: a virtio_net_hdr per frame/entry; GRO: entry offsets/segments */
+  uint8_t *meta;
+  uint32_t *offs, *segs;
+  uint32_t max_entries;
+  int gro;
+  uint8_t *ctrl;
+  ofl_entry_t *ents;
+  double gso_drops, gro_dropped;
   int in_cb;
   int fd_closed; /* closed through the addon's close() */
   int dead;      /* stopped for good after a persistent error */
@@ -581,7 +980,43 @@ static uint32_t read_batch(poller_t *p) {
   const uint32_t cap = p->slot - p->headroom;
   uint32_t n = 0;
   int err = 0;
-  if (p->kind == KIND_FRAMES) {
+  if (p->kind == KIND_VNET) {
+    uint32_t attempts = 0;
+    while (n < p->max_batch && attempts < 2 * p->max_batch) {
+      attempts++;
+      uint8_t *buf = p->slab + (size_t)n * p->slot + p->headroom;
+      uint8_t *m = p->meta + (size_t)n * OFL_VNET_HDR_LEN;
+      struct iovec v[3] = {{m, OFL_VNET_HDR_LEN}, {buf, cap}, {g_scratch, sizeof g_scratch}};
+      ssize_t r = readv(p->fd, v, 3);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
+        break;
+      }
+      if (r <= OFL_VNET_HDR_LEN) continue;
+      r -= OFL_VNET_HDR_LEN;
+      if ((size_t)r > cap) {
+        p->truncated++;
+        continue;
+      }
+      ofl_vnet_t h;
+      ofl_vnet_get(m, &h);
+      uint8_t gt = h.gso_type & (uint8_t)~OFL_GSO_ECN;
+      if (gt == OFL_GSO_NONE) {
+        /* A partial checksum on a single frame: complete it now, so only super-frames
+         * carry a header further on. */
+        if ((h.flags & OFL_F_NEEDS_CSUM) && ofl_complete_csum(buf, (size_t)r, &h) < 0) {
+          p->gso_drops++;
+          continue;
+        }
+        memset(m, 0, OFL_VNET_HDR_LEN);
+      } else if (gt != OFL_GSO_TCPV4 && gt != OFL_GSO_TCPV6) {
+        p->gso_drops++;
+        continue;
+      }
+      p->lens[n++] = (uint32_t)r;
+    }
+  } else if (p->kind == KIND_FRAMES) {
     uint32_t attempts = 0;
     while (n < p->max_batch && attempts < 2 * p->max_batch) {
       attempts++;
@@ -612,6 +1047,10 @@ static uint32_t read_batch(poller_t *p) {
       p->msgs[j].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
       p->msgs[j].msg_hdr.msg_flags = 0;
       p->msgs[j].msg_len = 0;
+      if (p->gro) {
+        p->msgs[j].msg_hdr.msg_control = p->ctrl + (size_t)j * GRO_CTRL_LEN;
+        p->msgs[j].msg_hdr.msg_controllen = GRO_CTRL_LEN;
+      }
     }
     do {
       r = recvmmsg(p->fd, p->msgs, p->max_batch, MSG_DONTWAIT, NULL);
@@ -620,7 +1059,37 @@ static uint32_t read_batch(poller_t *p) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) err = errno;
       r = 0;
     }
-    for (int j = 0; j < r; j++) {
+    for (int j = 0; j < r && p->gro; j++) {
+      struct mmsghdr *m = &p->msgs[j];
+      if (m->msg_hdr.msg_flags & MSG_TRUNC) {
+        p->truncated++;
+        continue;
+      }
+      int gso = 0;
+      for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg_hdr); cm; cm = CMSG_NXTHDR(&m->msg_hdr, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO && cm->cmsg_len >= CMSG_LEN(sizeof(int))) memcpy(&gso, CMSG_DATA(cm), sizeof gso);
+      }
+      uint32_t ip = 0, port = 0;
+      if (m->msg_hdr.msg_namelen >= sizeof(struct sockaddr_in) && p->addrs[j].sin_family == AF_INET) {
+        ip = ntohl(p->addrs[j].sin_addr.s_addr);
+        port = ntohs(p->addrs[j].sin_port);
+      }
+      size_t base = (size_t)j * p->slot + p->headroom;
+      uint32_t dropped = 0;
+      uint32_t room = p->max_entries - n < GRO_MAX_ENTS ? p->max_entries - n : GRO_MAX_ENTS;
+      int k = ofl_gro_split(p->slab + base, m->msg_len, gso > 0 ? (uint32_t)gso : 0, p->ents, (int)room, &dropped);
+      p->gro_dropped += dropped;
+      for (int e = 0; e < k; e++) {
+        p->offs[n] = (uint32_t)(base + p->ents[e].off);
+        p->lens[n] = p->ents[e].len;
+        p->segs[n] = p->ents[e].segs;
+        p->ips[n] = ip;
+        p->ports[n] = port;
+        ofl_vnet_put(p->meta + (size_t)n * OFL_VNET_HDR_LEN, &p->ents[e].vnet);
+        n++;
+      }
+    }
+    for (int j = 0; j < r && !p->gro; j++) {
       struct mmsghdr *m = &p->msgs[j];
       if (m->msg_hdr.msg_flags & MSG_TRUNC) {
         p->truncated++;
@@ -829,6 +1298,8 @@ static napi_value PollerStats(napi_env env, napi_callback_info info) {
   set_num_prop(env, res, "frames", p->frames);
   set_num_prop(env, res, "truncated", p->truncated);
   set_num_prop(env, res, "errors", p->errors);
+  set_num_prop(env, res, "gsoDrops", p->gso_drops);
+  set_num_prop(env, res, "groDropped", p->gro_dropped);
   if (p->last_errno) {
     char msg[160];
     const char *name = strerrorname_np(p->last_errno);
@@ -863,12 +1334,33 @@ static void poller_finalize(napi_env env, void *data, void *hint) {
   free(p->msgs);
   free(p->iov);
   free(p->addrs);
+  free(p->ctrl);
+  free(p->ents);
   free(p);
 }
 
-/* createPoller(fd, kind, slab, slotSize, headroom, maxBatch, lens, ips, ports, onBatch) */
+static int opt_prop(napi_env env, napi_value opts, const char *key, napi_value *out) {
+  napi_valuetype t;
+  *out = NULL;
+  if (!opts || napi_typeof(env, opts, &t) != napi_ok || t != napi_object) return 0;
+  bool has = false;
+  if (napi_has_named_property(env, opts, key, &has) != napi_ok || !has) return 0;
+  if (napi_get_named_property(env, opts, key, out) != napi_ok) return 0;
+  napi_typeof(env, *out, &t);
+  return t != napi_undefined && t != napi_null;
+}
+
+/*
+ * createPoller(fd, kind, slab, slotSize, headroom, maxBatch, lens, ips, ports, onBatch, opts?)
+ * kind 'vnet': a TAP opened with vnetHdr; opts.meta (Buffer, 10 bytes per frame) receives each
+ * frame's virtio_net_hdr (all zero unless it is a TCP super-frame; partial checksums of single
+ * frames are completed). kind 'udp' with opts.gro: the socket has UDP_GRO; each received buffer
+ * is split into entries (see groSplit): entry i at slab[offs[i] .. + lens[i]), standing for
+ * segs[i] datagrams, its virtio_net_hdr in meta; lens/ips/ports/segs/meta hold offs.length
+ * entries, and onBatch(count) counts entries.
+ */
 static napi_value CreatePoller(napi_env env, napi_callback_info info) {
-  GET_ARGS(10);
+  GET_ARGS(11);
   int fd;
   char kind[16];
   uint8_t *slab;
@@ -880,8 +1372,9 @@ static napi_value CreatePoller(napi_env env, napi_callback_info info) {
   int k;
   if (strcmp(kind, "frames") == 0) k = KIND_FRAMES;
   else if (strcmp(kind, "udp") == 0) k = KIND_UDP;
+  else if (strcmp(kind, "vnet") == 0) k = KIND_VNET;
   else {
-    throw_type(env, "createPoller: kind must be 'frames' or 'udp', got '%s'", kind);
+    throw_type(env, "createPoller: kind must be 'frames', 'vnet' or 'udp', got '%s'", kind);
     return NULL;
   }
   if (!arg_bytes(env, argv[2], &slab, &slab_len, "createPoller: slab")) return NULL;
@@ -900,6 +1393,37 @@ static napi_value CreatePoller(napi_env env, napi_callback_info info) {
   if (nlens < (size_t)max_batch || (k == KIND_UDP && (nips < (size_t)max_batch || nports < (size_t)max_batch))) {
     throw_range(env, "createPoller: lens%s must have at least maxBatch (%lld) elements",
                 k == KIND_UDP ? ", ips and ports" : "", (long long)max_batch);
+    return NULL;
+  }
+  int gro = k == KIND_UDP && opt_bool(env, argv[10], "gro");
+  uint8_t *meta = NULL;
+  size_t meta_len = 0, noffs = 0, nsegs = 0;
+  uint32_t *offs = NULL, *segs = NULL;
+  napi_value v_meta = NULL, v_offs = NULL, v_segs = NULL;
+  if (k == KIND_VNET || gro) {
+    if (!opt_prop(env, argv[10], "meta", &v_meta) || !arg_bytes(env, v_meta, &meta, &meta_len, "createPoller: opts.meta")) {
+      if (!v_meta) throw_type(env, "createPoller: opts.meta must be a Buffer");
+      return NULL;
+    }
+  }
+  uint32_t max_entries = (uint32_t)max_batch;
+  if (gro) {
+    if (!opt_prop(env, argv[10], "offs", &v_offs) || !arg_u32array(env, v_offs, &offs, &noffs, "createPoller: opts.offs")) {
+      if (!v_offs) throw_type(env, "createPoller: opts.offs must be a Uint32Array");
+      return NULL;
+    }
+    if (!opt_prop(env, argv[10], "segs", &v_segs) || !arg_u32array(env, v_segs, &segs, &nsegs, "createPoller: opts.segs")) {
+      if (!v_segs) throw_type(env, "createPoller: opts.segs must be a Uint32Array");
+      return NULL;
+    }
+    max_entries = (uint32_t)noffs;
+    if (max_entries < (uint32_t)max_batch || nsegs < max_entries || nlens < max_entries || nips < max_entries || nports < max_entries) {
+      throw_range(env, "createPoller: with gro, offs must hold at least maxBatch entries and lens/ips/ports/segs at least offs.length");
+      return NULL;
+    }
+  }
+  if (meta && meta_len < (size_t)max_entries * OFL_VNET_HDR_LEN) {
+    throw_range(env, "createPoller: opts.meta must hold %u * 10 bytes", max_entries);
     return NULL;
   }
   char op[64];
@@ -932,6 +1456,22 @@ static napi_value CreatePoller(napi_env env, napi_callback_info info) {
   p->lens = lens;
   p->ips = ips;
   p->ports = ports;
+  p->meta = meta;
+  p->offs = offs;
+  p->segs = segs;
+  p->gro = gro;
+  p->max_entries = max_entries;
+  if (gro) {
+    p->ctrl = calloc((size_t)max_batch, GRO_CTRL_LEN);
+    p->ents = calloc(GRO_MAX_ENTS, sizeof *p->ents);
+    if (!p->ctrl || !p->ents) {
+      free(p->ctrl);
+      free(p->ents);
+      free(p);
+      throw_sys(env, op, "calloc", ENOMEM);
+      return NULL;
+    }
+  }
   if (k == KIND_UDP) {
     p->msgs = calloc((size_t)max_batch, sizeof *p->msgs);
     p->iov = calloc((size_t)max_batch, sizeof *p->iov);
@@ -940,6 +1480,8 @@ static napi_value CreatePoller(napi_env env, napi_callback_info info) {
       free(p->msgs);
       free(p->iov);
       free(p->addrs);
+      free(p->ctrl);
+      free(p->ents);
       free(p);
       throw_sys(env, op, "calloc", ENOMEM);
       return NULL;
@@ -956,8 +1498,11 @@ static napi_value CreatePoller(napi_env env, napi_callback_info info) {
 
   napi_value obj, keep;
   napi_create_object(env, &obj);
-  /* keep = [slab, lens, ips, ports, onBatch], a hidden (non-enumerable) property. */
-  napi_create_array_with_length(env, 5, &keep);
+  /* keep = [slab, lens, ips, ports, onBatch, meta, offs, segs], a hidden (non-enumerable) property. */
+  napi_create_array_with_length(env, 8, &keep);
+  if (v_meta) napi_set_element(env, keep, 5, v_meta);
+  if (v_offs) napi_set_element(env, keep, 6, v_offs);
+  if (v_segs) napi_set_element(env, keep, 7, v_segs);
   napi_set_element(env, keep, 0, argv[2]);
   napi_set_element(env, keep, 1, argv[6]);
   napi_set_element(env, keep, 2, argv[7]);
@@ -991,6 +1536,8 @@ fail_free:
   free(p->msgs);
   free(p->iov);
   free(p->addrs);
+  free(p->ctrl);
+  free(p->ents);
   free(p);
   {
     bool pending = false;
@@ -1042,6 +1589,9 @@ NAPI_MODULE_INIT() {
       {"close", NULL, Close, NULL, NULL, NULL, napi_enumerable, NULL},
       {"writeFrames", NULL, WriteFrames, NULL, NULL, NULL, napi_enumerable, NULL},
       {"udpSend", NULL, UdpSend, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"writeFramesVnet", NULL, WriteFramesVnet, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"gsoSegment", NULL, GsoSegment, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"groSplit", NULL, GroSplit, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createPoller", NULL, CreatePoller, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
