@@ -581,7 +581,8 @@ static napi_value WriteFramesVnet(napi_env env, napi_callback_info info) {
 #define GSO_MAX_BYTES 65000
 static uint8_t g_hdr_arena[ARENA_SEGS * OFL_SEG_HDR_MAX];
 static ofl_seg_t g_segs[ARENA_SEGS];
-static struct iovec g_iov[ARENA_SEGS * 2 + ARENA_MSGS];
+#define IOV_CAP (ARENA_SEGS * 2 + ARENA_MSGS)
+static struct iovec g_iov[IOV_CAP];
 static struct mmsghdr g_msgs[ARENA_MSGS];
 static struct sockaddr_in g_sa[ARENA_MSGS];
 static union {
@@ -589,6 +590,10 @@ static union {
   struct cmsghdr align;
 } g_ctl[ARENA_MSGS];
 static uint32_t g_msg_entry[ARENA_MSGS], g_msg_nseg[ARENA_MSGS];
+/* run: the message carries consecutive ordinary entries (segment j = entry g_msg_entry + j),
+ * one iovec each; otherwise the segments of one super-frame, two iovecs each. */
+static uint8_t g_msg_run[ARENA_MSGS];
+static uint32_t g_msg_seg_size[ARENA_MSGS], g_msg_bytes[ARENA_MSGS], g_msg_last[ARENA_MSGS];
 /* fds whose sockets refused UDP_SEGMENT: segments go out one datagram each. */
 static uint8_t g_gso_broken[4096];
 
@@ -604,31 +609,39 @@ typedef struct {
 
 static int gso_ok(int fd) { return !(fd >= 0 && fd < (int)sizeof g_gso_broken && g_gso_broken[fd]); }
 
-static void credit(sendctx_t *c, uint32_t m) {
-  if (c->segs_out) c->segs_out[g_msg_entry[m]] += g_msg_nseg[m];
-  c->datagrams += g_msg_nseg[m];
+static void credit_n(sendctx_t *c, uint32_t m, uint32_t k) {
+  if (c->segs_out) {
+    if (g_msg_run[m])
+      for (uint32_t j = 0; j < k; j++) c->segs_out[g_msg_entry[m] + j] += 1;
+    else
+      c->segs_out[g_msg_entry[m]] += k;
+  }
+  c->datagrams += k;
 }
+
+static void credit(sendctx_t *c, uint32_t m) { credit_n(c, m, g_msg_nseg[m]); }
 
 /* Send one UDP_SEGMENT message's segments as separate datagrams (after the kernel refused GSO). */
 static int send_split(sendctx_t *c, uint32_t m) {
   struct msghdr *h = &g_msgs[m].msg_hdr;
-  uint32_t k = (uint32_t)h->msg_iovlen / 2;
+  uint32_t per = g_msg_run[m] ? 1 : 2;
+  uint32_t k = (uint32_t)h->msg_iovlen / per;
   struct mmsghdr mm[GSO_MAX_SEGS];
   memset(mm, 0, sizeof mm);
   for (uint32_t j = 0; j < k; j++) {
     mm[j].msg_hdr.msg_name = h->msg_name;
     mm[j].msg_hdr.msg_namelen = h->msg_namelen;
-    mm[j].msg_hdr.msg_iov = h->msg_iov + 2 * j;
-    mm[j].msg_hdr.msg_iovlen = 2;
+    mm[j].msg_hdr.msg_iov = h->msg_iov + per * j;
+    mm[j].msg_hdr.msg_iovlen = per;
   }
   uint32_t done = 0;
   while (done < k) {
     int r = sendmmsg(c->fd, mm + done, k - done, MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
-      if (c->segs_out) c->segs_out[g_msg_entry[m]] += done;
-      c->datagrams += done;
-      return errno;
+      int e = errno;
+      credit_n(c, m, done);
+      return e;
     }
     done += (uint32_t)r;
   }
@@ -683,7 +696,19 @@ static struct msghdr *add_msg(sendctx_t *c, uint32_t entry, const struct sockadd
   h->msg_iovlen = 0;
   g_msg_entry[m] = entry;
   g_msg_nseg[m] = nseg;
+  g_msg_run[m] = 0;
   return h;
+}
+
+static void set_segment_cmsg(struct msghdr *h, uint32_t m, uint32_t seg_size) {
+  h->msg_control = g_ctl[m].buf;
+  h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+  struct cmsghdr *cm = CMSG_FIRSTHDR(h);
+  cm->cmsg_level = SOL_UDP;
+  cm->cmsg_type = UDP_SEGMENT;
+  cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+  uint16_t gs = (uint16_t)seg_size;
+  memcpy(CMSG_DATA(cm), &gs, sizeof gs);
 }
 
 /*
@@ -764,7 +789,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
         k = ofl_segment(data, gl, data + gl, len - gl, &vh, (uint32_t)max_frame, g_hdr_arena, g_segs, ARENA_SEGS);
       }
       if (k <= 0) continue; /* not segmentable: dropped */
-      if (c.nmsg + (uint32_t)k > ARENA_MSGS) {
+      if (c.nmsg + (uint32_t)k > ARENA_MSGS || c.niov + 2 * (uint32_t)k > IOV_CAP) {
         /* keep the segments: move them to the arena's front after the flush */
         uint32_t first = c.nseg;
         send_flush(&c);
@@ -797,22 +822,30 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
           g_iov[c.niov++].iov_len = sg[j + q].payload_len;
         }
         h->msg_iovlen = (size_t)take * 2;
-        if (take > 1) {
-          uint32_t m = c.nmsg - 1;
-          h->msg_control = g_ctl[m].buf;
-          h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-          struct cmsghdr *cm = CMSG_FIRSTHDR(h);
-          cm->cmsg_level = SOL_UDP;
-          cm->cmsg_type = UDP_SEGMENT;
-          cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-          uint16_t gs = (uint16_t)seg_size;
-          memcpy(CMSG_DATA(cm), &gs, sizeof gs);
-        }
+        if (take > 1) set_segment_cmsg(h, c.nmsg - 1, seg_size);
         j += take;
       }
     } else {
       if (metas && (vh.flags & OFL_F_NEEDS_CSUM) && gl < len) (void)ofl_complete_csum(data + gl, len - gl, &vh);
-      if (c.nmsg + 1 > ARENA_MSGS) {
+      /* Runs of ordinary datagrams to one destination, all of one size (the last may be
+       * shorter), go out as one UDP_SEGMENT message: one trip through the stack for up to 64. */
+      if (c.nmsg > 0 && gso_ok(fd) && len > 0) {
+        uint32_t pm = c.nmsg - 1;
+        struct msghdr *ph = &g_msgs[pm].msg_hdr;
+        if (g_msg_run[pm] && g_msg_nseg[pm] < GSO_MAX_SEGS && g_msg_last[pm] == g_msg_seg_size[pm] && len <= g_msg_seg_size[pm] &&
+            g_msg_bytes[pm] + len <= GSO_MAX_BYTES && g_sa[pm].sin_addr.s_addr == sa.sin_addr.s_addr && g_sa[pm].sin_port == sa.sin_port &&
+            ph->msg_iov + ph->msg_iovlen == g_iov + c.niov && c.niov < IOV_CAP) {
+          g_iov[c.niov].iov_base = data;
+          g_iov[c.niov++].iov_len = len;
+          ph->msg_iovlen++;
+          if (g_msg_nseg[pm] == 1) set_segment_cmsg(ph, pm, g_msg_seg_size[pm]);
+          g_msg_nseg[pm]++;
+          g_msg_bytes[pm] += (uint32_t)len;
+          g_msg_last[pm] = (uint32_t)len;
+          continue;
+        }
+      }
+      if (c.nmsg + 1 > ARENA_MSGS || c.niov >= IOV_CAP) {
         send_flush(&c);
         if (c.stopped || c.err) break;
       }
@@ -820,6 +853,8 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
       g_iov[c.niov].iov_base = data;
       g_iov[c.niov++].iov_len = len;
       h->msg_iovlen = 1;
+      g_msg_run[c.nmsg - 1] = 1;
+      g_msg_seg_size[c.nmsg - 1] = g_msg_bytes[c.nmsg - 1] = g_msg_last[c.nmsg - 1] = (uint32_t)len;
     }
   }
   if (!c.stopped && !c.err) send_flush(&c);
