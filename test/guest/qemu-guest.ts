@@ -1,0 +1,337 @@
+/**
+ * The vnsnap test guest, from TypeScript: build (or reuse) the image, make the QEMU command line
+ * and kernel parameters, and read a guest's status (TCP status port, serial console log,
+ * virtio-serial channel). Used by test/integration/guest-*.test.ts and meant for the e2e tests
+ * of agents and snapshots. See docs/guest.md.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+
+/** Repository root (this file runs from dist/test/guest/). */
+export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
+export const BUILD_SCRIPT = path.join(REPO_ROOT, 'test', 'guest', 'build-guest.sh');
+export const STATUS_CHANNEL_NAME = 'org.vnsnap.status';
+
+export interface GuestImage {
+  kernel: string;
+  initrd: string;
+  /** vnguest built for the host too: `vnguest query IP:PORT`, `vnguest disk-scan RAW` */
+  tool: string;
+}
+
+function parsePaths(out: string): GuestImage {
+  const kv: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const m = /^(VNSNAP_GUEST_\w+)=(.*)$/.exec(line.trim());
+    if (m) kv[m[1]!] = m[2]!;
+  }
+  const kernel = kv['VNSNAP_GUEST_KERNEL'];
+  const initrd = kv['VNSNAP_GUEST_INITRD'];
+  const tool = kv['VNSNAP_GUEST_TOOL'];
+  if (!kernel || !initrd || !tool) throw new Error(`build-guest.sh printed no paths: ${out}`);
+  return { kernel, initrd, tool };
+}
+
+/** Build the guest if the cache has no entry for the current inputs (needs root), else reuse it. */
+export function buildGuest(timeoutMs = 20 * 60_000): GuestImage {
+  try {
+    return parsePaths(execFileSync('bash', [BUILD_SCRIPT, '--print-paths'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+  } catch {
+    /* not cached: build */
+  }
+  try {
+    return parsePaths(execFileSync('bash', [BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, maxBuffer: 64 << 20 }));
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`build-guest.sh failed: ${err.stderr?.slice(-4000) || err.message}`);
+  }
+}
+
+function hasCommand(cmd: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Install QEMU with apt-get if it is missing (root). */
+export function ensureQemu(): void {
+  if (hasCommand('qemu-system-x86_64') && hasCommand('qemu-img')) return;
+  const apt = ['-q', '-o', 'DPkg::Lock::Timeout=600'];
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  const install = (): void => {
+    execFileSync('apt-get', [...apt, 'install', '-y', '--no-install-recommends', 'qemu-system-x86', 'qemu-utils'], { stdio: ['ignore', 'pipe', 'pipe'], env, timeout: 15 * 60_000 });
+  };
+  try {
+    install();
+  } catch {
+    execFileSync('apt-get', [...apt, 'update'], { stdio: ['ignore', 'pipe', 'pipe'], env, timeout: 15 * 60_000 });
+    install();
+  }
+}
+
+/** Workload settings, passed on the kernel command line as vnsnap.KEY=VALUE. */
+export interface GuestParams {
+  name: string;
+  /** IPv4 address with prefix, e.g. 192.168.90.1/24 */
+  ip?: string;
+  gw?: string;
+  mtu?: number;
+  /** stream targets: "IP:PORT" or "IP:PORT@KiB/s" (port defaults to 7001) */
+  peers?: string[];
+  /** default sender rate in KiB/s (0 or absent: as fast as the connection takes) */
+  rateKiB?: number;
+  /** memory load: MiB touched, at memRateMiB MiB/s */
+  memMiB?: number;
+  memRateMiB?: number;
+  /** raw disk device in the guest (default: /dev/vda if present), or 'none' */
+  disk?: string;
+  /** disk records per second (default 20) */
+  diskRate?: number;
+  /** stream receiver port (default 7001) and status port (default 7070) */
+  listenPort?: number;
+  statusPort?: number;
+  /** seconds between VNSTAT lines on the serial console (default 5) */
+  reportSecs?: number;
+}
+
+/** The kernel command line for a guest. */
+export function kernelCmdline(p: GuestParams, extra: readonly string[] = []): string {
+  const a = ['console=ttyS0', 'quiet', 'panic=-1', `vnsnap.name=${p.name}`];
+  if (p.ip) a.push(`vnsnap.ip=${p.ip}`);
+  if (p.gw) a.push(`vnsnap.gw=${p.gw}`);
+  if (p.mtu) a.push(`vnsnap.mtu=${p.mtu}`);
+  if (p.peers?.length) a.push(`vnsnap.peers=${p.peers.join(',')}`);
+  if (p.rateKiB !== undefined) a.push(`vnsnap.rate=${p.rateKiB}`);
+  if (p.memMiB !== undefined) a.push(`vnsnap.mem=${p.memMiB}`);
+  if (p.memRateMiB !== undefined) a.push(`vnsnap.memrate=${p.memRateMiB}`);
+  if (p.disk !== undefined) a.push(`vnsnap.disk=${p.disk}`);
+  if (p.diskRate !== undefined) a.push(`vnsnap.diskrate=${p.diskRate}`);
+  if (p.listenPort !== undefined) a.push(`vnsnap.listen=${p.listenPort}`);
+  if (p.statusPort !== undefined) a.push(`vnsnap.status=${p.statusPort}`);
+  if (p.reportSecs !== undefined) a.push(`vnsnap.report=${p.reportSecs}`);
+  return [...a, ...extra].join(' ');
+}
+
+export interface QemuGuestOptions {
+  image: GuestImage;
+  /** directory for this guest's sockets and logs */
+  dir: string;
+  params: GuestParams;
+  memMiB?: number;
+  /** the NIC: a TAP device (opened by QEMU, vnet_hdr off) or any other -netdev spec */
+  tap?: string;
+  netdev?: string;
+  mac: string;
+  /** a qcow2 file attached as virtio-blk (/dev/vda in the guest) */
+  disk?: string;
+  /** add the virtio-serial status channel (default true) */
+  statusChannel?: boolean;
+  /** `-incoming defer` for a restore */
+  incoming?: boolean;
+  extraArgs?: string[];
+}
+
+export interface GuestFiles {
+  serialLog: string;
+  serialSock: string;
+  qmpSock: string;
+  statusSock: string;
+}
+
+export function guestFiles(dir: string): GuestFiles {
+  return {
+    serialLog: path.join(dir, 'serial.log'),
+    serialSock: path.join(dir, 'serial.sock'),
+    qmpSock: path.join(dir, 'qmp.sock'),
+    statusSock: path.join(dir, 'status.sock'),
+  };
+}
+
+/** The qemu-system-x86_64 arguments (without the program name) for one guest under TCG. */
+export function qemuArgs(o: QemuGuestOptions): string[] {
+  const f = guestFiles(o.dir);
+  const netdev = o.netdev ?? `tap,id=n0,ifname=${o.tap},script=no,downscript=no,vnet_hdr=off`;
+  if (!o.netdev && !o.tap) throw new Error('qemuArgs: a tap or a netdev is required');
+  const args = [
+    '-accel', 'tcg', '-machine', 'q35', '-cpu', 'qemu64', '-smp', '1', '-m', String(o.memMiB ?? 256),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
+    '-kernel', o.image.kernel, '-initrd', o.image.initrd, '-append', kernelCmdline(o.params),
+    '-serial', 'chardev:ser0', '-chardev', `socket,id=ser0,path=${f.serialSock},server=on,wait=off,logfile=${f.serialLog}`,
+    '-qmp', `unix:${f.qmpSock},server=on,wait=off`,
+    '-netdev', netdev, '-device', `virtio-net-pci,netdev=n0,mac=${o.mac},romfile=`,
+  ];
+  if (o.disk) {
+    args.push(
+      '-blockdev', `driver=file,filename=${o.disk},node-name=file0`,
+      '-blockdev', 'driver=qcow2,file=file0,node-name=disk0',
+      '-device', 'virtio-blk-pci,drive=disk0',
+    );
+  }
+  if (o.statusChannel ?? true) {
+    args.push(
+      '-device', 'virtio-serial-pci',
+      '-chardev', `socket,id=st0,path=${f.statusSock},server=on,wait=off`,
+      '-device', `virtserialport,chardev=st0,name=${STATUS_CHANNEL_NAME}`,
+    );
+  }
+  if (o.incoming) args.push('-incoming', 'defer');
+  args.push(...(o.extraArgs ?? []));
+  return args;
+}
+
+// ------------------------------------------------------------------ status
+
+export interface OutStream {
+  peer: string;
+  index: number;
+  connected: boolean;
+  bytes: number;
+  conn_bytes: number;
+  connects: number;
+  reconnects: number;
+  connect_failures: number;
+  errors: number;
+  rate: number;
+  last_error: string;
+}
+
+export interface InStream {
+  from: string;
+  index: number;
+  addr: string;
+  open: boolean;
+  bytes: number;
+  conn_bytes: number;
+  words: number;
+  errors: number;
+  connections: number;
+  reconnects: number;
+  reboots: number;
+  idle_ms: number;
+  first_error: string;
+  close_reason: string;
+}
+
+export interface GuestStatus {
+  v: number;
+  name: string;
+  ip: string;
+  nonce: string;
+  uptime_ms: number;
+  seq: number;
+  out: OutStream[];
+  in: InStream[];
+  bad_hellos: number;
+  mem: { enabled: boolean; mib: number; rate_mibps: number; passes: number; pages_touched: number; errors: number; first_error: string };
+  disk: {
+    enabled: boolean;
+    dev: string;
+    direct: boolean;
+    slots: number;
+    records: number;
+    start_record: number;
+    checks: number;
+    check_ok: number;
+    last_check: { mem: number; disk: number };
+    ahead: number;
+    behind: number;
+    corrupt: number;
+    write_errors: number;
+    errors: number;
+    first_error: string;
+  };
+  totals: { sent: number; received: number; stream_errors: number; reconnects: number; errors: number };
+}
+
+/** Ask a guest's status port through the network namespace that reaches it (vnguest query). */
+export function queryStatus(image: GuestImage, netns: string | null, addr: string, timeoutSecs = 3): GuestStatus {
+  const cmd = netns ? 'ip' : image.tool;
+  const args = netns ? ['netns', 'exec', netns, image.tool, 'query', addr, String(timeoutSecs)] : ['query', addr, String(timeoutSecs)];
+  const out = execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: (timeoutSecs + 5) * 1000 });
+  return JSON.parse(out) as GuestStatus;
+}
+
+/** Every "VNSTAT {...}" line of a serial console log, oldest first. */
+export function serialStatuses(serialLog: string): GuestStatus[] {
+  let text = '';
+  try {
+    text = fs.readFileSync(serialLog, 'utf8');
+  } catch {
+    return [];
+  }
+  const out: GuestStatus[] = [];
+  for (const line of text.split(/\r?\n/)) {
+    const i = line.indexOf('VNSTAT {');
+    if (i < 0) continue;
+    try {
+      out.push(JSON.parse(line.slice(i + 7)) as GuestStatus);
+    } catch {
+      /* a line cut by the end of the log */
+    }
+  }
+  return out;
+}
+
+/** Ask over the virtio-serial channel (a unix socket on the host): send a line, read one JSON line. */
+export function channelStatus(statusSock: string, timeoutMs = 5000): Promise<GuestStatus> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(statusSock);
+    let buf = '';
+    const timer = setTimeout(() => finish(new Error(`no status on ${statusSock} within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err: Error | null, v?: GuestStatus): void => {
+      clearTimeout(timer);
+      s.destroy();
+      if (err) reject(err);
+      else resolve(v as GuestStatus);
+    };
+    s.on('connect', () => {
+      // the guest sees the port open a moment after the connection; ask again until it answers
+      const ask = (): void => {
+        if (!s.destroyed) s.write('status\n');
+      };
+      ask();
+      const again = setInterval(ask, 500);
+      s.once('close', () => clearInterval(again));
+    });
+    s.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (!line.startsWith('{')) continue;
+        try {
+          return finish(null, JSON.parse(line) as GuestStatus);
+        } catch {
+          /* partial */
+        }
+      }
+    });
+    s.on('error', (e) => finish(e));
+  });
+}
+
+/** Thrown from a waitFor callback to stop waiting at once (e.g. the QEMU process has exited). */
+export class FatalWait extends Error {}
+
+/** Poll fn until it returns a value (not undefined) or the time is up; errors are retried, except FatalWait. */
+export async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs: number, everyMs = 500): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined) return v;
+    } catch (e) {
+      if (e instanceof FatalWait) throw e;
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
