@@ -1,0 +1,321 @@
+/**
+ * The server side of AgentService.Session: one live session per agent id.
+ *
+ * Session lifecycle (docs/control-plane.md, "Sessions"):
+ *   - the first message must be Register (within dead_after_ms), else the stream is ended;
+ *   - an agent id that already has a live session is answered `refused` and the stream ends;
+ *   - otherwise Welcome, then — in the same turn, before any other command — every pending
+ *     SnapshotAbort the catalog holds for that agent (acknowledged ones are deleted), then the
+ *     `joined` event;
+ *   - any message from the agent proves it alive; none for dead_after_ms, or the stream ending,
+ *     makes it DISCONNECTED: every command in flight to it fails with ERR_AGENT_DISCONNECTED and
+ *     the `left` event fires.
+ *
+ * Commands: `send` numbers each command (one counter for the coordinator), writes it to the
+ * stream at once and keeps {resolve, reject, onProgress} by id until its Result arrives.
+ * Progress for an unknown or finished command is ignored; so is a Result nobody waits for.
+ */
+import { EventEmitter } from 'node:events';
+import { status, type ServerDuplexStream } from '@grpc/grpc-js';
+import { VnsnapError } from '../proto/errors';
+import type { AgentMessage__Output } from '../proto/gen/vnsnap/v1/AgentMessage';
+import type { CoordinatorMessage } from '../proto/gen/vnsnap/v1/CoordinatorMessage';
+import type { Register__Output } from '../proto/gen/vnsnap/v1/Register';
+import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
+import type { RunningVm__Output } from '../proto/gen/vnsnap/v1/RunningVm';
+import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
+import type { Logger } from '../proto/log';
+import type { Startable } from '../proto/lifecycle';
+import { commandName, type AgentLink, type CommandBody, type SendOptions } from './agent-link';
+import type { Catalog } from './catalog';
+import { systemClock, type Clock, type TimerHandle } from './clock';
+
+export type SessionCall = ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
+
+export interface AgentRegistryOptions {
+  catalog: Catalog;
+  log: Logger;
+  coordinatorId: string;
+  clock?: Clock;
+  heartbeatIntervalMs?: number;
+  deadAfterMs?: number;
+  /** Default per-command timeout when the caller gives none (0: none). */
+  commandTimeoutMs?: number;
+}
+
+interface InFlight {
+  agentId: string;
+  name: string;
+  resolve: (r: Result__Output) => void;
+  reject: (e: VnsnapError) => void;
+  onProgress?: (p: VmProgress__Output) => void;
+  timer?: TimerHandle;
+  detach?: () => void;
+}
+
+class Session {
+  deadTimer?: TimerHandle;
+  closed = false;
+  readonly inFlight = new Set<number>();
+  constructor(
+    readonly agentId: string,
+    readonly call: SessionCall,
+    readonly register: Register__Output,
+    readonly connectedUnixMs: number,
+  ) {}
+}
+
+export interface AgentRegistryEvents {
+  joined: [agentId: string, running: RunningVm__Output[]];
+  left: [agentId: string, reason: string];
+}
+
+export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements AgentLink, Startable {
+  readonly heartbeatIntervalMs: number;
+  readonly deadAfterMs: number;
+  private readonly commandTimeoutMs: number;
+  private readonly clock: Clock;
+  private readonly sessions = new Map<string, Session>();
+  private readonly pending = new Map<number, InFlight>();
+  private readonly unregistered = new Set<SessionCall>();
+  private nextCommandId = 1;
+  private stopped = false;
+
+  constructor(private readonly opts: AgentRegistryOptions) {
+    super();
+    this.clock = opts.clock ?? systemClock;
+    this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1000;
+    this.deadAfterMs = opts.deadAfterMs ?? 3000;
+    this.commandTimeoutMs = opts.commandTimeoutMs ?? 120_000;
+  }
+
+  start(): void {
+    this.stopped = false;
+  }
+
+  /** End every session (their commands fail with ERR_AGENT_DISCONNECTED). */
+  stop(): void {
+    this.stopped = true;
+    for (const s of [...this.sessions.values()]) this.drop(s, 'coordinator stopping', true);
+    for (const c of [...this.unregistered]) c.end();
+    this.unregistered.clear();
+  }
+
+  isConnected(agentId: string): boolean {
+    return this.sessions.has(agentId);
+  }
+
+  connectedIds(): string[] {
+    return [...this.sessions.keys()].sort();
+  }
+
+  endpoint(agentId: string): { address: string; port: number } | undefined {
+    const s = this.sessions.get(agentId);
+    if (s) return { address: s.register.tunnelAddress, port: s.register.tunnelPort };
+    const a = this.opts.catalog.getAgent(agentId);
+    return a ? { address: a.tunnelAddress, port: a.tunnelPort } : undefined;
+  }
+
+  /** VMs the agent reported running when it registered. */
+  reportedRunning(agentId: string): RunningVm__Output[] {
+    return this.sessions.get(agentId)?.register.running ?? [];
+  }
+
+  /** The gRPC handler for AgentService.Session. */
+  attach(call: SessionCall): void {
+    const log = this.opts.log;
+    if (this.stopped) {
+      call.emit('error', { code: status.UNAVAILABLE, details: 'coordinator is stopping' });
+      return;
+    }
+    let session: Session | undefined;
+    this.unregistered.add(call);
+    let registerTimer: TimerHandle | undefined = this.clock.setTimeout(() => {
+      registerTimer = undefined;
+      if (session) return;
+      this.unregistered.delete(call);
+      log.warn({ peer: safePeer(call) }, 'agent session sent no Register in time; closing it');
+      call.emit('error', { code: status.DEADLINE_EXCEEDED, details: `no Register within ${this.deadAfterMs} ms` });
+    }, this.deadAfterMs);
+
+    const onGone = (reason: string) => {
+      this.clock.clearTimeout(registerTimer);
+      this.unregistered.delete(call);
+      if (session) this.drop(session, reason, false);
+    };
+    call.on('data', (m: AgentMessage__Output) => {
+      if (session) {
+        if (!session.closed) this.onMessage(session, m);
+        return;
+      }
+      if (m.msg !== 'register' || !m.register) {
+        this.unregistered.delete(call);
+        this.clock.clearTimeout(registerTimer);
+        call.write({ refused: 'the first message of a session must be Register' });
+        call.end();
+        return;
+      }
+      this.clock.clearTimeout(registerTimer);
+      registerTimer = undefined;
+      this.unregistered.delete(call);
+      session = this.onRegister(call, m.register);
+    });
+    call.on('end', () => onGone('session ended by the agent'));
+    call.on('cancelled', () => onGone('session cancelled'));
+    call.on('error', (e: Error) => onGone(`session error: ${e.message}`));
+    call.on('close', () => onGone('session closed'));
+  }
+
+  private onRegister(call: SessionCall, reg: Register__Output): Session | undefined {
+    const log = this.opts.log;
+    const id = reg.agentId.trim();
+    if (!id) {
+      call.write({ refused: 'Register.agent_id is empty' });
+      call.end();
+      return undefined;
+    }
+    if (this.sessions.has(id)) {
+      log.warn({ agent: id }, 'agent id already has a live session; refusing the new one');
+      call.write({ refused: `agent id "${id}" already has a live session` });
+      call.end();
+      return undefined;
+    }
+    const now = this.clock.now();
+    const s = new Session(id, call, reg, now);
+    this.sessions.set(id, s);
+    this.opts.catalog.upsertAgent({
+      id,
+      hostname: reg.hostname,
+      version: reg.version,
+      tunnelAddress: reg.tunnelAddress,
+      tunnelPort: reg.tunnelPort,
+      drivers: reg.drivers,
+      connectedUnixMs: now,
+      lastSeenUnixMs: now,
+    });
+    call.write({ welcome: { heartbeatIntervalMs: this.heartbeatIntervalMs, deadAfterMs: this.deadAfterMs, coordinatorId: this.opts.coordinatorId } });
+    this.armDeadTimer(s);
+    log.info({ agent: id, hostname: reg.hostname, tunnel: `${reg.tunnelAddress}:${reg.tunnelPort}`, running: reg.running.length }, 'agent registered');
+    this.deliverPendingAborts(id);
+    this.emit('joined', id, reg.running);
+    return s;
+  }
+
+  private deliverPendingAborts(agentId: string): void {
+    for (const p of this.opts.catalog.pendingAborts(agentId)) {
+      this.send(agentId, { snapshotAbort: { snapshotId: p.snapshotId, vne: p.vne, epoch: p.epoch, storePrefix: p.storePrefix } }).then(
+        (r) => {
+          if (r.ok) this.opts.catalog.removePendingAbort(p.snapshotId, agentId);
+          else this.opts.log.warn({ agent: agentId, snapshot: p.snapshotId, error: r.errorMessage }, 'pending SnapshotAbort failed on the agent; kept for its next session');
+        },
+        (e: Error) => this.opts.log.warn({ agent: agentId, snapshot: p.snapshotId, error: e.message }, 'pending SnapshotAbort not delivered; kept'),
+      );
+    }
+  }
+
+  private armDeadTimer(s: Session): void {
+    this.clock.clearTimeout(s.deadTimer);
+    s.deadTimer = this.clock.setTimeout(() => {
+      this.opts.log.warn({ agent: s.agentId, deadAfterMs: this.deadAfterMs }, 'agent missed its heartbeats; marking it disconnected');
+      this.drop(s, `no heartbeat for ${this.deadAfterMs} ms`, true);
+    }, this.deadAfterMs);
+  }
+
+  private onMessage(s: Session, m: AgentMessage__Output): void {
+    this.armDeadTimer(s);
+    switch (m.msg) {
+      case 'heartbeat':
+        this.opts.catalog.touchAgent(s.agentId, this.clock.now());
+        return;
+      case 'progress': {
+        const p = m.progress;
+        const f = p ? this.pending.get(p.commandId) : undefined;
+        if (p?.vm && f && f.agentId === s.agentId) f.onProgress?.({ ...p.vm, host: p.vm.host || s.agentId });
+        return;
+      }
+      case 'result': {
+        const r = m.result;
+        const f = r ? this.pending.get(r.commandId) : undefined;
+        if (!r || !f || f.agentId !== s.agentId) return;
+        this.settle(r.commandId);
+        f.resolve(r);
+        return;
+      }
+      case 'register':
+        this.opts.log.warn({ agent: s.agentId }, 'agent sent Register twice; ignored');
+        return;
+      default:
+        return;
+    }
+  }
+
+  private settle(id: number): void {
+    const f = this.pending.get(id);
+    if (!f) return;
+    this.pending.delete(id);
+    this.clock.clearTimeout(f.timer);
+    f.detach?.();
+    this.sessions.get(f.agentId)?.inFlight.delete(id);
+  }
+
+  private drop(s: Session, reason: string, endStream: boolean): void {
+    if (s.closed) return;
+    s.closed = true;
+    this.clock.clearTimeout(s.deadTimer);
+    if (this.sessions.get(s.agentId) === s) this.sessions.delete(s.agentId);
+    const now = this.clock.now();
+    this.opts.catalog.touchAgent(s.agentId, now);
+    for (const id of [...s.inFlight]) {
+      const f = this.pending.get(id);
+      this.settle(id);
+      f?.reject(new VnsnapError('ERR_AGENT_DISCONNECTED', `agent ${s.agentId} disconnected during ${f.name} (${reason})`));
+    }
+    if (endStream) {
+      try {
+        s.call.emit('error', { code: status.UNAVAILABLE, details: reason });
+      } catch {
+        // the stream may already be gone
+      }
+    }
+    this.opts.log.info({ agent: s.agentId, reason }, 'agent disconnected');
+    this.emit('left', s.agentId, reason);
+  }
+
+  send(agentId: string, body: CommandBody, opts: SendOptions = {}): Promise<Result__Output> {
+    const name = commandName(body);
+    const s = this.sessions.get(agentId);
+    if (!s) return Promise.reject(new VnsnapError('ERR_AGENT_DISCONNECTED', `agent ${agentId} is not connected (${name} not sent)`));
+    if (opts.signal?.aborted) return Promise.reject(new VnsnapError('ERR_CANCELLED', `${name} to agent ${agentId} cancelled`));
+    const id = this.nextCommandId++;
+    return new Promise<Result__Output>((resolve, reject) => {
+      const f: InFlight = { agentId, name, resolve, reject, onProgress: opts.onProgress };
+      const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+      if (timeoutMs > 0) {
+        f.timer = this.clock.setTimeout(() => {
+          this.settle(id);
+          reject(new VnsnapError('ERR_TIMEOUT', `agent ${agentId}: ${name} got no result within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+      if (opts.signal) {
+        const signal = opts.signal;
+        const onAbort = () => {
+          this.settle(id);
+          reject(new VnsnapError('ERR_CANCELLED', `${name} to agent ${agentId} cancelled`));
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        f.detach = () => signal.removeEventListener('abort', onAbort);
+      }
+      this.pending.set(id, f);
+      s.inFlight.add(id);
+      s.call.write({ command: { id, ...body } });
+    });
+  }
+}
+
+function safePeer(call: SessionCall): string {
+  try {
+    return call.getPeer();
+  } catch {
+    return 'unknown';
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * Time for the coordinator, injected so the sequencers' timeouts are testable: the system clock
+ * in production, a manual clock (advanced by the test) in unit tests.
+ */
+
+export type TimerHandle = { readonly id: number };
+
+export interface Clock {
+  /** Wall-clock milliseconds since the Unix epoch. */
+  now(): number;
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  clearTimeout(h: TimerHandle | undefined): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
+    t.unref?.();
+    return t as unknown as TimerHandle;
+  },
+  clearTimeout(h) {
+    if (h) clearTimeout(h as unknown as NodeJS.Timeout);
+  },
+};
+
+/** A clock that moves only when told to: timers fire in due order during advance(). */
+export class ManualClock implements Clock {
+  private t: number;
+  private nextId = 1;
+  private readonly timers = new Map<number, { due: number; fn: () => void }>();
+
+  constructor(start = 1_800_000_000_000) {
+    this.t = start;
+  }
+
+  now(): number {
+    return this.t;
+  }
+
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    const id = this.nextId++;
+    this.timers.set(id, { due: this.t + Math.max(0, ms), fn });
+    return { id };
+  }
+
+  clearTimeout(h: TimerHandle | undefined): void {
+    if (h) this.timers.delete(h.id);
+  }
+
+  /** Timers still pending. */
+  get pending(): number {
+    return this.timers.size;
+  }
+
+  /** Move time forward by ms, firing every timer that falls due, earliest first. */
+  advance(ms: number): void {
+    const end = this.t + ms;
+    for (;;) {
+      let best: [number, { due: number; fn: () => void }] | undefined;
+      for (const e of this.timers) if (e[1].due <= end && (!best || e[1].due < best[1].due || (e[1].due === best[1].due && e[0] < best[0]))) best = e;
+      if (!best) break;
+      this.timers.delete(best[0]);
+      this.t = Math.max(this.t, best[1].due);
+      best[1].fn();
+    }
+    this.t = end;
+  }
+}

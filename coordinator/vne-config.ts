@@ -1,0 +1,30 @@
+/**
+ * What an agent is told about a VNE (ConfigureVne): VNI, generation, the peer switches (the
+ * other agents hosting VMs of the VNE, at the tunnel endpoints they registered) and the static
+ * MAC → agent table of the placement (MACs of the agent's own VMs name the agent itself).
+ */
+import { VnsnapError } from '../proto/errors';
+import type { ConfigureVne } from '../proto/gen/vnsnap/v1/ConfigureVne';
+import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
+import type { AgentLink } from './agent-link';
+
+/** VM → agent: the VNE's placement, else each VM's defined host. */
+export function placementOf(vne: Vne__Output): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const vm of vne.vms) out[vm.name] = vne.placement[vm.name] || vm.host;
+  return out;
+}
+
+export function configureVneFor(vne: Vne__Output, agentId: string, link: Pick<AgentLink, 'endpoint'>): ConfigureVne {
+  const placement = placementOf(vne);
+  const hosts = [...new Set(Object.values(placement))].sort();
+  const peers = hosts
+    .filter((h) => h !== agentId)
+    .map((h) => {
+      const ep = link.endpoint(h);
+      if (!ep) throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${h}" has never registered: its tunnel endpoint is unknown`);
+      return { agentId: h, address: ep.address, port: ep.port };
+    });
+  const macs = vne.vms.flatMap((vm) => vm.macs.map((mac) => ({ mac: mac.toLowerCase(), agentId: placement[vm.name] as string })));
+  return { vne: vne.name, vni: vne.vni, generation: vne.generation, peers, macs };
+}
