@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+/**
+ * vnsnap-coordinator: read flags and the optional JSON config file, build the CoordinatorServer,
+ * start it, print one JSON line {"event":"ready","address":"host:port"} on stdout when it
+ * listens; stop cleanly on SIGTERM/SIGINT. Logs are pino JSON on stderr.
+ *
+ * Config file (JSON, every key optional; flags win):
+ *   { "listen": "127.0.0.1:7400", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
+ *     "coordinatorId": "c1", "heartbeatIntervalMs": 1000, "deadAfterMs": 3000,
+ *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info" }
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Command } from 'commander';
+import { describeError, VnsnapError } from '../proto/errors';
+import { createLogger } from '../proto/log';
+import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
+
+const KEYS: Record<string, 'string' | 'number' | 'boolean'> = {
+  listen: 'string',
+  db: 'string',
+  storeDir: 'string',
+  coordinatorId: 'string',
+  heartbeatIntervalMs: 'number',
+  deadAfterMs: 'number',
+  commandTimeoutMs: 'number',
+  sharedStore: 'boolean',
+  logLevel: 'string',
+};
+
+export type CoordinatorFileConfig = Partial<CoordinatorConfig> & { logLevel?: string };
+
+export function readConfigFile(file: string): CoordinatorFileConfig {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new VnsnapError('ERR_CONFIG', `cannot read config ${file}: ${(e as Error).message}`, { cause: e });
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new VnsnapError('ERR_CONFIG', `config ${file} must be a JSON object`);
+  for (const [k, v] of Object.entries(raw)) {
+    const t = KEYS[k];
+    if (!t) throw new VnsnapError('ERR_CONFIG', `config ${file}: unknown key "${k}" (known: ${Object.keys(KEYS).join(', ')})`);
+    if (typeof v !== t) throw new VnsnapError('ERR_CONFIG', `config ${file}: "${k}" must be a ${t}`);
+    if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) throw new VnsnapError('ERR_CONFIG', `config ${file}: "${k}" must be a positive integer`);
+  }
+  return raw as CoordinatorFileConfig;
+}
+
+function packageVersion(): string {
+  try {
+    return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version?: string }).version ?? '';
+  } catch {
+    return '';
+  }
+}
+
+async function main(): Promise<void> {
+  const program = new Command()
+    .name('vnsnap-coordinator')
+    .description('vnsnap coordinator: the gRPC service clients call; sequences snapshots and restores across agents')
+    .option('--listen <host:port>', `address to listen on (default ${DEFAULT_LISTEN})`)
+    .option('--db <file>', 'SQLite catalog file (default ./vnsnap-catalog.db)')
+    .option('--store-dir <dir>', 'snapshot store root where manifests are written (default ./vnsnap-store)')
+    .option('--config <file>', 'JSON config file (flags override it)')
+    .option('--log-level <level>', 'pino log level (default info)')
+    .parse();
+  const flags = program.opts<{ listen?: string; db?: string; storeDir?: string; config?: string; logLevel?: string }>();
+  const file = flags.config ? readConfigFile(flags.config) : {};
+  const config: CoordinatorConfig = {
+    ...file,
+    listen: flags.listen ?? file.listen ?? DEFAULT_LISTEN,
+    db: flags.db ?? file.db ?? 'vnsnap-catalog.db',
+    storeDir: flags.storeDir ?? file.storeDir ?? 'vnsnap-store',
+  };
+  const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
+  const version = packageVersion();
+  const server = new CoordinatorServer({ config, log, version });
+  await server.start();
+  process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    server.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error({ error: describeError(e) }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+if (require.main === module) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`vnsnap-coordinator: ${describeError(e)}\n`);
+    process.exit(1);
+  });
+}

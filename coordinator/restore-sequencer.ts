@@ -1,0 +1,308 @@
+/**
+ * Restore of a snapshot onto its original hosts or a new placement (docs/control-plane.md,
+ * "Restore sequencing"):
+ *
+ *   1. checks: the snapshot is COMPLETE, its VNE is neither snapshotting nor restoring, a running
+ *      VNE is only replaced with stop_running; the manifest is read and decoded (tampered or
+ *      truncated → DATA_LOSS, newer major format → FAILED_PRECONDITION) and must name this
+ *      snapshot; every VM maps to a connected agent (request placement, else the host it was
+ *      snapshotted on) and has a memory artefact.
+ *   2. ValidateArtefacts on every agent of the new placement (its VMs' artefacts). Any problem
+ *      ends the restore here with nothing touched (DATA_LOSS listing the problems).
+ *   3. With stop_running, StopVm for the running VMs that move to another agent (or are not in
+ *      the snapshot). Generation g = VNE generation + 1; ConfigureVne on every agent of the new
+ *      placement (VNI, g, peers with their tunnel endpoints, MAC → agent of the new placement).
+ *   4. RestorePrepare on every agent (VMs loaded paused, ports at epoch k under g).
+ *   5. RestoreResume on every agent in the same event-loop turn.
+ *   6. The VNE is RUNNING with the snapshot's definition, the new placement, generation g and
+ *      epoch k.
+ *
+ * A failure in 3–4 sends RestoreCancel to every agent of the new placement and leaves the VNE
+ * as it was — except that its generation stays g once agents were configured with it (so
+ * generations never go back), and a VNE whose VMs were stopped (stop_running) is DEFINED.
+ * A failure in 5 leaves the VNE FAILED (some VMs may run). The restore is recorded in the
+ * catalog (restores table). Errors reach the caller as VnsnapErrors after the events so far.
+ */
+import { randomBytes } from 'node:crypto';
+import { VnsnapError, isVnsnapError } from '../proto/errors';
+import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
+import type { ManifestBody__Output } from '../proto/gen/vnsnap/v1/ManifestBody';
+import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
+import type { RestoreVm } from '../proto/gen/vnsnap/v1/RestoreVm';
+import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
+import type { SnapshotEvent } from '../proto/gen/vnsnap/v1/SnapshotEvent';
+import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
+import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
+import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
+import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
+import { decodeManifest } from '../proto/manifest';
+import { sendOk, type CommandBody } from './agent-link';
+import type { TimerHandle } from './clock';
+import { vmsByAgent, vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
+import { configureVneFor } from './vne-config';
+
+export const DEFAULT_RESTORE_TIMEOUT_MS = 300_000;
+
+export interface RestoreRequest {
+  snapshotId: string;
+  placement?: Record<string, string>;
+  stopRunning?: boolean;
+  timeoutMs?: number;
+}
+
+interface Plan {
+  snapshot: Snapshot__Output;
+  vne: Vne__Output;
+  body: ManifestBody__Output;
+  /** VM → agent of the new placement. */
+  placement: Record<string, string>;
+  /** agent → its VMs' restore records. */
+  byAgent: Map<string, RestoreVm[]>;
+  /** agent → artefacts it validates. */
+  artefactsByAgent: Map<string, Artefact__Output[]>;
+  /** Running VMs to stop on their current agent first (they move or are not in the snapshot). */
+  toStop: { agent: string; vm: string }[];
+}
+
+export class RestoreSequencer {
+  private readonly restoring = new Set<string>();
+
+  constructor(readonly deps: SequencerDeps & { newRestoreId?: (snapshotId: string) => string }) {}
+
+  isRestoring(vne: string): boolean {
+    return this.restoring.has(vne);
+  }
+
+  /** Run a restore; resolves with the restored snapshot's record, rejects with a VnsnapError. */
+  async restore(req: RestoreRequest, sink: SnapshotEventSink = () => undefined): Promise<Snapshot__Output> {
+    const { catalog, clock, log } = this.deps;
+    const emit = (e: Omit<SnapshotEvent, 'snapshotId' | 'timeUnixMs'>) => sink({ snapshotId: req.snapshotId, timeUnixMs: clock.now(), ...e });
+    const plan = await this.plan(req);
+    const vneName = plan.vne.name;
+
+    // Check again and claim the VNE in one turn (the manifest read above was asynchronous).
+    const vne = this.claimable(vneName, req, plan.snapshot.id);
+    const prevState: VneState__Output = vne.state;
+    const restoreId = this.deps.newRestoreId?.(plan.snapshot.id) ?? `restore-${plan.snapshot.id}-${randomBytes(3).toString('hex')}`;
+    const generation = vne.generation + 1;
+    catalog.tx(() => {
+      catalog.updateVne(vneName, { state: 'VNE_STATE_RESTORING' });
+      catalog.insertRestore({ id: restoreId, snapshotId: plan.snapshot.id, vne: vneName, generation, placement: plan.placement, createdUnixMs: clock.now() });
+    });
+    this.restoring.add(vneName);
+    const agents = [...plan.byAgent.keys()];
+    this.deps.events?.publish({ kind: 'restore.started', vne: vneName, snapshotId: plan.snapshot.id, message: `restore ${restoreId} onto ${agents.join(', ')}` });
+    log.info({ restore: restoreId, snapshot: plan.snapshot.id, vne: vneName, placement: plan.placement, generation }, 'restore starting');
+
+    const ac = new AbortController();
+    const timeoutMs = req.timeoutMs || DEFAULT_RESTORE_TIMEOUT_MS;
+    let timedOut = false;
+    const timer: TimerHandle = clock.setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, timeoutMs);
+    const onProgress = (agent: string) => (p: VmProgress__Output) => emit({ vm: { ...p, host: p.host || agent } });
+    const onAll = async (targets: readonly string[], body: (agent: string) => CommandBody): Promise<Map<string, Result__Output>> => {
+      const settled = await Promise.allSettled(targets.map((a) => sendOk(this.deps.agents, a, body(a), { signal: ac.signal, timeoutMs: 0, onProgress: onProgress(a) }).then((r) => [a, r] as const)));
+      const failed = settled.find((s) => s.status === 'rejected');
+      if (failed) throw failed.reason;
+      return new Map(settled.map((s) => (s as PromiseFulfilledResult<readonly [string, Result__Output]>).value));
+    };
+
+    let stage: 'validate' | 'prepare' | 'resume' = 'validate';
+    let configured = false;
+    let stopped = false;
+    try {
+      // 2. Validate: nothing is touched if anything is wrong.
+      const nArtefacts = [...plan.artefactsByAgent.values()].reduce((n, l) => n + l.length, 0);
+      emit({ note: `restore: validating ${nArtefacts} artefacts on ${agents.length} agent${agents.length === 1 ? '' : 's'}` });
+      const validated = await onAll(agents, (a) => ({ validateArtefacts: { artefacts: plan.artefactsByAgent.get(a) ?? [] } }));
+      const problems = [...validated].flatMap(([a, r]) => (r.validate?.problems ?? []).map((p) => `${a}: ${p}`));
+      if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
+
+      // 3. Stop what moves, configure the overlay under the new generation.
+      stage = 'prepare';
+      if (plan.toStop.length > 0) {
+        stopped = true;
+        emit({ note: `restore: stopping ${plan.toStop.map((s) => `${s.vm} on ${s.agent}`).join(', ')}` });
+        await Promise.all(plan.toStop.map((s) => sendOk(this.deps.agents, s.agent, { stopVm: { vne: vneName, vm: s.vm } }, { signal: ac.signal, timeoutMs: 0 })));
+      }
+      if (req.stopRunning && prevState === 'VNE_STATE_RUNNING') stopped = true;
+      emit({ note: `restore: configuring VNE ${vneName} (generation ${generation}) on ${agents.join(', ')}` });
+      configured = true;
+      const restoredVne: Vne__Output = { ...plan.vne, vni: plan.body.vne?.vni ?? plan.vne.vni, vms: plan.body.vne?.vms ?? plan.vne.vms, generation, placement: plan.placement };
+      await onAll(agents, (a) => ({ configureVne: configureVneFor(restoredVne, a, this.deps.agents) }));
+
+      // 4. Prepare: VMs loaded paused, ports at epoch k under g.
+      emit({ note: `restore: loading ${Object.keys(plan.placement).length} VMs paused` });
+      await onAll(agents, (a) => ({
+        restorePrepare: { restoreId, vne: vneName, epoch: plan.body.epoch, generation, vms: plan.byAgent.get(a) ?? [], stopRunning: !!req.stopRunning },
+      }));
+
+      // 5. Resume everywhere in one turn.
+      stage = 'resume';
+      const resumed = await onAll(agents, () => ({ restoreResume: { restoreId, vne: vneName } }));
+      const injected = [...resumed.values()].reduce((n, r) => n + (r.resume?.injectedFrames ?? 0), 0);
+
+      // 6. Done.
+      clock.clearTimeout(timer);
+      catalog.tx(() => {
+        catalog.updateVne(vneName, { state: 'VNE_STATE_RUNNING', vni: restoredVne.vni, vms: restoredVne.vms, generation, epoch: plan.body.epoch, placement: plan.placement });
+        catalog.finishRestore(restoreId, 'COMPLETE');
+      });
+      emit({ note: `restore: ${Object.keys(plan.placement).length} VMs resumed at epoch ${plan.body.epoch}, generation ${generation}; ${injected} recorded frames injected` });
+      log.info({ restore: restoreId, snapshot: plan.snapshot.id, vne: vneName, injected }, 'restore complete');
+      this.deps.events?.publish({ kind: 'restore.complete', vne: vneName, snapshotId: plan.snapshot.id, message: `restore ${restoreId} complete` });
+      emit({ done: plan.snapshot });
+      return plan.snapshot;
+    } catch (e0) {
+      clock.clearTimeout(timer);
+      const e = timedOut
+        ? new VnsnapError('ERR_TIMEOUT', `restore of ${plan.snapshot.id} did not finish within ${timeoutMs} ms (during ${stage})`)
+        : isVnsnapError(e0)
+          ? e0
+          : new VnsnapError('ERR_INTERNAL', `restore of ${plan.snapshot.id} failed: ${(e0 as Error).message}`, { cause: e0 });
+      ac.abort();
+      let state: VneState__Output = prevState;
+      if (stage === 'resume') state = 'VNE_STATE_FAILED';
+      else {
+        if (stage === 'prepare') {
+          for (const a of agents) {
+            this.deps.agents.send(a, { restoreCancel: { restoreId, vne: vneName } }).catch((err: Error) => log.warn({ restore: restoreId, agent: a, error: err.message }, 'RestoreCancel not delivered'));
+          }
+        }
+        if (stopped) state = 'VNE_STATE_DEFINED';
+      }
+      catalog.tx(() => {
+        catalog.updateVne(vneName, {
+          state,
+          ...(configured ? { generation } : {}),
+          ...(stage === 'resume' ? { placement: plan.placement, epoch: plan.body.epoch } : {}),
+        });
+        catalog.finishRestore(restoreId, 'FAILED', e.message);
+      });
+      log.warn({ restore: restoreId, snapshot: plan.snapshot.id, vne: vneName, stage, error: e.message, vneState: state }, 'restore failed');
+      this.deps.events?.publish({ kind: 'restore.failed', vne: vneName, snapshotId: plan.snapshot.id, message: e.message });
+      throw e;
+    } finally {
+      this.restoring.delete(vneName);
+    }
+  }
+
+  private claimable(vneName: string, req: RestoreRequest, snapshotId: string): Vne__Output {
+    const vne = this.deps.catalog.getVne(vneName);
+    if (!vne) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${vneName}" of snapshot ${snapshotId} does not exist`);
+    if (vne.state === 'VNE_STATE_SNAPSHOTTING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is being snapshotted; restore it when the snapshot is done`);
+    if (vne.state === 'VNE_STATE_RESTORING' || this.restoring.has(vneName)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is already being restored`);
+    if (vne.state === 'VNE_STATE_RUNNING' && !req.stopRunning) {
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is running: stop it first or restore with stop_running to replace its VMs`);
+    }
+    return vne;
+  }
+
+  private async plan(req: RestoreRequest): Promise<Plan> {
+    const { catalog, manifests, agents } = this.deps;
+    if (!req.snapshotId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot_id is required');
+    const snapshot = catalog.getSnapshot(req.snapshotId);
+    if (!snapshot) throw new VnsnapError('ERR_NOT_FOUND', `snapshot "${req.snapshotId}" does not exist`);
+    if (snapshot.state !== 'SNAPSHOT_STATE_COMPLETE') {
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', `snapshot ${snapshot.id} is ${snapshot.state.replace(/^SNAPSHOT_STATE_/, '').toLowerCase()}: only complete snapshots can be restored`);
+    }
+    const vne = this.claimable(snapshot.vne, req, snapshot.id);
+
+    let bytes: Buffer;
+    try {
+      bytes = await manifests.read(snapshot.manifestPath);
+    } catch (e) {
+      if (isVnsnapError(e, 'ERR_NOT_FOUND')) throw new VnsnapError('ERR_DATA_LOSS', `the manifest of snapshot ${snapshot.id} (${snapshot.manifestPath}) is missing from the store`);
+      throw e;
+    }
+    const { body } = decodeManifest(bytes, snapshot.manifestPath);
+    if (body.snapshotId !== snapshot.id || body.epoch !== snapshot.epoch || !body.vne) {
+      throw new VnsnapError('ERR_DATA_LOSS', `${snapshot.manifestPath} does not describe snapshot ${snapshot.id} (it names "${body.snapshotId}" at epoch ${body.epoch})`);
+    }
+    const vms: VmSpec__Output[] = body.vne.vms;
+    const names = new Set(vms.map((v) => v.name));
+    const placement: Record<string, string> = {};
+    for (const [vm, agent] of Object.entries(req.placement ?? {})) {
+      if (!names.has(vm)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `placement names VM "${vm}", which is not in snapshot ${snapshot.id} (VMs: ${[...names].join(', ')})`);
+      if (!agent) throw new VnsnapError('ERR_INVALID_ARGUMENT', `placement of VM "${vm}" is empty`);
+    }
+    for (const vm of vms) {
+      const agent = req.placement?.[vm.name] || body.vms.find((v) => v.name === vm.name)?.host || body.vne.placement[vm.name] || vm.host;
+      if (!agents.isConnected(agent)) {
+        if (!catalog.getAgent(agent)) throw new VnsnapError('ERR_NOT_FOUND', `agent "${agent}" (placement of VM ${vm.name}) is unknown`);
+        throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" (placement of VM ${vm.name}) is not connected; nothing was restored`);
+      }
+      placement[vm.name] = agent;
+    }
+
+    // The artefacts of each VM, validated by and loaded on its new agent.
+    const byAgent = new Map<string, RestoreVm[]>();
+    const artefactsByAgent = new Map<string, Artefact__Output[]>();
+    const byVm = new Map<string, Artefact__Output[]>();
+    for (const a of body.artefacts) {
+      const vm = artefactVm(a, vms, snapshot.manifestPath.replace(/[^/]*$/, ''));
+      if (!vm) throw new VnsnapError('ERR_DATA_LOSS', `${snapshot.manifestPath}: cannot tell which VM artefact ${a.path} (owner "${a.owner}") belongs to`);
+      byVm.set(vm, [...(byVm.get(vm) ?? []), a]);
+    }
+    for (const vm of vms) {
+      const agent = placement[vm.name] as string;
+      const mine = byVm.get(vm.name) ?? [];
+      const memory = mine.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY');
+      if (!memory) throw new VnsnapError('ERR_DATA_LOSS', `${snapshot.manifestPath} lists no memory artefact for VM ${vm.name}`);
+      const disk = mine.find((a) => a.kind === 'ARTEFACT_KIND_DISK');
+      const channel = mine.filter((a) => a.kind === 'ARTEFACT_KIND_CHANNEL');
+      byAgent.set(agent, [...(byAgent.get(agent) ?? []), { vm: { ...vm, host: agent }, memory, ...(disk ? { disk } : {}), channel }]);
+      artefactsByAgent.set(agent, [...(artefactsByAgent.get(agent) ?? []), ...mine]);
+    }
+
+    // Running VMs that must stop first because they will not be restored on the same agent.
+    const toStop: Plan['toStop'] = [];
+    if (req.stopRunning && (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_FAILED')) {
+      for (const [agent, running] of vmsByAgent(vne)) {
+        for (const vm of running) {
+          if (placement[vm] === agent) continue;
+          if (!agents.isConnected(agent)) {
+            if (vne.state === 'VNE_STATE_FAILED') continue;
+            throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" runs VM ${vm} of VNE ${vne.name} and is not connected, so it cannot be stopped; nothing was restored`);
+          }
+          toStop.push({ agent, vm });
+        }
+      }
+    }
+    if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_DEFINED' && vne.state !== 'VNE_STATE_FAILED') {
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" cannot be restored while ${vneStateWord(vne.state)}`);
+    }
+    return { snapshot, vne, body, placement, byAgent, artefactsByAgent, toStop };
+  }
+}
+
+/**
+ * The VM an artefact belongs to. Memory and disk artefacts are owned by the VM's name; a
+ * channel artefact is owned by a port, whose name the agent chooses: it is the VM's name, one
+ * of its MACs, the VM's name followed by a separator (vm1.0, vm1:eth0, vm1/0), or the
+ * artefact lies in a directory (or has a file name) that starts the same way.
+ */
+export function artefactVm(a: Artefact__Output, vms: readonly VmSpec__Output[], prefix: string): string | undefined {
+  const seps = ['.', ':', '/', '#', '-', '_', '@'];
+  const byName = (s: string): string | undefined => {
+    let best: string | undefined;
+    for (const vm of vms) {
+      if (s === vm.name || seps.some((c) => s.startsWith(vm.name + c))) {
+        if (!best || vm.name.length > best.length) best = vm.name;
+      }
+    }
+    return best;
+  };
+  if (a.owner) {
+    const exact = vms.find((v) => v.name === a.owner);
+    if (exact) return exact.name;
+    const mac = vms.find((v) => v.macs.some((m) => m.toLowerCase() === a.owner.toLowerCase()));
+    if (mac) return mac.name;
+    const pre = byName(a.owner);
+    if (pre) return pre;
+  }
+  const rel = a.path.startsWith(prefix) ? a.path.slice(prefix.length) : a.path;
+  return byName(rel) ?? byName(rel.split('/').pop() ?? '');
+}

@@ -1,0 +1,152 @@
+/**
+ * The coordinator process's parts wired together: catalog, agent registry, sequencers,
+ * manifest store, event bus, and one grpc-js server hosting CoordinatorService, AgentService,
+ * health and reflection.
+ *
+ * start(): open the catalog (migrate, recover), bind, report NOT_SERVING→SERVING.
+ * stop(): health NOT_SERVING, abort snapshots in progress (their SnapshotAbort leaves before
+ * the sessions close), end agent sessions and streams, shut the server down (forcibly after
+ * a grace period), close the catalog.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { VnsnapError } from '../proto/errors';
+import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap } from '../proto/grpc';
+import type { Startable } from '../proto/lifecycle';
+import type { Logger } from '../proto/log';
+import { AgentRegistry } from './agent-registry';
+import { Catalog } from './catalog';
+import { systemClock, type Clock } from './clock';
+import { EventBus } from './events';
+import { FsManifestStore } from './manifest-store';
+import { RestoreSequencer } from './restore-sequencer';
+import { CoordinatorServiceImpl } from './service';
+import { SnapshotSequencer } from './snapshot-sequencer';
+
+export interface CoordinatorConfig {
+  /** host:port to listen on (port 0: any free port). */
+  listen: string;
+  /** SQLite catalog file (':memory:' for tests). */
+  db: string;
+  /** Root of the snapshot store (manifests go to snapshots/<id>/manifest.pb under it). */
+  storeDir: string;
+  coordinatorId?: string;
+  heartbeatIntervalMs?: number;
+  deadAfterMs?: number;
+  /** Timeout of single commands to agents outside snapshots (StartVm, ConfigureVne, ...). */
+  commandTimeoutMs?: number;
+  /** Every agent sees the same store (default true). */
+  sharedStore?: boolean;
+}
+
+export const DEFAULT_LISTEN = '127.0.0.1:7400';
+
+export interface CoordinatorServerOptions {
+  config: CoordinatorConfig;
+  log: Logger;
+  clock?: Clock;
+  /** vnsnap release (manifests record it). */
+  version?: string;
+  /** Grace period for in-flight RPCs on stop before the server is shut down forcibly. */
+  shutdownGraceMs?: number;
+}
+
+export class CoordinatorServer implements Startable {
+  catalog!: Catalog;
+  registry!: AgentRegistry;
+  snapshots!: SnapshotSequencer;
+  restores!: RestoreSequencer;
+  service!: CoordinatorServiceImpl;
+  readonly events: EventBus;
+  private server?: grpc.Server;
+  private health?: ReturnType<typeof addHealthAndReflection>;
+  private boundAddress = '';
+  private readonly clock: Clock;
+
+  constructor(private readonly opts: CoordinatorServerOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.events = new EventBus(() => this.clock.now());
+  }
+
+  /** host:port actually bound (after start). */
+  get address(): string {
+    return this.boundAddress;
+  }
+
+  async start(): Promise<void> {
+    const { config, log } = this.opts;
+    const clock = this.clock;
+    this.catalog = new Catalog(config.db, { now: () => clock.now() });
+    if (this.catalog.recovered.snapshots.length > 0 || this.catalog.recovered.restores.length > 0) {
+      log.warn({ snapshots: this.catalog.recovered.snapshots, restores: this.catalog.recovered.restores }, 'marked operations of the previous coordinator aborted; agents get SnapshotAbort when they register');
+    }
+    const coordinatorId = config.coordinatorId ?? `coordinator-${randomBytes(4).toString('hex')}`;
+    this.registry = new AgentRegistry({
+      catalog: this.catalog,
+      log: log.child({ part: 'agents' }),
+      coordinatorId,
+      clock,
+      heartbeatIntervalMs: config.heartbeatIntervalMs,
+      deadAfterMs: config.deadAfterMs,
+      commandTimeoutMs: config.commandTimeoutMs,
+    });
+    this.registry.on('joined', (agent) => this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` }));
+    this.registry.on('left', (agent, reason) => this.events.publish({ kind: 'agent.left', agent, message: reason }));
+    const manifests = new FsManifestStore(config.storeDir);
+    const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };
+    this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
+    this.restores = new RestoreSequencer({ ...deps, log: log.child({ part: 'restore' }) });
+    this.service = new CoordinatorServiceImpl({
+      ...deps,
+      snapshots: this.snapshots,
+      restores: this.restores,
+      log: log.child({ part: 'service' }),
+      sharedStore: config.sharedStore,
+      commandTimeoutMs: config.commandTimeoutMs,
+    });
+
+    const pkg = loadVnsnap();
+    const server = new grpc.Server({ 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.keepalive_permit_without_calls': 1 });
+    server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
+    server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
+    this.health = addHealthAndReflection(server, [COORDINATOR_SERVICE, AGENT_SERVICE]);
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new VnsnapError('ERR_CONFIG', `cannot listen on ${config.listen}: ${err.message}`, { cause: err })) : resolve(p))),
+    ).catch((e: unknown) => {
+      this.catalog.close();
+      throw e;
+    });
+    this.server = server;
+    this.registry.start();
+    const host = config.listen.replace(/:\d+$/, '');
+    this.boundAddress = `${host}:${port}`;
+    log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId }, 'coordinator listening');
+  }
+
+  async stop(): Promise<void> {
+    const { log } = this.opts;
+    this.health?.setStatus('', 'NOT_SERVING');
+    this.health?.setStatus(COORDINATOR_SERVICE, 'NOT_SERVING');
+    await this.snapshots?.stop('coordinator stopping');
+    // Let the SnapshotAbort commands leave before the sessions close.
+    await new Promise((r) => setImmediate(r));
+    this.registry?.stop();
+    const server = this.server;
+    this.server = undefined;
+    if (server) {
+      const grace = this.opts.shutdownGraceMs ?? 2000;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, grace);
+        server.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    this.catalog?.close();
+    log.info('coordinator stopped');
+  }
+}

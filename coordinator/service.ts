@@ -1,0 +1,358 @@
+/**
+ * CoordinatorService: every RPC of proto/vnsnap/v1/coordinator.proto.
+ *
+ * Each RPC is a plain async method taking the request and returning the response (unit tests
+ * call them directly); `handlers()` adapts them to grpc-js, and every error leaves through
+ * toServiceError (one status table, the vnsnap code in metadata). Snapshots and restores are
+ * delegated to their sequencers; this layer validates input, guards each VNE against two
+ * operations at once (an in-memory lock for start/stop/update/delete/restore, the VNE state for
+ * snapshots) and publishes events.
+ */
+import type { ServerWritableStream, ServiceError, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
+import { VnsnapError } from '../proto/errors';
+import { toServiceError } from '../proto/grpc-errors';
+import type { CoordinatorServiceHandlers } from '../proto/gen/vnsnap/v1/CoordinatorService';
+import type { CreateSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/CreateSnapshotRequest';
+import type { DefineVneRequest__Output } from '../proto/gen/vnsnap/v1/DefineVneRequest';
+import type { DeleteSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/DeleteSnapshotRequest';
+import type { DeleteVneRequest__Output } from '../proto/gen/vnsnap/v1/DeleteVneRequest';
+import type { Event } from '../proto/gen/vnsnap/v1/Event';
+import type { GetSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/GetSnapshotRequest';
+import type { GetVneRequest__Output } from '../proto/gen/vnsnap/v1/GetVneRequest';
+import type { ListAgentsResponse } from '../proto/gen/vnsnap/v1/ListAgentsResponse';
+import type { ListSnapshotsRequest__Output } from '../proto/gen/vnsnap/v1/ListSnapshotsRequest';
+import type { RestoreSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/RestoreSnapshotRequest';
+import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
+import type { SnapshotEvent } from '../proto/gen/vnsnap/v1/SnapshotEvent';
+import type { StartVneRequest__Output } from '../proto/gen/vnsnap/v1/StartVneRequest';
+import type { StopVneRequest__Output } from '../proto/gen/vnsnap/v1/StopVneRequest';
+import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
+import type { WatchEventsRequest__Output } from '../proto/gen/vnsnap/v1/WatchEventsRequest';
+import type { Logger } from '../proto/log';
+import { sendOk, type AgentLink } from './agent-link';
+import { agentRecordToProto, IN_PROGRESS_STATES, type Catalog } from './catalog';
+import type { Clock } from './clock';
+import type { EventBus } from './events';
+import type { ManifestStore } from './manifest-store';
+import type { RestoreSequencer } from './restore-sequencer';
+import { vmsByAgent, type SnapshotSequencer } from './snapshot-sequencer';
+import { validateVneDefinition } from './validation';
+import { configureVneFor, placementOf } from './vne-config';
+
+export interface CoordinatorServiceOptions {
+  catalog: Catalog;
+  agents: AgentLink & { connectedIds(): string[] };
+  snapshots: SnapshotSequencer;
+  restores: RestoreSequencer;
+  manifests: ManifestStore;
+  events: EventBus;
+  clock: Clock;
+  log: Logger;
+  /**
+   * The agents share one store (one machine, or a shared filesystem): any connected agent can
+   * delete a snapshot's artefacts. Otherwise the agents that wrote them must. Default true.
+   */
+  sharedStore?: boolean;
+  /** Timeout of StartVne/StopVne/DeleteSnapshot commands to agents. */
+  commandTimeoutMs?: number;
+}
+
+type VneOp = 'starting' | 'stopping' | 'updating' | 'deleting' | 'restoring';
+
+export class CoordinatorServiceImpl {
+  private readonly ops = new Map<string, VneOp>();
+
+  constructor(private readonly o: CoordinatorServiceOptions) {}
+
+  // ---- guards -----------------------------------------------------------------------------
+
+  private mustGetVne(name: string): Vne__Output {
+    if (!name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'VNE name is required');
+    const v = this.o.catalog.getVne(name);
+    if (!v) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${name}" does not exist`);
+    return v;
+  }
+
+  /** Refuse when the VNE has an operation in flight; otherwise take the lock and run fn. */
+  private async exclusive<T>(vne: Vne__Output, op: VneOp, fn: () => Promise<T>): Promise<T> {
+    this.assertIdle(vne);
+    this.ops.set(vne.name, op);
+    try {
+      return await fn();
+    } finally {
+      this.ops.delete(vne.name);
+    }
+  }
+
+  private assertIdle(vne: Vne__Output): void {
+    const op = this.ops.get(vne.name);
+    if (op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
+    const run = this.o.snapshots.active(vne.name);
+    if (run || vne.state === 'VNE_STATE_SNAPSHOTTING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `a snapshot of VNE "${vne.name}" is in progress${run ? ` (${run.id})` : ''}`);
+    if (vne.state === 'VNE_STATE_RESTORING' || this.o.restores.isRestoring(vne.name)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is being restored`);
+  }
+
+  private requireConnected(vne: Vne__Output, placement: Record<string, string>): void {
+    const byAgent = new Map<string, string[]>();
+    for (const [vm, a] of Object.entries(placement)) byAgent.set(a, [...(byAgent.get(a) ?? []), vm]);
+    for (const [a, vms] of byAgent) {
+      if (!this.o.agents.isConnected(a)) throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${a}" (host of ${vms.join(', ')} in VNE ${vne.name}) is not connected`);
+    }
+  }
+
+  private get cmd() {
+    return { timeoutMs: this.o.commandTimeoutMs ?? 120_000 };
+  }
+
+  // ---- VNEs -------------------------------------------------------------------------------
+
+  async defineVne(req: DefineVneRequest__Output): Promise<Vne__Output> {
+    const def = validateVneDefinition(req.vne);
+    const { catalog, clock } = this.o;
+    if (catalog.getVne(def.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNE "${def.name}" already exists`);
+    const clash = catalog.vneByVni(def.vni);
+    if (clash) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
+    const now = clock.now();
+    const vne: Vne__Output = { ...def, generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: now, updatedUnixMs: now, placement: {} };
+    vne.placement = placementOf(vne);
+    catalog.insertVne(vne);
+    this.o.events.publish({ kind: 'vne.defined', vne: vne.name, message: `${vne.vms.length} VMs, VNI ${vne.vni}` });
+    return vne;
+  }
+
+  async updateVne(req: DefineVneRequest__Output): Promise<Vne__Output> {
+    const def = validateVneDefinition(req.vne);
+    const cur = this.mustGetVne(def.name);
+    this.assertIdle(cur);
+    if (cur.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${cur.name}" is running: stop it before changing its definition`);
+    const clash = this.o.catalog.vneByVni(def.vni);
+    if (clash && clash.name !== def.name) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
+    const placement: Record<string, string> = {};
+    for (const vm of def.vms) placement[vm.name] = vm.host;
+    const v = this.o.catalog.updateVne(def.name, { vni: def.vni, vms: def.vms, placement });
+    this.o.events.publish({ kind: 'vne.updated', vne: v.name, message: `${v.vms.length} VMs, VNI ${v.vni}` });
+    return v;
+  }
+
+  async deleteVne(req: DeleteVneRequest__Output): Promise<Record<string, never>> {
+    const vne = this.mustGetVne(req.name);
+    return this.exclusive(vne, 'deleting', async () => {
+      if (vne.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is running: stop it first`);
+      const snaps = this.o.catalog.listSnapshots(vne.name);
+      if (snaps.length > 0 && !req.deleteSnapshots) {
+        throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" has ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}: delete them first or pass delete_snapshots`);
+      }
+      for (const s of snaps) await this.deleteSnapshotArtefacts(s);
+      this.o.catalog.tx(() => {
+        for (const s of snaps) this.o.catalog.deleteSnapshot(s.id);
+        this.o.catalog.deleteVne(vne.name);
+      });
+      this.o.events.publish({ kind: 'vne.deleted', vne: vne.name, message: snaps.length ? `with ${snaps.length} snapshots` : '' });
+      return {};
+    });
+  }
+
+  async listVnes(): Promise<{ vnes: Vne__Output[] }> {
+    return { vnes: this.o.catalog.listVnes() };
+  }
+
+  async getVne(req: GetVneRequest__Output): Promise<Vne__Output> {
+    return this.mustGetVne(req.name);
+  }
+
+  async startVne(req: StartVneRequest__Output): Promise<{ vne: Vne__Output }> {
+    const vne = this.mustGetVne(req.name);
+    return this.exclusive(vne, 'starting', async () => {
+      if (vne.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is already running`);
+      const placement: Record<string, string> = {};
+      for (const vm of vne.vms) placement[vm.name] = vm.host;
+      this.requireConnected(vne, placement);
+      const target: Vne__Output = { ...vne, placement };
+      const agents = [...new Set(Object.values(placement))].sort();
+      const { agents: link, log } = this.o;
+      try {
+        await Promise.all(agents.map((a) => sendOk(link, a, { configureVne: configureVneFor(target, a, link) }, this.cmd)));
+        await Promise.all(vne.vms.map((vm) => sendOk(link, vm.host, { startVm: { vne: vne.name, vm, epoch: vne.epoch } }, this.cmd)));
+      } catch (e) {
+        log.warn({ vne: vne.name, error: (e as Error).message }, 'StartVne failed; stopping what started');
+        await Promise.allSettled(vne.vms.filter((vm) => link.isConnected(vm.host)).map((vm) => link.send(vm.host, { stopVm: { vne: vne.name, vm: vm.name } }, this.cmd)));
+        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement });
+        throw e;
+      }
+      const v = this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_RUNNING', placement });
+      this.o.events.publish({ kind: 'vne.started', vne: vne.name, message: `${vne.vms.length} VMs on ${agents.join(', ')}` });
+      return { vne: v };
+    });
+  }
+
+  async stopVne(req: StopVneRequest__Output): Promise<Record<string, never>> {
+    const vne = this.mustGetVne(req.name);
+    return this.exclusive(vne, 'stopping', async () => {
+      if (vne.state === 'VNE_STATE_DEFINED') return {};
+      const { agents: link } = this.o;
+      const failures: string[] = [];
+      let firstError: unknown;
+      await Promise.all(
+        [...vmsByAgent(vne)].flatMap(([agent, vms]) =>
+          vms.map((vm) =>
+            sendOk(link, agent, { stopVm: { vne: vne.name, vm } }, this.cmd).catch((e: Error) => {
+              failures.push(`${vm} on ${agent}: ${e.message}`);
+              firstError ??= e;
+            }),
+          ),
+        ),
+      );
+      if (failures.length > 0) {
+        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+        const code = firstError instanceof VnsnapError ? firstError.code : 'ERR_INTERNAL';
+        throw new VnsnapError(code, `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`);
+      }
+      const placement: Record<string, string> = {};
+      for (const vm of vne.vms) placement[vm.name] = vm.host;
+      this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement });
+      this.o.events.publish({ kind: 'vne.stopped', vne: vne.name });
+      return {};
+    });
+  }
+
+  // ---- agents -----------------------------------------------------------------------------
+
+  async listAgents(): Promise<ListAgentsResponse> {
+    const vmsOf = new Map<string, string[]>();
+    for (const v of this.o.catalog.listVnes()) {
+      if (v.state === 'VNE_STATE_DEFINED') continue;
+      for (const [a, vms] of vmsByAgent(v)) vmsOf.set(a, [...(vmsOf.get(a) ?? []), ...vms.map((vm) => `${v.name}/${vm}`)]);
+    }
+    return { agents: this.o.catalog.listAgents().map((a) => agentRecordToProto(a, this.o.agents.isConnected(a.id), (vmsOf.get(a.id) ?? []).sort())) };
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------
+
+  /** Start a snapshot; events go to sink; resolves with the final record (complete or aborted). */
+  createSnapshot(req: CreateSnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
+    if (!req.vne) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'vne is required');
+    const vne = this.mustGetVne(req.vne);
+    const op = this.ops.get(vne.name);
+    if (op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
+    const run = this.o.snapshots.start({ vne: req.vne, mode: req.mode, precopyDeadlineMs: req.precopyDeadlineMs, timeoutMs: req.timeoutMs, description: req.description }, sink);
+    return run.done;
+  }
+
+  async listSnapshots(req: ListSnapshotsRequest__Output): Promise<{ snapshots: Snapshot__Output[] }> {
+    return { snapshots: this.o.catalog.listSnapshots(req.vne || undefined) };
+  }
+
+  async getSnapshot(req: GetSnapshotRequest__Output): Promise<Snapshot__Output> {
+    if (!req.id) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot id is required');
+    const s = this.o.catalog.getSnapshot(req.id);
+    if (!s) throw new VnsnapError('ERR_NOT_FOUND', `snapshot "${req.id}" does not exist`);
+    return s;
+  }
+
+  async deleteSnapshot(req: DeleteSnapshotRequest__Output): Promise<Record<string, never>> {
+    const s = await this.getSnapshot(req);
+    if (IN_PROGRESS_STATES.includes(s.state)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `snapshot ${s.id} is in progress (${s.state.replace(/^SNAPSHOT_STATE_/, '').toLowerCase()}): wait for it to finish`);
+    const vne = this.o.catalog.getVne(s.vne);
+    if (vne && (vne.state === 'VNE_STATE_RESTORING' || this.o.restores.isRestoring(vne.name))) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is being restored; delete its snapshots when the restore is done`);
+    await this.deleteSnapshotArtefacts(s);
+    this.o.catalog.deleteSnapshot(s.id);
+    this.o.events.publish({ kind: 'snapshot.deleted', vne: s.vne, snapshotId: s.id });
+    return {};
+  }
+
+  /** DeleteArtefacts on one connected agent (shared store) or on every agent that wrote them; then the manifest. */
+  private async deleteSnapshotArtefacts(s: Snapshot__Output): Promise<void> {
+    const internals = this.o.catalog.snapshotInternals(s.id);
+    const storePrefix = internals?.storePrefix ?? '';
+    const paths = [...s.artefacts.map((a) => a.path), ...(s.manifestPath ? [s.manifestPath] : [])];
+    const writers = internals?.agents ?? [];
+    const connected = this.o.agents.connectedIds();
+    let targets: string[];
+    if (this.o.sharedStore ?? true) {
+      const pick = writers.find((a) => this.o.agents.isConnected(a)) ?? connected[0];
+      targets = pick ? [pick] : [];
+    } else {
+      targets = writers;
+    }
+    const complete = s.state === 'SNAPSHOT_STATE_COMPLETE';
+    if (complete) {
+      if (targets.length === 0) throw new VnsnapError('ERR_AGENT_DISCONNECTED', `no agent is connected to delete the artefacts of snapshot ${s.id}`);
+      const missing = targets.filter((a) => !this.o.agents.isConnected(a));
+      if (missing.length > 0) throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent${missing.length > 1 ? 's' : ''} ${missing.join(', ')} must delete artefacts of snapshot ${s.id} and ${missing.length > 1 ? 'are' : 'is'} not connected`);
+      await Promise.all(targets.map((a) => sendOk(this.o.agents, a, { deleteArtefacts: { paths, storePrefix } }, this.cmd)));
+    } else {
+      // Aborted: its agents already deleted (or will, with the pending abort) what was partial.
+      await Promise.allSettled(targets.filter((a) => this.o.agents.isConnected(a)).map((a) => this.o.agents.send(a, { deleteArtefacts: { paths, storePrefix } }, this.cmd)));
+    }
+    if (s.manifestPath) await this.o.manifests.remove(s.manifestPath);
+  }
+
+  restoreSnapshot(req: RestoreSnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
+    if (!req.snapshotId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot_id is required');
+    const s = this.o.catalog.getSnapshot(req.snapshotId);
+    const vne = s ? this.o.catalog.getVne(s.vne) : undefined;
+    const op = vne ? this.ops.get(vne.name) : undefined;
+    if (vne && op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
+    if (vne) this.ops.set(vne.name, 'restoring');
+    return this.o.restores.restore({ snapshotId: req.snapshotId, placement: req.placement, stopRunning: req.stopRunning, timeoutMs: req.timeoutMs }, sink).finally(() => {
+      if (vne && this.ops.get(vne.name) === 'restoring') this.ops.delete(vne.name);
+    });
+  }
+
+  // ---- gRPC adapter -----------------------------------------------------------------------
+
+  handlers(): CoordinatorServiceHandlers {
+    const unary =
+      <Req, Res>(fn: (req: Req) => Promise<Res>) =>
+      (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
+        Promise.resolve()
+          .then(() => fn(call.request))
+          .then(
+            (r) => cb(null, r),
+            (e: unknown) => cb(toServiceError(e) as ServiceError),
+          );
+      };
+    const stream =
+      <Req>(fn: (req: Req, sink: (e: SnapshotEvent) => void) => Promise<unknown>) =>
+      (call: ServerWritableStream<Req, SnapshotEvent>): void => {
+        const sink = (e: SnapshotEvent) => {
+          if (!call.cancelled && !call.writableEnded) call.write(e);
+        };
+        Promise.resolve()
+          .then(() => fn(call.request, sink))
+          .then(
+            () => {
+              if (!call.writableEnded) call.end();
+            },
+            (e: unknown) => {
+              if (!call.writableEnded) call.emit('error', toServiceError(e));
+            },
+          );
+      };
+    return {
+      DefineVne: unary((r: DefineVneRequest__Output) => this.defineVne(r)),
+      UpdateVne: unary((r: DefineVneRequest__Output) => this.updateVne(r)),
+      DeleteVne: unary((r: DeleteVneRequest__Output) => this.deleteVne(r)),
+      ListVnes: unary(() => this.listVnes()),
+      GetVne: unary((r: GetVneRequest__Output) => this.getVne(r)),
+      StartVne: unary((r: StartVneRequest__Output) => this.startVne(r)),
+      StopVne: unary((r: StopVneRequest__Output) => this.stopVne(r)),
+      ListAgents: unary(() => this.listAgents()),
+      CreateSnapshot: stream((r: CreateSnapshotRequest__Output, sink) => this.createSnapshot(r, sink)),
+      ListSnapshots: unary((r: ListSnapshotsRequest__Output) => this.listSnapshots(r)),
+      GetSnapshot: unary((r: GetSnapshotRequest__Output) => this.getSnapshot(r)),
+      DeleteSnapshot: unary((r: DeleteSnapshotRequest__Output) => this.deleteSnapshot(r)),
+      RestoreSnapshot: stream((r: RestoreSnapshotRequest__Output, sink) => this.restoreSnapshot(r, sink)),
+      WatchEvents: (call: ServerWritableStream<WatchEventsRequest__Output, Event>) => {
+        const filter = call.request.vne;
+        const unsubscribe = this.o.events.subscribe((e) => {
+          if (filter && e.vne !== filter) return;
+          if (!call.cancelled && !call.writableEnded) call.write(e);
+        });
+        call.on('cancelled', unsubscribe);
+        call.on('close', unsubscribe);
+        call.on('error', unsubscribe);
+      },
+    };
+  }
+}

@@ -1,0 +1,170 @@
+import { strict as assert } from 'node:assert';
+import { EventEmitter } from 'node:events';
+import { isVnsnapError } from '../../proto/errors';
+import type { AgentMessage__Output } from '../../proto/gen/vnsnap/v1/AgentMessage';
+import type { CoordinatorMessage } from '../../proto/gen/vnsnap/v1/CoordinatorMessage';
+import type { Register__Output } from '../../proto/gen/vnsnap/v1/Register';
+import { AgentRegistry, type SessionCall } from '../../coordinator/agent-registry';
+import { Catalog } from '../../coordinator/catalog';
+import { ManualClock } from '../../coordinator/clock';
+import { flush, log } from './coordinator-fakes';
+
+/** The server side of one Session stream, driven by the test. */
+class FakeCall extends EventEmitter {
+  readonly written: CoordinatorMessage[] = [];
+  ended = false;
+  status?: { code: number; details: string };
+  constructor() {
+    super();
+    this.on('error', (e: { code: number; details: string }) => {
+      this.status = e;
+      this.ended = true;
+    });
+  }
+  write(m: CoordinatorMessage): boolean {
+    this.written.push(m);
+    return true;
+  }
+  end(): void {
+    this.ended = true;
+  }
+  getPeer(): string {
+    return 'test';
+  }
+  msg(m: Partial<AgentMessage__Output>): void {
+    this.emit('data', m);
+  }
+  commands() {
+    return this.written.filter((w) => w.command).map((w) => w.command);
+  }
+}
+
+function register(id: string): Partial<AgentMessage__Output> {
+  const r: Register__Output = { agentId: id, hostname: `host-${id}`, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], running: [] };
+  return { msg: 'register', register: r };
+}
+
+function setup() {
+  const clock = new ManualClock();
+  const catalog = new Catalog(':memory:', { now: () => clock.now() });
+  const reg = new AgentRegistry({ catalog, log, coordinatorId: 'c1', clock, heartbeatIntervalMs: 1000, deadAfterMs: 3000 });
+  const joined: string[] = [];
+  const left: string[] = [];
+  reg.on('joined', (a) => joined.push(a));
+  reg.on('left', (a, why) => left.push(`${a}: ${why}`));
+  const connect = (id?: string) => {
+    const call = new FakeCall();
+    reg.attach(call as unknown as SessionCall);
+    if (id) call.msg(register(id));
+    return call;
+  };
+  return { clock, catalog, reg, joined, left, connect };
+}
+
+describe('coordinator agent registry', () => {
+  it('answers Register with Welcome and records the agent', () => {
+    const { reg, catalog, joined, connect, clock } = setup();
+    const call = connect('h1');
+    assert.deepEqual(call.written, [{ welcome: { heartbeatIntervalMs: 1000, deadAfterMs: 3000, coordinatorId: 'c1' } }]);
+    assert.equal(reg.isConnected('h1'), true);
+    assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6081 });
+    assert.deepEqual(joined, ['h1']);
+    assert.equal(catalog.getAgent('h1')?.hostname, 'host-h1');
+    assert.equal(catalog.getAgent('h1')?.connectedUnixMs, clock.now());
+  });
+
+  it('refuses a second session for a live agent id, and a session that does not start with Register', () => {
+    const { connect } = setup();
+    connect('h1');
+    const dup = connect('h1');
+    assert.deepEqual(dup.written, [{ refused: 'agent id "h1" already has a live session' }]);
+    assert.equal(dup.ended, true);
+    const odd = connect();
+    odd.msg({ msg: 'heartbeat', heartbeat: { seq: 1, unixMs: 0 } });
+    assert.deepEqual(odd.written, [{ refused: 'the first message of a session must be Register' }]);
+    const silent = connect();
+    assert.equal(silent.ended, false);
+  });
+
+  it('ends a session that sends no Register within dead_after_ms', () => {
+    const { connect, clock } = setup();
+    const silent = connect();
+    clock.advance(3000);
+    assert.deepEqual(silent.status, { code: 4, details: 'no Register within 3000 ms' });
+  });
+
+  it('commands: numbered, progress routed, Result resolves; heartbeats keep the agent alive', async () => {
+    const { reg, connect, clock } = setup();
+    const call = connect('h1');
+    const progress: string[] = [];
+    const p = reg.send('h1', { snapshotCommit: { snapshotId: 's' } }, { onProgress: (v) => progress.push(`${v.vm}@${v.host}:${v.phase}`) });
+    const q = reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } });
+    assert.deepEqual(call.commands(), [
+      { id: 1, snapshotCommit: { snapshotId: 's' } },
+      { id: 2, stopVm: { vne: 'v', vm: 'a' } },
+    ]);
+    for (let i = 0; i < 5; i++) {
+      clock.advance(2000);
+      call.msg({ msg: 'heartbeat', heartbeat: { seq: i, unixMs: 0 } });
+    }
+    assert.equal(reg.isConnected('h1'), true);
+    call.msg({ msg: 'progress', progress: { commandId: 1, vm: { vm: 'a', host: '', phase: 'PHASE_PAUSE', fraction: 0, bytesDone: 0, bytesTotal: 0, iteration: 0, dirtyRateMibS: 0, pauseMs: 0, phaseDone: false } } });
+    call.msg({ msg: 'progress', progress: { commandId: 99, vm: null } });
+    call.msg({ msg: 'result', result: { commandId: 2, ok: true, errorCode: '', errorMessage: '' } });
+    call.msg({ msg: 'result', result: { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x' } });
+    assert.deepEqual(progress, ['a@h1:PHASE_PAUSE']);
+    assert.equal((await q).ok, true);
+    assert.deepEqual(await p, { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x' });
+  });
+
+  it('no heartbeat for dead_after_ms: DISCONNECTED, commands in flight fail with ERR_AGENT_DISCONNECTED, the id may register again', async () => {
+    const { reg, connect, clock, left } = setup();
+    const call = connect('h1');
+    const p = reg.send('h1', { snapshotPersist: { snapshotId: 's' } });
+    clock.advance(2999);
+    assert.equal(reg.isConnected('h1'), true);
+    clock.advance(1);
+    assert.equal(reg.isConnected('h1'), false);
+    await assert.rejects(p, (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'agent h1 disconnected during SnapshotPersist (no heartbeat for 3000 ms)');
+    assert.deepEqual(left, ['h1: no heartbeat for 3000 ms']);
+    assert.deepEqual(call.status, { code: 14, details: 'no heartbeat for 3000 ms' });
+    await assert.rejects(reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'agent h1 is not connected (StopVm not sent)');
+    connect('h1');
+    assert.equal(reg.isConnected('h1'), true);
+  });
+
+  it('the stream ending fails commands in flight; per-command timeouts and cancellation', async () => {
+    const { reg, connect, clock, left } = setup();
+    const call = connect('h1');
+    const p = reg.send('h1', { snapshotBegin: { snapshotId: 's' } });
+    const t = reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } }, { timeoutMs: 500 });
+    const ac = new AbortController();
+    const c = reg.send('h1', { stopVm: { vne: 'v', vm: 'b' } }, { signal: ac.signal });
+    ac.abort();
+    await assert.rejects(c, (e) => isVnsnapError(e, 'ERR_CANCELLED'));
+    clock.advance(500);
+    await assert.rejects(t, (e) => isVnsnapError(e, 'ERR_TIMEOUT') && e.message === 'agent h1: StopVm got no result within 500 ms');
+    call.emit('end');
+    await assert.rejects(p, (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'agent h1 disconnected during SnapshotBegin (session ended by the agent)');
+    assert.deepEqual(left, ['h1: session ended by the agent']);
+  });
+
+  it('delivers pending aborts right after Welcome and forgets the acknowledged ones', async () => {
+    const { catalog, connect } = setup();
+    catalog.addPendingAborts([
+      { snapshotId: 's1', agentId: 'h1', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' },
+      { snapshotId: 's2', agentId: 'h1', vne: 'red', epoch: 9, storePrefix: 'snapshots/s2/' },
+      { snapshotId: 's1', agentId: 'h2', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' },
+    ]);
+    const call = connect('h1');
+    assert.ok(call.written[0]?.welcome);
+    assert.deepEqual(call.commands(), [
+      { id: 1, snapshotAbort: { snapshotId: 's1', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' } },
+      { id: 2, snapshotAbort: { snapshotId: 's2', vne: 'red', epoch: 9, storePrefix: 'snapshots/s2/' } },
+    ]);
+    call.msg({ msg: 'result', result: { commandId: 1, ok: true, errorCode: '', errorMessage: '' } });
+    call.msg({ msg: 'result', result: { commandId: 2, ok: false, errorCode: 'ERR_INTERNAL', errorMessage: 'busy' } });
+    await flush();
+    assert.deepEqual(catalog.pendingAborts().map((p) => `${p.agentId}:${p.snapshotId}`), ['h1:s2', 'h2:s1']);
+  });
+});

@@ -1,0 +1,352 @@
+import { strict as assert } from 'node:assert';
+import { isVnsnapError } from '../../proto/errors';
+import type { DefineVneRequest__Output } from '../../proto/gen/vnsnap/v1/DefineVneRequest';
+import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
+import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
+import { encodeManifest, decodeManifest } from '../../proto/manifest';
+import { Catalog } from '../../coordinator/catalog';
+import { ManualClock } from '../../coordinator/clock';
+import { EventBus } from '../../coordinator/events';
+import { RestoreSequencer, artefactVm } from '../../coordinator/restore-sequencer';
+import { CoordinatorServiceImpl } from '../../coordinator/service';
+import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
+import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
+
+function vm(name: string, host: string, mac: string, peers: string[] = []): VmSpec__Output {
+  return { name, host, macs: [mac], driver: { sim: { memoryMib: 8, dirtyRateMibS: 1, frameRateHz: 10, peers }, kind: 'sim' } };
+}
+
+function req(over: Record<string, unknown> = {}, vms?: VmSpec__Output[]): DefineVneRequest__Output {
+  return {
+    vne: {
+      name: 'blue',
+      vni: 100,
+      vms: vms ?? [vm('vm1', 'h1', '52:54:00:00:00:01', ['vm2']), vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1'])],
+      generation: 0,
+      epoch: 0,
+      state: 'VNE_STATE_UNSPECIFIED',
+      createdUnixMs: 0,
+      updatedUnixMs: 0,
+      placement: {},
+      ...over,
+    },
+  };
+}
+
+function setup() {
+  const clock = new ManualClock();
+  const catalog = new Catalog(':memory:', { now: () => clock.now() });
+  const agents = new FakeAgents(['h1', 'h2']);
+  const manifests = new MemoryManifestStore();
+  const events = new EventBus(() => clock.now());
+  const deps = { agents, catalog, manifests, clock, log, events, version: '0.1.0' };
+  const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
+  const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
+  const svc = new CoordinatorServiceImpl({ ...deps, snapshots, restores });
+  // Persist: a memory and a channel artefact per VM of the agent.
+  agents.on('snapshotPersist', (agent: string) => {
+    const id = 'blue-s1';
+    const vms = agent === 'h1' ? ['vm1'] : ['vm2'];
+    return ok({
+      payload: 'persist',
+      persist: {
+        artefacts: vms.flatMap((v) => [
+          { path: `snapshots/${id}/${v}.mem`, size: 10, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: v },
+          { path: `snapshots/${id}/${v}/port0.chan`, size: 5, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: `${v}.0` },
+        ]),
+        vms: [],
+        lostFrames: 0,
+      },
+    });
+  });
+  return { clock, catalog, agents, manifests, events, svc };
+}
+
+async function running(s: ReturnType<typeof setup>) {
+  await s.svc.defineVne(req());
+  await s.svc.startVne({ name: 'blue' });
+}
+
+async function snapshot(s: ReturnType<typeof setup>) {
+  const events: SnapshotEvent[] = [];
+  const snap = await s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, (e) => events.push(e));
+  assert.equal(snap.state, 'SNAPSHOT_STATE_COMPLETE', snap.error);
+  return snap;
+}
+
+describe('coordinator service: VNE definitions', () => {
+  const cases: [string, DefineVneRequest__Output, string, string][] = [
+    ['no vne', { vne: null }, 'ERR_INVALID_ARGUMENT', 'vne is required'],
+    ['no name', req({ name: '' }), 'ERR_INVALID_ARGUMENT', 'VNE name is required'],
+    ['bad name', req({ name: '../etc' }), 'ERR_INVALID_ARGUMENT', `VNE name "../etc" is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`],
+    ['VNI too big', req({ vni: 16777216 }), 'ERR_INVALID_ARGUMENT', 'VNI 16777216 is out of range (0..16777215)'],
+    ['no VMs', req({}, []), 'ERR_INVALID_ARGUMENT', 'VNE "blue" has no VMs'],
+    ['duplicate VM', req({}, [vm('a', 'h1', '52:54:00:00:00:01'), vm('a', 'h1', '52:54:00:00:00:02')]), 'ERR_INVALID_ARGUMENT', 'VM name "a" is used twice in VNE "blue"'],
+    ['bad VM name', req({}, [vm('a b', 'h1', '52:54:00:00:00:01')]), 'ERR_INVALID_ARGUMENT', `VM name "a b" is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`],
+    ['no host', req({}, [vm('a', '', '52:54:00:00:00:01')]), 'ERR_INVALID_ARGUMENT', 'VM "a" has no host (the agent id it runs on)'],
+    ['no MAC', req({}, [{ ...vm('a', 'h1', ''), macs: [] }]), 'ERR_INVALID_ARGUMENT', 'VM "a" has no MAC address (one per vNIC)'],
+    ['bad MAC', req({}, [vm('a', 'h1', '52:54:00:00:01')]), 'ERR_INVALID_ARGUMENT', 'VM "a": "52:54:00:00:01" is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)'],
+    ['multicast MAC', req({}, [vm('a', 'h1', '01:00:5e:00:00:01')]), 'ERR_INVALID_ARGUMENT', 'VM "a": 01:00:5e:00:00:01 is a multicast address; a vNIC needs a unicast MAC'],
+    ['broadcast MAC', req({}, [vm('a', 'h1', 'FF:FF:FF:FF:FF:FF')]), 'ERR_INVALID_ARGUMENT', 'VM "a": ff:ff:ff:ff:ff:ff is a multicast address; a vNIC needs a unicast MAC'],
+    ['zero MAC', req({}, [vm('a', 'h1', '00:00:00:00:00:00')]), 'ERR_INVALID_ARGUMENT', 'VM "a": 00:00:00:00:00:00 is not a usable MAC address'],
+    ['MAC twice', req({}, [vm('a', 'h1', '52:54:00:00:00:01'), vm('b', 'h1', '52:54:00:00:00:01')]), 'ERR_INVALID_ARGUMENT', 'MAC 52:54:00:00:00:01 is used by both VM "a" and VM "b"'],
+    ['no driver', req({}, [{ ...vm('a', 'h1', '52:54:00:00:00:01'), driver: null }]), 'ERR_INVALID_ARGUMENT', 'VM "a" has no driver spec (sim, qemu or xen)'],
+    ['sim without memory', req({}, [{ ...vm('a', 'h1', '52:54:00:00:00:01'), driver: { sim: { memoryMib: 0, dirtyRateMibS: 0, frameRateHz: 0, peers: [] }, kind: 'sim' } }]), 'ERR_INVALID_ARGUMENT', 'VM "a": sim driver needs memory_mib > 0'],
+    ['qemu without kernel or disk', req({}, [{ ...vm('a', 'h1', '52:54:00:00:00:01'), driver: { qemu: { memoryMib: 64, cpus: 1, kernel: '', initrd: '', append: '', disk: '', extra: {} }, kind: 'qemu' } }]), 'ERR_INVALID_ARGUMENT', 'VM "a": qemu driver needs a kernel or a disk'],
+    ['xen without config', req({}, [{ ...vm('a', 'h1', '52:54:00:00:00:01'), driver: { xen: { config: ' ' }, kind: 'xen' } }]), 'ERR_INVALID_ARGUMENT', 'VM "a": xen driver needs its xl config'],
+    ['unknown sim peer', req({}, [vm('a', 'h1', '52:54:00:00:00:01', ['zz'])]), 'ERR_INVALID_ARGUMENT', 'VM "a": sim peer "zz" is not a VM of VNE "blue"'],
+    ['sim peer itself', req({}, [vm('a', 'h1', '52:54:00:00:00:01', ['a'])]), 'ERR_INVALID_ARGUMENT', 'VM "a": a sim VM cannot be its own peer'],
+  ];
+  for (const [name, r, code, message] of cases) {
+    it(`DefineVne refuses: ${name}`, async () => {
+      const { svc, catalog } = setup();
+      await assert.rejects(svc.defineVne(r), (e) => isVnsnapError(e) && e.code === code && e.message === message);
+      assert.deepEqual(catalog.listVnes(), []);
+    });
+  }
+
+  it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
+    const { svc, clock } = setup();
+    const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' } });
+    assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
+    await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
+    await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
+    await assert.rejects(svc.getVne({ name: 'nope' }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === 'VNE "nope" does not exist');
+  });
+
+  it('StartVne: ConfigureVne (peers, MAC routes) to every agent, then StartVm at the VNE epoch', async () => {
+    const s = setup();
+    await s.svc.defineVne(req());
+    const { vne } = await s.svc.startVne({ name: 'blue' });
+    assert.equal(vne.state, 'VNE_STATE_RUNNING');
+    assert.deepEqual(s.agents.names(), ['h1:configureVne', 'h2:configureVne', 'h1:startVm', 'h2:startVm']);
+    const macs = [
+      { mac: '52:54:00:00:00:01', agentId: 'h1' },
+      { mac: '52:54:00:00:00:02', agentId: 'h2' },
+    ];
+    assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0 });
+    await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is already running');
+    await assert.rejects(s.svc.updateVne(req()), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it before changing its definition');
+    await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it first');
+    const agents = await s.svc.listAgents();
+    assert.deepEqual(agents.agents, []); // the fake link registers nobody in the catalog
+  });
+
+  it('StartVne refuses with an agent disconnected and stops what started when a StartVm fails', async () => {
+    const s = setup();
+    await s.svc.defineVne(req());
+    s.agents.connected.delete('h2');
+    await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'agent "h2" (host of vm2 in VNE blue) is not connected');
+    assert.deepEqual(s.agents.sent, []);
+    s.agents.connected.add('h2');
+    s.agents.on('startVm', failed('ERR_DRIVER', 'no kvm'), 'h2');
+    await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_DRIVER') && e.message === 'agent h2: StartVm failed: no kvm');
+    assert.deepEqual(s.agents.names('stopVm'), ['h1:stopVm', 'h2:stopVm']);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
+  });
+
+  it('StopVne stops every VM; UpdateVne and DeleteVne then work; a VNE with snapshots needs delete_snapshots', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    await assert.rejects(s.svc.stopVne({ name: 'nope' }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+    await s.svc.stopVne({ name: 'blue' });
+    assert.deepEqual(s.agents.names('stopVm'), ['h1:stopVm', 'h2:stopVm']);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
+    await s.svc.stopVne({ name: 'blue' }); // idempotent
+    const u = await s.svc.updateVne(req({ vni: 101 }));
+    assert.equal(u.vni, 101);
+    assert.equal(u.epoch, 1, 'update keeps the epoch');
+    await assert.rejects(s.svc.updateVne(req({ name: 'green' })), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+    await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" has 1 snapshot: delete them first or pass delete_snapshots');
+    await s.svc.deleteVne({ name: 'blue', deleteSnapshots: true });
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'deleteArtefacts').map((x) => [x.agent, x.body.deleteArtefacts?.storePrefix, x.body.deleteArtefacts?.paths?.length]), [['h1', 'snapshots/blue-s1/', 5]]);
+    assert.equal(s.manifests.files.size, 0);
+    assert.deepEqual(s.catalog.listVnes(), []);
+    assert.equal(s.catalog.getSnapshot(snap.id), undefined);
+  });
+
+  it('StopVne with an agent gone: stops the rest, VNE FAILED, UNAVAILABLE-class error', async () => {
+    const s = setup();
+    await running(s);
+    s.agents.connected.delete('h2');
+    await assert.rejects(s.svc.stopVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'VNE "blue" could not be stopped completely: vm2 on h2: agent h2 is not connected (StopVm not sent)');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
+  });
+});
+
+describe('coordinator service: snapshots and restores', () => {
+  it('GetSnapshot / DeleteSnapshot / ListSnapshots', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    assert.deepEqual((await s.svc.listSnapshots({ vne: 'blue' })).snapshots, [snap]);
+    assert.deepEqual((await s.svc.listSnapshots({ vne: 'red' })).snapshots, []);
+    await assert.rejects(s.svc.getSnapshot({ id: '' }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'snapshot id is required');
+    await assert.rejects(s.svc.getSnapshot({ id: 'x' }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === 'snapshot "x" does not exist');
+    s.agents.connected.clear();
+    await assert.rejects(s.svc.deleteSnapshot({ id: snap.id }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'no agent is connected to delete the artefacts of snapshot blue-s1');
+    s.agents.connected.add('h2');
+    await s.svc.deleteSnapshot({ id: snap.id });
+    assert.deepEqual(s.agents.names('deleteArtefacts'), ['h2:deleteArtefacts']);
+    assert.deepEqual(s.agents.sent.at(-1)?.body.deleteArtefacts?.paths, ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan', 'snapshots/blue-s1/vm2.mem', 'snapshots/blue-s1/vm2/port0.chan', 'snapshots/blue-s1/manifest.pb']);
+    assert.equal(s.manifests.files.size, 0);
+    assert.deepEqual((await s.svc.listSnapshots({ vne: '' })).snapshots, []);
+  });
+
+  it('restore onto a swapped placement: validate, stop movers, configure, prepare, resume in one turn', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.sent.length = 0;
+    const events: SnapshotEvent[] = [];
+    const done = await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: { vm1: 'h2', vm2: 'h1' }, stopRunning: true, timeoutMs: 0 }, (e) => events.push(e));
+    assert.equal(done.id, snap.id);
+    assert.deepEqual(s.agents.names(), [
+      'h2:validateArtefacts',
+      'h1:validateArtefacts',
+      'h1:stopVm',
+      'h2:stopVm',
+      'h2:configureVne',
+      'h1:configureVne',
+      'h2:restorePrepare',
+      'h1:restorePrepare',
+      'h2:restoreResume',
+      'h1:restoreResume',
+    ]);
+    const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
+    assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
+    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1' }, { vne: 'blue', vm: 'vm2' }]);
+    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, {
+      vne: 'blue',
+      vni: 100,
+      generation: 2,
+      peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }],
+      macs: [
+        { mac: '52:54:00:00:00:01', agentId: 'h2' },
+        { mac: '52:54:00:00:00:02', agentId: 'h1' },
+      ],
+    });
+    const prep = byName('restorePrepare')[0]?.body.restorePrepare;
+    assert.equal(prep?.restoreId, 'r-blue-s1');
+    assert.equal(prep?.epoch, 1);
+    assert.equal(prep?.generation, 2);
+    assert.equal(prep?.stopRunning, true);
+    assert.deepEqual(prep?.vms?.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path, v.channel?.map((c) => c.path)]), [['vm1', 'h2', 'snapshots/blue-s1/vm1.mem', ['snapshots/blue-s1/vm1/port0.chan']]]);
+    const resumes = byName('restoreResume');
+    assert.equal(resumes[0]?.turn, resumes[1]?.turn, 'resume leaves in one turn');
+    const vne = s.catalog.getVne('blue');
+    assert.deepEqual([vne?.state, vne?.generation, vne?.epoch, vne?.placement], ['VNE_STATE_RUNNING', 2, 1, { vm1: 'h2', vm2: 'h1' }]);
+    assert.deepEqual(events.filter((e) => e.note).map((e) => e.note), [
+      'restore: validating 4 artefacts on 2 agents',
+      'restore: stopping vm1 on h1, vm2 on h2',
+      'restore: configuring VNE blue (generation 2) on h2, h1',
+      'restore: loading 2 VMs paused',
+      'restore: 2 VMs resumed at epoch 1, generation 2; 0 recorded frames injected',
+    ]);
+    assert.deepEqual(s.catalog.listRestores().map((r) => [r.id, r.state]), [['r-blue-s1', 'COMPLETE']]);
+  });
+
+  it('restore refusals touch nothing: running without stop_running, bad placement, invalid artefacts, tampered or newer manifest', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.sent.length = 0;
+    const restore = (over: Record<string, unknown> = {}) => s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, ...over }, () => undefined);
+    const refuses = async (p: Promise<unknown>, code: string, message: string) => assert.rejects(p, (e) => isVnsnapError(e) && e.code === code && e.message === message);
+    await refuses(restore({ snapshotId: 'nope' }), 'ERR_NOT_FOUND', 'snapshot "nope" does not exist');
+    await refuses(restore({ stopRunning: false }), 'ERR_FAILED_PRECONDITION', 'VNE "blue" is running: stop it first or restore with stop_running to replace its VMs');
+    await refuses(restore({ placement: { vm9: 'h1' } }), 'ERR_INVALID_ARGUMENT', 'placement names VM "vm9", which is not in snapshot blue-s1 (VMs: vm1, vm2)');
+    await refuses(restore({ placement: { vm1: 'h7' } }), 'ERR_NOT_FOUND', 'agent "h7" (placement of VM vm1) is unknown');
+    assert.deepEqual(s.agents.sent, []);
+
+    s.agents.on('validateArtefacts', (a: string) => ok({ payload: 'validate', validate: { problems: a === 'h2' ? ['snapshots/blue-s1/vm2.mem: sha256 mismatch'] : [] } }));
+    await refuses(restore(), 'ERR_DATA_LOSS', 'snapshot blue-s1 cannot be restored, its artefacts are invalid: h2: snapshots/blue-s1/vm2.mem: sha256 mismatch');
+    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h2:validateArtefacts']);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+    assert.equal(s.catalog.getVne('blue')?.generation, 1);
+    s.agents.behaviour.delete('validateArtefacts');
+    s.agents.sent.length = 0;
+
+    const path = snap.manifestPath;
+    const good = s.manifests.files.get(path) as Buffer;
+    const tampered = Buffer.from(good);
+    const i = tampered.indexOf(Buffer.from('vm1.mem'));
+    tampered[i] = 'X'.charCodeAt(0);
+    s.manifests.files.set(path, tampered);
+    await refuses(restore(), 'ERR_CHECKSUM', `${path} is corrupt or was modified: its body checksum does not match`);
+    s.manifests.files.set(path, encodeManifest(decodeManifest(good).body as never, { major: 2, minor: 0 }));
+    await refuses(restore(), 'ERR_UNSUPPORTED_VERSION', `${path} has manifest format 2.0, newer than this vnsnap reads (1.x): upgrade vnsnap to restore it`);
+    s.manifests.files.delete(path);
+    await refuses(restore(), 'ERR_DATA_LOSS', `the manifest of snapshot blue-s1 (${path}) is missing from the store`);
+    assert.deepEqual(s.agents.sent, []);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+  });
+
+  it('a failed RestorePrepare cancels on every agent; the VNE is DEFINED (stopped), generation kept monotonic', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.on('restorePrepare', failed('ERR_DRIVER', 'cannot load'), 'h2');
+    await assert.rejects(s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined), (e) => isVnsnapError(e, 'ERR_DRIVER') && e.message === 'agent h2: RestorePrepare failed: cannot load');
+    assert.deepEqual(s.agents.names('restoreCancel'), ['h1:restoreCancel', 'h2:restoreCancel']);
+    assert.deepEqual(s.agents.names('restoreResume'), []);
+    const vne = s.catalog.getVne('blue');
+    assert.deepEqual([vne?.state, vne?.generation], ['VNE_STATE_DEFINED', 2]);
+    assert.deepEqual(s.catalog.listRestores().map((r) => [r.state, r.error]), [['FAILED', 'agent h2: RestorePrepare failed: cannot load']]);
+  });
+
+  it('a restore that does not finish in time fails with DEADLINE (ERR_TIMEOUT) and cancels', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    await s.svc.stopVne({ name: 'blue' });
+    s.agents.on('restorePrepare', 'hold');
+    const p = s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: false, timeoutMs: 2000 }, () => undefined);
+    await flush();
+    s.clock.advance(2000);
+    await assert.rejects(p, (e) => isVnsnapError(e, 'ERR_TIMEOUT') && e.message === 'restore of blue-s1 did not finish within 2000 ms (during prepare)');
+    assert.deepEqual(s.agents.names('restoreCancel'), ['h1:restoreCancel', 'h2:restoreCancel']);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
+  });
+
+  it('a failed RestoreResume leaves the VNE FAILED on the new placement', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.on('restoreResume', failed('ERR_DRIVER', 'cont failed'), 'h1');
+    await assert.rejects(s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined), (e) => isVnsnapError(e, 'ERR_DRIVER'));
+    assert.deepEqual(s.agents.names('restoreCancel'), []);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
+  });
+
+  it('snapshot refused while another operation holds the VNE; restore refused while snapshotting', async () => {
+    const s = setup();
+    await running(s);
+    s.agents.on('snapshotBegin', 'hold');
+    const p = s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, () => undefined);
+    assert.throws(
+      () => s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION'),
+    );
+    await assert.rejects(s.svc.stopVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'a snapshot of VNE "blue" is in progress (blue-s1)');
+    await assert.rejects(s.svc.deleteSnapshot({ id: 'blue-s1' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'snapshot blue-s1 is in progress (precopy): wait for it to finish');
+    s.agents.disconnect('h1');
+    assert.equal((await p).state, 'SNAPSHOT_STATE_ABORTED');
+  });
+
+  it('attributes channel artefacts to VMs by owner, MAC, or path', () => {
+    const vms = [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm10', 'h1', '52:54:00:00:00:0a')];
+    const a = (owner: string, path = 'snapshots/s/x') => artefactVm({ path, size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner }, vms, 'snapshots/s/');
+    assert.equal(a('vm1'), 'vm1');
+    assert.equal(a('vm10.0'), 'vm10');
+    assert.equal(a('vm1:eth0'), 'vm1');
+    assert.equal(a('52:54:00:00:00:0A'), 'vm10');
+    assert.equal(a('tap3', 'snapshots/s/vm10/tap3.chan'), 'vm10');
+    assert.equal(a('tap3', 'snapshots/s/vm1.tap3.chan'), 'vm1');
+    assert.equal(a('tap3', 'snapshots/s/other'), undefined);
+  });
+});
