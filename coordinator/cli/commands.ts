@@ -1,0 +1,250 @@
+/**
+ * What each `vnsnap` command does, once commander has parsed it: one function per command,
+ * each calling the coordinator through CoordinatorClient and printing either for a person or,
+ * with --json, machine-readable output only (the RPC's response message as one proto3 JSON
+ * object, or one JSON line per streamed event). Failures are thrown as CliError; cli.ts prints
+ * them and picks the exit code.
+ */
+import * as fs from 'node:fs';
+import * as grpc from '@grpc/grpc-js';
+import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
+import type { SnapshotEvent__Output } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
+import type { Event__Output } from '../../proto/gen/vnsnap/v1/Event';
+import { CoordinatorClient } from './client';
+import { CliError, EXIT, type ExitCode } from './exit-codes';
+import { describeVne, formatMs, renderAgents, renderEvent, renderSnapshot, renderSnapshotList, renderVne, renderVneList, shortEnum } from './format';
+import type { CliIo } from './io';
+import { follow, makeRenderer, type RenderMode } from './progress';
+import { toJson } from './proto-json';
+import { renderTimelineSvg } from './timeline-svg';
+import { readVneFile } from './vne-file';
+
+export interface Ctx {
+  io: CliIo;
+  json: boolean;
+  coordinator: string;
+}
+
+function printJson(ctx: Ctx, type: string, message: unknown): void {
+  ctx.io.out(JSON.stringify(toJson(type, message), null, 2) + '\n');
+}
+
+async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>): Promise<T> {
+  const c = new CoordinatorClient(ctx.coordinator);
+  try {
+    return await f(c);
+  } finally {
+    c.close();
+  }
+}
+
+export async function vneDefine(ctx: Ctx, file: string, update: boolean): Promise<ExitCode> {
+  const vne = readVneFile(file);
+  return withClient(ctx, async (c) => {
+    const v = update ? await c.updateVne(vne) : await c.defineVne(vne);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.Vne', v);
+    else ctx.io.out(`${update ? 'updated' : 'defined'} VNE ${describeVne(v)}\n`);
+    return EXIT.OK;
+  });
+}
+
+export async function vneList(ctx: Ctx): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.listVnes();
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListVnesResponse', r);
+    else ctx.io.out(renderVneList(r.vnes));
+    return EXIT.OK;
+  });
+}
+
+export async function vneShow(ctx: Ctx, name: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const v = await c.getVne(name);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.Vne', v);
+    else ctx.io.out(renderVne(v));
+    return EXIT.OK;
+  });
+}
+
+export async function vneDelete(ctx: Ctx, name: string, withSnapshots: boolean): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.deleteVne({ name, deleteSnapshots: withSnapshots });
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.DeleteVneResponse', r);
+    else ctx.io.out(`deleted VNE ${name}${withSnapshots ? ' and its snapshots' : ''}\n`);
+    return EXIT.OK;
+  });
+}
+
+export async function vneStart(ctx: Ctx, name: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.startVne(name);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.StartVneResponse', r);
+    else ctx.io.out(r.vne ? `started VNE ${describeVne(r.vne)}\n` : `started VNE ${name}\n`);
+    return EXIT.OK;
+  });
+}
+
+export async function vneStop(ctx: Ctx, name: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.stopVne(name);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.StopVneResponse', r);
+    else ctx.io.out(`stopped VNE ${name}\n`);
+    return EXIT.OK;
+  });
+}
+
+export async function agents(ctx: Ctx): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.listAgents();
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListAgentsResponse', r);
+    else ctx.io.out(renderAgents(r.agents));
+    return EXIT.OK;
+  });
+}
+
+export async function snapshotList(ctx: Ctx, vne: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.listSnapshots(vne);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListSnapshotsResponse', r);
+    else ctx.io.out(renderSnapshotList(r.snapshots));
+    return EXIT.OK;
+  });
+}
+
+export async function snapshotShow(ctx: Ctx, id: string, timeline: string | undefined): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const s = await c.getSnapshot(id);
+    if (timeline !== undefined) {
+      try {
+        fs.writeFileSync(timeline, renderTimelineSvg(s));
+      } catch (e) {
+        throw new CliError(EXIT.FAILED, `cannot write the timeline to ${timeline}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such directory' : (e as Error).message}`);
+      }
+    }
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.Snapshot', s);
+    else {
+      ctx.io.out(renderSnapshot(s, { phases: true }));
+      if (timeline !== undefined) ctx.io.out(`timeline written to ${timeline}\n`);
+    }
+    return EXIT.OK;
+  });
+}
+
+export async function snapshotDelete(ctx: Ctx, id: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await c.deleteSnapshot(id);
+    if (ctx.json) printJson(ctx, 'vnsnap.v1.DeleteSnapshotResponse', r);
+    else ctx.io.out(`deleted snapshot ${id}\n`);
+    return EXIT.OK;
+  });
+}
+
+function renderMode(ctx: Ctx): RenderMode {
+  return ctx.json ? 'json' : ctx.io.isTTY ? 'bars' : 'lines';
+}
+
+/**
+ * Follow a snapshot/restore stream to its end with the right renderer; Ctrl-C stops following
+ * (exit 130). Returns the final record and the time it took.
+ */
+async function followOperation(
+  ctx: Ctx,
+  c: CoordinatorClient,
+  stream: grpc.ClientReadableStream<SnapshotEvent__Output>,
+  what: string,
+): Promise<{ done: Snapshot__Output | undefined; snapshotId: string; elapsedMs: number }> {
+  const t0 = ctx.io.now();
+  let interrupted = false;
+  const off = ctx.io.onInterrupt(() => {
+    interrupted = true;
+    stream.cancel();
+  });
+  try {
+    const r = await follow(stream, makeRenderer(renderMode(ctx), ctx.io));
+    return { ...r, elapsedMs: ctx.io.now() - t0 };
+  } catch (e) {
+    if (interrupted) {
+      throw new CliError(EXIT.INTERRUPTED, `interrupted: stopped following the ${what}; the coordinator decides whether it goes on (check with: vnsnap snapshot list)`, 'ERR_CANCELLED');
+    }
+    throw c.toCliError(e, what);
+  } finally {
+    off();
+  }
+}
+
+export interface CreateOptions {
+  mode: 'precopy' | 'background';
+  deadlineMs: number | undefined;
+  timeoutMs: number | undefined;
+  description: string | undefined;
+}
+
+export async function snapshotCreate(ctx: Ctx, vne: string, o: CreateOptions): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const stream = c.createSnapshot({
+      vne,
+      mode: o.mode === 'background' ? 'SNAPSHOT_MODE_BACKGROUND' : 'SNAPSHOT_MODE_PRECOPY',
+      precopyDeadlineMs: o.deadlineMs ?? 0,
+      timeoutMs: o.timeoutMs ?? 0,
+      description: o.description ?? '',
+    });
+    const { done, snapshotId, elapsedMs } = await followOperation(ctx, c, stream, `snapshot of VNE ${vne}`);
+    if (!done) {
+      throw new CliError(EXIT.FAILED, `the coordinator ended the snapshot stream${snapshotId ? ` of ${snapshotId}` : ''} without its final record; check with: vnsnap snapshot list --vne ${vne}`);
+    }
+    if (!ctx.json) ctx.io.out('\n' + renderSnapshot(done, { totalMsFallback: elapsedMs }));
+    if (done.state !== 'SNAPSHOT_STATE_COMPLETE') {
+      throw new CliError(EXIT.FAILED, `snapshot ${done.id} of VNE ${done.vne} ${shortEnum(done.state).toLowerCase()}${done.error ? `: ${done.error}` : ''}`, 'ERR_SNAPSHOT_ABORTED');
+    }
+    return EXIT.OK;
+  });
+}
+
+export interface RestoreOptions {
+  placement: Record<string, string>;
+  stopRunning: boolean;
+  timeoutMs: number | undefined;
+}
+
+export async function restore(ctx: Ctx, id: string, o: RestoreOptions): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0 });
+    const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`);
+    if (ctx.json) return EXIT.OK;
+    if (!done) {
+      ctx.io.out(`\nrestored snapshot ${id} in ${formatMs(elapsedMs)}\n`);
+      return EXIT.OK;
+    }
+    ctx.io.out(`\nrestored snapshot ${done.id} of VNE ${done.vne} (epoch ${done.epoch}, ${done.vms.length} VMs) in ${formatMs(elapsedMs)}\n`);
+    try {
+      const v = await c.getVne(done.vne);
+      ctx.io.out(renderVne(v));
+    } catch {
+      // The restore succeeded; the VNE's new placement is a nicety.
+    }
+    return EXIT.OK;
+  });
+}
+
+export async function events(ctx: Ctx, vne: string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const stream = c.watchEvents(vne);
+    let interrupted = false;
+    const off = ctx.io.onInterrupt(() => {
+      interrupted = true;
+      stream.cancel();
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        stream.on('data', (e: Event__Output) => {
+          ctx.io.out(ctx.json ? JSON.stringify(toJson('vnsnap.v1.Event', e)) + '\n' : renderEvent(e));
+        });
+        stream.on('error', (e) => (interrupted ? resolve() : reject(c.toCliError(e, 'watch events'))));
+        stream.on('end', () => resolve());
+      });
+    } finally {
+      off();
+    }
+    return EXIT.OK;
+  });
+}
