@@ -1,0 +1,107 @@
+import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { decodeChannel, encodeChannel } from '../../agent/channel-file';
+import { LocalDirStore } from '../../agent/store';
+import { isVnsnapError } from '../../proto/errors';
+
+const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+
+describe('LocalDirStore', () => {
+  let dir: string;
+  let store: LocalDirStore;
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-store-'));
+    store = new LocalDirStore(dir);
+    await store.init();
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('commits atomically with size and lower-case hex SHA-256 computed while writing', async () => {
+    const w = await store.create('snapshots/s1/vm1.mem');
+    await w.write(Buffer.from('hello '));
+    await w.write(Buffer.from('world'));
+    assert.equal(w.bytes, 11);
+    // Before commit: nothing visible under the final name, nothing listed.
+    assert.equal(fs.existsSync(path.join(dir, 'snapshots/s1/vm1.mem')), false);
+    assert.deepEqual(await store.list('snapshots/'), []);
+    const a = await w.commit();
+    assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: 11, sha256: sha('hello world') });
+    assert.equal(fs.readFileSync(path.join(dir, 'snapshots/s1/vm1.mem'), 'utf8'), 'hello world');
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots/s1')), ['vm1.mem'], 'no temporary file left');
+    assert.deepEqual(await store.list('snapshots/'), ['snapshots/s1/vm1.mem']);
+    assert.equal((await store.get('snapshots/s1/vm1.mem')).toString(), 'hello world');
+    assert.equal(await store.stat('snapshots/s1/vm1.mem'), 11);
+    assert.equal(await store.stat('snapshots/s1/nope'), null);
+  });
+
+  it('a crash before rename leaves nothing visible, and deleteByPrefix removes the leftovers', async () => {
+    const w = await store.create('snapshots/s2/vm1.mem');
+    await w.write(Buffer.alloc(1000, 7));
+    // "crash": the writer is never committed nor aborted.
+    const files = fs.readdirSync(path.join(dir, 'snapshots/s2'));
+    assert.equal(files.length, 1);
+    assert.match(files[0]!, /^\.vm1\.mem\.tmp-[0-9a-f]{12}$/);
+    assert.deepEqual(await store.list('snapshots/s2/'), []);
+    await assert.rejects(store.get('snapshots/s2/vm1.mem'), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+    assert.equal(await store.deleteByPrefix('snapshots/s2/'), 0);
+    assert.equal(fs.existsSync(path.join(dir, 'snapshots/s2')), false);
+  });
+
+  it('abort removes the temporary file', async () => {
+    const w = await store.create('x/y.bin');
+    await w.write(Buffer.from('abc'));
+    await w.abort();
+    await w.abort();
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'x')), []);
+    await assert.rejects(w.write(Buffer.from('more')), (e) => isVnsnapError(e, 'ERR_STATE'));
+  });
+
+  it('verify detects a missing, truncated or modified artefact', async () => {
+    const a = await store.put('s/a.bin', Buffer.from('0123456789'));
+    assert.equal(await store.verify(a), null);
+    assert.equal(await store.verify({ ...a, sha256: a.sha256.toUpperCase() }), null);
+    const p = path.join(dir, 's/a.bin');
+    fs.truncateSync(p, 5);
+    assert.equal(await store.verify(a), 's/a.bin: size 5, expected 10');
+    fs.writeFileSync(p, '0123456780');
+    assert.equal(await store.verify(a), `s/a.bin: SHA-256 ${sha('0123456780')}, expected ${a.sha256}`);
+    fs.rmSync(p);
+    assert.equal(await store.verify(a), 's/a.bin: missing');
+  });
+
+  it('lists and deletes by prefix, and refuses paths that leave the root', async () => {
+    await store.put('snapshots/a/1', Buffer.from('1'));
+    await store.put('snapshots/a/2', Buffer.from('2'));
+    await store.put('snapshots/ab/3', Buffer.from('3'));
+    await store.put('snapshots/b/4', Buffer.from('4'));
+    assert.deepEqual(await store.list('snapshots/a'), ['snapshots/a/1', 'snapshots/a/2', 'snapshots/ab/3']);
+    assert.deepEqual(await store.list('snapshots/a/'), ['snapshots/a/1', 'snapshots/a/2']);
+    assert.equal(await store.deleteByPrefix('snapshots/a/'), 2);
+    assert.deepEqual(await store.list(''), ['snapshots/ab/3', 'snapshots/b/4']);
+    await store.delete('snapshots/b/4');
+    await store.delete('snapshots/b/4');
+    assert.deepEqual(await store.list('snapshots/'), ['snapshots/ab/3']);
+    for (const bad of ['../x', '/etc/passwd', 'a/../../x', 'a/./b', 'dir/', '']) {
+      await assert.rejects(store.create(bad), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'), bad);
+    }
+    assert.match((await store.verify({ path: '../x', size: 1, sha256: 'aa' }))!, /bad artefact path/);
+  });
+});
+
+describe('channel-state file', () => {
+  it('round-trips frames in order and rejects truncation and garbage', () => {
+    const frames = [Buffer.from('first frame'), Buffer.alloc(0), Buffer.alloc(1500, 9)];
+    const b = encodeChannel(frames);
+    assert.equal(b.length, 12 + 3 * 4 + 11 + 0 + 1500);
+    assert.deepEqual(decodeChannel(b), frames);
+    assert.deepEqual(decodeChannel(encodeChannel([])), []);
+    assert.throws(() => decodeChannel(b.subarray(0, b.length - 1)), (e) => isVnsnapError(e, 'ERR_DATA_LOSS'));
+    assert.throws(() => decodeChannel(Buffer.from('not a channel file')), (e) => isVnsnapError(e, 'ERR_DATA_LOSS'));
+    const huge = Buffer.from(b);
+    huge.writeUInt32BE(0xffffffff, 8);
+    assert.throws(() => decodeChannel(huge), /count 4294967295 exceeds the file/);
+  });
+});
