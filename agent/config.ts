@@ -1,0 +1,108 @@
+/**
+ * The agent's configuration: a JSON file with the same keys as the command-line flags, flags
+ * overriding the file. Validation is strict and every mistake is one line naming the field
+ * (ERR_CONFIG), which main prints before exiting with status 2.
+ *
+ *   {
+ *     "id": "h1",
+ *     "coordinator": "10.0.0.1:7443",
+ *     "tunnel": "10.77.0.1:6081",          // address:port the switch binds (port 0 = ephemeral)
+ *     "advertise": "10.77.0.1",            // optional: the address peers reach (default: tunnel's)
+ *     "store": "/var/lib/vnsnap/store",
+ *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
+ *     "logLevel": "info",                  // optional
+ *     "drivers": ["sim"]                   // optional; "sim" is for tests and scale runs only
+ *   }
+ */
+import * as fs from 'node:fs';
+import { VnsnapError } from '../proto/errors';
+
+export interface AgentConfig {
+  id: string;
+  coordinator: string;
+  tunnel: { address: string; port: number };
+  advertise?: string;
+  store: string;
+  metricsPort?: number;
+  logLevel: string;
+  drivers: string[];
+}
+
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const KNOWN_DRIVERS = ['sim'];
+
+function fail(msg: string): never {
+  throw new VnsnapError('ERR_CONFIG', msg);
+}
+
+/** "host:port" → parts; port in 0..65535 when allowZero, else 1..65535. */
+export function parseHostPort(s: unknown, field: string, allowZero: boolean): { host: string; port: number } {
+  if (typeof s !== 'string' || s.trim() === '') fail(`${field}: expected "host:port", got ${JSON.stringify(s)}`);
+  const m = /^(.+):(\d{1,5})$/.exec(s.trim());
+  if (!m) fail(`${field}: expected "host:port", got "${s}"`);
+  const port = Number(m[2]);
+  if (port > 65535 || (!allowZero && port === 0)) fail(`${field}: port ${port} is out of range`);
+  return { host: (m[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+function isIpv4(s: string): boolean {
+  const p = s.split('.');
+  return p.length === 4 && p.every((x) => /^\d{1,3}$/.test(x) && Number(x) <= 255);
+}
+
+/** Validate a raw object (the file merged with the flags). */
+export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
+  for (const k of Object.keys(raw)) if (!(KEYS as readonly string[]).includes(k)) fail(`unknown key "${k}" (known: ${KEYS.join(', ')})`);
+  const id = raw.id;
+  if (typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id)) fail(`id: expected a name of letters, digits, ".", "_" or "-", got ${JSON.stringify(id)}`);
+  const coord = parseHostPort(raw.coordinator, 'coordinator', false);
+  const tun = parseHostPort(raw.tunnel, 'tunnel', true);
+  if (!isIpv4(tun.host)) fail(`tunnel: the address must be IPv4, got "${tun.host}"`);
+  if (raw.advertise !== undefined && (typeof raw.advertise !== 'string' || !isIpv4(raw.advertise))) fail(`advertise: expected an IPv4 address, got ${JSON.stringify(raw.advertise)}`);
+  if (tun.host === '0.0.0.0' && raw.advertise === undefined) fail('advertise: required when the tunnel binds 0.0.0.0 (peers need an address to reach)');
+  if (typeof raw.store !== 'string' || raw.store === '') fail(`store: expected a directory, got ${JSON.stringify(raw.store)}`);
+  let metricsPort: number | undefined;
+  if (raw.metricsPort !== undefined) {
+    const n = typeof raw.metricsPort === 'string' ? Number(raw.metricsPort) : raw.metricsPort;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 65535) fail(`metricsPort: expected 0..65535, got ${JSON.stringify(raw.metricsPort)}`);
+    metricsPort = n;
+  }
+  const logLevel = raw.logLevel ?? 'info';
+  if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
+  const drivers = raw.drivers ?? [];
+  if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !KNOWN_DRIVERS.includes(d))) fail(`drivers: expected a list of ${KNOWN_DRIVERS.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
+  return {
+    id,
+    coordinator: `${coord.host}:${coord.port}`,
+    tunnel: { address: tun.host, port: tun.port },
+    ...(raw.advertise !== undefined ? { advertise: raw.advertise as string } : {}),
+    store: raw.store,
+    ...(metricsPort !== undefined ? { metricsPort } : {}),
+    logLevel,
+    drivers: drivers as string[],
+  };
+}
+
+/** Read the file (if any), apply the flags over it, validate. */
+export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>): AgentConfig {
+  let raw: Record<string, unknown> = {};
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e) {
+      fail(`cannot read ${file}: ${(e as Error).message}`);
+    }
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(`${file}: expected a JSON object`);
+      raw = parsed as Record<string, unknown>;
+    } catch (e) {
+      if (e instanceof VnsnapError) throw e;
+      fail(`${file} is not valid JSON: ${(e as Error).message}`);
+    }
+  }
+  for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
+  return validateAgentConfig(raw);
+}

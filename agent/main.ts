@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+/**
+ * vnsnap-agent: the per-host daemon. Thin: read the configuration (file + flags), build the
+ * agent, its drivers and metrics server, start them; stop cleanly on SIGTERM/SIGINT.
+ * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
+ * A bad configuration is one line on stderr and exit status 2.
+ */
+import { Command } from 'commander';
+import { describeError } from '../proto/errors';
+import { createLogger } from '../proto/log';
+import { Agent } from './agent';
+import { loadAgentConfig } from './config';
+import type { HypervisorDriver } from './driver';
+import { AgentMetrics, serveMetrics } from './metrics';
+import { SimDriver } from './sim-driver';
+
+async function main(): Promise<void> {
+  const program = new Command()
+    .name('vnsnap-agent')
+    .description('The vnsnap agent: hosts the overlay switch and the VMs of this host, executes the coordinator\'s commands.')
+    .option('-c, --config <file>', 'configuration file (JSON, same keys as the flags)')
+    .option('--id <id>', 'agent id')
+    .option('--coordinator <host:port>', 'coordinator gRPC address')
+    .option('--tunnel <addr:port>', 'Geneve tunnel address and UDP port (0 = ephemeral)')
+    .option('--advertise <addr>', 'tunnel address peers reach (default: the tunnel address)')
+    .option('--store <dir>', 'snapshot store directory')
+    .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
+    .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
+    .showHelpAfterError();
+  program.parse();
+  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; logLevel?: string }>();
+  let cfg: ReturnType<typeof loadAgentConfig>;
+  try {
+    cfg = loadAgentConfig(o.config, {
+      id: o.id,
+      coordinator: o.coordinator,
+      tunnel: o.tunnel,
+      advertise: o.advertise,
+      store: o.store,
+      metricsPort: o.metricsPort,
+      logLevel: o.logLevel,
+    });
+  } catch (e) {
+    process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
+    process.exit(2);
+  }
+  const log = createLogger('agent', { level: cfg.logLevel, host: cfg.id });
+  const drivers: HypervisorDriver[] = [];
+  if (cfg.drivers.includes('sim')) {
+    log.warn('the sim driver is enabled: simulated VMs, for tests and scale runs only');
+    drivers.push(new SimDriver());
+  }
+  const metrics = new AgentMetrics(undefined, { agent: cfg.id });
+  const agent = new Agent({
+    id: cfg.id,
+    coordinator: cfg.coordinator,
+    tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}) },
+    storeRoot: cfg.store,
+    drivers,
+    logger: log,
+    metrics,
+  });
+  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+  try {
+    await agent.start();
+    if (cfg.metricsPort !== undefined) metricsServer = await serveMetrics(metrics.registry, cfg.metricsPort);
+  } catch (e) {
+    process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
+    await agent.stop().catch(() => undefined);
+    process.exit(2);
+  }
+  process.stdout.write(
+    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
+  );
+  let stopping = false;
+  const shutdown = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ sig }, 'stopping');
+    metricsServer?.server.close();
+    agent.stop().then(
+      () => process.exit(0),
+      (e) => {
+        log.error({ err: describeError(e) }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+if (require.main === module) void main();

@@ -1,0 +1,63 @@
+import { strict as assert } from 'node:assert';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+
+const MAIN = path.resolve(__dirname, '../../agent/main.js');
+
+function get(url: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    http.get(url, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    }).on('error', reject);
+  });
+}
+
+describe('vnsnap-agent (main)', function () {
+  this.timeout(30_000);
+  let dir: string;
+  before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-main-'))));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('a bad configuration is one line on stderr and exit status 2', () => {
+    const cfg = path.join(dir, 'bad.json');
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
+    const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, logLevel, drivers) [ERR_CONFIG]\n');
+    const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
+    assert.equal(r2.status, 2);
+    assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
+    const r3 = spawnSync(process.execPath, [MAIN, '--config', path.join(dir, 'missing.json')], { encoding: 'utf8' });
+    assert.equal(r3.status, 2);
+    assert.match(r3.stderr, /^vnsnap-agent: cannot read .*missing\.json: ENOENT.*\[ERR_CONFIG\]\n$/);
+  });
+
+  it('prints one ready line, serves /metrics, and stops cleanly on SIGTERM (flags override the file)', async () => {
+    const cfg = path.join(dir, 'ok.json');
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn' }));
+    const p = spawn(process.execPath, [MAIN, '--config', cfg, '--id', 'h9', '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines = readline.createInterface({ input: p.stdout });
+    const first = await new Promise<string>((resolve) => lines.once('line', resolve));
+    const ready = JSON.parse(first) as { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] };
+    assert.equal(ready.event, 'ready');
+    assert.equal(ready.id, 'h9');
+    assert.ok(ready.tunnelPort > 0);
+    assert.deepEqual(ready.drivers, ['sim']);
+    const m = await get(`http://127.0.0.1:${ready.metricsPort}/metrics`);
+    assert.equal(m.status, 200);
+    assert.match(m.body, /vnsnap_agent_session_connected\{agent="h9"\} 0/);
+    assert.match(m.body, /vnsnap_switch_counter\{name="tunnelRx",agent="h9"\} 0/);
+    assert.equal((await get(`http://127.0.0.1:${ready.metricsPort}/other`)).status, 404);
+    const code = await new Promise<number | null>((resolve) => {
+      p.once('exit', (c) => resolve(c));
+      p.kill('SIGTERM');
+    });
+    assert.equal(code, 0);
+  });
+});
