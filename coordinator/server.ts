@@ -131,6 +131,7 @@ export class CoordinatorServer implements Startable {
     // Let the SnapshotAbort commands leave before the sessions close.
     await new Promise((r) => setImmediate(r));
     this.registry?.stop();
+    this.service?.endStreams();
     const server = this.server;
     this.server = undefined;
     if (server) {

@@ -61,6 +61,7 @@ type VneOp = 'starting' | 'stopping' | 'updating' | 'deleting' | 'restoring';
 
 export class CoordinatorServiceImpl {
   private readonly ops = new Map<string, VneOp>();
+  private readonly watchers = new Set<ServerWritableStream<WatchEventsRequest__Output, Event>>();
 
   constructor(private readonly o: CoordinatorServiceOptions) {}
 
@@ -349,10 +350,21 @@ export class CoordinatorServiceImpl {
           if (filter && e.vne !== filter) return;
           if (!call.cancelled && !call.writableEnded) call.write(e);
         });
-        call.on('cancelled', unsubscribe);
-        call.on('close', unsubscribe);
-        call.on('error', unsubscribe);
+        this.watchers.add(call);
+        const done = () => {
+          unsubscribe();
+          this.watchers.delete(call);
+        };
+        call.on('cancelled', done);
+        call.on('close', done);
+        call.on('error', done);
       },
     };
+  }
+
+  /** End every WatchEvents stream (shutdown). */
+  endStreams(): void {
+    for (const w of [...this.watchers]) if (!w.writableEnded) w.end();
+    this.watchers.clear();
   }
 }
