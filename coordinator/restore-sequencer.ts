@@ -242,7 +242,7 @@ export class RestoreSequencer {
     const artefactsByAgent = new Map<string, Artefact__Output[]>();
     const byVm = new Map<string, Artefact__Output[]>();
     for (const a of body.artefacts) {
-      const vm = artefactVm(a, vms, snapshot.manifestPath.replace(/[^/]*$/, ''));
+      const vm = artefactVm(a, vms, snapshot.manifestPath.replace(/[^/]*$/, ''), snapshot.vne);
       if (!vm) throw new VnsnapError('ERR_DATA_LOSS', `${snapshot.manifestPath}: cannot tell which VM artefact ${a.path} (owner "${a.owner}") belongs to`);
       byVm.set(vm, [...(byVm.get(vm) ?? []), a]);
     }
@@ -281,10 +281,11 @@ export class RestoreSequencer {
 /**
  * The VM an artefact belongs to. Memory and disk artefacts are owned by the VM's name; a
  * channel artefact is owned by a port, whose name the agent chooses: it is the VM's name, one
- * of its MACs, the VM's name followed by a separator (vm1.0, vm1:eth0, vm1/0), or the
+ * of its MACs, the VM's name followed by a separator (vm1.0, vm1:eth0, vm1/0, after an optional
+ * "<vne>/" as the agent's "<vne>/<vm>/<i>"), or the
  * artefact lies in a directory (or has a file name) that starts the same way.
  */
-export function artefactVm(a: Artefact__Output, vms: readonly VmSpec__Output[], prefix: string): string | undefined {
+export function artefactVm(a: Artefact__Output, vms: readonly VmSpec__Output[], prefix: string, vne = ''): string | undefined {
   const seps = ['.', ':', '/', '#', '-', '_', '@'];
   const byName = (s: string): string | undefined => {
     let best: string | undefined;
@@ -295,12 +296,14 @@ export function artefactVm(a: Artefact__Output, vms: readonly VmSpec__Output[], 
     }
     return best;
   };
-  if (a.owner) {
-    const exact = vms.find((v) => v.name === a.owner);
+  // The agent names ports "<vne>/<vm>/<i>": the VNE part is not the VM's.
+  const owner = vne && a.owner.startsWith(`${vne}/`) ? a.owner.slice(vne.length + 1) : a.owner;
+  if (owner) {
+    const exact = vms.find((v) => v.name === owner);
     if (exact) return exact.name;
-    const mac = vms.find((v) => v.macs.some((m) => m.toLowerCase() === a.owner.toLowerCase()));
+    const mac = vms.find((v) => v.macs.some((m) => m.toLowerCase() === owner.toLowerCase()));
     if (mac) return mac.name;
-    const pre = byName(a.owner);
+    const pre = byName(owner);
     if (pre) return pre;
   }
   const rel = a.path.startsWith(prefix) ? a.path.slice(prefix.length) : a.path;

@@ -348,5 +348,9 @@ describe('coordinator service: snapshots and restores', () => {
     assert.equal(a('tap3', 'snapshots/s/vm10/tap3.chan'), 'vm10');
     assert.equal(a('tap3', 'snapshots/s/vm1.tap3.chan'), 'vm1');
     assert.equal(a('tap3', 'snapshots/s/other'), undefined);
+    // The agent's port names: "<vne>/<vm>/<i>", also when the VNE is named like a VM.
+    const b = (owner: string) => artefactVm({ path: 'snapshots/s/x', size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner }, vms, 'snapshots/s/', 'vm1');
+    assert.equal(b('vm1/vm10/0'), 'vm10');
+    assert.equal(b('vm1/vm1/1'), 'vm1');
   });
 });
