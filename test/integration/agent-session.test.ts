@@ -167,7 +167,15 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
   /** Pause every VM, let the network drain into their NIC queues, resume them all at once, read their states. */
   async function settle(): Promise<Record<string, SimVmState>> {
     for (const vm of Object.keys(MACS)) await drivers.get(HOST[vm] as string)?.pause(`${VNE}/${vm}`);
-    await sleep(150);
+    // Wait until nothing more reaches the paused NICs (two equal readings 50 ms apart).
+    const arrived = (): number => Object.keys(MACS).reduce((n, vm) => n + state(vm).framesWhilePaused, 0);
+    let last = -1;
+    for (let i = 0; i < 60; i++) {
+      await sleep(50);
+      const now = arrived();
+      if (now === last) break;
+      last = now;
+    }
     for (const vm of Object.keys(MACS)) await drivers.get(HOST[vm] as string)?.resume(`${VNE}/${vm}`);
     const out: Record<string, SimVmState> = {};
     for (const vm of Object.keys(MACS)) out[vm] = state(vm);
