@@ -326,6 +326,11 @@ export async function startFakeCoordinator(address = '127.0.0.1:0', opts: FakeOp
       } else {
         final = { ...final, vms: (final.vms ?? []).filter((s) => (v.vms ?? []).some((m) => m.name === s.name)) };
         if ((final.vms ?? []).length === 0) final.vms = (v.vms ?? []).map((m, i) => ({ ...(cannedSnapshot(id, '', epoch, T0_US).vms?.[i % 3] as VmSnapshot), name: m.name, host: m.host }));
+        final.artefacts = (final.vms ?? []).flatMap((s) => [
+          { path: `snapshots/${id}/${s.name}.mem`, size: 256 * 1024 * 1024, sha256: 'ab'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: s.name },
+          { path: `snapshots/${id}/${s.name}.qcow2`, size: 64 * 1024 * 1024, sha256: 'cd'.repeat(32), kind: 'ARTEFACT_KIND_DISK' as const, owner: s.name },
+        ]);
+        final.sizeBytes = (final.artefacts ?? []).reduce((n, a) => n + Number(a.size ?? 0), 0);
       }
       snapshots.set(id, final);
       play(call, snapshotScript(id, v, final, T0_MS + 3_600_000), delay);

