@@ -137,7 +137,7 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
       run((ctx) => cmd.snapshotCreate(ctx, vneName, { mode: o.mode, deadlineMs: o.deadlineMs, timeoutMs: o.timeoutMs, description: o.description }), o),
     );
 
-  leaf(snapshot, 'list', 'list snapshots, newest last')
+  leaf(snapshot, 'list', "list snapshots (all of them, or one VNE's)")
     .option('--vne <NAME>', "only this VNE's snapshots")
     .addHelpText('after', example('$ vnsnap snapshot list --vne blue'))
     .action((o: CommonOpts & { vne?: string }) => run((ctx) => cmd.snapshotList(ctx, o.vne ?? ''), o));
@@ -196,7 +196,7 @@ export async function runCli(argv: readonly string[], io: CliIo, env: NodeJS.Pro
     }
   });
   if (argv.length === 0) {
-    io.out(program.helpInformation());
+    io.err(program.helpInformation());
     return EXIT.USAGE;
   }
   try {
