@@ -25,8 +25,9 @@ fi
 
 # System packages: a C toolchain for the addon; iproute2/ping/ethtool for namespaced hosts;
 # iperf3, tcpdump and tshark for tests; openvswitch-switch for the benchmark's baseline;
-# QEMU, busybox-static and cpio for the guest VMs (test/guest/build-guest.sh).
-packages=(build-essential python3 iproute2 iputils-ping ethtool iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio)
+# QEMU, busybox-static and cpio for the guest VMs (test/guest/build-guest.sh); Python's grpcio
+# and protoc for the interop test (a gRPC stack other than grpc-js); rsvg-convert for SVG checks.
+packages=(build-essential python3 iproute2 iputils-ping ethtool iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

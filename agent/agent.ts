@@ -534,10 +534,13 @@ export class Agent extends EventEmitter implements Startable {
     const want = `${address}:${port}`;
     const have = this.peers.get(agentId);
     if (have === want) return;
+    // A peer agent that restarted on another port (or host address) is re-addressed in place.
     if (have !== undefined) {
-      throw new VnsnapError('ERR_FAILED_PRECONDITION', `peer ${agentId} moved from ${have} to ${want}; the switch cannot re-address a peer yet (restart this agent)`);
+      this.switch.setPeerAddress(agentId, address, port);
+      this.log.info({ peer: agentId, from: have, to: want }, 'peer moved');
+    } else {
+      this.switch.addPeer({ name: agentId, address, port });
     }
-    this.switch.addPeer({ name: agentId, address, port });
     this.peers.set(agentId, want);
   }
 
@@ -652,7 +655,8 @@ export class Agent extends EventEmitter implements Startable {
     if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} is already on agent ${this.id}`);
     const driver = this.driverFor(c.vm);
     const names = spec.macs.map((_, i) => portName(c.vne, spec.name, i));
-    const h = await driver.start(spec, { portNames: names, log: this.log.child({ vm: spec.id }) });
+    const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
+    const h = await driver.start(spec, { portNames: names, log: this.log.child({ vm: spec.id }), vneVms });
     const vm: VmRecord = { key: spec.id, vne: c.vne, name: spec.name, spec: c.vm, driver, ports: h.ports.map((p) => new RestoreGatePort(p, this.opts.restoreGateBytes ?? 4 << 20)) };
     try {
       this.attach(vm, c.epoch);

@@ -167,7 +167,8 @@ class VnePeer {
    */
   lost = 0;
   lostEpoch = 0;
-  constructor(readonly peer: Peer) {}
+  /** Replaced when the peer moves to a new address (setPeerAddress); counters stay. */
+  constructor(public peer: Peer) {}
 }
 
 interface MarkerIn {
@@ -346,6 +347,34 @@ export class Switch implements Startable {
     this.peersByIdx.push(peer);
     this.peersByName.set(peer.name, peer);
     this.peersByAddr.set(key, peer);
+  }
+
+  /**
+   * Move a peer to a new underlay address (its agent restarted on another port, or its host
+   * was re-addressed). Frames already queued to the old address are lost, as on a real move.
+   */
+  setPeerAddress(name: string, address: string, port: number): void {
+    const peer = this.peersByName.get(name);
+    if (!peer) throw new VnsnapError('ERR_PEER_UNKNOWN', `unknown peer switch "${name}"`);
+    let ip: number;
+    try {
+      ip = ipv4ToInt(address);
+    } catch (e) {
+      throw new VnsnapError('ERR_INVALID_ARGUMENT', `peer ${name}: ${(e as Error).message}`);
+    }
+    if (!Number.isInteger(port) || port < 1 || port > 65535) throw new VnsnapError('ERR_INVALID_ARGUMENT', `peer ${name}: bad UDP port ${port}`);
+    const key = ip * 65536 + port;
+    const other = this.peersByAddr.get(key);
+    if (other && other !== peer) throw new VnsnapError('ERR_ALREADY_EXISTS', `peer ${name}: address ${address}:${port} is already peer ${other.name}`);
+    this.peersByAddr.delete(peer.ip * 65536 + peer.port);
+    const moved: Peer = { ...peer, ip, port };
+    this.peersByIdx[peer.idx] = moved;
+    this.peersByName.set(name, moved);
+    this.peersByAddr.set(key, moved);
+    for (const v of this.vnesByName.values()) {
+      const vp = v.peers.get(peer.idx);
+      if (vp) vp.peer = moved;
+    }
   }
 
   /** Let a peer take part in a VNE (control plane). */

@@ -168,3 +168,25 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     await assert.rejects(sw.cutPort('nope', 1), (e) => isVnsnapError(e, 'ERR_PORT_UNKNOWN'));
   });
 });
+
+describe('bridge: peers that move', () => {
+  it('setPeerAddress sends to the new address and accepts frames only from it', () => {
+    const env = new FakeEnv({ switches: { a: ['v1'], b: ['v2'] } });
+    send(env, 'v1', 1, BROADCAST_MAC);
+    env.settle();
+    // b's switch comes back on another address.
+    env.sw('a').setPeerAddress('b', '10.0.0.9', 7000);
+    send(env, 'v1', 1, MAC(2), 1);
+    env.port('v1').vm.pumpAll();
+    assert.equal(env.net.inFlight.length, 1);
+    assert.equal(env.net.inFlight[0]?.toIp, 0x0a000009);
+    assert.equal(env.net.inFlight[0]?.toPort, 7000);
+    env.net.drop([0]);
+    const f = makeFrame({ dst: MAC(1), src: MAC(2), sender: 2, seq: 9, epoch: 0 });
+    for (const [ip, port] of [[0x0a000002, 6081], [0x0a000009, 7000]] as const) env.net.transmit({ fromIp: ip, fromPort: port, toIp: 0x0a000001, toPort: 6081, data: encodeData(100, 0, 1, f) });
+    env.net.deliverAll();
+    assert.equal(env.sw('a').stats()['unknownPeer'], 1); // the old address is no longer a peer
+    assert.deepEqual(env.port('v1').vm.received.map((x) => parseFrame(x)?.seq), [9]);
+    assert.throws(() => env.sw('a').setPeerAddress('nope', '10.0.0.9', 7000), (e) => isVnsnapError(e, 'ERR_PEER_UNKNOWN'));
+  });
+});
