@@ -5,7 +5,7 @@
  * listens; stop cleanly on SIGTERM/SIGINT. Logs are pino JSON on stderr.
  *
  * Config file (JSON, every key optional; flags win):
- *   { "listen": "127.0.0.1:7400", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
+ *   { "listen": "127.0.0.1:7443", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
  *     "coordinatorId": "c1", "heartbeatIntervalMs": 1000, "deadAfterMs": 3000,
  *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info" }
  */

@@ -39,7 +39,7 @@ export interface CoordinatorConfig {
   sharedStore?: boolean;
 }
 
-export const DEFAULT_LISTEN = '127.0.0.1:7400';
+export const DEFAULT_LISTEN = '127.0.0.1:7443';
 
 export interface CoordinatorServerOptions {
   config: CoordinatorConfig;
