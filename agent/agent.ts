@@ -356,6 +356,29 @@ export class Agent extends EventEmitter implements Startable {
     return r ? r.driver.inspect?.(r.key) : undefined;
   }
 
+  /**
+   * Read-only view of every VM this agent holds, for tests and debugging (served by main at
+   * /debug/vms on the metrics port): its VNE, name, the restore it is prepared by (if any), each
+   * port's switch epoch, and the driver's inspect() state (the sim driver's SimVmState).
+   */
+  debugVms(): { agent: string; vms: { vne: string; vm: string; restoreId?: string; ports: { name: string; epoch: number | null }[]; state: unknown }[] } {
+    const epochOf = (name: string): number | null => {
+      try {
+        return this.sw ? this.sw.portEpoch(name) : null;
+      } catch {
+        return null;
+      }
+    };
+    const vms = [...this.vms.values()].map((v) => ({
+      vne: v.vne,
+      vm: v.name,
+      ...(v.restoreId !== undefined ? { restoreId: v.restoreId } : {}),
+      ports: v.ports.map((p) => ({ name: p.name, epoch: epochOf(p.name) })),
+      state: v.driver.inspect?.(v.key) ?? null,
+    }));
+    return { agent: this.id, vms };
+  }
+
   /** VMs this agent runs (or holds prepared), as "vne/vm". */
   vmKeys(): string[] {
     return [...this.vms.keys()];

@@ -63,7 +63,7 @@ async function main(): Promise<void> {
   let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined;
   try {
     await agent.start();
-    if (cfg.metricsPort !== undefined) metricsServer = await serveMetrics(metrics.registry, cfg.metricsPort);
+    if (cfg.metricsPort !== undefined) metricsServer = await serveMetrics(metrics.registry, cfg.metricsPort, undefined, () => agent.debugVms());
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
     await agent.stop().catch(() => undefined);

@@ -82,10 +82,25 @@ export class AgentMetrics {
   }
 }
 
-/** Serve `/metrics` of a registry on host:port (port 0 = ephemeral); resolves with the bound port. */
-export async function serveMetrics(registry: Registry, port: number, host = '0.0.0.0'): Promise<{ server: http.Server; port: number }> {
+/**
+ * Serve `/metrics` of a registry on host:port (port 0 = ephemeral); resolves with the bound port.
+ * `debug`, when given, is served read-only as JSON at `/debug/vms` (GET only).
+ */
+export async function serveMetrics(registry: Registry, port: number, host = '0.0.0.0', debug?: () => unknown): Promise<{ server: http.Server; port: number }> {
   const server = http.createServer((req, res) => {
-    if (req.url !== '/metrics' && !req.url?.startsWith('/metrics?')) {
+    const route = req.url?.split('?')[0];
+    if (debug && route === '/debug/vms' && req.method === 'GET') {
+      let body: string;
+      try {
+        body = JSON.stringify(debug());
+      } catch (e) {
+        res.writeHead(500).end(`${(e as Error).message}\n`);
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${body}\n`);
+      return;
+    }
+    if (route !== '/metrics') {
       res.writeHead(404).end('not found\n');
       return;
     }

@@ -38,7 +38,7 @@ describe('vnsnap-agent (main)', function () {
     assert.match(r3.stderr, /^vnsnap-agent: cannot read .*missing\.json: ENOENT.*\[ERR_CONFIG\]\n$/);
   });
 
-  it('prints one ready line, serves /metrics, and stops cleanly on SIGTERM (flags override the file)', async () => {
+  it('prints one ready line, serves /metrics and /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
     const cfg = path.join(dir, 'ok.json');
     fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn' }));
     const p = spawn(process.execPath, [MAIN, '--config', cfg, '--id', 'h9', '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -54,6 +54,9 @@ describe('vnsnap-agent (main)', function () {
     assert.match(m.body, /vnsnap_agent_session_connected\{agent="h9"\} 0/);
     assert.match(m.body, /vnsnap_switch_counter\{name="tunnelRx",agent="h9"\} 0/);
     assert.equal((await get(`http://127.0.0.1:${ready.metricsPort}/other`)).status, 404);
+    const d = await get(`http://127.0.0.1:${ready.metricsPort}/debug/vms`);
+    assert.equal(d.status, 200);
+    assert.deepEqual(JSON.parse(d.body), { agent: 'h9', vms: [] });
     const code = await new Promise<number | null>((resolve) => {
       p.once('exit', (c) => resolve(c));
       p.kill('SIGTERM');
