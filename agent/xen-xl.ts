@@ -1,0 +1,202 @@
+/**
+ * The Xen toolstack as the Xen driver sees it (XenHost), and its real implementation over the
+ * `xl` command, `xenstore-*` and `ip` in dom0 (XlHost). Tests substitute a fake XenHost
+ * (test/xen/fake-xen-host.ts), so every decision of the driver is testable without Xen.
+ *
+ * Suspend detection (the cut instant of a live capture or of `xl save -c`): libxl asks a PV
+ * guest to suspend by writing "suspend" to /local/domain/D/control/shutdown; the guest
+ * acknowledges by clearing the node and then suspends itself (freezes tasks, stops its vCPUs
+ * with SCHEDOP_shutdown(suspend)); xenstored then fires @releaseDomain. The instant of the first
+ * @releaseDomain after the acknowledgement is when the domain can no longer run: that is the
+ * pause instant reported to the agent. (A domain that publishes a suspend event channel is
+ * suspended by libxl without the xenstore request: then the first @releaseDomain after the
+ * copy started is used.)
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { VnsnapError } from '../proto/errors';
+
+export interface XlProcess {
+  /** Resolves when the command exited: its exit code (null if killed) and what it printed. */
+  readonly exited: Promise<{ code: number | null; output: string; exitUnixUs: number }>;
+  kill(): void;
+}
+
+export interface SuspendWatch {
+  /** Resolves with the wall-clock instant (µs) the domain was seen suspended. */
+  readonly suspended: Promise<number>;
+  close(): void;
+}
+
+export interface XenHost {
+  /** `xl create FILE`; returns the new domain's id. */
+  create(configFile: string, name: string): Promise<number>;
+  /** `xl destroy`; no error if the domain does not exist. */
+  destroy(name: string): Promise<void>;
+  pause(name: string): Promise<void>;
+  unpause(name: string): Promise<void>;
+  /** The domain id, or null if no such domain. */
+  domid(name: string): Promise<number | null>;
+  /** `xl migrate -s '' NAME RECEIVER`: xl runs RECEIVER (a shell command) as the receiving side. */
+  migrate(name: string, receiverCommand: string): XlProcess;
+  /** `xl save -c NAME FILE`: stop-and-copy checkpoint, the domain resumes afterwards. */
+  saveCheckpoint(name: string, file: string): XlProcess;
+  /** `xl restore -p FILE`: the domain is created paused; returns its id. */
+  restorePaused(file: string, name: string): Promise<number>;
+  watchSuspend(domid: number): SuspendWatch;
+  /** Create (if needed) a bridge holding `tap` (the vif joins it through the hotplug script). */
+  bridgeUp(bridge: string, tap: string): Promise<void>;
+  bridgeDown(bridge: string): Promise<void>;
+  /** Copy a disk file (reflink when the filesystem can); LVM: snapshot a logical volume. */
+  snapshotDisk(kind: 'file' | 'lvm', source: string, target: string): Promise<void>;
+}
+
+const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
+
+function runProc(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): XlProcess {
+  let child: ChildProcess;
+  const exited = new Promise<{ code: number | null; output: string; exitUnixUs: number }>((resolve) => {
+    let out = '';
+    child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      resolve({ code: -1, output: out + String(e), exitUnixUs: nowUs() });
+    });
+    child.on('close', (code) => {
+      if (timer) clearTimeout(timer);
+      resolve({ code, output: out, exitUnixUs: nowUs() });
+    });
+  });
+  return { exited, kill: () => child?.kill('SIGKILL') };
+}
+
+async function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<string> {
+  const r = await runProc(cmd, args, { timeoutMs }).exited;
+  if (r.code !== 0) throw new VnsnapError('ERR_DRIVER', `${cmd} ${args.join(' ')} failed (${r.code}): ${r.output.trim().split('\n').slice(-3).join(' | ')}`);
+  return r.output;
+}
+
+/** The real toolstack: `xl`, `xenstore-watch`/`xenstore-read`, `ip`, `cp`, `lvcreate` in dom0. */
+export class XlHost implements XenHost {
+  constructor(private readonly xl = 'xl') {}
+
+  async create(configFile: string, name: string): Promise<number> {
+    await run(this.xl, ['create', configFile]);
+    const id = await this.domid(name);
+    if (id === null) throw new VnsnapError('ERR_DRIVER', `xl create ${configFile}: domain ${name} did not appear`);
+    return id;
+  }
+
+  async destroy(name: string): Promise<void> {
+    if ((await this.domid(name)) === null) return;
+    await run(this.xl, ['destroy', name]);
+  }
+
+  async pause(name: string): Promise<void> {
+    await run(this.xl, ['pause', name]);
+  }
+
+  async unpause(name: string): Promise<void> {
+    await run(this.xl, ['unpause', name]);
+  }
+
+  async domid(name: string): Promise<number | null> {
+    const r = await runProc(this.xl, ['domid', name]).exited;
+    if (r.code !== 0) return null;
+    const n = Number(r.output.trim().split('\n').pop());
+    return Number.isInteger(n) ? n : null;
+  }
+
+  migrate(name: string, receiverCommand: string): XlProcess {
+    return runProc(this.xl, ['migrate', '-s', '', name, receiverCommand]);
+  }
+
+  saveCheckpoint(name: string, file: string): XlProcess {
+    return runProc(this.xl, ['save', '-c', name, file]);
+  }
+
+  async restorePaused(file: string, name: string): Promise<number> {
+    await run(this.xl, ['restore', '-p', file]);
+    const id = await this.domid(name);
+    if (id === null) throw new VnsnapError('ERR_DRIVER', `xl restore ${file}: domain ${name} did not appear`);
+    return id;
+  }
+
+  watchSuspend(domid: number): SuspendWatch {
+    const ctl = `/local/domain/${domid}/control/shutdown`;
+    const watchers: ChildProcess[] = [];
+    let requested = false;
+    let acked = false;
+    let done = false;
+    let resolveSuspended!: (us: number) => void;
+    const suspended = new Promise<number>((r) => (resolveSuspended = r));
+    const lines = (p: ChildProcess, on: (line: string) => void): void => {
+      let buf = '';
+      p.stdout?.on('data', (d: Buffer) => {
+        buf += d.toString();
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const l = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          on(l);
+        }
+      });
+    };
+    const ctlWatch = spawn('xenstore-watch', [ctl], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const relWatch = spawn('xenstore-watch', ['@releaseDomain'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    watchers.push(ctlWatch, relWatch);
+    let first = true;
+    lines(ctlWatch, () => {
+      // The first event is the watch registration itself.
+      void runProc('xenstore-read', [ctl]).exited.then((r) => {
+        const v = r.code === 0 ? r.output.trim() : '';
+        if (v === 'suspend') requested = true;
+        else if (requested && v === '') acked = true;
+      });
+    });
+    lines(relWatch, () => {
+      const t = nowUs();
+      if (first) {
+        first = false; // registration event
+        return;
+      }
+      if (done) return;
+      // After the guest acknowledged (or, without the xenstore request, at the first event once
+      // the copy runs), check that it is this domain that shut down (suspended), not another.
+      void runProc(this.xl, ['list', String(domid)]).exited.then((r) => {
+        if (done) return;
+        const state = /\s([r-][b-][p-][s-][c-][d-])\s/.exec(r.output)?.[1] ?? '';
+        if (state[3] === 's' || (acked && r.code !== 0)) {
+          done = true;
+          resolveSuspended(t);
+        }
+      });
+    });
+    return {
+      suspended,
+      close: () => {
+        done = true;
+        for (const w of watchers) w.kill('SIGKILL');
+      },
+    };
+  }
+
+  async bridgeUp(bridge: string, tap: string): Promise<void> {
+    const exists = (await runProc('ip', ['link', 'show', bridge]).exited).code === 0;
+    if (!exists) await run('ip', ['link', 'add', bridge, 'type', 'bridge', 'forward_delay', '0']);
+    await run('ip', ['link', 'set', tap, 'master', bridge]);
+    await run('ip', ['link', 'set', tap, 'up']);
+    await run('ip', ['link', 'set', bridge, 'up']);
+  }
+
+  async bridgeDown(bridge: string): Promise<void> {
+    await runProc('ip', ['link', 'del', bridge]).exited;
+  }
+
+  async snapshotDisk(kind: 'file' | 'lvm', source: string, target: string): Promise<void> {
+    if (kind === 'file') await run('cp', ['--reflink=auto', '--sparse=always', source, target], 600_000);
+    else await run('lvcreate', ['-s', '-n', target, '-l', '100%ORIGIN', source]);
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * The Xen driver without Xen: the stream reader on synthetic xl streams, the config rewriting,
+ * and the HypervisorDriver compliance suite against a fake toolstack (test/xen/fake-xen-host.ts)
+ * that speaks the real stream format and the xl migrate handshake over the driver's receiver
+ * socket. The real thing runs in test/integration/xen-e2e.test.ts (nested Xen, on demand).
+ */
+import { strict as assert } from 'node:assert';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { VmStartSpec } from '../../agent/driver';
+import { LocalDirStore } from '../../agent/store';
+import { xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
+import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
+import { fakePortPair } from '../../switch/fake-port';
+import { driverCompliance } from '../support/driver-compliance';
+import { FakeXenHost } from '../xen/fake-xen-host';
+
+function stream(passes: number[][]): Buffer {
+  const w = new W().add(W.xlHeader('name = "x"\n')).add(W.libxlHeader()).add(W.record(LIBXL_REC.LIBXC_CONTEXT, Buffer.alloc(0))).add(W.libxcHeaders()).add(W.p2mFrames(8));
+  for (const p of passes) w.add(W.pageData(p, p.map(() => Buffer.alloc(4096, 7))));
+  w.add(W.record(LIBXC_REC.X86_PV_VCPU_BASIC, Buffer.alloc(12))).add(W.record(LIBXC_REC.END, Buffer.alloc(0))).add(W.record(LIBXL_REC.END, Buffer.alloc(0)));
+  return w.toBuffer();
+}
+
+describe('xen stream reader', () => {
+  it('finds the END record, counts pages and passes, byte by byte or whole', () => {
+    const s = stream([[0, 1, 2, 3, 4, 5, 6, 7], [2, 5], [5]]);
+    const whole = scanXenImage(s);
+    assert.equal(whole.pages, 11);
+    assert.equal(whole.iteration, 3);
+    assert.equal(whole.guestPages, 8);
+    assert.equal(whole.config, 'name = "x"\n');
+    assert.ok(whole.memoryDone);
+    const p = new XenStreamParser();
+    const passes: number[] = [];
+    p.onPass = (i) => passes.push(i);
+    let used = 0;
+    for (let i = 0; i < s.length; i += 13) used += p.push(s.subarray(i, i + 13));
+    assert.ok(p.done);
+    assert.equal(used, s.length);
+    assert.deepEqual(passes, [2, 3]);
+  });
+
+  it('stops at END: trailing bytes are not part of the stream', () => {
+    const s = Buffer.concat([stream([[0, 1]]), Buffer.from('garbage')]);
+    const p = new XenStreamParser();
+    assert.equal(p.push(s), s.length - 7);
+    assert.throws(() => scanXenImage(s), /after the END record/);
+  });
+
+  it('refuses what is not an xl stream, and a truncated one', () => {
+    assert.throws(() => new XenStreamParser().push(Buffer.alloc(64, 1)), /bad magic/);
+    const s = stream([[0, 1]]);
+    assert.throws(() => scanXenImage(s.subarray(0, s.length - 8)), /truncated/);
+  });
+});
+
+describe('xen config', () => {
+  it('sets the name and one bridged vif per MAC, keeps the rest, finds a file-backed disk', () => {
+    const n = xenNames('blue/vm1', 2);
+    assert.ok(n.bridges.every((b) => b.length <= 15) && n.taps.every((t) => t.length <= 15));
+    const { config, disk } = xenConfig('type = "pv"\nname = "old"\nvif = [\n  "mac=1"\n]\nmemory = 128\ndisk = [ "format=raw, vdev=xvda, access=rw, target=/srv/vm1.img" ]\n', n.domName, ['00:16:3e:00:00:01', '00:16:3e:00:00:02'], n.bridges);
+    assert.match(config, /^type = "pv"$/m);
+    assert.match(config, /^memory = 128$/m);
+    assert.doesNotMatch(config, /old|mac=1'/);
+    assert.match(config, new RegExp(`name = "${n.domName}"`));
+    assert.match(config, new RegExp(`'mac=00:16:3e:00:00:01,bridge=${n.bridges[0]}', 'mac=00:16:3e:00:00:02,bridge=${n.bridges[1]}'`));
+    assert.deepEqual(disk, { kind: 'file', path: '/srv/vm1.img' });
+    assert.equal(xenConfig("disk = [ 'phy:/dev/vg/vm1,xvda,w' ]", 'x', [], []).disk, undefined);
+    assert.deepEqual(xenConfig("disk = [ 'file:/srv/a.img,xvda,w' ]", 'x', [], []).disk, { kind: 'file', path: '/srv/a.img' });
+  });
+});
+
+let host: FakeXenHost;
+driverCompliance('xen (fake toolstack)', async () => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxen-unit-'));
+  const store = new LocalDirStore(path.join(dir, 'store'));
+  await store.init();
+  host = new FakeXenHost({ pages: 96, dirtyPerTick: 2 });
+  const driver = new XenDriver({
+    host,
+    workDir: path.join(dir, 'work'),
+    receiverCommand: (sock) => sock,
+    openPort: (name) => fakePortPair(name).port,
+  });
+  return {
+    driver,
+    store,
+    spec: (name: string): VmStartSpec => ({ id: `t/${name}`, vne: 't', name, macs: ['00:16:3e:00:00:01'], driver: { kind: 'xen', xen: { config: 'type = "pv"\nmemory = 128\n' } } }),
+    fingerprint: (id: string) => Promise.resolve(host.fingerprint(xenNames(id, 1).domName)),
+    cleanup: async () => {
+      host.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    },
+    warmupMs: 30,
+  };
+});
+
+describe('xen driver (fake toolstack): specifics', () => {
+  let dir: string;
+  let store: LocalDirStore;
+  let fake: FakeXenHost;
+  let driver: XenDriver;
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxen-unit-'));
+    store = new LocalDirStore(path.join(dir, 'store'));
+    await store.init();
+    fake = new FakeXenHost({ pages: 2048, dirtyPerTick: 1, batch: 64 });
+    driver = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port });
+  });
+  afterEach(async () => {
+    await driver.close();
+    fake.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  const spec = (config: string): VmStartSpec => ({ id: 'v/a', vne: 'v', name: 'a', macs: ['00:16:3e:00:00:0a'], driver: { kind: 'xen', xen: { config } } });
+  const ctx = { portNames: ['v/a/0'], log: { info: () => undefined } as never };
+
+  it('holds the capture at ready (the domain runs, the stream waits) until cut()', async () => {
+    await driver.start(spec('type="pv"\n'), ctx);
+    const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
+    await job.ready;
+    await new Promise((r) => setTimeout(r, 50));
+    const dom = fake.doms.get(xenNames('v/a', 1).domName);
+    assert.equal(dom?.state, 'running', 'not suspended while held');
+    const report = await job.cut(() => Promise.resolve());
+    assert.ok(report.pauseMs >= 0);
+    const img = await job.durable();
+    assert.equal(scanXenImage(await store.get(img.memory.path)).guestPages, 2048);
+  });
+
+  it('copies a file-backed disk at the cut and puts it back on restore', async () => {
+    const disk = path.join(dir, 'a.img');
+    await fsp.writeFile(disk, 'before');
+    await driver.start(spec(`type="pv"\ndisk = [ 'format=raw, vdev=xvda, target=${disk}' ]\n`), ctx);
+    const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
+    await job.ready;
+    await job.cut(() => Promise.resolve());
+    await fsp.writeFile(disk, 'after the cut');
+    const img = await job.durable();
+    assert.ok(img.disk);
+    assert.equal((await store.get(img.disk.path)).toString(), 'before');
+    await driver.stop('v/a');
+    await driver.restore(spec(`type="pv"\ndisk = [ 'format=raw, vdev=xvda, target=${disk}' ]\n`), img, store, ctx);
+    assert.equal(await fsp.readFile(disk, 'utf8'), 'before');
+    assert.equal(driver.status('v/a'), 'paused');
+  });
+
+  it('refuses a VM without an xl config', async () => {
+    await assert.rejects(driver.start(spec(''), ctx), /needs an xl config/);
+  });
+});
