@@ -11,7 +11,7 @@
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "logLevel": "info",                  // optional
- *     "drivers": ["sim"]                   // optional; "sim" is for tests and scale runs only
+ *     "drivers": ["sim"]                   // optional; "xen" (in dom0); "sim" is for tests and scale runs only
  *   }
  */
 import * as fs from 'node:fs';
@@ -30,7 +30,7 @@ export interface AgentConfig {
 
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const KNOWN_DRIVERS = ['sim'];
+const KNOWN_DRIVERS = ['sim', 'xen'];
 
 function fail(msg: string): never {
   throw new VnsnapError('ERR_CONFIG', msg);

@@ -13,6 +13,7 @@ import { loadAgentConfig } from './config';
 import type { HypervisorDriver } from './driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { SimDriver } from './sim-driver';
+import { XenDriver } from './xen-driver';
 
 async function main(): Promise<void> {
   const program = new Command()
@@ -50,6 +51,7 @@ async function main(): Promise<void> {
     log.warn('the sim driver is enabled: simulated VMs, for tests and scale runs only');
     drivers.push(new SimDriver());
   }
+  if (cfg.drivers.includes('xen')) drivers.push(new XenDriver());
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,
