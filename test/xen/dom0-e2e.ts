@@ -1,0 +1,198 @@
+/**
+ * Runs INSIDE the test bed's dom0 (test/integration/xen-e2e.test.ts): the whole product on a
+ * real Xen. A coordinator and an agent (drivers ["xen"]) in dom0, a VNE of two PV guests whose
+ * vnguest programs stream checked counters to each other over the agent's switch; a live
+ * snapshot (precopy = xl migrate capture); the streams must go on unbroken; the VNE is
+ * destroyed and restored; every stream must continue with no gap, duplicate or corruption
+ * (vnguest: errors 0, reconnects 0, same nonce, bytes growing). Writes /vnxen/e2e.json.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { xenNames } from '../../agent/xen-driver';
+import { guestConfig, waitFor, type GuestStatus } from './guest-config';
+
+const REPO = path.resolve(__dirname, '..', '..', '..');
+const VAR = '/var/lib/vnsnap';
+const out: Record<string, unknown> = { steps: [] as string[] };
+const t0 = Date.now();
+const step = (s: string): void => {
+  const line = `+${((Date.now() - t0) / 1000).toFixed(1)}s ${s}`;
+  (out.steps as string[]).push(line);
+  console.log(`e2e: ${line}`);
+};
+const procs: ChildProcess[] = [];
+/** --bench (test/bench/xen-bench.ts): heavier memory load, a live and an `xl save -c` snapshot, no restore. */
+const BENCH = process.argv.includes('--bench');
+const RESULT = BENCH ? '/vnxen/bench.json' : '/vnxen/e2e.json';
+
+function cli(args: string[], timeoutMs = 600_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(REPO, 'dist/coordinator/cli/main.js'), ...args], { timeout: timeoutMs, maxBuffer: 32 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? Number((err as { code?: unknown }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+function daemon(name: string, args: string[]): Promise<void> {
+  const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', fs.openSync(`/vnxen/${name}.log`, 'a')] });
+  procs.push(p);
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    p.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      if (buf.includes('"ready"') || /listening|ready/i.test(buf)) resolve();
+    });
+    p.on('exit', (c) => reject(new Error(`${name} exited ${c}: ${buf}`)));
+    setTimeout(() => resolve(), 60_000);
+  });
+}
+
+const VMS = [
+  { name: 'a', ip: '10.9.0.1', mac: '00:16:3e:09:00:01', peer: '10.9.0.2' },
+  { name: 'b', ip: '10.9.0.2', mac: '00:16:3e:09:00:02', peer: '10.9.0.1' },
+];
+const logOf = (vm: string): string => `/var/log/xen/console/guest-${xenNames(`xenvne/${vm}`, 1).domName}.log`;
+
+function intact(s: GuestStatus): string | null {
+  if (s.totals.errors !== 0) return `${s.name}: ${s.totals.errors} errors (${s.in.map((i) => i.first_error).join('; ')})`;
+  if (s.totals.reconnects !== 0) return `${s.name}: ${s.totals.reconnects} reconnects`;
+  if (!s.out.every((o) => o.connected) || !s.in.every((i) => i.open) || s.in.length === 0) return `${s.name}: a stream is not connected`;
+  return null;
+}
+
+async function flowing(after: Map<string, number>, marker: Map<string, number>, what: string, minGrowth = 64 * 1024): Promise<Map<string, GuestStatus>> {
+  const res = new Map<string, GuestStatus>();
+  await waitFor(
+    () => {
+      for (const vm of VMS) {
+        const text = fs.existsSync(logOf(vm.name)) ? fs.readFileSync(logOf(vm.name), 'utf8').slice(marker.get(vm.name) ?? 0) : '';
+        const st = [...text.matchAll(/VNSTAT (\{.*\})/g)].map((m) => {
+          try {
+            return JSON.parse(m[1] as string) as GuestStatus;
+          } catch {
+            return null;
+          }
+        });
+        const last = st.filter((x): x is GuestStatus => x !== null).pop();
+        if (!last || last.in.length === 0) return Promise.resolve(null);
+        if (last.totals.received < (after.get(vm.name) ?? 0) + minGrowth) return Promise.resolve(null);
+        res.set(vm.name, last);
+      }
+      return Promise.resolve(true);
+    },
+    240_000,
+    what,
+  );
+  return res;
+}
+
+async function main(): Promise<void> {
+  try {
+    fs.mkdirSync(`${VAR}/store`, { recursive: true });
+    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--listen', '127.0.0.1:7443', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
+    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], logLevel: 'info' }));
+    await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
+    step('coordinator and agent up');
+    await waitFor(async () => ((await cli(['agents', '--json'])).stdout.includes('h1') ? true : null), 120_000, 'agent registered');
+    const vne = {
+      name: 'xenvne',
+      vni: 77,
+      vms: VMS.map((v) => ({
+        name: v.name,
+        host: 'h1',
+        macs: [v.mac],
+        driver: { xen: { config: guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: BENCH ? 64 : 16, memrate: BENCH ? 16 : 4, report: 1 }) } },
+      })),
+    };
+    fs.writeFileSync(`${VAR}/vne.json`, JSON.stringify(vne));
+    let r = await cli(['vne', 'define', `${VAR}/vne.json`, '--json']);
+    if (r.code !== 0) throw new Error(`vne define: ${r.stderr}`);
+    r = await cli(['vne', 'start', 'xenvne', '--json']);
+    if (r.code !== 0) throw new Error(`vne start: ${r.stderr}`);
+    step('VNE started');
+    const zero = new Map<string, number>();
+    const before = await flowing(zero, zero, 'streams flowing between the guests');
+    for (const s of before.values()) {
+      const p = intact(s);
+      if (p) throw new Error(`before the snapshot: ${p}`);
+    }
+    step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
+
+    // Live snapshot.
+    const ts = Date.now();
+    r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'precopy', '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
+    const events = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } });
+    const done = events.find((e) => e.done)?.done;
+    if (r.code !== 0 || !done || done.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot failed (${r.code}): ${done?.error ?? r.stderr}`);
+    out.snapshot = { id: done.id, totalMs: Date.now() - ts, pauses: Object.fromEntries(done.vms.map((v) => [v.name, v.pauseMs])) };
+    step(`live snapshot ${done.id} complete in ${Date.now() - ts} ms, pauses ${JSON.stringify((out.snapshot as { pauses: unknown }).pauses)}`);
+    const afterSnap = await flowing(new Map([...before].map(([k, v]) => [k, v.totals.received])), zero, 'streams after the snapshot');
+    const problems: string[] = [];
+    for (const s of afterSnap.values()) {
+      const p = intact(s);
+      if (p) problems.push(`after the snapshot: ${p}`);
+      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the snapshot: ${s.name} restarted`);
+    }
+    step(`streams after the snapshot: ${[...afterSnap.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects}`).join(', ')}`);
+    out.afterSnapshot = Object.fromEntries([...afterSnap].map(([k, s]) => [k, s.totals]));
+
+    if (BENCH) {
+      const tb = Date.now();
+      r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'background', '--json', '--timeout-ms', '900000']);
+      const bdone = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } }).find((e) => e.done)?.done;
+      if (r.code !== 0 || !bdone || bdone.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`xl save -c snapshot failed (${r.code}): ${bdone?.error ?? r.stderr}`);
+      const saveTotalMs = Date.now() - tb;
+      step(`stop-and-copy snapshot ${bdone.id} in ${saveTotalMs} ms, pauses ${JSON.stringify(bdone.vms.map((v) => [v.name, v.pauseMs]))}`);
+      const afterSave = await flowing(new Map([...afterSnap].map(([k, v]) => [k, v.totals.received])), zero, 'streams after xl save -c');
+      for (const st of afterSave.values()) {
+        const p = intact(st);
+        if (p) problems.push(`after xl save -c: ${p}`);
+      }
+      const live = (out.snapshot as { pauses: Record<string, number>; totalMs: number });
+      out.bench = {
+        pause_ms: { live: Math.max(...Object.values(live.pauses)), save: Math.max(...bdone.vms.map((v) => v.pauseMs)) },
+        total_s: { live: live.totalMs / 1000, save: saveTotalMs / 1000 },
+        streams_intact: problems.length === 0,
+      };
+      out.problems = problems;
+      out.ok = problems.length === 0;
+      return;
+    }
+
+    // Destroy and restore.
+    r = await cli(['vne', 'stop', 'xenvne', '--json']);
+    if (r.code !== 0) throw new Error(`vne stop: ${r.stderr}`);
+    step('VNE stopped (domains destroyed)');
+    const marker = new Map(VMS.map((v) => [v.name, fs.existsSync(logOf(v.name)) ? fs.statSync(logOf(v.name)).size : 0]));
+    const tr = Date.now();
+    r = await cli(['restore', done.id, '--json', '--timeout-ms', '900000']);
+    if (r.code !== 0) throw new Error(`restore failed (${r.code}): ${r.stderr.slice(-500)}`);
+    out.restoreMs = Date.now() - tr;
+    step(`restored in ${out.restoreMs} ms`);
+    const snapRx = new Map(VMS.map((v) => [v.name, 0]));
+    const afterRestore = await flowing(snapRx, marker, 'streams after the restore');
+    for (const s of afterRestore.values()) {
+      const p = intact(s);
+      if (p) problems.push(`after the restore: ${p}`);
+      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the restore: ${s.name} has another nonce (rebooted, not restored)`);
+    }
+    step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
+    out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+    out.problems = problems;
+    out.ok = problems.length === 0;
+  } catch (e) {
+    out.error = (e as Error).stack ?? String(e);
+    out.ok = false;
+    step(`FAILED: ${String(e)}`);
+  } finally {
+    out.totalMs = Date.now() - t0;
+    fs.writeFileSync(RESULT, JSON.stringify(out, null, 2));
+    await cli(['vne', 'stop', 'xenvne']).catch(() => undefined);
+    for (const p of procs.reverse()) p.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 2000));
+    process.exit(out.ok ? 0 : 1);
+  }
+}
+
+void main();

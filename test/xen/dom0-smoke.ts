@@ -1,0 +1,102 @@
+/**
+ * Runs INSIDE the test bed's dom0 (test/integration/xen-driver.test.ts starts it): the Xen
+ * driver against the real toolstack, without the agent: start a PV guest, a stop-and-copy
+ * snapshot (`xl save -c`), a live capture (`xl migrate` to our receiver), each image checked
+ * with the stream reader, then destroy, restore the live image paused, unpause, and check the
+ * guest runs on (its vnguest status lines continue with the same nonce). Writes
+ * /vnxen/smoke.json.
+ */
+import * as fs from 'node:fs';
+import { LocalDirStore } from '../../agent/store';
+import { XenDriver } from '../../agent/xen-driver';
+import { scanXenImage } from '../../agent/xen-stream';
+import { silentLogger } from '../../proto/log';
+import { guestConfig, latestStatus, waitFor } from './guest-config';
+
+const out: Record<string, unknown> = { steps: [] as string[] };
+const step = (s: string): void => {
+  (out.steps as string[]).push(`${new Date().toISOString()} ${s}`);
+  console.log(`smoke: ${s}`);
+};
+
+async function main(): Promise<void> {
+  const store = new LocalDirStore('/var/lib/vnsnap/store');
+  await store.init();
+  const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen' });
+  const spec = {
+    id: 'smoke/vm1',
+    vne: 'smoke',
+    name: 'vm1',
+    macs: ['00:16:3e:00:00:01'],
+    driver: { kind: 'xen' as const, xen: { config: guestConfig({ name: 'vm1', ip: '10.9.0.1/24', memMib: 128, mem: 16, memrate: 8 }) } },
+  };
+  const ctx = { portNames: ['smoke/vm1/0'], log: silentLogger() };
+  try {
+    let t = Date.now();
+    await driver.start(spec, ctx);
+    out.createMs = Date.now() - t;
+    const dom = driver.inspect(spec.id);
+    step(`created ${JSON.stringify(dom)} in ${out.createMs} ms`);
+    const log = `/var/log/xen/console/guest-${dom?.domName}.log`;
+    const s0 = await waitFor(() => latestStatus(log), 90_000, 'first VNSTAT line');
+    step(`guest status: nonce ${s0.nonce} uptime ${s0.uptime_ms}`);
+    out.nonce = s0.nonce;
+
+    // stop-and-copy
+    t = Date.now();
+    const sj = await driver.snapshot(spec.id, { snapshotId: 's1', epoch: 1, mode: 'background', store, prefix: 'snapshots/s1/' });
+    let hookStatus = '';
+    const sr = await sj.cut(async () => {
+      hookStatus = driver.status(spec.id);
+    });
+    const simg = await sj.durable();
+    out.save = { pauseMs: sr.pauseMs, totalMs: Date.now() - t, hookStatus, size: simg.memory.size };
+    const sst = scanXenImage(await store.get(simg.memory.path));
+    step(`xl save -c: pause ${sr.pauseMs.toFixed(1)} ms, ${simg.memory.size} bytes, pages ${sst.pages}/${sst.guestPages}, iterations ${sst.iteration}`);
+
+    // live capture
+    t = Date.now();
+    const progress: unknown[] = [];
+    const lj = await driver.snapshot(spec.id, { snapshotId: 's2', epoch: 2, mode: 'precopy', store, prefix: 'snapshots/s2/', onProgress: (p) => progress.push(p) });
+    await lj.ready;
+    const readyMs = Date.now() - t;
+    const lr = await lj.cut(async () => {
+      hookStatus = driver.status(spec.id);
+    });
+    const limg = await lj.durable();
+    const lst = scanXenImage(await store.get(limg.memory.path));
+    out.live = { pauseMs: lr.pauseMs, readyMs, totalMs: Date.now() - t, hookStatus, size: limg.memory.size, pages: lst.pages, guestPages: lst.guestPages, iterations: lst.iteration, progress: progress.length };
+    step(`live: ready ${readyMs} ms, pause ${lr.pauseMs.toFixed(1)} ms, ${limg.memory.size} bytes, pages ${lst.pages}/${lst.guestPages}, iterations ${lst.iteration}`);
+    const after = await waitFor(async () => {
+      const s = await latestStatus(log);
+      return s && s.seq > s0.seq + 1 ? s : null;
+    }, 60_000, 'status after live capture');
+    step(`guest runs on after the capture: nonce ${after.nonce}`);
+
+    // destroy + restore the live image
+    await driver.stop(spec.id);
+    fs.appendFileSync(log, '\n--- restore ---\n');
+    t = Date.now();
+    await driver.restore(spec, { memory: limg.memory }, store, ctx);
+    const restoredStatus = driver.status(spec.id);
+    await driver.resume(spec.id);
+    out.restoreMs = Date.now() - t;
+    const rs = await waitFor(async () => {
+      const text = fs.readFileSync(log, 'utf8');
+      const tail = text.slice(text.lastIndexOf('--- restore ---'));
+      const m = [...tail.matchAll(/VNSTAT (\{.*\})/g)].pop();
+      return m ? (JSON.parse(m[1] as string) as { nonce: string; seq: number; totals: { errors: number } }) : null;
+    }, 60_000, 'status after restore');
+    out.restored = { statusBeforeResume: restoredStatus, nonce: rs.nonce, sameNonce: rs.nonce === s0.nonce, errors: rs.totals.errors };
+    step(`restored (${restoredStatus} before resume) in ${out.restoreMs} ms: nonce ${rs.nonce} (same: ${rs.nonce === s0.nonce}), errors ${rs.totals.errors}`);
+    out.ok = rs.nonce === s0.nonce && rs.totals.errors === 0 && hookStatus === 'paused';
+  } catch (e) {
+    out.error = (e as Error).stack ?? String(e);
+    step(`FAILED: ${String(e)}`);
+  } finally {
+    await driver.close().catch(() => undefined);
+    fs.writeFileSync('/vnxen/smoke.json', JSON.stringify(out, null, 2));
+  }
+}
+
+void main();

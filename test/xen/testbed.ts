@@ -1,0 +1,132 @@
+/**
+ * Host side of the nested-Xen test bed (docs/xen.md): build or find the cached images
+ * (build-testbed.sh), boot Xen + dom0 under QEMU TCG with a qcow2 overlay over the cached dom0
+ * image (the cache stays pristine), 9p shares of the checkout (read-only), an exchange directory
+ * and the image directory, run one script in dom0 and collect what it left in the exchange
+ * directory. QEMU is killed and the overlay removed at the end, also on failure or timeout.
+ */
+import { execFile, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const REPO = path.resolve(__dirname, '..', '..', '..');
+const SCRIPT = path.join(REPO, 'test', 'xen', 'build-testbed.sh');
+
+function sh(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** The cached test bed's directory, or null when it is not built for the current inputs. */
+export async function cachedTestbed(): Promise<string | null> {
+  const r = await sh('bash', [SCRIPT, '--print-paths'], 120_000);
+  if (r.code !== 0) return null;
+  return /VNXEN_DIR=(.*)/.exec(r.stdout)?.[1]?.trim() ?? null;
+}
+
+/** Build (or reuse) the test bed; returns its directory. Minutes on a first build. */
+export async function buildTestbed(): Promise<string> {
+  const r = await sh('bash', [SCRIPT], 30 * 60_000);
+  const dir = /VNXEN_DIR=(.*)/.exec(r.stdout)?.[1]?.trim();
+  if (r.code !== 0 || !dir) throw new Error(`build-testbed.sh failed (${r.code}): ${r.stderr.trim().split('\n').slice(-5).join(' | ')}`);
+  return dir;
+}
+
+export interface XenRun {
+  /** Exit status of the dom0 script, null if it never finished. */
+  rc: number | null;
+  /** The exchange directory (kept when keep is set or the run failed). */
+  exchange: string;
+  /** Xen + dom0 serial console. */
+  console: string;
+  /** The script's output (run.log). */
+  log: string;
+  bootToDoneMs: number;
+}
+
+export interface XenRunOptions {
+  /** Directory of the test bed (buildTestbed()). */
+  dir: string;
+  /** Shell script run in dom0 (its text; written to the exchange directory as run.sh). */
+  script: string;
+  /** Extra files for the exchange directory. */
+  files?: Record<string, string | Buffer>;
+  timeoutMs: number;
+  memMib?: number;
+  dom0MemMib?: number;
+  /** Leave the exchange directory in place (its path is in the result). */
+  keep?: boolean;
+  onConsoleLine?: (line: string) => void;
+}
+
+/** Boot the test bed, run the script in dom0, return when it finished (or timed out). */
+export async function runInDom0(o: XenRunOptions): Promise<XenRun> {
+  const work = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxen-'));
+  const exchange = path.join(work, 'x');
+  await fsp.mkdir(exchange);
+  await fsp.writeFile(path.join(exchange, 'run.sh'), o.script, { mode: 0o755 });
+  for (const [n, c] of Object.entries(o.files ?? {})) await fsp.writeFile(path.join(exchange, n), c);
+  const overlay = path.join(work, 'dom0.qcow2');
+  const mk = await sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', path.join(o.dir, 'dom0.img'), overlay], 60_000);
+  if (mk.code !== 0) throw new Error(`qemu-img create failed: ${mk.stderr}`);
+  const consoleFile = path.join(work, 'console.log');
+  const dom0Mem = o.dom0MemMib ?? 1024;
+  const args = [
+    '-name', 'vnxen-testbed',
+    '-accel', 'tcg,thread=multi', '-machine', 'pc', '-cpu', 'qemu64', '-smp', '2', '-m', String(o.memMib ?? 3072),
+    '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
+    '-kernel', path.join(o.dir, 'xen.elf'),
+    '-append', `console=com1 com1=115200,8n1 dom0_mem=${dom0Mem}M,max:${dom0Mem}M dom0_max_vcpus=2 noreboot`,
+    '-initrd', `${path.join(o.dir, 'vmlinuz')} console=hvc0 root=/dev/vda rw init=/sbin/vnxen-init vnxen.run=/vnxen/run.sh,${path.join(o.dir, 'initrd.img')}`,
+    '-drive', `file=${overlay},if=virtio,format=qcow2,cache=unsafe`,
+    '-virtfs', `local,path=${REPO},mount_tag=work,security_model=none,readonly=on`,
+    '-virtfs', `local,path=${exchange},mount_tag=vnxen,security_model=none`,
+    '-virtfs', `local,path=${o.dir},mount_tag=img,security_model=none,readonly=on`,
+    '-serial', `file:${consoleFile}`,
+  ];
+  const t0 = Date.now();
+  const q = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let qemuErr = '';
+  q.stderr.on('data', (d: Buffer) => (qemuErr += d.toString()));
+  const qemuExited = new Promise<void>((r) => q.on('close', () => r()));
+  const rcFile = path.join(exchange, 'run.rc');
+  let rc: number | null = null;
+  let seen = 0;
+  let done = false;
+  try {
+    while (Date.now() - t0 < o.timeoutMs) {
+      await Promise.race([new Promise((r) => setTimeout(r, 1000)), qemuExited]);
+      if (o.onConsoleLine && fs.existsSync(consoleFile)) {
+        const text = fs.readFileSync(consoleFile, 'latin1');
+        const lines = text.slice(seen).split('\n');
+        const complete = lines.slice(0, -1);
+        seen += complete.reduce((n, l) => n + l.length + 1, 0);
+        for (const l of complete) o.onConsoleLine(l);
+      }
+      if (fs.existsSync(rcFile)) {
+        rc = Number(fs.readFileSync(rcFile, 'utf8').trim());
+        done = true;
+        break;
+      }
+      if (q.exitCode !== null || q.signalCode !== null) break;
+    }
+  } finally {
+    if (q.exitCode === null && q.signalCode === null) {
+      q.kill('SIGKILL');
+      await qemuExited;
+    }
+    await fsp.rm(overlay, { force: true });
+  }
+  const consoleText = fs.existsSync(consoleFile) ? fs.readFileSync(consoleFile, 'latin1') : '';
+  const log = fs.existsSync(path.join(exchange, 'run.log')) ? fs.readFileSync(path.join(exchange, 'run.log'), 'utf8') : '';
+  const result: XenRun = { rc, exchange, console: consoleText + (qemuErr ? `\n[qemu stderr] ${qemuErr}` : ''), log, bootToDoneMs: Date.now() - t0 };
+  if (!o.keep && done && rc === 0) await fsp.rm(work, { recursive: true, force: true });
+  else await fsp.copyFile(consoleFile, path.join(exchange, 'console.log')).catch(() => undefined);
+  return result;
+}
