@@ -264,6 +264,7 @@ export class Switch implements Startable {
     tunnelRx: 0,
     tunnelTx: 0,
     tunnelTxDrops: 0,
+    tunnelTxErrors: 0,
     unknownPeer: 0,
     malformed: 0,
     foreign: 0,
@@ -956,25 +957,54 @@ export class Switch implements Startable {
     const n = this.tunCount;
     const t = this.tunnel;
     if (n === 0 || t === undefined) return;
-    if (this.tunGso > 0 && t.sendGso !== undefined) {
-      const segs = this.tunSegs;
-      const sent = t.sendGso(this.tunTx, this.tunIps, this.tunPorts, n, this.tunMeta, segs, this.innerFrameMax);
-      // Every datagram the kernel accepted counts toward markers (a super-frame is many).
-      let dgrams = 0;
-      for (let i = 0; i < n; i++) {
-        const k = segs[i] as number;
-        if (k === 0) continue;
-        dgrams += k;
-        this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number, k);
+    // A datagram the kernel refuses (EPERM from a firewall rule, ENETUNREACH while a route is
+    // gone, ...) makes the native send throw with `sent` = the entries before it. That one is
+    // dropped like a lost packet and the rest of the batch goes on: a send error must never
+    // take the switch (and the agent with its VMs) down.
+    let off = 0;
+    while (off < n) {
+      const whole = off === 0;
+      const tx = whole ? this.tunTx : this.tunTx.slice(off);
+      const ips = whole ? this.tunIps : this.tunIps.subarray(off);
+      const ports = whole ? this.tunPorts : this.tunPorts.subarray(off);
+      let sent: number;
+      let failed = false;
+      const gso = this.tunGso > 0 && t.sendGso !== undefined;
+      const segs = whole ? this.tunSegs : this.tunSegs.subarray(off);
+      try {
+        sent = gso
+          ? (t.sendGso as NonNullable<TunnelTransport['sendGso']>)(tx, ips, ports, n - off, whole ? this.tunMeta : this.tunMeta.subarray(off * VNET_HDR_LEN), segs, this.innerFrameMax)
+          : t.send(tx, ips, ports, n - off);
+      } catch (e) {
+        const at = (e as { sent?: unknown }).sent;
+        if ((e as { code?: unknown }).code !== 'ERR_NATIVE_IO' || typeof at !== 'number') throw e;
+        sent = Math.min(at, n - off);
+        failed = true;
+        this.counters.tunnelTxErrors++;
       }
-      this.counters.tunnelTx += dgrams;
-      this.counters.tunnelTxDrops += n - sent;
-    } else {
-      const sent = t.send(this.tunTx, this.tunIps, this.tunPorts, n);
-      this.counters.tunnelTx += sent;
-      this.counters.tunnelTxDrops += n - sent;
-      // Only what the kernel accepted counts toward markers: the receiver can match it.
-      for (let i = 0; i < sent; i++) this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number);
+      if (gso) {
+        // Every datagram the kernel accepted counts toward markers (a super-frame is many),
+        // including those of a super-frame cut short by an error.
+        let dgrams = 0;
+        const upto = failed ? Math.min(n, off + sent + 1) : n;
+        for (let i = off; i < upto; i++) {
+          const k = segs[i - off] as number;
+          if (k === 0) continue;
+          dgrams += k;
+          this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number, k);
+        }
+        this.counters.tunnelTx += dgrams;
+      } else {
+        this.counters.tunnelTx += sent;
+        // Only what the kernel accepted counts toward markers: the receiver can match it.
+        for (let i = off; i < off + sent; i++) this.tunVp[i]?.sent.inc(this.tunEpoch[i] as number);
+      }
+      if (!failed) {
+        this.counters.tunnelTxDrops += n - off - sent;
+        break;
+      }
+      this.counters.tunnelTxDrops++;
+      off += sent + 1;
     }
     this.tunTx.length = 0;
     this.tunVp.length = 0;

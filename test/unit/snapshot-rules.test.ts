@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/errors';
 import { classify, Verdict } from '../../switch/epoch-rules';
 import { decode } from '../../switch/geneve';
+import type { TunnelTransport } from '../../switch/tunnel-transport';
 import { FakeEnv } from '../support/fake-env';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 
@@ -114,6 +115,34 @@ describe('snapshot rules', () => {
     env.settle();
     const ca = await env.sw('a').channelState('blue', 2);
     assert.deepEqual(seqs(ca.ports.get('v1') ?? []), []);
+  });
+
+  it('a datagram the kernel refuses (the native send throws, e.g. EPERM from a firewall) is dropped, the rest of the batch goes on, markers count only what left', async () => {
+    const env = twoHosts();
+    const t = (env.sw('a') as unknown as { tunnel: TunnelTransport }).tunnel;
+    const send = t.send.bind(t);
+    const tx0 = env.sw('a').stats()['tunnelTx'] as number;
+    let refused = 0;
+    t.send = (dgrams, ips, ports, count) => {
+      // Like the native udpSend: the entry at index 1 of the first batch is refused.
+      if (refused === 0 && count >= 2) {
+        refused++;
+        send(dgrams, ips, ports, 1);
+        throw Object.assign(new Error('udpSend(fd 3): sendmmsg: Operation not permitted'), { code: 'ERR_NATIVE_IO', errnoCode: 'EPERM', sent: 1 });
+      }
+      return send(dgrams, ips, ports, count);
+    };
+    for (const seq of [1, 2, 3]) sendFrom(env, 'v1', 1, 2, seq, 0);
+    env.settle(); // one batch of three: without the fix the throw escapes the switch
+    assert.deepEqual(seqs(env.port('v2').vm.received), [1, 3]);
+    const st = env.sw('a').stats();
+    assert.deepEqual([(st['tunnelTx'] as number) - tx0, st['tunnelTxDrops'], st['tunnelTxErrors']], [2, 1, 1]);
+    // The marker counts the two that left: b's recording ends at once, nothing lost.
+    await env.sw('a').cutPort('v1', 1);
+    await env.sw('b').cutPort('v2', 1);
+    env.settle();
+    const cb = await Promise.race([env.sw('b').channelState('blue', 1), new Promise<never>((_, rej) => setTimeout(() => rej(new Error('recording did not end: marker count wrong')), 500))]);
+    assert.equal(cb.lostFrames, 0);
   });
 
   it('retransmits markers until acknowledged', async () => {
