@@ -12,6 +12,7 @@ export type EventKind =
   | 'vne.deleted'
   | 'vne.started'
   | 'vne.stopped'
+  | 'vne.failed'
   | 'snapshot.state'
   | 'snapshot.complete'
   | 'snapshot.aborted'

@@ -90,7 +90,10 @@ export class CoordinatorServer implements Startable {
       deadAfterMs: config.deadAfterMs,
       commandTimeoutMs: config.commandTimeoutMs,
     });
-    this.registry.on('joined', (agent) => this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` }));
+    this.registry.on('joined', (agent, running) => {
+      this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` });
+      this.service.agentJoined(agent, running);
+    });
     this.registry.on('left', (agent, reason) => this.events.publish({ kind: 'agent.left', agent, message: reason }));
     const manifests = new FsManifestStore(config.storeDir);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };

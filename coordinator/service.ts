@@ -22,6 +22,7 @@ import type { GetVneRequest__Output } from '../proto/gen/vnsnap/v1/GetVneRequest
 import type { ListAgentsResponse } from '../proto/gen/vnsnap/v1/ListAgentsResponse';
 import type { ListSnapshotsRequest__Output } from '../proto/gen/vnsnap/v1/ListSnapshotsRequest';
 import type { RestoreSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/RestoreSnapshotRequest';
+import type { RunningVm__Output } from '../proto/gen/vnsnap/v1/RunningVm';
 import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent } from '../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { StartVneRequest__Output } from '../proto/gen/vnsnap/v1/StartVneRequest';
@@ -217,6 +218,30 @@ export class CoordinatorServiceImpl {
   }
 
   // ---- agents -----------------------------------------------------------------------------
+
+  /**
+   * An agent (re)registered with the VMs it runs. A VM that the catalog places on this agent in
+   * a RUNNING (or SNAPSHOTTING) VNE but that the agent does not report is gone (the agent or its
+   * host restarted, and the VM with it): its VNE becomes FAILED, so nobody snapshots it as if
+   * whole and `vne show` tells the truth; a restore (stop_running) or stop + start recovers it.
+   * VMs the agent reports that nobody placed there are logged only.
+   */
+  agentJoined(agentId: string, running: readonly RunningVm__Output[]): void {
+    const { catalog, log, events } = this.o;
+    const has = new Set(running.map((r) => `${r.vne}/${r.vm}`));
+    for (const vne of catalog.listVnes()) {
+      if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
+      const lost = vne.vms.filter((vm) => (vne.placement[vm.name] || vm.host) === agentId && !has.has(`${vne.name}/${vm.name}`)).map((vm) => vm.name);
+      if (lost.length === 0) continue;
+      catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+      const message = `agent ${agentId} registered without ${lost.join(', ')} (lost with the agent's restart): restore a snapshot or stop and start the VNE`;
+      log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
+      events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
+    }
+    const placed = new Set(catalog.listVnes().flatMap((v) => (v.state === 'VNE_STATE_DEFINED' ? [] : v.vms.filter((vm) => (v.placement[vm.name] || vm.host) === agentId).map((vm) => `${v.name}/${vm.name}`))));
+    const strays = running.filter((r) => !placed.has(`${r.vne}/${r.vm}`)).map((r) => `${r.vne}/${r.vm}`);
+    if (strays.length > 0) log.warn({ agent: agentId, vms: strays }, 'agent runs VMs the catalog does not place there');
+  }
 
   async listAgents(): Promise<ListAgentsResponse> {
     const vmsOf = new Map<string, string[]>();

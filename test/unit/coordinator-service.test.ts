@@ -178,6 +178,33 @@ describe('coordinator service: VNE definitions', () => {
   });
 });
 
+describe('coordinator service: agents registering again', () => {
+  it('an agent that registers without VMs the catalog places on it makes their VNE FAILED (restorable); one that reports them changes nothing', async () => {
+    const s = setup();
+    await running(s);
+    const seen: string[] = [];
+    s.events.subscribe((e) => e.kind === 'vne.failed' && seen.push(`${e.kind} ${e.vne} ${e.agent}`));
+    // A session blip: the agent comes back with its VM.
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 0, generation: 1 }]);
+    assert.equal((await s.svc.getVne({ name: 'blue' })).state, 'VNE_STATE_RUNNING');
+    // The agent restarted: vm2 died with it.
+    s.svc.agentJoined('h2', []);
+    assert.equal((await s.svc.getVne({ name: 'blue' })).state, 'VNE_STATE_FAILED');
+    assert.deepEqual(seen, ['vne.failed blue h2']);
+    // h1 (which never runs vm2) registering changes nothing more; a DEFINED VNE is never failed.
+    s.svc.agentJoined('h1', [{ vne: 'blue', vm: 'vm1', epoch: 0, generation: 1 }]);
+    await s.svc.defineVne(req({ name: 'green', vni: 7 }));
+    s.svc.agentJoined('h1', []);
+    assert.equal((await s.svc.getVne({ name: 'green' })).state, 'VNE_STATE_DEFINED');
+    assert.deepEqual(seen, ['vne.failed blue h2']);
+    // No snapshot of a failed VNE.
+    await assert.rejects(
+      async () => s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION'),
+    );
+  });
+});
+
 describe('coordinator service: snapshots and restores', () => {
   it('GetSnapshot / DeleteSnapshot / ListSnapshots', async () => {
     const s = setup();
