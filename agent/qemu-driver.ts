@@ -65,6 +65,15 @@ export interface QemuDriverOptions {
   readyBytes?: number;
   /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s). */
   precopyBandwidth?: number;
+  /**
+   * How a pre-copy waits for the cut. 'pre-switchover' (default): QEMU converges with
+   * downtime-limit = cutDowntimeMs and the VM waits paused in pre-switchover until cut() (the
+   * pause includes that wait). 'bandwidth': downtime-limit 1 ms and max-bandwidth lowered to
+   * holdBandwidth after the first pass, so the VM keeps running until cut() — but under TCG on
+   * QEMU 7.2 such slow or long migrations produced images whose memory differs from the source
+   * at the pause (restored guests crashed; docs/qemu.md), so it is off by default.
+   */
+  precopyHold?: 'pre-switchover' | 'bandwidth';
   /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 64 KiB/s; see the module comment). */
   holdBandwidth?: number;
   /** downtime-limit at the cut (ms, default 100); raised ×4 every cutEscalateMs without a switchover. */
@@ -224,6 +233,7 @@ class QemuJob implements SnapshotJob {
   private bandwidth: number;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
+  private preSwitchoverEv: QmpEvent | undefined;
   private migrationFailed: ((e: Error) => void) | undefined;
   private lastProgress: SnapshotProgress | undefined;
 
@@ -271,8 +281,16 @@ class QemuJob implements SnapshotJob {
       const st = String(ev.data.status);
       this.migrationStatus = st;
       if (st === 'pre-switchover') {
-        if (this.phase === 'cutting' && this.preSwitchover) this.preSwitchover(ev);
-        else if (this.phase === 'precopy' && !this.restarting) {
+        if (this.phase === 'cutting') {
+          this.preSwitchoverEv = ev;
+          this.preSwitchover?.(ev);
+        }
+        else if (this.phase === 'precopy' && this.o.precopyHold === 'pre-switchover') {
+          // QEMU converged: the VM waits paused in pre-switchover for the cut (see the module comment).
+          this.preSwitchoverEv = ev;
+          this.isReady = true;
+          this.setReady();
+        } else if (this.phase === 'precopy' && !this.restarting) {
           this.restarting = this.restartAfterEarlySwitchover().finally(() => (this.restarting = undefined));
         }
       } else if (st === 'failed') {
@@ -323,7 +341,8 @@ class QemuJob implements SnapshotJob {
   }
 
   private async startPrecopy(): Promise<void> {
-    await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': 1 });
+    const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
+    await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
     this.migrationDone = this.watchCompletion();
     await this.q.execute('migrate', { uri: `exec:cat > ${shQuote(this.memFile)}` });
     this.iteration = 0;
@@ -348,7 +367,7 @@ class QemuJob implements SnapshotJob {
     const pageSize = ram['page-size'] ?? 4096;
     this.iteration = Math.max(1, sync);
     const firstPassDone = sync >= 2;
-    if (this.phase === 'precopy' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
+    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
       this.isReady = true;
       // Keep QEMU iterating but unable to converge by itself: see the module comment.
       this.q.execute('migrate-set-parameters', { 'max-bandwidth': this.o.holdBandwidth }).catch(() => undefined);
@@ -387,11 +406,16 @@ class QemuJob implements SnapshotJob {
 
   async cut(atPause: () => Promise<void>): Promise<CutReport> {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
-    await this.restarting;
+    while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
-    if (this.vmObj.status !== 'running' && this.migrationStatus !== 'pre-switchover') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
+    if (this.opts.mode === 'background') {
+      if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
+      this.phase = 'cutting';
+      return this.cutBackground(atPause);
+    }
+    // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
     this.phase = 'cutting';
-    return this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause);
+    return this.cutPrecopy(atPause);
   }
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
@@ -428,8 +452,16 @@ class QemuJob implements SnapshotJob {
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
     let stopEv: QmpEvent | undefined;
-    if (this.migrationStatus !== 'pre-switchover') {
-      const paused = new Promise<QmpEvent>((resolve) => (this.preSwitchover = resolve));
+    const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
+    if (info.status !== 'active' && info.status !== 'pre-switchover' && !this.preSwitchoverEv) {
+      this.phase = 'failed';
+      throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${info.status ?? 'unknown'}, cannot cut`);
+    }
+    if (!this.preSwitchoverEv && info.status !== 'pre-switchover') {
+      const paused = new Promise<QmpEvent>((resolve) => {
+        this.preSwitchover = resolve;
+        if (this.preSwitchoverEv) resolve(this.preSwitchoverEv);
+      });
       const failed = this.migrationDone ?? Promise.resolve();
       let downtime = this.o.cutDowntimeMs;
       try {
@@ -461,7 +493,7 @@ class QemuJob implements SnapshotJob {
       await q.execute('migrate-continue', { state: 'pre-switchover' });
       await done;
       const resumeEv = q.waitEvent('RESUME', undefined, 10_000);
-      await q.execute('cont');
+      await this.contAfterMigration();
       resume = await resumeEv;
       this.pausedByUs = false;
     } catch (e) {
@@ -473,6 +505,23 @@ class QemuJob implements SnapshotJob {
     }
     const copyEnd = resume.timestampUs || nowUs();
     return this.finishCut(cutUnixUs, resume, [{ phase: 'PHASE_COPY', startUnixUs: copyStart, endUnixUs: copyEnd }]);
+  }
+
+  /**
+   * `cont` right after MIGRATION completed: QEMU emits the event a moment before it leaves the
+   * finish-migrate run state, and refuses cont ("Migration is not finalized yet") until then.
+   */
+  private async contAfterMigration(): Promise<void> {
+    const end = performance.now() + 5000;
+    for (;;) {
+      try {
+        await this.q.execute('cont');
+        return;
+      } catch (e) {
+        if (!/not finalized/.test((e as Error).message) || performance.now() > end) throw e;
+        await new Promise((r) => setImmediate(r));
+      }
+    }
   }
 
   /** atPause; if it throws, resume the VM and reject (no disk snapshot was taken). */
@@ -689,6 +738,7 @@ export class QemuDriver implements HypervisorDriver {
       accel: opts.accel ?? 'auto',
       nic: opts.nic ?? 'stream',
       readyBytes: opts.readyBytes ?? 16 * MiB,
+      precopyHold: opts.precopyHold ?? 'pre-switchover',
       precopyBandwidth: opts.precopyBandwidth ?? 1024 * MiB,
       holdBandwidth: opts.holdBandwidth ?? 64 * 1024,
       cutDowntimeMs: opts.cutDowntimeMs ?? 100,

@@ -12,9 +12,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/qemu-driver';
 import { LocalDirStore } from '../../agent/store';
-import { buildGuest, ensureQemu, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/driver-compliance';
-import type { VmStartSpec } from '../../agent/driver';
+import type { SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
+import { createLogger, silentLogger } from '../../proto/log';
+import type { Port } from '../../switch/port';
+import { Switch } from '../../switch/switch';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export const VNQM_ROOT_PREFIX = '/tmp/vnqm-test-';
 
@@ -118,4 +123,149 @@ describe('QEMU driver', function () {
     const hasVirt = /\b(vmx|svm)\b/.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
     assert.equal(d.accel, hasVirt && fs.existsSync('/dev/kvm') ? 'kvm' : 'tcg', d.accelReason);
   });
+});
+
+/** Two guests streaming to each other through a Switch: snapshot in each mode, kill, restore, check. */
+describe('QEMU driver: two guests, snapshot and restore with TCP streams through the switch', function () {
+  this.timeout(240_000);
+  const root = `${VNQM_ROOT_PREFIX}${process.pid}-pair`;
+  let image: GuestImage;
+  let driver: QemuDriver | undefined;
+  let sw: Switch | undefined;
+  let store: LocalDirStore;
+  const names = ['a', 'b'];
+  const specs = new Map<string, VmStartSpec>();
+  const pauses: Record<string, number[]> = { background: [], precopy: [] };
+  let epoch = 0;
+
+  const status = (name: string): Promise<GuestStatus> => channelStatus((driver as QemuDriver).inspect(`vnqm/${name}`)?.channelSock as string, 8000);
+  const log = process.env.VNQM_LOG ? createLogger('vnqm-test', { level: 'debug' }) : silentLogger();
+  const ctx = (name: string) => ({ portNames: [`vnqm/${name}/0`], log });
+
+  before(async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    this.timeout(25 * 60_000);
+    ensureQemu();
+    image = buildGuest();
+    fs.mkdirSync(root, { recursive: true });
+    store = new LocalDirStore(path.join(root, 'store'));
+    await store.init();
+    driver = new QemuDriver({ workDir: path.join(root, 'w'), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}) });
+    sw = new Switch({ id: 'vnqm' });
+    sw.addVne({ name: 'vnqm', vni: 77 });
+    sw.start();
+    for (const [i, name] of names.entries()) {
+      const base = path.join(root, `${name}-base.qcow2`);
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
+      const append = kernelCmdline({ name, ip: `192.168.77.${i + 1}/24`, peers: [`192.168.77.${2 - i}:7001`], rateKiB: 2048, memMiB: 16, memRateMiB: 4, diskRate: 20, reportSecs: 2 });
+      const spec = guestSpec(image, name, { disk: base, append, mac: `52:54:00:77:00:0${i + 1}`, memMib: 256 });
+      specs.set(name, spec);
+      const h = await driver.start(spec, ctx(name));
+      sw.addPort('vnqm', h.ports[0] as Port, 0);
+    }
+    // Both streams connected and moving.
+    await waitFor(
+      'both guests streaming',
+      async () => {
+        for (const name of names) {
+          const s = await status(name);
+          if (!s.out[0]?.connected || !s.in[0]?.open || (s.in[0]?.bytes ?? 0) < 100_000) return undefined;
+        }
+        return true;
+      },
+      90_000,
+      1000,
+    );
+  });
+
+  after(async () => {
+    const p = Object.entries(pauses).map(([m, v]) => `${m}: ${v.map((x) => x.toFixed(1)).join(', ')} ms`);
+    if (p.length) console.log(`      pauses (pause → resume, per VM and cut): ${p.join('; ')}`);
+    if (process.env.VNQM_KEEP) {
+      for (const n of names) {
+        const i = driver?.inspect(`vnqm/${n}`);
+        if (i) fs.copyFileSync(i.consoleLog, `/tmp/vnqm-keep-${n}.log`);
+      }
+    }
+    await driver?.close();
+    sw?.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  /** One consistent cut of both VMs, as the agent does it; returns the images and the channel state. */
+  async function snapshotBoth(mode: SnapshotModeName): Promise<{ images: Map<string, VmImage>; channel: Map<string, Buffer[]>; k: number }> {
+    const d = driver as QemuDriver;
+    const s = sw as Switch;
+    const k = ++epoch;
+    const prefix = `snapshots/${mode}-${k}/`;
+    const jobs = await Promise.all(names.map((n) => d.snapshot(`vnqm/${n}`, { snapshotId: `${mode}-${k}`, epoch: k, mode, store, prefix })));
+    await Promise.all(jobs.map((j) => j.ready));
+    const reports = await Promise.all(
+      jobs.map(async (j, i) => {
+        const port = `vnqm/${names[i]}/0`;
+        s.beginCut(port, k);
+        return j.cut(async () => s.finishCut(port, k));
+      }),
+    );
+    for (const r of reports) pauses[mode]?.push(r.pauseMs);
+    const imgs = await Promise.all(jobs.map((j) => j.durable()));
+    const cs = await s.channelState('vnqm', k, 10_000);
+    const images = new Map<string, VmImage>();
+    names.forEach((n, i) => images.set(n, imgs[i] as VmImage));
+    for (const img of imgs) {
+      assert.equal(await store.verify(img.memory), null);
+      assert.ok(img.disk, 'a disk image');
+      assert.equal(await store.verify(img.disk), null);
+    }
+    return { images, channel: cs.ports, k };
+  }
+
+  for (const mode of ['background', 'precopy'] as SnapshotModeName[]) {
+    it(`${mode}: two snapshots under load, then kill both, restore the second, streams and disks continue intact`, async () => {
+      const d = driver as QemuDriver;
+      const s = sw as Switch;
+      const before = new Map<string, GuestStatus>();
+      for (const n of names) before.set(n, await status(n));
+      await snapshotBoth(mode);
+      const snap = await snapshotBoth(mode);
+      for (const n of names) assert.equal(d.status(`vnqm/${n}`), 'running');
+      await sleep(1000);
+      // Kill both, restore both paused, attach at epoch k, inject the channel state, resume.
+      for (const n of names) {
+        s.removePort(`vnqm/${n}/0`);
+        await d.stop(`vnqm/${n}`);
+      }
+      const handles = [];
+      for (const n of names) {
+        const img = snap.images.get(n) as VmImage;
+        handles.push(await d.restore(specs.get(n) as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, ctx(n)));
+        assert.equal(d.status(`vnqm/${n}`), 'paused');
+      }
+      let injected = 0;
+      for (const [i, n] of names.entries()) {
+        const port = (handles[i] as VmHandle).ports[0] as Port;
+        s.addPort('vnqm', port, snap.k);
+        injected += s.inject(port.name, snap.channel.get(port.name) ?? []);
+      }
+      for (const n of names) await d.resume(`vnqm/${n}`);
+      const at = new Map<string, GuestStatus>();
+      for (const n of names) at.set(n, await status(n));
+      await sleep(4000);
+      for (const n of names) {
+        const b = before.get(n) as GuestStatus;
+        const r0 = at.get(n) as GuestStatus;
+        const r = await status(n);
+        const why = JSON.stringify({ mode, injected, out: r.out, in: r.in, disk: r.disk, mem: r.mem });
+        assert.equal(r.nonce, b.nonce, `${n} was not rebooted`);
+        assert.equal(r.totals.errors, 0, `${n}: no stream, memory or disk error: ${why}`);
+        assert.equal(r.totals.reconnects, 0, `${n}: no reconnect: ${why}`);
+        assert.ok(r.out[0]?.connected && r.in[0]?.open, `${n}: connections open: ${why}`);
+        assert.ok((r.in[0]?.bytes ?? 0) > (r0.in[0]?.bytes ?? 0), `${n}: the incoming stream moves after the restore: ${why}`);
+        assert.ok((r.out[0]?.bytes ?? 0) > (r0.out[0]?.bytes ?? 0), `${n}: the outgoing stream moves after the restore: ${why}`);
+        assert.equal(r.disk.errors, 0, `${n}: disk agrees with memory: ${why}`);
+        assert.ok(r.disk.check_ok > r0.disk.check_ok, `${n}: disk checks continue: ${why}`);
+        assert.equal(r.mem.errors, 0);
+      }
+    });
+  }
 });
