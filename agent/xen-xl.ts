@@ -127,7 +127,6 @@ export class XlHost implements XenHost {
   watchSuspend(domid: number): SuspendWatch {
     const ctl = `/local/domain/${domid}/control/shutdown`;
     const watchers: ChildProcess[] = [];
-    let requested = false;
     let acked = false;
     let done = false;
     let resolveSuspended!: (us: number) => void;
@@ -147,15 +146,16 @@ export class XlHost implements XenHost {
     const ctlWatch = spawn('xenstore-watch', [ctl], { stdio: ['ignore', 'pipe', 'ignore'] });
     const relWatch = spawn('xenstore-watch', ['@releaseDomain'], { stdio: ['ignore', 'pipe', 'ignore'] });
     watchers.push(ctlWatch, relWatch);
-    let first = true;
+    // control/shutdown: the first event is the watch registration; during a snapshot only libxl
+    // (writes "suspend") and the guest (clears it: the acknowledgement) change the node, so the
+    // second change is the acknowledgement. Counting events is used rather than reading the
+    // value, which races with the guest's fast acknowledgement (seen on the nested test bed).
+    let ctlEvents = 0;
     lines(ctlWatch, () => {
-      // The first event is the watch registration itself.
-      void runProc('xenstore-read', [ctl]).exited.then((r) => {
-        const v = r.code === 0 ? r.output.trim() : '';
-        if (v === 'suspend') requested = true;
-        else if (requested && v === '') acked = true;
-      });
+      ctlEvents++;
+      if (ctlEvents >= 3) acked = true;
     });
+    let first = true;
     lines(relWatch, () => {
       const t = nowUs();
       if (first) {
@@ -163,12 +163,18 @@ export class XlHost implements XenHost {
         return;
       }
       if (done) return;
-      // After the guest acknowledged (or, without the xenstore request, at the first event once
-      // the copy runs), check that it is this domain that shut down (suspended), not another.
+      if (acked) {
+        // The guest acknowledged the suspend request and a domain shut down: ours suspended.
+        done = true;
+        resolveSuspended(t);
+        return;
+      }
+      // Without the xenstore request (a guest with a suspend event channel): check that it is
+      // this domain that shut down (suspended), not another one.
       void runProc(this.xl, ['list', String(domid)]).exited.then((r) => {
         if (done) return;
         const state = /\s([r-][b-][p-][s-][c-][d-])\s/.exec(r.output)?.[1] ?? '';
-        if (state[3] === 's' || (acked && r.code !== 0)) {
+        if (state[3] === 's') {
           done = true;
           resolveSuspended(t);
         }
