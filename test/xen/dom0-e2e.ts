@@ -81,7 +81,7 @@ async function flowing(after: Map<string, number>, marker: Map<string, number>, 
       }
       return Promise.resolve(true);
     },
-    240_000,
+    900_000,
     what,
   );
   return res;
@@ -90,11 +90,20 @@ async function flowing(after: Map<string, number>, marker: Map<string, number>, 
 async function main(): Promise<void> {
   try {
     fs.mkdirSync(`${VAR}/store`, { recursive: true });
-    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--listen', '127.0.0.1:7443', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
+    fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000 }));
+    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
     fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], logLevel: 'info' }));
     await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
     step('coordinator and agent up');
-    await waitFor(async () => ((await cli(['agents', '--json'])).stdout.includes('h1') ? true : null), 120_000, 'agent registered');
+    await waitFor(
+      async () => {
+        const a = await cli(['agents', '--json']);
+        if (!a.stdout.includes('"h1"')) console.log(`e2e: agents: ${a.code} ${a.stdout.slice(0, 200)} ${a.stderr.slice(0, 300)}`);
+        return a.stdout.includes('"h1"') ? true : null;
+      },
+      600_000,
+      'agent registered',
+    );
     const vne = {
       name: 'xenvne',
       vni: 77,
