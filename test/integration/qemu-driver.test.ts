@@ -242,7 +242,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
         assert.equal(d.status(`vnqm/${n}`), 'paused');
       }
       let injected = 0;
-      for (const [i, n] of names.entries()) {
+      for (const i of names.keys()) {
         const port = (handles[i] as VmHandle).ports[0] as Port;
         s.addPort('vnqm', port, snap.k);
         injected += s.inject(port.name, snap.channel.get(port.name) ?? []);
