@@ -30,7 +30,7 @@ export interface AgentConfig {
 
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const KNOWN_DRIVERS = ['sim', 'xen'];
+const KNOWN_DRIVERS = ['sim', 'qemu', 'xen'];
 
 function fail(msg: string): never {
   throw new VnsnapError('ERR_CONFIG', msg);

@@ -12,6 +12,7 @@ import { Agent } from './agent';
 import { loadAgentConfig } from './config';
 import type { HypervisorDriver } from './driver';
 import { AgentMetrics, serveMetrics } from './metrics';
+import { QemuDriver } from './qemu-driver';
 import { SimDriver } from './sim-driver';
 import { XenDriver } from './xen-driver';
 
@@ -51,6 +52,7 @@ async function main(): Promise<void> {
     log.warn('the sim driver is enabled: simulated VMs, for tests and scale runs only');
     drivers.push(new SimDriver());
   }
+  if (cfg.drivers.includes('qemu')) drivers.push(new QemuDriver({ logger: log.child({ driver: 'qemu' }) }));
   if (cfg.drivers.includes('xen')) drivers.push(new XenDriver());
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
