@@ -117,6 +117,31 @@ describe('coordinator agent registry', () => {
     assert.deepEqual(await p, { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x' });
   });
 
+  it('writes heartbeats to the catalog in one batch per heartbeat interval, a disconnect at once', () => {
+    const { catalog, connect, clock } = setup();
+    const t0 = clock.now();
+    const calls = ['h1', 'h2', 'h3'].map((id) => connect(id));
+    const touched: string[] = [];
+    const touch = catalog.touchAgent.bind(catalog);
+    catalog.touchAgent = (id, at) => {
+      touched.push(id);
+      touch(id, at);
+    };
+    clock.advance(400);
+    for (const c of calls) c.msg({ msg: 'heartbeat', heartbeat: { seq: 1, unixMs: 0 } });
+    clock.advance(400);
+    for (const c of calls) c.msg({ msg: 'heartbeat', heartbeat: { seq: 2, unixMs: 0 } });
+    assert.deepEqual(touched, [], 'nothing written per heartbeat');
+    assert.equal(catalog.getAgent('h1')?.lastSeenUnixMs, t0);
+    clock.advance(600);
+    assert.deepEqual(touched.sort(), ['h1', 'h2', 'h3'], 'one write per agent after the interval');
+    assert.equal(catalog.getAgent('h2')?.lastSeenUnixMs, t0 + 800);
+    touched.length = 0;
+    clock.advance(5000 - 1400);
+    assert.deepEqual(touched.sort(), ['h1', 'h2', 'h3'], 'the dead agents are written at their disconnect, nothing else is pending');
+    assert.equal(catalog.getAgent('h3')?.lastSeenUnixMs, t0 + 3800);
+  });
+
   it('no heartbeat for dead_after_ms: DISCONNECTED, commands in flight fail with ERR_AGENT_DISCONNECTED, the id may register again', async () => {
     const { reg, connect, clock, left } = setup();
     const call = connect('h1');
