@@ -174,7 +174,10 @@ export class CoordinatorServiceImpl {
       const { agents: link, log } = this.o;
       try {
         await Promise.all(agents.map((a) => sendOk(link, a, { configureVne: configureVneFor(target, a, link) }, this.cmd)));
-        await Promise.all(vne.vms.map((vm) => sendOk(link, vm.host, { startVm: { vne: vne.name, vm, epoch: vne.epoch, vneVms: vne.vms } }, this.cmd)));
+        // StartVm.vne_vms is "names and MACs" only: with n VMs every StartVm carries n of them
+        // (n² in all), so the driver specs and hosts are left out of that list.
+        const vneVms = vne.vms.map((v) => ({ name: v.name, macs: v.macs }));
+        await Promise.all(vne.vms.map((vm) => sendOk(link, vm.host, { startVm: { vne: vne.name, vm, epoch: vne.epoch, vneVms } }, this.cmd)));
       } catch (e) {
         log.warn({ vne: vne.name, error: (e as Error).message }, 'StartVne failed; stopping what started');
         await Promise.allSettled(vne.vms.filter((vm) => link.isConnected(vm.host)).map((vm) => link.send(vm.host, { stopVm: { vne: vne.name, vm: vm.name } }, this.cmd)));

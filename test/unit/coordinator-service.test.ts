@@ -127,7 +127,12 @@ describe('coordinator service: VNE definitions', () => {
     ];
     assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
     assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
-    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0 });
+    // vne_vms: names and MACs only (every StartVm carries every VM of the VNE: n² in all).
+    const vneVms = [
+      { name: 'vm1', macs: ['52:54:00:00:00:01'] },
+      { name: 'vm2', macs: ['52:54:00:00:00:02'] },
+    ];
+    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0, vneVms });
     await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is already running');
     await assert.rejects(s.svc.updateVne(req()), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it before changing its definition');
     await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it first');
