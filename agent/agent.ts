@@ -91,6 +91,12 @@ export interface AgentOptions {
   transport?: TunnelTransport;
   /** Frames a restore gate holds per port before dropping them. Default 4 MiB. */
   restoreGateBytes?: number;
+  /**
+   * Pre-copy Progress of one VM goes to the coordinator at most this often (the readiness
+   * change always goes at once). Drivers report every pass, which with many VMs is a flood the
+   * coordinator and its clients do not need. Default 500 ms.
+   */
+  progressIntervalMs?: number;
 }
 
 /**
@@ -749,15 +755,22 @@ export class Agent extends EventEmitter implements Startable {
     };
     this.snapshots.set(snap.id, snap);
     this.log.info({ snapshot: snap.id, epoch: snap.epoch, mode, vms: c.vms }, 'snapshot begin');
+    const progressEvery = this.opts.progressIntervalMs ?? 500;
     try {
       for (const vm of vms) {
+        let lastProgress = -Infinity;
+        let lastReady = false;
         const job = await vm.driver.snapshot(vm.key, {
           snapshotId: snap.id,
           epoch: snap.epoch,
           mode,
           store: this.store,
           prefix: snap.prefix,
-          onProgress: (p) =>
+          onProgress: (p) => {
+            const now = performance.now();
+            if (now - lastProgress < progressEvery && p.ready === lastReady) return;
+            lastProgress = now;
+            lastReady = p.ready;
             this.progress(s, commandId, {
               vm: vm.name,
               phase: 'PHASE_PRECOPY',
@@ -766,7 +779,8 @@ export class Agent extends EventEmitter implements Startable {
               fraction: p.bytesTotal > 0 ? Math.max(0, Math.min(1, 1 - p.bytesRemaining / p.bytesTotal)) : 0,
               iteration: p.iteration,
               dirtyRateMibS: p.dirtyRateMibS,
-            }),
+            });
+          },
         });
         const sv: SnapVm = { vm, job };
         snap.vms.push(sv);
