@@ -438,10 +438,15 @@ class SimVm {
   }
 
   inspect(): SimVmState {
+    return { ...this.inspectLater(), memorySha256: createHash('sha256').update(this.memory).digest('hex') };
+  }
+
+  /** inspect() without the memory hash, and a copy of the memory to hash later (cheap at a pause). */
+  inspectLater(): Omit<SimVmState, 'memorySha256'> & { memory: Buffer } {
     return {
       ...cloneState(this.state),
+      memory: Buffer.from(this.memory),
       status: this.status,
-      memorySha256: createHash('sha256').update(this.memory).digest('hex'),
       framesWhilePaused: this.framesWhilePaused,
       rxQueueDrops: this.rxQueueDrops,
       misdelivered: this.misdelivered,
@@ -525,6 +530,8 @@ class SimJob implements SnapshotJob {
   private writer: ArtefactWriter | undefined;
   private loop: Promise<void> = Promise.resolve();
   private stopLoop = false;
+  /** Ends the pre-copy loop's pause between passes early (cut, abort). */
+  private wake: (() => void) | undefined;
   private iteration = 0;
   private bytesDone = 0;
   private final: Promise<VmImage> | undefined;
@@ -588,8 +595,25 @@ class SimJob implements SnapshotJob {
       if (!isReady && this.iteration >= 30) isReady = true;
       this.progress(isReady, dirtyRateMibS);
       if (isReady) this.setReady();
-      await new Promise((r) => setTimeout(r, isReady ? this.sopts.passIntervalMs * 5 : this.sopts.passIntervalMs));
+      // The pause between passes ends early when the loop is stopped: a cut must not wait up to
+      // a whole pause for the loop (that wait would land in the commit skew).
+      await new Promise<void>((r) => {
+        const t = setTimeout(() => {
+          this.wake = undefined;
+          r();
+        }, isReady ? this.sopts.passIntervalMs * 5 : this.sopts.passIntervalMs);
+        this.wake = () => {
+          clearTimeout(t);
+          this.wake = undefined;
+          r();
+        };
+      });
     }
+  }
+
+  private stopPrecopy(): void {
+    this.stopLoop = true;
+    this.wake?.();
   }
 
   private progress(ready: boolean, dirtyRateMibS: number): void {
@@ -608,7 +632,7 @@ class SimJob implements SnapshotJob {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.guest.spec.name}: cut() in phase ${this.phase}`);
     if (this.guest.status !== 'running') throw new VnsnapError('ERR_DRIVER', `sim VM ${this.guest.spec.name} is ${this.guest.status}, cannot cut`);
     this.phase = 'cutting';
-    this.stopLoop = true;
+    this.stopPrecopy();
     await this.loop;
     if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.guest.spec.name} was aborted`);
     const w = this.writer as ArtefactWriter;
@@ -632,7 +656,9 @@ class SimJob implements SnapshotJob {
       throw e;
     }
     const state = cloneState(this.guest.state);
-    this.driver.recordCutState(this.guest.spec.id, this.opts.epoch, this.guest.inspect());
+    // The state at the pause instant, for tests; its memory is hashed after the cut (hashing
+    // here would lengthen the pause and, with many VMs in one process, the commit skew).
+    this.driver.recordCutState(this.guest.spec.id, this.opts.epoch, this.guest.inspectLater());
     let background: Buffer | undefined;
     const copyStart = nowUs();
     try {
@@ -710,7 +736,7 @@ class SimJob implements SnapshotJob {
     if (this.phase === 'aborted') return;
     const was = this.phase;
     this.phase = 'aborted';
-    this.stopLoop = true;
+    this.stopPrecopy();
     this.setReady();
     await this.loop.catch(() => undefined);
     // The guest's epoch follows its ports: the agent advances both together (epochAdvanced, then
@@ -726,7 +752,7 @@ class SimJob implements SnapshotJob {
 export class SimDriver implements HypervisorDriver {
   readonly kind = 'sim' as const;
   private readonly vms = new Map<string, SimVm>();
-  private readonly cutStates = new Map<string, SimVmState>();
+  private readonly cutStates = new Map<string, SimVmState | (Omit<SimVmState, 'memorySha256'> & { memory: Buffer })>();
   private readonly opts: Required<SimDriverOptions>;
 
   constructor(opts: SimDriverOptions = {}) {
@@ -748,9 +774,12 @@ export class SimDriver implements HypervisorDriver {
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
     const ports = ctx.portNames.map((n) => new SimPort(n, this.opts.batchSize));
     const vm = new SimVm(spec, ports, this.opts, spec.driver.sim.memoryMib || 4);
+    // Like a guest's ARP table, only the peers it talks to (a table of every VM of a large VNE
+    // would be n² entries over the VNE, and is saved in every image).
+    const peers = new Set(vm.peers);
     for (const v of ctx.vneVms ?? []) {
       const mac = v.macs[0];
-      if (v.name !== spec.name && mac !== undefined) vm.state.arp[v.name] = formatMac(parseMac(mac));
+      if (peers.has(v.name) && mac !== undefined) vm.state.arp[v.name] = formatMac(parseMac(mac));
     }
     return vm;
   }
@@ -811,12 +840,24 @@ export class SimDriver implements HypervisorDriver {
 
   /** The VM's state at the pause instant of the cut to `epoch` (tests). */
   cutState(id: string, epoch: number): SimVmState | undefined {
-    return this.cutStates.get(`${id}@${epoch}`);
+    return this.hashCutState(`${id}@${epoch}`);
   }
 
-  recordCutState(id: string, epoch: number, s: SimVmState): void {
-    this.cutStates.set(`${id}@${epoch}`, s);
+  recordCutState(id: string, epoch: number, s: SimVmState | (Omit<SimVmState, 'memorySha256'> & { memory: Buffer })): void {
+    const key = `${id}@${epoch}`;
+    this.cutStates.set(key, s);
+    if ('memory' in s) setImmediate(() => this.hashCutState(key));
     if (this.cutStates.size > 1000) this.cutStates.delete(this.cutStates.keys().next().value as string);
+  }
+
+  /** The recorded state with its memory hashed (once; the memory copy is dropped then). */
+  private hashCutState(key: string): SimVmState | undefined {
+    const s = this.cutStates.get(key);
+    if (!s || !('memory' in s)) return s;
+    const { memory, ...rest } = s;
+    const done: SimVmState = { ...rest, memorySha256: createHash('sha256').update(memory).digest('hex') };
+    this.cutStates.set(key, done);
+    return done;
   }
 
   async close(): Promise<void> {

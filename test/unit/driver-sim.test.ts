@@ -74,3 +74,45 @@ describe('sim driver on a real switch', () => {
     sw.stop();
   });
 });
+
+describe('sim driver at scale', () => {
+  const tmpStore = async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-drv-'));
+    const store = new LocalDirStore(dir);
+    await store.init();
+    return { dir, store };
+  };
+
+  it('keeps only its peers of the VNE in its ARP table', async () => {
+    const d = new SimDriver();
+    const vneVms = ['a', 'b', 'c', 'd'].map((n, i) => ({ name: n, macs: [`52:54:00:00:00:0${i + 1}`] }));
+    await d.start(simSpec('a', ['c'], '52:54:00:00:00:01'), { portNames: ['a0'], log: silentLogger(), vneVms });
+    assert.deepEqual(d.inspect('blue/a')?.arp, { c: '52:54:00:00:00:03' });
+    await d.close();
+  });
+
+  it('a cut does not wait out the pause between pre-copy passes; the state at the cut gets its memory hash', async function () {
+    this.timeout(10_000);
+    const { dir, store } = await tmpStore();
+    const d = new SimDriver({ passIntervalMs: 400 });
+    const quiet = simSpec('a');
+    quiet.driver.sim.dirtyRateMibS = 0; // ready after the second pass
+    await d.start(quiet, { portNames: ['a0'], log: silentLogger() });
+    const job = await d.snapshot('blue/a', { snapshotId: 's1', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s1/' });
+    await job.ready; // the loop now pauses 5 × 400 ms before its next pass
+    const t0 = performance.now();
+    let atPauseSha = '';
+    const cut = await job.cut(async () => {
+      atPauseSha = d.inspect('blue/a')?.memorySha256 ?? '';
+    });
+    assert.ok(performance.now() - t0 < 1000, `cut took ${performance.now() - t0} ms`);
+    assert.ok(cut.cutUnixUs > 0);
+    const at = d.cutState('blue/a', 1);
+    assert.equal(at?.epoch, 1);
+    assert.equal(at?.memorySha256, atPauseSha, 'hash of the memory at the pause, not of the memory now');
+    assert.equal('memory' in (at as object), false);
+    await job.durable();
+    await d.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
