@@ -92,7 +92,11 @@ export async function serveMetrics(registry: Registry, port: number, host = '0.0
     if (debug && route === '/debug/vms' && req.method === 'GET') {
       let body: string;
       try {
-        body = JSON.stringify(debug());
+        // Binary fields (a driver's state may hold a memory copy) are summarised, not dumped.
+        body = JSON.stringify(debug(), function (this: Record<string, unknown>, key: string, value: unknown) {
+          const raw = this[key];
+          return ArrayBuffer.isView(raw) ? { bytes: raw.byteLength } : value;
+        });
       } catch (e) {
         res.writeHead(500).end(`${(e as Error).message}\n`);
         return;
