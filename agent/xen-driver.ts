@@ -50,6 +50,8 @@ export interface XenDriverOptions {
   openPort?: (portName: string, tapName: string) => Port;
   /** Fraction of the first pass after which the capture is ready and held (default 0.9). */
   readyFraction?: number;
+  /** Where driver warnings go (default: stderr). */
+  log?: (msg: string) => void;
 }
 
 interface DiskRef {
@@ -247,6 +249,12 @@ export class XenDriver implements HypervisorDriver {
   /** @internal */
   receiver(sock: string): string {
     return this.receiverCommand(sock);
+  }
+
+  /** @internal */
+  warn(msg: string): void {
+    if (this.opts.log) this.opts.log(msg);
+    else process.stderr.write(`${msg}\n`);
   }
 
   /** @internal */
@@ -511,10 +519,27 @@ class LiveCapture extends XenJob {
     this.cutCalled = true;
     this.conn?.resume(); // let libxc finish its passes and suspend the domain
     const failed = this.endSeen.then(
-      () => new Promise<never>(() => undefined), // END without a suspend seen cannot happen; wait for the watch
+      () => new Promise<never>(() => undefined),
       (e: Error) => Promise.reject(e),
     );
-    const suspendedUs = await Promise.race([(this.watch as SuspendWatch).suspended, failed]);
+    // Fallback: the stream itself proves the domain is suspended once the memory copy is over
+    // (the final pass is sent after the suspend, and the domain resumes only when we close). If
+    // the xenstore watch missed the suspend, the cut is taken then (the pause reported starts
+    // late by the final pass: this is logged).
+    const memoryDone = new Promise<number>((res) => {
+      if (this.parser.stats.memoryDone) res(nowUs());
+      this.parser.onMemoryDone = () => res(nowUs());
+    }).then((t) => new Promise<number>((res) => setTimeout(() => res(t), 2000)));
+    let fromStream = false;
+    const suspendedUs = await Promise.race([
+      (this.watch as SuspendWatch).suspended,
+      memoryDone.then((t) => {
+        fromStream = true;
+        return t;
+      }),
+      failed,
+    ]);
+    if (fromStream) this.driver.warn(`xen: the suspend of ${this.xvm.domName} was not seen in xenstore; cut taken at the end of the memory copy (the pause reported is short by the final pass)`);
     this.xvm.status = 'paused';
     const hookStart = nowUs();
     let hookError: unknown;
