@@ -15,6 +15,9 @@
  *                        directory (inspect(id).channelSock); the test guest's status channel
  *                        is "org.vnsnap.status"
  *   nic=stream|tap       how the vNICs join the switch (default: the driver's option, stream)
+ *   monitor=1            a second QMP monitor, monitor.sock in the VM's directory, for an
+ *                        operator's own tools (the driver keeps qmp.sock to itself; QEMU serves
+ *                        one client per monitor socket)
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -111,6 +114,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     '-qmp', `unix:${c.files.qmpSock},server=on,wait=off`,
     '-pidfile', c.files.pidFile,
   ];
+  if (extra.monitor === '1') args.push('-qmp', `unix:${c.files.dir}/monitor.sock,server=on,wait=off`);
   if (s.kernel) args.push('-kernel', s.kernel);
   if (s.initrd) args.push('-initrd', s.initrd);
   if (s.append) args.push('-append', s.append);
