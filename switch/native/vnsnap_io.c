@@ -450,10 +450,9 @@ static napi_value UdpOpen(napi_env env, napi_callback_info info) {
   }
   int one = 1;
   const char *step;
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
-    step = "setsockopt SO_REUSEADDR";
-    goto fail;
-  }
+  /* No SO_REUSEADDR: UDP has no TIME_WAIT to wait out, and with it two switches could bind the
+   * same port (even two ephemeral ones) and silently share its datagrams. A port in use is an
+   * EADDRINUSE error naming it. */
   set_sock_bufs(fd);
   int gro = 0;
   if (want_gro) gro = setsockopt(fd, SOL_UDP, UDP_GRO, &one, sizeof one) == 0;

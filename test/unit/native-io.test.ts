@@ -109,8 +109,11 @@ describe('native-io (unit)', function () {
     const a = open();
     assert.ok(Number.isInteger(a.fd) && a.fd > 2);
     assert.ok(a.port > 0 && a.port < 65536);
-    const b = open('127.0.0.1', a.port); // both set SO_REUSEADDR, so UDP allows the second bind
-    assert.equal(b.port, a.port);
+    const port = a.port;
+    io.close(a.fd);
+    fds.splice(fds.indexOf(a.fd), 1); // its number may be reused at once: never close it twice
+    const b = open('127.0.0.1', port); // free again: the explicit port is bound
+    assert.equal(b.port, port);
   });
 
   it('exchanges 100 distinct datagrams in batches, with exact contents and source address', async () => {
@@ -329,5 +332,25 @@ describe('native-io (unit)', function () {
     bad(() => io.createPoller(b.fd, 'udp', Buffer.alloc(128), 64, 64, 2, u(2), u(2), u(2), () => undefined)); // headroom >= slot
     bad(() => io.createPoller(b.fd, 'udp', Buffer.alloc(128), 64, 0, 2, u(1), u(2), u(2), () => undefined)); // lens too short
     bad(() => io.createPoller(b.fd, 'nope' as 'udp', Buffer.alloc(128), 64, 0, 2, u(2), u(2), u(2), () => undefined));
+  });
+});
+
+describe('native UDP: one socket per port', () => {
+  it('refuses a second bind of the same port, and ephemeral ports are never shared', () => {
+    const io = nativeIo();
+    const a = io.udpOpen('127.0.0.1', 0);
+    const opened = [a.fd];
+    try {
+      assert.throws(() => io.udpOpen('127.0.0.1', a.port), (e: Error & { code?: string }) => e.code === 'ERR_NATIVE_IO' && /Address already in use/.test(e.message));
+      const ports = new Set<number>([a.port]);
+      for (let i = 0; i < 100; i++) {
+        const s = io.udpOpen('127.0.0.1', 0);
+        opened.push(s.fd);
+        assert.ok(!ports.has(s.port), `ephemeral port ${s.port} handed out twice`);
+        ports.add(s.port);
+      }
+    } finally {
+      for (const fd of opened) io.close(fd);
+    }
   });
 });
