@@ -24,10 +24,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # System packages: a C toolchain for the addon; iproute2/ping/ethtool for namespaced hosts;
+# nftables (tunnel loss in the fault tests: this kernel has no sch_netem) and curl (agents' /debug/vms);
 # iperf3, tcpdump and tshark for tests; openvswitch-switch for the benchmark's baseline;
 # QEMU, busybox-static and cpio for the guest VMs (test/guest/build-guest.sh); Python's grpcio
 # and protoc for the interop test (a gRPC stack other than grpc-js); rsvg-convert for SVG checks.
-packages=(build-essential python3 iproute2 iputils-ping ethtool iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin)
+packages=(build-essential python3 iproute2 iputils-ping ethtool nftables curl iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -57,5 +58,5 @@ npm run build --silent
 
 if [ "$demo" -eq 1 ]; then
   echo "== running the demo VNE"
-  exec node dist/test/demo/vne-demo.js
+  exec node dist/test/demo/qemu-demo.js
 fi
