@@ -1,24 +1,24 @@
 /**
- * Issue 3: the coordinator's gRPC API from a gRPC implementation other than grpc-js.
+ * Issue 3: the coordinator's gRPC API from a gRPC implementation other than grpc-js, against the
+ * REAL thing: vnsnap-coordinator and two vnsnap-agents (sim driver, real switches) as processes
+ * on namespaced hosts (test/support/cluster.ts, hosts h1 and h2 as test/interop/sim-vne.json
+ * wants them).
  *
- * Starts a coordinator process (the command below; it prints {"event":"ready","address":...}),
- * then runs test/interop/interop_check.py with Debian's python3-grpcio (the C-core stack) and
- * stubs it generates from proto/ with grpc_tools.protoc: health, reflection, ListVnes,
- * DefineVne+StartVne of test/interop/sim-vne.json, a CreateSnapshot stream read to its end, and
- * the error mapping (NOT_FOUND with the vnsnap error code in the trailers). The `vnsnap` CLI is
- * then pointed at the same process. Skipped when python3-grpcio / python3-grpc-tools are absent.
- *
- * The coordinator here is the fake (test/interop/fake-coordinator.ts), until the real one is
- * wired in: replace COORDINATOR with the real command line (it prints the same ready line).
+ * Runs test/interop/interop_check.py with Debian's python3-grpcio (the C-core stack) and stubs it
+ * generates from proto/ with grpc_tools.protoc, inside the underlay namespace: health,
+ * reflection, ListVnes, DefineVne+StartVne of test/interop/sim-vne.json (real sim VMs start on
+ * the agents), a CreateSnapshot stream read to its end (a real snapshot: its manifest and
+ * artefacts are checked in the store), and the error mapping (NOT_FOUND with the vnsnap error
+ * code in the trailers). The `vnsnap` CLI is then pointed at the same coordinator. Skipped when
+ * python3-grpcio / python3-grpc-tools are absent. (The fake coordinator,
+ * test/interop/fake-coordinator.ts, is no longer needed here; docs/cli.md's examples use it.)
  */
 import { strict as assert } from 'node:assert';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
 
 const REPO = path.resolve(__dirname, '../../..');
-const DIST = path.resolve(__dirname, '../..');
-const COORDINATOR: readonly string[] = [process.execPath, path.join(DIST, 'test/interop/fake-coordinator.js'), '--listen', '127.0.0.1:0'];
 const CHECK = path.join(REPO, 'test/interop/interop_check.py');
 const VNE_FILE = path.join(REPO, 'test/interop/sim-vne.json');
 
@@ -52,27 +52,6 @@ function findPython(): string | undefined {
   return undefined;
 }
 
-function startCoordinator(): Promise<{ child: ChildProcess; address: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(COORDINATOR[0] as string, COORDINATOR.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => reject(new Error(`no ready line from the coordinator within 20 s; stderr: ${stderr}`)), 20_000);
-    child.on('exit', (code) => reject(new Error(`the coordinator exited (${code}) before it was ready; stderr: ${stderr}`)));
-    readline.createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      try {
-        const m = JSON.parse(line) as { event?: string; address?: string };
-        if (m.event === 'ready' && m.address) {
-          clearTimeout(timer);
-          resolve({ child, address: m.address });
-        }
-      } catch {
-        // not our line
-      }
-    });
-  });
-}
-
 function run(cmd: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -85,10 +64,10 @@ function run(cmd: string, args: readonly string[]): Promise<{ code: number | nul
   });
 }
 
-describe('interop: the coordinator API from Python grpcio (C core)', function () {
+describe('interop: the real coordinator (with real agents) from Python grpcio (C core)', function () {
   this.timeout(180_000);
   let python: string | undefined;
-  let coordinator: { child: ChildProcess; address: string } | undefined;
+  let cluster: Cluster | undefined;
   let report: Report;
   let exitCode: number | null;
 
@@ -98,8 +77,9 @@ describe('interop: the coordinator API from Python grpcio (C core)', function ()
       console.log('      (skipped: needs Debian python3-grpcio and python3-grpc-tools: apt-get install -y python3-grpcio python3-grpc-tools)');
       this.skip();
     }
-    coordinator = await startCoordinator();
-    const r = await run(python as string, [CHECK, '--address', coordinator.address, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120']);
+    cluster = new Cluster({ prefix: 'vnc4', hosts: ['h1', 'h2'] });
+    await cluster.start();
+    const r = await run('ip', ['netns', 'exec', cluster.topo.ns('ul'), python as string, CHECK, '--address', cluster.coordinatorAddress, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120']);
     exitCode = r.code;
     try {
       report = JSON.parse(r.stdout) as Report;
@@ -108,8 +88,12 @@ describe('interop: the coordinator API from Python grpcio (C core)', function ()
     }
   });
 
-  after(() => {
-    coordinator?.child.kill('SIGTERM');
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && cluster) console.log(cluster.logTail(30));
+  });
+
+  after(async () => {
+    await cluster?.destroy();
   });
 
   it('grpc.health.v1 Check: SERVING for the server and for vnsnap.v1.CoordinatorService', () => {
@@ -165,8 +149,16 @@ describe('interop: the coordinator API from Python grpcio (C core)', function ()
     assert.equal(exitCode, report.problems.length === 0 ? 0 : 1);
   });
 
+  it('the snapshot Python took is real: manifest and artefacts in the store, the VMs still running on the agents', async () => {
+    const c = cluster as Cluster;
+    const s = await c.cliJson<CatalogSnapshot>(['snapshot', 'show', report.createSnapshot?.final?.id as string]);
+    assert.equal(s.state, 'SNAPSHOT_STATE_COMPLETE');
+    assert.deepEqual(c.completeSnapshotProblems(s), []);
+    assert.deepEqual(await c.consistencyProblems('green'), []);
+  });
+
   it('the vnsnap CLI sees what Python did (same coordinator)', async () => {
-    const r = await run(process.execPath, [path.join(DIST, 'coordinator/cli/main.js'), 'snapshot', 'list', '--vne', 'green', '--json', '--coordinator', coordinator?.address as string]);
+    const r = await (cluster as Cluster).cli(['snapshot', 'list', '--vne', 'green', '--json']);
     assert.equal(r.code, 0, r.stderr);
     const snaps = (JSON.parse(r.stdout) as { snapshots: { id: string; state: string; description: string }[] }).snapshots;
     assert.deepEqual(
