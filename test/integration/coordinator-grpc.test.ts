@@ -36,6 +36,11 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 class ScriptedAgent {
   readonly commands: Command__Output[] = [];
   readonly running = new Set<string>();
+
+  /** What a real agent reports when it registers: the VMs it runs (every VM here is in "blue"). */
+  runningVms(): { vne: string; vm: string; epoch: number; generation: number }[] {
+    return [...this.running].map((vm) => ({ vne: 'blue', vm, epoch: 0, generation: 0 }));
+  }
   /** Commands (by body name) this agent leaves unanswered. */
   readonly hold = new Set<string>();
   private call?: grpc.ClientDuplexStream<AgentMessage, CoordinatorMessage__Output>;
@@ -68,7 +73,7 @@ class ScriptedAgent {
         }
       });
       call.on('error', (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : reject(e)));
-      call.write({ register: { agentId: this.id, hostname: `host-${this.id}`, version: 'test', tunnelAddress: '127.0.0.1', tunnelPort: this.tunnelPort, drivers: ['sim'], running: [] } });
+      call.write({ register: { agentId: this.id, hostname: `host-${this.id}`, version: 'test', tunnelAddress: '127.0.0.1', tunnelPort: this.tunnelPort, drivers: ['sim'], running: this.runningVms() } });
     });
   }
 
@@ -446,8 +451,11 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
     // The snapshot needs every agent.
     const r = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
     expectStatus(r.error, grpc.status.UNAVAILABLE, 'ERR_AGENT_DISCONNECTED', 'agent "h1" (running vm2) is not connected; nothing was snapshotted');
-    // h1 comes back and receives the abort it missed before anything else.
+    // h1's session comes back (the agent kept running, with its VMs) and receives the abort it
+    // missed before anything else.
+    const before = h1.running;
     h1 = new ScriptedAgent('h1', 6081, storeDir);
+    for (const vm of before) h1.running.add(vm);
     await h1.connect(server.address);
     await until(() => h1.commands.length > 0);
     assert.deepEqual(h1.commands.map((c) => [c.body, c.snapshotAbort?.snapshotId]), [['snapshotAbort', done?.id]]);
