@@ -1,0 +1,145 @@
+/**
+ * Issue 4, end to end with real VMs: the coordinator and one agent per namespaced host
+ * (`"drivers": ["qemu"]`, test/support/cluster.ts) run four TCG guests (the test guest of
+ * docs/guest.md), two per host, joined by the agents' switches and the Geneve overlay. The
+ * guests run checked TCP streams to a guest on the other host and to one on the same host, plus
+ * memory and disk load (vnguest). Everything is driven through the `vnsnap` CLI:
+ *
+ *   - a snapshot in each mode (background, precopy) under that load; the VNE keeps running and
+ *     no stream breaks;
+ *   - restore (`--stop-running` kills the running VMs first), then every stream continues with
+ *     no gap, duplicate or corrupt byte (vnguest: errors 0, no reconnect, same nonce), every disk
+ *     agrees with its memory and the memory load checks out;
+ *   - restore onto the swapped placement (`--place`: every VM on the other host), checked again;
+ *   - VNSNAP_E2E_CYCLES=N more snapshot/restore cycles (alternating modes and placements).
+ *
+ * About 3 minutes here (2.6 min with VNSNAP_E2E_CYCLES=2), but four TCG guests load the 2-core
+ * machine fully and, under other tests' load, a guest once died while booting (QEMU exited,
+ * code 0, before the streams came up): so it runs only with VNSNAP_E2E_QEMU=1
+ * (`npm run test:e2e-qemu`), as root. On failure the guests' consoles are saved to
+ * /var/tmp/vnsnap-e2e-consoles/. Guest status is read over each VM's
+ * virtio-serial status channel (`channel.sock` in the QEMU driver's instance directory).
+ */
+import { strict as assert } from 'node:assert';
+import { buildGuest, ensureQemu, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
+import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+
+const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
+const CYCLES = Number(process.env.VNSNAP_E2E_CYCLES ?? '0');
+
+interface SnapshotEvent {
+  state?: string;
+  note?: string;
+  done?: CatalogSnapshot;
+}
+
+(ENABLED ? describe : describe.skip)('end to end with QEMU guests: 2 hosts, 4 TCG guests, streams + memory + disk load, snapshot/restore through the CLI', function () {
+  this.timeout(15 * 60_000);
+  const c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  let image: GuestImage;
+  let first: Record<string, GuestStatus> = {};
+  const snaps: Record<string, CatalogSnapshot> = {};
+  const timings: string[] = [];
+  let cyclesPassed = 0;
+
+  before(async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    ensureQemu();
+    image = buildGuest();
+    killE2eQemus();
+    await c.start();
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') {
+      console.log(c.logTail(30));
+      console.log(`      guest consoles: ${saveConsoles('/var/tmp/vnsnap-e2e-consoles').join(', ')}`);
+    }
+  });
+
+  after(async function () {
+    this.timeout(60_000);
+    if (timings.length) console.log(`      ${timings.join('\n      ')}`);
+    if (CYCLES) console.log(`      extra cycles passed: ${cyclesPassed}/${CYCLES}`);
+    try {
+      await c.cli(['vne', 'stop', E2E_VNE], 30_000);
+    } catch {
+      /* best effort */
+    }
+    killE2eQemus();
+    await c.destroy();
+    killE2eQemus();
+  });
+
+  async function snapshot(mode: 'background' | 'precopy'): Promise<CatalogSnapshot> {
+    const before = await allStatuses();
+    const t0 = Date.now();
+    const r = await c.cliStream<SnapshotEvent>(['snapshot', 'create', E2E_VNE, '--mode', mode, '--description', `e2e-qemu ${mode}`]).done;
+    assert.equal(r.code, 0, r.stderr);
+    const done = r.events[r.events.length - 1]?.done;
+    assert.ok(done, 'the stream ends with the final record');
+    assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE', done.error);
+    assert.deepEqual(c.completeSnapshotProblems(done), []);
+    const pauses = done.vms.map((v) => v.pauseMs).sort((x, y) => x - y);
+    timings.push(`${done.id} (${mode}): ${((Date.now() - t0) / 1000).toFixed(1)} s, pauses ${pauses.map((x) => x.toFixed(0)).join('/')} ms, ${done.vms.reduce((n, v) => n + v.channelFrames, 0)} frames in flight recorded`);
+    // The VNE keeps running and no stream broke.
+    await sleep(3000);
+    assert.deepEqual(intactProblems(`after the ${mode} snapshot`, before, await allStatuses()), []);
+    return done;
+  }
+
+  async function restore(s: CatalogSnapshot, place: Record<string, string> | undefined, label: string): Promise<void> {
+    const t0 = Date.now();
+    const args = ['restore', s.id, '--stop-running', ...Object.entries(place ?? {}).flatMap(([vm, h]) => ['--place', `${vm}=${h}`])];
+    const r = await c.cliStream<SnapshotEvent>(args).done;
+    assert.equal(r.code, 0, r.stderr);
+    const ms = Date.now() - t0;
+    const vne = await c.cliJson<{ state: string; placement: Record<string, string> }>(['vne', 'show', E2E_VNE]);
+    assert.equal(vne.state, 'VNE_STATE_RUNNING');
+    if (place) assert.deepEqual(vne.placement, place);
+    assert.deepEqual(await checkAfterRestore(label, first), []);
+    timings.push(`restore ${s.id} (${label}): ${(ms / 1000).toFixed(1)} s`);
+  }
+
+  it('defines and starts the VNE; all five streams run (cross-host and same-host), with memory and disk load', async () => {
+    const def = await c.cliJson<{ state: string }>(['vne', 'define', writeVneFile(c.dir, image)]);
+    assert.equal(def.state, 'VNE_STATE_DEFINED');
+    const t0 = Date.now();
+    const started = await c.cliJson<{ vne: { state: string; placement: Record<string, string> } }>(['vne', 'start', E2E_VNE]);
+    assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
+    assert.deepEqual(started.vne.placement, E2E_HOME);
+    first = (await until('every stream connected and moving', async () => {
+      const st = await allStatuses();
+      return streamsUp(st) ? st : undefined;
+    }, 180_000, 2000)) as Record<string, GuestStatus>;
+    timings.push(`boot to all streams up: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    await sleep(2000);
+    assert.deepEqual(intactProblems('running', first, await allStatuses()), []);
+  });
+
+  it('snapshots in background mode under load; nothing breaks', async () => {
+    snaps.background = await snapshot('background');
+  });
+
+  it('snapshots in precopy mode under load; nothing breaks', async () => {
+    snaps.precopy = await snapshot('precopy');
+  });
+
+  it('restores the precopy snapshot over the running VNE: every stream, disk and memory continues intact', async () => {
+    await restore(snaps.precopy as CatalogSnapshot, undefined, 'precopy, same hosts');
+  });
+
+  it('restores the background snapshot onto the swapped placement (every VM on the other host): intact', async () => {
+    await restore(snaps.background as CatalogSnapshot, E2E_SWAPPED, 'background, swapped hosts');
+  });
+
+  it(`repeats snapshot/restore cycles (VNSNAP_E2E_CYCLES=${CYCLES})`, async () => {
+    for (let i = 0; i < CYCLES; i++) {
+      const mode = i % 2 === 0 ? 'precopy' : 'background';
+      const s = await snapshot(mode);
+      await restore(s, i % 2 === 0 ? E2E_HOME : E2E_SWAPPED, `cycle ${i + 1} (${mode})`);
+      cyclesPassed++;
+    }
+  });
+});
