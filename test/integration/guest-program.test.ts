@@ -215,7 +215,9 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     assert.equal(s1.disk.errors, 0, s1.disk.first_error);
     assert.equal(s1.disk.check_ok, s1.disk.checks);
 
-    // behind: while the writer is stopped, wipe its last two records (memory still says they are there)
+    // behind: while the writer is stopped, wipe its last two records (memory still says they are
+    // there). The writer checks the slots of its last two records, so this is caught wherever
+    // SIGSTOP landed (even between a check and the next write).
     p.kill('SIGSTOP');
     await new Promise((r) => setTimeout(r, 100));
     const scan = JSON.parse(execFileSync(tool.tool, ['disk-scan', img], { encoding: 'utf8' })) as { last_record: number; valid: number; corrupt: number };
@@ -239,11 +241,13 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     assert.equal(c.disk.start_record, scan2.last_record);
     assert.equal(c.disk.errors, 0, c.disk.first_error);
 
-    // ahead: a record from the future (the next one) appears on the disk while memory does not know it
+    // ahead: a record from the future appears on the disk while memory does not know it. Two
+    // records ahead, not one: SIGSTOP may land between the writer's check and its write of the
+    // next record, which would overwrite a planted next record with the same bytes.
     p2.kill('SIGSTOP');
     await new Promise((r) => setTimeout(r, 100));
     const scan3 = JSON.parse(execFileSync(tool.tool, ['disk-scan', img], { encoding: 'utf8' })) as { last_record: number };
-    fs.writeSync(fd, makeRecord(scan3.last_record + 1), 0, REC, scan3.last_record * REC);
+    fs.writeSync(fd, makeRecord(scan3.last_record + 2), 0, REC, (scan3.last_record + 1) * REC);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     p2.kill('SIGCONT');

@@ -106,7 +106,7 @@ describe('QEMU driver', function () {
     await store.init();
     const base = path.join(dir, 'base.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    const driver = new QemuDriver({ workDir: path.join(dir, 'w') });
+    const driver = new QemuDriver({ workDir: path.join(dir, 'w'), ...(process.env.VNQM_LOG ? { logger: createLogger('vnqm-test', { level: 'debug' }) } : {}) });
     const img = image as GuestImage;
     return {
       driver,

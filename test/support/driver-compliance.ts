@@ -14,7 +14,7 @@
 import { strict as assert } from 'node:assert';
 import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import type { SnapshotStore } from '../../agent/store';
-import { silentLogger } from '../../proto/log';
+import { createLogger, silentLogger } from '../../proto/log';
 
 export interface DriverUnderTest {
   driver: HypervisorDriver;
@@ -34,7 +34,7 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
     this.timeout(60_000);
     let t: DriverUnderTest;
     let n = 0;
-    const ctx = (spec: VmStartSpec) => ({ portNames: spec.macs.map((_, i) => `${spec.id}/${i}`), log: silentLogger() });
+    const ctx = (spec: VmStartSpec) => ({ portNames: spec.macs.map((_, i) => `${spec.id}/${i}`), log: process.env.VNQM_LOG ? createLogger('compliance', { level: 'debug' }) : silentLogger() });
 
     beforeEach(async () => {
       t = await make();
