@@ -220,6 +220,8 @@ class QemuJob implements SnapshotJob {
   private isReady = false;
   private phase: JobPhase = 'precopy';
   readonly memFile: string;
+  /** Files the migration's `cat` creates once it has written its last byte (one per migrate). */
+  private doneFiles: string[] = [];
   private overlay: { file: string; node: string; frozenNode: string; frozenFile: string } | undefined;
   private final: Promise<VmImage> | undefined;
   private committed: StoredArtefact[] = [];
@@ -306,6 +308,34 @@ class QemuJob implements SnapshotJob {
     this.onMigration = undefined;
   }
 
+  /**
+   * The migration URI: `cat` into the memory file, then a marker file. QEMU emits MIGRATION
+   * completed before it closes the pipe, so `cat` may still hold the stream's tail (the device
+   * state) when the event arrives: the image is complete only once the marker exists.
+   */
+  private migrateUri(): string {
+    const done = `${this.memFile}.done${this.doneFiles.length}`;
+    this.doneFiles.push(done);
+    return `exec:cat > ${shQuote(this.memFile)} && : > ${shQuote(done)}`;
+  }
+
+  /** After MIGRATION completed: wait until the current migration's `cat` has exited. */
+  private async streamWritten(): Promise<void> {
+    const done = this.doneFiles[this.doneFiles.length - 1];
+    if (done === undefined) return;
+    const end = performance.now() + 60_000;
+    while (!fs.existsSync(done)) {
+      if (this.vmObj.exited && !fs.existsSync(done)) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} exited before its memory image was written`);
+      if (performance.now() > end) throw new VnsnapError('ERR_TIMEOUT', `memory image of ${this.vm}: the writer did not finish within 60 s of the migration's end`);
+      await sleep(5);
+    }
+  }
+
+  private async removeStreamFiles(): Promise<void> {
+    await fsp.rm(this.memFile, { force: true });
+    for (const f of this.doneFiles) await fsp.rm(f, { force: true });
+  }
+
   /** A promise for the end of the current migration: resolves on completed, rejects on failed/cancelled or QEMU's death. */
   private watchCompletion(): Promise<void> {
     const p = new Promise<void>((resolve, reject) => {
@@ -345,7 +375,7 @@ class QemuJob implements SnapshotJob {
     const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
     await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
     this.migrationDone = this.watchCompletion();
-    await this.q.execute('migrate', { uri: `exec:cat > ${shQuote(this.memFile)}` });
+    await this.q.execute('migrate', { uri: this.migrateUri() });
     this.iteration = 0;
     if (!this.pollTimer) {
       this.pollTimer = setInterval(() => void this.poll(), this.o.progressMs);
@@ -438,7 +468,7 @@ class QemuJob implements SnapshotJob {
       await this.snapshotDisk();
       this.migrationDone = this.watchCompletion();
       const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
-      await q.execute('migrate', { uri: `exec:cat > ${shQuote(this.memFile)}` });
+      await q.execute('migrate', { uri: this.migrateUri() });
       resume = await resumeEv;
       this.pausedByUs = false;
     } catch (e) {
@@ -616,9 +646,10 @@ class QemuJob implements SnapshotJob {
     try {
       await this.migrationDone;
       this.unlisten();
+      await this.streamWritten();
       if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const memory = await this.copyIn(this.memFile, `${this.opts.prefix}${name}.mem`);
-      await fsp.rm(this.memFile, { force: true });
+      await this.removeStreamFiles();
       let disk: StoredArtefact | undefined;
       if (this.overlay) {
         // A standalone image over the spec's base: the frozen top with every layer between it and the base merged in.
@@ -639,7 +670,7 @@ class QemuJob implements SnapshotJob {
     } catch (e) {
       if ((this.phase as JobPhase) !== 'aborted') this.phase = 'failed';
       for (const w of this.writers) await w.abort();
-      await fsp.rm(this.memFile, { force: true });
+      await this.removeStreamFiles();
       throw e;
     }
   }
@@ -698,7 +729,7 @@ class QemuJob implements SnapshotJob {
     this.unlisten();
     for (const w of this.writers) await w.abort();
     for (const a of this.committed) await this.opts.store.delete(a.path);
-    await fsp.rm(this.memFile, { force: true });
+    await this.removeStreamFiles();
     if (this.vmObj.job === this) this.vmObj.job = undefined;
   }
 
