@@ -239,6 +239,8 @@ class QemuJob implements SnapshotJob {
   private preSwitchoverEv: QmpEvent | undefined;
   private migrationFailed: ((e: Error) => void) | undefined;
   private lastProgress: SnapshotProgress | undefined;
+  /** Steps of the cut with their times (performance.now()), logged with 'cut done'. */
+  private trace: [string, number][] = [];
 
   constructor(
     private readonly driver: QemuDriver,
@@ -449,8 +451,13 @@ class QemuJob implements SnapshotJob {
     return this.cutPrecopy(atPause);
   }
 
+  private mark(step: string): void {
+    this.trace.push([step, performance.now()]);
+  }
+
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
+    this.mark('start');
     const stopEv = q.waitEvent('STOP', undefined, 10_000);
     try {
       await q.execute('stop');
@@ -459,17 +466,22 @@ class QemuJob implements SnapshotJob {
       throw e;
     }
     const stop = await stopEv.catch(() => undefined);
+    this.mark('stopped');
     this.pausedByUs = true;
     this.vmObj.status = 'paused';
     const cutUnixUs = stop?.timestampUs || nowUs();
     await this.hook(atPause);
+    this.mark('hook');
     let resume: QmpEvent | undefined;
     try {
       await this.snapshotDisk();
+      this.mark('disk');
       this.migrationDone = this.watchCompletion();
       const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
       await q.execute('migrate', { uri: this.migrateUri() });
+      this.mark('migrate');
       resume = await resumeEv;
+      this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
       this.phase = 'failed';
@@ -483,6 +495,7 @@ class QemuJob implements SnapshotJob {
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
     let stopEv: QmpEvent | undefined;
+    this.mark('start');
     const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
     if (info.status !== 'active' && info.status !== 'pre-switchover' && !this.preSwitchoverEv) {
       this.phase = 'failed';
@@ -511,21 +524,26 @@ class QemuJob implements SnapshotJob {
       }
       stopEv = this.vmObj.lastStop;
     } else stopEv = this.vmObj.lastStop;
+    this.mark('paused');
     this.preSwitchover = undefined;
     this.pausedByUs = true;
     this.vmObj.status = 'paused';
     const cutUnixUs = stopEv?.timestampUs || nowUs();
     await this.hook(atPause);
+    this.mark('hook');
     const copyStart = nowUs();
     let resume: QmpEvent | undefined;
     try {
       await this.snapshotDisk();
+      this.mark('disk');
       const done = this.migrationDone as Promise<void>;
       await q.execute('migrate-continue', { state: 'pre-switchover' });
       await done;
+      this.mark('completed');
       const resumeEv = q.waitEvent('RESUME', undefined, 10_000);
       await this.contAfterMigration();
       resume = await resumeEv;
+      this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
       this.phase = 'failed';
@@ -574,7 +592,9 @@ class QemuJob implements SnapshotJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const pauseMs = (resumeUnixUs - cutUnixUs) / 1000;
-    this.log.info({ mode: this.opts.mode, pauseMs: Number(pauseMs.toFixed(3)), restarts: this.restarts }, 'cut done');
+    const t0 = this.trace[0]?.[1] ?? 0;
+    const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
+    this.log.info({ mode: this.opts.mode, pauseMs: Number(pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
     return { pauseMs, cutUnixUs, resumeUnixUs, phases: [{ phase: 'PHASE_PAUSE', startUnixUs: cutUnixUs, endUnixUs: resumeUnixUs }, ...extra] };
   }
 

@@ -79,8 +79,11 @@ async function main(): Promise<void> {
     const running = await allStatuses();
     streamTable(running);
 
-    step('4. a live snapshot of the whole VNE (precopy: each VM keeps running while its memory is copied)');
-    if ((await cliShow(c, ['snapshot', 'create', E2E_VNE, '--mode', 'precopy', '--description', 'demo'])) !== 0) throw new Error('snapshot failed');
+    // Background mode: under TCG on QEMU 7.2 a precopy image occasionally lacks pages the devices
+    // wrote (about 1 restore in 8 here; docs/qemu.md), so the demo uses the mode that has never
+    // failed a restore. With KVM, `--mode precopy` is VNsnap's own.
+    step('4. a live snapshot of the whole VNE (background: each VM is paused for the cut only, its memory copied on write while it runs)');
+    if ((await cliShow(c, ['snapshot', 'create', E2E_VNE, '--mode', 'background', '--description', 'demo'])) !== 0) throw new Error('snapshot failed');
     const { snapshots } = await c.cliJson<{ snapshots: CatalogSnapshot[] }>(['snapshot', 'list', '--vne', E2E_VNE]);
     const snap = snapshots[snapshots.length - 1] as CatalogSnapshot;
     await sleep(3000);
