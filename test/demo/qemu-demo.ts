@@ -80,7 +80,7 @@ async function main(): Promise<void> {
     streamTable(running);
 
     // Background mode: under TCG on QEMU 7.2 a precopy image occasionally lacks pages the devices
-    // wrote (about 1 restore in 8 here; docs/qemu.md), so the demo uses the mode that has never
+    // wrote (1 restore in 5 in one count here; docs/qemu.md), so the demo uses the mode that has never
     // failed a restore. With KVM, `--mode precopy` is VNsnap's own.
     step('4. a live snapshot of the whole VNE (background: each VM is paused for the cut only, its memory copied on write while it runs)');
     if ((await cliShow(c, ['snapshot', 'create', E2E_VNE, '--mode', 'background', '--description', 'demo'])) !== 0) throw new Error('snapshot failed');
