@@ -1,8 +1,10 @@
 /**
  * npm run bench:xen [-- --json]
  *
- * On the nested-Xen test bed (docs/xen.md): two 128 MiB PV guests under load (64 MiB of memory
- * rewritten at 16 MiB/s, checked TCP streams both ways at 256 KiB/s) behind the vnsnap agent in
+ * On the nested-Xen test bed (docs/xen.md): two 128 MiB PV guests under load (16 MiB of memory
+ * rewritten at 8 MiB/s, as in the driver smoke run, and checked TCP streams both ways at
+ * 256 KiB/s; a guest dirtying faster than the nested dom0 can copy never converges, and then
+ * libxc's last pass is as large as a stop-and-copy) behind the vnsnap agent in
  * dom0; a live snapshot (xl migrate capture) then a stop-and-copy one (`xl save -c`), each
  * through the coordinator. Prints the largest per-VM pause and the total time of each, their
  * ratio, and whether every stream stayed intact. With --json: one object

@@ -111,7 +111,7 @@ async function main(): Promise<void> {
         name: v.name,
         host: 'h1',
         macs: [v.mac],
-        driver: { xen: { config: guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: BENCH ? 64 : 16, memrate: BENCH ? 16 : 4, report: 1 }) } },
+        driver: { xen: { config: guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: 16, memrate: BENCH ? 8 : 4, report: 1 }) } },
       })),
     };
     fs.writeFileSync(`${VAR}/vne.json`, JSON.stringify(vne));
