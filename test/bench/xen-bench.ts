@@ -11,8 +11,6 @@
  *   {"pause_ms":{"live":N,"save":N},"total_s":{"live":N,"save":N},"streams_intact":true|false}
  * Needs root; builds the cached test bed if needed. Takes 10+ minutes under TCG.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { buildTestbed, runInDom0 } from '../xen/testbed';
 
 interface Bench {
@@ -34,9 +32,10 @@ async function main(): Promise<void> {
     dir,
     script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-e2e.js --bench\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n',
     timeoutMs: 45 * 60_000,
+    results: ['bench.json'],
   });
-  const file = path.join(r.exchange, 'bench.json');
-  const res = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { bench?: Bench; error?: string; steps?: string[]; problems?: string[] }) : undefined;
+  const text = r.results['bench.json'];
+  const res = text !== undefined ? (JSON.parse(text) as { bench?: Bench; error?: string; steps?: string[]; problems?: string[] }) : undefined;
   for (const s of res?.steps ?? []) log(`  ${s}`);
   if (!res?.bench) {
     process.stderr.write(`xen-bench: no result (${res?.error ?? `dom0 script exit ${r.rc}`}); see ${r.exchange}\n`);

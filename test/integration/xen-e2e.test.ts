@@ -11,8 +11,6 @@
  * every stream intact).
  */
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { buildTestbed, runInDom0 } from '../xen/testbed';
 
 const ENABLED = process.env.VNSNAP_XEN === '1';
@@ -30,18 +28,18 @@ describe('Xen (nested under QEMU TCG)', function () {
   });
 
   it('driver against the real toolstack: create, xl save -c, live capture, restore', async () => {
-    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-smoke.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 30 * 60_000 });
-    const file = path.join(r.exchange, 'smoke.json');
-    const res = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { ok?: boolean; error?: string; steps: string[] }) : undefined;
+    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-smoke.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 30 * 60_000, results: ['smoke.json'] });
+    const text = r.results['smoke.json'];
+    const res = text !== undefined ? (JSON.parse(text) as { ok?: boolean; error?: string; steps: string[] }) : undefined;
     console.log(`      boot + run ${(r.bootToDoneMs / 1000).toFixed(0)} s\n      ${res?.steps.join('\n      ') ?? r.log.slice(-2000)}`);
     assert.equal(res?.error, undefined, res?.error);
     assert.equal(res?.ok, true, `see ${r.exchange}`);
   });
 
   it('end to end: live snapshot of two streaming PV guests, destroy, restore, streams intact', async () => {
-    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-e2e.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 45 * 60_000 });
-    const file = path.join(r.exchange, 'e2e.json');
-    const res = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as { ok?: boolean; error?: string; problems?: string[]; steps: string[] }) : undefined;
+    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-e2e.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 45 * 60_000, results: ['e2e.json'] });
+    const text = r.results['e2e.json'];
+    const res = text !== undefined ? (JSON.parse(text) as { ok?: boolean; error?: string; problems?: string[]; steps: string[] }) : undefined;
     console.log(`      boot + run ${(r.bootToDoneMs / 1000).toFixed(0)} s\n      ${res?.steps.join('\n      ') ?? r.log.slice(-2000)}`);
     assert.equal(res?.error, undefined, res?.error);
     assert.deepEqual(res?.problems, []);

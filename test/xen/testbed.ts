@@ -47,6 +47,8 @@ export interface XenRun {
   console: string;
   /** The script's output (run.log). */
   log: string;
+  /** The files named in XenRunOptions.results, read from the exchange directory before it is removed (absent ones left out). */
+  results: Record<string, string>;
   bootToDoneMs: number;
 }
 
@@ -62,6 +64,8 @@ export interface XenRunOptions {
   dom0MemMib?: number;
   /** Leave the exchange directory in place (its path is in the result). */
   keep?: boolean;
+  /** Files the dom0 script writes to the exchange directory (/vnxen) that the caller wants back. */
+  results?: string[];
   onConsoleLine?: (line: string) => void;
 }
 
@@ -125,7 +129,12 @@ export async function runInDom0(o: XenRunOptions): Promise<XenRun> {
   }
   const consoleText = fs.existsSync(consoleFile) ? fs.readFileSync(consoleFile, 'latin1') : '';
   const log = fs.existsSync(path.join(exchange, 'run.log')) ? fs.readFileSync(path.join(exchange, 'run.log'), 'utf8') : '';
-  const result: XenRun = { rc, exchange, console: consoleText + (qemuErr ? `\n[qemu stderr] ${qemuErr}` : ''), log, bootToDoneMs: Date.now() - t0 };
+  const results: Record<string, string> = {};
+  for (const n of o.results ?? []) {
+    const f = path.join(exchange, n);
+    if (fs.existsSync(f)) results[n] = fs.readFileSync(f, 'utf8');
+  }
+  const result: XenRun = { rc, exchange, console: consoleText + (qemuErr ? `\n[qemu stderr] ${qemuErr}` : ''), log, results, bootToDoneMs: Date.now() - t0 };
   if (!o.keep && done && rc === 0) await fsp.rm(work, { recursive: true, force: true });
   else await fsp.copyFile(consoleFile, path.join(exchange, 'console.log')).catch(() => undefined);
   return result;
