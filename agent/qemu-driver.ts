@@ -15,7 +15,7 @@
  * Snapshot, background mode (the cut, in the agent's order):
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   stop ─► atPause() ─► blockdev-snapshot-sync on the current top node ─►
+ *   cut:   stop ─► atPause() ─► blockdev-snapshot (the overlay made and attached at begin) ─►
  *          migrate exec:cat > mem ─► QEMU resumes the VM itself (RESUME event)
  *   durable: MIGRATION completed ─► the stream file and the frozen disk go into the store
  * Snapshot, precopy mode (VNsnap's):
@@ -24,7 +24,7 @@
  *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
  *          so QEMU keeps iterating slowly instead of switching over by itself.
  *   cut:   max-bandwidth up, downtime-limit = cutDowntimeMs ─► MIGRATION pre-switchover (the VM
- *          is paused: the cut) ─► atPause() ─► blockdev-snapshot-sync ─► migrate-continue ─►
+ *          is paused: the cut) ─► atPause() ─► blockdev-snapshot ─► migrate-continue ─►
  *          MIGRATION completed ─► cont (on the event, not polled)
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
@@ -223,6 +223,8 @@ class QemuJob implements SnapshotJob {
   /** Files the migration's `cat` creates once it has written its last byte (one per migrate). */
   private doneFiles: string[] = [];
   private overlay: { file: string; node: string; frozenNode: string; frozenFile: string } | undefined;
+  /** The overlay made and attached (blockdev-add, no backing yet) before the cut, so the pause only links it in. */
+  private prepared: { file: string; node: string } | undefined;
   private final: Promise<VmImage> | undefined;
   private committed: StoredArtefact[] = [];
   private writers: ArtefactWriter[] = [];
@@ -363,6 +365,7 @@ class QemuJob implements SnapshotJob {
 
   async begin(): Promise<void> {
     await this.setCapabilities();
+    await this.prepareOverlay();
     this.listen();
     if (this.opts.mode === 'background') {
       await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
@@ -487,6 +490,7 @@ class QemuJob implements SnapshotJob {
       this.phase = 'failed';
       await this.resumeIfOurs();
       await this.undoOverlay();
+      await this.dropPrepared();
       throw e;
     }
     return this.finishCut(cutUnixUs, resume, []);
@@ -550,6 +554,7 @@ class QemuJob implements SnapshotJob {
       await this.cancelMigration();
       await this.resumeIfOurs();
       await this.undoOverlay();
+      await this.dropPrepared();
       throw e;
     }
     const copyEnd = resume.timestampUs || nowUs();
@@ -581,6 +586,7 @@ class QemuJob implements SnapshotJob {
       this.phase = 'failed';
       if (this.opts.mode === 'precopy') await this.cancelMigration();
       await this.resumeIfOurs();
+      await this.dropPrepared();
       throw e;
     }
   }
@@ -598,28 +604,51 @@ class QemuJob implements SnapshotJob {
     return { pauseMs, cutUnixUs, resumeUnixUs, phases: [{ phase: 'PHASE_PAUSE', startUnixUs: cutUnixUs, endUnixUs: resumeUnixUs }, ...extra] };
   }
 
-  /** blockdev-snapshot-sync on the current top: the old top is frozen, writes go to a new overlay. */
-  private async snapshotDisk(): Promise<void> {
+  /**
+   * Before the cut: create the next overlay (qemu-img, its backing named but not opened) and
+   * attach it as a node without a backing, so the cut's disk step is one graph change
+   * (blockdev-snapshot) instead of creating and formatting a file while the VM is paused.
+   */
+  private async prepareOverlay(): Promise<void> {
     const vm = this.vmObj;
-    if (!vm.hasDisk) return;
-    const top = await this.topNode();
+    if (!vm.hasDisk || this.prepared) return;
     const node = `d${this.opts.epoch}s${vm.snapSerial}`;
     const file = `${vm.files.dir}/disk-e${this.opts.epoch}-${vm.snapSerial}.qcow2`;
-    await this.q.execute('blockdev-snapshot-sync', { 'node-name': top.node, 'snapshot-file': file, 'snapshot-node-name': node, format: 'qcow2' });
-    this.overlay = { file, node, frozenNode: top.node, frozenFile: top.file };
-    vm.topNode = node;
-    vm.topFile = file;
+    const info = JSON.parse(await this.driver.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number };
+    if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: qemu-img info gave no virtual size for ${vm.topFile}`);
+    await this.driver.qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
+    try {
+      await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file }, backing: null });
+    } catch (e) {
+      await fsp.rm(file, { force: true });
+      throw e;
+    }
+    this.prepared = { file, node };
   }
 
-  private async topNode(): Promise<{ node: string; file: string }> {
-    const blocks = await this.q.execute<{ device: string; qdev?: string; inserted?: { 'node-name'?: string; file?: string } }[]>('query-block');
-    const b = blocks.find((x) => x.inserted?.['node-name']);
-    const node = b?.inserted?.['node-name'];
-    if (!node) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: no disk in query-block`);
-    return { node, file: this.vmObj.topFile };
+  /** The prepared overlay was not used (abort, or a failure before the disk step): detach and delete it. */
+  private async dropPrepared(): Promise<void> {
+    const pr = this.prepared;
+    if (!pr) return;
+    this.prepared = undefined;
+    if (!this.vmObj.exited) await this.q.execute('blockdev-del', { 'node-name': pr.node }).catch((e) => this.log.warn({ err: describeError(e), node: pr.node }, 'could not detach the unused overlay'));
+    await fsp.rm(pr.file, { force: true });
   }
 
-  /** Abort after blockdev-snapshot-sync: merge the job's overlay back (active commit) and delete it. */
+  /** At the cut: the prepared overlay goes on top of the current top, which is frozen from now on. */
+  private async snapshotDisk(): Promise<void> {
+    const vm = this.vmObj;
+    const pr = this.prepared;
+    if (!vm.hasDisk || !pr) return;
+    const top = { node: vm.topNode, file: vm.topFile };
+    await this.q.execute('blockdev-snapshot', { node: top.node, overlay: pr.node });
+    this.prepared = undefined;
+    this.overlay = { file: pr.file, node: pr.node, frozenNode: top.node, frozenFile: top.file };
+    vm.topNode = pr.node;
+    vm.topFile = pr.file;
+  }
+
+  /** Abort after the disk step of the cut: merge the job's overlay back (active commit) and delete it. */
   private async undoOverlay(): Promise<void> {
     const ov = this.overlay;
     const vm = this.vmObj;
@@ -746,6 +775,7 @@ class QemuJob implements SnapshotJob {
     if (was === 'writing') await this.final?.catch(() => undefined);
     this.log.debug('abort: merging the overlay back');
     await this.undoOverlay();
+    await this.dropPrepared();
     this.unlisten();
     for (const w of this.writers) await w.abort();
     for (const a of this.committed) await this.opts.store.delete(a.path);
