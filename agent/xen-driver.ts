@@ -40,6 +40,24 @@ import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-x
 const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
 const PAGE = 4096;
 
+/** Wait until the suspend watch is registered (see SuspendWatch.established); closes it on timeout. */
+async function watchEstablished(watch: SuspendWatch, dom: string, timeoutMs = 60_000): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      watch.established,
+      new Promise<never>((_, rej) => {
+        timer = setTimeout(() => rej(new VnsnapError('ERR_TIMEOUT', `xenstore watch for ${dom} not registered within ${timeoutMs / 1000} s`)), timeoutMs);
+      }),
+    ]);
+  } catch (e) {
+    watch.close();
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 export interface XenDriverOptions {
   host?: XenHost;
   /** Configs, receiver sockets, temporary copies (default /var/lib/vnsnap/xen). */
@@ -438,6 +456,7 @@ class LiveCapture extends XenJob {
       this.server?.listen(this.sockPath, res);
     });
     this.watch = this.driver.xen.watchSuspend(this.xvm.domid);
+    await watchEstablished(this.watch, this.xvm.domName);
     this.startUs = nowUs();
     this.proc = this.driver.xen.migrate(this.xvm.domName, this.driver.receiver(this.sockPath));
     void this.proc.exited.then((r) => {
@@ -616,18 +635,23 @@ class SaveCheckpoint extends XenJob {
   readonly mode = 'background' as const;
   private file = '';
   private proc: XlProcess | undefined;
+  private watch: SuspendWatch | undefined;
 
-  begin(): Promise<void> {
+  /** The suspend watch is registered here, before the commit, so the cut does not wait for it. */
+  async begin(): Promise<void> {
     this.file = path.join(this.driver.dir, `.save-${randomBytes(6).toString('hex')}`);
+    const watch = this.driver.xen.watchSuspend(this.xvm.domid);
+    await watchEstablished(watch, this.xvm.domName);
+    this.watch = watch;
     this.setReady();
-    return Promise.resolve();
   }
 
   async cut(atPause: () => Promise<void>): Promise<CutReport> {
     if (this.cutCalled) throw new VnsnapError('ERR_STATE', 'cut() was already called');
     if (this.aborted) throw new VnsnapError('ERR_STATE', 'the snapshot was aborted');
+    if (!this.watch) throw new VnsnapError('ERR_STATE', 'cut() before begin()');
     this.cutCalled = true;
-    const watch = this.driver.xen.watchSuspend(this.xvm.domid);
+    const watch = this.watch;
     const proc = this.driver.xen.saveCheckpoint(this.xvm.domName, this.file);
     this.proc = proc;
     let suspendedUs: number;
@@ -694,6 +718,7 @@ class SaveCheckpoint extends XenJob {
   async abort(): Promise<void> {
     if (this.aborted) return;
     this.aborted = true;
+    this.watch?.close();
     if (this.proc) await this.proc.exited;
     await this.durablePromise?.catch(() => undefined);
     await this.deletePartials();

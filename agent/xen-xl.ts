@@ -24,6 +24,12 @@ export interface XlProcess {
 export interface SuspendWatch {
   /** Resolves with the wall-clock instant (µs) the domain was seen suspended. */
   readonly suspended: Promise<number>;
+  /**
+   * Resolves once the watch is in place (xenstored acknowledged every registration). Start the
+   * suspending command only then: `xl save -c` suspends the domain within a few hundred ms, and
+   * a watch registered after that misses the suspend (seen with two saves at once in dom0).
+   */
+  readonly established: Promise<void>;
   close(): void;
 }
 
@@ -151,8 +157,15 @@ export class XlHost implements XenHost {
     // second change is the acknowledgement. Counting events is used rather than reading the
     // value, which races with the guest's fast acknowledgement (seen on the nested test bed).
     let ctlEvents = 0;
+    let registered = 0;
+    let setEstablished!: () => void;
+    const established = new Promise<void>((r) => (setEstablished = r));
+    const onRegistered = (): void => {
+      if (++registered === 2) setEstablished();
+    };
     lines(ctlWatch, () => {
       ctlEvents++;
+      if (ctlEvents === 1) onRegistered();
       if (ctlEvents >= 3) acked = true;
     });
     let first = true;
@@ -160,6 +173,7 @@ export class XlHost implements XenHost {
       const t = nowUs();
       if (first) {
         first = false; // registration event
+        onRegistered();
         return;
       }
       if (done) return;
@@ -182,6 +196,7 @@ export class XlHost implements XenHost {
     });
     return {
       suspended,
+      established,
       close: () => {
         done = true;
         for (const w of watchers) w.kill('SIGKILL');

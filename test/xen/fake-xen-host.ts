@@ -206,7 +206,7 @@ export class FakeXenHost implements XenHost {
     const suspended = new Promise<number>((r) => (fire = r));
     const w = { domid, fire };
     this.watches.push(w);
-    return { suspended, close: () => (this.watches = this.watches.filter((x) => x !== w)) };
+    return { suspended, established: Promise.resolve(), close: () => (this.watches = this.watches.filter((x) => x !== w)) };
   }
 
   bridgeUp(bridge: string, tap: string): Promise<void> {
