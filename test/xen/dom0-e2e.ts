@@ -90,7 +90,9 @@ async function flowing(after: Map<string, number>, marker: Map<string, number>, 
 async function main(): Promise<void> {
   try {
     fs.mkdirSync(`${VAR}/store`, { recursive: true });
-    fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000 }));
+    // Heartbeats every 2 s, dead after 30 s: in the TCG-nested dom0 a live capture stalls the
+    // agent's event loop for seconds, and the default 3 s once declared it dead mid-snapshot.
+    fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000, heartbeatIntervalMs: 2000, deadAfterMs: 30_000 }));
     await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
     fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], logLevel: 'info' }));
     await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
