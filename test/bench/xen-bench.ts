@@ -11,7 +11,7 @@
  *   {"pause_ms":{"live":N,"save":N},"total_s":{"live":N,"save":N},"streams_intact":true|false}
  * Needs root; builds the cached test bed if needed. Takes 10+ minutes under TCG.
  */
-import { buildTestbed, runInDom0 } from '../xen/testbed';
+import { buildTestbed, runDom0Program } from '../xen/testbed';
 
 interface Bench {
   pause_ms: { live: number; save: number };
@@ -28,14 +28,7 @@ async function main(): Promise<void> {
   log('xen-bench: building / finding the test bed');
   const dir = await buildTestbed();
   log(`xen-bench: booting Xen under QEMU TCG (${dir})`);
-  const r = await runInDom0({
-    dir,
-    script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-e2e.js --bench\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n',
-    timeoutMs: 45 * 60_000,
-    results: ['bench.json'],
-  });
-  const text = r.results['bench.json'];
-  const res = text !== undefined ? (JSON.parse(text) as { bench?: Bench; error?: string; steps?: string[]; problems?: string[] }) : undefined;
+  const { run: r, result: res } = await runDom0Program<{ bench?: Bench; error?: string; steps?: string[]; problems?: string[] }>({ dir, program: 'dom0-e2e', args: ['--bench'], result: 'bench.json', timeoutMs: 45 * 60_000 });
   for (const s of res?.steps ?? []) log(`  ${s}`);
   if (!res?.bench) {
     process.stderr.write(`xen-bench: no result (${res?.error ?? `dom0 script exit ${r.rc}`}); see ${r.exchange}\n`);

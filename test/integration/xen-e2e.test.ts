@@ -11,7 +11,7 @@
  * every stream intact).
  */
 import { strict as assert } from 'node:assert';
-import { buildTestbed, runInDom0 } from '../xen/testbed';
+import { buildTestbed, runDom0Program } from '../xen/testbed';
 
 const ENABLED = process.env.VNSNAP_XEN === '1';
 
@@ -28,18 +28,14 @@ describe('Xen (nested under QEMU TCG)', function () {
   });
 
   it('driver against the real toolstack: create, xl save -c, live capture, restore', async () => {
-    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-smoke.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 30 * 60_000, results: ['smoke.json'] });
-    const text = r.results['smoke.json'];
-    const res = text !== undefined ? (JSON.parse(text) as { ok?: boolean; error?: string; steps: string[] }) : undefined;
+    const { run: r, result: res } = await runDom0Program<{ ok?: boolean; error?: string; steps: string[] }>({ dir, program: 'dom0-smoke', result: 'smoke.json', timeoutMs: 30 * 60_000 });
     console.log(`      boot + run ${(r.bootToDoneMs / 1000).toFixed(0)} s\n      ${res?.steps.join('\n      ') ?? r.log.slice(-2000)}`);
     assert.equal(res?.error, undefined, res?.error);
     assert.equal(res?.ok, true, `see ${r.exchange}`);
   });
 
   it('end to end: live snapshot of two streaming PV guests, destroy, restore, streams intact', async () => {
-    const r = await runInDom0({ dir, script: '#!/bin/sh\ncd /work/main && node dist/test/xen/dom0-e2e.js\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n', timeoutMs: 45 * 60_000, results: ['e2e.json'] });
-    const text = r.results['e2e.json'];
-    const res = text !== undefined ? (JSON.parse(text) as { ok?: boolean; error?: string; problems?: string[]; steps: string[] }) : undefined;
+    const { run: r, result: res } = await runDom0Program<{ ok?: boolean; error?: string; problems?: string[]; steps: string[] }>({ dir, program: 'dom0-e2e', result: 'e2e.json', timeoutMs: 45 * 60_000 });
     console.log(`      boot + run ${(r.bootToDoneMs / 1000).toFixed(0)} s\n      ${res?.steps.join('\n      ') ?? r.log.slice(-2000)}`);
     assert.equal(res?.error, undefined, res?.error);
     assert.deepEqual(res?.problems, []);

@@ -139,3 +139,19 @@ export async function runInDom0(o: XenRunOptions): Promise<XenRun> {
   else await fsp.copyFile(consoleFile, path.join(exchange, 'console.log')).catch(() => undefined);
   return result;
 }
+
+/**
+ * Run one of the compiled programs of test/xen in dom0 (`node dist/test/xen/NAME.js ARGS`, Xen's
+ * logs copied to the exchange directory) and parse the JSON result file it writes to /vnxen.
+ */
+export async function runDom0Program<T>(o: { dir: string; program: string; args?: string[]; result: string; timeoutMs: number }): Promise<{ run: XenRun; result: T | undefined }> {
+  const cmd = ['node', `dist/test/xen/${o.program}.js`, ...(o.args ?? [])].join(' ');
+  const run = await runInDom0({
+    dir: o.dir,
+    script: `#!/bin/sh\ncd /work/main && ${cmd}\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n`,
+    timeoutMs: o.timeoutMs,
+    results: [o.result],
+  });
+  const text = run.results[o.result];
+  return { run, result: text !== undefined ? (JSON.parse(text) as T) : undefined };
+}
