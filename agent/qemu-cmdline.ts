@@ -18,6 +18,13 @@
  *   monitor=1            a second QMP monitor, monitor.sock in the VM's directory, for an
  *                        operator's own tools (the driver keeps qmp.sock to itself; QEMU serves
  *                        one client per monitor socket)
+ *
+ * Guest RAM under TCG on QEMU < 9.0 is padded by 8 KiB (tcgRamPadKib): QEMU syncs a RAM block's
+ * migration dirty bitmap 64 pages at a time when its length is a multiple of 64 pages, and that
+ * fast path did not reset TCG's TLB, so guest stores through a cached TLB entry after a sync went
+ * unrecorded and pre-copy images lost them (fixed upstream in 9.0, commit 03bfc2188f "physmem:
+ * Fix migration dirty bitmap coherency with TCG memory access"). A length that is not a multiple
+ * of 64 pages takes the page-by-page path, which resets the TLB. docs/qemu.md has the evidence.
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -60,6 +67,29 @@ export function probeAccel(): AccelChoice {
   return probed;
 }
 
+const versions = new Map<string, [number, number]>();
+
+/** QEMU's version [major, minor] from `BINARY --version` (cached per binary; [0, 0] if unknown). */
+export function qemuVersion(binary: string): [number, number] {
+  let v = versions.get(binary);
+  if (!v) {
+    v = [0, 0];
+    try {
+      const m = /version (\d+)\.(\d+)/.exec(execFileSync(binary, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
+      if (m) v = [Number(m[1]), Number(m[2])];
+    } catch {
+      /* the start will fail with QEMU's own message */
+    }
+    versions.set(binary, v);
+  }
+  return v;
+}
+
+/** KiB of RAM padding that steer QEMU < 9.0 under TCG off its buggy dirty-sync path (module comment). */
+export function tcgRamPadKib(accel: Accel, version: [number, number]): number {
+  return accel === 'tcg' && version[0] < 9 ? 8 : 0;
+}
+
 export interface VmFiles {
   dir: string;
   qmpSock: string;
@@ -99,6 +129,8 @@ export interface CmdlineInput {
   disk: boolean;
   /** Restore: -S -incoming defer. */
   incoming: boolean;
+  /** Extra guest RAM in KiB (tcgRamPadKib); the same value must be used to restore. */
+  ramPadKib?: number;
 }
 
 export function qemuCmdline(c: CmdlineInput): string[] {
@@ -108,7 +140,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
   const cpus = s.cpus || 1;
   const args = [
     '-accel', c.accel, '-machine', extra.machine ?? 'q35', '-cpu', extra.cpu ?? 'qemu64',
-    '-smp', String(cpus), '-m', String(mem),
+    '-smp', String(cpus), '-m', c.ramPadKib ? `${mem * 1024 + c.ramPadKib}k` : String(mem),
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-no-reboot',
     '-serial', `file:${c.files.consoleLog}`,
     '-qmp', `unix:${c.files.qmpSock},server=on,wait=off`,

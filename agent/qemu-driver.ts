@@ -47,7 +47,7 @@ import { PacketPort } from '../switch/fd-port';
 import type { Port } from '../switch/port';
 import { StreamPort } from '../switch/stream-port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import { probeAccel, qemuCmdline, run, shQuote, vmFiles, type Accel, type NicArg, type NicMode, type VmFiles } from './qemu-cmdline';
+import { probeAccel, qemuCmdline, qemuVersion, run, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode, type VmFiles } from './qemu-cmdline';
 import { QmpClient, type QmpEvent } from './qemu-qmp';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
 
@@ -135,8 +135,11 @@ class QemuVm {
     return this.qspec.disk !== '';
   }
 
+  /** Set by the driver from tcgRamPadKib when it builds the command line. */
+  ramPadKib = 0;
+
   get memBytes(): number {
-    return (this.qspec.memoryMib || 256) * MiB;
+    return (this.qspec.memoryMib || 256) * MiB + this.ramPadKib * 1024;
   }
 
   stderr(): string {
@@ -821,6 +824,7 @@ export class QemuDriver implements HypervisorDriver {
   readonly accel: Accel;
   readonly accelReason: string;
   private serial = 0;
+  private padLogged = false;
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
@@ -946,7 +950,13 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   private args(vm: QemuVm, nics: NicArg[], incoming: boolean): string[] {
-    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel: this.accelFor(vm.qspec), nics, disk: vm.hasDisk, incoming });
+    const accel = this.accelFor(vm.qspec);
+    vm.ramPadKib = tcgRamPadKib(accel, qemuVersion(this.o.qemuBinary));
+    if (vm.ramPadKib && !this.padLogged) {
+      this.padLogged = true;
+      this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');
+    }
+    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, incoming, ramPadKib: vm.ramPadKib });
   }
 
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
@@ -1082,7 +1092,7 @@ export class QemuDriver implements HypervisorDriver {
     const vm = this.get(id);
     const file = `${vm.files.dir}/fp-${randomBytes(4).toString('hex')}.bin`;
     try {
-      await vm.q().execute('pmemsave', { val: 0, size: vm.memBytes, filename: file }, 60_000);
+      await this.pmemsave(id, file);
       const h = createHash('sha256');
       await new Promise<void>((resolve, reject) => {
         fs.createReadStream(file)
@@ -1094,6 +1104,12 @@ export class QemuDriver implements HypervisorDriver {
     } finally {
       await fsp.rm(file, { force: true });
     }
+  }
+
+  /** Write the guest's RAM [0, memory_mib) to a file (QMP pmemsave; diagnostics and fingerprint). */
+  async pmemsave(id: string, file: string): Promise<void> {
+    const vm = this.get(id);
+    await vm.q().execute('pmemsave', { val: 0, size: vm.memBytes, filename: file }, 60_000);
   }
 
   async close(): Promise<void> {

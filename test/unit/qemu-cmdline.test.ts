@@ -1,0 +1,44 @@
+/**
+ * The QEMU command line (agent/qemu-cmdline.ts): the same arguments for a start and a restore,
+ * and the RAM padding that keeps QEMU < 9.0 under TCG off its lossy dirty-bitmap fast path.
+ */
+import { strict as assert } from 'node:assert';
+import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/qemu-cmdline';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+
+const spec: QemuDriverSpec__Output = { memoryMib: 256, cpus: 1, kernel: '/k', initrd: '/i', append: 'quiet', disk: '/d.qcow2', extra: {} };
+
+function argAfter(args: string[], flag: string): string | undefined {
+  const i = args.indexOf(flag);
+  return i < 0 ? undefined : args[i + 1];
+}
+
+describe('QEMU command line', () => {
+  const files = vmFiles('/run/vnqm-x');
+
+  it('gives -m in MiB without padding, in KiB with it', () => {
+    assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'kvm', nics: [], disk: false, incoming: false }), '-m'), '256');
+    assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'tcg', nics: [], disk: false, incoming: false, ramPadKib: 8 }), '-m'), '262152k');
+  });
+
+  it('pads RAM only for TCG on QEMU before 9.0', () => {
+    assert.equal(tcgRamPadKib('tcg', [7, 2]), 8);
+    assert.equal(tcgRamPadKib('tcg', [8, 2]), 8);
+    assert.equal(tcgRamPadKib('tcg', [9, 0]), 0);
+    assert.equal(tcgRamPadKib('kvm', [7, 2]), 0);
+  });
+
+  it('the padded size is not a multiple of 64 pages (so QEMU syncs the bitmap page by page)', () => {
+    for (const mib of [64, 256, 1024, 4096]) assert.notEqual(((mib * 1024 + tcgRamPadKib('tcg', [7, 2])) * 1024) % (64 * 4096), 0, `${mib} MiB`);
+  });
+
+  it('a restore only adds -S -incoming defer', () => {
+    const start = qemuCmdline({ spec, files, accel: 'tcg', nics: [{ mode: 'stream', target: '/s', mac: '52:54:00:00:00:01' }], disk: true, incoming: false, ramPadKib: 8 });
+    const restore = qemuCmdline({ spec, files, accel: 'tcg', nics: [{ mode: 'stream', target: '/s', mac: '52:54:00:00:00:01' }], disk: true, incoming: true, ramPadKib: 8 });
+    assert.deepEqual(restore, [...start, '-S', '-incoming', 'defer']);
+  });
+
+  it('reads the version of a QEMU binary, and [0, 0] for a missing one', () => {
+    assert.deepEqual(qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
+  });
+});
