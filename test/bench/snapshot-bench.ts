@@ -11,7 +11,7 @@
  *   baseline     every VM paused (QMP `stop`, all at once), each saved with QEMU (`migrate` to
  *                `exec:cat > FILE`, all at once: the baseline's best case), then all resumed
  *                (`cont`); a VM's pause is stop → cont. Memory only: a disk copy would add to it.
- *   restore      `vnsnap restore ID --stop-running` of the background snapshot (the whole VNE:
+ *   restore      `vnsnap restore ID --stop-running` of the precopy snapshot (the whole VNE:
  *                validate, stop the running VMs, configure, load, resume, inject), and within it
  *                the load-to-resume span of the coordinator's notes (every VM loaded paused in
  *                parallel, then resumed: the slowest single VM's own restore)
@@ -139,16 +139,15 @@ async function main(): Promise<void> {
     const base = await baseline(c.dir);
     await check('after baseline', st);
 
-    // The background snapshot is the one restored: a precopy image under TCG occasionally lacks
-    // memory written just before the cut (docs/qemu.md, "Known problem"); restore time does not
-    // depend on the mode (same load path, images of similar size).
-    say('    restore: the background snapshot over the running VNE ...');
+    // The precopy snapshot (VNsnap's mode) is the one restored; restore time does not depend on
+    // the mode (same load path, images of similar size).
+    say('    restore: the precopy snapshot over the running VNE ...');
     const t0 = Date.now();
     // The coordinator loads every VM paused in parallel, then resumes them all: from its
     // "loading N VMs paused" note to its "resumed" note is the slowest VM's own load + resume.
     let loadAt = 0;
     let resumedAt = 0;
-    const rr = await c.cliStream<Ev>(['restore', bg.snap.id, '--stop-running'], (e, ms) => {
+    const rr = await c.cliStream<Ev>(['restore', pc.snap.id, '--stop-running'], (e, ms) => {
       if (e.note && /loading \d+ VMs paused/.test(e.note)) loadAt = ms;
       if (e.note && /VMs resumed/.test(e.note)) resumedAt = ms;
     }).done;
