@@ -53,7 +53,7 @@ async function main(): Promise<void> {
     drivers.push(new SimDriver());
   }
   if (cfg.drivers.includes('qemu')) drivers.push(new QemuDriver({ logger: log.child({ driver: 'qemu' }) }));
-  if (cfg.drivers.includes('xen')) drivers.push(new XenDriver());
+  if (cfg.drivers.includes('xen')) drivers.push(new XenDriver({ logger: log.child({ driver: 'xen' }) }));
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,

@@ -30,12 +30,18 @@ import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { VnsnapError } from '../proto/errors';
+import type { Logger } from '../proto/log';
 import { TapPort } from '../switch/fd-port';
 import type { Port } from '../switch/port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
 import { XenStreamParser, XL_RECEIVER_BANNER } from './xen-stream';
 import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-xl';
+
+/** Parsed stream bytes allowed to wait for the store before the receiver stops reading. */
+const QUEUE_MAX = 64 * 1024 * 1024;
+/** Largest single write into the store (pending socket reads are joined up to this). */
+const WRITE_BATCH = 4 * 1024 * 1024;
 
 const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
 const PAGE = 4096;
@@ -68,8 +74,16 @@ export interface XenDriverOptions {
   openPort?: (portName: string, tapName: string) => Port;
   /** Fraction of the first pass after which the capture is ready and held (default 0.9). */
   readyFraction?: number;
-  /** Where driver warnings go (default: stderr). */
+  /**
+   * CPU cap (% of one CPU) put on a domain from the commit to its resume, so that libxc's last
+   * live passes converge and the final pass (sent while the domain is suspended) is small: the
+   * auto-converge of QEMU, by Xen's scheduler. 0 = off. Default 10.
+   */
+  convergeCapPercent?: number;
+  /** Where driver warnings go (default: stderr) and, if given, its step timings. */
   log?: (msg: string) => void;
+  /** The agent's logger: takes precedence over `log`. */
+  logger?: Logger;
 }
 
 interface DiskRef {
@@ -144,7 +158,8 @@ export class XenDriver implements HypervisorDriver {
 
   private receiverCommand(sock: string): string {
     if (this.opts.receiverCommand) return this.opts.receiverCommand(sock);
-    return `'${process.execPath}' '${path.join(__dirname, 'xen-relay.js')}' '${sock}'`;
+    // exec: no shell between xl and the relay, so the relay's death is the receiver's exit.
+    return `exec '${process.execPath}' '${path.join(__dirname, 'xen-relay.js')}' '${sock}'`;
   }
 
   private get(id: string): XenVm {
@@ -271,8 +286,20 @@ export class XenDriver implements HypervisorDriver {
 
   /** @internal */
   warn(msg: string): void {
-    if (this.opts.log) this.opts.log(msg);
+    if (this.opts.logger) this.opts.logger.warn(msg);
+    else if (this.opts.log) this.opts.log(msg);
     else process.stderr.write(`${msg}\n`);
+  }
+
+  /** Step timings and the like: to the logger or `log`, else nowhere. */
+  info(msg: string): void {
+    if (this.opts.logger) this.opts.logger.info(msg);
+    else this.opts.log?.(msg);
+  }
+
+  /** @internal */
+  get convergeCap(): number {
+    return this.opts.convergeCapPercent ?? 10;
   }
 
   /** @internal */
@@ -434,6 +461,12 @@ class LiveCapture extends XenJob {
   private watch: SuspendWatch | undefined;
   private holding = false;
   private writing: Promise<void> = Promise.resolve();
+  /** Bytes parsed but not yet written to the store, and those bytes. */
+  private queued = 0;
+  private pending: Buffer[] = [];
+  private pumping = false;
+  private suspendSeen = false;
+  private capped = false;
   private streamError: Error | undefined;
   private endSeen!: Promise<void>;
   private setEnd!: () => void;
@@ -478,31 +511,80 @@ class LiveCapture extends XenJob {
     c.write(XL_RECEIVER_BANNER);
     c.on('error', () => undefined);
     c.on('data', (chunk: Buffer) => {
-      if (this.parser.done || this.aborted) return;
-      c.pause();
-      this.writing = this.writing.then(async () => {
-        try {
-          const used = this.parser.push(chunk);
-          if (used > 0) await this.writer?.write(used === chunk.length ? chunk : chunk.subarray(0, used));
-          this.progress();
-          if (this.parser.done) {
-            this.setReady();
-            this.setEnd();
-            return;
-          }
-          if (!this.holding && !this.cutCalled && this.isReady()) {
-            this.holding = true;
-            this.setReady();
-          }
-          if (!this.holding || this.cutCalled) c.resume();
-        } catch (e) {
-          this.streamError = e as Error;
-          this.failReady(e as Error);
-          this.failEnd(e as Error);
-          c.destroy();
-        }
-      });
+      if (this.parser.done || this.aborted || this.streamError) return;
+      // Parsed at once, written in order behind: the sender is never held by a disk write (the
+      // final pass is sent while the domain is suspended), only by the hold or by QUEUE_MAX.
+      let used: number;
+      try {
+        used = this.parser.push(chunk);
+      } catch (e) {
+        this.failStream(e as Error);
+        return;
+      }
+      if (used > 0) {
+        const part = used === chunk.length ? chunk : chunk.subarray(0, used);
+        this.pending.push(part);
+        this.queued += part.length;
+        this.pump();
+      }
+      this.progress();
+      if (this.parser.done) {
+        this.setReady();
+        this.setEnd();
+        return;
+      }
+      if (!this.holding && !this.cutCalled && this.isReady()) {
+        this.holding = true;
+        this.setReady();
+      }
+      if (!this.mayRead()) c.pause();
     });
+  }
+
+  /**
+   * Write what is pending, in order, up to WRITE_BATCH bytes per write: one write per 64 KiB
+   * socket read was the receiver's limit in a TCG dom0 (the backlog took 9 s to drain after END).
+   */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    this.writing = (async () => {
+      try {
+        while (this.pending.length) {
+          let n = 0;
+          let k = 0;
+          while (k < this.pending.length && n < WRITE_BATCH) n += (this.pending[k++] as Buffer).length;
+          const batch = this.pending.splice(0, k);
+          await this.writer?.write(batch.length === 1 ? (batch[0] as Buffer) : Buffer.concat(batch, n));
+          this.queued -= n;
+          this.readOn();
+        }
+      } finally {
+        this.pumping = false;
+      }
+    })();
+    this.writing.catch((e: Error) => this.failStream(e));
+  }
+
+  /**
+   * Read unless holding for the commit, or (before the suspend) too much is waiting to be
+   * written. Once the domain is suspended the rest of the stream (the final pass, at most the
+   * guest's memory) is read as fast as it comes: every millisecond of it is pause.
+   */
+  private mayRead(): boolean {
+    return (!this.holding || this.cutCalled) && (this.suspendSeen || this.queued <= QUEUE_MAX);
+  }
+
+  private readOn(): void {
+    if (this.mayRead() && !this.parser.done) this.conn?.resume();
+  }
+
+  private failStream(e: Error): void {
+    if (this.streamError) return;
+    this.streamError = e;
+    this.failReady(e);
+    this.failEnd(e);
+    this.conn?.destroy();
   }
 
   private isReady(): boolean {
@@ -531,12 +613,24 @@ class LiveCapture extends XenJob {
     this.opts.onProgress?.(p);
   }
 
+  /** Set (or, with 0, lift) the convergence cap; a failure only costs a longer final pass. */
+  private async cap(percent: number): Promise<void> {
+    if (this.driver.convergeCap === 0 || (percent === 0 && !this.capped)) return;
+    try {
+      await this.driver.xen.setCap(this.xvm.domName, percent);
+      this.capped = percent > 0;
+    } catch (e) {
+      this.driver.warn(`xen: could not ${percent ? `cap ${this.xvm.domName} at ${percent}% CPU` : `lift the CPU cap of ${this.xvm.domName}`}: ${(e as Error).message}`);
+    }
+  }
+
   async cut(atPause: () => Promise<void>): Promise<CutReport> {
     if (this.cutCalled) throw new VnsnapError('ERR_STATE', 'cut() was already called');
     if (this.streamError) throw this.streamError;
     if (this.aborted) throw new VnsnapError('ERR_STATE', 'the snapshot was aborted');
     this.cutCalled = true;
-    this.conn?.resume(); // let libxc finish its passes and suspend the domain
+    await this.cap(this.driver.convergeCap);
+    this.readOn(); // let libxc finish its passes and suspend the domain
     const failed = this.endSeen.then(
       () => new Promise<never>(() => undefined),
       (e: Error) => Promise.reject(e),
@@ -558,6 +652,8 @@ class LiveCapture extends XenJob {
       }),
       failed,
     ]);
+    this.suspendSeen = true;
+    this.readOn();
     if (fromStream) this.driver.warn(`xen: the suspend of ${this.xvm.domName} was not seen in xenstore; cut taken at the end of the memory copy (the pause reported is short by the final pass)`);
     this.xvm.status = 'paused';
     const hookStart = nowUs();
@@ -575,16 +671,29 @@ class LiveCapture extends XenJob {
         hookError = e;
       }
     }
-    // Now the receiver may let the domain go: wait for the END record, close without "ready".
+    const diskEnd = nowUs();
+    // Now the receiver may let the domain go: at the END record (the stream is complete in
+    // memory; its tail is still being written) close without "ready": the relay dies, xl
+    // resumes the domain. The write is awaited after that, outside the pause.
     let streamFailed: unknown;
     try {
       await this.endSeen;
-      await this.writing;
     } catch (e) {
       streamFailed = e;
     }
+    const endUs = nowUs();
     this.conn?.destroy();
+    try {
+      await this.writing;
+    } catch (e) {
+      streamFailed ??= e;
+    }
+    const writtenUs = nowUs();
     const ex = await (this.proc as XlProcess).exited;
+    await this.cap(0);
+    const resumingUs = ex.chunks?.find((c) => /resuming at sender/.test(c.text))?.atUs;
+    const ms = (t: number | undefined): number | undefined => (t === undefined ? undefined : Math.round((t - suspendedUs) / 100) / 10);
+    this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, END ${ms(endUs)}, closed, written ${ms(writtenUs)}, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}`);
     this.watch?.close();
     this.server?.close();
     await fsp.rm(this.sockPath, { force: true });
@@ -619,6 +728,7 @@ class LiveCapture extends XenJob {
       await this.proc.exited;
       clearTimeout(t);
     }
+    await this.cap(0);
     this.watch?.close();
     this.server?.close();
     if (this.sockPath) await fsp.rm(this.sockPath, { force: true });

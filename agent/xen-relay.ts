@@ -6,6 +6,10 @@
  * END record and closes the connection without sending "ready", so the sender reports
  * "Migration failed, resuming at sender" and the domain resumes. Backpressure is preserved both
  * ways (pipe()), so a driver that stops reading holds the sender.
+ *
+ * When the driver closes the connection the relay kills itself (SIGKILL) instead of exiting:
+ * xl waits for its receiver to exit before it resumes the domain (xl_migrate.c, failed_resume:
+ * migration_child_report, up to 2 s), so a Node teardown here would be part of the VM's pause.
  */
 import * as net from 'node:net';
 
@@ -23,6 +27,6 @@ c.on('error', (e) => {
   process.stderr.write(`xen-relay: ${e.message}\n`);
   process.exit(1);
 });
-c.on('close', () => process.exit(0));
+c.on('close', () => process.kill(process.pid, 'SIGKILL'));
 process.stdin.on('error', () => process.exit(0));
 process.stdout.on('error', () => process.exit(0));

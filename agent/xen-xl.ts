@@ -17,8 +17,16 @@ import { VnsnapError } from '../proto/errors';
 
 export interface XlProcess {
   /** Resolves when the command exited: its exit code (null if killed) and what it printed. */
-  readonly exited: Promise<{ code: number | null; output: string; exitUnixUs: number }>;
+  readonly exited: Promise<XlExit>;
   kill(): void;
+}
+
+export interface XlExit {
+  code: number | null;
+  output: string;
+  exitUnixUs: number;
+  /** The output as it came, with the instant each piece arrived (to time xl's steps). */
+  chunks?: { atUs: number; text: string }[];
 }
 
 export interface SuspendWatch {
@@ -46,6 +54,11 @@ export interface XenHost {
   migrate(name: string, receiverCommand: string): XlProcess;
   /** `xl save -c NAME FILE`: stop-and-copy checkpoint, the domain resumes afterwards. */
   saveCheckpoint(name: string, file: string): XlProcess;
+  /**
+   * Cap the domain's CPU at `percent` of one CPU (0 = no cap): `xl sched-credit2 -c`, or
+   * `xl sched-credit -c` on a credit host. Used to make a live migration converge.
+   */
+  setCap(name: string, percent: number): Promise<void>;
   /** `xl restore -p FILE`: the domain is created paused; returns its id. */
   restorePaused(file: string, name: string): Promise<number>;
   watchSuspend(domid: number): SuspendWatch;
@@ -60,19 +73,24 @@ const nowUs = (): number => Math.round((performance.timeOrigin + performance.now
 
 function runProc(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): XlProcess {
   let child: ChildProcess;
-  const exited = new Promise<{ code: number | null; output: string; exitUnixUs: number }>((resolve) => {
+  const exited = new Promise<XlExit>((resolve) => {
     let out = '';
+    const chunks: { atUs: number; text: string }[] = [];
+    const take = (d: Buffer): void => {
+      out += d.toString();
+      chunks.push({ atUs: nowUs(), text: d.toString() });
+    };
     child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+    child.stdout?.on('data', take);
+    child.stderr?.on('data', take);
     const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
     child.on('error', (e) => {
       if (timer) clearTimeout(timer);
-      resolve({ code: -1, output: out + String(e), exitUnixUs: nowUs() });
+      resolve({ code: -1, output: out + String(e), exitUnixUs: nowUs(), chunks });
     });
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
-      resolve({ code, output: out, exitUnixUs: nowUs() });
+      resolve({ code, output: out, exitUnixUs: nowUs(), chunks });
     });
   });
   return { exited, kill: () => child?.kill('SIGKILL') };
@@ -117,6 +135,15 @@ export class XlHost implements XenHost {
 
   migrate(name: string, receiverCommand: string): XlProcess {
     return runProc(this.xl, ['migrate', '-s', '', name, receiverCommand]);
+  }
+
+  async setCap(name: string, percent: number): Promise<void> {
+    const args = ['-d', name, '-c', String(percent)];
+    try {
+      await run(this.xl, ['sched-credit2', ...args]);
+    } catch {
+      await run(this.xl, ['sched-credit', ...args]); // a credit (not credit2) host
+    }
   }
 
   saveCheckpoint(name: string, file: string): XlProcess {

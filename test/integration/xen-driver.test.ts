@@ -5,7 +5,9 @@
  * socket. The real thing runs in test/integration/xen-e2e.test.ts (nested Xen, on demand).
  */
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/driver';
@@ -130,6 +132,22 @@ describe('xen driver (fake toolstack): specifics', () => {
     assert.equal(scanXenImage(await store.get(img.memory.path)).guestPages, 2048);
   });
 
+  it('caps the domain\'s CPU from the commit until it resumed (convergence), then lifts the cap', async () => {
+    await driver.start(spec('type="pv"\n'), ctx);
+    const name = xenNames('v/a', 1).domName;
+    const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
+    await job.ready;
+    assert.deepEqual(fake.calls.filter((c) => c.startsWith('cap ')), [], 'no cap before the commit');
+    let atPause: string[] = [];
+    await job.cut(() => {
+      atPause = fake.calls.filter((c) => c.startsWith('cap '));
+      return Promise.resolve();
+    });
+    assert.deepEqual(atPause, [`cap ${name} 10`]);
+    assert.deepEqual(fake.calls.filter((c) => c.startsWith('cap ') || c.startsWith('migrate')), [`migrate ${name}`, `cap ${name} 10`, `cap ${name} 0`]);
+    await job.durable();
+  });
+
   it('copies a file-backed disk at the cut and puts it back on restore', async () => {
     const disk = path.join(dir, 'a.img');
     await fsp.writeFile(disk, 'before');
@@ -149,5 +167,37 @@ describe('xen driver (fake toolstack): specifics', () => {
 
   it('refuses a VM without an xl config', async () => {
     await assert.rejects(driver.start(spec(''), ctx), /needs an xl config/);
+  });
+});
+
+describe('xen-relay (the receiver xl migrate runs)', () => {
+  it('relays both ways and dies at once (SIGKILL, no teardown) when the driver closes', async function () {
+    this.timeout(20_000);
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxr-'));
+    const sock = path.join(dir, 'r.sock');
+    const got: Buffer[] = [];
+    const server = net.createServer();
+    const conn = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+    await new Promise<void>((r) => server.listen(sock, r));
+    try {
+      // As xl starts it: sh -c RECEIVER, talking over the receiver's stdin and stdout.
+      const relay = spawn('sh', ['-c', `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'xen-relay.js')}' '${sock}'`], { stdio: ['pipe', 'pipe', 'inherit'] });
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => relay.on('exit', (code, signal) => r({ code, signal })));
+      const c = await conn;
+      c.on('data', (b: Buffer) => got.push(b));
+      c.write('banner\n');
+      const fromRelay = await new Promise<string>((r) => relay.stdout.once('data', (b: Buffer) => r(b.toString())));
+      assert.equal(fromRelay, 'banner\n');
+      relay.stdin.write('stream bytes');
+      while (Buffer.concat(got).toString() !== 'stream bytes') await new Promise((r) => setTimeout(r, 5));
+      const closedAt = performance.now();
+      c.destroy();
+      const ex = await exited;
+      assert.deepEqual(ex, { code: null, signal: 'SIGKILL' });
+      assert.ok(performance.now() - closedAt < 5000);
+    } finally {
+      server.close();
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -22,7 +22,7 @@ const step = (s: string): void => {
 async function main(): Promise<void> {
   const store = new LocalDirStore('/var/lib/vnsnap/store');
   await store.init();
-  const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen' });
+  const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen', log: step });
   const spec = {
     id: 'smoke/vm1',
     vne: 'smoke',

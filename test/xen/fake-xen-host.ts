@@ -177,6 +177,11 @@ export class FakeXenHost implements XenHost {
     return { exited, kill: () => sock?.destroy() };
   }
 
+  async setCap(name: string, percent: number): Promise<void> {
+    this.dom(name);
+    this.calls.push(`cap ${name} ${percent}`);
+  }
+
   saveCheckpoint(name: string, file: string): XlProcess {
     this.calls.push(`save -c ${name}`);
     const exited = (async () => {
