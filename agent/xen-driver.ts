@@ -75,9 +75,10 @@ export interface XenDriverOptions {
   /** Fraction of the first pass after which the capture is ready and held (default 0.9). */
   readyFraction?: number;
   /**
-   * CPU cap (% of one CPU) put on a domain from the commit to its resume, so that libxc's last
-   * live passes converge and the final pass (sent while the domain is suspended) is small: the
-   * auto-converge of QEMU, by Xen's scheduler. 0 = off. Default 10.
+   * CPU cap (% of one CPU) put on a domain at the commit and halved at every live pass after it
+   * (down to 1 %) until the domain suspends; lifted at its resume. libxc's last live passes then
+   * converge and the final pass (sent while the domain is suspended) is small: QEMU's
+   * auto-converge, by Xen's scheduler. 0 = off. Default 10.
    */
   convergeCapPercent?: number;
   /** Where driver warnings go (default: stderr) and, if given, its step timings. */
@@ -467,6 +468,8 @@ class LiveCapture extends XenJob {
   private pumping = false;
   private suspendSeen = false;
   private capped = false;
+  private capNow = 0;
+  private capChain: Promise<void> = Promise.resolve();
   private streamError: Error | undefined;
   private endSeen!: Promise<void>;
   private setEnd!: () => void;
@@ -629,7 +632,15 @@ class LiveCapture extends XenJob {
     if (this.streamError) throw this.streamError;
     if (this.aborted) throw new VnsnapError('ERR_STATE', 'the snapshot was aborted');
     this.cutCalled = true;
-    await this.cap(this.driver.convergeCap);
+    this.capNow = this.driver.convergeCap;
+    await this.cap(this.capNow);
+    this.parser.onPass = () => {
+      // Not converging fast enough is the rule under load: tighten at every pass (auto-converge).
+      if (this.suspendSeen || this.capNow <= 1 || this.driver.convergeCap === 0) return;
+      this.capNow = Math.max(1, Math.floor(this.capNow / 2));
+      const pct = this.capNow;
+      this.capChain = this.capChain.then(() => (this.suspendSeen ? undefined : this.cap(pct)));
+    };
     this.readOn(); // let libxc finish its passes and suspend the domain
     const failed = this.endSeen.then(
       () => new Promise<never>(() => undefined),
@@ -690,6 +701,7 @@ class LiveCapture extends XenJob {
     }
     const writtenUs = nowUs();
     const ex = await (this.proc as XlProcess).exited;
+    await this.capChain;
     await this.cap(0);
     const resumingUs = ex.chunks?.find((c) => /resuming at sender/.test(c.text))?.atUs;
     const ms = (t: number | undefined): number | undefined => (t === undefined ? undefined : Math.round((t - suspendedUs) / 100) / 10);
@@ -728,6 +740,7 @@ class LiveCapture extends XenJob {
       await this.proc.exited;
       clearTimeout(t);
     }
+    await this.capChain;
     await this.cap(0);
     this.watch?.close();
     this.server?.close();

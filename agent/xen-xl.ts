@@ -104,7 +104,10 @@ async function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<st
 
 /** The real toolstack: `xl`, `xenstore-watch`/`xenstore-read`, `ip`, `cp`, `lvcreate` in dom0. */
 export class XlHost implements XenHost {
-  constructor(private readonly xl = 'xl') {}
+  constructor(
+    private readonly xl = 'xl',
+    private readonly xenstoreWatch = 'xenstore-watch',
+  ) {}
 
   async create(configFile: string, name: string): Promise<number> {
     await run(this.xl, ['create', configFile]);
@@ -176,8 +179,8 @@ export class XlHost implements XenHost {
         }
       });
     };
-    const ctlWatch = spawn('xenstore-watch', [ctl], { stdio: ['ignore', 'pipe', 'ignore'] });
-    const relWatch = spawn('xenstore-watch', ['@releaseDomain'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const ctlWatch = spawn(this.xenstoreWatch, [ctl], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const relWatch = spawn(this.xenstoreWatch, ['@releaseDomain'], { stdio: ['ignore', 'pipe', 'ignore'] });
     watchers.push(ctlWatch, relWatch);
     // control/shutdown: the first event is the watch registration; during a snapshot only libxl
     // (writes "suspend") and the guest (clears it: the acknowledgement) change the node, so the
@@ -190,10 +193,20 @@ export class XlHost implements XenHost {
     const onRegistered = (): void => {
       if (++registered === 2) setEstablished();
     };
+    // The two watches are two processes: their lines can reach us in either order, so a
+    // @releaseDomain may arrive before the acknowledgement it follows (seen in a loaded dom0,
+    // where the `xl list` check below then ran after the domain had already resumed).
+    let releaseBeforeAck: number | undefined;
     lines(ctlWatch, () => {
       ctlEvents++;
       if (ctlEvents === 1) onRegistered();
-      if (ctlEvents >= 3) acked = true;
+      if (ctlEvents >= 3) {
+        acked = true;
+        if (releaseBeforeAck !== undefined && !done) {
+          done = true;
+          resolveSuspended(releaseBeforeAck);
+        }
+      }
     });
     let first = true;
     lines(relWatch, () => {
@@ -210,6 +223,7 @@ export class XlHost implements XenHost {
         resolveSuspended(t);
         return;
       }
+      if (ctlEvents >= 2 && releaseBeforeAck === undefined) releaseBeforeAck = t; // requested, ack still on its way
       // Without the xenstore request (a guest with a suspend event channel): check that it is
       // this domain that shut down (suspended), not another one.
       void runProc(this.xl, ['list', String(domid)]).exited.then((r) => {

@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/driver';
 import { LocalDirStore } from '../../agent/store';
 import { xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
+import { XlHost } from '../../agent/xen-xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
 import { fakePortPair } from '../../switch/fake-port';
 import { driverCompliance } from '../support/driver-compliance';
@@ -133,6 +134,7 @@ describe('xen driver (fake toolstack): specifics', () => {
   });
 
   it('caps the domain\'s CPU from the commit until it resumed (convergence), then lifts the cap', async () => {
+    fake.setDirtyPerTick(100); // passes larger than the socket's buffers: each is parsed before the fake suspends
     await driver.start(spec('type="pv"\n'), ctx);
     const name = xenNames('v/a', 1).domName;
     const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
@@ -143,8 +145,14 @@ describe('xen driver (fake toolstack): specifics', () => {
       atPause = fake.calls.filter((c) => c.startsWith('cap '));
       return Promise.resolve();
     });
-    assert.deepEqual(atPause, [`cap ${name} 10`]);
-    assert.deepEqual(fake.calls.filter((c) => c.startsWith('cap ') || c.startsWith('migrate')), [`migrate ${name}`, `cap ${name} 10`, `cap ${name} 0`]);
+    // The fake sends its passes after the commit: 10 at the commit, halved at each pass, lifted at the resume.
+    const caps = fake.calls.filter((c) => c.startsWith('cap ') || c.startsWith('migrate'));
+    assert.equal(caps[0], `migrate ${name}`);
+    assert.equal(caps[1], `cap ${name} 10`);
+    assert.equal(caps[caps.length - 1], `cap ${name} 0`);
+    const mid = caps.slice(2, -1).map((c) => Number(c.split(' ')[2]));
+    assert.deepEqual(mid, [5, 2, 1], `halved per pass: ${caps.join(', ')}`);
+    assert.deepEqual(atPause.slice(0, 1), [`cap ${name} 10`]);
     await job.durable();
   });
 
@@ -198,6 +206,63 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
     } finally {
       server.close();
       await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('XlHost.watchSuspend (fake xenstore-watch and xl)', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxw-'));
+    // `xl list` says the domain runs again: a check that comes too late cannot confirm anything.
+    await fsp.writeFile(path.join(dir, 'xl'), '#!/bin/sh\necho "Name ID Mem VCPUs State Time(s)"\necho "d 7 128 1 r----- 1.0"\n', { mode: 0o755 });
+  });
+  afterEach(() => fsp.rm(dir, { recursive: true, force: true }));
+
+  /** A xenstore-watch that prints the registration line, then one line per delay (seconds). */
+  async function watcher(ctlDelays: number[], releaseDelays: number[]): Promise<string> {
+    const f = path.join(dir, 'xenstore-watch');
+    const lines = (ds: number[]): string => ds.map((d) => `sleep ${d}; echo "$1"`).join('; ');
+    await fsp.writeFile(f, `#!/bin/sh\necho "$1"\nif [ "$1" = "@releaseDomain" ]; then ${lines(releaseDelays)}; else ${lines(ctlDelays)}; fi\nexec sleep 30\n`, { mode: 0o755 });
+    return f;
+  }
+
+  async function suspendedWithin(w: ReturnType<XlHost['watchSuspend']>, ms: number): Promise<number | 'timeout'> {
+    await w.established;
+    return Promise.race([w.suspended, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms))]);
+  }
+
+  it('takes the release after the acknowledgement as the suspend', async () => {
+    const host = new XlHost(path.join(dir, 'xl'), await watcher([0.1, 0.1], [0.5]));
+    const w = host.watchSuspend(7);
+    try {
+      assert.equal(typeof (await suspendedWithin(w, 10_000)), 'number');
+    } finally {
+      w.close();
+    }
+  });
+
+  it('takes a release that reaches us before the acknowledgement (two watch processes, lines out of order)', async () => {
+    // request at 0.1 s, release at 0.3 s, acknowledgement line only at 0.9 s; xl list says running.
+    const host = new XlHost(path.join(dir, 'xl'), await watcher([0.1, 0.8], [0.3]));
+    const w = host.watchSuspend(7);
+    const t0 = Date.now() * 1000;
+    try {
+      const t = await suspendedWithin(w, 10_000);
+      assert.notEqual(t, 'timeout', 'the suspend was not lost');
+      assert.ok((t as number) - t0 < 850_000, 'dated at the release, not at the late acknowledgement');
+    } finally {
+      w.close();
+    }
+  });
+
+  it('ignores a release before the suspend request (another domain)', async () => {
+    const host = new XlHost(path.join(dir, 'xl'), await watcher([0.6], [0.1]));
+    const w = host.watchSuspend(7);
+    try {
+      assert.equal(await suspendedWithin(w, 2000), 'timeout');
+    } finally {
+      w.close();
     }
   });
 });

@@ -43,6 +43,11 @@ export class FakeXenHost implements XenHost {
 
   constructor(private readonly o: FakeXenHostOptions = {}) {}
 
+  /** Change the dirtying rate of running domains (pages per 5 ms tick). */
+  setDirtyPerTick(n: number): void {
+    this.o.dirtyPerTick = n;
+  }
+
   private make(name: string, pages?: Buffer[], state: FakeDom['state'] = 'running'): FakeDom {
     const n = this.o.pages ?? 64;
     const d: FakeDom = {
