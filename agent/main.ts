@@ -47,6 +47,10 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger('agent', { level: cfg.logLevel, host: cfg.id });
+  // The agent carries its VMs' network ports: a promise rejection some code path forgot to handle
+  // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
+  // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
+  process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
   const drivers: HypervisorDriver[] = [];
   if (cfg.drivers.includes('sim')) {
     log.warn('the sim driver is enabled: simulated VMs, for tests and scale runs only');

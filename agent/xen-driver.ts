@@ -40,6 +40,8 @@ import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-x
 
 /** Parsed stream bytes allowed to wait for the store before the receiver stops reading. */
 const QUEUE_MAX = 64 * 1024 * 1024;
+/** The convergence cap is never tightened below this (% of a CPU). */
+const CAP_FLOOR = 2;
 /** Largest single write into the store (pending socket reads are joined up to this). */
 const WRITE_BATCH = 4 * 1024 * 1024;
 
@@ -76,7 +78,7 @@ export interface XenDriverOptions {
   readyFraction?: number;
   /**
    * CPU cap (% of one CPU) put on a domain at the commit and halved at every live pass after it
-   * (down to 1 %) until the domain suspends; lifted at its resume. libxc's last live passes then
+   * (down to 2 %); lifted when libxl asks the guest to suspend. libxc's last live passes then
    * converge and the final pass (sent while the domain is suspended) is small: QEMU's
    * auto-converge, by Xen's scheduler. 0 = off. Default 10.
    */
@@ -470,6 +472,7 @@ class LiveCapture extends XenJob {
   private capped = false;
   private capNow = 0;
   private capChain: Promise<void> = Promise.resolve();
+  private suspendRequested = false;
   private streamError: Error | undefined;
   private endSeen!: Promise<void>;
   private setEnd!: () => void;
@@ -636,11 +639,17 @@ class LiveCapture extends XenJob {
     await this.cap(this.capNow);
     this.parser.onPass = () => {
       // Not converging fast enough is the rule under load: tighten at every pass (auto-converge).
-      if (this.suspendSeen || this.capNow <= 1 || this.driver.convergeCap === 0) return;
-      this.capNow = Math.max(1, Math.floor(this.capNow / 2));
+      if (this.suspendRequested || this.capNow <= CAP_FLOOR || this.driver.convergeCap === 0) return;
+      this.capNow = Math.max(CAP_FLOOR, Math.floor(this.capNow / 2));
       const pct = this.capNow;
-      this.capChain = this.capChain.then(() => (this.suspendSeen ? undefined : this.cap(pct)));
+      this.capChain = this.capChain.then(() => (this.suspendRequested ? undefined : this.cap(pct)));
     };
+    // libxc is done with its live passes and asks the guest to suspend: lift the cap so the
+    // guest acknowledges at once (a guest starved at a few % of a TCG CPU missed libxl's timeout).
+    void this.watch?.requested?.then(() => {
+      this.suspendRequested = true;
+      this.capChain = this.capChain.then(() => this.cap(0));
+    });
     this.readOn(); // let libxc finish its passes and suspend the domain
     const failed = this.endSeen.then(
       () => new Promise<never>(() => undefined),

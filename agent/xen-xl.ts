@@ -38,6 +38,8 @@ export interface SuspendWatch {
    * a watch registered after that misses the suspend (seen with two saves at once in dom0).
    */
   readonly established: Promise<void>;
+  /** Resolves when libxl asks the guest to suspend (the request is written to control/shutdown). */
+  readonly requested?: Promise<void>;
   close(): void;
 }
 
@@ -197,9 +199,12 @@ export class XlHost implements XenHost {
     // @releaseDomain may arrive before the acknowledgement it follows (seen in a loaded dom0,
     // where the `xl list` check below then ran after the domain had already resumed).
     let releaseBeforeAck: number | undefined;
+    let setRequested!: () => void;
+    const requested = new Promise<void>((r) => (setRequested = r));
     lines(ctlWatch, () => {
       ctlEvents++;
       if (ctlEvents === 1) onRegistered();
+      if (ctlEvents === 2) setRequested();
       if (ctlEvents >= 3) {
         acked = true;
         if (releaseBeforeAck !== undefined && !done) {
@@ -238,6 +243,7 @@ export class XlHost implements XenHost {
     return {
       suspended,
       established,
+      requested,
       close: () => {
         done = true;
         for (const w of watchers) w.kill('SIGKILL');

@@ -133,7 +133,7 @@ describe('xen driver (fake toolstack): specifics', () => {
     assert.equal(scanXenImage(await store.get(img.memory.path)).guestPages, 2048);
   });
 
-  it('caps the domain\'s CPU from the commit until it resumed (convergence), then lifts the cap', async () => {
+  it('caps the domain\'s CPU from the commit, tighter at each pass, and lifts the cap at the suspend request', async () => {
     fake.setDirtyPerTick(100); // passes larger than the socket's buffers: each is parsed before the fake suspends
     await driver.start(spec('type="pv"\n'), ctx);
     const name = xenNames('v/a', 1).domName;
@@ -151,9 +151,35 @@ describe('xen driver (fake toolstack): specifics', () => {
     assert.equal(caps[1], `cap ${name} 10`);
     assert.equal(caps[caps.length - 1], `cap ${name} 0`);
     const mid = caps.slice(2, -1).map((c) => Number(c.split(' ')[2]));
-    assert.deepEqual(mid, [5, 2, 1], `halved per pass: ${caps.join(', ')}`);
+    assert.deepEqual(mid.slice(0, 2), [5, 2], `halved per pass, not below 2: ${caps.join(', ')}`);
+    assert.ok(mid.slice(2).every((c) => c === 0 || c === 2), caps.join(', '));
     assert.deepEqual(atPause.slice(0, 1), [`cap ${name} 10`]);
+    assert.equal(atPause[atPause.length - 1], `cap ${name} 0`, 'lifted at the suspend request, before the suspend');
+    assert.equal(caps.filter((c) => c === `cap ${name} 0`).length, 1, 'lifted once');
     await job.durable();
+  });
+
+  it('a capture whose xl migrate gives up after the commit: cut() rejects, the cap is lifted, nothing is left unhandled', async () => {
+    const failing = new FakeXenHost({ pages: 2048, dirtyPerTick: 100, batch: 64, failSuspendAfterPasses: 2 });
+    const d = new XenDriver({ host: failing, workDir: path.join(dir, 'work2'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port, log: () => undefined });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (r: unknown): void => void unhandled.push(r);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      await d.start(spec('type="pv"\n'), ctx);
+      const job = await d.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
+      await job.ready;
+      await assert.rejects(job.cut(() => Promise.resolve()), /failed to suspend at sender/);
+      await job.abort();
+      await new Promise((r) => setTimeout(r, 50));
+      const name = xenNames('v/a', 1).domName;
+      assert.equal(failing.calls.filter((c) => c.startsWith('cap ')).pop(), `cap ${name} 0`, 'the cap is lifted');
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await d.close();
+      failing.close();
+    }
   });
 
   it('copies a file-backed disk at the cut and puts it back on restore', async () => {

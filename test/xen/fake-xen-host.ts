@@ -32,6 +32,8 @@ export interface FakeXenHostOptions {
   dirtyPerTick?: number;
   /** Pages per PAGE_DATA record. */
   batch?: number;
+  /** xl migrate gives up after this many live passes, as xl does when the guest never acknowledges the suspend. */
+  failSuspendAfterPasses?: number;
 }
 
 export class FakeXenHost implements XenHost {
@@ -39,7 +41,7 @@ export class FakeXenHost implements XenHost {
   readonly bridges = new Map<string, string>();
   readonly calls: string[] = [];
   private nextId = 1;
-  private watches: { domid: number; fire: (us: number) => void }[] = [];
+  private watches: { domid: number; fire: (us: number) => void; request: () => void }[] = [];
 
   constructor(private readonly o: FakeXenHostOptions = {}) {}
 
@@ -113,7 +115,10 @@ export class FakeXenHost implements XenHost {
     return Promise.resolve(this.doms.get(name)?.domid ?? null);
   }
 
-  private suspend(d: FakeDom): void {
+  /** libxl's suspend request, then (after `ackMs`, the guest's acknowledgement) the suspend. */
+  private async suspend(d: FakeDom, ackMs = 0): Promise<void> {
+    for (const w of this.watches.filter((x) => x.domid === d.domid)) w.request();
+    if (ackMs) await new Promise((r) => setTimeout(r, ackMs));
     d.state = 'suspended';
     const t = nowUs();
     for (const w of this.watches.filter((x) => x.domid === d.domid)) w.fire(t);
@@ -167,10 +172,14 @@ export class FakeXenHost implements XenHost {
         for (const r of this.pass(d, pfns)) if (!(await write(r))) return fail('receiver went away');
         pfns = [...d.dirty].sort((a, b) => a - b);
         d.dirty.clear();
+        if (this.o.failSuspendAfterPasses !== undefined && it >= this.o.failSuspendAfterPasses) {
+          s.destroy();
+          return { code: 1, output: 'Migration failed, failed to suspend at sender.', exitUnixUs: nowUs() };
+        }
         if (pfns.length < 2) break;
         await new Promise((r) => setTimeout(r, 5));
       }
-      this.suspend(d);
+      await this.suspend(d, 30);
       pfns = [...new Set([...pfns, ...d.dirty])].sort((a, b) => a - b);
       d.dirty.clear();
       for (const r of this.pass(d, pfns)) if (!(await write(r))) return fail('receiver went away');
@@ -192,7 +201,7 @@ export class FakeXenHost implements XenHost {
     const exited = (async () => {
       const d = this.dom(name);
       await new Promise((r) => setTimeout(r, 2));
-      this.suspend(d);
+      await this.suspend(d);
       await new Promise((r) => setTimeout(r, 20)); // the copy
       const all = d.pages.map((_, i) => i);
       await fsp.writeFile(file, Buffer.concat([this.header(d), ...this.pass(d, all), this.trailer()]));
@@ -213,10 +222,12 @@ export class FakeXenHost implements XenHost {
 
   watchSuspend(domid: number): SuspendWatch {
     let fire!: (us: number) => void;
+    let request!: () => void;
     const suspended = new Promise<number>((r) => (fire = r));
-    const w = { domid, fire };
+    const requested = new Promise<void>((r) => (request = r));
+    const w = { domid, fire, request };
     this.watches.push(w);
-    return { suspended, established: Promise.resolve(), close: () => (this.watches = this.watches.filter((x) => x !== w)) };
+    return { suspended, established: Promise.resolve(), requested, close: () => (this.watches = this.watches.filter((x) => x !== w)) };
   }
 
   bridgeUp(bridge: string, tap: string): Promise<void> {
