@@ -863,7 +863,9 @@ export class QemuDriver implements HypervisorDriver {
       p.stdout.on('data', (d: Buffer) => (out += d.toString()));
       p.stderr.on('data', (d: Buffer) => (err += d.toString()));
       p.on('error', (e) => reject(new VnsnapError('ERR_DRIVER', `qemu-img: ${e.message}`)));
-      p.on('exit', (code) => (code === 0 ? resolve(out) : reject(new VnsnapError('ERR_DRIVER', `qemu-img ${args.join(' ')}: ${err.trim() || `exit ${code}`}`))));
+      // 'close', not 'exit': 'exit' can come before the last of stdout was read (seen under load:
+      // `qemu-img info --output=json` parsed as an empty string).
+      p.on('close', (code) => (code === 0 ? resolve(out) : reject(new VnsnapError('ERR_DRIVER', `qemu-img ${args.join(' ')}: ${err.trim() || `exit ${code}`}`))));
     });
   }
 
@@ -946,7 +948,8 @@ export class QemuDriver implements HypervisorDriver {
       }
     }
     vm.taps = [];
-    await fsp.rm(vm.files.dir, { recursive: true, force: true });
+    // Retries: a writer of the directory (a memory stream's cat) may still be exiting.
+    await fsp.rm(vm.files.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 
   private args(vm: QemuVm, nics: NicArg[], incoming: boolean): string[] {

@@ -15,7 +15,7 @@ import { LocalDirStore } from '../../agent/store';
 import { buildGuest, channelStatus, ensureQemu, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/driver-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import type { SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
+import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
 import { createLogger, silentLogger } from '../../proto/log';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
@@ -199,7 +199,13 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     const s = sw as Switch;
     const k = ++epoch;
     const prefix = `snapshots/${mode}-${k}/`;
-    const jobs = await Promise.all(names.map((n) => d.snapshot(`vnqm/${n}`, { snapshotId: `${mode}-${k}`, epoch: k, mode, store, prefix })));
+    const started = await Promise.allSettled(names.map((n) => d.snapshot(`vnqm/${n}`, { snapshotId: `${mode}-${k}`, epoch: k, mode, store, prefix })));
+    const notStarted = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (notStarted) {
+      for (const r of started) if (r.status === 'fulfilled') await r.value.abort(); // leave no job behind for the next test
+      throw notStarted.reason;
+    }
+    const jobs = started.map((r) => (r as PromiseFulfilledResult<SnapshotJob>).value);
     await Promise.all(jobs.map((j) => j.ready));
     const reports = await Promise.all(
       jobs.map(async (j, i) => {
