@@ -36,7 +36,9 @@ interface SnapshotEvent {
 
 (ENABLED ? describe : describe.skip)('end to end with QEMU guests: 2 hosts, 4 TCG guests, streams + memory + disk load, snapshot/restore through the CLI', function () {
   this.timeout(15 * 60_000);
-  const c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  // Made in before(): a Cluster makes its directory when constructed, and the body of a skipped
+  // describe still runs (that left an empty /tmp/vne2q-* behind on every `npm test`).
+  let c!: Cluster;
   let image: GuestImage;
   let first: Record<string, GuestStatus> = {};
   const snaps: Record<string, CatalogSnapshot> = {};
@@ -48,11 +50,12 @@ interface SnapshotEvent {
     ensureQemu();
     image = buildGuest();
     killE2eQemus();
+    c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
     await c.start();
   });
 
   afterEach(function () {
-    if (this.currentTest?.state === 'failed') {
+    if (this.currentTest?.state === 'failed' && c) {
       console.log(c.logTail(30));
       console.log(`      guest consoles: ${saveConsoles('/var/tmp/vnsnap-e2e-consoles').join(', ')}`);
     }
@@ -60,6 +63,7 @@ interface SnapshotEvent {
 
   after(async function () {
     this.timeout(60_000);
+    if (!c) return;
     if (timings.length) console.log(`      ${timings.join('\n      ')}`);
     if (CYCLES) console.log(`      extra cycles passed: ${cyclesPassed}/${CYCLES}`);
     try {
