@@ -35,13 +35,12 @@ import { TapPort } from '../switch/fd-port';
 import type { Port } from '../switch/port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
+import { ConvergeCap } from './xen-converge';
 import { XenStreamParser, XL_RECEIVER_BANNER } from './xen-stream';
 import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-xl';
 
 /** Parsed stream bytes allowed to wait for the store before the receiver stops reading. */
 const QUEUE_MAX = 64 * 1024 * 1024;
-/** The convergence cap is never tightened below this (% of a CPU). */
-const CAP_FLOOR = 2;
 /** Largest single write into the store (pending socket reads are joined up to this). */
 const WRITE_BATCH = 4 * 1024 * 1024;
 
@@ -469,10 +468,7 @@ class LiveCapture extends XenJob {
   private pending: Buffer[] = [];
   private pumping = false;
   private suspendSeen = false;
-  private capped = false;
-  private capNow = 0;
-  private capChain: Promise<void> = Promise.resolve();
-  private suspendRequested = false;
+  private converge: ConvergeCap | undefined;
   private streamError: Error | undefined;
   private endSeen!: Promise<void>;
   private setEnd!: () => void;
@@ -619,37 +615,16 @@ class LiveCapture extends XenJob {
     this.opts.onProgress?.(p);
   }
 
-  /** Set (or, with 0, lift) the convergence cap; a failure only costs a longer final pass. */
-  private async cap(percent: number): Promise<void> {
-    if (this.driver.convergeCap === 0 || (percent === 0 && !this.capped)) return;
-    try {
-      await this.driver.xen.setCap(this.xvm.domName, percent);
-      this.capped = percent > 0;
-    } catch (e) {
-      this.driver.warn(`xen: could not ${percent ? `cap ${this.xvm.domName} at ${percent}% CPU` : `lift the CPU cap of ${this.xvm.domName}`}: ${(e as Error).message}`);
-    }
-  }
-
   async cut(atPause: () => Promise<void>): Promise<CutReport> {
     if (this.cutCalled) throw new VnsnapError('ERR_STATE', 'cut() was already called');
     if (this.streamError) throw this.streamError;
     if (this.aborted) throw new VnsnapError('ERR_STATE', 'the snapshot was aborted');
     this.cutCalled = true;
-    this.capNow = this.driver.convergeCap;
-    await this.cap(this.capNow);
-    this.parser.onPass = () => {
-      // Not converging fast enough is the rule under load: tighten at every pass (auto-converge).
-      if (this.suspendRequested || this.capNow <= CAP_FLOOR || this.driver.convergeCap === 0) return;
-      this.capNow = Math.max(CAP_FLOOR, Math.floor(this.capNow / 2));
-      const pct = this.capNow;
-      this.capChain = this.capChain.then(() => (this.suspendRequested ? undefined : this.cap(pct)));
-    };
-    // libxc is done with its live passes and asks the guest to suspend: lift the cap so the
-    // guest acknowledges at once (a guest starved at a few % of a TCG CPU missed libxl's timeout).
-    void this.watch?.requested?.then(() => {
-      this.suspendRequested = true;
-      this.capChain = this.capChain.then(() => this.cap(0));
-    });
+    const converge = new ConvergeCap(this.driver.xen, this.xvm.domName, this.driver.convergeCap, (m) => this.driver.warn(m));
+    this.converge = converge;
+    await converge.begin();
+    this.parser.onPass = () => converge.tighten(); // not converging fast enough is the rule under load
+    void this.watch?.requested?.then(() => converge.lift());
     this.readOn(); // let libxc finish its passes and suspend the domain
     const failed = this.endSeen.then(
       () => new Promise<never>(() => undefined),
@@ -710,8 +685,7 @@ class LiveCapture extends XenJob {
     }
     const writtenUs = nowUs();
     const ex = await (this.proc as XlProcess).exited;
-    await this.capChain;
-    await this.cap(0);
+    await this.converge?.release();
     const resumingUs = ex.chunks?.find((c) => /resuming at sender/.test(c.text))?.atUs;
     const ms = (t: number | undefined): number | undefined => (t === undefined ? undefined : Math.round((t - suspendedUs) / 100) / 10);
     this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, END ${ms(endUs)}, closed, written ${ms(writtenUs)}, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}`);
@@ -749,8 +723,7 @@ class LiveCapture extends XenJob {
       await this.proc.exited;
       clearTimeout(t);
     }
-    await this.capChain;
-    await this.cap(0);
+    await this.converge?.release();
     this.watch?.close();
     this.server?.close();
     if (this.sockPath) await fsp.rm(this.sockPath, { force: true });
