@@ -76,23 +76,20 @@ const nowUs = (): number => Math.round((performance.timeOrigin + performance.now
 function runProc(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): XlProcess {
   let child: ChildProcess;
   const exited = new Promise<XlExit>((resolve) => {
-    let out = '';
     const chunks: { atUs: number; text: string }[] = [];
-    const take = (d: Buffer): void => {
-      out += d.toString();
-      chunks.push({ atUs: nowUs(), text: d.toString() });
-    };
+    const take = (d: Buffer): void => void chunks.push({ atUs: nowUs(), text: d.toString() });
+    const output = (): string => chunks.map((c) => c.text).join('');
     child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child.stdout?.on('data', take);
     child.stderr?.on('data', take);
     const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
     child.on('error', (e) => {
       if (timer) clearTimeout(timer);
-      resolve({ code: -1, output: out + String(e), exitUnixUs: nowUs(), chunks });
+      resolve({ code: -1, output: output() + String(e), exitUnixUs: nowUs(), chunks });
     });
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
-      resolve({ code, output: out, exitUnixUs: nowUs(), chunks });
+      resolve({ code, output: output(), exitUnixUs: nowUs(), chunks });
     });
   });
   return { exited, kill: () => child?.kill('SIGKILL') };
