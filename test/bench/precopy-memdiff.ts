@@ -22,17 +22,8 @@ import { LocalDirStore } from '../../agent/store';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import { buildGuest, channelStatus, ensureQemu, kernelCmdline, waitFor, type GuestImage } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor } from '../guest/qemu-guest';
 
-function spec(image: GuestImage, name: string, disk: string, append: string, mac: string): VmStartSpec {
-  return {
-    id: `vnqm/${name}`,
-    vne: 'vnqm',
-    name,
-    macs: [mac],
-    driver: { kind: 'qemu', qemu: { memoryMib: 256, cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(process.env.VNQM_ACCEL ? { accel: process.env.VNQM_ACCEL } : {}) } } },
-  };
-}
 
 
 async function main(): Promise<void> {
@@ -66,7 +57,7 @@ async function main(): Promise<void> {
       fs.rmSync(base, { force: true });
       execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
       const append = kernelCmdline({ name, ip: `192.168.77.${i + 1}/24`, peers: [`192.168.77.${2 - i}:7001`], rateKiB: Number(values.rate), memMiB: 16, memRateMiB: 4, diskRate: 20, reportSecs: 2 });
-      const sp = spec(image, name, base, append, `52:54:00:77:00:0${i + 1}`);
+      const sp = guestSpec(image, name, { disk: base, append, mac: `52:54:00:77:00:0${i + 1}`, ...(process.env.VNQM_ACCEL ? { accel: process.env.VNQM_ACCEL } : {}) });
       specs.set(name, sp);
       const h = await driver.start(sp, { portNames: [`vnqm/${name}/0`], log: silentLogger() });
       sw.addPort('vnqm', h.ports[0] as Port, 0);

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import type { VmStartSpec } from '../../agent/driver';
 
 /** Repository root (this file runs from dist/test/guest/). */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -182,6 +183,28 @@ export function qemuArgs(o: QemuGuestOptions): string[] {
   if (o.incoming) args.push('-incoming', 'defer');
   args.push(...(o.extraArgs ?? []));
   return args;
+}
+
+/** A VmStartSpec (QEMU driver, VNE "vnqm") for the test guest with its status channel. */
+export function guestSpec(image: GuestImage, name: string, opts: { disk?: string; append?: string; mac?: string; memMib?: number; nic?: string; accel?: string }): VmStartSpec {
+  return {
+    id: `vnqm/${name}`,
+    vne: 'vnqm',
+    name,
+    macs: [opts.mac ?? '52:54:00:77:00:01'],
+    driver: {
+      kind: 'qemu',
+      qemu: {
+        memoryMib: opts.memMib ?? 256,
+        cpus: 1,
+        kernel: image.kernel,
+        initrd: image.initrd,
+        append: opts.append ?? kernelCmdline({ name, disk: 'none' }),
+        disk: opts.disk ?? '',
+        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}) },
+      },
+    },
+  };
 }
 
 // ------------------------------------------------------------------ status

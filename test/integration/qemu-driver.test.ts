@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/qemu-driver';
 import { LocalDirStore } from '../../agent/store';
-import { buildGuest, channelStatus, ensureQemu, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/driver-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
@@ -62,26 +62,6 @@ export function sweepVnqm(): void {
   }
 }
 
-export function guestSpec(image: GuestImage, name: string, opts: { disk?: string; append?: string; mac?: string; memMib?: number; nic?: string }): VmStartSpec {
-  return {
-    id: `vnqm/${name}`,
-    vne: 'vnqm',
-    name,
-    macs: [opts.mac ?? '52:54:00:77:00:01'],
-    driver: {
-      kind: 'qemu',
-      qemu: {
-        memoryMib: opts.memMib ?? 256,
-        cpus: 1,
-        kernel: image.kernel,
-        initrd: image.initrd,
-        append: opts.append ?? kernelCmdline({ name, disk: 'none' }),
-        disk: opts.disk ?? '',
-        extra: { channel: 'org.vnsnap.status', ...(opts.nic ? { nic: opts.nic } : {}) },
-      },
-    },
-  };
-}
 
 describe('QEMU driver', function () {
   let image: GuestImage | undefined;
