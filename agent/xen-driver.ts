@@ -467,7 +467,15 @@ class LiveCapture extends XenJob {
   private queued = 0;
   private pending: Buffer[] = [];
   private pumping = false;
+  /**
+   * From the suspend until xl exits nothing is written to the store: the 2 vCPUs of a dom0 are
+   * all xl has to finish the stream, resume the domain and exit, and the store's writes and
+   * SHA-256 took them from it (the tail written in the pause: 70 ms of it, bench:xen).
+   */
+  private holdWrites = false;
   private suspendSeen = false;
+  /** When the first bytes after the suspend arrived (the cut's trace). */
+  private firstAfterSuspendUs: number | undefined;
   private converge: ConvergeCap | undefined;
   private streamError: Error | undefined;
   private endSeen!: Promise<void>;
@@ -514,6 +522,7 @@ class LiveCapture extends XenJob {
     c.on('error', () => undefined);
     c.on('data', (chunk: Buffer) => {
       if (this.parser.done || this.aborted || this.streamError) return;
+      if (this.suspendSeen) this.firstAfterSuspendUs ??= nowUs();
       // Parsed at once, written in order behind: the sender is never held by a disk write (the
       // final pass is sent while the domain is suspended), only by the hold or by QUEUE_MAX.
       let used: number;
@@ -548,11 +557,11 @@ class LiveCapture extends XenJob {
    * socket read was the receiver's limit in a TCG dom0 (the backlog took 9 s to drain after END).
    */
   private pump(): void {
-    if (this.pumping) return;
+    if (this.pumping || this.holdWrites) return;
     this.pumping = true;
     this.writing = (async () => {
       try {
-        while (this.pending.length) {
+        while (this.pending.length && !this.holdWrites) {
           let n = 0;
           let k = 0;
           while (k < this.pending.length && n < WRITE_BATCH) n += (this.pending[k++] as Buffer).length;
@@ -634,10 +643,14 @@ class LiveCapture extends XenJob {
     // (the final pass is sent after the suspend, and the domain resumes only when we close). If
     // the xenstore watch missed the suspend, the cut is taken then (the pause reported starts
     // late by the final pass: this is logged).
+    let memoryDoneUs: number | undefined;
     const memoryDone = new Promise<number>((res) => {
       if (this.parser.stats.memoryDone) res(nowUs());
       this.parser.onMemoryDone = () => res(nowUs());
-    }).then((t) => new Promise<number>((res) => setTimeout(() => res(t), 2000)));
+    }).then((t) => {
+      memoryDoneUs = t;
+      return new Promise<number>((res) => setTimeout(() => res(t), 2000));
+    });
     let fromStream = false;
     const suspendedUs = await Promise.race([
       (this.watch as SuspendWatch).suspended,
@@ -648,6 +661,8 @@ class LiveCapture extends XenJob {
       failed,
     ]);
     this.suspendSeen = true;
+    this.holdWrites = true;
+    const pagesAtSuspend = this.parser.stats.pages;
     this.readOn();
     if (fromStream) this.driver.warn(`xen: the suspend of ${this.xvm.domName} was not seen in xenstore; cut taken at the end of the memory copy (the pause reported is short by the final pass)`);
     this.xvm.status = 'paused';
@@ -668,8 +683,9 @@ class LiveCapture extends XenJob {
     }
     const diskEnd = nowUs();
     // Now the receiver may let the domain go: at the END record (the stream is complete in
-    // memory; its tail is still being written) close without "ready": the relay dies, xl
-    // resumes the domain. The write is awaited after that, outside the pause.
+    // memory; what arrived since the suspend is held there) close without "ready": the relay
+    // dies, xl resumes the domain and exits. The held tail is written after that, outside the
+    // pause.
     let streamFailed: unknown;
     try {
       await this.endSeen;
@@ -677,18 +693,22 @@ class LiveCapture extends XenJob {
       streamFailed = e;
     }
     const endUs = nowUs();
+    const finalPages = this.parser.stats.pages - pagesAtSuspend;
     this.conn?.destroy();
+    const ex = await (this.proc as XlProcess).exited;
+    // The domain runs again: write the held tail (outside the pause).
+    this.holdWrites = false;
+    this.pump();
     try {
       await this.writing;
     } catch (e) {
       streamFailed ??= e;
     }
     const writtenUs = nowUs();
-    const ex = await (this.proc as XlProcess).exited;
     await this.converge?.release();
     const resumingUs = ex.chunks?.find((c) => /resuming at sender/.test(c.text))?.atUs;
     const ms = (t: number | undefined): number | undefined => (t === undefined ? undefined : Math.round((t - suspendedUs) / 100) / 10);
-    this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, END ${ms(endUs)}, closed, written ${ms(writtenUs)}, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}`);
+    this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, first bytes ${ms(this.firstAfterSuspendUs)}, pages done ${ms(memoryDoneUs)}, END ${ms(endUs)}, closed, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}, written ${ms(writtenUs)}; ${finalPages} pages read after the suspend, ${this.parser.stats.iteration} passes`);
     this.watch?.close();
     this.server?.close();
     await fsp.rm(this.sockPath, { force: true });

@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/driver';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../agent/store';
 import { xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
 import { XlHost } from '../../agent/xen-xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
@@ -179,6 +179,39 @@ describe('xen driver (fake toolstack): specifics', () => {
       process.off('unhandledRejection', onUnhandled);
       await d.close();
       failing.close();
+    }
+  });
+
+  it('writes nothing to the store from the suspend until xl exits, then the whole stream', async () => {
+    const slow = new FakeXenHost({ pages: 2048, dirtyPerTick: 50, batch: 64, resumeMs: 150 });
+    const d = new XenDriver({ host: slow, workDir: path.join(dir, 'work3'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port, log: () => undefined });
+    const writes: number[] = [];
+    const spy: SnapshotStore = Object.create(store) as SnapshotStore;
+    spy.create = async (rel: string): Promise<ArtefactWriter> => {
+      const w = await store.create(rel);
+      return Object.assign(Object.create(w) as ArtefactWriter, {
+        write: (c: Uint8Array): Promise<void> => {
+          writes.push(performance.timeOrigin * 1000 + performance.now() * 1000);
+          return w.write(c);
+        },
+      });
+    };
+    try {
+      await d.start(spec('type="pv"\n'), ctx);
+      const job = await d.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store: spy, prefix: 'snapshots/s/' });
+      await job.ready;
+      const report = await job.cut(() => Promise.resolve());
+      const img = await job.durable();
+      assert.ok(report.pauseMs >= 150, `the pause ends at xl's exit: ${report.pauseMs}`);
+      const inPause = writes.filter((t) => t > report.cutUnixUs + 5000 && t < report.resumeUnixUs);
+      assert.deepEqual(inPause, [], 'no store write inside the pause');
+      assert.ok(writes.some((t) => t >= report.resumeUnixUs), 'the tail is written after the resume');
+      const st = scanXenImage(await store.get(img.memory.path));
+      assert.equal(st.guestPages, 2048);
+      assert.equal(st.phase, 'done', 'the image is complete');
+    } finally {
+      await d.close();
+      slow.close();
     }
   });
 

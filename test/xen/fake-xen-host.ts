@@ -34,6 +34,8 @@ export interface FakeXenHostOptions {
   batch?: number;
   /** xl migrate gives up after this many live passes, as xl does when the guest never acknowledges the suspend. */
   failSuspendAfterPasses?: number;
+  /** ms xl migrate takes from the receiver's close to its exit (xl's resume path). */
+  resumeMs?: number;
 }
 
 export class FakeXenHost implements XenHost {
@@ -185,6 +187,7 @@ export class FakeXenHost implements XenHost {
       for (const r of this.pass(d, pfns)) if (!(await write(r))) return fail('receiver went away');
       if (!(await write(this.trailer()))) return fail('receiver went away');
       await closedP;
+      if (this.o.resumeMs) await new Promise((r) => setTimeout(r, this.o.resumeMs));
       if (inbound.includes('ready')) return { code: 0, output: 'migrated', exitUnixUs: nowUs() };
       return fail('Migration failed, resuming at sender.');
     })();
