@@ -105,6 +105,17 @@ interface XenVm {
 }
 
 /** Deterministic short names from the VM key (interface names are at most 15 characters). */
+/**
+ * The C relay built with the native addon (agent/native/xen-relay.c), or null when it was not
+ * built: then the Node relay (xen-relay.ts) is used, which works but lengthens the pause.
+ */
+export function nativeRelayPath(): string | null {
+  for (const p of [path.join(__dirname, '..', '..', 'build', 'Release', 'vnsnap-xen-relay'), path.join(__dirname, '..', 'build', 'Release', 'vnsnap-xen-relay')]) {
+    if (fs.existsSync(p)) return p;
+  }
+  return null;
+}
+
 export function xenNames(id: string, nics: number): { domName: string; bridges: string[]; taps: string[] } {
   const h = createHash('sha256').update(id).digest('hex').slice(0, 8);
   const domName = `vnsnap-${id.replace(/[^A-Za-z0-9_.-]/g, '-')}`.slice(0, 60);
@@ -161,6 +172,8 @@ export class XenDriver implements HypervisorDriver {
   private receiverCommand(sock: string): string {
     if (this.opts.receiverCommand) return this.opts.receiverCommand(sock);
     // exec: no shell between xl and the relay, so the relay's death is the receiver's exit.
+    const native = nativeRelayPath();
+    if (native) return `exec '${native}' '${sock}'`;
     return `exec '${process.execPath}' '${path.join(__dirname, 'xen-relay.js')}' '${sock}'`;
   }
 

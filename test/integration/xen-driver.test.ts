@@ -6,13 +6,14 @@
  */
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../agent/store';
-import { xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
+import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
 import { XlHost } from '../../agent/xen-xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
 import { fakePortPair } from '../../switch/fake-port';
@@ -238,34 +239,90 @@ describe('xen driver (fake toolstack): specifics', () => {
 });
 
 describe('xen-relay (the receiver xl migrate runs)', () => {
-  it('relays both ways and dies at once (SIGKILL, no teardown) when the driver closes', async function () {
-    this.timeout(20_000);
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxr-'));
-    const sock = path.join(dir, 'r.sock');
-    const got: Buffer[] = [];
-    const server = net.createServer();
-    const conn = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  // Both relays, as xl starts them: sh -c RECEIVER, talking over the receiver's stdin and stdout.
+  const relays = [
+    { name: 'C (vnsnap-xen-relay, the default)', cmd: (sock: string) => `exec '${nativeRelayPath() ?? 'vnsnap-xen-relay not built'}' '${sock}'`, exit: { code: 0, signal: null } },
+    { name: 'Node (xen-relay.js, the fallback)', cmd: (sock: string) => `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'xen-relay.js')}' '${sock}'`, exit: { code: null, signal: 'SIGKILL' } },
+  ];
+  let dir: string;
+  let sock: string;
+  let server: net.Server;
+  let conn: Promise<net.Socket>;
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxr-'));
+    sock = path.join(dir, 'r.sock');
+    server = net.createServer({ allowHalfOpen: true }); // to answer after the relay's half-close
+    conn = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
     await new Promise<void>((r) => server.listen(sock, r));
-    try {
-      // As xl starts it: sh -c RECEIVER, talking over the receiver's stdin and stdout.
-      const relay = spawn('sh', ['-c', `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'xen-relay.js')}' '${sock}'`], { stdio: ['pipe', 'pipe', 'inherit'] });
-      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => relay.on('exit', (code, signal) => r({ code, signal })));
+  });
+  afterEach(async () => {
+    server.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  const start = (cmd: string): { relay: ReturnType<typeof spawn>; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } => {
+    const relay = spawn('sh', ['-c', cmd], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => relay.on('exit', (code, signal) => r({ code, signal })));
+    return { relay, exited };
+  };
+
+  it('the C relay is built (npm install builds it with the addon)', () => {
+    assert.ok(nativeRelayPath(), 'build/Release/vnsnap-xen-relay missing: run npm install');
+  });
+
+  for (const r of relays) {
+    it(`${r.name}: relays both ways and exits at once when the driver closes`, async function () {
+      this.timeout(20_000);
+      const { relay, exited } = start(r.cmd(sock));
+      const got: Buffer[] = [];
       const c = await conn;
       c.on('data', (b: Buffer) => got.push(b));
       c.write('banner\n');
-      const fromRelay = await new Promise<string>((r) => relay.stdout.once('data', (b: Buffer) => r(b.toString())));
+      const fromRelay = await new Promise<string>((res) => relay.stdout?.once('data', (b: Buffer) => res(b.toString())));
       assert.equal(fromRelay, 'banner\n');
-      relay.stdin.write('stream bytes');
-      while (Buffer.concat(got).toString() !== 'stream bytes') await new Promise((r) => setTimeout(r, 5));
+      relay.stdin?.write('stream bytes');
+      while (Buffer.concat(got).toString() !== 'stream bytes') await new Promise((res) => setTimeout(res, 5));
       const closedAt = performance.now();
       c.destroy();
-      const ex = await exited;
-      assert.deepEqual(ex, { code: null, signal: 'SIGKILL' });
+      assert.deepEqual(await exited, r.exit);
       assert.ok(performance.now() - closedAt < 5000);
-    } finally {
-      server.close();
-      await fsp.rm(dir, { recursive: true, force: true });
-    }
+    });
+  }
+
+  it('C relay: 32 MiB arrive exactly; a driver that stops reading holds the sender', async function () {
+    this.timeout(60_000);
+    const { relay, exited } = start(relays[0]!.cmd(sock));
+    const c = await conn;
+    c.pause();
+    const data = randomBytes(32 << 20);
+    let written = 0;
+    const pump = async (): Promise<void> => {
+      for (let off = 0; off < data.length; off += 1 << 20) {
+        written = off;
+        if (!relay.stdin?.write(data.subarray(off, off + (1 << 20)))) await new Promise((res) => relay.stdin?.once('drain', res));
+      }
+      written = data.length;
+    };
+    const done = pump();
+    await new Promise((res) => setTimeout(res, 500));
+    assert.ok(written < 8 << 20, `held: ${written} bytes taken while the driver did not read`);
+    const got: Buffer[] = [];
+    let n = 0;
+    c.on('data', (b: Buffer) => {
+      got.push(b);
+      n += b.length;
+    });
+    c.resume();
+    await done;
+    while (n < data.length) await new Promise((res) => setTimeout(res, 10));
+    assert.ok(Buffer.concat(got).equals(data), 'the bytes arrive unchanged and in order');
+    // stdin EOF (xl closed its side): the socket is half-closed, the driver can still answer.
+    const ended = new Promise<void>((res) => c.once('end', res));
+    relay.stdin?.end();
+    await ended;
+    c.end('bye');
+    const bye = await new Promise<string>((res) => relay.stdout?.once('data', (b: Buffer) => res(b.toString())));
+    assert.equal(bye, 'bye');
+    assert.deepEqual(await exited, { code: 0, signal: null });
   });
 });
 
