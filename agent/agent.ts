@@ -784,10 +784,15 @@ export class Agent extends EventEmitter implements Startable {
         });
         const sv: SnapVm = { vm, job };
         snap.vms.push(sv);
-        void job.ready.then(() => {
-          sv.readyAtUs = nowUs();
-          if (snap.state === 'precopy') this.progress(s, commandId, { vm: vm.name, phase: 'PHASE_PRECOPY', phaseDone: true, fraction: 1 });
-        });
+        // A job aborted before it is ready rejects `ready`: handled here (the waits below see it),
+        // or the agent logged an unhandled rejection per VM (seen on the Xen test bed).
+        job.ready.then(
+          () => {
+            sv.readyAtUs = nowUs();
+            if (snap.state === 'precopy') this.progress(s, commandId, { vm: vm.name, phase: 'PHASE_PRECOPY', phaseDone: true, fraction: 1 });
+          },
+          () => undefined,
+        );
         if ((snap.state as LocalSnapshot['state']) === 'aborted') break;
       }
     } catch (e) {

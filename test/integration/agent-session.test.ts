@@ -9,7 +9,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Agent } from '../../agent/agent';
+import type { SnapshotJob, SnapshotOptions } from '../../agent/driver';
 import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
+import { VnsnapError } from '../../proto/errors';
 import type { AgentMessage__Output } from '../../proto/gen/vnsnap/v1/AgentMessage';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { Command } from '../../proto/gen/vnsnap/v1/Command';
@@ -145,8 +147,31 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
   const agents = new Map<string, Agent>();
   const drivers = new Map<string, SimDriver>();
 
+  /** While set, a snapshot job's `ready` never resolves and rejects on abort, as the Xen driver's does. */
+  let holdReady = false;
+  class XenLikeSim extends SimDriver {
+    override async snapshot(id: string, opts: SnapshotOptions): Promise<SnapshotJob> {
+      const job = await super.snapshot(id, opts);
+      if (!holdReady) return job;
+      let reject!: (e: Error) => void;
+      const ready = new Promise<void>((_res, rej) => (reject = rej));
+      ready.catch(() => undefined);
+      return {
+        vm: job.vm,
+        mode: job.mode,
+        ready,
+        cut: (f) => job.cut(f),
+        durable: () => job.durable(),
+        abort: async () => {
+          reject(new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted'));
+          await job.abort();
+        },
+      };
+    }
+  }
+
   async function makeAgent(id: string): Promise<Agent> {
-    const d = new SimDriver({ batchSize: 16 });
+    const d = new XenLikeSim({ batchSize: 16 });
     const agent = new Agent({
       id,
       coordinator: `127.0.0.1:${coord.port}`,
@@ -412,6 +437,28 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     assert.equal(fs.existsSync(path.join(root, 'snapshots/ab')), false);
     await sleep(200);
     checkContinuity(await settle(), 'after aborted snapshots');
+  });
+
+  it('a snapshot aborted before its VM is ready: the rejected ready is handled (no unhandled rejection), the begin fails as aborted', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (r: unknown): void => void unhandled.push(r);
+    process.on('unhandledRejection', onUnhandled);
+    holdReady = true;
+    try {
+      const begin = coord.send('h1', { snapshotBegin: { snapshotId: 'nr', vne: VNE, epoch: 6, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/nr/' } });
+      await sleep(300);
+      await coord.ok('h1', { snapshotAbort: { snapshotId: 'nr', vne: VNE, epoch: 6, storePrefix: 'snapshots/nr/' } });
+      const r = await begin;
+      assert.equal(r.ok, false);
+      assert.equal(r.errorCode, 'ERR_SNAPSHOT_ABORTED');
+      await coord.ok('h2', { snapshotAbort: { snapshotId: 'nr', vne: VNE, epoch: 6, storePrefix: 'snapshots/nr/' } });
+      await sleep(100);
+      assert.deepEqual(unhandled, []);
+      assert.equal(state('a').status, 'running');
+    } finally {
+      holdReady = false;
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 
   it('heartbeats at the Welcome interval; a refused session is retried with backoff', async () => {
