@@ -284,6 +284,31 @@ export class XenDriver implements HypervisorDriver {
     if (vm.job === job) vm.job = undefined;
   }
 
+  /**
+   * Domains of this driver between their suspend and the exit of their xl process. While any is,
+   * no capture writes to the store: VMs of one VNE are cut together, and one VM's tail written
+   * (and hashed) during another's final pass was pause for that other (bench:xen --vms 2).
+   */
+  private inPause = 0;
+  private readonly quietWaiters: (() => void)[] = [];
+
+  /** @internal */
+  pauseBegan(): void {
+    this.inPause++;
+  }
+
+  /** @internal */
+  pauseEnded(): void {
+    this.inPause = Math.max(0, this.inPause - 1);
+    if (this.inPause === 0) for (const w of this.quietWaiters.splice(0)) w();
+  }
+
+  /** @internal resolves when no domain of this driver is in a capture's pause */
+  quiet(): Promise<void> {
+    if (this.inPause === 0) return Promise.resolve();
+    return new Promise((r) => this.quietWaiters.push(r));
+  }
+
   /** @internal */
   get xen(): XenHost {
     return this.host;
@@ -575,6 +600,8 @@ class LiveCapture extends XenJob {
     this.writing = (async () => {
       try {
         while (this.pending.length && !this.holdWrites) {
+          await this.driver.quiet();
+          if (this.holdWrites) break;
           let n = 0;
           let k = 0;
           while (k < this.pending.length && n < WRITE_BATCH) n += (this.pending[k++] as Buffer).length;
@@ -588,6 +615,15 @@ class LiveCapture extends XenJob {
       }
     })();
     this.writing.catch((e: Error) => this.failStream(e));
+  }
+
+  /** Everything parsed has been written (or the stream failed: then this rejects). */
+  private async flushed(): Promise<void> {
+    while (this.pending.length > 0 || this.pumping) {
+      await this.writing;
+      if (!this.pumping && this.pending.length > 0) this.pump();
+    }
+    if (this.streamError) throw this.streamError;
   }
 
   /**
@@ -675,6 +711,7 @@ class LiveCapture extends XenJob {
     ]);
     this.suspendSeen = true;
     this.holdWrites = true;
+    this.driver.pauseBegan();
     const pagesAtSuspend = this.parser.stats.pages;
     this.readOn();
     if (fromStream) this.driver.warn(`xen: the suspend of ${this.xvm.domName} was not seen in xenstore; cut taken at the end of the memory copy (the pause reported is short by the final pass)`);
@@ -709,19 +746,11 @@ class LiveCapture extends XenJob {
     const finalPages = this.parser.stats.pages - pagesAtSuspend;
     this.conn?.destroy();
     const ex = await (this.proc as XlProcess).exited;
-    // The domain runs again: write the held tail (outside the pause).
-    this.holdWrites = false;
-    this.pump();
-    try {
-      await this.writing;
-    } catch (e) {
-      streamFailed ??= e;
-    }
-    const writtenUs = nowUs();
+    this.driver.pauseEnded();
     await this.converge?.release();
     const resumingUs = ex.chunks?.find((c) => /resuming at sender/.test(c.text))?.atUs;
     const ms = (t: number | undefined): number | undefined => (t === undefined ? undefined : Math.round((t - suspendedUs) / 100) / 10);
-    this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, first bytes ${ms(this.firstAfterSuspendUs)}, pages done ${ms(memoryDoneUs)}, END ${ms(endUs)}, closed, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}, written ${ms(writtenUs)}; ${finalPages} pages read after the suspend, ${this.parser.stats.iteration} passes`);
+    this.driver.info(`xen: cut of ${this.xvm.domName}: ms after the suspend: hook ${ms(hookEnd)}, disk ${ms(diskEnd)}, first bytes ${ms(this.firstAfterSuspendUs)}, pages done ${ms(memoryDoneUs)}, END ${ms(endUs)}, closed, xl "resuming" ${ms(resumingUs)}, xl exit ${ms(ex.exitUnixUs)}; ${finalPages} pages read after the suspend, ${this.parser.stats.iteration} passes`);
     this.watch?.close();
     this.server?.close();
     await fsp.rm(this.sockPath, { force: true });
@@ -733,13 +762,27 @@ class LiveCapture extends XenJob {
       this.driver.jobEnded(this.xvm, this);
       throw hookError ?? streamFailed;
     }
+    // The domain runs again: the held tail is written now, once no other domain of this driver
+    // is in a pause (durable() waits for it; cut() does not, so one VM's report never waits for
+    // another VM's pause).
+    this.holdWrites = false;
+    this.pump();
     const copyPhase: PhaseSpan = { phase: 'PHASE_COPY', startUnixUs: hookEnd, endUnixUs: resumedUs };
     this.durablePromise = (async (): Promise<VmImage> => {
-      const memory = await (this.writer as ArtefactWriter).commit();
-      this.committed.push(memory);
-      const disk = await this.persistDisk();
-      this.driver.jobEnded(this.xvm, this);
-      return { memory, ...(disk ? { disk } : {}) };
+      try {
+        await this.flushed();
+        this.driver.info(`xen: image of ${this.xvm.domName} written ${ms(nowUs())} ms after the suspend`);
+        const memory = await (this.writer as ArtefactWriter).commit();
+        this.committed.push(memory);
+        const disk = await this.persistDisk();
+        return { memory, ...(disk ? { disk } : {}) };
+      } catch (e) {
+        await this.writer?.abort().catch(() => undefined);
+        await this.deletePartials();
+        throw e;
+      } finally {
+        this.driver.jobEnded(this.xvm, this);
+      }
     })();
     this.durablePromise.catch(() => undefined);
     return this.report(suspendedUs, hookStart, hookEnd, resumedUs, copyPhase);
@@ -808,6 +851,7 @@ class SaveCheckpoint extends XenJob {
       throw e;
     }
     this.xvm.status = 'paused';
+    this.driver.pauseBegan();
     const hookStart = nowUs();
     let hookError: unknown;
     try {
@@ -818,6 +862,7 @@ class SaveCheckpoint extends XenJob {
     }
     const hookEnd = nowUs();
     const ex = await proc.exited;
+    this.driver.pauseEnded();
     watch.close();
     this.xvm.status = 'running';
     if (hookError !== undefined || ex.code !== 0) {
@@ -829,6 +874,7 @@ class SaveCheckpoint extends XenJob {
     }
     this.durablePromise = (async (): Promise<VmImage> => {
       try {
+        await this.driver.quiet();
         const w = await this.opts.store.create(this.memPath);
         let memory: StoredArtefact;
         try {

@@ -11,7 +11,7 @@ import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { VmStartSpec } from '../../agent/driver';
+import type { CutReport, VmStartSpec } from '../../agent/driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../agent/store';
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
 import { XlHost } from '../../agent/xen-xl';
@@ -210,6 +210,53 @@ describe('xen driver (fake toolstack): specifics', () => {
       const st = scanXenImage(await store.get(img.memory.path));
       assert.equal(st.guestPages, 2048);
       assert.equal(st.phase, 'done', 'the image is complete');
+    } finally {
+      await d.close();
+      slow.close();
+    }
+  });
+
+  it('two VMs cut together: neither writes to the store while the other is in its pause', async () => {
+    const slow = new FakeXenHost({ pages: 2048, dirtyPerTick: 50, batch: 64, resumeMs: 150 });
+    const d = new XenDriver({ host: slow, workDir: path.join(dir, 'work4'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port, log: () => undefined });
+    const writes: { vm: string; at: number }[] = [];
+    const spyStore = (vm: string): SnapshotStore => {
+      const spy = Object.create(store) as SnapshotStore;
+      spy.create = async (rel: string): Promise<ArtefactWriter> => {
+        const w = await store.create(rel);
+        return Object.assign(Object.create(w) as ArtefactWriter, {
+          write: (c: Uint8Array): Promise<void> => {
+            writes.push({ vm, at: performance.timeOrigin * 1000 + performance.now() * 1000 });
+            return w.write(c);
+          },
+        });
+      };
+      return spy;
+    };
+    const specOf = (n: string): VmStartSpec => ({ id: `v/${n}`, vne: 'v', name: n, macs: [n === 'a' ? '00:16:3e:00:00:0a' : '00:16:3e:00:00:0b'], driver: { kind: 'xen', xen: { config: 'type="pv"\n' } } });
+    try {
+      await d.start(specOf('a'), { portNames: ['v/a/0'], log: ctx.log });
+      await d.start(specOf('b'), { portNames: ['v/b/0'], log: ctx.log });
+      const ja = await d.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store: spyStore('a'), prefix: 'snapshots/s/' });
+      const jb = await d.snapshot('v/b', { snapshotId: 's', epoch: 1, mode: 'precopy', store: spyStore('b'), prefix: 'snapshots/s/' });
+      await Promise.all([ja.ready, jb.ready]);
+      // The pauses overlap, and b's outlasts a's: a's hook waits until b is suspended, b's hook
+      // until a has resumed.
+      let aResumed!: () => void;
+      const aCutDone = new Promise<void>((res) => (aResumed = res));
+      let bCut!: Promise<CutReport>;
+      const bSuspended = new Promise<void>((res) => {
+        bCut = jb.cut(() => (res(), aCutDone));
+      });
+      const ra = await ja.cut(() => bSuspended);
+      aResumed();
+      const rb = await bCut;
+      await Promise.all([ja.durable(), jb.durable()]);
+      assert.ok(rb.resumeUnixUs > ra.resumeUnixUs, 'b resumed after a');
+      const inside = (r: CutReport) => writes.filter((w) => w.at > r.cutUnixUs + 5000 && w.at < r.resumeUnixUs);
+      assert.deepEqual(inside(rb), [], "no write (of a or b) inside b's pause");
+      assert.deepEqual(inside(ra), [], "no write (of a or b) inside a's pause");
+      assert.ok(writes.some((w) => w.vm === 'a' && w.at >= rb.resumeUnixUs), "a's tail waited for b's resume");
     } finally {
       await d.close();
       slow.close();
