@@ -54,7 +54,7 @@ import type { ValidateArtefacts__Output } from '../proto/gen/vnsnap/v1/ValidateA
 import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
-import { loadVnsnap } from '../proto/grpc';
+import { loadVnsnap, SESSION_KEEPALIVE } from '../proto/grpc';
 import type { Startable } from '../proto/lifecycle';
 import { silentLogger, type Logger } from '../proto/log';
 import type { Port, RxBatch } from '../switch/port';
@@ -314,8 +314,7 @@ export class Agent extends EventEmitter implements Startable {
     this.client = new pkg.vnsnap.v1.AgentService(this.opts.coordinator, grpc.credentials.createInsecure(), {
       'grpc.initial_reconnect_backoff_ms': this.opts.reconnect?.initialMs ?? 500,
       'grpc.max_reconnect_backoff_ms': this.opts.reconnect?.maxMs ?? 5000,
-      'grpc.keepalive_time_ms': 10_000,
-      'grpc.keepalive_timeout_ms': 5_000,
+      ...SESSION_KEEPALIVE,
     }) as unknown as AgentServiceClient;
     this.log.info({ tunnelPort: this.tunnelPort, coordinator: this.opts.coordinator }, 'agent started');
     this.connect();

@@ -11,7 +11,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { VnsnapError } from '../proto/errors';
-import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap } from '../proto/grpc';
+import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap, SESSION_KEEPALIVE } from '../proto/grpc';
 import type { Startable } from '../proto/lifecycle';
 import type { Logger } from '../proto/log';
 import { AgentRegistry } from './agent-registry';
@@ -109,7 +109,7 @@ export class CoordinatorServer implements Startable {
     });
 
     const pkg = loadVnsnap();
-    const server = new grpc.Server({ 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.keepalive_permit_without_calls': 1 });
+    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1 });
     server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
     server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
     this.health = addHealthAndReflection(server, [COORDINATOR_SERVICE, AGENT_SERVICE]);

@@ -48,6 +48,15 @@ export function loadVnsnap(): VnsnapGrpc {
   return grpc.loadPackageDefinition(packageDefinition()) as unknown as VnsnapGrpc;
 }
 
+/**
+ * HTTP/2 keepalive of the agent session, both ends: a ping every 10 s, the connection dropped if
+ * one is not answered in 20 s (gRPC's default timeout). Dead agents are found by the heartbeats
+ * (`dead_after_ms`); keepalive only finds dead connections. With 5 s, a coordinator whose event
+ * loop stalled 7 s (a catalog fsync behind image writeback, nested Xen test bed) lost a healthy
+ * agent's session and with it the snapshot being begun.
+ */
+export const SESSION_KEEPALIVE = { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 20_000 } as const;
+
 export const COORDINATOR_SERVICE = 'vnsnap.v1.CoordinatorService';
 export const AGENT_SERVICE = 'vnsnap.v1.AgentService';
 
