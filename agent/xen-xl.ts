@@ -13,7 +13,6 @@
  * copy started is used.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import * as os from 'node:os';
 import { VnsnapError } from '../proto/errors';
 
 export interface XlProcess {
@@ -74,28 +73,13 @@ export interface XenHost {
 
 const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
 
-/**
- * Scheduling priority of the xl processes that take snapshots (`xl migrate` with its receiver,
- * which inherits it, and `xl save -c`): in the pause they alone stand between the suspended
- * domain and its resume, and in a small dom0 they compete with the agent, netback and whatever
- * else runs there. Both modes get it, so their pauses stay comparable.
- */
-const SNAPSHOT_NICE = -10;
-
-function runProc(cmd: string, args: string[], opts: { timeoutMs?: number; nice?: number } = {}): XlProcess {
+function runProc(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): XlProcess {
   let child: ChildProcess;
   const exited = new Promise<XlExit>((resolve) => {
     const chunks: { atUs: number; text: string }[] = [];
     const take = (d: Buffer): void => void chunks.push({ atUs: nowUs(), text: d.toString() });
     const output = (): string => chunks.map((c) => c.text).join('');
     child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    if (opts.nice !== undefined && child.pid !== undefined) {
-      try {
-        os.setPriority(child.pid, opts.nice);
-      } catch {
-        // not permitted (not root): the snapshot works, its pause may be longer
-      }
-    }
     child.stdout?.on('data', take);
     child.stderr?.on('data', take);
     const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
@@ -152,7 +136,7 @@ export class XlHost implements XenHost {
   }
 
   migrate(name: string, receiverCommand: string): XlProcess {
-    return runProc(this.xl, ['migrate', '-s', '', name, receiverCommand], { nice: SNAPSHOT_NICE });
+    return runProc(this.xl, ['migrate', '-s', '', name, receiverCommand]);
   }
 
   async setCap(name: string, percent: number): Promise<void> {
@@ -165,7 +149,7 @@ export class XlHost implements XenHost {
   }
 
   saveCheckpoint(name: string, file: string): XlProcess {
-    return runProc(this.xl, ['save', '-c', name, file], { nice: SNAPSHOT_NICE });
+    return runProc(this.xl, ['save', '-c', name, file]);
   }
 
   async restorePaused(file: string, name: string): Promise<number> {
