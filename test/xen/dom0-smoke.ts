@@ -1,17 +1,20 @@
 /**
- * Runs INSIDE the test bed's dom0 (test/integration/xen-driver.test.ts starts it): the Xen
- * driver against the real toolstack, without the agent: start a PV guest, a stop-and-copy
- * snapshot (`xl save -c`), a live capture (`xl migrate` to our receiver), each image checked
- * with the stream reader, then destroy, restore the live image paused, unpause, and check the
- * guest runs on (its vnguest status lines continue with the same nonce). Writes
- * /vnxen/smoke.json.
+ * Runs INSIDE the test bed's dom0 (test/integration/xen-e2e.test.ts starts it): the Xen
+ * driver against the real toolstack, without the agent: start a PV guest with a file-backed
+ * disk that vnguest writes numbered records to, a stop-and-copy snapshot (`xl save -c`), a live
+ * capture (`xl migrate` to our receiver), each image checked with the stream reader, then
+ * destroy, restore the live image (memory and disk) paused, unpause, and check the guest runs on
+ * (its vnguest status lines continue with the same nonce) and that its disk checks pass: before
+ * every write vnguest checks that the disk's last record is the one its memory counts, so memory
+ * and disk must come from the same instant. Writes /vnxen/smoke.json.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { LocalDirStore } from '../../agent/store';
 import { XenDriver } from '../../agent/xen-driver';
 import { scanXenImage } from '../../agent/xen-stream';
 import { silentLogger } from '../../proto/log';
-import { guestConfig, latestStatus, waitFor } from './guest-config';
+import { guestConfig, latestStatus, statuses, waitFor } from './guest-config';
 
 const out: Record<string, unknown> = { steps: [] as string[] };
 const step = (s: string): void => {
@@ -19,7 +22,13 @@ const step = (s: string): void => {
   console.log(`smoke: ${s}`);
 };
 
+/** The guest's file-backed disk (16 MiB, sparse): copied at each cut, put back by the restore. */
+const DISK = '/var/lib/vnsnap/disks/smoke-vm1.img';
+
 async function main(): Promise<void> {
+  fs.mkdirSync(path.dirname(DISK), { recursive: true });
+  fs.writeFileSync(DISK, '');
+  fs.truncateSync(DISK, 16 << 20);
   const store = new LocalDirStore('/var/lib/vnsnap/store');
   await store.init();
   const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen', log: step });
@@ -28,7 +37,7 @@ async function main(): Promise<void> {
     vne: 'smoke',
     name: 'vm1',
     macs: ['00:16:3e:00:00:01'],
-    driver: { kind: 'xen' as const, xen: { config: guestConfig({ name: 'vm1', ip: '10.9.0.1/24', memMib: 128, mem: 16, memrate: 8 }) } },
+    driver: { kind: 'xen' as const, xen: { config: guestConfig({ name: 'vm1', ip: '10.9.0.1/24', memMib: 128, mem: 16, memrate: 8, disk: { file: DISK, rate: 20 } }) } },
   };
   const ctx = { portNames: ['smoke/vm1/0'], log: silentLogger() };
   try {
@@ -38,8 +47,12 @@ async function main(): Promise<void> {
     const dom = driver.inspect(spec.id);
     step(`created ${JSON.stringify(dom)} in ${out.createMs} ms`);
     const log = `/var/log/xen/console/guest-${dom?.domName}.log`;
-    const s0 = await waitFor(() => latestStatus(log), 90_000, 'first VNSTAT line');
-    step(`guest status: nonce ${s0.nonce} uptime ${s0.uptime_ms}`);
+    const s0 = await waitFor(async () => {
+      const st = await latestStatus(log);
+      return st && st.disk.records >= 20 ? st : null;
+    }, 90_000, 'a VNSTAT line with 20 disk records written');
+    if (s0.disk.errors !== 0) throw new Error(`disk errors before any snapshot: ${s0.disk.first_error}`);
+    step(`guest status: nonce ${s0.nonce} uptime ${s0.uptime_ms}, disk ${s0.disk.dev} ${s0.disk.records} records`);
     out.nonce = s0.nonce;
 
     // stop-and-copy
@@ -77,19 +90,22 @@ async function main(): Promise<void> {
     await driver.stop(spec.id);
     fs.appendFileSync(log, '\n--- restore ---\n');
     t = Date.now();
-    await driver.restore(spec, { memory: limg.memory }, store, ctx);
+    if (!limg.disk) throw new Error('the live image has no disk artefact');
+    await driver.restore(spec, { memory: limg.memory, disk: limg.disk }, store, ctx);
     const restoredStatus = driver.status(spec.id);
     await driver.resume(spec.id);
     out.restoreMs = Date.now() - t;
-    const rs = await waitFor(async () => {
-      const text = fs.readFileSync(log, 'utf8');
-      const tail = text.slice(text.lastIndexOf('--- restore ---'));
-      const m = [...tail.matchAll(/VNSTAT (\{.*\})/g)].pop();
-      return m ? (JSON.parse(m[1] as string) as { nonce: string; seq: number; totals: { errors: number } }) : null;
-    }, 60_000, 'status after restore');
-    out.restored = { statusBeforeResume: restoredStatus, nonce: rs.nonce, sameNonce: rs.nonce === s0.nonce, errors: rs.totals.errors };
-    step(`restored (${restoredStatus} before resume) in ${out.restoreMs} ms: nonce ${rs.nonce} (same: ${rs.nonce === s0.nonce}), errors ${rs.totals.errors}`);
-    out.ok = rs.nonce === s0.nonce && rs.totals.errors === 0 && hookStatus === 'paused';
+    const rs = await waitFor(() => {
+      const all = statuses(log, '--- restore ---');
+      // Two seconds of disk writes after the restore: each was preceded by a check that the
+      // disk's last record is the one the restored memory counts (memory and disk of one instant).
+      const first = all[0];
+      const last = all[all.length - 1];
+      return Promise.resolve(first && last && last.disk.checks >= first.disk.checks + 40 ? last : null);
+    }, 90_000, 'status after restore, 40 disk checks later');
+    out.restored = { statusBeforeResume: restoredStatus, nonce: rs.nonce, sameNonce: rs.nonce === s0.nonce, errors: rs.totals.errors, disk: rs.disk };
+    step(`restored (${restoredStatus} before resume) in ${out.restoreMs} ms: nonce ${rs.nonce} (same: ${rs.nonce === s0.nonce}), errors ${rs.totals.errors}, disk checks ${rs.disk.checks} ok ${rs.disk.check_ok} errors ${rs.disk.errors}${rs.disk.first_error ? ` (${rs.disk.first_error})` : ''}`);
+    out.ok = rs.nonce === s0.nonce && rs.totals.errors === 0 && rs.disk.errors === 0 && hookStatus === 'paused';
   } catch (e) {
     out.error = (e as Error).stack ?? String(e);
     step(`FAILED: ${String(e)}`);

@@ -18,6 +18,11 @@ export interface GuestOptions {
   mem?: number;
   memrate?: number;
   report?: number;
+  /**
+   * A file-backed raw disk (xvda) and vnguest's disk writer on it at `rate` records/s, whose
+   * checks prove memory and disk were captured at the same instant.
+   */
+  disk?: { file: string; rate: number };
 }
 
 export function dom0Kernel(): string {
@@ -31,7 +36,7 @@ export function guestConfig(o: GuestOptions): string {
     'console=hvc0 quiet panic=-1',
     `vnsnap.name=${o.name}`,
     `vnsnap.ip=${o.ip}`,
-    'vnsnap.disk=none',
+    o.disk ? `vnsnap.disk=/dev/xvda vnsnap.diskrate=${o.disk.rate}` : 'vnsnap.disk=none',
     `vnsnap.report=${o.report ?? 1}`,
     ...(o.peers?.length ? [`vnsnap.peers=${o.peers.join(',')}`] : []),
     ...(o.rate !== undefined ? [`vnsnap.rate=${o.rate}`] : []),
@@ -45,6 +50,7 @@ export function guestConfig(o: GuestOptions): string {
     `memory = ${o.memMib ?? 128}`,
     'vcpus = 1',
     'on_crash = "preserve"',
+    ...(o.disk ? [`disk = [ 'format=raw, vdev=xvda, access=rw, target=${o.disk.file}' ]`] : []),
     '',
   ].join('\n');
 }
@@ -57,6 +63,7 @@ export interface GuestStatus {
   out: { peer: string; connected: boolean; bytes: number; reconnects: number; errors: number }[];
   in: { from: string; open: boolean; bytes: number; errors: number; reconnects: number; reboots: number; idle_ms: number; first_error: string }[];
   mem: { errors: number };
+  disk: { enabled: boolean; dev: string; records: number; checks: number; check_ok: number; errors: number; first_error: string };
   totals: { sent: number; received: number; stream_errors: number; reconnects: number; errors: number };
 }
 
