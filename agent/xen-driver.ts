@@ -104,7 +104,6 @@ interface XenVm {
   job?: SnapshotJob;
 }
 
-/** Deterministic short names from the VM key (interface names are at most 15 characters). */
 /**
  * The C relay built with the native addon (agent/native/xen-relay.c), or null when it was not
  * built: then the Node relay (xen-relay.ts) is used, which works but lengthens the pause.
@@ -116,6 +115,7 @@ export function nativeRelayPath(): string | null {
   return null;
 }
 
+/** Deterministic short names from the VM key (interface names are at most 15 characters). */
 export function xenNames(id: string, nics: number): { domName: string; bridges: string[]; taps: string[] } {
   const h = createHash('sha256').update(id).digest('hex').slice(0, 8);
   const domName = `vnsnap-${id.replace(/[^A-Za-z0-9_.-]/g, '-')}`.slice(0, 60);
@@ -505,12 +505,6 @@ class LiveCapture extends XenJob {
   private queued = 0;
   private pending: Buffer[] = [];
   private pumping = false;
-  /**
-   * From the suspend until xl exits nothing is written to the store: the 2 vCPUs of a dom0 are
-   * all xl has to finish the stream, resume the domain and exit, and the store's writes and
-   * SHA-256 took them from it (the tail written in the pause: 70 ms of it, bench:xen).
-   */
-  private holdWrites = false;
   private suspendSeen = false;
   /** When the first bytes after the suspend arrived (the cut's trace). */
   private firstAfterSuspendUs: number | undefined;
@@ -595,13 +589,15 @@ class LiveCapture extends XenJob {
    * socket read was the receiver's limit in a TCG dom0 (the backlog took 9 s to drain after END).
    */
   private pump(): void {
-    if (this.pumping || this.holdWrites) return;
+    if (this.pumping) return;
     this.pumping = true;
     this.writing = (async () => {
       try {
-        while (this.pending.length && !this.holdWrites) {
+        while (this.pending.length) {
+          // Nothing is written while a domain of this driver is in its pause (this one's too):
+          // the store's writes and SHA-256 took dom0's CPUs from xl's final pass and resume.
           await this.driver.quiet();
-          if (this.holdWrites) break;
+          if (!this.pending.length) break; // discarded: the cut failed
           let n = 0;
           let k = 0;
           while (k < this.pending.length && n < WRITE_BATCH) n += (this.pending[k++] as Buffer).length;
@@ -710,7 +706,6 @@ class LiveCapture extends XenJob {
       failed,
     ]);
     this.suspendSeen = true;
-    this.holdWrites = true;
     this.driver.pauseBegan();
     const pagesAtSuspend = this.parser.stats.pages;
     this.readOn();
@@ -757,16 +752,16 @@ class LiveCapture extends XenJob {
     this.xvm.status = 'running';
     const resumedUs = ex.exitUnixUs;
     if (hookError !== undefined || streamFailed !== undefined) {
+      this.pending = [];
+      this.queued = 0;
       await this.writer?.abort();
       await this.deletePartials();
       this.driver.jobEnded(this.xvm, this);
       throw hookError ?? streamFailed;
     }
-    // The domain runs again: the held tail is written now, once no other domain of this driver
-    // is in a pause (durable() waits for it; cut() does not, so one VM's report never waits for
+    // The domain runs again: the held tail is written once no other domain of this driver is in
+    // a pause (durable() waits for it; cut() does not, so one VM's report never waits for
     // another VM's pause).
-    this.holdWrites = false;
-    this.pump();
     const copyPhase: PhaseSpan = { phase: 'PHASE_COPY', startUnixUs: hookEnd, endUnixUs: resumedUs };
     this.durablePromise = (async (): Promise<VmImage> => {
       try {
