@@ -16,6 +16,7 @@
  *   {"pause_ms":{"live":N,"save":N},"total_s":{"live":N,"save":N},"streams_intact":true|false}
  * Needs root; builds the cached test bed if needed. Takes 10+ minutes under TCG.
  */
+import { parseArgs } from 'node:util';
 import { buildTestbed, runDom0Program } from '../xen/testbed';
 
 const HELP = `usage: npm run bench:xen -- [--json] [--vms 1|2] [--rounds N]
@@ -34,18 +35,22 @@ interface Bench {
 }
 
 async function main(): Promise<void> {
-  const argv = process.argv.slice(2);
-  if (argv.includes('--help') || argv.includes('-h')) {
+  let values: { help?: boolean; json?: boolean; vms: string; rounds: string; 'dom0-weight': string };
+  try {
+    ({ values } = parseArgs({
+      options: { help: { type: 'boolean', short: 'h' }, json: { type: 'boolean' }, vms: { type: 'string', default: '1' }, rounds: { type: 'string', default: '3' }, 'dom0-weight': { type: 'string', default: '0' } },
+    }));
+  } catch (e) {
+    process.stderr.write(`xen-bench: ${(e as Error).message}\n${HELP}\n`);
+    process.exit(2);
+  }
+  if (values.help) {
     console.log(HELP);
     return;
   }
-  const json = argv.includes('--json');
-  const opt = (name: string, dflt: string): string => (argv.includes(name) ? argv[argv.indexOf(name) + 1] ?? '' : dflt);
-  const vms = opt('--vms', '1');
-  const rounds = opt('--rounds', '3');
-  const weight = opt('--dom0-weight', '0');
-  const unknown = argv.filter((a, i) => a.startsWith('-') && !['--json', '--vms', '--rounds', '--dom0-weight'].includes(a) && !['--vms', '--rounds', '--dom0-weight'].includes(argv[i - 1] ?? ''));
-  const bad = unknown.length ? `unknown option ${unknown.join(' ')}` : vms !== '1' && vms !== '2' ? `--vms takes 1 or 2 (guests captured at once), not "${vms}"` : !/^[1-9]\d*$/.test(rounds) ? `--rounds takes a whole number ≥ 1, not "${rounds}"` : !/^\d+$/.test(weight) ? `--dom0-weight takes a whole number, not "${weight}"` : '';
+  const json = values.json === true;
+  const { vms, rounds, 'dom0-weight': weight } = values;
+  const bad = vms !== '1' && vms !== '2' ? `--vms takes 1 or 2 (guests captured at once), not "${vms}"` : !/^[1-9]\d*$/.test(rounds) ? `--rounds takes a whole number ≥ 1, not "${rounds}"` : !/^\d+$/.test(weight) ? `--dom0-weight takes a whole number, not "${weight}"` : '';
   if (bad) {
     process.stderr.write(`xen-bench: ${bad}\n${HELP}\n`);
     process.exit(2);

@@ -9,8 +9,9 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/xen-driver';
-import { median } from '../bench/proc';
+import { median, run } from '../bench/proc';
 import { guestConfig, waitFor, type GuestStatus } from './guest-config';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -24,7 +25,8 @@ const step = (s: string): void => {
 };
 const procs: ChildProcess[] = [];
 /** --bench (test/bench/xen-bench.ts): heavier memory load, a live and an `xl save -c` snapshot, no restore. */
-const BENCH = process.argv.includes('--bench');
+const { values: ARGS } = parseArgs({ options: { bench: { type: 'boolean' }, vms: { type: 'string' }, rounds: { type: 'string', default: '3' }, 'dom0-weight': { type: 'string', default: '0' } } });
+const BENCH = ARGS.bench === true;
 const RESULT = BENCH ? '/vnxen/bench.json' : '/vnxen/e2e.json';
 /**
  * --vms N (bench only): 1 (the default) measures what issue 5 names, one 128 MiB PV guest under
@@ -32,14 +34,11 @@ const RESULT = BENCH ? '/vnxen/bench.json' : '/vnxen/e2e.json';
  * network namespace whose veth is on a's bridge (test bed only; the agent never sees it), so
  * only a is captured. 2: both ends are guests, captured at once (as in the e2e test).
  */
-const vmsArg = process.argv.indexOf('--vms');
-const GUESTS = BENCH && vmsArg > 0 ? Number(process.argv[vmsArg + 1]) : BENCH ? 1 : 2;
+const GUESTS = BENCH ? Number(ARGS.vms ?? 1) : 2;
 /** --rounds N (bench only): live + `xl save -c` snapshots per run; medians are reported. */
-const roundsArg = process.argv.indexOf('--rounds');
-const ROUNDS = roundsArg > 0 ? Number(process.argv[roundsArg + 1]) : 3;
+const ROUNDS = Number(ARGS.rounds);
 /** --dom0-weight W (bench only): dom0's scheduler weight (guests keep 256), as Xen's tuning guides advise for a busy dom0. */
-const weightArg = process.argv.indexOf('--dom0-weight');
-const DOM0_WEIGHT = weightArg > 0 ? Number(process.argv[weightArg + 1]) : 0;
+const DOM0_WEIGHT = Number(ARGS['dom0-weight']);
 const PEER_NS = 'vnxbench';
 const PEER_LOG = '/vnxen/peer-b.log';
 
@@ -73,10 +72,9 @@ const ENDS = [
 const VMS = ENDS.slice(0, GUESTS);
 const logOf = (vm: string): string => (VMS.some((v) => v.name === vm) ? `/var/log/xen/console/guest-${xenNames(`xenvne/${vm}`, 1).domName}.log` : PEER_LOG);
 
-function sh(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: 60_000 }, (err, _o, stderr) => (err ? reject(new Error(`${cmd} ${args.join(' ')}: ${stderr.trim() || String(err)}`)) : resolve()));
-  });
+async function sh(cmd: string, args: string[]): Promise<void> {
+  const r = await run(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`);
 }
 
 /** The dom0 end of guest a's streams (GUESTS = 1): a namespace, a veth on a's bridge, vnguest. */
@@ -136,8 +134,8 @@ async function flowing(after: Map<string, number>, marker: Map<string, number>, 
 
 async function main(): Promise<void> {
   try {
-    if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${process.argv[vmsArg + 1] ?? '(missing)'}`);
-    if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${process.argv[roundsArg + 1] ?? '(missing)'}`);
+    if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
+    if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
     fs.mkdirSync(`${VAR}/store`, { recursive: true });
     // Heartbeats every 2 s, dead after 30 s: in the TCG-nested dom0 a live capture stalls the
     // agent's event loop for seconds, and the default 3 s once declared it dead mid-snapshot.
