@@ -31,7 +31,7 @@
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import * as grpc from '@grpc/grpc-js';
-import { describeError, isVnsnapError, VnsnapError } from '../proto/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../proto/core/errors';
 import type { AgentMessage } from '../proto/gen/vnsnap/v1/AgentMessage';
 import type { AgentServiceClient } from '../proto/gen/vnsnap/v1/AgentService';
 import type { Artefact, Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
@@ -54,14 +54,14 @@ import type { ValidateArtefacts__Output } from '../proto/gen/vnsnap/v1/ValidateA
 import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
-import { loadVnsnap, SESSION_KEEPALIVE } from '../proto/grpc';
-import type { Startable } from '../proto/lifecycle';
-import { silentLogger, type Logger } from '../proto/log';
+import { loadVnsnap, SESSION_KEEPALIVE } from '../proto/core/grpc';
+import type { Startable } from '../proto/core/lifecycle';
+import { silentLogger, type Logger } from '../proto/core/log';
 import type { Port, RxBatch } from '../switch/port';
 import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel-transport';
 import { UdpTransport } from '../switch/udp-transport';
-import { decodeChannel, encodeChannel } from './channel-file';
+import { decodeChannel, encodeChannel } from '../proto/artefacts/channel-state';
 import type { CutReport, DriverKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './driver';
 import { AgentMetrics } from './metrics';
 import { LocalDirStore, type SnapshotStore, type StoredArtefact } from './store';

@@ -42,7 +42,7 @@
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
  */
-import type { Logger } from '../proto/log';
+import type { Logger } from '../proto/core/log';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
 import type { Port } from '../switch/port';
 import type { SnapshotStore, StoredArtefact } from './store';

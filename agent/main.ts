@@ -6,8 +6,8 @@
  * A bad configuration is one line on stderr and exit status 2.
  */
 import { Command } from 'commander';
-import { describeError } from '../proto/errors';
-import { createLogger } from '../proto/log';
+import { describeError } from '../proto/core/errors';
+import { createLogger } from '../proto/core/log';
 import { Agent } from './agent';
 import { loadAgentConfig } from './config';
 import type { HypervisorDriver } from './driver';

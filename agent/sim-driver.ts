@@ -33,7 +33,7 @@
  * and the state captured at each cut with `cutState(id, epoch)`.
  */
 import { createHash } from 'node:crypto';
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 import { formatMac, parseMac, writeMac } from '../switch/mac';
 import type { Port, RxBatch } from '../switch/port';
 import { newRxBatch } from '../switch/port';

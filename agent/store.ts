@@ -17,7 +17,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 
 /** A committed artefact: where it is, how big, and its SHA-256. */
 export interface StoredArtefact {

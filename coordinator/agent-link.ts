@@ -9,7 +9,7 @@
  * rejects with ERR_AGENT_DISCONNECTED when the agent is not connected or its session ends
  * before the Result, ERR_TIMEOUT after `timeoutMs`, ERR_CANCELLED when `signal` aborts.
  */
-import { isErrorCode, VnsnapError, type ErrorCode } from '../proto/errors';
+import { isErrorCode, VnsnapError, type ErrorCode } from '../proto/core/errors';
 import type { Command } from '../proto/gen/vnsnap/v1/Command';
 import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
 import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';

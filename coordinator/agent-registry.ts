@@ -20,18 +20,18 @@
  */
 import { EventEmitter } from 'node:events';
 import { status, type ServerDuplexStream } from '@grpc/grpc-js';
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 import type { AgentMessage__Output } from '../proto/gen/vnsnap/v1/AgentMessage';
 import type { CoordinatorMessage } from '../proto/gen/vnsnap/v1/CoordinatorMessage';
 import type { Register__Output } from '../proto/gen/vnsnap/v1/Register';
 import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
 import type { RunningVm__Output } from '../proto/gen/vnsnap/v1/RunningVm';
 import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
-import type { Logger } from '../proto/log';
-import type { Startable } from '../proto/lifecycle';
+import type { Logger } from '../proto/core/log';
+import type { Startable } from '../proto/core/lifecycle';
 import { commandName, type AgentLink, type CommandBody, type SendOptions } from './agent-link';
 import type { Catalog } from './catalog';
-import { systemClock, type Clock, type TimerHandle } from './clock';
+import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 
 export type SessionCall = ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
 

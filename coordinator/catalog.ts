@@ -17,7 +17,7 @@
  * turn cannot interleave with another request, which is how "one snapshot per VNE" is kept.
  */
 import Database from 'better-sqlite3';
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { Agent__Output } from '../proto/gen/vnsnap/v1/Agent';
 import type { PhaseTiming__Output } from '../proto/gen/vnsnap/v1/PhaseTiming';

@@ -12,8 +12,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { describeError, VnsnapError } from '../proto/errors';
-import { createLogger } from '../proto/log';
+import { describeError, VnsnapError } from '../proto/core/errors';
+import { createLogger } from '../proto/core/log';
 import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
 
 const KEYS: Record<string, 'string' | 'number' | 'boolean'> = {

@@ -10,8 +10,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { VnsnapError } from '../proto/errors';
-import { MANIFEST_MAX_BYTES } from '../proto/manifest';
+import { VnsnapError } from '../proto/core/errors';
+import { MANIFEST_MAX_BYTES } from '../proto/artefacts/manifest';
 
 export interface ManifestStore {
   write(relPath: string, bytes: Uint8Array): Promise<void>;

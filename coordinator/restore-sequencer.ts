@@ -24,7 +24,7 @@
  * catalog (restores table). Errors reach the caller as VnsnapErrors after the events so far.
  */
 import { randomBytes } from 'node:crypto';
-import { VnsnapError, isVnsnapError } from '../proto/errors';
+import { VnsnapError, isVnsnapError } from '../proto/core/errors';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { ManifestBody__Output } from '../proto/gen/vnsnap/v1/ManifestBody';
 import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
@@ -35,9 +35,9 @@ import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
-import { decodeManifest } from '../proto/manifest';
+import { decodeManifest } from '../proto/artefacts/manifest';
 import { sendOk, type CommandBody } from './agent-link';
-import type { TimerHandle } from './clock';
+import type { TimerHandle } from '../proto/core/clock';
 import { vmsByAgent, vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
 import { configureVneFor } from './vne-config';
 

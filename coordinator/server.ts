@@ -10,13 +10,13 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { VnsnapError } from '../proto/errors';
-import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap, SESSION_KEEPALIVE } from '../proto/grpc';
-import type { Startable } from '../proto/lifecycle';
-import type { Logger } from '../proto/log';
+import { VnsnapError } from '../proto/core/errors';
+import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap, SESSION_KEEPALIVE } from '../proto/core/grpc';
+import type { Startable } from '../proto/core/lifecycle';
+import type { Logger } from '../proto/core/log';
 import { AgentRegistry } from './agent-registry';
 import { Catalog } from './catalog';
-import { systemClock, type Clock } from './clock';
+import { systemClock, type Clock } from '../proto/core/clock';
 import { EventBus } from './events';
 import { FsManifestStore } from './manifest-store';
 import { RestoreSequencer } from './restore-sequencer';

@@ -9,8 +9,8 @@
  * snapshots) and publishes events.
  */
 import type { ServerWritableStream, ServiceError, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
-import { VnsnapError } from '../proto/errors';
-import { toServiceError } from '../proto/grpc-errors';
+import { VnsnapError } from '../proto/core/errors';
+import { toServiceError } from '../proto/core/grpc-status';
 import type { CoordinatorServiceHandlers } from '../proto/gen/vnsnap/v1/CoordinatorService';
 import type { CreateSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/CreateSnapshotRequest';
 import type { DefineVneRequest__Output } from '../proto/gen/vnsnap/v1/DefineVneRequest';
@@ -29,10 +29,10 @@ import type { StartVneRequest__Output } from '../proto/gen/vnsnap/v1/StartVneReq
 import type { StopVneRequest__Output } from '../proto/gen/vnsnap/v1/StopVneRequest';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import type { WatchEventsRequest__Output } from '../proto/gen/vnsnap/v1/WatchEventsRequest';
-import type { Logger } from '../proto/log';
+import type { Logger } from '../proto/core/log';
 import { sendOk, type AgentLink } from './agent-link';
 import { agentRecordToProto, IN_PROGRESS_STATES, type Catalog } from './catalog';
-import type { Clock } from './clock';
+import type { Clock } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import type { RestoreSequencer } from './restore-sequencer';

@@ -31,7 +31,7 @@
  * never rejects.
  */
 import { randomBytes } from 'node:crypto';
-import { describeError, VnsnapError } from '../proto/errors';
+import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
 import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
@@ -42,11 +42,11 @@ import type { SnapshotState__Output } from '../proto/gen/vnsnap/v1/SnapshotState
 import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot__Output } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
-import type { Logger } from '../proto/log';
-import { encodeManifest } from '../proto/manifest';
+import type { Logger } from '../proto/core/log';
+import { encodeManifest } from '../proto/artefacts/manifest';
 import { resultError, type AgentLink, type CommandBody } from './agent-link';
 import type { Catalog } from './catalog';
-import type { Clock, TimerHandle } from './clock';
+import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 

@@ -10,7 +10,7 @@
  * essentials (memory for sim and qemu, kernel or disk for qemu, config for xen); sim peers
  * are other VMs of the same VNE.
  */
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';

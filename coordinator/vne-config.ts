@@ -3,7 +3,7 @@
  * other agents hosting VMs of the VNE, at the tunnel endpoints they registered) and the static
  * MAC → agent table of the placement (MACs of the agent's own VMs name the agent itself).
  */
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 import type { ConfigureVne } from '../proto/gen/vnsnap/v1/ConfigureVne';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import type { AgentLink } from './agent-link';

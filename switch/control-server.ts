@@ -10,7 +10,7 @@
  * setGeneration {vne, generation}; setPortEpoch {port, epoch}.
  */
 import * as net from 'node:net';
-import { describeError, VnsnapError } from '../proto/errors';
+import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Switch } from './switch';
 import { closeUnix, listenUnix } from './unix-listen';
 

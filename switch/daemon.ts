@@ -7,7 +7,7 @@
  */
 import { Command } from 'commander';
 import pino from 'pino';
-import { describeError } from '../proto/errors';
+import { describeError } from '../proto/core/errors';
 import { loadSwitchConfig, SwitchConfig } from './config';
 import { ControlServer } from './control-server';
 import { PacketPort, TapPort } from './fd-port';

@@ -12,7 +12,7 @@
  * Headroom lets the tunnel write its Geneve header in place in front of the frame.
  */
 import * as path from 'node:path';
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../proto/core/errors';
 
 export interface Poller {
   /** Begin watching the fd; onBatch is called from the event loop when frames are read. */

@@ -28,8 +28,8 @@
  * Time: `now()` is injected (milliseconds); `tick()` runs retransmission, grace periods and FDB
  * aging and is called by a timer after start(), or by tests directly.
  */
-import { VnsnapError } from '../proto/errors';
-import type { Startable } from '../proto/lifecycle';
+import { VnsnapError } from '../proto/core/errors';
+import type { Startable } from '../proto/core/lifecycle';
 import { classify, Verdict } from './epoch-rules';
 import { Fdb, FdbOptions } from './fdb';
 import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, isValidVni, writeDataHeader } from './geneve';

@@ -8,8 +8,8 @@
  * or a non-gRPC answer) without that tag means we never talked to a coordinator: exit 4.
  */
 import * as grpc from '@grpc/grpc-js';
-import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/grpc-errors';
-import { loadVnsnap } from '../../proto/grpc';
+import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
+import { loadVnsnap } from '../../proto/core/grpc';
 import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { CreateSnapshotRequest } from '../../proto/gen/vnsnap/v1/CreateSnapshotRequest';
 import type { DeleteSnapshotResponse__Output } from '../../proto/gen/vnsnap/v1/DeleteSnapshotResponse';

@@ -8,7 +8,7 @@
  * Every failure ends as one CliError: a message a person can act on (never a stack trace), the
  * exit code, and the vnsnap error code when the coordinator sent one (for --json).
  */
-import type { ErrorCode } from '../../proto/errors';
+import type { ErrorCode } from '../../proto/core/errors';
 
 export const EXIT = {
   OK: 0,

@@ -16,7 +16,7 @@
  */
 import * as path from 'node:path';
 import * as protobuf from 'protobufjs';
-import { protoDir } from '../../proto/grpc';
+import { protoDir } from '../../proto/core/grpc';
 
 let root: protobuf.Root | undefined;
 

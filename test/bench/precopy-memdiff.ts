@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import { QemuDriver } from '../../agent/qemu-driver';
-import { silentLogger } from '../../proto/log';
+import { silentLogger } from '../../proto/core/log';
 import { LocalDirStore } from '../../agent/store';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';

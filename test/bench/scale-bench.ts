@@ -47,7 +47,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent__Output } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
-import { loadVnsnap } from '../../proto/grpc';
+import { loadVnsnap } from '../../proto/core/grpc';
 import { errMsg, median, sleep } from './proc';
 import type { FromWorker, ToWorker, VmCounters, WorkerSimOptions } from './scale-ipc';
 import { cpuSeconds, memoryMib } from './scale-proc';

@@ -9,7 +9,7 @@
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Agent } from '../../agent/agent';
 import { SimDriver, type SimVmState } from '../../agent/sim-driver';
-import { createLogger, type Logger } from '../../proto/log';
+import { createLogger, type Logger } from '../../proto/core/log';
 import type { FromWorker, ToWorker, VmCounters, WorkerInit, WorkerQuery } from './scale-ipc';
 
 const agents = new Map<string, { agent: Agent; driver: SimDriver }>();

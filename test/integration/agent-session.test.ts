@@ -11,7 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Agent } from '../../agent/agent';
 import type { SnapshotJob, SnapshotOptions } from '../../agent/driver';
 import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
-import { VnsnapError } from '../../proto/errors';
+import { VnsnapError } from '../../proto/core/errors';
 import type { AgentMessage__Output } from '../../proto/gen/vnsnap/v1/AgentMessage';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { Command } from '../../proto/gen/vnsnap/v1/Command';
@@ -19,7 +19,7 @@ import type { CoordinatorMessage } from '../../proto/gen/vnsnap/v1/CoordinatorMe
 import type { Progress__Output } from '../../proto/gen/vnsnap/v1/Progress';
 import type { Register__Output } from '../../proto/gen/vnsnap/v1/Register';
 import type { Result__Output } from '../../proto/gen/vnsnap/v1/Result';
-import { loadVnsnap } from '../../proto/grpc';
+import { loadVnsnap } from '../../proto/core/grpc';
 
 type Call = grpc.ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
 type Body = Omit<Command, 'id'>;

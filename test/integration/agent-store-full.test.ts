@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { LocalDirStore } from '../../agent/store';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 
 describe('LocalDirStore on a full disk (tmpfs of 256 KiB)', function () {
   let dir: string;

@@ -12,7 +12,7 @@ import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { decodeManifest, encodeManifest } from '../../proto/manifest';
+import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
 import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../support/sim-checks';
 

@@ -16,7 +16,7 @@ import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFo
 import { driverCompliance } from '../support/driver-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
-import { createLogger, silentLogger } from '../../proto/log';
+import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
 

@@ -13,9 +13,9 @@
  *   → {"event":"ready","address":"127.0.0.1:PORT"} on stdout, then serves until SIGTERM/SIGINT.
  */
 import * as grpc from '@grpc/grpc-js';
-import { VnsnapError } from '../../proto/errors';
-import { toServiceError } from '../../proto/grpc-errors';
-import { addHealthAndReflection, COORDINATOR_SERVICE, loadVnsnap } from '../../proto/grpc';
+import { VnsnapError } from '../../proto/core/errors';
+import { toServiceError } from '../../proto/core/grpc-status';
+import { addHealthAndReflection, COORDINATOR_SERVICE, loadVnsnap } from '../../proto/core/grpc';
 import type { Agent } from '../../proto/gen/vnsnap/v1/Agent';
 import type { CoordinatorServiceHandlers } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { Event } from '../../proto/gen/vnsnap/v1/Event';

@@ -23,9 +23,9 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { decodeChannel } from '../../agent/channel-file';
+import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../../agent/sim-driver';
-import { decodeManifest } from '../../proto/manifest';
+import { decodeManifest } from '../../proto/artefacts/manifest';
 import { sh, Topology, waitForJsonLine } from './netns';
 
 const DIST = path.resolve(__dirname, '../..');

@@ -14,7 +14,7 @@
 import { strict as assert } from 'node:assert';
 import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import type { SnapshotStore } from '../../agent/store';
-import { createLogger, silentLogger } from '../../proto/log';
+import { createLogger, silentLogger } from '../../proto/core/log';
 
 export interface DriverUnderTest {
   driver: HypervisorDriver;

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import { encodeData, encodeMarker } from '../../switch/geneve';
 import { FakeUdpNetwork, fakePortPair } from '../../switch/fake-port';
 import { BROADCAST_MAC, formatMac } from '../../switch/mac';

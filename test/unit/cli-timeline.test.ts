@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
-import { loadVnsnap, packageDefinition } from '../../proto/grpc';
+import { loadVnsnap, packageDefinition } from '../../proto/core/grpc';
 import { assignLanes, LAYOUT, niceStepMs, renderTimelineSvg } from '../../coordinator/cli/timeline-svg';
 import { cannedSnapshot, T0_US } from '../interop/fake-coordinator';
 

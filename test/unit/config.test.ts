@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import { parseSwitchConfig } from '../../switch/config';
 
 const good = {

@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { CATALOG_SCHEMA_VERSION, Catalog, RESTARTED_ERROR } from '../../coordinator/catalog';
 

@@ -3,10 +3,10 @@
  * in-memory manifest store whose writes can be held or failed, and a helper to let promise
  * chains run.
  */
-import { VnsnapError } from '../../proto/errors';
+import { VnsnapError } from '../../proto/core/errors';
 import type { Result__Output } from '../../proto/gen/vnsnap/v1/Result';
 import type { VmProgress__Output } from '../../proto/gen/vnsnap/v1/VmProgress';
-import { silentLogger } from '../../proto/log';
+import { silentLogger } from '../../proto/core/log';
 import { commandName, type AgentLink, type CommandBody, type SendOptions } from '../../coordinator/agent-link';
 import type { ManifestStore } from '../../coordinator/manifest-store';
 

@@ -1,12 +1,12 @@
 import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import type { AgentMessage__Output } from '../../proto/gen/vnsnap/v1/AgentMessage';
 import type { CoordinatorMessage } from '../../proto/gen/vnsnap/v1/CoordinatorMessage';
 import type { Register__Output } from '../../proto/gen/vnsnap/v1/Register';
 import { AgentRegistry, type SessionCall } from '../../coordinator/agent-registry';
 import { Catalog } from '../../coordinator/catalog';
-import { ManualClock } from '../../coordinator/clock';
+import { ManualClock } from '../../proto/core/clock';
 import { flush, log } from './coordinator-fakes';
 
 /** The server side of one Session stream, driven by the test. */

@@ -1,12 +1,12 @@
 import { strict as assert } from 'node:assert';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
-import { decodeManifest } from '../../proto/manifest';
+import { decodeManifest } from '../../proto/artefacts/manifest';
 import type { CommandBody } from '../../coordinator/agent-link';
 import { Catalog } from '../../coordinator/catalog';
-import { ManualClock } from '../../coordinator/clock';
+import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';

@@ -1,11 +1,11 @@
 import { strict as assert } from 'node:assert';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import type { DefineVneRequest__Output } from '../../proto/gen/vnsnap/v1/DefineVneRequest';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
-import { encodeManifest, decodeManifest } from '../../proto/manifest';
+import { encodeManifest, decodeManifest } from '../../proto/artefacts/manifest';
 import { Catalog } from '../../coordinator/catalog';
-import { ManualClock } from '../../coordinator/clock';
+import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { RestoreSequencer, artefactVm } from '../../coordinator/restore-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';

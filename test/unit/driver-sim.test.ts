@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
 import { LocalDirStore } from '../../agent/store';
 import { Switch } from '../../switch/switch';
-import { silentLogger } from '../../proto/log';
+import { silentLogger } from '../../proto/core/log';
 import { driverCompliance } from '../support/driver-compliance';
 
 const simSpec = (name: string, peers: string[] = [], mac = '52:54:00:00:00:01') => ({

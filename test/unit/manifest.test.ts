@@ -1,8 +1,8 @@
 import { strict as assert } from 'node:assert';
-import { ERROR_CODES, isVnsnapError, VnsnapError } from '../../proto/errors';
-import { fromServiceError, GRPC_STATUS, toServiceError } from '../../proto/grpc-errors';
-import { loadVnsnap } from '../../proto/grpc';
-import { decodeManifest, encodeManifest, sha256Hex } from '../../proto/manifest';
+import { ERROR_CODES, isVnsnapError, VnsnapError } from '../../proto/core/errors';
+import { fromServiceError, GRPC_STATUS, toServiceError } from '../../proto/core/grpc-status';
+import { loadVnsnap } from '../../proto/core/grpc';
+import { decodeManifest, encodeManifest, sha256Hex } from '../../proto/artefacts/manifest';
 import type { ServiceError } from '@grpc/grpc-js';
 
 const body = {

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 import { classify, Verdict } from '../../switch/epoch-rules';
 import { decode } from '../../switch/geneve';
 import type { TunnelTransport } from '../../switch/tunnel-transport';

@@ -3,9 +3,9 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { decodeChannel, encodeChannel } from '../../agent/channel-file';
+import { decodeChannel, encodeChannel } from '../../proto/artefacts/channel-state';
 import { LocalDirStore } from '../../agent/store';
-import { isVnsnapError } from '../../proto/errors';
+import { isVnsnapError } from '../../proto/core/errors';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
 

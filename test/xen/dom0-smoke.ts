@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { LocalDirStore } from '../../agent/store';
 import { XenDriver } from '../../agent/xen-driver';
 import { scanXenImage } from '../../agent/xen-stream';
-import { silentLogger } from '../../proto/log';
+import { silentLogger } from '../../proto/core/log';
 import { guestConfig, latestStatus, statuses, waitFor } from './guest-config';
 
 const out: Record<string, unknown> = { steps: [] as string[] };

@@ -14,8 +14,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, protoPath as healthProtoPath, type ServingStatusMap } from 'grpc-health-check';
 import * as descriptor from 'protobufjs/ext/descriptor';
-import type { ProtoGrpcType as AgentProto } from './gen/agent';
-import type { ProtoGrpcType as CoordinatorProto } from './gen/coordinator';
+import type { ProtoGrpcType as AgentProto } from '../gen/agent';
+import type { ProtoGrpcType as CoordinatorProto } from '../gen/coordinator';
 
 export const PROTO_FILES = ['vnsnap/v1/coordinator.proto', 'vnsnap/v1/agent.proto', 'vnsnap/v1/manifest.proto', 'vnsnap/v1/types.proto'];
 
@@ -29,7 +29,7 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 
 /** The directory holding vnsnap/v1/*.proto (works from the sources and from dist/). */
 export function protoDir(): string {
-  for (const c of [path.join(__dirname), path.join(__dirname, '..', '..', 'proto')]) {
+  for (const c of [path.join(__dirname, '..'), path.join(__dirname, '..', '..', '..', 'proto')]) {
     if (fs.existsSync(path.join(c, 'vnsnap', 'v1', 'coordinator.proto'))) return c;
   }
   throw new Error(`cannot find the .proto files near ${__dirname}`);

@@ -7,7 +7,7 @@
  * Readers cap every length (a frame is at most 64 KiB + headers) and the count against the
  * file size, so a truncated or hostile file is an ERR_DATA_LOSS error, never a huge allocation.
  */
-import { VnsnapError } from '../proto/errors';
+import { VnsnapError } from '../core/errors';
 
 export const CHANNEL_MAGIC = Buffer.from('VNSCHAN1');
 const MAX_FRAME = 65536 + 256;

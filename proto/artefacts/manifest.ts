@@ -10,10 +10,10 @@
 import { createHash } from 'node:crypto';
 import * as path from 'node:path';
 import * as protobuf from 'protobufjs';
-import { VnsnapError } from './errors';
-import type { ManifestBody__Output } from './gen/vnsnap/v1/ManifestBody';
-import type { ManifestBody } from './gen/vnsnap/v1/ManifestBody';
-import { protoDir } from './grpc';
+import { VnsnapError } from '../core/errors';
+import type { ManifestBody__Output } from '../gen/vnsnap/v1/ManifestBody';
+import type { ManifestBody } from '../gen/vnsnap/v1/ManifestBody';
+import { protoDir } from '../core/grpc';
 
 export const MANIFEST_MAGIC = 'vnsnap-manifest';
 export const MANIFEST_FORMAT_MAJOR = 1;
