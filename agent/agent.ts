@@ -64,7 +64,7 @@ import { UdpTransport } from '../switch/udp-transport';
 import { decodeChannel, encodeChannel } from '../proto/artefacts/channel-state';
 import type { CutReport, DriverKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './driver';
 import { AgentMetrics } from './metrics';
-import { LocalDirStore, type SnapshotStore, type StoredArtefact } from './store';
+import { LocalDirStore, type SnapshotStore, type StoredArtefact } from '../proto/store/local-dir';
 
 export const AGENT_VERSION = '0.1.0';
 

@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util';
 import type { SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import { QemuDriver } from '../../agent/qemu-driver';
 import { silentLogger } from '../../proto/core/log';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';

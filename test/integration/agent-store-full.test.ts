@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { isVnsnapError } from '../../proto/core/errors';
 
 describe('LocalDirStore on a full disk (tmpfs of 256 KiB)', function () {

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { decodeChannel, encodeChannel } from '../../proto/artefacts/channel-state';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { isVnsnapError } from '../../proto/core/errors';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');

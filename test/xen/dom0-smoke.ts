@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { XenDriver } from '../../agent/xen-driver';
 import { scanXenImage } from '../../agent/xen-stream';
 import { silentLogger } from '../../proto/core/log';
