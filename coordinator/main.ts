@@ -14,6 +14,7 @@ import * as path from 'node:path';
 import { Command } from 'commander';
 import { configError, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 import { describeError } from '../proto/core/errors';
+import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger } from '../proto/core/log';
 import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
 
@@ -71,14 +72,16 @@ async function main(): Promise<void> {
   const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
   const version = packageVersion();
   const server = new CoordinatorServer({ config, log, version });
-  await server.start();
+  // The process's parts, started in order and stopped in reverse by the one lifecycle helper.
+  const parts: Startable[] = [server];
+  await startAll(parts);
   process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
-    server.stop().then(
+    stopAll(parts).then(
       () => process.exit(0),
       (e: unknown) => {
         log.error({ error: describeError(e) }, 'stop failed');
