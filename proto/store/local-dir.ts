@@ -83,14 +83,7 @@ export class LocalDirStore implements SnapshotStore {
     const size = await this.stat(a.path);
     if (size === null) return `${a.path}: missing`;
     if (size !== Number(a.size)) return `${a.path}: size ${size}, expected ${a.size}`;
-    const h = createHash('sha256');
-    await new Promise<void>((resolve, reject) => {
-      fs.createReadStream(abs)
-        .on('data', (c) => h.update(c))
-        .on('end', () => resolve())
-        .on('error', reject);
-    });
-    const sum = h.digest('hex');
+    const sum = await sha256File(abs);
     if (sum !== a.sha256.toLowerCase()) return `${a.path}: SHA-256 ${sum}, expected ${a.sha256}`;
     return null;
   }
@@ -144,6 +137,18 @@ export class LocalDirStore implements SnapshotStore {
     await visit(baseRel);
     return out;
   }
+}
+
+/** The lower-case hex SHA-256 of a file, read as a stream. */
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  await new Promise<void>((resolve, reject) => {
+    fs.createReadStream(file)
+      .on('data', (c) => h.update(c))
+      .on('end', () => resolve())
+      .on('error', reject);
+  });
+  return h.digest('hex');
 }
 
 /** An ArtefactWriter over an AtomicFile that hashes and counts what it writes. */
