@@ -28,12 +28,12 @@ export function isTempName(name: string): boolean {
 }
 
 /** A fresh temporary name beside `final`. */
-export function tempPathFor(final: string): string {
+function tempPathFor(final: string): string {
   return path.join(path.dirname(final), `.${path.basename(final)}${TEMP_MARK}${randomBytes(6).toString('hex')}`);
 }
 
 /** The filesystem (or the user's quota) is full. */
-export function isNoSpace(e: unknown): boolean {
+function isNoSpace(e: unknown): boolean {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
   return code === 'ENOSPC' || code === 'EDQUOT';
 }
@@ -45,7 +45,7 @@ export function storeFailure(e: unknown, step: 'creating' | 'writing' | 'committ
 }
 
 /** Make a directory entry (a rename, a new file) durable. */
-export async function fsyncDir(dir: string): Promise<void> {
+async function fsyncDir(dir: string): Promise<void> {
   const h = await fsp.open(dir, fs.constants.O_RDONLY);
   try {
     await h.sync();
