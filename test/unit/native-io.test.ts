@@ -330,6 +330,66 @@ describe('native-io (unit)', function () {
     bad(() => io.createPoller(b.fd, 'udp', Buffer.alloc(128), 64, 0, 2, u(1), u(2), u(2), () => undefined)); // lens too short
     bad(() => io.createPoller(b.fd, 'nope' as 'udp', Buffer.alloc(128), 64, 0, 2, u(2), u(2), u(2), () => undefined));
   });
+
+  it('a socket whose GSO failed is closed; the next socket on its fd number uses GSO', async () => {
+    const rx = open();
+    const r = udpReceiver(io, rx.fd, 64);
+    r.poller.start();
+    // Eight equal-sized datagrams to one destination: one UDP_SEGMENT message when GSO works.
+    const frames = Array.from({ length: 8 }, (_, i) => Buffer.alloc(1000, i));
+    const a = io.udpOpen('127.0.0.1', 0);
+    io.udpSetNoCheck!(a.fd, true); // the kernel refuses UDP_SEGMENT on this socket (EINVAL)
+    assert.equal(send(io, a.fd, frames, rx.port), 8);
+    assert.deepEqual(io.udpSocketStats!(a.fd), { gsoBroken: true, gsoMessages: 0, splitMessages: 1 });
+    io.close(a.fd);
+    const b = open();
+    assert.equal(b.fd, a.fd, 'the new socket got the closed socket\'s fd number');
+    assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 0, splitMessages: 0 });
+    assert.equal(send(io, b.fd, frames, rx.port), 8);
+    assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 1, splitMessages: 0 });
+    await until('16 datagrams at the receiver', () => r.got.length === 16, FAST);
+    r.poller.stop();
+    assert.deepEqual(r.got.map((g) => g.data), [...frames, ...frames]);
+  });
+
+  it('a worker thread and the main thread send GSO batches at the same time; every datagram arrives intact', async () => {
+    const rx = open();
+    const tx = open();
+    const r = udpReceiver(io, rx.fd, 256);
+    r.poller.start();
+    const BATCHES = 10;
+    const N = 64;
+    // The worker loads its own instance of the addon (its own send arena and socket table).
+    const w = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const io = require(workerData.modPath).nativeIo();
+       const tx = io.udpOpen('127.0.0.1', 0);
+       const frames = Array.from({ length: ${N} }, () => Buffer.alloc(200, 0xee));
+       const ips = new Uint32Array(${N}).fill(${LOOPBACK});
+       const ports = new Uint32Array(${N}).fill(workerData.port);
+       let sent = 0;
+       for (let k = 0; k < ${BATCHES}; k++) sent += io.udpSend(tx.fd, frames, ips, ports, ${N});
+       const stats = io.udpSocketStats(tx.fd);
+       io.close(tx.fd);
+       parentPort.postMessage({ sent, port: tx.port, stats });`,
+      { eval: true, workerData: { modPath: require.resolve('../../switch/native-io'), port: rx.port } },
+    );
+    const done = once(w, 'message', 'the worker to finish sending');
+    const frames = Array.from({ length: N }, () => Buffer.alloc(200, 0x11));
+    let sent = 0;
+    for (let k = 0; k < BATCHES; k++) sent += send(io, tx.fd, frames, rx.port);
+    const [msg] = (await done) as [{ sent: number; port: number; stats: { gsoMessages: number; gsoBroken: boolean } }];
+    await w.terminate();
+    assert.equal(sent, BATCHES * N);
+    assert.equal(msg.sent, BATCHES * N);
+    assert.equal(msg.stats.gsoBroken, false);
+    assert.ok(msg.stats.gsoMessages > 0, 'the worker sent UDP_SEGMENT messages');
+    await until('every datagram at the receiver', () => r.got.length === 2 * BATCHES * N, FAST);
+    r.poller.stop();
+    const from = (port: number, fill: number) => r.got.filter((g) => g.port === port && g.data.equals(Buffer.alloc(200, fill))).length;
+    assert.equal(from(tx.port, 0x11), BATCHES * N);
+    assert.equal(from(msg.port, 0xee), BATCHES * N);
+  });
 });
 
 describe('native UDP: one socket per port', () => {
@@ -352,79 +412,3 @@ describe('native UDP: one socket per port', () => {
   });
 });
 
-describe('native UDP: GSO state belongs to the socket, not its fd number', () => {
-  it('a socket whose GSO failed is closed; the next socket on its fd number uses GSO', async () => {
-    const io = nativeIo();
-    const rx = io.udpOpen('127.0.0.1', 0);
-    const opened = [rx.fd];
-    try {
-      const r = udpReceiver(io, rx.fd, 64);
-      r.poller.start();
-      // Eight equal-sized datagrams to one destination: one UDP_SEGMENT message when GSO works.
-      const frames = Array.from({ length: 8 }, (_, i) => Buffer.alloc(1000, i));
-      const a = io.udpOpen('127.0.0.1', 0);
-      io.udpSetNoCheck!(a.fd, true); // the kernel refuses UDP_SEGMENT on this socket (EINVAL)
-      assert.equal(send(io, a.fd, frames, rx.port), 8);
-      assert.deepEqual(io.udpSocketStats!(a.fd), { gsoBroken: true, gsoMessages: 0, splitMessages: 1 });
-      io.close(a.fd);
-      const b = io.udpOpen('127.0.0.1', 0);
-      opened.push(b.fd);
-      assert.equal(b.fd, a.fd, 'the new socket got the closed socket\'s fd number');
-      assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 0, splitMessages: 0 });
-      assert.equal(send(io, b.fd, frames, rx.port), 8);
-      assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 1, splitMessages: 0 });
-      await until('16 datagrams at the receiver', () => r.got.length === 16, FAST);
-      r.poller.stop();
-      assert.deepEqual(r.got.map((g) => g.data), [...frames, ...frames]);
-    } finally {
-      for (const fd of opened) io.close(fd);
-    }
-  });
-});
-
-describe('native-io in a worker thread (state per environment)', () => {
-  it('a worker and the main thread send GSO batches at the same time; every datagram arrives intact', async () => {
-    const io = nativeIo();
-    const rx = io.udpOpen('127.0.0.1', 0);
-    const tx = io.udpOpen('127.0.0.1', 0);
-    try {
-      const r = udpReceiver(io, rx.fd, 256);
-      r.poller.start();
-      const BATCHES = 10;
-      const N = 64;
-      // The worker loads its own instance of the addon (its own send arena and socket table).
-      const w = new Worker(
-        `const { parentPort, workerData } = require('node:worker_threads');
-         const io = require(workerData.modPath).nativeIo();
-         const tx = io.udpOpen('127.0.0.1', 0);
-         const frames = Array.from({ length: ${N} }, () => Buffer.alloc(200, 0xee));
-         const ips = new Uint32Array(${N}).fill(${LOOPBACK});
-         const ports = new Uint32Array(${N}).fill(workerData.port);
-         let sent = 0;
-         for (let k = 0; k < ${BATCHES}; k++) sent += io.udpSend(tx.fd, frames, ips, ports, ${N});
-         const stats = io.udpSocketStats(tx.fd);
-         io.close(tx.fd);
-         parentPort.postMessage({ sent, port: tx.port, stats });`,
-        { eval: true, workerData: { modPath: require.resolve('../../switch/native-io'), port: rx.port } },
-      );
-      const done = once(w, 'message', 'the worker to finish sending');
-      const frames = Array.from({ length: N }, () => Buffer.alloc(200, 0x11));
-      let sent = 0;
-      for (let k = 0; k < BATCHES; k++) sent += send(io, tx.fd, frames, rx.port);
-      const [msg] = (await done) as [{ sent: number; port: number; stats: { gsoMessages: number; gsoBroken: boolean } }];
-      await w.terminate();
-      assert.equal(sent, BATCHES * N);
-      assert.equal(msg.sent, BATCHES * N);
-      assert.equal(msg.stats.gsoBroken, false);
-      assert.ok(msg.stats.gsoMessages > 0, 'the worker sent UDP_SEGMENT messages');
-      await until('every datagram at the receiver', () => r.got.length === 2 * BATCHES * N, FAST);
-      r.poller.stop();
-      const from = (port: number, fill: number) => r.got.filter((g) => g.port === port && g.data.equals(Buffer.alloc(200, fill))).length;
-      assert.equal(from(tx.port, 0x11), BATCHES * N);
-      assert.equal(from(msg.port, 0xee), BATCHES * N);
-    } finally {
-      io.close(rx.fd);
-      io.close(tx.fd);
-    }
-  });
-});
