@@ -8,8 +8,9 @@
  * - the state is created when udpOpen opens the socket and destroyed when the addon's close()
  *   closes it;
  * - it records the socket's identity (st_dev/st_ino of the fd, unique among open files) and
- *   udp_sock_of() checks it on every use: a socket closed behind the addon's back
- *   (fs.closeSync) whose number a new socket took gets fresh state, never the old one;
+ *   udp_sock_of() checks it on every use (one fstat per udpSend call, i.e. per batch, beside
+ *   its sendmmsg): a socket closed behind the addon's back (fs.closeSync) whose number another
+ *   file took gets fresh state, never the old one;
  * - it lives in this environment's addon_t (a worker has its own table).
  * The JS API still names sockets by fd; the table below maps fd -> the state of the socket that
  * fd names now.

@@ -2,6 +2,7 @@
  * Unit tests of the native I/O addon on loopback UDP (no namespaces or devices needed).
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import { nativeIo, NativeIo, Poller } from '../../switch/native-io';
 import { Worker } from 'node:worker_threads';
 import { once, sleep, until } from '../support/wait';
@@ -350,6 +351,22 @@ describe('native-io (unit)', function () {
     await until('16 datagrams at the receiver', () => r.got.length === 16, FAST);
     r.poller.stop();
     assert.deepEqual(r.got.map((g) => g.data), [...frames, ...frames]);
+  });
+
+  it('socket state is checked against the file the fd names: a socket closed behind the addon\'s back leaves nothing to its fd\'s next owner', () => {
+    const rx = open();
+    const a = io.udpOpen('127.0.0.1', 0);
+    io.udpSetNoCheck!(a.fd, true);
+    assert.equal(send(io, a.fd, [Buffer.alloc(500, 1), Buffer.alloc(500, 2)], rx.port), 2);
+    assert.equal(io.udpSocketStats!(a.fd).gsoBroken, true);
+    fs.closeSync(a.fd); // not through io.close(): the addon is not told
+    const f = fs.openSync('/dev/null', 'r');
+    try {
+      assert.equal(f, a.fd, 'the new file got the closed socket\'s fd number');
+      assert.deepEqual(io.udpSocketStats!(f), { gsoBroken: false, gsoMessages: 0, splitMessages: 0 });
+    } finally {
+      fs.closeSync(f);
+    }
   });
 
   it('a worker thread and the main thread send GSO batches at the same time; every datagram arrives intact', async () => {
