@@ -12,12 +12,29 @@ import type { ReconnectOptions, SessionFactory, SessionStream, SessionTransport,
 export class FakeStream implements SessionStream {
   readonly written: AgentMessage[] = [];
   closed = false;
+  private readonly waiters: { commandId: number; resolve: (r: Result) => void }[] = [];
 
   constructor(private readonly events: StreamEvents) {}
 
   write(m: AgentMessage): void {
     if (this.closed) throw new Error('write on a closed fake stream');
     this.written.push(m);
+    const r = m.result;
+    if (!r) return;
+    for (const w of this.waiters.filter((x) => x.commandId === r.commandId)) w.resolve(r);
+  }
+
+  /** The Result of a command: at once if written already, else when it is. */
+  result(commandId: number): Promise<Result> {
+    const done = this.results.find((r) => r.commandId === commandId);
+    if (done) return Promise.resolve(done);
+    return new Promise((resolve) => this.waiters.push({ commandId, resolve }));
+  }
+
+  /** Send a command and await its Result. */
+  run(cmd: Command__Output): Promise<Result> {
+    this.command(cmd);
+    return this.result(cmd.id);
   }
 
   close(): void {
