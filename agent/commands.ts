@@ -13,14 +13,7 @@ import type { Logger } from '../proto/core/log';
 import type { Command__Output } from '../proto/gen/vnsnap/v1/Command';
 import type { ConfigureVne__Output } from '../proto/gen/vnsnap/v1/ConfigureVne';
 import type { DeleteArtefacts__Output } from '../proto/gen/vnsnap/v1/DeleteArtefacts';
-import type { RestoreCancel__Output } from '../proto/gen/vnsnap/v1/RestoreCancel';
-import type { RestorePrepare__Output } from '../proto/gen/vnsnap/v1/RestorePrepare';
-import type { RestoreResume__Output } from '../proto/gen/vnsnap/v1/RestoreResume';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
-import type { SnapshotAbort__Output } from '../proto/gen/vnsnap/v1/SnapshotAbort';
-import type { SnapshotBegin__Output } from '../proto/gen/vnsnap/v1/SnapshotBegin';
-import type { SnapshotCommit__Output } from '../proto/gen/vnsnap/v1/SnapshotCommit';
-import type { SnapshotPersist__Output } from '../proto/gen/vnsnap/v1/SnapshotPersist';
 import type { StartVm__Output } from '../proto/gen/vnsnap/v1/StartVm';
 import type { StopVm__Output } from '../proto/gen/vnsnap/v1/StopVm';
 import type { ValidateArtefacts__Output } from '../proto/gen/vnsnap/v1/ValidateArtefacts';
@@ -31,6 +24,8 @@ import type { ProgressSink, SnapshotRunner } from './snapshot-runner';
 import type { SnapshotStore } from './store';
 import type { VmTable } from './vms';
 import type { VneTable } from './vne-table';
+
+type CommandBody = NonNullable<Command__Output['body']>;
 
 export interface CommandDispatcherOptions {
   agentId: string;
@@ -65,36 +60,27 @@ export class CommandDispatcher {
     link.send({ result });
   }
 
+  /** One handler per Command body; the compiler checks every body has one. */
+  private readonly handlers: { [K in CommandBody]: (c: NonNullable<Command__Output[K]>, link: SessionLink, commandId: number) => Promise<Partial<Result>> } = {
+    configureVne: (c) => this.configureVne(c),
+    startVm: (c) => this.startVm(c),
+    stopVm: (c) => this.stopVm(c),
+    snapshotBegin: (c, link, id) => this.o.snapshots.begin(c, this.progressTo(link, id)),
+    snapshotCommit: (c) => this.o.snapshots.commit(c),
+    snapshotPersist: (c) => this.o.snapshots.persist(c),
+    snapshotAbort: (c) => this.o.snapshots.abort(c),
+    deleteArtefacts: (c) => this.deleteArtefacts(c),
+    validateArtefacts: (c) => this.validateArtefacts(c),
+    restorePrepare: (c) => this.o.restores.prepare(c),
+    restoreResume: (c) => this.o.restores.resume(c),
+    restoreCancel: (c) => this.o.restores.cancel(c),
+  };
+
   private dispatch(link: SessionLink, cmd: Command__Output): Promise<Partial<Result>> {
-    const { snapshots, restores } = this.o;
-    switch (cmd.body) {
-      case 'configureVne':
-        return this.configureVne(cmd.configureVne as ConfigureVne__Output);
-      case 'startVm':
-        return this.startVm(cmd.startVm as StartVm__Output);
-      case 'stopVm':
-        return this.stopVm(cmd.stopVm as StopVm__Output);
-      case 'snapshotBegin':
-        return snapshots.begin(cmd.snapshotBegin as SnapshotBegin__Output, this.progressTo(link, cmd.id));
-      case 'snapshotCommit':
-        return snapshots.commit(cmd.snapshotCommit as SnapshotCommit__Output);
-      case 'snapshotPersist':
-        return snapshots.persist(cmd.snapshotPersist as SnapshotPersist__Output);
-      case 'snapshotAbort':
-        return snapshots.abort(cmd.snapshotAbort as SnapshotAbort__Output);
-      case 'deleteArtefacts':
-        return this.deleteArtefacts(cmd.deleteArtefacts as DeleteArtefacts__Output);
-      case 'validateArtefacts':
-        return this.validateArtefacts(cmd.validateArtefacts as ValidateArtefacts__Output);
-      case 'restorePrepare':
-        return restores.prepare(cmd.restorePrepare as RestorePrepare__Output);
-      case 'restoreResume':
-        return restores.resume(cmd.restoreResume as RestoreResume__Output);
-      case 'restoreCancel':
-        return restores.cancel(cmd.restoreCancel as RestoreCancel__Output);
-      default:
-        return Promise.reject(new VnsnapError('ERR_INVALID_ARGUMENT', `command ${cmd.id} has no body this agent knows`));
-    }
+    const body = cmd.body;
+    const handler = body ? (this.handlers[body] as ((c: unknown, link: SessionLink, commandId: number) => Promise<Partial<Result>>) | undefined) : undefined;
+    if (!body || !handler) return Promise.reject(new VnsnapError('ERR_INVALID_ARGUMENT', `command ${cmd.id} has no body this agent knows`));
+    return handler(cmd[body], link, cmd.id);
   }
 
   private progressTo(link: SessionLink, commandId: number): ProgressSink {
