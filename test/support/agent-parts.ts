@@ -19,9 +19,17 @@ import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { formatMac } from '../../switch/mac';
 import { Switch } from '../../switch/switch';
 import { FakeDriver } from './fake-driver';
-import { vmMac } from './frames';
+import { makeFrame, vmMac } from './frames';
 
 export const T0 = 1_800_000_000_000;
+
+/** Let pending promise callbacks and immediates run (the runners' awaits on resolved fakes). */
+export const flush = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/** A test frame from VM i to VM j (MACs vmMac(i), vmMac(j)). */
+export function testFrame(from: number, to: number, seq: number): Buffer {
+  return makeFrame({ dst: vmMac(to), src: vmMac(from), sender: from, seq, epoch: 0 });
+}
 export const VNE = 'blue';
 
 /** A VM spec for the fake driver with one vNIC whose MAC is vmMac(i). */

@@ -7,11 +7,9 @@ import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/driver';
 import { ManualClock } from '../../proto/core/clock';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
 import { FakeUdpNetwork } from '../../switch/fake-port';
-import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
+import { fakeVmSpec, flush, T0, VNE } from '../support/agent-parts';
 import { FakeDriver } from '../support/fake-driver';
 import { FakeSessionTransport } from '../support/fake-session';
-
-const flush = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /** A driver whose start fails with a plain Error (not a VnsnapError). */
 class BrokenDriver extends FakeDriver {

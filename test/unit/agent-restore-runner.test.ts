@@ -3,10 +3,8 @@ import { encodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
-import { AgentParts, fakeVmSpec, VNE } from '../support/agent-parts';
-import { makeFrame, parseFrame, vmMac } from '../support/frames';
-
-const flush = (): Promise<void> => new Promise((r) => setImmediate(r));
+import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
+import { parseFrame } from '../support/frames';
 
 async function failure(p: Promise<unknown>): Promise<string> {
   try {
@@ -17,12 +15,10 @@ async function failure(p: Promise<unknown>): Promise<string> {
   return 'resolved';
 }
 
-const frame = (from: number, to: number, seq: number): Buffer => makeFrame({ dst: vmMac(to), src: vmMac(from), sender: from, seq, epoch: 0 });
-
 /** Store the image of VM a (memory, and one channel frame from b with seq 9); returns its RestorePrepare. */
 async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare__Output> = {}): Promise<RestorePrepare__Output> {
   const mem = await h.store.put(`snapshots/${id}/a.mem`, Buffer.from('memory of a'));
-  const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([frame(2, 1, 9)]));
+  const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([testFrame(2, 1, 9)]));
   const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' };
   const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0' };
   return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel] }], ...over };
@@ -50,7 +46,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     );
     // b (resumed first elsewhere) sends to a: held by the gate, not passed to the paused VM.
     const b = h.driver.port('blue/b').vm;
-    b.send(frame(2, 1, 10));
+    b.send(testFrame(2, 1, 10));
     b.pumpAll();
     const a = h.driver.port('blue/a').vm;
     assert.deepEqual(a.received, []);
@@ -68,7 +64,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
       [9, 10],
     );
     // The gate stays open.
-    b.send(frame(2, 1, 11));
+    b.send(testFrame(2, 1, 11));
     b.pumpAll();
     assert.deepEqual(
       a.received.map((f) => parseFrame(f)?.seq),

@@ -2,11 +2,9 @@ import { strict as assert } from 'node:assert';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
-import { AgentParts, T0, VNE } from '../support/agent-parts';
+import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
-import { makeFrame, parseFrame, vmMac } from '../support/frames';
-
-const flush = (): Promise<void> => new Promise((r) => setImmediate(r));
+import { parseFrame, vmMac } from '../support/frames';
 
 function begin(id: string, epoch: number, vms: string[], mode: SnapshotBegin__Output['mode'] = 'SNAPSHOT_MODE_PRECOPY'): SnapshotBegin__Output {
   return { snapshotId: id, vne: VNE, epoch, mode, vms, storePrefix: `snapshots/${id}/` };
@@ -28,9 +26,6 @@ function job(h: AgentParts, i = 0): FakeJob {
   if (!j) throw new Error(`no job ${i}`);
   return j;
 }
-
-/** A test frame from VM i to VM j (MACs vmMac(i), vmMac(j)). */
-const frame = (from: number, to: number, seq: number): Buffer => makeFrame({ dst: vmMac(to), src: vmMac(from), sender: from, seq, epoch: 0 });
 
 describe('agent snapshot runner (fake driver, real switch over fake ports, manual clock)', () => {
   let h: AgentParts;
@@ -63,8 +58,8 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     // Frames the VMs wrote before the cut and the switch has not read yet: a's is drained as
     // epoch 0 at a's cut (b is still at 0: delivered, not recorded); b's is drained when b, a
     // bystander, passes the cut after a did (a is at 1: delivered and recorded as a's channel).
-    h.driver.port('blue/a').vm.send(frame(1, 2, 1));
-    h.driver.port('blue/b').vm.send(frame(2, 1, 1));
+    h.driver.port('blue/a').vm.send(testFrame(1, 2, 1));
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 1));
     h.clock.advance(250);
     const commit = await h.snapshots.commit({ snapshotId: 's1' });
     const cutUs = (T0 + 750) * 1000;
@@ -141,7 +136,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(h.driver.events, ['start a', 'start b']);
     assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [2, 2]);
     // Un-gated: a frame to a is delivered, not held.
-    h.driver.port('blue/b').vm.send(frame(2, 1, 7));
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 7));
     h.driver.port('blue/b').vm.pumpAll();
     assert.deepEqual(h.driver.port('blue/a').vm.received.map((f) => parseFrame(f)?.seq), [7]);
     assert.deepEqual(h.snapshots.inProgress, ['s3']);
