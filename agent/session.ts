@@ -125,6 +125,14 @@ interface Stream {
   seq: number;
 }
 
+/** The stream of a record whose transport.open() has not returned yet. */
+const NOT_OPEN: SessionStream = {
+  write: () => {
+    throw new VnsnapError('ERR_STATE', 'session stream not open yet');
+  },
+  close: () => undefined,
+};
+
 const DEFAULT_DEAD_AFTER_MS = 3000;
 const DEFAULT_HEARTBEAT_MS = 1000;
 
@@ -175,7 +183,8 @@ export class CoordinatorSession {
   private dial(): void {
     if (this.stopping || !this.transport) return;
     if (this.attempts++ > 0) this.o.metrics.reconnects.inc();
-    const s = { open: true, welcomed: false, seq: 0 } as Stream;
+    // The stream's events name the record they belong to (a late event of an old stream is ignored).
+    const s: Stream = { io: NOT_OPEN, open: true, welcomed: false, seq: 0 };
     this.current = s;
     s.io = this.transport.open({ message: (m) => this.onMessage(s, m), end: (e) => this.onEnd(s, e) });
     this.write(s, { register: this.o.handlers.register() });
