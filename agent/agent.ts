@@ -114,13 +114,11 @@ export class Agent extends EventEmitter implements Startable {
     const nowUs = microsOf(clock);
     const parts = { agentId: this.id, switch: () => this.switch, store: this.store, clock, nowUs, log: this.log, metrics: this.metrics };
     this.vms = new VmTable({ ...parts, drivers: opts.drivers, ...(opts.restoreGateBytes !== undefined ? { restoreGateBytes: opts.restoreGateBytes } : {}) });
-    const vnes = new VneTable({ ...parts, vms: this.vms });
-    this.vnes = vnes;
+    const vnes = (this.vnes = new VneTable({ ...parts, vms: this.vms }));
     this.snapshots = new SnapshotRunner({
       ...parts,
       vms: this.vms,
-      requireVne: (v) => vnes.require(v),
-      hasVne: (v) => vnes.has(v),
+      vnes,
       ...(opts.progressIntervalMs !== undefined ? { progressIntervalMs: opts.progressIntervalMs } : {}),
       ...(opts.channelTimeoutMs !== undefined ? { channelTimeoutMs: opts.channelTimeoutMs } : {}),
     });

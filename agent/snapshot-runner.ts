@@ -42,6 +42,7 @@ import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImag
 import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from './store';
 import type { VmRecord, VmTable } from './vms';
+import type { VneTable } from './vne-table';
 
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
 export type ProgressSink = (vm: VmProgress) => void;
@@ -51,9 +52,8 @@ export interface SnapshotRunnerOptions {
   switch: () => Switch;
   store: SnapshotStore;
   vms: VmTable;
-  /** Throws ERR_VNE_UNKNOWN unless the VNE is configured here. */
-  requireVne: (vne: string) => void;
-  hasVne: (vne: string) => boolean;
+  /** The VNEs configured here (require: throws ERR_VNE_UNKNOWN). */
+  vnes: Pick<VneTable, 'require' | 'has'>;
   clock: Clock;
   /** Wall-clock microseconds for phase timings (default: clock.now() × 1000). */
   nowUs?: () => number;
@@ -110,7 +110,7 @@ export class SnapshotRunner {
 
   async begin(c: SnapshotBegin__Output, progress: ProgressSink): Promise<Partial<Result>> {
     if (this.snapshots.has(c.snapshotId)) throw new VnsnapError('ERR_ALREADY_EXISTS', `snapshot ${c.snapshotId} is already in progress here`);
-    this.o.requireVne(c.vne);
+    this.o.vnes.require(c.vne);
     if (!c.snapshotId || c.epoch <= 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'SnapshotBegin needs a snapshot id and an epoch > 0');
     const vms = c.vms.map((name) => {
       const vm = this.o.vms.get(c.vne, name);
@@ -387,7 +387,7 @@ export class SnapshotRunner {
 
   /** Advance the VNE's ports to `epoch` after an abort (guests that track epochs are told first). */
   private advanceAfterAbort(vne: string, epoch: number): void {
-    if (!this.o.hasVne(vne) || epoch <= 0) return;
+    if (!this.o.vnes.has(vne) || epoch <= 0) return;
     let sw: Switch;
     try {
       sw = this.o.switch();

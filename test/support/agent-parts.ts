@@ -57,7 +57,7 @@ export class AgentParts {
     this.vms = new VmTable({ ...parts, drivers: [this.driver] });
     const vnes = new VneTable({ ...parts, vms: this.vms });
     this.vnes = vnes;
-    this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, requireVne: (v) => vnes.require(v), hasVne: (v) => vnes.has(v), ...opts });
+    this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, vnes, ...opts });
     this.restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots });
   }
 
