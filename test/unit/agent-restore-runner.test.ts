@@ -3,6 +3,8 @@ import { encodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
+import { RestoreGatePort } from '../../agent/restore-gate';
+import { FakePort } from '../../switch/fake-port';
 import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
 import { parseFrame } from '../support/frames';
 
@@ -120,5 +122,30 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     await h.restores.cancel({ restoreId: 'r-s5', vne: VNE });
     await h.restores.prepare(await imageOfA(h, 's6', { generation: 5 }));
     assert.equal(h.vnes.generation(VNE), 5);
+  });
+});
+
+describe('restore gate port', () => {
+  it('holds copies up to its byte bound while held (the rest dropped and counted), then releases after the injection, in order', () => {
+    const inner = new FakePort('p');
+    const gate = new RestoreGatePort(inner, 150);
+    gate.hold();
+    const f = (seq: number): Buffer => testFrame(2, 1, seq);
+    const batch = [f(1), f(2), f(3)];
+    assert.equal(gate.send(batch, 3), 3);
+    batch[0]?.fill(0); // the gate kept copies
+    assert.equal(gate.drops, 1);
+    assert.deepEqual(inner.vm.received, []);
+    gate.release(() => gate.send([f(0)], 1));
+    assert.equal(gate.holding, false);
+    assert.deepEqual(
+      inner.vm.received.map((x) => parseFrame(x)?.seq),
+      [0, 1, 2],
+    );
+    gate.send([f(4)], 1);
+    assert.deepEqual(
+      inner.vm.received.map((x) => parseFrame(x)?.seq),
+      [0, 1, 2, 4],
+    );
   });
 });
