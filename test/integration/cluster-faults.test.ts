@@ -16,8 +16,9 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Cluster, until, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { liveProblems, readStates } from '../support/sim-checks';
+import { until } from '../support/wait';
 
 const VNE = 'red';
 const VMS = ['a', 'b', 'c', 'd'];
@@ -74,7 +75,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     await until('traffic', async () => {
       const st = await readStates(c, VNE, VMS);
       return VMS.every((r) => VMS.every((s) => s === r || (st[r]?.expected[s] ?? 0) > 10));
-    });
+    }, { everyMs: 100 });
     const r = await c.cliStream<SnapshotEvent>(['snapshot', 'create', VNE, '--description', 'baseline']).done;
     assert.equal(r.code, 0, r.stderr);
     baseline = r.events[r.events.length - 1]?.done as CatalogSnapshot;
@@ -135,14 +136,14 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
         }
         return true;
       },
-      10_000,
+      { timeoutMs: 10_000, everyMs: 100 },
     );
   }
 
   /** After an agent was lost and restarted: its VMs are gone, so the VNE must say FAILED; restoring the baseline brings every VM back. */
   async function recoverLostHost(host: string): Promise<void> {
     await c.startAgent(host);
-    await until('the VNE reported FAILED (VMs lost with their agent)', async () => (await vneState()).state === 'VNE_STATE_FAILED', 5000);
+    await until('the VNE reported FAILED (VMs lost with their agent)', async () => (await vneState()).state === 'VNE_STATE_FAILED', { timeoutMs: 5000, everyMs: 100 });
     const t0 = Date.now();
     const r = await c.cliStream<SnapshotEvent>(['restore', baseline.id, '--stop-running']).done;
     assert.equal(r.code, 0, r.stderr);
