@@ -150,6 +150,22 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     outcomes.push(`  recovery: restore of ${baseline.id} after ${host} came back: ${Date.now() - t0} ms`);
   }
 
+  /**
+   * After the coordinator was SIGKILLed during `run` (in `phase`): start it again; the snapshot
+   * is ABORTED ("coordinator restarted"), every VM runs at its epoch, the catalog is consistent.
+   */
+  async function coordinatorRestarted(run: FaultRun, phase: string, label: string): Promise<void> {
+    const t0 = Date.now();
+    await c.startCoordinator();
+    await c.waitConnected(c.hosts);
+    const rec = await snapshotRecord(run.id);
+    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
+    assert.equal(rec.error, 'coordinator restarted');
+    outcomes.push(`coordinator killed in ${phase} (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
+    await survivorsRunAt(rec.epoch, c.hosts);
+    await consistent(`after the coordinator restarted (${label})`);
+  }
+
   async function consistent(label: string): Promise<void> {
     assert.deepEqual(await c.consistencyProblems(VNE), [], label);
   }
@@ -204,15 +220,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     );
     assert.equal(run.stateAtFault, 'SNAPSHOT_STATE_PRECOPY');
     assert.notEqual(run.code, 0);
-    const t0 = Date.now();
-    await c.startCoordinator();
-    await c.waitConnected(c.hosts);
-    const rec = await snapshotRecord(run.id);
-    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
-    assert.equal(rec.error, 'coordinator restarted');
-    outcomes.push(`coordinator killed in PRECOPY (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
-    await survivorsRunAt(rec.epoch, c.hosts);
-    await consistent('after the coordinator restarted (pre-copy)');
+    await coordinatorRestarted(run, 'PRECOPY', 'pre-copy');
     const again = await c.cliStream<SnapshotEvent>(['snapshot', 'create', VNE]).done;
     assert.equal(again.code, 0, again.stderr);
   });
@@ -223,15 +231,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
       () => c.kill('coordinator', 'SIGKILL'),
     );
     assert.equal(run.stateAtFault, 'SNAPSHOT_STATE_PERSISTING');
-    const t0 = Date.now();
-    await c.startCoordinator();
-    await c.waitConnected(c.hosts);
-    const rec = await snapshotRecord(run.id);
-    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
-    assert.equal(rec.error, 'coordinator restarted');
-    outcomes.push(`coordinator killed in PERSISTING (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
-    await survivorsRunAt(rec.epoch, c.hosts);
-    await consistent('after the coordinator restarted (persist)');
+    await coordinatorRestarted(run, 'PERSISTING', 'persist');
     const live = await liveProblems(c, VNE, VMS);
     assert.deepEqual(live.problems, []);
   });

@@ -454,13 +454,11 @@ function nodeArgs(): string[] {
   return (process.env.VNSNAP_CLUSTER_NODE_ARGS ?? '').split(' ').filter(Boolean);
 }
 
+/** Every file below dir (none when dir does not exist). */
 function listFiles(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
-  const out: string[] = [];
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...listFiles(p));
-    else out.push(p);
-  }
-  return out;
+  return fs
+    .readdirSync(dir, { recursive: true, encoding: 'utf8' })
+    .map((f) => path.join(dir, f))
+    .filter((p) => fs.statSync(p, { throwIfNoEntry: false })?.isFile() === true);
 }
