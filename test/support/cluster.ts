@@ -335,6 +335,7 @@ export class Cluster {
     for (;;) {
       const problems = await this.consistencyOnce(vne);
       if (problems.length === 0 || Date.now() > end) return problems;
+      // A poll, not until(): the answer after the grace is the problem list, not a timeout error.
       await sleep(250);
     }
   }
