@@ -13,7 +13,6 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
-import type { SimGuestState } from '../../agent/sim-driver';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../support/sim-checks';
 import { until } from '../support/wait';
@@ -97,7 +96,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
    * Wait until every VM has sent to and received from every peer at least `n` frames beyond
    * `since` (a reading, or a snapshot's images): the network carries traffic past that point.
    */
-  async function progressed(what: string, since: Record<string, SimGuestState>, n = 1): Promise<void> {
+  async function progressed(what: string, since: Record<string, { expected: Record<string, number>; sent: Record<string, number> }>, n = 1): Promise<void> {
     await until(
       what,
       async () => {
