@@ -62,7 +62,7 @@ import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel-transport';
 import { UdpTransport } from '../switch/udp-transport';
 import { decodeChannel, encodeChannel } from '../proto/artefacts/channel-state';
-import type { CutReport, DriverKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './driver';
+import type { CutReport, DriverKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './drivers/driver';
 import { AgentMetrics } from './metrics';
 import { LocalDirStore, type SnapshotStore, type StoredArtefact } from './store';
 

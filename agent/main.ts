@@ -10,11 +10,11 @@ import { describeError } from '../proto/core/errors';
 import { createLogger } from '../proto/core/log';
 import { Agent } from './agent';
 import { loadAgentConfig } from './config';
-import type { HypervisorDriver } from './driver';
+import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
-import { QemuDriver } from './qemu-driver';
-import { SimDriver } from './sim-driver';
-import { XenDriver } from './xen-driver';
+import { QemuDriver } from './drivers/qemu/driver';
+import { SimDriver } from '../test/sim/driver';
+import { XenDriver } from './drivers/xen/driver';
 
 async function main(): Promise<void> {
   const program = new Command()

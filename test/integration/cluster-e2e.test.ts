@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
-import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../support/sim-checks';
+import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../sim/checks';
 
 const VNE = 'blue';
 const VMS = ['a', 'b', 'c', 'd', 'e'];

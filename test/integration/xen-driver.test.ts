@@ -11,13 +11,13 @@ import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { CutReport, VmStartSpec } from '../../agent/driver';
+import type { CutReport, VmStartSpec } from '../../agent/drivers/driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../agent/store';
-import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
-import { XlHost } from '../../agent/xen-xl';
-import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
+import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/drivers/xen/driver';
+import { XlHost } from '../../agent/drivers/xen/xl';
+import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/drivers/xen/stream';
 import { fakePortPair } from '../../switch/fake-port';
-import { driverCompliance } from '../support/driver-compliance';
+import { driverCompliance } from '../support/compliance/driver';
 import { FakeXenHost } from '../xen/fake-xen-host';
 
 function stream(passes: number[][]): Buffer {
@@ -289,7 +289,7 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
   // Both relays, as xl starts them: sh -c RECEIVER, talking over the receiver's stdin and stdout.
   const relays = [
     { name: 'C (vnsnap-xen-relay, the default)', cmd: (sock: string) => `exec '${nativeRelayPath() ?? 'vnsnap-xen-relay not built'}' '${sock}'`, exit: { code: 0, signal: null } },
-    { name: 'Node (xen-relay.js, the fallback)', cmd: (sock: string) => `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'xen-relay.js')}' '${sock}'`, exit: { code: null, signal: 'SIGKILL' } },
+    { name: 'Node (xen-relay.js, the fallback)', cmd: (sock: string) => `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'drivers', 'xen', 'relay.js')}' '${sock}'`, exit: { code: null, signal: 'SIGKILL' } },
   ];
   let dir: string;
   let sock: string;

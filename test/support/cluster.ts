@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
-import { parseSimImage, type SimGuestState, type SimVmState } from '../../agent/sim-driver';
+import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
 import { sh, Topology, waitForJsonLine } from './netns';
 
@@ -63,7 +63,7 @@ export interface DebugVm {
   state: SimVmState | null;
 }
 
-/** A decoded sim data frame (agent/sim-driver.ts frame layout). */
+/** A decoded sim data frame (test/sim/driver.ts frame layout). */
 export interface SimFrame {
   type: number;
   epoch: number;

@@ -3,11 +3,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
+import { guestOf, SimDriver, type SimVmState } from '../sim/driver';
 import { LocalDirStore } from '../../agent/store';
 import { Switch } from '../../switch/switch';
 import { silentLogger } from '../../proto/core/log';
-import { driverCompliance } from '../support/driver-compliance';
+import { driverCompliance } from '../support/compliance/driver';
 
 const simSpec = (name: string, peers: string[] = [], mac = '52:54:00:00:00:01') => ({
   id: `blue/${name}`,

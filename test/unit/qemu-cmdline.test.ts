@@ -3,7 +3,7 @@
  * and the RAM padding that keeps QEMU < 9.0 under TCG off its lossy dirty-bitmap fast path.
  */
 import { strict as assert } from 'node:assert';
-import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/qemu-cmdline';
+import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 
 const spec: QemuDriverSpec__Output = { memoryMib: 256, cpus: 1, kernel: '/k', initrd: '/i', append: 'quiet', disk: '/d.qcow2', extra: {} };

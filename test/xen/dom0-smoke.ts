@@ -11,8 +11,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LocalDirStore } from '../../agent/store';
-import { XenDriver } from '../../agent/xen-driver';
-import { scanXenImage } from '../../agent/xen-stream';
+import { XenDriver } from '../../agent/drivers/xen/driver';
+import { scanXenImage } from '../../agent/drivers/xen/stream';
 import { silentLogger } from '../../proto/core/log';
 import { guestConfig, latestStatus, statuses, waitFor } from './guest-config';
 

@@ -12,9 +12,9 @@
  * artefact; restore comes back paused with exactly the state of the pause instant.
  */
 import { strict as assert } from 'node:assert';
-import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../agent/driver';
-import type { SnapshotStore } from '../../agent/store';
-import { createLogger, silentLogger } from '../../proto/core/log';
+import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../../agent/drivers/driver';
+import type { SnapshotStore } from '../../../agent/store';
+import { createLogger, silentLogger } from '../../../proto/core/log';
 
 export interface DriverUnderTest {
   driver: HypervisorDriver;

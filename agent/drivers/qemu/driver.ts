@@ -1,6 +1,6 @@
 /**
  * The QEMU hypervisor driver (DESIGN.md "Hypervisor drivers", docs/qemu.md): one QEMU process
- * per VM, driven over QMP (qemu-qmp.ts), with the command line of qemu-cmdline.ts.
+ * per VM, driven over QMP (qmp.ts), with the command line of cmdline.ts.
  *
  * Instance directory (driver option workDir, one directory per VM instance; keep it short:
  * unix socket paths are limited to 107 bytes): qmp.sock, console.log, net<i>.sock (stream NICs),
@@ -40,16 +40,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { describeError, VnsnapError } from '../proto/core/errors';
-import type { QemuDriverSpec__Output } from '../proto/gen/vnsnap/v1/QemuDriverSpec';
-import { silentLogger, type Logger } from '../proto/core/log';
-import { PacketPort } from '../switch/fd-port';
-import type { Port } from '../switch/port';
-import { StreamPort } from '../switch/stream-port';
-import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import { probeAccel, qemuCmdline, qemuVersion, run, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode, type VmFiles } from './qemu-cmdline';
-import { QmpClient, type QmpEvent } from './qemu-qmp';
-import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { silentLogger, type Logger } from '../../../proto/core/log';
+import { PacketPort } from '../../../switch/fd-port';
+import type { Port } from '../../../switch/port';
+import { StreamPort } from '../../../switch/stream-port';
+import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import { probeAccel, qemuCmdline, qemuVersion, run, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode, type VmFiles } from './cmdline';
+import { QmpClient, type QmpEvent } from './qmp';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from '../../store';
 
 export interface QemuDriverOptions {
   /** Where instance directories go (default /run/vnsnap/qemu). */

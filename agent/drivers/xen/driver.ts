@@ -9,12 +9,12 @@
  * domain (new domid, new vifD.N) lands on the same port.
  *
  * Snapshot, precopy mode (live capture): `xl migrate -s '' DOM RECEIVER` where RECEIVER is
- * xen-relay.js, connected to a unix socket of this driver. The driver sends xl's banner, writes
- * the stream into the store while parsing it (xen-stream.ts), and:
+ * relay.js, connected to a unix socket of this driver. The driver sends xl's banner, writes
+ * the stream into the store while parsing it (stream.ts), and:
  *   - `ready` once most of the first pass has arrived; it then stops reading, so the sender
  *     blocks (the domain runs on) until the coordinator's commit: cut() reads again;
  *   - libxc finishes its live passes and suspends the domain: the suspend instant (xenstore,
- *     xen-xl.ts) is the cut: atPause runs (the agent drains the port and advances the epoch),
+ *     xl.ts) is the cut: atPause runs (the agent drains the port and advances the epoch),
  *     then file-backed disks are copied while the domain is suspended;
  *   - at the libxl END record the image is complete; the driver closes the connection without
  *     sending "ready", xl reports "Migration failed, resuming at sender" and resumes the domain
@@ -29,15 +29,15 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { VnsnapError } from '../proto/core/errors';
-import type { Logger } from '../proto/core/log';
-import { TapPort } from '../switch/fd-port';
-import type { Port } from '../switch/port';
-import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
-import { ConvergeCap } from './xen-converge';
-import { XenStreamParser, XL_RECEIVER_BANNER } from './xen-stream';
-import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-xl';
+import { VnsnapError } from '../../../proto/core/errors';
+import type { Logger } from '../../../proto/core/log';
+import { TapPort } from '../../../switch/fd-port';
+import type { Port } from '../../../switch/port';
+import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from '../../store';
+import { ConvergeCap } from './converge';
+import { XenStreamParser, XL_RECEIVER_BANNER } from './stream';
+import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xl';
 
 /** Parsed stream bytes allowed to wait for the store before the receiver stops reading. */
 const QUEUE_MAX = 64 * 1024 * 1024;
@@ -106,10 +106,11 @@ interface XenVm {
 
 /**
  * The C relay built with the native addon (agent/native/xen-relay.c), or null when it was not
- * built: then the Node relay (xen-relay.ts) is used, which works but lengthens the pause.
+ * built: then the Node relay (relay.ts) is used, which works but lengthens the pause.
  */
 export function nativeRelayPath(): string | null {
-  for (const p of [path.join(__dirname, '..', '..', 'build', 'Release', 'vnsnap-xen-relay'), path.join(__dirname, '..', 'build', 'Release', 'vnsnap-xen-relay')]) {
+  // Compiled: dist/agent/drivers/xen/ → the repository's build/; from source: agent/drivers/xen/.
+  for (const p of [path.join(__dirname, '..', '..', '..', '..', 'build', 'Release', 'vnsnap-xen-relay'), path.join(__dirname, '..', '..', '..', 'build', 'Release', 'vnsnap-xen-relay')]) {
     if (fs.existsSync(p)) return p;
   }
   return null;
@@ -174,7 +175,7 @@ export class XenDriver implements HypervisorDriver {
     // exec: no shell between xl and the relay, so the relay's death is the receiver's exit.
     const native = nativeRelayPath();
     if (native) return `exec '${native}' '${sock}'`;
-    return `exec '${process.execPath}' '${path.join(__dirname, 'xen-relay.js')}' '${sock}'`;
+    return `exec '${process.execPath}' '${path.join(__dirname, 'relay.js')}' '${sock}'`;
   }
 
   private get(id: string): XenVm {

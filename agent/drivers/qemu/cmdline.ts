@@ -28,7 +28,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import type { QemuDriverSpec__Output } from '../proto/gen/vnsnap/v1/QemuDriverSpec';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 
 export type Accel = 'kvm' | 'tcg';
 export type NicMode = 'stream' | 'tap';

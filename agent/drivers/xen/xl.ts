@@ -13,7 +13,7 @@
  * copy started is used.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../../proto/core/errors';
 
 export interface XlProcess {
   /** Resolves when the command exited: its exit code (null if killed) and what it printed. */

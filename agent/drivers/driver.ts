@@ -42,10 +42,10 @@
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
  */
-import type { Logger } from '../proto/core/log';
-import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
-import type { Port } from '../switch/port';
-import type { SnapshotStore, StoredArtefact } from './store';
+import type { Logger } from '../../proto/core/log';
+import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
+import type { Port } from '../../switch/port';
+import type { SnapshotStore, StoredArtefact } from '../store';
 
 export type DriverKind = 'sim' | 'qemu' | 'xen';
 

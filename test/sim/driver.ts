@@ -33,12 +33,12 @@
  * and the state captured at each cut with `cutState(id, epoch)`.
  */
 import { createHash } from 'node:crypto';
-import { VnsnapError } from '../proto/core/errors';
-import { formatMac, parseMac, writeMac } from '../switch/mac';
-import type { Port, RxBatch } from '../switch/port';
-import { newRxBatch } from '../switch/port';
-import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import type { ArtefactWriter, SnapshotStore, StoredArtefact } from './store';
+import { VnsnapError } from '../../proto/core/errors';
+import { formatMac, parseMac, writeMac } from '../../switch/mac';
+import type { Port, RxBatch } from '../../switch/port';
+import { newRxBatch } from '../../switch/port';
+import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
+import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../../agent/store';
 
 export const SIM_ETHERTYPE = 0x88b5;
 const MAGIC0 = 0x56; // 'V'
