@@ -62,7 +62,7 @@ import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel-transport';
 import { UdpTransport } from '../switch/udp-transport';
 import { decodeChannel, encodeChannel } from '../proto/artefacts/channel-state';
-import type { CutReport, DriverKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './drivers/driver';
+import type { CutReport, DriverSpecKind, HypervisorDriver, SnapshotJob, SnapshotModeName, VmStartSpec } from './drivers/driver';
 import { AgentMetrics } from './metrics';
 import { LocalDirStore, type SnapshotStore, type StoredArtefact } from './store';
 
@@ -259,7 +259,7 @@ export class Agent extends EventEmitter implements Startable {
   readonly log: Logger;
   readonly metrics: AgentMetrics;
   readonly store: SnapshotStore;
-  private readonly drivers = new Map<DriverKind, HypervisorDriver>();
+  private readonly drivers = new Map<DriverSpecKind, HypervisorDriver>();
   private sw: Switch | undefined;
   private transport: TunnelTransport | undefined;
   private client: AgentServiceClient | undefined;

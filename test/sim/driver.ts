@@ -33,11 +33,12 @@
  * and the state captured at each cut with `cutState(id, epoch)`.
  */
 import { createHash } from 'node:crypto';
+import { nowUs } from '../../proto/core/clock';
 import { VnsnapError } from '../../proto/core/errors';
+import { FakePort } from '../../switch/fake-port';
 import { formatMac, parseMac, writeMac } from '../../switch/mac';
-import type { Port, RxBatch } from '../../switch/port';
-import { newRxBatch } from '../../switch/port';
-import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
+import type { CutReport, HypervisorDriver, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
+import { AbortOnce, cutReport, ReadyLatch } from '../../agent/drivers/job';
 import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../../agent/store';
 
 export const SIM_ETHERTYPE = 0x88b5;
@@ -131,77 +132,42 @@ function cloneState(s: SimGuestState): SimGuestState {
   return JSON.parse(JSON.stringify(s)) as SimGuestState;
 }
 
-function nowUs(): number {
-  return Math.round((performance.timeOrigin + performance.now()) * 1000);
-}
 
-/** The VM side of a sim vNIC: an in-memory Port whose frames reach the switch in batches. */
-export class SimPort implements Port {
-  readonly kind = 'fake' as const;
-  readonly rx: RxBatch;
-  private pending: Buffer[] = [];
-  private onBatch: ((n: number) => void) | undefined;
-  private scheduled = false;
-  closed = false;
+/**
+ * The VM side of a sim vNIC: the switch's FakePort (frames reach the switch in batches on the
+ * next event-loop turn) with the differences a long-running guest needs: frames the switch
+ * delivers go to the guest and neither they nor the batch sizes are kept (FakePort records every
+ * one for assertions: unbounded in a scale run), and frames the guest wrote before the agent
+ * attached the port are handed over at attach.
+ */
+export class SimPort extends FakePort {
   /** Where frames from the switch go. */
   onFrame: ((frame: Buffer) => void) | undefined;
 
-  constructor(
-    readonly name: string,
-    batchSize: number,
-  ) {
-    this.rx = newRxBatch(batchSize);
+  constructor(name: string, batchSize: number) {
+    super(name, { batchSize, auto: true });
   }
 
-  open(onBatch: (count: number) => void): void {
-    this.onBatch = onBatch;
-    if (this.pending.length > 0) this.schedule();
+  override open(onBatch: (count: number) => void): void {
+    super.open(onBatch);
+    if (this.pendingCount > 0) setImmediate(() => this.vm.pumpAll());
+  }
+
+  override pumpOne(): number {
+    const n = super.pumpOne();
+    this.batchSizes.length = 0;
+    return n;
   }
 
   /** The VM writes a frame (sent to the switch on the next turn, in batches). */
   write(frame: Buffer): void {
-    if (this.closed) return;
-    this.pending.push(frame);
-    this.schedule();
+    if (!this.closed) this.queueFromVm(frame);
   }
 
-  private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      this.pumpAll();
-    });
-  }
-
-  private pumpAll(): number {
-    let n = 0;
-    while (this.onBatch && !this.closed && this.pending.length > 0) {
-      const k = Math.min(this.rx.lens.length, this.pending.length);
-      const batch = this.pending.splice(0, k);
-      batch.forEach((f, i) => {
-        f.copy(this.rx.slab, i * this.rx.slotSize + this.rx.headroom);
-        this.rx.lens[i] = f.length;
-      });
-      this.onBatch(k);
-      n += k;
-    }
-    return n;
-  }
-
-  drain(): Promise<number> {
-    return Promise.resolve(this.pumpAll());
-  }
-
-  send(frames: readonly Buffer[], count: number): number {
+  override send(frames: readonly Buffer[], count: number): number {
     if (this.closed) return 0;
     for (let i = 0; i < count; i++) this.onFrame?.(frames[i] as Buffer);
     return count;
-  }
-
-  close(): void {
-    this.closed = true;
-    this.pending = [];
   }
 }
 
@@ -524,8 +490,8 @@ export function parseSimImage(buf: Buffer, source: string, expectPages: number):
 type JobPhase = 'precopy' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
 
 class SimJob implements SnapshotJob {
-  readonly ready: Promise<void>;
-  private setReady!: () => void;
+  private readonly latch = new ReadyLatch();
+  private readonly aborting = new AbortOnce();
   private phase: JobPhase = 'precopy';
   private writer: ArtefactWriter | undefined;
   private loop: Promise<void> = Promise.resolve();
@@ -545,9 +511,11 @@ class SimJob implements SnapshotJob {
     private readonly opts: SnapshotOptions,
     private readonly sopts: Required<SimDriverOptions>,
   ) {
-    this.ready = new Promise<void>((r) => (this.setReady = r));
-    this.ready.catch(() => undefined);
     this.path = `${opts.prefix}${guest.spec.name}.mem`;
+  }
+
+  get ready(): Promise<void> {
+    return this.latch.promise;
   }
 
   get mode(): SnapshotModeName {
@@ -563,12 +531,12 @@ class SimJob implements SnapshotJob {
     await this.writer.write(imageHeader(this.guest.pageCount));
     this.bytesDone = 16;
     if (this.opts.mode === 'background') {
-      this.setReady();
+      this.latch.set();
       return;
     }
     this.guest.markAllDirty();
     this.loop = this.precopyLoop();
-    this.loop.catch(() => undefined);
+    this.loop.catch((e: Error) => this.latch.fail(e)); // a store write failed before ready
   }
 
   private async precopyLoop(): Promise<void> {
@@ -594,7 +562,7 @@ class SimJob implements SnapshotJob {
       if (!isReady && (this.iteration > 1 && passBytes <= this.sopts.readyBytes)) isReady = true;
       if (!isReady && this.iteration >= 30) isReady = true;
       this.progress(isReady, dirtyRateMibS);
-      if (isReady) this.setReady();
+      if (isReady) this.latch.set();
       // The pause between passes ends early when the loop is stopped: a cut must not wait up to
       // a whole pause for the loop (that wait would land in the commit skew).
       await new Promise<void>((r) => {
@@ -636,7 +604,6 @@ class SimJob implements SnapshotJob {
     await this.loop;
     if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.guest.spec.name} was aborted`);
     const w = this.writer as ArtefactWriter;
-    const phases: PhaseSpan[] = [];
     // ── pause instant ──
     const pauseT = performance.now();
     const cutUnixUs = nowUs();
@@ -684,12 +651,10 @@ class SimJob implements SnapshotJob {
     await this.resumeIfOurs();
     const resumeT = performance.now();
     const resumeUnixUs = nowUs();
-    phases.push({ phase: 'PHASE_PAUSE', startUnixUs: cutUnixUs, endUnixUs: resumeUnixUs });
-    if (this.opts.mode === 'precopy') phases.push({ phase: 'PHASE_COPY', startUnixUs: copyStart, endUnixUs: copyEnd });
     this.phase = 'writing';
     this.final = this.finish(background, state);
     this.final.catch(() => undefined);
-    return { pauseMs: resumeT - pauseT, cutUnixUs, resumeUnixUs, phases };
+    return cutReport(cutUnixUs, resumeUnixUs, this.opts.mode === 'precopy' ? { startUnixUs: copyStart, endUnixUs: copyEnd } : undefined, resumeT - pauseT);
   }
 
   private async resumeIfOurs(): Promise<void> {
@@ -732,12 +697,15 @@ class SimJob implements SnapshotJob {
     return this.final;
   }
 
-  async abort(): Promise<void> {
-    if (this.phase === 'aborted') return;
+  abort(): Promise<void> {
+    return this.aborting.once(() => this.runAbort());
+  }
+
+  private async runAbort(): Promise<void> {
     const was = this.phase;
     this.phase = 'aborted';
     this.stopPrecopy();
-    this.setReady();
+    this.latch.release();
     await this.loop.catch(() => undefined);
     // The guest's epoch follows its ports: the agent advances both together (epochAdvanced, then
     // the switch's abort), so a frame never carries an epoch its port has not reached.

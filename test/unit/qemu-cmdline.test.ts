@@ -1,5 +1,5 @@
 /**
- * The QEMU command line (agent/qemu-cmdline.ts): the same arguments for a start and a restore,
+ * The QEMU command line (agent/drivers/qemu/cmdline.ts): the same arguments for a start and a restore,
  * and the RAM padding that keeps QEMU < 9.0 under TCG off its lossy dirty-bitmap fast path.
  */
 import { strict as assert } from 'node:assert';
@@ -38,7 +38,7 @@ describe('QEMU command line', () => {
     assert.deepEqual(restore, [...start, '-S', '-incoming', 'defer']);
   });
 
-  it('reads the version of a QEMU binary, and [0, 0] for a missing one', () => {
-    assert.deepEqual(qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
+  it('reads the version of a QEMU binary, and [0, 0] for a missing one', async () => {
+    assert.deepEqual(await qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
   });
 });
