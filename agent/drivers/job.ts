@@ -1,6 +1,8 @@
 /**
  * What every driver's SnapshotJob shares (driver.ts states the contract they implement):
  *
+ *   DriverJob    the base class of every job: `ready` from a ReadyLatch, abort() run once and
+ *                releasing `ready` first, durable() rejecting with ERR_STATE before the cut.
  *   ReadyLatch   the job's `ready`: resolved once when the cut can be taken; released (resolved)
  *                by abort(), never rejected by it; rejected only by a failure of the copy itself
  *                before it was ready. It carries its own rejection handler, so a rejection nobody
@@ -14,7 +16,7 @@
 import * as fsp from 'node:fs/promises';
 import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter, StoredArtefact } from '../store';
-import type { CutReport, PhaseSpan } from './driver';
+import type { CutReport, PhaseSpan, SnapshotJob, SnapshotModeName, VmImage } from './driver';
 
 export class ReadyLatch {
   readonly promise: Promise<void>;
@@ -98,4 +100,37 @@ export async function fileToStore(src: string, w: ArtefactWriter, opts: { chunkB
     await h.close();
   }
   return w.commit();
+}
+
+export abstract class DriverJob implements SnapshotJob {
+  protected readonly latch = new ReadyLatch();
+  private readonly aborting = new AbortOnce();
+  /** The image being committed: set by the cut, awaited by durable(). */
+  protected final: Promise<VmImage> | undefined;
+
+  abstract get vm(): string;
+  abstract get mode(): SnapshotModeName;
+  abstract cut(atPause: () => Promise<void>): Promise<CutReport>;
+  /** The driver's abort, run once; `ready` is already released. */
+  protected abstract runAbort(): Promise<void>;
+
+  get ready(): Promise<void> {
+    return this.latch.promise;
+  }
+
+  /** abort() was called (it may still be running). */
+  protected get abortRequested(): boolean {
+    return this.aborting.requested;
+  }
+
+  durable(): Promise<VmImage> {
+    return this.final ?? Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: durable() before the cut`));
+  }
+
+  abort(): Promise<void> {
+    return this.aborting.once(() => {
+      this.latch.release();
+      return this.runAbort();
+    });
+  }
 }

@@ -38,7 +38,7 @@ import { VnsnapError } from '../../proto/core/errors';
 import { FakePort } from '../../switch/fake-port';
 import { formatMac, parseMac, writeMac } from '../../switch/mac';
 import type { CutReport, HypervisorDriver, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
-import { AbortOnce, cutReport, ReadyLatch } from '../../agent/drivers/job';
+import { cutReport, DriverJob } from '../../agent/drivers/job';
 import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../../agent/store';
 
 export const SIM_ETHERTYPE = 0x88b5;
@@ -489,9 +489,7 @@ export function parseSimImage(buf: Buffer, source: string, expectPages: number):
 
 type JobPhase = 'precopy' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
 
-class SimJob implements SnapshotJob {
-  private readonly latch = new ReadyLatch();
-  private readonly aborting = new AbortOnce();
+class SimJob extends DriverJob {
   private phase: JobPhase = 'precopy';
   private writer: ArtefactWriter | undefined;
   private loop: Promise<void> = Promise.resolve();
@@ -500,7 +498,6 @@ class SimJob implements SnapshotJob {
   private wake: (() => void) | undefined;
   private iteration = 0;
   private bytesDone = 0;
-  private final: Promise<VmImage> | undefined;
   private committed: StoredArtefact | undefined;
   private pausedByUs = false;
   readonly path: string;
@@ -511,11 +508,8 @@ class SimJob implements SnapshotJob {
     private readonly opts: SnapshotOptions,
     private readonly sopts: Required<SimDriverOptions>,
   ) {
+    super();
     this.path = `${opts.prefix}${guest.spec.name}.mem`;
-  }
-
-  get ready(): Promise<void> {
-    return this.latch.promise;
   }
 
   get mode(): SnapshotModeName {
@@ -692,20 +686,10 @@ class SimJob implements SnapshotJob {
     }
   }
 
-  durable(): Promise<VmImage> {
-    if (this.final === undefined) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.guest.spec.name}: durable() before the cut`));
-    return this.final;
-  }
-
-  abort(): Promise<void> {
-    return this.aborting.once(() => this.runAbort());
-  }
-
-  private async runAbort(): Promise<void> {
+  protected async runAbort(): Promise<void> {
     const was = this.phase;
     this.phase = 'aborted';
     this.stopPrecopy();
-    this.latch.release();
     await this.loop.catch(() => undefined);
     // The guest's epoch follows its ports: the agent advances both together (epochAdvanced, then
     // the switch's abort), so a frame never carries an epoch its port has not reached.

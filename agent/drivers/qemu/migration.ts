@@ -31,8 +31,8 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../store';
-import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
-import { AbortOnce, cutReport, fileToStore, ReadyLatch } from '../job';
+import type { CutReport, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import { cutReport, DriverJob, fileToStore } from '../job';
 import { shQuote } from './cmdline';
 import { DiskOverlay } from './disk-overlay';
 import { MiB, qemuImg, sleep, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -45,16 +45,13 @@ function capsFor(mode: SnapshotModeName): Set<string> {
   return mode === 'precopy' ? new Set(['events', 'pause-before-switchover']) : new Set(['events', 'background-snapshot']);
 }
 
-export class QemuJob implements SnapshotJob {
-  private readonly latch = new ReadyLatch();
-  private readonly aborting = new AbortOnce();
+export class QemuJob extends DriverJob {
   private isReady = false;
   private phase: JobPhase = 'precopy';
   readonly memFile: string;
   /** Files the migration's `cat` creates once it has written its last byte (one per migrate). */
   private doneFiles: string[] = [];
   private readonly disk: DiskOverlay;
-  private final: Promise<VmImage> | undefined;
   private committed: StoredArtefact[] = [];
   private writers: ArtefactWriter[] = [];
   private pausedByUs = false;
@@ -77,14 +74,11 @@ export class QemuJob implements SnapshotJob {
     private readonly opts: SnapshotOptions,
     private readonly o: QemuOptions,
   ) {
+    super();
     this.vmObj.snapSerial++;
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
     this.memFile = `${vmObj.files.dir}/mem-e${opts.epoch}-${vmObj.snapSerial}.img`;
     this.bandwidth = o.precopyBandwidth;
-  }
-
-  get ready(): Promise<void> {
-    return this.latch.promise;
   }
 
   get vm(): string {
@@ -495,21 +489,11 @@ export class QemuJob implements SnapshotJob {
     return a;
   }
 
-  durable(): Promise<VmImage> {
-    if (this.final === undefined) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: durable() before the cut`));
-    return this.final;
-  }
-
-  abort(): Promise<void> {
-    return this.aborting.once(() => this.runAbort());
-  }
-
-  private async runAbort(): Promise<void> {
+  protected async runAbort(): Promise<void> {
     const was = this.phase;
     this.phase = 'aborted';
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
-    this.latch.release();
     this.preSwitchover = undefined;
     await this.restarting;
     const heldByQemu = this.migrationStatus === 'pre-switchover';

@@ -15,8 +15,8 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { Port } from '../../../switch/port';
 import type { StoredArtefact } from '../../store';
-import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotOptions, VmImage, VmStartSpec, VmStatus } from '../driver';
-import { AbortOnce, cutReport, fileToStore, ReadyLatch } from '../job';
+import type { CutReport, SnapshotJob, SnapshotOptions, VmStartSpec, VmStatus } from '../driver';
+import { cutReport, DriverJob, fileToStore } from '../job';
 import type { DiskRef } from './network';
 import type { SuspendWatch, XenHost } from './xl';
 
@@ -84,40 +84,28 @@ export async function watchEstablished(watch: SuspendWatch, dom: string, timeout
   }
 }
 
-export abstract class XenJob implements SnapshotJob {
-  protected readonly latch = new ReadyLatch();
-  private readonly aborting = new AbortOnce();
+export abstract class XenJob extends DriverJob {
   protected aborted = false;
   protected cutCalled = false;
   protected memory: StoredArtefact | undefined;
   protected diskCopy: string | undefined;
-  protected durablePromise: Promise<VmImage> | undefined;
   protected committed: StoredArtefact[] = [];
 
   constructor(
     protected readonly driver: XenJobHost,
     protected readonly xvm: XenVm,
     protected readonly opts: SnapshotOptions,
-  ) {}
-
-  get ready(): Promise<void> {
-    return this.latch.promise;
+  ) {
+    super();
   }
 
   /** Idempotent; concurrent calls share one run. `ready` is released (driver.ts's contract). */
-  abort(): Promise<void> {
-    return this.aborting.once(async () => {
-      this.aborted = true;
-      this.latch.release();
-      await this.runAbort();
-    });
+  override abort(): Promise<void> {
+    this.aborted = true;
+    return super.abort();
   }
 
-  protected abstract runAbort(): Promise<void>;
-
-  abstract readonly mode: SnapshotModeName;
   abstract begin(): Promise<void>;
-  abstract cut(atPause: () => Promise<void>): Promise<CutReport>;
 
   get vm(): string {
     return this.xvm.spec.id;
@@ -150,11 +138,6 @@ export abstract class XenJob implements SnapshotJob {
       await fsp.rm(this.diskCopy, { force: true });
       this.diskCopy = undefined;
     }
-  }
-
-  durable(): Promise<VmImage> {
-    if (!this.durablePromise) return Promise.reject(new VnsnapError('ERR_STATE', `no cut was taken of ${this.vm}`));
-    return this.durablePromise;
   }
 
   protected async deletePartials(): Promise<void> {

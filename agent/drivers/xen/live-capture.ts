@@ -309,7 +309,7 @@ export class LiveCapture extends XenJob {
     // a pause (durable() waits for it; cut() does not, so one VM's report never waits for
     // another VM's pause).
     const copyPhase = { startUnixUs: hookEnd, endUnixUs: resumedUs };
-    this.durablePromise = (async (): Promise<VmImage> => {
+    this.final = (async (): Promise<VmImage> => {
       try {
         await this.flushed();
         this.driver.info(`xen: image of ${this.xvm.domName} written ${ms(nowUs())} ms after the suspend`);
@@ -325,7 +325,7 @@ export class LiveCapture extends XenJob {
         this.driver.jobEnded(this.xvm, this);
       }
     })();
-    this.durablePromise.catch(() => undefined);
+    this.final.catch(() => undefined);
     return this.report(suspendedUs, resumedUs, copyPhase);
   }
 
@@ -341,7 +341,7 @@ export class LiveCapture extends XenJob {
     this.watch?.close();
     this.server?.close();
     if (this.sockPath) await fsp.rm(this.sockPath, { force: true });
-    await this.durablePromise?.catch(() => undefined);
+    await this.final?.catch(() => undefined);
     await this.writer?.abort();
     await this.deletePartials();
     if (this.xvm.status === 'paused' && this.cutCalled) this.xvm.status = 'running';

@@ -73,7 +73,7 @@ export class SaveCheckpoint extends XenJob {
       if (hookError !== undefined) throw hookError;
       throw new VnsnapError('ERR_DRIVER', `xl save -c ${this.xvm.domName} failed (exit ${ex.code}): ${ex.output.trim().split('\n').slice(-2).join(' | ')}`);
     }
-    this.durablePromise = (async (): Promise<VmImage> => {
+    this.final = (async (): Promise<VmImage> => {
       try {
         await this.driver.quiet.wait();
         const w = await this.opts.store.create(this.memPath);
@@ -96,14 +96,14 @@ export class SaveCheckpoint extends XenJob {
         this.driver.jobEnded(this.xvm, this);
       }
     })();
-    this.durablePromise.catch(() => undefined);
+    this.final.catch(() => undefined);
     return this.report(suspendedUs, ex.exitUnixUs, { startUnixUs: suspendedUs, endUnixUs: ex.exitUnixUs });
   }
 
   protected async runAbort(): Promise<void> {
     this.watch?.close();
     if (this.proc) await this.proc.exited;
-    await this.durablePromise?.catch(() => undefined);
+    await this.final?.catch(() => undefined);
     await this.deletePartials();
     if (this.file) await fsp.rm(this.file, { force: true });
     this.driver.jobEnded(this.xvm, this);
