@@ -15,12 +15,12 @@ import { LocalDirStore } from '../../agent/store';
 import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
+import { sleep } from '../support/wait';
 import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export const VNQM_ROOT_PREFIX = '/tmp/vnqm-test-';
 
