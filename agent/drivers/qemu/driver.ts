@@ -316,12 +316,7 @@ export class QemuDriver implements HypervisorDriver {
     try {
       await this.pmemsave(id, file);
       const h = createHash('sha256');
-      await new Promise<void>((resolve, reject) => {
-        fs.createReadStream(file)
-          .on('data', (c) => h.update(c))
-          .on('end', () => resolve())
-          .on('error', reject);
-      });
+      for await (const chunk of fs.createReadStream(file)) h.update(chunk as Buffer);
       return h.digest('hex');
     } finally {
       await fsp.rm(file, { force: true });

@@ -312,10 +312,7 @@ export class QemuJob extends DriverJob {
       this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
-      this.phase = 'failed';
-      await this.resumeIfOurs();
-      await this.disk.undo();
-      await this.disk.drop();
+      await this.failCut(false);
       throw e;
     }
     return this.finishCut(cutUnixUs, resume);
@@ -375,11 +372,7 @@ export class QemuJob extends DriverJob {
       this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
-      this.phase = 'failed';
-      await this.cancelMigration();
-      await this.resumeIfOurs();
-      await this.disk.undo();
-      await this.disk.drop();
+      await this.failCut(true);
       throw e;
     }
     const copyEnd = resume.timestampUs || nowUs();
@@ -408,12 +401,21 @@ export class QemuJob extends DriverJob {
     try {
       await atPause();
     } catch (e) {
-      this.phase = 'failed';
-      if (this.opts.mode === 'precopy') await this.cancelMigration();
-      await this.resumeIfOurs();
-      await this.disk.drop();
+      await this.failCut(this.opts.mode === 'precopy');
       throw e;
     }
+  }
+
+  /**
+   * A cut failed: stop the migration (pre-copy), resume the VM if this job paused it, merge a
+   * disk overlay made at the cut back and drop an unused one.
+   */
+  private async failCut(cancelMigration: boolean): Promise<void> {
+    this.phase = 'failed';
+    if (cancelMigration) await this.cancelMigration();
+    await this.resumeIfOurs();
+    await this.disk.undo();
+    await this.disk.drop();
   }
 
   private finishCut(cutUnixUs: number, resume: QmpEvent, copy?: { startUnixUs: number; endUnixUs: number }): CutReport {

@@ -104,19 +104,28 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
     await fsp.mkdir(this.workDir, { recursive: true });
     const file = path.join(this.workDir, `${names.domName}.cfg`);
     await fsp.writeFile(file, config);
-    await this.host.destroy(names.domName).catch(() => undefined); // a leftover of a crashed agent
+    const vm = await this.bringUp(spec, ctx, names.domName, 'running', disk, () => this.host.create(file, names.domName));
+    ctx.log.info({ domain: names.domName, domid: vm.domid, bridges: vm.bridges }, 'xen domain created');
+    return { name: spec.name, ports: vm.ports };
+  }
+
+  /**
+   * Destroy a leftover domain of this name (a crashed agent's), attach the ports, make the domain
+   * with `make` (the ports are detached again if it fails) and hold the VM.
+   */
+  private async bringUp(spec: VmStartSpec, ctx: VmStartContext, domName: string, status: VmStatus, disk: DiskRef | undefined, make: () => Promise<number>): Promise<XenVm> {
+    await this.host.destroy(domName).catch(() => undefined);
     const { ports, bridges } = await this.attachPorts(spec, ctx);
     let domid: number;
     try {
-      domid = await this.host.create(file, names.domName);
+      domid = await make();
     } catch (e) {
       await this.detach({ ports, bridges });
       throw e;
     }
-    ctx.log.info({ domain: names.domName, domid, bridges }, 'xen domain created');
-    const vm: XenVm = { spec, domName: names.domName, domid, status: 'running', ports, bridges, ...(disk ? { disk } : {}) };
+    const vm: XenVm = { spec, domName, domid, status, ports, bridges, ...(disk ? { disk } : {}) };
     this.vms.set(spec.id, vm);
-    return { name: spec.name, ports };
+    return vm;
   }
 
   async stop(id: string): Promise<void> {
@@ -237,21 +246,14 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
       if (src) await this.host.snapshotDisk('file', src, disk.path);
       else await fsp.writeFile(disk.path, await store.get(image.disk.path));
     }
-    await this.host.destroy(names.domName).catch(() => undefined);
-    const { ports, bridges } = await this.attachPorts(spec, ctx);
-    let domid: number;
+    let vm: XenVm;
     try {
-      domid = await this.host.restorePaused(file, names.domName);
-    } catch (e) {
-      await this.detach({ ports, bridges });
-      throw e;
+      vm = await this.bringUp(spec, ctx, names.domName, 'paused', disk, () => this.host.restorePaused(file, names.domName));
     } finally {
       if (tmp) await fsp.rm(tmp, { force: true });
     }
-    ctx.log.info({ domain: names.domName, domid }, 'xen domain restored (paused)');
-    const vm: XenVm = { spec, domName: names.domName, domid, status: 'paused', ports, bridges, ...(disk ? { disk } : {}) };
-    this.vms.set(spec.id, vm);
-    return { name: spec.name, ports };
+    ctx.log.info({ domain: names.domName, domid: vm.domid }, 'xen domain restored (paused)');
+    return { name: spec.name, ports: vm.ports };
   }
 
   async close(): Promise<void> {
