@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import { VnsnapError } from '../proto/core/errors';
+import type { DriverKind } from './drivers/driver';
 
 export interface AgentConfig {
   id: string;
@@ -32,8 +33,8 @@ export interface AgentConfig {
 
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-/** The product drivers (agent/drivers/driver.ts DriverKind). */
-export const PRODUCT_DRIVERS: readonly string[] = ['qemu', 'xen'];
+/** The product drivers. */
+export const PRODUCT_DRIVERS: readonly DriverKind[] = ['qemu', 'xen'];
 
 function fail(msg: string): never {
   throw new VnsnapError('ERR_CONFIG', msg);
