@@ -1,6 +1,6 @@
 // Lint: typescript-eslint's recommended rules, `.only` banned, no import cycles, and the
 // dependency rule of DESIGN.md (switch never imports agent or coordinator; coordinator never
-// imports switch or agent; proto imports nothing of ours).
+// imports switch or agent; proto imports nothing of ours; no product code imports test/).
 import tseslint from 'typescript-eslint';
 import importX from 'eslint-plugin-import-x';
 
@@ -27,6 +27,8 @@ export default tseslint.config(
             zone('./proto', './agent', 'proto/ imports nothing of ours'),
             zone('./proto', './coordinator', 'proto/ imports nothing of ours'),
             zone('./agent', './coordinator', 'agent/ must not import coordinator/'),
+            // test/ (test/sim/'s simulated driver included) is imported only by tests and benches.
+            zone(['./proto', './switch', './agent', './coordinator'], './test', 'product code must not import test/ (test/sim/ is for tests and benches only)'),
           ],
         },
       ],

@@ -34,7 +34,7 @@ import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel-transport';
 import { UdpTransport } from '../switch/udp-transport';
 import { CommandDispatcher } from './commands';
-import type { HypervisorDriver } from './driver';
+import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics } from './metrics';
 import { RestoreRunner } from './restore-runner';
 import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from './session';

@@ -1,7 +1,9 @@
 /**
  * The agent's configuration: a JSON file with the same keys as the command-line flags, flags
  * overriding the file. Validation is strict and every mistake is one line naming the field
- * (ERR_CONFIG), which main prints before exiting with status 2.
+ * (ERR_CONFIG), which main prints before exiting with status 2. The driver names accepted are
+ * the product drivers (DriverKind) unless the caller passes its own list (the test entry point
+ * test/sim/agent-main.ts adds its simulated driver).
  *
  *   {
  *     "id": "h1",
@@ -11,10 +13,11 @@
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "logLevel": "info",                  // optional
- *     "drivers": ["sim"]                   // optional; "xen" (in dom0); "sim" is for tests and scale runs only
+ *     "drivers": ["qemu"]                  // optional; "qemu", "xen" (in dom0)
  *   }
  */
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
+import type { DriverKind } from './drivers/driver';
 
 export interface AgentConfig {
   id: string;
@@ -29,7 +32,8 @@ export interface AgentConfig {
 
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
-const KNOWN_DRIVERS = ['sim', 'qemu', 'xen'];
+/** The product drivers. */
+export const PRODUCT_DRIVERS: readonly DriverKind[] = ['qemu', 'xen'];
 
 /** "host:port" → parts; port in 0..65535 when allowZero, else 1..65535. */
 export function parseHostPort(s: unknown, field: string, allowZero: boolean): { host: string; port: number } {
@@ -47,7 +51,7 @@ function isIpv4(s: string): boolean {
 }
 
 /** Validate a raw object (the file merged with the flags). */
-export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
+export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: readonly string[] = PRODUCT_DRIVERS): AgentConfig {
   rejectUnknownKeys(raw, KEYS);
   const id = raw.id;
   if (typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id)) fail(`id: expected a name of letters, digits, ".", "_" or "-", got ${JSON.stringify(id)}`);
@@ -66,7 +70,7 @@ export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
   const logLevel = raw.logLevel ?? 'info';
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
-  if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !KNOWN_DRIVERS.includes(d))) fail(`drivers: expected a list of ${KNOWN_DRIVERS.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
+  if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !knownDrivers.includes(d))) fail(`drivers: expected a list of ${knownDrivers.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -80,8 +84,8 @@ export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
 }
 
 /** Read the file (if any), apply the flags over it, validate. */
-export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>): AgentConfig {
+export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>, knownDrivers: readonly string[] = PRODUCT_DRIVERS): AgentConfig {
   const raw = file !== undefined ? readJsonObjectFile(file) : {};
   for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
-  return validateAgentConfig(raw);
+  return validateAgentConfig(raw, knownDrivers);
 }

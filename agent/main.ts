@@ -4,19 +4,37 @@
  * agent, its drivers and metrics server, start them; stop cleanly on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2.
+ *
+ * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
+ * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
+ * the test entry point test/sim/agent-main.ts (the simulated driver), so no test driver is part of
+ * the product binary.
  */
 import { Command } from 'commander';
 import { describeError } from '../proto/core/errors';
-import { createLogger } from '../proto/core/log';
+import { createLogger, type Logger } from '../proto/core/log';
 import { Agent } from './agent';
-import { loadAgentConfig } from './config';
-import type { HypervisorDriver } from './driver';
+import { loadAgentConfig, PRODUCT_DRIVERS } from './config';
+import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
-import { QemuDriver } from './qemu-driver';
-import { SimDriver } from './sim-driver';
-import { XenDriver } from './xen-driver';
+import { QemuDriver } from './drivers/qemu/driver';
+import { XenDriver } from './drivers/xen/driver';
 
-async function main(): Promise<void> {
+/** A driver the agent builds when the configuration names it. */
+export interface DriverFactory {
+  /** The name in the configuration's "drivers" list. */
+  name: string;
+  make(log: Logger): HypervisorDriver;
+}
+
+const productDrivers: DriverFactory[] = [
+  { name: 'qemu', make: (log) => new QemuDriver({ logger: log.child({ driver: 'qemu' }) }) },
+  { name: 'xen', make: (log) => new XenDriver({ logger: log.child({ driver: 'xen' }) }) },
+];
+
+/** Parse the command line and configuration, build and start the agent; `extra` adds driver factories. */
+export async function runAgentMain(extra: readonly DriverFactory[] = []): Promise<void> {
+  const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')
     .description('The vnsnap agent: hosts the overlay switch and the VMs of this host, executes the coordinator\'s commands.')
@@ -41,7 +59,7 @@ async function main(): Promise<void> {
       store: o.store,
       metricsPort: o.metricsPort,
       logLevel: o.logLevel,
-    });
+    }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
     process.exit(2);
@@ -51,13 +69,7 @@ async function main(): Promise<void> {
   // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
-  const drivers: HypervisorDriver[] = [];
-  if (cfg.drivers.includes('sim')) {
-    log.warn('the sim driver is enabled: simulated VMs, for tests and scale runs only');
-    drivers.push(new SimDriver());
-  }
-  if (cfg.drivers.includes('qemu')) drivers.push(new QemuDriver({ logger: log.child({ driver: 'qemu' }) }));
-  if (cfg.drivers.includes('xen')) drivers.push(new XenDriver({ logger: log.child({ driver: 'xen' }) }));
+  const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log));
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,
@@ -98,4 +110,4 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
-if (require.main === module) void main();
+if (require.main === module) void runAgentMain();

@@ -27,7 +27,7 @@ import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Switch } from '../switch/switch';
-import type { RestoreImage } from './driver';
+import type { RestoreImage } from './drivers/driver';
 import type { AgentMetrics } from './metrics';
 import type { RestoreGatePort } from './restore-gate';
 import type { SnapshotRunner } from './snapshot-runner';

@@ -38,7 +38,7 @@ import type { SnapshotPersist__Output } from '../proto/gen/vnsnap/v1/SnapshotPer
 import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { ChannelState, Switch } from '../switch/switch';
-import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImage } from './driver';
+import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImage } from './drivers/driver';
 import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';

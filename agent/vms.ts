@@ -18,7 +18,7 @@ import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Switch } from '../switch/switch';
-import type { DriverKind, HypervisorDriver, RestoreImage, VmHandle, VmStartSpec } from './driver';
+import type { DriverSpecKind, HypervisorDriver, RestoreImage, VmHandle, VmStartSpec } from './drivers/driver';
 import { RestoreGatePort } from './restore-gate';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 
@@ -62,13 +62,13 @@ export interface VmDebugView {
 
 export class VmTable {
   private readonly vms = new Map<string, VmRecord>();
-  private readonly drivers = new Map<DriverKind, HypervisorDriver>();
+  private readonly drivers = new Map<DriverSpecKind, HypervisorDriver>();
 
   constructor(private readonly o: VmTableOptions) {
     for (const d of o.drivers) this.drivers.set(d.kind, d);
   }
 
-  get driverKinds(): DriverKind[] {
+  get driverKinds(): DriverSpecKind[] {
     return [...this.drivers.keys()];
   }
 

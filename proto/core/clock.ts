@@ -67,3 +67,11 @@ export class ManualClock implements Clock {
     this.t = end;
   }
 }
+
+/**
+ * Wall-clock microseconds since the Unix epoch, from the monotonic clock (performance.now over
+ * timeOrigin): cut and resume instants that are compared across hosts and ordered within one.
+ */
+export function nowUs(): number {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}

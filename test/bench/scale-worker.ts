@@ -8,7 +8,7 @@
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Agent } from '../../agent/agent';
-import { SimDriver, type SimVmState } from '../../agent/sim-driver';
+import { SimDriver, type SimVmState } from '../sim/driver';
 import { createLogger, type Logger } from '../../proto/core/log';
 import type { FromWorker, ToWorker, VmCounters, WorkerInit, WorkerQuery } from './scale-ipc';
 

@@ -24,7 +24,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { QmpClient } from '../../agent/qemu-qmp';
+import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { buildGuest, ensureQemu, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';

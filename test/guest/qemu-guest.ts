@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import type { VmStartSpec } from '../../agent/driver';
+import type { VmStartSpec } from '../../agent/drivers/driver';
 import { until } from '../support/wait';
 
 /** Repository root (this file runs from dist/test/guest/). */

@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 
 const MAIN = path.resolve(__dirname, '../../agent/main.js');
+/** The same main with the simulated driver added (test/sim/agent-main.ts). */
+const SIM_MAIN = path.resolve(__dirname, '../sim/agent-main.js');
 
 function get(url: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
@@ -41,7 +43,7 @@ describe('vnsnap-agent (main)', function () {
   it('prints one ready line, serves /metrics and /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
     const cfg = path.join(dir, 'ok.json');
     fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn' }));
-    const p = spawn(process.execPath, [MAIN, '--config', cfg, '--id', 'h9', '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [SIM_MAIN, '--config', cfg, '--id', 'h9', '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = readline.createInterface({ input: p.stdout });
     const first = await new Promise<string>((resolve) => lines.once('line', resolve));
     const ready = JSON.parse(first) as { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] };

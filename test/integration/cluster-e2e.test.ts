@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
-import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../support/sim-checks';
+import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../sim/checks';
 import { until } from '../support/wait';
 
 const VNE = 'blue';

@@ -17,7 +17,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
-import { liveProblems, readStates } from '../support/sim-checks';
+import { liveProblems, readStates } from '../sim/checks';
 import { until } from '../support/wait';
 
 const VNE = 'red';

@@ -10,17 +10,17 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { QemuDriver } from '../../agent/qemu-driver';
+import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
-import { driverCompliance } from '../support/driver-compliance';
+import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
+import { sleep } from '../support/wait';
+import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port';
 import { Switch } from '../../switch/switch';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export const VNQM_ROOT_PREFIX = '/tmp/vnqm-test-';
 

@@ -11,13 +11,14 @@ import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { CutReport, VmStartSpec } from '../../agent/driver';
+import type { CutReport, VmStartSpec } from '../../agent/drivers/driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../proto/store/local-dir';
-import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
-import { XlHost } from '../../agent/xen-xl';
-import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
+import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/drivers/xen/driver';
+import { XlHost } from '../../agent/drivers/xen/xl';
+import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/drivers/xen/stream';
 import { fakePortPair } from '../../switch/fake-port';
-import { driverCompliance } from '../support/driver-compliance';
+import { driverCompliance } from '../support/compliance/driver';
+import { sleep, until } from '../support/wait';
 import { FakeXenHost } from '../xen/fake-xen-host';
 
 function stream(passes: number[][]): Buffer {
@@ -125,7 +126,7 @@ describe('xen driver (fake toolstack): specifics', () => {
     await driver.start(spec('type="pv"\n'), ctx);
     const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store, prefix: 'snapshots/s/' });
     await job.ready;
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50); // held: the domain keeps running while the stream waits
     const dom = fake.doms.get(xenNames('v/a', 1).domName);
     assert.equal(dom?.state, 'running', 'not suspended while held');
     const report = await job.cut(() => Promise.resolve());
@@ -172,8 +173,8 @@ describe('xen driver (fake toolstack): specifics', () => {
       await job.ready;
       await assert.rejects(job.cut(() => Promise.resolve()), /failed to suspend at sender/);
       await job.abort();
-      await new Promise((r) => setTimeout(r, 50));
       const name = xenNames('v/a', 1).domName;
+      await until('the cap lifted', () => failing.calls.filter((c) => c.startsWith('cap ')).pop() === `cap ${name} 0`, 1000);
       assert.equal(failing.calls.filter((c) => c.startsWith('cap ')).pop(), `cap ${name} 0`, 'the cap is lifted');
       assert.deepEqual(unhandled, []);
     } finally {
@@ -289,7 +290,7 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
   // Both relays, as xl starts them: sh -c RECEIVER, talking over the receiver's stdin and stdout.
   const relays = [
     { name: 'C (vnsnap-xen-relay, the default)', cmd: (sock: string) => `exec '${nativeRelayPath() ?? 'vnsnap-xen-relay not built'}' '${sock}'`, exit: { code: 0, signal: null } },
-    { name: 'Node (xen-relay.js, the fallback)', cmd: (sock: string) => `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'xen-relay.js')}' '${sock}'`, exit: { code: null, signal: 'SIGKILL' } },
+    { name: 'Node (xen-relay.js, the fallback)', cmd: (sock: string) => `exec '${process.execPath}' '${path.join(__dirname, '..', '..', 'agent', 'drivers', 'xen', 'relay.js')}' '${sock}'`, exit: { code: null, signal: 'SIGKILL' } },
   ];
   let dir: string;
   let sock: string;
@@ -327,7 +328,7 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
       const fromRelay = await new Promise<string>((res) => relay.stdout?.once('data', (b: Buffer) => res(b.toString())));
       assert.equal(fromRelay, 'banner\n');
       relay.stdin?.write('stream bytes');
-      while (Buffer.concat(got).toString() !== 'stream bytes') await new Promise((res) => setTimeout(res, 5));
+      await until('the stream bytes relayed', () => Buffer.concat(got).toString() === 'stream bytes', { everyMs: 5 });
       const closedAt = performance.now();
       c.destroy();
       assert.deepEqual(await exited, r.exit);
@@ -350,7 +351,7 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
       written = data.length;
     };
     const done = pump();
-    await new Promise((res) => setTimeout(res, 500));
+    await sleep(500); // time for a sender that is not held to get far
     assert.ok(written < 8 << 20, `held: ${written} bytes taken while the driver did not read`);
     const got: Buffer[] = [];
     let n = 0;
@@ -360,7 +361,7 @@ describe('xen-relay (the receiver xl migrate runs)', () => {
     });
     c.resume();
     await done;
-    while (n < data.length) await new Promise((res) => setTimeout(res, 10));
+    await until('all 32 MiB relayed', () => n >= data.length, { timeoutMs: 50_000, everyMs: 10 });
     assert.ok(Buffer.concat(got).equals(data), 'the bytes arrive unchanged and in order');
     // stdin EOF (xl closed its side): the socket is half-closed, the driver can still answer.
     const ended = new Promise<void>((res) => c.once('end', res));

@@ -6,8 +6,8 @@
  *                 (vnsnap-coordinator, listening on SUBNET.254:7443, catalog in the cluster's
  *                 directory, store root = the shared store)
  *   <prefix>-hN   one namespace per host, joined to br0 by a veth (SUBNET.N/24), running one
- *                 vnsnap-agent (drivers ["sim"], tunnel SUBNET.N:6081, metrics + /debug/vms on
- *                 127.0.0.1:9464 of its namespace)
+ *                 vnsnap-agent (drivers ["sim"], run as test/sim/agent-main.js; tunnel
+ *                 SUBNET.N:6081, metrics + /debug/vms on 127.0.0.1:9464 of its namespace)
  *
  * Every agent and the coordinator share one store directory (like a shared filesystem); with
  * `storeTmpfsMib` it is a tmpfs of that size (unmounted by destroy()). Everything is driven
@@ -24,7 +24,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
-import { parseSimImage, type SimGuestState, type SimVmState } from '../../agent/sim-driver';
+import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
 import { sh, Topology, waitForJsonLine } from './netns';
 import { sleep, until } from './wait';
@@ -36,6 +36,8 @@ const DIST = path.resolve(__dirname, '../..');
 const CLI = path.join(DIST, 'coordinator/cli/main.js');
 const COORDINATOR = path.join(DIST, 'coordinator/main.js');
 const AGENT = path.join(DIST, 'agent/main.js');
+/** The agent with the simulated driver added (test-only entry point): spawned when the hosts run sim VMs. */
+const SIM_AGENT = path.join(DIST, 'test/sim/agent-main.js');
 export const METRICS_PORT = 9464;
 
 export interface ClusterOptions {
@@ -67,7 +69,7 @@ export interface DebugVm {
   state: SimVmState | null;
 }
 
-/** A decoded sim data frame (agent/sim-driver.ts frame layout). */
+/** A decoded sim data frame (test/sim/driver.ts frame layout). */
 export interface SimFrame {
   type: number;
   epoch: number;
@@ -189,7 +191,8 @@ export class Cluster {
         drivers: this.opts.drivers ?? ['sim'],
       }),
     );
-    const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), AGENT, '--config', cfg]);
+    const main = (this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT;
+    const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), main, '--config', cfg]);
     this.pipeLog(child, host);
     await waitForJsonLine<{ event: string }>(child, (v) => v.event === 'ready', 20_000);
     this.agents.set(host, child);

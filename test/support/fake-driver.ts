@@ -25,7 +25,7 @@ import type {
   VmStartContext,
   VmStartSpec,
   VmStatus,
-} from '../../agent/driver';
+} from '../../agent/drivers/driver';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
 
 export interface FakeVmRecord {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Agent } from '../../agent/agent';
-import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/driver';
+import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
 import { ManualClock } from '../../proto/core/clock';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
 import { FakeUdpNetwork } from '../../switch/fake-port';

@@ -3,11 +3,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
-import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
+import { guestOf, SimDriver, type SimVmState } from '../sim/driver';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { Switch } from '../../switch/switch';
 import { silentLogger } from '../../proto/core/log';
-import { driverCompliance } from '../support/driver-compliance';
+import { driverCompliance } from '../support/compliance/driver';
+import { sleep, until } from '../support/wait';
 
 const simSpec = (name: string, peers: string[] = [], mac = '52:54:00:00:00:01') => ({
   id: `blue/${name}`,
@@ -43,10 +44,10 @@ describe('sim driver on a real switch', () => {
     sw.addPort('blue', a.ports[0]!, 0);
     sw.addPort('blue', b.ports[0]!, 0);
     sw.start();
-    await new Promise((r) => setTimeout(r, 400));
+    await until('a and b exchanging frames', () => (d.inspect('blue/a')?.sent.b ?? 0) > 10 && (d.inspect('blue/b')?.sent.a ?? 0) > 10);
     await d.pause('blue/a');
     await d.pause('blue/b');
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20); // frames in flight reach the paused NICs' queues
     const sa = d.inspect('blue/a')!;
     const sb = d.inspect('blue/b')!;
     assert.equal(sa.arp.b, '52:54:00:00:00:0b');
@@ -57,7 +58,7 @@ describe('sim driver on a real switch', () => {
     await d.resume('blue/b');
     await d.pause('blue/a');
     await d.pause('blue/b');
-    await new Promise((r) => setTimeout(r, 20));
+    await sleep(20); // frames in flight reach the paused NICs' queues
     await d.resume('blue/a');
     await d.resume('blue/b');
     await d.pause('blue/a');

@@ -1,9 +1,9 @@
 /**
- * The QEMU command line (agent/qemu-cmdline.ts): the same arguments for a start and a restore,
+ * The QEMU command line (agent/drivers/qemu/cmdline.ts): the same arguments for a start and a restore,
  * and the RAM padding that keeps QEMU < 9.0 under TCG off its lossy dirty-bitmap fast path.
  */
 import { strict as assert } from 'node:assert';
-import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/qemu-cmdline';
+import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 
 const spec: QemuDriverSpec__Output = { memoryMib: 256, cpus: 1, kernel: '/k', initrd: '/i', append: 'quiet', disk: '/d.qcow2', extra: {} };
@@ -38,7 +38,7 @@ describe('QEMU command line', () => {
     assert.deepEqual(restore, [...start, '-S', '-incoming', 'defer']);
   });
 
-  it('reads the version of a QEMU binary, and [0, 0] for a missing one', () => {
-    assert.deepEqual(qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
+  it('reads the version of a QEMU binary, and [0, 0] for a missing one', async () => {
+    assert.deepEqual(await qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
   });
 });

@@ -10,7 +10,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { xenNames } from '../../agent/xen-driver';
+import { xenNames } from '../../agent/drivers/xen/driver';
 import { median, run } from '../bench/proc';
 import { until } from '../support/wait';
 import { guestConfig, type GuestStatus } from './guest-config';

@@ -11,8 +11,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import { XenDriver } from '../../agent/xen-driver';
-import { scanXenImage } from '../../agent/xen-stream';
+import { XenDriver } from '../../agent/drivers/xen/driver';
+import { scanXenImage } from '../../agent/drivers/xen/stream';
 import { silentLogger } from '../../proto/core/log';
 import { until } from '../support/wait';
 import { guestConfig, latestStatus, statuses } from './guest-config';

@@ -10,11 +10,11 @@
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
-import type { SuspendWatch, XenHost, XlProcess } from '../../agent/xen-xl';
-import { LIBXC_REC, LIBXL_REC, pagesOf, XenStreamWriter as W, XL_RECEIVER_BANNER } from '../../agent/xen-stream';
+import type { SuspendWatch, XenHost, XlProcess } from '../../agent/drivers/xen/xl';
+import { nowUs } from '../../proto/core/clock';
+import { LIBXC_REC, LIBXL_REC, pagesOf, XenStreamWriter as W, XL_RECEIVER_BANNER } from '../../agent/drivers/xen/stream';
 
 const PAGE = 4096;
-const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
 
 interface FakeDom {
   name: string;

@@ -1,7 +1,9 @@
 /**
  * HypervisorDriver: the one interface the agent uses to run VMs and snapshot them
- * (DESIGN.md "Hypervisor drivers"). One implementation per hypervisor: qemu (QMP), xen (xl),
- * and the simulated driver for tests and scale runs (sim-driver.ts, never a product driver).
+ * (DESIGN.md "Hypervisor drivers"). One implementation per hypervisor, each in its own folder:
+ * qemu/ (QMP) and xen/ (xl). A new hypervisor goes in drivers/<name>/, registers its kind in
+ * main.ts, and must pass test/support/compliance/driver.ts. The simulated driver of the tests
+ * (test/sim/) is registered only by the test entry point test/sim/agent-main.ts.
  *
  * Life of a VM:  start ──► running ⇄ paused ──► stop
  *                restore ──► paused ──resume──► running
@@ -26,6 +28,19 @@
  *   image = job.durable()   every artefact (memory, disk) committed in the store
  *   job.abort()             any time: cancel, resume the VM if paused, delete partials
  *
+ * The contract of `ready` (every driver keeps it through ReadyLatch in job.ts; the compliance
+ * suite asserts it for each):
+ *   - it resolves once, when the cut can be taken with a short pause (at once in background mode);
+ *   - abort() RESOLVES it if it is still pending, and never makes it reject: abort is the
+ *     caller's own decision, so there is nothing to tell it, and a caller that awaits `ready`
+ *     (the agent's SnapshotBegin waits for every VM's) is released at once and finds the job
+ *     aborted (cut() then rejects with ERR_SNAPSHOT_ABORTED or ERR_STATE). A rejecting `ready`
+ *     on abort was an unhandled rejection per VM in the agent (seen on the Xen test bed);
+ *   - it REJECTS only when the copy fails on its own before it was ready (xl migrate died, the
+ *     stream was malformed, QEMU reported the migration failed, a store write failed), with that
+ *     typed error, so the SnapshotBegin waiting on it fails now rather than at the commit;
+ *   - it never rejects unhandled: the job keeps a handler on it.
+ *
  * How the real drivers fit:
  *   qemu  start: -netdev stream/dgram/tap per vNIC, the returned Ports are the switch's side.
  *         precopy: migrate-set-capabilities {pause-before-switchover, events}, migrate to
@@ -42,12 +57,19 @@
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
  */
-import type { Logger } from '../proto/core/log';
-import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
-import type { Port } from '../switch/port';
-import type { SnapshotStore, StoredArtefact } from '../proto/store/local-dir';
+import type { Logger } from '../../proto/core/log';
+import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
+import type { Port } from '../../switch/port';
+import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
 
-export type DriverKind = 'sim' | 'qemu' | 'xen';
+/** The product drivers, as named in the agent's configuration ("drivers"). */
+export type DriverKind = 'qemu' | 'xen';
+
+/**
+ * The DriverSpec case a driver runs (`VmSpec.driver.kind`): a DriverKind for the product drivers;
+ * the test entry point registers the test driver under its own kind.
+ */
+export type DriverSpecKind = NonNullable<DriverSpec__Output['kind']>;
 
 export type VmStatus = 'running' | 'paused' | 'stopped';
 
@@ -66,8 +88,11 @@ export interface VmStartContext {
   /** Names the returned ports must carry (ports[i] serves macs[i]); unique on the switch. */
   portNames: string[];
   /**
-   * The VNE's VMs and their MACs when known (the sim driver needs its peers' MACs; a real
-   * guest finds them itself with ARP). Absent entries are resolved by the guest.
+   * The VNE's VMs and their MACs when the agent knows them. Kept (though only the test driver
+   * reads it today: a real guest finds its peers with ARP) because it is what a driver needs to
+   * pre-seed a guest's neighbour table (static ARP for a guest without broadcast, a restored
+   * guest whose peers moved), and it costs the agent one map per start. Absent entries are
+   * resolved by the guest.
    */
   vneVms?: { name: string; macs: string[] }[];
   log: Logger;
@@ -128,13 +153,17 @@ export interface VmImage {
 export interface SnapshotJob {
   readonly vm: string;
   readonly mode: SnapshotModeName;
-  /** Resolves when the cut can be taken with a short pause (at once in background mode). */
+  /**
+   * Resolves when the cut can be taken with a short pause (at once in background mode); abort()
+   * resolves it too, and only a failure of the copy before it was ready rejects it (see the
+   * module comment: the contract of `ready`).
+   */
   readonly ready: Promise<void>;
   /** The cut; see the module comment. Rejects (without calling atPause) if the VM could not be paused. */
   cut(atPause: () => Promise<void>): Promise<CutReport>;
   /** Wait until the image (memory, disk) is committed in the store. */
   durable(): Promise<VmImage>;
-  /** Cancel, resume the VM if this job paused it, delete partial artefacts. Idempotent. */
+  /** Cancel, resume the VM if this job paused it, delete partial artefacts. Idempotent; concurrent calls share one run. */
   abort(): Promise<void>;
 }
 
@@ -144,7 +173,7 @@ export interface RestoreImage {
 }
 
 export interface HypervisorDriver {
-  readonly kind: DriverKind;
+  readonly kind: DriverSpecKind;
   /** Start a VM (running); its ports are attached to the switch by the agent. */
   start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle>;
   /** Destroy a VM. Idempotent (an unknown VM is not an error). */
@@ -157,11 +186,19 @@ export interface HypervisorDriver {
   /** Load a VM paused from a snapshot image in `store`; resume() starts it. */
   restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle>;
   /**
-   * The VM's ports were advanced to `epoch` without a snapshot of it (an abort). Only guests
-   * that observe epochs (the sim driver's) care; real drivers leave it out.
+   * The VM's ports were advanced to `epoch` without a snapshot of it (an abort). Optional; the
+   * product drivers leave it out. It stays in the interface because the cut's consistency is
+   * checked end to end by a guest that carries its epoch in every frame (the test driver's): its
+   * epoch must move in the same step as its ports, before the switch releases the held frames,
+   * and only the agent knows that instant (no snapshot job exists for an abort the coordinator
+   * orders after the agent restarted).
    */
   epochAdvanced?(vm: string, epoch: number): void;
-  /** A driver-specific view of the VM's state for tests and debugging (the sim driver's SimVmState). */
+  /**
+   * A driver-specific view of the VM for operators and tests (served by the agent at
+   * /debug/vms): the QEMU process, directory and disk chain; the Xen domain; the test guest's
+   * counters. Optional and read-only.
+   */
   inspect?(vm: string): unknown;
   /** Stop every VM of this driver. */
   close(): Promise<void>;

@@ -5,7 +5,7 @@
  * asks the guest to suspend — a guest left at 1 % of a TCG CPU once missed libxl's suspend
  * timeout. Cap changes run one after another; a failing one only costs a longer final pass.
  */
-import type { XenHost } from './xen-xl';
+import type { XenHost } from './xl';
 
 /** The cap is never tightened below this (% of a CPU). */
 const FLOOR = 2;

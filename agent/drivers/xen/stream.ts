@@ -25,7 +25,7 @@
  * PFNs: each pass sends a page at most once, so the first PFN seen twice starts a new pass.
  * See docs/xen.md.
  */
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../../proto/core/errors';
 
 export const XL_MAGIC = Buffer.from('Xen saved domain, xl format\n \0 \r', 'latin1');
 export const LIBXL_IDENT = 0x4c6962786c466d74n; // "LibxlFmt"

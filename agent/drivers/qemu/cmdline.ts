@@ -26,9 +26,9 @@
  * Fix migration dirty bitmap coherency with TCG memory access"). A length that is not a multiple
  * of 64 pages takes the page-by-page path, which resets the TLB. docs/qemu.md has the evidence.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import type { QemuDriverSpec__Output } from '../proto/gen/vnsnap/v1/QemuDriverSpec';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { exec } from '../exec';
 
 export type Accel = 'kvm' | 'tcg';
 export type NicMode = 'stream' | 'tap';
@@ -70,12 +70,12 @@ export function probeAccel(): AccelChoice {
 const versions = new Map<string, [number, number]>();
 
 /** QEMU's version [major, minor] from `BINARY --version` (cached per binary; [0, 0] if unknown). */
-export function qemuVersion(binary: string): [number, number] {
+export async function qemuVersion(binary: string): Promise<[number, number]> {
   let v = versions.get(binary);
   if (!v) {
     v = [0, 0];
     try {
-      const m = /version (\d+)\.(\d+)/.exec(execFileSync(binary, ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 10_000 }));
+      const m = /version (\d+)\.(\d+)/.exec(await exec(binary, ['--version'], { timeoutMs: 10_000 }));
       if (m) v = [Number(m[1]), Number(m[2])];
     } catch {
       /* the start will fail with QEMU's own message */
@@ -173,16 +173,6 @@ export function qemuCmdline(c: CmdlineInput): string[] {
   }
   if (c.incoming) args.push('-S', '-incoming', 'defer');
   return args;
-}
-
-/** Run a tool, throwing its stderr as the message. */
-export function run(cmd: string, args: string[], timeoutMs = 60_000): string {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs });
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr ?? '').trim() || err.message}`);
-  }
 }
 
 /** Single-quote for /bin/sh (QEMU runs exec: URIs through sh -c). */

@@ -1,6 +1,8 @@
 /**
  * The HypervisorDriver compliance suite: one set of mocha tests any driver must pass, run
- * against every implementation (the sim driver now, QEMU and Xen when they arrive).
+ * against every implementation: the sim driver (test/unit/driver-sim.test.ts), QEMU
+ * (test/integration/qemu-driver.test.ts, as root with the test guest) and Xen with its fake
+ * toolstack (test/integration/xen-driver.test.ts).
  *
  *   driverCompliance('sim', async () => ({ driver, store, spec, fingerprint, cleanup }))
  *
@@ -9,12 +11,14 @@
  * memory read through QMP). The suite checks: start/stop/pause/resume; precopy and background
  * snapshots with the hook called exactly once at the pause instant with the VM paused, the
  * image durable and verifiable, the VM running afterwards; abort leaves the VM running and no
- * artefact; restore comes back paused with exactly the state of the pause instant.
+ * artefact; restore comes back paused with exactly the state of the pause instant; `ready` keeps
+ * driver.ts's contract on abort (it resolves, it never rejects).
  */
 import { strict as assert } from 'node:assert';
-import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../agent/driver';
-import type { SnapshotStore } from '../../proto/store/local-dir';
-import { createLogger, silentLogger } from '../../proto/core/log';
+import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../../agent/drivers/driver';
+import type { SnapshotStore } from '../../../proto/store/local-dir';
+import { createLogger, silentLogger } from '../../../proto/core/log';
+import { sleep } from '../wait';
 
 export interface DriverUnderTest {
   driver: HypervisorDriver;
@@ -26,8 +30,6 @@ export interface DriverUnderTest {
   /** Time to let a started VM run before snapshotting (ms). */
   warmupMs?: number;
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export function driverCompliance(label: string, make: () => Promise<DriverUnderTest>): void {
   describe(`HypervisorDriver compliance: ${label}`, function () {
@@ -121,6 +123,20 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
       await sleep(20);
       await job.abort();
       await job.abort(); // idempotent
+      assert.equal(t.driver.status(spec.id), 'running');
+      assert.deepEqual(await t.store.list(prefix), []);
+    });
+
+    it('abort before the pre-copy is ready resolves `ready` (never rejects), VM running, no artefact', async () => {
+      const spec = await startOne();
+      const prefix = `snapshots/abort-ready-${n}/`;
+      const job = await t.driver.snapshot(spec.id, { snapshotId: `r${n}`, epoch: 1, mode: 'precopy', store: t.store, prefix });
+      const outcome = job.ready.then(
+        () => 'resolved',
+        (e: unknown) => `rejected: ${String(e)}`,
+      );
+      await job.abort();
+      assert.equal(await Promise.race([outcome, sleep(10_000).then(() => 'still pending 10 s after abort()')]), 'resolved');
       assert.equal(t.driver.status(spec.id), 'running');
       assert.deepEqual(await t.store.list(prefix), []);
     });

@@ -1,9 +1,9 @@
 /**
- * Consistency checks of sim VMs (agent/sim-driver.ts) run by real agents, read through the
+ * Consistency checks of sim VMs (test/sim/driver.ts) run by real agents, read through the
  * agents' /debug/vms and the snapshot's files in the shared store (test/support/cluster.ts).
  */
-import type { SimGuestState, SimVmState } from '../../agent/sim-driver';
-import type { CatalogSnapshot, Cluster, SimFrame } from './cluster';
+import type { SimGuestState, SimVmState } from './driver';
+import type { CatalogSnapshot, Cluster, SimFrame } from '../support/cluster';
 
 export type States = Record<string, SimVmState>;
 

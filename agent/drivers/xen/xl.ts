@@ -13,7 +13,9 @@
  * copy started is used.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { VnsnapError } from '../proto/core/errors';
+import { nowUs } from '../../../proto/core/clock';
+import { VnsnapError } from '../../../proto/core/errors';
+import { exec, spawnProc } from '../exec';
 
 export interface XlProcess {
   /** Resolves when the command exited: its exit code (null if killed) and what it printed. */
@@ -71,34 +73,14 @@ export interface XenHost {
   snapshotDisk(kind: 'file' | 'lvm', source: string, target: string): Promise<void>;
 }
 
-const nowUs = (): number => Math.round((performance.timeOrigin + performance.now()) * 1000);
-
+/** An xl command under way: `spawnProc` of the drivers' one runner (exec.ts). */
 function runProc(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): XlProcess {
-  let child: ChildProcess;
-  const exited = new Promise<XlExit>((resolve) => {
-    const chunks: { atUs: number; text: string }[] = [];
-    const take = (d: Buffer): void => void chunks.push({ atUs: nowUs(), text: d.toString() });
-    const output = (): string => chunks.map((c) => c.text).join('');
-    child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    child.stdout?.on('data', take);
-    child.stderr?.on('data', take);
-    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : undefined;
-    child.on('error', (e) => {
-      if (timer) clearTimeout(timer);
-      resolve({ code: -1, output: output() + String(e), exitUnixUs: nowUs(), chunks });
-    });
-    child.on('close', (code) => {
-      if (timer) clearTimeout(timer);
-      resolve({ code, output: output(), exitUnixUs: nowUs(), chunks });
-    });
-  });
-  return { exited, kill: () => child?.kill('SIGKILL') };
+  return spawnProc(cmd, args, opts);
 }
 
+/** Run to completion (default limit 2 minutes); ExecError (ERR_DRIVER / ERR_TIMEOUT) on failure. */
 async function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<string> {
-  const r = await runProc(cmd, args, { timeoutMs }).exited;
-  if (r.code !== 0) throw new VnsnapError('ERR_DRIVER', `${cmd} ${args.join(' ')} failed (${r.code}): ${r.output.trim().split('\n').slice(-3).join(' | ')}`);
-  return r.output;
+  return exec(cmd, args, { timeoutMs });
 }
 
 /** The real toolstack: `xl`, `xenstore-watch`/`xenstore-read`, `ip`, `cp`, `lvcreate` in dom0. */

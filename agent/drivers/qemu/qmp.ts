@@ -16,7 +16,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../../proto/core/errors';
 
 export interface QmpEvent {
   event: string;

@@ -1,0 +1,113 @@
+/**
+ * The disk side of a QEMU snapshot: a qcow2 overlay chain in the VM's instance directory.
+ *
+ *   prepare()   before the cut: create the next overlay (qemu-img, its backing named but not
+ *               opened) and attach it as a node without a backing, so the cut's disk step is one
+ *               graph change instead of creating and formatting a file while the VM is paused.
+ *   snapshot()  at the cut (VM paused): blockdev-snapshot puts the prepared overlay on top of the
+ *               current top, which is frozen from then on: the disk as of the cut.
+ *   standalone(tmp)  after the resume: a copy of the frozen top rebased onto the spec's base
+ *               image (every layer between them merged in), the artefact that goes to the store.
+ *   undo()      abort after the cut: block-commit the overlay back into the frozen image (active
+ *               commit) and delete it, so the chain is as before the snapshot.
+ *   drop()      the prepared overlay was not used (abort, failure before the disk step): detach
+ *               and delete it.
+ * A VM without a disk makes every step a no-op.
+ */
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
+import type { Logger } from '../../../proto/core/log';
+import type { QemuVm } from './process';
+import type { QmpClient } from './qmp';
+
+export class DiskOverlay {
+  /** The overlay made and attached (blockdev-add, no backing yet) before the cut, so the pause only links it in. */
+  private prepared: { file: string; node: string } | undefined;
+  private overlay: { file: string; node: string; frozenNode: string; frozenFile: string } | undefined;
+
+  constructor(
+    private readonly vm: QemuVm,
+    private readonly epoch: number,
+    private readonly qemuImg: (args: string[]) => Promise<string>,
+  ) {}
+
+  private get q(): QmpClient {
+    return this.vm.q();
+  }
+
+  private get log(): Logger {
+    return this.vm.log;
+  }
+
+  /** The cut froze a disk image (snapshot() ran and undo() did not). */
+  get frozen(): boolean {
+    return this.overlay !== undefined;
+  }
+
+  async prepare(): Promise<void> {
+    const vm = this.vm;
+    if (!vm.hasDisk || this.prepared) return;
+    const node = `d${this.epoch}s${vm.snapSerial}`;
+    const file = `${vm.files.dir}/disk-e${this.epoch}-${vm.snapSerial}.qcow2`;
+    const info = JSON.parse(await this.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number };
+    if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
+    await this.qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
+    try {
+      await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file }, backing: null });
+    } catch (e) {
+      await fsp.rm(file, { force: true });
+      throw e;
+    }
+    this.prepared = { file, node };
+  }
+
+  async drop(): Promise<void> {
+    const pr = this.prepared;
+    if (!pr) return;
+    this.prepared = undefined;
+    if (!this.vm.exited) await this.q.execute('blockdev-del', { 'node-name': pr.node }).catch((e) => this.log.warn({ err: describeError(e), node: pr.node }, 'could not detach the unused overlay'));
+    await fsp.rm(pr.file, { force: true });
+  }
+
+  async snapshot(): Promise<void> {
+    const vm = this.vm;
+    const pr = this.prepared;
+    if (!vm.hasDisk || !pr) return;
+    const top = { node: vm.topNode, file: vm.topFile };
+    await this.q.execute('blockdev-snapshot', { node: top.node, overlay: pr.node });
+    this.prepared = undefined;
+    this.overlay = { file: pr.file, node: pr.node, frozenNode: top.node, frozenFile: top.file };
+    vm.topNode = pr.node;
+    vm.topFile = pr.file;
+  }
+
+  /** Write the standalone image of the frozen disk to `tmp` (see the module comment). */
+  async standalone(tmp: string): Promise<void> {
+    if (!this.overlay) throw new VnsnapError('ERR_STATE', `QEMU VM ${this.vm.spec.id}: no frozen disk`);
+    await fsp.copyFile(this.overlay.frozenFile, tmp);
+    await this.qemuImg(['rebase', '-U', '-f', 'qcow2', '-b', path.resolve(this.vm.qspec.disk), '-F', 'qcow2', tmp]);
+  }
+
+  async undo(): Promise<void> {
+    const ov = this.overlay;
+    const vm = this.vm;
+    if (!ov || vm.exited) return;
+    this.overlay = undefined;
+    try {
+      const jobId = `vnqm-commit-${ov.node}`;
+      const readyEv = this.q.waitEvent('BLOCK_JOB_READY', (d) => d.device === jobId, 60_000);
+      await this.q.execute('block-commit', { 'job-id': jobId, device: ov.node, 'auto-dismiss': true });
+      await readyEv;
+      const doneEv = this.q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === jobId, 60_000);
+      await this.q.execute('job-complete', { id: jobId });
+      const done = await doneEv;
+      if (done.data.error) throw new Error(String(done.data.error));
+      vm.topNode = ov.frozenNode;
+      vm.topFile = ov.frozenFile;
+      await fsp.rm(ov.file, { force: true });
+    } catch (e) {
+      this.log.warn({ err: describeError(e), overlay: ov.file }, 'could not merge the snapshot overlay back; it stays in the chain');
+    }
+  }
+}

@@ -1,0 +1,341 @@
+/**
+ * The QEMU hypervisor driver (DESIGN.md "Hypervisor drivers", docs/qemu.md): one QEMU process
+ * per VM, driven over QMP (qmp.ts), with the command line of cmdline.ts.
+ *
+ * Parts: process.ts (one QEMU process, its instance directory, the options), migration.ts (a
+ * snapshot job: the migration stream and the cut), disk-overlay.ts (the qcow2 chain of a
+ * snapshot), qmp.ts (the monitor client), cmdline.ts (the command line, accelerator, version).
+ *
+ * NICs: by default each vNIC is QEMU's `-netdev stream` connected to a StreamPort the driver
+ * listens on (no kernel device); `nic: 'tap'` makes a TAP (vnet_hdr off) that QEMU opens and
+ * the switch reads with a packet socket. docs/qemu.md has the measurements behind the default.
+ *
+ * Restore: the same command line + -S -incoming defer, the disk on a new overlay over a copy of
+ * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { VnsnapError } from '../../../proto/core/errors';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { silentLogger, type Logger } from '../../../proto/core/log';
+import { PacketPort } from '../../../switch/fd-port';
+import type { Port } from '../../../switch/port';
+import { StreamPort } from '../../../switch/stream-port';
+import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-dir';
+import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import { exec } from '../exec';
+import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
+import { QemuJob } from './migration';
+import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
+
+export type { QemuDriverOptions } from './process';
+
+/** What inspect() returns. */
+export interface QemuVmInfo {
+  id: string;
+  pid: number | undefined;
+  status: VmStatus;
+  dir: string;
+  qmpSock: string;
+  consoleLog: string;
+  channelSock: string | undefined;
+  accel: Accel;
+  nic: NicMode;
+  topNode: string;
+  topFile: string;
+  taps: string[];
+}
+
+export class QemuDriver implements HypervisorDriver {
+  readonly kind = 'qemu' as const;
+  private readonly vms = new Map<string, QemuVm>();
+  private readonly o: QemuOptions;
+  private readonly log: Logger;
+  readonly accel: Accel;
+  readonly accelReason: string;
+  private serial = 0;
+  private padLogged = false;
+
+  constructor(opts: QemuDriverOptions = {}) {
+    this.o = {
+      workDir: opts.workDir ?? '/run/vnsnap/qemu',
+      prefix: opts.prefix ?? 'vnqm',
+      qemuBinary: opts.qemuBinary ?? 'qemu-system-x86_64',
+      qemuImg: opts.qemuImg ?? 'qemu-img',
+      accel: opts.accel ?? 'auto',
+      nic: opts.nic ?? 'stream',
+      readyBytes: opts.readyBytes ?? 16 * MiB,
+      precopyHold: opts.precopyHold ?? 'pre-switchover',
+      precopyBandwidth: opts.precopyBandwidth ?? 1024 * MiB,
+      holdBandwidth: opts.holdBandwidth ?? 64 * 1024,
+      cutDowntimeMs: opts.cutDowntimeMs ?? 100,
+      cutEscalateMs: opts.cutEscalateMs ?? 1500,
+      progressMs: opts.progressMs ?? 100,
+      startTimeoutMs: opts.startTimeoutMs ?? 15_000,
+    };
+    this.log = opts.logger ?? silentLogger();
+    if (this.o.accel === 'auto') {
+      const c = probeAccel();
+      this.accel = c.accel;
+      this.accelReason = c.reason;
+    } else {
+      this.accel = this.o.accel;
+      this.accelReason = 'configured';
+    }
+    this.log.info({ accel: this.accel, reason: this.accelReason }, 'QEMU accelerator');
+  }
+
+  /** `qemu-img ARGS` with the configured binary. */
+  qemuImg(args: string[]): Promise<string> {
+    return qemuImg(this.o.qemuImg, args);
+  }
+
+  private qspecOf(spec: VmStartSpec): QemuDriverSpec__Output {
+    const q = spec.driver.qemu;
+    if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
+    if (!q.kernel && !q.disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu spec needs a kernel or a disk`);
+    return { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+  }
+
+  private accelFor(q: QemuDriverSpec__Output): Accel {
+    const a = q.extra.accel;
+    if (a === 'kvm' || a === 'tcg') return a;
+    return this.accel;
+  }
+
+  private nicFor(q: QemuDriverSpec__Output): NicMode {
+    const n = q.extra.nic;
+    if (n === 'stream' || n === 'tap') return n;
+    if (n !== undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `qemu extra.nic must be stream or tap, got "${n}"`);
+    return this.o.nic;
+  }
+
+  /** Make the instance directory, the ports, the NIC arguments; a failure undoes everything. */
+  private async prepare(spec: VmStartSpec, ctx: VmStartContext): Promise<{ vm: QemuVm; nics: NicArg[] }> {
+    const qspec = this.qspecOf(spec);
+    const existing = this.vms.get(spec.id);
+    if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
+    if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
+    const safe = spec.id.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
+    const dir = path.join(this.o.workDir, `${this.o.prefix}-${safe}-${process.pid}-${++this.serial}`);
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const files = vmFiles(dir);
+    if (Buffer.byteLength(files.netSock(9)) > 100) throw new VnsnapError('ERR_CONFIG', `QEMU work directory ${this.o.workDir} is too long for unix socket paths`);
+    const mode = this.nicFor(qspec);
+    const ports: Port[] = [];
+    const nics: NicArg[] = [];
+    const vm = new QemuVm(spec, qspec, files, ports, ctx.log.child({ driver: 'qemu' }));
+    try {
+      const tag = createHash('sha256').update(dir).digest('hex').slice(0, 8);
+      for (let i = 0; i < spec.macs.length; i++) {
+        const mac = spec.macs[i] as string;
+        const name = ctx.portNames[i] as string;
+        if (mode === 'stream') {
+          const p = new StreamPort(name, files.netSock(i));
+          await p.listen();
+          ports.push(p);
+          nics.push({ mode, mac, target: files.netSock(i) });
+        } else {
+          const tap = `${this.o.prefix}${tag}n${i}`.slice(0, 15);
+          await exec('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 60_000 });
+          vm.taps.push(tap);
+          await exec('ip', ['link', 'set', tap, 'up'], { timeoutMs: 60_000 });
+          ports.push(new PacketPort(name, tap));
+          nics.push({ mode, mac, target: tap });
+        }
+      }
+    } catch (e) {
+      await this.cleanup(vm);
+      throw e;
+    }
+    return { vm, nics };
+  }
+
+  private async cleanup(vm: QemuVm): Promise<void> {
+    await vm.kill();
+    for (const p of vm.ports) {
+      try {
+        p.close();
+      } catch {
+        /* closed */
+      }
+    }
+    for (const t of vm.taps) {
+      await exec('ip', ['link', 'del', t], { timeoutMs: 60_000 }).catch(() => undefined); // gone already
+    }
+    vm.taps = [];
+    // Retries: a writer of the directory (a memory stream's cat) may still be exiting.
+    await fsp.rm(vm.files.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+  }
+
+  private async args(vm: QemuVm, nics: NicArg[], incoming: boolean): Promise<string[]> {
+    const accel = this.accelFor(vm.qspec);
+    vm.ramPadKib = tcgRamPadKib(accel, await qemuVersion(this.o.qemuBinary));
+    if (vm.ramPadKib && !this.padLogged) {
+      this.padLogged = true;
+      this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');
+    }
+    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, incoming, ramPadKib: vm.ramPadKib });
+  }
+
+  async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
+    const { vm, nics } = await this.prepare(spec, ctx);
+    try {
+      if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', path.resolve(vm.qspec.disk), '-F', 'qcow2', vm.files.disk0]);
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs);
+      await vm.refreshStatus();
+      if (vm.status !== 'running') await vm.q().execute('cont');
+      await vm.refreshStatus();
+    } catch (e) {
+      await this.cleanup(vm);
+      throw e;
+    }
+    this.vms.set(spec.id, vm);
+    vm.log.info({ pid: vm.proc?.pid, dir: vm.files.dir, accel: this.accelFor(vm.qspec) }, 'QEMU VM started');
+    return { name: spec.name, ports: vm.ports };
+  }
+
+  async stop(id: string): Promise<void> {
+    const vm = this.vms.get(id);
+    if (!vm) return;
+    this.vms.delete(id);
+    await vm.job?.abort().catch(() => undefined);
+    await this.cleanup(vm);
+  }
+
+  async pause(id: string): Promise<void> {
+    const vm = this.get(id);
+    await vm.q().execute('stop');
+    await vm.refreshStatus();
+  }
+
+  async resume(id: string): Promise<void> {
+    const vm = this.get(id);
+    await vm.q().execute('cont');
+    await vm.refreshStatus();
+  }
+
+  status(id: string): VmStatus {
+    const vm = this.vms.get(id);
+    if (!vm || vm.exited) return 'stopped';
+    return vm.status;
+  }
+
+  async snapshot(id: string, opts: SnapshotOptions): Promise<SnapshotJob> {
+    const vm = this.get(id);
+    await vm.refreshStatus();
+    if (vm.status !== 'running') throw new VnsnapError('ERR_STATE', `QEMU VM ${id} is ${vm.status}; a snapshot needs it running`);
+    if (vm.job) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `QEMU VM ${id} already has a snapshot in progress`);
+    const job = new QemuJob(vm, opts, this.o);
+    vm.job = job;
+    try {
+      await job.begin();
+    } catch (e) {
+      await job.abort().catch(() => undefined);
+      throw e;
+    }
+    return job;
+  }
+
+  async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
+    const { vm, nics } = await this.prepare(spec, ctx);
+    try {
+      // Memory: read in place from a local store, else copied out first.
+      let memPath: string;
+      if (store instanceof LocalDirStore) memPath = store.resolve(image.memory.path);
+      else {
+        memPath = `${vm.files.dir}/restore.mem`;
+        await fsp.writeFile(memPath, await store.get(image.memory.path));
+      }
+      if (vm.hasDisk) {
+        if (!image.disk) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${spec.name} has a disk but the snapshot has no disk image`);
+        // A private copy of the frozen image (the artefact may be deleted while the VM runs), then a new overlay over it.
+        const frozen = `${vm.files.dir}/frozen.qcow2`;
+        if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
+        else await fsp.writeFile(frozen, await store.get(image.disk.path));
+        await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
+      }
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs);
+      const q = vm.q();
+      const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
+      await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
+      const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed', 120_000);
+      await q.execute('migrate-incoming', { uri: `exec:cat ${shQuote(memPath)}` });
+      const ev = await done;
+      if (ev.data.status !== 'completed') {
+        const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
+        throw new VnsnapError('ERR_DRIVER', `loading ${image.memory.path} into ${spec.id} failed: ${info['error-desc'] ?? ''} ${vm.stderr()}`.trim());
+      }
+      if (memPath === `${vm.files.dir}/restore.mem`) await fsp.rm(memPath, { force: true });
+      await vm.refreshStatus();
+      if (vm.status === 'running') await q.execute('stop');
+      await vm.refreshStatus();
+    } catch (e) {
+      await this.cleanup(vm);
+      throw e;
+    }
+    this.vms.set(spec.id, vm);
+    vm.log.info({ pid: vm.proc?.pid, dir: vm.files.dir, memory: image.memory.path }, 'QEMU VM restored (paused)');
+    return { name: spec.name, ports: vm.ports };
+  }
+
+  inspect(id: string): QemuVmInfo | undefined {
+    const vm = this.vms.get(id);
+    if (!vm) return undefined;
+    return {
+      id,
+      pid: vm.proc?.pid,
+      status: this.status(id),
+      dir: vm.files.dir,
+      qmpSock: vm.files.qmpSock,
+      consoleLog: vm.files.consoleLog,
+      channelSock: vm.qspec.extra.channel ? vm.files.channelSock : undefined,
+      accel: this.accelFor(vm.qspec),
+      nic: this.nicFor(vm.qspec),
+      topNode: vm.topNode,
+      topFile: vm.topFile,
+      taps: [...vm.taps],
+    };
+  }
+
+  /** A QMP command on a VM's monitor (tests and debugging: the driver holds the only connection). */
+  execute<T = unknown>(id: string, cmd: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T> {
+    return this.get(id).q().execute<T>(cmd, args, timeoutMs);
+  }
+
+  /**
+   * A SHA-256 of the VM's guest RAM (pmemsave of [0, memory_mib)) and vCPU registers: stable
+   * while the VM is paused, equal after a restore to its value at the snapshot's pause instant.
+   */
+  async fingerprint(id: string): Promise<string> {
+    const vm = this.get(id);
+    const file = `${vm.files.dir}/fp-${randomBytes(4).toString('hex')}.bin`;
+    try {
+      await this.pmemsave(id, file);
+      const h = createHash('sha256');
+      for await (const chunk of fs.createReadStream(file)) h.update(chunk as Buffer);
+      return h.digest('hex');
+    } finally {
+      await fsp.rm(file, { force: true });
+    }
+  }
+
+  /** Write the guest's RAM [0, memory_mib) to a file (QMP pmemsave; diagnostics and fingerprint). */
+  async pmemsave(id: string, file: string): Promise<void> {
+    const vm = this.get(id);
+    await vm.q().execute('pmemsave', { val: 0, size: vm.memBytes, filename: file }, 60_000);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.vms.keys()].map((id) => this.stop(id)));
+  }
+
+  private get(id: string): QemuVm {
+    const vm = this.vms.get(id);
+    if (!vm || vm.exited) throw new VnsnapError('ERR_NOT_FOUND', `no QEMU VM ${id}${vm?.stderr() ? ` (QEMU exited: ${vm.stderr()})` : ''}`);
+    return vm;
+  }
+}

@@ -1,0 +1,525 @@
+/**
+ * A QEMU snapshot job: the migration stream (memory and device state) and the cut, with the disk
+ * side in disk-overlay.ts and the store copy through job.ts's fileToStore.
+ *
+ * Snapshot, background mode (the cut, in the agent's order):
+ *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
+ *          on, the rest off), migrate-set-parameters
+ *   cut:   stop ─► atPause() ─► blockdev-snapshot (the overlay made and attached at begin) ─►
+ *          migrate exec:cat > mem ─► QEMU resumes the VM itself (RESUME event)
+ *   durable: MIGRATION completed ─► the stream file and the frozen disk go into the store
+ * Snapshot, precopy mode (VNsnap's):
+ *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
+ *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
+ *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
+ *          so QEMU keeps iterating slowly instead of switching over by itself.
+ *   cut:   max-bandwidth up, downtime-limit = cutDowntimeMs ─► MIGRATION pre-switchover (the VM
+ *          is paused: the cut) ─► atPause() ─► blockdev-snapshot ─► migrate-continue ─►
+ *          MIGRATION completed ─► cont (on the event, not polled)
+ *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
+ *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
+ * The pause is measured from QEMU's own STOP and RESUME event timestamps.
+ * Abort: migrate_cancel (but a background stream already under way is left to end: cancelling
+ * one can hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back
+ * into the frozen image (active commit) and delete it, delete every partial file and artefact.
+ * `ready` follows driver.ts's contract (ReadyLatch): set at ready, released by abort(), rejected
+ * when QEMU reports the pre-copy failed before it was ready.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { nowUs } from '../../../proto/core/clock';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
+import type { Logger } from '../../../proto/core/log';
+import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
+import type { CutReport, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import { cutReport, DriverJob, fileToStore } from '../job';
+import { shQuote } from './cmdline';
+import { DiskOverlay } from './disk-overlay';
+import { MiB, qemuImg, sleep, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
+import type { QmpClient, QmpEvent } from './qmp';
+
+type JobPhase = 'precopy' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
+
+/** Capabilities this driver wants on (every other one the QEMU knows is set off). */
+function capsFor(mode: SnapshotModeName): Set<string> {
+  return mode === 'precopy' ? new Set(['events', 'pause-before-switchover']) : new Set(['events', 'background-snapshot']);
+}
+
+export class QemuJob extends DriverJob {
+  private isReady = false;
+  private phase: JobPhase = 'precopy';
+  readonly memFile: string;
+  /** Files the migration's `cat` creates once it has written its last byte (one per migrate). */
+  private doneFiles: string[] = [];
+  private readonly disk: DiskOverlay;
+  private committed: StoredArtefact[] = [];
+  private writers: ArtefactWriter[] = [];
+  private pausedByUs = false;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private migrationStatus = 'none';
+  private migrationDone: Promise<void> | undefined;
+  private iteration = 0;
+  private restarts = 0;
+  private restarting: Promise<void> | undefined;
+  private bandwidth: number;
+  private onMigration: ((ev: QmpEvent) => void) | undefined;
+  private preSwitchover: ((ev: QmpEvent) => void) | undefined;
+  private preSwitchoverEv: QmpEvent | undefined;
+  private migrationFailed: ((e: Error) => void) | undefined;
+  /** Steps of the cut with their times (performance.now()), logged with 'cut done'. */
+  private trace: [string, number][] = [];
+
+  constructor(
+    private readonly vmObj: QemuVm,
+    private readonly opts: SnapshotOptions,
+    private readonly o: QemuOptions,
+  ) {
+    super();
+    this.vmObj.snapSerial++;
+    this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
+    this.memFile = `${vmObj.files.dir}/mem-e${opts.epoch}-${vmObj.snapSerial}.img`;
+    this.bandwidth = o.precopyBandwidth;
+  }
+
+  get vm(): string {
+    return this.vmObj.spec.id;
+  }
+
+  get mode(): SnapshotModeName {
+    return this.opts.mode;
+  }
+
+  private get q(): QmpClient {
+    return this.vmObj.q();
+  }
+
+  private get log(): Logger {
+    return this.vmObj.log;
+  }
+
+  /** Every migration capability explicitly (they persist for the life of the QEMU process). */
+  private async setCapabilities(): Promise<void> {
+    const want = capsFor(this.opts.mode);
+    const known = await this.q.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
+    const caps = known.map((c) => ({ capability: c.capability, state: want.has(c.capability) }));
+    for (const w of want) if (!known.some((c) => c.capability === w)) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.vm} lacks the migration capability ${w} (QEMU 7.2 or later is needed)`);
+    await this.q.execute('migrate-set-capabilities', { capabilities: caps });
+  }
+
+  private listen(): void {
+    this.onMigration = (ev: QmpEvent) => {
+      if (ev.event !== 'MIGRATION') return;
+      const st = String(ev.data.status);
+      this.migrationStatus = st;
+      if (st === 'pre-switchover') {
+        if (this.phase === 'cutting') {
+          this.preSwitchoverEv = ev;
+          this.preSwitchover?.(ev);
+        }
+        else if (this.phase === 'precopy' && this.o.precopyHold === 'pre-switchover') {
+          // QEMU converged: the VM waits paused in pre-switchover for the cut (see the module comment).
+          this.preSwitchoverEv = ev;
+          this.isReady = true;
+          this.latch.set();
+        } else if (this.phase === 'precopy' && !this.restarting) {
+          this.restarting = this.restartAfterEarlySwitchover().finally(() => (this.restarting = undefined));
+        }
+      } else if (st === 'failed') {
+        const e = new VnsnapError('ERR_DRIVER', `migration of ${this.vm} failed`);
+        this.migrationFailed?.(e);
+        if (this.phase === 'precopy') this.latch.fail(e); // a failed pre-copy is never ready
+      }
+    };
+    this.q.on('event', this.onMigration);
+  }
+
+  private unlisten(): void {
+    if (this.onMigration) this.vmObj.qmp?.off('event', this.onMigration);
+    this.onMigration = undefined;
+  }
+
+  /**
+   * The migration URI: `cat` into the memory file, then a marker file. QEMU emits MIGRATION
+   * completed before it closes the pipe, so `cat` may still hold the stream's tail (the device
+   * state) when the event arrives: the image is complete only once the marker exists.
+   */
+  private migrateUri(): string {
+    const done = `${this.memFile}.done${this.doneFiles.length}`;
+    this.doneFiles.push(done);
+    return `exec:cat > ${shQuote(this.memFile)} && : > ${shQuote(done)}`;
+  }
+
+  /** After MIGRATION completed: wait until the current migration's `cat` has exited. */
+  private async streamWritten(): Promise<void> {
+    const done = this.doneFiles[this.doneFiles.length - 1];
+    if (done === undefined) return;
+    const end = performance.now() + 60_000;
+    while (!fs.existsSync(done)) {
+      if (this.vmObj.exited && !fs.existsSync(done)) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} exited before its memory image was written`);
+      if (performance.now() > end) throw new VnsnapError('ERR_TIMEOUT', `memory image of ${this.vm}: the writer did not finish within 60 s of the migration's end`);
+      await sleep(5);
+    }
+  }
+
+  private async removeStreamFiles(): Promise<void> {
+    await fsp.rm(this.memFile, { force: true });
+    for (const f of this.doneFiles) await fsp.rm(f, { force: true });
+  }
+
+  /** A promise for the end of the current migration: resolves on completed, rejects on failed/cancelled or QEMU's death. */
+  private watchCompletion(): Promise<void> {
+    const p = new Promise<void>((resolve, reject) => {
+      this.migrationFailed = reject;
+      this.q
+        .waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 24 * 3600_000)
+        .then(async (ev) => {
+          if (ev.data.status === 'completed') resolve();
+          else {
+            let why = '';
+            try {
+              why = (await this.q.execute<MigrationInfo>('query-migrate'))['error-desc'] ?? '';
+            } catch {
+              /* QEMU gone */
+            }
+            reject(new VnsnapError(ev.data.status === 'cancelled' ? 'ERR_SNAPSHOT_ABORTED' : 'ERR_DRIVER', `migration of ${this.vm} ${String(ev.data.status)}${why ? `: ${why}` : ''}`));
+          }
+        }, reject);
+    });
+    p.catch(() => undefined);
+    return p;
+  }
+
+  async begin(): Promise<void> {
+    await this.setCapabilities();
+    await this.disk.prepare();
+    this.listen();
+    if (this.opts.mode === 'background') {
+      await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
+      this.isReady = true;
+      this.latch.set();
+      return;
+    }
+    await this.startPrecopy();
+  }
+
+  private async startPrecopy(): Promise<void> {
+    const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
+    await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
+    this.migrationDone = this.watchCompletion();
+    await this.q.execute('migrate', { uri: this.migrateUri() });
+    this.iteration = 0;
+    if (!this.pollTimer) {
+      this.pollTimer = setInterval(() => void this.poll(), this.o.progressMs);
+      this.pollTimer.unref();
+    }
+  }
+
+  private async poll(): Promise<void> {
+    if (this.phase !== 'precopy' && this.phase !== 'cutting') return;
+    let info: MigrationInfo;
+    try {
+      info = await this.q.execute<MigrationInfo>('query-migrate', undefined, 5000);
+    } catch {
+      return;
+    }
+    const ram = info.ram;
+    if (!ram || info.status !== 'active') return;
+    const sync = ram['dirty-sync-count'] ?? 0;
+    const remaining = ram.remaining ?? 0;
+    const pageSize = ram['page-size'] ?? 4096;
+    this.iteration = Math.max(1, sync);
+    const firstPassDone = sync >= 2;
+    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
+      this.isReady = true;
+      // Keep QEMU iterating but unable to converge by itself: see the module comment.
+      this.q.execute('migrate-set-parameters', { 'max-bandwidth': this.o.holdBandwidth }).catch(() => undefined);
+      this.latch.set();
+    }
+    const p: SnapshotProgress = {
+      bytesDone: ram.transferred ?? 0,
+      bytesRemaining: remaining,
+      bytesTotal: ram.total ?? this.vmObj.memBytes,
+      iteration: this.iteration,
+      dirtyRateMibS: ((ram['dirty-pages-rate'] ?? 0) * pageSize) / MiB,
+      ready: this.isReady,
+    };
+    if (this.phase === 'precopy') this.opts.onProgress?.(p);
+  }
+
+  /** QEMU converged and paused the VM before the cut: cancel (QEMU resumes it), start again slower. */
+  private async restartAfterEarlySwitchover(): Promise<void> {
+    this.restarts++;
+    this.log.info({ restarts: this.restarts }, 'pre-copy converged before the cut; restarting it');
+    try {
+      const cancelled = this.migrationDone?.catch(() => undefined);
+      await this.q.execute('migrate_cancel');
+      await cancelled;
+      if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
+      if ((this.phase as JobPhase) !== 'precopy') return;
+      await fsp.rm(this.memFile, { force: true });
+      this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
+      this.isReady = false;
+      await this.startPrecopy();
+    } catch (e) {
+      this.log.warn({ err: describeError(e) }, 'restarting the pre-copy failed');
+    }
+  }
+
+  async cut(atPause: () => Promise<void>): Promise<CutReport> {
+    if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
+    while (this.restarting) await this.restarting;
+    if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
+    if (this.opts.mode === 'background') {
+      if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
+      this.phase = 'cutting';
+      return this.cutBackground(atPause);
+    }
+    // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
+    this.phase = 'cutting';
+    return this.cutPrecopy(atPause);
+  }
+
+  private mark(step: string): void {
+    this.trace.push([step, performance.now()]);
+  }
+
+  private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
+    const q = this.q;
+    this.mark('start');
+    const stopEv = q.waitEvent('STOP', undefined, 10_000);
+    try {
+      await q.execute('stop');
+    } catch (e) {
+      this.phase = 'failed';
+      throw e;
+    }
+    const stop = await stopEv.catch(() => undefined);
+    this.mark('stopped');
+    this.pausedByUs = true;
+    this.vmObj.status = 'paused';
+    const cutUnixUs = stop?.timestampUs || nowUs();
+    await this.hook(atPause);
+    this.mark('hook');
+    let resume: QmpEvent | undefined;
+    try {
+      await this.disk.snapshot();
+      this.mark('disk');
+      this.migrationDone = this.watchCompletion();
+      const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
+      await q.execute('migrate', { uri: this.migrateUri() });
+      this.mark('migrate');
+      resume = await resumeEv;
+      this.mark('resumed');
+      this.pausedByUs = false;
+    } catch (e) {
+      await this.failCut(false);
+      throw e;
+    }
+    return this.finishCut(cutUnixUs, resume);
+  }
+
+  private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
+    const q = this.q;
+    let stopEv: QmpEvent | undefined;
+    this.mark('start');
+    const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
+    if (info.status !== 'active' && info.status !== 'pre-switchover' && !this.preSwitchoverEv) {
+      this.phase = 'failed';
+      throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${info.status ?? 'unknown'}, cannot cut`);
+    }
+    if (!this.preSwitchoverEv && info.status !== 'pre-switchover') {
+      const paused = new Promise<QmpEvent>((resolve) => {
+        this.preSwitchover = resolve;
+        if (this.preSwitchoverEv) resolve(this.preSwitchoverEv);
+      });
+      const failed = this.migrationDone ?? Promise.resolve();
+      let downtime = this.o.cutDowntimeMs;
+      try {
+        await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': downtime });
+        for (;;) {
+          const r = await Promise.race([paused, failed.then(() => undefined), sleep(this.o.cutEscalateMs).then(() => null)]);
+          if (r === undefined) throw new VnsnapError('ERR_DRIVER', `migration of ${this.vm} ended before the switchover`);
+          if (r !== null) break;
+          downtime = Math.min(60_000, downtime * 4);
+          this.log.info({ downtime }, 'no switchover yet: raising downtime-limit');
+          await q.execute('migrate-set-parameters', { 'downtime-limit': downtime });
+        }
+      } catch (e) {
+        this.phase = 'failed';
+        throw e;
+      }
+      stopEv = this.vmObj.lastStop;
+    } else stopEv = this.vmObj.lastStop;
+    this.mark('paused');
+    this.preSwitchover = undefined;
+    this.pausedByUs = true;
+    this.vmObj.status = 'paused';
+    const cutUnixUs = stopEv?.timestampUs || nowUs();
+    await this.hook(atPause);
+    this.mark('hook');
+    const copyStart = nowUs();
+    let resume: QmpEvent | undefined;
+    try {
+      await this.disk.snapshot();
+      this.mark('disk');
+      const done = this.migrationDone as Promise<void>;
+      await q.execute('migrate-continue', { state: 'pre-switchover' });
+      await done;
+      this.mark('completed');
+      const resumeEv = q.waitEvent('RESUME', undefined, 10_000);
+      await this.contAfterMigration();
+      resume = await resumeEv;
+      this.mark('resumed');
+      this.pausedByUs = false;
+    } catch (e) {
+      await this.failCut(true);
+      throw e;
+    }
+    const copyEnd = resume.timestampUs || nowUs();
+    return this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
+  }
+
+  /**
+   * `cont` right after MIGRATION completed: QEMU emits the event a moment before it leaves the
+   * finish-migrate run state, and refuses cont ("Migration is not finalized yet") until then.
+   */
+  private async contAfterMigration(): Promise<void> {
+    const end = performance.now() + 5000;
+    for (;;) {
+      try {
+        await this.q.execute('cont');
+        return;
+      } catch (e) {
+        if (!/not finalized/.test((e as Error).message) || performance.now() > end) throw e;
+        await new Promise((r) => setImmediate(r));
+      }
+    }
+  }
+
+  /** atPause; if it throws, resume the VM and reject (no disk snapshot was taken). */
+  private async hook(atPause: () => Promise<void>): Promise<void> {
+    try {
+      await atPause();
+    } catch (e) {
+      await this.failCut(this.opts.mode === 'precopy');
+      throw e;
+    }
+  }
+
+  /**
+   * A cut failed: stop the migration (pre-copy), resume the VM if this job paused it, merge a
+   * disk overlay made at the cut back and drop an unused one.
+   */
+  private async failCut(cancelMigration: boolean): Promise<void> {
+    this.phase = 'failed';
+    if (cancelMigration) await this.cancelMigration();
+    await this.resumeIfOurs();
+    await this.disk.undo();
+    await this.disk.drop();
+  }
+
+  private finishCut(cutUnixUs: number, resume: QmpEvent, copy?: { startUnixUs: number; endUnixUs: number }): CutReport {
+    const resumeUnixUs = Math.max(cutUnixUs, resume.timestampUs || nowUs());
+    this.vmObj.status = 'running';
+    this.phase = 'writing';
+    this.final = this.finish();
+    this.final.catch(() => undefined);
+    const report = cutReport(cutUnixUs, resumeUnixUs, copy);
+    const t0 = this.trace[0]?.[1] ?? 0;
+    const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
+    this.log.info({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
+    return report;
+  }
+
+  private async cancelMigration(): Promise<void> {
+    if (this.vmObj.exited) return;
+    const st = this.migrationStatus;
+    if (st === 'completed' || st === 'failed' || st === 'cancelled' || st === 'none') return;
+    const ended = this.migrationDone?.catch(() => undefined);
+    await this.q.execute('migrate_cancel').catch(() => undefined);
+    await Promise.race([ended, sleep(5000)]);
+  }
+
+  private async resumeIfOurs(): Promise<void> {
+    if (!this.pausedByUs) return;
+    this.pausedByUs = false;
+    if (this.vmObj.exited) return;
+    await this.vmObj.refreshStatus().catch(() => undefined);
+    if (this.vmObj.status !== 'running') await this.q.execute('cont');
+    await this.vmObj.refreshStatus().catch(() => undefined);
+  }
+
+  /** After the cut: wait for the stream to complete, then put the memory and disk images in the store. */
+  private async finish(): Promise<VmImage> {
+    const name = this.vmObj.spec.name;
+    try {
+      await this.migrationDone;
+      this.unlisten();
+      await this.streamWritten();
+      if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const memory = await this.copyIn(this.memFile, `${this.opts.prefix}${name}.mem`);
+      await this.removeStreamFiles();
+      let disk: StoredArtefact | undefined;
+      if (this.disk.frozen) {
+        // A standalone image over the spec's base: the frozen top with every layer between it and the base merged in.
+        const tmp = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
+        try {
+          await this.disk.standalone(tmp);
+          if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+          disk = await this.copyIn(tmp, `${this.opts.prefix}${name}.disk.qcow2`);
+        } finally {
+          await fsp.rm(tmp, { force: true });
+        }
+      }
+      if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      this.phase = 'done';
+      this.vmObj.job = undefined;
+      return disk ? { memory, disk } : { memory };
+    } catch (e) {
+      if ((this.phase as JobPhase) !== 'aborted') this.phase = 'failed';
+      for (const w of this.writers) await w.abort();
+      await this.removeStreamFiles();
+      throw e;
+    }
+  }
+
+  private async copyIn(file: string, rel: string): Promise<StoredArtefact> {
+    const w = await this.opts.store.create(rel);
+    this.writers.push(w);
+    const a = await fileToStore(file, w, { chunkBytes: 4 * MiB, copyChunks: true, aborted: () => (this.phase as JobPhase) === 'aborted' });
+    this.committed.push(a);
+    return a;
+  }
+
+  protected async runAbort(): Promise<void> {
+    const was = this.phase;
+    this.phase = 'aborted';
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = undefined;
+    this.preSwitchover = undefined;
+    await this.restarting;
+    const heldByQemu = this.migrationStatus === 'pre-switchover';
+    if (was === 'writing' && this.opts.mode === 'background') {
+      // Never migrate_cancel a background snapshot: on QEMU 7.2 under TCG it hung QEMU's main
+      // loop in about 1 run of 3 (no QMP reply, VM lost; docs/qemu.md). The VM is running and
+      // the stream is bounded by its RAM, so let it end and discard it.
+      this.log.debug({ migration: this.migrationStatus }, 'abort: letting the background stream end');
+      await this.migrationDone?.catch(() => undefined);
+    } else {
+      this.log.debug({ was, migration: this.migrationStatus }, 'abort: cancelling the migration');
+      await this.cancelMigration();
+    }
+    if (heldByQemu) this.pausedByUs = true;
+    await this.resumeIfOurs().catch((e) => this.log.warn({ err: describeError(e) }, 'resume after abort failed'));
+    this.log.debug({ migration: this.migrationStatus }, 'abort: waiting for the writer');
+    if (was === 'writing') await this.final?.catch(() => undefined);
+    this.log.debug('abort: merging the overlay back');
+    await this.disk.undo();
+    await this.disk.drop();
+    this.unlisten();
+    for (const w of this.writers) await w.abort();
+    for (const a of this.committed) await this.opts.store.delete(a.path);
+    await this.removeStreamFiles();
+    if (this.vmObj.job === this) this.vmObj.job = undefined;
+  }
+}

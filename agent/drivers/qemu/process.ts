@@ -1,0 +1,187 @@
+/**
+ * One QEMU process (QemuVm) and what the QEMU driver's parts share: its options, the QMP
+ * reply of query-migrate, and qemu-img through the drivers' one async runner.
+ *
+ * Instance directory (driver option workDir, one directory per VM instance; keep it short:
+ * unix socket paths are limited to 107 bytes): qmp.sock, console.log, net<i>.sock (stream NICs),
+ * channel.sock (extra.channel), disk0.qcow2 (the instance's overlay over the spec's base image),
+ * disk-e<k>.qcow2 (the overlay made at the cut of snapshot k; the previous top is frozen),
+ * mem-e<k>.img (the migration stream being written). Removed when the VM stops.
+ *
+ * QemuVm guarantees: `status` follows QEMU's own STOP and RESUME events (whose timestamps
+ * measure the pause); `exited` is set when the process is gone, and q() then throws ERR_DRIVER
+ * with the tail of QEMU's stderr; kill() asks QMP `quit`, then SIGKILL after 3 s.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import type { Logger } from '../../../proto/core/log';
+import type { Port } from '../../../switch/port';
+import type { SnapshotJob, VmStartSpec, VmStatus } from '../driver';
+import { exec } from '../exec';
+import type { Accel, NicMode, VmFiles } from './cmdline';
+import { QmpClient, type QmpEvent } from './qmp';
+
+export interface QemuDriverOptions {
+  /** Where instance directories go (default /run/vnsnap/qemu). */
+  workDir?: string;
+  /** Prefix of instance directories and TAP names (default "vnqm"). */
+  prefix?: string;
+  qemuBinary?: string;
+  qemuImg?: string;
+  /** 'auto' (default): probeAccel(). */
+  accel?: 'auto' | Accel;
+  /** How vNICs join the switch (default 'stream'); QemuDriverSpec.extra.nic overrides per VM. */
+  nic?: NicMode;
+  /** Pre-copy: ready once the first pass is done and at most this much is dirty (default 16 MiB). */
+  readyBytes?: number;
+  /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s). */
+  precopyBandwidth?: number;
+  /**
+   * How a pre-copy waits for the cut. 'pre-switchover' (default): QEMU converges with
+   * downtime-limit = cutDowntimeMs and the VM waits paused in pre-switchover until cut() (the
+   * pause includes that wait). 'bandwidth': downtime-limit 1 ms and max-bandwidth lowered to
+   * holdBandwidth after the first pass, so the VM keeps running until cut() — but under TCG on
+   * QEMU 7.2 such slow or long migrations produced images whose memory differs from the source
+   * at the pause (restored guests crashed; docs/qemu.md), so it is off by default.
+   */
+  precopyHold?: 'pre-switchover' | 'bandwidth';
+  /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 64 KiB/s; see the module comment). */
+  holdBandwidth?: number;
+  /** downtime-limit at the cut (ms, default 100); raised ×4 every cutEscalateMs without a switchover. */
+  cutDowntimeMs?: number;
+  cutEscalateMs?: number;
+  /** query-migrate period during pre-copy (default 100 ms). */
+  progressMs?: number;
+  /** QMP monitor must answer within this after spawn (default 15 s). */
+  startTimeoutMs?: number;
+  logger?: Logger;
+}
+
+/** The options with their defaults (the logger apart). */
+export type QemuOptions = Required<Omit<QemuDriverOptions, 'logger'>>;
+
+export const MiB = 1024 * 1024;
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** `qemu-img ARGS`: its stdout, or an ExecError (ERR_DRIVER) with its stderr. */
+export function qemuImg(binary: string, args: string[]): Promise<string> {
+  return exec(binary, args);
+}
+
+export interface MigrationInfo {
+  status?: string;
+  ram?: { transferred?: number; remaining?: number; total?: number; 'dirty-sync-count'?: number; 'dirty-pages-rate'?: number; 'page-size'?: number };
+  'total-time'?: number;
+  downtime?: number;
+  'error-desc'?: string;
+}
+
+/** One QEMU process. */
+export class QemuVm {
+  status: VmStatus = 'paused';
+  proc: ChildProcess | undefined;
+  qmp: QmpClient | undefined;
+  exited = false;
+  private stderrTail = '';
+  exitPromise: Promise<void> = Promise.resolve();
+  /** The snapshot in progress, if any (stop() aborts it). */
+  job: SnapshotJob | undefined;
+  /** Node name of the disk's current top (changes at every snapshot). */
+  topNode = 'disk0';
+  /** File of the current top. */
+  topFile: string;
+  taps: string[] = [];
+  lastStop: QmpEvent | undefined;
+  lastResume: QmpEvent | undefined;
+  snapSerial = 0;
+
+  constructor(
+    readonly spec: VmStartSpec,
+    readonly qspec: QemuDriverSpec__Output,
+    readonly files: VmFiles,
+    readonly ports: Port[],
+    readonly log: Logger,
+  ) {
+    this.topFile = files.disk0;
+  }
+
+  get hasDisk(): boolean {
+    return this.qspec.disk !== '';
+  }
+
+  /** Set by the driver from tcgRamPadKib when it builds the command line. */
+  ramPadKib = 0;
+
+  get memBytes(): number {
+    return (this.qspec.memoryMib || 256) * MiB + this.ramPadKib * 1024;
+  }
+
+  stderr(): string {
+    return this.stderrTail.trim();
+  }
+
+  async spawn(binary: string, args: string[], timeoutMs: number): Promise<void> {
+    const p = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = p;
+    p.stderr?.setEncoding('utf8');
+    p.stderr?.on('data', (d: string) => {
+      this.stderrTail = (this.stderrTail + d).slice(-4000);
+    });
+    this.exitPromise = new Promise<void>((resolve) => {
+      p.once('exit', (code, sig) => {
+        this.exited = true;
+        this.status = 'stopped';
+        this.log.info({ code, sig }, 'QEMU exited');
+        resolve();
+      });
+      p.once('error', (e) => {
+        this.stderrTail += `\nspawn ${binary}: ${e.message}`;
+        this.exited = true;
+        this.status = 'stopped';
+        resolve();
+      });
+    });
+    try {
+      this.qmp = await QmpClient.connect(this.files.qmpSock, { timeoutMs, isAlive: () => !this.exited, name: `${this.spec.id} (pid ${p.pid})` });
+    } catch (e) {
+      await sleep(50);
+      throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.spec.id} did not start: ${this.stderr() || describeError(e)}`, { cause: e });
+    }
+    this.qmp.on('event', (ev: QmpEvent) => {
+      if (ev.event === 'STOP') {
+        this.status = 'paused';
+        this.lastStop = ev;
+      } else if (ev.event === 'RESUME') {
+        this.status = 'running';
+        this.lastResume = ev;
+      }
+    });
+  }
+
+  q(): QmpClient {
+    if (!this.qmp || this.exited) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.spec.id} is not running${this.stderr() ? `: ${this.stderr()}` : ''}`);
+    return this.qmp;
+  }
+
+  async refreshStatus(): Promise<void> {
+    const r = await this.q().execute<{ running: boolean; status: string }>('query-status');
+    this.status = r.running ? 'running' : 'paused';
+  }
+
+  async kill(): Promise<void> {
+    if (this.proc && !this.exited) {
+      try {
+        await this.qmp?.execute('quit', undefined, 2000);
+      } catch {
+        /* dying anyway */
+      }
+      const t = setTimeout(() => this.proc?.kill('SIGKILL'), 3000);
+      await this.exitPromise;
+      clearTimeout(t);
+    }
+    this.qmp?.close();
+    this.status = 'stopped';
+  }
+}
