@@ -5,8 +5,8 @@
  *
  * Every driver action is appended to `events` ("start a", "pause a", "atPause a", "resume a",
  * "abort a", "stop a", "restore a"), so tests assert exact sequences.
- * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`), and rejects with
- * ERR_SNAPSHOT_ABORTED when the job is aborted first; `failPause` makes cut() reject without
+ * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`); abort resolves it
+ * (the driver contract) and `job.failCopy(err)` rejects it, as a failed copy does; `failPause` makes cut() reject without
  * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem".
  */
 import { VnsnapError } from '../../proto/core/errors';
@@ -90,11 +90,19 @@ export class FakeJob implements SnapshotJob {
     const rec = this.driver.vms.get(this.vm);
     this.driver.events.push(`abort ${rec?.spec.name ?? this.vm}`);
     if (rec) rec.status = 'running';
+    // The driver contract (agent/drivers/driver.ts): abort resolves a pending `ready`, never rejects it.
     if (!this.readySettled) {
       this.readySettled = true;
-      this.settleReady(new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} aborted`));
+      this.settleReady();
     }
     return Promise.resolve();
+  }
+
+  /** The copy fails on its own before it was ready: `ready` rejects with `err` (the driver contract). */
+  failCopy(err: Error): void {
+    if (this.readySettled) return;
+    this.readySettled = true;
+    this.settleReady(err);
   }
 }
 

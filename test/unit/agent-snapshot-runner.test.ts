@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
-import { isVnsnapError } from '../../proto/core/errors';
+import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
 import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
@@ -145,7 +145,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(h.snapshots.inProgress, []);
   });
 
-  it('SnapshotAbort during pre-copy: Begin fails as aborted (the rejected ready is handled), VMs resumed, ports advanced, partials deleted', async () => {
+  it('SnapshotAbort during pre-copy: Begin fails as aborted (abort releases ready), VMs resumed, ports advanced, partials deleted', async () => {
     h = await new AgentParts().init(['a', 'b']);
     const unhandled: unknown[] = [];
     const onUnhandled = (r: unknown): void => void unhandled.push(r);
@@ -160,6 +160,24 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
       assert.deepEqual(h.driver.events, ['start a', 'start b', 'abort a']);
       assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [5, 5]);
       assert.deepEqual(await h.store.list('snapshots/s4/'), []);
+      await flush();
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
+  it('a copy that fails before it is ready: Begin fails with the driver\'s code, the rejected ready is handled', async () => {
+    h = await new AgentParts().init(['a']);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (r: unknown): void => void unhandled.push(r);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      h.driver.holdReady = true;
+      const p = code(h.snapshots.begin(begin('s7', 6, ['a']), h.sink));
+      await flush();
+      job(h).failCopy(new VnsnapError('ERR_DRIVER', 'the copy of a failed'));
+      assert.equal(await p, 'ERR_DRIVER');
       await flush();
       assert.deepEqual(unhandled, []);
     } finally {
