@@ -44,7 +44,7 @@
  */
 import type { Logger } from '../proto/core/log';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
-import type { Port } from '../switch/port';
+import type { Port } from '../switch/port/port';
 import type { SnapshotStore, StoredArtefact } from './store';
 
 export type DriverKind = 'sim' | 'qemu' | 'xen';

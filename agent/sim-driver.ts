@@ -34,9 +34,9 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
-import { formatMac, parseMac, writeMac } from '../switch/mac';
-import type { Port, RxBatch } from '../switch/port';
-import { newRxBatch } from '../switch/port';
+import { formatMac, parseMac, writeMac } from '../switch/bridge/mac';
+import type { Port, RxBatch } from '../switch/port/port';
+import { newRxBatch } from '../switch/port/port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
 import type { ArtefactWriter, SnapshotStore, StoredArtefact } from './store';
 

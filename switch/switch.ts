@@ -30,14 +30,14 @@
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
-import { classify, Verdict } from './epoch-rules';
-import { Fdb, FdbOptions } from './fdb';
-import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, isValidVni, writeDataHeader } from './geneve';
-import { BROADCAST_MAC, isGroupMac, macAt, parseMac } from './mac';
+import { classify, Verdict } from './snapshot/epoch-rules';
+import { Fdb, FdbOptions } from './bridge/fdb';
+import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, isValidVni, writeDataHeader } from './tunnel/geneve';
+import { BROADCAST_MAC, isGroupMac, macAt, parseMac } from './bridge/mac';
 import { segmentFrame, VNET_HDR_LEN } from './offload';
-import type { Port } from './port';
-import type { TunnelTransport } from './tunnel-transport';
-import { ipv4ToInt } from './tunnel-transport';
+import type { Port } from './port/port';
+import type { TunnelTransport } from './tunnel/transport';
+import { ipv4ToInt } from './tunnel/transport';
 
 export interface SwitchOptions {
   id: string;

@@ -19,7 +19,7 @@ import type { SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import { QemuDriver } from '../../agent/qemu-driver';
 import { silentLogger } from '../../proto/core/log';
 import { LocalDirStore } from '../../agent/store';
-import type { Port } from '../../switch/port';
+import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor } from '../guest/qemu-guest';

@@ -17,7 +17,7 @@ import { driverCompliance } from '../support/driver-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
-import type { Port } from '../../switch/port';
+import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -16,7 +16,7 @@ import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../ag
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
 import { XlHost } from '../../agent/xen-xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';
-import { fakePortPair } from '../../switch/fake-port';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { driverCompliance } from '../support/driver-compliance';
 import { FakeXenHost } from '../xen/fake-xen-host';
 

@@ -2,7 +2,8 @@
  * A VNE of several switches joined by a FakeUdpNetwork, with fake VM ports: the unit tests'
  * world. Time is manual (`env.now`), and `env.tick()` runs every switch's timers.
  */
-import { FakeUdpNetwork, fakePortPair, FakePort } from '../../switch/fake-port';
+import { fakePortPair, FakePort } from '../../switch/port/porttest/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { Switch } from '../../switch/switch';
 
 export interface EnvSpec {

@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
-import { encodeData, encodeMarker } from '../../switch/geneve';
-import { FakeUdpNetwork, fakePortPair } from '../../switch/fake-port';
-import { BROADCAST_MAC, formatMac } from '../../switch/mac';
+import { encodeData, encodeMarker } from '../../switch/tunnel/geneve';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
+import { BROADCAST_MAC, formatMac } from '../../switch/bridge/mac';
 import { Switch } from '../../switch/switch';
 import { FakeEnv } from '../support/fake-env';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
-import { parseSwitchConfig } from '../../switch/config';
+import { parseSwitchConfig } from '../../switch/cmd/config';
 
 const good = {
   id: 'h1',

@@ -1,8 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
-import { classify, Verdict } from '../../switch/epoch-rules';
-import { decode } from '../../switch/geneve';
-import type { TunnelTransport } from '../../switch/tunnel-transport';
+import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
+import { decode } from '../../switch/tunnel/geneve';
+import type { TunnelTransport } from '../../switch/tunnel/transport';
 import { FakeEnv } from '../support/fake-env';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 

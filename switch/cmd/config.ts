@@ -15,7 +15,7 @@
  * }
  */
 import * as fs from 'node:fs';
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../proto/core/errors';
 
 export interface PortSpec {
   name: string;

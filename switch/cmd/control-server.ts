@@ -10,9 +10,9 @@
  * setGeneration {vne, generation}; setPortEpoch {port, epoch}.
  */
 import * as net from 'node:net';
-import { describeError, VnsnapError } from '../proto/core/errors';
-import type { Switch } from './switch';
-import { closeUnix, listenUnix } from './unix-listen';
+import { describeError, VnsnapError } from '../../proto/core/errors';
+import type { Switch } from '../switch';
+import { closeUnix, listenUnix } from '../port/unix-listen';
 
 type Req = Record<string, unknown> & { id?: unknown; op?: unknown };
 

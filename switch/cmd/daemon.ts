@@ -7,14 +7,14 @@
  */
 import { Command } from 'commander';
 import pino from 'pino';
-import { describeError } from '../proto/core/errors';
+import { describeError } from '../../proto/core/errors';
 import { loadSwitchConfig, SwitchConfig } from './config';
 import { ControlServer } from './control-server';
-import { PacketPort, TapPort } from './fd-port';
-import type { Port } from './port';
-import { StreamPort } from './stream-port';
-import { Switch } from './switch';
-import { UdpTransport } from './udp-transport';
+import { PacketPort, TapPort } from '../port/fd-port';
+import type { Port } from '../port/port';
+import { StreamPort } from '../port/stream-port';
+import { Switch } from '../switch';
+import { UdpTransport } from '../tunnel/udp';
 
 export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; control?: ControlServer; tapNames: Record<string, string>; tunnelPort?: number }> {
   const sw = new Switch({ id: cfg.id, ...(cfg.tunnel?.underlayMtu ? { underlayMtu: cfg.tunnel.underlayMtu } : {}) });
