@@ -11,6 +11,7 @@
  */
 import * as net from 'node:net';
 import { describeError, VnsnapError } from '../../proto/core/errors';
+import { flattenStats } from '../stats';
 import type { Switch } from '../switch';
 import { closeUnix, listenUnix } from '../port/unix-listen';
 
@@ -25,7 +26,7 @@ function need<T>(r: Req, key: string, type: 'string' | 'number'): T {
 export async function handleControl(sw: Switch, r: Req): Promise<Record<string, unknown>> {
   switch (r.op) {
     case 'stats':
-      return { stats: sw.stats(), innerMtu: sw.innerMtu };
+      return { stats: flattenStats(sw.stats()), innerMtu: sw.innerMtu };
     case 'snapshot': {
       const t0 = process.hrtime.bigint();
       await sw.cutVne(need(r, 'vne', 'string'), need(r, 'epoch', 'number'));

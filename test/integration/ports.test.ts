@@ -59,7 +59,7 @@ describe('packet-socket port on an existing interface', function () {
         try {
           assert.match(out, /3 packets transmitted, 3 received/);
           const st = s.stats();
-          assert.ok((st['port.a.rxFrames'] as number) >= 3 && (st['port.b.rxFrames'] as number) >= 3, JSON.stringify(st));
+          assert.ok((st.ports['a']?.rxFrames as number) >= 3 && (st.ports['b']?.rxFrames as number) >= 3, JSON.stringify(st));
           resolve();
         } catch (e) {
           reject(e);

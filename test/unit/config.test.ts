@@ -51,7 +51,7 @@ describe('switch config', () => {
   });
 
   it('the daemon explains a bad config in one line and exits 2; --help explains the flags', () => {
-    const daemon = path.resolve(__dirname, '../../switch/daemon.js');
+    const daemon = path.resolve(__dirname, '../../switch/cmd/daemon.js');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
     try {
       const f = path.join(dir, 'c.json');
