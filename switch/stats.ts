@@ -9,6 +9,8 @@
  * `vne.<name>.fdb.<counter>`); nothing inside the switch or the agent parses it back.
  */
 import type { FdbCounters } from './bridge/fdb';
+import type { LocalPort, Peer, Vne } from './tables';
+import { intToIpv4 } from './tunnel/transport';
 
 /** Switch-wide counters (drops by reason, tunnel traffic, markers). */
 export interface SwitchCounters {
@@ -128,4 +130,27 @@ export function flattenStats(s: SwitchStats): Record<string, number> {
     for (const [k, val] of Object.entries(v.fdb)) out[`vne.${name}.fdb.${k}`] = val;
   }
   return out;
+}
+
+/** A fresh typed snapshot of every counter (Switch.stats()). */
+export function collectStats(counters: SwitchCounters, ports: Iterable<LocalPort>, vnes: Iterable<Vne>, peers: readonly Peer[]): SwitchStats {
+  const s: SwitchStats = { ...counters, ports: {}, vnes: {}, peers: {} };
+  for (const lp of ports) {
+    s.ports[lp.name] = { ...lp.stats, vne: lp.vne.name, epoch: lp.epoch, heldBytes: lp.heldBytes, gateBytes: lp.gate?.bytes ?? 0, gated: lp.gate !== null };
+  }
+  const vneList = [...vnes];
+  for (const v of vneList) {
+    s.vnes[v.name] = {
+      vni: v.vni,
+      epoch: v.cutEpoch,
+      generation: v.generation,
+      ...(v.pendingGeneration !== undefined ? { pendingGeneration: v.pendingGeneration } : {}),
+      fdbSize: v.fdb.size,
+      fdb: { ...v.fdb.counters },
+      ports: v.ports.length,
+      peers: [...v.peers.values()].map((vp) => vp.peer.name),
+    };
+  }
+  for (const p of peers) s.peers[p.name] = { address: intToIpv4(p.ip), port: p.port, vnes: vneList.filter((v) => v.peers.has(p.idx)).map((v) => v.name) };
+  return s;
 }

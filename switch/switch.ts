@@ -38,11 +38,10 @@
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
-import { Fdb, FdbOptions } from './bridge/fdb';
+import type { FdbOptions } from './bridge/fdb';
 import { Forwarding } from './bridge/forwarding';
 import { isGroupMac, parseMac } from './bridge/mac';
 import type { PeerChange, PeerConfig } from './peers';
-import { PeerTable } from './peers';
 import type { Port } from './port/port';
 import type { AtPause } from './snapshot/cut';
 import { Cuts } from './snapshot/cut';
@@ -51,17 +50,20 @@ import type { RecordingStatus } from './snapshot/markers';
 import { Markers } from './snapshot/markers';
 import type { ChannelState } from './snapshot/recording';
 import type { SwitchCounters, SwitchStats } from './stats';
-import { newSwitchCounters } from './stats';
-import { LocalPort, Vne, VnePeer } from './tables';
-import { DATA_HEADER_LEN, isValidVni } from './tunnel/geneve';
+import { collectStats, newSwitchCounters } from './stats';
+import { LocalPort } from './tables';
+import { DATA_HEADER_LEN } from './tunnel/geneve';
 import { onTunnelBatch } from './tunnel/rx';
 import type { TunnelTransport } from './tunnel/transport';
 import { TunnelTx } from './tunnel/tx-batch';
+import type { VneConfig, VneSpec } from './vnes';
+import { VneTable } from './vnes';
 
 export type { AtPause } from './snapshot/cut';
 export type { ChannelState } from './snapshot/recording';
 export type { PeerChange, PeerConfig } from './peers';
 export type { SwitchStats } from './stats';
+export type { MacRoute, VneConfig, VneSpec } from './vnes';
 
 export interface SwitchOptions {
   id: string;
@@ -94,34 +96,6 @@ export const DEFAULT_SWITCH_OPTIONS: Omit<SwitchOptions, 'id'> = {
 /** IPv4 + UDP headers in front of Geneve on the underlay. */
 const UNDERLAY_OVERHEAD = 20 + 8;
 
-export interface VneConfig {
-  name: string;
-  vni: number;
-  generation?: number;
-  /** Names of the peer switches that take part in this VNE. */
-  peers?: string[];
-}
-
-/** A static MAC route: to a peer switch, to a named local port, or to whichever local port has that MAC. */
-export type MacRoute = { mac: string; peer: string } | { mac: string; port: string } | { mac: string; local: true };
-
-/** configureVne's desired state of one VNE (additive: peers and routes are never removed). */
-export interface VneSpec {
-  name: string;
-  /** Needed to create the VNE; when given for an existing one it must match. */
-  vni?: number;
-  /**
-   * The VNE's generation (default 1 at creation). A change waits while ports attached to the
-   * VNE outside a restore gate remain (they run the old generation) and applies when the last
-   * of them detaches — unless `generationNow` (a restore, after stopping them).
-   */
-  generation?: number;
-  generationNow?: boolean;
-  /** Peer switches taking part: names of known peers, or peers to add or move first. */
-  peers?: (string | PeerConfig)[];
-  macs?: MacRoute[];
-}
-
 export interface AttachOptions {
   /** The port's epoch (default: the VNE's cut epoch); a restore attaches at the snapshot's. */
   epoch?: number;
@@ -135,11 +109,9 @@ export class Switch implements Startable {
   readonly opts: SwitchOptions;
   /** Switch-wide named counters. */
   readonly counters: SwitchCounters = newSwitchCounters();
-  private readonly vnesByName = new Map<string, Vne>();
-  private readonly vnesByVni = new Map<number, Vne>();
+  private readonly vnes: VneTable;
   private readonly portsByName = new Map<string, LocalPort>();
   private readonly portsById: (LocalPort | undefined)[] = [];
-  private readonly peers = new PeerTable();
   private readonly tunnelTx: TunnelTx;
   private readonly delivery: Delivery;
   private readonly markers: Markers;
@@ -151,9 +123,10 @@ export class Switch implements Startable {
 
   constructor(opts: Partial<SwitchOptions> & { id: string }) {
     this.opts = { ...DEFAULT_SWITCH_OPTIONS, ...opts };
+    this.vnes = new VneTable(this.opts.fdb, (name) => this.port(name), (r, e) => this.markers.fail(r, e));
     this.tunnelTx = new TunnelTx(this.counters, this.innerFrameMax);
     this.delivery = new Delivery(this.counters, this.opts);
-    this.markers = new Markers(this.opts, this.counters, this.tunnelTx, (i) => this.peers.byIdx[i]?.name);
+    this.markers = new Markers(this.opts, this.counters, this.tunnelTx, (i) => this.vnes.peers.byIdx[i]?.name);
     this.cuts = new Cuts(this.delivery, this.markers);
     this.fwd = new Forwarding(this.counters, this.delivery, this.tunnelTx, this.portsById, this.innerFrameMax);
     this.fwd.fdbTick = Math.floor(this.opts.now() / 1000);
@@ -174,7 +147,7 @@ export class Switch implements Startable {
     this.tunnel?.close();
     this.tunnel = undefined;
     this.tunnelTx.transport = undefined;
-    for (const v of this.vnesByName.values()) for (const r of v.recordings.values()) this.markers.fail(r, new VnsnapError('ERR_STATE', 'switch stopped'));
+    for (const v of this.vnes.byName.values()) for (const r of v.recordings.values()) this.markers.fail(r, new VnsnapError('ERR_STATE', 'switch stopped'));
   }
 
   /** The largest inner Ethernet frame a tunnel can carry without IP fragmentation. */
@@ -192,7 +165,7 @@ export class Switch implements Startable {
     this.tunnel = t;
     this.tunnelTx.transport = t;
     t.open((n) => {
-      onTunnelBatch(t, n, { peersByAddr: this.peers.byAddr, vnesByVni: this.vnesByVni }, this.counters, this.fwd, this.markers);
+      onTunnelBatch(t, n, { peersByAddr: this.vnes.peers.byAddr, vnesByVni: this.vnes.byVni }, this.counters, this.fwd, this.markers);
       this.flush();
     });
   }
@@ -205,68 +178,22 @@ export class Switch implements Startable {
    * static MAC routes. Validation errors leave what was applied before them.
    */
   configureVne(spec: VneSpec): void {
-    if (!spec.name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'a VNE needs a name');
-    const peerNames = (spec.peers ?? []).map((p) => (typeof p === 'string' ? p : (this.upsertPeer(p), p.name)));
-    let v = this.vnesByName.get(spec.name);
-    if (!v) {
-      if (spec.vni === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VNE ${spec.name} does not exist here; creating it needs a VNI`);
-      this.addVne({ name: spec.name, vni: spec.vni, generation: spec.generation || 1, peers: peerNames });
-      v = this.vne(spec.name);
-    } else {
-      if (spec.vni !== undefined && spec.vni !== v.vni) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${spec.name} has VNI ${v.vni} here; ConfigureVne asks for ${spec.vni}`);
-      if (spec.generation) this.changeGeneration(v, spec.generation, spec.generationNow === true);
-      for (const p of peerNames) this.addVnePeer(v.name, p);
-    }
-    for (const r of spec.macs ?? []) {
-      if ('local' in r) {
-        const m = parseMac(r.mac);
-        const lp = v.ports.find((p) => p.mac === m);
-        if (lp) this.setStaticMac(v.name, r.mac, { port: lp.name });
-      } else if ('peer' in r) {
-        if (!this.peers.byName.has(r.peer)) throw new VnsnapError('ERR_PEER_UNKNOWN', `MAC ${r.mac} routed to ${r.peer}, which is not among the VNE's peers`);
-        this.addVnePeer(v.name, r.peer);
-        this.setStaticMac(v.name, r.mac, { peer: r.peer });
-      } else this.setStaticMac(v.name, r.mac, { port: r.port });
-    }
+    this.vnes.configure(spec);
   }
 
   /** Add a peer switch, or move a known one to a new underlay address (frames queued to the old one are lost). */
   upsertPeer(cfg: PeerConfig): PeerChange {
-    const have = this.peers.byName.get(cfg.name);
-    if (have === undefined) {
-      this.peers.add(cfg);
-      return { change: 'added' };
-    }
-    const from = PeerTable.address(have);
-    if (from === `${cfg.address}:${cfg.port}`) return { change: 'unchanged' };
-    const moved = this.peers.move(cfg.name, cfg.address, cfg.port);
-    for (const v of this.vnesByName.values()) {
-      const vp = v.peers.get(moved.idx);
-      if (vp) vp.peer = moved;
-    }
-    return { change: 'moved', from };
+    return this.vnes.upsertPeer(cfg);
   }
 
   /** @deprecated use configureVne */
   addVne(cfg: VneConfig): void {
-    if (!cfg.name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'a VNE needs a name');
-    if (!isValidVni(cfg.vni)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VNE ${cfg.name}: VNI must be an integer 0..16777215, got ${cfg.vni}`);
-    if (this.vnesByName.has(cfg.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNE ${cfg.name} already exists`);
-    if (this.vnesByVni.has(cfg.vni)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${cfg.vni} is already used by VNE ${this.vnesByVni.get(cfg.vni)?.name}`);
-    const v = new Vne(cfg.name, cfg.vni, cfg.generation ?? 1, new Fdb(this.opts.fdb));
-    for (const p of cfg.peers ?? []) {
-      const peer = this.peers.byName.get(p);
-      if (!peer) throw new VnsnapError('ERR_PEER_UNKNOWN', `VNE ${cfg.name}: unknown peer switch "${p}"`);
-      v.peers.set(peer.idx, new VnePeer(peer));
-    }
-    v.configChanged();
-    this.vnesByName.set(v.name, v);
-    this.vnesByVni.set(v.vni, v);
+    this.vnes.add(cfg);
   }
 
   /** @deprecated use upsertPeer */
   addPeer(cfg: PeerConfig): void {
-    this.peers.add(cfg);
+    this.vnes.peers.add(cfg);
   }
 
   /**
@@ -275,38 +202,22 @@ export class Switch implements Startable {
    * @deprecated use upsertPeer
    */
   setPeerAddress(name: string, address: string, port: number): void {
-    this.peers.get(name);
-    this.upsertPeer({ name, address, port });
+    this.vnes.peers.get(name);
+    this.vnes.upsertPeer({ name, address, port });
   }
 
   /** Let a peer take part in a VNE (control plane). @deprecated use configureVne */
   addVnePeer(vneName: string, peerName: string): void {
-    const v = this.vne(vneName);
-    const peer = this.peers.get(peerName);
-    if (!v.peers.has(peer.idx)) {
-      v.peers.set(peer.idx, new VnePeer(peer));
-      v.configChanged();
-    }
+    this.vnes.addPeerTo(this.vnes.get(vneName), peerName);
   }
 
   /** Program a static MAC → remote switch (or local port) entry. @deprecated use configureVne (or attachPort's mac) */
   setStaticMac(vneName: string, mac: string, target: { peer: string } | { port: string }): void {
-    const v = this.vne(vneName);
-    const m = parseMac(mac);
-    if (isGroupMac(m)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `static entries must be unicast MACs: ${mac}`);
-    if ('peer' in target) {
-      const peer = this.peers.get(target.peer);
-      if (!v.peers.has(peer.idx)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `peer ${target.peer} is not part of VNE ${vneName}`);
-      v.fdb.setStatic(m, -(peer.idx + 1));
-    } else {
-      const lp = this.port(target.port);
-      if (lp.vne !== v) throw new VnsnapError('ERR_INVALID_ARGUMENT', `port ${target.port} is not in VNE ${vneName}`);
-      v.fdb.setStatic(m, lp.id);
-    }
+    this.vnes.setStaticMac(this.vnes.get(vneName), mac, target);
   }
 
   removeMac(vneName: string, mac: string): boolean {
-    return this.vne(vneName).fdb.remove(parseMac(mac));
+    return this.vnes.get(vneName).fdb.remove(parseMac(mac));
   }
 
   /**
@@ -314,14 +225,14 @@ export class Switch implements Startable {
    * counts restart. @deprecated use configureVne({ name, generation, generationNow: true })
    */
   setGeneration(vneName: string, generation: number): void {
-    this.applyGeneration(this.vne(vneName), generation);
+    this.vnes.applyGeneration(this.vnes.get(vneName), generation);
   }
 
   // ───────────────────────────── ports ─────────────────────────────
 
   /** Attach a VM port to a VNE at an epoch, optionally behind a restore gate and with its MAC. */
   attachPort(vneName: string, port: Port, opts: AttachOptions = {}): void {
-    const v = this.vne(vneName);
+    const v = this.vnes.get(vneName);
     if (this.portsByName.has(port.name)) throw new VnsnapError('ERR_PORT_EXISTS', `port ${port.name} already exists`);
     const mac = opts.mac === undefined ? undefined : parseMac(opts.mac);
     if (mac !== undefined && isGroupMac(mac)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `static entries must be unicast MACs: ${opts.mac}`);
@@ -351,7 +262,7 @@ export class Switch implements Startable {
     v.fdb.flushOwner(lp.id, true);
     // A departed port no longer holds back markers of a cut in progress.
     for (const r of v.recordings.values()) this.markers.checkLocalCut(v, r.k);
-    if (v.pendingGeneration !== undefined && !this.hasRunningPorts(v)) this.applyGeneration(v, v.pendingGeneration);
+    this.vnes.portDetached(v);
   }
 
   /**
@@ -410,7 +321,7 @@ export class Switch implements Startable {
 
   /** Cut every local port of a VNE to k (all at once), e.g. from the daemon's control socket. */
   async cutVne(vneName: string, k: number): Promise<void> {
-    const v = this.vne(vneName);
+    const v = this.vnes.get(vneName);
     if (k <= v.cutEpoch) throw new VnsnapError('ERR_EPOCH_ORDER', `VNE ${vneName} is at epoch ${v.cutEpoch}; cannot cut to ${k}`);
     this.markers.recording(v, k);
     await this.cuts.cut(v.ports.filter((p) => p.epoch < k), k);
@@ -434,7 +345,7 @@ export class Switch implements Startable {
 
   /** Abort snapshot k: every port below k advances to k without recording; recording k is dropped. */
   abort(vneName: string, k: number): void {
-    this.cuts.abort(this.vne(vneName), k);
+    this.cuts.abort(this.vnes.get(vneName), k);
   }
 
   /**
@@ -443,45 +354,25 @@ export class Switch implements Startable {
    * and forgotten. Rejects with ERR_TIMEOUT after timeoutMs (the recording continues).
    */
   channelState(vneName: string, k: number, timeoutMs = 30_000): Promise<ChannelState> {
-    return this.markers.channelState(this.vne(vneName), k, timeoutMs);
+    return this.markers.channelState(this.vnes.get(vneName), k, timeoutMs);
   }
 
   /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
   recordingStatus(vneName: string): RecordingStatus[] {
-    return this.markers.status(this.vne(vneName));
+    return this.markers.status(this.vnes.get(vneName));
   }
 
   // ───────────────────────────── stats and timers ─────────────────────────────
 
   /** Every counter, typed: switch-wide, per port, per VNE (with its FDB), per peer. */
   stats(): SwitchStats {
-    const s: SwitchStats = { ...this.counters, ports: {}, vnes: {}, peers: {} };
-    for (const lp of this.portsByName.values()) {
-      s.ports[lp.name] = { ...lp.stats, vne: lp.vne.name, epoch: lp.epoch, heldBytes: lp.heldBytes, gateBytes: lp.gate?.bytes ?? 0, gated: lp.gate !== null };
-    }
-    for (const v of this.vnesByName.values()) {
-      s.vnes[v.name] = {
-        vni: v.vni,
-        epoch: v.cutEpoch,
-        generation: v.generation,
-        ...(v.pendingGeneration !== undefined ? { pendingGeneration: v.pendingGeneration } : {}),
-        fdbSize: v.fdb.size,
-        fdb: { ...v.fdb.counters },
-        ports: v.ports.length,
-        peers: [...v.peers.values()].map((vp) => vp.peer.name),
-      };
-    }
-    for (const p of this.peers.byIdx) {
-      const [address, port] = PeerTable.address(p).split(':') as [string, string];
-      s.peers[p.name] = { address, port: Number(port), vnes: [...this.vnesByName.values()].filter((v) => v.peers.has(p.idx)).map((v) => v.name) };
-    }
-    return s;
+    return collectStats(this.counters, this.portsByName.values(), this.vnes.byName.values(), this.vnes.peers.byIdx);
   }
 
   tick(): void {
     const now = this.opts.now();
     this.fwd.fdbTick = Math.floor(now / 1000);
-    for (const v of this.vnesByName.values()) {
+    for (const v of this.vnes.byName.values()) {
       v.fdb.age(this.fwd.fdbTick);
       this.markers.tick(v, now);
     }
@@ -493,43 +384,6 @@ export class Switch implements Startable {
   private flush(): void {
     this.tunnelTx.flush();
     this.delivery.flush();
-  }
-
-  /** Ports of v outside a restore gate: instances of the current generation running here. */
-  private hasRunningPorts(v: Vne): boolean {
-    return v.ports.some((p) => p.gate === null);
-  }
-
-  private changeGeneration(v: Vne, generation: number, now: boolean): void {
-    if (now) {
-      v.pendingGeneration = undefined;
-      if (generation !== v.generation) this.applyGeneration(v, generation);
-      return;
-    }
-    if (generation === v.generation) return;
-    // Instances of the old generation still run here (a restore replaces them): bumping now
-    // would stamp their frames with the new generation and let them reach the restored VMs.
-    if (this.hasRunningPorts(v)) v.pendingGeneration = generation;
-    else this.applyGeneration(v, generation);
-  }
-
-  private applyGeneration(v: Vne, generation: number): void {
-    v.pendingGeneration = undefined;
-    v.generation = generation;
-    for (const vp of v.peers.values()) {
-      vp.sent.reset();
-      vp.recv.reset();
-      vp.lost = 0;
-      vp.lostEpoch = 0;
-    }
-    for (const r of [...v.recordings.values()]) this.markers.fail(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `VNE ${v.name} moved to generation ${generation}`));
-    v.fdb.flushLearned();
-  }
-
-  private vne(name: string): Vne {
-    const v = this.vnesByName.get(name);
-    if (!v) throw new VnsnapError('ERR_VNE_UNKNOWN', `unknown VNE "${name}"`);
-    return v;
   }
 
   private port(name: string): LocalPort {
