@@ -34,18 +34,22 @@ export class AgentMetrics {
     this.registry = registry;
     if (Object.keys(labels).length > 0) registry.setDefaultLabels(labels);
     const stats = (): SwitchStats => this.stats();
-    const portGauge = (name: string, help: string, counter: PortCounter): void => {
+    /** A gauge with one label whose (label value, value) rows are read from the stats at scrape time. */
+    const gauge = (name: string, help: string, label: string, rows: (s: SwitchStats) => [string, number][]): void => {
       new Gauge({
         name,
         help,
-        labelNames: ['port'],
+        labelNames: [label],
         registers: [registry],
         collect() {
           this.reset();
-          for (const [port, p] of Object.entries(stats().ports)) this.set({ port }, p[counter]);
+          for (const [l, v] of rows(stats())) this.set({ [label]: l }, v);
         },
       });
     };
+    const portGauge = (name: string, help: string, c: PortCounter): void => gauge(name, help, 'port', (s) => Object.entries(s.ports).map(([n, p]) => [n, p[c]]));
+    const vneGauge = (name: string, help: string, c: VneValue): void => gauge(name, help, 'vne', (s) => Object.entries(s.vnes).map(([n, v]) => [n, v[c]]));
+    const fdbGauge = (name: string, help: string, c: FdbCounter): void => gauge(name, help, 'vne', (s) => Object.entries(s.vnes).map(([n, v]) => [n, v.fdb[c]]));
     portGauge('vnsnap_switch_port_rx_frames', 'Frames the switch read from a VM port', 'rxFrames');
     portGauge('vnsnap_switch_port_tx_frames', 'Frames the switch wrote to a VM port', 'txFrames');
     portGauge('vnsnap_switch_port_tx_drops', 'Frames a VM port did not accept', 'txDrops');
@@ -58,46 +62,15 @@ export class AgentMetrics {
     portGauge('vnsnap_switch_port_late_in_flight', 'Older-epoch frames delivered to a port with no recording in progress', 'lateInFlight');
     portGauge('vnsnap_switch_port_held_bytes', 'Bytes held for a port by the snapshot rules', 'heldBytes');
     portGauge('vnsnap_switch_port_gate_drops', 'Frames dropped because the restore gate was full', 'gateDrops');
-    portGauge('vnsnap_switch_port_gate_bytes', 'Bytes kept behind a port\'s restore gate', 'gateBytes');
-    new Gauge({
-      name: 'vnsnap_switch_counter',
-      help: 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, ...)',
-      labelNames: ['name'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const [k, v] of Object.entries(stats())) if (typeof v === 'number') this.set({ name: k }, v);
-      },
-    });
-    const vneGauge = (name: string, help: string, value: VneValue): void => {
-      new Gauge({
-        name,
-        help,
-        labelNames: ['vne'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const [vne, v] of Object.entries(stats().vnes)) this.set({ vne }, v[value]);
-        },
-      });
-    };
+    portGauge('vnsnap_switch_port_gate_bytes', "Bytes kept behind a port's restore gate", 'gateBytes');
+    gauge('vnsnap_switch_counter', 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, ...)', 'name', (s) =>
+      Object.entries(s).filter((e): e is [string, number] => typeof e[1] === 'number'),
+    );
     vneGauge('vnsnap_switch_vne_epoch', 'Highest snapshot epoch every local port of a VNE has passed', 'epoch');
     vneGauge('vnsnap_switch_vne_generation', 'Generation of a VNE (data frames of another generation are dropped)', 'generation');
     vneGauge('vnsnap_switch_vne_ports', 'Local ports attached to a VNE', 'ports');
-    vneGauge('vnsnap_switch_fdb_entries', 'Entries in a VNE\'s forwarding database', 'fdbSize');
-    const fdbGauge = (name: string, help: string, counter: FdbCounter): void => {
-      new Gauge({
-        name,
-        help,
-        labelNames: ['vne'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const [vne, v] of Object.entries(stats().vnes)) this.set({ vne }, v.fdb[counter]);
-        },
-      });
-    };
-    fdbGauge('vnsnap_switch_fdb_learned', 'MACs learned (new entries) in a VNE\'s forwarding database', 'learned');
+    vneGauge('vnsnap_switch_fdb_entries', "Entries in a VNE's forwarding database", 'fdbSize');
+    fdbGauge('vnsnap_switch_fdb_learned', "MACs learned (new entries) in a VNE's forwarding database", 'learned');
     fdbGauge('vnsnap_switch_fdb_moved', 'Learned MACs that moved to another port or peer', 'moved');
     fdbGauge('vnsnap_switch_fdb_aged', 'Learned entries removed by aging', 'aged');
     fdbGauge('vnsnap_switch_fdb_evicted', 'Entries evicted at the size cap', 'evicted');
