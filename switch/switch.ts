@@ -38,7 +38,6 @@
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
-import type { FdbOptions } from './bridge/fdb';
 import { Forwarding } from './bridge/forwarding';
 import { isGroupMac, parseMac } from './bridge/mac';
 import type { PeerChange, PeerConfig } from './peers';
@@ -48,6 +47,8 @@ import { Cuts } from './snapshot/cut';
 import { Delivery } from './snapshot/delivery';
 import type { RecordingStatus } from './snapshot/markers';
 import { Markers } from './snapshot/markers';
+import type { SwitchOptions } from './options';
+import { DEFAULT_SWITCH_OPTIONS } from './options';
 import type { ChannelState } from './snapshot/recording';
 import type { SwitchCounters, SwitchStats } from './stats';
 import { collectStats, newSwitchCounters } from './stats';
@@ -59,39 +60,12 @@ import { TunnelTx } from './tunnel/tx-batch';
 import type { VneConfig, VneSpec } from './vnes';
 import { VneTable } from './vnes';
 
+export { DEFAULT_SWITCH_OPTIONS, type SwitchOptions } from './options';
 export type { AtPause } from './snapshot/cut';
 export type { ChannelState } from './snapshot/recording';
 export type { PeerChange, PeerConfig } from './peers';
 export type { SwitchStats } from './stats';
 export type { MacRoute, VneConfig, VneSpec } from './vnes';
-
-export interface SwitchOptions {
-  id: string;
-  /** Bytes of future frames held per port before drops. */
-  holdBytesPerPort: number;
-  /** Bytes a restore gate keeps per port (attachPort with gated: true) before drops. */
-  restoreGateBytes: number;
-  markerRetransmitMs: number;
-  recordingGraceMs: number;
-  tickMs: number;
-  /** Ended recordings nobody claimed (and aborted ones) are forgotten after this long. */
-  unclaimedTtlMs: number;
-  underlayMtu: number;
-  fdb: Partial<FdbOptions>;
-  now: () => number;
-}
-
-export const DEFAULT_SWITCH_OPTIONS: Omit<SwitchOptions, 'id'> = {
-  holdBytesPerPort: 4 * 1024 * 1024,
-  restoreGateBytes: 4 * 1024 * 1024,
-  markerRetransmitMs: 50,
-  recordingGraceMs: 1000,
-  tickMs: 20,
-  unclaimedTtlMs: 10 * 60_000,
-  underlayMtu: 1500,
-  fdb: {},
-  now: () => Date.now(),
-};
 
 /** IPv4 + UDP headers in front of Geneve on the underlay. */
 const UNDERLAY_OVERHEAD = 20 + 8;
