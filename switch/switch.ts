@@ -139,6 +139,7 @@ export class Switch implements Startable {
     this.tunnel = t;
     this.tunnelTx.transport = t;
     t.open((n) => {
+      if (this.tunnel !== t) return;
       onTunnelBatch(t, n, { peersByAddr: this.vnes.peers.byAddr, vnesByVni: this.vnes.byVni }, this.counters, this.fwd, this.markers);
       this.flush();
     });
