@@ -73,7 +73,7 @@ export class VneTable {
     });
     let v = this.byName.get(spec.name);
     if (!v) {
-      if (spec.vni === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VNE ${spec.name} does not exist here; creating it needs a VNI`);
+      if (spec.vni === undefined) throw new VnsnapError('ERR_VNE_UNKNOWN', `unknown VNE "${spec.name}" (creating it needs a VNI)`);
       v = this.add({ name: spec.name, vni: spec.vni, generation: spec.generation || 1, peers: peerNames });
     } else {
       if (spec.vni !== undefined && spec.vni !== v.vni) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${spec.name} has VNI ${v.vni} here; ConfigureVne asks for ${spec.vni}`);

@@ -21,8 +21,8 @@ export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; cont
   const tapNames: Record<string, string> = {};
   let control: ControlServer | undefined;
   try {
-    for (const p of cfg.peers) sw.addPeer({ name: p.id, address: p.address, port: p.port });
-    for (const v of cfg.vnes) sw.addVne(v);
+    for (const p of cfg.peers) sw.upsertPeer({ name: p.id, address: p.address, port: p.port });
+    for (const v of cfg.vnes) sw.configureVne(v);
     let tunnelPort: number | undefined;
     if (cfg.tunnel) {
       const t = new UdpTransport(cfg.tunnel.address, cfg.tunnel.port, { offload: cfg.tunnel.offload ?? true });
@@ -41,9 +41,9 @@ export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; cont
         await sp.listen();
         port = sp;
       }
-      sw.addPort(p.vne, port);
+      sw.attachPort(p.vne, port);
     }
-    for (const s of cfg.static) sw.setStaticMac(s.vne, s.mac, s.peer !== undefined ? { peer: s.peer } : { port: s.port as string });
+    for (const s of cfg.static) sw.configureVne({ name: s.vne, macs: [s.peer !== undefined ? { mac: s.mac, peer: s.peer } : { mac: s.mac, port: s.port as string }] });
     if (cfg.control) {
       control = new ControlServer(sw, cfg.control);
       await control.start();

@@ -45,9 +45,9 @@ describe('packet-socket port on an existing interface', function () {
     topo.exec('vma', 'ip', ['link', 'set', 'eth0', 'up']);
     const s = new Switch({ id: 'pk' });
     sw = s;
-    s.addVne({ name: 'blue', vni: 1 });
-    s.addPort('blue', new PacketPort('a', 'vnptp0'));
-    s.addPort('blue', new TapPort('b', 'vnptt0'));
+    s.configureVne({ name: 'blue', vni: 1 });
+    s.attachPort('blue', new PacketPort('a', 'vnptp0'));
+    s.attachPort('blue', new TapPort('b', 'vnptt0'));
     sh('ip', ['link', 'set', 'vnptt0', 'netns', topo.ns('vmb')]);
     topo.exec('vmb', 'ip', ['addr', 'add', '192.168.79.2/24', 'dev', 'vnptt0']);
     topo.exec('vmb', 'ip', ['link', 'set', 'vnptt0', 'up']);
@@ -80,11 +80,11 @@ describe('stream port (QEMU -netdev stream protocol over a unix socket)', functi
 
   before(async () => {
     sw = new Switch({ id: 'st' });
-    sw.addVne({ name: 'blue', vni: 1 });
+    sw.configureVne({ name: 'blue', vni: 1 });
     sp = new StreamPort('qemu', sock);
     await sp.listen();
-    sw.addPort('blue', sp);
-    sw.addPort('blue', peer.port);
+    sw.attachPort('blue', sp);
+    sw.attachPort('blue', peer.port);
   });
 
   after(() => {

@@ -51,7 +51,7 @@ describe('Switch configuration API', () => {
     assert.deepEqual(s.vnes['blue'], { vni: 100, epoch: 0, generation: 1, fdbSize: 0, fdb: { learned: 0, moved: 0, aged: 0, evicted: 0 }, ports: 0, peers: ['b'] });
     assert.deepEqual(s.peers['b'], { address: '10.0.0.2', port: 6081, vnes: ['blue'] });
     assert.throws(() => sw.configureVne({ name: 'blue', vni: 101 }), (e) => code(e) === 'ERR_FAILED_PRECONDITION');
-    assert.throws(() => sw.configureVne({ name: 'red' }), (e) => code(e) === 'ERR_INVALID_ARGUMENT');
+    assert.throws(() => sw.configureVne({ name: 'red' }), (e) => code(e) === 'ERR_VNE_UNKNOWN');
   });
 
   it('configureVne programs static routes to peers, named ports and the local port with a MAC', () => {
