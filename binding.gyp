@@ -2,7 +2,19 @@
   "targets": [
     {
       "target_name": "vnsnap_io",
-      "sources": ["switch/native/vnsnap_io.c", "switch/native/offload.c"],
+      "sources": [
+        "switch/native/addon.c",
+        "switch/native/napi_util.c",
+        "switch/native/tap.c",
+        "switch/native/packet.c",
+        "switch/native/frame_write.c",
+        "switch/native/udp_sock.c",
+        "switch/native/udp_send.c",
+        "switch/native/offload.c",
+        "switch/native/offload_napi.c",
+        "switch/native/poller.c",
+        "switch/native/poller_read.c"
+      ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
       "defines": ["NAPI_VERSION=8"]

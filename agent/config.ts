@@ -14,8 +14,7 @@
  *     "drivers": ["sim"]                   // optional; "xen" (in dom0); "sim" is for tests and scale runs only
  *   }
  */
-import * as fs from 'node:fs';
-import { VnsnapError } from '../proto/core/errors';
+import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 
 export interface AgentConfig {
   id: string;
@@ -31,10 +30,6 @@ export interface AgentConfig {
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 const KNOWN_DRIVERS = ['sim', 'qemu', 'xen'];
-
-function fail(msg: string): never {
-  throw new VnsnapError('ERR_CONFIG', msg);
-}
 
 /** "host:port" → parts; port in 0..65535 when allowZero, else 1..65535. */
 export function parseHostPort(s: unknown, field: string, allowZero: boolean): { host: string; port: number } {
@@ -53,7 +48,7 @@ function isIpv4(s: string): boolean {
 
 /** Validate a raw object (the file merged with the flags). */
 export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
-  for (const k of Object.keys(raw)) if (!(KEYS as readonly string[]).includes(k)) fail(`unknown key "${k}" (known: ${KEYS.join(', ')})`);
+  rejectUnknownKeys(raw, KEYS);
   const id = raw.id;
   if (typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id)) fail(`id: expected a name of letters, digits, ".", "_" or "-", got ${JSON.stringify(id)}`);
   const coord = parseHostPort(raw.coordinator, 'coordinator', false);
@@ -86,23 +81,7 @@ export function validateAgentConfig(raw: Record<string, unknown>): AgentConfig {
 
 /** Read the file (if any), apply the flags over it, validate. */
 export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>): AgentConfig {
-  let raw: Record<string, unknown> = {};
-  if (file !== undefined) {
-    let text: string;
-    try {
-      text = fs.readFileSync(file, 'utf8');
-    } catch (e) {
-      fail(`cannot read ${file}: ${(e as Error).message}`);
-    }
-    try {
-      const parsed: unknown = JSON.parse(text);
-      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) fail(`${file}: expected a JSON object`);
-      raw = parsed as Record<string, unknown>;
-    } catch (e) {
-      if (e instanceof VnsnapError) throw e;
-      fail(`${file} is not valid JSON: ${(e as Error).message}`);
-    }
-  }
+  const raw = file !== undefined ? readJsonObjectFile(file) : {};
   for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
   return validateAgentConfig(raw);
 }

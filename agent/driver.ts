@@ -45,7 +45,7 @@
 import type { Logger } from '../proto/core/log';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
 import type { Port } from '../switch/port/port';
-import type { SnapshotStore, StoredArtefact } from './store';
+import type { SnapshotStore, StoredArtefact } from '../proto/store/local-dir';
 
 export type DriverKind = 'sim' | 'qemu' | 'xen';
 

@@ -49,7 +49,7 @@ import { StreamPort } from '../switch/port/stream-port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
 import { probeAccel, qemuCmdline, qemuVersion, run, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode, type VmFiles } from './qemu-cmdline';
 import { QmpClient, type QmpEvent } from './qemu-qmp';
-import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from '../proto/store/local-dir';
 
 export interface QemuDriverOptions {
   /** Where instance directories go (default /run/vnsnap/qemu). */

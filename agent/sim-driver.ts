@@ -38,7 +38,7 @@ import { formatMac, parseMac, writeMac } from '../switch/bridge/mac';
 import type { Port, RxBatch } from '../switch/port/port';
 import { newRxBatch } from '../switch/port/port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import type { ArtefactWriter, SnapshotStore, StoredArtefact } from './store';
+import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../proto/store/local-dir';
 
 export const SIM_ETHERTYPE = 0x88b5;
 const MAGIC0 = 0x56; // 'V'

@@ -34,7 +34,7 @@ import type { Logger } from '../proto/core/log';
 import { TapPort } from '../switch/port/fd-port';
 import type { Port } from '../switch/port/port';
 import type { CutReport, HypervisorDriver, PhaseSpan, RestoreImage, SnapshotJob, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmHandle, VmImage, VmStartContext, VmStartSpec, VmStatus } from './driver';
-import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from './store';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore, type StoredArtefact } from '../proto/store/local-dir';
 import { ConvergeCap } from './xen-converge';
 import { XenStreamParser, XL_RECEIVER_BANNER } from './xen-stream';
 import { XlHost, type SuspendWatch, type XenHost, type XlProcess } from './xen-xl';

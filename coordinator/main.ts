@@ -12,7 +12,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Command } from 'commander';
-import { describeError, VnsnapError } from '../proto/core/errors';
+import { configError, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
+import { describeError } from '../proto/core/errors';
+import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger } from '../proto/core/log';
 import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
 
@@ -31,18 +33,12 @@ const KEYS: Record<string, 'string' | 'number' | 'boolean'> = {
 export type CoordinatorFileConfig = Partial<CoordinatorConfig> & { logLevel?: string };
 
 export function readConfigFile(file: string): CoordinatorFileConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new VnsnapError('ERR_CONFIG', `cannot read config ${file}: ${(e as Error).message}`, { cause: e });
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new VnsnapError('ERR_CONFIG', `config ${file} must be a JSON object`);
+  const raw = readJsonObjectFile(file);
+  rejectUnknownKeys(raw, Object.keys(KEYS), `config ${file}`);
   for (const [k, v] of Object.entries(raw)) {
-    const t = KEYS[k];
-    if (!t) throw new VnsnapError('ERR_CONFIG', `config ${file}: unknown key "${k}" (known: ${Object.keys(KEYS).join(', ')})`);
-    if (typeof v !== t) throw new VnsnapError('ERR_CONFIG', `config ${file}: "${k}" must be a ${t}`);
-    if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) throw new VnsnapError('ERR_CONFIG', `config ${file}: "${k}" must be a positive integer`);
+    const t = KEYS[k] as string;
+    if (typeof v !== t) configError(`config ${file}: "${k}" must be a ${t}`);
+    if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) configError(`config ${file}: "${k}" must be a positive integer`);
   }
   return raw as CoordinatorFileConfig;
 }
@@ -76,14 +72,16 @@ async function main(): Promise<void> {
   const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
   const version = packageVersion();
   const server = new CoordinatorServer({ config, log, version });
-  await server.start();
+  // The process's parts, started in order and stopped in reverse by the one lifecycle helper.
+  const parts: Startable[] = [server];
+  await startAll(parts);
   process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping');
-    server.stop().then(
+    stopAll(parts).then(
       () => process.exit(0),
       (e: unknown) => {
         log.error({ error: describeError(e) }, 'stop failed');

@@ -1,6 +1,7 @@
 /**
- * The native I/O addon's contract (implementation: switch/native/vnsnap_io.c, built by
- * node-gyp into build/Release/vnsnap_io.node at `npm install`).
+ * The native I/O addon's contract (implementation: switch/native/*.c, registered by
+ * switch/native/addon.c, built by node-gyp into build/Release/vnsnap_io.node at `npm install`).
+ * The addon keeps its state per environment, so it may be used from worker threads too.
  *
  * Only what plain Node cannot do well lives in C: opening TAP devices and packet sockets,
  * and moving many frames or datagrams per event-loop wakeup (uv_poll + read loop /
@@ -76,6 +77,16 @@ export interface PollerOptions {
   segs?: Uint32Array;
 }
 
+/** What the addon remembers about one UDP socket (see udpSocketStats). */
+export interface UdpSocketStats {
+  /** The kernel refused a UDP_SEGMENT send on this socket: its segments now go one datagram each. */
+  gsoBroken: boolean;
+  /** UDP_SEGMENT messages the kernel accepted from this socket. */
+  gsoMessages: number;
+  /** UDP_SEGMENT messages refused and sent one datagram per segment instead. */
+  splitMessages: number;
+}
+
 export interface NativeIo {
   /**
    * Open (create if needed) a TAP device: IFF_TAP | IFF_NO_PI, non-blocking, link set up by the
@@ -90,7 +101,19 @@ export interface NativeIo {
   packetOpen(ifname: string): { fd: number; ifindex: number };
   /** IPv4 UDP socket bound to ip:port (port 0 = ephemeral), non-blocking, large buffers. */
   udpOpen(ip: string, port: number, opts?: { gro?: boolean }): { fd: number; port: number; gro?: boolean };
+  /** Close an fd opened here: stops its pollers and drops its socket state first. */
   close(fd: number): void;
+  /**
+   * The GSO state of the socket fd names now (addition; optional so test doubles need not
+   * implement it). State belongs to the socket, not the fd number: a socket opened later on the
+   * same number starts fresh.
+   */
+  udpSocketStats?(fd: number): UdpSocketStats;
+  /**
+   * SO_NO_CHECK on a UDP socket (addition, for tests): the kernel then refuses UDP_SEGMENT
+   * (EINVAL), which makes udpSend fall back to one datagram per segment on that socket.
+   */
+  udpSetNoCheck?(fd: number, on: boolean): void;
   /**
    * Write frames to a TAP or packet socket, one write() each. Returns how many were written;
    * stops at the first EAGAIN/ENOBUFS (the caller counts the rest as dropped).

@@ -44,46 +44,38 @@ void ofl_vnet_put(uint8_t *p, const ofl_vnet_t *h) {
  * at a time: 2^16 = 1 modulo 2^16 - 1, so wider words sum to the same folded value). A region
  * appended to a previous one must start at an even offset from the first region's start.
  */
+/* acc + v with end-around carry. */
+static inline uint64_t add_carry(uint64_t acc, uint64_t v) {
+  acc += v;
+  return acc + (acc < v);
+}
+
 uint64_t ofl_csum_acc(const uint8_t *p, size_t len, uint64_t acc) {
   while (len >= 32) {
     uint64_t v[4];
     memcpy(v, p, 32);
-    for (int i = 0; i < 4; i++) {
-      uint64_t x = __builtin_bswap64(v[i]);
-      acc += x;
-      acc += (acc < x);
-    }
+    for (int i = 0; i < 4; i++) acc = add_carry(acc, __builtin_bswap64(v[i]));
     p += 32;
     len -= 32;
   }
   while (len >= 8) {
     uint64_t v;
     memcpy(&v, p, 8);
-    v = __builtin_bswap64(v);
-    acc += v;
-    acc += (acc < v);
+    acc = add_carry(acc, __builtin_bswap64(v));
     p += 8;
     len -= 8;
   }
   if (len >= 4) {
-    uint64_t v = get32(p);
-    acc += v;
-    acc += (acc < v);
+    acc = add_carry(acc, get32(p));
     p += 4;
     len -= 4;
   }
   if (len >= 2) {
-    uint64_t v = get16(p);
-    acc += v;
-    acc += (acc < v);
+    acc = add_carry(acc, get16(p));
     p += 2;
     len -= 2;
   }
-  if (len) {
-    uint64_t v = (uint64_t)p[0] << 8;
-    acc += v;
-    acc += (acc < v);
-  }
+  if (len) acc = add_carry(acc, (uint64_t)p[0] << 8);
   return acc;
 }
 

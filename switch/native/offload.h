@@ -1,6 +1,6 @@
 /*
  * offload: the per-byte work behind the switch's TAP/UDP offloads (no N-API here; the
- * wrappers live in vnsnap_io.c).
+ * wrappers live in offload_napi.c).
  *
  * - A TAP opened with IFF_VNET_HDR + TUNSETOFFLOAD(CSUM|TSO4|TSO6) prefixes every frame with a
  *   10-byte struct virtio_net_hdr (native byte order) and may hand over TCP super-frames of up

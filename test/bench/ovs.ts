@@ -13,7 +13,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { sh, Topology } from '../support/netns';
-import { collectOutput, sleep } from './proc';
+import { collectOutput } from './proc';
+import { until } from '../support/wait';
 
 export interface OvsHostSpec {
   /** Host namespace (short name). */
@@ -50,12 +51,11 @@ export function ovsAvailable(): string | null {
   return null;
 }
 
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string, diag: () => string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${diag()}`);
-    await sleep(50);
-  }
+/** until(), polling every 50 ms, with the daemon's diagnostics in the timeout error. */
+async function untilOr(cond: () => boolean, timeoutMs: number, what: string, diag: () => string): Promise<void> {
+  await until(what, cond, { timeoutMs, everyMs: 50 }).catch((e: Error) => {
+    throw new Error(`${e.message}: ${diag()}`);
+  });
 }
 
 function exited(c: ChildProcess): boolean {
@@ -83,7 +83,7 @@ export async function startOvsHost(topo: Topology, baseDir: string, spec: OvsHos
     { env },
   );
   const dbOut = collectOutput(dbServer);
-  await waitFor(() => fs.existsSync(dbSock) || exited(dbServer), 10_000, 'ovsdb-server socket', () => dbOut.stderr());
+  await untilOr(() => fs.existsSync(dbSock) || exited(dbServer), 10_000, 'ovsdb-server socket', () => dbOut.stderr());
   if (exited(dbServer)) throw new Error(`ovsdb-server exited: ${dbOut.stderr()}`);
 
   const vsctl = (args: readonly string[]): string => sh('ovs-vsctl', [`--db=unix:${dbSock}`, '--timeout=20', ...args]);
@@ -104,7 +104,7 @@ export async function startOvsHost(topo: Topology, baseDir: string, spec: OvsHos
       return swOut.stderr();
     }
   };
-  await waitFor(() => fs.existsSync(ctl) || exited(vswitchd), 10_000, 'ovs-vswitchd control socket', logTail);
+  await untilOr(() => fs.existsSync(ctl) || exited(vswitchd), 10_000, 'ovs-vswitchd control socket', logTail);
   if (exited(vswitchd)) throw new Error(`ovs-vswitchd exited: ${swOut.stderr()} ${logTail()}`);
 
   // Underlay bridge: the physical (veth) port, and the host's tunnel address on brphy itself.
@@ -121,7 +121,7 @@ export async function startOvsHost(topo: Topology, baseDir: string, spec: OvsHos
     `options:remote_ip=${spec.peerAddress}`, `options:key=${spec.vni}`,
   ]);
   // ovs-vsctl (without --no-wait) returns once ovs-vswitchd applied the change, so the tap exists.
-  await waitFor(
+  await untilOr(
     () => topo.exec(spec.host, 'ip', ['link', 'show', 'dev', spec.tapName], { allowFail: true }) !== '',
     5000,
     `tap ${spec.tapName}`,

@@ -18,11 +18,12 @@ import { parseArgs } from 'node:util';
 import type { SnapshotModeName, VmStartSpec } from '../../agent/driver';
 import { QemuDriver } from '../../agent/qemu-driver';
 import { silentLogger } from '../../proto/core/log';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline } from '../guest/qemu-guest';
+import { until } from '../support/wait';
 
 
 
@@ -62,7 +63,7 @@ async function main(): Promise<void> {
       const h = await driver.start(sp, { portNames: [`vnqm/${name}/0`], log: silentLogger() });
       sw.addPort('vnqm', h.ports[0] as Port, 0);
     }
-    await waitFor(
+    await until(
       'both guests streaming',
       async () => {
         for (const name of names) {
@@ -71,8 +72,7 @@ async function main(): Promise<void> {
         }
         return true;
       },
-      120_000,
-      1000,
+      { timeoutMs: 120_000, everyMs: 1000 },
     );
     let k = 0;
     for (const mode of modes) {

@@ -4,6 +4,9 @@
  */
 import { ChildProcess, spawn, SpawnOptions } from 'node:child_process';
 
+// The benches' sleep is the tests' one.
+export { sleep } from '../support/wait';
+
 export interface RunResult {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -78,9 +81,6 @@ export function collectOutput(child: ChildProcess, max = 16_384): { stdout: () =
   return { stdout: () => out, stderr: () => err };
 }
 
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 export function median(xs: readonly number[]): number | null {
   if (xs.length === 0) return null;

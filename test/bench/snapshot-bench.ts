@@ -118,7 +118,7 @@ async function main(): Promise<void> {
     const first = (await until('every stream up', async () => {
       const st = await allStatuses();
       return streamsUp(st) ? st : undefined;
-    }, 180_000, 2000)) as Record<string, GuestStatus>;
+    }, { timeoutMs: 180_000, everyMs: 2000 })) as Record<string, GuestStatus>;
     say('all 5 streams up (memory + disk load running); measuring ...');
     await sleep(3000);
 

@@ -19,7 +19,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest, ensureQemu, type GuestStatus } from '../guest/qemu-guest';
-import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
+import { sleep, until } from '../support/wait';
 import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, intactProblems, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const CLI = path.resolve(__dirname, '../../coordinator/cli/main.js');
@@ -74,8 +75,8 @@ async function main(): Promise<void> {
     const first = (await until('every stream up', async () => {
       const st = await allStatuses();
       return streamsUp(st) ? st : undefined;
-    }, 240_000, 2000)) as Record<string, GuestStatus>;
-    await sleep(3000);
+    }, { timeoutMs: 240_000, everyMs: 2000 })) as Record<string, GuestStatus>;
+    await sleep(3000); // the demo's pacing: the streams run a while before the table is shown
     const running = await allStatuses();
     streamTable(running);
 
@@ -86,14 +87,14 @@ async function main(): Promise<void> {
     if ((await cliShow(c, ['snapshot', 'create', E2E_VNE, '--mode', 'background', '--description', 'demo'])) !== 0) throw new Error('snapshot failed');
     const { snapshots } = await c.cliJson<{ snapshots: CatalogSnapshot[] }>(['snapshot', 'list', '--vne', E2E_VNE]);
     const snap = snapshots[snapshots.length - 1] as CatalogSnapshot;
-    await sleep(3000);
+    await sleep(3000); // the window over which the streams must run on intact
     const after = await allStatuses();
     const live = intactProblems('while running on', running, after);
     console.log(`  the VNE ran on; streams intact: ${live.length === 0 ? 'yes' : `NO\n  ${live.join('\n  ')}`}`);
     console.log(`  per-VM pause: ${snap.vms.map((v) => `${v.name} ${v.pauseMs.toFixed(0)} ms`).join(', ')}`);
 
     step(`5. kill the VMs and restore ${snap.id} onto swapped hosts (a,b → h2; c,d → h1)`);
-    await sleep(2000);
+    await sleep(2000); // the demo's pacing: the VMs run past the snapshot before it is restored
     const rc = await cliShow(c, ['restore', snap.id, '--stop-running', ...Object.entries(E2E_SWAPPED).flatMap(([vm, h]) => ['--place', `${vm}=${h}`])]);
     if (rc !== 0) throw new Error('restore failed');
     await cliShow(c, ['vne', 'show', E2E_VNE]);

@@ -11,6 +11,7 @@
 import * as path from 'node:path';
 import { ChildProcess } from 'node:child_process';
 import { Overlay } from '../support/overlay';
+import { sleep, until } from '../support/wait';
 
 const STREAM_SECS = 8;
 const SNAPSHOTS = 4;
@@ -70,14 +71,23 @@ async function main(): Promise<void> {
       ['vm1', 'vm2', '192.168.90.2'], // same host
     ];
     step(`starting ${pairs.length} checkable TCP streams (consecutive 64-bit counters) for ${STREAM_SECS} s`);
+    let listening = 0;
     const servers = pairs.map(([, to], i) => {
       const s = ov.topo.spawn(to, process.execPath, [check, 'server', String(7000 + i)]);
+      let err = '';
+      const onErr = (d: Buffer): void => {
+        err += d.toString();
+        if (!err.includes('listening')) return;
+        listening++;
+        s.stderr?.off('data', onErr);
+      };
+      s.stderr?.on('data', onErr);
       return collectJson(s);
     });
-    await new Promise((r) => setTimeout(r, 800));
+    await until('every stream server listening', () => listening === pairs.length, 10_000);
     const clients = pairs.map(([from, , ip], i) => collectJson(ov.topo.spawn(from, process.execPath, [check, 'client', ip, String(7000 + i), String(STREAM_SECS)])));
     for (const [from, to] of pairs) console.log(`  ${from} -> ${to}`);
-    await new Promise((r) => setTimeout(r, 1500));
+    await sleep(1500); // the demo's pacing: the streams run a while before the first snapshot
     step(`taking ${SNAPSHOTS} live snapshots of the VNE's network while the streams run`);
     for (let k = 1; k <= SNAPSHOTS; k++) {
       const t0 = Date.now();
@@ -89,7 +99,7 @@ async function main(): Promise<void> {
       });
       console.log(`  snapshot ${k}: cut + channel state in ${ms} ms — ${parts.join(' | ')}`);
       if (Object.values(st).some((r) => r['lostFrames'] !== 0)) ok = false;
-      await new Promise((r) => setTimeout(r, 1000));
+      await sleep(1000); // the demo's pacing: snapshots spread over the streams' run
     }
     step('waiting for the streams to finish and verifying every byte');
     const [sent, got] = await Promise.all([Promise.all(clients), Promise.all(servers)]);

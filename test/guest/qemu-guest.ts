@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/driver';
+import { until } from '../support/wait';
 
 /** Repository root (this file runs from dist/test/guest/). */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -339,22 +340,10 @@ export function channelStatus(statusSock: string, timeoutMs = 5000): Promise<Gue
   });
 }
 
-/** Thrown from a waitFor callback to stop waiting at once (e.g. the QEMU process has exited). */
-export class FatalWait extends Error {}
-
-/** Poll fn until it returns a value (not undefined) or the time is up; errors are retried, except FatalWait. */
-export async function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs: number, everyMs = 500): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (e) {
-      if (e instanceof FatalWait) throw e;
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
+/**
+ * The old name and argument order of `until` (test/support/wait.ts), polling every 500 ms by
+ * default; kept only until its last caller (qemu-driver.test.ts) imports `until` itself.
+ */
+export function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs: number, everyMs = 500): Promise<NonNullable<T>> {
+  return until(what, fn, { timeoutMs, everyMs });
 }

@@ -3,8 +3,9 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { isVnsnapError } from '../../proto/core/errors';
+import { fullStoreCompliance } from '../support/compliance/store';
 
 describe('LocalDirStore on a full disk (tmpfs of 256 KiB)', function () {
   let dir: string;
@@ -42,5 +43,13 @@ describe('LocalDirStore on a full disk (tmpfs of 256 KiB)', function () {
     assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots/s1')), []);
     const a = await store.put('snapshots/s1/small', Buffer.from('ok'));
     assert.equal(await store.verify(a), null);
+    await store.deleteByPrefix('snapshots/');
+  });
+
+  let stores = 0;
+  fullStoreCompliance('LocalDirStore on the 256 KiB tmpfs', async () => {
+    const store = new LocalDirStore(path.join(dir, `store-${++stores}`));
+    await store.init();
+    return { store, room: 256 * 1024 };
   });
 });

@@ -14,8 +14,9 @@
  * test/interop/fake-coordinator.ts, is no longer needed here; docs/cli.md's examples use it.)
  */
 import { strict as assert } from 'node:assert';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { runInNs } from '../bench/proc';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 
 const REPO = path.resolve(__dirname, '../../..');
@@ -52,18 +53,6 @@ function findPython(): string | undefined {
   return undefined;
 }
 
-function run(cmd: string, args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 describe('interop: the real coordinator (with real agents) from Python grpcio (C core)', function () {
   this.timeout(180_000);
   let python: string | undefined;
@@ -79,7 +68,7 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
     }
     cluster = new Cluster({ prefix: 'vnc4', hosts: ['h1', 'h2'] });
     await cluster.start();
-    const r = await run('ip', ['netns', 'exec', cluster.topo.ns('ul'), python as string, CHECK, '--address', cluster.coordinatorAddress, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120']);
+    const r = await runInNs(cluster.topo.ns('ul'), python as string, [CHECK, '--address', cluster.coordinatorAddress, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120'], { timeoutMs: 600_000 });
     exitCode = r.code;
     try {
       report = JSON.parse(r.stdout) as Report;

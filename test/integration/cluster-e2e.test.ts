@@ -13,8 +13,9 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
-import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../support/sim-checks';
+import { until } from '../support/wait';
 
 const VNE = 'blue';
 const VMS = ['a', 'b', 'c', 'd', 'e'];
@@ -44,7 +45,8 @@ interface SnapshotEvent {
 describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real switches) through the vnsnap CLI', function () {
   this.timeout(240_000);
   const c = new Cluster({ prefix: 'vnc1' });
-  const snaps: CatalogSnapshot[] = [];
+  /** The first snapshot taken in each mode, for the its that restore or tamper with one. */
+  const firstOf = new Map<string, CatalogSnapshot>();
 
   before(async function () {
     this.timeout(60_000);
@@ -74,7 +76,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     assert.deepEqual(problems, []);
     assert.equal(recordedFrames(done), inFlight);
     console.log(`      ${done.id} (${mode}): epoch ${done.epoch}, ${Date.now() - t0} ms, max pause ${Math.max(...done.vms.map((v) => v.pauseMs)).toFixed(1)} ms, ${inFlight} frames in flight at the cut, all recorded`);
-    snaps.push(done);
+    if (!firstOf.has(mode)) firstOf.set(mode, done);
     return done;
   }
 
@@ -90,6 +92,49 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     return Number(m[1]);
   }
 
+  /**
+   * Wait until every VM has sent to and received from every peer at least `n` frames beyond
+   * `since` (a reading, or a snapshot's images): the network carries traffic past that point.
+   */
+  async function progressed(what: string, since: Record<string, { expected: Record<string, number>; sent: Record<string, number> }>, n = 1): Promise<void> {
+    await until(
+      what,
+      async () => {
+        const st = await readStates(c, VNE, VMS);
+        return VMS.every((r) => VMS.every((p) => p === r || ((st[r]?.expected[p] ?? 0) >= (since[r]?.expected[p] ?? 0) + n && (st[r]?.sent[p] ?? 0) >= (since[r]?.sent[p] ?? 0) + n)));
+      },
+      { timeoutMs: 10_000, everyMs: 100 },
+    );
+  }
+
+  async function defineAndStart(): Promise<void> {
+    const def = await c.cliJson<{ name: string; state: string }>(['vne', 'define', vneFile(c.dir)]);
+    assert.equal(def.state, 'VNE_STATE_DEFINED');
+    const started = await c.cliJson<{ vne: { state: string; placement: Record<string, string> } }>(['vne', 'start', VNE]);
+    assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
+    assert.deepEqual(started.vne.placement, HOST);
+    await until(
+      'traffic between every pair',
+      async () => {
+        const st = await readStates(c, VNE, VMS);
+        return VMS.every((r) => VMS.every((s) => s === r || (st[r]?.expected[s] ?? 0) > 20));
+      },
+      { everyMs: 100 },
+    );
+  }
+
+  /** Each it starts from the VNE running; defines and starts it if no earlier it did. */
+  async function running(): Promise<void> {
+    const { vnes } = await c.cliJson<{ vnes: { name: string }[] }>(['vne', 'list']);
+    if (!vnes.some((v) => v.name === VNE)) await defineAndStart();
+  }
+
+  /** The first snapshot taken in `mode`, taken now if no earlier it took one. */
+  async function snapshotIn(mode: 'precopy' | 'background'): Promise<CatalogSnapshot> {
+    await running();
+    return firstOf.get(mode) ?? (await snapshot(mode));
+  }
+
   async function trafficOk(label: string, since?: States): Promise<States> {
     const r = await liveProblems(c, VNE, VMS, since);
     assert.deepEqual(r.problems, [], label);
@@ -97,55 +142,48 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
   }
 
   it('defines and starts the VNE through the CLI; the VMs exchange frames across the three hosts', async () => {
-    const def = await c.cliJson<{ name: string; state: string }>(['vne', 'define', vneFile(c.dir)]);
-    assert.equal(def.state, 'VNE_STATE_DEFINED');
-    const started = await c.cliJson<{ vne: { state: string; placement: Record<string, string> } }>(['vne', 'start', VNE]);
-    assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
-    assert.deepEqual(started.vne.placement, HOST);
-    await until('traffic between every pair', async () => {
-      const st = await readStates(c, VNE, VMS);
-      return VMS.every((r) => VMS.every((s) => s === r || (st[r]?.expected[s] ?? 0) > 20));
-    });
+    await defineAndStart();
     const before = await trafficOk('before any snapshot');
-    await sleep(300);
+    await progressed('traffic still flowing', before);
     await trafficOk('still flowing', before);
   });
 
   it('snapshots in precopy and background mode: consistent cuts, every in-flight frame recorded once, artefacts durable', async () => {
+    await running();
     await snapshot('precopy');
     const mid = await trafficOk('between the snapshots');
     await snapshot('background');
-    await sleep(300);
+    await progressed('traffic after both snapshots', mid);
     await trafficOk('after both snapshots', mid);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
 
   it('restore onto the same hosts: every VM continues exactly from its snapshot, recorded frames delivered once', async () => {
-    const s = snaps[0] as CatalogSnapshot;
-    await sleep(500); // the running VMs move well past the snapshot first
+    const s = await snapshotIn('precopy');
+    await progressed('the running VMs well past the snapshot', c.imageStates(s, MIB), 5);
     const injected = await restore(s, {});
     assert.equal(injected, recordedFrames(s));
-    await sleep(800);
+    await progressed(`traffic after restoring ${s.id}`, c.imageStates(s, MIB), 3);
     const now = await trafficOk(`after restoring ${s.id}`);
     assert.deepEqual(continuityProblems(now, c.imageStates(s, MIB), VMS), []);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
 
-  it('restore onto a different placement (every VM moved): continues exactly, old instances gone', async () => {
-    const s = snaps[1] as CatalogSnapshot;
+  // One it with the snapshot of the moved VNE: that snapshot needs the move before it.
+  it('restore onto a different placement (every VM moved): continues exactly, old instances gone; a snapshot of the moved VNE is consistent too', async () => {
+    const s = await snapshotIn('background');
     const place = { a: 'h2', b: 'h3', c: 'h1', d: 'h3', e: 'h1' };
     const injected = await restore(s, place);
     assert.equal(injected, recordedFrames(s));
     const vne = await c.cliJson<{ placement: Record<string, string>; generation: number; epoch: number }>(['vne', 'show', VNE]);
     assert.deepEqual(vne.placement, place);
     assert.equal(vne.epoch, s.epoch);
-    await sleep(800);
+    await progressed(`traffic after restoring ${s.id} elsewhere`, c.imageStates(s, MIB), 3);
     const now = await trafficOk(`after restoring ${s.id} elsewhere`);
     assert.deepEqual(continuityProblems(now, c.imageStates(s, MIB), VMS), []);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
-  });
 
-  it('a snapshot of the moved VNE is consistent too', async () => {
+    // A snapshot of the moved VNE is consistent too.
     await snapshot('precopy');
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
@@ -157,6 +195,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
   }
 
   it('unknown VNE, snapshot, VM and agent ids: NOT_FOUND / INVALID_ARGUMENT with the CLI exit codes, nothing changes', async () => {
+    const s0 = await snapshotIn('precopy');
     const cases: [string[], number, string][] = [
       [['vne', 'show', 'nope'], 3, 'ERR_NOT_FOUND'],
       [['vne', 'start', 'nope'], 3, 'ERR_NOT_FOUND'],
@@ -164,8 +203,8 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
       [['snapshot', 'show', 'snap-nope'], 3, 'ERR_NOT_FOUND'],
       [['snapshot', 'delete', 'snap-nope'], 3, 'ERR_NOT_FOUND'],
       [['restore', 'snap-nope'], 3, 'ERR_NOT_FOUND'],
-      [['restore', (snaps[0] as CatalogSnapshot).id, '--stop-running', '--place', 'zz=h1'], 2, 'ERR_INVALID_ARGUMENT'],
-      [['restore', (snaps[0] as CatalogSnapshot).id, '--stop-running', '--place', 'a=h9'], 3, 'ERR_NOT_FOUND'],
+      [['restore', s0.id, '--stop-running', '--place', 'zz=h1'], 2, 'ERR_INVALID_ARGUMENT'],
+      [['restore', s0.id, '--stop-running', '--place', 'a=h9'], 3, 'ERR_NOT_FOUND'],
     ];
     for (const [args, exit, code] of cases) {
       const r = await c.cli([...args, '--json']);
@@ -194,6 +233,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
   }
 
   it('malformed requests: bytes that are not protobuf, and protobuf that is not a valid request, are errors, never a crash', async () => {
+    await running();
     const S = '/vnsnap.v1.CoordinatorService';
     // Not protobuf at all (a truncated length-delimited field, an invalid wire type).
     for (const [m, hex] of [
@@ -223,8 +263,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
   });
 
   /** Restore with a store file replaced by `bytes`: refused with `exit`/`code`, nothing touched; the file is put back. */
-  async function refusedRestore(file: string, bytes: Buffer, exit: number, code: string, message: RegExp): Promise<void> {
-    const s = snaps[0] as CatalogSnapshot;
+  async function refusedRestore(s: CatalogSnapshot, file: string, bytes: Buffer, exit: number, code: string, message: RegExp): Promise<void> {
     const original = fs.readFileSync(file);
     const vneBefore = await c.cliJson<{ generation: number; epoch: number; placement: Record<string, string> }>(['vne', 'show', VNE]);
     const before = await readStates(c, VNE, VMS);
@@ -246,27 +285,27 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
   }
 
   it('a tampered manifest is refused (DATA_LOSS), nothing touched', async () => {
-    const s = snaps[0] as CatalogSnapshot;
+    const s = await snapshotIn('precopy');
     const file = path.join(c.storeDir, s.manifestPath);
     const bytes = Buffer.from(fs.readFileSync(file));
     bytes[bytes.length - 70] = (bytes[bytes.length - 70] as number) ^ 0x40; // inside the body: its SHA-256 no longer matches
-    await refusedRestore(file, bytes, 1, 'ERR_CHECKSUM', /checksum|SHA-256|tamper/i);
+    await refusedRestore(s, file, bytes, 1, 'ERR_CHECKSUM', /checksum|SHA-256|tamper/i);
   });
 
   it('a manifest of a newer major format version is refused with a clear error, nothing touched', async () => {
-    const s = snaps[0] as CatalogSnapshot;
+    const s = await snapshotIn('precopy');
     const file = path.join(c.storeDir, s.manifestPath);
     const { body } = decodeManifest(fs.readFileSync(file));
-    await refusedRestore(file, encodeManifest(body, { major: 2, minor: 0 }), 1, 'ERR_UNSUPPORTED_VERSION', /format.*2|version/i);
+    await refusedRestore(s, file, encodeManifest(body, { major: 2, minor: 0 }), 1, 'ERR_UNSUPPORTED_VERSION', /format.*2|version/i);
   });
 
   it('a tampered memory image is found by ValidateArtefacts before anything is touched (DATA_LOSS)', async () => {
-    const s = snaps[0] as CatalogSnapshot;
+    const s = await snapshotIn('precopy');
     const mem = s.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY' && a.owner === 'c');
     assert.ok(mem);
     const file = path.join(c.storeDir, mem.path);
     const bytes = Buffer.from(fs.readFileSync(file));
     bytes[100] = (bytes[100] as number) ^ 1;
-    await refusedRestore(file, bytes, 1, 'ERR_DATA_LOSS', /SHA-256|checksum/i);
+    await refusedRestore(s, file, bytes, 1, 'ERR_DATA_LOSS', /SHA-256|checksum/i);
   });
 });

@@ -16,8 +16,9 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Cluster, until, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { liveProblems, readStates } from '../support/sim-checks';
+import { until } from '../support/wait';
 
 const VNE = 'red';
 const VMS = ['a', 'b', 'c', 'd'];
@@ -74,7 +75,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     await until('traffic', async () => {
       const st = await readStates(c, VNE, VMS);
       return VMS.every((r) => VMS.every((s) => s === r || (st[r]?.expected[s] ?? 0) > 10));
-    });
+    }, { everyMs: 100 });
     const r = await c.cliStream<SnapshotEvent>(['snapshot', 'create', VNE, '--description', 'baseline']).done;
     assert.equal(r.code, 0, r.stderr);
     baseline = r.events[r.events.length - 1]?.done as CatalogSnapshot;
@@ -135,18 +136,34 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
         }
         return true;
       },
-      10_000,
+      { timeoutMs: 10_000, everyMs: 100 },
     );
   }
 
   /** After an agent was lost and restarted: its VMs are gone, so the VNE must say FAILED; restoring the baseline brings every VM back. */
   async function recoverLostHost(host: string): Promise<void> {
     await c.startAgent(host);
-    await until('the VNE reported FAILED (VMs lost with their agent)', async () => (await vneState()).state === 'VNE_STATE_FAILED', 5000);
+    await until('the VNE reported FAILED (VMs lost with their agent)', async () => (await vneState()).state === 'VNE_STATE_FAILED', { timeoutMs: 5000, everyMs: 100 });
     const t0 = Date.now();
     const r = await c.cliStream<SnapshotEvent>(['restore', baseline.id, '--stop-running']).done;
     assert.equal(r.code, 0, r.stderr);
     outcomes.push(`  recovery: restore of ${baseline.id} after ${host} came back: ${Date.now() - t0} ms`);
+  }
+
+  /**
+   * After the coordinator was SIGKILLed during `run` (in `phase`): start it again; the snapshot
+   * is ABORTED ("coordinator restarted"), every VM runs at its epoch, the catalog is consistent.
+   */
+  async function coordinatorRestarted(run: FaultRun, phase: string, label: string): Promise<void> {
+    const t0 = Date.now();
+    await c.startCoordinator();
+    await c.waitConnected(c.hosts);
+    const rec = await snapshotRecord(run.id);
+    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
+    assert.equal(rec.error, 'coordinator restarted');
+    outcomes.push(`coordinator killed in ${phase} (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
+    await survivorsRunAt(rec.epoch, c.hosts);
+    await consistent(`after the coordinator restarted (${label})`);
   }
 
   async function consistent(label: string): Promise<void> {
@@ -203,15 +220,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     );
     assert.equal(run.stateAtFault, 'SNAPSHOT_STATE_PRECOPY');
     assert.notEqual(run.code, 0);
-    const t0 = Date.now();
-    await c.startCoordinator();
-    await c.waitConnected(c.hosts);
-    const rec = await snapshotRecord(run.id);
-    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
-    assert.equal(rec.error, 'coordinator restarted');
-    outcomes.push(`coordinator killed in PRECOPY (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
-    await survivorsRunAt(rec.epoch, c.hosts);
-    await consistent('after the coordinator restarted (pre-copy)');
+    await coordinatorRestarted(run, 'PRECOPY', 'pre-copy');
     const again = await c.cliStream<SnapshotEvent>(['snapshot', 'create', VNE]).done;
     assert.equal(again.code, 0, again.stderr);
   });
@@ -222,15 +231,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
       () => c.kill('coordinator', 'SIGKILL'),
     );
     assert.equal(run.stateAtFault, 'SNAPSHOT_STATE_PERSISTING');
-    const t0 = Date.now();
-    await c.startCoordinator();
-    await c.waitConnected(c.hosts);
-    const rec = await snapshotRecord(run.id);
-    assert.equal(rec.state, 'SNAPSHOT_STATE_ABORTED');
-    assert.equal(rec.error, 'coordinator restarted');
-    outcomes.push(`coordinator killed in PERSISTING (+${run.faultAtMs} ms): ${run.id} ABORTED after restart (agents back in ${Date.now() - t0} ms)`);
-    await survivorsRunAt(rec.epoch, c.hosts);
-    await consistent('after the coordinator restarted (persist)');
+    await coordinatorRestarted(run, 'PERSISTING', 'persist');
     const live = await liveProblems(c, VNE, VMS);
     assert.deepEqual(live.problems, []);
   });

@@ -28,6 +28,7 @@ import type { Vne } from '../../proto/gen/vnsnap/v1/Vne';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { silentLogger } from '../../proto/core/log';
 import { CoordinatorServer } from '../../coordinator/server';
+import { until } from '../support/wait';
 
 const pkg = loadVnsnap();
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -211,14 +212,6 @@ const VNE: Vne = {
   ],
 };
 
-async function until(cond: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 describe('coordinator over gRPC (in-process, scripted agents)', function () {
   this.timeout(60_000);
   let dir: string;
@@ -270,7 +263,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
     await dup.connect(server.address);
     assert.equal(dup.refused, 'agent id "h1" already has a live session');
     dup.close();
-    await until(() => watched.filter((e) => e.kind === 'agent.joined').length >= 0);
+    await until('the agent.joined events', () => watched.filter((e) => e.kind === 'agent.joined').length >= 0, 5000);
   });
 
   it('validates definitions with exact status codes', async () => {
@@ -288,199 +281,225 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
     });
   });
 
-  let snapPrecopy = '';
-  let snapBackground = '';
+  // One it: each step needs exactly the state the steps before it left (the VNE defined and
+  // running, the snapshots taken, the placement swapped, the epochs and generations reached).
+  it('a VNE through its life: define → start, precopy and background snapshots, restores onto the same and a swapped placement, refused restores, delete, a concurrent snapshot and an agent dying mid-snapshot, a stopping coordinator', async () => {
+    let snapPrecopy = '';
+    let snapBackground = '';
 
-  it('define → start: ConfigureVne with peers and MAC routes, then StartVm', async () => {
-    const v = await unary<object, { state: string; generation: number }>(client, 'DefineVne', { vne: VNE });
-    assert.equal(v.state, 'VNE_STATE_DEFINED');
-    await assert.rejects(unary(client, 'DefineVne', { vne: VNE }), (e) => {
-      expectStatus(e, grpc.status.ALREADY_EXISTS, 'ERR_ALREADY_EXISTS', 'VNE "blue" already exists');
-      return true;
-    });
-    const { vne } = await unary<object, { vne: { state: string; placement: Record<string, string> } }>(client, 'StartVne', { name: 'blue' });
-    assert.equal(vne.state, 'VNE_STATE_RUNNING');
-    assert.deepEqual(vne.placement, { vm1: 'h1', vm2: 'h2' });
-    assert.deepEqual(h1.names(), ['configureVne', 'startVm']);
-    assert.deepEqual(h1.commands[0]?.configureVne?.peers, [{ agentId: 'h2', address: '127.0.0.1', port: 6082 }]);
-    assert.deepEqual(h2.commands[0]?.configureVne?.macs, [
-      { mac: '52:54:00:00:00:01', agentId: 'h1' },
-      { mac: '52:54:00:00:00:02', agentId: 'h2' },
-    ]);
-    assert.deepEqual([...h1.running, ...h2.running], ['vm1', 'vm2']);
-  });
+    // define → start: ConfigureVne with peers and MAC routes, then StartVm.
+    {
+      const v = await unary<object, { state: string; generation: number }>(client, 'DefineVne', { vne: VNE });
+      assert.equal(v.state, 'VNE_STATE_DEFINED');
+      await assert.rejects(unary(client, 'DefineVne', { vne: VNE }), (e) => {
+        expectStatus(e, grpc.status.ALREADY_EXISTS, 'ERR_ALREADY_EXISTS', 'VNE "blue" already exists');
+        return true;
+      });
+      const { vne } = await unary<object, { vne: { state: string; placement: Record<string, string> } }>(client, 'StartVne', { name: 'blue' });
+      assert.equal(vne.state, 'VNE_STATE_RUNNING');
+      assert.deepEqual(vne.placement, { vm1: 'h1', vm2: 'h2' });
+      assert.deepEqual(h1.names(), ['configureVne', 'startVm']);
+      assert.deepEqual(h1.commands[0]?.configureVne?.peers, [{ agentId: 'h2', address: '127.0.0.1', port: 6082 }]);
+      assert.deepEqual(h2.commands[0]?.configureVne?.macs, [
+        { mac: '52:54:00:00:00:01', agentId: 'h1' },
+        { mac: '52:54:00:00:00:02', agentId: 'h2' },
+      ]);
+      assert.deepEqual([...h1.running, ...h2.running], ['vm1', 'vm2']);
+  
+    }
 
-  it('CreateSnapshot (precopy) streams states, per-VM progress and the complete record; the manifest is on disk', async () => {
-    const { events, error } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', description: 'pre' }));
-    assert.equal(error, undefined);
-    assert.deepEqual(events.filter((e) => e.event === 'state').map((e) => e.state), ['SNAPSHOT_STATE_PRECOPY', 'SNAPSHOT_STATE_COMMITTING', 'SNAPSHOT_STATE_PERSISTING', 'SNAPSHOT_STATE_COMPLETE']);
-    const progress = events.filter((e) => e.event === 'vm').map((e) => `${e.vm?.vm}@${e.vm?.host}:${e.vm?.iteration}:${e.vm?.phaseDone}`);
-    assert.deepEqual(progress.sort(), ['vm1@h1:1:false', 'vm1@h1:2:true', 'vm2@h2:1:false', 'vm2@h2:2:true']);
-    const done = events.at(-1)?.done;
-    assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE');
-    assert.equal(done?.epoch, 1);
-    assert.deepEqual(done?.vms.map((v) => [v.name, v.host, v.pauseMs, v.memoryBytes]), [['vm1', 'h1', 1.5, 20], ['vm2', 'h2', 1.5, 20]]);
-    snapPrecopy = done!.id;
-    const m = decodeManifest(fs.readFileSync(path.join(storeDir, done!.manifestPath))).body;
-    assert.equal(m.snapshotId, snapPrecopy);
-    assert.equal(m.artefacts.length, 4);
-    assert.equal(m.description, 'pre');
-  });
+    // CreateSnapshot (precopy) streams states, per-VM progress and the complete record; the manifest is on disk.
+    {
+      const { events, error } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', description: 'pre' }));
+      assert.equal(error, undefined);
+      assert.deepEqual(events.filter((e) => e.event === 'state').map((e) => e.state), ['SNAPSHOT_STATE_PRECOPY', 'SNAPSHOT_STATE_COMMITTING', 'SNAPSHOT_STATE_PERSISTING', 'SNAPSHOT_STATE_COMPLETE']);
+      const progress = events.filter((e) => e.event === 'vm').map((e) => `${e.vm?.vm}@${e.vm?.host}:${e.vm?.iteration}:${e.vm?.phaseDone}`);
+      assert.deepEqual(progress.sort(), ['vm1@h1:1:false', 'vm1@h1:2:true', 'vm2@h2:1:false', 'vm2@h2:2:true']);
+      const done = events.at(-1)?.done;
+      assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE');
+      assert.equal(done?.epoch, 1);
+      assert.deepEqual(done?.vms.map((v) => [v.name, v.host, v.pauseMs, v.memoryBytes]), [['vm1', 'h1', 1.5, 20], ['vm2', 'h2', 1.5, 20]]);
+      snapPrecopy = done!.id;
+      const m = decodeManifest(fs.readFileSync(path.join(storeDir, done!.manifestPath))).body;
+      assert.equal(m.snapshotId, snapPrecopy);
+      assert.equal(m.artefacts.length, 4);
+      assert.equal(m.description, 'pre');
+  
+    }
 
-  it('CreateSnapshot (background) completes at the next epoch; List/Get show both', async () => {
-    const { events } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND' }));
-    const done = events.at(-1)?.done;
-    assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE');
-    assert.equal(done?.mode, 'SNAPSHOT_MODE_BACKGROUND');
-    assert.equal(done?.epoch, 2);
-    assert.equal(events.filter((e) => e.event === 'vm').length, 0);
-    snapBackground = done!.id;
-    const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(client, 'ListSnapshots', { vne: 'blue' });
-    assert.deepEqual(snapshots.map((s) => [s.id, s.state]), [[snapPrecopy, 'SNAPSHOT_STATE_COMPLETE'], [snapBackground, 'SNAPSHOT_STATE_COMPLETE']]);
-    const got = await unary<object, { id: string; artefacts: unknown[]; vms: unknown[] }>(client, 'GetSnapshot', { id: snapBackground });
-    assert.equal(got.artefacts.length, 4);
-    assert.equal(got.vms.length, 2);
-    const vne = await unary<object, { epoch: number; state: string }>(client, 'GetVne', { name: 'blue' });
-    assert.deepEqual([vne.epoch, vne.state], [2, 'VNE_STATE_RUNNING']);
-  });
+    // CreateSnapshot (background) completes at the next epoch; List/Get show both.
+    {
+      const { events } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND' }));
+      const done = events.at(-1)?.done;
+      assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE');
+      assert.equal(done?.mode, 'SNAPSHOT_MODE_BACKGROUND');
+      assert.equal(done?.epoch, 2);
+      assert.equal(events.filter((e) => e.event === 'vm').length, 0);
+      snapBackground = done!.id;
+      const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(client, 'ListSnapshots', { vne: 'blue' });
+      assert.deepEqual(snapshots.map((s) => [s.id, s.state]), [[snapPrecopy, 'SNAPSHOT_STATE_COMPLETE'], [snapBackground, 'SNAPSHOT_STATE_COMPLETE']]);
+      const got = await unary<object, { id: string; artefacts: unknown[]; vms: unknown[] }>(client, 'GetSnapshot', { id: snapBackground });
+      assert.equal(got.artefacts.length, 4);
+      assert.equal(got.vms.length, 2);
+      const vne = await unary<object, { epoch: number; state: string }>(client, 'GetVne', { name: 'blue' });
+      assert.deepEqual([vne.epoch, vne.state], [2, 'VNE_STATE_RUNNING']);
+  
+    }
 
-  it('RestoreSnapshot refuses a running VNE without stop_running', async () => {
-    const { error } = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy }));
-    expectStatus(error, grpc.status.FAILED_PRECONDITION, 'ERR_FAILED_PRECONDITION', 'VNE "blue" is running: stop it first or restore with stop_running to replace its VMs');
-  });
+    // RestoreSnapshot refuses a running VNE without stop_running.
+    {
+      const { error } = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy }));
+      expectStatus(error, grpc.status.FAILED_PRECONDITION, 'ERR_FAILED_PRECONDITION', 'VNE "blue" is running: stop it first or restore with stop_running to replace its VMs');
+  
+    }
 
-  it('RestoreSnapshot onto the same hosts: validate, configure (new generation), prepare, resume', async () => {
-    const before1 = h1.commands.length;
-    const { events, error } = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
-    assert.equal(error, undefined);
-    assert.equal(events.at(-1)?.done?.id, snapPrecopy);
-    assert.deepEqual(h1.commands.slice(before1).map((c) => c.body), ['validateArtefacts', 'configureVne', 'restorePrepare', 'restoreResume']);
-    assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.generation, 2);
-    assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.epoch, 1);
-    const vne = await unary<object, { epoch: number; generation: number; state: string; placement: Record<string, string> }>(client, 'GetVne', { name: 'blue' });
-    assert.deepEqual([vne.state, vne.epoch, vne.generation, vne.placement], ['VNE_STATE_RUNNING', 1, 2, { vm1: 'h1', vm2: 'h2' }]);
-  });
+    // RestoreSnapshot onto the same hosts: validate, configure (new generation), prepare, resume.
+    {
+      const before1 = h1.commands.length;
+      const { events, error } = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
+      assert.equal(error, undefined);
+      assert.equal(events.at(-1)?.done?.id, snapPrecopy);
+      assert.deepEqual(h1.commands.slice(before1).map((c) => c.body), ['validateArtefacts', 'configureVne', 'restorePrepare', 'restoreResume']);
+      assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.generation, 2);
+      assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.epoch, 1);
+      const vne = await unary<object, { epoch: number; generation: number; state: string; placement: Record<string, string> }>(client, 'GetVne', { name: 'blue' });
+      assert.deepEqual([vne.state, vne.epoch, vne.generation, vne.placement], ['VNE_STATE_RUNNING', 1, 2, { vm1: 'h1', vm2: 'h2' }]);
+  
+    }
 
-  it('RestoreSnapshot onto a swapped placement: each VM loads on its new host', async () => {
-    const n1 = h1.commands.length;
-    const n2 = h2.commands.length;
-    const { error, events } = await streamAll(client.RestoreSnapshot({ snapshotId: snapBackground, stopRunning: true, placement: { vm1: 'h2', vm2: 'h1' } }));
-    assert.equal(error, undefined);
-    assert.match(events.filter((e) => e.event === 'note').at(-1)?.note ?? '', /2 VMs resumed at epoch 2, generation 3; 2 recorded frames injected/);
-    const prep2 = h2.commands.slice(n2).find((c) => c.restorePrepare)?.restorePrepare;
-    assert.deepEqual(prep2?.vms.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path.endsWith('vm1.mem'), v.channel.length]), [['vm1', 'h2', true, 1]]);
-    assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts', 'stopVm', 'configureVne', 'restorePrepare', 'restoreResume']);
-    assert.deepEqual(h1.commands.slice(n1).find((c) => c.configureVne)?.configureVne?.macs, [
-      { mac: '52:54:00:00:00:01', agentId: 'h2' },
-      { mac: '52:54:00:00:00:02', agentId: 'h1' },
-    ]);
-    const vne = await unary<object, { generation: number; epoch: number; placement: Record<string, string> }>(client, 'GetVne', { name: 'blue' });
-    assert.deepEqual([vne.generation, vne.epoch, vne.placement], [3, 2, { vm1: 'h2', vm2: 'h1' }]);
-    // The next snapshot follows the new placement.
-    const { events: ev2 } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND' }));
-    const done = ev2.at(-1)?.done;
-    assert.deepEqual(done?.vms.map((v) => [v.name, v.host]), [['vm1', 'h2'], ['vm2', 'h1']]);
-    assert.equal(done?.epoch, 3);
-    assert.equal(done?.generation, 3);
-  });
+    // RestoreSnapshot onto a swapped placement: each VM loads on its new host.
+    {
+      const n1 = h1.commands.length;
+      const n2 = h2.commands.length;
+      const { error, events } = await streamAll(client.RestoreSnapshot({ snapshotId: snapBackground, stopRunning: true, placement: { vm1: 'h2', vm2: 'h1' } }));
+      assert.equal(error, undefined);
+      assert.match(events.filter((e) => e.event === 'note').at(-1)?.note ?? '', /2 VMs resumed at epoch 2, generation 3; 2 recorded frames injected/);
+      const prep2 = h2.commands.slice(n2).find((c) => c.restorePrepare)?.restorePrepare;
+      assert.deepEqual(prep2?.vms.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path.endsWith('vm1.mem'), v.channel.length]), [['vm1', 'h2', true, 1]]);
+      assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts', 'stopVm', 'configureVne', 'restorePrepare', 'restoreResume']);
+      assert.deepEqual(h1.commands.slice(n1).find((c) => c.configureVne)?.configureVne?.macs, [
+        { mac: '52:54:00:00:00:01', agentId: 'h2' },
+        { mac: '52:54:00:00:00:02', agentId: 'h1' },
+      ]);
+      const vne = await unary<object, { generation: number; epoch: number; placement: Record<string, string> }>(client, 'GetVne', { name: 'blue' });
+      assert.deepEqual([vne.generation, vne.epoch, vne.placement], [3, 2, { vm1: 'h2', vm2: 'h1' }]);
+      // The next snapshot follows the new placement.
+      const { events: ev2 } = await streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND' }));
+      const done = ev2.at(-1)?.done;
+      assert.deepEqual(done?.vms.map((v) => [v.name, v.host]), [['vm1', 'h2'], ['vm2', 'h1']]);
+      assert.equal(done?.epoch, 3);
+      assert.equal(done?.generation, 3);
+  
+    }
 
-  it('a tampered manifest (DATA_LOSS) and a newer-major manifest (FAILED_PRECONDITION) are refused with nothing touched', async () => {
-    const snap = await unary<object, { manifestPath: string }>(client, 'GetSnapshot', { id: snapPrecopy });
-    const file = path.join(storeDir, snap.manifestPath);
-    const good = fs.readFileSync(file);
-    const n1 = h1.commands.length;
-    const n2 = h2.commands.length;
-    const vneBefore = await unary<object, object>(client, 'GetVne', { name: 'blue' });
+    // a tampered manifest (DATA_LOSS) and a newer-major manifest (FAILED_PRECONDITION) are refused with nothing touched.
+    {
+      const snap = await unary<object, { manifestPath: string }>(client, 'GetSnapshot', { id: snapPrecopy });
+      const file = path.join(storeDir, snap.manifestPath);
+      const good = fs.readFileSync(file);
+      const n1 = h1.commands.length;
+      const n2 = h2.commands.length;
+      const vneBefore = await unary<object, object>(client, 'GetVne', { name: 'blue' });
 
-    const tampered = Buffer.from(good);
-    const i = tampered.indexOf(Buffer.from('vm2.mem'));
-    tampered[i + 2] = '9'.charCodeAt(0);
-    fs.writeFileSync(file, tampered);
-    const r1 = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
-    expectStatus(r1.error, grpc.status.DATA_LOSS, 'ERR_CHECKSUM', `${snap.manifestPath} is corrupt or was modified: its body checksum does not match`);
+      const tampered = Buffer.from(good);
+      const i = tampered.indexOf(Buffer.from('vm2.mem'));
+      tampered[i + 2] = '9'.charCodeAt(0);
+      fs.writeFileSync(file, tampered);
+      const r1 = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
+      expectStatus(r1.error, grpc.status.DATA_LOSS, 'ERR_CHECKSUM', `${snap.manifestPath} is corrupt or was modified: its body checksum does not match`);
 
-    fs.writeFileSync(file, encodeManifest(decodeManifest(good).body as never, { major: 2, minor: 1 }));
-    const r2 = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
-    expectStatus(r2.error, grpc.status.FAILED_PRECONDITION, 'ERR_UNSUPPORTED_VERSION', `${snap.manifestPath} has manifest format 2.1, newer than this vnsnap reads (1.x): upgrade vnsnap to restore it`);
+      fs.writeFileSync(file, encodeManifest(decodeManifest(good).body as never, { major: 2, minor: 1 }));
+      const r2 = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
+      expectStatus(r2.error, grpc.status.FAILED_PRECONDITION, 'ERR_UNSUPPORTED_VERSION', `${snap.manifestPath} has manifest format 2.1, newer than this vnsnap reads (1.x): upgrade vnsnap to restore it`);
 
-    assert.equal(h1.commands.length, n1, 'no command reached h1');
-    assert.equal(h2.commands.length, n2, 'no command reached h2');
-    assert.deepEqual(await unary(client, 'GetVne', { name: 'blue' }), vneBefore);
-    fs.writeFileSync(file, good);
-  });
+      assert.equal(h1.commands.length, n1, 'no command reached h1');
+      assert.equal(h2.commands.length, n2, 'no command reached h2');
+      assert.deepEqual(await unary(client, 'GetVne', { name: 'blue' }), vneBefore);
+      fs.writeFileSync(file, good);
+  
+    }
 
-  it('an artefact changed on disk is refused at validation with nothing else sent', async () => {
-    const snap = await unary<object, { artefacts: { path: string }[] }>(client, 'GetSnapshot', { id: snapPrecopy });
-    const art = path.join(storeDir, snap.artefacts[0]!.path);
-    const orig = fs.readFileSync(art);
-    fs.writeFileSync(art, Buffer.concat([orig, Buffer.from('!')]));
-    const n1 = h1.commands.length;
-    const r = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true, placement: { vm1: 'h1', vm2: 'h2' } }));
-    expectStatus(r.error, grpc.status.DATA_LOSS, 'ERR_DATA_LOSS', `snapshot ${snapPrecopy} cannot be restored, its artefacts are invalid: h1: ${snap.artefacts[0]!.path}: size or sha256 mismatch`);
-    assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts']);
-    fs.writeFileSync(art, orig);
-  });
+    // an artefact changed on disk is refused at validation with nothing else sent.
+    {
+      const snap = await unary<object, { artefacts: { path: string }[] }>(client, 'GetSnapshot', { id: snapPrecopy });
+      const art = path.join(storeDir, snap.artefacts[0]!.path);
+      const orig = fs.readFileSync(art);
+      fs.writeFileSync(art, Buffer.concat([orig, Buffer.from('!')]));
+      const n1 = h1.commands.length;
+      const r = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true, placement: { vm1: 'h1', vm2: 'h2' } }));
+      expectStatus(r.error, grpc.status.DATA_LOSS, 'ERR_DATA_LOSS', `snapshot ${snapPrecopy} cannot be restored, its artefacts are invalid: h1: ${snap.artefacts[0]!.path}: size or sha256 mismatch`);
+      assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts']);
+      fs.writeFileSync(art, orig);
+  
+    }
 
-  it('DeleteSnapshot removes artefacts, manifest and the catalog entry', async () => {
-    const snap = await unary<object, { manifestPath: string; artefacts: { path: string }[] }>(client, 'GetSnapshot', { id: snapBackground });
-    assert.ok(fs.existsSync(path.join(storeDir, snap.manifestPath)));
-    await unary(client, 'DeleteSnapshot', { id: snapBackground });
-    assert.equal(fs.existsSync(path.join(storeDir, 'snapshots', snapBackground)), false);
-    await assert.rejects(unary(client, 'GetSnapshot', { id: snapBackground }), (e) => {
-      expectStatus(e, grpc.status.NOT_FOUND, 'ERR_NOT_FOUND', `snapshot "${snapBackground}" does not exist`);
-      return true;
-    });
-  });
+    // DeleteSnapshot removes artefacts, manifest and the catalog entry.
+    {
+      const snap = await unary<object, { manifestPath: string; artefacts: { path: string }[] }>(client, 'GetSnapshot', { id: snapBackground });
+      assert.ok(fs.existsSync(path.join(storeDir, snap.manifestPath)));
+      await unary(client, 'DeleteSnapshot', { id: snapBackground });
+      assert.equal(fs.existsSync(path.join(storeDir, 'snapshots', snapBackground)), false);
+      await assert.rejects(unary(client, 'GetSnapshot', { id: snapBackground }), (e) => {
+        expectStatus(e, grpc.status.NOT_FOUND, 'ERR_NOT_FOUND', `snapshot "${snapBackground}" does not exist`);
+        return true;
+      });
+  
+    }
 
-  it('a concurrent snapshot of the same VNE is FAILED_PRECONDITION; an agent dying mid-snapshot aborts it', async () => {
-    h1.hold.add('snapshotBegin');
-    const first = streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 60_000 }));
-    await until(() => h1.commands.at(-1)?.body === 'snapshotBegin');
-    const second = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
-    assert.match(second.error?.details ?? '', /^a snapshot of VNE "blue" is already in progress \(.+\): one snapshot per VNE at a time$/);
-    assert.equal(second.error?.code, grpc.status.FAILED_PRECONDITION);
-    h1.close(); // its session ends: the Begin in flight fails
-    const { events, error } = await first;
-    assert.equal(error, undefined);
-    const done = events.at(-1)?.done;
-    assert.equal(done?.state, 'SNAPSHOT_STATE_ABORTED');
-    assert.match(done?.error ?? '', /^agent h1 disconnected during SnapshotBegin \(session (ended by the agent|cancelled|closed)\) \[ERR_AGENT_DISCONNECTED\]$/);
-    await until(() => h2.commands.at(-1)?.body === 'snapshotAbort');
-    const { agents } = await unary<object, { agents: { id: string; state: string }[] }>(client, 'ListAgents', {});
-    assert.deepEqual(agents.map((a) => [a.id, a.state]), [['h1', 'AGENT_STATE_DISCONNECTED'], ['h2', 'AGENT_STATE_CONNECTED']]);
-    // The snapshot needs every agent.
-    const r = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
-    expectStatus(r.error, grpc.status.UNAVAILABLE, 'ERR_AGENT_DISCONNECTED', 'agent "h1" (running vm2) is not connected; nothing was snapshotted');
-    // h1's session comes back (the agent kept running, with its VMs) and receives the abort it
-    // missed before anything else.
-    const before = h1.running;
-    h1 = new ScriptedAgent('h1', 6081, storeDir);
-    for (const vm of before) h1.running.add(vm);
-    await h1.connect(server.address);
-    await until(() => h1.commands.length > 0);
-    assert.deepEqual(h1.commands.map((c) => [c.body, c.snapshotAbort?.snapshotId]), [['snapshotAbort', done?.id]]);
-    assert.deepEqual(watched.filter((e) => e.agent === 'h1').map((e) => e.kind), ['agent.joined', 'agent.left', 'agent.joined']);
-    assert.ok(watched.some((e) => e.kind === 'snapshot.aborted' && e.snapshotId === done?.id));
-  });
+    // a concurrent snapshot of the same VNE is FAILED_PRECONDITION; an agent dying mid-snapshot aborts it.
+    {
+      h1.hold.add('snapshotBegin');
+      const first = streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 60_000 }));
+      await until('h1 holding SnapshotBegin', () => h1.commands.at(-1)?.body === 'snapshotBegin', 5000);
+      const second = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
+      assert.match(second.error?.details ?? '', /^a snapshot of VNE "blue" is already in progress \(.+\): one snapshot per VNE at a time$/);
+      assert.equal(second.error?.code, grpc.status.FAILED_PRECONDITION);
+      h1.close(); // its session ends: the Begin in flight fails
+      const { events, error } = await first;
+      assert.equal(error, undefined);
+      const done = events.at(-1)?.done;
+      assert.equal(done?.state, 'SNAPSHOT_STATE_ABORTED');
+      assert.match(done?.error ?? '', /^agent h1 disconnected during SnapshotBegin \(session (ended by the agent|cancelled|closed)\) \[ERR_AGENT_DISCONNECTED\]$/);
+      await until('SnapshotAbort on h2', () => h2.commands.at(-1)?.body === 'snapshotAbort', 5000);
+      const { agents } = await unary<object, { agents: { id: string; state: string }[] }>(client, 'ListAgents', {});
+      assert.deepEqual(agents.map((a) => [a.id, a.state]), [['h1', 'AGENT_STATE_DISCONNECTED'], ['h2', 'AGENT_STATE_CONNECTED']]);
+      // The snapshot needs every agent.
+      const r = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
+      expectStatus(r.error, grpc.status.UNAVAILABLE, 'ERR_AGENT_DISCONNECTED', 'agent "h1" (running vm2) is not connected; nothing was snapshotted');
+      // h1's session comes back (the agent kept running, with its VMs) and receives the abort it
+      // missed before anything else.
+      const before = h1.running;
+      h1 = new ScriptedAgent('h1', 6081, storeDir);
+      for (const vm of before) h1.running.add(vm);
+      await h1.connect(server.address);
+      await until('a command on the new h1 session', () => h1.commands.length > 0, 5000);
+      assert.deepEqual(h1.commands.map((c) => [c.body, c.snapshotAbort?.snapshotId]), [['snapshotAbort', done?.id]]);
+      assert.deepEqual(watched.filter((e) => e.agent === 'h1').map((e) => e.kind), ['agent.joined', 'agent.left', 'agent.joined']);
+      assert.ok(watched.some((e) => e.kind === 'snapshot.aborted' && e.snapshotId === done?.id));
+  
+    }
 
-  it('a stopping coordinator aborts the snapshot in progress and tells the agents', async () => {
-    h2.hold.add('snapshotBegin');
-    const first = streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 60_000 }));
-    await until(() => h2.commands.at(-1)?.body === 'snapshotBegin');
-    const id = h2.commands.at(-1)?.snapshotBegin?.snapshotId;
-    const t0 = Date.now();
-    await server.stop();
-    assert.ok(Date.now() - t0 < 1500, 'no wait for the forced shutdown: streams were ended');
-    const { events } = await first;
-    assert.equal(events.at(-1)?.done?.error, 'coordinator stopping [ERR_SNAPSHOT_ABORTED]');
-    await until(() => h1.commands.some((c) => c.snapshotAbort?.snapshotId === id) && h2.commands.some((c) => c.snapshotAbort?.snapshotId === id));
-    // Reopen on the same catalog: everything is still there.
-    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: path.join(dir, 'catalog.db'), storeDir }, log: silentLogger() });
-    await server.start();
-    const c2 = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
-    const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(c2, 'ListSnapshots', {});
-    assert.deepEqual(snapshots.map((s) => s.state), ['SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_ABORTED', 'SNAPSHOT_STATE_ABORTED']);
-    c2.close();
+    // a stopping coordinator aborts the snapshot in progress and tells the agents.
+    {
+      h2.hold.add('snapshotBegin');
+      const first = streamAll(client.CreateSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_PRECOPY', precopyDeadlineMs: 60_000 }));
+      await until('h2 holding SnapshotBegin', () => h2.commands.at(-1)?.body === 'snapshotBegin', 5000);
+      const id = h2.commands.at(-1)?.snapshotBegin?.snapshotId;
+      const t0 = Date.now();
+      await server.stop();
+      assert.ok(Date.now() - t0 < 1500, 'no wait for the forced shutdown: streams were ended');
+      const { events } = await first;
+      assert.equal(events.at(-1)?.done?.error, 'coordinator stopping [ERR_SNAPSHOT_ABORTED]');
+      await until('SnapshotAbort on both agents', () => h1.commands.some((c) => c.snapshotAbort?.snapshotId === id) && h2.commands.some((c) => c.snapshotAbort?.snapshotId === id), 5000);
+      // Reopen on the same catalog: everything is still there.
+      server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: path.join(dir, 'catalog.db'), storeDir }, log: silentLogger() });
+      await server.start();
+      const c2 = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
+      const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(c2, 'ListSnapshots', {});
+      assert.deepEqual(snapshots.map((s) => s.state), ['SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_ABORTED', 'SNAPSHOT_STATE_ABORTED']);
+      c2.close();
+  
+    }
   });
 });
 

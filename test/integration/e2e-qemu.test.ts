@@ -22,7 +22,8 @@
  */
 import { strict as assert } from 'node:assert';
 import { buildGuest, ensureQemu, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
-import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
+import { sleep, until } from '../support/wait';
 import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
@@ -87,7 +88,8 @@ interface SnapshotEvent {
     assert.deepEqual(c.completeSnapshotProblems(done), []);
     const pauses = done.vms.map((v) => v.pauseMs).sort((x, y) => x - y);
     timings.push(`${done.id} (${mode}): ${((Date.now() - t0) / 1000).toFixed(1)} s, pauses ${pauses.map((x) => x.toFixed(0)).join('/')} ms, ${done.vms.reduce((n, v) => n + v.channelFrames, 0)} frames in flight recorded`);
-    // The VNE keeps running and no stream broke.
+    // The VNE keeps running and no stream broke. Kept: the sleep is the observation window over
+    // which every stream must move and none may break.
     await sleep(3000);
     assert.deepEqual(intactProblems(`after the ${mode} snapshot`, before, await allStatuses()), []);
     return done;
@@ -116,9 +118,9 @@ interface SnapshotEvent {
     first = (await until('every stream connected and moving', async () => {
       const st = await allStatuses();
       return streamsUp(st) ? st : undefined;
-    }, 180_000, 2000)) as Record<string, GuestStatus>;
+    }, { timeoutMs: 180_000, everyMs: 2000 })) as Record<string, GuestStatus>;
     timings.push(`boot to all streams up: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-    await sleep(2000);
+    await sleep(2000); // kept: the window over which every stream must move and none break
     assert.deepEqual(intactProblems('running', first, await allStatuses()), []);
   });
 

@@ -16,15 +16,14 @@ import {
   buildGuest,
   channelStatus,
   ensureQemu,
-  FatalWait,
   GuestImage,
   guestFiles,
   GuestStatus,
   qemuArgs,
   queryStatus,
   serialStatuses,
-  waitFor,
 } from '../guest/qemu-guest';
+import { FatalWait, sleep, until } from '../support/wait';
 
 const SUBNET = '192.168.90';
 
@@ -94,14 +93,13 @@ describe('guest image: two QEMU guests on a bridge, streams, memory and disk loa
     // boot: the status port answers through the bridge
     await Promise.all(
       vms.map(async (vm) => {
-        await waitFor(
+        await until(
           `${vm.name} to answer on ${vm.ip}:7070`,
           () => {
             if (vm.proc?.exitCode !== null) throw new FatalWait(`QEMU for ${vm.name} exited (${vm.proc?.exitCode}): ${vm.stderr}`);
             return status(vm);
           },
-          120_000,
-          250,
+          { timeoutMs: 120_000, everyMs: 250 },
         );
         vm.bootMs = Date.now() - t0;
       }),
@@ -139,12 +137,9 @@ describe('guest image: two QEMU guests on a bridge, streams, memory and disk loa
   it('streams flow both ways, every byte checked, with zero errors and no reconnects', async () => {
     const before = vms.map((vm) => status(vm));
     // at least 1 MiB received by each side on a live connection, and still growing
-    await waitFor(
-      'both receivers to have 1 MiB',
-      () => (vms.every((vm) => (status(vm).in[0]?.bytes ?? 0) > 1 << 20) ? true : undefined),
-      60_000,
-    );
-    await new Promise((r) => setTimeout(r, 2000));
+    await until('both receivers to have 1 MiB', () => vms.every((vm) => (status(vm).in[0]?.bytes ?? 0) > 1 << 20), { timeoutMs: 60_000, everyMs: 500 });
+    // Kept: two more seconds of streaming over which no error or reconnect may appear.
+    await sleep(2000);
     for (const [i, vm] of vms.entries()) {
       const s = status(vm);
       const peer = vms[1 - i]!;
@@ -172,8 +167,10 @@ describe('guest image: two QEMU guests on a bridge, streams, memory and disk loa
 
   it('runs the memory load without finding a corrupted page', async () => {
     const a = vms.map((vm) => status(vm));
-    await new Promise((r) => setTimeout(r, 3000));
-    const b = vms.map((vm) => status(vm));
+    const b = await until('pages touched on both', () => {
+      const now = vms.map((vm) => status(vm));
+      return now.every((s, i) => s.mem.pages_touched > a[i]!.mem.pages_touched) ? now : undefined;
+    }, { timeoutMs: 10_000, everyMs: 500 });
     for (const [i, s] of b.entries()) {
       assert.equal(s.mem.enabled, true);
       assert.equal(s.mem.mib, 32);
@@ -181,13 +178,15 @@ describe('guest image: two QEMU guests on a bridge, streams, memory and disk loa
       assert.equal(s.mem.errors, 0, s.mem.first_error);
     }
     // 8 MiB/s over 32 MiB: a full pass every ~4 s, once the guest has run a while
-    await waitFor('a full memory pass on both', () => (vms.every((vm) => status(vm).mem.passes >= 1) ? true : undefined), 30_000);
+    await until('a full memory pass on both', () => vms.every((vm) => status(vm).mem.passes >= 1), { timeoutMs: 30_000, everyMs: 500 });
   });
 
   it('appends disk records, and the disk always holds exactly the record memory says', async () => {
     const a = vms.map((vm) => status(vm));
-    await new Promise((r) => setTimeout(r, 3000));
-    const b = vms.map((vm) => status(vm));
+    const b = await until('more than 10 new disk records on both', () => {
+      const now = vms.map((vm) => status(vm));
+      return now.every((s, i) => s.disk.records > a[i]!.disk.records + 10) ? now : undefined;
+    }, { timeoutMs: 10_000, everyMs: 500 });
     for (const [i, s] of b.entries()) {
       assert.equal(s.disk.enabled, true, s.disk.first_error);
       assert.equal(s.disk.dev, '/dev/vda');
@@ -204,10 +203,10 @@ describe('guest image: two QEMU guests on a bridge, streams, memory and disk loa
     for (const vm of vms) {
       const files = guestFiles(vm.dir);
       const tcp = status(vm);
-      const serial = await waitFor('two VNSTAT lines on the serial console', () => {
+      const serial = await until('two VNSTAT lines on the serial console', () => {
         const l = serialStatuses(files.serialLog);
         return l.length >= 2 ? l : undefined;
-      }, 20_000);
+      }, { timeoutMs: 20_000, everyMs: 500 });
       const last = serial[serial.length - 1]!;
       assert.equal(last.name, vm.name);
       assert.equal(last.nonce, tcp.nonce, 'the same program instance');

@@ -11,7 +11,8 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { stopChild } from '../support/netns';
-import { GuestImage, GuestStatus, queryStatus, REPO_ROOT, waitFor } from '../guest/qemu-guest';
+import { GuestImage, GuestStatus, queryStatus, REPO_ROOT } from '../guest/qemu-guest';
+import { until } from '../support/wait';
 
 const REC = 4096;
 
@@ -89,7 +90,13 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     return p;
   };
   const st = (port: number): GuestStatus => queryStatus(tool, null, `127.0.0.1:${port}`);
-  const ready = (port: number): Promise<GuestStatus> => waitFor(`status on ${port}`, () => st(port), 10_000, 100);
+  /** Every thread of `p` stopped (after SIGSTOP): it writes nothing more until SIGCONT. */
+  const stopped = (p: ChildProcess): Promise<boolean> => {
+    const state = (stat: string): string => stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3); // "pid (comm) S ..."
+    const task = `/proc/${p.pid}/task`;
+    return until(`process ${p.pid} stopped`, () => fs.readdirSync(task).every((t) => 'tT'.includes(state(fs.readFileSync(`${task}/${t}/stat`, 'utf8')))), { timeoutMs: 5000, everyMs: 5 });
+  };
+  const ready = (port: number): Promise<GuestStatus> => until(`status on ${port}`, () => st(port), { timeoutMs: 10_000, everyMs: 100 });
 
   before(function () {
     try {
@@ -118,7 +125,7 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     run(['name=b', `listen=${lb}`, `status=${sb}`, `peers=127.0.0.1:${la}@512`]);
     await ready(sa);
     await ready(sb);
-    await waitFor('bytes both ways', () => ((st(sa).in[0]?.bytes ?? 0) > 200_000 && (st(sb).in[0]?.bytes ?? 0) > 10_000_000 ? true : undefined), 20_000, 200);
+    await until('bytes both ways', () => (st(sa).in[0]?.bytes ?? 0) > 200_000 && (st(sb).in[0]?.bytes ?? 0) > 10_000_000, { timeoutMs: 20_000, everyMs: 200 });
     const a = st(sa);
     const b = st(sb);
     assert.equal(a.in[0]!.from, 'b');
@@ -143,10 +150,10 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     // 0..99 ok, then a gap (200..), then a duplicate of 209, then 210..299 ok, then a corrupt word
     const dupe = words(209, 1);
     await connectSend(l, [hello('evil', 0), words(0, 100), words(200, 10), dupe, words(210, 90), corrupt]);
-    const r = await waitFor('the connection to close', () => {
+    const r = await until('the connection to close', () => {
       const v = st(s).in[0];
       return v && !v.open ? v : undefined;
-    }, 5000, 100);
+    }, { timeoutMs: 5000, everyMs: 100 });
     assert.equal(r.from, 'evil');
     assert.equal(r.bytes, (100 + 10 + 1 + 90 + 10) * 8); // after the hello
     // the gap (expected 100, got 200), the duplicate (expected 210, got 209) and the corrupt word
@@ -162,10 +169,10 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     await ready(s);
     await connectSend(l, [hello('tx', 3, 1), words(0, 1000)]);
     await connectSend(l, [hello('tx', 3, 2), words(0, 10)]);
-    const r = await waitFor('two closed connections', () => {
+    const r = await until('two closed connections', () => {
       const v = st(s).in[0];
       return v && !v.open && v.connections === 2 ? v : undefined;
-    }, 5000, 100);
+    }, { timeoutMs: 5000, everyMs: 100 });
     assert.equal(r.errors, 0);
     assert.equal(r.reconnects, 1);
     assert.equal(r.reboots, 0);
@@ -188,10 +195,10 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     try {
       run(['name=tx', `status=${s}`, `peers=127.0.0.1:${l}@256`]);
       await ready(s);
-      const o = await waitFor('the reconnect', () => {
+      const o = await until('the reconnect', () => {
         const v = st(s).out[0];
         return v && v.connects === 2 && v.connected ? v : undefined;
-      }, 10_000, 100);
+      }, { timeoutMs: 10_000, everyMs: 100 });
       assert.equal(o.reconnects, 1);
       assert.equal(o.errors, 1);
       assert.ok(o.last_error.length > 0);
@@ -208,7 +215,7 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     const s = await freePort();
     const p = run([`disk=${img}`, 'diskrate=100', `status=${s}`]);
     await ready(s);
-    await waitFor('20 records', () => (st(s).disk.records >= 20 ? true : undefined), 10_000, 100);
+    await until('20 records', () => st(s).disk.records >= 20, { timeoutMs: 10_000, everyMs: 100 });
     const s1 = st(s);
     assert.equal(s1.disk.enabled, true);
     assert.equal(s1.disk.slots, 1024);
@@ -219,7 +226,7 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     // there). The writer checks the slots of its last two records, so this is caught wherever
     // SIGSTOP landed (even between a check and the next write).
     p.kill('SIGSTOP');
-    await new Promise((r) => setTimeout(r, 100));
+    await stopped(p);
     const scan = JSON.parse(execFileSync(tool.tool, ['disk-scan', img], { encoding: 'utf8' })) as { last_record: number; valid: number; corrupt: number };
     assert.equal(scan.corrupt, 0);
     assert.equal(scan.valid, scan.last_record);
@@ -227,16 +234,18 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     fs.writeSync(fd, Buffer.alloc(2 * REC), 0, 2 * REC, (scan.last_record - 2) * REC);
     fs.fsyncSync(fd);
     p.kill('SIGCONT');
-    await waitFor('behind reported', () => (st(s).disk.behind > 0 ? true : undefined), 5000, 100);
+    await until('behind reported', () => st(s).disk.behind > 0, { timeoutMs: 5000, everyMs: 100 });
     assert.match(st(s).disk.first_error, /disk behind memory/);
 
-    // restart on the same disk: it continues after the last record it finds
+    // restart on the same disk: it continues after the last record it finds. First the writer
+    // goes two records past the wiped ones, so the restarted one finds its last two intact.
+    await until('two records past the wiped ones', () => st(s).disk.records >= scan.last_record + 2, { timeoutMs: 5000, everyMs: 20 });
     await stopChild(p, 1000);
     const scan2 = JSON.parse(execFileSync(tool.tool, ['disk-scan', img], { encoding: 'utf8' })) as { last_record: number };
     const s2 = await freePort();
     const p2 = run([`disk=${img}`, 'diskrate=100', `status=${s2}`]);
     await ready(s2);
-    await waitFor('more records', () => (st(s2).disk.records > scan2.last_record + 5 ? true : undefined), 10_000, 100);
+    await until('more records', () => st(s2).disk.records > scan2.last_record + 5, { timeoutMs: 10_000, everyMs: 100 });
     const c = st(s2);
     assert.equal(c.disk.start_record, scan2.last_record);
     assert.equal(c.disk.errors, 0, c.disk.first_error);
@@ -245,13 +254,13 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     // records ahead, not one: SIGSTOP may land between the writer's check and its write of the
     // next record, which would overwrite a planted next record with the same bytes.
     p2.kill('SIGSTOP');
-    await new Promise((r) => setTimeout(r, 100));
+    await stopped(p2);
     const scan3 = JSON.parse(execFileSync(tool.tool, ['disk-scan', img], { encoding: 'utf8' })) as { last_record: number };
     fs.writeSync(fd, makeRecord(scan3.last_record + 2), 0, REC, (scan3.last_record + 1) * REC);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     p2.kill('SIGCONT');
-    await waitFor('ahead reported', () => (st(s2).disk.ahead > 0 ? true : undefined), 5000, 100);
+    await until('ahead reported', () => st(s2).disk.ahead > 0, { timeoutMs: 5000, everyMs: 100 });
     assert.match(st(s2).disk.first_error, /disk ahead of memory/);
   });
 
@@ -259,10 +268,10 @@ describe('guest program (vnguest) on the host: stream, disk and memory checks', 
     const s = await freePort();
     run(['mem=4', 'memrate=16', `status=${s}`]);
     await ready(s);
-    const m = await waitFor('two passes', () => {
+    const m = await until('two passes', () => {
       const v = st(s).mem;
       return v.passes >= 2 ? v : undefined;
-    }, 10_000, 200);
+    }, { timeoutMs: 10_000, everyMs: 200 });
     assert.equal(m.enabled, true);
     assert.equal(m.errors, 0, m.first_error);
     const rate = m.pages_touched / 256 / (st(s).uptime_ms / 1000);

@@ -11,6 +11,7 @@ import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { nativeIo, NativeIo, Poller } from '../../switch/native-io';
+import { sleep, until } from '../support/wait';
 
 function sh(cmd: string, args: readonly string[], allowFail = false): string {
   try {
@@ -158,14 +159,8 @@ function frameReader(io: NativeIo, fd: number, maxBatch = 64, slotSize = 2048, h
   return { poller, got, batchSizes };
 }
 
-async function until(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Frames cross a TAP or veth within microseconds: poll often. */
+const FAST = { everyMs: 5 };
 
 /** Runs a Node script inside the namespace that sends `count` UDP datagrams 'burst-<i>'. */
 function udpBurstFromNamespace(dstIp: string, port: number, count: number, size = 0): void {
@@ -250,7 +245,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
     it('an ARP request written with writeFrames is answered with the exact ARP reply', async () => {
       const req = eth(mac('ff:ff:ff:ff:ff:ff'), TAP_OUR_MAC, 0x0806, arp(1, TAP_OUR_MAC, TAP_OUR_IP, Buffer.alloc(6), TAP_THEIR_IP));
       assert.equal(io.writeFrames(tapFd, [req], 1), 1);
-      await until(() => rx.got.some((f) => parse(f).type === 0x0806), 'the ARP reply');
+      await until('the ARP reply', () => rx.got.some((f) => parse(f).type === 0x0806), FAST);
       const replies = rx.got.filter((f) => parse(f).type === 0x0806);
       assert.equal(replies.length, 1);
       const expected = eth(TAP_OUR_MAC, TAP_THEIR_MAC, 0x0806, arp(2, TAP_THEIR_MAC, TAP_THEIR_IP, TAP_OUR_MAC, TAP_OUR_IP));
@@ -264,7 +259,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
       );
       assert.equal(io.writeFrames(tapFd, reqs, 50), 50);
       const isReply = (f: Buffer) => parse(f).type === 0x0800 && f[14 + 9] === 1 && f[14 + 20] === 0;
-      await until(() => rx.got.filter(isReply).length >= 50, '50 echo replies');
+      await until('50 echo replies', () => rx.got.filter(isReply).length >= 50, FAST);
       await sleep(50);
       const replies = rx.got.filter(isReply);
       assert.equal(replies.length, 50);
@@ -273,7 +268,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
 
     it('frames the namespace sends are read by the poller in batches', async () => {
       udpBurstFromNamespace('10.77.0.2', 7777, 200); // synchronous: the frames queue on the TAP meanwhile
-      await until(() => udpPayloads(rx.got, 7777).length >= 200, '200 UDP frames');
+      await until('200 UDP frames', () => udpPayloads(rx.got, 7777).length >= 200, FAST);
       await sleep(50);
       assert.deepEqual(udpPayloads(rx.got, 7777), Array.from({ length: 200 }, (_, i) => `burst-${i}`));
       const first = rx.got.find((f) => udpPayloads([f], 7777).length === 1)!;
@@ -294,8 +289,8 @@ describe('native-io (integration: TAP, packet socket)', function () {
         udpBurstFromNamespace('10.77.0.2', 7002, 1, 1000); // 1042 bytes: dropped
         udpBurstFromNamespace('10.77.0.2', 7003, 1, 158); // 200 bytes: exactly fits
         udpBurstFromNamespace('10.77.0.2', 7004, 1, 159); // 201 bytes: dropped
-        await sleep(20);
         let n = 0;
+        await until('the frames that fit', () => (n += small.poller.poll()) >= 2, FAST);
         for (let k = 0; k < 5; k++) n += small.poller.poll();
         assert.equal(n, 2);
         assert.deepEqual(small.got.map((f) => f.length), [142, 200]);
@@ -308,7 +303,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
 
     it('deleting the TAP device while polling neither crashes nor spins; the poller stops for good', async () => {
       nsx('ip', 'link', 'del', TAP);
-      await until(() => rx.poller.stats?.().dead === true, 'the poller to notice');
+      await until('the poller to notice', () => rx.poller.stats?.().dead === true, FAST);
       const st = rx.poller.stats!();
       assert.equal(st.active, false);
       assert.match(String(st.lastError), /EBADFD/);
@@ -362,7 +357,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
 
     it('reads, in batches, the frames the other end sends', async () => {
       udpBurstFromNamespace('10.78.0.2', 7778, 100);
-      await until(() => udpPayloads(rx.got, 7778).length >= 100, '100 UDP frames');
+      await until('100 UDP frames', () => udpPayloads(rx.got, 7778).length >= 100, FAST);
       await sleep(50);
       assert.deepEqual(udpPayloads(rx.got, 7778), Array.from({ length: 100 }, (_, i) => `burst-${i}`));
       const f = rx.got.find((x) => udpPayloads([x], 7778).length === 1)!;
@@ -379,7 +374,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
       );
       assert.equal(io.writeFrames(pkt.fd, [req, ...pings], 21), 21);
       const isReply = (f: Buffer) => parse(f).type === 0x0800 && f[14 + 9] === 1 && f[14 + 20] === 0;
-      await until(() => rx.got.some((f) => parse(f).type === 0x0806) && rx.got.filter(isReply).length >= 20, 'ARP and echo replies');
+      await until('ARP and echo replies', () => rx.got.some((f) => parse(f).type === 0x0806) && rx.got.filter(isReply).length >= 20, FAST);
       await sleep(50);
       const arps = rx.got.filter((f) => parse(f).type === 0x0806);
       assert.deepEqual(arps, [eth(VETH_OUR_MAC, VETH_THEIR_MAC, 0x0806, arp(2, VETH_THEIR_MAC, VETH_THEIR_IP, VETH_OUR_MAC, VETH_OUR_IP))]);
@@ -400,7 +395,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
       nsx('ip', 'neigh', 'replace', '10.78.0.3', 'lladdr', macStr(mac3), 'dev', VB, 'nud', 'permanent');
       const ping = eth(VETH_THEIR_MAC, mac3, 0x0800, ipv4(ip3, VETH_THEIR_IP, 1, icmpEcho(8, 0x4242, 7, echoData(7)), 77));
       assert.equal(io.writeFrames(other.fd, [ping], 1), 1);
-      await until(() => rx.got.some((f) => parse(f).dst === macStr(mac3)), 'the echo reply to 10.78.0.3');
+      await until('the echo reply to 10.78.0.3', () => rx.got.some((f) => parse(f).dst === macStr(mac3)), FAST);
       await sleep(50);
       const reply = rx.got.filter((f) => parse(f).dst === macStr(mac3));
       assert.equal(reply.length, 1);
@@ -412,7 +407,7 @@ describe('native-io (integration: TAP, packet socket)', function () {
 
     it('deleting the interface under a running poller does not crash; writes then fail with ERR_NATIVE_IO', async () => {
       sh('ip', ['link', 'del', VA]);
-      await until(() => (rx.poller.stats?.().errors ?? 0) > 0, 'the poller to see the error');
+      await until('the poller to see the error', () => (rx.poller.stats?.().errors ?? 0) > 0, FAST);
       const st = rx.poller.stats!();
       assert.match(String(st.lastError), /ENETDOWN/);
       await sleep(100);

@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/qemu-driver';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/driver-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';

@@ -12,7 +12,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { CutReport, VmStartSpec } from '../../agent/driver';
-import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../agent/store';
+import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../proto/store/local-dir';
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/xen-driver';
 import { XlHost } from '../../agent/xen-xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/xen-stream';

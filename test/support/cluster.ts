@@ -27,6 +27,10 @@ import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../../agent/sim-driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
 import { sh, Topology, waitForJsonLine } from './netns';
+import { sleep, until } from './wait';
+
+// Kept for the tests and benches that import them from here; new code imports ./wait.
+export { sleep, until } from './wait';
 
 const DIST = path.resolve(__dirname, '../..');
 const CLI = path.join(DIST, 'coordinator/cli/main.js');
@@ -83,25 +87,6 @@ export function parseSimFrame(f: Buffer): SimFrame | undefined {
     src: f.toString('utf8', 31, 31 + sl),
     dst: f.toString('utf8', 32 + sl, 32 + sl + dl),
   };
-}
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Poll f until it returns a truthy value (returned) or ms pass (then the last error/falsy value throws). */
-export async function until<T>(what: string, f: () => Promise<T> | T, ms = 10_000, every = 100): Promise<T> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await f();
-      if (v) return v;
-      last = v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}${last instanceof Error ? `: ${last.message}` : ''}`);
-    await sleep(every);
-  }
 }
 
 function subnetOf(prefix: string): string {
@@ -232,8 +217,7 @@ export class Cluster {
         const r = await this.cliJson<{ agents: { id: string; state: string }[] }>(['agents']);
         return hosts.every((h) => r.agents.some((a) => a.id === h && a.state === 'AGENT_STATE_CONNECTED'));
       },
-      ms,
-      200,
+      { timeoutMs: ms, everyMs: 200 },
     );
   }
 
@@ -351,6 +335,7 @@ export class Cluster {
     for (;;) {
       const problems = await this.consistencyOnce(vne);
       if (problems.length === 0 || Date.now() > end) return problems;
+      // A poll, not until(): the answer after the grace is the problem list, not a timeout error.
       await sleep(250);
     }
   }
@@ -470,13 +455,11 @@ function nodeArgs(): string[] {
   return (process.env.VNSNAP_CLUSTER_NODE_ARGS ?? '').split(' ').filter(Boolean);
 }
 
+/** Every file below dir (none when dir does not exist). */
 function listFiles(dir: string): string[] {
   if (!fs.existsSync(dir)) return [];
-  const out: string[] = [];
-  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) out.push(...listFiles(p));
-    else out.push(p);
-  }
-  return out;
+  return fs
+    .readdirSync(dir, { recursive: true, encoding: 'utf8' })
+    .map((f) => path.join(dir, f))
+    .filter((p) => fs.statSync(p, { throwIfNoEntry: false })?.isFile() === true);
 }

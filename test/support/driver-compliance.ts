@@ -13,7 +13,7 @@
  */
 import { strict as assert } from 'node:assert';
 import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../agent/driver';
-import type { SnapshotStore } from '../../agent/store';
+import type { SnapshotStore } from '../../proto/store/local-dir';
 import { createLogger, silentLogger } from '../../proto/core/log';
 
 export interface DriverUnderTest {

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { channelStatus, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
-import { sleep, until } from './cluster';
+import { sleep, until } from './wait';
 
 export const E2E_VNE = 'e2eq';
 export const E2E_VMS = ['a', 'b', 'c', 'd'];
@@ -145,8 +145,8 @@ export function intactProblems(label: string, before: Record<string, GuestStatus
 
 /** After a restore the counters went back to the snapshot: compare with a reading taken just after it. */
 export async function checkAfterRestore(label: string, firstEver: Record<string, GuestStatus>, settleMs = 5000): Promise<string[]> {
-  const r0 = await until(`${label}: status of every restored guest`, () => allStatuses(), 60_000, 500);
-  await sleep(settleMs);
+  const r0 = await until(`${label}: status of every restored guest`, () => allStatuses(), { timeoutMs: 60_000, everyMs: 500 });
+  await sleep(settleMs); // kept: the window over which every restored stream must move and none break
   const r1 = await allStatuses();
   const p = intactProblems(label, r0, r1);
   for (const vm of E2E_VMS) if (r1[vm]?.nonce !== firstEver[vm]?.nonce) p.push(`${label}: ${vm} is not the same guest run (nonce)`);

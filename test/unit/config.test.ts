@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../proto/core/config';
 import { isVnsnapError } from '../../proto/core/errors';
 import { parseSwitchConfig } from '../../switch/cmd/config';
 
@@ -68,5 +69,44 @@ describe('switch config', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('config file helpers (proto/core/config)', () => {
+  const refusal = (f: () => unknown): string => {
+    try {
+      f();
+    } catch (e) {
+      assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+      return (e as Error).message;
+    }
+    assert.fail('expected ERR_CONFIG');
+  };
+
+  it('reads one JSON object from a file, and names the file in every refusal', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
+    try {
+      const f = path.join(dir, 'c.json');
+      fs.writeFileSync(f, '{"a": 1, "b": "x"}');
+      assert.deepEqual(readJsonObjectFile(f), { a: 1, b: 'x' });
+      fs.writeFileSync(f, '[1, 2]');
+      assert.equal(refusal(() => readJsonObjectFile(f)), `${f} must be a JSON object`);
+      fs.writeFileSync(f, 'null');
+      assert.equal(refusal(() => readJsonObjectFile(f)), `${f} must be a JSON object`);
+      fs.writeFileSync(f, '{ nope');
+      assert.match(refusal(() => readJsonObjectFile(f)), new RegExp(`^${f.replace(/[.]/g, '\\.')} is not valid JSON: `));
+      const absent = path.join(dir, 'absent.json');
+      assert.match(refusal(() => readJsonObjectFile(absent)), /^cannot read config file .*absent\.json: ENOENT/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('parses text as an object and refuses unknown keys with the known ones listed', () => {
+    assert.deepEqual(parseJsonObject('{"id": "h1"}', 'inline'), { id: 'h1' });
+    assert.equal(refusal(() => parseJsonObject('"text"', 'inline')), 'inline must be a JSON object');
+    rejectUnknownKeys({ id: 'h1' }, ['id', 'store']);
+    assert.equal(refusal(() => rejectUnknownKeys({ id: 'h1', colour: 'red' }, ['id', 'store'])), 'unknown key "colour" (known: id, store)');
+    assert.equal(refusal(() => rejectUnknownKeys({ colour: 'red' }, ['id'], 'config c.json')), 'config c.json: unknown key "colour" (known: id)');
   });
 });

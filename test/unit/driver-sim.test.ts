@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { guestOf, SimDriver, type SimVmState } from '../../agent/sim-driver';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { Switch } from '../../switch/switch';
 import { silentLogger } from '../../proto/core/log';
 import { driverCompliance } from '../support/driver-compliance';

@@ -1,8 +1,12 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { FsManifestStore } from '../../coordinator/manifest-store';
 import { ERROR_CODES, isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import { fromServiceError, GRPC_STATUS, toServiceError } from '../../proto/core/grpc-status';
 import { loadVnsnap } from '../../proto/core/grpc';
-import { decodeManifest, encodeManifest, sha256Hex } from '../../proto/artefacts/manifest';
+import { decodeManifest, encodeManifest, MANIFEST_MAX_BYTES, sha256Hex } from '../../proto/artefacts/manifest';
 import type { ServiceError } from '@grpc/grpc-js';
 
 const body = {
@@ -64,5 +68,42 @@ describe('gRPC contract', () => {
     assert.equal(back.code, 'ERR_VNE_UNKNOWN');
     assert.equal(back.message, 'unknown VNE "x"');
     assert.equal(toServiceError(new Error('boom')).code, 13);
+  });
+});
+
+describe('the coordinator\'s manifest store (over the local-dir store)', () => {
+  let dir: string;
+  let manifests: FsManifestStore;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-manifests-'));
+    manifests = new FsManifestStore(dir);
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('writes atomically, reads back, refuses what is absent or too big to be a manifest', async () => {
+    const bytes = encodeManifest(body as never);
+    await manifests.write('snapshots/snap-1/manifest.pb', bytes);
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots/snap-1')), ['manifest.pb'], 'no temporary file left');
+    assert.deepEqual(await manifests.read('snapshots/snap-1/manifest.pb'), bytes);
+    await assert.rejects(manifests.read('snapshots/snap-2/manifest.pb'), (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && (e as Error).message === 'manifest snapshots/snap-2/manifest.pb does not exist in the store');
+    fs.truncateSync(path.join(dir, 'snapshots/snap-1/manifest.pb'), MANIFEST_MAX_BYTES + 1);
+    await assert.rejects(
+      manifests.read('snapshots/snap-1/manifest.pb'),
+      (e) => isVnsnapError(e, 'ERR_DATA_LOSS') && (e as Error).message === `snapshots/snap-1/manifest.pb is ${MANIFEST_MAX_BYTES + 1} bytes, more than a manifest can be (${MANIFEST_MAX_BYTES})`,
+    );
+    await assert.rejects(manifests.write('../outside.pb', bytes), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    assert.equal(fs.existsSync(path.join(dir, '..', 'outside.pb')), false);
+  });
+
+  it('remove deletes the manifest and its directory once nothing else is in it; it is idempotent', async () => {
+    await manifests.write('snapshots/a/manifest.pb', Buffer.from('m'));
+    fs.writeFileSync(path.join(dir, 'snapshots/a/vm1.mem'), 'artefact');
+    await manifests.remove('snapshots/a/manifest.pb');
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots/a')), ['vm1.mem']);
+    fs.rmSync(path.join(dir, 'snapshots/a/vm1.mem'));
+    await manifests.write('snapshots/a/manifest.pb', Buffer.from('m'));
+    await manifests.remove('snapshots/a/manifest.pb');
+    await manifests.remove('snapshots/a/manifest.pb');
+    assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots')), []);
   });
 });

@@ -2,7 +2,10 @@
  * Unit tests of the native I/O addon on loopback UDP (no namespaces or devices needed).
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import { nativeIo, NativeIo, Poller } from '../../switch/native-io';
+import { Worker } from 'node:worker_threads';
+import { once, sleep, until } from '../support/wait';
 
 const LOOPBACK = 0x7f000001;
 
@@ -55,15 +58,10 @@ function send(io: NativeIo, fd: number, frames: Buffer[], port: number, ip = LOO
   return io.udpSend(fd, frames, ips, ports, frames.length);
 }
 
-async function until(cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
-
-const tick = () => new Promise((r) => setTimeout(r, 20));
+/** Lets 20 ms pass: used where a test checks that nothing more arrives (time is the point). */
+const tick = () => sleep(20);
+/** Datagrams on loopback arrive within microseconds: poll often. */
+const FAST = { everyMs: 2 };
 
 function assertNativeError(fn: () => unknown, message: RegExp): void {
   assert.throws(fn, (e: unknown) => {
@@ -123,7 +121,7 @@ describe('native-io (unit)', function () {
     rx.poller.start();
     const frames = Array.from({ length: 100 }, (_, i) => payload(i));
     assert.equal(send(io, a.fd, frames, b.port), 100);
-    await until(() => rx.got.length >= 100);
+    await until('100 datagrams', () => rx.got.length >= 100, FAST);
     await tick();
     rx.poller.stop();
     assert.equal(rx.got.length, 100);
@@ -145,7 +143,7 @@ describe('native-io (unit)', function () {
     const senders = [open(), open(), open()];
     const rx = udpReceiver(io, b.fd, 16);
     senders.forEach((s, k) => assert.equal(send(io, s.fd, [Buffer.from(`from-${k}`)], b.port), 1));
-    await until(() => rx.poller.poll() === 0 && rx.got.length === 3);
+    await until('3 datagrams', () => rx.poller.poll() === 0 && rx.got.length === 3, FAST);
     assert.deepEqual(
       rx.got.map((g) => [g.data.toString(), g.ip, g.port]),
       senders.map((s, k) => [`from-${k}`, LOOPBACK, s.port]),
@@ -162,7 +160,7 @@ describe('native-io (unit)', function () {
     const ips = new Uint32Array([LOOPBACK, LOOPBACK, LOOPBACK, LOOPBACK]);
     const ports = new Uint32Array([r1.port, r2.port, r1.port, r2.port]);
     assert.equal(io.udpSend(a.fd, frames, ips, ports, 4), 4);
-    await until(() => (rx1.poller.poll(), rx2.poller.poll(), rx1.got.length + rx2.got.length === 4));
+    await until('4 datagrams at two receivers', () => (rx1.poller.poll(), rx2.poller.poll(), rx1.got.length + rx2.got.length === 4), FAST);
     assert.deepEqual(rx1.got.map((g) => g.data.toString()), ['x0', 'x1']);
     assert.deepEqual(rx2.got.map((g) => g.data.toString()), ['y0', 'y1']);
   });
@@ -215,7 +213,7 @@ describe('native-io (unit)', function () {
     rx.setHook(() => rx.poller.stop());
     rx.poller.start();
     assert.equal(send(io, a.fd, Array.from({ length: 50 }, (_, i) => payload(i)), b.port), 50);
-    await until(() => rx.got.length > 0);
+    await until('a first batch', () => rx.got.length > 0, FAST);
     await tick();
     await tick();
     assert.equal(rx.got.length, 10);
@@ -224,7 +222,7 @@ describe('native-io (unit)', function () {
     rx.poller.stop(); // idempotent
     assert.equal(rx.poller.poll(), 10);
     rx.poller.start(); // restart after stop
-    await until(() => rx.got.length === 50);
+    await until('50 datagrams', () => rx.got.length === 50, FAST);
     rx.poller.stop();
     assert.deepEqual(rx.got.map((g) => g.data.readUInt32BE(4)), Array.from({ length: 50 }, (_, i) => i));
   });
@@ -265,7 +263,7 @@ describe('native-io (unit)', function () {
     const rxc = udpReceiver(io, c.fd, 8);
     rxc.poller.start();
     assert.equal(send(io, a.fd, [Buffer.from('to-c')], c.port), 1);
-    await until(() => rxc.got.length === 1);
+    await until('the datagram to c', () => rxc.got.length === 1, FAST);
     rxc.poller.stop();
     assert.equal(rx.got.length, 0);
     assertNativeError(() => rx.poller.start(), /fd was closed/);
@@ -333,6 +331,82 @@ describe('native-io (unit)', function () {
     bad(() => io.createPoller(b.fd, 'udp', Buffer.alloc(128), 64, 0, 2, u(1), u(2), u(2), () => undefined)); // lens too short
     bad(() => io.createPoller(b.fd, 'nope' as 'udp', Buffer.alloc(128), 64, 0, 2, u(2), u(2), u(2), () => undefined));
   });
+
+  it('a socket whose GSO failed is closed; the next socket on its fd number uses GSO', async () => {
+    const rx = open();
+    const r = udpReceiver(io, rx.fd, 64);
+    r.poller.start();
+    // Eight equal-sized datagrams to one destination: one UDP_SEGMENT message when GSO works.
+    const frames = Array.from({ length: 8 }, (_, i) => Buffer.alloc(1000, i));
+    const a = io.udpOpen('127.0.0.1', 0);
+    io.udpSetNoCheck!(a.fd, true); // the kernel refuses UDP_SEGMENT on this socket (EINVAL)
+    assert.equal(send(io, a.fd, frames, rx.port), 8);
+    assert.deepEqual(io.udpSocketStats!(a.fd), { gsoBroken: true, gsoMessages: 0, splitMessages: 1 });
+    io.close(a.fd);
+    const b = open();
+    assert.equal(b.fd, a.fd, 'the new socket got the closed socket\'s fd number');
+    assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 0, splitMessages: 0 });
+    assert.equal(send(io, b.fd, frames, rx.port), 8);
+    assert.deepEqual(io.udpSocketStats!(b.fd), { gsoBroken: false, gsoMessages: 1, splitMessages: 0 });
+    await until('16 datagrams at the receiver', () => r.got.length === 16, FAST);
+    r.poller.stop();
+    assert.deepEqual(r.got.map((g) => g.data), [...frames, ...frames]);
+  });
+
+  it('socket state is checked against the file the fd names: a socket closed behind the addon\'s back leaves nothing to its fd\'s next owner', () => {
+    const rx = open();
+    const a = io.udpOpen('127.0.0.1', 0);
+    io.udpSetNoCheck!(a.fd, true);
+    assert.equal(send(io, a.fd, [Buffer.alloc(500, 1), Buffer.alloc(500, 2)], rx.port), 2);
+    assert.equal(io.udpSocketStats!(a.fd).gsoBroken, true);
+    fs.closeSync(a.fd); // not through io.close(): the addon is not told
+    const f = fs.openSync('/dev/null', 'r');
+    try {
+      assert.equal(f, a.fd, 'the new file got the closed socket\'s fd number');
+      assert.deepEqual(io.udpSocketStats!(f), { gsoBroken: false, gsoMessages: 0, splitMessages: 0 });
+    } finally {
+      fs.closeSync(f);
+    }
+  });
+
+  it('a worker thread and the main thread send GSO batches at the same time; every datagram arrives intact', async () => {
+    const rx = open();
+    const tx = open();
+    const r = udpReceiver(io, rx.fd, 256);
+    r.poller.start();
+    const BATCHES = 10;
+    const N = 64;
+    // The worker loads its own instance of the addon (its own send arena and socket table).
+    const w = new Worker(
+      `const { parentPort, workerData } = require('node:worker_threads');
+       const io = require(workerData.modPath).nativeIo();
+       const tx = io.udpOpen('127.0.0.1', 0);
+       const frames = Array.from({ length: ${N} }, () => Buffer.alloc(200, 0xee));
+       const ips = new Uint32Array(${N}).fill(${LOOPBACK});
+       const ports = new Uint32Array(${N}).fill(workerData.port);
+       let sent = 0;
+       for (let k = 0; k < ${BATCHES}; k++) sent += io.udpSend(tx.fd, frames, ips, ports, ${N});
+       const stats = io.udpSocketStats(tx.fd);
+       io.close(tx.fd);
+       parentPort.postMessage({ sent, port: tx.port, stats });`,
+      { eval: true, workerData: { modPath: require.resolve('../../switch/native-io'), port: rx.port } },
+    );
+    const done = once(w, 'message', 'the worker to finish sending');
+    const frames = Array.from({ length: N }, () => Buffer.alloc(200, 0x11));
+    let sent = 0;
+    for (let k = 0; k < BATCHES; k++) sent += send(io, tx.fd, frames, rx.port);
+    const [msg] = (await done) as [{ sent: number; port: number; stats: { gsoMessages: number; gsoBroken: boolean } }];
+    await w.terminate();
+    assert.equal(sent, BATCHES * N);
+    assert.equal(msg.sent, BATCHES * N);
+    assert.equal(msg.stats.gsoBroken, false);
+    assert.ok(msg.stats.gsoMessages > 0, 'the worker sent UDP_SEGMENT messages');
+    await until('every datagram at the receiver', () => r.got.length === 2 * BATCHES * N, FAST);
+    r.poller.stop();
+    const from = (port: number, fill: number) => r.got.filter((g) => g.port === port && g.data.equals(Buffer.alloc(200, fill))).length;
+    assert.equal(from(tx.port, 0x11), BATCHES * N);
+    assert.equal(from(msg.port, 0xee), BATCHES * N);
+  });
 });
 
 describe('native UDP: one socket per port', () => {
@@ -354,3 +428,4 @@ describe('native UDP: one socket per port', () => {
     }
   });
 });
+

@@ -4,18 +4,26 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { decodeChannel, encodeChannel } from '../../proto/artefacts/channel-state';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
+import { storeFailure } from '../../proto/store/atomic-file';
 import { isVnsnapError } from '../../proto/core/errors';
+import { snapshotStoreCompliance } from '../support/compliance/store';
 
 const sha = (b: Buffer | string): string => createHash('sha256').update(b).digest('hex');
+
+/** A LocalDirStore in a fresh temporary directory. */
+async function tempStore(): Promise<LocalDirStore> {
+  const store = new LocalDirStore(fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-store-')));
+  await store.init();
+  return store;
+}
 
 describe('LocalDirStore', () => {
   let dir: string;
   let store: LocalDirStore;
   beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-store-'));
-    store = new LocalDirStore(dir);
-    await store.init();
+    store = await tempStore();
+    dir = store.root;
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -48,6 +56,7 @@ describe('LocalDirStore', () => {
     await assert.rejects(store.get('snapshots/s2/vm1.mem'), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
     assert.equal(await store.deleteByPrefix('snapshots/s2/'), 0);
     assert.equal(fs.existsSync(path.join(dir, 'snapshots/s2')), false);
+    await w.abort(); // close the handle the "crash" left open
   });
 
   it('abort removes the temporary file', async () => {
@@ -89,6 +98,43 @@ describe('LocalDirStore', () => {
     }
     assert.match((await store.verify({ path: '../x', size: 1, sha256: 'aa' }))!, /bad artefact path/);
   });
+
+  describe('failures of its atomic files', () => {
+    it('a commit that cannot rename is ERR_INTERNAL and leaves neither the artefact nor a temporary file', async () => {
+      await store.put('a/b', Buffer.from('keep'));
+      const w = await store.create('a');
+      await w.write(Buffer.from('cannot replace a directory'));
+      await assert.rejects(w.commit(), (e) => isVnsnapError(e, 'ERR_INTERNAL') && /^store error while committing a: EISDIR/.test((e as Error).message));
+      assert.deepEqual(fs.readdirSync(dir), ['a']);
+      assert.deepEqual(await store.list(''), ['a/b']);
+      await assert.rejects(w.write(Buffer.from('x')), (e) => isVnsnapError(e, 'ERR_STATE'));
+    });
+
+    it('a directory that cannot be created is a typed error naming the artefact', async () => {
+      fs.writeFileSync(path.join(dir, 'file'), 'x');
+      await assert.rejects(store.create('file/y'), (e) => isVnsnapError(e, 'ERR_INTERNAL') && /^store error while creating file\/y: /.test((e as Error).message));
+    });
+
+    it('ENOSPC and EDQUOT are ERR_STORE_FULL, any other failure ERR_INTERNAL, each with its cause', () => {
+      const errno = (code: string): NodeJS.ErrnoException => Object.assign(new Error(`${code}: failed`), { code });
+      for (const code of ['ENOSPC', 'EDQUOT']) {
+        const e = storeFailure(errno(code), 'writing', 'snapshots/s/vm1.mem');
+        assert.equal(e.code, 'ERR_STORE_FULL');
+        assert.equal(e.message, 'store is full while writing snapshots/s/vm1.mem; the partial artefact was removed');
+        assert.equal((e.cause as NodeJS.ErrnoException).code, code);
+      }
+      const other = storeFailure(errno('EIO'), 'committing', 'm.pb');
+      assert.equal(other.code, 'ERR_INTERNAL');
+      assert.equal(other.message, 'store error while committing m.pb: EIO: failed');
+    });
+  });
+});
+
+snapshotStoreCompliance('LocalDirStore', {
+  open: tempStore,
+  async close(store) {
+    fs.rmSync((store as LocalDirStore).root, { recursive: true, force: true });
+  },
 });
 
 describe('channel-state file', () => {

@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/xen-driver';
 import { median, run } from '../bench/proc';
-import { guestConfig, waitFor, type GuestStatus } from './guest-config';
+import { until } from '../support/wait';
+import { guestConfig, type GuestStatus } from './guest-config';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const VAR = '/var/lib/vnsnap';
@@ -108,7 +109,8 @@ function intact(s: GuestStatus): string | null {
 
 async function flowing(after: Map<string, number>, marker: Map<string, number>, what: string, minGrowth = 64 * 1024): Promise<Map<string, GuestStatus>> {
   const res = new Map<string, GuestStatus>();
-  await waitFor(
+  await until(
+    what,
     () => {
       for (const vm of ENDS) {
         const text = fs.existsSync(logOf(vm.name)) ? fs.readFileSync(logOf(vm.name), 'utf8').slice(marker.get(vm.name) ?? 0) : '';
@@ -126,8 +128,7 @@ async function flowing(after: Map<string, number>, marker: Map<string, number>, 
       }
       return Promise.resolve(true);
     },
-    900_000,
-    what,
+    { timeoutMs: 900_000, everyMs: 500 },
   );
   return res;
 }
@@ -144,14 +145,14 @@ async function main(): Promise<void> {
     fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], logLevel: 'info' }));
     await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
     step('coordinator and agent up');
-    await waitFor(
+    await until(
+      'agent registered',
       async () => {
         const a = await cli(['agents', '--json']);
         if (!a.stdout.includes('"h1"')) console.log(`e2e: agents: ${a.code} ${a.stdout.slice(0, 200)} ${a.stderr.slice(0, 300)}`);
         return a.stdout.includes('"h1"') ? true : null;
       },
-      600_000,
-      'agent registered',
+      { timeoutMs: 600_000, everyMs: 500 },
     );
     const vne = {
       name: 'xenvne',

@@ -10,11 +10,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LocalDirStore } from '../../agent/store';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import { XenDriver } from '../../agent/xen-driver';
 import { scanXenImage } from '../../agent/xen-stream';
 import { silentLogger } from '../../proto/core/log';
-import { guestConfig, latestStatus, statuses, waitFor } from './guest-config';
+import { until } from '../support/wait';
+import { guestConfig, latestStatus, statuses } from './guest-config';
 
 const out: Record<string, unknown> = { steps: [] as string[] };
 const step = (s: string): void => {
@@ -47,10 +48,10 @@ async function main(): Promise<void> {
     const dom = driver.inspect(spec.id);
     step(`created ${JSON.stringify(dom)} in ${out.createMs} ms`);
     const log = `/var/log/xen/console/guest-${dom?.domName}.log`;
-    const s0 = await waitFor(async () => {
+    const s0 = await until('a VNSTAT line with 20 disk records written', async () => {
       const st = await latestStatus(log);
       return st && st.disk.records >= 20 ? st : null;
-    }, 90_000, 'a VNSTAT line with 20 disk records written');
+    }, { timeoutMs: 90_000, everyMs: 500 });
     if (s0.disk.errors !== 0) throw new Error(`disk errors before any snapshot: ${s0.disk.first_error}`);
     step(`guest status: nonce ${s0.nonce} uptime ${s0.uptime_ms}, disk ${s0.disk.dev} ${s0.disk.records} records`);
     out.nonce = s0.nonce;
@@ -80,10 +81,10 @@ async function main(): Promise<void> {
     const lst = scanXenImage(await store.get(limg.memory.path));
     out.live = { pauseMs: lr.pauseMs, readyMs, totalMs: Date.now() - t, hookStatus, size: limg.memory.size, pages: lst.pages, guestPages: lst.guestPages, iterations: lst.iteration, progress: progress.length };
     step(`live: ready ${readyMs} ms, pause ${lr.pauseMs.toFixed(1)} ms, ${limg.memory.size} bytes, pages ${lst.pages}/${lst.guestPages}, iterations ${lst.iteration}`);
-    const after = await waitFor(async () => {
+    const after = await until('status after live capture', async () => {
       const s = await latestStatus(log);
       return s && s.seq > s0.seq + 1 ? s : null;
-    }, 60_000, 'status after live capture');
+    }, { timeoutMs: 60_000, everyMs: 500 });
     step(`guest runs on after the capture: nonce ${after.nonce}`);
 
     // destroy + restore the live image
@@ -95,14 +96,14 @@ async function main(): Promise<void> {
     const restoredStatus = driver.status(spec.id);
     await driver.resume(spec.id);
     out.restoreMs = Date.now() - t;
-    const rs = await waitFor(() => {
+    const rs = await until('status after restore, 40 disk checks later', () => {
       const all = statuses(log, '--- restore ---');
       // Two seconds of disk writes after the restore: each was preceded by a check that the
       // disk's last record is the one the restored memory counts (memory and disk of one instant).
       const first = all[0];
       const last = all[all.length - 1];
       return Promise.resolve(first && last && last.disk.checks >= first.disk.checks + 40 ? last : null);
-    }, 90_000, 'status after restore, 40 disk checks later');
+    }, { timeoutMs: 90_000, everyMs: 500 });
     out.restored = { statusBeforeResume: restoredStatus, nonce: rs.nonce, sameNonce: rs.nonce === s0.nonce, errors: rs.totals.errors, disk: rs.disk };
     step(`restored (${restoredStatus} before resume) in ${out.restoreMs} ms: nonce ${rs.nonce} (same: ${rs.nonce === s0.nonce}), errors ${rs.totals.errors}, disk checks ${rs.disk.checks} ok ${rs.disk.check_ok} errors ${rs.disk.errors}${rs.disk.first_error ? ` (${rs.disk.first_error})` : ''}`);
     out.ok = rs.nonce === s0.nonce && rs.totals.errors === 0 && rs.disk.errors === 0 && hookStatus === 'paused';

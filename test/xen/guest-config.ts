@@ -89,13 +89,3 @@ export function statuses(logFile: string, after?: string): GuestStatus[] {
 export function latestStatus(logFile: string, after?: string): Promise<GuestStatus | null> {
   return Promise.resolve(statuses(logFile, after).pop() ?? null);
 }
-
-export async function waitFor<T>(f: () => Promise<T | null | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    const v = await f();
-    if (v !== null && v !== undefined) return v;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}

@@ -1,0 +1,190 @@
+/**
+ * The local part of a restore: RestorePrepare, RestoreResume and RestoreCancel for the VMs of one
+ * VNE on this host. Pure sequencing over injected parts (the VM and VNE tables, the snapshot
+ * runner, the switch, the store, a Clock).
+ *
+ *   prepare   1. check everything before touching anything: every VM's driver and artefacts
+ *                (size and checksum), and that no VM to replace runs unless stop_running;
+ *                read every channel artefact;
+ *             2. stop what runs (aborting a snapshot that includes it), apply the generation,
+ *                load every VM paused and attach its ports at epoch k behind a held restore
+ *                gate. If one VM fails to load, the VMs loaded so far are destroyed.
+ *   resume    resume every VM, then per port: inject its recorded channel frames with the gate
+ *             open, then deliver what the gate held and leave it open — frames from peers that
+ *             resumed first cannot overtake the channel state.
+ *   cancel    destroy the prepared VMs.
+ * Every switch call is in a small private method at the bottom.
+ */
+import type { Clock } from '../proto/core/clock';
+import { VnsnapError } from '../proto/core/errors';
+import type { Logger } from '../proto/core/log';
+import { decodeChannel } from '../proto/artefacts/channel-state';
+import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
+import type { RestoreCancel__Output } from '../proto/gen/vnsnap/v1/RestoreCancel';
+import type { RestorePrepare__Output } from '../proto/gen/vnsnap/v1/RestorePrepare';
+import type { RestoreResume__Output } from '../proto/gen/vnsnap/v1/RestoreResume';
+import type { Result } from '../proto/gen/vnsnap/v1/Result';
+import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
+import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
+import type { Switch } from '../switch/switch';
+import type { RestoreImage } from './driver';
+import type { AgentMetrics } from './metrics';
+import type { RestoreGatePort } from './restore-gate';
+import type { SnapshotRunner } from './snapshot-runner';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
+import { portName, type VmRecord, type VmTable } from './vms';
+import type { VneTable } from './vne-table';
+
+export interface RestoreRunnerOptions {
+  agentId: string;
+  switch: () => Switch;
+  store: SnapshotStore;
+  vms: VmTable;
+  vnes: VneTable;
+  snapshots: SnapshotRunner;
+  clock: Clock;
+  /** Wall-clock microseconds for phase timings (default: clock.now() × 1000). */
+  nowUs?: () => number;
+  log: Logger;
+  metrics: AgentMetrics;
+}
+
+interface PreparedRestore {
+  id: string;
+  vne: string;
+  vms: VmRecord[];
+  /** Recorded frames per port name. */
+  channel: Map<string, Buffer[]>;
+}
+
+export class RestoreRunner {
+  private readonly restores = new Map<string, PreparedRestore>();
+  private readonly nowUs: () => number;
+
+  constructor(private readonly o: RestoreRunnerOptions) {
+    this.nowUs = o.nowUs ?? (() => o.clock.now() * 1000);
+  }
+
+  async prepare(c: RestorePrepare__Output): Promise<Partial<Result>> {
+    if (!c.restoreId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'RestorePrepare without a restore id');
+    if (this.restores.has(c.restoreId)) throw new VnsnapError('ERR_ALREADY_EXISTS', `restore ${c.restoreId} is already prepared here`);
+    this.o.vnes.require(c.vne);
+    const t0 = this.nowUs();
+    await this.check(c);
+    const channel = new Map<string, Buffer[]>();
+    for (const rv of c.vms) {
+      for (const a of rv.channel) channel.set(a.owner, decodeChannel(await this.o.store.get(a.path), a.path));
+    }
+    const tValidated = this.nowUs();
+    for (const rv of c.vms) {
+      const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
+      if (existing) {
+        await this.o.snapshots.abortIncluding(existing, 'restore stops its VMs');
+        await this.o.vms.destroy(existing);
+      }
+    }
+    if (c.generation) this.o.vnes.setGeneration(c.vne, c.generation);
+    else this.o.vnes.applyPendingGeneration(c.vne);
+    const rec: PreparedRestore = { id: c.restoreId, vne: c.vne, vms: [], channel };
+    const out: VmSnapshot[] = [];
+    try {
+      for (const rv of c.vms) {
+        const spec = rv.vm as VmSpec__Output;
+        const tl = this.nowUs();
+        const mem = rv.memory as Artefact__Output;
+        const image: RestoreImage = { memory: stored(mem), ...(rv.disk ? { disk: stored(rv.disk) } : {}) };
+        const vm = await this.o.vms.restore(c.vne, spec, image, this.o.store, c.epoch, c.restoreId);
+        rec.vms.push(vm);
+        const frames = spec.macs.reduce((n, _, i) => n + (channel.get(portName(c.vne, spec.name, i))?.length ?? 0), 0);
+        out.push({
+          name: vm.name,
+          host: this.o.agentId,
+          memoryBytes: mem.size,
+          diskBytes: rv.disk?.size ?? 0,
+          channelFrames: frames,
+          phases: [
+            { phase: 'PHASE_VALIDATE', startUnixUs: t0, endUnixUs: tValidated },
+            { phase: 'PHASE_LOAD', startUnixUs: tl, endUnixUs: this.nowUs() },
+          ],
+        });
+      }
+    } catch (e) {
+      for (const vm of rec.vms) await this.o.vms.destroy(vm).catch(() => undefined);
+      throw e;
+    }
+    this.restores.set(rec.id, rec);
+    this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_LOAD' }, (this.nowUs() - tValidated) / 1e6);
+    this.o.log.info({ restore: rec.id, vne: c.vne, epoch: c.epoch, generation: c.generation, vms: rec.vms.map((x) => x.name) }, 'restore prepared');
+    return { restorePrepare: { vms: out } };
+  }
+
+  /** Check every VM of a RestorePrepare before touching anything; one error listing every problem. */
+  private async check(c: RestorePrepare__Output): Promise<void> {
+    const problems: string[] = [];
+    for (const rv of c.vms) {
+      if (!rv.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'RestorePrepare: a VM without its spec');
+      if (!rv.memory) problems.push(`${rv.vm.name}: no memory artefact`);
+      this.o.vms.driverFor(rv.vm);
+      for (const a of [rv.memory, rv.disk, ...rv.channel]) {
+        if (!a) continue;
+        const p = await this.o.store.verify(stored(a));
+        if (p) problems.push(p);
+      }
+      const existing = this.o.vms.get(c.vne, rv.vm.name);
+      if (existing && !c.stopRunning) problems.push(`${rv.vm.name} is running on agent ${this.o.agentId} (stop_running not set)`);
+      if (existing && existing.restoreId !== undefined) problems.push(`${rv.vm.name} is already prepared by restore ${existing.restoreId}`);
+    }
+    if (problems.length > 0) throw new VnsnapError('ERR_FAILED_PRECONDITION', `restore ${c.restoreId}: ${problems.join('; ')}`);
+  }
+
+  async resume(c: RestoreResume__Output): Promise<Partial<Result>> {
+    const rec = this.restores.get(c.restoreId);
+    if (!rec) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} is not prepared on agent ${this.o.agentId}`);
+    this.restores.delete(rec.id);
+    const t0 = this.nowUs();
+    await Promise.all(rec.vms.map((vm) => vm.driver.resume(vm.key)));
+    const tResumed = this.nowUs();
+    let injected = 0;
+    const out: VmSnapshot[] = [];
+    for (const vm of rec.vms) {
+      delete vm.restoreId;
+      const ti = this.nowUs();
+      for (const p of vm.ports) injected += this.openGate(p, rec.channel.get(p.name) ?? []);
+      out.push({
+        name: vm.name,
+        host: this.o.agentId,
+        phases: [
+          { phase: 'PHASE_RESUME', startUnixUs: t0, endUnixUs: tResumed },
+          { phase: 'PHASE_INJECT', startUnixUs: ti, endUnixUs: this.nowUs() },
+        ],
+      });
+    }
+    this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_RESUME' }, (tResumed - t0) / 1e6);
+    this.o.log.info({ restore: rec.id, injected }, 'restore resumed');
+    return { resume: { vms: out, injectedFrames: injected } };
+  }
+
+  async cancel(c: RestoreCancel__Output): Promise<Partial<Result>> {
+    const rec = this.restores.get(c.restoreId);
+    if (!rec) return {};
+    this.restores.delete(rec.id);
+    for (const vm of rec.vms) if (this.o.vms.holds(vm)) await this.o.vms.destroy(vm);
+    this.o.log.info({ restore: rec.id }, 'restore cancelled');
+    return {};
+  }
+
+  // ── the switch side ──
+
+  /** Inject the port's recorded frames with its gate open, then deliver what the gate held; returns frames injected. */
+  private openGate(p: RestoreGatePort, frames: Buffer[]): number {
+    let injected = 0;
+    p.release(() => {
+      if (frames.length > 0) injected = this.o.switch().inject(p.name, frames);
+    });
+    return injected;
+  }
+}
+
+function stored(a: Artefact__Output): { path: string; size: number; sha256: string } {
+  return { path: a.path, size: Number(a.size), sha256: a.sha256 };
+}

@@ -1,0 +1,405 @@
+/**
+ * The local part of a snapshot: SnapshotBegin, SnapshotCommit, SnapshotPersist and SnapshotAbort
+ * for the VMs of one VNE on this host. Pure sequencing over injected parts (the VM table, the
+ * switch, the store, a Clock), like the coordinator's sequencers.
+ *
+ *   begin     one SnapshotJob per VM (precopy: the live copy runs; background: nothing yet);
+ *             Progress per VM at most every progressIntervalMs (the readiness change at once);
+ *             the Result when every job is ready, or early when Commit or Abort arrives.
+ *   commit    the cut of each VM, in DESIGN.md's order:
+ *               gate (switch.beginCut)      frames for the VM are held
+ *               job.cut(atPause)            the driver pauses the VM, then calls atPause:
+ *                 switch.finishCut            drain what the VM wrote before the pause (epoch
+ *                                             k-1), e(p) = k, recording k starts, held frames
+ *                                             released (they wait in the paused VM's NIC queue)
+ *               driver: disk snapshot, final copy / copy-on-write start, resume.
+ *             If the driver cannot pause, atPause is never called and the ports are un-gated
+ *             (switch.cancelCut). Ports of the VNE outside the snapshot pass the cut without a
+ *             pause, or the switch would never send its markers.
+ *   persist   every image durable, the switch's channel state of epoch k (its recording ends
+ *             when every peer's marker arrived), one channel artefact per port.
+ *   abort     jobs aborted (VMs resumed), the VNE's ports advanced to k, partial artefacts deleted.
+ *
+ * A snapshot in progress when the session with the coordinator drops is aborted locally after
+ * the coordinator's dead_after_ms (sessionLost): VMs never stay stopped because the coordinator
+ * went away. Every switch call is in a small private method at the bottom.
+ */
+import type { Clock, TimerHandle } from '../proto/core/clock';
+import { describeError, VnsnapError } from '../proto/core/errors';
+import type { Logger } from '../proto/core/log';
+import { encodeChannel } from '../proto/artefacts/channel-state';
+import type { Artefact } from '../proto/gen/vnsnap/v1/Artefact';
+import type { PhaseTiming } from '../proto/gen/vnsnap/v1/PhaseTiming';
+import type { Result } from '../proto/gen/vnsnap/v1/Result';
+import type { SnapshotAbort__Output } from '../proto/gen/vnsnap/v1/SnapshotAbort';
+import type { SnapshotBegin__Output } from '../proto/gen/vnsnap/v1/SnapshotBegin';
+import type { SnapshotCommit__Output } from '../proto/gen/vnsnap/v1/SnapshotCommit';
+import type { SnapshotPersist__Output } from '../proto/gen/vnsnap/v1/SnapshotPersist';
+import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
+import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
+import type { ChannelState, Switch } from '../switch/switch';
+import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImage } from './driver';
+import type { AgentMetrics } from './metrics';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
+import type { VmRecord, VmTable } from './vms';
+import type { VneTable } from './vne-table';
+
+/** Where a command's Progress goes (its session link; dropped once that session is gone). */
+export type ProgressSink = (vm: VmProgress) => void;
+
+export interface SnapshotRunnerOptions {
+  agentId: string;
+  switch: () => Switch;
+  store: SnapshotStore;
+  vms: VmTable;
+  /** The VNEs configured here (require: throws ERR_VNE_UNKNOWN). */
+  vnes: Pick<VneTable, 'require' | 'has'>;
+  clock: Clock;
+  /** Wall-clock microseconds for phase timings (default: clock.now() × 1000). */
+  nowUs?: () => number;
+  log: Logger;
+  metrics: AgentMetrics;
+  /** Per-VM pre-copy Progress at most this often (the readiness change always at once). Default 500 ms. */
+  progressIntervalMs?: number;
+  /** How long persist waits for the switch's channel recording to end. Default 30 s. */
+  channelTimeoutMs?: number;
+}
+
+interface SnapVm {
+  vm: VmRecord;
+  job: SnapshotJob;
+  cut?: CutReport;
+}
+
+type SnapState = 'precopy' | 'committing' | 'committed' | 'persisting' | 'aborted';
+
+interface LocalSnapshot {
+  id: string;
+  vne: string;
+  epoch: number;
+  mode: SnapshotModeName;
+  prefix: string;
+  state: SnapState;
+  vms: SnapVm[];
+  beganUs: number;
+  /** Resolves when Begin has created every job (Commit waits for it). */
+  begun: Promise<void>;
+  /** Settles Begin's Result early (commit arrived, or abort). */
+  endBegin: (e?: Error) => void;
+}
+
+export class SnapshotRunner {
+  private readonly snapshots = new Map<string, LocalSnapshot>();
+  private readonly abortTimers = new Set<TimerHandle>();
+  private readonly nowUs: () => number;
+
+  constructor(private readonly o: SnapshotRunnerOptions) {
+    this.nowUs = o.nowUs ?? (() => o.clock.now() * 1000);
+  }
+
+  /** Snapshots in progress here (ids). */
+  get inProgress(): string[] {
+    return [...this.snapshots.keys()];
+  }
+
+  /** The snapshot in progress that includes this VM, if any. */
+  including(vm: VmRecord): string | undefined {
+    for (const snap of this.snapshots.values()) if (snap.vms.some((x) => x.vm === vm)) return snap.id;
+    return undefined;
+  }
+
+  async begin(c: SnapshotBegin__Output, progress: ProgressSink): Promise<Partial<Result>> {
+    if (this.snapshots.has(c.snapshotId)) throw new VnsnapError('ERR_ALREADY_EXISTS', `snapshot ${c.snapshotId} is already in progress here`);
+    this.o.vnes.require(c.vne);
+    if (!c.snapshotId || c.epoch <= 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'SnapshotBegin needs a snapshot id and an epoch > 0');
+    const vms = c.vms.map((name) => {
+      const vm = this.o.vms.get(c.vne, name);
+      if (!vm || vm.restoreId !== undefined) throw new VnsnapError('ERR_NOT_FOUND', `VM ${name} of VNE ${c.vne} is not running on agent ${this.o.agentId}`);
+      return vm;
+    });
+    const mode: SnapshotModeName = c.mode === 'SNAPSHOT_MODE_BACKGROUND' ? 'background' : 'precopy';
+    let endBegin!: (e?: Error) => void;
+    const early = new Promise<void>((resolve, reject) => (endBegin = (e) => (e ? reject(e) : resolve())));
+    early.catch(() => undefined);
+    let begun!: () => void;
+    const snap: LocalSnapshot = {
+      id: c.snapshotId,
+      vne: c.vne,
+      epoch: c.epoch,
+      mode,
+      prefix: c.storePrefix,
+      state: 'precopy',
+      vms: [],
+      beganUs: this.nowUs(),
+      begun: new Promise<void>((r) => (begun = r)),
+      endBegin,
+    };
+    this.snapshots.set(snap.id, snap);
+    this.o.log.info({ snapshot: snap.id, epoch: snap.epoch, mode, vms: c.vms }, 'snapshot begin');
+    try {
+      for (const vm of vms) {
+        const job = await vm.driver.snapshot(vm.key, {
+          snapshotId: snap.id,
+          epoch: snap.epoch,
+          mode,
+          store: this.o.store,
+          prefix: snap.prefix,
+          onProgress: this.throttledProgress(vm, progress),
+        });
+        const sv: SnapVm = { vm, job };
+        snap.vms.push(sv);
+        // A job aborted before it is ready rejects `ready`: handled here (the waits below see it),
+        // or the agent logged an unhandled rejection per VM (seen on the Xen test bed).
+        job.ready.then(
+          () => {
+            if (snap.state === 'precopy') progress({ vm: vm.name, phase: 'PHASE_PRECOPY', phaseDone: true, fraction: 1 });
+          },
+          () => undefined,
+        );
+        if ((snap.state as SnapState) === 'aborted') break;
+      }
+    } catch (e) {
+      begun();
+      await this.localAbort(snap, `begin failed: ${describeError(e)}`);
+      throw e;
+    }
+    begun();
+    if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
+    await Promise.race([Promise.all(snap.vms.map((x) => x.job.ready)), early]);
+    if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
+    return {};
+  }
+
+  /** The driver reports every pass; the coordinator gets one Progress per interval (and every readiness change). */
+  private throttledProgress(vm: VmRecord, progress: ProgressSink): (p: SnapshotProgress) => void {
+    const every = this.o.progressIntervalMs ?? 500;
+    let last = -Infinity;
+    let lastReady = false;
+    return (p) => {
+      const now = this.o.clock.now();
+      if (now - last < every && p.ready === lastReady) return;
+      last = now;
+      lastReady = p.ready;
+      progress({
+        vm: vm.name,
+        phase: 'PHASE_PRECOPY',
+        bytesDone: p.bytesDone,
+        bytesTotal: p.bytesTotal,
+        fraction: p.bytesTotal > 0 ? Math.max(0, Math.min(1, 1 - p.bytesRemaining / p.bytesTotal)) : 0,
+        iteration: p.iteration,
+        dirtyRateMibS: p.dirtyRateMibS,
+      });
+    };
+  }
+
+  private orThrow(id: string): LocalSnapshot {
+    const snap = this.snapshots.get(id);
+    if (!snap) throw new VnsnapError('ERR_NOT_FOUND', `snapshot ${id} is not in progress on agent ${this.o.agentId}`);
+    return snap;
+  }
+
+  async commit(c: SnapshotCommit__Output): Promise<Partial<Result>> {
+    const snap = this.orThrow(c.snapshotId);
+    snap.endBegin();
+    await snap.begun;
+    if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
+    snap.state = 'committing';
+    const results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv)));
+    await this.cutBystanders(snap.vne, snap.epoch);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      snap.state = 'committed';
+      throw failed.reason;
+    }
+    if ((snap.state as SnapState) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${snap.id} was aborted during the cut`);
+    snap.state = 'committed';
+    const vms = results.map((r) => (r as PromiseFulfilledResult<VmSnapshot>).value);
+    this.o.log.info({ snapshot: snap.id, pauses: vms.map((v) => [v.name, Number(v.pauseMs).toFixed(2)]) }, 'snapshot committed');
+    return { commit: { vms } };
+  }
+
+  /** The cut of one VM: gate, pause (atPause: pass the cut), resume; un-gate if it never paused. */
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm): Promise<VmSnapshot> {
+    const names = sv.vm.ports.map((p) => p.name);
+    const k = snap.epoch;
+    this.gate(names, k); // before the pause
+    let atPauseCalled = false;
+    let report: CutReport;
+    try {
+      report = await sv.job.cut(async () => {
+        atPauseCalled = true;
+        await this.passCut(names, k);
+      });
+    } catch (e) {
+      if (!atPauseCalled) this.ungate(names);
+      throw e;
+    }
+    sv.cut = report;
+    const m = this.o.metrics;
+    m.pauseSeconds.observe({ mode: snap.mode }, report.pauseMs / 1000);
+    m.lastPauseMs.set({ vm: sv.vm.key }, report.pauseMs);
+    for (const ph of report.phases) m.phaseSeconds.observe({ phase: ph.phase }, (ph.endUnixUs - ph.startUnixUs) / 1e6);
+    return this.vmSnapshot(snap, sv);
+  }
+
+  private vmSnapshot(snap: LocalSnapshot, sv: SnapVm): VmSnapshot {
+    const phases: PhaseTiming[] = [];
+    if (snap.mode === 'precopy' && sv.cut) phases.push({ phase: 'PHASE_PRECOPY', startUnixUs: snap.beganUs, endUnixUs: sv.cut.cutUnixUs });
+    for (const p of sv.cut?.phases ?? []) phases.push({ phase: p.phase, startUnixUs: p.startUnixUs, endUnixUs: p.endUnixUs });
+    return { name: sv.vm.name, host: this.o.agentId, pauseMs: sv.cut?.pauseMs ?? 0, cutUnixUs: sv.cut?.cutUnixUs ?? 0, phases };
+  }
+
+  async persist(c: SnapshotPersist__Output): Promise<Partial<Result>> {
+    const snap = this.orThrow(c.snapshotId);
+    if (snap.state !== 'committed') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot persist`);
+    snap.state = 'persisting';
+    const t0 = this.nowUs();
+    const artefacts: Artefact[] = [];
+    const vms: VmSnapshot[] = [];
+    try {
+      const images = await Promise.all(snap.vms.map((sv) => sv.job.durable()));
+      const tImages = this.nowUs();
+      const cs = await this.channelState(snap.vne, snap.epoch);
+      const tChannel = this.nowUs();
+      for (let i = 0; i < snap.vms.length; i++) {
+        const sv = snap.vms[i] as SnapVm;
+        const img = images[i] as VmImage;
+        artefacts.push({ ...img.memory, kind: 'ARTEFACT_KIND_MEMORY', owner: sv.vm.name });
+        if (img.disk) artefacts.push({ ...img.disk, kind: 'ARTEFACT_KIND_DISK', owner: sv.vm.name });
+        let frames = 0;
+        for (const [p, port] of sv.vm.ports.entries()) {
+          const list = cs.ports.get(port.name) ?? [];
+          frames += list.length;
+          const a = await this.o.store.put(`${snap.prefix}${sv.vm.name}.${p}.chan`, encodeChannel(list));
+          artefacts.push({ ...a, kind: 'ARTEFACT_KIND_CHANNEL', owner: port.name });
+        }
+        const v = this.vmSnapshot(snap, sv);
+        v.phases = [
+          ...(v.phases ?? []),
+          { phase: 'PHASE_CHANNEL', startUnixUs: tImages, endUnixUs: tChannel },
+          { phase: 'PHASE_PERSIST', startUnixUs: t0, endUnixUs: this.nowUs() },
+        ];
+        v.memoryBytes = img.memory.size;
+        v.diskBytes = img.disk?.size ?? 0;
+        v.channelFrames = frames;
+        vms.push(v);
+      }
+      this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_CHANNEL' }, (tChannel - tImages) / 1e6);
+      this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_PERSIST' }, (this.nowUs() - t0) / 1e6);
+      this.snapshots.delete(snap.id);
+      this.o.log.info({ snapshot: snap.id, artefacts: artefacts.length, lostFrames: cs.lostFrames }, 'snapshot persisted');
+      return { persist: { artefacts, vms, lostFrames: cs.lostFrames } };
+    } catch (e) {
+      if (snap.state === 'persisting') snap.state = 'committed';
+      throw e;
+    }
+  }
+
+  /** SnapshotAbort: of a snapshot known here, or (unknown) just advance the VNE and delete the prefix. */
+  async abort(c: SnapshotAbort__Output): Promise<Partial<Result>> {
+    const snap = this.snapshots.get(c.snapshotId);
+    if (snap) await this.localAbort(snap, 'ordered by the coordinator', c.storePrefix || snap.prefix);
+    else {
+      this.advanceAfterAbort(c.vne, c.epoch);
+      if (c.storePrefix) await this.o.store.deleteByPrefix(c.storePrefix);
+    }
+    return {};
+  }
+
+  /** Abort the snapshot in progress that includes this VM (a restore replaces the VM). */
+  async abortIncluding(vm: VmRecord, reason: string): Promise<void> {
+    for (const snap of [...this.snapshots.values()]) if (snap.vms.some((x) => x.vm === vm)) await this.localAbort(snap, reason);
+  }
+
+  /** Abort every snapshot in progress (the agent stops); pending session-loss timers are cancelled. */
+  async abortAll(reason: string): Promise<void> {
+    this.cancelTimers();
+    for (const snap of [...this.snapshots.values()]) await this.localAbort(snap, reason);
+  }
+
+  /**
+   * The session with the coordinator dropped: the snapshots in progress now are aborted after
+   * `deadAfterMs` (the coordinator has declared this agent dead by then and failed them) unless
+   * they ended meanwhile.
+   */
+  sessionLost(deadAfterMs: number): void {
+    const pending = [...this.snapshots.values()].filter((x) => x.state !== 'aborted');
+    if (pending.length === 0) return;
+    const t = this.o.clock.setTimeout(() => {
+      this.abortTimers.delete(t);
+      for (const snap of pending) if (this.snapshots.get(snap.id) === snap) void this.localAbort(snap, 'session with the coordinator lost');
+    }, deadAfterMs);
+    this.abortTimers.add(t);
+  }
+
+  cancelTimers(): void {
+    for (const t of this.abortTimers) this.o.clock.clearTimeout(t);
+    this.abortTimers.clear();
+  }
+
+  /** Abort a snapshot this agent knows: stop copies, resume VMs, advance ports, delete partials. */
+  private async localAbort(snap: LocalSnapshot, reason: string, prefix = snap.prefix): Promise<void> {
+    if (snap.state === 'aborted' && !this.snapshots.has(snap.id)) return;
+    snap.state = 'aborted';
+    snap.endBegin(aborted(snap.id, reason));
+    this.snapshots.delete(snap.id);
+    this.o.log.warn({ snapshot: snap.id, reason }, 'snapshot aborted');
+    await snap.begun;
+    await Promise.all(snap.vms.map((sv) => sv.job.abort().catch((e) => this.o.log.warn({ vm: sv.vm.key, err: describeError(e) }, 'driver abort failed'))));
+    this.advanceAfterAbort(snap.vne, snap.epoch);
+    if (prefix) await this.o.store.deleteByPrefix(prefix).catch((e) => this.o.log.warn({ prefix, err: describeError(e) }, 'deleting partial artefacts failed'));
+  }
+
+  // ── the switch side ──
+
+  /** Gate the ports: from now on frames for them are held (before the VM pauses). */
+  private gate(names: string[], k: number): void {
+    const sw = this.o.switch();
+    for (const n of names) sw.beginCut(n, k);
+  }
+
+  /** At the pause: drain, advance to k, start recording k, release what was held. */
+  private async passCut(names: string[], k: number): Promise<void> {
+    const sw = this.o.switch();
+    for (const n of names) await sw.finishCut(n, k);
+  }
+
+  /** The VM never paused: un-gate its ports. */
+  private ungate(names: string[]): void {
+    const sw = this.o.switch();
+    for (const n of names) sw.cancelCut(n);
+  }
+
+  /** Ports of the VNE outside the snapshot pass the cut too (no pause), so the switch sends its markers. */
+  private async cutBystanders(vne: string, k: number): Promise<void> {
+    const sw = this.o.switch();
+    for (const n of sw.portNames(vne)) {
+      if (sw.portEpoch(n) < k) {
+        sw.beginCut(n, k);
+        await sw.finishCut(n, k);
+      }
+    }
+  }
+
+  private channelState(vne: string, k: number): Promise<ChannelState> {
+    return this.o.switch().channelState(vne, k, this.o.channelTimeoutMs ?? 30_000);
+  }
+
+  /** Advance the VNE's ports to `epoch` after an abort (guests that track epochs are told first). */
+  private advanceAfterAbort(vne: string, epoch: number): void {
+    if (!this.o.vnes.has(vne) || epoch <= 0) return;
+    let sw: Switch;
+    try {
+      sw = this.o.switch();
+    } catch {
+      return; // not started
+    }
+    // Guests that track epochs pass it first: the switch releases held (epoch k) frames to them now.
+    for (const vm of this.o.vms.values()) if (vm.vne === vne) vm.driver.epochAdvanced?.(vm.key, epoch);
+    sw.abort(vne, epoch);
+  }
+}
+
+function aborted(id: string, reason?: string): VnsnapError {
+  return new VnsnapError('ERR_SNAPSHOT_ABORTED', reason === undefined ? `snapshot ${id} was aborted` : `snapshot ${id} was aborted: ${reason}`);
+}

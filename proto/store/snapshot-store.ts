@@ -1,0 +1,52 @@
+/**
+ * The snapshot store: where VM images, disks, channel state and manifests go (DESIGN.md
+ * "Storage"). This is the contract every backend keeps (the local directory today, an object
+ * store later); drivers, the agent and the coordinator see only this interface, and
+ * test/support/compliance/store.ts checks each backend against it.
+ *
+ * Artefacts are named by paths relative to the store's root ("snapshots/<id>/vm1.mem"): no
+ * leading "/", no "." or ".." segments, no trailing "/"; any other path is refused with
+ * ERR_INVALID_ARGUMENT. Every artefact is written through an ArtefactWriter and is either
+ * absent or complete: until commit() nothing is visible under its path (get: ERR_NOT_FOUND,
+ * stat: null, list: not shown), and a failed or aborted write leaves nothing behind. A full
+ * store is ERR_STORE_FULL. The size and the lower-case hex SHA-256 are computed while writing
+ * and returned by commit(); verify() checks a committed artefact against them.
+ */
+
+/** A committed artefact: where it is, how big, and its SHA-256. */
+export interface StoredArtefact {
+  path: string;
+  size: number;
+  sha256: string;
+}
+
+export interface ArtefactWriter {
+  readonly path: string;
+  /** Bytes written so far. */
+  readonly bytes: number;
+  /** Append a chunk; writes are applied in call order. ERR_STATE after commit or abort. */
+  write(chunk: Uint8Array): Promise<void>;
+  /** Make the artefact visible, whole, under its path (replacing an older one). */
+  commit(): Promise<StoredArtefact>;
+  /** Drop what was written (idempotent; a no-op after commit). */
+  abort(): Promise<void>;
+}
+
+export interface SnapshotStore {
+  /** A writer for a new artefact (an existing one of that path is replaced at commit). */
+  create(relPath: string): Promise<ArtefactWriter>;
+  /** Write a whole artefact at once. */
+  put(relPath: string, data: Uint8Array): Promise<StoredArtefact>;
+  /** The bytes of a committed artefact; ERR_NOT_FOUND when absent. */
+  get(relPath: string): Promise<Buffer>;
+  /** Size of a committed artefact, or null when absent. */
+  stat(relPath: string): Promise<number | null>;
+  /** Check an artefact against its expected size and checksum: a problem (one line) or null. */
+  verify(a: StoredArtefact): Promise<string | null>;
+  /** Committed artefacts whose path starts with prefix, sorted. */
+  list(prefix: string): Promise<string[]>;
+  /** Delete one artefact (idempotent). */
+  delete(relPath: string): Promise<void>;
+  /** Delete every artefact (and unfinished write) under prefix; returns how many artefacts were removed. */
+  deleteByPrefix(prefix: string): Promise<number>;
+}

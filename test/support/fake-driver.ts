@@ -1,0 +1,188 @@
+/**
+ * A small in-memory HypervisorDriver for unit tests of the agent's runners: VMs are records whose
+ * vNICs are FakePorts, snapshot jobs are driven by the test. Not a simulation: no guests, no
+ * traffic of its own (the test sends frames through the ports' FakeVm side).
+ *
+ * Every driver action is appended to `events` ("start a", "pause a", "atPause a", "resume a",
+ * "abort a", "stop a", "restore a"), so tests assert exact sequences.
+ * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`), and rejects with
+ * ERR_SNAPSHOT_ABORTED when the job is aborted first; `failPause` makes cut() reject without
+ * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem".
+ */
+import { VnsnapError } from '../../proto/core/errors';
+import { FakePort } from '../../switch/port/porttest/fake-port';
+import type {
+  CutReport,
+  DriverKind,
+  HypervisorDriver,
+  RestoreImage,
+  SnapshotJob,
+  SnapshotModeName,
+  SnapshotOptions,
+  SnapshotProgress,
+  VmHandle,
+  VmImage,
+  VmStartContext,
+  VmStartSpec,
+  VmStatus,
+} from '../../agent/driver';
+import type { SnapshotStore } from '../../proto/store/snapshot-store';
+
+export interface FakeVmRecord {
+  spec: VmStartSpec;
+  status: VmStatus;
+  ports: FakePort[];
+  restoredFrom?: string;
+}
+
+export class FakeJob implements SnapshotJob {
+  readonly ready: Promise<void>;
+  aborted = false;
+  private settleReady!: (e?: Error) => void;
+  private readySettled = false;
+
+  constructor(
+    private readonly driver: FakeDriver,
+    readonly vm: string,
+    private readonly opts: SnapshotOptions,
+  ) {
+    this.ready = new Promise<void>((resolve, reject) => (this.settleReady = (e) => (e ? reject(e) : resolve())));
+    if (!driver.holdReady) this.setReady();
+  }
+
+  get mode(): SnapshotModeName {
+    return this.opts.mode;
+  }
+
+  setReady(): void {
+    if (this.readySettled) return;
+    this.readySettled = true;
+    this.settleReady();
+  }
+
+  /** Report a pre-copy pass as the driver would. */
+  progress(p: Partial<SnapshotProgress>): void {
+    this.opts.onProgress?.({ bytesDone: 0, bytesRemaining: 0, bytesTotal: 1024, iteration: 1, dirtyRateMibS: 0, ready: false, ...p });
+  }
+
+  async cut(atPause: () => Promise<void>): Promise<CutReport> {
+    const rec = this.driver.record(this.vm);
+    if (this.driver.failPause) throw new VnsnapError('ERR_DRIVER', `cannot pause ${this.vm}`);
+    rec.status = 'paused';
+    this.driver.events.push(`pause ${rec.spec.name}`);
+    const t = this.driver.nowUs();
+    this.driver.events.push(`atPause ${rec.spec.name}`);
+    await atPause();
+    rec.status = 'running';
+    this.driver.events.push(`resume ${rec.spec.name}`);
+    return { pauseMs: 1, cutUnixUs: t, resumeUnixUs: t + 1000, phases: [{ phase: 'PHASE_PAUSE', startUnixUs: t, endUnixUs: t + 1000 }] };
+  }
+
+  async durable(): Promise<VmImage> {
+    const rec = this.driver.record(this.vm);
+    const memory = await this.opts.store.put(`${this.opts.prefix}${rec.spec.name}.mem`, Buffer.from(`memory of ${rec.spec.name}`));
+    return { memory };
+  }
+
+  abort(): Promise<void> {
+    if (this.aborted) return Promise.resolve();
+    this.aborted = true;
+    const rec = this.driver.vms.get(this.vm);
+    this.driver.events.push(`abort ${rec?.spec.name ?? this.vm}`);
+    if (rec) rec.status = 'running';
+    if (!this.readySettled) {
+      this.readySettled = true;
+      this.settleReady(new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} aborted`));
+    }
+    return Promise.resolve();
+  }
+}
+
+export class FakeDriver implements HypervisorDriver {
+  readonly vms = new Map<string, FakeVmRecord>();
+  readonly events: string[] = [];
+  readonly jobs: FakeJob[] = [];
+  /** New jobs' `ready` waits for setReady(). */
+  holdReady = false;
+  /** cut() rejects (ERR_DRIVER) without calling atPause. */
+  failPause = false;
+
+  constructor(
+    readonly kind: DriverKind = 'qemu',
+    readonly nowUs: () => number = () => 1_000_000,
+  ) {}
+
+  record(vm: string): FakeVmRecord {
+    const r = this.vms.get(vm);
+    if (!r) throw new VnsnapError('ERR_NOT_FOUND', `fake VM ${vm} is not here`);
+    return r;
+  }
+
+  /** The FakePort of a VM's i-th vNIC. */
+  port(vm: string, i = 0): FakePort {
+    const p = this.record(vm).ports[i];
+    if (!p) throw new Error(`fake VM ${vm} has no port ${i}`);
+    return p;
+  }
+
+  start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
+    return Promise.resolve(this.add(spec, ctx, 'running'));
+  }
+
+  async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
+    await store.get(image.memory.path);
+    const h = this.add(spec, ctx, 'paused');
+    this.record(spec.id).restoredFrom = image.memory.path;
+    this.events.push(`restore ${spec.name}`);
+    return h;
+  }
+
+  private add(spec: VmStartSpec, ctx: VmStartContext, status: VmStatus): VmHandle {
+    const ports = ctx.portNames.map((n) => new FakePort(n));
+    this.vms.set(spec.id, { spec, status, ports });
+    if (status === 'running') this.events.push(`start ${spec.name}`);
+    return { name: spec.name, ports };
+  }
+
+  stop(vm: string): Promise<void> {
+    const r = this.vms.get(vm);
+    if (r) {
+      this.vms.delete(vm);
+      for (const p of r.ports) p.close();
+      this.events.push(`stop ${r.spec.name}`);
+    }
+    return Promise.resolve();
+  }
+
+  pause(vm: string): Promise<void> {
+    this.record(vm).status = 'paused';
+    return Promise.resolve();
+  }
+
+  resume(vm: string): Promise<void> {
+    const r = this.record(vm);
+    r.status = 'running';
+    this.events.push(`resume ${r.spec.name}`);
+    return Promise.resolve();
+  }
+
+  status(vm: string): VmStatus {
+    return this.vms.get(vm)?.status ?? 'stopped';
+  }
+
+  snapshot(vm: string, opts: SnapshotOptions): Promise<SnapshotJob> {
+    this.record(vm);
+    const job = new FakeJob(this, vm, opts);
+    this.jobs.push(job);
+    return Promise.resolve(job);
+  }
+
+  inspect(vm: string): unknown {
+    const r = this.vms.get(vm);
+    return r ? { status: r.status } : undefined;
+  }
+
+  async close(): Promise<void> {
+    for (const vm of [...this.vms.keys()]) await this.stop(vm);
+  }
+}

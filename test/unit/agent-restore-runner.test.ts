@@ -1,0 +1,151 @@
+import { strict as assert } from 'node:assert';
+import { encodeChannel } from '../../proto/artefacts/channel-state';
+import { isVnsnapError } from '../../proto/core/errors';
+import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
+import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
+import { RestoreGatePort } from '../../agent/restore-gate';
+import { FakePort } from '../../switch/port/porttest/fake-port';
+import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
+import { parseFrame } from '../support/frames';
+
+async function failure(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
+  }
+  return 'resolved';
+}
+
+/** Store the image of VM a (memory, and one channel frame from b with seq 9); returns its RestorePrepare. */
+async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare__Output> = {}): Promise<RestorePrepare__Output> {
+  const mem = await h.store.put(`snapshots/${id}/a.mem`, Buffer.from('memory of a'));
+  const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([testFrame(2, 1, 9)]));
+  const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' };
+  const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0' };
+  return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel] }], ...over };
+}
+
+describe('agent restore runner (fake driver, real switch over fake ports, manual clock)', () => {
+  let h: AgentParts;
+  afterEach(() => h.close());
+
+  it('Prepare replaces the running VM with one loaded paused behind a held gate; Resume injects the channel frames, then what the gate held', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.sw.setPortEpoch('blue/b/0', 2);
+    const r = await h.restores.prepare(await imageOfA(h, 's1'));
+    assert.deepEqual(
+      r.restorePrepare?.vms?.map((v) => [v.name, v.host, v.memoryBytes, v.channelFrames, v.phases?.map((p) => p.phase)]),
+      [['a', 'h1', 11, 1, ['PHASE_VALIDATE', 'PHASE_LOAD']]],
+    );
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'stop a', 'restore a']);
+    assert.equal(h.driver.status('blue/a'), 'paused');
+    assert.equal(h.vm('a').restoreId, 'r-s1');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 2);
+    assert.deepEqual(
+      h.vms.running(VNE).map((v) => v.name),
+      ['b'],
+    );
+    // b (resumed first elsewhere) sends to a: held by the gate, not passed to the paused VM.
+    const b = h.driver.port('blue/b').vm;
+    b.send(testFrame(2, 1, 10));
+    b.pumpAll();
+    const a = h.driver.port('blue/a').vm;
+    assert.deepEqual(a.received, []);
+
+    const res = await h.restores.resume({ restoreId: 'r-s1', vne: VNE });
+    assert.equal(res.resume?.injectedFrames, 1);
+    assert.deepEqual(
+      res.resume?.vms?.map((v) => [v.name, v.phases?.map((p) => p.phase)]),
+      [['a', ['PHASE_RESUME', 'PHASE_INJECT']]],
+    );
+    assert.deepEqual(h.driver.events.slice(-1), ['resume a']);
+    assert.equal(h.vm('a').restoreId, undefined);
+    assert.deepEqual(
+      a.received.map((f) => parseFrame(f)?.seq),
+      [9, 10],
+    );
+    // The gate stays open.
+    b.send(testFrame(2, 1, 11));
+    b.pumpAll();
+    assert.deepEqual(
+      a.received.map((f) => parseFrame(f)?.seq),
+      [9, 10, 11],
+    );
+  });
+
+  it('Prepare touches nothing when an artefact is wrong or a VM runs without stop_running', async () => {
+    h = await new AgentParts().init(['a']);
+    const c = await imageOfA(h, 's2', { stopRunning: false });
+    const mem = c.vms[0]?.memory as Artefact__Output;
+    mem.sha256 = '0'.repeat(64);
+    const msg = await failure(h.restores.prepare(c));
+    assert.match(msg, /^ERR_FAILED_PRECONDITION: restore r-s2: /);
+    assert.match(msg, /snapshots\/s2\/a\.mem/);
+    assert.match(msg, /a is running on agent h1 \(stop_running not set\)/);
+    assert.deepEqual(h.driver.events, ['start a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    assert.equal(h.vm('a').restoreId, undefined);
+  });
+
+  it('Prepare aborts a snapshot in progress of the VM it replaces', async () => {
+    h = await new AgentParts().init(['a']);
+    h.driver.holdReady = true;
+    const begin = failure(h.snapshots.begin({ snapshotId: 'x', vne: VNE, epoch: 1, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/x/' }, h.sink));
+    await flush();
+    await h.restores.prepare(await imageOfA(h, 's3'));
+    assert.match(await begin, /^ERR_SNAPSHOT_ABORTED/);
+    assert.deepEqual(h.driver.events, ['start a', 'abort a', 'stop a', 'restore a']);
+    assert.deepEqual(h.snapshots.inProgress, []);
+  });
+
+  it('Cancel destroys the prepared VMs; unknown and repeated ids have stable codes', async () => {
+    h = await new AgentParts().init(['b']);
+    const c = await imageOfA(h, 's4');
+    await h.restores.prepare(c);
+    assert.match(await failure(h.restores.prepare(c)), /^ERR_ALREADY_EXISTS/);
+    assert.deepEqual(await h.restores.cancel({ restoreId: 'r-s4', vne: VNE }), {});
+    assert.deepEqual(h.driver.events, ['start b', 'restore a', 'stop a']);
+    assert.deepEqual(h.vms.keys(), ['blue/b']);
+    assert.deepEqual(h.sw.portNames(VNE), ['blue/b/0']);
+    assert.deepEqual(await h.restores.cancel({ restoreId: 'r-s4', vne: VNE }), {});
+    assert.match(await failure(h.restores.resume({ restoreId: 'r-s4', vne: VNE })), /^ERR_NOT_FOUND/);
+    assert.match(await failure(h.restores.prepare({ ...c, vne: 'red' })), /^ERR_VNE_UNKNOWN/);
+  });
+
+  it('a generation change deferred while the old instances run is applied by Prepare; an explicit generation wins', async () => {
+    h = await new AgentParts().init(['a']);
+    h.vnes.configure({ vne: VNE, vni: 7, generation: 2, peers: [], macs: [] });
+    assert.equal(h.vnes.generation(VNE), 1, 'deferred: a runs');
+    await h.restores.prepare(await imageOfA(h, 's5'));
+    assert.equal(h.vnes.generation(VNE), 2);
+    await h.restores.cancel({ restoreId: 'r-s5', vne: VNE });
+    await h.restores.prepare(await imageOfA(h, 's6', { generation: 5 }));
+    assert.equal(h.vnes.generation(VNE), 5);
+  });
+});
+
+describe('restore gate port', () => {
+  it('holds copies up to its byte bound while held (the rest dropped and counted), then releases after the injection, in order', () => {
+    const inner = new FakePort('p');
+    const gate = new RestoreGatePort(inner, 150);
+    gate.hold();
+    const f = (seq: number): Buffer => testFrame(2, 1, seq);
+    const batch = [f(1), f(2), f(3)];
+    assert.equal(gate.send(batch, 3), 3);
+    batch[0]?.fill(0); // the gate kept copies
+    assert.equal(gate.drops, 1);
+    assert.deepEqual(inner.vm.received, []);
+    gate.release(() => gate.send([f(0)], 1));
+    assert.equal(gate.holding, false);
+    assert.deepEqual(
+      inner.vm.received.map((x) => parseFrame(x)?.seq),
+      [0, 1, 2],
+    );
+    gate.send([f(4)], 1);
+    assert.deepEqual(
+      inner.vm.received.map((x) => parseFrame(x)?.seq),
+      [0, 1, 2, 4],
+    );
+  });
+});

@@ -1,0 +1,237 @@
+import { strict as assert } from 'node:assert';
+import { decodeChannel } from '../../proto/artefacts/channel-state';
+import { isVnsnapError } from '../../proto/core/errors';
+import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
+import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
+import type { FakeJob } from '../support/fake-driver';
+import { parseFrame, vmMac } from '../support/frames';
+
+function begin(id: string, epoch: number, vms: string[], mode: SnapshotBegin__Output['mode'] = 'SNAPSHOT_MODE_PRECOPY'): SnapshotBegin__Output {
+  return { snapshotId: id, vne: VNE, epoch, mode, vms, storePrefix: `snapshots/${id}/` };
+}
+
+const abortOf = (id: string, epoch: number) => ({ snapshotId: id, vne: VNE, epoch, storePrefix: `snapshots/${id}/` });
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return isVnsnapError(e) ? e.code : `not a VnsnapError: ${String(e)}`;
+  }
+  return 'resolved';
+}
+
+function job(h: AgentParts, i = 0): FakeJob {
+  const j = h.driver.jobs[i];
+  if (!j) throw new Error(`no job ${i}`);
+  return j;
+}
+
+describe('agent snapshot runner (fake driver, real switch over fake ports, manual clock)', () => {
+  let h: AgentParts;
+  afterEach(() => h.close());
+
+  it('precopy: Progress throttled on the clock, Begin answers when ready, the cut in order, channel state recorded and persisted', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.holdReady = true;
+    let begun = false;
+    const p = h.snapshots.begin(begin('s1', 1, ['a']), h.sink).then((r) => ((begun = true), r));
+    await flush();
+    const j = job(h);
+    j.progress({ bytesDone: 256, bytesRemaining: 768, bytesTotal: 1024 });
+    h.clock.advance(499);
+    j.progress({ bytesDone: 384, bytesRemaining: 640, bytesTotal: 1024 }); // within 500 ms: dropped
+    h.clock.advance(1);
+    j.progress({ bytesDone: 512, bytesRemaining: 512, bytesTotal: 1024 });
+    j.progress({ bytesDone: 896, bytesRemaining: 128, bytesTotal: 1024, ready: true }); // readiness: at once
+    await flush();
+    assert.equal(begun, false);
+    j.setReady();
+    assert.deepEqual(await p, {});
+    assert.deepEqual(h.progress, [
+      { vm: 'a', fraction: 0.25, phaseDone: false },
+      { vm: 'a', fraction: 0.5, phaseDone: false },
+      { vm: 'a', fraction: 0.875, phaseDone: false },
+      { vm: 'a', fraction: 1, phaseDone: true },
+    ]);
+
+    // Frames the VMs wrote before the cut and the switch has not read yet: a's is drained as
+    // epoch 0 at a's cut (b is still at 0: delivered, not recorded); b's is drained when b, a
+    // bystander, passes the cut after a did (a is at 1: delivered and recorded as a's channel).
+    h.driver.port('blue/a').vm.send(testFrame(1, 2, 1));
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 1));
+    h.clock.advance(250);
+    const commit = await h.snapshots.commit({ snapshotId: 's1' });
+    const cutUs = (T0 + 750) * 1000;
+    assert.deepEqual(commit, {
+      commit: {
+        vms: [
+          {
+            name: 'a',
+            host: 'h1',
+            pauseMs: 1,
+            cutUnixUs: cutUs,
+            phases: [
+              { phase: 'PHASE_PRECOPY', startUnixUs: T0 * 1000, endUnixUs: cutUs },
+              { phase: 'PHASE_PAUSE', startUnixUs: cutUs, endUnixUs: cutUs + 1000 },
+            ],
+          },
+        ],
+      },
+    });
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'pause a', 'atPause a', 'resume a']);
+    assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [1, 1]);
+    assert.deepEqual(h.driver.port('blue/a').vm.received.map((f) => parseFrame(f)?.sender), [2]);
+    assert.deepEqual(h.driver.port('blue/b').vm.received.map((f) => parseFrame(f)?.sender), [1]);
+
+    const persist = await h.snapshots.persist({ snapshotId: 's1' });
+    const arts = persist.persist?.artefacts ?? [];
+    assert.deepEqual(
+      arts.map((a) => [a.kind, a.path, a.owner]),
+      [
+        ['ARTEFACT_KIND_MEMORY', 'snapshots/s1/a.mem', 'a'],
+        ['ARTEFACT_KIND_CHANNEL', 'snapshots/s1/a.0.chan', 'blue/a/0'],
+      ],
+    );
+    assert.equal(persist.persist?.lostFrames, 0);
+    const vm = persist.persist?.vms?.[0];
+    assert.equal(vm?.channelFrames, 1);
+    assert.equal(vm?.memoryBytes, Buffer.byteLength('memory of a'));
+    assert.deepEqual(
+      vm?.phases?.map((x) => x.phase),
+      ['PHASE_PRECOPY', 'PHASE_PAUSE', 'PHASE_CHANNEL', 'PHASE_PERSIST'],
+    );
+    const chan = decodeChannel(await h.store.get('snapshots/s1/a.0.chan'), 'a.0.chan');
+    assert.deepEqual(
+      chan.map((f) => parseFrame(f)),
+      [{ dst: vmMac(1), src: vmMac(2), sender: 2, seq: 1, epoch: 0 }],
+    );
+    assert.deepEqual(h.snapshots.inProgress, []);
+  });
+
+  it('background: Begin answers at once (each VM reported ready); the cut has no pre-copy phase; every VM of the snapshot is cut', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    assert.deepEqual(await h.snapshots.begin(begin('s2', 3, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink), {});
+    const r = await h.snapshots.commit({ snapshotId: 's2' });
+    assert.deepEqual(
+      r.commit?.vms?.map((v) => [v.name, v.phases?.map((x) => x.phase)]),
+      [
+        ['a', ['PHASE_PAUSE']],
+        ['b', ['PHASE_PAUSE']],
+      ],
+    );
+    assert.deepEqual(h.driver.events.filter((e) => e.startsWith('atPause')), ['atPause a', 'atPause b']);
+    assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [3, 3]);
+    assert.deepEqual(h.progress, [
+      { vm: 'a', fraction: 1, phaseDone: true },
+      { vm: 'b', fraction: 1, phaseDone: true },
+    ]);
+  });
+
+  it('a VM that cannot be paused: Commit fails with the driver code, atPause never ran, the VNE still passes the cut; Abort cleans up', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    await h.snapshots.begin(begin('s3', 2, ['a']), h.sink);
+    h.driver.failPause = true;
+    assert.equal(await code(h.snapshots.commit({ snapshotId: 's3' })), 'ERR_DRIVER');
+    assert.deepEqual(h.driver.events, ['start a', 'start b']);
+    assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [2, 2]);
+    // Un-gated: a frame to a is delivered, not held.
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 7));
+    h.driver.port('blue/b').vm.pumpAll();
+    assert.deepEqual(h.driver.port('blue/a').vm.received.map((f) => parseFrame(f)?.seq), [7]);
+    assert.deepEqual(h.snapshots.inProgress, ['s3']);
+    await h.snapshots.abort(abortOf('s3', 2));
+    assert.equal(job(h).aborted, true);
+    assert.deepEqual(h.snapshots.inProgress, []);
+  });
+
+  it('SnapshotAbort during pre-copy: Begin fails as aborted (the rejected ready is handled), VMs resumed, ports advanced, partials deleted', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (r: unknown): void => void unhandled.push(r);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      h.driver.holdReady = true;
+      const p = code(h.snapshots.begin(begin('s4', 5, ['a']), h.sink));
+      await flush();
+      await h.store.put('snapshots/s4/a.mem', Buffer.from('partial'));
+      assert.deepEqual(await h.snapshots.abort(abortOf('s4', 5)), {});
+      assert.equal(await p, 'ERR_SNAPSHOT_ABORTED');
+      assert.deepEqual(h.driver.events, ['start a', 'start b', 'abort a']);
+      assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [5, 5]);
+      assert.deepEqual(await h.store.list('snapshots/s4/'), []);
+      await flush();
+      assert.deepEqual(unhandled, []);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
+  it('SnapshotAbort of a snapshot unknown here still advances the VNE and deletes the prefix', async () => {
+    h = await new AgentParts().init(['a']);
+    await h.store.put('snapshots/s5/a.0.chan', Buffer.from('x'));
+    await h.snapshots.abort(abortOf('s5', 4));
+    assert.equal(h.sw.portEpoch('blue/a/0'), 4);
+    assert.deepEqual(await h.store.list('snapshots/s5/'), []);
+  });
+
+  it('a lost session aborts the snapshots in progress after dead_after_ms on the clock, not before', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.holdReady = true;
+    const p = code(h.snapshots.begin(begin('s6', 1, ['a']), h.sink));
+    await flush();
+    h.snapshots.sessionLost(3000);
+    h.clock.advance(2999);
+    await flush();
+    assert.equal(job(h).aborted, false);
+    assert.deepEqual(h.snapshots.inProgress, ['s6']);
+    h.clock.advance(1);
+    assert.equal(await p, 'ERR_SNAPSHOT_ABORTED');
+    await flush();
+    assert.equal(job(h).aborted, true);
+    assert.deepEqual(h.snapshots.inProgress, []);
+    assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [1, 1]);
+    assert.equal(h.clock.pending, 0);
+  });
+
+  it('a snapshot that completes before dead_after_ms is left alone; with nothing in progress no timer is set', async () => {
+    h = await new AgentParts().init(['a']);
+    h.snapshots.sessionLost(3000);
+    assert.equal(h.clock.pending, 0);
+    await h.snapshots.begin(begin('s7', 1, ['a']), h.sink);
+    h.snapshots.sessionLost(3000);
+    await h.snapshots.commit({ snapshotId: 's7' });
+    await h.snapshots.persist({ snapshotId: 's7' });
+    h.clock.advance(3000);
+    await flush();
+    assert.equal(job(h).aborted, false);
+    assert.deepEqual(await h.store.list('snapshots/s7/'), ['snapshots/s7/a.0.chan', 'snapshots/s7/a.mem']);
+  });
+
+  it('stop: abortAll aborts what is in progress and cancels the session-loss timers', async () => {
+    h = await new AgentParts().init(['a']);
+    h.driver.holdReady = true;
+    const p = code(h.snapshots.begin(begin('s8', 2, ['a']), h.sink));
+    await flush();
+    h.snapshots.sessionLost(3000);
+    await h.snapshots.abortAll('agent stopping');
+    assert.equal(await p, 'ERR_SNAPSHOT_ABORTED');
+    assert.equal(h.clock.pending, 0);
+    assert.equal(h.sw.portEpoch('blue/a/0'), 2);
+  });
+
+  it('refuses with stable codes: unknown VNE, VM, snapshot; bad epoch; a second Begin; Persist before Commit; Commit twice', async () => {
+    h = await new AgentParts().init(['a']);
+    assert.equal(await code(h.snapshots.begin({ ...begin('x', 1, ['a']), vne: 'red' }, h.sink)), 'ERR_VNE_UNKNOWN');
+    assert.equal(await code(h.snapshots.begin(begin('x', 1, ['zz']), h.sink)), 'ERR_NOT_FOUND');
+    assert.equal(await code(h.snapshots.begin(begin('x', 0, ['a']), h.sink)), 'ERR_INVALID_ARGUMENT');
+    assert.equal(await code(h.snapshots.commit({ snapshotId: 'nope' })), 'ERR_NOT_FOUND');
+    assert.equal(await code(h.snapshots.persist({ snapshotId: 'nope' })), 'ERR_NOT_FOUND');
+    await h.snapshots.begin(begin('s9', 1, ['a']), h.sink);
+    assert.equal(await code(h.snapshots.begin(begin('s9', 1, ['a']), h.sink)), 'ERR_ALREADY_EXISTS');
+    assert.equal(await code(h.snapshots.persist({ snapshotId: 's9' })), 'ERR_STATE');
+    await h.snapshots.commit({ snapshotId: 's9' });
+    assert.equal(await code(h.snapshots.commit({ snapshotId: 's9' })), 'ERR_STATE');
+    assert.deepEqual(h.snapshots.inProgress, ['s9']);
+  });
+});
