@@ -1,6 +1,8 @@
 // Lint: typescript-eslint's recommended rules, `.only` banned, no import cycles, and the
 // dependency rule of DESIGN.md (switch never imports agent or coordinator; coordinator never
-// imports switch or agent; proto imports nothing of ours; no product code imports test/).
+// imports switch or agent; proto imports nothing of ours; no product code imports test/). No
+// filesystem, processes, sockets, CLI parsing or gRPC in the switch's dataplane: only its ports
+// (switch/port/) and the standalone daemon (switch/cmd/) may import them.
 import tseslint from 'typescript-eslint';
 import importX from 'eslint-plugin-import-x';
 
@@ -39,6 +41,29 @@ export default tseslint.config(
         { object: 'context', property: 'only', message: '.only must not be committed' },
       ],
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    files: ['switch/**/*.ts'],
+    // switch/native-io.ts, the addon loader, is exempt by name: it needs node:path (and may
+    // need node:fs) to locate the compiled .node file; it touches nothing else.
+    ignores: ['switch/port/**', 'switch/cmd/**', 'switch/native-io.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: ['fs', 'fs/promises', 'child_process', 'net', 'commander'].map((name) => ({
+            name,
+            message: 'no filesystem, processes, sockets or CLI in the switch dataplane: only switch/port/ and switch/cmd/ may import this',
+          })),
+          patterns: [
+            {
+              regex: '^(node:(fs|fs/promises|child_process|net)$|@grpc/)',
+              message: 'no filesystem, processes, sockets or gRPC in the switch dataplane: only switch/port/ and switch/cmd/ may import this',
+            },
+          ],
+        },
+      ],
     },
   },
 );

@@ -2,12 +2,23 @@
  * The agent's Prometheus metrics: one prom-client Registry per Agent (never the global one, so
  * many agents can live in one process), and a tiny HTTP server for `/metrics` used by main.
  *
- * Switch counters are read from `Switch.stats()` at scrape time (no work on the data path).
+ * Switch counters are read from `Switch.stats()` (typed) at scrape time (no work on the data
+ * path): every per-port counter as `vnsnap_switch_port_*{port}`, every switch-wide counter as
+ * `vnsnap_switch_counter{name}`, and per VNE its epoch, generation, FDB size and FDB counters
+ * (`vnsnap_switch_vne_*{vne}`, `vnsnap_switch_fdb_*{vne}`).
  */
 import * as http from 'node:http';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { SwitchStats } from '../switch/stats';
+import { newSwitchCounters } from '../switch/stats';
 
-export type StatsSource = () => Record<string, number>;
+export type StatsSource = () => SwitchStats;
+
+const NO_STATS: SwitchStats = { ...newSwitchCounters(), ports: {}, vnes: {}, peers: {} };
+
+type PortCounter = 'rxFrames' | 'txFrames' | 'txDrops' | 'held' | 'holdDrops' | 'recorded' | 'runts' | 'injected' | 'lateInFlight' | 'gateDrops' | 'epoch' | 'heldBytes' | 'gateBytes';
+type VneValue = 'epoch' | 'generation' | 'fdbSize' | 'ports';
+type FdbCounter = 'learned' | 'moved' | 'aged' | 'evicted';
 
 export class AgentMetrics {
   readonly registry: Registry;
@@ -17,27 +28,28 @@ export class AgentMetrics {
   readonly commands: Counter<'command' | 'result'>;
   readonly connected: Gauge;
   readonly reconnects: Counter;
-  private stats: StatsSource = () => ({});
+  private stats: StatsSource = () => NO_STATS;
 
   constructor(registry = new Registry(), labels: Record<string, string> = {}) {
     this.registry = registry;
     if (Object.keys(labels).length > 0) registry.setDefaultLabels(labels);
-    const stats = (): Record<string, number> => this.stats();
-    const portGauge = (name: string, help: string, counter: string, extra?: Record<string, string>): void => {
+    const stats = (): SwitchStats => this.stats();
+    /** A gauge with one label whose (label value, value) rows are read from the stats at scrape time. */
+    const gauge = (name: string, help: string, label: string, rows: (s: SwitchStats) => [string, number][]): void => {
       new Gauge({
         name,
         help,
-        labelNames: ['port', ...Object.keys(extra ?? {})],
+        labelNames: [label],
         registers: [registry],
         collect() {
           this.reset();
-          for (const [k, v] of Object.entries(stats())) {
-            const m = /^port\.(.+)\.([A-Za-z]+)$/.exec(k);
-            if (m && m[2] === counter) this.set({ port: m[1] as string, ...(extra ?? {}) }, v);
-          }
+          for (const [l, v] of rows(stats())) this.set({ [label]: l }, v);
         },
       });
     };
+    const portGauge = (name: string, help: string, c: PortCounter): void => gauge(name, help, 'port', (s) => Object.entries(s.ports).map(([n, p]) => [n, p[c]]));
+    const vneGauge = (name: string, help: string, c: VneValue): void => gauge(name, help, 'vne', (s) => Object.entries(s.vnes).map(([n, v]) => [n, v[c]]));
+    const fdbGauge = (name: string, help: string, c: FdbCounter): void => gauge(name, help, 'vne', (s) => Object.entries(s.vnes).map(([n, v]) => [n, v.fdb[c]]));
     portGauge('vnsnap_switch_port_rx_frames', 'Frames the switch read from a VM port', 'rxFrames');
     portGauge('vnsnap_switch_port_tx_frames', 'Frames the switch wrote to a VM port', 'txFrames');
     portGauge('vnsnap_switch_port_tx_drops', 'Frames a VM port did not accept', 'txDrops');
@@ -46,16 +58,22 @@ export class AgentMetrics {
     portGauge('vnsnap_switch_port_recorded_frames', 'In-flight frames recorded as channel state', 'recorded');
     portGauge('vnsnap_switch_port_injected_frames', 'Recorded frames injected at restore', 'injected');
     portGauge('vnsnap_switch_port_epoch', 'Snapshot epoch of a port', 'epoch');
-    new Gauge({
-      name: 'vnsnap_switch_counter',
-      help: 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, ...)',
-      labelNames: ['name'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const [k, v] of Object.entries(stats())) if (!k.includes('.')) this.set({ name: k }, v);
-      },
-    });
+    portGauge('vnsnap_switch_port_runts', 'Frames shorter than an Ethernet header read from a VM port', 'runts');
+    portGauge('vnsnap_switch_port_late_in_flight', 'Older-epoch frames delivered to a port with no recording in progress', 'lateInFlight');
+    portGauge('vnsnap_switch_port_held_bytes', 'Bytes held for a port by the snapshot rules', 'heldBytes');
+    portGauge('vnsnap_switch_port_gate_drops', 'Frames dropped because the restore gate was full', 'gateDrops');
+    portGauge('vnsnap_switch_port_gate_bytes', "Bytes kept behind a port's restore gate", 'gateBytes');
+    gauge('vnsnap_switch_counter', 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, ...)', 'name', (s) =>
+      Object.entries(s).filter((e): e is [string, number] => typeof e[1] === 'number'),
+    );
+    vneGauge('vnsnap_switch_vne_epoch', 'Highest snapshot epoch every local port of a VNE has passed', 'epoch');
+    vneGauge('vnsnap_switch_vne_generation', 'Generation of a VNE (data frames of another generation are dropped)', 'generation');
+    vneGauge('vnsnap_switch_vne_ports', 'Local ports attached to a VNE', 'ports');
+    vneGauge('vnsnap_switch_fdb_entries', "Entries in a VNE's forwarding database", 'fdbSize');
+    fdbGauge('vnsnap_switch_fdb_learned', "MACs learned (new entries) in a VNE's forwarding database", 'learned');
+    fdbGauge('vnsnap_switch_fdb_moved', 'Learned MACs that moved to another port or peer', 'moved');
+    fdbGauge('vnsnap_switch_fdb_aged', 'Learned entries removed by aging', 'aged');
+    fdbGauge('vnsnap_switch_fdb_evicted', 'Entries evicted at the size cap', 'evicted');
     this.phaseSeconds = new Histogram({
       name: 'vnsnap_agent_snapshot_phase_seconds',
       help: 'Duration of snapshot and restore phases on this agent',

@@ -9,7 +9,7 @@
  * Metadata (offload) travels as 10 bytes per frame, the switch's per-frame metadata stride.
  * The switch's own gated ports will replace this class (openGate), after which it goes away.
  */
-import type { Port, RxBatch } from '../switch/port';
+import type { Port, RxBatch } from '../switch/port/port';
 
 /** Bytes of offload metadata per frame in a batch's metadata buffer. */
 const META_STRIDE = 10;

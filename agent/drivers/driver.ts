@@ -59,7 +59,7 @@
  */
 import type { Logger } from '../../proto/core/log';
 import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
-import type { Port } from '../../switch/port';
+import type { Port } from '../../switch/port/port';
 import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
 
 /** The product drivers, as named in the agent's configuration ("drivers"). */

@@ -19,7 +19,7 @@ import type { SnapshotModeName, VmStartSpec } from '../../agent/drivers/driver';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { silentLogger } from '../../proto/core/log';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import type { Port } from '../../switch/port';
+import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline } from '../guest/qemu-guest';

@@ -54,7 +54,7 @@ function parseArgs(argv: string[]): Options {
     runs: 3,
     udpRate: '0',
     udpStreams: 1,
-    daemon: path.resolve(__dirname, '../../switch/daemon.js'),
+    daemon: path.resolve(__dirname, '../../switch/cmd/daemon.js'),
     snapshotIntervalMs: 1000,
     kernelTunnel: 'auto',
   };

@@ -417,7 +417,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     assert.match(r.errorMessage, /SHA-256/);
     assert.equal(state('a').status, 'running');
     assert.ok(state('a').framesReceived >= before.framesReceived);
-    assert.equal(agents.get('h1')?.switch.stats()['vne.blue.generation'], snaps.length + 1);
+    assert.equal(agents.get('h1')?.switch.stats().vnes['blue']?.generation, snaps.length + 1);
   });
 
   it('a session dropped mid-snapshot: the agent aborts locally after dead_after_ms (VM running, ports advanced, partials deleted) and reconnects', async () => {

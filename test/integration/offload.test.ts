@@ -100,7 +100,7 @@ describe('switch offloads on namespaced hosts (vnet_hdr TAPs, UDP GSO/GRO)', fun
       };
       const file = path.join(dir, `${id}.json`);
       fs.writeFileSync(file, JSON.stringify(cfg));
-      const child = topo.spawn(id, process.execPath, [path.resolve(__dirname, '../../switch/daemon.js'), '--config', file, '--log-level', 'warn']);
+      const child = topo.spawn(id, process.execPath, [path.resolve(__dirname, '../../switch/cmd/daemon.js'), '--config', file, '--log-level', 'warn']);
       daemons.push(child);
       await waitForJsonLine<{ event?: string }>(child, (v) => v.event === 'ready', 20_000);
       controls.push(await ControlClient.connect(ctl));

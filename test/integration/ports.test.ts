@@ -8,12 +8,13 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fakePortPair } from '../../switch/fake-port';
-import { PacketPort, TapPort } from '../../switch/fd-port';
-import { StreamPort } from '../../switch/stream-port';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { PacketPort, TapPort } from '../../switch/port/fd-port';
+import { StreamPort } from '../../switch/port/stream-port';
 import { Switch } from '../../switch/switch';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 import { sh, Topology } from '../support/netns';
+import { sleep, until } from '../support/wait';
 import { spawn } from 'node:child_process';
 
 describe('packet-socket port on an existing interface', function () {
@@ -44,9 +45,9 @@ describe('packet-socket port on an existing interface', function () {
     topo.exec('vma', 'ip', ['link', 'set', 'eth0', 'up']);
     const s = new Switch({ id: 'pk' });
     sw = s;
-    s.addVne({ name: 'blue', vni: 1 });
-    s.addPort('blue', new PacketPort('a', 'vnptp0'));
-    s.addPort('blue', new TapPort('b', 'vnptt0'));
+    s.configureVne({ name: 'blue', vni: 1 });
+    s.attachPort('blue', new PacketPort('a', 'vnptp0'));
+    s.attachPort('blue', new TapPort('b', 'vnptt0'));
     sh('ip', ['link', 'set', 'vnptt0', 'netns', topo.ns('vmb')]);
     topo.exec('vmb', 'ip', ['addr', 'add', '192.168.79.2/24', 'dev', 'vnptt0']);
     topo.exec('vmb', 'ip', ['link', 'set', 'vnptt0', 'up']);
@@ -59,7 +60,7 @@ describe('packet-socket port on an existing interface', function () {
         try {
           assert.match(out, /3 packets transmitted, 3 received/);
           const st = s.stats();
-          assert.ok((st['port.a.rxFrames'] as number) >= 3 && (st['port.b.rxFrames'] as number) >= 3, JSON.stringify(st));
+          assert.ok((st.ports['a']?.rxFrames as number) >= 3 && (st.ports['b']?.rxFrames as number) >= 3, JSON.stringify(st));
           resolve();
         } catch (e) {
           reject(e);
@@ -79,11 +80,11 @@ describe('stream port (QEMU -netdev stream protocol over a unix socket)', functi
 
   before(async () => {
     sw = new Switch({ id: 'st' });
-    sw.addVne({ name: 'blue', vni: 1 });
+    sw.configureVne({ name: 'blue', vni: 1 });
     sp = new StreamPort('qemu', sock);
     await sp.listen();
-    sw.addPort('blue', sp);
-    sw.addPort('blue', peer.port);
+    sw.attachPort('blue', sp);
+    sw.attachPort('blue', peer.port);
   });
 
   after(() => {
@@ -106,20 +107,20 @@ describe('stream port (QEMU -netdev stream protocol over a unix socket)', functi
 
   it('parses length-prefixed frames split across reads, and frames the switch sends arrive length-prefixed', async () => {
     const c = await connect();
-    await waitFor(() => sp.connected);
+    await until('the stream port to accept the VM', () => sp.connected);
     const frames = [1, 2, 3].map((i) => makeFrame({ dst: vmMac(9), src: vmMac(1), sender: 1, seq: i, epoch: 0 }));
     const wire = Buffer.concat(frames.map(lp));
     c.write(wire.subarray(0, 30)); // a frame split across writes
-    await sleep(50);
+    await sleep(50); // the two halves reach the port in separate reads
     c.write(wire.subarray(30));
-    await waitFor(() => peer.vm.received.length === 3);
+    await until('three frames at the peer VM', () => peer.vm.received.length === 3);
     assert.deepEqual(peer.vm.received.map((f) => parseFrame(f)?.seq), [1, 2, 3]);
     // And back: the peer VM answers; learned MAC → one length-prefixed frame on the socket.
     let got = Buffer.alloc(0);
     c.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
     peer.vm.send(makeFrame({ dst: vmMac(1), src: vmMac(9), sender: 9, seq: 7, epoch: 0 }));
     peer.vm.pumpAll();
-    await waitFor(() => got.length >= 64);
+    await until('the length-prefixed frame on the socket', () => got.length >= 64);
     assert.equal(got.readUInt32BE(0), 60);
     assert.equal(parseFrame(got.subarray(4, 64))?.seq, 7);
     c.destroy();
@@ -127,30 +128,17 @@ describe('stream port (QEMU -netdev stream protocol over a unix socket)', functi
 
   it('drops a connection that does not speak the protocol, and accepts the VM reconnecting', async () => {
     const bad = await connect();
-    await waitFor(() => sp.connected);
+    await until('the stream port to accept the VM', () => sp.connected);
     bad.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0, 0]));
-    await waitFor(() => bad.destroyed || bad.readableEnded, 2000).catch(() => undefined);
-    await waitFor(() => !sp.connected);
+    await until('the bad connection to be dropped', () => bad.destroyed || bad.readableEnded, 2000).catch(() => undefined);
+    await until('the stream port to drop the connection', () => !sp.connected);
     assert.equal(sp.badFrames, 1);
     const good = await connect();
-    await waitFor(() => sp.connected);
+    await until('the stream port to accept the VM', () => sp.connected);
     const before = peer.vm.received.length;
     good.write(lp(makeFrame({ dst: vmMac(9), src: vmMac(1), sender: 1, seq: 42, epoch: 0 })));
-    await waitFor(() => peer.vm.received.length === before + 1);
+    await until('the frame from the reconnected VM', () => peer.vm.received.length === before + 1);
     assert.equal(parseFrame(peer.vm.received[before] as Buffer)?.seq, 42);
     good.destroy();
   });
 });
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitFor(pred: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await sleep(10);
-  }
-}
-

@@ -18,7 +18,7 @@ import { describeRuns, diffFiles } from '../support/ram-diff';
 import { sleep } from '../support/wait';
 import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
-import type { Port } from '../../switch/port';
+import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 
 

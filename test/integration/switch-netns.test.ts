@@ -8,6 +8,7 @@ import { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { startCapture, stopChild } from '../support/netns';
 import { Overlay } from '../support/overlay';
+import { sleep, until } from '../support/wait';
 
 function ping(ov: Overlay, from: string, to: string, count = 3): { sent: number; received: number } {
   const out = ov.topo.exec(from, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', to], { allowFail: true });
@@ -60,10 +61,10 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     assert.deepEqual(ping(ov, 'b4', '192.168.77.102', 2), { sent: 2, received: 0 });
   });
 
-  it('moves iperf3 TCP traffic across hosts', () => {
+  it('moves iperf3 TCP traffic across hosts', async () => {
     const server = ov.topo.spawn('b3', 'iperf3', ['-s', '-1', '-B', '192.168.77.3']);
     captures.push(server);
-    waitMs(500);
+    await iperfListening(ov, 'b3', 5201);
     const out = JSON.parse(ov.topo.exec('b1', 'iperf3', ['-c', '192.168.77.3', '-t', '2', '-J'])) as IperfResult;
     const gbps = out.end.sum_received.bits_per_second / 1e9;
     assert.ok(gbps > 0.05, `throughput ${gbps} Gbit/s`);
@@ -74,7 +75,7 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     const cap = await startCapture(ov.topo, 'h1', ov.underlayIf.get('h1') as string, file, ['udp port 6081']);
     assert.deepEqual(ping(ov, 'b1', '192.168.77.3', 2), { sent: 2, received: 2 });
     assert.deepEqual(ping(ov, 'r1', '192.168.77.102', 2), { sent: 2, received: 2 });
-    await sleep(300);
+    await sleep(300); // let the capture write the last packets out
     await cap.stop();
     const out = ov.topo.exec('h1', 'tshark', ['-r', file, '-Y', 'geneve && icmp', '-T', 'fields', '-e', 'geneve.vni', '-e', 'ip.dst'], { timeoutMs: 60_000 });
     const rows = out.trim().split('\n').map((l) => l.trim().split('\t'));
@@ -101,7 +102,8 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     const tcpSrv = ov.topo.spawn('b3', 'iperf3', ['-s', '-1', '-B', '192.168.77.3', '-p', '5202']);
     const udpSrv = ov.topo.spawn('b4', 'iperf3', ['-s', '-1', '-B', '192.168.77.4', '-p', '5203']);
     captures.push(tcpSrv, udpSrv);
-    await sleep(500);
+    await iperfListening(ov, 'b3', 5202);
+    await iperfListening(ov, 'b4', 5203);
     // TCP at a rate the machine sustains alongside everything else (an unbounded flow on two
     // shared cores makes kernel queues outside the switch overflow, which is not what this
     // test is about), and a UDP stream whose every missing datagram iperf3 counts.
@@ -162,11 +164,7 @@ function spawnJson(ov: Overlay, ns: string, args: string[]): Promise<IperfResult
   });
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/** Wait until an iperf3 server in `vm` listens on its TCP control port. */
+function iperfListening(ov: Overlay, vm: string, port: number): Promise<boolean> {
+  return until(`iperf3 listening in ${vm} on ${port}`, () => ov.topo.exec(vm, 'ss', ['-ltnH', `sport = :${port}`], { allowFail: true }).includes(`:${port}`), 10_000);
 }
-
-function waitMs(ms: number): void {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-

@@ -16,7 +16,7 @@ import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../pr
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/drivers/xen/driver';
 import { XlHost } from '../../agent/drivers/xen/xl';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/drivers/xen/stream';
-import { fakePortPair } from '../../switch/fake-port';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { driverCompliance } from '../support/compliance/driver';
 import { sleep, until } from '../support/wait';
 import { FakeXenHost } from '../xen/fake-xen-host';

@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../../proto/core/errors';
-import { formatMac, parseMac } from '../../switch/mac';
+import { formatMac, parseMac } from '../../switch/bridge/mac';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
 import type { SnapshotStore } from '../../proto/store/local-dir';
 import { SimPort, SimVm } from './guest';

@@ -20,8 +20,8 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../../proto/core/errors';
-import { FakePort } from '../../switch/fake-port';
-import { formatMac, parseMac, writeMac } from '../../switch/mac';
+import { FakePort } from '../../switch/port/porttest/fake-port';
+import { formatMac, parseMac, writeMac } from '../../switch/bridge/mac';
 import type { SnapshotJob, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
 import { PAGE, pageRecords } from './image';
 import { cloneState, emptyState, type SimDriverOptions, type SimGuestState, type SimVmState } from './state';

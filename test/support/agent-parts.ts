@@ -16,7 +16,7 @@ import { ManualClock } from '../../proto/core/clock';
 import { silentLogger } from '../../proto/core/log';
 import type { VmProgress } from '../../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
-import { formatMac } from '../../switch/mac';
+import { formatMac } from '../../switch/bridge/mac';
 import { Switch } from '../../switch/switch';
 import { FakeDriver } from './fake-driver';
 import { makeFrame, vmMac } from './frames';

@@ -10,7 +10,7 @@
  * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem".
  */
 import { VnsnapError } from '../../proto/core/errors';
-import { FakePort } from '../../switch/fake-port';
+import { FakePort } from '../../switch/port/porttest/fake-port';
 import type {
   CutReport,
   DriverKind,

@@ -2,7 +2,8 @@
  * A VNE of several switches joined by a FakeUdpNetwork, with fake VM ports: the unit tests'
  * world. Time is manual (`env.now`), and `env.tick()` runs every switch's timers.
  */
-import { FakeUdpNetwork, fakePortPair, FakePort } from '../../switch/fake-port';
+import { fakePortPair, FakePort } from '../../switch/port/porttest/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { Switch } from '../../switch/switch';
 
 export interface EnvSpec {
@@ -36,14 +37,12 @@ export class FakeEnv {
         holdBytesPerPort: spec.holdBytesPerPort ?? 1 << 30,
         recordingGraceMs: spec.recordingGraceMs ?? 1000,
       });
-      names.forEach((peer, j) => {
-        if (peer !== name) sw.addPeer({ name: peer, address: `10.0.0.${j + 1}`, port: 6081 });
-      });
-      sw.addVne({ name: this.vne, vni: spec.vni ?? 100, peers: names.filter((p) => p !== name) });
+      const peers = names.map((peer, j) => ({ name: peer, address: `10.0.0.${j + 1}`, port: 6081 })).filter((p) => p.name !== name);
+      sw.configureVne({ name: this.vne, vni: spec.vni ?? 100, peers });
       sw.attachTunnel(this.net.endpoint(0x0a000001 + i, 6081));
       for (const vm of spec.switches[name] ?? []) {
         const { port } = fakePortPair(vm, { batchSize: spec.batchSize ?? 8 });
-        sw.addPort(this.vne, port);
+        sw.attachPort(this.vne, port);
         this.ports.set(vm, port);
         this.hostOf.set(vm, name);
       }

@@ -2,7 +2,7 @@
  * Test frames: Ethernet frames whose payload says who sent them, their sequence number and the
  * sender's snapshot epoch at the moment it wrote them, so tests can check every delivery.
  */
-import { writeMac } from '../../switch/mac';
+import { writeMac } from '../../switch/bridge/mac';
 
 export const TEST_ETHERTYPE = 0x88b5; // IEEE local experimental
 export const TEST_MAGIC = 0x564e534e; // "VNSN"

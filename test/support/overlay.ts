@@ -65,7 +65,7 @@ export class Overlay {
       };
       const file = path.join(this.dir, `${h}.json`);
       fs.writeFileSync(file, JSON.stringify(cfg, null, 2));
-      const child = t.spawn(h, process.execPath, [path.resolve(__dirname, '../../switch/daemon.js'), '--config', file, '--log-level', 'warn']);
+      const child = t.spawn(h, process.execPath, [path.resolve(__dirname, '../../switch/cmd/daemon.js'), '--config', file, '--log-level', 'warn']);
       this.daemons.set(h, child);
       ready.push(waitForJsonLine<{ event: string }>(child, (v) => v.event === 'ready'));
     });

@@ -6,7 +6,7 @@ import { Agent } from '../../agent/agent';
 import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
 import { ManualClock } from '../../proto/core/clock';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
-import { FakeUdpNetwork } from '../../switch/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { fakeVmSpec, flush, T0, VNE } from '../support/agent-parts';
 import { FakeDriver } from '../support/fake-driver';
 import { FakeSessionTransport } from '../support/fake-session';

@@ -4,7 +4,7 @@ import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
 import { RestoreGatePort } from '../../agent/restore-gate';
-import { FakePort } from '../../switch/fake-port';
+import { FakePort } from '../../switch/port/porttest/fake-port';
 import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
 import { parseFrame } from '../support/frames';
 

@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
-import { encodeData, encodeMarker } from '../../switch/geneve';
-import { FakeUdpNetwork, fakePortPair } from '../../switch/fake-port';
-import { BROADCAST_MAC, formatMac } from '../../switch/mac';
+import { encodeData, encodeMarker } from '../../switch/tunnel/geneve';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
+import { BROADCAST_MAC, formatMac } from '../../switch/bridge/mac';
 import { Switch } from '../../switch/switch';
 import { FakeEnv } from '../support/fake-env';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
@@ -38,7 +39,7 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     env.settle();
     assert.equal(env.port('v1').vm.received.length, 0);
     assert.equal(env.port('v2').vm.received.length, 1);
-    assert.equal(env.sw('a').stats()['vne.blue.fdbSize'], 0);
+    assert.equal(env.sw('a').stats().vnes['blue']?.fdbSize, 0);
   });
 
   it('delivers the batch in batches: the fake port handed frames over in batches larger than one', () => {
@@ -117,9 +118,9 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     send(env, 'v1', 1, BROADCAST_MAC);
     send(env, 'v2', 2, BROADCAST_MAC);
     env.settle();
-    assert.equal(env.sw('a').stats()['vne.blue.fdbSize'], 2);
+    assert.equal(env.sw('a').stats().vnes['blue']?.fdbSize, 2);
     env.sw('a').removePort('v1');
-    assert.equal(env.sw('a').stats()['vne.blue.fdbSize'], 1);
+    assert.equal(env.sw('a').stats().vnes['blue']?.fdbSize, 1);
     assert.equal(env.port('v1').closed, true);
     send(env, 'v2', 2, MAC(1), 1); // unknown again: flooded to v3 only
     env.settle();

@@ -5,7 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../proto/core/config';
 import { isVnsnapError } from '../../proto/core/errors';
-import { parseSwitchConfig } from '../../switch/config';
+import { parseSwitchConfig } from '../../switch/cmd/config';
 
 const good = {
   id: 'h1',
@@ -52,7 +52,7 @@ describe('switch config', () => {
   });
 
   it('the daemon explains a bad config in one line and exits 2; --help explains the flags', () => {
-    const daemon = path.resolve(__dirname, '../../switch/daemon.js');
+    const daemon = path.resolve(__dirname, '../../switch/cmd/daemon.js');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
     try {
       const f = path.join(dir, 'c.json');

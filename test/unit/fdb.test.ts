@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Fdb } from '../../switch/fdb';
+import { Fdb } from '../../switch/bridge/fdb';
 
 describe('fdb (MAC learning table)', () => {
   it('learns, looks up and moves an entry', () => {

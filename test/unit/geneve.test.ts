@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, writeDataHeader } from '../../switch/geneve';
+import { DATA_HEADER_LEN, decode, encodeAck, encodeData, encodeMarker, writeDataHeader } from '../../switch/tunnel/geneve';
 import { rng } from '../support/frames';
 
 describe('geneve codec', () => {

@@ -4,7 +4,7 @@
  * super-frame, and checksums — checked byte by byte against a reference implementation here.
  */
 import { strict as assert } from 'node:assert';
-import { DATA_HEADER_LEN, decode, writeDataHeader } from '../../switch/geneve';
+import { DATA_HEADER_LEN, decode, writeDataHeader } from '../../switch/tunnel/geneve';
 import { GSO_NONE, GSO_TCPV4, GSO_TCPV6, nativeIo, VNET_HDR_LEN } from '../../switch/native-io';
 
 const ETH = 14;

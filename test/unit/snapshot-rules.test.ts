@@ -1,8 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
-import { classify, Verdict } from '../../switch/epoch-rules';
-import { decode } from '../../switch/geneve';
-import type { TunnelTransport } from '../../switch/tunnel-transport';
+import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
+import { decode } from '../../switch/tunnel/geneve';
+import type { TunnelTransport } from '../../switch/tunnel/transport';
 import { FakeEnv } from '../support/fake-env';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 
@@ -42,7 +42,7 @@ describe('snapshot rules', () => {
     sendFrom(env, 'v2', 2, 1, 2, 0); // epoch 0 frame to v1 (at 1): delivered and recorded
     env.settle();
     assert.deepEqual(seqs(env.port('v2').vm.received), []);
-    assert.equal(env.sw('b').stats()['port.v2.held'], 1);
+    assert.equal(env.sw('b').stats().ports['v2']?.held, 1);
     assert.deepEqual(seqs(env.port('v1').vm.received), [2]);
     await env.sw('b').cutPort('v2', 1);
     assert.deepEqual(seqs(env.port('v2').vm.received), [1]); // released at the cut, not recorded
@@ -89,8 +89,8 @@ describe('snapshot rules', () => {
     for (let i = 0; i < 5; i++) sendFrom(env, 'v1', 1, 2, i, 1); // 60-byte frames
     env.settle();
     const s = env.sw('b').stats();
-    assert.equal(s['port.v2.held'], 3);
-    assert.equal(s['port.v2.holdDrops'], 2);
+    assert.equal(s.ports['v2']?.held, 3);
+    assert.equal(s.ports['v2']?.holdDrops, 2);
     await env.sw('b').cutPort('v2', 1);
     assert.deepEqual(seqs(env.port('v2').vm.received), [0, 1, 2]);
   });
@@ -108,7 +108,7 @@ describe('snapshot rules', () => {
     assert.deepEqual(seqs(env.port('v2').vm.received), [1]);
     sendFrom(env, 'v2', 2, 1, 2, 0);
     env.settle();
-    assert.equal(env.sw('a').stats()['port.v1.recorded'], 0);
+    assert.equal(env.sw('a').stats().ports['v1']?.recorded, 0);
     // The next snapshot works as usual.
     await env.sw('a').cutPort('v1', 2);
     await env.sw('b').cutPort('v2', 2);
@@ -192,7 +192,7 @@ describe('snapshot rules', () => {
     const frames = [3, 1, 2].map((s) => makeFrame({ dst: MAC(1), src: MAC(2), sender: 2, seq: s, epoch: 0 }));
     assert.equal(env.sw('a').inject('v1', frames), 3);
     assert.deepEqual(seqs(env.port('v1').vm.received), [3, 1, 2]);
-    assert.equal(env.sw('a').stats()['port.v1.injected'], 3);
+    assert.equal(env.sw('a').stats().ports['v1']?.injected, 3);
   });
 
   it('a new generation drops frames of the old one', () => {

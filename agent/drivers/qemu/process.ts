@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import type { Logger } from '../../../proto/core/log';
-import type { Port } from '../../../switch/port';
+import type { Port } from '../../../switch/port/port';
 import type { SnapshotJob, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
 import type { Accel, NicMode, VmFiles } from './cmdline';

@@ -16,7 +16,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
-import type { Port } from '../../../switch/port';
+import type { Port } from '../../../switch/port/port';
 import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-dir';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { PauseQuiet, type XenJobHost, type XenVm } from './job-base';

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
-import type { Port } from '../../../switch/port';
+import type { Port } from '../../../switch/port/port';
 import type { StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutReport, SnapshotJob, SnapshotOptions, VmStartSpec, VmStatus } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';

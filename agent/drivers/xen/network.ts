@@ -10,8 +10,8 @@
  * domain (new domid, new vifD.N) lands on the same port.
  */
 import { createHash } from 'node:crypto';
-import { TapPort } from '../../../switch/fd-port';
-import type { Port } from '../../../switch/port';
+import { TapPort } from '../../../switch/port/fd-port';
+import type { Port } from '../../../switch/port/port';
 import type { VmStartContext, VmStartSpec } from '../driver';
 import type { XenHost } from './xl';
 

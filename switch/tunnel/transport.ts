@@ -5,7 +5,7 @@
  * (datagram i at `i * slotSize + headroom`, source in ips[i]/ports[i], IPv4 host order), and
  * `send` takes a batch with one destination per datagram (sendmmsg in the native transport).
  */
-import type { RxBatch } from './port';
+import type { RxBatch } from '../port/port';
 
 export interface UdpRxBatch extends RxBatch {
   ips: Uint32Array;

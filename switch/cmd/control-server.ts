@@ -6,13 +6,15 @@
  * Reply    {"id": 1, "ok": true, ...}  or  {"id": 1, "ok": false, "code": "ERR_...", "error": "..."}
  * Ops: stats; snapshot {vne, epoch} (cut every local port); channelState {vne, epoch,
  * timeoutMs?, frames?: true for base64 frames}; abort {vne, epoch}; recordings {vne};
- * setStaticMac {vne, mac, peer | port}; inject {port, frames: base64[]};
- * setGeneration {vne, generation}; setPortEpoch {port, epoch}.
+ * setStaticMac {vne, mac, peer | port} (a peer joins the VNE); inject {port, frames: base64[]}
+ * (opens the port's restore gate, if any); setGeneration {vne, generation} (at once; the same
+ * generation again changes nothing); setPortEpoch {port, epoch}.
  */
 import * as net from 'node:net';
-import { describeError, VnsnapError } from '../proto/core/errors';
-import type { Switch } from './switch';
-import { closeUnix, listenUnix } from './unix-listen';
+import { describeError, VnsnapError } from '../../proto/core/errors';
+import { flattenStats } from '../stats';
+import type { Switch } from '../switch';
+import { closeUnix, listenUnix } from '../port/unix-listen';
 
 type Req = Record<string, unknown> & { id?: unknown; op?: unknown };
 
@@ -25,7 +27,7 @@ function need<T>(r: Req, key: string, type: 'string' | 'number'): T {
 export async function handleControl(sw: Switch, r: Req): Promise<Record<string, unknown>> {
   switch (r.op) {
     case 'stats':
-      return { stats: sw.stats(), innerMtu: sw.innerMtu };
+      return { stats: flattenStats(sw.stats()), innerMtu: sw.innerMtu };
     case 'snapshot': {
       const t0 = process.hrtime.bigint();
       await sw.cutVne(need(r, 'vne', 'string'), need(r, 'epoch', 'number'));
@@ -43,17 +45,18 @@ export async function handleControl(sw: Switch, r: Req): Promise<Record<string, 
     case 'recordings':
       return { recordings: sw.recordingStatus(need(r, 'vne', 'string')) };
     case 'setStaticMac': {
-      const target = typeof r['peer'] === 'string' ? { peer: r['peer'] } : { port: need<string>(r, 'port', 'string') };
-      sw.setStaticMac(need(r, 'vne', 'string'), need(r, 'mac', 'string'), target);
+      const mac = need<string>(r, 'mac', 'string');
+      const peer = r['peer'];
+      sw.configureVne({ name: need(r, 'vne', 'string'), macs: [typeof peer === 'string' ? { mac, peer } : { mac, port: need<string>(r, 'port', 'string') }] });
       return {};
     }
     case 'inject': {
       const frames = r['frames'];
       if (!Array.isArray(frames) || !frames.every((f) => typeof f === 'string')) throw new VnsnapError('ERR_INVALID_ARGUMENT', '"frames" must be an array of base64 strings');
-      return { injected: sw.inject(need(r, 'port', 'string'), frames.map((f: string) => Buffer.from(f, 'base64'))) };
+      return { injected: sw.openGate(need(r, 'port', 'string'), frames.map((f: string) => Buffer.from(f, 'base64'))) };
     }
     case 'setGeneration':
-      sw.setGeneration(need(r, 'vne', 'string'), need(r, 'generation', 'number'));
+      sw.configureVne({ name: need(r, 'vne', 'string'), generation: need(r, 'generation', 'number'), generationNow: true });
       return {};
     case 'setPortEpoch':
       sw.setPortEpoch(need(r, 'port', 'string'), need(r, 'epoch', 'number'));

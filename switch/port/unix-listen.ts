@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../proto/core/errors';
 
 export function listenUnix(path: string, what: string, onConnection: (s: net.Socket) => void): Promise<net.Server> {
   try {

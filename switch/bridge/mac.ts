@@ -4,7 +4,7 @@
  * On the hot path a MAC is read straight out of the frame as one 48-bit integer (exact in a
  * JS double), which makes it a cheap Map key; strings are only for configuration and display.
  */
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../proto/core/errors';
 
 const TWO32 = 0x1_0000_0000;
 

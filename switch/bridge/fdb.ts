@@ -2,7 +2,7 @@
  * The forwarding database of one VNE: MAC → where frames for it go.
  *
  * An owner is a small integer: a local port id, or a peer switch id (the bridge decides which
- * space an owner belongs to; see bridge.ts). Learning follows Open vSwitch's mac-learning:
+ * space an owner belongs to; see forwarding.ts). Learning follows Open vSwitch's mac-learning:
  *  - multicast/broadcast sources are never learned;
  *  - an entry is written only when it is new or has moved; otherwise learning just refreshes
  *    its `seen` tick (one field store on the hot path);

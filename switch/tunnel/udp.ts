@@ -2,9 +2,9 @@
  * The tunnel's UDP socket through the native addon: recvmmsg fills the rx slab with many
  * datagrams per wakeup, sendmmsg sends a whole batch in one system call.
  */
-import { nativeIo, Poller, VNET_HDR_LEN } from './native-io';
-import type { TunnelTransport, UdpRxBatch } from './tunnel-transport';
-import { newUdpRxBatch } from './tunnel-transport';
+import { nativeIo, Poller, VNET_HDR_LEN } from '../native-io';
+import type { TunnelTransport, UdpRxBatch } from './transport';
+import { newUdpRxBatch } from './transport';
 
 export class UdpTransport implements TunnelTransport {
   readonly rx: UdpRxBatch;

@@ -7,22 +7,22 @@
  */
 import { Command } from 'commander';
 import pino from 'pino';
-import { describeError } from '../proto/core/errors';
+import { describeError } from '../../proto/core/errors';
 import { loadSwitchConfig, SwitchConfig } from './config';
 import { ControlServer } from './control-server';
-import { PacketPort, TapPort } from './fd-port';
-import type { Port } from './port';
-import { StreamPort } from './stream-port';
-import { Switch } from './switch';
-import { UdpTransport } from './udp-transport';
+import { PacketPort, TapPort } from '../port/fd-port';
+import type { Port } from '../port/port';
+import { StreamPort } from '../port/stream-port';
+import { Switch } from '../switch';
+import { UdpTransport } from '../tunnel/udp';
 
 export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; control?: ControlServer; tapNames: Record<string, string>; tunnelPort?: number }> {
   const sw = new Switch({ id: cfg.id, ...(cfg.tunnel?.underlayMtu ? { underlayMtu: cfg.tunnel.underlayMtu } : {}) });
   const tapNames: Record<string, string> = {};
   let control: ControlServer | undefined;
   try {
-    for (const p of cfg.peers) sw.addPeer({ name: p.id, address: p.address, port: p.port });
-    for (const v of cfg.vnes) sw.addVne(v);
+    for (const p of cfg.peers) sw.upsertPeer({ name: p.id, address: p.address, port: p.port });
+    for (const v of cfg.vnes) sw.configureVne(v);
     let tunnelPort: number | undefined;
     if (cfg.tunnel) {
       const t = new UdpTransport(cfg.tunnel.address, cfg.tunnel.port, { offload: cfg.tunnel.offload ?? true });
@@ -41,9 +41,9 @@ export async function buildSwitch(cfg: SwitchConfig): Promise<{ sw: Switch; cont
         await sp.listen();
         port = sp;
       }
-      sw.addPort(p.vne, port);
+      sw.attachPort(p.vne, port);
     }
-    for (const s of cfg.static) sw.setStaticMac(s.vne, s.mac, s.peer !== undefined ? { peer: s.peer } : { port: s.port as string });
+    for (const s of cfg.static) sw.configureVne({ name: s.vne, macs: [s.peer !== undefined ? { mac: s.mac, peer: s.peer } : { mac: s.mac, port: s.port as string }] });
     if (cfg.control) {
       control = new ControlServer(sw, cfg.control);
       await control.start();

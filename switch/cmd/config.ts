@@ -15,7 +15,7 @@
  * }
  */
 import * as fs from 'node:fs';
-import { VnsnapError } from '../proto/core/errors';
+import { VnsnapError } from '../../proto/core/errors';
 
 export interface PortSpec {
   name: string;
@@ -94,7 +94,9 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
   if (control !== undefined) cfg.control = control;
   arr(o['peers'], 'peers').forEach((p, i) => {
     const po = obj(p, `peers[${i}]`);
-    cfg.peers.push({ id: str(po, 'id', `peers[${i}]`) as string, address: str(po, 'address', `peers[${i}]`) as string, port: int(po, 'port', `peers[${i}]`, 1, 65535) as number });
+    const id = str(po, 'id', `peers[${i}]`) as string;
+    if (cfg.peers.some((x) => x.id === id)) fail(`peers[${i}].id: peer "${id}" is listed twice`);
+    cfg.peers.push({ id, address: str(po, 'address', `peers[${i}]`) as string, port: int(po, 'port', `peers[${i}]`, 1, 65535) as number });
   });
   arr(o['vnes'], 'vnes').forEach((v, i) => {
     const vo = obj(v, `vnes[${i}]`);
@@ -104,6 +106,8 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
       return p;
     });
     const vne: SwitchConfig['vnes'][number] = { name: str(vo, 'name', `vnes[${i}]`) as string, vni: int(vo, 'vni', `vnes[${i}]`, 0, 0xffffff) as number, peers };
+    if (cfg.vnes.some((x) => x.name === vne.name)) fail(`vnes[${i}].name: VNE "${vne.name}" is listed twice`);
+    if (cfg.vnes.some((x) => x.vni === vne.vni)) fail(`vnes[${i}].vni: VNI ${vne.vni} is used by two VNEs`);
     const gen = int(vo, 'generation', `vnes[${i}]`, 0, 0xffffffff, true);
     if (gen !== undefined) vne.generation = gen;
     cfg.vnes.push(vne);
@@ -132,6 +136,9 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
     const peer = str(so, 'peer', `static[${i}]`, true);
     const port = str(so, 'port', `static[${i}]`, true);
     if ((peer === undefined) === (port === undefined)) fail(`static[${i}] needs exactly one of "peer" or "port"`);
+    const vne = cfg.vnes.find((v) => v.name === e.vne);
+    if (!vne) fail(`static[${i}].vne: no VNE named "${e.vne}"`);
+    if (peer !== undefined && !(vne.peers ?? []).includes(peer)) fail(`static[${i}].peer: "${peer}" is not a peer of VNE ${e.vne}`);
     if (peer !== undefined) e.peer = peer;
     if (port !== undefined) e.port = port;
     cfg.static.push(e);

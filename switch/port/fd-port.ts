@@ -6,8 +6,8 @@
  * drain() reads synchronously until the fd would block: after the VM is paused, that is
  * exactly the set of frames it wrote before the pause.
  */
-import { VnsnapError } from '../proto/core/errors';
-import { nativeIo, Poller, VNET_HDR_LEN } from './native-io';
+import { VnsnapError } from '../../proto/core/errors';
+import { nativeIo, Poller, VNET_HDR_LEN } from '../native-io';
 import type { Port, PortKind, RxBatch } from './port';
 import { DEFAULT_HEADROOM, DEFAULT_MAX_BATCH, newRxBatch, OFFLOAD_SLOT_SIZE } from './port';
 

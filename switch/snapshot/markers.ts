@@ -1,0 +1,217 @@
+/**
+ * Markers and the end of channel recordings (DESIGN.md, "Markers").
+ *
+ * When every local port of a VNE has passed cut k, a marker (VNE, k, count of epoch<k data
+ * frames sent to that peer) goes to every peer of the VNE, retransmitted every
+ * `markerRetransmitMs` until acknowledged. Recording k ends when every peer's marker has
+ * arrived and its count is matched by the epoch<k frames received from it, or
+ * `recordingGraceMs` after the marker (the rest was lost on the wire). channelState(vne, k)
+ * then yields each port's recorded frames in order, once; an ended recording nobody claims (and
+ * an aborted one) is forgotten after `unclaimedTtlMs`.
+ */
+import { VnsnapError } from '../../proto/core/errors';
+import type { SwitchCounters } from '../stats';
+import type { Peer, Vne, VnePeer } from '../tables';
+import { encodeAck, encodeMarker } from '../tunnel/geneve';
+import type { TunnelTx } from '../tunnel/tx-batch';
+import type { ChannelState } from './recording';
+import { Recording } from './recording';
+
+export interface MarkerOptions {
+  markerRetransmitMs: number;
+  recordingGraceMs: number;
+  /** Ended recordings nobody claimed (and aborted ones) are forgotten after this long. */
+  unclaimedTtlMs: number;
+  now: () => number;
+}
+
+export interface RecordingStatus {
+  epoch: number;
+  localDone: boolean;
+  done: boolean;
+  aborted: boolean;
+  peers: { peer: string; marker: number | null; received: number; acked: boolean }[];
+}
+
+export class Markers {
+  constructor(
+    private readonly opts: MarkerOptions,
+    private readonly counters: SwitchCounters,
+    private readonly tunnel: TunnelTx,
+    private readonly peerName: (idx: number) => string | undefined,
+  ) {}
+
+  /** Recording k of v, created on first use. */
+  recording(v: Vne, k: number): Recording {
+    let r = v.recordings.get(k);
+    if (!r) {
+      r = new Recording(k);
+      v.recordings.set(k, r);
+    }
+    return r;
+  }
+
+  /** If every local port of v has passed k, send the markers of k. */
+  checkLocalCut(v: Vne, k: number): void {
+    const r = v.recordings.get(k);
+    if (!r || r.localDone || r.aborted) return;
+    for (const lp of v.ports) if (lp.epoch < k || lp.cutting) return;
+    r.localDone = true;
+    v.cutEpoch = Math.max(v.cutEpoch, k);
+    for (const idx of v.peers.keys()) r.unacked.add(idx);
+    this.sendMarkers(v, r, this.opts.now());
+    this.tunnel.flush();
+    this.checkRecordingDone(v, r);
+  }
+
+  onMarker(v: Vne, vp: VnePeer, k: number, generation: number, count: number): void {
+    this.counters.markersReceived++;
+    this.tunnel.queue(encodeAck(v.vni, k, generation), vp.peer, null, 0, null, 0);
+    this.counters.acksSent++;
+    if (generation !== v.generation) return;
+    // A retransmitted marker for a recording already handed over: acknowledged, nothing more.
+    if (!v.recordings.has(k) && k <= v.cutEpoch) return;
+    const r = this.recording(v, k);
+    if (!r.markersIn.has(vp.peer.idx)) r.markersIn.set(vp.peer.idx, { count, at: this.opts.now() });
+    this.checkRecordingDone(v, r);
+  }
+
+  onAck(v: Vne, peer: Peer, k: number, generation: number): void {
+    this.counters.acksReceived++;
+    const r = generation === v.generation ? v.recordings.get(k) : undefined;
+    if (r) {
+      r.unacked.delete(peer.idx);
+      if (r.handedOver && r.unacked.size === 0) v.recordings.delete(r.k);
+    }
+  }
+
+  /** Abort recording k: no port records it any more, its waiters are rejected. */
+  abort(v: Vne, k: number): void {
+    const r = this.recording(v, k);
+    r.aborted = true;
+    for (const lp of v.ports) lp.recordings = lp.recordings.filter((x) => x !== r);
+    this.fail(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${k} of VNE ${v.name} was aborted`));
+  }
+
+  fail(r: Recording, e: Error): void {
+    r.aborted = true;
+    r.endedAt = this.opts.now();
+    const waiters = r.waiters;
+    r.waiters = [];
+    for (const w of waiters) w.reject(e);
+  }
+
+  /** See Switch.channelState. */
+  channelState(v: Vne, k: number, timeoutMs: number): Promise<ChannelState> {
+    const existing = v.recordings.get(k);
+    if ((existing === undefined && k <= v.cutEpoch) || existing?.handedOver) {
+      return Promise.reject(new VnsnapError('ERR_NOT_FOUND', `channel state ${k} of VNE ${v.name} was already handed over or is gone`));
+    }
+    const r = this.recording(v, k);
+    if (r.aborted) return Promise.reject(new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${k} of VNE ${v.name} was aborted`));
+    return new Promise<ChannelState>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        r.waiters = r.waiters.filter((w) => w.resolve !== res);
+        reject(new VnsnapError('ERR_TIMEOUT', `channel recording ${k} of VNE ${v.name} did not end within ${timeoutMs} ms (markers from: ${[...r.markersIn.keys()].map((i) => this.peerName(i)).join(', ') || 'none'})`));
+      }, timeoutMs);
+      const res = (cs: ChannelState): void => {
+        clearTimeout(timer);
+        resolve(cs);
+      };
+      r.waiters.push({
+        resolve: res,
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      this.checkRecordingDone(v, r);
+    });
+  }
+
+  status(v: Vne): RecordingStatus[] {
+    return [...v.recordings.values()].map((r) => ({
+      epoch: r.k,
+      localDone: r.localDone,
+      done: r.done,
+      aborted: r.aborted,
+      peers: [...v.peers.values()].map((vp) => ({
+        peer: vp.peer.name,
+        marker: r.markersIn.get(vp.peer.idx)?.count ?? null,
+        received: vp.recv.below(r.k),
+        acked: r.localDone && !r.unacked.has(vp.peer.idx),
+      })),
+    }));
+  }
+
+  /** Retransmit markers, end recordings whose grace passed, forget unclaimed ones. */
+  tick(v: Vne, now: number): void {
+    for (const r of v.recordings.values()) {
+      if ((r.aborted || (r.done && r.waiters.length === 0) || r.handedOver) && r.endedAt > 0 && now - r.endedAt > this.opts.unclaimedTtlMs) {
+        v.recordings.delete(r.k);
+        continue;
+      }
+      if (r.localDone && !r.aborted && r.unacked.size > 0 && now - r.lastMarkerSent >= this.opts.markerRetransmitMs) this.sendMarkers(v, r, now);
+      if (!r.done && !r.aborted) this.checkRecordingDone(v, r);
+    }
+  }
+
+  private sendMarkers(v: Vne, r: Recording, now: number): void {
+    // Flush queued data first so the counts cover everything already handed to the kernel.
+    this.tunnel.flush();
+    for (const idx of r.unacked) {
+      const vp = v.peers.get(idx);
+      if (!vp) continue;
+      this.tunnel.queue(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k)), vp.peer, null, 0, null, 0);
+      this.counters.markersSent++;
+    }
+    r.lastMarkerSent = now;
+  }
+
+  private checkRecordingDone(v: Vne, r: Recording): void {
+    if (r.aborted || !r.localDone || r.handedOver) return;
+    if (r.done) {
+      if (r.waiters.length > 0) this.handOver(v, r);
+      return;
+    }
+    const now = this.opts.now();
+    let lost = 0;
+    const shortfalls: [VnePeer, number][] = [];
+    for (const vp of v.peers.values()) {
+      const m = r.markersIn.get(vp.peer.idx);
+      if (!m) return;
+      const got = vp.recv.below(r.k);
+      const knownLost = vp.lostEpoch < r.k ? vp.lost : 0;
+      if (got + knownLost < m.count) {
+        if (now - m.at < this.opts.recordingGraceMs) return;
+        lost += m.count - got - knownLost;
+      }
+      shortfalls.push([vp, Math.max(0, m.count - got)]);
+    }
+    for (const [vp, short] of shortfalls) {
+      if (r.k > vp.lostEpoch) {
+        vp.lost = short;
+        vp.lostEpoch = r.k;
+      }
+    }
+    r.done = true;
+    r.endedAt = now;
+    r.lostFrames = lost;
+    for (const lp of v.ports) lp.recordings = lp.recordings.filter((x) => x !== r);
+    if (r.waiters.length > 0) this.handOver(v, r);
+  }
+
+  private handOver(v: Vne, r: Recording): void {
+    const ports = new Map<string, Buffer[]>();
+    for (const lp of v.ports) ports.set(lp.name, r.frames.get(lp.name) ?? []);
+    for (const [name, frames] of r.frames) if (!ports.has(name)) ports.set(name, frames);
+    const cs: ChannelState = { vne: v.name, epoch: r.k, ports, lostFrames: r.lostFrames };
+    const waiters = r.waiters;
+    r.waiters = [];
+    r.handedOver = true;
+    r.frames.clear();
+    // Keep retransmitting our markers to peers that have not acknowledged them yet.
+    if (r.unacked.size === 0) v.recordings.delete(r.k);
+    for (const w of waiters) w.resolve(cs);
+  }
+}

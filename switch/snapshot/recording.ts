@@ -1,0 +1,79 @@
+/**
+ * The state of channel recording k of one VNE at this switch (DESIGN.md, "Channel state"), and
+ * the per-peer frame counts that markers carry.
+ *
+ * A recording starts at the first cut to k of one of the VNE's ports. Each port that passes the
+ * cut adds itself; frames of epoch < k delivered to such a port are recorded (copies, plain
+ * Ethernet frames, in delivery order). `localDone` is set when every local port has passed k:
+ * the markers go out then. The recording ends (`done`) when every peer's marker has arrived and
+ * its count is matched, or its grace period passed; the frames are then handed over once to
+ * channelState() callers (`handedOver`) and the record is kept only to retransmit markers to
+ * peers that have not acknowledged them. Pure data: markers.ts holds the logic.
+ */
+
+/** Channel state of one VNE for snapshot k at this switch: each port's recorded frames, in order. */
+export interface ChannelState {
+  vne: string;
+  epoch: number;
+  ports: Map<string, Buffer[]>;
+  /** Epoch<k frames the peers' markers announced that never arrived (lost on the wire). */
+  lostFrames: number;
+}
+
+/** Data frames counted per epoch, for marker counts. */
+export class EpochCounts {
+  private readonly byEpoch = new Map<number, number>();
+  private curEpoch = -1;
+  private cur = 0;
+
+  inc(epoch: number, n = 1): void {
+    if (epoch === this.curEpoch) {
+      this.cur += n;
+      return;
+    }
+    this.fold();
+    this.curEpoch = epoch;
+    this.cur = n;
+  }
+
+  /** Frames with epoch < k. */
+  below(k: number): number {
+    this.fold();
+    let n = 0;
+    for (const [e, c] of this.byEpoch) if (e < k) n += c;
+    return n;
+  }
+
+  reset(): void {
+    this.byEpoch.clear();
+    this.curEpoch = -1;
+    this.cur = 0;
+  }
+
+  private fold(): void {
+    if (this.curEpoch >= 0 && this.cur > 0) this.byEpoch.set(this.curEpoch, (this.byEpoch.get(this.curEpoch) ?? 0) + this.cur);
+    this.cur = 0;
+  }
+}
+
+export interface MarkerIn {
+  count: number;
+  at: number;
+}
+
+export class Recording {
+  readonly frames = new Map<string, Buffer[]>();
+  readonly markersIn = new Map<number, MarkerIn>();
+  readonly unacked = new Set<number>();
+  localDone = false;
+  lastMarkerSent = 0;
+  done = false;
+  /** The frames were given to a channelState() caller; kept only to retransmit markers. */
+  handedOver = false;
+  /** When recording ended or was aborted (ms), for pruning unclaimed state. */
+  endedAt = 0;
+  aborted = false;
+  lostFrames = 0;
+  waiters: { resolve: (v: ChannelState) => void; reject: (e: Error) => void }[] = [];
+  constructor(readonly k: number) {}
+}

@@ -1,0 +1,186 @@
+/**
+ * The VNE table and its configuration: VNEs by name and by VNI, the peer switches, each VNE's
+ * peers and static MAC routes, and its generation. This is the switch's whole control-plane
+ * state; `configureVne` reaches any desired state from any current one in one idempotent call
+ * (additive: peers and routes are never removed), so callers keep no copy of it.
+ *
+ * Generation (DESIGN.md, "Restore"): data frames of another generation are dropped, so a
+ * restored VNE and the instances it replaces never exchange frames. A generation change waits
+ * while ports attached outside a restore gate remain (instances of the old generation run
+ * here: bumping now would stamp their frames with the new generation and let them reach the
+ * restored VMs); it applies when the last of them detaches, or at once with `generationNow`.
+ * Applying one restarts the peers' frame counts, fails the VNE's recordings and forgets learned
+ * MACs.
+ */
+import { VnsnapError } from '../proto/core/errors';
+import { Fdb, FdbOptions } from './bridge/fdb';
+import { isGroupMac, parseMac } from './bridge/mac';
+import type { PeerChange, PeerConfig } from './peers';
+import { PeerTable } from './peers';
+import type { Recording } from './snapshot/recording';
+import type { LocalPort } from './tables';
+import { Vne, VnePeer } from './tables';
+import { isValidVni } from './tunnel/geneve';
+
+export interface VneConfig {
+  name: string;
+  vni: number;
+  generation?: number;
+  /** Names of the peer switches that take part in this VNE. */
+  peers?: string[];
+}
+
+/** A static MAC route: to a peer switch, to a named local port, or to whichever local port has that MAC. */
+export type MacRoute = { mac: string; peer: string } | { mac: string; port: string } | { mac: string; local: true };
+
+/** configureVne's desired state of one VNE (additive: peers and routes are never removed). */
+export interface VneSpec {
+  name: string;
+  /** Needed to create the VNE; when given for an existing one it must match. */
+  vni?: number;
+  /** The VNE's generation (default 1 at creation); a change may be deferred (see the header). */
+  generation?: number;
+  /** Apply `generation` now even if ports of the old one are attached (a restore, after stopping them). */
+  generationNow?: boolean;
+  /** Peer switches taking part: names of known peers, or peers to add or move first. */
+  peers?: (string | PeerConfig)[];
+  macs?: MacRoute[];
+}
+
+export class VneTable {
+  readonly byName = new Map<string, Vne>();
+  readonly byVni = new Map<number, Vne>();
+  readonly peers = new PeerTable();
+
+  constructor(
+    private readonly fdbOpts: Partial<FdbOptions>,
+    private readonly port: (name: string) => LocalPort,
+    private readonly failRecording: (r: Recording, e: Error) => void,
+  ) {}
+
+  get(name: string): Vne {
+    const v = this.byName.get(name);
+    if (!v) throw new VnsnapError('ERR_VNE_UNKNOWN', `unknown VNE "${name}"`);
+    return v;
+  }
+
+  configure(spec: VneSpec): void {
+    if (!spec.name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'a VNE needs a name');
+    const peerNames = (spec.peers ?? []).map((p) => {
+      if (typeof p === 'string') return p;
+      this.upsertPeer(p);
+      return p.name;
+    });
+    let v = this.byName.get(spec.name);
+    if (!v) {
+      if (spec.vni === undefined) throw new VnsnapError('ERR_VNE_UNKNOWN', `unknown VNE "${spec.name}" (creating it needs a VNI)`);
+      v = this.add({ name: spec.name, vni: spec.vni, generation: spec.generation || 1, peers: peerNames });
+    } else {
+      if (spec.vni !== undefined && spec.vni !== v.vni) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${spec.name} has VNI ${v.vni} here; ConfigureVne asks for ${spec.vni}`);
+      if (spec.generation) this.changeGeneration(v, spec.generation, spec.generationNow === true);
+      for (const p of peerNames) this.addPeerTo(v, p);
+    }
+    for (const r of spec.macs ?? []) {
+      if ('local' in r) {
+        const m = parseMac(r.mac);
+        const lp = v.ports.find((p) => p.mac === m);
+        if (lp) this.setStaticMac(v, r.mac, { port: lp.name });
+      } else if ('peer' in r) {
+        if (!this.peers.byName.has(r.peer)) throw new VnsnapError('ERR_PEER_UNKNOWN', `MAC ${r.mac} routed to ${r.peer}, which is not among the VNE's peers`);
+        this.addPeerTo(v, r.peer);
+        this.setStaticMac(v, r.mac, { peer: r.peer });
+      } else this.setStaticMac(v, r.mac, { port: r.port });
+    }
+  }
+
+  upsertPeer(cfg: PeerConfig): PeerChange {
+    const have = this.peers.byName.get(cfg.name);
+    if (have === undefined) {
+      this.peers.add(cfg);
+      return { change: 'added' };
+    }
+    const from = PeerTable.address(have);
+    if (from === `${cfg.address}:${cfg.port}`) return { change: 'unchanged' };
+    const moved = this.peers.move(cfg.name, cfg.address, cfg.port);
+    for (const v of this.byName.values()) {
+      const vp = v.peers.get(moved.idx);
+      if (vp) vp.peer = moved;
+    }
+    return { change: 'moved', from };
+  }
+
+  add(cfg: VneConfig): Vne {
+    if (!cfg.name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'a VNE needs a name');
+    if (!isValidVni(cfg.vni)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VNE ${cfg.name}: VNI must be an integer 0..16777215, got ${cfg.vni}`);
+    if (this.byName.has(cfg.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNE ${cfg.name} already exists`);
+    if (this.byVni.has(cfg.vni)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${cfg.vni} is already used by VNE ${this.byVni.get(cfg.vni)?.name}`);
+    const v = new Vne(cfg.name, cfg.vni, cfg.generation ?? 1, new Fdb(this.fdbOpts));
+    for (const p of cfg.peers ?? []) {
+      const peer = this.peers.byName.get(p);
+      if (!peer) throw new VnsnapError('ERR_PEER_UNKNOWN', `VNE ${cfg.name}: unknown peer switch "${p}"`);
+      v.peers.set(peer.idx, new VnePeer(peer));
+    }
+    v.configChanged();
+    this.byName.set(v.name, v);
+    this.byVni.set(v.vni, v);
+    return v;
+  }
+
+  /** Let a peer take part in a VNE. */
+  addPeerTo(v: Vne, peerName: string): void {
+    const peer = this.peers.get(peerName);
+    if (!v.peers.has(peer.idx)) {
+      v.peers.set(peer.idx, new VnePeer(peer));
+      v.configChanged();
+    }
+  }
+
+  setStaticMac(v: Vne, mac: string, target: { peer: string } | { port: string }): void {
+    const m = parseMac(mac);
+    if (isGroupMac(m)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `static entries must be unicast MACs: ${mac}`);
+    if ('peer' in target) {
+      const peer = this.peers.get(target.peer);
+      if (!v.peers.has(peer.idx)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `peer ${target.peer} is not part of VNE ${v.name}`);
+      v.fdb.setStatic(m, -(peer.idx + 1));
+    } else {
+      const lp = this.port(target.port);
+      if (lp.vne !== v) throw new VnsnapError('ERR_INVALID_ARGUMENT', `port ${target.port} is not in VNE ${v.name}`);
+      v.fdb.setStatic(m, lp.id);
+    }
+  }
+
+  /** A port of v detached: a deferred generation change applies once no old instance runs. */
+  portDetached(v: Vne): void {
+    if (v.pendingGeneration !== undefined && !hasRunningPorts(v)) this.applyGeneration(v, v.pendingGeneration);
+  }
+
+  changeGeneration(v: Vne, generation: number, now: boolean): void {
+    if (now) {
+      v.pendingGeneration = undefined;
+      if (generation !== v.generation) this.applyGeneration(v, generation);
+      return;
+    }
+    if (generation === v.generation) return;
+    if (hasRunningPorts(v)) v.pendingGeneration = generation;
+    else this.applyGeneration(v, generation);
+  }
+
+  /** Set the generation now: data frames of any other generation are dropped; counts restart. */
+  applyGeneration(v: Vne, generation: number): void {
+    v.pendingGeneration = undefined;
+    v.generation = generation;
+    for (const vp of v.peers.values()) {
+      vp.sent.reset();
+      vp.recv.reset();
+      vp.lost = 0;
+      vp.lostEpoch = 0;
+    }
+    for (const r of [...v.recordings.values()]) this.failRecording(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `VNE ${v.name} moved to generation ${generation}`));
+    v.fdb.flushLearned();
+  }
+}
+
+/** Ports of v outside a restore gate: instances of the current generation running here. */
+function hasRunningPorts(v: Vne): boolean {
+  return v.ports.some((p) => p.gate === null);
+}
