@@ -5,7 +5,8 @@
  * suspends the domain — firing the suspend watches — sends the final pass and END, then waits
  * for "ready": a receiver that closes instead makes it resume the domain and exit 1, as xl
  * does); `saveCheckpoint` is stop-and-copy into a file; `restorePaused` rebuilds the pages from
- * an image. The same stream format as Xen's (xen-stream.ts), so the driver's reader is tested.
+ * an image. The same stream format as Xen's (agent/drivers/xen/stream.ts), so the driver's
+ * reader is tested.
  */
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
