@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * vnsnap-agent: the per-host daemon. Thin: read the configuration (file + flags), build the
- * agent, its drivers and metrics server, start them; stop cleanly on SIGTERM/SIGINT.
+ * agent, its drivers and metrics server, start them in order with the lifecycle helper
+ * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2.
  *
@@ -12,6 +13,7 @@
  */
 import { Command } from 'commander';
 import { describeError } from '../proto/core/errors';
+import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger, type Logger } from '../proto/core/log';
 import { Agent } from './agent';
 import { loadAgentConfig, PRODUCT_DRIVERS } from './config';
@@ -31,6 +33,31 @@ const productDrivers: DriverFactory[] = [
   { name: 'qemu', make: (log) => new QemuDriver({ logger: log.child({ driver: 'qemu' }) }) },
   { name: 'xen', make: (log) => new XenDriver({ logger: log.child({ driver: 'xen' }) }) },
 ];
+
+/** The Prometheus /metrics (and /debug/vms) HTTP server as a lifecycle part: start binds, stop closes. */
+class MetricsServer implements Startable {
+  private served: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+
+  constructor(
+    private readonly metrics: AgentMetrics,
+    private readonly listenPort: number,
+    private readonly debug: () => unknown,
+  ) {}
+
+  async start(): Promise<void> {
+    this.served = await serveMetrics(this.metrics.registry, this.listenPort, undefined, this.debug);
+  }
+
+  stop(): void {
+    this.served?.server.close();
+    this.served = undefined;
+  }
+
+  /** The bound port (the configured one, or the ephemeral one for 0); undefined before start. */
+  get port(): number | undefined {
+    return this.served?.port;
+  }
+}
 
 /** Parse the command line and configuration, build and start the agent; `extra` adds driver factories. */
 export async function runAgentMain(extra: readonly DriverFactory[] = []): Promise<void> {
@@ -80,13 +107,14 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     logger: log,
     metrics,
   });
-  let metricsServer: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+  // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
+  // metrics port that cannot be bound stops the agent that had started.
+  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, () => agent.debugVms()) : undefined;
+  const parts: Startable[] = metricsServer ? [agent, metricsServer] : [agent];
   try {
-    await agent.start();
-    if (cfg.metricsPort !== undefined) metricsServer = await serveMetrics(metrics.registry, cfg.metricsPort, undefined, () => agent.debugVms());
+    await startAll(parts);
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
-    await agent.stop().catch(() => undefined);
     process.exit(2);
   }
   process.stdout.write(
@@ -97,8 +125,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     if (stopping) return;
     stopping = true;
     log.info({ sig }, 'stopping');
-    metricsServer?.server.close();
-    agent.stop().then(
+    stopAll(parts).then(
       () => process.exit(0),
       (e) => {
         log.error({ err: describeError(e) }, 'stop failed');

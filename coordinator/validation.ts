@@ -8,7 +8,8 @@
  * names unique; every VM has a host (agent id) and at least one MAC; MACs are six hex pairs,
  * unicast, not all zero, unique within the VNE; a driver spec (sim, qemu or xen) with its
  * essentials (memory for sim and qemu, kernel or disk for qemu, config for xen); sim peers
- * are other VMs of the same VNE.
+ * are other VMs of the same VNE. (sim is the tests' simulated driver, test/sim/: only a test
+ * agent runs it, but the coordinator checks its spec like any other.)
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';

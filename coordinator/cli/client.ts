@@ -4,7 +4,7 @@
  * turns any gRPC failure into a CliError a person understands (exit code included).
  *
  * Unreachable vs refused: a status the coordinator itself sent carries the vnsnap error code in
- * its trailers (proto/grpc-errors.ts) and maps through that code; an UNAVAILABLE (or a deadline,
+ * its trailers (proto/core/grpc-status.ts) and maps through that code; an UNAVAILABLE (or a deadline,
  * or a non-gRPC answer) without that tag means we never talked to a coordinator: exit 4.
  */
 import * as grpc from '@grpc/grpc-js';

@@ -29,6 +29,16 @@ function printJson(ctx: Ctx, type: string, message: unknown): void {
   ctx.io.out(JSON.stringify(toJson(type, message), null, 2) + '\n');
 }
 
+/** One call to the coordinator, its response printed: as proto3 JSON of `type` with --json, else `human(response)`. */
+function callAndPrint<R>(ctx: Ctx, call: (c: CoordinatorClient) => Promise<R>, type: string, human: (r: R) => string): Promise<ExitCode> {
+  return withClient(ctx, async (c) => {
+    const r = await call(c);
+    if (ctx.json) printJson(ctx, type, r);
+    else ctx.io.out(human(r));
+    return EXIT.OK;
+  });
+}
+
 async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>): Promise<T> {
   const c = new CoordinatorClient(ctx.coordinator);
   try {
@@ -40,75 +50,35 @@ async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>):
 
 export async function vneDefine(ctx: Ctx, file: string, update: boolean): Promise<ExitCode> {
   const vne = readVneFile(file);
-  return withClient(ctx, async (c) => {
-    const v = update ? await c.updateVne(vne) : await c.defineVne(vne);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.Vne', v);
-    else ctx.io.out(`${update ? 'updated' : 'defined'} VNE ${describeVne(v)}\n`);
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => (update ? c.updateVne(vne) : c.defineVne(vne)), 'vnsnap.v1.Vne', (v) => `${update ? 'updated' : 'defined'} VNE ${describeVne(v)}\n`);
 }
 
 export async function vneList(ctx: Ctx): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.listVnes();
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListVnesResponse', r);
-    else ctx.io.out(renderVneList(r.vnes));
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.listVnes(), 'vnsnap.v1.ListVnesResponse', (r) => renderVneList(r.vnes));
 }
 
 export async function vneShow(ctx: Ctx, name: string): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const v = await c.getVne(name);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.Vne', v);
-    else ctx.io.out(renderVne(v));
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.getVne(name), 'vnsnap.v1.Vne', renderVne);
 }
 
 export async function vneDelete(ctx: Ctx, name: string, withSnapshots: boolean): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.deleteVne({ name, deleteSnapshots: withSnapshots });
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.DeleteVneResponse', r);
-    else ctx.io.out(`deleted VNE ${name}${withSnapshots ? ' and its snapshots' : ''}\n`);
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.deleteVne({ name, deleteSnapshots: withSnapshots }), 'vnsnap.v1.DeleteVneResponse', () => `deleted VNE ${name}${withSnapshots ? ' and its snapshots' : ''}\n`);
 }
 
 export async function vneStart(ctx: Ctx, name: string): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.startVne(name);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.StartVneResponse', r);
-    else ctx.io.out(r.vne ? `started VNE ${describeVne(r.vne)}\n` : `started VNE ${name}\n`);
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.startVne(name), 'vnsnap.v1.StartVneResponse', (r) => (r.vne ? `started VNE ${describeVne(r.vne)}\n` : `started VNE ${name}\n`));
 }
 
 export async function vneStop(ctx: Ctx, name: string): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.stopVne(name);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.StopVneResponse', r);
-    else ctx.io.out(`stopped VNE ${name}\n`);
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.stopVne(name), 'vnsnap.v1.StopVneResponse', () => `stopped VNE ${name}\n`);
 }
 
 export async function agents(ctx: Ctx): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.listAgents();
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListAgentsResponse', r);
-    else ctx.io.out(renderAgents(r.agents));
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.listAgents(), 'vnsnap.v1.ListAgentsResponse', (r) => renderAgents(r.agents));
 }
 
 export async function snapshotList(ctx: Ctx, vne: string): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.listSnapshots(vne);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.ListSnapshotsResponse', r);
-    else ctx.io.out(renderSnapshotList(r.snapshots));
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.listSnapshots(vne), 'vnsnap.v1.ListSnapshotsResponse', (r) => renderSnapshotList(r.snapshots));
 }
 
 export async function snapshotShow(ctx: Ctx, id: string, timeline: string | undefined): Promise<ExitCode> {
@@ -131,12 +101,7 @@ export async function snapshotShow(ctx: Ctx, id: string, timeline: string | unde
 }
 
 export async function snapshotDelete(ctx: Ctx, id: string): Promise<ExitCode> {
-  return withClient(ctx, async (c) => {
-    const r = await c.deleteSnapshot(id);
-    if (ctx.json) printJson(ctx, 'vnsnap.v1.DeleteSnapshotResponse', r);
-    else ctx.io.out(`deleted snapshot ${id}\n`);
-    return EXIT.OK;
-  });
+  return callAndPrint(ctx, (c) => c.deleteSnapshot(id), 'vnsnap.v1.DeleteSnapshotResponse', () => `deleted snapshot ${id}\n`);
 }
 
 function renderMode(ctx: Ctx): RenderMode {

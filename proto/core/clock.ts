@@ -1,6 +1,13 @@
 /**
- * Time for the coordinator, injected so the sequencers' timeouts are testable: the system clock
- * in production, a manual clock (advanced by the test) in unit tests.
+ * Time for every vnsnap program, in one place.
+ *
+ * `Clock` is injected wherever a timeout or a deadline decides an outcome (the coordinator's
+ * sequencers and agent registry, the agent's session, command dispatch and snapshot/restore
+ * runners), so those are testable: `systemClock` in production, `ManualClock` (time moves only
+ * when the test advances it, timers fire in due order) in unit tests.
+ *
+ * `nowUs()` is the one source of the microsecond instants drivers record (pause/resume/cut
+ * times, phase timings): wall-clock based, monotonic within a process, comparable across hosts.
  */
 
 export type TimerHandle = { readonly id: number };

@@ -7,7 +7,8 @@
  *   cannot read config file F: <reason>       the file is missing or unreadable
  *   F is not valid JSON: <parser message>     its text does not parse
  *   F must be a JSON object                   it parses to something else
- *   [where: ]unknown key "k" (known: a, b)    a key no program reads (a typo)
+ *   [where: ]unknown key "k" (known: a, b)    a key no program reads (a typo); a program whose
+ *                                             messages say "field" passes that noun
  */
 import * as fs from 'node:fs';
 import { VnsnapError } from './errors';
@@ -40,9 +41,12 @@ export function readJsonObjectFile(file: string): Record<string, unknown> {
   return parseJsonObject(text, file);
 }
 
-/** Refuse a key outside `known`; `where` (a file, a section) prefixes the message. */
-export function rejectUnknownKeys(o: Record<string, unknown>, known: readonly string[], where?: string): void {
+/**
+ * Refuse a key outside `known`; `where` (a file, a section) prefixes the message, `noun` names
+ * what a key is called in it (default "key").
+ */
+export function rejectUnknownKeys(o: Record<string, unknown>, known: readonly string[], where?: string, opts: { noun?: string } = {}): void {
   for (const k of Object.keys(o)) {
-    if (!known.includes(k)) configError(`${where ? `${where}: ` : ''}unknown key "${k}" (known: ${known.join(', ')})`);
+    if (!known.includes(k)) configError(`${where ? `${where}: ` : ''}unknown ${opts.noun ?? 'key'} "${k}" (known: ${known.join(', ')})`);
   }
 }

@@ -10,7 +10,11 @@ export interface Startable {
   stop(): Promise<void> | void;
 }
 
-/** Start components in order; if one fails, stop the ones already started (reverse order) and rethrow. */
+/**
+ * Start components in order; if one fails, stop the ones already started (reverse order) and
+ * rethrow that start failure: it is the error the caller reports, even when a stop during the
+ * roll-back fails too.
+ */
 export async function startAll(components: readonly Startable[]): Promise<void> {
   const started: Startable[] = [];
   try {
@@ -19,7 +23,7 @@ export async function startAll(components: readonly Startable[]): Promise<void> 
       started.push(c);
     }
   } catch (e) {
-    await stopAll(started);
+    await stopAll(started).catch(() => undefined);
     throw e;
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The switch daemon's static configuration file (JSON), validated with messages that name the
- * offending field, so a typo is a one-line error and never a stack trace.
+ * offending field, so a typo is a one-line error and never a stack trace. The file-level checks
+ * (readable, valid JSON, one object, no unknown field) are the shared ones of proto/core/config.ts.
  *
  * {
  *   "id": "h1",
@@ -14,8 +15,7 @@
  *   "static": [ { "vne": "blue", "mac": "52:54:00:00:00:04", "peer": "h2" } ]
  * }
  */
-import * as fs from 'node:fs';
-import { VnsnapError } from '../../proto/core/errors';
+import { configError as fail, parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../proto/core/config';
 
 export interface PortSpec {
   name: string;
@@ -35,10 +35,6 @@ export interface SwitchConfig {
   vnes: { name: string; vni: number; generation?: number; peers?: string[] }[];
   ports: PortSpec[];
   static: { vne: string; mac: string; peer?: string; port?: string }[];
-}
-
-function fail(msg: string): never {
-  throw new VnsnapError('ERR_CONFIG', msg);
 }
 
 function str(o: Record<string, unknown>, key: string, where: string, optional = false): string | undefined {
@@ -66,16 +62,20 @@ function arr(v: unknown, where: string): unknown[] {
   return v;
 }
 
+const KEYS = ['id', 'tunnel', 'control', 'peers', 'vnes', 'ports', 'static'];
+
+/** Parse a configuration's text; `source` (the file) is named in the messages. */
 export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    fail(`${source} is not valid JSON: ${(e as Error).message}`);
-  }
-  const o = obj(raw, source);
-  const known = new Set(['id', 'tunnel', 'control', 'peers', 'vnes', 'ports', 'static']);
-  for (const k of Object.keys(o)) if (!known.has(k)) fail(`${source}: unknown field "${k}" (known: ${[...known].join(', ')})`);
+  return switchConfigFrom(parseJsonObject(text, source), source);
+}
+
+/** Read and parse a configuration file. */
+export function loadSwitchConfig(file: string): SwitchConfig {
+  return switchConfigFrom(readJsonObjectFile(file), file);
+}
+
+function switchConfigFrom(o: Record<string, unknown>, source: string): SwitchConfig {
+  rejectUnknownKeys(o, KEYS, source, { noun: 'field' });
   const cfg: SwitchConfig = { id: str(o, 'id', source) as string, peers: [], vnes: [], ports: [], static: [] };
   if (o['tunnel'] !== undefined) {
     const t = obj(o['tunnel'], `${source}.tunnel`);
@@ -144,14 +144,4 @@ export function parseSwitchConfig(text: string, source = 'config'): SwitchConfig
     cfg.static.push(e);
   });
   return cfg;
-}
-
-export function loadSwitchConfig(file: string): SwitchConfig {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new VnsnapError('ERR_CONFIG', `cannot read config file ${file}: ${(e as Error).message}`);
-  }
-  return parseSwitchConfig(text, file);
 }

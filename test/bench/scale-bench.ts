@@ -48,6 +48,7 @@ import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/Coordin
 import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent__Output } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import { loadVnsnap } from '../../proto/core/grpc';
+import { forEachFlag, usageExit } from './args';
 import { errMsg, median, sleep } from './proc';
 import type { FromWorker, ToWorker, VmCounters, WorkerSimOptions } from './scale-ipc';
 import { cpuSeconds, memoryMib } from './scale-proc';
@@ -83,11 +84,7 @@ interface Options {
 }
 
 function usage(msg?: string): never {
-  if (msg) process.stderr.write(`scale-bench: ${msg}\n`);
-  process.stderr.write(
-    'usage: scale-bench [--json] [--agents N] [--vms-per-agent N] [--workers N] [--runs N] [--mode precopy|background] [--peers N] [--frame-rate HZ] [--memory-mib N] [--dirty-rate MIBS] [--tick-ms MS] [--warmup S] [--settle S] [--coordinator-log-level L] [--tmp DIR] [--dead-after-ms MS]\n',
-  );
-  process.exit(2);
+  usageExit('scale-bench', 'usage: scale-bench [--json] [--agents N] [--vms-per-agent N] [--workers N] [--runs N] [--mode precopy|background] [--peers N] [--frame-rate HZ] [--memory-mib N] [--dirty-rate MIBS] [--tick-ms MS] [--warmup S] [--settle S] [--coordinator-log-level L] [--tmp DIR] [--dead-after-ms MS]', msg);
 }
 
 function parseArgs(argv: string[]): Options {
@@ -123,20 +120,13 @@ function parseArgs(argv: string[]): Options {
     '--tick-ms': 'tickMs',
     '--dead-after-ms': 'deadAfterMs',
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    const [flag, inline] = a.startsWith('--') && a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
-    const val = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined) usage(`${flag} needs a value`);
-      return v;
-    };
+  forEachFlag(argv, usage, (flag, val, a) => {
     const key = ints[flag];
     if (key) {
       const n = Number(val());
       if (!Number.isInteger(n) || n < (key === 'dirtyRateMibS' || key === 'frameRateHz' || key === 'peers' ? 0 : 1)) usage(`${flag} needs a positive integer`);
       (o as unknown as Record<string, number>)[key] = n;
-      continue;
+      return;
     }
     switch (flag) {
       case '--json':
@@ -169,7 +159,7 @@ function parseArgs(argv: string[]): Options {
       default:
         usage(`unknown option ${a}`);
     }
-  }
+  });
   if (o.agents > 999) usage('--agents is at most 999');
   if (o.vmsPerAgent > 99) usage('--vms-per-agent is at most 99');
   o.workers = Math.min(o.workers, o.agents);

@@ -18,6 +18,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Topology } from '../support/netns';
+import { forEachFlag, usageExit } from './args';
 import { setupKernel, setupOvs, setupVnsnap, Dataplane, DataplaneName, VnsnapDataplane, INNER_MTU } from './dataplanes';
 import { tcpRun, udp64Run, TcpResult, UdpResult } from './iperf';
 import { ovsAvailable, ovsVersion } from './ovs';
@@ -39,11 +40,7 @@ interface Options {
 }
 
 function usage(msg?: string): never {
-  if (msg) process.stderr.write(`switch-bench: ${msg}\n`);
-  process.stderr.write(
-    'usage: switch-bench [--json] [--only vnsnap|ovs|kernel[,..]]... [--duration S] [--runs N] [--udp-rate B] [--udp-streams N] [--daemon PATH] [--snapshot-interval MS] [--kernel-tunnel geneve|vxlan|auto]\n',
-  );
-  process.exit(2);
+  usageExit('switch-bench', 'usage: switch-bench [--json] [--only vnsnap|ovs|kernel[,..]]... [--duration S] [--runs N] [--udp-rate B] [--udp-streams N] [--daemon PATH] [--snapshot-interval MS] [--kernel-tunnel geneve|vxlan|auto]', msg);
 }
 
 function parseArgs(argv: string[]): Options {
@@ -58,14 +55,7 @@ function parseArgs(argv: string[]): Options {
     snapshotIntervalMs: 1000,
     kernelTunnel: 'auto',
   };
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] as string;
-    const [flag, inline] = a.startsWith('--') && a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
-    const val = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined) usage(`${flag} needs a value`);
-      return v;
-    };
+  forEachFlag(argv, usage, (flag, val, a) => {
     switch (flag) {
       case '--json':
         o.json = true;
@@ -111,7 +101,7 @@ function parseArgs(argv: string[]): Options {
       default:
         usage(`unknown argument ${a}`);
     }
-  }
+  });
   if (o.only.length === 0) o.only = [...ALL];
   return o;
 }

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/drivers/xen/driver';
 import { median, run } from '../bench/proc';
-import { until } from '../support/wait';
+import { sleep, until } from '../support/wait';
 import { guestConfig, type GuestStatus } from './guest-config';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -273,7 +273,9 @@ async function main(): Promise<void> {
     await cli(['vne', 'stop', 'xenvne']).catch(() => undefined);
     await stopPeer();
     for (const p of procs.reverse()) p.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 2000));
+    // Let them stop cleanly (their exits), for 2 s at the most.
+    const exits = procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? undefined : new Promise((r) => p.once('exit', r))));
+    await Promise.race([Promise.all(exits), sleep(2000)]);
     process.exit(out.ok ? 0 : 1);
   }
 }

@@ -5,13 +5,15 @@
  * suspends the domain — firing the suspend watches — sends the final pass and END, then waits
  * for "ready": a receiver that closes instead makes it resume the domain and exit 1, as xl
  * does); `saveCheckpoint` is stop-and-copy into a file; `restorePaused` rebuilds the pages from
- * an image. The same stream format as Xen's (xen-stream.ts), so the driver's reader is tested.
+ * an image. The same stream format as Xen's (agent/drivers/xen/stream.ts), so the driver's
+ * reader is tested.
  */
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import type { SuspendWatch, XenHost, XlProcess } from '../../agent/drivers/xen/xl';
 import { nowUs } from '../../proto/core/clock';
+import { sleep } from '../support/wait';
 import { LIBXC_REC, LIBXL_REC, pagesOf, XenStreamWriter as W, XL_RECEIVER_BANNER } from '../../agent/drivers/xen/stream';
 
 const PAGE = 4096;
@@ -120,7 +122,7 @@ export class FakeXenHost implements XenHost {
   /** libxl's suspend request, then (after `ackMs`, the guest's acknowledgement) the suspend. */
   private async suspend(d: FakeDom, ackMs = 0): Promise<void> {
     for (const w of this.watches.filter((x) => x.domid === d.domid)) w.request();
-    if (ackMs) await new Promise((r) => setTimeout(r, ackMs));
+    if (ackMs) await sleep(ackMs);
     d.state = 'suspended';
     const t = nowUs();
     for (const w of this.watches.filter((x) => x.domid === d.domid)) w.fire(t);
@@ -156,13 +158,18 @@ export class FakeXenHost implements XenHost {
       let closed = false;
       const closedP = new Promise<void>((r) => s.on('close', () => ((closed = true), r())));
       s.on('error', () => undefined);
-      s.on('data', (b: Buffer) => (inbound += b.toString()));
+      let bannerSeen = (): void => undefined;
+      const bannerP = new Promise<void>((r) => (bannerSeen = r));
+      s.on('data', (b: Buffer) => {
+        inbound += b.toString();
+        if (inbound.includes(XL_RECEIVER_BANNER)) bannerSeen();
+      });
       const write = async (b: Buffer): Promise<boolean> => {
         if (closed) return false;
         if (!s.write(b)) await Promise.race([new Promise((r) => s.once('drain', r)), closedP]);
         return !closed;
       };
-      while (!inbound.includes(XL_RECEIVER_BANNER) && !closed) await new Promise((r) => setTimeout(r, 2));
+      await Promise.race([bannerP, closedP]);
       const fail = async (msg: string): Promise<{ code: number; output: string; exitUnixUs: number }> => {
         if (d.state === 'suspended') d.state = 'running';
         return { code: 1, output: msg, exitUnixUs: nowUs() };
@@ -179,7 +186,7 @@ export class FakeXenHost implements XenHost {
           return { code: 1, output: 'Migration failed, failed to suspend at sender.', exitUnixUs: nowUs() };
         }
         if (pfns.length < 2) break;
-        await new Promise((r) => setTimeout(r, 5));
+        await sleep(5);
       }
       await this.suspend(d, 30);
       pfns = [...new Set([...pfns, ...d.dirty])].sort((a, b) => a - b);
@@ -187,7 +194,7 @@ export class FakeXenHost implements XenHost {
       for (const r of this.pass(d, pfns)) if (!(await write(r))) return fail('receiver went away');
       if (!(await write(this.trailer()))) return fail('receiver went away');
       await closedP;
-      if (this.o.resumeMs) await new Promise((r) => setTimeout(r, this.o.resumeMs));
+      if (this.o.resumeMs) await sleep(this.o.resumeMs);
       if (inbound.includes('ready')) return { code: 0, output: 'migrated', exitUnixUs: nowUs() };
       return fail('Migration failed, resuming at sender.');
     })();
@@ -203,9 +210,9 @@ export class FakeXenHost implements XenHost {
     this.calls.push(`save -c ${name}`);
     const exited = (async () => {
       const d = this.dom(name);
-      await new Promise((r) => setTimeout(r, 2));
+      await sleep(2);
       await this.suspend(d);
-      await new Promise((r) => setTimeout(r, 20)); // the copy
+      await sleep(20); // the copy
       const all = d.pages.map((_, i) => i);
       await fsp.writeFile(file, Buffer.concat([this.header(d), ...this.pass(d, all), this.trailer()]));
       d.state = 'running';

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { sleep } from '../support/wait';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
 const SCRIPT = path.join(REPO, 'test', 'xen', 'build-testbed.sh');
@@ -105,7 +106,7 @@ export async function runInDom0(o: XenRunOptions): Promise<XenRun> {
   let done = false;
   try {
     while (Date.now() - t0 < o.timeoutMs) {
-      await Promise.race([new Promise((r) => setTimeout(r, 1000)), qemuExited]);
+      await Promise.race([sleep(1000), qemuExited]);
       if (o.onConsoleLine && fs.existsSync(consoleFile)) {
         const text = fs.readFileSync(consoleFile, 'latin1');
         const lines = text.slice(seen).split('\n');

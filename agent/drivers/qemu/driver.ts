@@ -14,7 +14,6 @@
  * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -23,7 +22,7 @@ import { silentLogger, type Logger } from '../../../proto/core/log';
 import { PacketPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
-import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-dir';
+import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
 import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
@@ -315,9 +314,7 @@ export class QemuDriver implements HypervisorDriver {
     const file = `${vm.files.dir}/fp-${randomBytes(4).toString('hex')}.bin`;
     try {
       await this.pmemsave(id, file);
-      const h = createHash('sha256');
-      for await (const chunk of fs.createReadStream(file)) h.update(chunk as Buffer);
-      return h.digest('hex');
+      return await sha256File(file);
     } finally {
       await fsp.rm(file, { force: true });
     }

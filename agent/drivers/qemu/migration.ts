@@ -27,6 +27,7 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
@@ -35,7 +36,7 @@ import type { CutReport, SnapshotModeName, SnapshotOptions, SnapshotProgress, Vm
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { shQuote } from './cmdline';
 import { DiskOverlay } from './disk-overlay';
-import { MiB, qemuImg, sleep, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
+import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
 type JobPhase = 'precopy' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';

@@ -13,6 +13,7 @@
  * with the tail of QEMU's stderr; kill() asks QMP `quit`, then SIGKILL after 3 s.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import type { Logger } from '../../../proto/core/log';
@@ -62,8 +63,6 @@ export interface QemuDriverOptions {
 export type QemuOptions = Required<Omit<QemuDriverOptions, 'logger'>>;
 
 export const MiB = 1024 * 1024;
-
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** `qemu-img ARGS`: its stdout, or an ExecError (ERR_DRIVER) with its stderr. */
 export function qemuImg(binary: string, args: string[]): Promise<string> {

@@ -16,6 +16,7 @@
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { VnsnapError } from '../../../proto/core/errors';
 
 export interface QmpEvent {
@@ -44,8 +45,6 @@ export interface QmpConnectOptions {
   /** Default per-command timeout (default 30 s). */
   commandTimeoutMs?: number;
 }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export class QmpClient extends EventEmitter {
   private buf = '';

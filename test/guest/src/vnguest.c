@@ -323,6 +323,25 @@ static int listen_tcp(int port) {
   return fd;
 }
 
+/* Listen on `port`, retrying every second until it works (logging why it does not yet). */
+static int listen_until_up(int port, const char *what) {
+  int lfd;
+  while ((lfd = listen_tcp(port)) < 0) {
+    logmsg("cannot listen on %s port %d: %s", what, port, strerror(errno));
+    sleep_ms(1000);
+  }
+  return lfd;
+}
+
+/* The next connection on `lfd`, retrying after a failed accept. */
+static int accept_next(int lfd) {
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0) return fd;
+    sleep_ms(10);
+  }
+}
+
 /* ------------------------------------------------------------------ stream sender */
 
 static void *sender_main(void *arg) {
@@ -520,19 +539,8 @@ static void spawn_detached(void *(*fn)(void *), void *arg) {
 
 static void *receiver_main(void *arg) {
   (void)arg;
-  int lfd;
-  while ((lfd = listen_tcp(cfg.listen_port)) < 0) {
-    logmsg("cannot listen on stream port %d: %s", cfg.listen_port, strerror(errno));
-    sleep_ms(1000);
-  }
-  for (;;) {
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) {
-      sleep_ms(10);
-      continue;
-    }
-    spawn_detached(receiver_conn, (void *)(intptr_t)fd);
-  }
+  int lfd = listen_until_up(cfg.listen_port, "stream");
+  for (;;) spawn_detached(receiver_conn, (void *)(intptr_t)accept_next(lfd));
   return NULL;
 }
 
@@ -894,17 +902,9 @@ static char *status_json(void) {
 
 static void *status_main(void *arg) {
   (void)arg;
-  int lfd;
-  while ((lfd = listen_tcp(cfg.status_port)) < 0) {
-    logmsg("cannot listen on status port %d: %s", cfg.status_port, strerror(errno));
-    sleep_ms(1000);
-  }
+  int lfd = listen_until_up(cfg.status_port, "status");
   for (;;) {
-    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0) {
-      sleep_ms(10);
-      continue;
-    }
+    int fd = accept_next(lfd);
     struct timeval tv = {5, 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     char *js = status_json();
