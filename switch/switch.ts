@@ -225,8 +225,9 @@ export class Switch implements Startable {
    * Cut the named ports to epoch k (snapshot/cut.ts): gate them all, run `atPause` once (it
    * pauses the VMs and calls `pass` while they are paused; if it never does, pass runs when it
    * returns), drain each port, advance it to k, release held frames. On failure every named
-   * port still being cut is un-gated at its old epoch and the error is rethrown. Then the other
-   * ports of their VNEs still behind k pass the cut without a pause. Resolves with atPause's result.
+   * port still being cut is un-gated at its old epoch and the error is rethrown. Then the ports
+   * of their VNEs still behind k and not being cut by another call (the failed ones included)
+   * pass the cut without a pause. Resolves with atPause's result.
    */
   cutPorts<T = void>(names: readonly string[], k: number, atPause?: AtPause<T>): Promise<T | undefined> {
     let ports: LocalPort[];
