@@ -6,10 +6,10 @@
  * This module is the composition root: it builds the parts and starts and stops them in order.
  *   session.ts          the coordinator session (Register, Welcome, heartbeat, backoff), injectable
  *   commands.ts         Commands → the parts below; one Result per Command with a stable error code
- *   vne-table.ts        VNE, peer and MAC configuration applied to the switch
- *   vms.ts              VM lifecycle through the drivers; the VMs' ports on the switch
- *   snapshot-runner.ts  SnapshotBegin/Commit/Persist/Abort (the cut), aborts on a lost session
- *   restore-runner.ts   RestorePrepare/Resume/Cancel behind restore gates (restore-gate.ts)
+ *   vne-table.ts        ConfigureVne → the switch's configureVne (the switch owns peers, MACs, generation)
+ *   vms.ts              VM lifecycle through the drivers; the VMs' ports on the switch (attachPort)
+ *   snapshot-runner.ts  SnapshotBegin/Commit/Persist/Abort (the cut: switch.cutPorts), aborts on a lost session
+ *   restore-runner.ts   RestorePrepare/Resume/Cancel behind the switch's restore gates (openGate)
  * Time comes from an injected Clock (the system clock by default): the runners' timers and the
  * session's are testable on a manual clock.
  *
@@ -45,7 +45,6 @@ import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
 
 export { portName } from './vms';
-export { RestoreGatePort } from './restore-gate';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -114,8 +113,8 @@ export class Agent extends EventEmitter implements Startable {
     const clock = opts.clock ?? systemClock;
     const nowUs = microsOf(clock);
     const parts = { agentId: this.id, switch: () => this.switch, store: this.store, clock, nowUs, log: this.log, metrics: this.metrics };
-    this.vms = new VmTable({ ...parts, drivers: opts.drivers, ...(opts.restoreGateBytes !== undefined ? { restoreGateBytes: opts.restoreGateBytes } : {}) });
-    const vnes = (this.vnes = new VneTable({ ...parts, vms: this.vms }));
+    this.vms = new VmTable({ ...parts, drivers: opts.drivers });
+    const vnes = (this.vnes = new VneTable(parts));
     this.snapshots = new SnapshotRunner({
       ...parts,
       vms: this.vms,
@@ -150,7 +149,7 @@ export class Agent extends EventEmitter implements Startable {
   async start(): Promise<void> {
     if (this.sw) return;
     if (this.store instanceof LocalDirStore) await this.store.init();
-    const sw = new Switch({ id: this.id, ...(this.opts.switchOptions ?? {}) });
+    const sw = new Switch({ id: this.id, ...(this.opts.restoreGateBytes !== undefined ? { restoreGateBytes: this.opts.restoreGateBytes } : {}), ...this.opts.switchOptions });
     const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.opts.tunnel.offload ?? false });
     try {
       sw.attachTunnel(t);

@@ -106,7 +106,6 @@ export class CommandDispatcher {
     const snap = this.o.snapshots.including(vm);
     if (snap !== undefined) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${c.vm} is part of snapshot ${snap} in progress`);
     await this.o.vms.destroy(vm);
-    this.o.vnes.applyPendingGeneration(c.vne);
     this.o.log.info({ vm: vm.key }, 'VM stopped');
     return {};
   }

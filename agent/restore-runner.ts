@@ -6,14 +6,15 @@
  *   prepare   1. check everything before touching anything: every VM's driver and artefacts
  *                (size and checksum), and that no VM to replace runs unless stop_running;
  *                read every channel artefact;
- *             2. stop what runs (aborting a snapshot that includes it), apply the generation,
- *                load every VM paused and attach its ports at epoch k behind a held restore
- *                gate. If one VM fails to load, the VMs loaded so far are destroyed.
- *   resume    resume every VM, then per port: inject its recorded channel frames with the gate
- *             open, then deliver what the gate held and leave it open — frames from peers that
- *             resumed first cannot overtake the channel state.
+ *             2. stop what runs (aborting a snapshot that includes it), apply the generation at
+ *                once (configureVne generationNow; without one, the switch applies a deferred
+ *                change when the last old port detached), load every VM paused and attach its
+ *                ports at epoch k behind the switch's restore gate (attachPort gated). If one VM
+ *                fails to load, the VMs loaded so far are destroyed.
+ *   resume    resume every VM, then per port the switch's openGate: its recorded channel
+ *             frames first, then what the gate kept, then the gate stays open — frames from
+ *             peers that resumed first cannot overtake the channel state.
  *   cancel    destroy the prepared VMs.
- * Every switch call is in a small private method at the bottom.
  */
 import type { Clock } from '../proto/core/clock';
 import { VnsnapError } from '../proto/core/errors';
@@ -29,7 +30,6 @@ import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Switch } from '../switch/switch';
 import type { RestoreImage } from './drivers/driver';
 import type { AgentMetrics } from './metrics';
-import type { RestoreGatePort } from './restore-gate';
 import type { SnapshotRunner } from './snapshot-runner';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import { portName, type VmRecord, type VmTable } from './vms';
@@ -83,8 +83,7 @@ export class RestoreRunner {
         await this.o.vms.destroy(existing);
       }
     }
-    if (c.generation) this.o.vnes.setGeneration(c.vne, c.generation);
-    else this.o.vnes.applyPendingGeneration(c.vne);
+    if (c.generation) this.o.switch().configureVne({ name: c.vne, generation: c.generation, generationNow: true });
     const rec: PreparedRestore = { id: c.restoreId, vne: c.vne, vms: [], channel };
     const out: VmSnapshot[] = [];
     try {
@@ -149,7 +148,7 @@ export class RestoreRunner {
     for (const vm of rec.vms) {
       delete vm.restoreId;
       const ti = this.nowUs();
-      for (const p of vm.ports) injected += this.openGate(p, rec.channel.get(p.name) ?? []);
+      for (const p of vm.ports) injected += this.o.switch().openGate(p.name, rec.channel.get(p.name) ?? []);
       out.push({
         name: vm.name,
         host: this.o.agentId,
@@ -171,17 +170,6 @@ export class RestoreRunner {
     for (const vm of rec.vms) if (this.o.vms.holds(vm)) await this.o.vms.destroy(vm);
     this.o.log.info({ restore: rec.id }, 'restore cancelled');
     return {};
-  }
-
-  // ── the switch side ──
-
-  /** Inject the port's recorded frames with its gate open, then deliver what the gate held; returns frames injected. */
-  private openGate(p: RestoreGatePort, frames: Buffer[]): number {
-    let injected = 0;
-    p.release(() => {
-      if (frames.length > 0) injected = this.o.switch().inject(p.name, frames);
-    });
-    return injected;
   }
 }
 

@@ -6,23 +6,25 @@
  *   begin     one SnapshotJob per VM (precopy: the live copy runs; background: nothing yet);
  *             Progress per VM at most every progressIntervalMs (the readiness change at once);
  *             the Result when every job is ready, or early when Commit or Abort arrives.
- *   commit    the cut of each VM, in DESIGN.md's order:
- *               gate (switch.beginCut)      frames for the VM are held
- *               job.cut(atPause)            the driver pauses the VM, then calls atPause:
- *                 switch.finishCut            drain what the VM wrote before the pause (epoch
- *                                             k-1), e(p) = k, recording k starts, held frames
- *                                             released (they wait in the paused VM's NIC queue)
+ *   commit    the cut of each VM, in DESIGN.md's order, is one switch.cutPorts(ports, k, atPause)
+ *             (switch/snapshot/cut.ts):
+ *               gate                        frames for the VM's ports are held
+ *               job.cut(pass)               the driver pauses the VM, then calls pass:
+ *                 drain                       what the VM wrote before the pause leaves (epoch
+ *                 advance                     k-1), e(p) = k, recording k starts, held frames
+ *                 release                     released (they wait in the paused VM's NIC queue)
  *               driver: disk snapshot, final copy / copy-on-write start, resume.
- *             If the driver cannot pause, atPause is never called and the ports are un-gated
- *             (switch.cancelCut). Ports of the VNE outside the snapshot pass the cut without a
- *             pause, or the switch would never send its markers.
+ *             If the driver fails, the ports still being cut are un-gated at their old epoch.
+ *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
+ *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
+ *             never send its markers.
  *   persist   every image durable, the switch's channel state of epoch k (its recording ends
  *             when every peer's marker arrived), one channel artefact per port.
  *   abort     jobs aborted (VMs resumed), the VNE's ports advanced to k, partial artefacts deleted.
  *
  * A snapshot in progress when the session with the coordinator drops is aborted locally after
  * the coordinator's dead_after_ms (sessionLost): VMs never stay stopped because the coordinator
- * went away. Every switch call is in a small private method at the bottom.
+ * went away.
  */
 import type { Clock, TimerHandle } from '../proto/core/clock';
 import { describeError, VnsnapError } from '../proto/core/errors';
@@ -205,7 +207,7 @@ export class SnapshotRunner {
     if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
     snap.state = 'committing';
     const results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv)));
-    await this.cutBystanders(snap.vne, snap.epoch);
+    if (snap.vms.length === 0) await this.cutBystanders(snap.vne, snap.epoch);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       snap.state = 'committed';
@@ -218,22 +220,10 @@ export class SnapshotRunner {
     return { commit: { vms } };
   }
 
-  /** The cut of one VM: gate, pause (atPause: pass the cut), resume; un-gate if it never paused. */
+  /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
   private async cutVm(snap: LocalSnapshot, sv: SnapVm): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
-    const k = snap.epoch;
-    this.gate(names, k); // before the pause
-    let atPauseCalled = false;
-    let report: CutReport;
-    try {
-      report = await sv.job.cut(async () => {
-        atPauseCalled = true;
-        await this.passCut(names, k);
-      });
-    } catch (e) {
-      if (!atPauseCalled) this.ungate(names);
-      throw e;
-    }
+    const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) => sv.job.cut(pass))) as CutReport;
     sv.cut = report;
     const m = this.o.metrics;
     m.pauseSeconds.observe({ mode: snap.mode }, report.pauseMs / 1000);
@@ -352,33 +342,10 @@ export class SnapshotRunner {
 
   // ── the switch side ──
 
-  /** Gate the ports: from now on frames for them are held (before the VM pauses). */
-  private gate(names: string[], k: number): void {
-    const sw = this.o.switch();
-    for (const n of names) sw.beginCut(n, k);
-  }
-
-  /** At the pause: drain, advance to k, start recording k, release what was held. */
-  private async passCut(names: string[], k: number): Promise<void> {
-    const sw = this.o.switch();
-    for (const n of names) await sw.finishCut(n, k);
-  }
-
-  /** The VM never paused: un-gate its ports. */
-  private ungate(names: string[]): void {
-    const sw = this.o.switch();
-    for (const n of names) sw.cancelCut(n);
-  }
-
-  /** Ports of the VNE outside the snapshot pass the cut too (no pause), so the switch sends its markers. */
+  /** A snapshot without VMs here: the VNE's ports pass the cut (no pause), so the switch sends its markers. */
   private async cutBystanders(vne: string, k: number): Promise<void> {
     const sw = this.o.switch();
-    for (const n of sw.portNames(vne)) {
-      if (sw.portEpoch(n) < k) {
-        sw.beginCut(n, k);
-        await sw.finishCut(n, k);
-      }
-    }
+    await sw.cutPorts(sw.portNames(vne).filter((n) => sw.portEpoch(n) < k), k);
   }
 
   private channelState(vne: string, k: number): Promise<ChannelState> {

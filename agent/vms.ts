@@ -11,15 +11,15 @@
  *    fails stops the VM again (nothing half-attached stays).
  *  - destroy() removes the record first, then stops the VM and detaches its ports even if the
  *    driver's stop fails.
- *  - Every port is wrapped in a RestoreGatePort; a restored VM's gates are held until the
- *    restore resumes it.
+ *  - Each port is attached with its MAC (a static FDB entry to it); a restored VM's ports are
+ *    attached behind the switch's restore gate (gated), which the restore opens on resume.
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
+import type { Port } from '../switch/port/port';
 import type { Switch } from '../switch/switch';
 import type { DriverSpecKind, HypervisorDriver, RestoreImage, VmHandle, VmStartSpec } from './drivers/driver';
-import { RestoreGatePort } from './restore-gate';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 
 export interface VmRecord {
@@ -28,7 +28,7 @@ export interface VmRecord {
   name: string;
   spec: VmSpec__Output;
   driver: HypervisorDriver;
-  ports: RestoreGatePort[];
+  ports: Port[];
   /** Set while prepared by a restore and not yet resumed. */
   restoreId?: string;
 }
@@ -48,8 +48,6 @@ export interface VmTableOptions {
   /** The agent's switch (throws while the agent is not started). */
   switch: () => Switch;
   log: Logger;
-  /** Frames a restore gate holds per port before dropping them. Default 4 MiB. */
-  restoreGateBytes?: number;
 }
 
 export interface VmDebugView {
@@ -150,12 +148,11 @@ export class VmTable {
       name: spec.name,
       spec,
       driver,
-      ports: h.ports.map((p) => new RestoreGatePort(p, this.o.restoreGateBytes ?? 4 << 20)),
+      ports: h.ports,
       ...(restoreId !== undefined ? { restoreId } : {}),
     };
-    if (restoreId !== undefined) for (const p of vm.ports) p.hold();
     try {
-      this.attach(vm, epoch);
+      this.attach(vm, epoch, restoreId !== undefined);
     } catch (e) {
       await driver.stop(vm.key).catch(() => undefined);
       throw e;
@@ -198,18 +195,15 @@ export class VmTable {
 
   // ── the switch side: attach and detach a VM's ports ──
 
-  /** Attach a VM's ports to the switch at `epoch`, with static entries for its MACs; all or nothing. */
-  private attach(vm: VmRecord, epoch: number): void {
+  /** Attach a VM's ports to the switch at `epoch` (behind a restore gate if `gated`), each with its MAC; all or nothing. */
+  private attach(vm: VmRecord, epoch: number, gated: boolean): void {
     const sw = this.o.switch();
     const attached: string[] = [];
     try {
-      for (const p of vm.ports) {
-        sw.addPort(vm.vne, p, epoch);
+      vm.ports.forEach((p, i) => {
+        const mac = vm.spec.macs[i];
+        sw.attachPort(vm.vne, p, { epoch, ...(gated ? { gated } : {}), ...(mac !== undefined ? { mac } : {}) });
         attached.push(p.name);
-      }
-      vm.spec.macs.forEach((mac, i) => {
-        const p = vm.ports[i];
-        if (p) sw.setStaticMac(vm.vne, mac, { port: p.name });
       });
     } catch (e) {
       for (const n of attached) sw.removePort(n);

@@ -57,7 +57,7 @@ import { DATA_HEADER_LEN } from './tunnel/geneve';
 import { onTunnelBatch } from './tunnel/rx';
 import type { TunnelTransport } from './tunnel/transport';
 import { TunnelTx } from './tunnel/tx-batch';
-import type { VneConfig, VneSpec } from './vnes';
+import type { VneSpec } from './vnes';
 import { VneTable } from './vnes';
 
 export { DEFAULT_SWITCH_OPTIONS, type SwitchOptions } from './options';
@@ -161,46 +161,8 @@ export class Switch implements Startable {
     return this.vnes.upsertPeer(cfg);
   }
 
-  /** @deprecated use configureVne */
-  addVne(cfg: VneConfig): void {
-    this.vnes.add(cfg);
-  }
-
-  /** @deprecated use upsertPeer */
-  addPeer(cfg: PeerConfig): void {
-    this.vnes.peers.add(cfg);
-  }
-
-  /**
-   * Move a peer to a new underlay address (its agent restarted on another port, or its host
-   * was re-addressed). Frames already queued to the old address are lost, as on a real move.
-   * @deprecated use upsertPeer
-   */
-  setPeerAddress(name: string, address: string, port: number): void {
-    this.vnes.peers.get(name);
-    this.vnes.upsertPeer({ name, address, port });
-  }
-
-  /** Let a peer take part in a VNE (control plane). @deprecated use configureVne */
-  addVnePeer(vneName: string, peerName: string): void {
-    this.vnes.addPeerTo(this.vnes.get(vneName), peerName);
-  }
-
-  /** Program a static MAC → remote switch (or local port) entry. @deprecated use configureVne (or attachPort's mac) */
-  setStaticMac(vneName: string, mac: string, target: { peer: string } | { port: string }): void {
-    this.vnes.setStaticMac(this.vnes.get(vneName), mac, target);
-  }
-
   removeMac(vneName: string, mac: string): boolean {
     return this.vnes.get(vneName).fdb.remove(parseMac(mac));
-  }
-
-  /**
-   * Set a VNE's generation now (restore): data frames of any other generation are dropped;
-   * counts restart. @deprecated use configureVne({ name, generation, generationNow: true })
-   */
-  setGeneration(vneName: string, generation: number): void {
-    this.vnes.applyGeneration(this.vnes.get(vneName), generation);
   }
 
   // ───────────────────────────── ports ─────────────────────────────
@@ -219,11 +181,6 @@ export class Switch implements Startable {
     v.ports.push(lp);
     if (mac !== undefined) v.fdb.setStatic(mac, lp.id);
     port.open((n) => this.fwd.onPortBatch(lp, n, () => this.flush()));
-  }
-
-  /** Attach a VM port to a VNE at the given epoch. @deprecated use attachPort */
-  addPort(vneName: string, port: Port, epoch?: number): void {
-    this.attachPort(vneName, port, epoch === undefined ? {} : { epoch });
   }
 
   removePort(name: string): void {
@@ -249,11 +206,6 @@ export class Switch implements Startable {
     return this.delivery.openGate(this.port(portName), frames);
   }
 
-  /** Write recorded frames into a port, in order (restore). @deprecated use openGate */
-  inject(name: string, frames: readonly Buffer[]): number {
-    return this.delivery.inject(this.port(name), frames);
-  }
-
   /** Set a port's epoch directly (restore attaches ports at the snapshot's epoch). */
   setPortEpoch(name: string, epoch: number): void {
     this.cuts.setEpoch(this.port(name), epoch);
@@ -273,8 +225,9 @@ export class Switch implements Startable {
    * Cut the named ports to epoch k (snapshot/cut.ts): gate them all, run `atPause` once (it
    * pauses the VMs and calls `pass` while they are paused; if it never does, pass runs when it
    * returns), drain each port, advance it to k, release held frames. On failure every named
-   * port still being cut is un-gated at its old epoch and the error is rethrown. Then the other
-   * ports of their VNEs still behind k pass the cut without a pause. Resolves with atPause's result.
+   * port still being cut is un-gated at its old epoch and the error is rethrown. Then the ports
+   * of their VNEs still behind k and not being cut by another call (the failed ones included)
+   * pass the cut without a pause. Resolves with atPause's result.
    */
   cutPorts<T = void>(names: readonly string[], k: number, atPause?: AtPause<T>): Promise<T | undefined> {
     let ports: LocalPort[];
@@ -301,21 +254,6 @@ export class Switch implements Startable {
     this.markers.recording(v, k);
     await this.cuts.cut(v.ports.filter((p) => p.epoch < k), k);
     this.markers.checkLocalCut(v, k);
-  }
-
-  /** Gate a port: from now on every frame for it is held until finishCut/cancelCut. @deprecated use cutPorts */
-  beginCut(name: string, k: number): void {
-    this.cuts.begin(this.port(name), k);
-  }
-
-  /** @deprecated use cutPorts */
-  cancelCut(name: string): void {
-    this.cuts.cancel(this.port(name));
-  }
-
-  /** Drain the port as its old epoch, advance it to k, start recording, release held frames. @deprecated use cutPorts */
-  finishCut(name: string, k: number): Promise<void> {
-    return this.cuts.finish(this.port(name), k);
   }
 
   /** Abort snapshot k: every port below k advances to k without recording; recording k is dropped. */

@@ -31,7 +31,7 @@ export class Cuts {
   ) {}
 
   /** Gate a port: from now on every frame for it is held until finish/cancel. */
-  begin(lp: LocalPort, k: number): void {
+  private begin(lp: LocalPort, k: number): void {
     if (lp.cutting) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `port ${lp.name} is already being cut`);
     if (k <= lp.epoch) throw new VnsnapError('ERR_EPOCH_ORDER', `port ${lp.name} is at epoch ${lp.epoch}; cannot cut to ${k}`);
     lp.cutting = true;
@@ -39,7 +39,7 @@ export class Cuts {
     this.markers.recording(lp.vne, k);
   }
 
-  cancel(lp: LocalPort): void {
+  private cancel(lp: LocalPort): void {
     lp.cutting = false;
     lp.gated = false;
     this.delivery.releaseHeld(lp);
@@ -47,8 +47,8 @@ export class Cuts {
   }
 
   /** Drain the port as its old epoch, advance it to k, start recording, release held frames. */
-  async finish(lp: LocalPort, k: number): Promise<void> {
-    if (!lp.cutting) throw new VnsnapError('ERR_STATE', `port ${lp.name}: finishCut without beginCut`);
+  private async finish(lp: LocalPort, k: number): Promise<void> {
+    if (!lp.cutting) throw new VnsnapError('ERR_STATE', `port ${lp.name}: finish without begin`);
     try {
       await lp.port.drain();
     } finally {
@@ -98,7 +98,7 @@ export class Cuts {
   }
 
   /** Ports of v still behind k that nobody is cutting pass the cut, one by one, without a pause. */
-  async cutRest(v: Vne, k: number): Promise<void> {
+  private async cutRest(v: Vne, k: number): Promise<void> {
     for (const lp of [...v.ports]) {
       if (lp.epoch >= k || lp.cutting || !v.ports.includes(lp)) continue;
       this.begin(lp, k);

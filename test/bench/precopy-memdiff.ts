@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import type { SnapshotModeName, VmStartSpec } from '../../agent/drivers/driver';
+import type { CutReport, SnapshotModeName, VmStartSpec } from '../../agent/drivers/driver';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { silentLogger } from '../../proto/core/log';
 import { LocalDirStore } from '../../proto/store/local-dir';
@@ -49,7 +49,7 @@ async function main(): Promise<void> {
   };
   process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
   try {
-    sw.addVne({ name: 'vnqm', vni: 77 });
+    sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();
     const names = ['a', 'b'];
     const specs = new Map<string, VmStartSpec>();
@@ -61,7 +61,7 @@ async function main(): Promise<void> {
       const sp = guestSpec(image, name, { disk: base, append, mac: `52:54:00:77:00:0${i + 1}`, ...(process.env.VNQM_ACCEL ? { accel: process.env.VNQM_ACCEL } : {}) });
       specs.set(name, sp);
       const h = await driver.start(sp, { portNames: [`vnqm/${name}/0`], log: silentLogger() });
-      sw.addPort('vnqm', h.ports[0] as Port, 0);
+      sw.attachPort('vnqm', h.ports[0] as Port, { epoch: 0 });
     }
     await until(
       'both guests streaming',
@@ -83,11 +83,12 @@ async function main(): Promise<void> {
         const src = path.join(root, `src-${k}.bin`);
         const job = await driver.snapshot(id, { snapshotId: `${mode}-${k}`, epoch: k, mode, store, prefix: `snapshots/${mode}-${k}/` });
         await job.ready;
-        sw.beginCut(port, k);
-        const rep = await job.cut(async () => {
-          await sw.finishCut(port, k);
-          await driver.pmemsave(id, src);
-        });
+        const rep = (await sw.cutPorts([port], k, (pass) =>
+          job.cut(async () => {
+            await pass();
+            await driver.pmemsave(id, src);
+          }),
+        )) as CutReport;
         const img = await job.durable();
         await sw.channelState('vnqm', k, 10_000).catch(() => undefined);
         const h = await restorer.restore(specs.get('a') as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, { portNames: [`vnqm/a/0r${k}`], log: silentLogger() });

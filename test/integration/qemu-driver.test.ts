@@ -16,7 +16,7 @@ import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFo
 import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { sleep } from '../support/wait';
-import type { SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
+import type { CutReport, SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
@@ -133,7 +133,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     await store.init();
     driver = new QemuDriver({ workDir: path.join(root, 'w'), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
     sw = new Switch({ id: 'vnqm' });
-    sw.addVne({ name: 'vnqm', vni: 77 });
+    sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();
     for (const [i, name] of names.entries()) {
       const base = path.join(root, `${name}-base.qcow2`);
@@ -142,7 +142,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
       const spec = guestSpec(image, name, { disk: base, append, mac: `52:54:00:77:00:0${i + 1}`, memMib: 256 });
       specs.set(name, spec);
       const h = await driver.start(spec, ctx(name));
-      sw.addPort('vnqm', h.ports[0] as Port, 0);
+      sw.attachPort('vnqm', h.ports[0] as Port, { epoch: 0 });
     }
     // Both streams connected and moving.
     await waitFor(
@@ -190,11 +190,13 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     const reports = await Promise.all(
       jobs.map(async (j, i) => {
         const port = `vnqm/${names[i]}/0`;
-        s.beginCut(port, k);
-        return j.cut(async () => {
-          await s.finishCut(port, k);
-          await atCut?.(names[i] as string);
-        });
+        const report = await s.cutPorts([port], k, (pass) =>
+          j.cut(async () => {
+            await pass();
+            await atCut?.(names[i] as string);
+          }),
+        );
+        return report as CutReport;
       }),
     );
     if (!atCut) for (const r of reports) pauses[mode]?.push(r.pauseMs); // a RAM dump at the cut lengthens the pause
@@ -268,8 +270,8 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
       let injected = 0;
       for (const i of names.keys()) {
         const port = (handles[i] as VmHandle).ports[0] as Port;
-        s.addPort('vnqm', port, snap.k);
-        injected += s.inject(port.name, snap.channel.get(port.name) ?? []);
+        s.attachPort('vnqm', port, { epoch: snap.k });
+        injected += s.openGate(port.name, snap.channel.get(port.name) ?? []);
       }
       for (const n of names) await d.resume(`vnqm/${n}`);
       const at = new Map<string, GuestStatus>();

@@ -55,7 +55,7 @@ export class AgentParts {
   constructor(opts: { progressIntervalMs?: number } = {}) {
     const parts = { agentId: 'h1', switch: () => this.sw, store: this.store, clock: this.clock, log: this.log, metrics: this.metrics };
     this.vms = new VmTable({ ...parts, drivers: [this.driver] });
-    const vnes = new VneTable({ ...parts, vms: this.vms });
+    const vnes = new VneTable(parts);
     this.vnes = vnes;
     this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, vnes, ...opts });
     this.restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots });

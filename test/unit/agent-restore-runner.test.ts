@@ -3,10 +3,11 @@ import { encodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
-import { RestoreGatePort } from '../../agent/restore-gate';
-import { FakePort } from '../../switch/port/porttest/fake-port';
+import { formatMac } from '../../switch/bridge/mac';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { Switch } from '../../switch/switch';
 import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
-import { parseFrame } from '../support/frames';
+import { parseFrame, vmMac } from '../support/frames';
 
 async function failure(p: Promise<unknown>): Promise<string> {
   try {
@@ -127,25 +128,31 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
 
 describe('restore gate port', () => {
   it('holds copies up to its byte bound while held (the rest dropped and counted), then releases after the injection, in order', () => {
-    const inner = new FakePort('p');
-    const gate = new RestoreGatePort(inner, 150);
-    gate.hold();
+    const sw = new Switch({ id: 'h1', restoreGateBytes: 150 });
+    sw.configureVne({ name: VNE, vni: 7 });
+    const { port: inner } = fakePortPair('p');
+    const { port: peer } = fakePortPair('q');
+    sw.attachPort(VNE, inner, { gated: true, mac: formatMac(vmMac(1)) });
+    sw.attachPort(VNE, peer);
     const f = (seq: number): Buffer => testFrame(2, 1, seq);
     const batch = [f(1), f(2), f(3)];
-    assert.equal(gate.send(batch, 3), 3);
+    for (const x of batch) peer.vm.send(x);
+    peer.vm.pumpAll();
     batch[0]?.fill(0); // the gate kept copies
-    assert.equal(gate.drops, 1);
+    assert.equal(sw.stats().ports['p']?.gateDrops, 1);
     assert.deepEqual(inner.vm.received, []);
-    gate.release(() => gate.send([f(0)], 1));
-    assert.equal(gate.holding, false);
+    sw.openGate('p', [f(0)]);
+    assert.equal(sw.stats().ports['p']?.gated, false);
     assert.deepEqual(
       inner.vm.received.map((x) => parseFrame(x)?.seq),
       [0, 1, 2],
     );
-    gate.send([f(4)], 1);
+    peer.vm.send(f(4));
+    peer.vm.pumpAll();
     assert.deepEqual(
       inner.vm.received.map((x) => parseFrame(x)?.seq),
       [0, 1, 2, 4],
     );
+    sw.stop();
   });
 });

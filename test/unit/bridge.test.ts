@@ -54,11 +54,11 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     const net = new FakeUdpNetwork();
     const a = new Switch({ id: 'a' });
     const b = new Switch({ id: 'b' });
-    a.addPeer({ name: 'b', address: '10.0.0.2', port: 6081 });
-    b.addPeer({ name: 'a', address: '10.0.0.1', port: 6081 });
+    a.upsertPeer({ name: 'b', address: '10.0.0.2', port: 6081 });
+    b.upsertPeer({ name: 'a', address: '10.0.0.1', port: 6081 });
     for (const [sw, peer] of [[a, 'b'], [b, 'a']] as const) {
-      sw.addVne({ name: 'red', vni: 1, peers: [peer] });
-      sw.addVne({ name: 'green', vni: 2, peers: [peer] });
+      sw.configureVne({ name: 'red', vni: 1, peers: [peer] });
+      sw.configureVne({ name: 'green', vni: 2, peers: [peer] });
     }
     a.attachTunnel(net.endpoint(0x0a000001, 6081));
     b.attachTunnel(net.endpoint(0x0a000002, 6081));
@@ -66,10 +66,10 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     const ga = fakePortPair('ga');
     const rb = fakePortPair('rb');
     const gb = fakePortPair('gb');
-    a.addPort('red', ra.port);
-    a.addPort('green', ga.port);
-    b.addPort('red', rb.port);
-    b.addPort('green', gb.port);
+    a.attachPort('red', ra.port);
+    a.attachPort('green', ga.port);
+    b.attachPort('red', rb.port);
+    b.attachPort('green', gb.port);
     ra.vm.send(makeFrame({ dst: BROADCAST_MAC, src: MAC(1), sender: 1, seq: 0, epoch: 0 }));
     ra.port.vm.pumpAll();
     net.deliverAll();
@@ -93,8 +93,8 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
     assert.equal(env.port('v2').vm.received.length, 1);
     assert.equal(env.port('v3').vm.received.length, 1);
     // Teach b that MAC 3 lives behind c, then make a send to MAC 3 via b: b must drop it.
-    env.sw('b').setStaticMac('blue', formatMac(MAC(3)), { peer: 'c' });
-    env.sw('a').setStaticMac('blue', formatMac(MAC(3)), { peer: 'b' });
+    env.sw('b').configureVne({ name: 'blue', macs: [{ mac: formatMac(MAC(3)), peer: 'c' }] });
+    env.sw('a').configureVne({ name: 'blue', macs: [{ mac: formatMac(MAC(3)), peer: 'b' }] });
     send(env, 'v1', 1, MAC(3));
     env.settle();
     assert.equal(env.port('v3').vm.received.length, 1);
@@ -103,7 +103,7 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
 
   it('static entries send a MAC to the programmed remote switch without flooding', () => {
     const env = new FakeEnv({ switches: { a: ['v1', 'v2'], b: ['v3'], c: ['v4'] } });
-    env.sw('a').setStaticMac('blue', formatMac(MAC(3)), { peer: 'b' });
+    env.sw('a').configureVne({ name: 'blue', macs: [{ mac: formatMac(MAC(3)), peer: 'b' }] });
     send(env, 'v1', 1, MAC(3));
     env.port('v1').vm.pumpAll();
     assert.equal(env.net.inFlight.length, 1);
@@ -159,24 +159,24 @@ describe('bridge (one VNE, fake ports and tunnels)', () => {
 
   it('rejects bad configuration with typed errors', async () => {
     const sw = new Switch({ id: 'x' });
-    assert.throws(() => sw.addVne({ name: 'v', vni: 1 << 24 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
-    sw.addVne({ name: 'v', vni: 1 });
-    assert.throws(() => sw.addVne({ name: 'w', vni: 1 }), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS'));
-    assert.throws(() => sw.addVne({ name: 'w', vni: 2, peers: ['nope'] }), (e) => isVnsnapError(e, 'ERR_PEER_UNKNOWN'));
-    assert.throws(() => sw.addPeer({ name: 'p', address: '10.0.0.300', port: 1 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
-    assert.throws(() => sw.addPort('nope', fakePortPair('p').port), (e) => isVnsnapError(e, 'ERR_VNE_UNKNOWN'));
-    assert.throws(() => sw.setStaticMac('v', 'zz:00:00:00:00:00', { port: 'x' }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    assert.throws(() => sw.configureVne({ name: 'v', vni: 1 << 24 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    sw.configureVne({ name: 'v', vni: 1 });
+    assert.throws(() => sw.configureVne({ name: 'w', vni: 1 }), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS'));
+    assert.throws(() => sw.configureVne({ name: 'w', vni: 2, peers: ['nope'] }), (e) => isVnsnapError(e, 'ERR_PEER_UNKNOWN'));
+    assert.throws(() => sw.upsertPeer({ name: 'p', address: '10.0.0.300', port: 1 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    assert.throws(() => sw.attachPort('nope', fakePortPair('p').port), (e) => isVnsnapError(e, 'ERR_VNE_UNKNOWN'));
+    assert.throws(() => sw.configureVne({ name: 'v', macs: [{ mac: 'zz:00:00:00:00:00', port: 'x' }] }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
     await assert.rejects(sw.cutPort('nope', 1), (e) => isVnsnapError(e, 'ERR_PORT_UNKNOWN'));
   });
 });
 
 describe('bridge: peers that move', () => {
-  it('setPeerAddress sends to the new address and accepts frames only from it', () => {
+  it('upsertPeer moves a peer: sends to the new address and accepts frames only from it', () => {
     const env = new FakeEnv({ switches: { a: ['v1'], b: ['v2'] } });
     send(env, 'v1', 1, BROADCAST_MAC);
     env.settle();
     // b's switch comes back on another address.
-    env.sw('a').setPeerAddress('b', '10.0.0.9', 7000);
+    env.sw('a').upsertPeer({ name: 'b', address: '10.0.0.9', port: 7000 });
     send(env, 'v1', 1, MAC(2), 1);
     env.port('v1').vm.pumpAll();
     assert.equal(env.net.inFlight.length, 1);
@@ -188,6 +188,6 @@ describe('bridge: peers that move', () => {
     env.net.deliverAll();
     assert.equal(env.sw('a').stats()['unknownPeer'], 1); // the old address is no longer a peer
     assert.deepEqual(env.port('v1').vm.received.map((x) => parseFrame(x)?.seq), [9]);
-    assert.throws(() => env.sw('a').setPeerAddress('nope', '10.0.0.9', 7000), (e) => isVnsnapError(e, 'ERR_PEER_UNKNOWN'));
+    assert.throws(() => env.sw('a').configureVne({ name: 'blue', peers: ['nope'] }), (e) => isVnsnapError(e, 'ERR_PEER_UNKNOWN'));
   });
 });

@@ -37,12 +37,12 @@ driverCompliance('sim', async () => {
 describe('sim driver on a real switch', () => {
   it('two VMs find each other (HELLO) and exchange sequence-numbered frames without gap, duplicate or orphan', async () => {
     const sw = new Switch({ id: 'h1' });
-    sw.addVne({ name: 'blue', vni: 100 });
+    sw.configureVne({ name: 'blue', vni: 100 });
     const d = new SimDriver({ batchSize: 8 });
     const a = await d.start(simSpec('a', ['b'], '52:54:00:00:00:0a'), { portNames: ['a0'], log: silentLogger() });
     const b = await d.start(simSpec('b', ['a'], '52:54:00:00:00:0b'), { portNames: ['b0'], log: silentLogger() });
-    sw.addPort('blue', a.ports[0]!, 0);
-    sw.addPort('blue', b.ports[0]!, 0);
+    sw.attachPort('blue', a.ports[0]!, { epoch: 0 });
+    sw.attachPort('blue', b.ports[0]!, { epoch: 0 });
     sw.start();
     await until('a and b exchanging frames', () => (d.inspect('blue/a')?.sent.b ?? 0) > 10 && (d.inspect('blue/b')?.sent.a ?? 0) > 10);
     await d.pause('blue/a');

@@ -85,21 +85,31 @@ async function runSeed(seed: number, lossy: boolean): Promise<void> {
     for (let i = 0; i < 30 + r() * 60; i++) step();
     // Cut every VM at a random instant, interleaved with traffic.
     const order = [...VMS].sort(() => r() - 0.5);
+    // Each cut's hook stays open until every VM has passed: a settled cutPorts passes the
+    // switch's other ports without a pause, and here every VM gets its own random instant.
     const cuts: Promise<void>[] = [];
+    let everyVmCut!: () => void;
+    const allCut = new Promise<void>((res) => (everyVmCut = res));
     for (const vm of order) {
       const sw = env.switchOf(vm);
-      sw.beginCut(vm, k);
-      paused.add(vm);
-      vmEpoch.set(vm, k); // the VM's image is taken at the pause
-      for (let i = 0; i < r() * 10; i++) step();
+      let passed!: () => void;
+      const vmPassed = new Promise<void>((res) => (passed = res));
       cuts.push(
-        sw.finishCut(vm, k).then(() => {
+        sw.cutPorts([vm], k, async (pass) => {
+          paused.add(vm);
+          vmEpoch.set(vm, k); // the VM's image is taken at the pause
+          for (let i = 0; i < r() * 10; i++) step();
+          await pass();
           paused.delete(vm);
+          passed();
+          await allCut;
         }),
       );
-      await cuts[cuts.length - 1];
+      await vmPassed;
       for (let i = 0; i < r() * 10; i++) step();
     }
+    everyVmCut();
+    await Promise.all(cuts);
     const states = [...env.switches.entries()].map(([name, sw]) => sw.channelState('blue', k, 60_000).then((cs) => [name, cs] as const));
     let done = false;
     const all = Promise.all(states).then((x) => {
