@@ -9,7 +9,6 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/drivers/driver';
-import { until } from '../support/wait';
 
 /** Repository root (this file runs from dist/test/guest/). */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -338,12 +337,4 @@ export function channelStatus(statusSock: string, timeoutMs = 5000): Promise<Gue
     });
     s.on('error', (e) => finish(e));
   });
-}
-
-/**
- * The old name and argument order of `until` (test/support/wait.ts), polling every 500 ms by
- * default; kept only until its last caller (qemu-driver.test.ts) imports `until` itself.
- */
-export function waitFor<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs: number, everyMs = 500): Promise<NonNullable<T>> {
-  return until(what, fn, { timeoutMs, everyMs });
 }

@@ -12,10 +12,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, waitFor, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import { sleep } from '../support/wait';
+import { sleep, until } from '../support/wait';
 import type { CutReport, SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port/port';
@@ -145,7 +145,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
       sw.attachPort('vnqm', h.ports[0] as Port, { epoch: 0 });
     }
     // Both streams connected and moving.
-    await waitFor(
+    await until(
       'both guests streaming',
       async () => {
         for (const name of names) {
@@ -154,8 +154,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
         }
         return true;
       },
-      90_000,
-      1000,
+      { timeoutMs: 90_000, everyMs: 1000 },
     );
   });
 

@@ -121,7 +121,9 @@ export class QemuJob extends DriverJob {
           // QEMU converged: the VM waits paused in pre-switchover for the cut (see the module comment).
           this.preSwitchoverEv = ev;
           this.isReady = true;
-          this.latch.set();
+          // One Progress with ready=true before `ready` resolves, so the pass that converged is
+          // always reported (QEMU may converge before the first poll of progressMs).
+          void this.poll().finally(() => this.latch.set());
         } else if (this.phase === 'precopy' && !this.restarting) {
           this.restarting = this.restartAfterEarlySwitchover().finally(() => (this.restarting = undefined));
         }
@@ -224,7 +226,8 @@ export class QemuJob extends DriverJob {
       return;
     }
     const ram = info.ram;
-    if (!ram || info.status !== 'active') return;
+    // Reported while active, and once more when a converged pre-copy waits in pre-switchover.
+    if (!ram || (info.status !== 'active' && !(info.status === 'pre-switchover' && this.isReady))) return;
     const sync = ram['dirty-sync-count'] ?? 0;
     const remaining = ram.remaining ?? 0;
     const pageSize = ram['page-size'] ?? 4096;
