@@ -28,7 +28,7 @@ export class VneTable {
 
   /** Is the VNE configured on the switch? (false while the agent is not started) */
   has(vne: string): boolean {
-    return this.vneStats(vne) !== undefined;
+    return this.vneState(vne) !== undefined;
   }
 
   /** Throws ERR_VNE_UNKNOWN unless the VNE was configured here. */
@@ -38,7 +38,7 @@ export class VneTable {
 
   /** The VNE's generation as applied by the switch (0 if unknown). */
   generation(vne: string): number {
-    return this.vneStats(vne)?.generation ?? 0;
+    return this.vneState(vne)?.generation ?? 0;
   }
 
   configure(c: ConfigureVne__Output): void {
@@ -58,20 +58,20 @@ export class VneTable {
       peers: peers.map((p) => p.agentId),
       macs: c.macs.map((r) => (r.agentId === id ? { mac: r.mac, local: true as const } : { mac: r.mac, peer: r.agentId })),
     });
-    const after = this.vneStats(c.vne);
+    const after = this.vneState(c.vne);
     if (before !== 0 && after && after.generation !== before) this.o.log.info({ vne: c.vne, generation: after.generation }, 'VNE generation changed');
     else if (after?.pendingGeneration !== undefined && c.generation === after.pendingGeneration) {
       this.o.log.info({ vne: c.vne, generation: c.generation }, 'generation change deferred until the running instances stop');
     }
   }
 
-  private vneStats(vne: string): { generation: number; pendingGeneration?: number } | undefined {
+  private vneState(vne: string): { generation: number; pendingGeneration?: number } | undefined {
     let sw: Switch;
     try {
       sw = this.o.switch();
     } catch {
       return undefined; // not started
     }
-    return sw.stats().vnes[vne];
+    return sw.vneGeneration(vne);
   }
 }

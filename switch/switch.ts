@@ -215,6 +215,13 @@ export class Switch implements Startable {
     return this.port(name).epoch;
   }
 
+  /** A VNE's applied generation and the change waiting to apply, if any (undefined: no such VNE). */
+  vneGeneration(vneName: string): { generation: number; pendingGeneration?: number } | undefined {
+    const v = this.vnes.byName.get(vneName);
+    if (!v) return undefined;
+    return { generation: v.generation, ...(v.pendingGeneration !== undefined ? { pendingGeneration: v.pendingGeneration } : {}) };
+  }
+
   portNames(vneName?: string): string[] {
     return [...this.portsByName.values()].filter((p) => vneName === undefined || p.vne.name === vneName).map((p) => p.name);
   }

@@ -2,6 +2,7 @@
  * The messages between scale-bench (the parent) and its scale-worker processes, over the
  * child_process IPC channel. One request gets one reply with the same `id`.
  */
+import type { SimGuestState } from '../sim/state';
 
 /** The sim driver's knobs for every agent of a worker (kept light: 2 cores run 1000 VMs). */
 export interface WorkerSimOptions {
@@ -26,18 +27,10 @@ export interface WorkerInit {
 }
 
 /** The per-VM fields of SimGuestState the consistency check needs (no memory hash). */
-export interface VmCounters {
-  epoch: number;
+export type VmCounters = Pick<SimGuestState, 'epoch' | 'sent' | 'expected' | 'gaps' | 'duplicates' | 'orphans' | 'framesSent' | 'framesReceived'> & {
   status: string;
-  sent: Record<string, number>;
-  expected: Record<string, number>;
-  gaps: number;
-  duplicates: number;
-  orphans: number;
-  framesSent: number;
-  framesReceived: number;
   rxQueueDrops: number;
-}
+};
 
 export interface WorkerQuery {
   type: 'query';

@@ -27,6 +27,20 @@ function job(h: AgentParts, i = 0): FakeJob {
   return j;
 }
 
+/** Run f and return the unhandled rejections reported while it ran (after one more flush). */
+async function unhandledDuring(f: () => Promise<void>): Promise<unknown[]> {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (r: unknown): void => void unhandled.push(r);
+  process.on('unhandledRejection', onUnhandled);
+  try {
+    await f();
+    await flush();
+  } finally {
+    process.off('unhandledRejection', onUnhandled);
+  }
+  return unhandled;
+}
+
 describe('agent snapshot runner (fake driver, real switch over fake ports, manual clock)', () => {
   let h: AgentParts;
   afterEach(() => h.close());
@@ -147,10 +161,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
 
   it('SnapshotAbort during pre-copy: Begin fails as aborted (abort releases ready), VMs resumed, ports advanced, partials deleted', async () => {
     h = await new AgentParts().init(['a', 'b']);
-    const unhandled: unknown[] = [];
-    const onUnhandled = (r: unknown): void => void unhandled.push(r);
-    process.on('unhandledRejection', onUnhandled);
-    try {
+    const unhandled = await unhandledDuring(async () => {
       h.driver.holdReady = true;
       const p = code(h.snapshots.begin(begin('s4', 5, ['a']), h.sink));
       await flush();
@@ -160,29 +171,20 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
       assert.deepEqual(h.driver.events, ['start a', 'start b', 'abort a']);
       assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [5, 5]);
       assert.deepEqual(await h.store.list('snapshots/s4/'), []);
-      await flush();
-      assert.deepEqual(unhandled, []);
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
+    });
+    assert.deepEqual(unhandled, []);
   });
 
   it('a copy that fails before it is ready: Begin fails with the driver\'s code, the rejected ready is handled', async () => {
     h = await new AgentParts().init(['a']);
-    const unhandled: unknown[] = [];
-    const onUnhandled = (r: unknown): void => void unhandled.push(r);
-    process.on('unhandledRejection', onUnhandled);
-    try {
+    const unhandled = await unhandledDuring(async () => {
       h.driver.holdReady = true;
       const p = code(h.snapshots.begin(begin('s7', 6, ['a']), h.sink));
       await flush();
       job(h).failCopy(new VnsnapError('ERR_DRIVER', 'the copy of a failed'));
       assert.equal(await p, 'ERR_DRIVER');
-      await flush();
-      assert.deepEqual(unhandled, []);
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
+    });
+    assert.deepEqual(unhandled, []);
   });
 
   it('SnapshotAbort of a snapshot unknown here still advances the VNE and deletes the prefix', async () => {
