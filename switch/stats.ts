@@ -20,6 +20,8 @@ export interface SwitchCounters {
   tunnelTxErrors: number;
   unknownPeer: number;
   malformed: number;
+  /** Geneve packets with a critical option this switch does not understand (RFC 8926 §3.5: dropped). */
+  unknownCriticalOption: number;
   foreign: number;
   unknownVni: number;
   peerNotInVne: number;
@@ -32,6 +34,16 @@ export interface SwitchCounters {
   markersReceived: number;
   acksSent: number;
   acksReceived: number;
+  /** Markers ignored (no state, no ack) because their epoch is outside the VNE's marker window. */
+  markersOutOfWindow: number;
+  /** Markers ignored (no ack) because the VNE already had MAX_RECORDINGS_PER_VNE recordings. */
+  markersOverCap: number;
+  /** Markers ignored (no ack) whose count is impossible: more missing frames than MAX_MARKER_SHORTFALL. */
+  markersInvalid: number;
+  /** Acks ignored because their epoch is outside the VNE's marker window. */
+  acksOutOfWindow: number;
+  /** Data frames from a peer stamped further ahead than the marker window (counted at its edge). */
+  dataEpochAhead: number;
   oversize: number;
   /** Super-frames that could not be segmented (malformed headers from a TAP or a peer). */
   gsoErrors: number;
@@ -45,6 +57,7 @@ export function newSwitchCounters(): SwitchCounters {
     tunnelTxErrors: 0,
     unknownPeer: 0,
     malformed: 0,
+    unknownCriticalOption: 0,
     foreign: 0,
     unknownVni: 0,
     peerNotInVne: 0,
@@ -57,6 +70,11 @@ export function newSwitchCounters(): SwitchCounters {
     markersReceived: 0,
     acksSent: 0,
     acksReceived: 0,
+    markersOutOfWindow: 0,
+    markersOverCap: 0,
+    markersInvalid: 0,
+    acksOutOfWindow: 0,
+    dataEpochAhead: 0,
     oversize: 0,
     gsoErrors: 0,
   };

@@ -8,8 +8,34 @@
  * `recordingGraceMs` after the marker (the rest was lost on the wire). channelState(vne, k)
  * then yields each port's recorded frames in order, once; an ended recording nobody claims (and
  * an aborted one) is forgotten after `unclaimedTtlMs`.
+ *
+ * Markers come from the underlay, where a peer's address can be spoofed (docs/security.md), so
+ * what any stream of them can cost is bounded (constants in options.ts):
+ * - Window. A marker for epoch k without a recording is considered only when
+ *   cutEpoch − MARKER_EPOCHS_BEHIND ≤ k ≤ cutEpoch + MARKER_EPOCHS_AHEAD (cutEpoch: the highest
+ *   epoch every local port has passed). Outside it the marker is ignored and counted
+ *   (`markersOutOfWindow`), and not acknowledged: a real peer keeps retransmitting and is heard
+ *   once this switch is in range. Inside it, k ≤ cutEpoch is an old retransmission: acknowledged,
+ *   no state (as always). So markers alone can start recordings for at most
+ *   MARKER_EPOCHS_AHEAD epochs past the VNE's. A marker that arrives before this switch's own
+ *   cut (k = cutEpoch + 1) is legitimate and starts recording k as before.
+ * - Cap. A VNE keeps at most MAX_RECORDINGS_PER_VNE recordings: creating one past the cap
+ *   first forgets the longest-ended recording that no one needs (aborted, or ended with no
+ *   waiter and every marker acknowledged); a marker that finds none is ignored, unacknowledged
+ *   (`markersOverCap`). A local cut always gets its recording.
+ * - Impossible counts. A marker whose count exceeds the frames received from that peer below
+ *   k, plus the shortfall already known lost, by more than MAX_MARKER_SHORTFALL is not a
+ *   count any peer could have sent through a working underlay: it is ignored, unacknowledged
+ *   (`markersInvalid`), so the real peer's marker (retransmitted until acknowledged) is the one
+ *   taken. A recording's `lostFrames` therefore never exceeds MAX_MARKER_SHORTFALL per peer.
+ * - Latest wins. Until recording k ends, a peer's newer marker for k replaces an earlier one
+ *   with another count (a real peer's retransmissions all carry the same count), so a forged
+ *   marker sent before the real one does not decide the recording.
+ * - Acks create no state; those outside the window are counted (`acksOutOfWindow`).
+ * Every operation then costs at most (recordings × peers × MAX_EPOCHS_PER_PEER).
  */
 import { VnsnapError } from '../../proto/core/errors';
+import { MARKER_EPOCHS_AHEAD, MARKER_EPOCHS_BEHIND, MAX_MARKER_SHORTFALL, MAX_RECORDINGS_PER_VNE } from '../options';
 import type { SwitchCounters } from '../stats';
 import type { Peer, Vne, VnePeer } from '../tables';
 import { encodeAck, encodeMarker } from '../tunnel/geneve';
@@ -41,14 +67,39 @@ export class Markers {
     private readonly peerName: (idx: number) => string | undefined,
   ) {}
 
-  /** Recording k of v, created on first use. */
+  /** Recording k of v, created on first use (a local operation: always, past the cap too). */
   recording(v: Vne, k: number): Recording {
+    return this.admit(v, k, true) as Recording;
+  }
+
+  /**
+   * Recording k of v, created if the VNE is under MAX_RECORDINGS_PER_VNE or an ended
+   * recording no one needs can be forgotten first; undefined when neither (unless `always`).
+   */
+  private admit(v: Vne, k: number, always: boolean): Recording | undefined {
     let r = v.recordings.get(k);
-    if (!r) {
-      r = new Recording(k);
-      v.recordings.set(k, r);
-    }
+    if (r) return r;
+    if (v.recordings.size >= MAX_RECORDINGS_PER_VNE && !this.forgetOneEnded(v) && !always) return undefined;
+    r = new Recording(k);
+    v.recordings.set(k, r);
     return r;
+  }
+
+  /** Forget the longest-ended recording that nobody needs any more; false if there is none. */
+  private forgetOneEnded(v: Vne): boolean {
+    let victim: Recording | undefined;
+    for (const r of v.recordings.values()) {
+      const idle = r.aborted || ((r.done || r.handedOver) && r.waiters.length === 0 && r.unacked.size === 0);
+      if (idle && r.endedAt > 0 && (victim === undefined || r.endedAt < victim.endedAt)) victim = r;
+    }
+    if (victim === undefined) return false;
+    v.recordings.delete(victim.k);
+    return true;
+  }
+
+  /** k is within the marker window around the VNE's epoch. */
+  private inWindow(v: Vne, k: number): boolean {
+    return k >= v.cutEpoch - MARKER_EPOCHS_BEHIND && k <= v.cutEpoch + MARKER_EPOCHS_AHEAD;
   }
 
   /** If every local port of v has passed k, send the markers of k. */
@@ -66,19 +117,42 @@ export class Markers {
 
   onMarker(v: Vne, vp: VnePeer, k: number, generation: number, count: number): void {
     this.counters.markersReceived++;
+    let r = v.recordings.get(k);
+    if (r === undefined && !this.inWindow(v, k)) {
+      this.counters.markersOutOfWindow++;
+      return;
+    }
+    // Another generation, or a retransmitted marker for a recording already handed over:
+    // acknowledged, nothing more.
+    if (generation !== v.generation || (r === undefined && k <= v.cutEpoch)) {
+      this.ack(v, vp, k, generation);
+      return;
+    }
+    const knownLost = vp.lostEpoch < k ? vp.lost : 0;
+    if (count - vp.recv.below(k) - knownLost > MAX_MARKER_SHORTFALL) {
+      this.counters.markersInvalid++;
+      return;
+    }
+    r ??= this.admit(v, k, false);
+    if (r === undefined) {
+      this.counters.markersOverCap++;
+      return;
+    }
+    this.ack(v, vp, k, generation);
+    const had = r.markersIn.get(vp.peer.idx);
+    if (had === undefined || (had.count !== count && !r.done)) r.markersIn.set(vp.peer.idx, { count, at: this.opts.now() });
+    this.checkRecordingDone(v, r);
+  }
+
+  private ack(v: Vne, vp: VnePeer, k: number, generation: number): void {
     this.tunnel.queue(encodeAck(v.vni, k, generation), vp.peer, null, 0, null, 0);
     this.counters.acksSent++;
-    if (generation !== v.generation) return;
-    // A retransmitted marker for a recording already handed over: acknowledged, nothing more.
-    if (!v.recordings.has(k) && k <= v.cutEpoch) return;
-    const r = this.recording(v, k);
-    if (!r.markersIn.has(vp.peer.idx)) r.markersIn.set(vp.peer.idx, { count, at: this.opts.now() });
-    this.checkRecordingDone(v, r);
   }
 
   onAck(v: Vne, peer: Peer, k: number, generation: number): void {
     this.counters.acksReceived++;
     const r = generation === v.generation ? v.recordings.get(k) : undefined;
+    if (r === undefined && !this.inWindow(v, k)) this.counters.acksOutOfWindow++;
     if (r) {
       r.unacked.delete(peer.idx);
       if (r.handedOver && r.unacked.size === 0) v.recordings.delete(r.k);

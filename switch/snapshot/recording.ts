@@ -9,7 +9,14 @@
  * its count is matched, or its grace period passed; the frames are then handed over once to
  * channelState() callers (`handedOver`) and the record is kept only to retransmit markers to
  * peers that have not acknowledged them. Pure data: markers.ts holds the logic.
+ *
+ * EpochCounts keeps at most MAX_EPOCHS_PER_PEER distinct epochs: a new one past the cap merges
+ * the two oldest into the newer of them. That is exact for every question below(k) with k not
+ * strictly between them, and the tunnel's receive side never counts an epoch past the marker
+ * window (rx.ts), so only long-past epochs merge and below(k) stays exact for every k a marker
+ * can ask about. Memory and the cost of below() are bounded whatever epochs frames carry.
  */
+import { MAX_EPOCHS_PER_PEER } from '../options';
 
 /** Channel state of one VNE for snapshot k at this switch: each port's recorded frames, in order. */
 export interface ChannelState {
@@ -50,9 +57,34 @@ export class EpochCounts {
     this.cur = 0;
   }
 
+  /** Distinct epochs counted (at most MAX_EPOCHS_PER_PEER). */
+  get epochs(): number {
+    this.fold();
+    return this.byEpoch.size;
+  }
+
   private fold(): void {
-    if (this.curEpoch >= 0 && this.cur > 0) this.byEpoch.set(this.curEpoch, (this.byEpoch.get(this.curEpoch) ?? 0) + this.cur);
+    if (this.curEpoch >= 0 && this.cur > 0) {
+      const had = this.byEpoch.get(this.curEpoch);
+      if (had === undefined && this.byEpoch.size >= MAX_EPOCHS_PER_PEER) this.mergeOldest();
+      this.byEpoch.set(this.curEpoch, (had ?? 0) + this.cur);
+    }
     this.cur = 0;
+  }
+
+  /** Merge the two oldest epochs into the newer of them. */
+  private mergeOldest(): void {
+    let a = Infinity;
+    let b = Infinity;
+    for (const e of this.byEpoch.keys()) {
+      if (e < a) {
+        b = a;
+        a = e;
+      } else if (e < b) b = e;
+    }
+    if (b === Infinity) return;
+    this.byEpoch.set(b, (this.byEpoch.get(b) ?? 0) + (this.byEpoch.get(a) ?? 0));
+    this.byEpoch.delete(a);
   }
 }
 

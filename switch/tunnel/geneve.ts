@@ -19,6 +19,14 @@
  *
  * decode() never throws on wire input: malformed packets return null and are counted by the
  * caller.
+ *
+ * Critical options (RFC 8926 §3.5): an option whose type has its high bit set must be
+ * understood, or the packet MUST be dropped. decode() walks every option of every packet (data
+ * and control, whatever the header's C bit says) and returns `unknownCritical` when one is
+ * critical and not one of vnsnap's own (class 0xFFF5, types 0x01, 0x82, 0x83); the caller drops
+ * and counts it. vnsnap's own control packets, whose only critical option is 0x82 or 0x83, are
+ * understood and pass; a control packet without a marker or ack is not understood at all and
+ * stays malformed (null).
  */
 
 export const GENEVE_PORT = 6081;
@@ -29,6 +37,8 @@ export const VNSNAP_OPTION_CLASS = 0xfff5;
 export const OPT_EPOCH = 0x01;
 export const OPT_MARKER = 0x82;
 export const OPT_MARKER_ACK = 0x83;
+/** The high bit of an option's type: the option is critical (RFC 8926 §3.5). */
+export const OPT_CRITICAL = 0x80;
 /** Bytes of a data packet's Geneve header including the epoch option. */
 export const DATA_HEADER_LEN = 20;
 const BASE_LEN = 8;
@@ -39,7 +49,14 @@ export type Decoded =
   | { kind: 'marker'; vni: number; epoch: number; generation: number; count: number }
   | { kind: 'ack'; vni: number; epoch: number; generation: number }
   /** A well-formed Geneve data packet without vnsnap's option (not from a vnsnap switch). */
-  | { kind: 'foreign'; vni: number; payloadOffset: number };
+  | { kind: 'foreign'; vni: number; payloadOffset: number }
+  /** A packet with a critical option this switch does not understand: must be dropped. */
+  | { kind: 'unknownCritical'; vni: number };
+
+/** vnsnap's own options: the only critical ones this switch understands. */
+function isOwnOption(cls: number, type: number): boolean {
+  return cls === VNSNAP_OPTION_CLASS && (type === OPT_EPOCH || type === OPT_MARKER || type === OPT_MARKER_ACK);
+}
 
 /** Write the 20-byte data header at buf[off..off+20). */
 export function writeDataHeader(buf: Buffer, off: number, vni: number, epoch: number, generation: number): void {
@@ -95,7 +112,8 @@ export function isValidVni(vni: number): boolean {
 
 /**
  * Decode the Geneve packet at buf[off..off+len). Returns null when it is malformed, of an
- * unknown version, or a control packet this switch does not understand.
+ * unknown version, or a control packet this switch does not understand; `unknownCritical` when
+ * it carries a critical option that is not vnsnap's.
  */
 export function decode(buf: Buffer, off: number, len: number): Decoded | null {
   if (len < BASE_LEN) return null;
@@ -113,12 +131,14 @@ export function decode(buf: Buffer, off: number, len: number): Decoded | null {
   let ourType = -1;
   let ourData = -1;
   let ourLen = 0;
+  let unknownCritical = false;
   while (p < end) {
     if (p + 4 > end) return null;
     const cls = buf.readUInt16BE(p);
     const type = buf[p + 2] as number;
     const dlen = ((buf[p + 3] as number) & 0x1f) * 4;
     if (p + 4 + dlen > end) return null;
+    if ((type & OPT_CRITICAL) !== 0 && !isOwnOption(cls, type)) unknownCritical = true;
     if (cls === VNSNAP_OPTION_CLASS && ourType < 0) {
       ourType = type;
       ourData = p + 4;
@@ -127,6 +147,8 @@ export function decode(buf: Buffer, off: number, len: number): Decoded | null {
     p += 4 + dlen;
   }
   if (control) {
+    // A control packet is understood only as vnsnap's marker or ack (else null, malformed).
+    if (unknownCritical && (ourType === OPT_MARKER || ourType === OPT_MARKER_ACK)) return { kind: 'unknownCritical', vni };
     if (ourType === OPT_MARKER && ourLen >= 16) {
       return {
         kind: 'marker',
@@ -141,6 +163,7 @@ export function decode(buf: Buffer, off: number, len: number): Decoded | null {
     }
     return null;
   }
+  if (unknownCritical) return { kind: 'unknownCritical', vni };
   if (proto !== PROTO_ETHERNET) return null;
   if (len - hdrLen < 14) return null; // no room for an Ethernet header
   if (ourType === OPT_EPOCH && ourLen >= 8) {

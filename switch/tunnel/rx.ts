@@ -1,14 +1,21 @@
 /**
  * The tunnel's receive side: one batch of datagrams from the underlay, each checked in order
- * (known peer address, well-formed vnsnap Geneve, known VNI, peer part of that VNE, current
- * generation) and dropped with a named counter at the first check it fails. Data frames go to
+ * (known peer address, well-formed Geneve without a critical option it does not understand,
+ * known VNI, peer part of that VNE, current generation) and dropped with a named counter at the first check it fails. Data frames go to
  * the bridge with the epoch of their header (and count toward the peer's per-epoch received
  * count); markers and acks go to the marker logic. Control packets never reach a port.
+ *
+ * A data frame's epoch counts toward the peer's received count at most one past the marker
+ * window (cutEpoch + MARKER_EPOCHS_AHEAD + 1; `dataEpochAhead` counts the frames clamped): no
+ * marker this switch accepts can ask about a higher epoch, so the clamp changes no marker
+ * check, and forged epochs cannot grow the per-epoch counts. The frame itself is forwarded
+ * with its own epoch (and held at the port under the frame rules).
  *
  * With UDP GRO, entry i may stand for segs[i] datagrams (all with the same Geneve header, hence
  * one epoch) coalesced into one TCP super-frame; counts are per datagram.
  */
 import type { Forwarding } from '../bridge/forwarding';
+import { MARKER_EPOCHS_AHEAD } from '../options';
 import { VNET_HDR_LEN } from '../offload';
 import type { Markers } from '../snapshot/markers';
 import type { SwitchCounters } from '../stats';
@@ -42,6 +49,10 @@ export function onTunnelBatch(t: TunnelTransport, count: number, tables: TunnelR
       counters.malformed += segs;
       continue;
     }
+    if (d.kind === 'unknownCritical') {
+      counters.unknownCriticalOption += segs; // RFC 8926 §3.5: MUST drop
+      continue;
+    }
     const v = tables.vnesByVni.get(d.vni);
     if (v === undefined) {
       counters.unknownVni += segs;
@@ -59,7 +70,9 @@ export function onTunnelBatch(t: TunnelTransport, count: number, tables: TunnelR
           else counters.newerGeneration += segs;
           break;
         }
-        vp.recv.inc(d.epoch, segs);
+        const ceiling = v.cutEpoch + MARKER_EPOCHS_AHEAD + 1;
+        if (d.epoch > ceiling) counters.dataEpochAhead += segs;
+        vp.recv.inc(d.epoch > ceiling ? ceiling : d.epoch, segs);
         const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;
         fwd.forward(v, null, peer.idx, slab, off + d.payloadOffset, len - d.payloadOffset, false, d.epoch, m, i * VNET_HDR_LEN);
         break;
