@@ -4,7 +4,8 @@
  *
  * Switch counters are read from `Switch.stats()` (typed) at scrape time (no work on the data
  * path): every per-port counter as `vnsnap_switch_port_*{port}`, every switch-wide counter as
- * `vnsnap_switch_counter{name}`, and per VNE its epoch, generation, FDB size and FDB counters
+ * `vnsnap_switch_counter{name}` (the tunnel's hardening counters too: `unknownCriticalOption`,
+ * `markersOutOfWindow`, `markersOverCap`, `markersInvalid`, `acksOutOfWindow`, `dataEpochAhead`), and per VNE its epoch, generation, FDB size and FDB counters
  * (`vnsnap_switch_vne_*{vne}`, `vnsnap_switch_fdb_*{vne}`).
  */
 import * as http from 'node:http';
@@ -63,7 +64,7 @@ export class AgentMetrics {
     portGauge('vnsnap_switch_port_held_bytes', 'Bytes held for a port by the snapshot rules', 'heldBytes');
     portGauge('vnsnap_switch_port_gate_drops', 'Frames dropped because the restore gate was full', 'gateDrops');
     portGauge('vnsnap_switch_port_gate_bytes', "Bytes kept behind a port's restore gate", 'gateBytes');
-    gauge('vnsnap_switch_counter', 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, ...)', 'name', (s) =>
+    gauge('vnsnap_switch_counter', 'Switch-wide counters (tunnelRx, tunnelTx, markersSent, markersReceived, drops by reason, unknownCriticalOption, markersOutOfWindow, markersOverCap, markersInvalid, ...)', 'name', (s) =>
       Object.entries(s).filter((e): e is [string, number] => typeof e[1] === 'number'),
     );
     vneGauge('vnsnap_switch_vne_epoch', 'Highest snapshot epoch every local port of a VNE has passed', 'epoch');

@@ -175,6 +175,7 @@ export class Switch implements Startable {
     if (mac !== undefined && isGroupMac(mac)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `static entries must be unicast MACs: ${opts.mac}`);
     const lp = new LocalPort(this.nextPortId++, port, v, mac);
     lp.epoch = opts.epoch ?? v.cutEpoch;
+    v.noteEpoch(lp.epoch);
     if (opts.gated === true) lp.gate = { frames: [], bytes: 0 };
     this.portsByName.set(port.name, lp);
     this.portsById[lp.id] = lp;

@@ -58,6 +58,12 @@ export class Vne {
   readonly recordings = new Map<number, Recording>();
   /** Highest k for which every local port has passed the cut. */
   cutEpoch = 0;
+  /**
+   * Highest epoch known here: cutEpoch, or any local port's epoch (a port attached or set at a
+   * snapshot's epoch, one cut ahead of the others). Only local operations raise it; the
+   * marker window and the received-epoch ceiling are measured from it (markers.ts, rx.ts).
+   */
+  topEpoch = 0;
   /** A generation change deferred until the ports attached under the old one are gone. */
   pendingGeneration: number | undefined;
   /** Flood targets by ingress (split horizon): from a local port, every peer; from a tunnel, none. */
@@ -69,6 +75,10 @@ export class Vne {
     public generation: number,
     readonly fdb: Fdb,
   ) {}
+
+  noteEpoch(e: number): void {
+    if (e > this.topEpoch) this.topEpoch = e;
+  }
 
   /** Recompute the flood lists; called on every configuration change of the VNE. */
   configChanged(): void {

@@ -58,6 +58,7 @@ export class Cuts {
     const v = lp.vne;
     if (lp.epoch < k) {
       lp.epoch = k;
+      v.noteEpoch(k);
       const r = v.recordings.get(k);
       if (r && !r.done && !r.aborted) lp.recordings.push(r);
     }
@@ -117,6 +118,7 @@ export class Cuts {
       }
     }
     v.cutEpoch = Math.max(v.cutEpoch, k);
+    v.noteEpoch(k);
     this.delivery.flush();
   }
 
@@ -124,6 +126,7 @@ export class Cuts {
   setEpoch(lp: LocalPort, epoch: number): void {
     if (lp.cutting) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `port ${lp.name} is being cut`);
     lp.epoch = epoch;
+    lp.vne.noteEpoch(epoch);
     lp.vne.cutEpoch = Math.max(lp.vne.cutEpoch, Math.min(...lp.vne.ports.map((p) => p.epoch)));
     this.delivery.releaseHeld(lp);
     this.delivery.flush();

@@ -12,8 +12,9 @@
  * Markers come from the underlay, where a peer's address can be spoofed (docs/security.md), so
  * what any stream of them can cost is bounded (constants in options.ts):
  * - Window. A marker for epoch k without a recording is considered only when
- *   cutEpoch − MARKER_EPOCHS_BEHIND ≤ k ≤ cutEpoch + MARKER_EPOCHS_AHEAD (cutEpoch: the highest
- *   epoch every local port has passed). Outside it the marker is ignored and counted
+ *   cutEpoch − MARKER_EPOCHS_BEHIND ≤ k ≤ topEpoch + MARKER_EPOCHS_AHEAD (cutEpoch: the highest
+ *   epoch every local port has passed; topEpoch: the highest any local port has reached, at
+ *   least cutEpoch — a port attached at a restored snapshot's epoch). Outside it the marker is ignored and counted
  *   (`markersOutOfWindow`), and not acknowledged: a real peer keeps retransmitting and is heard
  *   once this switch is in range. Inside it, k ≤ cutEpoch is an old retransmission: acknowledged,
  *   no state (as always). So markers alone can start recordings for at most
@@ -99,7 +100,7 @@ export class Markers {
 
   /** k is within the marker window around the VNE's epoch. */
   private inWindow(v: Vne, k: number): boolean {
-    return k >= v.cutEpoch - MARKER_EPOCHS_BEHIND && k <= v.cutEpoch + MARKER_EPOCHS_AHEAD;
+    return k >= v.cutEpoch - MARKER_EPOCHS_BEHIND && k <= v.topEpoch + MARKER_EPOCHS_AHEAD;
   }
 
   /** If every local port of v has passed k, send the markers of k. */
@@ -109,6 +110,7 @@ export class Markers {
     for (const lp of v.ports) if (lp.epoch < k || lp.cutting) return;
     r.localDone = true;
     v.cutEpoch = Math.max(v.cutEpoch, k);
+    v.noteEpoch(k);
     for (const idx of v.peers.keys()) r.unacked.add(idx);
     this.sendMarkers(v, r, this.opts.now());
     this.tunnel.flush();

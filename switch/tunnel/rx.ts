@@ -6,7 +6,7 @@
  * count); markers and acks go to the marker logic. Control packets never reach a port.
  *
  * A data frame's epoch counts toward the peer's received count at most one past the marker
- * window (cutEpoch + MARKER_EPOCHS_AHEAD + 1; `dataEpochAhead` counts the frames clamped): no
+ * window (topEpoch + MARKER_EPOCHS_AHEAD + 1; `dataEpochAhead` counts the frames clamped): no
  * marker this switch accepts can ask about a higher epoch, so the clamp changes no marker
  * check, and forged epochs cannot grow the per-epoch counts. The frame itself is forwarded
  * with its own epoch (and held at the port under the frame rules).
@@ -70,7 +70,7 @@ export function onTunnelBatch(t: TunnelTransport, count: number, tables: TunnelR
           else counters.newerGeneration += segs;
           break;
         }
-        const ceiling = v.cutEpoch + MARKER_EPOCHS_AHEAD + 1;
+        const ceiling = v.topEpoch + MARKER_EPOCHS_AHEAD + 1;
         if (d.epoch > ceiling) counters.dataEpochAhead += segs;
         vp.recv.inc(d.epoch > ceiling ? ceiling : d.epoch, segs);
         const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;

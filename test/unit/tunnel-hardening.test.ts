@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { MARKER_EPOCHS_AHEAD, MAX_EPOCHS_PER_PEER, MAX_MARKER_SHORTFALL, MAX_RECORDINGS_PER_VNE } from '../../switch/options';
 import { EpochCounts } from '../../switch/snapshot/recording';
 import { decode, encodeData, encodeMarker } from '../../switch/tunnel/geneve';
@@ -173,5 +174,30 @@ describe('tunnel hardening: forged markers', () => {
     assert.equal(c.epochs, MAX_EPOCHS_PER_PEER);
     assert.equal(c.below(1000), 2000);
     assert.equal(c.below(990), 1980);
+  });
+});
+
+describe('tunnel hardening: the window follows ports attached at a restored epoch', () => {
+  it('a marker one past a port attached at epoch 5 (VNE epoch still 0) starts the recording; its count is exact', async () => {
+    const env = twoHosts();
+    const a = env.sw('a');
+    a.removePort('v1');
+    const { port } = fakePortPair('v1r');
+    a.attachPort('blue', port, { epoch: 5 }); // as a restore attaches a VM of snapshot 5
+    env.ports.set('v1r', port);
+    env.sw('b').setPortEpoch('v2', 5);
+    assert.equal(a.stats().vnes['blue']?.epoch, 0);
+    send(env, 'v1r', 1, 2, 1, 5);
+    send(env, 'v2', 2, 1, 2, 5);
+    env.settle();
+    await env.sw('b').cutPort('v2', 6); // b's marker for 6 reaches a before a's cut
+    env.settle();
+    assert.equal(a.stats().markersOutOfWindow, 0);
+    assert.equal(a.stats().dataEpochAhead, 0);
+    assert.deepEqual(a.recordingStatus('blue').map((r) => [r.epoch, r.peers[0]?.marker]), [[6, 2]]);
+    await a.cutPort('v1r', 6);
+    env.settle();
+    const [ca, cb] = await Promise.all([a.channelState('blue', 6, 5000), env.sw('b').channelState('blue', 6, 5000)]);
+    assert.deepEqual([ca.lostFrames, cb.lostFrames], [0, 0]);
   });
 });
