@@ -40,6 +40,13 @@ export interface CoordinatorConfig {
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7443';
+/**
+ * The largest request the server reads (grpc-js' default, set here on purpose): far above any
+ * valid request and every field limit of coordinator/validation.ts, so an over-long name reaches
+ * validation and is INVALID_ARGUMENT naming the field; only a larger message is
+ * RESOURCE_EXHAUSTED from the transport.
+ */
+export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export interface CoordinatorServerOptions {
   config: CoordinatorConfig;
@@ -109,7 +116,7 @@ export class CoordinatorServer implements Startable {
     });
 
     const pkg = loadVnsnap();
-    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1 });
+    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
     server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
     this.health = addHealthAndReflection(server, [COORDINATOR_SERVICE, AGENT_SERVICE]);
