@@ -1,4 +1,7 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { DefineVneRequest__Output } from '../../proto/gen/vnsnap/v1/DefineVneRequest';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
@@ -9,6 +12,8 @@ import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { RestoreSequencer, artefactVm } from '../../coordinator/restore-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';
+import { readConfigFile } from '../../coordinator/main';
+import { CoordinatorServer } from '../../coordinator/server';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
@@ -236,6 +241,23 @@ describe('coordinator service: bounds', () => {
     assert.throws(restore({ placement: { vm1: 'h'.repeat(129) } }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'placement of VM "vm1" is 129 characters long; the limit is 128');
   });
 
+});
+
+describe('coordinator settings: timers Node can keep', () => {
+  it('the server and its config file refuse millisecond settings above 2^31-1', async () => {
+    const server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: ':memory:', storeDir: '/nonexistent', commandTimeoutMs: 2 ** 31 }, log });
+    await assert.rejects(server.start(), (e) => isVnsnapError(e, 'ERR_CONFIG') && e.message === 'commandTimeoutMs 2147483648 is out of range (1..2147483647 ms)');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-cfg-'));
+    try {
+      const file = path.join(dir, 'c.json');
+      fs.writeFileSync(file, JSON.stringify({ deadAfterMs: 4294967295 }));
+      assert.throws(() => readConfigFile(file), (e) => isVnsnapError(e, 'ERR_CONFIG') && e.message === `config ${file}: "deadAfterMs" must be at most 2147483647 (ms; Node timers hold no more)`);
+      fs.writeFileSync(file, JSON.stringify({ deadAfterMs: 2147483647 }));
+      assert.deepEqual(readConfigFile(file), { deadAfterMs: 2147483647 });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('coordinator service: agents registering again', () => {
