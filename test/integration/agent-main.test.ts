@@ -40,6 +40,12 @@ describe('vnsnap-agent (main)', function () {
     assert.match(r3.stderr, /^vnsnap-agent: cannot read .*missing\.json: ENOENT.*\[ERR_CONFIG\]\n$/);
   });
 
+  it('--metrics-address takes an IP address only, refused in one line otherwise', () => {
+    const r = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', '127.0.0.1:1', '--tunnel', '127.0.0.1:0', '--store', dir, '--metrics-port', '0', '--metrics-address', 'everywhere'], { encoding: 'utf8' });
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'vnsnap-agent: metricsAddress: expected an IPv4 or IPv6 address, got "everywhere" [ERR_CONFIG]\n');
+  });
+
   it('prints one ready line, serves /metrics and /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
     const cfg = path.join(dir, 'ok.json');
     fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn' }));
