@@ -12,10 +12,12 @@
  *     "advertise": "10.77.0.1",            // optional: the address peers reach (default: tunnel's)
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
+ *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"]                  // optional; "qemu", "xen" (in dom0)
  *   }
  */
+import { isIP } from 'node:net';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 import type { DriverKind } from './drivers/driver';
 
@@ -26,11 +28,15 @@ export interface AgentConfig {
   advertise?: string;
   store: string;
   metricsPort?: number;
+  /** IP address the metrics server binds; absent = 127.0.0.1 (METRICS_DEFAULT_ADDRESS). */
+  metricsAddress?: string;
   logLevel: string;
   drivers: string[];
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'logLevel', 'drivers'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'logLevel', 'drivers'] as const;
+/** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
+export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 /** The product drivers. */
 export const PRODUCT_DRIVERS: readonly DriverKind[] = ['qemu', 'xen'];
@@ -67,6 +73,8 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > 65535) fail(`metricsPort: expected 0..65535, got ${JSON.stringify(raw.metricsPort)}`);
     metricsPort = n;
   }
+  const metricsAddress = raw.metricsAddress;
+  if (metricsAddress !== undefined && (typeof metricsAddress !== 'string' || isIP(metricsAddress) === 0)) fail(`metricsAddress: expected an IPv4 or IPv6 address, got ${JSON.stringify(metricsAddress)}`);
   const logLevel = raw.logLevel ?? 'info';
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
@@ -78,6 +86,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     ...(raw.advertise !== undefined ? { advertise: raw.advertise as string } : {}),
     store: raw.store,
     ...(metricsPort !== undefined ? { metricsPort } : {}),
+    ...(metricsAddress !== undefined ? { metricsAddress } : {}),
     logLevel,
     drivers: drivers as string[],
   };

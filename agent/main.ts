@@ -4,7 +4,8 @@
  * agent, its drivers and metrics server, start them in order with the lifecycle helper
  * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
- * A bad configuration is one line on stderr and exit status 2.
+ * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
+ * given) binds loopback unless metricsAddress names another address.
  *
  * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
  * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
@@ -16,7 +17,7 @@ import { describeError } from '../proto/core/errors';
 import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger, type Logger } from '../proto/core/log';
 import { Agent } from './agent';
-import { loadAgentConfig, PRODUCT_DRIVERS } from './config';
+import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
@@ -41,11 +42,12 @@ class MetricsServer implements Startable {
   constructor(
     private readonly metrics: AgentMetrics,
     private readonly listenPort: number,
+    private readonly listenAddress: string,
     private readonly debug: () => unknown,
   ) {}
 
   async start(): Promise<void> {
-    this.served = await serveMetrics(this.metrics.registry, this.listenPort, undefined, this.debug);
+    this.served = await serveMetrics(this.metrics.registry, this.listenPort, this.listenAddress, this.debug);
   }
 
   stop(): void {
@@ -72,10 +74,11 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--advertise <addr>', 'tunnel address peers reach (default: the tunnel address)')
     .option('--store <dir>', 'snapshot store directory')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
+    .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; logLevel?: string }>();
+  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; logLevel?: string }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
   try {
     cfg = loadAgentConfig(o.config, {
@@ -85,6 +88,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       advertise: o.advertise,
       store: o.store,
       metricsPort: o.metricsPort,
+      metricsAddress: o.metricsAddress,
       logLevel: o.logLevel,
     }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
   } catch (e) {
@@ -109,7 +113,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
-  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, () => agent.debugVms()) : undefined;
+  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, cfg.metricsAddress ?? METRICS_DEFAULT_ADDRESS, () => agent.debugVms()) : undefined;
   const parts: Startable[] = metricsServer ? [agent, metricsServer] : [agent];
   try {
     await startAll(parts);

@@ -8,6 +8,7 @@
  *   { "listen": "127.0.0.1:7443", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
  *     "coordinatorId": "c1", "heartbeatIntervalMs": 1000, "deadAfterMs": 3000,
  *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info" }
+ * The millisecond keys are positive and at most 2^31-1 (the longest timer Node keeps).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,6 +18,7 @@ import { describeError } from '../proto/core/errors';
 import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger } from '../proto/core/log';
 import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
+import { MAX_TIMEOUT_MS } from './validation';
 
 const KEYS: Record<string, 'string' | 'number' | 'boolean'> = {
   listen: 'string',
@@ -39,6 +41,7 @@ export function readConfigFile(file: string): CoordinatorFileConfig {
     const t = KEYS[k] as string;
     if (typeof v !== t) configError(`config ${file}: "${k}" must be a ${t}`);
     if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) configError(`config ${file}: "${k}" must be a positive integer`);
+    if (t === 'number' && (v as number) > MAX_TIMEOUT_MS) configError(`config ${file}: "${k}" must be at most ${MAX_TIMEOUT_MS} (ms; Node timers hold no more)`);
   }
   return raw as CoordinatorFileConfig;
 }

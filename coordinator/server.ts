@@ -3,7 +3,8 @@
  * manifest store, event bus, and one grpc-js server hosting CoordinatorService, AgentService,
  * health and reflection.
  *
- * start(): open the catalog (migrate, recover), bind, report NOT_SERVING→SERVING.
+ * start(): check the timer settings (at most 2^31-1 ms), open the catalog (migrate, recover),
+ * bind, report NOT_SERVING→SERVING.
  * stop(): health NOT_SERVING, abort snapshots in progress (their SnapshotAbort leaves before
  * the sessions close), end agent sessions and streams, shut the server down (forcibly after
  * a grace period), close the catalog.
@@ -22,6 +23,7 @@ import { FsManifestStore } from './manifest-store';
 import { RestoreSequencer } from './restore-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
+import { MAX_TIMEOUT_MS } from './validation';
 
 export interface CoordinatorConfig {
   /** host:port to listen on (port 0: any free port). */
@@ -40,6 +42,13 @@ export interface CoordinatorConfig {
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7443';
+/**
+ * The largest request the server reads (grpc-js' default, set here on purpose): far above any
+ * valid request and every field limit of coordinator/validation.ts, so an over-long name reaches
+ * validation and is INVALID_ARGUMENT naming the field; only a larger message is
+ * RESOURCE_EXHAUSTED from the transport.
+ */
+export const MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024;
 
 export interface CoordinatorServerOptions {
   config: CoordinatorConfig;
@@ -75,6 +84,10 @@ export class CoordinatorServer implements Startable {
 
   async start(): Promise<void> {
     const { config, log } = this.opts;
+    for (const k of ['heartbeatIntervalMs', 'deadAfterMs', 'commandTimeoutMs'] as const) {
+      const v = config[k];
+      if (v !== undefined && (!Number.isInteger(v) || v <= 0 || v > MAX_TIMEOUT_MS)) throw new VnsnapError('ERR_CONFIG', `${k} ${v} is out of range (1..${MAX_TIMEOUT_MS} ms)`);
+    }
     const clock = this.clock;
     this.catalog = new Catalog(config.db, { now: () => clock.now() });
     if (this.catalog.recovered.snapshots.length > 0 || this.catalog.recovered.restores.length > 0) {
@@ -109,7 +122,7 @@ export class CoordinatorServer implements Startable {
     });
 
     const pkg = loadVnsnap();
-    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1 });
+    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
     server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
     server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
     this.health = addHealthAndReflection(server, [COORDINATOR_SERVICE, AGENT_SERVICE]);

@@ -37,7 +37,7 @@ import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import type { RestoreSequencer } from './restore-sequencer';
 import { vmsByAgent, type SnapshotSequencer } from './snapshot-sequencer';
-import { validateVneDefinition } from './validation';
+import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
 import { configureVneFor, placementOf } from './vne-config';
 
 export interface CoordinatorServiceOptions {
@@ -70,6 +70,7 @@ export class CoordinatorServiceImpl {
 
   private mustGetVne(name: string): Vne__Output {
     if (!name) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'VNE name is required');
+    checkLength('VNE name', name, MAX_NAME_CHARS);
     const v = this.o.catalog.getVne(name);
     if (!v) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${name}" does not exist`);
     return v;
@@ -260,6 +261,9 @@ export class CoordinatorServiceImpl {
   /** Start a snapshot; events go to sink; resolves with the final record (complete or aborted). */
   createSnapshot(req: CreateSnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
     if (!req.vne) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'vne is required');
+    checkTimeoutMs('timeout_ms', req.timeoutMs);
+    checkTimeoutMs('precopy_deadline_ms', req.precopyDeadlineMs);
+    checkLength('description', req.description, MAX_DESCRIPTION_CHARS);
     const vne = this.mustGetVne(req.vne);
     const op = this.ops.get(vne.name);
     if (op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
@@ -273,6 +277,7 @@ export class CoordinatorServiceImpl {
 
   async getSnapshot(req: GetSnapshotRequest__Output): Promise<Snapshot__Output> {
     if (!req.id) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot id is required');
+    checkLength('snapshot id', req.id, MAX_ID_CHARS);
     const s = this.o.catalog.getSnapshot(req.id);
     if (!s) throw new VnsnapError('ERR_NOT_FOUND', `snapshot "${req.id}" does not exist`);
     return s;
@@ -318,6 +323,12 @@ export class CoordinatorServiceImpl {
 
   restoreSnapshot(req: RestoreSnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
     if (!req.snapshotId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot_id is required');
+    checkLength('snapshot_id', req.snapshotId, MAX_ID_CHARS);
+    checkTimeoutMs('timeout_ms', req.timeoutMs);
+    for (const [vm, agent] of Object.entries(req.placement)) {
+      checkLength('placement: a VM name', vm, MAX_NAME_CHARS);
+      checkLength(`placement of VM "${vm}"`, agent, MAX_ID_CHARS);
+    }
     const s = this.o.catalog.getSnapshot(req.snapshotId);
     const vne = s ? this.o.catalog.getVne(s.vne) : undefined;
     const op = vne ? this.ops.get(vne.name) : undefined;

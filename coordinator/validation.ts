@@ -10,6 +10,14 @@
  * essentials (memory for sim and qemu, kernel or disk for qemu, config for xen); sim peers
  * are other VMs of the same VNE. (sim is the tests' simulated driver, test/sim/: only a test
  * agent runs it, but the coordinator checks its spec like any other.)
+ *
+ * Bounds (documented in proto/vnsnap/v1/types.proto and coordinator.proto, and in
+ * docs/control-plane.md): every string is length-checked before anything else looks at it, and
+ * a refusal never echoes more than a short prefix of what it refuses (a 1 MB name must not
+ * become a 1 MB status message, which clients cannot receive). Numbers of a driver spec are
+ * checked against BOUNDS at definition, so a bad value is INVALID_ARGUMENT at `vne define`,
+ * never a failure at start. Timeouts are at most MAX_TIMEOUT_MS: Node timers hold 2^31-1 ms,
+ * and a longer delay would fire at once.
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
@@ -17,6 +25,28 @@ import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 
 export const MAX_VNI = 0xffffff;
+/** The longest timer Node keeps (2^31-1 ms, about 24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+/** Longest VNE and VM name. */
+export const MAX_NAME_CHARS = 63;
+/** Longest agent id and snapshot id. */
+export const MAX_ID_CHARS = 128;
+export const MAX_DESCRIPTION_CHARS = 1024;
+/** Longest kernel, initrd or disk path, kernel command line, or QEMU extra value. */
+export const MAX_PATH_CHARS = 4096;
+export const MAX_XEN_CONFIG_CHARS = 65536;
+export const MAX_QEMU_EXTRA_KEYS = 64;
+/** What a refusal quotes of a long string. */
+const SHOWN_CHARS = 64;
+
+/** The numeric fields of the driver specs: inclusive bounds, and the unit shown in refusals. */
+export const BOUNDS = {
+  'sim.memory_mib': { min: 1, max: 1048576, unit: ' MiB' },
+  'sim.dirty_rate_mib_s': { min: 0, max: 65536, unit: ' MiB/s' },
+  'sim.frame_rate_hz': { min: 0, max: 100000, unit: ' Hz' },
+  'qemu.memory_mib': { min: 16, max: 1048576, unit: ' MiB' },
+  'qemu.cpus': { min: 0, max: 256, unit: '' },
+} as const;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const AGENT_RE = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
@@ -25,8 +55,29 @@ function invalid(msg: string): VnsnapError {
   return new VnsnapError('ERR_INVALID_ARGUMENT', msg);
 }
 
+/** A string as a refusal quotes it: whole when short, else its start and its length. */
+export function shown(value: string): string {
+  return value.length <= SHOWN_CHARS ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, 32))}... (${value.length} characters)`;
+}
+
+/** Refuse a string longer than max: INVALID_ARGUMENT naming the field and the limit. */
+export function checkLength(field: string, value: string, max: number): void {
+  if (value.length > max) throw invalid(`${field} is ${value.length} characters long; the limit is ${max}`);
+}
+
+/** Refuse a timeout Node cannot keep (0 means the default and is allowed). */
+export function checkTimeoutMs(field: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > MAX_TIMEOUT_MS) throw invalid(`${field} ${value} is out of range (0..${MAX_TIMEOUT_MS} ms, about 24.8 days; 0 = the default)`);
+}
+
+function checkBound(vm: string, field: keyof typeof BOUNDS, value: number): void {
+  const b = BOUNDS[field];
+  if (!Number.isInteger(value) || value < b.min || value > b.max) throw invalid(`VM "${vm}": ${field} ${value} is out of range (${b.min}..${b.max}${b.unit})`);
+}
+
 export function checkName(what: string, name: string): void {
   if (!name) throw invalid(`${what} name is required`);
+  checkLength(`${what} name`, name, MAX_NAME_CHARS);
   if (!NAME_RE.test(name)) throw invalid(`${what} name "${name}" is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`);
 }
 
@@ -50,12 +101,13 @@ export function validateVneDefinition(vne: Vne__Output | null | undefined): VneD
     if (names.has(vm.name)) throw invalid(`VM name "${vm.name}" is used twice in VNE "${vne.name}"`);
     names.add(vm.name);
     if (!vm.host) throw invalid(`VM "${vm.name}" has no host (the agent id it runs on)`);
+    checkLength(`VM "${vm.name}": host`, vm.host, MAX_ID_CHARS);
     if (!AGENT_RE.test(vm.host)) throw invalid(`VM "${vm.name}": host "${vm.host}" is not a valid agent id`);
     if (vm.macs.length === 0) throw invalid(`VM "${vm.name}" has no MAC address (one per vNIC)`);
     const macs: string[] = [];
     for (const raw of vm.macs) {
       const mac = raw.trim().toLowerCase();
-      if (!MAC_RE.test(mac)) throw invalid(`VM "${vm.name}": "${raw}" is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)`);
+      if (!MAC_RE.test(mac)) throw invalid(`VM "${vm.name}": ${shown(raw)} is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)`);
       if (parseInt(mac.slice(0, 2), 16) & 1) throw invalid(`VM "${vm.name}": ${mac} is a multicast address; a vNIC needs a unicast MAC`);
       if (mac === '00:00:00:00:00:00') throw invalid(`VM "${vm.name}": 00:00:00:00:00:00 is not a usable MAC address`);
       const other = macOwner.get(mac);
@@ -70,6 +122,7 @@ export function validateVneDefinition(vne: Vne__Output | null | undefined): VneD
     const sim = vm.driver?.sim;
     if (!sim) continue;
     for (const p of sim.peers) {
+      checkLength(`VM "${vm.name}": sim peer name`, p, MAX_NAME_CHARS);
       if (p === vm.name) throw invalid(`VM "${vm.name}": a sim VM cannot be its own peer`);
       if (!names.has(p)) throw invalid(`VM "${vm.name}": sim peer "${p}" is not a VM of VNE "${vne.name}"`);
     }
@@ -82,10 +135,24 @@ function checkDriver(vm: string, d: DriverSpec__Output | null | undefined): void
   if (!d || !kind) throw invalid(`VM "${vm}" has no driver spec (sim, qemu or xen)`);
   if (kind === 'sim') {
     if (!d.sim?.memoryMib) throw invalid(`VM "${vm}": sim driver needs memory_mib > 0`);
+    checkBound(vm, 'sim.memory_mib', d.sim.memoryMib);
+    checkBound(vm, 'sim.dirty_rate_mib_s', d.sim.dirtyRateMibS);
+    checkBound(vm, 'sim.frame_rate_hz', d.sim.frameRateHz);
   } else if (kind === 'qemu') {
-    if (!d.qemu?.memoryMib) throw invalid(`VM "${vm}": qemu driver needs memory_mib > 0`);
-    if (!d.qemu.kernel && !d.qemu.disk) throw invalid(`VM "${vm}": qemu driver needs a kernel or a disk`);
+    const q = d.qemu;
+    if (!q?.memoryMib) throw invalid(`VM "${vm}": qemu driver needs memory_mib > 0`);
+    checkBound(vm, 'qemu.memory_mib', q.memoryMib);
+    checkBound(vm, 'qemu.cpus', q.cpus);
+    for (const f of ['kernel', 'initrd', 'append', 'disk'] as const) checkLength(`VM "${vm}": qemu.${f}`, q[f], MAX_PATH_CHARS);
+    const extra = Object.entries(q.extra);
+    if (extra.length > MAX_QEMU_EXTRA_KEYS) throw invalid(`VM "${vm}": qemu.extra has ${extra.length} keys; the limit is ${MAX_QEMU_EXTRA_KEYS}`);
+    for (const [k, v] of extra) {
+      checkLength(`VM "${vm}": a qemu.extra key`, k, MAX_NAME_CHARS);
+      checkLength(`VM "${vm}": qemu.extra.${k}`, v, MAX_PATH_CHARS);
+    }
+    if (!q.kernel && !q.disk) throw invalid(`VM "${vm}": qemu driver needs a kernel or a disk`);
   } else if (kind === 'xen') {
     if (!d.xen?.config.trim()) throw invalid(`VM "${vm}": xen driver needs its xl config`);
+    checkLength(`VM "${vm}": xen.config`, d.xen.config, MAX_XEN_CONFIG_CHARS);
   }
 }

@@ -31,13 +31,19 @@ describe('vnsnap-agent (main)', function () {
     fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
     const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, logLevel, drivers) [ERR_CONFIG]\n');
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, logLevel, drivers) [ERR_CONFIG]\n');
     const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
     const r3 = spawnSync(process.execPath, [MAIN, '--config', path.join(dir, 'missing.json')], { encoding: 'utf8' });
     assert.equal(r3.status, 2);
     assert.match(r3.stderr, /^vnsnap-agent: cannot read .*missing\.json: ENOENT.*\[ERR_CONFIG\]\n$/);
+  });
+
+  it('--metrics-address takes an IP address only, refused in one line otherwise', () => {
+    const r = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', '127.0.0.1:1', '--tunnel', '127.0.0.1:0', '--store', dir, '--metrics-port', '0', '--metrics-address', 'everywhere'], { encoding: 'utf8' });
+    assert.equal(r.status, 2);
+    assert.equal(r.stderr, 'vnsnap-agent: metricsAddress: expected an IPv4 or IPv6 address, got "everywhere" [ERR_CONFIG]\n');
   });
 
   it('prints one ready line, serves /metrics and /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {

@@ -281,6 +281,29 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
     });
   });
 
+  it('bounds over the wire: a 1 MB name and 2^32-1 MiB are INVALID_ARGUMENT naming the field; a timeout above 2^31-1 ms is refused, not fired at once', async () => {
+    await assert.rejects(unary(client, 'DefineVne', { vne: { ...VNE, name: 'a'.repeat(1 << 20) } }), (e) => {
+      expectStatus(e, grpc.status.INVALID_ARGUMENT, 'ERR_INVALID_ARGUMENT', 'VNE name is 1048576 characters long; the limit is 63');
+      return true;
+    });
+    await assert.rejects(unary(client, 'GetVne', { name: 'a'.repeat(1 << 20) }), (e) => {
+      expectStatus(e, grpc.status.INVALID_ARGUMENT, 'ERR_INVALID_ARGUMENT', 'VNE name is 1048576 characters long; the limit is 63');
+      return true;
+    });
+    await assert.rejects(unary(client, 'DefineVne', { vne: { ...VNE, vms: [{ ...VNE.vms![0], driver: { qemu: { memoryMib: 4294967295, kernel: '/k' } } }] } }), (e) => {
+      expectStatus(e, grpc.status.INVALID_ARGUMENT, 'ERR_INVALID_ARGUMENT', 'VM "vm1": qemu.memory_mib 4294967295 is out of range (16..1048576 MiB)');
+      return true;
+    });
+    // Only a request above the server's receive limit (4 MiB) is the transport's refusal.
+    await assert.rejects(unary(client, 'GetVne', { name: 'a'.repeat(5 << 20) }), (e) => {
+      assert.equal((e as grpc.ServiceError).code, grpc.status.RESOURCE_EXHAUSTED);
+      return true;
+    });
+    const { events, error } = await streamAll(client.CreateSnapshot({ vne: 'blue', timeoutMs: 4294967295 }));
+    assert.deepEqual(events, []);
+    expectStatus(error, grpc.status.INVALID_ARGUMENT, 'ERR_INVALID_ARGUMENT', 'timeout_ms 4294967295 is out of range (0..2147483647 ms, about 24.8 days; 0 = the default)');
+  });
+
   // One it: each step needs exactly the state the steps before it left (the VNE defined and
   // running, the snapshots taken, the placement swapped, the epochs and generations reached).
   it('a VNE through its life: define → start, precopy and background snapshots, restores onto the same and a swapped placement, refused restores, delete, a concurrent snapshot and an agent dying mid-snapshot, a stopping coordinator', async () => {

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../proto/core/config';
 import { isVnsnapError } from '../../proto/core/errors';
 import { parseSwitchConfig } from '../../switch/cmd/config';
+import { validateAgentConfig } from '../../agent/config';
 
 const good = {
   id: 'h1',
@@ -108,5 +109,26 @@ describe('config file helpers (proto/core/config)', () => {
     rejectUnknownKeys({ id: 'h1' }, ['id', 'store']);
     assert.equal(refusal(() => rejectUnknownKeys({ id: 'h1', colour: 'red' }, ['id', 'store'])), 'unknown key "colour" (known: id, store)');
     assert.equal(refusal(() => rejectUnknownKeys({ colour: 'red' }, ['id'], 'config c.json')), 'config c.json: unknown key "colour" (known: id)');
+  });
+});
+
+describe('agent config: the metrics listen address', () => {
+  const base = { id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:6081', store: '/var/lib/vnsnap/store', metricsPort: 9464 };
+
+  it('binds loopback unless told otherwise: no metricsAddress key means the default', () => {
+    const c = validateAgentConfig({ ...base });
+    assert.equal(c.metricsAddress, undefined);
+    assert.equal(validateAgentConfig({ ...base, metricsAddress: '0.0.0.0' }).metricsAddress, '0.0.0.0');
+    assert.equal(validateAgentConfig({ ...base, metricsAddress: '::1' }).metricsAddress, '::1');
+  });
+
+  it('refuses an address that is not an IP, naming the field', () => {
+    for (const [v, shown] of [['localhost', '"localhost"'], ['10.0.0.300', '"10.0.0.300"'], [9464, '9464']] as const) {
+      assert.throws(() => validateAgentConfig({ ...base, metricsAddress: v }), (e: unknown) => {
+        assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+        assert.equal((e as Error).message, `metricsAddress: expected an IPv4 or IPv6 address, got ${shown}`);
+        return true;
+      });
+    }
   });
 });

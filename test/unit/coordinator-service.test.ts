@@ -1,4 +1,7 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { DefineVneRequest__Output } from '../../proto/gen/vnsnap/v1/DefineVneRequest';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
@@ -9,6 +12,8 @@ import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { RestoreSequencer, artefactVm } from '../../coordinator/restore-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';
+import { readConfigFile } from '../../coordinator/main';
+import { CoordinatorServer } from '../../coordinator/server';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
@@ -180,6 +185,78 @@ describe('coordinator service: VNE definitions', () => {
     s.agents.connected.delete('h2');
     await assert.rejects(s.svc.stopVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'VNE "blue" could not be stopped completely: vm2 on h2: agent h2 is not connected (StopVm not sent)');
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
+  });
+});
+
+describe('coordinator service: bounds', () => {
+  const M = '52:54:00:00:00:01';
+  const qemu = (over: Record<string, unknown>) => req({}, [{ ...vm('a', 'h1', M), driver: { qemu: { memoryMib: 64, cpus: 1, kernel: '/k', initrd: '', append: '', disk: '', extra: {}, ...over }, kind: 'qemu' } }]);
+  const sim = (over: Record<string, unknown>) => req({}, [{ ...vm('a', 'h1', M), driver: { sim: { memoryMib: 8, dirtyRateMibS: 0, frameRateHz: 0, peers: [], ...over }, kind: 'sim' } }]);
+  const cases: [string, DefineVneRequest__Output, string][] = [
+    ['1 MB VNE name', req({ name: 'a'.repeat(1 << 20) }), 'VNE name is 1048576 characters long; the limit is 63'],
+    ['64-character VM name', req({}, [vm('v'.repeat(64), 'h1', M)]), 'VM name is 64 characters long; the limit is 63'],
+    ['long host', req({}, [vm('a', 'h'.repeat(129), M)]), 'VM "a": host is 129 characters long; the limit is 128'],
+    ['long MAC string', req({}, [vm('a', 'h1', 'x'.repeat(100))]), `VM "a": "${'x'.repeat(32)}"... (100 characters) is not a MAC address (expected six hex pairs like 52:54:00:12:34:56)`],
+    ['qemu memory 2^32-1', qemu({ memoryMib: 4294967295 }), 'VM "a": qemu.memory_mib 4294967295 is out of range (16..1048576 MiB)'],
+    ['qemu memory 8', qemu({ memoryMib: 8 }), 'VM "a": qemu.memory_mib 8 is out of range (16..1048576 MiB)'],
+    ['qemu cpus 257', qemu({ cpus: 257 }), 'VM "a": qemu.cpus 257 is out of range (0..256)'],
+    ['qemu kernel path too long', qemu({ kernel: '/'.repeat(4097) }), 'VM "a": qemu.kernel is 4097 characters long; the limit is 4096'],
+    ['qemu extra value too long', qemu({ extra: { machine: 'q'.repeat(4097) } }), 'VM "a": qemu.extra.machine is 4097 characters long; the limit is 4096'],
+    ['xen config too long', req({}, [{ ...vm('a', 'h1', M), driver: { xen: { config: 'x'.repeat(65537) }, kind: 'xen' } }]), 'VM "a": xen.config is 65537 characters long; the limit is 65536'],
+    ['sim memory 2^32-1', sim({ memoryMib: 4294967295 }), 'VM "a": sim.memory_mib 4294967295 is out of range (1..1048576 MiB)'],
+    ['sim frame rate', sim({ frameRateHz: 100001 }), 'VM "a": sim.frame_rate_hz 100001 is out of range (0..100000 Hz)'],
+    ['sim dirty rate', sim({ dirtyRateMibS: 65537 }), 'VM "a": sim.dirty_rate_mib_s 65537 is out of range (0..65536 MiB/s)'],
+  ];
+  for (const [name, r, message] of cases) {
+    it(`DefineVne refuses with INVALID_ARGUMENT: ${name}`, async () => {
+      const { svc, catalog } = setup();
+      await assert.rejects(svc.defineVne(r), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === message);
+      assert.deepEqual(catalog.listVnes(), []);
+    });
+  }
+
+  it('DefineVne accepts the bounds themselves', async () => {
+    const { svc } = setup();
+    await svc.defineVne(req({ name: 'n'.repeat(63), vni: 1 }, [{ ...vm('a', 'h1', M), driver: { qemu: { memoryMib: 1048576, cpus: 256, kernel: '/k', initrd: '', append: '', disk: '', extra: {} }, kind: 'qemu' } }]));
+    await svc.defineVne(req({ name: 'low', vni: 2 }, [{ ...vm('a', 'h1', M), driver: { qemu: { memoryMib: 16, cpus: 0, kernel: '/k', initrd: '', append: '', disk: '', extra: {} }, kind: 'qemu' } }]));
+  });
+
+  it('lookups refuse over-long names and ids as INVALID_ARGUMENT without echoing them', async () => {
+    const { svc } = setup();
+    await assert.rejects(svc.getVne({ name: 'a'.repeat(1 << 20) }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'VNE name is 1048576 characters long; the limit is 63');
+    await assert.rejects(svc.getSnapshot({ id: 's'.repeat(129) }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'snapshot id is 129 characters long; the limit is 128');
+  });
+
+  it('CreateSnapshot and RestoreSnapshot refuse timeouts Node cannot keep (above 2^31-1 ms)', async () => {
+    const s = setup();
+    await s.svc.defineVne(req());
+    const create = (over: Record<string, unknown>) => () => s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND', precopyDeadlineMs: 0, timeoutMs: 0, description: '', ...over }, () => undefined);
+    assert.throws(create({ timeoutMs: 2 ** 31 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'timeout_ms 2147483648 is out of range (0..2147483647 ms, about 24.8 days; 0 = the default)');
+    assert.throws(create({ timeoutMs: 4294967295 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'timeout_ms 4294967295 is out of range (0..2147483647 ms, about 24.8 days; 0 = the default)');
+    assert.throws(create({ precopyDeadlineMs: 2 ** 31 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'precopy_deadline_ms 2147483648 is out of range (0..2147483647 ms, about 24.8 days; 0 = the default)');
+    assert.throws(create({ description: 'd'.repeat(1025) }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'description is 1025 characters long; the limit is 1024');
+    assert.equal(s.catalog.listSnapshots().length, 0);
+    const restore = (over: Record<string, unknown>) => () => s.svc.restoreSnapshot({ snapshotId: 'blue-s1', placement: {}, stopRunning: true, timeoutMs: 0, ...over }, () => undefined);
+    assert.throws(restore({ timeoutMs: 2 ** 31 }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'timeout_ms 2147483648 is out of range (0..2147483647 ms, about 24.8 days; 0 = the default)');
+    assert.throws(restore({ placement: { vm1: 'h'.repeat(129) } }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === 'placement of VM "vm1" is 129 characters long; the limit is 128');
+  });
+
+});
+
+describe('coordinator settings: timers Node can keep', () => {
+  it('the server and its config file refuse millisecond settings above 2^31-1', async () => {
+    const server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: ':memory:', storeDir: '/nonexistent', commandTimeoutMs: 2 ** 31 }, log });
+    await assert.rejects(server.start(), (e) => isVnsnapError(e, 'ERR_CONFIG') && e.message === 'commandTimeoutMs 2147483648 is out of range (1..2147483647 ms)');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-cfg-'));
+    try {
+      const file = path.join(dir, 'c.json');
+      fs.writeFileSync(file, JSON.stringify({ deadAfterMs: 4294967295 }));
+      assert.throws(() => readConfigFile(file), (e) => isVnsnapError(e, 'ERR_CONFIG') && e.message === `config ${file}: "deadAfterMs" must be at most 2147483647 (ms; Node timers hold no more)`);
+      fs.writeFileSync(file, JSON.stringify({ deadAfterMs: 2147483647 }));
+      assert.deepEqual(readConfigFile(file), { deadAfterMs: 2147483647 });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
