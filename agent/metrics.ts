@@ -105,7 +105,7 @@ export class AgentMetrics {
  * Serve `/metrics` of a registry on host:port (port 0 = ephemeral); resolves with the bound port.
  * `debug`, when given, is served read-only as JSON at `/debug/vms` (GET only).
  */
-export async function serveMetrics(registry: Registry, port: number, host = '0.0.0.0', debug?: () => unknown): Promise<{ server: http.Server; port: number }> {
+export async function serveMetrics(registry: Registry, port: number, host = '127.0.0.1', debug?: () => unknown): Promise<{ server: http.Server; port: number }> {
   const server = http.createServer((req, res) => {
     const route = req.url?.split('?')[0];
     if (debug && route === '/debug/vms' && req.method === 'GET') {
