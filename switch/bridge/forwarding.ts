@@ -19,7 +19,7 @@ import type { SwitchCounters } from '../stats';
 import type { LocalPort, Vne } from '../tables';
 import { DATA_HEADER_LEN } from '../tunnel/geneve';
 import type { TunnelTx } from '../tunnel/tx-batch';
-import { VNET_HDR_LEN } from '../offload';
+import { isSuperFrame, VNET_HDR_LEN } from '../offload';
 import { BROADCAST_MAC, isGroupMac, macAt } from './mac';
 
 export class Forwarding {
@@ -80,7 +80,7 @@ export class Forwarding {
       const len = rx.lens[i] as number;
       // A TCP super-frame from a TAP with offloads: one forwarding decision for all its
       // segments, which share its epoch; it is segmented wherever it meets no offloads.
-      const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;
+      const m = isSuperFrame(meta, i * VNET_HDR_LEN) ? (meta as Buffer) : null;
       lp.stats.rxFrames++;
       if (len < 14) {
         lp.stats.runts++;

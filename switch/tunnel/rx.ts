@@ -16,7 +16,7 @@
  */
 import type { Forwarding } from '../bridge/forwarding';
 import { MARKER_EPOCHS_AHEAD } from '../options';
-import { VNET_HDR_LEN } from '../offload';
+import { isSuperFrame, VNET_HDR_LEN } from '../offload';
 import type { Markers } from '../snapshot/markers';
 import type { SwitchCounters } from '../stats';
 import type { Peer, Vne } from '../tables';
@@ -73,7 +73,7 @@ export function onTunnelBatch(t: TunnelTransport, count: number, tables: TunnelR
         const ceiling = v.topEpoch + MARKER_EPOCHS_AHEAD + 1;
         if (d.epoch > ceiling) counters.dataEpochAhead += segs;
         vp.recv.inc(d.epoch > ceiling ? ceiling : d.epoch, segs);
-        const m = meta !== undefined && meta[i * VNET_HDR_LEN + 1] !== 0 ? meta : null;
+        const m = isSuperFrame(meta, i * VNET_HDR_LEN) ? (meta as Buffer) : null;
         fwd.forward(v, null, peer.idx, slab, off + d.payloadOffset, len - d.payloadOffset, false, d.epoch, m, i * VNET_HDR_LEN);
         break;
       }

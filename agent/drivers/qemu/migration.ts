@@ -324,7 +324,6 @@ export class QemuJob extends DriverJob {
 
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
-    let stopEv: QmpEvent | undefined;
     this.mark('start');
     const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
     if (info.status !== 'active' && info.status !== 'pre-switchover' && !this.preSwitchoverEv) {
@@ -352,8 +351,8 @@ export class QemuJob extends DriverJob {
         this.phase = 'failed';
         throw e;
       }
-      stopEv = this.vmObj.lastStop;
-    } else stopEv = this.vmObj.lastStop;
+    }
+    const stopEv = this.vmObj.lastStop;
     this.mark('paused');
     this.preSwitchover = undefined;
     this.pausedByUs = true;
