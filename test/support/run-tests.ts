@@ -2,8 +2,10 @@
  * The test command: runs mocha over the compiled tests and ends with the one line CI reads,
  * `N passed, N failed` (mocha's own summary is not recognised there).
  *
- * Usage: node dist/test/support/run-tests.js [unit|integration|PATTERN...]
- * Unit tests run first (fast, no root needed), then integration tests (namespaces, TAP, ...).
+ * Usage: node dist/test/support/run-tests.js [unit|security|integration|PATTERN...]
+ * Unit tests run first (fast, no root needed), then the security suite (test/security: TLS,
+ * roles, refused driver specs, tunnel floods; `npm run test:security`), then integration tests
+ * (namespaces, TAP, ...).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -23,10 +25,11 @@ function collect(dir: string): string[] {
 async function main(): Promise<void> {
   const testRoot = path.resolve(__dirname, '..');
   const args = process.argv.slice(2);
-  const suites = args.length === 0 ? ['unit', 'integration'] : args;
+  const SUITES = ['unit', 'security', 'integration'];
+  const suites = args.length === 0 ? SUITES : args;
   const files: string[] = [];
   for (const s of suites) {
-    if (s === 'unit' || s === 'integration') files.push(...collect(path.join(testRoot, s)));
+    if (SUITES.includes(s)) files.push(...collect(path.join(testRoot, s)));
     else files.push(...collect(testRoot).filter((f) => f.includes(s)));
   }
   const mocha = new Mocha({ reporter: 'spec', timeout: 120_000, forbidOnly: true });
