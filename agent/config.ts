@@ -14,11 +14,17 @@
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
  *     "logLevel": "info",                  // optional
- *     "drivers": ["qemu"]                  // optional; "qemu", "xen" (in dom0)
+ *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
+ *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
+ *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
+ *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
  *   }
+ * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator
+ * address is loopback (proto/core/tls.ts checkTransport).
  */
 import { isIP } from 'node:net';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
+import { checkTransport, parseTlsFiles, tlsFromFlags, type TlsFiles } from '../proto/core/tls';
 import type { DriverKind } from './drivers/driver';
 
 export interface AgentConfig {
@@ -32,9 +38,13 @@ export interface AgentConfig {
   metricsAddress?: string;
   logLevel: string;
   drivers: string[];
+  /** PEM files for mutual TLS to the coordinator. */
+  tls?: TlsFiles;
+  /** No TLS (allowed only when the coordinator address is loopback). */
+  insecurePlaintext?: boolean;
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'logLevel', 'drivers'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'logLevel', 'drivers', 'tls', 'insecurePlaintext'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -79,6 +89,9 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
   if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !knownDrivers.includes(d))) fail(`drivers: expected a list of ${knownDrivers.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
+  const tls = raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined;
+  if (raw.insecurePlaintext !== undefined && typeof raw.insecurePlaintext !== 'boolean') fail(`insecurePlaintext: expected true or false, got ${JSON.stringify(raw.insecurePlaintext)}`);
+  const insecurePlaintext = raw.insecurePlaintext === true;
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -89,12 +102,20 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     ...(metricsAddress !== undefined ? { metricsAddress } : {}),
     logLevel,
     drivers: drivers as string[],
+    ...(tls ? { tls } : {}),
+    insecurePlaintext,
   };
 }
 
-/** Read the file (if any), apply the flags over it, validate. */
+/** Read the file (if any), apply the flags over it, validate, and check the transport rule. */
 export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>, knownDrivers: readonly string[] = PRODUCT_DRIVERS): AgentConfig {
   const raw = file !== undefined ? readJsonObjectFile(file) : {};
-  for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
-  return validateAgentConfig(raw, knownDrivers);
+  const { tlsCa, tlsCert, tlsKey, ...rest } = flags;
+  for (const [k, v] of Object.entries(rest)) if (v !== undefined) raw[k] = v;
+  if (tlsCa !== undefined || tlsCert !== undefined || tlsKey !== undefined) {
+    raw.tls = tlsFromFlags(raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined, { ca: tlsCa as string | undefined, cert: tlsCert as string | undefined, key: tlsKey as string | undefined });
+  }
+  const cfg = validateAgentConfig(raw, knownDrivers);
+  checkTransport(cfg, 'coordinator', cfg.coordinator);
+  return cfg;
 }

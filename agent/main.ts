@@ -5,7 +5,10 @@
  * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
- * given) binds loopback unless metricsAddress names another address.
+ * given) binds loopback unless metricsAddress names another address. The session to the
+ * coordinator is mutual TLS with the configured PEM files (re-read on SIGHUP: the live session
+ * goes on, the next connection uses the new files), or plaintext to a loopback coordinator
+ * when insecurePlaintext says so.
  *
  * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
  * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
@@ -22,6 +25,8 @@ import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
 import { XenDriver } from './drivers/xen/driver';
+import { grpcSessionTransportWith } from './session';
+import { PemCertificates, reloadOnSighup } from '../proto/core/tls';
 
 /** A driver the agent builds when the configuration names it. */
 export interface DriverFactory {
@@ -76,10 +81,15 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
+    .option('--tls-ca <file>', 'CA certificate (PEM) the coordinator must be signed by')
+    .option('--tls-cert <file>', "this agent's certificate (PEM; its CN is the agent id)")
+    .option('--tls-key <file>', "this agent's private key (PEM)")
+    .option('--insecure-plaintext', 'no TLS, no authentication: allowed only for a loopback coordinator')
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; logLevel?: string }>();
+  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
+  let certs: PemCertificates | undefined;
   try {
     cfg = loadAgentConfig(o.config, {
       id: o.id,
@@ -90,7 +100,12 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       metricsPort: o.metricsPort,
       metricsAddress: o.metricsAddress,
       logLevel: o.logLevel,
+      tlsCa: o.tlsCa,
+      tlsCert: o.tlsCert,
+      tlsKey: o.tlsKey,
+      insecurePlaintext: o.insecurePlaintext,
     }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
+    certs = cfg.tls ? new PemCertificates(cfg.tls) : undefined;
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
     process.exit(2);
@@ -110,6 +125,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     drivers,
     logger: log,
     metrics,
+    session: grpcSessionTransportWith(certs?.channelCredentials()),
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
@@ -137,6 +153,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       },
     );
   };
+  if (certs) {
+    const c = certs;
+    reloadOnSighup(() => c.reload(), log);
+  }
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }

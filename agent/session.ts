@@ -59,10 +59,21 @@ export interface ReconnectOptions {
 /** Builds the transport when the agent starts (default: grpcSessionTransport). */
 export type SessionFactory = (coordinator: string, reconnect: ReconnectOptions) => SessionTransport;
 
-/** The production transport: a grpc-js AgentService client, one Session call per stream. */
-export const grpcSessionTransport: SessionFactory = (coordinator, reconnect) => {
+/**
+ * The production transport: a grpc-js AgentService client, one Session call per stream, over
+ * `credentials` (mutual TLS, proto/core/tls.ts; plaintext when none are given).
+ */
+export const grpcSessionTransportWith =
+  (credentials?: grpc.ChannelCredentials): SessionFactory =>
+  (coordinator, reconnect) =>
+    openGrpcTransport(coordinator, reconnect, credentials ?? grpc.credentials.createInsecure());
+
+/** The plaintext transport (a loopback coordinator, by configuration only). */
+export const grpcSessionTransport: SessionFactory = grpcSessionTransportWith();
+
+function openGrpcTransport(coordinator: string, reconnect: ReconnectOptions, credentials: grpc.ChannelCredentials): SessionTransport {
   const pkg = loadVnsnap();
-  const client = new pkg.vnsnap.v1.AgentService(coordinator, grpc.credentials.createInsecure(), {
+  const client = new pkg.vnsnap.v1.AgentService(coordinator, credentials, {
     'grpc.initial_reconnect_backoff_ms': reconnect.initialMs,
     'grpc.max_reconnect_backoff_ms': reconnect.maxMs,
     ...SESSION_KEEPALIVE,
@@ -88,7 +99,7 @@ export const grpcSessionTransport: SessionFactory = (coordinator, reconnect) => 
     },
     close: () => client.close(),
   };
-};
+}
 
 /** The stream a command came in on: its Progress and Result go back on it, or nowhere. */
 export interface SessionLink {

@@ -34,7 +34,7 @@ function step(msg: string): void {
 function cliShow(c: Cluster, args: string[]): Promise<number | null> {
   process.stdout.write(`$ vnsnap ${args.join(' ')}\n`);
   return new Promise((resolve, reject) => {
-    const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress, ...c.tlsArgs()], { stdio: ['ignore', 'inherit', 'inherit'] });
     p.on('error', reject);
     p.on('close', (code) => resolve(code));
   });
