@@ -80,9 +80,9 @@ export function resolveCredentials(o: CredentialOptions, env: NodeJS.ProcessEnv,
 export function describeTlsFailure(details: string, host: string, files: TlsFiles | undefined): string | undefined {
   const ca = files ? files.ca : 'the CA file';
   const cert = files ? files.cert : 'our certificate';
-  const names = /altnames: (?:Host|IP): \S+ is not in the cert's list: ([^"\n]*)|cert's CN: ([^"\n]*)/.exec(details);
+  const names = /is not in the cert's (?:list|altnames): (.*?)(?:\.\s|\.?"|\.?$)/m.exec(details);
   if (/does not match certificate's altnames|ERR_TLS_CERT_ALTNAME_INVALID/.test(details)) {
-    return `the coordinator's certificate is not valid for ${host} (it names ${(names?.[1] ?? names?.[2] ?? 'other hosts').trim()}): dial a name it has, or re-issue it with that --ip/--dns`;
+    return `the coordinator's certificate is not valid for ${host} (it names ${(names?.[1] ?? 'other hosts').trim()}): dial a name it has, or re-issue it with that --ip/--dns`;
   }
   if (/certificate has expired|CERT_HAS_EXPIRED/.test(details)) return `the coordinator's certificate has expired: renew it (then SIGHUP the coordinator)`;
   if (/unable to verify the first certificate|unable to get local issuer certificate|self[- ]signed certificate|UNABLE_TO_VERIFY_LEAF_SIGNATURE|certificate signature failure/.test(details)) {
@@ -91,6 +91,9 @@ export function describeTlsFailure(details: string, host: string, files: TlsFile
   if (/alert certificate expired|SSLV3_ALERT_CERTIFICATE_EXPIRED/i.test(details)) return `the coordinator refused our certificate ${cert}: it has expired`;
   if (/alert unknown ca|TLSV1_ALERT_UNKNOWN_CA/i.test(details)) return `the coordinator refused our certificate ${cert}: not signed by the cluster's CA`;
   if (/alert (bad certificate|certificate required|handshake failure)|TLSV13_ALERT_CERTIFICATE_REQUIRED|SSLV3_ALERT_BAD_CERTIFICATE/i.test(details)) return `the coordinator refused our certificate ${cert}`;
+  // TLS 1.3: the client has finished its handshake when the server checks its certificate, and
+  // grpc-js reports the server's refusal as a bare "Failed to connect".
+  if (files && /Last error: Failed to connect \(/.test(details)) return `the coordinator ended the TLS handshake: it does not accept our certificate ${cert} (not of its CA, expired, or revoked)`;
   if (/wrong version number|packet length too long|WRONG_VERSION_NUMBER/i.test(details)) return 'the coordinator does not speak TLS (plaintext? then --insecure-plaintext on loopback only)';
   return undefined;
 }

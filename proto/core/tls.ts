@@ -66,7 +66,10 @@ export function loadPems(files: TlsFiles, now = Date.now()): Pems {
   const ca = readPem(files.ca, 'CA certificate');
   const cert = readPem(files.cert, 'certificate');
   const key = readPem(files.key, 'private key');
-  const caCert = parseCert(ca, files.ca, 'CA certificate');
+  // A CA file may hold several certificates (a bundle, e.g. while a CA is being replaced).
+  const blocks = ca.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) configError(`the CA certificate ${files.ca} is not a PEM certificate`);
+  const cas = blocks.map((b) => parseCert(Buffer.from(b), files.ca, 'CA certificate'));
   const own = parseCert(cert, files.cert, 'certificate');
   let keyObject;
   try {
@@ -75,7 +78,7 @@ export function loadPems(files: TlsFiles, now = Date.now()): Pems {
     configError(`the private key ${files.key} is not a PEM private key`);
   }
   if (!own.checkPrivateKey(keyObject)) configError(`the private key ${files.key} does not match the certificate ${files.cert}`);
-  if (!own.verify(caCert.publicKey)) configError(`the certificate ${files.cert} is not signed by the CA in ${files.ca}`);
+  if (!cas.some((c) => own.verify(c.publicKey))) configError(`the certificate ${files.cert} is not signed by the CA in ${files.ca}`);
   if (Date.parse(own.validTo) < now) configError(`the certificate ${files.cert} expired on ${new Date(own.validTo).toISOString()}: issue a new one`);
   if (Date.parse(own.validFrom) > now) configError(`the certificate ${files.cert} is not valid before ${new Date(own.validFrom).toISOString()}`);
   return { ca, cert, key };

@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 
 /** The three PEM files one party presents (its certificate and key) and trusts (the CA). */
 export interface TlsFiles {
@@ -100,4 +101,9 @@ export function testPki(): TestPki {
     process.once('exit', () => p.remove());
   }
   return shared;
+}
+
+/** grpc-js credentials presenting `files` (read now), for test clients. */
+export function sslCredentials(files: TlsFiles): grpc.ChannelCredentials {
+  return grpc.credentials.createSsl(fs.readFileSync(files.ca), fs.readFileSync(files.key), fs.readFileSync(files.cert));
 }
