@@ -68,6 +68,9 @@ class MetricsServer implements Startable {
 
 /** Parse the command line and configuration, build and start the agent; `extra` adds driver factories. */
 export async function runAgentMain(extra: readonly DriverFactory[] = []): Promise<void> {
+  // grpc-js names the coordinator's IP address as the TLS server name, which Node warns about
+  // (DEP0123) in plain text on stderr, among the JSON log lines.
+  process.noDeprecation = true;
   const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')
