@@ -92,8 +92,9 @@ export function describeTlsFailure(details: string, host: string, files: TlsFile
   if (/alert unknown ca|TLSV1_ALERT_UNKNOWN_CA/i.test(details)) return `the coordinator refused our certificate ${cert}: not signed by the cluster's CA`;
   if (/alert (bad certificate|certificate required|handshake failure)|TLSV13_ALERT_CERTIFICATE_REQUIRED|SSLV3_ALERT_BAD_CERTIFICATE/i.test(details)) return `the coordinator refused our certificate ${cert}`;
   // TLS 1.3: the client has finished its handshake when the server checks its certificate, and
-  // grpc-js reports the server's refusal as a bare "Failed to connect".
-  if (files && /Last error: Failed to connect \(/.test(details)) return `the coordinator ended the TLS handshake: it does not accept our certificate ${cert} (not of its CA, expired, or revoked)`;
+  // grpc-js reports the server's refusal as a bare "Failed to connect", or as the reset of the
+  // connection, depending on which the client notices first.
+  if (files && /Last error: Failed to connect \(|ECONNRESET|EPIPE/.test(details)) return `the coordinator ended the TLS handshake: it does not accept our certificate ${cert} (not of its CA, expired, or revoked)`;
   if (/wrong version number|packet length too long|WRONG_VERSION_NUMBER/i.test(details)) return 'the coordinator does not speak TLS (plaintext? then --insecure-plaintext on loopback only)';
   return undefined;
 }

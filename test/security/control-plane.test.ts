@@ -5,7 +5,7 @@
  * certificates, or none. Asserts exact status codes, CLI lines and exit codes.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -30,16 +30,10 @@ interface Run {
 
 /** The real CLI, with a clean environment (no default PKI directory, no plaintext). */
 function vnsnap(args: readonly string[], home: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config') };
-    for (const k of ['VNSNAP_COORDINATOR', 'VNSNAP_CA', 'VNSNAP_CERT', 'VNSNAP_KEY', 'VNSNAP_INSECURE_PLAINTEXT']) delete env[k];
-    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config') };
+  for (const k of ['VNSNAP_COORDINATOR', 'VNSNAP_CA', 'VNSNAP_CERT', 'VNSNAP_KEY', 'VNSNAP_INSECURE_PLAINTEXT']) delete env[k];
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { env }, (err, stdout, stderr) => resolve({ code: err ? Number(err.code ?? 1) : 0, stdout, stderr }));
   });
 }
 
