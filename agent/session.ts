@@ -156,6 +156,8 @@ export class CoordinatorSession {
   private attempts = 0;
   private stopping = false;
   private deadAfter = DEFAULT_DEAD_AFTER_MS;
+  /** The last failed attempt's error, so a new reason (a refused certificate) is logged once at warn. */
+  private lastFailure = '';
 
   constructor(private readonly o: CoordinatorSessionOptions) {
     this.reconnect = { initialMs: o.reconnect?.initialMs ?? 500, maxMs: o.reconnect?.maxMs ?? 5000 };
@@ -240,8 +242,12 @@ export class CoordinatorSession {
     this.current = undefined;
     this.o.metrics.connected.set(0);
     const why = err ? describeError(err) : 'stream ended';
+    // grpc-js stamps its connection errors with the time: compare without it.
+    const reason = wasUp ? '' : why.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)/g, '');
     if (wasUp) this.o.log.warn({ err: why }, 'session lost');
+    else if (reason !== this.lastFailure) this.o.log.warn({ err: why }, 'session attempt failed (retrying; logged again when the reason changes)');
     else this.o.log.debug({ err: why }, 'session attempt failed');
+    this.lastFailure = reason;
     this.o.handlers.down(wasUp, err);
     if (this.stopping) return;
     const delay = this.backoffMs;

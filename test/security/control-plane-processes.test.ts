@@ -201,5 +201,12 @@ describe('security: TLS in the coordinator and agent programs', function () {
     const log = new StderrLines(agent);
     const line = await log.wait(/coordinator refused the session/);
     assert.match(line, /"reason":"the certificate of agent \\"h2\\" cannot register as agent \\"h1\\""/);
+    // A certificate of another CA (the agent trusting both): the handshake fails, and the agent says so at warn level.
+    const bundle = path.join(dir, 'bundle.pem');
+    fs.writeFileSync(bundle, Buffer.concat([fs.readFileSync(c.ca), fs.readFileSync(pki.foreignAgent('h3').ca)]));
+    const foreign = { ...pki.foreignAgent('h3'), ca: bundle };
+    const stranger = start(SIM_AGENT, ['--id', 'h3', '--coordinator', address, '--tunnel', '127.0.0.1:0', '--store', path.join(dir, 'store2'), '--tls-ca', foreign.ca, '--tls-cert', foreign.cert, '--tls-key', foreign.key]);
+    const warn = await new StderrLines(stranger).wait(/session attempt failed \(retrying/);
+    assert.match(warn, /"level":40/);
   });
 });
