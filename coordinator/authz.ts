@@ -11,7 +11,7 @@
  * A certificate's role is the `roles` table of the coordinator's config keyed by the subject CN
  * when the CN is there, else the first subject OU that names a role; no role: every vnsnap RPC is
  * refused. The table's value "none" takes every role from a CN (revoking one certificate
- * without re-issuing the CA; there is no CRL check). Health and reflection are open to any certificate of the CA (the TLS handshake has
+ * without re-issuing the CA; there is no CRL check). The table is re-read on SIGHUP (main.ts). Health and reflection are open to any certificate of the CA (the TLS handshake has
  * already refused the others). An RPC missing from the table is refused (fail closed).
  *
  * A denied call ends with PERMISSION_DENIED (vnsnap code ERR_PERMISSION_DENIED) and a message
@@ -72,13 +72,16 @@ export function denial(method: string, id: PeerIdentity, role: Role | undefined)
   return `permission denied: ${method.replace(/^.*\//, '')} needs the ${needed} role (${who})`;
 }
 
-/** The interceptor refusing every call its caller's role does not allow (installed with TLS). */
-export function authzInterceptor(table: RolesTable = {}): grpc.ServerInterceptor {
+/**
+ * The interceptor refusing every call its caller's role does not allow (installed with TLS);
+ * `table` is asked at each call, so a new roles table (SIGHUP) applies to the next call.
+ */
+export function authzInterceptor(table: () => RolesTable): grpc.ServerInterceptor {
   return (method, call) => {
     const listener = new grpc.ServerListenerBuilder()
       .withOnReceiveMetadata((md, next) => {
         const id = identityOf(call.getAuthContext().sslPeerCertificate);
-        const why = id ? denial(method.path, id, roleOf(id, table)) : `${method.path} needs a client certificate`;
+        const why = id ? denial(method.path, id, roleOf(id, table())) : `${method.path} needs a client certificate`;
         if (why === undefined) {
           next(md);
           return;

@@ -12,7 +12,8 @@
  *     "insecurePlaintext": false, "roles": { "alice": "operator", "old-laptop": "none" } }
  * The millisecond keys are positive and at most 2^31-1 (the longest timer Node keeps). Without
  * "tls" (or --tls-ca/--tls-cert/--tls-key) it refuses to start unless insecurePlaintext is set
- * and the listen address is loopback. SIGHUP re-reads the TLS files (authz.ts, tls.ts).
+ * and the listen address is loopback. SIGHUP re-reads the TLS files and the config file's
+ * "roles" table (authz.ts, tls.ts); a bad file keeps the previous ones.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -110,7 +111,18 @@ async function main(): Promise<void> {
       },
     );
   };
-  reloadOnSighup(() => server.reloadTls(), log);
+  reloadOnSighup(() => {
+    // The roles table comes from the config file: re-read with the TLS files, applied only when both are good.
+    let roles = file.roles ?? {};
+    try {
+      if (flags.config) roles = readConfigFile(flags.config).roles ?? {};
+    } catch (e) {
+      return { ok: false, error: describeError(e) };
+    }
+    const r = server.reloadTls();
+    if (r.ok) server.setRoles(roles);
+    return r;
+  }, log);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

@@ -80,9 +80,11 @@ export class CoordinatorServer implements Startable {
   private boundAddress = '';
   private readonly clock: Clock;
   private certs?: PemCertificates;
+  private roles: RolesTable;
 
   constructor(private readonly opts: CoordinatorServerOptions) {
     this.clock = opts.clock ?? systemClock;
+    this.roles = opts.config.roles ?? {};
     this.events = new EventBus(() => this.clock.now());
   }
 
@@ -137,7 +139,7 @@ export class CoordinatorServer implements Startable {
       ...SESSION_KEEPALIVE,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES,
-      interceptors: this.certs ? [authzInterceptor(config.roles)] : [],
+      interceptors: this.certs ? [authzInterceptor(() => this.roles)] : [],
     });
     server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
     server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
@@ -153,6 +155,11 @@ export class CoordinatorServer implements Startable {
     const host = config.listen.replace(/:\d+$/, '');
     this.boundAddress = `${host}:${port}`;
     log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId, tls: this.certs !== undefined }, 'coordinator listening');
+  }
+
+  /** Replace the roles table (SIGHUP): the next call is checked against it. */
+  setRoles(roles: RolesTable): void {
+    this.roles = roles;
   }
 
   /** Re-read the TLS files (SIGHUP): new connections use them; bad files keep the old ones. */

@@ -192,6 +192,36 @@ describe('security: TLS in the coordinator and agent programs', function () {
     op.close();
   });
 
+  it('SIGHUP re-reads the roles table: a CN set to "none" is refused from its next call on', async () => {
+    const c = pki.coordinator('roles');
+    const cfg = path.join(dir, 'roles.json');
+    const write = (roles: Record<string, string>): void => fs.writeFileSync(cfg, JSON.stringify({ listen: '127.0.0.1:0', db: ':memory:', storeDir: path.join(dir, 'store3'), tls: c, roles }));
+    write({ operator: 'viewer' });
+    const coord = start(COORDINATOR, ['--config', cfg]);
+    const log = new StderrLines(coord);
+    const { address } = await waitForJsonLine<{ event: string; address: string }>(coord, (v) => v.event === 'ready');
+    const viewer = new pkg.vnsnap.v1.CoordinatorService(address, sslCredentials(pki.client('viewer', 'viewer')));
+    const operator = new pkg.vnsnap.v1.CoordinatorService(address, sslCredentials(pki.client('operator', 'operator')));
+    const list = (cl: typeof viewer) => new Promise<grpc.ServiceError | null>((res) => cl.listVnes({}, (e) => res(e)));
+    const del = (cl: typeof viewer) => new Promise<grpc.ServiceError | null>((res) => cl.deleteVne({ name: 'x' }, (e) => res(e)));
+    assert.equal(await list(viewer), null);
+    // The table makes the operator certificate a viewer.
+    assert.equal((await del(operator))?.details, 'permission denied: DeleteVne needs the operator role (certificate "operator" has the viewer role)');
+    write({ viewer: 'none' });
+    coord.kill('SIGHUP');
+    await log.wait(/SIGHUP: TLS files reloaded/);
+    assert.equal((await list(viewer))?.details, 'permission denied: ListVnes needs the viewer role (certificate "viewer" has no vnsnap role)');
+    assert.equal((await del(operator))?.code, grpc.status.NOT_FOUND);
+    // A bad table changes nothing.
+    fs.writeFileSync(cfg, '{"roles": {"viewer": "admin"}}');
+    log.reset();
+    coord.kill('SIGHUP');
+    assert.match(await log.wait(/SIGHUP: TLS files not reloaded/), /roles\.\\"viewer\\" must be one of viewer, operator, agent, none/);
+    assert.equal((await list(viewer))?.code, grpc.status.PERMISSION_DENIED);
+    viewer.close();
+    operator.close();
+  });
+
   it("an agent process presenting another agent's certificate is refused and logs why", async () => {
     const c = pki.coordinator('imp');
     const coord = start(COORDINATOR, ['--listen', '127.0.0.1:0', '--db', ':memory:', '--store-dir', path.join(dir, 'store2'), '--tls-ca', c.ca, '--tls-cert', c.cert, '--tls-key', c.key]);
