@@ -29,9 +29,10 @@ interface Run {
 }
 
 /** The real CLI, with a clean environment (no default PKI directory, no plaintext). */
-function vnsnap(args: readonly string[], home: string): Promise<Run> {
+function vnsnap(args: readonly string[], home: string, extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
   const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, XDG_CONFIG_HOME: path.join(home, '.config') };
   for (const k of ['VNSNAP_COORDINATOR', 'VNSNAP_CA', 'VNSNAP_CERT', 'VNSNAP_KEY', 'VNSNAP_INSECURE_PLAINTEXT']) delete env[k];
+  Object.assign(env, extraEnv);
   return new Promise((resolve) => {
     execFile(process.execPath, [CLI, ...args], { env }, (err, stdout, stderr) => resolve({ code: err ? Number(err.code ?? 1) : 0, stdout, stderr }));
   });
@@ -116,6 +117,16 @@ describe('security: control plane over mutual TLS', function () {
       const far = await vnsnap(['vne', 'list', '--coordinator', '10.1.2.3:7443', '--insecure-plaintext'], home);
       assert.equal(far.code, 2);
       assert.equal(far.stderr, 'vnsnap: --insecure-plaintext is allowed only for a loopback coordinator, and 10.1.2.3:7443 is not: use --ca, --cert and --key\n');
+    });
+
+    it('the CLI takes its files from VNSNAP_CA, VNSNAP_CERT and VNSNAP_KEY; a flag wins over the environment', async () => {
+      const env = { VNSNAP_CA: viewer.ca, VNSNAP_CERT: viewer.cert, VNSNAP_KEY: viewer.key, VNSNAP_COORDINATOR: address };
+      const r = await vnsnap(['vne', 'list'], home, env);
+      assert.equal(r.stderr, '');
+      assert.equal(r.code, 0);
+      const d = await vnsnap(['vne', 'delete', 'nothing', '--cert', operator.cert, '--key', operator.key], home, env);
+      assert.equal(d.stderr, 'vnsnap: VNE "nothing" does not exist\n');
+      assert.equal(d.code, 3);
     });
 
     it('the CLI finds its files in ~/.config/vnsnap/pki', async () => {
