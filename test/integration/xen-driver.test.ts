@@ -116,7 +116,7 @@ describe('xen driver (fake toolstack): specifics', () => {
     store = new LocalDirStore(path.join(dir, 'store'));
     await store.init();
     fake = new FakeXenHost({ pages: 2048, dirtyPerTick: 1, batch: 64 });
-    driver = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port });
+    driver = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), imageRoots: [dir], receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port });
   });
   afterEach(async () => {
     await driver.close();
