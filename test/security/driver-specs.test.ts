@@ -25,6 +25,7 @@ import { VnsnapError } from '../../proto/core/errors';
 import { loadVnsnap } from '../../proto/core/grpc';
 import { ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
 import { silentLogger } from '../../proto/core/log';
+import { LocalDirStore } from '../../proto/store/local-dir';
 import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { DriverSpec } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Vne } from '../../proto/gen/vnsnap/v1/Vne';
@@ -203,6 +204,20 @@ describe('driver specs: the agent refuses what a VM may not touch, before anythi
     await refused(qemu.start(qemuSpec({ disk: bed.img('vm.img') }), ctx), `VM a: qemu.disk ${JSON.stringify(bed.img('vm.img'))} is a raw image; the disk must be a qcow2 image`);
     nothingRan();
     assert.equal(bed.ran()['qemu-img']?.length, 2);
+  });
+
+  it('a QEMU restore whose snapshot disk image names a backing file outside the roots', async function () {
+    if (!hasQemuImg()) this.skip();
+    const storeDir = path.join(bed.dir, 'store');
+    fs.mkdirSync(path.join(storeDir, 's'), { recursive: true });
+    fs.writeFileSync(path.join(storeDir, 's', 'a.mem'), 'memory');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', bed.img('base.qcow2'), '1M']);
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.join(bed.outside, 'secret'), '-F', 'raw', path.join(storeDir, 's', 'a.disk')]);
+    const image = { memory: { path: 's/a.mem', size: 6, sha256: '' }, disk: { path: 's/a.disk', size: 0, sha256: '' } };
+    await refused(qemu.restore(qemuSpec({ disk: bed.img('base.qcow2') }), image, new LocalDirStore(storeDir), ctx), `VM a: the snapshot's disk image: backing file ${JSON.stringify(path.join(bed.outside, 'secret'))} is outside the image roots; ${rootsText()}`);
+    const ran = bed.ran();
+    assert.equal(ran.qemu, undefined);
+    assert.deepEqual(fs.readdirSync(path.join(work, 'qemu')), [], 'the instance directory is removed');
   });
 
   it('Xen bootloader="/bin/sh" with bootloader_args, disk script=, device_model_override, kernel=/etc/shadow', async () => {

@@ -32,7 +32,7 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
-import { checkQemuSpec } from './spec-check';
+import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 
 export type { QemuDriverOptions } from './process';
@@ -266,6 +266,7 @@ export class QemuDriver implements HypervisorDriver {
         const frozen = `${vm.files.dir}/frozen.qcow2`;
         if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
         else await fsp.writeFile(frozen, await store.get(image.disk.path));
+        await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
         await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
       }
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs);

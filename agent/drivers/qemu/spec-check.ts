@@ -9,7 +9,8 @@
  * --output=json -U` on the resolved base (qemu-img reads the images' headers, no guest runs),
  * then the base must be qcow2, every backing file must be a plain absolute path that passes the
  * same root check (no `json:` or protocol filenames), and no image may name an external qcow2
- * data file. A chain that qemu-img cannot read is refused too.
+ * data file. A chain that qemu-img cannot read is refused too. A restore checks the chain of the
+ * snapshot's disk image the same way (it names the base as its backing file) before QEMU opens it.
  */
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -37,7 +38,8 @@ export async function checkQemuSpec(name: string, q: QemuDriverSpec__Output, roo
   return out;
 }
 
-async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>): Promise<void> {
+/** Refuse a disk whose chain leaves the roots (module comment); the first image itself is not root-checked. */
+export async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>): Promise<void> {
   let chain: ImageInfo[];
   try {
     const parsed = JSON.parse(await qemuImg(['info', '--backing-chain', '--output=json', '-U', disk])) as unknown;
