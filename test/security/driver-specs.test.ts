@@ -302,7 +302,7 @@ describe('driver specs: refused at `vne define` by the coordinator, and at Start
   const define = (name: string, driver: DriverSpec) => unary(client, 'DefineVne', { vne: vne(name, driver) });
   const q = (over: object): DriverSpec => ({ qemu: { memoryMib: 64, cpus: 1, kernel: bed.img('vmlinuz'), ...over } });
 
-  it('every attack the coordinator can judge is INVALID_ARGUMENT at define, and nothing is defined', async () => {
+  it('every attack the coordinator can judge is INVALID_ARGUMENT at define (and update), and nothing of it is stored', async () => {
     await grpcRefused(define('m', q({ extra: { machine: 'q35,firmware=/etc/shadow' } })), 'VM "a": qemu.extra.machine "q35,firmware=/etc/shadow" is invalid: expected q35, pc, microvm, pc-q35-X.Y or pc-i440fx-X.Y');
     await grpcRefused(define('u', q({ extra: { 'device': 'x' } })), 'VM "a": qemu.extra key "device" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor)');
     await grpcRefused(define('d', q({ kernel: `${bed.root}/../../etc/shadow` })), `VM "a": qemu.kernel ${JSON.stringify(`${bed.root}/../../etc/shadow`)} is not a normalised path (no '.', '..', '//' or trailing '/')`);
@@ -311,8 +311,11 @@ describe('driver specs: refused at `vne define` by the coordinator, and at Start
     await grpcRefused(define('s', { xen: { config: "disk = [ '/var/lib/vnsnap/images/a.img,raw,xvda,rw,script=/bin/sh' ]\n" } }), /^VM "a": xen\.config disk\[0\]: "script" is not allowed \(a program dom0 runs as root\)/);
     await grpcRefused(define('o', { xen: { config: 'device_model_override = "/bin/sh"\n' } }), 'VM "a": xen.config device_model_override is not allowed: it names the device model binary dom0 runs');
     await grpcRefused(define('x', { xen: { config: 'memory = 4294967295\n' } }), 'VM "a": xen.config memory 4294967295 is out of range (16..1048576 MiB)');
-    const listed = await unary<object, { vnes: unknown[] }>(client, 'ListVnes', {});
-    assert.deepEqual(listed.vnes, []);
+    await define('legit', q({ extra: { machine: 'q35', cpu: 'qemu64', channel: 'org.vnsnap.status' } }));
+    await grpcRefused(unary(client, 'UpdateVne', { vne: vne('legit', q({ extra: { machine: 'pc,accel=kvm' } })) }), 'VM "a": qemu.extra.machine "pc,accel=kvm" is invalid: expected q35, pc, microvm, pc-q35-X.Y or pc-i440fx-X.Y');
+    const listed = await unary<object, { vnes: { name: string; vms: { driver: { qemu: { extra: Record<string, string> } } }[] }[] }>(client, 'ListVnes', {});
+    assert.deepEqual(listed.vnes.map((v) => v.name), ['legit']);
+    assert.deepEqual(listed.vnes[0]?.vms[0]?.driver.qemu.extra, { machine: 'q35', cpu: 'qemu64', channel: 'org.vnsnap.status' });
     assert.equal(bed.ran().qemu, undefined);
   });
 
