@@ -13,6 +13,7 @@
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
+ *     "debugVms": false,                   // optional: also serve GET /debug/vms (default off)
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
  *     "imageRoots": ["/var/lib/vnsnap/images"]  // optional: where VM images may come from
@@ -37,13 +38,15 @@ export interface AgentConfig {
   metricsPort?: number;
   /** IP address the metrics server binds; absent = 127.0.0.1 (METRICS_DEFAULT_ADDRESS). */
   metricsAddress?: string;
+  /** Serve GET /debug/vms (every VM's spec and state) beside /metrics; off unless asked for. */
+  debugVms: boolean;
   logLevel: string;
   drivers: string[];
   /** Directories VM images must be under (default DEFAULT_IMAGE_ROOTS). */
   imageRoots: string[];
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'logLevel', 'drivers', 'imageRoots'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -84,6 +87,8 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   }
   const metricsAddress = raw.metricsAddress;
   if (metricsAddress !== undefined && (typeof metricsAddress !== 'string' || isIP(metricsAddress) === 0)) fail(`metricsAddress: expected an IPv4 or IPv6 address, got ${JSON.stringify(metricsAddress)}`);
+  const debugVms = raw.debugVms === undefined ? false : raw.debugVms;
+  if (typeof debugVms !== 'boolean') fail(`debugVms: expected true or false, got ${JSON.stringify(raw.debugVms)}`);
   const logLevel = raw.logLevel ?? 'info';
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
@@ -97,6 +102,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     store: raw.store,
     ...(metricsPort !== undefined ? { metricsPort } : {}),
     ...(metricsAddress !== undefined ? { metricsAddress } : {}),
+    debugVms,
     logLevel,
     drivers: drivers as string[],
     imageRoots,

@@ -5,7 +5,8 @@
  * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
- * given) binds loopback unless metricsAddress names another address.
+ * given) binds loopback unless metricsAddress names another address, and serves /debug/vms only
+ * when debugVms (--debug-vms) enables it.
  *
  * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
  * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
@@ -43,7 +44,7 @@ class MetricsServer implements Startable {
     private readonly metrics: AgentMetrics,
     private readonly listenPort: number,
     private readonly listenAddress: string,
-    private readonly debug: () => unknown,
+    private readonly debug: (() => unknown) | undefined,
   ) {}
 
   async start(): Promise<void> {
@@ -75,11 +76,12 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--store <dir>', 'snapshot store directory')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
+    .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
     .option('--image-root <dir>', 'a directory VM images may come from (repeatable; default /var/lib/vnsnap/images)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; logLevel?: string; imageRoot?: string[] }>();
+  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; debugVms?: boolean; logLevel?: string; imageRoot?: string[] }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
   try {
     cfg = loadAgentConfig(o.config, {
@@ -90,6 +92,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       store: o.store,
       metricsPort: o.metricsPort,
       metricsAddress: o.metricsAddress,
+      debugVms: o.debugVms,
       logLevel: o.logLevel,
       imageRoots: o.imageRoot,
     }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
@@ -115,7 +118,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
-  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, cfg.metricsAddress ?? METRICS_DEFAULT_ADDRESS, () => agent.debugVms()) : undefined;
+  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, cfg.metricsAddress ?? METRICS_DEFAULT_ADDRESS, cfg.debugVms ? () => agent.debugVms() : undefined) : undefined;
   const parts: Startable[] = metricsServer ? [agent, metricsServer] : [agent];
   try {
     await startAll(parts);

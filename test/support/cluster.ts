@@ -7,7 +7,7 @@
  *                 directory, store root = the shared store)
  *   <prefix>-hN   one namespace per host, joined to br0 by a veth (SUBNET.N/24), running one
  *                 vnsnap-agent (drivers ["sim"], run as test/sim/agent-main.js; tunnel
- *                 SUBNET.N:6081, metrics + /debug/vms on 127.0.0.1:9464 of its namespace)
+ *                 SUBNET.N:6081, metrics + /debug/vms (enabled) on 127.0.0.1:9464 of its namespace)
  *
  * Every agent and the coordinator share one store directory (like a shared filesystem); with
  * `storeTmpfsMib` it is a tmpfs of that size (unmounted by destroy()). Everything is driven
@@ -189,6 +189,7 @@ export class Cluster {
         tunnel: `${this.hostAddress(host)}:6081`,
         store: this.storeDir,
         metricsPort: METRICS_PORT,
+        debugVms: true,
         logLevel: 'info',
         drivers: this.opts.drivers ?? ['sim'],
         ...(this.opts.imageRoots ? { imageRoots: [...this.opts.imageRoots, this.dir] } : {}),
