@@ -15,12 +15,19 @@
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
  *     "debugVms": false,                   // optional: also serve GET /debug/vms (default off)
  *     "logLevel": "info",                  // optional
- *     "drivers": ["qemu"]                  // optional; "qemu", "xen" (in dom0)
+ *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
+ *     "imageRoots": ["/var/lib/vnsnap/images"]  // optional: where VM images may come from
  *   }
+ *
+ * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
+ * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
+ * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
  */
 import { isIP } from 'node:net';
+import * as path from 'node:path';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 import type { DriverKind } from './drivers/driver';
+import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 
 export interface AgentConfig {
   id: string;
@@ -35,9 +42,11 @@ export interface AgentConfig {
   debugVms: boolean;
   logLevel: string;
   drivers: string[];
+  /** Directories VM images must be under (default DEFAULT_IMAGE_ROOTS). */
+  imageRoots: string[];
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -84,6 +93,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
   if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !knownDrivers.includes(d))) fail(`drivers: expected a list of ${knownDrivers.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
+  const imageRoots = validateImageRoots(raw.imageRoots);
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -95,7 +105,20 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     debugVms,
     logLevel,
     drivers: drivers as string[],
+    imageRoots,
   };
+}
+
+/** imageRoots: a non-empty list of absolute, normalised directories, not "/" (module comment). */
+function validateImageRoots(v: unknown): string[] {
+  if (v === undefined) return [...DEFAULT_IMAGE_ROOTS];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.length === 0) fail(`imageRoots: expected a list of directories, got ${JSON.stringify(v)}`);
+  for (const r of list) {
+    if (typeof r !== 'string' || !path.posix.isAbsolute(r) || path.posix.normalize(r) !== r || (r.endsWith('/') && r !== '/')) fail(`imageRoots: expected absolute, normalised directories, got ${JSON.stringify(r)}`);
+    if (r === '/') fail('imageRoots: "/" would let VMs load every file of the host; name the image directories');
+  }
+  return list as string[];
 }
 
 /** Read the file (if any), apply the flags over it, validate. */

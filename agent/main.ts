@@ -18,7 +18,7 @@ import { describeError } from '../proto/core/errors';
 import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger, type Logger } from '../proto/core/log';
 import { Agent } from './agent';
-import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS } from './config';
+import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentConfig } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
@@ -28,12 +28,12 @@ import { XenDriver } from './drivers/xen/driver';
 export interface DriverFactory {
   /** The name in the configuration's "drivers" list. */
   name: string;
-  make(log: Logger): HypervisorDriver;
+  make(log: Logger, cfg: AgentConfig): HypervisorDriver;
 }
 
 const productDrivers: DriverFactory[] = [
-  { name: 'qemu', make: (log) => new QemuDriver({ logger: log.child({ driver: 'qemu' }) }) },
-  { name: 'xen', make: (log) => new XenDriver({ logger: log.child({ driver: 'xen' }) }) },
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots }) },
+  { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 
 /** The Prometheus /metrics (and /debug/vms) HTTP server as a lifecycle part: start binds, stop closes. */
@@ -78,9 +78,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
+    .option('--image-root <dir>', 'a directory VM images may come from (repeatable; default /var/lib/vnsnap/images)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; debugVms?: boolean; logLevel?: string }>();
+  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; debugVms?: boolean; logLevel?: string; imageRoot?: string[] }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
   try {
     cfg = loadAgentConfig(o.config, {
@@ -93,6 +94,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       metricsAddress: o.metricsAddress,
       debugVms: o.debugVms,
       logLevel: o.logLevel,
+      imageRoots: o.imageRoot,
     }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
@@ -103,7 +105,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
-  const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log));
+  const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log, cfg));
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,

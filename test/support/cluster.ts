@@ -53,6 +53,8 @@ export interface ClusterOptions {
   deadAfterMs?: number;
   /** The agents' hypervisor drivers. Default ["sim"]. */
   drivers?: string[];
+  /** The agents' image roots (agent config imageRoots); the cluster's directory is added. Default: the agent's default. */
+  imageRoots?: string[];
 }
 
 export interface CliResult {
@@ -190,6 +192,7 @@ export class Cluster {
         debugVms: true,
         logLevel: 'info',
         drivers: this.opts.drivers ?? ['sim'],
+        ...(this.opts.imageRoots ? { imageRoots: [...this.opts.imageRoots, this.dir] } : {}),
       }),
     );
     const main = (this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT;

@@ -167,3 +167,30 @@ describe('agent config: /debug/vms is off unless enabled', () => {
     }
   });
 });
+
+describe('agent config: image roots', () => {
+  const base = { id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:6081', store: '/var/lib/vnsnap/store' };
+
+  it('defaults to /var/lib/vnsnap/images; takes a list (or one flag value)', () => {
+    assert.deepEqual(validateAgentConfig({ ...base }).imageRoots, ['/var/lib/vnsnap/images']);
+    assert.deepEqual(validateAgentConfig({ ...base, imageRoots: ['/srv/images', '/var/cache/vnsnap/guest'] }).imageRoots, ['/srv/images', '/var/cache/vnsnap/guest']);
+    assert.deepEqual(validateAgentConfig({ ...base, imageRoots: '/srv/images' }).imageRoots, ['/srv/images']);
+  });
+
+  it('refuses relative, unnormalised and empty lists, and "/", naming the field', () => {
+    for (const [v, msg] of [
+      [[], 'imageRoots: expected a list of directories, got []'],
+      [['images'], 'imageRoots: expected absolute, normalised directories, got "images"'],
+      [['/srv/../etc'], 'imageRoots: expected absolute, normalised directories, got "/srv/../etc"'],
+      [['/srv/images/'], 'imageRoots: expected absolute, normalised directories, got "/srv/images/"'],
+      [[7], 'imageRoots: expected absolute, normalised directories, got 7'],
+      [['/'], 'imageRoots: "/" would let VMs load every file of the host; name the image directories'],
+    ] as const) {
+      assert.throws(() => validateAgentConfig({ ...base, imageRoots: v }), (e: unknown) => {
+        assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+        assert.equal((e as Error).message, msg);
+        return true;
+      });
+    }
+  });
+});
