@@ -13,19 +13,27 @@
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
+ *     "debugVms": false,                   // optional: also serve GET /debug/vms (default off)
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
+ *     "imageRoots": ["/var/lib/vnsnap/images"],  // optional: where VM images may come from
  *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
  *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
  *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
  *   }
+ *
+ * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
+ * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
+ * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
  * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator
  * address is loopback (proto/core/tls.ts checkTransport).
  */
 import { isIP } from 'node:net';
+import * as path from 'node:path';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 import { checkTransport, parseTlsFiles, tlsFromFlags, type TlsFiles } from '../proto/core/tls';
 import type { DriverKind } from './drivers/driver';
+import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 
 export interface AgentConfig {
   id: string;
@@ -36,15 +44,19 @@ export interface AgentConfig {
   metricsPort?: number;
   /** IP address the metrics server binds; absent = 127.0.0.1 (METRICS_DEFAULT_ADDRESS). */
   metricsAddress?: string;
+  /** Serve GET /debug/vms (every VM's spec and state) beside /metrics; off unless asked for. */
+  debugVms: boolean;
   logLevel: string;
   drivers: string[];
+  /** Directories VM images must be under (default DEFAULT_IMAGE_ROOTS). */
+  imageRoots: string[];
   /** PEM files for mutual TLS to the coordinator. */
   tls?: TlsFiles;
   /** No TLS (allowed only when the coordinator address is loopback). */
   insecurePlaintext?: boolean;
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'logLevel', 'drivers', 'tls', 'insecurePlaintext'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -85,10 +97,13 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   }
   const metricsAddress = raw.metricsAddress;
   if (metricsAddress !== undefined && (typeof metricsAddress !== 'string' || isIP(metricsAddress) === 0)) fail(`metricsAddress: expected an IPv4 or IPv6 address, got ${JSON.stringify(metricsAddress)}`);
+  const debugVms = raw.debugVms === undefined ? false : raw.debugVms;
+  if (typeof debugVms !== 'boolean') fail(`debugVms: expected true or false, got ${JSON.stringify(raw.debugVms)}`);
   const logLevel = raw.logLevel ?? 'info';
   if (typeof logLevel !== 'string' || !LEVELS.includes(logLevel)) fail(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(raw.logLevel)}`);
   const drivers = raw.drivers ?? [];
   if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !knownDrivers.includes(d))) fail(`drivers: expected a list of ${knownDrivers.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
+  const imageRoots = validateImageRoots(raw.imageRoots);
   const tls = raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined;
   if (raw.insecurePlaintext !== undefined && typeof raw.insecurePlaintext !== 'boolean') fail(`insecurePlaintext: expected true or false, got ${JSON.stringify(raw.insecurePlaintext)}`);
   const insecurePlaintext = raw.insecurePlaintext === true;
@@ -100,11 +115,25 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     store: raw.store,
     ...(metricsPort !== undefined ? { metricsPort } : {}),
     ...(metricsAddress !== undefined ? { metricsAddress } : {}),
+    debugVms,
     logLevel,
     drivers: drivers as string[],
+    imageRoots,
     ...(tls ? { tls } : {}),
     insecurePlaintext,
   };
+}
+
+/** imageRoots: a non-empty list of absolute, normalised directories, not "/" (module comment). */
+function validateImageRoots(v: unknown): string[] {
+  if (v === undefined) return [...DEFAULT_IMAGE_ROOTS];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || list.length === 0) fail(`imageRoots: expected a list of directories, got ${JSON.stringify(v)}`);
+  for (const r of list) {
+    if (typeof r !== 'string' || !path.posix.isAbsolute(r) || path.posix.normalize(r) !== r || (r.endsWith('/') && r !== '/')) fail(`imageRoots: expected absolute, normalised directories, got ${JSON.stringify(r)}`);
+    if (r === '/') fail('imageRoots: "/" would let VMs load every file of the host; name the image directories');
+  }
+  return list as string[];
 }
 
 /** Read the file (if any), apply the flags over it, validate, and check the transport rule. */

@@ -5,10 +5,10 @@
  * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
- * given) binds loopback unless metricsAddress names another address. The session to the
- * coordinator is mutual TLS with the configured PEM files (re-read on SIGHUP: the live session
- * goes on, the next connection uses the new files), or plaintext to a loopback coordinator
- * when insecurePlaintext says so.
+ * given) binds loopback unless metricsAddress names another address, and serves /debug/vms only
+ * when debugVms (--debug-vms) enables it. The session to the coordinator is mutual TLS with the
+ * configured PEM files (re-read on SIGHUP: the live session goes on, the next connection uses
+ * the new files), or plaintext to a loopback coordinator when insecurePlaintext says so.
  *
  * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
  * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
@@ -20,7 +20,7 @@ import { describeError } from '../proto/core/errors';
 import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger, type Logger } from '../proto/core/log';
 import { Agent } from './agent';
-import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS } from './config';
+import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentConfig } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
@@ -32,12 +32,12 @@ import { PemCertificates, reloadOnSighup } from '../proto/core/tls';
 export interface DriverFactory {
   /** The name in the configuration's "drivers" list. */
   name: string;
-  make(log: Logger): HypervisorDriver;
+  make(log: Logger, cfg: AgentConfig): HypervisorDriver;
 }
 
 const productDrivers: DriverFactory[] = [
-  { name: 'qemu', make: (log) => new QemuDriver({ logger: log.child({ driver: 'qemu' }) }) },
-  { name: 'xen', make: (log) => new XenDriver({ logger: log.child({ driver: 'xen' }) }) },
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots }) },
+  { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 
 /** The Prometheus /metrics (and /debug/vms) HTTP server as a lifecycle part: start binds, stop closes. */
@@ -48,7 +48,7 @@ class MetricsServer implements Startable {
     private readonly metrics: AgentMetrics,
     private readonly listenPort: number,
     private readonly listenAddress: string,
-    private readonly debug: () => unknown,
+    private readonly debug: (() => unknown) | undefined,
   ) {}
 
   async start(): Promise<void> {
@@ -83,14 +83,32 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--store <dir>', 'snapshot store directory')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
+    .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
+    .option('--image-root <dir>', 'a directory VM images may come from (repeatable; default /var/lib/vnsnap/images)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--tls-ca <file>', 'CA certificate (PEM) the coordinator must be signed by')
     .option('--tls-cert <file>', "this agent's certificate (PEM; its CN is the agent id)")
     .option('--tls-key <file>', "this agent's private key (PEM)")
     .option('--insecure-plaintext', 'no TLS, no authentication: allowed only for a loopback coordinator')
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
+  const o = program.opts<{
+    config?: string;
+    id?: string;
+    coordinator?: string;
+    tunnel?: string;
+    advertise?: string;
+    store?: string;
+    metricsPort?: string;
+    metricsAddress?: string;
+    debugVms?: boolean;
+    logLevel?: string;
+    imageRoot?: string[];
+    tlsCa?: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    insecurePlaintext?: boolean;
+  }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
   let certs: PemCertificates | undefined;
   try {
@@ -102,7 +120,9 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       store: o.store,
       metricsPort: o.metricsPort,
       metricsAddress: o.metricsAddress,
+      debugVms: o.debugVms,
       logLevel: o.logLevel,
+      imageRoots: o.imageRoot,
       tlsCa: o.tlsCa,
       tlsCert: o.tlsCert,
       tlsKey: o.tlsKey,
@@ -118,7 +138,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
-  const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log));
+  const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log, cfg));
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,
@@ -132,7 +152,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
-  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, cfg.metricsAddress ?? METRICS_DEFAULT_ADDRESS, () => agent.debugVms()) : undefined;
+  const metricsServer = cfg.metricsPort !== undefined ? new MetricsServer(metrics, cfg.metricsPort, cfg.metricsAddress ?? METRICS_DEFAULT_ADDRESS, cfg.debugVms ? () => agent.debugVms() : undefined) : undefined;
   const parts: Startable[] = metricsServer ? [agent, metricsServer] : [agent];
   try {
     await startAll(parts);

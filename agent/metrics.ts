@@ -103,7 +103,9 @@ export class AgentMetrics {
 
 /**
  * Serve `/metrics` of a registry on host:port (port 0 = ephemeral); resolves with the bound port.
- * `debug`, when given, is served read-only as JSON at `/debug/vms` (GET only).
+ * `debug`, when given, is served read-only as JSON at `/debug/vms` (GET only). Without it the
+ * route does not exist (404 like any unknown path): the agent passes it only when its config
+ * enables `debugVms`, because the view holds every VM's spec and state.
  */
 export async function serveMetrics(registry: Registry, port: number, host = '127.0.0.1', debug?: () => unknown): Promise<{ server: http.Server; port: number }> {
   const server = http.createServer((req, res) => {

@@ -11,6 +11,12 @@
  * are other VMs of the same VNE. (sim is the tests' simulated driver, test/sim/: only a test
  * agent runs it, but the coordinator checks its spec like any other.)
  *
+ * Driver spec policy (proto/specs/, docs/security.md "Driver specs: what a VM may touch"): QEMU
+ * image paths (kernel, initrd, disk) absolute and normalised, `extra` only its allow-listed keys
+ * with their value grammars; a Xen config parsed and refused on any key outside its allow-list
+ * (bootloader, device_model_*, disk script=, ...), its numbers within bounds. The agent checks
+ * the same again, and alone decides whether a path is under its image roots.
+ *
  * Bounds (documented in proto/vnsnap/v1/types.proto and coordinator.proto, and in
  * docs/control-plane.md): every string is length-checked before anything else looks at it, and
  * a refusal never echoes more than a short prefix of what it refuses (a 1 MB name must not
@@ -20,6 +26,9 @@
  * and a longer delay would fire at once.
  */
 import { VnsnapError } from '../proto/core/errors';
+import { checkImagePath } from '../proto/specs/image-path';
+import { checkQemuExtra } from '../proto/specs/qemu-extra';
+import { checkXenConfig } from '../proto/specs/xen-config';
 import type { DriverSpec__Output } from '../proto/gen/vnsnap/v1/DriverSpec';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
@@ -151,8 +160,11 @@ function checkDriver(vm: string, d: DriverSpec__Output | null | undefined): void
       checkLength(`VM "${vm}": qemu.extra.${k}`, v, MAX_PATH_CHARS);
     }
     if (!q.kernel && !q.disk) throw invalid(`VM "${vm}": qemu driver needs a kernel or a disk`);
+    for (const f of ['kernel', 'initrd', 'disk'] as const) if (q[f]) checkImagePath(`VM "${vm}": qemu.${f}`, q[f]);
+    checkQemuExtra(`VM "${vm}": `, q.extra);
   } else if (kind === 'xen') {
     if (!d.xen?.config.trim()) throw invalid(`VM "${vm}": xen driver needs its xl config`);
     checkLength(`VM "${vm}": xen.config`, d.xen.config, MAX_XEN_CONFIG_CHARS);
+    checkXenConfig(`VM "${vm}": `, d.xen.config);
   }
 }

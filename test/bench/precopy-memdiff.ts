@@ -22,7 +22,7 @@ import { LocalDirStore } from '../../proto/store/local-dir';
 import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline } from '../guest/qemu-guest';
 import { until } from '../support/wait';
 
 
@@ -37,8 +37,8 @@ async function main(): Promise<void> {
   fs.mkdirSync(root, { recursive: true });
   const store = new LocalDirStore(path.join(root, 'store'));
   await store.init();
-  const driver = new QemuDriver({ workDir: path.join(root, 'w'), precopyHold: values.hold === 'bandwidth' ? 'bandwidth' : 'pre-switchover' });
-  const restorer = new QemuDriver({ workDir: path.join(root, 'r') });
+  const driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), precopyHold: values.hold === 'bandwidth' ? 'bandwidth' : 'pre-switchover' });
+  const restorer = new QemuDriver({ workDir: path.join(root, 'r'), imageRoots: guestImageRoots(image, root) });
   const sw = new Switch({ id: 'vnqm' });
   const results: { mode: string; run: number; pages: number; runs: [number, number][] }[] = [];
   const cleanup = async (): Promise<void> => {

@@ -25,7 +25,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
-import { buildGuest, ensureQemu, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 
@@ -109,7 +109,7 @@ async function main(): Promise<void> {
   say('guest image (built once, cached) ...');
   const image = buildGuest();
   killE2eQemus();
-  const c = new Cluster({ prefix: 'vnsb', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  const c = new Cluster({ prefix: 'vnsb', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   try {
     await c.start();
     say('coordinator + 2 agents (qemu driver) up; starting 4 guests (128 MiB, TCG) ...');

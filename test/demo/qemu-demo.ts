@@ -20,7 +20,7 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildGuest, ensureQemu, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { sleep, until } from '../support/wait';
 import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, intactProblems, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
@@ -63,7 +63,7 @@ async function main(): Promise<void> {
   killE2eQemus();
 
   step('2. two hosts (network namespaces h1, h2) with a vnsnap agent each (QEMU driver), and the coordinator, over mutual TLS');
-  const c = new Cluster({ prefix: 'vndemo', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  const c = new Cluster({ prefix: 'vndemo', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   console.log(`  certificates (cluster CA, coordinator, agents h1 and h2, an operator for the CLI) made with coordinator/pki/vnsnap-pki.sh in ${c.pki.dir}`);
   let ok = false;
   try {

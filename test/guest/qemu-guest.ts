@@ -35,6 +35,14 @@ function parsePaths(out: string): GuestImage {
   return { kernel, initrd, tool };
 }
 
+/**
+ * The image roots an agent or driver running the test guest needs (agent/drivers/image-root.ts):
+ * the guest's cache entry (kernel and initrd) and the given directories (the test's disks).
+ */
+export function guestImageRoots(image: GuestImage, ...dirs: string[]): string[] {
+  return [...new Set([path.dirname(image.kernel), path.dirname(image.initrd), ...dirs])];
+}
+
 /** Build the guest if the cache has no entry for the current inputs (needs root), else reuse it. */
 export function buildGuest(timeoutMs = 20 * 60_000): GuestImage {
   try {

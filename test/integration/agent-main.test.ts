@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
@@ -31,7 +31,7 @@ describe('vnsnap-agent (main)', function () {
     fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
     const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, logLevel, drivers, tls, insecurePlaintext) [ERR_CONFIG]\n');
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext) [ERR_CONFIG]\n');
     const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
@@ -46,13 +46,40 @@ describe('vnsnap-agent (main)', function () {
     assert.equal(r.stderr, 'vnsnap-agent: metricsAddress: expected an IPv4 or IPv6 address, got "everywhere" [ERR_CONFIG]\n');
   });
 
-  it('prints one ready line, serves /metrics and /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
-    const cfg = path.join(dir, 'ok.json');
-    fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', insecurePlaintext: true }));
-    const p = spawn(process.execPath, [SIM_MAIN, '--config', cfg, '--id', 'h9', '--metrics-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  /** Start the sim agent with these arguments and resolve with its ready line. */
+  async function startAgent(args: string[]): Promise<{ p: ChildProcess; ready: { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] } }> {
+    const p = spawn(process.execPath, [SIM_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = readline.createInterface({ input: p.stdout });
     const first = await new Promise<string>((resolve) => lines.once('line', resolve));
-    const ready = JSON.parse(first) as { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] };
+    return { p, ready: JSON.parse(first) as { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] } };
+  }
+
+  function stopAgent(p: ChildProcess): Promise<number | null> {
+    return new Promise<number | null>((resolve) => {
+      p.once('exit', (c) => resolve(c));
+      p.kill('SIGTERM');
+    });
+  }
+
+  it('does not serve /debug/vms unless enabled (404, like any unknown path); /metrics is unchanged', async () => {
+    const cfg = path.join(dir, 'nodebug.json');
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'h8', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', metricsPort: 0, insecurePlaintext: true }));
+    const { p, ready } = await startAgent(['--config', cfg]);
+    try {
+      const d = await get(`http://127.0.0.1:${ready.metricsPort}/debug/vms`);
+      assert.deepEqual(d, { status: 404, body: 'not found\n' });
+      const m = await get(`http://127.0.0.1:${ready.metricsPort}/metrics`);
+      assert.equal(m.status, 200);
+      assert.match(m.body, /vnsnap_agent_session_connected\{agent="h8"\} 0/);
+    } finally {
+      assert.equal(await stopAgent(p), 0);
+    }
+  });
+
+  it('prints one ready line, serves /metrics and (with --debug-vms) /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
+    const cfg = path.join(dir, 'ok.json');
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', insecurePlaintext: true }));
+    const { p, ready } = await startAgent(['--config', cfg, '--id', 'h9', '--metrics-port', '0', '--debug-vms']);
     assert.equal(ready.event, 'ready');
     assert.equal(ready.id, 'h9');
     assert.ok(ready.tunnelPort > 0);
@@ -65,10 +92,6 @@ describe('vnsnap-agent (main)', function () {
     const d = await get(`http://127.0.0.1:${ready.metricsPort}/debug/vms`);
     assert.equal(d.status, 200);
     assert.deepEqual(JSON.parse(d.body), { agent: 'h9', vms: [] });
-    const code = await new Promise<number | null>((resolve) => {
-      p.once('exit', (c) => resolve(c));
-      p.kill('SIGTERM');
-    });
-    assert.equal(code, 0);
+    assert.equal(await stopAgent(p), 0);
   });
 });

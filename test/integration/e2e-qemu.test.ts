@@ -21,7 +21,7 @@
  * virtio-serial status channel (`channel.sock` in the QEMU driver's instance directory).
  */
 import { strict as assert } from 'node:assert';
-import { buildGuest, ensureQemu, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { sleep, until } from '../support/wait';
 import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
@@ -51,7 +51,7 @@ interface SnapshotEvent {
     ensureQemu();
     image = buildGuest();
     killE2eQemus();
-    c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+    c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
     await c.start();
   });
 

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import { buildGuest, channelStatus, ensureQemu, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { sleep, until } from '../support/wait';
@@ -87,7 +87,7 @@ describe('QEMU driver', function () {
     await store.init();
     const base = path.join(dir, 'base.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    const driver = new QemuDriver({ workDir: path.join(dir, 'w'), ...(process.env.VNQM_LOG ? { logger: createLogger('vnqm-test', { level: 'debug' }) } : {}) });
+    const driver = new QemuDriver({ workDir: path.join(dir, 'w'), imageRoots: guestImageRoots(image as GuestImage, dir), ...(process.env.VNQM_LOG ? { logger: createLogger('vnqm-test', { level: 'debug' }) } : {}) });
     const img = image as GuestImage;
     return {
       driver,
@@ -131,7 +131,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     fs.mkdirSync(root, { recursive: true });
     store = new LocalDirStore(path.join(root, 'store'));
     await store.init();
-    driver = new QemuDriver({ workDir: path.join(root, 'w'), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
+    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
     sw = new Switch({ id: 'vnqm' });
     sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();
@@ -218,7 +218,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     it(`${mode}: ${rounds} snapshot(s) under load, every image equals its VM's RAM at the cut, page for page`, async function () {
       this.timeout(rounds * 120_000);
       const d = driver as QemuDriver;
-      const restorer = new QemuDriver({ workDir: path.join(root, 'r') });
+      const restorer = new QemuDriver({ workDir: path.join(root, 'r'), imageRoots: guestImageRoots(image, root) });
       try {
         for (let round = 1; round <= rounds; round++) {
           const dumps = new Map<string, string>();

@@ -15,6 +15,7 @@ import type { CutReport, VmStartSpec } from '../../agent/drivers/driver';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../proto/store/local-dir';
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/drivers/xen/driver';
 import { XlHost } from '../../agent/drivers/xen/xl';
+import { checkXenConfig } from '../../proto/specs/xen-config';
 import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as W } from '../../agent/drivers/xen/stream';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { driverCompliance } from '../support/compliance/driver';
@@ -62,18 +63,21 @@ describe('xen stream reader', () => {
 });
 
 describe('xen config', () => {
-  it('sets the name and one bridged vif per MAC, keeps the rest, finds a file-backed disk', () => {
+  it('sets the name and one bridged vif per MAC, keeps the rest, writes the resolved images, finds a file-backed disk', () => {
     const n = xenNames('blue/vm1', 2);
     assert.ok(n.bridges.every((b) => b.length <= 15) && n.taps.every((t) => t.length <= 15));
-    const { config, disk } = xenConfig('type = "pv"\nname = "old"\nvif = [\n  "mac=1"\n]\nmemory = 128\ndisk = [ "format=raw, vdev=xvda, access=rw, target=/srv/vm1.img" ]\n', n.domName, ['00:16:3e:00:00:01', '00:16:3e:00:00:02'], n.bridges);
+    const checked = checkXenConfig('', 'type = "pv"\nname = "old"\nvif = [\n  "mac=1"\n]\nmemory = 128\nkernel = "/img/k"\ndisk = [ "format=raw, vdev=xvda, access=rw, target=/img/vm1.img" ]\n');
+    const { config, disk } = xenConfig(checked, { kernel: '/real/k', disks: ['/real/vm1.img'] }, n.domName, ['00:16:3e:00:00:01', '00:16:3e:00:00:02'], n.bridges);
     assert.match(config, /^type = "pv"$/m);
     assert.match(config, /^memory = 128$/m);
+    assert.match(config, /^kernel = "\/real\/k"$/m);
+    assert.match(config, /^disk = \[ "format=raw, vdev=xvda, access=rw, target=\/real\/vm1.img" \]$/m);
     assert.doesNotMatch(config, /old|mac=1'/);
     assert.match(config, new RegExp(`name = "${n.domName}"`));
     assert.match(config, new RegExp(`'mac=00:16:3e:00:00:01,bridge=${n.bridges[0]}', 'mac=00:16:3e:00:00:02,bridge=${n.bridges[1]}'`));
-    assert.deepEqual(disk, { kind: 'file', path: '/srv/vm1.img' });
-    assert.equal(xenConfig("disk = [ 'phy:/dev/vg/vm1,xvda,w' ]", 'x', [], []).disk, undefined);
-    assert.deepEqual(xenConfig("disk = [ 'file:/srv/a.img,xvda,w' ]", 'x', [], []).disk, { kind: 'file', path: '/srv/a.img' });
+    assert.deepEqual(disk, { kind: 'file', path: '/real/vm1.img' });
+    assert.equal(xenConfig(checkXenConfig('', "disk = [ '/img/a.iso,,hdc,cdrom' ]"), { disks: ['/real/a.iso'] }, 'x', [], []).disk, undefined);
+    assert.deepEqual(xenConfig(checkXenConfig('', "disk = [ 'file:/img/a.img,xvda,w' ]"), { disks: ['/real/a.img'] }, 'x', [], []).disk, { kind: 'file', path: '/real/a.img' });
   });
 });
 
@@ -112,7 +116,7 @@ describe('xen driver (fake toolstack): specifics', () => {
     store = new LocalDirStore(path.join(dir, 'store'));
     await store.init();
     fake = new FakeXenHost({ pages: 2048, dirtyPerTick: 1, batch: 64 });
-    driver = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port });
+    driver = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), imageRoots: [dir], receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port });
   });
   afterEach(async () => {
     await driver.close();

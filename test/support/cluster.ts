@@ -10,7 +10,7 @@
  * (`tlsArgs`; `operator`, `pki` for tests that present others).
  *   <prefix>-hN   one namespace per host, joined to br0 by a veth (SUBNET.N/24), running one
  *                 vnsnap-agent (drivers ["sim"], run as test/sim/agent-main.js; tunnel
- *                 SUBNET.N:6081, metrics + /debug/vms on 127.0.0.1:9464 of its namespace)
+ *                 SUBNET.N:6081, metrics + /debug/vms (enabled) on 127.0.0.1:9464 of its namespace)
  *
  * Every agent and the coordinator share one store directory (like a shared filesystem); with
  * `storeTmpfsMib` it is a tmpfs of that size (unmounted by destroy()). Everything is driven
@@ -57,6 +57,8 @@ export interface ClusterOptions {
   deadAfterMs?: number;
   /** The agents' hypervisor drivers. Default ["sim"]. */
   drivers?: string[];
+  /** The agents' image roots (agent config imageRoots); the cluster's directory is added. Default: the agent's default. */
+  imageRoots?: string[];
 }
 
 export interface CliResult {
@@ -202,8 +204,10 @@ export class Cluster {
         tunnel: `${this.hostAddress(host)}:6081`,
         store: this.storeDir,
         metricsPort: METRICS_PORT,
+        debugVms: true,
         logLevel: 'info',
         drivers: this.opts.drivers ?? ['sim'],
+        ...(this.opts.imageRoots ? { imageRoots: [...this.opts.imageRoots, this.dir] } : {}),
         tls: this.pki.agent(host, [this.hostAddress(host)]),
       }),
     );

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../proto/core/config';
 import { isVnsnapError } from '../../proto/core/errors';
 import { parseSwitchConfig } from '../../switch/cmd/config';
-import { validateAgentConfig } from '../../agent/config';
+import { loadAgentConfig, validateAgentConfig } from '../../agent/config';
 
 const good = {
   id: 'h1',
@@ -127,6 +127,68 @@ describe('agent config: the metrics listen address', () => {
       assert.throws(() => validateAgentConfig({ ...base, metricsAddress: v }), (e: unknown) => {
         assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
         assert.equal((e as Error).message, `metricsAddress: expected an IPv4 or IPv6 address, got ${shown}`);
+        return true;
+      });
+    }
+  });
+});
+
+describe('agent config: /debug/vms is off unless enabled', () => {
+  const base = { id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:6081', store: '/var/lib/vnsnap/store', metricsPort: 9464 };
+
+  it('is off when the key is absent, on only for true', () => {
+    assert.equal(validateAgentConfig({ ...base }).debugVms, false);
+    assert.equal(validateAgentConfig({ ...base, debugVms: false }).debugVms, false);
+    assert.equal(validateAgentConfig({ ...base, debugVms: true }).debugVms, true);
+  });
+
+  it('takes the file key, and the --debug-vms flag over a file that does not set it', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
+    try {
+      const f = path.join(dir, 'agent.json');
+      fs.writeFileSync(f, JSON.stringify({ ...base, debugVms: true, insecurePlaintext: true }));
+      assert.equal(loadAgentConfig(f, {}).debugVms, true);
+      fs.writeFileSync(f, JSON.stringify({ ...base, insecurePlaintext: true }));
+      assert.equal(loadAgentConfig(f, {}).debugVms, false);
+      assert.equal(loadAgentConfig(f, { debugVms: true }).debugVms, true);
+      assert.equal(loadAgentConfig(f, { debugVms: undefined }).debugVms, false);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses anything but a boolean, naming the field', () => {
+    for (const [v, shown] of [['true', '"true"'], [1, '1'], [null, 'null']] as const) {
+      assert.throws(() => validateAgentConfig({ ...base, debugVms: v }), (e: unknown) => {
+        assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+        assert.equal((e as Error).message, `debugVms: expected true or false, got ${shown}`);
+        return true;
+      });
+    }
+  });
+});
+
+describe('agent config: image roots', () => {
+  const base = { id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:6081', store: '/var/lib/vnsnap/store' };
+
+  it('defaults to /var/lib/vnsnap/images; takes a list (or one flag value)', () => {
+    assert.deepEqual(validateAgentConfig({ ...base }).imageRoots, ['/var/lib/vnsnap/images']);
+    assert.deepEqual(validateAgentConfig({ ...base, imageRoots: ['/srv/images', '/var/cache/vnsnap/guest'] }).imageRoots, ['/srv/images', '/var/cache/vnsnap/guest']);
+    assert.deepEqual(validateAgentConfig({ ...base, imageRoots: '/srv/images' }).imageRoots, ['/srv/images']);
+  });
+
+  it('refuses relative, unnormalised and empty lists, and "/", naming the field', () => {
+    for (const [v, msg] of [
+      [[], 'imageRoots: expected a list of directories, got []'],
+      [['images'], 'imageRoots: expected absolute, normalised directories, got "images"'],
+      [['/srv/../etc'], 'imageRoots: expected absolute, normalised directories, got "/srv/../etc"'],
+      [['/srv/images/'], 'imageRoots: expected absolute, normalised directories, got "/srv/images/"'],
+      [[7], 'imageRoots: expected absolute, normalised directories, got 7'],
+      [['/'], 'imageRoots: "/" would let VMs load every file of the host; name the image directories'],
+    ] as const) {
+      assert.throws(() => validateAgentConfig({ ...base, imageRoots: v }), (e: unknown) => {
+        assert.ok(isVnsnapError(e, 'ERR_CONFIG'), String(e));
+        assert.equal((e as Error).message, msg);
         return true;
       });
     }

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/drivers/xen/driver';
 import { median, run } from '../bench/proc';
 import { sleep, until } from '../support/wait';
-import { guestConfig, type GuestStatus } from './guest-config';
+import { guestConfig, XEN_TEST_IMAGE_ROOTS, type GuestStatus } from './guest-config';
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const VAR = '/var/lib/vnsnap';
@@ -142,7 +142,7 @@ async function main(): Promise<void> {
     // agent's event loop for seconds, and the default 3 s once declared it dead mid-snapshot.
     fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000, heartbeatIntervalMs: 2000, deadAfterMs: 30_000 }));
     await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--insecure-plaintext', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
-    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], logLevel: 'info', insecurePlaintext: true }));
+    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], imageRoots: XEN_TEST_IMAGE_ROOTS, logLevel: 'info', insecurePlaintext: true }));
     await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
     step('coordinator and agent up');
     await until(

@@ -15,7 +15,7 @@ import { XenDriver } from '../../agent/drivers/xen/driver';
 import { scanXenImage } from '../../agent/drivers/xen/stream';
 import { silentLogger } from '../../proto/core/log';
 import { until } from '../support/wait';
-import { guestConfig, latestStatus, statuses } from './guest-config';
+import { guestConfig, latestStatus, statuses, XEN_TEST_IMAGE_ROOTS } from './guest-config';
 
 const out: Record<string, unknown> = { steps: [] as string[] };
 const step = (s: string): void => {
@@ -32,7 +32,7 @@ async function main(): Promise<void> {
   fs.truncateSync(DISK, 16 << 20);
   const store = new LocalDirStore('/var/lib/vnsnap/store');
   await store.init();
-  const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen', log: step });
+  const driver = new XenDriver({ workDir: '/var/lib/vnsnap/xen', imageRoots: XEN_TEST_IMAGE_ROOTS, log: step });
   const spec = {
     id: 'smoke/vm1',
     vne: 'smoke',

@@ -25,6 +25,12 @@ export interface GuestOptions {
   disk?: { file: string; rate: number };
 }
 
+/**
+ * The image roots (agent config imageRoots) the test guests need in dom0: /boot (dom0's own
+ * kernel), /vnxen-img (the initramfs share) and /var/lib/vnsnap/disks (the smoke test's disk).
+ */
+export const XEN_TEST_IMAGE_ROOTS: readonly string[] = ['/boot', '/vnxen-img', '/var/lib/vnsnap/disks'];
+
 export function dom0Kernel(): string {
   const k = fs.readdirSync('/boot').filter((f) => f.startsWith('vmlinuz-')).sort().pop();
   if (!k) throw new Error('no /boot/vmlinuz-* in dom0');

@@ -10,6 +10,10 @@
  * listens on (no kernel device); `nic: 'tap'` makes a TAP (vnet_hdr off) that QEMU opens and
  * the switch reads with a packet socket. docs/qemu.md has the measurements behind the default.
  *
+ * Specs: before anything is made or spawned, start and restore check the spec (spec-check.ts:
+ * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
+ * chain) and from then on use only the resolved paths.
+ *
  * Restore: the same command line + -S -incoming defer, the disk on a new overlay over a copy of
  * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
  */
@@ -25,8 +29,10 @@ import { StreamPort } from '../../../switch/port/stream-port';
 import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
+import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 
 export type { QemuDriverOptions } from './process';
@@ -56,6 +62,7 @@ export class QemuDriver implements HypervisorDriver {
   readonly accelReason: string;
   private serial = 0;
   private padLogged = false;
+  private readonly roots: ImageRoots;
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
@@ -73,7 +80,9 @@ export class QemuDriver implements HypervisorDriver {
       cutEscalateMs: opts.cutEscalateMs ?? 1500,
       progressMs: opts.progressMs ?? 100,
       startTimeoutMs: opts.startTimeoutMs ?? 15_000,
+      imageRoots: opts.imageRoots ?? DEFAULT_IMAGE_ROOTS,
     };
+    this.roots = new ImageRoots(this.o.imageRoots);
     this.log = opts.logger ?? silentLogger();
     if (this.o.accel === 'auto') {
       const c = probeAccel();
@@ -91,11 +100,13 @@ export class QemuDriver implements HypervisorDriver {
     return qemuImg(this.o.qemuImg, args);
   }
 
-  private qspecOf(spec: VmStartSpec): QemuDriverSpec__Output {
+  /** The spec checked (spec-check.ts), with its images resolved under the image roots. */
+  private async qspecOf(spec: VmStartSpec): Promise<QemuDriverSpec__Output> {
     const q = spec.driver.qemu;
     if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
     if (!q.kernel && !q.disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu spec needs a kernel or a disk`);
-    return { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+    const given = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+    return checkQemuSpec(spec.name, given, this.roots, (args) => this.qemuImg(args));
   }
 
   private accelFor(q: QemuDriverSpec__Output): Accel {
@@ -113,7 +124,7 @@ export class QemuDriver implements HypervisorDriver {
 
   /** Make the instance directory, the ports, the NIC arguments; a failure undoes everything. */
   private async prepare(spec: VmStartSpec, ctx: VmStartContext): Promise<{ vm: QemuVm; nics: NicArg[] }> {
-    const qspec = this.qspecOf(spec);
+    const qspec = await this.qspecOf(spec);
     const existing = this.vms.get(spec.id);
     if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
@@ -183,7 +194,7 @@ export class QemuDriver implements HypervisorDriver {
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
     const { vm, nics } = await this.prepare(spec, ctx);
     try {
-      if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', path.resolve(vm.qspec.disk), '-F', 'qcow2', vm.files.disk0]);
+      if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs);
       await vm.refreshStatus();
       if (vm.status !== 'running') await vm.q().execute('cont');
@@ -255,6 +266,7 @@ export class QemuDriver implements HypervisorDriver {
         const frozen = `${vm.files.dir}/frozen.qcow2`;
         if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
         else await fsp.writeFile(frozen, await store.get(image.disk.path));
+        await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
         await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
       }
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs);

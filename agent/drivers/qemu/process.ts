@@ -56,6 +56,8 @@ export interface QemuDriverOptions {
   progressMs?: number;
   /** QMP monitor must answer within this after spawn (default 15 s). */
   startTimeoutMs?: number;
+  /** Directories the VMs' kernel, initrd and disk must be under (default DEFAULT_IMAGE_ROOTS; ../image-root.ts). */
+  imageRoots?: readonly string[];
   logger?: Logger;
 }
 

@@ -9,6 +9,12 @@
  * Snapshot, precopy mode: a live capture of `xl migrate` (live-capture.ts). Background mode:
  * `xl save -c` (save.ts). Chosen explicitly by the snapshot mode.
  * Restore: `xl restore -p` (paused, ports on the same bridges), resume = `xl unpause`.
+ *
+ * Specs: the given xl configuration is parsed and checked against the allow-list of
+ * proto/specs/xen-config.ts, its kernel, ramdisk and disk targets resolved under the agent's
+ * image roots (../image-root.ts), all before a port, a file or an xl command; the config the
+ * driver writes is rebuilt from what was checked, with the resolved paths (network.ts). A
+ * restore checks the same, and writes the disk back only to a target under the roots.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -21,6 +27,8 @@ import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-di
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { PauseQuiet, type XenJobHost, type XenVm } from './job-base';
 import { LiveCapture } from './live-capture';
+import { checkXenConfig } from '../../../proto/specs/xen-config';
+import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { attachPorts, detachPorts, xenConfig, xenNames, type DiskRef } from './network';
 import { SaveCheckpoint } from './save';
 import { XlHost, type XenHost } from './xl';
@@ -48,6 +56,8 @@ export interface XenDriverOptions {
   log?: (msg: string) => void;
   /** The agent's logger: takes precedence over `log`. */
   logger?: Logger;
+  /** Directories kernels, ramdisks and disks must be under (default DEFAULT_IMAGE_ROOTS; ../image-root.ts). */
+  imageRoots?: readonly string[];
 }
 
 /**
@@ -67,10 +77,32 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
   private readonly host: XenHost;
   private readonly workDir: string;
   private readonly vms = new Map<string, XenVm>();
+  private readonly roots: ImageRoots;
 
   constructor(private readonly opts: XenDriverOptions = {}) {
     this.host = opts.host ?? new XlHost();
     this.workDir = opts.workDir ?? '/var/lib/vnsnap/xen';
+    this.roots = new ImageRoots(opts.imageRoots ?? DEFAULT_IMAGE_ROOTS);
+  }
+
+  /**
+   * The VM's config checked and written with resolved images (module comment). `restore`: disk
+   * targets may not exist yet (the restore writes them), kernel and ramdisk are not read.
+   */
+  private async config(spec: VmStartSpec, domName: string, restore: boolean): Promise<{ config: string; disk?: DiskRef }> {
+    const text = spec.driver.xen?.config;
+    if (!text) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the xen driver needs an xl config (driver.xen.config)`);
+    const checked = checkXenConfig(`VM ${spec.name}: `, text);
+    const f = `VM ${spec.name}: xen.config`;
+    const kernel = checked.kernel && !restore ? await this.roots.resolve(`${f} kernel`, checked.kernel) : checked.kernel;
+    const ramdisk = checked.ramdisk && !restore ? await this.roots.resolve(`${f} ramdisk`, checked.ramdisk) : checked.ramdisk;
+    const disks: string[] = [];
+    for (const [i, d] of checked.disks.entries()) {
+      const field = `${f} disk[${i}] target`;
+      disks.push(d.target === '' ? '' : restore ? await this.roots.resolveTarget(field, d.target) : await this.roots.resolve(field, d.target));
+    }
+    const names = xenNames(spec.id, spec.macs.length);
+    return xenConfig(checked, { ...(kernel ? { kernel } : {}), ...(ramdisk ? { ramdisk } : {}), disks }, domName, spec.macs, names.bridges);
   }
 
   private receiverCommand(sock: string): string {
@@ -97,10 +129,8 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
 
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
     if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `Xen VM ${spec.id} exists`);
-    const text = spec.driver.xen?.config;
-    if (!text) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the xen driver needs an xl config (driver.xen.config)`);
     const names = xenNames(spec.id, spec.macs.length);
-    const { config, disk } = xenConfig(text, names.domName, spec.macs, names.bridges);
+    const { config, disk } = await this.config(spec, names.domName, false);
     await fsp.mkdir(this.workDir, { recursive: true });
     const file = path.join(this.workDir, `${names.domName}.cfg`);
     await fsp.writeFile(file, config);
@@ -226,6 +256,7 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
     if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `Xen VM ${spec.id} exists`);
     const names = xenNames(spec.id, spec.macs.length);
+    const disk = spec.driver.xen?.config ? (await this.config(spec, names.domName, true)).disk : undefined;
     await fsp.mkdir(this.workDir, { recursive: true });
     let file: string;
     let tmp: string | undefined;
@@ -235,9 +266,6 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
       await fsp.writeFile(tmp, await store.get(image.memory.path));
       file = tmp;
     }
-    let disk: DiskRef | undefined;
-    const text = spec.driver.xen?.config;
-    if (text) disk = xenConfig(text, names.domName, spec.macs, names.bridges).disk;
     if (image.disk) {
       if (!disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the snapshot has a disk but the VM's config has no file-backed disk`);
       // The restored domain's config (inside the image) names the original disk path: put the

@@ -1,7 +1,7 @@
 /**
  * The Xen driver's naming and network plumbing: deterministic domain, bridge and TAP names from
- * the VM key, the VM's xl configuration with the vifs the driver sets, and the switch's side of
- * each vNIC.
+ * the VM key, the VM's xl configuration as the driver writes it (from the checked configuration,
+ * with resolved image paths and the vifs the driver sets), and the switch's side of each vNIC.
  *
  * Every vNIC is a `vif` whose backend `vifD.N` the hotplug script puts into a bridge the driver
  * made (`vnxb<hash><i>`), together with a TAP the switch owns (`vnxt<hash><i>`, opened with
@@ -14,6 +14,9 @@ import { TapPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import type { VmStartContext, VmStartSpec } from '../driver';
 import type { XenHost } from './xl';
+import type { CheckedXenConfig } from '../../../proto/specs/xen-config';
+import { formatXlConfig, xlString } from '../../../proto/specs/xl-config';
+import { formatDiskSpec } from '../../../proto/specs/xl-disk';
 
 export interface DiskRef {
   kind: 'file';
@@ -32,36 +35,33 @@ export function xenNames(id: string, nics: number): { domName: string; bridges: 
 }
 
 
+/** Where the checked configuration's images resolved (image-root.ts): what the written config names. */
+export interface ResolvedImages {
+  kernel?: string;
+  ramdisk?: string;
+  /** One per checked disk, in order ('' for an empty CD-ROM drive). */
+  disks: string[];
+}
+
 /**
- * The VM's xl configuration with its name and vifs set by the driver (any `name` and `vif`
- * lines of the given text are replaced) and the file-backed disk it uses, if any.
+ * The VM's xl configuration, written from the checked one (proto/specs/xen-config.ts): its
+ * entries in order with the kernel, ramdisk and disk targets replaced by their resolved paths
+ * and each disk in canonical form, then the driver's `name` and one bridged `vif` per MAC (the
+ * given name and vif were dropped by the check). Also the file-backed disk the snapshots copy:
+ * the first disk that is not a CD-ROM.
  */
-export function xenConfig(text: string, domName: string, macs: string[], bridges: string[]): { config: string; disk?: DiskRef } {
-  const lines = text.split('\n');
-  const out: string[] = [];
-  let skipping = false;
-  for (const l of lines) {
-    if (skipping) {
-      if (l.includes(']')) skipping = false;
-      continue;
-    }
-    if (/^\s*(name|vif)\s*=/.test(l)) {
-      if (/^\s*vif\s*=\s*\[/.test(l) && !l.includes(']')) skipping = true;
-      continue;
-    }
-    out.push(l);
-  }
-  out.push(`name = "${domName}"`);
-  out.push(`vif = [ ${macs.map((m, i) => `'mac=${m},bridge=${bridges[i]}'`).join(', ')} ]`);
-  let disk: DiskRef | undefined;
-  const dm = /^\s*disk\s*=\s*\[([^\]]*)\]/m.exec(text);
-  if (dm) {
-    const first = /['"]([^'"]+)['"]/.exec(dm[1] as string)?.[1] ?? '';
-    const target = /(?:^|,)\s*target=([^,]+)/.exec(first)?.[1] ?? (/^(?:file:|aio:)?(\/[^,]+)/.exec(first)?.[1] ?? '');
-    const phy = /(?:^|,)\s*phy:|^\/dev\//.test(first) || /\/dev\//.test(target);
-    if (target && !phy) disk = { kind: 'file', path: target.trim() };
-  }
-  return { config: out.join('\n') + '\n', ...(disk ? { disk } : {}) };
+export function xenConfig(checked: CheckedXenConfig, images: ResolvedImages, domName: string, macs: string[], bridges: string[]): { config: string; disk?: DiskRef } {
+  const entries = checked.entries.map((e) => {
+    if (e.key === 'kernel' && images.kernel) return { key: e.key, value: xlString(images.kernel) };
+    if (e.key === 'ramdisk' && images.ramdisk) return { key: e.key, value: xlString(images.ramdisk) };
+    if (e.key === 'disk') return { key: e.key, value: { kind: 'list' as const, items: checked.disks.map((d, i) => xlString(formatDiskSpec({ ...d, target: images.disks[i] ?? '' }))) } };
+    return e;
+  });
+  const vif = `vif = [ ${macs.map((m, i) => `'mac=${m},bridge=${bridges[i]}'`).join(', ')} ]\n`;
+  const config = formatXlConfig(entries) + `name = "${domName}"\n` + vif;
+  const i = checked.disks.findIndex((d) => d.devtype !== 'cdrom' && d.target !== '');
+  const diskPath = i >= 0 ? images.disks[i] : undefined;
+  return { config, ...(diskPath ? { disk: { kind: 'file' as const, path: diskPath } } : {}) };
 }
 
 /** The switch's side of each vNIC (a TAP, unless `openPort` says otherwise), each bridged with its vif. */

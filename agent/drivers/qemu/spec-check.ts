@@ -1,0 +1,59 @@
+/**
+ * What the QEMU driver checks of a spec before it makes a directory, a port or a process: the
+ * extra allow-list (proto/specs/qemu-extra.ts), and every image under the agent's image roots
+ * (../image-root.ts). The result is the spec with the RESOLVED paths, which is all the driver
+ * hands to QEMU and qemu-img afterwards.
+ *
+ * The disk is a qcow2 base the driver puts an overlay over; QEMU follows the base's backing
+ * chain when it opens the overlay, so the chain is checked too: `qemu-img info --backing-chain
+ * --output=json -U` on the resolved base (qemu-img reads the images' headers, no guest runs),
+ * then the base must be qcow2, every backing file must be a plain absolute path that passes the
+ * same root check (no `json:` or protocol filenames), and no image may name an external qcow2
+ * data file. A chain that qemu-img cannot read is refused too. A restore checks the chain of the
+ * snapshot's disk image the same way (it names the base as its backing file) before QEMU opens it.
+ */
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { VnsnapError } from '../../../proto/core/errors';
+import { checkQemuExtra } from '../../../proto/specs/qemu-extra';
+import type { ImageRoots } from '../image-root';
+
+interface ImageInfo {
+  filename?: string;
+  format?: string;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'format-specific'?: { type?: string; data?: { 'data-file'?: string } };
+}
+
+/** The spec with kernel, initrd and disk resolved inside the roots; ERR_INVALID_ARGUMENT otherwise. */
+export async function checkQemuSpec(name: string, q: QemuDriverSpec__Output, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>): Promise<QemuDriverSpec__Output> {
+  checkQemuExtra(`VM ${name}: `, q.extra);
+  const out = { ...q, extra: { ...q.extra } };
+  if (q.kernel) out.kernel = await roots.resolve(`VM ${name}: qemu.kernel`, q.kernel);
+  if (q.initrd) out.initrd = await roots.resolve(`VM ${name}: qemu.initrd`, q.initrd);
+  if (q.disk) {
+    out.disk = await roots.resolve(`VM ${name}: qemu.disk`, q.disk);
+    await checkBackingChain(`VM ${name}: qemu.disk`, out.disk, roots, qemuImg);
+  }
+  return out;
+}
+
+/** Refuse a disk whose chain leaves the roots (module comment); the first image itself is not root-checked. */
+export async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>): Promise<void> {
+  let chain: ImageInfo[];
+  try {
+    const parsed = JSON.parse(await qemuImg(['info', '--backing-chain', '--output=json', '-U', disk])) as unknown;
+    chain = Array.isArray(parsed) ? (parsed as ImageInfo[]) : [parsed as ImageInfo];
+  } catch (e) {
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field} ${JSON.stringify(disk)}: its image chain cannot be read (${(e as Error).message.split('\n')[0]?.slice(0, 200)})`);
+  }
+  if (chain[0]?.format !== 'qcow2') throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field} ${JSON.stringify(disk)} is a ${chain[0]?.format ?? 'unknown'} image; the disk must be a qcow2 image`);
+  for (const [i, img] of chain.entries()) {
+    const dataFile = img['format-specific']?.data?.['data-file'];
+    if (dataFile !== undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: image ${JSON.stringify(img.filename ?? disk)} names an external data file (${JSON.stringify(dataFile)}), which is not accepted`);
+    if (i === 0) continue;
+    const file = img.filename ?? '';
+    if (!file.startsWith('/')) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: backing file ${JSON.stringify(file.slice(0, 96))} is not a plain absolute path`);
+    await roots.resolve(`${field}: backing file`, file);
+  }
+}
