@@ -16,16 +16,22 @@
  *     "debugVms": false,                   // optional: also serve GET /debug/vms (default off)
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
- *     "imageRoots": ["/var/lib/vnsnap/images"]  // optional: where VM images may come from
+ *     "imageRoots": ["/var/lib/vnsnap/images"],  // optional: where VM images may come from
+ *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
+ *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
+ *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
  *   }
  *
  * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
  * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
  * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
+ * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator
+ * address is loopback (proto/core/tls.ts checkTransport).
  */
 import { isIP } from 'node:net';
 import * as path from 'node:path';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
+import { checkTransport, parseTlsFiles, tlsFromFlags, type TlsFiles } from '../proto/core/tls';
 import type { DriverKind } from './drivers/driver';
 import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 
@@ -44,9 +50,13 @@ export interface AgentConfig {
   drivers: string[];
   /** Directories VM images must be under (default DEFAULT_IMAGE_ROOTS). */
   imageRoots: string[];
+  /** PEM files for mutual TLS to the coordinator. */
+  tls?: TlsFiles;
+  /** No TLS (allowed only when the coordinator address is loopback). */
+  insecurePlaintext?: boolean;
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -94,6 +104,9 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   const drivers = raw.drivers ?? [];
   if (!Array.isArray(drivers) || drivers.some((d) => typeof d !== 'string' || !knownDrivers.includes(d))) fail(`drivers: expected a list of ${knownDrivers.join(', ')}, got ${JSON.stringify(raw.drivers)}`);
   const imageRoots = validateImageRoots(raw.imageRoots);
+  const tls = raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined;
+  if (raw.insecurePlaintext !== undefined && typeof raw.insecurePlaintext !== 'boolean') fail(`insecurePlaintext: expected true or false, got ${JSON.stringify(raw.insecurePlaintext)}`);
+  const insecurePlaintext = raw.insecurePlaintext === true;
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -106,6 +119,8 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     logLevel,
     drivers: drivers as string[],
     imageRoots,
+    ...(tls ? { tls } : {}),
+    insecurePlaintext,
   };
 }
 
@@ -121,9 +136,15 @@ function validateImageRoots(v: unknown): string[] {
   return list as string[];
 }
 
-/** Read the file (if any), apply the flags over it, validate. */
+/** Read the file (if any), apply the flags over it, validate, and check the transport rule. */
 export function loadAgentConfig(file: string | undefined, flags: Record<string, unknown>, knownDrivers: readonly string[] = PRODUCT_DRIVERS): AgentConfig {
   const raw = file !== undefined ? readJsonObjectFile(file) : {};
-  for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
-  return validateAgentConfig(raw, knownDrivers);
+  const { tlsCa, tlsCert, tlsKey, ...rest } = flags;
+  for (const [k, v] of Object.entries(rest)) if (v !== undefined) raw[k] = v;
+  if (tlsCa !== undefined || tlsCert !== undefined || tlsKey !== undefined) {
+    raw.tls = tlsFromFlags(raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined, { ca: tlsCa as string | undefined, cert: tlsCert as string | undefined, key: tlsKey as string | undefined });
+  }
+  const cfg = validateAgentConfig(raw, knownDrivers);
+  checkTransport(cfg, 'coordinator', cfg.coordinator);
+  return cfg;
 }

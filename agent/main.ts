@@ -6,7 +6,9 @@
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
  * given) binds loopback unless metricsAddress names another address, and serves /debug/vms only
- * when debugVms (--debug-vms) enables it.
+ * when debugVms (--debug-vms) enables it. The session to the coordinator is mutual TLS with the
+ * configured PEM files (re-read on SIGHUP: the live session goes on, the next connection uses
+ * the new files), or plaintext to a loopback coordinator when insecurePlaintext says so.
  *
  * The drivers it can build are the product drivers (qemu, xen), each enabled by name in the
  * configuration. runAgentMain() takes extra driver factories: the only caller that passes any is
@@ -23,6 +25,8 @@ import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
 import { XenDriver } from './drivers/xen/driver';
+import { grpcSessionTransportWith } from './session';
+import { PemCertificates, reloadOnSighup } from '../proto/core/tls';
 
 /** A driver the agent builds when the configuration names it. */
 export interface DriverFactory {
@@ -64,6 +68,9 @@ class MetricsServer implements Startable {
 
 /** Parse the command line and configuration, build and start the agent; `extra` adds driver factories. */
 export async function runAgentMain(extra: readonly DriverFactory[] = []): Promise<void> {
+  // grpc-js names the coordinator's IP address as the TLS server name, which Node warns about
+  // (DEP0123) in plain text on stderr, among the JSON log lines.
+  process.noDeprecation = true;
   const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')
@@ -79,10 +86,31 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
     .option('--image-root <dir>', 'a directory VM images may come from (repeatable; default /var/lib/vnsnap/images)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--tls-ca <file>', 'CA certificate (PEM) the coordinator must be signed by')
+    .option('--tls-cert <file>', "this agent's certificate (PEM; its CN is the agent id)")
+    .option('--tls-key <file>', "this agent's private key (PEM)")
+    .option('--insecure-plaintext', 'no TLS, no authentication: allowed only for a loopback coordinator')
     .showHelpAfterError();
   program.parse();
-  const o = program.opts<{ config?: string; id?: string; coordinator?: string; tunnel?: string; advertise?: string; store?: string; metricsPort?: string; metricsAddress?: string; debugVms?: boolean; logLevel?: string; imageRoot?: string[] }>();
+  const o = program.opts<{
+    config?: string;
+    id?: string;
+    coordinator?: string;
+    tunnel?: string;
+    advertise?: string;
+    store?: string;
+    metricsPort?: string;
+    metricsAddress?: string;
+    debugVms?: boolean;
+    logLevel?: string;
+    imageRoot?: string[];
+    tlsCa?: string;
+    tlsCert?: string;
+    tlsKey?: string;
+    insecurePlaintext?: boolean;
+  }>();
   let cfg: ReturnType<typeof loadAgentConfig>;
+  let certs: PemCertificates | undefined;
   try {
     cfg = loadAgentConfig(o.config, {
       id: o.id,
@@ -95,7 +123,12 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       debugVms: o.debugVms,
       logLevel: o.logLevel,
       imageRoots: o.imageRoot,
+      tlsCa: o.tlsCa,
+      tlsCert: o.tlsCert,
+      tlsKey: o.tlsKey,
+      insecurePlaintext: o.insecurePlaintext,
     }, [...extra.map((f) => f.name), ...PRODUCT_DRIVERS]);
+    certs = cfg.tls ? new PemCertificates(cfg.tls) : undefined;
   } catch (e) {
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
     process.exit(2);
@@ -115,6 +148,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     drivers,
     logger: log,
     metrics,
+    session: grpcSessionTransportWith(certs?.channelCredentials()),
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
@@ -142,6 +176,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       },
     );
   };
+  if (certs) {
+    const c = certs;
+    reloadOnSighup(() => c.reload(), log);
+  }
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }

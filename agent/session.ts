@@ -59,10 +59,21 @@ export interface ReconnectOptions {
 /** Builds the transport when the agent starts (default: grpcSessionTransport). */
 export type SessionFactory = (coordinator: string, reconnect: ReconnectOptions) => SessionTransport;
 
-/** The production transport: a grpc-js AgentService client, one Session call per stream. */
-export const grpcSessionTransport: SessionFactory = (coordinator, reconnect) => {
+/**
+ * The production transport: a grpc-js AgentService client, one Session call per stream, over
+ * `credentials` (mutual TLS, proto/core/tls.ts; plaintext when none are given).
+ */
+export const grpcSessionTransportWith =
+  (credentials?: grpc.ChannelCredentials): SessionFactory =>
+  (coordinator, reconnect) =>
+    openGrpcTransport(coordinator, reconnect, credentials ?? grpc.credentials.createInsecure());
+
+/** The plaintext transport (a loopback coordinator, by configuration only). */
+export const grpcSessionTransport: SessionFactory = grpcSessionTransportWith();
+
+function openGrpcTransport(coordinator: string, reconnect: ReconnectOptions, credentials: grpc.ChannelCredentials): SessionTransport {
   const pkg = loadVnsnap();
-  const client = new pkg.vnsnap.v1.AgentService(coordinator, grpc.credentials.createInsecure(), {
+  const client = new pkg.vnsnap.v1.AgentService(coordinator, credentials, {
     'grpc.initial_reconnect_backoff_ms': reconnect.initialMs,
     'grpc.max_reconnect_backoff_ms': reconnect.maxMs,
     ...SESSION_KEEPALIVE,
@@ -88,7 +99,7 @@ export const grpcSessionTransport: SessionFactory = (coordinator, reconnect) => 
     },
     close: () => client.close(),
   };
-};
+}
 
 /** The stream a command came in on: its Progress and Result go back on it, or nowhere. */
 export interface SessionLink {
@@ -145,6 +156,8 @@ export class CoordinatorSession {
   private attempts = 0;
   private stopping = false;
   private deadAfter = DEFAULT_DEAD_AFTER_MS;
+  /** The last failed attempt's error, so a new reason (a refused certificate) is logged once at warn. */
+  private lastFailure = '';
 
   constructor(private readonly o: CoordinatorSessionOptions) {
     this.reconnect = { initialMs: o.reconnect?.initialMs ?? 500, maxMs: o.reconnect?.maxMs ?? 5000 };
@@ -229,8 +242,12 @@ export class CoordinatorSession {
     this.current = undefined;
     this.o.metrics.connected.set(0);
     const why = err ? describeError(err) : 'stream ended';
+    // grpc-js stamps its connection errors with the time: compare without it.
+    const reason = wasUp ? '' : why.replace(/\s*\(\d{4}-\d\d-\d\dT[^)]*\)/g, '');
     if (wasUp) this.o.log.warn({ err: why }, 'session lost');
+    else if (reason !== this.lastFailure) this.o.log.warn({ err: why }, 'session attempt failed (retrying; logged again when the reason changes)');
     else this.o.log.debug({ err: why }, 'session attempt failed');
+    this.lastFailure = reason;
     this.o.handlers.down(wasUp, err);
     if (this.stopping) return;
     const delay = this.backoffMs;

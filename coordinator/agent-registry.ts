@@ -3,7 +3,13 @@
  *
  * Session lifecycle (docs/control-plane.md, "Sessions"):
  *   - the first message must be Register (within dead_after_ms), else the stream is ended;
- *   - an agent id that already has a live session is answered `refused` and the stream ends;
+ *   - with TLS the agent's certificate is its identity: it may register only as the certificate's
+ *     CN or one of its DNS SANs; any other id is answered `refused` and the stream ends with
+ *     PERMISSION_DENIED naming both ids. A Register for an id that has a live session, made with
+ *     a certificate for that id, replaces the old session at once: only the holder of the key
+ *     can make it, and the old one is a restarted agent's stale session (its in-flight commands
+ *     fail with ERR_AGENT_DISCONNECTED, `left` then `joined` fire). Over plaintext (loopback
+ *     only) there is no proof of identity and a second session for a live id is refused;
  *   - otherwise Welcome, then — in the same turn, before any other command — every pending
  *     SnapshotAbort the catalog holds for that agent (acknowledged ones are deleted), then the
  *     `joined` event;
@@ -21,6 +27,8 @@
 import { EventEmitter } from 'node:events';
 import { status, type ServerDuplexStream } from '@grpc/grpc-js';
 import { VnsnapError } from '../proto/core/errors';
+import { toServiceError } from '../proto/core/grpc-status';
+import { peerIdentity, type PeerIdentity } from '../proto/core/tls';
 import type { AgentMessage__Output } from '../proto/gen/vnsnap/v1/AgentMessage';
 import type { CoordinatorMessage } from '../proto/gen/vnsnap/v1/CoordinatorMessage';
 import type { Register__Output } from '../proto/gen/vnsnap/v1/Register';
@@ -181,7 +189,19 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
       call.end();
       return undefined;
     }
-    if (this.sessions.has(id)) {
+    const peer = peerOf(call);
+    if (peer && peer.commonName !== id && !peer.dnsNames.includes(id)) {
+      const msg = `the certificate of agent "${peer.commonName}" cannot register as agent "${id}"`;
+      log.warn({ agent: id, certificate: peer.commonName }, 'agent registered with another id than its certificate; refused');
+      call.write({ refused: msg });
+      call.emit('error', toServiceError(new VnsnapError('ERR_PERMISSION_DENIED', msg)));
+      return undefined;
+    }
+    const old = this.sessions.get(id);
+    if (old && peer) {
+      log.warn({ agent: id }, 'agent registered again with its certificate; replacing its stale session');
+      this.drop(old, `replaced by a new session of agent ${id}`, true);
+    } else if (old) {
       log.warn({ agent: id }, 'agent id already has a live session; refusing the new one');
       call.write({ refused: `agent id "${id}" already has a live session` });
       call.end();
@@ -331,6 +351,11 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
       s.call.write({ command: { id, ...body } });
     });
   }
+}
+
+/** The verified certificate identity of a session (undefined over plaintext). */
+function peerOf(call: SessionCall): PeerIdentity | undefined {
+  return typeof call.getAuthContext === 'function' ? peerIdentity(call) : undefined;
 }
 
 function safePeer(call: SessionCall): string {

@@ -7,8 +7,13 @@
  * Config file (JSON, every key optional; flags win):
  *   { "listen": "127.0.0.1:7443", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
  *     "coordinatorId": "c1", "heartbeatIntervalMs": 1000, "deadAfterMs": 3000,
- *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info" }
- * The millisecond keys are positive and at most 2^31-1 (the longest timer Node keeps).
+ *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info",
+ *     "tls": { "ca": "ca.pem", "cert": "coordinator-c1.pem", "key": "coordinator-c1-key.pem" },
+ *     "insecurePlaintext": false, "roles": { "alice": "operator", "old-laptop": "none" } }
+ * The millisecond keys are positive and at most 2^31-1 (the longest timer Node keeps). Without
+ * "tls" (or --tls-ca/--tls-cert/--tls-key) it refuses to start unless insecurePlaintext is set
+ * and the listen address is loopback. SIGHUP re-reads the TLS files and the config file's
+ * "roles" table (authz.ts, tls.ts); a bad file keeps the previous ones.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -19,8 +24,13 @@ import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger } from '../proto/core/log';
 import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './server';
 import { MAX_TIMEOUT_MS } from './validation';
+import { parseTlsFiles, reloadOnSighup, tlsFromFlags } from '../proto/core/tls';
+import { parseRolesTable } from './authz';
 
-const KEYS: Record<string, 'string' | 'number' | 'boolean'> = {
+const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'object'> = {
+  tls: 'object',
+  insecurePlaintext: 'boolean',
+  roles: 'object',
   listen: 'string',
   db: 'string',
   storeDir: 'string',
@@ -43,6 +53,8 @@ export function readConfigFile(file: string): CoordinatorFileConfig {
     if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) configError(`config ${file}: "${k}" must be a positive integer`);
     if (t === 'number' && (v as number) > MAX_TIMEOUT_MS) configError(`config ${file}: "${k}" must be at most ${MAX_TIMEOUT_MS} (ms; Node timers hold no more)`);
   }
+  if (raw.tls !== undefined) raw.tls = parseTlsFiles(raw.tls, `config ${file}`);
+  if (raw.roles !== undefined) raw.roles = parseRolesTable(raw.roles, `config ${file}`);
   return raw as CoordinatorFileConfig;
 }
 
@@ -63,11 +75,18 @@ async function main(): Promise<void> {
     .option('--store-dir <dir>', 'snapshot store root where manifests are written (default ./vnsnap-store)')
     .option('--config <file>', 'JSON config file (flags override it)')
     .option('--log-level <level>', 'pino log level (default info)')
+    .option('--tls-ca <file>', 'CA certificate (PEM) clients and agents must be signed by')
+    .option('--tls-cert <file>', "the coordinator's server certificate (PEM)")
+    .option('--tls-key <file>', "the coordinator's private key (PEM)")
+    .option('--insecure-plaintext', 'no TLS, no authentication: allowed only on a loopback listen address')
     .parse();
-  const flags = program.opts<{ listen?: string; db?: string; storeDir?: string; config?: string; logLevel?: string }>();
+  const flags = program.opts<{ listen?: string; db?: string; storeDir?: string; config?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
   const file = flags.config ? readConfigFile(flags.config) : {};
+  const tls = tlsFromFlags(file.tls, { ca: flags.tlsCa, cert: flags.tlsCert, key: flags.tlsKey });
   const config: CoordinatorConfig = {
     ...file,
+    ...(tls ? { tls } : {}),
+    insecurePlaintext: flags.insecurePlaintext ?? file.insecurePlaintext ?? false,
     listen: flags.listen ?? file.listen ?? DEFAULT_LISTEN,
     db: flags.db ?? file.db ?? 'vnsnap-catalog.db',
     storeDir: flags.storeDir ?? file.storeDir ?? 'vnsnap-store',
@@ -92,6 +111,18 @@ async function main(): Promise<void> {
       },
     );
   };
+  reloadOnSighup(() => {
+    // The roles table comes from the config file: re-read with the TLS files, applied only when both are good.
+    let roles = file.roles ?? {};
+    try {
+      if (flags.config) roles = readConfigFile(flags.config).roles ?? {};
+    } catch (e) {
+      return { ok: false, error: describeError(e) };
+    }
+    const r = server.reloadTls();
+    if (r.ok) server.setRoles(roles);
+    return r;
+  }, log);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

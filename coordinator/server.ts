@@ -3,8 +3,12 @@
  * manifest store, event bus, and one grpc-js server hosting CoordinatorService, AgentService,
  * health and reflection.
  *
- * start(): check the timer settings (at most 2^31-1 ms), open the catalog (migrate, recover),
- * bind, report NOT_SERVING→SERVING.
+ * start(): check the timer settings (at most 2^31-1 ms) and the transport (mutual TLS with the
+ * configured PEM files, or plaintext only when insecurePlaintext is set and the listen address
+ * is loopback: proto/core/tls.ts), open the catalog (migrate, recover), bind, report
+ * NOT_SERVING→SERVING. With TLS every call passes the role check of authz.ts first, and
+ * reloadTls() (SIGHUP in main.ts) swaps the PEM files for new connections without dropping any
+ * session or stream.
  * stop(): health NOT_SERVING, abort snapshots in progress (their SnapshotAbort leaves before
  * the sessions close), end agent sessions and streams, shut the server down (forcibly after
  * a grace period), close the catalog.
@@ -24,8 +28,12 @@ import { RestoreSequencer } from './restore-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
 import { MAX_TIMEOUT_MS } from './validation';
+import { checkTransport, PemCertificates, type TransportConfig } from '../proto/core/tls';
+import { authzInterceptor, type RolesTable } from './authz';
 
-export interface CoordinatorConfig {
+export interface CoordinatorConfig extends TransportConfig {
+  /** Subject CN → role, overriding the certificate's OU (authz.ts). */
+  roles?: RolesTable;
   /** host:port to listen on (port 0: any free port). */
   listen: string;
   /** SQLite catalog file (':memory:' for tests). */
@@ -71,9 +79,12 @@ export class CoordinatorServer implements Startable {
   private health?: ReturnType<typeof addHealthAndReflection>;
   private boundAddress = '';
   private readonly clock: Clock;
+  private certs?: PemCertificates;
+  private roles: RolesTable;
 
   constructor(private readonly opts: CoordinatorServerOptions) {
     this.clock = opts.clock ?? systemClock;
+    this.roles = opts.config.roles ?? {};
     this.events = new EventBus(() => this.clock.now());
   }
 
@@ -88,6 +99,8 @@ export class CoordinatorServer implements Startable {
       const v = config[k];
       if (v !== undefined && (!Number.isInteger(v) || v <= 0 || v > MAX_TIMEOUT_MS)) throw new VnsnapError('ERR_CONFIG', `${k} ${v} is out of range (1..${MAX_TIMEOUT_MS} ms)`);
     }
+    checkTransport(config, 'listen address', config.listen);
+    this.certs = config.tls ? new PemCertificates(config.tls) : undefined;
     const clock = this.clock;
     this.catalog = new Catalog(config.db, { now: () => clock.now() });
     if (this.catalog.recovered.snapshots.length > 0 || this.catalog.recovered.restores.length > 0) {
@@ -122,12 +135,17 @@ export class CoordinatorServer implements Startable {
     });
 
     const pkg = loadVnsnap();
-    const server = new grpc.Server({ ...SESSION_KEEPALIVE, 'grpc.keepalive_permit_without_calls': 1, 'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES });
+    const server = new grpc.Server({
+      ...SESSION_KEEPALIVE,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE_BYTES,
+      interceptors: this.certs ? [authzInterceptor(() => this.roles)] : [],
+    });
     server.addService(pkg.vnsnap.v1.CoordinatorService.service, this.service.handlers());
     server.addService(pkg.vnsnap.v1.AgentService.service, { Session: (call: Parameters<AgentRegistry['attach']>[0]) => this.registry.attach(call) });
     this.health = addHealthAndReflection(server, [COORDINATOR_SERVICE, AGENT_SERVICE]);
     const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(config.listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new VnsnapError('ERR_CONFIG', `cannot listen on ${config.listen}: ${err.message}`, { cause: err })) : resolve(p))),
+      server.bindAsync(config.listen, this.certs?.serverCredentials() ?? grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new VnsnapError('ERR_CONFIG', `cannot listen on ${config.listen}: ${err.message}`, { cause: err })) : resolve(p))),
     ).catch((e: unknown) => {
       this.catalog.close();
       throw e;
@@ -136,7 +154,17 @@ export class CoordinatorServer implements Startable {
     this.registry.start();
     const host = config.listen.replace(/:\d+$/, '');
     this.boundAddress = `${host}:${port}`;
-    log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId }, 'coordinator listening');
+    log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId, tls: this.certs !== undefined }, 'coordinator listening');
+  }
+
+  /** Replace the roles table (SIGHUP): the next call is checked against it. */
+  setRoles(roles: RolesTable): void {
+    this.roles = roles;
+  }
+
+  /** Re-read the TLS files (SIGHUP): new connections use them; bad files keep the old ones. */
+  reloadTls(): { ok: true } | { ok: false; error: string } {
+    return this.certs ? this.certs.reload() : { ok: false, error: 'the coordinator runs without TLS' };
   }
 
   async stop(): Promise<void> {

@@ -7,6 +7,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { DEFAULT_COORDINATOR, parseCoordinatorAddress } from './client';
 import * as cmd from './commands';
 import { CliError, EXIT, type ExitCode } from './exit-codes';
+import { resolveCredentials } from './credentials';
 import type { CliIo } from './io';
 
 const EXIT_CODES_HELP = `
@@ -16,14 +17,22 @@ Exit codes:
   2  bad usage or input (unknown option, bad JSON file, invalid VNE)
   3  not found (no such VNE or snapshot)
   4  cannot reach the coordinator
+  5  denied: the role of your certificate may not do this, or a certificate is refused
   130 interrupted (Ctrl-C)
 
 Environment:
-  VNSNAP_COORDINATOR  the coordinator's host:port when --coordinator is not given`;
+  VNSNAP_COORDINATOR  the coordinator's host:port when --coordinator is not given
+  VNSNAP_CA, VNSNAP_CERT, VNSNAP_KEY  the PEM files when --ca, --cert, --key are not given
+                      (default: ca.pem, client.pem, client-key.pem in ~/.config/vnsnap/pki/)
+  VNSNAP_INSECURE_PLAINTEXT=1  like --insecure-plaintext`;
 
 interface CommonOpts {
   coordinator: string;
   json?: boolean;
+  ca?: string;
+  cert?: string;
+  key?: string;
+  insecurePlaintext?: boolean;
 }
 
 function uint32(name: string): (v: string) => number {
@@ -76,7 +85,11 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
       .configureOutput(output(io))
       .showHelpAfterError('(add --help for usage)')
       .option('--coordinator <host:port>', 'the coordinator to talk to (env VNSNAP_COORDINATOR)', defaultAddress)
-      .option('--json', 'machine-readable output only: one JSON object, or JSON lines for streams');
+      .option('--json', 'machine-readable output only: one JSON object, or JSON lines for streams')
+      .option('--ca <file>', 'CA certificate (PEM) the coordinator must be signed by (env VNSNAP_CA)')
+      .option('--cert <file>', 'your client certificate (PEM; its OU is your role) (env VNSNAP_CERT)')
+      .option('--key <file>', 'your private key (PEM) (env VNSNAP_KEY)')
+      .option('--insecure-plaintext', 'no TLS: only for a coordinator on loopback (env VNSNAP_INSECURE_PLAINTEXT=1)');
 
   const vne = program.command('vne').description('define, inspect, start, stop and delete VNEs').usage('<command> [options]').exitOverride().configureOutput(output(io));
 
@@ -187,7 +200,8 @@ export async function runCli(argv: readonly string[], io: CliIo, env: NodeJS.Pro
     const json = opts.json === true;
     try {
       const coordinator = parseCoordinatorAddress(opts.coordinator);
-      code = await work({ io, json, coordinator });
+      const credentials = resolveCredentials(opts, env, coordinator);
+      code = await work({ io, json, coordinator, credentials });
     } catch (e) {
       const ce = e instanceof CliError ? e : new CliError(EXIT.FAILED, `unexpected error: ${e instanceof Error ? e.message : String(e)}`);
       if (!(e instanceof CliError) && env.VNSNAP_DEBUG) io.err(`${(e as Error).stack ?? String(e)}\n`);

@@ -5,7 +5,9 @@
  *
  * Unreachable vs refused: a status the coordinator itself sent carries the vnsnap error code in
  * its trailers (proto/core/grpc-status.ts) and maps through that code; an UNAVAILABLE (or a deadline,
- * or a non-gRPC answer) without that tag means we never talked to a coordinator: exit 4.
+ * or a non-gRPC answer) without that tag means we never talked to a coordinator: exit 4, unless
+ * the TLS handshake failed, which is said in words (credentials.ts) with exit 5, like a call
+ * the caller's role may not make (PERMISSION_DENIED).
  */
 import * as grpc from '@grpc/grpc-js';
 import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
@@ -26,6 +28,7 @@ import type { StartVneResponse__Output } from '../../proto/gen/vnsnap/v1/StartVn
 import type { StopVneResponse__Output } from '../../proto/gen/vnsnap/v1/StopVneResponse';
 import type { Vne, Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { CliError, EXIT, exitCodeForErrorCode } from './exit-codes';
+import { describeTlsFailure, type CliCredentials } from './credentials';
 
 export const DEFAULT_COORDINATOR = '127.0.0.1:7443';
 /** Deadline of every unary call (starting a VNE's VMs may take a while). */
@@ -62,10 +65,13 @@ export class CoordinatorClient {
   readonly address: string;
   private readonly c: CoordinatorServiceClient;
 
-  constructor(address: string) {
+  constructor(
+    address: string,
+    private readonly creds: CliCredentials,
+  ) {
     this.address = address;
     const pkg = loadVnsnap();
-    this.c = new pkg.vnsnap.v1.CoordinatorService(address, grpc.credentials.createInsecure());
+    this.c = new pkg.vnsnap.v1.CoordinatorService(address, creds.credentials);
   }
 
   close(): void {
@@ -79,6 +85,8 @@ export class CoordinatorClient {
     const tagged = e.metadata?.get(ERROR_CODE_METADATA_KEY)[0] !== undefined;
     const neverConnected = this.c.getChannel().getConnectivityState(false) !== grpc.connectivityState.READY;
     if (!tagged) {
+      const tls = e.code === grpc.status.UNAVAILABLE ? describeTlsFailure(e.details, this.address.replace(/:\d+$/, ''), this.creds.files) : undefined;
+      if (tls) return new CliError(EXIT.DENIED, `${tls} (coordinator ${this.address})`, 'ERR_UNAUTHENTICATED');
       if (e.code === grpc.status.UNAVAILABLE || (e.code === grpc.status.DEADLINE_EXCEEDED && neverConnected)) {
         return new CliError(EXIT.UNREACHABLE, `cannot reach the coordinator at ${this.address}: ${unreachableReason(e.details)} (is it running? set --coordinator or VNSNAP_COORDINATOR)`, 'ERR_UNAVAILABLE');
       }

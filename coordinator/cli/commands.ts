@@ -18,11 +18,14 @@ import { follow, makeRenderer, type RenderMode } from './progress';
 import { toJson } from './proto-json';
 import { renderTimelineSvg } from './timeline-svg';
 import { readVneFile } from './vne-file';
+import type { CliCredentials } from './credentials';
 
 export interface Ctx {
   io: CliIo;
   json: boolean;
   coordinator: string;
+  /** TLS (or, loopback only, plaintext) credentials: credentials.ts. */
+  credentials: CliCredentials;
 }
 
 function printJson(ctx: Ctx, type: string, message: unknown): void {
@@ -40,7 +43,7 @@ function callAndPrint<R>(ctx: Ctx, call: (c: CoordinatorClient) => Promise<R>, t
 }
 
 async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>): Promise<T> {
-  const c = new CoordinatorClient(ctx.coordinator);
+  const c = new CoordinatorClient(ctx.coordinator, ctx.credentials);
   try {
     return await f(c);
   } finally {

@@ -3,6 +3,7 @@
  *
  *   0 ok · 1 the operation failed (e.g. a snapshot aborted, a precondition the coordinator
  *   refused) · 2 bad usage or input · 3 not found · 4 cannot reach the coordinator ·
+ *   5 denied: our role may not do this, or a certificate (ours or the coordinator's) is refused ·
  *   130 interrupted (Ctrl-C).
  *
  * Every failure ends as one CliError: a message a person can act on (never a stack trace), the
@@ -16,6 +17,7 @@ export const EXIT = {
   USAGE: 2,
   NOT_FOUND: 3,
   UNREACHABLE: 4,
+  DENIED: 5,
   INTERRUPTED: 130,
 } as const;
 
@@ -45,6 +47,9 @@ export function exitCodeForErrorCode(code: ErrorCode): ExitCode {
     case 'ERR_PORT_UNKNOWN':
     case 'ERR_PEER_UNKNOWN':
       return EXIT.NOT_FOUND;
+    case 'ERR_PERMISSION_DENIED':
+    case 'ERR_UNAUTHENTICATED':
+      return EXIT.DENIED;
     default:
       return EXIT.FAILED;
   }

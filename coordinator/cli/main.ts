@@ -6,6 +6,10 @@
 import { runCli } from './cli';
 import { processIo } from './io';
 
+// grpc-js sets the TLS server name to the address dialled, an IP address included, which Node
+// warns about (DEP0123) on stderr: not a line a person should see among the CLI's own.
+process.noDeprecation = true;
+
 runCli(process.argv.slice(2), processIo(), process.env).then(
   (code) => {
     process.exitCode = code;

@@ -31,6 +31,8 @@ export type ErrorCode =
   | 'ERR_STORE_FULL'
   | 'ERR_DRIVER'
   | 'ERR_CANCELLED'
+  | 'ERR_PERMISSION_DENIED'
+  | 'ERR_UNAUTHENTICATED'
   | 'ERR_INTERNAL';
 
 /** Every code, for tables that must cover them all (checked by a test). */
@@ -58,6 +60,8 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   'ERR_STORE_FULL',
   'ERR_DRIVER',
   'ERR_CANCELLED',
+  'ERR_PERMISSION_DENIED',
+  'ERR_UNAUTHENTICATED',
   'ERR_INTERNAL',
 ];
 

@@ -33,6 +33,8 @@ export const GRPC_STATUS: Readonly<Record<ErrorCode, status>> = {
   ERR_STORE_FULL: status.RESOURCE_EXHAUSTED,
   ERR_DRIVER: status.INTERNAL,
   ERR_CANCELLED: status.CANCELLED,
+  ERR_PERMISSION_DENIED: status.PERMISSION_DENIED,
+  ERR_UNAUTHENTICATED: status.UNAUTHENTICATED,
   ERR_INTERNAL: status.INTERNAL,
 };
 
@@ -61,6 +63,8 @@ const FALLBACK: Partial<Record<status, ErrorCode>> = {
   [status.DATA_LOSS]: 'ERR_DATA_LOSS',
   [status.RESOURCE_EXHAUSTED]: 'ERR_STORE_FULL',
   [status.CANCELLED]: 'ERR_CANCELLED',
+  [status.PERMISSION_DENIED]: 'ERR_PERMISSION_DENIED',
+  [status.UNAUTHENTICATED]: 'ERR_UNAUTHENTICATED',
 };
 
 /** A gRPC error received by a client → the VnsnapError the server threw (or the closest one). */

@@ -198,7 +198,7 @@ function startCoordinator(dir: string, logLevel: string, deadAfterMs: number): P
     fs.writeFileSync(path.join(dir, 'coordinator.json'), JSON.stringify({ deadAfterMs }));
     config.push('--config', path.join(dir, 'coordinator.json'));
   }
-  const child = spawn(process.execPath, [...profArgs('coordinator'), main, '--listen', '127.0.0.1:0', '--db', path.join(dir, 'catalog.db'), '--store-dir', path.join(dir, 'store'), '--log-level', logLevel, ...config], {
+  const child = spawn(process.execPath, [...profArgs('coordinator'), main, '--listen', '127.0.0.1:0', '--insecure-plaintext', '--db', path.join(dir, 'catalog.db'), '--store-dir', path.join(dir, 'store'), '--log-level', logLevel, ...config], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(child);

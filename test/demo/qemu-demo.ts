@@ -4,7 +4,9 @@
  * intact.
  *
  *   1. the test guest (docs/guest.md), built once and cached;
- *   2. two hosts (network namespaces), a vnsnap agent on each (QEMU driver) and the coordinator;
+ *   2. two hosts (network namespaces), a vnsnap agent on each (QEMU driver) and the coordinator,
+ *      every gRPC link mutual TLS with a throwaway cluster CA the demo makes with
+ *      coordinator/pki/vnsnap-pki.sh (removed at the end);
  *   3. a VNE of four TCG guests, two per host, with checked TCP streams across and within the
  *      hosts, memory and disk load;
  *   4. a live snapshot (the CLI's progress), the VNE running on; the streams checked;
@@ -34,7 +36,7 @@ function step(msg: string): void {
 function cliShow(c: Cluster, args: string[]): Promise<number | null> {
   process.stdout.write(`$ vnsnap ${args.join(' ')}\n`);
   return new Promise((resolve, reject) => {
-    const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress, ...c.tlsArgs()], { stdio: ['ignore', 'inherit', 'inherit'] });
     p.on('error', reject);
     p.on('close', (code) => resolve(code));
   });
@@ -60,8 +62,9 @@ async function main(): Promise<void> {
   console.log(`  kernel ${image.kernel}\n  initrd ${image.initrd}`);
   killE2eQemus();
 
-  step('2. two hosts (network namespaces h1, h2) with a vnsnap agent each (QEMU driver), and the coordinator');
+  step('2. two hosts (network namespaces h1, h2) with a vnsnap agent each (QEMU driver), and the coordinator, over mutual TLS');
   const c = new Cluster({ prefix: 'vndemo', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  console.log(`  certificates (cluster CA, coordinator, agents h1 and h2, an operator for the CLI) made with coordinator/pki/vnsnap-pki.sh in ${c.pki.dir}`);
   let ok = false;
   try {
     await c.start();

@@ -31,7 +31,7 @@ describe('vnsnap-agent (main)', function () {
     fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
     const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots) [ERR_CONFIG]\n');
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext) [ERR_CONFIG]\n');
     const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
@@ -63,7 +63,7 @@ describe('vnsnap-agent (main)', function () {
 
   it('does not serve /debug/vms unless enabled (404, like any unknown path); /metrics is unchanged', async () => {
     const cfg = path.join(dir, 'nodebug.json');
-    fs.writeFileSync(cfg, JSON.stringify({ id: 'h8', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', metricsPort: 0 }));
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'h8', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', metricsPort: 0, insecurePlaintext: true }));
     const { p, ready } = await startAgent(['--config', cfg]);
     try {
       const d = await get(`http://127.0.0.1:${ready.metricsPort}/debug/vms`);
@@ -78,7 +78,7 @@ describe('vnsnap-agent (main)', function () {
 
   it('prints one ready line, serves /metrics and (with --debug-vms) /debug/vms, and stops cleanly on SIGTERM (flags override the file)', async () => {
     const cfg = path.join(dir, 'ok.json');
-    fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn' }));
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'file-id', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', insecurePlaintext: true }));
     const { p, ready } = await startAgent(['--config', cfg, '--id', 'h9', '--metrics-port', '0', '--debug-vms']);
     assert.equal(ready.event, 'ready');
     assert.equal(ready.id, 'h9');

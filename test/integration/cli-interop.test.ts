@@ -9,7 +9,8 @@
  * reflection, ListVnes, DefineVne+StartVne of test/interop/sim-vne.json (real sim VMs start on
  * the agents), a CreateSnapshot stream read to its end (a real snapshot: its manifest and
  * artefacts are checked in the store), and the error mapping (NOT_FOUND with the vnsnap error
- * code in the trailers). The `vnsnap` CLI is then pointed at the same coordinator. Skipped when
+ * code in the trailers), all over mutual TLS (grpc.ssl_channel_credentials with an operator's
+ * certificate of the cluster's CA). The `vnsnap` CLI is then pointed at the same coordinator. Skipped when
  * python3-grpcio / python3-grpc-tools are absent. (The fake coordinator,
  * test/interop/fake-coordinator.ts, is no longer needed here; docs/cli.md's examples use it.)
  */
@@ -34,6 +35,7 @@ const KNOWN_REFLECTION_BUG = [/^reflection: the served descriptors are rejected 
 interface Report {
   ok: boolean;
   implementation: string;
+  transport?: string;
   problems: string[];
   warnings?: string[];
   health?: Record<string, string>;
@@ -68,7 +70,7 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
     }
     cluster = new Cluster({ prefix: 'vnc4', hosts: ['h1', 'h2'] });
     await cluster.start();
-    const r = await runInNs(cluster.topo.ns('ul'), python as string, [CHECK, '--address', cluster.coordinatorAddress, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120'], { timeoutMs: 600_000 });
+    const r = await runInNs(cluster.topo.ns('ul'), python as string, [CHECK, '--address', cluster.coordinatorAddress, '--define', VNE_FILE, '--timeout', '15', '--snapshot-timeout', '120', ...cluster.tlsArgs()], { timeoutMs: 600_000 });
     exitCode = r.code;
     try {
       report = JSON.parse(r.stdout) as Report;
@@ -85,8 +87,9 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
     await cluster?.destroy();
   });
 
-  it('grpc.health.v1 Check: SERVING for the server and for vnsnap.v1.CoordinatorService', () => {
+  it('grpc.health.v1 Check over mutual TLS: SERVING for the server and for vnsnap.v1.CoordinatorService', () => {
     assert.match(report.implementation, /^grpcio \d+\.\d+/);
+    assert.equal(report.transport, 'mutual TLS');
     assert.deepEqual(report.health, { '': 'SERVING', 'vnsnap.v1.CoordinatorService': 'SERVING' });
   });
 

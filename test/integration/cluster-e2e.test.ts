@@ -216,7 +216,10 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
 
   function rawCall(method: string, hex: string): Promise<{ ok: boolean; code?: string; details?: string; vnsnapErrorCode?: string | null }> {
     return new Promise((resolve, reject) => {
-      const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, path.resolve(__dirname, '../support/raw-grpc.js'), c.coordinatorAddress, method, hex], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, path.resolve(__dirname, '../support/raw-grpc.js'), c.coordinatorAddress, method, hex], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, VNSNAP_CA: c.operator.ca, VNSNAP_CERT: c.operator.cert, VNSNAP_KEY: c.operator.key },
+      });
       let out = '';
       let err = '';
       p.stdout.on('data', (d: Buffer) => (out += d.toString()));

@@ -226,7 +226,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-'));
     storeDir = path.join(dir, 'store');
-    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: path.join(dir, 'catalog.db'), storeDir, deadAfterMs: 1500, heartbeatIntervalMs: 300 }, log: silentLogger(), version: 'test' });
+    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), storeDir, deadAfterMs: 1500, heartbeatIntervalMs: 300 }, log: silentLogger(), version: 'test' });
     await server.start();
     client = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
     watched = [];
@@ -515,7 +515,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
       assert.equal(events.at(-1)?.done?.error, 'coordinator stopping [ERR_SNAPSHOT_ABORTED]');
       await until('SnapshotAbort on both agents', () => h1.commands.some((c) => c.snapshotAbort?.snapshotId === id) && h2.commands.some((c) => c.snapshotAbort?.snapshotId === id), 5000);
       // Reopen on the same catalog: everything is still there.
-      server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: path.join(dir, 'catalog.db'), storeDir }, log: silentLogger() });
+      server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), storeDir }, log: silentLogger() });
       await server.start();
       const c2 = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
       const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(c2, 'ListSnapshots', {});
@@ -533,7 +533,7 @@ describe('vnsnap-coordinator main', function () {
     try {
       const cfg = path.join(dir, 'c.json');
       fs.writeFileSync(cfg, JSON.stringify({ storeDir: path.join(dir, 'store'), deadAfterMs: 2000 }));
-      const child = spawn(process.execPath, [path.join(__dirname, '..', '..', 'coordinator', 'main.js'), '--listen', '127.0.0.1:0', '--db', path.join(dir, 'c.db'), '--config', cfg, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [path.join(__dirname, '..', '..', 'coordinator', 'main.js'), '--listen', '127.0.0.1:0', '--insecure-plaintext', '--db', path.join(dir, 'c.db'), '--config', cfg, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
       const line = await new Promise<string>((resolve, reject) => {
         readline.createInterface({ input: child.stdout }).once('line', resolve);
         child.once('exit', (c) => reject(new Error(`exited ${c}`)));

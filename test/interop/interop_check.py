@@ -21,6 +21,12 @@ missing toolchain.
 
   /usr/bin/python3 test/interop/interop_check.py --address 127.0.0.1:7443 [--vne blue]
       [--define test/interop/sim-vne.json] [--timeout 10] [--snapshot-timeout 300]
+      [--ca ca.pem --cert client-op.pem --key client-op-key.pem]
+
+With --ca, --cert and --key the channel is mutual TLS (grpc.ssl_channel_credentials: the
+coordinator verified against the CA, the client certificate presented; an operator's for the
+define and snapshot steps), as every vnsnap coordinator off loopback requires; without them,
+plaintext (a loopback coordinator started with --insecure-plaintext).
 """
 import argparse
 import importlib
@@ -201,7 +207,14 @@ def main():
     ap.add_argument('--define', help='a VNE JSON file to DefineVne and StartVne first')
     ap.add_argument('--timeout', type=float, default=10.0, help='seconds per unary call')
     ap.add_argument('--snapshot-timeout', type=float, default=300.0, help='seconds for the CreateSnapshot stream')
+    ap.add_argument('--ca', help='CA certificate (PEM) the coordinator is signed by: mutual TLS')
+    ap.add_argument('--cert', help='client certificate (PEM)')
+    ap.add_argument('--key', help='client private key (PEM)')
     args = ap.parse_args()
+    tls = [args.ca, args.cert, args.key]
+    if any(tls) and not all(tls):
+        print(json.dumps({'ok': False, 'problems': ['--ca, --cert and --key go together']}))
+        return 2
 
     try:
         import grpc
@@ -218,7 +231,16 @@ def main():
         types_pb2 = mod('vnsnap.v1.types_pb2')
         coord_pb2 = mod('vnsnap.v1.coordinator_pb2')
         coord_grpc = mod('vnsnap.v1.coordinator_pb2_grpc')
-        channel = grpc.insecure_channel(args.address)
+        if args.ca:
+            def read(f):
+                with open(f, 'rb') as fh:
+                    return fh.read()
+            creds = grpc.ssl_channel_credentials(root_certificates=read(args.ca), private_key=read(args.key), certificate_chain=read(args.cert))
+            channel = grpc.secure_channel(args.address, creds)
+            report['transport'] = 'mutual TLS'
+        else:
+            channel = grpc.insecure_channel(args.address)
+            report['transport'] = 'plaintext'
         try:
             grpc.channel_ready_future(channel).result(timeout=args.timeout)
         except grpc.FutureTimeoutError:

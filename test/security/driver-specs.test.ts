@@ -279,7 +279,7 @@ describe('driver specs: refused at `vne define` by the coordinator, and at Start
 
   before(async () => {
     bed = new Bed();
-    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', db: path.join(bed.dir, 'catalog.db'), storeDir: path.join(bed.dir, 'store'), heartbeatIntervalMs: 300, deadAfterMs: 5000 }, log, version: 'test' });
+    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(bed.dir, 'catalog.db'), storeDir: path.join(bed.dir, 'store'), heartbeatIntervalMs: 300, deadAfterMs: 5000 }, log, version: 'test' });
     await server.start();
     client = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
     const qemu = new QemuDriver({ workDir: path.join(bed.dir, 'work', 'qemu'), qemuBinary: path.join(bed.bin, 'qemu'), qemuImg: path.join(bed.bin, 'qemu-img'), accel: 'tcg', imageRoots: [bed.root] });

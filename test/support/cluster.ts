@@ -5,6 +5,9 @@
  *   <prefix>-ul   the underlay: a Linux bridge br0 (SUBNET.254/24) and the coordinator
  *                 (vnsnap-coordinator, listening on SUBNET.254:7443, catalog in the cluster's
  *                 directory, store root = the shared store)
+ * Every gRPC link is mutual TLS with certificates of the process's test PKI (pki.ts): the
+ * coordinator's names SUBNET.254, each agent's certificate its id, the CLI an operator's
+ * (`tlsArgs`; `operator`, `pki` for tests that present others).
  *   <prefix>-hN   one namespace per host, joined to br0 by a veth (SUBNET.N/24), running one
  *                 vnsnap-agent (drivers ["sim"], run as test/sim/agent-main.js; tunnel
  *                 SUBNET.N:6081, metrics + /debug/vms (enabled) on 127.0.0.1:9464 of its namespace)
@@ -28,6 +31,7 @@ import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/drive
 import { decodeManifest } from '../../proto/artefacts/manifest';
 import { sh, Topology, waitForJsonLine } from './netns';
 import { sleep, until } from './wait';
+import { testPki, type TestPki, type TlsFiles } from './pki';
 
 // Kept for the tests and benches that import them from here; new code imports ./wait.
 export { sleep, until } from './wait';
@@ -111,6 +115,9 @@ export class Cluster {
   private mounted = false;
   private destroyed = false;
   private readonly logs = new Map<string, string>();
+  readonly pki: TestPki;
+  /** The operator certificate the CLI presents. */
+  readonly operator: TlsFiles;
 
   constructor(readonly opts: ClusterOptions) {
     this.topo = new Topology(opts.prefix);
@@ -121,6 +128,13 @@ export class Cluster {
     this.storeDir = path.join(this.dir, 'store');
     this.dbFile = path.join(this.dir, 'catalog.db');
     fs.mkdirSync(this.storeDir);
+    this.pki = testPki();
+    this.operator = this.pki.client('operator', 'operator');
+  }
+
+  /** The CLI's flags presenting `who` (default: the operator). */
+  tlsArgs(who: TlsFiles = this.operator): string[] {
+    return ['--ca', who.ca, '--cert', who.cert, '--key', who.key];
   }
 
   hostAddress(host: string): string {
@@ -171,6 +185,7 @@ export class Cluster {
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs ?? 1000,
         deadAfterMs: this.opts.deadAfterMs ?? 5000,
         logLevel: 'info',
+        tls: this.pki.coordinator(this.opts.prefix, [`${this.subnet}.254`]),
       }),
     );
     const child = this.topo.spawn('ul', process.execPath, [...nodeArgs(), COORDINATOR, '--config', cfg]);
@@ -193,6 +208,7 @@ export class Cluster {
         logLevel: 'info',
         drivers: this.opts.drivers ?? ['sim'],
         ...(this.opts.imageRoots ? { imageRoots: [...this.opts.imageRoots, this.dir] } : {}),
+        tls: this.pki.agent(host, [this.hostAddress(host)]),
       }),
     );
     const main = (this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT;
@@ -233,7 +249,7 @@ export class Cluster {
   /** Run `vnsnap ARGS --coordinator <addr>` in the underlay namespace. */
   cli(args: readonly string[], timeoutMs = 120_000): Promise<CliResult> {
     return new Promise((resolve, reject) => {
-      const c = spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', this.coordinatorAddress], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const c = spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', this.coordinatorAddress, ...this.tlsArgs()], { stdio: ['ignore', 'pipe', 'pipe'] });
       let stdout = '';
       let stderr = '';
       const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
@@ -260,7 +276,7 @@ export class Cluster {
    */
   cliStream<E = Record<string, unknown>>(args: readonly string[], onEvent?: (e: E, ms: number) => void): { child: ChildProcess; done: Promise<{ code: number | null; events: E[]; stderr: string }> } {
     const t0 = Date.now();
-    const c = spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--json', '--coordinator', this.coordinatorAddress], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--json', '--coordinator', this.coordinatorAddress, ...this.tlsArgs()], { stdio: ['ignore', 'pipe', 'pipe'] });
     const events: E[] = [];
     let buf = '';
     let stderr = '';

@@ -5,9 +5,11 @@
  *
  *   node raw-grpc.js ADDRESS /package.Service/Method HEX
  *
+ * With VNSNAP_CA, VNSNAP_CERT and VNSNAP_KEY set it dials with mutual TLS, else plaintext.
  * Prints one JSON line: {"ok":true,"bytes":N} or {"ok":false,"code":"INVALID_ARGUMENT",
  * "details":"...","vnsnapErrorCode":"ERR_..."}.
  */
+import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 
 function main(): void {
@@ -16,7 +18,9 @@ function main(): void {
     process.stderr.write('usage: raw-grpc ADDRESS /pkg.Service/Method HEX\n');
     process.exit(2);
   }
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  const { VNSNAP_CA: ca, VNSNAP_CERT: cert, VNSNAP_KEY: key } = process.env;
+  const creds = ca && cert && key ? grpc.credentials.createSsl(fs.readFileSync(ca), fs.readFileSync(key), fs.readFileSync(cert)) : grpc.credentials.createInsecure();
+  const client = new grpc.Client(address, creds);
   client.makeUnaryRequest<Buffer, Buffer>(
     method,
     (b) => b,

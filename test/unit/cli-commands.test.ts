@@ -23,6 +23,7 @@ function vnsnap(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<R
   return new Promise((resolve, reject) => {
     const base = { ...process.env };
     delete base.VNSNAP_COORDINATOR;
+    base.VNSNAP_INSECURE_PLAINTEXT = '1'; // the fake coordinator listens on loopback in plaintext
     const child = spawn(process.execPath, [MAIN, ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';

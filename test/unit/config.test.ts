@@ -146,9 +146,9 @@ describe('agent config: /debug/vms is off unless enabled', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vncfg-'));
     try {
       const f = path.join(dir, 'agent.json');
-      fs.writeFileSync(f, JSON.stringify({ ...base, debugVms: true }));
+      fs.writeFileSync(f, JSON.stringify({ ...base, debugVms: true, insecurePlaintext: true }));
       assert.equal(loadAgentConfig(f, {}).debugVms, true);
-      fs.writeFileSync(f, JSON.stringify(base));
+      fs.writeFileSync(f, JSON.stringify({ ...base, insecurePlaintext: true }));
       assert.equal(loadAgentConfig(f, {}).debugVms, false);
       assert.equal(loadAgentConfig(f, { debugVms: true }).debugVms, true);
       assert.equal(loadAgentConfig(f, { debugVms: undefined }).debugVms, false);

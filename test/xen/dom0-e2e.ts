@@ -45,7 +45,7 @@ const PEER_LOG = '/vnxen/peer-b.log';
 
 function cli(args: string[], timeoutMs = 600_000): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(REPO, 'dist/coordinator/cli/main.js'), ...args], { timeout: timeoutMs, maxBuffer: 32 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [path.join(REPO, 'dist/coordinator/cli/main.js'), ...args], { timeout: timeoutMs, maxBuffer: 32 << 20, env: { ...process.env, VNSNAP_INSECURE_PLAINTEXT: '1' } }, (err, stdout, stderr) => {
       resolve({ code: err ? Number((err as { code?: unknown }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -141,8 +141,8 @@ async function main(): Promise<void> {
     // Heartbeats every 2 s, dead after 30 s: in the TCG-nested dom0 a live capture stalls the
     // agent's event loop for seconds, and the default 3 s once declared it dead mid-snapshot.
     fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000, heartbeatIntervalMs: 2000, deadAfterMs: 30_000 }));
-    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
-    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], imageRoots: XEN_TEST_IMAGE_ROOTS, logLevel: 'info' }));
+    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--insecure-plaintext', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
+    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], imageRoots: XEN_TEST_IMAGE_ROOTS, logLevel: 'info', insecurePlaintext: true }));
     await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
     step('coordinator and agent up');
     await until(
