@@ -26,7 +26,7 @@ import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
 import { XenDriver } from './drivers/xen/driver';
 import { grpcSessionTransportWith } from './session';
-import { PemCertificates, reloadOnSighup } from '../proto/core/tls';
+import { hideIpServerNameWarning, PemCertificates, reloadOnSighup } from '../proto/core/tls';
 
 /** A driver the agent builds when the configuration names it. */
 export interface DriverFactory {
@@ -70,7 +70,7 @@ class MetricsServer implements Startable {
 export async function runAgentMain(extra: readonly DriverFactory[] = []): Promise<void> {
   // grpc-js names the coordinator's IP address as the TLS server name, which Node warns about
   // (DEP0123) in plain text on stderr, among the JSON log lines.
-  process.noDeprecation = true;
+  hideIpServerNameWarning();
   const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')

@@ -213,3 +213,19 @@ export function identityOf(cert: PeerCertificate | undefined): PeerIdentity | un
 export function peerIdentity(call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate } }): PeerIdentity | undefined {
   return identityOf(call.getAuthContext().sslPeerCertificate);
 }
+
+/**
+ * grpc-js names the address dialled as the TLS server name, an IP address included, which Node
+ * reports as deprecation DEP0123 (RFC 6066 forbids IP addresses in SNI) in plain text on stderr,
+ * among the programs' own lines. The certificate is still checked against that address (its IP
+ * SAN). Drop that one warning; every other warning, deprecations included, is printed as usual.
+ */
+export function hideIpServerNameWarning(): void {
+  const emit = process.emitWarning.bind(process) as (...args: unknown[]) => void;
+  process.emitWarning = ((...args: unknown[]) => {
+    const [warning, second] = args;
+    const code = (warning as { code?: unknown } | undefined)?.code ?? (typeof second === 'object' && second !== null ? (second as { code?: unknown }).code : args[2]);
+    if (code === 'DEP0123') return;
+    emit(...args);
+  }) as typeof process.emitWarning;
+}
