@@ -24,10 +24,12 @@ umask 077
 die() { echo "vnsnap-pki: $*" >&2; exit 2; }
 usage() { sed -n '4,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
+case "${1:-}" in -h|--help|help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 dir=${VNSNAP_PKI_DIR:-./pki}
 if [ "${1:-}" = "-d" ]; then [ $# -ge 2 ] || usage; dir=$2; shift 2; fi
 [ $# -ge 1 ] || usage
 cmd=$1; shift
+case "$cmd" in ca|agent|coordinator|client) ;; *) die "unknown command \"$cmd\" (ca, agent, coordinator or client; --help explains)" ;; esac
 command -v openssl >/dev/null || die "openssl is not installed (apt-get install openssl)"
 mkdir -p "$dir"
 
