@@ -64,7 +64,7 @@ export class AgentParts {
   /** Init the store, configure VNE "blue" (VNI 7, no peers) and start the named VMs (MAC i+1) at epoch 0. */
   async init(vmNames: string[]): Promise<this> {
     await this.store.init();
-    this.vnes.configure({ vne: VNE, vni: 7, generation: 1, peers: [], macs: [] });
+    this.vnes.configure({ vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 });
     for (const [i, name] of vmNames.entries()) await this.vms.start(VNE, fakeVmSpec(name, i + 1), 0, []);
     return this;
   }

@@ -26,7 +26,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
   let transport: FakeSessionTransport;
   let id = 0;
   const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
-  const configure = cmd.bind(null, { body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [] } });
+  const configure = cmd.bind(null, { body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 } });
   const startA = (): Command__Output => cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [] } });
 
   beforeEach(async () => {
@@ -78,8 +78,8 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
     assert.equal((await s.run(cmd({}))).errorCode, 'ERR_INVALID_ARGUMENT');
     await s.run(configure());
     assert.equal((await s.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: { ...fakeVmSpec('x', 2), driver: { kind: 'xen' } }, epoch: 0, vneVms: [] } }))).errorCode, 'ERR_FAILED_PRECONDITION');
-    assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 8, generation: 1, peers: [], macs: [] } }))).errorCode, 'ERR_FAILED_PRECONDITION');
-    assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [{ mac: '02:00:00:00:00:09', agentId: 'h9' }] } }))).errorCode, 'ERR_PEER_UNKNOWN');
+    assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 8, generation: 1, peers: [], macs: [], epoch: 0 } }))).errorCode, 'ERR_FAILED_PRECONDITION');
+    assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [{ mac: '02:00:00:00:00:09', agentId: 'h9' }], epoch: 0 } }))).errorCode, 'ERR_PEER_UNKNOWN');
     await s.run(startA());
     assert.equal((await s.run(startA())).errorCode, 'ERR_ALREADY_EXISTS');
     const metrics = await agent.metrics.registry.metrics();

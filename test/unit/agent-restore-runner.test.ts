@@ -116,7 +116,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
 
   it('a generation change deferred while the old instances run is applied by Prepare; an explicit generation wins', async () => {
     h = await new AgentParts().init(['a']);
-    h.vnes.configure({ vne: VNE, vni: 7, generation: 2, peers: [], macs: [] });
+    h.vnes.configure({ vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 0 });
     assert.equal(h.vnes.generation(VNE), 1, 'deferred: a runs');
     await h.restores.prepare(await imageOfA(h, 's5'));
     assert.equal(h.vnes.generation(VNE), 2);
