@@ -120,7 +120,10 @@ export class CoordinatorServer implements Startable {
       this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` });
       this.service.agentJoined(agent, running);
     });
-    this.registry.on('left', (agent, reason) => this.events.publish({ kind: 'agent.left', agent, message: reason }));
+    this.registry.on('left', (agent, reason) => {
+      this.events.publish({ kind: 'agent.left', agent, message: reason });
+      this.service.agentLeft(agent, reason);
+    });
     const manifests = new FsManifestStore(config.storeDir);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };
     this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });

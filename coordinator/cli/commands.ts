@@ -172,11 +172,13 @@ export interface RestoreOptions {
   placement: Record<string, string>;
   stopRunning: boolean;
   timeoutMs: number | undefined;
+  /** Host for every VM of an unreachable host (their old instances are fenced). */
+  placeLost?: string;
 }
 
 export async function restore(ctx: Ctx, id: string, o: RestoreOptions): Promise<ExitCode> {
   return withClient(ctx, async (c) => {
-    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0 });
+    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0, ...(o.placeLost ? { placeLost: o.placeLost } : {}) });
     const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`);
     if (ctx.json) return EXIT.OK;
     if (!done) {

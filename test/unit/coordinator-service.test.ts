@@ -33,6 +33,8 @@ function req(over: Record<string, unknown> = {}, vms?: VmSpec__Output[]): Define
       createdUnixMs: 0,
       updatedUnixMs: 0,
       placement: {},
+      vmStatus: [],
+      fenced: [],
       ...over,
     },
   };
@@ -113,7 +115,7 @@ describe('coordinator service: VNE definitions', () => {
   it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
     const { svc, clock } = setup();
     const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
-    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' } });
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [] });
     assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
     await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
     await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
@@ -130,8 +132,8 @@ describe('coordinator service: VNE definitions', () => {
       { mac: '52:54:00:00:00:01', agentId: 'h1' },
       { mac: '52:54:00:00:00:02', agentId: 'h2' },
     ];
-    assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
-    assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, epoch: 0, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, epoch: 0, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
     // vne_vms: names and MACs only (every StartVm carries every VM of the VNE: n² in all).
     const vneVms = [
       { name: 'vm1', macs: ['52:54:00:00:00:01'] },
@@ -333,6 +335,7 @@ describe('coordinator service: snapshots and restores', () => {
       vne: 'blue',
       vni: 100,
       generation: 2,
+      epoch: 1,
       peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }],
       macs: [
         { mac: '52:54:00:00:00:01', agentId: 'h2' },
