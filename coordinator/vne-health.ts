@@ -23,6 +23,8 @@
  *     VNEs with an operation in flight (start, stop, restore, snapshot) are neither fenced nor
  *     configured again: that operation's commands to the lost session failed and it settles the
  *     state (a snapshot aborts); only the died-while-away rule applies to them.
+ *   - sweep (dead_after_ms after the coordinator's start): an agent of a RUNNING VNE that has
+ *     not registered since is treated as having left.
  *   - `settled(state)`: the state an operation ending on a started VNE leaves: RUNNING becomes
  *     DEGRADED when an agent of it is disconnected.
  *
@@ -110,6 +112,19 @@ export class VneHealth {
       log.warn({ vne: vne.name, agent: agentId, vms }, 'agent of a running VNE disconnected: VNE degraded');
       events.publish({ kind: 'vne.degraded', vne: vne.name, agent: agentId, message });
     }
+  }
+
+  /**
+   * Every agent of a RUNNING VNE that is not connected is treated as having left (a coordinator
+   * that restarted learns this way, dead_after_ms after its start, which agents did not return).
+   */
+  sweep(reason: string): void {
+    const missing = new Set<string>();
+    for (const vne of this.o.catalog.listVnes()) {
+      if (vne.state !== 'VNE_STATE_RUNNING') continue;
+      for (const a of Object.values(placementOf(vne))) if (!this.o.agents.isConnected(a)) missing.add(a);
+    }
+    for (const a of [...missing].sort()) this.agentLeft(a, reason);
   }
 
   agentJoined(agentId: string, running: readonly RunningVm__Output[]): void {

@@ -389,6 +389,16 @@ describe('coordinator service: an agent away, and back', () => {
     assert.deepEqual((await s.svc.getVne({ name: 'blue' })).vmStatus.map((x) => x.state), ['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_RUNNING']);
   });
 
+  it('after a coordinator restart, the sweep makes a VNE whose agent did not come back DEGRADED', async () => {
+    const s = setup();
+    await running(s);
+    const seen = kinds(s);
+    s.agents.connected.delete('h2');
+    s.svc.health.sweep("not registered within 3000 ms of the coordinator's start");
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.deepEqual(seen, ["vne.degraded blue: agent h2 disconnected (not registered within 3000 ms of the coordinator's start): vm2 unmanaged; snapshots and restores refused until it is back"]);
+  });
+
   it('a snapshot in flight when an agent leaves aborts, and leaves the VNE DEGRADED (not RUNNING)', async () => {
     const s = setup();
     await running(s);
