@@ -5,7 +5,8 @@
  *
  * Rules (docs/control-plane.md, "Agents that leave and come back"):
  *   - agent left (session ended, or no heartbeat for dead_after_ms): every RUNNING VNE with a VM
- *     placed on it becomes DEGRADED (event `vne.degraded` naming the agent and its VMs); those
+ *     placed on it becomes DEGRADED (event `vne.degraded` naming the agent and its VMs; a
+ *     SNAPSHOTTING one gets the event now and the state when its snapshot aborts); those
  *     VMs read UNMANAGED. Snapshots and restores of a DEGRADED VNE are refused (except a restore
  *     that places the lost agents' VMs elsewhere, which fences them).
  *   - agent (re)registered with the VMs it runs:
@@ -104,10 +105,11 @@ export class VneHealth {
   agentLeft(agentId: string, reason: string): void {
     const { catalog, events, log } = this.o;
     for (const vne of catalog.listVnes()) {
-      if (vne.state !== 'VNE_STATE_RUNNING') continue;
+      if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
       const vms = byAgent(vne).get(agentId);
       if (!vms) continue;
-      catalog.updateVne(vne.name, { state: 'VNE_STATE_DEGRADED' });
+      // A snapshot in flight aborts (its commands to the agent fail) and leaves it DEGRADED.
+      if (vne.state === 'VNE_STATE_RUNNING') catalog.updateVne(vne.name, { state: 'VNE_STATE_DEGRADED' });
       const message = `agent ${agentId} disconnected (${reason}): ${vms.sort().join(', ')} unmanaged; snapshots and restores refused until it is back`;
       log.warn({ vne: vne.name, agent: agentId, vms }, 'agent of a running VNE disconnected: VNE degraded');
       events.publish({ kind: 'vne.degraded', vne: vne.name, agent: agentId, message });

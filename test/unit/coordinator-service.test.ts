@@ -403,11 +403,14 @@ describe('coordinator service: an agent away, and back', () => {
     const s = setup();
     await running(s);
     s.agents.on('snapshotBegin', 'hold');
+    const seen = kinds(s);
     const done = s.svc.createSnapshot(snapReq, () => undefined);
     await flush();
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_SNAPSHOTTING');
     s.agents.disconnect('h2');
     s.svc.agentLeft('h2', 'session ended by the agent');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_SNAPSHOTTING');
+    assert.deepEqual(seen, ['vne.degraded blue: agent h2 disconnected (session ended by the agent): vm2 unmanaged; snapshots and restores refused until it is back']);
     const snap = await done;
     assert.equal(snap.state, 'SNAPSHOT_STATE_ABORTED');
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
