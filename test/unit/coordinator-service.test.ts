@@ -69,6 +69,21 @@ function setup() {
   return { clock, catalog, agents, manifests, events, svc };
 }
 
+/** The ConfigureVne of VNE blue: one peer, vm1's and vm2's MACs on the given agents. */
+function configureBlue(generation: number, epoch: number, peer: string, hosts: [string, string]) {
+  return {
+    vne: 'blue',
+    vni: 100,
+    generation,
+    epoch,
+    peers: [{ agentId: peer, address: `10.0.0.${peer.slice(1)}`, port: 6081 }],
+    macs: [
+      { mac: '52:54:00:00:00:01', agentId: hosts[0] },
+      { mac: '52:54:00:00:00:02', agentId: hosts[1] },
+    ],
+  };
+}
+
 async function running(s: ReturnType<typeof setup>) {
   await s.svc.defineVne(req());
   await s.svc.startVne({ name: 'blue' });
@@ -343,17 +358,7 @@ describe('coordinator service: an agent away, and back', () => {
     s.agents.on('configureVne', 'hold', 'h2');
     s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 1, generation: 1 }]);
     assert.deepEqual(s.agents.names(), ['h1:configureVne', 'h2:configureVne']);
-    assert.deepEqual(s.agents.peek('h2', 'configureVne').body.configureVne, {
-      vne: 'blue',
-      vni: 100,
-      generation: 1,
-      epoch: 1,
-      peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }],
-      macs: [
-        { mac: '52:54:00:00:00:01', agentId: 'h1' },
-        { mac: '52:54:00:00:00:02', agentId: 'h2' },
-      ],
-    });
+    assert.deepEqual(s.agents.peek('h2', 'configureVne').body.configureVne, configureBlue(1, 1, 'h1', ['h1', 'h2']));
     // Until the returning agent has its ports back, the VNE stays degraded.
     await flush();
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
@@ -541,17 +546,7 @@ describe('coordinator service: snapshots and restores', () => {
     const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
     assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
     assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1' }, { vne: 'blue', vm: 'vm2' }]);
-    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, {
-      vne: 'blue',
-      vni: 100,
-      generation: 2,
-      epoch: 1,
-      peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }],
-      macs: [
-        { mac: '52:54:00:00:00:01', agentId: 'h2' },
-        { mac: '52:54:00:00:00:02', agentId: 'h1' },
-      ],
-    });
+    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
     const prep = byName('restorePrepare')[0]?.body.restorePrepare;
     assert.equal(prep?.restoreId, 'r-blue-s1');
     assert.equal(prep?.epoch, 1);
