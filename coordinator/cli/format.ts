@@ -97,7 +97,7 @@ export function renderVne(v: Vne__Output): string {
       ['VM', 'HOST', 'RUNS ON', 'REACHABLE', 'VM STATE', 'DRIVER', 'MACS'],
       v.vms.map((vm) => {
         const s = status.get(vm.name);
-        return [vm.name, vm.host, s?.host || v.placement[vm.name] || '-', s ? (s.hostReachable ? 'yes' : 'no') : '-', s ? shortEnum(s.state) : '-', driverSummary(vm.driver), vm.macs.join(',') || '-'];
+        return [vm.name, vm.host, s?.host || v.placement[vm.name] || '-', s ? (s.hostReachable ? 'yes' : 'no') : '-', s ? s.state.replace(/^VM_RUN_STATE_/, '') : '-', driverSummary(vm.driver), vm.macs.join(',') || '-'];
       }),
     ) +
     fenced
