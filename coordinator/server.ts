@@ -119,9 +119,9 @@ export class CoordinatorServer implements Startable {
       deadAfterMs: config.deadAfterMs,
       commandTimeoutMs: config.commandTimeoutMs,
     });
-    this.registry.on('joined', (agent, running) => {
+    this.registry.on('joined', (agent, running, endpointChanged) => {
       this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` });
-      this.service.agentJoined(agent, running);
+      this.service.agentJoined(agent, running, endpointChanged);
     });
     this.registry.on('left', (agent, reason) => {
       this.events.publish({ kind: 'agent.left', agent, message: reason });

@@ -238,8 +238,8 @@ export class CoordinatorServiceImpl {
   // ---- agents -----------------------------------------------------------------------------
 
   /** An agent (re)registered with the VMs it runs (rules: vne-health.ts). */
-  agentJoined(agentId: string, running: readonly RunningVm__Output[]): void {
-    this.health.agentJoined(agentId, running);
+  agentJoined(agentId: string, running: readonly RunningVm__Output[], endpointChanged = true): void {
+    this.health.agentJoined(agentId, running, endpointChanged);
   }
 
   /** An agent's session ended or missed its heartbeats (rules: vne-health.ts). */

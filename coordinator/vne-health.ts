@@ -17,8 +17,8 @@
  *       * a VM placed there but not reported died while the agent was away: its VNE becomes
  *         FAILED (event `vne.failed` naming the VM) and the VM reads DEAD;
  *       * otherwise each RUNNING or DEGRADED VNE with VMs there is configured again: ConfigureVne
- *         at the current generation and epoch to that agent (its ports come back there) and to
- *         the other connected agents of the VNE (its tunnel endpoint may have changed); once the
+ *         at the current generation and epoch to that agent (its ports come back there) and, when
+ *         its tunnel endpoint changed, to the other connected agents of the VNE; once the
  *         agent acknowledged, a DEGRADED VNE whose agents are all connected is RUNNING again
  *         (event `vne.recovered`).
  *     VNEs with an operation in flight (start, stop, restore, snapshot) are neither fenced nor
@@ -129,7 +129,7 @@ export class VneHealth {
     for (const a of [...missing].sort()) this.agentLeft(a, reason);
   }
 
-  agentJoined(agentId: string, running: readonly RunningVm__Output[]): void {
+  agentJoined(agentId: string, running: readonly RunningVm__Output[], endpointChanged = true): void {
     const { catalog, log, events } = this.o;
     const current = new Set<string>();
     for (const r of running) {
@@ -156,7 +156,7 @@ export class VneHealth {
         events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
         continue;
       }
-      if (vne.state !== 'VNE_STATE_SNAPSHOTTING' && !this.o.busy(vne.name)) this.reattach(agentId, vne);
+      if (vne.state !== 'VNE_STATE_SNAPSHOTTING' && !this.o.busy(vne.name)) this.reattach(agentId, vne, endpointChanged);
     }
   }
 
@@ -181,10 +181,12 @@ export class VneHealth {
   }
 
   /** ConfigureVne at the current generation and epoch to the returning agent and its peers. */
-  private reattach(agentId: string, vne: Vne__Output): void {
+  private reattach(agentId: string, vne: Vne__Output, endpointChanged: boolean): void {
     const { agents, catalog, log, events } = this.o;
     const opts = { timeoutMs: this.o.commandTimeoutMs ?? 120_000 };
-    const peers = [...byAgent(vne).keys()].filter((a) => a !== agentId && agents.isConnected(a));
+    // The peers already know this agent unless its tunnel endpoint moved (n agents re-registering
+    // after a coordinator restart would otherwise cost n² ConfigureVne).
+    const peers = endpointChanged ? [...byAgent(vne).keys()].filter((a) => a !== agentId && agents.isConnected(a)) : [];
     for (const p of peers) {
       sendOk(agents, p, { configureVne: configureVneFor(vne, p, agents) }, opts).catch((e: Error) => log.warn({ vne: vne.name, agent: p, error: e.message }, 'ConfigureVne of a peer (returning agent) failed'));
     }

@@ -370,6 +370,10 @@ describe('coordinator service: an agent away, and back', () => {
     assert.deepEqual(seen.slice(1), ['vne.recovered blue: agent h2 is back with its VMs: VNE running']);
     assert.deepEqual(s.agents.names('stopVm'), []);
     await snapshot2(s);
+    // Registering again at the same tunnel endpoint: only the agent itself is configured.
+    s.agents.sent.length = 0;
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 2, generation: 1 }], false);
+    assert.deepEqual(s.agents.names(), ['h2:configureVne']);
   });
 
   /** A snapshot is accepted again (it runs at the next epoch). */
