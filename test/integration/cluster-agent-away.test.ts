@@ -8,6 +8,8 @@
  *     VNE is RUNNING by itself; a snapshot completes.
  *   - h2's agent SIGKILLed: DEGRADED meanwhile; started again without its VM (the sim VM died
  *     with the process), the VNE is FAILED and b reads dead.
+ *   - the coordinator restarted while h2 is cut off: DEGRADED once dead_after_ms passed since its
+ *     start without h2; healed, RUNNING by itself.
  *   - h2 lost with b running: restore with --place-lost h1 puts b on h1 and fences h2's b; when
  *     h2 comes back (still running the old b), its b is stopped, the VNE stays RUNNING, every VM
  *     runs exactly once.
@@ -116,6 +118,21 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
     const r = await c.cliStream<StreamEvent>(['restore', baseline.id, '--stop-running']).done;
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_RUNNING']);
+    await trafficFlows();
+  });
+
+  it('the coordinator restarted while h2 is cut off: DEGRADED dead_after_ms after its start; healed: RUNNING by itself', async () => {
+    c.partition('h2', true);
+    try {
+      await c.kill('coordinator');
+      await c.startCoordinator();
+      await c.waitConnected(['h1']);
+      await stateIs('VNE_STATE_DEGRADED', 15_000);
+      assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:unreachable:VM_RUN_STATE_UNMANAGED']);
+    } finally {
+      c.partition('h2', false);
+    }
+    await stateIs('VNE_STATE_RUNNING', 60_000);
     await trafficFlows();
   });
 
