@@ -36,7 +36,7 @@ import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
 
 /** A VNE as stored: the live fields (vm_status, fenced) are filled on reading. */
-export type VneRecord = Omit<Vne__Output, 'vmStatus' | 'fenced'>;
+export type VneRecord = Omit<Vne__Output, 'vmStatus' | 'fenced' | 'stateReason'>;
 
 export const RESTARTED_ERROR = 'coordinator restarted';
 
@@ -127,8 +127,9 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (snapshot_id, agent_id)
   );
   `,
-  // 2: instances fenced by a restore that replaced a lost host.
+  // 2: instances fenced by a restore that replaced a lost host; why a VNE is DEGRADED or FAILED.
   `
+  ALTER TABLE vnes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
   CREATE TABLE fenced_vms (
     vne TEXT NOT NULL,
     vm TEXT NOT NULL,
@@ -286,7 +287,7 @@ export class Catalog {
       for (const r of this.db.prepare("SELECT id, vne FROM restores WHERE state = 'RUNNING'").all() as Row[]) {
         this.finishRestore(str(r.id), 'FAILED', RESTARTED_ERROR);
         const vne = this.getVne(str(r.vne));
-        if (vne && vne.state === 'VNE_STATE_RESTORING') this.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+        if (vne && vne.state === 'VNE_STATE_RESTORING') this.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: `the coordinator restarted during restore ${str(r.id)}: what runs on the agents is unknown; stop the VNE or restore again` });
         this.recovered.restores.push(str(r.id));
       }
       // A VNE left SNAPSHOTTING without a snapshot in flight (should not happen) is running.
@@ -310,6 +311,7 @@ export class Catalog {
       placement: JSON.parse(str(r.placement)) as Record<string, string>,
       vmStatus: [],
       fenced: this.fencedOf(str(r.name)),
+      stateReason: str(r.state_reason),
     };
   }
 
@@ -333,13 +335,15 @@ export class Catalog {
       .run(v.name, v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.createdUnixMs, v.updatedUnixMs);
   }
 
-  updateVne(name: string, patch: Partial<Pick<Vne__Output, 'vni' | 'vms' | 'generation' | 'epoch' | 'state' | 'placement'>>): Vne__Output {
+  /** A change of state without a stateReason clears the reason. */
+  updateVne(name: string, patch: Partial<Pick<Vne__Output, 'vni' | 'vms' | 'generation' | 'epoch' | 'state' | 'placement' | 'stateReason'>>): Vne__Output {
     const cur = this.getVne(name);
     if (!cur) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${name}" does not exist`);
-    const v = { ...cur, ...patch, updatedUnixMs: this.now() };
+    const stateReason = patch.stateReason ?? (patch.state !== undefined && patch.state !== cur.state ? '' : cur.stateReason);
+    const v = { ...cur, ...patch, stateReason, updatedUnixMs: this.now() };
     this.db
-      .prepare('UPDATE vnes SET vni = ?, vms = ?, generation = ?, epoch = ?, state = ?, placement = ?, updated_unix_ms = ? WHERE name = ?')
-      .run(v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.updatedUnixMs, name);
+      .prepare('UPDATE vnes SET vni = ?, vms = ?, generation = ?, epoch = ?, state = ?, placement = ?, state_reason = ?, updated_unix_ms = ? WHERE name = ?')
+      .run(v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.stateReason, v.updatedUnixMs, name);
     return v;
   }
 

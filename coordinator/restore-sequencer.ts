@@ -44,7 +44,7 @@ import { sendOk, type CommandBody } from './agent-link';
 import type { TimerHandle } from '../proto/core/clock';
 import { vmsByAgent, vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
 import { configureVneFor, placementOf } from './vne-config';
-import { degradedError, lostAgents } from './vne-health';
+import { degradedError, degradedReason, lostAgents } from './vne-health';
 
 export const DEFAULT_RESTORE_TIMEOUT_MS = 300_000;
 
@@ -189,9 +189,11 @@ export class RestoreSequencer {
         if (stopped) state = 'VNE_STATE_DEFINED';
       }
       if (state === 'VNE_STATE_RUNNING' && lostAgents(vne, this.deps.agents).length > 0) state = 'VNE_STATE_DEGRADED';
+      const stateReason = state === 'VNE_STATE_FAILED' ? `restore ${restoreId} failed while resuming: ${e.message}` : state === 'VNE_STATE_DEGRADED' ? degradedReason(vne, this.deps.agents) : '';
       catalog.tx(() => {
         catalog.updateVne(vneName, {
           state,
+          stateReason,
           ...(configured ? { generation } : {}),
           ...(stage === 'resume' ? { placement: plan.placement, epoch: plan.body.epoch } : {}),
         });

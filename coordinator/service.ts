@@ -128,7 +128,7 @@ export class CoordinatorServiceImpl {
     const clash = catalog.vneByVni(def.vni);
     if (clash) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
     const now = clock.now();
-    const vne: Vne__Output = { ...def, generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: now, updatedUnixMs: now, placement: {}, vmStatus: [], fenced: [] };
+    const vne: Vne__Output = { ...def, generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: now, updatedUnixMs: now, placement: {}, vmStatus: [], fenced: [], stateReason: '' };
     vne.placement = placementOf(vne);
     catalog.insertVne(vne);
     this.o.events.publish({ kind: 'vne.defined', vne: vne.name, message: `${vne.vms.length} VMs, VNI ${vne.vni}` });
@@ -222,9 +222,10 @@ export class CoordinatorServiceImpl {
         ),
       );
       if (failures.length > 0) {
-        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+        const message = `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`;
+        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         const code = firstError instanceof VnsnapError ? firstError.code : 'ERR_INTERNAL';
-        throw new VnsnapError(code, `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`);
+        throw new VnsnapError(code, message);
       }
       const placement: Record<string, string> = {};
       for (const vm of vne.vms) placement[vm.name] = vm.host;

@@ -50,7 +50,7 @@ import type { Catalog } from './catalog';
 import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
-import { degradedError } from './vne-health';
+import { degradedError, degradedReason } from './vne-health';
 
 export const DEFAULT_PRECOPY_DEADLINE_MS = 30_000;
 export const DEFAULT_SNAPSHOT_TIMEOUT_MS = 300_000;
@@ -424,7 +424,7 @@ export class SnapshotRun {
     catalog.tx(() => {
       catalog.completeSnapshot(this.id, { completedUnixMs, manifestPath, artefacts, vms, lostFrames, sizeBytes });
       const v = catalog.getVne(this.vneName);
-      if (v) catalog.updateVne(this.vneName, { epoch: Math.max(v.epoch, this.epoch), state: afterSnapshot(v, this.deps.agents) });
+      if (v) catalog.updateVne(this.vneName, { epoch: Math.max(v.epoch, this.epoch), ...afterSnapshot(v, this.deps.agents) });
     });
     this.clearTimers();
     this.transition('SNAPSHOT_STATE_COMPLETE');
@@ -457,7 +457,7 @@ export class SnapshotRun {
     if (vne) for (const a of vmsByAgent(vne).keys()) targets.add(a);
     catalog.tx(() => {
       catalog.abortSnapshot(this.id, reason, clock.now());
-      if (vne) catalog.updateVne(this.vneName, { epoch: Math.max(vne.epoch, this.epoch), state: afterSnapshot(vne, agents) });
+      if (vne) catalog.updateVne(this.vneName, { epoch: Math.max(vne.epoch, this.epoch), ...afterSnapshot(vne, agents) });
       catalog.addPendingAborts([...targets].map((agentId) => ({ snapshotId: this.id, agentId, vne: this.vneName, epoch: this.epoch, storePrefix: this.storePrefix })));
     });
     log.warn({ snapshot: this.id, vne: this.vneName, epoch: this.epoch, in: this.st, reason }, 'snapshot aborted');
@@ -487,9 +487,10 @@ function modeName(m: SnapshotMode | undefined): SnapshotMode__Output {
  * The state a snapshot leaves its VNE in: SNAPSHOTTING becomes RUNNING, or DEGRADED when an agent
  * of it left meanwhile (its `left` event found the VNE snapshotting); other states stay.
  */
-export function afterSnapshot(vne: Vne__Output, agents: Pick<AgentLink, 'isConnected'>): VneState__Output {
-  if (vne.state !== 'VNE_STATE_SNAPSHOTTING') return vne.state;
-  return [...vmsByAgent(vne).keys()].some((a) => !agents.isConnected(a)) ? 'VNE_STATE_DEGRADED' : 'VNE_STATE_RUNNING';
+export function afterSnapshot(vne: Vne__Output, agents: Pick<AgentLink, 'isConnected'>): { state: VneState__Output; stateReason?: string } {
+  if (vne.state !== 'VNE_STATE_SNAPSHOTTING') return { state: vne.state };
+  if ([...vmsByAgent(vne).keys()].some((a) => !agents.isConnected(a))) return { state: 'VNE_STATE_DEGRADED', stateReason: degradedReason(vne, agents) };
+  return { state: 'VNE_STATE_RUNNING' };
 }
 
 export function vneStateWord(s: string): string {

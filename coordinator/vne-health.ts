@@ -64,6 +64,12 @@ export function lostAgents(vne: Vne__Output, link: Pick<AgentLink, 'isConnected'
   return [...byAgent(vne)].filter(([a]) => !link.isConnected(a)).map(([a, vms]) => `${a} (host of ${vms.sort().join(', ')})`);
 }
 
+/** The state_reason of a DEGRADED VNE: which agents are away, with their VMs. */
+export function degradedReason(vne: Vne__Output, link: Pick<AgentLink, 'isConnected'>): string {
+  const lost = lostAgents(vne, link);
+  return `agent${lost.length > 1 ? 's' : ''} ${lost.join(', ')} disconnected: ${lost.length > 1 ? 'their' : 'its'} VMs are unmanaged; snapshots and restores are refused until ${lost.length > 1 ? 'they are' : 'it is'} back`;
+}
+
 /** FAILED_PRECONDITION for an operation refused while the VNE is degraded. */
 export function degradedError(vne: Vne__Output, link: Pick<AgentLink, 'isConnected'>, what: string, hint: string): VnsnapError {
   const lost = lostAgents(vne, link);
@@ -105,11 +111,11 @@ export class VneHealth {
   agentLeft(agentId: string, reason: string): void {
     const { catalog, events, log } = this.o;
     for (const vne of catalog.listVnes()) {
-      if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
+      if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_DEGRADED' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
       const vms = byAgent(vne).get(agentId);
       if (!vms) continue;
       // A snapshot in flight aborts (its commands to the agent fail) and leaves it DEGRADED.
-      if (vne.state === 'VNE_STATE_RUNNING') catalog.updateVne(vne.name, { state: 'VNE_STATE_DEGRADED' });
+      if (vne.state !== 'VNE_STATE_SNAPSHOTTING') catalog.updateVne(vne.name, { state: 'VNE_STATE_DEGRADED', stateReason: degradedReason(vne, this.o.agents) });
       const message = `agent ${agentId} disconnected (${reason}): ${vms.sort().join(', ')} unmanaged; snapshots and restores refused until it is back`;
       log.warn({ vne: vne.name, agent: agentId, vms }, 'agent of a running VNE disconnected: VNE degraded');
       events.publish({ kind: 'vne.degraded', vne: vne.name, agent: agentId, message });
@@ -150,8 +156,8 @@ export class VneHealth {
       const lost = mine.filter((vm) => !current.has(`${vne.name}/${vm}`)).sort();
       if (lost.length > 0) {
         for (const vm of lost) this.dead.add(`${vne.name}/${vm}`);
-        catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
         const message = `VM${lost.length > 1 ? 's' : ''} ${lost.join(', ')} of VNE ${vne.name} died while agent ${agentId} was away (it registered without ${lost.length > 1 ? 'them' : 'it'}): restore a snapshot or stop and start the VNE`;
+        catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
         events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
         continue;
@@ -200,7 +206,11 @@ export class VneHealth {
     sendOk(agents, agentId, body, opts).then(
       () => {
         const now = catalog.getVne(vne.name);
-        if (!now || now.state !== 'VNE_STATE_DEGRADED' || this.o.busy(now.name) || this.settled(now, 'VNE_STATE_RUNNING') !== 'VNE_STATE_RUNNING') return;
+        if (!now || now.state !== 'VNE_STATE_DEGRADED' || this.o.busy(now.name)) return;
+        if (this.settled(now, 'VNE_STATE_RUNNING') !== 'VNE_STATE_RUNNING') {
+          catalog.updateVne(now.name, { stateReason: degradedReason(now, agents) });
+          return;
+        }
         catalog.updateVne(now.name, { state: 'VNE_STATE_RUNNING' });
         log.info({ vne: now.name, agent: agentId }, 'every agent of the VNE is back: running');
         events.publish({ kind: 'vne.recovered', vne: now.name, agent: agentId, message: `agent ${agentId} is back with its VMs: VNE running` });
@@ -208,8 +218,8 @@ export class VneHealth {
       (e: Error) => {
         const now = catalog.getVne(vne.name);
         if (!now || (now.state !== 'VNE_STATE_DEGRADED' && now.state !== 'VNE_STATE_RUNNING') || this.o.busy(now.name)) return;
-        catalog.updateVne(now.name, { state: 'VNE_STATE_FAILED' });
         const message = `agent ${agentId} came back but could not re-attach VNE ${now.name}: ${e.message}`;
+        catalog.updateVne(now.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         log.warn({ vne: now.name, agent: agentId, error: e.message }, 'returning agent not configured: VNE failed');
         events.publish({ kind: 'vne.failed', vne: now.name, agent: agentId, message });
       },

@@ -74,7 +74,8 @@ export function renderVneList(vnes: readonly Vne__Output[]): string {
 export function renderVne(v: Vne__Output): string {
   const head =
     `VNE ${v.name}: ${shortEnum(v.state)}, vni ${v.vni}, epoch ${v.epoch}, generation ${v.generation}\n` +
-    `created ${formatTime(v.createdUnixMs)}, updated ${formatTime(v.updatedUnixMs)}\n`;
+    `created ${formatTime(v.createdUnixMs)}, updated ${formatTime(v.updatedUnixMs)}\n` +
+    (v.stateReason ? `reason: ${v.stateReason}\n` : '');
   if (v.vms.length === 0) return head + 'no VMs\n';
   const fenced = (v.fenced ?? []).map((f) => `fenced: ${f.vm} on ${f.agent} (generation ${f.generation}, ${f.stopped ? 'stopped' : 'not stopped yet: stopped when the host returns'})\n`).join('');
   const status = new Map((v.vmStatus ?? []).map((s) => [s.vm, s]));

@@ -27,6 +27,7 @@ const HOST: Record<string, string> = { a: 'h1', b: 'h2' };
 
 interface VneView {
   state: string;
+  stateReason: string;
   generation: number;
   placement: Record<string, string>;
   vmStatus: { vm: string; host: string; hostReachable: boolean; state: string }[];
@@ -93,7 +94,9 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
     c.partition('h2', true);
     try {
       await stateIs('VNE_STATE_DEGRADED', 15_000);
-      assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:unreachable:VM_RUN_STATE_UNMANAGED']);
+      const v = await show();
+      assert.deepEqual(status(v), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:unreachable:VM_RUN_STATE_UNMANAGED']);
+      assert.equal(v.stateReason, 'agent h2 (host of b) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
       const refused = await c.cli(['snapshot', 'create', VNE]);
       assert.notEqual(refused.code, 0);
       assert.match(refused.stderr, /VNE "away" is degraded: agent h2 \(host of b\) is disconnected; snapshots are refused until it is back; nothing was snapshotted/);
@@ -114,7 +117,12 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
     await stateIs('VNE_STATE_DEGRADED', 15_000);
     await c.startAgent('h2');
     await stateIs('VNE_STATE_FAILED', 15_000);
-    assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_DEAD']);
+    const v = await show();
+    assert.deepEqual(status(v), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_DEAD']);
+    assert.equal(v.stateReason, 'VM b of VNE away died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE');
+    const text = await c.cli(['vne', 'show', VNE]);
+    assert.match(text.stdout, /^reason: VM b of VNE away died while agent h2 was away/m);
+    assert.match(text.stdout, /^b +h2 +h2 +yes +DEAD /m);
     const r = await c.cliStream<StreamEvent>(['restore', baseline.id, '--stop-running']).done;
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_RUNNING']);

@@ -158,6 +158,7 @@ describe('cli: vnsnap against a fake coordinator', function () {
         placement: { web: 'h1', db: 'h2' },
         vmStatus: [],
         fenced: [],
+        stateReason: '',
       };
       assert.equal(r.stdout, JSON.stringify(want, null, 2) + '\n');
       const missing = await run('vne', 'show', 'nope');

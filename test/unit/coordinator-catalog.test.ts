@@ -21,6 +21,7 @@ function vne(name: string, state: Vne__Output['state'], placement: Record<string
     placement,
     vmStatus: [],
     fenced: [],
+    stateReason: '',
   };
 }
 

@@ -28,6 +28,7 @@ function vneDef(name: string, vni: number, vms: [string, string][], state: Vne__
     placement,
     vmStatus: [],
     fenced: [],
+    stateReason: '',
   };
 }
 

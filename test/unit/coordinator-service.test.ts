@@ -35,6 +35,7 @@ function req(over: Record<string, unknown> = {}, vms?: VmSpec__Output[]): Define
       placement: {},
       vmStatus: [],
       fenced: [],
+    stateReason: '',
       ...over,
     },
   };
@@ -130,7 +131,7 @@ describe('coordinator service: VNE definitions', () => {
   it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
     const { svc, clock } = setup();
     const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
-    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [] });
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [], stateReason: '' });
     assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
     await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
     await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
@@ -332,6 +333,7 @@ describe('coordinator service: an agent away, and back', () => {
     assert.deepEqual(seen, ['vne.degraded blue: agent h2 disconnected (no heartbeat for 3000 ms): vm2 unmanaged; snapshots and restores refused until it is back']);
     const v = await s.svc.getVne({ name: 'blue' });
     assert.equal(v.state, 'VNE_STATE_DEGRADED');
+    assert.equal(v.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
     assert.deepEqual(v.vmStatus, [
       { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
       { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
@@ -366,6 +368,7 @@ describe('coordinator service: an agent away, and back', () => {
     await flush();
     const v = await s.svc.getVne({ name: 'blue' });
     assert.equal(v.state, 'VNE_STATE_RUNNING');
+    assert.equal(v.stateReason, '');
     assert.deepEqual(v.vmStatus.map((x) => `${x.vm}@${x.host}:${x.hostReachable}:${x.state}`), ['vm1@h1:true:VM_RUN_STATE_RUNNING', 'vm2@h2:true:VM_RUN_STATE_RUNNING']);
     assert.deepEqual(seen.slice(1), ['vne.recovered blue: agent h2 is back with its VMs: VNE running']);
     assert.deepEqual(s.agents.names('stopVm'), []);
@@ -389,6 +392,7 @@ describe('coordinator service: an agent away, and back', () => {
     await flush();
     const v = await s.svc.getVne({ name: 'blue' });
     assert.equal(v.state, 'VNE_STATE_FAILED');
+    assert.equal(v.stateReason, 'VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE');
     assert.deepEqual(v.vmStatus.map((x) => x.state), ['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_DEAD']);
     assert.deepEqual(seen.slice(1), ['vne.failed blue: VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE']);
     assert.deepEqual(s.agents.sent, []);
@@ -408,6 +412,24 @@ describe('coordinator service: an agent away, and back', () => {
     assert.deepEqual(seen, ["vne.degraded blue: agent h2 disconnected (not registered within 3000 ms of the coordinator's start): vm2 unmanaged; snapshots and restores refused until it is back"]);
   });
 
+  it('two agents away: the reason names both; one back: still DEGRADED naming the other; both back: RUNNING', async () => {
+    const { s, seen } = await degraded();
+    s.agents.disconnect('h1');
+    s.svc.agentLeft('h1', 'session ended by the agent');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agents h1 (host of vm1), h2 (host of vm2) disconnected: their VMs are unmanaged; snapshots and restores are refused until they are back');
+    assert.equal(seen.length, 2);
+    s.agents.connected.add('h1');
+    s.svc.agentJoined('h1', [{ vne: 'blue', vm: 'vm1', epoch: 1, generation: 1 }], false);
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 1, generation: 1 }], false);
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, '');
+  });
+
   it('a snapshot in flight when an agent leaves aborts, and leaves the VNE DEGRADED (not RUNNING)', async () => {
     const s = setup();
     await running(s);
@@ -423,6 +445,7 @@ describe('coordinator service: an agent away, and back', () => {
     const snap = await done;
     assert.equal(snap.state, 'SNAPSHOT_STATE_ABORTED');
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
   });
 
   it('a returning agent stops what the catalog does not place on it at the current generation', async () => {

@@ -21,6 +21,7 @@ function vne(over: Partial<Vne__Output>): Vne__Output {
     placement: { a: 'h1', b: 'h2' },
     vmStatus: [],
     fenced: [],
+    stateReason: '',
     ...over,
   };
 }
@@ -29,6 +30,7 @@ describe('vne show: per-VM status and fenced instances', () => {
   it('a degraded VNE: host, reachability and state per VM', () => {
     const out = renderVne(
       vne({
+        stateReason: 'agent h2 (host of b) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back',
         vmStatus: [
           { vm: 'a', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
           { vm: 'b', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
@@ -39,6 +41,7 @@ describe('vne show: per-VM status and fenced instances', () => {
       out,
       'VNE blue: DEGRADED, vni 100, epoch 2, generation 3\n' +
         'created 2027-01-15 08:00:00Z, updated 2027-01-15 08:00:00Z\n' +
+        'reason: agent h2 (host of b) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back\n' +
         '\n' +
         'VM  HOST  RUNS ON  REACHABLE  VM STATE   DRIVER     MACS\n' +
         'a   h1    h1       yes        RUNNING    sim 4 MiB  52:54:00:00:00:01\n' +
