@@ -16,7 +16,8 @@
  *         generation;
  *       * a VM placed there but not reported died while the agent was away: its VNE becomes
  *         FAILED (event `vne.failed` naming the VM) and the VM reads DEAD;
- *       * otherwise each RUNNING or DEGRADED VNE with VMs there is configured again: ConfigureVne
+ *       * each RUNNING, DEGRADED or FAILED VNE with reported VMs there is configured again (the
+ *         survivors of a VNE that just failed keep their network): ConfigureVne
  *         at the current generation and epoch to that agent (its ports come back there) and, when
  *         its tunnel endpoint changed, to the other connected agents of the VNE; once the
  *         agent acknowledged, a DEGRADED VNE whose agents are all connected is RUNNING again
@@ -150,19 +151,20 @@ export class VneHealth {
       else current.add(`${r.vne}/${r.vm}`);
     }
     for (const vne of catalog.listVnes()) {
-      if (!['VNE_STATE_RUNNING', 'VNE_STATE_DEGRADED', 'VNE_STATE_SNAPSHOTTING'].includes(vne.state)) continue;
+      if (!['VNE_STATE_RUNNING', 'VNE_STATE_DEGRADED', 'VNE_STATE_SNAPSHOTTING', 'VNE_STATE_FAILED'].includes(vne.state)) continue;
       const mine = byAgent(vne).get(agentId);
       if (!mine) continue;
       const lost = mine.filter((vm) => !current.has(`${vne.name}/${vm}`)).sort();
-      if (lost.length > 0) {
-        for (const vm of lost) this.dead.add(`${vne.name}/${vm}`);
+      const newlyDead = lost.filter((vm) => !this.dead.has(`${vne.name}/${vm}`));
+      for (const vm of lost) this.dead.add(`${vne.name}/${vm}`);
+      if (newlyDead.length > 0) {
         const message = `VM${lost.length > 1 ? 's' : ''} ${lost.join(', ')} of VNE ${vne.name} died while agent ${agentId} was away (it registered without ${lost.length > 1 ? 'them' : 'it'}): restore a snapshot or stop and start the VNE`;
         catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
         events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
-        continue;
       }
-      if (vne.state !== 'VNE_STATE_SNAPSHOTTING' && !this.o.busy(vne.name)) this.reattach(agentId, vne, endpointChanged);
+      // The VMs that survived keep their network, whatever became of the others.
+      if (lost.length < mine.length && vne.state !== 'VNE_STATE_SNAPSHOTTING' && !this.o.busy(vne.name)) this.reattach(agentId, catalog.getVne(vne.name) ?? vne, endpointChanged);
     }
   }
 

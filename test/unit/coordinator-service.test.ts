@@ -296,7 +296,9 @@ describe('coordinator service: agents registering again', () => {
     await s.svc.defineVne(req({ name: 'green', vni: 7 }));
     s.svc.agentJoined('h1', []);
     assert.equal((await s.svc.getVne({ name: 'green' })).state, 'VNE_STATE_DEFINED');
-    assert.deepEqual(seen, ['vne.failed blue h2']);
+    // (blue is already FAILED; h1 now registering without vm1 reports vm1 dead too.)
+    assert.deepEqual(seen, ['vne.failed blue h2', 'vne.failed blue h1']);
+    assert.deepEqual((await s.svc.getVne({ name: 'blue' })).vmStatus.map((x) => x.state), ['VM_RUN_STATE_DEAD', 'VM_RUN_STATE_DEAD']);
     // No snapshot of a failed VNE.
     await assert.rejects(
       async () => s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, () => undefined),
@@ -410,6 +412,23 @@ describe('coordinator service: an agent away, and back', () => {
     s.svc.health.sweep("not registered within 3000 ms of the coordinator's start");
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
     assert.deepEqual(seen, ["vne.degraded blue: agent h2 disconnected (not registered within 3000 ms of the coordinator's start): vm2 unmanaged; snapshots and restores refused until it is back"]);
+  });
+
+  it('a VM dead, another of the same agent alive: the VNE is FAILED naming the dead one, the survivor is configured again (keeps its network)', async () => {
+    const s = setup();
+    await s.svc.defineVne(req({}, [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm2', 'h2', '52:54:00:00:00:02'), vm('vm3', 'h2', '52:54:00:00:00:03')]));
+    await s.svc.startVne({ name: 'blue' });
+    s.agents.disconnect('h2');
+    s.svc.agentLeft('h2', 'session ended by the agent');
+    s.agents.sent.length = 0;
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm3', epoch: 0, generation: 1 }], false);
+    await flush();
+    assert.deepEqual(s.agents.names(), ['h2:configureVne']);
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_FAILED');
+    assert.equal(v.stateReason, 'VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE');
+    assert.deepEqual(v.vmStatus.map((x) => `${x.vm}:${x.state}`), ['vm1:VM_RUN_STATE_RUNNING', 'vm2:VM_RUN_STATE_DEAD', 'vm3:VM_RUN_STATE_RUNNING']);
   });
 
   it('two agents away: the reason names both; one back: still DEGRADED naming the other; both back: RUNNING', async () => {
