@@ -18,6 +18,8 @@ Exit codes:
   3  not found (no such VNE or snapshot)
   4  cannot reach the coordinator
   5  denied: the role of your certificate may not do this, or a certificate is refused
+  6  outcome unknown: the connection to the coordinator was lost during a snapshot or restore
+     (find out with: vnsnap snapshot list --vne VNE, vnsnap vne show VNE, vnsnap events)
   130 interrupted (Ctrl-C)
 
 Environment:
