@@ -64,6 +64,7 @@ function unreachableReason(details: string): string {
   if (/ETIMEDOUT|Deadline exceeded/i.test(details)) return 'timed out';
   if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return 'no route to host';
   if (/ECONNRESET|EPIPE/.test(details)) return 'connection reset';
+  if (/Connection dropped/i.test(details)) return 'connection dropped';
   return details.replace(/\s+/g, ' ').trim() || 'unavailable';
 }
 
@@ -117,7 +118,7 @@ export class CoordinatorClient {
     if (isServiceError(e) && e.metadata?.get(ERROR_CODE_METADATA_KEY)[0] === undefined && LOST_CONNECTION.includes(e.code)) {
       return new CliError(
         EXIT.OUTCOME_UNKNOWN,
-        `lost the connection to the coordinator at ${this.address} during the ${what} (${unreachableReason(e.details)}): its outcome is unknown; find it with: ${findIt}`,
+        `lost the connection to the coordinator at ${this.address} (${unreachableReason(e.details)}) during the ${what}: its outcome is unknown; find it with: ${findIt}`,
         'ERR_UNAVAILABLE',
       );
     }

@@ -255,7 +255,7 @@ describe('docs/cli.md: every command example, run against a live cluster', funct
     assert.deepEqual({ code: e.code, exitCode: e.exitCode }, { code: 'ERR_UNAVAILABLE', exitCode: 6 });
     assert.match(
       e.message,
-      new RegExp(`^lost the connection to the coordinator at ${c.coordinatorAddress.replace(/\./g, '\\.')} during the snapshot of VNE slow \\(${id}\\) \\(.+\\): its outcome is unknown; find it with: vnsnap snapshot list --vne slow, or vnsnap events --vne slow$`),
+      new RegExp(`^lost the connection to the coordinator at ${c.coordinatorAddress.replace(/\./g, '\\.')} \\(.+\\) during the snapshot of VNE slow \\(${id}\\): its outcome is unknown; find it with: vnsnap snapshot list --vne slow, or vnsnap events --vne slow$`),
     );
     // What the message points at tells the outcome once the coordinator is back.
     await c.startCoordinator();

@@ -57,7 +57,7 @@ describe('cli: the coordinator dies in the middle of a stream', function () {
     const r = await runKillingOnFirstLine(['snapshot', 'create', 'blue', '--coordinator', fake.address], fake.child);
     assert.equal(r.code, 6, r.stderr);
     assert.match(r.stdout, /^\+0\.000s {2}state PRECOPY\n/);
-    const m = /^vnsnap: lost the connection to the coordinator at 127\.0\.0\.1:\d+ during the snapshot of VNE blue \(snap-\d+\) \((.+)\): its outcome is unknown; find it with: vnsnap snapshot list --vne blue, or vnsnap events --vne blue\n$/.exec(r.stderr);
+    const m = /^vnsnap: lost the connection to the coordinator at 127\.0\.0\.1:\d+ \((.+)\) during the snapshot of VNE blue \(snap-\d+\): its outcome is unknown; find it with: vnsnap snapshot list --vne blue, or vnsnap events --vne blue\n$/.exec(r.stderr);
     assert.ok(m, r.stderr);
     assert.doesNotMatch(r.stderr, /cannot reach|is it running/);
   });
@@ -76,7 +76,7 @@ describe('cli: the coordinator dies in the middle of a stream', function () {
     assert.equal(r.code, 6, r.stderr);
     assert.match(
       r.stderr,
-      /^vnsnap: lost the connection to the coordinator at 127\.0\.0\.1:\d+ during the restore of snapshot snap-0001 \(.+\): its outcome is unknown; find it with: vnsnap snapshot show snap-0001 \(its VNE\), then vnsnap vne show VNE; or vnsnap events\n$/,
+      /^vnsnap: lost the connection to the coordinator at 127\.0\.0\.1:\d+ \(.+\) during the restore of snapshot snap-0001: its outcome is unknown; find it with: vnsnap snapshot show snap-0001 \(its VNE\), then vnsnap vne show VNE; or vnsnap events\n$/,
     );
   });
 
