@@ -21,7 +21,7 @@
  * document), runs of spaces (column widths), and the order of the `+N.NNNs` progress lines.
  *
  * VNSNAP_CLI_DOCS_PRINT=1 prints every command's real output, to write the document from.
- * The last case kills the real coordinator in the middle of `snapshot create`.
+ * The last cases kill the real coordinator in the middle of `snapshot create` and of `restore`.
  */
 import { strict as assert } from 'node:assert';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -265,5 +265,35 @@ describe('docs/cli.md: every command example, run against a live cluster', funct
       list.snapshots.map((s) => [s.id, s.state]),
       [[id, 'SNAPSHOT_STATE_ABORTED']],
     );
+  });
+
+  it('a coordinator killed in the middle of `restore`: exit 6, outcome unknown, and what to run to find it', async () => {
+    const snap = await c.cliStream<{ done?: { id: string; state: string } }>(['snapshot', 'create', 'slow']).done;
+    assert.equal(snap.code, 0, snap.stderr);
+    const id = snap.events[snap.events.length - 1]?.done?.id ?? '';
+    // h1 frozen: the restore cannot finish before the coordinator is killed at its first event.
+    await c.kill('h1', 'SIGSTOP');
+    try {
+      let killed: Promise<void> | undefined;
+      const r = await c.cliStream(['restore', id, '--stop-running'], () => {
+        killed ??= c.kill('coordinator');
+      }).done;
+      await killed;
+      assert.equal(r.code, 6, r.stderr);
+      const e = (JSON.parse(r.stderr) as { error: { code: string; message: string; exitCode: number } }).error;
+      assert.deepEqual({ code: e.code, exitCode: e.exitCode }, { code: 'ERR_UNAVAILABLE', exitCode: 6 });
+      assert.match(
+        e.message,
+        new RegExp(`^lost the connection to the coordinator at ${c.coordinatorAddress.replace(/\./g, '\\.')} \\(.+\\) during the restore of snapshot ${id}: its outcome is unknown; find it with: vnsnap snapshot show ${id} \\(its VNE\\), then vnsnap vne show VNE; or vnsnap events$`),
+      );
+    } finally {
+      await c.kill('h1', 'SIGCONT');
+    }
+    await c.startCoordinator();
+    await c.waitConnected(c.hosts);
+    // The commands the message names answer.
+    const shown = await c.cliJson<{ vne: string }>(['snapshot', 'show', id]);
+    assert.equal(shown.vne, 'slow');
+    assert.equal((await c.cli(['vne', 'show', 'slow'])).code, 0);
   });
 });
