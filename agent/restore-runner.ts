@@ -149,6 +149,7 @@ export class RestoreRunner {
       delete vm.restoreId;
       const ti = this.nowUs();
       for (const p of vm.ports) injected += this.o.switch().openGate(p.name, rec.channel.get(p.name) ?? []);
+      await this.o.vms.saveState(vm);
       out.push({
         name: vm.name,
         host: this.o.agentId,
