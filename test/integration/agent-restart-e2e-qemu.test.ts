@@ -8,6 +8,10 @@
  *   - every stream continues with 0 errors and 0 reconnects (frames lost while the agent was
  *     down are retransmitted by TCP), and moves again without any command;
  *   - the VNE reads RUNNING.
+ * Then: the agent killed while its VM sits paused in a snapshot's pre-switchover (the cut; made
+ * over QMP while the agent is down) — the new agent cancels the stream and resumes the VM; and a
+ * VM killed while its agent is down is reported dead when the agent returns (VNE FAILED), the
+ * other host's VM undisturbed.
  * The outage each guest sees (the longest gap in a stream's received bytes, sampled over the
  * guests' status channels) is printed per round, and measured over VNSNAP_RESTART_ROUNDS (3)
  * rounds of SIGKILL + immediate restart.
@@ -19,6 +23,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest, channelStatus, ensureQemu, guestImageRoots, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { Cluster } from '../support/cluster';
 import { QEMU_WORKDIR } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
@@ -207,6 +212,30 @@ function outageSampler(): { stop(): Promise<number> } {
     });
   }
 
+  it('SIGKILL in the middle of a cut (the VM paused in a snapshot\'s pre-switchover): the new agent cancels the stream and resumes the VM; streams intact', async () => {
+    const pid = qemuOf('a')?.pid;
+    const before = await statuses();
+    await c.kill('h1', 'SIGKILL');
+    // What the dead agent left: a pre-copy migration held paused before the switchover (the cut).
+    const q = await QmpClient.connect(path.join(qemuOf('a')?.dir as string, 'qmp.sock'), { timeoutMs: 10_000 });
+    try {
+      await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }, { capability: 'events', state: true }] });
+      const held = q.waitEvent('MIGRATION', (d) => d.status === 'pre-switchover', 60_000);
+      await q.execute('migrate', { uri: 'exec:cat > /dev/null' });
+      await held;
+      assert.equal((await q.execute<{ status: string }>('query-status')).status, 'finish-migrate');
+    } finally {
+      q.close();
+    }
+    await c.startAgent('h1');
+    await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 500 });
+    assert.equal(qemuOf('a')?.pid, pid);
+    const mid = await statuses();
+    await sleep(3000); // kept: the window over which every stream must keep moving
+    assert.deepEqual(problems('after the cut was cut short', mid, await statuses()), []);
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
   it(`SIGKILL + immediate restart of h1's agent, ${ROUNDS} rounds: the outage the guests see (longest gap in received bytes)`, async () => {
     const pid = qemuOf('a')?.pid;
     const outages: number[] = [];
@@ -223,5 +252,22 @@ function outageSampler(): { stop(): Promise<number> } {
     assert.equal(qemuOf('a')?.pid, pid, 'the same QEMU process through every round');
     const sorted = [...outages].sort((x, y) => x - y);
     figures.push(`SIGKILL + restart x${ROUNDS}: outage ms ${outages.join(', ')} (median ${sorted[Math.floor(sorted.length / 2)]}, max ${sorted[sorted.length - 1]})`);
+  });
+
+  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED); the other VM runs on', async () => {
+    const other = qemuOf('c')?.pid;
+    await c.kill('h1', 'SIGKILL');
+    const a = qemuOf('a');
+    assert.ok(a);
+    process.kill(a.pid, 'SIGKILL');
+    await until('the QEMU of a is gone', () => qemuOf('a') === undefined);
+    await c.startAgent('h1');
+    const vne = await until('the VNE is FAILED', async () => {
+      const v = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
+      return v.state === 'VNE_STATE_FAILED' ? v : undefined;
+    }, { timeoutMs: 30_000, everyMs: 500 });
+    assert.equal(vne.state, 'VNE_STATE_FAILED');
+    assert.equal(qemuOf('c')?.pid, other, 'the VM of h2 is undisturbed');
+    assert.deepEqual(fs.readdirSync(path.join(c.dir, 'state', 'h1', 'vms')), [], 'the dead VM\'s record is gone');
   });
 });
