@@ -5,7 +5,8 @@
  * For each record:
  *  - written by another agent id, or for a driver this agent does not run: left alone (logged):
  *    it is not this agent's to adopt or drop;
- *  - its process is gone, or its pid now belongs to another process (start time differs): the
+ *  - its process is gone, or its pid now belongs to another process (start time differs), or
+ *    (a VM without a process: a Xen domain) the driver finds it gone (ERR_NOT_FOUND): the
  *    VM died while no agent watched; the record is removed and the VM reported dead (it is not in
  *    Register's `running`, so the coordinator marks it dead);
  *  - alive: the driver re-opens it (VmTable.adoptRunning); a VM found paused is resumed; its
@@ -17,7 +18,7 @@
  * A record of a newer format than this agent reads stops the whole scan before anything is
  * touched (ERR_UNSUPPORTED_VERSION): the agent refuses to start, with that one line.
  */
-import { describeError } from '../proto/core/errors';
+import { describeError, isVnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import { isSameProcess, type VmStateDir, type VmStateRecord } from './vm-state';
 import type { VmTable } from './vms';
@@ -51,7 +52,7 @@ export async function adoptVms(o: { agentId: string; state: VmStateDir; vms: VmT
       o.log.warn({ vm: key, dir, driver: kind }, 'VM state record for a driver this agent does not run: left alone');
       continue;
     }
-    if (!isSameProcess(r.process)) {
+    if (r.process && !isSameProcess(r.process)) {
       await o.state.removeDir(dir);
       const reason = `its process ${r.process.pid} is gone`;
       report.dead.push({ vm: key, reason });
@@ -59,15 +60,17 @@ export async function adoptVms(o: { agentId: string; state: VmStateDir; vms: VmT
       continue;
     }
     try {
-      const { resumed } = await o.vms.adoptRunning(r.vne, r.spec, { process: r.process, state: r.driverState }, { epoch: r.epoch, generation: r.generation });
+      const { resumed } = await o.vms.adoptRunning(r.vne, r.spec, { ...(r.process ? { process: r.process } : {}), state: r.driverState }, { epoch: r.epoch, generation: r.generation });
       report.adopted.push({ vm: key, resumed });
-      o.log.info({ vm: key, pid: r.process.pid, resumed, lastEpoch: r.epoch, lastGeneration: r.generation }, resumed ? 'VM adopted (it was paused for a cut: resumed)' : 'VM adopted');
+      o.log.info({ vm: key, pid: r.process?.pid, resumed, lastEpoch: r.epoch, lastGeneration: r.generation }, resumed ? 'VM adopted (it was paused for a cut: resumed)' : 'VM adopted');
     } catch (e) {
-      const reason = `cannot be taken over: ${describeError(e)}`;
-      killRecorded(r);
+      // Gone (a domain that no longer exists): dead. Alive but out of reach: killed, then dead.
+      const gone = isVnsnapError(e, 'ERR_NOT_FOUND') && !r.process;
+      const reason = gone ? `gone: ${describeError(e)}` : `cannot be taken over: ${describeError(e)}`;
+      if (!gone) killRecorded(r);
       await o.state.removeDir(dir);
       report.dead.push({ vm: key, reason });
-      o.log.error({ vm: key, pid: r.process.pid, err: describeError(e) }, 'a VM left by the previous agent cannot be taken over: killed, reported dead');
+      o.log.error({ vm: key, pid: r.process?.pid, err: describeError(e) }, gone ? 'VM died while the agent was away: reported dead' : 'a VM left by the previous agent cannot be taken over: killed, reported dead');
     }
   }
   return report;
@@ -75,7 +78,7 @@ export async function adoptVms(o: { agentId: string; state: VmStateDir; vms: VmT
 
 /** SIGKILL the recorded process if it is still that process. */
 function killRecorded(r: VmStateRecord): void {
-  if (!isSameProcess(r.process)) return;
+  if (!r.process || !isSameProcess(r.process)) return;
   try {
     process.kill(r.process.pid, 'SIGKILL');
   } catch {

@@ -5,9 +5,9 @@
  *
  *   <stateDir>/vms/<vne>_<vm>/vm.json     (the agent's `stateDir`, default /var/lib/vnsnap)
  *
- * A record holds a format version, the VM's spec, its process (pid AND the process's start time,
- * field 22 of /proc/PID/stat: a pid the kernel gave to another program since is never taken for
- * the VM), the epoch and generation the agent last knew, and the driver's own state (the QEMU
+ * A record holds a format version, the VM's spec, its process when the VM is one (pid AND the
+ * process's start time, field 22 of /proc/PID/stat: a pid the kernel gave to another program
+ * since is never taken for the VM; a Xen domain has none, its driver checks the domid), the epoch and generation the agent last knew, and the driver's own state (the QEMU
  * driver: its instance directory, QMP socket, TAP devices). The VM is its process: the record
  * says which process it is.
  *
@@ -48,7 +48,8 @@ export interface VmStateRecord {
   /** The driver kind that runs it (VmSpec.driver.kind). */
   driver: string;
   spec: VmSpec__Output;
-  process: ProcessIdentity;
+  /** The VM's process (QEMU); absent for a VM that is not a host process (a Xen domain: the driver checks its domid). */
+  process?: ProcessIdentity;
   /** The switch epoch and VNE generation the agent last knew (informational: ports come back at ConfigureVne's). */
   epoch: number;
   generation: number;
@@ -131,8 +132,8 @@ export function parseVmState(text: string, file: string): VmStateRecord {
   }
   if (format < 1) throw new Error(`unknown format ${format}`);
   const p = o.process;
-  if (typeof p !== 'object' || p === null) throw new Error('"process" is missing');
-  const proc = p as Record<string, unknown>;
+  if (p !== undefined && (typeof p !== 'object' || p === null)) throw new Error('"process" is not an object');
+  const proc = p as Record<string, unknown> | undefined;
   const spec = o.spec;
   if (typeof spec !== 'object' || spec === null || typeof (spec as { name?: unknown }).name !== 'string') throw new Error('"spec" is not a VM spec');
   return {
@@ -142,7 +143,7 @@ export function parseVmState(text: string, file: string): VmStateRecord {
     vm: str(o, 'vm'),
     driver: str(o, 'driver'),
     spec: spec as VmSpec__Output,
-    process: { pid: num(proc, 'pid'), startTime: str(proc, 'startTime') },
+    ...(proc ? { process: { pid: num(proc, 'pid'), startTime: str(proc, 'startTime') } } : {}),
     epoch: num(o, 'epoch'),
     generation: num(o, 'generation'),
     driverState: o.driverState ?? null,

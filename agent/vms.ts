@@ -151,7 +151,7 @@ export class VmTable {
    * driver re-opens it; its ports wait for attachAdopted. Returns the record and whether the VM
    * was found paused and resumed.
    */
-  async adoptRunning(vne: string, vmSpec: VmSpec__Output, saved: { process: ProcessIdentity; state: unknown }, last: { epoch: number; generation: number }): Promise<{ vm: VmRecord; resumed: boolean }> {
+  async adoptRunning(vne: string, vmSpec: VmSpec__Output, saved: { process?: ProcessIdentity; state: unknown }, last: { epoch: number; generation: number }): Promise<{ vm: VmRecord; resumed: boolean }> {
     const spec = this.startSpec(vne, vmSpec);
     if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${vmSpec.name} of VNE ${vne} is already on agent ${this.o.agentId}`);
     const driver = this.driverFor(vmSpec);
@@ -214,7 +214,7 @@ export class VmTable {
         vm: vm.name,
         driver: vm.driver.kind,
         spec: vm.spec,
-        process: saved.process,
+        ...(saved.process ? { process: saved.process } : {}),
         epoch: this.epochOf(vm),
         generation: vm.adopted?.generation ?? this.o.generation?.(vm.vne) ?? 0,
         driverState: saved.state,

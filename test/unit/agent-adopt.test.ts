@@ -265,6 +265,9 @@ describe('VM state records', () => {
     assert.throws(() => parseVmState('[]', 'f'), /not a JSON object/);
     const ok = { format: 1, agent: 'h1', vne: 'v', vm: 'a', driver: 'qemu', spec: { name: 'a' }, process: { pid: 5, startTime: '77' }, epoch: 3, generation: 2, driverState: { x: 1 }, writtenUnixMs: 9 };
     assert.deepEqual(parseVmState(JSON.stringify(ok), 'f'), ok);
+    const domain: Partial<typeof ok> = { ...ok };
+    delete domain.process; // a Xen domain is no process: its record has none
+    assert.deepEqual(parseVmState(JSON.stringify(domain), 'f'), domain);
     assert.throws(() => parseVmState(JSON.stringify({ ...ok, process: { pid: 5 } }), 'f'), /"startTime" is not a non-empty string/);
     assert.throws(() => parseVmState(JSON.stringify({ ...ok, epoch: -1 }), 'f'), /"epoch" is not a non-negative integer/);
     assert.throws(() => parseVmState(JSON.stringify({ ...ok, format: 0 }), 'f'), /unknown format 0/);

@@ -72,8 +72,10 @@ export function parseQemuSavedState(v: unknown, workDir: string): QemuSavedState
 const ACTIVE_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'cancelling', 'wait-unplug']);
 
 /** Take over a running QEMU VM (module comment). */
-export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { process: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
   const st = parseQemuSavedState(saved.state, d.workDir);
+  const proc = saved.process;
+  if (!proc) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: no process`);
   if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
   const q = spec.driver.qemu;
   if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
@@ -90,10 +92,10 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   vm.ramPadKib = st.ramPadKib;
   vm.snapSerial = st.snapSerial;
   try {
-    await vm.attachProcess(saved.process, d.timeoutMs);
+    await vm.attachProcess(proc, d.timeoutMs);
   } catch (e) {
     vm.release();
-    throw new VnsnapError('ERR_NOT_FOUND', `QEMU VM ${spec.id} (pid ${saved.process.pid}) does not answer on ${files.qmpSock}: ${(e as Error).message}`, { cause: e });
+    throw new VnsnapError('ERR_NOT_FOUND', `QEMU VM ${spec.id} (pid ${proc.pid}) does not answer on ${files.qmpSock}: ${(e as Error).message}`, { cause: e });
   }
   try {
     await cancelDeadSnapshot(vm);

@@ -358,7 +358,7 @@ export class QemuDriver implements HypervisorDriver {
     return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial } };
   }
 
-  adopt(spec: VmStartSpec, saved: { process: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+  adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
     return adoptQemuVm(this.adoptionParts(), spec, saved, ctx);
   }
 
