@@ -9,9 +9,10 @@
  *     down are retransmitted by TCP), and moves again without any command;
  *   - the VNE reads RUNNING.
  * Then: the agent killed while its VM sits paused in a snapshot's pre-switchover (the cut; made
- * over QMP while the agent is down) — the new agent cancels the stream and resumes the VM; and a
- * VM killed while its agent is down is reported dead when the agent returns (VNE FAILED), the
- * other host's VM undisturbed.
+ * over QMP while the agent is down) — the new agent cancels the stream and resumes the VM;
+ * snapshots (both modes) of the adopted VMs and a restore replacing them pass the stream checks
+ * (and the restored VMs are adopted in the rounds after); a VM killed while its agent is down
+ * is reported dead when the agent returns (VNE FAILED), the other host's VM undisturbed.
  * The outage each guest sees (the longest gap in a stream's received bytes, sampled over the
  * guests' status channels) is printed per round, and measured over VNSNAP_RESTART_ROUNDS (3)
  * rounds of SIGKILL + immediate restart.
@@ -233,6 +234,26 @@ function outageSampler(): { stop(): Promise<number> } {
     const mid = await statuses();
     await sleep(3000); // kept: the window over which every stream must keep moving
     assert.deepEqual(problems('after the cut was cut short', mid, await statuses()), []);
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
+  it('after the adoptions, a snapshot of the VNE and a restore of it (--stop-running replaces the adopted VM) pass the stream checks', async () => {
+    const oldPid = qemuOf('a')?.pid;
+    for (const mode of ['precopy', 'background']) {
+      const r = await c.cliStream<{ done?: { id: string; state: string; error: string } }>(['snapshot', 'create', VNE, '--mode', mode]).done;
+      assert.equal(r.code, 0, r.stderr);
+      const done = r.events[r.events.length - 1]?.done;
+      assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE', done?.error);
+      if (mode === 'background') continue;
+      const nonce = (await statuses()).a?.nonce;
+      const rr = await c.cliStream(['restore', done?.id as string, '--stop-running']).done;
+      assert.equal(rr.code, 0, rr.stderr);
+      assert.notEqual(qemuOf('a')?.pid, oldPid, 'the adopted QEMU was replaced');
+      const r0 = await until('the restored guests answer', () => statuses(), { timeoutMs: 60_000, everyMs: 500 });
+      assert.equal(r0.a?.nonce, nonce, 'the same guest run, restored');
+      await sleep(3000); // kept: the window over which every restored stream must move and none break
+      assert.deepEqual(problems('after the restore', r0, await statuses()), []);
+    }
     assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
   });
 
