@@ -189,6 +189,9 @@ function outageSampler(): { stop(): Promise<number> } {
     it(`${signal} of h1's agent, down 3 s, start again: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING`, async () => {
       const pid = qemuOf('a')?.pid;
       assert.ok(pid, 'the QEMU of a runs');
+      // Detached: QEMU leads its own session and process group (fields 5 and 6 of /proc/PID/stat).
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      assert.deepEqual([Number(stat[2]), Number(stat[3])], [pid, pid], 'QEMU is its own process group and session leader');
       const before = await statuses();
       const sampler = outageSampler();
       const t0 = Date.now();

@@ -15,6 +15,7 @@ import { isSameProcess, parseVmState, processIdentity, processStartTime, VM_STAT
 import { ManualClock } from '../../proto/core/clock';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
+import { parseQemuSavedState } from '../../agent/drivers/qemu/adopt';
 import { FakePort } from '../../switch/port/porttest/fake-port';
 import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
@@ -279,5 +280,24 @@ describe('VM state records', () => {
     assert.equal(validateAgentConfig(base).stateDir, '/var/lib/vnsnap');
     assert.equal(validateAgentConfig({ ...base, stateDir: '/tmp/s' }).stateDir, '/tmp/s');
     for (const v of ['rel', '/', 3]) assert.throws(() => validateAgentConfig({ ...base, stateDir: v }), /^VnsnapError: stateDir: expected an absolute directory/);
+  });
+});
+
+describe('QEMU state records', () => {
+  const ok = { dir: '/run/vnsnap/qemu/vnqm-blue_a-77-1', nic: 'tap', taps: ['vnqm1a2b3c4dn0'], ramPadKib: 8, snapSerial: 2 };
+
+  it('reads what persistent() writes', () => {
+    assert.deepEqual(parseQemuSavedState(ok, '/run/vnsnap/qemu'), ok);
+    assert.deepEqual(parseQemuSavedState({ ...ok, ramPadKib: undefined, snapSerial: undefined }, '/run/vnsnap/qemu/'), { ...ok, ramPadKib: 0, snapSerial: 0 });
+  });
+
+  it('never takes a directory outside the work directory, nor a bad TAP name or NIC mode', () => {
+    const bad = (v: unknown, re: RegExp): void => assert.throws(() => parseQemuSavedState(v, '/run/vnsnap/qemu'), (e: unknown) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && re.test(e.message));
+    bad({ ...ok, dir: '/etc' }, /instance directory "\/etc" is not under the work directory/);
+    bad({ ...ok, dir: '/run/vnsnap/qemu/../../etc' }, /is not under the work directory/);
+    bad({ ...ok, dir: '/run/vnsnap/qemuX/a' }, /is not under the work directory/);
+    bad({ ...ok, taps: ['eth0; rm -rf /'] }, /bad TAP names/);
+    bad({ ...ok, nic: 'bridge' }, /nic "bridge" is neither tap nor stream/);
+    bad(null, /no driver state/);
   });
 });
