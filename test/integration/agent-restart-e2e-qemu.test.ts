@@ -24,107 +24,18 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildGuest, channelStatus, ensureQemu, guestImageRoots, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { Cluster } from '../support/cluster';
-import { QEMU_WORKDIR } from '../support/qemu-vne';
+import { RestartVne, streamProblems as problems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 const ROUNDS = Number(process.env.VNSNAP_RESTART_ROUNDS ?? '3');
 const VNE = 'vnar';
-const VMS: Record<string, { host: string; ip: string; peer: string; mac: string }> = {
-  a: { host: 'h1', ip: '192.168.89.1', peer: '192.168.89.2', mac: '52:54:00:89:00:01' },
-  c: { host: 'h2', ip: '192.168.89.2', peer: '192.168.89.1', mac: '52:54:00:89:00:02' },
-};
-
-/** The live instance directory and pid of a VM's QEMU (the process whose command line names the directory). */
-function qemuOf(vm: string): { dir: string; pid: number } | undefined {
-  if (!fs.existsSync(QEMU_WORKDIR)) return undefined;
-  for (const d of fs.readdirSync(QEMU_WORKDIR)) {
-    if (!d.startsWith(`vnqm-${VNE}_${vm}-`)) continue;
-    const dir = path.join(QEMU_WORKDIR, d);
-    try {
-      const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8').trim());
-      if (pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) return { dir, pid };
-    } catch {
-      /* not started or gone */
-    }
-  }
-  return undefined;
-}
-
-async function status(vm: string): Promise<GuestStatus> {
-  const q = qemuOf(vm);
-  if (!q) throw new Error(`no running QEMU for ${vm}`);
-  return channelStatus(path.join(q.dir, 'channel.sock'), 5000);
-}
-
-async function statuses(): Promise<Record<string, GuestStatus>> {
-  const out: Record<string, GuestStatus> = {};
-  for (const vm of Object.keys(VMS)) out[vm] = await status(vm);
-  return out;
-}
-
-/** Kill every QEMU of this test's VNE and remove its directories (a killed agent leaves its VMs running). */
-function killQemus(): void {
-  if (!fs.existsSync(QEMU_WORKDIR)) return;
-  for (const d of fs.readdirSync(QEMU_WORKDIR)) {
-    if (!d.startsWith(`vnqm-${VNE}_`)) continue;
-    const q = qemuOf(d.slice(`vnqm-${VNE}_`.length).split('-')[0] as string);
-    if (q) process.kill(q.pid, 'SIGKILL');
-    fs.rmSync(path.join(QEMU_WORKDIR, d), { recursive: true, force: true });
-  }
-}
-
-/** What is wrong between two readings (empty = intact): same run, no error, no reconnect, every stream moved. */
-function problems(label: string, before: Record<string, GuestStatus>, after: Record<string, GuestStatus>): string[] {
-  const p: string[] = [];
-  for (const vm of Object.keys(VMS)) {
-    const b = before[vm] as GuestStatus;
-    const a = after[vm] as GuestStatus;
-    if (a.nonce !== b.nonce) p.push(`${label}: ${vm} is another guest run`);
-    if (a.totals.errors !== 0 || a.totals.reconnects !== 0) p.push(`${label}: ${vm}: ${a.totals.errors} errors, ${a.totals.reconnects} reconnects`);
-    for (const i of a.in) {
-      const ib = b.in.find((x) => x.from === i.from && x.index === i.index);
-      if (!i.open || i.reconnects !== 0 || i.errors !== 0) p.push(`${label}: ${i.from}→${vm}: open ${i.open}, ${i.reconnects} reconnects, ${i.errors} errors ${i.first_error}`);
-      if (!ib || i.bytes <= ib.bytes) p.push(`${label}: ${i.from}→${vm} did not move`);
-    }
-  }
-  return p;
-}
-
-/** Samples every guest's received bytes until stopped; the longest time a stream received nothing. */
-function outageSampler(): { stop(): Promise<number> } {
-  let running = true;
-  const last = new Map<string, { bytes: number; at: number }>();
-  let longest = 0;
-  const loop = (async () => {
-    while (running) {
-      for (const vm of Object.keys(VMS)) {
-        const st = await status(vm).catch(() => undefined);
-        const now = Date.now();
-        for (const i of st?.in ?? []) {
-          const k = `${i.from}→${vm}`;
-          const l = last.get(k);
-          if (!l || i.bytes > l.bytes) {
-            if (l) longest = Math.max(longest, now - l.at);
-            last.set(k, { bytes: i.bytes, at: now });
-          }
-        }
-      }
-      await sleep(100); // the sampling period of the measurement
-    }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return longest;
-    },
-  };
-}
-
+const v = new RestartVne(VNE);
+const qemuOf = (vm: string): { dir: string; pid: number } | undefined => v.qemuOf(vm);
+const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
 (ENABLED ? describe : describe.skip)('VMs outlive the agent: SIGKILL/SIGTERM and restart of an agent under stream load (2 hosts, 2 TCG guests)', function () {
   this.timeout(10 * 60_000);
   let c!: Cluster;
@@ -135,7 +46,7 @@ function outageSampler(): { stop(): Promise<number> } {
     if (process.getuid?.() !== 0) this.skip();
     ensureQemu();
     image = buildGuest();
-    killQemus();
+    v.killQemus();
     c = new Cluster({ prefix: VNE, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
     await c.start();
   });
@@ -153,35 +64,19 @@ function outageSampler(): { stop(): Promise<number> } {
     } catch {
       /* best effort */
     }
-    killQemus();
+    v.killQemus();
     await c.destroy();
-    killQemus();
+    v.killQemus();
   });
 
   it('starts the VNE; both streams run across the hosts', async () => {
-    const vms = Object.entries(VMS).map(([name, v]) => ({
-      name,
-      host: v.host,
-      macs: [v.mac],
-      driver: {
-        qemu: {
-          memoryMib: 128,
-          cpus: 1,
-          kernel: image.kernel,
-          initrd: image.initrd,
-          append: kernelCmdline({ name, ip: `${v.ip}/24`, mtu: 1400, peers: [`${v.peer}:7001`], rateKiB: 256, disk: 'none', reportSecs: 5 }),
-          extra: { channel: 'org.vnsnap.status' },
-        },
-      },
-    }));
-    const file = path.join(c.dir, `${VNE}.json`);
-    fs.writeFileSync(file, JSON.stringify({ name: VNE, vni: 3089, vms }));
+    const file = v.writeFile(c.dir, image);
     await c.cliJson(['vne', 'define', file]);
     const started = await c.cliJson<{ vne: { state: string } }>(['vne', 'start', VNE]);
     assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
     await until('both streams connected and moving', async () => {
       const st = await statuses().catch(() => undefined);
-      return st && Object.values(st).every((s) => s.out.length === 1 && s.out.every((o) => o.connected) && s.in.length === 1 && s.in.every((i) => i.open && i.bytes >= 50_000)) ? st : undefined;
+      return st && v.streamsUp(st) ? st : undefined;
     }, { timeoutMs: 180_000, everyMs: 2000 });
   });
 
@@ -193,7 +88,7 @@ function outageSampler(): { stop(): Promise<number> } {
       const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
       assert.deepEqual([Number(stat[2]), Number(stat[3])], [pid, pid], 'QEMU is its own process group and session leader');
       const before = await statuses();
-      const sampler = outageSampler();
+      const sampler = v.outageSampler();
       const t0 = Date.now();
       await c.kill('h1', signal);
       assert.equal(qemuOf('a')?.pid, pid, 'the VM outlived its agent');
@@ -266,7 +161,7 @@ function outageSampler(): { stop(): Promise<number> } {
     const outages: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       const before = await statuses();
-      const sampler = outageSampler();
+      const sampler = v.outageSampler();
       await c.kill('h1', 'SIGKILL');
       await c.startAgent('h1');
       await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 200 });
@@ -304,8 +199,8 @@ function outageSampler(): { stop(): Promise<number> } {
     await until('the QEMU of a is gone', () => qemuOf('a') === undefined);
     await c.startAgent('h1');
     const vne = await until('the VNE is FAILED', async () => {
-      const v = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
-      return v.state === 'VNE_STATE_FAILED' ? v : undefined;
+      const shown = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
+      return shown.state === 'VNE_STATE_FAILED' ? shown : undefined;
     }, { timeoutMs: 30_000, everyMs: 500 });
     assert.equal(vne.state, 'VNE_STATE_FAILED');
     assert.equal(qemuOf('c')?.pid, other, 'the VM of h2 is undisturbed');
