@@ -149,7 +149,6 @@ export class RestoreRunner {
       delete vm.restoreId;
       const ti = this.nowUs();
       for (const p of vm.ports) injected += this.o.switch().openGate(p.name, rec.channel.get(p.name) ?? []);
-      await this.o.vms.saveState(vm);
       out.push({
         name: vm.name,
         host: this.o.agentId,
@@ -160,6 +159,8 @@ export class RestoreRunner {
       });
     }
     this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_RESUME' }, (tResumed - t0) / 1e6);
+    // Running now: recorded for a later agent to adopt (after every gate opened: no fsync delays one).
+    await Promise.all(rec.vms.map((vm) => this.o.vms.saveState(vm)));
     this.o.log.info({ restore: rec.id, injected }, 'restore resumed');
     return { resume: { vms: out, injectedFrames: injected } };
   }
