@@ -242,6 +242,13 @@ export class CoordinatorServiceImpl {
       log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
       events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
     }
+    // The agent's switch came back empty: tell it again about every running VNE it hosts VMs of,
+    // at the VNE's current epoch, where it re-attaches the VMs it adopted after a restart.
+    for (const vne of catalog.listVnes()) {
+      if (vne.state !== 'VNE_STATE_RUNNING' || !vne.vms.some((vm) => (vne.placement[vm.name] || vm.host) === agentId)) continue;
+      const resend = async (): Promise<void> => void (await sendOk(this.o.agents, agentId, { configureVne: { ...configureVneFor(vne, agentId, this.o.agents), epoch: vne.epoch } }, this.cmd));
+      resend().catch((e: Error) => log.warn({ vne: vne.name, agent: agentId, err: e.message }, 'ConfigureVne on re-registration failed'));
+    }
     const placed = new Set(catalog.listVnes().flatMap((v) => (v.state === 'VNE_STATE_DEFINED' ? [] : v.vms.filter((vm) => (v.placement[vm.name] || vm.host) === agentId).map((vm) => `${v.name}/${vm.name}`))));
     const strays = running.filter((r) => !placed.has(`${r.vne}/${r.vm}`)).map((r) => `${r.vne}/${r.vm}`);
     if (strays.length > 0) log.warn({ agent: agentId, vms: strays }, 'agent runs VMs the catalog does not place there');
