@@ -13,6 +13,11 @@
  * Time comes from an injected Clock (the system clock by default): the runners' timers and the
  * session's are testable on a manual clock.
  *
+ * VMs outlive the agent (docs/agent-restart.md): stop() releases the VMs of drivers that can
+ * hand them over (QEMU) instead of stopping them, and start() adopts what a previous agent left
+ * in the state directory (adopt.ts) before it registers; their ports rejoin the switch at the
+ * coordinator's ConfigureVne. Only StopVm (or a restore replacing them) stops VMs.
+ *
  * Snapshots in progress when the session drops are aborted locally after dead_after_ms
  * (VMs resumed, ports advanced, partial artefacts deleted): VMs never stay stopped because
  * the coordinator went away.
@@ -41,6 +46,8 @@ import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from '.
 import { SnapshotRunner } from './snapshot-runner';
 import { LocalDirStore } from '../proto/store/local-dir';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
+import { adoptVms, type AdoptionReport } from './adopt';
+import { VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
 
@@ -81,6 +88,12 @@ export interface AgentOptions {
   session?: SessionFactory;
   /** Time for the session's and the runners' timers (default: the system clock). */
   clock?: Clock;
+  /**
+   * The agent's state directory (records of the VMs that outlive it, under vms/; vm-state.ts).
+   * Absent: nothing is recorded, nothing adopted, and stop() stops every VM (no later agent
+   * could find them). main passes the configured one.
+   */
+  stateDir?: string;
 }
 
 /** Wall-clock microseconds: sub-millisecond on the system clock, the clock's ms × 1000 otherwise. */
@@ -100,6 +113,9 @@ export class Agent extends EventEmitter implements Startable {
   private readonly vnes: VneTable;
   private readonly snapshots: SnapshotRunner;
   private readonly session: CoordinatorSession;
+  private readonly state: VmStateDir | undefined;
+  /** What the last start found in the state directory (tests, logs). */
+  adoption: AdoptionReport = { adopted: [], dead: [], skipped: [] };
 
   constructor(readonly opts: AgentOptions) {
     super();
@@ -113,8 +129,9 @@ export class Agent extends EventEmitter implements Startable {
     const clock = opts.clock ?? systemClock;
     const nowUs = microsOf(clock);
     const parts = { agentId: this.id, switch: () => this.switch, store: this.store, clock, nowUs, log: this.log, metrics: this.metrics };
-    this.vms = new VmTable({ ...parts, drivers: opts.drivers });
+    this.state = opts.stateDir !== undefined ? new VmStateDir(opts.stateDir) : undefined;
     const vnes = (this.vnes = new VneTable(parts));
+    this.vms = new VmTable({ ...parts, drivers: opts.drivers, ...(this.state ? { state: this.state } : {}), generation: (vne) => vnes.generation(vne) });
     this.snapshots = new SnapshotRunner({
       ...parts,
       vms: this.vms,
@@ -160,6 +177,16 @@ export class Agent extends EventEmitter implements Startable {
     this.tunnelPort = t.localPort;
     sw.start();
     this.sw = sw;
+    if (this.state) {
+      try {
+        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log });
+      } catch (e) {
+        for (const vm of this.vms.values()) await this.vms.release(vm).catch(() => undefined);
+        sw.stop();
+        this.sw = undefined;
+        throw e;
+      }
+    }
     this.metrics.setStatsSource(() => sw.stats());
     this.log.info({ tunnelPort: this.tunnelPort, coordinator: this.opts.coordinator }, 'agent started');
     this.session.start();
@@ -168,7 +195,11 @@ export class Agent extends EventEmitter implements Startable {
   async stop(): Promise<void> {
     this.session.stop();
     await this.snapshots.abortAll('agent stopping');
-    for (const vm of this.vms.values()) await this.vms.destroy(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'stopping VM failed'));
+    // VMs that outlive the agent keep running (the next agent adopts them); the others stop.
+    for (const vm of this.vms.values()) {
+      if (this.state && this.vms.outlivesAgent(vm)) await this.vms.release(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'releasing VM failed'));
+      else await this.vms.destroy(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'stopping VM failed'));
+    }
     this.sw?.stop();
     this.sw = undefined;
     this.metrics.connected.set(0);
@@ -214,7 +245,7 @@ export class Agent extends EventEmitter implements Startable {
     const running = this.vms
       .values()
       .filter((v) => v.restoreId === undefined)
-      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: this.vnes.generation(v.vne) }));
+      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: v.adopted?.generation ?? this.vnes.generation(v.vne) }));
     return {
       agentId: this.id,
       hostname: this.opts.hostname ?? os.hostname(),

@@ -87,8 +87,10 @@ export class CommandDispatcher {
     return (vm) => void link.send({ progress: { commandId, vm: { host: this.o.agentId, ...vm } } });
   }
 
+  /** Configure the switch; then the VNE's VMs adopted from a previous agent rejoin at the VNE's epoch. */
   private async configureVne(c: ConfigureVne__Output): Promise<Partial<Result>> {
     this.o.vnes.configure(c);
+    await this.o.vms.attachAdopted(c.vne, c.epoch);
     return {};
   }
 

@@ -17,6 +17,7 @@
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
  *     "imageRoots": ["/var/lib/vnsnap/images"],  // optional: where VM images may come from
+ *     "stateDir": "/var/lib/vnsnap",       // optional: records of the VMs that outlive the agent (vms/)
  *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
  *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
  *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
@@ -34,6 +35,7 @@ import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../p
 import { checkTransport, parseTlsFiles, tlsFromFlags, type TlsFiles } from '../proto/core/tls';
 import type { DriverKind } from './drivers/driver';
 import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
+import { DEFAULT_STATE_DIR } from './vm-state';
 
 export interface AgentConfig {
   id: string;
@@ -54,9 +56,11 @@ export interface AgentConfig {
   tls?: TlsFiles;
   /** No TLS (allowed only when the coordinator address is loopback). */
   insecurePlaintext?: boolean;
+  /** The agent's state directory (agent/vm-state.ts; default /var/lib/vnsnap). */
+  stateDir: string;
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -107,6 +111,8 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   const tls = raw.tls !== undefined ? parseTlsFiles(raw.tls, 'config') : undefined;
   if (raw.insecurePlaintext !== undefined && typeof raw.insecurePlaintext !== 'boolean') fail(`insecurePlaintext: expected true or false, got ${JSON.stringify(raw.insecurePlaintext)}`);
   const insecurePlaintext = raw.insecurePlaintext === true;
+  const stateDir = raw.stateDir ?? DEFAULT_STATE_DIR;
+  if (typeof stateDir !== 'string' || !path.posix.isAbsolute(stateDir) || stateDir === '/') fail(`stateDir: expected an absolute directory other than "/", got ${JSON.stringify(raw.stateDir)}`);
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -121,6 +127,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     imageRoots,
     ...(tls ? { tls } : {}),
     insecurePlaintext,
+    stateDir,
   };
 }
 

@@ -36,7 +36,8 @@ export interface DriverFactory {
 }
 
 const productDrivers: DriverFactory[] = [
-  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots }) },
+  // nic 'tap': QEMU holds its own TAP, which outlives the agent (docs/agent-restart.md).
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: 'tap' }) },
   { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 
@@ -85,6 +86,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
     .option('--log-level <level>', 'log level (fatal, error, warn, info, debug, trace, silent)')
+    .option('--state-dir <dir>', 'the agent\'s state directory: records of the VMs that outlive it (default /var/lib/vnsnap)')
     .option('--image-root <dir>', 'a directory VM images may come from (repeatable; default /var/lib/vnsnap/images)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--tls-ca <file>', 'CA certificate (PEM) the coordinator must be signed by')
     .option('--tls-cert <file>', "this agent's certificate (PEM; its CN is the agent id)")
@@ -104,6 +106,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     debugVms?: boolean;
     logLevel?: string;
     imageRoot?: string[];
+    stateDir?: string;
     tlsCa?: string;
     tlsCert?: string;
     tlsKey?: string;
@@ -123,6 +126,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       debugVms: o.debugVms,
       logLevel: o.logLevel,
       imageRoots: o.imageRoot,
+      stateDir: o.stateDir,
       tlsCa: o.tlsCa,
       tlsCert: o.tlsCert,
       tlsKey: o.tlsKey,
@@ -145,6 +149,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     coordinator: cfg.coordinator,
     tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}) },
     storeRoot: cfg.store,
+    stateDir: cfg.stateDir,
     drivers,
     logger: log,
     metrics,

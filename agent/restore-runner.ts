@@ -159,6 +159,8 @@ export class RestoreRunner {
       });
     }
     this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_RESUME' }, (tResumed - t0) / 1e6);
+    // Running now: recorded for a later agent to adopt (after every gate opened: no fsync delays one).
+    await Promise.all(rec.vms.map((vm) => this.o.vms.saveState(vm)));
     this.o.log.info({ restore: rec.id, injected }, 'restore resumed');
     return { resume: { vms: out, injectedFrames: injected } };
   }

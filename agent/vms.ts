@@ -8,19 +8,26 @@
  *
  * Guarantees:
  *  - A VM is in the table only while its ports are attached: a start or restore whose attach
- *    fails stops the VM again (nothing half-attached stays).
+ *    fails stops the VM again (nothing half-attached stays). The exception is a VM adopted from
+ *    a previous agent (`adopted` set): its ports are attached at the epoch of the coordinator's
+ *    ConfigureVne (attachAdopted), gated first and the gate then opened, never at a guessed epoch;
+ *    until then none of its frames is forwarded.
+ *  - Drivers whose VMs outlive the agent (persistent/adopt/release) get a state record per VM
+ *    (vm-state.ts) written when it starts running and removed when it is destroyed; release()
+ *    lets such a VM go without stopping it (the agent stopping).
  *  - destroy() removes the record first, then stops the VM and detaches its ports even if the
  *    driver's stop fails.
  *  - Each port is attached with its MAC (a static FDB entry to it); a restored VM's ports are
  *    attached behind the switch's restore gate (gated), which the restore opens on resume.
  */
-import { VnsnapError } from '../proto/core/errors';
+import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Port } from '../switch/port/port';
 import type { Switch } from '../switch/switch';
 import type { DriverSpecKind, HypervisorDriver, RestoreImage, VmHandle, VmStartSpec } from './drivers/driver';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
+import type { ProcessIdentity, VmStateDir } from './vm-state';
 
 export interface VmRecord {
   key: string;
@@ -31,6 +38,11 @@ export interface VmRecord {
   ports: Port[];
   /** Set while prepared by a restore and not yet resumed. */
   restoreId?: string;
+  /**
+   * Set for a VM adopted from a previous agent whose ports are not attached yet: the epoch and
+   * generation its state record gave (reported in Register). ConfigureVne attaches the ports.
+   */
+  adopted?: { epoch: number; generation: number };
 }
 
 export function vmKey(vne: string, vm: string): string {
@@ -44,6 +56,10 @@ export function portName(vne: string, vm: string, i: number): string {
 
 export interface VmTableOptions {
   agentId: string;
+  /** The state directory of VMs that outlive the agent (none: nothing is recorded). */
+  state?: VmStateDir;
+  /** The VNE's generation as the switch applies it (for the state records). */
+  generation?: (vne: string) => number;
   drivers: HypervisorDriver[];
   /** The agent's switch (throws while the agent is not started). */
   switch: () => Switch;
@@ -126,7 +142,86 @@ export class VmTable {
     const h = await driver.start(spec, { portNames: names, log: this.o.log.child({ vm: spec.id }), vneVms });
     const vm = await this.adopt(vne, vmSpec, driver, h, epoch);
     this.o.log.info({ vm: vm.key, ports: names, epoch }, 'VM started');
+    await this.saveState(vm);
     return vm;
+  }
+
+  /**
+   * Take over a VM a previous agent left running (its process checked by the caller): the
+   * driver re-opens it; its ports wait for attachAdopted. Returns the record and whether the VM
+   * was found paused and resumed.
+   */
+  async adoptRunning(vne: string, vmSpec: VmSpec__Output, saved: { process?: ProcessIdentity; state: unknown }, last: { epoch: number; generation: number }): Promise<{ vm: VmRecord; resumed: boolean }> {
+    const spec = this.startSpec(vne, vmSpec);
+    if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${vmSpec.name} of VNE ${vne} is already on agent ${this.o.agentId}`);
+    const driver = this.driverFor(vmSpec);
+    if (!driver.adopt) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${driver.kind} driver cannot adopt VMs`);
+    const h = await driver.adopt(spec, saved, { portNames: this.portNames(spec), log: this.o.log.child({ vm: spec.id }) });
+    const vm: VmRecord = { key: spec.id, vne, name: spec.name, spec: vmSpec, driver, ports: h.ports, adopted: { ...last } };
+    this.vms.set(vm.key, vm);
+    return { vm, resumed: h.resumed };
+  }
+
+  /**
+   * ConfigureVne came for `vne`: attach its adopted VMs' ports at `epoch` (the VNE's current
+   * one, from the coordinator) behind a gate, then open the gates, so the frame rules hold from
+   * the first frame. Returns the VMs attached. A VM whose ports cannot be attached is stopped.
+   */
+  async attachAdopted(vne: string, epoch: number): Promise<VmRecord[]> {
+    const done: VmRecord[] = [];
+    for (const vm of this.values()) {
+      if (vm.vne !== vne || !vm.adopted) continue;
+      // 0 comes only from a coordinator that predates ConfigureVne.epoch: the record's epoch is then the best known.
+      const at = epoch === 0 && vm.adopted.epoch > 0 ? vm.adopted.epoch : epoch;
+      try {
+        this.attach(vm, at, true);
+        for (const p of vm.ports) this.o.switch().openGate(p.name, []);
+      } catch (e) {
+        this.o.log.error({ vm: vm.key, err: describeError(e) }, 'the adopted VM\'s ports could not be attached: stopping it');
+        await this.destroy(vm).catch(() => undefined);
+        continue;
+      }
+      delete vm.adopted;
+      done.push(vm);
+      this.o.log.info({ vm: vm.key, epoch: at, ports: vm.ports.map((p) => p.name) }, 'adopted VM back on the network');
+      await this.saveState(vm);
+    }
+    return done;
+  }
+
+  /** Does the VM outlive the agent (its driver can hand it to the next agent)? */
+  outlivesAgent(vm: VmRecord): boolean {
+    return vm.restoreId === undefined && vm.driver.release !== undefined && vm.driver.persistent?.(vm.key) !== undefined;
+  }
+
+  /** Let the VM go without stopping it (the agent stops): its record is refreshed, its ports detached. */
+  async release(vm: VmRecord): Promise<void> {
+    await this.saveState(vm);
+    this.vms.delete(vm.key);
+    this.detach(vm);
+    await vm.driver.release?.(vm.key);
+  }
+
+  /** Write the VM's state record (drivers whose VMs outlive the agent); a failure is logged. */
+  async saveState(vm: VmRecord): Promise<void> {
+    const st = this.o.state;
+    const saved = vm.driver.persistent?.(vm.key);
+    if (!st || !saved || vm.restoreId !== undefined) return;
+    try {
+      await st.write({
+        agent: this.o.agentId,
+        vne: vm.vne,
+        vm: vm.name,
+        driver: vm.driver.kind,
+        spec: vm.spec,
+        ...(saved.process ? { process: saved.process } : {}),
+        epoch: this.epochOf(vm),
+        generation: vm.adopted?.generation ?? this.o.generation?.(vm.vne) ?? 0,
+        driverState: saved.state,
+      });
+    } catch (e) {
+      this.o.log.error({ vm: vm.key, err: describeError(e) }, 'writing the VM\'s state record failed: a restarted agent will not find it');
+    }
   }
 
   /** Load a VM paused from a snapshot image and attach its ports at `epoch` behind held restore gates. */
@@ -168,6 +263,7 @@ export class VmTable {
       await vm.driver.stop(vm.key);
     } finally {
       this.detach(vm);
+      await this.o.state?.remove(vm.vne, vm.name).catch((e) => this.o.log.warn({ vm: vm.key, err: describeError(e) }, 'removing the VM\'s state record failed'));
     }
   }
 
@@ -179,6 +275,7 @@ export class VmTable {
 
   /** Switch epoch of the VM's first port (0 when unknown): what Register reports. */
   epochOf(vm: VmRecord): number {
+    if (vm.adopted) return vm.adopted.epoch;
     const p = vm.ports[0];
     return p ? (this.portEpoch(p.name) ?? 0) : 0;
   }

@@ -61,6 +61,7 @@ import type { Logger } from '../../proto/core/log';
 import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Port } from '../../switch/port/port';
 import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
+import type { ProcessIdentity } from '../vm-state';
 
 /** The product drivers, as named in the agent's configuration ("drivers"). */
 export type DriverKind = 'qemu' | 'xen';
@@ -202,4 +203,20 @@ export interface HypervisorDriver {
   inspect?(vm: string): unknown;
   /** Stop every VM of this driver. */
   close(): Promise<void>;
+
+  // ── VMs that outlive the agent (docs/agent-restart.md). A driver without these three runs VMs
+  // that die with the agent (the test drivers); the agent then stops them when it stops. ──
+
+  /** The VM's process and the driver's state needed to find it again (the agent's state record). */
+  persistent?(vm: string): { process?: ProcessIdentity; state: unknown } | undefined;
+  /**
+   * Take over a VM a previous agent left running, whose process (if it is one) the agent has
+   * checked is still the recorded one (pid and start time): re-open its monitor and its NICs'
+   * host side (the returned ports, not attached yet). A VM found paused (the dead agent had
+   * paused it for a cut) is resumed, and `resumed` says so. Throws ERR_NOT_FOUND when the VM is
+   * gone or cannot be reached.
+   */
+  adopt?(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }>;
+  /** Forget the VM without stopping it: close the monitor and the ports; the process goes on. */
+  release?(vm: string): Promise<void>;
 }

@@ -18,6 +18,8 @@ Exit codes:
   3  not found (no such VNE or snapshot)
   4  cannot reach the coordinator
   5  denied: the role of your certificate may not do this, or a certificate is refused
+  6  outcome unknown: the connection to the coordinator was lost during a snapshot or restore
+     (find out with: vnsnap snapshot list --vne VNE, vnsnap vne show VNE, vnsnap events)
   130 interrupted (Ctrl-C)
 
 Environment:
@@ -74,7 +76,7 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .exitOverride()
     .configureOutput(output(io))
     .showHelpAfterError('(add --help for usage)')
-    .addHelpText('after', EXIT_CODES_HELP + '\n' + example('$ vnsnap vne define blue.json && vnsnap vne start blue\n$ vnsnap snapshot create blue --description "before upgrade"\n$ vnsnap restore snap-0007 --stop-running'));
+    .addHelpText('after', EXIT_CODES_HELP + '\n' + example('$ vnsnap vne define blue.json && vnsnap vne start blue\n$ vnsnap snapshot create blue --description "before upgrade"\n$ vnsnap restore blue-7-3c9e1f --stop-running'));
 
   // Every leaf command takes the connection and output options.
   const leaf = (parent: Command, name: string, description: string): Command =>
@@ -103,7 +105,7 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     )
     .action((file: string, o: CommonOpts) => run((ctx) => cmd.vneDefine(ctx, file, false), o));
 
-  leaf(vne, 'update', "replace a VNE's definition (VMs, hosts, MACs, drivers) from a JSON file")
+  leaf(vne, 'update', "replace a VNE's definition (VMs, hosts, MACs, drivers) from a JSON file; refused while the VNE runs")
     .argument('<FILE.json>', 'the new definition; its name says which VNE')
     .addHelpText('after', example('$ vnsnap vne show blue --json > blue.json   # edit it, then:\n$ vnsnap vne update blue.json\nupdated VNE blue (vni 100, 3 VMs on 2 hosts, DEFINED)'))
     .action((file: string, o: CommonOpts) => run((ctx) => cmd.vneDefine(ctx, file, true), o));
@@ -158,12 +160,12 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
   leaf(snapshot, 'show', 'show a snapshot: state, per-VM pause, cut offsets, phases; optionally draw its timeline')
     .argument('<ID>', 'the snapshot id')
     .option('--timeline <FILE.svg>', "write an SVG timeline of every VM's phases and the commit skew")
-    .addHelpText('after', example('$ vnsnap snapshot show snap-0007 --timeline snap-0007.svg'))
+    .addHelpText('after', example('$ vnsnap snapshot show blue-7-3c9e1f --timeline blue-7.svg'))
     .action((id: string, o: CommonOpts & { timeline?: string }) => run((ctx) => cmd.snapshotShow(ctx, id, o.timeline), o));
 
   leaf(snapshot, 'delete', "delete a snapshot (its artefacts and catalog entry)")
     .argument('<ID>', 'the snapshot id')
-    .addHelpText('after', example('$ vnsnap snapshot delete snap-0007\ndeleted snapshot snap-0007'))
+    .addHelpText('after', example('$ vnsnap snapshot delete blue-7-3c9e1f\ndeleted snapshot blue-7-3c9e1f'))
     .action((id: string, o: CommonOpts) => run((ctx) => cmd.snapshotDelete(ctx, id), o));
 
   leaf(program, 'restore', 'restore a snapshot: every VM, its disk and the frames in flight at the cut; on the same hosts or a new placement')
@@ -172,7 +174,7 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .option('--stop-running', "stop the VNE's running VMs first (otherwise restoring a running VNE is refused)")
     .option('--place-lost <HOST>', 'run every VM of an unreachable host on agent HOST; their old instances are fenced (stopped if that host returns)')
     .option('--timeout-ms <N>', 'give up unless the restore completes within this', uint32('--timeout-ms'))
-    .addHelpText('after', example('$ vnsnap restore snap-0007 --stop-running --place vm2=h3\n$ vnsnap restore snap-0007 --stop-running --place-lost h1'))
+    .addHelpText('after', example('$ vnsnap restore blue-7-3c9e1f --stop-running --place vm2=h3\n$ vnsnap restore blue-7-3c9e1f --stop-running --place-lost h1'))
     .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; timeoutMs?: number }) =>
       run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}) }), o),
     );

@@ -7,7 +7,12 @@
  * its trailers (proto/core/grpc-status.ts) and maps through that code; an UNAVAILABLE (or a deadline,
  * or a non-gRPC answer) without that tag means we never talked to a coordinator: exit 4, unless
  * the TLS handshake failed, which is said in words (credentials.ts) with exit 5, like a call
- * the caller's role may not make (PERMISSION_DENIED).
+ * the caller's role may not make (PERMISSION_DENIED). A stream that the coordinator had answered
+ * and that then lost its connection is neither: the coordinator was reached, the outcome of the
+ * operation is unknown (exit 6, with the commands that find it out).
+ *
+ * The coordinator's messages reach the person in the CLI's words (wording.ts: flags, not
+ * request fields).
  */
 import * as grpc from '@grpc/grpc-js';
 import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
@@ -29,6 +34,7 @@ import type { StopVneResponse__Output } from '../../proto/gen/vnsnap/v1/StopVneR
 import type { Vne, Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { CliError, EXIT, exitCodeForErrorCode } from './exit-codes';
 import { describeTlsFailure, type CliCredentials } from './credentials';
+import { inCliTerms } from './wording';
 
 export const DEFAULT_COORDINATOR = '127.0.0.1:7443';
 /** Deadline of every unary call (starting a VNE's VMs may take a while). */
@@ -58,8 +64,12 @@ function unreachableReason(details: string): string {
   if (/ETIMEDOUT|Deadline exceeded/i.test(details)) return 'timed out';
   if (/EHOSTUNREACH|ENETUNREACH/.test(details)) return 'no route to host';
   if (/ECONNRESET|EPIPE/.test(details)) return 'connection reset';
+  if (/Connection dropped/i.test(details)) return 'connection dropped';
   return details.replace(/\s+/g, ' ').trim() || 'unavailable';
 }
+
+/** Untagged statuses grpc-js gives a call whose connection went away under it. */
+const LOST_CONNECTION: readonly grpc.status[] = [grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.UNKNOWN];
 
 export class CoordinatorClient {
   readonly address: string;
@@ -95,7 +105,24 @@ export class CoordinatorClient {
       }
     }
     const v = fromServiceError(e);
-    return new CliError(exitCodeForErrorCode(v.code), v.message, v.code);
+    return new CliError(exitCodeForErrorCode(v.code), inCliTerms(v.message), v.code);
+  }
+
+  /**
+   * The failure of a stream the coordinator had answered (it sent headers or an event): when it
+   * is the connection that went (the coordinator died or the network dropped; no status of the
+   * coordinator's own), the operation's outcome is unknown, not "cannot reach": exit 6 with
+   * `findIt`, the commands that tell. Any other failure as toCliError.
+   */
+  toStreamError(e: unknown, what: string, findIt: string): CliError {
+    if (isServiceError(e) && e.metadata?.get(ERROR_CODE_METADATA_KEY)[0] === undefined && LOST_CONNECTION.includes(e.code)) {
+      return new CliError(
+        EXIT.OUTCOME_UNKNOWN,
+        `lost the connection to the coordinator at ${this.address} (${unreachableReason(e.details)}) during the ${what}: its outcome is unknown; find it with: ${findIt}`,
+        'ERR_UNAVAILABLE',
+      );
+    }
+    return this.toCliError(e, what);
   }
 
   private unary<Res>(what: string, start: Start<Res>): Promise<Res> {

@@ -16,6 +16,7 @@ import { describeVne, formatMs, renderAgents, renderEvent, renderSnapshot, rende
 import type { CliIo } from './io';
 import { follow, makeRenderer, type RenderMode } from './progress';
 import { toJson } from './proto-json';
+import { inCliTerms } from './wording';
 import { renderTimelineSvg } from './timeline-svg';
 import { readVneFile } from './vne-file';
 import type { CliCredentials } from './credentials';
@@ -113,16 +114,26 @@ function renderMode(ctx: Ctx): RenderMode {
 
 /**
  * Follow a snapshot/restore stream to its end with the right renderer; Ctrl-C stops following
- * (exit 130). Returns the final record and the time it took.
+ * (exit 130). Returns the final record and the time it took. Once the coordinator has answered
+ * (headers or an event), a lost connection means the outcome is unknown: `findIt` says how to
+ * find it out (client.ts, toStreamError).
  */
 async function followOperation(
   ctx: Ctx,
   c: CoordinatorClient,
   stream: grpc.ClientReadableStream<SnapshotEvent__Output>,
   what: string,
+  findIt: (snapshotId: string) => string,
 ): Promise<{ done: Snapshot__Output | undefined; snapshotId: string; elapsedMs: number }> {
   const t0 = ctx.io.now();
   let interrupted = false;
+  let answered = false;
+  let snapshotId = '';
+  stream.once('metadata', () => (answered = true));
+  stream.on('data', (e: SnapshotEvent__Output) => {
+    answered = true;
+    if (e.snapshotId) snapshotId = e.snapshotId;
+  });
   const off = ctx.io.onInterrupt(() => {
     interrupted = true;
     stream.cancel();
@@ -132,9 +143,9 @@ async function followOperation(
     return { ...r, elapsedMs: ctx.io.now() - t0 };
   } catch (e) {
     if (interrupted) {
-      throw new CliError(EXIT.INTERRUPTED, `interrupted: stopped following the ${what}; the coordinator decides whether it goes on (check with: vnsnap snapshot list)`, 'ERR_CANCELLED');
+      throw new CliError(EXIT.INTERRUPTED, `interrupted: stopped following the ${what}; the coordinator decides whether it goes on (check with: ${findIt(snapshotId)})`, 'ERR_CANCELLED');
     }
-    throw c.toCliError(e, what);
+    throw answered ? c.toStreamError(e, what + (snapshotId && !what.includes(snapshotId) ? ` (${snapshotId})` : ''), findIt(snapshotId)) : c.toCliError(e, what);
   } finally {
     off();
   }
@@ -156,13 +167,13 @@ export async function snapshotCreate(ctx: Ctx, vne: string, o: CreateOptions): P
       timeoutMs: o.timeoutMs ?? 0,
       description: o.description ?? '',
     });
-    const { done, snapshotId, elapsedMs } = await followOperation(ctx, c, stream, `snapshot of VNE ${vne}`);
+    const { done, snapshotId, elapsedMs } = await followOperation(ctx, c, stream, `snapshot of VNE ${vne}`, () => `vnsnap snapshot list --vne ${vne}, or vnsnap events --vne ${vne}`);
     if (!done) {
       throw new CliError(EXIT.FAILED, `the coordinator ended the snapshot stream${snapshotId ? ` of ${snapshotId}` : ''} without its final record; check with: vnsnap snapshot list --vne ${vne}`);
     }
     if (!ctx.json) ctx.io.out('\n' + renderSnapshot(done, { totalMsFallback: elapsedMs }));
     if (done.state !== 'SNAPSHOT_STATE_COMPLETE') {
-      throw new CliError(EXIT.FAILED, `snapshot ${done.id} of VNE ${done.vne} ${shortEnum(done.state).toLowerCase()}${done.error ? `: ${done.error}` : ''}`, 'ERR_SNAPSHOT_ABORTED');
+      throw new CliError(EXIT.FAILED, `snapshot ${done.id} of VNE ${done.vne} ${shortEnum(done.state).toLowerCase()}${done.error ? `: ${inCliTerms(done.error)}` : ''}`, 'ERR_SNAPSHOT_ABORTED');
     }
     return EXIT.OK;
   });
@@ -179,7 +190,7 @@ export interface RestoreOptions {
 export async function restore(ctx: Ctx, id: string, o: RestoreOptions): Promise<ExitCode> {
   return withClient(ctx, async (c) => {
     const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0, ...(o.placeLost ? { placeLost: o.placeLost } : {}) });
-    const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`);
+    const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`, () => `vnsnap snapshot show ${id} (its VNE), then vnsnap vne show VNE; or vnsnap events`);
     if (ctx.json) return EXIT.OK;
     if (!done) {
       ctx.io.out(`\nrestored snapshot ${id} in ${formatMs(elapsedMs)}\n`);

@@ -4,7 +4,8 @@
  *   0 ok · 1 the operation failed (e.g. a snapshot aborted, a precondition the coordinator
  *   refused) · 2 bad usage or input · 3 not found · 4 cannot reach the coordinator ·
  *   5 denied: our role may not do this, or a certificate (ours or the coordinator's) is refused ·
- *   130 interrupted (Ctrl-C).
+ *   6 outcome unknown: the coordinator was reached, then the connection was lost in the middle of
+ *   a snapshot or restore (it may have finished, aborted, or still run) · 130 interrupted (Ctrl-C).
  *
  * Every failure ends as one CliError: a message a person can act on (never a stack trace), the
  * exit code, and the vnsnap error code when the coordinator sent one (for --json).
@@ -18,6 +19,7 @@ export const EXIT = {
   NOT_FOUND: 3,
   UNREACHABLE: 4,
   DENIED: 5,
+  OUTCOME_UNKNOWN: 6,
   INTERRUPTED: 130,
 } as const;
 

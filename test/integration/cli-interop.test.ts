@@ -24,14 +24,6 @@ const REPO = path.resolve(__dirname, '../../..');
 const CHECK = path.join(REPO, 'test/interop/interop_check.py');
 const VNE_FILE = path.join(REPO, 'test/interop/sim-vne.json');
 
-/**
- * The served reflection descriptors come from proto-loader/protobufjs (proto/grpc.ts): map
- * entries named `Placement` instead of `PlacementEntry`, fields in camelCase. Strict runtimes
- * (Python/C++ protobuf, Go, grpcurl) reject or misname them. Reported; this test reports it as
- * pending until proto/grpc.ts serves protoc-equivalent descriptors, and fails on anything else.
- */
-const KNOWN_REFLECTION_BUG = [/^reflection: the served descriptors are rejected by a strict protobuf runtime: .*map_entry should not be set explicitly/, /^reflection: \d+ served messages differ from proto\/, e\.g\. .* has fields \[\('\w*[a-z][A-Z]\w*', \d+\)/];
-
 interface Report {
   ok: boolean;
   implementation: string;
@@ -103,12 +95,10 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
     assert.equal(r.methodsMatchProto, true);
   });
 
-  it('reflection descriptors are accepted by a strict protobuf runtime (grpcurl, Python, Go)', function () {
+  // proto/core/grpc.ts serves protoc-equivalent descriptors (snake_case fields, `<Field>Entry`
+  // map entries): a strict runtime must accept every one.
+  it('reflection descriptors are accepted by a strict protobuf runtime (grpcurl, Python, Go)', () => {
     const reflectionProblems = report.problems.filter((p) => p.startsWith('reflection:'));
-    if (reflectionProblems.length > 0 && reflectionProblems.every((p) => KNOWN_REFLECTION_BUG.some((re) => re.test(p)))) {
-      console.log(`      (pending, known bug in proto/grpc.ts reflection: ${reflectionProblems.length} problems, e.g. ${reflectionProblems[0]?.slice(0, 160)}…)`);
-      this.skip();
-    }
     assert.deepEqual(reflectionProblems, []);
     assert.equal(report.reflection?.descriptorsValid, true);
   });
@@ -136,9 +126,8 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
   });
 
   it('nothing else failed', () => {
-    const other = report.problems.filter((p) => !KNOWN_REFLECTION_BUG.some((re) => re.test(p)));
-    assert.deepEqual(other, []);
-    assert.equal(exitCode, report.problems.length === 0 ? 0 : 1);
+    assert.deepEqual(report.problems, []);
+    assert.equal(exitCode, 0);
   });
 
   it('the snapshot Python took is real: manifest and artefacts in the store, the VMs still running on the agents', async () => {

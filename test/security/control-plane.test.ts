@@ -213,13 +213,15 @@ describe('security: control plane over mutual TLS', function () {
       ];
       for (const [args, rpc] of cases) {
         const r = await vnsnap([...args, '--coordinator', address, ...tlsArgs(viewer)], home);
-        assert.equal(r.stderr, `vnsnap: permission denied: ${rpc} needs the operator role (certificate "viewer" has the viewer role)\n`, args.join(' '));
+        // The CLI names the command, with the RPC the role table names.
+        const command = `vnsnap ${args.slice(0, args[0] === 'restore' ? 1 : 2).join(' ')}`;
+        assert.equal(r.stderr, `vnsnap: permission denied: ${command} (${rpc}) needs the operator role (certificate "viewer" has the viewer role)\n`, args.join(' '));
         assert.equal(r.code, 5);
       }
       const raw = await call(address, sslCredentials(viewer), 'deleteVne', { name: 'blue' });
       assert.deepEqual(raw, { ok: false, code: grpc.status.PERMISSION_DENIED, details: 'permission denied: DeleteVne needs the operator role (certificate "viewer" has the viewer role)', vnsnapCode: 'ERR_PERMISSION_DENIED' });
       const j = await vnsnap(['vne', 'delete', 'blue', '--json', '--coordinator', address, ...tlsArgs(viewer)], home);
-      assert.deepEqual(JSON.parse(j.stderr), { error: { code: 'ERR_PERMISSION_DENIED', message: 'permission denied: DeleteVne needs the operator role (certificate "viewer" has the viewer role)', exitCode: 5 } });
+      assert.deepEqual(JSON.parse(j.stderr), { error: { code: 'ERR_PERMISSION_DENIED', message: 'permission denied: vnsnap vne delete (DeleteVne) needs the operator role (certificate "viewer" has the viewer role)', exitCode: 5 } });
     });
 
     it('an operator defines, deletes and may restore (the restore then fails on its merits)', async () => {

@@ -204,6 +204,7 @@ export class Cluster {
         coordinator: this.coordinatorAddress,
         tunnel: `${this.hostAddress(host)}:6081`,
         store: this.storeDir,
+        stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,
         debugVms: true,
         logLevel: 'info',

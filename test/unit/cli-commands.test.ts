@@ -219,7 +219,7 @@ describe('cli: vnsnap against a fake coordinator', function () {
       assert.deepEqual(await run('vne', 'delete', 'red', '--json'), { code: 0, stdout: '{}\n', stderr: '' });
       const refused = await run('vne', 'delete', 'blue');
       assert.equal(refused.code, 1);
-      assert.equal(refused.stderr, 'vnsnap: VNE blue has 2 snapshots: delete them first or pass delete_snapshots\n');
+      assert.equal(refused.stderr, 'vnsnap: VNE blue has 2 snapshots: delete them first or pass --with-snapshots\n');
       assert.deepEqual(await run('vne', 'delete', 'blue', '--with-snapshots'), { code: 0, stdout: 'deleted VNE blue and its snapshots\n', stderr: '' });
       assert.deepEqual(fake.calls.filter((c) => c.method === 'DeleteVne').map((c) => c.request), [
         { name: 'red', deleteSnapshots: false },
@@ -367,7 +367,7 @@ describe('cli: vnsnap against a fake coordinator', function () {
   describe('restore, agents, events', () => {
     it('restore: placement and --stop-running reach the coordinator; lines then the new placement', async () => {
       const refused = await run('restore', 'snap-0001');
-      assert.deepEqual(refused, { code: 1, stdout: '', stderr: 'vnsnap: VNE blue is running: pass stop_running to replace it\n' });
+      assert.deepEqual(refused, { code: 1, stdout: '', stderr: 'vnsnap: VNE blue is running: pass --stop-running to replace it\n' });
       const r = await run('restore', 'snap-0001', '--place', 'vm3=h1', '--place', 'vm1=h2', '--stop-running', '--timeout-ms', '9000');
       assert.equal(r.stderr, '');
       assert.equal(r.code, 0);

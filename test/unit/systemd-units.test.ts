@@ -58,10 +58,16 @@ describe('systemd units', () => {
     assert.ok(fs.readFileSync(path.join(root, 'docs/security.md'), 'utf8').includes(`"key": "${inService}"`), 'docs/security.md names the configured key path');
   });
 
-  it('the agent reads its TLS files in place, read-only (a credential would need a restart, which stops the VMs)', () => {
+  it('the agent reads its TLS files in place, read-only (a credential would need a restart)', () => {
     const text = fs.readFileSync(units[0] as string, 'utf8');
     assert.match(text, /^ReadOnlyPaths=\/etc\/vnsnap$/m);
     assert.match(text, /^ProtectSystem=strict$/m);
     assert.doesNotMatch(text, /^LoadCredential/m);
+  });
+
+  it('stopping the agent signals only its main process: the VMs outlive it (KillMode=process), and its state directory is writable', () => {
+    const text = fs.readFileSync(units[0] as string, 'utf8');
+    assert.deepEqual(text.match(/^KillMode=.*$/gm), ['KillMode=process']);
+    assert.match(text, /^ReadWritePaths=.*\/var\/lib\/vnsnap( |$)/m);
   });
 });

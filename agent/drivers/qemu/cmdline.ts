@@ -96,6 +96,8 @@ export interface VmFiles {
   consoleLog: string;
   channelSock: string;
   pidFile: string;
+  /** QEMU's stderr (it outlives the agent, so no pipe to it). */
+  stderrLog: string;
   /** The first disk overlay of the instance (the top changes with every snapshot). */
   disk0: string;
   netSock(i: number): string;
@@ -108,6 +110,7 @@ export function vmFiles(dir: string): VmFiles {
     consoleLog: `${dir}/console.log`,
     channelSock: `${dir}/channel.sock`,
     pidFile: `${dir}/qemu.pid`,
+    stderrLog: `${dir}/qemu.stderr`,
     disk0: `${dir}/disk0.qcow2`,
     netSock: (i) => `${dir}/net${i}.sock`,
   };

@@ -18,6 +18,7 @@
  * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -34,6 +35,8 @@ import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, t
 import { QemuJob } from './migration';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
+import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
+import type { ProcessIdentity } from '../../vm-state';
 
 export type { QemuDriverOptions } from './process';
 
@@ -63,6 +66,8 @@ export class QemuDriver implements HypervisorDriver {
   private serial = 0;
   private padLogged = false;
   private readonly roots: ImageRoots;
+  /** Spawn each QEMU in a transient systemd scope (systemd is PID 1, or the option says so). */
+  private readonly useScope: boolean;
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
@@ -81,7 +86,9 @@ export class QemuDriver implements HypervisorDriver {
       progressMs: opts.progressMs ?? 100,
       startTimeoutMs: opts.startTimeoutMs ?? 15_000,
       imageRoots: opts.imageRoots ?? DEFAULT_IMAGE_ROOTS,
+      scope: opts.scope ?? 'auto',
     };
+    this.useScope = this.o.scope === 'always' || (this.o.scope === 'auto' && fs.existsSync('/run/systemd/system'));
     this.roots = new ImageRoots(this.o.imageRoots);
     this.log = opts.logger ?? silentLogger();
     if (this.o.accel === 'auto') {
@@ -181,6 +188,11 @@ export class QemuDriver implements HypervisorDriver {
     await fsp.rm(vm.files.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
   }
 
+  /** The transient scope's unit name (one per instance), when QEMU runs in one. */
+  private scopeUnit(vm: QemuVm): string | undefined {
+    return this.useScope ? `vnsnap-${path.basename(vm.files.dir)}` : undefined;
+  }
+
   private async args(vm: QemuVm, nics: NicArg[], incoming: boolean): Promise<string[]> {
     const accel = this.accelFor(vm.qspec);
     vm.ramPadKib = tcgRamPadKib(accel, await qemuVersion(this.o.qemuBinary));
@@ -195,7 +207,7 @@ export class QemuDriver implements HypervisorDriver {
     const { vm, nics } = await this.prepare(spec, ctx);
     try {
       if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
-      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs);
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs, this.scopeUnit(vm));
       await vm.refreshStatus();
       if (vm.status !== 'running') await vm.q().execute('cont');
       await vm.refreshStatus();
@@ -204,7 +216,7 @@ export class QemuDriver implements HypervisorDriver {
       throw e;
     }
     this.vms.set(spec.id, vm);
-    vm.log.info({ pid: vm.proc?.pid, dir: vm.files.dir, accel: this.accelFor(vm.qspec) }, 'QEMU VM started');
+    vm.log.info({ pid: vm.pid, dir: vm.files.dir, accel: this.accelFor(vm.qspec) }, 'QEMU VM started');
     return { name: spec.name, ports: vm.ports };
   }
 
@@ -269,7 +281,7 @@ export class QemuDriver implements HypervisorDriver {
         await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
         await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
       }
-      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs);
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
       const q = vm.q();
       const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
       await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
@@ -289,7 +301,7 @@ export class QemuDriver implements HypervisorDriver {
       throw e;
     }
     this.vms.set(spec.id, vm);
-    vm.log.info({ pid: vm.proc?.pid, dir: vm.files.dir, memory: image.memory.path }, 'QEMU VM restored (paused)');
+    vm.log.info({ pid: vm.pid, dir: vm.files.dir, memory: image.memory.path }, 'QEMU VM restored (paused)');
     return { name: spec.name, ports: vm.ports };
   }
 
@@ -298,7 +310,7 @@ export class QemuDriver implements HypervisorDriver {
     if (!vm) return undefined;
     return {
       id,
-      pid: vm.proc?.pid,
+      pid: vm.pid,
       status: this.status(id),
       dir: vm.files.dir,
       qmpSock: vm.files.qmpSock,
@@ -336,6 +348,42 @@ export class QemuDriver implements HypervisorDriver {
   async pmemsave(id: string, file: string): Promise<void> {
     const vm = this.get(id);
     await vm.q().execute('pmemsave', { val: 0, size: vm.memBytes, filename: file }, 60_000);
+  }
+
+  // ── VMs that outlive the agent (adopt.ts) ──
+
+  persistent(id: string): { process: ProcessIdentity; state: QemuSavedState } | undefined {
+    const vm = this.vms.get(id);
+    if (!vm || vm.exited || vm.pid === undefined || vm.startTime === undefined) return undefined;
+    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial } };
+  }
+
+  adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+    return adoptQemuVm(this.adoptionParts(), spec, saved, ctx);
+  }
+
+  private adoptionParts(): AdoptionParts {
+    return {
+      workDir: this.o.workDir,
+      timeoutMs: this.o.startTimeoutMs,
+      has: (id) => this.vms.has(id),
+      add: (id, vm) => void this.vms.set(id, vm),
+    };
+  }
+
+  async release(id: string): Promise<void> {
+    const vm = this.vms.get(id);
+    if (!vm) return;
+    this.vms.delete(id);
+    for (const p of vm.ports) {
+      try {
+        p.close();
+      } catch {
+        /* closed */
+      }
+    }
+    vm.release();
+    vm.log.info({ pid: vm.pid }, 'QEMU VM released: it keeps running without this agent');
   }
 
   async close(): Promise<void> {

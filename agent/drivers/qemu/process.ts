@@ -10,9 +10,18 @@
  *
  * QemuVm guarantees: `status` follows QEMU's own STOP and RESUME events (whose timestamps
  * measure the pause); `exited` is set when the process is gone, and q() then throws ERR_DRIVER
- * with the tail of QEMU's stderr; kill() asks QMP `quit`, then SIGKILL after 3 s.
+ * with the tail of QEMU's stderr; kill() asks QMP `quit`, then SIGKILL after 3 s (only while the
+ * pid still has the recorded start time: a reused pid is never signalled).
+ *
+ * QEMU outlives the agent (docs/agent-restart.md): it is spawned detached (setsid: its own
+ * session and process group, so no signal to the agent's group or terminal reaches it), with no
+ * pipe to the agent (stdin/stdout /dev/null, stderr appended to qemu.stderr in its directory, the
+ * console to console.log), and, where systemd is PID 1, inside a transient scope of its own
+ * (`systemd-run --scope`, which execs QEMU under the same pid) so stopping the agent's unit does
+ * not kill it. A later agent re-opens it with attachProcess(); release() lets it go unharmed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
@@ -20,6 +29,7 @@ import type { Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import type { SnapshotJob, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
+import { isSameProcess, processStartTime, type ProcessIdentity } from '../../vm-state';
 import type { Accel, NicMode, VmFiles } from './cmdline';
 import { QmpClient, type QmpEvent } from './qmp';
 
@@ -58,6 +68,12 @@ export interface QemuDriverOptions {
   startTimeoutMs?: number;
   /** Directories the VMs' kernel, initrd and disk must be under (default DEFAULT_IMAGE_ROOTS; ../image-root.ts). */
   imageRoots?: readonly string[];
+  /**
+   * Run each QEMU in a transient systemd scope of its own (`systemd-run --scope`), so that
+   * stopping the agent's unit does not kill it: 'auto' (default) when systemd is PID 1
+   * (/run/systemd/system exists), 'always', or 'never' (setsid alone).
+   */
+  scope?: 'auto' | 'always' | 'never';
   logger?: Logger;
 }
 
@@ -82,9 +98,14 @@ export interface MigrationInfo {
 /** One QEMU process. */
 export class QemuVm {
   status: VmStatus = 'paused';
+  /** The process when this agent started it (an adopted VM has none: see pid). */
   proc: ChildProcess | undefined;
+  /** The QEMU process's pid and start time (from /proc; a reused pid is never signalled). */
+  pid: number | undefined;
+  startTime: string | undefined;
   qmp: QmpClient | undefined;
   exited = false;
+  /** Messages of the spawn itself (QEMU's own stderr goes to files.stderrLog). */
   private stderrTail = '';
   exitPromise: Promise<void> = Promise.resolve();
   /** The snapshot in progress, if any (stop() aborts it). */
@@ -120,16 +141,26 @@ export class QemuVm {
   }
 
   stderr(): string {
-    return this.stderrTail.trim();
+    return (this.stderrTail + readTail(this.files.stderrLog)).trim();
   }
 
-  async spawn(binary: string, args: string[], timeoutMs: number): Promise<void> {
-    const p = spawn(binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  /**
+   * Start QEMU detached from the agent (module comment): its own session and process group
+   * (setsid), stdin and stdout on /dev/null, stderr to qemu.stderr in its directory; inside a
+   * transient systemd scope `scopeUnit` when given. Resolves once QMP answers.
+   */
+  async spawn(binary: string, args: string[], timeoutMs: number, scopeUnit?: string): Promise<void> {
+    const errFd = fs.openSync(this.files.stderrLog, 'a', 0o600);
+    let p: ChildProcess;
+    try {
+      const [cmd, argv] = scopeUnit ? ['systemd-run', ['--scope', '--quiet', '--collect', `--unit=${scopeUnit}`, '--', binary, ...args]] : [binary, args];
+      p = spawn(cmd, argv, { stdio: ['ignore', 'ignore', errFd], detached: true });
+    } finally {
+      fs.closeSync(errFd);
+    }
+    p.unref();
     this.proc = p;
-    p.stderr?.setEncoding('utf8');
-    p.stderr?.on('data', (d: string) => {
-      this.stderrTail = (this.stderrTail + d).slice(-4000);
-    });
+    this.pid = p.pid;
     this.exitPromise = new Promise<void>((resolve) => {
       p.once('exit', (code, sig) => {
         this.exited = true;
@@ -145,11 +176,34 @@ export class QemuVm {
       });
     });
     try {
-      this.qmp = await QmpClient.connect(this.files.qmpSock, { timeoutMs, isAlive: () => !this.exited, name: `${this.spec.id} (pid ${p.pid})` });
+      await this.connect(timeoutMs, () => !this.exited);
     } catch (e) {
       await sleep(50);
       throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.spec.id} did not start: ${this.stderr() || describeError(e)}`, { cause: e });
     }
+    if (this.pid !== undefined) this.startTime = processStartTime(this.pid);
+  }
+
+  /**
+   * Take over the QEMU process `ident` a previous agent started (the caller checked it is that
+   * process): connect to its QMP socket. Its end is seen as the monitor closing.
+   */
+  async attachProcess(ident: ProcessIdentity, timeoutMs: number): Promise<void> {
+    this.pid = ident.pid;
+    this.startTime = ident.startTime;
+    const alive = (): boolean => isSameProcess(ident);
+    let exited!: () => void;
+    this.exitPromise = new Promise<void>((resolve) => (exited = resolve));
+    await this.connect(timeoutMs, alive);
+    this.q().once('close', () => {
+      this.exited = true;
+      this.status = 'stopped';
+      exited();
+    });
+  }
+
+  private async connect(timeoutMs: number, isAlive: () => boolean): Promise<void> {
+    this.qmp = await QmpClient.connect(this.files.qmpSock, { timeoutMs, isAlive, name: `${this.spec.id} (pid ${this.pid})` });
     this.qmp.on('event', (ev: QmpEvent) => {
       if (ev.event === 'STOP') {
         this.status = 'paused';
@@ -172,17 +226,48 @@ export class QemuVm {
   }
 
   async kill(): Promise<void> {
-    if (this.proc && !this.exited) {
+    if (this.pid !== undefined && !this.exited) {
       try {
         await this.qmp?.execute('quit', undefined, 2000);
       } catch {
         /* dying anyway */
       }
-      const t = setTimeout(() => this.proc?.kill('SIGKILL'), 3000);
+      const t = setTimeout(() => this.signal('SIGKILL'), 3000);
       await this.exitPromise;
       clearTimeout(t);
     }
     this.qmp?.close();
     this.status = 'stopped';
+  }
+
+  /** Signal the process if it is still the one this VM runs (never a reused pid). */
+  private signal(sig: NodeJS.Signals): void {
+    if (this.proc) this.proc.kill(sig);
+    else if (this.pid !== undefined && this.startTime !== undefined && isSameProcess({ pid: this.pid, startTime: this.startTime })) process.kill(this.pid, sig);
+  }
+
+  /** Forget the process without stopping it: close the monitor (the process goes on). */
+  release(): void {
+    this.qmp?.removeAllListeners('close');
+    this.qmp?.close();
+    this.proc?.removeAllListeners();
+  }
+}
+
+/** The last 4000 bytes of a file ('' if it cannot be read). */
+function readTail(file: string): string {
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const n = Math.min(size, 4000);
+      const b = Buffer.alloc(n);
+      fs.readSync(fd, b, 0, n, size - n);
+      return b.toString('utf8');
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return '';
   }
 }

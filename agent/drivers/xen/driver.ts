@@ -9,6 +9,8 @@
  * Snapshot, precopy mode: a live capture of `xl migrate` (live-capture.ts). Background mode:
  * `xl save -c` (save.ts). Chosen explicitly by the snapshot mode.
  * Restore: `xl restore -p` (paused, ports on the same bridges), resume = `xl unpause`.
+ * Domains outlive the agent: release() leaves them (and their bridges) running, a later agent
+ * adopts them by name and domid and re-opens the switch's TAPs in the bridges (adopt.ts).
  *
  * Specs: the given xl configuration is parsed and checked against the allow-list of
  * proto/specs/xen-config.ts, its kernel, ramdisk and disk targets resolved under the agent's
@@ -31,6 +33,7 @@ import { checkXenConfig } from '../../../proto/specs/xen-config';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { attachPorts, detachPorts, xenConfig, xenNames, type DiskRef } from './network';
 import { SaveCheckpoint } from './save';
+import { adoptXenVm, xenSavedState, type XenSavedState } from './adopt';
 import { XlHost, type XenHost } from './xl';
 
 export { xenConfig, xenNames } from './network';
@@ -282,6 +285,25 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
     }
     ctx.log.info({ domain: names.domName, domid: vm.domid }, 'xen domain restored (paused)');
     return { name: spec.name, ports: vm.ports };
+  }
+
+  // ── domains that outlive the agent (adopt.ts) ──
+
+  persistent(id: string): { state: XenSavedState } | undefined {
+    const vm = this.vms.get(id);
+    return vm && vm.status !== 'stopped' ? { state: xenSavedState(vm) } : undefined;
+  }
+
+  adopt(spec: VmStartSpec, saved: { state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+    return adoptXenVm({ host: this.host, has: (id) => this.vms.has(id), add: (id, vm) => void this.vms.set(id, vm), ...(this.opts.openPort ? { openPort: this.opts.openPort } : {}) }, spec, saved.state, ctx);
+  }
+
+  /** Forget the domain without destroying it: close the switch's TAPs (the bridges and vifs stay). */
+  async release(id: string): Promise<void> {
+    const vm = this.vms.get(id);
+    if (!vm) return;
+    this.vms.delete(id);
+    for (const p of vm.ports) p.close();
   }
 
   async close(): Promise<void> {

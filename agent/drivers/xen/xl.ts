@@ -54,6 +54,8 @@ export interface XenHost {
   unpause(name: string): Promise<void>;
   /** The domain id, or null if no such domain. */
   domid(name: string): Promise<number | null>;
+  /** Is the domain paused (`xl list`'s state has "p")? Optional: without it an adopted domain is not checked. */
+  paused?(name: string): Promise<boolean>;
   /** `xl migrate -s '' NAME RECEIVER`: xl runs RECEIVER (a shell command) as the receiving side. */
   migrate(name: string, receiverCommand: string): XlProcess;
   /** `xl save -c NAME FILE`: stop-and-copy checkpoint, the domain resumes afterwards. */
@@ -115,6 +117,13 @@ export class XlHost implements XenHost {
     if (r.code !== 0) return null;
     const n = Number(r.output.trim().split('\n').pop());
     return Number.isInteger(n) ? n : null;
+  }
+
+  async paused(name: string): Promise<boolean> {
+    // "Name ID Mem VCPUs State Time(s)": the state is six flags, "p" the third ("--p---").
+    const line = (await run(this.xl, ['list', name])).trim().split('\n').pop() ?? '';
+    const state = line.trim().split(/\s+/)[4] ?? '';
+    return state[2] === 'p';
   }
 
   migrate(name: string, receiverCommand: string): XlProcess {

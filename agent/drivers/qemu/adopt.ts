@@ -1,0 +1,157 @@
+/**
+ * Adoption of a QEMU VM a previous agent left running (docs/agent-restart.md): the QEMU driver's
+ * side of "VMs outlive the agent".
+ *
+ * What a VM needs to be found again is small, and the driver returns it from persistent() for
+ * the agent's state record (QemuSavedState): the instance directory (QMP socket, console,
+ * overlays), the NIC mode, the TAP devices, the RAM padding. The process itself (pid and start
+ * time) is the agent's part of the record; the agent checks it is still that process before it
+ * asks for the adoption.
+ *
+ * Guarantees of adoptQemuVm:
+ *  - nothing outside the driver's work directory is ever taken for an instance directory, and
+ *    a VM the driver already holds is refused (ERR_ALREADY_EXISTS);
+ *  - the monitor is re-opened (QEMU serves one QMP client at a time and accepts the next after
+ *    the old agent's connection died); a VM that does not answer is ERR_NOT_FOUND;
+ *  - a snapshot the dead agent had in progress is cancelled (migrate_cancel: its stream died
+ *    with the agent; the artefacts it left in the store are the coordinator's abort's to
+ *    delete), and a VM left paused (by a cut) is resumed with `cont` — `resumed` says so;
+ *  - the disk's current top node is read back from QEMU (a cut may have moved it after the
+ *    record was written);
+ *  - TAP NICs come back as new packet sockets on the same TAPs (QEMU kept them open); a stream
+ *    NIC (QEMU was the client of the dead agent's socket) does not reconnect: its port listens
+ *    again but the VM stays off the network until it is restarted, which is logged.
+ */
+import { VnsnapError } from '../../../proto/core/errors';
+import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { PacketPort } from '../../../switch/port/fd-port';
+import type { Port } from '../../../switch/port/port';
+import { StreamPort } from '../../../switch/port/stream-port';
+import type { ProcessIdentity } from '../../vm-state';
+import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
+import { vmFiles, type NicMode } from './cmdline';
+import { QemuVm, type MigrationInfo } from './process';
+
+/** The QEMU driver's part of a VM's state record. */
+export interface QemuSavedState {
+  dir: string;
+  nic: NicMode;
+  taps: string[];
+  ramPadKib: number;
+  snapSerial: number;
+}
+
+/** What adoption needs of the driver. */
+export interface AdoptionParts {
+  workDir: string;
+  timeoutMs: number;
+  has(id: string): boolean;
+  add(id: string, vm: QemuVm): void;
+}
+
+/** Check the driver's part of a record (throws ERR_INVALID_ARGUMENT naming what is wrong). */
+export function parseQemuSavedState(v: unknown, workDir: string): QemuSavedState {
+  const bad = (why: string): never => {
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record: ${why}`);
+  };
+  if (typeof v !== 'object' || v === null) return bad('no driver state');
+  const o = v as Record<string, unknown>;
+  const dir = o.dir;
+  if (typeof dir !== 'string' || !dir.startsWith(`${workDir.replace(/\/+$/, '')}/`) || dir.includes('/../') || dir.endsWith('/..')) return bad(`instance directory ${JSON.stringify(dir)} is not under the work directory ${workDir}`);
+  const nic = o.nic;
+  if (nic !== 'tap' && nic !== 'stream') return bad(`nic ${JSON.stringify(nic)} is neither tap nor stream`);
+  const taps = o.taps;
+  if (!Array.isArray(taps) || taps.some((t) => typeof t !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(t))) return bad(`bad TAP names ${JSON.stringify(taps)}`);
+  const int = (k: string): number => {
+    const x = o[k] ?? 0;
+    return typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : bad(`${k} is not a non-negative integer`);
+  };
+  return { dir, nic, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial') };
+}
+
+const ACTIVE_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'cancelling', 'wait-unplug']);
+
+/** Take over a running QEMU VM (module comment). */
+export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+  const st = parseQemuSavedState(saved.state, d.workDir);
+  const proc = saved.process;
+  if (!proc) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: no process`);
+  if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
+  const q = spec.driver.qemu;
+  if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
+  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+  const files = vmFiles(st.dir);
+  const log = ctx.log.child({ driver: 'qemu' });
+  const ports: Port[] = [];
+  if (st.nic === 'tap') {
+    if (st.taps.length !== ctx.portNames.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: ${st.taps.length} TAPs for ${ctx.portNames.length} ports`);
+    st.taps.forEach((t, i) => ports.push(new PacketPort(ctx.portNames[i] as string, t)));
+  }
+  const vm = new QemuVm(spec, qspec, files, ports, log);
+  vm.taps = [...st.taps];
+  vm.ramPadKib = st.ramPadKib;
+  vm.snapSerial = st.snapSerial;
+  try {
+    await vm.attachProcess(proc, d.timeoutMs);
+  } catch (e) {
+    vm.release();
+    throw new VnsnapError('ERR_NOT_FOUND', `QEMU VM ${spec.id} (pid ${proc.pid}) does not answer on ${files.qmpSock}: ${(e as Error).message}`, { cause: e });
+  }
+  try {
+    await cancelDeadSnapshot(vm);
+    await readTop(vm);
+    await vm.refreshStatus();
+    let resumed = false;
+    if (vm.status === 'paused') {
+      await vm.q().execute('cont');
+      await vm.refreshStatus();
+      resumed = true;
+    }
+    if (st.nic === 'stream') {
+      for (let i = 0; i < ctx.portNames.length; i++) {
+        const p = new StreamPort(ctx.portNames[i] as string, files.netSock(i));
+        await p.listen();
+        ports.push(p);
+      }
+      log.warn({ vm: spec.id }, 'adopted a VM with stream NICs: QEMU does not reconnect them, so it stays off the network until it is restarted (nic=tap survives agent restarts)');
+    }
+    d.add(spec.id, vm);
+    log.info({ pid: vm.pid, dir: files.dir, resumed, top: vm.topNode }, 'QEMU VM adopted');
+    return { name: spec.name, ports, resumed };
+  } catch (e) {
+    for (const p of ports) {
+      try {
+        p.close();
+      } catch {
+        /* not open */
+      }
+    }
+    vm.release();
+    throw e;
+  }
+}
+
+/** A migration the dead agent started (a snapshot's stream) cannot finish: cancel it and wait for the end. */
+async function cancelDeadSnapshot(vm: QemuVm): Promise<void> {
+  const q = vm.q();
+  const info = await q.execute<MigrationInfo>('query-migrate');
+  if (!info.status || !ACTIVE_MIGRATION.has(info.status)) return;
+  vm.log.info({ status: info.status }, 'cancelling the snapshot stream the previous agent left');
+  if (info.status !== 'cancelling') await q.execute('migrate_cancel');
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const s = (await q.execute<MigrationInfo>('query-migrate')).status;
+    if (!s || !ACTIVE_MIGRATION.has(s)) return;
+    if (Date.now() > deadline) throw new VnsnapError('ERR_TIMEOUT', `QEMU VM ${vm.spec.id}: the previous agent's snapshot stream did not cancel within 10 s (status ${s})`);
+    await new Promise((r) => setTimeout(r, 50)); // QEMU reports the end only to the dead agent's event stream
+  }
+}
+
+/** The disk's current top node and file, as QEMU has them. */
+async function readTop(vm: QemuVm): Promise<void> {
+  if (!vm.hasDisk) return;
+  const blocks = await vm.q().execute<{ inserted?: { 'node-name'?: string; file?: string } }[]>('query-block');
+  const top = blocks.find((b) => b.inserted?.['node-name'])?.inserted;
+  if (top?.['node-name']) vm.topNode = top['node-name'];
+  if (top?.file) vm.topFile = top.file;
+}

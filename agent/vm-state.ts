@@ -1,0 +1,222 @@
+/**
+ * The agent's state directory: one record per VM it runs, so that a new agent (after a restart,
+ * a crash or an upgrade) finds the VMs the old one left running and adopts them instead of
+ * leaving them unmanaged (docs/agent-restart.md).
+ *
+ *   <stateDir>/vms/<vne>_<vm>/vm.json     (the agent's `stateDir`, default /var/lib/vnsnap)
+ *
+ * A record holds a format version, the VM's spec, its process when the VM is one (pid AND the
+ * process's start time, field 22 of /proc/PID/stat: a pid the kernel gave to another program
+ * since is never taken for the VM; a Xen domain has none, its driver checks the domid), the epoch and generation the agent last knew, and the driver's own state (the QEMU
+ * driver: its instance directory, QMP socket, TAP devices). The VM is its process: the record
+ * says which process it is.
+ *
+ * Guarantees:
+ *  - A record is written atomically (proto/store/atomic-file.ts): a reader sees the old record
+ *    or the whole new one, never part of one; a crash leaves at most a temporary file, ignored.
+ *  - Versions: a record of an older format is read (upgraded in memory); a record of a NEWER
+ *    format than this agent knows makes scan() fail with ERR_UNSUPPORTED_VERSION and one line
+ *    naming the file, before anything is touched (the caller refuses to start: an older agent
+ *    must not adopt, stop or rewrite what a newer one left).
+ *  - A malformed record (not JSON, missing fields) is reported by scan() with its reason and
+ *    skipped, never adopted; the caller removes it.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { VnsnapError } from '../proto/core/errors';
+import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
+import { AtomicFile, isTempName } from '../proto/store/atomic-file';
+
+/** The format this agent writes (and the newest it reads). */
+export const VM_STATE_FORMAT = 1;
+export const DEFAULT_STATE_DIR = '/var/lib/vnsnap';
+const FILE = 'vm.json';
+
+/** Which process a VM is: its pid and the kernel's start time of that pid (clock ticks since boot). */
+export interface ProcessIdentity {
+  pid: number;
+  startTime: string;
+}
+
+export interface VmStateRecord {
+  format: number;
+  /** The agent that wrote it. */
+  agent: string;
+  vne: string;
+  vm: string;
+  /** The driver kind that runs it (VmSpec.driver.kind). */
+  driver: string;
+  spec: VmSpec__Output;
+  /** The VM's process (QEMU); absent for a VM that is not a host process (a Xen domain: the driver checks its domid). */
+  process?: ProcessIdentity;
+  /** The switch epoch and VNE generation the agent last knew (informational: ports come back at ConfigureVne's). */
+  epoch: number;
+  generation: number;
+  /** The driver's own state (opaque here; the driver checks it). */
+  driverState: unknown;
+  writtenUnixMs: number;
+}
+
+/** What scan() found. */
+export interface ScanResult {
+  records: { dir: string; record: VmStateRecord }[];
+  /** Records that cannot be read (malformed), with the reason: never adopted. */
+  unreadable: { dir: string; reason: string }[];
+}
+
+/** The start time of process `pid` (field 22 of /proc/PID/stat), or undefined if there is no such process. */
+export function processStartTime(pid: number): string | undefined {
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  let stat: string;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "PID (COMM) STATE PPID ..." where COMM may hold spaces and parentheses: split after the last ")".
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state), so field 22 is rest[19]. A zombie (Z) or dead (X) process is gone:
+  // it only waits for a parent (here perhaps a PID 1 that does not reap) to collect it.
+  if (rest[0] === 'Z' || rest[0] === 'X') return undefined;
+  const v = rest[19];
+  return v !== undefined && /^\d+$/.test(v) ? v : undefined;
+}
+
+/** The identity of a live process (throws ERR_NOT_FOUND if it is gone). */
+export function processIdentity(pid: number): ProcessIdentity {
+  const startTime = processStartTime(pid);
+  if (startTime === undefined) throw new VnsnapError('ERR_NOT_FOUND', `process ${pid} is not running`);
+  return { pid, startTime };
+}
+
+/** Is the process still the one the record names (same pid AND same start time)? */
+export function isSameProcess(p: ProcessIdentity): boolean {
+  return processStartTime(p.pid) === p.startTime;
+}
+
+/** A record's directory name: "<vne>_<vm>", with anything but [A-Za-z0-9_.-] replaced. */
+export function recordDirName(vne: string, vm: string): string {
+  const safe = (s: string): string => s.replace(/[^A-Za-z0-9_.-]/g, '-');
+  return `${safe(vne)}_${safe(vm)}`;
+}
+
+function str(o: Record<string, unknown>, k: string): string {
+  const v = o[k];
+  if (typeof v !== 'string' || v === '') throw new Error(`"${k}" is not a non-empty string`);
+  return v;
+}
+
+function num(o: Record<string, unknown>, k: string): number {
+  const v = o[k];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new Error(`"${k}" is not a non-negative integer`);
+  return v;
+}
+
+/**
+ * Parse one record's text. Throws ERR_UNSUPPORTED_VERSION for a newer format than this agent
+ * knows, and a plain Error with the reason for a malformed record.
+ */
+export function parseVmState(text: string, file: string): VmStateRecord {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`not JSON (${(e as Error).message})`);
+  }
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('not a JSON object');
+  const o = raw as Record<string, unknown>;
+  const format = num(o, 'format');
+  if (format > VM_STATE_FORMAT) {
+    throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `VM state ${file} has format ${format}, newer than this agent reads (${VM_STATE_FORMAT}): a newer agent left it; run that version (this one touches nothing)`);
+  }
+  if (format < 1) throw new Error(`unknown format ${format}`);
+  const p = o.process;
+  if (p !== undefined && (typeof p !== 'object' || p === null)) throw new Error('"process" is not an object');
+  const proc = p as Record<string, unknown> | undefined;
+  const spec = o.spec;
+  if (typeof spec !== 'object' || spec === null || typeof (spec as { name?: unknown }).name !== 'string') throw new Error('"spec" is not a VM spec');
+  return {
+    format,
+    agent: str(o, 'agent'),
+    vne: str(o, 'vne'),
+    vm: str(o, 'vm'),
+    driver: str(o, 'driver'),
+    spec: spec as VmSpec__Output,
+    ...(proc ? { process: { pid: num(proc, 'pid'), startTime: str(proc, 'startTime') } } : {}),
+    epoch: num(o, 'epoch'),
+    generation: num(o, 'generation'),
+    driverState: o.driverState ?? null,
+    writtenUnixMs: typeof o.writtenUnixMs === 'number' ? o.writtenUnixMs : 0,
+  };
+}
+
+/** The records of one agent's state directory. */
+export class VmStateDir {
+  readonly vmsDir: string;
+
+  constructor(readonly root: string) {
+    this.vmsDir = path.join(root, 'vms');
+  }
+
+  dirOf(vne: string, vm: string): string {
+    return path.join(this.vmsDir, recordDirName(vne, vm));
+  }
+
+  /** Write (or replace) a VM's record atomically. */
+  async write(r: Omit<VmStateRecord, 'format' | 'writtenUnixMs'>): Promise<void> {
+    const rec: VmStateRecord = { format: VM_STATE_FORMAT, ...r, writtenUnixMs: Date.now() };
+    const final = path.join(this.dirOf(r.vne, r.vm), FILE);
+    const f = await AtomicFile.create(final, final);
+    try {
+      await f.write(Buffer.from(JSON.stringify(rec, null, 2) + '\n'));
+      await f.commit();
+    } catch (e) {
+      await f.abort();
+      throw e;
+    }
+  }
+
+  /** Remove a VM's record (idempotent). */
+  async remove(vne: string, vm: string): Promise<void> {
+    await this.removeDir(this.dirOf(vne, vm));
+  }
+
+  async removeDir(dir: string): Promise<void> {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Every record. Throws ERR_UNSUPPORTED_VERSION (before returning anything) if any record is of
+   * a newer format than this agent reads.
+   */
+  async scan(): Promise<ScanResult> {
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.vmsDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { records: [], unreadable: [] };
+      throw new VnsnapError('ERR_CONFIG', `cannot read the VM state directory ${this.vmsDir}: ${(e as Error).message}`, { cause: e });
+    }
+    const out: ScanResult = { records: [], unreadable: [] };
+    for (const n of names.sort()) {
+      if (isTempName(n)) continue;
+      const dir = path.join(this.vmsDir, n);
+      const file = path.join(dir, FILE);
+      let text: string;
+      try {
+        text = await fsp.readFile(file, 'utf8');
+      } catch (e) {
+        out.unreadable.push({ dir, reason: `cannot read ${file}: ${(e as Error).message}` });
+        continue;
+      }
+      try {
+        out.records.push({ dir, record: parseVmState(text, file) });
+      } catch (e) {
+        if (e instanceof VnsnapError) throw e;
+        out.unreadable.push({ dir, reason: `${file}: ${(e as Error).message}` });
+      }
+    }
+    return out;
+  }
+}

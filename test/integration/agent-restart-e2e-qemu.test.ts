@@ -1,0 +1,209 @@
+/**
+ * Issue 12, agent side, with real VMs: the VMs outlive their agent. Two namespaced hosts of
+ * test/support/cluster.ts (`"drivers": ["qemu"]`, real coordinator and agents, mutual TLS), one
+ * TCG test guest on each (docs/guest.md) with byte-checked TCP streams both ways across the
+ * overlay. The agent of h1 is killed (SIGKILL, then in a second round SIGTERM), kept down a few
+ * seconds, and started again:
+ *   - the QEMU process of its VM is the same (same pid), the guest the same run (same nonce);
+ *   - every stream continues with 0 errors and 0 reconnects (frames lost while the agent was
+ *     down are retransmitted by TCP), and moves again without any command;
+ *   - the VNE reads RUNNING.
+ * Then: the agent killed while its VM sits paused in a snapshot's pre-switchover (the cut; made
+ * over QMP while the agent is down) — the new agent cancels the stream and resumes the VM;
+ * snapshots (both modes) of the adopted VMs and a restore replacing them pass the stream checks
+ * (and the restored VMs are adopted in the rounds after); the same with the coordinator also
+ * restarted while the agent is down; a VM killed while its agent is down
+ * is reported dead when the agent returns (VNE FAILED), the other host's VM undisturbed.
+ * The outage each guest sees (the longest gap in a stream's received bytes, sampled over the
+ * guests' status channels) is printed per round, and measured over VNSNAP_RESTART_ROUNDS (3)
+ * rounds of SIGKILL + immediate restart.
+ *
+ * About 40 s here (two TCG guests boot) and needs root: runs with VNSNAP_E2E_QEMU=1
+ * (`npm run test:e2e-qemu`, whose filter matches this file's name).
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
+import { QmpClient } from '../../agent/drivers/qemu/qmp';
+import { Cluster } from '../support/cluster';
+import { RestartVne, streamProblems as problems } from '../support/restart-vne';
+import { sleep, until } from '../support/wait';
+
+const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
+const ROUNDS = Number(process.env.VNSNAP_RESTART_ROUNDS ?? '3');
+const VNE = 'vnar';
+const v = new RestartVne(VNE);
+const qemuOf = (vm: string): { dir: string; pid: number } | undefined => v.qemuOf(vm);
+const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
+(ENABLED ? describe : describe.skip)('VMs outlive the agent: SIGKILL/SIGTERM and restart of an agent under stream load (2 hosts, 2 TCG guests)', function () {
+  this.timeout(10 * 60_000);
+  let c!: Cluster;
+  let image: GuestImage;
+  const figures: string[] = [];
+
+  before(async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    ensureQemu();
+    image = buildGuest();
+    v.killQemus();
+    c = new Cluster({ prefix: VNE, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+    await c.start();
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && c) console.log(c.logTail(40));
+  });
+
+  after(async function () {
+    this.timeout(60_000);
+    if (figures.length) console.log(`      ${figures.join('\n      ')}`);
+    if (!c) return;
+    try {
+      await c.cli(['vne', 'stop', VNE], 30_000);
+    } catch {
+      /* best effort */
+    }
+    v.killQemus();
+    await c.destroy();
+    v.killQemus();
+  });
+
+  it('starts the VNE; both streams run across the hosts', async () => {
+    const file = v.writeFile(c.dir, image);
+    await c.cliJson(['vne', 'define', file]);
+    const started = await c.cliJson<{ vne: { state: string } }>(['vne', 'start', VNE]);
+    assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
+    await until('both streams connected and moving', async () => {
+      const st = await statuses().catch(() => undefined);
+      return st && v.streamsUp(st) ? st : undefined;
+    }, { timeoutMs: 180_000, everyMs: 2000 });
+  });
+
+  for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
+    it(`${signal} of h1's agent, down 3 s, start again: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING`, async () => {
+      const pid = qemuOf('a')?.pid;
+      assert.ok(pid, 'the QEMU of a runs');
+      // Detached: QEMU leads its own session and process group (fields 5 and 6 of /proc/PID/stat).
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+      assert.deepEqual([Number(stat[2]), Number(stat[3])], [pid, pid], 'QEMU is its own process group and session leader');
+      const before = await statuses();
+      const sampler = v.outageSampler();
+      const t0 = Date.now();
+      await c.kill('h1', signal);
+      assert.equal(qemuOf('a')?.pid, pid, 'the VM outlived its agent');
+      await sleep(3000); // kept: the agent stays down this long (the outage under test)
+      assert.equal(qemuOf('a')?.pid, pid, 'the VM runs while its agent is down');
+      await c.startAgent('h1');
+      await until('every stream moves again', async () => {
+        const st = await statuses();
+        return problems('', before, st).length === 0 ? st : undefined;
+      }, { timeoutMs: 60_000, everyMs: 500 });
+      const back = Date.now() - t0;
+      const mid = await statuses();
+      await sleep(3000); // kept: the window over which every stream must keep moving and none break
+      const outage = await sampler.stop();
+      assert.deepEqual(problems(`after ${signal}`, mid, await statuses()), []);
+      assert.deepEqual(problems(`across ${signal}`, before, await statuses()), []);
+      assert.equal(qemuOf('a')?.pid, pid, 'the same QEMU process');
+      const vne = await c.cliJson<{ state: string }>(['vne', 'show', VNE]);
+      assert.equal(vne.state, 'VNE_STATE_RUNNING');
+      figures.push(`${signal}: agent down 3 s; streams moving again ${(back / 1000).toFixed(1)} s after the kill; longest gap in received bytes ${outage} ms`);
+    });
+  }
+
+  it('SIGKILL in the middle of a cut (the VM paused in a snapshot\'s pre-switchover): the new agent cancels the stream and resumes the VM; streams intact', async () => {
+    const pid = qemuOf('a')?.pid;
+    const before = await statuses();
+    await c.kill('h1', 'SIGKILL');
+    // What the dead agent left: a pre-copy migration held paused before the switchover (the cut).
+    const q = await QmpClient.connect(path.join(qemuOf('a')?.dir as string, 'qmp.sock'), { timeoutMs: 10_000 });
+    try {
+      await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'pause-before-switchover', state: true }, { capability: 'events', state: true }] });
+      const held = q.waitEvent('MIGRATION', (d) => d.status === 'pre-switchover', 60_000);
+      await q.execute('migrate', { uri: 'exec:cat > /dev/null' });
+      await held;
+      assert.equal((await q.execute<{ status: string }>('query-status')).status, 'finish-migrate');
+    } finally {
+      q.close();
+    }
+    await c.startAgent('h1');
+    await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 500 });
+    assert.equal(qemuOf('a')?.pid, pid);
+    const mid = await statuses();
+    await sleep(3000); // kept: the window over which every stream must keep moving
+    assert.deepEqual(problems('after the cut was cut short', mid, await statuses()), []);
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
+  it('after the adoptions, a snapshot of the VNE and a restore of it (--stop-running replaces the adopted VM) pass the stream checks', async () => {
+    const oldPid = qemuOf('a')?.pid;
+    for (const mode of ['precopy', 'background']) {
+      const r = await c.cliStream<{ done?: { id: string; state: string; error: string } }>(['snapshot', 'create', VNE, '--mode', mode]).done;
+      assert.equal(r.code, 0, r.stderr);
+      const done = r.events[r.events.length - 1]?.done;
+      assert.equal(done?.state, 'SNAPSHOT_STATE_COMPLETE', done?.error);
+      if (mode === 'background') continue;
+      const nonce = (await statuses()).a?.nonce;
+      const rr = await c.cliStream(['restore', done?.id as string, '--stop-running']).done;
+      assert.equal(rr.code, 0, rr.stderr);
+      assert.notEqual(qemuOf('a')?.pid, oldPid, 'the adopted QEMU was replaced');
+      const r0 = await until('the restored guests answer', () => statuses(), { timeoutMs: 60_000, everyMs: 500 });
+      assert.equal(r0.a?.nonce, nonce, 'the same guest run, restored');
+      await sleep(3000); // kept: the window over which every restored stream must move and none break
+      assert.deepEqual(problems('after the restore', r0, await statuses()), []);
+    }
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
+  it(`SIGKILL + immediate restart of h1's agent, ${ROUNDS} rounds: the outage the guests see (longest gap in received bytes)`, async () => {
+    const pid = qemuOf('a')?.pid;
+    const outages: number[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      const before = await statuses();
+      const sampler = v.outageSampler();
+      await c.kill('h1', 'SIGKILL');
+      await c.startAgent('h1');
+      await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 200 });
+      await sleep(2000); // kept: the window after the restart in which a later gap would show
+      outages.push(await sampler.stop());
+      assert.deepEqual(problems(`round ${r + 1}`, before, await statuses()), []);
+    }
+    assert.equal(qemuOf('a')?.pid, pid, 'the same QEMU process through every round');
+    const sorted = [...outages].sort((x, y) => x - y);
+    figures.push(`SIGKILL + restart x${ROUNDS}: outage ms ${outages.join(', ')} (median ${sorted[Math.floor(sorted.length / 2)]}, max ${sorted[sorted.length - 1]})`);
+  });
+
+  it('SIGKILL of h1\'s agent, then the coordinator restarted while it is down, then the agent started: same pid, streams intact, VNE RUNNING', async () => {
+    const pid = qemuOf('a')?.pid;
+    const before = await statuses();
+    await c.kill('h1', 'SIGKILL');
+    await c.kill('coordinator', 'SIGKILL');
+    await c.startCoordinator();
+    await c.startAgent('h1');
+    await c.waitConnected(['h1', 'h2']);
+    await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 500 });
+    const mid = await statuses();
+    await sleep(3000); // kept: the window over which every stream must keep moving
+    assert.deepEqual(problems('after the agent and the coordinator restarted', mid, await statuses()), []);
+    assert.equal(qemuOf('a')?.pid, pid);
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
+  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED); the other VM runs on', async () => {
+    const other = qemuOf('c')?.pid;
+    await c.kill('h1', 'SIGKILL');
+    const a = qemuOf('a');
+    assert.ok(a);
+    process.kill(a.pid, 'SIGKILL');
+    await until('the QEMU of a is gone', () => qemuOf('a') === undefined);
+    await c.startAgent('h1');
+    const vne = await until('the VNE is FAILED', async () => {
+      const shown = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
+      return shown.state === 'VNE_STATE_FAILED' ? shown : undefined;
+    }, { timeoutMs: 30_000, everyMs: 500 });
+    assert.equal(vne.state, 'VNE_STATE_FAILED');
+    assert.equal(qemuOf('c')?.pid, other, 'the VM of h2 is undisturbed');
+    assert.deepEqual(fs.readdirSync(path.join(c.dir, 'state', 'h1', 'vms')), [], 'the dead VM\'s record is gone');
+  });
+});

@@ -1,0 +1,83 @@
+/**
+ * Xen domains outlive the agent: the Xen driver releases a domain without destroying it, and a
+ * new driver adopts it by name and domid (fake toolstack: test/xen/fake-xen-host.ts), re-opening
+ * the switch's TAPs in the same bridges and unpausing a domain the dead agent had paused.
+ */
+import { strict as assert } from 'node:assert';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { VmStartSpec } from '../../agent/drivers/driver';
+import { XenDriver, xenNames } from '../../agent/drivers/xen/driver';
+import { isVnsnapError } from '../../proto/core/errors';
+import { silentLogger } from '../../proto/core/log';
+import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { FakeXenHost } from '../xen/fake-xen-host';
+
+/** The fake toolstack with `xl list`'s paused flag. */
+class PausingXenHost extends FakeXenHost {
+  paused(name: string): Promise<boolean> {
+    return Promise.resolve(this.doms.get(name)?.state === 'paused');
+  }
+}
+
+describe('xen driver: domains outlive the agent (fake toolstack)', () => {
+  let dir: string;
+  let fake: PausingXenHost;
+  const drivers: XenDriver[] = [];
+  const spec: VmStartSpec = { id: 'v/a', vne: 'v', name: 'a', macs: ['00:16:3e:00:00:0a'], driver: { kind: 'xen', xen: { config: 'type="pv"\n' } } };
+  const ctx = { portNames: ['v/a/0'], log: silentLogger() };
+  const dom = xenNames('v/a', 1);
+  const newDriver = (): XenDriver => {
+    const d = new XenDriver({ host: fake, workDir: path.join(dir, 'work'), imageRoots: [dir], receiverCommand: (s) => s, openPort: (n) => fakePortPair(n).port, log: () => undefined });
+    drivers.push(d);
+    return d;
+  };
+
+  beforeEach(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxen-adopt-'));
+    fake = new PausingXenHost({ pages: 16 });
+  });
+
+  afterEach(async () => {
+    for (const d of drivers.splice(0)) await d.close();
+    fake.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('release leaves the domain and its bridge; a new driver adopts it (same domid), re-bridges its TAP and unpauses it', async () => {
+    const first = newDriver();
+    await first.start(spec, ctx);
+    const saved = first.persistent('v/a');
+    const domid = fake.doms.get(dom.domName)?.domid as number;
+    assert.deepEqual(saved, { state: { domName: dom.domName, domid } });
+    await first.release('v/a');
+    assert.equal(first.inspect('v/a'), undefined);
+    assert.equal(fake.doms.get(dom.domName)?.state, 'running', 'the domain runs on without the agent');
+    await fake.pause(dom.domName); // the dead agent had paused it for a cut
+    fake.bridges.clear(); // what a restarted dom0 bridge setup would lose: adoption puts the TAP back
+    const second = newDriver();
+    const h = await second.adopt(spec, saved as { state: unknown }, ctx);
+    assert.equal(h.resumed, true);
+    assert.deepEqual(h.ports.map((p) => p.name), ['v/a/0']);
+    assert.deepEqual(second.inspect('v/a'), { domName: dom.domName, domid, status: 'running' });
+    assert.equal(fake.doms.get(dom.domName)?.state, 'running');
+    assert.deepEqual([...fake.bridges], [[dom.bridges[0], dom.taps[0]]]);
+    assert.deepEqual(fake.calls, [`create ${dom.domName}`], 'nothing made again');
+  });
+
+  it('a domain that is gone, or another domain under the name (other domid), is not adopted (ERR_NOT_FOUND)', async () => {
+    const first = newDriver();
+    await first.start(spec, ctx);
+    const saved = first.persistent('v/a') as { state: { domid: number } };
+    await first.release('v/a');
+    await fake.destroy(dom.domName);
+    const second = newDriver();
+    await assert.rejects(second.adopt(spec, saved, ctx), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === `Xen domain ${dom.domName} is gone`);
+    await fake.create('', dom.domName);
+    const now = fake.doms.get(dom.domName)?.domid;
+    await assert.rejects(second.adopt(spec, saved, ctx), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === `Xen domain ${dom.domName} is another domain now (domid ${now}, recorded ${saved.state.domid})`);
+    assert.equal(second.inspect('v/a'), undefined);
+    await assert.rejects(second.adopt(spec, { state: { domName: 'vnsnap-other', domid: 3 } }, ctx), (e: unknown) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+  });
+});
