@@ -4,11 +4,12 @@
  * FAILED while its VMs may well run on.
  *
  * Rules (docs/control-plane.md, "Agents that leave and come back"):
- *   - agent left (session ended, or no heartbeat for dead_after_ms): every RUNNING VNE with a VM
- *     placed on it becomes DEGRADED (event `vne.degraded` naming the agent and its VMs; a
- *     SNAPSHOTTING one gets the event now and the state when its snapshot aborts); those
- *     VMs read UNMANAGED. Snapshots and restores of a DEGRADED VNE are refused (except a restore
- *     that places the lost agents' VMs elsewhere, which fences them).
+ *   - agent left (session ended, or no heartbeat for dead_after_ms): every RUNNING (or already
+ *     DEGRADED) VNE with a VM placed on it is DEGRADED, its state_reason naming every agent away
+ *     (event `vne.degraded` naming this agent and its VMs; a SNAPSHOTTING one gets the event now
+ *     and the state when its snapshot aborts); those VMs read UNMANAGED. Snapshots and restores
+ *     of a DEGRADED VNE are refused (except a restore that places the lost agents' VMs
+ *     elsewhere, which fences them).
  *   - agent (re)registered with the VMs it runs:
  *       * a reported VM the catalog does not place on that agent at the VNE's current generation
  *         (restored elsewhere, fenced, stopped, deleted, or of an older generation) is stopped
@@ -17,11 +18,11 @@
  *       * a VM placed there but not reported died while the agent was away: its VNE becomes
  *         FAILED (event `vne.failed` naming the VM) and the VM reads DEAD;
  *       * each RUNNING, DEGRADED or FAILED VNE with reported VMs there is configured again (the
- *         survivors of a VNE that just failed keep their network): ConfigureVne
- *         at the current generation and epoch to that agent (its ports come back there) and, when
- *         its tunnel endpoint changed, to the other connected agents of the VNE; once the
- *         agent acknowledged, a DEGRADED VNE whose agents are all connected is RUNNING again
- *         (event `vne.recovered`).
+ *         survivors of a VNE that just failed keep their network): ConfigureVne at the current
+ *         generation and epoch to that agent (its ports come back there) and, when its tunnel
+ *         endpoint changed, to the other connected agents of the VNE; once the agent
+ *         acknowledged, a DEGRADED VNE whose agents are all connected is RUNNING again (event
+ *         `vne.recovered`), one with agents still away keeps a state_reason naming them.
  *     VNEs with an operation in flight (start, stop, restore, snapshot) are neither fenced nor
  *     configured again: that operation's commands to the lost session failed and it settles the
  *     state (a snapshot aborts); only the died-while-away rule applies to them.
