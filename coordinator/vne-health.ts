@@ -28,8 +28,8 @@
  *     state (a snapshot aborts); only the died-while-away rule applies to them.
  *   - sweep (dead_after_ms after the coordinator's start): an agent of a RUNNING VNE that has
  *     not registered since is treated as having left.
- *   - `settled(state)`: the state an operation ending on a started VNE leaves: RUNNING becomes
- *     DEGRADED when an agent of it is disconnected.
+ *   - a snapshot or restore ending on a VNE with an agent away leaves it DEGRADED, not RUNNING
+ *     (afterSnapshot in snapshot-sequencer.ts, the restore's failure path).
  *
  * Which VMs died is kept in memory (a coordinator restart forgets it; the VNE stays FAILED).
  */
@@ -38,7 +38,6 @@ import type { Logger } from '../proto/core/log';
 import type { RunningVm__Output } from '../proto/gen/vnsnap/v1/RunningVm';
 import type { VmStatus__Output } from '../proto/gen/vnsnap/v1/VmStatus';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
-import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
 import { sendOk, type AgentLink } from './agent-link';
 import type { Catalog } from './catalog';
 import type { EventBus } from './events';
@@ -84,11 +83,6 @@ export class VneHealth {
 
   constructor(private readonly o: VneHealthOptions) {}
 
-  /** RUNNING → DEGRADED when an agent of the VNE is disconnected. */
-  settled(vne: Vne__Output, state: VneState__Output): VneState__Output {
-    if (state !== 'VNE_STATE_RUNNING') return state;
-    return Object.values(placementOf(vne)).some((a) => !this.o.agents.isConnected(a)) ? 'VNE_STATE_DEGRADED' : state;
-  }
 
   /** A new start, stop or restore replaced the VNE's VMs: none is dead any more. */
   forget(vne: string): void {
@@ -210,7 +204,7 @@ export class VneHealth {
       () => {
         const now = catalog.getVne(vne.name);
         if (!now || now.state !== 'VNE_STATE_DEGRADED' || this.o.busy(now.name)) return;
-        if (this.settled(now, 'VNE_STATE_RUNNING') !== 'VNE_STATE_RUNNING') {
+        if (lostAgents(now, agents).length > 0) {
           catalog.updateVne(now.name, { stateReason: degradedReason(now, agents) });
           return;
         }
