@@ -77,7 +77,8 @@ class Session {
 }
 
 export interface AgentRegistryEvents {
-  joined: [agentId: string, running: RunningVm__Output[]];
+  /** endpointChanged: its tunnel endpoint differs from the one it last registered (or it is new). */
+  joined: [agentId: string, running: RunningVm__Output[], endpointChanged: boolean];
   left: [agentId: string, reason: string];
 }
 
@@ -208,6 +209,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
       return undefined;
     }
     const now = this.clock.now();
+    const before = this.opts.catalog.getAgent(id);
+    const endpointChanged = !before || before.tunnelAddress !== reg.tunnelAddress || before.tunnelPort !== reg.tunnelPort;
     const s = new Session(id, call, reg, now);
     this.sessions.set(id, s);
     this.opts.catalog.upsertAgent({
@@ -224,7 +227,7 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     this.armDeadTimer(s);
     log.info({ agent: id, hostname: reg.hostname, tunnel: `${reg.tunnelAddress}:${reg.tunnelPort}`, running: reg.running.length }, 'agent registered');
     this.deliverPendingAborts(id);
-    this.emit('joined', id, reg.running);
+    this.emit('joined', id, reg.running, endpointChanged);
     return s;
   }
 

@@ -13,6 +13,11 @@
  * registers and deletes the row once the agent acknowledged. A restore found running becomes
  * FAILED and its VNE FAILED (what runs on the agents is unknown; stop or restore it again).
  *
+ * Fencing: `fenced_vms` records each VM instance a restore left behind on an unreachable host
+ * (VNE, VM, agent, the generation it ran under). Such an instance never runs again: when its
+ * agent registers again it is told to stop it, and the row is marked stopped. The rows of a VNE
+ * go with the VNE.
+ *
  * The catalog is synchronous (better-sqlite3): a check followed by a write in one event-loop
  * turn cannot interleave with another request, which is how "one snapshot per VNE" is kept.
  */
@@ -20,6 +25,7 @@ import Database from 'better-sqlite3';
 import { VnsnapError } from '../proto/core/errors';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { Agent__Output } from '../proto/gen/vnsnap/v1/Agent';
+import type { FencedVm__Output } from '../proto/gen/vnsnap/v1/FencedVm';
 import type { PhaseTiming__Output } from '../proto/gen/vnsnap/v1/PhaseTiming';
 import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotMode__Output } from '../proto/gen/vnsnap/v1/SnapshotMode';
@@ -28,6 +34,9 @@ import type { VmSnapshot__Output } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
+
+/** A VNE as stored: the live fields (vm_status, fenced) are filled on reading. */
+export type VneRecord = Omit<Vne__Output, 'vmStatus' | 'fenced' | 'stateReason'>;
 
 export const RESTARTED_ERROR = 'coordinator restarted';
 
@@ -116,6 +125,19 @@ const MIGRATIONS: readonly string[] = [
     store_prefix TEXT NOT NULL,
     created_unix_ms INTEGER NOT NULL,
     PRIMARY KEY (snapshot_id, agent_id)
+  );
+  `,
+  // 2: instances fenced by a restore that replaced a lost host; why a VNE is DEGRADED or FAILED.
+  `
+  ALTER TABLE vnes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
+  CREATE TABLE fenced_vms (
+    vne TEXT NOT NULL,
+    vm TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,       -- the generation the fenced instance ran under
+    fenced_unix_ms INTEGER NOT NULL,
+    stopped_unix_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (vne, vm, agent_id, generation)
   );
   `,
 ];
@@ -265,7 +287,7 @@ export class Catalog {
       for (const r of this.db.prepare("SELECT id, vne FROM restores WHERE state = 'RUNNING'").all() as Row[]) {
         this.finishRestore(str(r.id), 'FAILED', RESTARTED_ERROR);
         const vne = this.getVne(str(r.vne));
-        if (vne && vne.state === 'VNE_STATE_RESTORING') this.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+        if (vne && vne.state === 'VNE_STATE_RESTORING') this.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: `the coordinator restarted during restore ${str(r.id)}: what runs on the agents is unknown; stop the VNE or restore again` });
         this.recovered.restores.push(str(r.id));
       }
       // A VNE left SNAPSHOTTING without a snapshot in flight (should not happen) is running.
@@ -287,6 +309,9 @@ export class Catalog {
       createdUnixMs: num(r.created_unix_ms),
       updatedUnixMs: num(r.updated_unix_ms),
       placement: JSON.parse(str(r.placement)) as Record<string, string>,
+      vmStatus: [],
+      fenced: this.fencedOf(str(r.name)),
+      stateReason: str(r.state_reason),
     };
   }
 
@@ -304,24 +329,48 @@ export class Catalog {
     return r ? this.vneFromRow(r) : undefined;
   }
 
-  insertVne(v: Vne__Output): void {
+  insertVne(v: VneRecord): void {
     this.db
       .prepare('INSERT INTO vnes (name, vni, vms, generation, epoch, state, placement, created_unix_ms, updated_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
       .run(v.name, v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.createdUnixMs, v.updatedUnixMs);
   }
 
-  updateVne(name: string, patch: Partial<Pick<Vne__Output, 'vni' | 'vms' | 'generation' | 'epoch' | 'state' | 'placement'>>): Vne__Output {
+  /** A change of state without a stateReason clears the reason. */
+  updateVne(name: string, patch: Partial<Pick<Vne__Output, 'vni' | 'vms' | 'generation' | 'epoch' | 'state' | 'placement' | 'stateReason'>>): Vne__Output {
     const cur = this.getVne(name);
     if (!cur) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${name}" does not exist`);
-    const v = { ...cur, ...patch, updatedUnixMs: this.now() };
+    const stateReason = patch.stateReason ?? (patch.state !== undefined && patch.state !== cur.state ? '' : cur.stateReason);
+    const v = { ...cur, ...patch, stateReason, updatedUnixMs: this.now() };
     this.db
-      .prepare('UPDATE vnes SET vni = ?, vms = ?, generation = ?, epoch = ?, state = ?, placement = ?, updated_unix_ms = ? WHERE name = ?')
-      .run(v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.updatedUnixMs, name);
+      .prepare('UPDATE vnes SET vni = ?, vms = ?, generation = ?, epoch = ?, state = ?, placement = ?, state_reason = ?, updated_unix_ms = ? WHERE name = ?')
+      .run(v.vni, JSON.stringify(v.vms), v.generation, v.epoch, v.state, JSON.stringify(v.placement), v.stateReason, v.updatedUnixMs, name);
     return v;
   }
 
   deleteVne(name: string): void {
     this.db.prepare('DELETE FROM vnes WHERE name = ?').run(name);
+    this.db.prepare('DELETE FROM fenced_vms WHERE vne = ?').run(name);
+  }
+
+  // ---- fenced instances -------------------------------------------------------------------
+
+  /** Record instances as fenced (idempotent). */
+  addFenced(vne: string, rows: readonly { vm: string; agent: string; generation: number }[]): void {
+    const ins = this.db.prepare('INSERT OR IGNORE INTO fenced_vms (vne, vm, agent_id, generation, fenced_unix_ms) VALUES (?, ?, ?, ?, ?)');
+    const now = this.now();
+    this.tx(() => {
+      for (const f of rows) ins.run(vne, f.vm, f.agent, f.generation, now);
+    });
+  }
+
+  fencedOf(vne: string): FencedVm__Output[] {
+    const rows = this.db.prepare('SELECT * FROM fenced_vms WHERE vne = ? ORDER BY fenced_unix_ms, vm, agent_id').all(vne) as Row[];
+    return rows.map((r) => ({ vm: str(r.vm), agent: str(r.agent_id), generation: num(r.generation), fencedUnixMs: num(r.fenced_unix_ms), stopped: num(r.stopped_unix_ms) > 0 }));
+  }
+
+  /** The agent stopped its fenced instances of this VM. */
+  markFencedStopped(vne: string, vm: string, agent: string): void {
+    this.db.prepare('UPDATE fenced_vms SET stopped_unix_ms = ? WHERE vne = ? AND vm = ? AND agent_id = ? AND stopped_unix_ms = 0').run(this.now(), vne, vm, agent);
   }
 
   // ---- agents -----------------------------------------------------------------------------

@@ -3,14 +3,18 @@
  * "Restore sequencing"):
  *
  *   1. checks: the snapshot is COMPLETE, its VNE is neither snapshotting nor restoring, a running
- *      VNE is only replaced with stop_running; the manifest is read and decoded (tampered or
- *      truncated → DATA_LOSS, newer major format → FAILED_PRECONDITION) and must name this
- *      snapshot; every VM maps to a connected agent (request placement, else the host it was
- *      snapshotted on) and has a memory artefact.
+ *      (or degraded) VNE is only replaced with stop_running; the manifest is read and decoded
+ *      (tampered or truncated → DATA_LOSS, newer major format → FAILED_PRECONDITION) and must
+ *      name this snapshot; every VM maps to a connected agent (request placement, else
+ *      place_lost when its host is lost, else the host it was snapshotted on) and has a memory
+ *      artefact. A running instance on an unreachable agent is fenced when the operator placed
+ *      its VM elsewhere (placement, place_lost) or the VNE is FAILED; otherwise the restore is
+ *      refused (FAILED_PRECONDITION naming the agents when the VNE is DEGRADED).
  *   2. ValidateArtefacts on every agent of the new placement (its VMs' artefacts). Any problem
  *      ends the restore here with nothing touched (DATA_LOSS listing the problems).
  *   3. With stop_running, StopVm for the running VMs that move to another agent (or are not in
- *      the snapshot). Generation g = VNE generation + 1; ConfigureVne on every agent of the new
+ *      the snapshot); the fenced instances are recorded (catalog fenced_vms, a note naming them,
+ *      `vm.fenced` events): their agent stops them when it registers again. Generation g = VNE generation + 1; ConfigureVne on every agent of the new
  *      placement (VNI, g, peers with their tunnel endpoints, MAC → agent of the new placement).
  *   4. RestorePrepare on every agent (VMs loaded paused, ports at epoch k under g).
  *   5. RestoreResume on every agent in the same event-loop turn.
@@ -39,7 +43,8 @@ import { decodeManifest } from '../proto/artefacts/manifest';
 import { sendOk, type CommandBody } from './agent-link';
 import type { TimerHandle } from '../proto/core/clock';
 import { vmsByAgent, vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
-import { configureVneFor } from './vne-config';
+import { configureVneFor, placementOf } from './vne-config';
+import { degradedError, degradedReason, lostAgents } from './vne-health';
 
 export const DEFAULT_RESTORE_TIMEOUT_MS = 300_000;
 
@@ -48,6 +53,8 @@ export interface RestoreRequest {
   placement?: Record<string, string>;
   stopRunning?: boolean;
   timeoutMs?: number;
+  /** Host for every VM whose host is not connected and that `placement` does not name. */
+  placeLost?: string;
 }
 
 interface Plan {
@@ -62,6 +69,8 @@ interface Plan {
   artefactsByAgent: Map<string, Artefact__Output[]>;
   /** Running VMs to stop on their current agent first (they move or are not in the snapshot). */
   toStop: { agent: string; vm: string }[];
+  /** Running instances on unreachable agents, fenced by this restore (never to run again). */
+  fenced: { agent: string; vm: string }[];
 }
 
 export class RestoreSequencer {
@@ -127,10 +136,16 @@ export class RestoreSequencer {
         emit({ note: `restore: stopping ${plan.toStop.map((s) => `${s.vm} on ${s.agent}`).join(', ')}` });
         await Promise.all(plan.toStop.map((s) => sendOk(this.deps.agents, s.agent, { stopVm: { vne: vneName, vm: s.vm } }, { signal: ac.signal, timeoutMs: 0 })));
       }
-      if (req.stopRunning && prevState === 'VNE_STATE_RUNNING') stopped = true;
+      if (req.stopRunning && (prevState === 'VNE_STATE_RUNNING' || prevState === 'VNE_STATE_DEGRADED')) stopped = true;
+      if (plan.fenced.length > 0) {
+        catalog.addFenced(vneName, plan.fenced.map((f) => ({ ...f, generation: vne.generation })));
+        const list = plan.fenced.map((f) => `${f.vm} on ${f.agent}`).join(', ');
+        emit({ note: `restore: fenced ${list} (host unreachable): never to run again under generation ${vne.generation}; stopped when the host returns` });
+        for (const f of plan.fenced) this.deps.events?.publish({ kind: 'vm.fenced', vne: vneName, agent: f.agent, snapshotId: plan.snapshot.id, message: `${f.vm} on unreachable ${f.agent} fenced (generation ${vne.generation}); restored on ${plan.placement[f.vm] ?? 'no host (not in the snapshot)'}` });
+      }
       emit({ note: `restore: configuring VNE ${vneName} (generation ${generation}) on ${agents.join(', ')}` });
       configured = true;
-      const restoredVne: Vne__Output = { ...plan.vne, vni: plan.body.vne?.vni ?? plan.vne.vni, vms: plan.body.vne?.vms ?? plan.vne.vms, generation, placement: plan.placement };
+      const restoredVne: Vne__Output = { ...plan.vne, vni: plan.body.vne?.vni ?? plan.vne.vni, vms: plan.body.vne?.vms ?? plan.vne.vms, generation, epoch: plan.body.epoch, placement: plan.placement };
       await onAll(agents, (a) => ({ configureVne: configureVneFor(restoredVne, a, this.deps.agents) }));
 
       // 4. Prepare: VMs loaded paused, ports at epoch k under g.
@@ -173,9 +188,12 @@ export class RestoreSequencer {
         }
         if (stopped) state = 'VNE_STATE_DEFINED';
       }
+      if (state === 'VNE_STATE_RUNNING' && lostAgents(vne, this.deps.agents).length > 0) state = 'VNE_STATE_DEGRADED';
+      const stateReason = state === 'VNE_STATE_FAILED' ? `restore ${restoreId} failed while resuming: ${e.message}` : state === 'VNE_STATE_DEGRADED' ? degradedReason(vne, this.deps.agents) : '';
       catalog.tx(() => {
         catalog.updateVne(vneName, {
           state,
+          stateReason,
           ...(configured ? { generation } : {}),
           ...(stage === 'resume' ? { placement: plan.placement, epoch: plan.body.epoch } : {}),
         });
@@ -194,7 +212,7 @@ export class RestoreSequencer {
     if (!vne) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${vneName}" of snapshot ${snapshotId} does not exist`);
     if (vne.state === 'VNE_STATE_SNAPSHOTTING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is being snapshotted; restore it when the snapshot is done`);
     if (vne.state === 'VNE_STATE_RESTORING' || this.restoring.has(vneName)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is already being restored`);
-    if (vne.state === 'VNE_STATE_RUNNING' && !req.stopRunning) {
+    if ((vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') && !req.stopRunning) {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is running: stop it first or restore with stop_running to replace its VMs`);
     }
     return vne;
@@ -228,11 +246,20 @@ export class RestoreSequencer {
       if (!names.has(vm)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `placement names VM "${vm}", which is not in snapshot ${snapshot.id} (VMs: ${[...names].join(', ')})`);
       if (!agent) throw new VnsnapError('ERR_INVALID_ARGUMENT', `placement of VM "${vm}" is empty`);
     }
+    if (req.placeLost && !agents.isConnected(req.placeLost)) {
+      if (!catalog.getAgent(req.placeLost)) throw new VnsnapError('ERR_NOT_FOUND', `agent "${req.placeLost}" (--place-lost) is unknown`);
+      throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${req.placeLost}" (--place-lost) is not connected; nothing was restored`);
+    }
+    const current = placementOf(vne);
     for (const vm of vms) {
-      const agent = req.placement?.[vm.name] || body.vms.find((v) => v.name === vm.name)?.host || body.vne.placement[vm.name] || vm.host;
+      const home = body.vms.find((v) => v.name === vm.name)?.host || body.vne.placement[vm.name] || vm.host;
+      // A VM whose host now (or in the snapshot) is lost goes where --place-lost says.
+      const lost = !agents.isConnected(home) || (!!current[vm.name] && !agents.isConnected(current[vm.name] as string));
+      const agent = req.placement?.[vm.name] || (lost && req.placeLost) || home;
       if (!agents.isConnected(agent)) {
         if (!catalog.getAgent(agent)) throw new VnsnapError('ERR_NOT_FOUND', `agent "${agent}" (placement of VM ${vm.name}) is unknown`);
-        throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" (placement of VM ${vm.name}) is not connected; nothing was restored`);
+        if (vne.state === 'VNE_STATE_DEGRADED') throw degradedError(vne, agents, 'restores in place are', `, or place its VMs elsewhere (--place ${vm.name}=HOST, or --place-lost HOST) to fence them; nothing was restored`);
+        throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" (placement of VM ${vm.name}) is not connected; place the VM elsewhere (--place ${vm.name}=HOST, or --place-lost HOST); nothing was restored`);
       }
       placement[vm.name] = agent;
     }
@@ -258,23 +285,25 @@ export class RestoreSequencer {
     }
 
     // Running VMs that must stop first because they will not be restored on the same agent.
+    // Running instances on unreachable agents are fenced when the operator placed them elsewhere
+    // (--place VM=HOST, --place-lost HOST) or the VNE is FAILED; otherwise nothing is restored.
     const toStop: Plan['toStop'] = [];
-    if (req.stopRunning && (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_FAILED')) {
+    const fenced: Plan['fenced'] = [];
+    if (req.stopRunning && (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED' || vne.state === 'VNE_STATE_FAILED')) {
       for (const [agent, running] of vmsByAgent(vne)) {
         for (const vm of running) {
           if (placement[vm] === agent) continue;
-          if (!agents.isConnected(agent)) {
-            if (vne.state === 'VNE_STATE_FAILED') continue;
-            throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" runs VM ${vm} of VNE ${vne.name} and is not connected, so it cannot be stopped; nothing was restored`);
-          }
-          toStop.push({ agent, vm });
+          if (agents.isConnected(agent)) toStop.push({ agent, vm });
+          else if (vne.state === 'VNE_STATE_FAILED' || req.placeLost || req.placement?.[vm]) fenced.push({ agent, vm });
+          else if (vne.state === 'VNE_STATE_DEGRADED') throw degradedError(vne, agents, 'restores are', `, or place its VMs elsewhere (--place ${vm}=HOST, or --place-lost HOST) to fence them; nothing was restored`);
+          else throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${agent}" runs VM ${vm} of VNE ${vne.name} and is not connected, so it cannot be stopped: place it elsewhere (--place ${vm}=HOST, or --place-lost HOST) to fence it; nothing was restored`);
         }
       }
     }
-    if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_DEFINED' && vne.state !== 'VNE_STATE_FAILED') {
+    if (!['VNE_STATE_RUNNING', 'VNE_STATE_DEGRADED', 'VNE_STATE_DEFINED', 'VNE_STATE_FAILED'].includes(vne.state)) {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" cannot be restored while ${vneStateWord(vne.state)}`);
     }
-    return { snapshot, vne, body, placement, byAgent, artefactsByAgent, toStop };
+    return { snapshot, vne, body, placement, byAgent, artefactsByAgent, toStop, fenced };
   }
 }
 

@@ -6,7 +6,8 @@
  * start(): check the timer settings (at most 2^31-1 ms) and the transport (mutual TLS with the
  * configured PEM files, or plaintext only when insecurePlaintext is set and the listen address
  * is loopback: proto/core/tls.ts), open the catalog (migrate, recover), bind, report
- * NOT_SERVING→SERVING. With TLS every call passes the role check of authz.ts first, and
+ * NOT_SERVING→SERVING; dead_after_ms later, running VNEs whose agents have not registered since
+ * are DEGRADED (vne-health.ts: the coordinator restarted while those agents were away). With TLS every call passes the role check of authz.ts first, and
  * reloadTls() (SIGHUP in main.ts) swaps the PEM files for new connections without dropping any
  * session or stream.
  * stop(): health NOT_SERVING, abort snapshots in progress (their SnapshotAbort leaves before
@@ -21,7 +22,7 @@ import type { Startable } from '../proto/core/lifecycle';
 import type { Logger } from '../proto/core/log';
 import { AgentRegistry } from './agent-registry';
 import { Catalog } from './catalog';
-import { systemClock, type Clock } from '../proto/core/clock';
+import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 import { EventBus } from './events';
 import { FsManifestStore } from './manifest-store';
 import { RestoreSequencer } from './restore-sequencer';
@@ -79,6 +80,8 @@ export class CoordinatorServer implements Startable {
   private health?: ReturnType<typeof addHealthAndReflection>;
   private boundAddress = '';
   private readonly clock: Clock;
+  /** dead_after_ms after the start: agents of running VNEs that have not registered are lost. */
+  private startSweep?: TimerHandle;
   private certs?: PemCertificates;
   private roles: RolesTable;
 
@@ -116,11 +119,14 @@ export class CoordinatorServer implements Startable {
       deadAfterMs: config.deadAfterMs,
       commandTimeoutMs: config.commandTimeoutMs,
     });
-    this.registry.on('joined', (agent, running) => {
+    this.registry.on('joined', (agent, running, endpointChanged) => {
       this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` });
-      this.service.agentJoined(agent, running);
+      this.service.agentJoined(agent, running, endpointChanged);
     });
-    this.registry.on('left', (agent, reason) => this.events.publish({ kind: 'agent.left', agent, message: reason }));
+    this.registry.on('left', (agent, reason) => {
+      this.events.publish({ kind: 'agent.left', agent, message: reason });
+      this.service.agentLeft(agent, reason);
+    });
     const manifests = new FsManifestStore(config.storeDir);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };
     this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
@@ -152,6 +158,11 @@ export class CoordinatorServer implements Startable {
     });
     this.server = server;
     this.registry.start();
+    const sweepMs = this.registry.deadAfterMs;
+    this.startSweep = clock.setTimeout(() => {
+      this.startSweep = undefined;
+      this.service.health.sweep(`not registered within ${sweepMs} ms of the coordinator's start`);
+    }, sweepMs);
     const host = config.listen.replace(/:\d+$/, '');
     this.boundAddress = `${host}:${port}`;
     log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId, tls: this.certs !== undefined }, 'coordinator listening');
@@ -171,6 +182,8 @@ export class CoordinatorServer implements Startable {
     const { log } = this.opts;
     this.health?.setStatus('', 'NOT_SERVING');
     this.health?.setStatus(COORDINATOR_SERVICE, 'NOT_SERVING');
+    this.clock.clearTimeout(this.startSweep);
+    this.startSweep = undefined;
     await this.snapshots?.stop('coordinator stopping');
     // Let the SnapshotAbort commands leave before the sessions close.
     await new Promise((r) => setImmediate(r));

@@ -39,6 +39,7 @@ import type { RestoreSequencer } from './restore-sequencer';
 import { vmsByAgent, type SnapshotSequencer } from './snapshot-sequencer';
 import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
 import { configureVneFor, placementOf } from './vne-config';
+import { VneHealth } from './vne-health';
 
 export interface CoordinatorServiceOptions {
   catalog: Catalog;
@@ -64,7 +65,18 @@ export class CoordinatorServiceImpl {
   private readonly ops = new Map<string, VneOp>();
   private readonly watchers = new Set<ServerWritableStream<WatchEventsRequest__Output, Event>>();
 
-  constructor(private readonly o: CoordinatorServiceOptions) {}
+  readonly health: VneHealth;
+
+  constructor(private readonly o: CoordinatorServiceOptions) {
+    this.health = new VneHealth({
+      catalog: o.catalog,
+      agents: o.agents,
+      events: o.events,
+      log: o.log,
+      commandTimeoutMs: o.commandTimeoutMs,
+      busy: (vne) => this.ops.has(vne) || !!o.snapshots.active(vne) || o.restores.isRestoring(vne),
+    });
+  }
 
   // ---- guards -----------------------------------------------------------------------------
 
@@ -116,31 +128,31 @@ export class CoordinatorServiceImpl {
     const clash = catalog.vneByVni(def.vni);
     if (clash) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
     const now = clock.now();
-    const vne: Vne__Output = { ...def, generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: now, updatedUnixMs: now, placement: {} };
+    const vne: Vne__Output = { ...def, generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: now, updatedUnixMs: now, placement: {}, vmStatus: [], fenced: [], stateReason: '' };
     vne.placement = placementOf(vne);
     catalog.insertVne(vne);
     this.o.events.publish({ kind: 'vne.defined', vne: vne.name, message: `${vne.vms.length} VMs, VNI ${vne.vni}` });
-    return vne;
+    return this.health.describe(vne);
   }
 
   async updateVne(req: DefineVneRequest__Output): Promise<Vne__Output> {
     const def = validateVneDefinition(req.vne);
     const cur = this.mustGetVne(def.name);
     this.assertIdle(cur);
-    if (cur.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${cur.name}" is running: stop it before changing its definition`);
+    if (cur.state === 'VNE_STATE_RUNNING' || cur.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${cur.name}" is running: stop it before changing its definition`);
     const clash = this.o.catalog.vneByVni(def.vni);
     if (clash && clash.name !== def.name) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
     const placement: Record<string, string> = {};
     for (const vm of def.vms) placement[vm.name] = vm.host;
     const v = this.o.catalog.updateVne(def.name, { vni: def.vni, vms: def.vms, placement });
     this.o.events.publish({ kind: 'vne.updated', vne: v.name, message: `${v.vms.length} VMs, VNI ${v.vni}` });
-    return v;
+    return this.health.describe(v);
   }
 
   async deleteVne(req: DeleteVneRequest__Output): Promise<Record<string, never>> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'deleting', async () => {
-      if (vne.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is running: stop it first`);
+      if (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is running: stop it first`);
       const snaps = this.o.catalog.listSnapshots(vne.name);
       if (snaps.length > 0 && !req.deleteSnapshots) {
         throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" has ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}: delete them first or pass delete_snapshots`);
@@ -156,17 +168,18 @@ export class CoordinatorServiceImpl {
   }
 
   async listVnes(): Promise<{ vnes: Vne__Output[] }> {
-    return { vnes: this.o.catalog.listVnes() };
+    return { vnes: this.o.catalog.listVnes().map((v) => this.health.describe(v)) };
   }
 
   async getVne(req: GetVneRequest__Output): Promise<Vne__Output> {
-    return this.mustGetVne(req.name);
+    return this.health.describe(this.mustGetVne(req.name));
   }
 
   async startVne(req: StartVneRequest__Output): Promise<{ vne: Vne__Output }> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'starting', async () => {
-      if (vne.state === 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is already running`);
+      if (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is already running`);
+      this.health.forget(vne.name);
       const placement: Record<string, string> = {};
       for (const vm of vne.vms) placement[vm.name] = vm.host;
       this.requireConnected(vne, placement);
@@ -187,7 +200,7 @@ export class CoordinatorServiceImpl {
       }
       const v = this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_RUNNING', placement });
       this.o.events.publish({ kind: 'vne.started', vne: vne.name, message: `${vne.vms.length} VMs on ${agents.join(', ')}` });
-      return { vne: v };
+      return { vne: this.health.describe(v) };
     });
   }
 
@@ -209,13 +222,15 @@ export class CoordinatorServiceImpl {
         ),
       );
       if (failures.length > 0) {
-        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
+        const message = `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`;
+        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         const code = firstError instanceof VnsnapError ? firstError.code : 'ERR_INTERNAL';
-        throw new VnsnapError(code, `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`);
+        throw new VnsnapError(code, message);
       }
       const placement: Record<string, string> = {};
       for (const vm of vne.vms) placement[vm.name] = vm.host;
       this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement });
+      this.health.forget(vne.name);
       this.o.events.publish({ kind: 'vne.stopped', vne: vne.name });
       return {};
     });
@@ -223,35 +238,14 @@ export class CoordinatorServiceImpl {
 
   // ---- agents -----------------------------------------------------------------------------
 
-  /**
-   * An agent (re)registered with the VMs it runs. A VM that the catalog places on this agent in
-   * a RUNNING (or SNAPSHOTTING) VNE but that the agent does not report is gone (the agent or its
-   * host restarted, and the VM with it): its VNE becomes FAILED, so nobody snapshots it as if
-   * whole and `vne show` tells the truth; a restore (stop_running) or stop + start recovers it.
-   * VMs the agent reports that nobody placed there are logged only.
-   */
-  agentJoined(agentId: string, running: readonly RunningVm__Output[]): void {
-    const { catalog, log, events } = this.o;
-    const has = new Set(running.map((r) => `${r.vne}/${r.vm}`));
-    for (const vne of catalog.listVnes()) {
-      if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
-      const lost = vne.vms.filter((vm) => (vne.placement[vm.name] || vm.host) === agentId && !has.has(`${vne.name}/${vm.name}`)).map((vm) => vm.name);
-      if (lost.length === 0) continue;
-      catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED' });
-      const message = `agent ${agentId} registered without ${lost.join(', ')} (lost with the agent's restart): restore a snapshot or stop and start the VNE`;
-      log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
-      events.publish({ kind: 'vne.failed', vne: vne.name, agent: agentId, message });
-    }
-    // The agent's switch came back empty: tell it again about every running VNE it hosts VMs of,
-    // at the VNE's current epoch, where it re-attaches the VMs it adopted after a restart.
-    for (const vne of catalog.listVnes()) {
-      if (vne.state !== 'VNE_STATE_RUNNING' || !vne.vms.some((vm) => (vne.placement[vm.name] || vm.host) === agentId)) continue;
-      const resend = async (): Promise<void> => void (await sendOk(this.o.agents, agentId, { configureVne: { ...configureVneFor(vne, agentId, this.o.agents), epoch: vne.epoch } }, this.cmd));
-      resend().catch((e: Error) => log.warn({ vne: vne.name, agent: agentId, err: e.message }, 'ConfigureVne on re-registration failed'));
-    }
-    const placed = new Set(catalog.listVnes().flatMap((v) => (v.state === 'VNE_STATE_DEFINED' ? [] : v.vms.filter((vm) => (v.placement[vm.name] || vm.host) === agentId).map((vm) => `${v.name}/${vm.name}`))));
-    const strays = running.filter((r) => !placed.has(`${r.vne}/${r.vm}`)).map((r) => `${r.vne}/${r.vm}`);
-    if (strays.length > 0) log.warn({ agent: agentId, vms: strays }, 'agent runs VMs the catalog does not place there');
+  /** An agent (re)registered with the VMs it runs (rules: vne-health.ts). */
+  agentJoined(agentId: string, running: readonly RunningVm__Output[], endpointChanged = true): void {
+    this.health.agentJoined(agentId, running, endpointChanged);
+  }
+
+  /** An agent's session ended or missed its heartbeats (rules: vne-health.ts). */
+  agentLeft(agentId: string, reason: string): void {
+    this.health.agentLeft(agentId, reason);
   }
 
   async listAgents(): Promise<ListAgentsResponse> {
@@ -328,7 +322,7 @@ export class CoordinatorServiceImpl {
     if (s.manifestPath) await this.o.manifests.remove(s.manifestPath);
   }
 
-  restoreSnapshot(req: RestoreSnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
+  restoreSnapshot(req: Omit<RestoreSnapshotRequest__Output, 'placeLost'> & { placeLost?: string }, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
     if (!req.snapshotId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot_id is required');
     checkLength('snapshot_id', req.snapshotId, MAX_ID_CHARS);
     checkTimeoutMs('timeout_ms', req.timeoutMs);
@@ -336,14 +330,21 @@ export class CoordinatorServiceImpl {
       checkLength('placement: a VM name', vm, MAX_NAME_CHARS);
       checkLength(`placement of VM "${vm}"`, agent, MAX_ID_CHARS);
     }
+    checkLength('place_lost', req.placeLost ?? '', MAX_ID_CHARS);
     const s = this.o.catalog.getSnapshot(req.snapshotId);
     const vne = s ? this.o.catalog.getVne(s.vne) : undefined;
     const op = vne ? this.ops.get(vne.name) : undefined;
     if (vne && op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
     if (vne) this.ops.set(vne.name, 'restoring');
-    return this.o.restores.restore({ snapshotId: req.snapshotId, placement: req.placement, stopRunning: req.stopRunning, timeoutMs: req.timeoutMs }, sink).finally(() => {
-      if (vne && this.ops.get(vne.name) === 'restoring') this.ops.delete(vne.name);
-    });
+    return this.o.restores
+      .restore({ snapshotId: req.snapshotId, placement: req.placement, stopRunning: req.stopRunning, timeoutMs: req.timeoutMs, placeLost: req.placeLost || undefined }, sink)
+      .then((snap) => {
+        this.health.forget(snap.vne);
+        return snap;
+      })
+      .finally(() => {
+        if (vne && this.ops.get(vne.name) === 'restoring') this.ops.delete(vne.name);
+      });
   }
 
   // ---- gRPC adapter -----------------------------------------------------------------------

@@ -42,6 +42,7 @@ import type { SnapshotState__Output } from '../proto/gen/vnsnap/v1/SnapshotState
 import type { VmProgress__Output } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot__Output } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
+import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
 import type { Logger } from '../proto/core/log';
 import { encodeManifest } from '../proto/artefacts/manifest';
 import { resultError, type AgentLink, type CommandBody } from './agent-link';
@@ -49,6 +50,7 @@ import type { Catalog } from './catalog';
 import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
+import { degradedError, degradedReason } from './vne-health';
 
 export const DEFAULT_PRECOPY_DEADLINE_MS = 30_000;
 export const DEFAULT_SNAPSHOT_TIMEOUT_MS = 300_000;
@@ -139,6 +141,7 @@ export class SnapshotSequencer {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `a snapshot of VNE "${vne.name}" is already in progress${running ? ` (${running.id})` : ''}: one snapshot per VNE at a time`);
     }
     if (vne.state === 'VNE_STATE_RESTORING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is being restored; snapshot it when the restore is done`);
+    if (vne.state === 'VNE_STATE_DEGRADED') throw degradedError(vne, agents, 'snapshots are', '; nothing was snapshotted');
     if (vne.state !== 'VNE_STATE_RUNNING') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is not running (${vneStateWord(vne.state)}): start it first`);
     const byAgent = vmsByAgent(vne);
     for (const [agent, vms] of byAgent) {
@@ -421,7 +424,7 @@ export class SnapshotRun {
     catalog.tx(() => {
       catalog.completeSnapshot(this.id, { completedUnixMs, manifestPath, artefacts, vms, lostFrames, sizeBytes });
       const v = catalog.getVne(this.vneName);
-      if (v) catalog.updateVne(this.vneName, { epoch: Math.max(v.epoch, this.epoch), state: v.state === 'VNE_STATE_SNAPSHOTTING' ? 'VNE_STATE_RUNNING' : v.state });
+      if (v) catalog.updateVne(this.vneName, { epoch: Math.max(v.epoch, this.epoch), ...afterSnapshot(v, this.deps.agents) });
     });
     this.clearTimers();
     this.transition('SNAPSHOT_STATE_COMPLETE');
@@ -454,7 +457,7 @@ export class SnapshotRun {
     if (vne) for (const a of vmsByAgent(vne).keys()) targets.add(a);
     catalog.tx(() => {
       catalog.abortSnapshot(this.id, reason, clock.now());
-      if (vne) catalog.updateVne(this.vneName, { epoch: Math.max(vne.epoch, this.epoch), state: vne.state === 'VNE_STATE_SNAPSHOTTING' ? 'VNE_STATE_RUNNING' : vne.state });
+      if (vne) catalog.updateVne(this.vneName, { epoch: Math.max(vne.epoch, this.epoch), ...afterSnapshot(vne, agents) });
       catalog.addPendingAborts([...targets].map((agentId) => ({ snapshotId: this.id, agentId, vne: this.vneName, epoch: this.epoch, storePrefix: this.storePrefix })));
     });
     log.warn({ snapshot: this.id, vne: this.vneName, epoch: this.epoch, in: this.st, reason }, 'snapshot aborted');
@@ -478,6 +481,16 @@ function modeName(m: SnapshotMode | undefined): SnapshotMode__Output {
   if (m === 'SNAPSHOT_MODE_BACKGROUND' || m === 2) return 'SNAPSHOT_MODE_BACKGROUND';
   if (m === undefined || m === 'SNAPSHOT_MODE_UNSPECIFIED' || m === 0 || m === 'SNAPSHOT_MODE_PRECOPY' || m === 1) return 'SNAPSHOT_MODE_PRECOPY';
   throw new VnsnapError('ERR_INVALID_ARGUMENT', `unknown snapshot mode ${String(m)}`);
+}
+
+/**
+ * The state a snapshot leaves its VNE in: SNAPSHOTTING becomes RUNNING, or DEGRADED when an agent
+ * of it left meanwhile (its `left` event found the VNE snapshotting); other states stay.
+ */
+export function afterSnapshot(vne: Vne__Output, agents: Pick<AgentLink, 'isConnected'>): { state: VneState__Output; stateReason?: string } {
+  if (vne.state !== 'VNE_STATE_SNAPSHOTTING') return { state: vne.state };
+  if ([...vmsByAgent(vne).keys()].some((a) => !agents.isConnected(a))) return { state: 'VNE_STATE_DEGRADED', stateReason: degradedReason(vne, agents) };
+  return { state: 'VNE_STATE_RUNNING' };
 }
 
 export function vneStateWord(s: string): string {

@@ -1,7 +1,8 @@
 /**
  * What an agent is told about a VNE (ConfigureVne): VNI, generation, the peer switches (the
  * other agents hosting VMs of the VNE, at the tunnel endpoints they registered) and the static
- * MAC → agent table of the placement (MACs of the agent's own VMs name the agent itself).
+ * MAC → agent table of the placement (MACs of the agent's own VMs name the agent itself), and
+ * the VNE's current epoch (where an agent that re-adopted running VMs attaches their ports).
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { ConfigureVne } from '../proto/gen/vnsnap/v1/ConfigureVne';
@@ -26,5 +27,5 @@ export function configureVneFor(vne: Vne__Output, agentId: string, link: Pick<Ag
       return { agentId: h, address: ep.address, port: ep.port };
     });
   const macs = vne.vms.flatMap((vm) => vm.macs.map((mac) => ({ mac: mac.toLowerCase(), agentId: placement[vm.name] as string })));
-  return { vne: vne.name, vni: vne.vni, generation: vne.generation, peers, macs };
+  return { vne: vne.name, vni: vne.vni, generation: vne.generation, epoch: vne.epoch, peers, macs };
 }

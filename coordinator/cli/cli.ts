@@ -172,10 +172,11 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .argument('<ID>', 'the snapshot id')
     .option('--place <VM=HOST>', 'run VM on agent HOST instead of where it was snapshotted (repeatable)', placement)
     .option('--stop-running', "stop the VNE's running VMs first (otherwise restoring a running VNE is refused)")
+    .option('--place-lost <HOST>', 'run every VM of an unreachable host on agent HOST; their old instances are fenced (stopped if that host returns)')
     .option('--timeout-ms <N>', 'give up unless the restore completes within this', uint32('--timeout-ms'))
-    .addHelpText('after', example('$ vnsnap restore blue-7-3c9e1f --stop-running --place vm2=h3'))
-    .action((id: string, o: CommonOpts & { place?: Record<string, string>; stopRunning?: boolean; timeoutMs?: number }) =>
-      run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs }), o),
+    .addHelpText('after', example('$ vnsnap restore blue-7-3c9e1f --stop-running --place vm2=h3\n$ vnsnap restore blue-7-3c9e1f --stop-running --place-lost h1'))
+    .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; timeoutMs?: number }) =>
+      run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}) }), o),
     );
 
   leaf(program, 'agents', 'list the agents (one per host) and whether they are connected')

@@ -183,11 +183,13 @@ export interface RestoreOptions {
   placement: Record<string, string>;
   stopRunning: boolean;
   timeoutMs: number | undefined;
+  /** Host for every VM of an unreachable host (their old instances are fenced). */
+  placeLost?: string;
 }
 
 export async function restore(ctx: Ctx, id: string, o: RestoreOptions): Promise<ExitCode> {
   return withClient(ctx, async (c) => {
-    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0 });
+    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0, ...(o.placeLost ? { placeLost: o.placeLost } : {}) });
     const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`, () => `vnsnap snapshot show ${id} (its VNE), then vnsnap vne show VNE; or vnsnap events`);
     if (ctx.json) return EXIT.OK;
     if (!done) {

@@ -74,15 +74,34 @@ export function renderVneList(vnes: readonly Vne__Output[]): string {
 export function renderVne(v: Vne__Output): string {
   const head =
     `VNE ${v.name}: ${shortEnum(v.state)}, vni ${v.vni}, epoch ${v.epoch}, generation ${v.generation}\n` +
-    `created ${formatTime(v.createdUnixMs)}, updated ${formatTime(v.updatedUnixMs)}\n`;
+    `created ${formatTime(v.createdUnixMs)}, updated ${formatTime(v.updatedUnixMs)}\n` +
+    (v.stateReason ? `reason: ${v.stateReason}\n` : '');
   if (v.vms.length === 0) return head + 'no VMs\n';
+  const fenced = (v.fenced ?? []).map((f) => `fenced: ${f.vm} on ${f.agent} (generation ${f.generation}, ${f.stopped ? 'stopped' : 'not stopped yet: stopped when the host returns'})\n`).join('');
+  const status = new Map((v.vmStatus ?? []).map((s) => [s.vm, s]));
+  if (status.size === 0) {
+    return (
+      head +
+      '\n' +
+      table(
+        ['VM', 'HOST', 'RUNS ON', 'DRIVER', 'MACS'],
+        v.vms.map((vm) => [vm.name, vm.host, v.placement[vm.name] || '-', driverSummary(vm.driver), vm.macs.join(',') || '-']),
+      ) +
+      fenced
+    );
+  }
+  // Per VM: where it runs, whether its host is reachable, and what the coordinator knows of it.
   return (
     head +
     '\n' +
     table(
-      ['VM', 'HOST', 'RUNS ON', 'DRIVER', 'MACS'],
-      v.vms.map((vm) => [vm.name, vm.host, v.placement[vm.name] || '-', driverSummary(vm.driver), vm.macs.join(',') || '-']),
-    )
+      ['VM', 'HOST', 'RUNS ON', 'REACHABLE', 'VM STATE', 'DRIVER', 'MACS'],
+      v.vms.map((vm) => {
+        const s = status.get(vm.name);
+        return [vm.name, vm.host, s?.host || v.placement[vm.name] || '-', s ? (s.hostReachable ? 'yes' : 'no') : '-', s ? s.state.replace(/^VM_RUN_STATE_/, '') : '-', driverSummary(vm.driver), vm.macs.join(',') || '-'];
+      }),
+    ) +
+    fenced
   );
 }
 

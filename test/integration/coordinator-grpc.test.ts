@@ -486,18 +486,21 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
       await until('SnapshotAbort on h2', () => h2.commands.at(-1)?.body === 'snapshotAbort', 5000);
       const { agents } = await unary<object, { agents: { id: string; state: string }[] }>(client, 'ListAgents', {});
       assert.deepEqual(agents.map((a) => [a.id, a.state]), [['h1', 'AGENT_STATE_DISCONNECTED'], ['h2', 'AGENT_STATE_CONNECTED']]);
-      // The snapshot needs every agent.
+      // The snapshot needs every agent: the VNE is degraded while h1 is away.
       const r = await streamAll(client.CreateSnapshot({ vne: 'blue' }));
-      expectStatus(r.error, grpc.status.UNAVAILABLE, 'ERR_AGENT_DISCONNECTED', 'agent "h1" (running vm2) is not connected; nothing was snapshotted');
+      expectStatus(r.error, grpc.status.FAILED_PRECONDITION, 'ERR_FAILED_PRECONDITION', 'VNE "blue" is degraded: agent h1 (host of vm2) is disconnected; snapshots are refused until it is back; nothing was snapshotted');
       // h1's session comes back (the agent kept running, with its VMs) and receives the abort it
       // missed before anything else.
       const before = h1.running;
       h1 = new ScriptedAgent('h1', 6081, storeDir);
       for (const vm of before) h1.running.add(vm);
       await h1.connect(server.address);
-      await until('a command on the new h1 session', () => h1.commands.length > 0, 5000);
-      assert.deepEqual(h1.commands.map((c) => [c.body, c.snapshotAbort?.snapshotId]), [['snapshotAbort', done?.id]]);
-      assert.deepEqual(watched.filter((e) => e.agent === 'h1').map((e) => e.kind), ['agent.joined', 'agent.left', 'agent.joined']);
+      // ... then ConfigureVne at the VNE's generation and epoch (it re-attaches its VMs' ports),
+      // and the VNE is RUNNING again by itself.
+      await until('two commands on the new h1 session', () => h1.commands.length >= 2, 5000);
+      assert.deepEqual(h1.commands.map((c) => [c.body, c.snapshotAbort?.snapshotId]), [['snapshotAbort', done?.id], ['configureVne', undefined]]);
+      await until('VNE blue running again', async () => (await unary<object, { state: string }>(client, 'GetVne', { name: 'blue' })).state === 'VNE_STATE_RUNNING', 5000);
+      assert.deepEqual(watched.filter((e) => e.agent === 'h1').map((e) => e.kind), ['agent.joined', 'agent.left', 'vne.degraded', 'agent.joined', 'vne.recovered']);
       assert.ok(watched.some((e) => e.kind === 'snapshot.aborted' && e.snapshotId === done?.id));
   
     }

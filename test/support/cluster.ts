@@ -16,7 +16,8 @@
  * `storeTmpfsMib` it is a tmpfs of that size (unmounted by destroy()). Everything is driven
  * through the real `vnsnap` CLI (`cli`, `cliJson`, `cliStream`, run in the underlay namespace)
  * and sim VM state is read through the agents' /debug/vms (`vms`). Processes are killed with
- * `kill` (SIGKILL for the fault tests) and started again with `startAgent`/`startCoordinator`.
+ * `kill` (SIGKILL for the fault tests) and started again with `startAgent`/`startCoordinator`;
+ * `partition` cuts a host off from the coordinator while its agent and VMs run on.
  * destroy() removes everything: processes, namespaces (and their nft tables), the mount, the
  * directory — call it in `after`, it is idempotent. Logs (pino JSON) go to files in the
  * cluster's directory; `logTail()` shows them when a test fails.
@@ -334,6 +335,22 @@ export class Cluster {
     this.topo.exec(host, 'nft', ['add', 'table', 'inet', 'vnsnaploss']);
     this.topo.exec(host, 'nft', ['add', 'chain', 'inet', 'vnsnaploss', 'out', '{ type filter hook output priority 0; policy accept; }']);
     this.topo.exec(host, 'nft', ['add', 'rule', 'inet', 'vnsnaploss', 'out', 'udp', 'dport', '6081', 'numgen', 'random', 'mod', '100', '<', String(percent), 'counter', 'drop']);
+  }
+
+  /**
+   * Cut a host off from the coordinator (on: every TCP packet to or from its port 7443 dropped
+   * in the host's namespace) or heal it (off). Its agent and VMs keep running, as on a host
+   * whose network to the control plane failed; the tunnels between hosts are untouched.
+   */
+  partition(host: string, on: boolean): void {
+    this.topo.exec(host, 'nft', ['delete', 'table', 'inet', 'vnsnapcut'], { allowFail: true });
+    if (!on) return;
+    const port = this.coordinatorAddress.split(':')[1] as string;
+    this.topo.exec(host, 'nft', ['add', 'table', 'inet', 'vnsnapcut']);
+    this.topo.exec(host, 'nft', ['add', 'chain', 'inet', 'vnsnapcut', 'out', '{ type filter hook output priority 0; policy accept; }']);
+    this.topo.exec(host, 'nft', ['add', 'chain', 'inet', 'vnsnapcut', 'in', '{ type filter hook input priority 0; policy accept; }']);
+    this.topo.exec(host, 'nft', ['add', 'rule', 'inet', 'vnsnapcut', 'out', 'tcp', 'dport', port, 'drop']);
+    this.topo.exec(host, 'nft', ['add', 'rule', 'inet', 'vnsnapcut', 'in', 'tcp', 'sport', port, 'drop']);
   }
 
   /** Packets the loss rule of a host dropped so far. */

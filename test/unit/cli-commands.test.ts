@@ -156,6 +156,9 @@ describe('cli: vnsnap against a fake coordinator', function () {
         createdUnixMs: 1763877600000,
         updatedUnixMs: 1763877600000,
         placement: { web: 'h1', db: 'h2' },
+        vmStatus: [],
+        fenced: [],
+        stateReason: '',
       };
       assert.equal(r.stdout, JSON.stringify(want, null, 2) + '\n');
       const missing = await run('vne', 'show', 'nope');
@@ -368,7 +371,7 @@ describe('cli: vnsnap against a fake coordinator', function () {
       const r = await run('restore', 'snap-0001', '--place', 'vm3=h1', '--place', 'vm1=h2', '--stop-running', '--timeout-ms', '9000');
       assert.equal(r.stderr, '');
       assert.equal(r.code, 0);
-      assert.deepEqual(fake.calls.filter((c) => c.method === 'RestoreSnapshot').pop()?.request, { snapshotId: 'snap-0001', placement: { vm3: 'h1', vm1: 'h2' }, stopRunning: true, timeoutMs: 9000 });
+      assert.deepEqual(fake.calls.filter((c) => c.method === 'RestoreSnapshot').pop()?.request, { snapshotId: 'snap-0001', placement: { vm3: 'h1', vm1: 'h2' }, stopRunning: true, timeoutMs: 9000, placeLost: '' });
       const lines = r.stdout.split('\n');
       assert.equal(lines[0], '+0.000s  note  restore: validating 6 artefacts');
       assert.equal(lines[1], '+0.020s  vm1@h2  VALIDATE done');

@@ -61,7 +61,7 @@ describe('cli: VNE definition files', () => {
     assert.equal(problem(JSON.stringify({ ...camel, vni: -1 })), 'blue.json: vni: -1 is out of range for a non-negative integer (0..4294967295)');
     assert.equal(problem(JSON.stringify({ ...camel, vms: {} })), 'blue.json: vms: expected a list, got an object');
     assert.match(problem(JSON.stringify({ ...camel, state: 'UP' })), /^blue\.json: state: expected one of VNE_STATE_DEFINED, VNE_STATE_RUNNING, .*got "UP"$/);
-    assert.equal(problem(JSON.stringify({ ...camel, vni: 1, VNI: 2 })), 'blue.json: VNI: unknown field of Vne (did you mean "vni"?); known fields: name, vni, vms, generation, epoch, state, createdUnixMs, updatedUnixMs, placement');
+    assert.equal(problem(JSON.stringify({ ...camel, vni: 1, VNI: 2 })), 'blue.json: VNI: unknown field of Vne (did you mean "vni"?); known fields: name, vni, vms, generation, epoch, state, createdUnixMs, updatedUnixMs, placement, vmStatus, fenced, stateReason');
     assert.equal(problem(JSON.stringify({ name: 'b', createdUnixMs: 1, created_unix_ms: 2 })), 'blue.json: created_unix_ms: given twice (also as "createdUnixMs")');
   });
 

@@ -19,6 +19,9 @@ function vne(name: string, state: Vne__Output['state'], placement: Record<string
     createdUnixMs: T0,
     updatedUnixMs: T0,
     placement,
+    vmStatus: [],
+    fenced: [],
+    stateReason: '',
   };
 }
 
@@ -33,7 +36,10 @@ describe('coordinator catalog', () => {
     const c = new Catalog(path.join(dir, 'c.db'), { now: () => T0 });
     assert.equal(c.db.pragma('journal_mode', { simple: true }), 'wal');
     assert.equal(c.schemaVersion, CATALOG_SCHEMA_VERSION);
-    assert.deepEqual(c.db.prepare('SELECT version, applied_unix_ms FROM schema_migrations').all(), [{ version: 1, applied_unix_ms: T0 }]);
+    assert.deepEqual(c.db.prepare('SELECT version, applied_unix_ms FROM schema_migrations').all(), [
+      { version: 1, applied_unix_ms: T0 },
+      { version: 2, applied_unix_ms: T0 },
+    ]);
     c.close();
   });
 

@@ -73,6 +73,19 @@ describe('coordinator agent registry', () => {
     assert.equal(catalog.getAgent('h1')?.connectedUnixMs, clock.now());
   });
 
+  it("says whether a (re)registering agent's tunnel endpoint changed since it last registered", () => {
+    const { reg, connect } = setup();
+    const seen: string[] = [];
+    reg.on('joined', (a, _running, changed) => seen.push(`${a}:${changed}`));
+    connect('h1').emit('end');
+    connect('h1').emit('end');
+    const moved = register('h1');
+    if (moved.register) moved.register.tunnelPort = 6082;
+    connect().msg(moved);
+    assert.deepEqual(seen, ['h1:true', 'h1:false', 'h1:true']);
+    assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6082 });
+  });
+
   it('refuses a second session for a live agent id, and a session that does not start with Register', () => {
     const { connect } = setup();
     connect('h1');

@@ -26,6 +26,9 @@ function vneDef(name: string, vni: number, vms: [string, string][], state: Vne__
     createdUnixMs: T0,
     updatedUnixMs: T0,
     placement,
+    vmStatus: [],
+    fenced: [],
+    stateReason: '',
   };
 }
 

@@ -33,6 +33,9 @@ function req(over: Record<string, unknown> = {}, vms?: VmSpec__Output[]): Define
       createdUnixMs: 0,
       updatedUnixMs: 0,
       placement: {},
+      vmStatus: [],
+      fenced: [],
+    stateReason: '',
       ...over,
     },
   };
@@ -65,6 +68,21 @@ function setup() {
     });
   });
   return { clock, catalog, agents, manifests, events, svc };
+}
+
+/** The ConfigureVne of VNE blue: one peer, vm1's and vm2's MACs on the given agents. */
+function configureBlue(generation: number, epoch: number, peer: string, hosts: [string, string]) {
+  return {
+    vne: 'blue',
+    vni: 100,
+    generation,
+    epoch,
+    peers: [{ agentId: peer, address: `10.0.0.${peer.slice(1)}`, port: 6081 }],
+    macs: [
+      { mac: '52:54:00:00:00:01', agentId: hosts[0] },
+      { mac: '52:54:00:00:00:02', agentId: hosts[1] },
+    ],
+  };
 }
 
 async function running(s: ReturnType<typeof setup>) {
@@ -113,7 +131,7 @@ describe('coordinator service: VNE definitions', () => {
   it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
     const { svc, clock } = setup();
     const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
-    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' } });
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [], stateReason: '' });
     assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
     await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
     await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
@@ -130,8 +148,8 @@ describe('coordinator service: VNE definitions', () => {
       { mac: '52:54:00:00:00:01', agentId: 'h1' },
       { mac: '52:54:00:00:00:02', agentId: 'h2' },
     ];
-    assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
-    assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[0]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, epoch: 0, peers: [{ agentId: 'h2', address: '10.0.0.2', port: 6081 }], macs });
+    assert.deepEqual(s.agents.sent[1]?.body.configureVne, { vne: 'blue', vni: 100, generation: 1, epoch: 0, peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }], macs });
     // vne_vms: names and MACs only (every StartVm carries every VM of the VNE: n² in all).
     const vneVms = [
       { name: 'vm1', macs: ['52:54:00:00:00:01'] },
@@ -278,12 +296,257 @@ describe('coordinator service: agents registering again', () => {
     await s.svc.defineVne(req({ name: 'green', vni: 7 }));
     s.svc.agentJoined('h1', []);
     assert.equal((await s.svc.getVne({ name: 'green' })).state, 'VNE_STATE_DEFINED');
-    assert.deepEqual(seen, ['vne.failed blue h2']);
+    // (blue is already FAILED; h1 now registering without vm1 reports vm1 dead too.)
+    assert.deepEqual(seen, ['vne.failed blue h2', 'vne.failed blue h1']);
+    assert.deepEqual((await s.svc.getVne({ name: 'blue' })).vmStatus.map((x) => x.state), ['VM_RUN_STATE_DEAD', 'VM_RUN_STATE_DEAD']);
     // No snapshot of a failed VNE.
     await assert.rejects(
       async () => s.svc.createSnapshot({ vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND', precopyDeadlineMs: 0, timeoutMs: 0, description: '' }, () => undefined),
       (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION'),
     );
+  });
+});
+
+describe('coordinator service: an agent away, and back', () => {
+  const snapReq = { vne: 'blue', mode: 'SNAPSHOT_MODE_BACKGROUND' as const, precopyDeadlineMs: 0, timeoutMs: 0, description: '' };
+  const kinds = (s: ReturnType<typeof setup>) => {
+    const seen: string[] = [];
+    s.events.subscribe((e) => e.kind.startsWith('vne.') || e.kind.startsWith('vm.') ? seen.push(`${e.kind} ${e.vne}: ${e.message}`) : undefined);
+    return seen;
+  };
+  /** Run the VNE, snapshot it (epoch 1), then lose h2. */
+  function known(s: ReturnType<typeof setup>) {
+    for (const id of ['h1', 'h2']) s.catalog.upsertAgent({ id, hostname: id, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], connectedUnixMs: 0, lastSeenUnixMs: 0 });
+  }
+  async function degraded() {
+    const s = setup();
+    known(s);
+    await running(s);
+    const snap = await snapshot(s);
+    const seen = kinds(s);
+    s.agents.disconnect('h2');
+    s.svc.agentLeft('h2', 'no heartbeat for 3000 ms');
+    s.agents.sent.length = 0;
+    return { s, snap, seen };
+  }
+
+  it('agent lost: VNE DEGRADED, its VM unmanaged; snapshots and in-place restores refused naming the agent', async () => {
+    const { s, snap, seen } = await degraded();
+    assert.deepEqual(seen, ['vne.degraded blue: agent h2 disconnected (no heartbeat for 3000 ms): vm2 unmanaged; snapshots and restores refused until it is back']);
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_DEGRADED');
+    assert.equal(v.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
+    assert.deepEqual(v.vmStatus, [
+      { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
+      { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
+    ]);
+    assert.deepEqual((await s.svc.listVnes()).vnes.map((x) => x.vmStatus.map((st) => st.state)), [['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_UNMANAGED']]);
+    await assert.rejects(
+      async () => s.svc.createSnapshot(snapReq, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is degraded: agent h2 (host of vm2) is disconnected; snapshots are refused until it is back; nothing was snapshotted',
+    );
+    await assert.rejects(
+      s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined),
+      (e) =>
+        isVnsnapError(e, 'ERR_FAILED_PRECONDITION') &&
+        e.message === 'VNE "blue" is degraded: agent h2 (host of vm2) is disconnected; restores in place are refused until it is back, or place its VMs elsewhere (--place vm2=HOST, or --place-lost HOST) to fence them; nothing was restored',
+    );
+    await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is already running');
+    assert.deepEqual(s.agents.sent, []);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+  });
+
+  it('agent back with its VMs: ConfigureVne at the current generation and epoch to it and its peer, then RUNNING by itself', async () => {
+    const { s, seen } = await degraded();
+    s.agents.connected.add('h2');
+    s.agents.on('configureVne', 'hold', 'h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 1, generation: 1 }]);
+    assert.deepEqual(s.agents.names(), ['h1:configureVne', 'h2:configureVne']);
+    assert.deepEqual(s.agents.peek('h2', 'configureVne').body.configureVne, configureBlue(1, 1, 'h1', ['h1', 'h2']));
+    // Until the returning agent has its ports back, the VNE stays degraded.
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    s.agents.reply('h2', 'configureVne');
+    await flush();
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_RUNNING');
+    assert.equal(v.stateReason, '');
+    assert.deepEqual(v.vmStatus.map((x) => `${x.vm}@${x.host}:${x.hostReachable}:${x.state}`), ['vm1@h1:true:VM_RUN_STATE_RUNNING', 'vm2@h2:true:VM_RUN_STATE_RUNNING']);
+    assert.deepEqual(seen.slice(1), ['vne.recovered blue: agent h2 is back with its VMs: VNE running']);
+    assert.deepEqual(s.agents.names('stopVm'), []);
+    await snapshot2(s);
+    // Registering again at the same tunnel endpoint: only the agent itself is configured.
+    s.agents.sent.length = 0;
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 2, generation: 1 }], false);
+    assert.deepEqual(s.agents.names(), ['h2:configureVne']);
+  });
+
+  /** A snapshot is accepted again (it runs at the next epoch). */
+  async function snapshot2(s: ReturnType<typeof setup>) {
+    const snap = await s.svc.createSnapshot(snapReq, () => undefined);
+    assert.equal(snap.epoch, 2);
+  }
+
+  it('agent back without a VM: that VM died, the VNE is FAILED with a message naming it; nothing is configured', async () => {
+    const { s, seen } = await degraded();
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', []);
+    await flush();
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_FAILED');
+    assert.equal(v.stateReason, 'VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE');
+    assert.deepEqual(v.vmStatus.map((x) => x.state), ['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_DEAD']);
+    assert.deepEqual(seen.slice(1), ['vne.failed blue: VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE']);
+    assert.deepEqual(s.agents.sent, []);
+    // A stop and start recovers it, and forgets the dead VM.
+    await s.svc.stopVne({ name: 'blue' });
+    await s.svc.startVne({ name: 'blue' });
+    assert.deepEqual((await s.svc.getVne({ name: 'blue' })).vmStatus.map((x) => x.state), ['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_RUNNING']);
+  });
+
+  it('after a coordinator restart, the sweep makes a VNE whose agent did not come back DEGRADED', async () => {
+    const s = setup();
+    await running(s);
+    const seen = kinds(s);
+    s.agents.connected.delete('h2');
+    s.svc.health.sweep("not registered within 3000 ms of the coordinator's start");
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.deepEqual(seen, ["vne.degraded blue: agent h2 disconnected (not registered within 3000 ms of the coordinator's start): vm2 unmanaged; snapshots and restores refused until it is back"]);
+  });
+
+  it('a VM dead, another of the same agent alive: the VNE is FAILED naming the dead one, the survivor is configured again (keeps its network)', async () => {
+    const s = setup();
+    await s.svc.defineVne(req({}, [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm2', 'h2', '52:54:00:00:00:02'), vm('vm3', 'h2', '52:54:00:00:00:03')]));
+    await s.svc.startVne({ name: 'blue' });
+    s.agents.disconnect('h2');
+    s.svc.agentLeft('h2', 'session ended by the agent');
+    s.agents.sent.length = 0;
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm3', epoch: 0, generation: 1 }], false);
+    await flush();
+    assert.deepEqual(s.agents.names(), ['h2:configureVne']);
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_FAILED');
+    assert.equal(v.stateReason, 'VM vm2 of VNE blue died while agent h2 was away (it registered without it): restore a snapshot or stop and start the VNE');
+    assert.deepEqual(v.vmStatus.map((x) => `${x.vm}:${x.state}`), ['vm1:VM_RUN_STATE_RUNNING', 'vm2:VM_RUN_STATE_DEAD', 'vm3:VM_RUN_STATE_RUNNING']);
+  });
+
+  it('two agents away: the reason names both; one back: still DEGRADED naming the other; both back: RUNNING', async () => {
+    const { s, seen } = await degraded();
+    s.agents.disconnect('h1');
+    s.svc.agentLeft('h1', 'session ended by the agent');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agents h1 (host of vm1), h2 (host of vm2) disconnected: their VMs are unmanaged; snapshots and restores are refused until they are back');
+    assert.equal(seen.length, 2);
+    s.agents.connected.add('h1');
+    s.svc.agentJoined('h1', [{ vne: 'blue', vm: 'vm1', epoch: 1, generation: 1 }], false);
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 1, generation: 1 }], false);
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, '');
+  });
+
+  it('a snapshot in flight when an agent leaves aborts, and leaves the VNE DEGRADED (not RUNNING)', async () => {
+    const s = setup();
+    await running(s);
+    s.agents.on('snapshotBegin', 'hold');
+    const seen = kinds(s);
+    const done = s.svc.createSnapshot(snapReq, () => undefined);
+    await flush();
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_SNAPSHOTTING');
+    s.agents.disconnect('h2');
+    s.svc.agentLeft('h2', 'session ended by the agent');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_SNAPSHOTTING');
+    assert.deepEqual(seen, ['vne.degraded blue: agent h2 disconnected (session ended by the agent): vm2 unmanaged; snapshots and restores refused until it is back']);
+    const snap = await done;
+    assert.equal(snap.state, 'SNAPSHOT_STATE_ABORTED');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEGRADED');
+    assert.equal(s.catalog.getVne('blue')?.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
+  });
+
+  it('a returning agent stops what the catalog does not place on it at the current generation', async () => {
+    const s = setup();
+    await running(s);
+    await s.svc.defineVne(req({ name: 'green', vni: 7 }));
+    s.agents.sent.length = 0;
+    const seen = kinds(s);
+    // vm1 runs on h1 (not here), green is stopped, gone does not exist: all three are stale; vm2 is h2's.
+    s.svc.agentJoined('h2', [
+      { vne: 'blue', vm: 'vm2', epoch: 0, generation: 1 },
+      { vne: 'blue', vm: 'vm1', epoch: 0, generation: 1 },
+      { vne: 'green', vm: 'vm2', epoch: 0, generation: 1 },
+      { vne: 'gone', vm: 'x', epoch: 0, generation: 3 },
+    ]);
+    await flush();
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'stopVm').map((x) => x.body.stopVm), [
+      { vne: 'blue', vm: 'vm1' },
+      { vne: 'green', vm: 'vm2' },
+      { vne: 'gone', vm: 'x' },
+    ]);
+    assert.deepEqual(seen, [
+      'vm.fenced blue: stopped the stale instance of vm1 on h2 (generation 1): vm1 runs on h1 at generation 1',
+      'vm.fenced green: stopped the stale instance of vm2 on h2 (generation 1): VNE green is stopped',
+      'vm.fenced gone: stopped the stale instance of x on h2 (generation 3): VNE gone does not exist',
+    ]);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+    // An instance of an older generation placed here is stale too: stopped, and the VM counts as dead.
+    s.catalog.updateVne('blue', { generation: 4 });
+    s.agents.sent.length = 0;
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 0, generation: 3 }]);
+    await flush();
+    assert.deepEqual(s.agents.names(), ['h2:stopVm']);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
+  });
+
+  it('lost-host restore with place_lost: the lost VMs restored on that host, their old instances fenced, stopped when the host returns', async () => {
+    const { s, snap, seen } = await degraded();
+    const events: SnapshotEvent[] = [];
+    await assert.rejects(
+      s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, placeLost: 'h3' }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === 'agent "h3" (--place-lost) is unknown',
+    );
+    await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, placeLost: 'h1' }, (e) => events.push(e));
+    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:configureVne', 'h1:restorePrepare', 'h1:restoreResume']);
+    assert.deepEqual(
+      events.flatMap((e) => (e.note?.includes('fenced') ? [e.note] : [])),
+      ['restore: fenced vm2 on h2 (host unreachable): never to run again under generation 1; stopped when the host returns'],
+    );
+    const v = await s.svc.getVne({ name: 'blue' });
+    assert.equal(v.state, 'VNE_STATE_RUNNING');
+    assert.equal(v.generation, 2);
+    assert.deepEqual(v.placement, { vm1: 'h1', vm2: 'h1' });
+    assert.deepEqual(v.fenced, [{ vm: 'vm2', agent: 'h2', generation: 1, fencedUnixMs: s.clock.now(), stopped: false }]);
+    assert.deepEqual(seen.slice(1), ['vm.fenced blue: vm2 on unreachable h2 fenced (generation 1); restored on h1']);
+    // h2 comes back still running its old vm2: it is stopped, nothing is configured on h2, the VNE stays RUNNING.
+    s.agents.sent.length = 0;
+    s.agents.connected.add('h2');
+    s.svc.agentJoined('h2', [{ vne: 'blue', vm: 'vm2', epoch: 1, generation: 1 }]);
+    await flush();
+    assert.deepEqual(s.agents.names(), ['h2:stopVm']);
+    const after = await s.svc.getVne({ name: 'blue' });
+    assert.equal(after.state, 'VNE_STATE_RUNNING');
+    assert.deepEqual(after.fenced.map((f) => f.stopped), [true]);
+    assert.deepEqual(seen.at(-1), 'vm.fenced blue: stopped the stale instance of vm2 on h2 (generation 1): vm2 runs on h1 at generation 2');
+  });
+
+  it('lost-host restore with an explicit placement fences too; a running VNE with an agent just gone names the flags', async () => {
+    const { s, snap } = await degraded();
+    await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: { vm2: 'h1' }, stopRunning: true, timeoutMs: 0 }, () => undefined);
+    assert.deepEqual((await s.svc.getVne({ name: 'blue' })).fenced.map((f) => `${f.vm}@${f.agent}/${f.generation}`), ['vm2@h2/1']);
+    // Before the session is declared lost (RUNNING, agent already gone): refused with the flags named.
+    const t = setup();
+    known(t);
+    await running(t);
+    const snap2 = await snapshot(t);
+    t.agents.connected.delete('h2');
+    await assert.rejects(
+      t.svc.restoreSnapshot({ snapshotId: snap2.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'agent "h2" (placement of VM vm2) is not connected; place the VM elsewhere (--place vm2=HOST, or --place-lost HOST); nothing was restored',
+    );
+    assert.deepEqual(t.catalog.getVne('blue')?.fenced, []);
   });
 });
 
@@ -329,16 +592,7 @@ describe('coordinator service: snapshots and restores', () => {
     const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
     assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
     assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1' }, { vne: 'blue', vm: 'vm2' }]);
-    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, {
-      vne: 'blue',
-      vni: 100,
-      generation: 2,
-      peers: [{ agentId: 'h1', address: '10.0.0.1', port: 6081 }],
-      macs: [
-        { mac: '52:54:00:00:00:01', agentId: 'h2' },
-        { mac: '52:54:00:00:00:02', agentId: 'h1' },
-      ],
-    });
+    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
     const prep = byName('restorePrepare')[0]?.body.restorePrepare;
     assert.equal(prep?.restoreId, 'r-blue-s1');
     assert.equal(prep?.epoch, 1);
