@@ -162,7 +162,7 @@ export class CoordinatorServiceImpl {
         for (const s of snaps) this.o.catalog.deleteSnapshot(s.id);
         this.o.catalog.deleteVne(vne.name);
       });
-      this.o.events.publish({ kind: 'vne.deleted', vne: vne.name, message: snaps.length ? `with ${snaps.length} snapshots` : '' });
+      this.o.events.publish({ kind: 'vne.deleted', vne: vne.name, message: snaps.length ? `with ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}` : '' });
       return {};
     });
   }
