@@ -57,7 +57,8 @@ const GRANTS: Readonly<Record<Role, readonly Role[]>> = { viewer: ['viewer'], op
 
 /** The role of a certificate: the roles table by CN, else its first OU naming a role. */
 export function roleOf(id: PeerIdentity, table: RolesTable = {}): Role | undefined {
-  const byName = table[id.commonName];
+  // Own keys only: a CN such as "constructor" or "__proto__" must not find Object's members.
+  const byName = Object.hasOwn(table, id.commonName) ? table[id.commonName] : undefined;
   if (byName) return byName === 'none' ? undefined : byName;
   return id.units.find((u): u is Role => (ROLES as readonly string[]).includes(u));
 }
@@ -97,7 +98,8 @@ export function authzInterceptor(table: () => RolesTable): grpc.ServerIntercepto
 /** Validate the config's "roles" table: CN → role. */
 export function parseRolesTable(raw: unknown, where: string): Record<string, Role | 'none'> {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new VnsnapError('ERR_CONFIG', `${where}: "roles" must be an object {"CN": "viewer" | "operator" | "agent" | "none"}`);
-  const out: Record<string, Role | 'none'> = {};
+  // No prototype: a "__proto__" key is a CN like any other, not the object's prototype.
+  const out = Object.create(null) as Record<string, Role | 'none'>;
   for (const [cn, r] of Object.entries(raw as Record<string, unknown>)) {
     if (typeof r !== 'string' || ![...ROLES, 'none'].includes(r)) throw new VnsnapError('ERR_CONFIG', `${where}: roles."${cn}" must be one of ${ROLES.join(', ')}, none; got ${JSON.stringify(r)}`);
     out[cn] = r as Role | 'none';

@@ -27,6 +27,17 @@ describe('security: the RPC role table', () => {
     assert.equal(roleOf(id('dave'), { dave: 'operator' }), 'operator');
   });
 
+  it('a CN named like an object member ("constructor", "__proto__", "toString") finds no role in the table', () => {
+    for (const cn of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+      assert.equal(roleOf(id(cn), {}), undefined, cn);
+      assert.equal(roleOf(id(cn, ['viewer']), { alice: 'operator' }), 'viewer', cn);
+    }
+    const table = parseRolesTable(JSON.parse('{"__proto__": "none", "eve": "viewer"}'), 'config c.json');
+    assert.deepEqual(Object.keys(table).sort(), ['__proto__', 'eve']);
+    assert.equal(roleOf(id('__proto__', ['operator']), table), undefined);
+    assert.equal(roleOf(id('eve'), table), 'viewer');
+  });
+
   it('an operator may do what a viewer may; an agent only its session; health and reflection are open', () => {
     const C = '/vnsnap.v1.CoordinatorService/';
     assert.equal(denial(`${C}ListVnes`, id('o'), 'operator'), undefined);
@@ -42,7 +53,7 @@ describe('security: the RPC role table', () => {
   });
 
   it('refuses a roles table with an unknown role, in one line', () => {
-    assert.deepEqual(parseRolesTable({ a: 'viewer', b: 'none' }, 'config c.json'), { a: 'viewer', b: 'none' });
+    assert.deepEqual({ ...parseRolesTable({ a: 'viewer', b: 'none' }, 'config c.json') }, { a: 'viewer', b: 'none' });
     assert.throws(() => parseRolesTable({ a: 'admin' }, 'config c.json'), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && e.message === 'config c.json: roles."a" must be one of viewer, operator, agent, none; got "admin"');
     assert.throws(() => parseRolesTable([], 'config c.json'), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG'));
   });
