@@ -181,10 +181,12 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       },
     );
   };
+  // The unit's ExecReload sends SIGHUP: without TLS files there is nothing to re-read, but the
+  // signal must not take Node's default action (exit).
   if (certs) {
     const c = certs;
     reloadOnSighup(() => c.reload(), log);
-  }
+  } else process.on('SIGHUP', () => log.info('SIGHUP: no TLS files to reload (plaintext on loopback)'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
