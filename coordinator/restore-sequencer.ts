@@ -42,8 +42,8 @@ import type { VneState__Output } from '../proto/gen/vnsnap/v1/VneState';
 import { decodeManifest } from '../proto/artefacts/manifest';
 import { sendOk, type CommandBody } from './agent-link';
 import type { TimerHandle } from '../proto/core/clock';
-import { vmsByAgent, vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
-import { configureVneFor, placementOf } from './vne-config';
+import { vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
+import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 import { degradedError, degradedReason, lostAgents } from './vne-health';
 
 export const DEFAULT_RESTORE_TIMEOUT_MS = 300_000;

@@ -36,9 +36,9 @@ import type { Clock } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import type { RestoreSequencer } from './restore-sequencer';
-import { vmsByAgent, type SnapshotSequencer } from './snapshot-sequencer';
+import type { SnapshotSequencer } from './snapshot-sequencer';
 import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
-import { configureVneFor, placementOf } from './vne-config';
+import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 import { VneHealth } from './vne-health';
 
 export interface CoordinatorServiceOptions {

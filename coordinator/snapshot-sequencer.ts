@@ -50,6 +50,7 @@ import type { Catalog } from './catalog';
 import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
+import { vmsByAgent } from './vne-config';
 import { degradedError, degradedReason } from './vne-health';
 
 export const DEFAULT_PRECOPY_DEADLINE_MS = 30_000;
@@ -95,18 +96,6 @@ export function snapshotStorePrefix(id: string): string {
 
 export function defaultSnapshotId(vne: string, epoch: number): string {
   return `${vne}-${epoch}-${randomBytes(3).toString('hex')}`;
-}
-
-/** The VMs of a VNE grouped by the agent they run on now (placement, else the VM's host). */
-export function vmsByAgent(vne: Vne__Output): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  for (const vm of vne.vms) {
-    const a = vne.placement[vm.name] || vm.host;
-    const l = out.get(a) ?? [];
-    l.push(vm.name);
-    out.set(a, l);
-  }
-  return out;
 }
 
 export class SnapshotSequencer {

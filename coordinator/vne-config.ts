@@ -16,6 +16,13 @@ export function placementOf(vne: Vne__Output): Record<string, string> {
   return out;
 }
 
+/** The VMs of a VNE grouped by the agent they run on now (placement, else the VM's host), in the VNE's VM order. */
+export function vmsByAgent(vne: Vne__Output): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const [vm, a] of Object.entries(placementOf(vne))) out.set(a, [...(out.get(a) ?? []), vm]);
+  return out;
+}
+
 export function configureVneFor(vne: Vne__Output, agentId: string, link: Pick<AgentLink, 'endpoint'>): ConfigureVne {
   const placement = placementOf(vne);
   const hosts = [...new Set(Object.values(placement))].sort();

@@ -41,7 +41,7 @@ import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import { sendOk, type AgentLink } from './agent-link';
 import type { Catalog } from './catalog';
 import type { EventBus } from './events';
-import { configureVneFor, placementOf } from './vne-config';
+import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 
 export interface VneHealthOptions {
   catalog: Catalog;
@@ -53,16 +53,9 @@ export interface VneHealthOptions {
   commandTimeoutMs?: number;
 }
 
-/** VM names placed on each agent. */
-function byAgent(vne: Vne__Output): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  for (const [vm, a] of Object.entries(placementOf(vne))) out.set(a, [...(out.get(a) ?? []), vm]);
-  return out;
-}
-
 /** "h2 (host of vm2, vm3)" for each disconnected agent of the VNE. */
 export function lostAgents(vne: Vne__Output, link: Pick<AgentLink, 'isConnected'>): string[] {
-  return [...byAgent(vne)].filter(([a]) => !link.isConnected(a)).map(([a, vms]) => `${a} (host of ${vms.sort().join(', ')})`);
+  return [...vmsByAgent(vne)].filter(([a]) => !link.isConnected(a)).map(([a, vms]) => `${a} (host of ${vms.sort().join(', ')})`);
 }
 
 /** The state_reason of a DEGRADED VNE: which agents are away, with their VMs. */
@@ -108,7 +101,7 @@ export class VneHealth {
     const { catalog, events, log } = this.o;
     for (const vne of catalog.listVnes()) {
       if (vne.state !== 'VNE_STATE_RUNNING' && vne.state !== 'VNE_STATE_DEGRADED' && vne.state !== 'VNE_STATE_SNAPSHOTTING') continue;
-      const vms = byAgent(vne).get(agentId);
+      const vms = vmsByAgent(vne).get(agentId);
       if (!vms) continue;
       // A snapshot in flight aborts (its commands to the agent fail) and leaves it DEGRADED.
       if (vne.state !== 'VNE_STATE_SNAPSHOTTING') catalog.updateVne(vne.name, { state: 'VNE_STATE_DEGRADED', stateReason: degradedReason(vne, this.o.agents) });
@@ -147,7 +140,7 @@ export class VneHealth {
     }
     for (const vne of catalog.listVnes()) {
       if (!['VNE_STATE_RUNNING', 'VNE_STATE_DEGRADED', 'VNE_STATE_SNAPSHOTTING', 'VNE_STATE_FAILED'].includes(vne.state)) continue;
-      const mine = byAgent(vne).get(agentId);
+      const mine = vmsByAgent(vne).get(agentId);
       if (!mine) continue;
       const lost = mine.filter((vm) => !current.has(`${vne.name}/${vm}`)).sort();
       const newlyDead = lost.filter((vm) => !this.dead.has(`${vne.name}/${vm}`));
@@ -189,7 +182,7 @@ export class VneHealth {
     const opts = { timeoutMs: this.o.commandTimeoutMs ?? 120_000 };
     // The peers already know this agent unless its tunnel endpoint moved (n agents re-registering
     // after a coordinator restart would otherwise cost n² ConfigureVne).
-    const peers = endpointChanged ? [...byAgent(vne).keys()].filter((a) => a !== agentId && agents.isConnected(a)) : [];
+    const peers = endpointChanged ? [...vmsByAgent(vne).keys()].filter((a) => a !== agentId && agents.isConnected(a)) : [];
     for (const p of peers) {
       sendOk(agents, p, { configureVne: configureVneFor(vne, p, agents) }, opts).catch((e: Error) => log.warn({ vne: vne.name, agent: p, error: e.message }, 'ConfigureVne of a peer (returning agent) failed'));
     }
