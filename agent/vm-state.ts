@@ -65,8 +65,12 @@ export interface ScanResult {
   unreadable: { dir: string; reason: string }[];
 }
 
-/** The start time of process `pid` (field 22 of /proc/PID/stat), or undefined if there is no such process. */
-export function processStartTime(pid: number): string | undefined {
+/**
+ * The fields of /proc/PID/stat from field 3 (state) on, so field N is at index N − 3; undefined
+ * if there is no such process. "PID (COMM) STATE PPID ..." where COMM may hold spaces and
+ * parentheses: the fields start after the last ")".
+ */
+export function procStatFields(pid: number): string[] | undefined {
   if (!Number.isInteger(pid) || pid <= 0) return undefined;
   let stat: string;
   try {
@@ -74,8 +78,13 @@ export function processStartTime(pid: number): string | undefined {
   } catch {
     return undefined;
   }
-  // "PID (COMM) STATE PPID ..." where COMM may hold spaces and parentheses: split after the last ")".
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** The start time of process `pid` (field 22 of /proc/PID/stat), or undefined if there is no such process. */
+export function processStartTime(pid: number): string | undefined {
+  const rest = procStatFields(pid);
+  if (rest === undefined) return undefined;
   // rest[0] is field 3 (state), so field 22 is rest[19]. A zombie (Z) or dead (X) process is gone:
   // it only waits for a parent (here perhaps a PID 1 that does not reap) to collect it.
   if (rest[0] === 'Z' || rest[0] === 'X') return undefined;

@@ -4,6 +4,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { procStatFields } from '../../agent/vm-state';
 
 let ticks: number | undefined;
 
@@ -21,14 +22,8 @@ export function clockTicks(): number {
 
 /** CPU seconds (user + system) the process has used so far; null when it is gone. */
 export function cpuSeconds(pid: number): number | null {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return null;
-  }
-  // The command name (field 2) may hold spaces and parentheses: fields start after the last ')'.
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const rest = procStatFields(pid);
+  if (rest === undefined) return null;
   const utime = Number(rest[11]);
   const stime = Number(rest[12]);
   return (utime + stime) / clockTicks();
