@@ -28,7 +28,6 @@ export interface SwitchCounters {
   oldGeneration: number;
   newerGeneration: number;
   floods: number;
-  unknownUnicastDrops: number;
   tunnelHairpinDrops: number;
   markersSent: number;
   markersReceived: number;
@@ -64,7 +63,6 @@ export function newSwitchCounters(): SwitchCounters {
     oldGeneration: 0,
     newerGeneration: 0,
     floods: 0,
-    unknownUnicastDrops: 0,
     tunnelHairpinDrops: 0,
     markersSent: 0,
     markersReceived: 0,

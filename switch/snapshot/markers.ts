@@ -186,23 +186,18 @@ export class Markers {
     const r = this.recording(v, k);
     if (r.aborted) return Promise.reject(new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${k} of VNE ${v.name} was aborted`));
     return new Promise<ChannelState>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        r.waiters = r.waiters.filter((w) => w.resolve !== res);
-        reject(new VnsnapError('ERR_TIMEOUT', `channel recording ${k} of VNE ${v.name} did not end within ${timeoutMs} ms (markers from: ${[...r.markersIn.keys()].map((i) => this.peerName(i)).join(', ') || 'none'})`));
-      }, timeoutMs);
-      const res = (cs: ChannelState): void => {
-        clearTimeout(timer);
-        resolve(cs);
-      };
-      r.waiters.push({
-        resolve: res,
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
+      r.waiters.push({ resolve, reject, deadline: this.opts.now() + timeoutMs, timeoutMs });
       this.checkRecordingDone(v, r);
     });
+  }
+
+  /** Reject the channelState() callers of r whose deadline (injected clock) has passed. */
+  private expireWaiters(v: Vne, r: Recording, now: number): void {
+    const expired = r.waiters.filter((w) => now >= w.deadline);
+    if (expired.length === 0) return;
+    r.waiters = r.waiters.filter((w) => now < w.deadline);
+    const from = [...r.markersIn.keys()].map((i) => this.peerName(i)).join(', ') || 'none';
+    for (const w of expired) w.reject(new VnsnapError('ERR_TIMEOUT', `channel recording ${r.k} of VNE ${v.name} did not end within ${w.timeoutMs} ms (markers from: ${from})`));
   }
 
   status(v: Vne): RecordingStatus[] {
@@ -220,7 +215,7 @@ export class Markers {
     }));
   }
 
-  /** Retransmit markers, end recordings whose grace passed, forget unclaimed ones. */
+  /** Retransmit markers, end recordings whose grace passed, forget unclaimed ones, time out channelState() callers. */
   tick(v: Vne, now: number): void {
     for (const r of v.recordings.values()) {
       if ((r.aborted || (r.done && r.waiters.length === 0) || r.handedOver) && r.endedAt > 0 && now - r.endedAt > this.opts.unclaimedTtlMs) {
@@ -229,6 +224,7 @@ export class Markers {
       }
       if (r.localDone && !r.aborted && r.unacked.size > 0 && now - r.lastMarkerSent >= this.opts.markerRetransmitMs) this.sendMarkers(v, r, now);
       if (!r.done && !r.aborted) this.checkRecordingDone(v, r);
+      this.expireWaiters(v, r, now);
     }
   }
 

@@ -106,6 +106,7 @@ export class Recording {
   endedAt = 0;
   aborted = false;
   lostFrames = 0;
-  waiters: { resolve: (v: ChannelState) => void; reject: (e: Error) => void }[] = [];
+  /** channelState() callers; each is rejected by the switch's tick once the injected clock passes its deadline. */
+  waiters: { resolve: (v: ChannelState) => void; reject: (e: Error) => void; deadline: number; timeoutMs: number }[] = [];
   constructor(readonly k: number) {}
 }

@@ -96,6 +96,27 @@ describe('snapshot rules', () => {
     assert.deepEqual(seqs(env.port('v2').vm.received), [0, 1, 2]);
   });
 
+  it('a channelState() caller whose recording does not end is rejected by the tick once the injected clock passes its timeout, not before', async () => {
+    const env = twoHosts();
+    await env.sw('a').cutPort('v1', 1);
+    env.settle();
+    // b never cuts, so a never gets b's marker: recording 1 cannot end.
+    let outcome: unknown;
+    const pending = env.sw('a').channelState('blue', 1, 500).then(
+      () => (outcome = 'resolved'),
+      (e: unknown) => (outcome = e),
+    );
+    env.tick(499);
+    await Promise.resolve();
+    assert.equal(outcome, undefined);
+    env.tick(1);
+    await Promise.resolve();
+    await Promise.resolve();
+    assert.ok(isVnsnapError(outcome, 'ERR_TIMEOUT'), `expected a timeout at the tick, got ${String(outcome)}`);
+    await pending;
+    assert.equal((outcome as Error).message, 'channel recording 1 of VNE blue did not end within 500 ms (markers from: none)');
+  });
+
   it('abort advances the ports below k without recording and releases held frames', async () => {
     const env = twoHosts();
     await env.sw('a').cutPort('v1', 1);
