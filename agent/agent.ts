@@ -50,10 +50,10 @@ import { adoptVms, type AdoptionReport } from './adopt';
 import { VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
+import { AGENT_VERSION } from './version';
 
 export { portName } from './vms';
 
-export const AGENT_VERSION = '0.1.0';
 
 export interface AgentOptions {
   /** Agent id (unique among the coordinator's agents); also the switch's id and its peers' name for it. */

@@ -3,7 +3,8 @@
  * test/support/cluster.ts (`"drivers": ["qemu"]`, real coordinator and agents, mutual TLS), one
  * TCG test guest on each (docs/guest.md) with byte-checked TCP streams both ways across the
  * overlay. The agent of h1 is killed (SIGKILL, then in a second round SIGTERM), kept down a few
- * seconds, and started again:
+ * seconds, and started again (after the SIGTERM: an upgrade, a copy of the build with a newer
+ * version in another directory, which the coordinator then lists):
  *   - the QEMU process of its VM is the same (same pid), the guest the same run (same nonce);
  *   - every stream continues with 0 errors and 0 reconnects (frames lost while the agent was
  *     down are retransmitted by TCP), and moves again without any command;
@@ -31,6 +32,32 @@ import { RestartVne, streamProblems as problems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
+/** The checkout whose dist/ runs the tests. */
+const ROOT = path.resolve(__dirname, '../../..');
+
+function packageVersion(root: string): string {
+  return (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/**
+ * A newer build, as an upgrade installs it: a copy of this build (dist/ without the tests, the
+ * .proto files, the native addon) in another directory, its package.json's version one patch
+ * level higher; node_modules is linked. Returns its agent entry point and version.
+ */
+function newerBuild(dir: string): { main: string; version: string } {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(path.join(dir, 'dist'), { recursive: true });
+  for (const d of ['agent', 'proto', 'switch']) fs.cpSync(path.join(ROOT, 'dist', d), path.join(dir, 'dist', d), { recursive: true });
+  fs.cpSync(path.join(ROOT, 'proto', 'vnsnap'), path.join(dir, 'proto', 'vnsnap'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, 'build', 'Release', 'vnsnap_io.node'), path.join(dir, 'build', 'Release', 'vnsnap_io.node'));
+  fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(dir, 'node_modules'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const [maj, min, patch] = pkg.version.split(/[.-]/).map(Number);
+  pkg.version = `${maj}.${min}.${(patch ?? 0) + 1}`;
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2) + '\n');
+  return { main: path.join(dir, 'dist', 'agent', 'main.js'), version: pkg.version };
+}
 const ROUNDS = Number(process.env.VNSNAP_RESTART_ROUNDS ?? '3');
 const VNE = 'vnar';
 const v = new RestartVne(VNE);
@@ -81,7 +108,9 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
   });
 
   for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
-    it(`${signal} of h1's agent, down 3 s, start again: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING`, async () => {
+    // SIGTERM is the upgrade: the agent started again is a copy of the build with a newer version.
+    const upgrade = signal === 'SIGTERM';
+    it(`${signal} of h1's agent, down 3 s, start ${upgrade ? 'a newer build' : 'it again'}: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING${upgrade ? ', the coordinator sees the new version' : ''}`, async () => {
       const pid = qemuOf('a')?.pid;
       assert.ok(pid, 'the QEMU of a runs');
       // Detached: QEMU leads its own session and process group (fields 5 and 6 of /proc/PID/stat).
@@ -92,9 +121,10 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
       const t0 = Date.now();
       await c.kill('h1', signal);
       assert.equal(qemuOf('a')?.pid, pid, 'the VM outlived its agent');
+      const next = upgrade ? newerBuild(path.join(c.dir, `${VNE}-next-build`)) : undefined;
       await sleep(3000); // kept: the agent stays down this long (the outage under test)
       assert.equal(qemuOf('a')?.pid, pid, 'the VM runs while its agent is down');
-      await c.startAgent('h1');
+      await c.startAgent('h1', true, next?.main);
       await until('every stream moves again', async () => {
         const st = await statuses();
         return problems('', before, st).length === 0 ? st : undefined;
@@ -108,6 +138,8 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
       assert.equal(qemuOf('a')?.pid, pid, 'the same QEMU process');
       const vne = await c.cliJson<{ state: string }>(['vne', 'show', VNE]);
       assert.equal(vne.state, 'VNE_STATE_RUNNING');
+      const agents = (await c.cliJson<{ agents: { id: string; version: string }[] }>(['agents'])).agents;
+      assert.equal(agents.find((x) => x.id === 'h1')?.version, next?.version ?? packageVersion(ROOT), 'the version h1 reports');
       figures.push(`${signal}: agent down 3 s; streams moving again ${(back / 1000).toFixed(1)} s after the kill; longest gap in received bytes ${outage} ms`);
     });
   }
