@@ -245,7 +245,7 @@ export class Agent extends EventEmitter implements Startable {
     const running = this.vms
       .values()
       .filter((v) => v.restoreId === undefined)
-      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: v.adopted?.generation ?? this.vnes.generation(v.vne) }));
+      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: this.vms.generationOf(v) }));
     return {
       agentId: this.id,
       hostname: this.opts.hostname ?? os.hostname(),

@@ -159,6 +159,65 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     assert.equal(record('a').epoch, 5);
   });
 
+  it('the records follow the VM: a cut moves their epoch, an abort\'s advance too; a newer generation does not make a running instance current', async () => {
+    const d = new AdoptingDriver();
+    const { agent, transport } = newAgent(d);
+    await agent.start();
+    transport.last.welcome(1000);
+    const ok = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    };
+    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
+    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    assert.deepEqual([record('a').epoch, record('a').generation], [2, 1]);
+    await ok({ body: 'snapshotBegin', snapshotBegin: { snapshotId: 's3', vne: VNE, epoch: 3, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/s3/' } });
+    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3' } });
+    assert.equal(record('a').epoch, 3, 'the cut moved the ports to epoch 3: the record says so');
+    await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's3', vne: VNE, epoch: 3, storePrefix: 'snapshots/s3/' } });
+    await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's4', vne: VNE, epoch: 4, storePrefix: 'snapshots/s4/' } });
+    assert.equal(record('a').epoch, 4, 'an abort advanced the ports to epoch 4: the record says so');
+    // A newer generation while this instance runs: the instance stays of generation 1 (stale).
+    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 4 } });
+    assert.deepEqual([record('a').epoch, record('a').generation], [4, 1]);
+    await agent.stop();
+    // Adopted after a restart, and attached at ConfigureVne's (newer) generation: still generation 1 in its record and in Register.
+    const next = newAgent(new AdoptingDriver());
+    await next.agent.start();
+    assert.deepEqual(next.transport.last.written[0]?.register?.running, [{ vne: VNE, vm: 'a', epoch: 4, generation: 1 }]);
+    next.transport.last.welcome(1000);
+    assert.equal((await next.transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 6 } }))).ok, true);
+    assert.deepEqual([record('a').epoch, record('a').generation], [6, 1]);
+  });
+
+  it('SnapshotAbort and RestoreCancel reaching a restarted agent before its ConfigureVne (or for what it never heard of) answer ok and leave nothing behind', async () => {
+    await firstAgentRuns();
+    const before = [record('a'), record('b')].map((r) => JSON.stringify({ ...r, writtenUnixMs: 0 }));
+    const d = new AdoptingDriver();
+    const { agent, transport } = newAgent(d);
+    await agent.start();
+    transport.last.welcome(1000);
+    await agent.store.put('snapshots/s9/a.mem', Buffer.from('partial'));
+    for (const c of [
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 's9', vne: VNE, epoch: 9, storePrefix: 'snapshots/s9/' } },
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 's9', vne: VNE, epoch: 9, storePrefix: 'snapshots/s9/' } },
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 'never', vne: 'other', epoch: 1, storePrefix: '' } },
+      { body: 'restoreCancel', restoreCancel: { restoreId: 'r1', vne: VNE } },
+      { body: 'restoreCancel', restoreCancel: { restoreId: 'r1', vne: VNE } },
+    ] as const) {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    }
+    assert.deepEqual(await agent.store.list('snapshots/s9/'), [], 'the partial artefacts are deleted');
+    assert.deepEqual(d.events, ['adopt a', 'adopt b'], 'the adopted VMs are neither stopped nor resumed again');
+    assert.deepEqual(agent.switch.portNames(), [], 'no port attached, no VNE configured before ConfigureVne');
+    assert.deepEqual([record('a'), record('b')].map((r) => JSON.stringify({ ...r, writtenUnixMs: 0 })), before, 'the records are unchanged');
+    assert.equal(alive(`${VNE}/a`) && alive(`${VNE}/b`), true);
+    // ConfigureVne still brings them back at its epoch.
+    assert.equal((await transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 9 } }))).ok, true);
+    assert.deepEqual(agent.debugVms().vms.map((v) => v.ports[0]?.epoch), [9, 9]);
+  });
+
   it('StopVm stops an adopted VM: its process is killed and its record removed', async () => {
     await firstAgentRuns();
     const d = new AdoptingDriver();
