@@ -46,7 +46,7 @@ import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from '.
 import { SnapshotRunner } from './snapshot-runner';
 import { LocalDirStore } from '../proto/store/local-dir';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
-import { adoptVms, type AdoptionReport } from './adopt';
+import { adoptVms, cleanLeftovers, type AdoptionReport } from './adopt';
 import { VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
@@ -116,6 +116,8 @@ export class Agent extends EventEmitter implements Startable {
   private readonly state: VmStateDir | undefined;
   /** What the last start found in the state directory (tests, logs). */
   adoption: AdoptionReport = { adopted: [], dead: [], skipped: [] };
+  /** What the last start removed of dead agents' leftovers, one line each (tests, logs). */
+  leftovers: string[] = [];
 
   constructor(readonly opts: AgentOptions) {
     super();
@@ -179,7 +181,9 @@ export class Agent extends EventEmitter implements Startable {
     this.sw = sw;
     if (this.state) {
       try {
-        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log });
+        const leftAlone = { states: [] as unknown[] };
+        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log, leftAlone });
+        this.leftovers = await cleanLeftovers(this.opts.drivers, leftAlone, this.log);
       } catch (e) {
         for (const vm of this.vms.values()) await this.vms.release(vm).catch(() => undefined);
         sw.stop();

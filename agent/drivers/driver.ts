@@ -219,4 +219,10 @@ export interface HypervisorDriver {
   adopt?(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }>;
   /** Forget the VM without stopping it: close the monitor and the ports; the process goes on. */
   release?(vm: string): Promise<void>;
+  /**
+   * On start, after the adoption: remove what dead agents left (stray processes, devices,
+   * directories of VMs this agent did not adopt), keeping what `otherStates` (records of
+   * another agent) name. Returns one line per thing removed.
+   */
+  cleanLeftovers?(o: { otherStates: readonly unknown[] }): Promise<string[]>;
 }

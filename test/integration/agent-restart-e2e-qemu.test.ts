@@ -23,6 +23,7 @@
  * (`npm run test:e2e-qemu`, whose filter matches this file's name).
  */
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
@@ -30,6 +31,8 @@ import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { Cluster } from '../support/cluster';
 import { RestartVne, streamProblems as problems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
+import { QEMU_WORKDIR } from '../support/qemu-vne';
+import { tapTag } from '../../agent/drivers/qemu/leftovers';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 /** The checkout whose dist/ runs the tests. */
@@ -222,14 +225,28 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
     assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
   });
 
-  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED); the other VM runs on', async () => {
+  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED), its TAP and directory removed, a stray QEMU of a dead agent killed; the other VM runs on', async () => {
     const other = qemuOf('c')?.pid;
     await c.kill('h1', 'SIGKILL');
     const a = qemuOf('a');
     assert.ok(a);
+    const tapsOfA = (): string[] => c.topo.exec('h1', 'ip', ['-o', 'link', 'show']).split('\n').filter((l) => l.includes(`vnqm${tapTag(a.dir)}n`));
+    assert.equal(tapsOfA().length, 1, 'the TAP of a, in h1');
     process.kill(a.pid, 'SIGKILL');
     await until('the QEMU of a is gone', () => qemuOf('a') === undefined);
+    // A stray "QEMU" in h1's namespace: a process naming an instance directory whose agent is dead (as a restore-prepared QEMU of a killed agent does).
+    const gone = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+    await new Promise<void>((r) => gone.once('exit', () => r()));
+    const strayDir = path.join(QEMU_WORKDIR, `vnqm-${VNE}_zz-${gone.pid}-1`);
+    fs.mkdirSync(strayDir, { recursive: true });
+    const stray = c.topo.spawn('h1', process.execPath, ['-e', 'setTimeout(() => {}, 600000)', `unix:${strayDir}/qmp.sock,server=on`]);
+    const strayExit = new Promise<string | null>((r) => stray.once('exit', (_code, sig) => r(sig)));
+    await new Promise<void>((r, j) => stray.once('spawn', r).once('error', j));
     await c.startAgent('h1');
+    assert.equal(await strayExit, 'SIGKILL', 'the stray QEMU was killed before the agent registered');
+    assert.equal(fs.existsSync(strayDir), false);
+    assert.equal(fs.existsSync(a.dir), false, 'the dead VM\'s instance directory is removed');
+    assert.deepEqual(tapsOfA(), [], 'the dead VM\'s TAP is deleted');
     const vne = await until('the VNE is FAILED', async () => {
       const shown = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
       return shown.state === 'VNE_STATE_FAILED' ? shown : undefined;
