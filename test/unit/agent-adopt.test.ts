@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Agent } from '../../agent/agent';
 import { validateAgentConfig } from '../../agent/config';
-import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import type { RestoreImage, VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import type { SnapshotStore } from '../../proto/store/snapshot-store';
 import { isSameProcess, parseVmState, processIdentity, processStartTime, VM_STATE_FORMAT, VmStateDir, type ProcessIdentity, type VmStateRecord } from '../../agent/vm-state';
 import { ManualClock } from '../../proto/core/clock';
 import { isVnsnapError } from '../../proto/core/errors';
@@ -32,10 +33,20 @@ class AdoptingDriver extends FakeDriver {
   readonly pausedOnAdopt = new Set<string>();
 
   override async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
+    await this.spawnProcess(spec.id);
+    return super.start(spec, ctx);
+  }
+
+  override async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
+    await this.spawnProcess(spec.id);
+    return super.restore(spec, image, store, ctx);
+  }
+
+  private async spawnProcess(vm: string): Promise<void> {
     const p = spawn('sleep', ['600'], { stdio: 'ignore', detached: true });
     await new Promise<void>((r, j) => p.once('spawn', r).once('error', j));
-    procs.set(spec.id, p);
-    return super.start(spec, ctx);
+    procs.get(vm)?.kill('SIGKILL');
+    procs.set(vm, p);
   }
 
   persistent(vm: string): { process: ProcessIdentity; state: unknown } | undefined {
@@ -188,6 +199,28 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     next.transport.last.welcome(1000);
     assert.equal((await next.transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 6 } }))).ok, true);
     assert.deepEqual([record('a').epoch, record('a').generation], [6, 1]);
+  });
+
+  it('after a restore, the record names the restored process, at the restore\'s epoch and generation', async () => {
+    const d = new AdoptingDriver();
+    const { agent, transport } = newAgent(d);
+    await agent.start();
+    transport.last.welcome(1000);
+    const run = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    };
+    await run({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
+    await run({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    const started = record('a').process;
+    const mem = await agent.store.put('snapshots/s5/a.mem', Buffer.from('memory of a'));
+    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' }, disk: null, channel: [] }] } });
+    assert.equal(fs.existsSync(path.join(stateDir, 'vms', `${VNE}_a`)), false, 'the replaced VM\'s record is gone; the prepared one has none yet');
+    await run({ body: 'restoreResume', restoreResume: { restoreId: 'r5', vne: VNE } });
+    const r = record('a');
+    const pid = procs.get(`${VNE}/a`)?.pid as number;
+    assert.notDeepEqual(r.process, started);
+    assert.deepEqual([r.process, r.epoch, r.generation], [{ pid, startTime: processStartTime(pid) }, 7, 3]);
   });
 
   it('SnapshotAbort and RestoreCancel reaching a restarted agent before its ConfigureVne (or for what it never heard of) answer ok and leave nothing behind', async () => {
