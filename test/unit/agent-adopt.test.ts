@@ -120,6 +120,20 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     return d;
   }
 
+  /** A connected agent running VM a (VNE at epoch 2, generation 1); `ok` runs a command that must succeed. */
+  async function agentRunningA(): Promise<{ agent: Agent; ok: (c: Omit<Command__Output, 'id'>) => Promise<void> }> {
+    const { agent, transport } = newAgent(new AdoptingDriver());
+    await agent.start();
+    transport.last.welcome(1000);
+    const ok = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    };
+    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
+    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    return { agent, ok };
+  }
+
   const record = (vm: string): VmStateRecord => parseVmState(fs.readFileSync(path.join(stateDir, 'vms', `${VNE}_${vm}`, 'vm.json'), 'utf8'), vm);
 
   beforeEach(() => {
@@ -171,16 +185,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   });
 
   it('the records follow the VM: a cut moves their epoch, an abort\'s advance too; a newer generation does not make a running instance current', async () => {
-    const d = new AdoptingDriver();
-    const { agent, transport } = newAgent(d);
-    await agent.start();
-    transport.last.welcome(1000);
-    const ok = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
-      const r = await transport.last.run(cmd(c));
-      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
-    };
-    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
-    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    const { agent, ok } = await agentRunningA();
     assert.deepEqual([record('a').epoch, record('a').generation], [2, 1]);
     await ok({ body: 'snapshotBegin', snapshotBegin: { snapshotId: 's3', vne: VNE, epoch: 3, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/s3/' } });
     await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3' } });
@@ -202,16 +207,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   });
 
   it('after a restore, the record names the restored process, at the restore\'s epoch and generation', async () => {
-    const d = new AdoptingDriver();
-    const { agent, transport } = newAgent(d);
-    await agent.start();
-    transport.last.welcome(1000);
-    const run = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
-      const r = await transport.last.run(cmd(c));
-      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
-    };
-    await run({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
-    await run({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    const { agent, ok: run } = await agentRunningA();
     const started = record('a').process;
     const mem = await agent.store.put('snapshots/s5/a.mem', Buffer.from('memory of a'));
     await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' }, disk: null, channel: [] }] } });
