@@ -181,9 +181,9 @@ export class Agent extends EventEmitter implements Startable {
     this.sw = sw;
     if (this.state) {
       try {
-        const leftAlone = { states: [] as unknown[] };
-        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log, leftAlone });
-        this.leftovers = await cleanLeftovers(this.opts.drivers, leftAlone, this.log);
+        const states = { leftAlone: [] as unknown[], dead: [] as unknown[] };
+        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log, states });
+        this.leftovers = await cleanLeftovers(this.opts.drivers, states, this.log);
       } catch (e) {
         for (const vm of this.vms.values()) await this.vms.release(vm).catch(() => undefined);
         sw.stop();

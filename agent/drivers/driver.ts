@@ -222,7 +222,8 @@ export interface HypervisorDriver {
   /**
    * On start, after the adoption: remove what dead agents left (stray processes, devices,
    * directories of VMs this agent did not adopt), keeping what `otherStates` (records of
-   * another agent) name. Returns one line per thing removed.
+   * another agent) name and the disk images of `deadStates` (VMs reported dead). Returns one
+   * line per thing removed or kept.
    */
-  cleanLeftovers?(o: { otherStates: readonly unknown[] }): Promise<string[]>;
+  cleanLeftovers?(o: { otherStates: readonly unknown[]; deadStates: readonly unknown[] }): Promise<string[]>;
 }

@@ -51,7 +51,7 @@ describe('leftovers of a dead agent (QEMU driver)', () => {
     assert.equal(creatorPid('/run/q/vnqm-blue_a'), undefined);
   });
 
-  it('kills stray QEMUs of ours, deletes their TAPs and directories and partial snapshot files; touches nothing else', async () => {
+  it('kills stray QEMUs of ours, deletes their TAPs and directories and partial snapshot files, keeps a dead VM\'s disk images; touches nothing else', async () => {
     const work = path.join(root, 'qemu');
     const dead = await deadPid();
     const liveAgent = await processNaming('an agent');
@@ -72,14 +72,17 @@ describe('leftovers of a dead agent (QEMU driver)', () => {
     const otherPid = await processNaming(`unix:${other}/qmp.sock`);
     const notOurs = dir(`xyz-blue_g-${dead}-1`);
     const notOursPid = await processNaming(`unix:${notOurs}/qmp.sock`);
+    const deadWithDisk = dir(`vnqm-blue_h-${dead}-6`, ['disk0.qcow2', 'disk-e2-1.qcow2', 'console.log', 'qemu.pid']);
+    const deadNoDisk = dir(`vnqm-blue_i-${dead}-7`);
     const outside = await processNaming(`unix:${root}/elsewhere/vnqm-blue_f-${dead}-1/qmp.sock`);
-    const links = [`vnqm${tapTag(stray)}n0`, `vnqm${tapTag(stray)}n1`, `vnqm${tapTag(deadVm)}n0`, `vnqm${tapTag(adopted)}n0`, `vnqm${tapTag(liveAgents)}n0`, `vnqm${tapTag(other)}n0`, 'vnqm0000ffffn0'];
+    const links = [`vnqm${tapTag(stray)}n0`, `vnqm${tapTag(stray)}n1`, `vnqm${tapTag(deadVm)}n0`, `vnqm${tapTag(adopted)}n0`, `vnqm${tapTag(liveAgents)}n0`, `vnqm${tapTag(other)}n0`, `vnqm${tapTag(deadWithDisk)}n0`, 'vnqm0000ffffn0'];
     const deleted: string[] = [];
     const report = await cleanQemuLeftovers({
       workDir: work,
       prefix: 'vnqm',
       adoptedDirs: [adopted],
       otherDirs: [other],
+      deadDirs: [deadWithDisk, deadNoDisk],
       log: silentLogger(),
       listLinks: () => Promise.resolve(links),
       deleteLink: (n) => Promise.resolve(void deleted.push(n)),
@@ -92,11 +95,15 @@ describe('leftovers of a dead agent (QEMU driver)', () => {
       `removed instance directory ${stray} (no VM of this agent)`,
       `deleted TAP vnqm${tapTag(deadVm)}n0 of a dead instance (${deadVm})`,
       `removed instance directory ${deadVm} (no VM of this agent)`,
+      `deleted TAP vnqm${tapTag(deadWithDisk)}n0 of a dead instance (${deadWithDisk})`,
+      `kept the disk images of a VM that died while no agent ran: ${deadWithDisk} (disk-e2-1.qcow2, disk0.qcow2); delete them when they are not needed`,
+      `removed instance directory ${deadNoDisk} (no VM of this agent)`,
     ]);
-    assert.deepEqual(deleted, [`vnqm${tapTag(stray)}n0`, `vnqm${tapTag(stray)}n1`, `vnqm${tapTag(deadVm)}n0`]);
+    assert.deepEqual(deleted, [`vnqm${tapTag(stray)}n0`, `vnqm${tapTag(stray)}n1`, `vnqm${tapTag(deadVm)}n0`, `vnqm${tapTag(deadWithDisk)}n0`]);
     await until('the stray QEMU is gone', () => !alive(strayPid));
     for (const pid of [adoptedPid, liveAgentsVm, otherPid, notOursPid, outside, liveAgent]) assert.equal(alive(pid), true, `process ${pid} runs on`);
-    assert.deepEqual(fs.readdirSync(work).sort(), [path.basename(adopted), path.basename(liveAgents), path.basename(other), path.basename(notOurs)].sort());
+    assert.deepEqual(fs.readdirSync(work).sort(), [path.basename(adopted), path.basename(liveAgents), path.basename(other), path.basename(deadWithDisk), path.basename(notOurs)].sort());
+    assert.deepEqual(fs.readdirSync(deadWithDisk).sort(), ['disk-e2-1.qcow2', 'disk0.qcow2'], 'a dead VM\'s disk images are its last disk: kept');
     assert.deepEqual(fs.readdirSync(adopted).sort(), ['disk-e3-1.qcow2', 'frozen.qcow2']);
     for (const d of [liveAgents, other, notOurs]) assert.deepEqual(fs.readdirSync(d), ['console.log']);
   });

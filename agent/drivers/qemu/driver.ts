@@ -372,8 +372,8 @@ export class QemuDriver implements HypervisorDriver {
     };
   }
 
-  cleanLeftovers(o: { otherStates: readonly unknown[] }): Promise<string[]> {
-    return cleanDriverLeftovers({ workDir: this.o.workDir, prefix: this.o.prefix, adoptedDirs: [...this.vms.values()].map((v) => v.files.dir), otherStates: o.otherStates, log: this.log });
+  cleanLeftovers(o: { otherStates: readonly unknown[]; deadStates: readonly unknown[] }): Promise<string[]> {
+    return cleanDriverLeftovers({ workDir: this.o.workDir, prefix: this.o.prefix, adoptedDirs: [...this.vms.values()].map((v) => v.files.dir), ...o, log: this.log });
   }
 
   async release(id: string): Promise<void> {

@@ -13,7 +13,8 @@
  *    SIGKILLed only while it is still the process seen (same start time). Nothing else is ever
  *    signalled: not a process naming another prefix or a path outside workDir.
  *  - an instance directory (and its TAPs) under the same conditions, once no live process of
- *    any namespace names it;
+ *    any namespace names it — except the disk images of a recorded VM reported dead (it died
+ *    while no agent ran): they are its last disk, kept in place and named in the log;
  *  - in an adopted VM's directory, the partial snapshot files a dead agent's snapshot or restore left
  *    (memory streams, frozen disk copies, restore memory, fingerprints) — never a disk overlay.
  * Each removal is logged in one line. Failures are logged and skipped: cleaning never stops the
@@ -30,6 +31,7 @@ import { parseQemuSavedState } from './adopt';
 
 /** Files a snapshot or a restore leaves only while it runs (migration.ts, driver.ts). */
 // Not frozen.qcow2 (a restored VM's disk backs onto it) nor disk-e*.qcow2 (the overlays).
+const DISK = /^(disk0\.qcow2|disk-e\d+-\d+\.qcow2|frozen\.qcow2)$/;
 const PARTIAL = /^(mem-e\d+-\d+\.img(\.done\d+)?|frozen-e\d+-\d+\.qcow2|restore\.mem|fp-[0-9a-f]+\.bin)$/;
 
 export interface LeftoverOptions {
@@ -39,6 +41,8 @@ export interface LeftoverOptions {
   adoptedDirs: readonly string[];
   /** Instance directories of records left alone (another agent's): never touched. */
   otherDirs: readonly string[];
+  /** Instance directories of recorded VMs reported dead: their disk images are kept. */
+  deadDirs: readonly string[];
   log: Logger;
   /** The TAP devices of this network namespace with the prefix (default: `ip -o link show`). */
   listLinks: () => Promise<string[]>;
@@ -119,6 +123,7 @@ export async function cleanQemuLeftovers(o: LeftoverOptions): Promise<LeftoverRe
     o.log.warn(fields, line);
   };
   const adopted = new Set(o.adoptedDirs.map((d) => path.resolve(d)));
+  const dead = new Set(o.deadDirs.map((d) => path.resolve(d)));
   const keep = new Set([...adopted, ...o.otherDirs.map((d) => path.resolve(d))]);
   const procs = await ourProcesses(o);
   const stray = (p: Proc): boolean => !keep.has(p.dir) && p.sameNetns && !creatorAlive(p.dir);
@@ -156,6 +161,7 @@ export async function cleanQemuLeftovers(o: LeftoverOptions): Promise<LeftoverRe
       }
     }
     try {
+      if (dead.has(dir) && (await keepDisks(dir, done))) continue;
       await fsp.rm(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
       done(`removed instance directory ${dir} (no VM of this agent)`, { dir });
     } catch (e) {
@@ -163,6 +169,20 @@ export async function cleanQemuLeftovers(o: LeftoverOptions): Promise<LeftoverRe
     }
   }
   return report;
+}
+
+/**
+ * A recorded VM that died while no agent ran: its disk images are its last disk (the writes
+ * since its last snapshot), so they stay where they are; the rest of the directory goes.
+ * Returns false when it holds no disk image (then the whole directory may go).
+ */
+async function keepDisks(dir: string, done: (line: string, f: Record<string, unknown>) => void): Promise<boolean> {
+  const files = await fsp.readdir(dir);
+  const disks = files.filter((f) => DISK.test(f)).sort();
+  if (disks.length === 0) return false;
+  for (const f of files.filter((x) => !DISK.test(x))) await fsp.rm(path.join(dir, f), { recursive: true, force: true });
+  done(`kept the disk images of a VM that died while no agent ran: ${dir} (${disks.join(', ')}); delete them when they are not needed`, { dir, disks });
+  return true;
 }
 
 async function removePartials(dir: string, done: (line: string, f: Record<string, unknown>) => void, log: Logger): Promise<void> {
@@ -195,20 +215,24 @@ async function linksWithPrefix(prefix: string): Promise<string[]> {
  * The QEMU driver's cleaning with the real `ip` and /proc: its adopted VMs' directories are
  * kept, and those named by records left alone (their driver state, when it is a QEMU one).
  */
-export function cleanDriverLeftovers(o: { workDir: string; prefix: string; adoptedDirs: string[]; otherStates: readonly unknown[]; log: Logger }): Promise<LeftoverReport> {
-  const otherDirs: string[] = [];
-  for (const st of o.otherStates) {
-    try {
-      otherDirs.push(parseQemuSavedState(st, o.workDir).dir);
-    } catch {
-      /* not a QEMU VM's state */
+export function cleanDriverLeftovers(o: { workDir: string; prefix: string; adoptedDirs: string[]; otherStates: readonly unknown[]; deadStates: readonly unknown[]; log: Logger }): Promise<LeftoverReport> {
+  const dirsOf = (states: readonly unknown[]): string[] => {
+    const dirs: string[] = [];
+    for (const st of states) {
+      try {
+        dirs.push(parseQemuSavedState(st, o.workDir).dir);
+      } catch {
+        /* not a QEMU VM's state */
+      }
     }
-  }
+    return dirs;
+  };
   return cleanQemuLeftovers({
     workDir: o.workDir,
     prefix: o.prefix,
     adoptedDirs: o.adoptedDirs,
-    otherDirs,
+    otherDirs: dirsOf(o.otherStates),
+    deadDirs: dirsOf(o.deadStates),
     log: o.log,
     listLinks: () => linksWithPrefix(o.prefix),
     deleteLink: async (name) => void (await exec('ip', ['link', 'del', name], { timeoutMs: 60_000 })),
