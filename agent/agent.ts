@@ -46,14 +46,14 @@ import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from '.
 import { SnapshotRunner } from './snapshot-runner';
 import { LocalDirStore } from '../proto/store/local-dir';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
-import { adoptVms, type AdoptionReport } from './adopt';
+import { adoptVms, cleanLeftovers, type AdoptionReport } from './adopt';
 import { VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
+import { AGENT_VERSION } from './version';
 
 export { portName } from './vms';
 
-export const AGENT_VERSION = '0.1.0';
 
 export interface AgentOptions {
   /** Agent id (unique among the coordinator's agents); also the switch's id and its peers' name for it. */
@@ -116,6 +116,8 @@ export class Agent extends EventEmitter implements Startable {
   private readonly state: VmStateDir | undefined;
   /** What the last start found in the state directory (tests, logs). */
   adoption: AdoptionReport = { adopted: [], dead: [], skipped: [] };
+  /** What the last start removed of dead agents' leftovers, one line each (tests, logs). */
+  leftovers: string[] = [];
 
   constructor(readonly opts: AgentOptions) {
     super();
@@ -179,7 +181,9 @@ export class Agent extends EventEmitter implements Startable {
     this.sw = sw;
     if (this.state) {
       try {
-        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log });
+        const states = { leftAlone: [] as unknown[], dead: [] as unknown[] };
+        this.adoption = await adoptVms({ agentId: this.id, state: this.state, vms: this.vms, log: this.log, states });
+        this.leftovers = await cleanLeftovers(this.opts.drivers, states, this.log);
       } catch (e) {
         for (const vm of this.vms.values()) await this.vms.release(vm).catch(() => undefined);
         sw.stop();
@@ -245,7 +249,7 @@ export class Agent extends EventEmitter implements Startable {
     const running = this.vms
       .values()
       .filter((v) => v.restoreId === undefined)
-      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: v.adopted?.generation ?? this.vnes.generation(v.vne) }));
+      .map((v) => ({ vne: v.vne, vm: v.name, epoch: this.vms.epochOf(v), generation: this.vms.generationOf(v) }));
     return {
       agentId: this.id,
       hostname: this.opts.hostname ?? os.hostname(),

@@ -91,6 +91,7 @@ export class CommandDispatcher {
   private async configureVne(c: ConfigureVne__Output): Promise<Partial<Result>> {
     this.o.vnes.configure(c);
     await this.o.vms.attachAdopted(c.vne, c.epoch);
+    await this.o.vms.saveStates(c.vne);
     return {};
   }
 

@@ -208,6 +208,9 @@ export class SnapshotRunner {
     snap.state = 'committing';
     const results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv)));
     if (snap.vms.length === 0) await this.cutBystanders(snap.vne, snap.epoch);
+    // The cut moved the ports to the new epoch (and the driver's state: a new disk top): the
+    // records follow, so that an agent started after a crash finds the VM as it is now.
+    await this.o.vms.saveStates(snap.vne);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       snap.state = 'committed';
@@ -290,7 +293,7 @@ export class SnapshotRunner {
     const snap = this.snapshots.get(c.snapshotId);
     if (snap) await this.localAbort(snap, 'ordered by the coordinator', c.storePrefix || snap.prefix);
     else {
-      this.advanceAfterAbort(c.vne, c.epoch);
+      await this.advanceAfterAbort(c.vne, c.epoch);
       if (c.storePrefix) await this.o.store.deleteByPrefix(c.storePrefix);
     }
     return {};
@@ -336,7 +339,7 @@ export class SnapshotRunner {
     this.o.log.warn({ snapshot: snap.id, reason }, 'snapshot aborted');
     await snap.begun;
     await Promise.all(snap.vms.map((sv) => sv.job.abort().catch((e) => this.o.log.warn({ vm: sv.vm.key, err: describeError(e) }, 'driver abort failed'))));
-    this.advanceAfterAbort(snap.vne, snap.epoch);
+    await this.advanceAfterAbort(snap.vne, snap.epoch);
     if (prefix) await this.o.store.deleteByPrefix(prefix).catch((e) => this.o.log.warn({ prefix, err: describeError(e) }, 'deleting partial artefacts failed'));
   }
 
@@ -352,8 +355,12 @@ export class SnapshotRunner {
     return this.o.switch().channelState(vne, k, this.o.channelTimeoutMs ?? 30_000);
   }
 
-  /** Advance the VNE's ports to `epoch` after an abort (guests that track epochs are told first). */
-  private advanceAfterAbort(vne: string, epoch: number): void {
+  /**
+   * Advance the VNE's ports to `epoch` after an abort (guests that track epochs are told first),
+   * and refresh the VMs' records to the epoch they are at now. A VNE this agent is not
+   * configured for (a restarted agent before its ConfigureVne) has no ports to advance: nothing.
+   */
+  private async advanceAfterAbort(vne: string, epoch: number): Promise<void> {
     if (!this.o.vnes.has(vne) || epoch <= 0) return;
     let sw: Switch;
     try {
@@ -364,6 +371,7 @@ export class SnapshotRunner {
     // Guests that track epochs pass it first: the switch releases held (epoch k) frames to them now.
     for (const vm of this.o.vms.values()) if (vm.vne === vne) vm.driver.epochAdvanced?.(vm.key, epoch);
     sw.abort(vne, epoch);
+    await this.o.vms.saveStates(vne);
   }
 }
 

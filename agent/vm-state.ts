@@ -196,6 +196,24 @@ export class VmStateDir {
   }
 
   /**
+   * Remove the temporary files an interrupted write left (in vms/ and in each record's
+   * directory); returns their paths. Call it only after scan() accepted the directory.
+   */
+  async removeTemps(): Promise<string[]> {
+    const removed: string[] = [];
+    const names = await fsp.readdir(this.vmsDir).catch(() => [] as string[]);
+    for (const n of names.sort()) {
+      const p = path.join(this.vmsDir, n);
+      const inner = isTempName(n) ? [] : await fsp.readdir(p).catch(() => [] as string[]);
+      for (const t of [...(isTempName(n) ? [p] : []), ...inner.filter(isTempName).map((f) => path.join(p, f))]) {
+        await fsp.rm(t, { recursive: true, force: true });
+        removed.push(t);
+      }
+    }
+    return removed;
+  }
+
+  /**
    * Every record. Throws ERR_UNSUPPORTED_VERSION (before returning anything) if any record is of
    * a newer format than this agent reads.
    */

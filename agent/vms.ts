@@ -43,6 +43,12 @@ export interface VmRecord {
    * generation its state record gave (reported in Register). ConfigureVne attaches the ports.
    */
   adopted?: { epoch: number; generation: number };
+  /**
+   * The VNE generation the VM runs under: the switch's when it started or was restored, the
+   * record's when adopted (0: not known yet, then it follows the switch's). A ConfigureVne with
+   * a newer generation does not change it: such a VM is a stale instance (docs/agent-restart.md).
+   */
+  generation: number;
 }
 
 export function vmKey(vne: string, vm: string): string {
@@ -157,7 +163,7 @@ export class VmTable {
     const driver = this.driverFor(vmSpec);
     if (!driver.adopt) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${driver.kind} driver cannot adopt VMs`);
     const h = await driver.adopt(spec, saved, { portNames: this.portNames(spec), log: this.o.log.child({ vm: spec.id }) });
-    const vm: VmRecord = { key: spec.id, vne, name: spec.name, spec: vmSpec, driver, ports: h.ports, adopted: { ...last } };
+    const vm: VmRecord = { key: spec.id, vne, name: spec.name, spec: vmSpec, driver, ports: h.ports, adopted: { ...last }, generation: last.generation };
     this.vms.set(vm.key, vm);
     return { vm, resumed: h.resumed };
   }
@@ -202,6 +208,17 @@ export class VmTable {
     await vm.driver.release?.(vm.key);
   }
 
+  /** The generation a VM runs under (what its record and Register say). */
+  generationOf(vm: VmRecord): number {
+    if (vm.generation === 0) vm.generation = this.o.generation?.(vm.vne) ?? 0;
+    return vm.generation;
+  }
+
+  /** Refresh the records of every VM of `vne` (after a cut, an abort, a ConfigureVne). */
+  async saveStates(vne: string): Promise<void> {
+    for (const vm of this.values()) if (vm.vne === vne) await this.saveState(vm);
+  }
+
   /** Write the VM's state record (drivers whose VMs outlive the agent); a failure is logged. */
   async saveState(vm: VmRecord): Promise<void> {
     const st = this.o.state;
@@ -216,7 +233,7 @@ export class VmTable {
         spec: vm.spec,
         ...(saved.process ? { process: saved.process } : {}),
         epoch: this.epochOf(vm),
-        generation: vm.adopted?.generation ?? this.o.generation?.(vm.vne) ?? 0,
+        generation: this.generationOf(vm),
         driverState: saved.state,
       });
     } catch (e) {
@@ -245,6 +262,7 @@ export class VmTable {
       driver,
       ports: h.ports,
       ...(restoreId !== undefined ? { restoreId } : {}),
+      generation: this.o.generation?.(vne) ?? 0,
     };
     try {
       this.attach(vm, epoch, restoreId !== undefined);

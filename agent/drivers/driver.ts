@@ -219,4 +219,11 @@ export interface HypervisorDriver {
   adopt?(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }>;
   /** Forget the VM without stopping it: close the monitor and the ports; the process goes on. */
   release?(vm: string): Promise<void>;
+  /**
+   * On start, after the adoption: remove what dead agents left (stray processes, devices,
+   * directories of VMs this agent did not adopt), keeping what `otherStates` (records of
+   * another agent) name and the disk images of `deadStates` (VMs reported dead). Returns one
+   * line per thing removed or kept.
+   */
+  cleanLeftovers?(o: { otherStates: readonly unknown[]; deadStates: readonly unknown[] }): Promise<string[]>;
 }

@@ -3,7 +3,8 @@
  * test/support/cluster.ts (`"drivers": ["qemu"]`, real coordinator and agents, mutual TLS), one
  * TCG test guest on each (docs/guest.md) with byte-checked TCP streams both ways across the
  * overlay. The agent of h1 is killed (SIGKILL, then in a second round SIGTERM), kept down a few
- * seconds, and started again:
+ * seconds, and started again (after the SIGTERM: an upgrade, a copy of the build with a newer
+ * version in another directory, which the coordinator then lists):
  *   - the QEMU process of its VM is the same (same pid), the guest the same run (same nonce);
  *   - every stream continues with 0 errors and 0 reconnects (frames lost while the agent was
  *     down are retransmitted by TCP), and moves again without any command;
@@ -22,6 +23,7 @@
  * (`npm run test:e2e-qemu`, whose filter matches this file's name).
  */
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
@@ -29,8 +31,36 @@ import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { Cluster } from '../support/cluster';
 import { RestartVne, streamProblems as problems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
+import { QEMU_WORKDIR } from '../support/qemu-vne';
+import { tapTag } from '../../agent/drivers/qemu/leftovers';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
+/** The checkout whose dist/ runs the tests. */
+const ROOT = path.resolve(__dirname, '../../..');
+
+function packageVersion(root: string): string {
+  return (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/**
+ * A newer build, as an upgrade installs it: a copy of this build (dist/ without the tests, the
+ * .proto files, the native addon) in another directory, its package.json's version one patch
+ * level higher; node_modules is linked. Returns its agent entry point and version.
+ */
+function newerBuild(dir: string): { main: string; version: string } {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(path.join(dir, 'dist'), { recursive: true });
+  for (const d of ['agent', 'proto', 'switch']) fs.cpSync(path.join(ROOT, 'dist', d), path.join(dir, 'dist', d), { recursive: true });
+  fs.cpSync(path.join(ROOT, 'proto', 'vnsnap'), path.join(dir, 'proto', 'vnsnap'), { recursive: true });
+  fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, 'build', 'Release', 'vnsnap_io.node'), path.join(dir, 'build', 'Release', 'vnsnap_io.node'));
+  fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(dir, 'node_modules'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const [maj, min, patch] = pkg.version.split(/[.-]/).map(Number);
+  pkg.version = `${maj}.${min}.${(patch ?? 0) + 1}`;
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2) + '\n');
+  return { main: path.join(dir, 'dist', 'agent', 'main.js'), version: pkg.version };
+}
 const ROUNDS = Number(process.env.VNSNAP_RESTART_ROUNDS ?? '3');
 const VNE = 'vnar';
 const v = new RestartVne(VNE);
@@ -81,7 +111,9 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
   });
 
   for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
-    it(`${signal} of h1's agent, down 3 s, start again: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING`, async () => {
+    // SIGTERM is the upgrade: the agent started again is a copy of the build with a newer version.
+    const upgrade = signal === 'SIGTERM';
+    it(`${signal} of h1's agent, down 3 s, start ${upgrade ? 'a newer build' : 'it again'}: same QEMU pid, streams continue with 0 errors and 0 reconnects, VNE RUNNING${upgrade ? ', the coordinator sees the new version' : ''}`, async () => {
       const pid = qemuOf('a')?.pid;
       assert.ok(pid, 'the QEMU of a runs');
       // Detached: QEMU leads its own session and process group (fields 5 and 6 of /proc/PID/stat).
@@ -92,9 +124,10 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
       const t0 = Date.now();
       await c.kill('h1', signal);
       assert.equal(qemuOf('a')?.pid, pid, 'the VM outlived its agent');
+      const next = upgrade ? newerBuild(path.join(c.dir, `${VNE}-next-build`)) : undefined;
       await sleep(3000); // kept: the agent stays down this long (the outage under test)
       assert.equal(qemuOf('a')?.pid, pid, 'the VM runs while its agent is down');
-      await c.startAgent('h1');
+      await c.startAgent('h1', true, next?.main);
       await until('every stream moves again', async () => {
         const st = await statuses();
         return problems('', before, st).length === 0 ? st : undefined;
@@ -108,6 +141,8 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
       assert.equal(qemuOf('a')?.pid, pid, 'the same QEMU process');
       const vne = await c.cliJson<{ state: string }>(['vne', 'show', VNE]);
       assert.equal(vne.state, 'VNE_STATE_RUNNING');
+      const agents = (await c.cliJson<{ agents: { id: string; version: string }[] }>(['agents'])).agents;
+      assert.equal(agents.find((x) => x.id === 'h1')?.version, next?.version ?? packageVersion(ROOT), 'the version h1 reports');
       figures.push(`${signal}: agent down 3 s; streams moving again ${(back / 1000).toFixed(1)} s after the kill; longest gap in received bytes ${outage} ms`);
     });
   }
@@ -190,14 +225,28 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
     assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
   });
 
-  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED); the other VM runs on', async () => {
+  it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED), its TAP and directory removed, a stray QEMU of a dead agent killed; the other VM runs on', async () => {
     const other = qemuOf('c')?.pid;
     await c.kill('h1', 'SIGKILL');
     const a = qemuOf('a');
     assert.ok(a);
+    const tapsOfA = (): string[] => c.topo.exec('h1', 'ip', ['-o', 'link', 'show']).split('\n').filter((l) => l.includes(`vnqm${tapTag(a.dir)}n`));
+    assert.equal(tapsOfA().length, 1, 'the TAP of a, in h1');
     process.kill(a.pid, 'SIGKILL');
     await until('the QEMU of a is gone', () => qemuOf('a') === undefined);
+    // A stray "QEMU" in h1's namespace: a process naming an instance directory whose agent is dead (as a restore-prepared QEMU of a killed agent does).
+    const gone = spawn(process.execPath, ['-e', '0'], { stdio: 'ignore' });
+    await new Promise<void>((r) => gone.once('exit', () => r()));
+    const strayDir = path.join(QEMU_WORKDIR, `vnqm-${VNE}_zz-${gone.pid}-1`);
+    fs.mkdirSync(strayDir, { recursive: true });
+    const stray = c.topo.spawn('h1', process.execPath, ['-e', 'setTimeout(() => {}, 600000)', `unix:${strayDir}/qmp.sock,server=on`]);
+    const strayExit = new Promise<string | null>((r) => stray.once('exit', (_code, sig) => r(sig)));
+    await new Promise<void>((r, j) => stray.once('spawn', r).once('error', j));
     await c.startAgent('h1');
+    assert.equal(await strayExit, 'SIGKILL', 'the stray QEMU was killed before the agent registered');
+    assert.equal(fs.existsSync(strayDir), false);
+    assert.equal(fs.existsSync(a.dir), false, 'the dead VM\'s instance directory is removed');
+    assert.deepEqual(tapsOfA(), [], 'the dead VM\'s TAP is deleted');
     const vne = await until('the VNE is FAILED', async () => {
       const shown = await c.cliJson<{ state: string; message?: string }>(['vne', 'show', VNE]);
       return shown.state === 'VNE_STATE_FAILED' ? shown : undefined;

@@ -195,7 +195,8 @@ export class Cluster {
     this.coordinator = child;
   }
 
-  async startAgent(host: string, wait = true): Promise<void> {
+  /** Start (again) the agent of `host`; `main` runs another build's agent/main.js (an upgrade). */
+  async startAgent(host: string, wait = true, main?: string): Promise<void> {
     const cfg = path.join(this.dir, `${host}.json`);
     fs.writeFileSync(
       cfg,
@@ -213,8 +214,8 @@ export class Cluster {
         tls: this.pki.agent(host, [this.hostAddress(host)]),
       }),
     );
-    const main = (this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT;
-    const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), main, '--config', cfg]);
+    const entry = main ?? ((this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT);
+    const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), entry, '--config', cfg]);
     this.pipeLog(child, host);
     await waitForJsonLine<{ event: string }>(child, (v) => v.event === 'ready', 20_000);
     this.agents.set(host, child);

@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Agent } from '../../agent/agent';
 import { validateAgentConfig } from '../../agent/config';
-import type { VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import type { RestoreImage, VmHandle, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import type { SnapshotStore } from '../../proto/store/snapshot-store';
 import { isSameProcess, parseVmState, processIdentity, processStartTime, VM_STATE_FORMAT, VmStateDir, type ProcessIdentity, type VmStateRecord } from '../../agent/vm-state';
 import { ManualClock } from '../../proto/core/clock';
 import { isVnsnapError } from '../../proto/core/errors';
@@ -32,10 +33,20 @@ class AdoptingDriver extends FakeDriver {
   readonly pausedOnAdopt = new Set<string>();
 
   override async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
+    await this.spawnProcess(spec.id);
+    return super.start(spec, ctx);
+  }
+
+  override async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
+    await this.spawnProcess(spec.id);
+    return super.restore(spec, image, store, ctx);
+  }
+
+  private async spawnProcess(vm: string): Promise<void> {
     const p = spawn('sleep', ['600'], { stdio: 'ignore', detached: true });
     await new Promise<void>((r, j) => p.once('spawn', r).once('error', j));
-    procs.set(spec.id, p);
-    return super.start(spec, ctx);
+    procs.get(vm)?.kill('SIGKILL');
+    procs.set(vm, p);
   }
 
   persistent(vm: string): { process: ProcessIdentity; state: unknown } | undefined {
@@ -109,6 +120,20 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     return d;
   }
 
+  /** A connected agent running VM a (VNE at epoch 2, generation 1); `ok` runs a command that must succeed. */
+  async function agentRunningA(): Promise<{ agent: Agent; ok: (c: Omit<Command__Output, 'id'>) => Promise<void> }> {
+    const { agent, transport } = newAgent(new AdoptingDriver());
+    await agent.start();
+    transport.last.welcome(1000);
+    const ok = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    };
+    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
+    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    return { agent, ok };
+  }
+
   const record = (vm: string): VmStateRecord => parseVmState(fs.readFileSync(path.join(stateDir, 'vms', `${VNE}_${vm}`, 'vm.json'), 'utf8'), vm);
 
   beforeEach(() => {
@@ -157,6 +182,69 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     assert.deepEqual(agent.debugVms().vms.map((v) => v.ports[0]?.epoch), [5, 5]);
     // The records now carry the epoch the ports run at.
     assert.equal(record('a').epoch, 5);
+  });
+
+  it('the records follow the VM: a cut moves their epoch, an abort\'s advance too; a newer generation does not make a running instance current', async () => {
+    const { agent, ok } = await agentRunningA();
+    assert.deepEqual([record('a').epoch, record('a').generation], [2, 1]);
+    await ok({ body: 'snapshotBegin', snapshotBegin: { snapshotId: 's3', vne: VNE, epoch: 3, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/s3/' } });
+    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3' } });
+    assert.equal(record('a').epoch, 3, 'the cut moved the ports to epoch 3: the record says so');
+    await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's3', vne: VNE, epoch: 3, storePrefix: 'snapshots/s3/' } });
+    await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's4', vne: VNE, epoch: 4, storePrefix: 'snapshots/s4/' } });
+    assert.equal(record('a').epoch, 4, 'an abort advanced the ports to epoch 4: the record says so');
+    // A newer generation while this instance runs: the instance stays of generation 1 (stale).
+    await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 4 } });
+    assert.deepEqual([record('a').epoch, record('a').generation], [4, 1]);
+    await agent.stop();
+    // Adopted after a restart, and attached at ConfigureVne's (newer) generation: still generation 1 in its record and in Register.
+    const next = newAgent(new AdoptingDriver());
+    await next.agent.start();
+    assert.deepEqual(next.transport.last.written[0]?.register?.running, [{ vne: VNE, vm: 'a', epoch: 4, generation: 1 }]);
+    next.transport.last.welcome(1000);
+    assert.equal((await next.transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 2, peers: [], macs: [], epoch: 6 } }))).ok, true);
+    assert.deepEqual([record('a').epoch, record('a').generation], [6, 1]);
+  });
+
+  it('after a restore, the record names the restored process, at the restore\'s epoch and generation', async () => {
+    const { agent, ok: run } = await agentRunningA();
+    const started = record('a').process;
+    const mem = await agent.store.put('snapshots/s5/a.mem', Buffer.from('memory of a'));
+    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' }, disk: null, channel: [] }] } });
+    assert.equal(fs.existsSync(path.join(stateDir, 'vms', `${VNE}_a`)), false, 'the replaced VM\'s record is gone; the prepared one has none yet');
+    await run({ body: 'restoreResume', restoreResume: { restoreId: 'r5', vne: VNE } });
+    const r = record('a');
+    const pid = procs.get(`${VNE}/a`)?.pid as number;
+    assert.notDeepEqual(r.process, started);
+    assert.deepEqual([r.process, r.epoch, r.generation], [{ pid, startTime: processStartTime(pid) }, 7, 3]);
+  });
+
+  it('SnapshotAbort and RestoreCancel reaching a restarted agent before its ConfigureVne (or for what it never heard of) answer ok and leave nothing behind', async () => {
+    await firstAgentRuns();
+    const before = [record('a'), record('b')].map((r) => JSON.stringify({ ...r, writtenUnixMs: 0 }));
+    const d = new AdoptingDriver();
+    const { agent, transport } = newAgent(d);
+    await agent.start();
+    transport.last.welcome(1000);
+    await agent.store.put('snapshots/s9/a.mem', Buffer.from('partial'));
+    for (const c of [
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 's9', vne: VNE, epoch: 9, storePrefix: 'snapshots/s9/' } },
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 's9', vne: VNE, epoch: 9, storePrefix: 'snapshots/s9/' } },
+      { body: 'snapshotAbort', snapshotAbort: { snapshotId: 'never', vne: 'other', epoch: 1, storePrefix: '' } },
+      { body: 'restoreCancel', restoreCancel: { restoreId: 'r1', vne: VNE } },
+      { body: 'restoreCancel', restoreCancel: { restoreId: 'r1', vne: VNE } },
+    ] as const) {
+      const r = await transport.last.run(cmd(c));
+      assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
+    }
+    assert.deepEqual(await agent.store.list('snapshots/s9/'), [], 'the partial artefacts are deleted');
+    assert.deepEqual(d.events, ['adopt a', 'adopt b'], 'the adopted VMs are neither stopped nor resumed again');
+    assert.deepEqual(agent.switch.portNames(), [], 'no port attached, no VNE configured before ConfigureVne');
+    assert.deepEqual([record('a'), record('b')].map((r) => JSON.stringify({ ...r, writtenUnixMs: 0 })), before, 'the records are unchanged');
+    assert.equal(alive(`${VNE}/a`) && alive(`${VNE}/b`), true);
+    // ConfigureVne still brings them back at its epoch.
+    assert.equal((await transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 9 } }))).ok, true);
+    assert.deepEqual(agent.debugVms().vms.map((v) => v.ports[0]?.epoch), [9, 9]);
   });
 
   it('StopVm stops an adopted VM: its process is killed and its record removed', async () => {

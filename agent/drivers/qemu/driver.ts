@@ -36,6 +36,7 @@ import { QemuJob } from './migration';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
+import { cleanDriverLeftovers } from './leftovers';
 import type { ProcessIdentity } from '../../vm-state';
 
 export type { QemuDriverOptions } from './process';
@@ -369,6 +370,10 @@ export class QemuDriver implements HypervisorDriver {
       has: (id) => this.vms.has(id),
       add: (id, vm) => void this.vms.set(id, vm),
     };
+  }
+
+  cleanLeftovers(o: { otherStates: readonly unknown[]; deadStates: readonly unknown[] }): Promise<string[]> {
+    return cleanDriverLeftovers({ workDir: this.o.workDir, prefix: this.o.prefix, adoptedDirs: [...this.vms.values()].map((v) => v.files.dir), ...o, log: this.log });
   }
 
   async release(id: string): Promise<void> {

@@ -1038,17 +1038,20 @@ static int mode_run(int argc, char **argv) {
   logmsg("version %s name=%s listen=%d status=%d peers=%d mem=%" PRIu64 "MiB@%" PRIu64 "MiB/s disk=%s@%" PRIu64 "/s", VNGUEST_VERSION, cfg.name, cfg.listen_port,
          cfg.status_port, cfg.npeers, cfg.mem_mib, cfg.memrate_mib, cfg.disk, cfg.diskrate);
 
+  /* Every stream's record is complete before any thread starts: the status threads (TCP and the
+     virtio-serial port, where a request the host sent before boot is already waiting) read them
+     all at their first request. */
+  for (int i = 0; i < cfg.npeers; i++) {
+    outs[i].peer = &cfg.peers[i];
+    outs[i].index = i;
+    pthread_mutex_init(&outs[i].lock, NULL);
+  }
   spawn_detached(status_main, NULL);
   spawn_detached(receiver_main, NULL);
   spawn_detached(vport_main, NULL);
   if (mem.enabled) spawn_detached(mem_main, NULL);
   if (dsk.enabled) spawn_detached(disk_main, NULL);
-  for (int i = 0; i < cfg.npeers; i++) {
-    outs[i].peer = &cfg.peers[i];
-    outs[i].index = i;
-    pthread_mutex_init(&outs[i].lock, NULL);
-    spawn_detached(sender_main, &outs[i]);
-  }
+  for (int i = 0; i < cfg.npeers; i++) spawn_detached(sender_main, &outs[i]);
   fprintf(stdout, "VNGUEST-READY name=%s status=%d\n", cfg.name, cfg.status_port);
   fflush(stdout);
   reporter_main(NULL);
