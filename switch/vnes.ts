@@ -53,6 +53,8 @@ export class VneTable {
   readonly byName = new Map<string, Vne>();
   readonly byVni = new Map<number, Vne>();
   readonly peers = new PeerTable();
+  /** Per VNE, the peers that left it under its current generation, with their frame counts. */
+  private readonly departed = new WeakMap<Vne, Map<number, VnePeer>>();
 
   constructor(
     private readonly fdbOpts: Partial<FdbOptions>,
@@ -135,14 +137,22 @@ export class VneTable {
   addPeerTo(v: Vne, peerName: string): void {
     const peer = this.peers.get(peerName);
     if (!v.peers.has(peer.idx)) {
-      v.peers.set(peer.idx, new VnePeer(peer));
+      // A peer that left and returns under the same generation keeps its frame counts: the other
+      // side counted on, and markers compare the two.
+      const back = this.departed.get(v)?.get(peer.idx);
+      this.departed.get(v)?.delete(peer.idx);
+      if (back) back.peer = peer;
+      v.peers.set(peer.idx, back ?? new VnePeer(peer));
       v.configChanged();
     }
   }
 
   /** A peer leaves a VNE: its routes go, and no recording waits for its markers or acks. */
   removePeerFrom(v: Vne, idx: number): void {
-    if (!v.peers.delete(idx)) return;
+    const vp = v.peers.get(idx);
+    if (!vp || !v.peers.delete(idx)) return;
+    if (!this.departed.has(v)) this.departed.set(v, new Map());
+    this.departed.get(v)?.set(idx, vp);
     v.fdb.flushOwner(-(idx + 1), true);
     for (const r of v.recordings.values()) {
       r.unacked.delete(idx);
@@ -185,6 +195,7 @@ export class VneTable {
   applyGeneration(v: Vne, generation: number): void {
     v.pendingGeneration = undefined;
     v.generation = generation;
+    this.departed.delete(v);
     for (const vp of v.peers.values()) {
       vp.sent.reset();
       vp.recv.reset();

@@ -194,7 +194,8 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
       assert.equal(v.state, 'VNE_STATE_RUNNING');
       assert.equal(v.generation, g + 1);
       assert.deepEqual(status(v), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h1:reachable:VM_RUN_STATE_RUNNING']);
-      await trafficFlows();
+      // Two instances of b, under generations g (cut off, fenced) and g + 1.
+      assert.deepEqual((await c.vneVms(VNE)).get('b')?.map((x) => x.host).sort(), ['h1', 'h2']);
     } finally {
       c.partition('h2', false);
     }

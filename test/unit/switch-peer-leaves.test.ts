@@ -7,6 +7,8 @@ import { strict as assert } from 'node:assert';
 import { formatMac } from '../../switch/bridge/mac';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { Switch } from '../../switch/switch';
+import type { VnePeer } from '../../switch/tables';
+import { VneTable } from '../../switch/vnes';
 import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { vmMac } from '../support/frames';
 
@@ -35,5 +37,25 @@ describe('Switch: a peer that leaves a VNE', () => {
     } finally {
       sw.stop();
     }
+  });
+
+  it('that returns under the same generation keeps its frame counts (the other side counted on); under a new one they restart', () => {
+    const t = new VneTable({}, (name) => {
+      throw new Error(`no port ${name}`);
+    }, () => undefined);
+    t.configure({ name: 'lh', vni: 90, peers: [{ name: 'h2', address: '10.0.0.2', port: 6081 }] });
+    const peerOf = (): VnePeer | undefined => [...t.get('lh').peers.values()][0];
+    const first = peerOf() as VnePeer;
+    first.sent.inc(0, 7);
+    t.configure({ name: 'lh', peers: [] });
+    assert.equal(peerOf(), undefined);
+    t.configure({ name: 'lh', peers: ['h2'] });
+    assert.equal(peerOf(), first);
+    assert.equal(peerOf()?.sent.below(1), 7);
+    t.configure({ name: 'lh', peers: [] });
+    t.configure({ name: 'lh', generation: 2, generationNow: true });
+    t.configure({ name: 'lh', peers: ['h2'] });
+    assert.notEqual(peerOf(), first);
+    assert.equal(peerOf()?.sent.below(1), 0);
   });
 });
