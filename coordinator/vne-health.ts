@@ -147,7 +147,7 @@ export class VneHealth {
     for (const vne of catalog.listVnes()) {
       for (const f of catalog.fencedOf(vne.name)) {
         if (f.agent !== agentId || f.stopped || reported.has(`${vne.name}/${f.vm}`)) continue;
-        catalog.markFencedStopped(vne.name, f.vm, agentId);
+        this.fencedStopped(vne.name, f.vm, agentId);
         events.publish({ kind: 'vm.fenced', vne: vne.name, agent: agentId, message: `the fenced instance of ${f.vm} on ${agentId} (generation ${f.generation}) is gone: ${agentId} registered without it` });
       }
     }
@@ -171,7 +171,7 @@ export class VneHealth {
 
   /** StopVm for an instance the catalog does not place on this agent at the current generation. */
   private fence(agentId: string, r: RunningVm__Output, vne: Vne__Output | undefined): void {
-    const { catalog, log, events } = this.o;
+    const { log, events } = this.o;
     const why = !vne
       ? `VNE ${r.vne} does not exist`
       : vne.state === 'VNE_STATE_DEFINED'
@@ -182,11 +182,19 @@ export class VneHealth {
     log.warn({ agent: agentId, vne: r.vne, vm: r.vm, generation: r.generation }, `stale VM instance on a returning agent (${why}); stopping it`);
     sendOk(this.o.agents, agentId, { stopVm: { vne: r.vne, vm: r.vm } }, { timeoutMs: this.o.commandTimeoutMs ?? 120_000 }).then(
       () => {
-        if (vne) catalog.markFencedStopped(r.vne, r.vm, agentId);
+        if (vne) this.fencedStopped(r.vne, r.vm, agentId);
         events.publish({ kind: 'vm.fenced', vne: r.vne, agent: agentId, message: `stopped the stale instance of ${r.vm} on ${agentId} (generation ${r.generation}): ${why}` });
       },
       (e: Error) => log.warn({ agent: agentId, vne: r.vne, vm: r.vm, error: e.message }, 'StopVm of a stale instance failed; it is fenced by its generation on the wire'),
     );
+  }
+
+  /** A fenced instance is gone; a VNE stopped with it (vne-stop.ts) no longer says it is left. */
+  private fencedStopped(vne: string, vm: string, agentId: string): void {
+    const { catalog } = this.o;
+    catalog.markFencedStopped(vne, vm, agentId);
+    const v = catalog.getVne(vne);
+    if (v?.state === 'VNE_STATE_DEFINED' && v.stateReason && catalog.fencedOf(vne).every((f) => f.stopped)) catalog.updateVne(vne, { stateReason: '' });
   }
 
   /** ConfigureVne at the current generation and epoch to the returning agent and its peers. */

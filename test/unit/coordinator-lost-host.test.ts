@@ -125,7 +125,9 @@ describe('coordinator: vne stop with a host away', () => {
     c.agents.connected.add('h2');
     c.svc.agentJoined('h2', []);
     assert.deepEqual(c.agents.names('stopVm'), ['h1:stopVm']);
-    assert.deepEqual(fencedOf(await c.svc.getVne({ name: 'lh' })), ['b@h2/1:stopped', 'c@h2/1:stopped']);
+    const v = await c.svc.getVne({ name: 'lh' });
+    assert.deepEqual(fencedOf(v), ['b@h2/1:stopped', 'c@h2/1:stopped']);
+    assert.equal(v.stateReason, '', 'nothing is left running: the reason goes');
     assert.deepEqual(c.seen.slice(-2), [
       'vm.fenced: the fenced instance of b on h2 (generation 1) is gone: h2 registered without it',
       'vm.fenced: the fenced instance of c on h2 (generation 1) is gone: h2 registered without it',
