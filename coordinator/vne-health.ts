@@ -15,7 +15,8 @@
  *         (restored elsewhere, fenced, stopped, deleted, or of an older generation) is stopped
  *         (StopVm), its fenced record marked stopped: no two instances of a VM run for one
  *         generation; a fenced instance the agent does not report is gone (the host rebooted,
- *         its process died): its record is marked stopped too;
+ *         its process died): its record is marked stopped too; a DEFINED VNE whose stop left
+ *         fenced VMs (vne-stop.ts) drops its state_reason once every one is stopped;
  *       * a VM placed there but not reported died while the agent was away: its VNE becomes
  *         FAILED (event `vne.failed` naming the VM) and the VM reads DEAD;
  *       * each RUNNING, DEGRADED or FAILED VNE with reported VMs there is configured again (the
