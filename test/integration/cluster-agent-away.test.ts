@@ -7,7 +7,7 @@
  *     unmanaged, a snapshot is refused naming h2; healed, h2 registers again reporting b and the
  *     VNE is RUNNING by itself; a snapshot completes.
  *   - h2's agent SIGKILLed: DEGRADED meanwhile; started again without its VM (the sim VM died
- *     with the process), the VNE is FAILED and b reads dead.
+ *     with the process), the VNE is FAILED and b reads dead, also after a coordinator restart.
  *   - the coordinator restarted while h2 is cut off: DEGRADED once dead_after_ms passed since its
  *     start without h2; healed, RUNNING by itself.
  *   - h2 lost with b running: restore with --place-lost h1 puts b on h1 and fences h2's b; when
@@ -105,7 +105,7 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
 
-  it("h2's agent SIGKILLed: DEGRADED meanwhile; back without its VM: FAILED, b dead; a restore recovers", async () => {
+  it("h2's agent SIGKILLed: DEGRADED meanwhile; back without its VM: FAILED, b dead (also after a coordinator restart); a restore recovers", async () => {
     await c.kill('h2');
     await stateIs('VNE_STATE_DEGRADED', 15_000);
     await c.startAgent('h2');
@@ -116,6 +116,13 @@ describe('cluster: an agent away and back, a lost host (coordinator side)', func
     const text = await c.cli(['vne', 'show', VNE]);
     assert.match(text.stdout, /^reason: VM b of VNE away died while agent h2 was away/m);
     assert.match(text.stdout, /^b +h2 +h2 +yes +DEAD /m);
+    // The coordinator restarts: b is still known dead (h2 will not report it again).
+    await c.kill('coordinator');
+    await c.startCoordinator();
+    await c.waitConnected(['h1', 'h2']);
+    const again = await show();
+    assert.equal(again.state, 'VNE_STATE_FAILED');
+    assert.deepEqual(status(again), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_DEAD']);
     const r = await c.cliStream<StreamEvent>(['restore', baseline.id, '--stop-running']).done;
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(status(await show()), ['a@h1:reachable:VM_RUN_STATE_RUNNING', 'b@h2:reachable:VM_RUN_STATE_RUNNING']);
