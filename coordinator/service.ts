@@ -38,6 +38,7 @@ import type { ManifestStore } from './manifest-store';
 import type { RestoreSequencer } from './restore-sequencer';
 import type { SnapshotSequencer } from './snapshot-sequencer';
 import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
+import { nextStartGeneration, stopVmsOf } from './vne-stop';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 import { VneHealth } from './vne-health';
 
@@ -183,7 +184,9 @@ export class CoordinatorServiceImpl {
       const placement: Record<string, string> = {};
       for (const vm of vne.vms) placement[vm.name] = vm.host;
       this.requireConnected(vne, placement);
-      const target: Vne__Output = { ...vne, placement };
+      // A new generation when a fenced instance may still run (vne-stop.ts).
+      const generation = nextStartGeneration(vne, this.o.catalog);
+      const target: Vne__Output = { ...vne, placement, generation };
       const agents = [...new Set(Object.values(placement))].sort();
       const { agents: link, log } = this.o;
       try {
@@ -195,44 +198,23 @@ export class CoordinatorServiceImpl {
       } catch (e) {
         log.warn({ vne: vne.name, error: (e as Error).message }, 'StartVne failed; stopping what started');
         await Promise.allSettled(vne.vms.filter((vm) => link.isConnected(vm.host)).map((vm) => link.send(vm.host, { stopVm: { vne: vne.name, vm: vm.name } }, this.cmd)));
-        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement });
+        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement, generation });
         throw e;
       }
-      const v = this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_RUNNING', placement });
+      const v = this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_RUNNING', placement, generation });
       this.o.events.publish({ kind: 'vne.started', vne: vne.name, message: `${vne.vms.length} VMs on ${agents.join(', ')}` });
       return { vne: this.health.describe(v) };
     });
   }
 
-  async stopVne(req: StopVneRequest__Output): Promise<Record<string, never>> {
+  async stopVne(req: StopVneRequest__Output): Promise<{ vne: Vne__Output }> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'stopping', async () => {
-      if (vne.state === 'VNE_STATE_DEFINED') return {};
-      const { agents: link } = this.o;
-      const failures: string[] = [];
-      let firstError: unknown;
-      await Promise.all(
-        [...vmsByAgent(vne)].flatMap(([agent, vms]) =>
-          vms.map((vm) =>
-            sendOk(link, agent, { stopVm: { vne: vne.name, vm } }, this.cmd).catch((e: Error) => {
-              failures.push(`${vm} on ${agent}: ${e.message}`);
-              firstError ??= e;
-            }),
-          ),
-        ),
-      );
-      if (failures.length > 0) {
-        const message = `VNE "${vne.name}" could not be stopped completely: ${failures.sort().join('; ')}`;
-        this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
-        const code = firstError instanceof VnsnapError ? firstError.code : 'ERR_INTERNAL';
-        throw new VnsnapError(code, message);
-      }
-      const placement: Record<string, string> = {};
-      for (const vm of vne.vms) placement[vm.name] = vm.host;
-      this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement });
+      if (vne.state === 'VNE_STATE_DEFINED') return { vne: this.health.describe(vne) };
+      // Rules (a host away: its VMs fenced, the VNE DEFINED all the same): vne-stop.ts.
+      const v = await stopVmsOf(vne, this.o, this.cmd);
       this.health.forget(vne.name);
-      this.o.events.publish({ kind: 'vne.stopped', vne: vne.name });
-      return {};
+      return { vne: this.health.describe(v) };
     });
   }
 

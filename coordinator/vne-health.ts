@@ -14,7 +14,9 @@
  *       * a reported VM the catalog does not place on that agent at the VNE's current generation
  *         (restored elsewhere, fenced, stopped, deleted, or of an older generation) is stopped
  *         (StopVm), its fenced record marked stopped: no two instances of a VM run for one
- *         generation;
+ *         generation; a fenced instance the agent does not report is gone (the host rebooted,
+ *         its process died): its record is marked stopped too; a DEFINED VNE whose stop left
+ *         fenced VMs (vne-stop.ts) drops its state_reason once every one is stopped;
  *       * a VM placed there but not reported died while the agent was away: its VNE becomes
  *         FAILED (event `vne.failed` naming the VM) and the VM reads DEAD;
  *       * each RUNNING, DEGRADED or FAILED VNE with reported VMs there is configured again (the
@@ -31,7 +33,8 @@
  *   - a snapshot or restore ending on a VNE with an agent away leaves it DEGRADED, not RUNNING
  *     (afterSnapshot in snapshot-sequencer.ts, the restore's failure path).
  *
- * Which VMs died is kept in memory (a coordinator restart forgets it; the VNE stays FAILED).
+ * Which VMs died is kept in the catalog's file (dead-vms.ts): a VM reported DEAD stays DEAD
+ * across a coordinator restart, until a start, stop or restore replaces the VNE's VMs.
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
@@ -40,6 +43,7 @@ import type { VmStatus__Output } from '../proto/gen/vnsnap/v1/VmStatus';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import { sendOk, type AgentLink } from './agent-link';
 import type { Catalog } from './catalog';
+import { DeadVms } from './dead-vms';
 import type { EventBus } from './events';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 
@@ -72,14 +76,15 @@ export function degradedError(vne: Vne__Output, link: Pick<AgentLink, 'isConnect
 }
 
 export class VneHealth {
-  private readonly dead = new Set<string>();
+  private readonly dead: DeadVms;
 
-  constructor(private readonly o: VneHealthOptions) {}
-
+  constructor(private readonly o: VneHealthOptions) {
+    this.dead = new DeadVms(o.catalog);
+  }
 
   /** A new start, stop or restore replaced the VNE's VMs: none is dead any more. */
   forget(vne: string): void {
-    for (const k of [...this.dead]) if (k.startsWith(`${vne}/`)) this.dead.delete(k);
+    this.dead.forget(vne);
   }
 
   /** The VNE with its per-VM status filled in. */
@@ -90,7 +95,7 @@ export class VneHealth {
       const reachable = this.o.agents.isConnected(host);
       let state: VmStatus__Output['state'] = 'VM_RUN_STATE_RUNNING';
       if (vne.state === 'VNE_STATE_DEFINED') state = 'VM_RUN_STATE_STOPPED';
-      else if (this.dead.has(`${vne.name}/${vm.name}`)) state = 'VM_RUN_STATE_DEAD';
+      else if (this.dead.has(vne.name, vm.name)) state = 'VM_RUN_STATE_DEAD';
       else if (!reachable) state = 'VM_RUN_STATE_UNMANAGED';
       return { vm: vm.name, host, hostReachable: reachable, state };
     });
@@ -138,14 +143,23 @@ export class VneHealth {
       if (stale) this.fence(agentId, r, vne);
       else current.add(`${r.vne}/${r.vm}`);
     }
+    // A fenced instance this agent no longer runs (its host rebooted, its process died) is gone.
+    const reported = new Set(running.map((r) => `${r.vne}/${r.vm}`));
+    for (const vne of catalog.listVnes()) {
+      for (const f of catalog.fencedOf(vne.name)) {
+        if (f.agent !== agentId || f.stopped || reported.has(`${vne.name}/${f.vm}`)) continue;
+        this.fencedStopped(vne.name, f.vm, agentId);
+        events.publish({ kind: 'vm.fenced', vne: vne.name, agent: agentId, message: `the fenced instance of ${f.vm} on ${agentId} (generation ${f.generation}) is gone: ${agentId} registered without it` });
+      }
+    }
     for (const vne of catalog.listVnes()) {
       if (!['VNE_STATE_RUNNING', 'VNE_STATE_DEGRADED', 'VNE_STATE_SNAPSHOTTING', 'VNE_STATE_FAILED'].includes(vne.state)) continue;
       const mine = vmsByAgent(vne).get(agentId);
       if (!mine) continue;
       const lost = mine.filter((vm) => !current.has(`${vne.name}/${vm}`)).sort();
-      const newlyDead = lost.filter((vm) => !this.dead.has(`${vne.name}/${vm}`));
-      for (const vm of lost) this.dead.add(`${vne.name}/${vm}`);
+      const newlyDead = lost.filter((vm) => !this.dead.has(vne.name, vm));
       if (newlyDead.length > 0) {
+        this.dead.add(vne.name, newlyDead, agentId, Date.now());
         const message = `VM${lost.length > 1 ? 's' : ''} ${lost.join(', ')} of VNE ${vne.name} died while agent ${agentId} was away (it registered without ${lost.length > 1 ? 'them' : 'it'}): restore a snapshot or stop and start the VNE`;
         catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
@@ -158,7 +172,7 @@ export class VneHealth {
 
   /** StopVm for an instance the catalog does not place on this agent at the current generation. */
   private fence(agentId: string, r: RunningVm__Output, vne: Vne__Output | undefined): void {
-    const { catalog, log, events } = this.o;
+    const { log, events } = this.o;
     const why = !vne
       ? `VNE ${r.vne} does not exist`
       : vne.state === 'VNE_STATE_DEFINED'
@@ -169,11 +183,19 @@ export class VneHealth {
     log.warn({ agent: agentId, vne: r.vne, vm: r.vm, generation: r.generation }, `stale VM instance on a returning agent (${why}); stopping it`);
     sendOk(this.o.agents, agentId, { stopVm: { vne: r.vne, vm: r.vm } }, { timeoutMs: this.o.commandTimeoutMs ?? 120_000 }).then(
       () => {
-        if (vne) catalog.markFencedStopped(r.vne, r.vm, agentId);
+        if (vne) this.fencedStopped(r.vne, r.vm, agentId);
         events.publish({ kind: 'vm.fenced', vne: r.vne, agent: agentId, message: `stopped the stale instance of ${r.vm} on ${agentId} (generation ${r.generation}): ${why}` });
       },
       (e: Error) => log.warn({ agent: agentId, vne: r.vne, vm: r.vm, error: e.message }, 'StopVm of a stale instance failed; it is fenced by its generation on the wire'),
     );
+  }
+
+  /** A fenced instance is gone; a VNE stopped with it (vne-stop.ts) no longer says it is left. */
+  private fencedStopped(vne: string, vm: string, agentId: string): void {
+    const { catalog } = this.o;
+    catalog.markFencedStopped(vne, vm, agentId);
+    const v = catalog.getVne(vne);
+    if (v?.state === 'VNE_STATE_DEFINED' && v.stateReason && catalog.fencedOf(vne).every((f) => f.stopped)) catalog.updateVne(vne, { stateReason: '' });
   }
 
   /** ConfigureVne at the current generation and epoch to the returning agent and its peers. */

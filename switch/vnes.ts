@@ -2,7 +2,9 @@
  * The VNE table and its configuration: VNEs by name and by VNI, the peer switches, each VNE's
  * peers and static MAC routes, and its generation. This is the switch's whole control-plane
  * state; `configureVne` reaches any desired state from any current one in one idempotent call
- * (additive: peers and routes are never removed), so callers keep no copy of it.
+ * (a given peer list is the whole set: a peer left out leaves the VNE, with its routes, and no
+ * recording waits for it; MAC routes are otherwise only added or re-pointed), so callers keep
+ * no copy of it.
  *
  * Generation (DESIGN.md, "Restore"): data frames of another generation are dropped, so a
  * restored VNE and the instances it replaces never exchange frames. A generation change waits
@@ -51,6 +53,8 @@ export class VneTable {
   readonly byName = new Map<string, Vne>();
   readonly byVni = new Map<number, Vne>();
   readonly peers = new PeerTable();
+  /** Per VNE, the peers that left it under its current generation, with their frame counts. */
+  private readonly departed = new WeakMap<Vne, Map<number, VnePeer>>();
 
   constructor(
     private readonly fdbOpts: Partial<FdbOptions>,
@@ -79,6 +83,9 @@ export class VneTable {
       if (spec.vni !== undefined && spec.vni !== v.vni) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${spec.name} has VNI ${v.vni} here; ConfigureVne asks for ${spec.vni}`);
       if (spec.generation) this.changeGeneration(v, spec.generation, spec.generationNow === true);
       for (const p of peerNames) this.addPeerTo(v, p);
+      // The peer list is the whole set: a peer no longer hosting VMs of the VNE (its VMs restored
+      // elsewhere, its host lost) leaves it, or every later cut would wait for its markers.
+      if (spec.peers !== undefined) for (const vp of [...v.peers.values()]) if (!peerNames.includes(vp.peer.name)) this.removePeerFrom(v, vp.peer.idx);
     }
     for (const r of spec.macs ?? []) {
       if ('local' in r) {
@@ -130,9 +137,28 @@ export class VneTable {
   addPeerTo(v: Vne, peerName: string): void {
     const peer = this.peers.get(peerName);
     if (!v.peers.has(peer.idx)) {
-      v.peers.set(peer.idx, new VnePeer(peer));
+      // A peer that left and returns under the same generation keeps its frame counts: the other
+      // side counted on, and markers compare the two.
+      const back = this.departed.get(v)?.get(peer.idx);
+      this.departed.get(v)?.delete(peer.idx);
+      if (back) back.peer = peer;
+      v.peers.set(peer.idx, back ?? new VnePeer(peer));
       v.configChanged();
     }
+  }
+
+  /** A peer leaves a VNE: its routes go, and no recording waits for its markers or acks. */
+  removePeerFrom(v: Vne, idx: number): void {
+    const vp = v.peers.get(idx);
+    if (!vp || !v.peers.delete(idx)) return;
+    if (!this.departed.has(v)) this.departed.set(v, new Map());
+    this.departed.get(v)?.set(idx, vp);
+    v.fdb.flushOwner(-(idx + 1), true);
+    for (const r of v.recordings.values()) {
+      r.unacked.delete(idx);
+      r.markersIn.delete(idx);
+    }
+    v.configChanged();
   }
 
   setStaticMac(v: Vne, mac: string, target: { peer: string } | { port: string }): void {
@@ -169,6 +195,7 @@ export class VneTable {
   applyGeneration(v: Vne, generation: number): void {
     v.pendingGeneration = undefined;
     v.generation = generation;
+    this.departed.delete(v);
     for (const vp of v.peers.values()) {
       vp.sent.reset();
       vp.recv.reset();

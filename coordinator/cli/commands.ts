@@ -74,7 +74,7 @@ export async function vneStart(ctx: Ctx, name: string): Promise<ExitCode> {
 }
 
 export async function vneStop(ctx: Ctx, name: string): Promise<ExitCode> {
-  return callAndPrint(ctx, (c) => c.stopVne(name), 'vnsnap.v1.StopVneResponse', () => `stopped VNE ${name}\n`);
+  return callAndPrint(ctx, (c) => c.stopVne(name), 'vnsnap.v1.StopVneResponse', (r) => `stopped VNE ${name}\n${r.vne?.stateReason ? `${r.vne.stateReason}\n` : ''}`);
 }
 
 export async function agents(ctx: Ctx): Promise<ExitCode> {

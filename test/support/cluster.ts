@@ -17,7 +17,8 @@
  * through the real `vnsnap` CLI (`cli`, `cliJson`, `cliStream`, run in the underlay namespace)
  * and sim VM state is read through the agents' /debug/vms (`vms`). Processes are killed with
  * `kill` (SIGKILL for the fault tests) and started again with `startAgent`/`startCoordinator`;
- * `partition` cuts a host off from the coordinator while its agent and VMs run on.
+ * `partition` cuts a host off from the coordinator while its agent and VMs run on; `loseHost`
+ * cuts it off and kills every process in its namespace (a machine that died).
  * destroy() removes everything: processes, namespaces (and their nft tables), the mount, the
  * directory — call it in `after`, it is idempotent. Logs (pino JSON) go to files in the
  * cluster's directory; `logTail()` shows them when a test fails.
@@ -233,6 +234,33 @@ export class Cluster {
       if (who === 'coordinator') this.coordinator = undefined;
       else this.agents.delete(who);
     }
+  }
+
+  /**
+   * The host dies as a machine would: cut off from the coordinator (partition), then its agent
+   * and every other process in its network namespace (its VMs, wherever their cgroup or
+   * session) SIGKILLed. Resolves with the pids killed once the agent is gone.
+   */
+  async loseHost(host: string): Promise<number[]> {
+    this.partition(host, true);
+    const agent = this.agents.get(host);
+    const gone = agent && agent.exitCode === null && agent.signalCode === null ? new Promise<void>((r) => agent.once('exit', () => r())) : Promise.resolve();
+    const pids = sh('ip', ['netns', 'pids', this.topo.ns(host)]).split(/\s+/).filter(Boolean).map(Number);
+    for (const pid of pids) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+    await gone;
+    this.agents.delete(host);
+    return pids;
+  }
+
+  /** The inode of a host's network namespace (as /proc/PID/ns/net of its processes reads). */
+  netnsInode(host: string): number {
+    return fs.statSync(`/run/netns/${this.topo.ns(host)}`).ino;
   }
 
   /** Every listed agent CONNECTED according to the coordinator. */
@@ -457,6 +485,15 @@ export class Cluster {
     return out;
   }
 
+  /** `snapshot create VNE`, which must complete; its record. */
+  async snapshotComplete(vne: string): Promise<CatalogSnapshot> {
+    const r = await this.cliStream<StreamEvent>(['snapshot', 'create', vne]).done;
+    if (r.code !== 0) throw new Error(`snapshot create ${vne} exited ${r.code}: ${r.stderr}`);
+    const done = r.events.find((e) => e.done)?.done;
+    if (done?.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot of ${vne} ended ${done?.state}: ${done?.error}`);
+    return done;
+  }
+
   /** The last lines of every log, for a failing test. */
   logTail(lines = 30): string {
     let out = '';
@@ -490,6 +527,27 @@ export interface CatalogSnapshot {
   artefacts: { path: string; size: number; sha256: string; kind: string; owner: string }[];
   vms: { name: string; host: string; pauseMs: number; channelFrames: number }[];
   lostFrames: number;
+}
+
+/** `vnsnap vne show VNE --json`, the parts the agent-away and lost-host tests read. */
+export interface VneView {
+  state: string;
+  stateReason: string;
+  generation: number;
+  placement: Record<string, string>;
+  vmStatus: { vm: string; host: string; hostReachable: boolean; state: string }[];
+  fenced: { vm: string; agent: string; generation: number; stopped: boolean }[];
+}
+
+/** One line of a streaming command's --json output (snapshot create, restore). */
+export interface StreamEvent {
+  note?: string;
+  done?: CatalogSnapshot;
+}
+
+/** Each VM's status as "vm@host:reachable|unreachable:STATE", to assert exactly. */
+export function vmStatusLines(v: VneView): string[] {
+  return v.vmStatus.map((s) => `${s.vm}@${s.host}:${s.hostReachable ? 'reachable' : 'unreachable'}:${s.state}`);
 }
 
 /** Extra node flags for the coordinator and agents (debugging: VNSNAP_CLUSTER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"). */

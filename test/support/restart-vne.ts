@@ -2,9 +2,11 @@
  * The two-guest QEMU VNE of the agent-restart test and benchmark (issue 12): on two namespaced
  * hosts of test/support/cluster.ts (`"drivers": ["qemu"]`), guest a on h1 and guest c on h2 (the
  * test guest of docs/guest.md), each streaming byte-checked TCP to the other across the overlay.
- * Killing h1's agent cuts both streams' path. Here: the VNE's definition, where each VM's QEMU
- * runs, the guests' status, what is wrong between two readings, and the outage the guests see
- * (the longest gap in a stream's received bytes).
+ * Killing h1's agent cuts both streams' path. The lost-host test lays out three guests instead
+ * (LOST_HOST_VMS: a and b on h1, c on h2; streams across the hosts and within h1). Here: the
+ * VNE's definition, where each VM's QEMU runs (and in which host's network namespace), the
+ * guests' status, what is wrong between two readings, and the outage the guests see (the longest
+ * gap in a stream's received bytes).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -12,17 +14,38 @@ import { channelStatus, kernelCmdline, type GuestImage, type GuestStatus } from 
 import { QEMU_WORKDIR } from './qemu-vne';
 import { sleep } from './wait';
 
-export const RESTART_VMS: Record<string, { host: string; ip: string; peer: string; mac: string }> = {
-  a: { host: 'h1', ip: '192.168.89.1', peer: '192.168.89.2', mac: '52:54:00:89:00:01' },
-  c: { host: 'h2', ip: '192.168.89.2', peer: '192.168.89.1', mac: '52:54:00:89:00:02' },
+/** A guest of the layout: its home host, address, MAC and the VMs it streams to (port 7001). */
+export interface RestartVm {
+  host: string;
+  ip: string;
+  mac: string;
+  peers: string[];
+}
+
+/** a on h1, c on h2, streaming to each other. */
+export const RESTART_VMS: Record<string, RestartVm> = {
+  a: { host: 'h1', ip: '192.168.89.1', mac: '52:54:00:89:00:01', peers: ['c'] },
+  c: { host: 'h2', ip: '192.168.89.2', mac: '52:54:00:89:00:02', peers: ['a'] },
+};
+
+/** a and b on h1, c on h2: a→c, b→c, c→a cross the hosts, a→b stays on h1. */
+export const LOST_HOST_VMS: Record<string, RestartVm> = {
+  a: { host: 'h1', ip: '192.168.90.1', mac: '52:54:00:90:00:01', peers: ['c', 'b'] },
+  b: { host: 'h1', ip: '192.168.90.2', mac: '52:54:00:90:00:02', peers: ['c'] },
+  c: { host: 'h2', ip: '192.168.90.3', mac: '52:54:00:90:00:03', peers: ['a'] },
 };
 
 export class RestartVne {
-  constructor(readonly name: string) {}
+  constructor(
+    readonly name: string,
+    readonly vms: Record<string, RestartVm> = RESTART_VMS,
+    readonly vni = 3089,
+  ) {}
 
-  /** The VNE definition file (in `dir`): a on h1, c on h2, streams both ways at 256 KiB/s, no disk. */
+  /** The VNE definition file (in `dir`): each VM on its host, streaming to its peers at 256 KiB/s, no disk. */
   writeFile(dir: string, image: GuestImage): string {
-    const vms = Object.entries(RESTART_VMS).map(([name, v]) => ({
+    const ipOf = (vm: string): string => (this.vms[vm] as RestartVm).ip;
+    const vms = Object.entries(this.vms).map(([name, v]) => ({
       name,
       host: v.host,
       macs: [v.mac],
@@ -32,30 +55,39 @@ export class RestartVne {
           cpus: 1,
           kernel: image.kernel,
           initrd: image.initrd,
-          append: kernelCmdline({ name, ip: `${v.ip}/24`, mtu: 1400, peers: [`${v.peer}:7001`], rateKiB: 256, disk: 'none', reportSecs: 5 }),
+          append: kernelCmdline({ name, ip: `${v.ip}/24`, mtu: 1400, peers: v.peers.map((p) => `${ipOf(p)}:7001`), rateKiB: 256, disk: 'none', reportSecs: 5 }),
           extra: { channel: 'org.vnsnap.status' },
         },
       },
     }));
     const file = path.join(dir, `${this.name}.json`);
-    fs.writeFileSync(file, JSON.stringify({ name: this.name, vni: 3089, vms }));
+    fs.writeFileSync(file, JSON.stringify({ name: this.name, vni: this.vni, vms }));
     return file;
   }
 
   /** The live instance directory and pid of a VM's QEMU (the process whose command line names the directory). */
   qemuOf(vm: string): { dir: string; pid: number } | undefined {
-    if (!fs.existsSync(QEMU_WORKDIR)) return undefined;
+    return this.qemusOf(vm)[0];
+  }
+
+  /**
+   * Every live QEMU instance of a VM (two while a fenced one runs on an away host), with the
+   * network namespace it runs in (the inode of /proc/PID/ns/net; compare with netnsInode).
+   */
+  qemusOf(vm: string): { dir: string; pid: number; netns: number }[] {
+    if (!fs.existsSync(QEMU_WORKDIR)) return [];
+    const out: { dir: string; pid: number; netns: number }[] = [];
     for (const d of fs.readdirSync(QEMU_WORKDIR)) {
       if (!d.startsWith(`vnqm-${this.name}_${vm}-`)) continue;
       const dir = path.join(QEMU_WORKDIR, d);
       try {
         const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8').trim());
-        if (pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) return { dir, pid };
+        if (pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) out.push({ dir, pid, netns: fs.statSync(`/proc/${pid}/ns/net`).ino });
       } catch {
         /* not started or gone */
       }
     }
-    return undefined;
+    return out;
   }
 
   async status(vm: string): Promise<GuestStatus> {
@@ -66,13 +98,17 @@ export class RestartVne {
 
   async statuses(): Promise<Record<string, GuestStatus>> {
     const out: Record<string, GuestStatus> = {};
-    for (const vm of Object.keys(RESTART_VMS)) out[vm] = await this.status(vm);
+    for (const vm of Object.keys(this.vms)) out[vm] = await this.status(vm);
     return out;
   }
 
-  /** Both streams connected and moving. */
+  /** Every stream of the layout connected and moving. */
   streamsUp(st: Record<string, GuestStatus>): boolean {
-    return Object.values(st).every((s) => s.out.length === 1 && s.out.every((o) => o.connected) && s.in.length === 1 && s.in.every((i) => i.open && i.bytes >= 50_000));
+    const inbound = (vm: string): number => Object.values(this.vms).filter((v) => v.peers.includes(vm)).length;
+    return Object.entries(this.vms).every(([vm, v]) => {
+      const s = st[vm];
+      return !!s && s.out.length === v.peers.length && s.out.every((o) => o.connected) && s.in.length === inbound(vm) && s.in.every((i) => i.open && i.bytes >= 50_000);
+    });
   }
 
   /** Kill every QEMU of this VNE and remove its directories (a killed agent leaves its VMs running). */
@@ -91,9 +127,10 @@ export class RestartVne {
     let running = true;
     const last = new Map<string, { bytes: number; at: number }>();
     let longest = 0;
+    const vms = this.vms;
     const loop = (async () => {
       while (running) {
-        for (const vm of Object.keys(RESTART_VMS)) {
+        for (const vm of Object.keys(vms)) {
           const st = await this.status(vm).catch(() => undefined);
           const now = Date.now();
           for (const i of st?.in ?? []) {
@@ -121,7 +158,7 @@ export class RestartVne {
 /** What is wrong between two readings (empty = intact): same run, no error, no reconnect, every stream moved. */
 export function streamProblems(label: string, before: Record<string, GuestStatus>, after: Record<string, GuestStatus>): string[] {
   const p: string[] = [];
-  for (const vm of Object.keys(RESTART_VMS)) {
+  for (const vm of Object.keys(before)) {
     const b = before[vm] as GuestStatus;
     const a = after[vm] as GuestStatus;
     if (a.nonce !== b.nonce) p.push(`${label}: ${vm} is another guest run`);

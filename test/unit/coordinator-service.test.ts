@@ -197,12 +197,14 @@ describe('coordinator service: VNE definitions', () => {
     assert.equal(s.catalog.getSnapshot(snap.id), undefined);
   });
 
-  it('StopVne with an agent gone: stops the rest, VNE FAILED, UNAVAILABLE-class error', async () => {
+  it('StopVne with an agent gone: stops the rest, fences its VM, VNE DEFINED saying so', async () => {
     const s = setup();
     await running(s);
     s.agents.connected.delete('h2');
-    await assert.rejects(s.svc.stopVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'VNE "blue" could not be stopped completely: vm2 on h2: agent h2 is not connected (StopVm not sent)');
-    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
+    const { vne } = await s.svc.stopVne({ name: 'blue' });
+    assert.equal(vne?.state, 'VNE_STATE_DEFINED');
+    assert.equal(vne?.stateReason, 'stopped without VM vm2 on h2 (host unreachable): fenced, it is stopped when its host returns');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
   });
 });
 
