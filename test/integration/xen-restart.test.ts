@@ -11,9 +11,7 @@
  * reported dead (VNE FAILED naming it) and the other adopted. About 10–20 minutes.
  */
 import { strict as assert } from 'node:assert';
-import { buildTestbed, runDom0Program } from '../xen/testbed';
-
-const ENABLED = process.env.VNSNAP_XEN === '1';
+import { runDom0Program, testbedOrSkip } from '../xen/testbed';
 
 interface RestartResult {
   ok?: boolean;
@@ -29,12 +27,7 @@ describe('Xen (nested under QEMU TCG): domains outlive the agent', function () {
   this.timeout(60 * 60_000);
   let dir = '';
   before(async function () {
-    if (!ENABLED) {
-      console.log('    (skipped: the nested-Xen tests take 8+ minutes; run them with `npm run test:xen`)');
-      this.skip();
-    }
-    if (process.getuid?.() !== 0) this.skip();
-    dir = await buildTestbed();
+    dir = await testbedOrSkip(this);
   });
 
   it('SIGKILL / SIGTERM of the agent: same domids, vifs re-attached, streams intact, VNE RUNNING; a domain destroyed meanwhile is reported dead', async () => {

@@ -11,16 +11,12 @@ import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/drivers/xen/driver';
 import { median } from '../bench/proc';
-import { cli, type Cli, type Daemon, ENDS, flowing as flowing0, guestLog, intact, sh, startProduct, startVne, stopProduct } from './dom0-harness';
+import { cli, type Cli, type Daemon, dom0Main, type Dom0Result, ENDS, flowing as flowing0, guestLog, intact, sh, startProduct, startVne, stepper, stopProduct } from './dom0-harness';
 import { guestConfig, XEN_TEST_IMAGE_ROOTS, type GuestStatus } from './guest-config';
 
-const out: Record<string, unknown> = { steps: [] as string[] };
+const out: Dom0Result & Record<string, unknown> = { steps: [] };
 const t0 = Date.now();
-const step = (s: string): void => {
-  const line = `+${((Date.now() - t0) / 1000).toFixed(1)}s ${s}`;
-  (out.steps as string[]).push(line);
-  console.log(`e2e: ${line}`);
-};
+const step = stepper('e2e', out, t0);
 const procs: ChildProcess[] = [];
 let coordinator: Daemon | undefined;
 let agent: Daemon | undefined;
@@ -71,117 +67,115 @@ const flowing = (after: Map<string, number>, marker: Map<string, number>, what: 
   flowing0({ ends: ENDS.map((e) => e.name), logOf, after, marker, what });
 
 async function main(): Promise<void> {
-  try {
-    if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
-    if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
-    ({ coordinator, agent } = await startProduct(XEN_TEST_IMAGE_ROOTS, step));
-    step(`${GUESTS} guest(s) on the VNE${GUESTS < ENDS.length ? `, the other end of the streams in dom0 namespace ${PEER_NS}` : ''}`);
-    await startVne(VMS, (v) => guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: 16, memrate: BENCH ? 8 : 4, report: 1 }));
-    let r: Cli;
-    step('VNE started');
-    if (GUESTS < ENDS.length) await startPeer();
-    if (DOM0_WEIGHT > 0) {
-      await sh('xl', ['sched-credit2', '-d', '0', '-w', String(DOM0_WEIGHT)]).catch(() => sh('xl', ['sched-credit', '-d', '0', '-w', String(DOM0_WEIGHT)]));
-      step(`dom0 scheduler weight ${DOM0_WEIGHT}`);
-    }
-    const zero = new Map<string, number>();
-    const before = await flowing(zero, zero, 'streams flowing between the guests');
-    for (const s of before.values()) {
-      const p = intact(s);
-      if (p) throw new Error(`before the snapshot: ${p}`);
-    }
-    step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
+  if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
+  if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
+  ({ coordinator, agent } = await startProduct(XEN_TEST_IMAGE_ROOTS, step));
+  step(`${GUESTS} guest(s) on the VNE${GUESTS < ENDS.length ? `, the other end of the streams in dom0 namespace ${PEER_NS}` : ''}`);
+  await startVne(VMS, (v) => guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: 16, memrate: BENCH ? 8 : 4, report: 1 }));
+  let r: Cli;
+  step('VNE started');
+  if (GUESTS < ENDS.length) await startPeer();
+  if (DOM0_WEIGHT > 0) {
+    await sh('xl', ['sched-credit2', '-d', '0', '-w', String(DOM0_WEIGHT)]).catch(() => sh('xl', ['sched-credit', '-d', '0', '-w', String(DOM0_WEIGHT)]));
+    step(`dom0 scheduler weight ${DOM0_WEIGHT}`);
+  }
+  const zero = new Map<string, number>();
+  const before = await flowing(zero, zero, 'streams flowing between the guests');
+  for (const s of before.values()) {
+    const p = intact(s);
+    if (p) throw new Error(`before the snapshot: ${p}`);
+  }
+  step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
 
-    // Live snapshot.
-    const ts = Date.now();
-    r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'precopy', '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
-    const events = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } });
-    const done = events.find((e) => e.done)?.done;
-    if (r.code !== 0 || !done || done.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot failed (${r.code}): ${done?.error ?? r.stderr}`);
-    out.snapshot = { id: done.id, totalMs: Date.now() - ts, pauses: Object.fromEntries(done.vms.map((v) => [v.name, v.pauseMs])) };
-    step(`live snapshot ${done.id} complete in ${Date.now() - ts} ms, pauses ${JSON.stringify((out.snapshot as { pauses: unknown }).pauses)}`);
-    const afterSnap = await flowing(new Map([...before].map(([k, v]) => [k, v.totals.received])), zero, 'streams after the snapshot');
-    const problems: string[] = [];
-    for (const s of afterSnap.values()) {
-      const p = intact(s);
-      if (p) problems.push(`after the snapshot: ${p}`);
-      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the snapshot: ${s.name} restarted`);
-    }
-    step(`streams after the snapshot: ${[...afterSnap.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects}`).join(', ')}`);
-    out.afterSnapshot = Object.fromEntries([...afterSnap].map(([k, s]) => [k, s.totals]));
+  // Live snapshot.
+  const ts = Date.now();
+  r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'precopy', '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
+  const events = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } });
+  const done = events.find((e) => e.done)?.done;
+  if (r.code !== 0 || !done || done.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot failed (${r.code}): ${done?.error ?? r.stderr}`);
+  out.snapshot = { id: done.id, totalMs: Date.now() - ts, pauses: Object.fromEntries(done.vms.map((v) => [v.name, v.pauseMs])) };
+  step(`live snapshot ${done.id} complete in ${Date.now() - ts} ms, pauses ${JSON.stringify((out.snapshot as { pauses: unknown }).pauses)}`);
+  const afterSnap = await flowing(new Map([...before].map(([k, v]) => [k, v.totals.received])), zero, 'streams after the snapshot');
+  const problems: string[] = [];
+  for (const s of afterSnap.values()) {
+    const p = intact(s);
+    if (p) problems.push(`after the snapshot: ${p}`);
+    if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the snapshot: ${s.name} restarted`);
+  }
+  step(`streams after the snapshot: ${[...afterSnap.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects}`).join(', ')}`);
+  out.afterSnapshot = Object.fromEntries([...afterSnap].map(([k, s]) => [k, s.totals]));
 
-    if (BENCH) {
-      // Round 1's live snapshot is the one above; each round adds an `xl save -c` snapshot, and
-      // later rounds a live one first. Medians over the rounds (the nested machine is noisy).
-      const livePause = [Math.max(...Object.values((out.snapshot as { pauses: Record<string, number> }).pauses))];
-      const liveTotal = [(out.snapshot as { totalMs: number }).totalMs];
-      const savePause: number[] = [];
-      const saveTotal: number[] = [];
-      let rx = new Map([...afterSnap].map(([k, v]) => [k, v.totals.received]));
-      const oneSnapshot = async (mode: 'precopy' | 'background', what: string): Promise<void> => {
-        const tb = Date.now();
-        r = await cli(['snapshot', 'create', 'xenvne', '--mode', mode, '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
-        const d = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } }).find((e) => e.done)?.done;
-        if (r.code !== 0 || !d || d.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${what} snapshot failed (${r.code}): ${d?.error ?? r.stderr}`);
-        const totalMs = Date.now() - tb;
-        (mode === 'precopy' ? livePause : savePause).push(Math.max(...d.vms.map((v) => v.pauseMs)));
-        (mode === 'precopy' ? liveTotal : saveTotal).push(totalMs);
-        step(`${what} snapshot ${d.id} in ${totalMs} ms, pauses ${JSON.stringify(d.vms.map((v) => [v.name, v.pauseMs]))}`);
-        const after = await flowing(rx, zero, `streams after the ${what} snapshot`);
-        for (const st of after.values()) {
-          const p = intact(st);
-          if (p) problems.push(`after the ${what} snapshot: ${p}`);
-          if (st.nonce !== before.get(st.name)?.nonce) problems.push(`after the ${what} snapshot: ${st.name} restarted`);
-        }
-        rx = new Map([...after].map(([k, v]) => [k, v.totals.received]));
-      };
-      for (let round = 1; round <= ROUNDS; round++) {
-        if (round > 1) await oneSnapshot('precopy', `live (round ${round})`);
-        await oneSnapshot('background', `xl save -c (round ${round})`);
+  if (BENCH) {
+    // Round 1's live snapshot is the one above; each round adds an `xl save -c` snapshot, and
+    // later rounds a live one first. Medians over the rounds (the nested machine is noisy).
+    const livePause = [Math.max(...Object.values((out.snapshot as { pauses: Record<string, number> }).pauses))];
+    const liveTotal = [(out.snapshot as { totalMs: number }).totalMs];
+    const savePause: number[] = [];
+    const saveTotal: number[] = [];
+    let rx = new Map([...afterSnap].map(([k, v]) => [k, v.totals.received]));
+    const oneSnapshot = async (mode: 'precopy' | 'background', what: string): Promise<void> => {
+      const tb = Date.now();
+      r = await cli(['snapshot', 'create', 'xenvne', '--mode', mode, '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
+      const d = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } }).find((e) => e.done)?.done;
+      if (r.code !== 0 || !d || d.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${what} snapshot failed (${r.code}): ${d?.error ?? r.stderr}`);
+      const totalMs = Date.now() - tb;
+      (mode === 'precopy' ? livePause : savePause).push(Math.max(...d.vms.map((v) => v.pauseMs)));
+      (mode === 'precopy' ? liveTotal : saveTotal).push(totalMs);
+      step(`${what} snapshot ${d.id} in ${totalMs} ms, pauses ${JSON.stringify(d.vms.map((v) => [v.name, v.pauseMs]))}`);
+      const after = await flowing(rx, zero, `streams after the ${what} snapshot`);
+      for (const st of after.values()) {
+        const p = intact(st);
+        if (p) problems.push(`after the ${what} snapshot: ${p}`);
+        if (st.nonce !== before.get(st.name)?.nonce) problems.push(`after the ${what} snapshot: ${st.name} restarted`);
       }
-      out.rounds = { livePauseMs: livePause, savePauseMs: savePause, liveTotalMs: liveTotal, saveTotalMs: saveTotal };
-      out.bench = {
-        pause_ms: { live: median(livePause) as number, save: median(savePause) as number },
-        total_s: { live: (median(liveTotal) as number) / 1000, save: (median(saveTotal) as number) / 1000 },
-        streams_intact: problems.length === 0,
-      };
-      out.problems = problems;
-      out.ok = problems.length === 0;
-      return;
+      rx = new Map([...after].map(([k, v]) => [k, v.totals.received]));
+    };
+    for (let round = 1; round <= ROUNDS; round++) {
+      if (round > 1) await oneSnapshot('precopy', `live (round ${round})`);
+      await oneSnapshot('background', `xl save -c (round ${round})`);
     }
-
-    // Destroy and restore.
-    r = await cli(['vne', 'stop', 'xenvne', '--json']);
-    if (r.code !== 0) throw new Error(`vne stop: ${r.stderr}`);
-    step('VNE stopped (domains destroyed)');
-    const marker = new Map(VMS.map((v) => [v.name, fs.existsSync(logOf(v.name)) ? fs.statSync(logOf(v.name)).size : 0]));
-    const tr = Date.now();
-    r = await cli(['restore', done.id, '--json', '--timeout-ms', '900000']);
-    if (r.code !== 0) throw new Error(`restore failed (${r.code}): ${r.stderr.slice(-500)}`);
-    out.restoreMs = Date.now() - tr;
-    step(`restored in ${out.restoreMs} ms`);
-    const snapRx = new Map(VMS.map((v) => [v.name, 0]));
-    const afterRestore = await flowing(snapRx, marker, 'streams after the restore');
-    for (const s of afterRestore.values()) {
-      const p = intact(s);
-      if (p) problems.push(`after the restore: ${p}`);
-      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the restore: ${s.name} has another nonce (rebooted, not restored)`);
-    }
-    step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
-    out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+    out.rounds = { livePauseMs: livePause, savePauseMs: savePause, liveTotalMs: liveTotal, saveTotalMs: saveTotal };
+    out.bench = {
+      pause_ms: { live: median(livePause) as number, save: median(savePause) as number },
+      total_s: { live: (median(liveTotal) as number) / 1000, save: (median(saveTotal) as number) / 1000 },
+      streams_intact: problems.length === 0,
+    };
     out.problems = problems;
     out.ok = problems.length === 0;
-  } catch (e) {
-    out.error = (e as Error).stack ?? String(e);
-    out.ok = false;
-    step(`FAILED: ${String(e)}`);
-  } finally {
-    out.totalMs = Date.now() - t0;
-    fs.writeFileSync(RESULT, JSON.stringify(out, null, 2));
-    await stopPeer();
-    await stopProduct([agent, coordinator], procs);
-    process.exit(out.ok ? 0 : 1);
+    return;
   }
+
+  // Destroy and restore.
+  r = await cli(['vne', 'stop', 'xenvne', '--json']);
+  if (r.code !== 0) throw new Error(`vne stop: ${r.stderr}`);
+  step('VNE stopped (domains destroyed)');
+  const marker = new Map(VMS.map((v) => [v.name, fs.existsSync(logOf(v.name)) ? fs.statSync(logOf(v.name)).size : 0]));
+  const tr = Date.now();
+  r = await cli(['restore', done.id, '--json', '--timeout-ms', '900000']);
+  if (r.code !== 0) throw new Error(`restore failed (${r.code}): ${r.stderr.slice(-500)}`);
+  out.restoreMs = Date.now() - tr;
+  step(`restored in ${out.restoreMs} ms`);
+  const snapRx = new Map(VMS.map((v) => [v.name, 0]));
+  const afterRestore = await flowing(snapRx, marker, 'streams after the restore');
+  for (const s of afterRestore.values()) {
+    const p = intact(s);
+    if (p) problems.push(`after the restore: ${p}`);
+    if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the restore: ${s.name} has another nonce (rebooted, not restored)`);
+  }
+  step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
+  out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+  out.problems = problems;
+  out.ok = problems.length === 0;
 }
 
-void main();
+void dom0Main({
+  out,
+  file: RESULT,
+  t0,
+  step,
+  body: main,
+  cleanup: async () => {
+    await stopPeer();
+    await stopProduct([agent, coordinator], procs);
+  },
+});

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { xenNames } from '../../agent/drivers/xen/driver';
 import { run } from '../bench/proc';
-import type { GuestStatus } from './guest-config';
+import { parseStatuses, type GuestStatus } from './guest-config';
 import { FatalWait, sleep, until } from '../support/wait';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -158,19 +158,6 @@ export async function flowing(o: { ends: readonly string[]; logOf: (vm: string) 
   return res;
 }
 
-/** The VNSTAT lines of a piece of console log (a line cut by the end of the text is left out). */
-export function parseStatuses(text: string): GuestStatus[] {
-  const out: GuestStatus[] = [];
-  for (const m of text.matchAll(/VNSTAT (\{.*\})/g)) {
-    try {
-      out.push(JSON.parse(m[1] as string) as GuestStatus);
-    } catch {
-      // cut
-    }
-  }
-  return out;
-}
-
 /** Start the coordinator and agent h1 and wait until the agent is registered. */
 export async function startProduct(imageRoots: readonly string[], say: (s: string) => void): Promise<{ coordinator: Daemon; agent: Daemon }> {
   const coordinator = coordinatorDaemon();
@@ -208,4 +195,40 @@ export async function stopProduct(daemons: (Daemon | undefined)[], others: Child
   const exits = procs.map((p) => new Promise((r) => p.once('exit', r)));
   for (const p of procs.reverse()) p.kill('SIGTERM');
   await Promise.race([Promise.all(exits), sleep(2000)]);
+}
+
+/** What every dom0 program's result file holds (besides its own fields). */
+export interface Dom0Result {
+  steps: string[];
+  ok?: boolean;
+  error?: string;
+  totalMs?: number;
+}
+
+/** A step logger: "+12.3s what" to the result's steps and to the program's output. */
+export function stepper(prefix: string, out: Dom0Result, t0: number): (s: string) => void {
+  return (s) => {
+    const line = `+${((Date.now() - t0) / 1000).toFixed(1)}s ${s}`;
+    out.steps.push(line);
+    console.log(`${prefix}: ${line}`);
+  };
+}
+
+/**
+ * Run a dom0 program's body: a throw marks the result failed (with its stack); in every case the
+ * result is written to `file`, `cleanup` runs, and the process exits 0 only if `out.ok`.
+ */
+export async function dom0Main(o: { out: Dom0Result; file: string; t0: number; step: (s: string) => void; body: () => Promise<void>; cleanup: () => Promise<void> }): Promise<void> {
+  try {
+    await o.body();
+  } catch (e) {
+    o.out.error = (e as Error).stack ?? String(e);
+    o.out.ok = false;
+    o.step(`FAILED: ${String(e)}`);
+  } finally {
+    o.out.totalMs = Date.now() - o.t0;
+    fs.writeFileSync(o.file, JSON.stringify(o.out, null, 2));
+    await o.cleanup();
+    process.exit(o.out.ok ? 0 : 1);
+  }
 }

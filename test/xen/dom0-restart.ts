@@ -24,16 +24,12 @@ import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/drivers/xen/driver';
 import { median } from '../bench/proc';
 import { sleep, until } from '../support/wait';
-import { type Daemon, ENDS, flowing, guestLog, intact, sh, startProduct, startVne, statusesAfter, stopProduct, VAR, VNE, vmStates, vneShow } from './dom0-harness';
+import { type Daemon, type Dom0Result, dom0Main, ENDS, flowing, guestLog, intact, sh, startProduct, startVne, statusesAfter, stepper, stopProduct, VAR, VNE, vmStates, vneShow } from './dom0-harness';
 import { guestConfig, XEN_TEST_IMAGE_ROOTS, type GuestStatus } from './guest-config';
 
-const out: { steps: string[]; rounds: RoundResult[]; problems: string[]; outageMs?: { median: number; max: number }; dead?: unknown; ok?: boolean; error?: string; totalMs?: number } = { steps: [], rounds: [], problems: [] };
+const out: Dom0Result & { rounds: RoundResult[]; problems: string[]; outageMs?: { median: number; max: number }; dead?: unknown } = { steps: [], rounds: [], problems: [] };
 const t0 = Date.now();
-const step = (s: string): void => {
-  const line = `+${((Date.now() - t0) / 1000).toFixed(1)}s ${s}`;
-  out.steps.push(line);
-  console.log(`restart: ${line}`);
-};
+const step = stepper('restart', out, t0);
 /** --rounds N: SIGKILL + immediate start rounds after the SIGKILL and SIGTERM ones (outage figures). */
 const { values: ARGS } = parseArgs({ options: { rounds: { type: 'string', default: '3' }, 'down-ms': { type: 'string', default: '5000' } } });
 const ROUNDS = Number(ARGS.rounds);
@@ -182,40 +178,30 @@ async function deadWhileAway(agent: Daemon, domids: Map<string, number>): Promis
   step(`dead while away: ${problems.length ? problems.join('; ') : 'b reported dead, a adopted and running'}`);
 }
 
+let product: { coordinator: Daemon; agent: Daemon } | undefined;
+
 async function main(): Promise<void> {
-  let product: { coordinator: Daemon; agent: Daemon } | undefined;
-  try {
-    if (!(Number.isInteger(ROUNDS) && ROUNDS >= 0)) throw new Error(`--rounds must be a whole number, not ${ARGS.rounds}`);
-    product = await startProduct(XEN_TEST_IMAGE_ROOTS, step);
-    await startVne(ENDS, (v) => guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: 64, memMib: 128, mem: 16, memrate: 4, report: 1 }));
-    step('VNE started');
-    const zero = new Map<string, number>();
-    const before = await flowing({ ends: NAMES, logOf: guestLog, after: zero, marker: zero, what: 'streams flowing between the guests' });
-    for (const s of before.values()) {
-      const p = intact(s);
-      if (p) throw new Error(`before the first restart: ${p}`);
-    }
-    const listed = await xlList();
-    const domids = new Map(NAMES.map((vm) => [vm, listed.get(names(vm).domName)?.domid ?? -1]));
-    step(`streams flowing; domids ${JSON.stringify(Object.fromEntries(domids))}`);
-    for (const vm of NAMES) out.problems.push(...(await plumbing(vm, domids.get(vm) as number, true)).map((x) => `before: ${x}`));
-    await round(product.agent, 'SIGKILL', DOWN_MS, domids, before);
-    await round(product.agent, 'SIGTERM', DOWN_MS, domids, before);
-    for (let i = 0; i < ROUNDS; i++) await round(product.agent, 'SIGKILL', 0, domids, before);
-    const quick = out.rounds.filter((r) => r.downMs === 0).map((r) => r.outageMs);
-    if (quick.length) out.outageMs = { median: median(quick) as number, max: Math.max(...quick) };
-    await deadWhileAway(product.agent, domids);
-    out.ok = out.problems.length === 0;
-  } catch (e) {
-    out.error = (e as Error).stack ?? String(e);
-    out.ok = false;
-    step(`FAILED: ${String(e)}`);
-  } finally {
-    out.totalMs = Date.now() - t0;
-    fs.writeFileSync('/vnxen/restart.json', JSON.stringify(out, null, 2));
-    await stopProduct([product?.agent, product?.coordinator]);
-    process.exit(out.ok ? 0 : 1);
+  if (!(Number.isInteger(ROUNDS) && ROUNDS >= 0)) throw new Error(`--rounds must be a whole number, not ${ARGS.rounds}`);
+  product = await startProduct(XEN_TEST_IMAGE_ROOTS, step);
+  await startVne(ENDS, (v) => guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: 64, memMib: 128, mem: 16, memrate: 4, report: 1 }));
+  step('VNE started');
+  const zero = new Map<string, number>();
+  const before = await flowing({ ends: NAMES, logOf: guestLog, after: zero, marker: zero, what: 'streams flowing between the guests' });
+  for (const s of before.values()) {
+    const p = intact(s);
+    if (p) throw new Error(`before the first restart: ${p}`);
   }
+  const listed = await xlList();
+  const domids = new Map(NAMES.map((vm) => [vm, listed.get(names(vm).domName)?.domid ?? -1]));
+  step(`streams flowing; domids ${JSON.stringify(Object.fromEntries(domids))}`);
+  for (const vm of NAMES) out.problems.push(...(await plumbing(vm, domids.get(vm) as number, true)).map((x) => `before: ${x}`));
+  await round(product.agent, 'SIGKILL', DOWN_MS, domids, before);
+  await round(product.agent, 'SIGTERM', DOWN_MS, domids, before);
+  for (let i = 0; i < ROUNDS; i++) await round(product.agent, 'SIGKILL', 0, domids, before);
+  const quick = out.rounds.filter((r) => r.downMs === 0).map((r) => r.outageMs);
+  if (quick.length) out.outageMs = { median: median(quick) as number, max: Math.max(...quick) };
+  await deadWhileAway(product.agent, domids);
+  out.ok = out.problems.length === 0;
 }
 
-void main();
+void dom0Main({ out, file: '/vnxen/restart.json', t0, step, body: main, cleanup: () => stopProduct([product?.agent, product?.coordinator]) });

@@ -45,6 +45,19 @@ export async function cachedTestbed(): Promise<string | null> {
   return /VNXEN_DIR=(.*)/.exec(r.stdout)?.[1]?.trim() ?? null;
 }
 
+/**
+ * The `before` of a nested-Xen test file: skipped (with a line saying how to run it) unless
+ * VNSNAP_XEN=1, skipped when not root; else the test bed's directory (built if needed).
+ */
+export async function testbedOrSkip(ctx: Mocha.Context): Promise<string> {
+  if (process.env.VNSNAP_XEN !== '1') {
+    console.log('    (skipped: the nested-Xen tests take 8+ minutes; run them with `npm run test:xen`)');
+    ctx.skip();
+  }
+  if (process.getuid?.() !== 0) ctx.skip();
+  return buildTestbed();
+}
+
 /** Build (or reuse) the test bed; returns its directory. Minutes on a first build. */
 export async function buildTestbed(): Promise<string> {
   const r = await sh('bash', [SCRIPT], 30 * 60_000);
