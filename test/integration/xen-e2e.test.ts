@@ -11,20 +11,13 @@
  * every stream intact).
  */
 import { strict as assert } from 'node:assert';
-import { buildTestbed, runDom0Program } from '../xen/testbed';
-
-const ENABLED = process.env.VNSNAP_XEN === '1';
+import { runDom0Program, testbedOrSkip } from '../xen/testbed';
 
 describe('Xen (nested under QEMU TCG)', function () {
   this.timeout(60 * 60_000);
   let dir = '';
   before(async function () {
-    if (!ENABLED) {
-      console.log('    (skipped: the nested-Xen tests take 8+ minutes; run them with `npm run test:xen`)');
-      this.skip();
-    }
-    if (process.getuid?.() !== 0) this.skip();
-    dir = await buildTestbed();
+    dir = await testbedOrSkip(this);
   });
 
   it('driver against the real toolstack: create, xl save -c, live capture, restore', async () => {

@@ -1,17 +1,27 @@
 /**
  * Xen domains outlive the agent: the Xen driver releases a domain without destroying it, and a
  * new driver adopts it by name and domid (fake toolstack: test/xen/fake-xen-host.ts), re-opening
- * the switch's TAPs in the same bridges and unpausing a domain the dead agent had paused.
+ * the switch's TAPs in the same bridges and unpausing a domain the dead agent had paused; and
+ * through a whole agent (state records, Register.running): a domain destroyed while no agent
+ * ran is reported dead and its record removed, the other domain adopted and left untouched.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Agent } from '../../agent/agent';
 import type { VmStartSpec } from '../../agent/drivers/driver';
 import { XenDriver, xenNames } from '../../agent/drivers/xen/driver';
+import { ManualClock } from '../../proto/core/clock';
 import { isVnsnapError } from '../../proto/core/errors';
+import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
+import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { silentLogger } from '../../proto/core/log';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
+import { T0, VNE } from '../support/agent-parts';
+import { FakeSessionTransport } from '../support/fake-session';
 import { FakeXenHost } from '../xen/fake-xen-host';
 
 /** The fake toolstack with `xl list`'s paused flag. */
@@ -63,7 +73,7 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
     assert.deepEqual(second.inspect('v/a'), { domName: dom.domName, domid, status: 'running' });
     assert.equal(fake.doms.get(dom.domName)?.state, 'running');
     assert.deepEqual([...fake.bridges], [[dom.bridges[0], dom.taps[0]]]);
-    assert.deepEqual(fake.calls, [`create ${dom.domName}`], 'nothing made again');
+    assert.deepEqual(fake.calls, [`create ${dom.domName}`, `cap ${dom.domName} 0`], 'nothing made again; a capture\'s leftover CPU cap lifted');
   });
 
   it('a domain that is gone, or another domain under the name (other domid), is not adopted (ERR_NOT_FOUND)', async () => {
@@ -79,5 +89,57 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
     await assert.rejects(second.adopt(spec, saved, ctx), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === `Xen domain ${dom.domName} is another domain now (domid ${now}, recorded ${saved.state.domid})`);
     assert.equal(second.inspect('v/a'), undefined);
     await assert.rejects(second.adopt(spec, { state: { domName: 'vnsnap-other', domid: 3 } }, ctx), (e: unknown) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+  });
+
+  describe('through the agent', () => {
+    const agents: Agent[] = [];
+    let id = 0;
+    const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
+    const vmSpec = (name: string, i: number): VmSpec__Output => ({ name, host: 'h1', macs: [`00:16:3e:00:00:0${i}`], driver: { kind: 'xen', xen: { config: 'type="pv"\n' } } });
+
+    function newAgent(): { agent: Agent; transport: FakeSessionTransport } {
+      const transport = new FakeSessionTransport();
+      const agent = new Agent({
+        id: 'h1',
+        coordinator: 'coord:1',
+        tunnel: { address: '10.0.0.1', port: 6081 },
+        storeRoot: path.join(dir, 'store'),
+        stateDir: path.join(dir, 'state'),
+        drivers: [newDriver()],
+        hostname: 'host-1',
+        transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081),
+        session: transport.factory,
+        clock: new ManualClock(T0),
+      });
+      agents.push(agent);
+      return { agent, transport };
+    }
+
+    afterEach(async () => {
+      for (const a of agents.splice(0)) await a.stop().catch(() => undefined);
+    });
+
+    it('a domain destroyed while no agent ran is reported dead (record removed, not in Register.running); the other is adopted untouched', async () => {
+      const first = newAgent();
+      await first.agent.start();
+      first.transport.last.welcome(1000);
+      assert.equal((await first.transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } }))).ok, true);
+      for (const [i, n] of ['a', 'b'].entries()) assert.equal((await first.transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: vmSpec(n, i + 1), epoch: 2, vneVms: [] } }))).ok, true);
+      await first.agent.stop(); // SIGTERM's path: the domains are released, not destroyed
+      const a = xenNames(`${VNE}/a`, 1).domName;
+      const b = xenNames(`${VNE}/b`, 1).domName;
+      const domidA = fake.doms.get(a)?.domid;
+      assert.equal(fake.doms.get(a)?.state, 'running');
+      await fake.destroy(b); // dies while no agent runs
+      fake.calls.length = 0;
+      const second = newAgent();
+      await second.agent.start();
+      assert.deepEqual(second.agent.adoption, { adopted: [{ vm: `${VNE}/a`, resumed: false }], dead: [{ vm: `${VNE}/b`, reason: `gone: Xen domain ${b} is gone [ERR_NOT_FOUND]` }], skipped: [] });
+      assert.deepEqual(second.transport.last.written[0]?.register?.running, [{ vne: VNE, vm: 'a', epoch: 2, generation: 1 }]);
+      assert.deepEqual(fs.readdirSync(path.join(dir, 'state', 'vms')), [`${VNE}_a`]);
+      assert.deepEqual({ domid: fake.doms.get(a)?.domid, state: fake.doms.get(a)?.state }, { domid: domidA, state: 'running' });
+      assert.equal(fake.doms.has(b), false, 'b is not made again');
+      assert.deepEqual(fake.calls, [`cap ${a} 0`], 'no domain made again (create, restore); a\'s CPU cap lifted');
+    });
   });
 });

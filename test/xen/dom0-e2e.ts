@@ -6,25 +6,20 @@
  * destroyed and restored; every stream must continue with no gap, duplicate or corruption
  * (vnguest: errors 0, reconnects 0, same nonce, bytes growing). Writes /vnxen/e2e.json.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { xenNames } from '../../agent/drivers/xen/driver';
-import { median, run } from '../bench/proc';
-import { sleep, until } from '../support/wait';
+import { median } from '../bench/proc';
+import { cli, type Cli, type Daemon, dom0Main, type Dom0Result, ENDS, flowing as flowing0, guestLog, intact, sh, startProduct, startVne, stepper, stopProduct } from './dom0-harness';
 import { guestConfig, XEN_TEST_IMAGE_ROOTS, type GuestStatus } from './guest-config';
 
-const REPO = path.resolve(__dirname, '..', '..', '..');
-const VAR = '/var/lib/vnsnap';
-const out: Record<string, unknown> = { steps: [] as string[] };
+const out: Dom0Result & Record<string, unknown> = { steps: [] };
 const t0 = Date.now();
-const step = (s: string): void => {
-  const line = `+${((Date.now() - t0) / 1000).toFixed(1)}s ${s}`;
-  (out.steps as string[]).push(line);
-  console.log(`e2e: ${line}`);
-};
+const step = stepper('e2e', out, t0);
 const procs: ChildProcess[] = [];
+let coordinator: Daemon | undefined;
+let agent: Daemon | undefined;
 /** --bench (test/bench/xen-bench.ts): heavier memory load, a live and an `xl save -c` snapshot, no restore. */
 const { values: ARGS } = parseArgs({ options: { bench: { type: 'boolean' }, vms: { type: 'string' }, rounds: { type: 'string', default: '3' }, 'dom0-weight': { type: 'string', default: '0' } } });
 const BENCH = ARGS.bench === true;
@@ -43,40 +38,8 @@ const DOM0_WEIGHT = Number(ARGS['dom0-weight']);
 const PEER_NS = 'vnxbench';
 const PEER_LOG = '/vnxen/peer-b.log';
 
-function cli(args: string[], timeoutMs = 600_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(REPO, 'dist/coordinator/cli/main.js'), ...args], { timeout: timeoutMs, maxBuffer: 32 << 20, env: { ...process.env, VNSNAP_INSECURE_PLAINTEXT: '1' } }, (err, stdout, stderr) => {
-      resolve({ code: err ? Number((err as { code?: unknown }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
-
-function daemon(name: string, args: string[]): Promise<void> {
-  const p = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', fs.openSync(`/vnxen/${name}.log`, 'a')] });
-  procs.push(p);
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    p.stdout?.on('data', (d: Buffer) => {
-      buf += d.toString();
-      if (buf.includes('"ready"') || /listening|ready/i.test(buf)) resolve();
-    });
-    p.on('exit', (c) => reject(new Error(`${name} exited ${c}: ${buf}`)));
-    setTimeout(() => resolve(), 60_000);
-  });
-}
-
-/** The stream endpoints: the first GUESTS are the VNE's guests, the rest the dom0 peer. */
-const ENDS = [
-  { name: 'a', ip: '10.9.0.1', mac: '00:16:3e:09:00:01', peer: '10.9.0.2' },
-  { name: 'b', ip: '10.9.0.2', mac: '00:16:3e:09:00:02', peer: '10.9.0.1' },
-];
 const VMS = ENDS.slice(0, GUESTS);
-const logOf = (vm: string): string => (VMS.some((v) => v.name === vm) ? `/var/log/xen/console/guest-${xenNames(`xenvne/${vm}`, 1).domName}.log` : PEER_LOG);
-
-async function sh(cmd: string, args: string[]): Promise<void> {
-  const r = await run(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr.trim() || `exit ${r.code}`}`);
-}
+const logOf = (vm: string): string => (VMS.some((v) => v.name === vm) ? guestLog(vm) : PEER_LOG);
 
 /** The dom0 end of guest a's streams (GUESTS = 1): a namespace, a veth on a's bridge, vnguest. */
 async function startPeer(): Promise<void> {
@@ -100,184 +63,119 @@ async function stopPeer(): Promise<void> {
   await sh('ip', ['netns', 'del', PEER_NS]).catch(() => undefined);
 }
 
-function intact(s: GuestStatus): string | null {
-  if (s.totals.errors !== 0) return `${s.name}: ${s.totals.errors} errors (${s.in.map((i) => i.first_error).join('; ')})`;
-  if (s.totals.reconnects !== 0) return `${s.name}: ${s.totals.reconnects} reconnects`;
-  if (!s.out.every((o) => o.connected) || !s.in.every((i) => i.open) || s.in.length === 0) return `${s.name}: a stream is not connected`;
-  return null;
-}
-
-async function flowing(after: Map<string, number>, marker: Map<string, number>, what: string, minGrowth = 64 * 1024): Promise<Map<string, GuestStatus>> {
-  const res = new Map<string, GuestStatus>();
-  await until(
-    what,
-    () => {
-      for (const vm of ENDS) {
-        const text = fs.existsSync(logOf(vm.name)) ? fs.readFileSync(logOf(vm.name), 'utf8').slice(marker.get(vm.name) ?? 0) : '';
-        const st = [...text.matchAll(/VNSTAT (\{.*\})/g)].map((m) => {
-          try {
-            return JSON.parse(m[1] as string) as GuestStatus;
-          } catch {
-            return null;
-          }
-        });
-        const last = st.filter((x): x is GuestStatus => x !== null).pop();
-        if (!last || last.in.length === 0) return Promise.resolve(null);
-        if (last.totals.received < (after.get(vm.name) ?? 0) + minGrowth) return Promise.resolve(null);
-        res.set(vm.name, last);
-      }
-      return Promise.resolve(true);
-    },
-    { timeoutMs: 900_000, everyMs: 500 },
-  );
-  return res;
-}
+const flowing = (after: Map<string, number>, marker: Map<string, number>, what: string): Promise<Map<string, GuestStatus>> =>
+  flowing0({ ends: ENDS.map((e) => e.name), logOf, after, marker, what });
 
 async function main(): Promise<void> {
-  try {
-    if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
-    if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
-    fs.mkdirSync(`${VAR}/store`, { recursive: true });
-    // Heartbeats every 2 s, dead after 30 s: in the TCG-nested dom0 a live capture stalls the
-    // agent's event loop for seconds, and the default 3 s once declared it dead mid-snapshot.
-    fs.writeFileSync(`${VAR}/coordinator.json`, JSON.stringify({ commandTimeoutMs: 900_000, heartbeatIntervalMs: 2000, deadAfterMs: 30_000 }));
-    await daemon('coordinator', [path.join(REPO, 'dist/coordinator/main.js'), '--config', `${VAR}/coordinator.json`, '--listen', '127.0.0.1:7443', '--insecure-plaintext', '--db', `${VAR}/catalog.db`, '--store-dir', `${VAR}/store`, '--log-level', 'info']);
-    fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], imageRoots: XEN_TEST_IMAGE_ROOTS, logLevel: 'info', insecurePlaintext: true }));
-    await daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`]);
-    step('coordinator and agent up');
-    await until(
-      'agent registered',
-      async () => {
-        const a = await cli(['agents', '--json']);
-        if (!a.stdout.includes('"h1"')) console.log(`e2e: agents: ${a.code} ${a.stdout.slice(0, 200)} ${a.stderr.slice(0, 300)}`);
-        return a.stdout.includes('"h1"') ? true : null;
-      },
-      { timeoutMs: 600_000, everyMs: 500 },
-    );
-    const vne = {
-      name: 'xenvne',
-      vni: 77,
-      vms: VMS.map((v) => ({
-        name: v.name,
-        host: 'h1',
-        macs: [v.mac],
-        driver: { xen: { config: guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: 16, memrate: BENCH ? 8 : 4, report: 1 }) } },
-      })),
-    };
-    step(`${GUESTS} guest(s) on the VNE${GUESTS < ENDS.length ? `, the other end of the streams in dom0 namespace ${PEER_NS}` : ''}`);
-    fs.writeFileSync(`${VAR}/vne.json`, JSON.stringify(vne));
-    let r = await cli(['vne', 'define', `${VAR}/vne.json`, '--json']);
-    if (r.code !== 0) throw new Error(`vne define: ${r.stderr}`);
-    r = await cli(['vne', 'start', 'xenvne', '--json']);
-    if (r.code !== 0) throw new Error(`vne start: ${r.stderr}`);
-    step('VNE started');
-    if (GUESTS < ENDS.length) await startPeer();
-    if (DOM0_WEIGHT > 0) {
-      await sh('xl', ['sched-credit2', '-d', '0', '-w', String(DOM0_WEIGHT)]).catch(() => sh('xl', ['sched-credit', '-d', '0', '-w', String(DOM0_WEIGHT)]));
-      step(`dom0 scheduler weight ${DOM0_WEIGHT}`);
-    }
-    const zero = new Map<string, number>();
-    const before = await flowing(zero, zero, 'streams flowing between the guests');
-    for (const s of before.values()) {
-      const p = intact(s);
-      if (p) throw new Error(`before the snapshot: ${p}`);
-    }
-    step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
+  if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
+  if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
+  ({ coordinator, agent } = await startProduct(XEN_TEST_IMAGE_ROOTS, step));
+  step(`${GUESTS} guest(s) on the VNE${GUESTS < ENDS.length ? `, the other end of the streams in dom0 namespace ${PEER_NS}` : ''}`);
+  await startVne(VMS, (v) => guestConfig({ name: v.name, ip: `${v.ip}/24`, peers: [`${v.peer}:7001`], rate: BENCH ? 256 : 64, memMib: 128, mem: 16, memrate: BENCH ? 8 : 4, report: 1 }));
+  let r: Cli;
+  step('VNE started');
+  if (GUESTS < ENDS.length) await startPeer();
+  if (DOM0_WEIGHT > 0) {
+    await sh('xl', ['sched-credit2', '-d', '0', '-w', String(DOM0_WEIGHT)]).catch(() => sh('xl', ['sched-credit', '-d', '0', '-w', String(DOM0_WEIGHT)]));
+    step(`dom0 scheduler weight ${DOM0_WEIGHT}`);
+  }
+  const zero = new Map<string, number>();
+  const before = await flowing(zero, zero, 'streams flowing between the guests');
+  for (const s of before.values()) {
+    const p = intact(s);
+    if (p) throw new Error(`before the snapshot: ${p}`);
+  }
+  step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
 
-    // Live snapshot.
-    const ts = Date.now();
-    r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'precopy', '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
-    const events = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } });
-    const done = events.find((e) => e.done)?.done;
-    if (r.code !== 0 || !done || done.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot failed (${r.code}): ${done?.error ?? r.stderr}`);
-    out.snapshot = { id: done.id, totalMs: Date.now() - ts, pauses: Object.fromEntries(done.vms.map((v) => [v.name, v.pauseMs])) };
-    step(`live snapshot ${done.id} complete in ${Date.now() - ts} ms, pauses ${JSON.stringify((out.snapshot as { pauses: unknown }).pauses)}`);
-    const afterSnap = await flowing(new Map([...before].map(([k, v]) => [k, v.totals.received])), zero, 'streams after the snapshot');
-    const problems: string[] = [];
-    for (const s of afterSnap.values()) {
-      const p = intact(s);
-      if (p) problems.push(`after the snapshot: ${p}`);
-      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the snapshot: ${s.name} restarted`);
-    }
-    step(`streams after the snapshot: ${[...afterSnap.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects}`).join(', ')}`);
-    out.afterSnapshot = Object.fromEntries([...afterSnap].map(([k, s]) => [k, s.totals]));
+  // Live snapshot.
+  const ts = Date.now();
+  r = await cli(['snapshot', 'create', 'xenvne', '--mode', 'precopy', '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
+  const events = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } });
+  const done = events.find((e) => e.done)?.done;
+  if (r.code !== 0 || !done || done.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`snapshot failed (${r.code}): ${done?.error ?? r.stderr}`);
+  out.snapshot = { id: done.id, totalMs: Date.now() - ts, pauses: Object.fromEntries(done.vms.map((v) => [v.name, v.pauseMs])) };
+  step(`live snapshot ${done.id} complete in ${Date.now() - ts} ms, pauses ${JSON.stringify((out.snapshot as { pauses: unknown }).pauses)}`);
+  const afterSnap = await flowing(new Map([...before].map(([k, v]) => [k, v.totals.received])), zero, 'streams after the snapshot');
+  const problems: string[] = [];
+  for (const s of afterSnap.values()) {
+    const p = intact(s);
+    if (p) problems.push(`after the snapshot: ${p}`);
+    if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the snapshot: ${s.name} restarted`);
+  }
+  step(`streams after the snapshot: ${[...afterSnap.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects}`).join(', ')}`);
+  out.afterSnapshot = Object.fromEntries([...afterSnap].map(([k, s]) => [k, s.totals]));
 
-    if (BENCH) {
-      // Round 1's live snapshot is the one above; each round adds an `xl save -c` snapshot, and
-      // later rounds a live one first. Medians over the rounds (the nested machine is noisy).
-      const livePause = [Math.max(...Object.values((out.snapshot as { pauses: Record<string, number> }).pauses))];
-      const liveTotal = [(out.snapshot as { totalMs: number }).totalMs];
-      const savePause: number[] = [];
-      const saveTotal: number[] = [];
-      let rx = new Map([...afterSnap].map(([k, v]) => [k, v.totals.received]));
-      const oneSnapshot = async (mode: 'precopy' | 'background', what: string): Promise<void> => {
-        const tb = Date.now();
-        r = await cli(['snapshot', 'create', 'xenvne', '--mode', mode, '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
-        const d = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } }).find((e) => e.done)?.done;
-        if (r.code !== 0 || !d || d.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${what} snapshot failed (${r.code}): ${d?.error ?? r.stderr}`);
-        const totalMs = Date.now() - tb;
-        (mode === 'precopy' ? livePause : savePause).push(Math.max(...d.vms.map((v) => v.pauseMs)));
-        (mode === 'precopy' ? liveTotal : saveTotal).push(totalMs);
-        step(`${what} snapshot ${d.id} in ${totalMs} ms, pauses ${JSON.stringify(d.vms.map((v) => [v.name, v.pauseMs]))}`);
-        const after = await flowing(rx, zero, `streams after the ${what} snapshot`);
-        for (const st of after.values()) {
-          const p = intact(st);
-          if (p) problems.push(`after the ${what} snapshot: ${p}`);
-          if (st.nonce !== before.get(st.name)?.nonce) problems.push(`after the ${what} snapshot: ${st.name} restarted`);
-        }
-        rx = new Map([...after].map(([k, v]) => [k, v.totals.received]));
-      };
-      for (let round = 1; round <= ROUNDS; round++) {
-        if (round > 1) await oneSnapshot('precopy', `live (round ${round})`);
-        await oneSnapshot('background', `xl save -c (round ${round})`);
+  if (BENCH) {
+    // Round 1's live snapshot is the one above; each round adds an `xl save -c` snapshot, and
+    // later rounds a live one first. Medians over the rounds (the nested machine is noisy).
+    const livePause = [Math.max(...Object.values((out.snapshot as { pauses: Record<string, number> }).pauses))];
+    const liveTotal = [(out.snapshot as { totalMs: number }).totalMs];
+    const savePause: number[] = [];
+    const saveTotal: number[] = [];
+    let rx = new Map([...afterSnap].map(([k, v]) => [k, v.totals.received]));
+    const oneSnapshot = async (mode: 'precopy' | 'background', what: string): Promise<void> => {
+      const tb = Date.now();
+      r = await cli(['snapshot', 'create', 'xenvne', '--mode', mode, '--json', '--deadline-ms', '120000', '--timeout-ms', '900000']);
+      const d = r.stdout.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: { id: string; state: string; error: string; vms: { name: string; pauseMs: number }[] } }).find((e) => e.done)?.done;
+      if (r.code !== 0 || !d || d.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${what} snapshot failed (${r.code}): ${d?.error ?? r.stderr}`);
+      const totalMs = Date.now() - tb;
+      (mode === 'precopy' ? livePause : savePause).push(Math.max(...d.vms.map((v) => v.pauseMs)));
+      (mode === 'precopy' ? liveTotal : saveTotal).push(totalMs);
+      step(`${what} snapshot ${d.id} in ${totalMs} ms, pauses ${JSON.stringify(d.vms.map((v) => [v.name, v.pauseMs]))}`);
+      const after = await flowing(rx, zero, `streams after the ${what} snapshot`);
+      for (const st of after.values()) {
+        const p = intact(st);
+        if (p) problems.push(`after the ${what} snapshot: ${p}`);
+        if (st.nonce !== before.get(st.name)?.nonce) problems.push(`after the ${what} snapshot: ${st.name} restarted`);
       }
-      out.rounds = { livePauseMs: livePause, savePauseMs: savePause, liveTotalMs: liveTotal, saveTotalMs: saveTotal };
-      out.bench = {
-        pause_ms: { live: median(livePause) as number, save: median(savePause) as number },
-        total_s: { live: (median(liveTotal) as number) / 1000, save: (median(saveTotal) as number) / 1000 },
-        streams_intact: problems.length === 0,
-      };
-      out.problems = problems;
-      out.ok = problems.length === 0;
-      return;
+      rx = new Map([...after].map(([k, v]) => [k, v.totals.received]));
+    };
+    for (let round = 1; round <= ROUNDS; round++) {
+      if (round > 1) await oneSnapshot('precopy', `live (round ${round})`);
+      await oneSnapshot('background', `xl save -c (round ${round})`);
     }
-
-    // Destroy and restore.
-    r = await cli(['vne', 'stop', 'xenvne', '--json']);
-    if (r.code !== 0) throw new Error(`vne stop: ${r.stderr}`);
-    step('VNE stopped (domains destroyed)');
-    const marker = new Map(VMS.map((v) => [v.name, fs.existsSync(logOf(v.name)) ? fs.statSync(logOf(v.name)).size : 0]));
-    const tr = Date.now();
-    r = await cli(['restore', done.id, '--json', '--timeout-ms', '900000']);
-    if (r.code !== 0) throw new Error(`restore failed (${r.code}): ${r.stderr.slice(-500)}`);
-    out.restoreMs = Date.now() - tr;
-    step(`restored in ${out.restoreMs} ms`);
-    const snapRx = new Map(VMS.map((v) => [v.name, 0]));
-    const afterRestore = await flowing(snapRx, marker, 'streams after the restore');
-    for (const s of afterRestore.values()) {
-      const p = intact(s);
-      if (p) problems.push(`after the restore: ${p}`);
-      if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the restore: ${s.name} has another nonce (rebooted, not restored)`);
-    }
-    step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
-    out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+    out.rounds = { livePauseMs: livePause, savePauseMs: savePause, liveTotalMs: liveTotal, saveTotalMs: saveTotal };
+    out.bench = {
+      pause_ms: { live: median(livePause) as number, save: median(savePause) as number },
+      total_s: { live: (median(liveTotal) as number) / 1000, save: (median(saveTotal) as number) / 1000 },
+      streams_intact: problems.length === 0,
+    };
     out.problems = problems;
     out.ok = problems.length === 0;
-  } catch (e) {
-    out.error = (e as Error).stack ?? String(e);
-    out.ok = false;
-    step(`FAILED: ${String(e)}`);
-  } finally {
-    out.totalMs = Date.now() - t0;
-    fs.writeFileSync(RESULT, JSON.stringify(out, null, 2));
-    await cli(['vne', 'stop', 'xenvne']).catch(() => undefined);
-    await stopPeer();
-    for (const p of procs.reverse()) p.kill('SIGTERM');
-    // Let them stop cleanly (their exits), for 2 s at the most.
-    const exits = procs.map((p) => (p.exitCode !== null || p.signalCode !== null ? undefined : new Promise((r) => p.once('exit', r))));
-    await Promise.race([Promise.all(exits), sleep(2000)]);
-    process.exit(out.ok ? 0 : 1);
+    return;
   }
+
+  // Destroy and restore.
+  r = await cli(['vne', 'stop', 'xenvne', '--json']);
+  if (r.code !== 0) throw new Error(`vne stop: ${r.stderr}`);
+  step('VNE stopped (domains destroyed)');
+  const marker = new Map(VMS.map((v) => [v.name, fs.existsSync(logOf(v.name)) ? fs.statSync(logOf(v.name)).size : 0]));
+  const tr = Date.now();
+  r = await cli(['restore', done.id, '--json', '--timeout-ms', '900000']);
+  if (r.code !== 0) throw new Error(`restore failed (${r.code}): ${r.stderr.slice(-500)}`);
+  out.restoreMs = Date.now() - tr;
+  step(`restored in ${out.restoreMs} ms`);
+  const snapRx = new Map(VMS.map((v) => [v.name, 0]));
+  const afterRestore = await flowing(snapRx, marker, 'streams after the restore');
+  for (const s of afterRestore.values()) {
+    const p = intact(s);
+    if (p) problems.push(`after the restore: ${p}`);
+    if (s.nonce !== before.get(s.name)?.nonce) problems.push(`after the restore: ${s.name} has another nonce (rebooted, not restored)`);
+  }
+  step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
+  out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+  out.problems = problems;
+  out.ok = problems.length === 0;
 }
 
-void main();
+void dom0Main({
+  out,
+  file: RESULT,
+  t0,
+  step,
+  body: main,
+  cleanup: async () => {
+    await stopPeer();
+    await stopProduct([agent, coordinator], procs);
+  },
+});

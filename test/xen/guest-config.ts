@@ -73,14 +73,8 @@ export interface GuestStatus {
   totals: { sent: number; received: number; stream_errors: number; reconnects: number; errors: number };
 }
 
-/** Every VNSTAT line of a console log (optionally only after a marker line). */
-export function statuses(logFile: string, after?: string): GuestStatus[] {
-  if (!fs.existsSync(logFile)) return [];
-  let text = fs.readFileSync(logFile, 'utf8');
-  if (after) {
-    const i = text.lastIndexOf(after);
-    text = i >= 0 ? text.slice(i) : '';
-  }
+/** The VNSTAT lines of a piece of console log (a line cut by the end of the text is left out). */
+export function parseStatuses(text: string): GuestStatus[] {
   const out: GuestStatus[] = [];
   for (const m of text.matchAll(/VNSTAT (\{.*\})/g)) {
     try {
@@ -90,6 +84,17 @@ export function statuses(logFile: string, after?: string): GuestStatus[] {
     }
   }
   return out;
+}
+
+/** Every VNSTAT line of a console log (optionally only after a marker line). */
+export function statuses(logFile: string, after?: string): GuestStatus[] {
+  if (!fs.existsSync(logFile)) return [];
+  let text = fs.readFileSync(logFile, 'utf8');
+  if (after) {
+    const i = text.lastIndexOf(after);
+    text = i >= 0 ? text.slice(i) : '';
+  }
+  return parseStatuses(text);
 }
 
 export function latestStatus(logFile: string, after?: string): Promise<GuestStatus | null> {

@@ -24,11 +24,38 @@ function sh(cmd: string, args: string[], timeoutMs: number): Promise<{ code: num
   });
 }
 
+/**
+ * A checkout whose node_modules is a symlink (a git worktree sharing another checkout's) cannot
+ * resolve it inside dom0, where the checkout is the 9p share at /work/main: the link's target
+ * is not there. Such a node_modules is shared separately (tag "nodemods") and dom0 finds it
+ * through NODE_PATH (DOM0_NODE_PATH); null when node_modules is a plain directory.
+ */
+function nodeModulesShare(): string | null {
+  const nm = path.join(REPO, 'node_modules');
+  return fs.existsSync(nm) && fs.lstatSync(nm).isSymbolicLink() ? fs.realpathSync(nm) : null;
+}
+
+/** Shell lines for a dom0 script: mount the shared node_modules (nodeModulesShare) and point NODE_PATH at it. */
+const DOM0_NODE_PATH = 'if [ -n "$(grep -l nodemods /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null)" ]; then mkdir -p /vnxen-nm && mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro nodemods /vnxen-nm && export NODE_PATH=/vnxen-nm; fi\n';
+
 /** The cached test bed's directory, or null when it is not built for the current inputs. */
 export async function cachedTestbed(): Promise<string | null> {
   const r = await sh('bash', [SCRIPT, '--print-paths'], 120_000);
   if (r.code !== 0) return null;
   return /VNXEN_DIR=(.*)/.exec(r.stdout)?.[1]?.trim() ?? null;
+}
+
+/**
+ * The `before` of a nested-Xen test file: skipped (with a line saying how to run it) unless
+ * VNSNAP_XEN=1, skipped when not root; else the test bed's directory (built if needed).
+ */
+export async function testbedOrSkip(ctx: Mocha.Context): Promise<string> {
+  if (process.env.VNSNAP_XEN !== '1') {
+    console.log('    (skipped: the nested-Xen tests take 8+ minutes; run them with `npm run test:xen`)');
+    ctx.skip();
+  }
+  if (process.getuid?.() !== 0) ctx.skip();
+  return buildTestbed();
 }
 
 /** Build (or reuse) the test bed; returns its directory. Minutes on a first build. */
@@ -95,6 +122,8 @@ export async function runInDom0(o: XenRunOptions): Promise<XenRun> {
     '-virtfs', `local,path=${o.dir},mount_tag=img,security_model=none,readonly=on`,
     '-serial', `file:${consoleFile}`,
   ];
+  const nm = nodeModulesShare();
+  if (nm) args.push('-virtfs', `local,path=${nm},mount_tag=nodemods,security_model=none,readonly=on`);
   const t0 = Date.now();
   const q = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let qemuErr = '';
@@ -149,7 +178,7 @@ export async function runDom0Program<T>(o: { dir: string; program: string; args?
   const cmd = ['node', `dist/test/xen/${o.program}.js`, ...(o.args ?? [])].join(' ');
   const run = await runInDom0({
     dir: o.dir,
-    script: `#!/bin/sh\ncd /work/main && ${cmd}\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n`,
+    script: `#!/bin/sh\n${DOM0_NODE_PATH}cd /work/main && ${cmd}\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n`,
     timeoutMs: o.timeoutMs,
     results: [o.result],
   });

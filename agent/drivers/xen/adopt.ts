@@ -14,9 +14,13 @@
  *    idempotent), so the vifs are reachable again;
  *  - unpauses a domain found paused (the dead agent paused it for a cut). A snapshot stream the
  *    dead agent had running (`xl migrate` into its receiver) fails with the receiver, and xl
- *    then resumes the domain itself.
+ *    then resumes the domain itself;
+ *  - lifts any CPU cap: the driver's configurations allow none (proto/specs/xen-config.ts), so
+ *    a cap on the domain is the convergence cap of a live capture the dead agent had under way
+ *    (converge.ts), which would otherwise throttle the guest for good. A failure to lift it is
+ *    logged, not fatal: the domain runs, only slower.
  */
-import { VnsnapError } from '../../../proto/core/errors';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
 import type { XenVm } from './job-base';
 import { attachPorts, xenNames, type DiskRef } from './network';
@@ -70,6 +74,7 @@ export async function adoptXenVm(d: XenAdoptionParts, spec: VmStartSpec, state: 
     throw e;
   }
   d.add(spec.id, { spec, domName: st.domName, domid, status: 'running', ports, bridges, ...(st.disk ? { disk: st.disk } : {}) });
+  await d.host.setCap(st.domName, 0).catch((e: unknown) => ctx.log.warn({ domain: st.domName, err: describeError(e) }, 'cannot lift the CPU cap of an adopted Xen domain'));
   ctx.log.info({ domain: st.domName, domid, resumed }, 'xen domain adopted');
   return { name: spec.name, ports, resumed };
 }
