@@ -42,6 +42,7 @@ import { sendOk, type AgentLink } from './agent-link';
 import type { Catalog } from './catalog';
 import type { EventBus } from './events';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
+import { withDiskStatus, type BaseVmStatus } from './vm-disks';
 
 export interface VneHealthOptions {
   catalog: Catalog;
@@ -85,7 +86,7 @@ export class VneHealth {
   /** The VNE with its per-VM status filled in. */
   describe(vne: Vne__Output): Vne__Output {
     const placement = placementOf(vne);
-    const vmStatus: VmStatus__Output[] = vne.vms.map((vm) => {
+    const vmStatus: BaseVmStatus[] = vne.vms.map((vm) => {
       const host = placement[vm.name] as string;
       const reachable = this.o.agents.isConnected(host);
       let state: VmStatus__Output['state'] = 'VM_RUN_STATE_RUNNING';
@@ -94,7 +95,7 @@ export class VneHealth {
       else if (!reachable) state = 'VM_RUN_STATE_UNMANAGED';
       return { vm: vm.name, host, hostReachable: reachable, state };
     });
-    return { ...vne, vmStatus };
+    return withDiskStatus(this.o.catalog.disks, vne, vmStatus);
   }
 
   agentLeft(agentId: string, reason: string): void {

@@ -131,7 +131,7 @@ describe('coordinator service: VNE definitions', () => {
   it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
     const { svc, clock } = setup();
     const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
-    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [], stateReason: '' });
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED', diskSource: 'DISK_SOURCE_SPEC', diskHost: '', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 }], fenced: [], stateReason: '' });
     assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
     await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
     await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
@@ -155,7 +155,7 @@ describe('coordinator service: VNE definitions', () => {
       { name: 'vm1', macs: ['52:54:00:00:00:01'] },
       { name: 'vm2', macs: ['52:54:00:00:00:02'] },
     ];
-    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0, vneVms });
+    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0, vneVms, keptDisk: false });
     await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is already running');
     await assert.rejects(s.svc.updateVne(req()), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it before changing its definition');
     await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it first');
@@ -337,8 +337,8 @@ describe('coordinator service: an agent away, and back', () => {
     assert.equal(v.state, 'VNE_STATE_DEGRADED');
     assert.equal(v.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
     assert.deepEqual(v.vmStatus, [
-      { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
-      { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
+      { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING', diskSource: 'DISK_SOURCE_INSTANCE', diskHost: 'h1', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 },
+      { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED', diskSource: 'DISK_SOURCE_INSTANCE', diskHost: 'h2', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 },
     ]);
     assert.deepEqual((await s.svc.listVnes()).vnes.map((x) => x.vmStatus.map((st) => st.state)), [['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_UNMANAGED']]);
     await assert.rejects(
@@ -591,7 +591,7 @@ describe('coordinator service: snapshots and restores', () => {
     ]);
     const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
     assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
-    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1' }, { vne: 'blue', vm: 'vm2' }]);
+    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1', discardDisk: true }, { vne: 'blue', vm: 'vm2', discardDisk: true }]);
     assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
     const prep = byName('restorePrepare')[0]?.body.restorePrepare;
     assert.equal(prep?.restoreId, 'r-blue-s1');
