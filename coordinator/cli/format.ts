@@ -114,11 +114,15 @@ export function diskWhere(s: VmStatus__Output): string {
   return "from its spec's image";
 }
 
-/** The "disks:" block of `vne show` (nothing from a coordinator that does not report disks). */
+/**
+ * The "disks:" block of `vne show`: every VM's line, when some VM of the VNE has a disk of its
+ * own (kept, or a running one with its path); nothing for VNEs whose VMs have none (simulated
+ * VMs, Xen guests, which write into their spec's image) or from a coordinator that does not
+ * report disks.
+ */
 function disks(status: readonly VmStatus__Output[]): string {
-  const known = status.filter((s) => s.diskSource && s.diskSource !== 'DISK_SOURCE_UNSPECIFIED');
-  if (known.length === 0) return '';
-  return 'disks:\n' + known.map((s) => `  ${s.vm}: ${diskWhere(s)}\n`).join('');
+  if (!status.some((s) => s.diskSource === 'DISK_SOURCE_KEPT' || (s.diskSource === 'DISK_SOURCE_INSTANCE' && s.diskPath))) return '';
+  return 'disks:\n' + status.map((s) => `  ${s.vm}: ${diskWhere(s)}\n`).join('');
 }
 
 export function describeVne(v: Vne__Output): string {
