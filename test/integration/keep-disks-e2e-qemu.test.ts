@@ -15,28 +15,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest, channelStatus, ensureQemu, guestImageRoots, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, type CliResult } from '../support/cluster';
-import { QEMU_WORKDIR } from '../support/qemu-vne';
+import { instanceDir as vneInstanceDir } from '../support/qemu-vne';
 import { until } from '../support/wait';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 const PRINT = process.env.VNSNAP_KEEP_DISKS_PRINT === '1';
 const VNE = 'kdq';
 
-/** The running QEMU's instance directory of VM `vm` of the VNE (its pid file names a live QEMU). */
-function instanceDir(vm: string): string | undefined {
-  if (!fs.existsSync(QEMU_WORKDIR)) return undefined;
-  for (const d of fs.readdirSync(QEMU_WORKDIR)) {
-    if (!d.startsWith(`vnqm-${VNE}_${vm}-`)) continue;
-    const dir = path.join(QEMU_WORKDIR, d);
-    try {
-      const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8').trim());
-      if (pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) return dir;
-    } catch {
-      /* not started or gone */
-    }
-  }
-  return undefined;
-}
+/** The running QEMU's instance directory of VM `vm` of the VNE. */
+const instanceDir = (vm: string): string | undefined => vneInstanceDir(vm, VNE);
 
 /** Kill the VNE's QEMUs (best effort: the test failed or the agent went first). */
 function killQemus(): void {
