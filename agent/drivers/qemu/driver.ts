@@ -81,7 +81,7 @@ export class QemuDriver implements HypervisorDriver {
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
       workDir: opts.workDir ?? '/run/vnsnap/qemu',
-      disksDir: opts.disksDir ?? (opts.workDir !== undefined ? path.join(opts.workDir, 'disks') : '/var/lib/vnsnap/disks'),
+      disksDir: opts.disksDir ?? (opts.workDir !== undefined ? `${opts.workDir.replace(/\/+$/, '')}-disks` : '/var/lib/vnsnap/disks'),
       prefix: opts.prefix ?? 'vnqm',
       qemuBinary: opts.qemuBinary ?? 'qemu-system-x86_64',
       qemuImg: opts.qemuImg ?? 'qemu-img',

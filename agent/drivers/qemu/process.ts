@@ -45,7 +45,7 @@ export interface QemuDriverOptions {
   workDir?: string;
   /**
    * Where the VMs' disk chains go, one directory per VM (../disk-dir.ts). The agent passes
-   * `<stateDir>/disks`. Default: `<workDir>/disks` when workDir is given, else
+   * `<stateDir>/disks`. Default: `<workDir>-disks` (beside it) when workDir is given, else
    * /var/lib/vnsnap/disks.
    */
   disksDir?: string;
