@@ -13,6 +13,7 @@ import type { Logger } from '../proto/core/log';
 import type { Command__Output } from '../proto/gen/vnsnap/v1/Command';
 import type { ConfigureVne__Output } from '../proto/gen/vnsnap/v1/ConfigureVne';
 import type { DeleteArtefacts__Output } from '../proto/gen/vnsnap/v1/DeleteArtefacts';
+import type { DiscardDisks__Output } from '../proto/gen/vnsnap/v1/DiscardDisks';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { StartVm__Output } from '../proto/gen/vnsnap/v1/StartVm';
 import type { StopVm__Output } from '../proto/gen/vnsnap/v1/StopVm';
@@ -74,6 +75,7 @@ export class CommandDispatcher {
     restorePrepare: (c) => this.o.restores.prepare(c),
     restoreResume: (c) => this.o.restores.resume(c),
     restoreCancel: (c) => this.o.restores.cancel(c),
+    discardDisks: (c) => this.discardDisks(c),
   };
 
   private dispatch(link: SessionLink, cmd: Command__Output): Promise<Partial<Result>> {
@@ -99,18 +101,32 @@ export class CommandDispatcher {
     this.o.vnes.require(c.vne);
     if (!c.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'StartVm without a VM');
     const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
-    await this.o.vms.start(c.vne, c.vm, c.epoch, vneVms);
-    return {};
+    const vm = await this.o.vms.start(c.vne, c.vm, c.epoch, vneVms, c.keptDisk);
+    const diskPath = this.o.vms.diskPath(vm);
+    return diskPath ? { startVm: { diskPath } } : {};
   }
 
+  /**
+   * Stop the VM, keeping its disk unless discard_disk (then a kept disk of a VM that does not run
+   * here is deleted too: the command is idempotent). The result says what was kept or discarded.
+   */
   private async stopVm(c: StopVm__Output): Promise<Partial<Result>> {
+    const discardDisk = c.discardDisk === true;
     const vm = this.o.vms.get(c.vne, c.vm);
-    if (!vm) return {};
+    if (!vm) {
+      const gone = discardDisk ? await this.o.vms.discardDisks(c.vne, [c.vm]) : [];
+      return { stopVm: { diskPath: '', diskBytes: 0, killed: false, discardedPath: gone[0] ?? '' } };
+    }
     const snap = this.o.snapshots.including(vm);
     if (snap !== undefined) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${c.vm} is part of snapshot ${snap} in progress`);
-    await this.o.vms.destroy(vm);
-    this.o.log.info({ vm: vm.key }, 'VM stopped');
-    return {};
+    const r = await this.o.vms.destroy(vm, { discardDisk });
+    if (r.killed) this.o.log.warn({ vm: vm.key }, 'VM stopped, but its hypervisor had to be killed: writes it had not flushed are lost');
+    this.o.log.info({ vm: vm.key, keptDisk: r.diskPath, discarded: r.discardedPath }, 'VM stopped');
+    return { stopVm: { diskPath: r.diskPath ?? '', diskBytes: r.diskBytes ?? 0, killed: r.killed === true, discardedPath: r.discardedPath ?? '' } };
+  }
+
+  private async discardDisks(c: DiscardDisks__Output): Promise<Partial<Result>> {
+    return { discardDisks: { discardedPaths: await this.o.vms.discardDisks(c.vne, c.vms) } };
   }
 
   private async deleteArtefacts(c: DeleteArtefacts__Output): Promise<Partial<Result>> {

@@ -17,7 +17,7 @@
  *     "logLevel": "info",                  // optional
  *     "drivers": ["qemu"],                 // optional; "qemu", "xen" (in dom0)
  *     "imageRoots": ["/var/lib/vnsnap/images"],  // optional: where VM images may come from
- *     "stateDir": "/var/lib/vnsnap",       // optional: records of the VMs that outlive the agent (vms/)
+ *     "stateDir": "/var/lib/vnsnap",       // optional: records of the VMs that outlive the agent (vms/) and the VMs' disks (disks/)
  *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
  *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
  *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator

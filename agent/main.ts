@@ -37,7 +37,7 @@ export interface DriverFactory {
 
 const productDrivers: DriverFactory[] = [
   // nic 'tap': QEMU holds its own TAP, which outlives the agent (docs/agent-restart.md).
-  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: 'tap' }) },
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: 'tap', disksDir: `${cfg.stateDir}/disks` }) },
   { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 

@@ -80,7 +80,7 @@ export class RestoreRunner {
       const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
       if (existing) {
         await this.o.snapshots.abortIncluding(existing, 'restore stops its VMs');
-        await this.o.vms.destroy(existing);
+        await this.o.vms.destroy(existing, { discardDisk: true }); // replaced by the restore: nothing to keep
       }
     }
     if (c.generation) this.o.switch().configureVne({ name: c.vne, generation: c.generation, generationNow: true });
@@ -108,7 +108,7 @@ export class RestoreRunner {
         });
       }
     } catch (e) {
-      for (const vm of rec.vms) await this.o.vms.destroy(vm).catch(() => undefined);
+      for (const vm of rec.vms) await this.o.vms.destroy(vm, { discardDisk: true }).catch(() => undefined);
       throw e;
     }
     this.restores.set(rec.id, rec);
@@ -169,7 +169,7 @@ export class RestoreRunner {
     const rec = this.restores.get(c.restoreId);
     if (!rec) return {};
     this.restores.delete(rec.id);
-    for (const vm of rec.vms) if (this.o.vms.holds(vm)) await this.o.vms.destroy(vm);
+    for (const vm of rec.vms) if (this.o.vms.holds(vm)) await this.o.vms.destroy(vm, { discardDisk: true });
     this.o.log.info({ restore: rec.id }, 'restore cancelled');
     return {};
   }

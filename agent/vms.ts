@@ -16,7 +16,9 @@
  *    (vm-state.ts) written when it starts running and removed when it is destroyed; release()
  *    lets such a VM go without stopping it (the agent stopping).
  *  - destroy() removes the record first, then stops the VM and detaches its ports even if the
- *    driver's stop fails.
+ *    driver's stop fails. It keeps the VM's disk (drivers with disks of their own:
+ *    drivers/disk-dir.ts) unless told to discard it, and returns what the driver did with it;
+ *    discardDisks() deletes kept disks of VMs that do not run here, and refuses one that does.
  *  - Each port is attached with its MAC (a static FDB entry to it); a restored VM's ports are
  *    attached behind the switch's restore gate (gated), which the restore opens on resume.
  */
@@ -25,7 +27,7 @@ import type { Logger } from '../proto/core/log';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Port } from '../switch/port/port';
 import type { Switch } from '../switch/switch';
-import type { DriverSpecKind, HypervisorDriver, RestoreImage, VmHandle, VmStartSpec } from './drivers/driver';
+import type { DriverSpecKind, HypervisorDriver, RestoreImage, StopOptions, StopReport, VmHandle, VmStartSpec } from './drivers/driver';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { ProcessIdentity, VmStateDir } from './vm-state';
 
@@ -139,14 +141,14 @@ export class VmTable {
     return { id: vmKey(vne, spec.name), vne, name: spec.name, macs: spec.macs, driver: spec.driver ?? {} };
   }
 
-  /** Start a VM running and attach its ports at `epoch`. */
-  async start(vne: string, vmSpec: VmSpec__Output, epoch: number, vneVms: { name: string; macs: string[] }[]): Promise<VmRecord> {
-    const spec = this.startSpec(vne, vmSpec);
+  /** Start a VM running (from its kept disk when `keptDisk`) and attach its ports at `epoch`. */
+  async start(vne: string, vmSpec: VmSpec__Output, epoch: number, vneVms: { name: string; macs: string[] }[], keptDisk = false): Promise<VmRecord> {
+    const spec = { ...this.startSpec(vne, vmSpec), ...(keptDisk ? { keptDisk } : {}) };
     if (this.vms.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${vmSpec.name} of VNE ${vne} is already on agent ${this.o.agentId}`);
     const driver = this.driverFor(vmSpec);
     const names = this.portNames(spec);
     const h = await driver.start(spec, { portNames: names, log: this.o.log.child({ vm: spec.id }), vneVms });
-    const vm = await this.adopt(vne, vmSpec, driver, h, epoch);
+    const vm = await this.adopt(vne, vmSpec, driver, h, epoch, undefined, !keptDisk);
     this.o.log.info({ vm: vm.key, ports: names, epoch }, 'VM started');
     await this.saveState(vm);
     return vm;
@@ -246,14 +248,15 @@ export class VmTable {
     const spec = this.startSpec(vne, vmSpec);
     const driver = this.driverFor(vmSpec);
     const h = await driver.restore(spec, image, store, { portNames: this.portNames(spec), log: this.o.log.child({ vm: spec.id }) });
-    return this.adopt(vne, vmSpec, driver, h, epoch, restoreId);
+    return this.adopt(vne, vmSpec, driver, h, epoch, restoreId, true);
   }
 
   private portNames(spec: VmStartSpec): string[] {
     return spec.macs.map((_, i) => portName(spec.vne, spec.name, i));
   }
 
-  private async adopt(vne: string, spec: VmSpec__Output, driver: HypervisorDriver, h: VmHandle, epoch: number, restoreId?: string): Promise<VmRecord> {
+  /** Attach the new VM's ports; a failure stops it again (its disk discarded when `fresh`: nothing was kept yet). */
+  private async adopt(vne: string, spec: VmSpec__Output, driver: HypervisorDriver, h: VmHandle, epoch: number, restoreId: string | undefined, fresh: boolean): Promise<VmRecord> {
     const vm: VmRecord = {
       key: vmKey(vne, spec.name),
       vne,
@@ -267,22 +270,45 @@ export class VmTable {
     try {
       this.attach(vm, epoch, restoreId !== undefined);
     } catch (e) {
-      await driver.stop(vm.key).catch(() => undefined);
+      await driver.stop(vm.key, { discardDisk: fresh }).catch(() => undefined);
       throw e;
     }
     this.vms.set(vm.key, vm);
     return vm;
   }
 
-  /** Remove the VM: stop it, detach its ports. */
-  async destroy(vm: VmRecord): Promise<void> {
+  /** Remove the VM: stop it (its disk kept unless opts.discardDisk), detach its ports. */
+  async destroy(vm: VmRecord, opts: StopOptions = {}): Promise<StopReport> {
     this.vms.delete(vm.key);
     try {
-      await vm.driver.stop(vm.key);
+      return (await vm.driver.stop(vm.key, opts)) ?? {};
     } finally {
       this.detach(vm);
       await this.o.state?.remove(vm.vne, vm.name).catch((e) => this.o.log.warn({ vm: vm.key, err: describeError(e) }, 'removing the VM\'s state record failed'));
     }
+  }
+
+  /**
+   * Delete the kept disks of these VMs of `vne` (every driver that keeps disks is asked; the
+   * VMs need not be known to this agent); the directories removed. A VM that runs here is
+   * ERR_FAILED_PRECONDITION, before anything is deleted.
+   */
+  async discardDisks(vne: string, vms: readonly string[]): Promise<string[]> {
+    const running = vms.filter((n) => this.vms.has(vmKey(vne, n)));
+    if (running.length > 0) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM${running.length > 1 ? 's' : ''} ${running.join(', ')} of VNE ${vne} ${running.length > 1 ? 'run' : 'runs'} on agent ${this.o.agentId}: stop ${running.length > 1 ? 'them' : 'it'} before discarding disks`);
+    const out: string[] = [];
+    for (const d of this.drivers.values()) {
+      for (const n of vms) {
+        const gone = await d.discardDisk?.(vne, n);
+        if (gone !== undefined) out.push(gone);
+      }
+    }
+    return out;
+  }
+
+  /** Where the running VM's disk lives (StartVmResult), '' when its driver has no disks of its own. */
+  diskPath(vm: VmRecord): string {
+    return vm.driver.diskPath?.(vm.key) ?? '';
   }
 
   /** Driver-specific state of a VM (inspect()), for tests and debugging. */

@@ -3,8 +3,12 @@
  * VNE definitions and their live state, the agents ever seen, snapshots with per-VM and
  * per-phase timings, restores, and the agent-side aborts still owed.
  *
- * Schema: versioned by the `schema_migrations` table; `open` applies the migrations this
- * release knows in one transaction each and refuses a file written by a newer schema.
+ * Schema: versioned by the `schema_migrations` table (the migrations: catalog-schema.ts); `open`
+ * applies the migrations this release knows in one transaction each and refuses a file written
+ * by a newer schema.
+ *
+ * Disks: `vm_disks` records per VM where its writable disk is (host, path; bytes and the time
+ * when a stop kept it): vm-disks.ts reads and writes it. The rows of a VNE go with the VNE.
  *
  * Restart safety (`open`): a snapshot found in PRECOPY, COMMITTING or PERSISTING belonged to a
  * coordinator that died mid-way. It becomes ABORTED ("coordinator restarted"), its VNE's epoch
@@ -23,6 +27,8 @@
  */
 import Database from 'better-sqlite3';
 import { VnsnapError } from '../proto/core/errors';
+import { MIGRATIONS } from './catalog-schema';
+import { VmDisks } from './vm-disks';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { Agent__Output } from '../proto/gen/vnsnap/v1/Agent';
 import type { FencedVm__Output } from '../proto/gen/vnsnap/v1/FencedVm';
@@ -40,109 +46,7 @@ export type VneRecord = Omit<Vne__Output, 'vmStatus' | 'fenced' | 'stateReason'>
 
 export const RESTARTED_ERROR = 'coordinator restarted';
 
-const MIGRATIONS: readonly string[] = [
-  // 1: the first schema.
-  `
-  CREATE TABLE vnes (
-    name TEXT PRIMARY KEY,
-    vni INTEGER NOT NULL,
-    vms TEXT NOT NULL,                 -- JSON: VmSpec[] (protobuf JSON, camelCase)
-    generation INTEGER NOT NULL,
-    epoch INTEGER NOT NULL,
-    state TEXT NOT NULL,               -- VneState name
-    placement TEXT NOT NULL,           -- JSON: { vm: agent id }
-    created_unix_ms INTEGER NOT NULL,
-    updated_unix_ms INTEGER NOT NULL
-  );
-  CREATE TABLE agents (
-    id TEXT PRIMARY KEY,
-    hostname TEXT NOT NULL,
-    version TEXT NOT NULL,
-    tunnel_address TEXT NOT NULL,
-    tunnel_port INTEGER NOT NULL,
-    drivers TEXT NOT NULL,             -- JSON: string[]
-    connected_unix_ms INTEGER NOT NULL,
-    last_seen_unix_ms INTEGER NOT NULL
-  );
-  CREATE TABLE snapshots (
-    id TEXT PRIMARY KEY,
-    vne TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    generation INTEGER NOT NULL,
-    mode TEXT NOT NULL,
-    state TEXT NOT NULL,
-    description TEXT NOT NULL,
-    error TEXT NOT NULL DEFAULT '',
-    store_prefix TEXT NOT NULL,
-    agents TEXT NOT NULL,              -- JSON: agent ids that took part
-    vne_definition TEXT NOT NULL,      -- JSON: the Vne at the cut
-    manifest_path TEXT NOT NULL DEFAULT '',
-    artefacts TEXT NOT NULL DEFAULT '[]',
-    size_bytes INTEGER NOT NULL DEFAULT 0,
-    lost_frames INTEGER NOT NULL DEFAULT 0,
-    created_unix_ms INTEGER NOT NULL,
-    committing_unix_ms INTEGER NOT NULL DEFAULT 0,
-    persisting_unix_ms INTEGER NOT NULL DEFAULT 0,
-    completed_unix_ms INTEGER NOT NULL DEFAULT 0
-  );
-  CREATE INDEX snapshots_vne ON snapshots (vne, epoch);
-  CREATE TABLE snapshot_vms (
-    snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
-    vm TEXT NOT NULL,
-    host TEXT NOT NULL,
-    pause_ms REAL NOT NULL,
-    cut_unix_us INTEGER NOT NULL,
-    memory_bytes INTEGER NOT NULL,
-    disk_bytes INTEGER NOT NULL,
-    channel_frames INTEGER NOT NULL,
-    PRIMARY KEY (snapshot_id, vm)
-  );
-  CREATE TABLE snapshot_vm_phases (
-    snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
-    vm TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    start_unix_us INTEGER NOT NULL,
-    end_unix_us INTEGER NOT NULL,
-    PRIMARY KEY (snapshot_id, vm, seq)
-  );
-  CREATE TABLE restores (
-    id TEXT PRIMARY KEY,
-    snapshot_id TEXT NOT NULL,
-    vne TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    placement TEXT NOT NULL,           -- JSON: { vm: agent id }
-    state TEXT NOT NULL,               -- RUNNING | COMPLETE | FAILED
-    error TEXT NOT NULL DEFAULT '',
-    created_unix_ms INTEGER NOT NULL,
-    completed_unix_ms INTEGER NOT NULL DEFAULT 0
-  );
-  CREATE TABLE pending_aborts (
-    snapshot_id TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    vne TEXT NOT NULL,
-    epoch INTEGER NOT NULL,
-    store_prefix TEXT NOT NULL,
-    created_unix_ms INTEGER NOT NULL,
-    PRIMARY KEY (snapshot_id, agent_id)
-  );
-  `,
-  // 2: instances fenced by a restore that replaced a lost host; why a VNE is DEGRADED or FAILED.
-  `
-  ALTER TABLE vnes ADD COLUMN state_reason TEXT NOT NULL DEFAULT '';
-  CREATE TABLE fenced_vms (
-    vne TEXT NOT NULL,
-    vm TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    generation INTEGER NOT NULL,       -- the generation the fenced instance ran under
-    fenced_unix_ms INTEGER NOT NULL,
-    stopped_unix_ms INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (vne, vm, agent_id, generation)
-  );
-  `,
-];
-
-export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;
+export { CATALOG_SCHEMA_VERSION } from './catalog-schema';
 
 export interface AgentRecord {
   id: string;
@@ -222,6 +126,8 @@ export class Catalog {
   private readonly now: () => number;
   /** Snapshots aborted by `open` because the previous coordinator died mid-way. */
   readonly recovered: { snapshots: string[]; restores: string[] } = { snapshots: [], restores: [] };
+  /** Where each VM's disk is (vm-disks.ts). */
+  readonly disks: VmDisks;
 
   /** Open (creating if needed) the catalog at `file` (':memory:' for tests), migrate and recover. */
   constructor(file: string, opts: CatalogOptions = {}) {
@@ -237,6 +143,7 @@ export class Catalog {
     this.db.pragma('busy_timeout = 5000');
     this.migrate(file);
     this.recover();
+    this.disks = new VmDisks(this.db);
   }
 
   close(): void {
@@ -350,6 +257,7 @@ export class Catalog {
   deleteVne(name: string): void {
     this.db.prepare('DELETE FROM vnes WHERE name = ?').run(name);
     this.db.prepare('DELETE FROM fenced_vms WHERE vne = ?').run(name);
+    this.disks.forget(name);
   }
 
   // ---- fenced instances -------------------------------------------------------------------

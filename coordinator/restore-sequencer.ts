@@ -45,6 +45,7 @@ import type { TimerHandle } from '../proto/core/clock';
 import { vneStateWord, type SequencerDeps, type SnapshotEventSink } from './snapshot-sequencer';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 import { degradedError, degradedReason, lostAgents } from './vne-health';
+import { byHost, KeptDisks } from './kept-disks';
 
 export const DEFAULT_RESTORE_TIMEOUT_MS = 300_000;
 
@@ -55,6 +56,8 @@ export interface RestoreRequest {
   timeoutMs?: number;
   /** Host for every VM whose host is not connected and that `placement` does not name. */
   placeLost?: string;
+  /** The VNE's kept disks may be deleted (else a VNE with kept disks is refused: kept-disks.ts). */
+  discardDisks?: boolean;
 }
 
 interface Plan {
@@ -129,12 +132,14 @@ export class RestoreSequencer {
       const problems = [...validated].flatMap(([a, r]) => (r.validate?.problems ?? []).map((p) => `${a}: ${p}`));
       if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
 
-      // 3. Stop what moves, configure the overlay under the new generation.
+      // 3. Discard kept disks (allowed by claimable()), stop what moves, configure the overlay under the new generation.
       stage = 'prepare';
+      const kept = await new KeptDisks(catalog, this.deps.agents, () => ({ signal: ac.signal, timeoutMs: 0 }), () => clock.now()).discard(vneName, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable'));
+      for (const line of [...kept.discarded, ...kept.forgotten]) emit({ note: `restore: ${line}` });
       if (plan.toStop.length > 0) {
         stopped = true;
         emit({ note: `restore: stopping ${plan.toStop.map((s) => `${s.vm} on ${s.agent}`).join(', ')}` });
-        await Promise.all(plan.toStop.map((s) => sendOk(this.deps.agents, s.agent, { stopVm: { vne: vneName, vm: s.vm } }, { signal: ac.signal, timeoutMs: 0 })));
+        await Promise.all(plan.toStop.map((s) => sendOk(this.deps.agents, s.agent, { stopVm: { vne: vneName, vm: s.vm, discardDisk: true } }, { signal: ac.signal, timeoutMs: 0 })));
       }
       if (req.stopRunning && (prevState === 'VNE_STATE_RUNNING' || prevState === 'VNE_STATE_DEGRADED')) stopped = true;
       if (plan.fenced.length > 0) {
@@ -214,6 +219,10 @@ export class RestoreSequencer {
     if (vne.state === 'VNE_STATE_RESTORING' || this.restoring.has(vneName)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is already being restored`);
     if ((vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') && !req.stopRunning) {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" is running: stop it first or restore with stop_running to replace its VMs`);
+    }
+    const kept = [...this.deps.catalog.disks.kept(vneName).values()];
+    if (kept.length > 0 && !req.discardDisks) {
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vneName}" has kept disks (${byHost(kept)}): the restore starts from the snapshot's disks and would replace them; pass --discard-disks to restore anyway`);
     }
     return vne;
   }

@@ -6,7 +6,8 @@
  * toServiceError (one status table, the vnsnap code in metadata). Snapshots and restores are
  * delegated to their sequencers; this layer validates input, guards each VNE against two
  * operations at once (an in-memory lock for start/stop/update/delete/restore, the VNE state for
- * snapshots) and publishes events.
+ * snapshots) and publishes events. Kept disks (what stop keeps, start boots from, delete and
+ * --discard-disks throw away) follow the rules of kept-disks.ts.
  */
 import type { ServerWritableStream, ServiceError, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import { VnsnapError } from '../proto/core/errors';
@@ -41,6 +42,12 @@ import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_N
 import { nextStartGeneration, stopVmsOf } from './vne-stop';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
 import { VneHealth } from './vne-health';
+import { byHost, KeptDisks } from './kept-disks';
+import type { VmDiskRecord } from './vm-disks';
+import { formatBytes } from './cli/format';
+
+/** A request whose newer fields may be absent (tests and older callers): absent is false. */
+type Lenient<T, K extends keyof T> = Omit<T, K> & Partial<Pick<T, K>>;
 
 export interface CoordinatorServiceOptions {
   catalog: Catalog;
@@ -67,6 +74,7 @@ export class CoordinatorServiceImpl {
   private readonly watchers = new Set<ServerWritableStream<WatchEventsRequest__Output, Event>>();
 
   readonly health: VneHealth;
+  private readonly kept: KeptDisks;
 
   constructor(private readonly o: CoordinatorServiceOptions) {
     this.health = new VneHealth({
@@ -77,6 +85,7 @@ export class CoordinatorServiceImpl {
       commandTimeoutMs: o.commandTimeoutMs,
       busy: (vne) => this.ops.has(vne) || !!o.snapshots.active(vne) || o.restores.isRestoring(vne),
     });
+    this.kept = new KeptDisks(o.catalog, o.agents, () => this.cmd, () => o.clock.now());
   }
 
   // ---- guards -----------------------------------------------------------------------------
@@ -143,6 +152,7 @@ export class CoordinatorServiceImpl {
     if (cur.state === 'VNE_STATE_RUNNING' || cur.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${cur.name}" is running: stop it before changing its definition`);
     const clash = this.o.catalog.vneByVni(def.vni);
     if (clash && clash.name !== def.name) throw new VnsnapError('ERR_ALREADY_EXISTS', `VNI ${def.vni} is already used by VNE "${clash.name}"`);
+    this.kept.checkUpdate(cur.name, cur.vms, def.vms);
     const placement: Record<string, string> = {};
     for (const vm of def.vms) placement[vm.name] = vm.host;
     const v = this.o.catalog.updateVne(def.name, { vni: def.vni, vms: def.vms, placement });
@@ -150,7 +160,7 @@ export class CoordinatorServiceImpl {
     return this.health.describe(v);
   }
 
-  async deleteVne(req: DeleteVneRequest__Output): Promise<Record<string, never>> {
+  async deleteVne(req: Lenient<DeleteVneRequest__Output, 'forgetUnreachableDisks'>): Promise<{ discarded: string[]; forgotten: string[] }> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'deleting', async () => {
       if (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is running: stop it first`);
@@ -158,13 +168,18 @@ export class CoordinatorServiceImpl {
       if (snaps.length > 0 && !req.deleteSnapshots) {
         throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" has ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}: delete them first or pass delete_snapshots`);
       }
+      const away = this.kept.unreachable(vne.name);
+      if (away.length > 0 && !req.forgetUnreachableDisks) {
+        throw new VnsnapError('ERR_AGENT_DISCONNECTED', `VNE "${vne.name}" has kept disks on hosts that are not connected (${byHost(away)}): delete it when they are back, or pass --forget-unreachable-disks to forget those disks (their directories stay on those hosts)`);
+      }
+      const disks = await this.kept.discard(vne.name, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable'));
       for (const s of snaps) await this.deleteSnapshotArtefacts(s);
       this.o.catalog.tx(() => {
         for (const s of snaps) this.o.catalog.deleteSnapshot(s.id);
         this.o.catalog.deleteVne(vne.name);
       });
       this.o.events.publish({ kind: 'vne.deleted', vne: vne.name, message: snaps.length ? `with ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}` : '' });
-      return {};
+      return disks;
     });
   }
 
@@ -176,16 +191,21 @@ export class CoordinatorServiceImpl {
     return this.health.describe(this.mustGetVne(req.name));
   }
 
-  async startVne(req: StartVneRequest__Output): Promise<{ vne: Vne__Output }> {
+  async startVne(req: Lenient<StartVneRequest__Output, 'discardDisks'>): Promise<{ vne: Vne__Output; disks: string[] }> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'starting', async () => {
       if (vne.state === 'VNE_STATE_RUNNING' || vne.state === 'VNE_STATE_DEGRADED') throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is already running`);
       this.health.forget(vne.name);
+      // A VM with a kept disk boots from it on the host that kept it; --discard-disks boots fresh.
+      if (!req.discardDisks) this.kept.requireReachable(vne.name);
       const placement: Record<string, string> = {};
       for (const vm of vne.vms) placement[vm.name] = vm.host;
+      const kept = req.discardDisks ? new Map<string, VmDiskRecord>() : this.kept.of(vne.name);
+      for (const [vm, r] of kept) placement[vm] = r.host;
       this.requireConnected(vne, placement);
       // A new generation when a fenced instance may still run (vne-stop.ts).
       const generation = nextStartGeneration(vne, this.o.catalog);
+      const discarded = req.discardDisks ? await this.kept.discard(vne.name, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable')) : { discarded: [], forgotten: [] };
       const target: Vne__Output = { ...vne, placement, generation };
       const agents = [...new Set(Object.values(placement))].sort();
       const { agents: link, log } = this.o;
@@ -194,27 +214,62 @@ export class CoordinatorServiceImpl {
         // StartVm.vne_vms is "names and MACs" only: with n VMs every StartVm carries n of them
         // (n² in all), so the driver specs and hosts are left out of that list.
         const vneVms = vne.vms.map((v) => ({ name: v.name, macs: v.macs }));
-        await Promise.all(vne.vms.map((vm) => sendOk(link, vm.host, { startVm: { vne: vne.name, vm, epoch: vne.epoch, vneVms } }, this.cmd)));
+        await Promise.all(
+          vne.vms.map(async (vm) => {
+            const host = placement[vm.name] as string;
+            const r = await sendOk(link, host, { startVm: { vne: vne.name, vm, epoch: vne.epoch, vneVms, keptDisk: kept.has(vm.name) } }, this.cmd);
+            this.kept.started(vne.name, vm.name, host, r);
+          }),
+        );
       } catch (e) {
         log.warn({ vne: vne.name, error: (e as Error).message }, 'StartVne failed; stopping what started');
-        await Promise.allSettled(vne.vms.filter((vm) => link.isConnected(vm.host)).map((vm) => link.send(vm.host, { stopVm: { vne: vne.name, vm: vm.name } }, this.cmd)));
+        // A VM that booted from its kept disk keeps it again; a fresh one leaves nothing behind.
+        await Promise.allSettled(
+          vne.vms
+            .filter((vm) => link.isConnected(placement[vm.name] as string))
+            .map((vm) => link.send(placement[vm.name] as string, { stopVm: { vne: vne.name, vm: vm.name, discardDisk: !kept.has(vm.name) } }, this.cmd)),
+        );
+        for (const vm of vne.vms) if (!kept.has(vm.name)) this.o.catalog.disks.forget(vne.name, [vm.name]);
+        for (const r of kept.values()) this.o.catalog.disks.put(r);
         this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement, generation });
         throw e;
       }
       const v = this.o.catalog.updateVne(vne.name, { state: 'VNE_STATE_RUNNING', placement, generation });
-      this.o.events.publish({ kind: 'vne.started', vne: vne.name, message: `${vne.vms.length} VMs on ${agents.join(', ')}` });
-      return { vne: this.health.describe(v) };
+      const fromKept = kept.size > 0 ? `, ${kept.size} from kept disks` : '';
+      this.o.events.publish({ kind: 'vne.started', vne: vne.name, message: `${vne.vms.length} VMs on ${agents.join(', ')}${fromKept}` });
+      const boots = [...kept.values()].map((r) => `${r.vm} booted from its kept disk on ${r.host}: ${r.path} (${formatBytes(r.bytes)})`);
+      return { vne: this.health.describe(v), disks: [...discarded.discarded, ...discarded.forgotten, ...boots] };
     });
   }
 
-  async stopVne(req: StopVneRequest__Output): Promise<{ vne: Vne__Output }> {
+  async stopVne(req: Lenient<StopVneRequest__Output, 'discardDisks'>): Promise<{ vne: Vne__Output; disks: string[]; notes: string[] }> {
     const vne = this.mustGetVne(req.name);
     return this.exclusive(vne, 'stopping', async () => {
-      if (vne.state === 'VNE_STATE_DEFINED') return { vne: this.health.describe(vne) };
-      // Rules (a host away: its VMs fenced, the VNE DEFINED all the same): vne-stop.ts.
-      const v = await stopVmsOf(vne, this.o, this.cmd);
+      const discardDisk = req.discardDisks === true;
+      if (vne.state === 'VNE_STATE_DEFINED') {
+        if (!discardDisk) return { vne: this.health.describe(vne), disks: [], notes: [] };
+        const d = await this.kept.discard(vne.name, false, (away) => new VnsnapError('ERR_AGENT_DISCONNECTED', `VNE "${vne.name}": the kept disk of ${byHost(away)} is on a host that is not connected; nothing was discarded: try again when it is back (or delete the VNE with --forget-unreachable-disks)`));
+        return { vne: this.health.describe(vne), disks: d.discarded, notes: [] };
+      }
+      const disks: string[] = [];
+      const notes: string[] = [];
+      // Rules (a host away: its VMs fenced, the VNE DEFINED all the same): vne-stop.ts. A VM
+      // whose disk was kept stays placed where its disk is (the next start boots it there).
+      const v = await stopVmsOf(vne, this.o, this.cmd, {
+        discardDisk,
+        stopped: (vm, agent, r) => {
+          const { line, note } = this.kept.stopped(vne.name, vm, agent, r);
+          if (line) disks.push(line);
+          if (note) notes.push(note);
+        },
+        placeOf: (vm, host) => this.kept.of(vne.name).get(vm)?.host ?? host,
+        summary: () => {
+          const n = this.kept.of(vne.name).size;
+          return n > 0 ? `${n} disk${n === 1 ? '' : 's'} kept` : '';
+        },
+      });
       this.health.forget(vne.name);
-      return { vne: this.health.describe(v) };
+      return { vne: this.health.describe(v), disks: disks.sort(), notes: notes.sort() };
     });
   }
 
@@ -304,7 +359,7 @@ export class CoordinatorServiceImpl {
     if (s.manifestPath) await this.o.manifests.remove(s.manifestPath);
   }
 
-  restoreSnapshot(req: Omit<RestoreSnapshotRequest__Output, 'placeLost'> & { placeLost?: string }, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
+  restoreSnapshot(req: Omit<RestoreSnapshotRequest__Output, 'placeLost' | 'discardDisks'> & { placeLost?: string; discardDisks?: boolean }, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
     if (!req.snapshotId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot_id is required');
     checkLength('snapshot_id', req.snapshotId, MAX_ID_CHARS);
     checkTimeoutMs('timeout_ms', req.timeoutMs);
@@ -319,7 +374,7 @@ export class CoordinatorServiceImpl {
     if (vne && op) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE "${vne.name}" is busy (${op}); try again when that is done`);
     if (vne) this.ops.set(vne.name, 'restoring');
     return this.o.restores
-      .restore({ snapshotId: req.snapshotId, placement: req.placement, stopRunning: req.stopRunning, timeoutMs: req.timeoutMs, placeLost: req.placeLost || undefined }, sink)
+      .restore({ snapshotId: req.snapshotId, placement: req.placement, stopRunning: req.stopRunning, timeoutMs: req.timeoutMs, placeLost: req.placeLost || undefined, discardDisks: req.discardDisks === true }, sink)
       .then((snap) => {
         this.health.forget(snap.vne);
         return snap;

@@ -46,6 +46,7 @@ import type { Catalog } from './catalog';
 import { DeadVms } from './dead-vms';
 import type { EventBus } from './events';
 import { configureVneFor, placementOf, vmsByAgent } from './vne-config';
+import { withDiskStatus, type BaseVmStatus } from './vm-disks';
 
 export interface VneHealthOptions {
   catalog: Catalog;
@@ -90,7 +91,7 @@ export class VneHealth {
   /** The VNE with its per-VM status filled in. */
   describe(vne: Vne__Output): Vne__Output {
     const placement = placementOf(vne);
-    const vmStatus: VmStatus__Output[] = vne.vms.map((vm) => {
+    const vmStatus: BaseVmStatus[] = vne.vms.map((vm) => {
       const host = placement[vm.name] as string;
       const reachable = this.o.agents.isConnected(host);
       let state: VmStatus__Output['state'] = 'VM_RUN_STATE_RUNNING';
@@ -99,7 +100,7 @@ export class VneHealth {
       else if (!reachable) state = 'VM_RUN_STATE_UNMANAGED';
       return { vm: vm.name, host, hostReachable: reachable, state };
     });
-    return { ...vne, vmStatus };
+    return withDiskStatus(this.o.catalog.disks, vne, vmStatus);
   }
 
   agentLeft(agentId: string, reason: string): void {

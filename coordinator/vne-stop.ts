@@ -18,6 +18,7 @@
  * is what makes the stop safe (docs/cli.md, `vne stop`).
  */
 import { VnsnapError, isVnsnapError } from '../proto/core/errors';
+import type { Result__Output } from '../proto/gen/vnsnap/v1/Result';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
 import { sendOk, type AgentLink, type SendOptions } from './agent-link';
 import type { Catalog } from './catalog';
@@ -37,11 +38,23 @@ export function fencedStopReason(fenced: readonly { vm: string; agent: string }[
   return `stopped without VM${many ? 's' : ''} ${list.join(', ')} (host unreachable): fenced, ${many ? 'they are' : 'it is'} stopped when ${many ? 'their hosts return' : 'its host returns'}`;
 }
 
+/** What a stop does with disks (kept-disks.ts): the caller records each StopVm's result. */
+export interface StopDisks {
+  /** StopVm.discard_disk for every VM. */
+  discardDisk: boolean;
+  /** Called with each successful StopVm's result. */
+  stopped(vm: string, agent: string, r: Result__Output): void;
+  /** Where a stopped VM is placed (the host of its kept disk, else the definition's host). */
+  placeOf(vm: string, definitionHost: string): string;
+  /** A note for the vne.stopped event once every StopVm answered ("2 disks kept"), or ''. */
+  summary(): string;
+}
+
 /**
- * StopVm for every VM of a started VNE; the VNE ends DEFINED (placement back to the
- * definition's hosts) or FAILED (rules above). Resolves with the VNE as stored.
+ * StopVm for every VM of a started VNE; the VNE ends DEFINED (each VM placed where disks.placeOf
+ * says) or FAILED (rules above). Resolves with the VNE as stored.
  */
-export async function stopVmsOf(vne: Vne__Output, deps: VneStopDeps, cmd: SendOptions): Promise<Vne__Output> {
+export async function stopVmsOf(vne: Vne__Output, deps: VneStopDeps, cmd: SendOptions, disks: StopDisks): Promise<Vne__Output> {
   const { agents: link, catalog, events } = deps;
   const failures: string[] = [];
   const fenced: { vm: string; agent: string }[] = [];
@@ -53,7 +66,7 @@ export async function stopVmsOf(vne: Vne__Output, deps: VneStopDeps, cmd: SendOp
           fenced.push({ vm, agent });
           return;
         }
-        await sendOk(link, agent, { stopVm: { vne: vne.name, vm } }, cmd).catch((e: Error) => {
+        await sendOk(link, agent, { stopVm: { vne: vne.name, vm, discardDisk: disks.discardDisk } }, cmd).then((r) => disks.stopped(vm, agent, r), (e: Error) => {
           if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED')) {
             fenced.push({ vm, agent });
             return;
@@ -74,14 +87,15 @@ export async function stopVmsOf(vne: Vne__Output, deps: VneStopDeps, cmd: SendOp
     throw new VnsnapError(code, message);
   }
   const placement: Record<string, string> = {};
-  for (const vm of vne.vms) placement[vm.name] = vm.host;
+  for (const vm of vne.vms) placement[vm.name] = disks.placeOf(vm.name, vm.host);
   const stateReason = fenced.length > 0 ? fencedStopReason(fenced) : '';
   const stored = catalog.tx(() => {
     if (fenced.length > 0) catalog.addFenced(vne.name, fenced.map((f) => ({ ...f, generation: vne.generation })));
     return catalog.updateVne(vne.name, { state: 'VNE_STATE_DEFINED', placement, stateReason });
   });
   for (const f of fenced) events.publish({ kind: 'vm.fenced', vne: vne.name, agent: f.agent, message: `${f.vm} on unreachable ${f.agent} fenced by vne stop (generation ${vne.generation}); stopped when the host returns` });
-  events.publish({ kind: 'vne.stopped', vne: vne.name, ...(stateReason ? { message: stateReason } : {}) });
+  const message = [stateReason, disks.summary()].filter((m) => m !== '').join('; ');
+  events.publish({ kind: 'vne.stopped', vne: vne.name, ...(message ? { message } : {}) });
   return stored;
 }
 

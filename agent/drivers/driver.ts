@@ -83,6 +83,28 @@ export interface VmStartSpec {
   name: string;
   macs: string[];
   driver: DriverSpec__Output;
+  /**
+   * Boot from the disk a stop kept (StartVm.kept_disk), not fresh from the spec's image; a
+   * driver without kept disks ignores it. Fresh (false) never deletes a disk it finds: it moves
+   * it aside (disk-dir.ts).
+   */
+  keptDisk?: boolean;
+}
+
+/** How to stop a VM: keep its disk (the default) or delete it with the VM. */
+export interface StopOptions {
+  discardDisk?: boolean;
+}
+
+/** What a stop did with the VM's disk (StopVmResult). A driver without disks of its own reports nothing. */
+export interface StopReport {
+  /** The directory of the kept disk. */
+  diskPath?: string;
+  diskBytes?: number;
+  /** The directory deleted (discardDisk). */
+  discardedPath?: string;
+  /** The hypervisor did not stop cleanly in time and was killed. */
+  killed?: boolean;
 }
 
 export interface VmStartContext {
@@ -177,8 +199,18 @@ export interface HypervisorDriver {
   readonly kind: DriverSpecKind;
   /** Start a VM (running); its ports are attached to the switch by the agent. */
   start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle>;
-  /** Destroy a VM. Idempotent (an unknown VM is not an error). */
-  stop(vm: string): Promise<void>;
+  /**
+   * Destroy a VM, keeping its disk unless opts.discardDisk (drivers with disks of their own:
+   * disk-dir.ts). Idempotent (an unknown VM is not an error).
+   */
+  stop(vm: string, opts?: StopOptions): Promise<StopReport | void>;
+  /**
+   * Delete the kept disk of VM `vm` of VNE `vne` (DiscardDisks): the directory removed, or
+   * undefined when there was none. Optional: drivers without disks of their own leave it out.
+   */
+  discardDisk?(vne: string, vm: string): Promise<string | undefined>;
+  /** Where the running VM's disk lives (StartVmResult.disk_path); optional like discardDisk. */
+  diskPath?(vm: string): string | undefined;
   pause(vm: string): Promise<void>;
   resume(vm: string): Promise<void>;
   status(vm: string): VmStatus;

@@ -15,6 +15,11 @@
  *
  * A target that may not exist yet (the disk a Xen restore writes back) is judged by its parent
  * directory, resolved the same way, and by the file itself when it exists.
+ *
+ * The agent's own files: the upper layers of a VM's disk chain (the overlays the driver made
+ * over the spec's base image) live in the agent's disk directory for that VM, not in an image
+ * root. resolveOwn() admits a regular file directly inside such a directory (resolved the same
+ * way), and nothing else; the base at the bottom of the chain must still be inside a root.
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -71,6 +76,16 @@ export class ImageRoots {
     if (!this.inside(await this.resolvedRoots(), real)) throw this.refuse(field, value, real === value ? 'is outside the image roots' : `resolves to ${JSON.stringify(real)}, outside the image roots`);
     const st = await fsp.stat(real).catch(() => undefined);
     if (!st?.isFile()) throw this.refuse(field, value, 'is not a regular file');
+    return real;
+  }
+
+  /** The resolved path of a regular file directly inside `dir` (the agent's own disk directory); ERR_INVALID_ARGUMENT otherwise. */
+  async resolveOwn(field: string, value: string, dir: string): Promise<string> {
+    checkImagePath(field, value);
+    const real = await fsp.realpath(value).catch(() => undefined);
+    const realDir = await fsp.realpath(dir).catch(() => undefined);
+    const st = real ? await fsp.stat(real).catch(() => undefined) : undefined;
+    if (!real || !realDir || path.dirname(real) !== realDir || !st?.isFile()) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field} ${JSON.stringify(value.length > 96 ? `${value.slice(0, 96)}...` : value)} is neither the VM's own disk layer (in ${dir}) nor an image under the agent's image roots`);
     return real;
   }
 

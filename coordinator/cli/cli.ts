@@ -119,21 +119,24 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .addHelpText('after', example('$ vnsnap vne show blue'))
     .action((name: string, o: CommonOpts) => run((ctx) => cmd.vneShow(ctx, name), o));
 
-  leaf(vne, 'delete', 'delete a VNE (refused while it has snapshots, unless --with-snapshots)')
+  leaf(vne, 'delete', "delete a VNE and its kept disks (refused while it has snapshots, unless --with-snapshots)")
     .argument('<NAME>', 'the VNE')
     .option('--with-snapshots', "also delete the VNE's snapshots (their artefacts and catalog entries)")
+    .option('--forget-unreachable-disks', 'forget the kept disks on hosts that are not connected (their directories stay there); without it such a host makes the delete refused')
     .addHelpText('after', example('$ vnsnap vne delete blue --with-snapshots\ndeleted VNE blue and its snapshots'))
-    .action((name: string, o: CommonOpts & { withSnapshots?: boolean }) => run((ctx) => cmd.vneDelete(ctx, name, o.withSnapshots === true), o));
+    .action((name: string, o: CommonOpts & { withSnapshots?: boolean; forgetUnreachableDisks?: boolean }) => run((ctx) => cmd.vneDelete(ctx, name, o.withSnapshots === true, o.forgetUnreachableDisks === true), o));
 
-  leaf(vne, 'start', "start a VNE's VMs on their hosts and connect them through the overlay")
+  leaf(vne, 'start', "start a VNE's VMs on their hosts and connect them through the overlay; a VM whose disk a stop kept boots from it, on the host that kept it")
     .argument('<NAME>', 'the VNE')
+    .option('--discard-disks', 'delete the kept disks first and boot every VM fresh from its spec (a kept disk on an unreachable host is forgotten)')
     .addHelpText('after', example('$ vnsnap vne start blue\nstarted VNE blue (vni 100, 2 VMs on 2 hosts, RUNNING)'))
-    .action((name: string, o: CommonOpts) => run((ctx) => cmd.vneStart(ctx, name), o));
+    .action((name: string, o: CommonOpts & { discardDisks?: boolean }) => run((ctx) => cmd.vneStart(ctx, name, o.discardDisks === true), o));
 
-  leaf(vne, 'stop', "stop (destroy) a VNE's running VMs")
+  leaf(vne, 'stop', "stop a VNE's running VMs; each VM's disk is kept on its host (vne start boots from it)")
     .argument('<NAME>', 'the VNE')
+    .option('--discard-disks', "delete the VMs' disks instead of keeping them (also the kept disks of a stopped VNE); the output names what was thrown away")
     .addHelpText('after', example('$ vnsnap vne stop blue\nstopped VNE blue'))
-    .action((name: string, o: CommonOpts) => run((ctx) => cmd.vneStop(ctx, name), o));
+    .action((name: string, o: CommonOpts & { discardDisks?: boolean }) => run((ctx) => cmd.vneStop(ctx, name, o.discardDisks === true), o));
 
   const snapshot = program.command('snapshot').description('take, list, inspect and delete snapshots').usage('<command> [options]').exitOverride().configureOutput(output(io));
 
@@ -172,11 +175,12 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .argument('<ID>', 'the snapshot id')
     .option('--place <VM=HOST>', 'run VM on agent HOST instead of where it was snapshotted (repeatable)', placement)
     .option('--stop-running', "stop the VNE's running VMs first (otherwise restoring a running VNE is refused)")
+    .option('--discard-disks', "allowed to delete the VNE's kept disks (a vne stop kept them): the restore starts from the snapshot's disks, so without it a VNE with kept disks is refused")
     .option('--place-lost <HOST>', 'run every VM of an unreachable host on agent HOST; their old instances are fenced (stopped if that host returns)')
     .option('--timeout-ms <N>', 'give up unless the restore completes within this', uint32('--timeout-ms'))
     .addHelpText('after', example('$ vnsnap restore blue-7-3c9e1f --stop-running --place vm2=h3\n$ vnsnap restore blue-7-3c9e1f --stop-running --place-lost h1'))
-    .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; timeoutMs?: number }) =>
-      run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}) }), o),
+    .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; discardDisks?: boolean; timeoutMs?: number }) =>
+      run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}), ...(o.discardDisks ? { discardDisks: true } : {}) }), o),
     );
 
   leaf(program, 'agents', 'list the agents (one per host) and whether they are connected')

@@ -150,11 +150,11 @@ export class CoordinatorClient {
   getVne(name: string): Promise<Vne__Output> {
     return this.unary('show VNE', (md, o, cb) => this.c.getVne({ name }, md, o, cb));
   }
-  startVne(name: string): Promise<StartVneResponse__Output> {
-    return this.unary('start VNE', (md, o, cb) => this.c.startVne({ name }, md, o, cb));
+  startVne(name: string, discardDisks = false): Promise<StartVneResponse__Output> {
+    return this.unary('start VNE', (md, o, cb) => this.c.startVne({ name, discardDisks }, md, o, cb));
   }
-  stopVne(name: string): Promise<StopVneResponse__Output> {
-    return this.unary('stop VNE', (md, o, cb) => this.c.stopVne({ name }, md, o, cb));
+  stopVne(name: string, discardDisks = false): Promise<StopVneResponse__Output> {
+    return this.unary('stop VNE', (md, o, cb) => this.c.stopVne({ name, discardDisks }, md, o, cb));
   }
   listAgents(): Promise<ListAgentsResponse__Output> {
     return this.unary('list agents', (md, o, cb) => this.c.listAgents({}, md, o, cb));

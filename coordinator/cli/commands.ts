@@ -65,16 +65,21 @@ export async function vneShow(ctx: Ctx, name: string): Promise<ExitCode> {
   return callAndPrint(ctx, (c) => c.getVne(name), 'vnsnap.v1.Vne', renderVne);
 }
 
-export async function vneDelete(ctx: Ctx, name: string, withSnapshots: boolean): Promise<ExitCode> {
-  return callAndPrint(ctx, (c) => c.deleteVne({ name, deleteSnapshots: withSnapshots }), 'vnsnap.v1.DeleteVneResponse', () => `deleted VNE ${name}${withSnapshots ? ' and its snapshots' : ''}\n`);
+export async function vneDelete(ctx: Ctx, name: string, withSnapshots: boolean, forgetUnreachableDisks = false): Promise<ExitCode> {
+  return callAndPrint(ctx, (c) => c.deleteVne({ name, deleteSnapshots: withSnapshots, forgetUnreachableDisks }), 'vnsnap.v1.DeleteVneResponse', (r) => `deleted VNE ${name}${withSnapshots ? ' and its snapshots' : ''}\n${lines([...(r.discarded ?? []), ...(r.forgotten ?? [])])}`);
 }
 
-export async function vneStart(ctx: Ctx, name: string): Promise<ExitCode> {
-  return callAndPrint(ctx, (c) => c.startVne(name), 'vnsnap.v1.StartVneResponse', (r) => (r.vne ? `started VNE ${describeVne(r.vne)}\n` : `started VNE ${name}\n`));
+export async function vneStart(ctx: Ctx, name: string, discardDisks = false): Promise<ExitCode> {
+  return callAndPrint(ctx, (c) => c.startVne(name, discardDisks), 'vnsnap.v1.StartVneResponse', (r) => `${r.vne ? `started VNE ${describeVne(r.vne)}\n` : `started VNE ${name}\n`}${lines(r.disks ?? [])}`);
 }
 
-export async function vneStop(ctx: Ctx, name: string): Promise<ExitCode> {
-  return callAndPrint(ctx, (c) => c.stopVne(name), 'vnsnap.v1.StopVneResponse', (r) => `stopped VNE ${name}\n${r.vne?.stateReason ? `${r.vne.stateReason}\n` : ''}`);
+export async function vneStop(ctx: Ctx, name: string, discardDisks = false): Promise<ExitCode> {
+  return callAndPrint(ctx, (c) => c.stopVne(name, discardDisks), 'vnsnap.v1.StopVneResponse', (r) => `stopped VNE ${name}\n${r.vne?.stateReason ? `${r.vne.stateReason}\n` : ''}${lines(r.disks ?? [])}${lines((r.notes ?? []).map((n) => `note: ${n}`))}`);
+}
+
+/** One line each. */
+function lines(l: readonly string[]): string {
+  return l.map((x) => `${x}\n`).join('');
 }
 
 export async function agents(ctx: Ctx): Promise<ExitCode> {
@@ -185,11 +190,13 @@ export interface RestoreOptions {
   timeoutMs: number | undefined;
   /** Host for every VM of an unreachable host (their old instances are fenced). */
   placeLost?: string;
+  /** Delete the VNE's kept disks (a VNE with kept disks is refused otherwise). */
+  discardDisks?: boolean;
 }
 
 export async function restore(ctx: Ctx, id: string, o: RestoreOptions): Promise<ExitCode> {
   return withClient(ctx, async (c) => {
-    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0, ...(o.placeLost ? { placeLost: o.placeLost } : {}) });
+    const stream = c.restoreSnapshot({ snapshotId: id, placement: o.placement, stopRunning: o.stopRunning, timeoutMs: o.timeoutMs ?? 0, ...(o.placeLost ? { placeLost: o.placeLost } : {}), ...(o.discardDisks ? { discardDisks: true } : {}) });
     const { done, elapsedMs } = await followOperation(ctx, c, stream, `restore of snapshot ${id}`, () => `vnsnap snapshot show ${id} (its VNE), then vnsnap vne show VNE; or vnsnap events`);
     if (ctx.json) return EXIT.OK;
     if (!done) {

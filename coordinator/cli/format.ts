@@ -7,6 +7,7 @@ import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Event__Output } from '../../proto/gen/vnsnap/v1/Event';
 import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
+import type { VmStatus__Output } from '../../proto/gen/vnsnap/v1/VmStatus';
 
 /** Columns separated by two spaces, padded to the widest cell; trailing spaces trimmed. */
 export function table(header: readonly string[], rows: readonly (readonly string[])[]): string {
@@ -101,8 +102,27 @@ export function renderVne(v: Vne__Output): string {
         return [vm.name, vm.host, s?.host || v.placement[vm.name] || '-', s ? (s.hostReachable ? 'yes' : 'no') : '-', s ? s.state.replace(/^VM_RUN_STATE_/, '') : '-', driverSummary(vm.driver), vm.macs.join(',') || '-'];
       }),
     ) +
+    disks(v.vms.map((vm) => status.get(vm.name)).filter((s) => s !== undefined)) +
     fenced
   );
+}
+
+/** Where a VM's disk lives, for people: "kept on h1: PATH (12.3 MiB)", "from its spec's image", "on h1: PATH". */
+export function diskWhere(s: VmStatus__Output): string {
+  if (s.diskSource === 'DISK_SOURCE_KEPT') return `kept on ${s.diskHost}: ${s.diskPath} (${formatBytes(s.diskBytes)})`;
+  if (s.diskSource === 'DISK_SOURCE_INSTANCE') return `on ${s.diskHost}${s.diskPath ? `: ${s.diskPath}` : ''}`;
+  return "from its spec's image";
+}
+
+/**
+ * The "disks:" block of `vne show`: every VM's line, when some VM of the VNE has a disk of its
+ * own (kept, or a running one with its path); nothing for VNEs whose VMs have none (simulated
+ * VMs, Xen guests, which write into their spec's image) or from a coordinator that does not
+ * report disks.
+ */
+function disks(status: readonly VmStatus__Output[]): string {
+  if (!status.some((s) => s.diskSource === 'DISK_SOURCE_KEPT' || (s.diskSource === 'DISK_SOURCE_INSTANCE' && s.diskPath))) return '';
+  return 'disks:\n' + status.map((s) => `  ${s.vm}: ${diskWhere(s)}\n`).join('');
 }
 
 export function describeVne(v: Vne__Output): string {

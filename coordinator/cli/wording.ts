@@ -35,6 +35,7 @@ export const FIELD_FLAGS: Readonly<Record<string, string>> = {
   // coordinator's messages name their fields.
   place_lost: '--place-lost',
   discard_disks: '--discard-disks',
+  forget_unreachable_disks: '--forget-unreachable-disks',
 };
 
 /** RPCs of CoordinatorService → the command that calls them. */

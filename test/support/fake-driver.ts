@@ -20,6 +20,7 @@ import type {
   SnapshotModeName,
   SnapshotOptions,
   SnapshotProgress,
+  StopReport,
   VmHandle,
   VmImage,
   VmStartContext,
@@ -152,7 +153,7 @@ export class FakeDriver implements HypervisorDriver {
     return { name: spec.name, ports };
   }
 
-  stop(vm: string): Promise<void> {
+  stop(vm: string): Promise<StopReport | void> {
     const r = this.vms.get(vm);
     if (r) {
       this.vms.delete(vm);

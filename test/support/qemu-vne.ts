@@ -56,11 +56,11 @@ export function writeVneFile(dir: string, image: GuestImage, o: E2eOptions = {})
   return f;
 }
 
-/** The live instance directory of a VM (the one whose QEMU runs). */
-export function instanceDir(vm: string): string | undefined {
+/** The live instance directory of a VM (the one whose QEMU runs) of VNE `vne` (default the e2e VNE). */
+export function instanceDir(vm: string, vne = E2E_VNE): string | undefined {
   if (!fs.existsSync(QEMU_WORKDIR)) return undefined;
   for (const d of fs.readdirSync(QEMU_WORKDIR)) {
-    if (!d.startsWith(`vnqm-${E2E_VNE}_${vm}-`)) continue;
+    if (!d.startsWith(`vnqm-${vne}_${vm}-`)) continue;
     const dir = path.join(QEMU_WORKDIR, d);
     try {
       const pid = Number(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8').trim());

@@ -124,7 +124,7 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
       await first.agent.start();
       first.transport.last.welcome(1000);
       assert.equal((await first.transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } }))).ok, true);
-      for (const [i, n] of ['a', 'b'].entries()) assert.equal((await first.transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: vmSpec(n, i + 1), epoch: 2, vneVms: [] } }))).ok, true);
+      for (const [i, n] of ['a', 'b'].entries()) assert.equal((await first.transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: vmSpec(n, i + 1), epoch: 2, vneVms: [], keptDisk: false } }))).ok, true);
       await first.agent.stop(); // SIGTERM's path: the domains are released, not destroyed
       const a = xenNames(`${VNE}/a`, 1).domName;
       const b = xenNames(`${VNE}/b`, 1).domName;

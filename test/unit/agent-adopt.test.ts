@@ -115,7 +115,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     await agent.start();
     transport.last.welcome(1000);
     assert.equal((await transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } }))).ok, true);
-    for (const [i, n] of ['a', 'b'].entries()) assert.equal((await transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec(n, i + 1), epoch: 2, vneVms: [] } }))).ok, true);
+    for (const [i, n] of ['a', 'b'].entries()) assert.equal((await transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec(n, i + 1), epoch: 2, vneVms: [], keptDisk: false } }))).ok, true);
     await agent.stop();
     return d;
   }
@@ -130,7 +130,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
       assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
     };
     await ok({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 2 } });
-    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [] } });
+    await ok({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 2, vneVms: [], keptDisk: false } });
     return { agent, ok };
   }
 
@@ -253,7 +253,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     const { agent, transport } = newAgent(d);
     await agent.start();
     transport.last.welcome(1000);
-    assert.equal((await transport.last.run(cmd({ body: 'stopVm', stopVm: { vne: VNE, vm: 'a' } }))).ok, true);
+    assert.equal((await transport.last.run(cmd({ body: 'stopVm', stopVm: { vne: VNE, vm: 'a', discardDisk: false } }))).ok, true);
     assert.deepEqual(d.events, ['adopt a', 'adopt b', 'stop a']);
     await until('the process of a is gone', () => !alive(`${VNE}/a`));
     assert.equal(fs.existsSync(path.join(stateDir, 'vms', `${VNE}_a`)), false);
@@ -331,7 +331,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     await agent.start();
     transport.last.welcome(1000);
     await transport.last.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 } }));
-    await transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [] } }));
+    await transport.last.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [], keptDisk: false } }));
     await agent.stop();
     assert.deepEqual(d.events, ['start a', 'stop a']);
   });

@@ -27,7 +27,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
   let id = 0;
   const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
   const configure = cmd.bind(null, { body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 } });
-  const startA = (): Command__Output => cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [] } });
+  const startA = (): Command__Output => cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [], keptDisk: false } });
 
   beforeEach(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-agent-cmd-'));
@@ -77,7 +77,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
     assert.deepEqual(await s.run(startA()), { commandId: id, ok: false, errorCode: 'ERR_VNE_UNKNOWN', errorMessage: 'VNE blue is not configured on agent h1 (ConfigureVne first) [ERR_VNE_UNKNOWN]' });
     assert.equal((await s.run(cmd({}))).errorCode, 'ERR_INVALID_ARGUMENT');
     await s.run(configure());
-    assert.equal((await s.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: { ...fakeVmSpec('x', 2), driver: { kind: 'xen' } }, epoch: 0, vneVms: [] } }))).errorCode, 'ERR_FAILED_PRECONDITION');
+    assert.equal((await s.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: { ...fakeVmSpec('x', 2), driver: { kind: 'xen' } }, epoch: 0, vneVms: [], keptDisk: false } }))).errorCode, 'ERR_FAILED_PRECONDITION');
     assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 8, generation: 1, peers: [], macs: [], epoch: 0 } }))).errorCode, 'ERR_FAILED_PRECONDITION');
     assert.equal((await s.run(cmd({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [{ mac: '02:00:00:00:00:09', agentId: 'h9' }], epoch: 0 } }))).errorCode, 'ERR_PEER_UNKNOWN');
     await s.run(startA());

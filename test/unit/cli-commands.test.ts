@@ -216,15 +216,15 @@ describe('cli: vnsnap against a fake coordinator', function () {
       assert.deepEqual(await run('vne', 'update', file), { code: 0, stdout: 'updated VNE red (vni 200, 1 VM on 1 host, RUNNING)\n', stderr: '' });
       assert.deepEqual(await run('vne', 'stop', 'red'), { code: 0, stdout: 'stopped VNE red\n', stderr: '' });
       assert.deepEqual(await run('vne', 'start', 'red'), { code: 0, stdout: 'started VNE red (vni 200, 1 VM on 1 host, RUNNING)\n', stderr: '' });
-      assert.deepEqual(await run('vne', 'delete', 'red', '--json'), { code: 0, stdout: '{}\n', stderr: '' });
+      assert.deepEqual(await run('vne', 'delete', 'red', '--json'), { code: 0, stdout: '{\n  "discarded": [],\n  "forgotten": []\n}\n', stderr: '' });
       const refused = await run('vne', 'delete', 'blue');
       assert.equal(refused.code, 1);
       assert.equal(refused.stderr, 'vnsnap: VNE blue has 2 snapshots: delete them first or pass --with-snapshots\n');
       assert.deepEqual(await run('vne', 'delete', 'blue', '--with-snapshots'), { code: 0, stdout: 'deleted VNE blue and its snapshots\n', stderr: '' });
       assert.deepEqual(fake.calls.filter((c) => c.method === 'DeleteVne').map((c) => c.request), [
-        { name: 'red', deleteSnapshots: false },
-        { name: 'blue', deleteSnapshots: false },
-        { name: 'blue', deleteSnapshots: true },
+        { name: 'red', deleteSnapshots: false, forgetUnreachableDisks: false },
+        { name: 'blue', deleteSnapshots: false, forgetUnreachableDisks: false },
+        { name: 'blue', deleteSnapshots: true, forgetUnreachableDisks: false },
       ]);
     });
   });
@@ -371,7 +371,7 @@ describe('cli: vnsnap against a fake coordinator', function () {
       const r = await run('restore', 'snap-0001', '--place', 'vm3=h1', '--place', 'vm1=h2', '--stop-running', '--timeout-ms', '9000');
       assert.equal(r.stderr, '');
       assert.equal(r.code, 0);
-      assert.deepEqual(fake.calls.filter((c) => c.method === 'RestoreSnapshot').pop()?.request, { snapshotId: 'snap-0001', placement: { vm3: 'h1', vm1: 'h2' }, stopRunning: true, timeoutMs: 9000, placeLost: '' });
+      assert.deepEqual(fake.calls.filter((c) => c.method === 'RestoreSnapshot').pop()?.request, { snapshotId: 'snap-0001', placement: { vm3: 'h1', vm1: 'h2' }, stopRunning: true, timeoutMs: 9000, placeLost: '', discardDisks: false });
       const lines = r.stdout.split('\n');
       assert.equal(lines[0], '+0.000s  note  restore: validating 6 artefacts');
       assert.equal(lines[1], '+0.020s  vm1@h2  VALIDATE done');

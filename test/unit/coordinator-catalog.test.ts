@@ -39,6 +39,7 @@ describe('coordinator catalog', () => {
     assert.deepEqual(c.db.prepare('SELECT version, applied_unix_ms FROM schema_migrations').all(), [
       { version: 1, applied_unix_ms: T0 },
       { version: 2, applied_unix_ms: T0 },
+      { version: 3, applied_unix_ms: T0 },
     ]);
     c.close();
   });

@@ -131,7 +131,7 @@ describe('coordinator service: VNE definitions', () => {
   it('DefineVne stores a normalised definition at generation 1, epoch 0; name and VNI are unique', async () => {
     const { svc, clock } = setup();
     const v = await svc.defineVne(req({ vni: 16777215, generation: 9, epoch: 9, state: 'VNE_STATE_RUNNING' }, [vm('vm1', 'h1', '52:54:00:AB:00:01')]));
-    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED' }], fenced: [], stateReason: '' });
+    assert.deepEqual(v, { name: 'blue', vni: 16777215, vms: [vm('vm1', 'h1', '52:54:00:ab:00:01')], generation: 1, epoch: 0, state: 'VNE_STATE_DEFINED', createdUnixMs: clock.now(), updatedUnixMs: clock.now(), placement: { vm1: 'h1' }, vmStatus: [{ vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_STOPPED', diskSource: 'DISK_SOURCE_SPEC', diskHost: '', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 }], fenced: [], stateReason: '' });
     assert.deepEqual(await svc.getVne({ name: 'blue' }), v);
     await assert.rejects(svc.defineVne(req()), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNE "blue" already exists');
     await assert.rejects(svc.defineVne(req({ name: 'red', vni: 16777215 })), (e) => isVnsnapError(e, 'ERR_ALREADY_EXISTS') && e.message === 'VNI 16777215 is already used by VNE "blue"');
@@ -155,7 +155,7 @@ describe('coordinator service: VNE definitions', () => {
       { name: 'vm1', macs: ['52:54:00:00:00:01'] },
       { name: 'vm2', macs: ['52:54:00:00:00:02'] },
     ];
-    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0, vneVms });
+    assert.deepEqual(s.agents.sent[3]?.body.startVm, { vne: 'blue', vm: vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1']), epoch: 0, vneVms, keptDisk: false });
     await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is already running');
     await assert.rejects(s.svc.updateVne(req()), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it before changing its definition');
     await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" is running: stop it first');
@@ -339,8 +339,8 @@ describe('coordinator service: an agent away, and back', () => {
     assert.equal(v.state, 'VNE_STATE_DEGRADED');
     assert.equal(v.stateReason, 'agent h2 (host of vm2) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back');
     assert.deepEqual(v.vmStatus, [
-      { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
-      { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
+      { vm: 'vm1', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING', diskSource: 'DISK_SOURCE_INSTANCE', diskHost: 'h1', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 },
+      { vm: 'vm2', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED', diskSource: 'DISK_SOURCE_INSTANCE', diskHost: 'h2', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 },
     ]);
     assert.deepEqual((await s.svc.listVnes()).vnes.map((x) => x.vmStatus.map((st) => st.state)), [['VM_RUN_STATE_RUNNING', 'VM_RUN_STATE_UNMANAGED']]);
     await assert.rejects(
@@ -593,7 +593,7 @@ describe('coordinator service: snapshots and restores', () => {
     ]);
     const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
     assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
-    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1' }, { vne: 'blue', vm: 'vm2' }]);
+    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1', discardDisk: true }, { vne: 'blue', vm: 'vm2', discardDisk: true }]);
     assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
     const prep = byName('restorePrepare')[0]?.body.restorePrepare;
     assert.equal(prep?.restoreId, 'r-blue-s1');
@@ -717,5 +717,117 @@ describe('coordinator service: snapshots and restores', () => {
     const b = (owner: string) => artefactVm({ path: 'snapshots/s/x', size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner }, vms, 'snapshots/s/', 'vm1');
     assert.equal(b('vm1/vm10/0'), 'vm10');
     assert.equal(b('vm1/vm1/1'), 'vm1');
+  });
+});
+
+/** A StopVne response without its VNE: the disk lines and notes the tests below assert. */
+function diskOutcome(r: { disks: string[]; notes: string[] }): { disks: string[]; notes: string[] } {
+  return { disks: r.disks, notes: r.notes };
+}
+
+describe('coordinator service: kept disks (stop keeps, start boots from them, delete and --discard-disks throw them away)', () => {
+  const DIR1 = '/var/lib/vnsnap/disks/blue_vm1';
+  const MiB = 1024 * 1024;
+  /** h1 keeps vm1's disk at every StopVm (discards it when told); h2's VM has no disk of its own. */
+  function keeping(s: ReturnType<typeof setup>, killed = false) {
+    s.agents.on('stopVm', (_a, body) => (body.stopVm?.vm !== 'vm1' ? ok() : body.stopVm.discardDisk ? ok({ payload: 'stopVm', stopVm: { diskPath: '', diskBytes: 0, killed, discardedPath: DIR1 } }) : ok({ payload: 'stopVm', stopVm: { diskPath: DIR1, diskBytes: 12.3 * MiB, killed, discardedPath: '' } })), 'h1');
+    s.agents.on('startVm', ok({ payload: 'startVm', startVm: { diskPath: DIR1 } }), 'h1');
+  }
+  const disk = async (s: ReturnType<typeof setup>) => (await s.svc.getVne({ name: 'blue' })).vmStatus.map((v) => [v.vm, v.diskSource, v.diskHost, v.diskPath, v.diskBytes]);
+
+  it('stop keeps and records the disk; start boots from it on the host that kept it; show tells where it lives', async () => {
+    const s = setup();
+    keeping(s);
+    await running(s);
+    assert.deepEqual(await disk(s), [['vm1', 'DISK_SOURCE_INSTANCE', 'h1', DIR1, 0], ['vm2', 'DISK_SOURCE_INSTANCE', 'h2', '', 0]]);
+    // The VMs run elsewhere than their definition says (a restore moved them): vm1's disk is kept on h1 and it stays there.
+    s.catalog.updateVne('blue', { placement: { vm1: 'h1', vm2: 'h1' } });
+    s.agents.sent.length = 0;
+    assert.deepEqual(diskOutcome(await s.svc.stopVne({ name: 'blue' })), { disks: [`kept vm1 on h1: ${DIR1} (12.3 MiB)`], notes: [] });
+    assert.deepEqual(s.agents.sent.map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1', discardDisk: false }, { vne: 'blue', vm: 'vm2', discardDisk: false }]);
+    assert.deepEqual(s.catalog.getVne('blue')?.placement, { vm1: 'h1', vm2: 'h2' });
+    assert.deepEqual(await disk(s), [['vm1', 'DISK_SOURCE_KEPT', 'h1', DIR1, 12.3 * MiB], ['vm2', 'DISK_SOURCE_SPEC', '', '', 0]]);
+    s.agents.sent.length = 0;
+    const started = await s.svc.startVne({ name: 'blue' });
+    assert.deepEqual(started.disks, [`vm1 booted from its kept disk on h1: ${DIR1} (12.3 MiB)`]);
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'startVm').map((x) => [x.agent, x.body.startVm?.vm?.name, x.body.startVm?.keptDisk]), [['h1', 'vm1', true], ['h2', 'vm2', false]]);
+    assert.deepEqual(await disk(s), [['vm1', 'DISK_SOURCE_INSTANCE', 'h1', DIR1, 0], ['vm2', 'DISK_SOURCE_INSTANCE', 'h2', '', 0]]);
+  });
+
+  it('a kept disk on an unreachable host: start refused naming VM and host; --discard-disks boots fresh and forgets it', async () => {
+    const s = setup();
+    keeping(s);
+    await running(s);
+    await s.svc.stopVne({ name: 'blue' });
+    s.agents.connected.delete('h1');
+    s.agents.sent.length = 0;
+    await assert.rejects(s.svc.startVne({ name: 'blue' }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'VNE "blue": the kept disk of vm1 on h1 is on a host that is not connected: start when it is back, or pass --discard-disks to boot those VMs fresh from their specs');
+    assert.deepEqual(s.agents.names(), []);
+    s.agents.connected.add('h1');
+    const r = await s.svc.startVne({ name: 'blue', discardDisks: true });
+    assert.deepEqual(r.disks, [`discarded vm1 on h1: ${DIR1} (12.3 MiB)`]);
+    assert.deepEqual(s.agents.names(), ['h1:discardDisks', 'h1:configureVne', 'h2:configureVne', 'h1:startVm', 'h2:startVm']);
+    assert.deepEqual(s.agents.sent[0]?.body.discardDisks, { vne: 'blue', vms: ['vm1'] });
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'startVm').map((x) => x.body.startVm?.keptDisk), [false, false]);
+  });
+
+  it('stop --discard-disks says what it threw away, also for a stopped VNE; a killed hypervisor is a note', async () => {
+    const s = setup();
+    keeping(s, true);
+    await running(s);
+    assert.deepEqual(diskOutcome(await s.svc.stopVne({ name: 'blue', discardDisks: true })), {
+      disks: [`discarded vm1 on h1: ${DIR1}`],
+      notes: ['vm1 on h1: the hypervisor did not stop within its grace period and was killed; writes it had not flushed may be missing from its disk'],
+    });
+    assert.deepEqual(await disk(s), [['vm1', 'DISK_SOURCE_SPEC', '', '', 0], ['vm2', 'DISK_SOURCE_SPEC', '', '', 0]]);
+    await s.svc.startVne({ name: 'blue' });
+    await s.svc.stopVne({ name: 'blue' });
+    s.agents.sent.length = 0;
+    assert.deepEqual(diskOutcome(await s.svc.stopVne({ name: 'blue', discardDisks: true })), { disks: [`discarded vm1 on h1: ${DIR1} (12.3 MiB)`], notes: [] });
+    assert.deepEqual(s.agents.names(), ['h1:discardDisks']);
+    assert.deepEqual(diskOutcome(await s.svc.stopVne({ name: 'blue', discardDisks: true })), { disks: [], notes: [] });
+  });
+
+  it('delete discards kept disks; an unreachable host refuses it unless --forget-unreachable-disks', async () => {
+    const s = setup();
+    keeping(s);
+    await running(s);
+    await s.svc.stopVne({ name: 'blue' });
+    s.agents.connected.delete('h1');
+    await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && e.message === 'VNE "blue" has kept disks on hosts that are not connected (vm1 on h1): delete it when they are back, or pass --forget-unreachable-disks to forget those disks (their directories stay on those hosts)');
+    assert.ok(s.catalog.getVne('blue'));
+    assert.deepEqual(await s.svc.deleteVne({ name: 'blue', deleteSnapshots: false, forgetUnreachableDisks: true }), { discarded: [], forgotten: [`forgotten vm1 on h1: ${DIR1} (12.3 MiB) (host not connected: the directory stays there)`] });
+    assert.equal(s.catalog.getVne('blue'), undefined);
+    assert.deepEqual([...s.catalog.disks.of('blue')], []);
+
+    const t = setup();
+    keeping(t);
+    await running(t);
+    await t.svc.stopVne({ name: 'blue' });
+    t.agents.sent.length = 0;
+    assert.deepEqual(await t.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), { discarded: [`discarded vm1 on h1: ${DIR1} (12.3 MiB)`], forgotten: [] });
+    assert.deepEqual(t.agents.sent.map((x) => [x.agent, x.body.discardDisks]), [['h1', { vne: 'blue', vms: ['vm1'] }]]);
+  });
+
+  it('restore of a VNE with kept disks is refused unless --discard-disks; update refused when a kept VM changes', async () => {
+    const s = setup();
+    keeping(s);
+    await running(s);
+    const snap = await snapshot(s);
+    await s.svc.stopVne({ name: 'blue' });
+    s.agents.sent.length = 0;
+    await assert.rejects(
+      s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: false, timeoutMs: 0 }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === "VNE \"blue\" has kept disks (vm1 on h1): the restore starts from the snapshot's disks and would replace them; pass --discard-disks to restore anyway",
+    );
+    assert.deepEqual(s.agents.names(), []);
+    await assert.rejects(s.svc.updateVne(req({}, [vm('vm1', 'h1', '52:54:00:00:00:01', ['zz9'].slice(1)), vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1'])])), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VM vm1 of VNE "blue" has a kept disk (on h1) and the new definition changes its driver spec: discard it first (vnsnap vne stop --discard-disks blue)');
+    await assert.rejects(s.svc.updateVne(req({}, [vm('vm2', 'h2', '52:54:00:00:00:02')])), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VM vm1 of VNE "blue" has a kept disk (on h1) and the new definition removes it: discard it first (vnsnap vne stop --discard-disks blue)');
+    const notes: string[] = [];
+    const done = await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: false, timeoutMs: 0, discardDisks: true }, (e) => void (e.note && notes.push(e.note)));
+    assert.equal(done.id, snap.id);
+    assert.ok(notes.includes(`restore: discarded vm1 on h1: ${DIR1} (12.3 MiB)`), notes.join('\n'));
+    assert.deepEqual(s.agents.names().slice(0, 3), ['h1:validateArtefacts', 'h2:validateArtefacts', 'h1:discardDisks']);
+    assert.deepEqual([...s.catalog.disks.kept('blue')], []);
   });
 });

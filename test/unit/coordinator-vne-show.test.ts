@@ -7,6 +7,7 @@ import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { renderVne } from '../../coordinator/cli/format';
 
 const T0 = 1_800_000_000_000;
+const NO_DISK = { diskSource: 'DISK_SOURCE_UNSPECIFIED', diskHost: '', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 } as const;
 
 function vne(over: Partial<Vne__Output>): Vne__Output {
   return {
@@ -32,8 +33,8 @@ describe('vne show: per-VM status and fenced instances', () => {
       vne({
         stateReason: 'agent h2 (host of b) disconnected: its VMs are unmanaged; snapshots and restores are refused until it is back',
         vmStatus: [
-          { vm: 'a', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
-          { vm: 'b', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED' },
+          { vm: 'a', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING', ...NO_DISK },
+          { vm: 'b', host: 'h2', hostReachable: false, state: 'VM_RUN_STATE_UNMANAGED', ...NO_DISK },
         ],
       }),
     );
@@ -56,8 +57,8 @@ describe('vne show: per-VM status and fenced instances', () => {
         generation: 4,
         placement: { a: 'h1', b: 'h1' },
         vmStatus: [
-          { vm: 'a', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
-          { vm: 'b', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING' },
+          { vm: 'a', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING', ...NO_DISK },
+          { vm: 'b', host: 'h1', hostReachable: true, state: 'VM_RUN_STATE_RUNNING', ...NO_DISK },
         ],
         fenced: [{ vm: 'b', agent: 'h2', generation: 3, fencedUnixMs: T0, stopped: false }],
       }),

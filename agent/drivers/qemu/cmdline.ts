@@ -98,12 +98,15 @@ export interface VmFiles {
   pidFile: string;
   /** QEMU's stderr (it outlives the agent, so no pipe to it). */
   stderrLog: string;
+  /** Where the VM's disk chain lives (the agent's disks directory for the VM: ../disk-dir.ts). */
+  diskDir: string;
   /** The first disk overlay of the instance (the top changes with every snapshot). */
   disk0: string;
   netSock(i: number): string;
 }
 
-export function vmFiles(dir: string): VmFiles {
+/** The instance's files in `dir`; its disk chain in `diskDir` (default: the instance directory itself). */
+export function vmFiles(dir: string, diskDir = dir): VmFiles {
   return {
     dir,
     qmpSock: `${dir}/qmp.sock`,
@@ -111,7 +114,8 @@ export function vmFiles(dir: string): VmFiles {
     channelSock: `${dir}/channel.sock`,
     pidFile: `${dir}/qemu.pid`,
     stderrLog: `${dir}/qemu.stderr`,
-    disk0: `${dir}/disk0.qcow2`,
+    diskDir,
+    disk0: `${diskDir}/disk0.qcow2`,
     netSock: (i) => `${dir}/net${i}.sock`,
   };
 }
@@ -128,8 +132,10 @@ export interface CmdlineInput {
   files: VmFiles;
   accel: Accel;
   nics: NicArg[];
-  /** Attach files.disk0 as virtio-blk (node names file0/disk0). */
+  /** Attach the disk as virtio-blk (node names file0/disk0): files.disk0, or diskFile when given. */
   disk: boolean;
+  /** The image to boot from when it is not files.disk0 (the top of a kept disk's chain). */
+  diskFile?: string;
   /** Restore: -S -incoming defer. */
   incoming: boolean;
   /** Extra guest RAM in KiB (tcgRamPadKib); the same value must be used to restore. */
@@ -162,7 +168,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
   });
   if (c.disk) {
     args.push(
-      '-blockdev', `driver=file,filename=${c.files.disk0},node-name=file0`,
+      '-blockdev', `driver=file,filename=${c.diskFile ?? c.files.disk0},node-name=file0`,
       '-blockdev', 'driver=qcow2,file=file0,node-name=disk0',
       '-device', 'virtio-blk-pci,drive=disk0',
     );

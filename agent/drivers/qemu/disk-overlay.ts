@@ -1,5 +1,7 @@
 /**
- * The disk side of a QEMU snapshot: a qcow2 overlay chain in the VM's instance directory.
+ * The disk side of a QEMU snapshot: a qcow2 overlay chain in the VM's disk directory (beside the
+ * chain's current top: under the agent's disks directory: it outlives the instance, see ../disk-dir.ts). A kept disk
+ * already holds overlays of earlier instances, so a new overlay never reuses an existing name.
  *
  *   prepare()   before the cut: create the next overlay (qemu-img, its backing named but not
  *               opened) and attach it as a node without a backing, so the cut's disk step is one
@@ -49,7 +51,10 @@ export class DiskOverlay {
     const vm = this.vm;
     if (!vm.hasDisk || this.prepared) return;
     const node = `d${this.epoch}s${vm.snapSerial}`;
-    const file = `${vm.files.dir}/disk-e${this.epoch}-${vm.snapSerial}.qcow2`;
+    // Beside the current top (an adopted VM's files.diskDir is not known from its record).
+    const dir = path.dirname(vm.topFile);
+    let file = `${dir}/disk-e${this.epoch}-${vm.snapSerial}.qcow2`;
+    for (let n = 1; await exists(file); n++) file = `${dir}/disk-e${this.epoch}-${vm.snapSerial}-${n}.qcow2`;
     const info = JSON.parse(await this.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number };
     if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
     await this.qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
@@ -110,4 +115,8 @@ export class DiskOverlay {
       this.log.warn({ err: describeError(e), overlay: ov.file }, 'could not merge the snapshot overlay back; it stays in the chain');
     }
   }
+}
+
+async function exists(file: string): Promise<boolean> {
+  return (await fsp.stat(file).catch(() => undefined)) !== undefined;
 }

@@ -16,6 +16,13 @@
  *
  * Restore: the same command line + -S -incoming defer, the disk on a new overlay over a copy of
  * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
+ *
+ * Disks (docs/qemu.md "Where disks live"): each VM's qcow2 chain is in its own directory under
+ * disksDir (../disk-dir.ts), not in the tmpfs instance directory. stop() quits QEMU cleanly (QMP
+ * quit: its caches flushed) and keeps that directory, marked with the chain's top, unless told to
+ * discard it; start() with keptDisk boots from the kept top (its chain checked: upper layers in
+ * the VM's own directory, the base the spec's image inside the image roots); a fresh start or a
+ * restore that finds a directory moves it aside, never deletes it.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -28,7 +35,8 @@ import { PacketPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
-import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
@@ -69,10 +77,12 @@ export class QemuDriver implements HypervisorDriver {
   private readonly roots: ImageRoots;
   /** Spawn each QEMU in a transient systemd scope (systemd is PID 1, or the option says so). */
   private readonly useScope: boolean;
+  private readonly disks: DiskDirs;
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
       workDir: opts.workDir ?? '/run/vnsnap/qemu',
+      disksDir: opts.disksDir ?? (opts.workDir !== undefined ? `${opts.workDir.replace(/\/+$/, '')}-disks` : '/var/lib/vnsnap/disks'),
       prefix: opts.prefix ?? 'vnqm',
       qemuBinary: opts.qemuBinary ?? 'qemu-system-x86_64',
       qemuImg: opts.qemuImg ?? 'qemu-img',
@@ -92,6 +102,7 @@ export class QemuDriver implements HypervisorDriver {
     this.useScope = this.o.scope === 'always' || (this.o.scope === 'auto' && fs.existsSync('/run/systemd/system'));
     this.roots = new ImageRoots(this.o.imageRoots);
     this.log = opts.logger ?? silentLogger();
+    this.disks = new DiskDirs(this.o.disksDir, this.log);
     if (this.o.accel === 'auto') {
       const c = probeAccel();
       this.accel = c.accel;
@@ -130,17 +141,26 @@ export class QemuDriver implements HypervisorDriver {
     return this.o.nic;
   }
 
-  /** Make the instance directory, the ports, the NIC arguments; a failure undoes everything. */
-  private async prepare(spec: VmStartSpec, ctx: VmStartContext): Promise<{ vm: QemuVm; nics: NicArg[] }> {
+  /**
+   * Make the instance directory, the disk directory (`kept`: the kept one, checked; else a fresh
+   * one), the ports, the NIC arguments; a failure undoes everything (but never deletes a kept disk).
+   */
+  private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
     const qspec = await this.qspecOf(spec);
     const existing = this.vms.get(spec.id);
     if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
+    const diskDir = this.disks.dirOf(spec.vne, spec.name);
+    let keptTop: string | undefined;
+    if (qspec.disk && kept) {
+      keptTop = await this.disks.keptTop(spec.vne, spec.name);
+      await checkBackingChain(`VM ${spec.name}: the kept disk`, keptTop, this.roots, (args) => this.qemuImg(args), { dir: diskDir, base: qspec.disk });
+    } else if (qspec.disk) await this.disks.fresh(spec.vne, spec.name);
     const safe = spec.id.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 40);
     const dir = path.join(this.o.workDir, `${this.o.prefix}-${safe}-${process.pid}-${++this.serial}`);
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    const files = vmFiles(dir);
+    const files = vmFiles(dir, diskDir);
     if (Buffer.byteLength(files.netSock(9)) > 100) throw new VnsnapError('ERR_CONFIG', `QEMU work directory ${this.o.workDir} is too long for unix socket paths`);
     const mode = this.nicFor(qspec);
     const ports: Port[] = [];
@@ -166,14 +186,19 @@ export class QemuDriver implements HypervisorDriver {
         }
       }
     } catch (e) {
-      await this.cleanup(vm);
+      await this.cleanup(vm, !keptTop);
       throw e;
     }
-    return { vm, nics };
+    if (keptTop) vm.topFile = keptTop;
+    return { vm, nics, ...(keptTop ? { keptTop } : {}) };
   }
 
-  private async cleanup(vm: QemuVm): Promise<void> {
-    await vm.kill();
+  /**
+   * Stop QEMU (cleanly: kill() quits first), close the ports, remove the TAPs and the instance
+   * directory; the disk directory too when `discardDisk`. Returns whether QEMU had to be killed.
+   */
+  private async cleanup(vm: QemuVm, discardDisk: boolean): Promise<boolean> {
+    const killed = await vm.kill();
     for (const p of vm.ports) {
       try {
         p.close();
@@ -187,6 +212,8 @@ export class QemuDriver implements HypervisorDriver {
     vm.taps = [];
     // Retries: a writer of the directory (a memory stream's cat) may still be exiting.
     await fsp.rm(vm.files.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+    if (discardDisk && vm.hasDisk) await this.disks.discard(vm.spec.vne, vm.spec.name);
+    return killed;
   }
 
   /** The transient scope's unit name (one per instance), when QEMU runs in one. */
@@ -201,32 +228,68 @@ export class QemuDriver implements HypervisorDriver {
       this.padLogged = true;
       this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');
     }
-    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, incoming, ramPadKib: vm.ramPadKib });
+    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, diskFile: vm.topFile, incoming, ramPadKib: vm.ramPadKib });
   }
 
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
-    const { vm, nics } = await this.prepare(spec, ctx);
+    const { vm, nics, keptTop } = await this.prepare(spec, ctx, spec.keptDisk === true);
     try {
-      if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
+      if (vm.hasDisk && !keptTop) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs, this.scopeUnit(vm));
       await vm.refreshStatus();
       if (vm.status !== 'running') await vm.q().execute('cont');
       await vm.refreshStatus();
     } catch (e) {
-      await this.cleanup(vm);
+      await this.cleanup(vm, !keptTop);
       throw e;
     }
     this.vms.set(spec.id, vm);
-    vm.log.info({ pid: vm.pid, dir: vm.files.dir, accel: this.accelFor(vm.qspec) }, 'QEMU VM started');
+    vm.log.info({ pid: vm.pid, dir: vm.files.dir, disk: vm.hasDisk ? vm.topFile : undefined, kept: !!keptTop, accel: this.accelFor(vm.qspec) }, keptTop ? 'QEMU VM started from its kept disk' : 'QEMU VM started');
     return { name: spec.name, ports: vm.ports };
   }
 
-  async stop(id: string): Promise<void> {
+  /**
+   * Stop the VM (QMP quit, SIGKILL only if it does not exit in time) and keep its disk directory,
+   * marked with the chain's top, unless opts.discardDisk (then it is deleted). A VM adopted from
+   * an agent that kept disks in the instance directory has nothing to keep.
+   */
+  async stop(id: string, opts: StopOptions = {}): Promise<StopReport> {
     const vm = this.vms.get(id);
-    if (!vm) return;
+    if (!vm) return opts.discardDisk ? this.discardUnknown(id) : {};
     this.vms.delete(id);
     await vm.job?.abort().catch(() => undefined);
-    await this.cleanup(vm);
+    const { vne, name } = vm.spec;
+    const ownDisk = vm.hasDisk && path.dirname(vm.topFile) === this.disks.dirOf(vne, name);
+    const killed = await this.cleanup(vm, opts.discardDisk === true && ownDisk);
+    const report: StopReport = killed ? { killed } : {};
+    if (!ownDisk) return report;
+    if (opts.discardDisk) {
+      const dir = this.disks.dirOf(vne, name);
+      vm.log.info({ dir }, 'QEMU VM stopped; its disk discarded');
+      return { ...report, discardedPath: dir };
+    }
+    const kept = await this.disks.markKept(vne, name, vm.topFile);
+    vm.log.info({ dir: kept.dir, top: vm.topFile, bytes: kept.bytes, killed }, 'QEMU VM stopped; its disk kept');
+    return { ...report, diskPath: kept.dir, diskBytes: kept.bytes };
+  }
+
+  /** StopVm(discard) of a VM this driver does not run: its id is "<vne>/<vm>" (the agent's key). */
+  private async discardUnknown(id: string): Promise<StopReport> {
+    const i = id.indexOf('/');
+    if (i <= 0) return {};
+    const gone = await this.disks.discard(id.slice(0, i), id.slice(i + 1));
+    return gone ? { discardedPath: gone } : {};
+  }
+
+  async discardDisk(vne: string, vm: string): Promise<string | undefined> {
+    const running = [...this.vms.values()].find((v) => v.spec.vne === vne && v.spec.name === vm && !v.exited);
+    if (running) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${vm} of VNE ${vne} is running: stop it before discarding its disk`);
+    return this.disks.discard(vne, vm);
+  }
+
+  diskPath(id: string): string | undefined {
+    const vm = this.vms.get(id);
+    return vm?.hasDisk ? path.dirname(vm.topFile) : undefined;
   }
 
   async pause(id: string): Promise<void> {
@@ -264,7 +327,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
-    const { vm, nics } = await this.prepare(spec, ctx);
+    const { vm, nics } = await this.prepare(spec, ctx, false);
     try {
       // Memory: read in place from a local store, else copied out first.
       let memPath: string;
@@ -276,7 +339,7 @@ export class QemuDriver implements HypervisorDriver {
       if (vm.hasDisk) {
         if (!image.disk) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${spec.name} has a disk but the snapshot has no disk image`);
         // A private copy of the frozen image (the artefact may be deleted while the VM runs), then a new overlay over it.
-        const frozen = `${vm.files.dir}/frozen.qcow2`;
+        const frozen = `${vm.files.diskDir}/frozen.qcow2`;
         if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
         else await fsp.writeFile(frozen, await store.get(image.disk.path));
         await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
@@ -298,7 +361,7 @@ export class QemuDriver implements HypervisorDriver {
       if (vm.status === 'running') await q.execute('stop');
       await vm.refreshStatus();
     } catch (e) {
-      await this.cleanup(vm);
+      await this.cleanup(vm, true);
       throw e;
     }
     this.vms.set(spec.id, vm);

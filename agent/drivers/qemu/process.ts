@@ -2,16 +2,23 @@
  * One QEMU process (QemuVm) and what the QEMU driver's parts share: its options, the QMP
  * reply of query-migrate, and qemu-img through the drivers' one async runner.
  *
- * Instance directory (driver option workDir, one directory per VM instance; keep it short:
- * unix socket paths are limited to 107 bytes): qmp.sock, console.log, net<i>.sock (stream NICs),
- * channel.sock (extra.channel), disk0.qcow2 (the instance's overlay over the spec's base image),
- * disk-e<k>.qcow2 (the overlay made at the cut of snapshot k; the previous top is frozen),
- * mem-e<k>.img (the migration stream being written). Removed when the VM stops.
+ * Instance directory (driver option workDir, one directory per VM instance, on tmpfs; keep it
+ * short: unix socket paths are limited to 107 bytes): qmp.sock, console.log, qemu.stderr,
+ * net<i>.sock (stream NICs), channel.sock (extra.channel), mem-e<k>.img (the migration stream
+ * being written). Removed when the VM stops.
+ *
+ * Disk directory (driver option disksDir, `<stateDir>/disks/<vne>_<vm>/`, persistent storage;
+ * ../disk-dir.ts): the VM's writable qcow2 chain: disk0.qcow2 (the overlay over the spec's base
+ * image), disk-e<k>-<n>.qcow2 (the overlay made at the cut of snapshot k; the previous top is
+ * frozen), frozen.qcow2 (a restore's private copy of the snapshot's disk), kept.json (the top to
+ * boot from, written when a stop keeps the disk). It outlives the instance: kept by a stop,
+ * deleted only when the coordinator says so.
  *
  * QemuVm guarantees: `status` follows QEMU's own STOP and RESUME events (whose timestamps
  * measure the pause); `exited` is set when the process is gone, and q() then throws ERR_DRIVER
- * with the tail of QEMU's stderr; kill() asks QMP `quit`, then SIGKILL after 3 s (only while the
- * pid still has the recorded start time: a reused pid is never signalled).
+ * with the tail of QEMU's stderr; kill() asks QMP `quit` (QEMU flushes and closes its images),
+ * then SIGKILL after 3 s (only while the pid still has the recorded start time: a reused pid is
+ * never signalled), and says whether it had to kill.
  *
  * QEMU outlives the agent (docs/agent-restart.md): it is spawned detached (setsid: its own
  * session and process group, so no signal to the agent's group or terminal reaches it), with no
@@ -36,6 +43,12 @@ import { QmpClient, type QmpEvent } from './qmp';
 export interface QemuDriverOptions {
   /** Where instance directories go (default /run/vnsnap/qemu). */
   workDir?: string;
+  /**
+   * Where the VMs' disk chains go, one directory per VM (../disk-dir.ts). The agent passes
+   * `<stateDir>/disks`. Default: `<workDir>-disks` (beside it) when workDir is given, else
+   * /var/lib/vnsnap/disks.
+   */
+  disksDir?: string;
   /** Prefix of instance directories and TAP names (default "vnqm"). */
   prefix?: string;
   qemuBinary?: string;
@@ -225,19 +238,26 @@ export class QemuVm {
     this.status = r.running ? 'running' : 'paused';
   }
 
-  async kill(): Promise<void> {
+  /** Stop QEMU cleanly (QMP quit), SIGKILL if it has not exited 3 s later; true when it had to be killed. */
+  async kill(): Promise<boolean> {
+    let killed = false;
     if (this.pid !== undefined && !this.exited) {
       try {
         await this.qmp?.execute('quit', undefined, 2000);
       } catch {
         /* dying anyway */
       }
-      const t = setTimeout(() => this.signal('SIGKILL'), 3000);
+      const t = setTimeout(() => {
+        killed = true;
+        this.log.warn({ pid: this.pid }, 'QEMU did not exit within 3 s of QMP quit: killed (SIGKILL); writes it had not flushed are lost');
+        this.signal('SIGKILL');
+      }, 3000);
       await this.exitPromise;
       clearTimeout(t);
     }
     this.qmp?.close();
     this.status = 'stopped';
+    return killed;
   }
 
   /** Signal the process if it is still the one this VM runs (never a reused pid). */

@@ -11,6 +11,11 @@
  * same root check (no `json:` or protocol filenames), and no image may name an external qcow2
  * data file. A chain that qemu-img cannot read is refused too. A restore checks the chain of the
  * snapshot's disk image the same way (it names the base as its backing file) before QEMU opens it.
+ *
+ * A kept disk (a VM booting from the chain a stop kept, docs/qemu.md) is checked the same way
+ * from its top, with one difference: the layers above the base may be files directly in the VM's
+ * own disk directory (`own`), and the chain must end in the spec's (resolved) base image, itself
+ * inside the roots.
  */
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -38,8 +43,11 @@ export async function checkQemuSpec(name: string, q: QemuDriverSpec__Output, roo
   return out;
 }
 
-/** Refuse a disk whose chain leaves the roots (module comment); the first image itself is not root-checked. */
-export async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>): Promise<void> {
+/**
+ * Refuse a disk whose chain leaves the roots (module comment); the first image itself is not
+ * root-checked. `own`: a kept disk's chain (its upper layers in own.dir, its base own.base).
+ */
+export async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>, own?: { dir: string; base: string }): Promise<void> {
   let chain: ImageInfo[];
   try {
     const parsed = JSON.parse(await qemuImg(['info', '--backing-chain', '--output=json', '-U', disk])) as unknown;
@@ -54,6 +62,12 @@ export async function checkBackingChain(field: string, disk: string, roots: Imag
     if (i === 0) continue;
     const file = img.filename ?? '';
     if (!file.startsWith('/')) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: backing file ${JSON.stringify(file.slice(0, 96))} is not a plain absolute path`);
-    await roots.resolve(`${field}: backing file`, file);
+    const last = i === chain.length - 1;
+    if (own && !last) await roots.resolveOwn(`${field}: backing file`, file, own.dir);
+    else {
+      const real = await roots.resolve(`${field}: backing file`, file);
+      if (own && real !== own.base) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: the chain ends in ${JSON.stringify(real)}, not in the spec's image ${JSON.stringify(own.base)}`);
+    }
   }
+  if (own && chain.length < 2) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field} ${JSON.stringify(disk)} has no backing image; a kept disk must lead to the spec's image ${JSON.stringify(own.base)}`);
 }
