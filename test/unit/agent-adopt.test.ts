@@ -289,6 +289,7 @@ describe('QEMU state records', () => {
   it('reads what persistent() writes', () => {
     assert.deepEqual(parseQemuSavedState(ok, '/run/vnsnap/qemu'), ok);
     assert.deepEqual(parseQemuSavedState({ ...ok, ramPadKib: undefined, snapSerial: undefined }, '/run/vnsnap/qemu/'), { ...ok, ramPadKib: 0, snapSerial: 0 });
+    assert.deepEqual(parseQemuSavedState({ ...ok, nic: 'tap-vnet' }, '/run/vnsnap/qemu'), { ...ok, nic: 'tap-vnet' });
   });
 
   it('never takes a directory outside the work directory, nor a bad TAP name or NIC mode', () => {
@@ -297,7 +298,7 @@ describe('QEMU state records', () => {
     bad({ ...ok, dir: '/run/vnsnap/qemu/../../etc' }, /is not under the work directory/);
     bad({ ...ok, dir: '/run/vnsnap/qemuX/a' }, /is not under the work directory/);
     bad({ ...ok, taps: ['eth0; rm -rf /'] }, /bad TAP names/);
-    bad({ ...ok, nic: 'bridge' }, /nic "bridge" is neither tap nor stream/);
+    bad({ ...ok, nic: 'bridge' }, /nic "bridge" is none of stream, tap, tap-vnet/);
     bad(null, /no driver state/);
   });
 });

@@ -8,7 +8,8 @@
  *
  * NICs: by default each vNIC is QEMU's `-netdev stream` connected to a StreamPort the driver
  * listens on (no kernel device); `nic: 'tap'` makes a TAP (vnet_hdr off) that QEMU opens and
- * the switch reads with a packet socket. docs/qemu.md has the measurements behind the default.
+ * the switch reads with a packet socket; `nic: 'tap-vnet'` the same with vnet_hdr=on and the
+ * packet socket with PACKET_VNET_HDR (offloads end to end, docs/nic-offloads.md). docs/qemu.md has the measurements behind the default.
  *
  * Specs: before anything is made or spawned, start and restore check the spec (spec-check.ts:
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
@@ -31,7 +32,7 @@ import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/st
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
-import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
+import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
@@ -124,9 +125,9 @@ export class QemuDriver implements HypervisorDriver {
 
   private nicFor(q: QemuDriverSpec__Output): NicMode {
     const n = q.extra.nic;
-    if (n === 'stream' || n === 'tap') return n;
-    if (n !== undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `qemu extra.nic must be stream or tap, got "${n}"`);
-    return this.o.nic;
+    if (n === undefined) return this.o.nic;
+    if ((NIC_MODES as readonly string[]).includes(n)) return n as NicMode;
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `qemu extra.nic must be ${NIC_MODES.join(', ')}, got "${n}"`);
   }
 
   /** Make the instance directory, the ports, the NIC arguments; a failure undoes everything. */
@@ -160,7 +161,7 @@ export class QemuDriver implements HypervisorDriver {
           await exec('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 60_000 });
           vm.taps.push(tap);
           await exec('ip', ['link', 'set', tap, 'up'], { timeoutMs: 60_000 });
-          ports.push(new PacketPort(name, tap));
+          ports.push(new PacketPort(name, tap, undefined, { offload: mode === 'tap-vnet' }));
           nics.push({ mode, mac, target: tap });
         }
       }
