@@ -79,7 +79,7 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
   const q = spec.driver.qemu;
   if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
-  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: { ...(q.extra ?? {}), nic: st.nic } };
   const files = vmFiles(st.dir);
   const log = ctx.log.child({ driver: 'qemu' });
   const ports: Port[] = [];

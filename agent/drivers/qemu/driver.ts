@@ -34,6 +34,7 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
@@ -131,8 +132,12 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /** Make the instance directory, the ports, the NIC arguments; a failure undoes everything. */
-  private async prepare(spec: VmStartSpec, ctx: VmStartContext): Promise<{ vm: QemuVm; nics: NicArg[] }> {
-    const qspec = await this.qspecOf(spec);
+  private async prepare(spec: VmStartSpec, ctx: VmStartContext, image?: RestoreImage): Promise<{ vm: QemuVm; nics: NicArg[] }> {
+    const checked = await this.qspecOf(spec);
+    // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
+    // spec records it, so inspect(), persistent() and a later snapshot see the same.
+    const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
+    const qspec: QemuDriverSpec__Output = { ...checked, extra: { ...checked.extra, nic: mode } };
     const existing = this.vms.get(spec.id);
     if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
@@ -142,7 +147,6 @@ export class QemuDriver implements HypervisorDriver {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const files = vmFiles(dir);
     if (Buffer.byteLength(files.netSock(9)) > 100) throw new VnsnapError('ERR_CONFIG', `QEMU work directory ${this.o.workDir} is too long for unix socket paths`);
-    const mode = this.nicFor(qspec);
     const ports: Port[] = [];
     const nics: NicArg[] = [];
     const vm = new QemuVm(spec, qspec, files, ports, ctx.log.child({ driver: 'qemu' }));
@@ -260,11 +264,11 @@ export class QemuDriver implements HypervisorDriver {
       await job.abort().catch(() => undefined);
       throw e;
     }
-    return job;
+    return recordNicMode(job, this.nicFor(vm.qspec));
   }
 
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
-    const { vm, nics } = await this.prepare(spec, ctx);
+    const { vm, nics } = await this.prepare(spec, ctx, image);
     try {
       // Memory: read in place from a local store, else copied out first.
       let memPath: string;
