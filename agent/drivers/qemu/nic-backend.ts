@@ -1,8 +1,8 @@
 /**
  * The NIC backend of a QEMU VM across snapshot and restore. A memory image holds the
  * virtio-net device state, and that state says whether the backend had vnet_hdr: QEMU refuses
- * to load an image saved with vnet_hdr=on onto a backend without it, and an image saved without
- * it loads onto one with it but the guest keeps the features it negotiated (no offloads). So a
+ * to load an image saved with vnet_hdr=on onto a backend without it; the reverse was not tried,
+ * and even if it loads, the guest keeps the features it negotiated without the header. So a
  * snapshot records the mode (stream, tap, tap-vnet) as the memory artefact's attribute "nic",
  * and a restore uses the same mode.
  *
