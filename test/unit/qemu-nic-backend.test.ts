@@ -6,6 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { isVnsnapError } from '../../proto/core/errors';
+import { checkQemuExtra } from '../../proto/specs/qemu-extra';
 import type { CutReport, SnapshotJob, VmImage } from '../../agent/drivers/driver';
 import { NIC_ATTRIBUTE, recordNicMode, restoreNicMode } from '../../agent/drivers/qemu/nic-backend';
 import type { NicMode } from '../../agent/drivers/qemu/cmdline';
@@ -22,6 +23,11 @@ function refusal(requested: NicMode | undefined, fallback: NicMode, nic?: string
 }
 
 describe('QEMU NIC backend across snapshot and restore', () => {
+  it('a VM spec may name every mode (the extra allow-list), and nothing else', () => {
+    for (const nic of ['stream', 'tap', 'tap-vnet']) checkQemuExtra('', { nic });
+    assert.throws(() => checkQemuExtra('', { nic: 'vhost-user' }), /^VnsnapError: qemu\.extra\.nic "vhost-user" is invalid: expected stream, tap or tap-vnet$/);
+  });
+
   it('a restore uses the mode the image was saved with, whatever the driver default', () => {
     assert.equal(restoreNicMode('a', undefined, 'stream', image('tap-vnet')), 'tap-vnet');
     assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image('tap')), 'tap');
