@@ -175,6 +175,7 @@ export class RestoreRunner {
   }
 }
 
-function stored(a: Artefact__Output): { path: string; size: number; sha256: string } {
-  return { path: a.path, size: Number(a.size), sha256: a.sha256 };
+function stored(a: Artefact__Output): { path: string; size: number; sha256: string; attributes?: Record<string, string> } {
+  const attrs = a.attributes ?? {};
+  return { path: a.path, size: Number(a.size), sha256: a.sha256, ...(Object.keys(attrs).length > 0 ? { attributes: { ...attrs } } : {}) };
 }

@@ -96,9 +96,12 @@ export interface NativeIo {
   tapOpen(name: string, opts?: { vnetHdr?: boolean }): { fd: number; name: string; vnetHdr?: boolean; offloads?: boolean };
   /**
    * AF_PACKET SOCK_RAW socket bound to an existing interface (ETH_P_ALL, promiscuous,
-   * PACKET_IGNORE_OUTGOING), non-blocking.
+   * PACKET_IGNORE_OUTGOING), non-blocking. opts.vnetHdr adds PACKET_VNET_HDR: frames are read
+   * (poller kind 'vnet') and written (writeFramesVnet) behind a virtio_net_hdr and may be TCP
+   * super-frames, as on a TAP opened with vnetHdr (switch/native/packet.c says what the kernel
+   * delivers and accepts).
    */
-  packetOpen(ifname: string): { fd: number; ifindex: number };
+  packetOpen(ifname: string, opts?: { vnetHdr?: boolean }): { fd: number; ifindex: number; vnetHdr?: boolean };
   /** IPv4 UDP socket bound to ip:port (port 0 = ephemeral), non-blocking, large buffers. */
   udpOpen(ip: string, port: number, opts?: { gro?: boolean }): { fd: number; port: number; gro?: boolean };
   /** Close an fd opened here: stops its pollers and drops its socket state first. */
@@ -120,7 +123,7 @@ export interface NativeIo {
    */
   writeFrames(fd: number, frames: readonly Buffer[], count: number): number;
   /**
-   * writeFrames for a TAP opened with vnetHdr: frame i goes out behind metas[10i, 10i+10) (its
+   * writeFrames for a TAP or packet socket opened with vnetHdr: frame i goes out behind metas[10i, 10i+10) (its
    * virtio_net_hdr), or behind a zero header when metas is null. A frame the kernel refuses
    * (EINVAL) is skipped and not counted.
    */
@@ -154,8 +157,8 @@ export interface NativeIo {
    */
   groSplit(buf: Buffer, len: number, gsoSize: number, offs: Uint32Array, lens: Uint32Array, segs: Uint32Array, metas: Buffer): number;
   /**
-   * A batched reader. kind 'frames' (TAP, packet socket: read() in a loop), 'vnet' (a TAP opened
-   * with vnetHdr: opts.meta receives each frame's virtio_net_hdr, zero unless it is a TCP
+   * A batched reader. kind 'frames' (TAP, packet socket: read() in a loop), 'vnet' (a TAP or a
+   * packet socket opened with vnetHdr: opts.meta receives each frame's virtio_net_hdr, zero unless it is a TCP
    * super-frame) or 'udp' (recvmmsg; the source address of datagram i is written to ips[i] /
    * ports[i]; with opts.gro the socket must have UDP_GRO and onBatch counts entries, entry i
    * at slab[offs[i], offs[i] + lens[i]) standing for segs[i] datagrams).

@@ -168,8 +168,14 @@ export interface CutReport {
   phases: PhaseSpan[];
 }
 
+/**
+ * A memory image with what its loader must honour (recorded in the manifest as the artefact's
+ * attributes): the QEMU driver's "nic" = the NIC backend the image was saved with.
+ */
+export type MemoryArtefact = StoredArtefact & { attributes?: Record<string, string> };
+
 export interface VmImage {
-  memory: StoredArtefact;
+  memory: MemoryArtefact;
   disk?: StoredArtefact;
 }
 
@@ -191,7 +197,7 @@ export interface SnapshotJob {
 }
 
 export interface RestoreImage {
-  memory: StoredArtefact;
+  memory: MemoryArtefact;
   disk?: StoredArtefact;
 }
 

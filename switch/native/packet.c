@@ -4,6 +4,21 @@
  * (bound by ifindex, created with protocol 0 so nothing is queued before the bind; outgoing
  * frames ignored), in promiscuous mode, non-blocking, with large buffers; on failure it is
  * closed and the error names the step.
+ *
+ * With opts.vnetHdr (PACKET_VNET_HDR, the switch's side of a QEMU TAP opened with vnet_hdr=on)
+ * every frame read and written is prefixed by a 10-byte struct virtio_net_hdr (legacy layout,
+ * native byte order, the same as a vnet TAP's), so the frames can be TCP super-frames:
+ *  - RX: the kernel synthesises the header from the skb at recvmsg time: gso_type/gso_size/
+ *    hdr_len (= the skb's linear length) for a GSO skb (up to 64 KiB, e.g. a guest's TSO frame
+ *    as QEMU wrote it), flags NEEDS_CSUM + csum_start/csum_offset (from the frame's first byte)
+ *    for a partial checksum, DATA_VALID for a checksum already verified, all zero otherwise.
+ *    An skb whose GSO type has no virtio_net_hdr form (UDP tunnel GSO, ...) fails that recvmsg
+ *    with EINVAL and is dropped (the poller counts a read error and goes on).
+ *  - TX: the kernel builds the skb from the header (virtio_net_hdr_to_skb): a frame with
+ *    gso_type TCPV4/TCPV6 may exceed the MTU and leaves as one GSO skb; the TAP passes it whole
+ *    to QEMU if the guest negotiated TSO (QEMU's TUNSETOFFLOAD set the TAP's features), and the
+ *    kernel segments it in software (validate_xmit_skb) otherwise. A header it cannot honour
+ *    is refused with EINVAL (writeFramesVnet skips that frame).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -25,16 +40,21 @@
 #endif
 
 /*
- * packetOpen(ifname) -> { fd, ifindex }
+ * packetOpen(ifname, opts?) -> { fd, ifindex, vnetHdr }
  *
- * CALLER'S DUTY: on veth and TAP kernel sides (and most NICs) the kernel hands a packet
+ * CALLER'S DUTY without vnetHdr: on veth and TAP kernel sides (and most NICs) the kernel hands a packet
  * socket 64 KiB GSO super-frames with partial checksums unless segmentation/checksum
  * offloads are off on that interface: run `ethtool -K IF tx off tso off gso off` (and, so
  * VLAN tags are not moved out of the frame into metadata, `rxvlan off txvlan off`) before
  * using the port. This addon does not shell out.
+ * CALLER'S DUTY with vnetHdr: leave the interface's offloads ON (tx, tso, gso: super-frames are
+ * what this mode is for, the header describes them); still `rxvlan off txvlan off` where the
+ * interface has VLAN acceleration (a TAP has none on receive). A QEMU TAP needs nothing: its
+ * features are what the guest negotiated.
  */
 napi_value PacketOpen(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+  GET_ARGS(2);
+  int vnet = opt_bool(env, argv[1], "vnetHdr");
   char name[256];
   size_t len = 0;
   char op[300];
@@ -66,6 +86,11 @@ napi_value PacketOpen(napi_env env, napi_callback_info info) {
     step = "setsockopt PACKET_AUXDATA";
     goto fail;
   }
+  /* Before the bind, so no frame is ever read without its header. */
+  if (vnet && setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) {
+    step = "setsockopt PACKET_VNET_HDR";
+    goto fail;
+  }
   struct packet_mreq mr;
   memset(&mr, 0, sizeof mr);
   mr.mr_ifindex = (int)idx;
@@ -88,6 +113,7 @@ napi_value PacketOpen(napi_env env, napi_callback_info info) {
   napi_create_object(env, &res);
   set_num_prop(env, res, "fd", fd);
   set_num_prop(env, res, "ifindex", idx);
+  set_bool_prop(env, res, "vnetHdr", vnet);
   return res;
 fail:
   return fail_close(env, fd, op, step);

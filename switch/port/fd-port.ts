@@ -21,7 +21,7 @@ class FdPort implements Port {
   private readonly unused = new Uint32Array(1);
   writeErrors = 0;
 
-  /** vnet: the fd reads and writes frames behind a virtio_net_hdr (a TAP opened with offloads). */
+  /** offload: the fd reads and writes frames behind a virtio_net_hdr (a TAP or packet socket opened with vnetHdr). */
   constructor(
     readonly name: string,
     readonly kind: PortKind,
@@ -99,12 +99,17 @@ export class TapPort extends FdPort {
   }
 }
 
-/** A packet socket on an existing interface (turn the interface's offloads off first). */
+/**
+ * A packet socket on an existing interface. Without offload the caller turns the interface's
+ * offloads off first (switch/native/packet.c); with `offload` (PACKET_VNET_HDR: a QEMU TAP
+ * opened with vnet_hdr=on) they stay on and frames come and go behind their virtio_net_hdr,
+ * TCP super-frames whole, through the same 'vnet' poller and writeFramesVnet as a vnet TAP.
+ */
 export class PacketPort extends FdPort {
   readonly ifname: string;
-  constructor(name: string, ifname: string, maxBatch?: number) {
-    const { fd } = nativeIo().packetOpen(ifname);
-    super(name, 'packet', fd, maxBatch);
+  constructor(name: string, ifname: string, maxBatch?: number, opts: { offload?: boolean } = {}) {
+    const r = nativeIo().packetOpen(ifname, { vnetHdr: opts.offload === true });
+    super(name, 'packet', r.fd, maxBatch, r.vnetHdr === true);
     this.ifname = ifname;
   }
 }

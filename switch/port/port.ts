@@ -40,8 +40,8 @@ export interface Port {
   /**
    * True when the port takes TCP super-frames: send() then honours `metas` (a virtio_net_hdr
    * per frame, 10 bytes each; null or absent = all ordinary frames). Ports without it are
-   * only ever given ordinary frames. Only the switch's own TAPs (vnet_hdr) set it; packet,
-   * stream and QEMU-facing ports never do.
+   * only ever given ordinary frames. The switch's own TAPs (vnet_hdr) and packet sockets
+   * opened with PACKET_VNET_HDR (on a QEMU TAP with vnet_hdr=on) set it; stream ports never do.
    */
   readonly offload?: boolean;
   /** Write frames to the VM; returns how many were accepted (the rest are dropped by the caller's count). */

@@ -26,6 +26,8 @@ export interface E2eOptions {
   monitor?: boolean;
   /** per-stream rate in KiB/s (0 = as fast as TCP goes) */
   rateKiB?: number;
+  /** the VMs' NIC mode (extra.nic; default: the driver's) */
+  nic?: string;
 }
 
 /** The VNE definition file: four qemu VMs with disks, streams, memory and disk load. */
@@ -48,7 +50,7 @@ export function writeVneFile(dir: string, image: GuestImage, o: E2eOptions = {})
       name,
       host: E2E_HOME[name],
       macs: [`52:54:00:88:00:0${i + 1}`],
-      driver: { qemu: { memoryMib: o.memoryMib ?? 128, cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}) } } },
+      driver: { qemu: { memoryMib: o.memoryMib ?? 128, cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}), ...(o.nic ? { nic: o.nic } : {}) } } },
     };
   });
   const f = path.join(dir, `${E2E_VNE}.json`);

@@ -210,7 +210,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     const { agent, ok: run } = await agentRunningA();
     const started = record('a').process;
     const mem = await agent.store.put('snapshots/s5/a.mem', Buffer.from('memory of a'));
-    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' }, disk: null, channel: [] }] } });
+    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {} }, disk: null, channel: [] }] } });
     assert.equal(fs.existsSync(path.join(stateDir, 'vms', `${VNE}_a`)), false, 'the replaced VM\'s record is gone; the prepared one has none yet');
     await run({ body: 'restoreResume', restoreResume: { restoreId: 'r5', vne: VNE } });
     const r = record('a');
@@ -377,6 +377,7 @@ describe('QEMU state records', () => {
   it('reads what persistent() writes', () => {
     assert.deepEqual(parseQemuSavedState(ok, '/run/vnsnap/qemu'), ok);
     assert.deepEqual(parseQemuSavedState({ ...ok, ramPadKib: undefined, snapSerial: undefined }, '/run/vnsnap/qemu/'), { ...ok, ramPadKib: 0, snapSerial: 0 });
+    assert.deepEqual(parseQemuSavedState({ ...ok, nic: 'tap-vnet' }, '/run/vnsnap/qemu'), { ...ok, nic: 'tap-vnet' });
   });
 
   it('never takes a directory outside the work directory, nor a bad TAP name or NIC mode', () => {
@@ -385,7 +386,7 @@ describe('QEMU state records', () => {
     bad({ ...ok, dir: '/run/vnsnap/qemu/../../etc' }, /is not under the work directory/);
     bad({ ...ok, dir: '/run/vnsnap/qemuX/a' }, /is not under the work directory/);
     bad({ ...ok, taps: ['eth0; rm -rf /'] }, /bad TAP names/);
-    bad({ ...ok, nic: 'bridge' }, /nic "bridge" is neither tap nor stream/);
+    bad({ ...ok, nic: 'bridge' }, /nic "bridge" is none of stream, tap, tap-vnet/);
     bad(null, /no driver state/);
   });
 });

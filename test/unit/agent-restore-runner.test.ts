@@ -22,8 +22,8 @@ async function failure(p: Promise<unknown>): Promise<string> {
 async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare__Output> = {}): Promise<RestorePrepare__Output> {
   const mem = await h.store.put(`snapshots/${id}/a.mem`, Buffer.from('memory of a'));
   const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([testFrame(2, 1, 9)]));
-  const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a' };
-  const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0' };
+  const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {} };
+  const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} };
   return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel] }], ...over };
 }
 

@@ -38,6 +38,20 @@ describe('QEMU command line', () => {
     assert.deepEqual(restore, [...start, '-S', '-incoming', 'defer']);
   });
 
+  it('gives each NIC mode its netdev: stream socket, TAP with vnet_hdr off, TAP with vnet_hdr on', () => {
+    const mac = '52:54:00:00:00:01';
+    const netdevs = (['stream', 'tap', 'tap-vnet'] as const).map((mode, i) => {
+      const args = qemuCmdline({ spec, files, accel: 'tcg', nics: [{ mode, target: mode === 'stream' ? '/s' : `vnqmt${i}`, mac }], disk: false, incoming: false });
+      assert.equal(argAfter(args, '-device'), `virtio-net-pci,netdev=n0,mac=${mac},romfile=`);
+      return argAfter(args, '-netdev');
+    });
+    assert.deepEqual(netdevs, [
+      'stream,id=n0,server=off,addr.type=unix,addr.path=/s',
+      'tap,id=n0,ifname=vnqmt1,script=no,downscript=no,vnet_hdr=off',
+      'tap,id=n0,ifname=vnqmt2,script=no,downscript=no,vnet_hdr=on',
+    ]);
+  });
+
   it('reads the version of a QEMU binary, and [0, 0] for a missing one', async () => {
     assert.deepEqual(await qemuVersion('/nonexistent/qemu-system-x86_64'), [0, 0]);
   });

@@ -29,7 +29,7 @@ import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import type { ProcessIdentity } from '../../vm-state';
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
-import { vmFiles, type NicMode } from './cmdline';
+import { isTapMode, NIC_MODES, vmFiles, type NicMode } from './cmdline';
 import { QemuVm, type MigrationInfo } from './process';
 
 /** The QEMU driver's part of a VM's state record. */
@@ -59,14 +59,14 @@ export function parseQemuSavedState(v: unknown, workDir: string): QemuSavedState
   const dir = o.dir;
   if (typeof dir !== 'string' || !dir.startsWith(`${workDir.replace(/\/+$/, '')}/`) || dir.includes('/../') || dir.endsWith('/..')) return bad(`instance directory ${JSON.stringify(dir)} is not under the work directory ${workDir}`);
   const nic = o.nic;
-  if (nic !== 'tap' && nic !== 'stream') return bad(`nic ${JSON.stringify(nic)} is neither tap nor stream`);
+  if (!(NIC_MODES as readonly unknown[]).includes(nic)) return bad(`nic ${JSON.stringify(nic)} is none of ${NIC_MODES.join(', ')}`);
   const taps = o.taps;
   if (!Array.isArray(taps) || taps.some((t) => typeof t !== 'string' || !/^[A-Za-z0-9_.-]{1,15}$/.test(t))) return bad(`bad TAP names ${JSON.stringify(taps)}`);
   const int = (k: string): number => {
     const x = o[k] ?? 0;
     return typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : bad(`${k} is not a non-negative integer`);
   };
-  return { dir, nic, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial') };
+  return { dir, nic: nic as NicMode, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial') };
 }
 
 const ACTIVE_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'cancelling', 'wait-unplug']);
@@ -79,13 +79,13 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
   const q = spec.driver.qemu;
   if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
-  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: { ...(q.extra ?? {}), nic: st.nic } };
   const files = vmFiles(st.dir);
   const log = ctx.log.child({ driver: 'qemu' });
   const ports: Port[] = [];
-  if (st.nic === 'tap') {
+  if (isTapMode(st.nic)) {
     if (st.taps.length !== ctx.portNames.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: ${st.taps.length} TAPs for ${ctx.portNames.length} ports`);
-    st.taps.forEach((t, i) => ports.push(new PacketPort(ctx.portNames[i] as string, t)));
+    st.taps.forEach((t, i) => ports.push(new PacketPort(ctx.portNames[i] as string, t, undefined, { offload: st.nic === 'tap-vnet' })));
   }
   const vm = new QemuVm(spec, qspec, files, ports, log);
   vm.taps = [...st.taps];

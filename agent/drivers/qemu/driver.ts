@@ -8,7 +8,8 @@
  *
  * NICs: by default each vNIC is QEMU's `-netdev stream` connected to a StreamPort the driver
  * listens on (no kernel device); `nic: 'tap'` makes a TAP (vnet_hdr off) that QEMU opens and
- * the switch reads with a packet socket. docs/qemu.md has the measurements behind the default.
+ * the switch reads with a packet socket; `nic: 'tap-vnet'` the same with vnet_hdr=on and the
+ * packet socket with PACKET_VNET_HDR (offloads end to end, docs/nic-offloads.md). docs/qemu.md has the measurements behind the default.
  *
  * Specs: before anything is made or spawned, start and restore check the spec (spec-check.ts:
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
@@ -39,8 +40,9 @@ import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, Stop
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
-import { probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
+import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
@@ -136,17 +138,21 @@ export class QemuDriver implements HypervisorDriver {
 
   private nicFor(q: QemuDriverSpec__Output): NicMode {
     const n = q.extra.nic;
-    if (n === 'stream' || n === 'tap') return n;
-    if (n !== undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `qemu extra.nic must be stream or tap, got "${n}"`);
-    return this.o.nic;
+    if (n === undefined) return this.o.nic;
+    if ((NIC_MODES as readonly string[]).includes(n)) return n as NicMode;
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `qemu extra.nic must be ${NIC_MODES.join(', ')}, got "${n}"`);
   }
 
   /**
    * Make the instance directory, the disk directory (`kept`: the kept one, checked; else a fresh
    * one), the ports, the NIC arguments; a failure undoes everything (but never deletes a kept disk).
    */
-  private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
-    const qspec = await this.qspecOf(spec);
+  private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean, image?: RestoreImage): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
+    const checked = await this.qspecOf(spec);
+    // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
+    // spec records it, so inspect(), persistent() and a later snapshot see the same.
+    const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
+    const qspec: QemuDriverSpec__Output = { ...checked, extra: { ...checked.extra, nic: mode } };
     const existing = this.vms.get(spec.id);
     if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
@@ -162,7 +168,6 @@ export class QemuDriver implements HypervisorDriver {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     const files = vmFiles(dir, diskDir);
     if (Buffer.byteLength(files.netSock(9)) > 100) throw new VnsnapError('ERR_CONFIG', `QEMU work directory ${this.o.workDir} is too long for unix socket paths`);
-    const mode = this.nicFor(qspec);
     const ports: Port[] = [];
     const nics: NicArg[] = [];
     const vm = new QemuVm(spec, qspec, files, ports, ctx.log.child({ driver: 'qemu' }));
@@ -181,7 +186,7 @@ export class QemuDriver implements HypervisorDriver {
           await exec('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 60_000 });
           vm.taps.push(tap);
           await exec('ip', ['link', 'set', tap, 'up'], { timeoutMs: 60_000 });
-          ports.push(new PacketPort(name, tap));
+          ports.push(new PacketPort(name, tap, undefined, { offload: mode === 'tap-vnet' }));
           nics.push({ mode, mac, target: tap });
         }
       }
@@ -323,11 +328,11 @@ export class QemuDriver implements HypervisorDriver {
       await job.abort().catch(() => undefined);
       throw e;
     }
-    return job;
+    return recordNicMode(job, this.nicFor(vm.qspec));
   }
 
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
-    const { vm, nics } = await this.prepare(spec, ctx, false);
+    const { vm, nics } = await this.prepare(spec, ctx, false, image);
     try {
       // Memory: read in place from a local store, else copied out first.
       let memPath: string;

@@ -130,3 +130,139 @@ export function describePortCompliance(title: string, make: () => Promise<PortUn
     });
   });
 }
+
+/** The VM side of a port with offloads, seeing every frame's virtio_net_hdr as the kernel gives it. */
+export interface VnetVmSide {
+  /** Write frames as the VM, frame i behind metas[i]. */
+  write(frames: readonly Buffer[], metas: readonly Buffer[]): Promise<void>;
+  /** Frames the VM received so far, each with its header. */
+  received(): readonly { frame: Buffer; meta: Buffer }[];
+}
+
+export interface SuperFramePortUnderTest {
+  port: Port;
+  vm: VnetVmSide;
+  dispose(): Promise<void> | void;
+}
+
+/**
+ * The header fields the kernel keeps across a hop: flags, gso_type, gso_size, csum_start,
+ * csum_offset. hdr_len is a hint the kernel rewrites (to the length of the skb's linear part),
+ * so it is checked apart.
+ */
+export const vnetFields = (m: Buffer): number[] => [m[0] as number, m[1] as number, m.readUInt16LE(4), m.readUInt16LE(6), m.readUInt16LE(8)];
+
+/** Is this one of superFrame()'s TCP frames (test/support/tcp-frames.ts: to port 5201)? */
+function isTestTcp(f: Buffer): boolean {
+  if (f.length < 54) return false;
+  const et = f.readUInt16BE(12);
+  const l4 = et === 0x0800 ? 34 : et === 0x86dd ? 54 : -1;
+  return l4 > 0 && f.length >= l4 + 20 && f.readUInt16BE(l4 + 2) === 5201;
+}
+
+/**
+ * Super-frame compliance of a port with offloads whose VM side speaks virtio_net_hdr (a QEMU
+ * TAP with vnet_hdr=on, or a stand-in): TCP super-frames of 64 KiB (IPv4 and IPv6) cross the
+ * port whole both ways with their header (or, toward the VM, as the exact MSS segments the
+ * kernel cuts them into: options.segmentsToVm), and a checksum-partial single frame arrives at
+ * the switch with its checksum completed and an all-zero header (the 'vnet' poller's rule) and
+ * at the VM with the partial checksum and its header.
+ */
+export interface SuperFrameOptions {
+  /** Build a TCP super-frame (test/support/tcp-frames.ts superFrame). */
+  build(o: { v6?: boolean; payload?: number; mss?: number }): { frame: Buffer; meta: Buffer };
+  /** Is a plain frame's TCP checksum right? */
+  checksumOk(f: Buffer, v6: boolean): boolean;
+  /**
+   * The VM receives the switch's super-frames as MSS segments: the kernel segments a GSO skb
+   * built from a virtio_net_hdr (marked SKB_GSO_DODGY) before a device without tx-gso-robust,
+   * which a TAP never has — so a packet socket's super-frames reach QEMU segmented.
+   */
+  segmentsToVm?: boolean;
+}
+
+export function describeSuperFrameCompliance(title: string, make: () => Promise<SuperFramePortUnderTest>, o: SuperFrameOptions): void {
+  const { build, checksumOk, segmentsToVm = false } = o;
+  describe(`Port super-frame compliance: ${title}`, function () {
+    this.timeout(30_000);
+    let t: SuperFramePortUnderTest;
+    let made: SuperFramePortUnderTest | undefined;
+    // 64 KiB: the largest IPv4 TCP super-frame (IP total length 65535) with a 32-byte TCP header.
+    const v4 = build({ payload: 65535 - 20 - 32, mss: 1348 });
+    const v6 = build({ v6: true, payload: 65535 - 32, mss: 1328 });
+    const partial = build({ payload: 300 });
+    partial.meta[1] = 0; // gso_type NONE: one frame, checksum left partial
+    partial.meta.writeUInt16LE(0, 4);
+
+    beforeEach(async () => {
+      made = undefined;
+      t = made = await make();
+      assert.equal(t.port.offload, true, 'the port carries super-frames');
+    });
+
+    afterEach(async () => {
+      made?.port.close();
+      await made?.dispose();
+    });
+
+    it('hands the switch 64 KiB super-frames whole with their header, a partial checksum completed', async () => {
+      const got: { frame: Buffer; meta: Buffer }[] = [];
+      t.port.open((n) => {
+        const rx = t.port.rx;
+        for (let i = 0; i < n; i++) {
+          const off = i * rx.slotSize + rx.headroom;
+          const f = Buffer.from(rx.slab.subarray(off, off + (rx.lens[i] as number)));
+          if (isTestTcp(f)) got.push({ frame: f, meta: Buffer.from((rx.meta as Buffer).subarray(i * VNET_HDR, (i + 1) * VNET_HDR)) });
+        }
+      });
+      await t.vm.write([v4.frame, v6.frame, partial.frame], [v4.meta, v6.meta, partial.meta]);
+      await until('the 3 TCP frames at the port', () => got.length >= 3, 5000);
+      assert.equal(got.length, 3);
+      const [a, b, c] = got as [{ frame: Buffer; meta: Buffer }, { frame: Buffer; meta: Buffer }, { frame: Buffer; meta: Buffer }];
+      assert.equal(a.frame.length, 65549, 'the IPv4 super-frame: 14 + 65535 bytes, one frame');
+      assert.deepEqual(a.frame, v4.frame);
+      assert.deepEqual(vnetFields(a.meta), vnetFields(v4.meta));
+      assert.deepEqual(b.frame, v6.frame);
+      assert.equal(b.frame.length, 14 + 40 + 65535);
+      assert.deepEqual(vnetFields(b.meta), vnetFields(v6.meta));
+      assert.ok(a.meta.readUInt16LE(2) >= 66 && b.meta.readUInt16LE(2) >= 86, `hdr_len covers the headers (${a.meta.readUInt16LE(2)}, ${b.meta.readUInt16LE(2)})`);
+      assert.deepEqual(c.meta, Buffer.alloc(VNET_HDR), 'a single frame carries no header further on');
+      assert.ok(checksumOk(c.frame, false), 'its partial checksum was completed');
+      assert.deepEqual(c.frame.subarray(0, 50), partial.frame.subarray(0, 50));
+      assert.deepEqual(c.frame.subarray(52), partial.frame.subarray(52));
+    });
+
+    it(segmentsToVm ? 'gives the VM the super-frames cut into MSS segments with partial checksums (the kernel segments at the TAP), a partial checksum as it was' : 'gives the VM 64 KiB super-frames whole with their header, and a partial checksum as it was', async () => {
+      t.port.open(() => undefined);
+      const metas = Buffer.concat([v4.meta, v6.meta, partial.meta]);
+      assert.equal(t.port.send([v4.frame, v6.frame, partial.frame], 3, metas), 3);
+      const tcp = (): { frame: Buffer; meta: Buffer }[] => t.vm.received().filter((r) => isTestTcp(r.frame));
+      const expected = segmentsToVm ? Math.ceil((65535 - 52) / 1348) + Math.ceil((65535 - 32) / 1328) + 1 : 3;
+      await until(`the ${expected} TCP frames at the VM`, () => tcp().length >= expected, 5000);
+      const got = tcp();
+      assert.equal(got.length, expected);
+      if (!segmentsToVm) {
+        assert.deepEqual(got.map((r) => r.frame), [v4.frame, v6.frame, partial.frame]);
+        assert.deepEqual(got.map((r) => vnetFields(r.meta)), [v4.meta, v6.meta, partial.meta].map(vnetFields));
+        return;
+      }
+      // Segments of the IPv4 super-frame, then of the IPv6 one, in order: headers of 66/86 bytes,
+      // payloads of exactly one MSS (the last the rest) that concatenate to the super-frame's,
+      // each with a partial checksum (NEEDS_CSUM at the TCP checksum) and no GSO.
+      const check = (segs: { frame: Buffer; meta: Buffer }[], sf: { frame: Buffer }, hdrs: number, mss: number): void => {
+        assert.deepEqual(Buffer.concat(segs.map((r) => r.frame.subarray(hdrs))), sf.frame.subarray(hdrs));
+        segs.forEach((r, i) => {
+          if (i < segs.length - 1) assert.equal(r.frame.length, hdrs + mss, `segment ${i} carries one MSS`);
+          assert.deepEqual(vnetFields(r.meta), [1, 0, 0, hdrs - 32, 16], `segment ${i}: partial checksum, no GSO`);
+          assert.deepEqual(r.frame.subarray(0, 14), sf.frame.subarray(0, 14));
+        });
+      };
+      const n4 = Math.ceil((65535 - 52) / 1348);
+      check(got.slice(0, n4), v4, 66, 1348);
+      check(got.slice(n4, expected - 1), v6, 86, 1328);
+      const last = got[expected - 1] as { frame: Buffer; meta: Buffer };
+      assert.deepEqual(last.frame, partial.frame);
+      assert.deepEqual(vnetFields(last.meta), vnetFields(partial.meta));
+    });
+  });
+}
