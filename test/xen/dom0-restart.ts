@@ -137,9 +137,7 @@ async function round(agent: Daemon, signal: NodeJS.Signals, downMs: number, domi
     const d = listedAfter.get(names(vm).domName);
     if (!d || d.domid !== domids.get(vm)) problems.push(`after ${label}: ${vm}'s domid is ${d?.domid}, was ${domids.get(vm)}`);
     else problems.push(...(await plumbing(vm, d.domid, true)).map((x) => `after ${label}: ${x}`));
-    // vnguest computes idle_ms as an unsigned difference: a byte received between its reading of
-    // the clock and the report wraps it to ~2^64 (seen once); that stream was not idle at all.
-    for (const s of lines) for (const i of s.in) outageMs = Math.max(outageMs, i.idle_ms > 2 ** 53 ? 0 : i.idle_ms);
+    for (const s of lines) for (const i of s.in) outageMs = Math.max(outageMs, i.idle_ms);
     before.set(vm, last);
   }
   if (downMs) for (const vm of NAMES) if ((linesWhileDown[vm] ?? 0) < Math.floor(downMs / 1000) - 1) problems.push(`${label}: ${vm} printed ${linesWhileDown[vm]} status lines while the agent was down ${downMs} ms (it stopped running?)`);

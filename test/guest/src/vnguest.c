@@ -71,6 +71,12 @@ static uint64_t now_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Milliseconds from last to t; 0 when a receiver updated last after t was read (the status
+ * report reads its clock once, before the receivers' records, so last can be newer). */
+static uint64_t idle_since(uint64_t t, uint64_t last) {
+  return last > t ? 0 : t - last;
+}
+
 static uint64_t now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -863,7 +869,7 @@ static char *status_json(void) {
     sb_printf(&b,
               ",\"open\":%s,\"bytes\":%" PRIu64 ",\"conn_bytes\":%" PRIu64 ",\"words\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"connections\":%" PRIu64
               ",\"reconnects\":%" PRIu64 ",\"reboots\":%" PRIu64 ",\"idle_ms\":%" PRIu64 ",\"first_error\":",
-              s->open ? "true" : "false", s->bytes, s->conn_bytes, s->words, s->errors, s->connections, s->reconnects, s->reboots, t - s->last_rx_ms);
+              s->open ? "true" : "false", s->bytes, s->conn_bytes, s->words, s->errors, s->connections, s->reconnects, s->reboots, idle_since(t, s->last_rx_ms));
     sb_str(&b, s->first_error);
     sb_printf(&b, ",\"close_reason\":");
     sb_str(&b, s->close_reason);
