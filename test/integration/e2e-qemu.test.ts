@@ -21,10 +21,11 @@
  * virtio-serial status channel (`channel.sock` in the QEMU driver's instance directory).
  */
 import { strict as assert } from 'node:assert';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
+import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { sleep, until } from '../support/wait';
-import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 const CYCLES = Number(process.env.VNSNAP_E2E_CYCLES ?? '0');
@@ -46,35 +47,17 @@ interface SnapshotEvent {
   const timings: string[] = [];
   let cyclesPassed = 0;
 
-  before(async function () {
-    if (process.getuid?.() !== 0) this.skip();
-    ensureQemu();
-    image = buildGuest();
-    killE2eQemus();
-    c = new Cluster({ prefix: 'vne2q', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
-    await c.start();
-  });
-
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed' && c) {
-      console.log(c.logTail(30));
-      console.log(`      guest consoles: ${saveConsoles('/var/tmp/vnsnap-e2e-consoles').join(', ')}`);
-    }
-  });
-
-  after(async function () {
-    this.timeout(60_000);
-    if (!c) return;
-    if (timings.length) console.log(`      ${timings.join('\n      ')}`);
-    if (CYCLES) console.log(`      extra cycles passed: ${cyclesPassed}/${CYCLES}`);
-    try {
-      await c.cli(['vne', 'stop', E2E_VNE], 30_000);
-    } catch {
-      /* best effort */
-    }
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+  qemuE2eHooks({
+    prefix: 'vne2q',
+    consoles: '/var/tmp/vnsnap-e2e-consoles',
+    ready: (cl, img) => {
+      c = cl;
+      image = img;
+    },
+    beforeTeardown: () => {
+      if (timings.length) console.log(`      ${timings.join('\n      ')}`);
+      if (CYCLES) console.log(`      extra cycles passed: ${cyclesPassed}/${CYCLES}`);
+    },
   });
 
   async function snapshot(mode: 'background' | 'precopy'): Promise<CatalogSnapshot> {

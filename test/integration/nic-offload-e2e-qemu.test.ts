@@ -20,10 +20,11 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
+import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
 import { sleep, until } from '../support/wait';
-import { allStatuses, checkAfterRestore, E2E_VNE, E2E_VMS, instanceDir, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, checkAfterRestore, E2E_VNE, E2E_VMS, instanceDir, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 
@@ -42,33 +43,13 @@ function netdevs(vm: string): string[] {
   let image: GuestImage;
   let first: Record<string, GuestStatus> = {};
 
-  before(async function () {
-    if (process.getuid?.() !== 0) this.skip();
-    ensureQemu();
-    image = buildGuest();
-    killE2eQemus();
-    c = new Cluster({ prefix: 'vnofq', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
-    await c.start();
-  });
-
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed' && c) {
-      console.log(c.logTail(30));
-      console.log(`      guest consoles: ${saveConsoles('/var/tmp/vnsnap-nic-offload-consoles').join(', ')}`);
-    }
-  });
-
-  after(async function () {
-    this.timeout(60_000);
-    if (!c) return;
-    try {
-      await c.cli(['vne', 'stop', E2E_VNE], 30_000);
-    } catch {
-      /* best effort */
-    }
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+  qemuE2eHooks({
+    prefix: 'vnofq',
+    consoles: '/var/tmp/vnsnap-nic-offload-consoles',
+    ready: (cl, img) => {
+      c = cl;
+      image = img;
+    },
   });
 
   /** Frames the switch of `host` read from guest vm's port (its metrics endpoint). */

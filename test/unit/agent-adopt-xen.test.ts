@@ -13,15 +13,14 @@ import * as path from 'node:path';
 import { Agent } from '../../agent/agent';
 import type { VmStartSpec } from '../../agent/drivers/driver';
 import { XenDriver, xenNames } from '../../agent/drivers/xen/driver';
-import { ManualClock } from '../../proto/core/clock';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { silentLogger } from '../../proto/core/log';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
-import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
-import { T0, VNE } from '../support/agent-parts';
+import { VNE } from '../support/agent-parts';
 import { FakeSessionTransport } from '../support/fake-session';
+import { sessionAgent } from '../support/session-agent';
 import { FakeXenHost } from '../xen/fake-xen-host';
 
 /** The fake toolstack with `xl list`'s paused flag. */
@@ -98,21 +97,9 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
     const vmSpec = (name: string, i: number): VmSpec__Output => ({ name, host: 'h1', macs: [`00:16:3e:00:00:0${i}`], driver: { kind: 'xen', xen: { config: 'type="pv"\n' } } });
 
     function newAgent(): { agent: Agent; transport: FakeSessionTransport } {
-      const transport = new FakeSessionTransport();
-      const agent = new Agent({
-        id: 'h1',
-        coordinator: 'coord:1',
-        tunnel: { address: '10.0.0.1', port: 6081 },
-        storeRoot: path.join(dir, 'store'),
-        stateDir: path.join(dir, 'state'),
-        drivers: [newDriver()],
-        hostname: 'host-1',
-        transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081),
-        session: transport.factory,
-        clock: new ManualClock(T0),
-      });
-      agents.push(agent);
-      return { agent, transport };
+      const made = sessionAgent(dir, path.join(dir, 'state'), newDriver());
+      agents.push(made.agent);
+      return made;
     }
 
     afterEach(async () => {

@@ -22,6 +22,7 @@ import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
 import { FakeDriver } from '../support/fake-driver';
 import { FakeSessionTransport } from '../support/fake-session';
+import { sessionAgent } from '../support/session-agent';
 import { until } from '../support/wait';
 
 /** Every "VM process" the tests started, killed in after(). */
@@ -91,21 +92,9 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
 
   function newAgent(driver: FakeDriver): { agent: Agent; transport: FakeSessionTransport } {
-    const transport = new FakeSessionTransport();
-    const agent = new Agent({
-      id: 'h1',
-      coordinator: 'coord:1',
-      tunnel: { address: '10.0.0.1', port: 6081 },
-      storeRoot: path.join(root, 'store'),
-      stateDir,
-      drivers: [driver],
-      hostname: 'host-1',
-      transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081),
-      session: transport.factory,
-      clock: new ManualClock(T0),
-    });
-    agents.push(agent);
-    return { agent, transport };
+    const made = sessionAgent(root, stateDir, driver);
+    agents.push(made.agent);
+    return made;
   }
 
   /** An agent that runs VMs a and b (started at epoch 2, generation 1), then stops (SIGTERM's path). */
