@@ -162,7 +162,12 @@ export class RestoreRunner {
     // Running now: recorded for a later agent to adopt (after every gate opened: no fsync delays one).
     await Promise.all(rec.vms.map((vm) => this.o.vms.saveState(vm)));
     this.o.log.info({ restore: rec.id, injected }, 'restore resumed');
-    return { resume: { vms: out, injectedFrames: injected } };
+    const diskPaths: Record<string, string> = {};
+    for (const vm of rec.vms) {
+      const dir = this.o.vms.diskPath(vm);
+      if (dir) diskPaths[vm.name] = dir;
+    }
+    return { resume: { vms: out, injectedFrames: injected, diskPaths } };
   }
 
   async cancel(c: RestoreCancel__Output): Promise<Partial<Result>> {

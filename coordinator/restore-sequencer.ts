@@ -169,6 +169,9 @@ export class RestoreSequencer {
       catalog.tx(() => {
         catalog.updateVne(vneName, { state: 'VNE_STATE_RUNNING', vni: restoredVne.vni, vms: restoredVne.vms, generation, epoch: plan.body.epoch, placement: plan.placement });
         catalog.finishRestore(restoreId, 'COMPLETE');
+        // Where each restored VM's disk is now (vne show); a VM without one has no row.
+        catalog.disks.forget(vneName);
+        for (const [a, r] of resumed) for (const [vm, path] of Object.entries(r.resume?.diskPaths ?? {})) catalog.disks.put({ vne: vneName, vm, host: a, path, bytes: 0, keptUnixMs: 0 });
       });
       emit({ note: `restore: ${Object.keys(plan.placement).length} VMs resumed at epoch ${plan.body.epoch}, generation ${generation}; ${injected} recorded frames injected` });
       log.info({ restore: restoreId, snapshot: plan.snapshot.id, vne: vneName, injected }, 'restore complete');

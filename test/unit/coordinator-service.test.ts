@@ -830,4 +830,13 @@ describe('coordinator service: kept disks (stop keeps, start boots from them, de
     assert.deepEqual(s.agents.names().slice(0, 3), ['h1:validateArtefacts', 'h2:validateArtefacts', 'h1:discardDisks']);
     assert.deepEqual([...s.catalog.disks.kept('blue')], []);
   });
+
+  it("after a restore, vne show tells where each restored VM's disk lives (the agents' RestoreResume results)", async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.on('restoreResume', ok({ payload: 'resume', resume: { vms: [], injectedFrames: 0, diskPaths: { vm1: DIR1 } } }), 'h1');
+    await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined);
+    assert.deepEqual(await disk(s), [['vm1', 'DISK_SOURCE_INSTANCE', 'h1', DIR1, 0], ['vm2', 'DISK_SOURCE_INSTANCE', 'h2', '', 0]]);
+  });
 });
