@@ -11,7 +11,8 @@
  * while ports attached outside a restore gate remain (instances of the old generation run
  * here: bumping now would stamp their frames with the new generation and let them reach the
  * restored VMs); it applies when the last of them detaches, or at once with `generationNow`.
- * Applying one restarts the peers' frame counts, fails the VNE's recordings and forgets learned
+ * Applying one restarts the peers' frame counts and the VNE's epochs, fails and drops its
+ * recordings and forgets learned
  * MACs.
  */
 import { VnsnapError } from '../proto/core/errors';
@@ -203,6 +204,14 @@ export class VneTable {
       vp.lostEpoch = 0;
     }
     for (const r of [...v.recordings.values()]) this.failRecording(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `VNE ${v.name} moved to generation ${generation}`));
+    // Epochs start over with the generation: a restore in place goes back to the snapshot's
+    // epoch, and the next cut reuses epoch numbers the old generation already passed. Left at the
+    // old generation's values, a peer's marker for such a cut that arrived before the local cut
+    // was taken for an old retransmission (k <= cutEpoch), acknowledged and dropped, and the
+    // recording waited for it forever. The ports' epochs (set by the restore) raise them again.
+    v.recordings.clear();
+    v.cutEpoch = 0;
+    v.topEpoch = Math.max(0, ...v.ports.map((p) => p.epoch));
     v.fdb.flushLearned();
   }
 }
