@@ -179,9 +179,19 @@ export interface NativeIo {
   ): Poller;
 }
 
+/**
+ * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
+ * bump both together whenever an entry point, an option or a result changes meaning.
+ */
+export const NATIVE_INTERFACE_VERSION = 2;
+
 let loaded: NativeIo | undefined;
 
-/** Load the addon once; a missing build is a clear error, not a stack trace. */
+/**
+ * Load the addon once; a missing build, or an addon built from other sources than this
+ * TypeScript (`npm run build` after a pull, without `npm install`), is a clear error, not a
+ * stack trace or frames misread in silence.
+ */
 export function nativeIo(): NativeIo {
   if (loaded) return loaded;
   const candidates = [
@@ -190,13 +200,24 @@ export function nativeIo(): NativeIo {
   ];
   let lastErr: unknown;
   for (const c of candidates) {
+    let mod: NativeIo & { interfaceVersion?: unknown };
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      loaded = require(c) as NativeIo;
-      return loaded;
+      mod = require(c) as NativeIo & { interfaceVersion?: unknown };
     } catch (e) {
       lastErr = e;
+      continue;
     }
+    checkInterfaceVersion(c, mod.interfaceVersion);
+    loaded = mod;
+    return loaded;
   }
   throw new VnsnapError('ERR_NATIVE_IO', 'the native I/O addon is not built (run `npm install` or `npx node-gyp rebuild`)', { cause: lastErr });
+}
+
+/** Refuse an addon of another interface version, naming the file and the way out. */
+export function checkInterfaceVersion(file: string, version: unknown): void {
+  if (version === NATIVE_INTERFACE_VERSION) return;
+  const got = typeof version === 'number' ? `interface ${version}` : 'an interface older than version 2';
+  throw new VnsnapError('ERR_NATIVE_IO', `the native I/O addon ${file} has ${got}, this build needs ${NATIVE_INTERFACE_VERSION}: it was built from other sources; rebuild it with \`npm install\` (npm run build compiles only the TypeScript)`);
 }

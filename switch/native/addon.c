@@ -74,5 +74,10 @@ NAPI_MODULE_INIT() {
 #define VNSNAP_EXPORT_ENTRY(js, c) {#js, NULL, c, NULL, NULL, NULL, napi_enumerable, NULL},
   napi_property_descriptor props[] = {VNSNAP_ENTRY_POINTS(VNSNAP_EXPORT_ENTRY)};
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  napi_value version;
+  if (napi_create_uint32(env, VNSNAP_IO_INTERFACE_VERSION, &version) != napi_ok || napi_set_named_property(env, exports, "interfaceVersion", version) != napi_ok) {
+    napi_throw_error(env, "ERR_NATIVE_IO", "vnsnap_io: cannot export interfaceVersion");
+    return NULL;
+  }
   return exports;
 }

@@ -23,6 +23,15 @@ struct poller;
 struct udp_sock;
 struct send_arena;
 
+/*
+ * The version of the addon's interface to switch/native-io.ts (exported as `interfaceVersion`).
+ * Bump it, and NATIVE_INTERFACE_VERSION there, whenever an entry point, an option or a result
+ * changes meaning: a checkout whose TypeScript was rebuilt but whose addon was not (npm run build
+ * alone) is then refused at load with one line instead of misreading frames.
+ * 2: packetOpen's vnetHdr option (PACKET_VNET_HDR).
+ */
+#define VNSNAP_IO_INTERFACE_VERSION 2
+
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
 
