@@ -46,13 +46,13 @@ export class KeptDisks {
 
   /**
    * Delete the VNE's kept disks on their hosts (DiscardDisks). Those on unreachable hosts are
-   * forgotten when `forgetUnreachable`, else `refuse(rows)` is thrown before anything is deleted.
+   * forgotten, unless `refuse` is given: then `refuse(rows)` is thrown before anything is deleted.
    * Returns one line per disk discarded and per disk forgotten.
    */
-  async discard(vne: string, forgetUnreachable: boolean, refuse: (rows: VmDiskRecord[]) => VnsnapError): Promise<{ discarded: string[]; forgotten: string[] }> {
+  async discard(vne: string, refuse?: (rows: VmDiskRecord[]) => VnsnapError): Promise<{ discarded: string[]; forgotten: string[] }> {
     const rows = [...this.of(vne).values()];
     const away = rows.filter((r) => !this.link.isConnected(r.host));
-    if (away.length > 0 && !forgetUnreachable) throw refuse(away);
+    if (away.length > 0 && refuse) throw refuse(away);
     const here = rows.filter((r) => this.link.isConnected(r.host));
     const hosts = [...new Set(here.map((r) => r.host))].sort();
     await Promise.all(

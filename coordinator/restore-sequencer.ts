@@ -134,7 +134,7 @@ export class RestoreSequencer {
 
       // 3. Discard kept disks (allowed by claimable()), stop what moves, configure the overlay under the new generation.
       stage = 'prepare';
-      const kept = await new KeptDisks(catalog, this.deps.agents, () => ({ signal: ac.signal, timeoutMs: 0 }), () => clock.now()).discard(vneName, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable'));
+      const kept = await new KeptDisks(catalog, this.deps.agents, () => ({ signal: ac.signal, timeoutMs: 0 }), () => clock.now()).discard(vneName);
       for (const line of [...kept.discarded, ...kept.forgotten]) emit({ note: `restore: ${line}` });
       if (plan.toStop.length > 0) {
         stopped = true;

@@ -172,7 +172,7 @@ export class CoordinatorServiceImpl {
       if (away.length > 0 && !req.forgetUnreachableDisks) {
         throw new VnsnapError('ERR_AGENT_DISCONNECTED', `VNE "${vne.name}" has kept disks on hosts that are not connected (${byHost(away)}): delete it when they are back, or pass --forget-unreachable-disks to forget those disks (their directories stay on those hosts)`);
       }
-      const disks = await this.kept.discard(vne.name, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable'));
+      const disks = await this.kept.discard(vne.name);
       for (const s of snaps) await this.deleteSnapshotArtefacts(s);
       this.o.catalog.tx(() => {
         for (const s of snaps) this.o.catalog.deleteSnapshot(s.id);
@@ -205,7 +205,7 @@ export class CoordinatorServiceImpl {
       this.requireConnected(vne, placement);
       // A new generation when a fenced instance may still run (vne-stop.ts).
       const generation = nextStartGeneration(vne, this.o.catalog);
-      const discarded = req.discardDisks ? await this.kept.discard(vne.name, true, () => new VnsnapError('ERR_INTERNAL', 'unreachable')) : { discarded: [], forgotten: [] };
+      const discarded = req.discardDisks ? await this.kept.discard(vne.name) : { discarded: [], forgotten: [] };
       const target: Vne__Output = { ...vne, placement, generation };
       const agents = [...new Set(Object.values(placement))].sort();
       const { agents: link, log } = this.o;
@@ -248,7 +248,7 @@ export class CoordinatorServiceImpl {
       const discardDisk = req.discardDisks === true;
       if (vne.state === 'VNE_STATE_DEFINED') {
         if (!discardDisk) return { vne: this.health.describe(vne), disks: [], notes: [] };
-        const d = await this.kept.discard(vne.name, false, (away) => new VnsnapError('ERR_AGENT_DISCONNECTED', `VNE "${vne.name}": the kept disk of ${byHost(away)} is on a host that is not connected; nothing was discarded: try again when it is back (or delete the VNE with --forget-unreachable-disks)`));
+        const d = await this.kept.discard(vne.name, (away) => new VnsnapError('ERR_AGENT_DISCONNECTED', `VNE "${vne.name}": the kept disk of ${byHost(away)} is on a host that is not connected; nothing was discarded: try again when it is back (or delete the VNE with --forget-unreachable-disks)`));
         return { vne: this.health.describe(vne), disks: d.discarded, notes: [] };
       }
       const disks: string[] = [];
