@@ -25,7 +25,7 @@
  * the VM's own directory, the base the spec's image inside the image roots); a fresh start or a
  * restore that finds a directory moves it aside, never deletes it.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -46,7 +46,7 @@ import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
-import { cleanDriverLeftovers } from './leftovers';
+import { cleanDriverLeftovers, tapTag } from './leftovers';
 import type { ProcessIdentity } from '../../vm-state';
 
 export type { QemuDriverOptions } from './process';
@@ -172,7 +172,7 @@ export class QemuDriver implements HypervisorDriver {
     const nics: NicArg[] = [];
     const vm = new QemuVm(spec, qspec, files, ports, ctx.log.child({ driver: 'qemu' }));
     try {
-      const tag = createHash('sha256').update(dir).digest('hex').slice(0, 8);
+      const tag = tapTag(dir);
       for (let i = 0; i < spec.macs.length; i++) {
         const mac = spec.macs[i] as string;
         const name = ctx.portNames[i] as string;

@@ -55,7 +55,7 @@ export interface LeftoverOptions {
 /** What was removed, one line each (also logged). */
 export type LeftoverReport = string[];
 
-/** The TAP name tag of an instance directory (driver.ts prepare()). */
+/** The TAP name tag of an instance directory: driver.ts prepare() names its TAPs with it, so leftovers finds them. */
 export function tapTag(dir: string): string {
   return createHash('sha256').update(dir).digest('hex').slice(0, 8);
 }
