@@ -83,6 +83,7 @@ export class CoordinatorServiceImpl {
       events: o.events,
       log: o.log,
       commandTimeoutMs: o.commandTimeoutMs,
+      now: () => o.clock.now(),
       busy: (vne) => this.ops.has(vne) || !!o.snapshots.active(vne) || o.restores.isRestoring(vne),
     });
     this.kept = new KeptDisks(o.catalog, o.agents, () => this.cmd, () => o.clock.now());

@@ -56,6 +56,8 @@ export interface VneHealthOptions {
   /** A start, stop, update, delete, restore or snapshot of this VNE is in flight. */
   busy: (vne: string) => boolean;
   commandTimeoutMs?: number;
+  /** The coordinator's clock (ms), for when a VM was found dead. */
+  now: () => number;
 }
 
 /** "h2 (host of vm2, vm3)" for each disconnected agent of the VNE. */
@@ -160,7 +162,7 @@ export class VneHealth {
       const lost = mine.filter((vm) => !current.has(`${vne.name}/${vm}`)).sort();
       const newlyDead = lost.filter((vm) => !this.dead.has(vne.name, vm));
       if (newlyDead.length > 0) {
-        this.dead.add(vne.name, newlyDead, agentId, Date.now());
+        this.dead.add(vne.name, newlyDead, agentId, this.o.now());
         const message = `VM${lost.length > 1 ? 's' : ''} ${lost.join(', ')} of VNE ${vne.name} died while agent ${agentId} was away (it registered without ${lost.length > 1 ? 'them' : 'it'}): restore a snapshot or stop and start the VNE`;
         catalog.updateVne(vne.name, { state: 'VNE_STATE_FAILED', stateReason: message });
         log.warn({ vne: vne.name, agent: agentId, lost }, 'VMs lost: VNE failed');
