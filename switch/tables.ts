@@ -55,6 +55,8 @@ export interface RestoreGate {
 export class Vne {
   readonly ports: LocalPort[] = [];
   readonly peers = new Map<number, VnePeer>();
+  /** Peers that left under the current generation, with their frame counts (kept if they return). */
+  readonly departedPeers = new Map<number, VnePeer>();
   readonly recordings = new Map<number, Recording>();
   /** Highest k for which every local port has passed the cut. */
   cutEpoch = 0;

@@ -12,8 +12,7 @@
  * here: bumping now would stamp their frames with the new generation and let them reach the
  * restored VMs); it applies when the last of them detaches, or at once with `generationNow`.
  * Applying one restarts the peers' frame counts and the VNE's epochs, fails and drops its
- * recordings and forgets learned
- * MACs.
+ * recordings and forgets learned MACs.
  */
 import { VnsnapError } from '../proto/core/errors';
 import { Fdb, FdbOptions } from './bridge/fdb';
@@ -54,8 +53,6 @@ export class VneTable {
   readonly byName = new Map<string, Vne>();
   readonly byVni = new Map<number, Vne>();
   readonly peers = new PeerTable();
-  /** Per VNE, the peers that left it under its current generation, with their frame counts. */
-  private readonly departed = new WeakMap<Vne, Map<number, VnePeer>>();
 
   constructor(
     private readonly fdbOpts: Partial<FdbOptions>,
@@ -140,8 +137,8 @@ export class VneTable {
     if (!v.peers.has(peer.idx)) {
       // A peer that left and returns under the same generation keeps its frame counts: the other
       // side counted on, and markers compare the two.
-      const back = this.departed.get(v)?.get(peer.idx);
-      this.departed.get(v)?.delete(peer.idx);
+      const back = v.departedPeers.get(peer.idx);
+      v.departedPeers.delete(peer.idx);
       if (back) back.peer = peer;
       v.peers.set(peer.idx, back ?? new VnePeer(peer));
       v.configChanged();
@@ -152,8 +149,7 @@ export class VneTable {
   removePeerFrom(v: Vne, idx: number): void {
     const vp = v.peers.get(idx);
     if (!vp || !v.peers.delete(idx)) return;
-    if (!this.departed.has(v)) this.departed.set(v, new Map());
-    this.departed.get(v)?.set(idx, vp);
+    v.departedPeers.set(idx, vp);
     v.fdb.flushOwner(-(idx + 1), true);
     for (const r of v.recordings.values()) {
       r.unacked.delete(idx);
@@ -196,7 +192,7 @@ export class VneTable {
   applyGeneration(v: Vne, generation: number): void {
     v.pendingGeneration = undefined;
     v.generation = generation;
-    this.departed.delete(v);
+    v.departedPeers.clear();
     for (const vp of v.peers.values()) {
       vp.sent.reset();
       vp.recv.reset();
