@@ -193,8 +193,8 @@ export class Markers {
 
   /** Reject the channelState() callers of r whose deadline (injected clock) has passed. */
   private expireWaiters(v: Vne, r: Recording, now: number): void {
+    if (!r.waiters.some((w) => now >= w.deadline)) return;
     const expired = r.waiters.filter((w) => now >= w.deadline);
-    if (expired.length === 0) return;
     r.waiters = r.waiters.filter((w) => now < w.deadline);
     const from = [...r.markersIn.keys()].map((i) => this.peerName(i)).join(', ') || 'none';
     for (const w of expired) w.reject(new VnsnapError('ERR_TIMEOUT', `channel recording ${r.k} of VNE ${v.name} did not end within ${w.timeoutMs} ms (markers from: ${from})`));
