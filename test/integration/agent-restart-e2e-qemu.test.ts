@@ -26,7 +26,8 @@ import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
+import type { GuestImage } from '../guest/qemu-guest';
+import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { Cluster } from '../support/cluster';
 import { RestartVne, streamProblems as problems } from '../support/restart-vne';
@@ -74,31 +75,18 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
   let image: GuestImage;
   const figures: string[] = [];
 
-  before(async function () {
-    if (process.getuid?.() !== 0) this.skip();
-    ensureQemu();
-    image = buildGuest();
-    v.killQemus();
-    c = new Cluster({ prefix: VNE, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
-    await c.start();
-  });
-
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed' && c) console.log(c.logTail(40));
-  });
-
-  after(async function () {
-    this.timeout(60_000);
-    if (figures.length) console.log(`      ${figures.join('\n      ')}`);
-    if (!c) return;
-    try {
-      await c.cli(['vne', 'stop', VNE], 30_000);
-    } catch {
-      /* best effort */
-    }
-    v.killQemus();
-    await c.destroy();
-    v.killQemus();
+  qemuE2eHooks({
+    prefix: VNE,
+    vne: VNE,
+    logLines: 40,
+    killQemus: () => v.killQemus(),
+    ready: (cl, img) => {
+      c = cl;
+      image = img;
+    },
+    beforeTeardown: () => {
+      if (figures.length) console.log(`      ${figures.join('\n      ')}`);
+    },
   });
 
   it('starts the VNE; both streams run across the hosts', async () => {

@@ -22,7 +22,8 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
+import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster, vmStatusLines as status, type StreamEvent, type VneView } from '../support/cluster';
 import { LOST_HOST_VMS, RestartVne, streamProblems as problems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
@@ -68,31 +69,24 @@ const alive = (pid: number): boolean => fs.existsSync(`/proc/${pid}`) && !fs.rea
     return { notes: r.events.flatMap((e) => (e.note ? [e.note] : [])), after };
   }
 
-  before(async function () {
-    if (process.getuid?.() !== 0) this.skip();
-    ensureQemu();
-    image = buildGuest();
-    v.killQemus();
-    c = new Cluster({ prefix: VNE, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 500, deadAfterMs: 3000 });
-    await c.start();
-  });
-
-  afterEach(function () {
-    if (this.currentTest?.state === 'failed' && c) console.log(c.logTail(60));
-  });
-
-  after(async function () {
-    this.timeout(60_000);
-    if (!c) return;
-    try {
-      c.partition('h2', false);
-      await c.cli(['vne', 'stop', VNE], 30_000);
-    } catch {
-      /* best effort */
-    }
-    v.killQemus();
-    await c.destroy();
-    v.killQemus();
+  qemuE2eHooks({
+    prefix: VNE,
+    vne: VNE,
+    heartbeatIntervalMs: 500,
+    deadAfterMs: 3000,
+    logLines: 60,
+    killQemus: () => v.killQemus(),
+    ready: (cl, img) => {
+      c = cl;
+      image = img;
+    },
+    beforeTeardown: () => {
+      try {
+        c.partition('h2', false);
+      } catch {
+        /* best effort */
+      }
+    },
   });
 
   it('starts the VNE: a, b on h1, c on h2, every stream runs', async () => {

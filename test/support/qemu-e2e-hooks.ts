@@ -1,7 +1,7 @@
 /**
- * The mocha hooks every four-guest QEMU end-to-end file shares: before, a fresh two-host QEMU
- * cluster (root only, QEMU present, the test guest built, stray QEMUs of an earlier run killed);
- * after each failed test, the cluster's log tail and the guests' consoles saved; after all, the
+ * The mocha hooks every QEMU end-to-end file shares: before, a fresh two-host QEMU cluster
+ * (root only, QEMU present, the test guest built, stray QEMUs of an earlier run killed); after
+ * each failed test, the cluster's log tail (and the guests' consoles when asked); after all, the
  * VNE stopped, the cluster destroyed and every QEMU of the test killed, even when a test failed.
  */
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
@@ -11,8 +11,17 @@ import { E2E_VNE, killE2eQemus, saveConsoles } from './qemu-vne';
 export interface QemuE2eHooks {
   /** Names what the cluster creates (namespaces, directories). */
   prefix: string;
-  /** Where a failed test's guest consoles are copied. */
-  consoles: string;
+  /** Where a failed test's guest consoles are copied (none when absent). */
+  consoles?: string;
+  /** The VNE the after-all hook stops (default the four-guest VNE). */
+  vne?: string;
+  /** Session timings of the cluster (default 1 s heartbeats, dead after 10 s). */
+  heartbeatIntervalMs?: number;
+  deadAfterMs?: number;
+  /** Lines of the log tail printed after a failed test (default 30). */
+  logLines?: number;
+  /** Kills the test's QEMUs (default the four-guest VNE's). */
+  killQemus?: () => void;
   /** Called once the cluster runs. */
   ready(c: Cluster, image: GuestImage): void;
   /** Called first in the after-all hook (figures to print). */
@@ -22,20 +31,21 @@ export interface QemuE2eHooks {
 /** Register the hooks in the calling describe(). */
 export function qemuE2eHooks(o: QemuE2eHooks): void {
   let c: Cluster | undefined;
+  const kill = o.killQemus ?? killE2eQemus;
   before(async function () {
     if (process.getuid?.() !== 0) this.skip();
     ensureQemu();
     const image = buildGuest();
-    killE2eQemus();
-    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+    kill();
+    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: o.heartbeatIntervalMs ?? 1000, deadAfterMs: o.deadAfterMs ?? 10_000 });
     await c.start();
     o.ready(c, image);
   });
 
   afterEach(function () {
     if (this.currentTest?.state === 'failed' && c) {
-      console.log(c.logTail(30));
-      console.log(`      guest consoles: ${saveConsoles(o.consoles).join(', ')}`);
+      console.log(c.logTail(o.logLines ?? 30));
+      if (o.consoles) console.log(`      guest consoles: ${saveConsoles(o.consoles).join(', ')}`);
     }
   });
 
@@ -44,12 +54,12 @@ export function qemuE2eHooks(o: QemuE2eHooks): void {
     if (!c) return;
     o.beforeTeardown?.();
     try {
-      await c.cli(['vne', 'stop', E2E_VNE], 30_000);
+      await c.cli(['vne', 'stop', o.vne ?? E2E_VNE], 30_000);
     } catch {
       /* best effort */
     }
-    killE2eQemus();
+    kill();
     await c.destroy();
-    killE2eQemus();
+    kill();
   });
 }
