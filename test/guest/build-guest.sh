@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the vnsnap test guest: Debian's cloud kernel + a busybox initramfs holding the virtio
-# modules, /init (test/guest/init.sh) and the workload program vnguest (test/guest/src/vnguest.c).
+# modules, /init (test/guest/init.sh), the workload program vnguest (test/guest/src/vnguest.c)
+# and Debian's iperf3 (the host's /usr/bin/iperf3 with the shared libraries ldd names and the
+# dynamic loader, at the same paths), for the network benchmark.
 #
 # Usage (as root):
 #   test/guest/build-guest.sh                build if needed, then print the paths
@@ -16,7 +18,7 @@
 #
 # Cache: ${VNSNAP_CACHE:-/var/cache/vnsnap}/guest/<key>/, key = sha256 of this script, init.sh,
 # the C sources and the versions of the packages that go in (kernel, busybox-static, libc6-dev,
-# gcc). Any change to one of them builds a new entry; entries are complete or absent (built in a
+# gcc, iperf3 and the packages of its libraries). Any change to one of them builds a new entry; entries are complete or absent (built in a
 # temporary directory, renamed into place), and concurrent builds are serialised with flock.
 #
 # The kernel .deb is fetched with `apt-get download` and unpacked with `dpkg-deb -x` into a
@@ -30,7 +32,9 @@ CACHE_ROOT="${VNSNAP_CACHE:-/var/cache/vnsnap}/guest"
 KERNEL_META=linux-image-cloud-amd64
 # What the guest must be able to load; their dependencies are added (and ordered) from modinfo.
 WANT_MODULES=(virtio_pci virtio_net virtio_blk virtio_console)
-HOST_PKGS=(busybox-static gcc libc6-dev cpio kmod gzip)
+HOST_PKGS=(busybox-static gcc libc6-dev cpio kmod gzip iperf3)
+# Packages whose files are copied into the initramfs as they are (iperf3 and its libraries).
+COPIED_PKGS=(iperf3 libiperf0 libssl3 libsctp1 libc6)
 
 MODE=build
 for a in "$@"; do
@@ -78,7 +82,7 @@ input_key() {
     echo "format 1"
     sha256sum "$HERE/build-guest.sh" "$HERE/init.sh" "$HERE"/src/*.c | awk '{print $1}'
     echo "kernel $kpkg $(candidate_version "$kpkg")"
-    for p in busybox-static libc6-dev gcc; do echo "$p $(pkg_version "$p")"; done
+    for p in busybox-static libc6-dev gcc "${COPIED_PKGS[@]}"; do echo "$p $(pkg_version "$p")"; done
     echo "modules ${WANT_MODULES[*]}"
   } | sha256sum | cut -c1-16
 }
@@ -204,6 +208,18 @@ gcc -O2 -static -pthread -Wall -Wextra -o "$WORK/vnguest" "$HERE"/src/vnguest.c 
 strip "$WORK/vnguest"
 install -m 0755 "$WORK/vnguest" "$ROOT/bin/vnguest"
 
+# iperf3, dynamically linked: the binary, every library ldd resolves and the loader, each at the
+# path ldd prints (/init starts the server only when vnsnap.iperf=1 asks).
+IPERF=/usr/bin/iperf3
+[ -x "$IPERF" ] || die "$IPERF missing (package iperf3)"
+copy_as_is() { mkdir -p "$ROOT$(dirname "$1")" && cp -L "$1" "$ROOT$1"; }
+copy_as_is "$IPERF"
+while read -r lib; do
+  [ -n "$lib" ] && copy_as_is "$lib"
+done < <(ldd "$IPERF" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
+[ -e "$ROOT/lib64/ld-linux-x86-64.so.2" ] || die "ldd $IPERF named no loader"
+log "iperf3: $(ldd "$IPERF" | awk '$2 == "=>" {print $1}' | tr '\n' ' ')"
+
 # pack: reproducible newc cpio (sorted, owner root, fixed mtimes), gzip without name/time
 find "$ROOT" -exec touch -h -d @0 {} +
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) | gzip -9n >"$WORK/initrd.img"
@@ -217,7 +233,7 @@ cp "$WORK/vnguest" "$OUT/vnguest"
   echo "key $KEY"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(($(date +%s) - T0)) s"
   echo "kernel $KPKG $(candidate_version "$KPKG") ($KVER)"
-  for p in busybox-static libc6-dev gcc; do echo "$p $(pkg_version "$p")"; done
+  for p in busybox-static libc6-dev gcc "${COPIED_PKGS[@]}"; do echo "$p $(pkg_version "$p")"; done
   echo "modules ${ORDER[*]}"
   echo "vmlinuz $(stat -c %s "$OUT/vmlinuz") bytes"
   echo "initrd.img $(stat -c %s "$OUT/initrd.img") bytes"

@@ -9,6 +9,7 @@
 #   vnsnap.shell=1            also start a shell on the console (debugging only: typing into the
 #                             serial console drops characters under TCG)
 #   vnsnap.nogo=1             do not start vnguest (bring up the network only)
+#   vnsnap.iperf=1            start an iperf3 server (iperf3 -s -D, port 5201) once eth0 is up
 #   vnsnap.peers=... vnsnap.rate=... vnsnap.mem=... vnsnap.memrate=... vnsnap.disk=...
 #   vnsnap.diskrate=... vnsnap.listen=... vnsnap.status=... vnsnap.report=...   read by vnguest
 export PATH=/bin:/sbin
@@ -21,7 +22,7 @@ exec </dev/console >/dev/console 2>&1
 
 log() { echo "vnsnap-init: $*"; }
 
-NAME=guest IP='' GW='' MTU='' SHELL_ON=0 NOGO=0
+NAME=guest IP='' GW='' MTU='' SHELL_ON=0 NOGO=0 IPERF=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     vnsnap.name=*) NAME=${w#*=} ;;
@@ -30,6 +31,7 @@ for w in $(cat /proc/cmdline); do
     vnsnap.mtu=*) MTU=${w#*=} ;;
     vnsnap.shell=*) SHELL_ON=${w#*=} ;;
     vnsnap.nogo=*) NOGO=${w#*=} ;;
+    vnsnap.iperf=*) IPERF=${w#*=} ;;
   esac
 done
 hostname "$NAME"
@@ -56,6 +58,9 @@ i=0
 while [ ! -e /dev/vda ] && [ -d /sys/bus/virtio/drivers/virtio_blk ] && ls /sys/bus/virtio/drivers/virtio_blk | grep -q virtio && [ $i -lt 40 ]; do usleep 50000; i=$((i + 1)); done
 [ -e /dev/vda ] && log "disk /dev/vda $(cat /sys/block/vda/size) sectors"
 
+if [ "$IPERF" = 1 ]; then
+  if /usr/bin/iperf3 -s -D; then log "VNSNAP-IPERF-UP"; else log "VNSNAP-IPERF-FAILED rc=$?"; fi
+fi
 if [ "$NOGO" != 1 ]; then
   (
     while :; do

@@ -1,7 +1,7 @@
 /**
  * The vnsnap test guest, from TypeScript: build (or reuse) the image, make the QEMU command line
- * and kernel parameters, and read a guest's status (TCP status port, serial console log,
- * virtio-serial channel). Used by test/integration/guest-*.test.ts and meant for the e2e tests
+ * and kernel parameters, read a guest's status (TCP status port, serial console log,
+ * virtio-serial channel) and run iperf3 inside it over that channel (channelIperf). Used by test/integration/guest-*.test.ts and meant for the e2e tests
  * of agents and snapshots. See docs/guest.md.
  */
 import { execFileSync } from 'node:child_process';
@@ -106,6 +106,8 @@ export interface GuestParams {
   statusPort?: number;
   /** seconds between VNSTAT lines on the serial console (default 5) */
   reportSecs?: number;
+  /** start an iperf3 server (port 5201) in the guest */
+  iperf?: boolean;
 }
 
 /** The kernel command line for a guest. */
@@ -123,6 +125,7 @@ export function kernelCmdline(p: GuestParams, extra: readonly string[] = []): st
   if (p.listenPort !== undefined) a.push(`vnsnap.listen=${p.listenPort}`);
   if (p.statusPort !== undefined) a.push(`vnsnap.status=${p.statusPort}`);
   if (p.reportSecs !== undefined) a.push(`vnsnap.report=${p.reportSecs}`);
+  if (p.iperf) a.push('vnsnap.iperf=1');
   return [...a, ...extra].join(' ');
 }
 
@@ -308,41 +311,83 @@ export function serialStatuses(serialLog: string): GuestStatus[] {
   return out;
 }
 
-/** Ask over the virtio-serial channel (a unix socket on the host): send a line, read one JSON line. */
-export function channelStatus(statusSock: string, timeoutMs = 5000): Promise<GuestStatus> {
+/**
+ * One request over the virtio-serial channel (a unix socket on the host): connect, send `line`,
+ * and resolve with the first line `answer` maps to a value. The guest sees the port open a
+ * moment after the connection and a line sent before can be lost, so `line` is sent again every
+ * 500 ms until `acked` accepts a line from the guest (the guest must treat repeats as one request).
+ */
+function channelRequest<T>(sock: string, line: string, timeoutMs: number, acked: (l: string) => boolean, answer: (l: string) => T | undefined): Promise<T> {
   return new Promise((resolve, reject) => {
-    const s = net.connect(statusSock);
+    const s = net.connect(sock);
     let buf = '';
-    const timer = setTimeout(() => finish(new Error(`no status on ${statusSock} within ${timeoutMs} ms`)), timeoutMs);
-    const finish = (err: Error | null, v?: GuestStatus): void => {
+    let again: NodeJS.Timeout | undefined;
+    const timer = setTimeout(() => finish(new Error(`no answer on ${sock} within ${timeoutMs} ms`)), timeoutMs);
+    const finish = (err: Error | null, v?: T): void => {
       clearTimeout(timer);
+      clearInterval(again);
       s.destroy();
       if (err) reject(err);
-      else resolve(v as GuestStatus);
+      else resolve(v as T);
     };
     s.on('connect', () => {
-      // the guest sees the port open a moment after the connection; ask again until it answers
       const ask = (): void => {
-        if (!s.destroyed) s.write('status\n');
+        if (!s.destroyed) s.write(`${line}\n`);
       };
       ask();
-      const again = setInterval(ask, 500);
-      s.once('close', () => clearInterval(again));
+      again = setInterval(ask, 500);
     });
     s.on('data', (d: Buffer) => {
       buf += d.toString();
       let i: number;
       while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i).trim();
+        const l = buf.slice(0, i).trim();
         buf = buf.slice(i + 1);
-        if (!line.startsWith('{')) continue;
-        try {
-          return finish(null, JSON.parse(line) as GuestStatus);
-        } catch {
-          /* partial */
-        }
+        if (acked(l)) clearInterval(again);
+        const v = answer(l);
+        if (v !== undefined) return finish(null, v);
       }
     });
     s.on('error', (e) => finish(e));
+  });
+}
+
+/** A line that parses as a status object (partial lines and other answers: undefined). */
+function parseStatusLine(l: string): GuestStatus | undefined {
+  if (!l.startsWith('{')) return undefined;
+  try {
+    return JSON.parse(l) as GuestStatus;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Ask over the virtio-serial channel (a unix socket on the host): send a line, read one JSON line. */
+export function channelStatus(statusSock: string, timeoutMs = 5000): Promise<GuestStatus> {
+  return channelRequest(statusSock, 'status', timeoutMs, (l) => parseStatusLine(l) !== undefined, parseStatusLine);
+}
+
+let iperfIds = 0;
+
+/**
+ * Run iperf3 inside a guest over its virtio-serial channel (vnguest's "iperf3 ID ARG..." command,
+ * docs/guest.md) and resolve with its -J document. Arguments are passed as argv (no shell) and
+ * must not contain whitespace. A run iperf3 itself reports as failed resolves with the document
+ * (its `error` field set); no answer within `timeoutMs` or no JSON rejects.
+ */
+export function channelIperf(channelSock: string, args: readonly string[], timeoutMs: number): Promise<Record<string, unknown>> {
+  const bad = args.find((a) => a === '' || /\s/.test(a));
+  if (bad !== undefined) return Promise.reject(new Error(`channelIperf: argument ${JSON.stringify(bad)} is empty or has whitespace`));
+  const id = `${process.pid}-${++iperfIds}`;
+  const prefix = `IPERF3 ${id} `;
+  return channelRequest(
+    channelSock,
+    ['iperf3', id, ...args].join(' '),
+    timeoutMs,
+    (l) => l === `IPERF3-START ${id}` || l.startsWith(prefix),
+    (l) => (l.startsWith(prefix) ? l.slice(prefix.length) : undefined),
+  ).then((body) => {
+    if (body.startsWith('!')) throw new Error(`iperf3 in the guest: ${body.slice(1)}`);
+    return JSON.parse(body) as Record<string, unknown>;
   });
 }

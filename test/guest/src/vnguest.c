@@ -27,6 +27,18 @@
  *     line of all counters and closes; the same line is printed as "VNSTAT {...}" on stdout
  *     (the serial console) every `report` seconds and written to the virtio-serial port named
  *     org.vnsnap.status when the guest has one (a line sent to that port is answered at once).
+ *
+ * The virtio-serial port also takes one command besides the status request, for the network
+ * benchmark (test/bench/vm-net.ts), which has no other way into a guest on an overlay:
+ *   "iperf3 ID ARG..."  runs /usr/bin/iperf3 ARG... -J (argv split on spaces, no shell, only
+ *                       iperf3; at most IPERF_MAX_ARGS arguments; killed after IPERF_MAX_S s)
+ *                       in a thread and answers "IPERF3-START ID" at once, then one line
+ *                       "IPERF3 ID {JSON}" (its -J output on one line) or "IPERF3 ID !message".
+ *                       ID is [A-Za-z0-9_-]{1,32}; a command whose ID is among the last
+ *                       IPERF_SEEN started is not run again (the host repeats a command until
+ *                       it sees the START line, since a line sent as the port opens can be lost).
+ * Any other line is a status request. Lines go out whole: a write the port refuses for now
+ * (EAGAIN) waits for it, so a long JSON line is never cut.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -51,6 +63,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +75,11 @@
 #define CHUNK (64 * 1024)
 #define REC_SIZE 4096
 #define REC_MAGIC "VNSREC01"
+#define IPERF_BIN "/usr/bin/iperf3"
+#define IPERF_MAX_ARGS 32
+#define IPERF_MAX_S 600
+#define IPERF_SEEN 16
+#define IPERF_MAX_OUT (4 << 20)
 
 typedef _Atomic uint64_t counter_t;
 
@@ -947,6 +965,25 @@ static int find_vport(char *dev, size_t n) {
   return -1;
 }
 
+/* The whole line or nothing more of it once the host is gone: EAGAIN (the port's queue is
+   full) waits up to 2 s for room; with no host on the other end the rest is dropped. */
+static void vport_write_all(const char *p, size_t len) {
+  size_t off = 0;
+  while (off < len) {
+    ssize_t n = write(vport_fd, p + off, len - off);
+    if (n > 0) {
+      off += (size_t)n;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      struct pollfd w = {vport_fd, POLLOUT, 0};
+      if (poll(&w, 1, 2000) > 0 && !(w.revents & (POLLHUP | POLLERR))) continue;
+    }
+    return;
+  }
+}
+
 static void vport_write_line(const char *prefix, const char *js) {
   pthread_mutex_lock(&vport_lock);
   if (vport_fd >= 0) {
@@ -955,11 +992,165 @@ static void vport_write_line(const char *prefix, const char *js) {
     memcpy(line, prefix, pl);
     memcpy(line + pl, js, jl);
     line[pl + jl] = '\n';
-    /* non-blocking: with no host on the other end the line is dropped (EAGAIN) */
-    (void)!write(vport_fd, line, pl + jl + 1);
+    vport_write_all(line, pl + jl + 1);
     free(line);
   }
   pthread_mutex_unlock(&vport_lock);
+}
+
+/* ------------------------------------------------------------------ iperf3 over the port */
+
+struct iperf_job {
+  char id[33];
+  char *argv[IPERF_MAX_ARGS + 3];
+  int argc;
+  char words[4096];
+};
+
+static pthread_mutex_t iperf_lock = PTHREAD_MUTEX_INITIALIZER;
+static char iperf_seen[IPERF_SEEN][33];
+static unsigned iperf_seen_next;
+
+/* Has this id been started already? If not, remember it (the oldest of IPERF_SEEN forgotten). */
+static int iperf_seen_before(const char *id) {
+  pthread_mutex_lock(&iperf_lock);
+  for (int i = 0; i < IPERF_SEEN; i++)
+    if (!strcmp(iperf_seen[i], id)) {
+      pthread_mutex_unlock(&iperf_lock);
+      return 1;
+    }
+  snprintf(iperf_seen[iperf_seen_next++ % IPERF_SEEN], sizeof iperf_seen[0], "%s", id);
+  pthread_mutex_unlock(&iperf_lock);
+  return 0;
+}
+
+static int valid_id(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n > 32) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!((id[i] >= 'a' && id[i] <= 'z') || (id[i] >= 'A' && id[i] <= 'Z') || (id[i] >= '0' && id[i] <= '9') || id[i] == '_' || id[i] == '-')) return 0;
+  return 1;
+}
+
+static void iperf_answer(const char *id, const char *body) {
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "IPERF3 %s ", id);
+  vport_write_line(prefix, body);
+}
+
+/* Run iperf3 with the job's arguments, its stdout (the -J document) collected; one line back. */
+static void *iperf_main(void *arg) {
+  struct iperf_job *j = arg;
+  int pfd[2];
+  if (pipe2(pfd, O_CLOEXEC) < 0) {
+    iperf_answer(j->id, "!pipe failed");
+    free(j);
+    return NULL;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(pfd[1], 1);
+    int nul = open("/dev/null", O_RDWR);
+    if (nul >= 0) {
+      dup2(nul, 0);
+      dup2(nul, 2);
+    }
+    execv(IPERF_BIN, j->argv);
+    _exit(127);
+  }
+  close(pfd[1]);
+  if (pid < 0) {
+    close(pfd[0]);
+    iperf_answer(j->id, "!fork failed");
+    free(j);
+    return NULL;
+  }
+  size_t cap = 65536, len = 0;
+  char *out = malloc(cap);
+  uint64_t deadline = now_ms() + IPERF_MAX_S * 1000ull;
+  int killed = 0;
+  for (;;) {
+    uint64_t t = now_ms();
+    if (t >= deadline && !killed) {
+      kill(pid, SIGKILL);
+      killed = 1;
+    }
+    struct pollfd p = {pfd[0], POLLIN, 0};
+    if (poll(&p, 1, 1000) <= 0) continue;
+    if (len + 4096 > cap && cap < IPERF_MAX_OUT) out = realloc(out, cap *= 2);
+    ssize_t n = read(pfd[0], out + len, cap - len - 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += (size_t)n;
+    if (len + 1 >= cap && cap >= IPERF_MAX_OUT) { /* runaway output: stop it */
+      kill(pid, SIGKILL);
+      killed = 1;
+      break;
+    }
+  }
+  close(pfd[0]);
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  out[len] = 0;
+  /* -J output: newlines are only whitespace between tokens (strings escape theirs) */
+  for (size_t i = 0; i < len; i++)
+    if (out[i] == '\n' || out[i] == '\r') out[i] = ' ';
+  char *start = out;
+  while (*start == ' ' || *start == '\t') start++;
+  if (killed) iperf_answer(j->id, "!iperf3 killed (ran too long or printed too much)");
+  else if (*start != '{') {
+    char msg[160];
+    snprintf(msg, sizeof msg, "!iperf3 printed no JSON (exit status %d)", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    iperf_answer(j->id, msg);
+  } else iperf_answer(j->id, start);
+  free(out);
+  free(j);
+  return NULL;
+}
+
+/* "iperf3 ID ARG...": start it (once per ID) and acknowledge; false if the line is no such command. */
+static int iperf_request(const char *line) {
+  if (strncmp(line, "iperf3 ", 7) != 0) return 0;
+  struct iperf_job *j = calloc(1, sizeof *j);
+  snprintf(j->words, sizeof j->words, "%s", line + 7);
+  char *save = NULL, *w = strtok_r(j->words, " \t\r", &save);
+  if (!w || !valid_id(w)) {
+    iperf_answer("-", "!bad request: iperf3 ID ARG... with ID [A-Za-z0-9_-]{1,32}");
+    free(j);
+    return 1;
+  }
+  snprintf(j->id, sizeof j->id, "%s", w);
+  j->argv[j->argc++] = IPERF_BIN;
+  int json = 0;
+  while ((w = strtok_r(NULL, " \t\r", &save)) != NULL) {
+    if (j->argc > IPERF_MAX_ARGS) {
+      iperf_answer(j->id, "!too many arguments");
+      free(j);
+      return 1;
+    }
+    if (!strcmp(w, "-J") || !strcmp(w, "--json")) json = 1;
+    j->argv[j->argc++] = w;
+  }
+  if (!json) j->argv[j->argc++] = "-J";
+  j->argv[j->argc] = NULL;
+  if (iperf_seen_before(j->id)) {
+    free(j);
+    return 1;
+  }
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "IPERF3-START %s", j->id);
+  vport_write_line(prefix, "");
+  spawn_detached(iperf_main, j);
+  return 1;
+}
+
+/* One line from the host: the iperf3 command, else a status request. */
+static void vport_request(const char *line) {
+  if (iperf_request(line)) return;
+  char *js = status_json();
+  vport_write_line("", js);
+  free(js);
 }
 
 static void *vport_main(void *arg) {
@@ -978,7 +1169,8 @@ static void *vport_main(void *arg) {
   vport_fd = fd;
   pthread_mutex_unlock(&vport_lock);
   logmsg("status channel on %s (%s)", dev, cfg.vport_name);
-  char buf[256];
+  char buf[4096];
+  size_t len = 0;
   for (;;) {
     struct pollfd p = {fd, POLLIN, 0};
     int r = poll(&p, 1, 1000);
@@ -987,16 +1179,21 @@ static void *vport_main(void *arg) {
       sleep_ms(200);
       continue;
     }
-    ssize_t n = read(fd, buf, sizeof buf);
+    ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
     if (n <= 0) {
       sleep_ms(100);
       continue;
     }
-    if (memchr(buf, '\n', (size_t)n)) { /* any line is a request */
-      char *js = status_json();
-      vport_write_line("", js);
-      free(js);
+    len += (size_t)n;
+    char *nl;
+    while ((nl = memchr(buf, '\n', len)) != NULL) {
+      *nl = 0;
+      vport_request(buf);
+      size_t used = (size_t)(nl - buf) + 1;
+      memmove(buf, nl + 1, len - used);
+      len -= used;
     }
+    if (len == sizeof buf - 1) len = 0; /* a line longer than the buffer: dropped */
   }
   return NULL;
 }
