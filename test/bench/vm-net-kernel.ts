@@ -1,0 +1,94 @@
+/**
+ * The kernel path of bench:vm-net: what an operator gets without vnsnap. Two namespaced hosts
+ * joined by a veth underlay (MTU 1500); on each a Linux bridge holding a VXLAN device (VNI 100,
+ * UDP 4789, to the other host) and a TAP that QEMU opens with `vnet_hdr=on` (vhost off: this
+ * kernel has no vhost-net), so the guests' TSO super-frames and partial checksums go into the
+ * kernel whole and are segmented (or carried by GSO) at the VXLAN device.
+ *
+ * The QEMU command line is the QEMU driver's own (agent/drivers/qemu/cmdline.ts qemuCmdline with
+ * the same spec, NIC mode tap-vnet, the same TCG RAM padding), so the guests differ from the
+ * vnsnap path's only in what is behind the TAP. Everything is named with the Topology's prefix
+ * and lives in its namespaces; close() kills the QEMUs and removes the namespaces and files.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { stopChild, Topology } from '../support/netns';
+import { FatalWait, until } from '../support/wait';
+import type { GuestPair } from './vm-net-measure';
+
+const UNDERLAY = ['10.79.0.1', '10.79.0.2'] as const;
+const VNI = 100;
+const VXLAN_PORT = 4789;
+const QEMU = 'qemu-system-x86_64';
+
+/** One guest of the pair: its name, inner address (CIDR) and MAC. */
+export interface PairGuest {
+  name: string;
+  cidr: string;
+  mac: string;
+}
+
+export interface KernelPath {
+  guests: GuestPair;
+  describe: string;
+  close(): Promise<void>;
+}
+
+/**
+ * Build both hosts and boot one guest on each (`specOf` gives its QEMU spec); resolves once both
+ * guests answer on their channels (`ready`), with their channel sockets.
+ */
+export async function startKernelPath(
+  topo: Topology,
+  dir: string,
+  guests: readonly [PairGuest, PairGuest],
+  specOf: (g: PairGuest) => QemuDriverSpec__Output,
+  ready: (sock: string) => Promise<unknown>,
+): Promise<KernelPath> {
+  const qemus: ChildProcess[] = [];
+  const close = async (): Promise<void> => {
+    await Promise.all(qemus.map((q) => stopChild(q, 2000)));
+    await topo.destroy();
+  };
+  try {
+    topo.addNamespace('h1');
+    topo.addNamespace('h2');
+    topo.veth('h1', 'vmnbu1', 'h2', 'vmnbu2', `${UNDERLAY[0]}/24`, `${UNDERLAY[1]}/24`, 1500);
+    const version = await qemuVersion(QEMU);
+    const socks: string[] = [];
+    for (const i of [0, 1] as const) {
+      const h = `h${i + 1}`;
+      const g = guests[i];
+      topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
+      topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+      topo.exec(h, 'ip', ['tuntap', 'add', 'dev', 'vmnbtap', 'mode', 'tap', 'vnet_hdr']);
+      for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
+      topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
+      const files = vmFiles(path.join(dir, `kernel-${g.name}`));
+      fs.mkdirSync(files.dir, { recursive: true });
+      const args = qemuCmdline({ spec: specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
+      const q = topo.spawn(h, QEMU, args, { stdio: ['ignore', 'ignore', fs.openSync(files.stderrLog, 'w')] });
+      qemus.push(q);
+      socks.push(files.channelSock);
+    }
+    for (const s of socks) {
+      await until(`guest channel ${s}`, async () => {
+        if (qemus.some((q) => q.exitCode !== null)) throw new FatalWait(`a kernel-path QEMU exited: ${fs.readFileSync(path.join(path.dirname(s), 'qemu.stderr'), 'utf8').trim()}`);
+        if (!fs.existsSync(s)) return undefined;
+        return ready(s).then(() => true, () => undefined);
+      }, { timeoutMs: 120_000, everyMs: 500 });
+    }
+    const vxMtu = topo.exec('h1', 'cat', ['/sys/class/net/vx0/mtu']).trim();
+    return {
+      guests: { sockA: socks[0] as string, sockB: socks[1] as string, ipA: guests[0].cidr.split('/')[0] as string, ipB: guests[1].cidr.split('/')[0] as string },
+      describe: `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
+      close,
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}

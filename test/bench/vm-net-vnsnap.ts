@@ -1,0 +1,127 @@
+/**
+ * The vnsnap path of bench:vm-net: the two guests as one VNE of a real deployment (coordinator
+ * and two agents with the QEMU driver on namespaced hosts, test/support/cluster.ts), one guest
+ * per host, so every frame between them crosses both agents' switches and the Geneve tunnel.
+ * The NIC mode is the VMs' extra.nic (tap-vnet: QEMU's TAP with vnet_hdr=on read by a packet
+ * socket with PACKET_VNET_HDR; tap: the same with vnet_hdr=off), the tunnel is the one the agent
+ * runs (its configuration has no offload switch of its own yet).
+ *
+ * Also here: background snapshots of the VNE through the coordinator, taken back to back at most
+ * once a second while something else runs (each deleted once complete, so the store does not
+ * fill), and the frame counters of a VM's switch port (the agent's /metrics).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
+import { instanceDir, QEMU_WORKDIR } from '../support/qemu-vne';
+import { FatalWait, sleep, until } from '../support/wait';
+import type { GuestPair } from './vm-net-measure';
+import type { PairGuest } from './vm-net-kernel';
+
+export const HOSTS = ['h1', 'h2'] as const;
+
+export interface VnsnapPair {
+  vne: string;
+  guests: GuestPair;
+  /** Stop and delete the VNE (its snapshots too). */
+  close(): Promise<void>;
+}
+
+/** Define and start VNE `vne` (one guest per host, in order), and wait until both guests answer. */
+export async function startVnsnapPair(
+  c: Cluster,
+  vne: string,
+  vni: number,
+  guests: readonly [PairGuest, PairGuest],
+  specOf: (g: PairGuest) => QemuDriverSpec__Output,
+  ready: (sock: string) => Promise<unknown>,
+): Promise<VnsnapPair> {
+  const vms = guests.map((g, i) => {
+    // no disk: the VNE definition leaves the key out rather than naming an empty image
+    const spec: Partial<QemuDriverSpec__Output> = { ...specOf(g) };
+    delete spec.disk;
+    return { name: g.name, host: HOSTS[i], macs: [g.mac], driver: { qemu: spec } };
+  });
+  const file = path.join(c.dir, `${vne}.json`);
+  fs.writeFileSync(file, JSON.stringify({ name: vne, vni, vms }, null, 2));
+  const close = async (): Promise<void> => {
+    await c.cli(['vne', 'stop', vne], 60_000);
+    await c.cli(['vne', 'delete', vne, '--with-snapshots'], 60_000);
+  };
+  try {
+    await c.cliJson(['vne', 'define', file]);
+    await c.cliJson(['vne', 'start', vne]);
+    const socks: string[] = [];
+    for (const g of guests) {
+      const dir = instanceDir(g.name, vne);
+      if (!dir) throw new Error(`VNE ${vne} started but no running QEMU of ${g.name} in ${QEMU_WORKDIR}`);
+      const sock = path.join(dir, 'channel.sock');
+      await until(`guest ${g.name} answers on its channel`, () => {
+        if (!instanceDir(g.name, vne)) throw new FatalWait(`the QEMU of ${g.name} exited`);
+        return ready(sock).then(() => true);
+      }, { timeoutMs: 120_000, everyMs: 500 });
+      socks.push(sock);
+    }
+    return {
+      vne,
+      guests: { sockA: socks[0] as string, sockB: socks[1] as string, ipA: guests[0].cidr.split('/')[0] as string, ipB: guests[1].cidr.split('/')[0] as string },
+      close,
+    };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** Remove what a crashed run left in the QEMU driver's work directory for these VNEs. */
+export function removeInstanceDirs(vnes: readonly string[]): void {
+  if (!fs.existsSync(QEMU_WORKDIR)) return;
+  for (const d of fs.readdirSync(QEMU_WORKDIR)) if (vnes.some((v) => d.startsWith(`vnqm-${v}_`))) fs.rmSync(path.join(QEMU_WORKDIR, d), { recursive: true, force: true });
+}
+
+export interface SnapshotLoop {
+  /** Stop starting snapshots; resolves when the one under way has ended: how many completed, their per-VM pauses. */
+  stop(): Promise<{ completed: number; failed: string[]; pausesMs: number[] }>;
+}
+
+/** Background snapshots of `vne`, one started every second (or when the last ends, if later). */
+export function snapshotLoop(c: Cluster, vne: string): SnapshotLoop {
+  let stopping = false;
+  let completed = 0;
+  const failed: string[] = [];
+  const pausesMs: number[] = [];
+  const loop = (async (): Promise<void> => {
+    while (!stopping) {
+      const t0 = Date.now();
+      const r = await c.cliStream<{ done?: CatalogSnapshot }>(['snapshot', 'create', vne, '--mode', 'background']).done;
+      const done = r.events[r.events.length - 1]?.done;
+      if (r.code === 0 && done?.state === 'SNAPSHOT_STATE_COMPLETE') {
+        completed++;
+        pausesMs.push(...done.vms.map((v) => v.pauseMs));
+        await c.cli(['snapshot', 'delete', done.id], 60_000);
+      } else failed.push(`${done?.state ?? `exit ${r.code}`}: ${done?.error || r.stderr.trim().split('\n').pop() || ''}`);
+      const wait = 1000 - (Date.now() - t0);
+      // kept: the pacing of the loop (one snapshot a second), not a synchronisation
+      if (wait > 0 && !stopping) await sleep(wait);
+    }
+  })();
+  return {
+    stop: async () => {
+      stopping = true;
+      await loop;
+      return { completed, failed, pausesMs };
+    },
+  };
+}
+
+/** Frames the switch of `host` read from (rx) and wrote to (tx) VM `vm`'s port. */
+export function portFrames(c: Cluster, host: string, vne: string, vm: string): { rx: number; tx: number } {
+  const text = c.topo.exec(host, 'curl', ['-sf', '--max-time', '20', `http://127.0.0.1:${METRICS_PORT}/metrics`]);
+  const read = (what: string): number => {
+    const m = new RegExp(`^vnsnap_switch_port_${what}_frames\\{[^}]*port="${vne}/${vm}/0"[^}]*\\} (\\d+)`, 'm').exec(text);
+    if (!m) throw new Error(`no ${what}_frames metric for ${vne}/${vm}/0 on ${host}`);
+    return Number(m[1]);
+  };
+  return { rx: read('rx'), tx: read('tx') };
+}

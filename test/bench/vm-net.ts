@@ -1,0 +1,331 @@
+/**
+ * bench:vm-net (issue 13): the network a VM gets on vnsnap against what an operator gets from the
+ * kernel, measured with iperf3 between two guests inside the guests, in one run:
+ *
+ *   vnsnap   two test guests (docs/guest.md) as one VNE of a real deployment on two namespaced
+ *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), NIC
+ *            mode tap-vnet (QEMU's TAP with vnet_hdr=on, the switch on its host side through a
+ *            packet socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as
+ *            the agent runs it; also nic=tap (vnet_hdr=off, today's default) as an extra row
+ *   kernel   the same guests, same QEMU command line (the driver's qemuCmdline), on QEMU's TAP
+ *            with vnet_hdr=on (vhost off) in a Linux bridge per host + kernel VXLAN between the
+ *            two namespaces (vm-net-kernel.ts)
+ *
+ * Per path: iperf3 TCP, one stream each way (a→b and b→a, `runs` runs of `seconds` each),
+ * 64-byte-frame UDP a→b as fast as the guest sends (`runs` runs; datagrams received per second),
+ * the machine's busy cores per Gbit/s during the TCP runs (/proc/stat), and during one TCP run
+ * per direction the busiest threads of the hosts' processes (vm-net-threads.ts). On the vnsnap
+ * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
+ * once a second, and the bytes per frame the sending VM's switch port read.
+ *
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--no-tap] [--json]
+ *
+ * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
+ * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
+ * SIGINT/SIGTERM; traffic stays inside its namespaces. Run it alone: it uses QEMU, namespaces and
+ * most of a 2-core machine.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { buildGuest, channelStatus, ensureQemu, guestImageRoots, kernelCmdline, STATUS_CHANNEL_NAME, type GuestImage } from '../guest/qemu-guest';
+import { Cluster } from '../support/cluster';
+import { Topology } from '../support/netns';
+import { forEachFlag, usageExit } from './args';
+import { errMsg, killRunning } from './proc';
+import { startKernelPath, type PairGuest } from './vm-net-kernel';
+import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
+import { busiestThreads, sampleThreads } from './vm-net-threads';
+import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
+
+const NAME = 'bench:vm-net';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--no-tap] [--json] [--help]';
+const HELP = `${USAGE}
+
+  --runs N        runs per measurement (default 3)
+  --seconds S     seconds per iperf3 run (default 10)
+  --udp-rate R    iperf3 -b for the 64-byte UDP runs (default 0: as fast as the guest sends)
+  --memory MiB    guest memory (default 256)
+  --no-tap        skip the extra vnsnap nic=tap row
+  --json          one JSON object on stdout:
+                  {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
+                   "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},...}
+Needs root, qemu-system-x86_64 (installed if missing) and the test guest (built if missing).`;
+
+interface Options {
+  runs: number;
+  seconds: number;
+  udpRate: string;
+  memoryMib: number;
+  tap: boolean;
+  json: boolean;
+}
+
+function parseArgs(argv: readonly string[]): Options {
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, tap: true, json: false };
+  const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
+  const int = (v: string, flag: string, min: number): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) usage(`${flag} wants an integer >= ${min}, got ${v}`);
+    return n;
+  };
+  forEachFlag(argv, usage, (flag, value, arg) => {
+    if (flag === '--runs') o.runs = int(value(), flag, 1);
+    else if (flag === '--seconds') o.seconds = int(value(), flag, 2);
+    else if (flag === '--memory') o.memoryMib = int(value(), flag, 64);
+    else if (flag === '--udp-rate') {
+      o.udpRate = value();
+      if (!/^\d+[KMG]?$/.test(o.udpRate)) usage(`--udp-rate wants an iperf3 rate (e.g. 0, 50M), got ${o.udpRate}`);
+    } else if (flag === '--no-tap') o.tap = false;
+    else if (flag === '--json') o.json = true;
+    else if (flag === '--help' || flag === '-h') {
+      process.stdout.write(`${HELP}\n`);
+      process.exit(0);
+    } else usage(`unknown argument ${arg}`);
+  });
+  return o;
+}
+
+const GUESTS: [PairGuest, PairGuest] = [
+  { name: 'a', cidr: '192.168.89.1/24', mac: '52:54:00:89:00:01' },
+  { name: 'b', cidr: '192.168.89.2/24', mac: '52:54:00:89:00:02' },
+];
+const VNE_VNET = 'vmnbv';
+const VNE_TAP = 'vmnbt';
+
+/** One path's figures. */
+interface PathResult {
+  describe: string;
+  tcp: Record<Direction, TcpRun[]>;
+  udp: UdpRun[];
+  threads: Record<Direction, { thread: string; cores: number }[]>;
+  /**
+   * vnsnap paths, per direction: TCP payload bytes per frame the sending guest's switch port read
+   * (sent) and per frame the receiving guest's port wrote (delivered)
+   */
+  bytesPerFrame?: Record<Direction, { sent: number; delivered: number }>;
+}
+
+interface Hooks {
+  namespaces: string[];
+  /** frames the sending VM's switch port read and the receiving VM's port wrote so far (vnsnap paths) */
+  frames?: (dir: Direction) => { sent: number; delivered: number };
+}
+
+let say: (s: string) => void = (s) => console.log(s);
+
+async function measure(label: string, pair: GuestPair, o: Options, describe: string, h: Hooks): Promise<PathResult> {
+  say(`${label}: warm-up`);
+  await warmUp(pair);
+  const r: PathResult = { describe, tcp: { 'a->b': [], 'b->a': [] }, udp: [], threads: { 'a->b': [], 'b->a': [] } };
+  const frames: Record<Direction, { bytes: number; sent: number; delivered: number }> = { 'a->b': { bytes: 0, sent: 0, delivered: 0 }, 'b->a': { bytes: 0, sent: 0, delivered: 0 } };
+  for (let i = 0; i < o.runs; i++) {
+    for (const dir of ['a->b', 'b->a'] as const) {
+      const t0 = sampleThreads(h.namespaces);
+      const f0 = h.frames?.(dir);
+      const w0 = Date.now();
+      const run = await tcpRun(pair, dir, o.seconds);
+      if (f0 && h.frames) {
+        const f1 = h.frames(dir);
+        frames[dir].bytes += run.bytes;
+        frames[dir].sent += f1.sent - f0.sent;
+        frames[dir].delivered += f1.delivered - f0.delivered;
+      }
+      if (i === 0) r.threads[dir] = busiestThreads(t0, sampleThreads(h.namespaces), (Date.now() - w0) / 1000);
+      r.tcp[dir].push(run);
+      say(`${label}: TCP ${dir} run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${run.cpuPerGbps.toFixed(2)} per Gbit/s)`);
+    }
+  }
+  const per = (d: Direction): { sent: number; delivered: number } => ({ sent: frames[d].bytes / Math.max(1, frames[d].sent), delivered: frames[d].bytes / Math.max(1, frames[d].delivered) });
+  if (h.frames) r.bytesPerFrame = { 'a->b': per('a->b'), 'b->a': per('b->a') };
+  for (let i = 0; i < o.runs; i++) {
+    const u = await udpRun(pair, 'a->b', o.seconds, o.udpRate);
+    r.udp.push(u);
+    say(`${label}: UDP 64 B a->b run ${i + 1}: ${u.kpps.toFixed(1)} kpps received of ${u.sentKpps.toFixed(1)} sent`);
+  }
+  return r;
+}
+
+const tcpAll = (r: PathResult): TcpRun[] => [...r.tcp['a->b'], ...r.tcp['b->a']];
+const tcpSummary = (r: PathResult): Summary => summarize(tcpAll(r).map((x) => x.mbps));
+const cpuSummary = (r: PathResult): Summary => summarize(tcpAll(r).map((x) => x.cpuPerGbps));
+const udpSummary = (r: PathResult): Summary => summarize(r.udp.map((x) => x.kpps));
+const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
+
+function specOf(image: GuestImage, o: Options, nic?: string): (g: PairGuest) => QemuDriverSpec__Output {
+  return (g) => ({
+    memoryMib: o.memoryMib,
+    cpus: 1,
+    kernel: image.kernel,
+    initrd: image.initrd,
+    append: kernelCmdline({ name: g.name, ip: g.cidr, mtu: 1400, disk: 'none', iperf: true, reportSecs: 60 }),
+    disk: '',
+    extra: { channel: STATUS_CHANNEL_NAME, ...(nic ? { nic } : {}) },
+  });
+}
+
+const ready = (sock: string): Promise<unknown> => channelStatus(sock, 8000);
+
+/** Cleanups run in reverse order, once, on the normal end, on failure and on SIGINT/SIGTERM. */
+const cleanups: (() => Promise<void>)[] = [];
+async function cleanup(): Promise<void> {
+  while (cleanups.length > 0) {
+    const f = cleanups.pop() as () => Promise<void>;
+    try {
+      await f();
+    } catch (e) {
+      process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`);
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  if (o.json) say = (s) => process.stderr.write(`${s}\n`);
+  if (process.getuid?.() !== 0) usageExit(NAME, USAGE, 'needs root (namespaces, TAPs, QEMU)');
+  let interrupted = false;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      if (interrupted) return;
+      interrupted = true;
+      process.stderr.write(`${NAME}: ${sig}: cleaning up\n`);
+      killRunning();
+      void cleanup().then(() => process.exit(130));
+    });
+  }
+  ensureQemu();
+  const image = buildGuest();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmnb-'));
+  cleanups.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
+  removeInstanceDirs([VNE_VNET, VNE_TAP]);
+  const load0 = loadAverage();
+  say(`${NAME}: ${o.runs} runs of ${o.seconds} s, guests ${o.memoryMib} MiB / 1 vCPU (TCG) / MTU 1400, ${cpuCount()} host CPUs, load ${load0.join(' ')}`);
+
+  // (b) kernel: QEMU's TAP with vnet_hdr=on, Linux bridge + VXLAN
+  const topo = new Topology('vmnbk');
+  const kpath = await startKernelPath(topo, dir, GUESTS, specOf(image, o), ready);
+  cleanups.push(() => kpath.close());
+  const kernel = await measure('kernel', kpath.guests, o, kpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')] });
+  await (cleanups.pop() as () => Promise<void>)();
+
+  // (a) vnsnap: a real deployment, tap-vnet (and tap) NICs
+  const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  cleanups.push(async () => {
+    await c.destroy();
+    removeInstanceDirs([VNE_VNET, VNE_TAP]);
+  });
+  await c.start();
+  const hostNs = HOSTS.map((h) => c.topo.ns(h));
+  const frames = (vne: string) => (dir: Direction): { sent: number; delivered: number } => {
+    const [a, b] = [portFrames(c, 'h1', vne, 'a'), portFrames(c, 'h2', vne, 'b')];
+    return dir === 'a->b' ? { sent: a.rx, delivered: b.tx } : { sent: b.rx, delivered: a.tx };
+  };
+
+  const vpair = await startVnsnapPair(c, VNE_VNET, 3089, GUESTS, specOf(image, o, 'tap-vnet'), ready);
+  cleanups.push(() => vpair.close());
+  const vnsnap = await measure('vnsnap', vpair.guests, o, 'QEMU -netdev tap,vnet_hdr=on (nic=tap-vnet) → packet socket with PACKET_VNET_HDR → switch → Geneve (the tunnel as the agent runs it) → switch → TAP', { namespaces: hostNs, frames: frames(VNE_VNET) });
+  const during: TcpRun[] = [];
+  const snaps = { completed: 0, failed: [] as string[], pausesMs: [] as number[] };
+  for (let i = 0; i < o.runs; i++) {
+    const loop = snapshotLoop(c, VNE_VNET);
+    const run = await tcpRun(vpair.guests, 'a->b', o.seconds).finally(async () => {
+      const s = await loop.stop();
+      snaps.completed += s.completed;
+      snaps.failed.push(...s.failed);
+      snaps.pausesMs.push(...s.pausesMs);
+    });
+    during.push(run);
+    say(`vnsnap: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
+  }
+  await (cleanups.pop() as () => Promise<void>)();
+
+  let tap: PathResult | undefined;
+  if (o.tap) {
+    const tpair = await startVnsnapPair(c, VNE_TAP, 3090, GUESTS, specOf(image, o, 'tap'), ready);
+    cleanups.push(() => tpair.close());
+    tap = await measure('vnsnap nic=tap', tpair.guests, o, 'QEMU -netdev tap,vnet_hdr=off (nic=tap) → packet socket → switch → Geneve → switch → TAP', { namespaces: hostNs, frames: frames(VNE_TAP) });
+    await (cleanups.pop() as () => Promise<void>)();
+  }
+  const load1 = loadAverage();
+  await cleanup();
+  report(o, { kernel, vnsnap, tap, during, snaps, load: [load0, load1] });
+}
+
+interface Results {
+  kernel: PathResult;
+  vnsnap: PathResult;
+  tap: PathResult | undefined;
+  during: TcpRun[];
+  snaps: { completed: number; failed: string[]; pausesMs: number[] };
+  load: [number, number, number][];
+}
+
+function pathJson(r: PathResult): Record<string, unknown> {
+  const dirs = (f: (x: TcpRun) => number) => ({ 'a->b': summarize(r.tcp['a->b'].map(f)), 'b->a': summarize(r.tcp['b->a'].map(f)) });
+  return {
+    describe: r.describe,
+    tcp_mbps: tcpSummary(r),
+    tcp_mbps_by_direction: dirs((x) => x.mbps),
+    retransmits_by_direction: dirs((x) => x.retransmits),
+    cpu_per_gbps: cpuSummary(r),
+    busy_cores: summarize(tcpAll(r).map((x) => x.busyCores)),
+    udp64_kpps: udpSummary(r),
+    udp64_sent_kpps: summarize(r.udp.map((x) => x.sentKpps)),
+    busiest_threads: r.threads,
+    ...(r.bytesPerFrame ? { tcp_bytes_per_frame_at_switch_ports: r.bytesPerFrame } : {}),
+  };
+}
+
+function report(o: Options, r: Results): void {
+  const tcpV = tcpSummary(r.vnsnap).median;
+  const tcpK = tcpSummary(r.kernel).median;
+  const cpuV = cpuSummary(r.vnsnap).median;
+  const cpuK = cpuSummary(r.kernel).median;
+  const during = summarize(r.during.map((x) => x.mbps));
+  const idleAb = summarize(r.vnsnap.tcp['a->b'].map((x) => x.mbps)).median;
+  const out = {
+    tcp_mbps: { vnsnap: round(tcpV), kernel: round(tcpK) },
+    udp64_kpps: { vnsnap: round(udpSummary(r.vnsnap).median), kernel: round(udpSummary(r.kernel).median) },
+    cpu_per_gbps: { vnsnap: round(cpuV, 2), kernel: round(cpuK, 2) },
+    during_snapshot_tcp_mbps: round(during.median),
+    ratios: {
+      tcp_vnsnap_over_kernel: round(tcpV / (tcpK || 1), 3),
+      cpu_per_gbps_vnsnap_over_kernel: round(cpuV / (cpuK || 1), 3),
+      during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
+    },
+    ...(r.tap ? { tap: { tcp_mbps: round(tcpSummary(r.tap).median), udp64_kpps: round(udpSummary(r.tap).median), cpu_per_gbps: round(cpuSummary(r.tap).median, 2) } } : {}),
+    settings: { runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
+    load_average: { start: r.load[0], end: r.load[1] },
+    during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...(r.tap ? { tap: pathJson(r.tap) } : {}) },
+  };
+  if (o.json) {
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+    return;
+  }
+  const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
+  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...(r.tap ? ([['vnsnap nic=tap (extra)', r.tap]] as [string, PathResult][]) : [])];
+  console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
+  console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
+  for (const [name, p] of rows) {
+    console.log(
+      `${name.padEnd(44)}${f(summarize(p.tcp['a->b'].map((x) => x.mbps))).padEnd(22)}${f(summarize(p.tcp['b->a'].map((x) => x.mbps))).padEnd(22)}${f(udpSummary(p), 1).padEnd(22)}${f(cpuSummary(p), 2)}`,
+    );
+  }
+  console.log(`vnsnap TCP a->b while a background snapshot runs once a second: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms)`);
+  console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
+  for (const [name, p] of rows) {
+    const b = p.bytesPerFrame;
+    if (b) console.log(`${name}: TCP payload bytes per frame, read from the sender / written to the receiver at the switch ports: a->b ${b['a->b'].sent.toFixed(0)} / ${b['a->b'].delivered.toFixed(0)}, b->a ${b['b->a'].sent.toFixed(0)} / ${b['b->a'].delivered.toFixed(0)}`);
+    for (const dir of ['a->b', 'b->a'] as const) console.log(`${name}: busiest threads during TCP ${dir}: ${p.threads[dir].map((t) => `${t.thread} ${t.cores.toFixed(2)}`).join(', ')}`);
+  }
+  console.log(`load average: start ${r.load[0]?.join(' ')}, end ${r.load[1]?.join(' ')}`);
+}
+
+main().catch(async (e) => {
+  process.stderr.write(`${NAME}: ${errMsg(e)}\n`);
+  killRunning();
+  await cleanup();
+  process.exit(1);
+});
