@@ -1,0 +1,28 @@
+/**
+ * The pure parts of bench:vm-net's measurements (test/bench/vm-net-measure.ts): the /proc/stat
+ * reading, busy cores between two samples, and the median / p95 / max summary.
+ */
+import { strict as assert } from 'node:assert';
+import { busyCores, cpuSample, summarize } from '../bench/vm-net-measure';
+
+describe('bench:vm-net measurements', () => {
+  it('reads busy and total jiffies from the aggregate cpu line (idle and iowait are not busy)', () => {
+    const stat = 'cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\nintr 1\n';
+    // user nice system idle iowait irq softirq steal: busy = 100+5+50+3+2+1 = 161, total = 1181
+    assert.deepEqual(cpuSample(stat), { busy: 161, total: 1181 });
+    assert.throws(() => cpuSample('intr 1\n'), /no aggregate cpu line/);
+  });
+
+  it('busy cores: the busy share of the CPU time between two samples times the CPUs', () => {
+    assert.equal(busyCores({ busy: 100, total: 1000 }, { busy: 250, total: 1200 }, 2), 1.5);
+    assert.equal(busyCores({ busy: 100, total: 1000 }, { busy: 100, total: 1000 }, 2), 0);
+  });
+
+  it('summarises with the median, the nearest-rank p95 and the maximum', () => {
+    assert.deepEqual(summarize([3, 1, 2]), { median: 2, p95: 3, max: 3, n: 3 });
+    assert.deepEqual(summarize([4, 1, 3, 2]), { median: 2.5, p95: 4, max: 4, n: 4 });
+    const twenty = Array.from({ length: 20 }, (_, i) => i + 1);
+    assert.deepEqual(summarize(twenty), { median: 10.5, p95: 19, max: 20, n: 20 });
+    assert.deepEqual(summarize([]), { median: 0, p95: 0, max: 0, n: 0 });
+  });
+});
