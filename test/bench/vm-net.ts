@@ -6,7 +6,8 @@
  *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), NIC
  *            mode tap-vnet (QEMU's TAP with vnet_hdr=on, the switch on its host side through a
  *            packet socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as
- *            the agent runs it; also nic=tap (vnet_hdr=off, today's default) as an extra row
+ *            the agent runs it; also, as extra rows, nic=tap (vnet_hdr=off, today's default) and
+ *            nic=stream (QEMU's stream netdev to the switch's unix socket)
  *   kernel   the same guests, same QEMU command line (the driver's qemuCmdline), on QEMU's TAP
  *            with vnet_hdr=on (vhost off) in a Linux bridge per host + kernel VXLAN between the
  *            two namespaces (vm-net-kernel.ts)
@@ -18,7 +19,7 @@
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
  * once a second, and the bytes per frame the sending VM's switch port read.
  *
- *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--no-tap] [--json]
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
  * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
@@ -40,17 +41,18 @@ import { busiestThreads, sampleThreads } from './vm-net-threads';
 import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--no-tap] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
   --seconds S     seconds per iperf3 run (default 10)
   --udp-rate R    iperf3 -b for the 64-byte UDP runs (default 0: as fast as the guest sends)
   --memory MiB    guest memory (default 256)
-  --no-tap        skip the extra vnsnap nic=tap row
+  --extra-nics L  vnsnap NIC modes measured as extra rows besides tap-vnet, comma-separated
+                  (tap, stream; default tap,stream; none for no extra row)
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
-                   "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},...}
+                   "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...}
 Needs root, qemu-system-x86_64 (installed if missing) and the test guest (built if missing).`;
 
 interface Options {
@@ -58,12 +60,12 @@ interface Options {
   seconds: number;
   udpRate: string;
   memoryMib: number;
-  tap: boolean;
+  extraNics: ExtraNic[];
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, tap: true, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -77,7 +79,12 @@ function parseArgs(argv: readonly string[]): Options {
     else if (flag === '--udp-rate') {
       o.udpRate = value();
       if (!/^\d+[KMG]?$/.test(o.udpRate)) usage(`--udp-rate wants an iperf3 rate (e.g. 0, 50M), got ${o.udpRate}`);
-    } else if (flag === '--no-tap') o.tap = false;
+    } else if (flag === '--extra-nics') {
+      const v = value();
+      const list = v === 'none' ? [] : v.split(',');
+      for (const n of list) if (!Object.hasOwn(EXTRA_VNE, n)) usage(`--extra-nics takes tap, stream or none, got ${n}`);
+      o.extraNics = list as ExtraNic[];
+    }
     else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') {
       process.stdout.write(`${HELP}\n`);
@@ -92,7 +99,13 @@ const GUESTS: [PairGuest, PairGuest] = [
   { name: 'b', cidr: '192.168.89.2/24', mac: '52:54:00:89:00:02' },
 ];
 const VNE_VNET = 'vmnbv';
-const VNE_TAP = 'vmnbt';
+/** The extra rows: NIC mode → [VNE name, VNI, what the path is]. */
+const EXTRA_VNE = {
+  tap: ['vmnbt', 3090, 'QEMU -netdev tap,vnet_hdr=off (nic=tap) → packet socket → switch → Geneve → switch → packet socket → TAP'],
+  stream: ['vmnbs', 3091, 'QEMU -netdev stream (nic=stream) → unix socket → switch → Geneve → switch → unix socket'],
+} as const;
+type ExtraNic = keyof typeof EXTRA_VNE;
+const ALL_VNES = [VNE_VNET, EXTRA_VNE.tap[0], EXTRA_VNE.stream[0]];
 
 /** One path's figures. */
 interface PathResult {
@@ -198,7 +211,7 @@ async function main(): Promise<void> {
   const image = buildGuest();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmnb-'));
   cleanups.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
-  removeInstanceDirs([VNE_VNET, VNE_TAP]);
+  removeInstanceDirs(ALL_VNES);
   const load0 = loadAverage();
   say(`${NAME}: ${o.runs} runs of ${o.seconds} s, guests ${o.memoryMib} MiB / 1 vCPU (TCG) / MTU 1400, ${cpuCount()} host CPUs, load ${load0.join(' ')}`);
 
@@ -209,11 +222,11 @@ async function main(): Promise<void> {
   const kernel = await measure('kernel', kpath.guests, o, kpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')] });
   await (cleanups.pop() as () => Promise<void>)();
 
-  // (a) vnsnap: a real deployment, tap-vnet (and tap) NICs
+  // (a) vnsnap: a real deployment, tap-vnet NICs (then the extra NIC modes)
   const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   cleanups.push(async () => {
     await c.destroy();
-    removeInstanceDirs([VNE_VNET, VNE_TAP]);
+    removeInstanceDirs(ALL_VNES);
   });
   await c.start();
   const hostNs = HOSTS.map((h) => c.topo.ns(h));
@@ -240,22 +253,23 @@ async function main(): Promise<void> {
   }
   await (cleanups.pop() as () => Promise<void>)();
 
-  let tap: PathResult | undefined;
-  if (o.tap) {
-    const tpair = await startVnsnapPair(c, VNE_TAP, 3090, GUESTS, specOf(image, o, 'tap'), ready);
-    cleanups.push(() => tpair.close());
-    tap = await measure('vnsnap nic=tap', tpair.guests, o, 'QEMU -netdev tap,vnet_hdr=off (nic=tap) → packet socket → switch → Geneve → switch → TAP', { namespaces: hostNs, frames: frames(VNE_TAP) });
+  const extra: Partial<Record<ExtraNic, PathResult>> = {};
+  for (const nic of o.extraNics) {
+    const [vne, vni, describe] = EXTRA_VNE[nic];
+    const pair = await startVnsnapPair(c, vne, vni, GUESTS, specOf(image, o, nic), ready);
+    cleanups.push(() => pair.close());
+    extra[nic] = await measure(`vnsnap nic=${nic}`, pair.guests, o, describe, { namespaces: hostNs, frames: frames(vne) });
     await (cleanups.pop() as () => Promise<void>)();
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, tap, during, snaps, load: [load0, load1] });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1] });
 }
 
 interface Results {
   kernel: PathResult;
   vnsnap: PathResult;
-  tap: PathResult | undefined;
+  extra: Partial<Record<ExtraNic, PathResult>>;
   during: TcpRun[];
   snaps: { completed: number; failed: string[]; pausesMs: number[] };
   load: [number, number, number][];
@@ -294,18 +308,18 @@ function report(o: Options, r: Results): void {
       cpu_per_gbps_vnsnap_over_kernel: round(cpuV / (cpuK || 1), 3),
       during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
     },
-    ...(r.tap ? { tap: { tcp_mbps: round(tcpSummary(r.tap).median), udp64_kpps: round(udpSummary(r.tap).median), cpu_per_gbps: round(cpuSummary(r.tap).median, 2) } } : {}),
+    ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, { tcp_mbps: round(tcpSummary(p).median), udp64_kpps: round(udpSummary(p).median), cpu_per_gbps: round(cpuSummary(p).median, 2) }])),
     settings: { runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
-    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...(r.tap ? { tap: pathJson(r.tap) } : {}) },
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])) },
   };
   if (o.json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
   }
   const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
-  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...(r.tap ? ([['vnsnap nic=tap (extra)', r.tap]] as [string, PathResult][]) : [])];
+  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p])];
   console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
   console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
   for (const [name, p] of rows) {
