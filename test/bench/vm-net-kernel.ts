@@ -14,40 +14,25 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
-import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { stopChild, Topology } from '../support/netns';
 import { FatalWait, until } from '../support/wait';
-import type { GuestPair } from './vm-net-measure';
+import { guestPair, type Direction, type GuestPair, type PairSetup } from './vm-net-measure';
 
 const UNDERLAY = ['10.79.0.1', '10.79.0.2'] as const;
 const VNI = 100;
 const VXLAN_PORT = 4789;
 const QEMU = 'qemu-system-x86_64';
 
-/** One guest of the pair: its name, inner address (CIDR) and MAC. */
-export interface PairGuest {
-  name: string;
-  cidr: string;
-  mac: string;
-}
-
 export interface KernelPath {
   guests: GuestPair;
   describe: string;
+  /** Frames the sending guest's TAP received from QEMU and the receiving guest's TAP sent to it, so far. */
+  frames(dir: Direction): { sent: number; delivered: number };
   close(): Promise<void>;
 }
 
-/**
- * Build both hosts and boot one guest on each (`specOf` gives its QEMU spec); resolves once both
- * guests answer on their channels (`ready`), with their channel sockets.
- */
-export async function startKernelPath(
-  topo: Topology,
-  dir: string,
-  guests: readonly [PairGuest, PairGuest],
-  specOf: (g: PairGuest) => QemuDriverSpec__Output,
-  ready: (sock: string) => Promise<unknown>,
-): Promise<KernelPath> {
+/** Build both hosts and boot one guest on each; resolves once both guests answer on their channels. */
+export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup): Promise<KernelPath> {
   const qemus: ChildProcess[] = [];
   const close = async (): Promise<void> => {
     await Promise.all(qemus.map((q) => stopChild(q, 2000)));
@@ -61,7 +46,7 @@ export async function startKernelPath(
     const socks: string[] = [];
     for (const i of [0, 1] as const) {
       const h = `h${i + 1}`;
-      const g = guests[i];
+      const g = setup.guests[i];
       topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
       topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
       topo.exec(h, 'ip', ['tuntap', 'add', 'dev', 'vmnbtap', 'mode', 'tap', 'vnet_hdr']);
@@ -69,7 +54,7 @@ export async function startKernelPath(
       topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
-      const args = qemuCmdline({ spec: specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
+      const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
       const q = topo.spawn(h, QEMU, args, { stdio: ['ignore', 'ignore', fs.openSync(files.stderrLog, 'w')] });
       qemus.push(q);
       socks.push(files.channelSock);
@@ -78,12 +63,16 @@ export async function startKernelPath(
       await until(`guest channel ${s}`, async () => {
         if (qemus.some((q) => q.exitCode !== null)) throw new FatalWait(`a kernel-path QEMU exited: ${fs.readFileSync(path.join(path.dirname(s), 'qemu.stderr'), 'utf8').trim()}`);
         if (!fs.existsSync(s)) return undefined;
-        return ready(s).then(() => true, () => undefined);
+        return setup.ready(s).then(() => true, () => undefined);
       }, { timeoutMs: 120_000, everyMs: 500 });
     }
     const vxMtu = topo.exec('h1', 'cat', ['/sys/class/net/vx0/mtu']).trim();
     return {
-      guests: { sockA: socks[0] as string, sockB: socks[1] as string, ipA: guests[0].cidr.split('/')[0] as string, ipB: guests[1].cidr.split('/')[0] as string },
+      guests: guestPair(setup, socks),
+      frames: (dir) => {
+        const [from, to] = dir === 'a->b' ? ['h1', 'h2'] : ['h2', 'h1'];
+        return { sent: tapPackets(topo, from, 'rx'), delivered: tapPackets(topo, to, 'tx') };
+      },
       describe: `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
       close,
     };
@@ -91,4 +80,12 @@ export async function startKernelPath(
     await close();
     throw e;
   }
+}
+
+/** The packet counter of a host's guest TAP in one direction (rx: from QEMU, tx: to QEMU). */
+function tapPackets(topo: Topology, host: string, dir: 'rx' | 'tx'): number {
+  const j = JSON.parse(topo.exec(host, 'ip', ['-j', '-s', 'link', 'show', 'dev', 'vmnbtap'])) as Array<{ stats64?: Record<string, { packets?: number }> }>;
+  const n = j[0]?.stats64?.[dir]?.packets;
+  if (typeof n !== 'number') throw new Error(`no ${dir} packet counter for vmnbtap on ${host}`);
+  return n;
 }

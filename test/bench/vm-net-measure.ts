@@ -11,8 +11,30 @@
  * throws with iperf3's message.
  */
 import * as fs from 'node:fs';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { channelIperf } from '../guest/qemu-guest';
 import { UDP64_PAYLOAD } from './iperf';
+
+/** One guest of the pair: its name, inner address (CIDR) and MAC. */
+export interface PairGuest {
+  name: string;
+  cidr: string;
+  mac: string;
+}
+
+/** What every path starts: the two guests, their QEMU spec, and the check that a guest is up. */
+export interface PairSetup {
+  guests: readonly [PairGuest, PairGuest];
+  specOf(g: PairGuest): QemuDriverSpec__Output;
+  /** resolves once the guest behind this channel socket answers */
+  ready(sock: string): Promise<unknown>;
+}
+
+/** The pair's channel sockets (in guest order) and inner addresses. */
+export function guestPair(setup: PairSetup, socks: readonly string[]): GuestPair {
+  const ip = (i: 0 | 1): string => setup.guests[i].cidr.split('/')[0] as string;
+  return { sockA: socks[0] as string, sockB: socks[1] as string, ipA: ip(0), ipB: ip(1) };
+}
 
 /** The two guests of a path: their channel sockets (host side) and inner addresses. */
 export interface GuestPair {

@@ -16,8 +16,7 @@ import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDrive
 import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
 import { instanceDir, QEMU_WORKDIR } from '../support/qemu-vne';
 import { FatalWait, sleep, until } from '../support/wait';
-import type { GuestPair } from './vm-net-measure';
-import type { PairGuest } from './vm-net-kernel';
+import { guestPair, type GuestPair, type PairSetup } from './vm-net-measure';
 
 export const HOSTS = ['h1', 'h2'] as const;
 
@@ -29,17 +28,10 @@ export interface VnsnapPair {
 }
 
 /** Define and start VNE `vne` (one guest per host, in order), and wait until both guests answer. */
-export async function startVnsnapPair(
-  c: Cluster,
-  vne: string,
-  vni: number,
-  guests: readonly [PairGuest, PairGuest],
-  specOf: (g: PairGuest) => QemuDriverSpec__Output,
-  ready: (sock: string) => Promise<unknown>,
-): Promise<VnsnapPair> {
-  const vms = guests.map((g, i) => {
+export async function startVnsnapPair(c: Cluster, vne: string, vni: number, setup: PairSetup): Promise<VnsnapPair> {
+  const vms = setup.guests.map((g, i) => {
     // no disk: the VNE definition leaves the key out rather than naming an empty image
-    const spec: Partial<QemuDriverSpec__Output> = { ...specOf(g) };
+    const spec: Partial<QemuDriverSpec__Output> = { ...setup.specOf(g) };
     delete spec.disk;
     return { name: g.name, host: HOSTS[i], macs: [g.mac], driver: { qemu: spec } };
   });
@@ -53,19 +45,19 @@ export async function startVnsnapPair(
     await c.cliJson(['vne', 'define', file]);
     await c.cliJson(['vne', 'start', vne]);
     const socks: string[] = [];
-    for (const g of guests) {
+    for (const g of setup.guests) {
       const dir = instanceDir(g.name, vne);
       if (!dir) throw new Error(`VNE ${vne} started but no running QEMU of ${g.name} in ${QEMU_WORKDIR}`);
       const sock = path.join(dir, 'channel.sock');
       await until(`guest ${g.name} answers on its channel`, () => {
         if (!instanceDir(g.name, vne)) throw new FatalWait(`the QEMU of ${g.name} exited`);
-        return ready(sock).then(() => true);
+        return setup.ready(sock).then(() => true);
       }, { timeoutMs: 120_000, everyMs: 500 });
       socks.push(sock);
     }
     return {
       vne,
-      guests: { sockA: socks[0] as string, sockB: socks[1] as string, ipA: guests[0].cidr.split('/')[0] as string, ipB: guests[1].cidr.split('/')[0] as string },
+      guests: guestPair(setup, socks),
       close,
     };
   } catch (e) {

@@ -35,8 +35,8 @@ import { Cluster } from '../support/cluster';
 import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
-import { startKernelPath, type PairGuest } from './vm-net-kernel';
-import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
+import { startKernelPath } from './vm-net-kernel';
+import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
 import { busiestThreads, sampleThreads } from './vm-net-threads';
 import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
 
@@ -114,15 +114,16 @@ interface PathResult {
   udp: UdpRun[];
   threads: Record<Direction, { thread: string; cores: number }[]>;
   /**
-   * vnsnap paths, per direction: TCP payload bytes per frame the sending guest's switch port read
-   * (sent) and per frame the receiving guest's port wrote (delivered)
+   * Per direction: TCP payload bytes per frame the sending guest's QEMU handed over (sent) and per
+   * frame the receiving guest's QEMU was given (delivered): at the switch ports on the vnsnap
+   * paths, at the TAPs on the kernel path
    */
   bytesPerFrame?: Record<Direction, { sent: number; delivered: number }>;
 }
 
 interface Hooks {
   namespaces: string[];
-  /** frames the sending VM's switch port read and the receiving VM's port wrote so far (vnsnap paths) */
+  /** frames the sending VM's NIC backend handed over and the receiving VM's backend was given so far (switch ports, or the kernel path's TAPs) */
   frames?: (dir: Direction) => { sent: number; delivered: number };
 }
 
@@ -166,6 +167,11 @@ const cpuSummary = (r: PathResult): Summary => summarize(tcpAll(r).map((x) => x.
 const udpSummary = (r: PathResult): Summary => summarize(r.udp.map((x) => x.kpps));
 const round = (x: number, d = 1): number => Math.round(x * 10 ** d) / 10 ** d;
 
+/** The pair every path starts, its guests' NIC mode `nic` (the kernel path sets its own). */
+function setupOf(image: GuestImage, o: Options, nic?: string): PairSetup {
+  return { guests: GUESTS, specOf: specOf(image, o, nic), ready: (sock) => channelStatus(sock, 8000) };
+}
+
 function specOf(image: GuestImage, o: Options, nic?: string): (g: PairGuest) => QemuDriverSpec__Output {
   return (g) => ({
     memoryMib: o.memoryMib,
@@ -177,8 +183,6 @@ function specOf(image: GuestImage, o: Options, nic?: string): (g: PairGuest) => 
     extra: { channel: STATUS_CHANNEL_NAME, ...(nic ? { nic } : {}) },
   });
 }
-
-const ready = (sock: string): Promise<unknown> => channelStatus(sock, 8000);
 
 /** Cleanups run in reverse order, once, on the normal end, on failure and on SIGINT/SIGTERM. */
 const cleanups: (() => Promise<void>)[] = [];
@@ -217,9 +221,9 @@ async function main(): Promise<void> {
 
   // (b) kernel: QEMU's TAP with vnet_hdr=on, Linux bridge + VXLAN
   const topo = new Topology('vmnbk');
-  const kpath = await startKernelPath(topo, dir, GUESTS, specOf(image, o), ready);
+  const kpath = await startKernelPath(topo, dir, setupOf(image, o));
   cleanups.push(() => kpath.close());
-  const kernel = await measure('kernel', kpath.guests, o, kpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')] });
+  const kernel = await measure('kernel', kpath.guests, o, kpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')], frames: (d) => kpath.frames(d) });
   await (cleanups.pop() as () => Promise<void>)();
 
   // (a) vnsnap: a real deployment, tap-vnet NICs (then the extra NIC modes)
@@ -235,7 +239,7 @@ async function main(): Promise<void> {
     return dir === 'a->b' ? { sent: a.rx, delivered: b.tx } : { sent: b.rx, delivered: a.tx };
   };
 
-  const vpair = await startVnsnapPair(c, VNE_VNET, 3089, GUESTS, specOf(image, o, 'tap-vnet'), ready);
+  const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, 'tap-vnet'));
   cleanups.push(() => vpair.close());
   const vnsnap = await measure('vnsnap', vpair.guests, o, 'QEMU -netdev tap,vnet_hdr=on (nic=tap-vnet) → packet socket with PACKET_VNET_HDR → switch → Geneve (the tunnel as the agent runs it) → switch → TAP', { namespaces: hostNs, frames: frames(VNE_VNET) });
   const during: TcpRun[] = [];
@@ -256,7 +260,7 @@ async function main(): Promise<void> {
   const extra: Partial<Record<ExtraNic, PathResult>> = {};
   for (const nic of o.extraNics) {
     const [vne, vni, describe] = EXTRA_VNE[nic];
-    const pair = await startVnsnapPair(c, vne, vni, GUESTS, specOf(image, o, nic), ready);
+    const pair = await startVnsnapPair(c, vne, vni, setupOf(image, o, nic));
     cleanups.push(() => pair.close());
     extra[nic] = await measure(`vnsnap nic=${nic}`, pair.guests, o, describe, { namespaces: hostNs, frames: frames(vne) });
     await (cleanups.pop() as () => Promise<void>)();
@@ -287,7 +291,7 @@ function pathJson(r: PathResult): Record<string, unknown> {
     udp64_kpps: udpSummary(r),
     udp64_sent_kpps: summarize(r.udp.map((x) => x.sentKpps)),
     busiest_threads: r.threads,
-    ...(r.bytesPerFrame ? { tcp_bytes_per_frame_at_switch_ports: r.bytesPerFrame } : {}),
+    ...(r.bytesPerFrame ? { tcp_bytes_per_frame: r.bytesPerFrame } : {}),
   };
 }
 
@@ -331,7 +335,7 @@ function report(o: Options, r: Results): void {
   console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
   for (const [name, p] of rows) {
     const b = p.bytesPerFrame;
-    if (b) console.log(`${name}: TCP payload bytes per frame, read from the sender / written to the receiver at the switch ports: a->b ${b['a->b'].sent.toFixed(0)} / ${b['a->b'].delivered.toFixed(0)}, b->a ${b['b->a'].sent.toFixed(0)} / ${b['b->a'].delivered.toFixed(0)}`);
+    if (b) console.log(`${name}: TCP payload bytes per frame from the sending QEMU / to the receiving QEMU: a->b ${b['a->b'].sent.toFixed(0)} / ${b['a->b'].delivered.toFixed(0)}, b->a ${b['b->a'].sent.toFixed(0)} / ${b['b->a'].delivered.toFixed(0)}`);
     for (const dir of ['a->b', 'b->a'] as const) console.log(`${name}: busiest threads during TCP ${dir}: ${p.threads[dir].map((t) => `${t.thread} ${t.cores.toFixed(2)}`).join(', ')}`);
   }
   console.log(`load average: start ${r.load[0]?.join(' ')}, end ${r.load[1]?.join(' ')}`);
