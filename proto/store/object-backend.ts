@@ -1,0 +1,63 @@
+/**
+ * The object backend: the one thing the content-addressed snapshot store needs from where its
+ * bytes live (docs/storage.md). Two kinds keep it: a local directory (the default, no server to
+ * run) and an S3 bucket (any S3 API endpoint: Ceph RGW, MinIO, AWS). Everything above it —
+ * chunking, SHA-256 naming, manifests, garbage collection — is written once against this
+ * interface, and test/support/compliance/object-backend.ts checks every kind against it.
+ *
+ * The contract:
+ *   - Keys are store-relative names: 1–1024 characters of [A-Za-z0-9._/-], no leading "/", no
+ *     "." or ".." segment, no empty segment, no trailing "/"; anything else is
+ *     ERR_INVALID_ARGUMENT before any I/O.
+ *   - put() is atomic: a reader sees no object or the whole new one, never part of one; a failed
+ *     put leaves no object (an interrupted put may leave invisible debris that the backend's own
+ *     clean-up removes; list() never shows it). Objects are bounded (a chunk, a manifest): put
+ *     takes the whole body, there is no multipart upload at this layer.
+ *   - get() of an absent key is ERR_NOT_FOUND; head() of an absent key is null.
+ *   - list(prefix) returns every committed key starting with prefix, sorted, whole (the backend
+ *     pages internally).
+ *   - delete() is idempotent.
+ *   - Failures are VnsnapError: ERR_STORE_FULL when the backend says it is full (ENOSPC, S3
+ *     QuotaExceeded / EntityTooLarge of a bucket quota), ERR_UNAVAILABLE when it cannot be reached
+ *     (connection refused or reset, timeout: the caller may retry), ERR_PERMISSION_DENIED when the
+ *     credentials are refused, ERR_INTERNAL otherwise; every message is one line naming the
+ *     backend and the key.
+ */
+import { VnsnapError } from '../core/errors';
+
+/** What head() knows about a committed object. */
+export interface ObjectInfo {
+  key: string;
+  size: number;
+}
+
+export interface ObjectBackend {
+  /** A one-line description for messages and logs, e.g. "local /var/lib/vnsnap/store" or "s3 http://127.0.0.1:7480/vnsnap". */
+  readonly describe: string;
+  /** Store data whole under key (replacing an older object of that key). */
+  put(key: string, data: Uint8Array): Promise<void>;
+  /** The bytes of a committed object; ERR_NOT_FOUND when absent. */
+  get(key: string): Promise<Buffer>;
+  /** Size of a committed object, or null when absent. */
+  head(key: string): Promise<ObjectInfo | null>;
+  /** Committed keys starting with prefix, sorted. */
+  list(prefix: string): Promise<string[]>;
+  /** Delete one object (idempotent). */
+  delete(key: string): Promise<void>;
+}
+
+const KEY_CHARS = /^[A-Za-z0-9._/-]+$/;
+
+/** Check a key against the contract; returns it, or throws ERR_INVALID_ARGUMENT naming the problem. */
+export function checkObjectKey(key: string, backend: string): string {
+  const bad = (why: string): never => {
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `${backend}: object key ${JSON.stringify(key)} ${why}`);
+  };
+  if (key.length === 0 || key.length > 1024) bad('must be 1 to 1024 characters long');
+  if (!KEY_CHARS.test(key)) bad('may hold only letters, digits, ".", "_", "-" and "/"');
+  for (const seg of key.split('/')) {
+    if (seg === '' || seg === '.' || seg === '..') bad('has an empty, "." or ".." segment');
+  }
+  return key;
+}
+
