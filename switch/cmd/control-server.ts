@@ -36,7 +36,7 @@ export async function handleControl(sw: Switch, r: Req): Promise<Record<string, 
     case 'channelState': {
       const cs = await sw.channelState(need(r, 'vne', 'string'), need(r, 'epoch', 'number'), typeof r['timeoutMs'] === 'number' ? r['timeoutMs'] : 30_000);
       const ports: Record<string, unknown> = {};
-      for (const [name, frames] of cs.ports) ports[name] = r['frames'] === true ? frames.map((f) => f.toString('base64')) : frames.length;
+      for (const [name, frames] of cs.ports) ports[name] = r['frames'] === true ? frames.map((f) => f.frame.toString('base64')) : frames.length;
       return { epoch: cs.epoch, lostFrames: cs.lostFrames, ports };
     }
     case 'abort':
@@ -53,7 +53,7 @@ export async function handleControl(sw: Switch, r: Req): Promise<Record<string, 
     case 'inject': {
       const frames = r['frames'];
       if (!Array.isArray(frames) || !frames.every((f) => typeof f === 'string')) throw new VnsnapError('ERR_INVALID_ARGUMENT', '"frames" must be an array of base64 strings');
-      return { injected: sw.openGate(need(r, 'port', 'string'), frames.map((f: string) => Buffer.from(f, 'base64'))) };
+      return { injected: sw.openGate(need(r, 'port', 'string'), frames.map((f: string) => ({ frame: Buffer.from(f, 'base64'), vnetHdr: null }))) };
     }
     case 'setGeneration':
       sw.configureVne({ name: need(r, 'vne', 'string'), generation: need(r, 'generation', 'number'), generationNow: true });

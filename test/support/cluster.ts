@@ -479,7 +479,7 @@ export class Cluster {
     for (const a of s.artefacts) {
       if (a.kind !== 'ARTEFACT_KIND_CHANNEL') continue;
       const vm = a.owner.split('/')[1] ?? a.owner; // "<vne>/<vm>/<i>"
-      const frames = decodeChannel(fs.readFileSync(path.join(this.storeDir, a.path)), a.path).map((f) => parseSimFrame(f));
+      const frames = decodeChannel(fs.readFileSync(path.join(this.storeDir, a.path)), a.path).map((f) => parseSimFrame(f.frame));
       out[vm] = [...(out[vm] ?? []), ...frames.filter((f): f is SimFrame => f !== undefined)];
     }
     return out;

@@ -128,7 +128,7 @@ async function runSeed(seed: number, lossy: boolean): Promise<void> {
     assert.ok(done, `seed ${seed}: recording ${k} never ended: ${JSON.stringify([...env.switches].map(([n, sw]) => [n, sw.recordingStatus('blue')]))}`);
     const results = await all;
     const byVm = new Map<string, Buffer[]>();
-    for (const [, cs] of results as (readonly [string, ChannelState])[]) for (const [vm, frames] of cs.ports) byVm.set(vm, frames);
+    for (const [, cs] of results as (readonly [string, ChannelState])[]) for (const [vm, frames] of cs.ports) byVm.set(vm, frames.map((f) => f.frame));
     for (const vm of VMS) {
       const recorded = (byVm.get(vm) ?? []).map((f) => parseFrame(f) as NonNullable<ReturnType<typeof parseFrame>>).map((t) => `${t.sender}:${t.seq}`);
       assert.equal(new Set(recorded).size, recorded.length, `seed ${seed}: a frame recorded twice at ${vm}`);
