@@ -89,6 +89,21 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.equal(h.vm('a').restoreId, undefined);
   });
 
+  it('Prepare refuses a channel state of a newer format in one line, touching nothing', async () => {
+    h = await new AgentParts().init(['a']);
+    const c = await imageOfA(h, 's5');
+    const newer = encodeChannel([plainFrame(testFrame(2, 1, 9))]);
+    newer.write('3', 7); // "VNSCHAN3"
+    const chan = await h.store.put('snapshots/s5/a.0.chan', newer);
+    (c.vms[0] as { channel: Artefact__Output[] }).channel = [{ ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} }];
+    assert.equal(
+      await failure(h.restores.prepare(c)),
+      'ERR_UNSUPPORTED_VERSION: snapshots/s5/a.0.chan has channel-state format 3, newer than this vnsnap reads (1 to 2): upgrade vnsnap to restore it',
+    );
+    assert.deepEqual(h.driver.events, ['start a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+  });
+
   it('Prepare aborts a snapshot in progress of the VM it replaces', async () => {
     h = await new AgentParts().init(['a']);
     h.driver.holdReady = true;
