@@ -38,6 +38,7 @@ import type { Register } from '../proto/gen/vnsnap/v1/Register';
 import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel/transport';
 import { UdpTransport } from '../switch/tunnel/udp';
+import { probeUdpOffload, type UdpOffloadProbe } from '../switch/tunnel/offload-probe';
 import { CommandDispatcher } from './commands';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics } from './metrics';
@@ -61,6 +62,10 @@ export interface AgentOptions {
   /** Coordinator gRPC address, host:port. */
   coordinator: string;
   /** Where the switch's Geneve tunnel listens (port 0 = ephemeral; the bound port is reported in Register). */
+  /**
+   * offload: UDP GSO/GRO on the tunnel. Absent or true: on when the kernel has them (probed at
+   * start; otherwise off with one warning line); false: off.
+   */
   tunnel: { address: string; port: number; advertise?: string; offload?: boolean };
   /** Root directory of the LocalDirStore (ignored when `store` is given). */
   storeRoot?: string;
@@ -74,6 +79,8 @@ export interface AgentOptions {
   switchOptions?: Partial<Omit<SwitchOptions, 'id'>>;
   /** How long SnapshotPersist waits for the switch's channel recording to end. Default 30 s. */
   channelTimeoutMs?: number;
+  /** The kernel check behind tunnel.offload (default probeUdpOffload; tests replace it). */
+  probeUdpOffload?: () => UdpOffloadProbe;
   /** A tunnel transport to use instead of a UdpTransport (tests). */
   transport?: TunnelTransport;
   /** Frames a restore gate holds per port before dropping them. Default 4 MiB. */
@@ -109,6 +116,8 @@ export class Agent extends EventEmitter implements Startable {
   readonly store: SnapshotStore;
   private sw: Switch | undefined;
   private tunnelPort = 0;
+  /** The tunnel runs with UDP GSO/GRO (set at start). */
+  tunnelOffloaded = false;
   private readonly vms: VmTable;
   private readonly vnes: VneTable;
   private readonly snapshots: SnapshotRunner;
@@ -169,7 +178,8 @@ export class Agent extends EventEmitter implements Startable {
     if (this.sw) return;
     if (this.store instanceof LocalDirStore) await this.store.init();
     const sw = new Switch({ id: this.id, ...(this.opts.restoreGateBytes !== undefined ? { restoreGateBytes: this.opts.restoreGateBytes } : {}), ...this.opts.switchOptions });
-    const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.opts.tunnel.offload ?? false });
+    const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.tunnelOffload() });
+    this.tunnelOffloaded = t.gso === true;
     try {
       sw.attachTunnel(t);
     } catch (e) {
@@ -192,8 +202,16 @@ export class Agent extends EventEmitter implements Startable {
       }
     }
     this.metrics.setStatsSource(() => sw.stats());
-    this.log.info({ tunnelPort: this.tunnelPort, coordinator: this.opts.coordinator }, 'agent started');
+    this.log.info({ tunnelPort: this.tunnelPort, tunnelOffload: this.tunnelOffloaded, coordinator: this.opts.coordinator }, 'agent started');
     this.session.start();
+  }
+
+  /** Whether the tunnel uses UDP GSO/GRO: as configured, and only where the kernel has them. */
+  private tunnelOffload(): boolean {
+    if (this.opts.tunnel.offload === false) return false;
+    const probe = (this.opts.probeUdpOffload ?? probeUdpOffload)();
+    if (!probe.ok) this.log.warn({ reason: probe.why }, `tunnel offloads off: ${probe.why}; the tunnel sends and receives one datagram at a time`);
+    return probe.ok;
   }
 
   async stop(): Promise<void> {

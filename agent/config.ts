@@ -10,6 +10,7 @@
  *     "coordinator": "10.0.0.1:7443",
  *     "tunnel": "10.77.0.1:6081",          // address:port the switch binds (port 0 = ephemeral)
  *     "advertise": "10.77.0.1",            // optional: the address peers reach (default: tunnel's)
+ *     "tunnelOffload": true,               // optional: UDP GSO/GRO on the tunnel (default: on where the kernel has them)
  *     "store": "/var/lib/vnsnap/store",
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
@@ -42,6 +43,8 @@ export interface AgentConfig {
   coordinator: string;
   tunnel: { address: string; port: number };
   advertise?: string;
+  /** UDP GSO/GRO on the tunnel: false = off; absent or true = on where the kernel has them (probed at start). */
+  tunnelOffload?: boolean;
   store: string;
   metricsPort?: number;
   /** IP address the metrics server binds; absent = 127.0.0.1 (METRICS_DEFAULT_ADDRESS). */
@@ -60,7 +63,7 @@ export interface AgentConfig {
   stateDir: string;
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'tunnelOffload', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -92,6 +95,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   if (!isIpv4(tun.host)) fail(`tunnel: the address must be IPv4, got "${tun.host}"`);
   if (raw.advertise !== undefined && (typeof raw.advertise !== 'string' || !isIpv4(raw.advertise))) fail(`advertise: expected an IPv4 address, got ${JSON.stringify(raw.advertise)}`);
   if (tun.host === '0.0.0.0' && raw.advertise === undefined) fail('advertise: required when the tunnel binds 0.0.0.0 (peers need an address to reach)');
+  if (raw.tunnelOffload !== undefined && typeof raw.tunnelOffload !== 'boolean') fail(`tunnelOffload: expected true or false, got ${JSON.stringify(raw.tunnelOffload)}`);
   if (typeof raw.store !== 'string' || raw.store === '') fail(`store: expected a directory, got ${JSON.stringify(raw.store)}`);
   let metricsPort: number | undefined;
   if (raw.metricsPort !== undefined) {
@@ -118,6 +122,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     coordinator: `${coord.host}:${coord.port}`,
     tunnel: { address: tun.host, port: tun.port },
     ...(raw.advertise !== undefined ? { advertise: raw.advertise as string } : {}),
+    ...(raw.tunnelOffload !== undefined ? { tunnelOffload: raw.tunnelOffload } : {}),
     store: raw.store,
     ...(metricsPort !== undefined ? { metricsPort } : {}),
     ...(metricsAddress !== undefined ? { metricsAddress } : {}),

@@ -81,6 +81,8 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--coordinator <host:port>', 'coordinator gRPC address')
     .option('--tunnel <addr:port>', 'Geneve tunnel address and UDP port (0 = ephemeral)')
     .option('--advertise <addr>', 'tunnel address peers reach (default: the tunnel address)')
+    .option('--tunnel-offload', 'UDP GSO/GRO on the tunnel (the default where the kernel has them; probed at start)')
+    .option('--no-tunnel-offload', 'no UDP GSO/GRO on the tunnel: one datagram per frame')
     .option('--store <dir>', 'snapshot store directory')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
@@ -100,6 +102,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     coordinator?: string;
     tunnel?: string;
     advertise?: string;
+    tunnelOffload?: boolean;
     store?: string;
     metricsPort?: string;
     metricsAddress?: string;
@@ -120,6 +123,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
       coordinator: o.coordinator,
       tunnel: o.tunnel,
       advertise: o.advertise,
+      tunnelOffload: o.tunnelOffload,
       store: o.store,
       metricsPort: o.metricsPort,
       metricsAddress: o.metricsAddress,
@@ -147,7 +151,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   const agent = new Agent({
     id: cfg.id,
     coordinator: cfg.coordinator,
-    tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}) },
+    tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}), ...(cfg.tunnelOffload !== undefined ? { offload: cfg.tunnelOffload } : {}) },
     storeRoot: cfg.store,
     stateDir: cfg.stateDir,
     drivers,
@@ -166,7 +170,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     process.exit(2);
   }
   process.stdout.write(
-    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
+    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, tunnelOffload: agent.tunnelOffloaded, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
   );
   let stopping = false;
   const shutdown = (sig: string): void => {

@@ -17,7 +17,7 @@ export type StatsSource = () => SwitchStats;
 
 const NO_STATS: SwitchStats = { ...newSwitchCounters(), ports: {}, vnes: {}, peers: {} };
 
-type PortCounter = 'rxFrames' | 'txFrames' | 'txDrops' | 'held' | 'holdDrops' | 'recorded' | 'runts' | 'injected' | 'lateInFlight' | 'gateDrops' | 'epoch' | 'heldBytes' | 'gateBytes';
+type PortCounter = 'rxFrames' | 'txFrames' | 'superFramesIn' | 'superFramesOut' | 'txDrops' | 'held' | 'holdDrops' | 'recorded' | 'runts' | 'injected' | 'lateInFlight' | 'gateDrops' | 'epoch' | 'heldBytes' | 'gateBytes';
 type VneValue = 'epoch' | 'generation' | 'fdbSize' | 'ports';
 type FdbCounter = 'learned' | 'moved' | 'aged' | 'evicted';
 
@@ -53,6 +53,8 @@ export class AgentMetrics {
     const fdbGauge = (name: string, help: string, c: FdbCounter): void => gauge(name, help, 'vne', (s) => Object.entries(s.vnes).map(([n, v]) => [n, v.fdb[c]]));
     portGauge('vnsnap_switch_port_rx_frames', 'Frames the switch read from a VM port', 'rxFrames');
     portGauge('vnsnap_switch_port_tx_frames', 'Frames the switch wrote to a VM port', 'txFrames');
+    portGauge('vnsnap_switch_port_super_frames_in', 'TCP super-frames (with a virtio_net_hdr) the switch read from a VM port, each one of rx_frames', 'superFramesIn');
+    portGauge('vnsnap_switch_port_super_frames_out', 'TCP super-frames a VM port accepted whole (delivered or injected), each one of its frames', 'superFramesOut');
     portGauge('vnsnap_switch_port_tx_drops', 'Frames a VM port did not accept', 'txDrops');
     portGauge('vnsnap_switch_port_held_frames', 'Future frames held for a port (snapshot rule e(f) > e(d) or gated)', 'held');
     portGauge('vnsnap_switch_port_hold_drops', 'Frames dropped because the hold buffer was full', 'holdDrops');

@@ -19,6 +19,7 @@
 import type { Clock } from '../proto/core/clock';
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
+import type { ChannelFrame } from '../proto/artefacts/channel-state';
 import { decodeChannel } from '../proto/artefacts/channel-state';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { RestoreCancel__Output } from '../proto/gen/vnsnap/v1/RestoreCancel';
@@ -54,7 +55,7 @@ interface PreparedRestore {
   vne: string;
   vms: VmRecord[];
   /** Recorded frames per port name. */
-  channel: Map<string, Buffer[]>;
+  channel: Map<string, ChannelFrame[]>;
 }
 
 export class RestoreRunner {
@@ -71,7 +72,7 @@ export class RestoreRunner {
     this.o.vnes.require(c.vne);
     const t0 = this.nowUs();
     await this.check(c);
-    const channel = new Map<string, Buffer[]>();
+    const channel = new Map<string, ChannelFrame[]>();
     for (const rv of c.vms) {
       for (const a of rv.channel) channel.set(a.owner, decodeChannel(await this.o.store.get(a.path), a.path));
     }

@@ -1,7 +1,7 @@
 /**
  * Offload helpers for the switch's slow paths: a TCP super-frame (virtio_net_hdr with GSO) that
- * must become ordinary frames — delivered to a port without offloads, recorded as channel state
- * (stored as plain Ethernet frames, re-injectable into any port), or sent on a tunnel without
+ * must become ordinary frames — delivered to a port without offloads, injected from channel
+ * state (recorded whole) into a port without offloads, or sent on a tunnel without
  * segmentation offload. The per-byte work is native (switch/native/offload.c).
  */
 import { GSO_NONE, nativeIo, VNET_HDR_LEN } from './native-io';

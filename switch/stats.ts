@@ -91,10 +91,14 @@ export interface PortCounters {
   lateInFlight: number;
   /** Frames the restore gate dropped because its byte bound was reached. */
   gateDrops: number;
+  /** TCP super-frames (virtio_net_hdr with GSO) read from the port; each also counts in rxFrames. */
+  superFramesIn: number;
+  /** TCP super-frames the port accepted whole (delivered or injected); each also counts as one frame. */
+  superFramesOut: number;
 }
 
 export function newPortCounters(): PortCounters {
-  return { rxFrames: 0, txFrames: 0, txDrops: 0, held: 0, holdDrops: 0, recorded: 0, runts: 0, injected: 0, lateInFlight: 0, gateDrops: 0 };
+  return { rxFrames: 0, txFrames: 0, txDrops: 0, held: 0, holdDrops: 0, recorded: 0, runts: 0, injected: 0, lateInFlight: 0, gateDrops: 0, superFramesIn: 0, superFramesOut: 0 };
 }
 
 export interface PortStats extends PortCounters {

@@ -49,7 +49,7 @@ import type { RecordingStatus } from './snapshot/markers';
 import { Markers } from './snapshot/markers';
 import type { SwitchOptions } from './options';
 import { DEFAULT_SWITCH_OPTIONS } from './options';
-import type { ChannelState } from './snapshot/recording';
+import type { ChannelFrame, ChannelState } from './snapshot/recording';
 import type { SwitchCounters, SwitchStats } from './stats';
 import { collectStats, newSwitchCounters } from './stats';
 import { LocalPort } from './tables';
@@ -62,7 +62,7 @@ import { VneTable } from './vnes';
 
 export { DEFAULT_SWITCH_OPTIONS, type SwitchOptions } from './options';
 export type { AtPause } from './snapshot/cut';
-export type { ChannelState } from './snapshot/recording';
+export type { ChannelFrame, ChannelState } from './snapshot/recording';
 export type { PeerChange, PeerConfig } from './peers';
 export type { SwitchStats } from './stats';
 export type { MacRoute, VneConfig, VneSpec } from './vnes';
@@ -201,9 +201,10 @@ export class Switch implements Startable {
   /**
    * Open a port's restore gate: write `frames` (its recorded channel state) first, then the
    * frames kept behind the gate, then pass everything. Returns how many of `frames` the port
-   * accepted. On a port without a gate it only injects.
+   * accepted. On a port without a gate it only injects. A recorded super-frame goes whole to a
+   * port with offloads and as its segments (each one counted) to a port without.
    */
-  openGate(portName: string, frames: readonly Buffer[]): number {
+  openGate(portName: string, frames: readonly ChannelFrame[]): number {
     return this.delivery.openGate(this.port(portName), frames);
   }
 

@@ -82,6 +82,7 @@ export class Forwarding {
       // segments, which share its epoch; it is segmented wherever it meets no offloads.
       const m = isSuperFrame(meta, i * VNET_HDR_LEN) ? (meta as Buffer) : null;
       lp.stats.rxFrames++;
+      if (m !== null) lp.stats.superFramesIn++;
       if (len < 14) {
         lp.stats.runts++;
         continue;

@@ -5,7 +5,8 @@
  * Request  {"id": 1, "op": "snapshot", "vne": "blue", "epoch": 1}
  * Reply    {"id": 1, "ok": true, ...}  or  {"id": 1, "ok": false, "code": "ERR_...", "error": "..."}
  * Ops: stats; snapshot {vne, epoch} (cut every local port); channelState {vne, epoch,
- * timeoutMs?, frames?: true for base64 frames}; abort {vne, epoch}; recordings {vne};
+ * timeoutMs?, frames?: true for base64 frames, and then per port `vnetHdrs`: each frame's
+ * virtio_net_hdr in base64, null for an ordinary frame}; abort {vne, epoch}; recordings {vne};
  * setStaticMac {vne, mac, peer | port} (a peer joins the VNE); inject {port, frames: base64[]}
  * (opens the port's restore gate, if any); setGeneration {vne, generation} (at once; the same
  * generation again changes nothing); setPortEpoch {port, epoch}.
@@ -36,8 +37,12 @@ export async function handleControl(sw: Switch, r: Req): Promise<Record<string, 
     case 'channelState': {
       const cs = await sw.channelState(need(r, 'vne', 'string'), need(r, 'epoch', 'number'), typeof r['timeoutMs'] === 'number' ? r['timeoutMs'] : 30_000);
       const ports: Record<string, unknown> = {};
-      for (const [name, frames] of cs.ports) ports[name] = r['frames'] === true ? frames.map((f) => f.toString('base64')) : frames.length;
-      return { epoch: cs.epoch, lostFrames: cs.lostFrames, ports };
+      const vnetHdrs: Record<string, (string | null)[]> = {};
+      for (const [name, frames] of cs.ports) {
+        ports[name] = r['frames'] === true ? frames.map((f) => f.frame.toString('base64')) : frames.length;
+        if (r['frames'] === true) vnetHdrs[name] = frames.map((f) => f.vnetHdr?.toString('base64') ?? null);
+      }
+      return { epoch: cs.epoch, lostFrames: cs.lostFrames, ports, ...(r['frames'] === true ? { vnetHdrs } : {}) };
     }
     case 'abort':
       sw.abort(need(r, 'vne', 'string'), need(r, 'epoch', 'number'));
@@ -53,7 +58,7 @@ export async function handleControl(sw: Switch, r: Req): Promise<Record<string, 
     case 'inject': {
       const frames = r['frames'];
       if (!Array.isArray(frames) || !frames.every((f) => typeof f === 'string')) throw new VnsnapError('ERR_INVALID_ARGUMENT', '"frames" must be an array of base64 strings');
-      return { injected: sw.openGate(need(r, 'port', 'string'), frames.map((f: string) => Buffer.from(f, 'base64'))) };
+      return { injected: sw.openGate(need(r, 'port', 'string'), frames.map((f: string) => ({ frame: Buffer.from(f, 'base64'), vnetHdr: null }))) };
     }
     case 'setGeneration':
       sw.configureVne({ name: need(r, 'vne', 'string'), generation: need(r, 'generation', 'number'), generationNow: true });

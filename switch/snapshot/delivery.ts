@@ -12,13 +12,22 @@
  * frames, in order, and the port passes everything from then on.
  *
  * Offloads: a super-frame (virtio_net_hdr with GSO) reaching a port without offloads is cut
- * into its segments, each under the rules with the frame's epoch. Channel state is stored as
- * plain Ethernet frames: a recorded super-frame is recorded as its segments.
+ * into its segments, each under the rules with the frame's epoch. One super-frame is one frame
+ * to the rules: one epoch, held, delivered and recorded whole. Channel state keeps what the port
+ * received: at a port with offloads a super-frame is recorded whole with its 10-byte
+ * virtio_net_hdr (one `recorded`), at a port without it, its segments. At restore, inject()
+ * writes a recorded super-frame whole into a port with offloads and as its segments into a port
+ * without (the same rule as delivery), so channel state recorded at either kind of port can be
+ * injected into either kind.
+ *
+ * Counters: `superFramesOut` counts super-frames a port accepted (delivered or injected whole);
+ * the port's `superFramesIn` is counted where its frames are read (bridge/forwarding.ts).
  */
-import { segmentFrame, VNET_HDR_LEN } from '../offload';
+import { isSuperFrame, segmentFrame, VNET_HDR_LEN } from '../offload';
 import type { SwitchCounters } from '../stats';
 import type { HeldFrame, LocalPort } from '../tables';
 import { classify, Verdict } from './epoch-rules';
+import type { ChannelFrame } from './recording';
 
 export interface DeliveryOptions {
   /** Bytes of future frames held per port before drops. */
@@ -87,6 +96,7 @@ export class Delivery {
       const dp = dirty[i] as LocalPort;
       const n = dp.gate !== null ? this.keepBehindGate(dp, dp.tx, dp.txCount, dp.txMeta) : dp.port.send(dp.tx, dp.txCount, dp.txMeta);
       dp.stats.txFrames += n;
+      if (dp.txMeta !== null) dp.stats.superFramesOut += countSuperFrames(dp.txMeta, n);
       dp.stats.txDrops += dp.txCount - n;
       dp.tx.length = 0;
       dp.txCount = 0;
@@ -95,11 +105,40 @@ export class Delivery {
     dirty.length = 0;
   }
 
-  /** Write recorded frames into a port, in order (restore); returns how many it accepted. */
-  inject(dp: LocalPort, frames: readonly Buffer[]): number {
-    const n = dp.port.send(frames, frames.length);
+  /**
+   * Write recorded frames into a port, in order (restore); returns how many it accepted. A
+   * super-frame goes whole to a port with offloads, as its segments to a port without (each
+   * segment then counts as one frame).
+   */
+  inject(dp: LocalPort, recorded: readonly ChannelFrame[]): number {
+    let frames: Buffer[];
+    let metas: Buffer | null = null;
+    if (dp.txMeta !== null) {
+      frames = recorded.map((f) => f.frame);
+      if (recorded.some((f) => f.vnetHdr !== null)) {
+        metas = Buffer.alloc(recorded.length * VNET_HDR_LEN);
+        recorded.forEach((f, i) => f.vnetHdr?.copy(metas as Buffer, i * VNET_HDR_LEN, 0, VNET_HDR_LEN));
+      }
+    } else {
+      frames = [];
+      for (const f of recorded) {
+        if (f.vnetHdr === null) {
+          frames.push(f.frame);
+          continue;
+        }
+        const segs = segmentFrame(f.frame, f.vnetHdr, 0, 0);
+        if (segs === null) {
+          this.counters.gsoErrors++;
+          dp.stats.txDrops++;
+          continue;
+        }
+        for (const sg of segs) frames.push(sg);
+      }
+    }
+    const n = dp.port.send(frames, frames.length, metas);
     dp.stats.injected += n;
     dp.stats.txDrops += frames.length - n;
+    if (metas !== null) dp.stats.superFramesOut += countSuperFrames(metas, n);
     return n;
   }
 
@@ -107,7 +146,7 @@ export class Delivery {
    * Open the restore gate of dp: inject `frames` (the recorded channel state) first, then write
    * the frames kept behind the gate, then pass everything. Without a gate, only the injection.
    */
-  openGate(dp: LocalPort, frames: readonly Buffer[]): number {
+  openGate(dp: LocalPort, frames: readonly ChannelFrame[]): number {
     const gate = dp.gate;
     dp.gate = null;
     const injected = frames.length > 0 ? this.inject(dp, frames) : 0;
@@ -127,34 +166,26 @@ export class Delivery {
     return injected;
   }
 
-  /** Channel state is stored as plain Ethernet frames: a super-frame is recorded as its segments. */
+  /**
+   * Record a delivered frame in every recording of dp it is older than: a copy (unless the
+   * caller's buffer is already one), a super-frame whole with a copy of its virtio_net_hdr.
+   */
   private record(dp: LocalPort, frame: Buffer, epoch: number, copy: boolean, m: Buffer | null, moff: number): void {
     if (dp.recordings.length === 0) {
       dp.stats.lateInFlight++;
       return;
     }
-    let cs: Buffer[] | undefined;
+    let cf: ChannelFrame | undefined;
     for (const r of dp.recordings) {
       if (epoch < r.k) {
-        if (cs === undefined) {
-          if (m !== null) {
-            const segs = segmentFrame(frame, m, moff, 0);
-            if (segs === null) {
-              this.counters.gsoErrors++;
-              return;
-            }
-            cs = segs;
-          } else {
-            cs = [copy ? Buffer.from(frame) : frame];
-          }
-        }
+        cf ??= { frame: copy ? Buffer.from(frame) : frame, vnetHdr: m === null ? null : Buffer.from(m.subarray(moff, moff + VNET_HDR_LEN)) };
         let list = r.frames.get(dp.name);
         if (!list) {
           list = [];
           r.frames.set(dp.name, list);
         }
-        for (const c of cs) list.push(c);
-        dp.stats.recorded += cs.length;
+        list.push(cf);
+        dp.stats.recorded++;
       }
     }
   }
@@ -205,4 +236,11 @@ export class Delivery {
     }
     return count;
   }
+}
+
+/** How many of the first n entries of a virtio_net_hdr array describe super-frames. */
+function countSuperFrames(metas: Buffer, n: number): number {
+  let c = 0;
+  for (let i = 0; i < n; i++) if (isSuperFrame(metas, i * VNET_HDR_LEN)) c++;
+  return c;
 }

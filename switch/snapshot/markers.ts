@@ -41,7 +41,7 @@ import type { SwitchCounters } from '../stats';
 import type { Peer, Vne, VnePeer } from '../tables';
 import { encodeAck, encodeMarker } from '../tunnel/geneve';
 import type { TunnelTx } from '../tunnel/tx-batch';
-import type { ChannelState } from './recording';
+import type { ChannelFrame, ChannelState } from './recording';
 import { Recording } from './recording';
 
 export interface MarkerOptions {
@@ -274,7 +274,7 @@ export class Markers {
   }
 
   private handOver(v: Vne, r: Recording): void {
-    const ports = new Map<string, Buffer[]>();
+    const ports = new Map<string, ChannelFrame[]>();
     for (const lp of v.ports) ports.set(lp.name, r.frames.get(lp.name) ?? []);
     for (const [name, frames] of r.frames) if (!ports.has(name)) ports.set(name, frames);
     const cs: ChannelState = { vne: v.name, epoch: r.k, ports, lostFrames: r.lostFrames };

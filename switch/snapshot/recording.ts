@@ -3,8 +3,8 @@
  * the per-peer frame counts that markers carry.
  *
  * A recording starts at the first cut to k of one of the VNE's ports. Each port that passes the
- * cut adds itself; frames of epoch < k delivered to such a port are recorded (copies, plain
- * Ethernet frames, in delivery order). `localDone` is set when every local port has passed k:
+ * cut adds itself; frames of epoch < k delivered to such a port are recorded (copies, in
+ * delivery order; a super-frame whole, with its virtio_net_hdr, as the port received it). `localDone` is set when every local port has passed k:
  * the markers go out then. The recording ends (`done`) when every peer's marker has arrived and
  * its count is matched, or its grace period passed; the frames are then handed over once to
  * channelState() callers (`handedOver`) and the record is kept only to retransmit markers to
@@ -16,13 +16,17 @@
  * window (rx.ts), so only long-past epochs merge and below(k) stays exact for every k a marker
  * can ask about. Memory and the cost of below() are bounded whatever epochs frames carry.
  */
+import type { ChannelFrame } from '../../proto/artefacts/channel-state';
 import { MAX_EPOCHS_PER_PEER } from '../options';
+
+export type { ChannelFrame };
 
 /** Channel state of one VNE for snapshot k at this switch: each port's recorded frames, in order. */
 export interface ChannelState {
   vne: string;
   epoch: number;
-  ports: Map<string, Buffer[]>;
+  /** Per port, its recorded frames in delivery order (super-frames whole, with their header). */
+  ports: Map<string, ChannelFrame[]>;
   /** Epoch<k frames the peers' markers announced that never arrived (lost on the wire). */
   lostFrames: number;
 }
@@ -94,7 +98,7 @@ export interface MarkerIn {
 }
 
 export class Recording {
-  readonly frames = new Map<string, Buffer[]>();
+  readonly frames = new Map<string, ChannelFrame[]>();
   readonly markersIn = new Map<number, MarkerIn>();
   readonly unacked = new Set<number>();
   localDone = false;

@@ -12,7 +12,10 @@
  * with its own epoch (and held at the port under the frame rules).
  *
  * With UDP GRO, entry i may stand for segs[i] datagrams (all with the same Geneve header, hence
- * one epoch) coalesced into one TCP super-frame; counts are per datagram.
+ * one epoch) coalesced into one TCP super-frame; counts are per datagram (the sender's marker
+ * counts the datagrams the kernel accepted, tx-batch.ts). The super-frame goes on whole with the
+ * virtio_net_hdr GRO built: to the snapshot rules it is one frame, delivered, held and recorded
+ * whole at a port with offloads (snapshot/delivery.ts), cut into segments at a port without.
  */
 import type { Forwarding } from '../bridge/forwarding';
 import { MARKER_EPOCHS_AHEAD } from '../options';

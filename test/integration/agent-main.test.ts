@@ -31,7 +31,7 @@ describe('vnsnap-agent (main)', function () {
     fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
     const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext, stateDir) [ERR_CONFIG]\n');
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, tunnelOffload, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext, stateDir) [ERR_CONFIG]\n');
     const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
@@ -47,11 +47,11 @@ describe('vnsnap-agent (main)', function () {
   });
 
   /** Start the sim agent with these arguments and resolve with its ready line. */
-  async function startAgent(args: string[]): Promise<{ p: ChildProcess; ready: { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] } }> {
+  async function startAgent(args: string[]): Promise<{ p: ChildProcess; ready: { event: string; id: string; tunnelPort: number; tunnelOffload: boolean; metricsPort: number; drivers: string[] } }> {
     const p = spawn(process.execPath, [SIM_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = readline.createInterface({ input: p.stdout });
     const first = await new Promise<string>((resolve) => lines.once('line', resolve));
-    return { p, ready: JSON.parse(first) as { event: string; id: string; tunnelPort: number; metricsPort: number; drivers: string[] } };
+    return { p, ready: JSON.parse(first) as { event: string; id: string; tunnelPort: number; tunnelOffload: boolean; metricsPort: number; drivers: string[] } };
   }
 
   function stopAgent(p: ChildProcess): Promise<number | null> {
@@ -93,5 +93,17 @@ describe('vnsnap-agent (main)', function () {
     assert.equal(d.status, 200);
     assert.deepEqual(JSON.parse(d.body), { agent: 'h9', vms: [] });
     assert.equal(await stopAgent(p), 0);
+  });
+
+  it('runs the tunnel with UDP GSO/GRO by default on this kernel; --no-tunnel-offload and "tunnelOffload": false turn them off', async () => {
+    const cfg = path.join(dir, 'offload.json');
+    const base = { id: 'h7', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', insecurePlaintext: true };
+    const run = async (file: Record<string, unknown>, args: string[]): Promise<boolean> => {
+      fs.writeFileSync(cfg, JSON.stringify({ ...base, ...file }));
+      const { p, ready } = await startAgent(['--config', cfg, ...args]);
+      assert.equal(await stopAgent(p), 0);
+      return ready.tunnelOffload;
+    };
+    assert.deepEqual([await run({}, []), await run({}, ['--no-tunnel-offload']), await run({ tunnelOffload: false }, []), await run({ tunnelOffload: false }, ['--tunnel-offload'])], [true, false, false, true]);
   });
 });

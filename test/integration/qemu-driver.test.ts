@@ -6,6 +6,7 @@
  * after() hooks, also when a test fails; QEMU processes of a crashed earlier run are found by
  * the pid files in /tmp/vnqm-test-* and killed.
  */
+import type { ChannelFrame } from '../../proto/artefacts/channel-state';
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -173,7 +174,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
   });
 
   /** One consistent cut of both VMs, as the agent does it; returns the images and the channel state. */
-  async function snapshotBoth(mode: SnapshotModeName, atCut?: (name: string) => Promise<void>): Promise<{ images: Map<string, VmImage>; channel: Map<string, Buffer[]>; k: number }> {
+  async function snapshotBoth(mode: SnapshotModeName, atCut?: (name: string) => Promise<void>): Promise<{ images: Map<string, VmImage>; channel: Map<string, ChannelFrame[]>; k: number }> {
     const d = driver as QemuDriver;
     const s = sw as Switch;
     const k = ++epoch;

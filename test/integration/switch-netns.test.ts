@@ -1,13 +1,16 @@
 /**
  * The switch for real: three switch daemons in namespaced hosts joined by a bridged veth
  * underlay, TAP ports whose interface side lives in a "VM" namespace, and two VNEs on the
- * same hosts. Everything is named with the prefix `vnit` and removed in after().
+ * same hosts. Everything is named with the prefix `vnit` and removed in after(). The daemons run
+ * with their defaults: TAPs with offloads and a tunnel with UDP GSO/GRO, so TCP crosses as
+ * super-frames, and a cut under load records some of them whole.
  */
 import { strict as assert } from 'node:assert';
 import { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { startCapture, stopChild } from '../support/netns';
 import { Overlay } from '../support/overlay';
+import { pseudo } from '../support/tcp-frames';
 import { sleep, until } from '../support/wait';
 
 function ping(ov: Overlay, from: string, to: string, count = 3): { sent: number; received: number } {
@@ -91,7 +94,7 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     assert.deepEqual([...byVni.keys()].sort(), ['100', '200']);
   });
 
-  it('cuts under iperf3 load: channel state recorded on every host, no frame the rules must deliver is lost, no marker reaches a VM', async () => {
+  it('cuts under iperf3 load: channel state recorded on every host, super-frames whole, no frame the rules must deliver is lost, no marker reaches a VM', async () => {
     // Captures on every blue VM's interface to prove no marker/control packet arrives there.
     const vmCaps = ['b1', 'b2', 'b3', 'b4'].map((vm) => {
       const file = path.join(ov.dir, `${vm}.pcap`);
@@ -111,11 +114,17 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     const udp = spawnJson(ov, 'b2', ['-c', '192.168.77.4', '-p', '5203', '-u', '-b', '10M', '-l', '1000', '-t', '9', '-J']);
     await sleep(1500);
     const states: Record<string, Record<string, unknown>>[] = [];
-    // At least three cuts; more (up to eight, inside the streams' 9 s) until some frame was in
-    // flight across one: hosts cut within a millisecond of each other now and then catch no
-    // frame in flight three times running on a loaded machine.
+    // The first cut is made for super-frames to be in flight across it: h2 (b3's host) cuts
+    // first, the others once b3 has received a few more super-frames of b1's stream — all of
+    // the old epoch, so recorded. Hosts cutting within a millisecond of each other now and then
+    // catch no TCP super-frame in flight at all.
+    const superOut = async (): Promise<number> => (await ov.stats('h2'))['port.b3.superFramesOut'] as number;
+    const before = await superOut();
+    const first = { host: 'h2', until: () => until('b3 received super-frames after its cut', async () => (await superOut()) >= before + 5, 5000) };
+    // Then at least three cuts in all; more (up to eight, inside the streams' 9 s) until some
+    // frame was in flight across one.
     for (let k = 1; k <= 8 && (k <= 3 || recordedIn(states) === 0); k++) {
-      states.push(await ov.snapshot('blue', k));
+      states.push(await ov.snapshot('blue', k, { frames: true, ...(k === 1 ? { first } : {}) }));
       await sleep(800);
     }
     const [tcpOut, udpOut] = await Promise.all([tcp, udp]);
@@ -128,13 +137,57 @@ describe('switch on namespaced hosts (TAP ports, Geneve tunnels)', function () {
     }
     // Frames crossed the cuts in flight and were recorded as channel state somewhere.
     assert.ok(recordedIn(states) > 0, `some channel state was recorded under load (${states.length} cuts)`);
+    // Among them (the first cut) TCP super-frames of b1's stream to b3 (GSO on h1's tunnel, GRO on h2's), recorded
+    // whole at b3's port with the virtio_net_hdr the switch writes to the TAP: exactly the header
+    // GRO builds (partial checksum at the TCP checksum, gso_size the segments' payload), the frame
+    // one IPv4 packet of the stream whose TCP checksum field holds the pseudo-header sum.
+    const supers = recordedSuperFrames(states);
+    assert.ok(supers.length > 0, `a super-frame was recorded whole under load (${states.length} cuts, ${recordedIn(states)} frames recorded)`);
+    for (const { host, port, frame: f, hdr } of supers) {
+      assert.deepEqual([host, port], ['h2', 'b3'], 'TCP data flows b1 → b3 only');
+      const thl = ((f[34 + 12] as number) >> 4) * 4;
+      const gso = hdr.readUInt16LE(4);
+      assert.deepEqual(
+        {
+          flags: hdr[0],
+          gsoType: hdr[1],
+          hdrLen: hdr.readUInt16LE(2),
+          csumStart: hdr.readUInt16LE(6),
+          csumOffset: hdr.readUInt16LE(8),
+          ethertype: f.readUInt16BE(12),
+          ipTotalLength: f.readUInt16BE(16),
+          protocol: f[23],
+          src: [...f.subarray(26, 30)].join('.'),
+          dst: [...f.subarray(30, 34)].join('.'),
+          dport: f.readUInt16BE(36),
+          tcpCsum: f.readUInt16BE(50),
+        },
+        {
+          flags: 1, // VIRTIO_NET_HDR_F_NEEDS_CSUM
+          gsoType: 1, // VIRTIO_NET_HDR_GSO_TCPV4
+          hdrLen: 34 + thl,
+          csumStart: 34,
+          csumOffset: 16,
+          ethertype: 0x0800,
+          ipTotalLength: f.length - 14,
+          protocol: 6,
+          src: '192.168.77.1',
+          dst: '192.168.77.3',
+          dport: 5202,
+          tcpCsum: pseudo(f, false, f.length - 34),
+        },
+      );
+      assert.ok(f.length - 34 - thl > gso && gso > 0 && gso <= 1500, `a super-frame of several segments: ${f.length - 34 - thl} payload bytes, gso_size ${gso}`);
+    }
     for (const h of ['h1', 'h2', 'h3']) {
       const s = await ov.stats(h);
       for (const [k, v] of Object.entries(s)) {
         if (/\.(holdDrops|heldBytes)$/.test(k) || k === 'tunnelTxDrops' || k === 'malformed' || k === 'unknownPeer') assert.equal(v, 0, `${h} ${k}`);
-        if (/^port\.b\d\.epoch$/.test(k)) assert.equal(v, 3, `${h} ${k}`);
+        if (/^port\.b\d\.epoch$/.test(k)) assert.equal(v, states.length, `${h} ${k}: one epoch per cut`);
       }
       assert.ok((s['markersReceived'] as number) >= 6, `${h} received markers from both peers for 3 snapshots`);
+      if (h === 'h1') assert.ok((s['port.b1.superFramesIn'] as number) > 0, 'b1 sent super-frames (TSO on its TAP)');
+      if (h === 'h2') assert.ok((s['port.b3.superFramesOut'] as number) > 0, 'b3 received super-frames (GRO on the tunnel)');
     }
     for (const { vm, file, c } of caps) {
       await c.stop();
@@ -171,7 +224,23 @@ function iperfListening(ov: Overlay, vm: string, port: number): Promise<boolean>
   return until(`iperf3 listening in ${vm} on ${port}`, () => ov.topo.exec(vm, 'ss', ['-ltnH', `sport = :${port}`], { allowFail: true }).includes(`:${port}`), 10_000);
 }
 
-/** Frames recorded as channel state over the snapshots' per-host states. */
+/** Frames recorded as channel state over the snapshots' per-host states (taken with frames). */
 function recordedIn(states: Record<string, Record<string, unknown>>[]): number {
-  return states.flatMap((st) => Object.values(st).flatMap((r) => Object.values(r['ports'] as Record<string, number>))).reduce((a, b) => a + b, 0);
+  return states.flatMap((st) => Object.values(st).flatMap((r) => Object.values(r['ports'] as Record<string, string[]>))).reduce((a, b) => a + b.length, 0);
+}
+
+/** The super-frames recorded over the snapshots' states: where, the frame and its virtio_net_hdr. */
+function recordedSuperFrames(states: Record<string, Record<string, unknown>>[]): { host: string; port: string; frame: Buffer; hdr: Buffer }[] {
+  const out: { host: string; port: string; frame: Buffer; hdr: Buffer }[] = [];
+  for (const st of states) {
+    for (const [host, r] of Object.entries(st)) {
+      const frames = r['ports'] as Record<string, string[]>;
+      for (const [port, hdrs] of Object.entries(r['vnetHdrs'] as Record<string, (string | null)[]>)) {
+        hdrs.forEach((h, i) => {
+          if (h !== null) out.push({ host, port, frame: Buffer.from(frames[port]?.[i] as string, 'base64'), hdr: Buffer.from(h, 'base64') });
+        });
+      }
+    }
+  }
+  return out;
 }

@@ -1,3 +1,4 @@
+import type { ChannelFrame } from '../../proto/artefacts/channel-state';
 import { strict as assert } from 'node:assert';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { MARKER_EPOCHS_AHEAD, MAX_EPOCHS_PER_PEER, MAX_MARKER_SHORTFALL, MAX_RECORDINGS_PER_VNE } from '../../switch/options';
@@ -8,7 +9,7 @@ import { makeFrame, parseFrame, vmMac } from '../support/frames';
 
 const A = 0x0a000001;
 const B = 0x0a000002;
-const seqs = (frames: Buffer[]): number[] => frames.map((f) => parseFrame(f)?.seq ?? -1);
+const seqs = (frames: readonly (Buffer | ChannelFrame)[]): number[] => frames.map((f) => parseFrame(Buffer.isBuffer(f) ? f : f.frame)?.seq ?? -1);
 
 /** v1 on switch a, v2 on switch b (10.0.0.2); MACs learned. */
 function twoHosts(): FakeEnv {

@@ -61,6 +61,12 @@ export interface ClusterOptions {
   drivers?: string[];
   /** The agents' image roots (agent config imageRoots); the cluster's directory is added. Default: the agent's default. */
   imageRoots?: string[];
+  /**
+   * The agents' tunnelOffload key; absent: the agent's default (UDP GSO/GRO where the kernel has
+   * them), and startAgent then checks that the agent did turn them on, so the cluster tests run
+   * over the offloaded tunnel.
+   */
+  tunnelOffload?: boolean;
 }
 
 export interface CliResult {
@@ -205,6 +211,7 @@ export class Cluster {
         id: host,
         coordinator: this.coordinatorAddress,
         tunnel: `${this.hostAddress(host)}:6081`,
+        ...(this.opts.tunnelOffload !== undefined ? { tunnelOffload: this.opts.tunnelOffload } : {}),
         store: this.storeDir,
         stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,
@@ -218,8 +225,11 @@ export class Cluster {
     const entry = main ?? ((this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT);
     const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), entry, '--config', cfg]);
     this.pipeLog(child, host);
-    await waitForJsonLine<{ event: string }>(child, (v) => v.event === 'ready', 20_000);
+    const ready = await waitForJsonLine<{ event: string; tunnelOffload?: boolean }>(child, (v) => v.event === 'ready', 20_000);
     this.agents.set(host, child);
+    if (main === undefined && ready.tunnelOffload !== (this.opts.tunnelOffload ?? true)) {
+      throw new Error(`agent ${host} started with tunnelOffload ${String(ready.tunnelOffload)}, expected ${String(this.opts.tunnelOffload ?? true)} (its log says why)`);
+    }
     if (wait) await this.waitConnected([host]);
   }
 
@@ -479,7 +489,7 @@ export class Cluster {
     for (const a of s.artefacts) {
       if (a.kind !== 'ARTEFACT_KIND_CHANNEL') continue;
       const vm = a.owner.split('/')[1] ?? a.owner; // "<vne>/<vm>/<i>"
-      const frames = decodeChannel(fs.readFileSync(path.join(this.storeDir, a.path)), a.path).map((f) => parseSimFrame(f));
+      const frames = decodeChannel(fs.readFileSync(path.join(this.storeDir, a.path)), a.path).map((f) => parseSimFrame(f.frame));
       out[vm] = [...(out[vm] ?? []), ...frames.filter((f): f is SimFrame => f !== undefined)];
     }
     return out;

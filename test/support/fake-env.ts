@@ -15,6 +15,10 @@ export interface EnvSpec {
   holdBytesPerPort?: number;
   recordingGraceMs?: number;
   autoNetwork?: boolean;
+  /** VMs whose ports carry offloads (super-frames with a virtio_net_hdr). */
+  offload?: readonly string[];
+  /** The tunnel has UDP GSO/GRO (FakeUdpNetwork's offload model). */
+  tunnelOffload?: boolean;
 }
 
 export class FakeEnv {
@@ -28,7 +32,7 @@ export class FakeEnv {
 
   constructor(spec: EnvSpec) {
     this.vne = spec.vne ?? 'blue';
-    this.net = new FakeUdpNetwork({ batchSize: spec.batchSize ?? 8, auto: spec.autoNetwork ?? false });
+    this.net = new FakeUdpNetwork({ batchSize: spec.batchSize ?? 8, auto: spec.autoNetwork ?? false, offload: spec.tunnelOffload ?? false });
     const names = Object.keys(spec.switches);
     names.forEach((name, i) => {
       const sw = new Switch({
@@ -41,7 +45,7 @@ export class FakeEnv {
       sw.configureVne({ name: this.vne, vni: spec.vni ?? 100, peers });
       sw.attachTunnel(this.net.endpoint(0x0a000001 + i, 6081));
       for (const vm of spec.switches[name] ?? []) {
-        const { port } = fakePortPair(vm, { batchSize: spec.batchSize ?? 8 });
+        const { port } = fakePortPair(vm, { batchSize: spec.batchSize ?? 8, offload: spec.offload?.includes(vm) ?? false });
         sw.attachPort(this.vne, port);
         this.ports.set(vm, port);
         this.hostOf.set(vm, name);

@@ -91,14 +91,22 @@ export class Overlay {
     return c.call(req);
   }
 
-  /** Snapshot `vne` at epoch k on every host at once, then collect every host's channel state. */
-  async snapshot(vne: string, k: number): Promise<Record<string, Record<string, unknown>>> {
+  /**
+   * Snapshot `vne` at epoch k on every host at once, then collect every host's channel state
+   * (with `frames`: the frames themselves and their virtio_net_hdrs). `first`: that host cuts
+   * first, the others once `until` resolved (frames their VMs send meanwhile are in flight).
+   */
+  async snapshot(vne: string, k: number, opts: { frames?: boolean; first?: { host: string; until: () => Promise<unknown> } } = {}): Promise<Record<string, Record<string, unknown>>> {
     const hosts = [...this.daemons.keys()];
-    const cuts = await Promise.all(hosts.map((h) => this.control(h, { op: 'snapshot', vne, epoch: k })));
+    const cut = (h: string): Promise<Record<string, unknown>> => this.control(h, { op: 'snapshot', vne, epoch: k });
+    const lead = opts.first;
+    const led = lead ? await cut(lead.host) : undefined;
+    if (lead) await lead.until();
+    const cuts = await Promise.all(hosts.map((h) => (h === lead?.host ? (led as Record<string, unknown>) : cut(h))));
     cuts.forEach((r, i) => {
       if (r['ok'] !== true) throw new Error(`snapshot ${k} on ${hosts[i]} failed: ${String(r['error'])}`);
     });
-    const states = await Promise.all(hosts.map((h) => this.control(h, { op: 'channelState', vne, epoch: k, timeoutMs: 10_000 })));
+    const states = await Promise.all(hosts.map((h) => this.control(h, { op: 'channelState', vne, epoch: k, timeoutMs: 10_000, ...(opts.frames ? { frames: true } : {}) })));
     const out: Record<string, Record<string, unknown>> = {};
     states.forEach((r, i) => {
       if (r['ok'] !== true) throw new Error(`channel state ${k} on ${hosts[i]} failed: ${String(r['error'])}`);

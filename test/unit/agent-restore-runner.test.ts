@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { encodeChannel } from '../../proto/artefacts/channel-state';
+import { encodeChannel, plainFrame } from '../../proto/artefacts/channel-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { RestorePrepare__Output } from '../../proto/gen/vnsnap/v1/RestorePrepare';
@@ -21,7 +21,7 @@ async function failure(p: Promise<unknown>): Promise<string> {
 /** Store the image of VM a (memory, and one channel frame from b with seq 9); returns its RestorePrepare. */
 async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare__Output> = {}): Promise<RestorePrepare__Output> {
   const mem = await h.store.put(`snapshots/${id}/a.mem`, Buffer.from('memory of a'));
-  const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([testFrame(2, 1, 9)]));
+  const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([plainFrame(testFrame(2, 1, 9))]));
   const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {} };
   const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} };
   return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel] }], ...over };
@@ -89,6 +89,21 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.equal(h.vm('a').restoreId, undefined);
   });
 
+  it('Prepare refuses a channel state of a newer format in one line, touching nothing', async () => {
+    h = await new AgentParts().init(['a']);
+    const c = await imageOfA(h, 's5');
+    const newer = encodeChannel([plainFrame(testFrame(2, 1, 9))]);
+    newer.write('3', 7); // "VNSCHAN3"
+    const chan = await h.store.put('snapshots/s5/a.0.chan', newer);
+    (c.vms[0] as { channel: Artefact__Output[] }).channel = [{ ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} }];
+    assert.equal(
+      await failure(h.restores.prepare(c)),
+      'ERR_UNSUPPORTED_VERSION: snapshots/s5/a.0.chan has channel-state format 3, newer than this vnsnap reads (1 to 2): upgrade vnsnap to restore it',
+    );
+    assert.deepEqual(h.driver.events, ['start a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+  });
+
   it('Prepare aborts a snapshot in progress of the VM it replaces', async () => {
     h = await new AgentParts().init(['a']);
     h.driver.holdReady = true;
@@ -141,7 +156,7 @@ describe('restore gate port', () => {
     batch[0]?.fill(0); // the gate kept copies
     assert.equal(sw.stats().ports['p']?.gateDrops, 1);
     assert.deepEqual(inner.vm.received, []);
-    sw.openGate('p', [f(0)]);
+    sw.openGate('p', [plainFrame(f(0))]);
     assert.equal(sw.stats().ports['p']?.gated, false);
     assert.deepEqual(
       inner.vm.received.map((x) => parseFrame(x)?.seq),

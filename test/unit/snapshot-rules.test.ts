@@ -1,3 +1,4 @@
+import { plainFrame, type ChannelFrame } from '../../proto/artefacts/channel-state';
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
 import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
@@ -23,7 +24,7 @@ function sendFrom(env: FakeEnv, vm: string, me: number, to: number, seq: number,
   env.port(vm).vm.send(makeFrame({ dst: MAC(to), src: MAC(me), sender: me, seq, epoch }));
 }
 
-const seqs = (frames: Buffer[]): number[] => frames.map((f) => parseFrame(f)?.seq ?? -1);
+const seqs = (frames: readonly (Buffer | ChannelFrame)[]): number[] => frames.map((f) => parseFrame(Buffer.isBuffer(f) ? f : f.frame)?.seq ?? -1);
 
 describe('snapshot rules', () => {
   it('classifies by comparing epochs: equal delivers, older delivers and records, newer holds, gated holds', () => {
@@ -212,7 +213,7 @@ describe('snapshot rules', () => {
   it('injects recorded frames into a port in order', () => {
     const env = twoHosts();
     const frames = [3, 1, 2].map((s) => makeFrame({ dst: MAC(1), src: MAC(2), sender: 2, seq: s, epoch: 0 }));
-    assert.equal(env.sw('a').openGate('v1', frames), 3);
+    assert.equal(env.sw('a').openGate('v1', frames.map(plainFrame)), 3);
     assert.deepEqual(seqs(env.port('v1').vm.received), [3, 1, 2]);
     assert.equal(env.sw('a').stats().ports['v1']?.injected, 3);
   });

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { decodeChannel, encodeChannel } from '../../proto/artefacts/channel-state';
+import { decodeChannel, encodeChannel, plainFrame } from '../../proto/artefacts/channel-state';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { storeFailure } from '../../proto/store/atomic-file';
 import { isVnsnapError } from '../../proto/core/errors';
@@ -139,9 +139,9 @@ snapshotStoreCompliance('LocalDirStore', {
 
 describe('channel-state file', () => {
   it('round-trips frames in order and rejects truncation and garbage', () => {
-    const frames = [Buffer.from('first frame'), Buffer.alloc(0), Buffer.alloc(1500, 9)];
+    const frames = [Buffer.from('first frame'), Buffer.alloc(0), Buffer.alloc(1500, 9)].map(plainFrame);
     const b = encodeChannel(frames);
-    assert.equal(b.length, 12 + 3 * 4 + 11 + 0 + 1500);
+    assert.equal(b.length, 12 + 3 * (4 + 10) + 11 + 0 + 1500);
     assert.deepEqual(decodeChannel(b), frames);
     assert.deepEqual(decodeChannel(encodeChannel([])), []);
     assert.throws(() => decodeChannel(b.subarray(0, b.length - 1)), (e) => isVnsnapError(e, 'ERR_DATA_LOSS'));

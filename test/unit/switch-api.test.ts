@@ -11,6 +11,7 @@ import { VNET_HDR_LEN } from '../../switch/offload';
 import { fakePortPair, FakePort } from '../../switch/port/porttest/fake-port';
 import { Switch } from '../../switch/switch';
 import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
+import { plainFrame } from '../../proto/artefacts/channel-state';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 
 const BCAST = 0xff_ff_ff_ff_ff_ff;
@@ -115,7 +116,7 @@ describe('Switch restore gate (attachPort gated, openGate)', () => {
     assert.equal(sw.stats().ports['r']?.txFrames, 2);
     assert.equal(sw.stats().ports['r']?.gated, true);
     const recorded = [1, 2].map((seq) => makeFrame({ dst: vmMac(2), src: vmMac(1), sender: 1, seq, epoch: 0 }));
-    assert.equal(sw.openGate('r', recorded), 2);
+    assert.equal(sw.openGate('r', recorded.map(plainFrame)), 2);
     send(p1, 1, vmMac(2), 12);
     assert.deepEqual(seqs(r), [1, 2, 10, 11, 12]);
     const st = sw.stats().ports['r'];
