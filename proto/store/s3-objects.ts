@@ -162,7 +162,8 @@ export class S3Objects implements ObjectBackend {
       forcePathStyle: opts.pathStyle ?? true,
       credentials: loadS3Credentials(opts.credentialsFile, opts.profile),
       maxAttempts: opts.maxAttempts ?? 3,
-      requestHandler: { connectionTimeout: opts.connectTimeoutMs ?? 5000, requestTimeout: opts.requestTimeoutMs ?? 60_000 },
+      // Without throwOnRequestTimeout the handler only logs a warning and waits on forever.
+      requestHandler: { connectionTimeout: opts.connectTimeoutMs ?? 5000, requestTimeout: opts.requestTimeoutMs ?? 60_000, throwOnRequestTimeout: true },
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
     });

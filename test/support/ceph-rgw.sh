@@ -9,6 +9,7 @@
 #   ceph-rgw.sh env DIR          print the environment of a running cluster again
 #   ceph-rgw.sh kill-rgw DIR     SIGKILL the gateway (fault tests: an S3 server dying mid-request)
 #   ceph-rgw.sh start-rgw DIR    start the gateway again and wait until it answers
+#   ceph-rgw.sh quota DIR BYTES|off   set (and enable) or disable the test bucket's size quota
 #   ceph-rgw.sh stop DIR         stop rgw, then osd, then mon (the order that does not hang) and
 #                                remove DIR, even when a process is already gone
 #
@@ -222,5 +223,13 @@ case "$cmd" in
     while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
     rm -f "$dir/run/$RGW_NAME.pid" ;;
   start-rgw) start_rgw "${2:?usage: ceph-rgw.sh start-rgw DIR}" ;;
+  quota)
+    dir=${2:?usage: ceph-rgw.sh quota DIR BYTES|off}
+    if [ "${3:?usage: ceph-rgw.sh quota DIR BYTES|off}" = off ]; then
+      radosgw-admin -c "$dir/ceph.conf" quota disable --quota-scope=bucket --bucket="$BUCKET"
+    else
+      radosgw-admin -c "$dir/ceph.conf" quota set --quota-scope=bucket --bucket="$BUCKET" --max-size="$3"
+      radosgw-admin -c "$dir/ceph.conf" quota enable --quota-scope=bucket --bucket="$BUCKET"
+    fi ;;
   *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac
