@@ -233,7 +233,9 @@ export class S3Objects implements ObjectBackend {
     const code = s3ErrorCode(e);
     const what = op === 'list' ? `list of prefix ${JSON.stringify(key)}` : `${op} ${key}`;
     if (code === 'ERR_NOT_FOUND') return new VnsnapError(code, `${this.describe}: object ${key} does not exist`, { cause: e });
-    const detail = ((e as Error).message || (e as Error).name || String(e)).split('\n')[0];
+    const err = e as Error & { Code?: string };
+    // The SDK says "UnknownError" for error bodies it has no class for (RGW's QuotaExceeded): name the code instead.
+    const detail = (err.message && err.message !== 'UnknownError' ? err.message : (err.Code ?? err.name ?? String(e))).split('\n')[0];
     const reason = REASONS[code];
     return new VnsnapError(code, `${this.describe}: ${what} failed: ${reason ? `${reason} (${detail})` : detail}`, { cause: e });
   }
