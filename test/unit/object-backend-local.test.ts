@@ -53,8 +53,12 @@ describe('LocalObjects on a full disk', function () {
     mounted = true;
   });
   after(() => {
-    if (mounted) execFileSync('umount', [dir]);
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    try {
+      // Lazy: a file a failed test left open must not keep the mount (and the directory) behind.
+      if (mounted) execFileSync('umount', ['-l', dir], { stdio: 'pipe' });
+    } finally {
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
   describeFullBackendCompliance('LocalObjects on a 256 KiB tmpfs', async () => {
     const backend = new LocalObjects(path.join(dir, 'store'));
