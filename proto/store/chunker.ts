@@ -136,7 +136,6 @@ export class Chunker implements ChunkSplitter {
   private scan(data: Uint8Array, i: number): number {
     const n = data.length;
     let pos = this.pos;
-    let h = this.h;
     if (pos < this.min) {
       const skip = Math.min(this.min - pos, n - i);
       i += skip;
@@ -146,28 +145,33 @@ export class Chunker implements ChunkSplitter {
         return -1;
       }
     }
+    // Up to avg bytes the stricter mask, then the looser one up to max (normalized chunking).
     if (pos < this.avg) {
       const end = Math.min(n, i + this.avg - pos);
-      const mask = this.maskS;
-      const from = i;
-      for (; i < end; i++) {
-        h = ((h << 1) + (GEAR[data[i] as number] as number)) | 0;
-        if ((h & mask) === 0) return this.cut(i + 1);
-      }
-      pos += i - from;
+      const c = this.roll(data, i, end, this.maskS);
+      if (c >= 0) return this.cut(c);
+      pos += end - i;
+      i = end;
     }
     if (pos < this.max) {
       const end = Math.min(n, i + this.max - pos);
-      const mask = this.maskL;
-      const from = i;
-      for (; i < end; i++) {
-        h = ((h << 1) + (GEAR[data[i] as number] as number)) | 0;
-        if ((h & mask) === 0) return this.cut(i + 1);
-      }
-      pos += i - from;
+      const c = this.roll(data, i, end, this.maskL);
+      if (c >= 0) return this.cut(c);
+      pos += end - i;
+      i = end;
     }
     if (pos >= this.max) return this.cut(i);
     this.pos = pos;
+    return -1;
+  }
+
+  /** Roll the hash over data[i..end): the index just past the first byte where (h & mask) is 0, or -1. */
+  private roll(data: Uint8Array, i: number, end: number, mask: number): number {
+    let h = this.h;
+    for (; i < end; i++) {
+      h = ((h << 1) + (GEAR[data[i] as number] as number)) | 0;
+      if ((h & mask) === 0) return i + 1;
+    }
     this.h = h;
     return -1;
   }

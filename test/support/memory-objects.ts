@@ -7,6 +7,7 @@
  *   - `puts`/`gets`/`heads`: counters of calls (to assert that a chunk was not uploaded twice);
  *   - `failPuts(n, code)`: the next n puts fail with that code (a backend going away mid-upload);
  *   - `corrupt(key)` flips a byte of a stored object; `keys()` lists everything raw.
+ * pseudoRandomBytes() makes the deterministic data the store and chunker tests feed it.
  * Objects are copied in and out: a caller reusing its buffer changes nothing stored.
  */
 import { VnsnapError, type ErrorCode } from '../../proto/core/errors';
@@ -82,4 +83,17 @@ export class MemoryObjects implements ObjectBackend {
     const at = b.length >> 1;
     b[at] = (b[at] as number) ^ 0xff;
   }
+}
+
+/** Deterministic pseudo-random bytes (xorshift32 from `seed`): test data that chunks like real data. */
+export function pseudoRandomBytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed | 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
 }

@@ -2,22 +2,10 @@ import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import { isVnsnapError } from '../../proto/core/errors';
 import { Chunker, DEFAULT_CHUNKER, FixedChunker, GEAR, type ChunkSplitter } from '../../proto/store/chunker';
+import { pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const KiB = 1024;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
-
-/** Deterministic pseudo-random bytes (xorshift32 from `seed`). */
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed | 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 /** Every chunk of `data` pushed in pieces of the given sizes (cycled), plus end(). */
 function chunkAll(s: ChunkSplitter, data: Uint8Array, pieces: readonly number[] = [data.length]): Buffer[] {

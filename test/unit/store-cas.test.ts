@@ -4,24 +4,11 @@ import { isVnsnapError, type ErrorCode } from '../../proto/core/errors';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { snapshotStoreCompliance } from '../support/compliance/store';
-import { MemoryObjects } from '../support/memory-objects';
+import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const KiB = 1024;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-
-/** Deterministic pseudo-random bytes (xorshift32 from `seed`). */
-function bytes(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed | 0 || 1;
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b[i] = x & 0xff;
-  }
-  return b;
-}
 
 async function failure(p: Promise<unknown>): Promise<string> {
   try {
