@@ -1,0 +1,157 @@
+/**
+ * The writer of one artefact into the content-addressed store (cas-store.ts): it chunks the bytes
+ * as they arrive, hashes each chunk, uploads the chunks the backend does not hold yet with at
+ * most `concurrency` uploads in flight, and at commit writes the artefact's index — last, once
+ * every chunk it names is stored.
+ *
+ * Guarantees:
+ *   - Streaming: nothing is staged whole. write() waits while `concurrency` uploads are in
+ *     flight, so a writer holds at most about concurrency × max chunk size plus one chunk.
+ *   - Writes are applied in call order (each waits for the one before), whether awaited or not.
+ *   - A chunk is uploaded at most once per writer, and not at all when the backend already has
+ *     it (head() first): a second identical artefact adds no chunk.
+ *   - No index, no artefact: a failed upload fails the next write() or commit(); an abort or a
+ *     failure writes no index. Chunks uploaded before it stay (other artefacts may already share
+ *     them); garbage collection removes the ones no index names.
+ *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
+ *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
+ */
+import { createHash } from 'node:crypto';
+import { isVnsnapError, VnsnapError } from '../core/errors';
+import type { ChunkerParams, ChunkSplitter } from './chunker';
+import { chunkKey, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import type { ObjectBackend } from './object-backend';
+import type { ArtefactWriter, StoredArtefact } from './snapshot-store';
+
+/** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
+export interface WriteStats {
+  chunks: number;
+  newChunks: number;
+  newBytes: number;
+}
+
+export interface CasWriterOptions {
+  backend: ObjectBackend;
+  splitter: ChunkSplitter;
+  chunker: ChunkerParams;
+  concurrency: number;
+}
+
+const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+export class CasWriter implements ArtefactWriter {
+  private state: 'open' | 'committed' | 'aborted' = 'open';
+  /** The last queued step (errors swallowed: each caller sees its own step's). */
+  private chain: Promise<unknown> = Promise.resolve();
+  /** The first failure; every later step fails with it. */
+  private failure: unknown;
+  private readonly hash = createHash('sha256');
+  private size = 0;
+  private readonly chunks: ChunkRef[] = [];
+  private readonly seen = new Set<string>();
+  private readonly inflight = new Set<Promise<void>>();
+  readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
+
+  constructor(
+    readonly path: string,
+    private readonly o: CasWriterOptions,
+  ) {}
+
+  get bytes(): number {
+    return this.size;
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.state !== 'open') return Promise.reject(this.ended());
+    const copy = Buffer.from(data); // the caller may reuse its buffer once write() returns
+    return this.step(async () => {
+      this.hash.update(copy);
+      this.size += copy.length;
+      for (const c of this.o.splitter.push(copy)) await this.store(c);
+    }, 'writing');
+  }
+
+  commit(): Promise<StoredArtefact> {
+    if (this.state !== 'open') return Promise.reject(this.ended());
+    this.state = 'committed';
+    return this.step(async () => {
+      for (const c of this.o.splitter.end()) await this.store(c);
+      await this.drain();
+      const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
+      await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
+      return a;
+    }, 'committing').catch((e: unknown) => {
+      this.state = 'aborted';
+      throw e;
+    });
+  }
+
+  async abort(): Promise<void> {
+    if (this.state === 'committed') return;
+    this.state = 'aborted';
+    this.failure ??= this.ended();
+    await this.chain;
+    await Promise.allSettled([...this.inflight]);
+  }
+
+  /** Run `f` after every step queued before it; the first failure fails every later step. */
+  private step<T>(f: () => Promise<T>, doing: 'writing' | 'committing'): Promise<T> {
+    const p = this.chain.then(async () => {
+      if (this.failure !== undefined) throw this.failure;
+      try {
+        return await f();
+      } catch (e) {
+        this.failure ??= this.wrap(e, doing);
+        throw this.failure;
+      }
+    });
+    this.chain = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Hash a closed chunk, list it, and upload it unless this writer already did. */
+  private async store(chunk: Buffer): Promise<void> {
+    const sha = sha256(chunk);
+    this.chunks.push({ sha256: sha, size: chunk.length });
+    this.stats.chunks++;
+    if (this.seen.has(sha)) return;
+    this.seen.add(sha);
+    while (this.inflight.size >= this.o.concurrency) await Promise.race(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+    const p: Promise<void> = this.upload(sha, chunk)
+      .catch((e: unknown) => {
+        this.failure ??= this.wrap(e, 'writing');
+      })
+      .finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
+  }
+
+  private async upload(sha: string, chunk: Buffer): Promise<void> {
+    const key = chunkKey(sha);
+    const have = await this.o.backend.head(key);
+    if (have && have.size === chunk.length) return;
+    await this.o.backend.put(key, chunk);
+    this.stats.newChunks++;
+    this.stats.newBytes += chunk.length;
+  }
+
+  /** Wait for every upload in flight; the first failure among them is thrown. */
+  private async drain(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.race(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  private ended(): VnsnapError {
+    return new VnsnapError('ERR_STATE', `artefact ${this.path} is already ${this.state}`);
+  }
+
+  /** A backend failure as one line naming the artefact, keeping its code. */
+  private wrap(e: unknown, doing: 'writing' | 'committing'): unknown {
+    if (isVnsnapError(e, 'ERR_STATE')) return e;
+    if (isVnsnapError(e, 'ERR_STORE_FULL')) {
+      return new VnsnapError('ERR_STORE_FULL', `store is full while ${doing} ${this.path}; no index was written (chunks already stored are left for garbage collection)`, { cause: e });
+    }
+    const code = isVnsnapError(e) ? e.code : 'ERR_INTERNAL';
+    return new VnsnapError(code, `store ${this.o.backend.describe} failed while ${doing} ${this.path}: ${(e as Error).message}`, { cause: e });
+  }
+}
