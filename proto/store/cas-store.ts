@@ -156,6 +156,12 @@ export class CasStore implements SnapshotStore {
   async *read(relPath: string): AsyncGenerator<Buffer> {
     const idx = await this.index(relPath);
     if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+    yield* this.chunks(idx);
+  }
+
+  /** The chunks of an artefact, each checked, read ahead; its SHA-256 checked at the end. */
+  private async *chunks(idx: ArtefactIndex): AsyncGenerator<Buffer> {
+    const relPath = idx.path;
     const whole = createHash('sha256');
     const ahead: Promise<Buffer>[] = [];
     let next = 0;
@@ -230,7 +236,7 @@ export class CasStore implements SnapshotStore {
     }
     if (!idx) return { ok: false, problem: `${path}: missing`, bytes };
     try {
-      for await (const b of this.read(path)) {
+      for await (const b of this.chunks(idx)) {
         whole.update(b);
         bytes += b.length;
       }
