@@ -7,12 +7,14 @@
  *   3. Sweep (exclusive): put locks/gc (a stale one is taken over, a live one is ERR_UNAVAILABLE);
  *      wait until no live writer lock is left (cas-locks.ts; bounded, then ERR_UNAVAILABLE);
  *      list the indexes again and read the ones new or rewritten since the mark, dropping their
- *      chunks from the candidates; delete the candidates; delete locks/gc.
+ *      chunks from the candidates; delete the candidates, keeping locks/gc fresh; delete locks/gc.
  *
  * Guarantees:
  *   - Nothing named is freed: a chunk a writer stored or found present before the sweep is named
  *     by an index written before the sweep's re-listing (the sweep waits for every live writer),
  *     and no writer starts during the sweep (it sees locks/gc and waits).
+ *   - A sweep that stalls (its lock not refreshed for STALE_MS − REFRESH_MS, so a writer may have
+ *     taken it for dead) stops before its next delete with ERR_UNAVAILABLE.
  *   - Crash-safe: it only ever deletes candidates, after the re-listing; a failure or crash at any
  *     step leaves every named chunk in place, and the next run frees what this one did not. On a
  *     failure it deletes its lock if it can; a lock left by a crash goes stale after 5 minutes.
@@ -23,7 +25,7 @@
  */
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, chunkKey, pathOfIndexKey } from './cas-index';
-import { liveWriterLocks, refreshGcLock, REFRESH_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
+import { liveWriterLocks, refreshGcLock, REFRESH_MS, STALE_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
 import type { ObjectBackend, ObjectInfo } from './object-backend';
 
 export interface GcOptions extends LockTiming {
@@ -88,13 +90,28 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
   try {
     const began = t.clock();
     let lastPut = began;
-    while ((await liveWriterLocks(backend, t.clock())).length > 0) {
+    /** Keep locks/gc fresh; stop if it may have gone stale (a writer may have started since). */
+    const keepFresh = async (): Promise<void> => {
+      const age = t.clock() - lastPut;
+      if (age >= STALE_MS - REFRESH_MS) {
+        throw new VnsnapError('ERR_UNAVAILABLE', `store ${backend.describe}: garbage collection stopped: ${GC_LOCK} was last refreshed ${Math.round(age / 1000)} s ago, writers may have started; run it again`);
+      }
+      if (age < REFRESH_MS) return;
+      const now = t.clock();
+      await refreshGcLock(backend, t);
+      lastPut = now;
+    };
+    // Each look for writers follows a put of locks/gc no older than REFRESH_MS, so a writer
+    // starting after the last look sees a live locks/gc, even if this wait stalled.
+    for (;;) {
+      if (t.clock() - lastPut >= REFRESH_MS) {
+        const now = t.clock();
+        await refreshGcLock(backend, t);
+        lastPut = now;
+      }
+      if ((await liveWriterLocks(backend, t.clock())).length === 0) break;
       if (t.clock() - began >= writerWait) {
         throw new VnsnapError('ERR_UNAVAILABLE', `store ${backend.describe}: garbage collection waited ${Math.round(writerWait / 1000)} s for writers to finish; nothing was deleted, run it again later`);
-      }
-      if (t.clock() - lastPut >= REFRESH_MS) {
-        await refreshGcLock(backend, t);
-        lastPut = t.clock();
       }
       await t.sleep(t.pollMs);
     }
@@ -109,6 +126,7 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
     }
     let bytesFreed = 0;
     for (const [key, size] of candidates) {
+      await keepFresh();
       await backend.delete(key);
       bytesFreed += size;
     }

@@ -237,6 +237,41 @@ describe('CAS garbage collection', () => {
     await w.abort();
   });
 
+  it('keeps locks/gc fresh through a long sweep, and stops before the next delete when it stalled past the margin', async () => {
+    const r = rig();
+    await r.store.put('x/a', bytes(60 * KiB, 17));
+    await r.store.delete('x/a');
+    r.now += 61 * MIN;
+    const n = chunksOf(r.objects).length;
+    const del = r.objects.delete.bind(r.objects);
+    const lockAges: number[] = [];
+    r.objects.delete = async (key) => {
+      if (key.startsWith('chunks/')) {
+        r.now += 30_000; // a slow backend
+        lockAges.push(r.now - ((await r.objects.head(GC_LOCK))?.modifiedMs ?? 0));
+      }
+      await del(key);
+    };
+    const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
+    assert.equal(res.chunksDeleted, n);
+    assert.ok(n * 30_000 > STALE_MS, `${n} chunks`);
+    assert.ok(Math.max(...lockAges) <= REFRESH_MS + 30_000, `lock ages ${lockAges.join(' ')}`);
+
+    const r2 = rig();
+    await r2.store.put('x/a', bytes(60 * KiB, 17));
+    await r2.store.delete('x/a');
+    r2.now += 61 * MIN;
+    const del2 = r2.objects.delete.bind(r2.objects);
+    let stalls = 0;
+    r2.objects.delete = async (key) => {
+      if (key.startsWith('chunks/') && stalls++ === 1) r2.now += STALE_MS - REFRESH_MS; // the GC host froze
+      await del2(key);
+    };
+    assert.equal(await failure(r2.store.gc({ ...r2.timing, graceMs: 60 * MIN })), 'ERR_UNAVAILABLE: store memory: garbage collection stopped: locks/gc was last refreshed 240 s ago, writers may have started; run it again');
+    assert.equal(chunksOf(r2.objects).length, chunksOf(r.objects).length + n - 2, 'two deleted, then it stopped');
+    assert.equal(await r2.objects.head(GC_LOCK), null);
+  });
+
   it('frees the chunks of an aborted writer only once they are older than the grace period', async () => {
     const r = rig();
     await r.store.put('keep/a', bytes(30 * KiB, 9));
