@@ -9,10 +9,11 @@
  *   - `failCall(n, code)`: the n-th call from now, of any method, fails once (a crash at any step);
  *   - `clock`: the time put() stamps as modifiedMs (assign a fake clock to step time by hand);
  *   - `corrupt(key)` flips a byte of a stored object; `keys()` lists everything raw.
- * pseudoRandomBytes() makes the deterministic data the store and chunker tests feed it.
+ * pseudoRandomBytes() makes the deterministic data the store and chunker tests feed it, and
+ * failureOf() the "CODE: message" line a store call failed with, for exact assertions.
  * Objects are copied in and out: a caller reusing its buffer changes nothing stored.
  */
-import { VnsnapError, type ErrorCode } from '../../proto/core/errors';
+import { isVnsnapError, VnsnapError, type ErrorCode } from '../../proto/core/errors';
 import { checkObjectKey, type ObjectBackend, type ObjectInfo } from '../../proto/store/object-backend';
 
 export class MemoryObjects implements ObjectBackend {
@@ -128,4 +129,14 @@ export function pseudoRandomBytes(n: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/** "CODE: message" of the VnsnapError `p` rejects with, or "resolved". */
+export async function failureOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
+  }
+  return 'resolved';
 }

@@ -1,23 +1,13 @@
 import { strict as assert } from 'node:assert';
-import { isVnsnapError } from '../../proto/core/errors';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { GC_LOCK, REFRESH_MS, STALE_MS } from '../../proto/store/cas-locks';
 import { CasStore } from '../../proto/store/cas-store';
 import type { GcOptions } from '../../proto/store/cas-gc';
-import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const KiB = 1024;
 const MIN = 60_000;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
-
-async function failure(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
-  }
-  return 'resolved';
-}
 
 /** A memory store on a fake clock: sleeps step the clock (and run `onSleep`), timers are ticked by hand. */
 function rig() {

@@ -1,23 +1,14 @@
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
-import { isVnsnapError, type ErrorCode } from '../../proto/core/errors';
+import type { ErrorCode } from '../../proto/core/errors';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { snapshotStoreCompliance } from '../support/compliance/store';
-import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const KiB = 1024;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-
-async function failure(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
-  }
-  return 'resolved';
-}
 
 const chunkKeys = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('chunks/'));
 
