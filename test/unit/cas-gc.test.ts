@@ -262,6 +262,18 @@ describe('CAS garbage collection', () => {
     assert.equal(await r2.objects.head(GC_LOCK), null);
   });
 
+  it('does not wait for the stale lock of a crashed writer', async () => {
+    const r = rig();
+    await r.store.put('x/a', bytes(20 * KiB, 18));
+    await r.store.delete('x/a');
+    await r.objects.put('locks/w-0123456789abcdef', Buffer.from('{}')); // its writer died
+    r.now += 61 * MIN;
+    const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
+    assert.equal(r.sleeps, 0);
+    assert.ok(res.chunksDeleted > 2);
+    assert.deepEqual(r.objects.keys(), ['locks/w-0123456789abcdef']);
+  });
+
   it('frees the chunks of an aborted writer only once they are older than the grace period', async () => {
     const r = rig();
     await r.store.put('keep/a', bytes(30 * KiB, 9));
