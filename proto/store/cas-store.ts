@@ -10,10 +10,18 @@
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()
  *     yields a chunk only after checking it).
- *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data).
+ *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data);
+ *     verifyAll(prefix) does it for every artefact under a prefix (a snapshot) and reports each.
  *   - list/stat/delete/deleteByPrefix see only indexes; delete removes the index, not the chunks:
  *     a chunk may be shared, and freeing the unshared ones is garbage collection's job
  *     (docs/storage.md, "Layout": mark and sweep with a grace period).
+ *   - Writers run in a writer session (cas-locks.ts) shared by every writer of this CasStore
+ *     that is open at the same time: its lock locks/w-<id> is put when the first opens (after
+ *     waiting out a live garbage collection sweep) and deleted when the last ends. Per instance
+ *     rather than per snapshot because the SnapshotStore contract knows artefacts, not snapshots;
+ *     a snapshot's artefacts are written by one store instance while they are open, so they share
+ *     one lock, and an idle store holds none (a GC never waits for it). A writer joining an open
+ *     session waits out a live sweep too, so a busy store cannot hold a GC off for ever.
  *   - Artefact paths follow the same rules as the local directory store (confine()), with the
  *     same messages; the backend's key rules apply on top (ERR_INVALID_ARGUMENT).
  */
@@ -22,7 +30,10 @@ import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
 import { chunkKey, decodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
+import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
+import { storeStats, type StoreStats } from './cas-stats';
 import type { ObjectBackend } from './object-backend';
 import type { SnapshotStore, StoredArtefact } from './snapshot-store';
 
@@ -33,7 +44,15 @@ export interface CasStoreOptions {
   chunker?: ChunkerParams;
   /** Chunk uploads in flight per writer, and chunk reads ahead per reader (default 4). */
   concurrency?: number;
+  /** Clock, timers and waits of the writer session (tests inject fakes). */
+  locks?: LockTiming;
 }
+
+/** One artefact's verification: ok, or the problem found; bytes of chunks read and checked. */
+export type VerifyResult = { path: string; ok: true; bytes: number } | { path: string; ok: false; problem: string; bytes: number };
+
+/** The failures that say something is wrong with an artefact (not with reaching the store). */
+const ARTEFACT_PROBLEMS = ['ERR_CHECKSUM', 'ERR_DATA_LOSS', 'ERR_UNSUPPORTED_VERSION'] as const;
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -51,6 +70,10 @@ function checkPrefix(prefix: string): string {
 export class CasStore implements SnapshotStore {
   private readonly chunker: ChunkerParams;
   private readonly concurrency: number;
+  private readonly timing: Timing;
+  /** The open writer session, and how many writers are in it. */
+  private session: Promise<WriterSession> | null = null;
+  private writers = 0;
 
   constructor(
     readonly backend: ObjectBackend,
@@ -58,11 +81,49 @@ export class CasStore implements SnapshotStore {
   ) {
     this.chunker = checkChunkerParams({ ...(opts.chunker ?? DEFAULT_CHUNKER) });
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
+    this.timing = timing(opts.locks);
   }
 
   async create(relPath: string): Promise<CasWriter> {
     checkPath(relPath);
-    return new CasWriter(relPath, { backend: this.backend, splitter: new Chunker(this.chunker), chunker: this.chunker, concurrency: this.concurrency });
+    const session = await this.enter();
+    return new CasWriter(relPath, {
+      backend: this.backend,
+      splitter: new Chunker(this.chunker),
+      chunker: this.chunker,
+      concurrency: this.concurrency,
+      guard: (what) => session.held(what),
+      done: () => this.leave(),
+    });
+  }
+
+  /** Join the open writer session, or start one; either way after any live GC sweep. */
+  private async enter(): Promise<WriterSession> {
+    if (this.session) {
+      const began = this.timing.clock();
+      while (isLive(await this.backend.head(GC_LOCK), this.timing.clock())) await waitForGc(this.backend, this.timing, began);
+    }
+    this.writers++;
+    if (!this.session) {
+      const s = new WriterSession(this.backend, this.timing);
+      this.session = s.start().then(() => s);
+      this.session.catch(() => undefined);
+    }
+    try {
+      return await this.session;
+    } catch (e) {
+      await this.leave();
+      throw e;
+    }
+  }
+
+  /** A writer is over; the last one ends the session. */
+  private async leave(): Promise<void> {
+    const s = this.session;
+    if (--this.writers > 0 || !s) return;
+    this.session = null;
+    const session = await s.catch(() => null);
+    await session?.end().catch(() => undefined); // a lock left behind goes stale
   }
 
   async put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
@@ -95,6 +156,12 @@ export class CasStore implements SnapshotStore {
   async *read(relPath: string): AsyncGenerator<Buffer> {
     const idx = await this.index(relPath);
     if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+    yield* this.chunks(idx);
+  }
+
+  /** The chunks of an artefact, each checked, read ahead; its SHA-256 checked at the end. */
+  private async *chunks(idx: ArtefactIndex): AsyncGenerator<Buffer> {
+    const relPath = idx.path;
     const whole = createHash('sha256');
     const ahead: Promise<Buffer>[] = [];
     let next = 0;
@@ -125,24 +192,59 @@ export class CasStore implements SnapshotStore {
   }
 
   async verify(a: StoredArtefact): Promise<string | null> {
+    const r = await this.check(a.path);
+    if (!r.ok) return r.problem;
+    if (r.size !== Number(a.size)) return `${a.path}: size ${r.size}, expected ${a.size}`;
+    if (r.sha256 !== a.sha256.toLowerCase()) return `${a.path}: SHA-256 ${r.sha256}, expected ${a.sha256}`;
+    return null;
+  }
+
+  /**
+   * Re-read every chunk of every artefact under prefix and check every checksum against its
+   * index (what `vnsnap snapshot verify` runs): one result per artefact, in path order, with the
+   * bytes read. A problem is the line verify() returns; a backend failure while reading chunks
+   * (ERR_UNAVAILABLE, ...) is thrown, since it says nothing about the artefact.
+   */
+  async verifyAll(prefix: string): Promise<VerifyResult[]> {
+    const out: VerifyResult[] = [];
+    for (const path of await this.list(prefix)) {
+      const r = await this.check(path);
+      out.push(r.ok ? { path, ok: true, bytes: r.bytes } : { path, ok: false, problem: r.problem, bytes: r.bytes });
+    }
+    return out;
+  }
+
+  /** Free the chunks no index names (cas-gc.ts); `vnsnap store gc`. */
+  gc(opts: GcOptions = {}): Promise<GcResult> {
+    return collectGarbage(this.backend, opts);
+  }
+
+  /** Chunks and bytes stored, logical bytes of every artefact, dedup ratio (cas-stats.ts); `vnsnap store stats`. */
+  stats(): Promise<StoreStats> {
+    return storeStats(this.backend);
+  }
+
+  /** Read one artefact whole, checked; what it holds or what is wrong with it. */
+  private async check(path: string): Promise<{ ok: true; size: number; sha256: string; bytes: number } | { ok: false; problem: string; bytes: number }> {
+    const whole = createHash('sha256');
+    let bytes = 0;
     let idx: ArtefactIndex | null;
     try {
-      idx = await this.index(a.path);
+      idx = await this.index(path);
     } catch (e) {
-      return (e as Error).message;
+      return { ok: false, problem: (e as Error).message, bytes };
     }
-    if (!idx) return `${a.path}: missing`;
-    if (idx.size !== Number(a.size)) return `${a.path}: size ${idx.size}, expected ${a.size}`;
-    const whole = createHash('sha256');
+    if (!idx) return { ok: false, problem: `${path}: missing`, bytes };
     try {
-      for await (const b of this.read(a.path)) whole.update(b);
+      for await (const b of this.chunks(idx)) {
+        whole.update(b);
+        bytes += b.length;
+      }
+      return { ok: true, size: bytes, sha256: whole.digest('hex'), bytes };
     } catch (e) {
-      if (isVnsnapError(e, 'ERR_CHECKSUM') || isVnsnapError(e, 'ERR_DATA_LOSS')) return e.message.replace(/^artefact /, '');
+      if (ARTEFACT_PROBLEMS.some((c) => isVnsnapError(e, c))) return { ok: false, problem: (e as Error).message.replace(/^artefact /, ''), bytes };
       throw e;
     }
-    const sum = whole.digest('hex');
-    if (sum !== a.sha256.toLowerCase()) return `${a.path}: SHA-256 ${sum}, expected ${a.sha256}`;
-    return null;
   }
 
   async list(prefix: string): Promise<string[]> {

@@ -13,6 +13,10 @@
  *   - No index, no artefact: a failed upload fails the next write() or commit(); an abort or a
  *     failure writes no index. Chunks uploaded before it stay (other artefacts may already share
  *     them); garbage collection removes the ones no index names.
+ *   - A writer runs inside a writer session (cas-locks.ts): `guard` is awaited after the last
+ *     chunk is stored and before the index is put, and fails the commit (no index) when the
+ *     session's lock is gone or stale; `done` is called once when the writer commits, fails or
+ *     aborts.
  *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
  *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
  */
@@ -35,6 +39,10 @@ export interface CasWriterOptions {
   splitter: ChunkSplitter;
   chunker: ChunkerParams;
   concurrency: number;
+  /** Awaited before the index is put; throws to refuse the commit. */
+  guard?: (what: string) => Promise<void>;
+  /** Called once when the writer has committed, failed or been aborted. */
+  done?: () => Promise<void>;
 }
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
@@ -50,6 +58,7 @@ export class CasWriter implements ArtefactWriter {
   private readonly chunks: ChunkRef[] = [];
   private readonly seen = new Set<string>();
   private readonly inflight = new Set<Promise<void>>();
+  private finished = false;
   readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
 
   constructor(
@@ -77,13 +86,16 @@ export class CasWriter implements ArtefactWriter {
     return this.step(async () => {
       for (const c of this.o.splitter.end()) await this.store(c);
       await this.drain();
+      await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
       return a;
-    }, 'committing').catch((e: unknown) => {
-      this.state = 'aborted';
-      throw e;
-    });
+    }, 'committing')
+      .catch((e: unknown) => {
+        this.state = 'aborted';
+        throw e;
+      })
+      .finally(() => this.finish());
   }
 
   async abort(): Promise<void> {
@@ -92,6 +104,14 @@ export class CasWriter implements ArtefactWriter {
     this.failure ??= this.ended();
     await this.chain;
     await Promise.allSettled([...this.inflight]);
+    await this.finish();
+  }
+
+  /** Tell the session this writer is over (once). */
+  private async finish(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    await this.o.done?.();
   }
 
   /** Run `f` after every step queued before it; the first failure fails every later step. */
@@ -147,7 +167,7 @@ export class CasWriter implements ArtefactWriter {
 
   /** A backend failure as one line naming the artefact, keeping its code. */
   private wrap(e: unknown, doing: 'writing' | 'committing'): unknown {
-    if (isVnsnapError(e, 'ERR_STATE')) return e;
+    if (isVnsnapError(e, 'ERR_STATE') || isVnsnapError(e, 'ERR_FAILED_PRECONDITION')) return e;
     if (isVnsnapError(e, 'ERR_STORE_FULL')) {
       return new VnsnapError('ERR_STORE_FULL', `store is full while ${doing} ${this.path}; no index was written (chunks already stored are left for garbage collection)`, { cause: e });
     }

@@ -73,7 +73,7 @@ export class LocalObjects implements ObjectBackend {
     const file = this.fileOf(key);
     try {
       const st = await fsp.stat(file);
-      return st.isFile() ? { key, size: st.size } : null;
+      return st.isFile() ? { key, size: st.size, modifiedMs: Math.floor(st.mtimeMs) } : null;
     } catch (e) {
       if (errno(e) === 'ENOENT' || errno(e) === 'ENOTDIR') return null;
       throw this.failure('head', key, e);
@@ -81,6 +81,25 @@ export class LocalObjects implements ObjectBackend {
   }
 
   async list(prefix: string): Promise<string[]> {
+    return (await this.walk(prefix)).map((f) => f.key);
+  }
+
+  async listInfo(prefix: string): Promise<ObjectInfo[]> {
+    const out: ObjectInfo[] = [];
+    for (const f of await this.walk(prefix)) {
+      try {
+        const st = await fsp.stat(f.file);
+        out.push({ key: f.key, size: st.size, modifiedMs: Math.floor(st.mtimeMs) });
+      } catch (e) {
+        // Deleted between the walk and the stat: it is no longer committed.
+        if (errno(e) !== 'ENOENT') throw this.failure('list', prefix, e);
+      }
+    }
+    return out;
+  }
+
+  /** The committed files under prefix, sorted by key. */
+  private async walk(prefix: string): Promise<{ key: string; file: string }[]> {
     if (!PREFIX_CHARS.test(prefix) || prefix.startsWith('/') || prefix.split('/').some((s) => s === '.' || s === '..')) {
       throw new VnsnapError('ERR_INVALID_ARGUMENT', `${this.describe}: list prefix ${JSON.stringify(prefix)} is not a key prefix`);
     }
@@ -93,13 +112,14 @@ export class LocalObjects implements ObjectBackend {
       if (errno(e) === 'ENOENT' || errno(e) === 'ENOTDIR') return [];
       throw this.failure('list', prefix, e);
     }
-    const keys: string[] = [];
+    const files: { key: string; file: string }[] = [];
     for (const d of entries) {
       if (!d.isFile() || isTempName(d.name)) continue;
-      const key = path.relative(this.root, path.join(d.parentPath, d.name)).split(path.sep).join('/');
-      if (key.startsWith(prefix)) keys.push(key);
+      const file = path.join(d.parentPath, d.name);
+      const key = path.relative(this.root, file).split(path.sep).join('/');
+      if (key.startsWith(prefix)) files.push({ key, file });
     }
-    return keys.sort();
+    return files.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   async delete(key: string): Promise<void> {

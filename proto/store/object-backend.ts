@@ -15,7 +15,11 @@
  *     takes the whole body, there is no multipart upload at this layer.
  *   - get() of an absent key is ERR_NOT_FOUND; head() of an absent key is null.
  *   - list(prefix) returns every committed key starting with prefix, sorted, whole (the backend
- *     pages internally).
+ *     pages internally); listInfo(prefix) returns the same keys, same order, each with its size
+ *     and modification time.
+ *   - modifiedMs is when the object was last put, in milliseconds since the epoch by the
+ *     backend's clock (a local file's mtime, S3's LastModified); a put of an existing key moves
+ *     it forward. Garbage collection and lock staleness are judged by it.
  *   - delete() is idempotent.
  *   - Failures are VnsnapError: ERR_STORE_FULL when the backend says it is full (ENOSPC, S3
  *     QuotaExceeded / EntityTooLarge of a bucket quota), ERR_UNAVAILABLE when it cannot be reached
@@ -25,10 +29,12 @@
  */
 import { VnsnapError } from '../core/errors';
 
-/** What head() knows about a committed object. */
+/** What head() and listInfo() know about a committed object. */
 export interface ObjectInfo {
   key: string;
   size: number;
+  /** When it was last put: milliseconds since the epoch, by the backend's clock. */
+  modifiedMs: number;
 }
 
 export interface ObjectBackend {
@@ -38,10 +44,12 @@ export interface ObjectBackend {
   put(key: string, data: Uint8Array): Promise<void>;
   /** The bytes of a committed object; ERR_NOT_FOUND when absent. */
   get(key: string): Promise<Buffer>;
-  /** Size of a committed object, or null when absent. */
+  /** Size and time of a committed object, or null when absent. */
   head(key: string): Promise<ObjectInfo | null>;
   /** Committed keys starting with prefix, sorted. */
   list(prefix: string): Promise<string[]>;
+  /** The objects list(prefix) returns, in its order, each with size and time. */
+  listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
 }

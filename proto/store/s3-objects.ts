@@ -188,7 +188,7 @@ export class S3Objects implements ObjectBackend {
     checkObjectKey(key, this.describe);
     try {
       const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
-      return { key, size: out.ContentLength ?? 0 };
+      return { key, size: out.ContentLength ?? 0, modifiedMs: out.LastModified?.getTime() ?? 0 };
     } catch (e) {
       // HEAD has no body: an absent key is a bare 404 (an absent bucket too; list/put name that).
       if (s3ErrorCode(e) === 'ERR_NOT_FOUND' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return null;
@@ -197,17 +197,23 @@ export class S3Objects implements ObjectBackend {
   }
 
   async list(prefix: string): Promise<string[]> {
+    return (await this.listInfo(prefix)).map((o) => o.key);
+  }
+
+  async listInfo(prefix: string): Promise<ObjectInfo[]> {
     if (!/^[A-Za-z0-9._/-]*$/.test(prefix)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${this.describe}: list prefix ${JSON.stringify(prefix)} is not a key prefix`);
-    const keys: string[] = [];
+    const objects: ObjectInfo[] = [];
     let token: string | undefined;
     do {
       const page: ListObjectsV2CommandOutput = await this.send('list', prefix, () =>
         this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token, MaxKeys: 1000 })),
       );
-      for (const o of page.Contents ?? []) if (o.Key !== undefined) keys.push(o.Key);
+      for (const o of page.Contents ?? []) {
+        if (o.Key !== undefined) objects.push({ key: o.Key, size: o.Size ?? 0, modifiedMs: o.LastModified?.getTime() ?? 0 });
+      }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
     } while (token !== undefined);
-    return keys.sort();
+    return objects.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   async delete(key: string): Promise<void> {

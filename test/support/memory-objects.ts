@@ -6,17 +6,23 @@
  *   - `room`: total bytes it holds before a put is ERR_STORE_FULL;
  *   - `puts`/`gets`/`heads`: counters of calls (to assert that a chunk was not uploaded twice);
  *   - `failPuts(n, code)`: the next n puts fail with that code (a backend going away mid-upload);
+ *   - `failCall(n, code)`: the n-th call from now, of any method, fails once (a crash at any step);
+ *   - `clock`: the time put() stamps as modifiedMs (assign a fake clock to step time by hand);
  *   - `corrupt(key)` flips a byte of a stored object; `keys()` lists everything raw.
- * pseudoRandomBytes() makes the deterministic data the store and chunker tests feed it.
+ * pseudoRandomBytes() makes the deterministic data the store and chunker tests feed it, and
+ * failureOf() the "CODE: message" line a store call failed with, for exact assertions.
  * Objects are copied in and out: a caller reusing its buffer changes nothing stored.
  */
-import { VnsnapError, type ErrorCode } from '../../proto/core/errors';
+import { isVnsnapError, VnsnapError, type ErrorCode } from '../../proto/core/errors';
 import { checkObjectKey, type ObjectBackend, type ObjectInfo } from '../../proto/store/object-backend';
 
 export class MemoryObjects implements ObjectBackend {
   readonly describe = 'memory';
-  private readonly objects = new Map<string, Buffer>();
+  private readonly objects = new Map<string, { data: Buffer; modifiedMs: number }>();
   private failing: { n: number; code: ErrorCode } = { n: 0, code: 'ERR_UNAVAILABLE' };
+  private failAt: { n: number; code: ErrorCode } = { n: 0, code: 'ERR_UNAVAILABLE' };
+  /** The time put() records; tests replace it with a fake clock. */
+  clock: () => number = Date.now;
   puts = 0;
   gets = 0;
   heads = 0;
@@ -26,43 +32,65 @@ export class MemoryObjects implements ObjectBackend {
   /** Bytes held. */
   get used(): number {
     let n = 0;
-    for (const b of this.objects.values()) n += b.length;
+    for (const o of this.objects.values()) n += o.data.length;
     return n;
+  }
+
+  /** Count a call; throw when it is the one failCall() chose. */
+  private call(what: string): void {
+    if (this.failAt.n > 0 && --this.failAt.n === 0) {
+      throw new VnsnapError(this.failAt.code, `${this.describe}: ${what} failed (injected ${this.failAt.code})`);
+    }
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
     checkObjectKey(key, this.describe);
+    this.call(`put ${key}`);
     this.puts++;
     if (this.failing.n > 0) {
       this.failing.n--;
       throw new VnsnapError(this.failing.code, `${this.describe}: put ${key} failed (injected ${this.failing.code})`);
     }
-    const old = this.objects.get(key)?.length ?? 0;
+    const old = this.objects.get(key)?.data.length ?? 0;
     if (this.used - old + data.length > this.room) throw new VnsnapError('ERR_STORE_FULL', `${this.describe}: no room for ${key}`);
-    this.objects.set(key, Buffer.from(data));
+    this.objects.set(key, { data: Buffer.from(data), modifiedMs: this.clock() });
   }
 
   async get(key: string): Promise<Buffer> {
     checkObjectKey(key, this.describe);
+    this.call(`get ${key}`);
     this.gets++;
-    const b = this.objects.get(key);
-    if (!b) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: no object ${key}`);
-    return Buffer.from(b);
+    const o = this.objects.get(key);
+    if (!o) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: no object ${key}`);
+    return Buffer.from(o.data);
   }
 
   async head(key: string): Promise<ObjectInfo | null> {
     checkObjectKey(key, this.describe);
+    this.call(`head ${key}`);
     this.heads++;
-    const b = this.objects.get(key);
-    return b ? { key, size: b.length } : null;
+    const o = this.objects.get(key);
+    return o ? { key, size: o.data.length, modifiedMs: o.modifiedMs } : null;
   }
 
   async list(prefix: string): Promise<string[]> {
+    this.call(`list ${prefix}`);
     return [...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort();
+  }
+
+  async listInfo(prefix: string): Promise<ObjectInfo[]> {
+    this.call(`list ${prefix}`);
+    return this.keys()
+      .filter((k) => k.startsWith(prefix))
+      .map((key) => {
+        const o = this.objects.get(key) as { data: Buffer; modifiedMs: number };
+        return { key, size: o.data.length, modifiedMs: o.modifiedMs };
+      });
   }
 
   async delete(key: string): Promise<void> {
     checkObjectKey(key, this.describe);
+    this.call(`delete ${key}`);
     this.objects.delete(key);
   }
 
@@ -76,9 +104,14 @@ export class MemoryObjects implements ObjectBackend {
     this.failing = { n, code };
   }
 
+  /** The `n`-th call from now (1 = the next), of any method, fails once with `code`. */
+  failCall(n: number, code: ErrorCode = 'ERR_UNAVAILABLE'): void {
+    this.failAt = { n, code };
+  }
+
   /** Flip one byte of a stored object (the middle one). */
   corrupt(key: string): void {
-    const b = this.objects.get(key);
+    const b = this.objects.get(key)?.data;
     if (!b || b.length === 0) throw new Error(`corrupt: no object ${key}`);
     const at = b.length >> 1;
     b[at] = (b[at] as number) ^ 0xff;
@@ -96,4 +129,14 @@ export function pseudoRandomBytes(n: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/** "CODE: message" of the VnsnapError `p` rejects with, or "resolved". */
+export async function failureOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
+  }
+  return 'resolved';
 }

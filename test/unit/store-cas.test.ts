@@ -1,23 +1,14 @@
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
-import { isVnsnapError, type ErrorCode } from '../../proto/core/errors';
+import type { ErrorCode } from '../../proto/core/errors';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { snapshotStoreCompliance } from '../support/compliance/store';
-import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const KiB = 1024;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-
-async function failure(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (e) {
-    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `not a VnsnapError: ${String(e)}`;
-  }
-  return 'resolved';
-}
 
 const chunkKeys = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('chunks/'));
 
@@ -51,7 +42,7 @@ describe('CasStore', () => {
     assert.deepEqual(objects.keys(), ['artefacts/snapshots/s1/vm1.mem.idx', ...[...new Set(idx.chunks.map((c) => chunkKey(c.sha256)))].sort()]);
   });
 
-  it('stores a chunk once: a second identical artefact adds no chunk and puts only its index', async () => {
+  it('stores a chunk once: a second identical artefact adds no chunk and puts only its index (and its writer lock)', async () => {
     const data = bytes(200 * KiB, 2);
     const w1 = await store.create('snapshots/s1/a.mem');
     await w1.write(data);
@@ -64,7 +55,7 @@ describe('CasStore', () => {
     for (let off = 0; off < data.length; off += 3000) await w2.write(data.subarray(off, off + 3000));
     await w2.commit();
     assert.deepEqual(chunkKeys(objects), chunks);
-    assert.equal(objects.puts - puts, 1, 'only the index is put');
+    assert.equal(objects.puts - puts, 2, 'only the writer lock and the index are put');
     assert.deepEqual(w2.stats, { chunks: w1.stats.chunks, newChunks: 0, newBytes: 0 });
     assert.deepEqual(await store.get('snapshots/s2/b.mem'), data);
     // Repeated content inside one artefact is uploaded once too.

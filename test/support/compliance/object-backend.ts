@@ -16,7 +16,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { isVnsnapError, type ErrorCode } from '../../../proto/core/errors';
-import type { ObjectBackend } from '../../../proto/store/object-backend';
+import type { ObjectBackend, ObjectInfo } from '../../../proto/store/object-backend';
 
 export interface ObjectBackendHarness {
   /** A backend with no objects (a fresh directory, or an emptied bucket). */
@@ -58,16 +58,35 @@ export function describeObjectBackendCompliance(label: string, harness: ObjectBa
       await b.put('manifests/s1', new Uint8Array(0));
       assert.deepEqual(await b.get('chunks/ab/abcdef'), Buffer.from('hello world'));
       assert.deepEqual(await b.get('manifests/s1'), Buffer.alloc(0));
-      assert.deepEqual(await b.head('chunks/ab/abcdef'), { key: 'chunks/ab/abcdef', size: 11 });
-      assert.deepEqual(await b.head('manifests/s1'), { key: 'manifests/s1', size: 0 });
+      assert.deepEqual(keyAndSize(await b.head('chunks/ab/abcdef')), { key: 'chunks/ab/abcdef', size: 11 });
+      assert.deepEqual(keyAndSize(await b.head('manifests/s1')), { key: 'manifests/s1', size: 0 });
       assert.deepEqual(await b.list(''), ['chunks/ab/abcdef', 'manifests/s1']);
+    });
+
+    it('head and listInfo give each object its size and a last-put time that a replacement does not move back', async () => {
+      const before = Date.now();
+      await b.put('t/one', bytes(300, 2));
+      await b.put('t/two', Buffer.from('xy'));
+      const after = Date.now();
+      const one = await b.head('t/one');
+      assert.ok(one !== null);
+      // S3 keeps whole seconds (rounded down); a local file keeps the filesystem's time.
+      assert.ok(one.modifiedMs >= before - 1000 && one.modifiedMs <= after + 1000, `modifiedMs ${one.modifiedMs} not within [${before}, ${after}] ± 1 s`);
+      const infos = await b.listInfo('t/');
+      assert.deepEqual(infos.map((i) => i.key), await b.list('t/'));
+      assert.deepEqual(infos.map(keyAndSize), [{ key: 't/one', size: 300 }, { key: 't/two', size: 2 }]);
+      assert.equal(infos[0]?.modifiedMs, one.modifiedMs);
+      await b.put('t/one', Buffer.from('z'));
+      const again = await b.head('t/one');
+      assert.ok(again !== null && again.size === 1 && again.modifiedMs >= one.modifiedMs);
+      assert.deepEqual(await b.listInfo('none/'), []);
     });
 
     it('put replaces an object whole', async () => {
       await b.put('k/obj', bytes(5000, 1));
       await b.put('k/obj', Buffer.from('short'));
       assert.deepEqual(await b.get('k/obj'), Buffer.from('short'));
-      assert.deepEqual(await b.head('k/obj'), { key: 'k/obj', size: 5 });
+      assert.deepEqual(keyAndSize(await b.head('k/obj')), { key: 'k/obj', size: 5 });
       assert.deepEqual(await b.list('k/'), ['k/obj']);
     });
 
@@ -182,4 +201,9 @@ export function describeFullBackendCompliance(label: string, openFull: OpenFullB
       }
     });
   });
+}
+
+/** The key and size of an ObjectInfo (its time is checked on its own). */
+function keyAndSize(i: ObjectInfo | null): { key: string; size: number } | null {
+  return i === null ? null : { key: i.key, size: i.size };
 }

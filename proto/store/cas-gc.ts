@@ -1,0 +1,139 @@
+/**
+ * Garbage collection of the content-addressed store (docs/storage.md, "Layout"): frees the
+ * chunks no artefact index names, by mark and sweep with a grace period, beside running writers.
+ *
+ *   1. Mark (no lock): note T0; list every index, read it, collect the chunks it names.
+ *   2. Candidates: every chunk named by no index and stored before T0 − grace (object time).
+ *   3. Sweep (exclusive): put locks/gc (a stale one is taken over, a live one is ERR_UNAVAILABLE);
+ *      wait until no live writer lock is left (cas-locks.ts; bounded, then ERR_UNAVAILABLE);
+ *      list the indexes again and read the ones new or rewritten since the mark, dropping their
+ *      chunks from the candidates; delete the candidates, keeping locks/gc fresh; delete locks/gc.
+ *
+ * Guarantees:
+ *   - Nothing named is freed: a chunk a writer stored or found present before the sweep is named
+ *     by an index written before the sweep's re-listing (the sweep waits for every live writer),
+ *     and no writer starts during the sweep (it sees locks/gc and waits).
+ *   - A sweep that stalls (its lock not refreshed for STALE_MS − REFRESH_MS, so a writer may have
+ *     taken it for dead) stops before its next delete with ERR_UNAVAILABLE.
+ *   - Crash-safe: it only ever deletes candidates, after the re-listing; a failure or crash at any
+ *     step leaves every named chunk in place, and the next run frees what this one did not. On a
+ *     failure it deletes its lock if it can; a lock left by a crash goes stale after 5 minutes.
+ *   - An index it cannot read or parse stops it before anything is deleted (it cannot know what
+ *     that index names): the error says which artefact.
+ *   - Chunks of aborted or crashed writers are freed once older than the grace period, which
+ *     also covers clock skew between hosts and the backend.
+ */
+import { isVnsnapError, VnsnapError } from '../core/errors';
+import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, chunkKey, pathOfIndexKey } from './cas-index';
+import { liveWriterLocks, refreshGcLock, REFRESH_MS, STALE_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
+import type { ObjectBackend, ObjectInfo } from './object-backend';
+
+export interface GcOptions extends LockTiming {
+  /** Chunks younger than this at the mark are kept (default 1 h). */
+  graceMs?: number;
+  /** How long the sweep waits for live writer locks to go (default 10 min). */
+  writerWaitMs?: number;
+}
+
+export interface GcResult {
+  chunksDeleted: number;
+  bytesFreed: number;
+  /** Chunks left in the store (named, or unnamed but within the grace period). */
+  chunksKept: number;
+  /** Distinct indexes read (at the mark and at the re-listing). */
+  indexes: number;
+}
+
+export const DEFAULT_GRACE_MS = 60 * 60_000;
+
+/** Every chunk key the index `info` names; null when it was deleted since it was listed. */
+async function namedBy(backend: ObjectBackend, info: ObjectInfo): Promise<string[] | null> {
+  const path = pathOfIndexKey(info.key);
+  if (path === null) return [];
+  let data: Buffer;
+  try {
+    data = await backend.get(info.key);
+  } catch (e) {
+    if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
+    throw e;
+  }
+  return decodeIndex(data, path).chunks.map((c) => chunkKey(c.sha256));
+}
+
+/** Run one garbage collection over `backend`. */
+export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {}): Promise<GcResult> {
+  const t = timing(opts);
+  const grace = opts.graceMs ?? DEFAULT_GRACE_MS;
+  const writerWait = opts.writerWaitMs ?? 10 * 60_000;
+  const t0 = t.clock();
+  const read = new Set<string>();
+
+  // Mark.
+  const marked = new Map<string, number>();
+  const named = new Set<string>();
+  for (const info of await backend.listInfo(ARTEFACT_PREFIX)) {
+    const chunks = await namedBy(backend, info);
+    if (chunks === null) continue;
+    read.add(info.key);
+    marked.set(info.key, info.modifiedMs);
+    for (const k of chunks) named.add(k);
+  }
+
+  // Candidates.
+  const all = await backend.listInfo(CHUNK_PREFIX);
+  const candidates = new Map<string, number>();
+  for (const c of all) if (!named.has(c.key) && c.modifiedMs < t0 - grace) candidates.set(c.key, c.size);
+  if (candidates.size === 0) return { chunksDeleted: 0, bytesFreed: 0, chunksKept: all.length, indexes: read.size };
+
+  // Sweep.
+  await takeGcLock(backend, t);
+  try {
+    const began = t.clock();
+    let lastPut = began;
+    /** Keep locks/gc fresh; stop if it may have gone stale (a writer may have started since). */
+    const keepFresh = async (): Promise<void> => {
+      const age = t.clock() - lastPut;
+      if (age >= STALE_MS - REFRESH_MS) {
+        throw new VnsnapError('ERR_UNAVAILABLE', `store ${backend.describe}: garbage collection stopped: ${GC_LOCK} was last refreshed ${Math.round(age / 1000)} s ago, writers may have started; run it again`);
+      }
+      if (age < REFRESH_MS) return;
+      const now = t.clock();
+      await refreshGcLock(backend, t);
+      lastPut = now;
+    };
+    // Each look for writers follows a put of locks/gc no older than REFRESH_MS, so a writer
+    // starting after the last look sees a live locks/gc, even if this wait stalled.
+    for (;;) {
+      if (t.clock() - lastPut >= REFRESH_MS) {
+        const now = t.clock();
+        await refreshGcLock(backend, t);
+        lastPut = now;
+      }
+      if ((await liveWriterLocks(backend, t.clock())).length === 0) break;
+      if (t.clock() - began >= writerWait) {
+        throw new VnsnapError('ERR_UNAVAILABLE', `store ${backend.describe}: garbage collection waited ${Math.round(writerWait / 1000)} s for writers to finish; nothing was deleted, run it again later`);
+      }
+      await t.sleep(t.pollMs);
+    }
+    for (const info of await backend.listInfo(ARTEFACT_PREFIX)) {
+      // Unchanged since the mark unless its time moved, or it is recent enough that a rewrite
+      // could share its time stamp (S3 keeps whole seconds): those are read again.
+      if (marked.get(info.key) === info.modifiedMs && info.modifiedMs < t0 - grace) continue;
+      const chunks = await namedBy(backend, info);
+      if (chunks === null) continue;
+      read.add(info.key);
+      for (const k of chunks) candidates.delete(k);
+    }
+    let bytesFreed = 0;
+    for (const [key, size] of candidates) {
+      await keepFresh();
+      await backend.delete(key);
+      bytesFreed += size;
+    }
+    await backend.delete(GC_LOCK);
+    return { chunksDeleted: candidates.size, bytesFreed, chunksKept: all.length - candidates.size, indexes: read.size };
+  } catch (e) {
+    await backend.delete(GC_LOCK).catch(() => undefined); // else it goes stale
+    throw e;
+  }
+}
