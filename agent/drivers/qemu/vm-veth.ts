@@ -24,7 +24,9 @@
  */
 import * as fsp from 'node:fs/promises';
 import { VnsnapError } from '../../../proto/core/errors';
+import { PacketPort } from '../../../switch/port/fd-port';
 import { exec } from '../exec';
+import type { NicMode } from './cmdline';
 
 export interface VmVeth {
   /** The switch's end: it writes here. */
@@ -98,4 +100,14 @@ export async function removeVmVeth(tap: string): Promise<void> {
   for (const l of [v.sw, v.gro]) {
     if (await linkExists(l)) await run('ip', ['link', 'del', l]).catch(() => undefined); // gone with its peer
   }
+}
+
+/**
+ * The switch's port on a VM's TAP (driver.ts prepare(), adopt.ts): a packet socket reading the
+ * TAP; for tap-vnet with offloads, writing through the TAP's veth pair (made here when missing).
+ */
+export async function openTapPort(name: string, tap: string, nic: NicMode): Promise<PacketPort> {
+  if (nic !== 'tap-vnet') return new PacketPort(name, tap);
+  const v = await ensureVmVeth(tap);
+  return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
 }
