@@ -99,9 +99,11 @@ export interface NativeIo {
    * PACKET_IGNORE_OUTGOING), non-blocking. opts.vnetHdr adds PACKET_VNET_HDR: frames are read
    * (poller kind 'vnet') and written (writeFramesVnet) behind a virtio_net_hdr and may be TCP
    * super-frames, as on a TAP opened with vnetHdr (switch/native/packet.c says what the kernel
-   * delivers and accepts).
+   * delivers and accepts). opts.writeOnly: a socket that only writes (a filter accepting nothing
+   * is attached before the bind, no promiscuous mode): the writing face of a port that reads
+   * elsewhere.
    */
-  packetOpen(ifname: string, opts?: { vnetHdr?: boolean }): { fd: number; ifindex: number; vnetHdr?: boolean };
+  packetOpen(ifname: string, opts?: { vnetHdr?: boolean; writeOnly?: boolean }): { fd: number; ifindex: number; vnetHdr?: boolean; writeOnly?: boolean };
   /** IPv4 UDP socket bound to ip:port (port 0 = ephemeral), non-blocking, large buffers. */
   udpOpen(ip: string, port: number, opts?: { gro?: boolean }): { fd: number; port: number; gro?: boolean };
   /** Close an fd opened here: stops its pollers and drops its socket state first. */
@@ -125,9 +127,12 @@ export interface NativeIo {
   /**
    * writeFrames for a TAP or packet socket opened with vnetHdr: frame i goes out behind metas[10i, 10i+10) (its
    * virtio_net_hdr), or behind a zero header when metas is null. A frame the kernel refuses
-   * (EINVAL) is skipped and not counted.
+   * (EINVAL) is skipped and not counted. opts.splitFlushTail (a packet socket on a veth whose
+   * peer coalesces with GRO): a TCP super-frame with FIN/PSH/URG goes out as its first n-1
+   * segments (one super-frame) then its last segment, so GRO cannot deliver that segment ahead
+   * of the rest (switch/native/frame_write.c says why); it counts once, when both went out.
    */
-  writeFramesVnet(fd: number, frames: readonly Buffer[], count: number, metas: Buffer | null): number;
+  writeFramesVnet(fd: number, frames: readonly Buffer[], count: number, metas: Buffer | null, opts?: { splitFlushTail?: boolean }): number;
   /**
    * sendmmsg: frames[i] to ips[i] (IPv4, host byte order) : ports[i]. Returns how many were sent
    * (the caller counts the rest as dropped).
@@ -183,7 +188,7 @@ export interface NativeIo {
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 2;
+export const NATIVE_INTERFACE_VERSION = 3;
 
 let loaded: NativeIo | undefined;
 

@@ -29,8 +29,9 @@ struct send_arena;
  * changes meaning: a checkout whose TypeScript was rebuilt but whose addon was not (npm run build
  * alone) is then refused at load with one line instead of misreading frames.
  * 2: packetOpen's vnetHdr option (PACKET_VNET_HDR).
+ * 3: packetOpen's writeOnly option, writeFramesVnet's splitFlushTail option.
  */
-#define VNSNAP_IO_INTERFACE_VERSION 2
+#define VNSNAP_IO_INTERFACE_VERSION 3
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)

@@ -5,6 +5,7 @@
 
 #define TCP_FIN 0x01
 #define TCP_PSH 0x08
+#define TCP_URG 0x20
 #define TCP_ACK 0x10
 #define TCP_CWR 0x80
 
@@ -197,6 +198,47 @@ int ofl_segment(const uint8_t *prefix, uint32_t plen, const uint8_t *f, size_t l
     segs[i].payload_len = pl;
   }
   return n;
+}
+
+/* One piece of a split super-frame: f's headers for pl payload bytes, the IPv4 id advanced by
+ * id_add and the TCP sequence number by seq_add, TCP flags `flags`, and a partial checksum. */
+static void put_piece(uint8_t *g, const uint8_t *f, const ofl_pkt_t *pi, uint32_t hdrs, uint32_t pl, uint16_t id_add, uint32_t seq_add, uint8_t flags) {
+  memcpy(g, f, hdrs);
+  uint8_t *ip = g + 14;
+  if (!pi->v6) {
+    put16(ip + 2, (uint16_t)(hdrs - 14 + pl));
+    put16(ip + 4, (uint16_t)(get16(ip + 4) + id_add));
+    ip[10] = ip[11] = 0;
+    put16(ip + 10, (uint16_t)~ofl_csum_fold(ofl_csum_acc(ip, pi->l4 - 14, 0)));
+  } else {
+    put16(ip + 4, (uint16_t)(hdrs - pi->l4 + pl));
+  }
+  uint8_t *th = g + pi->l4;
+  put32(th + 4, get32(th + 4) + seq_add);
+  th[13] = flags;
+  put16(th + 16, ofl_csum_fold(pseudo_acc(g, pi, pi->thl + pl)));
+}
+
+int ofl_split_tail(const uint8_t *f, size_t len, const ofl_vnet_t *h, uint8_t *body_hdr, uint8_t *tail_hdr, uint32_t *body_len, uint32_t *tail_len, ofl_vnet_t *tail) {
+  uint8_t gt = h->gso_type & (uint8_t)~OFL_GSO_ECN;
+  if ((gt != OFL_GSO_TCPV4 && gt != OFL_GSO_TCPV6) || !(h->flags & OFL_F_NEEDS_CSUM) || h->gso_size == 0) return -1;
+  ofl_pkt_t pi;
+  if (!ofl_parse(f, len, &pi) || pi.proto != 6 || pi.v6 != (gt == OFL_GSO_TCPV6)) return -1;
+  uint32_t hdrs = pi.l4 + pi.thl;
+  if (hdrs > OFL_SEG_HDR_MAX || h->csum_start != pi.l4 || h->csum_offset != 16) return -1;
+  uint8_t flags = f[pi.l4 + 13];
+  uint32_t total = pi.ip_end - hdrs, mss = h->gso_size;
+  if (!(flags & (TCP_FIN | TCP_PSH | TCP_URG)) || total <= mss) return 0;
+  uint32_t n = (total + mss - 1) / mss, bl = (n - 1) * mss;
+  put_piece(body_hdr, f, &pi, hdrs, bl, 0, 0, (uint8_t)(flags & ~(TCP_FIN | TCP_PSH)));
+  put_piece(tail_hdr, f, &pi, hdrs, total - bl, (uint16_t)(n - 1), bl, (uint8_t)(flags & ~TCP_CWR));
+  *body_len = bl;
+  *tail_len = total - bl;
+  memset(tail, 0, sizeof *tail);
+  tail->flags = OFL_F_NEEDS_CSUM;
+  tail->csum_start = (uint16_t)pi.l4;
+  tail->csum_offset = 16;
+  return (int)hdrs;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -88,6 +88,20 @@ typedef struct {
 int ofl_segment(const uint8_t *prefix, uint32_t plen, const uint8_t *f, size_t len, const ofl_vnet_t *h, uint32_t max_frame,
                 uint8_t *arena, ofl_seg_t *segs, int max_segs);
 
+/*
+ * Split the TCP super-frame f[0..len) described by h (TCPV4/TCPV6, NEEDS_CSUM) whose TCP flags
+ * include FIN, PSH or URG into a super-frame of its first n-1 segments and its last segment,
+ * cut as the kernel's segmentation cuts them (FIN/PSH only on the last, CWR only on the first,
+ * IPv4 ids and sequence numbers advanced), so that GRO downstream coalesces the first part
+ * without a flush-flagged segment overtaking it. Writes both headers (the returned number of
+ * bytes each, <= OFL_SEG_HDR_MAX, with partial checksums); the payloads stay in f: the first
+ * part's is f[hdrs, hdrs + *body_len), the last segment's the *tail_len bytes after it. The
+ * first part keeps h as its virtio_net_hdr; *tail receives the last segment's (NEEDS_CSUM, no
+ * GSO). Returns the header length (> 0), 0 when nothing needs splitting (one segment, or none
+ * of those flags), or -1 when f is not a TCP super-frame this can cut.
+ */
+int ofl_split_tail(const uint8_t *f, size_t len, const ofl_vnet_t *h, uint8_t *body_hdr, uint8_t *tail_hdr, uint32_t *body_len, uint32_t *tail_len, ofl_vnet_t *tail);
+
 /* An entry produced by ofl_gro_split. */
 typedef struct {
   uint32_t off;  /* from the start of the buffer */

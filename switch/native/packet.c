@@ -19,10 +19,16 @@
  *    to QEMU if the guest negotiated TSO (QEMU's TUNSETOFFLOAD set the TAP's features), and the
  *    kernel segments it in software (validate_xmit_skb) otherwise. A header it cannot honour
  *    is refused with EINVAL (writeFramesVnet skips that frame).
+ *
+ * With opts.writeOnly the socket only writes (the switch's writing face toward a VM whose frames
+ * it reads elsewhere, e.g. one end of the veth pair in front of a QEMU TAP): a filter that
+ * accepts nothing is attached before the bind, so nothing is ever queued on it, and the
+ * interface is not put in promiscuous mode.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/filter.h>
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -40,7 +46,7 @@
 #endif
 
 /*
- * packetOpen(ifname, opts?) -> { fd, ifindex, vnetHdr }
+ * packetOpen(ifname, opts?) -> { fd, ifindex, vnetHdr, writeOnly }
  *
  * CALLER'S DUTY without vnetHdr: on veth and TAP kernel sides (and most NICs) the kernel hands a packet
  * socket 64 KiB GSO super-frames with partial checksums unless segmentation/checksum
@@ -55,6 +61,7 @@
 napi_value PacketOpen(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int vnet = opt_bool(env, argv[1], "vnetHdr");
+  int write_only = opt_bool(env, argv[1], "writeOnly");
   char name[256];
   size_t len = 0;
   char op[300];
@@ -91,13 +98,22 @@ napi_value PacketOpen(napi_env env, napi_callback_info info) {
     step = "setsockopt PACKET_VNET_HDR";
     goto fail;
   }
-  struct packet_mreq mr;
-  memset(&mr, 0, sizeof mr);
-  mr.mr_ifindex = (int)idx;
-  mr.mr_type = PACKET_MR_PROMISC;
-  if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) {
-    step = "setsockopt PACKET_ADD_MEMBERSHIP";
-    goto fail;
+  if (write_only) {
+    struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
+    struct sock_fprog prog = {1, &drop_all};
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0) {
+      step = "setsockopt SO_ATTACH_FILTER";
+      goto fail;
+    }
+  } else {
+    struct packet_mreq mr;
+    memset(&mr, 0, sizeof mr);
+    mr.mr_ifindex = (int)idx;
+    mr.mr_type = PACKET_MR_PROMISC;
+    if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) {
+      step = "setsockopt PACKET_ADD_MEMBERSHIP";
+      goto fail;
+    }
   }
   set_sock_bufs(fd);
   struct sockaddr_ll sll;
@@ -114,6 +130,7 @@ napi_value PacketOpen(napi_env env, napi_callback_info info) {
   set_num_prop(env, res, "fd", fd);
   set_num_prop(env, res, "ifindex", idx);
   set_bool_prop(env, res, "vnetHdr", vnet);
+  set_bool_prop(env, res, "writeOnly", write_only);
   return res;
 fail:
   return fail_close(env, fd, op, step);

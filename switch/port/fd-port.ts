@@ -18,6 +18,9 @@ class FdPort implements Port {
   readonly rx: RxBatch;
   private poller: Poller | undefined;
   private fd: number;
+  /** Where send() writes: fd, or a separate write-only socket (PacketPort's writeIfname). */
+  private writeFd: number;
+  private readonly writeOpts: { splitFlushTail?: boolean } | undefined;
   private readonly unused = new Uint32Array(1);
   writeErrors = 0;
 
@@ -28,8 +31,11 @@ class FdPort implements Port {
     fd: number,
     maxBatch = DEFAULT_MAX_BATCH,
     readonly offload = false,
+    write?: { fd: number; splitFlushTail: boolean },
   ) {
     this.fd = fd;
+    this.writeFd = write?.fd ?? fd;
+    this.writeOpts = write?.splitFlushTail === true ? { splitFlushTail: true } : undefined;
     if (offload) {
       this.rx = newRxBatch(maxBatch, OFFLOAD_SLOT_SIZE, DEFAULT_HEADROOM);
       this.rx.meta = Buffer.alloc(maxBatch * VNET_HDR_LEN);
@@ -62,8 +68,8 @@ class FdPort implements Port {
   send(frames: readonly Buffer[], count: number, metas?: Buffer | null): number {
     if (this.fd < 0 || count === 0) return 0;
     try {
-      if (this.offload) return nativeIo().writeFramesVnet(this.fd, frames, count, metas ?? null);
-      return nativeIo().writeFrames(this.fd, frames, count);
+      if (this.offload) return nativeIo().writeFramesVnet(this.writeFd, frames, count, metas ?? null, this.writeOpts);
+      return nativeIo().writeFrames(this.writeFd, frames, count);
     } catch (e) {
       // EIO while the interface is down, ENXIO/EBADF when it is gone: the frames are dropped
       // (and counted by the caller), the switch keeps running.
@@ -76,8 +82,9 @@ class FdPort implements Port {
   close(): void {
     this.poller?.stop();
     this.poller = undefined;
+    if (this.writeFd >= 0 && this.writeFd !== this.fd) nativeIo().close(this.writeFd);
     if (this.fd >= 0) nativeIo().close(this.fd);
-    this.fd = -1;
+    this.fd = this.writeFd = -1;
   }
 }
 
@@ -104,12 +111,32 @@ export class TapPort extends FdPort {
  * offloads off first (switch/native/packet.c); with `offload` (PACKET_VNET_HDR: a QEMU TAP
  * opened with vnet_hdr=on) they stay on and frames come and go behind their virtio_net_hdr,
  * TCP super-frames whole, through the same 'vnet' poller and writeFramesVnet as a vnet TAP.
+ *
+ * `writeIfname` (with offload): send() writes to a second, write-only packet socket on that
+ * interface instead — the switch's end of the veth pair whose other end coalesces with GRO and
+ * redirects into the QEMU TAP (agent/drivers/qemu/vm-veth.ts), so the guest receives super-frames
+ * whole; super-frames ending in PSH/FIN/URG are written split before their last segment
+ * (splitFlushTail). Frames the switch writes never come back to it: the write socket reads
+ * nothing, and the read socket ignores what leaves the TAP (PACKET_IGNORE_OUTGOING).
  */
 export class PacketPort extends FdPort {
   readonly ifname: string;
-  constructor(name: string, ifname: string, maxBatch?: number, opts: { offload?: boolean } = {}) {
-    const r = nativeIo().packetOpen(ifname, { vnetHdr: opts.offload === true });
-    super(name, 'packet', r.fd, maxBatch, r.vnetHdr === true);
+  readonly writeIfname: string | undefined;
+  constructor(name: string, ifname: string, maxBatch?: number, opts: { offload?: boolean; writeIfname?: string } = {}) {
+    const io = nativeIo();
+    const r = io.packetOpen(ifname, { vnetHdr: opts.offload === true });
+    let w: { fd: number } | undefined;
+    try {
+      if (opts.writeIfname !== undefined) {
+        if (opts.offload !== true) throw new VnsnapError('ERR_INVALID_ARGUMENT', `port ${name}: a separate write interface (${opts.writeIfname}) needs offload`);
+        w = io.packetOpen(opts.writeIfname, { vnetHdr: true, writeOnly: true });
+      }
+    } catch (e) {
+      io.close(r.fd);
+      throw e;
+    }
+    super(name, 'packet', r.fd, maxBatch, r.vnetHdr === true, w && { fd: w.fd, splitFlushTail: true });
     this.ifname = ifname;
+    this.writeIfname = opts.writeIfname;
   }
 }

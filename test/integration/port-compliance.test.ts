@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { PacketPort, TapPort } from '../../switch/port/fd-port';
+import { createVmVeth, removeVmVeth } from '../../agent/drivers/qemu/vm-veth';
 import { nativeIo, VNET_HDR_LEN } from '../../switch/native-io';
 import type { Port } from '../../switch/port/port';
 import { newRxBatch, OFFLOAD_SLOT_SIZE } from '../../switch/port/port';
@@ -138,6 +139,33 @@ async function qemuTap(): Promise<{ port: PacketPort; vm: VnetVmSide; dispose():
   }
 }
 
+/**
+ * The same TAP, but the switch writes through the veth pair with GRO that the QEMU driver puts
+ * in front of a tap-vnet VM's TAP (createVmVeth): vncpq1 behind vncpq1's pair vncpv1/vncpg1.
+ */
+async function qemuTapViaVeth(): Promise<{ port: PacketPort; vm: VnetVmSide; dispose(): Promise<void> }> {
+  const side = qemuTapSide('vncpn1');
+  try {
+    up('vncpn1');
+    await operUp('vncpn1');
+    const v = await createVmVeth('vncpn1');
+    await operUp(v.sw, v.gro);
+    const port = new PacketPort('q', 'vncpn1', 8, { offload: true, writeIfname: v.sw });
+    return {
+      port,
+      vm: side.vm,
+      dispose: async () => {
+        side.close();
+        await removeVmVeth('vncpn1');
+      },
+    };
+  } catch (e) {
+    side.close();
+    await removeVmVeth('vncpn1');
+    throw e;
+  }
+}
+
 describePortCompliance('tap', tap(false));
 describePortCompliance('tap with offloads (vnet_hdr)', tap(true));
 describePortCompliance('packet (veth end)', packet);
@@ -148,3 +176,9 @@ describePortCompliance('packet with offloads (PACKET_VNET_HDR) on a vnet_hdr TAP
   return { port: q.port, vm, dispose: q.dispose };
 }, { maxFrame: 1514 });
 describeSuperFrameCompliance('packet with offloads (PACKET_VNET_HDR) on a vnet_hdr TAP', qemuTap, { build: superFrame, checksumOk: tcpChecksumOk, segmentsToVm: true });
+describePortCompliance('packet with offloads on a vnet_hdr TAP, writing through a veth pair with GRO', async () => {
+  const q = await qemuTapViaVeth();
+  const vm: VmSide = { write: (f) => q.vm.write(f, []), received: () => q.vm.received().map((r) => r.frame) };
+  return { port: q.port, vm, dispose: q.dispose };
+});
+describeSuperFrameCompliance('packet with offloads on a vnet_hdr TAP, writing through a veth pair with GRO', qemuTapViaVeth, { build: superFrame, checksumOk: tcpChecksumOk, groToVm: true });

@@ -18,19 +18,21 @@
  *    delete), and a VM left paused (by a cut) is resumed with `cont` — `resumed` says so;
  *  - the disk's current top node is read back from QEMU (a cut may have moved it after the
  *    record was written);
- *  - TAP NICs come back as new packet sockets on the same TAPs (QEMU kept them open); a stream
+ *  - TAP NICs come back as new packet sockets on the same TAPs (QEMU kept them open), a tap-vnet
+ *    NIC's writes again through the TAP's veth pair (vm-veth.ts: kept from the VM's start, made
+ *    if a VM started without one); a stream
  *    NIC (QEMU was the client of the dead agent's socket) does not reconnect: its port listens
  *    again but the VM stays off the network until it is restarted, which is logged.
  */
 import { VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
-import { PacketPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import type { ProcessIdentity } from '../../vm-state';
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
 import { isTapMode, NIC_MODES, vmFiles, type NicMode } from './cmdline';
 import { QemuVm, type MigrationInfo } from './process';
+import { openTapPort } from './vm-veth';
 
 /** The QEMU driver's part of a VM's state record. */
 export interface QemuSavedState {
@@ -85,7 +87,12 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   const ports: Port[] = [];
   if (isTapMode(st.nic)) {
     if (st.taps.length !== ctx.portNames.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: ${st.taps.length} TAPs for ${ctx.portNames.length} ports`);
-    st.taps.forEach((t, i) => ports.push(new PacketPort(ctx.portNames[i] as string, t, undefined, { offload: st.nic === 'tap-vnet' })));
+    try {
+      for (const [i, t] of st.taps.entries()) ports.push(await openTapPort(ctx.portNames[i] as string, t, st.nic));
+    } catch (e) {
+      for (const p of ports) p.close();
+      throw e;
+    }
   }
   const vm = new QemuVm(spec, qspec, files, ports, log);
   vm.taps = [...st.taps];

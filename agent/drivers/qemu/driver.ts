@@ -9,7 +9,9 @@
  * NICs: by default each vNIC is QEMU's `-netdev stream` connected to a StreamPort the driver
  * listens on (no kernel device); `nic: 'tap'` makes a TAP (vnet_hdr off) that QEMU opens and
  * the switch reads with a packet socket; `nic: 'tap-vnet'` the same with vnet_hdr=on and the
- * packet socket with PACKET_VNET_HDR (offloads end to end, docs/nic-offloads.md). docs/qemu.md has the measurements behind the default.
+ * packet socket with PACKET_VNET_HDR, the switch writing through a veth pair with GRO in front
+ * of the TAP so super-frames reach the guest whole (vm-veth.ts; offloads end to end,
+ * docs/nic-offloads.md). docs/qemu.md has the measurements behind the default.
  *
  * Specs: before anything is made or spawned, start and restore check the spec (spec-check.ts:
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
@@ -32,7 +34,6 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { silentLogger, type Logger } from '../../../proto/core/log';
-import { PacketPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
@@ -47,6 +48,7 @@ import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
+import { openTapPort, removeVmVeth } from './vm-veth';
 import type { ProcessIdentity } from '../../vm-state';
 
 export type { QemuDriverOptions } from './process';
@@ -186,7 +188,7 @@ export class QemuDriver implements HypervisorDriver {
           await exec('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 60_000 });
           vm.taps.push(tap);
           await exec('ip', ['link', 'set', tap, 'up'], { timeoutMs: 60_000 });
-          ports.push(new PacketPort(name, tap, undefined, { offload: mode === 'tap-vnet' }));
+          ports.push(await openTapPort(name, tap, mode));
           nics.push({ mode, mac, target: tap });
         }
       }
@@ -212,6 +214,7 @@ export class QemuDriver implements HypervisorDriver {
       }
     }
     for (const t of vm.taps) {
+      await removeVmVeth(t).catch(() => undefined);
       await exec('ip', ['link', 'del', t], { timeoutMs: 60_000 }).catch(() => undefined); // gone already
     }
     vm.taps = [];

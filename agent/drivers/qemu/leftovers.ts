@@ -2,10 +2,12 @@
  * What a QEMU agent killed at the wrong moment leaves behind, found and removed by the next
  * agent on start, after the adoption and before it registers (docs/agent-restart.md, "Crash
  * leftovers"): a QEMU prepared by a restore (started with -incoming, paused, never recorded), the
- * instance directory and TAP devices of a QEMU that was killed (or died), a partial snapshot file.
+ * instance directory and TAP devices (with their veth pairs) of a QEMU that was killed (or died), a
+ * partial snapshot file.
  *
  * An instance directory is `<workDir>/<prefix>-<vne>_<vm>-<agent pid>-<n>`; its TAPs are
- * `<prefix><first 8 hex of sha256(dir)>n<i>` (driver.ts prepare()). What is removed, and only that:
+ * `<prefix><first 8 hex of sha256(dir)>n<i>` (driver.ts prepare()), a tap-vnet TAP's veth pair
+ * `...v<i>`/`...g<i>` (vm-veth.ts). What is removed, and only that:
  *  - a process whose command line names an instance directory of ours (under workDir, with our
  *    prefix) that no adopted VM nor any record left alone uses, which runs in this agent's network namespace (a
  *    QEMU of another namespace serves another agent), and whose directory's creating agent is
@@ -152,10 +154,11 @@ export async function cleanQemuLeftovers(o: LeftoverOptions): Promise<LeftoverRe
     if (keep.has(dir)) continue;
     if (named.has(dir) || creatorAlive(dir)) continue;
     const tag = tapTag(dir);
-    for (const l of [...links].filter((x) => new RegExp(`^${o.prefix}${tag}n\\d+$`).test(x)).sort()) {
+    // The TAPs (n<i>) and the switch's ends of their veth pairs (v<i>; the peer goes with it).
+    for (const l of [...links].filter((x) => new RegExp(`^${o.prefix}${tag}[nv]\\d+$`).test(x)).sort()) {
       try {
         await o.deleteLink(l);
-        done(`deleted TAP ${l} of a dead instance (${dir})`, { tap: l, dir });
+        done(`deleted ${/n\d+$/.test(l) ? 'TAP' : 'veth pair'} ${l} of a dead instance (${dir})`, { tap: l, dir });
       } catch (e) {
         o.log.warn({ tap: l, err: describeError(e) }, 'deleting a leftover TAP failed');
       }
