@@ -65,7 +65,7 @@ describe('xen stream reader', () => {
 describe('xen config', () => {
   it('sets the name and one bridged vif per MAC, keeps the rest, writes the resolved images, finds a file-backed disk', () => {
     const n = xenNames('blue/vm1', 2);
-    assert.ok(n.bridges.every((b) => b.length <= 15) && n.taps.every((t) => t.length <= 15));
+    assert.ok(n.bridges.every((b) => b.length <= 15) && n.veths.every((v) => v.sw.length <= 15 && v.br.length <= 15));
     const checked = checkXenConfig('', 'type = "pv"\nname = "old"\nvif = [\n  "mac=1"\n]\nmemory = 128\nkernel = "/img/k"\ndisk = [ "format=raw, vdev=xvda, access=rw, target=/img/vm1.img" ]\n');
     const { config, disk } = xenConfig(checked, { kernel: '/real/k', disks: ['/real/vm1.img'] }, n.domName, ['00:16:3e:00:00:01', '00:16:3e:00:00:02'], n.bridges);
     assert.match(config, /^type = "pv"$/m);

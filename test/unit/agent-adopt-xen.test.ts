@@ -64,14 +64,14 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
     assert.equal(first.inspect('v/a'), undefined);
     assert.equal(fake.doms.get(dom.domName)?.state, 'running', 'the domain runs on without the agent');
     await fake.pause(dom.domName); // the dead agent had paused it for a cut
-    fake.bridges.clear(); // what a restarted dom0 bridge setup would lose: adoption puts the TAP back
+    fake.bridges.clear(); // what a restarted dom0 bridge setup would lose: adoption puts the veth end back
     const second = newDriver();
     const h = await second.adopt(spec, saved as { state: unknown }, ctx);
     assert.equal(h.resumed, true);
     assert.deepEqual(h.ports.map((p) => p.name), ['v/a/0']);
     assert.deepEqual(second.inspect('v/a'), { domName: dom.domName, domid, status: 'running' });
     assert.equal(fake.doms.get(dom.domName)?.state, 'running');
-    assert.deepEqual([...fake.bridges], [[dom.bridges[0], dom.taps[0]]]);
+    assert.deepEqual([...fake.bridges], [[dom.bridges[0], dom.veths[0]?.br]]);
     assert.deepEqual(fake.calls, [`create ${dom.domName}`, `cap ${dom.domName} 0`], 'nothing made again; a capture\'s leftover CPU cap lifted');
   });
 

@@ -13,6 +13,7 @@ import { xenNames } from '../../agent/drivers/xen/driver';
 import { median } from '../bench/proc';
 import { cli, type Cli, type Daemon, dom0Main, type Dom0Result, ENDS, flowing as flowing0, guestLog, intact, sh, startProduct, startVne, stepper, stopProduct } from './dom0-harness';
 import { guestConfig, XEN_TEST_IMAGE_ROOTS, type GuestStatus } from './guest-config';
+import { superFrames } from './super-frames';
 
 const out: Dom0Result & Record<string, unknown> = { steps: [] };
 const t0 = Date.now();
@@ -66,6 +67,19 @@ async function stopPeer(): Promise<void> {
 const flowing = (after: Map<string, number>, marker: Map<string, number>, what: string): Promise<Map<string, GuestStatus>> =>
   flowing0({ ends: ENDS.map((e) => e.name), logOf, after, marker, what });
 
+/** What crosses guest a's vNIC as super-frames for 5 s (super-frames.ts), recorded under out.superFrames[when]. */
+async function probeSuperFrames(when: string): Promise<void> {
+  const n = xenNames('xenvne/a', 1);
+  const domid = (await sh('xl', ['domid', n.domName])).trim();
+  const r = await superFrames(`vif${domid}.0`, n.veths[0]?.br as string, 5000).catch((e: unknown) => {
+    step(`super-frames ${when}: the probe failed: ${(e as Error).message}`);
+    return undefined;
+  });
+  if (!r) return;
+  out.superFrames = { ...(out.superFrames as object | undefined), [when]: r };
+  step(`super-frames ${when} (a, 5 s): from the guest ${r.fromGuest.superFrames}/${r.fromGuest.frames} max ${r.fromGuest.maxLen} B; toward the guest after GRO ${r.towardGuest.superFrames}/${r.towardGuest.frames} max ${r.towardGuest.maxLen} B; vif tx ${r.vifTx.packets} packets ${r.vifTx.bytesPerPacket} B each`);
+}
+
 async function main(): Promise<void> {
   if (!(GUESTS === 1 || GUESTS === 2)) throw new Error(`--vms must be 1 or 2, not ${ARGS.vms}`);
   if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new Error(`--rounds must be a whole number ≥ 1, not ${ARGS.rounds}`);
@@ -86,6 +100,7 @@ async function main(): Promise<void> {
     if (p) throw new Error(`before the snapshot: ${p}`);
   }
   step(`streams flowing: ${[...before.values()].map((s) => `${s.name} rx ${s.totals.received}`).join(', ')}`);
+  if (!BENCH) await probeSuperFrames('before the snapshot');
 
   // Live snapshot.
   const ts = Date.now();
@@ -164,6 +179,7 @@ async function main(): Promise<void> {
   }
   step(`streams after the restore: ${[...afterRestore.values()].map((s) => `${s.name} rx ${s.totals.received} err ${s.totals.errors} rec ${s.totals.reconnects} nonce ${s.nonce}`).join(', ')}`);
   out.afterRestore = Object.fromEntries([...afterRestore].map(([k, s]) => [k, s.totals]));
+  await probeSuperFrames('after the restore');
   out.problems = problems;
   out.ok = problems.length === 0;
 }

@@ -5,17 +5,17 @@
  * Rounds, each: the agent is killed (SIGKILL; SIGTERM; then SIGKILL with an immediate start,
  * for the outage figures), kept down, started again. Checked per round:
  *  - while the agent is down: both domains exist under their domids and are not paused (`xl
- *    list`), the switch's TAPs are gone from the bridges (they died with the agent) while the
- *    vifs stay, the guests keep running (their status lines keep coming on the console), and
+ *    list`), the switch's packet sockets on the vNICs' veth pairs are gone (they died with the
+ *    agent) while the vifs and the pairs stay in the bridges, the guests keep running (their status lines keep coming on the console), and
  *    (agent down 5 s) the coordinator shows the VNE DEGRADED, both VMs unmanaged;
  *  - after: the same domids, the same guest runs (nonce), each bridge holds the domain's vif and
- *    a TAP again, every stream moved on with 0 errors and 0 reconnects, the VNE RUNNING without
+ *    the pair's bridge end, the switch's two sockets are on the pair's switch end again, every stream moved on with 0 errors and 0 reconnects, the VNE RUNNING without
  *    any command;
  *  - the outage the guests saw: the longest `idle_ms` (time since a stream last received a byte)
  *    in the guests' status lines, which come once a second (so it is exact to about 1 s).
  * Last: the agent killed, guest b's domain destroyed meanwhile, the agent started: the VNE is
  * FAILED with a reason naming b, `vne show` lists a RUNNING and b DEAD, b's state record is
- * gone, a is adopted (same domid, its bridge holds a TAP again) and keeps running. Writes
+ * gone, a is adopted (same domid, the switch's sockets on its pair again) and keeps running. Writes
  * /vnxen/restart.json.
  */
 import * as fs from 'node:fs';
@@ -74,13 +74,22 @@ async function bridgePorts(bridge: string): Promise<string[]> {
 
 const logSizes = (): Map<string, number> => new Map(NAMES.map((vm) => [vm, fs.existsSync(guestLog(vm)) ? fs.statSync(guestLog(vm)).size : 0]));
 
-/** Problems with a domain's plumbing: its vif (and the switch's TAP, if `tap`) in its bridge. */
-async function plumbing(vm: string, domid: number, tap: boolean): Promise<string[]> {
+/** How many packet sockets are bound to interface `ifname` (/proc/net/packet: the Iface column is the ifindex). */
+function packetSockets(ifname: string): number {
+  const idx = fs.existsSync(`/sys/class/net/${ifname}/ifindex`) ? fs.readFileSync(`/sys/class/net/${ifname}/ifindex`, 'utf8').trim() : '-';
+  return fs.readFileSync('/proc/net/packet', 'utf8').split('\n').slice(1).filter((l) => l.trim().split(/\s+/)[4] === idx).length;
+}
+
+/** Problems with a domain's plumbing: its vif and its veth pair's bridge end in its bridge; the switch's read and write sockets on the pair's switch end if `agentUp`, none if not. */
+async function plumbing(vm: string, domid: number, agentUp: boolean): Promise<string[]> {
   const n = names(vm);
+  const v = n.veths[0] as { sw: string; br: string };
   const ports = await bridgePorts(n.bridges[0] as string);
   const p: string[] = [];
   if (!ports.includes(`vif${domid}.0`)) p.push(`${vm}: vif${domid}.0 is not in bridge ${n.bridges[0]} (${ports.join(' ')})`);
-  if (tap !== ports.includes(n.taps[0] as string)) p.push(`${vm}: the switch's TAP ${n.taps[0]} is ${tap ? 'not ' : ''}in bridge ${n.bridges[0]} (${ports.join(' ')})`);
+  if (!ports.includes(v.br)) p.push(`${vm}: the veth end ${v.br} is not in bridge ${n.bridges[0]} (${ports.join(' ')})`);
+  const socks = fs.existsSync(`/sys/class/net/${v.sw}`) ? packetSockets(v.sw) : -1;
+  if (socks !== (agentUp ? 2 : 0)) p.push(`${vm}: ${socks < 0 ? `the switch's veth end ${v.sw} is gone` : `${socks} packet sockets on ${v.sw}, expected ${agentUp ? 2 : 0}`}`);
   return p;
 }
 
@@ -93,7 +102,7 @@ async function round(agent: Daemon, signal: NodeJS.Signals, downMs: number, domi
   const tk = Date.now();
   await agent.kill(signal);
   step(`${label}: agent killed`);
-  // While it is down: domains there and running, TAPs gone, vifs still bridged.
+  // While it is down: domains there and running, the switch's sockets gone, vifs and pairs still bridged.
   const listed = await xlList();
   for (const vm of NAMES) {
     const d = listed.get(names(vm).domName);

@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import type { SuspendWatch, XenHost, XlProcess } from '../../agent/drivers/xen/xl';
+import type { VnicVeth } from '../../agent/drivers/xen/vnic-link';
 import { nowUs } from '../../proto/core/clock';
 import { sleep } from '../support/wait';
 import { LIBXC_REC, LIBXL_REC, pagesOf, XenStreamWriter as W, XL_RECEIVER_BANNER } from '../../agent/drivers/xen/stream';
@@ -240,12 +241,12 @@ export class FakeXenHost implements XenHost {
     return { suspended, established: Promise.resolve(), requested, close: () => (this.watches = this.watches.filter((x) => x !== w)) };
   }
 
-  bridgeUp(bridge: string, tap: string): Promise<void> {
-    this.bridges.set(bridge, tap);
+  bridgeUp(bridge: string, veth: VnicVeth): Promise<void> {
+    this.bridges.set(bridge, veth.br);
     return Promise.resolve();
   }
 
-  bridgeDown(bridge: string): Promise<void> {
+  bridgeDown(bridge: string, _veth: VnicVeth): Promise<void> {
     this.bridges.delete(bridge);
     return Promise.resolve();
   }

@@ -4,14 +4,15 @@
  *
  * A domain is no process of the agent's: it runs on whatever happens to dom0's daemons, and its
  * vifs (vifD.N) stay in the bridges the driver made (network.ts), which outlive the agent too.
- * What dies with the agent is only the switch's side: the TAP in each bridge (a TAP vanishes
- * with the process that opened it). So the record (XenSavedState) is the domain's name and id,
- * and adoption
+ * So does the veth pair beside each vif (vnic-link.ts). What dies with the agent is only the
+ * switch's side: its packet sockets on the pairs' switch ends. So the record (XenSavedState) is
+ * the domain's name and id, and adoption
  *  - finds the domain by name and checks its domid is the recorded one (a domain destroyed and
  *    made again under the name since, by an operator or another tool, is not this VM):
  *    ERR_NOT_FOUND otherwise, and the agent reports the VM dead;
- *  - re-opens the switch's TAPs and puts them back into the same bridges (bridgeUp is
- *    idempotent), so the vifs are reachable again;
+ *  - re-opens the switch's sockets on the same veth pairs (bridgeUp is idempotent and makes a
+ *    pair that is missing, e.g. under a domain an older agent bridged with a TAP), so the vifs
+ *    are reachable again;
  *  - unpauses a domain found paused (the dead agent paused it for a cut). A snapshot stream the
  *    dead agent had running (`xl migrate` into its receiver) fails with the receiver, and xl
  *    then resumes the domain itself;
@@ -53,7 +54,7 @@ export interface XenAdoptionParts {
   host: XenHost;
   has(id: string): boolean;
   add(id: string, vm: XenVm): void;
-  openPort?: (portName: string, tapName: string) => Port;
+  openPort?: (portName: string, ifname: string) => Port;
 }
 
 /** Take over a running domain (module comment). */

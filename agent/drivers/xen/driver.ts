@@ -2,7 +2,7 @@
  * The Xen driver (docs/xen.md): runs PV domains through the `xl` toolstack in dom0 and snapshots
  * them without modifying Xen.
  *
- * Parts: network.ts (names, the xl config, the vNICs' bridges and TAPs), live-capture.ts (precopy),
+ * Parts: network.ts (names, the xl config, the vNICs' bridges and veth pairs), live-capture.ts (precopy),
  * save.ts (background), job-base.ts (what both jobs share), xl.ts (the toolstack), stream.ts (the
  * migration stream reader), converge.ts (the CPU cap), relay.ts (the Node receiver).
  *
@@ -10,7 +10,7 @@
  * `xl save -c` (save.ts). Chosen explicitly by the snapshot mode.
  * Restore: `xl restore -p` (paused, ports on the same bridges), resume = `xl unpause`.
  * Domains outlive the agent: release() leaves them (and their bridges) running, a later agent
- * adopts them by name and domid and re-opens the switch's TAPs in the bridges (adopt.ts).
+ * adopts them by name and domid and re-opens the switch's sockets on the veth pairs in the bridges (adopt.ts).
  *
  * Specs: the given xl configuration is parsed and checked against the allow-list of
  * proto/specs/xen-config.ts, its kernel, ramdisk and disk targets resolved under the agent's
@@ -44,8 +44,8 @@ export interface XenDriverOptions {
   workDir?: string;
   /** The receiver command xl runs for a live capture, given the driver's socket path. */
   receiverCommand?: (socketPath: string) => string;
-  /** Open the switch's side of a vNIC (default: a TAP with offloads, bridged with the vif). */
-  openPort?: (portName: string, tapName: string) => Port;
+  /** Open the switch's side of a vNIC on the switch's end of its veth pair (default: network.ts openVnicPort). */
+  openPort?: (portName: string, ifname: string) => Port;
   /** Fraction of the first pass after which the capture is ready and held (default 0.9). */
   readyFraction?: number;
   /**
@@ -298,7 +298,7 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
     return adoptXenVm({ host: this.host, has: (id) => this.vms.has(id), add: (id, vm) => void this.vms.set(id, vm), ...(this.opts.openPort ? { openPort: this.opts.openPort } : {}) }, spec, saved.state, ctx);
   }
 
-  /** Forget the domain without destroying it: close the switch's TAPs (the bridges and vifs stay). */
+  /** Forget the domain without destroying it: close the switch's sockets (the bridges, veth pairs and vifs stay). */
   async release(id: string): Promise<void> {
     const vm = this.vms.get(id);
     if (!vm) return;

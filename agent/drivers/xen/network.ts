@@ -1,19 +1,21 @@
 /**
- * The Xen driver's naming and network plumbing: deterministic domain, bridge and TAP names from
+ * The Xen driver's naming and network plumbing: deterministic domain, bridge and veth names from
  * the VM key, the VM's xl configuration as the driver writes it (from the checked configuration,
  * with resolved image paths and the vifs the driver sets), and the switch's side of each vNIC.
  *
  * Every vNIC is a `vif` whose backend `vifD.N` the hotplug script puts into a bridge the driver
- * made (`vnxb<hash><i>`), together with a TAP the switch owns (`vnxt<hash><i>`, opened with
- * offloads: a PV guest sends TCP super-frames with partial checksums, which a plain packet
- * socket on the vif would hand over unsegmented). The bridge survives the domain, so a restored
- * domain (new domid, new vifD.N) lands on the same port.
+ * made (`vnxb<hash><i>`), together with the bridge end (`vnxg<hash><i>`, GRO on) of a veth pair
+ * whose other end (`vnxv<hash><i>`) the switch reads and writes through packet sockets with
+ * PACKET_VNET_HDR (vnic-link.ts says why: super-frames cross whole both ways). The bridge and
+ * the pair survive the domain and the agent, so a restored domain (new domid, new vifD.N) lands
+ * on the same port and an adopting agent reopens its sockets on the same pair.
  */
 import { createHash } from 'node:crypto';
-import { TapPort } from '../../../switch/port/fd-port';
+import { PacketPort } from '../../../switch/port/fd-port';
 import type { Port } from '../../../switch/port/port';
 import type { VmStartContext, VmStartSpec } from '../driver';
 import type { XenHost } from './xl';
+import type { VnicVeth } from './vnic-link';
 import type { CheckedXenConfig } from '../../../proto/specs/xen-config';
 import { formatXlConfig, xlString } from '../../../proto/specs/xl-config';
 import { formatDiskSpec } from '../../../proto/specs/xl-disk';
@@ -24,14 +26,17 @@ export interface DiskRef {
 }
 
 /** Deterministic short names from the VM key (interface names are at most 15 characters). */
-export function xenNames(id: string, nics: number): { domName: string; bridges: string[]; taps: string[] } {
+export function xenNames(id: string, nics: number): { domName: string; bridges: string[]; veths: VnicVeth[] } {
   const h = createHash('sha256').update(id).digest('hex').slice(0, 8);
   const domName = `vnsnap-${id.replace(/[^A-Za-z0-9_.-]/g, '-')}`.slice(0, 60);
-  return {
-    domName,
-    bridges: Array.from({ length: nics }, (_, i) => `vnxb${h}${i}`),
-    taps: Array.from({ length: nics }, (_, i) => `vnxt${h}${i}`),
-  };
+  const bridges = Array.from({ length: nics }, (_, i) => `vnxb${h}${i}`);
+  return { domName, bridges, veths: bridges.map(vethOf) };
+}
+
+/** The veth pair beside bridge `vnxb<hash><i>`: `vnxv<hash><i>` (the switch's end), `vnxg<hash><i>` (in the bridge). */
+export function vethOf(bridge: string): VnicVeth {
+  const tail = bridge.slice('vnxb'.length);
+  return { sw: `vnxv${tail}`, br: `vnxg${tail}` };
 }
 
 
@@ -64,26 +69,37 @@ export function xenConfig(checked: CheckedXenConfig, images: ResolvedImages, dom
   return { config, ...(diskPath ? { disk: { kind: 'file' as const, path: diskPath } } : {}) };
 }
 
-/** The switch's side of each vNIC (a TAP, unless `openPort` says otherwise), each bridged with its vif. */
-export async function attachPorts(host: XenHost, spec: VmStartSpec, ctx: VmStartContext, openPort?: (portName: string, tapName: string) => Port): Promise<{ ports: Port[]; bridges: string[] }> {
+/**
+ * The switch's port on a vNIC's veth end: reads there, writes there through a second, write-only
+ * socket (super-frames ending in PSH/FIN/URG split before their last segment, so GRO on the
+ * bridge end delivers them in order: switch/port/fd-port.ts).
+ */
+export const openVnicPort = (portName: string, sw: string): Port => new PacketPort(portName, sw, undefined, { offload: true, writeIfname: sw });
+
+/** The switch's side of each vNIC (openVnicPort, unless `openPort` says otherwise), each bridged with its vif. */
+export async function attachPorts(host: XenHost, spec: VmStartSpec, ctx: VmStartContext, openPort: (portName: string, ifname: string) => Port = openVnicPort): Promise<{ ports: Port[]; bridges: string[] }> {
   const names = xenNames(spec.id, spec.macs.length);
   const ports: Port[] = [];
   try {
     for (let i = 0; i < spec.macs.length; i++) {
-      const tap = names.taps[i] as string;
-      const p = openPort ? openPort(ctx.portNames[i] as string, tap) : new TapPort(ctx.portNames[i] as string, tap, undefined, { offload: true });
-      ports.push(p);
-      await host.bridgeUp(names.bridges[i] as string, tap);
+      const v = names.veths[i] as VnicVeth;
+      await host.bridgeUp(names.bridges[i] as string, v);
+      ports.push(openPort(ctx.portNames[i] as string, v.sw));
     }
   } catch (e) {
     for (const p of ports) p.close();
-    for (const b of names.bridges) await host.bridgeDown(b).catch(() => undefined);
+    await removeBridges(host, names.bridges);
     throw e;
   }
   return { ports, bridges: names.bridges };
 }
 
+/** Remove the bridges (`vnxb<hash><i>`) and the veth pair beside each. */
+async function removeBridges(host: XenHost, bridges: string[]): Promise<void> {
+  for (const b of bridges) await host.bridgeDown(b, vethOf(b)).catch(() => undefined);
+}
+
 export async function detachPorts(host: XenHost, vm: { ports: Port[]; bridges: string[] }): Promise<void> {
   for (const p of vm.ports) p.close();
-  for (const b of vm.bridges) await host.bridgeDown(b).catch(() => undefined);
+  await removeBridges(host, vm.bridges);
 }

@@ -16,6 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { nowUs } from '../../../proto/core/clock';
 import { VnsnapError } from '../../../proto/core/errors';
 import { exec, spawnProc } from '../exec';
+import { vnicDown, vnicUp, type VnicVeth } from './vnic-link';
 
 export interface XlProcess {
   /** Resolves when the command exited: its exit code (null if killed) and what it printed. */
@@ -68,9 +69,10 @@ export interface XenHost {
   /** `xl restore -p FILE`: the domain is created paused; returns its id. */
   restorePaused(file: string, name: string): Promise<number>;
   watchSuspend(domid: number): SuspendWatch;
-  /** Create (if needed) a bridge holding `tap` (the vif joins it through the hotplug script). */
-  bridgeUp(bridge: string, tap: string): Promise<void>;
-  bridgeDown(bridge: string): Promise<void>;
+  /** Create (if needed) a bridge holding the bridge end of the vNIC's veth pair (the vif joins it through the hotplug script); vnic-link.ts. */
+  bridgeUp(bridge: string, veth: VnicVeth): Promise<void>;
+  /** Remove the bridge and the pair (nothing when gone). */
+  bridgeDown(bridge: string, veth: VnicVeth): Promise<void>;
   /** Copy a disk file (reflink when the filesystem can); LVM: snapshot a logical volume. */
   snapshotDisk(kind: 'file' | 'lvm', source: string, target: string): Promise<void>;
 }
@@ -85,7 +87,7 @@ async function run(cmd: string, args: string[], timeoutMs = 120_000): Promise<st
   return exec(cmd, args, { timeoutMs });
 }
 
-/** The real toolstack: `xl`, `xenstore-watch`/`xenstore-read`, `ip`, `cp`, `lvcreate` in dom0. */
+/** The real toolstack: `xl`, `xenstore-watch`/`xenstore-read`, `cp`, `lvcreate` in dom0 (and vnic-link.ts for the network). */
 export class XlHost implements XenHost {
   constructor(
     private readonly xl = 'xl',
@@ -239,16 +241,12 @@ export class XlHost implements XenHost {
     };
   }
 
-  async bridgeUp(bridge: string, tap: string): Promise<void> {
-    const exists = (await runProc('ip', ['link', 'show', bridge]).exited).code === 0;
-    if (!exists) await run('ip', ['link', 'add', bridge, 'type', 'bridge', 'forward_delay', '0']);
-    await run('ip', ['link', 'set', tap, 'master', bridge]);
-    await run('ip', ['link', 'set', tap, 'up']);
-    await run('ip', ['link', 'set', bridge, 'up']);
+  bridgeUp(bridge: string, veth: VnicVeth): Promise<void> {
+    return vnicUp(bridge, veth);
   }
 
-  async bridgeDown(bridge: string): Promise<void> {
-    await runProc('ip', ['link', 'del', bridge]).exited;
+  bridgeDown(bridge: string, veth: VnicVeth): Promise<void> {
+    return vnicDown(bridge, veth);
   }
 
   async snapshotDisk(kind: 'file' | 'lvm', source: string, target: string): Promise<void> {
