@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
 import { ManualClock } from '../../proto/core/clock';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
+import { denial } from '../../coordinator/authz';
 import { Catalog } from '../../coordinator/catalog';
 import { EventBus } from '../../coordinator/events';
 import { RestoreSequencer } from '../../coordinator/restore-sequencer';
@@ -188,5 +189,17 @@ describe('schedule RPCs: checks', () => {
     await s.svc.schedules.setSchedule({ vne: 'blue', everyMs: H, ...policy });
     await s.svc.deleteVne({ name: 'blue', deleteSnapshots: false });
     assert.deepEqual((await s.svc.schedules.listSchedules()).schedules, []);
+  });
+});
+
+describe('schedule RPCs: roles', () => {
+  const C = '/vnsnap.v1.CoordinatorService/';
+  const who = { commonName: 'grafana', units: [], dnsNames: [], ips: [] };
+  it('set and delete need the operator role; list and show the viewer role', () => {
+    for (const m of ['SetSchedule', 'DeleteSchedule']) {
+      assert.equal(denial(`${C}${m}`, who, 'viewer'), `permission denied: ${m} needs the operator role (certificate "grafana" has the viewer role)`);
+      assert.equal(denial(`${C}${m}`, who, 'operator'), undefined);
+    }
+    for (const m of ['ListSchedules', 'GetSchedule']) assert.equal(denial(`${C}${m}`, who, 'viewer'), undefined);
   });
 });
