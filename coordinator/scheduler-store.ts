@@ -40,23 +40,24 @@ export class ScheduleStore {
 
   /** Create or replace the VNE's schedule (a replaced one keeps its history of runs). */
   put(s: ScheduleSpec, nextDueUnixMs: number, nowUnixMs: number): Schedule__Output {
-    this.db
-      .prepare(
-        `INSERT INTO schedules (vne, every_ms, keep_last, keep_hourly, keep_daily, mode, next_due_unix_ms, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (vne) DO UPDATE SET every_ms = excluded.every_ms, keep_last = excluded.keep_last, keep_hourly = excluded.keep_hourly,
-           keep_daily = excluded.keep_daily, mode = excluded.mode, next_due_unix_ms = excluded.next_due_unix_ms`,
-      )
-      .run(s.vne, s.everyMs, s.keepLast, s.keepHourly, s.keepDaily, s.mode, nextDueUnixMs, nowUnixMs);
+    const policy = [s.everyMs, s.keepLast, s.keepHourly, s.keepDaily, s.mode, nextDueUnixMs];
+    const set = 'UPDATE schedules SET every_ms = ?, keep_last = ?, keep_hourly = ?, keep_daily = ?, mode = ?, next_due_unix_ms = ? WHERE vne = ?';
+    if (this.db.prepare(set).run(...policy, s.vne).changes === 0) {
+      this.db.prepare('INSERT INTO schedules (every_ms, keep_last, keep_hourly, keep_daily, mode, next_due_unix_ms, vne, created_unix_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)').run(...policy, s.vne, nowUnixMs);
+    }
     return this.get(s.vne) as Schedule__Output;
   }
 
+  private select(rest: string, ...args: unknown[]): Schedule__Output[] {
+    return (this.db.prepare(`SELECT * FROM schedules ${rest}`).all(...args) as Row[]).map((r) => this.fromRow(r));
+  }
+
   get(vne: string): Schedule__Output | undefined {
-    const r = this.db.prepare('SELECT * FROM schedules WHERE vne = ?').get(vne) as Row | undefined;
-    return r ? this.fromRow(r) : undefined;
+    return this.select('WHERE vne = ?', vne)[0];
   }
 
   list(): Schedule__Output[] {
-    return (this.db.prepare('SELECT * FROM schedules ORDER BY vne').all() as Row[]).map((r) => this.fromRow(r));
+    return this.select('ORDER BY vne');
   }
 
   /** Remove the VNE's schedule; true when there was one. Its snapshots stay. */

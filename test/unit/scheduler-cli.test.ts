@@ -1,28 +1,21 @@
 /**
- * `vnsnap schedule ...`: the real CLI binary against the in-process fake coordinator, asserting
- * exact output, the request sent, and that a bad --every or an empty keep policy never reaches
- * the coordinator.
+ * `vnsnap schedule ...`: the CLI (runCli, in process) against the fake coordinator (a real
+ * grpc-js server), asserting exact output, the request sent, and that a bad --every or an empty
+ * keep policy never reaches the coordinator. Also the interval syntax of --every.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
-import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { runCli } from '../../coordinator/cli/cli';
 import { startFakeCoordinator, T0_MS, type FakeCoordinator } from '../interop/fake-coordinator';
 import { formatInterval, parseInterval } from '../../coordinator/scheduler-interval';
 
-const MAIN = path.resolve(__dirname, '../../coordinator/cli/main.js');
-
-function vnsnap(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, VNSNAP_INSECURE_PLAINTEXT: '1' };
-    delete env.VNSNAP_COORDINATOR;
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
+/** The CLI in process (stdout a pipe), against a plaintext loopback coordinator. */
+async function vnsnap(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const io = { out: (t: string) => void (stdout += t), err: (t: string) => void (stderr += t), isTTY: false, barStream: new PassThrough(), now: () => Date.now(), onInterrupt: () => () => undefined };
+  const code = await runCli(args, io, { VNSNAP_INSECURE_PLAINTEXT: '1' });
+  return { code, stdout, stderr };
 }
 
 describe('schedule intervals', () => {
