@@ -101,7 +101,9 @@ export class Scheduler {
       this.record(s.vne, now, 'skipped: the previous scheduled snapshot is still running', '');
       return;
     }
-    const run = this.run(s, now).finally(() => this.running.delete(s.vne));
+    const run = this.run(s, now)
+      .catch((e: unknown) => this.d.log.warn({ vne: s.vne, error: (e as Error).message }, 'scheduled run failed'))
+      .finally(() => this.running.delete(s.vne));
     this.running.set(s.vne, run);
   }
 
