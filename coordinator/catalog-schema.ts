@@ -115,6 +115,26 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (vne, vm)
   );
   `,
+  // 4: snapshot schedules (one per VNE) and which snapshots a schedule took (only those are pruned).
+  `
+  CREATE TABLE schedules (
+    vne TEXT PRIMARY KEY,
+    every_ms INTEGER NOT NULL,
+    keep_last INTEGER NOT NULL,
+    keep_hourly INTEGER NOT NULL,
+    keep_daily INTEGER NOT NULL,
+    mode TEXT NOT NULL,                -- SnapshotMode name
+    next_due_unix_ms INTEGER NOT NULL,
+    last_run_unix_ms INTEGER NOT NULL DEFAULT 0,
+    last_result TEXT NOT NULL DEFAULT '',
+    last_snapshot_id TEXT NOT NULL DEFAULT '',
+    created_unix_ms INTEGER NOT NULL
+  );
+  CREATE TABLE scheduled_snapshots (
+    snapshot_id TEXT PRIMARY KEY REFERENCES snapshots (id) ON DELETE CASCADE,
+    vne TEXT NOT NULL
+  );
+  `,
 ];
 
 export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;

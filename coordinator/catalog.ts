@@ -7,6 +7,9 @@
  * applies the migrations this release knows in one transaction each and refuses a file written
  * by a newer schema.
  *
+ * Schedules: `schedules` and `scheduled_snapshots` (scheduler-store.ts); a VNE's schedule goes
+ * with the VNE.
+ *
  * Disks: `vm_disks` records per VM where its writable disk is (host, path; bytes and the time
  * when a stop kept it): vm-disks.ts reads and writes it. The rows of a VNE go with the VNE.
  *
@@ -29,6 +32,7 @@ import Database from 'better-sqlite3';
 import { VnsnapError } from '../proto/core/errors';
 import { MIGRATIONS } from './catalog-schema';
 import { VmDisks } from './vm-disks';
+import { ScheduleStore } from './scheduler-store';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { Agent__Output } from '../proto/gen/vnsnap/v1/Agent';
 import type { FencedVm__Output } from '../proto/gen/vnsnap/v1/FencedVm';
@@ -128,6 +132,8 @@ export class Catalog {
   readonly recovered: { snapshots: string[]; restores: string[] } = { snapshots: [], restores: [] };
   /** Where each VM's disk is (vm-disks.ts). */
   readonly disks: VmDisks;
+  /** Snapshot schedules and the snapshots they took (scheduler-store.ts). */
+  readonly schedules: ScheduleStore;
 
   /** Open (creating if needed) the catalog at `file` (':memory:' for tests), migrate and recover. */
   constructor(file: string, opts: CatalogOptions = {}) {
@@ -144,6 +150,7 @@ export class Catalog {
     this.migrate(file);
     this.recover();
     this.disks = new VmDisks(this.db);
+    this.schedules = new ScheduleStore(this.db);
   }
 
   close(): void {
@@ -258,6 +265,7 @@ export class Catalog {
     this.db.prepare('DELETE FROM vnes WHERE name = ?').run(name);
     this.db.prepare('DELETE FROM fenced_vms WHERE vne = ?').run(name);
     this.disks.forget(name);
+    this.schedules.delete(name);
   }
 
   // ---- fenced instances -------------------------------------------------------------------

@@ -7,7 +7,8 @@
  * configured PEM files, or plaintext only when insecurePlaintext is set and the listen address
  * is loopback: proto/core/tls.ts), open the catalog (migrate, recover), bind, report
  * NOT_SERVING→SERVING; dead_after_ms later, running VNEs whose agents have not registered since
- * are DEGRADED (vne-health.ts: the coordinator restarted while those agents were away). With TLS every call passes the role check of authz.ts first, and
+ * are DEGRADED (vne-health.ts: the coordinator restarted while those agents were away) and the
+ * snapshot schedules start (scheduler.ts: a run missed while down is taken then, once). With TLS every call passes the role check of authz.ts first, and
  * reloadTls() (SIGHUP in main.ts) swaps the PEM files for new connections without dropping any
  * session or stream.
  * stop(): health NOT_SERVING, abort snapshots in progress (their SnapshotAbort leaves before
@@ -162,6 +163,9 @@ export class CoordinatorServer implements Startable {
     this.startSweep = clock.setTimeout(() => {
       this.startSweep = undefined;
       this.service.health.sweep(`not registered within ${sweepMs} ms of the coordinator's start`);
+      // Schedules start once the agents had their time to register: a run missed while the
+      // coordinator was down is taken now, once.
+      this.service.scheduler.start();
     }, sweepMs);
     const host = config.listen.replace(/:\d+$/, '');
     this.boundAddress = `${host}:${port}`;
@@ -184,6 +188,7 @@ export class CoordinatorServer implements Startable {
     this.health?.setStatus(COORDINATOR_SERVICE, 'NOT_SERVING');
     this.clock.clearTimeout(this.startSweep);
     this.startSweep = undefined;
+    this.service?.scheduler.stop();
     await this.snapshots?.stop('coordinator stopping');
     // Let the SnapshotAbort commands leave before the sessions close.
     await new Promise((r) => setImmediate(r));

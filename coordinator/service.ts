@@ -7,7 +7,8 @@
  * delegated to their sequencers; this layer validates input, guards each VNE against two
  * operations at once (an in-memory lock for start/stop/update/delete/restore, the VNE state for
  * snapshots) and publishes events. Kept disks (what stop keeps, start boots from, delete and
- * --discard-disks throw away) follow the rules of kept-disks.ts.
+ * --discard-disks throw away) follow the rules of kept-disks.ts. Snapshot schedules: their RPCs
+ * are scheduler-rpc.ts, their runs scheduler.ts (through createSnapshot and deleteSnapshot here).
  */
 import type { ServerWritableStream, ServiceError, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import { VnsnapError } from '../proto/core/errors';
@@ -45,6 +46,11 @@ import { VneHealth } from './vne-health';
 import { byHost, KeptDisks } from './kept-disks';
 import type { VmDiskRecord } from './vm-disks';
 import { formatBytes } from './cli/format';
+import { Scheduler } from './scheduler';
+import { ScheduleRpcs } from './scheduler-rpc';
+import type { DeleteScheduleRequest__Output } from '../proto/gen/vnsnap/v1/DeleteScheduleRequest';
+import type { GetScheduleRequest__Output } from '../proto/gen/vnsnap/v1/GetScheduleRequest';
+import type { SetScheduleRequest__Output } from '../proto/gen/vnsnap/v1/SetScheduleRequest';
 
 /** A request whose newer fields may be absent (tests and older callers): absent is false. */
 type Lenient<T, K extends keyof T> = Omit<T, K> & Partial<Pick<T, K>>;
@@ -75,6 +81,9 @@ export class CoordinatorServiceImpl {
 
   readonly health: VneHealth;
   private readonly kept: KeptDisks;
+  /** Snapshot schedules: the timer (started by the server) and the four RPCs. */
+  readonly scheduler: Scheduler;
+  readonly schedules: ScheduleRpcs;
 
   constructor(private readonly o: CoordinatorServiceOptions) {
     this.health = new VneHealth({
@@ -87,6 +96,14 @@ export class CoordinatorServiceImpl {
       busy: (vne) => this.ops.has(vne) || !!o.snapshots.active(vne) || o.restores.isRestoring(vne),
     });
     this.kept = new KeptDisks(o.catalog, o.agents, () => this.cmd, () => o.clock.now());
+    this.scheduler = new Scheduler({
+      catalog: o.catalog,
+      clock: o.clock,
+      log: o.log,
+      snapshot: (r, sink) => this.createSnapshot(r, sink),
+      deleteSnapshot: (id) => this.deleteSnapshot({ id }),
+    });
+    this.schedules = new ScheduleRpcs({ catalog: o.catalog, clock: o.clock, scheduler: this.scheduler });
   }
 
   // ---- guards -----------------------------------------------------------------------------
@@ -429,6 +446,10 @@ export class CoordinatorServiceImpl {
       GetSnapshot: unary((r: GetSnapshotRequest__Output) => this.getSnapshot(r)),
       DeleteSnapshot: unary((r: DeleteSnapshotRequest__Output) => this.deleteSnapshot(r)),
       RestoreSnapshot: stream((r: RestoreSnapshotRequest__Output, sink) => this.restoreSnapshot(r, sink)),
+      SetSchedule: unary((r: SetScheduleRequest__Output) => this.schedules.setSchedule(r)),
+      ListSchedules: unary(() => this.schedules.listSchedules()),
+      GetSchedule: unary((r: GetScheduleRequest__Output) => this.schedules.getSchedule(r)),
+      DeleteSchedule: unary((r: DeleteScheduleRequest__Output) => this.schedules.deleteSchedule(r)),
       WatchEvents: (call: ServerWritableStream<WatchEventsRequest__Output, Event>) => {
         const filter = call.request.vne;
         const unsubscribe = this.o.events.subscribe((e) => {

@@ -9,6 +9,7 @@ import * as cmd from './commands';
 import { CliError, EXIT, type ExitCode } from './exit-codes';
 import { resolveCredentials } from './credentials';
 import type { CliIo } from './io';
+import { addScheduleCommands } from './schedule';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -182,6 +183,13 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; discardDisks?: boolean; timeoutMs?: number }) =>
       run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}), ...(o.discardDisks ? { discardDisks: true } : {}) }), o),
     );
+
+  addScheduleCommands(
+    (name, description) => program.command(name).description(description).usage('<command> [options]').exitOverride().configureOutput(output(io)),
+    leaf,
+    example,
+    (work, o) => run(work, o as CommonOpts),
+  );
 
   leaf(program, 'agents', 'list the agents (one per host) and whether they are connected')
     .addHelpText('after', example('$ vnsnap agents'))

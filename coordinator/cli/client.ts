@@ -32,6 +32,10 @@ import type { SnapshotEvent__Output } from '../../proto/gen/vnsnap/v1/SnapshotEv
 import type { StartVneResponse__Output } from '../../proto/gen/vnsnap/v1/StartVneResponse';
 import type { StopVneResponse__Output } from '../../proto/gen/vnsnap/v1/StopVneResponse';
 import type { Vne, Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
+import type { DeleteScheduleResponse__Output } from '../../proto/gen/vnsnap/v1/DeleteScheduleResponse';
+import type { ListSchedulesResponse__Output } from '../../proto/gen/vnsnap/v1/ListSchedulesResponse';
+import type { Schedule__Output } from '../../proto/gen/vnsnap/v1/Schedule';
+import type { SetScheduleRequest } from '../../proto/gen/vnsnap/v1/SetScheduleRequest';
 import { CliError, EXIT, exitCodeForErrorCode } from './exit-codes';
 import { describeTlsFailure, type CliCredentials } from './credentials';
 import { inCliTerms } from './wording';
@@ -167,6 +171,19 @@ export class CoordinatorClient {
   }
   deleteSnapshot(id: string): Promise<DeleteSnapshotResponse__Output> {
     return this.unary('delete snapshot', (md, o, cb) => this.c.deleteSnapshot({ id }, md, o, cb));
+  }
+
+  setSchedule(req: SetScheduleRequest): Promise<Schedule__Output> {
+    return this.unary('set schedule', (md, o, cb) => this.c.setSchedule(req, md, o, cb));
+  }
+  listSchedules(): Promise<ListSchedulesResponse__Output> {
+    return this.unary('list schedules', (md, o, cb) => this.c.listSchedules({}, md, o, cb));
+  }
+  getSchedule(vne: string): Promise<Schedule__Output> {
+    return this.unary('show schedule', (md, o, cb) => this.c.getSchedule({ vne }, md, o, cb));
+  }
+  deleteSchedule(vne: string): Promise<DeleteScheduleResponse__Output> {
+    return this.unary('delete schedule', (md, o, cb) => this.c.deleteSchedule({ vne }, md, o, cb));
   }
 
   createSnapshot(req: CreateSnapshotRequest): grpc.ClientReadableStream<SnapshotEvent__Output> {

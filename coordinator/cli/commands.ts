@@ -34,7 +34,7 @@ function printJson(ctx: Ctx, type: string, message: unknown): void {
 }
 
 /** One call to the coordinator, its response printed: as proto3 JSON of `type` with --json, else `human(response)`. */
-function callAndPrint<R>(ctx: Ctx, call: (c: CoordinatorClient) => Promise<R>, type: string, human: (r: R) => string): Promise<ExitCode> {
+export function callAndPrint<R>(ctx: Ctx, call: (c: CoordinatorClient) => Promise<R>, type: string, human: (r: R) => string): Promise<ExitCode> {
   return withClient(ctx, async (c) => {
     const r = await call(c);
     if (ctx.json) printJson(ctx, type, r);

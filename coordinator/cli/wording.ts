@@ -36,6 +36,11 @@ export const FIELD_FLAGS: Readonly<Record<string, string>> = {
   place_lost: '--place-lost',
   discard_disks: '--discard-disks',
   forget_unreachable_disks: '--forget-unreachable-disks',
+  // `vnsnap schedule set`
+  every_ms: '--every',
+  keep_last: '--keep-last',
+  keep_hourly: '--keep-hourly',
+  keep_daily: '--keep-daily',
 };
 
 /** RPCs of CoordinatorService → the command that calls them. */
@@ -54,13 +59,18 @@ export const RPC_COMMANDS: Readonly<Record<string, string>> = {
   RestoreSnapshot: 'vnsnap restore',
   ListAgents: 'vnsnap agents',
   WatchEvents: 'vnsnap events',
+  SetSchedule: 'vnsnap schedule set',
+  ListSchedules: 'vnsnap schedule list',
+  GetSchedule: 'vnsnap schedule show',
+  DeleteSchedule: 'vnsnap schedule delete',
 };
 
 const word = (w: string): RegExp => new RegExp(`(?<![\\w.-])${w}(?![\\w-])`, 'g');
 
 const RULES: readonly Rule[] = [
   // "restore with stop_running to replace its VMs", "pass delete_snapshots", "timeout_ms 9 is out of range"
-  ...['stop_running', 'delete_snapshots', 'timeout_ms', 'precopy_deadline_ms', 'place_lost', 'discard_disks'].map((f) => ({ field: f, pattern: word(f), replacement: FIELD_FLAGS[f] as string })),
+  // "every_ms must be at least 1m", "at least one of keep_last, keep_hourly, keep_daily must be above 0"
+  ...['stop_running', 'delete_snapshots', 'timeout_ms', 'precopy_deadline_ms', 'place_lost', 'discard_disks', 'every_ms', 'keep_last', 'keep_hourly', 'keep_daily'].map((f) => ({ field: f, pattern: word(f), replacement: FIELD_FLAGS[f] as string })),
   // "snapshot_id is required", "snapshot_id is 300 characters long"
   { field: 'snapshot_id', pattern: word('snapshot_id'), replacement: 'the snapshot ID' },
   // "description is 5000 characters long; the limit is 1024": a bounds message about the field

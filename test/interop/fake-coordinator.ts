@@ -20,6 +20,7 @@ import type { Agent } from '../../proto/gen/vnsnap/v1/Agent';
 import type { CoordinatorServiceHandlers } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { Event } from '../../proto/gen/vnsnap/v1/Event';
 import type { Phase } from '../../proto/gen/vnsnap/v1/Phase';
+import type { Schedule } from '../../proto/gen/vnsnap/v1/Schedule';
 import type { Snapshot } from '../../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { VmSnapshot } from '../../proto/gen/vnsnap/v1/VmSnapshot';
@@ -243,7 +244,31 @@ export async function startFakeCoordinator(address = '127.0.0.1:0', opts: FakeOp
     return undefined;
   };
 
+  const schedules = new Map<string, Schedule>();
   const handlers: CoordinatorServiceHandlers = {
+    SetSchedule(call, cb) {
+      rec('SetSchedule', call.request);
+      const r = call.request;
+      if (!vnes.has(r.vne)) return cb(fail('ERR_NOT_FOUND', `VNE "${r.vne}" does not exist`));
+      const s: Schedule = { ...r, nextDueUnixMs: T0_MS + Number(r.everyMs), createdUnixMs: T0_MS };
+      schedules.set(r.vne, s);
+      cb(null, s);
+    },
+    ListSchedules(call, cb) {
+      rec('ListSchedules', call.request);
+      cb(null, { schedules: [...schedules.values()] });
+    },
+    GetSchedule(call, cb) {
+      rec('GetSchedule', call.request);
+      const s = schedules.get(call.request.vne);
+      if (!s) return cb(fail('ERR_NOT_FOUND', `VNE "${call.request.vne}" has no schedule`));
+      cb(null, s);
+    },
+    DeleteSchedule(call, cb) {
+      rec('DeleteSchedule', call.request);
+      if (!schedules.delete(call.request.vne)) return cb(fail('ERR_NOT_FOUND', `VNE "${call.request.vne}" has no schedule`));
+      cb(null, {});
+    },
     DefineVne(call, cb) {
       rec('DefineVne', call.request);
       const v = call.request.vne;

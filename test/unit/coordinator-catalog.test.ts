@@ -40,6 +40,7 @@ describe('coordinator catalog', () => {
       { version: 1, applied_unix_ms: T0 },
       { version: 2, applied_unix_ms: T0 },
       { version: 3, applied_unix_ms: T0 },
+      { version: 4, applied_unix_ms: T0 },
     ]);
     c.close();
   });
