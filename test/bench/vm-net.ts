@@ -20,7 +20,7 @@
  * once a second. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
- *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--json]
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
  * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
@@ -42,13 +42,16 @@ import { busiestThreads, sampleThreads } from './vm-net-threads';
 import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
   --seconds S     seconds per iperf3 run (default 10)
   --udp-rate R    iperf3 -b for the 64-byte UDP runs (default 0: as fast as the guest sends)
   --memory MiB    guest memory (default 256)
+  --tunnel-offload on|off
+                  the agents' tunnelOffload (UDP GSO/GRO on the Geneve tunnel; default: the
+                  agent's default, on where the kernel has it)
   --extra-nics L  vnsnap NIC modes measured as extra rows besides tap-vnet, comma-separated
                   (tap, stream; default tap,stream; none for no extra row)
   --json          one JSON object on stdout:
@@ -62,6 +65,7 @@ interface Options {
   udpRate: string;
   memoryMib: number;
   extraNics: ExtraNic[];
+  tunnelOffload?: boolean;
   json: boolean;
 }
 
@@ -86,7 +90,11 @@ function parseArgs(argv: readonly string[]): Options {
       for (const n of list) if (!Object.hasOwn(EXTRA_VNE, n)) usage(`--extra-nics takes tap, stream or none, got ${n}`);
       o.extraNics = list as ExtraNic[];
     }
-    else if (flag === '--json') o.json = true;
+    else if (flag === '--tunnel-offload') {
+      const v = value();
+      if (v !== 'on' && v !== 'off') usage(`--tunnel-offload takes on or off, got ${v}`);
+      o.tunnelOffload = v === 'on';
+    } else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') {
       process.stdout.write(`${HELP}\n`);
       process.exit(0);
@@ -228,7 +236,7 @@ async function main(): Promise<void> {
   await (cleanups.pop() as () => Promise<void>)();
 
   // (a) vnsnap: a real deployment, tap-vnet NICs (then the extra NIC modes)
-  const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000, ...(o.tunnelOffload !== undefined ? { tunnelOffload: o.tunnelOffload } : {}) });
   cleanups.push(async () => {
     await c.destroy();
     removeInstanceDirs(ALL_VNES);
@@ -314,7 +322,7 @@ function report(o: Options, r: Results): void {
       during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
     },
     ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, { tcp_mbps: round(tcpSummary(p).median), udp64_kpps: round(udpSummary(p).median), cpu_per_gbps: round(cpuSummary(p).median, 2) }])),
-    settings: { runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
+    settings: { tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
     paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])) },
