@@ -169,9 +169,6 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     process.stderr.write(`vnsnap-agent: ${describeError(e)}\n`);
     process.exit(2);
   }
-  process.stdout.write(
-    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, tunnelOffload: agent.tunnelOffloaded, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
-  );
   let stopping = false;
   const shutdown = (sig: string): void => {
     if (stopping) return;
@@ -193,6 +190,11 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   } else process.on('SIGHUP', () => log.info('SIGHUP: no TLS files to reload (plaintext on loopback)'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // The ready line comes last: whoever reads it may signal at once, and a signal that arrives
+  // before its handler is installed would take Node's default action (exit by the signal).
+  process.stdout.write(
+    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, tunnelOffload: agent.tunnelOffloaded, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
+  );
 }
 
 if (require.main === module) void runAgentMain();

@@ -97,7 +97,6 @@ async function main(): Promise<void> {
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper.
   const parts: Startable[] = [server];
   await startAll(parts);
-  process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -125,6 +124,8 @@ async function main(): Promise<void> {
   }, log);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  // The ready line comes last: whoever reads it may signal at once (see agent/main.ts).
+  process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
 }
 
 if (require.main === module) {
