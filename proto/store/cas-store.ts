@@ -36,6 +36,7 @@ import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
 import { storeStats, type StoreStats } from './cas-stats';
 import type { ObjectBackend } from './object-backend';
 import type { SnapshotStore, StoredArtefact } from './snapshot-store';
+import { putThroughWriter } from './snapshot-store';
 
 export type { WriteStats } from './cas-writer';
 
@@ -126,15 +127,8 @@ export class CasStore implements SnapshotStore {
     await session?.end().catch(() => undefined); // a lock left behind goes stale
   }
 
-  async put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
-    const w = await this.create(relPath);
-    try {
-      await w.write(data);
-      return await w.commit();
-    } catch (e) {
-      await w.abort();
-      throw e;
-    }
+  put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
+    return putThroughWriter(this, relPath, data);
   }
 
   /** The index of a committed artefact, or null when there is none. */

@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import { VnsnapError } from '../core/errors';
 import { AtomicFile, confine, isTempName } from './atomic-file';
 import type { ArtefactWriter, SnapshotStore, StoredArtefact } from './snapshot-store';
+import { putThroughWriter } from './snapshot-store';
 
 export type { ArtefactWriter, SnapshotStore, StoredArtefact } from './snapshot-store';
 
@@ -43,15 +44,8 @@ export class LocalDirStore implements SnapshotStore {
     return new LocalWriter(relPath, await AtomicFile.create(this.resolve(relPath), relPath));
   }
 
-  async put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
-    const w = await this.create(relPath);
-    try {
-      await w.write(data);
-      return await w.commit();
-    } catch (e) {
-      await w.abort();
-      throw e;
-    }
+  put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
+    return putThroughWriter(this, relPath, data);
   }
 
   async get(relPath: string): Promise<Buffer> {

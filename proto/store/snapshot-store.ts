@@ -50,3 +50,15 @@ export interface SnapshotStore {
   /** Delete every artefact (and unfinished write) under prefix; returns how many artefacts were removed. */
   deleteByPrefix(prefix: string): Promise<number>;
 }
+
+/** put() through a store's own writer: one write, then commit; an abort on any failure. */
+export async function putThroughWriter(store: Pick<SnapshotStore, 'create'>, relPath: string, data: Uint8Array): Promise<StoredArtefact> {
+  const w = await store.create(relPath);
+  try {
+    await w.write(data);
+    return await w.commit();
+  } catch (e) {
+    await w.abort();
+    throw e;
+  }
+}
