@@ -96,7 +96,8 @@ int ofl_segment(const uint8_t *prefix, uint32_t plen, const uint8_t *f, size_t l
  * without a flush-flagged segment overtaking it. Writes both headers (the returned number of
  * bytes each, <= OFL_SEG_HDR_MAX, with partial checksums); the payloads stay in f: the first
  * part's is f[hdrs, hdrs + *body_len), the last segment's the *tail_len bytes after it. The
- * first part keeps h as its virtio_net_hdr; *tail receives the last segment's (NEEDS_CSUM, no
+ * first part keeps h as its virtio_net_hdr (of two segments, the first part is one: write it
+ * with an ordinary header, ofl_demote_single); *tail receives the last segment's (NEEDS_CSUM, no
  * GSO). Returns the header length (> 0), 0 when nothing needs splitting (one segment, or none
  * of those flags), or -1 when f is not a TCP super-frame this can cut.
  */
