@@ -17,6 +17,11 @@
  * delivers it at once, ahead of the segments GRO still holds: the guest would see every such
  * super-frame's end before its body. Written on its own, the last segment arrives in the next
  * NAPI poll, after the body. A frame counts as written only when both writes went out.
+ *
+ * A GSO header on a frame of one segment (its payload at most gso_size, e.g. the body of a
+ * two-segment super-frame split as above) is written as an ordinary header with its partial
+ * checksum (ofl_demote_single): a packet socket refuses a GSO skb of one segment (sendmsg fails
+ * with ENOMEM), which would throw and drop the rest of the port's batch.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,8 +54,12 @@ static int write_split(int fd, uint8_t *data, size_t len, const uint8_t *meta) {
   int hdrs = ofl_split_tail(data, len, &h, body_hdr, tail_hdr, &body_len, &tail_len, &tail);
   if (hdrs <= 0) return -1;
   ofl_vnet_put(tail_meta, &tail);
+  /* Two segments: the body is one segment, written with an ordinary header (see above). */
+  if (body_len <= h.gso_size) h.gso_type = OFL_GSO_NONE, h.gso_size = 0, h.hdr_len = 0;
+  uint8_t body_meta[OFL_VNET_HDR_LEN];
+  ofl_vnet_put(body_meta, &h);
   uint8_t *pay = data + hdrs;
-  struct iovec b[3] = {{(void *)meta, OFL_VNET_HDR_LEN}, {body_hdr, (size_t)hdrs}, {pay, body_len}};
+  struct iovec b[3] = {{body_meta, OFL_VNET_HDR_LEN}, {body_hdr, (size_t)hdrs}, {pay, body_len}};
   int e = write_iov(fd, b, 3);
   if (e) return e;
   struct iovec t[3] = {{tail_meta, OFL_VNET_HDR_LEN}, {tail_hdr, (size_t)hdrs}, {pay + body_len, tail_len}};
@@ -71,6 +80,15 @@ static napi_value write_frames(napi_env env, int fd, napi_value frames, uint32_t
     if (napi_get_element(env, frames, i, &el) != napi_ok) return NULL;
     if (!arg_bytes(env, el, &data, &len, what)) return NULL;
     const uint8_t *meta = metas ? metas + (size_t)i * OFL_VNET_HDR_LEN : zero_hdr;
+    uint8_t single[OFL_VNET_HDR_LEN];
+    if (metas && meta[1] != OFL_GSO_NONE) {
+      ofl_vnet_t h;
+      ofl_vnet_get(meta, &h);
+      if (ofl_demote_single(data, len, &h)) {
+        ofl_vnet_put(single, &h);
+        meta = single;
+      }
+    }
     struct iovec v[2] = {{(void *)meta, OFL_VNET_HDR_LEN}, {data, len}};
     int e = split && metas ? write_split(fd, data, len, meta) : -1;
     if (e < 0) e = write_iov(fd, vnet ? v : v + 1, vnet ? 2 : 1);

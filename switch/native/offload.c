@@ -241,6 +241,18 @@ int ofl_split_tail(const uint8_t *f, size_t len, const ofl_vnet_t *h, uint8_t *b
   return (int)hdrs;
 }
 
+int ofl_demote_single(const uint8_t *f, size_t len, ofl_vnet_t *h) {
+  uint8_t gt = h->gso_type & (uint8_t)~OFL_GSO_ECN;
+  if (gt != OFL_GSO_TCPV4 && gt != OFL_GSO_TCPV6) return 0;
+  ofl_pkt_t pi;
+  if (!ofl_parse(f, len, &pi) || pi.proto != 6) return 0;
+  if (h->gso_size == 0 || pi.ip_end - (pi.l4 + pi.thl) > h->gso_size) return 0;
+  h->gso_type = OFL_GSO_NONE;
+  h->gso_size = 0;
+  h->hdr_len = 0;
+  return 1;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* receive side                                                                             */
 

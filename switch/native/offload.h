@@ -96,11 +96,21 @@ int ofl_segment(const uint8_t *prefix, uint32_t plen, const uint8_t *f, size_t l
  * without a flush-flagged segment overtaking it. Writes both headers (the returned number of
  * bytes each, <= OFL_SEG_HDR_MAX, with partial checksums); the payloads stay in f: the first
  * part's is f[hdrs, hdrs + *body_len), the last segment's the *tail_len bytes after it. The
- * first part keeps h as its virtio_net_hdr; *tail receives the last segment's (NEEDS_CSUM, no
+ * first part keeps h as its virtio_net_hdr (of two segments, the first part is one: write it
+ * with an ordinary header, ofl_demote_single); *tail receives the last segment's (NEEDS_CSUM, no
  * GSO). Returns the header length (> 0), 0 when nothing needs splitting (one segment, or none
  * of those flags), or -1 when f is not a TCP super-frame this can cut.
  */
 int ofl_split_tail(const uint8_t *f, size_t len, const ofl_vnet_t *h, uint8_t *body_hdr, uint8_t *tail_hdr, uint32_t *body_len, uint32_t *tail_len, ofl_vnet_t *tail);
+
+/*
+ * A GSO header (TCPV4/TCPV6) on the TCP frame f[0..len) whose payload is at most one segment
+ * (<= gso_size) is made an ordinary header in place: gso_type NONE, gso_size and hdr_len 0,
+ * flags and csum_start/csum_offset kept (a partial checksum stays partial). A packet socket
+ * refuses such a "super-frame" of one segment (sendmsg fails with ENOMEM on this kernel) where
+ * it accepts the same frame with an ordinary header. Returns 1 when h was changed, else 0.
+ */
+int ofl_demote_single(const uint8_t *f, size_t len, ofl_vnet_t *h);
 
 /* An entry produced by ofl_gro_split. */
 typedef struct {
