@@ -55,7 +55,7 @@ static int write_split(int fd, uint8_t *data, size_t len, const uint8_t *meta) {
   if (hdrs <= 0) return -1;
   ofl_vnet_put(tail_meta, &tail);
   /* Two segments: the body is one segment, written with an ordinary header (see above). */
-  if (body_len <= h.gso_size) h.gso_type = OFL_GSO_NONE, h.gso_size = 0, h.hdr_len = 0;
+  ofl_demote_payload(&h, body_len);
   uint8_t body_meta[OFL_VNET_HDR_LEN];
   ofl_vnet_put(body_meta, &h);
   uint8_t *pay = data + hdrs;

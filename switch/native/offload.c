@@ -246,7 +246,11 @@ int ofl_demote_single(const uint8_t *f, size_t len, ofl_vnet_t *h) {
   if (gt != OFL_GSO_TCPV4 && gt != OFL_GSO_TCPV6) return 0;
   ofl_pkt_t pi;
   if (!ofl_parse(f, len, &pi) || pi.proto != 6) return 0;
-  if (h->gso_size == 0 || pi.ip_end - (pi.l4 + pi.thl) > h->gso_size) return 0;
+  return ofl_demote_payload(h, pi.ip_end - (pi.l4 + pi.thl));
+}
+
+int ofl_demote_payload(ofl_vnet_t *h, uint32_t payload) {
+  if (h->gso_size == 0 || payload > h->gso_size) return 0;
   h->gso_type = OFL_GSO_NONE;
   h->gso_size = 0;
   h->hdr_len = 0;

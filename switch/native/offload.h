@@ -112,6 +112,10 @@ int ofl_split_tail(const uint8_t *f, size_t len, const ofl_vnet_t *h, uint8_t *b
  */
 int ofl_demote_single(const uint8_t *f, size_t len, ofl_vnet_t *h);
 
+/* The same rule when the TCP payload length is already known (a split's first part): 1 when h
+ * was made an ordinary header. */
+int ofl_demote_payload(ofl_vnet_t *h, uint32_t payload);
+
 /* An entry produced by ofl_gro_split. */
 typedef struct {
   uint32_t off;  /* from the start of the buffer */
