@@ -29,7 +29,7 @@ import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
-import { chunkKey, decodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { chunkKey, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
@@ -179,6 +179,24 @@ export class CasStore implements SnapshotStore {
     const parts: Buffer[] = [];
     for await (const b of this.read(relPath)) parts.push(b);
     return Buffer.concat(parts);
+  }
+
+  /**
+   * A second index naming the same chunks (no chunk is read or written): storedBytes 0. Runs in
+   * the writer session, so a sweep cannot free the chunks between reading `from` and putting `to`.
+   */
+  async link(from: string, to: string): Promise<StoredArtefact> {
+    checkPath(to);
+    const session = await this.enter();
+    try {
+      const idx = await this.index(from);
+      if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${from} is not in the store`);
+      await session.held(`artefact ${to}`);
+      await this.backend.put(indexKey(to), encodeIndex({ ...idx, path: to }));
+      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0 };
+    } finally {
+      await this.leave();
+    }
   }
 
   async stat(relPath: string): Promise<number | null> {

@@ -89,7 +89,7 @@ export class CasWriter implements ArtefactWriter {
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
-      return a;
+      return { ...a, storedBytes: this.stats.newBytes };
     }, 'committing')
       .catch((e: unknown) => {
         this.state = 'aborted';

@@ -23,6 +23,9 @@ import { putThroughWriter } from './snapshot-store';
 
 export type { ArtefactWriter, SnapshotStore, StoredArtefact } from './snapshot-store';
 
+/** Bytes per chunk read() yields. */
+const READ_CHUNK = 4 << 20;
+
 export class LocalDirStore implements SnapshotStore {
   readonly root: string;
 
@@ -53,6 +56,38 @@ export class LocalDirStore implements SnapshotStore {
       return await fsp.readFile(this.resolve(relPath));
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`, { cause: e });
+      throw e;
+    }
+  }
+
+  async *read(relPath: string): AsyncGenerator<Buffer> {
+    let h: fsp.FileHandle;
+    try {
+      h = await fsp.open(this.resolve(relPath), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`, { cause: e });
+      throw e;
+    }
+    try {
+      for (;;) {
+        const buf = Buffer.allocUnsafe(READ_CHUNK);
+        const { bytesRead } = await h.read(buf, 0, buf.length, null);
+        if (bytesRead === 0) return;
+        yield buf.subarray(0, bytesRead);
+      }
+    } finally {
+      await h.close();
+    }
+  }
+
+  /** A copy under the new name (a hard link would tie the two files' fates to one inode's). */
+  async link(from: string, to: string): Promise<StoredArtefact> {
+    const w = await this.create(to);
+    try {
+      for await (const b of this.read(from)) await w.write(b);
+      return await w.commit();
+    } catch (e) {
+      await w.abort();
       throw e;
     }
   }
@@ -167,7 +202,7 @@ class LocalWriter implements ArtefactWriter {
 
   async commit(): Promise<StoredArtefact> {
     await this.file.commit();
-    return { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
+    return { path: this.path, size: this.size, sha256: this.hash.digest('hex'), storedBytes: this.size };
   }
 
   abort(): Promise<void> {

@@ -10,7 +10,9 @@
  * absent or complete: until commit() nothing is visible under its path (get: ERR_NOT_FOUND,
  * stat: null, list: not shown), and a failed or aborted write leaves nothing behind. A full
  * store is ERR_STORE_FULL. The size and the lower-case hex SHA-256 are computed while writing
- * and returned by commit(); verify() checks a committed artefact against them.
+ * and returned by commit(); verify() checks a committed artefact against them. read() streams an
+ * artefact; link() gives it a second name (an incremental snapshot names the unchanged disk
+ * layers of its predecessor that way, so deleting the predecessor frees nothing it still needs).
  */
 
 /** A committed artefact: where it is, how big, and its SHA-256. */
@@ -18,6 +20,12 @@ export interface StoredArtefact {
   path: string;
   size: number;
   sha256: string;
+  /**
+   * Bytes this write added to the store (set by create()/put()/link() results only): the whole
+   * size for a store that keeps every artefact whole, the new chunks' bytes for a
+   * content-addressed one, 0 for a link there. Absent on artefacts described by a caller.
+   */
+  storedBytes?: number;
 }
 
 export interface ArtefactWriter {
@@ -39,6 +47,18 @@ export interface SnapshotStore {
   put(relPath: string, data: Uint8Array): Promise<StoredArtefact>;
   /** The bytes of a committed artefact; ERR_NOT_FOUND when absent. */
   get(relPath: string): Promise<Buffer>;
+  /**
+   * The bytes of a committed artefact as a stream of chunks in order, for artefacts too big to
+   * hold at once (memory images, disks); checked as get() is, a problem thrown by the iteration.
+   * ERR_NOT_FOUND (on the first step) when absent.
+   */
+  read(relPath: string): AsyncIterable<Buffer>;
+  /**
+   * Make the committed artefact `from` also available as `to` (replacing an older `to`), without
+   * copying its bytes where the store can avoid it; the two are independent from then on:
+   * deleting one leaves the other whole. ERR_NOT_FOUND when `from` is absent.
+   */
+  link(from: string, to: string): Promise<StoredArtefact>;
   /** Size of a committed artefact, or null when absent. */
   stat(relPath: string): Promise<number | null>;
   /** Check an artefact against its expected size and checksum: a problem (one line) or null. */

@@ -13,6 +13,7 @@ const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).d
 const chunkKeys = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('chunks/'));
 
 snapshotStoreCompliance('CasStore over memory objects', {
+  dedup: true,
   open: async () => new CasStore(new MemoryObjects(), { chunker: SMALL }),
   close: async () => undefined,
 });
@@ -28,7 +29,7 @@ describe('CasStore', () => {
   it('lays an artefact out as chunks named by SHA-256 and an index listing them in order', async () => {
     const data = bytes(100 * KiB, 1);
     const a = await store.put('snapshots/s1/vm1.mem', data);
-    assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: data.length, sha256: sha(data) });
+    assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: data.length, sha256: sha(data), storedBytes: data.length });
     const idx = decodeIndex(await objects.get('artefacts/snapshots/s1/vm1.mem.idx'), 'snapshots/s1/vm1.mem');
     assert.deepEqual({ size: idx.size, sha256: idx.sha256, chunker: idx.chunker }, { size: data.length, sha256: sha(data), chunker: { algo: 'fastcdc-gear32', ...SMALL } });
     let off = 0;

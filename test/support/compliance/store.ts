@@ -21,6 +21,8 @@ export interface StoreHarness {
   open(): Promise<SnapshotStore>;
   /** Release it and everything in it. */
   close(store: SnapshotStore): Promise<void>;
+  /** The store keeps each distinct byte sequence once (content-addressed): a repeat or a link adds nothing. */
+  dedup: boolean;
 }
 
 /** A fresh, empty store with room for about `room` bytes. */
@@ -49,14 +51,45 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
 
     it('put returns the path, size and lower-case SHA-256; get, stat and list see exactly that artefact', async () => {
       const a = await store.put('snapshots/s1/vm1.mem', Buffer.from('hello world'));
-      assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: 11, sha256: sha('hello world') });
+      assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: 11, sha256: sha('hello world'), storedBytes: 11 });
       assert.deepEqual(await store.get('snapshots/s1/vm1.mem'), Buffer.from('hello world'));
       assert.equal(await store.stat('snapshots/s1/vm1.mem'), 11);
       assert.deepEqual(await store.list(''), ['snapshots/s1/vm1.mem']);
       const empty = await store.put('snapshots/s1/empty', new Uint8Array(0));
-      assert.deepEqual(empty, { path: 'snapshots/s1/empty', size: 0, sha256: sha('') });
+      assert.deepEqual(empty, { path: 'snapshots/s1/empty', size: 0, sha256: sha(''), storedBytes: 0 });
       assert.deepEqual(await store.get('snapshots/s1/empty'), Buffer.alloc(0));
       assert.equal(await store.stat('snapshots/s1/empty'), 0);
+    });
+
+    it('read streams the artefact in order; an absent one is ERR_NOT_FOUND', async () => {
+      const big = Buffer.alloc(9 << 20);
+      for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+      await store.put('snapshots/s1/big', big);
+      const parts: Buffer[] = [];
+      for await (const b of store.read('snapshots/s1/big')) parts.push(b);
+      assert.ok(parts.length > 1, `one ${big.length}-byte piece: read() must stream`);
+      assert.ok(Buffer.concat(parts).equals(big));
+      await rejectsWith((async () => {
+        for await (const _ of store.read('snapshots/none/x')) void _;
+      })(), 'ERR_NOT_FOUND', 'artefact snapshots/none/x is not in the store');
+    });
+
+    it('link gives an artefact a second, independent name', async () => {
+      await store.put('snapshots/s1/disk', Buffer.from('layer bytes'));
+      const l = await store.link('snapshots/s1/disk', 'snapshots/s2/disk');
+      assert.deepEqual(l, { path: 'snapshots/s2/disk', size: 11, sha256: sha('layer bytes'), storedBytes: harness.dedup ? 0 : 11 });
+      await store.deleteByPrefix('snapshots/s1/');
+      assert.deepEqual(await store.get('snapshots/s2/disk'), Buffer.from('layer bytes'));
+      assert.equal(await store.verify(l), null);
+      assert.deepEqual(await store.list('snapshots/'), ['snapshots/s2/disk']);
+      await rejectsWith(store.link('snapshots/s1/disk', 'snapshots/s3/disk'), 'ERR_NOT_FOUND', 'artefact snapshots/s1/disk is not in the store');
+      assert.deepEqual(await store.list('snapshots/'), ['snapshots/s2/disk']);
+    });
+
+    it('storedBytes of a repeated artefact: nothing new in a content-addressed store, its size otherwise', async () => {
+      await store.put('v/a', Buffer.from('same bytes'));
+      const again = await store.put('v/b', Buffer.from('same bytes'));
+      assert.equal(again.storedBytes, harness.dedup ? 0 : 10);
     });
 
     it('an absent artefact: get is ERR_NOT_FOUND, stat is null, list is empty, delete is a no-op', async () => {
@@ -70,7 +103,7 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
     it('put replaces an artefact of the same path whole', async () => {
       await store.put('a/b', Buffer.from('first version, longer'));
       const a = await store.put('a/b', Buffer.from('second'));
-      assert.deepEqual(a, { path: 'a/b', size: 6, sha256: sha('second') });
+      assert.deepEqual(a, { path: 'a/b', size: 6, sha256: sha('second'), storedBytes: 6 });
       assert.deepEqual(await store.get('a/b'), Buffer.from('second'));
       assert.deepEqual(await store.list('a/'), ['a/b']);
     });
@@ -85,7 +118,7 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
       assert.equal(await store.stat('snapshots/s1/vm1.mem'), null);
       await rejectsWith(store.get('snapshots/s1/vm1.mem'), 'ERR_NOT_FOUND');
       assert.deepEqual(await store.list(''), []);
-      assert.deepEqual(await w.commit(), { path: 'snapshots/s1/vm1.mem', size: 13, sha256: sha('one two three') });
+      assert.deepEqual(await w.commit(), { path: 'snapshots/s1/vm1.mem', size: 13, sha256: sha('one two three'), storedBytes: 13 });
       assert.deepEqual(await store.get('snapshots/s1/vm1.mem'), Buffer.from('one two three'));
       assert.deepEqual(await store.list(''), ['snapshots/s1/vm1.mem']);
       await rejectsWith(w.write(Buffer.from('more')), 'ERR_STATE', 'artefact snapshots/s1/vm1.mem is already committed');
@@ -195,7 +228,7 @@ export function fullStoreCompliance(label: string, openFull: OpenFullStore): voi
       await rejectsWith(store.put('snapshots/s1/big', Buffer.alloc(4 * room)), 'ERR_STORE_FULL', /^store is full while (writing|committing) snapshots\/s1\/big; the partial artefact was removed$/);
       assert.deepEqual(await store.list(''), []);
       const a = await store.put('snapshots/s1/small', Buffer.from('ok'));
-      assert.deepEqual(a, { path: 'snapshots/s1/small', size: 2, sha256: sha('ok') });
+      assert.deepEqual(a, { path: 'snapshots/s1/small', size: 2, sha256: sha('ok'), storedBytes: 2 });
       assert.equal(await store.verify(a), null);
       assert.deepEqual(await store.list(''), ['snapshots/s1/small']);
     });
