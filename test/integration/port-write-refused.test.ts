@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import { AgentMetrics } from '../../agent/metrics';
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { PacketPort } from '../../switch/port/fd-port';
+import { nativeIo } from '../../switch/native-io';
 import { Switch } from '../../switch/switch';
 import { makeFrame, parseFrame, vmMac, type TestFrame } from '../support/frames';
 import { sh } from '../support/netns';
@@ -103,6 +104,29 @@ describe('packet port: a frame the kernel refuses drops alone, the rest of the b
     const text = await metrics.registry.metrics();
     assert.match(text, /^vnsnap_switch_port_tx_refused\{port="w"\} 1$/m);
     assert.match(text, /^vnsnap_switch_port_tx_refused\{port="v"\} 0$/m);
+  });
+
+  it('the addon takes opts.refused only as a Uint32Array of at least one element', () => {
+    const io = nativeIo();
+    const fd = io.packetOpen(A).fd;
+    try {
+      const bad = (refused: unknown): string => {
+        try {
+          io.writeFrames(fd, [frame(30)], 1, { refused: refused as Uint32Array });
+          return 'accepted';
+        } catch (e) {
+          return `${(e as Error).name}: ${(e as Error).message}`;
+        }
+      };
+      assert.equal(bad(new Uint8Array(1)), 'TypeError: writeFrames: opts.refused must be a Uint32Array');
+      assert.equal(bad(new Uint32Array(0)), 'RangeError: writeFrames: opts.refused must have at least one element');
+      // The count adds to what the array holds (the port reads it back and zeroes it).
+      const r = new Uint32Array([5]);
+      assert.equal(io.writeFrames(fd, [frame(31, MTU + 100), frame(32)], 2, { refused: r }), 1);
+      assert.equal(r[0], 6);
+    } finally {
+      io.close(fd);
+    }
   });
 
   it('ENETDOWN (the link is down) ends the batch as before: nothing written, one write error, nothing refused', () => {
