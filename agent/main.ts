@@ -24,6 +24,7 @@ import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentCo
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
+import { DEFAULT_NIC_MODE } from './drivers/qemu/nic-backend';
 import { XenDriver } from './drivers/xen/driver';
 import { grpcSessionTransportWith } from './session';
 import { hideIpServerNameWarning, PemCertificates, reloadOnSighup } from '../proto/core/tls';
@@ -36,8 +37,9 @@ export interface DriverFactory {
 }
 
 const productDrivers: DriverFactory[] = [
-  // nic 'tap': QEMU holds its own TAP, which outlives the agent (docs/agent-restart.md).
-  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: 'tap', disksDir: `${cfg.stateDir}/disks` }) },
+  // nic tap-vnet (DEFAULT_NIC_MODE): QEMU holds its own TAP, which outlives the agent
+  // (docs/agent-restart.md), with vnet_hdr=on so guest offloads reach the switch (docs/qemu.md).
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: DEFAULT_NIC_MODE, disksDir: `${cfg.stateDir}/disks` }) },
   { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 

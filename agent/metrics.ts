@@ -17,7 +17,7 @@ export type StatsSource = () => SwitchStats;
 
 const NO_STATS: SwitchStats = { ...newSwitchCounters(), ports: {}, vnes: {}, peers: {} };
 
-type PortCounter = 'rxFrames' | 'txFrames' | 'superFramesIn' | 'superFramesOut' | 'txDrops' | 'held' | 'holdDrops' | 'recorded' | 'runts' | 'injected' | 'lateInFlight' | 'gateDrops' | 'epoch' | 'heldBytes' | 'gateBytes';
+type PortCounter = 'rxFrames' | 'txFrames' | 'superFramesIn' | 'superFramesOut' | 'txDrops' | 'txRefused' | 'held' | 'holdDrops' | 'recorded' | 'runts' | 'injected' | 'lateInFlight' | 'gateDrops' | 'epoch' | 'heldBytes' | 'gateBytes';
 type VneValue = 'epoch' | 'generation' | 'fdbSize' | 'ports';
 type FdbCounter = 'learned' | 'moved' | 'aged' | 'evicted';
 
@@ -56,6 +56,7 @@ export class AgentMetrics {
     portGauge('vnsnap_switch_port_super_frames_in', 'TCP super-frames (with a virtio_net_hdr) the switch read from a VM port, each one of rx_frames', 'superFramesIn');
     portGauge('vnsnap_switch_port_super_frames_out', 'TCP super-frames a VM port accepted whole (delivered or injected), each one of its frames', 'superFramesOut');
     portGauge('vnsnap_switch_port_tx_drops', 'Frames a VM port did not accept', 'txDrops');
+    portGauge('vnsnap_switch_port_tx_refused', 'Frames the kernel refused one by one when written to a VM port (too long, a bad header), each one of tx_drops', 'txRefused');
     portGauge('vnsnap_switch_port_held_frames', 'Future frames held for a port (snapshot rule e(f) > e(d) or gated)', 'held');
     portGauge('vnsnap_switch_port_hold_drops', 'Frames dropped because the hold buffer was full', 'holdDrops');
     portGauge('vnsnap_switch_port_recorded_frames', 'In-flight frames recorded as channel state', 'recorded');

@@ -77,6 +77,12 @@ export interface PollerOptions {
   segs?: Uint32Array;
 }
 
+/** Options of writeFrames and writeFramesVnet. */
+export interface WriteOptions {
+  /** refused[0] is incremented for each frame the kernel refused on its own (see writeFrames). */
+  refused?: Uint32Array;
+}
+
 /** What the addon remembers about one UDP socket (see udpSocketStats). */
 export interface UdpSocketStats {
   /** The kernel refused a UDP_SEGMENT send on this socket: its segments now go one datagram each. */
@@ -121,18 +127,21 @@ export interface NativeIo {
   udpSetNoCheck?(fd: number, on: boolean): void;
   /**
    * Write frames to a TAP or packet socket, one write() each. Returns how many were written;
-   * stops at the first EAGAIN/ENOBUFS (the caller counts the rest as dropped).
+   * stops at the first EAGAIN/ENOBUFS (the caller counts the rest as dropped). A frame the
+   * kernel refuses on its own (EMSGSIZE, EINVAL, ENOMEM, EFAULT: too long for the device, a
+   * header it rejects) is skipped, not counted as written, and counted in opts.refused[0]; the
+   * rest of the batch goes on. Any other error (ENXIO, ENETDOWN, EBADF, EIO...: the socket or
+   * the device) throws ERR_NATIVE_IO with `written`.
    */
-  writeFrames(fd: number, frames: readonly Buffer[], count: number): number;
+  writeFrames(fd: number, frames: readonly Buffer[], count: number, opts?: WriteOptions): number;
   /**
    * writeFrames for a TAP or packet socket opened with vnetHdr: frame i goes out behind metas[10i, 10i+10) (its
-   * virtio_net_hdr), or behind a zero header when metas is null. A frame the kernel refuses
-   * (EINVAL) is skipped and not counted. opts.splitFlushTail (a packet socket on a veth whose
+   * virtio_net_hdr), or behind a zero header when metas is null. Errors as writeFrames. opts.splitFlushTail (a packet socket on a veth whose
    * peer coalesces with GRO): a TCP super-frame with FIN/PSH/URG goes out as its first n-1
    * segments (one super-frame) then its last segment, so GRO cannot deliver that segment ahead
    * of the rest (switch/native/frame_write.c says why); it counts once, when both went out.
    */
-  writeFramesVnet(fd: number, frames: readonly Buffer[], count: number, metas: Buffer | null, opts?: { splitFlushTail?: boolean }): number;
+  writeFramesVnet(fd: number, frames: readonly Buffer[], count: number, metas: Buffer | null, opts?: WriteOptions & { splitFlushTail?: boolean }): number;
   /**
    * sendmmsg: frames[i] to ips[i] (IPv4, host byte order) : ports[i]. Returns how many were sent
    * (the caller counts the rest as dropped).
@@ -188,7 +197,7 @@ export interface NativeIo {
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 3;
+export const NATIVE_INTERFACE_VERSION = 4;
 
 let loaded: NativeIo | undefined;
 

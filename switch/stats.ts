@@ -102,6 +102,8 @@ export function newPortCounters(): PortCounters {
 }
 
 export interface PortStats extends PortCounters {
+  /** Frames the kernel refused one by one when written to the port (Port.txRefused); each is one of txDrops. */
+  txRefused: number;
   vne: string;
   epoch: number;
   heldBytes: number;
@@ -156,7 +158,7 @@ export function flattenStats(s: SwitchStats): Record<string, number> {
 export function collectStats(counters: SwitchCounters, ports: Iterable<LocalPort>, vnes: Iterable<Vne>, peers: readonly Peer[]): SwitchStats {
   const s: SwitchStats = { ...counters, ports: {}, vnes: {}, peers: {} };
   for (const lp of ports) {
-    s.ports[lp.name] = { ...lp.stats, vne: lp.vne.name, epoch: lp.epoch, heldBytes: lp.heldBytes, gateBytes: lp.gate?.bytes ?? 0, gated: lp.gate !== null };
+    s.ports[lp.name] = { ...lp.stats, txRefused: lp.port.txRefused ?? 0, vne: lp.vne.name, epoch: lp.epoch, heldBytes: lp.heldBytes, gateBytes: lp.gate?.bytes ?? 0, gated: lp.gate !== null };
   }
   const vneList = [...vnes];
   for (const v of vneList) {

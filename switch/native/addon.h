@@ -30,8 +30,10 @@ struct send_arena;
  * alone) is then refused at load with one line instead of misreading frames.
  * 2: packetOpen's vnetHdr option (PACKET_VNET_HDR).
  * 3: packetOpen's writeOnly option, writeFramesVnet's splitFlushTail option.
+ * 4: writeFrames/writeFramesVnet skip a frame the kernel refuses on its own (EMSGSIZE, EINVAL,
+ *    ENOMEM, EFAULT) and go on, counting it in opts.refused[0] (writeFrames' new opts argument).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 3
+#define VNSNAP_IO_INTERFACE_VERSION 4
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)

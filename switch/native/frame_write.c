@@ -5,8 +5,14 @@
  *
  * Guarantees: never blocks (the fds are non-blocking); the first EAGAIN/EWOULDBLOCK/ENOBUFS ends
  * the call and the return value says how many frames were written (the caller counts the rest
- * as dropped). Any other error throws, with `written` set to the frames written before it; on a
- * vnet TAP a frame whose header the kernel refuses (EINVAL) is skipped and not counted.
+ * as dropped). Errors are told apart by what they belong to (frame_refused):
+ *  - one frame: the kernel refuses that frame and would take the next one (EMSGSIZE: longer
+ *    than the device's MTU without GSO; EINVAL: a header or length it rejects; ENOMEM: a GSO
+ *    header the packet socket cannot build an skb for; EFAULT). The frame is skipped, not
+ *    counted as written, and counted in opts.refused[0] when given; the batch goes on.
+ *  - the socket or the device (ENXIO, ENETDOWN, EBADF, EIO, anything else): the rest of the
+ *    batch would fail the same way, so the call throws, with `written` set to the frames written
+ *    before it.
  *
  * writeFramesVnet's splitFlushTail (a packet socket on a veth whose peer coalesces with GRO, the
  * way super-frames reach a QEMU TAP whole): a TCP super-frame whose flags include FIN, PSH or
@@ -21,7 +27,7 @@
  * A GSO header on a frame of one segment (its payload at most gso_size, e.g. the body of a
  * two-segment super-frame split as above) is written as an ordinary header with its partial
  * checksum (ofl_demote_single): a packet socket refuses a GSO skb of one segment (sendmsg fails
- * with ENOMEM), which would throw and drop the rest of the port's batch.
+ * with ENOMEM), which would drop the frame.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -41,6 +47,11 @@ static int write_iov(int fd, struct iovec *v, int n) {
     w = writev(fd, v, n);
   } while (w < 0 && errno == EINTR);
   return w < 0 ? errno : 0;
+}
+
+/* 1 when errno e of a frame's write is that frame's own (see above): skip it, go on. */
+static int frame_refused(int e) {
+  return e == EMSGSIZE || e == EINVAL || e == ENOMEM || e == EFAULT;
 }
 
 /* A super-frame split before its flush-flagged last segment (see above): 0 when both parts went
@@ -67,9 +78,10 @@ static int write_split(int fd, uint8_t *data, size_t len, const uint8_t *meta) {
 }
 
 /* The loop both entry points share. vnet: each frame behind metas[10i..] (or a zero header
- * when metas is NULL); otherwise the frame alone. name/syscall_name name the call in errors. */
-static napi_value write_frames(napi_env env, int fd, napi_value frames, uint32_t count, int vnet, int split, const uint8_t *metas, const char *name,
-                               const char *syscall_name) {
+ * when metas is NULL); otherwise the frame alone. refused (may be NULL): refused[0] += frames
+ * skipped for an error of their own. name/syscall_name name the call in errors. */
+static napi_value write_frames(napi_env env, int fd, napi_value frames, uint32_t count, int vnet, int split, const uint8_t *metas, uint32_t *refused,
+                               const char *name, const char *syscall_name) {
   char what[48];
   snprintf(what, sizeof what, "%s: frames[i]", name);
   uint32_t written = 0;
@@ -94,7 +106,10 @@ static napi_value write_frames(napi_env env, int fd, napi_value frames, uint32_t
     if (e < 0) e = write_iov(fd, vnet ? v : v + 1, vnet ? 2 : 1);
     if (e > 0) {
       if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS) break;
-      if (vnet && e == EINVAL) continue; /* a header the kernel refuses: drop this frame only */
+      if (frame_refused(e)) {
+        if (refused) refused[0]++;
+        continue;
+      }
       char op[64];
       snprintf(op, sizeof op, "%s(fd %d)", name, fd);
       napi_value err = sys_error(env, op, syscall_name, e);
@@ -109,22 +124,42 @@ static napi_value write_frames(napi_env env, int fd, napi_value frames, uint32_t
   return res;
 }
 
-/* writeFrames(fd, frames, count) -> number written */
+/* opts.refused: a Uint32Array whose [0] counts frames skipped for an error of their own; NULL
+ * when absent; 0 (thrown) when it is not a Uint32Array of at least one element. */
+static int opt_refused(napi_env env, napi_value opts, const char *name, uint32_t **out) {
+  napi_value v;
+  *out = NULL;
+  if (!opt_prop(env, opts, "refused", &v)) return 1;
+  char what[48];
+  snprintf(what, sizeof what, "%s: opts.refused", name);
+  size_t n;
+  if (!arg_u32array(env, v, out, &n, what)) return 0;
+  if (n == 0) {
+    throw_range(env, "%s must have at least one element", what);
+    return 0;
+  }
+  return 1;
+}
+
+/* writeFrames(fd, frames, count, opts?) -> number written; opts.refused: see opt_refused. */
 napi_value WriteFrames(napi_env env, napi_callback_info info) {
-  GET_ARGS(3);
+  GET_ARGS(4);
   int fd;
   uint32_t n;
   int64_t count;
   if (!arg_fd(env, argv[0], &fd)) return NULL;
   if (!arg_array(env, argv[1], &n, "writeFrames: frames")) return NULL;
   if (!arg_int(env, argv[2], 0, n, &count, "writeFrames: count")) return NULL;
-  return write_frames(env, fd, argv[1], (uint32_t)count, 0, 0, NULL, "writeFrames", "write");
+  uint32_t *refused;
+  if (!opt_refused(env, argv[3], "writeFrames", &refused)) return NULL;
+  return write_frames(env, fd, argv[1], (uint32_t)count, 0, 0, NULL, refused, "writeFrames", "write");
 }
 
 /*
  * writeFramesVnet(fd, frames, count, metas?, opts?) -> number written: like writeFrames, for a TAP
  * opened with vnetHdr; frame i goes out behind metas[10*i .. 10*i+10) (a virtio_net_hdr), or
- * behind a zero header when metas is null/undefined. opts.splitFlushTail: see above.
+ * behind a zero header when metas is null/undefined. opts.splitFlushTail: see above;
+ * opts.refused: see opt_refused.
  */
 napi_value WriteFramesVnet(napi_env env, napi_callback_info info) {
   GET_ARGS(5);
@@ -136,5 +171,7 @@ napi_value WriteFramesVnet(napi_env env, napi_callback_info info) {
   if (!arg_array(env, argv[1], &n, "writeFramesVnet: frames")) return NULL;
   if (!arg_int(env, argv[2], 0, n, &count, "writeFramesVnet: count")) return NULL;
   if (!arg_records(env, argv[3], count, OFL_VNET_HDR_LEN, &metas, "writeFramesVnet: metas", "frames")) return NULL;
-  return write_frames(env, fd, argv[1], (uint32_t)count, 1, opt_bool(env, argv[4], "splitFlushTail"), metas, "writeFramesVnet", "writev");
+  uint32_t *refused;
+  if (!opt_refused(env, argv[4], "writeFramesVnet", &refused)) return NULL;
+  return write_frames(env, fd, argv[1], (uint32_t)count, 1, opt_bool(env, argv[4], "splitFlushTail"), metas, refused, "writeFramesVnet", "writev");
 }

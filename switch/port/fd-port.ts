@@ -5,6 +5,11 @@
  *
  * drain() reads synchronously until the fd would block: after the VM is paused, that is
  * exactly the set of frames it wrote before the pause.
+ *
+ * send() writes a batch and never throws: a frame the kernel refuses on its own (too long for
+ * the device, a header it rejects) is dropped alone and counted in txRefused, the rest of the
+ * batch goes on; an error of the socket or the device (gone, down, closed) ends the batch and
+ * counts in writeErrors. Either way the frames not written are the caller's drops.
  */
 import { VnsnapError } from '../../proto/core/errors';
 import { nativeIo, Poller, VNET_HDR_LEN } from '../native-io';
@@ -20,9 +25,13 @@ class FdPort implements Port {
   private fd: number;
   /** Where send() writes: fd, or a separate write-only socket (PacketPort's writeIfname). */
   private writeFd: number;
-  private readonly writeOpts: { splitFlushTail?: boolean } | undefined;
+  /** The write options, with the addon's per-frame refusal counter (read back after each send). */
+  private readonly writeOpts: { refused: Uint32Array; splitFlushTail?: boolean };
   private readonly unused = new Uint32Array(1);
+  /** Batches ended by an error of the socket or the device. */
   writeErrors = 0;
+  /** Frames the kernel refused one by one (EMSGSIZE, EINVAL, ENOMEM, EFAULT); each is also a drop of the caller's. */
+  txRefused = 0;
 
   /** offload: the fd reads and writes frames behind a virtio_net_hdr (a TAP or packet socket opened with vnetHdr). */
   constructor(
@@ -35,7 +44,7 @@ class FdPort implements Port {
   ) {
     this.fd = fd;
     this.writeFd = write?.fd ?? fd;
-    this.writeOpts = write?.splitFlushTail === true ? { splitFlushTail: true } : undefined;
+    this.writeOpts = { refused: new Uint32Array(1), ...(write?.splitFlushTail === true ? { splitFlushTail: true } : {}) };
     if (offload) {
       this.rx = newRxBatch(maxBatch, OFFLOAD_SLOT_SIZE, DEFAULT_HEADROOM);
       this.rx.meta = Buffer.alloc(maxBatch * VNET_HDR_LEN);
@@ -69,13 +78,19 @@ class FdPort implements Port {
     if (this.fd < 0 || count === 0) return 0;
     try {
       if (this.offload) return nativeIo().writeFramesVnet(this.writeFd, frames, count, metas ?? null, this.writeOpts);
-      return nativeIo().writeFrames(this.writeFd, frames, count);
+      return nativeIo().writeFrames(this.writeFd, frames, count, this.writeOpts);
     } catch (e) {
       // EIO while the interface is down, ENXIO/EBADF when it is gone: the frames are dropped
       // (and counted by the caller), the switch keeps running.
       this.writeErrors++;
       const written = (e as { written?: unknown }).written;
       return typeof written === 'number' ? written : 0;
+    } finally {
+      const r = this.writeOpts.refused;
+      if (r[0] !== 0) {
+        this.txRefused += r[0]!;
+        r[0] = 0;
+      }
     }
   }
 

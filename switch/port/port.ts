@@ -44,6 +44,12 @@ export interface Port {
    * opened with PACKET_VNET_HDR (on a QEMU TAP with vnet_hdr=on) set it; stream ports never do.
    */
   readonly offload?: boolean;
+  /**
+   * Frames of send() the kernel refused one by one (too long for the device, a header it
+   * rejects), dropped alone while the rest of their batch went on; each is also one of the
+   * caller's drops. Ports that write through the kernel (fd-port.ts) keep it.
+   */
+  readonly txRefused?: number;
   /** Write frames to the VM; returns how many were accepted (the rest are dropped by the caller's count). */
   send(frames: readonly Buffer[], count: number, metas?: Buffer | null): number;
   close(): void;

@@ -8,7 +8,7 @@ import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { isVnsnapError } from '../../proto/core/errors';
 import { checkQemuExtra } from '../../proto/specs/qemu-extra';
 import type { CutReport, SnapshotJob, VmImage } from '../../agent/drivers/driver';
-import { NIC_ATTRIBUTE, recordNicMode, restoreNicMode } from '../../agent/drivers/qemu/nic-backend';
+import { DEFAULT_NIC_MODE, NIC_ATTRIBUTE, recordNicMode, restoreNicMode } from '../../agent/drivers/qemu/nic-backend';
 import type { NicMode } from '../../agent/drivers/qemu/cmdline';
 
 const image = (nic?: string) => ({ path: 'snapshots/s1/a.mem', size: 1, sha256: 'aa'.repeat(32), ...(nic === undefined ? {} : { attributes: { [NIC_ATTRIBUTE]: nic } }) });
@@ -32,6 +32,17 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.equal(restoreNicMode('a', undefined, 'stream', image('tap-vnet')), 'tap-vnet');
     assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image('tap')), 'tap');
     assert.equal(restoreNicMode('a', undefined, 'tap', image('stream')), 'stream');
+  });
+
+  it('new VMs default to tap-vnet; old images restore as before the default changed', () => {
+    assert.equal(DEFAULT_NIC_MODE, 'tap-vnet');
+    // Recorded tap or stream, no mode in the spec: the recorded mode, not the new default.
+    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('tap')), 'tap');
+    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('stream')), 'stream');
+    // No record (saved with vnet_hdr=off when the default was tap): tap, as before.
+    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image()), restoreNicMode('a', undefined, 'tap', image()));
+    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image()), 'tap');
+    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('tap-vnet')), 'tap-vnet');
   });
 
   it('honours a mode the spec names when its vnet_hdr matches (stream and tap are interchangeable)', () => {
