@@ -83,7 +83,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--advertise <addr>', 'tunnel address peers reach (default: the tunnel address)')
     .option('--tunnel-offload', 'UDP GSO/GRO on the tunnel (the default where the kernel has them; probed at start)')
     .option('--no-tunnel-offload', 'no UDP GSO/GRO on the tunnel: one datagram per frame')
-    .option('--store <dir>', 'snapshot store directory')
+    .option('--store <dir>', 'snapshot store: a directory (content-addressed); a config file can name an S3 bucket or the whole-file layout instead')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
@@ -152,7 +152,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     id: cfg.id,
     coordinator: cfg.coordinator,
     tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}), ...(cfg.tunnelOffload !== undefined ? { offload: cfg.tunnelOffload } : {}) },
-    storeRoot: cfg.store,
+    storeConfig: cfg.store,
     stateDir: cfg.stateDir,
     drivers,
     logger: log,

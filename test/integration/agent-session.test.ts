@@ -175,7 +175,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
       id,
       coordinator: `127.0.0.1:${coord.port}`,
       tunnel: { address: '127.0.0.1', port: 0 },
-      storeRoot: root, // one shared store: every snapshot restorable on every host
+      storeConfig: { kind: 'local', dir: root }, // one shared store: every snapshot restorable on every host
       drivers: [d],
       reconnect: { initialMs: 100, maxMs: 400 },
       switchOptions: { recordingGraceMs: 300 },
