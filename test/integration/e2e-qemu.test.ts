@@ -68,7 +68,7 @@ interface SnapshotEvent {
     const done = r.events[r.events.length - 1]?.done;
     assert.ok(done, 'the stream ends with the final record');
     assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE', done.error);
-    assert.deepEqual(c.completeSnapshotProblems(done), []);
+    assert.deepEqual(await c.completeSnapshotProblems(done), []);
     const pauses = done.vms.map((v) => v.pauseMs).sort((x, y) => x - y);
     timings.push(`${done.id} (${mode}): ${((Date.now() - t0) / 1000).toFixed(1)} s, pauses ${pauses.map((x) => x.toFixed(0)).join('/')} ms, ${done.vms.reduce((n, v) => n + v.channelFrames, 0)} frames in flight recorded`);
     // The VNE keeps running and no stream broke. Kept: the sleep is the observation window over
