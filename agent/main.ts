@@ -72,6 +72,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // grpc-js names the coordinator's IP address as the TLS server name, which Node warns about
   // (DEP0123) in plain text on stderr, among the JSON log lines.
   hideIpServerNameWarning();
+  // The AWS SDK (an S3 store) prints a multi-line notice on stderr, once, that its releases after
+  // January 2027 need Node 22; the lock file pins one that runs on Node 20 (docs/storage.md,
+  // "Backends"). Among the JSON log lines it only confuses; the SDK's own switch turns it off.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')

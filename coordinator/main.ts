@@ -85,6 +85,10 @@ function storeOf(flags: { store?: string; storeDir?: string }, file: Coordinator
 }
 
 async function main(): Promise<void> {
+  // The AWS SDK (an S3 store) prints a multi-line notice on stderr, once, that its releases after
+  // January 2027 need Node 22; the lock file pins one that runs on Node 20 (docs/storage.md,
+  // "Backends"). Among the JSON log lines it only confuses; the SDK's own switch turns it off.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const program = new Command()
     .name('vnsnap-coordinator')
     .description('vnsnap coordinator: the gRPC service clients call; sequences snapshots and restores across agents')
