@@ -14,7 +14,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Cluster, type CatalogSnapshot, type StreamEvent } from '../support/cluster';
-import { s3Unavailable } from '../support/cluster-store';
+import { localArtefactCopies, s3Unavailable } from '../support/cluster-store';
 import { continuityProblems, cutProblems, liveProblems, readStates, recordedFrames, type States } from '../sim/checks';
 import { until } from '../support/wait';
 
@@ -112,9 +112,11 @@ describe('restore anywhere through S3: coordinator + 2 agents, the store a bucke
     assert.deepEqual(continuityProblems(live.states, images, VMS), []);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
 
-    // Nothing of the snapshot on the machines' disks: the store directory is empty, and no file
-    // in the cluster's directory (catalog, configs, agents' state, logs) is as big as one image.
+    // Nothing of the snapshot on the machines' disks: the store directory is empty, no file in
+    // the cluster's directory (catalog, configs, agents' state, logs) is a copy of an artefact,
+    // and none is even a quarter as big as one image.
     assert.deepEqual(fs.readdirSync(c.storeDir), []);
+    assert.deepEqual(localArtefactCopies(c.dir, s.artefacts), []);
     const image = Math.min(...s.artefacts.filter((a) => a.kind === 'ARTEFACT_KIND_MEMORY').map((a) => a.size));
     const big = filesUnder(c.dir).filter((f) => f.size >= image / 4);
     assert.deepEqual(big, [], `no file of ${image / 4} bytes or more under ${c.dir}`);

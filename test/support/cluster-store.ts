@@ -16,6 +16,7 @@
  * it is idempotent. `s3Unavailable()` says why an 's3' cluster cannot run here (null when it can),
  * for a test to skip with that reason.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
@@ -27,6 +28,26 @@ import { cephRgwAvailable, startCephRgw, type CephRgw } from './ceph-rgw';
 import { sh, type Topology } from './netns';
 
 export type ClusterStoreKind = 'local' | 'files' | 's3';
+
+/**
+ * Files under `dir` (recursive) that hold a whole artefact — same size and SHA-256 as one of
+ * `artefacts` — as "file = artefact path": what a store that keeps nothing locally must leave
+ * empty.
+ */
+export function localArtefactCopies(dir: string, artefacts: readonly { path: string; size: number; sha256: string }[]): string[] {
+  const bySize = new Map<number, { path: string; sha256: string }[]>();
+  for (const a of artefacts) bySize.set(Number(a.size), [...(bySize.get(Number(a.size)) ?? []), a]);
+  const out: string[] = [];
+  for (const rel of fs.readdirSync(dir, { recursive: true, encoding: 'utf8' })) {
+    const file = path.join(dir, rel);
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    const same = st?.isFile() ? bySize.get(st.size) : undefined;
+    if (!same) continue;
+    const sum = createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    for (const a of same) if (a.sha256 === sum) out.push(`${file} = ${a.path}`);
+  }
+  return out;
+}
 
 /** Why an 's3' cluster cannot run here, or null. */
 export function s3Unavailable(): string | null {
