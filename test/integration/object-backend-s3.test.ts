@@ -188,8 +188,8 @@ describe('S3Objects on a real Ceph RADOS Gateway', function () {
       fs.writeFileSync(wrong, JSON.stringify({ accessKeyId: good.accessKeyId, secretAccessKey: 'not-the-secret' }));
       const s3 = (over: object) => ({ s3: { endpoint: c.endpoint, bucket: c.bucket, region: c.region, credentialsFile: c.credentialsFile, ...over } });
       const cases: [unknown, RegExp][] = [
-        [s3({ bucket: 'no-such-bucket' }), /^s3 http:\/\/127\.0\.0\.1:\d+\/no-such-bucket: list of prefix "[^"]*" failed: the bucket does not exist \(.*\) \[ERR_CONFIG\]$/],
-        [s3({ credentialsFile: wrong }), /^s3 http:\/\/127\.0\.0\.1:\d+\/vnsnap-test: list of prefix "[^"]*" failed: the S3 credentials were refused \(.*\) \[ERR_PERMISSION_DENIED\]$/],
+        [s3({ bucket: 'no-such-bucket' }), /^s3 http:\/\/127\.0\.0\.1:\d+\/no-such-bucket: list of prefix "[^"]*" failed: the bucket does not exist \(NoSuchBucket\).* \[ERR_CONFIG\]$/],
+        [s3({ credentialsFile: wrong }), /^s3 http:\/\/127\.0\.0\.1:\d+\/vnsnap-test: list of prefix "[^"]*" failed: the S3 credentials were refused \(.* \[ERR_PERMISSION_DENIED\]$/],
         [s3({ credentialsFile: path.join(c.dir, 'absent.json') }), new RegExp(`^S3 credentials file ${path.join(c.dir, 'absent.json').replace(/[.]/g, '\\.')} cannot be read: .* \\[ERR_CONFIG\\]$`)],
       ];
       for (const program of ['agent', 'coordinator'] as const) {
