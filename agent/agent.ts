@@ -45,8 +45,9 @@ import { AgentMetrics } from './metrics';
 import { RestoreRunner } from './restore-runner';
 import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from './session';
 import { SnapshotRunner } from './snapshot-runner';
-import { LocalDirStore } from '../proto/store/local-dir';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
+import type { StoreConfig } from '../proto/store/store-config';
+import { StoreHandle } from './store-handle';
 import { adoptVms, cleanLeftovers, type AdoptionReport } from './adopt';
 import { VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
@@ -67,8 +68,13 @@ export interface AgentOptions {
    * start; otherwise off with one warning line); false: off.
    */
   tunnel: { address: string; port: number; advertise?: string; offload?: boolean };
-  /** Root directory of the LocalDirStore (ignored when `store` is given). */
-  storeRoot?: string;
+  /**
+   * The snapshot store the config names (proto/store/store-config.ts), opened by start() and
+   * checked there (a missing S3 bucket or refused credentials fail the start). Ignored when
+   * `store` is given.
+   */
+  storeConfig?: StoreConfig;
+  /** An opened store to use as it is (tests). */
   store?: SnapshotStore;
   drivers: HypervisorDriver[];
   logger?: Logger;
@@ -135,8 +141,8 @@ export class Agent extends EventEmitter implements Startable {
     this.log = (opts.logger ?? silentLogger()).child({ agent: opts.id });
     this.metrics = opts.metrics ?? new AgentMetrics();
     if (opts.store) this.store = opts.store;
-    else if (opts.storeRoot) this.store = new LocalDirStore(opts.storeRoot);
-    else throw new VnsnapError('ERR_CONFIG', `agent ${opts.id}: a store root is required`);
+    else if (opts.storeConfig) this.store = new StoreHandle(opts.storeConfig);
+    else throw new VnsnapError('ERR_CONFIG', `agent ${opts.id}: a snapshot store is required`);
     const clock = opts.clock ?? systemClock;
     const nowUs = microsOf(clock);
     const parts = { agentId: this.id, switch: () => this.switch, store: this.store, clock, nowUs, log: this.log, metrics: this.metrics };
@@ -176,7 +182,10 @@ export class Agent extends EventEmitter implements Startable {
 
   async start(): Promise<void> {
     if (this.sw) return;
-    if (this.store instanceof LocalDirStore) await this.store.init();
+    if (this.store instanceof StoreHandle) {
+      await this.store.open();
+      this.log.info({ store: this.store.describe }, 'snapshot store open');
+    }
     const sw = new Switch({ id: this.id, ...(this.opts.restoreGateBytes !== undefined ? { restoreGateBytes: this.opts.restoreGateBytes } : {}), ...this.opts.switchOptions });
     const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.tunnelOffload() });
     this.tunnelOffloaded = t.gso === true;

@@ -11,7 +11,7 @@
  *     "tunnel": "10.77.0.1:6081",          // address:port the switch binds (port 0 = ephemeral)
  *     "advertise": "10.77.0.1",            // optional: the address peers reach (default: tunnel's)
  *     "tunnelOffload": true,               // optional: UDP GSO/GRO on the tunnel (default: on where the kernel has them)
- *     "store": "/var/lib/vnsnap/store",
+ *     "store": "/var/lib/vnsnap/store",     // or { "dir": D, "layout": "files" }, or { "s3": {...} } (below)
  *     "metricsPort": 9464,                 // optional; 0 = ephemeral; absent = no metrics server
  *     "metricsAddress": "127.0.0.1",       // optional: the address /metrics binds (default loopback)
  *     "debugVms": false,                   // optional: also serve GET /debug/vms (default off)
@@ -24,6 +24,11 @@
  *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
  *   }
  *
+ * store: where snapshots go, in any form proto/store/store-config.ts parses — a directory (a
+ * content-addressed store there), { "dir": D, "layout": "files" } (whole files, the layout before
+ * chunks) or { "s3": { "endpoint", "bucket", "region"?, "credentialsFile"? } }; the --store flag
+ * names a directory. The coordinator and every agent must name the same store
+ * (docs/storage.md, "Pointing vnsnap at a store").
  * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
  * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
  * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
@@ -35,6 +40,7 @@ import * as path from 'node:path';
 import { configError as fail, readJsonObjectFile, rejectUnknownKeys } from '../proto/core/config';
 import { checkTransport, parseTlsFiles, tlsFromFlags, type TlsFiles } from '../proto/core/tls';
 import type { DriverKind } from './drivers/driver';
+import { parseStoreConfig, type StoreConfig } from '../proto/store/store-config';
 import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 import { DEFAULT_STATE_DIR } from './vm-state';
 
@@ -45,7 +51,8 @@ export interface AgentConfig {
   advertise?: string;
   /** UDP GSO/GRO on the tunnel: false = off; absent or true = on where the kernel has them (probed at start). */
   tunnelOffload?: boolean;
-  store: string;
+  /** Where snapshots go (parsed; opened by the agent at start). */
+  store: StoreConfig;
   metricsPort?: number;
   /** IP address the metrics server binds; absent = 127.0.0.1 (METRICS_DEFAULT_ADDRESS). */
   metricsAddress?: string;
@@ -96,7 +103,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   if (raw.advertise !== undefined && (typeof raw.advertise !== 'string' || !isIpv4(raw.advertise))) fail(`advertise: expected an IPv4 address, got ${JSON.stringify(raw.advertise)}`);
   if (tun.host === '0.0.0.0' && raw.advertise === undefined) fail('advertise: required when the tunnel binds 0.0.0.0 (peers need an address to reach)');
   if (raw.tunnelOffload !== undefined && typeof raw.tunnelOffload !== 'boolean') fail(`tunnelOffload: expected true or false, got ${JSON.stringify(raw.tunnelOffload)}`);
-  if (typeof raw.store !== 'string' || raw.store === '') fail(`store: expected a directory, got ${JSON.stringify(raw.store)}`);
+  const store = parseStoreConfig(raw.store, 'store');
   let metricsPort: number | undefined;
   if (raw.metricsPort !== undefined) {
     const n = typeof raw.metricsPort === 'string' ? Number(raw.metricsPort) : raw.metricsPort;
@@ -123,7 +130,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     tunnel: { address: tun.host, port: tun.port },
     ...(raw.advertise !== undefined ? { advertise: raw.advertise as string } : {}),
     ...(raw.tunnelOffload !== undefined ? { tunnelOffload: raw.tunnelOffload } : {}),
-    store: raw.store,
+    store,
     ...(metricsPort !== undefined ? { metricsPort } : {}),
     ...(metricsAddress !== undefined ? { metricsAddress } : {}),
     debugVms,

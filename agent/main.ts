@@ -74,6 +74,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // grpc-js names the coordinator's IP address as the TLS server name, which Node warns about
   // (DEP0123) in plain text on stderr, among the JSON log lines.
   hideIpServerNameWarning();
+  // The AWS SDK (an S3 store) prints a multi-line notice on stderr, once, that its releases after
+  // January 2027 need Node 22; the lock file pins one that runs on Node 20 (docs/storage.md,
+  // "Backends"). Among the JSON log lines it only confuses; the SDK's own switch turns it off.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const factories = [...extra, ...productDrivers];
   const program = new Command()
     .name('vnsnap-agent')
@@ -85,7 +89,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     .option('--advertise <addr>', 'tunnel address peers reach (default: the tunnel address)')
     .option('--tunnel-offload', 'UDP GSO/GRO on the tunnel (the default where the kernel has them; probed at start)')
     .option('--no-tunnel-offload', 'no UDP GSO/GRO on the tunnel: one datagram per frame')
-    .option('--store <dir>', 'snapshot store directory')
+    .option('--store <dir>', 'snapshot store: a directory (content-addressed); a config file can name an S3 bucket or the whole-file layout instead')
     .option('--metrics-port <port>', 'serve Prometheus /metrics on this port (0 = ephemeral)')
     .option('--metrics-address <addr>', `address /metrics and /debug/vms bind (default ${METRICS_DEFAULT_ADDRESS}; 0.0.0.0 exposes them to the network)`)
     .option('--debug-vms', 'also serve GET /debug/vms (every VM\'s spec and state) on the metrics server (default off)')
@@ -154,7 +158,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     id: cfg.id,
     coordinator: cfg.coordinator,
     tunnel: { address: cfg.tunnel.address, port: cfg.tunnel.port, ...(cfg.advertise ? { advertise: cfg.advertise } : {}), ...(cfg.tunnelOffload !== undefined ? { offload: cfg.tunnelOffload } : {}) },
-    storeRoot: cfg.store,
+    storeConfig: cfg.store,
     stateDir: cfg.stateDir,
     drivers,
     logger: log,

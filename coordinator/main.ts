@@ -5,11 +5,15 @@
  * listens; stop cleanly on SIGTERM/SIGINT. Logs are pino JSON on stderr.
  *
  * Config file (JSON, every key optional; flags win):
- *   { "listen": "127.0.0.1:7443", "db": "/var/lib/vnsnap/catalog.db", "storeDir": "/srv/vnsnap",
+ *   { "listen": "127.0.0.1:7443", "db": "/var/lib/vnsnap/catalog.db", "store": "/srv/vnsnap",
  *     "coordinatorId": "c1", "heartbeatIntervalMs": 1000, "deadAfterMs": 3000,
  *     "commandTimeoutMs": 120000, "sharedStore": true, "logLevel": "info",
  *     "tls": { "ca": "ca.pem", "cert": "coordinator-c1.pem", "key": "coordinator-c1-key.pem" },
  *     "insecurePlaintext": false, "roles": { "alice": "operator", "old-laptop": "none" } }
+ * "store" takes every form proto/store/store-config.ts parses: a directory (content-addressed),
+ * { "dir": D, "layout": "files" } or { "s3": { "endpoint", "bucket", "region"?, "credentialsFile"? } };
+ * it must be the store every agent names. "storeDir": D is its old spelling (a directory; not
+ * together with "store"); --store DIR and --store-dir DIR are the flags. Default ./vnsnap-store.
  * The millisecond keys are positive and at most 2^31-1 (the longest timer Node keeps). Without
  * "tls" (or --tls-ca/--tls-cert/--tls-key) it refuses to start unless insecurePlaintext is set
  * and the listen address is loopback. SIGHUP re-reads the TLS files and the config file's
@@ -26,13 +30,15 @@ import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './ser
 import { MAX_TIMEOUT_MS } from './validation';
 import { parseTlsFiles, reloadOnSighup, tlsFromFlags } from '../proto/core/tls';
 import { parseRolesTable } from './authz';
+import { parseStoreConfig } from '../proto/store/store-config';
 
-const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'object'> = {
+const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'object' | 'store'> = {
   tls: 'object',
   insecurePlaintext: 'boolean',
   roles: 'object',
   listen: 'string',
   db: 'string',
+  store: 'store',
   storeDir: 'string',
   coordinatorId: 'string',
   heartbeatIntervalMs: 'number',
@@ -49,10 +55,13 @@ export function readConfigFile(file: string): CoordinatorFileConfig {
   rejectUnknownKeys(raw, Object.keys(KEYS), `config ${file}`);
   for (const [k, v] of Object.entries(raw)) {
     const t = KEYS[k] as string;
+    if (t === 'store') continue;
     if (typeof v !== t) configError(`config ${file}: "${k}" must be a ${t}`);
     if (t === 'number' && (!Number.isInteger(v) || (v as number) <= 0)) configError(`config ${file}: "${k}" must be a positive integer`);
     if (t === 'number' && (v as number) > MAX_TIMEOUT_MS) configError(`config ${file}: "${k}" must be at most ${MAX_TIMEOUT_MS} (ms; Node timers hold no more)`);
   }
+  if (raw.store !== undefined && raw.storeDir !== undefined) configError(`config ${file}: "store" and "storeDir" both name the snapshot store ("storeDir" is the old spelling of "store": DIR); keep one`);
+  if (raw.store !== undefined) raw.store = parseStoreConfig(raw.store, `config ${file}: store`);
   if (raw.tls !== undefined) raw.tls = parseTlsFiles(raw.tls, `config ${file}`);
   if (raw.roles !== undefined) raw.roles = parseRolesTable(raw.roles, `config ${file}`);
   return raw as CoordinatorFileConfig;
@@ -66,13 +75,27 @@ function packageVersion(): string {
   }
 }
 
+/** The store: a flag (--store or its old spelling --store-dir, not both) over the file's, else ./vnsnap-store. */
+function storeOf(flags: { store?: string; storeDir?: string }, file: CoordinatorFileConfig): Pick<CoordinatorConfig, 'store' | 'storeDir'> {
+  if (flags.store !== undefined && flags.storeDir !== undefined) configError('--store and --store-dir both name the snapshot store (--store-dir is the old spelling); keep one');
+  const dir = flags.store ?? flags.storeDir;
+  if (dir !== undefined) return { store: parseStoreConfig(dir, '--store'), storeDir: undefined };
+  if (file.store !== undefined || file.storeDir !== undefined) return { store: file.store, storeDir: file.storeDir };
+  return { store: { kind: 'local', dir: 'vnsnap-store' }, storeDir: undefined };
+}
+
 async function main(): Promise<void> {
+  // The AWS SDK (an S3 store) prints a multi-line notice on stderr, once, that its releases after
+  // January 2027 need Node 22; the lock file pins one that runs on Node 20 (docs/storage.md,
+  // "Backends"). Among the JSON log lines it only confuses; the SDK's own switch turns it off.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const program = new Command()
     .name('vnsnap-coordinator')
     .description('vnsnap coordinator: the gRPC service clients call; sequences snapshots and restores across agents')
     .option('--listen <host:port>', `address to listen on (default ${DEFAULT_LISTEN})`)
     .option('--db <file>', 'SQLite catalog file (default ./vnsnap-catalog.db)')
-    .option('--store-dir <dir>', 'snapshot store root where manifests are written (default ./vnsnap-store)')
+    .option('--store <dir>', 'snapshot store: a directory (content-addressed; default ./vnsnap-store); a config file can name an S3 bucket or the whole-file layout instead')
+    .option('--store-dir <dir>', 'the old spelling of --store <dir>')
     .option('--config <file>', 'JSON config file (flags override it)')
     .option('--log-level <level>', 'pino log level (default info)')
     .option('--tls-ca <file>', 'CA certificate (PEM) clients and agents must be signed by')
@@ -80,7 +103,7 @@ async function main(): Promise<void> {
     .option('--tls-key <file>', "the coordinator's private key (PEM)")
     .option('--insecure-plaintext', 'no TLS, no authentication: allowed only on a loopback listen address')
     .parse();
-  const flags = program.opts<{ listen?: string; db?: string; storeDir?: string; config?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
+  const flags = program.opts<{ listen?: string; db?: string; store?: string; storeDir?: string; config?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
   const file = flags.config ? readConfigFile(flags.config) : {};
   const tls = tlsFromFlags(file.tls, { ca: flags.tlsCa, cert: flags.tlsCert, key: flags.tlsKey });
   const config: CoordinatorConfig = {
@@ -89,7 +112,7 @@ async function main(): Promise<void> {
     insecurePlaintext: flags.insecurePlaintext ?? file.insecurePlaintext ?? false,
     listen: flags.listen ?? file.listen ?? DEFAULT_LISTEN,
     db: flags.db ?? file.db ?? 'vnsnap-catalog.db',
-    storeDir: flags.storeDir ?? file.storeDir ?? 'vnsnap-store',
+    ...storeOf(flags, file),
   };
   const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
   const version = packageVersion();

@@ -1,17 +1,20 @@
 /**
- * The coordinator's side of the snapshot store: manifests, kept in the store directory
- * (`storeDir`; on one machine or a shared filesystem it is the agents' store too) through the
- * same LocalDirStore the agents write artefacts with.
+ * The coordinator's side of the snapshot store: manifests, written to and read from the one
+ * SnapshotStore the coordinator opened (server.ts; the store its config names, which every
+ * agent must name too: docs/storage.md, "Pointing vnsnap at a store"). Any backend: a
+ * content-addressed store in a local directory or on S3, or the whole-file directory layout.
  *
- * write: atomic (proto/store/atomic-file.ts) — a reader sees the old manifest or the whole new
- * one, never part of one, and a crash leaves at most a temporary file. read: size-capped before
- * reading (MANIFEST_MAX_BYTES). remove: the manifest, then its snapshot's directory when
- * nothing else is left in it. Paths are relative to the store root and may not escape it.
+ * write: through the store's writer — a reader sees the old manifest or the whole new one, never
+ * part of one (the SnapshotStore contract). read: size-capped before reading
+ * (MANIFEST_MAX_BYTES). remove: the manifest; on the whole-file layout also its snapshot's
+ * directory when nothing else is left in it (a content-addressed store has no directories).
+ * Paths are relative to the store root and may not escape it (the store refuses them).
  */
 import * as path from 'node:path';
 import { VnsnapError } from '../proto/core/errors';
 import { MANIFEST_MAX_BYTES } from '../proto/artefacts/manifest';
 import { LocalDirStore } from '../proto/store/local-dir';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
 
 export interface ManifestStore {
   write(relPath: string, bytes: Uint8Array): Promise<void>;
@@ -21,16 +24,8 @@ export interface ManifestStore {
   remove(relPath: string): Promise<void>;
 }
 
-export class FsManifestStore implements ManifestStore {
-  private readonly store: LocalDirStore;
-
-  constructor(root: string) {
-    this.store = new LocalDirStore(root);
-  }
-
-  get root(): string {
-    return this.store.root;
-  }
+export class StoreManifests implements ManifestStore {
+  constructor(readonly store: SnapshotStore) {}
 
   async write(relPath: string, bytes: Uint8Array): Promise<void> {
     await this.store.put(relPath, bytes);
@@ -46,6 +41,6 @@ export class FsManifestStore implements ManifestStore {
   async remove(relPath: string): Promise<void> {
     await this.store.delete(relPath);
     const dir = path.posix.dirname(relPath);
-    if (dir !== '.') await this.store.removeDirIfEmpty(dir);
+    if (dir !== '.' && this.store instanceof LocalDirStore) await this.store.removeDirIfEmpty(dir);
   }
 }

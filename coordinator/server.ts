@@ -5,7 +5,10 @@
  *
  * start(): check the timer settings (at most 2^31-1 ms) and the transport (mutual TLS with the
  * configured PEM files, or plaintext only when insecurePlaintext is set and the listen address
- * is loopback: proto/core/tls.ts), open the catalog (migrate, recover), bind, report
+ * is loopback: proto/core/tls.ts), open the ONE snapshot store the config names (`store`, or
+ * `storeDir`, its old spelling; openStore and checkStoreReachable of proto/store/store-config.ts:
+ * a missing S3 bucket or refused credentials fail the start with one line) — the manifests go
+ * to it and the service's parts reach it as deps.store — then open the catalog (migrate, recover), bind, report
  * NOT_SERVING→SERVING; dead_after_ms later, running VNEs whose agents have not registered since
  * are DEGRADED (vne-health.ts: the coordinator restarted while those agents were away) and the
  * snapshot schedules start (scheduler.ts: a run missed while down is taken then, once). With TLS every call passes the role check of authz.ts first, and
@@ -25,7 +28,9 @@ import { AgentRegistry } from './agent-registry';
 import { Catalog } from './catalog';
 import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 import { EventBus } from './events';
-import { FsManifestStore } from './manifest-store';
+import { StoreManifests } from './manifest-store';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
+import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 import { RestoreSequencer } from './restore-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
@@ -40,8 +45,13 @@ export interface CoordinatorConfig extends TransportConfig {
   listen: string;
   /** SQLite catalog file (':memory:' for tests). */
   db: string;
-  /** Root of the snapshot store (manifests go to snapshots/<id>/manifest.pb under it). */
-  storeDir: string;
+  /**
+   * The snapshot store (parsed by parseStoreConfig): manifests go to snapshots/<id>/manifest.pb
+   * in it. The agents must name the same store.
+   */
+  store?: StoreConfig;
+  /** The old spelling of `store: { kind: 'local', dir }` (a directory); not together with `store`. */
+  storeDir?: string;
   coordinatorId?: string;
   heartbeatIntervalMs?: number;
   deadAfterMs?: number;
@@ -52,6 +62,14 @@ export interface CoordinatorConfig extends TransportConfig {
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7443';
+
+/** The store a config names: `store`, or `storeDir` (its old spelling, a directory); ERR_CONFIG for both or neither. */
+export function configuredStore(c: Pick<CoordinatorConfig, 'store' | 'storeDir'>): StoreConfig {
+  if (c.store !== undefined && c.storeDir !== undefined) throw new VnsnapError('ERR_CONFIG', 'store and storeDir name the snapshot store twice: storeDir is the old spelling of "store": DIR, keep one');
+  if (c.store !== undefined) return c.store;
+  if (c.storeDir !== undefined && c.storeDir !== '') return { kind: 'local', dir: c.storeDir };
+  throw new VnsnapError('ERR_CONFIG', 'store: no snapshot store configured');
+}
 /**
  * The largest request the server reads (grpc-js' default, set here on purpose): far above any
  * valid request and every field limit of coordinator/validation.ts, so an over-long name reaches
@@ -76,6 +94,8 @@ export class CoordinatorServer implements Startable {
   snapshots!: SnapshotSequencer;
   restores!: RestoreSequencer;
   service!: CoordinatorServiceImpl;
+  /** The snapshot store (open after start). */
+  store!: SnapshotStore;
   readonly events: EventBus;
   private server?: grpc.Server;
   private health?: ReturnType<typeof addHealthAndReflection>;
@@ -105,6 +125,10 @@ export class CoordinatorServer implements Startable {
     }
     checkTransport(config, 'listen address', config.listen);
     this.certs = config.tls ? new PemCertificates(config.tls) : undefined;
+    const storeConfig = configuredStore(config);
+    const store = await openStore(storeConfig);
+    await checkStoreReachable(store, storeConfig);
+    this.store = store;
     const clock = this.clock;
     this.catalog = new Catalog(config.db, { now: () => clock.now() });
     if (this.catalog.recovered.snapshots.length > 0 || this.catalog.recovered.restores.length > 0) {
@@ -128,8 +152,8 @@ export class CoordinatorServer implements Startable {
       this.events.publish({ kind: 'agent.left', agent, message: reason });
       this.service.agentLeft(agent, reason);
     });
-    const manifests = new FsManifestStore(config.storeDir);
-    const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };
+    const manifests = new StoreManifests(store);
+    const deps = { agents: this.registry, catalog: this.catalog, manifests, store, clock, events: this.events, version: this.opts.version };
     this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
     this.restores = new RestoreSequencer({ ...deps, log: log.child({ part: 'restore' }) });
     this.service = new CoordinatorServiceImpl({
@@ -169,7 +193,7 @@ export class CoordinatorServer implements Startable {
     }, sweepMs);
     const host = config.listen.replace(/:\d+$/, '');
     this.boundAddress = `${host}:${port}`;
-    log.info({ address: this.boundAddress, db: config.db, storeDir: manifests.root, coordinatorId, tls: this.certs !== undefined }, 'coordinator listening');
+    log.info({ address: this.boundAddress, db: config.db, store: describeStore(storeConfig), coordinatorId, tls: this.certs !== undefined }, 'coordinator listening');
   }
 
   /** Replace the roles table (SIGHUP): the next call is checked against it. */

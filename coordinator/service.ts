@@ -37,6 +37,7 @@ import { agentRecordToProto, IN_PROGRESS_STATES, type Catalog } from './catalog'
 import type { Clock } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { RestoreSequencer } from './restore-sequencer';
 import type { SnapshotSequencer } from './snapshot-sequencer';
 import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
@@ -61,6 +62,8 @@ export interface CoordinatorServiceOptions {
   snapshots: SnapshotSequencer;
   restores: RestoreSequencer;
   manifests: ManifestStore;
+  /** The snapshot store the coordinator opened (the one the manifests are in; server.ts). */
+  store: SnapshotStore;
   events: EventBus;
   clock: Clock;
   log: Logger;

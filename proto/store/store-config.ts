@@ -105,3 +105,13 @@ export async function openStore(c: StoreConfig): Promise<SnapshotStore> {
   await store.init();
   return store;
 }
+
+/**
+ * Check that an opened store answers now — the S3 bucket exists, the credentials are accepted,
+ * the endpoint is reached — so that a program given a wrong store fails at its start with the
+ * store's one-line error (ERR_CONFIG, ERR_PERMISSION_DENIED, ERR_UNAVAILABLE), not at its first
+ * snapshot. A local directory was checked by openStore already. Lists a prefix that holds nothing.
+ */
+export async function checkStoreReachable(store: SnapshotStore, c: StoreConfig): Promise<void> {
+  if (c.kind === 's3') await store.list('.vnsnap-probe/');
+}

@@ -46,7 +46,7 @@ async function init(m: WorkerInit): Promise<void> {
         id,
         coordinator: m.coordinator,
         tunnel: { address: '127.0.0.1', port: tunnelPort },
-        storeRoot: m.storeRoot,
+        storeConfig: { kind: 'local', dir: m.storeRoot },
         drivers: [driver],
         logger: log,
         hostname: id,

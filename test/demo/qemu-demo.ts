@@ -68,6 +68,7 @@ async function main(): Promise<void> {
   let ok = false;
   try {
     await c.start();
+    console.log(`  the snapshot store, the same for the coordinator and both agents: "store": ${JSON.stringify(c.storage.config)} (content-addressed; docs/storage.md)`);
     await cliShow(c, ['agents']);
 
     step('3. the VNE: 4 guests (128 MiB, TCG), a,b on h1 and c,d on h2; TCP streams a→c, b→d, d→a across hosts, a→b, c→d within');

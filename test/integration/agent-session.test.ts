@@ -175,7 +175,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
       id,
       coordinator: `127.0.0.1:${coord.port}`,
       tunnel: { address: '127.0.0.1', port: 0 },
-      storeRoot: root, // one shared store: every snapshot restorable on every host
+      storeConfig: { kind: 'local', dir: root }, // one shared store: every snapshot restorable on every host
       drivers: [d],
       reconnect: { initialMs: 100, maxMs: 400 },
       switchOptions: { recordingGraceMs: 300 },
@@ -427,7 +427,9 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     await coord.ok('h2', { snapshotBegin: { snapshotId: 'dropped', vne: VNE, epoch, mode: 'SNAPSHOT_MODE_BACKGROUND', vms: ['c'], storePrefix: prefix } });
     await coord.ok('h2', { snapshotCommit: { snapshotId: 'dropped' } });
     assert.equal(agents.get('h2')?.switch.portEpoch(`${VNE}/c/0`), epoch);
-    await until('the image is committed', () => fs.existsSync(path.join(root, prefix, 'c.mem')));
+    // The agents' one store (content-addressed), read through the store API.
+    const store = (agents.get('h2') as Agent).store;
+    await until('the image is committed', async () => (await store.stat(`${prefix}c.mem`)) !== null);
     const regs = coord.registrations.filter((r) => r.agentId === 'h2').length;
     coord.drop('h2');
     const again = await coord.registered('h2', regs);
@@ -435,7 +437,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
       again.register.running.map((r) => [r.vm, r.epoch]),
       [['c', epoch]],
     );
-    await until('local abort', () => !fs.existsSync(path.join(root, prefix, 'c.mem')), 3000);
+    await until('local abort', async () => (await store.stat(`${prefix}c.mem`)) === null, 3000);
     assert.equal(state('c').status, 'running');
     const r = await coord.send('h2', { snapshotPersist: { snapshotId: 'dropped' } });
     assert.equal(r.errorCode, 'ERR_NOT_FOUND');
@@ -455,7 +457,8 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     const regs = coord.registrations.filter((r) => r.agentId === 'h1').length;
     coord.drop('h1');
     await coord.registered('h1', regs);
-    await until('local abort', () => !fs.existsSync(path.join(root, prefix)), 3000);
+    const store = (agents.get('h1') as Agent).store;
+    await until('local abort', async () => (await store.list(prefix)).length === 0, 3000);
     assert.equal(state('a').status, 'running');
     assert.equal(agents.get('h1')?.switch.portEpoch(`${VNE}/a/0`), epoch);
     await coord.ok('h2', { snapshotAbort: { snapshotId: 'pre', vne: VNE, epoch, storePrefix: prefix } });
@@ -463,7 +466,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     await coord.ok('h1', { snapshotBegin: { snapshotId: 'ab', vne: VNE, epoch: epoch + 1, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/ab/' } });
     await coord.ok('h1', { snapshotAbort: { snapshotId: 'ab', vne: VNE, epoch: epoch + 1, storePrefix: 'snapshots/ab/' } });
     await coord.ok('h2', { snapshotAbort: { snapshotId: 'ab', vne: VNE, epoch: epoch + 1, storePrefix: 'snapshots/ab/' } });
-    assert.equal(fs.existsSync(path.join(root, 'snapshots/ab')), false);
+    assert.deepEqual(await store.list('snapshots/ab/'), []);
     await flowing('after aborted snapshots');
     checkContinuity(await settle(), 'after aborted snapshots');
   });

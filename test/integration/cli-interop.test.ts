@@ -134,7 +134,7 @@ describe('interop: the real coordinator (with real agents) from Python grpcio (C
     const c = cluster as Cluster;
     const s = await c.cliJson<CatalogSnapshot>(['snapshot', 'show', report.createSnapshot?.final?.id as string]);
     assert.equal(s.state, 'SNAPSHOT_STATE_COMPLETE');
-    assert.deepEqual(c.completeSnapshotProblems(s), []);
+    assert.deepEqual(await c.completeSnapshotProblems(s), []);
     assert.deepEqual(await c.consistencyProblems('green'), []);
   });
 

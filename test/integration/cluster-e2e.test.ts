@@ -2,7 +2,7 @@
  * Issue 3, end to end: the real coordinator and three real agents (sim driver, real switches,
  * Geneve over a bridged veth underlay) as processes on namespaced hosts, driven only through
  * the `vnsnap` CLI (test/support/cluster.ts). Five sim VMs exchange sequence-numbered frames;
- * snapshots in both modes are checked from their files (a consistent cut, every in-flight frame
+ * snapshots in both modes are checked from the store (a consistent cut, every in-flight frame
  * recorded exactly once), then restored onto the same and onto a different placement, and every
  * VM's received sequence numbers must continue exactly from its snapshot. Then bad input: unknown
  * ids, malformed requests, a tampered manifest, a manifest of a newer format, a tampered image —
@@ -70,9 +70,9 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE');
     const states = r.events.filter((e) => e.state).map((e) => e.state);
     assert.deepEqual(states, ['SNAPSHOT_STATE_PRECOPY', 'SNAPSHOT_STATE_COMMITTING', 'SNAPSHOT_STATE_PERSISTING', 'SNAPSHOT_STATE_COMPLETE']);
-    assert.deepEqual(c.completeSnapshotProblems(done), []);
+    assert.deepEqual(await c.completeSnapshotProblems(done), []);
     assert.equal(done.lostFrames, 0);
-    const { problems, inFlight } = cutProblems(c.imageStates(done, MIB), c.channelFrames(done), VMS, done.epoch);
+    const { problems, inFlight } = cutProblems(await c.imageStates(done, MIB), await c.channelFrames(done), VMS, done.epoch);
     assert.deepEqual(problems, []);
     assert.equal(recordedFrames(done), inFlight);
     console.log(`      ${done.id} (${mode}): epoch ${done.epoch}, ${Date.now() - t0} ms, max pause ${Math.max(...done.vms.map((v) => v.pauseMs)).toFixed(1)} ms, ${inFlight} frames in flight at the cut, all recorded`);
@@ -160,12 +160,12 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
 
   it('restore onto the same hosts: every VM continues exactly from its snapshot, recorded frames delivered once', async () => {
     const s = await snapshotIn('precopy');
-    await progressed('the running VMs well past the snapshot', c.imageStates(s, MIB), 5);
+    await progressed('the running VMs well past the snapshot', await c.imageStates(s, MIB), 5);
     const injected = await restore(s, {});
     assert.equal(injected, recordedFrames(s));
-    await progressed(`traffic after restoring ${s.id}`, c.imageStates(s, MIB), 3);
+    await progressed(`traffic after restoring ${s.id}`, await c.imageStates(s, MIB), 3);
     const now = await trafficOk(`after restoring ${s.id}`);
-    assert.deepEqual(continuityProblems(now, c.imageStates(s, MIB), VMS), []);
+    assert.deepEqual(continuityProblems(now, await c.imageStates(s, MIB), VMS), []);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
 
@@ -178,9 +178,9 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     const vne = await c.cliJson<{ placement: Record<string, string>; generation: number; epoch: number }>(['vne', 'show', VNE]);
     assert.deepEqual(vne.placement, place);
     assert.equal(vne.epoch, s.epoch);
-    await progressed(`traffic after restoring ${s.id} elsewhere`, c.imageStates(s, MIB), 3);
+    await progressed(`traffic after restoring ${s.id} elsewhere`, await c.imageStates(s, MIB), 3);
     const now = await trafficOk(`after restoring ${s.id} elsewhere`);
-    assert.deepEqual(continuityProblems(now, c.imageStates(s, MIB), VMS), []);
+    assert.deepEqual(continuityProblems(now, await c.imageStates(s, MIB), VMS), []);
     assert.deepEqual(await c.consistencyProblems(VNE), []);
 
     // A snapshot of the moved VNE is consistent too.
@@ -265,19 +265,21 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   });
 
-  /** Restore with a store file replaced by `bytes`: refused with `exit`/`code`, nothing touched; the file is put back. */
-  async function refusedRestore(s: CatalogSnapshot, file: string, bytes: Buffer, exit: number, code: string, message: RegExp): Promise<void> {
-    const original = fs.readFileSync(file);
+  /**
+   * Restore after `tamper` changed the store (it returns its undo): refused with `exit`/`code`,
+   * nothing touched; the store is put back.
+   */
+  async function refusedRestore(s: CatalogSnapshot, tamper: () => Promise<() => unknown>, exit: number, code: string, message: RegExp): Promise<void> {
     const vneBefore = await c.cliJson<{ generation: number; epoch: number; placement: Record<string, string> }>(['vne', 'show', VNE]);
     const before = await readStates(c, VNE, VMS);
+    const undo = await tamper();
     try {
-      fs.writeFileSync(file, bytes);
       const r = await c.cli(['restore', s.id, '--stop-running', '--json']);
       assert.equal(r.code, exit, r.stderr);
       assert.equal(errorOf(r).code, code);
       assert.match(r.stderr, message);
     } finally {
-      fs.writeFileSync(file, original);
+      await undo();
     }
     // Nothing touched: same generation, epoch and placement, the same instances still running on.
     const vneAfter = await c.cliJson<{ generation: number; epoch: number; placement: Record<string, string> }>(['vne', 'show', VNE]);
@@ -287,28 +289,34 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     assert.deepEqual(await c.consistencyProblems(VNE), []);
   }
 
-  it('a tampered manifest is refused (DATA_LOSS), nothing touched', async () => {
+  // The store is content-addressed: tampering is a byte changed in a chunk file of the manifest
+  // or the image (chunks/xx/<sha>), which the store itself finds on reading.
+  it('a tampered manifest is refused (its chunk fails its SHA-256), nothing touched', async () => {
     const s = await snapshotIn('precopy');
-    const file = path.join(c.storeDir, s.manifestPath);
-    const bytes = Buffer.from(fs.readFileSync(file));
-    bytes[bytes.length - 70] = (bytes[bytes.length - 70] as number) ^ 0x40; // inside the body: its SHA-256 no longer matches
-    await refusedRestore(s, file, bytes, 1, 'ERR_CHECKSUM', /checksum|SHA-256|tamper/i);
+    await refusedRestore(s, () => c.tamperChunk(s.manifestPath, (b) => (b[b.length - 70] = (b[b.length - 70] as number) ^ 0x40)), 1, 'ERR_CHECKSUM', /checksum|SHA-256|tamper|corrupt/i);
   });
 
   it('a manifest of a newer major format version is refused with a clear error, nothing touched', async () => {
     const s = await snapshotIn('precopy');
-    const file = path.join(c.storeDir, s.manifestPath);
-    const { body } = decodeManifest(fs.readFileSync(file));
-    await refusedRestore(s, file, encodeManifest(body, { major: 2, minor: 0 }), 1, 'ERR_UNSUPPORTED_VERSION', /format.*2|version/i);
+    const store = await c.openStore();
+    const original = await store.get(s.manifestPath);
+    const { body } = decodeManifest(original);
+    await refusedRestore(
+      s,
+      async () => {
+        await store.put(s.manifestPath, encodeManifest(body, { major: 2, minor: 0 }));
+        return () => store.put(s.manifestPath, original);
+      },
+      1,
+      'ERR_UNSUPPORTED_VERSION',
+      /format.*2|version/i,
+    );
   });
 
   it('a tampered memory image is found by ValidateArtefacts before anything is touched (DATA_LOSS)', async () => {
     const s = await snapshotIn('precopy');
     const mem = s.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY' && a.owner === 'c');
     assert.ok(mem);
-    const file = path.join(c.storeDir, mem.path);
-    const bytes = Buffer.from(fs.readFileSync(file));
-    bytes[100] = (bytes[100] as number) ^ 1;
-    await refusedRestore(s, file, bytes, 1, 'ERR_DATA_LOSS', /SHA-256|checksum/i);
+    await refusedRestore(s, () => c.tamperChunk(mem.path, (b) => (b[100] = (b[100] as number) ^ 1)), 1, 'ERR_DATA_LOSS', /SHA-256|checksum|corrupt/i);
   });
 });

@@ -250,7 +250,7 @@ describe('fault tests on namespaced hosts: agents and coordinator killed, tunnel
     assert.ok(run.final, run.stderr);
     assert.ok(['SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_ABORTED'].includes(run.final.state));
     outcomes.push(`10 % tunnel loss: ${run.final.id} ${run.final.state.replace('SNAPSHOT_STATE_', '')} in ${run.endMs} ms (${dropped} tunnel packets dropped meanwhile), ${run.final.lostFrames} in-flight frames lost on the wire${run.final.error ? ` (${run.final.error})` : ''}`);
-    if (run.final.state === 'SNAPSHOT_STATE_COMPLETE') assert.deepEqual(c.completeSnapshotProblems(run.final), []);
+    if (run.final.state === 'SNAPSHOT_STATE_COMPLETE') assert.deepEqual(await c.completeSnapshotProblems(run.final), []);
     await consistent('after the lossy snapshot');
     // Without loss again, the next snapshot completes.
     const again = await c.cliStream<SnapshotEvent>(['snapshot', 'create', VNE]).done;

@@ -1,6 +1,7 @@
 /**
  * The coordinator over real gRPC, in-process: the server on 127.0.0.1:0 and scripted agents
- * that are real AgentService.Session clients writing real files into a shared store directory.
+ * that are real AgentService.Session clients writing real files into a shared store directory
+ * (the whole-file layout, { dir, layout: "files" }, which these scripted agents write by hand).
  * define → start → snapshot (both modes) → list/get → restore (same hosts, swapped placement)
  * → delete; tampered and newer-major manifests refused with nothing touched; disconnects; the
  * main program's ready line and SIGTERM.
@@ -226,7 +227,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-'));
     storeDir = path.join(dir, 'store');
-    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), storeDir, deadAfterMs: 1500, heartbeatIntervalMs: 300 }, log: silentLogger(), version: 'test' });
+    server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), store: { kind: 'files', dir: storeDir }, deadAfterMs: 1500, heartbeatIntervalMs: 300 }, log: silentLogger(), version: 'test' });
     await server.start();
     client = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
     watched = [];
@@ -518,7 +519,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
       assert.equal(events.at(-1)?.done?.error, 'coordinator stopping [ERR_SNAPSHOT_ABORTED]');
       await until('SnapshotAbort on both agents', () => h1.commands.some((c) => c.snapshotAbort?.snapshotId === id) && h2.commands.some((c) => c.snapshotAbort?.snapshotId === id), 5000);
       // Reopen on the same catalog: everything is still there.
-      server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), storeDir }, log: silentLogger() });
+      server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: path.join(dir, 'catalog.db'), store: { kind: 'files', dir: storeDir } }, log: silentLogger() });
       await server.start();
       const c2 = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
       const { snapshots } = await unary<object, { snapshots: { id: string; state: string }[] }>(c2, 'ListSnapshots', {});

@@ -24,8 +24,8 @@ import { strict as assert } from 'node:assert';
 import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
 import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
-import { sleep, until } from '../support/wait';
-import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { sleep } from '../support/wait';
+import { allStatuses, checkAfterRestore, E2E_HOME, E2E_SWAPPED, E2E_VNE, intactProblems, startE2eVne } from '../support/qemu-vne';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 const CYCLES = Number(process.env.VNSNAP_E2E_CYCLES ?? '0');
@@ -68,7 +68,7 @@ interface SnapshotEvent {
     const done = r.events[r.events.length - 1]?.done;
     assert.ok(done, 'the stream ends with the final record');
     assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE', done.error);
-    assert.deepEqual(c.completeSnapshotProblems(done), []);
+    assert.deepEqual(await c.completeSnapshotProblems(done), []);
     const pauses = done.vms.map((v) => v.pauseMs).sort((x, y) => x - y);
     timings.push(`${done.id} (${mode}): ${((Date.now() - t0) / 1000).toFixed(1)} s, pauses ${pauses.map((x) => x.toFixed(0)).join('/')} ms, ${done.vms.reduce((n, v) => n + v.channelFrames, 0)} frames in flight recorded`);
     // The VNE keeps running and no stream broke. Kept: the sleep is the observation window over
@@ -92,17 +92,9 @@ interface SnapshotEvent {
   }
 
   it('defines and starts the VNE; all five streams run (cross-host and same-host), with memory and disk load', async () => {
-    const def = await c.cliJson<{ state: string }>(['vne', 'define', writeVneFile(c.dir, image)]);
-    assert.equal(def.state, 'VNE_STATE_DEFINED');
-    const t0 = Date.now();
-    const started = await c.cliJson<{ vne: { state: string; placement: Record<string, string> } }>(['vne', 'start', E2E_VNE]);
-    assert.equal(started.vne.state, 'VNE_STATE_RUNNING');
-    assert.deepEqual(started.vne.placement, E2E_HOME);
-    first = (await until('every stream connected and moving', async () => {
-      const st = await allStatuses();
-      return streamsUp(st) ? st : undefined;
-    }, { timeoutMs: 180_000, everyMs: 2000 })) as Record<string, GuestStatus>;
-    timings.push(`boot to all streams up: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    const up = await startE2eVne(c, image);
+    first = up.first;
+    timings.push(`boot to all streams up: ${(up.bootMs / 1000).toFixed(1)} s`);
     await sleep(2000); // kept: the window over which every stream must move and none break
     assert.deepEqual(intactProblems('running', first, await allStatuses()), []);
   });

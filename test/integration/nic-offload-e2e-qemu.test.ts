@@ -142,7 +142,7 @@ function netdevs(vm: string): string[] {
     const done = r.events[r.events.length - 1]?.done;
     assert.ok(done, 'the stream ends with the final record');
     assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE', done.error);
-    assert.deepEqual(c.completeSnapshotProblems(done), []);
+    assert.deepEqual(await c.completeSnapshotProblems(done), []);
     await sleep(3000); // kept: the window over which every stream must move and none break
     assert.deepEqual(intactProblems('after the background snapshot', before, await allStatuses()), []);
     const rr = await c.cliStream<{ done?: CatalogSnapshot }>(['restore', done.id, '--stop-running']).done;

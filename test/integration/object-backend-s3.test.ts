@@ -2,18 +2,21 @@
  * S3Objects on a real S3 server: one single-node Ceph RADOS Gateway (test/support/ceph-rgw.sh)
  * for the whole file, on loopback, removed afterwards even when a test fails. The ObjectBackend
  * compliance suite runs on it (the bucket emptied after each test), then what only a server
- * shows: the gateway killed in the middle of an upload (ERR_UNAVAILABLE, and after its restart
+ * shows: the SnapshotStore compliance suite on CasStore over this backend (content-addressed,
+ * small chunks so every artefact spans many objects), the gateway killed in the middle of an upload (ERR_UNAVAILABLE, and after its restart
  * the key does not exist), refused credentials (ERR_PERMISSION_DENIED), a bucket quota
  * (ERR_STORE_FULL), credentials from an INI file and from the environment, an unreachable
  * endpoint. It prints the cold start and PUT/GET throughput of 1 MiB objects (docs/storage.md).
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CasStore } from '../../proto/store/cas-store';
 import { S3Objects, loadS3Credentials, type S3ObjectsOptions } from '../../proto/store/s3-objects';
 import { CEPH_RGW_SCRIPT, cephRgwAvailable, startCephRgw, type CephRgw } from '../support/ceph-rgw';
 import { describeObjectBackendCompliance, rejectsWith } from '../support/compliance/object-backend';
+import { snapshotStoreCompliance } from '../support/compliance/store';
 import { until } from '../support/wait';
 
 const PREFIX = 'vnsnap-it-s3';
@@ -54,6 +57,12 @@ describe('S3Objects on a real Ceph RADOS Gateway', function () {
     open: async () => backend(),
     close: async (b) => empty(b as S3Objects),
     unreachable: () => backend({ endpoint: 'http://127.0.0.1:1', maxAttempts: 1, connectTimeoutMs: 500 }),
+  });
+
+  snapshotStoreCompliance('CasStore over S3Objects on Ceph RGW', {
+    dedup: true,
+    open: async () => new CasStore(backend(), { chunker: { min: 1024, avg: 4096, max: 16384 } }),
+    close: async (s) => empty((s as CasStore).backend as S3Objects),
   });
 
   describe('faults and configuration', () => {
@@ -157,6 +166,42 @@ describe('S3Objects on a real Ceph RADOS Gateway', function () {
       await rejectsWith(b.get('x/y'), 'ERR_UNAVAILABLE', /^s3 http:\/\/127\.0\.0\.1:1\/vnsnap-test: get x\/y failed: the S3 endpoint cannot be reached/);
       await rejectsWith(b.list(''), 'ERR_UNAVAILABLE');
       assert.ok(Date.now() - t0 < 5000);
+    });
+  });
+
+  describe('the agent and the coordinator given an S3 store they cannot use', () => {
+    /** Run a program's main with a config naming `store`: its exit status and its stderr lines that are not JSON log lines. */
+    const runWith = (program: 'agent' | 'coordinator', store: unknown): { status: number | null; lines: string[] } => {
+      const dir = fs.mkdtempSync(path.join(cluster().dir, 'prog-'));
+      const cfg = path.join(dir, 'c.json');
+      const common = { store, insecurePlaintext: true };
+      fs.writeFileSync(cfg, JSON.stringify(program === 'agent' ? { ...common, id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', stateDir: path.join(dir, 'state') } : { ...common, listen: '127.0.0.1:0', db: path.join(dir, 'c.db') }));
+      const main = path.resolve(__dirname, '..', '..', program, 'main.js');
+      const r = spawnSync(process.execPath, [main, '--config', cfg], { encoding: 'utf8', timeout: 60_000 });
+      return { status: r.status, lines: r.stderr.split('\n').filter((l) => l !== '' && !l.startsWith('{')) };
+    };
+
+    it('a bucket that does not exist, refused credentials, an unreadable credentials file: one line and a non-zero exit at start', () => {
+      const c = cluster();
+      const good = loadS3Credentials(c.credentialsFile);
+      const wrong = path.join(fs.mkdtempSync(path.join(c.dir, 'creds-')), 'wrong.json');
+      fs.writeFileSync(wrong, JSON.stringify({ accessKeyId: good.accessKeyId, secretAccessKey: 'not-the-secret' }));
+      const s3 = (over: object) => ({ s3: { endpoint: c.endpoint, bucket: c.bucket, region: c.region, credentialsFile: c.credentialsFile, ...over } });
+      const cases: [unknown, RegExp][] = [
+        [s3({ bucket: 'no-such-bucket' }), /^s3 http:\/\/127\.0\.0\.1:\d+\/no-such-bucket: list of prefix "[^"]*" failed: the bucket does not exist \(NoSuchBucket\).* \[ERR_CONFIG\]$/],
+        [s3({ credentialsFile: wrong }), /^s3 http:\/\/127\.0\.0\.1:\d+\/vnsnap-test: list of prefix "[^"]*" failed: the S3 credentials were refused \(.* \[ERR_PERMISSION_DENIED\]$/],
+        [s3({ credentialsFile: path.join(c.dir, 'absent.json') }), new RegExp(`^S3 credentials file ${path.join(c.dir, 'absent.json').replace(/[.]/g, '\\.')} cannot be read: .* \\[ERR_CONFIG\\]$`)],
+      ];
+      for (const program of ['agent', 'coordinator'] as const) {
+        for (const [store, message] of cases) {
+          const r = runWith(program, store);
+          assert.notEqual(r.status, 0, `${program} exits non-zero`);
+          assert.equal(r.lines.length, 1, `${program}: one line, no stack: ${r.lines.join('\n')}`);
+          const [name, rest] = [`vnsnap-${program}: `, (r.lines[0] as string).slice(`vnsnap-${program}: `.length)];
+          assert.ok((r.lines[0] as string).startsWith(name), r.lines[0]);
+          assert.match(rest, message);
+        }
+      }
     });
   });
 

@@ -75,7 +75,7 @@ describe('security: Python grpcio over mutual TLS (health, reflection, a snapsho
     await server.start();
     for (const id of ['h1', 'h2']) {
       const certs = new PemCertificates(pki.agent(id));
-      const a = new Agent({ id, coordinator: server.address, tunnel: { address: '127.0.0.1', port: 0 }, storeRoot: store, drivers: [new SimDriver()], session: grpcSessionTransportWith(certs.channelCredentials()) });
+      const a = new Agent({ id, coordinator: server.address, tunnel: { address: '127.0.0.1', port: 0 }, storeConfig: { kind: 'local', dir: store }, drivers: [new SimDriver()], session: grpcSessionTransportWith(certs.channelCredentials()) });
       agents.push(a);
       await a.start();
     }

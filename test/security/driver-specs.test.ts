@@ -283,7 +283,7 @@ describe('driver specs: refused at `vne define` by the coordinator, and at Start
     await server.start();
     client = new pkg.vnsnap.v1.CoordinatorService(server.address, grpc.credentials.createInsecure());
     const qemu = new QemuDriver({ workDir: path.join(bed.dir, 'work', 'qemu'), qemuBinary: path.join(bed.bin, 'qemu'), qemuImg: path.join(bed.bin, 'qemu-img'), accel: 'tcg', imageRoots: [bed.root] });
-    agent = new Agent({ id: 'h1', coordinator: server.address, tunnel: { address: '127.0.0.1', port: 0 }, storeRoot: path.join(bed.dir, 'store'), drivers: [qemu], logger: log });
+    agent = new Agent({ id: 'h1', coordinator: server.address, tunnel: { address: '127.0.0.1', port: 0 }, storeConfig: { kind: 'local', dir: path.join(bed.dir, 'store') }, drivers: [qemu], logger: log });
     await agent.start();
     await until('h1 connected', async () => {
       const r = await unary<object, { agents: { id: string; state: string }[] }>(client, 'ListAgents', {});

@@ -15,6 +15,8 @@
 #
 # Printed environment (shell syntax): RGW_DIR, RGW_ENDPOINT (http://127.0.0.1:PORT), RGW_BUCKET,
 # RGW_REGION, RGW_CREDENTIALS (a JSON file {"accessKeyId","secretAccessKey"}), RGW_COLD_START_MS.
+# With RGW_ALSO_LISTEN=ADDR in the environment of `start` the gateway also listens on ADDR (same
+# port), for clients in other network namespaces; the printed endpoint stays on 127.0.0.1.
 # The keys are fixed test keys. Readiness is awaited by polling real requests, never by sleeping
 # a fixed time. The OSD keeps data in RAM (memstore): restarting the OSD loses it, so fault tests
 # kill only the gateway. Needs the packages ceph-mon ceph-osd radosgw ceph-common, and root.
@@ -141,7 +143,7 @@ keyring = $dir/admin.keyring
 
 [$RGW_NAME]
 keyring = $dir/rgw.keyring
-rgw frontends = beast endpoint=127.0.0.1:$rgwport
+rgw frontends = beast endpoint=127.0.0.1:$rgwport${RGW_ALSO_LISTEN:+ endpoint=$RGW_ALSO_LISTEN:$rgwport}
 rgw data = $dir/rgw
 rgw gc obj min wait = 30
 rgw gc processor period = 30

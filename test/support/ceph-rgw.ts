@@ -46,9 +46,9 @@ export function cephRgwAvailable(): boolean {
   return process.getuid?.() === 0 && ['ceph-mon', 'ceph-osd', 'radosgw', 'radosgw-admin'].every(onPath);
 }
 
-async function script(args: string[], timeoutMs: number): Promise<string> {
+async function script(args: string[], timeoutMs: number, env: NodeJS.ProcessEnv = process.env): Promise<string> {
   try {
-    const { stdout } = await run('bash', [CEPH_RGW_SCRIPT, ...args], { timeout: timeoutMs, maxBuffer: 1 << 20 });
+    const { stdout } = await run('bash', [CEPH_RGW_SCRIPT, ...args], { timeout: timeoutMs, maxBuffer: 1 << 20, env });
     return stdout;
   } catch (e) {
     const err = e as Error & { stderr?: string };
@@ -57,9 +57,13 @@ async function script(args: string[], timeoutMs: number): Promise<string> {
   }
 }
 
-/** Start a cluster in /tmp/PREFIX.XXXXXX; the script removes everything itself when the start fails. */
-export async function startCephRgw(prefix: string): Promise<CephRgw> {
-  const out = await script(['start', prefix], 180_000);
+/**
+ * Start a cluster in /tmp/PREFIX.XXXXXX; the script removes everything itself when the start
+ * fails. `alsoListen`: an address of this host the gateway listens on too (same port), for
+ * clients in other network namespaces (the endpoint reported stays on 127.0.0.1).
+ */
+export async function startCephRgw(prefix: string, opts: { alsoListen?: string } = {}): Promise<CephRgw> {
+  const out = await script(['start', prefix], 180_000, opts.alsoListen ? { ...process.env, RGW_ALSO_LISTEN: opts.alsoListen } : process.env);
   const env = new Map<string, string>();
   for (const line of out.split('\n')) {
     const m = /^(RGW_[A-Z_]+)=(.*)$/.exec(line);

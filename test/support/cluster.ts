@@ -4,7 +4,7 @@
  *
  *   <prefix>-ul   the underlay: a Linux bridge br0 (SUBNET.254/24) and the coordinator
  *                 (vnsnap-coordinator, listening on SUBNET.254:7443, catalog in the cluster's
- *                 directory, store root = the shared store)
+ *                 directory, the cluster's store)
  * Every gRPC link is mutual TLS with certificates of the process's test PKI (pki.ts): the
  * coordinator's names SUBNET.254, each agent's certificate its id, the CLI an operator's
  * (`tlsArgs`; `operator`, `pki` for tests that present others).
@@ -12,8 +12,11 @@
  *                 vnsnap-agent (drivers ["sim"], run as test/sim/agent-main.js; tunnel
  *                 SUBNET.N:6081, metrics + /debug/vms (enabled) on 127.0.0.1:9464 of its namespace)
  *
- * Every agent and the coordinator share one store directory (like a shared filesystem); with
- * `storeTmpfsMib` it is a tmpfs of that size (unmounted by destroy()). Everything is driven
+ * Every agent and the coordinator name one store (cluster-store.ts; option `store`): 'local' (the
+ * default) a content-addressed store in the cluster's directory (like a shared filesystem; with
+ * `storeTmpfsMib` a tmpfs of that size, unmounted by destroy()), 'files' the whole-file layout
+ * there, 's3' a bucket on a Ceph RGW started for the cluster. Tests read snapshots only through
+ * `openStore()` (the SnapshotStore API), so they pass on every kind. Everything is driven
  * through the real `vnsnap` CLI (`cli`, `cliJson`, `cliStream`, run in the underlay namespace)
  * and sim VM state is read through the agents' /debug/vms (`vms`). Processes are killed with
  * `kill` (SIGKILL for the fault tests) and started again with `startAgent`/`startCoordinator`;
@@ -31,6 +34,10 @@ import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
+import { chunkKey } from '../../proto/store/cas-index';
+import { CasStore } from '../../proto/store/cas-store';
+import type { SnapshotStore } from '../../proto/store/snapshot-store';
+import { ClusterStore, type ClusterStoreKind } from './cluster-store';
 import { sh, Topology, waitForJsonLine } from './netns';
 import { sleep, until } from './wait';
 import { testPki, type TestPki, type TlsFiles } from './pki';
@@ -53,7 +60,9 @@ export interface ClusterOptions {
   hosts?: string[];
   /** First three octets of the underlay subnet. Default 10.<150 + hash of prefix>.0. */
   subnet?: string;
-  /** Make the shared store a tmpfs of this many MiB. */
+  /** The store every agent and the coordinator name (cluster-store.ts). Default 'local'. */
+  store?: ClusterStoreKind;
+  /** Make the shared store's directory a tmpfs of this many MiB (kinds 'local' and 'files'). */
   storeTmpfsMib?: number;
   heartbeatIntervalMs?: number;
   deadAfterMs?: number;
@@ -113,7 +122,10 @@ function subnetOf(prefix: string): string {
 export class Cluster {
   readonly topo: Topology;
   readonly dir: string;
+  /** The local store's directory (kinds 'local' and 'files'; empty with 's3'). */
   readonly storeDir: string;
+  /** The store's kind and config (what the agents and the coordinator are given). */
+  readonly storage: ClusterStore;
   readonly dbFile: string;
   readonly hosts: string[];
   readonly subnet: string;
@@ -136,6 +148,7 @@ export class Cluster {
     this.storeDir = path.join(this.dir, 'store');
     this.dbFile = path.join(this.dir, 'catalog.db');
     fs.mkdirSync(this.storeDir);
+    this.storage = new ClusterStore(opts.store ?? 'local', this.storeDir);
     this.pki = testPki();
     this.operator = this.pki.client('operator', 'operator');
   }
@@ -166,6 +179,7 @@ export class Cluster {
       t.veth(h, `${p}u${i}`, 'ul', `${p}b${i}`, `${this.hostAddress(h)}/24`);
       t.exec('ul', 'ip', ['link', 'set', `${p}b${i}`, 'master', 'br0']);
     });
+    await this.storage.start(t, this.subnet, this.dir);
     await this.startCoordinator();
     await Promise.all(this.hosts.map((h) => this.startAgent(h, false)));
     await this.waitConnected(this.hosts);
@@ -189,7 +203,7 @@ export class Cluster {
       JSON.stringify({
         listen: this.coordinatorAddress,
         db: this.dbFile,
-        storeDir: this.storeDir,
+        store: this.storage.config,
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs ?? 1000,
         deadAfterMs: this.opts.deadAfterMs ?? 5000,
         logLevel: 'info',
@@ -212,7 +226,7 @@ export class Cluster {
         coordinator: this.coordinatorAddress,
         tunnel: `${this.hostAddress(host)}:6081`,
         ...(this.opts.tunnelOffload !== undefined ? { tunnelOffload: this.opts.tunnelOffload } : {}),
-        store: this.storeDir,
+        store: this.storage.config,
         stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,
         debugVms: true,
@@ -423,14 +437,14 @@ export class Cluster {
   private async consistencyOnce(vneName: string): Promise<string[]> {
     const problems: string[] = [];
     const { snapshots } = await this.cliJson<{ snapshots: CatalogSnapshot[] }>(['snapshot', 'list', '--vne', vneName]);
+    const store = await this.openStore();
     for (const s of snapshots) {
-      const dir = path.join(this.storeDir, 'snapshots', s.id);
       if (!['SNAPSHOT_STATE_COMPLETE', 'SNAPSHOT_STATE_ABORTED'].includes(s.state)) problems.push(`${s.id} is ${s.state}`);
       else if (s.state === 'SNAPSHOT_STATE_ABORTED') {
-        const left = listFiles(dir);
+        const left = await store.list(`snapshots/${s.id}/`);
         if (left.length > 0) problems.push(`aborted ${s.id} left ${left.join(', ')}`);
       } else {
-        problems.push(...this.completeSnapshotProblems(s));
+        problems.push(...(await this.completeSnapshotProblems(s)));
       }
     }
     const vne = await this.cliJson<{ state: string; placement: Record<string, string>; vms: { name: string }[] }>(['vne', 'show', vneName]);
@@ -446,14 +460,19 @@ export class Cluster {
     return problems;
   }
 
-  /** A COMPLETE snapshot's manifest and artefacts, checked in the shared store. */
-  completeSnapshotProblems(s: CatalogSnapshot): string[] {
+  /** The cluster's store, as the test process reads it (the same config the agents have). */
+  openStore(): Promise<SnapshotStore> {
+    return this.storage.open();
+  }
+
+  /** A COMPLETE snapshot's manifest and artefacts, checked in the shared store (every byte read back). */
+  async completeSnapshotProblems(s: CatalogSnapshot): Promise<string[]> {
     const problems: string[] = [];
-    const mf = path.join(this.storeDir, s.manifestPath);
-    if (!s.manifestPath || !fs.existsSync(mf)) return [`complete ${s.id} has no manifest (${s.manifestPath})`];
+    const store = await this.openStore();
+    if (!s.manifestPath || (await store.stat(s.manifestPath)) === null) return [`complete ${s.id} has no manifest (${s.manifestPath})`];
     let body: ReturnType<typeof decodeManifest>['body'];
     try {
-      body = decodeManifest(fs.readFileSync(mf), s.manifestPath).body;
+      body = decodeManifest(await store.get(s.manifestPath), s.manifestPath).body;
     } catch (e) {
       return [`complete ${s.id}: manifest unreadable: ${(e as Error).message}`];
     }
@@ -461,35 +480,66 @@ export class Cluster {
     const listed = new Set(s.artefacts.map((a) => a.path));
     if (body.artefacts.length !== listed.size || body.artefacts.some((a) => !listed.has(a.path))) problems.push(`manifest and catalog of ${s.id} list different artefacts`);
     for (const a of body.artefacts) {
-      const f = path.join(this.storeDir, a.path);
-      if (!fs.existsSync(f)) {
+      if ((await store.stat(a.path)) === null) {
         problems.push(`${s.id}: artefact ${a.path} is missing`);
         continue;
       }
-      const b = fs.readFileSync(f);
-      if (b.length !== Number(a.size)) problems.push(`${s.id}: ${a.path} is ${b.length} bytes, listed ${a.size}`);
-      if (createHash('sha256').update(b).digest('hex') !== a.sha256) problems.push(`${s.id}: ${a.path} checksum differs`);
+      const h = createHash('sha256');
+      let size = 0;
+      try {
+        for await (const b of store.read(a.path)) {
+          h.update(b);
+          size += b.length;
+        }
+      } catch (e) {
+        problems.push(`${s.id}: ${a.path} unreadable: ${(e as Error).message}`);
+        continue;
+      }
+      if (size !== Number(a.size)) problems.push(`${s.id}: ${a.path} is ${size} bytes, listed ${a.size}`);
+      if (h.digest('hex') !== a.sha256) problems.push(`${s.id}: ${a.path} checksum differs`);
     }
     return problems;
   }
 
+  /**
+   * Corrupt the first chunk of an artefact on disk (kind 'local': the file chunks/xx/<sha> of the
+   * content-addressed layout) with `mutate`; returns what puts the original bytes back. A chunk
+   * may be shared by other artefacts (that is the point of the layout): they are corrupt too
+   * until the undo.
+   */
+  async tamperChunk(relPath: string, mutate: (chunk: Buffer) => void): Promise<() => void> {
+    const store = await this.openStore();
+    if (this.storage.kind !== 'local' || !(store instanceof CasStore)) throw new Error(`tamperChunk needs the cluster store 'local', not '${this.storage.kind}'`);
+    const idx = await store.index(relPath);
+    const first = idx?.chunks[0];
+    if (!first) throw new Error(`${relPath} has no chunk in the store`);
+    const file = path.join(this.storeDir, chunkKey(first.sha256));
+    const original = fs.readFileSync(file);
+    const bytes = Buffer.from(original);
+    mutate(bytes);
+    fs.writeFileSync(file, bytes);
+    return () => fs.writeFileSync(file, original);
+  }
+
   /** The guest state (sent/expected sequence numbers) of each VM in a complete snapshot's images. */
-  imageStates(s: CatalogSnapshot, memoryMib: Record<string, number>): Record<string, SimGuestState> {
+  async imageStates(s: CatalogSnapshot, memoryMib: Record<string, number>): Promise<Record<string, SimGuestState>> {
+    const store = await this.openStore();
     const out: Record<string, SimGuestState> = {};
     for (const a of s.artefacts) {
       if (a.kind !== 'ARTEFACT_KIND_MEMORY') continue;
-      out[a.owner] = parseSimImage(fs.readFileSync(path.join(this.storeDir, a.path)), a.path, (memoryMib[a.owner] ?? 4) * 256).state;
+      out[a.owner] = parseSimImage(await store.get(a.path), a.path, (memoryMib[a.owner] ?? 4) * 256).state;
     }
     return out;
   }
 
   /** The recorded in-flight frames of a complete snapshot, per receiving VM (decoded). */
-  channelFrames(s: CatalogSnapshot): Record<string, SimFrame[]> {
+  async channelFrames(s: CatalogSnapshot): Promise<Record<string, SimFrame[]>> {
+    const store = await this.openStore();
     const out: Record<string, SimFrame[]> = {};
     for (const a of s.artefacts) {
       if (a.kind !== 'ARTEFACT_KIND_CHANNEL') continue;
       const vm = a.owner.split('/')[1] ?? a.owner; // "<vne>/<vm>/<i>"
-      const frames = decodeChannel(fs.readFileSync(path.join(this.storeDir, a.path)), a.path).map((f) => parseSimFrame(f.frame));
+      const frames = decodeChannel(await store.get(a.path), a.path).map((f) => parseSimFrame(f.frame));
       out[vm] = [...(out[vm] ?? []), ...frames.filter((f): f is SimFrame => f !== undefined)];
     }
     return out;
@@ -519,6 +569,7 @@ export class Cluster {
     if (this.destroyed) return;
     this.destroyed = true;
     await this.topo.destroy();
+    await this.storage.stop();
     if (this.mounted) {
       sh('umount', ['-l', this.storeDir], { allowFail: true });
       this.mounted = false;
@@ -563,13 +614,4 @@ export function vmStatusLines(v: VneView): string[] {
 /** Extra node flags for the coordinator and agents (debugging: VNSNAP_CLUSTER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"). */
 function nodeArgs(): string[] {
   return (process.env.VNSNAP_CLUSTER_NODE_ARGS ?? '').split(' ').filter(Boolean);
-}
-
-/** Every file below dir (none when dir does not exist). */
-function listFiles(dir: string): string[] {
-  if (!fs.existsSync(dir)) return [];
-  return fs
-    .readdirSync(dir, { recursive: true, encoding: 'utf8' })
-    .map((f) => path.join(dir, f))
-    .filter((p) => fs.statSync(p, { throwIfNoEntry: false })?.isFile() === true);
 }

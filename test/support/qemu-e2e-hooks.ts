@@ -6,6 +6,7 @@
  */
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
 import { Cluster } from './cluster';
+import { s3Unavailable, type ClusterStoreKind } from './cluster-store';
 import { E2E_VNE, killE2eQemus, saveConsoles } from './qemu-vne';
 
 export interface QemuE2eHooks {
@@ -18,6 +19,8 @@ export interface QemuE2eHooks {
   /** Session timings of the cluster (default 1 s heartbeats, dead after 10 s). */
   heartbeatIntervalMs?: number;
   deadAfterMs?: number;
+  /** The cluster's store (cluster-store.ts; default 'local'). */
+  store?: ClusterStoreKind;
   /** Lines of the log tail printed after a failed test (default 30). */
   logLines?: number;
   /** Kills the test's QEMUs (default the four-guest VNE's). */
@@ -34,10 +37,15 @@ export function qemuE2eHooks(o: QemuE2eHooks): void {
   const kill = o.killQemus ?? killE2eQemus;
   before(async function () {
     if (process.getuid?.() !== 0) this.skip();
+    const noS3 = o.store === 's3' ? s3Unavailable() : null;
+    if (noS3) {
+      console.log(`      skipped: ${noS3}`);
+      this.skip();
+    }
     ensureQemu();
     const image = buildGuest();
     kill();
-    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: o.heartbeatIntervalMs ?? 1000, deadAfterMs: o.deadAfterMs ?? 10_000 });
+    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: o.heartbeatIntervalMs ?? 1000, deadAfterMs: o.deadAfterMs ?? 10_000, ...(o.store ? { store: o.store } : {}) });
     await c.start();
     o.ready(c, image);
   });

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { channelStatus, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import type { Cluster } from './cluster';
 import { sleep, until } from './wait';
 
 export const E2E_VNE = 'e2eq';
@@ -167,4 +168,22 @@ export function saveConsoles(dest: string): string[] {
     out.push(f);
   }
   return out;
+}
+
+/**
+ * Define and start the four-guest VNE on `c` (placement E2E_HOME) and wait until every stream is
+ * connected and moving (boot takes a while under TCG): those first statuses, and the time from
+ * the start to them.
+ */
+export async function startE2eVne(c: Cluster, image: GuestImage): Promise<{ first: Record<string, GuestStatus>; bootMs: number }> {
+  const def = await c.cliJson<{ state: string }>(['vne', 'define', writeVneFile(c.dir, image)]);
+  if (def.state !== 'VNE_STATE_DEFINED') throw new Error(`vne define: ${def.state}`);
+  const t0 = Date.now();
+  const started = await c.cliJson<{ vne: { state: string; placement: Record<string, string> } }>(['vne', 'start', E2E_VNE]);
+  if (started.vne.state !== 'VNE_STATE_RUNNING' || JSON.stringify(started.vne.placement) !== JSON.stringify(E2E_HOME)) throw new Error(`vne start: ${started.vne.state} on ${JSON.stringify(started.vne.placement)}`);
+  const first = (await until('every stream connected and moving', async () => {
+    const st = await allStatuses();
+    return streamsUp(st) ? st : undefined;
+  }, { timeoutMs: 180_000, everyMs: 2000 })) as Record<string, GuestStatus>;
+  return { first, bootMs: Date.now() - t0 };
 }

@@ -18,7 +18,7 @@ export function sessionAgent(dir: string, stateDir: string, driver: HypervisorDr
     id: 'h1',
     coordinator: 'coord:1',
     tunnel: { address: '10.0.0.1', port: 6081 },
-    storeRoot: path.join(dir, 'store'),
+    storeConfig: { kind: 'local', dir: path.join(dir, 'store') },
     stateDir,
     drivers: [driver],
     hostname: 'host-1',

@@ -315,7 +315,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   it('an agent without a state directory still stops its VMs when it stops (nothing could adopt them)', async () => {
     const d = new AdoptingDriver();
     const transport = new FakeSessionTransport();
-    const agent = new Agent({ id: 'h1', coordinator: 'coord:1', tunnel: { address: '10.0.0.1', port: 6081 }, storeRoot: path.join(root, 'store'), drivers: [d], transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081), session: transport.factory, clock: new ManualClock(T0) });
+    const agent = new Agent({ id: 'h1', coordinator: 'coord:1', tunnel: { address: '10.0.0.1', port: 6081 }, storeConfig: { kind: 'local', dir: path.join(root, 'store') }, drivers: [d], transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081), session: transport.factory, clock: new ManualClock(T0) });
     agents.push(agent);
     await agent.start();
     transport.last.welcome(1000);

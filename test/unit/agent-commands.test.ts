@@ -38,7 +38,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
       id: 'h1',
       coordinator: 'coord:1',
       tunnel: { address: '10.0.0.1', port: 6081 },
-      storeRoot: root,
+      storeConfig: { kind: 'local', dir: root },
       drivers: [driver],
       hostname: 'host-1',
       transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081),
@@ -89,7 +89,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
   it('a driver failure that is not a VnsnapError is ERR_INTERNAL', async () => {
     await agent.stop();
     driver = new BrokenDriver();
-    agent = new Agent({ id: 'h1', coordinator: 'c', tunnel: { address: '10.0.0.1', port: 6081 }, storeRoot: root, drivers: [driver], transport: new FakeUdpNetwork().endpoint(1, 1), session: transport.factory, clock });
+    agent = new Agent({ id: 'h1', coordinator: 'c', tunnel: { address: '10.0.0.1', port: 6081 }, storeConfig: { kind: 'local', dir: root }, drivers: [driver], transport: new FakeUdpNetwork().endpoint(1, 1), session: transport.factory, clock });
     await agent.start();
     const s = transport.last;
     s.welcome(1000);

@@ -119,7 +119,7 @@ describe('kept disks on the agent: StopVm, StartVm kept_disk, DiscardDisks', () 
     root = fs.mkdtempSync(path.join(os.tmpdir(), PREFIX));
     transport = new FakeSessionTransport();
     driver = new DiskDriver(new DiskDirs(path.join(root, 'disks'), silentLogger(), () => 99));
-    agent = new Agent({ id: 'h1', coordinator: 'c:1', tunnel: { address: '10.0.0.1', port: 6081 }, storeRoot: path.join(root, 'store'), drivers: [driver], hostname: 'h', transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081), session: transport.factory, clock: new ManualClock(T0) });
+    agent = new Agent({ id: 'h1', coordinator: 'c:1', tunnel: { address: '10.0.0.1', port: 6081 }, storeConfig: { kind: 'local', dir: path.join(root, 'store') }, drivers: [driver], hostname: 'h', transport: new FakeUdpNetwork().endpoint(0x0a000001, 6081), session: transport.factory, clock: new ManualClock(T0) });
     await agent.start();
     transport.last.welcome(1000);
     assert.equal((await run({ body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 } })).ok, true);

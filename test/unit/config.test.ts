@@ -7,6 +7,10 @@ import { parseJsonObject, readJsonObjectFile, rejectUnknownKeys } from '../../pr
 import { isVnsnapError } from '../../proto/core/errors';
 import { parseSwitchConfig } from '../../switch/cmd/config';
 import { loadAgentConfig, validateAgentConfig } from '../../agent/config';
+import { StoreHandle } from '../../agent/store-handle';
+import { readConfigFile } from '../../coordinator/main';
+import { configuredStore, CoordinatorServer } from '../../coordinator/server';
+import { silentLogger } from '../../proto/core/log';
 
 const good = {
   id: 'h1',
@@ -109,6 +113,67 @@ describe('config file helpers (proto/core/config)', () => {
     rejectUnknownKeys({ id: 'h1' }, ['id', 'store']);
     assert.equal(refusal(() => rejectUnknownKeys({ id: 'h1', colour: 'red' }, ['id', 'store'])), 'unknown key "colour" (known: id, store)');
     assert.equal(refusal(() => rejectUnknownKeys({ colour: 'red' }, ['id'], 'config c.json')), 'config c.json: unknown key "colour" (known: id)');
+  });
+});
+
+describe('the store key of the agent and the coordinator', () => {
+  const base = { id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:6081' };
+  const s3 = { s3: { endpoint: 'http://10.0.0.9:7480', bucket: 'vnsnap', credentialsFile: '/etc/vnsnap/s3.json' } };
+
+  it('the agent takes a directory (content-addressed), the whole-file layout and S3; anything else is one line naming the field', () => {
+    assert.deepEqual(validateAgentConfig({ ...base, store: '/var/lib/vnsnap/store' }).store, { kind: 'local', dir: '/var/lib/vnsnap/store' });
+    assert.deepEqual(validateAgentConfig({ ...base, store: { dir: '/srv/old', layout: 'files' } }).store, { kind: 'files', dir: '/srv/old' });
+    assert.deepEqual(validateAgentConfig({ ...base, store: s3 }).store, { kind: 's3', s3: s3.s3 });
+    assert.throws(() => validateAgentConfig({ ...base }), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message === 'store: expected a directory or { "s3": {...} }, got undefined');
+    assert.throws(() => validateAgentConfig({ ...base, store: { s3: { endpoint: 'http://x:1', bucket: 'b', secret: 'k' } } }), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message === 'store.s3: unknown key "secret" (known: endpoint, bucket, region, credentialsFile)');
+  });
+
+  it('the coordinator takes the same forms as "store"; "storeDir" is its old spelling, refused together with it', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-store-'));
+    try {
+      const file = path.join(dir, 'c.json');
+      fs.writeFileSync(file, JSON.stringify({ store: s3 }));
+      assert.deepEqual(readConfigFile(file).store, { kind: 's3', s3: s3.s3 });
+      fs.writeFileSync(file, JSON.stringify({ store: { dir: '/srv/old', layout: 'files' } }));
+      assert.deepEqual(readConfigFile(file).store, { kind: 'files', dir: '/srv/old' });
+      fs.writeFileSync(file, JSON.stringify({ store: { bucket: 'x' } }));
+      assert.throws(() => readConfigFile(file), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message === `config ${file}: store: unknown key "bucket" (known: dir, layout)`);
+      fs.writeFileSync(file, JSON.stringify({ store: '/a', storeDir: '/b' }));
+      assert.throws(() => readConfigFile(file), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message === `config ${file}: "store" and "storeDir" both name the snapshot store ("storeDir" is the old spelling of "store": DIR); keep one`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    assert.deepEqual(configuredStore({ storeDir: '/srv/vnsnap' }), { kind: 'local', dir: '/srv/vnsnap' });
+    assert.deepEqual(configuredStore({ store: { kind: 'files', dir: '/d' } }), { kind: 'files', dir: '/d' });
+    assert.throws(() => configuredStore({ store: { kind: 'local', dir: '/a' }, storeDir: '/b' }), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && /storeDir is the old spelling/.test((e as Error).message));
+  });
+
+  it('a coordinator over a directory of the other layout does not start, and says which layout is there', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-coord-layout-'));
+    try {
+      fs.mkdirSync(path.join(dir, 'snapshots'));
+      const server = new CoordinatorServer({ config: { listen: '127.0.0.1:0', insecurePlaintext: true, db: ':memory:', storeDir: dir }, log: silentLogger() });
+      await assert.rejects(server.start(), (e: unknown) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && (e as Error).message === `store ${dir} holds snapshots as whole files (the layout before chunks); set "store": { "dir": "${dir}", "layout": "files" } to keep using it`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the agent's store handle is ERR_STATE until opened, then the configured store", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-agent-store-'));
+    try {
+      const h = new StoreHandle({ kind: 'local', dir });
+      assert.equal(h.describe, `local ${dir}`);
+      await assert.rejects(h.put('snapshots/s/a', Buffer.from('x')), (e: unknown) => isVnsnapError(e, 'ERR_STATE') && (e as Error).message === `the snapshot store (local ${dir}) is not open yet: the agent has not started`);
+      await h.open();
+      await h.put('snapshots/s/a', Buffer.from('x'));
+      const chunks: Buffer[] = [];
+      for await (const c of h.read('snapshots/s/a')) chunks.push(c);
+      assert.equal(Buffer.concat(chunks).toString(), 'x');
+      assert.ok(fs.existsSync(path.join(dir, 'chunks')), 'content-addressed layout on disk');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -2,7 +2,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { FsManifestStore } from '../../coordinator/manifest-store';
+import { StoreManifests } from '../../coordinator/manifest-store';
+import { CasStore } from '../../proto/store/cas-store';
+import { LocalDirStore } from '../../proto/store/local-dir';
+import { LocalObjects } from '../../proto/store/local-objects';
 import { ERROR_CODES, isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import { fromServiceError, GRPC_STATUS, toServiceError } from '../../proto/core/grpc-status';
 import { loadVnsnap } from '../../proto/core/grpc';
@@ -71,12 +74,12 @@ describe('gRPC contract', () => {
   });
 });
 
-describe('the coordinator\'s manifest store (over the local-dir store)', () => {
+describe('the coordinator\'s manifest store (over the whole-file store)', () => {
   let dir: string;
-  let manifests: FsManifestStore;
+  let manifests: StoreManifests;
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-manifests-'));
-    manifests = new FsManifestStore(dir);
+    manifests = new StoreManifests(new LocalDirStore(dir));
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -105,5 +108,34 @@ describe('the coordinator\'s manifest store (over the local-dir store)', () => {
     await manifests.remove('snapshots/a/manifest.pb');
     await manifests.remove('snapshots/a/manifest.pb');
     assert.deepEqual(fs.readdirSync(path.join(dir, 'snapshots')), []);
+  });
+});
+
+describe('the coordinator\'s manifest store (over the content-addressed store)', () => {
+  let dir: string;
+  let store: CasStore;
+  let manifests: StoreManifests;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-manifests-cas-'));
+    store = new CasStore(new LocalObjects(dir));
+    manifests = new StoreManifests(store);
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('writes, reads back, refuses what is absent or too big, removes idempotently', async () => {
+    const bytes = encodeManifest(body as never);
+    await manifests.write('snapshots/snap-1/manifest.pb', bytes);
+    assert.deepEqual(await manifests.read('snapshots/snap-1/manifest.pb'), bytes);
+    assert.deepEqual(await store.list('snapshots/'), ['snapshots/snap-1/manifest.pb']);
+    await assert.rejects(manifests.read('snapshots/snap-2/manifest.pb'), (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && (e as Error).message === 'manifest snapshots/snap-2/manifest.pb does not exist in the store');
+    await store.put('snapshots/big/manifest.pb', Buffer.alloc(MANIFEST_MAX_BYTES + 1, 1));
+    await assert.rejects(
+      manifests.read('snapshots/big/manifest.pb'),
+      (e) => isVnsnapError(e, 'ERR_DATA_LOSS') && (e as Error).message === `snapshots/big/manifest.pb is ${MANIFEST_MAX_BYTES + 1} bytes, more than a manifest can be (${MANIFEST_MAX_BYTES})`,
+    );
+    await assert.rejects(manifests.write('../outside.pb', bytes), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    await manifests.remove('snapshots/snap-1/manifest.pb');
+    await manifests.remove('snapshots/snap-1/manifest.pb');
+    assert.deepEqual(await store.list('snapshots/snap-1/'), []);
   });
 });

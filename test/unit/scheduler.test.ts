@@ -17,6 +17,8 @@ import { RestoreSequencer } from '../../coordinator/restore-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { FakeAgents, log, MemoryManifestStore, ok } from './coordinator-fakes';
+import { CasStore } from '../../proto/store/cas-store';
+import { MemoryObjects } from '../support/memory-objects';
 
 const M = 60_000;
 const H = 60 * M;
@@ -29,7 +31,7 @@ function vm(name: string, host: string, mac: string): VmSpec__Output {
 function setup(file = ':memory:', clock = new ManualClock(T0)) {
   const catalog = new Catalog(file, { now: () => clock.now() });
   const agents = new FakeAgents(['h1', 'h2']);
-  const deps = { agents, catalog, manifests: new MemoryManifestStore(), clock, log, events: new EventBus(() => clock.now()), version: '0.1.0' };
+  const deps = { agents, catalog, manifests: new MemoryManifestStore(), store: new CasStore(new MemoryObjects()), clock, log, events: new EventBus(() => clock.now()), version: '0.1.0' };
   const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
   const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
   const svc = new CoordinatorServiceImpl({ ...deps, snapshots, restores });

@@ -72,7 +72,7 @@ describe('agent: tunnel offloads', () => {
       id: 'h1',
       coordinator: 'c:1',
       tunnel: { address: '127.0.0.1', port: 0, ...(offload !== undefined ? { offload } : {}) },
-      storeRoot: store,
+      storeConfig: { kind: 'local', dir: store },
       drivers: [],
       hostname: 'h',
       logger,

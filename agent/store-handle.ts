@@ -1,0 +1,73 @@
+/**
+ * The agent's snapshot store, named by its config and opened when the agent starts.
+ *
+ * The agent's parts (snapshot and restore runners, command dispatcher) are built in its
+ * constructor and keep the store they are given; opening a store is asynchronous (a local
+ * directory is created and its layout checked, an S3 bucket is reached: openStore in
+ * proto/store/store-config.ts). StoreHandle is what they keep: a SnapshotStore whose every call
+ * goes to the store open() opened. Guarantees:
+ *   - open() opens the configured store once and checks it can be used now: an S3 bucket that
+ *     does not exist (ERR_CONFIG), refused credentials (ERR_PERMISSION_DENIED) or an endpoint
+ *     nobody answers (ERR_UNAVAILABLE) fail the agent's start with one line naming the store,
+ *     not the first snapshot.
+ *   - Before open() every call is ERR_STATE (a rejected promise, never a synchronous throw).
+ *   - describe is describeStore() of the config: safe to log (no credentials).
+ */
+import { VnsnapError } from '../proto/core/errors';
+import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
+
+export class StoreHandle implements SnapshotStore {
+  private opened: SnapshotStore | undefined;
+  readonly describe: string;
+
+  constructor(readonly config: StoreConfig) {
+    this.describe = describeStore(config);
+  }
+
+  /** Open the store (once) and check that it answers; the store. */
+  async open(): Promise<SnapshotStore> {
+    if (!this.opened) {
+      const s = await openStore(this.config);
+      await checkStoreReachable(s, this.config);
+      this.opened = s;
+    }
+    return this.opened;
+  }
+
+  private get store(): SnapshotStore {
+    if (!this.opened) throw new VnsnapError('ERR_STATE', `the snapshot store (${this.describe}) is not open yet: the agent has not started`);
+    return this.opened;
+  }
+
+  async create(relPath: string): Promise<ArtefactWriter> {
+    return this.store.create(relPath);
+  }
+  async put(relPath: string, data: Uint8Array): Promise<StoredArtefact> {
+    return this.store.put(relPath, data);
+  }
+  async get(relPath: string): Promise<Buffer> {
+    return this.store.get(relPath);
+  }
+  async *read(relPath: string): AsyncIterable<Buffer> {
+    yield* this.store.read(relPath);
+  }
+  async link(from: string, to: string): Promise<StoredArtefact> {
+    return this.store.link(from, to);
+  }
+  async stat(relPath: string): Promise<number | null> {
+    return this.store.stat(relPath);
+  }
+  async verify(a: StoredArtefact): Promise<string | null> {
+    return this.store.verify(a);
+  }
+  async list(prefix: string): Promise<string[]> {
+    return this.store.list(prefix);
+  }
+  async delete(relPath: string): Promise<void> {
+    return this.store.delete(relPath);
+  }
+  async deleteByPrefix(prefix: string): Promise<number> {
+    return this.store.deleteByPrefix(prefix);
+  }
+}
