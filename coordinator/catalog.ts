@@ -367,10 +367,15 @@ export class Catalog {
       this.putSnapshotVms(id, c.vms);
       this.db
         .prepare(
-          "UPDATE snapshots SET state = 'SNAPSHOT_STATE_COMPLETE', error = '', completed_unix_ms = ?, manifest_path = ?, artefacts = ?, lost_frames = ?, size_bytes = ? WHERE id = ?",
+          "UPDATE snapshots SET state = 'SNAPSHOT_STATE_COMPLETE', error = '', completed_unix_ms = ?, manifest_path = ?, artefacts = ?, lost_frames = ?, size_bytes = ?, stored_bytes = ? WHERE id = ?",
         )
-        .run(c.completedUnixMs, c.manifestPath, JSON.stringify(c.artefacts), c.lostFrames, c.sizeBytes, id);
+        .run(c.completedUnixMs, c.manifestPath, JSON.stringify(c.artefacts), c.lostFrames, c.sizeBytes, storedBytesOf(c.artefacts), id);
     });
+  }
+
+  /** Record the result of a verify: no problems is ok. */
+  setVerified(id: string, atUnixMs: number, problems: readonly string[]): void {
+    this.db.prepare('UPDATE snapshots SET verified_unix_ms = ?, verify_problems = ? WHERE id = ?').run(atUnixMs, JSON.stringify(problems), id);
   }
 
   abortSnapshot(id: string, error: string, atUnixMs: number): void {
@@ -410,6 +415,9 @@ export class Catalog {
       sizeBytes: num(r.size_bytes),
       lostFrames: num(r.lost_frames),
       generation: num(r.generation),
+      ...(r.stored_bytes == null ? {} : { storedBytes: num(r.stored_bytes) }),
+      verifiedUnixMs: num(r.verified_unix_ms),
+      verifyProblems: JSON.parse(str(r.verify_problems) || '[]') as string[],
     };
   }
 
@@ -493,6 +501,19 @@ export class Catalog {
   removePendingAbort(snapshotId: string, agentId: string): void {
     this.db.prepare('DELETE FROM pending_aborts WHERE snapshot_id = ? AND agent_id = ?').run(snapshotId, agentId);
   }
+}
+
+/**
+ * The bytes a snapshot added to the store: the sum of its artefacts' stored_bytes, or null when
+ * an artefact does not say (an agent older than the field), since a partial sum would mislead.
+ */
+export function storedBytesOf(artefacts: readonly Artefact__Output[]): number | null {
+  let n = 0;
+  for (const a of artefacts) {
+    if (a.storedBytes === undefined || a.storedBytes === null) return null;
+    n += Number(a.storedBytes);
+  }
+  return n;
 }
 
 /** The public Agent record from what the catalog keeps and the live session state. */

@@ -32,6 +32,8 @@ import { SnapshotSequencer } from './snapshot-sequencer';
 import { MAX_TIMEOUT_MS } from './validation';
 import { checkTransport, PemCertificates, type TransportConfig } from '../proto/core/tls';
 import { authzInterceptor, type RolesTable } from './authz';
+import { describeStore, openStore, parseStoreConfig, type StoreConfig } from '../proto/store/store-config';
+import type { SnapshotStore } from '../proto/store/snapshot-store';
 
 export interface CoordinatorConfig extends TransportConfig {
   /** Subject CN → role, overriding the certificate's OU (authz.ts). */
@@ -49,6 +51,21 @@ export interface CoordinatorConfig extends TransportConfig {
   commandTimeoutMs?: number;
   /** Every agent sees the same store (default true). */
   sharedStore?: boolean;
+}
+
+/**
+ * The snapshot store the coordinator works on (verify, stats, gc, --rebuild-catalog): the one
+ * under storeDir, in the layout the agents write there — whole files (the agents' store), or
+ * content-addressed chunks when the directory already holds them.
+ */
+export async function openCoordinatorStore(storeDir: string): Promise<{ store: SnapshotStore; name: string }> {
+  let c: StoreConfig = parseStoreConfig({ dir: storeDir, layout: 'files' });
+  const store = await openStore(c).catch(async (e: unknown) => {
+    if (!(e instanceof VnsnapError) || e.code !== 'ERR_FAILED_PRECONDITION') throw e;
+    c = parseStoreConfig(storeDir);
+    return openStore(c);
+  });
+  return { store, name: describeStore(c) };
 }
 
 export const DEFAULT_LISTEN = '127.0.0.1:7443';
@@ -129,6 +146,7 @@ export class CoordinatorServer implements Startable {
       this.service.agentLeft(agent, reason);
     });
     const manifests = new FsManifestStore(config.storeDir);
+    const { store, name: storeName } = await openCoordinatorStore(config.storeDir);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, clock, events: this.events, version: this.opts.version };
     this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
     this.restores = new RestoreSequencer({ ...deps, log: log.child({ part: 'restore' }) });
@@ -137,6 +155,8 @@ export class CoordinatorServer implements Startable {
       snapshots: this.snapshots,
       restores: this.restores,
       log: log.child({ part: 'service' }),
+      store,
+      storeName,
       sharedStore: config.sharedStore,
       commandTimeoutMs: config.commandTimeoutMs,
     });

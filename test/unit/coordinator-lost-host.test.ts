@@ -18,6 +18,8 @@ import { RestoreSequencer } from '../../coordinator/restore-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
+import { CasStore } from '../../proto/store/cas-store';
+import { MemoryObjects } from '../support/memory-objects';
 
 const simVm = (name: string, host: string, i: number): VmSpec__Output => ({
   name,
@@ -32,7 +34,7 @@ function coordinator(file = ':memory:', agents = new FakeAgents(['h1', 'h2'])) {
   const catalog = new Catalog(file, { now: () => clock.now() });
   const events = new EventBus(() => clock.now());
   const deps = { agents, catalog, manifests: new MemoryManifestStore(), clock, log, events, version: '0.1.0' };
-  const svc = new CoordinatorServiceImpl({ ...deps, snapshots: new SnapshotSequencer(deps), restores: new RestoreSequencer(deps) });
+  const svc = new CoordinatorServiceImpl({ ...deps, store: new CasStore(new MemoryObjects()), snapshots: new SnapshotSequencer(deps), restores: new RestoreSequencer(deps) });
   const seen: string[] = [];
   events.subscribe((e) => (e.kind.startsWith('vne.') || e.kind.startsWith('vm.') ? seen.push(`${e.kind}: ${e.message}`) : undefined));
   return { catalog, agents, svc, seen };

@@ -16,6 +16,8 @@ import { readConfigFile } from '../../coordinator/main';
 import { CoordinatorServer } from '../../coordinator/server';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
+import { CasStore } from '../../proto/store/cas-store';
+import { MemoryObjects } from '../support/memory-objects';
 
 function vm(name: string, host: string, mac: string, peers: string[] = []): VmSpec__Output {
   return { name, host, macs: [mac], driver: { sim: { memoryMib: 8, dirtyRateMibS: 1, frameRateHz: 10, peers }, kind: 'sim' } };
@@ -50,7 +52,7 @@ function setup() {
   const deps = { agents, catalog, manifests, clock, log, events, version: '0.1.0' };
   const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
   const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
-  const svc = new CoordinatorServiceImpl({ ...deps, snapshots, restores });
+  const svc = new CoordinatorServiceImpl({ ...deps, store: new CasStore(new MemoryObjects()), snapshots, restores });
   // Persist: a memory and a channel artefact per VM of the agent.
   agents.on('snapshotPersist', (agent: string) => {
     const id = 'blue-s1';
