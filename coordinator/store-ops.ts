@@ -26,6 +26,7 @@ import { decodeManifest } from '../proto/artefacts/manifest';
 import { CasStore } from '../proto/store/cas-store';
 import { DEFAULT_GRACE_MS } from '../proto/store/cas-gc';
 import { LocalObjects } from '../proto/store/local-objects';
+import { S3Objects } from '../proto/store/s3-objects';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { GcEvent } from '../proto/gen/vnsnap/v1/GcEvent';
@@ -50,10 +51,12 @@ const ARTEFACT_PROBLEMS = ['ERR_CHECKSUM', 'ERR_DATA_LOSS', 'ERR_NOT_FOUND', 'ER
 
 const isArtefactProblem = (e: unknown): e is VnsnapError => ARTEFACT_PROBLEMS.some((c) => isVnsnapError(e, c));
 
-/** The kind of a store, as `store stats` names it. */
-export function storeKind(store: SnapshotStore): 'local' | 's3' | 'files' {
+/** The kind of a store, as `store stats` names it: files, local, s3 (another backend: the first word of its description). */
+export function storeKind(store: SnapshotStore): string {
   if (!(store instanceof CasStore)) return 'files';
-  return store.backend instanceof LocalObjects ? 'local' : 's3';
+  if (store.backend instanceof LocalObjects) return 'local';
+  if (store.backend instanceof S3Objects) return 's3';
+  return store.backend.describe.split(' ')[0] ?? 'objects';
 }
 
 export class StoreOps {
