@@ -171,7 +171,7 @@ export class StoreOps {
   async collectGarbage(graceMs: number | undefined, who: string, sink: (e: GcEvent) => void, describe: string): Promise<GcResult> {
     const { store, clock } = this.o;
     if (!(store instanceof CasStore)) {
-      throw new VnsnapError('ERR_FAILED_PRECONDITION', `store ${describe} keeps every artefact as a whole file: there is nothing to collect (deleting a snapshot frees its space at once)`);
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', 'the store keeps every artefact as a whole file (layout "files"): there is nothing to collect (deleting a snapshot frees its space at once)');
     }
     if (this.gc) throw new VnsnapError('ERR_FAILED_PRECONDITION', `a garbage collection is already running (started by ${this.gc.who} at ${new Date(this.gc.sinceMs).toISOString()}); try again when it is done`);
     const grace = graceMs ?? DEFAULT_GRACE_MS;
@@ -181,7 +181,6 @@ export class StoreOps {
       sink({ timeUnixMs: t0, note: `collecting garbage in ${describe}: chunks no snapshot names and older than ${formatMs(grace)} are freed` });
       const r = await store.gc({ graceMs: grace });
       const elapsedMs = clock.now() - t0;
-      sink({ timeUnixMs: clock.now(), note: `freed ${r.chunksDeleted} chunk${r.chunksDeleted === 1 ? '' : 's'} (${formatBytes(r.bytesFreed)}), kept ${r.chunksKept}, read ${r.indexes} indexes` });
       this.o.log.info({ by: who, ...r, graceMs: grace }, 'garbage collection done');
       const result: GcResult = { chunksDeleted: r.chunksDeleted, bytesFreed: r.bytesFreed, chunksKept: r.chunksKept, indexes: r.indexes, graceMs: grace, elapsedMs };
       sink({ timeUnixMs: clock.now(), done: result });

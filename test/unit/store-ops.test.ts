@@ -213,10 +213,8 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.equal(res.graceMs, 0);
       for (const k of only2) assert.equal(objects.keys().includes(k), false, `${k} freed`);
       for (const k of [...c1, ...c3]) assert.equal(objects.keys().includes(k), true, `${k} kept`);
-      assert.deepEqual(notes(events), [
-        'collecting garbage in local /x: chunks no snapshot names and older than 0.00 ms are freed',
-        `freed ${only2.length} chunks (${(onlyBytes / 1024).toFixed(1)} KiB), kept ${res.chunksKept}, read 2 indexes`,
-      ]);
+      assert.deepEqual(notes(events), ['collecting garbage in local /x: chunks no snapshot names and older than 0.00 ms are freed']);
+      assert.equal(res.indexes, 2);
       assert.deepEqual(events[events.length - 1]?.done, res);
       assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, []);
       assert.deepEqual((await r.ops.verifySnapshot('s3', () => undefined)).verifyProblems, []);
@@ -236,7 +234,7 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
 
     it('a store of whole files has nothing to collect: refused in one line', async () => {
       const r = rig(new LocalDirStore(path.join(os.tmpdir(), 'vnsnap-storeops-unused')));
-      assert.equal(await failureOf(r.ops.collectGarbage(0, '"alice"', () => undefined, 'files /srv/s')), 'ERR_FAILED_PRECONDITION: store files /srv/s keeps every artefact as a whole file: there is nothing to collect (deleting a snapshot frees its space at once)');
+      assert.equal(await failureOf(r.ops.collectGarbage(0, '"alice"', () => undefined, 'files /srv/s')), 'ERR_FAILED_PRECONDITION: the store keeps every artefact as a whole file (layout "files"): there is nothing to collect (deleting a snapshot frees its space at once)');
       assert.equal(r.ops.deleteNote(), '');
       assert.equal(rig(new CasStore(new MemoryObjects())).ops.deleteNote(), 'its chunks no other snapshot shares are freed by the next `vnsnap store gc`');
     });
