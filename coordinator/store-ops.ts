@@ -24,7 +24,8 @@ import type { Clock } from '../proto/core/clock';
 import type { Logger } from '../proto/core/log';
 import { decodeManifest } from '../proto/artefacts/manifest';
 import { CasStore } from '../proto/store/cas-store';
-import { DEFAULT_GRACE_MS } from '../proto/store/cas-gc';
+import { collectGarbage, DEFAULT_GRACE_MS } from '../proto/store/cas-gc';
+import { withGcProgress } from './gc-progress';
 import { LocalObjects } from '../proto/store/local-objects';
 import { S3Objects } from '../proto/store/s3-objects';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
@@ -179,7 +180,8 @@ export class StoreOps {
     this.gc = { who, sinceMs: t0 };
     try {
       sink({ timeUnixMs: t0, note: `collecting garbage in ${describe}: chunks no snapshot names and older than ${formatMs(grace)} are freed` });
-      const r = await store.gc({ graceMs: grace });
+      // CasStore.gc over a view of its backend that reports progress (gc-progress.ts).
+      const r = await collectGarbage(withGcProgress(store.backend, (note) => sink({ timeUnixMs: clock.now(), note })), { graceMs: grace });
       const elapsedMs = clock.now() - t0;
       this.o.log.info({ by: who, ...r, graceMs: grace }, 'garbage collection done');
       const result: GcResult = { chunksDeleted: r.chunksDeleted, bytesFreed: r.bytesFreed, chunksKept: r.chunksKept, indexes: r.indexes, graceMs: grace, elapsedMs };

@@ -14,6 +14,7 @@ import type { GcEvent } from '../../proto/gen/vnsnap/v1/GcEvent';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import { Catalog, storedBytesOf } from '../../coordinator/catalog';
 import { StoreOps } from '../../coordinator/store-ops';
+import { withGcProgress } from '../../coordinator/gc-progress';
 import { addedBytes, renderSnapshot, verifiedLine } from '../../coordinator/cli/format';
 import { parseGrace, renderGcResult, renderStoreStats } from '../../coordinator/cli/store';
 import { log, MemoryManifestStore } from './coordinator-fakes';
@@ -204,6 +205,7 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       const only2 = [...c2].filter((k) => !c1.has(k) && !c3.has(k));
       assert.ok(only2.length > 0 && only2.length < c2.size, 's2 shares some chunks and has some of its own');
       const onlyBytes = (await Promise.all(only2.map((k) => objects.get(k)))).reduce((n, b) => n + b.length, 0);
+      const totalBytes = (await objects.listInfo('chunks/')).reduce((n, o) => n + o.size, 0);
       await store.deleteByPrefix('snapshots/s2/');
       r.catalog.deleteSnapshot('s2');
       const events: GcEvent[] = [];
@@ -213,7 +215,12 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.equal(res.graceMs, 0);
       for (const k of only2) assert.equal(objects.keys().includes(k), false, `${k} freed`);
       for (const k of [...c1, ...c3]) assert.equal(objects.keys().includes(k), true, `${k} kept`);
-      assert.deepEqual(notes(events), ['collecting garbage in local /x: chunks no snapshot names and older than 0.00 ms are freed']);
+      assert.deepEqual(notes(events), [
+        'collecting garbage in local /x: chunks no snapshot names and older than 0.00 ms are freed',
+        'marking: 2 indexes to read',
+        `${c1.size + c3.size + only2.length - [...c1].filter((k) => c3.has(k)).length} chunks in the store (${(totalBytes / 1024).toFixed(1)} KiB)`,
+        'sweeping: no writer left; reading the indexes written since the mark',
+      ]);
       assert.equal(res.indexes, 2);
       assert.deepEqual(events[events.length - 1]?.done, res);
       assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, []);
@@ -230,6 +237,22 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.equal((await first).graceMs, 60 * 60_000);
       assert.equal(r.ops.gcRunning, null);
       assert.equal((await r.ops.collectGarbage(0, '"bob"', () => undefined, 'local /x')).chunksDeleted, 0);
+    });
+
+    it('progress view: every call passes through; a note per 1000 chunks freed; none for a failed call', async () => {
+      const objects = new MemoryObjects();
+      for (let i = 0; i < 2001; i++) await objects.put(`chunks/aa/${String(i).padStart(64, '0')}`, Buffer.alloc(2));
+      const seen: string[] = [];
+      const view = withGcProgress(objects, (n) => seen.push(n));
+      assert.equal((await view.listInfo('chunks/')).length, 2001);
+      for (const k of await view.list('chunks/')) await view.delete(k);
+      assert.deepEqual(seen, ['2001 chunks in the store (3.9 KiB)', 'freed 1000 chunks so far (2.0 KiB)', 'freed 2000 chunks so far (3.9 KiB)']);
+      assert.deepEqual(await objects.list('chunks/'), []);
+      objects.delete = async () => {
+        throw new Error('boom');
+      };
+      await assert.rejects(view.delete('chunks/aa/x'), /boom/);
+      assert.equal(seen.length, 3);
     });
 
     it('a store of whole files has nothing to collect: refused in one line', async () => {
