@@ -102,7 +102,9 @@ async function main(): Promise<void> {
     storeDir: flags.storeDir ?? file.storeDir ?? 'vnsnap-store',
   };
   if (flags.rebuildCatalog) {
-    process.exitCode = await rebuild(config, flags.force === true);
+    const code = await rebuild(config, flags.force === true);
+    // Exit once stdout is flushed: an S3 client's idle sockets must not keep the process alive.
+    process.stdout.write('', () => process.exit(code));
     return;
   }
   const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
