@@ -10,6 +10,10 @@
  * Schedules: `schedules` and `scheduled_snapshots` (scheduler-store.ts); a VNE's schedule goes
  * with the VNE.
  *
+ * Store accounting (migration 5): per snapshot the bytes it added to the store (the sum of its
+ * artefacts' stored_bytes; NULL when an artefact did not say, and for older rows) and the result
+ * of its last verify (time, problems; store-ops.ts writes it with setVerified).
+ *
  * Disks: `vm_disks` records per VM where its writable disk is (host, path; bytes and the time
  * when a stop kept it): vm-disks.ts reads and writes it. The rows of a VNE go with the VNE.
  *

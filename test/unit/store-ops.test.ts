@@ -8,6 +8,7 @@ import { encodeManifest } from '../../proto/artefacts/manifest';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore } from '../../proto/store/local-dir';
+import { LocalObjects } from '../../proto/store/local-objects';
 import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { GcEvent } from '../../proto/gen/vnsnap/v1/GcEvent';
@@ -226,6 +227,35 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, []);
       assert.deepEqual((await r.ops.verifySnapshot('s3', () => undefined)).verifyProblems, []);
       assert.equal(renderGcResult({ ...res, elapsedMs: 1234 } as never), `freed ${only2.length} chunks (${(onlyBytes / 1024).toFixed(1)} KiB) in 1.234 s; kept ${res.chunksKept} (grace 0s)\n`);
+    });
+
+    it('on a local directory (real files): 3 snapshots, the middle deleted, gc --grace 0 frees only its own chunks', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-storeops-'));
+      try {
+        const store = new CasStore(new LocalObjects(dir), { chunker: SMALL });
+        const r = rig(store);
+        const shared = bytes(24 * KiB, 21);
+        for (const [id, seed] of [['s1', 1], ['s2', 2], ['s3', 3]] as const) await r.snapshot(id, { 'a.mem': Buffer.concat([shared, bytes(12 * KiB, seed)]) });
+        const files = (sub: string): string[] => (fs.readdirSync(path.join(dir, sub), { recursive: true }) as string[]).filter((f) => fs.statSync(path.join(dir, sub, f)).isFile());
+        // Every chunk written two minutes ago: past the grace, however fast this machine is.
+        const old = new Date(Date.now() - 120_000);
+        for (const f of files('chunks')) fs.utimesSync(path.join(dir, 'chunks', f), old, old);
+        const before = new Set(files('chunks'));
+        const named = async (id: string): Promise<Set<string>> => new Set(decodeIndex(fs.readFileSync(path.join(dir, indexKey(`snapshots/${id}/a.mem`))), `snapshots/${id}/a.mem`).chunks.map((c) => chunkKey(c.sha256).slice('chunks/'.length)));
+        const [n1, n2, n3] = [await named('s1'), await named('s2'), await named('s3')];
+        const own2 = [...n2].filter((k) => !n1.has(k) && !n3.has(k)).sort();
+        await store.deleteByPrefix('snapshots/s2/');
+        r.catalog.deleteSnapshot('s2');
+        const res = await r.ops.collectGarbage(0, '"alice"', () => undefined, `local ${dir}`);
+        assert.equal(res.chunksDeleted, own2.length);
+        assert.deepEqual([...before].filter((f) => !files('chunks').includes(f)).sort(), own2);
+        assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, []);
+        assert.deepEqual((await r.ops.verifySnapshot('s3', () => undefined)).verifyProblems, []);
+        const st = await r.ops.stats(`local ${dir}`);
+        assert.deepEqual([st.kind, st.artefacts, st.chunks], ['local', 2, before.size - own2.length]);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('a second collection while one runs is refused, naming who runs it; after it, a new one runs', async () => {
