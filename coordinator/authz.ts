@@ -4,9 +4,10 @@
  * handler runs (docs/security.md, "Control plane: TLS, identities and roles").
  *
  * Roles:
- *   viewer    reads: list and show VNEs, agents, snapshots and schedules, watch events
+ *   viewer    reads: list and show VNEs, agents, snapshots and schedules, watch events, store stats
  *   operator  everything a viewer may, and every change: define, update, delete, start, stop,
- *             snapshot, delete snapshots, restore, set and delete schedules
+ *             snapshot, delete snapshots, restore, set and delete schedules, verify snapshots
+ *             (it records the result), collect the store's garbage
  *   agent     AgentService.Session only (and only as the id in its certificate: agent-registry.ts)
  * A certificate's role is the `roles` table of the coordinator's config keyed by the subject CN
  * when the CN is there, else the first subject OU that names a role; no role: every vnsnap RPC is
@@ -40,6 +41,7 @@ export const RPC_ROLE: Readonly<Record<string, Role>> = {
   [`/${COORDINATOR_SERVICE}/WatchEvents`]: 'viewer',
   [`/${COORDINATOR_SERVICE}/ListSchedules`]: 'viewer',
   [`/${COORDINATOR_SERVICE}/GetSchedule`]: 'viewer',
+  [`/${COORDINATOR_SERVICE}/GetStoreStats`]: 'viewer',
   [`/${COORDINATOR_SERVICE}/DefineVne`]: 'operator',
   [`/${COORDINATOR_SERVICE}/UpdateVne`]: 'operator',
   [`/${COORDINATOR_SERVICE}/DeleteVne`]: 'operator',
@@ -50,6 +52,8 @@ export const RPC_ROLE: Readonly<Record<string, Role>> = {
   [`/${COORDINATOR_SERVICE}/RestoreSnapshot`]: 'operator',
   [`/${COORDINATOR_SERVICE}/SetSchedule`]: 'operator',
   [`/${COORDINATOR_SERVICE}/DeleteSchedule`]: 'operator',
+  [`/${COORDINATOR_SERVICE}/VerifySnapshot`]: 'operator',
+  [`/${COORDINATOR_SERVICE}/CollectGarbage`]: 'operator',
   [`/${AGENT_SERVICE}/Session`]: 'agent',
 };
 

@@ -135,6 +135,13 @@ export const MIGRATIONS: readonly string[] = [
     vne TEXT NOT NULL
   );
   `,
+  // 5: the bytes each snapshot added to the store (NULL: taken before it was recorded) and the
+  // result of its last verify (0: never verified; the problems as a JSON list, [] when ok).
+  `
+  ALTER TABLE snapshots ADD COLUMN stored_bytes INTEGER;
+  ALTER TABLE snapshots ADD COLUMN verified_unix_ms INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapshots ADD COLUMN verify_problems TEXT NOT NULL DEFAULT '[]';
+  `,
 ];
 
 export const CATALOG_SCHEMA_VERSION = MIGRATIONS.length;

@@ -10,6 +10,10 @@
  * Schedules: `schedules` and `scheduled_snapshots` (scheduler-store.ts); a VNE's schedule goes
  * with the VNE.
  *
+ * Store accounting (migration 5): per snapshot the bytes it added to the store (the sum of its
+ * artefacts' stored_bytes; NULL when an artefact did not say, and for older rows) and the result
+ * of its last verify (time, problems; store-ops.ts writes it with setVerified).
+ *
  * Disks: `vm_disks` records per VM where its writable disk is (host, path; bytes and the time
  * when a stop kept it): vm-disks.ts reads and writes it. The rows of a VNE go with the VNE.
  *
@@ -367,10 +371,15 @@ export class Catalog {
       this.putSnapshotVms(id, c.vms);
       this.db
         .prepare(
-          "UPDATE snapshots SET state = 'SNAPSHOT_STATE_COMPLETE', error = '', completed_unix_ms = ?, manifest_path = ?, artefacts = ?, lost_frames = ?, size_bytes = ? WHERE id = ?",
+          "UPDATE snapshots SET state = 'SNAPSHOT_STATE_COMPLETE', error = '', completed_unix_ms = ?, manifest_path = ?, artefacts = ?, lost_frames = ?, size_bytes = ?, stored_bytes = ? WHERE id = ?",
         )
-        .run(c.completedUnixMs, c.manifestPath, JSON.stringify(c.artefacts), c.lostFrames, c.sizeBytes, id);
+        .run(c.completedUnixMs, c.manifestPath, JSON.stringify(c.artefacts), c.lostFrames, c.sizeBytes, storedBytesOf(c.artefacts), id);
     });
+  }
+
+  /** Record the result of a verify: no problems is ok. */
+  setVerified(id: string, atUnixMs: number, problems: readonly string[]): void {
+    this.db.prepare('UPDATE snapshots SET verified_unix_ms = ?, verify_problems = ? WHERE id = ?').run(atUnixMs, JSON.stringify(problems), id);
   }
 
   abortSnapshot(id: string, error: string, atUnixMs: number): void {
@@ -410,6 +419,9 @@ export class Catalog {
       sizeBytes: num(r.size_bytes),
       lostFrames: num(r.lost_frames),
       generation: num(r.generation),
+      ...(r.stored_bytes == null ? {} : { storedBytes: num(r.stored_bytes) }),
+      verifiedUnixMs: num(r.verified_unix_ms),
+      verifyProblems: JSON.parse(str(r.verify_problems) || '[]') as string[],
     };
   }
 
@@ -493,6 +505,19 @@ export class Catalog {
   removePendingAbort(snapshotId: string, agentId: string): void {
     this.db.prepare('DELETE FROM pending_aborts WHERE snapshot_id = ? AND agent_id = ?').run(snapshotId, agentId);
   }
+}
+
+/**
+ * The bytes a snapshot added to the store: the sum of its artefacts' stored_bytes, or null when
+ * an artefact does not say (an agent older than the field), since a partial sum would mislead.
+ */
+export function storedBytesOf(artefacts: readonly Artefact__Output[]): number | null {
+  let n = 0;
+  for (const a of artefacts) {
+    if (a.storedBytes === undefined || a.storedBytes === null) return null;
+    n += Number(a.storedBytes);
+  }
+  return n;
 }
 
 /** The public Agent record from what the catalog keeps and the live session state. */

@@ -18,6 +18,11 @@
  * "tls" (or --tls-ca/--tls-cert/--tls-key) it refuses to start unless insecurePlaintext is set
  * and the listen address is loopback. SIGHUP re-reads the TLS files and the config file's
  * "roles" table (authz.ts, tls.ts); a bad file keeps the previous ones.
+ *
+ * --rebuild-catalog [--force]: instead of serving, rebuild the catalog (--db) from the manifests
+ * in the store (rebuild-catalog.ts), print what was done and exit: 0 when every manifest was
+ * read, 3 when some were skipped (each named), 1 when refused (a catalog holding snapshots,
+ * without --force) or failed.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -30,7 +35,10 @@ import { CoordinatorServer, DEFAULT_LISTEN, type CoordinatorConfig } from './ser
 import { MAX_TIMEOUT_MS } from './validation';
 import { parseTlsFiles, reloadOnSighup, tlsFromFlags } from '../proto/core/tls';
 import { parseRolesTable } from './authz';
-import { parseStoreConfig } from '../proto/store/store-config';
+import { describeStore, openStore, parseStoreConfig } from '../proto/store/store-config';
+import { Catalog } from './catalog';
+import { describeRebuild, rebuildCatalog } from './rebuild-catalog';
+import { configuredStore } from './server';
 
 const KEYS: Record<string, 'string' | 'number' | 'boolean' | 'object' | 'store'> = {
   tls: 'object',
@@ -102,8 +110,10 @@ async function main(): Promise<void> {
     .option('--tls-cert <file>', "the coordinator's server certificate (PEM)")
     .option('--tls-key <file>', "the coordinator's private key (PEM)")
     .option('--insecure-plaintext', 'no TLS, no authentication: allowed only on a loopback listen address')
+    .option('--rebuild-catalog', "rebuild the catalog (--db) from the snapshot manifests in the store after the coordinator's disk was lost, print what was done, and exit")
+    .option('--force', 'with --rebuild-catalog: also when the catalog already holds snapshots (those the store has are replaced)')
     .parse();
-  const flags = program.opts<{ listen?: string; db?: string; store?: string; storeDir?: string; config?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean }>();
+  const flags = program.opts<{ listen?: string; db?: string; store?: string; storeDir?: string; config?: string; logLevel?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecurePlaintext?: boolean; rebuildCatalog?: boolean; force?: boolean }>();
   const file = flags.config ? readConfigFile(flags.config) : {};
   const tls = tlsFromFlags(file.tls, { ca: flags.tlsCa, cert: flags.tlsCert, key: flags.tlsKey });
   const config: CoordinatorConfig = {
@@ -114,6 +124,12 @@ async function main(): Promise<void> {
     db: flags.db ?? file.db ?? 'vnsnap-catalog.db',
     ...storeOf(flags, file),
   };
+  if (flags.rebuildCatalog) {
+    const code = await rebuild(config, flags.force === true);
+    // Exit once stdout is flushed: an S3 client's idle sockets must not keep the process alive.
+    process.stdout.write('', () => process.exit(code));
+    return;
+  }
   const log = createLogger('coordinator', { level: flags.logLevel ?? file.logLevel ?? 'info' });
   const version = packageVersion();
   const server = new CoordinatorServer({ config, log, version });
@@ -149,6 +165,21 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   // The ready line comes last: whoever reads it may signal at once (see agent/main.ts).
   process.stdout.write(`${JSON.stringify({ event: 'ready', address: server.address })}\n`);
+}
+
+/** --rebuild-catalog: the exit code. */
+async function rebuild(config: CoordinatorConfig, force: boolean): Promise<number> {
+  const catalog = new Catalog(config.db);
+  try {
+    const storeConfig = configuredStore(config);
+    const store = await openStore(storeConfig);
+    const name = describeStore(storeConfig);
+    const r = await rebuildCatalog(catalog, store, { force });
+    process.stdout.write(describeRebuild(r, { db: config.db, store: name }));
+    return r.problems.length > 0 ? 3 : 0;
+  } finally {
+    catalog.close();
+  }
 }
 
 if (require.main === module) {

@@ -153,6 +153,7 @@ export class CoordinatorServer implements Startable {
       this.service.agentLeft(agent, reason);
     });
     const manifests = new StoreManifests(store);
+    const storeName = describeStore(storeConfig);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, store, clock, events: this.events, version: this.opts.version };
     this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
     this.restores = new RestoreSequencer({ ...deps, log: log.child({ part: 'restore' }) });
@@ -161,6 +162,8 @@ export class CoordinatorServer implements Startable {
       snapshots: this.snapshots,
       restores: this.restores,
       log: log.child({ part: 'service' }),
+      store,
+      storeName,
       sharedStore: config.sharedStore,
       commandTimeoutMs: config.commandTimeoutMs,
     });

@@ -9,6 +9,8 @@
  * snapshots) and publishes events. Kept disks (what stop keeps, start boots from, delete and
  * --discard-disks throw away) follow the rules of kept-disks.ts. Snapshot schedules: their RPCs
  * are scheduler-rpc.ts, their runs scheduler.ts (through createSnapshot and deleteSnapshot here).
+ * The store commands (verify a snapshot, store stats, garbage collection) are store-ops.ts, run
+ * against the one store the coordinator opened (`store`).
  */
 import type { ServerWritableStream, ServiceError, sendUnaryData, ServerUnaryCall } from '@grpc/grpc-js';
 import { VnsnapError } from '../proto/core/errors';
@@ -27,6 +29,8 @@ import type { RestoreSnapshotRequest__Output } from '../proto/gen/vnsnap/v1/Rest
 import type { RunningVm__Output } from '../proto/gen/vnsnap/v1/RunningVm';
 import type { Snapshot__Output } from '../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent } from '../proto/gen/vnsnap/v1/SnapshotEvent';
+import type { StoreStats } from '../proto/gen/vnsnap/v1/StoreStats';
+import type { GcResult } from '../proto/gen/vnsnap/v1/GcResult';
 import type { StartVneRequest__Output } from '../proto/gen/vnsnap/v1/StartVneRequest';
 import type { StopVneRequest__Output } from '../proto/gen/vnsnap/v1/StopVneRequest';
 import type { Vne__Output } from '../proto/gen/vnsnap/v1/Vne';
@@ -52,6 +56,11 @@ import { ScheduleRpcs } from './scheduler-rpc';
 import type { DeleteScheduleRequest__Output } from '../proto/gen/vnsnap/v1/DeleteScheduleRequest';
 import type { GetScheduleRequest__Output } from '../proto/gen/vnsnap/v1/GetScheduleRequest';
 import type { SetScheduleRequest__Output } from '../proto/gen/vnsnap/v1/SetScheduleRequest';
+import type { CollectGarbageRequest__Output } from '../proto/gen/vnsnap/v1/CollectGarbageRequest';
+import type { GcEvent } from '../proto/gen/vnsnap/v1/GcEvent';
+import type { VerifySnapshotRequest__Output } from '../proto/gen/vnsnap/v1/VerifySnapshotRequest';
+import { identityOf } from '../proto/core/tls';
+import { StoreOps } from './store-ops';
 
 /** A request whose newer fields may be absent (tests and older callers): absent is false. */
 type Lenient<T, K extends keyof T> = Omit<T, K> & Partial<Pick<T, K>>;
@@ -62,8 +71,10 @@ export interface CoordinatorServiceOptions {
   snapshots: SnapshotSequencer;
   restores: RestoreSequencer;
   manifests: ManifestStore;
-  /** The snapshot store the coordinator opened (the one the manifests are in; server.ts). */
+  /** The snapshot store (the agents' store, as the coordinator's config names it). */
   store: SnapshotStore;
+  /** The store in one line for messages and `store stats` (no credentials). */
+  storeName?: string;
   events: EventBus;
   clock: Clock;
   log: Logger;
@@ -87,6 +98,8 @@ export class CoordinatorServiceImpl {
   /** Snapshot schedules: the timer (started by the server) and the four RPCs. */
   readonly scheduler: Scheduler;
   readonly schedules: ScheduleRpcs;
+  /** Verify, store stats, garbage collection. */
+  readonly storeOps: StoreOps;
 
   constructor(private readonly o: CoordinatorServiceOptions) {
     this.health = new VneHealth({
@@ -107,6 +120,7 @@ export class CoordinatorServiceImpl {
       deleteSnapshot: (id) => this.deleteSnapshot({ id }),
     });
     this.schedules = new ScheduleRpcs({ catalog: o.catalog, clock: o.clock, scheduler: this.scheduler });
+    this.storeOps = new StoreOps({ catalog: o.catalog, store: o.store, manifests: o.manifests, clock: o.clock, log: o.log });
   }
 
   // ---- guards -----------------------------------------------------------------------------
@@ -342,7 +356,7 @@ export class CoordinatorServiceImpl {
     return s;
   }
 
-  async deleteSnapshot(req: DeleteSnapshotRequest__Output): Promise<Record<string, never>> {
+  async deleteSnapshot(req: DeleteSnapshotRequest__Output): Promise<{ note: string }> {
     const s = await this.getSnapshot(req);
     if (IN_PROGRESS_STATES.includes(s.state)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `snapshot ${s.id} is in progress (${s.state.replace(/^SNAPSHOT_STATE_/, '').toLowerCase()}): wait for it to finish`);
     const vne = this.o.catalog.getVne(s.vne);
@@ -350,7 +364,31 @@ export class CoordinatorServiceImpl {
     await this.deleteSnapshotArtefacts(s);
     this.o.catalog.deleteSnapshot(s.id);
     this.o.events.publish({ kind: 'snapshot.deleted', vne: s.vne, snapshotId: s.id });
-    return {};
+    return { note: this.storeOps.deleteNote() };
+  }
+
+  // ---- the store --------------------------------------------------------------------------
+
+  private get storeName(): string {
+    return this.o.storeName ?? 'of the coordinator';
+  }
+
+  /** Re-read and check every artefact of a snapshot; the result is recorded (store-ops.ts). */
+  verifySnapshot(req: VerifySnapshotRequest__Output, sink: (e: SnapshotEvent) => void): Promise<Snapshot__Output> {
+    if (!req.id) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'snapshot id is required');
+    checkLength('snapshot id', req.id, MAX_ID_CHARS);
+    return this.storeOps.verifySnapshot(req.id, sink);
+  }
+
+  getStoreStats(): Promise<StoreStats> {
+    return this.storeOps.stats(this.storeName);
+  }
+
+  /** One garbage collection at a time; `who` is named to a second caller. */
+  collectGarbage(req: Partial<CollectGarbageRequest__Output>, who: string, sink: (e: GcEvent) => void): Promise<GcResult> {
+    const grace = req.graceMs;
+    if (grace !== undefined && grace !== null && (!Number.isSafeInteger(Number(grace)) || Number(grace) < 0)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `grace_ms ${String(grace)} is out of range`);
+    return this.storeOps.collectGarbage(grace === undefined || grace === null ? undefined : Number(grace), who, sink, this.storeName);
   }
 
   /** DeleteArtefacts on one connected agent (shared store) or on every agent that wrote them; then the manifest. */
@@ -419,13 +457,13 @@ export class CoordinatorServiceImpl {
           );
       };
     const stream =
-      <Req>(fn: (req: Req, sink: (e: SnapshotEvent) => void) => Promise<unknown>) =>
-      (call: ServerWritableStream<Req, SnapshotEvent>): void => {
-        const sink = (e: SnapshotEvent) => {
+      <Req, Ev = SnapshotEvent>(fn: (req: Req, sink: (e: Ev) => void, call: ServerWritableStream<Req, Ev>) => Promise<unknown>) =>
+      (call: ServerWritableStream<Req, Ev>): void => {
+        const sink = (e: Ev) => {
           if (!call.cancelled && !call.writableEnded) call.write(e);
         };
         Promise.resolve()
-          .then(() => fn(call.request, sink))
+          .then(() => fn(call.request, sink, call))
           .then(
             () => {
               if (!call.writableEnded) call.end();
@@ -453,6 +491,9 @@ export class CoordinatorServiceImpl {
       ListSchedules: unary(() => this.schedules.listSchedules()),
       GetSchedule: unary((r: GetScheduleRequest__Output) => this.schedules.getSchedule(r)),
       DeleteSchedule: unary((r: DeleteScheduleRequest__Output) => this.schedules.deleteSchedule(r)),
+      VerifySnapshot: stream((r: VerifySnapshotRequest__Output, sink) => this.verifySnapshot(r, sink)),
+      GetStoreStats: unary(() => this.getStoreStats()),
+      CollectGarbage: stream<CollectGarbageRequest__Output, GcEvent>((r, sink, call) => this.collectGarbage(r, callerOf(call), sink)),
       WatchEvents: (call: ServerWritableStream<WatchEventsRequest__Output, Event>) => {
         const filter = call.request.vne;
         const unsubscribe = this.o.events.subscribe((e) => {
@@ -476,4 +517,15 @@ export class CoordinatorServiceImpl {
     for (const w of [...this.watchers]) if (!w.writableEnded) w.end();
     this.watchers.clear();
   }
+}
+
+/** Who made a call, for messages: the certificate's CN, else the peer address (plaintext). */
+function callerOf(call: ServerWritableStream<unknown, unknown>): string {
+  let cn: string | undefined;
+  try {
+    cn = identityOf(call.getAuthContext().sslPeerCertificate)?.commonName;
+  } catch {
+    cn = undefined;
+  }
+  return cn ? `"${cn}"` : `a client at ${call.getPeer()}`;
 }

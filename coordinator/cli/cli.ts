@@ -10,6 +10,7 @@ import { CliError, EXIT, type ExitCode } from './exit-codes';
 import { resolveCredentials } from './credentials';
 import type { CliIo } from './io';
 import { addScheduleCommands } from './schedule';
+import { addStoreCommands } from './store';
 
 const EXIT_CODES_HELP = `
 Exit codes:
@@ -21,6 +22,7 @@ Exit codes:
   5  denied: the role of your certificate may not do this, or a certificate is refused
   6  outcome unknown: the connection to the coordinator was lost during a snapshot or restore
      (find out with: vnsnap snapshot list --vne VNE, vnsnap vne show VNE, vnsnap events)
+  7  snapshot verify found a missing or corrupt artefact (the snapshot is damaged)
   130 interrupted (Ctrl-C)
 
 Environment:
@@ -167,7 +169,7 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .addHelpText('after', example('$ vnsnap snapshot show blue-7-3c9e1f --timeline blue-7.svg'))
     .action((id: string, o: CommonOpts & { timeline?: string }) => run((ctx) => cmd.snapshotShow(ctx, id, o.timeline), o));
 
-  leaf(snapshot, 'delete', "delete a snapshot (its artefacts and catalog entry)")
+  leaf(snapshot, 'delete', "delete a snapshot (its artefacts and catalog entry); in a content-addressed store its space comes back at the next store gc")
     .argument('<ID>', 'the snapshot id')
     .addHelpText('after', example('$ vnsnap snapshot delete blue-7-3c9e1f\ndeleted snapshot blue-7-3c9e1f'))
     .action((id: string, o: CommonOpts) => run((ctx) => cmd.snapshotDelete(ctx, id), o));
@@ -183,6 +185,14 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; discardDisks?: boolean; timeoutMs?: number }) =>
       run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}), ...(o.discardDisks ? { discardDisks: true } : {}) }), o),
     );
+
+  addStoreCommands(
+    snapshot,
+    (name, description) => program.command(name).description(description).usage('<command> [options]').exitOverride().configureOutput(output(io)),
+    leaf,
+    example,
+    (work, o) => run(work, o as CommonOpts),
+  );
 
   addScheduleCommands(
     (name, description) => program.command(name).description(description).usage('<command> [options]').exitOverride().configureOutput(output(io)),

@@ -36,6 +36,8 @@ import type { DeleteScheduleResponse__Output } from '../../proto/gen/vnsnap/v1/D
 import type { ListSchedulesResponse__Output } from '../../proto/gen/vnsnap/v1/ListSchedulesResponse';
 import type { Schedule__Output } from '../../proto/gen/vnsnap/v1/Schedule';
 import type { SetScheduleRequest } from '../../proto/gen/vnsnap/v1/SetScheduleRequest';
+import type { GcEvent__Output } from '../../proto/gen/vnsnap/v1/GcEvent';
+import type { StoreStats__Output } from '../../proto/gen/vnsnap/v1/StoreStats';
 import { CliError, EXIT, exitCodeForErrorCode } from './exit-codes';
 import { describeTlsFailure, type CliCredentials } from './credentials';
 import { inCliTerms } from './wording';
@@ -191,6 +193,16 @@ export class CoordinatorClient {
   }
   restoreSnapshot(req: RestoreSnapshotRequest): grpc.ClientReadableStream<SnapshotEvent__Output> {
     return this.c.restoreSnapshot(req);
+  }
+  verifySnapshot(id: string): grpc.ClientReadableStream<SnapshotEvent__Output> {
+    return this.c.verifySnapshot({ id });
+  }
+  getStoreStats(): Promise<StoreStats__Output> {
+    return this.unary('store stats', (md, o, cb) => this.c.getStoreStats({}, md, o, cb));
+  }
+  /** graceMs undefined: the coordinator's default. */
+  collectGarbage(graceMs: number | undefined): grpc.ClientReadableStream<GcEvent__Output> {
+    return this.c.collectGarbage(graceMs === undefined ? {} : { graceMs });
   }
   watchEvents(vne: string): grpc.ClientReadableStream<Event__Output> {
     return this.c.watchEvents({ vne });

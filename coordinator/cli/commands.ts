@@ -43,7 +43,7 @@ export function callAndPrint<R>(ctx: Ctx, call: (c: CoordinatorClient) => Promis
   });
 }
 
-async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>): Promise<T> {
+export async function withClient<T>(ctx: Ctx, f: (c: CoordinatorClient) => Promise<T>): Promise<T> {
   const c = new CoordinatorClient(ctx.coordinator, ctx.credentials);
   try {
     return await f(c);
@@ -110,7 +110,7 @@ export async function snapshotShow(ctx: Ctx, id: string, timeline: string | unde
 }
 
 export async function snapshotDelete(ctx: Ctx, id: string): Promise<ExitCode> {
-  return callAndPrint(ctx, (c) => c.deleteSnapshot(id), 'vnsnap.v1.DeleteSnapshotResponse', () => `deleted snapshot ${id}\n`);
+  return callAndPrint(ctx, (c) => c.deleteSnapshot(id), 'vnsnap.v1.DeleteSnapshotResponse', (r) => `deleted snapshot ${id}\n${r.note ? `${r.note}\n` : ''}`);
 }
 
 function renderMode(ctx: Ctx): RenderMode {
@@ -123,7 +123,7 @@ function renderMode(ctx: Ctx): RenderMode {
  * (headers or an event), a lost connection means the outcome is unknown: `findIt` says how to
  * find it out (client.ts, toStreamError).
  */
-async function followOperation(
+export async function followOperation(
   ctx: Ctx,
   c: CoordinatorClient,
   stream: grpc.ClientReadableStream<SnapshotEvent__Output>,

@@ -5,7 +5,8 @@
  *   refused) · 2 bad usage or input · 3 not found · 4 cannot reach the coordinator ·
  *   5 denied: our role may not do this, or a certificate (ours or the coordinator's) is refused ·
  *   6 outcome unknown: the coordinator was reached, then the connection was lost in the middle of
- *   a snapshot or restore (it may have finished, aborted, or still run) · 130 interrupted (Ctrl-C).
+ *   a snapshot or restore (it may have finished, aborted, or still run) · 7 snapshot verify found
+ *   a missing or corrupt artefact or manifest · 130 interrupted (Ctrl-C).
  *
  * Every failure ends as one CliError: a message a person can act on (never a stack trace), the
  * exit code, and the vnsnap error code when the coordinator sent one (for --json).
@@ -20,6 +21,7 @@ export const EXIT = {
   UNREACHABLE: 4,
   DENIED: 5,
   OUTCOME_UNKNOWN: 6,
+  VERIFY_FAILED: 7,
   INTERRUPTED: 130,
 } as const;
 

@@ -161,10 +161,15 @@ export function channelFrames(s: Snapshot__Output): number {
   return s.vms.reduce((n, vm) => n + vm.channelFrames, 0);
 }
 
+/** The bytes a snapshot added to the store, for people ("-" when not known). */
+export function addedBytes(s: Pick<Snapshot__Output, 'storedBytes'>): string {
+  return s.storedBytes === undefined || s.storedBytes === null ? '-' : formatBytes(Number(s.storedBytes));
+}
+
 export function renderSnapshotList(snaps: readonly Snapshot__Output[]): string {
   if (snaps.length === 0) return 'no snapshots\n';
   return table(
-    ['ID', 'VNE', 'EPOCH', 'MODE', 'STATE', 'CREATED', 'MAX PAUSE', 'SIZE', 'DESCRIPTION'],
+    ['ID', 'VNE', 'EPOCH', 'MODE', 'STATE', 'CREATED', 'MAX PAUSE', 'SIZE', 'ADDED', 'DESCRIPTION'],
     snaps.map((s) => [
       s.id,
       s.vne,
@@ -174,6 +179,7 @@ export function renderSnapshotList(snaps: readonly Snapshot__Output[]): string {
       formatTime(s.createdUnixMs),
       s.vms.length ? formatMs(maxPauseMs(s)) : '-',
       s.sizeBytes ? formatBytes(s.sizeBytes) : '-',
+      addedBytes(s),
       s.description,
     ]),
   );
@@ -228,10 +234,21 @@ export function renderSnapshot(s: Snapshot__Output, opts: { totalMsFallback?: nu
   }
   out += `  channel frames ${channelFrames(s)}, lost frames ${s.lostFrames}`;
   if (s.sizeBytes) out += `, size ${formatBytes(s.sizeBytes)}`;
+  if (s.storedBytes !== undefined && s.storedBytes !== null) out += `, added ${formatBytes(Number(s.storedBytes))} to the store`;
   if (s.artefacts.length) out += `, ${s.artefacts.length} artefacts`;
   out += '\n';
   if (s.manifestPath) out += `  manifest ${s.manifestPath}\n`;
+  out += verifiedLine(s);
   return out;
+}
+
+/** The "verified:" line of `snapshot show` (nothing for a snapshot never verified). */
+export function verifiedLine(s: Pick<Snapshot__Output, 'verifiedUnixMs' | 'verifyProblems'>): string {
+  const at = Number(s.verifiedUnixMs ?? 0);
+  if (!at) return '';
+  const problems = s.verifyProblems ?? [];
+  if (problems.length === 0) return `  verified: ok at ${formatTime(at)}\n`;
+  return `  verified: FAILED at ${formatTime(at)}: ${problems[0]}\n` + problems.slice(1).map((p) => `    also: ${p}\n`).join('');
 }
 
 export function renderEvent(e: Event__Output): string {

@@ -41,6 +41,7 @@ export const FIELD_FLAGS: Readonly<Record<string, string>> = {
   keep_last: '--keep-last',
   keep_hourly: '--keep-hourly',
   keep_daily: '--keep-daily',
+  grace_ms: '--grace',
 };
 
 /** RPCs of CoordinatorService → the command that calls them. */
@@ -63,6 +64,9 @@ export const RPC_COMMANDS: Readonly<Record<string, string>> = {
   ListSchedules: 'vnsnap schedule list',
   GetSchedule: 'vnsnap schedule show',
   DeleteSchedule: 'vnsnap schedule delete',
+  VerifySnapshot: 'vnsnap snapshot verify',
+  GetStoreStats: 'vnsnap store stats',
+  CollectGarbage: 'vnsnap store gc',
 };
 
 const word = (w: string): RegExp => new RegExp(`(?<![\\w.-])${w}(?![\\w-])`, 'g');
@@ -70,7 +74,7 @@ const word = (w: string): RegExp => new RegExp(`(?<![\\w.-])${w}(?![\\w-])`, 'g'
 const RULES: readonly Rule[] = [
   // "restore with stop_running to replace its VMs", "pass delete_snapshots", "timeout_ms 9 is out of range"
   // "every_ms must be at least 1m", "at least one of keep_last, keep_hourly, keep_daily must be above 0"
-  ...['stop_running', 'delete_snapshots', 'timeout_ms', 'precopy_deadline_ms', 'place_lost', 'discard_disks', 'every_ms', 'keep_last', 'keep_hourly', 'keep_daily'].map((f) => ({ field: f, pattern: word(f), replacement: FIELD_FLAGS[f] as string })),
+  ...['stop_running', 'delete_snapshots', 'timeout_ms', 'precopy_deadline_ms', 'place_lost', 'discard_disks', 'every_ms', 'keep_last', 'keep_hourly', 'keep_daily', 'grace_ms'].map((f) => ({ field: f, pattern: word(f), replacement: FIELD_FLAGS[f] as string })),
   // "snapshot_id is required", "snapshot_id is 300 characters long"
   { field: 'snapshot_id', pattern: word('snapshot_id'), replacement: 'the snapshot ID' },
   // "description is 5000 characters long; the limit is 1024": a bounds message about the field

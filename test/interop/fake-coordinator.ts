@@ -375,6 +375,18 @@ export async function startFakeCoordinator(address = '127.0.0.1:0', opts: FakeOp
       if (!snapshots.delete(call.request.id)) return cb(fail('ERR_NOT_FOUND', `no snapshot "${call.request.id}"`));
       cb(null, {});
     },
+    VerifySnapshot(call) {
+      rec('VerifySnapshot', call.request);
+      call.emit('error', fail('ERR_FAILED_PRECONDITION', 'this coordinator has no store'));
+    },
+    GetStoreStats(call, cb) {
+      rec('GetStoreStats', call.request);
+      cb(fail('ERR_FAILED_PRECONDITION', 'this coordinator has no store'));
+    },
+    CollectGarbage(call) {
+      rec('CollectGarbage', call.request);
+      call.emit('error', fail('ERR_FAILED_PRECONDITION', 'this coordinator has no store'));
+    },
     RestoreSnapshot(call) {
       rec('RestoreSnapshot', call.request);
       const s = snapshots.get(call.request.snapshotId);

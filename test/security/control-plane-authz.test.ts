@@ -52,6 +52,18 @@ describe('security: the RPC role table', () => {
     assert.equal(denial('/other.Service/Call', id('o'), 'operator'), '/other.Service/Call is not allowed to anyone (certificate "o" has the operator role)');
   });
 
+  it('the store commands: stats for viewers; verify (it records its result) and gc for operators', () => {
+    const C = '/vnsnap.v1.CoordinatorService/';
+    assert.equal(RPC_ROLE[`${C}GetStoreStats`], 'viewer');
+    assert.equal(RPC_ROLE[`${C}VerifySnapshot`], 'operator');
+    assert.equal(RPC_ROLE[`${C}CollectGarbage`], 'operator');
+    assert.equal(denial(`${C}GetStoreStats`, id('v'), 'viewer'), undefined);
+    assert.equal(denial(`${C}VerifySnapshot`, id('v'), 'viewer'), 'permission denied: VerifySnapshot needs the operator role (certificate "v" has the viewer role)');
+    assert.equal(denial(`${C}CollectGarbage`, id('v'), 'viewer'), 'permission denied: CollectGarbage needs the operator role (certificate "v" has the viewer role)');
+    assert.equal(denial(`${C}CollectGarbage`, id('h1'), 'agent'), 'permission denied: CollectGarbage needs the operator role (certificate "h1" has the agent role)');
+    assert.equal(denial(`${C}VerifySnapshot`, id('o'), 'operator'), undefined);
+  });
+
   it('refuses a roles table with an unknown role, in one line', () => {
     assert.deepEqual({ ...parseRolesTable({ a: 'viewer', b: 'none' }, 'config c.json') }, { a: 'viewer', b: 'none' });
     assert.throws(() => parseRolesTable({ a: 'admin' }, 'config c.json'), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG') && e.message === 'config c.json: roles."a" must be one of viewer, operator, agent, none; got "admin"');

@@ -319,9 +319,9 @@ describe('cli: vnsnap against a fake coordinator', function () {
       const r = await run('snapshot', 'list');
       assert.equal(
         r.stdout,
-        'ID         VNE   EPOCH  MODE     STATE     CREATED               MAX PAUSE  SIZE       DESCRIPTION\n' +
-          'snap-0001  blue  1      PRECOPY  COMPLETE  2025-11-23 08:00:00Z  14.1 ms    960.0 MiB  before upgrade\n' +
-          'snap-0002  blue  2      PRECOPY  ABORTED   2025-11-23 08:10:00Z  14.1 ms    -\n',
+        'ID         VNE   EPOCH  MODE     STATE     CREATED               MAX PAUSE  SIZE       ADDED  DESCRIPTION\n' +
+          'snap-0001  blue  1      PRECOPY  COMPLETE  2025-11-23 08:00:00Z  14.1 ms    960.0 MiB  -      before upgrade\n' +
+          'snap-0002  blue  2      PRECOPY  ABORTED   2025-11-23 08:10:00Z  14.1 ms    -          -\n',
       );
       const none = await run('snapshot', 'list', '--vne', 'red');
       assert.equal(none.stdout, 'no snapshots\n');

@@ -41,6 +41,7 @@ describe('coordinator catalog', () => {
       { version: 2, applied_unix_ms: T0 },
       { version: 3, applied_unix_ms: T0 },
       { version: 4, applied_unix_ms: T0 },
+      { version: 5, applied_unix_ms: T0 },
     ]);
     c.close();
   });
@@ -81,6 +82,8 @@ describe('coordinator catalog', () => {
       sizeBytes: 99,
       lostFrames: 1,
       generation: 2,
+      verifiedUnixMs: 0,
+      verifyProblems: [],
     });
     assert.deepEqual(c.snapshotInternals('s1')?.agents, ['h1', 'h2']);
     assert.equal(c.snapshotInternals('s1')?.committingUnixMs, T0 + 1);

@@ -52,7 +52,7 @@ function setup() {
   const deps = { agents, catalog, manifests, store: new CasStore(new MemoryObjects()), clock, log, events, version: '0.1.0' };
   const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
   const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
-  const svc = new CoordinatorServiceImpl({ ...deps, snapshots, restores });
+  const svc = new CoordinatorServiceImpl({ ...deps, store: new CasStore(new MemoryObjects()), snapshots, restores });
   // Persist: a memory and a channel artefact per VM of the agent.
   agents.on('snapshotPersist', (agent: string) => {
     const id = 'blue-s1';

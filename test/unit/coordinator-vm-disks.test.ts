@@ -52,13 +52,14 @@ describe('coordinator: where VM disks are (vm_disks)', () => {
     old.close();
 
     const c = new Catalog(file, { now: () => T0 + 1 });
-    assert.equal(CATALOG_SCHEMA_VERSION, 4);
-    assert.equal(c.schemaVersion, 4);
+    assert.equal(CATALOG_SCHEMA_VERSION, 5);
+    assert.equal(c.schemaVersion, 5);
     assert.deepEqual(c.db.prepare('SELECT version, applied_unix_ms FROM schema_migrations ORDER BY version').all(), [
       { version: 1, applied_unix_ms: T0 },
       { version: 2, applied_unix_ms: T0 },
       { version: 3, applied_unix_ms: T0 + 1 },
       { version: 4, applied_unix_ms: T0 + 1 },
+      { version: 5, applied_unix_ms: T0 + 1 },
     ]);
     assert.equal(c.getVne('blue')?.state, 'VNE_STATE_DEFINED');
     c.disks.put({ vne: 'blue', vm: 'a', host: 'h1', path: '/var/lib/vnsnap/disks/blue_a', bytes: 5, keptUnixMs: T0 });

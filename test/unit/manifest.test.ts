@@ -59,7 +59,7 @@ describe('manifest', () => {
 describe('gRPC contract', () => {
   it('loads both services from the .proto files', () => {
     const pkg = loadVnsnap();
-    assert.deepEqual(Object.keys(pkg.vnsnap.v1.CoordinatorService.service).sort().slice(0, 4), ['CreateSnapshot', 'DefineVne', 'DeleteSchedule', 'DeleteSnapshot']);
+    assert.deepEqual(Object.keys(pkg.vnsnap.v1.CoordinatorService.service).sort().slice(0, 4), ['CollectGarbage', 'CreateSnapshot', 'DefineVne', 'DeleteSchedule']);
     assert.deepEqual(Object.keys(pkg.vnsnap.v1.AgentService.service), ['Session']);
   });
 

@@ -34,7 +34,7 @@ function setup(file = ':memory:', clock = new ManualClock(T0)) {
   const deps = { agents, catalog, manifests: new MemoryManifestStore(), store: new CasStore(new MemoryObjects()), clock, log, events: new EventBus(() => clock.now()), version: '0.1.0' };
   const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
   const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
-  const svc = new CoordinatorServiceImpl({ ...deps, snapshots, restores });
+  const svc = new CoordinatorServiceImpl({ ...deps, store: new CasStore(new MemoryObjects()), snapshots, restores });
   // Persist: a memory and a channel artefact per VM of the agent, under the snapshot's id.
   agents.on('snapshotPersist', (agent, body) => {
     const id = body.snapshotPersist?.snapshotId ?? '';
