@@ -82,7 +82,7 @@ export class FakeJob implements SnapshotJob {
   async durable(): Promise<VmImage> {
     const rec = this.driver.record(this.vm);
     const memory = await this.opts.store.put(`${this.opts.prefix}${rec.spec.name}.mem`, Buffer.from(`memory of ${rec.spec.name}`));
-    return { memory };
+    return { memory, disks: [] };
   }
 
   abort(): Promise<void> {

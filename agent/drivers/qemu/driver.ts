@@ -17,8 +17,9 @@
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
  * chain) and from then on use only the resolved paths.
  *
- * Restore: the same command line + -S -incoming defer, the disk on a new overlay over a copy of
- * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
+ * Restore: the same command line + -S -incoming defer, the disk on a new overlay over the
+ * snapshot's layers rebuilt as a chain (disk-chain.ts), migrate-incoming exec:cat FILE; the VM is
+ * left paused; resume = cont.
  *
  * Disks (docs/qemu.md "Where disks live"): each VM's qcow2 chain is in its own directory under
  * disksDir (../disk-dir.ts), not in the tmpfs instance directory. stop() quits QEMU cleanly (QMP
@@ -43,6 +44,7 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { restoreDisk } from './disk-chain';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
@@ -344,15 +346,8 @@ export class QemuDriver implements HypervisorDriver {
         memPath = `${vm.files.dir}/restore.mem`;
         await fsp.writeFile(memPath, await store.get(image.memory.path));
       }
-      if (vm.hasDisk) {
-        if (!image.disk) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${spec.name} has a disk but the snapshot has no disk image`);
-        // A private copy of the frozen image (the artefact may be deleted while the VM runs), then a new overlay over it.
-        const frozen = `${vm.files.diskDir}/frozen.qcow2`;
-        if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
-        else await fsp.writeFile(frozen, await store.get(image.disk.path));
-        await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
-        await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
-      }
+      // The disk: its layers rebuilt as a chain in the VM's directory under a new overlay (disk-chain.ts).
+      if (vm.hasDisk) vm.diskChain = await restoreDisk({ vm: spec.name, disks: image.disks, store, dir: vm.files.diskDir, disk0: vm.files.disk0, roots: this.roots, qemuImg: (args) => this.qemuImg(args) });
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
       const q = vm.q();
       const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
@@ -427,7 +422,7 @@ export class QemuDriver implements HypervisorDriver {
   persistent(id: string): { process: ProcessIdentity; state: QemuSavedState } | undefined {
     const vm = this.vms.get(id);
     if (!vm || vm.exited || vm.pid === undefined || vm.startTime === undefined) return undefined;
-    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial } };
+    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial, ...(vm.diskChain ? { diskChain: vm.diskChain } : {}) } };
   }
 
   adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {

@@ -36,7 +36,7 @@ import type { Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import type { SnapshotJob, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
-import { isSameProcess, processStartTime, type ProcessIdentity } from '../../vm-state';
+import { isSameProcess, processStartTime, type DiskChainRecord, type ProcessIdentity } from '../../vm-state';
 import type { Accel, NicMode, VmFiles } from './cmdline';
 import { QmpClient, type QmpEvent } from './qmp';
 
@@ -131,6 +131,8 @@ export class QemuVm {
   lastStop: QmpEvent | undefined;
   lastResume: QmpEvent | undefined;
   snapSerial = 0;
+  /** The stored layers under the disk's current top (disk-layers.ts); undefined = unknown: the next snapshot stores a full image. */
+  diskChain: DiskChainRecord | undefined;
 
   constructor(
     readonly spec: VmStartSpec,
