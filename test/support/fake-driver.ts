@@ -34,6 +34,8 @@ export interface FakeVmRecord {
   status: VmStatus;
   ports: FakePort[];
   restoredFrom?: string;
+  /** The disk artefacts the restore was given (paths, in order). */
+  restoredDisks?: string[];
 }
 
 export class FakeJob implements SnapshotJob {
@@ -142,6 +144,7 @@ export class FakeDriver implements HypervisorDriver {
     await store.get(image.memory.path);
     const h = this.add(spec, ctx, 'paused');
     this.record(spec.id).restoredFrom = image.memory.path;
+    this.record(spec.id).restoredDisks = image.disks.map((d) => d.path);
     this.events.push(`restore ${spec.name}`);
     return h;
   }
