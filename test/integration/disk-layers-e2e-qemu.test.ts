@@ -3,7 +3,7 @@
  * numbered records to its raw disk) and the content-addressed store: three snapshots with the
  * guest writing between them; the first stores the base and what was written since the boot, the
  * second and third one small layer each over links of the layers below. The third is restored by
- * another driver (its own disk directory) and its disk compared with the source VM's frozen
+ * another driver (its own disk directory, image roots without the base) and its disk compared with the source VM's frozen
  * image of that cut (qemu-img compare); snapshots 1 and 2 are deleted and the third restored
  * again, resumed, and the guest finds its disk agreeing with its memory; a snapshot of the
  * restored VM is again one layer over links of the restored snapshot's layers.
@@ -49,8 +49,9 @@ describe('QEMU driver: incremental disks (layers over links, restored byte for b
     fs.rmSync(root, { recursive: true, force: true });
   });
 
-  function driver(name: string): QemuDriver {
-    const d = new QemuDriver({ workDir: path.join(root, name), disksDir: path.join(root, `${name}-disks`), imageRoots: guestImageRoots(image, root) });
+  /** A driver; `withBase` false: its image roots lack the base image (a host that never had it). */
+  function driver(name: string, withBase = true): QemuDriver {
+    const d = new QemuDriver({ workDir: path.join(root, name), disksDir: path.join(root, `${name}-disks`), imageRoots: withBase ? guestImageRoots(image, root) : guestImageRoots(image) });
     drivers.push(d);
     return d;
   }
@@ -102,8 +103,9 @@ describe('QEMU driver: incremental disks (layers over links, restored byte for b
       assert.ok(added < (DISK_MIB * 1024 * 1024) / 8, `snapshot ${i + 2}'s new layer added ${added} bytes to the store, far below the ${DISK_MIB} MiB disk`);
     }
 
-    // Restore the third on a fresh disk directory: the disk is the source's at the third cut.
-    const dst = driver('r');
+    // Restore the third on a fresh disk directory, by a driver whose image roots lack the base
+    // (the base is layer 0 from the store): the disk is the source's at the third cut.
+    const dst = driver('r', false);
     const restoreSpec = { ...spec };
     await dst.restore(restoreSpec, { memory: s3.memory, disks: s3.disks }, store, { portNames: ['vnqm/dl/r'], log });
     assert.ok(sameDisk(dst.inspect(vmId)?.topFile as string, frozen3), 'the restored disk equals the frozen disk of the third cut');

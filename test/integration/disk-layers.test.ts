@@ -19,6 +19,7 @@ import { fileToStore } from '../../agent/drivers/job';
 import { orderLayers, restoreDisk } from '../../agent/drivers/qemu/disk-chain';
 import { layerPath, MAX_DISK_LAYERS, storeLayers, type StoredLayers } from '../../agent/drivers/qemu/disk-layers';
 import { qemuImg } from '../../agent/drivers/qemu/process';
+import { checkBackingChain } from '../../agent/drivers/qemu/spec-check';
 import type { DiskChainRecord } from '../../agent/vm-state';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
@@ -135,6 +136,10 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
     assert.deepEqual(r.chain, { layers: s3.chain.layers, top: path.join(root, 'restore-1', 'layer-3.qcow2') });
     const chainFiles = (JSON.parse(await img(['info', '--backing-chain', '--output=json', r.disk0])) as { filename: string }[]).map((i) => path.basename(i.filename));
     assert.deepEqual(chainFiles, ['disk0.qcow2', 'layer-3.qcow2', 'layer-2.qcow2', 'layer-1.qcow2', 'layer-0.qcow2']);
+    // Kept by a stop, the restored chain passes the kept-disk check: every layer, its base too, in the VM's own directory.
+    const roots = new ImageRoots([images]);
+    await checkBackingChain('kept', r.disk0, roots, img, { dir: path.join(root, 'restore-1'), base });
+    await assert.rejects(checkBackingChain('kept', r.disk0, roots, img, { dir: path.join(root, 'elsewhere'), base }), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
 
     await store.deleteByPrefix('snapshots/s1/');
     await store.deleteByPrefix('snapshots/s2/');

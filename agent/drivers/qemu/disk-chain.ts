@@ -75,10 +75,15 @@ export async function restoreDisk(r: DiskRestore): Promise<DiskChainRecord | und
   return { layers: layers.map((a) => ({ path: a.path, size: a.size, sha256: a.sha256 })), top };
 }
 
+/** The disk is stored as layers (the attribute "layer"), not as an older whole-disk image. */
+export function hasLayers(disks: DiskArtefact[]): boolean {
+  return disks.some((d) => d.attributes?.[LAYER_ATTRIBUTE] !== undefined);
+}
+
 /** The layers in order, or undefined for one whole-disk artefact; ERR_INVALID_ARGUMENT for anything else. */
 export function orderLayers(vm: string, disks: DiskArtefact[]): DiskArtefact[] | undefined {
   const numbered = disks.filter((d) => d.attributes?.[LAYER_ATTRIBUTE] !== undefined);
-  if (numbered.length === 0 && disks.length === 1) return undefined;
+  if (!hasLayers(disks) && disks.length === 1) return undefined;
   const bad = (why: string): never => {
     throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${vm}: the snapshot's disk layers ${why}`);
   };

@@ -44,7 +44,8 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
-import { restoreDisk } from './disk-chain';
+import { hasLayers, restoreDisk } from './disk-chain';
+import { checkImagePath } from '../../../proto/specs/image-path';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
@@ -125,12 +126,19 @@ export class QemuDriver implements HypervisorDriver {
     return qemuImg(this.o.qemuImg, args);
   }
 
-  /** The spec checked (spec-check.ts), with its images resolved under the image roots. */
-  private async qspecOf(spec: VmStartSpec): Promise<QemuDriverSpec__Output> {
+  /**
+   * The spec checked (spec-check.ts), with its images resolved under the image roots. A restore
+   * from disk layers takes the base from the store (disk-chain.ts): its disk path is only shape-checked.
+   */
+  private async qspecOf(spec: VmStartSpec, baseFromStore = false): Promise<QemuDriverSpec__Output> {
     const q = spec.driver.qemu;
     if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
     if (!q.kernel && !q.disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu spec needs a kernel or a disk`);
     const given = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+    if (baseFromStore && given.disk) {
+      checkImagePath(`VM ${spec.name}: qemu.disk`, given.disk);
+      return { ...(await checkQemuSpec(spec.name, { ...given, disk: '' }, this.roots, (args) => this.qemuImg(args))), disk: given.disk };
+    }
     return checkQemuSpec(spec.name, given, this.roots, (args) => this.qemuImg(args));
   }
 
@@ -152,7 +160,7 @@ export class QemuDriver implements HypervisorDriver {
    * one), the ports, the NIC arguments; a failure undoes everything (but never deletes a kept disk).
    */
   private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean, image?: RestoreImage): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
-    const checked = await this.qspecOf(spec);
+    const checked = await this.qspecOf(spec, image !== undefined && hasLayers(image.disks));
     // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
     // spec records it, so inspect(), persistent() and a later snapshot see the same.
     const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
