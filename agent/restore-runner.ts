@@ -4,7 +4,8 @@
  * runner, the switch, the store, a Clock).
  *
  *   prepare   1. check everything before touching anything: every VM's driver and artefacts
- *                (size and checksum), and that no VM to replace runs unless stop_running;
+ *                (size and checksum; a disk's every layer, disk_layers in order, or an older
+ *                coordinator's one `disk`), and that no VM to replace runs unless stop_running;
  *                read every channel artefact;
  *             2. stop what runs (aborting a snapshot that includes it), apply the generation at
  *                once (configureVne generationNow; without one, the switch applies a deferred
@@ -24,6 +25,7 @@ import { decodeChannel } from '../proto/artefacts/channel-state';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { RestoreCancel__Output } from '../proto/gen/vnsnap/v1/RestoreCancel';
 import type { RestorePrepare__Output } from '../proto/gen/vnsnap/v1/RestorePrepare';
+import type { RestoreVm__Output } from '../proto/gen/vnsnap/v1/RestoreVm';
 import type { RestoreResume__Output } from '../proto/gen/vnsnap/v1/RestoreResume';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
@@ -92,7 +94,7 @@ export class RestoreRunner {
         const spec = rv.vm as VmSpec__Output;
         const tl = this.nowUs();
         const mem = rv.memory as Artefact__Output;
-        const image: RestoreImage = { memory: stored(mem), ...(rv.disk ? { disk: stored(rv.disk) } : {}) };
+        const image: RestoreImage = { memory: stored(mem), disks: diskLayers(rv).map(stored) };
         const vm = await this.o.vms.restore(c.vne, spec, image, this.o.store, c.epoch, c.restoreId);
         rec.vms.push(vm);
         const frames = spec.macs.reduce((n, _, i) => n + (channel.get(portName(c.vne, spec.name, i))?.length ?? 0), 0);
@@ -100,7 +102,7 @@ export class RestoreRunner {
           name: vm.name,
           host: this.o.agentId,
           memoryBytes: mem.size,
-          diskBytes: rv.disk?.size ?? 0,
+          diskBytes: diskLayers(rv).reduce((n, a) => n + Number(a.size), 0),
           channelFrames: frames,
           phases: [
             { phase: 'PHASE_VALIDATE', startUnixUs: t0, endUnixUs: tValidated },
@@ -125,7 +127,7 @@ export class RestoreRunner {
       if (!rv.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'RestorePrepare: a VM without its spec');
       if (!rv.memory) problems.push(`${rv.vm.name}: no memory artefact`);
       this.o.vms.driverFor(rv.vm);
-      for (const a of [rv.memory, rv.disk, ...rv.channel]) {
+      for (const a of [rv.memory, ...diskLayers(rv), ...rv.channel]) {
         if (!a) continue;
         const p = await this.o.store.verify(stored(a));
         if (p) problems.push(p);
@@ -184,4 +186,10 @@ export class RestoreRunner {
 function stored(a: Artefact__Output): { path: string; size: number; sha256: string; attributes?: Record<string, string> } {
   const attrs = a.attributes ?? {};
   return { path: a.path, size: Number(a.size), sha256: a.sha256, ...(Object.keys(attrs).length > 0 ? { attributes: { ...attrs } } : {}) };
+}
+
+/** A VM's disk artefacts in order: disk_layers, or an older coordinator's one whole-disk `disk`. */
+function diskLayers(rv: RestoreVm__Output): Artefact__Output[] {
+  if (rv.diskLayers.length > 0) return rv.diskLayers;
+  return rv.disk ? [rv.disk] : [];
 }

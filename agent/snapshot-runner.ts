@@ -18,8 +18,11 @@
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
- *   persist   every image durable, the switch's channel state of epoch k (its recording ends
- *             when every peer's marker arrived), one channel artefact per port.
+ *   persist   every image durable (the VMs' records saved again: a driver's state, such as the
+ *             disk chain the next snapshot stores only a layer over, moved with it), the
+ *             switch's channel state of epoch k (its recording ends when every peer's marker
+ *             arrived), one channel artefact per port; a VM's disk is one DISK artefact per
+ *             layer (attribute "layer") or one whole-disk artefact.
  *   abort     jobs aborted (VMs resumed), the VNE's ports advanced to k, partial artefacts deleted.
  *
  * A snapshot in progress when the session with the coordinator drops is aborted locally after
@@ -251,6 +254,8 @@ export class SnapshotRunner {
     const vms: VmSnapshot[] = [];
     try {
       const images = await Promise.all(snap.vms.map((sv) => sv.job.durable()));
+      // The drivers' state moved on with the images (the disk chain a VM's next snapshot builds on): the records follow.
+      await this.o.vms.saveStates(snap.vne);
       const tImages = this.nowUs();
       const cs = await this.channelState(snap.vne, snap.epoch);
       const tChannel = this.nowUs();
@@ -258,7 +263,8 @@ export class SnapshotRunner {
         const sv = snap.vms[i] as SnapVm;
         const img = images[i] as VmImage;
         artefacts.push({ ...img.memory, kind: 'ARTEFACT_KIND_MEMORY', owner: sv.vm.name });
-        if (img.disk) artefacts.push({ ...img.disk, kind: 'ARTEFACT_KIND_DISK', owner: sv.vm.name });
+        // The disk: one artefact per layer (attribute "layer"), or one whole-disk image.
+        for (const d of img.disks) artefacts.push({ ...d, kind: 'ARTEFACT_KIND_DISK', owner: sv.vm.name });
         let frames = 0;
         for (const [p, port] of sv.vm.ports.entries()) {
           const list = cs.ports.get(port.name) ?? [];
@@ -273,7 +279,7 @@ export class SnapshotRunner {
           { phase: 'PHASE_PERSIST', startUnixUs: t0, endUnixUs: this.nowUs() },
         ];
         v.memoryBytes = img.memory.size;
-        v.diskBytes = img.disk?.size ?? 0;
+        v.diskBytes = img.disks.reduce((n, d) => n + d.size, 0);
         v.channelFrames = frames;
         vms.push(v);
       }

@@ -58,6 +58,35 @@ export interface VmStateRecord {
   writtenUnixMs: number;
 }
 
+/**
+ * The disk chain a VM runs on, as far as the store holds it (docs/storage.md "Incremental
+ * disks"): `layers` are the store's artefacts of the layers below the VM's current top, in
+ * order (layer 0 the full base), as its last snapshot (or the restore it came from) stored
+ * them; `top` is the local image file the last of them holds. When the chain's base is not
+ * stored yet (a VM booted from its spec's base), `layers` is empty and `top` is that base. A
+ * driver keeps it in its part of the VM's record; a record without one (an older record) means
+ * "unknown": the next snapshot stores a full image.
+ */
+export interface DiskChainRecord {
+  layers: { path: string; size: number; sha256: string }[];
+  top: string;
+}
+
+/** A DiskChainRecord read back from a record; undefined (unknown: a full image next time) when absent or malformed. */
+export function parseDiskChain(v: unknown): DiskChainRecord | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  if (typeof o.top !== 'string' || !o.top.startsWith('/') || !Array.isArray(o.layers)) return undefined;
+  const layers: DiskChainRecord['layers'] = [];
+  for (const l of o.layers as unknown[]) {
+    const a = (typeof l === 'object' && l !== null ? l : {}) as Record<string, unknown>;
+    if (typeof a.path !== 'string' || a.path === '' || typeof a.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(a.sha256)) return undefined;
+    if (typeof a.size !== 'number' || !Number.isSafeInteger(a.size) || a.size < 0) return undefined;
+    layers.push({ path: a.path, size: a.size, sha256: a.sha256 });
+  }
+  return { layers, top: o.top };
+}
+
 /** What scan() found. */
 export interface ScanResult {
   records: { dir: string; record: VmStateRecord }[];

@@ -290,9 +290,11 @@ export class RestoreSequencer {
       const mine = byVm.get(vm.name) ?? [];
       const memory = mine.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY');
       if (!memory) throw new VnsnapError('ERR_DATA_LOSS', `${snapshot.manifestPath} lists no memory artefact for VM ${vm.name}`);
-      const disk = mine.find((a) => a.kind === 'ARTEFACT_KIND_DISK');
+      const diskLayers = orderDiskLayers(snapshot.manifestPath, vm.name, mine.filter((a) => a.kind === 'ARTEFACT_KIND_DISK'));
       const channel = mine.filter((a) => a.kind === 'ARTEFACT_KIND_CHANNEL');
-      byAgent.set(agent, [...(byAgent.get(agent) ?? []), { vm: { ...vm, host: agent }, memory, ...(disk ? { disk } : {}), channel }]);
+      // An older snapshot's one whole-disk image also goes in `disk` (what agents before disk layers read).
+      const whole = diskLayers.length === 1 && diskLayers[0]?.attributes?.layer === undefined ? { disk: diskLayers[0] } : {};
+      byAgent.set(agent, [...(byAgent.get(agent) ?? []), { vm: { ...vm, host: agent }, memory, ...whole, diskLayers, channel }]);
       artefactsByAgent.set(agent, [...(artefactsByAgent.get(agent) ?? []), ...mine]);
     }
 
@@ -349,4 +351,21 @@ export function artefactVm(a: Artefact__Output, vms: readonly VmSpec__Output[], 
   }
   const rel = a.path.startsWith(prefix) ? a.path.slice(prefix.length) : a.path;
   return byName(rel) ?? byName(rel.split('/').pop() ?? '');
+}
+
+/**
+ * A VM's DISK artefacts in the order its agent rebuilds them: by their "layer" attribute (0, the
+ * full base, first); one artefact without it is an older snapshot's whole-disk image. Anything
+ * else (a gap, a repeat, a mix) is a damaged manifest: ERR_DATA_LOSS.
+ */
+export function orderDiskLayers(manifest: string, vm: string, disks: Artefact__Output[]): Artefact__Output[] {
+  if (disks.length === 1 && disks[0]?.attributes?.layer === undefined) return disks;
+  const out: Artefact__Output[] = [];
+  for (const a of disks) {
+    const v = a.attributes?.layer ?? '';
+    const n = /^\d{1,3}$/.test(v) ? Number(v) : -1;
+    if (n < 0 || n >= disks.length || out[n]) throw new VnsnapError('ERR_DATA_LOSS', `${manifest}: the disk layers of VM ${vm} are not numbered 0..${disks.length - 1} once each (${JSON.stringify(v)} of ${a.path})`);
+    out[n] = a;
+  }
+  return out;
 }

@@ -174,9 +174,19 @@ export interface CutReport {
  */
 export type MemoryArtefact = StoredArtefact & { attributes?: Record<string, string> };
 
+/**
+ * A disk artefact. A layer of an incremental chain has the attribute "layer" = N (its place,
+ * 0 = the full base): the QEMU driver stores each snapshot's disk as the layers of its qcow2
+ * chain, the lower ones linked from the VM's previous snapshot (docs/storage.md "Incremental
+ * disks"). A whole-disk artefact (a Xen guest's file, a QEMU snapshot written before layers)
+ * has no "layer" attribute.
+ */
+export type DiskArtefact = StoredArtefact & { attributes?: Record<string, string> };
+
 export interface VmImage {
   memory: MemoryArtefact;
-  disk?: StoredArtefact;
+  /** The VM's disk: its layers in order (layer 0 first), or one whole-disk artefact; empty when the VM has no disk. */
+  disks: DiskArtefact[];
 }
 
 export interface SnapshotJob {
@@ -198,7 +208,8 @@ export interface SnapshotJob {
 
 export interface RestoreImage {
   memory: MemoryArtefact;
-  disk?: StoredArtefact;
+  /** As VmImage.disks: the layers in order, or one whole-disk artefact (no "layer" attribute); empty without a disk. */
+  disks: DiskArtefact[];
 }
 
 export interface HypervisorDriver {

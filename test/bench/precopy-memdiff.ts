@@ -91,7 +91,7 @@ async function main(): Promise<void> {
         )) as CutReport;
         const img = await job.durable();
         await sw.channelState('vnqm', k, 10_000).catch(() => undefined);
-        const h = await restorer.restore(specs.get('a') as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, { portNames: [`vnqm/a/0r${k}`], log: silentLogger() });
+        const h = await restorer.restore(specs.get('a') as VmStartSpec, { memory: img.memory, disks: img.disks }, store, { portNames: [`vnqm/a/0r${k}`], log: silentLogger() });
         void h;
         const dst = path.join(root, `dst-${k}.bin`);
         await restorer.pmemsave(id, dst);

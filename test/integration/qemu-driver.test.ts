@@ -206,8 +206,8 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
     names.forEach((n, i) => images.set(n, imgs[i] as VmImage));
     for (const img of imgs) {
       assert.equal(await store.verify(img.memory), null);
-      assert.ok(img.disk, 'a disk image');
-      assert.equal(await store.verify(img.disk), null);
+      assert.ok(img.disks.length > 0, 'a disk image');
+      for (const d of img.disks) assert.equal(await store.verify(d), null);
     }
     return { images, channel: cs.ports, k };
   }
@@ -230,7 +230,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
           });
           for (const n of names) {
             const img = snap.images.get(n) as VmImage;
-            await restorer.restore(specs.get(n) as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, { portNames: [`vnqm/${n}/r`], log });
+            await restorer.restore(specs.get(n) as VmStartSpec, { memory: img.memory, disks: img.disks }, store, { portNames: [`vnqm/${n}/r`], log });
             const f = path.join(root, `restored-${n}.bin`);
             await restorer.pmemsave(`vnqm/${n}`, f);
             await restorer.stop(`vnqm/${n}`);
@@ -264,7 +264,7 @@ describe('QEMU driver: two guests, snapshot and restore with TCP streams through
       const handles = [];
       for (const n of names) {
         const img = snap.images.get(n) as VmImage;
-        handles.push(await d.restore(specs.get(n) as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, ctx(n)));
+        handles.push(await d.restore(specs.get(n) as VmStartSpec, { memory: img.memory, disks: img.disks }, store, ctx(n)));
         assert.equal(d.status(`vnqm/${n}`), 'paused');
       }
       let injected = 0;

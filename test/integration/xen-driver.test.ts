@@ -277,8 +277,8 @@ describe('xen driver (fake toolstack): specifics', () => {
     await job.cut(() => Promise.resolve());
     await fsp.writeFile(disk, 'after the cut');
     const img = await job.durable();
-    assert.ok(img.disk);
-    assert.equal((await store.get(img.disk.path)).toString(), 'before');
+    assert.equal(img.disks.length, 1, 'one whole-disk artefact');
+    assert.equal((await store.get((img.disks[0] as { path: string }).path)).toString(), 'before');
     await driver.stop('v/a');
     await driver.restore(spec(`type="pv"\ndisk = [ 'format=raw, vdev=xvda, target=${disk}' ]\n`), img, store, ctx);
     assert.equal(await fsp.readFile(disk, 'utf8'), 'before');

@@ -11,6 +11,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -213,7 +214,8 @@ describe('driver specs: the agent refuses what a VM may not touch, before anythi
     fs.writeFileSync(path.join(storeDir, 's', 'a.mem'), 'memory');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', bed.img('base.qcow2'), '1M']);
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', path.join(bed.outside, 'secret'), '-F', 'raw', path.join(storeDir, 's', 'a.disk')]);
-    const image = { memory: { path: 's/a.mem', size: 6, sha256: '' }, disk: { path: 's/a.disk', size: 0, sha256: '' } };
+    const diskBytes = fs.readFileSync(path.join(storeDir, 's', 'a.disk'));
+    const image = { memory: { path: 's/a.mem', size: 6, sha256: '' }, disks: [{ path: 's/a.disk', size: diskBytes.length, sha256: createHash('sha256').update(diskBytes).digest('hex') }] };
     await refused(qemu.restore(qemuSpec({ disk: bed.img('base.qcow2') }), image, new LocalDirStore(storeDir), ctx), `VM a: the snapshot's disk image: backing file ${JSON.stringify(path.join(bed.outside, 'secret'))} is outside the image roots; ${rootsText()}`);
     const ran = bed.ran();
     assert.equal(ran.qemu, undefined);
@@ -229,7 +231,7 @@ describe('driver specs: the agent refuses what a VM may not touch, before anythi
   });
 
   it('a Xen restore writes its disk back only under the roots', async () => {
-    await refused(xen.restore(xenSpec("disk = [ 'format=raw, vdev=xvda, target=/etc/passwd' ]\n"), { memory: { path: 'x.mem', size: 1, sha256: '' } }, undefined as never, ctx), `VM a: xen.config disk[0] target "/etc/passwd" is outside the image roots; ${rootsText()}`);
+    await refused(xen.restore(xenSpec("disk = [ 'format=raw, vdev=xvda, target=/etc/passwd' ]\n"), { memory: { path: 'x.mem', size: 1, sha256: '' }, disks: [] }, undefined as never, ctx), `VM a: xen.config disk[0] target "/etc/passwd" is outside the image roots; ${rootsText()}`);
     nothingRan();
   });
 

@@ -212,7 +212,7 @@ export class SimJob extends DriverJob {
         throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       }
       this.phase = 'done';
-      return { memory: a };
+      return { memory: a, disks: [] };
     } catch (e) {
       await w.abort();
       if ((this.phase as JobPhase) !== 'aborted') this.phase = 'failed';

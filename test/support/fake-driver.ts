@@ -34,6 +34,8 @@ export interface FakeVmRecord {
   status: VmStatus;
   ports: FakePort[];
   restoredFrom?: string;
+  /** The disk artefacts the restore was given (paths, in order). */
+  restoredDisks?: string[];
 }
 
 export class FakeJob implements SnapshotJob {
@@ -82,7 +84,7 @@ export class FakeJob implements SnapshotJob {
   async durable(): Promise<VmImage> {
     const rec = this.driver.record(this.vm);
     const memory = await this.opts.store.put(`${this.opts.prefix}${rec.spec.name}.mem`, Buffer.from(`memory of ${rec.spec.name}`));
-    return { memory };
+    return { memory, disks: [] };
   }
 
   abort(): Promise<void> {
@@ -142,6 +144,7 @@ export class FakeDriver implements HypervisorDriver {
     await store.get(image.memory.path);
     const h = this.add(spec, ctx, 'paused');
     this.record(spec.id).restoredFrom = image.memory.path;
+    this.record(spec.id).restoredDisks = image.disks.map((d) => d.path);
     this.events.push(`restore ${spec.name}`);
     return h;
   }

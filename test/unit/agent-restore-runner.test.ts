@@ -24,7 +24,7 @@ async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare_
   const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([plainFrame(testFrame(2, 1, 9))]));
   const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {} };
   const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} };
-  return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel] }], ...over };
+  return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel], diskLayers: [] }], ...over };
 }
 
 describe('agent restore runner (fake driver, real switch over fake ports, manual clock)', () => {
@@ -87,6 +87,31 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.deepEqual(h.driver.events, ['start a']);
     assert.equal(h.driver.status('blue/a'), 'running');
     assert.equal(h.vm('a').restoreId, undefined);
+  });
+
+  it('Prepare hands the driver every disk layer in order (or an older coordinator\'s one `disk`) and refuses a damaged layer, touching nothing', async () => {
+    h = await new AgentParts().init(['a']);
+    const layer = async (id: string, n: number): Promise<Artefact__Output> => ({ ...(await h.store.put(`snapshots/${id}/a.disk.${n}.qcow2`, Buffer.from(`layer ${n}`))), kind: 'ARTEFACT_KIND_DISK', owner: 'a', attributes: { layer: String(n) } });
+    const c = await imageOfA(h, 's5');
+    (c.vms[0] as { diskLayers: Artefact__Output[] }).diskLayers = [await layer('s5', 0), await layer('s5', 1)];
+    const r = await h.restores.prepare(c);
+    assert.deepEqual(r.restorePrepare?.vms?.map((v) => v.diskBytes), [14]);
+    assert.deepEqual(h.driver.record('blue/a').restoredDisks, ['snapshots/s5/a.disk.0.qcow2', 'snapshots/s5/a.disk.1.qcow2']);
+    await h.restores.cancel({ restoreId: 'r-s5', vne: VNE });
+
+    const old = await imageOfA(h, 's6');
+    const whole = { ...(await h.store.put('snapshots/s6/a.disk.qcow2', Buffer.from('whole disk'))), kind: 'ARTEFACT_KIND_DISK' as const, owner: 'a', attributes: {} };
+    (old.vms[0] as { disk: Artefact__Output | null }).disk = whole;
+    await h.restores.prepare(old);
+    assert.deepEqual(h.driver.record('blue/a').restoredDisks, ['snapshots/s6/a.disk.qcow2']);
+    await h.restores.cancel({ restoreId: 'r-s6', vne: VNE });
+
+    const bad = await imageOfA(h, 's7');
+    const l1 = await layer('s7', 1);
+    (bad.vms[0] as { diskLayers: Artefact__Output[] }).diskLayers = [await layer('s7', 0), { ...l1, sha256: '0'.repeat(64) }];
+    const events = h.driver.events.length;
+    assert.match(await failure(h.restores.prepare(bad)), /^ERR_FAILED_PRECONDITION: restore r-s7: .*snapshots\/s7\/a\.disk\.1\.qcow2/);
+    assert.equal(h.driver.events.length, events, 'nothing touched');
   });
 
   it('Prepare refuses a channel state of a newer format in one line, touching nothing', async () => {

@@ -617,6 +617,27 @@ describe('coordinator service: snapshots and restores', () => {
     assert.deepEqual(s.catalog.listRestores().map((r) => [r.id, r.state]), [['r-blue-s1', 'COMPLETE']]);
   });
 
+  it('restore sends each VM its disk layers in layer order (disk_layers), and an older snapshot\'s one whole disk also as `disk`', async () => {
+    const s = setup();
+    const art = (path: string, owner: string, attributes: Record<string, string>, kind: 'ARTEFACT_KIND_MEMORY' | 'ARTEFACT_KIND_DISK' = 'ARTEFACT_KIND_DISK') => ({ path, size: 10, sha256: 'cc'.repeat(32), kind, owner, attributes });
+    s.agents.on('snapshotPersist', (agent: string) => {
+      const p = 'snapshots/blue-s1/';
+      const artefacts = agent === 'h1'
+        ? [art(`${p}vm1.mem`, 'vm1', {}, 'ARTEFACT_KIND_MEMORY'), art(`${p}vm1.disk.2.qcow2`, 'vm1', { layer: '2' }), art(`${p}vm1.disk.0.qcow2`, 'vm1', { layer: '0' }), art(`${p}vm1.disk.1.qcow2`, 'vm1', { layer: '1' })]
+        : [art(`${p}vm2.mem`, 'vm2', {}, 'ARTEFACT_KIND_MEMORY'), art(`${p}vm2.disk.qcow2`, 'vm2', {})];
+      return ok({ payload: 'persist', persist: { artefacts, vms: [], lostFrames: 0 } });
+    });
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.sent.length = 0;
+    await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined);
+    const preps = s.agents.sent.filter((x) => x.name === 'restorePrepare').flatMap((x) => x.body.restorePrepare?.vms ?? []);
+    assert.deepEqual(preps.map((v) => [v.vm?.name, v.diskLayers?.map((a) => a.path), v.disk?.path]), [
+      ['vm1', ['snapshots/blue-s1/vm1.disk.0.qcow2', 'snapshots/blue-s1/vm1.disk.1.qcow2', 'snapshots/blue-s1/vm1.disk.2.qcow2'], undefined],
+      ['vm2', ['snapshots/blue-s1/vm2.disk.qcow2'], 'snapshots/blue-s1/vm2.disk.qcow2'],
+    ]);
+  });
+
   it('restore refusals touch nothing: running without stop_running, bad placement, invalid artefacts, tampered or newer manifest', async () => {
     const s = setup();
     await running(s);

@@ -72,7 +72,7 @@ describe('QEMU NIC backend across snapshot and restore', () => {
       mode: 'background',
       ready: Promise.resolve(),
       cut: (f) => (calls.push('cut'), f().then(() => report)),
-      durable: () => (calls.push('durable'), Promise.resolve<VmImage>({ memory: image(), disk: { path: 'snapshots/s1/a.qcow2', size: 2, sha256: 'bb'.repeat(32) } })),
+      durable: () => (calls.push('durable'), Promise.resolve<VmImage>({ memory: image(), disks: [{ path: 'snapshots/s1/a.qcow2', size: 2, sha256: 'bb'.repeat(32) }] })),
       abort: () => (calls.push('abort'), Promise.resolve()),
     };
     const job = recordNicMode(inner, 'tap-vnet');
@@ -80,7 +80,7 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.equal(job.mode, 'background');
     assert.equal(job.ready, inner.ready);
     assert.equal(await job.cut(() => Promise.resolve()), report);
-    assert.deepEqual(await job.durable(), { memory: image('tap-vnet'), disk: { path: 'snapshots/s1/a.qcow2', size: 2, sha256: 'bb'.repeat(32) } });
+    assert.deepEqual(await job.durable(), { memory: image('tap-vnet'), disks: [{ path: 'snapshots/s1/a.qcow2', size: 2, sha256: 'bb'.repeat(32) }] });
     await job.abort();
     assert.deepEqual(calls, ['cut', 'durable', 'abort']);
   });

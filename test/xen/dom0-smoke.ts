@@ -91,8 +91,8 @@ async function main(): Promise<void> {
     await driver.stop(spec.id);
     fs.appendFileSync(log, '\n--- restore ---\n');
     t = Date.now();
-    if (!limg.disk) throw new Error('the live image has no disk artefact');
-    await driver.restore(spec, { memory: limg.memory, disk: limg.disk }, store, ctx);
+    if (limg.disks.length !== 1) throw new Error('the live image has no (or more than one) disk artefact');
+    await driver.restore(spec, { memory: limg.memory, disks: limg.disks }, store, ctx);
     const restoredStatus = driver.status(spec.id);
     await driver.resume(spec.id);
     out.restoreMs = Date.now() - t;

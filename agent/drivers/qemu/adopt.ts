@@ -28,7 +28,7 @@ import { VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
-import type { ProcessIdentity } from '../../vm-state';
+import { parseDiskChain, type DiskChainRecord, type ProcessIdentity } from '../../vm-state';
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
 import { isTapMode, NIC_MODES, vmFiles, type NicMode } from './cmdline';
 import { QemuVm, type MigrationInfo } from './process';
@@ -41,6 +41,8 @@ export interface QemuSavedState {
   taps: string[];
   ramPadKib: number;
   snapSerial: number;
+  /** The VM's stored disk chain (disk-layers.ts); absent in older records: the next snapshot stores a full image. */
+  diskChain?: DiskChainRecord;
 }
 
 /** What adoption needs of the driver. */
@@ -68,7 +70,8 @@ export function parseQemuSavedState(v: unknown, workDir: string): QemuSavedState
     const x = o[k] ?? 0;
     return typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : bad(`${k} is not a non-negative integer`);
   };
-  return { dir, nic: nic as NicMode, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial') };
+  const diskChain = parseDiskChain(o.diskChain);
+  return { dir, nic: nic as NicMode, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial'), ...(diskChain ? { diskChain } : {}) };
 }
 
 const ACTIVE_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'cancelling', 'wait-unplug']);
@@ -98,6 +101,7 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   vm.taps = [...st.taps];
   vm.ramPadKib = st.ramPadKib;
   vm.snapSerial = st.snapSerial;
+  vm.diskChain = st.diskChain;
   try {
     await vm.attachProcess(proc, d.timeoutMs);
   } catch (e) {

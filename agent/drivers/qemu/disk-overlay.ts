@@ -8,10 +8,12 @@
  *               graph change instead of creating and formatting a file while the VM is paused.
  *   snapshot()  at the cut (VM paused): blockdev-snapshot puts the prepared overlay on top of the
  *               current top, which is frozen from then on: the disk as of the cut.
- *   standalone(tmp)  after the resume: a copy of the frozen top rebased onto the spec's base
- *               image (every layer between them merged in), the artefact that goes to the store.
+ *   store(o)    after the resume: the frozen disk into the store as layers (disk-layers.ts:
+ *               the frozen top alone over the layers the previous snapshot stored, or a full
+ *               image), and the VM's chain record moved on to them.
  *   undo()      abort after the cut: block-commit the overlay back into the frozen image (active
- *               commit) and delete it, so the chain is as before the snapshot.
+ *               commit) and delete it, so the chain is as before the snapshot; the chain record
+ *               goes back to what it was (the frozen image is written again: it is no layer).
  *   drop()      the prepared overlay was not used (abort, failure before the disk step): detach
  *               and delete it.
  * A VM without a disk makes every step a no-op.
@@ -22,11 +24,15 @@ import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { QemuVm } from './process';
 import type { QmpClient } from './qmp';
+import type { DiskChainRecord } from '../../vm-state';
+import { backingOf, storeLayers, type LayerJob, type StoredLayers } from './disk-layers';
 
 export class DiskOverlay {
   /** The overlay made and attached (blockdev-add, no backing yet) before the cut, so the pause only links it in. */
   private prepared: { file: string; node: string } | undefined;
   private overlay: { file: string; node: string; frozenNode: string; frozenFile: string } | undefined;
+  /** The VM's chain record before store() moved it (undo() puts it back). */
+  private chainBefore: DiskChainRecord | undefined;
 
   constructor(
     private readonly vm: QemuVm,
@@ -87,11 +93,22 @@ export class DiskOverlay {
     vm.topFile = pr.file;
   }
 
-  /** Write the standalone image of the frozen disk to `tmp` (see the module comment). */
-  async standalone(tmp: string): Promise<void> {
-    if (!this.overlay) throw new VnsnapError('ERR_STATE', `QEMU VM ${this.vm.spec.id}: no frozen disk`);
-    await fsp.copyFile(this.overlay.frozenFile, tmp);
-    await this.qemuImg(['rebase', '-U', '-f', 'qcow2', '-b', path.resolve(this.vm.qspec.disk), '-F', 'qcow2', tmp]);
+  /**
+   * Store the frozen disk as layers (disk-layers.ts) and move the VM's chain record on to them.
+   * A VM without a record whose frozen top lies directly on the spec's base (booted fresh from
+   * it) has the chain "base not stored yet".
+   */
+  async store(o: Omit<LayerJob, 'frozenFile' | 'chain' | 'qemuImg'>): Promise<StoredLayers> {
+    const ov = this.overlay;
+    if (!ov) throw new VnsnapError('ERR_STATE', `QEMU VM ${this.vm.spec.id}: no frozen disk`);
+    const vm = this.vm;
+    let chain = vm.diskChain;
+    const base = path.resolve(vm.qspec.disk);
+    if (!chain && (await backingOf(this.qemuImg, ov.frozenFile)) === base) chain = { layers: [], top: base };
+    const r = await storeLayers({ ...o, frozenFile: ov.frozenFile, chain, qemuImg: this.qemuImg });
+    this.chainBefore = vm.diskChain;
+    vm.diskChain = r.chain;
+    return r;
   }
 
   async undo(): Promise<void> {
@@ -110,6 +127,7 @@ export class DiskOverlay {
       if (done.data.error) throw new Error(String(done.data.error));
       vm.topNode = ov.frozenNode;
       vm.topFile = ov.frozenFile;
+      if (vm.diskChain?.top === ov.frozenFile) vm.diskChain = this.chainBefore;
       await fsp.rm(ov.file, { force: true });
     } catch (e) {
       this.log.warn({ err: describeError(e), overlay: ov.file }, 'could not merge the snapshot overlay back; it stays in the chain');

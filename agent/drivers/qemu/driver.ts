@@ -17,8 +17,9 @@
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
  * chain) and from then on use only the resolved paths.
  *
- * Restore: the same command line + -S -incoming defer, the disk on a new overlay over a copy of
- * the snapshot's frozen image, migrate-incoming exec:cat FILE; the VM is left paused; resume = cont.
+ * Restore: the same command line + -S -incoming defer, the disk on a new overlay over the
+ * snapshot's layers rebuilt as a chain (disk-chain.ts), migrate-incoming exec:cat FILE; the VM is
+ * left paused; resume = cont.
  *
  * Disks (docs/qemu.md "Where disks live"): each VM's qcow2 chain is in its own directory under
  * disksDir (../disk-dir.ts), not in the tmpfs instance directory. stop() quits QEMU cleanly (QMP
@@ -43,6 +44,8 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { hasLayers, restoreDisk } from './disk-chain';
+import { checkImagePath } from '../../../proto/specs/image-path';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
@@ -123,12 +126,19 @@ export class QemuDriver implements HypervisorDriver {
     return qemuImg(this.o.qemuImg, args);
   }
 
-  /** The spec checked (spec-check.ts), with its images resolved under the image roots. */
-  private async qspecOf(spec: VmStartSpec): Promise<QemuDriverSpec__Output> {
+  /**
+   * The spec checked (spec-check.ts), with its images resolved under the image roots. A restore
+   * from disk layers takes the base from the store (disk-chain.ts): its disk path is only shape-checked.
+   */
+  private async qspecOf(spec: VmStartSpec, baseFromStore = false): Promise<QemuDriverSpec__Output> {
     const q = spec.driver.qemu;
     if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
     if (!q.kernel && !q.disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu spec needs a kernel or a disk`);
     const given = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: q.extra ?? {} };
+    if (baseFromStore && given.disk) {
+      checkImagePath(`VM ${spec.name}: qemu.disk`, given.disk);
+      return { ...(await checkQemuSpec(spec.name, { ...given, disk: '' }, this.roots, (args) => this.qemuImg(args))), disk: given.disk };
+    }
     return checkQemuSpec(spec.name, given, this.roots, (args) => this.qemuImg(args));
   }
 
@@ -150,7 +160,7 @@ export class QemuDriver implements HypervisorDriver {
    * one), the ports, the NIC arguments; a failure undoes everything (but never deletes a kept disk).
    */
   private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean, image?: RestoreImage): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
-    const checked = await this.qspecOf(spec);
+    const checked = await this.qspecOf(spec, image !== undefined && hasLayers(image.disks));
     // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
     // spec records it, so inspect(), persistent() and a later snapshot see the same.
     const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
@@ -344,15 +354,8 @@ export class QemuDriver implements HypervisorDriver {
         memPath = `${vm.files.dir}/restore.mem`;
         await fsp.writeFile(memPath, await store.get(image.memory.path));
       }
-      if (vm.hasDisk) {
-        if (!image.disk) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${spec.name} has a disk but the snapshot has no disk image`);
-        // A private copy of the frozen image (the artefact may be deleted while the VM runs), then a new overlay over it.
-        const frozen = `${vm.files.diskDir}/frozen.qcow2`;
-        if (store instanceof LocalDirStore) await fsp.copyFile(store.resolve(image.disk.path), frozen);
-        else await fsp.writeFile(frozen, await store.get(image.disk.path));
-        await checkBackingChain(`VM ${spec.name}: the snapshot's disk image`, frozen, this.roots, (args) => this.qemuImg(args));
-        await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', vm.files.disk0]);
-      }
+      // The disk: its layers rebuilt as a chain in the VM's directory under a new overlay (disk-chain.ts).
+      if (vm.hasDisk) vm.diskChain = await restoreDisk({ vm: spec.name, disks: image.disks, store, dir: vm.files.diskDir, disk0: vm.files.disk0, roots: this.roots, qemuImg: (args) => this.qemuImg(args) });
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
       const q = vm.q();
       const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
@@ -427,7 +430,7 @@ export class QemuDriver implements HypervisorDriver {
   persistent(id: string): { process: ProcessIdentity; state: QemuSavedState } | undefined {
     const vm = this.vms.get(id);
     if (!vm || vm.exited || vm.pid === undefined || vm.startTime === undefined) return undefined;
-    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial } };
+    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial, ...(vm.diskChain ? { diskChain: vm.diskChain } : {}) } };
   }
 
   adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {

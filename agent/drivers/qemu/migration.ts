@@ -32,7 +32,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutReport, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { shQuote } from './cmdline';
 import { DiskOverlay } from './disk-overlay';
@@ -462,22 +462,22 @@ export class QemuJob extends DriverJob {
       if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const memory = await this.copyIn(this.memFile, `${this.opts.prefix}${name}.mem`);
       await this.removeStreamFiles();
-      let disk: StoredArtefact | undefined;
+      let disks: DiskArtefact[] = [];
       if (this.disk.frozen) {
-        // A standalone image over the spec's base: the frozen top with every layer between it and the base merged in.
-        const tmp = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
+        // The disk as layers: the frozen top over the previous snapshot's (linked), or a full image (disk-layers.ts).
+        const tmpFile = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
         try {
-          await this.disk.standalone(tmp);
-          if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
-          disk = await this.copyIn(tmp, `${this.opts.prefix}${name}.disk.qcow2`);
+          const r = await this.disk.store({ store: this.opts.store, prefix: this.opts.prefix, vm: name, tmpFile, upload: (f, rel) => this.copyIn(f, rel), committed: (a) => void this.committed.push(a), aborted: () => (this.phase as JobPhase) === 'aborted' });
+          disks = r.disks;
+          this.log.info({ how: r.how, why: r.why, layers: disks.length, storedBytes: disks.map((d) => d.storedBytes ?? d.size) }, 'disk stored');
         } finally {
-          await fsp.rm(tmp, { force: true });
+          await fsp.rm(tmpFile, { force: true });
         }
       }
       if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       this.phase = 'done';
       this.vmObj.job = undefined;
-      return disk ? { memory, disk } : { memory };
+      return { memory, disks };
     } catch (e) {
       if ((this.phase as JobPhase) !== 'aborted') this.phase = 'failed';
       for (const w of this.writers) await w.abort();

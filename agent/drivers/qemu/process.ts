@@ -10,7 +10,9 @@
  * Disk directory (driver option disksDir, `<stateDir>/disks/<vne>_<vm>/`, persistent storage;
  * ../disk-dir.ts): the VM's writable qcow2 chain: disk0.qcow2 (the overlay over the spec's base
  * image), disk-e<k>-<n>.qcow2 (the overlay made at the cut of snapshot k; the previous top is
- * frozen), frozen.qcow2 (a restore's private copy of the snapshot's disk), kept.json (the top to
+ * frozen), layer-<N>.qcow2 (a restore's copy of the snapshot's disk layers, rebuilt as the chain
+ * under disk0: disk-chain.ts), frozen.qcow2 (the same for a snapshot written before layers: its
+ * one standalone image), kept.json (the top to
  * boot from, written when a stop keeps the disk). It outlives the instance: kept by a stop,
  * deleted only when the coordinator says so.
  *
@@ -36,7 +38,7 @@ import type { Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import type { SnapshotJob, VmStartSpec, VmStatus } from '../driver';
 import { exec } from '../exec';
-import { isSameProcess, processStartTime, type ProcessIdentity } from '../../vm-state';
+import { isSameProcess, processStartTime, type DiskChainRecord, type ProcessIdentity } from '../../vm-state';
 import type { Accel, NicMode, VmFiles } from './cmdline';
 import { QmpClient, type QmpEvent } from './qmp';
 
@@ -131,6 +133,8 @@ export class QemuVm {
   lastStop: QmpEvent | undefined;
   lastResume: QmpEvent | undefined;
   snapSerial = 0;
+  /** The stored layers under the disk's current top (disk-layers.ts); undefined = unknown: the next snapshot stores a full image. */
+  diskChain: DiskChainRecord | undefined;
 
   constructor(
     readonly spec: VmStartSpec,

@@ -15,8 +15,10 @@
  * A kept disk (a VM booting from the chain a stop kept, docs/qemu.md) is checked the same way
  * from its top, with one difference: the layers above the base may be files directly in the VM's
  * own disk directory (`own`), and the chain must end in the spec's (resolved) base image, itself
- * inside the roots.
+ * inside the roots, or (a disk restored from a snapshot's layers, disk-chain.ts) in a layer 0 in
+ * that directory.
  */
+import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { VnsnapError } from '../../../proto/core/errors';
 import { checkQemuExtra } from '../../../proto/specs/qemu-extra';
@@ -63,7 +65,8 @@ export async function checkBackingChain(field: string, disk: string, roots: Imag
     const file = img.filename ?? '';
     if (!file.startsWith('/')) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: backing file ${JSON.stringify(file.slice(0, 96))} is not a plain absolute path`);
     const last = i === chain.length - 1;
-    if (own && !last) await roots.resolveOwn(`${field}: backing file`, file, own.dir);
+    // A restored chain's base is its layer 0, copied from the store into the VM's own directory.
+    if (own && (!last || path.dirname(file) === own.dir)) await roots.resolveOwn(`${field}: backing file`, file, own.dir);
     else {
       const real = await roots.resolve(`${field}: backing file`, file);
       if (own && real !== own.base) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field}: the chain ends in ${JSON.stringify(real)}, not in the spec's image ${JSON.stringify(own.base)}`);

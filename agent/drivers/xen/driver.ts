@@ -269,13 +269,15 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
       await fsp.writeFile(tmp, await store.get(image.memory.path));
       file = tmp;
     }
-    if (image.disk) {
+    // A Xen guest's disk is one whole-disk artefact (docs/xen.md).
+    const wholeDisk = image.disks[0];
+    if (wholeDisk) {
       if (!disk) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the snapshot has a disk but the VM's config has no file-backed disk`);
       // The restored domain's config (inside the image) names the original disk path: put the
       // disk as of the cut back there.
-      const src = store instanceof LocalDirStore ? store.resolve(image.disk.path) : undefined;
+      const src = store instanceof LocalDirStore ? store.resolve(wholeDisk.path) : undefined;
       if (src) await this.host.snapshotDisk('file', src, disk.path);
-      else await fsp.writeFile(disk.path, await store.get(image.disk.path));
+      else await fsp.writeFile(disk.path, await store.get(wholeDisk.path));
     }
     let vm: XenVm;
     try {

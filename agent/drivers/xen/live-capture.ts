@@ -316,7 +316,7 @@ export class LiveCapture extends XenJob {
         const memory = await (this.writer as ArtefactWriter).commit();
         this.committed.push(memory);
         const disk = await this.persistDisk();
-        return { memory, ...(disk ? { disk } : {}) };
+        return { memory, disks: disk ? [disk] : [] };
       } catch (e) {
         await this.writer?.abort().catch(() => undefined);
         await this.deletePartials();

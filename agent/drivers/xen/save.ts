@@ -90,7 +90,7 @@ export class SaveCheckpoint extends XenJob {
         }
         this.committed.push(memory);
         const disk = await this.persistDisk();
-        return { memory, ...(disk ? { disk } : {}) };
+        return { memory, disks: disk ? [disk] : [] };
       } finally {
         await fsp.rm(this.file, { force: true });
         this.driver.jobEnded(this.xvm, this);

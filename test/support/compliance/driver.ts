@@ -107,7 +107,7 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
         await sleep(50);
         assert.equal(t.driver.status(spec.id), 'running');
         await t.driver.stop(spec.id);
-        const h = await t.driver.restore(spec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, t.store, ctx(spec));
+        const h = await t.driver.restore(spec, { memory: img.memory, disks: img.disks }, t.store, ctx(spec));
         assert.equal(h.ports.length, spec.macs.length);
         assert.equal(t.driver.status(spec.id), 'paused');
         assert.equal(await t.fingerprint(spec.id), fp, 'restored state = state at the pause instant');
