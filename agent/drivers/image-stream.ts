@@ -27,8 +27,12 @@ import * as net from 'node:net';
 import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
-/** Largest single write into the store: socket reads (64 KiB each) are joined up to this. */
-const WRITE_BATCH = 4 * 1024 * 1024;
+/**
+ * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A
+ * content-addressed store chunks and hashes a write in one go on the event loop (about 5–10 ms
+ * per MiB here), and the job's QMP events wait behind it: 4 MiB writes held the loop for 40–90 ms.
+ */
+const WRITE_BATCH = 1024 * 1024;
 
 export interface StreamIntoStoreOptions {
   /** Bytes read from the socket that may wait for the store before the socket is paused. */
