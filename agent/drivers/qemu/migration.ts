@@ -39,7 +39,7 @@
 import * as fsp from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
-import { describeError, VnsnapError } from '../../../proto/core/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutReport, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
@@ -163,9 +163,11 @@ export class QemuJob extends DriverJob {
     const w = await this.opts.store.create(this.memPath);
     this.memWriter = w;
     this.writers.push(w);
-    this.stream = await StreamIntoStore.listen(this.memSock, w, { bufferBytes: this.o.streamBufferBytes, what: `memory image of ${this.vm}` });
-    this.stream.ended.catch((e: Error) => {
-      if (this.phase === 'precopy' && !this.latch.isSet) this.latch.fail(e); // a store failing before ready
+    const st = await StreamIntoStore.listen(this.memSock, w, { bufferBytes: this.o.streamBufferBytes, what: `memory image of ${this.vm}` });
+    this.stream = st;
+    st.ended.catch((e: Error) => {
+      // A store failing before ready fails `ready` (a stream this job dropped itself does not).
+      if (this.stream === st && !isVnsnapError(e, 'ERR_SNAPSHOT_ABORTED') && this.phase === 'precopy') this.latch.fail(e);
     });
   }
 
