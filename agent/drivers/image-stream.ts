@@ -28,11 +28,14 @@ import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
- * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A
- * content-addressed store chunks and hashes a write in one go on the event loop (about 5–10 ms
- * per MiB here), and the job's QMP events wait behind it: 4 MiB writes held the loop for 40–90 ms.
+ * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A store
+ * hashes (and a content-addressed one chunks) a write in one go on the event loop — about 5–10 ms
+ * per MiB here for the content-addressed store — and the job's QMP events wait behind it: 4 MiB
+ * writes held the loop for 40–90 ms. Between two writes the pump yields to the event loop
+ * (setImmediate), since a store whose write() resolves without I/O would otherwise run the whole
+ * buffer through in one go.
  */
-const WRITE_BATCH = 1024 * 1024;
+const WRITE_BATCH = 512 * 1024;
 
 export interface StreamIntoStoreOptions {
   /** Bytes read from the socket that may wait for the store before the socket is paused. */
@@ -127,6 +130,7 @@ export class StreamIntoStore {
         while (this.pending.length > 0 && !this.discarding && !this.failure) {
           const batch = this.takeBatch();
           await this.writer.write(batch);
+          await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
           this.queued -= batch.length;
           if (this.conn?.isPaused() && this.queued < this.o.bufferBytes / 2) this.conn.resume();
         }
