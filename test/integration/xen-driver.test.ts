@@ -12,7 +12,11 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { CutReport, VmStartSpec } from '../../agent/drivers/driver';
+import { isVnsnapError } from '../../proto/core/errors';
+import { chunkKey } from '../../proto/store/cas-index';
+import { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore, type ArtefactWriter, type SnapshotStore } from '../../proto/store/local-dir';
+import { LocalObjects } from '../../proto/store/local-objects';
 import { nativeRelayPath, xenConfig, XenDriver, xenNames } from '../../agent/drivers/xen/driver';
 import { XlHost } from '../../agent/drivers/xen/xl';
 import { checkXenConfig } from '../../proto/specs/xen-config';
@@ -20,6 +24,7 @@ import { LIBXC_REC, LIBXL_REC, scanXenImage, XenStreamParser, XenStreamWriter as
 import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { driverCompliance } from '../support/compliance/driver';
 import { sleep, until } from '../support/wait';
+import { MemoryObjects } from '../support/memory-objects';
 import { FakeXenHost } from '../xen/fake-xen-host';
 
 function stream(passes: number[][]): Buffer {
@@ -82,10 +87,19 @@ describe('xen config', () => {
 });
 
 let host: FakeXenHost;
-driverCompliance('xen (fake toolstack)', async () => {
+for (const kind of ['cas', 'files'] as const)
+driverCompliance(`xen (fake toolstack, ${kind} store)`, async () => {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vnxen-unit-'));
-  const store = new LocalDirStore(path.join(dir, 'store'));
-  await store.init();
+  let store: SnapshotStore;
+  if (kind === 'cas') {
+    const objects = new LocalObjects(path.join(dir, 'store'));
+    await objects.init();
+    store = new CasStore(objects);
+  } else {
+    const files = new LocalDirStore(path.join(dir, 'store'));
+    await files.init();
+    store = files;
+  }
   host = new FakeXenHost({ pages: 96, dirtyPerTick: 2 });
   const driver = new XenDriver({
     host,
@@ -283,6 +297,34 @@ describe('xen driver (fake toolstack): specifics', () => {
     await driver.restore(spec(`type="pv"\ndisk = [ 'format=raw, vdev=xvda, target=${disk}' ]\n`), img, store, ctx);
     assert.equal(await fsp.readFile(disk, 'utf8'), 'before');
     assert.equal(driver.status('v/a'), 'paused');
+  });
+
+  it("restores from a content-addressed store through a temporary file; a corrupt chunk fails with the store's ERR_CHECKSUM before xl restore, no file left", async () => {
+    const objects = new MemoryObjects();
+    const cas = new CasStore(objects, { chunker: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 } });
+    await driver.start(spec('type="pv"\n'), ctx);
+    const job = await driver.snapshot('v/a', { snapshotId: 's', epoch: 1, mode: 'precopy', store: cas, prefix: 'snapshots/s/' });
+    await job.ready;
+    await job.cut(() => Promise.resolve());
+    const img = await job.durable();
+    await driver.stop('v/a');
+    const idx = await cas.index(img.memory.path);
+    const bad = idx?.chunks[Math.floor((idx?.chunks.length ?? 0) / 2)];
+    assert.ok(bad && (idx?.chunks.length ?? 0) > 3, 'an image of several chunks');
+    const good = await objects.get(chunkKey(bad.sha256));
+    objects.corrupt(chunkKey(bad.sha256));
+    const restores = (): number => fake.calls.filter((c) => c.startsWith('restore -p')).length;
+    let err: unknown;
+    await driver.restore(spec('type="pv"\n'), img, cas, ctx).catch((e: unknown) => (err = e));
+    assert.ok(isVnsnapError(err, 'ERR_CHECKSUM'), `ERR_CHECKSUM, got ${String(err)}`);
+    assert.match(err.message, /^artefact snapshots\/s\/a\.xen: chunk \d+ of \d+ \([0-9a-f]{64}\) is corrupt/);
+    assert.equal(restores(), 0, 'xl restore never ran');
+    assert.deepEqual((await fsp.readdir(path.join(dir, 'work'))).filter((f) => f.startsWith('.restore-')), [], 'no temporary image left');
+    await objects.put(chunkKey(bad.sha256), good);
+    await driver.restore(spec('type="pv"\n'), img, cas, ctx);
+    assert.equal(restores(), 1);
+    assert.equal(driver.status('v/a'), 'paused');
+    assert.deepEqual((await fsp.readdir(path.join(dir, 'work'))).filter((f) => f.startsWith('.restore-')), [], 'the temporary image is removed once the domain is up');
   });
 
   it('refuses a VM without an xl config', async () => {

@@ -195,8 +195,3 @@ export function qemuCmdline(c: CmdlineInput): string[] {
   if (c.incoming) args.push('-S', '-incoming', 'defer');
   return args;
 }
-
-/** Single-quote for /bin/sh (QEMU runs exec: URIs through sh -c). */
-export function shQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}

@@ -18,8 +18,8 @@
  * chain) and from then on use only the resolved paths.
  *
  * Restore: the same command line + -S -incoming defer, the disk on a new overlay over the
- * snapshot's layers rebuilt as a chain (disk-chain.ts), migrate-incoming exec:cat FILE; the VM is
- * left paused; resume = cont.
+ * snapshot's layers rebuilt as a chain (disk-chain.ts), the memory image streamed from the store
+ * into QEMU's incoming migration (incoming.ts); the VM is left paused; resume = cont.
  *
  * Disks (docs/qemu.md "Where disks live"): each VM's qcow2 chain is in its own directory under
  * disksDir (../disk-dir.ts), not in the tmpfs instance directory. stop() quits QEMU cleanly (QMP
@@ -37,18 +37,19 @@ import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDr
 import { silentLogger, type Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
-import { LocalDirStore, sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
+import { sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
-import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, shQuote, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
+import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
 import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
-import { MiB, qemuImg, QemuVm, type MigrationInfo, type QemuDriverOptions, type QemuOptions } from './process';
+import { MiB, qemuImg, QemuVm, type QemuDriverOptions, type QemuOptions } from './process';
+import { loadMemory } from './incoming';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
 import { openTapPort, removeVmVeth } from './vm-veth';
@@ -102,6 +103,7 @@ export class QemuDriver implements HypervisorDriver {
       cutDowntimeMs: opts.cutDowntimeMs ?? 100,
       cutEscalateMs: opts.cutEscalateMs ?? 1500,
       progressMs: opts.progressMs ?? 100,
+      streamBufferBytes: opts.streamBufferBytes ?? 32 * MiB,
       startTimeoutMs: opts.startTimeoutMs ?? 15_000,
       imageRoots: opts.imageRoots ?? DEFAULT_IMAGE_ROOTS,
       scope: opts.scope ?? 'auto',
@@ -347,27 +349,13 @@ export class QemuDriver implements HypervisorDriver {
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
     const { vm, nics } = await this.prepare(spec, ctx, false, image);
     try {
-      // Memory: read in place from a local store, else copied out first.
-      let memPath: string;
-      if (store instanceof LocalDirStore) memPath = store.resolve(image.memory.path);
-      else {
-        memPath = `${vm.files.dir}/restore.mem`;
-        await fsp.writeFile(memPath, await store.get(image.memory.path));
-      }
       // The disk: its layers rebuilt as a chain in the VM's directory under a new overlay (disk-chain.ts).
       if (vm.hasDisk) vm.diskChain = await restoreDisk({ vm: spec.name, disks: image.disks, store, dir: vm.files.diskDir, disk0: vm.files.disk0, roots: this.roots, qemuImg: (args) => this.qemuImg(args) });
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
       const q = vm.q();
       const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
       await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
-      const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed', 120_000);
-      await q.execute('migrate-incoming', { uri: `exec:cat ${shQuote(memPath)}` });
-      const ev = await done;
-      if (ev.data.status !== 'completed') {
-        const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
-        throw new VnsnapError('ERR_DRIVER', `loading ${image.memory.path} into ${spec.id} failed: ${info['error-desc'] ?? ''} ${vm.stderr()}`.trim());
-      }
-      if (memPath === `${vm.files.dir}/restore.mem`) await fsp.rm(memPath, { force: true });
+      await loadMemory(vm, image.memory.path, store.read(image.memory.path));
       await vm.refreshStatus();
       if (vm.status === 'running') await q.execute('stop');
       await vm.refreshStatus();

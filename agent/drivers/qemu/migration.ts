@@ -1,13 +1,22 @@
 /**
  * A QEMU snapshot job: the migration stream (memory and device state) and the cut, with the disk
- * side in disk-overlay.ts and the store copy through job.ts's fileToStore.
+ * side in disk-overlay.ts.
+ *
+ * The stream goes straight into the store (../image-stream.ts): QEMU migrates to `unix:SOCK`, a
+ * socket in the instance directory the job listens on, and what it sends is written into the
+ * artefact's writer as it arrives (a bounded buffer of streamBufferBytes between them; the
+ * socket is paused above it, which holds QEMU back). The artefact is committed once QEMU
+ * reported MIGRATION completed and the stream reached its end with every byte written; its
+ * size and SHA-256 are the writer's. The socket and writer are made at begin (precopy: with
+ * each migrate), outside the pause.
  *
  * Snapshot, background mode (the cut, in the agent's order):
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
  *   cut:   stop ─► atPause() ─► blockdev-snapshot (the overlay made and attached at begin) ─►
- *          migrate exec:cat > mem ─► QEMU resumes the VM itself (RESUME event)
- *   durable: MIGRATION completed ─► the stream file and the frozen disk go into the store
+ *          migrate unix:SOCK ─► QEMU resumes the VM itself (RESUME event)
+ *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
+ *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's):
  *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
  *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
@@ -19,22 +28,23 @@
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
  * The pause is measured from QEMU's own STOP and RESUME event timestamps.
- * Abort: migrate_cancel (but a background stream already under way is left to end: cancelling
- * one can hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back
- * into the frozen image (active commit) and delete it, delete every partial file and artefact.
+ * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
+ * migrate_cancel (but a background stream already under way is left to end: cancelling one can
+ * hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back into the
+ * frozen image (active commit) and delete it, abort the writers, close the socket, delete every
+ * committed artefact: nothing of the job stays in the store.
  * `ready` follows driver.ts's contract (ReadyLatch): set at ready, released by abort(), rejected
  * when QEMU reports the pre-copy failed before it was ready.
  */
-import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
-import { describeError, VnsnapError } from '../../../proto/core/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
-import { shQuote } from './cmdline';
+import { StreamIntoStore } from '../image-stream';
 import { DiskOverlay } from './disk-overlay';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
@@ -49,9 +59,11 @@ function capsFor(mode: SnapshotModeName): Set<string> {
 export class QemuJob extends DriverJob {
   private isReady = false;
   private phase: JobPhase = 'precopy';
-  readonly memFile: string;
-  /** Files the migration's `cat` creates once it has written its last byte (one per migrate). */
-  private doneFiles: string[] = [];
+  /** The socket QEMU migrates into (one at a time: a pre-copy restart makes a new one). */
+  readonly memSock: string;
+  /** The current migration's stream into the store, and its writer. */
+  private stream: StreamIntoStore | undefined;
+  private memWriter: ArtefactWriter | undefined;
   private readonly disk: DiskOverlay;
   private committed: StoredArtefact[] = [];
   private writers: ArtefactWriter[] = [];
@@ -78,7 +90,7 @@ export class QemuJob extends DriverJob {
     super();
     this.vmObj.snapSerial++;
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
-    this.memFile = `${vmObj.files.dir}/mem-e${opts.epoch}-${vmObj.snapSerial}.img`;
+    this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
     this.bandwidth = o.precopyBandwidth;
   }
 
@@ -141,32 +153,40 @@ export class QemuJob extends DriverJob {
     this.onMigration = undefined;
   }
 
-  /**
-   * The migration URI: `cat` into the memory file, then a marker file. QEMU emits MIGRATION
-   * completed before it closes the pipe, so `cat` may still hold the stream's tail (the device
-   * state) when the event arrives: the image is complete only once the marker exists.
-   */
+  private get memPath(): string {
+    return `${this.opts.prefix}${this.vmObj.spec.name}.mem`;
+  }
+
+  /** A new writer and a socket for the next migrate (outside the pause); any previous stream is dropped. */
+  private async openStream(): Promise<void> {
+    await this.closeStream();
+    const w = await this.opts.store.create(this.memPath);
+    this.memWriter = w;
+    this.writers.push(w);
+    const st = await StreamIntoStore.listen(this.memSock, w, { bufferBytes: this.o.streamBufferBytes, what: `memory image of ${this.vm}` });
+    this.stream = st;
+    st.ended.catch((e: Error) => {
+      // A store failing before ready fails `ready` (a stream this job dropped itself does not).
+      if (this.stream === st && !isVnsnapError(e, 'ERR_SNAPSHOT_ABORTED') && this.phase === 'precopy') this.latch.fail(e);
+    });
+  }
+
+  /** Drop the current stream (its bytes go nowhere from now on, QEMU is not blocked) and its writer. */
+  private async closeStream(): Promise<void> {
+    const st = this.stream;
+    const w = this.memWriter;
+    this.stream = undefined;
+    this.memWriter = undefined;
+    st?.discard();
+    await st?.drained(5000); // let QEMU finish or drop its side first: it sees no broken pipe
+    await st?.close();
+    await w?.abort();
+  }
+
+  /** The migration URI of the current stream. */
   private migrateUri(): string {
-    const done = `${this.memFile}.done${this.doneFiles.length}`;
-    this.doneFiles.push(done);
-    return `exec:cat > ${shQuote(this.memFile)} && : > ${shQuote(done)}`;
-  }
-
-  /** After MIGRATION completed: wait until the current migration's `cat` has exited. */
-  private async streamWritten(): Promise<void> {
-    const done = this.doneFiles[this.doneFiles.length - 1];
-    if (done === undefined) return;
-    const end = performance.now() + 60_000;
-    while (!fs.existsSync(done)) {
-      if (this.vmObj.exited && !fs.existsSync(done)) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} exited before its memory image was written`);
-      if (performance.now() > end) throw new VnsnapError('ERR_TIMEOUT', `memory image of ${this.vm}: the writer did not finish within 60 s of the migration's end`);
-      await sleep(5);
-    }
-  }
-
-  private async removeStreamFiles(): Promise<void> {
-    await fsp.rm(this.memFile, { force: true });
-    for (const f of this.doneFiles) await fsp.rm(f, { force: true });
+    if (!this.stream) throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no memory stream open`);
+    return this.stream.uri;
   }
 
   /** A promise for the end of the current migration: resolves on completed, rejects on failed/cancelled or QEMU's death. */
@@ -197,6 +217,7 @@ export class QemuJob extends DriverJob {
     await this.disk.prepare();
     this.listen();
     if (this.opts.mode === 'background') {
+      await this.openStream();
       await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
       this.isReady = true;
       this.latch.set();
@@ -208,6 +229,7 @@ export class QemuJob extends DriverJob {
   private async startPrecopy(): Promise<void> {
     const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
     await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
+    await this.openStream();
     this.migrationDone = this.watchCompletion();
     await this.q.execute('migrate', { uri: this.migrateUri() });
     this.iteration = 0;
@@ -256,11 +278,11 @@ export class QemuJob extends DriverJob {
     this.log.info({ restarts: this.restarts }, 'pre-copy converged before the cut; restarting it');
     try {
       const cancelled = this.migrationDone?.catch(() => undefined);
+      this.stream?.discard();
       await this.q.execute('migrate_cancel');
       await cancelled;
       if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
       if ((this.phase as JobPhase) !== 'precopy') return;
-      await fsp.rm(this.memFile, { force: true });
       this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
       this.isReady = false;
       await this.startPrecopy();
@@ -458,10 +480,7 @@ export class QemuJob extends DriverJob {
     try {
       await this.migrationDone;
       this.unlisten();
-      await this.streamWritten();
-      if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
-      const memory = await this.copyIn(this.memFile, `${this.opts.prefix}${name}.mem`);
-      await this.removeStreamFiles();
+      const memory = await this.commitStream();
       let disks: DiskArtefact[] = [];
       if (this.disk.frozen) {
         // The disk as layers: the frozen top over the previous snapshot's (linked), or a full image (disk-layers.ts).
@@ -481,9 +500,36 @@ export class QemuJob extends DriverJob {
     } catch (e) {
       if ((this.phase as JobPhase) !== 'aborted') this.phase = 'failed';
       for (const w of this.writers) await w.abort();
-      await this.removeStreamFiles();
+      await this.closeStream();
       throw e;
     }
+  }
+
+  /**
+   * After MIGRATION completed: QEMU emits it before it closes the socket, so the stream's tail
+   * (the device state) may still be on its way; the artefact is committed at the stream's end.
+   */
+  private async commitStream(): Promise<StoredArtefact> {
+    const st = this.stream;
+    const w = this.memWriter;
+    if (!st || !w) throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no memory stream open`);
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new VnsnapError('ERR_TIMEOUT', `memory image of ${this.vm}: the stream did not end within 60 s of the migration's end`)), 60_000);
+    });
+    try {
+      await Promise.race([st.ended, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+    const a = await w.commit();
+    this.committed.push(a);
+    this.log.debug({ bytes: a.size, peakBufferedBytes: st.peakQueued }, 'memory image committed');
+    this.stream = undefined;
+    this.memWriter = undefined;
+    await st.close();
+    return a;
   }
 
   private async copyIn(file: string, rel: string): Promise<StoredArtefact> {
@@ -502,6 +548,7 @@ export class QemuJob extends DriverJob {
     this.preSwitchover = undefined;
     await this.restarting;
     const heldByQemu = this.migrationStatus === 'pre-switchover';
+    this.stream?.discard(); // QEMU must never wait on a stream nobody will keep
     if (was === 'writing' && this.opts.mode === 'background') {
       // Never migrate_cancel a background snapshot: on QEMU 7.2 under TCG it hung QEMU's main
       // loop in about 1 run of 3 (no QMP reply, VM lost; docs/qemu.md). The VM is running and
@@ -521,8 +568,8 @@ export class QemuJob extends DriverJob {
     await this.disk.drop();
     this.unlisten();
     for (const w of this.writers) await w.abort();
+    await this.closeStream();
     for (const a of this.committed) await this.opts.store.delete(a.path);
-    await this.removeStreamFiles();
     if (this.vmObj.job === this) this.vmObj.job = undefined;
   }
 }

@@ -4,8 +4,9 @@
  *
  * Instance directory (driver option workDir, one directory per VM instance, on tmpfs; keep it
  * short: unix socket paths are limited to 107 bytes): qmp.sock, console.log, qemu.stderr,
- * net<i>.sock (stream NICs), channel.sock (extra.channel), mem-e<k>.img (the migration stream
- * being written). Removed when the VM stops.
+ * net<i>.sock (stream NICs), channel.sock (extra.channel), mig<n>.sock (a snapshot's migration
+ * stream, QEMU its client), inc.sock (a restore's incoming stream, QEMU its server). Removed when
+ * the VM stops.
  *
  * Disk directory (driver option disksDir, `<stateDir>/disks/<vne>_<vm>/`, persistent storage;
  * ../disk-dir.ts): the VM's writable qcow2 chain: disk0.qcow2 (the overlay over the spec's base
@@ -77,6 +78,11 @@ export interface QemuDriverOptions {
   /** downtime-limit at the cut (ms, default 100); raised ×4 every cutEscalateMs without a switchover. */
   cutDowntimeMs?: number;
   cutEscalateMs?: number;
+  /**
+   * Bytes of the migration stream that may wait for the store before the socket is paused and
+   * QEMU held back (default 32 MiB; docs/qemu.md "How the stream reaches the store").
+   */
+  streamBufferBytes?: number;
   /** query-migrate period during pre-copy (default 100 ms). */
   progressMs?: number;
   /** QMP monitor must answer within this after spawn (default 15 s). */

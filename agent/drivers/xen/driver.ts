@@ -26,6 +26,7 @@ import { VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-dir';
+import { streamToFile } from '../image-stream';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { PauseQuiet, type XenJobHost, type XenVm } from './job-base';
 import { LiveCapture } from './live-capture';
@@ -261,14 +262,18 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
     const names = xenNames(spec.id, spec.macs.length);
     const disk = spec.driver.xen?.config ? (await this.config(spec, names.domName, true)).disk : undefined;
     await fsp.mkdir(this.workDir, { recursive: true });
-    let file: string;
-    let tmp: string | undefined;
-    if (store instanceof LocalDirStore) file = store.resolve(image.memory.path);
-    else {
-      tmp = path.join(this.workDir, `.restore-${randomBytes(6).toString('hex')}`);
-      await fsp.writeFile(tmp, await store.get(image.memory.path));
-      file = tmp;
+    // `xl restore` reads a file: the image streamed into a temporary one (checked chunk by chunk
+    // by the store), removed once the domain is up or the restore failed.
+    const file = path.join(this.workDir, `.restore-${randomBytes(6).toString('hex')}`);
+    await streamToFile(store.read(image.memory.path), file);
+    try {
+      return await this.restoreFrom(spec, image, store, ctx, names, disk, file);
+    } finally {
+      await fsp.rm(file, { force: true });
     }
+  }
+
+  private async restoreFrom(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext, names: ReturnType<typeof xenNames>, disk: DiskRef | undefined, file: string): Promise<VmHandle> {
     // A Xen guest's disk is one whole-disk artefact (docs/xen.md).
     const wholeDisk = image.disks[0];
     if (wholeDisk) {
@@ -277,14 +282,9 @@ export class XenDriver implements HypervisorDriver, XenJobHost {
       // disk as of the cut back there.
       const src = store instanceof LocalDirStore ? store.resolve(wholeDisk.path) : undefined;
       if (src) await this.host.snapshotDisk('file', src, disk.path);
-      else await fsp.writeFile(disk.path, await store.get(wholeDisk.path));
+      else await streamToFile(store.read(wholeDisk.path), disk.path);
     }
-    let vm: XenVm;
-    try {
-      vm = await this.bringUp(spec, ctx, names.domName, 'paused', disk, () => this.host.restorePaused(file, names.domName));
-    } finally {
-      if (tmp) await fsp.rm(tmp, { force: true });
-    }
+    const vm = await this.bringUp(spec, ctx, names.domName, 'paused', disk, () => this.host.restorePaused(file, names.domName));
     ctx.log.info({ domain: names.domName, domid: vm.domid }, 'xen domain restored (paused)');
     return { name: spec.name, ports: vm.ports };
   }

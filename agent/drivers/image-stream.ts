@@ -1,0 +1,277 @@
+/**
+ * VM memory images moved between a hypervisor and the snapshot store as streams, never staged
+ * whole (no image file in the instance directory, no whole image in the agent's memory).
+ *
+ *   StreamIntoStore  save: a unix socket the hypervisor connects to (QEMU `migrate unix:PATH`);
+ *                    what it sends goes into an ArtefactWriter as it arrives, in order. Between
+ *                    the socket and the writer sits a bounded buffer (`bufferBytes`): the socket
+ *                    is read at once while less than that waits for the store, and paused above
+ *                    it — backpressure through the socket to the sender, so a store slower than
+ *                    the sender holds it back, but only once the buffer is full (a QEMU
+ *                    background snapshot's write-protect faults wait on its stream: docs/qemu.md).
+ *                    `ended` resolves once the sender closed the stream (EOF) and every byte
+ *                    was written into the writer; committing is the caller's (it also waits for
+ *                    the hypervisor to report success). discard() turns the stream into a sink
+ *                    that drops what arrives (an abort: the sender is never blocked, so it ends
+ *                    by itself). close() closes the socket and the listener and removes the
+ *                    socket file. One connection is accepted; a second one is refused.
+ *   feedSocket       restore: an artefact's chunks (store.read(): each checked before it is
+ *                    handed out) written into a unix socket the hypervisor listens on (QEMU
+ *                    `migrate-incoming unix:PATH`), honouring the socket's backpressure. A store
+ *                    error (ERR_CHECKSUM, ERR_DATA_LOSS, ...) destroys the socket (the hypervisor
+ *                    sees a truncated stream and fails its load) and is rethrown as it is.
+ *   streamToFile     restore into a file a tool needs whole (Xen's `xl restore`), chunk by chunk.
+ */
+import * as fsp from 'node:fs/promises';
+import * as net from 'node:net';
+import { VnsnapError } from '../../proto/core/errors';
+import type { ArtefactWriter } from '../../proto/store/snapshot-store';
+
+/**
+ * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A store
+ * hashes (and a content-addressed one chunks) a write in one go on the event loop — about 5–10 ms
+ * per MiB here for the content-addressed store — and the job's QMP events wait behind it: 4 MiB
+ * writes held the loop for 40–90 ms. Between two writes the pump yields to the event loop
+ * (setImmediate), since a store whose write() resolves without I/O would otherwise run the whole
+ * buffer through in one go.
+ */
+const WRITE_BATCH = 512 * 1024;
+
+export interface StreamIntoStoreOptions {
+  /** Bytes read from the socket that may wait for the store before the socket is paused. */
+  bufferBytes: number;
+  /** Names the stream in errors ("memory image of vm1"). */
+  what: string;
+}
+
+export class StreamIntoStore {
+  private conn: net.Socket | undefined;
+  private pending: Buffer[] = [];
+  private queued = 0;
+  private pumping = false;
+  private eof = false;
+  private discarding = false;
+  private failure: Error | undefined;
+  private settle!: { resolve: () => void; reject: (e: Error) => void };
+  /** Resolves at EOF once every byte is in the writer; rejects on a socket or store failure. */
+  readonly ended: Promise<void>;
+  /** Bytes received from the sender. */
+  received = 0;
+  /** The most bytes that waited for the store at once. */
+  peakQueued = 0;
+
+  private constructor(
+    private readonly server: net.Server,
+    readonly sockPath: string,
+    private readonly writer: ArtefactWriter,
+    private readonly o: StreamIntoStoreOptions,
+  ) {
+    this.ended = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+    this.ended.catch(() => undefined);
+    server.on('connection', (c) => this.onConnection(c));
+  }
+
+  /** Listen on `sockPath` (a stale file there is replaced); the stream goes into `writer`. */
+  static async listen(sockPath: string, writer: ArtefactWriter, o: StreamIntoStoreOptions): Promise<StreamIntoStore> {
+    await fsp.rm(sockPath, { force: true });
+    const server = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(sockPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    server.on('error', () => undefined);
+    return new StreamIntoStore(server, sockPath, writer, o);
+  }
+
+  /** The QEMU migration URI of this stream. */
+  get uri(): string {
+    return `unix:${this.sockPath}`;
+  }
+
+  /** Bytes waiting for the store now. */
+  get buffered(): number {
+    return this.queued;
+  }
+
+  private onConnection(c: net.Socket): void {
+    if (this.conn) {
+      c.destroy();
+      return;
+    }
+    this.conn = c;
+    c.on('data', (chunk: Buffer) => {
+      this.received += chunk.length;
+      if (this.discarding || this.failure) return;
+      this.pending.push(chunk);
+      this.queued += chunk.length;
+      this.peakQueued = Math.max(this.peakQueued, this.queued);
+      if (this.queued >= this.o.bufferBytes) c.pause();
+      this.pump();
+    });
+    c.on('end', () => {
+      this.eof = true;
+      this.pump();
+    });
+    c.on('error', (e) => this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: the stream broke after ${this.received} bytes: ${e.message}`, { cause: e })));
+    c.on('close', () => {
+      if (!this.eof) this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: the stream was closed after ${this.received} bytes without its end`));
+    });
+  }
+
+  /** Write the queue into the store in order, one batch at a time; resolve `ended` at EOF. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    void (async () => {
+      try {
+        while (this.pending.length > 0 && !this.discarding && !this.failure) {
+          const batch = this.takeBatch();
+          await this.writer.write(batch);
+          await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
+          this.queued -= batch.length;
+          if (this.conn?.isPaused() && this.queued < this.o.bufferBytes / 2) this.conn.resume();
+        }
+      } catch (e) {
+        this.fail(e as Error);
+      } finally {
+        this.pumping = false;
+      }
+      if (this.failure) return;
+      if (this.pending.length > 0 && !this.discarding) this.pump();
+      else if (this.eof) this.settle.resolve();
+    })();
+  }
+
+  private takeBatch(): Buffer {
+    let n = 0;
+    let k = 0;
+    while (k < this.pending.length && (k === 0 || n + (this.pending[k] as Buffer).length <= WRITE_BATCH)) n += (this.pending[k++] as Buffer).length;
+    const parts = this.pending.splice(0, k);
+    return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
+  }
+
+  private fail(e: Error): void {
+    if (this.failure || (this.eof && this.pending.length === 0 && !this.pumping)) return;
+    this.failure = e;
+    this.dropQueue();
+    this.settle.reject(e);
+  }
+
+  private dropQueue(): void {
+    this.pending = [];
+    this.queued = 0;
+    this.conn?.resume(); // keep reading (and dropping): the sender is never left blocked
+  }
+
+  /** From now on drop what arrives (an abort); `ended` then rejects with ERR_SNAPSHOT_ABORTED. */
+  discard(): void {
+    if (this.discarding) return;
+    this.discarding = true;
+    this.dropQueue();
+    this.fail(new VnsnapError('ERR_SNAPSHOT_ABORTED', `${this.o.what}: aborted`));
+  }
+
+  /**
+   * Until the sender closed its end (or `timeoutMs`): an aborted stream is drained, not cut, so
+   * the sender ends by itself. Resolves either way.
+   */
+  async drained(timeoutMs: number): Promise<void> {
+    const c = this.conn;
+    if (!c || c.readableEnded || c.destroyed) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, timeoutMs);
+      c.once('close', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
+  /** Close the connection and the listener, remove the socket file (idempotent). */
+  async close(): Promise<void> {
+    this.conn?.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await fsp.rm(this.sockPath, { force: true });
+  }
+}
+
+/** feedSocket's receiver closed or broke the stream (ERR_DRIVER): the receiver knows why. */
+export class ReceiverGone extends VnsnapError {
+  constructor(message: string, cause: unknown) {
+    super('ERR_DRIVER', message, { cause });
+  }
+}
+
+/**
+ * Write `source` into the unix socket at `sockPath` and end it; resolves with the bytes sent once
+ * every byte is handed to the kernel. A failure of `source` (the store's typed error) destroys
+ * the socket and is rethrown unchanged; a socket failure is ReceiverGone naming `what`.
+ */
+export async function feedSocket(source: AsyncIterable<Buffer>, sockPath: string, what: string): Promise<number> {
+  const sock = net.connect(sockPath);
+  let sent = 0;
+  let broken: Error | undefined;
+  const brokenWith = (e: Error): Error => new ReceiverGone(`${what}: the receiver closed the stream after ${sent} bytes: ${e.message}`, e);
+  const closed = new Promise<void>((resolve, reject) => {
+    sock.on('error', (e) => {
+      broken = brokenWith(e);
+      reject(broken);
+    });
+    sock.on('close', () => resolve());
+  });
+  closed.catch(() => undefined);
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', resolve);
+    closed.then(() => reject(broken ?? brokenWith(new Error('closed before connecting'))), reject);
+  });
+  try {
+    for await (const chunk of source) {
+      if (broken) throw broken;
+      sent += chunk.length;
+      if (!sock.write(chunk)) {
+        await new Promise<void>((resolve, reject) => {
+          const onDrain = (): void => {
+            sock.off('close', onClose);
+            resolve();
+          };
+          const onClose = (): void => {
+            sock.off('drain', onDrain);
+            reject(broken ?? brokenWith(new Error('closed')));
+          };
+          sock.once('drain', onDrain);
+          sock.once('close', onClose);
+        });
+      }
+    }
+  } catch (e) {
+    sock.destroy();
+    throw e;
+  }
+  // Done once every byte is handed to the kernel (the receiver holds them): the receiver closes
+  // its end when it is done with the stream, which the caller learns from the receiver itself.
+  await Promise.race([new Promise<void>((resolve) => sock.end(resolve)), closed.then(() => {
+    if (!sock.writableFinished) throw broken ?? brokenWith(new Error('closed'));
+  })]);
+  return sent;
+}
+
+/** Write `source` into a new file `file` (mode 0600), chunk by chunk; the file is removed on failure. */
+export async function streamToFile(source: AsyncIterable<Buffer>, file: string): Promise<number> {
+  const h = await fsp.open(file, 'wx', 0o600);
+  let n = 0;
+  try {
+    for await (const chunk of source) {
+      await h.write(chunk);
+      n += chunk.length;
+    }
+    await h.close();
+  } catch (e) {
+    await h.close().catch(() => undefined);
+    await fsp.rm(file, { force: true });
+    throw e;
+  }
+  return n;
+}

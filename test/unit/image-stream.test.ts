@@ -1,0 +1,276 @@
+/**
+ * image-stream.ts over real unix sockets in a temporary directory (named vnis-*, removed after
+ * each test): the save side (a sender into a store writer through the bounded buffer), the
+ * restore side (a store's chunks into a listening receiver), and streamToFile.
+ */
+import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { feedSocket, ReceiverGone, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
+import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
+import { CasStore } from '../../proto/store/cas-store';
+import type { ArtefactWriter, StoredArtefact } from '../../proto/store/snapshot-store';
+import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { until } from '../support/wait';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+/** A writer whose write() resolves only when the test lets it (one gate per write). */
+class GatedWriter implements ArtefactWriter {
+  readonly path = 'snapshots/s/vm.mem';
+  readonly parts: Buffer[] = [];
+  private gates: (() => void)[] = [];
+  hold = false;
+  failWith: Error | undefined;
+  aborted = false;
+
+  get bytes(): number {
+    return this.parts.reduce((n, p) => n + p.length, 0);
+  }
+
+  get waiting(): number {
+    return this.gates.length;
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.failWith) throw this.failWith;
+    if (this.hold) await new Promise<void>((r) => this.gates.push(r));
+    this.parts.push(Buffer.from(chunk));
+  }
+
+  release(): void {
+    this.hold = false;
+    for (const g of this.gates.splice(0)) g();
+  }
+
+  async commit(): Promise<StoredArtefact> {
+    const all = Buffer.concat(this.parts);
+    return { path: this.path, size: all.length, sha256: sha(all) };
+  }
+
+  async abort(): Promise<void> {
+    this.aborted = true;
+  }
+}
+
+/** Send `data` over a unix socket in 64 KiB writes honouring backpressure; resolves when all is written and ended. */
+function send(sockPath: string, data: Buffer): { sock: net.Socket; done: Promise<void> } {
+  const sock = net.connect(sockPath);
+  const done = new Promise<void>((resolve, reject) => {
+    sock.on('error', reject);
+    sock.once('connect', async () => {
+      for (let off = 0; off < data.length; off += 64 * KiB) {
+        if (!sock.write(data.subarray(off, off + 64 * KiB))) await new Promise((r) => sock.once('drain', r));
+      }
+      sock.end(resolve);
+    });
+  });
+  done.catch(() => undefined);
+  return { sock, done };
+}
+
+async function rejection(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (e) {
+    return isVnsnapError(e) ? `${e.code}: ${e.message}` : `untyped: ${(e as Error).message}`;
+  }
+  return 'resolved';
+}
+
+describe('image-stream: a memory image between a hypervisor socket and the store', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnis-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('save: every byte reaches a CasStore writer in order; the artefact commits with the stream size and SHA-256', async () => {
+    const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
+    const data = bytes(5 * MiB + 123, 7);
+    const w = await store.create('snapshots/s/vm.mem');
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });
+    try {
+      assert.equal(st.uri, `unix:${dir}/mig.sock`);
+      await send(st.sockPath, data).done;
+      await st.ended;
+      const a = await w.commit();
+      assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: data.length, sha256: sha(data) });
+      assert.deepEqual(await store.get('snapshots/s/vm.mem'), data);
+    } finally {
+      await st.close();
+    }
+    assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
+  });
+
+  it('save: a slow store holds the sender back only once the buffer is full (bounded memory), then lets it finish', async () => {
+    const w = new GatedWriter();
+    w.hold = true;
+    const bufferBytes = 512 * KiB;
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm' });
+    try {
+      const data = bytes(8 * MiB, 3);
+      const s = send(st.sockPath, data);
+      // The first batch waits in the store; the socket is paused once the buffer holds bufferBytes.
+      await until('the buffer fills', () => (st.buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      const stalledAt = st.received;
+      // The sender is held: nothing more than the kernel's socket buffers goes past the pause.
+      assert.ok(stalledAt < data.length, `the sender was held back (received ${stalledAt} of ${data.length})`);
+      assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
+      w.release();
+      await s.done;
+      await st.ended;
+      assert.deepEqual(Buffer.concat(w.parts), data);
+      assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
+    } finally {
+      await st.close();
+    }
+  });
+
+  it('save: discard() (an abort) drops the rest without blocking the sender; ended rejects ERR_SNAPSHOT_ABORTED', async () => {
+    const w = new GatedWriter();
+    w.hold = true;
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 256 * KiB, what: 'memory image of vm' });
+    try {
+      const data = bytes(6 * MiB, 4);
+      const s = send(st.sockPath, data);
+      await until('the buffer fills', () => (st.buffered >= 256 * KiB ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      st.discard();
+      await s.done; // the sender ends by itself although the store still holds its first write
+      await st.drained(10_000);
+      assert.equal(st.received, data.length);
+      assert.equal(await rejection(st.ended), 'ERR_SNAPSHOT_ABORTED: memory image of vm: aborted');
+      w.release();
+      assert.ok(w.bytes <= 4 * MiB, `at most the batch in flight was written (${w.bytes})`);
+    } finally {
+      await st.close();
+    }
+  });
+
+  it("save: a store failure rejects ended with the store's error and the sender still drains", async () => {
+    const w = new GatedWriter();
+    w.failWith = new VnsnapError('ERR_STORE_FULL', 'store full writing snapshots/s/vm.mem');
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 256 * KiB, what: 'memory image of vm' });
+    try {
+      const data = bytes(3 * MiB, 5);
+      const s = send(st.sockPath, data);
+      assert.equal(await rejection(st.ended), 'ERR_STORE_FULL: store full writing snapshots/s/vm.mem');
+      await s.done;
+    } finally {
+      await st.close();
+    }
+  });
+
+  it('save: one connection only (a second is refused); a unix stream closed early is an end: completeness is the hypervisor\'s to report', async () => {
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), new GatedWriter(), { bufferBytes: 256 * KiB, what: 'memory image of vm' });
+    try {
+      const first = net.connect(st.sockPath);
+      first.on('error', () => undefined);
+      await new Promise((r) => first.once('connect', r));
+      first.write(bytes(1000, 1));
+      await until('bytes arrive', () => (st.received === 1000 ? true : undefined), { timeoutMs: 5000, everyMs: 5 });
+      const second = net.connect(st.sockPath);
+      second.on('error', () => undefined);
+      await new Promise((r) => second.once('close', r)); // refused: closed by the listener
+      first.destroy();
+      assert.equal(await rejection(st.ended), 'resolved');
+      assert.equal(st.received, 1000);
+    } finally {
+      await st.close();
+    }
+  });
+
+  /** A receiver that collects what arrives, or closes after `closeAfter` bytes. */
+  async function receiver(sockPath: string, closeAfter = Infinity): Promise<{ server: net.Server; got: Promise<{ data: Buffer; ended: boolean }> }> {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(sockPath, r));
+    const got = new Promise<{ data: Buffer; ended: boolean }>((resolve) => {
+      server.once('connection', (c) => {
+        const parts: Buffer[] = [];
+        let n = 0;
+        c.on('error', () => undefined);
+        c.on('data', (b: Buffer) => {
+          parts.push(b);
+          n += b.length;
+          if (n >= closeAfter) {
+            c.destroy();
+            resolve({ data: Buffer.concat(parts), ended: false });
+          }
+        });
+        c.on('end', () => resolve({ data: Buffer.concat(parts), ended: true }));
+        c.on('close', () => resolve({ data: Buffer.concat(parts), ended: false }));
+      });
+    });
+    return { server, got };
+  }
+
+  it("restore: a store's artefact is fed into the receiver whole, from store.read()", async () => {
+    const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
+    const data = bytes(3 * MiB + 7, 9);
+    await store.put('snapshots/s/vm.mem', data);
+    const r = await receiver(path.join(dir, 'inc.sock'));
+    try {
+      assert.equal(await feedSocket(store.read('snapshots/s/vm.mem'), path.join(dir, 'inc.sock'), 'memory image'), data.length);
+      const got = await r.got;
+      assert.ok(got.ended, 'the receiver sees the end of the stream');
+      assert.deepEqual(got.data, data);
+    } finally {
+      r.server.close();
+    }
+  });
+
+  it("restore: a corrupt chunk fails the feed with the store's ERR_CHECKSUM, unchanged; the receiver gets only the good chunks before it", async () => {
+    const objects = new MemoryObjects();
+    const store = new CasStore(objects, { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
+    const data = bytes(2 * MiB, 11);
+    const a = await store.put('snapshots/s/vm.mem', data);
+    const idx = await store.index(a.path);
+    const bad = idx?.chunks[3];
+    assert.ok(bad);
+    objects.corrupt(`chunks/${bad.sha256.slice(0, 2)}/${bad.sha256}`);
+    const r = await receiver(path.join(dir, 'inc.sock'));
+    try {
+      const why = await rejection(feedSocket(store.read(a.path), path.join(dir, 'inc.sock'), 'memory image'));
+      assert.match(why, /^ERR_CHECKSUM: artefact snapshots\/s\/vm\.mem: chunk 4 of \d+ \([0-9a-f]{64}\) is corrupt/);
+      const got = await r.got;
+      const before = (idx?.chunks ?? []).slice(0, 3).reduce((n, c) => n + c.size, 0);
+      assert.deepEqual(got.data, data.subarray(0, before));
+    } finally {
+      r.server.close();
+    }
+  });
+
+  it('restore: a receiver that closes early is ReceiverGone (ERR_DRIVER), not a hang', async () => {
+    const r = await receiver(path.join(dir, 'inc.sock'), 100 * KiB);
+    async function* big(): AsyncIterable<Buffer> {
+      for (let i = 0; i < 64; i++) yield bytes(256 * KiB, i);
+    }
+    try {
+      let err: unknown;
+      await feedSocket(big(), path.join(dir, 'inc.sock'), 'memory image').catch((e: unknown) => (err = e));
+      assert.ok(err instanceof ReceiverGone, `ReceiverGone, got ${String(err)}`);
+      assert.match((err as Error).message, /^memory image: the receiver closed the stream after \d+ bytes: /);
+    } finally {
+      r.server.close();
+    }
+  });
+
+  it('streamToFile writes the chunks in order; a failing source leaves no file', async () => {
+    const f = path.join(dir, 'img');
+    async function* parts(fail: boolean): AsyncIterable<Buffer> {
+      yield Buffer.from('abc');
+      yield Buffer.from('def');
+      if (fail) throw new VnsnapError('ERR_DATA_LOSS', 'artefact x: chunk 3 of 3 is missing from the store');
+    }
+    assert.equal(await streamToFile(parts(false), f), 6);
+    assert.equal(fs.readFileSync(f, 'utf8'), 'abcdef');
+    const g = path.join(dir, 'img2');
+    assert.equal(await rejection(streamToFile(parts(true), g)), 'ERR_DATA_LOSS: artefact x: chunk 3 of 3 is missing from the store');
+    assert.equal(fs.existsSync(g), false);
+  });
+});
