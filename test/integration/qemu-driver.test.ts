@@ -23,14 +23,13 @@ import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kern
 import { driverCompliance } from '../support/compliance/driver';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { sleep, until } from '../support/wait';
+import { sweepVnqm, VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 import type { CutReport, SnapshotJob, SnapshotModeName, VmHandle, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { isVnsnapError } from '../../proto/core/errors';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 
-
-export const VNQM_ROOT_PREFIX = '/tmp/vnqm-test-';
 
 /** The stores every snapshot/restore case runs against: `dir` is the store's own (new) directory. */
 const STORES: { kind: 'cas' | 'files'; open(dir: string): Promise<SnapshotStore> }[] = [
@@ -51,45 +50,6 @@ const STORES: { kind: 'cas' | 'files'; open(dir: string): Promise<SnapshotStore>
     },
   },
 ];
-
-/** Kill QEMUs left by a crashed run (by their pid files), remove their directories and vnqm TAPs. */
-export function sweepVnqm(): void {
-  for (const d of fs.readdirSync('/tmp')) {
-    const root = `/tmp/${d}`;
-    if (!root.startsWith(VNQM_ROOT_PREFIX) || root === `${VNQM_ROOT_PREFIX}${process.pid}`) continue;
-    const pidAlive = Number(d.slice(VNQM_ROOT_PREFIX.length - 5));
-    if (Number.isInteger(pidAlive) && pidAlive > 0 && fs.existsSync(`/proc/${pidAlive}`)) continue; // another live test run
-    const walk = (dir: string): void => {
-      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
-        const p = path.join(dir, e.name);
-        if (e.isDirectory()) walk(p);
-        else if (e.name === 'qemu.pid') {
-          const pid = Number(fs.readFileSync(p, 'utf8').trim());
-          try {
-            if (pid > 0 && fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(pid, 'SIGKILL');
-          } catch {
-            /* gone */
-          }
-        }
-      }
-    };
-    try {
-      walk(root);
-    } catch {
-      /* raced */
-    }
-    fs.rmSync(root, { recursive: true, force: true });
-  }
-  const links = execFileSync('ip', ['-o', 'link', 'show'], { encoding: 'utf8' });
-  for (const m of links.matchAll(/^\d+: (vnqm[0-9a-f]{8}n\d+)[@:]/gm)) {
-    try {
-      execFileSync('ip', ['link', 'del', m[1] as string], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }
-}
-
 
 describe('QEMU driver', function () {
   let image: GuestImage | undefined;
