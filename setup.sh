@@ -26,12 +26,13 @@ fi
 # System packages: a C toolchain for the addon; iproute2/ping/ethtool for namespaced hosts;
 # nftables (tunnel loss in the fault tests: this kernel has no sch_netem) and curl (agents' /debug/vms);
 # iperf3, tcpdump and tshark for tests; openvswitch-switch for the benchmark's baseline;
-# QEMU, busybox-static and cpio for the guest VMs (test/guest/build-guest.sh); Python's grpcio
+# QEMU, busybox-static and cpio for the guest VMs (test/guest/build-guest.sh); debootstrap for the
+# distro guest (test/guest/build-distro-guest.sh); Python's grpcio
 # and protoc for the interop test (a gRPC stack other than grpc-js); rsvg-convert for SVG checks;
 # openssl for the cluster certificates (coordinator/pki/vnsnap-pki.sh: the demo and tests make theirs);
 # Ceph's mon, OSD and RADOS gateway for the S3 store tests (test/support/ceph-rgw.sh; their
 # postinst scripts start nothing).
-packages=(build-essential openssl python3 iproute2 iputils-ping ethtool nftables curl iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin ceph-mon ceph-osd radosgw ceph-common)
+packages=(build-essential openssl python3 iproute2 iputils-ping ethtool nftables curl iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio debootstrap python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

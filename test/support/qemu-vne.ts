@@ -1,13 +1,14 @@
 /**
  * The four-guest QEMU VNE of the issue-4 end-to-end test, benchmark and demo (two namespaced
- * hosts of test/support/cluster.ts with `"drivers": ["qemu"]`, the test guest of docs/guest.md):
- * its definition file, the guests' status over their virtio-serial channels, and the checks
+ * hosts of test/support/cluster.ts with `"drivers": ["qemu"]`, the test guest of docs/guest.md,
+ * or the distro guest when writeVneFile is given a DistroImage): its definition file, the guests' status over their virtio-serial channels, and the checks
  * that every TCP stream, disk and memory load is intact.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { channelStatus, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { DISTRO_MEMORY_MIB, distroCmdline, distroOverlay, type DistroImage } from '../guest/distro-guest';
+import { channelStatus, kernelCmdline, type GuestImage, type GuestParams, type GuestStatus } from '../guest/qemu-guest';
 import type { Cluster } from './cluster';
 import { sleep, until } from './wait';
 
@@ -22,6 +23,7 @@ export const QEMU_WORKDIR = '/run/vnsnap/qemu';
 const ipOf = (vm: string): string => `192.168.88.${E2E_VMS.indexOf(vm) + 1}`;
 
 export interface E2eOptions {
+  /** guest RAM (default 128 MiB for the test guest, DISTRO_MEMORY_MIB for the distro guest) */
   memoryMib?: number;
   /** a second QMP monitor per VM (extra.monitor=1: monitor.sock), for the benchmark's baseline */
   monitor?: boolean;
@@ -31,12 +33,19 @@ export interface E2eOptions {
   nic?: string;
 }
 
-/** The VNE definition file: four qemu VMs with disks, streams, memory and disk load. */
-export function writeVneFile(dir: string, image: GuestImage, o: E2eOptions = {}): string {
+/**
+ * The VNE definition file: four qemu VMs with disks, streams, memory and disk load. The image's
+ * kind decides the guest: the test guest (a blank 32 MiB disk each, its raw disk checker) or the
+ * distro guest (a DistroImage: each VM boots from its own qcow2 overlay of the cached root image;
+ * the image's cache directory must be among the agents' image roots: distroImageRoots()).
+ */
+export function writeVneFile(dir: string, image: GuestImage | DistroImage, o: E2eOptions = {}): string {
+  const distro = 'kind' in image && image.kind === 'distro';
   const vms = E2E_VMS.map((name, i) => {
     const disk = path.join(dir, `${name}-base.qcow2`);
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '32M']);
-    const append = kernelCmdline({
+    if (distro) distroOverlay(image, disk);
+    else execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', disk, '32M']);
+    const params: GuestParams = {
       name,
       ip: `${ipOf(name)}/24`,
       mtu: 1400,
@@ -46,12 +55,13 @@ export function writeVneFile(dir: string, image: GuestImage, o: E2eOptions = {})
       memRateMiB: 4,
       diskRate: 20,
       reportSecs: 5,
-    });
+    };
+    const append = distro ? distroCmdline(params) : kernelCmdline(params);
     return {
       name,
       host: E2E_HOME[name],
       macs: [`52:54:00:88:00:0${i + 1}`],
-      driver: { qemu: { memoryMib: o.memoryMib ?? 128, cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}), ...(o.nic ? { nic: o.nic } : {}) } } },
+      driver: { qemu: { memoryMib: o.memoryMib ?? (distro ? DISTRO_MEMORY_MIB : 128), cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}), ...(o.nic ? { nic: o.nic } : {}) } } },
     };
   });
   const f = path.join(dir, `${E2E_VNE}.json`);
