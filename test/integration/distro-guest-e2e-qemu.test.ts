@@ -149,8 +149,8 @@ function sweepCrashedRuns(): void {
     const cs = await s.channelState(VNE, k, 10_000);
     for (const img of imgs) {
       assert.equal(await store.verify(img.memory), null);
-      assert.ok(img.disk, 'a disk image');
-      assert.equal(await store.verify(img.disk), null);
+      assert.ok(img.disks.length > 0, 'a disk image');
+      for (const d of img.disks) assert.equal(await store.verify(d), null);
     }
     return { images: new Map(NAMES.map((n, i) => [n, imgs[i] as VmImage])), channel: cs.ports, k };
   }
@@ -177,7 +177,7 @@ function sweepCrashedRuns(): void {
       let injected = 0;
       for (const n of NAMES) {
         const img = snap.images.get(n) as VmImage;
-        const h = await d.restore(specs.get(n) as VmStartSpec, { memory: img.memory, ...(img.disk ? { disk: img.disk } : {}) }, store, ctx(n));
+        const h = await d.restore(specs.get(n) as VmStartSpec, { memory: img.memory, disks: img.disks }, store, ctx(n));
         assert.equal(d.status(`${VNE}/${n}`), 'paused');
         const f = path.join(root, `restored-${n}.bin`);
         await d.pmemsave(`${VNE}/${n}`, f);
