@@ -18,14 +18,20 @@
  *
  * After everything the guests' streams, disks and memory are checked (vnguest counters).
  *
- *   npm run bench:snapshot [-- --json]
+ * Then the same VNE of distro guests (docs/guest.md "The distro guest": Debian 12, systemd, an
+ * ext4 root on the qcow2 disk, 192 MiB) on a fresh cluster: DISTRO_SNAPSHOTS snapshots in each
+ * mode and as many baseline rounds, every VM's pause counted, median / p95 / max per mode, and the
+ * streams checked after each mode (the "distro" object; `--no-distro` skips it).
+ *
+ *   npm run bench:snapshot [-- --json] [-- --no-distro]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
+import { buildDistroGuest, distroImageRoots, type DistroImage } from '../guest/distro-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 
@@ -41,6 +47,11 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 };
 const r1 = (x: number): number => Math.round(x * 10) / 10;
+/** Nearest-rank 95th percentile. */
+const p95 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.max(0, Math.ceil(0.95 * xs.length) - 1)] as number;
+const stats = (xs: number[]): { median: number; p95: number; max: number } => ({ median: r1(median(xs)), p95: r1(p95(xs)), max: r1(Math.max(...xs)) });
+/** Snapshots per mode (and baseline rounds) of the distro guest VNE. */
+const DISTRO_SNAPSHOTS = 10;
 const r2 = (x: number): number => Math.round(x * 100) / 100;
 
 interface Ev {
@@ -103,22 +114,58 @@ async function baseline(dir: string): Promise<{ pauses: number[]; seconds: numbe
   }
 }
 
+/** Start the cluster and the four-guest VNE of `image` (a monitor per VM, for the baseline); resolves once every stream is up. */
+async function startVne(c: Cluster, image: GuestImage | DistroImage, startingNote: string, timeoutMs: number): Promise<Record<string, GuestStatus>> {
+  killE2eQemus();
+  await c.start();
+  say(startingNote);
+  await c.cliJson(['vne', 'define', writeVneFile(c.dir, image, { monitor: true })]);
+  await c.cliJson(['vne', 'start', E2E_VNE]);
+  return until('every stream up', async () => {
+    const st = await allStatuses();
+    return streamsUp(st) ? st : undefined;
+  }, { timeoutMs, everyMs: 2000 });
+}
+
+/** The four-guest VNE of distro guests on its own cluster: DISTRO_SNAPSHOTS rounds per mode. */
+async function distroRun(): Promise<{ pause_ms: Record<'background' | 'precopy' | 'baseline', { median: number; p95: number; max: number }>; streams_intact: boolean; problems: string[] }> {
+  say('distro guest image (built once, cached) ...');
+  const image = buildDistroGuest();
+  const c = new Cluster({ prefix: 'vnsd', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: distroImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  try {
+    await startVne(c, image, 'distro: coordinator + 2 agents up; starting 4 Debian 12 guests (192 MiB, systemd, TCG) ...', 400_000);
+    say(`distro: all 5 streams up; ${DISTRO_SNAPSHOTS} snapshots per mode ...`);
+    const problems: string[] = [];
+    const pauses: Record<'background' | 'precopy' | 'baseline', number[]> = { background: [], precopy: [], baseline: [] };
+    for (const mode of ['background', 'precopy', 'baseline'] as const) {
+      const before = await allStatuses();
+      for (let i = 0; i < DISTRO_SNAPSHOTS; i++) {
+        const r = mode === 'baseline' ? await baseline(c.dir) : await vnsnapSnapshot(c, mode);
+        pauses[mode].push(...r.pauses);
+        // each snapshot is a separate catalog entry: remove it so the store does not fill up
+        if ('snap' in r) await c.cli(['snapshot', 'delete', r.snap.id], 60_000).catch(() => undefined);
+      }
+      await sleep(3000); // kept: the window over which every stream must move on
+      problems.push(...intactProblems(`distro after ${mode}`, before, await allStatuses()));
+    }
+    if (problems.length) say(`  distro guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-distro-consoles').join(', ')}`);
+    return { pause_ms: { background: stats(pauses.background), precopy: stats(pauses.precopy), baseline: stats(pauses.baseline) }, streams_intact: problems.length === 0, problems };
+  } finally {
+    await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
+    killE2eQemus();
+    await c.destroy();
+    killE2eQemus();
+  }
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench:snapshot needs root (namespaces, QEMU)');
   ensureQemu();
   say('guest image (built once, cached) ...');
   const image = buildGuest();
-  killE2eQemus();
   const c = new Cluster({ prefix: 'vnsb', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   try {
-    await c.start();
-    say('coordinator + 2 agents (qemu driver) up; starting 4 guests (128 MiB, TCG) ...');
-    await c.cliJson(['vne', 'define', writeVneFile(c.dir, image, { monitor: true })]);
-    await c.cliJson(['vne', 'start', E2E_VNE]);
-    const first = (await until('every stream up', async () => {
-      const st = await allStatuses();
-      return streamsUp(st) ? st : undefined;
-    }, { timeoutMs: 180_000, everyMs: 2000 })) as Record<string, GuestStatus>;
+    const first = await startVne(c, image, 'coordinator + 2 agents (qemu driver) up; starting 4 guests (128 MiB, TCG) ...', 180_000);
     say('all 5 streams up (memory + disk load running); measuring ...');
     await sleep(3000);
 
@@ -172,8 +219,24 @@ async function main(): Promise<void> {
       streams_intact: problems.length === 0,
     };
     for (const p of problems) say(`  PROBLEM: ${p}`);
+    let distro: Awaited<ReturnType<typeof distroRun>> | undefined;
+    let distroError: string | undefined;
+    if (!process.argv.includes('--no-distro')) {
+      // the test guests' cluster goes first (destroy() is idempotent: the finally below repeats it)
+      await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
+      killE2eQemus();
+      await c.destroy();
+      try {
+        distro = await distroRun();
+        for (const p of distro.problems) say(`  PROBLEM: ${p}`);
+      } catch (e) {
+        distroError = (e as Error).message; // the test guest's figures above still stand
+        say(`  PROBLEM: distro guest run: ${distroError}`);
+      }
+    }
     if (JSON_OUT) {
-      process.stdout.write(JSON.stringify(out) + '\n');
+      const d = distro ? { distro: { pause_ms: distro.pause_ms, streams_intact: distro.streams_intact } } : distroError ? { distro: { error: distroError } } : {};
+      process.stdout.write(JSON.stringify({ ...out, ...d }) + '\n');
     } else {
       const row = (name: string, p: { median: number; max: number }, s: number): string => `  ${name.padEnd(11)} ${String(p.median).padStart(9)} ${String(p.max).padStart(9)} ${s.toFixed(2).padStart(11)}`;
       console.log('\n  4 VMs (128 MiB, TCG) on 2 hosts, streams + memory + disk load');
@@ -185,6 +248,14 @@ async function main(): Promise<void> {
       console.log(`  ratios (baseline / vnsnap), median pause: background ${(out.pause_ms.baseline.median / Math.max(out.pause_ms.background.median, 0.1)).toFixed(1)}x, precopy ${(out.pause_ms.baseline.median / Math.max(out.pause_ms.precopy.median, 0.1)).toFixed(1)}x; max pause: background ${(out.pause_ms.baseline.max / Math.max(out.pause_ms.background.max, 0.1)).toFixed(1)}x, precopy ${(out.pause_ms.baseline.max / Math.max(out.pause_ms.precopy.max, 0.1)).toFixed(1)}x`);
       console.log(`  restore: whole VNE ${restoreS.toFixed(2)} s (the VMs' own load + resume ${out.restore_s.single_vm} s)`);
       console.log(`  streams, disks and memory intact through all of it: ${out.streams_intact ? 'yes' : 'NO'}`);
+      if (distro) {
+        const d = distro.pause_ms;
+        console.log(`\n  distro guests: 4 VMs (Debian 12, systemd, ext4 root, 192 MiB, TCG), ${DISTRO_SNAPSHOTS} snapshots per mode, every VM's pause`);
+        console.log('  mode        pause med  pause p95  pause max');
+        for (const m of ['background', 'precopy', 'baseline'] as const) console.log(`  ${m.padEnd(11)} ${String(d[m].median).padStart(9)} ${String(d[m].p95).padStart(10)} ${String(d[m].max).padStart(10)}`);
+        console.log(`  streams, disks and memory intact: ${distro.streams_intact ? 'yes' : 'NO'}`);
+      }
+      if (distroError) console.log(`\n  distro guests: the run failed: ${distroError}`);
     }
   } finally {
     await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);

@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/drivers/driver';
-import { kernelCmdline, REPO_ROOT, STATUS_CHANNEL_NAME, type GuestParams } from './qemu-guest';
+import { cachedBuild, kernelCmdline, REPO_ROOT, STATUS_CHANNEL_NAME, type GuestParams } from './qemu-guest';
 
 export const DISTRO_BUILD_SCRIPT = path.join(REPO_ROOT, 'test', 'guest', 'build-distro-guest.sh');
 /** The VM memory the distro guest is measured with (FACTS: Debian 12 guests of 192 MiB). */
@@ -28,31 +28,12 @@ export interface DistroImage {
   tool: string;
 }
 
-function parsePaths(out: string): DistroImage {
-  const kv: Record<string, string> = {};
-  for (const line of out.split('\n')) {
-    const m = /^(VNSNAP_DISTRO_\w+)=(.*)$/.exec(line.trim());
-    if (m) kv[m[1]!] = m[2]!;
-  }
-  const [kernel, initrd, disk, tool] = ['KERNEL', 'INITRD', 'DISK', 'TOOL'].map((k) => kv[`VNSNAP_DISTRO_${k}`]);
-  if (!kernel || !initrd || !disk || !tool) throw new Error(`build-distro-guest.sh printed no paths: ${out}`);
-  return { kind: 'distro', kernel, initrd, disk, tool };
-}
-
 /** Build the distro guest if the cache has no entry for the current inputs (root, network), else reuse it. */
 export function buildDistroGuest(timeoutMs = 30 * 60_000): DistroImage {
-  try {
-    return parsePaths(execFileSync('bash', [DISTRO_BUILD_SCRIPT, '--print-paths'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
-  } catch {
-    /* not cached: build */
-  }
-  try {
-    return parsePaths(execFileSync('bash', [DISTRO_BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, maxBuffer: 64 << 20 }));
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    const lines = (err.stderr ?? '').trim().split('\n');
-    throw new Error(`build-distro-guest.sh failed: ${lines.find((l) => l.includes('error:')) ?? lines.slice(-20).join('\n') ?? err.message}`);
-  }
+  const keys = ['KERNEL', 'INITRD', 'DISK', 'TOOL'].map((k) => `VNSNAP_DISTRO_${k}`);
+  const kv = cachedBuild(DISTRO_BUILD_SCRIPT, keys, timeoutMs);
+  const [kernel, initrd, disk, tool] = keys.map((k) => kv[k]!) as [string, string, string, string];
+  return { kind: 'distro', kernel, initrd, disk, tool };
 }
 
 /** The image roots a driver or agent running distro guests needs: the cache entry and the given directories. */

@@ -22,17 +22,32 @@ export interface GuestImage {
   tool: string;
 }
 
-function parsePaths(out: string): GuestImage {
-  const kv: Record<string, string> = {};
-  for (const line of out.split('\n')) {
-    const m = /^(VNSNAP_GUEST_\w+)=(.*)$/.exec(line.trim());
-    if (m) kv[m[1]!] = m[2]!;
+/**
+ * Run a caching build script (build-guest.sh, build-distro-guest.sh): `--print-paths` first (a
+ * cache hit needs no root), else a build; returns the `NAME=path` lines it prints for `keys`.
+ */
+export function cachedBuild(script: string, keys: readonly string[], timeoutMs: number): Record<string, string> {
+  const name = path.basename(script);
+  const parse = (out: string): Record<string, string> => {
+    const kv: Record<string, string> = {};
+    for (const line of out.split('\n')) {
+      const m = /^([A-Z_]+)=(.*)$/.exec(line.trim());
+      if (m) kv[m[1]!] = m[2]!;
+    }
+    if (keys.some((k) => !kv[k])) throw new Error(`${name} printed no paths: ${out}`);
+    return kv;
+  };
+  try {
+    return parse(execFileSync('bash', [script, '--print-paths'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
+  } catch {
+    /* not cached: build */
   }
-  const kernel = kv['VNSNAP_GUEST_KERNEL'];
-  const initrd = kv['VNSNAP_GUEST_INITRD'];
-  const tool = kv['VNSNAP_GUEST_TOOL'];
-  if (!kernel || !initrd || !tool) throw new Error(`build-guest.sh printed no paths: ${out}`);
-  return { kernel, initrd, tool };
+  try {
+    return parse(execFileSync('bash', [script], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, maxBuffer: 64 << 20 }));
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`${name} failed: ${err.stderr?.slice(-4000) || err.message}`);
+  }
 }
 
 /**
@@ -45,17 +60,8 @@ export function guestImageRoots(image: GuestImage, ...dirs: string[]): string[] 
 
 /** Build the guest if the cache has no entry for the current inputs (needs root), else reuse it. */
 export function buildGuest(timeoutMs = 20 * 60_000): GuestImage {
-  try {
-    return parsePaths(execFileSync('bash', [BUILD_SCRIPT, '--print-paths'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }));
-  } catch {
-    /* not cached: build */
-  }
-  try {
-    return parsePaths(execFileSync('bash', [BUILD_SCRIPT], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: timeoutMs, maxBuffer: 64 << 20 }));
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`build-guest.sh failed: ${err.stderr?.slice(-4000) || err.message}`);
-  }
+  const kv = cachedBuild(BUILD_SCRIPT, ['VNSNAP_GUEST_KERNEL', 'VNSNAP_GUEST_INITRD', 'VNSNAP_GUEST_TOOL'], timeoutMs);
+  return { kernel: kv['VNSNAP_GUEST_KERNEL']!, initrd: kv['VNSNAP_GUEST_INITRD']!, tool: kv['VNSNAP_GUEST_TOOL']! };
 }
 
 function hasCommand(cmd: string): boolean {
