@@ -21,6 +21,7 @@
  * stores a full image).
  */
 import { createHash } from 'node:crypto';
+import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -71,7 +72,7 @@ export async function restoreDisk(r: DiskRestore): Promise<DiskChainRecord | und
   }
   const top = files[files.length - 1] as string;
   await checkOwnChain(r, top, files);
-  await r.qemuImg(['create', '-q', '-f', 'qcow2', '-b', top, '-F', 'qcow2', r.disk0]);
+  await r.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', top, '-F', 'qcow2', r.disk0]);
   return { layers: layers.map((a) => ({ path: a.path, size: a.size, sha256: a.sha256 })), top };
 }
 
@@ -135,5 +136,5 @@ async function restoreWhole(r: DiskRestore, a: DiskArtefact): Promise<void> {
   const frozen = path.resolve(r.dir, 'frozen.qcow2');
   await streamToFile(r.store, a, frozen);
   await checkBackingChain(`VM ${r.vm}: the snapshot's disk image`, frozen, r.roots, (args) => r.qemuImg(args));
-  await r.qemuImg(['create', '-q', '-f', 'qcow2', '-b', frozen, '-F', 'qcow2', r.disk0]);
+  await r.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', frozen, '-F', 'qcow2', r.disk0]);
 }

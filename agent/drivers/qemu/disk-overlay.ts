@@ -19,6 +19,7 @@
  * A VM without a disk makes every step a no-op.
  */
 import * as fsp from 'node:fs/promises';
+import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import * as path from 'node:path';
 import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
@@ -63,7 +64,7 @@ export class DiskOverlay {
     for (let n = 1; await exists(file); n++) file = `${dir}/disk-e${this.epoch}-${vm.snapSerial}-${n}.qcow2`;
     const info = JSON.parse(await this.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number };
     if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
-    await this.qemuImg(['create', '-q', '-f', 'qcow2', '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
+    await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
     try {
       await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file }, backing: null });
     } catch (e) {

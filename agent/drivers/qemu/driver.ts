@@ -29,6 +29,7 @@
  * restore that finds a directory moves it aside, never deletes it.
  */
 import { randomBytes } from 'node:crypto';
+import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -254,7 +255,7 @@ export class QemuDriver implements HypervisorDriver {
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
     const { vm, nics, keptTop } = await this.prepare(spec, ctx, spec.keptDisk === true);
     try {
-      if (vm.hasDisk && !keptTop) await this.qemuImg(['create', '-q', '-f', 'qcow2', '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
+      if (vm.hasDisk && !keptTop) await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs, this.scopeUnit(vm));
       await vm.refreshStatus();
       if (vm.status !== 'running') await vm.q().execute('cont');
