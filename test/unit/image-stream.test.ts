@@ -132,6 +132,27 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
+  it('save: unbound() lets a tail through at the sender\'s pace while the store still holds the backlog', async () => {
+    const w = new GatedWriter();
+    w.hold = true;
+    const bufferBytes = 512 * KiB;
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm' });
+    try {
+      const data = bytes(4 * MiB, 6);
+      const s = send(st.sockPath, data);
+      await until('the buffer fills', () => (st.buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      st.unbound();
+      await s.done; // the whole stream is read although the store has not finished one write
+      assert.equal(w.waiting, 1, 'the store still holds its first write');
+      assert.ok(st.received === data.length && st.peakQueued > bufferBytes, `received ${st.received}, peak ${st.peakQueued}`);
+      w.release();
+      await st.ended;
+      assert.deepEqual(Buffer.concat(w.parts), data);
+    } finally {
+      await st.close();
+    }
+  });
+
   it('save: discard() (an abort) drops the rest without blocking the sender; ended rejects ERR_SNAPSHOT_ABORTED', async () => {
     const w = new GatedWriter();
     w.hold = true;

@@ -388,6 +388,9 @@ export class QemuJob extends DriverJob {
       await this.disk.snapshot();
       this.mark('disk');
       const done = this.migrationDone as Promise<void>;
+      // The final pass is sent with the VM paused: read it at once, not behind the backlog still
+      // waiting for the store (bounded: what QEMU judged to fit the downtime, plus device state).
+      this.stream?.unbound();
       await q.execute('migrate-continue', { state: 'pre-switchover' });
       await done;
       this.mark('completed');
