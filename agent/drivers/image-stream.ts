@@ -9,6 +9,8 @@
  *                    it — backpressure through the socket to the sender, so a store slower than
  *                    the sender holds it back, but only once the buffer is full (a QEMU
  *                    background snapshot's write-protect faults wait on its stream: docs/qemu.md).
+ *                    unbound() lifts the bound for a tail known to be small (a pre-copy's final
+ *                    pass, sent while the VM is paused: it must not wait behind the backlog).
  *                    `ended` resolves once the sender closed the stream (EOF) and every byte
  *                    was written into the writer; committing is the caller's (it also waits for
  *                    the hypervisor to report success). discard() turns the stream into a sink
@@ -51,6 +53,7 @@ export class StreamIntoStore {
   private pumping = false;
   private eof = false;
   private discarding = false;
+  private bounded = true;
   private failure: Error | undefined;
   private settle!: { resolve: () => void; reject: (e: Error) => void };
   /** Resolves at EOF once every byte is in the writer; rejects on a socket or store failure. */
@@ -108,7 +111,7 @@ export class StreamIntoStore {
       this.pending.push(chunk);
       this.queued += chunk.length;
       this.peakQueued = Math.max(this.peakQueued, this.queued);
-      if (this.queued >= this.o.bufferBytes) c.pause();
+      if (this.bounded && this.queued >= this.o.bufferBytes) c.pause();
       this.pump();
     });
     c.on('end', () => {
@@ -164,6 +167,16 @@ export class StreamIntoStore {
     this.pending = [];
     this.queued = 0;
     this.conn?.resume(); // keep reading (and dropping): the sender is never left blocked
+  }
+
+  /**
+   * From now on read at the sender's pace, however much waits for the store: for a tail the
+   * caller knows to be bounded (a pre-copy's final pass, which QEMU sends with the VM paused:
+   * behind a full buffer it would wait for the store to catch up, lengthening the pause).
+   */
+  unbound(): void {
+    this.bounded = false;
+    this.conn?.resume();
   }
 
   /** From now on drop what arrives (an abort); `ended` then rejects with ERR_SNAPSHOT_ABORTED. */

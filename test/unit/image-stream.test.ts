@@ -90,6 +90,17 @@ describe('image-stream: a memory image between a hypervisor socket and the store
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+  /** A stream into a store that holds its first write, a sender of `size` bytes, once the buffer is full. */
+  async function heldStream(size: number, seed: number, bufferBytes: number): Promise<{ w: GatedWriter; st: StreamIntoStore; data: Buffer; s: ReturnType<typeof send> }> {
+    const w = new GatedWriter();
+    w.hold = true;
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm' });
+    const data = bytes(size, seed);
+    const s = send(st.sockPath, data);
+    await until('the buffer fills', () => (st.buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+    return { w, st, data, s };
+  }
+
   it('save: every byte reaches a CasStore writer in order; the artefact commits with the stream size and SHA-256', async () => {
     const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
     const data = bytes(5 * MiB + 123, 7);
@@ -109,15 +120,10 @@ describe('image-stream: a memory image between a hypervisor socket and the store
   });
 
   it('save: a slow store holds the sender back only once the buffer is full (bounded memory), then lets it finish', async () => {
-    const w = new GatedWriter();
-    w.hold = true;
     const bufferBytes = 512 * KiB;
-    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm' });
+    // The first batch waits in the store; the socket is paused once the buffer holds bufferBytes.
+    const { w, st, data, s } = await heldStream(8 * MiB, 3, bufferBytes);
     try {
-      const data = bytes(8 * MiB, 3);
-      const s = send(st.sockPath, data);
-      // The first batch waits in the store; the socket is paused once the buffer holds bufferBytes.
-      await until('the buffer fills', () => (st.buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
       const stalledAt = st.received;
       // The sender is held: nothing more than the kernel's socket buffers goes past the pause.
       assert.ok(stalledAt < data.length, `the sender was held back (received ${stalledAt} of ${data.length})`);
@@ -132,14 +138,27 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
-  it('save: discard() (an abort) drops the rest without blocking the sender; ended rejects ERR_SNAPSHOT_ABORTED', async () => {
-    const w = new GatedWriter();
-    w.hold = true;
-    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 256 * KiB, what: 'memory image of vm' });
+  it('save: unbound() lets a tail through at the sender\'s pace while the store still holds the backlog', async () => {
+    const bufferBytes = 512 * KiB;
+    const { w, st, data, s } = await heldStream(4 * MiB, 6, bufferBytes);
     try {
-      const data = bytes(6 * MiB, 4);
-      const s = send(st.sockPath, data);
-      await until('the buffer fills', () => (st.buffered >= 256 * KiB ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      st.unbound();
+      await s.done;
+      // The whole stream is read although the store has not finished one write.
+      await until('every byte read', () => (st.received === data.length ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      assert.equal(w.waiting, 1, 'the store still holds its first write');
+      assert.ok(st.peakQueued > bufferBytes, `peak ${st.peakQueued}`);
+      w.release();
+      await st.ended;
+      assert.deepEqual(Buffer.concat(w.parts), data);
+    } finally {
+      await st.close();
+    }
+  });
+
+  it('save: discard() (an abort) drops the rest without blocking the sender; ended rejects ERR_SNAPSHOT_ABORTED', async () => {
+    const { w, st, data, s } = await heldStream(6 * MiB, 4, 256 * KiB);
+    try {
       st.discard();
       await s.done; // the sender ends by itself although the store still holds its first write
       await st.drained(10_000);

@@ -72,6 +72,8 @@ export class QemuJob extends DriverJob {
   private migrationStatus = 'none';
   private migrationDone: Promise<void> | undefined;
   private iteration = 0;
+  /** The last Progress a poll made (the ready report of a converged pre-copy repeats its figures). */
+  private lastProgress: SnapshotProgress | undefined;
   private restarts = 0;
   private restarting: Promise<void> | undefined;
   private bandwidth: number;
@@ -134,8 +136,19 @@ export class QemuJob extends DriverJob {
           this.preSwitchoverEv = ev;
           this.isReady = true;
           // One Progress with ready=true before `ready` resolves, so the pass that converged is
-          // always reported (QEMU may converge before the first poll of progressMs).
-          void this.poll().finally(() => this.latch.set());
+          // always reported (QEMU may converge before the first poll of progressMs): the last
+          // poll's figures, nothing remaining. No QMP round trip between QEMU's pause and `ready`:
+          // the agent's event loop is busy with the stream, and the VM waits paused meanwhile.
+          const last = this.lastProgress;
+          this.opts.onProgress?.({
+            bytesDone: last?.bytesDone ?? 0,
+            bytesRemaining: 0,
+            bytesTotal: last?.bytesTotal ?? this.vmObj.memBytes,
+            iteration: Math.max(1, this.iteration),
+            dirtyRateMibS: last?.dirtyRateMibS ?? 0,
+            ready: true,
+          });
+          this.latch.set();
         } else if (this.phase === 'precopy' && !this.restarting) {
           this.restarting = this.restartAfterEarlySwitchover().finally(() => (this.restarting = undefined));
         }
@@ -269,6 +282,7 @@ export class QemuJob extends DriverJob {
       dirtyRateMibS: ((ram['dirty-pages-rate'] ?? 0) * pageSize) / MiB,
       ready: this.isReady,
     };
+    this.lastProgress = p;
     if (this.phase === 'precopy') this.opts.onProgress?.(p);
   }
 
@@ -388,6 +402,9 @@ export class QemuJob extends DriverJob {
       await this.disk.snapshot();
       this.mark('disk');
       const done = this.migrationDone as Promise<void>;
+      // The final pass is sent with the VM paused: read it at once, not behind the backlog still
+      // waiting for the store (bounded: what QEMU judged to fit the downtime, plus device state).
+      this.stream?.unbound();
       await q.execute('migrate-continue', { state: 'pre-switchover' });
       await done;
       this.mark('completed');
