@@ -182,10 +182,7 @@ export class Agent extends EventEmitter implements Startable {
 
   async start(): Promise<void> {
     if (this.sw) return;
-    if (this.store instanceof StoreHandle) {
-      await this.store.open();
-      this.log.info({ store: this.store.describe }, 'snapshot store open');
-    }
+    if (this.store instanceof StoreHandle) await this.store.open();
     const sw = new Switch({ id: this.id, ...(this.opts.restoreGateBytes !== undefined ? { restoreGateBytes: this.opts.restoreGateBytes } : {}), ...this.opts.switchOptions });
     const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.tunnelOffload() });
     this.tunnelOffloaded = t.gso === true;
@@ -211,7 +208,7 @@ export class Agent extends EventEmitter implements Startable {
       }
     }
     this.metrics.setStatsSource(() => sw.stats());
-    this.log.info({ tunnelPort: this.tunnelPort, tunnelOffload: this.tunnelOffloaded, coordinator: this.opts.coordinator }, 'agent started');
+    this.log.info({ tunnelPort: this.tunnelPort, tunnelOffload: this.tunnelOffloaded, coordinator: this.opts.coordinator, ...(this.store instanceof StoreHandle ? { store: this.store.describe } : {}) }, 'agent started');
     this.session.start();
   }
 
