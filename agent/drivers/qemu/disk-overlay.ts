@@ -129,6 +129,10 @@ export class DiskOverlay {
       vm.topNode = ov.frozenNode;
       vm.topFile = ov.frozenFile;
       if (vm.diskChain?.top === ov.frozenFile) vm.diskChain = this.chainBefore;
+      // The commit took the overlay out of the device's graph, but the node prepare() added stays
+      // (with the frozen node as its backing) until deleted: the next snapshot's blockdev-snapshot
+      // would find the frozen node busy ("node is used as backing hd").
+      await this.q.execute('blockdev-del', { 'node-name': ov.node });
       await fsp.rm(ov.file, { force: true });
     } catch (e) {
       this.log.warn({ err: describeError(e), overlay: ov.file }, 'could not merge the snapshot overlay back; it stays in the chain');
