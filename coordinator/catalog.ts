@@ -11,7 +11,7 @@
  * with the VNE.
  *
  * Store accounting (migration 5): per snapshot the bytes it added to the store (the sum of its
- * artefacts' stored_bytes; NULL when an artefact did not say, and for older rows) and the result
+ * artefacts' stored_bytes; NULL for older rows: Snapshot.stored_bytes_known false) and the result
  * of its last verify (time, problems; store-ops.ts writes it with setVerified).
  *
  * Disks: `vm_disks` records per VM where its writable disk is (host, path; bytes and the time
@@ -419,7 +419,8 @@ export class Catalog {
       sizeBytes: num(r.size_bytes),
       lostFrames: num(r.lost_frames),
       generation: num(r.generation),
-      ...(r.stored_bytes == null ? {} : { storedBytes: num(r.stored_bytes) }),
+      storedBytes: num(r.stored_bytes),
+      storedBytesKnown: r.stored_bytes != null,
       verifiedUnixMs: num(r.verified_unix_ms),
       verifyProblems: JSON.parse(str(r.verify_problems) || '[]') as string[],
     };
@@ -507,17 +508,9 @@ export class Catalog {
   }
 }
 
-/**
- * The bytes a snapshot added to the store: the sum of its artefacts' stored_bytes, or null when
- * an artefact does not say (an agent older than the field), since a partial sum would mislead.
- */
-export function storedBytesOf(artefacts: readonly Artefact__Output[]): number | null {
-  let n = 0;
-  for (const a of artefacts) {
-    if (a.storedBytes === undefined || a.storedBytes === null) return null;
-    n += Number(a.storedBytes);
-  }
-  return n;
+/** The bytes a snapshot added to the store: the sum of its artefacts' stored_bytes. */
+export function storedBytesOf(artefacts: readonly Artefact__Output[]): number {
+  return artefacts.reduce((n, a) => n + Number(a.storedBytes ?? 0), 0);
 }
 
 /** The public Agent record from what the catalog keeps and the live session state. */

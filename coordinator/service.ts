@@ -386,9 +386,9 @@ export class CoordinatorServiceImpl {
 
   /** One garbage collection at a time; `who` is named to a second caller. */
   collectGarbage(req: Partial<CollectGarbageRequest__Output>, who: string, sink: (e: GcEvent) => void): Promise<GcResult> {
-    const grace = req.graceMs;
-    if (grace !== undefined && grace !== null && (!Number.isSafeInteger(Number(grace)) || Number(grace) < 0)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `grace_ms ${String(grace)} is out of range`);
-    return this.storeOps.collectGarbage(grace === undefined || grace === null ? undefined : Number(grace), who, sink, this.storeName);
+    const grace = req.graceGiven ? Number(req.graceMs ?? 0) : undefined;
+    if (grace !== undefined && (!Number.isSafeInteger(grace) || grace < 0)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `grace_ms ${String(req.graceMs)} is out of range`);
+    return this.storeOps.collectGarbage(grace, who, sink, this.storeName);
   }
 
   /** DeleteArtefacts on one connected agent (shared store) or on every agent that wrote them; then the manifest. */

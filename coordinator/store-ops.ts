@@ -162,7 +162,7 @@ export class StoreOps {
     let bytes = 0;
     const paths = await store.list('');
     for (const p of paths) bytes += (await store.stat(p)) ?? 0;
-    return { kind: 'files', store: describe, storedBytes: bytes, artefacts: paths.length, logicalBytes: bytes, dedupRatio: 1 };
+    return { kind: 'files', store: describe, storedBytes: bytes, chunks: 0, artefacts: paths.length, logicalBytes: bytes, dedupRatio: 1 };
   }
 
   /**

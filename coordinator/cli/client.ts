@@ -202,7 +202,7 @@ export class CoordinatorClient {
   }
   /** graceMs undefined: the coordinator's default. */
   collectGarbage(graceMs: number | undefined): grpc.ClientReadableStream<GcEvent__Output> {
-    return this.c.collectGarbage(graceMs === undefined ? {} : { graceMs });
+    return this.c.collectGarbage(graceMs === undefined ? {} : { graceMs, graceGiven: true });
   }
   watchEvents(vne: string): grpc.ClientReadableStream<Event__Output> {
     return this.c.watchEvents({ vne });

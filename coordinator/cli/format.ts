@@ -162,8 +162,8 @@ export function channelFrames(s: Snapshot__Output): number {
 }
 
 /** The bytes a snapshot added to the store, for people ("-" when not known). */
-export function addedBytes(s: Pick<Snapshot__Output, 'storedBytes'>): string {
-  return s.storedBytes === undefined || s.storedBytes === null ? '-' : formatBytes(Number(s.storedBytes));
+export function addedBytes(s: Pick<Snapshot__Output, 'storedBytes' | 'storedBytesKnown'>): string {
+  return s.storedBytesKnown ? formatBytes(Number(s.storedBytes)) : '-';
 }
 
 export function renderSnapshotList(snaps: readonly Snapshot__Output[]): string {
@@ -234,7 +234,7 @@ export function renderSnapshot(s: Snapshot__Output, opts: { totalMsFallback?: nu
   }
   out += `  channel frames ${channelFrames(s)}, lost frames ${s.lostFrames}`;
   if (s.sizeBytes) out += `, size ${formatBytes(s.sizeBytes)}`;
-  if (s.storedBytes !== undefined && s.storedBytes !== null) out += `, added ${formatBytes(Number(s.storedBytes))} to the store`;
+  if (s.storedBytesKnown) out += `, added ${formatBytes(Number(s.storedBytes))} to the store`;
   if (s.artefacts.length) out += `, ${s.artefacts.length} artefacts`;
   out += '\n';
   if (s.manifestPath) out += `  manifest ${s.manifestPath}\n`;

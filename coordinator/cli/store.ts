@@ -29,7 +29,7 @@ export function parseGrace(v: string): number {
 }
 
 export function renderStoreStats(s: StoreStats__Output): string {
-  const chunks = s.chunks === undefined || s.chunks === null ? '-' : String(s.chunks);
+  const chunks = s.kind === 'files' ? '-' : String(s.chunks);
   return table(
     ['FIELD', 'VALUE'],
     [

@@ -42,6 +42,7 @@ export const FIELD_FLAGS: Readonly<Record<string, string>> = {
   keep_hourly: '--keep-hourly',
   keep_daily: '--keep-daily',
   grace_ms: '--grace',
+  grace_given: '--grace',
 };
 
 /** RPCs of CoordinatorService → the command that calls them. */

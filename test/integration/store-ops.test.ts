@@ -82,8 +82,8 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     const j = await c.cliJson<{ snapshots: { id: string; sizeBytes: number; storedBytes: number }[] }>(['snapshot', 'list', '--vne', VNE]);
     const first = j.snapshots.find((s) => s.id === s1.id);
     const artefactBytes = s1.artefacts.reduce((n, a) => n + a.size, 0);
-    // The agents' store keeps whole files: every artefact's bytes were added.
-    assert.equal(first?.storedBytes, artefactBytes, 'exact bytes added, in --json');
+    // The first snapshot of a content-addressed store adds its chunks: at most its size.
+    assert.ok(Number(first?.storedBytes) > 0 && Number(first?.storedBytes) <= artefactBytes, `exact bytes added, in --json: ${first?.storedBytes} of ${artefactBytes}`);
     const show = await c.cli(['snapshot', 'show', s1.id]);
     assert.match(show.stdout, /, size \d+\.\d (KiB|MiB), added \d+\.\d (KiB|MiB) to the store, \d+ artefacts\n/);
   });
@@ -103,15 +103,18 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     assert.match((await c.cli(['snapshot', 'show', s2.id])).stdout, /\n {2}verified: ok at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\n$/);
 
     const mem = s2.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY') as { path: string };
-    const file = path.join(c.storeDir, mem.path);
+    const idx = JSON.parse(fs.readFileSync(path.join(c.storeDir, 'artefacts', `${mem.path}.idx`), 'utf8')) as { chunks: [string, number][] };
+    const sha = (idx.chunks[0] as [string, number])[0];
+    const file = path.join(c.storeDir, 'chunks', sha.slice(0, 2), sha);
     const good = fs.readFileSync(file);
     const bad = Buffer.from(good);
     bad.writeUInt8(bad.readUInt8(64) ^ 0x40, 64);
     fs.writeFileSync(file, bad);
+    const named = `artefact ${mem.path.replace(/\./g, '\\.')}: chunk 1 of ${idx.chunks.length} \\(${sha}\\) is corrupt`;
     try {
       const r = await c.cli(['snapshot', 'verify', s2.id]);
       assert.equal(r.code, 7, r.stderr);
-      assert.match(r.stderr, new RegExp(`^vnsnap: snapshot ${s2.id} FAILED verification: artefact ${mem.path.replace(/\./g, '\\.')}: SHA-256 [0-9a-f]{64} in the store, the manifest says [0-9a-f]{64}\n$`));
+      assert.match(r.stderr, new RegExp(`^vnsnap: snapshot ${s2.id} FAILED verification: ${named}`));
       const j = await c.cli(['snapshot', 'verify', s2.id, '--json']);
       assert.equal(j.code, 7);
       const last = JSON.parse(j.stdout.trim().split('\n').pop() as string) as { done: { verifyProblems: string[]; verifiedUnixMs: number } };
@@ -119,7 +122,7 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
       assert.ok(last.done.verifiedUnixMs > 0);
       assert.deepEqual(JSON.parse(j.stderr).error.exitCode, 7);
       const show = await c.cli(['snapshot', 'show', s2.id]);
-      assert.match(show.stdout, new RegExp(`\n {2}verified: FAILED at \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ: artefact ${mem.path.replace(/\./g, '\\.')}: SHA-256 `));
+      assert.match(show.stdout, new RegExp(`\n {2}verified: FAILED at \\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ: ${named}`));
     } finally {
       fs.writeFileSync(file, good);
     }
@@ -128,22 +131,22 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     assert.deepEqual([missing.code, missing.stderr], [3, 'vnsnap: snapshot "teal-99-none" does not exist\n']);
   });
 
-  it('store stats (viewer may) and store gc (operator only; nothing to collect in a store of whole files)', async () => {
+  it('store stats (viewer may) and store gc (operator only)', async () => {
     const viewer = c.pki.client('viewer', 'viewer');
     const st = await cliAs(viewer, ['store', 'stats']);
     assert.equal(st.code, 0, st.stderr);
-    assert.equal(norm(st.stdout), `store        files ${c.storeDir}\nstored       <size>\nchunks       -\nartefacts    ${snaps.reduce((n, s) => n + s.artefacts.length + 1, 0)}\nlogical      <size>\ndedup ratio  1.00\n`);
-    const j = JSON.parse((await cliAs(viewer, ['store', 'stats', '--json'])).stdout) as { kind: string; storedBytes: number; logicalBytes: number; dedupRatio: number; chunks?: number };
-    assert.equal(j.kind, 'files');
-    assert.equal(j.storedBytes, j.logicalBytes);
-    assert.equal(j.dedupRatio, 1);
-    assert.equal(j.chunks, undefined);
+    assert.match(norm(st.stdout), new RegExp(`^store        local ${c.storeDir}\nstored       <size>\nchunks       \\d+\nartefacts    ${snaps.reduce((n, s) => n + s.artefacts.length + 1, 0)}\nlogical      <size>\ndedup ratio  \\d+\\.\\d\\d\n$`));
+    const j = JSON.parse((await cliAs(viewer, ['store', 'stats', '--json'])).stdout) as { kind: string; storedBytes: number; logicalBytes: number; dedupRatio: number; chunks: number };
+    assert.equal(j.kind, 'local');
+    assert.ok(j.chunks > 0);
+    assert.equal(j.dedupRatio, j.logicalBytes / j.storedBytes);
     const denied = await cliAs(viewer, ['snapshot', 'verify', (snaps[0] as CatalogSnapshot).id]);
     assert.deepEqual([denied.code, denied.stderr], [5, 'vnsnap: permission denied: vnsnap snapshot verify (VerifySnapshot) needs the operator role (certificate "viewer" has the viewer role)\n']);
     const gcDenied = await cliAs(viewer, ['store', 'gc', '--grace', '0']);
     assert.deepEqual([gcDenied.code, gcDenied.stderr], [5, 'vnsnap: permission denied: vnsnap store gc (CollectGarbage) needs the operator role (certificate "viewer" has the viewer role)\n']);
     const gc = await c.cli(['store', 'gc', '--grace', '0']);
-    assert.deepEqual([gc.code, gc.stdout, gc.stderr], [1, '', 'vnsnap: the store keeps every artefact as a whole file (layout "files"): there is nothing to collect (deleting a snapshot frees its space at once)\n']);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.match(norm(gc.stdout), /\nfreed \d+ chunks? \(<size>\) in <ms>; kept \d+ \(grace 0s\)\n$/);
     const usage = await c.cli(['store', 'gc', '--grace', 'soon']);
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /--grace expects a duration such as 0, 30s, 15m or 1h, got "soon"/);
@@ -158,7 +161,7 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     const rebuild = (...extra: string[]) => spawnSync(process.execPath, [COORDINATOR, '--rebuild-catalog', '--db', c.dbFile, '--store-dir', c.storeDir, ...extra], { encoding: 'utf8' });
     const r = rebuild();
     assert.deepEqual([r.status, r.stderr], [0, '']);
-    assert.equal(r.stdout, `rebuilt the catalog ${c.dbFile} from files ${c.storeDir}: 2 snapshots of 1 VNE (${VNE}); 0 manifests with problems\n`);
+    assert.equal(r.stdout, `rebuilt the catalog ${c.dbFile} from local ${c.storeDir}: 2 snapshots of 1 VNE (${VNE}); 0 manifests with problems\n`);
     const again = rebuild();
     assert.deepEqual([again.status, again.stdout], [1, '']);
     assert.equal(again.stderr, `vnsnap-coordinator: the catalog already holds 2 snapshots; the store would overwrite 2 of them (${s1.id}, ${s2.id}): rebuild into an empty catalog, or pass --force to replace those with what the store's manifests say [ERR_FAILED_PRECONDITION]\n`);

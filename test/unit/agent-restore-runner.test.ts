@@ -22,8 +22,8 @@ async function failure(p: Promise<unknown>): Promise<string> {
 async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare__Output> = {}): Promise<RestorePrepare__Output> {
   const mem = await h.store.put(`snapshots/${id}/a.mem`, Buffer.from('memory of a'));
   const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([plainFrame(testFrame(2, 1, 9))]));
-  const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {} };
-  const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} };
+  const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, storedBytes: 0 };
+  const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {}, storedBytes: 0 };
   return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel], diskLayers: [] }], ...over };
 }
 
@@ -91,7 +91,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
 
   it('Prepare hands the driver every disk layer in order (or an older coordinator\'s one `disk`) and refuses a damaged layer, touching nothing', async () => {
     h = await new AgentParts().init(['a']);
-    const layer = async (id: string, n: number): Promise<Artefact__Output> => ({ ...(await h.store.put(`snapshots/${id}/a.disk.${n}.qcow2`, Buffer.from(`layer ${n}`))), kind: 'ARTEFACT_KIND_DISK', owner: 'a', attributes: { layer: String(n) } });
+    const layer = async (id: string, n: number): Promise<Artefact__Output> => ({ ...(await h.store.put(`snapshots/${id}/a.disk.${n}.qcow2`, Buffer.from(`layer ${n}`))), kind: 'ARTEFACT_KIND_DISK', owner: 'a', attributes: { layer: String(n) }, storedBytes: 0 });
     const c = await imageOfA(h, 's5');
     (c.vms[0] as { diskLayers: Artefact__Output[] }).diskLayers = [await layer('s5', 0), await layer('s5', 1)];
     const r = await h.restores.prepare(c);
@@ -100,7 +100,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     await h.restores.cancel({ restoreId: 'r-s5', vne: VNE });
 
     const old = await imageOfA(h, 's6');
-    const whole = { ...(await h.store.put('snapshots/s6/a.disk.qcow2', Buffer.from('whole disk'))), kind: 'ARTEFACT_KIND_DISK' as const, owner: 'a', attributes: {} };
+    const whole = { ...(await h.store.put('snapshots/s6/a.disk.qcow2', Buffer.from('whole disk'))), kind: 'ARTEFACT_KIND_DISK' as const, owner: 'a', attributes: {}, storedBytes: 0 };
     (old.vms[0] as { disk: Artefact__Output | null }).disk = whole;
     await h.restores.prepare(old);
     assert.deepEqual(h.driver.record('blue/a').restoredDisks, ['snapshots/s6/a.disk.qcow2']);
@@ -120,7 +120,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     const newer = encodeChannel([plainFrame(testFrame(2, 1, 9))]);
     newer.write('3', 7); // "VNSCHAN3"
     const chan = await h.store.put('snapshots/s5/a.0.chan', newer);
-    (c.vms[0] as { channel: Artefact__Output[] }).channel = [{ ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {} }];
+    (c.vms[0] as { channel: Artefact__Output[] }).channel = [{ ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {}, storedBytes: 0 }];
     assert.equal(
       await failure(h.restores.prepare(c)),
       'ERR_UNSUPPORTED_VERSION: snapshots/s5/a.0.chan has channel-state format 3, newer than this vnsnap reads (1 to 2): upgrade vnsnap to restore it',

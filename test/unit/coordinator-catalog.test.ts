@@ -55,7 +55,7 @@ describe('coordinator catalog', () => {
     c.insertSnapshot({ id: 's1', vne: 'blue', epoch: 5, generation: 2, mode: 'SNAPSHOT_MODE_PRECOPY', description: 'd', storePrefix: 'snapshots/s1/', agents: ['h1', 'h2'], vneDefinition: vne('blue', 'VNE_STATE_RUNNING', { a: 'h1', b: 'h2' }), createdUnixMs: T0 });
     c.setSnapshotPhase('s1', 'SNAPSHOT_STATE_COMMITTING', T0 + 1);
     c.setSnapshotPhase('s1', 'SNAPSHOT_STATE_PERSISTING', T0 + 2);
-    const art = { path: 'snapshots/s1/a.mem', size: 10, sha256: 'ab'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: 'a', attributes: {} };
+    const art = { path: 'snapshots/s1/a.mem', size: 10, sha256: 'ab'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: 'a', attributes: {}, storedBytes: 0 };
     const vm = { name: 'a', host: 'h1', pauseMs: 1.25, cutUnixUs: T0 * 1000, phases: [{ phase: 'PHASE_PAUSE' as const, startUnixUs: 1, endUnixUs: 2 }, { phase: 'PHASE_PERSIST' as const, startUnixUs: 3, endUnixUs: 4 }], memoryBytes: 10, diskBytes: 0, channelFrames: 2 };
     c.completeSnapshot('s1', { completedUnixMs: T0 + 3, manifestPath: 'snapshots/s1/manifest.pb', artefacts: [art], vms: [vm], lostFrames: 1, sizeBytes: 99 });
     c.insertRestore({ id: 'r1', snapshotId: 's1', vne: 'blue', generation: 3, placement: { a: 'h2' }, createdUnixMs: T0 });
@@ -82,6 +82,8 @@ describe('coordinator catalog', () => {
       sizeBytes: 99,
       lostFrames: 1,
       generation: 2,
+      storedBytes: 0,
+      storedBytesKnown: true,
       verifiedUnixMs: 0,
       verifyProblems: [],
     });

@@ -34,8 +34,8 @@ function vneDef(name: string, vni: number, vms: [string, string][], state: Vne__
 
 function artefacts(id: string, vms: string[]): Artefact__Output[] {
   return vms.flatMap((vm) => [
-    { path: `snapshots/${id}/${vm}.mem`, size: 4096, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: vm, attributes: {} },
-    { path: `snapshots/${id}/${vm}.chan`, size: 100, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: vm, attributes: {} },
+    { path: `snapshots/${id}/${vm}.mem`, size: 4096, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: vm, attributes: {}, storedBytes: 0 },
+    { path: `snapshots/${id}/${vm}.chan`, size: 100, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: vm, attributes: {}, storedBytes: 0 },
   ]);
 }
 

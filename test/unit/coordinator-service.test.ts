@@ -61,8 +61,8 @@ function setup() {
       payload: 'persist',
       persist: {
         artefacts: vms.flatMap((v) => [
-          { path: `snapshots/${id}/${v}.mem`, size: 10, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: v, attributes: {} },
-          { path: `snapshots/${id}/${v}/port0.chan`, size: 5, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: `${v}.0`, attributes: {} },
+          { path: `snapshots/${id}/${v}.mem`, size: 10, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: v, attributes: {}, storedBytes: 0 },
+          { path: `snapshots/${id}/${v}/port0.chan`, size: 5, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: `${v}.0`, attributes: {}, storedBytes: 0 },
         ]),
         vms: [],
         lostFrames: 0,
@@ -619,7 +619,7 @@ describe('coordinator service: snapshots and restores', () => {
 
   it('restore sends each VM its disk layers in layer order (disk_layers), and an older snapshot\'s one whole disk also as `disk`', async () => {
     const s = setup();
-    const art = (path: string, owner: string, attributes: Record<string, string>, kind: 'ARTEFACT_KIND_MEMORY' | 'ARTEFACT_KIND_DISK' = 'ARTEFACT_KIND_DISK') => ({ path, size: 10, sha256: 'cc'.repeat(32), kind, owner, attributes });
+    const art = (path: string, owner: string, attributes: Record<string, string>, kind: 'ARTEFACT_KIND_MEMORY' | 'ARTEFACT_KIND_DISK' = 'ARTEFACT_KIND_DISK') => ({ path, size: 10, sha256: 'cc'.repeat(32), kind, owner, attributes, storedBytes: 0 });
     s.agents.on('snapshotPersist', (agent: string) => {
       const p = 'snapshots/blue-s1/';
       const artefacts = agent === 'h1'
@@ -728,7 +728,7 @@ describe('coordinator service: snapshots and restores', () => {
 
   it('attributes channel artefacts to VMs by owner, MAC, or path', () => {
     const vms = [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm10', 'h1', '52:54:00:00:00:0a')];
-    const a = (owner: string, path = 'snapshots/s/x') => artefactVm({ path, size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner, attributes: {} }, vms, 'snapshots/s/');
+    const a = (owner: string, path = 'snapshots/s/x') => artefactVm({ path, size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner, attributes: {}, storedBytes: 0 }, vms, 'snapshots/s/');
     assert.equal(a('vm1'), 'vm1');
     assert.equal(a('vm10.0'), 'vm10');
     assert.equal(a('vm1:eth0'), 'vm1');
@@ -737,7 +737,7 @@ describe('coordinator service: snapshots and restores', () => {
     assert.equal(a('tap3', 'snapshots/s/vm1.tap3.chan'), 'vm1');
     assert.equal(a('tap3', 'snapshots/s/other'), undefined);
     // The agent's port names: "<vne>/<vm>/<i>", also when the VNE is named like a VM.
-    const b = (owner: string) => artefactVm({ path: 'snapshots/s/x', size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner, attributes: {} }, vms, 'snapshots/s/', 'vm1');
+    const b = (owner: string) => artefactVm({ path: 'snapshots/s/x', size: 0, sha256: '', kind: 'ARTEFACT_KIND_CHANNEL', owner, attributes: {}, storedBytes: 0 }, vms, 'snapshots/s/', 'vm1');
     assert.equal(b('vm1/vm10/0'), 'vm10');
     assert.equal(b('vm1/vm1/1'), 'vm1');
   });

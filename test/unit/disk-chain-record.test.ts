@@ -26,7 +26,7 @@ describe('disk chain record (agent state) and disk layer order (coordinator)', (
   });
 
   it('orders a VM\'s DISK artefacts by their layer; one without it is an older whole disk; gaps and repeats are ERR_DATA_LOSS', () => {
-    const a = (path: string, layer?: string): Artefact__Output => ({ path, size: 1, sha256: '', kind: 'ARTEFACT_KIND_DISK', owner: 'a', attributes: layer === undefined ? {} : { layer } });
+    const a = (path: string, layer?: string): Artefact__Output => ({ path, size: 1, sha256: '', kind: 'ARTEFACT_KIND_DISK', owner: 'a', attributes: layer === undefined ? {} : { layer }, storedBytes: 0 });
     assert.deepEqual(orderDiskLayers('m', 'a', [a('2', '2'), a('0', '0'), a('1', '1')]).map((x) => x.path), ['0', '1', '2']);
     assert.deepEqual(orderDiskLayers('m', 'a', [a('whole')]).map((x) => x.path), ['whole']);
     assert.deepEqual(orderDiskLayers('m', 'a', []), []);

@@ -40,8 +40,8 @@ function setup(file = ':memory:', clock = new ManualClock(T0)) {
     const id = body.snapshotPersist?.snapshotId ?? '';
     const v = agent === 'h1' ? 'vm1' : 'vm2';
     const artefacts = [
-      { path: `snapshots/${id}/${v}.mem`, size: 10, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: v, attributes: {} },
-      { path: `snapshots/${id}/${v}/port0.chan`, size: 5, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: `${v}.0`, attributes: {} },
+      { path: `snapshots/${id}/${v}.mem`, size: 10, sha256: 'aa'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY' as const, owner: v, attributes: {}, storedBytes: 0 },
+      { path: `snapshots/${id}/${v}/port0.chan`, size: 5, sha256: 'bb'.repeat(32), kind: 'ARTEFACT_KIND_CHANNEL' as const, owner: `${v}.0`, attributes: {}, storedBytes: 0 },
     ];
     return ok({ payload: 'persist', persist: { artefacts, vms: [], lostFrames: 0 } });
   });

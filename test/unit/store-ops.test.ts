@@ -183,7 +183,7 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
         const r = rig(new LocalDirStore(dir));
         await r.snapshot('s1', { 'a.mem': bytes(3 * KiB, 1), 'b.mem': bytes(1 * KiB, 2) });
         const st = await r.ops.stats(`files ${dir}`);
-        assert.deepEqual(st, { kind: 'files', store: `files ${dir}`, storedBytes: 4 * KiB, artefacts: 2, logicalBytes: 4 * KiB, dedupRatio: 1 });
+        assert.deepEqual(st, { kind: 'files', store: `files ${dir}`, storedBytes: 4 * KiB, chunks: 0, artefacts: 2, logicalBytes: 4 * KiB, dedupRatio: 1 });
         assert.equal(renderStoreStats(st as never), `store        files ${dir}\nstored       4.0 KiB\nchunks       -\nartefacts    2\nlogical      4.0 KiB\ndedup ratio  1.00\n`);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
@@ -294,15 +294,15 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
   });
 
   describe('bytes added', () => {
-    it('a snapshot stores the sum of its artefacts\' stored bytes, or nothing when one does not say', () => {
-      const a = (storedBytes?: number): Artefact__Output => ({ path: 'p', size: 10, sha256: '', kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, ...(storedBytes === undefined ? {} : { storedBytes }) });
+    it('a snapshot stores the sum of its artefacts\' stored bytes; "-" when not known', () => {
+      const a = (storedBytes: number): Artefact__Output => ({ path: 'p', size: 10, sha256: '', kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, storedBytes });
       assert.equal(storedBytesOf([a(3), a(0), a(7)]), 10);
-      assert.equal(storedBytesOf([a(3), a()]), null);
-      assert.equal(addedBytes({ storedBytes: 3 * KiB }), '3.0 KiB');
-      assert.equal(addedBytes({}), '-');
+      assert.equal(addedBytes({ storedBytes: 3 * KiB, storedBytesKnown: true }), '3.0 KiB');
+      assert.equal(addedBytes({ storedBytes: 0, storedBytesKnown: true }), '0 B');
+      assert.equal(addedBytes({ storedBytes: 0, storedBytesKnown: false }), '-');
     });
 
-    it('the catalog keeps it (and none for a snapshot whose agents did not say)', async () => {
+    it('the catalog keeps it (not known for a row older than migration 5)', async () => {
       const r = rig(new CasStore(new MemoryObjects(), { chunker: SMALL }));
       const same = bytes(20 * KiB, 4);
       await r.snapshot('s1', { 'a.mem': same });
@@ -311,7 +311,8 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.equal(r.catalog.getSnapshot('s2')?.storedBytes, 2 * KiB, 'only the new chunks');
       assert.equal(r.catalog.getSnapshot('s2')?.sizeBytes, 22 * KiB);
       r.catalog.db.prepare('UPDATE snapshots SET stored_bytes = NULL WHERE id = ?').run('s1');
-      assert.equal('storedBytes' in (r.catalog.getSnapshot('s1') ?? {}), false);
+      assert.deepEqual([r.catalog.getSnapshot('s1')?.storedBytes, r.catalog.getSnapshot('s1')?.storedBytesKnown], [0, false]);
+      assert.equal(r.catalog.getSnapshot('s2')?.storedBytesKnown, true);
     });
 
     it('--grace takes 0 and durations; anything else is a usage error', () => {
