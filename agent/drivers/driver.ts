@@ -44,7 +44,7 @@
  * How the real drivers fit:
  *   qemu  start: -netdev stream/dgram/tap per vNIC, the returned Ports are the switch's side.
  *         precopy: migrate-set-capabilities {pause-before-switchover, events}, migrate to
- *         `exec:cat > TMP` (or a unix socket the driver streams into an ArtefactWriter);
+ *         a unix socket the agent reads into the store's ArtefactWriter as QEMU writes it;
  *         MIGRATION events → onProgress; `ready` when remaining < threshold; cut(): raise
  *         downtime-limit / wait for pre-switchover (paused) → atPause → blockdev-snapshot-sync
  *         on the top node → migrate-continue → MIGRATION completed → cont.

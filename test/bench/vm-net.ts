@@ -6,7 +6,7 @@
  *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), NIC
  *            mode tap-vnet (QEMU's TAP with vnet_hdr=on, the switch on its host side through a
  *            packet socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as
- *            the agent runs it; also, as extra rows, nic=tap (vnet_hdr=off, today's default) and
+ *            the agent runs it (the agent's default NIC); also, as extra rows, nic=tap (vnet_hdr=off) and
  *            nic=stream (QEMU's stream netdev to the switch's unix socket)
  *   kernel   the same guests, same QEMU command line (the driver's qemuCmdline), on QEMU's TAP
  *            with vnet_hdr=on (vhost off) in a Linux bridge per host + kernel VXLAN between the

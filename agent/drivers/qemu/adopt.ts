@@ -124,7 +124,7 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
         await p.listen();
         ports.push(p);
       }
-      log.warn({ vm: spec.id }, 'adopted a VM with stream NICs: QEMU does not reconnect them, so it stays off the network until it is restarted (nic=tap survives agent restarts)');
+      log.warn({ vm: spec.id }, 'adopted a VM with stream NICs: QEMU does not reconnect them, so it stays off the network until it is restarted (nic=tap-vnet and nic=tap survive agent restarts)');
     }
     d.add(spec.id, vm);
     log.info({ pid: vm.pid, dir: files.dir, resumed, top: vm.topNode }, 'QEMU VM adopted');
