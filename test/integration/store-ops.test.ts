@@ -172,7 +172,7 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     assert.deepEqual([vne.state, vne.vni, vne.epoch], ['VNE_STATE_DEFINED', 5005, s2.epoch]);
     const list = await c.cliJson<{ snapshots: CatalogSnapshot[] }>(['snapshot', 'list', '--vne', VNE]);
     assert.deepEqual(list.snapshots.map((s) => [s.id, s.state, s.manifestPath]), [s1, s2].map((s) => [s.id, 'SNAPSHOT_STATE_COMPLETE', s.manifestPath]));
-    assert.deepEqual(c.completeSnapshotProblems(list.snapshots[0] as CatalogSnapshot), []);
+    assert.deepEqual(await c.completeSnapshotProblems(list.snapshots[0] as CatalogSnapshot), []);
 
     const restored = await c.cli(['restore', s1.id]);
     assert.equal(restored.code, 0, restored.stderr);
@@ -186,7 +186,7 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     assert.deepEqual(continuityProblems(live.states, images, VMS), []);
     // The rebuilt catalog takes snapshots again.
     const s3 = await c.snapshotComplete(VNE);
-    assert.deepEqual(c.completeSnapshotProblems(s3), []);
+    assert.deepEqual(await c.completeSnapshotProblems(s3), []);
     assert.ok(![s1.id, s2.id].includes(s3.id));
   });
 });
