@@ -62,7 +62,7 @@ describe('Xen vNIC plumbing: bridge + veth pair with GRO (no Xen)', function () 
   async function plumb(): Promise<{ guest: Port; got: Buffer[] }> {
     await vnicUp(BRIDGE, V);
     sh('ip', ['link', 'add', VIF, 'type', 'veth', 'peer', 'name', GUEST]);
-    for (const l of [VIF, GUEST]) sh('sysctl', ['-qw', `net.ipv6.conf.${l}.disable_ipv6=1`], { allowFail: true });
+    for (const l of [VIF, GUEST, BRIDGE]) sh('sysctl', ['-qw', `net.ipv6.conf.${l}.disable_ipv6=1`], { allowFail: true });
     sh('ip', ['link', 'set', VIF, 'master', BRIDGE, 'up']);
     sh('ip', ['link', 'set', GUEST, 'up']);
     await until('the stand-in vif forwarding', () => fs.readFileSync(`/sys/class/net/${VIF}/brport/state`, 'utf8').trim() === '3', 5000);
@@ -104,7 +104,10 @@ describe('Xen vNIC plumbing: bridge + veth pair with GRO (no Xen)', function () 
     assert.equal(tcp.length, 3, `frames at the guest: ${tcp.map((f) => f.length).join(' ')}`);
     assert.equal((tcp[0] as Buffer).length, sf.hdrs + (Math.ceil(sf.payload.length / 1348) - 2) * 1348, 'the first n-2 segments as one super-frame');
     assert.deepEqual(Buffer.concat(tcp.map((f) => f.subarray(sf.hdrs))), sf.payload);
-    assert.equal(txPackets(VIF) - tx0, 3, 'the vif transmitted three frames');
+    // The bridge's own multicast (an IPv6 MLD report of the bridge device) may cross the vif too:
+    // every frame it transmits reaches the guest's end of the pair, so count those apart.
+    const other = got.filter((f) => !isTcp(f)).length;
+    assert.equal(txPackets(VIF) - tx0 - other, 3, 'the vif transmitted the super-frame as three frames');
   });
 
   it('before: the same super-frame written to a TAP in the bridge reaches the vif as MSS segments (SKB_GSO_DODGY, no tx-gso-robust)', async () => {
