@@ -33,7 +33,7 @@ import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { buildDistroGuest, distroImageRoots, type DistroImage } from '../guest/distro-guest';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
-import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const JSON_OUT = process.argv.includes('--json');
 const say = (s: string): void => {
@@ -151,10 +151,7 @@ async function distroRun(): Promise<{ pause_ms: Record<'background' | 'precopy' 
     if (problems.length) say(`  distro guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-distro-consoles').join(', ')}`);
     return { pause_ms: { background: stats(pauses.background), precopy: stats(pauses.precopy), baseline: stats(pauses.baseline) }, streams_intact: problems.length === 0, problems };
   } finally {
-    await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+    await destroyE2eCluster(c);
   }
 }
 
@@ -258,10 +255,7 @@ async function main(): Promise<void> {
       if (distroError) console.log(`\n  distro guests: the run failed: ${distroError}`);
     }
   } finally {
-    await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+    await destroyE2eCluster(c);
   }
 }
 

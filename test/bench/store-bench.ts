@@ -25,7 +25,7 @@
 import * as os from 'node:os';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, until, type CatalogSnapshot } from '../support/cluster';
-import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, destroyE2eCluster, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep } from '../support/wait';
 import { forEachFlag, usageExit } from './args';
 
@@ -149,10 +149,7 @@ async function runBackend(backend: Backend, image: ReturnType<typeof buildGuest>
       problems,
     };
   } finally {
-    await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+    await destroyE2eCluster(c);
   }
 }
 

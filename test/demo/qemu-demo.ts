@@ -23,7 +23,7 @@ import * as path from 'node:path';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { sleep, until } from '../support/wait';
-import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, intactProblems, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, checkAfterRestore, E2E_SWAPPED, E2E_VMS, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const CLI = path.resolve(__dirname, '../../coordinator/cli/main.js');
 const OUT_DIR = '/var/tmp/vnsnap-demo';
@@ -117,10 +117,7 @@ async function main(): Promise<void> {
     ok = problems.length === 0;
   } finally {
     step('cleaning up');
-    await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
-    killE2eQemus();
-    await c.destroy();
-    killE2eQemus();
+    await destroyE2eCluster(c);
     console.log(`  done in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
   }
   process.exit(ok ? 0 : 1);

@@ -98,6 +98,14 @@ export async function allStatuses(): Promise<Record<string, GuestStatus>> {
   return out;
 }
 
+/** Tear down a cluster that ran the e2e VNE: stop the VNE, kill any QEMU of it left, remove the cluster. */
+export async function destroyE2eCluster(c: Cluster): Promise<void> {
+  await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
+  killE2eQemus();
+  await c.destroy();
+  killE2eQemus();
+}
+
 /** Kill every QEMU of this VNE (an agent killed by destroy() leaves its QEMUs behind). */
 export function killE2eQemus(): void {
   if (!fs.existsSync(QEMU_WORKDIR)) return;
