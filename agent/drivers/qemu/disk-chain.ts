@@ -22,7 +22,7 @@
  */
 import { createHash } from 'node:crypto';
 import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
-import * as fsp from 'node:fs/promises';
+import { streamToFile } from '../image-stream';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { SnapshotStore } from '../../../proto/store/snapshot-store';
@@ -63,7 +63,7 @@ export async function restoreDisk(r: DiskRestore): Promise<DiskChainRecord | und
   const files = layers.map((_, n) => path.resolve(r.dir, `layer-${n}.qcow2`));
   for (const [n, a] of layers.entries()) {
     const file = files[n] as string;
-    await streamToFile(r.store, a, file);
+    await layerToFile(r.store, a, file);
     const info = JSON.parse(await r.qemuImg(['info', '-f', 'qcow2', '--output=json', file])) as ImageInfo;
     const dataFile = info['format-specific']?.data?.['data-file'];
     if (info.format !== 'qcow2' || dataFile !== undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${r.vm}: disk layer ${a.path} is not a qcow2 image without a data file`);
@@ -100,20 +100,20 @@ export function orderLayers(vm: string, disks: DiskArtefact[]): DiskArtefact[] |
   return out;
 }
 
-/** Stream an artefact into a new file, checking its size and SHA-256 as it comes. */
-export async function streamToFile(store: SnapshotStore, a: DiskArtefact, file: string): Promise<void> {
+/** Stream an artefact into a new file (image-stream.ts), checking its size and SHA-256 against the manifest's as it comes. */
+async function layerToFile(store: SnapshotStore, a: DiskArtefact, file: string): Promise<void> {
+  await streamToFile(checkedAgainst(store.read(a.path), a), file);
+}
+
+/** The chunks of `a`, passed on while they add up to its size; its size and SHA-256 checked at the end (ERR_CHECKSUM). */
+async function* checkedAgainst(source: AsyncIterable<Buffer>, a: DiskArtefact): AsyncGenerator<Buffer> {
   const h = createHash('sha256');
   let size = 0;
-  const fh = await fsp.open(file, 'wx', 0o600);
-  try {
-    for await (const b of store.read(a.path)) {
-      h.update(b);
-      size += b.length;
-      if (size > a.size) break;
-      await fh.write(b);
-    }
-  } finally {
-    await fh.close();
+  for await (const b of source) {
+    size += b.length;
+    if (size > a.size) break;
+    h.update(b);
+    yield b;
   }
   const sha = size === a.size ? h.digest('hex') : '';
   if (size !== a.size || sha !== a.sha256) throw new VnsnapError('ERR_CHECKSUM', `${a.path}: ${size !== a.size ? `${size > a.size ? 'more than' : size} bytes, ${a.size} expected` : `SHA-256 ${sha}, ${a.sha256} expected`}`);
@@ -134,7 +134,7 @@ async function checkOwnChain(r: DiskRestore, top: string, files: string[]): Prom
 async function restoreWhole(r: DiskRestore, a: DiskArtefact): Promise<void> {
   // A private copy (the artefact may be deleted while the VM runs), then a new overlay over it.
   const frozen = path.resolve(r.dir, 'frozen.qcow2');
-  await streamToFile(r.store, a, frozen);
+  await layerToFile(r.store, a, frozen);
   await checkBackingChain(`VM ${r.vm}: the snapshot's disk image`, frozen, r.roots, (args) => r.qemuImg(args));
   await r.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', frozen, '-F', 'qcow2', r.disk0]);
 }
