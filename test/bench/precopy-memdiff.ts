@@ -11,7 +11,6 @@
  *        [--rate KiB/s] [--hold pre-switchover|bandwidth] [--json]
  * Names everything vnqm-memdiff-<pid> (removed at exit). Root and QEMU needed.
  */
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -19,11 +18,10 @@ import type { CutReport, SnapshotModeName, VmStartSpec } from '../../agent/drive
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { silentLogger } from '../../proto/core/log';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
 import { describeRuns, diffFiles } from '../support/ram-diff';
-import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline } from '../guest/qemu-guest';
-import { until } from '../support/wait';
+import { buildGuest, ensureQemu, guestImageRoots } from '../guest/qemu-guest';
+import { startGuestPair } from '../support/guest-pair';
 
 
 
@@ -51,29 +49,7 @@ async function main(): Promise<void> {
   try {
     sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();
-    const names = ['a', 'b'];
-    const specs = new Map<string, VmStartSpec>();
-    for (const [i, name] of names.entries()) {
-      const base = path.join(root, `${name}-base.qcow2`);
-      fs.rmSync(base, { force: true });
-      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
-      const append = kernelCmdline({ name, ip: `192.168.77.${i + 1}/24`, peers: [`192.168.77.${2 - i}:7001`], rateKiB: Number(values.rate), memMiB: 16, memRateMiB: 4, diskRate: 20, reportSecs: 2 });
-      const sp = guestSpec(image, name, { disk: base, append, mac: `52:54:00:77:00:0${i + 1}`, ...(process.env.VNQM_ACCEL ? { accel: process.env.VNQM_ACCEL } : {}) });
-      specs.set(name, sp);
-      const h = await driver.start(sp, { portNames: [`vnqm/${name}/0`], log: silentLogger() });
-      sw.attachPort('vnqm', h.ports[0] as Port, { epoch: 0 });
-    }
-    await until(
-      'both guests streaming',
-      async () => {
-        for (const name of names) {
-          const s = await channelStatus(driver.inspect(`vnqm/${name}`)?.channelSock as string, 8000);
-          if (!s.out[0]?.connected || !s.in[0]?.open || (s.in[0]?.bytes ?? 0) < 100_000) return undefined;
-        }
-        return true;
-      },
-      { timeoutMs: 120_000, everyMs: 1000 },
-    );
+    const specs = await startGuestPair({ driver, sw, image, root, vne: 'vnqm', net: 77, rateKiB: Number(values.rate), ...(process.env.VNQM_ACCEL ? { accel: process.env.VNQM_ACCEL } : {}) });
     let k = 0;
     for (const mode of modes) {
       for (let r = 1; r <= runs; r++) {

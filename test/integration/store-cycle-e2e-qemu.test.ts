@@ -12,7 +12,6 @@
  * driver test's sweep removes leftovers of a crashed run).
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CutReport, VmImage, VmStartSpec } from '../../agent/drivers/driver';
@@ -21,11 +20,10 @@ import { silentLogger } from '../../proto/core/log';
 import { chunkKey, CHUNK_PREFIX } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalObjects } from '../../proto/store/local-objects';
-import type { Port } from '../../switch/port/port';
 import { Switch } from '../../switch/switch';
-import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
+import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
 import { diffFiles, describeRuns } from '../support/ram-diff';
-import { until } from '../support/wait';
+import { startGuestPair } from '../support/guest-pair';
 import { sweepVnqm, VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
@@ -56,26 +54,7 @@ describe('store cycle with QEMU guests: ten snapshots, delete every other, GC, r
     sw = new Switch({ id: 'vnqm' });
     sw.configureVne({ name: 'vnqm', vni: 78 });
     sw.start();
-    for (const [i, name] of ['a', 'b'].entries()) {
-      const base = path.join(root, `${name}-base.qcow2`);
-      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '32M']);
-      const append = kernelCmdline({ name, ip: `192.168.78.${i + 1}/24`, peers: [`192.168.78.${2 - i}:7001`], rateKiB: 512, memMiB: 16, memRateMiB: 4, diskRate: 20, reportSecs: 2 });
-      const sp = guestSpec(image, name, { disk: base, append, mac: `52:54:00:78:00:0${i + 1}` });
-      specs.set(name, sp);
-      const h = await driver.start(sp, { portNames: [`vnqm/${name}/0`], log: silentLogger() });
-      sw.attachPort('vnqm', h.ports[0] as Port, { epoch: 0 });
-    }
-    await until(
-      'both guests streaming',
-      async () => {
-        for (const name of ['a', 'b']) {
-          const s = await channelStatus(driver.inspect(`vnqm/${name}`)?.channelSock as string, 8000);
-          if (!s.out[0]?.connected || !s.in[0]?.open || (s.in[0]?.bytes ?? 0) < 100_000) return undefined;
-        }
-        return true;
-      },
-      { timeoutMs: 120_000, everyMs: 1000 },
-    );
+    for (const [name, spec] of await startGuestPair({ driver, sw, image, root, vne: 'vnqm', net: 78, rateKiB: 512 })) specs.set(name, spec);
   });
 
   after(async function () {
