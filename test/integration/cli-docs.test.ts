@@ -18,7 +18,8 @@
  * Compared after normalising what differs from run to run: times and dates, durations, sizes,
  * the hex part of snapshot ids (`green-1-4f0c2a`: VNE and epoch are kept; the ids of the run
  * replace the document's in later commands), the machine's host name (`<hostname>` in the
- * document), runs of spaces (column widths), and the order of the `+N.NNNs` progress lines.
+ * document), runs of spaces (column widths), the order of the `+N.NNNs` progress lines, and
+ * how many frames in flight a cut caught (the sim VMs send frames all the time).
  *
  * VNSNAP_CLI_DOCS_PRINT=1 prints every command's real output, to write the document from.
  * The last cases kill the real coordinator in the middle of `snapshot create` and of `restore`.
@@ -89,6 +90,12 @@ function normalise(text: string): string[] {
         .replace(ID, '$1-$2-<id>')
         .replace(/"(timeUnixMs|createdUnixMs|completedUnixMs|updatedUnixMs)":\d+/g, '"$1":<ms>')
         .replace(/\s{2,}/g, '  ')
+        // Frames in flight at the cut: the sim VMs send 20 frames a second, so how many the cut
+        // catches is timing (0 or 1 in practice): the count in the VM rows, the totals line and
+        // the restore note.
+        .replace(/^( *\S+  \S+  <dur>  \+<dur>  (?:<size>|-)  (?:<size>|-)  )\d+\b/, '$1<n>')
+        .replace(/channel frames \d+/g, 'channel frames <n>')
+        .replace(/\d+ recorded frames injected/g, '<n> recorded frames injected')
         .trimEnd(),
     );
   while (lines.length && lines[lines.length - 1] === '') lines.pop();
