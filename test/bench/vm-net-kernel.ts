@@ -9,6 +9,11 @@
  * the same spec, NIC mode tap-vnet, the same TCG RAM padding), so the guests differ from the
  * vnsnap path's only in what is behind the TAP. Everything is named with the Topology's prefix
  * and lives in its namespaces; close() kills the QEMUs and removes the namespaces and files.
+ *
+ * With dataplane 'bpf' the bridge is replaced by the prototype of vnsnap's in-kernel data path
+ * (bpf/vxlan-gbp-redirect.bpf.c; docs/nic-offloads.md "The remaining gap"): a VXLAN device in
+ * external mode with GBP and two tc programs that redirect frames between it and the TAP,
+ * colouring each with an epoch. It needs clang (the bench installs it when asked for the row).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -22,6 +27,12 @@ const UNDERLAY = ['10.79.0.1', '10.79.0.2'] as const;
 const VNI = 100;
 const VXLAN_PORT = 4789;
 const QEMU = 'qemu-system-x86_64';
+/** Behind the TAPs: a Linux bridge (the operator's kernel path), or the in-kernel data path's prototype. */
+export type KernelDataplane = 'bridge' | 'bpf';
+/** The prototype's program (the source, next to the compiled bench: compiled per host at start). */
+const BPF_SOURCE = path.join(__dirname, '..', '..', '..', 'test', 'bench', 'bpf', 'vxlan-gbp-redirect.bpf.c');
+/** The epoch colour both hosts' programs use (one epoch: no snapshot runs on the prototype). */
+const BPF_EPOCH = 7;
 
 export interface KernelPath {
   guests: GuestPair;
@@ -32,7 +43,7 @@ export interface KernelPath {
 }
 
 /** Build both hosts and boot one guest on each; resolves once both guests answer on their channels. */
-export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup): Promise<KernelPath> {
+export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge'): Promise<KernelPath> {
   const qemus: ChildProcess[] = [];
   const close = async (): Promise<void> => {
     await Promise.all(qemus.map((q) => stopChild(q, 2000)));
@@ -47,11 +58,14 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
     for (const i of [0, 1] as const) {
       const h = `h${i + 1}`;
       const g = setup.guests[i];
-      topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
-      topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
       topo.exec(h, 'ip', ['tuntap', 'add', 'dev', 'vmnbtap', 'mode', 'tap', 'vnet_hdr']);
-      for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
-      topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
+      if (dataplane === 'bpf') bpfDataplane(topo, h, UNDERLAY[1 - i] as string, path.join(dir, `${h}.bpf.o`));
+      else {
+        topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
+        topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+        for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
+        topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
+      }
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
@@ -73,12 +87,33 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
         const [from, to] = dir === 'a->b' ? ['h1', 'h2'] : ['h2', 'h1'];
         return { sent: tapPackets(topo, from, 'rx'), delivered: tapPackets(topo, to, 'tx') };
       },
-      describe: `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
+      describe:
+        dataplane === 'bpf'
+          ? `QEMU -netdev tap,vnet_hdr=on (vhost off) → tc bpf (redirect, epoch colour in VXLAN GBP) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500); the prototype of the in-kernel data path`
+          : `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
       close,
     };
   } catch (e) {
     await close();
     throw e;
+  }
+}
+
+/**
+ * The in-kernel data path's prototype on one host (bpf/vxlan-gbp-redirect.bpf.c, compiled here with
+ * clang for this host's interface indexes): a VXLAN device in external mode with GBP, and the two
+ * tc programs on the TAP's and the VXLAN device's ingress.
+ */
+function bpfDataplane(topo: Topology, host: string, remote: string, obj: string): void {
+  topo.exec(host, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(VXLAN_PORT)]);
+  for (const l of ['vx0', 'vmnbtap']) topo.exec(host, 'ip', ['link', 'set', l, 'up']);
+  const ifindex = (dev: string): string => topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim();
+  const remoteHex = `0x${remote.split('.').map((x) => Number(x).toString(16).padStart(2, '0')).join('')}`;
+  const defines = [`-DVNI=${VNI}`, `-DREMOTE=${remoteHex}`, `-DEPOCH=${BPF_EPOCH}`, `-DVXIF=${ifindex('vx0')}`, `-DPORTIF=${ifindex('vmnbtap')}`];
+  topo.exec(host, 'clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, ...defines, '-c', BPF_SOURCE, '-o', obj]);
+  for (const [dev, section] of [['vmnbtap', 'tc_out'], ['vx0', 'tc_in']] as const) {
+    topo.exec(host, 'tc', ['qdisc', 'add', 'dev', dev, 'clsact']);
+    topo.exec(host, 'tc', ['filter', 'add', 'dev', dev, 'ingress', 'bpf', 'da', 'obj', obj, 'sec', section]);
   }
 }
 

@@ -75,11 +75,16 @@ function hasCommand(cmd: string): boolean {
 
 /** Install QEMU with apt-get if it is missing (root). */
 export function ensureQemu(): void {
-  if (hasCommand('qemu-system-x86_64') && hasCommand('qemu-img')) return;
+  ensureAptPackages(['qemu-system-x86_64', 'qemu-img'], ['qemu-system-x86', 'qemu-utils']);
+}
+
+/** Installs the Debian packages `packages` (apt-get, updating the lists once if needed) unless every command of `commands` is there. */
+export function ensureAptPackages(commands: readonly string[], packages: readonly string[]): void {
+  if (commands.every(hasCommand)) return;
   const apt = ['-q', '-o', 'DPkg::Lock::Timeout=600'];
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   const install = (): void => {
-    execFileSync('apt-get', [...apt, 'install', '-y', '--no-install-recommends', 'qemu-system-x86', 'qemu-utils'], { stdio: ['ignore', 'pipe', 'pipe'], env, timeout: 15 * 60_000 });
+    execFileSync('apt-get', [...apt, 'install', '-y', '--no-install-recommends', ...packages], { stdio: ['ignore', 'pipe', 'pipe'], env, timeout: 15 * 60_000 });
   };
   try {
     install();
