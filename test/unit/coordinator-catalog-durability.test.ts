@@ -9,6 +9,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import Database from 'better-sqlite3';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import { ManualClock } from '../../proto/core/clock';
@@ -99,7 +100,7 @@ describe('coordinator catalog durability', () => {
     c.close();
   });
 
-  it('a WAL past checkpointBytes is checkpointed by the worker thread into the database file', async () => {
+  it('a WAL past checkpointBytes is checkpointed by the worker thread into the database file, which also restarts the WAL', async () => {
     const file = path.join(dir, 'c.db');
     const c = new Catalog(file, { now: () => T0, checkpointBytes: 1 });
     try {
@@ -109,6 +110,11 @@ describe('coordinator catalog durability', () => {
       await c.durable();
       await c.durability.idle();
       assert.equal(c.durability.stats.checkpoints, 1);
+      // The worker restarted the WAL itself (one frame: its own write), so the loop's next commit
+      // appends instead of restarting it (and fsyncing its header).
+      const probe = new Database(file);
+      assert.deepEqual(probe.pragma('wal_checkpoint(PASSIVE)'), [{ busy: 0, log: 1, checkpointed: 1 }]);
+      probe.close();
       // Everything the WAL held is in the database file: a copy of that file alone has it.
       fs.copyFileSync(file, path.join(dir, 'copy.db'));
       const copy = new Catalog(path.join(dir, 'copy.db'));
