@@ -137,8 +137,13 @@ export interface CatalogOptions {
   now?: () => number;
   /** Checkpoint (in a worker) once the WAL is this large; default DEFAULT_CHECKPOINT_BYTES. */
   checkpointBytes?: number;
-  /** Told about a failed background checkpoint (the next one retries). */
+  /** Told about a failed background checkpoint or periodic barrier (the next one retries). */
   onCheckpointError?: (message: string) => void;
+  /**
+   * A barrier this often (ms) when anything was written since the last one, so that no write
+   * stays longer than that off stable storage; 0: only the barriers callers await. Default 1000.
+   */
+  syncIntervalMs?: number;
 }
 
 export class Catalog {
@@ -152,6 +157,7 @@ export class Catalog {
   readonly schedules: ScheduleStore;
   /** The durability barrier and the background checkpoints. */
   readonly durability: CatalogDurability;
+  private syncTimer: NodeJS.Timeout | undefined;
 
   /** Open (creating if needed) the catalog at `file` (':memory:' for tests), migrate and recover. */
   constructor(file: string, opts: CatalogOptions = {}) {
@@ -176,11 +182,24 @@ export class Catalog {
       ...(opts.checkpointBytes !== undefined ? { checkpointBytes: opts.checkpointBytes } : {}),
       ...(opts.onCheckpointError ? { onCheckpointError: opts.onCheckpointError } : {}),
     });
+    const every = opts.syncIntervalMs ?? 1000;
+    if (every > 0 && !this.durability.inMemory) {
+      const changes = this.db.prepare('SELECT total_changes() AS n').pluck();
+      let synced = -1;
+      this.syncTimer = setInterval(() => {
+        const n = Number(changes.get());
+        if (n === synced) return;
+        synced = n;
+        this.durable().catch((e: unknown) => opts.onCheckpointError?.((e as Error).message));
+      }, every);
+      this.syncTimer.unref();
+    }
     this.disks = new VmDisks(this.db);
     this.schedules = new ScheduleStore(this.db);
   }
 
   close(): void {
+    clearInterval(this.syncTimer);
     void this.durability.close();
     if (this.db.open) this.db.close();
   }

@@ -17,6 +17,7 @@ import { Catalog } from '../../coordinator/catalog';
 import { CatalogDurability } from '../../coordinator/catalog-durability';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
+import { sleep, until } from '../support/wait';
 
 const T0 = 1_900_000_000_000;
 
@@ -70,7 +71,7 @@ describe('coordinator catalog durability', () => {
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it('commits do not fsync (synchronous=NORMAL, no autocheckpoint); a barrier fsyncs the WAL once for every caller waiting', async () => {
-    const c = new Catalog(path.join(dir, 'c.db'), { now: () => T0 });
+    const c = new Catalog(path.join(dir, 'c.db'), { now: () => T0, syncIntervalMs: 0 });
     try {
       assert.equal(c.db.pragma('synchronous', { simple: true }), 1, 'NORMAL');
       assert.equal(c.db.pragma('wal_autocheckpoint', { simple: true }), 0);
@@ -87,6 +88,21 @@ describe('coordinator catalog durability', () => {
       await c.durable();
       assert.equal(c.getVne('dur')?.epoch, 9);
       assert.equal(c.durability.stats.fsyncs, 3);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('with nothing awaited, writes reach stable storage within syncIntervalMs: a barrier runs only after a change', async () => {
+    const c = new Catalog(path.join(dir, 'c.db'), { now: () => T0, syncIntervalMs: 20 });
+    try {
+      addVne(c);
+      await until('a periodic barrier after the write', () => c.durability.stats.fsyncs >= 1, 5000);
+      const n = c.durability.stats.barriers;
+      await sleep(100); // time itself is what is tested: no change, no barrier
+      assert.equal(c.durability.stats.barriers, n);
+      c.updateVne('dur', { epoch: 5 });
+      await until('a periodic barrier after the second write', () => c.durability.stats.barriers > n, 5000);
     } finally {
       c.close();
     }
