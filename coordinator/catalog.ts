@@ -1,5 +1,5 @@
 /**
- * The coordinator's catalog: one SQLite file (better-sqlite3, WAL, synchronous=FULL) holding
+ * The coordinator's catalog: one SQLite file (better-sqlite3, WAL, synchronous=NORMAL) holding
  * VNE definitions and their live state, the agents ever seen, snapshots with per-VM and
  * per-phase timings, restores, and the agent-side aborts still owed.
  *
@@ -31,10 +31,18 @@
  *
  * The catalog is synchronous (better-sqlite3): a check followed by a write in one event-loop
  * turn cannot interleave with another request, which is how "one snapshot per VNE" is kept.
+ *
+ * Durability (catalog-durability.ts): a commit writes the WAL into the page cache and never
+ * fsyncs on the event loop (synchronous=NORMAL, no autocheckpoint); `durable()` resolves once
+ * everything committed before it is on stable storage (an fsync on the threadpool), and
+ * checkpoints run in a worker thread. A kill -9 loses no committed transaction; what must
+ * survive a power loss (a snapshot reported COMPLETE, a snapshot's record before its commit)
+ * awaits `durable()`.
  */
 import Database from 'better-sqlite3';
 import { VnsnapError } from '../proto/core/errors';
 import { MIGRATIONS } from './catalog-schema';
+import { CatalogDurability } from './catalog-durability';
 import { VmDisks } from './vm-disks';
 import { ScheduleStore } from './scheduler-store';
 import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
@@ -127,6 +135,15 @@ const str = (v: unknown): string => (v == null ? '' : String(v));
 
 export interface CatalogOptions {
   now?: () => number;
+  /** Checkpoint (in a worker) once the WAL is this large; default DEFAULT_CHECKPOINT_BYTES. */
+  checkpointBytes?: number;
+  /** Told about a failed background checkpoint or periodic barrier (the next one retries). */
+  onCheckpointError?: (message: string) => void;
+  /**
+   * A barrier this often (ms) when anything was written since the last one, so that no write
+   * stays longer than that off stable storage; 0: only the barriers callers await. Default 1000.
+   */
+  syncIntervalMs?: number;
 }
 
 export class Catalog {
@@ -138,6 +155,9 @@ export class Catalog {
   readonly disks: VmDisks;
   /** Snapshot schedules and the snapshots they took (scheduler-store.ts). */
   readonly schedules: ScheduleStore;
+  /** The durability barrier and the background checkpoints. */
+  readonly durability: CatalogDurability;
+  private syncTimer: NodeJS.Timeout | undefined;
 
   /** Open (creating if needed) the catalog at `file` (':memory:' for tests), migrate and recover. */
   constructor(file: string, opts: CatalogOptions = {}) {
@@ -153,12 +173,49 @@ export class Catalog {
     this.db.pragma('busy_timeout = 5000');
     this.migrate(file);
     this.recover();
+    // Opening, migrating and recovering are durable before the coordinator serves anything
+    // (FULL: each commit fsyncs; once, at start). From here on no commit fsyncs on the loop.
+    this.db.pragma('wal_checkpoint(FULL)');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('wal_autocheckpoint = 0');
+    this.durability = new CatalogDurability(file, {
+      ...(opts.checkpointBytes !== undefined ? { checkpointBytes: opts.checkpointBytes } : {}),
+      ...(opts.onCheckpointError ? { onCheckpointError: opts.onCheckpointError } : {}),
+    });
+    const every = opts.syncIntervalMs ?? 1000;
+    if (every > 0 && !this.durability.inMemory) {
+      const changes = this.db.prepare('SELECT total_changes() AS n').pluck();
+      let synced = -1;
+      this.syncTimer = setInterval(() => {
+        const n = Number(changes.get());
+        if (n === synced) return;
+        synced = n;
+        this.durable().catch((e: unknown) => opts.onCheckpointError?.((e as Error).message));
+      }, every);
+      this.syncTimer.unref();
+    }
     this.disks = new VmDisks(this.db);
     this.schedules = new ScheduleStore(this.db);
   }
 
   close(): void {
+    clearInterval(this.syncTimer);
+    void this.durability.close();
     if (this.db.open) this.db.close();
+  }
+
+  /**
+   * Resolves once every transaction committed before the call is on stable storage (an fsync
+   * off the event loop; concurrent callers share one). Rejects with ERR_DATA_LOSS when the
+   * fsync fails. Await it before reporting anything durable or relying on it after a restart.
+   */
+  durable(): Promise<void> {
+    return this.durability.barrier();
+  }
+
+  /** An in-memory catalog (tests): nothing survives the process, durable() has nothing to wait for. */
+  get volatile(): boolean {
+    return this.durability.inMemory;
   }
 
   /** Run fn in one transaction. */

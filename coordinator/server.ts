@@ -130,7 +130,7 @@ export class CoordinatorServer implements Startable {
     await checkStoreReachable(store, storeConfig);
     this.store = store;
     const clock = this.clock;
-    this.catalog = new Catalog(config.db, { now: () => clock.now() });
+    this.catalog = new Catalog(config.db, { now: () => clock.now(), onCheckpointError: (error) => log.warn({ error }, 'catalog: a background fsync or checkpoint failed; the next one retries') });
     if (this.catalog.recovered.snapshots.length > 0 || this.catalog.recovered.restores.length > 0) {
       log.warn({ snapshots: this.catalog.recovered.snapshots, restores: this.catalog.recovered.restores }, 'marked operations of the previous coordinator aborted; agents get SnapshotAbort when they register');
     }

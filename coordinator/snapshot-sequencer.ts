@@ -10,15 +10,20 @@
  *
  * - start() is synchronous: it checks the VNE (RUNNING, nothing else in progress, every agent
  *   connected) and records the snapshot with epoch k = VNE epoch + 1 (VNE → SNAPSHOTTING) in
- *   one catalog transaction before any command is sent, so two requests cannot both pass.
+ *   one catalog transaction before any command is sent, so two requests cannot both pass. That
+ *   record is made durable off the event loop (Catalog.durable) while the pre-copy runs; the
+ *   commit waits for it if it is not yet (a restart must find the snapshot to abort it).
  * - PRECOPY: SnapshotBegin to every agent with VMs of the VNE. A VM is ready when its agent
  *   reports Progress{phase PRECOPY, phase_done} or the agent's Begin Result arrives (BACKGROUND
  *   mode: at once). All ready, or the precopy deadline → COMMITTING.
- * - COMMITTING: SnapshotCommit to every agent in one synchronous loop (same event-loop turn).
+ * - COMMITTING: SnapshotCommit to every agent in one synchronous loop (same event-loop turn),
+ *   before anything else: the catalog's COMMITTING mark, the log line and the events follow
+ *   (a restart aborts a snapshot found in PRECOPY or COMMITTING alike, so nothing depends on
+ *   the mark). PERSISTING likewise: SnapshotPersist first, then the per-VM results and mark.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
- *   COMPLETE and the VNE's epoch k.
+ *   COMPLETE and the VNE's epoch k; COMPLETE is reported once that entry is durable.
  * - ABORTED (any failed Result, ERR_AGENT_DISCONNECTED, the overall timeout, stop()): commands
  *   still in flight are cancelled; in one catalog transaction the snapshot becomes ABORTED with
  *   the reason, the VNE RUNNING at epoch k, and a pending abort is queued for every agent of
@@ -168,6 +173,7 @@ export class SnapshotSequencer {
       sink,
     });
     this.runs.set(vne.name, run);
+    run.recordedDurably(catalog.volatile ? undefined : catalog.durable());
     void run.done.then(() => {
       if (this.runs.get(vne.name) === run) this.runs.delete(vne.name);
     });
@@ -212,6 +218,9 @@ export class SnapshotRun {
   private readonly persists = new Map<string, { artefacts: Artefact__Output[]; vms: VmSnapshot__Output[]; lostFrames: number }>();
   private readonly listeners: SnapshotEventSink[] = [];
   private readonly vmCount: number;
+  /** The snapshot's catalog record is on stable storage (the commit waits for it). */
+  private recorded = false;
+  private commitWaiting = false;
 
   constructor(
     private readonly seq: SnapshotSequencer,
@@ -233,6 +242,21 @@ export class SnapshotRun {
   /** Add a listener for this run's events (e.g. a second client). */
   onEvent(l: SnapshotEventSink): void {
     this.listeners.push(l);
+  }
+
+  /** The barrier that makes the snapshot's record durable: the commit is held until it resolves. */
+  recordedDurably(barrier: Promise<void> | undefined): void {
+    if (!barrier) {
+      this.recorded = true;
+      return;
+    }
+    barrier.then(
+      () => {
+        this.recorded = true;
+        if (this.commitWaiting) this.commit();
+      },
+      (e: unknown) => this.fail(e),
+    );
   }
 
   /** Abort from outside (stop, operator). No effect once COMPLETE or ABORTED. */
@@ -269,10 +293,12 @@ export class SnapshotRun {
     return this.st === 'SNAPSHOT_STATE_COMPLETE' || this.st === 'SNAPSHOT_STATE_ABORTED';
   }
 
-  /** Send one command to every agent of the snapshot in this turn; `each` handles each Result. */
-  private fanOut(body: CommandBody, each: (agent: string, r: Result__Output) => void, all: () => void): void {
+  /**
+   * Send one command to every agent of the snapshot in this turn; `each` handles each Result
+   * while the run is in state `expect` (the state the caller enters right after sending).
+   */
+  private fanOut(expect: State, body: CommandBody, each: (agent: string, r: Result__Output) => void, all: () => void): void {
     const agents = [...this.spec.byAgent.keys()];
-    const expect = this.st;
     let left = agents.length;
     for (const agent of agents) {
       this.deps.agents
@@ -336,30 +362,42 @@ export class SnapshotRun {
     if (this.st === 'SNAPSHOT_STATE_PRECOPY' && this.ready.size >= this.vmCount) this.commit();
   }
 
+  /** SnapshotCommit to every agent first; the catalog's mark, the log and the events after. */
   private commit(): void {
+    if (this.st !== 'SNAPSHOT_STATE_PRECOPY') return;
     this.deps.clock.clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
-    this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_COMMITTING', this.deps.clock.now());
-    this.transition('SNAPSHOT_STATE_COMMITTING');
+    if (!this.recorded) {
+      // The record of epoch k is not on stable storage yet: the cut waits for it.
+      this.commitWaiting = true;
+      return;
+    }
+    const at = this.deps.clock.now();
     this.fanOut(
+      'SNAPSHOT_STATE_COMMITTING',
       { snapshotCommit: { snapshotId: this.id } },
       (agent, r) => this.commits.set(agent, r.commit?.vms ?? []),
       () => this.persist(),
     );
+    this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_COMMITTING', at);
+    this.transition('SNAPSHOT_STATE_COMMITTING');
   }
 
+  /** SnapshotPersist to every agent first; the per-VM results and the mark after. */
   private persist(): void {
-    const vms = [...this.spec.byAgent].flatMap(([agent, names]) => names.map((n) => withHost(this.commits.get(agent)?.find((v) => v.name === n) ?? emptyVm(n), agent)));
-    this.deps.catalog.tx(() => {
-      this.deps.catalog.putSnapshotVms(this.id, vms);
-      this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_PERSISTING', this.deps.clock.now());
-    });
-    this.transition('SNAPSHOT_STATE_PERSISTING');
+    const at = this.deps.clock.now();
     this.fanOut(
+      'SNAPSHOT_STATE_PERSISTING',
       { snapshotPersist: { snapshotId: this.id } },
       (agent, r) => this.persists.set(agent, { artefacts: r.persist?.artefacts ?? [], vms: r.persist?.vms ?? [], lostFrames: r.persist?.lostFrames ?? 0 }),
       () => void this.finish(),
     );
+    const vms = [...this.spec.byAgent].flatMap(([agent, names]) => names.map((n) => withHost(this.commits.get(agent)?.find((v) => v.name === n) ?? emptyVm(n), agent)));
+    this.deps.catalog.tx(() => {
+      this.deps.catalog.putSnapshotVms(this.id, vms);
+      this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_PERSISTING', at);
+    });
+    this.transition('SNAPSHOT_STATE_PERSISTING');
   }
 
   private async finish(): Promise<void> {
@@ -415,6 +453,17 @@ export class SnapshotRun {
       const v = catalog.getVne(this.vneName);
       if (v) catalog.updateVne(this.vneName, { epoch: Math.max(v.epoch, this.epoch), ...afterSnapshot(v, this.deps.agents) });
     });
+    // COMPLETE is reported only once it would survive a power loss (an fsync off the loop).
+    try {
+      await catalog.durable();
+    } catch (e) {
+      this.fail(e);
+    }
+    if (this.st !== 'SNAPSHOT_STATE_PERSISTING') {
+      // Aborted while the record was made durable (timeout, stop, the fsync failed).
+      await manifests.remove(manifestPath).catch(() => undefined);
+      return;
+    }
     this.clearTimers();
     this.transition('SNAPSHOT_STATE_COMPLETE');
     this.finishWith('snapshot.complete', `snapshot complete: ${vms.length} VMs, ${artefacts.length} artefacts, ${sizeBytes} bytes`);

@@ -21,7 +21,12 @@
  *   traffic for --settle seconds, then the consistency check over every VM (below), then
  *   DeleteSnapshot so runs do not fill the disk.
  *
- * Commit skew = max − min of VmSnapshot.cut_unix_us over every VM of the snapshot.
+ * Cut skew ("commit skew" in --json, its historical name) = max − min of VmSnapshot.cut_unix_us
+ * over every VM of the snapshot: what the VMs' cuts spread over, agents' work included.
+ * Commit fan-out skew = max − min of the instants the agents' session streams delivered the
+ * SnapshotCommit (each worker stamps them, scale-worker.ts): what the coordinator's fan-out
+ * spreads over, before any agent-side work. With --workers equal to --agents each agent has its
+ * own process, so one agent's cut cannot delay another's receipt.
  *
  * Consistent means, for every VM: after the restore it runs at the snapshot's epoch; it has no
  * more orphans, duplicates and gaps than at the cut (the sim driver keeps each VM's state at
@@ -30,8 +35,10 @@
  * states) equal the frames recorded as channel state plus those the switches reported lost.
  *
  * With --json exactly one JSON object goes to stdout:
- *   {"agents":N,"vms":N,"commit_skew_ms":N,"coordinator_rss_mib":N,"snapshot_s":N,"restore_s":N,"consistent":true|false}
- * (medians over the runs; RSS is the peak); progress goes to stderr. Everything started is
+ *   {"agents":N,"vms":N,"commit_skew_ms":N,"coordinator_rss_mib":N,"snapshot_s":N,"restore_s":N,"consistent":true|false,
+ *    "workers":N,"runs":N,"cut_skew_ms":{"median":N,"p95":N,"max":N},"commit_fanout_skew_ms":{"median":N,"p95":N,"max":N},
+ *    "load":[1-min,5-min,15-min]}
+ * (medians over the runs unless named; RSS is the peak); progress goes to stderr. Everything started is
  * stopped at the end, on failure and on SIGINT/SIGTERM, and the temporary directory removed.
  *
  * This machine has 2 cores shared by the coordinator, the workers and the bench itself, so the
@@ -55,6 +62,7 @@ import { cpuSeconds, memoryMib } from './scale-proc';
 import { agentId, buildVne, peersOf, vmName } from './scale-topology';
 
 const TARGET_SKEW_MS = 50;
+const TARGET_FANOUT_SKEW_MS = 50;
 const TARGET_RSS_MIB = 200;
 const VNE = 'scale';
 
@@ -381,6 +389,8 @@ interface RunResult {
   snapshotId: string;
   epoch: number;
   commitSkewMs: number;
+  /** Spread of the instants the agents received SnapshotCommit. */
+  fanoutSkewMs: number;
   pauseMedianMs: number | null;
   pauseMaxMs: number | null;
   snapshotS: number;
@@ -465,6 +475,24 @@ function checkConsistency(o: Options, states: Map<string, { now?: VmCounters; cu
   }
   if (inFlight !== recorded + lost) note(`frames in flight at the cut: ${inFlight}; recorded as channel state: ${recorded}, reported lost: ${lost}`);
   return { consistent: problems.length === 0, checkedVms: checked, inFlightAtCut: inFlight, recorded, lost, gapsAfter, problems };
+}
+
+/** The commit fan-out skew of one snapshot: max − min of the agents' receipt instants, ms. */
+async function fanoutSkew(workers: Worker[], snapshotId: string, agents: number): Promise<number> {
+  const at: number[] = [];
+  for (const w of workers) {
+    const r = await w.request<Extract<FromWorker, { type: 'commits' }>>({ type: 'commits', snapshotId });
+    at.push(...Object.values(r.received));
+  }
+  if (at.length !== agents) throw new Error(`snapshot ${snapshotId}: ${at.length} of ${agents} agents stamped a SnapshotCommit`);
+  return (Math.max(...at) - Math.min(...at)) / 1000;
+}
+
+/** Nearest-rank percentile of xs (NaN when empty). */
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] as number;
 }
 
 async function queryAll(workers: Worker[], o: Options, epoch: number): Promise<Map<string, { now?: VmCounters; cut?: VmCounters }>> {
@@ -555,6 +583,7 @@ async function main(): Promise<void> {
       const cuts = rec.vms.map((v) => Number(v.cutUnixUs)).filter((x) => x > 0);
       if (cuts.length !== nVms) throw new Error(`snapshot ${rec.id} has ${cuts.length} cut instants for ${nVms} VMs`);
       const commitSkewMs = (Math.max(...cuts) - Math.min(...cuts)) / 1000;
+      const fanoutSkewMs = await fanoutSkew(workers, rec.id, o.agents);
       const pauses = rec.vms.map((v) => v.pauseMs);
       const at = (s: string) => snap.states.find((x) => x.state === s)?.coordinatorMs;
       const created = Number(rec.createdUnixMs);
@@ -566,7 +595,7 @@ async function main(): Promise<void> {
       if (committing !== undefined && persisting !== undefined) states.committing = (persisting - committing) / 1000;
       if (persisting !== undefined) states.persisting = (completed - persisting) / 1000;
       const channelFrames = rec.vms.reduce((n, v) => n + v.channelFrames, 0);
-      say(`run ${run}: snapshot ${rec.id} complete in ${((snap.endMs - snap.startMs) / 1000).toFixed(2)} s, commit skew ${commitSkewMs.toFixed(1)} ms, ${channelFrames} channel frames, ${rec.lostFrames} lost`);
+      say(`run ${run}: snapshot ${rec.id} complete in ${((snap.endMs - snap.startMs) / 1000).toFixed(2)} s, commit fan-out skew ${fanoutSkewMs.toFixed(1)} ms, cut skew ${commitSkewMs.toFixed(1)} ms, ${channelFrames} channel frames, ${rec.lostFrames} lost`);
 
       // Let the VNE move on, then restore it to the cut.
       await sleep(1000);
@@ -585,6 +614,7 @@ async function main(): Promise<void> {
         snapshotId: rec.id,
         epoch: rec.epoch,
         commitSkewMs,
+        fanoutSkewMs,
         pauseMedianMs: median(pauses),
         pauseMaxMs: Math.max(...pauses),
         snapshotS: (snap.endMs - snap.startMs) / 1000,
@@ -622,9 +652,14 @@ async function main(): Promise<void> {
     const rss = mem?.hwm ?? NaN;
     const consistent = runs.every((r) => r.consistency.consistent);
     const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+    const spread = (xs: number[]) => ({ median: round(median(xs) ?? NaN), p95: round(percentile(xs, 95)), max: round(Math.max(...xs)) });
+    const cutSkews = runs.map((r) => r.commitSkewMs);
+    const fanoutSkews = runs.map((r) => r.fanoutSkewMs);
+    const fanout = spread(fanoutSkews);
+    const load = os.loadavg().map((l) => round(l, 2));
     if (o.json) {
       process.stdout.write(
-        `${JSON.stringify({ agents: o.agents, vms: nVms, commit_skew_ms: round(skew), coordinator_rss_mib: round(rss, 1), snapshot_s: round(med((r) => r.snapshotS)), restore_s: round(med((r) => r.restoreS)), consistent })}\n`,
+        `${JSON.stringify({ agents: o.agents, vms: nVms, commit_skew_ms: round(skew), coordinator_rss_mib: round(rss, 1), snapshot_s: round(med((r) => r.snapshotS)), restore_s: round(med((r) => r.restoreS)), consistent, workers: o.workers, runs: runs.length, cut_skew_ms: spread(cutSkews), commit_fanout_skew_ms: fanout, load })}\n`,
       );
     } else {
       const f = (x: number | null | undefined, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
@@ -632,9 +667,10 @@ async function main(): Promise<void> {
       out(`bench:scale — ${o.agents} agents × ${o.vmsPerAgent} VMs = ${nVms} sim VMs, one VNE, ${o.workers} worker processes, ${os.cpus().length} cores`);
       out(`sim VMs kept light for this machine: ${o.memoryMib} MiB memory, ${o.frameRateHz} frames/s to each of ${o.peers} peers on other agents, ${o.dirtyRateMibS} MiB/s dirtied, ${o.tickMs} ms tick`);
       out(`snapshot mode ${o.mode}; restore onto the same placement (stop_running); ${runs.length} run(s)${runs.length > 1 ? ', medians' : ''}`);
-      out(`coordinator dead_after_ms ${o.deadAfterMs || 'default (3000)'}; load average at the end ${os.loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+      out(`coordinator dead_after_ms ${o.deadAfterMs || 'default (3000)'}; load average at the end ${load.map((l) => l.toFixed(1)).join(' ')}`);
       out('');
-      out(`commit skew (max − min cut instant)  ${f(skew)} ms    target ≤ ${TARGET_SKEW_MS} ms: ${met(skew <= TARGET_SKEW_MS)}`);
+      out(`commit fan-out skew (max − min receipt) median ${f(fanout.median)} ms, p95 ${f(fanout.p95)} ms, max ${f(fanout.max)} ms    target ≤ ${TARGET_FANOUT_SKEW_MS} ms: ${met(fanout.max <= TARGET_FANOUT_SKEW_MS)}`);
+      out(`cut skew (max − min cut instant)        median ${f(skew)} ms, p95 ${f(percentile(cutSkews, 95))} ms, max ${f(Math.max(...cutSkews))} ms    target ≤ ${TARGET_SKEW_MS} ms: ${met(skew <= TARGET_SKEW_MS)}`);
       out(`coordinator peak RSS (VmHWM)         ${f(rss)} MiB   target ≤ ${TARGET_RSS_MIB} MiB: ${met(rss <= TARGET_RSS_MIB)}`);
       out(`consistent                           ${consistent ? 'yes' : 'NO'}`);
       out('');
@@ -649,7 +685,7 @@ async function main(): Promise<void> {
       for (const [i, r] of runs.entries()) {
         const c = r.consistency;
         out(
-          `run ${i + 1}: skew ${f(r.commitSkewMs)} ms, snapshot ${f(r.snapshotS, 2)} s, restore ${f(r.restoreS, 2)} s; ${c.checkedVms} VMs checked, in flight at the cut ${c.inFlightAtCut}, recorded ${c.recorded}, lost ${c.lost}: ${c.consistent ? 'consistent' : `NOT consistent (${c.problems.join('; ')})`}`,
+          `run ${i + 1}: fan-out skew ${f(r.fanoutSkewMs)} ms, cut skew ${f(r.commitSkewMs)} ms, snapshot ${f(r.snapshotS, 2)} s, restore ${f(r.restoreS, 2)} s; ${c.checkedVms} VMs checked, in flight at the cut ${c.inFlightAtCut}, recorded ${c.recorded}, lost ${c.lost}: ${c.consistent ? 'consistent' : `NOT consistent (${c.problems.join('; ')})`}`,
         );
       }
     }

@@ -52,7 +52,14 @@ export interface WorkerStatsQuery {
   id: number;
 }
 
-export type ToWorker = WorkerInit | WorkerQuery | WorkerStop | WorkerStatsQuery;
+/** When each agent of the worker received SnapshotCommit of one snapshot. */
+export interface WorkerCommitsQuery {
+  type: 'commits';
+  id: number;
+  snapshotId: string;
+}
+
+export type ToWorker = WorkerInit | WorkerQuery | WorkerStop | WorkerStatsQuery | WorkerCommitsQuery;
 
 export interface WorkerReady {
   type: 'ready';
@@ -85,4 +92,14 @@ export interface WorkerStats {
   p99LagMs: number;
 }
 
-export type FromWorker = WorkerReady | WorkerStates | WorkerStopped | WorkerError | WorkerStats;
+export interface WorkerCommits {
+  type: 'commits';
+  id: number;
+  /**
+   * agent id → wall-clock µs (performance.timeOrigin + now) at which its session stream
+   * delivered the SnapshotCommit, before the agent handled it. Agents that got none are absent.
+   */
+  received: Record<string, number>;
+}
+
+export type FromWorker = WorkerReady | WorkerStates | WorkerStopped | WorkerError | WorkerStats | WorkerCommits;

@@ -3,11 +3,16 @@
  * tunnel on 127.0.0.1 with an ephemeral port, and sim driver) against the coordinator, and
  * answers the parent's questions about its VMs over the IPC channel (scale-ipc.ts).
  *
+ * Each agent's session transport stamps the instant a SnapshotCommit arrives on its stream
+ * (before the agent handles it): the spread of those instants is the coordinator's commit
+ * fan-out skew, which bench:scale reports apart from the cut skew.
+ *
  * Started by scale-bench with child_process.fork; never run by hand. When the parent goes away
  * (its IPC channel closes) or on SIGTERM/SIGINT the worker stops its agents and exits.
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { Agent } from '../../agent/agent';
+import { grpcSessionTransport, type SessionFactory } from '../../agent/session';
 import { SimDriver, type SimVmState } from '../sim/driver';
 import { createLogger, type Logger } from '../../proto/core/log';
 import type { FromWorker, ToWorker, VmCounters, WorkerInit, WorkerQuery } from './scale-ipc';
@@ -15,6 +20,8 @@ import type { FromWorker, ToWorker, VmCounters, WorkerInit, WorkerQuery } from '
 const agents = new Map<string, { agent: Agent; driver: SimDriver }>();
 let log: Logger | undefined;
 let stopping: Promise<void> | undefined;
+/** snapshot id → agent id → µs when the agent's stream delivered SnapshotCommit. */
+const commitsReceived = new Map<string, Record<string, number>>();
 const lag = monitorEventLoopDelay({ resolution: 10 });
 lag.enable();
 
@@ -37,6 +44,28 @@ function counters(s: SimVmState): VmCounters {
   };
 }
 
+/** The production gRPC transport, with the arrival of each SnapshotCommit stamped for `agentId`. */
+function stampingSession(agentId: string): SessionFactory {
+  return (coordinator, reconnect) => {
+    const t = grpcSessionTransport(coordinator, reconnect);
+    return {
+      open: (events) =>
+        t.open({
+          message: (msg) => {
+            const id = msg.command?.snapshotCommit?.snapshotId;
+            if (id) {
+              const at = Math.round((performance.timeOrigin + performance.now()) * 1000);
+              commitsReceived.set(id, { ...commitsReceived.get(id), [agentId]: at });
+            }
+            events.message(msg);
+          },
+          end: (err) => events.end(err),
+        }),
+      close: () => t.close(),
+    };
+  };
+}
+
 async function init(m: WorkerInit): Promise<void> {
   log = createLogger('agent', { level: m.logLevel });
   const started = await Promise.all(
@@ -50,6 +79,7 @@ async function init(m: WorkerInit): Promise<void> {
         drivers: [driver],
         logger: log,
         hostname: id,
+        session: stampingSession(id),
       });
       agents.set(id, { agent, driver });
       const connected = new Promise<void>((resolve, reject) => {
@@ -96,6 +126,7 @@ process.on('message', (m: ToWorker) => {
   try {
     if (m.type === 'init') init(m).catch(fail);
     else if (m.type === 'query') query(m);
+    else if (m.type === 'commits') send({ type: 'commits', id: m.id, received: commitsReceived.get(m.snapshotId) ?? {} });
     else if (m.type === 'stats') {
       send({ type: 'stats', id: m.id, maxLagMs: lag.max / 1e6, p99LagMs: lag.percentile(99) / 1e6 });
       lag.reset();
