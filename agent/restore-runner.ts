@@ -10,7 +10,7 @@
  *                VM to replace runs unless stop_running. The memory images and disk layers are not
  *                read here: the coordinator validated them in full before a restore that replaces
  *                running VMs, and they are verified while loading (step 2);
- *             2. stop what runs (aborting a snapshot that includes it), apply the generation at
+ *             2. stop what runs, all at once (aborting a snapshot that includes it), apply the generation at
  *                once (configureVne generationNow; without one, the switch applies a deferred
  *                change when the last old port detached), load every VM paused, all at once, and
  *                attach its ports at epoch k behind the switch's restore gate (attachPort gated).
@@ -81,13 +81,14 @@ export class RestoreRunner {
     const t0 = this.nowUs();
     const channel = await this.check(c);
     const tValidated = this.nowUs();
-    for (const rv of c.vms) {
-      const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
-      if (existing) {
+    await Promise.all(
+      c.vms.map(async (rv) => {
+        const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
+        if (!existing) return;
         await this.o.snapshots.abortIncluding(existing, 'restore stops its VMs');
         await this.o.vms.destroy(existing, { discardDisk: true }); // replaced by the restore: nothing to keep
-      }
-    }
+      }),
+    );
     if (c.generation) this.o.switch().configureVne({ name: c.vne, generation: c.generation, generationNow: true });
     const rec: PreparedRestore = { id: c.restoreId, vne: c.vne, vms: [], channel };
     const store = verifyingStore(this.o.store, c.vms.map((rv) => stored(rv.memory as Artefact__Output)));
