@@ -414,7 +414,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     });
     assert.equal(r.ok, false);
     assert.equal(r.errorCode, 'ERR_FAILED_PRECONDITION');
-    assert.equal(r.errorMessage, `restore bad: ${mem.path}: size ${mem.size}, expected ${mem.size + 1}`);
+    assert.equal(r.errorMessage, `restore bad: ${mem.path}: size ${mem.size}, expected ${mem.size + 1} [ERR_FAILED_PRECONDITION]`);
     assert.equal(state('a').status, 'running');
     assert.ok(state('a').framesReceived >= before.framesReceived);
     assert.equal(agents.get('h1')?.switch.stats().vnes['blue']?.generation, snaps.length + 1);
