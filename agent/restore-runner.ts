@@ -3,15 +3,20 @@
  * VNE on this host. Pure sequencing over injected parts (the VM and VNE tables, the snapshot
  * runner, the switch, the store, a Clock).
  *
- *   prepare   1. check everything before touching anything: every VM's driver and artefacts
- *                (size and checksum; a disk's every layer, disk_layers in order, or an older
- *                coordinator's one `disk`), and that no VM to replace runs unless stop_running;
- *                read every channel artefact;
- *             2. stop what runs (aborting a snapshot that includes it), apply the generation at
+ *   prepare   1. check everything that costs no full read before touching anything: every VM's
+ *                driver, every artefact present with its recorded size (restore-verify.ts: a
+ *                disk's every layer, disk_layers in order, or an older coordinator's one `disk`),
+ *                every channel artefact read whole and checked (size, SHA-256, format), and that no
+ *                VM to replace runs unless stop_running. The memory images and disk layers are not
+ *                read here: the coordinator validated them in full before a restore that replaces
+ *                running VMs, and they are verified while loading (step 2);
+ *             2. stop what runs, all at once (aborting a snapshot that includes it), apply the generation at
  *                once (configureVne generationNow; without one, the switch applies a deferred
- *                change when the last old port detached), load every VM paused and attach its
- *                ports at epoch k behind the switch's restore gate (attachPort gated). If one VM
- *                fails to load, the VMs loaded so far are destroyed.
+ *                change when the last old port detached), load every VM paused, all at once, and
+ *                attach its ports at epoch k behind the switch's restore gate (attachPort gated).
+ *                A memory image reaches the driver through verifyingStore: its size and SHA-256
+ *                are checked as it streams, and QEMU never gets the last chunk of a wrong one. If
+ *                one VM fails to load, every VM loaded is destroyed once all loads ended.
  *   resume    resume every VM, then per port the switch's openGate: its recorded channel
  *             frames first, then what the gate kept, then the gate stays open — frames from
  *             peers that resumed first cannot overtake the channel state.
@@ -37,6 +42,7 @@ import type { SnapshotRunner } from './snapshot-runner';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import { portName, type VmRecord, type VmTable } from './vms';
 import type { VneTable } from './vne-table';
+import { presenceProblems, verifyingStore } from './restore-verify';
 
 export interface RestoreRunnerOptions {
   agentId: string;
@@ -73,32 +79,28 @@ export class RestoreRunner {
     if (this.restores.has(c.restoreId)) throw new VnsnapError('ERR_ALREADY_EXISTS', `restore ${c.restoreId} is already prepared here`);
     this.o.vnes.require(c.vne);
     const t0 = this.nowUs();
-    await this.check(c);
-    const channel = new Map<string, ChannelFrame[]>();
-    for (const rv of c.vms) {
-      for (const a of rv.channel) channel.set(a.owner, decodeChannel(await this.o.store.get(a.path), a.path));
-    }
+    const channel = await this.check(c);
     const tValidated = this.nowUs();
-    for (const rv of c.vms) {
-      const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
-      if (existing) {
+    await Promise.all(
+      c.vms.map(async (rv) => {
+        const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
+        if (!existing) return;
         await this.o.snapshots.abortIncluding(existing, 'restore stops its VMs');
         await this.o.vms.destroy(existing, { discardDisk: true }); // replaced by the restore: nothing to keep
-      }
-    }
+      }),
+    );
     if (c.generation) this.o.switch().configureVne({ name: c.vne, generation: c.generation, generationNow: true });
     const rec: PreparedRestore = { id: c.restoreId, vne: c.vne, vms: [], channel };
-    const out: VmSnapshot[] = [];
-    try {
-      for (const rv of c.vms) {
+    const store = verifyingStore(this.o.store, c.vms.map((rv) => stored(rv.memory as Artefact__Output)));
+    const loads = await Promise.allSettled(
+      c.vms.map(async (rv) => {
         const spec = rv.vm as VmSpec__Output;
         const tl = this.nowUs();
         const mem = rv.memory as Artefact__Output;
         const image: RestoreImage = { memory: stored(mem), disks: diskLayers(rv).map(stored) };
-        const vm = await this.o.vms.restore(c.vne, spec, image, this.o.store, c.epoch, c.restoreId);
-        rec.vms.push(vm);
+        const vm = await this.o.vms.restore(c.vne, spec, image, store, c.epoch, c.restoreId);
         const frames = spec.macs.reduce((n, _, i) => n + (channel.get(portName(c.vne, spec.name, i))?.length ?? 0), 0);
-        out.push({
+        const snap: VmSnapshot = {
           name: vm.name,
           host: this.o.agentId,
           memoryBytes: mem.size,
@@ -108,11 +110,21 @@ export class RestoreRunner {
             { phase: 'PHASE_VALIDATE', startUnixUs: t0, endUnixUs: tValidated },
             { phase: 'PHASE_LOAD', startUnixUs: tl, endUnixUs: this.nowUs() },
           ],
-        });
+        };
+        return { vm, snap };
+      }),
+    );
+    const out: VmSnapshot[] = [];
+    for (const l of loads) {
+      if (l.status === 'fulfilled') {
+        rec.vms.push(l.value.vm);
+        out.push(l.value.snap);
       }
-    } catch (e) {
+    }
+    const failed = loads.find((l): l is PromiseRejectedResult => l.status === 'rejected');
+    if (failed) {
       for (const vm of rec.vms) await this.o.vms.destroy(vm, { discardDisk: true }).catch(() => undefined);
-      throw e;
+      throw failed.reason;
     }
     this.restores.set(rec.id, rec);
     this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_LOAD' }, (this.nowUs() - tValidated) / 1e6);
@@ -120,23 +132,43 @@ export class RestoreRunner {
     return { restorePrepare: { vms: out } };
   }
 
-  /** Check every VM of a RestorePrepare before touching anything; one error listing every problem. */
-  private async check(c: RestorePrepare__Output): Promise<void> {
+  /**
+   * Check every VM of a RestorePrepare before touching anything, without reading an image: one
+   * error listing every problem. Returns the channel frames per port (read whole and checked).
+   */
+  private async check(c: RestorePrepare__Output): Promise<Map<string, ChannelFrame[]>> {
     const problems: string[] = [];
+    const images: Artefact__Output[] = [];
+    const channels: Artefact__Output[] = [];
     for (const rv of c.vms) {
       if (!rv.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'RestorePrepare: a VM without its spec');
       if (!rv.memory) problems.push(`${rv.vm.name}: no memory artefact`);
       this.o.vms.driverFor(rv.vm);
-      for (const a of [rv.memory, ...diskLayers(rv), ...rv.channel]) {
-        if (!a) continue;
-        const p = await this.o.store.verify(stored(a));
-        if (p) problems.push(p);
-      }
+      images.push(...(rv.memory ? [rv.memory] : []), ...diskLayers(rv));
+      channels.push(...rv.channel);
       const existing = this.o.vms.get(c.vne, rv.vm.name);
       if (existing && !c.stopRunning) problems.push(`${rv.vm.name} is running on agent ${this.o.agentId} (stop_running not set)`);
       if (existing && existing.restoreId !== undefined) problems.push(`${rv.vm.name} is already prepared by restore ${existing.restoreId}`);
     }
+    const [absent, read] = await Promise.all([presenceProblems(this.o.store, images.map(stored)), Promise.all(channels.map((a) => this.readChannel(a)))]);
+    problems.push(...absent, ...read.filter((r): r is string => typeof r === 'string'));
     if (problems.length > 0) throw new VnsnapError('ERR_FAILED_PRECONDITION', `restore ${c.restoreId}: ${problems.join('; ')}`);
+    const channel = new Map<string, ChannelFrame[]>();
+    read.forEach((r, i) => channel.set((channels[i] as Artefact__Output).owner, r as ChannelFrame[]));
+    return channel;
+  }
+
+  /** A channel artefact read whole and checked against its size and SHA-256: its frames, or a problem line. */
+  private async readChannel(a: Artefact__Output): Promise<ChannelFrame[] | string> {
+    const p = (await presenceProblems(this.o.store, [stored(a)]))[0];
+    if (p) return p;
+    let bytes: Buffer;
+    try {
+      bytes = await verifyingStore(this.o.store, [stored(a)]).get(a.path);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return decodeChannel(bytes, a.path);
   }
 
   async resume(c: RestoreResume__Output): Promise<Partial<Result>> {

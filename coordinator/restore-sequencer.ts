@@ -10,8 +10,13 @@
  *      artefact. A running instance on an unreachable agent is fenced when the operator placed
  *      its VM elsewhere (placement, place_lost) or the VNE is FAILED; otherwise the restore is
  *      refused (FAILED_PRECONDITION naming the agents when the VNE is DEGRADED).
- *   2. ValidateArtefacts on every agent of the new placement (its VMs' artefacts). Any problem
- *      ends the restore here with nothing touched (DATA_LOSS listing the problems).
+ *   2. When the restore would touch something before its VMs are loaded (VMs that run, in place
+ *      or moving; kept disks to discard; instances to fence: the VNE is not DEFINED),
+ *      ValidateArtefacts on every agent of the new placement (its VMs' artefacts, read in full).
+ *      Any problem ends the restore here with nothing touched (DATA_LOSS listing the problems).
+ *      A DEFINED VNE (nothing runs, nothing kept) skips that separate read: RestorePrepare
+ *      refuses early unless every artefact is present with its size, and every image is
+ *      verified while it loads (a bad one fails the load, RestoreCancel removes what was loaded).
  *   3. With stop_running, StopVm for the running VMs that move to another agent (or are not in
  *      the snapshot); the fenced instances are recorded (catalog fenced_vms, a note naming them,
  *      `vm.fenced` events): their agent stops them when it registers again. Generation g = VNE generation + 1; ConfigureVne on every agent of the new
@@ -125,12 +130,15 @@ export class RestoreSequencer {
     let configured = false;
     let stopped = false;
     try {
-      // 2. Validate: nothing is touched if anything is wrong.
+      // 2. Validate before touching anything; with nothing to touch, verified while loading (module comment).
       const nArtefacts = [...plan.artefactsByAgent.values()].reduce((n, l) => n + l.length, 0);
-      emit({ note: `restore: validating ${nArtefacts} artefacts on ${agents.length} agent${agents.length === 1 ? '' : 's'}` });
-      const validated = await onAll(agents, (a) => ({ validateArtefacts: { artefacts: plan.artefactsByAgent.get(a) ?? [] } }));
-      const problems = [...validated].flatMap(([a, r]) => (r.validate?.problems ?? []).map((p) => `${a}: ${p}`));
-      if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
+      const onAgents = `${agents.length} agent${agents.length === 1 ? '' : 's'}`;
+      if (prevState !== 'VNE_STATE_DEFINED' || plan.toStop.length > 0 || plan.fenced.length > 0 || catalog.disks.kept(vneName).size > 0) {
+        emit({ note: `restore: validating ${nArtefacts} artefacts on ${onAgents}` });
+        const validated = await onAll(agents, (a) => ({ validateArtefacts: { artefacts: plan.artefactsByAgent.get(a) ?? [] } }));
+        const problems = [...validated].flatMap(([a, r]) => (r.validate?.problems ?? []).map((p) => `${a}: ${p}`));
+        if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
+      } else emit({ note: `restore: nothing runs; ${nArtefacts} artefacts verified while loading on ${onAgents}` });
 
       // 3. Discard kept disks (allowed by claimable()), stop what moves, configure the overlay under the new generation.
       stage = 'prepare';

@@ -14,6 +14,7 @@
  *   channel  a virtio-serial port name: 1-64 of [A-Za-z0-9_.-] starting with a letter or digit
  *   nic      stream | tap | tap-vnet
  *   monitor  0 | 1
+ *   balloon  stats
  *
  * Pure: the coordinator checks at definition, the QEMU driver again before it builds a command
  * line (agent/drivers/qemu/driver.ts).
@@ -29,6 +30,7 @@ export const QEMU_EXTRA: Readonly<Record<string, { re: RegExp; grammar: string }
   channel: { re: NAME, grammar: 'a port name (letters, digits, "_", "." or "-")' },
   nic: { re: /^(stream|tap|tap-vnet)$/, grammar: 'stream, tap or tap-vnet' },
   monitor: { re: /^[01]$/, grammar: '0 or 1' },
+  balloon: { re: /^stats$/, grammar: 'stats' },
 };
 
 /** Refuse an unknown key or a value outside its grammar; `where` prefixes the message (e.g. `VM "a": `). */

@@ -31,6 +31,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { buildDistroGuest, distroImageRoots, type DistroImage } from '../guest/distro-guest';
+import { measureDistroImage } from './image-size';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
@@ -218,6 +219,7 @@ async function main(): Promise<void> {
     for (const p of problems) say(`  PROBLEM: ${p}`);
     let distro: Awaited<ReturnType<typeof distroRun>> | undefined;
     let distroError: string | undefined;
+    let imageVsUsed: number | undefined;
     if (!process.argv.includes('--no-distro')) {
       // the test guests' cluster goes first (destroy() is idempotent: the finally below repeats it)
       await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
@@ -230,10 +232,20 @@ async function main(): Promise<void> {
         distroError = (e as Error).message; // the test guest's figures above still stand
         say(`  PROBLEM: distro guest run: ${distroError}`);
       }
+      // ── image size against the guest's memory in use (test/bench/image-size.ts): one more distro guest, alone
+      try {
+        say('distro: image size against the memory in use (one guest, background snapshot) ...');
+        const m = await measureDistroImage(buildDistroGuest(), { zeroFreed: true });
+        imageVsUsed = Math.round(m.imageVsUsed * 100) / 100;
+        say(`  image ${(m.imageBytes / 1048576).toFixed(1)} MiB, in use (MemTotal-MemFree) ${((m.mem.totalBytes - m.mem.freeBytes) / 1048576).toFixed(1)} MiB: ${imageVsUsed}x`);
+      } catch (e) {
+        say(`  PROBLEM: image size: ${(e as Error).message}`);
+      }
+      // ── end of the image-size block
     }
     if (JSON_OUT) {
       const d = distro ? { distro: { pause_ms: distro.pause_ms, streams_intact: distro.streams_intact } } : distroError ? { distro: { error: distroError } } : {};
-      process.stdout.write(JSON.stringify({ ...out, ...d }) + '\n');
+      process.stdout.write(JSON.stringify({ ...out, ...d, ...(imageVsUsed !== undefined ? { image_vs_used: imageVsUsed } : {}) }) + '\n');
     } else {
       const row = (name: string, p: { median: number; max: number }, s: number): string => `  ${name.padEnd(11)} ${String(p.median).padStart(9)} ${String(p.max).padStart(9)} ${s.toFixed(2).padStart(11)}`;
       console.log('\n  4 VMs (128 MiB, TCG) on 2 hosts, streams + memory + disk load');

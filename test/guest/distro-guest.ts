@@ -17,6 +17,12 @@ export const DISTRO_BUILD_SCRIPT = path.join(REPO_ROOT, 'test', 'guest', 'build-
 export const DISTRO_MEMORY_MIB = 192;
 /** Kernel arguments before the vnsnap.* ones: the ext4 root on the VM's disk, eth0, a quiet serial console. */
 export const DISTRO_ROOT_ARGS = ['root=/dev/vda', 'rw', 'rootfstype=ext4', 'net.ifnames=0'];
+/**
+ * The guest kernel zeroes every page it frees, so a memory image holds the freed pages as QEMU's
+ * zero pages (a few bytes each) instead of their stale contents: exact in every snapshot mode
+ * (docs/guest.md, "Smaller memory images").
+ */
+export const ZERO_FREED_ARG = 'init_on_free=1';
 
 export interface DistroImage {
   kind: 'distro';
@@ -49,16 +55,17 @@ export function distroOverlay(image: DistroImage, file: string): string {
 }
 
 /**
- * The distro guest's kernel command line: the root arguments, then the test guest's line
+ * The distro guest's kernel command line: the root arguments, init_on_free=1 (unless
+ * zeroFreed is false: the measurement of what it saves), then the test guest's line
  * (console=ttyS0 quiet panic=-1 vnsnap.*). Without `disk` the workload writes its records to a
  * file on the root filesystem (/var/lib/vnguest/disk.img), never to /dev/vda.
  */
-export function distroCmdline(p: GuestParams, extra: readonly string[] = []): string {
-  return [...DISTRO_ROOT_ARGS, kernelCmdline(p, extra)].join(' ');
+export function distroCmdline(p: GuestParams, extra: readonly string[] = [], o: { zeroFreed?: boolean } = {}): string {
+  return [...DISTRO_ROOT_ARGS, ...(o.zeroFreed === false ? [] : [ZERO_FREED_ARG]), kernelCmdline(p, extra)].join(' ');
 }
 
 /** A VmStartSpec (QEMU driver) for a distro guest: `disk` is the VM's own overlay (distroOverlay). */
-export function distroSpec(image: DistroImage, vne: string, name: string, opts: { disk: string; params?: Omit<GuestParams, 'name'>; mac?: string; memMib?: number; nic?: string; accel?: string }): VmStartSpec {
+export function distroSpec(image: DistroImage, vne: string, name: string, opts: { disk: string; params?: Omit<GuestParams, 'name'>; mac?: string; memMib?: number; nic?: string; accel?: string; zeroFreed?: boolean; balloonStats?: boolean }): VmStartSpec {
   return {
     id: `${vne}/${name}`,
     vne,
@@ -71,9 +78,9 @@ export function distroSpec(image: DistroImage, vne: string, name: string, opts: 
         cpus: 1,
         kernel: image.kernel,
         initrd: image.initrd,
-        append: distroCmdline({ name, ...(opts.params ?? {}) }),
+        append: distroCmdline({ name, ...(opts.params ?? {}) }, [], { zeroFreed: opts.zeroFreed !== false }),
         disk: opts.disk,
-        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}) },
+        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}), ...(opts.balloonStats ? { balloon: 'stats' } : {}) },
       },
     },
   };

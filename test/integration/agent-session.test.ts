@@ -375,7 +375,7 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
   });
 
   // One `it`: the restores need the snapshots taken before them, and the refused restore one of them.
-  it('snapshots in precopy and background mode (consistent cuts, durable artefacts, no gap/duplicate/orphan); StopVm, then RestorePrepare/RestoreResume of each continues exactly from the cut; RestorePrepare touches nothing when an artefact is wrong', async () => {
+  it('snapshots in precopy and background mode (consistent cuts, durable artefacts, no gap/duplicate/orphan); StopVm, then RestorePrepare/RestoreResume of each continues exactly from the cut; RestorePrepare touches nothing when an artefact is of another size (no image read: checksums are verified by the coordinator validation and while loading)', async () => {
     await running();
     const snaps: Snap[] = [];
     snaps.push(await snapshot(1, 'SNAPSHOT_MODE_PRECOPY'));
@@ -404,17 +404,17 @@ describe('agent sessions with a fake coordinator (two agents, sim VMs, loopback 
     const total = snaps.reduce((n, s) => n + s.channelFrames, 0);
     console.log(`      restored ${snaps.length} snapshots, ${total} in-flight frames injected`);
 
-    // RestorePrepare touches nothing when an artefact is wrong.
+    // RestorePrepare touches nothing when an artefact is of another size than recorded.
     const s = snaps[0] as Snap;
     const before = state('a');
     const arts = s.artefacts.get('a') ?? [];
     const mem = arts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY') as Artefact__Output;
     const r = await coord.send('h1', {
-      restorePrepare: { restoreId: 'bad', vne: VNE, epoch: s.epoch, generation: 9, stopRunning: true, vms: [{ vm: vmSpec('a'), memory: { ...mem, sha256: '0'.repeat(64) }, channel: [] }] },
+      restorePrepare: { restoreId: 'bad', vne: VNE, epoch: s.epoch, generation: 9, stopRunning: true, vms: [{ vm: vmSpec('a'), memory: { ...mem, size: mem.size + 1 }, channel: [] }] },
     });
     assert.equal(r.ok, false);
     assert.equal(r.errorCode, 'ERR_FAILED_PRECONDITION');
-    assert.match(r.errorMessage, /SHA-256/);
+    assert.equal(r.errorMessage, `restore bad: ${mem.path}: size ${mem.size}, expected ${mem.size + 1} [ERR_FAILED_PRECONDITION]`);
     assert.equal(state('a').status, 'running');
     assert.ok(state('a').framesReceived >= before.framesReceived);
     assert.equal(agents.get('h1')?.switch.stats().vnes['blue']?.generation, snaps.length + 1);

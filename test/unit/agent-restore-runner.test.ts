@@ -75,15 +75,16 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     );
   });
 
-  it('Prepare touches nothing when an artefact is wrong or a VM runs without stop_running', async () => {
+  it('Prepare touches nothing when an artefact is absent or of another size, or a VM runs without stop_running (no image read)', async () => {
     h = await new AgentParts().init(['a']);
     const c = await imageOfA(h, 's2', { stopRunning: false });
     const mem = c.vms[0]?.memory as Artefact__Output;
-    mem.sha256 = '0'.repeat(64);
+    mem.size = 12;
     const msg = await failure(h.restores.prepare(c));
     assert.match(msg, /^ERR_FAILED_PRECONDITION: restore r-s2: /);
-    assert.match(msg, /snapshots\/s2\/a\.mem/);
-    assert.match(msg, /a is running on agent h1 \(stop_running not set\)/);
+    assert.equal(msg, 'ERR_FAILED_PRECONDITION: restore r-s2: a is running on agent h1 (stop_running not set); snapshots/s2/a.mem: size 11, expected 12');
+    await h.store.delete('snapshots/s2/a.mem');
+    assert.equal(await failure(h.restores.prepare({ ...c, stopRunning: true })), 'ERR_FAILED_PRECONDITION: restore r-s2: snapshots/s2/a.mem: missing');
     assert.deepEqual(h.driver.events, ['start a']);
     assert.equal(h.driver.status('blue/a'), 'running');
     assert.equal(h.vm('a').restoreId, undefined);
@@ -108,7 +109,7 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
 
     const bad = await imageOfA(h, 's7');
     const l1 = await layer('s7', 1);
-    (bad.vms[0] as { diskLayers: Artefact__Output[] }).diskLayers = [await layer('s7', 0), { ...l1, sha256: '0'.repeat(64) }];
+    (bad.vms[0] as { diskLayers: Artefact__Output[] }).diskLayers = [await layer('s7', 0), { ...l1, size: 3 }];
     const events = h.driver.events.length;
     assert.match(await failure(h.restores.prepare(bad)), /^ERR_FAILED_PRECONDITION: restore r-s7: .*snapshots\/s7\/a\.disk\.1\.qcow2/);
     assert.equal(h.driver.events.length, events, 'nothing touched');
@@ -152,6 +153,41 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.deepEqual(await h.restores.cancel({ restoreId: 'r-s4', vne: VNE }), {});
     assert.match(await failure(h.restores.resume({ restoreId: 'r-s4', vne: VNE })), /^ERR_NOT_FOUND/);
     assert.match(await failure(h.restores.prepare({ ...c, vne: 'red' })), /^ERR_VNE_UNKNOWN/);
+  });
+
+  it('Prepare loads its VMs all at once; a memory image with a wrong checksum fails its load (ERR_CHECKSUM) and every VM loaded is destroyed', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const ca = await imageOfA(h, 's8');
+    const memB = await h.store.put('snapshots/s8/b.mem', Buffer.from('memory of b'));
+    const vmB = { vm: fakeVmSpec('b', 2), memory: { ...memB, kind: 'ARTEFACT_KIND_MEMORY' as const, owner: 'b', attributes: {}, storedBytes: 0 }, disk: null, channel: [], diskLayers: [] };
+    // Both loads must be under way before either finishes: each image read waits for both.
+    const get = h.store.get.bind(h.store);
+    let reading = 0;
+    let bothReading: () => void = () => undefined;
+    const both = new Promise<void>((r) => (bothReading = r));
+    h.store.get = async (p: string) => {
+      if (p.endsWith('.mem')) {
+        if (++reading === 2) bothReading();
+        await both;
+      }
+      return get(p);
+    };
+    const ok = await h.restores.prepare({ ...ca, vms: [...ca.vms, vmB] });
+    assert.deepEqual(ok.restorePrepare?.vms?.map((v) => v.name), ['a', 'b']);
+    assert.deepEqual(h.driver.events.slice(-2).sort(), ['restore a', 'restore b']);
+    await h.restores.cancel({ restoreId: 'r-s8', vne: VNE });
+    h.store.get = get;
+
+    const bad = await imageOfA(h, 's9');
+    const memA = bad.vms[0]?.memory as Artefact__Output;
+    memA.sha256 = '0'.repeat(64); // the right size: only a read finds it
+    const b9 = await h.store.put('snapshots/s9/b.mem', Buffer.from('memory of b'));
+    const msg = await failure(h.restores.prepare({ ...bad, vms: [...bad.vms, { ...vmB, memory: { ...vmB.memory, ...b9 } }] }));
+    assert.match(msg, /^ERR_CHECKSUM: snapshots\/s9\/a\.mem: SHA-256 [0-9a-f]{64}, 0{64} expected$/);
+    assert.deepEqual(h.driver.events.slice(-1), ['stop b'], 'b, loaded, destroyed');
+    assert.deepEqual(h.vms.keys(), []);
+    assert.deepEqual(h.sw.portNames(VNE), []);
+    assert.match(await failure(h.restores.resume({ restoreId: 'r-s9', vne: VNE })), /^ERR_NOT_FOUND/);
   });
 
   it('a generation change deferred while the old instances run is applied by Prepare; an explicit generation wins', async () => {

@@ -687,6 +687,24 @@ describe('coordinator service: snapshots and restores', () => {
     assert.deepEqual(s.catalog.listRestores().map((r) => [r.state, r.error]), [['FAILED', 'agent h2: RestorePrepare failed: cannot load']]);
   });
 
+  it('a DEFINED VNE (nothing runs, no kept disk) is loaded without a separate validation read; a checksum failure while loading cancels everywhere, the VNE stays DEFINED', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    await s.svc.stopVne({ name: 'blue', discardDisks: true });
+    s.agents.sent.length = 0;
+    const notes: string[] = [];
+    s.agents.on('restorePrepare', failed('ERR_CHECKSUM', 'snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected'), 'h2');
+    await assert.rejects(
+      s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: false, timeoutMs: 0 }, (e) => void (e.note && notes.push(e.note))),
+      (e) => isVnsnapError(e, 'ERR_CHECKSUM') && e.message === 'agent h2: RestorePrepare failed: snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected',
+    );
+    assert.deepEqual(s.agents.names().filter((n) => !n.endsWith(':restoreCancel')), ['h1:configureVne', 'h2:configureVne', 'h1:restorePrepare', 'h2:restorePrepare']);
+    assert.deepEqual(s.agents.names('restoreCancel'), ['h1:restoreCancel', 'h2:restoreCancel']);
+    assert.equal(notes[0], 'restore: nothing runs; 4 artefacts verified while loading on 2 agents');
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
+  });
+
   it('a restore that does not finish in time fails with DEADLINE (ERR_TIMEOUT) and cancels', async () => {
     const s = setup();
     await running(s);

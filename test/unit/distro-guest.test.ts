@@ -40,7 +40,7 @@ describe('distro guest (host side)', () => {
   it('the command line is the root arguments, then the test guest line with the vnsnap.* parameters', () => {
     assert.equal(
       distroCmdline({ name: 'a', ip: '192.168.78.1/24', mtu: 1400, peers: ['192.168.78.2:7001'], diskRate: 20 }),
-      'root=/dev/vda rw rootfstype=ext4 net.ifnames=0 console=ttyS0 quiet panic=-1 vnsnap.name=a vnsnap.ip=192.168.78.1/24 vnsnap.mtu=1400 vnsnap.peers=192.168.78.2:7001 vnsnap.diskrate=20',
+      'root=/dev/vda rw rootfstype=ext4 net.ifnames=0 init_on_free=1 console=ttyS0 quiet panic=-1 vnsnap.name=a vnsnap.ip=192.168.78.1/24 vnsnap.mtu=1400 vnsnap.peers=192.168.78.2:7001 vnsnap.diskrate=20',
     );
   });
 
@@ -52,7 +52,7 @@ describe('distro guest (host side)', () => {
       vne: 'vnqd',
       name: 'b',
       macs: ['52:54:00:78:00:02'],
-      driver: { kind: 'qemu', qemu: { memoryMib: 192, cpus: 1, kernel: '/c/k/vmlinuz', initrd: '/c/k/initrd.img', append: 'root=/dev/vda rw rootfstype=ext4 net.ifnames=0 console=ttyS0 quiet panic=-1 vnsnap.name=b vnsnap.ip=10.0.0.2/24', disk: '/w/b-root.qcow2', extra: { channel: 'org.vnsnap.status' } } },
+      driver: { kind: 'qemu', qemu: { memoryMib: 192, cpus: 1, kernel: '/c/k/vmlinuz', initrd: '/c/k/initrd.img', append: 'root=/dev/vda rw rootfstype=ext4 net.ifnames=0 init_on_free=1 console=ttyS0 quiet panic=-1 vnsnap.name=b vnsnap.ip=10.0.0.2/24', disk: '/w/b-root.qcow2', extra: { channel: 'org.vnsnap.status' } } },
     });
     assert.deepEqual(distroImageRoots(img, '/w'), ['/c/k', '/w']);
   });
@@ -67,7 +67,7 @@ describe('distro guest (host side)', () => {
     for (const v of vms) {
       assert.equal(v.driver.qemu.memoryMib, 192);
       assert.equal(v.driver.qemu.kernel, img.kernel);
-      assert.match(v.driver.qemu.append, new RegExp(`^root=/dev/vda rw rootfstype=ext4 net\\.ifnames=0 console=ttyS0 quiet panic=-1 vnsnap\\.name=${v.name} `));
+      assert.match(v.driver.qemu.append, new RegExp(`^root=/dev/vda rw rootfstype=ext4 net\\.ifnames=0 init_on_free=1 console=ttyS0 quiet panic=-1 vnsnap\\.name=${v.name} `));
       assert.equal(backingOf(v.driver.qemu.disk), img.disk);
     }
   });

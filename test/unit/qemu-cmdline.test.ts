@@ -32,6 +32,12 @@ describe('QEMU command line', () => {
     for (const mib of [64, 256, 1024, 4096]) assert.notEqual(((mib * 1024 + tcgRamPadKib('tcg', [7, 2])) * 1024) % (64 * 4096), 0, `${mib} MiB`);
   });
 
+  it('balloon=stats adds a reporting-only virtio-balloon device (no free-page hinting or reporting); without it there is none', () => {
+    const args = qemuCmdline({ spec: { ...spec, extra: { balloon: 'stats' } }, files, accel: 'tcg', nics: [], disk: false, incoming: false });
+    assert.equal(argAfter(args, '-device'), 'virtio-balloon-pci,id=balloon0');
+    assert.ok(!qemuCmdline({ spec, files, accel: 'tcg', nics: [], disk: false, incoming: false }).some((a) => a.includes('balloon')));
+  });
+
   it('a restore only adds -S -incoming defer', () => {
     const start = qemuCmdline({ spec, files, accel: 'tcg', nics: [{ mode: 'stream', target: '/s', mac: '52:54:00:00:00:01' }], disk: true, incoming: false, ramPadKib: 8 });
     const restore = qemuCmdline({ spec, files, accel: 'tcg', nics: [{ mode: 'stream', target: '/s', mac: '52:54:00:00:00:01' }], disk: true, incoming: true, ramPadKib: 8 });

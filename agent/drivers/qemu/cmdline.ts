@@ -24,6 +24,13 @@
  *   monitor=1            a second QMP monitor, monitor.sock in the VM's directory, for an
  *                        operator's own tools (the driver keeps qmp.sock to itself; QEMU serves
  *                        one client per monitor socket)
+ *   balloon=stats        a virtio-balloon device (id balloon0) that only reports: with the
+ *                        guest's virtio_balloon driver, QMP `qom-set /machine/peripheral/balloon0
+ *                        guest-stats-polling-interval N` then `qom-get … guest-stats` give the
+ *                        guest's own MemTotal, MemFree and MemAvailable (test/bench/image-size.ts).
+ *                        No free-page hinting or reporting: neither is safe in a background
+ *                        snapshot (docs/qemu.md, "Image size"). Part of the device set: an image
+ *                        saved with it loads only with it.
  *
  * Guest RAM under TCG on QEMU < 9.0 is padded by 8 KiB (tcgRamPadKib): QEMU syncs a RAM block's
  * migration dirty bitmap 64 pages at a time when its length is a multiple of 64 pages, and that
@@ -192,6 +199,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
       '-device', `virtserialport,chardev=ch0,name=${extra.channel}`,
     );
   }
+  if (extra.balloon === 'stats') args.push('-device', 'virtio-balloon-pci,id=balloon0');
   if (c.incoming) args.push('-S', '-incoming', 'defer');
   return args;
 }

@@ -1,0 +1,91 @@
+/**
+ * The checks of a restore's artefacts that cost no full read, and the checksum of a memory image
+ * verified while it is loaded instead of in a separate read before (docs/performance.md, "Image
+ * size and restore").
+ *
+ *   presenceProblems  every artefact is in the store with its recorded size (the index of a
+ *                     content-addressed store, a file of the local one): one line per problem;
+ *                     metadata only, so a restore can refuse early at no cost.
+ *   verifiedRead      the chunks of an artefact, passed on as they come, with its size and SHA-256
+ *                     checked; the last chunk is held back until both match, so a consumer (QEMU's
+ *                     incoming migration) never receives a whole image that is wrong: a mismatch is
+ *                     ERR_CHECKSUM naming the artefact, raised before the stream's end.
+ *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
+ *                     memory images are verifiedRead / a checked get; everything else passes through
+ *                     (disk layers are checked by the driver's own chain rebuild).
+ */
+import { createHash } from 'node:crypto';
+import { VnsnapError } from '../proto/core/errors';
+import type { SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+
+export type Expected = Pick<StoredArtefact, 'path' | 'size' | 'sha256'>;
+
+/** A problem line per artefact that is absent or of another size than recorded (stat only). */
+export async function presenceProblems(store: Pick<SnapshotStore, 'stat'>, artefacts: readonly Expected[]): Promise<string[]> {
+  const lines = await Promise.all(
+    artefacts.map(async (a) => {
+      let size: number | null;
+      try {
+        size = await store.stat(a.path);
+      } catch (e) {
+        return `${a.path}: ${(e as Error).message}`;
+      }
+      if (size === null) return `${a.path}: missing`;
+      if (size !== Number(a.size)) return `${a.path}: size ${size}, expected ${a.size}`;
+      return '';
+    }),
+  );
+  return lines.filter((l) => l !== '');
+}
+
+function mismatch(a: Expected, size: number, sha: string): VnsnapError {
+  const want = Number(a.size);
+  const what = size > want ? `more than the ${want} bytes expected` : size < want ? `${size} bytes, ${want} expected` : `SHA-256 ${sha}, ${a.sha256} expected`;
+  return new VnsnapError('ERR_CHECKSUM', `${a.path}: ${what}`);
+}
+
+/** The chunks of `a` from `source`, its size and SHA-256 checked; the last chunk only once both match. */
+export async function* verifiedRead(source: AsyncIterable<Buffer>, a: Expected): AsyncGenerator<Buffer> {
+  const h = createHash('sha256');
+  const want = Number(a.size);
+  let size = 0;
+  let held: Buffer | undefined;
+  for await (const b of source) {
+    size += b.length;
+    if (size > want) throw mismatch(a, size, '');
+    h.update(b);
+    if (held) yield held;
+    held = b;
+  }
+  const sha = h.digest('hex');
+  if (size !== want || sha !== a.sha256.toLowerCase()) throw mismatch(a, size, sha);
+  if (held) yield held;
+}
+
+/** `store` with read() and get() of the `checked` artefacts verified (module comment). */
+export function verifyingStore(store: SnapshotStore, checked: readonly Expected[]): SnapshotStore {
+  const byPath = new Map(checked.map((a) => [a.path, a]));
+  return new Proxy(store, {
+    get(target, prop, receiver) {
+      if (prop === 'read') {
+        return (p: string): AsyncIterable<Buffer> => {
+          const a = byPath.get(p);
+          return a ? verifiedRead(target.read(p), a) : target.read(p);
+        };
+      }
+      if (prop === 'get') {
+        return async (p: string): Promise<Buffer> => {
+          const a = byPath.get(p);
+          const b = await target.get(p);
+          if (a) {
+            const sha = createHash('sha256').update(b).digest('hex');
+            if (b.length !== Number(a.size) || sha !== a.sha256.toLowerCase()) throw mismatch(a, b.length, sha);
+          }
+          return b;
+        };
+      }
+      const v: unknown = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+}
