@@ -105,6 +105,7 @@ export class QemuDriver implements HypervisorDriver {
       cutEscalateMs: opts.cutEscalateMs ?? 1500,
       progressMs: opts.progressMs ?? 100,
       streamBufferBytes: opts.streamBufferBytes ?? 32 * MiB,
+      pageOrderHoldBytes: opts.pageOrderHoldBytes ?? 64 * MiB,
       startTimeoutMs: opts.startTimeoutMs ?? 15_000,
       imageRoots: opts.imageRoots ?? DEFAULT_IMAGE_ROOTS,
       scope: opts.scope ?? 'auto',
