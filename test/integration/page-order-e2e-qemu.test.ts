@@ -16,16 +16,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { PageOrder } from '../../agent/drivers/qemu/page-order';
-import { QemuDriver } from '../../agent/drivers/qemu/driver';
+import type { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { silentLogger } from '../../proto/core/log';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalObjects } from '../../proto/store/local-objects';
 import { MemoryObjects } from '../support/memory-objects';
-import { Switch } from '../../switch/switch';
-import { buildGuest, ensureQemu, guestImageRoots, type GuestImage } from '../guest/qemu-guest';
+import { startGuestPairRig, type GuestPairRig } from '../support/guest-pair-rig';
 import { diffFiles, describeRuns } from '../support/ram-diff';
-import { startGuestPair } from '../support/guest-pair';
-import { sweepVnqm, VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
+import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 import { until } from '../support/wait';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
@@ -59,33 +57,19 @@ async function addedBySecond(a: Buffer, b: Buffer): Promise<number> {
 
 describe('memory images in address order with QEMU background snapshots', function () {
   const root = `${VNQM_ROOT_PREFIX}${process.pid}`;
-  let image: GuestImage;
+  let rig: GuestPairRig | undefined;
   let driver: QemuDriver;
-  let restorer: QemuDriver;
-  let sw: Switch;
-  const specs = new Map<string, VmStartSpec>();
 
   before(async function () {
     if (!ENABLED || process.getuid?.() !== 0) this.skip();
     this.timeout(10 * 60_000);
-    ensureQemu();
-    image = buildGuest();
-    sweepVnqm();
-    fs.mkdirSync(root, { recursive: true });
-    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root) });
-    restorer = new QemuDriver({ workDir: path.join(root, 'r'), imageRoots: guestImageRoots(image, root) });
-    sw = new Switch({ id: 'vnqm' });
-    sw.configureVne({ name: 'vnqm', vni: 79 });
-    sw.start();
-    for (const [name, spec] of await startGuestPair({ driver, sw, image, root, vne: 'vnqm', net: 79, rateKiB: 256 })) specs.set(name, spec);
+    rig = await startGuestPairRig(root, 79, 256);
+    driver = rig.driver;
   });
 
   after(async function () {
     this.timeout(60_000);
-    await restorer?.close().catch(() => undefined);
-    await driver?.close().catch(() => undefined);
-    sw?.stop();
-    fs.rmSync(root, { recursive: true, force: true });
+    await rig?.close();
   });
 
   /** A background snapshot of vnqm/a over QMP into `file`, its RAM dumped into `dump` while paused. */
@@ -139,6 +123,7 @@ describe('memory images in address order with QEMU background snapshots', functi
     const after = path.join(root, 'restored.ram');
     const job = await driver.snapshot('vnqm/a', { snapshotId: 's1', epoch: 1, mode: 'background', store, prefix: 'snapshots/s1/' });
     await job.ready;
+    const { sw, restorer, specs } = rig as GuestPairRig;
     await sw.cutPorts(['vnqm/a/0'], 1, (pass) =>
       job.cut(async () => {
         await pass();
