@@ -130,6 +130,18 @@ describe('page-order: RAM pages of a QEMU migration stream in address order', fu
     assert.equal(po.stats.atEnd, 1);
   });
 
+  it('at the device state, writes the held pages without repeating a page for the last block; before another section, repeats it', function () {
+    // vga.vram 1 is held to the end; the input's last record is in pc.ram, the output's in vga.vram.
+    const ram = [[p('pc.ram', 0), p('vga.vram', 1), p('pc.ram', 1)]];
+    const { out } = rewriteAllWays(buildStream(spec(ram)));
+    assert.ok(out.equals(buildStream(spec([[p('pc.ram', 0), p('pc.ram', 1)], [p('vga.vram', 1)]]))));
+    // A COMMAND section may be followed by RAM sections whose CONTINUE means pc.ram: pc.ram 1 again.
+    const tail = Buffer.from([SEC.COMMAND, 0, 1, 0, 0, SEC.EOF]);
+    const input = Buffer.concat([buildStream(spec(ram, { noTail: true })), tail]);
+    const want = Buffer.concat([buildStream(spec([[p('pc.ram', 0), p('pc.ram', 1)], [p('vga.vram', 1), p('pc.ram', 1)]], { noTail: true })), tail]);
+    assert.ok(rewriteAllWays(input).out.equals(want));
+  });
+
   it(`rewrites a 64 MiB stream with 5 % of its pages ahead of the scan at a speed far above a guest's`, function () {
     const n = 16384;
     const order: PageRec[] = [];

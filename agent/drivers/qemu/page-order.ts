@@ -222,7 +222,7 @@ export class PageOrder implements StreamTransform {
       const h = this.q.peek(need);
       const id = h.readUInt32BE(1);
       const name = h.toString('latin1', 6, 6 + len);
-      if (t !== SEC.START || name !== RAM_SECTION || this.ramId !== undefined) return this.leaveRam(`section ${name} (type ${t})`);
+      if (t !== SEC.START || name !== RAM_SECTION || this.ramId !== undefined) return this.leaveRam(`section ${name} (type ${t})`, t);
       this.ramId = id;
       this.emitRaw(need);
       this.state = 'ram-size';
@@ -231,12 +231,12 @@ export class PageOrder implements StreamTransform {
     if (t === SEC.PART || t === SEC.END) {
       if (this.q.length < 5) return false;
       const id = this.q.peek(5).readUInt32BE(1);
-      if (id !== this.ramId) return this.leaveRam(`a section ${id} other than RAM's`);
+      if (id !== this.ramId) return this.leaveRam(`a section ${id} other than RAM's`, t);
       this.emitRaw(5);
       this.state = 'ram';
       return true;
     }
-    return this.leaveRam(`section type ${t}`);
+    return this.leaveRam(`section type ${t}`, t);
   }
 
   /** 0x07, u32 len, the machine's name; subsections follow (subsection()). */
@@ -444,12 +444,12 @@ export class PageOrder implements StreamTransform {
   }
 
   /**
-   * Write out every held page in order, then the input's last page again if the output's last
-   * block differs (so the loader's CONTINUE block is the input's). Outside a RAM section (at the
-   * top level) they go into one more RAM PART section.
+   * Write out every held page in order, then (`keepBlock`) the input's last page again if the
+   * output's last block differs (so the loader's CONTINUE block is the input's). Outside a RAM
+   * section (at the top level) they go into one more RAM PART section.
    */
-  private flushHeld(inSection: boolean): void {
-    const fix = this.inLast !== undefined && this.outLast !== this.inLast;
+  private flushHeld(inSection: boolean, keepBlock = true): void {
+    const fix = keepBlock && this.inLast !== undefined && this.outLast !== this.inLast;
     if (this.heap.length === 0 && !fix) return;
     const wrap = !inSection && this.ramId !== undefined;
     if (wrap) this.out.push(sectionMark(SEC.PART, this.ramId as number));
@@ -459,16 +459,22 @@ export class PageOrder implements StreamTransform {
       this.emitPage(this.unhold(k));
       this.next = this.succ(k);
     }
-    if (this.inLast !== undefined && this.outLast !== this.inLast) this.emitPage(this.lastIn as Page);
+    if (keepBlock && this.inLast !== undefined && this.outLast !== this.inLast) this.emitPage(this.lastIn as Page);
     if (wrap) {
       this.out.push(eosRecord());
       if (this.footers) this.out.push(sectionMark(SEC.FOOTER, this.ramId as number));
     }
   }
 
-  /** The RAM part is over (a section not RAM's): held pages out, the rest through unchanged. */
-  private leaveRam(what: string): boolean {
-    this.flushHeld(false);
+  /**
+   * The RAM part is over (a section not RAM's): held pages out, the rest through unchanged. After
+   * device state (FULL), EOF or the VM description no RAM record follows in a QEMU 7.2 stream
+   * (the iterable sections end before the non-iterable ones are written), so the last block need
+   * not be restored there; after anything else (another iterable section's START or PART) RAM
+   * sections may follow, so it is.
+   */
+  private leaveRam(what: string, type: number): boolean {
+    this.flushHeld(false, type !== SEC.FULL && type !== SEC.EOF && type !== SEC.VMDESCRIPTION);
     if (this.ramId === undefined) return this.fallback(`${what} before the RAM section`);
     this.state = 'pass';
     return false;
