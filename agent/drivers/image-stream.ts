@@ -9,6 +9,8 @@
  *                    it — backpressure through the socket to the sender, so a store slower than
  *                    the sender holds it back, but only once the buffer is full (a QEMU
  *                    background snapshot's write-protect faults wait on its stream: docs/qemu.md).
+ *                    An optional StreamTransform rewrites the bytes on their way into the buffer
+ *                    (a QEMU background snapshot's pages put in address order: qemu/page-order.ts).
  *                    unbound() lifts the bound for a tail known to be small (a pre-copy's final
  *                    pass, sent while the VM is paused: it must not wait behind the backlog).
  *                    `ended` resolves once the sender closed the stream (EOF) and every byte
@@ -44,6 +46,18 @@ export interface StreamIntoStoreOptions {
   bufferBytes: number;
   /** Names the stream in errors ("memory image of vm1"). */
   what: string;
+  /** Rewrites the stream between the socket and the buffer (qemu/page-order.ts). */
+  transform?: StreamTransform;
+}
+
+/**
+ * A synchronous rewriter of a stream, called on each read from the socket: what it returns is
+ * what goes into the buffer (and counts against its bound); end() returns its tail at EOF. It
+ * holds what it keeps back itself, within its own bound.
+ */
+export interface StreamTransform {
+  push(chunk: Buffer): Buffer[];
+  end(): Buffer[];
 }
 
 export class StreamIntoStore {
@@ -108,13 +122,12 @@ export class StreamIntoStore {
     c.on('data', (chunk: Buffer) => {
       this.received += chunk.length;
       if (this.discarding || this.failure) return;
-      this.pending.push(chunk);
-      this.queued += chunk.length;
-      this.peakQueued = Math.max(this.peakQueued, this.queued);
+      this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
       if (this.bounded && this.queued >= this.o.bufferBytes) c.pause();
       this.pump();
     });
     c.on('end', () => {
+      if (this.o.transform && !this.discarding && !this.failure) this.enqueue(() => (this.o.transform as StreamTransform).end());
       this.eof = true;
       this.pump();
     });
@@ -122,6 +135,23 @@ export class StreamIntoStore {
     c.on('close', () => {
       if (!this.eof) this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: the stream was closed after ${this.received} bytes without its end`));
     });
+  }
+
+  /** Queue what `parts` returns; a transform that throws fails the stream. */
+  private enqueue(parts: () => Buffer[]): void {
+    let bufs: Buffer[];
+    try {
+      bufs = parts();
+    } catch (e) {
+      this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: rewriting the stream failed after ${this.received} bytes: ${(e as Error).message}`, { cause: e }));
+      return;
+    }
+    for (const b of bufs) {
+      if (b.length === 0) continue;
+      this.pending.push(b);
+      this.queued += b.length;
+    }
+    this.peakQueued = Math.max(this.peakQueued, this.queued);
   }
 
   /** Write the queue into the store in order, one batch at a time; resolve `ended` at EOF. */

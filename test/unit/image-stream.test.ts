@@ -15,6 +15,8 @@ import { CasStore } from '../../proto/store/cas-store';
 import type { ArtefactWriter, StoredArtefact } from '../../proto/store/snapshot-store';
 import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 import { until } from '../support/wait';
+import { buildStream, PAGE, pages } from '../support/migration-stream-builder';
+import { PageOrder } from '../../agent/drivers/qemu/page-order';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -117,6 +119,38 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       await st.close();
     }
     assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
+  });
+
+  it('save: a transform rewrites the stream on its way into the writer, its tail written at EOF', async () => {
+    const store = new CasStore(new MemoryObjects());
+    const w = await store.create('snapshots/s/vm.mem');
+    // Out of order in, address order out (a QEMU background snapshot's pages: qemu/page-order.ts).
+    const input = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [[...pages('pc.ram', 0, 2), ...pages('pc.ram', 5, 8), ...pages('pc.ram', 2, 5)]] });
+    const want = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [pages('pc.ram', 0, 8)] });
+    const transform = new PageOrder();
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm', transform });
+    try {
+      await send(st.sockPath, input).done;
+      await st.ended;
+      const a = await w.commit();
+      assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: want.length, sha256: sha(want) });
+      assert.equal(st.received, input.length);
+      assert.deepEqual([transform.stats.held, transform.stats.fallback], [3, undefined]);
+    } finally {
+      await st.close();
+    }
+  });
+
+  it('save: a transform that throws fails the stream with ERR_DRIVER naming it', async () => {
+    const w = new GatedWriter();
+    const transform = { push: (): Buffer[] => { throw new Error('bad record'); }, end: (): Buffer[] => [] };
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm', transform });
+    try {
+      send(st.sockPath, bytes(100 * KiB, 1));
+      assert.match(await rejection(st.ended), /^ERR_DRIVER: memory image of vm: rewriting the stream failed after \d+ bytes: bad record$/);
+    } finally {
+      await st.close();
+    }
   });
 
   it('save: a slow store holds the sender back only once the buffer is full (bounded memory), then lets it finish', async () => {

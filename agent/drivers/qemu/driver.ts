@@ -54,6 +54,7 @@ import { loadMemory } from './incoming';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
 import { openTapPort, removeVmVeth } from './vm-veth';
+import { DEFAULT_HOLD_BYTES } from './page-order';
 import type { ProcessIdentity } from '../../vm-state';
 
 export type { QemuDriverOptions } from './process';
@@ -105,6 +106,7 @@ export class QemuDriver implements HypervisorDriver {
       cutEscalateMs: opts.cutEscalateMs ?? 1500,
       progressMs: opts.progressMs ?? 100,
       streamBufferBytes: opts.streamBufferBytes ?? 32 * MiB,
+      pageOrderHoldBytes: opts.pageOrderHoldBytes ?? DEFAULT_HOLD_BYTES,
       startTimeoutMs: opts.startTimeoutMs ?? 15_000,
       imageRoots: opts.imageRoots ?? DEFAULT_IMAGE_ROOTS,
       scope: opts.scope ?? 'auto',

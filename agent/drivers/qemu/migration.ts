@@ -46,6 +46,7 @@ import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, Snapsh
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { StreamIntoStore } from '../image-stream';
 import { DiskOverlay } from './disk-overlay';
+import { loggedPageOrder } from './page-order';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -176,7 +177,8 @@ export class QemuJob extends DriverJob {
     const w = await this.opts.store.create(this.memPath);
     this.memWriter = w;
     this.writers.push(w);
-    const st = await StreamIntoStore.listen(this.memSock, w, { bufferBytes: this.o.streamBufferBytes, what: `memory image of ${this.vm}` });
+    const transform = this.opts.mode === 'background' ? loggedPageOrder(this.log, this.o.pageOrderHoldBytes) : undefined; // pages in address order
+    const st = await StreamIntoStore.listen(this.memSock, w, { bufferBytes: this.o.streamBufferBytes, what: `memory image of ${this.vm}`, transform });
     this.stream = st;
     st.ended.catch((e: Error) => {
       // A store failing before ready fails `ready` (a stream this job dropped itself does not).

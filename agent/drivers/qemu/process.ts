@@ -83,6 +83,8 @@ export interface QemuDriverOptions {
    * QEMU held back (default 32 MiB; docs/qemu.md "How the stream reaches the store").
    */
   streamBufferBytes?: number;
+  /** Page bytes of a background snapshot held back to write its memory image in address order (default 128 MiB; page-order.ts). */
+  pageOrderHoldBytes?: number;
   /** query-migrate period during pre-copy (default 100 ms). */
   progressMs?: number;
   /** QMP monitor must answer within this after spawn (default 15 s). */
