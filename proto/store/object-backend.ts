@@ -14,6 +14,9 @@
  *     clean-up removes; list() never shows it). Objects are bounded (a chunk, a manifest): put
  *     takes the whole body, there is no multipart upload at this layer.
  *   - get() of an absent key is ERR_NOT_FOUND; head() of an absent key is null.
+ *   - getRange(key, offset, length) returns the bytes [offset, offset + length) of a committed
+ *     object, fewer when the object ends first (none past its end); ERR_NOT_FOUND when absent.
+ *     It is how a reader takes a few chunks out of a pack file (pack-format.ts) in one request.
  *   - list(prefix) returns every committed key starting with prefix, sorted, whole (the backend
  *     pages internally); listInfo(prefix) returns the same keys, same order, each with its size
  *     and modification time.
@@ -44,6 +47,8 @@ export interface ObjectBackend {
   put(key: string, data: Uint8Array): Promise<void>;
   /** The bytes of a committed object; ERR_NOT_FOUND when absent. */
   get(key: string): Promise<Buffer>;
+  /** Bytes [offset, offset + length) of a committed object, fewer at its end; ERR_NOT_FOUND when absent. */
+  getRange(key: string, offset: number, length: number): Promise<Buffer>;
   /** Size and time of a committed object, or null when absent. */
   head(key: string): Promise<ObjectInfo | null>;
   /** Committed keys starting with prefix, sorted. */
@@ -52,6 +57,12 @@ export interface ObjectBackend {
   listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
+}
+
+/** ERR_INVALID_ARGUMENT unless offset and length are non-negative safe integers. */
+export function checkRange(offset: number, length: number, backend: string): void {
+  const ok = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
+  if (!ok(offset) || !ok(length)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${backend}: byte range ${offset}+${length} is not two non-negative integers`);
 }
 
 const KEY_CHARS = /^[A-Za-z0-9._/-]+$/;

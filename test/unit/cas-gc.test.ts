@@ -177,11 +177,11 @@ describe('CAS garbage collection', () => {
     assert.equal(await r.store.deleteByPrefix('snapshots/s1/'), 2);
     r.now += 61 * MIN;
     const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
-    assert.deepEqual(res, { chunksDeleted: onlyS1.length, bytesFreed: freed, chunksKept: before.length - onlyS1.length, indexes: 1 });
+    assert.deepEqual(res, { chunksDeleted: onlyS1.length, bytesFreed: freed, chunksKept: before.length - onlyS1.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     assert.deepEqual(chunksOf(r.objects), before.filter((k) => !onlyS1.includes(k)));
     assert.deepEqual(locksOf(r.objects), []);
     await nothingNamedMissing(r);
-    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: before.length - onlyS1.length, indexes: 1 });
+    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: before.length - onlyS1.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
   });
 
   it('a writer running during the mark keeps its chunks, also the old ones it found present', async () => {
@@ -284,10 +284,10 @@ describe('CAS garbage collection', () => {
     const orphans = chunksOf(r.objects).filter((k) => !kept.includes(k));
     assert.ok(orphans.length > 3);
     r.now += 59 * MIN;
-    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: kept.length + orphans.length, indexes: 1 });
+    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: kept.length + orphans.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     r.now += 2 * MIN;
     const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
-    assert.deepEqual({ ...res, bytesFreed: 0 }, { chunksDeleted: orphans.length, bytesFreed: 0, chunksKept: kept.length, indexes: 1 });
+    assert.deepEqual({ ...res, bytesFreed: 0 }, { chunksDeleted: orphans.length, bytesFreed: 0, chunksKept: kept.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     assert.ok(res.bytesFreed >= 50 * KiB - SMALL.max);
     assert.deepEqual(chunksOf(r.objects), kept);
   });
@@ -381,12 +381,12 @@ describe('CAS verify and stats', () => {
 
   it('stats count stored chunks and bytes, logical bytes of every artefact, and the dedup ratio', async () => {
     const r = rig();
-    assert.deepEqual(await r.store.stats(), { chunks: 0, storedBytes: 0, artefacts: 0, logicalBytes: 0, dedupRatio: 1 });
+    assert.deepEqual(await r.store.stats(), { chunks: 0, packs: 0, storedBytes: 0, artefacts: 0, logicalBytes: 0, dedupRatio: 1 });
     const data = bytes(100 * KiB, 16);
     await r.store.put('s1/a', data);
     await r.store.put('s2/a', data);
     await r.store.put('s3/a', data);
     const chunks = chunksOf(r.objects).length;
-    assert.deepEqual(await r.store.stats(), { chunks, storedBytes: 100 * KiB, artefacts: 3, logicalBytes: 300 * KiB, dedupRatio: 3 });
+    assert.deepEqual(await r.store.stats(), { chunks, packs: 0, storedBytes: 100 * KiB, artefacts: 3, logicalBytes: 300 * KiB, dedupRatio: 3 });
   });
 });
