@@ -173,18 +173,9 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
     }
     for (const key of candidates.keys()) if (named.has(shaOfChunkKey(key))) candidates.delete(key);
     plan = planPacks(facts, named, cutoff, deadFraction);
-    const moved = await repack(backend, plan.repack, opts.packTargetBytes ?? 8 << 20, keepFresh);
+    // Dead packs and debris first: a repack may write a pack with the id of debris it replaces.
     let bytesFreed = 0;
     let chunksFreed = 0;
-    for (const d of moved.deleted) {
-      bytesFreed += d.bytes;
-      chunksFreed += d.chunks;
-    }
-    for (const w of moved.written) {
-      bytesFreed -= w.bytes;
-      chunksFreed -= w.chunks;
-    }
-    const stayed = plan.repack.filter((r) => !moved.deleted.some((d) => d.id === r.id)).reduce((n, r) => n + r.chunks, 0);
     for (const d of plan.dead) {
       if (d.table) {
         await keepFresh();
@@ -204,6 +195,16 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
       await backend.delete(key);
       bytesFreed += size;
     }
+    const moved = await repack(backend, plan.repack, opts.packTargetBytes ?? 8 << 20, keepFresh);
+    for (const d of moved.deleted) {
+      bytesFreed += d.bytes;
+      chunksFreed += d.chunks;
+    }
+    for (const w of moved.written) {
+      bytesFreed -= w.bytes;
+      chunksFreed -= w.chunks;
+    }
+    const stayed = plan.repack.filter((r) => !moved.deleted.some((d) => d.id === r.id)).reduce((n, r) => n + r.chunks, 0);
     await backend.delete(GC_LOCK);
     const packsDeleted = moved.deleted.length + plan.dead.length;
     const chunksKept = all.length - candidates.size + plan.keptChunks + stayed + moved.written.reduce((n, w) => n + w.chunks, 0);

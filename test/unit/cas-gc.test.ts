@@ -2,42 +2,8 @@ import { strict as assert } from 'node:assert';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { GC_LOCK, REFRESH_MS, STALE_MS } from '../../proto/store/cas-locks';
 import { CasStore } from '../../proto/store/cas-store';
-import type { GcOptions } from '../../proto/store/cas-gc';
+import { KiB, MIN, rig, SMALL } from '../support/cas-rig';
 import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
-
-const KiB = 1024;
-const MIN = 60_000;
-const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
-
-/** A memory store on a fake clock: sleeps step the clock (and run `onSleep`), timers are ticked by hand. */
-function rig() {
-  const objects = new MemoryObjects();
-  const r = {
-    now: 1_800_000_000_000,
-    objects,
-    sleeps: 0,
-    onSleep: async (): Promise<void> => undefined,
-    refreshers: [] as (() => void)[],
-    store: undefined as unknown as CasStore,
-    timing: {} as GcOptions,
-  };
-  objects.clock = () => r.now;
-  r.timing = {
-    clock: () => r.now,
-    sleep: async (ms: number) => {
-      r.sleeps++;
-      r.now += ms;
-      await r.onSleep();
-    },
-    every: (_ms: number, fn: () => void) => {
-      r.refreshers.push(fn);
-      return () => r.refreshers.splice(r.refreshers.indexOf(fn), 1);
-    },
-    pollMs: 1000,
-  };
-  r.store = new CasStore(objects, { chunker: SMALL, concurrency: 3, locks: r.timing });
-  return r;
-}
 
 const chunksOf = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('chunks/'));
 const locksOf = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('locks/'));
