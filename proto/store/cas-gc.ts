@@ -27,10 +27,10 @@
  *   - Chunks of aborted or crashed writers are freed once older than the grace period, which
  *     also covers clock skew between hosts and the backend.
  */
-import { isVnsnapError, VnsnapError } from '../core/errors';
+import { VnsnapError } from '../core/errors';
 import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, pathOfIndexKey } from './cas-index';
 import { liveWriterLocks, refreshGcLock, REFRESH_MS, STALE_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
-import type { ObjectBackend, ObjectInfo } from './object-backend';
+import { getIfPresent, type ObjectBackend, type ObjectInfo } from './object-backend';
 import { decodeTable, packIdOf, packKey, tableKey, PACK_PREFIX, TABLE_PREFIX } from './pack-format';
 import { planPacks, repack, type PackFacts } from './pack-gc';
 import { forEachLimit, PARALLEL } from './pack-map';
@@ -64,13 +64,8 @@ export const DEFAULT_GRACE_MS = 60 * 60_000;
 async function namedBy(backend: ObjectBackend, info: ObjectInfo): Promise<string[] | null> {
   const path = pathOfIndexKey(info.key);
   if (path === null) return [];
-  let data: Buffer;
-  try {
-    data = await backend.get(info.key);
-  } catch (e) {
-    if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
-    throw e;
-  }
+  const data = await getIfPresent(backend, info.key);
+  if (!data) return null;
   return decodeIndex(data, path).chunks.map((c) => c.sha256);
 }
 
@@ -91,12 +86,9 @@ async function packFacts(backend: ObjectBackend): Promise<PackFacts> {
   const tableInfos = byId(await backend.listInfo(TABLE_PREFIX));
   const tables: PackFacts['tables'] = new Map();
   await forEachLimit([...tableInfos.keys()], PARALLEL, async (id) => {
-    try {
-      tables.set(id, decodeTable(await backend.get(tableKey(id)), tableKey(id)));
-    } catch (e) {
-      if (!isVnsnapError(e, 'ERR_NOT_FOUND')) throw e;
-      tableInfos.delete(id);
-    }
+    const data = await getIfPresent(backend, tableKey(id));
+    if (data) tables.set(id, decodeTable(data, tableKey(id)));
+    else tableInfos.delete(id); // deleted since listed
   });
   return { packs, tableInfos, tables };
 }

@@ -79,18 +79,24 @@ export function encodeIndex(i: ArtefactIndex): Buffer {
 const SHA = /^[0-9a-f]{64}$/;
 const isSize = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 
+/** The JSON object in data; `damaged` names what is wrong when it is none. */
+export function parseObject(data: Buffer, damaged: (why: string) => never): Record<string, unknown> {
+  let o: unknown;
+  try {
+    o = JSON.parse(data.toString('utf8'));
+  } catch {
+    damaged('not JSON');
+  }
+  if (o === null || typeof o !== 'object') damaged('not an object');
+  return o as Record<string, unknown>;
+}
+
 /** Parse and check an index read for `relPath`. */
 export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
   const damaged = (why: string): never => {
     throw new VnsnapError('ERR_DATA_LOSS', `artefact ${relPath}: its index is damaged (${why})`);
   };
-  let o: Record<string, unknown> = {};
-  try {
-    o = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
-  } catch {
-    damaged('not JSON');
-  }
-  if (o === null || typeof o !== 'object') damaged('not an object');
+  const o = parseObject(data, damaged);
   if (o.format !== INDEX_FORMAT && o.format !== INDEX_FORMAT_1) {
     throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is neither ${INDEX_FORMAT} nor ${INDEX_FORMAT_1}; this vnsnap is older than the store, upgrade it`);
   }

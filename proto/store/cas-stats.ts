@@ -11,9 +11,8 @@
  * chunks it shares; dedupRatio is logicalBytes / storedBytes, and 1 for an empty store. An
  * index that cannot be read or parsed is an error naming the artefact (cas-index.ts).
  */
-import { isVnsnapError } from '../core/errors';
 import { ARTEFACT_PREFIX, CHUNK_PREFIX, decodeIndex, pathOfIndexKey } from './cas-index';
-import type { ObjectBackend } from './object-backend';
+import { getIfPresent, type ObjectBackend } from './object-backend';
 import { PACK_PREFIX } from './pack-format';
 import { PackMap } from './pack-map';
 
@@ -38,13 +37,8 @@ export async function storeStats(backend: ObjectBackend, map = new PackMap()): P
   for (const key of await backend.list(ARTEFACT_PREFIX)) {
     const path = pathOfIndexKey(key);
     if (path === null) continue;
-    let data: Buffer;
-    try {
-      data = await backend.get(key);
-    } catch (e) {
-      if (isVnsnapError(e, 'ERR_NOT_FOUND')) continue; // deleted since listed
-      throw e;
-    }
+    const data = await getIfPresent(backend, key);
+    if (!data) continue; // deleted since listed
     artefacts++;
     logicalBytes += decodeIndex(data, path).size;
   }

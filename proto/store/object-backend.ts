@@ -30,7 +30,7 @@
  *     credentials are refused, ERR_INTERNAL otherwise; every message is one line naming the
  *     backend and the key.
  */
-import { VnsnapError } from '../core/errors';
+import { isVnsnapError, VnsnapError } from '../core/errors';
 
 /** What head() and listInfo() know about a committed object. */
 export interface ObjectInfo {
@@ -57,6 +57,16 @@ export interface ObjectBackend {
   listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
+}
+
+/** The bytes of a committed object, or null when it is absent (deleted since it was listed). */
+export async function getIfPresent(backend: ObjectBackend, key: string): Promise<Buffer | null> {
+  try {
+    return await backend.get(key);
+  } catch (e) {
+    if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
+    throw e;
+  }
 }
 
 /** ERR_INVALID_ARGUMENT unless offset and length are non-negative safe integers. */

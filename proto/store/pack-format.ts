@@ -16,6 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
+import { parseObject } from './cas-index';
 
 export const PACK_PREFIX = 'packs/';
 export const TABLE_PREFIX = 'packtabs/';
@@ -76,13 +77,7 @@ export function decodeTable(data: Buffer, key: string): PackTable {
   const damaged = (why: string): never => {
     throw new VnsnapError('ERR_DATA_LOSS', `pack table ${key} is damaged (${why})`);
   };
-  let o: Record<string, unknown> = {};
-  try {
-    o = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
-  } catch {
-    damaged('not JSON');
-  }
-  if (o === null || typeof o !== 'object') damaged('not an object');
+  const o = parseObject(data, damaged);
   if (o.format !== TABLE_FORMAT) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `pack table ${key}: format ${JSON.stringify(o.format)} is not ${TABLE_FORMAT}; this vnsnap is older than the store, upgrade it`);
   if (typeof o.pack !== 'string' || packIdOf(key) !== o.pack) damaged(`it names pack ${JSON.stringify(o.pack)}`);
   if (!isSize(o.size) || !Array.isArray(o.chunks)) damaged('bad size or chunk list');

@@ -16,8 +16,7 @@
  *     found in one of them; both copies are whole chunks, either serves.
  *   - A damaged table stops refresh() with its error (ERR_DATA_LOSS naming the key).
  */
-import { isVnsnapError } from '../core/errors';
-import type { ObjectBackend } from './object-backend';
+import { getIfPresent, type ObjectBackend } from './object-backend';
 import { decodeTable, packIdOf, tableKey, TABLE_PREFIX, type PackTable } from './pack-format';
 
 /** Where one chunk is stored. */
@@ -94,14 +93,8 @@ export class PackMap {
     const fresh = [...listed].filter((id) => !this.tables.has(id));
     await forEachLimit(fresh, PARALLEL, async (id) => {
       const key = tableKey(id);
-      let data: Buffer;
-      try {
-        data = await backend.get(key);
-      } catch (e) {
-        if (isVnsnapError(e, 'ERR_NOT_FOUND')) return; // deleted since listed
-        throw e;
-      }
-      this.add(decodeTable(data, key));
+      const data = await getIfPresent(backend, key);
+      if (data) this.add(decodeTable(data, key)); // else deleted since listed
     });
   }
 }

@@ -4,9 +4,11 @@
  * `onSleep`), the lock refresh timers are ticked by hand, and the memory backend stamps objects
  * with the same clock. `rig({ pack })` makes a store that writes packs.
  */
+import { strict as assert } from 'node:assert';
 import type { GcOptions } from '../../proto/store/cas-gc';
+import { STALE_MS } from '../../proto/store/cas-locks';
 import { CasStore, type PackOptions } from '../../proto/store/cas-store';
-import { MemoryObjects } from './memory-objects';
+import { failureOf, MemoryObjects } from './memory-objects';
 
 export const KiB = 1024;
 export const MIN = 60_000;
@@ -56,3 +58,29 @@ export function rig(o: { pack?: PackOptions } = {}): Rig {
   return r;
 }
 
+
+/**
+ * Fail the backend at call k of a garbage collection, for k = 1, 2, … until a run gets through:
+ * each time on a fresh `scene()`, check that the failure is the injected one and that `intact`
+ * holds, then run again (once the crashed run's lock is stale) and expect the keys a clean run
+ * leaves, `expected`. Returns how many runs failed.
+ */
+export async function failEveryGcStep(scene: () => Promise<{ r: Rig; opts: GcOptions }>, expected: string[], intact: (r: Rig) => Promise<void>): Promise<number> {
+  let steps = 0;
+  for (let k = 1; ; k++) {
+    const { r, opts } = await scene();
+    r.objects.failCall(k);
+    const got = await failureOf(r.store.gc(opts));
+    if (got === 'resolved') {
+      assert.deepEqual(r.objects.keys(), expected);
+      return steps;
+    }
+    steps++;
+    assert.match(got, /^ERR_UNAVAILABLE: memory: (list|get|head|put|delete) .+ failed \(injected ERR_UNAVAILABLE\)$/);
+    r.objects.failCall(0);
+    await intact(r);
+    r.now += STALE_MS; // a lock a crashed run left goes stale
+    await r.store.gc(opts);
+    assert.deepEqual(r.objects.keys(), expected, `after a failure at call ${k}: ${got}`);
+  }
+}

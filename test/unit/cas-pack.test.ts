@@ -3,7 +3,8 @@ import { decodeIndex, indexKey, INDEX_FORMAT, type ArtefactIndex } from '../../p
 import { STALE_MS } from '../../proto/store/cas-locks';
 import { decodeTable, packIdOf, packKey, tableKey, type PackTable } from '../../proto/store/pack-format';
 import { planRuns } from '../../proto/store/pack-reader';
-import { KiB, MIN, rig, type Rig } from '../support/cas-rig';
+import type { GcOptions } from '../../proto/store/cas-gc';
+import { failEveryGcStep, KiB, MIN, rig, type Rig } from '../support/cas-rig';
 import { failureOf as failure, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const PACK = { targetBytes: 64 * KiB, rangeBytes: 32 * KiB, aheadBytes: 64 * KiB };
@@ -213,24 +214,11 @@ describe('CAS packs: garbage collection', () => {
   it('a failure at any step of a repacking run leaves everything named readable, and the next run ends where a clean one does', async () => {
     const clean = await repackScene();
     await clean.r.store.gc({ ...clean.r.timing, ...GC });
-    const expected = clean.r.objects.keys();
-    let steps = 0;
-    for (let k = 1; ; k++) {
+    const scene = async (): Promise<{ r: Rig; opts: GcOptions }> => {
       const { r } = await repackScene();
-      r.objects.failCall(k);
-      const got = await failure(r.store.gc({ ...r.timing, ...GC }));
-      if (got === 'resolved') {
-        assert.deepEqual(r.objects.keys(), expected);
-        break;
-      }
-      steps++;
-      assert.match(got, /^ERR_UNAVAILABLE: memory: (list|get|head|put|delete) .+ failed \(injected ERR_UNAVAILABLE\)$/);
-      r.objects.failCall(0);
-      await allReadable(r);
-      r.now += STALE_MS; // a lock a crashed run left goes stale
-      await r.store.gc({ ...r.timing, ...GC });
-      assert.deepEqual(r.objects.keys(), expected, `after a failure at call ${k}: ${got}`);
-    }
+      return { r, opts: { ...r.timing, ...GC } };
+    };
+    const steps = await failEveryGcStep(scene, clean.r.objects.keys(), allReadable);
     assert.ok(steps > 12, `${steps} steps failed`);
   });
 
