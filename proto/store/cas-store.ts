@@ -2,10 +2,13 @@
  * The content-addressed snapshot store: the SnapshotStore contract (snapshot-store.ts, unchanged)
  * over any ObjectBackend (object-backend.ts: a local directory, an S3 bucket). Artefacts are cut
  * into content-defined chunks (chunker.ts), each stored once under its SHA-256 across every
- * artefact, snapshot and VNE; an artefact is its index object (cas-index.ts), written last
- * (cas-writer.ts). docs/storage.md ("Layout") has the picture.
+ * artefact, snapshot and VNE — with `pack`, in pack files of a few MiB (pack-*.ts), else one
+ * object per chunk; an artefact is its index object (cas-index.ts), written last
+ * (cas-writer.ts), which says where each chunk is. docs/storage.md ("Layout") has the picture.
  *
  * Guarantees on top of the contract:
+ *   - Packs: the pack map (pack-map.ts) is refreshed when a writer session starts, after its
+ *     lock is put, so the chunks a writer finds there cannot be swept before its index is written.
  *   - get() and read() check every chunk's SHA-256 and size as it arrives, and the artefact's
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()

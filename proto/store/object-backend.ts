@@ -11,8 +11,9 @@
  *     ERR_INVALID_ARGUMENT before any I/O.
  *   - put() is atomic: a reader sees no object or the whole new one, never part of one; a failed
  *     put leaves no object (an interrupted put may leave invisible debris that the backend's own
- *     clean-up removes; list() never shows it). Objects are bounded (a chunk, a manifest): put
- *     takes the whole body, there is no multipart upload at this layer.
+ *     clean-up removes; list() never shows it). Objects are bounded (a pack of about 8 MiB, a
+ *     chunk, an index, a manifest): put takes the whole body, there is no multipart upload at
+ *     this layer.
  *   - get() of an absent key is ERR_NOT_FOUND; head() of an absent key is null.
  *   - getRange(key, offset, length) returns the bytes [offset, offset + length) of a committed
  *     object, fewer when the object ends first (none past its end); ERR_NOT_FOUND when absent.
