@@ -18,6 +18,12 @@ snapshotStoreCompliance('CasStore over memory objects', {
   close: async () => undefined,
 });
 
+snapshotStoreCompliance('CasStore in packs over memory objects', {
+  dedup: true,
+  open: async () => new CasStore(new MemoryObjects(), { chunker: SMALL, pack: { targetBytes: 32 * KiB, rangeBytes: 16 * KiB, aheadBytes: 48 * KiB } }),
+  close: async () => undefined,
+});
+
 describe('CasStore', () => {
   let objects: MemoryObjects;
   let store: CasStore;
