@@ -16,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
-import { parseObject } from './cas-index';
+import { chunkKey, parseObject, type ChunkRef } from './cas-index';
 
 export const PACK_PREFIX = 'packs/';
 export const TABLE_PREFIX = 'packtabs/';
@@ -46,6 +46,11 @@ export const tableKey = (id: string): string => `${TABLE_PREFIX}${id.slice(0, 2)
 export function packIdOf(key: string): string | null {
   const m = /^(?:packs|packtabs)\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(key);
   return m && m[2]?.startsWith(m[1] as string) ? (m[2] as string) : null;
+}
+
+/** The object an index entry's chunk is in, and where: its pack at its offset, or its own object (layout 1). */
+export function chunkObject(c: ChunkRef): { key: string; offset: number } {
+  return c.pack === undefined ? { key: chunkKey(c.sha256), offset: 0 } : { key: packKey(c.pack), offset: c.offset ?? 0 };
 }
 
 /** A sealed pack: its bytes, id and table. */
