@@ -23,6 +23,7 @@ export function withGcProgress(b: ObjectBackend, note: (message: string) => void
     describe: b.describe,
     put: (key, data) => b.put(key, data),
     get: (key) => b.get(key),
+    getRange: (key, offset, length) => b.getRange(key, offset, length),
     head: (key) => b.head(key),
     list: (prefix) => b.list(prefix),
     async listInfo(prefix: string): Promise<ObjectInfo[]> {

@@ -3,11 +3,14 @@
  * chunks no artefact index names, by mark and sweep with a grace period, beside running writers.
  *
  *   1. Mark (no lock): note T0; list every index, read it, collect the chunks it names.
- *   2. Candidates: every chunk named by no index and stored before T0 − grace (object time).
+ *   2. Candidates: every chunk object named by no index and stored before T0 − grace (object
+ *      time); every pack stored before T0 − grace with no live chunk, or with too many dead
+ *      bytes (repack), or without a table; every table without its pack (pack-gc.ts).
  *   3. Sweep (exclusive): put locks/gc (a stale one is taken over, a live one is ERR_UNAVAILABLE);
  *      wait until no live writer lock is left (cas-locks.ts; bounded, then ERR_UNAVAILABLE);
  *      list the indexes again and read the ones new or rewritten since the mark, dropping their
- *      chunks from the candidates; delete the candidates, keeping locks/gc fresh; delete locks/gc.
+ *      chunks from the candidates; repack, then delete the candidates (a pack's table before the
+ *      pack), keeping locks/gc fresh; delete locks/gc.
  *
  * Guarantees:
  *   - Nothing named is freed: a chunk a writer stored or found present before the sweep is named
@@ -15,24 +18,32 @@
  *     and no writer starts during the sweep (it sees locks/gc and waits).
  *   - A sweep that stalls (its lock not refreshed for STALE_MS − REFRESH_MS, so a writer may have
  *     taken it for dead) stops before its next delete with ERR_UNAVAILABLE.
- *   - Crash-safe: it only ever deletes candidates, after the re-listing; a failure or crash at any
- *     step leaves every named chunk in place, and the next run frees what this one did not. On a
+ *   - Crash-safe: it only ever deletes candidates, after the re-listing, and a repacked pack only
+ *     once its live chunks are in a new pack with its table; a failure or crash at any step
+ *     leaves every named chunk readable, and the next run frees what this one did not. On a
  *     failure it deletes its lock if it can; a lock left by a crash goes stale after 5 minutes.
  *   - An index it cannot read or parse stops it before anything is deleted (it cannot know what
  *     that index names): the error says which artefact.
  *   - Chunks of aborted or crashed writers are freed once older than the grace period, which
  *     also covers clock skew between hosts and the backend.
  */
-import { isVnsnapError, VnsnapError } from '../core/errors';
-import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, chunkKey, pathOfIndexKey } from './cas-index';
+import { VnsnapError } from '../core/errors';
+import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, pathOfIndexKey } from './cas-index';
 import { liveWriterLocks, refreshGcLock, REFRESH_MS, STALE_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
-import type { ObjectBackend, ObjectInfo } from './object-backend';
+import { getIfPresent, type ObjectBackend, type ObjectInfo } from './object-backend';
+import { decodeTable, packIdOf, packKey, tableKey, PACK_PREFIX, TABLE_PREFIX } from './pack-format';
+import { planPacks, repack, type PackFacts } from './pack-gc';
+import { forEachLimit, PARALLEL } from './pack-map';
 
 export interface GcOptions extends LockTiming {
   /** Chunks younger than this at the mark are kept (default 1 h). */
   graceMs?: number;
   /** How long the sweep waits for live writer locks to go (default 10 min). */
   writerWaitMs?: number;
+  /** A pack is repacked when at least this fraction of its bytes is dead (default 0.3). */
+  repackDeadFraction?: number;
+  /** Size of the packs a repack writes (default 8 MiB). */
+  packTargetBytes?: number;
 }
 
 export interface GcResult {
@@ -42,22 +53,44 @@ export interface GcResult {
   chunksKept: number;
   /** Distinct indexes read (at the mark and at the re-listing). */
   indexes: number;
+  /** Packs deleted (dead, repacked, or debris without a table) and packs a repack wrote. */
+  packsDeleted: number;
+  packsWritten: number;
 }
 
 export const DEFAULT_GRACE_MS = 60 * 60_000;
 
-/** Every chunk key the index `info` names; null when it was deleted since it was listed. */
+/** The SHA-256 of every chunk the index `info` names; null when it was deleted since it was listed. */
 async function namedBy(backend: ObjectBackend, info: ObjectInfo): Promise<string[] | null> {
   const path = pathOfIndexKey(info.key);
   if (path === null) return [];
-  let data: Buffer;
-  try {
-    data = await backend.get(info.key);
-  } catch (e) {
-    if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
-    throw e;
-  }
-  return decodeIndex(data, path).chunks.map((c) => chunkKey(c.sha256));
+  const data = await getIfPresent(backend, info.key);
+  if (!data) return null;
+  return decodeIndex(data, path).chunks.map((c) => c.sha256);
+}
+
+/** The SHA-256 a chunk object's key names. */
+const shaOfChunkKey = (key: string): string => key.slice(key.lastIndexOf('/') + 1);
+
+/** Every pack, every table object, and every table read. */
+async function packFacts(backend: ObjectBackend): Promise<PackFacts> {
+  const byId = (infos: ObjectInfo[]): Map<string, ObjectInfo> => {
+    const m = new Map<string, ObjectInfo>();
+    for (const i of infos) {
+      const id = packIdOf(i.key);
+      if (id !== null) m.set(id, i);
+    }
+    return m;
+  };
+  const packs = byId(await backend.listInfo(PACK_PREFIX));
+  const tableInfos = byId(await backend.listInfo(TABLE_PREFIX));
+  const tables: PackFacts['tables'] = new Map();
+  await forEachLimit([...tableInfos.keys()], PARALLEL, async (id) => {
+    const data = await getIfPresent(backend, tableKey(id));
+    if (data) tables.set(id, decodeTable(data, tableKey(id)));
+    else tableInfos.delete(id); // deleted since listed
+  });
+  return { packs, tableInfos, tables };
 }
 
 /** Run one garbage collection over `backend`. */
@@ -80,10 +113,16 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
   }
 
   // Candidates.
+  const cutoff = t0 - grace;
+  const deadFraction = opts.repackDeadFraction ?? 0.3;
   const all = await backend.listInfo(CHUNK_PREFIX);
   const candidates = new Map<string, number>();
-  for (const c of all) if (!named.has(c.key) && c.modifiedMs < t0 - grace) candidates.set(c.key, c.size);
-  if (candidates.size === 0) return { chunksDeleted: 0, bytesFreed: 0, chunksKept: all.length, indexes: read.size };
+  for (const c of all) if (!named.has(shaOfChunkKey(c.key)) && c.modifiedMs < cutoff) candidates.set(c.key, c.size);
+  const facts = await packFacts(backend);
+  let plan = planPacks(facts, named, cutoff, deadFraction);
+  if (candidates.size === 0 && plan.dead.length === 0 && plan.repack.length === 0 && plan.lostTables.length === 0) {
+    return { chunksDeleted: 0, bytesFreed: 0, chunksKept: all.length + plan.keptChunks, indexes: read.size, packsDeleted: 0, packsWritten: 0 };
+  }
 
   // Sweep.
   await takeGcLock(backend, t);
@@ -122,16 +161,46 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
       const chunks = await namedBy(backend, info);
       if (chunks === null) continue;
       read.add(info.key);
-      for (const k of chunks) candidates.delete(k);
+      for (const k of chunks) named.add(k);
     }
+    for (const key of candidates.keys()) if (named.has(shaOfChunkKey(key))) candidates.delete(key);
+    plan = planPacks(facts, named, cutoff, deadFraction);
+    // Dead packs and debris first: a repack may write a pack with the id of debris it replaces.
     let bytesFreed = 0;
+    let chunksFreed = 0;
+    for (const d of plan.dead) {
+      if (d.table) {
+        await keepFresh();
+        await backend.delete(tableKey(d.id));
+      }
+      await keepFresh();
+      await backend.delete(packKey(d.id));
+      bytesFreed += d.bytes;
+      chunksFreed += d.chunks;
+    }
+    for (const id of plan.lostTables) {
+      await keepFresh();
+      await backend.delete(tableKey(id));
+    }
     for (const [key, size] of candidates) {
       await keepFresh();
       await backend.delete(key);
       bytesFreed += size;
     }
+    const moved = await repack(backend, plan.repack, opts.packTargetBytes ?? 8 << 20, keepFresh);
+    for (const d of moved.deleted) {
+      bytesFreed += d.bytes;
+      chunksFreed += d.chunks;
+    }
+    for (const w of moved.written) {
+      bytesFreed -= w.bytes;
+      chunksFreed -= w.chunks;
+    }
+    const stayed = plan.repack.filter((r) => !moved.deleted.some((d) => d.id === r.id)).reduce((n, r) => n + r.chunks, 0);
     await backend.delete(GC_LOCK);
-    return { chunksDeleted: candidates.size, bytesFreed, chunksKept: all.length - candidates.size, indexes: read.size };
+    const packsDeleted = moved.deleted.length + plan.dead.length;
+    const chunksKept = all.length - candidates.size + plan.keptChunks + stayed + moved.written.reduce((n, w) => n + w.chunks, 0);
+    return { chunksDeleted: candidates.size + chunksFreed, bytesFreed, chunksKept, indexes: read.size, packsDeleted, packsWritten: moved.written.length };
   } catch (e) {
     await backend.delete(GC_LOCK).catch(() => undefined); // else it goes stale
     throw e;

@@ -2,27 +2,36 @@
  * The layout of the content-addressed store in its object backend (docs/storage.md, "Layout"),
  * in one place: where chunks and artefact indexes live and what an index holds.
  *
- *   chunks/<first 2 hex digits>/<sha256>   one chunk, named by the SHA-256 of its bytes
+ *   packs/<xx>/<sha256 of the pack>        a pack: many chunks back to back (pack-format.ts)
+ *   packtabs/<xx>/<sha256 of the pack>     its table of contents: chunk, offset, size
+ *   chunks/<first 2 hex digits>/<sha256>   one chunk alone (layout 1, and stores written before packs)
  *   artefacts/<artefact path>.idx          one artefact's index (JSON, below)
  *
  * An index is the artefact: it lists the artefact's chunks in order with their sizes, plus the
- * artefact's own size and SHA-256 and the chunker that cut it. It is written only after every
- * chunk it names is stored, so an index never names a chunk that was never written; an
- * artefact without its index does not exist. decodeIndex() refuses an index of another format
- * (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
+ * artefact's own size and SHA-256 and the chunker that cut it. In format 2 each chunk also names
+ * where it was stored (a pack and the offset in it), so a reader needs no global map and can read
+ * neighbouring chunks of a pack in one ranged request; a chunk without a location is a chunk
+ * object of layout 1. Format 1 (every chunk its own object) is still read. It is written only
+ * after every chunk it names is stored, so an index never names a chunk that was never written;
+ * an artefact without its index does not exist. decodeIndex() refuses an index of another
+ * format (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
  */
 import { VnsnapError } from '../core/errors';
 import type { ChunkerParams } from './chunker';
 
-export const INDEX_FORMAT = 'vnsnap-cas-index/1';
+export const INDEX_FORMAT_1 = 'vnsnap-cas-index/1';
+export const INDEX_FORMAT = 'vnsnap-cas-index/2';
 export const CHUNK_PREFIX = 'chunks/';
 export const ARTEFACT_PREFIX = 'artefacts/';
 const INDEX_SUFFIX = '.idx';
 
-/** One chunk of an artefact: its SHA-256 (lower-case hex) and size. */
+/** One chunk of an artefact: its SHA-256 (lower-case hex) and size; where it was stored, if in a pack. */
 export interface ChunkRef {
   sha256: string;
   size: number;
+  /** The pack (its SHA-256) and byte offset in it; absent for a chunk object (layout 1). */
+  pack?: string;
+  offset?: number;
 }
 
 export interface ArtefactIndex {
@@ -50,27 +59,49 @@ export function pathOfIndexKey(key: string): string | null {
   return p === '' ? null : p;
 }
 
+/**
+ * Format 1 when no chunk is in a pack (what readers before packs understand), else format 2:
+ * "packs" lists the packs once, each chunk is [sha256, size] or [sha256, size, pack number, offset].
+ */
 export function encodeIndex(i: ArtefactIndex): Buffer {
-  const body = { format: INDEX_FORMAT, path: i.path, size: i.size, sha256: i.sha256, chunker: i.chunker, chunks: i.chunks.map((c) => [c.sha256, c.size]) };
-  return Buffer.from(JSON.stringify(body));
+  const head = { path: i.path, size: i.size, sha256: i.sha256, chunker: i.chunker };
+  if (i.chunks.every((c) => c.pack === undefined)) return Buffer.from(JSON.stringify({ format: INDEX_FORMAT_1, ...head, chunks: i.chunks.map((c) => [c.sha256, c.size]) }));
+  const packs = new Map<string, number>();
+  const chunks = i.chunks.map((c) => {
+    if (c.pack === undefined) return [c.sha256, c.size];
+    let n = packs.get(c.pack);
+    if (n === undefined) packs.set(c.pack, (n = packs.size));
+    return [c.sha256, c.size, n, c.offset ?? 0];
+  });
+  return Buffer.from(JSON.stringify({ format: INDEX_FORMAT, ...head, packs: [...packs.keys()], chunks }));
 }
 
 const SHA = /^[0-9a-f]{64}$/;
 const isSize = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+
+/** The JSON object in data; `damaged` names what is wrong when it is none. */
+export function parseObject(data: Buffer, damaged: (why: string) => never): Record<string, unknown> {
+  let o: unknown;
+  try {
+    o = JSON.parse(data.toString('utf8'));
+  } catch {
+    damaged('not JSON');
+  }
+  if (o === null || typeof o !== 'object') damaged('not an object');
+  return o as Record<string, unknown>;
+}
 
 /** Parse and check an index read for `relPath`. */
 export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
   const damaged = (why: string): never => {
     throw new VnsnapError('ERR_DATA_LOSS', `artefact ${relPath}: its index is damaged (${why})`);
   };
-  let o: Record<string, unknown> = {};
-  try {
-    o = JSON.parse(data.toString('utf8')) as Record<string, unknown>;
-  } catch {
-    damaged('not JSON');
+  const o = parseObject(data, damaged);
+  if (o.format !== INDEX_FORMAT && o.format !== INDEX_FORMAT_1) {
+    throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is neither ${INDEX_FORMAT} nor ${INDEX_FORMAT_1}; this vnsnap is older than the store, upgrade it`);
   }
-  if (o === null || typeof o !== 'object') damaged('not an object');
-  if (o.format !== INDEX_FORMAT) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is not ${INDEX_FORMAT}`);
+  const packs = o.format === INDEX_FORMAT ? o.packs : [];
+  if (!Array.isArray(packs) || !packs.every((p) => typeof p === 'string' && SHA.test(p))) damaged('bad pack list');
   if (o.path !== relPath) damaged(`it names ${JSON.stringify(o.path)}`);
   if (!isSize(o.size) || typeof o.sha256 !== 'string' || !SHA.test(o.sha256)) damaged('bad size or SHA-256');
   if (!Array.isArray(o.chunks)) damaged('no chunk list');
@@ -78,8 +109,11 @@ export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
   let total = 0;
   for (const c of o.chunks as unknown[]) {
     if (!Array.isArray(c) || typeof c[0] !== 'string' || !SHA.test(c[0]) || !isSize(c[1])) damaged(`bad chunk entry ${chunks.length + 1}`);
-    const [sha256, size] = c as [string, number];
-    chunks.push({ sha256, size });
+    const [sha256, size, n, offset] = c as [string, number, unknown, unknown];
+    const len = (c as unknown[]).length;
+    if (len === 2) chunks.push({ sha256, size });
+    else if (len === 4 && isSize(n) && n < (packs as string[]).length && isSize(offset)) chunks.push({ sha256, size, pack: (packs as string[])[n] as string, offset });
+    else damaged(`bad chunk entry ${chunks.length + 1}`);
     total += size;
   }
   if (total !== o.size) damaged(`chunks add up to ${total} bytes, not ${String(o.size)}`);

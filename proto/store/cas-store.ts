@@ -2,10 +2,13 @@
  * The content-addressed snapshot store: the SnapshotStore contract (snapshot-store.ts, unchanged)
  * over any ObjectBackend (object-backend.ts: a local directory, an S3 bucket). Artefacts are cut
  * into content-defined chunks (chunker.ts), each stored once under its SHA-256 across every
- * artefact, snapshot and VNE; an artefact is its index object (cas-index.ts), written last
- * (cas-writer.ts). docs/storage.md ("Layout") has the picture.
+ * artefact, snapshot and VNE — with `pack`, in pack files of a few MiB (pack-*.ts), else one
+ * object per chunk; an artefact is its index object (cas-index.ts), written last
+ * (cas-writer.ts), which says where each chunk is. docs/storage.md ("Layout") has the picture.
  *
  * Guarantees on top of the contract:
+ *   - Packs: the pack map (pack-map.ts) is refreshed when a writer session starts, after its
+ *     lock is put, so the chunks a writer finds there cannot be swept before its index is written.
  *   - get() and read() check every chunk's SHA-256 and size as it arrives, and the artefact's
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()
@@ -29,22 +32,40 @@ import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
-import { chunkKey, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
 import { storeStats, type StoreStats } from './cas-stats';
 import type { ObjectBackend } from './object-backend';
+import { PackMap, type ChunkLocation } from './pack-map';
+import { readChunks } from './pack-reader';
 import type { SnapshotStore, StoredArtefact } from './snapshot-store';
 import { putThroughWriter } from './snapshot-store';
 
 export type { WriteStats } from './cas-writer';
 
+/** How new chunks are packed and packs are read (docs/storage.md, "Layout"). */
+export interface PackOptions {
+  /** A pack is sealed and uploaded once it holds this many bytes (default 8 MiB). */
+  targetBytes?: number;
+  /** Pack uploads in flight per writer (default 4). */
+  uploads?: number;
+  /** Largest ranged read of neighbouring chunks (default 4 MiB). */
+  rangeBytes?: number;
+  /** Bytes a reader requests ahead of its consumer (default 16 MiB). */
+  aheadBytes?: number;
+}
+
+export const DEFAULT_PACK: Required<PackOptions> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20 };
+
 export interface CasStoreOptions {
   /** Chunker parameters for new artefacts (default DEFAULT_CHUNKER). */
   chunker?: ChunkerParams;
-  /** Chunk uploads in flight per writer, and chunk reads ahead per reader (default 4). */
+  /** Chunk uploads in flight per writer (chunk objects), and requests ahead per reader (default 4). */
   concurrency?: number;
+  /** Write new chunks into packs (what openStore() does); without it, one object per chunk (layout 1). */
+  pack?: PackOptions;
   /** Clock, timers and waits of the writer session (tests inject fakes). */
   locks?: LockTiming;
 }
@@ -55,7 +76,6 @@ export type VerifyResult = { path: string; ok: true; bytes: number } | { path: s
 /** The failures that say something is wrong with an artefact (not with reaching the store). */
 const ARTEFACT_PROBLEMS = ['ERR_CHECKSUM', 'ERR_DATA_LOSS', 'ERR_UNSUPPORTED_VERSION'] as const;
 
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 /** ERR_INVALID_ARGUMENT unless relPath is a valid artefact path (the local store's rules and messages). */
 function checkPath(relPath: string): string {
@@ -72,6 +92,9 @@ export class CasStore implements SnapshotStore {
   private readonly chunker: ChunkerParams;
   private readonly concurrency: number;
   private readonly timing: Timing;
+  private readonly pack: Required<PackOptions> | null;
+  /** Which chunks the packs hold (pack-map.ts): refreshed when a writer session starts. */
+  readonly map = new PackMap();
   /** The open writer session, and how many writers are in it. */
   private session: Promise<WriterSession> | null = null;
   private writers = 0;
@@ -83,6 +106,7 @@ export class CasStore implements SnapshotStore {
     this.chunker = checkChunkerParams({ ...(opts.chunker ?? DEFAULT_CHUNKER) });
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
     this.timing = timing(opts.locks);
+    this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack } : null;
   }
 
   async create(relPath: string): Promise<CasWriter> {
@@ -93,6 +117,7 @@ export class CasStore implements SnapshotStore {
       splitter: new Chunker(this.chunker),
       chunker: this.chunker,
       concurrency: this.concurrency,
+      ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads } } : {}),
       guard: (what) => session.held(what),
       done: () => this.leave(),
     });
@@ -107,7 +132,14 @@ export class CasStore implements SnapshotStore {
     this.writers++;
     if (!this.session) {
       const s = new WriterSession(this.backend, this.timing);
-      this.session = s.start().then(() => s);
+      // The map is read only once the lock is held: no sweep can then delete a pack it lists.
+      this.session = s.start().then(async () => {
+        if (this.pack) await this.map.refresh(this.backend).catch(async (e: unknown) => {
+          await s.end().catch(() => undefined);
+          throw e;
+        });
+        return s;
+      });
       this.session.catch(() => undefined);
     }
     try {
@@ -153,26 +185,22 @@ export class CasStore implements SnapshotStore {
     yield* this.chunks(idx);
   }
 
-  /** The chunks of an artefact, each checked, read ahead; its SHA-256 checked at the end. */
+  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); its SHA-256 checked at the end. */
   private async *chunks(idx: ArtefactIndex): AsyncGenerator<Buffer> {
-    const relPath = idx.path;
     const whole = createHash('sha256');
-    const ahead: Promise<Buffer>[] = [];
-    let next = 0;
-    const fetchNext = (): void => {
-      const p = this.chunk(idx, next++);
-      p.catch(() => undefined); // handled when its turn comes
-      ahead.push(p);
+    let refreshed: Promise<void> | undefined;
+    const locate = async (sha: string): Promise<ChunkLocation | undefined> => {
+      refreshed ??= this.map.refresh(this.backend);
+      await refreshed;
+      return this.map.find(sha);
     };
-    while (next < idx.chunks.length && ahead.length < this.concurrency) fetchNext();
-    while (ahead.length > 0) {
-      const b = await (ahead.shift() as Promise<Buffer>);
-      if (next < idx.chunks.length) fetchNext();
+    const read = this.pack ?? DEFAULT_PACK;
+    for await (const b of readChunks(idx, { backend: this.backend, locate, concurrency: this.concurrency, rangeBytes: read.rangeBytes, aheadBytes: read.aheadBytes })) {
       whole.update(b);
       yield b;
     }
     const sum = whole.digest('hex');
-    if (sum !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${relPath}: its chunks have SHA-256 ${sum}, its index says ${idx.sha256}`);
+    if (sum !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its chunks have SHA-256 ${sum}, its index says ${idx.sha256}`);
   }
 
   async get(relPath: string): Promise<Buffer> {
@@ -228,12 +256,12 @@ export class CasStore implements SnapshotStore {
 
   /** Free the chunks no index names (cas-gc.ts); `vnsnap store gc`. */
   gc(opts: GcOptions = {}): Promise<GcResult> {
-    return collectGarbage(this.backend, opts);
+    return collectGarbage(this.backend, { ...(this.pack ? { packTargetBytes: this.pack.targetBytes } : {}), ...opts });
   }
 
   /** Chunks and bytes stored, logical bytes of every artefact, dedup ratio (cas-stats.ts); `vnsnap store stats`. */
   stats(): Promise<StoreStats> {
-    return storeStats(this.backend);
+    return storeStats(this.backend, this.map);
   }
 
   /** Read one artefact whole, checked; what it holds or what is wrong with it. */
@@ -275,21 +303,5 @@ export class CasStore implements SnapshotStore {
     const paths = await this.list(prefix);
     for (const p of paths) await this.backend.delete(indexKey(p));
     return paths.length;
-  }
-
-  /** Chunk `i` of an artefact, checked against its index entry. */
-  private async chunk(idx: ArtefactIndex, i: number): Promise<Buffer> {
-    const ref = idx.chunks[i] as ArtefactIndex['chunks'][number];
-    const which = `chunk ${i + 1} of ${idx.chunks.length} (${ref.sha256})`;
-    let b: Buffer;
-    try {
-      b = await this.backend.get(chunkKey(ref.sha256));
-    } catch (e) {
-      if (isVnsnapError(e, 'ERR_NOT_FOUND')) throw new VnsnapError('ERR_DATA_LOSS', `artefact ${idx.path}: ${which} is missing from the store`, { cause: e });
-      throw e;
-    }
-    const sum = sha256(b);
-    if (b.length !== ref.size || sum !== ref.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: ${which} is corrupt (${b.length} bytes, SHA-256 ${sum})`);
-    return b;
   }
 }

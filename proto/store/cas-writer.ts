@@ -1,15 +1,18 @@
 /**
  * The writer of one artefact into the content-addressed store (cas-store.ts): it chunks the bytes
- * as they arrive, hashes each chunk, uploads the chunks the backend does not hold yet with at
+ * as they arrive, hashes each chunk, uploads the chunks the store does not hold yet with at
  * most `concurrency` uploads in flight, and at commit writes the artefact's index — last, once
- * every chunk it names is stored.
+ * every chunk it names is stored. With `packs` (the layout openStore() uses) new chunks go into
+ * pack files (pack-writer.ts), one upload per pack; without, each chunk is its own object.
  *
  * Guarantees:
  *   - Streaming: nothing is staged whole. write() waits while `concurrency` uploads are in
- *     flight, so a writer holds at most about concurrency × max chunk size plus one chunk.
+ *     flight, so a writer holds at most about concurrency × (max chunk size, or pack size) plus
+ *     one chunk (or one open pack).
  *   - Writes are applied in call order (each waits for the one before), whether awaited or not.
- *   - A chunk is uploaded at most once per writer, and not at all when the backend already has
- *     it (head() first): a second identical artefact adds no chunk.
+ *   - A chunk is uploaded at most once per writer, and not at all when the store already has it
+ *     (packs: the store's pack map, no request; chunk objects: head() first): a second identical
+ *     artefact adds no chunk.
  *   - No index, no artefact: a failed upload fails the next write() or commit(); an abort or a
  *     failure writes no index. Chunks uploaded before it stay (other artefacts may already share
  *     them); garbage collection removes the ones no index names.
@@ -25,6 +28,8 @@ import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerParams, ChunkSplitter } from './chunker';
 import { chunkKey, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import type { ObjectBackend } from './object-backend';
+import type { PackMap } from './pack-map';
+import { PackWriter, type PackJob } from './pack-writer';
 import type { ArtefactWriter, StoredArtefact } from './snapshot-store';
 
 /** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
@@ -39,6 +44,8 @@ export interface CasWriterOptions {
   splitter: ChunkSplitter;
   chunker: ChunkerParams;
   concurrency: number;
+  /** Store new chunks in packs of about targetBytes, `uploads` in flight (not `concurrency`), registered in map; else one object per chunk. */
+  packs?: { map: PackMap; targetBytes: number; uploads: number };
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
@@ -59,12 +66,15 @@ export class CasWriter implements ArtefactWriter {
   private readonly seen = new Set<string>();
   private readonly inflight = new Set<Promise<void>>();
   private finished = false;
+  private readonly packer: PackWriter | null;
   readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
 
   constructor(
     readonly path: string,
     private readonly o: CasWriterOptions,
-  ) {}
+  ) {
+    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes) : null;
+  }
 
   get bytes(): number {
     return this.size;
@@ -85,7 +95,10 @@ export class CasWriter implements ArtefactWriter {
     this.state = 'committed';
     return this.step(async () => {
       for (const c of this.o.splitter.end()) await this.store(c);
+      const tail = this.packer?.seal();
+      if (tail) await this.launch(tail);
       await this.drain();
+      this.packer?.locate();
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
@@ -129,16 +142,33 @@ export class CasWriter implements ArtefactWriter {
     return p;
   }
 
-  /** Hash a closed chunk, list it, and upload it unless this writer already did. */
+  /** Hash a closed chunk, list it, and store it unless this writer already did. */
   private async store(chunk: Buffer): Promise<void> {
     const sha = sha256(chunk);
-    this.chunks.push({ sha256: sha, size: chunk.length });
+    const ref: ChunkRef = { sha256: sha, size: chunk.length };
+    this.chunks.push(ref);
     this.stats.chunks++;
+    if (this.packer) {
+      const job = this.packer.place(ref, chunk);
+      if (job) await this.launch(job);
+      return;
+    }
     if (this.seen.has(sha)) return;
     this.seen.add(sha);
-    while (this.inflight.size >= this.o.concurrency) await Promise.race(this.inflight);
+    await this.launch(() => this.upload(sha, chunk));
+  }
+
+  /** Start an upload once fewer than `concurrency` are in flight; its failure fails the writer. */
+  private async launch(job: PackJob | (() => Promise<void>)): Promise<void> {
+    const limit = this.o.packs?.uploads ?? this.o.concurrency;
+    while (this.inflight.size >= limit) await Promise.race(this.inflight);
     if (this.failure !== undefined) throw this.failure;
-    const p: Promise<void> = this.upload(sha, chunk)
+    const p: Promise<void> = job()
+      .then((added) => {
+        if (!added) return;
+        this.stats.newChunks += added.chunks;
+        this.stats.newBytes += added.bytes;
+      })
       .catch((e: unknown) => {
         this.failure ??= this.wrap(e, 'writing');
       })

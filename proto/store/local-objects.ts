@@ -21,7 +21,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError, isVnsnapError } from '../core/errors';
 import { AtomicFile, confine, isTempName } from './atomic-file';
-import { checkObjectKey, type ObjectBackend, type ObjectInfo } from './object-backend';
+import { checkObjectKey, checkRange, type ObjectBackend, type ObjectInfo } from './object-backend';
 
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
 
@@ -66,6 +66,28 @@ export class LocalObjects implements ObjectBackend {
     } catch (e) {
       if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(e) ?? '')) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: object ${key} does not exist`, { cause: e });
       throw this.failure('get', key, e);
+    }
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const file = this.fileOf(key);
+    checkRange(offset, length, this.describe);
+    let fh: fsp.FileHandle | undefined;
+    try {
+      fh = await fsp.open(file, 'r');
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    } catch (e) {
+      if (['ENOENT', 'ENOTDIR', 'EISDIR'].includes(errno(e) ?? '')) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: object ${key} does not exist`, { cause: e });
+      throw this.failure('get', key, e);
+    } finally {
+      await fh?.close();
     }
   }
 

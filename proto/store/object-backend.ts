@@ -11,9 +11,13 @@
  *     ERR_INVALID_ARGUMENT before any I/O.
  *   - put() is atomic: a reader sees no object or the whole new one, never part of one; a failed
  *     put leaves no object (an interrupted put may leave invisible debris that the backend's own
- *     clean-up removes; list() never shows it). Objects are bounded (a chunk, a manifest): put
- *     takes the whole body, there is no multipart upload at this layer.
+ *     clean-up removes; list() never shows it). Objects are bounded (a pack of about 8 MiB, a
+ *     chunk, an index, a manifest): put takes the whole body, there is no multipart upload at
+ *     this layer.
  *   - get() of an absent key is ERR_NOT_FOUND; head() of an absent key is null.
+ *   - getRange(key, offset, length) returns the bytes [offset, offset + length) of a committed
+ *     object, fewer when the object ends first (none past its end); ERR_NOT_FOUND when absent.
+ *     It is how a reader takes a few chunks out of a pack file (pack-format.ts) in one request.
  *   - list(prefix) returns every committed key starting with prefix, sorted, whole (the backend
  *     pages internally); listInfo(prefix) returns the same keys, same order, each with its size
  *     and modification time.
@@ -27,7 +31,7 @@
  *     credentials are refused, ERR_INTERNAL otherwise; every message is one line naming the
  *     backend and the key.
  */
-import { VnsnapError } from '../core/errors';
+import { isVnsnapError, VnsnapError } from '../core/errors';
 
 /** What head() and listInfo() know about a committed object. */
 export interface ObjectInfo {
@@ -44,6 +48,8 @@ export interface ObjectBackend {
   put(key: string, data: Uint8Array): Promise<void>;
   /** The bytes of a committed object; ERR_NOT_FOUND when absent. */
   get(key: string): Promise<Buffer>;
+  /** Bytes [offset, offset + length) of a committed object, fewer at its end; ERR_NOT_FOUND when absent. */
+  getRange(key: string, offset: number, length: number): Promise<Buffer>;
   /** Size and time of a committed object, or null when absent. */
   head(key: string): Promise<ObjectInfo | null>;
   /** Committed keys starting with prefix, sorted. */
@@ -52,6 +58,22 @@ export interface ObjectBackend {
   listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
+}
+
+/** The bytes of a committed object, or null when it is absent (deleted since it was listed). */
+export async function getIfPresent(backend: ObjectBackend, key: string): Promise<Buffer | null> {
+  try {
+    return await backend.get(key);
+  } catch (e) {
+    if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
+    throw e;
+  }
+}
+
+/** ERR_INVALID_ARGUMENT unless offset and length are non-negative safe integers. */
+export function checkRange(offset: number, length: number, backend: string): void {
+  const ok = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
+  if (!ok(offset) || !ok(length)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${backend}: byte range ${offset}+${length} is not two non-negative integers`);
 }
 
 const KEY_CHARS = /^[A-Za-z0-9._/-]+$/;

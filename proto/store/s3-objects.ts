@@ -33,7 +33,7 @@ import {
   type ListObjectsV2CommandOutput,
 } from '@aws-sdk/client-s3';
 import { VnsnapError, type ErrorCode } from '../core/errors';
-import { checkObjectKey, type ObjectBackend, type ObjectInfo } from './object-backend';
+import { checkObjectKey, checkRange, type ObjectBackend, type ObjectInfo } from './object-backend';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -181,6 +181,27 @@ export class S3Objects implements ObjectBackend {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
       if (!out.Body) return Buffer.alloc(0);
       return Buffer.from(await out.Body.transformToByteArray());
+    });
+  }
+
+  /** One GET with a Range header (bytes=offset-end); an empty range asks the server nothing. */
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    checkObjectKey(key, this.describe);
+    checkRange(offset, length, this.describe);
+    if (length === 0) {
+      if ((await this.head(key)) === null) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: object ${key} does not exist`);
+      return Buffer.alloc(0);
+    }
+    return this.send('get', key, async () => {
+      try {
+        const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}` }));
+        if (!out.Body) return Buffer.alloc(0);
+        return Buffer.from(await out.Body.transformToByteArray());
+      } catch (e) {
+        // A range starting at or past the end: 416 InvalidRange, which the contract says is no bytes.
+        if ((e as { name?: string }).name === 'InvalidRange' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 416) return Buffer.alloc(0);
+        throw e;
+      }
     });
   }
 

@@ -65,6 +65,12 @@ describe('S3Objects on a real Ceph RADOS Gateway', function () {
     close: async (s) => empty((s as CasStore).backend as S3Objects),
   });
 
+  snapshotStoreCompliance('CasStore in packs over S3Objects on Ceph RGW', {
+    dedup: true,
+    open: async () => new CasStore(backend(), { chunker: { min: 1024, avg: 4096, max: 16384 }, pack: { targetBytes: 32 * 1024, rangeBytes: 16 * 1024, aheadBytes: 48 * 1024 } }),
+    close: async (s) => empty((s as CasStore).backend as S3Objects),
+  });
+
   describe('faults and configuration', () => {
     // Before the kill below: a quota change notifies every gateway watching the bucket, and a
     // killed gateway's watch keeps that waiting ~20 s until the OSD times the watch out.

@@ -16,6 +16,8 @@ import { Cluster, type CatalogSnapshot, type CliResult } from '../support/cluste
 import { continuityProblems, liveProblems, readStates } from '../sim/checks';
 import { until } from '../support/wait';
 import type { TlsFiles } from '../support/pki';
+import { decodeIndex, type ChunkRef } from '../../proto/store/cas-index';
+import { chunkObject } from '../../proto/store/pack-format';
 
 const VNE = 'teal';
 const VMS = ['a', 'b'];
@@ -103,12 +105,13 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
     assert.match((await c.cli(['snapshot', 'show', s2.id])).stdout, /\n {2}verified: ok at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\n$/);
 
     const mem = s2.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY') as { path: string };
-    const idx = JSON.parse(fs.readFileSync(path.join(c.storeDir, 'artefacts', `${mem.path}.idx`), 'utf8')) as { chunks: [string, number][] };
-    const sha = (idx.chunks[0] as [string, number])[0];
-    const file = path.join(c.storeDir, 'chunks', sha.slice(0, 2), sha);
+    const idx = decodeIndex(fs.readFileSync(path.join(c.storeDir, 'artefacts', `${mem.path}.idx`)), mem.path);
+    const sha = idx.chunks[0]?.sha256 as string;
+    const at = chunkObject(idx.chunks[0] as ChunkRef); // in its pack
+    const file = path.join(c.storeDir, at.key);
     const good = fs.readFileSync(file);
     const bad = Buffer.from(good);
-    bad.writeUInt8(bad.readUInt8(64) ^ 0x40, 64);
+    bad.writeUInt8(bad.readUInt8(at.offset + 64) ^ 0x40, at.offset + 64);
     fs.writeFileSync(file, bad);
     const named = `artefact ${mem.path.replace(/\./g, '\\.')}: chunk 1 of ${idx.chunks.length} \\(${sha}\\) is corrupt`;
     try {

@@ -34,7 +34,7 @@ import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
-import { chunkKey } from '../../proto/store/cas-index';
+import { chunkObject } from '../../proto/store/pack-format';
 import { CasStore } from '../../proto/store/cas-store';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
 import { ClusterStore, type ClusterStoreKind } from './cluster-store';
@@ -502,10 +502,10 @@ export class Cluster {
   }
 
   /**
-   * Corrupt the first chunk of an artefact on disk (kind 'local': the file chunks/xx/<sha> of the
-   * content-addressed layout) with `mutate`; returns what puts the original bytes back. A chunk
-   * may be shared by other artefacts (that is the point of the layout): they are corrupt too
-   * until the undo.
+   * Corrupt the first chunk of an artefact on disk (kind 'local': its bytes in the pack file
+   * packs/xx/<id>, or the file chunks/xx/<sha> of a store written before packs) with `mutate`;
+   * returns what puts the original bytes back. A chunk may be shared by other artefacts (that is
+   * the point of the layout): they are corrupt too until the undo.
    */
   async tamperChunk(relPath: string, mutate: (chunk: Buffer) => void): Promise<() => void> {
     const store = await this.openStore();
@@ -513,10 +513,12 @@ export class Cluster {
     const idx = await store.index(relPath);
     const first = idx?.chunks[0];
     if (!first) throw new Error(`${relPath} has no chunk in the store`);
-    const file = path.join(this.storeDir, chunkKey(first.sha256));
+    const at = chunkObject(first);
+    const file = path.join(this.storeDir, at.key);
     const original = fs.readFileSync(file);
     const bytes = Buffer.from(original);
-    mutate(bytes);
+    const chunk = bytes.subarray(at.offset, at.offset + first.size);
+    mutate(chunk);
     fs.writeFileSync(file, bytes);
     return () => fs.writeFileSync(file, original);
   }

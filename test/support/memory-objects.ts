@@ -4,7 +4,7 @@
  * key rules, atomic whole-object puts, sorted lists and typed failures, and adds what tests need
  * to look inside and to break things on purpose:
  *   - `room`: total bytes it holds before a put is ERR_STORE_FULL;
- *   - `puts`/`gets`/`heads`: counters of calls (to assert that a chunk was not uploaded twice);
+ *   - `puts`/`gets`/`heads`/`ranges`: counters of calls (to assert that a chunk was not uploaded twice);
  *   - `failPuts(n, code)`: the next n puts fail with that code (a backend going away mid-upload);
  *   - `failCall(n, code)`: the n-th call from now, of any method, fails once (a crash at any step);
  *   - `clock`: the time put() stamps as modifiedMs (assign a fake clock to step time by hand);
@@ -14,7 +14,7 @@
  * Objects are copied in and out: a caller reusing its buffer changes nothing stored.
  */
 import { isVnsnapError, VnsnapError, type ErrorCode } from '../../proto/core/errors';
-import { checkObjectKey, type ObjectBackend, type ObjectInfo } from '../../proto/store/object-backend';
+import { checkObjectKey, checkRange, type ObjectBackend, type ObjectInfo } from '../../proto/store/object-backend';
 
 export class MemoryObjects implements ObjectBackend {
   readonly describe = 'memory';
@@ -26,6 +26,8 @@ export class MemoryObjects implements ObjectBackend {
   puts = 0;
   gets = 0;
   heads = 0;
+  /** getRange() calls (counted in `gets` too). */
+  ranges = 0;
 
   constructor(readonly room = Infinity) {}
 
@@ -63,6 +65,17 @@ export class MemoryObjects implements ObjectBackend {
     const o = this.objects.get(key);
     if (!o) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: no object ${key}`);
     return Buffer.from(o.data);
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    checkObjectKey(key, this.describe);
+    checkRange(offset, length, this.describe);
+    this.call(`get ${key}`);
+    this.gets++;
+    this.ranges++;
+    const o = this.objects.get(key);
+    if (!o) throw new VnsnapError('ERR_NOT_FOUND', `${this.describe}: no object ${key}`);
+    return Buffer.from(o.data.subarray(offset, offset + length));
   }
 
   async head(key: string): Promise<ObjectInfo | null> {

@@ -2,42 +2,9 @@ import { strict as assert } from 'node:assert';
 import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { GC_LOCK, REFRESH_MS, STALE_MS } from '../../proto/store/cas-locks';
 import { CasStore } from '../../proto/store/cas-store';
+import { failEveryGcStep, KiB, MIN, rig, SMALL } from '../support/cas-rig';
 import type { GcOptions } from '../../proto/store/cas-gc';
 import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
-
-const KiB = 1024;
-const MIN = 60_000;
-const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
-
-/** A memory store on a fake clock: sleeps step the clock (and run `onSleep`), timers are ticked by hand. */
-function rig() {
-  const objects = new MemoryObjects();
-  const r = {
-    now: 1_800_000_000_000,
-    objects,
-    sleeps: 0,
-    onSleep: async (): Promise<void> => undefined,
-    refreshers: [] as (() => void)[],
-    store: undefined as unknown as CasStore,
-    timing: {} as GcOptions,
-  };
-  objects.clock = () => r.now;
-  r.timing = {
-    clock: () => r.now,
-    sleep: async (ms: number) => {
-      r.sleeps++;
-      r.now += ms;
-      await r.onSleep();
-    },
-    every: (_ms: number, fn: () => void) => {
-      r.refreshers.push(fn);
-      return () => r.refreshers.splice(r.refreshers.indexOf(fn), 1);
-    },
-    pollMs: 1000,
-  };
-  r.store = new CasStore(objects, { chunker: SMALL, concurrency: 3, locks: r.timing });
-  return r;
-}
 
 const chunksOf = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('chunks/'));
 const locksOf = (m: MemoryObjects): string[] => m.keys().filter((k) => k.startsWith('locks/'));
@@ -177,11 +144,11 @@ describe('CAS garbage collection', () => {
     assert.equal(await r.store.deleteByPrefix('snapshots/s1/'), 2);
     r.now += 61 * MIN;
     const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
-    assert.deepEqual(res, { chunksDeleted: onlyS1.length, bytesFreed: freed, chunksKept: before.length - onlyS1.length, indexes: 1 });
+    assert.deepEqual(res, { chunksDeleted: onlyS1.length, bytesFreed: freed, chunksKept: before.length - onlyS1.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     assert.deepEqual(chunksOf(r.objects), before.filter((k) => !onlyS1.includes(k)));
     assert.deepEqual(locksOf(r.objects), []);
     await nothingNamedMissing(r);
-    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: before.length - onlyS1.length, indexes: 1 });
+    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: before.length - onlyS1.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
   });
 
   it('a writer running during the mark keeps its chunks, also the old ones it found present', async () => {
@@ -284,10 +251,10 @@ describe('CAS garbage collection', () => {
     const orphans = chunksOf(r.objects).filter((k) => !kept.includes(k));
     assert.ok(orphans.length > 3);
     r.now += 59 * MIN;
-    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: kept.length + orphans.length, indexes: 1 });
+    assert.deepEqual(await r.store.gc({ ...r.timing, graceMs: 60 * MIN }), { chunksDeleted: 0, bytesFreed: 0, chunksKept: kept.length + orphans.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     r.now += 2 * MIN;
     const res = await r.store.gc({ ...r.timing, graceMs: 60 * MIN });
-    assert.deepEqual({ ...res, bytesFreed: 0 }, { chunksDeleted: orphans.length, bytesFreed: 0, chunksKept: kept.length, indexes: 1 });
+    assert.deepEqual({ ...res, bytesFreed: 0 }, { chunksDeleted: orphans.length, bytesFreed: 0, chunksKept: kept.length, indexes: 1, packsDeleted: 0, packsWritten: 0 });
     assert.ok(res.bytesFreed >= 50 * KiB - SMALL.max);
     assert.deepEqual(chunksOf(r.objects), kept);
   });
@@ -318,37 +285,16 @@ describe('CAS garbage collection', () => {
   });
 
   it('a failure at any step leaves nothing named missing, and the next run frees the rest', async () => {
-    let steps = 0;
-    let expected: string[] = [];
-    for (let k = 1; ; k++) {
+    const scene = async (): Promise<{ r: ReturnType<typeof rig>; opts: GcOptions }> => {
       const r = rig();
       await twoSnapshots(r);
       await r.store.deleteByPrefix('snapshots/s1/');
       r.now += 61 * MIN;
-      const opts = { ...r.timing, graceMs: 60 * MIN };
-      if (k === 1) {
-        // A clean run on a copy of the same store tells what the end state is.
-        const clean = rig();
-        await twoSnapshots(clean);
-        await clean.store.deleteByPrefix('snapshots/s1/');
-        clean.now = r.now;
-        await clean.store.gc({ ...clean.timing, graceMs: 60 * MIN });
-        expected = clean.objects.keys();
-      }
-      r.objects.failCall(k);
-      const got = await failure(r.store.gc(opts));
-      if (got === 'resolved') {
-        assert.deepEqual(r.objects.keys(), expected);
-        break;
-      }
-      steps++;
-      assert.match(got, /^ERR_UNAVAILABLE: memory: (list|get|head|put|delete) .+ failed \(injected ERR_UNAVAILABLE\)$/);
-      r.objects.failCall(0);
-      await nothingNamedMissing(r);
-      r.now += STALE_MS; // a lock a crashed run left goes stale
-      await r.store.gc(opts);
-      assert.deepEqual(r.objects.keys(), expected, `after a failure at call ${k}`);
-    }
+      return { r, opts: { ...r.timing, graceMs: 60 * MIN } };
+    };
+    const clean = await scene(); // a clean run on a copy of the same store tells what the end state is
+    await clean.r.store.gc(clean.opts);
+    const steps = await failEveryGcStep(scene, clean.r.objects.keys(), nothingNamedMissing);
     assert.ok(steps > 10, `${steps} steps failed`);
   });
 });
@@ -381,12 +327,12 @@ describe('CAS verify and stats', () => {
 
   it('stats count stored chunks and bytes, logical bytes of every artefact, and the dedup ratio', async () => {
     const r = rig();
-    assert.deepEqual(await r.store.stats(), { chunks: 0, storedBytes: 0, artefacts: 0, logicalBytes: 0, dedupRatio: 1 });
+    assert.deepEqual(await r.store.stats(), { chunks: 0, packs: 0, storedBytes: 0, artefacts: 0, logicalBytes: 0, dedupRatio: 1 });
     const data = bytes(100 * KiB, 16);
     await r.store.put('s1/a', data);
     await r.store.put('s2/a', data);
     await r.store.put('s3/a', data);
     const chunks = chunksOf(r.objects).length;
-    assert.deepEqual(await r.store.stats(), { chunks, storedBytes: 100 * KiB, artefacts: 3, logicalBytes: 300 * KiB, dedupRatio: 3 });
+    assert.deepEqual(await r.store.stats(), { chunks, packs: 0, storedBytes: 100 * KiB, artefacts: 3, logicalBytes: 300 * KiB, dedupRatio: 3 });
   });
 });

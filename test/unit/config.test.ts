@@ -170,7 +170,7 @@ describe('the store key of the agent and the coordinator', () => {
       const chunks: Buffer[] = [];
       for await (const c of h.read('snapshots/s/a')) chunks.push(c);
       assert.equal(Buffer.concat(chunks).toString(), 'x');
-      assert.ok(fs.existsSync(path.join(dir, 'chunks')), 'content-addressed layout on disk');
+      assert.ok(fs.existsSync(path.join(dir, 'packs')), 'content-addressed layout (packs) on disk');
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -83,6 +83,18 @@ export function describeObjectBackendCompliance(label: string, harness: ObjectBa
       assert.deepEqual(await b.listInfo('none/'), []);
     });
 
+    it('getRange returns exactly the bytes asked for, fewer at the end, none past it; an absent key is ERR_NOT_FOUND', async () => {
+      const body = Buffer.from(Array.from({ length: 5000 }, (_, i) => (i * 7 + (i >> 8)) & 0xff));
+      await b.put('packs/ab/range', body);
+      assert.deepEqual(await b.getRange('packs/ab/range', 0, 5000), body);
+      assert.deepEqual(await b.getRange('packs/ab/range', 1234, 100), body.subarray(1234, 1334));
+      assert.deepEqual(await b.getRange('packs/ab/range', 4990, 100), body.subarray(4990));
+      assert.deepEqual(await b.getRange('packs/ab/range', 5000, 10), Buffer.alloc(0));
+      assert.deepEqual(await b.getRange('packs/ab/range', 17, 0), Buffer.alloc(0));
+      await assert.rejects(b.getRange('packs/ab/none', 0, 10), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message.includes('packs/ab/none'));
+      await assert.rejects(b.getRange('packs/ab/range', -1, 10), (e: unknown) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
+    });
+
     it('put replaces an object whole', async () => {
       await b.put('k/obj', bytes(5000, 1));
       await b.put('k/obj', Buffer.from('short'));

@@ -1,0 +1,99 @@
+/**
+ * Pack files of the content-addressed store (docs/storage.md, "Layout"): many chunks stored back
+ * to back in one object, as restic's packs and borg's segments do, so that a snapshot costs tens
+ * of requests instead of thousands (an S3 store pays per request, a local one per file and fsync).
+ *
+ *   packs/<xx>/<id>      the chunks' bytes, concatenated; <id> is the SHA-256 of these bytes
+ *   packtabs/<xx>/<id>   the pack's table of contents (JSON below), put after the pack
+ *
+ * A table is {"format":"vnsnap-pack-table/1","pack":<id>,"size":N,"chunks":[[sha256,offset,size],…]}:
+ * every chunk of the pack, in pack order, its entries tiling the pack exactly. The table is a
+ * small separate object so that the chunks a store holds can be learned by listing and reading
+ * tables, without reading a pack. Guarantees: a table is put only once its pack is stored, so a
+ * table never names a pack that was never written (a pack without a table is debris of a writer
+ * that died, which garbage collection removes); decodeTable() refuses a damaged table or one of
+ * another format (ERR_DATA_LOSS / ERR_UNSUPPORTED_VERSION), naming its key.
+ */
+import { createHash } from 'node:crypto';
+import { VnsnapError } from '../core/errors';
+import { chunkKey, parseObject, type ChunkRef } from './cas-index';
+
+export const PACK_PREFIX = 'packs/';
+export const TABLE_PREFIX = 'packtabs/';
+export const TABLE_FORMAT = 'vnsnap-pack-table/1';
+
+/** One chunk in a pack. */
+export interface PackEntry {
+  sha256: string;
+  offset: number;
+  size: number;
+}
+
+export interface PackTable {
+  /** The pack's id: the SHA-256 of its bytes. */
+  pack: string;
+  size: number;
+  chunks: PackEntry[];
+}
+
+const SHA = /^[0-9a-f]{64}$/;
+const isSize = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+
+export const packKey = (id: string): string => `${PACK_PREFIX}${id.slice(0, 2)}/${id}`;
+export const tableKey = (id: string): string => `${TABLE_PREFIX}${id.slice(0, 2)}/${id}`;
+
+/** The pack id a pack or table key stands for, or null for any other key. */
+export function packIdOf(key: string): string | null {
+  const m = /^(?:packs|packtabs)\/([0-9a-f]{2})\/([0-9a-f]{64})$/.exec(key);
+  return m && m[2]?.startsWith(m[1] as string) ? (m[2] as string) : null;
+}
+
+/** The object an index entry's chunk is in, and where: its pack at its offset, or its own object (layout 1). */
+export function chunkObject(c: ChunkRef): { key: string; offset: number } {
+  return c.pack === undefined ? { key: chunkKey(c.sha256), offset: 0 } : { key: packKey(c.pack), offset: c.offset ?? 0 };
+}
+
+/** A sealed pack: its bytes, id and table. */
+export interface SealedPack {
+  id: string;
+  data: Buffer;
+  table: PackTable;
+}
+
+/** Concatenate chunks (already hashed) into a pack with its table. */
+export function sealPack(chunks: { sha256: string; data: Buffer }[]): SealedPack {
+  const data = Buffer.concat(chunks.map((c) => c.data));
+  const id = createHash('sha256').update(data).digest('hex');
+  let offset = 0;
+  const entries = chunks.map((c) => {
+    const e = { sha256: c.sha256, offset, size: c.data.length };
+    offset += c.data.length;
+    return e;
+  });
+  return { id, data, table: { pack: id, size: data.length, chunks: entries } };
+}
+
+export function encodeTable(t: PackTable): Buffer {
+  return Buffer.from(JSON.stringify({ format: TABLE_FORMAT, pack: t.pack, size: t.size, chunks: t.chunks.map((c) => [c.sha256, c.offset, c.size]) }));
+}
+
+/** Parse and check the table read from `key`. */
+export function decodeTable(data: Buffer, key: string): PackTable {
+  const damaged = (why: string): never => {
+    throw new VnsnapError('ERR_DATA_LOSS', `pack table ${key} is damaged (${why})`);
+  };
+  const o = parseObject(data, damaged);
+  if (o.format !== TABLE_FORMAT) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `pack table ${key}: format ${JSON.stringify(o.format)} is not ${TABLE_FORMAT}; this vnsnap is older than the store, upgrade it`);
+  if (typeof o.pack !== 'string' || packIdOf(key) !== o.pack) damaged(`it names pack ${JSON.stringify(o.pack)}`);
+  if (!isSize(o.size) || !Array.isArray(o.chunks)) damaged('bad size or chunk list');
+  const chunks: PackEntry[] = [];
+  let at = 0;
+  for (const c of o.chunks as unknown[]) {
+    if (!Array.isArray(c) || typeof c[0] !== 'string' || !SHA.test(c[0]) || c[1] !== at || !isSize(c[2])) damaged(`bad chunk entry ${chunks.length + 1}`);
+    const [sha256, offset, size] = c as [string, number, number];
+    chunks.push({ sha256, offset, size });
+    at += size;
+  }
+  if (at !== o.size) damaged(`chunks add up to ${at} bytes, not ${String(o.size)}`);
+  return { pack: o.pack as string, size: o.size as number, chunks };
+}

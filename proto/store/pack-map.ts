@@ -1,0 +1,100 @@
+/**
+ * Which chunks a packed store holds, and where: the map chunk SHA-256 → (pack, offset, size),
+ * built from the pack tables (pack-format.ts) and kept current by this process's own writes. A
+ * writer consults it instead of asking the backend about each chunk (no HEAD per chunk); a
+ * reader consults it only when the pack an index points to is gone (garbage collection moved its
+ * live chunks into a new pack).
+ *
+ * Guarantees:
+ *   - refresh() makes the map exactly what the tables listed now say, plus what add() added since
+ *     that is still listed: it lists packtabs/ once, reads only the tables it has not read before
+ *     (at most PARALLEL at a time), and drops the packs whose table is gone.
+ *   - A writer session refreshes it after its lock is taken (cas-store.ts): garbage collection
+ *     cannot delete a pack while the session is open, so a chunk found in the map stays stored
+ *     until an index naming it is written (docs/storage.md, "Delete and garbage collection").
+ *   - A chunk stored in two packs (two writers of different processes storing it at once) is
+ *     found in one of them; both copies are whole chunks, either serves.
+ *   - A damaged table stops refresh() with its error (ERR_DATA_LOSS naming the key).
+ */
+import { getIfPresent, type ObjectBackend } from './object-backend';
+import { decodeTable, packIdOf, tableKey, TABLE_PREFIX, type PackTable } from './pack-format';
+
+/** Where one chunk is stored. */
+export interface ChunkLocation {
+  pack: string;
+  offset: number;
+  size: number;
+}
+
+/** Table reads in flight during refresh(). */
+export const PARALLEL = 16;
+
+/** Run f over items with at most `limit` running at once; the first failure is thrown after all settle. */
+export async function forEachLimit<T>(items: readonly T[], limit: number, f: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { e: unknown } | undefined;
+  const worker = async (): Promise<void> => {
+    while (next < items.length && failure === undefined) {
+      const item = items[next++] as T;
+      try {
+        await f(item);
+      } catch (e) {
+        failure ??= { e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  if (failure !== undefined) throw failure.e;
+}
+
+export class PackMap {
+  private readonly tables = new Map<string, PackTable>();
+  private readonly byChunk = new Map<string, ChunkLocation>();
+
+  /** Where the chunk with this SHA-256 is stored, if in a pack this map knows. */
+  find(sha256: string): ChunkLocation | undefined {
+    return this.byChunk.get(sha256);
+  }
+
+  /** Packs known. */
+  get packs(): number {
+    return this.tables.size;
+  }
+
+  /** Every table known. */
+  allTables(): PackTable[] {
+    return [...this.tables.values()];
+  }
+
+  /** A pack this process stored (its table is put). */
+  add(t: PackTable): void {
+    this.tables.set(t.pack, t);
+    for (const c of t.chunks) if (!this.byChunk.has(c.sha256)) this.byChunk.set(c.sha256, { pack: t.pack, offset: c.offset, size: c.size });
+  }
+
+  /** Bring the map to what the backend's tables say now (see the header). */
+  async refresh(backend: ObjectBackend): Promise<void> {
+    const listed = new Set<string>();
+    for (const key of await backend.list(TABLE_PREFIX)) {
+      const id = packIdOf(key);
+      if (id !== null) listed.add(id);
+    }
+    let dropped = false;
+    for (const id of this.tables.keys()) {
+      if (!listed.has(id)) {
+        this.tables.delete(id);
+        dropped = true;
+      }
+    }
+    if (dropped) {
+      this.byChunk.clear();
+      for (const t of this.tables.values()) this.add(t);
+    }
+    const fresh = [...listed].filter((id) => !this.tables.has(id));
+    await forEachLimit(fresh, PARALLEL, async (id) => {
+      const key = tableKey(id);
+      const data = await getIfPresent(backend, key);
+      if (data) this.add(decodeTable(data, key)); // else deleted since listed
+    });
+  }
+}
