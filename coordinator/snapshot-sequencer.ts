@@ -13,7 +13,10 @@
  *   one catalog transaction before any command is sent, so two requests cannot both pass.
  * - PRECOPY: SnapshotBegin to every agent with VMs of the VNE. A VM is ready when its agent
  *   reports Progress{phase PRECOPY, phase_done} or the agent's Begin Result arrives (BACKGROUND
- *   mode: at once). All ready, or the precopy deadline → COMMITTING.
+ *   mode: at once). All ready, or the precopy deadline → COMMITTING. Waiting for the slowest
+ *   VM costs no VM a pause: each driver keeps its VM running until its own cut (docs/qemu.md),
+ *   and each agent resumes each VM on its own; the VMs' pauses need not overlap (the epoch
+ *   colouring of the switches keeps the cut consistent).
  * - COMMITTING: SnapshotCommit to every agent in one synchronous loop (same event-loop turn).
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
