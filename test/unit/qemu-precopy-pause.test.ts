@@ -65,32 +65,43 @@ describe('QEMU pre-copy pause: the hook beside the final pass, cont on the event
     return { run, hook, completed, steps, calls: () => hookCalls };
   }
 
-  it('blockdev-snapshot and migrate-continue go out back to back while the hook runs; cont only after the hook and MIGRATION completed', async () => {
+  it('blockdev-snapshot and migrate-continue go out back to back while the hook runs; cont once the hook is done, retried after MIGRATION completed', async () => {
     const q = new ScriptedQmp();
     q.notFinalized = 2;
     const r = start(q);
     await turns(3);
     assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue'], 'QEMU sends the final pass while the hook still runs');
-    r.completed.open();
-    await turns(3);
-    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue'], 'no cont while the hook runs');
     r.hook.open();
+    await turns(5);
+    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont'], 'cont queued at once; refused, it waits for completed');
+    r.completed.open();
     const resume = await r.run;
     assert.equal(resume.timestampUs, 42);
-    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont', 'cont', 'cont'], 'cont retried at once while "not finalized"');
-    assert.deepEqual(r.steps, ['disk', 'completed', 'hook', 'resumed']);
+    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont', 'cont', 'cont'], 'retried at once while "not finalized"');
+    assert.deepEqual(r.steps, ['disk', 'hook', 'completed', 'resumed']);
     assert.equal(r.calls(), 1);
   });
 
-  it('no cont before MIGRATION completed, even with the hook done', async () => {
+  it('no cont while the hook runs, even with the migration completed; taken at the first try after it', async () => {
     const q = new ScriptedQmp();
+    const r = start(q);
+    r.completed.open();
+    await turns(5);
+    assert.equal(q.sent.includes('cont'), false);
+    r.hook.open();
+    await r.run;
+    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont']);
+  });
+
+  it('a migration that fails after the hook rejects with its error', async () => {
+    const q = new ScriptedQmp();
+    q.notFinalized = 1;
     const r = start(q);
     r.hook.open();
     await turns(5);
-    assert.equal(q.sent.includes('cont'), false);
-    r.completed.open();
-    await r.run;
-    assert.equal(q.sent.at(-1), 'cont');
+    r.completed.fail(new VnsnapError('ERR_DRIVER', 'migration of vm failed'));
+    await assert.rejects(r.run, /migration of vm failed/);
+    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont']);
   });
 
   it("a failing hook rejects with the hook's error once QEMU's side settled, and sends no cont", async () => {
@@ -107,12 +118,12 @@ describe('QEMU pre-copy pause: the hook beside the final pass, cont on the event
     assert.equal(q.sent.includes('cont'), false);
   });
 
-  it("a failing disk snapshot rejects with QEMU's error and sends no cont", async () => {
+  it("a failing disk snapshot rejects with QEMU's error", async () => {
     const q = new ScriptedQmp();
     q.failDisk = true;
     const r = start(q);
     r.hook.open();
     await assert.rejects(r.run, /node is used as backing hd/);
-    assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue']);
+    assert.deepEqual(q.sent.slice(0, 2), ['blockdev-snapshot', 'migrate-continue']);
   });
 });
