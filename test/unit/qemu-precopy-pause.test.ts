@@ -78,7 +78,7 @@ describe('QEMU pre-copy pause: the hook beside the final pass, cont on the event
     const resume = await r.run;
     assert.equal(resume.timestampUs, 42);
     assert.deepEqual(q.sent, ['blockdev-snapshot', 'migrate-continue', 'cont', 'cont', 'cont'], 'retried at once while "not finalized"');
-    assert.deepEqual(r.steps, ['disk', 'hook', 'completed', 'resumed']);
+    assert.deepEqual(r.steps, ['disk', 'hook', 'cont-refused', 'completed', 'cont-refused', 'resumed']);
     assert.equal(r.calls(), 1);
   });
 

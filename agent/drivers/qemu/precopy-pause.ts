@@ -44,7 +44,7 @@ export async function precopyPause(p: PrecopyPause): Promise<QmpEvent> {
   }
   const resumeEv = p.q.waitEvent('RESUME', undefined, 10_000);
   resumeEv.catch(() => undefined);
-  await contOnceFinalized(p.q, qemuSide);
+  await contOnceFinalized(p.q, qemuSide, p.mark);
   const qemuErr = await qemuSide; // settled already: QEMU emits completed before it accepts cont
   if (qemuErr) throw qemuErr;
   const resume = await resumeEv;
@@ -68,7 +68,7 @@ async function settled(p: Promise<unknown>): Promise<Error | undefined> {
  * (QEMU emits completed a moment before it leaves finish-migrate). QEMU refuses cont in
  * finish-migrate, so it never resumes the VM before the final pass and the device state are sent.
  */
-async function contOnceFinalized(q: QmpClient, qemuSide: Promise<Error | undefined>): Promise<void> {
+async function contOnceFinalized(q: QmpClient, qemuSide: Promise<Error | undefined>, mark: (step: string) => void): Promise<void> {
   const end = performance.now() + 5000;
   let settledSide = false;
   for (;;) {
@@ -77,6 +77,7 @@ async function contOnceFinalized(q: QmpClient, qemuSide: Promise<Error | undefin
       return;
     } catch (e) {
       if (!/not finalized/.test((e as Error).message) || performance.now() > end) throw e;
+      mark('cont-refused');
       if (!settledSide) {
         const err = await qemuSide;
         if (err) throw err;
