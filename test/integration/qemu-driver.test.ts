@@ -343,7 +343,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     const phases: [string, string, SnapshotModeName, (j: SnapshotJob) => Promise<unknown>][] = [
       ['a', 'background, before the cut', 'background', (j) => j.ready],
       ['a', 'precopy, during the first pass', 'precopy', async () => undefined],
-      ['a', 'precopy, ready (held at pre-switchover)', 'precopy', (j) => j.ready],
+      ['a', 'precopy, ready (held by the bandwidth hold, the VM running)', 'precopy', (j) => j.ready],
       ['a', 'background, while the image is written', 'background', async (j) => j.ready.then(() => j.cut(async () => undefined))],
       ['b', 'precopy, after the cut', 'precopy', async (j) => j.ready.then(() => j.cut(async () => undefined))],
     ];
