@@ -15,7 +15,10 @@
  *   commit waits for it if it is not yet (a restart must find the snapshot to abort it).
  * - PRECOPY: SnapshotBegin to every agent with VMs of the VNE. A VM is ready when its agent
  *   reports Progress{phase PRECOPY, phase_done} or the agent's Begin Result arrives (BACKGROUND
- *   mode: at once). All ready, or the precopy deadline → COMMITTING.
+ *   mode: at once). All ready, or the precopy deadline → COMMITTING. Waiting for the slowest
+ *   VM costs no VM a pause: each driver keeps its VM running until its own cut (docs/qemu.md),
+ *   and each agent resumes each VM on its own; the VMs' pauses need not overlap (the epoch
+ *   colouring of the switches keeps the cut consistent).
  * - COMMITTING: SnapshotCommit to every agent in one synchronous loop (same event-loop turn),
  *   before anything else: the catalog's COMMITTING mark, the log line and the events follow
  *   (a restart aborts a snapshot found in PRECOPY or COMMITTING alike, so nothing depends on

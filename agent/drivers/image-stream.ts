@@ -12,7 +12,9 @@
  *                    An optional StreamTransform rewrites the bytes on their way into the buffer
  *                    (a QEMU background snapshot's pages put in address order: qemu/page-order.ts).
  *                    unbound() lifts the bound for a tail known to be small (a pre-copy's final
- *                    pass, sent while the VM is paused: it must not wait behind the backlog).
+ *                    pass, sent while the VM is paused: it must not wait behind the backlog);
+ *                    holdWrites() also stops the writes until releaseWrites() (the store
+ *                    catches up after the VM resumed).
  *                    `ended` resolves once the sender closed the stream (EOF) and every byte
  *                    was written into the writer; committing is the caller's (it also waits for
  *                    the hypervisor to report success). discard() turns the stream into a sink
@@ -68,6 +70,7 @@ export class StreamIntoStore {
   private eof = false;
   private discarding = false;
   private bounded = true;
+  private writesHeld = false;
   private failure: Error | undefined;
   private settle!: { resolve: () => void; reject: (e: Error) => void };
   /** Resolves at EOF once every byte is in the writer; rejects on a socket or store failure. */
@@ -160,7 +163,7 @@ export class StreamIntoStore {
     this.pumping = true;
     void (async () => {
       try {
-        while (this.pending.length > 0 && !this.discarding && !this.failure) {
+        while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld) {
           const batch = this.takeBatch();
           await this.writer.write(batch);
           await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
@@ -173,8 +176,9 @@ export class StreamIntoStore {
         this.pumping = false;
       }
       if (this.failure) return;
-      if (this.pending.length > 0 && !this.discarding) this.pump();
-      else if (this.eof) this.settle.resolve();
+      if (this.pending.length > 0 && !this.discarding) {
+        if (!this.writesHeld) this.pump();
+      } else if (this.eof) this.settle.resolve();
     })();
   }
 
@@ -207,6 +211,23 @@ export class StreamIntoStore {
   unbound(): void {
     this.bounded = false;
     this.conn?.resume();
+  }
+
+  /**
+   * unbound(), and no write into the store until releaseWrites(): the socket is read at once and
+   * the event loop does nothing else for this stream (a store hashes each write on it), so the
+   * hypervisor's final pass and its events are not delayed while the VM is paused.
+   */
+  holdWrites(): void {
+    this.unbound();
+    this.writesHeld = true;
+  }
+
+  /** The store catches up with what arrived while writes were held (idempotent). */
+  releaseWrites(): void {
+    if (!this.writesHeld) return;
+    this.writesHeld = false;
+    this.pump();
   }
 
   /** From now on drop what arrives (an abort); `ended` then rejects with ERR_SNAPSHOT_ABORTED. */

@@ -8,7 +8,7 @@
  * "crashes sometimes" becomes a count of wrong pages per snapshot, on every snapshot.
  *
  * Usage: node dist/test/bench/precopy-memdiff.js [--runs N] [--modes precopy,background]
- *        [--rate KiB/s] [--hold pre-switchover|bandwidth] [--json]
+ *        [--rate KiB/s] [--hold bandwidth|pre-switchover] [--json]   (default: the driver's, bandwidth)
  * Names everything vnqm-memdiff-<pid> (removed at exit). Root and QEMU needed.
  */
 import * as fs from 'node:fs';
@@ -26,7 +26,7 @@ import { startGuestPair } from '../support/guest-pair';
 
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, modes: { type: 'string', default: 'precopy,background' }, rate: { type: 'string', default: '4096' }, hold: { type: 'string', default: 'pre-switchover' }, json: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { runs: { type: 'string', default: '5' }, modes: { type: 'string', default: 'precopy,background' }, rate: { type: 'string', default: '4096' }, hold: { type: 'string', default: 'bandwidth' }, json: { type: 'boolean', default: false } } });
   const runs = Number(values.runs);
   const modes = String(values.modes).split(',') as SnapshotModeName[];
   ensureQemu();

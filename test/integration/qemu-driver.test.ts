@@ -174,6 +174,10 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     }
     const jobs = started.map((r) => (r as PromiseFulfilledResult<SnapshotJob>).value);
     await Promise.all(jobs.map((j) => j.ready));
+    if (mode === 'precopy') {
+      // The bandwidth hold: a ready pre-copy waits for the cut with its VM running, not paused.
+      for (const n of names) assert.equal((await d.execute<{ status: string }>(`vnqm/${n}`, 'query-status', undefined, 5000)).status, 'running', `${n} runs while its pre-copy waits for the cut`);
+    }
     const reports = await Promise.all(
       jobs.map(async (j, i) => {
         const port = `vnqm/${names[i]}/0`;
@@ -343,7 +347,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     const phases: [string, string, SnapshotModeName, (j: SnapshotJob) => Promise<unknown>][] = [
       ['a', 'background, before the cut', 'background', (j) => j.ready],
       ['a', 'precopy, during the first pass', 'precopy', async () => undefined],
-      ['a', 'precopy, ready (held at pre-switchover)', 'precopy', (j) => j.ready],
+      ['a', 'precopy, ready (held by the bandwidth hold, the VM running)', 'precopy', (j) => j.ready],
       ['a', 'background, while the image is written', 'background', async (j) => j.ready.then(() => j.cut(async () => undefined))],
       ['b', 'precopy, after the cut', 'precopy', async (j) => j.ready.then(() => j.cut(async () => undefined))],
     ];

@@ -190,6 +190,32 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
+  it('save: holdWrites() reads the whole tail with no write into the store; ended waits for releaseWrites(), then every byte is written in order', async () => {
+    const bufferBytes = 512 * KiB;
+    const { w, st, data, s } = await heldStream(4 * MiB, 8, bufferBytes);
+    try {
+      st.holdWrites();
+      w.release(); // the store is free now: only holdWrites() keeps the queue from it
+      await s.done;
+      await until('every byte read', () => (st.received === data.length ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      const written = w.bytes;
+      assert.ok(written <= 512 * KiB, `at most the batch in flight when writes were held reached the store (${written})`);
+      assert.ok(st.peakQueued > bufferBytes, `the tail was read past the bound (peak ${st.peakQueued})`);
+      let ended = false;
+      void st.ended.then(() => (ended = true));
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.equal(w.bytes, written, 'no write while held');
+      assert.equal(ended, false, 'the end waits for the held bytes');
+      st.releaseWrites();
+      await st.ended;
+      assert.deepEqual(Buffer.concat(w.parts), data);
+      assert.equal(st.buffered, 0);
+    } finally {
+      await st.close();
+    }
+  });
+
   it('save: discard() (an abort) drops the rest without blocking the sender; ended rejects ERR_SNAPSHOT_ABORTED', async () => {
     const { w, st, data, s } = await heldStream(6 * MiB, 4, 256 * KiB);
     try {

@@ -17,14 +17,19 @@
  *          migrate unix:SOCK ─► QEMU resumes the VM itself (RESUME event)
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
- * Snapshot, precopy mode (VNsnap's):
+ * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
  *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
  *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
  *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
- *          so QEMU keeps iterating slowly instead of switching over by itself.
- *   cut:   max-bandwidth up, downtime-limit = cutDowntimeMs ─► MIGRATION pre-switchover (the VM
- *          is paused: the cut) ─► atPause() ─► blockdev-snapshot ─► migrate-continue ─►
- *          MIGRATION completed ─► cont (on the event, not polled)
+ *          so QEMU keeps iterating slowly, the VM running, instead of switching over by itself.
+ *   cut:   max-bandwidth up, downtime-limit = cutDowntimeMs (the VM runs while QEMU converges)
+ *          ─► MIGRATION pre-switchover (QEMU stopped the VM: the cut) ─► the stream reads at once
+ *          and holds its store writes ─► atPause() beside blockdev-snapshot + migrate-continue
+ *          (sent back to back) and QEMU's final pass ─► MIGRATION completed and the hook done ─►
+ *          cont (on the event, not polled) ─► the store catches up with the final pass.
+ *   So the pause is the VM's own final pass: no other VM, no store write, no wait for the
+ *   coordinator is in it. With precopyHold 'pre-switchover' QEMU converges by itself at begin
+ *   and the VM waits paused from then to the cut (which then starts at atPause()).
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
  * The pause is measured from QEMU's own STOP and RESUME event timestamps.
@@ -47,6 +52,7 @@ import { cutReport, DriverJob, fileToStore } from '../job';
 import { StreamIntoStore } from '../image-stream';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
+import { precopyPause } from './precopy-pause';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -82,6 +88,8 @@ export class QemuJob extends DriverJob {
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
   private migrationFailed: ((e: Error) => void) | undefined;
+  /** Bytes QEMU sent after the pre-switchover pause (the final pass and device state), for 'cut done'. */
+  private finalPassBytes = 0;
   /** Steps of the cut with their times (performance.now()), logged with 'cut done'. */
   private trace: [string, number][] = [];
 
@@ -129,6 +137,7 @@ export class QemuJob extends DriverJob {
       this.migrationStatus = st;
       if (st === 'pre-switchover') {
         if (this.phase === 'cutting') {
+          this.stream?.holdWrites(); // the VM is paused: nothing of the store in the pause
           this.preSwitchoverEv = ev;
           this.preSwitchover?.(ev);
         }
@@ -395,49 +404,26 @@ export class QemuJob extends DriverJob {
     this.preSwitchover = undefined;
     this.pausedByUs = true;
     this.vmObj.status = 'paused';
+    // Read the final pass at once and keep the store's writes (hashing on this event loop) out of
+    // the pause: the store catches up after the resume (finishCut). The listener did it already
+    // when the pre-switchover came during the cut.
+    this.stream?.holdWrites();
+    const sent = this.stream?.received ?? 0;
     const cutUnixUs = stopEv?.timestampUs || nowUs();
-    await this.hook(atPause);
-    this.mark('hook');
     const copyStart = nowUs();
-    let resume: QmpEvent | undefined;
+    let resume: QmpEvent;
     try {
-      await this.disk.snapshot();
-      this.mark('disk');
-      const done = this.migrationDone as Promise<void>;
-      // The final pass is sent with the VM paused: read it at once, not behind the backlog still
-      // waiting for the store (bounded: what QEMU judged to fit the downtime, plus device state).
-      this.stream?.unbound();
-      await q.execute('migrate-continue', { state: 'pre-switchover' });
-      await done;
-      this.mark('completed');
-      const resumeEv = q.waitEvent('RESUME', undefined, 10_000);
-      await this.contAfterMigration();
-      resume = await resumeEv;
-      this.mark('resumed');
+      // The hook beside QEMU's side of the cut; cont once both are done (precopy-pause.ts).
+      resume = await precopyPause({ q, atPause, snapshotDisk: () => this.disk.snapshot(), completed: this.migrationDone as Promise<void>, mark: (s) => this.mark(s) });
       this.pausedByUs = false;
     } catch (e) {
+      this.stream?.releaseWrites();
       await this.failCut(true);
       throw e;
     }
+    this.finalPassBytes = (this.stream?.received ?? 0) - sent;
     const copyEnd = resume.timestampUs || nowUs();
     return this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
-  }
-
-  /**
-   * `cont` right after MIGRATION completed: QEMU emits the event a moment before it leaves the
-   * finish-migrate run state, and refuses cont ("Migration is not finalized yet") until then.
-   */
-  private async contAfterMigration(): Promise<void> {
-    const end = performance.now() + 5000;
-    for (;;) {
-      try {
-        await this.q.execute('cont');
-        return;
-      } catch (e) {
-        if (!/not finalized/.test((e as Error).message) || performance.now() > end) throw e;
-        await new Promise((r) => setImmediate(r));
-      }
-    }
   }
 
   /** atPause; if it throws, resume the VM and reject (no disk snapshot was taken). */
@@ -445,7 +431,7 @@ export class QemuJob extends DriverJob {
     try {
       await atPause();
     } catch (e) {
-      await this.failCut(this.opts.mode === 'precopy');
+      await this.failCut(false);
       throw e;
     }
   }
@@ -465,13 +451,15 @@ export class QemuJob extends DriverJob {
   private finishCut(cutUnixUs: number, resume: QmpEvent, copy?: { startUnixUs: number; endUnixUs: number }): CutReport {
     const resumeUnixUs = Math.max(cutUnixUs, resume.timestampUs || nowUs());
     this.vmObj.status = 'running';
+    this.stream?.releaseWrites(); // the store catches up with the final pass now the VM runs
     this.phase = 'writing';
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
-    this.log.info({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
+    const finalBytes = this.opts.mode === 'precopy' ? { finalPassBytes: this.finalPassBytes } : {};
+    this.log.info({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps, ...finalBytes }, 'cut done');
     return report;
   }
 

@@ -65,17 +65,20 @@ export interface QemuDriverOptions {
   /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s). */
   precopyBandwidth?: number;
   /**
-   * How a pre-copy waits for the cut. 'pre-switchover' (default): QEMU converges with
-   * downtime-limit = cutDowntimeMs and the VM waits paused in pre-switchover until cut() (the
-   * pause includes that wait). 'bandwidth': downtime-limit 1 ms and max-bandwidth lowered to
-   * holdBandwidth after the first pass, so the VM keeps running until cut() — but under TCG on
-   * QEMU 7.2 such slow or long migrations produced images whose memory differs from the source
-   * at the pause (restored guests crashed; docs/qemu.md), so it is off by default.
+   * How a pre-copy waits for the cut. 'bandwidth' (default): downtime-limit 1 ms and max-bandwidth
+   * lowered to holdBandwidth after the first pass, so the VM keeps running until cut() and its
+   * pause is its own final pass (exact under TCG since guest RAM is padded: docs/qemu.md).
+   * 'pre-switchover': QEMU converges with downtime-limit = cutDowntimeMs and the VM waits paused
+   * in pre-switchover until cut() (the pause includes that wait).
    */
   precopyHold?: 'pre-switchover' | 'bandwidth';
   /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 64 KiB/s; see the module comment). */
   holdBandwidth?: number;
-  /** downtime-limit at the cut (ms, default 100); raised ×4 every cutEscalateMs without a switchover. */
+  /**
+   * downtime-limit at the cut (ms; default 30 with the bandwidth hold, where a lower limit only
+   * costs iterations while the VM runs, 100 with the pre-switchover hold); raised ×4 every
+   * cutEscalateMs without a switchover.
+   */
   cutDowntimeMs?: number;
   cutEscalateMs?: number;
   /**
