@@ -13,8 +13,10 @@
  * Snapshot, background mode (the cut, in the agent's order):
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   stop ─► atPause() ─► blockdev-snapshot (the overlay made and attached at begin) ─►
- *          migrate unix:SOCK ─► QEMU resumes the VM itself (RESUME event)
+ *   cut:   stop and blockdev-snapshot (the overlay made and attached at begin) written back to
+ *          back (QEMU runs the second with the VM paused) ─► STOP ─► atPause() (the switch's
+ *          drain, while QEMU freezes the disk) ─► blockdev-snapshot's reply ─► migrate
+ *          unix:SOCK (serialised before the stop) ─► QEMU resumes the VM itself (RESUME event)
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's):
@@ -27,7 +29,9 @@
  *          MIGRATION completed ─► cont (on the event, not polled)
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
- * The pause is measured from QEMU's own STOP and RESUME event timestamps.
+ * The pause is measured from QEMU's own STOP and RESUME event timestamps. Every cut is traced
+ * (cut-qmp-trace.ts): each QMP command's round trip and the STOP / RESUME events' delivery
+ * become phases of the CutReport.
  * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
  * migrate_cancel (but a background stream already under way is left to end: cancelling one can
  * hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back into the
@@ -45,6 +49,7 @@ import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { StreamIntoStore } from '../image-stream';
+import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
@@ -81,8 +86,10 @@ export class QemuJob extends DriverJob {
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
   private migrationFailed: ((e: Error) => void) | undefined;
-  /** Steps of the cut with their times (performance.now()), logged with 'cut done'. */
+  /** Steps of the cut with their times (performance.now()), logged (debug) with 'cut done'. */
   private trace: [string, number][] = [];
+  /** The QMP trace of the cut in progress (its spans go into the CutReport). */
+  private qmpTrace: CutQmpTrace | undefined;
 
   constructor(
     private readonly vmObj: QemuVm,
@@ -309,6 +316,15 @@ export class QemuJob extends DriverJob {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
+    this.qmpTrace = CutQmpTrace.start(this.q);
+    try {
+      return await this.cutMode(atPause);
+    } finally {
+      this.qmpTrace.stop();
+    }
+  }
+
+  private cutMode(atPause: () => Promise<void>): Promise<CutReport> {
     if (this.opts.mode === 'background') {
       if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
       this.phase = 'cutting';
@@ -325,12 +341,24 @@ export class QemuJob extends DriverJob {
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
-    this.mark('start');
-    const stopEv = q.waitEvent('STOP', undefined, 10_000);
+    let migrate;
     try {
-      await q.execute('stop');
+      migrate = q.prepare('migrate', { uri: this.migrateUri() });
     } catch (e) {
       this.phase = 'failed';
+      throw e;
+    }
+    this.mark('start');
+    const stopEv = q.waitEvent('STOP', undefined, 10_000);
+    // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
+    const stopped = q.execute('stop');
+    const disk = this.disk.snapshot();
+    disk.catch(() => undefined);
+    try {
+      await stopped;
+    } catch (e) {
+      await disk.catch(() => undefined); // QEMU may still have frozen the disk: undone below
+      await this.failCut(false);
       throw e;
     }
     const stop = await stopEv.catch(() => undefined);
@@ -338,15 +366,21 @@ export class QemuJob extends DriverJob {
     this.pausedByUs = true;
     this.vmObj.status = 'paused';
     const cutUnixUs = stop?.timestampUs || nowUs();
-    await this.hook(atPause);
+    try {
+      await atPause();
+    } catch (e) {
+      await disk.catch(() => undefined);
+      await this.failCut(false);
+      throw e;
+    }
     this.mark('hook');
     let resume: QmpEvent | undefined;
     try {
-      await this.disk.snapshot();
+      await disk;
       this.mark('disk');
       this.migrationDone = this.watchCompletion();
       const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
-      await q.execute('migrate', { uri: this.migrateUri() });
+      await migrate.send();
       this.mark('migrate');
       resume = await resumeEv;
       this.mark('resumed');
@@ -467,9 +501,12 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
+    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    // debug: an info line is a synchronous write to stderr while this agent's other VMs may
+    // still be paused; the same steps are in the report's QMP phases.
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
-    this.log.info({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
+    this.log.debug({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
     return report;
   }
 
