@@ -138,12 +138,18 @@ async function guestRun(c: Cluster, label: string, rounds: number): Promise<Gues
     return b;
   });
   say(`    ${label} bare QEMU background snapshots (${rounds} rounds)`);
-  const bare = await checked('bare QEMU', () => bareQemu(c.dir, rounds));
+  // New in this bench: a failure here costs its figures (null), not the run's.
+  const bare = await checked('bare QEMU', () =>
+    bareQemu(c.dir, rounds).catch((e: Error) => {
+      say(`  PROBLEM: ${label} bare QEMU (its figures are null): ${e.message}`);
+      return [] as number[];
+    }),
+  );
   return { background, precopy, baseline: base, bareQemu: bare, problems };
 }
 
-function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline' | 'bare_qemu', Stats> {
-  return { background: stats(g.background.pauses), precopy: stats(g.precopy.pauses), baseline: stats(g.baseline.pauses), bare_qemu: stats(g.bareQemu) };
+function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null } {
+  return { background: stats(g.background.pauses), precopy: stats(g.precopy.pauses), baseline: stats(g.baseline.pauses), bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null };
 }
 
 /** Start the cluster and the four-guest VNE of `image` (a monitor per VM, for the baseline); resolves once every stream is up. */
@@ -292,17 +298,17 @@ async function main(): Promise<void> {
   }
 }
 
-function guestTable(title: string, p: Record<string, Stats>, g: GuestRun): string[] {
+function guestTable(title: string, p: Record<string, Stats | null>, g: GuestRun): string[] {
   const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'baseline' ? g.baseline.pauses.length : g[m as Mode].pauses.length);
   return [
     '',
     `  ${title}`,
     '  mode        pause med  pause p95  pause max  pauses',
-    ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(11)} ${String(s.median).padStart(9)} ${String(s.p95).padStart(10)} ${String(s.max).padStart(10)} ${String(n(m)).padStart(7)}`),
+    ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(11)} ${String(s?.median ?? '-').padStart(9)} ${String(s?.p95 ?? '-').padStart(10)} ${String(s?.max ?? '-').padStart(10)} ${String(n(m)).padStart(7)}`),
   ];
 }
 
-type Figures = { pause_ms: Record<string, Stats>; cut_spread_ms: number };
+type Figures = { pause_ms: Record<string, Stats | null>; cut_spread_ms: number };
 
 function targets(t: Figures & { snapshot_s: { vs_io_floor: { background: number | null } }; restore_s: { vne: number; single_vm: number } }, d: Figures | undefined): Target[] {
   const dp = d?.pause_ms;
