@@ -42,7 +42,7 @@ import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
 import { usageExit } from './args';
-import { cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 
 const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]';
@@ -82,6 +82,8 @@ interface ModeRun {
   seconds: number[];
   sizes: number[];
   spreads: number[];
+  /** Per snapshot, the spread of the agents' commit receipts (the fan-out skew). */
+  commitSkews: number[];
   vms: TracedVm[];
   /** The last snapshot (kept in the catalog when asked: the restore's). */
   last?: BenchSnapshot;
@@ -89,13 +91,14 @@ interface ModeRun {
 
 /** `rounds` snapshots in `mode`; each is deleted after it is measured but the last one when `keepLast`. */
 async function vnsnapRounds(c: Cluster, label: string, mode: Mode, rounds: number, keepLast = false): Promise<ModeRun> {
-  const run: ModeRun = { pauses: [], seconds: [], sizes: [], spreads: [], vms: [] };
+  const run: ModeRun = { pauses: [], seconds: [], sizes: [], spreads: [], commitSkews: [], vms: [] };
   for (let i = 0; i < rounds; i++) {
     const { snap, seconds } = await vnsnapSnapshot(c, mode);
     run.pauses.push(...snap.vms.map((v) => v.pauseMs));
     run.seconds.push(seconds);
     run.sizes.push(Number(snap.sizeBytes ?? 0));
     run.spreads.push(cutSpreadMs(snap.vms));
+    run.commitSkews.push(commitSkewMs(snap.vms));
     run.vms.push(...snap.vms);
     run.last = snap;
     say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, cut spread ${cutSpreadMs(snap.vms)} ms`);
@@ -185,6 +188,7 @@ async function distroRun(): Promise<GuestRun> {
 function traceReport(label: string, g: GuestRun): string[] {
   const out: string[] = [];
   for (const m of ['background', 'precopy'] as const) {
+    out.push(`  ${label} ${m}: cut spread median ${median(g[m].spreads)} ms, max ${Math.max(...g[m].spreads)} ms; commit fan-out skew median ${median(g[m].commitSkews)} ms, max ${Math.max(...g[m].commitSkews)} ms`);
     out.push(`  ${label} ${m}: trace phases over ${g[m].vms.length} cuts (ms: median / p95 / max)`);
     for (const [k, v] of Object.entries(traceStats(g[m].vms))) out.push(`    ${k.padEnd(32)} ${String(v.median).padStart(8)} ${String(v.p95).padStart(8)} ${String(v.max).padStart(8)}  (${v.n})`);
     out.push(`  ${label} ${m}: the longest pauses`);

@@ -1,7 +1,7 @@
 /**
  * bench:snapshot's arithmetic, apart from the run so it can be tested: per-mode statistics
  * (median, nearest-rank p95, max), the spread of a snapshot's cut instants (from the catalog's
- * cut_unix_us), the durations of the cut-trace phases over many cuts, and the issue's targets
+ * cut_unix_us) and of its agents' commit receipts (the cut trace's COMMIT), the durations of the cut-trace phases over many cuts, and the issue's targets
  * as ratios, each MET or NOT MET (or n/a when its figure is missing).
  */
 import { cutTraceLine } from '../../coordinator/cli/cut-trace';
@@ -44,6 +44,12 @@ export interface TracedVm {
 export function cutSpreadMs(vms: readonly TracedVm[]): number {
   const cuts = vms.map((v) => Number(v.cutUnixUs)).filter((c) => c > 0);
   return cuts.length < 2 ? 0 : r1((Math.max(...cuts) - Math.min(...cuts)) / 1000);
+}
+
+/** The commit fan-out skew of one snapshot: last − first instant an agent received the commit (PHASE_COMMIT's end), ms. */
+export function commitSkewMs(vms: readonly TracedVm[]): number {
+  const rx = vms.flatMap((v) => (v.phases ?? []).filter((p) => p.phase === 'PHASE_COMMIT').map((p) => Number(p.endUnixUs))).filter((t) => t > 0);
+  return rx.length < 2 ? 0 : r1((Math.max(...rx) - Math.min(...rx)) / 1000);
 }
 
 /** Per trace phase (short name, lower case), the statistics of its durations over every cut given. */

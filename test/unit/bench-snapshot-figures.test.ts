@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { cutSpreadMs, longestTraces, p95, ratio, stats, targetLines, traceStats } from '../bench/snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, p95, ratio, stats, targetLines, traceStats } from '../bench/snapshot-figures';
 
 const CUT = 1_800_000_000_000_000;
 
@@ -19,6 +19,9 @@ describe('bench:snapshot figures', () => {
     ];
     assert.equal(cutSpreadMs(vms), 12.3);
     assert.equal(cutSpreadMs([vms[0] as (typeof vms)[number]]), 0);
+    const rx = (name: string, us: number) => ({ name, host: 'h', pauseMs: 1, cutUnixUs: CUT, phases: [{ phase: 'PHASE_COMMIT', startUnixUs: CUT - 9000, endUnixUs: us }] });
+    assert.equal(commitSkewMs([rx('a', CUT - 3000), rx('b', CUT - 250), rx('c', CUT - 2000)]), 2.8);
+    assert.equal(commitSkewMs(vms), 0);
     assert.deepEqual(traceStats(vms), { drain: { median: 2, p95: 3, max: 3, n: 2 }, loop_stall: { median: 400, p95: 400, max: 400, n: 1 } });
     assert.deepEqual(longestTraces(vms, 2), ['h2/b 466.0 ms: drain +0.7…+3.7, loop_stall +0.7…+400.7', 'h1/a 21.5 ms: pause 0…+21.5, drain +0.5…+1.5']);
   });
