@@ -13,9 +13,8 @@
  * Snapshot, background mode (the cut, in the agent's order):
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   stop and blockdev-snapshot (the overlay made and attached at begin) written back to
- *          back (QEMU runs the second with the VM paused) ─► STOP ─► atPause() (the switch's
- *          drain, while QEMU freezes the disk) ─► blockdev-snapshot's reply ─► migrate
+ *   cut:   stop + blockdev-snapshot (the overlay made and attached at begin) sent back to back
+ *          ─► STOP ─► atPause() (the switch's drain, while QEMU freezes the disk) ─► migrate
  *          unix:SOCK (serialised before the stop) ─► QEMU resumes the VM itself (RESUME event)
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
@@ -29,9 +28,8 @@
  *          MIGRATION completed ─► cont (on the event, not polled)
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
- * The pause is measured from QEMU's own STOP and RESUME event timestamps. Every cut is traced
- * (cut-qmp-trace.ts): each QMP command's round trip and the STOP / RESUME events' delivery
- * become phases of the CutReport.
+ * The pause is measured from QEMU's own STOP and RESUME event timestamps. Each cut's QMP round
+ * trips and STOP / RESUME deliveries become phases of its CutReport (cut-qmp-trace.ts).
  * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
  * migrate_cancel (but a background stream already under way is left to end: cancelling one can
  * hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back into the
@@ -316,23 +314,15 @@ export class QemuJob extends DriverJob {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
+    if (this.opts.mode === 'background' && this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
+    // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
+    this.phase = 'cutting';
     this.qmpTrace = CutQmpTrace.start(this.q);
     try {
-      return await this.cutMode(atPause);
+      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
     } finally {
       this.qmpTrace.stop();
     }
-  }
-
-  private cutMode(atPause: () => Promise<void>): Promise<CutReport> {
-    if (this.opts.mode === 'background') {
-      if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
-      this.phase = 'cutting';
-      return this.cutBackground(atPause);
-    }
-    // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
-    this.phase = 'cutting';
-    return this.cutPrecopy(atPause);
   }
 
   private mark(step: string): void {
@@ -341,51 +331,33 @@ export class QemuJob extends DriverJob {
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
-    let migrate;
-    try {
-      migrate = q.prepare('migrate', { uri: this.migrateUri() });
-    } catch (e) {
-      this.phase = 'failed';
-      throw e;
-    }
+    const migrate = q.prepare('migrate', { uri: this.migrateUri() }); // the stream is open since begin
     this.mark('start');
-    const stopEv = q.waitEvent('STOP', undefined, 10_000);
+    const stopEv = q.waitEvent('STOP', undefined, 10_000).catch(() => undefined);
     // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
     const stopped = q.execute('stop');
     const disk = this.disk.snapshot();
     disk.catch(() => undefined);
+    let cutUnixUs = 0;
+    let resume: QmpEvent;
     try {
       await stopped;
-    } catch (e) {
-      await disk.catch(() => undefined); // QEMU may still have frozen the disk: undone below
-      await this.failCut(false);
-      throw e;
-    }
-    const stop = await stopEv.catch(() => undefined);
-    this.mark('stopped');
-    this.pausedByUs = true;
-    this.vmObj.status = 'paused';
-    const cutUnixUs = stop?.timestampUs || nowUs();
-    try {
+      const stop = await stopEv;
+      this.mark('stopped');
+      this.pausedByUs = true;
+      this.vmObj.status = 'paused';
+      cutUnixUs = stop?.timestampUs || nowUs();
       await atPause();
-    } catch (e) {
-      await disk.catch(() => undefined);
-      await this.failCut(false);
-      throw e;
-    }
-    this.mark('hook');
-    let resume: QmpEvent | undefined;
-    try {
+      this.mark('hook');
       await disk;
-      this.mark('disk');
       this.migrationDone = this.watchCompletion();
       const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
       await migrate.send();
-      this.mark('migrate');
       resume = await resumeEv;
       this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
+      await disk.catch(() => undefined); // a disk QEMU froze all the same is merged back by failCut
       await this.failCut(false);
       throw e;
     }
@@ -502,8 +474,7 @@ export class QemuJob extends DriverJob {
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
     report.phases.push(...(this.qmpTrace?.stop() ?? []));
-    // debug: an info line is a synchronous write to stderr while this agent's other VMs may
-    // still be paused; the same steps are in the report's QMP phases.
+    // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
     this.log.debug({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps }, 'cut done');
