@@ -15,6 +15,12 @@
  *                 release                     released (they wait in the paused VM's NIC queue)
  *               driver: disk snapshot, final copy / copy-on-write start, resume.
  *             If the driver fails, the ports still being cut are un-gated at their old epoch.
+ *             Each VM's cut is traced into its phases: COMMIT (the coordinator's send of the
+ *             commit → its receipt here), DRAIN (the switch's pass while the VM is paused),
+ *             LOOP_STALL (the longest stall of this event loop between the receipt and the
+ *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
+ *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
+ *             synchronous write); the commit is logged once every cut has settled.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -48,6 +54,7 @@ import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';
 import type { VneTable } from './vne-table';
+import { LoopStallProbe } from './loop-stall-probe';
 
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
 export type ProgressSink = (vm: VmProgress) => void;
@@ -74,7 +81,12 @@ interface SnapVm {
   vm: VmRecord;
   job: SnapshotJob;
   cut?: CutReport;
+  /** The cut's own trace (commit receipt, drain, loop stall), beside the driver's phases. */
+  trace?: PhaseTiming[];
 }
+
+/** What commit() needs of SnapshotCommit (sentUnixUs: 0 or absent from an older coordinator). */
+export type CommitCommand = Pick<SnapshotCommit__Output, 'snapshotId'> & { sentUnixUs?: number };
 
 type SnapState = 'precopy' | 'committing' | 'committed' | 'persisting' | 'aborted';
 
@@ -203,13 +215,21 @@ export class SnapshotRunner {
     return snap;
   }
 
-  async commit(c: SnapshotCommit__Output): Promise<Partial<Result>> {
+  async commit(c: CommitCommand): Promise<Partial<Result>> {
+    const receivedUs = this.nowUs();
     const snap = this.orThrow(c.snapshotId);
     snap.endBegin();
     await snap.begun;
     if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
     snap.state = 'committing';
-    const results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv)));
+    const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
+    const probe = LoopStallProbe.start({ now: this.nowUs });
+    let results: PromiseSettledResult<VmSnapshot>[];
+    try {
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe)));
+    } finally {
+      probe.stop();
+    }
     if (snap.vms.length === 0) await this.cutBystanders(snap.vne, snap.epoch);
     // The cut moved the ports to the new epoch (and the driver's state: a new disk top): the
     // records follow, so that an agent started after a crash finds the VM as it is now.
@@ -227,10 +247,23 @@ export class SnapshotRunner {
   }
 
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
-    const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) => sv.job.cut(pass))) as CutReport;
+    const trace: PhaseTiming[] = [commit];
+    const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) =>
+      sv.job.cut(async () => {
+        const startUnixUs = this.nowUs();
+        try {
+          await pass();
+        } finally {
+          trace.push({ phase: 'PHASE_DRAIN', startUnixUs, endUnixUs: this.nowUs() });
+        }
+      }),
+    )) as CutReport;
+    const stall = probe.longest(Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs)));
+    if (stall) trace.push({ phase: 'PHASE_LOOP_STALL', ...stall });
     sv.cut = report;
+    sv.trace = trace;
     const m = this.o.metrics;
     m.pauseSeconds.observe({ mode: snap.mode }, report.pauseMs / 1000);
     m.lastPauseMs.set({ vm: sv.vm.key }, report.pauseMs);
@@ -242,6 +275,7 @@ export class SnapshotRunner {
     const phases: PhaseTiming[] = [];
     if (snap.mode === 'precopy' && sv.cut) phases.push({ phase: 'PHASE_PRECOPY', startUnixUs: snap.beganUs, endUnixUs: sv.cut.cutUnixUs });
     for (const p of sv.cut?.phases ?? []) phases.push({ phase: p.phase, startUnixUs: p.startUnixUs, endUnixUs: p.endUnixUs });
+    phases.push(...(sv.trace ?? []));
     return { name: sv.vm.name, host: this.o.agentId, pauseMs: sv.cut?.pauseMs ?? 0, cutUnixUs: sv.cut?.cutUnixUs ?? 0, phases };
   }
 

@@ -39,7 +39,7 @@ import type { Logger } from '../proto/core/log';
 import type { Startable } from '../proto/core/lifecycle';
 import { commandName, type AgentLink, type CommandBody, type SendOptions } from './agent-link';
 import type { Catalog } from './catalog';
-import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
+import { nowUs, systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 
 export type SessionCall = ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
 
@@ -351,7 +351,9 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
       }
       this.pending.set(id, f);
       s.inFlight.add(id);
-      s.call.write({ command: { id, ...body } });
+      // A commit carries the instant it was written: the agent's PHASE_COMMIT (the fan-out).
+      const stamped = body.snapshotCommit ? { ...body, snapshotCommit: { ...body.snapshotCommit, sentUnixUs: nowUs() } } : body;
+      s.call.write({ command: { id, ...stamped } });
     });
   }
 }

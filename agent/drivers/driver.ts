@@ -57,6 +57,7 @@
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
  */
+import type { Phase } from '../../proto/gen/vnsnap/v1/Phase';
 import type { Logger } from '../../proto/core/log';
 import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Port } from '../../switch/port/port';
@@ -154,7 +155,8 @@ export interface SnapshotOptions {
 }
 
 export interface PhaseSpan {
-  phase: 'PHASE_PRECOPY' | 'PHASE_PAUSE' | 'PHASE_COPY' | 'PHASE_PERSIST';
+  /** PRECOPY, PAUSE, COPY, PERSIST, or a cut trace's (PHASE_QMP_*, PHASE_EVENT_*). */
+  phase: Phase;
   startUnixUs: number;
   endUnixUs: number;
 }

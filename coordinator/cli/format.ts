@@ -2,6 +2,7 @@
  * Human output: aligned tables and one-line summaries of VNEs, agents, snapshots and events.
  * Pure functions from messages to text (no I/O), so tests can assert exact output.
  */
+import { isTracePhase } from './cut-trace';
 import type { Agent__Output } from '../../proto/gen/vnsnap/v1/Agent';
 import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Event__Output } from '../../proto/gen/vnsnap/v1/Event';
@@ -188,7 +189,7 @@ export function renderSnapshotList(snaps: readonly Snapshot__Output[]): string {
 function phaseDurations(vm: Snapshot__Output['vms'][number]): string {
   return (
     vm.phases
-      .filter((p) => p.endUnixUs >= p.startUnixUs && p.startUnixUs > 0)
+      .filter((p) => p.endUnixUs >= p.startUnixUs && p.startUnixUs > 0 && !isTracePhase(p.phase))
       .map((p) => `${shortEnum(p.phase).toLowerCase()} ${formatMs((p.endUnixUs - p.startUnixUs) / 1000)}`)
       .join(', ') || '-'
   );

@@ -26,7 +26,17 @@ export const PHASE_COLOURS: Readonly<Record<string, string>> = {
   LOAD: '#edc948',
   RESUME: '#ff9da7',
   INJECT: '#9c755f',
+  // cut traces (cut-trace.ts): the agent's side of each VM's cut
+  COMMIT: '#bab0ac',
+  DRAIN: '#17becf',
+  LOOP_STALL: '#d62728',
+  EVENT_STOP: '#7f7f7f',
+  EVENT_RESUME: '#7f7f7f',
 };
+/** Colour of a phase: its own, or one shared by every QMP command's round trip. */
+function colour(phase: string): string {
+  return PHASE_COLOURS[phase] ?? (phase.startsWith('QMP_') ? '#8c564b' : '#999');
+}
 const MAIN_PHASES = ['PRECOPY', 'PAUSE', 'COPY', 'CHANNEL', 'PERSIST'];
 
 export const LAYOUT = {
@@ -164,9 +174,9 @@ function drawPanel(p: Panel, rows: readonly Row[], y0: number, cuts: readonly nu
       const bx = x(iv.start);
       const bw = Math.max(x(iv.end) - bx, 1);
       const by = y + LAYOUT.rowPad + lane * (LAYOUT.laneH + LAYOUT.laneGap);
-      const colour = PHASE_COLOURS[iv.phase] ?? '#999';
+      const fill = colour(iv.phase);
       out.push(
-        `<rect class="bar" data-phase="${esc(iv.phase)}" data-start-us="${iv.start}" data-end-us="${iv.end}" x="${num(bx)}" y="${by}" width="${num(bw)}" height="${LAYOUT.laneH}" fill="${colour}"><title>${esc(`${r.vm} ${iv.phase} ${formatMs((iv.end - iv.start) / 1000)}`)}</title></rect>`,
+        `<rect class="bar" data-phase="${esc(iv.phase)}" data-start-us="${iv.start}" data-end-us="${iv.end}" x="${num(bx)}" y="${by}" width="${num(bw)}" height="${LAYOUT.laneH}" fill="${fill}"><title>${esc(`${r.vm} ${iv.phase} ${formatMs((iv.end - iv.start) / 1000)}`)}</title></rect>`,
       );
     });
     if (r.cut > 0) {
@@ -226,15 +236,26 @@ export function renderTimelineSvg(s: Snapshot__Output): string {
   const legendPhases = [...MAIN_PHASES, ...[...present].filter((p) => !MAIN_PHASES.includes(p))];
   const legend: string[] = [`<g class="legend" transform="translate(20,${y})">`];
   let lx = 0;
+  // A cut trace adds many phases: the legend wraps onto more lines rather than run off the right.
+  let ly = 0;
+  const room = (w: number): void => {
+    if (lx > 0 && lx + w > width - 40) {
+      lx = 0;
+      ly += 22;
+    }
+  };
   for (const ph of legendPhases) {
-    legend.push(`<rect x="${lx}" y="0" width="14" height="14" fill="${PHASE_COLOURS[ph] ?? '#999'}" data-phase="${esc(ph)}"/><text x="${lx + 19}" y="12">${esc(ph)}</text>`);
+    room(30 + ph.length * 8);
+    legend.push(`<rect x="${lx}" y="${ly}" width="14" height="14" fill="${colour(ph)}" data-phase="${esc(ph)}"/><text x="${lx + 19}" y="${ly + 12}">${esc(ph)}</text>`);
     lx += 30 + ph.length * 8;
   }
-  legend.push(`<line x1="${lx + 7}" y1="-1" x2="${lx + 7}" y2="15" stroke="#111" stroke-width="2"/><text x="${lx + 16}" y="12">cut (pause instant)</text>`);
+  room(150);
+  legend.push(`<line x1="${lx + 7}" y1="${ly - 1}" x2="${lx + 7}" y2="${ly + 15}" stroke="#111" stroke-width="2"/><text x="${lx + 16}" y="${ly + 12}">cut (pause instant)</text>`);
   lx += 150;
-  legend.push(`<rect x="${lx}" y="0" width="14" height="14" fill="#000" fill-opacity="0.10" stroke="#999"/><text x="${lx + 19}" y="12">commit skew (first to last cut)</text>`);
+  room(230);
+  legend.push(`<rect x="${lx}" y="${ly}" width="14" height="14" fill="#000" fill-opacity="0.10" stroke="#999"/><text x="${lx + 19}" y="${ly + 12}">commit skew (first to last cut)</text>`);
   legend.push('</g>');
-  y += 34;
+  y += 34 + ly;
 
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${y}" viewBox="0 0 ${width} ${y}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">`,

@@ -8,111 +8,152 @@
  *
  *   background   `vnsnap snapshot create --mode background` (per-VM pause from the catalog)
  *   precopy      `vnsnap snapshot create --mode precopy`
- *   baseline     every VM paused (QMP `stop`, all at once), each saved with QEMU (`migrate` to
- *                `exec:cat > FILE`, all at once: the baseline's best case), then all resumed
- *                (`cont`); a VM's pause is stop → cont. Memory only: a disk copy would add to it.
+ *   baseline     stop all, migrate each to a file, cont all (snapshot-qemu.ts)
+ *   bare_qemu    QEMU's own background snapshot of the same VMs: stop; migrate with
+ *                background-snapshot; QEMU resumes (snapshot-qemu.ts), pause from STOP/RESUME
+ *   io floor     dd conv=fsync of as many bytes as a background snapshot stored, on the store's
+ *                filesystem; snapshot_s.vs_io_floor is the snapshot's wall time over it
  *   restore      `vnsnap restore ID --stop-running` of the precopy snapshot (the whole VNE:
  *                validate, stop the running VMs, configure, load, resume, inject), and within it
  *                the load-to-resume span of the coordinator's notes (every VM loaded paused in
  *                parallel, then resumed: the slowest single VM's own restore)
  *
- * After everything the guests' streams, disks and memory are checked (vnguest counters).
+ * Every mode runs --rounds times (default 10: 40 VM pauses per mode), every VM's pause counted,
+ * median / p95 / max per mode; the streams, disks and memory are checked after each mode
+ * (vnguest counters) and after the restore. cut_spread_ms is the largest spread of one
+ * snapshot's cut instants (the catalog's cut_unix_us) over the vnsnap snapshots.
  *
  * Then the same VNE of distro guests (docs/guest.md "The distro guest": Debian 12, systemd, an
- * ext4 root on the qcow2 disk, 192 MiB) on a fresh cluster: DISTRO_SNAPSHOTS snapshots in each
- * mode and as many baseline rounds, every VM's pause counted, median / p95 / max per mode, and the
- * streams checked after each mode (the "distro" object; `--no-distro` skips it).
+ * ext4 root on the qcow2 disk, 192 MiB) on a fresh cluster: the same modes and rounds (no
+ * restore), the "distro" object; `--no-distro` skips it.
  *
- *   npm run bench:snapshot [-- --json] [-- --no-distro]
+ * Each snapshot's cut traces (its VMs' phases: coordinator/cli/cut-trace.ts) are summarised per
+ * guest and mode: every trace phase's median / p95 / max, and the longest pauses with their
+ * trace lines (stderr with --json). The targets of issue 15 are printed as ratios, MET or not.
  *
- * With --json stdout is exactly one JSON object (progress goes to stderr).
+ *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]
+ *
+ * With --json stdout is exactly one JSON object (progress and the report go to stderr).
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { QmpClient } from '../../agent/drivers/qemu/qmp';
+import * as os from 'node:os';
 import { buildDistroGuest, distroImageRoots, type DistroImage } from '../guest/distro-guest';
 import { measureDistroImage } from './image-size';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
-import { Cluster, sleep, until, type CatalogSnapshot } from '../support/cluster';
-import { allStatuses, checkAfterRestore, E2E_VMS, E2E_VNE, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { Cluster, type CatalogSnapshot } from '../support/cluster';
+import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { sleep, until } from '../support/wait';
+import { usageExit } from './args';
+import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
+import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 
+const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]';
 const JSON_OUT = process.argv.includes('--json');
+const roundsArg = process.argv.indexOf('--rounds');
+const ROUNDS = roundsArg >= 0 ? Number(process.argv[roundsArg + 1]) : 10;
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) usageExit('bench:snapshot', USAGE, '--rounds needs a whole number ≥ 1');
+
+/** Progress, and with --json the report: stderr; otherwise stdout. */
 const say = (s: string): void => {
   if (JSON_OUT) process.stderr.write(s + '\n');
   else console.log(s);
 };
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
-const r1 = (x: number): number => Math.round(x * 10) / 10;
-/** Nearest-rank 95th percentile. */
-const p95 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.max(0, Math.ceil(0.95 * xs.length) - 1)] as number;
-const stats = (xs: number[]): { median: number; p95: number; max: number } => ({ median: r1(median(xs)), p95: r1(p95(xs)), max: r1(Math.max(...xs)) });
-/** Snapshots per mode (and baseline rounds) of the distro guest VNE. */
-const DISTRO_SNAPSHOTS = 10;
 const r2 = (x: number): number => Math.round(x * 100) / 100;
+
+type Mode = 'background' | 'precopy';
+type BenchSnapshot = CatalogSnapshot & { sizeBytes?: number | string; vms: (CatalogSnapshot['vms'][number] & TracedVm)[] };
 
 interface Ev {
   state?: string;
   note?: string;
-  vm?: { vm: string; phase: string; phaseDone?: boolean };
-  done?: CatalogSnapshot;
+  done?: BenchSnapshot;
 }
 
-async function vnsnapSnapshot(c: Cluster, mode: 'background' | 'precopy'): Promise<{ snap: CatalogSnapshot; pauses: number[]; seconds: number }> {
+async function vnsnapSnapshot(c: Cluster, mode: Mode): Promise<{ snap: BenchSnapshot; seconds: number }> {
   const t0 = Date.now();
-  const r = await c.cliStream<Ev>(['snapshot', 'create', E2E_VNE, '--mode', mode, '--description', `bench ${mode}`], (e) => {
-    if (e.state) say(`    ${mode}: ${e.state}`);
-  }).done;
+  const r = await c.cliStream<Ev>(['snapshot', 'create', E2E_VNE, '--mode', mode, '--description', `bench ${mode}`], () => undefined).done;
   const seconds = (Date.now() - t0) / 1000;
   const snap = r.events[r.events.length - 1]?.done;
   if (r.code !== 0 || !snap || snap.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${mode} snapshot failed: ${r.stderr.trim()} ${snap?.error ?? ''}`);
-  return { snap, pauses: snap.vms.map((v) => v.pauseMs), seconds };
+  return { snap, seconds };
 }
 
-/** The operator's way: stop all, migrate each to a file, cont all. */
-async function baseline(dir: string): Promise<{ pauses: number[]; seconds: number; slowestSingle: number; bytes: number }> {
-  const qmps = await Promise.all(
-    E2E_VMS.map(async (vm) => {
-      const d = instanceDir(vm);
-      if (!d) throw new Error(`no running QEMU for ${vm}`);
-      return QmpClient.connect(path.join(d, 'monitor.sock'), { name: `${vm} monitor`, timeoutMs: 10_000 });
+/** What one mode measured over its rounds. */
+interface ModeRun {
+  pauses: number[];
+  seconds: number[];
+  sizes: number[];
+  spreads: number[];
+  /** Per snapshot, the spread of the agents' commit receipts (the fan-out skew). */
+  commitSkews: number[];
+  vms: TracedVm[];
+  /** The last snapshot (kept in the catalog when asked: the restore's). */
+  last?: BenchSnapshot;
+}
+
+/** `rounds` snapshots in `mode`; each is deleted after it is measured but the last one when `keepLast`. */
+async function vnsnapRounds(c: Cluster, label: string, mode: Mode, rounds: number, keepLast = false): Promise<ModeRun> {
+  const run: ModeRun = { pauses: [], seconds: [], sizes: [], spreads: [], commitSkews: [], vms: [] };
+  for (let i = 0; i < rounds; i++) {
+    const { snap, seconds } = await vnsnapSnapshot(c, mode);
+    run.pauses.push(...snap.vms.map((v) => v.pauseMs));
+    run.seconds.push(seconds);
+    run.sizes.push(Number(snap.sizeBytes ?? 0));
+    run.spreads.push(cutSpreadMs(snap.vms));
+    run.commitSkews.push(commitSkewMs(snap.vms));
+    run.vms.push(...snap.vms);
+    run.last = snap;
+    say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, cut spread ${cutSpreadMs(snap.vms)} ms`);
+    // each snapshot is a separate catalog entry: remove it so the store does not fill up
+    if (!(keepLast && i === rounds - 1)) await c.cli(['snapshot', 'delete', snap.id], 60_000).catch(() => undefined);
+  }
+  return run;
+}
+
+/** The modes of one guest, the streams checked after each; what they measured. */
+interface GuestRun {
+  background: ModeRun;
+  precopy: ModeRun;
+  baseline: { pauses: number[]; seconds: number[]; slowestSingle: number[]; bytes: number };
+  bareQemu: number[];
+  problems: string[];
+}
+
+async function guestRun(c: Cluster, label: string, rounds: number): Promise<GuestRun> {
+  const problems: string[] = [];
+  const checked = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
+    const before = await allStatuses();
+    const out = await f();
+    await sleep(3000); // kept: the window over which every stream must move on
+    problems.push(...intactProblems(`${label} after ${what}`, before, await allStatuses()));
+    return out;
+  };
+  const background = await checked('background', () => vnsnapRounds(c, label, 'background', rounds));
+  const precopy = await checked('precopy', () => vnsnapRounds(c, label, 'precopy', rounds, true));
+  say(`    ${label} baseline: stop all, migrate each to a file, cont all (${rounds} rounds)`);
+  const base = await checked('baseline', async () => {
+    const b: GuestRun['baseline'] = { pauses: [], seconds: [], slowestSingle: [], bytes: 0 };
+    for (let i = 0; i < rounds; i++) {
+      const r = await baseline(c.dir);
+      b.pauses.push(...r.pauses);
+      b.seconds.push(r.seconds);
+      b.slowestSingle.push(r.slowestSingle);
+      b.bytes = r.bytes;
+    }
+    return b;
+  });
+  say(`    ${label} bare QEMU background snapshots (${rounds} rounds)`);
+  // New in this bench: a failure here costs its figures (null), not the run's.
+  const bare = await checked('bare QEMU', () =>
+    bareQemu(c.dir, rounds).catch((e: Error) => {
+      say(`  PROBLEM: ${label} bare QEMU (its figures are null): ${e.message}`);
+      return [] as number[];
     }),
   );
-  try {
-    // Capabilities persist in QEMU: set every one off (the last vnsnap job left its own on).
-    for (const q of qmps) {
-      const caps = await q.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
-      await q.execute('migrate-set-capabilities', { capabilities: caps.map((x) => ({ capability: x.capability, state: false })) });
-      await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': 300 });
-    }
-    const files = E2E_VMS.map((vm) => path.join(dir, `baseline-${vm}.img`));
-    const t0 = performance.now();
-    const stopped = await Promise.all(qmps.map(async (q) => (await q.execute('stop'), performance.now())));
-    const saveMs = await Promise.all(
-      qmps.map(async (q, i) => {
-        const s = performance.now();
-        await q.execute('migrate', { uri: `exec:cat > ${files[i] as string}` });
-        for (;;) {
-          const st = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-          if (st.status === 'completed') break;
-          if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`baseline migrate of ${E2E_VMS[i] as string}: ${st.status} ${st['error-desc'] ?? ''}`);
-          await sleep(20);
-        }
-        return performance.now() - s;
-      }),
-    );
-    const resumed = await Promise.all(qmps.map(async (q) => (await q.execute('cont'), performance.now())));
-    const seconds = (performance.now() - t0) / 1000;
-    const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
-    for (const f of files) fs.rmSync(f, { force: true });
-    return { pauses: stopped.map((s, i) => (resumed[i] as number) - s), seconds, slowestSingle: Math.max(...saveMs) / 1000, bytes };
-  } finally {
-    for (const q of qmps) q.close();
-  }
+  return { background, precopy, baseline: base, bareQemu: bare, problems };
+}
+
+function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null } {
+  return { background: stats(g.background.pauses), precopy: stats(g.precopy.pauses), baseline: stats(g.baseline.pauses), bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null };
 }
 
 /** Start the cluster and the four-guest VNE of `image` (a monitor per VM, for the baseline); resolves once every stream is up. */
@@ -128,96 +169,93 @@ async function startVne(c: Cluster, image: GuestImage | DistroImage, startingNot
   }, { timeoutMs, everyMs: 2000 });
 }
 
-/** The four-guest VNE of distro guests on its own cluster: DISTRO_SNAPSHOTS rounds per mode. */
-async function distroRun(): Promise<{ pause_ms: Record<'background' | 'precopy' | 'baseline', { median: number; p95: number; max: number }>; streams_intact: boolean; problems: string[] }> {
+/** The four-guest VNE of distro guests on its own cluster. */
+async function distroRun(): Promise<GuestRun> {
   say('distro guest image (built once, cached) ...');
   const image = buildDistroGuest();
   const c = new Cluster({ prefix: 'vnsd', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: distroImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   try {
     await startVne(c, image, 'distro: coordinator + 2 agents up; starting 4 Debian 12 guests (192 MiB, systemd, TCG) ...', 400_000);
-    say(`distro: all 5 streams up; ${DISTRO_SNAPSHOTS} snapshots per mode ...`);
-    const problems: string[] = [];
-    const pauses: Record<'background' | 'precopy' | 'baseline', number[]> = { background: [], precopy: [], baseline: [] };
-    for (const mode of ['background', 'precopy', 'baseline'] as const) {
-      const before = await allStatuses();
-      for (let i = 0; i < DISTRO_SNAPSHOTS; i++) {
-        const r = mode === 'baseline' ? await baseline(c.dir) : await vnsnapSnapshot(c, mode);
-        pauses[mode].push(...r.pauses);
-        // each snapshot is a separate catalog entry: remove it so the store does not fill up
-        if ('snap' in r) await c.cli(['snapshot', 'delete', r.snap.id], 60_000).catch(() => undefined);
-      }
-      await sleep(3000); // kept: the window over which every stream must move on
-      problems.push(...intactProblems(`distro after ${mode}`, before, await allStatuses()));
-    }
-    if (problems.length) say(`  distro guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-distro-consoles').join(', ')}`);
-    return { pause_ms: { background: stats(pauses.background), precopy: stats(pauses.precopy), baseline: stats(pauses.baseline) }, streams_intact: problems.length === 0, problems };
+    say(`distro: all 5 streams up; ${ROUNDS} rounds per mode ...`);
+    const g = await guestRun(c, 'distro', ROUNDS);
+    if (g.problems.length) say(`  distro guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-distro-consoles').join(', ')}`);
+    return g;
   } finally {
     await destroyE2eCluster(c);
   }
 }
 
+/** Where every long pause goes: each trace phase's durations, and the longest pauses' traces. */
+function traceReport(label: string, g: GuestRun): string[] {
+  const out: string[] = [];
+  for (const m of ['background', 'precopy'] as const) {
+    out.push(`  ${label} ${m}: cut spread median ${median(g[m].spreads)} ms, max ${Math.max(...g[m].spreads)} ms; commit fan-out skew median ${median(g[m].commitSkews)} ms, max ${Math.max(...g[m].commitSkews)} ms`);
+    out.push(`  ${label} ${m}: trace phases over ${g[m].vms.length} cuts (ms: median / p95 / max)`);
+    for (const [k, v] of Object.entries(traceStats(g[m].vms))) out.push(`    ${k.padEnd(32)} ${String(v.median).padStart(8)} ${String(v.p95).padStart(8)} ${String(v.max).padStart(8)}  (${v.n})`);
+    out.push(`  ${label} ${m}: the longest pauses`);
+    for (const l of longestTraces(g[m].vms, 3)) out.push(`    ${l}`);
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench:snapshot needs root (namespaces, QEMU)');
   ensureQemu();
+  const loadStart = os.loadavg()[0] as number;
   say('guest image (built once, cached) ...');
   const image = buildGuest();
   const c = new Cluster({ prefix: 'vnsb', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
   try {
     const first = await startVne(c, image, 'coordinator + 2 agents (qemu driver) up; starting 4 guests (128 MiB, TCG) ...', 180_000);
-    say('all 5 streams up (memory + disk load running); measuring ...');
+    say(`all 5 streams up (memory + disk load running); ${ROUNDS} rounds per mode ...`);
     await sleep(3000);
+    const g = await guestRun(c, 'test', ROUNDS);
+    const problems = [...g.problems];
 
-    const problems: string[] = [];
-    const check = async (label: string, before: Record<string, GuestStatus>): Promise<Record<string, GuestStatus>> => {
-      await sleep(3000);
-      const now = await allStatuses();
-      problems.push(...intactProblems(label, before, now));
-      return now;
-    };
+    // The I/O floor: the bytes of a (median) background snapshot, written and fsynced on the store's filesystem.
+    const snapBytes = median(g.background.sizes);
+    const ioFloor = ioFloorSeconds(c.storeDir, snapBytes);
+    say(`    I/O floor: ${(snapBytes / 1048576).toFixed(0)} MiB with dd conv=fsync in ${ioFloor.toFixed(2)} s`);
 
-    let st = await allStatuses();
-    const bg = await vnsnapSnapshot(c, 'background');
-    st = await check('after background', st);
-    const pc = await vnsnapSnapshot(c, 'precopy');
-    st = await check('after precopy', st);
-    say('    baseline: stop all, migrate each to a file, cont all');
-    const base = await baseline(c.dir);
-    await check('after baseline', st);
-
-    // The precopy snapshot (VNsnap's mode) is the one restored; restore time does not depend on
-    // the mode (same load path, images of similar size).
-    say('    restore: the precopy snapshot over the running VNE ...');
+    // The last precopy snapshot is restored; restore time does not depend on the mode.
+    say('    restore: the last precopy snapshot over the running VNE ...');
     const t0 = Date.now();
     // The coordinator loads every VM paused in parallel, then resumes them all: from its
     // "loading N VMs paused" note to its "resumed" note is the slowest VM's own load + resume.
     let loadAt = 0;
     let resumedAt = 0;
-    const rr = await c.cliStream<Ev>(['restore', pc.snap.id, '--stop-running'], (e, ms) => {
+    const rr = await c.cliStream<Ev>(['restore', (g.precopy.last as BenchSnapshot).id, '--stop-running'], (e, ms) => {
       if (e.note && /loading \d+ VMs paused/.test(e.note)) loadAt = ms;
       if (e.note && /VMs resumed/.test(e.note)) resumedAt = ms;
     }).done;
     const restoreS = (Date.now() - t0) / 1000;
     if (rr.code !== 0) throw new Error(`restore failed: ${rr.stderr.trim()}`);
-    const perVm = loadAt && resumedAt ? [(resumedAt - loadAt) / 1000] : [];
+    const singleVm = loadAt && resumedAt ? (resumedAt - loadAt) / 1000 : 0;
     try {
       problems.push(...(await checkAfterRestore('after restore', first)));
     } catch (e) {
       problems.push(`after restore: ${(e as Error).message}`);
     }
     if (problems.length) say(`  guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-consoles').join(', ')}`);
-
-    const out = {
-      pause_ms: {
-        background: { median: r1(median(bg.pauses)), max: r1(Math.max(...bg.pauses)) },
-        precopy: { median: r1(median(pc.pauses)), max: r1(Math.max(...pc.pauses)) },
-        baseline: { median: r1(median(base.pauses)), max: r1(Math.max(...base.pauses)) },
-      },
-      snapshot_s: { background: r2(bg.seconds), precopy: r2(pc.seconds), baseline: r2(base.seconds), slowest_single_vm: r2(base.slowestSingle) },
-      restore_s: { vne: r2(restoreS), single_vm: r2(perVm.length ? Math.max(...perVm) : 0) },
-      streams_intact: problems.length === 0,
-    };
     for (const p of problems) say(`  PROBLEM: ${p}`);
-    let distro: Awaited<ReturnType<typeof distroRun>> | undefined;
+
+    const snapshotS = { background: r2(median(g.background.seconds)), precopy: r2(median(g.precopy.seconds)), baseline: r2(median(g.baseline.seconds)), slowest_single_vm: r2(median(g.baseline.slowestSingle)), io_floor: r2(ioFloor) };
+    const out = {
+      pause_ms: pauseStats(g),
+      snapshot_s: { ...snapshotS, vs_io_floor: { background: ratio(snapshotS.background, ioFloor), precopy: ratio(snapshotS.precopy, ioFloor) } },
+      restore_s: { vne: r2(restoreS), single_vm: r2(singleVm) },
+      streams_intact: problems.length === 0,
+      cut_spread_ms: Math.max(...g.background.spreads, ...g.precopy.spreads),
+    };
+    const report = [...guestTable(`4 VMs (128 MiB, TCG) on 2 hosts, streams + memory + disk load, ${ROUNDS} rounds per mode`, out.pause_ms, g)];
+    report.push(`  snapshot wall time (median): background ${snapshotS.background} s, precopy ${snapshotS.precopy} s; I/O floor ${snapshotS.io_floor} s for ${(snapBytes / 1048576).toFixed(0)} MiB`);
+    report.push(`  baseline: slowest single-VM save ${snapshotS.slowest_single_vm} s, ${(g.baseline.bytes / 1048576).toFixed(0)} MiB written (memory only)`);
+    report.push(`  restore: whole VNE ${restoreS.toFixed(2)} s (the VMs' own load + resume ${out.restore_s.single_vm} s)`);
+    report.push(`  cut spread: max ${out.cut_spread_ms} ms, median ${median([...g.background.spreads, ...g.precopy.spreads])} ms`);
+    report.push(`  streams, disks and memory intact through all of it: ${out.streams_intact ? 'yes' : 'NO'}`);
+    report.push(...traceReport('test', g));
+
+    let distro: GuestRun | undefined;
     let distroError: string | undefined;
     let imageVsUsed: number | undefined;
     if (!process.argv.includes('--no-distro')) {
@@ -243,32 +281,62 @@ async function main(): Promise<void> {
       }
       // ── end of the image-size block
     }
+    const d = distro && {
+      pause_ms: pauseStats(distro),
+      cut_spread_ms: Math.max(...distro.background.spreads, ...distro.precopy.spreads),
+      streams_intact: distro.problems.length === 0,
+    };
+    if (distro && d) {
+      report.push('', ...guestTable(`distro guests: 4 VMs (Debian 12, systemd, ext4 root, 192 MiB, TCG), ${ROUNDS} rounds per mode`, d.pause_ms, distro));
+      report.push(`  cut spread: max ${d.cut_spread_ms} ms, median ${median([...distro.background.spreads, ...distro.precopy.spreads])} ms`);
+      report.push(`  streams, disks and memory intact: ${d.streams_intact ? 'yes' : 'NO'}`);
+      report.push(...traceReport('distro', distro));
+    }
+    if (distroError) report.push('', `  distro guests: the run failed: ${distroError}`);
+    const loadEnd = os.loadavg()[0] as number;
+    report.push('', `  load average (1 min) at the start ${loadStart.toFixed(2)}, at the end ${loadEnd.toFixed(2)} (${os.cpus().length} CPUs)`);
+    report.push('', '  targets (issue 15), same run:', ...targetLines(targets(out, d, imageVsUsed)).map((l) => `    ${l}`));
+    for (const l of report) say(l);
     if (JSON_OUT) {
-      const d = distro ? { distro: { pause_ms: distro.pause_ms, streams_intact: distro.streams_intact } } : distroError ? { distro: { error: distroError } } : {};
-      process.stdout.write(JSON.stringify({ ...out, ...d, ...(imageVsUsed !== undefined ? { image_vs_used: imageVsUsed } : {}) }) + '\n');
-    } else {
-      const row = (name: string, p: { median: number; max: number }, s: number): string => `  ${name.padEnd(11)} ${String(p.median).padStart(9)} ${String(p.max).padStart(9)} ${s.toFixed(2).padStart(11)}`;
-      console.log('\n  4 VMs (128 MiB, TCG) on 2 hosts, streams + memory + disk load');
-      console.log('  mode        pause med  pause max  snapshot s');
-      console.log(row('background', out.pause_ms.background, bg.seconds));
-      console.log(row('precopy', out.pause_ms.precopy, pc.seconds));
-      console.log(row('baseline', out.pause_ms.baseline, base.seconds));
-      console.log(`  baseline: slowest single-VM save ${base.slowestSingle.toFixed(2)} s, ${(base.bytes / 1048576).toFixed(0)} MiB written (memory only)`);
-      console.log(`  ratios (baseline / vnsnap), median pause: background ${(out.pause_ms.baseline.median / Math.max(out.pause_ms.background.median, 0.1)).toFixed(1)}x, precopy ${(out.pause_ms.baseline.median / Math.max(out.pause_ms.precopy.median, 0.1)).toFixed(1)}x; max pause: background ${(out.pause_ms.baseline.max / Math.max(out.pause_ms.background.max, 0.1)).toFixed(1)}x, precopy ${(out.pause_ms.baseline.max / Math.max(out.pause_ms.precopy.max, 0.1)).toFixed(1)}x`);
-      console.log(`  restore: whole VNE ${restoreS.toFixed(2)} s (the VMs' own load + resume ${out.restore_s.single_vm} s)`);
-      console.log(`  streams, disks and memory intact through all of it: ${out.streams_intact ? 'yes' : 'NO'}`);
-      if (distro) {
-        const d = distro.pause_ms;
-        console.log(`\n  distro guests: 4 VMs (Debian 12, systemd, ext4 root, 192 MiB, TCG), ${DISTRO_SNAPSHOTS} snapshots per mode, every VM's pause`);
-        console.log('  mode        pause med  pause p95  pause max');
-        for (const m of ['background', 'precopy', 'baseline'] as const) console.log(`  ${m.padEnd(11)} ${String(d[m].median).padStart(9)} ${String(d[m].p95).padStart(10)} ${String(d[m].max).padStart(10)}`);
-        console.log(`  streams, disks and memory intact: ${distro.streams_intact ? 'yes' : 'NO'}`);
-      }
-      if (distroError) console.log(`\n  distro guests: the run failed: ${distroError}`);
+      const distroOut = d ? { distro: d } : distroError ? { distro: { error: distroError } } : {};
+      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) } }) + '\n');
     }
   } finally {
     await destroyE2eCluster(c);
   }
+}
+
+function guestTable(title: string, p: Record<string, Stats | null>, g: GuestRun): string[] {
+  const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'baseline' ? g.baseline.pauses.length : g[m as Mode].pauses.length);
+  return [
+    '',
+    `  ${title}`,
+    '  mode        pause med  pause p95  pause max  pauses',
+    ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(11)} ${String(s?.median ?? '-').padStart(9)} ${String(s?.p95 ?? '-').padStart(10)} ${String(s?.max ?? '-').padStart(10)} ${String(n(m)).padStart(7)}`),
+  ];
+}
+
+type Figures = { pause_ms: Record<string, Stats | null>; cut_spread_ms: number };
+
+function targets(t: Figures & { snapshot_s: { vs_io_floor: { background: number | null } }; restore_s: { vne: number; single_vm: number } }, d: Figures | undefined, imageVsUsed: number | undefined): Target[] {
+  const dp = d?.pause_ms;
+  return [
+    { what: 'background, distro: median', value: dp?.background?.median ?? null, limit: 20, unit: 'ms' },
+    { what: 'background, distro: p95', value: dp?.background?.p95 ?? null, limit: 50, unit: 'ms' },
+    { what: 'background, distro: max', value: dp?.background?.max ?? null, limit: 100, unit: 'ms' },
+    { what: 'background, test guest: median', value: t.pause_ms.background?.median ?? null, limit: 10, unit: 'ms' },
+    { what: 'background / bare QEMU, distro (medians)', value: ratio(dp?.background?.median, dp?.bare_qemu?.median), limit: 1.5, unit: 'x' },
+    { what: 'background / bare QEMU, test guest (medians)', value: ratio(t.pause_ms.background?.median, t.pause_ms.bare_qemu?.median), limit: 1.5, unit: 'x' },
+    { what: 'precopy, distro: median', value: dp?.precopy?.median ?? null, limit: 50, unit: 'ms' },
+    { what: 'precopy, distro: max', value: dp?.precopy?.max ?? null, limit: 150, unit: 'ms' },
+    { what: 'precopy max / baseline median, distro', value: ratio(dp?.precopy?.max, dp?.baseline?.median), limit: 1, unit: 'x' },
+    { what: 'precopy max / baseline median, test guest', value: ratio(t.pause_ms.precopy?.max, t.pause_ms.baseline?.median), limit: 1, unit: 'x' },
+    { what: 'cut spread, distro (max)', value: d?.cut_spread_ms ?? null, limit: 50, unit: 'ms' },
+    { what: 'cut spread, test guest (max)', value: t.cut_spread_ms, limit: 50, unit: 'ms' },
+    { what: 'snapshot wall time / I/O floor (background)', value: t.snapshot_s.vs_io_floor.background, limit: 1.3, unit: 'x' },
+    { what: "restore / one VM's load", value: ratio(t.restore_s.vne, t.restore_s.single_vm), limit: 1.2, unit: 'x' },
+    { what: 'memory image / memory in use (distro guest)', value: imageVsUsed ?? null, limit: 1.1, unit: 'x' },
+  ];
 }
 
 main().then(

@@ -177,7 +177,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     const { agent, ok } = await agentRunningA();
     assert.deepEqual([record('a').epoch, record('a').generation], [2, 1]);
     await ok({ body: 'snapshotBegin', snapshotBegin: { snapshotId: 's3', vne: VNE, epoch: 3, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/s3/' } });
-    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3' } });
+    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3', sentUnixUs: 0 } });
     assert.equal(record('a').epoch, 3, 'the cut moved the ports to epoch 3: the record says so');
     await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's3', vne: VNE, epoch: 3, storePrefix: 'snapshots/s3/' } });
     await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's4', vne: VNE, epoch: 4, storePrefix: 'snapshots/s4/' } });

@@ -88,6 +88,9 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
             phases: [
               { phase: 'PHASE_PRECOPY', startUnixUs: T0 * 1000, endUnixUs: cutUs },
               { phase: 'PHASE_PAUSE', startUnixUs: cutUs, endUnixUs: cutUs + 1000 },
+              // the cut trace: the commit arrived (no send instant: an older coordinator), the drain in the pause
+              { phase: 'PHASE_COMMIT', startUnixUs: cutUs, endUnixUs: cutUs },
+              { phase: 'PHASE_DRAIN', startUnixUs: cutUs, endUnixUs: cutUs },
             ],
           },
         ],
@@ -113,7 +116,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.equal(vm?.memoryBytes, Buffer.byteLength('memory of a'));
     assert.deepEqual(
       vm?.phases?.map((x) => x.phase),
-      ['PHASE_PRECOPY', 'PHASE_PAUSE', 'PHASE_CHANNEL', 'PHASE_PERSIST'],
+      ['PHASE_PRECOPY', 'PHASE_PAUSE', 'PHASE_COMMIT', 'PHASE_DRAIN', 'PHASE_CHANNEL', 'PHASE_PERSIST'],
     );
     const chan = decodeChannel(await h.store.get('snapshots/s1/a.0.chan'), 'a.0.chan');
     assert.deepEqual(
@@ -130,8 +133,8 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(
       r.commit?.vms?.map((v) => [v.name, v.phases?.map((x) => x.phase)]),
       [
-        ['a', ['PHASE_PAUSE']],
-        ['b', ['PHASE_PAUSE']],
+        ['a', ['PHASE_PAUSE', 'PHASE_COMMIT', 'PHASE_DRAIN']],
+        ['b', ['PHASE_PAUSE', 'PHASE_COMMIT', 'PHASE_DRAIN']],
       ],
     );
     assert.deepEqual(h.driver.events.filter((e) => e.startsWith('atPause')), ['atPause a', 'atPause b']);
@@ -140,6 +143,24 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
       { vm: 'a', fraction: 1, phaseDone: true },
       { vm: 'b', fraction: 1, phaseDone: true },
     ]);
+  });
+
+  it("the cut trace: COMMIT from the coordinator's send instant to the receipt (receipt alone from an older coordinator), DRAIN while the VM is paused, no stall on a clock that does not move", async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    await h.snapshots.begin(begin('s9', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    h.clock.advance(40);
+    const rx = h.clock.now() * 1000;
+    const r = await h.snapshots.commit({ snapshotId: 's9', sentUnixUs: rx - 1234 });
+    const trace = (r.commit?.vms?.[0]?.phases ?? []).filter((p) => p.phase !== 'PHASE_PAUSE');
+    assert.deepEqual(trace, [
+      { phase: 'PHASE_COMMIT', startUnixUs: rx - 1234, endUnixUs: rx },
+      { phase: 'PHASE_DRAIN', startUnixUs: rx, endUnixUs: rx },
+    ]);
+    assert.deepEqual(h.driver.events.filter((e) => e.endsWith(' a')), ['start a', 'pause a', 'atPause a', 'resume a'], 'the drain ran inside the pause hook');
+    await h.snapshots.abort(abortOf('s9', 1));
+    await h.snapshots.begin(begin('s10', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const old = await h.snapshots.commit({ snapshotId: 's10' });
+    assert.deepEqual(old.commit?.vms?.[0]?.phases?.find((p) => p.phase === 'PHASE_COMMIT'), { phase: 'PHASE_COMMIT', startUnixUs: rx, endUnixUs: rx });
   });
 
   it('a VM that cannot be paused: Commit fails with the driver code, atPause never ran, the VNE still passes the cut; Abort cleans up', async () => {

@@ -112,8 +112,11 @@ describe('coordinator agent registry', () => {
     const progress: string[] = [];
     const p = reg.send('h1', { snapshotCommit: { snapshotId: 's' } }, { onProgress: (v) => progress.push(`${v.vm}@${v.host}:${v.phase}`) });
     const q = reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } });
-    assert.deepEqual(call.commands(), [
-      { id: 1, snapshotCommit: { snapshotId: 's' } },
+    const [commit, stop] = call.commands() as [{ id: number; snapshotCommit: { snapshotId: string; sentUnixUs: number } }, unknown];
+    // The commit carries the wall-clock instant it was written (the agent's PHASE_COMMIT starts there).
+    assert.ok(Math.abs(commit.snapshotCommit.sentUnixUs - Date.now() * 1000) < 5_000_000, `sentUnixUs ${commit.snapshotCommit.sentUnixUs}`);
+    assert.deepEqual([commit, stop], [
+      { id: 1, snapshotCommit: { snapshotId: 's', sentUnixUs: commit.snapshotCommit.sentUnixUs } },
       { id: 2, stopVm: { vne: 'v', vm: 'a' } },
     ]);
     for (let i = 0; i < 5; i++) {

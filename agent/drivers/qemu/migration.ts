@@ -13,8 +13,9 @@
  * Snapshot, background mode (the cut, in the agent's order):
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   stop ─► atPause() ─► blockdev-snapshot (the overlay made and attached at begin) ─►
- *          migrate unix:SOCK ─► QEMU resumes the VM itself (RESUME event)
+ *   cut:   stop + blockdev-snapshot (the overlay made and attached at begin) sent back to back
+ *          ─► STOP ─► atPause() (the switch's drain, while QEMU freezes the disk) ─► migrate
+ *          unix:SOCK (serialised before the stop) ─► QEMU resumes the VM itself (RESUME event)
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
@@ -32,7 +33,8 @@
  *   and the VM waits paused from then to the cut (which then starts at atPause()).
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
- * The pause is measured from QEMU's own STOP and RESUME event timestamps.
+ * The pause is measured from QEMU's own STOP and RESUME event timestamps. Each cut's QMP round
+ * trips and STOP / RESUME deliveries become phases of its CutReport (cut-qmp-trace.ts).
  * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
  * migrate_cancel (but a background stream already under way is left to end: cancelling one can
  * hang QEMU 7.2), cont if this job paused the VM, block-commit the job's overlay back into the
@@ -50,6 +52,7 @@ import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { StreamIntoStore } from '../image-stream';
+import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { precopyPause } from './precopy-pause';
@@ -90,8 +93,10 @@ export class QemuJob extends DriverJob {
   private migrationFailed: ((e: Error) => void) | undefined;
   /** Bytes QEMU sent after the pre-switchover pause (the final pass and device state), for 'cut done'. */
   private finalPassBytes = 0;
-  /** Steps of the cut with their times (performance.now()), logged with 'cut done'. */
+  /** Steps of the cut with their times (performance.now()), logged (debug) with 'cut done'. */
   private trace: [string, number][] = [];
+  /** The QMP trace of the cut in progress (its spans go into the CutReport). */
+  private qmpTrace: CutQmpTrace | undefined;
 
   constructor(
     private readonly vmObj: QemuVm,
@@ -320,14 +325,15 @@ export class QemuJob extends DriverJob {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
-    if (this.opts.mode === 'background') {
-      if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
-      this.phase = 'cutting';
-      return this.cutBackground(atPause);
-    }
+    if (this.opts.mode === 'background' && this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
     this.phase = 'cutting';
-    return this.cutPrecopy(atPause);
+    this.qmpTrace = CutQmpTrace.start(this.q);
+    try {
+      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
+    } finally {
+      this.qmpTrace.stop();
+    }
   }
 
   private mark(step: string): void {
@@ -336,33 +342,33 @@ export class QemuJob extends DriverJob {
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
+    const migrate = q.prepare('migrate', { uri: this.migrateUri() }); // the stream is open since begin
     this.mark('start');
-    const stopEv = q.waitEvent('STOP', undefined, 10_000);
+    const stopEv = q.waitEvent('STOP', undefined, 10_000).catch(() => undefined);
+    // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
+    const stopped = q.execute('stop');
+    const disk = this.disk.snapshot();
+    disk.catch(() => undefined);
+    let cutUnixUs = 0;
+    let resume: QmpEvent;
     try {
-      await q.execute('stop');
-    } catch (e) {
-      this.phase = 'failed';
-      throw e;
-    }
-    const stop = await stopEv.catch(() => undefined);
-    this.mark('stopped');
-    this.pausedByUs = true;
-    this.vmObj.status = 'paused';
-    const cutUnixUs = stop?.timestampUs || nowUs();
-    await this.hook(atPause);
-    this.mark('hook');
-    let resume: QmpEvent | undefined;
-    try {
-      await this.disk.snapshot();
-      this.mark('disk');
+      await stopped;
+      const stop = await stopEv;
+      this.mark('stopped');
+      this.pausedByUs = true;
+      this.vmObj.status = 'paused';
+      cutUnixUs = stop?.timestampUs || nowUs();
+      await atPause();
+      this.mark('hook');
+      await disk;
       this.migrationDone = this.watchCompletion();
       const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
-      await q.execute('migrate', { uri: this.migrateUri() });
-      this.mark('migrate');
+      await migrate.send();
       resume = await resumeEv;
       this.mark('resumed');
       this.pausedByUs = false;
     } catch (e) {
+      await disk.catch(() => undefined); // a disk QEMU froze all the same is merged back by failCut
       await this.failCut(false);
       throw e;
     }
@@ -456,10 +462,12 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
+    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
     const finalBytes = this.opts.mode === 'precopy' ? { finalPassBytes: this.finalPassBytes } : {};
-    this.log.info({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps, ...finalBytes }, 'cut done');
+    this.log.debug({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps, ...finalBytes }, 'cut done');
     return report;
   }
 

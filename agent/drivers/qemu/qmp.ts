@@ -13,10 +13,17 @@
  * - Every command has a timeout (ERR_TIMEOUT); a QMP error reply is ERR_DRIVER with QEMU's
  *   class and description; a closed connection (QEMU died) rejects every pending command and
  *   every later one with ERR_DRIVER "QMP connection to <name> closed".
+ * - Commands are written the moment execute() is called: several execute() calls without an
+ *   await between them are pipelined on the socket (QEMU runs them in order, one reply each).
+ *   prepare() serialises a command ahead (outside a pause); its send() only adds the id.
+ * - Every reply is also emitted as a 'reply' QmpRoundTrip (command, wall-clock send and receive
+ *   instants): the cut traces (cut-qmp-trace.ts) are made from these and from the events'
+ *   QEMU timestamps and receive instants.
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { nowUs } from '../../../proto/core/clock';
 import { VnsnapError } from '../../../proto/core/errors';
 
 export interface QmpEvent {
@@ -26,10 +33,28 @@ export interface QmpEvent {
   timestampUs: number;
   /** performance.now() when the event was parsed here. */
   receivedAt: number;
+  /** Wall-clock microseconds when the event was parsed here. */
+  receivedUnixUs: number;
+}
+
+/** One command's round trip on this connection (emitted as 'reply', error replies included). */
+export interface QmpRoundTrip {
+  cmd: string;
+  /** Wall-clock microseconds: written to the socket, reply parsed. */
+  sentUnixUs: number;
+  replyUnixUs: number;
+  ok: boolean;
+}
+
+/** A command serialised ahead: send() writes it (with a fresh id) and resolves with its return. */
+export interface PreparedCommand<T> {
+  readonly cmd: string;
+  send(timeoutMs?: number): Promise<T>;
 }
 
 interface Pending {
   cmd: string;
+  sentUnixUs: number;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
@@ -149,6 +174,7 @@ export class QmpClient extends EventEmitter {
         data: (msg.data as Record<string, unknown> | undefined) ?? {},
         timestampUs: ts ? (ts.seconds ?? 0) * 1e6 + (ts.microseconds ?? 0) : 0,
         receivedAt: performance.now(),
+        receivedUnixUs: nowUs(),
       };
       this.emit('event', ev);
       return;
@@ -159,6 +185,7 @@ export class QmpClient extends EventEmitter {
     if (!p) return;
     this.pending.delete(id);
     clearTimeout(p.timer);
+    if (this.listenerCount('reply') > 0) this.emit('reply', { cmd: p.cmd, sentUnixUs: p.sentUnixUs, replyUnixUs: nowUs(), ok: !('error' in msg) } satisfies QmpRoundTrip);
     if ('error' in msg) {
       const err = msg.error as { class?: string; desc?: string };
       p.reject(new VnsnapError('ERR_DRIVER', `QMP ${p.cmd} on ${this.name}: ${err.class ?? 'Error'}: ${err.desc ?? 'unknown error'}`));
@@ -180,8 +207,19 @@ export class QmpClient extends EventEmitter {
     return this.closedWith !== undefined;
   }
 
-  /** Run a command; resolves with its `return` value. */
+  /** Run a command; resolves with its `return` value. Written at once (see the module comment). */
   execute<T = unknown>(cmd: string, args?: Record<string, unknown>, timeoutMs = this.commandTimeoutMs): Promise<T> {
+    return this.prepare<T>(cmd, args).send(timeoutMs);
+  }
+
+  /** Serialise a command now; each send() writes it with a new id (no JSON work at send time but the id). */
+  prepare<T = unknown>(cmd: string, args?: Record<string, unknown>): PreparedCommand<T> {
+    // `{"execute":…,"arguments":…,"id":"vnN"}`: everything up to the id's value is fixed.
+    const head = JSON.stringify(args === undefined ? { execute: cmd } : { execute: cmd, arguments: args }).slice(0, -1) + ',"id":"';
+    return { cmd, send: (timeoutMs = this.commandTimeoutMs) => this.sendLine<T>(cmd, head, timeoutMs) };
+  }
+
+  private sendLine<T>(cmd: string, head: string, timeoutMs: number): Promise<T> {
     if (this.closedWith) return Promise.reject(new VnsnapError('ERR_DRIVER', `QMP ${cmd} on ${this.name}: ${this.closedWith.message}`));
     const id = `vn${this.nextId++}`;
     return new Promise<T>((resolve, reject) => {
@@ -189,8 +227,8 @@ export class QmpClient extends EventEmitter {
         this.pending.delete(id);
         reject(new VnsnapError('ERR_TIMEOUT', `QMP ${cmd} on ${this.name}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(id, { cmd, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.sock.write(JSON.stringify(args === undefined ? { execute: cmd, id } : { execute: cmd, arguments: args, id }) + '\n');
+      this.pending.set(id, { cmd, sentUnixUs: nowUs(), resolve: resolve as (v: unknown) => void, reject, timer });
+      this.sock.write(`${head}${id}"}\n`);
     });
   }
 

@@ -1,0 +1,117 @@
+/**
+ * What bench:snapshot measures without vnsnap, on the VNE's own QEMUs (through each VM's second
+ * QMP monitor, monitor.sock) and on the store's own filesystem:
+ *
+ *   baseline   every VM paused (QMP `stop`, all at once), each saved with QEMU (`migrate` to
+ *              `exec:cat > FILE`, all at once: the baseline's best case), then all resumed
+ *              (`cont`); a VM's pause is stop → cont. Memory only: a disk copy would add to it.
+ *   bare_qemu  QEMU's own background snapshot of each VM: `stop` and `migrate` (capability
+ *              background-snapshot, to `exec:cat > FILE`) written back to back, QEMU resumes the
+ *              VM itself; the pause from QEMU's own STOP and RESUME event timestamps, as
+ *              vnsnap's is. All VMs at once per round (as vnsnap cuts them), the stream awaited
+ *              before the next round.
+ *   io floor   `dd conv=fsync` of as many bytes as a snapshot stored, into the store's directory:
+ *              the disk's price for the bytes, against which a snapshot's wall time is a ratio.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { QmpClient, type QmpEvent } from '../../agent/drivers/qemu/qmp';
+import { E2E_VMS, instanceDir } from '../support/qemu-vne';
+import { sleep } from '../support/wait';
+
+async function monitors(): Promise<QmpClient[]> {
+  return Promise.all(
+    E2E_VMS.map(async (vm) => {
+      const d = instanceDir(vm);
+      if (!d) throw new Error(`no running QEMU for ${vm}`);
+      return QmpClient.connect(path.join(d, 'monitor.sock'), { name: `${vm} monitor`, timeoutMs: 10_000 });
+    }),
+  );
+}
+
+/** Every capability off but `on` (they persist in QEMU: the last vnsnap job left its own on). */
+async function onlyCapabilities(q: QmpClient, on: readonly string[]): Promise<void> {
+  const caps = await q.execute<{ capability: string; state: boolean }[]>('query-migrate-capabilities');
+  await q.execute('migrate-set-capabilities', { capabilities: caps.map((x) => ({ capability: x.capability, state: on.includes(x.capability) })) });
+  await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': 300 });
+}
+
+async function migrationEnd(q: QmpClient, vm: string): Promise<void> {
+  for (;;) {
+    const st = await q.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+    if (st.status === 'completed') return;
+    if (st.status === 'failed' || st.status === 'cancelled') throw new Error(`migrate of ${vm}: ${st.status} ${st['error-desc'] ?? ''}`);
+    await sleep(20); // kept: QEMU has no event for a migration's end without the `events` capability
+  }
+}
+
+/** The operator's way: stop all, migrate each to a file, cont all. */
+export async function baseline(dir: string): Promise<{ pauses: number[]; seconds: number; slowestSingle: number; bytes: number }> {
+  const qmps = await monitors();
+  try {
+    for (const q of qmps) await onlyCapabilities(q, []);
+    const files = E2E_VMS.map((vm) => path.join(dir, `baseline-${vm}.img`));
+    const t0 = performance.now();
+    const stopped = await Promise.all(qmps.map(async (q) => (await q.execute('stop'), performance.now())));
+    const saveMs = await Promise.all(
+      qmps.map(async (q, i) => {
+        const s = performance.now();
+        await q.execute('migrate', { uri: `exec:cat > ${files[i] as string}` });
+        await migrationEnd(q, E2E_VMS[i] as string);
+        return performance.now() - s;
+      }),
+    );
+    const resumed = await Promise.all(qmps.map(async (q) => (await q.execute('cont'), performance.now())));
+    const seconds = (performance.now() - t0) / 1000;
+    const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
+    for (const f of files) fs.rmSync(f, { force: true });
+    return { pauses: stopped.map((s, i) => (resumed[i] as number) - s), seconds, slowestSingle: Math.max(...saveMs) / 1000, bytes };
+  } finally {
+    for (const q of qmps) q.close();
+  }
+}
+
+/** `rounds` bare QEMU background snapshots of every VM (see the module comment); every VM's pause of every round. */
+export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
+  const qmps = await monitors();
+  const pauses: number[] = [];
+  try {
+    for (const q of qmps) await onlyCapabilities(q, ['events', 'background-snapshot']);
+    for (let r = 0; r < rounds; r++) {
+      const one = await Promise.all(
+        qmps.map(async (q, i) => {
+          const file = path.join(dir, `bare-${E2E_VMS[i] as string}.img`);
+          const stop = q.waitEvent('STOP', undefined, 30_000);
+          const resume = q.waitEvent('RESUME', undefined, 60_000);
+          const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
+          const cmds = [q.execute('stop'), q.execute('migrate', { uri: `exec:cat > ${file}` })];
+          await Promise.all(cmds);
+          const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
+          const end = await done;
+          fs.rmSync(file, { force: true });
+          if (end.data.status !== 'completed') throw new Error(`bare QEMU background snapshot of ${E2E_VMS[i] as string}: ${String(end.data.status)}`);
+          return (e.timestampUs - s.timestampUs) / 1000;
+        }),
+      );
+      pauses.push(...one);
+    }
+    for (const q of qmps) await onlyCapabilities(q, []);
+    return pauses;
+  } finally {
+    for (const q of qmps) q.close();
+  }
+}
+
+/** Seconds to write and fsync `bytes` (whole MiB, at least 1) into `dir` with dd conv=fsync; the file is removed. */
+export function ioFloorSeconds(dir: string, bytes: number): number {
+  const file = path.join(dir, 'io-floor.bin');
+  const mib = Math.max(1, Math.ceil(bytes / 1048576));
+  const t0 = performance.now();
+  try {
+    execFileSync('dd', ['if=/dev/zero', `of=${file}`, 'bs=1M', `count=${mib}`, 'conv=fsync'], { stdio: 'ignore' });
+    return (performance.now() - t0) / 1000;
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+}

@@ -1,0 +1,42 @@
+import { strict as assert } from 'node:assert';
+import { commitSkewMs, cutSpreadMs, longestTraces, p95, ratio, stats, targetLines, traceStats } from '../bench/snapshot-figures';
+
+const CUT = 1_800_000_000_000_000;
+
+describe('bench:snapshot figures', () => {
+  it('median, nearest-rank p95 and max; a mode with no value is an error, not NaN', () => {
+    const xs = Array.from({ length: 40 }, (_, i) => i + 1); // 1..40
+    assert.deepEqual(stats(xs), { median: 20.5, p95: 38, max: 40 });
+    assert.equal(p95([5]), 5);
+    assert.throws(() => stats([]), /no values/);
+  });
+
+  it("cut spread from the catalog's cut instants (strings from JSON too; unknown cuts ignored); trace phases summarised; the longest pauses first", () => {
+    const vms = [
+      { name: 'a', host: 'h1', pauseMs: 21.5, cutUnixUs: CUT, phases: [{ phase: 'PHASE_PAUSE', startUnixUs: CUT, endUnixUs: CUT + 21_500 }, { phase: 'PHASE_DRAIN', startUnixUs: CUT + 500, endUnixUs: CUT + 1500 }] },
+      { name: 'b', host: 'h2', pauseMs: 466, cutUnixUs: String(CUT + 12_340), phases: [{ phase: 'PHASE_DRAIN', startUnixUs: CUT + 13_000, endUnixUs: CUT + 16_000 }, { phase: 'PHASE_LOOP_STALL', startUnixUs: CUT + 13_000, endUnixUs: CUT + 413_000 }] },
+      { name: 'c', host: 'h2', pauseMs: 3, cutUnixUs: 0 },
+    ];
+    assert.equal(cutSpreadMs(vms), 12.3);
+    assert.equal(cutSpreadMs([vms[0] as (typeof vms)[number]]), 0);
+    const rx = (name: string, us: number) => ({ name, host: 'h', pauseMs: 1, cutUnixUs: CUT, phases: [{ phase: 'PHASE_COMMIT', startUnixUs: CUT - 9000, endUnixUs: us }] });
+    assert.equal(commitSkewMs([rx('a', CUT - 3000), rx('b', CUT - 250), rx('c', CUT - 2000)]), 2.8);
+    assert.equal(commitSkewMs(vms), 0);
+    assert.deepEqual(traceStats(vms), { drain: { median: 2, p95: 3, max: 3, n: 2 }, loop_stall: { median: 400, p95: 400, max: 400, n: 1 } });
+    assert.deepEqual(longestTraces(vms, 2), ['h2/b 466.0 ms: drain +0.7…+3.7, loop_stall +0.7…+400.7', 'h1/a 21.5 ms: pause 0…+21.5, drain +0.5…+1.5']);
+  });
+
+  it('targets: MET at the limit, NOT MET above it, n/a without a figure; ratios need both sides', () => {
+    assert.deepEqual(ratio(3, 2), 1.5);
+    assert.equal(ratio(3, 0), null);
+    assert.equal(ratio(null, 2), null);
+    assert.deepEqual(
+      targetLines([
+        { what: 'a', value: 20, limit: 20, unit: 'ms' },
+        { what: 'bb', value: 1.31, limit: 1.3, unit: 'x' },
+        { what: 'c', value: null, limit: 1.1, unit: 'x' },
+      ]),
+      ['a      20.0 ms  ≤ 20 ms    MET', 'bb       1.31×  ≤ 1.3×     NOT MET', 'c          n/a  ≤ 1.1×     n/a'],
+    );
+  });
+});

@@ -1,0 +1,152 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { CutQmpTrace, qmpPhase } from '../../agent/drivers/qemu/cut-qmp-trace';
+import { QmpClient, type QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
+import { LoopStallProbe } from '../../agent/loop-stall-probe';
+import { nowUs } from '../../proto/core/clock';
+import { until } from '../support/wait';
+
+/**
+ * A QMP monitor on a real unix socket that answers a command only when told to (hold), so a
+ * test sees which commands reached it before any reply was sent: pipelining, not one await per
+ * reply. Every line it reads is recorded.
+ */
+class FakeMonitor {
+  readonly lines: { execute: string; id: string }[] = [];
+  private conn: net.Socket | undefined;
+  private constructor(
+    readonly server: net.Server,
+    readonly path: string,
+  ) {}
+
+  static async start(dir: string): Promise<FakeMonitor> {
+    const p = path.join(dir, 'mon.sock');
+    const server = net.createServer();
+    const m = new FakeMonitor(server, p);
+    server.on('connection', (c) => {
+      m.conn = c;
+      c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
+      let buf = '';
+      c.on('data', (d) => {
+        buf += d.toString();
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const msg = JSON.parse(buf.slice(0, i)) as { execute: string; id: string };
+          buf = buf.slice(i + 1);
+          if (msg.execute === 'qmp_capabilities') c.write(`{"return": {}, "id": "${msg.id}"}\n`);
+          else m.lines.push(msg);
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(p, r));
+    return m;
+  }
+
+  reply(id: string): void {
+    this.conn?.write(`{"return": {}, "id": "${id}"}\n`);
+  }
+
+  event(name: string, unixUs: number): void {
+    this.conn?.write(`${JSON.stringify({ event: name, data: {}, timestamp: { seconds: Math.floor(unixUs / 1e6), microseconds: unixUs % 1e6 } })}\n`);
+  }
+
+  close(): void {
+    this.conn?.destroy();
+    this.server.close();
+  }
+}
+
+describe('QMP cut trace (real unix socket, fake monitor)', () => {
+  let dir: string;
+  let mon: FakeMonitor;
+  let q: QmpClient;
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-qmptrace-'));
+    mon = await FakeMonitor.start(dir);
+    q = await QmpClient.connect(mon.path, { name: 'fake', timeoutMs: 5000, commandTimeoutMs: 5000 });
+  });
+  afterEach(() => {
+    q.close();
+    mon.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('commands issued without an await between them reach QEMU back to back, before any reply; a prepared command is sent as serialised, with a new id each time', async () => {
+    const migrate = q.prepare<Record<string, never>>('migrate', { uri: 'unix:/x y"z' });
+    const stop = q.execute('stop');
+    const snap = q.execute('blockdev-snapshot', { node: 'n0', overlay: 'n1' });
+    await until('both commands at the monitor', () => mon.lines.length === 2 || undefined, { timeoutMs: 5000, everyMs: 5 });
+    assert.deepEqual(mon.lines.map((l) => l.execute), ['stop', 'blockdev-snapshot']);
+    for (const l of mon.lines) mon.reply(l.id);
+    await Promise.all([stop, snap]);
+    const a = migrate.send();
+    const b = migrate.send();
+    await until('two migrates', () => mon.lines.length === 4 || undefined, { timeoutMs: 5000, everyMs: 5 });
+    assert.deepEqual(mon.lines.slice(2), [
+      { execute: 'migrate', arguments: { uri: 'unix:/x y"z' }, id: mon.lines[2]?.id },
+      { execute: 'migrate', arguments: { uri: 'unix:/x y"z' }, id: mon.lines[3]?.id },
+    ]);
+    assert.notEqual(mon.lines[2]?.id, mon.lines[3]?.id);
+    for (const l of mon.lines.slice(2)) mon.reply(l.id);
+    assert.deepEqual(await Promise.all([a, b]), [{}, {}]);
+  });
+
+  it("a cut's trace: each command's round trip as its phase, STOP / RESUME from QEMU's timestamp to the receipt; nothing after stop()", async () => {
+    const replies: QmpRoundTrip[] = [];
+    q.on('reply', (r: QmpRoundTrip) => replies.push(r));
+    const tr = CutQmpTrace.start(q);
+    const t0 = nowUs();
+    const stop = q.execute('stop');
+    const other = q.execute('query-status');
+    await until('commands at the monitor', () => mon.lines.length === 2 || undefined, { timeoutMs: 5000, everyMs: 5 });
+    const stopAt = nowUs() - 3000;
+    const stopEv = q.waitEvent('STOP');
+    mon.event('STOP', stopAt);
+    await stopEv;
+    for (const l of mon.lines) mon.reply(l.id);
+    await Promise.all([stop, other]);
+    const resumeEv = q.waitEvent('RESUME');
+    mon.event('RESUME', stopAt + 2000);
+    await resumeEv;
+    const spans = tr.stop();
+    const t1 = nowUs();
+    q.execute('cont').catch(() => undefined);
+    await until('cont at the monitor', () => mon.lines.length === 3 || undefined, { timeoutMs: 5000, everyMs: 5 });
+    mon.reply(mon.lines[2]?.id as string);
+    await until('three replies', () => replies.length === 3 || undefined, { timeoutMs: 5000, everyMs: 5 });
+    assert.deepEqual(spans.map((s) => s.phase), ['PHASE_EVENT_STOP', 'PHASE_QMP_STOP', 'PHASE_QMP_OTHER', 'PHASE_EVENT_RESUME']);
+    assert.deepEqual(tr.stop(), spans, 'the cont after stop() is not in the trace');
+    assert.deepEqual([spans[0]?.startUnixUs, spans[3]?.startUnixUs], [stopAt, stopAt + 2000]);
+    for (const s of spans) assert.ok(s.endUnixUs >= s.startUnixUs && s.endUnixUs <= t1, JSON.stringify(s));
+    for (const s of spans.slice(1, 3)) assert.ok(s.startUnixUs >= t0, 'a round trip starts when the command was written');
+    assert.deepEqual(replies.map((r) => [r.cmd, r.ok]), [['stop', true], ['query-status', true], ['cont', true]]);
+    assert.deepEqual(['stop', 'cont', 'blockdev-snapshot', 'migrate', 'migrate-continue', 'migrate-set-parameters', 'query-migrate', 'x'].map(qmpPhase), [
+      'PHASE_QMP_STOP', 'PHASE_QMP_CONT', 'PHASE_QMP_BLOCKDEV_SNAPSHOT', 'PHASE_QMP_MIGRATE', 'PHASE_QMP_MIGRATE_CONTINUE', 'PHASE_QMP_MIGRATE_SET_PARAMETERS', 'PHASE_QMP_QUERY_MIGRATE', 'PHASE_QMP_OTHER',
+    ]);
+  });
+});
+
+describe('event-loop stall probe', () => {
+  it('a synchronous 40 ms block of the loop is the longest stall, with its interval; outside the window nothing', async () => {
+    const p = LoopStallProbe.start();
+    try {
+      await until('the probe ticking', () => true, { timeoutMs: 1000, everyMs: 5 });
+      const before = nowUs();
+      const end = performance.now() + 40;
+      while (performance.now() < end) {
+        /* the loop is blocked: what a long dataplane batch or a synchronous write does */
+      }
+      const after = nowUs();
+      await until('the probe ticked after the block', () => ((p.longest(before, after)?.endUnixUs ?? 0) >= after ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
+      const s = p.longest(before, after) as { startUnixUs: number; endUnixUs: number };
+      assert.ok(s.endUnixUs - s.startUnixUs >= 40_000, `stall of ${s.endUnixUs - s.startUnixUs} µs`);
+      assert.ok(s.startUnixUs <= before + 1000 && s.endUnixUs >= after, JSON.stringify({ s, before, after }));
+      assert.equal(p.longest(0, s.startUnixUs - 1_000_000), undefined);
+    } finally {
+      p.stop();
+    }
+  });
+});
