@@ -387,6 +387,10 @@ export async function startFakeCoordinator(address = '127.0.0.1:0', opts: FakeOp
       rec('CollectGarbage', call.request);
       call.emit('error', fail('ERR_FAILED_PRECONDITION', 'this coordinator has no store'));
     },
+    MigrateVne(call) {
+      rec('MigrateVne', call.request);
+      call.emit('error', fail('ERR_FAILED_PRECONDITION', 'the fake coordinator does not migrate VMs'));
+    },
     RestoreSnapshot(call) {
       rec('RestoreSnapshot', call.request);
       const s = snapshots.get(call.request.snapshotId);
