@@ -149,10 +149,15 @@ export class MigrateRunner {
         /* already gone */
       }
     }
-    sw.configureVne({ name: vm.vne, macs: vm.spec.macs.map((mac) => ({ mac, peer: c.toAgent })) });
+    const before = sw.stats();
+    for (const mac of vm.spec.macs) sw.relayMovedMac(vm.vne, mac, c.toAgent);
     try {
       const r = await out.mig.finish();
-      return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames: 0 } };
+      const after = sw.stats();
+      const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
+      const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
+      this.o.log.info({ migration: c.migrationId, vm: vm.key, forwardedFrames, droppedFrames, memoryBytes: r.memoryBytes }, 'migration switched over');
+      return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
     } finally {
       this.outgoing.delete(c.migrationId);
       await this.o.vms.destroy(vm, { discardDisk: true }).catch((e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'));

@@ -196,6 +196,7 @@ export class MigrateSequencer {
         diskBytes: Number(out.migrateOutgoing?.diskBytes ?? 0),
         memoryBytes: Number(fin.migrateFinish?.memoryBytes ?? 0),
         forwardedFrames: fin.migrateFinish?.forwardedFrames ?? 0,
+        droppedFrames: fin.migrateFinish?.droppedFrames ?? 0,
       };
     } catch (e) {
       if (!switched) {

@@ -44,7 +44,7 @@ function harness(state: Vne__Output['state'] = 'VNE_STATE_RUNNING') {
   const seq = new MigrateSequencer({ agents, catalog, clock, log, events, newMigrationId: () => 'm1' });
   agents.on('migrateIncoming', (a) => ok({ payload: 'migrateIncoming', migrateIncoming: { diskUri: `nbd://${a}:10809/x`, memoryUri: `tcp:${a}:4444` } }));
   agents.on('migrateOutgoing', () => ok({ payload: 'migrateOutgoing', migrateOutgoing: { diskBytes: 1000, throttled: false, pausedUnixUs: T0 * 1000 } }));
-  agents.on('migrateFinish', () => ok({ payload: 'migrateFinish', migrateFinish: { memoryBytes: 5000, forwardedFrames: 2 } }));
+  agents.on('migrateFinish', () => ok({ payload: 'migrateFinish', migrateFinish: { memoryBytes: 5000, forwardedFrames: 2, droppedFrames: 1 } }));
   agents.on('migrateResume', () => ok({ payload: 'migrateResume', migrateResume: { resumedUnixUs: T0 * 1000 + 42_500, diskPath: '/var/lib/vnsnap/disks/blue_vm2' } }));
   const got: SnapshotEvent[] = [];
   return { clock, catalog, agents, events, seq, got, sink: (e: SnapshotEvent) => got.push(e) };
@@ -83,7 +83,7 @@ describe('coordinator migrate sequencer', () => {
     assert.deepEqual(vne?.placement, { vm1: 'h1', vm2: 'h1', vm3: 'h2' });
     assert.equal(vne?.state, 'VNE_STATE_RUNNING');
     assert.equal(h.catalog.disks.of('blue').get('vm2')?.host, 'h1');
-    assert.deepEqual((r.vms ?? []).map((v) => [v.vm, v.fromAgent, v.toAgent, v.downtimeMs, v.diskBytes, v.memoryBytes, v.forwardedFrames]), [['vm2', 'h2', 'h1', 42.5, 1000, 5000, 2]]);
+    assert.deepEqual((r.vms ?? []).map((v) => [v.vm, v.fromAgent, v.toAgent, v.downtimeMs, v.diskBytes, v.memoryBytes, v.forwardedFrames, v.droppedFrames]), [['vm2', 'h2', 'h1', 42.5, 1000, 5000, 2, 1]]);
     assert.equal(h.got[h.got.length - 1]?.migrated?.vms?.length, 1);
   });
 
