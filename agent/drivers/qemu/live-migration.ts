@@ -274,8 +274,12 @@ export class OutgoingMigration {
     clearTimeout(this.throttleTimer);
     const q = this.q;
     if (this.mirrorStarted) {
-      await q.execute('block-job-cancel', { device: JOB, force: true }).catch(() => undefined);
-      await q.waitEvent('BLOCK_JOB_CANCELLED', (d) => d.device === JOB, 10_000).catch(() => undefined);
+      const jobs = await q.execute<{ device: string }[]>('query-block-jobs').catch(() => []);
+      if (jobs.some((j) => j.device === JOB)) {
+        const ended = Promise.race(['BLOCK_JOB_CANCELLED', 'BLOCK_JOB_COMPLETED'].map((ev) => q.waitEvent(ev, (d) => d.device === JOB, 10_000))).catch(() => undefined);
+        await q.execute('block-job-cancel', { device: JOB, force: true }).catch(() => undefined);
+        await ended;
+      }
       this.mirrorStarted = false;
     }
     if (this.migrateStarted) {
