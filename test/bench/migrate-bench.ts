@@ -29,21 +29,18 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
+import { median as medianOf } from './proc';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster, sleep, until } from '../support/cluster';
 import { allStatuses, E2E_VNE, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const JSON_OUT = process.argv.includes('--json');
 const ROUNDS = Number(process.argv[process.argv.indexOf('--rounds') + 1] ?? '') || 3;
-const say = (s: string): void => {
-  if (JSON_OUT) process.stderr.write(s + '\n');
-  else console.log(s);
-};
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
+/** Progress: to stderr under --json (stdout is the one JSON object). */
+function say(s: string): void {
+  (JSON_OUT ? process.stderr : process.stdout).write(s + '\n');
+}
+const median = (xs: readonly number[]): number => medianOf(xs) ?? 0;
 const r1 = (x: number): number => Math.round(x * 10) / 10;
 const r2 = (x: number): number => Math.round(x * 100) / 100;
 
