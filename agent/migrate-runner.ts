@@ -11,10 +11,13 @@
  *   destination  attach    the VM's ports attached at the VNE's epoch and generation behind a
  *                          gate (VmTable.restore's path: the record is "prepared", not running):
  *                          frames for it are kept until resume.
- *   source       finish    the switchover: the VM's ports detached, its MACs routed to the
- *                          destination on this switch (frames that still arrive here go there,
- *                          into the gate), the driver finishes the migration, the VM is stopped
- *                          and its local disk deleted (it lives on the destination now).
+ *   source       finish    the switchover: the VM's MACs routed to the destination on this
+ *                          switch (frames that still arrive here go there, into the gate, those
+ *                          from other hosts relayed), the driver finishes the migration, then the
+ *                          VM is stopped, its ports detached and its local disk deleted (it lives
+ *                          on the destination now). If the driver fails to finish, the VM is
+ *                          resumed here and its MACs routed to its ports again (they stayed
+ *                          attached): it runs on at the source, and the error is the Result.
  *   destination  resume    the driver resumes the VM (announce-self), the gates open, the VM is
  *                          running here (its state record written).
  *   either       cancel    before finish: the source's driver undoes the migration (the VM runs
@@ -141,27 +144,28 @@ export class MigrateRunner {
     out.finishing = true;
     const sw = this.o.switch();
     const vm = out.vm;
-    // From here frames for the VM that reach this switch go to the destination (into its gate).
-    for (const p of vm.ports) {
-      try {
-        sw.removePort(p.name);
-      } catch {
-        /* already gone */
-      }
-    }
+    // From here frames for the VM that reach this switch go to the destination (into its gate),
+    // those from other hosts too (relayed). The ports stay attached until QEMU has sent
+    // everything: a migration that fails now leaves the VM here, its NICs intact.
     const before = sw.stats();
     for (const mac of vm.spec.macs) sw.relayMovedMac(vm.vne, mac, c.toAgent);
+    let r: { memoryBytes: number };
     try {
-      const r = await out.mig.finish();
-      const after = sw.stats();
-      const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
-      const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
-      this.o.log.info({ migration: c.migrationId, vm: vm.key, forwardedFrames, droppedFrames, memoryBytes: r.memoryBytes }, 'migration switched over');
-      return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
-    } finally {
+      r = await out.mig.finish();
+    } catch (e) {
       this.outgoing.delete(c.migrationId);
-      await this.o.vms.destroy(vm, { discardDisk: true }).catch((e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'));
+      await out.mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'resuming the VM after its failed switchover failed'));
+      sw.configureVne({ name: vm.vne, macs: vm.spec.macs.map((mac) => ({ mac, local: true as const })) });
+      this.o.log.warn({ migration: c.migrationId, vm: vm.key, err: (e as Error).message }, 'the switchover failed: the VM runs on here');
+      throw e;
     }
+    this.outgoing.delete(c.migrationId);
+    const after = sw.stats();
+    const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
+    const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
+    await this.o.vms.destroy(vm, { discardDisk: true }).catch((e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'));
+    this.o.log.info({ migration: c.migrationId, vm: vm.key, forwardedFrames, droppedFrames, memoryBytes: r.memoryBytes }, 'migration switched over');
+    return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
   }
 
   async resume(c: MigrateResume__Output): Promise<Partial<Result>> {

@@ -14,12 +14,14 @@
  *        for its switchover, its disk in sync;
  *     3. destination MigrateAttach: ports gated at the VNE's epoch and generation;
  *     4. the switchover: the catalog places the VM on its destination, and in one event-loop turn
- *        source MigrateFinish (its ports leave, its switch routes the VM's MACs to the
- *        destination) and ConfigureVne with the new MAC routes to every agent of the VNE;
+ *        source MigrateFinish (its switch routes the VM's MACs to the destination, QEMU sends the
+ *        rest, the source VM is stopped) and ConfigureVne with the new MAC routes to every agent
+ *        of the VNE;
  *     5. destination MigrateResume (the VM runs, the gates open) → its downtime.
- *   A failure in 1–3 sends MigrateCancel to both agents: the VM runs on at its source untouched,
- *   the destination's waiting VM and partial disk are removed; the migration fails with that
- *   error once every VM has finished or failed (the others complete). A failure in 4–5 leaves
+ *   A failure in 1–3, or of MigrateFinish (the source then resumed the VM itself; the catalog
+ *   and the routes go back to it), sends MigrateCancel to both agents: the VM runs on at its
+ *   source, the destination's waiting VM and partial disk are removed; the migration fails with
+ *   that error once every VM has finished or failed (the others complete). A failure in 5 leaves
  *   the VM placed on the destination (the catalog says so) and the VNE FAILED with the reason.
  */
 import { randomBytes } from 'node:crypto';
@@ -171,7 +173,6 @@ export class MigrateSequencer {
       await sendOk(agents, m.to, { migrateAttach: { ...ids, epoch: vne.epoch, generation: vne.generation } }, opts());
 
       // 4. The switchover: the catalog first (a coordinator that fails from here finds the VM at its destination).
-      switched = true;
       const now = catalog.tx(() => {
         const cur = catalog.getVne(vne0.name) ?? vne0;
         const moved = catalog.updateVne(cur.name, { placement: { ...placementOf(cur), [m.vm]: m.to } });
@@ -180,7 +181,20 @@ export class MigrateSequencer {
       });
       const finish = sendOk(agents, m.from, { migrateFinish: { ...ids, toAgent: m.to } }, opts());
       const routes = Promise.all(hosts.filter((a) => agents.isConnected(a)).map((a) => sendOk(agents, a, { configureVne: withPeers(configureVneFor(now, a, agents), hosts, a, agents) }, opts())));
-      const fin = await finish;
+      let fin: Awaited<typeof finish>;
+      try {
+        fin = await finish;
+      } catch (e) {
+        // The source resumed the VM (its QEMU keeps a failed migration's source): back to it.
+        const back = catalog.tx(() => {
+          const cur = catalog.getVne(vne0.name) ?? vne0;
+          return catalog.updateVne(cur.name, { placement: { ...placementOf(cur), [m.vm]: m.from } });
+        });
+        await routes.catch(() => undefined);
+        await Promise.all(hosts.filter((a) => agents.isConnected(a)).map((a) => sendOk(agents, a, { configureVne: withPeers(configureVneFor(back, a, agents), hosts, a, agents) }, { timeoutMs: 60_000 }).catch(() => undefined)));
+        throw e;
+      }
+      switched = true;
       const resumed = await sendOk(agents, m.to, { migrateResume: ids }, opts());
       await routes;
       const r = resumed.migrateResume;

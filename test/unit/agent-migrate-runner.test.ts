@@ -17,6 +17,7 @@ import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
 /** The fake driver with live migration: the "state" moves by pausing here and resuming there. */
 class MigratingDriver extends FakeDriver {
   failBeforePause: Error | undefined;
+  failFinish: Error | undefined;
   readonly calls: string[] = [];
 
   async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration> {
@@ -35,7 +36,11 @@ class MigratingDriver extends FakeDriver {
         await this.pause(vm);
         return { pausedUnixUs: 4_000_000, diskBytes: 8, throttled: true };
       },
-      finish: async () => (this.calls.push(`finish ${vm}`), { memoryBytes: 77 }),
+      finish: async () => {
+        this.calls.push(`finish ${vm}`);
+        if (this.failFinish) throw this.failFinish;
+        return { memoryBytes: 77 };
+      },
       cancel: async () => {
         this.calls.push(`cancel ${vm}`);
         await this.resume(vm);
@@ -115,6 +120,19 @@ describe('agent migrate runner (fake driver with live migration)', () => {
     await dst.runner.cancel(ids);
     assert.equal(dst.driver.status(`${VNE}/a`), 'stopped');
     await assert.rejects(dst.runner.attach({ ...ids, epoch: 3, generation: 4 }), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+  });
+
+  it('the switchover failing at the source: the VM is resumed there with its ports attached', async () => {
+    const src = agent('h1');
+    const spec = fakeVmSpec('a', 1);
+    await src.vms.start(VNE, spec, 3, []);
+    await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
+    src.driver.failFinish = new VnsnapError('ERR_DRIVER', 'migration of blue/a failed at the switchover');
+    await assert.rejects(src.runner.finish({ ...ids, toAgent: 'h2' }), /failed at the switchover/);
+    assert.deepEqual(src.driver.calls.slice(1), ['finish blue/a', 'cancel blue/a']);
+    assert.equal(src.driver.status(`${VNE}/a`), 'running');
+    assert.deepEqual(src.sw.portNames(VNE), ['blue/a/0']);
+    assert.equal(src.vms.running(VNE).length, 1);
   });
 
   it('refuses: a VM that runs here already (destination), a VM not here (source), a generation that does not match', async () => {

@@ -134,6 +134,19 @@ describe('coordinator migrate sequencer', () => {
     assert.equal(h.catalog.getVne('blue')?.placement.vm1, 'h1');
   });
 
+  it('the switchover itself failing (MigrateFinish: the source resumed the VM): the catalog and the routes go back to the source, the destination is cancelled', async () => {
+    const h = harness();
+    h.agents.on('migrateFinish', failed('ERR_DRIVER', 'migration of blue/vm2 failed at the switchover: connection reset'));
+    await rejects(h.seq.migrate({ vne: 'blue', placement: { vm2: 'h1' } }, h.sink), 'ERR_DRIVER', /vm2: agent h2: MigrateFinish failed: migration of blue\/vm2 failed at the switchover/);
+    const vne = h.catalog.getVne('blue');
+    assert.deepEqual(vne?.placement, { vm1: 'h1', vm2: 'h2', vm3: 'h2' });
+    assert.equal(vne?.state, 'VNE_STATE_RUNNING');
+    assert.deepEqual(h.agents.names('migrateCancel').sort(), ['h1:migrateCancel', 'h2:migrateCancel']);
+    assert.equal(h.agents.names('migrateResume').length, 0);
+    const last = h.agents.sent.filter((s) => s.name === 'configureVne').pop();
+    assert.deepEqual(last?.body.configureVne?.macs?.map((x) => x.agentId), ['h1', 'h2', 'h2']);
+  });
+
   it('a failure after the switchover leaves the VM placed at its destination and the VNE FAILED with the reason', async () => {
     const h = harness();
     h.agents.on('migrateResume', failed('ERR_DRIVER', 'incoming migration of blue/vm2 failed'));
