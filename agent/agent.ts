@@ -174,6 +174,7 @@ export class Agent extends EventEmitter implements Startable {
         down: (wasUp) => {
           if (wasUp) this.emit('disconnected');
           this.snapshots.sessionLost(this.session.deadAfterMs);
+          migrations.sessionLost();
         },
         refused: (reason) => this.emit('refused', reason),
       },

@@ -199,6 +199,17 @@ export class MigrateRunner {
     return {};
   }
 
+  /**
+   * The session with the coordinator ended: migrations it can no longer finish are undone at
+   * once — a source not yet at its switchover resumes its VM, a destination not yet attached
+   * removes its waiting VM. (A destination already attached is left to a coordinator that
+   * comes back: docs/migration.md, known gaps.)
+   */
+  sessionLost(): void {
+    for (const out of [...this.outgoing.values()]) if (!out.finishing) void this.cancel({ migrationId: out.id, vne: out.vm.vne, vm: out.vm.name }).catch((e: Error) => this.o.log.error({ migration: out.id, err: e.message }, 'undoing a migration after the session ended failed'));
+    for (const inc of [...this.incoming.values()]) if (!inc.record) void this.cancel({ migrationId: inc.id, vne: inc.vne, vm: inc.vm }).catch((e: Error) => this.o.log.error({ migration: inc.id, err: e.message }, 'undoing a migration after the session ended failed'));
+  }
+
   private mustIncoming(id: string): Incoming {
     const inc = this.incoming.get(id);
     if (!inc) throw new VnsnapError('ERR_NOT_FOUND', `migration ${id} is not prepared on agent ${this.o.agentId}`);

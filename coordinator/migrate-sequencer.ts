@@ -19,7 +19,8 @@
  *        of the VNE;
  *     5. destination MigrateResume (the VM runs, the gates open) → its downtime.
  *   A failure in 1–3, or of MigrateFinish (the source then resumed the VM itself; the catalog
- *   and the routes go back to it), sends MigrateCancel to both agents: the VM runs on at its
+ *   and the routes go back to it — unless the source's session ended during it and the
+ *   destination resumes the VM: QEMU had delivered everything), sends MigrateCancel to both agents: the VM runs on at its
  *   source, the destination's waiting VM and partial disk are removed; the migration fails with
  *   that error once every VM has finished or failed (the others complete). A failure in 5 leaves
  *   the VM placed on the destination (the catalog says so) and the VNE FAILED with the reason.
@@ -181,10 +182,18 @@ export class MigrateSequencer {
       });
       const finish = sendOk(agents, m.from, { migrateFinish: { ...ids, toAgent: m.to } }, opts());
       const routes = Promise.all(hosts.filter((a) => agents.isConnected(a)).map((a) => sendOk(agents, a, { configureVne: withPeers(configureVneFor(now, a, agents), hosts, a, agents) }, opts())));
-      let fin: Awaited<typeof finish>;
+      let fin: Awaited<typeof finish> | undefined;
       try {
         fin = await finish;
       } catch (e) {
+        // The source's session ended during its switchover: the outcome is unknown. The
+        // destination knows: its VM resumes only if QEMU delivered the whole state.
+        if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && (await agents.send(m.to, { migrateResume: ids }, opts()).then((r) => r.ok, () => false))) {
+          switched = true;
+          emit({ note: `migrate: ${m.vm}: ${m.from} went away during the switchover; the VM resumed on ${m.to}` });
+          await routes.catch(() => undefined);
+          return { vm: m.vm, fromAgent: m.from, toAgent: m.to, downtimeMs: 0, totalMs: clock.now() - t0, diskBytes: Number(out.migrateOutgoing?.diskBytes ?? 0), memoryBytes: 0, forwardedFrames: 0, droppedFrames: 0 };
+        }
         // The source resumed the VM (its QEMU keeps a failed migration's source): back to it.
         const back = catalog.tx(() => {
           const cur = catalog.getVne(vne0.name) ?? vne0;
@@ -208,9 +217,9 @@ export class MigrateSequencer {
         downtimeMs,
         totalMs: clock.now() - t0,
         diskBytes: Number(out.migrateOutgoing?.diskBytes ?? 0),
-        memoryBytes: Number(fin.migrateFinish?.memoryBytes ?? 0),
-        forwardedFrames: fin.migrateFinish?.forwardedFrames ?? 0,
-        droppedFrames: fin.migrateFinish?.droppedFrames ?? 0,
+        memoryBytes: Number(fin?.migrateFinish?.memoryBytes ?? 0),
+        forwardedFrames: fin?.migrateFinish?.forwardedFrames ?? 0,
+        droppedFrames: fin?.migrateFinish?.droppedFrames ?? 0,
       };
     } catch (e) {
       if (!switched) {

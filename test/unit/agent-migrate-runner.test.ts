@@ -135,6 +135,23 @@ describe('agent migrate runner (fake driver with live migration)', () => {
     assert.equal(src.vms.running(VNE).length, 1);
   });
 
+  it('the session lost: a source before its switchover resumes its VM, a destination not attached removes its waiting VM', async () => {
+    const src = agent('h1');
+    const dst = agent('h2');
+    const spec = fakeVmSpec('a', 1);
+    await src.vms.start(VNE, spec, 3, []);
+    await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+    await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
+    assert.equal(src.driver.status(`${VNE}/a`), 'paused');
+    src.runner.sessionLost();
+    dst.runner.sessionLost();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(src.driver.status(`${VNE}/a`), 'running');
+    assert.equal(src.runner.migrating(VNE, 'a'), false);
+    assert.equal(dst.driver.status(`${VNE}/a`), 'stopped');
+    assert.equal(dst.runner.migrating(VNE, 'a'), false);
+  });
+
   it('refuses: a VM that runs here already (destination), a VM not here (source), a generation that does not match', async () => {
     const a = agent('h1');
     const spec = fakeVmSpec('a', 1);

@@ -147,6 +147,19 @@ describe('coordinator migrate sequencer', () => {
     assert.deepEqual(last?.body.configureVne?.macs?.map((x) => x.agentId), ['h1', 'h2', 'h2']);
   });
 
+  it('the source lost during its switchover: the destination resumes the VM if QEMU delivered everything, and it is placed there', async () => {
+    const h = harness();
+    h.agents.on('migrateFinish', 'hold');
+    const p = h.seq.migrate({ vne: 'blue', placement: { vm2: 'h1' } }, h.sink);
+    await flush(20);
+    h.agents.disconnect('h2');
+    const r = await p;
+    assert.deepEqual((r.vms ?? []).map((v) => [v.vm, v.toAgent]), [['vm2', 'h1']]);
+    assert.equal(h.catalog.getVne('blue')?.placement.vm2, 'h1');
+    assert.equal(h.agents.names('migrateCancel').length, 0);
+    assert.ok(h.got.some((e) => e.note === 'migrate: vm2: h2 went away during the switchover; the VM resumed on h1'));
+  });
+
   it('a failure after the switchover leaves the VM placed at its destination and the VNE FAILED with the reason', async () => {
     const h = harness();
     h.agents.on('migrateResume', failed('ERR_DRIVER', 'incoming migration of blue/vm2 failed'));
