@@ -88,9 +88,13 @@ export async function prepareIncoming(vm: QemuVm, listenAddress: string): Promis
 /** Destination: wait for the state, stop the export, resume, announce. Returns the resume instant (µs). */
 export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<number> {
   const q = vm.q();
+  // Registered before the query: the destination finishes loading a moment after the source
+  // reports completed, and its event must not fall between the two.
+  const ended = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', timeoutMs);
+  ended.catch(() => undefined);
   const info = await q.execute<MigrationInfo>('query-migrate');
   if (info.status !== 'completed') {
-    const ev = await q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', timeoutMs);
+    const ev = await ended;
     if (ev.data.status !== 'completed') throw new VnsnapError('ERR_DRIVER', `incoming migration of ${vm.spec.id} ${String(ev.data.status)}: ${vm.stderr()}`.trim());
   }
   if (vm.hasDisk) {
