@@ -67,6 +67,16 @@ function agent(id: string) {
 
 const ids = { migrationId: 'm1', vne: VNE, vm: 'a' };
 
+/** VM a running on h1, h2 waiting for it. */
+async function prepared() {
+  const src = agent('h1');
+  const dst = agent('h2');
+  const spec = fakeVmSpec('a', 1);
+  await src.vms.start(VNE, spec, 3, []);
+  await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+  return { src, dst };
+}
+
 describe('agent migrate runner (fake driver with live migration)', () => {
   it('source and destination through a whole migration: gated attach, the source ports detached, the source stopped with its disk, destination running', async () => {
     const src = agent('h1');
@@ -106,11 +116,7 @@ describe('agent migrate runner (fake driver with live migration)', () => {
   });
 
   it('a failure before the pause: the source cancels and the VM runs on there; the destination cancel removes its waiting VM', async () => {
-    const src = agent('h1');
-    const dst = agent('h2');
-    const spec = fakeVmSpec('a', 1);
-    await src.vms.start(VNE, spec, 3, []);
-    await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+    const { src, dst } = await prepared();
     src.driver.failBeforePause = new VnsnapError('ERR_DRIVER', 'the disk mirror of blue/a ended before it was in sync');
     await assert.rejects(src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined), (e: unknown) => isVnsnapError(e, 'ERR_DRIVER'));
     assert.deepEqual(src.driver.calls.slice(1), ['cancel blue/a']);
@@ -136,11 +142,7 @@ describe('agent migrate runner (fake driver with live migration)', () => {
   });
 
   it('the session lost: a source before its switchover resumes its VM, a destination not attached removes its waiting VM', async () => {
-    const src = agent('h1');
-    const dst = agent('h2');
-    const spec = fakeVmSpec('a', 1);
-    await src.vms.start(VNE, spec, 3, []);
-    await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+    const { src, dst } = await prepared();
     await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
     assert.equal(src.driver.status(`${VNE}/a`), 'paused');
     src.runner.sessionLost();
