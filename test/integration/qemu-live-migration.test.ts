@@ -23,8 +23,7 @@ import { silentLogger } from '../../proto/core/log';
 import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { until } from '../support/wait';
 
-// On demand (VNSNAP_E2E_QEMU=1, with the QEMU suites) until it has passed on the shared test machine.
-(process.env.VNSNAP_E2E_QEMU === '1' ? describe : describe.skip)('QEMU driver: live migration with the local disk (NBD mirror + memory pre-copy)', function () {
+describe('QEMU driver: live migration with the local disk (NBD mirror + memory pre-copy)', function () {
   this.timeout(240_000);
   const root = `/tmp/vnqm-test-${process.pid}-mig`;
   let image: GuestImage;
