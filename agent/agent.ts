@@ -42,6 +42,7 @@ import { probeUdpOffload, type UdpOffloadProbe } from '../switch/tunnel/offload-
 import { CommandDispatcher } from './commands';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics } from './metrics';
+import { MigrateRunner } from './migrate-runner';
 import { RestoreRunner } from './restore-runner';
 import { CoordinatorSession, grpcSessionTransport, type SessionFactory } from './session';
 import { SnapshotRunner } from './snapshot-runner';
@@ -157,7 +158,8 @@ export class Agent extends EventEmitter implements Startable {
       ...(opts.channelTimeoutMs !== undefined ? { channelTimeoutMs: opts.channelTimeoutMs } : {}),
     });
     const restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots });
-    const commands = new CommandDispatcher({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots, restores });
+    const migrations = new MigrateRunner({ ...parts, listenAddress: opts.tunnel.advertise ?? opts.tunnel.address, vms: this.vms, vnes, snapshots: this.snapshots });
+    const commands = new CommandDispatcher({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots, restores, migrations });
     this.session = new CoordinatorSession({
       coordinator: opts.coordinator,
       transport: opts.session ?? grpcSessionTransport,
@@ -172,6 +174,7 @@ export class Agent extends EventEmitter implements Startable {
         down: (wasUp) => {
           if (wasUp) this.emit('disconnected');
           this.snapshots.sessionLost(this.session.deadAfterMs);
+          migrations.sessionLost();
         },
         refused: (reason) => this.emit('refused', reason),
       },

@@ -19,6 +19,7 @@ import type { StartVm__Output } from '../proto/gen/vnsnap/v1/StartVm';
 import type { StopVm__Output } from '../proto/gen/vnsnap/v1/StopVm';
 import type { ValidateArtefacts__Output } from '../proto/gen/vnsnap/v1/ValidateArtefacts';
 import type { AgentMetrics } from './metrics';
+import type { MigrateRunner } from './migrate-runner';
 import type { RestoreRunner } from './restore-runner';
 import type { SessionLink } from './session';
 import type { ProgressSink, SnapshotRunner } from './snapshot-runner';
@@ -34,6 +35,7 @@ export interface CommandDispatcherOptions {
   vms: VmTable;
   snapshots: SnapshotRunner;
   restores: RestoreRunner;
+  migrations: MigrateRunner;
   store: SnapshotStore;
   clock: Clock;
   log: Logger;
@@ -76,6 +78,12 @@ export class CommandDispatcher {
     restoreResume: (c) => this.o.restores.resume(c),
     restoreCancel: (c) => this.o.restores.cancel(c),
     discardDisks: (c) => this.discardDisks(c),
+    migrateIncoming: (c) => this.o.migrations.prepareIncoming(c),
+    migrateOutgoing: (c, link, id) => this.o.migrations.migrateOut(c, this.progressTo(link, id)),
+    migrateAttach: (c) => this.o.migrations.attach(c),
+    migrateFinish: (c) => this.o.migrations.finish(c),
+    migrateResume: (c) => this.o.migrations.resume(c),
+    migrateCancel: (c) => this.o.migrations.cancel(c),
   };
 
   private dispatch(link: SessionLink, cmd: Command__Output): Promise<Partial<Result>> {

@@ -251,6 +251,15 @@ export class VmTable {
     return this.adopt(vne, vmSpec, driver, h, epoch, restoreId, true);
   }
 
+  /**
+   * A VM a driver prepared outside start/restore (a live migration's destination): attach its
+   * ports at `epoch` behind gates, recorded as prepared (`restoreId` = preparedBy) until the caller
+   * resumes it. A failure stops it with its disk discarded.
+   */
+  async attachPrepared(vne: string, vmSpec: VmSpec__Output, driver: HypervisorDriver, h: VmHandle, epoch: number, preparedBy: string): Promise<VmRecord> {
+    return this.adopt(vne, vmSpec, driver, h, epoch, preparedBy, true);
+  }
+
   private portNames(spec: VmStartSpec): string[] {
     return spec.macs.map((_, i) => portName(spec.vne, spec.name, i));
   }

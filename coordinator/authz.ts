@@ -50,6 +50,7 @@ export const RPC_ROLE: Readonly<Record<string, Role>> = {
   [`/${COORDINATOR_SERVICE}/CreateSnapshot`]: 'operator',
   [`/${COORDINATOR_SERVICE}/DeleteSnapshot`]: 'operator',
   [`/${COORDINATOR_SERVICE}/RestoreSnapshot`]: 'operator',
+  [`/${COORDINATOR_SERVICE}/MigrateVne`]: 'operator',
   [`/${COORDINATOR_SERVICE}/SetSchedule`]: 'operator',
   [`/${COORDINATOR_SERVICE}/DeleteSchedule`]: 'operator',
   [`/${COORDINATOR_SERVICE}/VerifySnapshot`]: 'operator',

@@ -22,7 +22,10 @@ export type EventKind =
   | 'snapshot.deleted'
   | 'restore.started'
   | 'restore.complete'
-  | 'restore.failed';
+  | 'restore.failed'
+  | 'migration.started'
+  | 'migration.complete'
+  | 'migration.failed';
 
 export interface CoordinatorEvent {
   kind: EventKind;

@@ -32,6 +32,7 @@ import { StoreManifests } from './manifest-store';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 import { RestoreSequencer } from './restore-sequencer';
+import { MigrateSequencer } from './migrate-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
 import { MAX_TIMEOUT_MS } from './validation';
@@ -161,6 +162,7 @@ export class CoordinatorServer implements Startable {
       ...deps,
       snapshots: this.snapshots,
       restores: this.restores,
+      migrations: new MigrateSequencer({ ...deps, log: log.child({ part: 'migrate' }) }),
       log: log.child({ part: 'service' }),
       store,
       storeName,

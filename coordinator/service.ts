@@ -43,6 +43,9 @@ import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { RestoreSequencer } from './restore-sequencer';
+import type { MigrateSequencer } from './migrate-sequencer';
+import type { MigrateVneRequest__Output } from '../proto/gen/vnsnap/v1/MigrateVneRequest';
+import { migrateVne } from './migrate-rpc';
 import type { SnapshotSequencer } from './snapshot-sequencer';
 import { checkLength, checkTimeoutMs, MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, validateVneDefinition } from './validation';
 import { nextStartGeneration, stopVmsOf } from './vne-stop';
@@ -70,6 +73,8 @@ export interface CoordinatorServiceOptions {
   agents: AgentLink & { connectedIds(): string[] };
   snapshots: SnapshotSequencer;
   restores: RestoreSequencer;
+  /** Live migration (absent: MigrateVne is FAILED_PRECONDITION). */
+  migrations?: MigrateSequencer;
   manifests: ManifestStore;
   /** The snapshot store (the agents' store, as the coordinator's config names it). */
   store: SnapshotStore;
@@ -87,7 +92,7 @@ export interface CoordinatorServiceOptions {
   commandTimeoutMs?: number;
 }
 
-type VneOp = 'starting' | 'stopping' | 'updating' | 'deleting' | 'restoring';
+type VneOp = 'starting' | 'stopping' | 'updating' | 'deleting' | 'restoring' | 'migrating';
 
 export class CoordinatorServiceImpl {
   private readonly ops = new Map<string, VneOp>();
@@ -443,6 +448,11 @@ export class CoordinatorServiceImpl {
       });
   }
 
+  /** Live migration under the VNE's operation lock (migrate-rpc.ts). */
+  migrateVne(req: MigrateVneRequest__Output, sink: (e: SnapshotEvent) => void): Promise<unknown> {
+    return migrateVne(this.o.migrations, req, sink, (name, fn) => this.exclusive(this.mustGetVne(name), 'migrating', fn));
+  }
+
   // ---- gRPC adapter -----------------------------------------------------------------------
 
   handlers(): CoordinatorServiceHandlers {
@@ -487,6 +497,7 @@ export class CoordinatorServiceImpl {
       GetSnapshot: unary((r: GetSnapshotRequest__Output) => this.getSnapshot(r)),
       DeleteSnapshot: unary((r: DeleteSnapshotRequest__Output) => this.deleteSnapshot(r)),
       RestoreSnapshot: stream((r: RestoreSnapshotRequest__Output, sink) => this.restoreSnapshot(r, sink)),
+      MigrateVne: stream((r: MigrateVneRequest__Output, sink) => this.migrateVne(r, sink)),
       SetSchedule: unary((r: SetScheduleRequest__Output) => this.schedules.setSchedule(r)),
       ListSchedules: unary(() => this.schedules.listSchedules()),
       GetSchedule: unary((r: GetScheduleRequest__Output) => this.schedules.getSchedule(r)),

@@ -29,6 +29,8 @@ export interface SwitchCounters {
   newerGeneration: number;
   floods: number;
   tunnelHairpinDrops: number;
+  /** Frames from a tunnel relayed to the new host of a VM that migrated away (relayMovedMac). */
+  movedRelayed: number;
   markersSent: number;
   markersReceived: number;
   acksSent: number;
@@ -64,6 +66,7 @@ export function newSwitchCounters(): SwitchCounters {
     newerGeneration: 0,
     floods: 0,
     tunnelHairpinDrops: 0,
+    movedRelayed: 0,
     markersSent: 0,
     markersReceived: 0,
     acksSent: 0,

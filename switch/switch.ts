@@ -161,6 +161,18 @@ export class Switch implements Startable {
     return this.vnes.upsertPeer(cfg);
   }
 
+  /**
+   * A VM of the VNE left this switch for `peer` (live migration): its MAC is routed there, and
+   * frames for it that still arrive here from other peers are relayed there (counted in
+   * movedRelayed) rather than dropped, until the MAC is routed elsewhere or removed.
+   */
+  relayMovedMac(vneName: string, mac: string, peer: string): void {
+    const v = this.vnes.get(vneName);
+    this.vnes.setStaticMac(v, mac, { peer });
+    const e = v.fdb.lookup(parseMac(mac));
+    if (e) e.relay = true;
+  }
+
   removeMac(vneName: string, mac: string): boolean {
     return this.vnes.get(vneName).fdb.remove(parseMac(mac));
   }

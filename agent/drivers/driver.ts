@@ -214,6 +214,44 @@ export interface RestoreImage {
   disks: DiskArtefact[];
 }
 
+/** Progress of a live migration (driver.migrateOut): the disk mirror, then the memory pre-copy. */
+export interface MigrationProgress {
+  phase: 'disk' | 'memory';
+  bytesDone: number;
+  bytesTotal: number;
+  /** Memory: QEMU's dirty-sync count (pass). */
+  iteration: number;
+  /** The phase ended (the disk in sync; the memory sent). */
+  done: boolean;
+}
+
+/** Where a source sends a migrating VM's disk and memory (MigrateIncomingResult). */
+export interface MigrationTargets {
+  /** An NBD URI; empty when the VM has no disk of its own. */
+  diskUri: string;
+  /** A QEMU migration URI (tcp:HOST:PORT). */
+  memoryUri: string;
+}
+
+/** The destination's side of a live migration (docs/migration.md). */
+export interface IncomingMigration {
+  /** The VM's ports (not attached yet; the agent attaches them gated at the switchover). */
+  handle: VmHandle;
+  targets: MigrationTargets;
+  /** Wait until the state arrived, resume the VM and announce it; the resume instant (µs). */
+  resume(): Promise<number>;
+}
+
+/** The source's side of a live migration. */
+export interface OutgoingMigration {
+  /** Disk in sync, memory pre-copied, the VM paused for the switchover. */
+  untilPaused(): Promise<{ pausedUnixUs: number; diskBytes: number; throttled: boolean }>;
+  /** Send the rest; resolves when the destination has everything (the VM stays paused here: the caller stops it). */
+  finish(): Promise<{ memoryBytes: number }>;
+  /** Undo before finish(): the VM runs on here untouched. Idempotent. */
+  cancel(): Promise<void>;
+}
+
 export interface HypervisorDriver {
   readonly kind: DriverSpecKind;
   /** Start a VM (running); its ports are attached to the switch by the agent. */
@@ -254,6 +292,17 @@ export interface HypervisorDriver {
   inspect?(vm: string): unknown;
   /** Stop every VM of this driver. */
   close(): Promise<void>;
+
+  // ── Live migration (docs/migration.md). A driver without these two cannot migrate VMs. ──
+
+  /**
+   * Destination: start the VM waiting for its state from a source, listening on `listenAddress`
+   * (the agent's underlay address). A failure leaves nothing behind; stop(id, {discardDisk})
+   * undoes a prepared one.
+   */
+  migrateIn?(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration>;
+  /** Source: begin moving the running VM to `targets`. */
+  migrateOut?(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration>;
 
   // ── VMs that outlive the agent (docs/agent-restart.md). A driver without these three runs VMs
   // that die with the agent (the test drivers); the agent then stops them when it stops. ──

@@ -9,6 +9,7 @@ import * as cmd from './commands';
 import { CliError, EXIT, type ExitCode } from './exit-codes';
 import { resolveCredentials } from './credentials';
 import type { CliIo } from './io';
+import { addMigrateCommand } from './migrate';
 import { addScheduleCommands } from './schedule';
 import { addStoreCommands } from './store';
 
@@ -185,6 +186,8 @@ export function buildProgram(io: CliIo, env: NodeJS.ProcessEnv, run: (work: (ctx
     .action((id: string, o: CommonOpts & { place?: Record<string, string>; placeLost?: string; stopRunning?: boolean; discardDisks?: boolean; timeoutMs?: number }) =>
       run((ctx) => cmd.restore(ctx, id, { placement: o.place ?? {}, stopRunning: o.stopRunning === true, timeoutMs: o.timeoutMs, ...(o.placeLost ? { placeLost: o.placeLost } : {}), ...(o.discardDisks ? { discardDisks: true } : {}) }), o),
     );
+
+  addMigrateCommand(program, leaf, example, placement, uint32, (work, o) => run(work, o as CommonOpts));
 
   addStoreCommands(
     snapshot,

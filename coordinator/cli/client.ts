@@ -27,6 +27,7 @@ import type { ListAgentsResponse__Output } from '../../proto/gen/vnsnap/v1/ListA
 import type { ListSnapshotsResponse__Output } from '../../proto/gen/vnsnap/v1/ListSnapshotsResponse';
 import type { ListVnesResponse__Output } from '../../proto/gen/vnsnap/v1/ListVnesResponse';
 import type { RestoreSnapshotRequest } from '../../proto/gen/vnsnap/v1/RestoreSnapshotRequest';
+import type { MigrateVneRequest } from '../../proto/gen/vnsnap/v1/MigrateVneRequest';
 import type { Snapshot__Output } from '../../proto/gen/vnsnap/v1/Snapshot';
 import type { SnapshotEvent__Output } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { StartVneResponse__Output } from '../../proto/gen/vnsnap/v1/StartVneResponse';
@@ -193,6 +194,9 @@ export class CoordinatorClient {
   }
   restoreSnapshot(req: RestoreSnapshotRequest): grpc.ClientReadableStream<SnapshotEvent__Output> {
     return this.c.restoreSnapshot(req);
+  }
+  migrateVne(req: MigrateVneRequest): grpc.ClientReadableStream<SnapshotEvent__Output> {
+    return this.c.migrateVne(req);
   }
   verifySnapshot(id: string): grpc.ClientReadableStream<SnapshotEvent__Output> {
     return this.c.verifySnapshot({ id });

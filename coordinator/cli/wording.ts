@@ -43,6 +43,8 @@ export const FIELD_FLAGS: Readonly<Record<string, string>> = {
   keep_daily: '--keep-daily',
   grace_ms: '--grace',
   grace_given: '--grace',
+  // `vnsnap migrate`
+  to: '--to',
 };
 
 /** RPCs of CoordinatorService → the command that calls them. */
@@ -59,6 +61,7 @@ export const RPC_COMMANDS: Readonly<Record<string, string>> = {
   GetSnapshot: 'vnsnap snapshot show',
   DeleteSnapshot: 'vnsnap snapshot delete',
   RestoreSnapshot: 'vnsnap restore',
+  MigrateVne: 'vnsnap migrate',
   ListAgents: 'vnsnap agents',
   WatchEvents: 'vnsnap events',
   SetSchedule: 'vnsnap schedule set',
@@ -80,6 +83,8 @@ const RULES: readonly Rule[] = [
   { field: 'snapshot_id', pattern: word('snapshot_id'), replacement: 'the snapshot ID' },
   // "description is 5000 characters long; the limit is 1024": a bounds message about the field
   { field: 'description', pattern: /^description(?= is \d+ characters long)/, replacement: '--description' },
+  // "to is 300 characters long; the limit is 128" (MigrateVne)
+  { field: 'to', pattern: /^to(?= is \d+ characters long)/, replacement: '--to' },
   // "placement names VM "x", which is not in snapshot ...", "placement: a VM name is ..."
   { field: 'placement', pattern: /^placement(?= names VM |: a VM name )/, replacement: '--place' },
   // "permission denied: DeleteVne needs the operator role (...)"

@@ -21,6 +21,11 @@ export interface FdbEntry {
   owner: number;
   seen: number;
   readonly isStatic: boolean;
+  /**
+   * A static route to a peer for a VM that migrated there (Switch.relayMovedMac): frames for it
+   * that arrive from a tunnel are relayed to that peer instead of dropped by the split horizon.
+   */
+  relay?: boolean;
 }
 
 export interface FdbOptions {
@@ -77,8 +82,10 @@ export class Fdb {
     this.counters.learned++;
   }
 
-  /** Program a static entry (replaces any learned or static entry for the MAC). */
+  /** Program a static entry (replaces any learned or static entry for the MAC; the same static entry stays as it is). */
   setStatic(mac: number, owner: number): void {
+    const e = this.table.get(mac);
+    if (e && e.isStatic && e.owner === owner) return;
     this.remove(mac);
     this.insert({ mac, owner, seen: 0, isStatic: true });
   }

@@ -52,8 +52,13 @@ export class Forwarding {
           if (dp) this.delivery.deliver(dp, slab, off, len, epoch, m, moff);
         }
       } else if (from === null) {
-        // Split horizon: never forward from one tunnel into another.
-        this.counters.tunnelHairpinDrops++;
+        // Split horizon: never forward from one tunnel into another — except to the new host of
+        // a VM that migrated away from here, for frames sent before their sender learnt it.
+        const vp = entry.relay === true && to !== owner ? v.peers.get(-to - 1) : undefined;
+        if (vp) {
+          this.counters.movedRelayed++;
+          this.tunnel.sendData(v.vni, v.generation, vp, slab, off, len, inPlace, epoch, m, moff);
+        } else this.counters.tunnelHairpinDrops++;
       } else {
         const vp = v.peers.get(-to - 1);
         if (vp) this.tunnel.sendData(v.vni, v.generation, vp, slab, off, len, inPlace, epoch, m, moff);

@@ -387,6 +387,25 @@ export async function startFakeCoordinator(address = '127.0.0.1:0', opts: FakeOp
       rec('CollectGarbage', call.request);
       call.emit('error', fail('ERR_FAILED_PRECONDITION', 'this coordinator has no store'));
     },
+    MigrateVne(call) {
+      rec('MigrateVne', call.request);
+      const v = vnes.get(call.request.vne);
+      if (!v) return void call.emit('error', fail('ERR_NOT_FOUND', `VNE "${call.request.vne}" does not exist`));
+      const moves = Object.entries(call.request.placement);
+      if (moves.length === 0 || v.name !== 'blue') return void call.emit('error', fail('ERR_FAILED_PRECONDITION', 'the fake coordinator migrates VMs of blue named with a placement only'));
+      const id = 'migrate-blue-0a0b0c';
+      const t = T0_MS + 7_200_000;
+      const steps: Step[] = [{ snapshotId: id, timeUnixMs: t, note: `migrate: ${moves.map(([vm, to]) => `${vm} ${v.placement?.[vm] ?? '?'} → ${to}`).join(', ')}` }];
+      for (const [vm, to] of moves) {
+        const from = v.placement?.[vm] ?? '';
+        steps.push({ snapshotId: id, timeUnixMs: t + 400, vm: { vm, host: from, phase: 'PHASE_DISK_SYNC', bytesDone: 32 * 1024 * 1024, bytesTotal: 32 * 1024 * 1024, fraction: 1, phaseDone: true } });
+        steps.push({ snapshotId: id, timeUnixMs: t + 1900, vm: { vm, host: from, phase: 'PHASE_MIGRATE', bytesDone: 140 * 1024 * 1024, bytesTotal: 128 * 1024 * 1024, iteration: 3, phaseDone: true } });
+        steps.push({ snapshotId: id, timeUnixMs: t + 2000, vm: { vm, host: to, phase: 'PHASE_SWITCHOVER', pauseMs: 41.5, fraction: 1, phaseDone: true } });
+      }
+      const vms = moves.map(([vm, to]) => ({ vm, fromAgent: v.placement?.[vm] ?? '', toAgent: to, downtimeMs: 41.5, totalMs: 2000, diskBytes: 32 * 1024 * 1024, memoryBytes: 140 * 1024 * 1024, forwardedFrames: 3, droppedFrames: 0 }));
+      steps.push({ snapshotId: id, timeUnixMs: t + 2001, migrated: { migrationId: id, vne: 'blue', vms, totalMs: 2001 } });
+      play(call, steps, delay);
+    },
     RestoreSnapshot(call) {
       rec('RestoreSnapshot', call.request);
       const s = snapshots.get(call.request.snapshotId);

@@ -39,7 +39,7 @@ import { silentLogger, type Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import { sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
-import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import type { HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTargets, OutgoingMigration, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
@@ -51,6 +51,7 @@ import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type QemuDriverOptions, type QemuOptions } from './process';
 import { loadMemory } from './incoming';
+import { OutgoingMigration as QemuOutgoing, prepareIncoming, resumeIncoming } from './live-migration';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
 import { openTapPort, removeVmVeth } from './vm-veth';
@@ -369,6 +370,30 @@ export class QemuDriver implements HypervisorDriver {
     this.vms.set(spec.id, vm);
     vm.log.info({ pid: vm.pid, dir: vm.files.dir, memory: image.memory.path }, 'QEMU VM restored (paused)');
     return { name: spec.name, ports: vm.ports };
+  }
+
+  /** Live migration, destination (live-migration.ts): the VM waits for its state; stop(id, {discardDisk}) undoes it. */
+  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration> {
+    const { vm, nics } = await this.prepare(spec, ctx, false);
+    let targets: MigrationTargets;
+    try {
+      if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
+      targets = await prepareIncoming(vm, listenAddress);
+    } catch (e) {
+      await this.cleanup(vm, true);
+      throw e;
+    }
+    this.vms.set(spec.id, vm);
+    vm.log.info({ pid: vm.pid, dir: vm.files.dir, ...targets }, 'QEMU VM waiting for its live migration');
+    return { handle: { name: spec.name, ports: vm.ports }, targets, resume: () => resumeIncoming(vm, 600_000) };
+  }
+
+  /** Live migration, source (live-migration.ts). */
+  async migrateOut(id: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration> {
+    const vm = this.get(id);
+    if (vm.job) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `QEMU VM ${id} has a snapshot in progress`);
+    return new QemuOutgoing(vm, targets, onProgress);
   }
 
   inspect(id: string): QemuVmInfo | undefined {

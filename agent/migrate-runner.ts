@@ -1,0 +1,218 @@
+/**
+ * The local part of a live migration (docs/migration.md): the agent's six Migrate* commands for
+ * one VM, as the coordinator orders them (coordinator/migrate-sequencer.ts):
+ *
+ *   destination  incoming  the driver starts the VM waiting for its state (driver.migrateIn),
+ *                          listening on this agent's underlay address; nothing on the switch yet.
+ *   source       outgoing  the driver mirrors the disk and pre-copies memory (driver.migrateOut),
+ *                          Progress (PHASE_DISK_SYNC, PHASE_MIGRATE) on the way; the Result when
+ *                          the VM is paused for the switchover. Refused while a snapshot
+ *                          includes the VM.
+ *   destination  attach    the VM's ports attached at the VNE's epoch and generation behind a
+ *                          gate (VmTable.restore's path: the record is "prepared", not running):
+ *                          frames for it are kept until resume.
+ *   source       finish    the switchover: the VM's MACs routed to the destination on this
+ *                          switch (frames that still arrive here go there, into the gate, those
+ *                          from other hosts relayed), the driver finishes the migration, then the
+ *                          VM is stopped, its ports detached and its local disk deleted (it lives
+ *                          on the destination now). If the driver fails to finish, the VM is
+ *                          resumed here and its MACs routed to its ports again (they stayed
+ *                          attached): it runs on at the source, and the error is the Result.
+ *   destination  resume    the driver resumes the VM (announce-self), the gates open, the VM is
+ *                          running here (its state record written).
+ *   either       cancel    before finish: the source's driver undoes the migration (the VM runs
+ *                          on untouched); the destination's waiting VM is stopped, its partial
+ *                          disk deleted. Idempotent.
+ *
+ * One migration per VM at a time; the records live until finish/resume/cancel.
+ */
+import { VnsnapError } from '../proto/core/errors';
+import type { Logger } from '../proto/core/log';
+import type { MigrateAttach__Output } from '../proto/gen/vnsnap/v1/MigrateAttach';
+import type { MigrateCancel__Output } from '../proto/gen/vnsnap/v1/MigrateCancel';
+import type { MigrateFinish__Output } from '../proto/gen/vnsnap/v1/MigrateFinish';
+import type { MigrateIncoming__Output } from '../proto/gen/vnsnap/v1/MigrateIncoming';
+import type { MigrateOutgoing__Output } from '../proto/gen/vnsnap/v1/MigrateOutgoing';
+import type { MigrateResume__Output } from '../proto/gen/vnsnap/v1/MigrateResume';
+import type { Result } from '../proto/gen/vnsnap/v1/Result';
+import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
+import type { Switch } from '../switch/switch';
+import type { HypervisorDriver, IncomingMigration, MigrationProgress, OutgoingMigration } from './drivers/driver';
+import type { SnapshotRunner } from './snapshot-runner';
+import { portName, vmKey, type VmRecord, type VmTable } from './vms';
+import type { VneTable } from './vne-table';
+
+export interface MigrateRunnerOptions {
+  agentId: string;
+  /** The address the destination's QEMU listens on for the disk and memory streams (the underlay). */
+  listenAddress: string;
+  switch: () => Switch;
+  vms: VmTable;
+  vnes: VneTable;
+  snapshots: SnapshotRunner;
+  log: Logger;
+}
+
+interface Incoming {
+  id: string;
+  vne: string;
+  vm: string;
+  driver: HypervisorDriver;
+  mig: IncomingMigration;
+  spec: NonNullable<MigrateIncoming__Output['vm']>;
+  record?: VmRecord;
+}
+
+interface Outgoing {
+  id: string;
+  vm: VmRecord;
+  mig: OutgoingMigration;
+  finishing: boolean;
+}
+
+export class MigrateRunner {
+  private readonly incoming = new Map<string, Incoming>();
+  private readonly outgoing = new Map<string, Outgoing>();
+
+  constructor(private readonly o: MigrateRunnerOptions) {}
+
+  /** Is the VM being migrated from or to here? */
+  migrating(vne: string, vm: string): boolean {
+    const k = vmKey(vne, vm);
+    return [...this.incoming.values()].some((x) => vmKey(x.vne, x.vm) === k) || [...this.outgoing.values()].some((x) => x.vm.key === k);
+  }
+
+  async prepareIncoming(c: MigrateIncoming__Output): Promise<Partial<Result>> {
+    if (!c.migrationId || !c.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'MigrateIncoming needs a migration id and a VM');
+    this.o.vnes.require(c.vne);
+    if (this.o.vms.get(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} already runs on agent ${this.o.agentId}`);
+    if (this.migrating(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} is already being migrated here`);
+    const driver = this.o.vms.driverFor(c.vm);
+    if (!driver.migrateIn) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${driver.kind} driver cannot migrate VMs live`);
+    if (c.vm.macs.length === 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${c.vm.name} has no MAC`);
+    const spec = { id: vmKey(c.vne, c.vm.name), vne: c.vne, name: c.vm.name, macs: c.vm.macs, driver: c.vm.driver ?? {} };
+    const portNames = c.vm.macs.map((_, i) => portName(c.vne, c.vm!.name, i));
+    const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
+    const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress);
+    this.incoming.set(c.migrationId, { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm });
+    this.o.log.info({ migration: c.migrationId, vm: spec.id, ...mig.targets }, 'waiting for a VM migrating here');
+    return { migrateIncoming: { diskUri: mig.targets.diskUri, memoryUri: mig.targets.memoryUri } };
+  }
+
+  async migrateOut(c: MigrateOutgoing__Output, progress: (p: VmProgress) => void): Promise<Partial<Result>> {
+    const vm = this.o.vms.get(c.vne, c.vm);
+    if (!vm || vm.restoreId !== undefined) throw new VnsnapError('ERR_NOT_FOUND', `VM ${c.vm} of VNE ${c.vne} does not run on agent ${this.o.agentId}`);
+    if (this.outgoing.has(c.migrationId) || this.migrating(c.vne, c.vm)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm} of VNE ${c.vne} is already being migrated`);
+    const snap = this.o.snapshots.including(vm);
+    if (snap !== undefined) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${c.vm} is part of snapshot ${snap} in progress`);
+    if (!vm.driver.migrateOut) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${vm.driver.kind} driver cannot migrate VMs live`);
+    const onProgress = (p: MigrationProgress): void =>
+      progress({
+        vm: c.vm,
+        phase: p.phase === 'disk' ? 'PHASE_DISK_SYNC' : 'PHASE_MIGRATE',
+        bytesDone: p.bytesDone,
+        bytesTotal: p.bytesTotal,
+        fraction: p.bytesTotal > 0 ? Math.min(1, p.bytesDone / p.bytesTotal) : 0,
+        iteration: p.iteration,
+        phaseDone: p.done,
+      });
+    const mig = await vm.driver.migrateOut(vm.key, { diskUri: c.diskUri, memoryUri: c.memoryUri }, onProgress);
+    const rec: Outgoing = { id: c.migrationId, vm, mig, finishing: false };
+    this.outgoing.set(c.migrationId, rec);
+    try {
+      const r = await mig.untilPaused();
+      this.o.log.info({ migration: c.migrationId, vm: vm.key, diskBytes: r.diskBytes, throttled: r.throttled }, 'migrating VM paused for the switchover');
+      return { migrateOutgoing: { diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs } };
+    } catch (e) {
+      this.outgoing.delete(c.migrationId);
+      await mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'undoing a failed migration failed'));
+      throw e;
+    }
+  }
+
+  async attach(c: MigrateAttach__Output): Promise<Partial<Result>> {
+    const inc = this.mustIncoming(c.migrationId);
+    if (inc.record) return {};
+    if (c.generation && this.o.vnes.generation(c.vne) !== c.generation) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${c.vne} is at generation ${this.o.vnes.generation(c.vne)} on agent ${this.o.agentId}, the migration at ${c.generation}`);
+    inc.record = await this.o.vms.attachPrepared(inc.vne, inc.spec, inc.driver, inc.mig.handle, c.epoch, `migration:${inc.id}`);
+    return {};
+  }
+
+  async finish(c: MigrateFinish__Output): Promise<Partial<Result>> {
+    const out = this.outgoing.get(c.migrationId);
+    if (!out) throw new VnsnapError('ERR_NOT_FOUND', `migration ${c.migrationId} is not in progress on agent ${this.o.agentId}`);
+    out.finishing = true;
+    const sw = this.o.switch();
+    const vm = out.vm;
+    // From here frames for the VM that reach this switch go to the destination (into its gate),
+    // those from other hosts too (relayed). The ports stay attached until QEMU has sent
+    // everything: a migration that fails now leaves the VM here, its NICs intact.
+    const before = sw.stats();
+    for (const mac of vm.spec.macs) sw.relayMovedMac(vm.vne, mac, c.toAgent);
+    let r: { memoryBytes: number };
+    try {
+      r = await out.mig.finish();
+    } catch (e) {
+      this.outgoing.delete(c.migrationId);
+      await out.mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'resuming the VM after its failed switchover failed'));
+      sw.configureVne({ name: vm.vne, macs: vm.spec.macs.map((mac) => ({ mac, local: true as const })) });
+      this.o.log.warn({ migration: c.migrationId, vm: vm.key, err: (e as Error).message }, 'the switchover failed: the VM runs on here');
+      throw e;
+    }
+    this.outgoing.delete(c.migrationId);
+    const after = sw.stats();
+    const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
+    const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
+    await this.o.vms.destroy(vm, { discardDisk: true }).catch((e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'));
+    this.o.log.info({ migration: c.migrationId, vm: vm.key, forwardedFrames, droppedFrames, memoryBytes: r.memoryBytes }, 'migration switched over');
+    return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
+  }
+
+  async resume(c: MigrateResume__Output): Promise<Partial<Result>> {
+    const inc = this.mustIncoming(c.migrationId);
+    if (!inc.record) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId}: the VM's ports are not attached (MigrateAttach first)`);
+    const resumedUnixUs = await inc.mig.resume();
+    this.incoming.delete(inc.id);
+    const vm = inc.record;
+    delete vm.restoreId;
+    for (const p of vm.ports) this.o.switch().openGate(p.name, []);
+    await this.o.vms.saveState(vm);
+    this.o.log.info({ migration: inc.id, vm: vm.key }, 'migrated VM running here');
+    return { migrateResume: { resumedUnixUs, diskPath: this.o.vms.diskPath(vm) } };
+  }
+
+  async cancel(c: MigrateCancel__Output): Promise<Partial<Result>> {
+    const out = this.outgoing.get(c.migrationId);
+    if (out) {
+      if (out.finishing) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId} is past its switchover on agent ${this.o.agentId}`);
+      this.outgoing.delete(c.migrationId);
+      await out.mig.cancel();
+      this.o.log.info({ migration: c.migrationId, vm: out.vm.key }, 'migration cancelled: the VM runs on here');
+    }
+    const inc = this.incoming.get(c.migrationId);
+    if (inc) {
+      this.incoming.delete(c.migrationId);
+      if (inc.record && this.o.vms.holds(inc.record)) await this.o.vms.destroy(inc.record, { discardDisk: true });
+      else await inc.driver.stop(vmKey(inc.vne, inc.vm), { discardDisk: true });
+      this.o.log.info({ migration: c.migrationId, vm: vmKey(inc.vne, inc.vm) }, 'incoming migration cancelled: the waiting VM and its disk removed');
+    }
+    return {};
+  }
+
+  /**
+   * The session with the coordinator ended: migrations it can no longer finish are undone at
+   * once — a source not yet at its switchover resumes its VM, a destination not yet attached
+   * removes its waiting VM. (A destination already attached is left to a coordinator that
+   * comes back: docs/migration.md, known gaps.)
+   */
+  sessionLost(): void {
+    for (const out of [...this.outgoing.values()]) if (!out.finishing) void this.cancel({ migrationId: out.id, vne: out.vm.vne, vm: out.vm.name }).catch((e: Error) => this.o.log.error({ migration: out.id, err: e.message }, 'undoing a migration after the session ended failed'));
+    for (const inc of [...this.incoming.values()]) if (!inc.record) void this.cancel({ migrationId: inc.id, vne: inc.vne, vm: inc.vm }).catch((e: Error) => this.o.log.error({ migration: inc.id, err: e.message }, 'undoing a migration after the session ended failed'));
+  }
+
+  private mustIncoming(id: string): Incoming {
+    const inc = this.incoming.get(id);
+    if (!inc) throw new VnsnapError('ERR_NOT_FOUND', `migration ${id} is not prepared on agent ${this.o.agentId}`);
+    return inc;
+  }
+}

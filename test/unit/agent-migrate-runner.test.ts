@@ -1,0 +1,167 @@
+import { strict as assert } from 'node:assert';
+import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
+import { AgentMetrics } from '../../agent/metrics';
+import { MigrateRunner } from '../../agent/migrate-runner';
+import { SnapshotRunner } from '../../agent/snapshot-runner';
+import { VmTable } from '../../agent/vms';
+import { VneTable } from '../../agent/vne-table';
+import type { IncomingMigration, MigrationProgress, MigrationTargets, OutgoingMigration, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import { ManualClock } from '../../proto/core/clock';
+import { silentLogger } from '../../proto/core/log';
+import type { VmProgress } from '../../proto/gen/vnsnap/v1/VmProgress';
+import { LocalDirStore } from '../../proto/store/local-dir';
+import { Switch } from '../../switch/switch';
+import { FakeDriver } from '../support/fake-driver';
+import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
+
+/** The fake driver with live migration: the "state" moves by pausing here and resuming there. */
+class MigratingDriver extends FakeDriver {
+  failBeforePause: Error | undefined;
+  failFinish: Error | undefined;
+  readonly calls: string[] = [];
+
+  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration> {
+    const handle = await this.start(spec, ctx);
+    await this.pause(spec.id);
+    this.calls.push(`in ${spec.id} ${listenAddress}`);
+    return { handle, targets: { diskUri: `nbd://${listenAddress}:10809/d`, memoryUri: `tcp:${listenAddress}:4444` }, resume: async () => (await this.resume(spec.id), 5_000_000) };
+  }
+
+  async migrateOut(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration> {
+    this.calls.push(`out ${vm} ${targets.diskUri} ${targets.memoryUri}`);
+    return {
+      untilPaused: async () => {
+        onProgress({ phase: 'disk', bytesDone: 8, bytesTotal: 8, iteration: 0, done: true });
+        if (this.failBeforePause) throw this.failBeforePause;
+        await this.pause(vm);
+        return { pausedUnixUs: 4_000_000, diskBytes: 8, throttled: true };
+      },
+      finish: async () => {
+        this.calls.push(`finish ${vm}`);
+        if (this.failFinish) throw this.failFinish;
+        return { memoryBytes: 77 };
+      },
+      cancel: async () => {
+        this.calls.push(`cancel ${vm}`);
+        await this.resume(vm);
+      },
+    };
+  }
+}
+
+function agent(id: string) {
+  const clock = new ManualClock(T0);
+  const sw = new Switch({ id, now: () => clock.now() });
+  const driver = new MigratingDriver('qemu');
+  const log = silentLogger();
+  const store = new LocalDirStore(`/tmp/vnsnap-unit-mig-${process.pid}-${id}`);
+  const parts = { agentId: id, switch: () => sw, store, clock, log, metrics: new AgentMetrics() };
+  const vms = new VmTable({ ...parts, drivers: [driver] });
+  const vnes = new VneTable(parts);
+  const snapshots = new SnapshotRunner({ ...parts, vms, vnes });
+  const runner = new MigrateRunner({ ...parts, listenAddress: `10.0.0.${id.slice(1)}`, vms, vnes, snapshots });
+  const other = id === 'h1' ? 'h2' : 'h1';
+  vnes.configure({ vne: VNE, vni: 7, generation: 4, peers: [{ agentId: other, address: '10.0.0.9', port: 6081 }], macs: [], epoch: 3 });
+  return { sw, driver, vms, runner };
+}
+
+const ids = { migrationId: 'm1', vne: VNE, vm: 'a' };
+
+/** VM a running on h1, h2 waiting for it. */
+async function prepared() {
+  const src = agent('h1');
+  const dst = agent('h2');
+  const spec = fakeVmSpec('a', 1);
+  await src.vms.start(VNE, spec, 3, []);
+  await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+  return { src, dst };
+}
+
+describe('agent migrate runner (fake driver with live migration)', () => {
+  it('source and destination through a whole migration: gated attach, the source ports detached, the source stopped with its disk, destination running', async () => {
+    const src = agent('h1');
+    const dst = agent('h2');
+    const spec = fakeVmSpec('a', 1);
+    await src.vms.start(VNE, spec, 3, []);
+    const progress: VmProgress[] = [];
+
+    const inc = await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [spec], tls: false });
+    assert.deepEqual(inc.migrateIncoming, { diskUri: 'nbd://10.0.0.2:10809/d', memoryUri: 'tcp:10.0.0.2:4444' });
+    assert.equal(dst.vms.get(VNE, 'a'), undefined, 'nothing on the switch before the attach');
+    assert.deepEqual(dst.sw.portNames(VNE), []);
+
+    const out = await src.runner.migrateOut({ ...ids, diskUri: 'nbd://10.0.0.2:10809/d', memoryUri: 'tcp:10.0.0.2:4444', tls: false, toAgent: 'h2' }, (p) => progress.push(p));
+    assert.deepEqual(out.migrateOutgoing, { diskBytes: 8, throttled: true, pausedUnixUs: 4_000_000 });
+    assert.deepEqual(progress.map((p) => [p.vm, p.phase, p.fraction, p.phaseDone]), [['a', 'PHASE_DISK_SYNC', 1, true]]);
+    assert.equal(src.driver.status(`${VNE}/a`), 'paused');
+
+    await dst.runner.attach({ ...ids, epoch: 3, generation: 4 });
+    assert.equal(dst.vms.get(VNE, 'a')?.restoreId, 'migration:m1');
+    assert.deepEqual(dst.sw.portNames(VNE), ['blue/a/0']);
+    assert.equal(dst.sw.portEpoch('blue/a/0'), 3);
+    assert.equal(dst.vms.running(VNE).length, 0, 'prepared, not running yet');
+
+    const fin = await src.runner.finish({ ...ids, toAgent: 'h2' });
+    assert.deepEqual(fin.migrateFinish, { memoryBytes: 77, forwardedFrames: 0, droppedFrames: 0 });
+    assert.deepEqual(src.sw.portNames(VNE), []);
+    assert.equal(src.vms.get(VNE, 'a'), undefined);
+    assert.equal(src.driver.status(`${VNE}/a`), 'stopped');
+    assert.deepEqual(src.driver.calls, ['out blue/a nbd://10.0.0.2:10809/d tcp:10.0.0.2:4444', 'finish blue/a']);
+
+    const res = await dst.runner.resume(ids);
+    assert.equal(res.migrateResume?.resumedUnixUs, 5_000_000);
+    assert.equal(dst.driver.status(`${VNE}/a`), 'running');
+    assert.equal(dst.vms.running(VNE).length, 1);
+    assert.equal(dst.vms.get(VNE, 'a')?.restoreId, undefined);
+  });
+
+  it('a failure before the pause: the source cancels and the VM runs on there; the destination cancel removes its waiting VM', async () => {
+    const { src, dst } = await prepared();
+    src.driver.failBeforePause = new VnsnapError('ERR_DRIVER', 'the disk mirror of blue/a ended before it was in sync');
+    await assert.rejects(src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined), (e: unknown) => isVnsnapError(e, 'ERR_DRIVER'));
+    assert.deepEqual(src.driver.calls.slice(1), ['cancel blue/a']);
+    assert.equal(src.driver.status(`${VNE}/a`), 'running');
+    assert.deepEqual(src.sw.portNames(VNE), ['blue/a/0']);
+    assert.deepEqual(await src.runner.cancel(ids), {}, 'idempotent');
+    await dst.runner.cancel(ids);
+    assert.equal(dst.driver.status(`${VNE}/a`), 'stopped');
+    await assert.rejects(dst.runner.attach({ ...ids, epoch: 3, generation: 4 }), (e: unknown) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+  });
+
+  it('the switchover failing at the source: the VM is resumed there with its ports attached', async () => {
+    const src = agent('h1');
+    const spec = fakeVmSpec('a', 1);
+    await src.vms.start(VNE, spec, 3, []);
+    await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
+    src.driver.failFinish = new VnsnapError('ERR_DRIVER', 'migration of blue/a failed at the switchover');
+    await assert.rejects(src.runner.finish({ ...ids, toAgent: 'h2' }), /failed at the switchover/);
+    assert.deepEqual(src.driver.calls.slice(1), ['finish blue/a', 'cancel blue/a']);
+    assert.equal(src.driver.status(`${VNE}/a`), 'running');
+    assert.deepEqual(src.sw.portNames(VNE), ['blue/a/0']);
+    assert.equal(src.vms.running(VNE).length, 1);
+  });
+
+  it('the session lost: a source before its switchover resumes its VM, a destination not attached removes its waiting VM', async () => {
+    const { src, dst } = await prepared();
+    await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
+    assert.equal(src.driver.status(`${VNE}/a`), 'paused');
+    src.runner.sessionLost();
+    dst.runner.sessionLost();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(src.driver.status(`${VNE}/a`), 'running');
+    assert.equal(src.runner.migrating(VNE, 'a'), false);
+    assert.equal(dst.driver.status(`${VNE}/a`), 'stopped');
+    assert.equal(dst.runner.migrating(VNE, 'a'), false);
+  });
+
+  it('refuses: a VM that runs here already (destination), a VM not here (source), a generation that does not match', async () => {
+    const a = agent('h1');
+    const spec = fakeVmSpec('a', 1);
+    await a.vms.start(VNE, spec, 3, []);
+    await assert.rejects(a.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false }), /VM a of VNE blue already runs on agent h1/);
+    await assert.rejects(a.runner.migrateOut({ ...ids, vm: 'zz', diskUri: '', memoryUri: '', tls: false, toAgent: 'h2' }, () => undefined), /VM zz of VNE blue does not run on agent h1/);
+    const b = agent('h2');
+    await b.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: false });
+    await assert.rejects(b.runner.attach({ ...ids, epoch: 3, generation: 9 }), /VNE blue is at generation 4 on agent h2, the migration at 9/);
+  });
+});
