@@ -70,8 +70,13 @@ interface Outgoing {
   finishing: boolean;
 }
 
+/** One VM's part of a migration: a migration of a whole VNE moves several VMs under one id. */
+const moveKey = (migrationId: string, vm: string): string => `${migrationId}/${vm}`;
+
 export class MigrateRunner {
+  /** By moveKey(migration id, VM name). */
   private readonly incoming = new Map<string, Incoming>();
+  /** By moveKey(migration id, VM name). */
   private readonly outgoing = new Map<string, Outgoing>();
 
   constructor(private readonly o: MigrateRunnerOptions) {}
@@ -94,7 +99,7 @@ export class MigrateRunner {
     const portNames = c.vm.macs.map((_, i) => portName(c.vne, c.vm!.name, i));
     const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
     const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress);
-    this.incoming.set(c.migrationId, { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm });
+    this.incoming.set(moveKey(c.migrationId, c.vm.name), { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm });
     this.o.log.info({ migration: c.migrationId, vm: spec.id, ...mig.targets }, 'waiting for a VM migrating here');
     return { migrateIncoming: { diskUri: mig.targets.diskUri, memoryUri: mig.targets.memoryUri } };
   }
@@ -102,7 +107,7 @@ export class MigrateRunner {
   async migrateOut(c: MigrateOutgoing__Output, progress: (p: VmProgress) => void): Promise<Partial<Result>> {
     const vm = this.o.vms.get(c.vne, c.vm);
     if (!vm || vm.restoreId !== undefined) throw new VnsnapError('ERR_NOT_FOUND', `VM ${c.vm} of VNE ${c.vne} does not run on agent ${this.o.agentId}`);
-    if (this.outgoing.has(c.migrationId) || this.migrating(c.vne, c.vm)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm} of VNE ${c.vne} is already being migrated`);
+    if (this.outgoing.has(moveKey(c.migrationId, c.vm)) || this.migrating(c.vne, c.vm)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm} of VNE ${c.vne} is already being migrated`);
     const snap = this.o.snapshots.including(vm);
     if (snap !== undefined) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${c.vm} is part of snapshot ${snap} in progress`);
     if (!vm.driver.migrateOut) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${vm.driver.kind} driver cannot migrate VMs live`);
@@ -118,20 +123,20 @@ export class MigrateRunner {
       });
     const mig = await vm.driver.migrateOut(vm.key, { diskUri: c.diskUri, memoryUri: c.memoryUri }, onProgress);
     const rec: Outgoing = { id: c.migrationId, vm, mig, finishing: false };
-    this.outgoing.set(c.migrationId, rec);
+    this.outgoing.set(moveKey(c.migrationId, c.vm), rec);
     try {
       const r = await mig.untilPaused();
       this.o.log.info({ migration: c.migrationId, vm: vm.key, diskBytes: r.diskBytes, throttled: r.throttled }, 'migrating VM paused for the switchover');
       return { migrateOutgoing: { diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs } };
     } catch (e) {
-      this.outgoing.delete(c.migrationId);
+      this.outgoing.delete(moveKey(c.migrationId, c.vm));
       await mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'undoing a failed migration failed'));
       throw e;
     }
   }
 
   async attach(c: MigrateAttach__Output): Promise<Partial<Result>> {
-    const inc = this.mustIncoming(c.migrationId);
+    const inc = this.mustIncoming(c.migrationId, c.vm);
     if (inc.record) return {};
     if (c.generation && this.o.vnes.generation(c.vne) !== c.generation) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${c.vne} is at generation ${this.o.vnes.generation(c.vne)} on agent ${this.o.agentId}, the migration at ${c.generation}`);
     inc.record = await this.o.vms.attachPrepared(inc.vne, inc.spec, inc.driver, inc.mig.handle, c.epoch, `migration:${inc.id}`);
@@ -139,8 +144,9 @@ export class MigrateRunner {
   }
 
   async finish(c: MigrateFinish__Output): Promise<Partial<Result>> {
-    const out = this.outgoing.get(c.migrationId);
-    if (!out) throw new VnsnapError('ERR_NOT_FOUND', `migration ${c.migrationId} is not in progress on agent ${this.o.agentId}`);
+    const key = moveKey(c.migrationId, c.vm);
+    const out = this.outgoing.get(key);
+    if (!out) throw new VnsnapError('ERR_NOT_FOUND', `migration ${c.migrationId} of VM ${c.vm} is not in progress on agent ${this.o.agentId}`);
     out.finishing = true;
     const sw = this.o.switch();
     const vm = out.vm;
@@ -153,13 +159,13 @@ export class MigrateRunner {
     try {
       r = await out.mig.finish();
     } catch (e) {
-      this.outgoing.delete(c.migrationId);
+      this.outgoing.delete(key);
       await out.mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'resuming the VM after its failed switchover failed'));
       sw.configureVne({ name: vm.vne, macs: vm.spec.macs.map((mac) => ({ mac, local: true as const })) });
       this.o.log.warn({ migration: c.migrationId, vm: vm.key, err: (e as Error).message }, 'the switchover failed: the VM runs on here');
       throw e;
     }
-    this.outgoing.delete(c.migrationId);
+    this.outgoing.delete(key);
     const after = sw.stats();
     const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
     const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
@@ -169,10 +175,10 @@ export class MigrateRunner {
   }
 
   async resume(c: MigrateResume__Output): Promise<Partial<Result>> {
-    const inc = this.mustIncoming(c.migrationId);
+    const inc = this.mustIncoming(c.migrationId, c.vm);
     if (!inc.record) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId}: the VM's ports are not attached (MigrateAttach first)`);
     const resumedUnixUs = await inc.mig.resume();
-    this.incoming.delete(inc.id);
+    this.incoming.delete(moveKey(inc.id, inc.vm));
     const vm = inc.record;
     delete vm.restoreId;
     for (const p of vm.ports) this.o.switch().openGate(p.name, []);
@@ -182,16 +188,17 @@ export class MigrateRunner {
   }
 
   async cancel(c: MigrateCancel__Output): Promise<Partial<Result>> {
-    const out = this.outgoing.get(c.migrationId);
+    const key = moveKey(c.migrationId, c.vm);
+    const out = this.outgoing.get(key);
     if (out) {
       if (out.finishing) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId} is past its switchover on agent ${this.o.agentId}`);
-      this.outgoing.delete(c.migrationId);
+      this.outgoing.delete(key);
       await out.mig.cancel();
       this.o.log.info({ migration: c.migrationId, vm: out.vm.key }, 'migration cancelled: the VM runs on here');
     }
-    const inc = this.incoming.get(c.migrationId);
+    const inc = this.incoming.get(key);
     if (inc) {
-      this.incoming.delete(c.migrationId);
+      this.incoming.delete(key);
       if (inc.record && this.o.vms.holds(inc.record)) await this.o.vms.destroy(inc.record, { discardDisk: true });
       else await inc.driver.stop(vmKey(inc.vne, inc.vm), { discardDisk: true });
       this.o.log.info({ migration: c.migrationId, vm: vmKey(inc.vne, inc.vm) }, 'incoming migration cancelled: the waiting VM and its disk removed');
@@ -210,9 +217,9 @@ export class MigrateRunner {
     for (const inc of [...this.incoming.values()]) if (!inc.record) void this.cancel({ migrationId: inc.id, vne: inc.vne, vm: inc.vm }).catch((e: Error) => this.o.log.error({ migration: inc.id, err: e.message }, 'undoing a migration after the session ended failed'));
   }
 
-  private mustIncoming(id: string): Incoming {
-    const inc = this.incoming.get(id);
-    if (!inc) throw new VnsnapError('ERR_NOT_FOUND', `migration ${id} is not prepared on agent ${this.o.agentId}`);
+  private mustIncoming(id: string, vm: string): Incoming {
+    const inc = this.incoming.get(moveKey(id, vm));
+    if (!inc) throw new VnsnapError('ERR_NOT_FOUND', `migration ${id} of VM ${vm} is not prepared on agent ${this.o.agentId}`);
     return inc;
   }
 }

@@ -115,6 +115,23 @@ describe('agent migrate runner (fake driver with live migration)', () => {
     assert.equal(dst.vms.get(VNE, 'a')?.restoreId, undefined);
   });
 
+  it('one migration id moving two VMs (a whole VNE): each VM has its own part on both agents, to the end', async () => {
+    const src = agent('h1');
+    const dst = agent('h2');
+    const specs = [fakeVmSpec('a', 1), fakeVmSpec('b', 2)];
+    for (const spec of specs) await src.vms.start(VNE, spec, 3, []);
+    const move = (vm: string) => ({ migrationId: 'm2', vne: VNE, vm });
+    for (const spec of specs) await dst.runner.prepareIncoming({ ...move(spec.name), vm: spec, vneVms: specs, tls: false });
+    for (const vm of ['a', 'b']) await src.runner.migrateOut({ ...move(vm), diskUri: 'nbd://10.0.0.2:10809/d', memoryUri: 'tcp:10.0.0.2:4444', tls: false, toAgent: 'h2' }, () => undefined);
+    for (const vm of ['a', 'b']) await dst.runner.attach({ ...move(vm), epoch: 3, generation: 4 });
+    assert.deepEqual(dst.sw.portNames(VNE).sort(), ['blue/a/0', 'blue/b/0']);
+    for (const vm of ['a', 'b']) await src.runner.finish({ ...move(vm), toAgent: 'h2' });
+    assert.deepEqual(src.driver.calls, ['out blue/a nbd://10.0.0.2:10809/d tcp:10.0.0.2:4444', 'out blue/b nbd://10.0.0.2:10809/d tcp:10.0.0.2:4444', 'finish blue/a', 'finish blue/b']);
+    for (const vm of ['a', 'b']) await dst.runner.resume(move(vm));
+    assert.deepEqual(dst.vms.running(VNE).map((v) => v.spec.name).sort(), ['a', 'b']);
+    assert.equal(src.vms.running(VNE).length, 0);
+  });
+
   it('a failure before the pause: the source cancels and the VM runs on there; the destination cancel removes its waiting VM', async () => {
     const { src, dst } = await prepared();
     src.driver.failBeforePause = new VnsnapError('ERR_DRIVER', 'the disk mirror of blue/a ended before it was in sync');
