@@ -20,7 +20,7 @@
  * chain checked against the image roots), and the VM has no chain record (its next snapshot
  * stores a full image).
  */
-import { createHash } from 'node:crypto';
+import { verifiedRead } from '../../restore-verify';
 import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import { streamToFile } from '../image-stream';
 import * as path from 'node:path';
@@ -102,21 +102,7 @@ export function orderLayers(vm: string, disks: DiskArtefact[]): DiskArtefact[] |
 
 /** Stream an artefact into a new file (image-stream.ts), checking its size and SHA-256 against the manifest's as it comes. */
 async function layerToFile(store: SnapshotStore, a: DiskArtefact, file: string): Promise<void> {
-  await streamToFile(checkedAgainst(store.read(a.path), a), file);
-}
-
-/** The chunks of `a`, passed on while they add up to its size; its size and SHA-256 checked at the end (ERR_CHECKSUM). */
-async function* checkedAgainst(source: AsyncIterable<Buffer>, a: DiskArtefact): AsyncGenerator<Buffer> {
-  const h = createHash('sha256');
-  let size = 0;
-  for await (const b of source) {
-    size += b.length;
-    if (size > a.size) break;
-    h.update(b);
-    yield b;
-  }
-  const sha = size === a.size ? h.digest('hex') : '';
-  if (size !== a.size || sha !== a.sha256) throw new VnsnapError('ERR_CHECKSUM', `${a.path}: ${size !== a.size ? `${size > a.size ? 'more than' : size} bytes, ${a.size} expected` : `SHA-256 ${sha}, ${a.sha256} expected`}`);
+  await streamToFile(verifiedRead(store.read(a.path), a), file);
 }
 
 /** The chain read back from its top must be exactly `files` (top first), all in the VM's directory. */
