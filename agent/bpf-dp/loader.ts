@@ -91,8 +91,11 @@ export async function pinnedDataPath(prefix: string): Promise<LoadedDataPath | u
   return ok.every(Boolean) ? dp : undefined;
 }
 
-/** tc, in network namespace `netns` when given. */
-const tc = (netns: string | undefined, args: string[]): Promise<string> => (netns ? run('ip', ['netns', 'exec', netns, 'tc', ...args]) : run('tc', args));
+/**
+ * tc, in network namespace `netns` (a name under /var/run/netns) when given: entered with nsenter,
+ * not `ip netns exec`, which remounts /sys and so hides the pins under /sys/fs/bpf.
+ */
+const tc = (netns: string | undefined, args: string[]): Promise<string> => (netns ? run('nsenter', [`--net=/var/run/netns/${netns}`, 'tc', ...args]) : run('tc', args));
 
 /** Attach program `p` to `dev`'s ingress (clsact, direct action), replacing an earlier one. */
 export async function attachDataPath(dp: LoadedDataPath, dev: string, p: DpProgram, netns?: string): Promise<void> {

@@ -10,7 +10,8 @@
  * pinned per agent under /sys/fs/bpf/<prefix>/ (switch/bpf-dp/loader.ts):
  *   vn_tx  on a VM TAP's ingress (what QEMU sends). Port unknown: TC_ACT_OK (nothing of ours).
  *          Fast path off, group/broadcast destination, FDB miss → punted whole to the port's
- *          own device (`punt_ifindex`, the switch reads it as this port). FDB hit, remote:
+ *          own device (`punt_ifindex`, the switch reads it as this port; with none, TC_ACT_OK:
+ *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
  *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (peer, epoch,
  *          tx) by the datagrams it becomes (segments()), redirected to the VXLAN device. FDB hit, local port of the
  *          same epoch: redirected to that TAP; of another epoch: punted.
@@ -113,7 +114,7 @@ static __always_inline int dst_mac(struct __sk_buff *skb, struct vn_fdb_key *k) 
 
 static __always_inline int punt_port(const struct vn_port *p) {
   stat(ST_TX_PUNT);
-  return bpf_redirect(p->punt_ifindex, BPF_F_INGRESS);
+  return p->punt_ifindex ? bpf_redirect(p->punt_ifindex, BPF_F_INGRESS) : TC_ACT_OK;
 }
 
 SEC("tc")

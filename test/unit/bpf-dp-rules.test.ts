@@ -102,6 +102,8 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     const bcast = frame(9);
     bcast.fill(0xff, 0, 6);
     assert.deepEqual(delta(() => run('vn_tx', bcast, ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'broadcast');
+    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 0, fast: true });
+    assert.deepEqual(delta(() => assert.equal(run('vn_tx', bcast, ctx({ ingressIfindex: TAP_A })).retval, TC_ACT_OK)), { txPunt: 1 }, 'no punt device: left to the stack');
     maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: false });
     assert.deepEqual(delta(() => run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'fast path off');
   });
