@@ -53,6 +53,27 @@ static int map_args(napi_env env, napi_value *argv, int *fd, uint8_t **key, size
   return arg_fd(env, argv[0], fd) && arg_bytes(env, argv[1], key, klen, "key");
 }
 
+/*
+ * One element command on map fd: true when it succeeded, false when it failed with `quiet`
+ * (the element is missing, or the flags forbid the update), a throw otherwise (NULL).
+ */
+static napi_value elem_call(napi_env env, int cmd, const char *op, int fd, uint8_t *key, uint8_t *val, uint64_t flags, int quiet) {
+  union bpf_attr a;
+  memset(&a, 0, sizeof a);
+  a.map_fd = (uint32_t)fd;
+  a.key = (uint64_t)(uintptr_t)key;
+  a.value = (uint64_t)(uintptr_t)val;
+  a.flags = flags;
+  int ok = sys_bpf(cmd, &a) == 0;
+  if (!ok && errno != quiet) {
+    throw_sys(env, op, "bpf", errno);
+    return NULL;
+  }
+  napi_value res;
+  napi_get_boolean(env, ok, &res);
+  return res;
+}
+
 /* bpfMapUpdate(fd, key, value, flags) -> true, or false when flags forbid it (EEXIST/ENOENT). */
 napi_value BpfMapUpdate(napi_env env, napi_callback_info info) {
   GET_ARGS(4);
@@ -61,20 +82,7 @@ napi_value BpfMapUpdate(napi_env env, napi_callback_info info) {
   size_t klen, vlen;
   int64_t flags;
   if (!map_args(env, argv, &fd, &key, &klen) || !arg_bytes(env, argv[2], &val, &vlen, "value") || !arg_int(env, argv[3], 0, 4, &flags, "flags")) return NULL;
-  union bpf_attr a;
-  memset(&a, 0, sizeof a);
-  a.map_fd = (uint32_t)fd;
-  a.key = (uint64_t)(uintptr_t)key;
-  a.value = (uint64_t)(uintptr_t)val;
-  a.flags = (uint64_t)flags;
-  int ok = sys_bpf(BPF_MAP_UPDATE_ELEM, &a) == 0;
-  if (!ok && !(errno == EEXIST || (errno == ENOENT && flags == BPF_EXIST))) {
-    throw_sys(env, "bpfMapUpdate", "bpf(BPF_MAP_UPDATE_ELEM)", errno);
-    return NULL;
-  }
-  napi_value res;
-  napi_get_boolean(env, ok, &res);
-  return res;
+  return elem_call(env, BPF_MAP_UPDATE_ELEM, "bpfMapUpdate", fd, key, val, (uint64_t)flags, flags == BPF_EXIST ? ENOENT : EEXIST);
 }
 
 /* bpfMapLookup(fd, key, valueOut) -> true (valueOut filled) or false (no such element). */
@@ -84,19 +92,7 @@ napi_value BpfMapLookup(napi_env env, napi_callback_info info) {
   uint8_t *key, *val;
   size_t klen, vlen;
   if (!map_args(env, argv, &fd, &key, &klen) || !arg_bytes(env, argv[2], &val, &vlen, "valueOut")) return NULL;
-  union bpf_attr a;
-  memset(&a, 0, sizeof a);
-  a.map_fd = (uint32_t)fd;
-  a.key = (uint64_t)(uintptr_t)key;
-  a.value = (uint64_t)(uintptr_t)val;
-  int ok = sys_bpf(BPF_MAP_LOOKUP_ELEM, &a) == 0;
-  if (!ok && errno != ENOENT) {
-    throw_sys(env, "bpfMapLookup", "bpf(BPF_MAP_LOOKUP_ELEM)", errno);
-    return NULL;
-  }
-  napi_value res;
-  napi_get_boolean(env, ok, &res);
-  return res;
+  return elem_call(env, BPF_MAP_LOOKUP_ELEM, "bpfMapLookup", fd, key, val, 0, ENOENT);
 }
 
 /* bpfMapDelete(fd, key) -> true, or false when there was no such element. */
@@ -106,18 +102,7 @@ napi_value BpfMapDelete(napi_env env, napi_callback_info info) {
   uint8_t *key;
   size_t klen;
   if (!map_args(env, argv, &fd, &key, &klen)) return NULL;
-  union bpf_attr a;
-  memset(&a, 0, sizeof a);
-  a.map_fd = (uint32_t)fd;
-  a.key = (uint64_t)(uintptr_t)key;
-  int ok = sys_bpf(BPF_MAP_DELETE_ELEM, &a) == 0;
-  if (!ok && errno != ENOENT) {
-    throw_sys(env, "bpfMapDelete", "bpf(BPF_MAP_DELETE_ELEM)", errno);
-    return NULL;
-  }
-  napi_value res;
-  napi_get_boolean(env, ok, &res);
-  return res;
+  return elem_call(env, BPF_MAP_DELETE_ELEM, "bpfMapDelete", fd, key, NULL, 0, ENOENT);
 }
 
 /*
