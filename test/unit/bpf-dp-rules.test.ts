@@ -11,7 +11,8 @@ import { isVnsnapError } from '../../proto/core/errors';
 import { decodePunt, PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { nativeIo } from '../../switch/native-io';
-import { makeFrame, vmMac } from '../support/frames';
+import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
+import { makeFrame, rng, vmMac } from '../support/frames';
 import { superFrame } from '../support/tcp-frames';
 
 const TC_ACT_OK = 0;
@@ -140,6 +141,29 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     }
     assert.equal(maps.count(PEER, 8, 'received'), 0, 'punted frames are the switch\'s to count');
     assert.deepEqual(decodePunt(f), null);
+  });
+
+  it('randomized: the kernel agrees with the switch\'s frame rules (classify) for epochs a neighbour can have, across the 16-bit wrap', () => {
+    const seed = 1313;
+    const r = rng(seed);
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 400; i++) {
+      // Port epochs anywhere, often next to a multiple of 65536 (where the colour wraps).
+      const port = r() < 0.5 ? Math.floor(r() * 2 ** 31) : (Math.floor(r() * 64) + 1) * 0x10000 + Math.floor(r() * 3) - 1;
+      const frameEpoch = port + Math.floor(r() * 3) - 1; // neighbours differ by at most one
+      const gated = r() < 0.2; // a cut in progress: the agent turns the port's fast path off
+      maps.setPort(TAP_B, { vni: VNI, epoch: port, puntIfindex: 302, fast: !gated });
+      const f = frame(2);
+      const res = run('vn_rx_test', f, ctx({ cb: [VNI, frameEpoch & 0xffff, 0x0a090002] }));
+      const punt = decodePunt(res.out);
+      const kernel = punt === null ? 'deliver' : punt.reason;
+      const want = classify(frameEpoch, port, gated);
+      const expected = gated ? 'unknown' : want === Verdict.Deliver ? 'deliver' : want === Verdict.DeliverAndRecord ? 'late' : 'early';
+      assert.equal(kernel, expected, `seed ${seed}, step ${i}: port epoch ${port}, frame epoch ${frameEpoch}, gated ${gated}`);
+      if (punt === null) assert.deepEqual(res.out, f);
+      seen.set(expected, (seen.get(expected) ?? 0) + 1);
+    }
+    assert.deepEqual([...seen.keys()].sort(), ['deliver', 'early', 'late', 'unknown'], 'every outcome was drawn');
   });
 
   it('maps: epochs and FDB entries read back; removals say whether there was one; a wrong prefix is refused', async () => {
