@@ -17,10 +17,10 @@ import { attachDataPath, loadDataPath, unloadDataPath } from '../../agent/bpf-dp
 import { decodePunt, PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { nativeIo, VNET_HDR_LEN } from '../../switch/native-io';
-import { newRxBatch, OFFLOAD_SLOT_SIZE } from '../../switch/port/port';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 import { sh, Topology } from '../support/netns';
 import { superFrame } from '../support/tcp-frames';
+import { fdReader, vnetTap, type FdReader } from '../support/vnet-tap';
 import { until } from '../support/wait';
 
 const VNI = 5151;
@@ -30,28 +30,6 @@ const B_IP = '10.78.0.2';
 const MAC_A = '02:00:00:00:00:01';
 const MAC_B = '02:00:00:00:00:02';
 const ROOT_LINKS = ['vnbdu0', 'vnbdx0', 'vnbdp0', 'vnbdt0'];
-
-interface Reader {
-  got: { meta: Buffer; frame: Buffer }[];
-  close(): void;
-}
-
-/** Everything read from fd (a vnet_hdr TAP: header split off; a packet socket: meta empty). */
-function reader(fd: number, vnet: boolean): Reader {
-  const io = nativeIo();
-  const rx = newRxBatch(16, OFFLOAD_SLOT_SIZE);
-  const got: Reader['got'] = [];
-  const none = new Uint32Array(1);
-  const h = vnet ? VNET_HDR_LEN : 0;
-  const p = io.createPoller(fd, 'frames', rx.slab, rx.slotSize, rx.headroom, 16, rx.lens, none, none, (n) => {
-    for (let i = 0; i < n; i++) {
-      const b = rx.slab.subarray(i * rx.slotSize + rx.headroom, i * rx.slotSize + rx.headroom + (rx.lens[i] as number));
-      got.push({ meta: Buffer.from(b.subarray(0, h)), frame: Buffer.from(b.subarray(h)) });
-    }
-  });
-  p.start();
-  return { got, close: () => p.stop() };
-}
 
 const ifindex = (dev: string, topo?: Topology): number => Number((topo ? topo.exec('hb', 'cat', [`/sys/class/net/${dev}/ifindex`]) : fs.readFileSync(`/sys/class/net/${dev}/ifindex`, 'utf8')).trim());
 
@@ -64,12 +42,13 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
   const io = nativeIo();
   let topo: Topology;
   const fds: number[] = [];
-  const readers: Reader[] = [];
+  const readers: FdReader[] = [];
+  const taps: { close(): void }[] = [];
   let a: DataPathMaps | undefined;
   let b: DataPathMaps | undefined;
-  let tapA: Reader;
-  let tapB: Reader;
-  let puntA: Reader;
+  let tapA: FdReader['got'];
+  let tapB: FdReader['got'];
+  let puntA: FdReader['got'];
   let tapAfd: number;
   let tapBfd: number;
   let ifA: { tap: number; punt: number };
@@ -84,9 +63,10 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     topo.exec('hb', 'ethtool', ['-K', 'vnbdu1', 'gro', 'on']);
     sh('ethtool', ['-K', 'vnbdu0', 'gro', 'on']);
     // a's TAP and b's (opened here, then moved to b: the fd stays this process's)
-    const ta = io.tapOpen('vnbdt0', { vnetHdr: true });
-    const tb = io.tapOpen('vnbdt1', { vnetHdr: true });
-    fds.push(ta.fd, tb.fd);
+    const ta = vnetTap('vnbdt0');
+    taps.push(ta);
+    const tb = vnetTap('vnbdt1');
+    taps.push(tb);
     tapAfd = ta.fd;
     tapBfd = tb.fd;
     sh('ip', ['link', 'set', 'vnbdt1', 'netns', topo.ns('hb')]);
@@ -118,11 +98,14 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
 
     const pa = io.packetOpen('vnbdp0');
     fds.push(pa.fd);
-    readers.push((tapA = reader(ta.fd, true)), (tapB = reader(tb.fd, true)), (puntA = reader(pa.fd, false)));
+    const pr = fdReader(pa.fd, 0);
+    readers.push(pr);
+    [tapA, tapB, puntA] = [ta.vm.received() as FdReader['got'], tb.vm.received() as FdReader['got'], pr.got];
   });
 
   after(async () => {
-    for (const r of readers) r.close();
+    for (const r of readers) r.stop();
+    for (const t of taps) t.close();
     for (const fd of fds) io.close(fd);
     a?.close();
     b?.close();
@@ -136,7 +119,7 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     assert.equal(io.writeFrames(fd, [Buffer.concat([meta, frame])], 1), 1);
   };
   const test = (dst: number, src: number, seq: number): Buffer => makeFrame({ dst: vmMac(dst), src: vmMac(src), sender: src, seq, epoch: 3 }, 300);
-  const ofTest = (r: Reader, seq: number): Buffer | undefined => r.got.find((g) => parseFrame(g.frame)?.seq === seq)?.frame;
+  const ofTest = (r: FdReader['got'], seq: number): Buffer | undefined => r.find((g) => parseFrame(g.frame)?.seq === seq)?.frame;
 
   it('carries frames from TAP to TAP both ways in the kernel, counted per (peer, epoch) on both sides', async () => {
     const ab = test(2, 1, 1);
@@ -147,7 +130,7 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     assert.deepEqual(await until('b→a at a\'s TAP', () => ofTest(tapA, 2), 5000), ba);
     assert.deepEqual([a?.count(B_IP, 3, 'sent'), b?.count(A_IP, 3, 'received'), b?.count(A_IP, 3, 'sent'), a?.count(B_IP, 3, 'received')], [1, 1, 1, 1]);
     assert.deepEqual([a?.stats().txRemote, a?.stats().rxFast, a?.stats().errors], [1, 1, 0]);
-    assert.equal(puntA.got.length, 0, 'nothing punted');
+    assert.equal(puntA.length, 0, 'nothing punted');
   });
 
   it('carries a TCP super-frame whole to the tunnel and GRO-merged to the far TAP; counts are its segments', async () => {
@@ -155,7 +138,7 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     const before = [a?.count(B_IP, 3, 'sent') ?? 0, b?.count(A_IP, 3, 'received') ?? 0];
     const isOurs = (f: Buffer): boolean => f.readUInt16BE(12) === 0x0800 && f.readUInt16BE(14 + 20) === 40000;
     write(tapAfd, sf.frame, sf.meta);
-    const got = (): Buffer[] => tapB.got.filter((g) => isOurs(g.frame)).map((g) => g.frame.subarray(sf.hdrs));
+    const got = (): Buffer[] => tapB.filter((g) => isOurs(g.frame)).map((g) => g.frame.subarray(sf.hdrs));
     await until('the super-frame\'s payload at b\'s TAP', () => got().reduce((n, p) => n + p.length, 0) >= sf.payload.length, 5000);
     assert.deepEqual(Buffer.concat(got()), sf.payload, 'the payload, in order, byte for byte');
     assert.ok(got().length < 20, `fewer frames than segments reach b's TAP (${got().length})`);
@@ -165,11 +148,11 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
   it('hands the switch a frame of another epoch behind its header (late, early), and a VM\'s broadcast through its port', async () => {
     a?.setEpoch(ifA.tap, 4); // a cut first: b's colour 3 is late here
     write(tapBfd, test(1, 2, 10));
-    const late = await until('the late frame at a\'s punt device', () => puntA.got.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 10)?.frame, 5000);
+    const late = await until('the late frame at a\'s punt device', () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 10)?.frame, 5000);
     assert.deepEqual(decodePunt(late), { vni: VNI, colour: 3, reason: 'late', peer: B_IP });
     b?.setEpoch(ifindex('vnbdt1', topo), 5); // b cut twice: colour 5 is early at a (epoch 4)
     write(tapBfd, test(1, 2, 11));
-    const early = await until('the early frame at a\'s punt device', () => puntA.got.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 11)?.frame, 5000);
+    const early = await until('the early frame at a\'s punt device', () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 11)?.frame, 5000);
     assert.deepEqual(decodePunt(early), { vni: VNI, colour: 5, reason: 'early', peer: B_IP });
     assert.deepEqual(early.subarray(PUNT_HEADER_LEN), test(1, 2, 11));
     assert.equal(ofTest(tapA, 10) ?? ofTest(tapA, 11), undefined, 'neither reached a\'s VM in the kernel');
@@ -179,7 +162,7 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     bcast.fill(0xff, 0, 6);
     const sent = a?.stats().txRemote;
     write(tapAfd, bcast);
-    assert.deepEqual(await until('the broadcast at a\'s port device', () => puntA.got.find((g) => parseFrame(g.frame)?.seq === 12)?.frame, 5000), bcast);
+    assert.deepEqual(await until('the broadcast at a\'s port device', () => puntA.find((g) => parseFrame(g.frame)?.seq === 12)?.frame, 5000), bcast);
     assert.equal(a?.stats().txRemote, sent, 'not sent to the peer');
   });
 });
