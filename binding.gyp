@@ -13,7 +13,8 @@
         "switch/native/offload.c",
         "switch/native/offload_napi.c",
         "switch/native/poller.c",
-        "switch/native/poller_read.c"
+        "switch/native/poller_read.c",
+        "switch/native/bpf.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],

@@ -191,13 +191,23 @@ export interface NativeIo {
     onBatch: (count: number) => void,
     opts?: PollerOptions,
   ): Poller;
+  /** A pinned bpf map or program (bpf(BPF_OBJ_GET)); the fd is closed with close(). */
+  bpfObjGet(path: string): number;
+  /** Write one element (flags: 0 any, 1 only new, 2 only existing); false when flags forbid it. */
+  bpfMapUpdate(fd: number, key: Buffer, value: Buffer, flags: number): boolean;
+  /** Read one element into valueOut; false when there is none. */
+  bpfMapLookup(fd: number, key: Buffer, valueOut: Buffer): boolean;
+  /** Delete one element; false when there was none. */
+  bpfMapDelete(fd: number, key: Buffer): boolean;
+  /** Run a program once on `data` (BPF_PROG_TEST_RUN), ctx as its struct __sk_buff; the frame it left in dataOut[0, size). */
+  bpfProgTestRun(fd: number, data: Buffer, ctx: Buffer | null, dataOut: Buffer): { retval: number; size: number };
 }
 
 /**
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 4;
+export const NATIVE_INTERFACE_VERSION = 5;
 
 let loaded: NativeIo | undefined;
 

@@ -12,7 +12,7 @@
  *   cpu      a CPU model name: 1-64 of [A-Za-z0-9_.-] starting with a letter or digit (no
  *            "+feature"/"-feature" lists)
  *   channel  a virtio-serial port name: 1-64 of [A-Za-z0-9_.-] starting with a letter or digit
- *   nic      stream | tap | tap-vnet
+ *   nic      stream | tap | tap-vnet | tap-bpf
  *   monitor  0 | 1
  *   balloon  stats
  *
@@ -28,7 +28,7 @@ export const QEMU_EXTRA: Readonly<Record<string, { re: RegExp; grammar: string }
   machine: { re: /^(q35|pc|microvm|pc-q35-[0-9]{1,2}\.[0-9]{1,2}|pc-i440fx-[0-9]{1,2}\.[0-9]{1,2})$/, grammar: 'q35, pc, microvm, pc-q35-X.Y or pc-i440fx-X.Y' },
   cpu: { re: NAME, grammar: 'a CPU model name (letters, digits, "_", "." or "-")' },
   channel: { re: NAME, grammar: 'a port name (letters, digits, "_", "." or "-")' },
-  nic: { re: /^(stream|tap|tap-vnet)$/, grammar: 'stream, tap or tap-vnet' },
+  nic: { re: /^(stream|tap|tap-vnet|tap-bpf)$/, grammar: 'stream, tap, tap-vnet or tap-bpf' },
   monitor: { re: /^[01]$/, grammar: '0 or 1' },
   balloon: { re: /^stats$/, grammar: 'stats' },
 };

@@ -10,7 +10,8 @@
  *
  * Files: napi_util (errors, arguments), tap, packet, frame_write (TAP/packet writes), udp_sock
  * (UDP sockets and their per-socket state), udp_send (batched send, GSO), offload (segmenting,
- * coalescing, checksums) and offload_napi (its JS faces), poller/poller_read (batched reads).
+ * coalescing, checksums) and offload_napi (its JS faces), poller/poller_read (batched reads),
+ * bpf (the in-kernel data path's maps and test runs).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -32,8 +32,9 @@ struct send_arena;
  * 3: packetOpen's writeOnly option, writeFramesVnet's splitFlushTail option.
  * 4: writeFrames/writeFramesVnet skip a frame the kernel refuses on its own (EMSGSIZE, EINVAL,
  *    ENOMEM, EFAULT) and go on, counting it in opts.refused[0] (writeFrames' new opts argument).
+ * 5: bpfObjGet, bpfMapUpdate, bpfMapLookup, bpfMapDelete, bpfProgTestRun (the in-kernel data path).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 4
+#define VNSNAP_IO_INTERFACE_VERSION 5
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -60,7 +61,9 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(udpOpen, UdpOpen) X(udpSocketStats, UdpSocketStats) X(udpSetNoCheck, UdpSetNoCheck) /* udp_sock.c */ \
   X(udpSend, UdpSend)                                                   /* udp_send.c */      \
   X(gsoSegment, GsoSegment) X(groSplit, GroSplit)                       /* offload_napi.c */  \
-  X(createPoller, CreatePoller)                                         /* poller.c */
+  X(createPoller, CreatePoller)                                         /* poller.c */        \
+  X(bpfObjGet, BpfObjGet) X(bpfMapUpdate, BpfMapUpdate) X(bpfMapLookup, BpfMapLookup)            \
+  X(bpfMapDelete, BpfMapDelete) X(bpfProgTestRun, BpfProgTestRun)       /* bpf.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

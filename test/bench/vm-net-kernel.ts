@@ -10,15 +10,21 @@
  * vnsnap path's only in what is behind the TAP. Everything is named with the Topology's prefix
  * and lives in its namespaces; close() kills the QEMUs and removes the namespaces and files.
  *
- * With dataplane 'bpf' the bridge is replaced by the prototype of vnsnap's in-kernel data path
- * (bpf/vxlan-gbp-redirect.bpf.c; docs/nic-offloads.md "The remaining gap"): a VXLAN device in
- * external mode with GBP and two tc programs that redirect frames between it and the TAP,
- * colouring each with an epoch. It needs clang (the bench installs it when asked for the row).
+ * With dataplane 'bpf' the frames between known guests go through vnsnap's in-kernel data path
+ * instead (switch/bpf/vnsnap-dp.bpf.c, loaded and pinned per host by agent/bpf-dp/loader.ts, its
+ * maps written with switch/bpf-dp/maps.ts: both guests' MACs in the FDB, one epoch): tc programs
+ * on the TAP's and a VXLAN device's ingress (external mode, GBP carrying the epoch colour). What
+ * the program does not decide in the kernel (broadcast: ARP) it leaves to the stack behind the
+ * TAP (the port has no punt device), here the same Linux bridge and a plain VXLAN on another UDP
+ * port, standing in for the switch's flooding; the bench reports how many frames took each way.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
+import { attachDataPath, loadDataPath, unloadDataPath } from '../../agent/bpf-dp/loader';
 import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
+import type { DataPathStats } from '../../switch/bpf-dp/layout';
+import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { stopChild, Topology } from '../support/netns';
 import { FatalWait, until } from '../support/wait';
 import { guestPair, type Direction, type GuestPair, type PairSetup } from './vm-net-measure';
@@ -27,27 +33,31 @@ const UNDERLAY = ['10.79.0.1', '10.79.0.2'] as const;
 const VNI = 100;
 const VXLAN_PORT = 4789;
 const QEMU = 'qemu-system-x86_64';
-/** Behind the TAPs: a Linux bridge (the operator's kernel path), or the in-kernel data path's prototype. */
+/** Behind the TAPs: a Linux bridge (the operator's kernel path), or vnsnap's in-kernel data path. */
 export type KernelDataplane = 'bridge' | 'bpf';
-/** The prototype's program (the source, next to the compiled bench: compiled per host at start). */
-const BPF_SOURCE = path.join(__dirname, '..', '..', '..', 'test', 'bench', 'bpf', 'vxlan-gbp-redirect.bpf.c');
-/** The epoch colour both hosts' programs use (one epoch: no snapshot runs on the prototype). */
+/** The in-kernel data path's UDP port; the bridge's VXLAN (broadcasts on the bpf row) keeps VXLAN_PORT. */
+const BPF_VXLAN_PORT = 4790;
+/** The epoch both hosts' ports are in (one epoch: no snapshot runs on this row). */
 const BPF_EPOCH = 7;
-
 export interface KernelPath {
   guests: GuestPair;
   describe: string;
   /** Frames the sending guest's TAP received from QEMU and the receiving guest's TAP sent to it, so far. */
   frames(dir: Direction): { sent: number; delivered: number };
+  /** The bpf row: each host's in-kernel data path counters (frames the kernel carried, frames left to the bridge). */
+  bpfStats?(): DataPathStats[];
   close(): Promise<void>;
 }
 
 /** Build both hosts and boot one guest on each; resolves once both guests answer on their channels. */
 export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge'): Promise<KernelPath> {
   const qemus: ChildProcess[] = [];
+  const maps: DataPathMaps[] = [];
   const close = async (): Promise<void> => {
     await Promise.all(qemus.map((q) => stopChild(q, 2000)));
+    for (const m of maps.splice(0)) m.close();
     await topo.destroy();
+    if (dataplane === 'bpf') for (const h of ['h1', 'h2']) await unloadDataPath(`${topo.prefix}-${h}`);
   };
   try {
     topo.addNamespace('h1');
@@ -59,13 +69,11 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       const h = `h${i + 1}`;
       const g = setup.guests[i];
       topo.exec(h, 'ip', ['tuntap', 'add', 'dev', 'vmnbtap', 'mode', 'tap', 'vnet_hdr']);
-      if (dataplane === 'bpf') bpfDataplane(topo, h, UNDERLAY[1 - i] as string, path.join(dir, `${h}.bpf.o`));
-      else {
-        topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
-        topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
-        for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
-        topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
-      }
+      topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
+      topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+      for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
+      topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
+      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, UNDERLAY[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac));
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
@@ -87,9 +95,10 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
         const [from, to] = dir === 'a->b' ? ['h1', 'h2'] : ['h2', 'h1'];
         return { sent: tapPackets(topo, from, 'rx'), delivered: tapPackets(topo, to, 'tx') };
       },
+      ...(dataplane === 'bpf' ? { bpfStats: () => maps.map((m) => m.stats()) } : {}),
       describe:
         dataplane === 'bpf'
-          ? `QEMU -netdev tap,vnet_hdr=on (vhost off) → tc bpf (redirect, epoch colour in VXLAN GBP) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500); the prototype of the in-kernel data path`
+          ? `QEMU -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
           : `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
       close,
     };
@@ -100,21 +109,23 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
 }
 
 /**
- * The in-kernel data path's prototype on one host (bpf/vxlan-gbp-redirect.bpf.c, compiled here with
- * clang for this host's interface indexes): a VXLAN device in external mode with GBP, and the two
- * tc programs on the TAP's and the VXLAN device's ingress.
+ * vnsnap's in-kernel data path on one host (module comment): loaded under /sys/fs/bpf/<prefix>-<host>,
+ * attached to the TAP and a VXLAN device in external mode with GBP, the FDB holding both guests.
  */
-function bpfDataplane(topo: Topology, host: string, remote: string, obj: string): void {
-  topo.exec(host, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(VXLAN_PORT)]);
-  for (const l of ['vx0', 'vmnbtap']) topo.exec(host, 'ip', ['link', 'set', l, 'up']);
-  const ifindex = (dev: string): string => topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim();
-  const remoteHex = `0x${remote.split('.').map((x) => Number(x).toString(16).padStart(2, '0')).join('')}`;
-  const defines = [`-DVNI=${VNI}`, `-DREMOTE=${remoteHex}`, `-DEPOCH=${BPF_EPOCH}`, `-DVXIF=${ifindex('vx0')}`, `-DPORTIF=${ifindex('vmnbtap')}`];
-  topo.exec(host, 'clang', ['-O2', '-g', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, ...defines, '-c', BPF_SOURCE, '-o', obj]);
-  for (const [dev, section] of [['vmnbtap', 'tc_out'], ['vx0', 'tc_in']] as const) {
-    topo.exec(host, 'tc', ['qdisc', 'add', 'dev', dev, 'clsact']);
-    topo.exec(host, 'tc', ['filter', 'add', 'dev', dev, 'ingress', 'bpf', 'da', 'obj', obj, 'sec', section]);
-  }
+async function bpfDataplane(topo: Topology, host: string, remote: string, mac: string, peerMac: string): Promise<DataPathMaps> {
+  const ns = topo.ns(host);
+  topo.exec(host, 'ip', ['link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(BPF_VXLAN_PORT)]);
+  topo.exec(host, 'ip', ['link', 'set', 'vxd', 'up']);
+  const ifindex = (dev: string): number => Number(topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim());
+  const dp = await loadDataPath(`${topo.prefix}-${host}`);
+  await attachDataPath(dp, 'vmnbtap', 'vn_tx', ns);
+  await attachDataPath(dp, 'vxd', 'vn_rx', ns);
+  const m = new DataPathMaps(dp.mapsDir);
+  m.setDevices(ifindex('vxd'), 0);
+  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true });
+  m.setFdb(VNI, mac, { ifindex: ifindex('vmnbtap') });
+  m.setFdb(VNI, peerMac, { peer: remote });
+  return m;
 }
 
 /** The packet counter of a host's guest TAP in one direction (rx: from QEMU, tx: to QEMU). */

@@ -20,7 +20,7 @@
  * once a second. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
- *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf-prototype] [--json]
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
  * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
@@ -32,6 +32,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { buildGuest, channelStatus, ensureAptPackages, ensureQemu, guestImageRoots, kernelCmdline, STATUS_CHANNEL_NAME, type GuestImage } from '../guest/qemu-guest';
+import { checkDataPathSupport } from '../../agent/bpf-dp/loader';
+import type { DataPathStats } from '../../switch/bpf-dp/layout';
 import { Cluster } from '../support/cluster';
 import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
@@ -42,7 +44,7 @@ import { busiestThreads, sampleThreads } from './vm-net-threads';
 import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf-prototype] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
@@ -54,10 +56,11 @@ const HELP = `${USAGE}
                   agent's default, on where the kernel has it)
   --extra-nics L  vnsnap NIC modes measured as extra rows besides tap-vnet, comma-separated
                   (tap, stream; default tap,stream; none for no extra row)
-  --bpf-prototype also measure the prototype of the in-kernel data path: the kernel path with
-                  its bridge replaced by two tc bpf programs and VXLAN in external mode with
-                  GBP carrying the epoch colour (docs/nic-offloads.md; installs clang if missing);
-                  a row "bpf_prototype" beside the others
+  --bpf           also measure vnsnap's in-kernel data path (switch/bpf/, as the agent loads it)
+                  between the kernel path's hosts: known guests' frames through tc bpf and VXLAN
+                  in external mode with GBP carrying the epoch colour, broadcasts through the
+                  bridge (docs/nic-offloads.md); a row "bpf_dataplane" beside the others, with the
+                  programs' counters
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...}
@@ -70,12 +73,12 @@ interface Options {
   memoryMib: number;
   extraNics: ExtraNic[];
   tunnelOffload?: boolean;
-  bpfPrototype: boolean;
+  bpf: boolean;
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpfPrototype: false, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -99,7 +102,7 @@ function parseArgs(argv: readonly string[]): Options {
       const v = value();
       if (v !== 'on' && v !== 'off') usage(`--tunnel-offload takes on or off, got ${v}`);
       o.tunnelOffload = v === 'on';
-    } else if (flag === '--bpf-prototype') o.bpfPrototype = true;
+    } else if (flag === '--bpf') o.bpf = true;
     else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') {
       process.stdout.write(`${HELP}\n`);
@@ -199,9 +202,10 @@ function specOf(image: GuestImage, o: Options, nic?: string): (g: PairGuest) => 
   });
 }
 
-/** clang and the BPF headers the prototype row compiles its program with. */
-function ensureClang(): void {
-  ensureAptPackages(['clang'], ['clang', 'libbpf-dev']);
+/** What the in-kernel data path's row needs: bpftool to load it, the object npm install built with clang. */
+async function ensureBpf(): Promise<void> {
+  ensureAptPackages(['clang', 'bpftool'], ['clang', 'libbpf-dev', 'bpftool']);
+  await checkDataPathSupport();
 }
 
 /** Cleanups run in reverse order, once, on the normal end, on failure and on SIGINT/SIGTERM. */
@@ -245,12 +249,14 @@ async function main(): Promise<void> {
   cleanups.push(() => kpath.close());
   const kernel = await measure('kernel', kpath.guests, o, kpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')], frames: (d) => kpath.frames(d) });
   await (cleanups.pop() as () => Promise<void>)();
-  let bpfPrototype: PathResult | undefined;
-  if (o.bpfPrototype) {
-    ensureClang();
+  let bpf: PathResult | undefined;
+  let bpfStats: DataPathStats[] | undefined;
+  if (o.bpf) {
+    await ensureBpf();
     const bpath = await startKernelPath(topo, dir, setupOf(image, o), 'bpf');
     cleanups.push(() => bpath.close());
-    bpfPrototype = await measure('bpf prototype', bpath.guests, o, bpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')], frames: (d) => bpath.frames(d) });
+    bpf = await measure('bpf data path', bpath.guests, o, bpath.describe, { namespaces: [topo.ns('h1'), topo.ns('h2')], frames: (d) => bpath.frames(d) });
+    bpfStats = bpath.bpfStats?.();
     await (cleanups.pop() as () => Promise<void>)();
   }
 
@@ -295,7 +301,7 @@ async function main(): Promise<void> {
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpfPrototype ? { bpfPrototype } : {}) });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}) });
 }
 
 interface Results {
@@ -305,7 +311,9 @@ interface Results {
   during: TcpRun[];
   snaps: { completed: number; failed: string[]; pausesMs: number[] };
   load: [number, number, number][];
-  bpfPrototype?: PathResult;
+  bpf?: PathResult;
+  /** The bpf row's programs' counters, per host. */
+  bpfStats?: DataPathStats[] | undefined;
 }
 
 function pathJson(r: PathResult): Record<string, unknown> {
@@ -342,20 +350,20 @@ function report(o: Options, r: Results): void {
       during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
     },
     ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, { tcp_mbps: round(tcpSummary(p).median), udp64_kpps: round(udpSummary(p).median), cpu_per_gbps: round(cpuSummary(p).median, 2) }])),
-    ...(r.bpfPrototype
-      ? { bpf_prototype: { tcp_mbps: round(tcpSummary(r.bpfPrototype).median), udp64_kpps: round(udpSummary(r.bpfPrototype).median), cpu_per_gbps: round(cpuSummary(r.bpfPrototype).median, 2), tcp_over_kernel: round(tcpSummary(r.bpfPrototype).median / (tcpK || 1), 3) } }
+    ...(r.bpf
+      ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
     settings: { tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
-    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpfPrototype ? { bpf_prototype: pathJson(r.bpfPrototype) } : {}) },
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}) },
   };
   if (o.json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
   }
   const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
-  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpfPrototype ? [['kernel, tc bpf + VXLAN-GBP (prototype)', r.bpfPrototype] as [string, PathResult]] : [])];
+  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : [])];
   console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
   console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
   for (const [name, p] of rows) {

@@ -24,8 +24,8 @@ function refusal(requested: NicMode | undefined, fallback: NicMode, nic?: string
 
 describe('QEMU NIC backend across snapshot and restore', () => {
   it('a VM spec may name every mode (the extra allow-list), and nothing else', () => {
-    for (const nic of ['stream', 'tap', 'tap-vnet']) checkQemuExtra('', { nic });
-    assert.throws(() => checkQemuExtra('', { nic: 'vhost-user' }), /^VnsnapError: qemu\.extra\.nic "vhost-user" is invalid: expected stream, tap or tap-vnet$/);
+    for (const nic of ['stream', 'tap', 'tap-vnet', 'tap-bpf']) checkQemuExtra('', { nic });
+    assert.throws(() => checkQemuExtra('', { nic: 'vhost-user' }), /^VnsnapError: qemu\.extra\.nic "vhost-user" is invalid: expected stream, tap, tap-vnet or tap-bpf$/);
   });
 
   it('a restore uses the mode the image was saved with, whatever the driver default', () => {
@@ -51,6 +51,14 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.equal(restoreNicMode('a', 'tap-vnet', 'stream', image('tap-vnet')), 'tap-vnet');
   });
 
+  it('tap-bpf is tap-vnet\'s twin (vnet_hdr=on): each restores onto the other, never onto tap or stream', () => {
+    assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image('tap-bpf')), 'tap-bpf');
+    assert.equal(restoreNicMode('a', 'tap-vnet', 'tap-vnet', image('tap-bpf')), 'tap-vnet');
+    assert.equal(restoreNicMode('a', 'tap-bpf', 'tap-vnet', image('tap-vnet')), 'tap-bpf');
+    assert.equal(refusal('tap', 'tap', 'tap-bpf'), 'VM a: the snapshot was saved with NIC backend tap-bpf (vnet_hdr=on) and cannot be restored onto nic=tap (vnet_hdr=off); restore it with nic=tap-vnet');
+    assert.equal(refusal('tap-bpf', 'tap', 'stream'), 'VM a: the snapshot was saved with NIC backend stream (vnet_hdr=off) and cannot be restored onto nic=tap-bpf (vnet_hdr=on); restore it with nic=stream or tap');
+  });
+
   it('an image without a record (older snapshots) was saved with vnet_hdr=off', () => {
     assert.equal(restoreNicMode('a', undefined, 'stream', image()), 'stream');
     assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image()), 'tap');
@@ -61,7 +69,7 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.equal(refusal('tap', 'tap', 'tap-vnet'), 'VM a: the snapshot was saved with NIC backend tap-vnet (vnet_hdr=on) and cannot be restored onto nic=tap (vnet_hdr=off); restore it with nic=tap-vnet');
     assert.equal(refusal('stream', 'tap', 'tap-vnet'), 'VM a: the snapshot was saved with NIC backend tap-vnet (vnet_hdr=on) and cannot be restored onto nic=stream (vnet_hdr=off); restore it with nic=tap-vnet');
     assert.equal(refusal('tap-vnet', 'tap', 'stream'), 'VM a: the snapshot was saved with NIC backend stream (vnet_hdr=off) and cannot be restored onto nic=tap-vnet (vnet_hdr=on); restore it with nic=stream or tap');
-    assert.equal(refusal(undefined, 'tap', 'vhost-user'), 'VM a: the snapshot\'s memory image snapshots/s1/a.mem was saved with NIC backend "vhost-user", which this agent does not know (stream, tap, tap-vnet)');
+    assert.equal(refusal(undefined, 'tap', 'vhost-user'), 'VM a: the snapshot\'s memory image snapshots/s1/a.mem was saved with NIC backend "vhost-user", which this agent does not know (stream, tap, tap-vnet, tap-bpf)');
   });
 
   it('a snapshot job records its mode on the memory image and delegates everything else', async () => {

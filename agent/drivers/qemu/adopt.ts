@@ -32,6 +32,7 @@ import { parseDiskChain, type DiskChainRecord, type ProcessIdentity } from '../.
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
 import { isTapMode, NIC_MODES, vmFiles, type NicMode } from './cmdline';
 import { QemuVm, type MigrationInfo } from './process';
+import { dataPathPrefix } from './tap-bpf';
 import { openTapPort } from './vm-veth';
 
 /** The QEMU driver's part of a VM's state record. */
@@ -91,7 +92,7 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   if (isTapMode(st.nic)) {
     if (st.taps.length !== ctx.portNames.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: ${st.taps.length} TAPs for ${ctx.portNames.length} ports`);
     try {
-      for (const [i, t] of st.taps.entries()) ports.push(await openTapPort(ctx.portNames[i] as string, t, st.nic));
+      for (const [i, t] of st.taps.entries()) ports.push(await openTapPort(ctx.portNames[i] as string, t, st.nic, dataPathPrefix(d.workDir)));
     } catch (e) {
       for (const p of ports) p.close();
       throw e;

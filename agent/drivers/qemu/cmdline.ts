@@ -14,12 +14,14 @@
  *   channel=NAME         a virtio-serial port NAME whose host side is a unix socket in the VM's
  *                        directory (inspect(id).channelSock); the test guest's status channel
  *                        is "org.vnsnap.status"
- *   nic=stream|tap|tap-vnet  how the vNICs join the switch (default: the driver's option):
+ *   nic=stream|tap|tap-vnet|tap-bpf  how the vNICs join the switch (default: the driver's option):
  *                        stream = `-netdev stream` to a StreamPort; tap = QEMU's TAP with
  *                        vnet_hdr=off read by a packet socket; tap-vnet = QEMU's TAP with
  *                        vnet_hdr=on read by a packet socket with PACKET_VNET_HDR (PacketPort
  *                        offload): the guest's TSO super-frames and partial checksums reach the
- *                        switch whole (docs/nic-offloads.md). An image saved with one mode loads
+ *                        switch whole (docs/nic-offloads.md); tap-bpf = QEMU as tap-vnet, the
+ *                        TAP's frames through the in-kernel data path's program (agent/drivers/
+ *                        qemu/vm-veth.ts; docs/nic-offloads.md). An image saved with one mode loads
  *                        only with the same one (vnet_hdr is part of the device state).
  *   monitor=1            a second QMP monitor, monitor.sock in the VM's directory, for an
  *                        operator's own tools (the driver keeps qmp.sock to itself; QEMU serves
@@ -44,10 +46,10 @@ import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDr
 import { exec } from '../exec';
 
 export type Accel = 'kvm' | 'tcg';
-export type NicMode = 'stream' | 'tap' | 'tap-vnet';
+export type NicMode = 'stream' | 'tap' | 'tap-vnet' | 'tap-bpf';
 
 /** Every NIC mode, for validation and messages. */
-export const NIC_MODES: readonly NicMode[] = ['stream', 'tap', 'tap-vnet'];
+export const NIC_MODES: readonly NicMode[] = ['stream', 'tap', 'tap-vnet', 'tap-bpf'];
 
 /** Does this mode run QEMU's own TAP (the switch on its host side with a packet socket)? */
 export const isTapMode = (m: NicMode): boolean => m !== 'stream';
@@ -182,7 +184,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     const netdev =
       n.mode === 'stream'
         ? `stream,id=n${i},server=off,addr.type=unix,addr.path=${n.target}`
-        : `tap,id=n${i},ifname=${n.target},script=no,downscript=no,vnet_hdr=${n.mode === 'tap-vnet' ? 'on' : 'off'}`;
+        : `tap,id=n${i},ifname=${n.target},script=no,downscript=no,vnet_hdr=${n.mode === 'tap-vnet' || n.mode === 'tap-bpf' ? 'on' : 'off'}`;
     args.push('-netdev', netdev, '-device', `virtio-net-pci,netdev=n${i},mac=${n.mac},romfile=`);
   });
   if (c.disk) {

@@ -54,6 +54,7 @@ import { loadMemory } from './incoming';
 import { OutgoingMigration as QemuOutgoing, prepareIncoming, resumeIncoming } from './live-migration';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
+import { dataPathPrefix } from './tap-bpf';
 import { openTapPort, removeVmVeth } from './vm-veth';
 import { DEFAULT_HOLD_BYTES } from './page-order';
 import type { ProcessIdentity } from '../../vm-state';
@@ -204,7 +205,7 @@ export class QemuDriver implements HypervisorDriver {
           await exec('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 60_000 });
           vm.taps.push(tap);
           await exec('ip', ['link', 'set', tap, 'up'], { timeoutMs: 60_000 });
-          ports.push(await openTapPort(name, tap, mode));
+          ports.push(await openTapPort(name, tap, mode, dataPathPrefix(this.o.workDir)));
           nics.push({ mode, mac, target: tap });
         }
       }

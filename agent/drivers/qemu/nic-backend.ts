@@ -9,7 +9,8 @@
  * Guarantees: restoreNicMode returns the recorded mode unless the VM's spec names one itself;
  * a named mode is honoured when it has the same vnet_hdr as the recorded one (stream and tap,
  * both vnet_hdr=off, are interchangeable) and refused with ERR_FAILED_PRECONDITION otherwise,
- * before anything is made or spawned. A snapshot without the attribute (older ones) was saved
+ * before anything is made or spawned; tap-vnet and tap-bpf (both vnet_hdr=on, the same QEMU
+ * command line) are interchangeable too. A snapshot without the attribute (older ones) was saved
  * with vnet_hdr=off.
  *
  * New VMs whose spec names no mode get DEFAULT_NIC_MODE, tap-vnet: guest TSO super-frames cross
@@ -29,7 +30,7 @@ export const NIC_ATTRIBUTE = 'nic';
  */
 export const DEFAULT_NIC_MODE: NicMode = 'tap-vnet';
 
-const vnetHdr = (m: NicMode): boolean => m === 'tap-vnet';
+const vnetHdr = (m: NicMode): boolean => m === 'tap-vnet' || m === 'tap-bpf';
 
 /**
  * The NIC mode a restore of `vm` uses (module comment); `requested` is the spec's extra.nic,

@@ -27,6 +27,7 @@ import { VnsnapError } from '../../../proto/core/errors';
 import { PacketPort } from '../../../switch/port/fd-port';
 import { exec } from '../exec';
 import type { NicMode } from './cmdline';
+import { attachTapBpf } from './tap-bpf';
 
 export interface VmVeth {
   /** The switch's end: it writes here. */
@@ -105,9 +106,15 @@ export async function removeVmVeth(tap: string): Promise<void> {
 /**
  * The switch's port on a VM's TAP (driver.ts prepare(), adopt.ts): a packet socket reading the
  * TAP; for tap-vnet with offloads, writing through the TAP's veth pair (made here when missing).
+ * For tap-bpf the in-kernel data path's vn_tx is attached to the TAP (tap-bpf.ts) and the port
+ * reads and writes the pair's `v` end, where the program hands it the TAP's frames.
+ * `dataPathPrefix` names the agent's pinned data path (dataPathPrefix()); tap-bpf only.
  */
-export async function openTapPort(name: string, tap: string, nic: NicMode): Promise<PacketPort> {
-  if (nic !== 'tap-vnet') return new PacketPort(name, tap);
+export async function openTapPort(name: string, tap: string, nic: NicMode, dataPathPrefix?: string): Promise<PacketPort> {
+  if (nic !== 'tap-vnet' && nic !== 'tap-bpf') return new PacketPort(name, tap);
   const v = await ensureVmVeth(tap);
-  return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
+  if (nic === 'tap-vnet') return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
+  if (dataPathPrefix === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `TAP ${tap}: nic tap-bpf needs the agent's data path prefix`);
+  await attachTapBpf(dataPathPrefix, tap, v.sw);
+  return new PacketPort(name, v.sw, undefined, { offload: true, writeIfname: v.sw });
 }

@@ -1,0 +1,95 @@
+/**
+ * The byte layout of the in-kernel data path's maps and punt header (switch/bpf/vnsnap-dp.bpf.c),
+ * in one place, so the program and the switch agree on every byte.
+ *
+ * Guarantees: each encoder returns a Buffer of exactly the map's key/value size, fields in the
+ * host's byte order as the C structs hold them (x86-64 and arm64: little-endian); IPv4 addresses
+ * are held as the kernel's bpf_tunnel_key holds them (host-order numbers, 10.0.0.1 =
+ * 0x0a000001); the punt header is in network order and decodePunt refuses anything without its
+ * magic (null).
+ */
+import { VnsnapError } from '../../proto/core/errors';
+
+/** Port flag: the kernel may carry this port's frames (otherwise all are punted to the switch). */
+export const PORT_FAST = 1;
+/** Counters' direction. */
+export const DIR_SENT = 0;
+export const DIR_RECEIVED = 1;
+/** Why vn_rx punted a frame to the switch (struct vn_punt's reason). */
+export const PUNT_REASONS = ['unknown', 'late', 'early', 'error'] as const;
+export type PuntReason = (typeof PUNT_REASONS)[number];
+/** The program's counters (enum vn_stat). */
+export const STAT_NAMES = ['txRemote', 'txLocal', 'txPunt', 'rxFast', 'rxPunt', 'errors'] as const;
+export type DataPathStats = Record<(typeof STAT_NAMES)[number], number>;
+export const PUNT_HEADER_LEN = 16;
+const PUNT_MAGIC = 0x564e5350;
+
+export interface DpPort {
+  vni: number;
+  /** The port's snapshot epoch; frames carry its low 16 bits as their colour. */
+  epoch: number;
+  /** Where vn_tx punts this port's frames (received there, read by the switch as this port). */
+  puntIfindex: number;
+  /** The kernel may carry its frames (PORT_FAST). */
+  fast: boolean;
+}
+
+/** An FDB entry: a local port (its TAP's ifindex) or a peer host (its underlay IPv4). */
+export type DpDest = { ifindex: number } | { peer: string };
+
+export interface PuntHeader {
+  vni: number;
+  colour: number;
+  reason: PuntReason;
+  /** The sending host's underlay address. */
+  peer: string;
+}
+
+export function ipv4ToNum(ip: string): number {
+  const p = ip.split('.').map(Number);
+  if (p.length !== 4 || p.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `not an IPv4 address: ${ip}`);
+  return ((p[0] as number) * 0x1000000 + (p[1] as number) * 0x10000 + (p[2] as number) * 0x100 + (p[3] as number)) >>> 0;
+}
+
+export const numToIpv4 = (n: number): string => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+
+function macBytes(mac: string): Buffer {
+  const b = Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
+  if (b.length !== 6 || mac.split(':').some((x) => !/^[0-9a-fA-F]{2}$/.test(x))) throw new VnsnapError('ERR_INVALID_ARGUMENT', `not a MAC address: ${mac}`);
+  return b;
+}
+
+const u32s = (...v: number[]): Buffer => {
+  const b = Buffer.alloc(v.length * 4);
+  v.forEach((x, i) => b.writeUInt32LE(x >>> 0, i * 4));
+  return b;
+};
+
+export const u32Key = (n: number): Buffer => u32s(n);
+
+export const encodePort = (p: DpPort): Buffer => u32s(p.vni, p.epoch, p.puntIfindex, p.fast ? PORT_FAST : 0);
+
+export function decodePort(b: Buffer): DpPort {
+  return { vni: b.readUInt32LE(0), epoch: b.readUInt32LE(4), puntIfindex: b.readUInt32LE(8), fast: (b.readUInt32LE(12) & PORT_FAST) !== 0 };
+}
+
+export function encodeFdbKey(vni: number, mac: string): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt32LE(vni, 0);
+  macBytes(mac).copy(b, 4);
+  return b;
+}
+
+export const encodeFdbValue = (d: DpDest): Buffer => ('ifindex' in d ? u32s(d.ifindex, 0) : u32s(0, ipv4ToNum(d.peer)));
+
+export const encodeCountKey = (peer: string, epoch: number, dir: number): Buffer => u32s(ipv4ToNum(peer), epoch, dir);
+
+export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
+
+/** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
+export function decodePunt(frame: Buffer): PuntHeader | null {
+  if (frame.length < PUNT_HEADER_LEN || frame.readUInt32BE(0) !== PUNT_MAGIC) return null;
+  const reason = PUNT_REASONS[frame.readUInt16BE(10)];
+  if (reason === undefined) return null;
+  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, peer: numToIpv4(frame.readUInt32BE(12)) };
+}

@@ -1,0 +1,195 @@
+/*
+ * vnsnap's in-kernel data path for VM NICs (`nic: 'tap-bpf'`, docs/nic-offloads.md "The
+ * in-kernel data path"). Why it exists: a VM's TSO super-frames then cross the host in the
+ * kernel, whole, from QEMU's TAP to a VXLAN device (external mode, Group Based Policy) and from
+ * the far host's VXLAN device to the receiving QEMU's TAP, never copied to user space; the
+ * switch stays the control plane (it fills the maps) and handles what the rules below do not
+ * decide here (punted to it).
+ *
+ * Programs (tc clsact, direct action), compiled at install (switch/bpf/build.sh), loaded and
+ * pinned per agent under /sys/fs/bpf/<prefix>/ (switch/bpf-dp/loader.ts):
+ *   vn_tx  on a VM TAP's ingress (what QEMU sends). Port unknown: TC_ACT_OK (nothing of ours).
+ *          Fast path off, group/broadcast destination, FDB miss → punted whole to the port's
+ *          own device (`punt_ifindex`, the switch reads it as this port; with none, TC_ACT_OK:
+ *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
+ *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (peer, epoch,
+ *          tx) by the datagrams it becomes (segments()), redirected to the VXLAN device. FDB hit, local port of the
+ *          same epoch: redirected to that TAP; of another epoch: punted.
+ *   vn_rx  on the VXLAN device's ingress (decapsulated, GRO-merged). FDB (VNI, dst MAC) names
+ *          a local port whose fast path is on and whose epoch colour equals the frame's: counted
+ *          per (peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
+ *          punted to the switch's punt device with a 16-byte header (struct vn_punt: magic,
+ *          VNI, colour, reason, peer) in front of the Ethernet frame: colour < port epoch is
+ *          LATE (the switch delivers and records it), colour > port epoch EARLY (the switch
+ *          holds it until the port's cut), no local port UNKNOWN (the switch's own rules).
+ *   vn_rx_test  the rules of vn_rx with the tunnel metadata taken from skb->cb[] instead of the
+ *          tunnel key (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
+ *
+ * Guarantees: no frame is dropped here (every path is a redirect or TC_ACT_OK; a helper that
+ * fails punts the frame and counts ST_ERROR); a frame the kernel carries is counted exactly once
+ * per side in `counts`; the colour carried is the low 16 bits of the port's epoch (neighbouring
+ * VMs' epochs differ by at most one during a snapshot, so a signed 16-bit difference orders them
+ * exactly).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define VN_PUNT_MAGIC 0x564e5350u /* "VNSP" */
+#define VN_FAST 1u                /* port flag: the kernel may carry its frames */
+
+enum vn_reason { VN_UNKNOWN = 0, VN_LATE = 1, VN_EARLY = 2, VN_ERROR = 3 };
+enum vn_stat { ST_TX_REMOTE, ST_TX_LOCAL, ST_TX_PUNT, ST_RX_FAST, ST_RX_PUNT, ST_ERROR, ST_N };
+
+struct vn_port { __u32 vni; __u32 epoch; __u32 punt_ifindex; __u32 flags; };
+struct vn_fdb_key { __u32 vni; __u8 mac[6]; __u8 pad[2]; };
+struct vn_fdb_val { __u32 ifindex; __u32 peer; }; /* ifindex != 0: local port; else peer (IPv4, host order) */
+struct vn_count_key { __u32 peer; __u32 epoch; __u32 dir; }; /* dir 0 sent, 1 received */
+struct vn_cfg { __u32 vxlan_ifindex; __u32 punt_ifindex; };
+struct vn_punt { __u32 magic; __u32 vni; __u16 colour; __u16 reason; __u32 peer; }; /* network order */
+struct vxlan_gbp { __u32 gbp; };
+
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct vn_cfg); } vn_cfg SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, struct vn_port); } vn_ports SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, struct vn_fdb_key); __type(value, struct vn_fdb_val); } vn_fdb SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_count_key); __type(value, __u64); } vn_counts SEC(".maps");
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, ST_N); __type(key, __u32); __type(value, __u64); } vn_stats SEC(".maps");
+
+static __always_inline void stat(__u32 i) {
+  __u64 *v = bpf_map_lookup_elem(&vn_stats, &i);
+  if (v) __sync_fetch_and_add(v, 1);
+}
+
+/*
+ * The datagrams a frame is or becomes on the wire: 1, or a super-frame's segments. A GRO-built
+ * skb has gso_segs; one built from a virtio_net_hdr (QEMU's TAP) has gso_size but gso_segs 0
+ * until its transmit computes it, so it is computed here the same way: the payload after the
+ * Ethernet, IP and TCP/UDP headers, in gso_size pieces.
+ */
+static __always_inline __u64 segments(struct __sk_buff *skb) {
+  if (skb->gso_segs > 1) return skb->gso_segs;
+  __u32 mss = skb->gso_size;
+  if (!mss) return 1;
+  __u32 off = ETH_HLEN, l4 = 0;
+  __u8 b[2];
+  if (skb->protocol == bpf_htons(ETH_P_IP)) {
+    if (bpf_skb_load_bytes(skb, off, b, 1) < 0) return 1;
+    if (bpf_skb_load_bytes(skb, off + 9, &b[1], 1) < 0) return 1;
+    l4 = b[1];
+    off += (b[0] & 0x0f) * 4;
+  } else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+    if (bpf_skb_load_bytes(skb, off + 6, &b[1], 1) < 0) return 1;
+    l4 = b[1];
+    off += 40;
+  } else {
+    return 1;
+  }
+  if (l4 == 6) {
+    if (bpf_skb_load_bytes(skb, off + 12, b, 1) < 0) return 1;
+    off += (b[0] >> 4) * 4;
+  } else {
+    off += 8;
+  }
+  if (skb->len <= off) return 1;
+  __u32 n = (skb->len - off + mss - 1) / mss;
+  return n > 1 ? n : 1;
+}
+
+static __always_inline void count(__u32 peer, __u32 epoch, __u32 dir, struct __sk_buff *skb) {
+  struct vn_count_key k = { .peer = peer, .epoch = epoch, .dir = dir };
+  __u64 n = segments(skb);
+  __u64 *v = bpf_map_lookup_elem(&vn_counts, &k);
+  if (v) { __sync_fetch_and_add(v, n); return; }
+  if (bpf_map_update_elem(&vn_counts, &k, &n, BPF_NOEXIST) == 0) return;
+  v = bpf_map_lookup_elem(&vn_counts, &k); /* another CPU made it first */
+  if (v) __sync_fetch_and_add(v, n); else stat(ST_ERROR);
+}
+
+/* The destination MAC, or -1 when the frame is shorter than an Ethernet header. */
+static __always_inline int dst_mac(struct __sk_buff *skb, struct vn_fdb_key *k) {
+  return bpf_skb_load_bytes(skb, 0, k->mac, 6);
+}
+
+static __always_inline int punt_port(const struct vn_port *p) {
+  stat(ST_TX_PUNT);
+  return p->punt_ifindex ? bpf_redirect(p->punt_ifindex, BPF_F_INGRESS) : TC_ACT_OK;
+}
+
+SEC("tc")
+int vn_tx(struct __sk_buff *skb) {
+  __u32 ifi = skb->ingress_ifindex;
+  struct vn_port *p = bpf_map_lookup_elem(&vn_ports, &ifi);
+  if (!p) return TC_ACT_OK;
+  struct vn_fdb_key k = { .vni = p->vni };
+  if (!(p->flags & VN_FAST) || dst_mac(skb, &k) < 0 || (k.mac[0] & 1)) return punt_port(p);
+  struct vn_fdb_val *d = bpf_map_lookup_elem(&vn_fdb, &k);
+  if (!d) return punt_port(p);
+  if (d->ifindex) {
+    __u32 to = d->ifindex;
+    struct vn_port *q = bpf_map_lookup_elem(&vn_ports, &to);
+    if (!q || !(q->flags & VN_FAST) || q->epoch != p->epoch) return punt_port(p);
+    stat(ST_TX_LOCAL);
+    return bpf_redirect(to, 0);
+  }
+  __u32 zero = 0;
+  struct vn_cfg *c = bpf_map_lookup_elem(&vn_cfg, &zero);
+  struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
+  struct vxlan_gbp md = { .gbp = p->epoch & 0xffff };
+  if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
+    stat(ST_ERROR);
+    return punt_port(p);
+  }
+  count(d->peer, p->epoch, 0, skb);
+  stat(ST_TX_REMOTE);
+  return bpf_redirect(c->vxlan_ifindex, 0);
+}
+
+/* Hand the frame to the switch's punt device behind a struct vn_punt. */
+static __always_inline int punt_rx(struct __sk_buff *skb, __u32 vni, __u32 gbp, __u32 peer, __u16 reason) {
+  __u32 zero = 0;
+  struct vn_cfg *c = bpf_map_lookup_elem(&vn_cfg, &zero);
+  struct vn_punt h = { .magic = bpf_htonl(VN_PUNT_MAGIC), .vni = bpf_htonl(vni), .colour = bpf_htons(gbp & 0xffff), .reason = bpf_htons(reason), .peer = bpf_htonl(peer) };
+  stat(ST_RX_PUNT);
+  if (!c || bpf_skb_change_head(skb, sizeof(h), 0) < 0 || bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0) {
+    stat(ST_ERROR);
+    return TC_ACT_OK; /* the frame goes on up the VXLAN device, where nothing takes it */
+  }
+  return bpf_redirect(c->punt_ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline int rx_rules(struct __sk_buff *skb, __u32 vni, __u32 gbp, __u32 peer) {
+  struct vn_fdb_key k = { .vni = vni };
+  if (dst_mac(skb, &k) < 0 || (k.mac[0] & 1)) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
+  struct vn_fdb_val *d = bpf_map_lookup_elem(&vn_fdb, &k);
+  if (!d || !d->ifindex) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
+  __u32 to = d->ifindex;
+  struct vn_port *p = bpf_map_lookup_elem(&vn_ports, &to);
+  if (!p || p->vni != vni || !(p->flags & VN_FAST)) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
+  __s16 delta = (__s16)((__u16)gbp - (__u16)p->epoch);
+  if (delta < 0) return punt_rx(skb, vni, gbp, peer, VN_LATE);
+  if (delta > 0) return punt_rx(skb, vni, gbp, peer, VN_EARLY);
+  count(peer, p->epoch, 1, skb);
+  stat(ST_RX_FAST);
+  return bpf_redirect(to, 0);
+}
+
+SEC("tc")
+int vn_rx(struct __sk_buff *skb) {
+  struct bpf_tunnel_key key = {};
+  struct vxlan_gbp md = {};
+  if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+    stat(ST_ERROR);
+    return punt_rx(skb, 0, 0, 0, VN_ERROR);
+  }
+  if (bpf_skb_get_tunnel_opt(skb, &md, sizeof(md)) < 0) md.gbp = 0; /* no GBP: not one of ours, colour 0 */
+  return rx_rules(skb, key.tunnel_id, md.gbp, key.remote_ipv4);
+}
+
+SEC("tc")
+int vn_rx_test(struct __sk_buff *skb) {
+  return rx_rules(skb, skb->cb[0], skb->cb[1], skb->cb[2]);
+}
+
+char LICENSE[] SEC("license") = "GPL";
