@@ -45,6 +45,7 @@ import { sleep, until } from '../support/wait';
 import { usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
+import { medianWallSplit, wallSplitLine } from './snapshot-wall';
 
 const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]';
 const JSON_OUT = process.argv.includes('--json');
@@ -66,6 +67,7 @@ interface Ev {
   state?: string;
   note?: string;
   done?: BenchSnapshot;
+  timeUnixMs?: string | number;
 }
 
 async function vnsnapSnapshot(c: Cluster, mode: Mode): Promise<{ snap: BenchSnapshot; seconds: number }> {
@@ -216,6 +218,11 @@ async function main(): Promise<void> {
     const snapBytes = median(g.background.sizes);
     const ioFloor = ioFloorSeconds(c.storeDir, snapBytes);
     say(`    I/O floor: ${(snapBytes / 1048576).toFixed(0)} MiB with dd conv=fsync in ${ioFloor.toFixed(2)} s`);
+    // Where the snapshots' wall time went (snapshot-wall.ts), against that floor.
+    for (const m of ['background', 'precopy'] as const) {
+      const w = medianWallSplit(g[m].vms, g[m].vms.length / Math.max(1, g[m].seconds.length), g[m].seconds);
+      if (w) say(`    ${m} wall time (median split): ${wallSplitLine(w)}`);
+    }
 
     // The last precopy snapshot is restored; restore time does not depend on the mode.
     say('    restore: the last precopy snapshot over the running VNE ...');
@@ -224,11 +231,16 @@ async function main(): Promise<void> {
     // "loading N VMs paused" note to its "resumed" note is the slowest VM's own load + resume.
     let loadAt = 0;
     let resumedAt = 0;
+    // The restore's timeline: every note, ms after the command was started (the CLI's start
+    // included), so the time before the load can be told apart (validation, stop, configure).
+    const timeline: string[] = [];
     const rr = await c.cliStream<Ev>(['restore', (g.precopy.last as BenchSnapshot).id, '--stop-running'], (e, ms) => {
+      if (e.note) timeline.push(`      +${String(ms).padStart(5)} ms  ${e.note}`);
       if (e.note && /loading \d+ VMs paused/.test(e.note)) loadAt = ms;
       if (e.note && /VMs resumed/.test(e.note)) resumedAt = ms;
     }).done;
     const restoreS = (Date.now() - t0) / 1000;
+    for (const l of timeline) say(l);
     if (rr.code !== 0) throw new Error(`restore failed: ${rr.stderr.trim()}`);
     const singleVm = loadAt && resumedAt ? (resumedAt - loadAt) / 1000 : 0;
     try {
