@@ -513,7 +513,17 @@ describe('coordinator service: an agent away, and back', () => {
       (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === 'agent "h3" (--place-lost) is unknown',
     );
     await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, placeLost: 'h1' }, (e) => events.push(e));
-    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:configureVne', 'h1:restorePrepare', 'h1:restoreResume']);
+    // Both VMs now on h1: validated side by side, one ValidateArtefacts per VM, each with that VM's artefacts only.
+    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:validateArtefacts', 'h1:configureVne', 'h1:restorePrepare', 'h1:restoreResume']);
+    const validations = s.agents.sent.filter((c) => c.name === 'validateArtefacts');
+    assert.deepEqual(
+      validations.map((c) => c.body.validateArtefacts?.artefacts?.map((a) => a.path)),
+      [
+        ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan'],
+        ['snapshots/blue-s1/vm2.mem', 'snapshots/blue-s1/vm2/port0.chan'],
+      ],
+    );
+    assert.equal(validations[0]?.turn, validations[1]?.turn, 'sent in the same turn: read side by side');
     assert.deepEqual(
       events.flatMap((e) => (e.note?.includes('fenced') ? [e.note] : [])),
       ['restore: fenced vm2 on h2 (host unreachable): never to run again under generation 1; stopped when the host returns'],
