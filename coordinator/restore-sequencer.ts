@@ -12,7 +12,8 @@
  *      refused (FAILED_PRECONDITION naming the agents when the VNE is DEGRADED).
  *   2. When the restore would touch something before its VMs are loaded (VMs that run, in place
  *      or moving; kept disks to discard; instances to fence: the VNE is not DEFINED),
- *      ValidateArtefacts on every agent of the new placement (its VMs' artefacts, read in full).
+ *      ValidateArtefacts on every agent of the new placement (its VMs' artefacts, read in full;
+ *      one command per VM, all at once, so an agent's VMs are read side by side).
  *      Any problem ends the restore here with nothing touched (DATA_LOSS listing the problems).
  *      A DEFINED VNE (nothing runs, nothing kept) skips that separate read: RestorePrepare
  *      refuses early unless every artefact is present with its size, and every image is
@@ -73,8 +74,8 @@ interface Plan {
   placement: Record<string, string>;
   /** agent → its VMs' restore records. */
   byAgent: Map<string, RestoreVm[]>;
-  /** agent → artefacts it validates. */
-  artefactsByAgent: Map<string, Artefact__Output[]>;
+  /** agent → the artefacts it validates, one list per VM (validated at once: one ValidateArtefacts each). */
+  artefactsByAgent: Map<string, Artefact__Output[][]>;
   /** Running VMs to stop on their current agent first (they move or are not in the snapshot). */
   toStop: { agent: string; vm: string }[];
   /** Running instances on unreachable agents, fenced by this restore (never to run again). */
@@ -131,12 +132,11 @@ export class RestoreSequencer {
     let stopped = false;
     try {
       // 2. Validate before touching anything; with nothing to touch, verified while loading (module comment).
-      const nArtefacts = [...plan.artefactsByAgent.values()].reduce((n, l) => n + l.length, 0);
+      const nArtefacts = [...plan.artefactsByAgent.values()].flat().reduce((n, l) => n + l.length, 0);
       const onAgents = `${agents.length} agent${agents.length === 1 ? '' : 's'}`;
       if (prevState !== 'VNE_STATE_DEFINED' || plan.toStop.length > 0 || plan.fenced.length > 0 || catalog.disks.kept(vneName).size > 0) {
         emit({ note: `restore: validating ${nArtefacts} artefacts on ${onAgents}` });
-        const validated = await onAll(agents, (a) => ({ validateArtefacts: { artefacts: plan.artefactsByAgent.get(a) ?? [] } }));
-        const problems = [...validated].flatMap(([a, r]) => (r.validate?.problems ?? []).map((p) => `${a}: ${p}`));
+        const problems = await this.validate(plan, (a, body) => sendOk(this.deps.agents, a, body, { signal: ac.signal, timeoutMs: 0 }));
         if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
       } else emit({ note: `restore: nothing runs; ${nArtefacts} artefacts verified while loading on ${onAgents}` });
 
@@ -223,6 +223,20 @@ export class RestoreSequencer {
     }
   }
 
+  /**
+   * Step 2's full read: every VM's artefacts validated on its agent, all VMs at once (one
+   * ValidateArtefacts per VM, so an agent reads its VMs' images side by side instead of one after
+   * another: a remote store's latency overlaps, and local reads overlap the hashing). The problems
+   * as "agent: problem" lines, in placement order (agents, then their VMs, as planned).
+   */
+  private async validate(plan: Plan, send: (agent: string, body: CommandBody) => Promise<Result__Output>): Promise<string[]> {
+    const jobs = [...plan.artefactsByAgent].flatMap(([a, perVm]) => perVm.map((artefacts) => ({ a, artefacts })));
+    const settled = await Promise.allSettled(jobs.map((j) => send(j.a, { validateArtefacts: { artefacts: j.artefacts } })));
+    const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    return settled.flatMap((s, i) => ((s as PromiseFulfilledResult<Result__Output>).value.validate?.problems ?? []).map((p) => `${jobs[i]?.a}: ${p}`));
+  }
+
   private claimable(vneName: string, req: RestoreRequest, snapshotId: string): Vne__Output {
     const vne = this.deps.catalog.getVne(vneName);
     if (!vne) throw new VnsnapError('ERR_NOT_FOUND', `VNE "${vneName}" of snapshot ${snapshotId} does not exist`);
@@ -286,7 +300,7 @@ export class RestoreSequencer {
 
     // The artefacts of each VM, validated by and loaded on its new agent.
     const byAgent = new Map<string, RestoreVm[]>();
-    const artefactsByAgent = new Map<string, Artefact__Output[]>();
+    const artefactsByAgent = new Map<string, Artefact__Output[][]>();
     const byVm = new Map<string, Artefact__Output[]>();
     for (const a of body.artefacts) {
       const vm = artefactVm(a, vms, snapshot.manifestPath.replace(/[^/]*$/, ''), snapshot.vne);
@@ -303,7 +317,7 @@ export class RestoreSequencer {
       // An older snapshot's one whole-disk image also goes in `disk` (what agents before disk layers read).
       const whole = diskLayers.length === 1 && diskLayers[0]?.attributes?.layer === undefined ? { disk: diskLayers[0] } : {};
       byAgent.set(agent, [...(byAgent.get(agent) ?? []), { vm: { ...vm, host: agent }, memory, ...whole, diskLayers, channel }]);
-      artefactsByAgent.set(agent, [...(artefactsByAgent.get(agent) ?? []), ...mine]);
+      artefactsByAgent.set(agent, [...(artefactsByAgent.get(agent) ?? []), mine]);
     }
 
     // Running VMs that must stop first because they will not be restored on the same agent.

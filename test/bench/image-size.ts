@@ -17,7 +17,9 @@
  *                                  the RAM dumped at the cut: the image against all of the above
  *
  * Run alone (as root): `node dist/test/bench/image-size.js` measures the distro guest with and
- * without init_on_free and prints one JSON object per run.
+ * without init_on_free and prints one JSON object per run; `--ram MiB` and `--load MiB` size the VM
+ * and its workload's memory (default 192 and 16), `--zero-freed-only` skips the run without
+ * init_on_free.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -119,7 +121,7 @@ export interface ImageMeasurement {
 }
 
 /** One distro guest: boot, settle `settleMs`, read its memory, take a background snapshot with a RAM dump at the cut. */
-export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boolean; settleMs?: number; root?: string }): Promise<ImageMeasurement> {
+export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boolean; settleMs?: number; root?: string; ramMib?: number; loadMib?: number }): Promise<ImageMeasurement> {
   const root = o.root ?? `/tmp/vnim-${process.pid}`;
   const vne = 'vnim';
   fs.mkdirSync(root, { recursive: true });
@@ -129,7 +131,7 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
   const id = `${vne}/g`;
   try {
     const disk = distroOverlay(image, path.join(root, `g-${o.zeroFreed ? 'z' : 'n'}.qcow2`));
-    const spec = distroSpec(image, vne, 'g', { disk, params: { ip: '192.168.79.1/24', memMiB: 16, memRateMiB: 4, diskRate: 20 }, zeroFreed: o.zeroFreed, balloonStats: true });
+    const spec = distroSpec(image, vne, 'g', { disk, params: { ip: '192.168.79.1/24', memMiB: o.loadMib ?? 16, memRateMiB: 4, diskRate: 20 }, zeroFreed: o.zeroFreed, balloonStats: true, ...(o.ramMib ? { memMib: o.ramMib } : {}) });
     await driver.start(spec, { portNames: [`${vne}/g/0`], log: silentLogger() });
     const sock = driver.inspect(id)?.channelSock as string;
     await until('the distro guest answering on its status channel', () => channelStatus(sock, 5000).catch(() => undefined), { timeoutMs: 400_000, everyMs: 2000 });
@@ -166,7 +168,18 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('image-size needs root (QEMU, the guest image cache)');
   ensureQemu();
   const image = buildDistroGuest();
-  for (const zeroFreed of [false, true]) console.log(JSON.stringify(await measureDistroImage(image, { zeroFreed })));
+  const num = (flag: string): number | undefined => {
+    const i = process.argv.indexOf(flag);
+    if (i < 0) return undefined;
+    const v = Number(process.argv[i + 1]);
+    if (!Number.isInteger(v) || v < 1) throw new Error(`${flag} needs a whole number of MiB ≥ 1`);
+    return v;
+  };
+  // --ram MiB (the VM's RAM) and --load MiB (the guest workload's memory): the same measurement
+  // with more memory in use, so the fixed part of the image above it can be told from the rest.
+  const sized = { ...(num('--ram') ? { ramMib: num('--ram') } : {}), ...(num('--load') ? { loadMib: num('--load') } : {}) };
+  const modes = process.argv.includes('--zero-freed-only') ? [true] : [false, true];
+  for (const zeroFreed of modes) console.log(JSON.stringify(await measureDistroImage(image, { zeroFreed, ...sized })));
 }
 
 if (require.main === module) {

@@ -505,6 +505,19 @@ describe('coordinator service: an agent away, and back', () => {
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_FAILED');
   });
 
+  it("lost-host restore onto one agent: one VM's bad artefacts, validated beside the other VM's, refuse it with nothing touched", async () => {
+    const { s, snap } = await degraded();
+    // One VM's artefacts bad, validated beside the other's on the same agent: refused before anything is touched.
+    s.agents.on('validateArtefacts', (_a, body) => ok({ payload: 'validate', validate: { problems: body.validateArtefacts?.artefacts?.some((x) => x.path?.endsWith('vm2.mem')) ? ['snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected'] : [] } }));
+    await assert.rejects(
+      s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, placeLost: 'h1' }, () => undefined),
+      (e) => isVnsnapError(e, 'ERR_DATA_LOSS') && e.message === 'snapshot blue-s1 cannot be restored, its artefacts are invalid: h1: snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected',
+    );
+    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:validateArtefacts']);
+    const untouched = await s.svc.getVne({ name: 'blue' });
+    assert.deepEqual([untouched.state, untouched.generation, untouched.placement, untouched.fenced], ['VNE_STATE_DEGRADED', 1, { vm1: 'h1', vm2: 'h2' }, []]);
+  });
+
   it('lost-host restore with place_lost: the lost VMs restored on that host, their old instances fenced, stopped when the host returns', async () => {
     const { s, snap, seen } = await degraded();
     const events: SnapshotEvent[] = [];
@@ -513,7 +526,17 @@ describe('coordinator service: an agent away, and back', () => {
       (e) => isVnsnapError(e, 'ERR_NOT_FOUND') && e.message === 'agent "h3" (--place-lost) is unknown',
     );
     await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0, placeLost: 'h1' }, (e) => events.push(e));
-    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:configureVne', 'h1:restorePrepare', 'h1:restoreResume']);
+    // Both VMs now on h1: validated side by side, one ValidateArtefacts per VM, each with that VM's artefacts only.
+    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h1:validateArtefacts', 'h1:configureVne', 'h1:restorePrepare', 'h1:restoreResume']);
+    const validations = s.agents.sent.filter((c) => c.name === 'validateArtefacts');
+    assert.deepEqual(
+      validations.map((c) => c.body.validateArtefacts?.artefacts?.map((a) => a.path)),
+      [
+        ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan'],
+        ['snapshots/blue-s1/vm2.mem', 'snapshots/blue-s1/vm2/port0.chan'],
+      ],
+    );
+    assert.equal(validations[0]?.turn, validations[1]?.turn, 'sent in the same turn: read side by side');
     assert.deepEqual(
       events.flatMap((e) => (e.note?.includes('fenced') ? [e.note] : [])),
       ['restore: fenced vm2 on h2 (host unreachable): never to run again under generation 1; stopped when the host returns'],
