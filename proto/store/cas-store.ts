@@ -302,6 +302,11 @@ export class CasStore implements SnapshotStore {
     await this.backend.delete(indexKey(checkPath(relPath)));
   }
 
+  /** Close the backend (an S3 client's sockets, which otherwise stay open until the process ends). */
+  close(): void {
+    this.backend.close?.();
+  }
+
   async deleteByPrefix(prefix: string): Promise<number> {
     const paths = await this.list(prefix);
     for (const p of paths) await this.backend.delete(indexKey(p));
