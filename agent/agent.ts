@@ -233,6 +233,7 @@ export class Agent extends EventEmitter implements Startable {
     }
     this.sw?.stop();
     this.sw = undefined;
+    if (this.store instanceof StoreHandle) this.store.close(); // the store it opened itself (an S3 client's sockets)
     this.metrics.connected.set(0);
     this.log.info('agent stopped');
   }

@@ -12,11 +12,19 @@
  *                     ERR_CHECKSUM naming the artefact, raised before the stream's end.
  *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
  *                     memory images are verifiedRead / a checked get; everything else passes through
- *                     (disk layers are checked by the driver's own chain rebuild).
+ *                     (disk layers are checked by the driver's own chain rebuild). The first read()
+ *                     of any artefact (a driver rebuilding a disk chain, or loading a memory image)
+ *                     starts reading every checked image ahead (proto/store/read-ahead.ts, at most
+ *                     READ_AHEAD_BYTES each), so a VM's memory image is read while its disk layers
+ *                     are; get() alone (channel state) starts nothing.
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
+import { readAhead } from '../proto/store/read-ahead';
 import type { SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+
+/** Bytes of each checked memory image read ahead of the driver (docs/storage.md, "Reading"). */
+export const READ_AHEAD_BYTES = 16 << 20;
 
 export type Expected = Pick<StoredArtefact, 'path' | 'size' | 'sha256'>;
 
@@ -63,14 +71,20 @@ export async function* verifiedRead(source: AsyncIterable<Buffer>, a: Expected):
 }
 
 /** `store` with read() and get() of the `checked` artefacts verified (module comment). */
-export function verifyingStore(store: SnapshotStore, checked: readonly Expected[]): SnapshotStore {
+export function verifyingStore(store: SnapshotStore, checked: readonly Expected[], aheadBytes = READ_AHEAD_BYTES): SnapshotStore {
   const byPath = new Map(checked.map((a) => [a.path, a]));
+  /** Reads started ahead, each taken by the first read() of its path; null until the first read(). */
+  let ahead: Map<string, AsyncIterable<Buffer>> | null = null;
   return new Proxy(store, {
     get(target, prop, receiver) {
       if (prop === 'read') {
         return (p: string): AsyncIterable<Buffer> => {
+          ahead ??= new Map([...byPath.keys()].filter((q) => q !== p).map((q) => [q, readAhead(target.read(q), aheadBytes)]));
           const a = byPath.get(p);
-          return a ? verifiedRead(target.read(p), a) : target.read(p);
+          const early = ahead.get(p);
+          ahead.delete(p);
+          const source = early ?? target.read(p);
+          return a ? verifiedRead(source, a) : source;
         };
       }
       if (prop === 'get') {

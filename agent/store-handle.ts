@@ -12,6 +12,7 @@
  *     not the first snapshot.
  *   - Before open() every call is ERR_STATE (a rejected promise, never a synchronous throw).
  *   - describe is describeStore() of the config: safe to log (no credentials).
+ *   - close() closes the opened store (an S3 client's sockets) when the agent stops.
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
@@ -69,5 +70,11 @@ export class StoreHandle implements SnapshotStore {
   }
   async deleteByPrefix(prefix: string): Promise<number> {
     return this.store.deleteByPrefix(prefix);
+  }
+  /** Close the opened store (idempotent); a later call is ERR_STATE like one before open(). */
+  close(): void {
+    const s = this.opened;
+    this.opened = undefined;
+    s?.close?.();
   }
 }

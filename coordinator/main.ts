@@ -173,10 +173,14 @@ async function rebuild(config: CoordinatorConfig, force: boolean): Promise<numbe
   try {
     const storeConfig = configuredStore(config);
     const store = await openStore(storeConfig);
-    const name = describeStore(storeConfig);
-    const r = await rebuildCatalog(catalog, store, { force });
-    process.stdout.write(describeRebuild(r, { db: config.db, store: name }));
-    return r.problems.length > 0 ? 3 : 0;
+    try {
+      const name = describeStore(storeConfig);
+      const r = await rebuildCatalog(catalog, store, { force });
+      process.stdout.write(describeRebuild(r, { db: config.db, store: name }));
+      return r.problems.length > 0 ? 3 : 0;
+    } finally {
+      store.close?.();
+    }
   } finally {
     catalog.close();
   }

@@ -239,6 +239,7 @@ export class CoordinatorServer implements Startable {
       });
     }
     this.catalog?.close();
+    this.store?.close?.(); // an S3 client's sockets
     log.info('coordinator stopped');
   }
 }

@@ -11,16 +11,21 @@
  * artefact's own size and SHA-256 and the chunker that cut it. In format 2 each chunk also names
  * where it was stored (a pack and the offset in it), so a reader needs no global map and can read
  * neighbouring chunks of a pack in one ranged request; a chunk without a location is a chunk
- * object of layout 1. Format 1 (every chunk its own object) is still read. It is written only
+ * object of layout 1. Format 3 (written only when a chunk is stored compressed: chunk-codec.ts)
+ * adds entries [sha256, size, pack, offset, codec, stored bytes]. Formats 1 (every chunk its own
+ * object) and 2 are still read, and written when they suffice. It is written only
  * after every chunk it names is stored, so an index never names a chunk that was never written;
  * an artefact without its index does not exist. decodeIndex() refuses an index of another
  * format (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
  */
 import { VnsnapError } from '../core/errors';
 import type { ChunkerParams } from './chunker';
+import { isCodec, type Codec } from './chunk-codec';
 
 export const INDEX_FORMAT_1 = 'vnsnap-cas-index/1';
-export const INDEX_FORMAT = 'vnsnap-cas-index/2';
+export const INDEX_FORMAT_2 = 'vnsnap-cas-index/2';
+export const INDEX_FORMAT = 'vnsnap-cas-index/3';
+const READ_FORMATS = [INDEX_FORMAT, INDEX_FORMAT_2, INDEX_FORMAT_1];
 export const CHUNK_PREFIX = 'chunks/';
 export const ARTEFACT_PREFIX = 'artefacts/';
 const INDEX_SUFFIX = '.idx';
@@ -32,7 +37,13 @@ export interface ChunkRef {
   /** The pack (its SHA-256) and byte offset in it; absent for a chunk object (layout 1). */
   pack?: string;
   offset?: number;
+  /** How the chunk is stored in its pack (chunk-codec.ts), and the bytes it takes there; absent: plain, `size` bytes. */
+  codec?: Codec;
+  stored?: number;
 }
+
+/** The bytes a chunk takes where it is stored. */
+export const storedSize = (c: ChunkRef): number => (c.codec ? (c.stored as number) : c.size);
 
 export interface ArtefactIndex {
   path: string;
@@ -61,7 +72,8 @@ export function pathOfIndexKey(key: string): string | null {
 
 /**
  * Format 1 when no chunk is in a pack (what readers before packs understand), else format 2:
- * "packs" lists the packs once, each chunk is [sha256, size] or [sha256, size, pack number, offset].
+ * "packs" lists the packs once, each chunk is [sha256, size] or [sha256, size, pack number, offset];
+ * format 3 when a chunk is compressed: its entry is [sha256, size, pack number, offset, codec, stored].
  */
 export function encodeIndex(i: ArtefactIndex): Buffer {
   const head = { path: i.path, size: i.size, sha256: i.sha256, chunker: i.chunker };
@@ -71,9 +83,10 @@ export function encodeIndex(i: ArtefactIndex): Buffer {
     if (c.pack === undefined) return [c.sha256, c.size];
     let n = packs.get(c.pack);
     if (n === undefined) packs.set(c.pack, (n = packs.size));
-    return [c.sha256, c.size, n, c.offset ?? 0];
+    return c.codec ? [c.sha256, c.size, n, c.offset ?? 0, c.codec, c.stored] : [c.sha256, c.size, n, c.offset ?? 0];
   });
-  return Buffer.from(JSON.stringify({ format: INDEX_FORMAT, ...head, packs: [...packs.keys()], chunks }));
+  const format = i.chunks.some((c) => c.codec) ? INDEX_FORMAT : INDEX_FORMAT_2;
+  return Buffer.from(JSON.stringify({ format, ...head, packs: [...packs.keys()], chunks }));
 }
 
 const SHA = /^[0-9a-f]{64}$/;
@@ -97,10 +110,11 @@ export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
     throw new VnsnapError('ERR_DATA_LOSS', `artefact ${relPath}: its index is damaged (${why})`);
   };
   const o = parseObject(data, damaged);
-  if (o.format !== INDEX_FORMAT && o.format !== INDEX_FORMAT_1) {
-    throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is neither ${INDEX_FORMAT} nor ${INDEX_FORMAT_1}; this vnsnap is older than the store, upgrade it`);
+  if (!READ_FORMATS.includes(o.format as string)) {
+    throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is none of ${READ_FORMATS.join(', ')}; this vnsnap is older than the store, upgrade it`);
   }
-  const packs = o.format === INDEX_FORMAT ? o.packs : [];
+  const packs = o.format === INDEX_FORMAT_1 ? [] : o.packs;
+  const v3 = o.format === INDEX_FORMAT;
   if (!Array.isArray(packs) || !packs.every((p) => typeof p === 'string' && SHA.test(p))) damaged('bad pack list');
   if (o.path !== relPath) damaged(`it names ${JSON.stringify(o.path)}`);
   if (!isSize(o.size) || typeof o.sha256 !== 'string' || !SHA.test(o.sha256)) damaged('bad size or SHA-256');
@@ -109,10 +123,13 @@ export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
   let total = 0;
   for (const c of o.chunks as unknown[]) {
     if (!Array.isArray(c) || typeof c[0] !== 'string' || !SHA.test(c[0]) || !isSize(c[1])) damaged(`bad chunk entry ${chunks.length + 1}`);
-    const [sha256, size, n, offset] = c as [string, number, unknown, unknown];
+    const [sha256, size, n, offset, codec, stored] = c as [string, number, unknown, unknown, unknown, unknown];
     const len = (c as unknown[]).length;
+    const located = (len === 4 || len === 6) && isSize(n) && n < (packs as string[]).length && isSize(offset);
     if (len === 2) chunks.push({ sha256, size });
-    else if (len === 4 && isSize(n) && n < (packs as string[]).length && isSize(offset)) chunks.push({ sha256, size, pack: (packs as string[])[n] as string, offset });
+    else if (located && len === 4) chunks.push({ sha256, size, pack: (packs as string[])[n] as string, offset });
+    else if (located && v3 && !isCodec(codec)) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: chunk ${chunks.length + 1} is stored with codec ${JSON.stringify(codec)}, unknown to this vnsnap; upgrade it`);
+    else if (located && v3 && isSize(stored)) chunks.push({ sha256, size, pack: (packs as string[])[n] as string, offset, codec: codec as Codec, stored });
     else damaged(`bad chunk entry ${chunks.length + 1}`);
     total += size;
   }

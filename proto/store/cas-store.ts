@@ -32,6 +32,7 @@ import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
+import type { Codec } from './chunk-codec';
 import { decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
@@ -55,9 +56,11 @@ export interface PackOptions {
   rangeBytes?: number;
   /** Bytes a reader requests ahead of its consumer (default 16 MiB). */
   aheadBytes?: number;
+  /** How new chunks are compressed (chunk-codec.ts; default deflate), or 'none'. */
+  compress?: Codec | 'none';
 }
 
-export const DEFAULT_PACK: Required<PackOptions> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20 };
+export const DEFAULT_PACK: Required<PackOptions> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20, compress: 'deflate' };
 
 export interface CasStoreOptions {
   /** Chunker parameters for new artefacts (default DEFAULT_CHUNKER). */
@@ -117,7 +120,7 @@ export class CasStore implements SnapshotStore {
       splitter: new Chunker(this.chunker),
       chunker: this.chunker,
       concurrency: this.concurrency,
-      ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads } } : {}),
+      ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads, ...(this.pack.compress !== 'none' ? { codec: this.pack.compress } : {}) } } : {}),
       guard: (what) => session.held(what),
       done: () => this.leave(),
     });
@@ -297,6 +300,11 @@ export class CasStore implements SnapshotStore {
 
   async delete(relPath: string): Promise<void> {
     await this.backend.delete(indexKey(checkPath(relPath)));
+  }
+
+  /** Close the backend (an S3 client's sockets, which otherwise stay open until the process ends). */
+  close(): void {
+    this.backend.close?.();
   }
 
   async deleteByPrefix(prefix: string): Promise<number> {

@@ -26,6 +26,7 @@
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerParams, ChunkSplitter } from './chunker';
+import type { Codec } from './chunk-codec';
 import { chunkKey, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
@@ -45,7 +46,7 @@ export interface CasWriterOptions {
   chunker: ChunkerParams;
   concurrency: number;
   /** Store new chunks in packs of about targetBytes, `uploads` in flight (not `concurrency`), registered in map; else one object per chunk. */
-  packs?: { map: PackMap; targetBytes: number; uploads: number };
+  packs?: { map: PackMap; targetBytes: number; uploads: number; codec?: Codec };
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
@@ -73,7 +74,7 @@ export class CasWriter implements ArtefactWriter {
     readonly path: string,
     private readonly o: CasWriterOptions,
   ) {
-    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes) : null;
+    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec) : null;
   }
 
   get bytes(): number {

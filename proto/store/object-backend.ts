@@ -58,6 +58,8 @@ export interface ObjectBackend {
   listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
+  /** Release what the backend holds open (an S3 client's sockets); it is unusable afterwards. */
+  close?(): void;
 }
 
 /** The bytes of a committed object, or null when it is absent (deleted since it was listed). */

@@ -7,7 +7,10 @@
  *   packtabs/<xx>/<id>   the pack's table of contents (JSON below), put after the pack
  *
  * A table is {"format":"vnsnap-pack-table/1","pack":<id>,"size":N,"chunks":[[sha256,offset,size],…]}:
- * every chunk of the pack, in pack order, its entries tiling the pack exactly. The table is a
+ * every chunk of the pack, in pack order, its entries tiling the pack exactly (size: the bytes in
+ * the pack). Format 2 (written only when a chunk of the pack is compressed: chunk-codec.ts) adds
+ * entries [sha256,offset,stored,codec,size] for a chunk stored compressed, `size` being the
+ * chunk's own size; format 1 tables are read as before. The table is a
  * small separate object so that the chunks a store holds can be learned by listing and reading
  * tables, without reading a pack. Guarantees: a table is put only once its pack is stored, so a
  * table never names a pack that was never written (a pack without a table is debris of a writer
@@ -17,16 +20,23 @@
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
 import { chunkKey, parseObject, type ChunkRef } from './cas-index';
+import { isCodec, type Codec, type EncodedChunk } from './chunk-codec';
 
 export const PACK_PREFIX = 'packs/';
 export const TABLE_PREFIX = 'packtabs/';
-export const TABLE_FORMAT = 'vnsnap-pack-table/1';
+export const TABLE_FORMAT_1 = 'vnsnap-pack-table/1';
+export const TABLE_FORMAT = 'vnsnap-pack-table/2';
 
 /** One chunk in a pack. */
 export interface PackEntry {
   sha256: string;
   offset: number;
+  /** Bytes in the pack. */
   size: number;
+  /** How those bytes encode the chunk (chunk-codec.ts); absent: they are the chunk. */
+  codec?: Codec;
+  /** The chunk's own size, when codec is set. */
+  raw?: number;
 }
 
 export interface PackTable {
@@ -60,21 +70,26 @@ export interface SealedPack {
   table: PackTable;
 }
 
-/** Concatenate chunks (already hashed) into a pack with its table. */
-export function sealPack(chunks: { sha256: string; data: Buffer }[]): SealedPack {
+/** A chunk going into a pack: its SHA-256, stored bytes and codec, and its own size when encoded. */
+export type PackInput = EncodedChunk & { sha256: string; raw?: number };
+
+/** Concatenate chunks (already hashed, maybe encoded) into a pack with its table. */
+export function sealPack(chunks: PackInput[]): SealedPack {
   const data = Buffer.concat(chunks.map((c) => c.data));
   const id = createHash('sha256').update(data).digest('hex');
   let offset = 0;
-  const entries = chunks.map((c) => {
-    const e = { sha256: c.sha256, offset, size: c.data.length };
+  const entries = chunks.map((c): PackEntry => {
+    const e: PackEntry = { sha256: c.sha256, offset, size: c.data.length, ...(c.codec ? { codec: c.codec, raw: c.raw as number } : {}) };
     offset += c.data.length;
     return e;
   });
   return { id, data, table: { pack: id, size: data.length, chunks: entries } };
 }
 
+/** Format 1 when no chunk is encoded (what older readers understand), else format 2. */
 export function encodeTable(t: PackTable): Buffer {
-  return Buffer.from(JSON.stringify({ format: TABLE_FORMAT, pack: t.pack, size: t.size, chunks: t.chunks.map((c) => [c.sha256, c.offset, c.size]) }));
+  const format = t.chunks.some((c) => c.codec) ? TABLE_FORMAT : TABLE_FORMAT_1;
+  return Buffer.from(JSON.stringify({ format, pack: t.pack, size: t.size, chunks: t.chunks.map((c) => (c.codec ? [c.sha256, c.offset, c.size, c.codec, c.raw] : [c.sha256, c.offset, c.size])) }));
 }
 
 /** Parse and check the table read from `key`. */
@@ -83,15 +98,23 @@ export function decodeTable(data: Buffer, key: string): PackTable {
     throw new VnsnapError('ERR_DATA_LOSS', `pack table ${key} is damaged (${why})`);
   };
   const o = parseObject(data, damaged);
-  if (o.format !== TABLE_FORMAT) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `pack table ${key}: format ${JSON.stringify(o.format)} is not ${TABLE_FORMAT}; this vnsnap is older than the store, upgrade it`);
+  if (o.format !== TABLE_FORMAT && o.format !== TABLE_FORMAT_1) {
+    throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `pack table ${key}: format ${JSON.stringify(o.format)} is neither ${TABLE_FORMAT} nor ${TABLE_FORMAT_1}; this vnsnap is older than the store, upgrade it`);
+  }
+  const v2 = o.format === TABLE_FORMAT;
   if (typeof o.pack !== 'string' || packIdOf(key) !== o.pack) damaged(`it names pack ${JSON.stringify(o.pack)}`);
   if (!isSize(o.size) || !Array.isArray(o.chunks)) damaged('bad size or chunk list');
   const chunks: PackEntry[] = [];
   let at = 0;
   for (const c of o.chunks as unknown[]) {
-    if (!Array.isArray(c) || typeof c[0] !== 'string' || !SHA.test(c[0]) || c[1] !== at || !isSize(c[2])) damaged(`bad chunk entry ${chunks.length + 1}`);
-    const [sha256, offset, size] = c as [string, number, number];
-    chunks.push({ sha256, offset, size });
+    const bad = (): never => damaged(`bad chunk entry ${chunks.length + 1}`);
+    if (!Array.isArray(c) || typeof c[0] !== 'string' || !SHA.test(c[0]) || c[1] !== at || !isSize(c[2])) bad();
+    const [sha256, offset, size, codec, raw] = c as [string, number, number, unknown, unknown];
+    const len = (c as unknown[]).length;
+    if (len === 3) chunks.push({ sha256, offset, size });
+    else if (v2 && len === 5 && isCodec(codec) && isSize(raw)) chunks.push({ sha256, offset, size, codec, raw });
+    else if (v2 && len === 5 && !isCodec(codec)) throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `pack table ${key}: chunk ${chunks.length + 1} is stored with codec ${JSON.stringify(codec)}, unknown to this vnsnap; upgrade it`);
+    else bad();
     at += size;
   }
   if (at !== o.size) damaged(`chunks add up to ${at} bytes, not ${String(o.size)}`);

@@ -9,7 +9,8 @@
  * `deadFraction` of it; younger packs are left alone (a writer may be about to name them).
  *
  * Repacking copies the live chunks of the packs to repack into new packs (each chunk's SHA-256
- * checked on the way; a pack with a chunk that does not check out is left as it is), puts each
+ * checked on the way, a compressed one after inflating it; it is copied as stored, codec and
+ * all; a pack with a chunk that does not check out is left as it is), puts each
  * new pack and then its table, and only then deletes the old packs' tables and then the old
  * packs. Indexes are not rewritten: they keep naming the old pack, and a reader that finds it
  * gone looks the chunk up in the tables (pack-reader.ts). So every step leaves every named chunk
@@ -19,7 +20,9 @@
  */
 import { createHash } from 'node:crypto';
 import type { ObjectBackend, ObjectInfo } from './object-backend';
-import { encodeTable, packKey, sealPack, tableKey, type PackEntry, type PackTable } from './pack-format';
+import { isVnsnapError } from '../core/errors';
+import { decodeChunk } from './chunk-codec';
+import { encodeTable, packKey, sealPack, tableKey, type PackEntry, type PackInput, type PackTable } from './pack-format';
 
 export interface PackFacts {
   /** Every table read, by pack id. */
@@ -93,7 +96,7 @@ export interface RepackResult {
  */
 export async function repack(backend: ObjectBackend, plan: PackPlan['repack'], targetBytes: number, step: () => Promise<void>): Promise<RepackResult> {
   const out: RepackResult = { deleted: [], written: [] };
-  let open: { sha256: string; data: Buffer }[] = [];
+  let open: PackInput[] = [];
   let openBytes = 0;
   let sources: PackPlan['repack'] = [];
   const flush = async (): Promise<void> => {
@@ -130,13 +133,21 @@ export async function repack(backend: ObjectBackend, plan: PackPlan['repack'], t
 }
 
 /** The live chunks of a pack, each checked; null when one does not check out (the pack stays). */
-async function liveChunks(backend: ObjectBackend, src: PackPlan['repack'][number]): Promise<{ sha256: string; data: Buffer }[] | null> {
+async function liveChunks(backend: ObjectBackend, src: PackPlan['repack'][number]): Promise<PackInput[] | null> {
   const data = await backend.get(packKey(src.id));
-  const out: { sha256: string; data: Buffer }[] = [];
+  const out: PackInput[] = [];
   for (const c of src.live) {
     const b = data.subarray(c.offset, c.offset + c.size);
-    if (b.length !== c.size || createHash('sha256').update(b).digest('hex') !== c.sha256) return null;
-    out.push({ sha256: c.sha256, data: Buffer.from(b) });
+    if (b.length !== c.size) return null;
+    let chunk: Buffer;
+    try {
+      chunk = await decodeChunk(b, c.codec, c.raw ?? c.size, `chunk ${c.sha256} of pack ${src.id}`);
+    } catch (e) {
+      if (isVnsnapError(e, 'ERR_CHECKSUM')) return null;
+      throw e;
+    }
+    if (createHash('sha256').update(chunk).digest('hex') !== c.sha256) return null;
+    out.push({ sha256: c.sha256, data: Buffer.from(b), ...(c.codec ? { codec: c.codec, raw: c.raw as number } : {}) });
   }
   return out;
 }

@@ -17,14 +17,10 @@
  *   - A damaged table stops refresh() with its error (ERR_DATA_LOSS naming the key).
  */
 import { getIfPresent, type ObjectBackend } from './object-backend';
-import { decodeTable, packIdOf, tableKey, TABLE_PREFIX, type PackTable } from './pack-format';
+import { decodeTable, packIdOf, tableKey, TABLE_PREFIX, type PackEntry, type PackTable } from './pack-format';
 
-/** Where one chunk is stored. */
-export interface ChunkLocation {
-  pack: string;
-  offset: number;
-  size: number;
-}
+/** Where one chunk is stored: its pack, and its entry there (offset, bytes in the pack, codec). */
+export type ChunkLocation = Omit<PackEntry, 'sha256'> & { pack: string };
 
 /** Table reads in flight during refresh(). */
 export const PARALLEL = 16;
@@ -69,7 +65,7 @@ export class PackMap {
   /** A pack this process stored (its table is put). */
   add(t: PackTable): void {
     this.tables.set(t.pack, t);
-    for (const c of t.chunks) if (!this.byChunk.has(c.sha256)) this.byChunk.set(c.sha256, { pack: t.pack, offset: c.offset, size: c.size });
+    for (const { sha256, ...at } of t.chunks) if (!this.byChunk.has(sha256)) this.byChunk.set(sha256, { pack: t.pack, ...at });
   }
 
   /** Bring the map to what the backend's tables say now (see the header). */

@@ -12,11 +12,14 @@
  *   - A pack that is gone (garbage collection repacked its live chunks into a new pack) is not
  *     the end: each of its chunks is looked up through `locate` (the store's pack map, read from
  *     the pack tables) and read from where it is now; only a chunk found nowhere is missing.
+ *   - A compressed chunk (chunk-codec.ts) is inflated in zlib's thread pool, then checked like
+ *     any other; one that does not inflate to its size is ERR_CHECKSUM.
  *   - Backend failures other than an absent object (ERR_UNAVAILABLE, …) pass through unchanged.
  */
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
-import { chunkKey, type ArtefactIndex, type ChunkRef } from './cas-index';
+import { chunkKey, storedSize, type ArtefactIndex, type ChunkRef } from './cas-index';
+import { decodeChunk, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import { packKey } from './pack-format';
 import type { ChunkLocation } from './pack-map';
@@ -46,12 +49,13 @@ export function planRuns(chunks: readonly ChunkRef[], rangeBytes: number): Run[]
   let cur: Run | undefined;
   chunks.forEach((c, i) => {
     const last = cur?.refs[cur.refs.length - 1];
-    const joins = cur && last && c.pack !== undefined && last.pack === c.pack && (last.offset as number) + last.size === c.offset && cur.bytes + c.size <= rangeBytes;
+    const size = storedSize(c);
+    const joins = cur && last && c.pack !== undefined && last.pack === c.pack && (last.offset as number) + storedSize(last) === c.offset && cur.bytes + size <= rangeBytes;
     if (joins && cur) {
       cur.refs.push(c);
-      cur.bytes += c.size;
+      cur.bytes += size;
     } else {
-      cur = { first: i, refs: [c], bytes: c.size };
+      cur = { first: i, refs: [c], bytes: size };
       runs.push(cur);
     }
   });
@@ -99,11 +103,18 @@ async function readRun(idx: ArtefactIndex, run: Run, o: ReadOptions): Promise<Bu
     return out;
   }
   let at = 0;
-  return run.refs.map((ref, k) => {
-    const b = data.subarray(at, at + ref.size);
-    at += ref.size;
-    return check(idx, run.first + k, b);
-  });
+  return Promise.all(
+    run.refs.map(async (ref, k) => {
+      const b = data.subarray(at, at + storedSize(ref));
+      at += storedSize(ref);
+      return check(idx, run.first + k, await decode(idx, run.first + k, b, ref.codec));
+    }),
+  );
+}
+
+/** Chunk i's own bytes from the bytes stored for it. */
+function decode(idx: ArtefactIndex, i: number, stored: Buffer, codec: Codec | undefined): Promise<Buffer> {
+  return decodeChunk(stored, codec, (idx.chunks[i] as ChunkRef).size, `artefact ${idx.path}: ${which(idx, i)}`);
 }
 
 /** Chunk i read from where the pack map says it is now. */
@@ -111,7 +122,7 @@ async function relocated(idx: ArtefactIndex, i: number, o: ReadOptions, cause: u
   const ref = idx.chunks[i] as ChunkRef;
   const loc = await o.locate(ref.sha256);
   if (!loc) throw missing(idx, i, cause);
-  return check(idx, i, await absentIsLoss(idx, i, o.backend.getRange(packKey(loc.pack), loc.offset, loc.size)));
+  return check(idx, i, await decode(idx, i, await absentIsLoss(idx, i, o.backend.getRange(packKey(loc.pack), loc.offset, loc.size)), loc.codec));
 }
 
 function which(idx: ArtefactIndex, i: number): string {

@@ -12,16 +12,30 @@
  *     map; a failed job leaves at most a pack without a table (garbage collection's debris).
  *   - locate() fills in every reference's pack and offset; it is called only once every job has
  *     succeeded, so an index never names a pack whose upload did not finish.
+ *   - With a codec, each chunk of a pack is compressed when its upload job runs (in zlib's thread
+ *     pool, chunk-codec.ts) and kept compressed only when that saves; the reference then records
+ *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes.
  */
 import type { ChunkRef } from './cas-index';
+import { encodeChunk, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
-import { encodeTable, packKey, sealPack, tableKey } from './pack-format';
+import { encodeTable, packKey, sealPack, tableKey, type PackEntry } from './pack-format';
+import type { ChunkLocation } from './pack-map';
 
-/** Where a chunk will be: the pack's id once it is sealed, and the offset in it. */
+/** Where a chunk will be: its place in the pack once that is sealed and stored. */
 interface Slot {
-  pack?: string;
-  offset: number;
+  at?: ChunkLocation;
+}
+
+/** Point a reference at where its chunk is stored. */
+export function pointAt(ref: ChunkRef, at: ChunkLocation): void {
+  ref.pack = at.pack;
+  ref.offset = at.offset;
+  if (at.codec) {
+    ref.codec = at.codec;
+    ref.stored = at.size;
+  }
 }
 
 /** What an upload job added to the store. */
@@ -41,6 +55,7 @@ export class PackWriter {
     private readonly backend: ObjectBackend,
     private readonly map: PackMap,
     private readonly targetBytes: number,
+    private readonly codec?: Codec,
   ) {}
 
   /** Place one chunk; an upload job when the open pack is full. */
@@ -52,11 +67,10 @@ export class PackWriter {
     }
     const there = this.map.find(ref.sha256);
     if (there) {
-      ref.pack = there.pack;
-      ref.offset = there.offset;
+      pointAt(ref, there);
       return null;
     }
-    const slot: Slot = { offset: this.open.bytes };
+    const slot: Slot = {};
     this.open.chunks.push({ sha256: ref.sha256, data });
     this.open.slots.push(slot);
     this.open.bytes += data.length;
@@ -71,10 +85,14 @@ export class PackWriter {
     if (chunks.length === 0) return null;
     this.open = { chunks: [], slots: [], bytes: 0 };
     return async () => {
-      const p = sealPack(chunks);
+      const encoded = await Promise.all(chunks.map(async (c) => ({ sha256: c.sha256, raw: c.data.length, ...(await encodeChunk(c.data, this.codec)) })));
+      const p = sealPack(encoded);
       await this.backend.put(packKey(p.id), p.data);
       await this.backend.put(tableKey(p.id), encodeTable(p.table));
-      for (const s of slots) s.pack = p.id;
+      slots.forEach((s, i) => {
+        const e = p.table.chunks[i] as PackEntry;
+        s.at = { pack: p.id, offset: e.offset, size: e.size, ...(e.codec ? { codec: e.codec, raw: e.raw as number } : {}) };
+      });
       this.map.add(p.table);
       return { chunks: chunks.length, bytes: p.data.length };
     };
@@ -83,9 +101,8 @@ export class PackWriter {
   /** Give every placed reference its pack and offset (after every job succeeded). */
   locate(): void {
     for (const [ref, slot] of this.refs) {
-      if (slot.pack === undefined) throw new Error(`chunk ${ref.sha256} was never uploaded`);
-      ref.pack = slot.pack;
-      ref.offset = slot.offset;
+      if (slot.at === undefined) throw new Error(`chunk ${ref.sha256} was never uploaded`);
+      pointAt(ref, slot.at);
     }
   }
 }

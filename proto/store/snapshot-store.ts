@@ -69,6 +69,8 @@ export interface SnapshotStore {
   delete(relPath: string): Promise<void>;
   /** Delete every artefact (and unfinished write) under prefix; returns how many artefacts were removed. */
   deleteByPrefix(prefix: string): Promise<number>;
+  /** Release what the store holds open (an S3 client's connections); unusable afterwards. Optional. */
+  close?(): void;
 }
 
 /** put() through a store's own writer: one write, then commit; an abort on any failure. */

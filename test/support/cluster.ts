@@ -34,6 +34,7 @@ import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
+import { storedSize } from '../../proto/store/cas-index';
 import { chunkObject } from '../../proto/store/pack-format';
 import { CasStore } from '../../proto/store/cas-store';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
@@ -517,7 +518,7 @@ export class Cluster {
     const file = path.join(this.storeDir, at.key);
     const original = fs.readFileSync(file);
     const bytes = Buffer.from(original);
-    const chunk = bytes.subarray(at.offset, at.offset + first.size);
+    const chunk = bytes.subarray(at.offset, at.offset + storedSize(first)); // as stored (maybe compressed)
     mutate(chunk);
     fs.writeFileSync(file, bytes);
     return () => fs.writeFileSync(file, original);

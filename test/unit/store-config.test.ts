@@ -7,6 +7,8 @@ import { isVnsnapError } from '../../proto/core/errors';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { describeStore, openStore, parseStoreConfig } from '../../proto/store/store-config';
+import { StoreHandle } from '../../agent/store-handle';
+import { MemoryObjects } from '../support/memory-objects';
 
 const refuses = (raw: unknown, code: string, message: string): void => {
   assert.throws(
@@ -46,6 +48,27 @@ describe('store config', () => {
       assert.ok(files instanceof LocalDirStore);
       await files.put('snapshots/s1/m', Buffer.from('x'));
       await assert.rejects(openStore({ kind: 'local', dir: `${dir}/b` }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message.startsWith(`store ${dir}/b holds snapshots as whole files`));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('closing a store', () => {
+  it('CasStore.close() closes its backend once; StoreHandle.close() closes the store it opened and then refuses calls', async () => {
+    const objects = new MemoryObjects();
+    let closed = 0;
+    (objects as unknown as { close: () => void }).close = () => void closed++;
+    new CasStore(objects).close();
+    assert.equal(closed, 1);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnscl-'));
+    try {
+      const h = new StoreHandle({ kind: 'local', dir });
+      await h.open();
+      await h.put('a/b', Buffer.from('x'));
+      h.close();
+      h.close();
+      await assert.rejects(h.get('a/b'), (e) => isVnsnapError(e) && e.code === 'ERR_STATE');
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -283,6 +283,20 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       };
       await assert.rejects(view.delete('chunks/aa/x'), /boom/);
       assert.equal(seen.length, 3);
+      // Packs: how many are stored, each pack a repack writes, every 10 deleted.
+      const packs = new MemoryObjects();
+      const ids = Array.from({ length: 21 }, (_, i) => String(i).padStart(64, '0'));
+      for (const id of ids) await packs.put(`packs/00/${id}`, Buffer.alloc(1024));
+      const pseen: string[] = [];
+      const pview = withGcProgress(packs, (n) => pseen.push(n));
+      await pview.listInfo('packs/');
+      await pview.put(`packs/ff/${'f'.repeat(64)}`, Buffer.alloc(2048));
+      await pview.put(`packtabs/ff/${'f'.repeat(64)}`, Buffer.alloc(10));
+      for (const id of ids) await pview.delete(`packs/00/${id}`);
+      assert.deepEqual(pseen, ['21 packs in the store (21.0 KiB)', 'repacking: wrote a pack of 2.0 KiB', 'deleted 10 packs so far (10.0 KiB)', 'deleted 20 packs so far (20.0 KiB)']);
+      const none: string[] = [];
+      await withGcProgress(new MemoryObjects(), (n) => none.push(n)).listInfo('packs/');
+      assert.deepEqual(none, [], 'no packs: no note');
     });
 
     it('a store of whole files has nothing to collect: refused in one line', async () => {
