@@ -86,6 +86,8 @@ export const encodeCountKey = (peer: string, epoch: number, dir: number): Buffer
 
 export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
 
+export const decodeCfg = (b: Buffer): { vxlanIfindex: number; puntIfindex: number } => ({ vxlanIfindex: b.readUInt32LE(0), puntIfindex: b.readUInt32LE(4) });
+
 /** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
 export function decodePunt(frame: Buffer): PuntHeader | null {
   if (frame.length < PUNT_HEADER_LEN || frame.readUInt32BE(0) !== PUNT_MAGIC) return null;
