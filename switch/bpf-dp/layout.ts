@@ -82,6 +82,8 @@ export function encodeFdbKey(vni: number, mac: string): Buffer {
 
 export const encodeFdbValue = (d: DpDest): Buffer => ('ifindex' in d ? u32s(d.ifindex, 0) : u32s(0, ipv4ToNum(d.peer)));
 
+export const decodeFdbValue = (b: Buffer): DpDest => (b.readUInt32LE(0) !== 0 ? { ifindex: b.readUInt32LE(0) } : { peer: numToIpv4(b.readUInt32LE(4)) });
+
 export const encodeCountKey = (peer: string, epoch: number, dir: number): Buffer => u32s(ipv4ToNum(peer), epoch, dir);
 
 export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
