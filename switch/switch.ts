@@ -291,6 +291,11 @@ export class Switch implements Startable {
     return this.markers.channelState(this.vnes.get(vneName), k, timeoutMs);
   }
 
+  /** Count the in-kernel data path's datagrams in markers (switch/bpf-dp/kernel-counts.ts); undefined: the switch's own only. */
+  useKernelCounts(k: Markers['kernelCounts']): void {
+    this.markers.kernelCounts = k;
+  }
+
   /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
   recordingStatus(vneName: string): RecordingStatus[] {
     return this.markers.status(this.vnes.get(vneName));
