@@ -296,6 +296,11 @@ export class Switch implements Startable {
     this.markers.kernelCounts = k;
   }
 
+  /** Let the cut drive the in-kernel data path's port epochs (switch/bpf-dp/epoch-sync.ts); undefined: off. */
+  useDataPathEpochs(o: Cuts['dataPath']): void {
+    this.cuts.dataPath = o;
+  }
+
   /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
   recordingStatus(vneName: string): RecordingStatus[] {
     return this.markers.status(this.vnes.get(vneName));
