@@ -291,6 +291,16 @@ export class Switch implements Startable {
     return this.markers.channelState(this.vnes.get(vneName), k, timeoutMs);
   }
 
+  /** Count the in-kernel data path's datagrams in markers (switch/bpf-dp/kernel-counts.ts); undefined: the switch's own only. */
+  useKernelCounts(k: Markers['kernelCounts']): void {
+    this.markers.kernelCounts = k;
+  }
+
+  /** Let the cut drive the in-kernel data path's port epochs (switch/bpf-dp/epoch-sync.ts); undefined: off. */
+  useDataPathEpochs(o: Cuts['dataPath']): void {
+    this.cuts.dataPath = o;
+  }
+
   /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
   recordingStatus(vneName: string): RecordingStatus[] {
     return this.markers.status(this.vnes.get(vneName));

@@ -82,9 +82,13 @@ export function encodeFdbKey(vni: number, mac: string): Buffer {
 
 export const encodeFdbValue = (d: DpDest): Buffer => ('ifindex' in d ? u32s(d.ifindex, 0) : u32s(0, ipv4ToNum(d.peer)));
 
+export const decodeFdbValue = (b: Buffer): DpDest => (b.readUInt32LE(0) !== 0 ? { ifindex: b.readUInt32LE(0) } : { peer: numToIpv4(b.readUInt32LE(4)) });
+
 export const encodeCountKey = (peer: string, epoch: number, dir: number): Buffer => u32s(ipv4ToNum(peer), epoch, dir);
 
 export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
+
+export const decodeCfg = (b: Buffer): { vxlanIfindex: number; puntIfindex: number } => ({ vxlanIfindex: b.readUInt32LE(0), puntIfindex: b.readUInt32LE(4) });
 
 /** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
 export function decodePunt(frame: Buffer): PuntHeader | null {

@@ -14,7 +14,7 @@
 import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { nativeIo, type NativeIo } from '../native-io';
-import { decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
+import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
 
 const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats'] as const;
 type MapName = (typeof MAPS)[number];
@@ -44,6 +44,13 @@ export class DataPathMaps {
     this.io.bpfMapUpdate(this.fd('vn_cfg'), u32Key(0), encodeCfg(vxlanIfindex, puntIfindex), 0);
   }
 
+  /** The devices as set (zeros before setDevices). */
+  devices(): { vxlanIfindex: number; puntIfindex: number } {
+    const v = Buffer.alloc(8);
+    this.io.bpfMapLookup(this.fd('vn_cfg'), u32Key(0), v);
+    return decodeCfg(v);
+  }
+
   setPort(tapIfindex: number, port: DpPort): void {
     this.io.bpfMapUpdate(this.fd('vn_ports'), u32Key(tapIfindex), encodePort(port), 0);
   }
@@ -66,6 +73,11 @@ export class DataPathMaps {
 
   setFdb(vni: number, mac: string, dest: DpDest): void {
     this.io.bpfMapUpdate(this.fd('vn_fdb'), encodeFdbKey(vni, mac), encodeFdbValue(dest), 0);
+  }
+
+  fdb(vni: number, mac: string): DpDest | undefined {
+    const v = Buffer.alloc(8);
+    return this.io.bpfMapLookup(this.fd('vn_fdb'), encodeFdbKey(vni, mac), v) ? decodeFdbValue(v) : undefined;
   }
 
   removeFdb(vni: number, mac: string): boolean {

@@ -17,6 +17,7 @@
  * abort(v, k) advances every port below k to k without recording.
  */
 import { VnsnapError } from '../../proto/core/errors';
+import type { CutObserver } from '../bpf-dp/epoch-sync';
 import type { LocalPort, Vne } from '../tables';
 import type { Delivery } from './delivery';
 import type { Markers } from './markers';
@@ -25,6 +26,9 @@ import type { Markers } from './markers';
 export type AtPause<T> = (pass: () => Promise<void>) => Promise<T> | T;
 
 export class Cuts {
+  /** The in-kernel data path's port epochs (switch/bpf-dp/epoch-sync.ts); undefined: none. */
+  dataPath: CutObserver | undefined;
+
   constructor(
     private readonly delivery: Delivery,
     private readonly markers: Markers,
@@ -36,12 +40,14 @@ export class Cuts {
     if (k <= lp.epoch) throw new VnsnapError('ERR_EPOCH_ORDER', `port ${lp.name} is at epoch ${lp.epoch}; cannot cut to ${k}`);
     lp.cutting = true;
     lp.gated = true;
+    this.dataPath?.gated(lp.name);
     this.markers.recording(lp.vne, k);
   }
 
   private cancel(lp: LocalPort): void {
     lp.cutting = false;
     lp.gated = false;
+    this.dataPath?.cancelled(lp.name);
     this.delivery.releaseHeld(lp);
     this.delivery.flush();
   }
@@ -62,6 +68,7 @@ export class Cuts {
       const r = v.recordings.get(k);
       if (r && !r.done && !r.aborted) lp.recordings.push(r);
     }
+    this.dataPath?.advanced(lp.name, lp.epoch);
     this.delivery.releaseHeld(lp);
     this.delivery.flush();
     this.markers.checkLocalCut(v, k);
@@ -114,6 +121,7 @@ export class Cuts {
       if (lp.epoch < k) {
         lp.epoch = k;
         lp.gated = false;
+        this.dataPath?.advanced(lp.name, k);
         this.delivery.releaseHeld(lp);
       }
     }
@@ -126,6 +134,7 @@ export class Cuts {
   setEpoch(lp: LocalPort, epoch: number): void {
     if (lp.cutting) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `port ${lp.name} is being cut`);
     lp.epoch = epoch;
+    this.dataPath?.advanced(lp.name, epoch);
     lp.vne.noteEpoch(epoch);
     lp.vne.cutEpoch = Math.max(lp.vne.cutEpoch, Math.min(...lp.vne.ports.map((p) => p.epoch)));
     this.delivery.releaseHeld(lp);

@@ -41,6 +41,7 @@ import type { SwitchCounters } from '../stats';
 import type { Peer, Vne, VnePeer } from '../tables';
 import { encodeAck, encodeMarker } from '../tunnel/geneve';
 import type { TunnelTx } from '../tunnel/tx-batch';
+import type { KernelCounts } from '../bpf-dp/kernel-counts';
 import type { ChannelFrame, ChannelState } from './recording';
 import { Recording } from './recording';
 
@@ -61,12 +62,22 @@ export interface RecordingStatus {
 }
 
 export class Markers {
+  /**
+   * The in-kernel data path's counts (switch/bpf-dp/kernel-counts.ts), added to the switch's own
+   * in every marker sent and checked; undefined (the default) while no port uses the data path.
+   */
+  kernelCounts: Pick<KernelCounts, 'below'> | undefined;
+
   constructor(
     private readonly opts: MarkerOptions,
     private readonly counters: SwitchCounters,
     private readonly tunnel: TunnelTx,
     private readonly peerName: (idx: number) => string | undefined,
   ) {}
+
+  private recvBelow(vp: VnePeer, k: number): number {
+    return vp.recv.below(k) + (this.kernelCounts?.below(vp.peer.ip, k, 'received') ?? 0);
+  }
 
   /** Recording k of v, created on first use (a local operation: always, past the cap too). */
   recording(v: Vne, k: number): Recording {
@@ -131,7 +142,7 @@ export class Markers {
       return;
     }
     const knownLost = vp.lostEpoch < k ? vp.lost : 0;
-    if (count - vp.recv.below(k) - knownLost > MAX_MARKER_SHORTFALL) {
+    if (count - this.recvBelow(vp, k) - knownLost > MAX_MARKER_SHORTFALL) {
       this.counters.markersInvalid++;
       return;
     }
@@ -209,7 +220,7 @@ export class Markers {
       peers: [...v.peers.values()].map((vp) => ({
         peer: vp.peer.name,
         marker: r.markersIn.get(vp.peer.idx)?.count ?? null,
-        received: vp.recv.below(r.k),
+        received: this.recvBelow(vp, r.k),
         acked: r.localDone && !r.unacked.has(vp.peer.idx),
       })),
     }));
@@ -234,7 +245,7 @@ export class Markers {
     for (const idx of r.unacked) {
       const vp = v.peers.get(idx);
       if (!vp) continue;
-      this.tunnel.queue(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k)), vp.peer, null, 0, null, 0);
+      this.tunnel.queue(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k) + (this.kernelCounts?.below(vp.peer.ip, r.k, 'sent') ?? 0)), vp.peer, null, 0, null, 0);
       this.counters.markersSent++;
     }
     r.lastMarkerSent = now;
@@ -252,7 +263,7 @@ export class Markers {
     for (const vp of v.peers.values()) {
       const m = r.markersIn.get(vp.peer.idx);
       if (!m) return;
-      const got = vp.recv.below(r.k);
+      const got = this.recvBelow(vp, r.k);
       const knownLost = vp.lostEpoch < r.k ? vp.lost : 0;
       if (got + knownLost < m.count) {
         if (now - m.at < this.opts.recordingGraceMs) return;

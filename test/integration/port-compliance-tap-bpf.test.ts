@@ -4,11 +4,14 @@
  * QEMU holds it, the port reading and writing the TAP's veth end `v`. With the fast path off
  * (the switch does not fill the FDB yet) every frame the VM sends must reach the switch through
  * the program's punt, whole and in order, super-frames with their header; what the switch writes
- * reaches the VM as on tap-vnet. Links are named vncb*, the pins vnit-tapbpf-<pid>; all removed.
+ * reaches the VM as on tap-vnet; the data path comes with its receiving side (VXLAN device with
+ * vn_rx, punt device, both in vn_cfg). Links are named vncb*, the pins vnit-tapbpf-<pid> (and
+ * the receiving side's devices named from it); all removed.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { unloadDataPath } from '../../agent/bpf-dp/loader';
+import { receivingSideNames, removeReceivingSide } from '../../agent/bpf-dp/rx-side';
 import { openTapPort, removeVmVeth, vethNames } from '../../agent/drivers/qemu/vm-veth';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import type { PacketPort } from '../../switch/port/fd-port';
@@ -47,13 +50,20 @@ async function tapBpfPort(): Promise<{ port: PacketPort; vm: VnetVmSide; dispose
 
 describe('nic tap-bpf port', function () {
   this.timeout(30_000);
-  after(() => unloadDataPath(PREFIX));
+  after(async () => {
+    await removeReceivingSide(PREFIX);
+    await unloadDataPath(PREFIX);
+  });
 
   it('reads what the program punts: the VM\'s frames reach the port through v, each counted once by vn_tx', async () => {
     const t = await tapBpfPort();
     const maps = new DataPathMaps(`/sys/fs/bpf/${PREFIX}/maps`);
     try {
       assert.match(sh('tc', ['filter', 'show', 'dev', TAP, 'ingress']), /vn_tx/);
+      const rx = receivingSideNames(PREFIX);
+      assert.match(sh('tc', ['filter', 'show', 'dev', rx.vxlan, 'ingress']), /vn_rx/, 'the receiving side is set up with the data path');
+      const ifindex = (d: string): number => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8').trim());
+      assert.deepEqual(maps.devices(), { vxlanIfindex: ifindex(rx.vxlan), puntIfindex: ifindex(rx.punt) });
       const got: Buffer[] = [];
       t.port.open((n) => {
         for (let i = 0; i < n; i++) {

@@ -1,8 +1,9 @@
 /**
  * A `nic: 'tap-bpf'` VM's TAP on the in-kernel data path (switch/bpf/vnsnap-dp.bpf.c;
  * docs/nic-offloads.md, "The in-kernel data path"): the agent's pinned data path (loaded once per
- * agent, or found where an earlier agent pinned it), the TAP's entry in its ports map, and the
- * program vn_tx on the TAP's ingress.
+ * agent, or found where an earlier agent pinned it) with its receiving side (agent/bpf-dp/rx-side.ts:
+ * the VXLAN device with vn_rx and the punt device, in vn_cfg), the TAP's entry in its ports map,
+ * and the program vn_tx on the TAP's ingress.
  *
  * Why the port does not read the TAP: a packet socket sees a received frame before tc ingress
  * runs, so it would see every frame the kernel carries too. vn_tx hands the switch the frames it
@@ -21,6 +22,7 @@
 import { createHash } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import { attachDataPath, loadDataPath, pinnedDataPath, type LoadedDataPath } from '../../bpf-dp/loader';
+import { ensureReceivingSide } from '../../bpf-dp/rx-side';
 import { DataPathMaps } from '../../../switch/bpf-dp/maps';
 
 /** The pinned data path's prefix for an agent whose QEMU work directory is `workDir` (one per agent). */
@@ -34,7 +36,14 @@ function dataPath(prefix: string): Promise<{ dp: LoadedDataPath; maps: DataPathM
   if (!p) {
     p = (async () => {
       const dp = (await pinnedDataPath(prefix)) ?? (await loadDataPath(prefix));
-      return { dp, maps: new DataPathMaps(dp.mapsDir) };
+      const maps = new DataPathMaps(dp.mapsDir);
+      try {
+        await ensureReceivingSide(dp, maps);
+      } catch (e) {
+        maps.close();
+        throw e;
+      }
+      return { dp, maps };
     })();
     p.catch(() => loaded.delete(prefix));
     loaded.set(prefix, p);
