@@ -115,12 +115,13 @@ export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
         qmps.map(async (q, i) => {
           const vm = E2E_VMS[i] as string;
           const file = path.join(dir, `bare-${vm}.img`);
-          const reader = await socketToFile(path.join(dir, `bare-${vm}.sock`), file); // before the stop
+          const sock = path.join(dir, `bare-${vm}.sock`);
+          const reader = await socketToFile(sock, file); // listening before the stop
           try {
             const stop = q.waitEvent('STOP', undefined, 30_000);
             const resume = q.waitEvent('RESUME', undefined, 60_000);
             const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
-            const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${path.join(dir, `bare-${vm}.sock`)}` })];
+            const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${sock}` })];
             await Promise.all(cmds);
             const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
             const end = await done;

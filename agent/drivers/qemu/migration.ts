@@ -27,7 +27,7 @@
  *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
- *          cont ─► the store catches up with the final pass. From the stop on, the stream reads
+ *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
  *          the socket at once and holds its store writes.
  *   So the pause is the VM's own final pass: no other VM, no store write, no wait for the
  *   coordinator or for QEMU's convergence is in it. With precopyHold 'pre-switchover' QEMU
@@ -373,9 +373,10 @@ export class QemuJob extends DriverJob {
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
     this.mark('start');
-    // The migration's state from its events (no query-migrate round trip at the commit).
+    // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
+    // right after a restart (its 'active' event may follow migrate's reply).
     const st = this.migrationStatus;
-    if (st !== 'active' && st !== 'pre-switchover' && !this.preSwitchoverEv) {
+    if (st !== 'active' && st !== 'setup' && st !== 'pre-switchover' && !this.preSwitchoverEv) {
       this.phase = 'failed';
       throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${st}, cannot cut`);
     }
@@ -384,8 +385,11 @@ export class QemuJob extends DriverJob {
         this.preSwitchover = resolve;
         if (this.preSwitchoverEv) resolve(this.preSwitchoverEv);
       });
-      // Nothing of the store while the VM is stopped: the final pass is read into memory.
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.stream?.holdWrites(), mark: (m) => this.mark(m) };
+      // Nothing of the store from the commit to the resume: what QEMU sends in the final round
+      // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
+      // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
+      this.stream?.holdWrites();
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m) };
       try {
         await reachSwitchover(s);
       } catch (e) {
