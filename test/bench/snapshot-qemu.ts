@@ -6,16 +6,21 @@
  *              `exec:cat > FILE`, all at once: the baseline's best case), then all resumed
  *              (`cont`); a VM's pause is stop → cont. Memory only: a disk copy would add to it.
  *   bare_qemu  QEMU's own background snapshot of each VM: `stop` and `migrate` (capability
- *              background-snapshot, to `exec:cat > FILE`) written back to back, QEMU resumes the
- *              VM itself; the pause from QEMU's own STOP and RESUME event timestamps, as
- *              vnsnap's is. All VMs at once per round (as vnsnap cuts them), the stream awaited
- *              before the next round.
+ *              background-snapshot) written back to back, QEMU resumes the VM itself; the pause
+ *              from QEMU's own STOP and RESUME event timestamps, as vnsnap's is. The stream goes
+ *              to `unix:SOCK`, a socket this process listens on before the `stop` and writes
+ *              into a file, as vnsnap's goes to a socket its agent opened before the cut: no
+ *              fork or exec inside the pause (`exec:cat > FILE` put QEMU's fork of a shell and
+ *              `cat` into it, so the figure was no floor). All VMs at once per round (as vnsnap
+ *              cuts them), the stream awaited before the next round.
  *   io floor   `dd conv=fsync` of as many bytes as a snapshot stored, into the store's directory:
  *              the disk's price for the bytes, against which a snapshot's wall time is a ratio.
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { QmpClient, type QmpEvent } from '../../agent/drivers/qemu/qmp';
 import { E2E_VMS, instanceDir } from '../support/qemu-vne';
 import { sleep } from '../support/wait';
@@ -72,6 +77,33 @@ export async function baseline(dir: string): Promise<{ pauses: number[]; seconds
   }
 }
 
+/**
+ * A unix socket listening at `sock` that writes the one connection it accepts into `file`;
+ * `written` resolves once the sender closed it and every byte is in the file.
+ */
+async function socketToFile(sock: string, file: string): Promise<{ written: Promise<void>; close: () => void }> {
+  fs.rmSync(sock, { force: true });
+  let resolveConn!: (s: net.Socket) => void;
+  const conn = new Promise<net.Socket>((r) => (resolveConn = r));
+  const server = net.createServer((s) => {
+    server.close(); // one connection
+    resolveConn(s);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(sock, () => resolve());
+  });
+  const written = conn.then((s) => pipeline(s, fs.createWriteStream(file)));
+  written.catch(() => undefined);
+  return {
+    written,
+    close: () => {
+      server.close();
+      fs.rmSync(sock, { force: true });
+    },
+  };
+}
+
 /** `rounds` bare QEMU background snapshots of every VM (see the module comment); every VM's pause of every round. */
 export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
   const qmps = await monitors();
@@ -81,17 +113,25 @@ export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
     for (let r = 0; r < rounds; r++) {
       const one = await Promise.all(
         qmps.map(async (q, i) => {
-          const file = path.join(dir, `bare-${E2E_VMS[i] as string}.img`);
-          const stop = q.waitEvent('STOP', undefined, 30_000);
-          const resume = q.waitEvent('RESUME', undefined, 60_000);
-          const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
-          const cmds = [q.execute('stop'), q.execute('migrate', { uri: `exec:cat > ${file}` })];
-          await Promise.all(cmds);
-          const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
-          const end = await done;
-          fs.rmSync(file, { force: true });
-          if (end.data.status !== 'completed') throw new Error(`bare QEMU background snapshot of ${E2E_VMS[i] as string}: ${String(end.data.status)}`);
-          return (e.timestampUs - s.timestampUs) / 1000;
+          const vm = E2E_VMS[i] as string;
+          const file = path.join(dir, `bare-${vm}.img`);
+          const sock = path.join(dir, `bare-${vm}.sock`);
+          const reader = await socketToFile(sock, file); // listening before the stop
+          try {
+            const stop = q.waitEvent('STOP', undefined, 30_000);
+            const resume = q.waitEvent('RESUME', undefined, 60_000);
+            const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
+            const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${sock}` })];
+            await Promise.all(cmds);
+            const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
+            const end = await done;
+            if (end.data.status !== 'completed') throw new Error(`bare QEMU background snapshot of ${vm}: ${String(end.data.status)}`);
+            await reader.written;
+            return (e.timestampUs - s.timestampUs) / 1000;
+          } finally {
+            reader.close();
+            fs.rmSync(file, { force: true });
+          }
         }),
       );
       pauses.push(...one);

@@ -10,12 +10,11 @@
  * size and SHA-256 are the writer's. The socket and writer are made at begin (precopy: with
  * each migrate), outside the pause.
  *
- * Snapshot, background mode (the cut, in the agent's order):
+ * Snapshot, background mode:
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   stop + blockdev-snapshot (the overlay made and attached at begin) sent back to back
- *          ─► STOP ─► atPause() (the switch's drain, while QEMU freezes the disk) ─► migrate
- *          unix:SOCK (serialised before the stop) ─► QEMU resumes the VM itself (RESUME event)
+ *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain, migrate into the
+ *          socket opened at begin, QEMU resumes the VM itself)
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
@@ -23,14 +22,17 @@
  *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
  *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
  *          so QEMU keeps iterating slowly, the VM running, instead of switching over by itself.
- *   cut:   max-bandwidth up, downtime-limit = cutDowntimeMs (the VM runs while QEMU converges)
- *          ─► MIGRATION pre-switchover (QEMU stopped the VM: the cut) ─► the stream reads at once
- *          and holds its store writes ─► atPause() beside blockdev-snapshot + migrate-continue
- *          (sent back to back) and QEMU's final pass ─► MIGRATION completed and the hook done ─►
- *          cont (on the event, not polled) ─► the store catches up with the final pass.
+ *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
+ *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
+ *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
+ *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
+ *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
+ *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
+ *          the socket at once and holds its store writes.
  *   So the pause is the VM's own final pass: no other VM, no store write, no wait for the
- *   coordinator is in it. With precopyHold 'pre-switchover' QEMU converges by itself at begin
- *   and the VM waits paused from then to the cut (which then starts at atPause()).
+ *   coordinator or for QEMU's convergence is in it. With precopyHold 'pre-switchover' QEMU
+ *   converges by itself at begin and the VM waits paused from then to the cut (which then
+ *   starts at atPause()).
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
  *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
  * The pause is measured from QEMU's own STOP and RESUME event timestamps. Each cut's QMP round
@@ -52,10 +54,12 @@ import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { StreamIntoStore } from '../image-stream';
+import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { precopyPause } from './precopy-pause';
+import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -269,7 +273,7 @@ export class QemuJob extends DriverJob {
   }
 
   private async poll(): Promise<void> {
-    if (this.phase !== 'precopy' && this.phase !== 'cutting') return;
+    if (this.phase !== 'precopy') return;
     let info: MigrationInfo;
     try {
       info = await this.q.execute<MigrationInfo>('query-migrate', undefined, 5000);
@@ -328,6 +332,9 @@ export class QemuJob extends DriverJob {
     if (this.opts.mode === 'background' && this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
     this.phase = 'cutting';
+    // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass.
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = undefined;
     this.qmpTrace = CutQmpTrace.start(this.q);
     try {
       return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
@@ -341,67 +348,54 @@ export class QemuJob extends DriverJob {
   }
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
-    const q = this.q;
-    const migrate = q.prepare('migrate', { uri: this.migrateUri() }); // the stream is open since begin
-    this.mark('start');
-    const stopEv = q.waitEvent('STOP', undefined, 10_000).catch(() => undefined);
-    // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
-    const stopped = q.execute('stop');
-    const disk = this.disk.snapshot();
-    disk.catch(() => undefined);
-    let cutUnixUs = 0;
-    let resume: QmpEvent;
+    let cut: { cutUnixUs: number; resume: QmpEvent };
     try {
-      await stopped;
-      const stop = await stopEv;
-      this.mark('stopped');
-      this.pausedByUs = true;
-      this.vmObj.status = 'paused';
-      cutUnixUs = stop?.timestampUs || nowUs();
-      await atPause();
-      this.mark('hook');
-      await disk;
-      this.migrationDone = this.watchCompletion();
-      const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
-      await migrate.send();
-      resume = await resumeEv;
-      this.mark('resumed');
-      this.pausedByUs = false;
+      cut = await backgroundCut({
+        q: this.q,
+        uri: this.migrateUri(), // the stream is open since begin
+        atPause,
+        snapshotDisk: () => this.disk.snapshot(),
+        stopped: () => {
+          this.pausedByUs = true;
+          this.vmObj.status = 'paused';
+        },
+        migrating: () => (this.migrationDone = this.watchCompletion()),
+        mark: (m) => this.mark(m),
+      });
     } catch (e) {
-      await disk.catch(() => undefined); // a disk QEMU froze all the same is merged back by failCut
-      await this.failCut(false);
+      await this.failCut(false); // a disk QEMU froze all the same is merged back
       throw e;
     }
-    return this.finishCut(cutUnixUs, resume);
+    this.pausedByUs = false;
+    return this.finishCut(cut.cutUnixUs, cut.resume);
   }
 
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
     const q = this.q;
     this.mark('start');
-    const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
-    if (info.status !== 'active' && info.status !== 'pre-switchover' && !this.preSwitchoverEv) {
+    // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
+    // right after a restart (its 'active' event may follow migrate's reply).
+    const st = this.migrationStatus;
+    if (st !== 'active' && st !== 'setup' && st !== 'pre-switchover' && !this.preSwitchoverEv) {
       this.phase = 'failed';
-      throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${info.status ?? 'unknown'}, cannot cut`);
+      throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${st}, cannot cut`);
     }
-    if (!this.preSwitchoverEv && info.status !== 'pre-switchover') {
-      const paused = new Promise<QmpEvent>((resolve) => {
+    if (!this.preSwitchoverEv && st !== 'pre-switchover') {
+      const preSwitchover = new Promise<QmpEvent>((resolve) => {
         this.preSwitchover = resolve;
         if (this.preSwitchoverEv) resolve(this.preSwitchoverEv);
       });
-      const failed = this.migrationDone ?? Promise.resolve();
-      let downtime = this.o.cutDowntimeMs;
+      // Nothing of the store from the commit to the resume: what QEMU sends in the final round
+      // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
+      // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
+      this.stream?.holdWrites();
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m) };
       try {
-        await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': downtime });
-        for (;;) {
-          const r = await Promise.race([paused, failed.then(() => undefined), sleep(this.o.cutEscalateMs).then(() => null)]);
-          if (r === undefined) throw new VnsnapError('ERR_DRIVER', `migration of ${this.vm} ended before the switchover`);
-          if (r !== null) break;
-          downtime = Math.min(60_000, downtime * 4);
-          this.log.info({ downtime }, 'no switchover yet: raising downtime-limit');
-          await q.execute('migrate-set-parameters', { 'downtime-limit': downtime });
-        }
+        await reachSwitchover(s);
       } catch (e) {
-        this.phase = 'failed';
+        this.pausedByUs = s.stoppedByUs === true;
+        this.stream?.releaseWrites();
+        await this.failCut(true);
         throw e;
       }
     }
@@ -430,16 +424,6 @@ export class QemuJob extends DriverJob {
     this.finalPassBytes = (this.stream?.received ?? 0) - sent;
     const copyEnd = resume.timestampUs || nowUs();
     return this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
-  }
-
-  /** atPause; if it throws, resume the VM and reject (no disk snapshot was taken). */
-  private async hook(atPause: () => Promise<void>): Promise<void> {
-    try {
-      await atPause();
-    } catch (e) {
-      await this.failCut(false);
-      throw e;
-    }
   }
 
   /**
