@@ -266,8 +266,10 @@ export class OutgoingMigration {
     // The VM is paused: its disk no longer changes. A READY mirror cancelled now completes with the target identical.
     if (this.mirrorStarted) {
       const completed = q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, 60_000);
+      const t0 = Date.now();
       await q.execute('block-job-cancel', { device: JOB });
       const c = await completed;
+      this.vm.log.info({ ms: Date.now() - t0, sincePauseMs: Date.now() - pausedUnixUs / 1000 }, 'disk mirror completed at the switchover');
       if (c.data.error) throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} failed at the switchover: ${String(c.data.error)}`);
       this.mirrorStarted = false;
       await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
