@@ -16,16 +16,20 @@
  *                          from other hosts relayed), the driver finishes the migration; the
  *                          Result goes back at once, then the VM is stopped, its ports detached
  *                          and its local disk deleted (it lives on the destination now; a
- *                          migration of it back here waits for that). If the driver fails to finish, the VM is
- *                          resumed here and its MACs routed to its ports again (they stayed
- *                          attached): it runs on at the source, and the error is the Result.
+ *                          migration of it back here waits for that). If the driver fails to
+ *                          finish, the VM is resumed here and its MACs routed to its ports again
+ *                          (they stayed attached): it runs on at the source, and the error is
+ *                          the Result.
  *   destination  resume    the driver resumes the VM (announce-self), the gates open, the VM is
  *                          running here (its state record written).
  *   either       cancel    before finish: the source's driver undoes the migration (the VM runs
  *                          on untouched); the destination's waiting VM is stopped, its partial
  *                          disk deleted. Idempotent.
  *
- * One migration per VM at a time; the records live until finish/resume/cancel.
+ * One migration per VM at a time; the records live until finish/resume/cancel. When the
+ * session with the coordinator ends, every migration settles locally (sessionLost). With the
+ * agent's certificates both streams are mutual TLS (the destination's name checked by the
+ * source; drivers/qemu/migration-tls.ts).
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
