@@ -17,8 +17,10 @@
  *                mirror keeps the disk in sync; at MIGRATION pre-switchover QEMU has paused the
  *                VM: the mirror is cancelled-as-ready (`block-job-cancel` of a READY mirror
  *                completes it with the target identical, without pivoting the source onto it).
- *                untilPaused() resolves here.
- *                finish(): `migrate-continue` → MIGRATION completed. The VM stays paused; the
+ *                untilPaused() resolves here, the mirror still completing (meanwhile the
+ *                coordinator has the destination attach the VM's ports).
+ *                finish(): the mirror completed (a failure there is finish's failure: the VM
+ *                resumes here), then `migrate-continue` → MIGRATION completed. The VM stays paused; the
  *                caller stops it and deletes its disk.
  *                cancel(): the mirror cancelled, `migrate_cancel`, the nbd node deleted, the
  *                throttle lifted, `cont` if the VM was paused by the migration: it runs on
@@ -139,6 +141,8 @@ const eventUs = (ev: QmpEvent): number => ev.timestampUs || Date.now() * 1000;
 export class OutgoingMigration {
   private readonly o: Required<LiveMigrationOptions>;
   private mirrorStarted = false;
+  /** The mirror completing at the switchover (memory() starts it, finish() awaits it). */
+  private settling: Promise<void> | undefined;
   private throttled = false;
   private migrateStarted = false;
   private pausedByMigration = false;
@@ -263,18 +267,29 @@ export class OutgoingMigration {
     this.pausedByMigration = true;
     const stop = await stopped.catch(() => undefined);
     const pausedUnixUs = stop ? eventUs(stop) : Date.now() * 1000;
-    // The VM is paused: its disk no longer changes. A READY mirror cancelled now completes with the target identical.
+    // The VM is paused: its disk no longer changes. The mirror completes while the caller
+    // reports the pause and the destination attaches the ports; finish() waits for it.
     if (this.mirrorStarted) {
-      const completed = q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, 60_000);
-      const t0 = Date.now();
-      await q.execute('block-job-cancel', { device: JOB });
-      const c = await completed;
-      this.vm.log.info({ ms: Date.now() - t0, sincePauseMs: Date.now() - pausedUnixUs / 1000 }, 'disk mirror completed at the switchover');
-      if (c.data.error) throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} failed at the switchover: ${String(c.data.error)}`);
-      this.mirrorStarted = false;
-      await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
+      this.settling = this.completeMirror(pausedUnixUs);
+      this.settling.catch(() => undefined);
     }
     return { pausedUnixUs, diskBytes: this.diskBytes, throttled: this.throttled };
+  }
+
+  /**
+   * A READY mirror cancelled with the VM paused completes with the target identical (its last
+   * step flushes the destination's disk), without moving the source onto it; the nbd node goes.
+   */
+  private async completeMirror(pausedUnixUs: number): Promise<void> {
+    const q = this.q;
+    const completed = q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, 60_000);
+    const t0 = Date.now();
+    await q.execute('block-job-cancel', { device: JOB });
+    const c = await completed;
+    this.mirrorStarted = false;
+    this.vm.log.info({ ms: Date.now() - t0, sincePauseMs: Date.now() - pausedUnixUs / 1000 }, 'disk mirror completed at the switchover');
+    if (c.data.error) throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} failed at the switchover: ${String(c.data.error)}`);
+    await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
   }
 
   private async memProgress(): Promise<void> {
@@ -287,6 +302,8 @@ export class OutgoingMigration {
   /** The switchover: let QEMU send the rest; resolves at MIGRATION completed (the VM stays paused here). */
   async finish(): Promise<{ memoryBytes: number; downtimeMs?: number }> {
     const q = this.q;
+    // The destination's disk is final before QEMU sends the rest (after which it may run there).
+    await this.settling;
     const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', this.o.timeoutMs);
     await q.execute('migrate-continue', { state: 'pre-switchover' });
     const ev = await done;
@@ -301,6 +318,7 @@ export class OutgoingMigration {
     this.cancelled = true;
     clearTimeout(this.throttleTimer);
     const q = this.q;
+    await this.settling?.catch(() => undefined);
     if (this.mirrorStarted) {
       const jobs = await q.execute<{ device: string }[]>('query-block-jobs').catch(() => []);
       if (jobs.some((j) => j.device === JOB)) {
