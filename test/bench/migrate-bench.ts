@@ -147,8 +147,9 @@ async function vnsnapRound(c: Cluster, to: string): Promise<VnsnapRound> {
 
 /**
  * The command line of a running QEMU, for its twin waiting for a RAM-only migration: its own
- * monitors, pidfile, serial, -S and -incoming dropped; the NIC a stream netdev nobody serves (a
- * TAP of the same name may be held by another QEMU on that host); the channel in `dir`.
+ * monitors, pidfile, serial, -S and -incoming dropped; the NIC on nothing: a TAP of the twin's
+ * own name (the source's TAP name may be held by another QEMU on that host) or a stream socket
+ * nobody serves; the channel in `dir`.
  */
 function incomingTwin(srcDir: string, dir: string, listen: string): string[] {
   const pid = Number(fs.readFileSync(path.join(srcDir, 'qemu.pid'), 'utf8').trim());
@@ -162,8 +163,9 @@ function incomingTwin(srcDir: string, dir: string, listen: string): string[] {
       continue;
     }
     if (a === '-netdev') {
+      // A TAP NIC's state carries vnet_hdr: the twin gets a TAP of its own name, in its namespace.
       const id = /id=([^,]*)/.exec(v)?.[1] ?? 'n0';
-      out.push(a, `stream,id=${id},server=on,addr.type=unix,addr.path=${dir}/net-${id}.sock`);
+      out.push(a, v.startsWith('tap,') ? `tap,id=${id},ifname=vnmbt${path.basename(dir).replace(/\D/g, '')}${id},script=no,downscript=no,vnet_hdr=on` : `stream,id=${id},server=on,addr.type=unix,addr.path=${dir}/net-${id}.sock`);
       i++;
       continue;
     }
@@ -266,12 +268,25 @@ function cleanup(): Promise<void> {
     for (const t of twins) if (t.exitCode === null && t.signalCode === null) t.kill('SIGKILL');
     const c = cluster;
     if (!c) return;
+    saveLogs(c);
     await step('removing the cluster', 90_000, () => destroyE2eCluster(c)).catch((e: Error) => {
       process.stderr.write(`bench:migrate: ${e.message}; killing what is left\n`);
       killE2eQemus();
     });
   })();
   return cleaning;
+}
+
+/** The cluster's logs (agents, coordinator) kept where the run's figures can be traced: LOGS. */
+const LOGS = '/var/tmp/vnsnap-migbench-logs';
+function saveLogs(c: Cluster): void {
+  try {
+    fs.rmSync(LOGS, { recursive: true, force: true });
+    fs.mkdirSync(LOGS, { recursive: true });
+    for (const f of fs.readdirSync(c.dir).filter((x) => x.endsWith('.log'))) fs.copyFileSync(path.join(c.dir, f), path.join(LOGS, f));
+  } catch (e) {
+    process.stderr.write(`bench:migrate: the logs were not kept: ${(e as Error).message}\n`);
+  }
 }
 
 function onSignal(sig: NodeJS.Signals): void {
