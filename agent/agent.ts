@@ -34,6 +34,7 @@ import { systemClock, type Clock } from '../proto/core/clock';
 import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
 import { silentLogger, type Logger } from '../proto/core/log';
+import type { TlsFiles } from '../proto/core/tls';
 import type { Register } from '../proto/gen/vnsnap/v1/Register';
 import { Switch, type SwitchOptions } from '../switch/switch';
 import type { TunnelTransport } from '../switch/tunnel/transport';
@@ -98,6 +99,8 @@ export interface AgentOptions {
    * coordinator and its clients do not need. Default 500 ms.
    */
   progressIntervalMs?: number;
+  /** The agent's certificate files: live migrations' disk and memory streams use them (mutual TLS). */
+  migrationTls?: TlsFiles;
   /** How the session reaches the coordinator (default: gRPC). Tests pass a fake transport. */
   session?: SessionFactory;
   /** Time for the session's and the runners' timers (default: the system clock). */
@@ -158,7 +161,7 @@ export class Agent extends EventEmitter implements Startable {
       ...(opts.channelTimeoutMs !== undefined ? { channelTimeoutMs: opts.channelTimeoutMs } : {}),
     });
     const restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots });
-    const migrations = new MigrateRunner({ ...parts, listenAddress: opts.tunnel.advertise ?? opts.tunnel.address, vms: this.vms, vnes, snapshots: this.snapshots });
+    const migrations = new MigrateRunner({ ...parts, listenAddress: opts.tunnel.advertise ?? opts.tunnel.address, ...(opts.migrationTls ? { tls: opts.migrationTls } : {}), vms: this.vms, vnes, snapshots: this.snapshots });
     const commands = new CommandDispatcher({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots, restores, migrations });
     this.session = new CoordinatorSession({
       coordinator: opts.coordinator,

@@ -164,6 +164,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     logger: log,
     metrics,
     session: grpcSessionTransportWith(certs?.channelCredentials()),
+    ...(cfg.tls ? { migrationTls: cfg.tls } : {}),
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.

@@ -13,21 +13,27 @@
  *                          frames for it are kept until resume.
  *   source       finish    the switchover: the VM's MACs routed to the destination on this
  *                          switch (frames that still arrive here go there, into the gate, those
- *                          from other hosts relayed), the driver finishes the migration, then the
- *                          VM is stopped, its ports detached and its local disk deleted (it lives
- *                          on the destination now). If the driver fails to finish, the VM is
- *                          resumed here and its MACs routed to its ports again (they stayed
- *                          attached): it runs on at the source, and the error is the Result.
+ *                          from other hosts relayed), the driver finishes the migration; the
+ *                          Result goes back at once, then the VM is stopped, its ports detached
+ *                          and its local disk deleted (it lives on the destination now; a
+ *                          migration of it back here waits for that). If the driver fails to
+ *                          finish, the VM is resumed here and its MACs routed to its ports again
+ *                          (they stayed attached): it runs on at the source, and the error is
+ *                          the Result.
  *   destination  resume    the driver resumes the VM (announce-self), the gates open, the VM is
  *                          running here (its state record written).
  *   either       cancel    before finish: the source's driver undoes the migration (the VM runs
  *                          on untouched); the destination's waiting VM is stopped, its partial
  *                          disk deleted. Idempotent.
  *
- * One migration per VM at a time; the records live until finish/resume/cancel.
+ * One migration per VM at a time; the records live until finish/resume/cancel. When the
+ * session with the coordinator ends, every migration settles locally (sessionLost). With the
+ * agent's certificates both streams are mutual TLS (the destination's name checked by the
+ * source; drivers/qemu/migration-tls.ts).
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
+import type { TlsFiles } from '../proto/core/tls';
 import type { MigrateAttach__Output } from '../proto/gen/vnsnap/v1/MigrateAttach';
 import type { MigrateCancel__Output } from '../proto/gen/vnsnap/v1/MigrateCancel';
 import type { MigrateFinish__Output } from '../proto/gen/vnsnap/v1/MigrateFinish';
@@ -37,7 +43,7 @@ import type { MigrateResume__Output } from '../proto/gen/vnsnap/v1/MigrateResume
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { Switch } from '../switch/switch';
-import type { HypervisorDriver, IncomingMigration, MigrationProgress, OutgoingMigration } from './drivers/driver';
+import type { HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTls, OutgoingMigration } from './drivers/driver';
 import type { SnapshotRunner } from './snapshot-runner';
 import { portName, vmKey, type VmRecord, type VmTable } from './vms';
 import type { VneTable } from './vne-table';
@@ -46,6 +52,8 @@ export interface MigrateRunnerOptions {
   agentId: string;
   /** The address the destination's QEMU listens on for the disk and memory streams (the underlay). */
   listenAddress: string;
+  /** The agent's certificate files: with them both streams are mutual TLS (docs/migration.md). */
+  tls?: TlsFiles;
   switch: () => Switch;
   vms: VmTable;
   vnes: VneTable;
@@ -78,6 +86,8 @@ export class MigrateRunner {
   private readonly incoming = new Map<string, Incoming>();
   /** By moveKey(migration id, VM name). */
   private readonly outgoing = new Map<string, Outgoing>();
+  /** Sources being stopped after their switchover, by VM key. */
+  private readonly leaving = new Map<string, Promise<void>>();
 
   constructor(private readonly o: MigrateRunnerOptions) {}
 
@@ -90,6 +100,7 @@ export class MigrateRunner {
   async prepareIncoming(c: MigrateIncoming__Output): Promise<Partial<Result>> {
     if (!c.migrationId || !c.vm) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'MigrateIncoming needs a migration id and a VM');
     this.o.vnes.require(c.vne);
+    await this.leaving.get(vmKey(c.vne, c.vm.name));
     if (this.o.vms.get(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} already runs on agent ${this.o.agentId}`);
     if (this.migrating(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} is already being migrated here`);
     const driver = this.o.vms.driverFor(c.vm);
@@ -98,7 +109,7 @@ export class MigrateRunner {
     const spec = { id: vmKey(c.vne, c.vm.name), vne: c.vne, name: c.vm.name, macs: c.vm.macs, driver: c.vm.driver ?? {} };
     const portNames = c.vm.macs.map((_, i) => portName(c.vne, c.vm!.name, i));
     const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
-    const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress);
+    const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress, this.tlsFor(c.tls));
     this.incoming.set(moveKey(c.migrationId, c.vm.name), { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm });
     this.o.log.info({ migration: c.migrationId, vm: spec.id, ...mig.targets }, 'waiting for a VM migrating here');
     return { migrateIncoming: { diskUri: mig.targets.diskUri, memoryUri: mig.targets.memoryUri } };
@@ -121,12 +132,12 @@ export class MigrateRunner {
         iteration: p.iteration,
         phaseDone: p.done,
       });
-    const mig = await vm.driver.migrateOut(vm.key, { diskUri: c.diskUri, memoryUri: c.memoryUri }, onProgress);
+    const mig = await vm.driver.migrateOut(vm.key, { diskUri: c.diskUri, memoryUri: c.memoryUri }, onProgress, this.tlsFor(c.tls, c.toAgent));
     const rec: Outgoing = { id: c.migrationId, vm, mig, finishing: false };
     this.outgoing.set(moveKey(c.migrationId, c.vm), rec);
     try {
       const r = await mig.untilPaused();
-      this.o.log.info({ migration: c.migrationId, vm: vm.key, diskBytes: r.diskBytes, throttled: r.throttled }, 'migrating VM paused for the switchover');
+      this.o.log.info({ migration: c.migrationId, vm: vm.key, diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs }, 'migrating VM paused for the switchover');
       return { migrateOutgoing: { diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs } };
     } catch (e) {
       this.outgoing.delete(moveKey(c.migrationId, c.vm));
@@ -140,6 +151,7 @@ export class MigrateRunner {
     if (inc.record) return {};
     if (c.generation && this.o.vnes.generation(c.vne) !== c.generation) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${c.vne} is at generation ${this.o.vnes.generation(c.vne)} on agent ${this.o.agentId}, the migration at ${c.generation}`);
     inc.record = await this.o.vms.attachPrepared(inc.vne, inc.spec, inc.driver, inc.mig.handle, c.epoch, `migration:${inc.id}`);
+    this.o.log.info({ migration: inc.id, vm: inc.record.key }, 'migrating VM attached (gated)');
     return {};
   }
 
@@ -155,7 +167,7 @@ export class MigrateRunner {
     // everything: a migration that fails now leaves the VM here, its NICs intact.
     const before = sw.stats();
     for (const mac of vm.spec.macs) sw.relayMovedMac(vm.vne, mac, c.toAgent);
-    let r: { memoryBytes: number };
+    let r: { memoryBytes: number; downtimeMs?: number };
     try {
       r = await out.mig.finish();
     } catch (e) {
@@ -166,10 +178,18 @@ export class MigrateRunner {
       throw e;
     }
     this.outgoing.delete(key);
+    this.o.log.info({ migration: c.migrationId, vm: vm.key, qemuDowntimeMs: r.downtimeMs }, 'QEMU migration completed');
     const after = sw.stats();
     const forwardedFrames = Number(after['movedRelayed']) - Number(before['movedRelayed']);
     const droppedFrames = Number(after['tunnelHairpinDrops']) - Number(before['tunnelHairpinDrops']);
-    await this.o.vms.destroy(vm, { discardDisk: true }).catch((e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'));
+    // The source QEMU (paused, everything sent) is stopped and its disk deleted after the reply:
+    // the destination's resume, and so the VM's downtime, does not wait for it. The record
+    // leaves the VM table at once; a migration back here waits for the stop (prepareIncoming).
+    const gone = this.o.vms
+      .destroy(vm, { discardDisk: true })
+      .then(() => undefined, (e: Error) => this.o.log.error({ vm: vm.key, err: e.message }, 'stopping the migrated VM\'s source failed'))
+      .finally(() => this.leaving.get(vm.key) === gone && this.leaving.delete(vm.key));
+    this.leaving.set(vm.key, gone);
     this.o.log.info({ migration: c.migrationId, vm: vm.key, forwardedFrames, droppedFrames, memoryBytes: r.memoryBytes }, 'migration switched over');
     return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
   }
@@ -207,14 +227,41 @@ export class MigrateRunner {
   }
 
   /**
-   * The session with the coordinator ended: migrations it can no longer finish are undone at
-   * once — a source not yet at its switchover resumes its VM, a destination not yet attached
-   * removes its waiting VM. (A destination already attached is left to a coordinator that
-   * comes back: docs/migration.md, known gaps.)
+   * The session with the coordinator ended: every migration settles here without it — a
+   * source not yet at its switchover resumes its VM (one in its switchover finishes it), a
+   * destination not yet attached removes its waiting VM, and one already attached resumes its
+   * VM if QEMU delivers the whole state (the source was finishing: the catalog already places
+   * the VM here) and removes it otherwise (the source cancelled and runs it on).
    */
   sessionLost(): void {
-    for (const out of [...this.outgoing.values()]) if (!out.finishing) void this.cancel({ migrationId: out.id, vne: out.vm.vne, vm: out.vm.name }).catch((e: Error) => this.o.log.error({ migration: out.id, err: e.message }, 'undoing a migration after the session ended failed'));
-    for (const inc of [...this.incoming.values()]) if (!inc.record) void this.cancel({ migrationId: inc.id, vne: inc.vne, vm: inc.vm }).catch((e: Error) => this.o.log.error({ migration: inc.id, err: e.message }, 'undoing a migration after the session ended failed'));
+    const failed = (id: string) => (e: Error) => this.o.log.error({ migration: id, err: e.message }, 'undoing a migration after the session ended failed');
+    for (const out of [...this.outgoing.values()]) if (!out.finishing) void this.cancel({ migrationId: out.id, vne: out.vm.vne, vm: out.vm.name }).catch(failed(out.id));
+    for (const inc of [...this.incoming.values()]) {
+      const ids = { migrationId: inc.id, vne: inc.vne, vm: inc.vm };
+      if (!inc.record) {
+        void this.cancel(ids).catch(failed(inc.id));
+        continue;
+      }
+      void this.resume(ids).then(
+        () => this.o.log.warn({ migration: inc.id, vm: vmKey(inc.vne, inc.vm) }, 'the session ended during the switchover: the whole state arrived, the VM runs here'),
+        (e: Error) => {
+          this.o.log.warn({ migration: inc.id, vm: vmKey(inc.vne, inc.vm), err: e.message }, 'the session ended during the switchover: the state did not arrive, the waiting VM is removed');
+          return this.cancel(ids).catch(failed(inc.id));
+        },
+      );
+    }
+  }
+
+  /**
+   * The streams' TLS: on whenever this agent has certificates (then its coordinator runs mutual
+   * TLS and so do the other agents'); asked for (`tls`) without them is refused.
+   */
+  private tlsFor(asked: boolean, peer?: string): MigrationTls | undefined {
+    if (!this.o.tls) {
+      if (asked) throw new VnsnapError('ERR_FAILED_PRECONDITION', `agent ${this.o.agentId} has no TLS certificates: it cannot encrypt the migration streams`);
+      return undefined;
+    }
+    return { files: this.o.tls, ...(peer ? { peer } : {}) };
   }
 
   private mustIncoming(id: string, vm: string): Incoming {

@@ -59,6 +59,7 @@
  */
 import type { Phase } from '../../proto/gen/vnsnap/v1/Phase';
 import type { Logger } from '../../proto/core/log';
+import type { TlsFiles } from '../../proto/core/tls';
 import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
 import type { Port } from '../../switch/port/port';
 import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
@@ -233,6 +234,16 @@ export interface MigrationTargets {
   memoryUri: string;
 }
 
+/**
+ * The disk and memory streams of a live migration over mutual TLS (docs/migration.md): the
+ * agent's own certificate, key and CA; on the source, the destination agent's id, which its
+ * certificate must name.
+ */
+export interface MigrationTls {
+  files: TlsFiles;
+  peer?: string;
+}
+
 /** The destination's side of a live migration (docs/migration.md). */
 export interface IncomingMigration {
   /** The VM's ports (not attached yet; the agent attaches them gated at the switchover). */
@@ -247,7 +258,7 @@ export interface OutgoingMigration {
   /** Disk in sync, memory pre-copied, the VM paused for the switchover. */
   untilPaused(): Promise<{ pausedUnixUs: number; diskBytes: number; throttled: boolean }>;
   /** Send the rest; resolves when the destination has everything (the VM stays paused here: the caller stops it). */
-  finish(): Promise<{ memoryBytes: number }>;
+  finish(): Promise<{ memoryBytes: number; /** the hypervisor's own downtime figure, if it reports one */ downtimeMs?: number }>;
   /** Undo before finish(): the VM runs on here untouched. Idempotent. */
   cancel(): Promise<void>;
 }
@@ -300,9 +311,9 @@ export interface HypervisorDriver {
    * (the agent's underlay address). A failure leaves nothing behind; stop(id, {discardDisk})
    * undoes a prepared one.
    */
-  migrateIn?(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration>;
+  migrateIn?(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string, tls?: MigrationTls): Promise<IncomingMigration>;
   /** Source: begin moving the running VM to `targets`. */
-  migrateOut?(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration>;
+  migrateOut?(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void, tls?: MigrationTls): Promise<OutgoingMigration>;
 
   // ── VMs that outlive the agent (docs/agent-restart.md). A driver without these three runs VMs
   // that die with the agent (the test drivers); the agent then stops them when it stops. ──

@@ -10,8 +10,9 @@
 #
 # Every leaf certificate is signed by DIR/ca.pem (made first with `ca`), valid --days N (default
 # 825; the CA 3650), with an EC P-256 key written 0600. The identities vnsnap reads:
-#   agent ID       subject CN=ID, OU=agent; SAN DNS:ID plus each --dns and --ip; clientAuth.
-#                  The agent may register only as ID.
+#   agent ID       subject CN=ID, OU=agent; SAN DNS:ID plus each --dns and --ip; clientAuth
+#                  and serverAuth (the destination's QEMU serves a live migration's streams
+#                  with it). The agent may register only as ID.
 #   coordinator    subject CN=NAME, OU=coordinator; SAN DNS:NAME, DNS:localhost, IP:127.0.0.1,
 #                  plus each --dns and --ip (every name and address clients and agents dial);
 #                  serverAuth.
@@ -109,7 +110,7 @@ case "$cmd" in
   agent)
     refuse_existing "$dir/agent-$name.pem" "$dir/agent-$name-key.pem"
     newkey "$dir/agent-$name-key.pem"
-    sign "$dir/agent-$name.pem" "$dir/agent-$name-key.pem" "/OU=agent/CN=$name" "extendedKeyUsage = clientAuth
+    sign "$dir/agent-$name.pem" "$dir/agent-$name-key.pem" "/OU=agent/CN=$name" "extendedKeyUsage = clientAuth, serverAuth
 $(san "$name")"
     echo "$dir/agent-$name.pem" ;;
   coordinator)

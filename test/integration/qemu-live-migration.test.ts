@@ -14,54 +14,26 @@
  * in after() also when a test fails.
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { QemuDriver } from '../../agent/drivers/qemu/driver';
-import type { MigrationProgress, VmStartSpec } from '../../agent/drivers/driver';
-import { silentLogger } from '../../proto/core/log';
-import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
-import { until } from '../support/wait';
+import type { MigrationProgress } from '../../agent/drivers/driver';
+import { MigrationPair } from '../support/qemu-migration-pair';
 
 describe('QEMU driver: live migration with the local disk (NBD mirror + memory pre-copy)', function () {
   this.timeout(240_000);
-  const root = `/tmp/vnqm-test-${process.pid}-mig`;
-  let image: GuestImage;
-  let src: QemuDriver | undefined;
-  let dst: QemuDriver | undefined;
+  const pair = new MigrationPair(`/tmp/vnqm-test-${process.pid}-mig`);
 
   before(function () {
-    if (process.getuid?.() !== 0) this.skip();
     this.timeout(25 * 60_000);
-    ensureQemu();
-    image = buildGuest();
-    fs.rmSync(root, { recursive: true, force: true });
-    fs.mkdirSync(root, { recursive: true });
+    if (!pair.prepare()) this.skip();
   });
-  after(async () => {
-    await src?.close().catch(() => undefined);
-    await dst?.close().catch(() => undefined);
-    fs.rmSync(root, { recursive: true, force: true });
-  });
+  after(() => pair.close());
 
-  const driver = (host: string) => new QemuDriver({ workDir: path.join(root, host, 'w'), disksDir: path.join(root, host, 'disks'), imageRoots: guestImageRoots(image, root) });
-  const statusOf = (d: QemuDriver, id: string): Promise<GuestStatus> => channelStatus(d.inspect(id)?.channelSock as string, 8000);
-  const waitFor = (what: string, d: QemuDriver, id: string, ok: (s: GuestStatus) => boolean): Promise<GuestStatus> =>
-    until(what, async () => {
-      const s = await statusOf(d, id);
-      return ok(s) ? s : undefined;
-    }, { timeoutMs: 90_000, everyMs: 250 }) as Promise<GuestStatus>;
-
-  function setup(name: string): { spec: VmStartSpec; ctx: { portNames: string[]; log: ReturnType<typeof silentLogger> } } {
-    const base = path.join(root, `${name}-base.qcow2`);
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    const spec = guestSpec(image, name, { disk: base, append: kernelCmdline({ name, diskRate: 50, memMiB: 8, memRateMiB: 2 }), memMib: 96 });
-    return { spec, ctx: { portNames: [`mig/${name}/0`], log: silentLogger() } };
-  }
+  const driver = (host: string) => pair.driver(host);
+  const waitFor = pair.waitFor.bind(pair);
+  const setup = pair.guest.bind(pair);
 
   it('moves a running guest with its disk: the same run continues on the destination, every record there', async () => {
-    src = driver('h1');
-    dst = driver('h2');
+    const src = driver('h1');
+    const dst = driver('h2');
     const { spec, ctx } = setup('lm');
     await src.start(spec, ctx);
     const before = await waitFor('the guest writing records', src, spec.id, (s) => s.disk.records >= 20);
@@ -88,8 +60,8 @@ describe('QEMU driver: live migration with the local disk (NBD mirror + memory p
   });
 
   it('the destination QEMU dies during the disk mirror: the source runs on untouched', async () => {
-    src ??= driver('h1');
-    dst ??= driver('h2');
+    const src = driver('h1');
+    const dst = driver('h2');
     const { spec, ctx } = setup('lf');
     await src.start(spec, ctx);
     const before = await waitFor('the guest writing records', src, spec.id, (s) => s.disk.records >= 10);

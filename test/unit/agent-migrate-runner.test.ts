@@ -5,30 +5,44 @@ import { MigrateRunner } from '../../agent/migrate-runner';
 import { SnapshotRunner } from '../../agent/snapshot-runner';
 import { VmTable } from '../../agent/vms';
 import { VneTable } from '../../agent/vne-table';
-import type { IncomingMigration, MigrationProgress, MigrationTargets, OutgoingMigration, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
+import type { IncomingMigration, MigrationProgress, MigrationTargets, MigrationTls, OutgoingMigration, VmStartContext, VmStartSpec } from '../../agent/drivers/driver';
 import { ManualClock } from '../../proto/core/clock';
 import { silentLogger } from '../../proto/core/log';
 import type { VmProgress } from '../../proto/gen/vnsnap/v1/VmProgress';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { Switch } from '../../switch/switch';
 import { FakeDriver } from '../support/fake-driver';
+import { until } from '../support/wait';
 import { fakeVmSpec, T0, VNE } from '../support/agent-parts';
 
 /** The fake driver with live migration: the "state" moves by pausing here and resuming there. */
 class MigratingDriver extends FakeDriver {
   failBeforePause: Error | undefined;
   failFinish: Error | undefined;
+  /** The incoming state never completes (the source cancelled). */
+  failResume: Error | undefined;
   readonly calls: string[] = [];
+  readonly tls: (MigrationTls | undefined)[] = [];
 
-  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration> {
+  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string, tls?: MigrationTls): Promise<IncomingMigration> {
     const handle = await this.start(spec, ctx);
     await this.pause(spec.id);
     this.calls.push(`in ${spec.id} ${listenAddress}`);
-    return { handle, targets: { diskUri: `nbd://${listenAddress}:10809/d`, memoryUri: `tcp:${listenAddress}:4444` }, resume: async () => (await this.resume(spec.id), 5_000_000) };
+    this.tls.push(tls);
+    return {
+      handle,
+      targets: { diskUri: `nbd://${listenAddress}:10809/d`, memoryUri: `tcp:${listenAddress}:4444` },
+      resume: async () => {
+        if (this.failResume) throw this.failResume;
+        await this.resume(spec.id);
+        return 5_000_000;
+      },
+    };
   }
 
-  async migrateOut(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration> {
+  async migrateOut(vm: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void, tls?: MigrationTls): Promise<OutgoingMigration> {
     this.calls.push(`out ${vm} ${targets.diskUri} ${targets.memoryUri}`);
+    this.tls.push(tls);
     return {
       untilPaused: async () => {
         onProgress({ phase: 'disk', bytesDone: 8, bytesTotal: 8, iteration: 0, done: true });
@@ -49,7 +63,7 @@ class MigratingDriver extends FakeDriver {
   }
 }
 
-function agent(id: string) {
+function agent(id: string, tls?: { ca: string; cert: string; key: string }) {
   const clock = new ManualClock(T0);
   const sw = new Switch({ id, now: () => clock.now() });
   const driver = new MigratingDriver('qemu');
@@ -59,7 +73,7 @@ function agent(id: string) {
   const vms = new VmTable({ ...parts, drivers: [driver] });
   const vnes = new VneTable(parts);
   const snapshots = new SnapshotRunner({ ...parts, vms, vnes });
-  const runner = new MigrateRunner({ ...parts, listenAddress: `10.0.0.${id.slice(1)}`, vms, vnes, snapshots });
+  const runner = new MigrateRunner({ ...parts, listenAddress: `10.0.0.${id.slice(1)}`, ...(tls ? { tls } : {}), vms, vnes, snapshots });
   const other = id === 'h1' ? 'h2' : 'h1';
   vnes.configure({ vne: VNE, vni: 7, generation: 4, peers: [{ agentId: other, address: '10.0.0.9', port: 6081 }], macs: [], epoch: 3 });
   return { sw, driver, vms, runner };
@@ -169,6 +183,37 @@ describe('agent migrate runner (fake driver with live migration)', () => {
     assert.equal(src.runner.migrating(VNE, 'a'), false);
     assert.equal(dst.driver.status(`${VNE}/a`), 'stopped');
     assert.equal(dst.runner.migrating(VNE, 'a'), false);
+  });
+
+  it('the session lost after the attach: the destination resumes the VM when the whole state arrived, removes it when not', async () => {
+    for (const arrived of [true, false]) {
+      const { src, dst } = await prepared();
+      await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: false, toAgent: 'h2' }, () => undefined);
+      await dst.runner.attach({ ...ids, epoch: 3, generation: 4 });
+      if (!arrived) dst.driver.failResume = new VnsnapError('ERR_DRIVER', 'incoming migration of blue/a failed');
+      dst.runner.sessionLost();
+      await until('the destination settled', () => !dst.runner.migrating(VNE, 'a'));
+      await until('the destination VM settled', () => dst.driver.status(`${VNE}/a`) !== 'paused');
+      assert.equal(dst.driver.status(`${VNE}/a`), arrived ? 'running' : 'stopped', `state arrived: ${arrived}`);
+      assert.equal(dst.vms.get(VNE, 'a') !== undefined, arrived);
+      assert.deepEqual(dst.sw.portNames(VNE), arrived ? ['blue/a/0'] : []);
+    }
+  });
+
+  it('TLS: with the agent\'s certificates both ends get them, the source with the destination\'s name; asked for without them is refused', async () => {
+    const files = { ca: '/pki/ca.pem', cert: '/pki/agent.pem', key: '/pki/agent-key.pem' };
+    const src = agent('h1', files);
+    const dst = agent('h2', files);
+    const spec = fakeVmSpec('a', 1);
+    await src.vms.start(VNE, spec, 3, []);
+    await dst.runner.prepareIncoming({ ...ids, vm: spec, vneVms: [], tls: true });
+    await src.runner.migrateOut({ ...ids, diskUri: 'x', memoryUri: 'y', tls: true, toAgent: 'h2' }, () => undefined);
+    assert.deepEqual(dst.driver.tls, [{ files }]);
+    assert.deepEqual(src.driver.tls, [{ files, peer: 'h2' }]);
+    const plain = agent('h3');
+    await assert.rejects(plain.runner.prepareIncoming({ ...ids, vm: fakeVmSpec('b', 2), vneVms: [], tls: true }), /agent h3 has no TLS certificates: it cannot encrypt the migration streams/);
+    await plain.runner.prepareIncoming({ ...ids, vm: fakeVmSpec('b', 2), vneVms: [], tls: false });
+    assert.deepEqual(plain.driver.tls, [undefined]);
   });
 
   it('refuses: a VM that runs here already (destination), a VM not here (source), a generation that does not match', async () => {

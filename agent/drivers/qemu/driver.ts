@@ -39,7 +39,7 @@ import { silentLogger, type Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import { sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
-import type { HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTargets, OutgoingMigration, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import type { HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTargets, MigrationTls, OutgoingMigration, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
@@ -374,13 +374,13 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /** Live migration, destination (live-migration.ts): the VM waits for its state; stop(id, {discardDisk}) undoes it. */
-  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string): Promise<IncomingMigration> {
+  async migrateIn(spec: VmStartSpec, ctx: VmStartContext, listenAddress: string, tls?: MigrationTls): Promise<IncomingMigration> {
     const { vm, nics } = await this.prepare(spec, ctx, false);
     let targets: MigrationTargets;
     try {
       if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
       await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
-      targets = await prepareIncoming(vm, listenAddress);
+      targets = await prepareIncoming(vm, listenAddress, tls);
     } catch (e) {
       await this.cleanup(vm, true);
       throw e;
@@ -391,10 +391,10 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   /** Live migration, source (live-migration.ts). */
-  async migrateOut(id: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void): Promise<OutgoingMigration> {
+  async migrateOut(id: string, targets: MigrationTargets, onProgress: (p: MigrationProgress) => void, tls?: MigrationTls): Promise<OutgoingMigration> {
     const vm = this.get(id);
     if (vm.job) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `QEMU VM ${id} has a snapshot in progress`);
-    return new QemuOutgoing(vm, targets, onProgress);
+    return new QemuOutgoing(vm, targets, onProgress, {}, tls);
   }
 
   inspect(id: string): QemuVmInfo | undefined {

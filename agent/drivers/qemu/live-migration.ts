@@ -17,22 +17,28 @@
  *                mirror keeps the disk in sync; at MIGRATION pre-switchover QEMU has paused the
  *                VM: the mirror is cancelled-as-ready (`block-job-cancel` of a READY mirror
  *                completes it with the target identical, without pivoting the source onto it).
- *                untilPaused() resolves here.
- *                finish(): `migrate-continue` → MIGRATION completed. The VM stays paused; the
+ *                untilPaused() resolves here, the mirror still completing (meanwhile the
+ *                coordinator has the destination attach the VM's ports).
+ *                finish(): the mirror completed (a failure there is finish's failure: the VM
+ *                resumes here), then `migrate-continue` → MIGRATION completed. The VM stays paused; the
  *                caller stops it and deletes its disk.
  *                cancel(): the mirror cancelled, `migrate_cancel`, the nbd node deleted, the
  *                throttle lifted, `cont` if the VM was paused by the migration: it runs on
  *                untouched (its own disk was only read).
- *   destination  resume(): MIGRATION completed, the NBD export and server removed, `cont`,
+ *   destination  resume(): MIGRATION completed, `cont`, the NBD export and server removed,
  *                `announce-self` (RARP for every NIC: switches that learnt the MAC elsewhere
  *                learn it again; vnsnap's switches already have the static route).
  *                cancel(): the caller stops the VM with its disk discarded.
  *
- * Streams are plain TCP on the underlay (docs/migration.md: TLS is not applied to them yet).
+ * Streams: TCP on the underlay; with `tls` (the agents run with certificates) both are mutual
+ * TLS with QEMU's tls-creds-x509 (migration-tls.ts), else plain.
  */
 import * as net from 'node:net';
 import { VnsnapError } from '../../../proto/core/errors';
-import type { MigrationProgress } from '../driver';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { MigrationProgress, MigrationTls } from '../driver';
+import { addTls, clearTls, removeTlsFiles, TLS_AUTHZ, TLS_CREDS } from './migration-tls';
 import type { MigrationInfo, QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 
@@ -67,14 +73,19 @@ async function freePort(host: string): Promise<number> {
 const hostPart = (h: string): string => (h.includes(':') ? `[${h}]` : h);
 
 /** Destination: NBD export of the fresh disk and the incoming listener; the VM is waiting (-incoming defer, -S). */
-export async function prepareIncoming(vm: QemuVm, listenAddress: string): Promise<{ diskUri: string; memoryUri: string }> {
+export async function prepareIncoming(vm: QemuVm, listenAddress: string, tls?: MigrationTls): Promise<{ diskUri: string; memoryUri: string }> {
   const q = vm.q();
   const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
   await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
+  const secure = tls ? { 'tls-creds': TLS_CREDS, 'tls-authz': TLS_AUTHZ } : {};
+  if (tls) {
+    await addTls(vm, tls, 'server');
+    await q.execute('migrate-set-parameters', secure);
+  }
   let diskUri = '';
   if (vm.hasDisk) {
     const port = await freePort(listenAddress);
-    await q.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listenAddress, port: String(port) } } });
+    await q.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listenAddress, port: String(port) } }, ...secure });
     await q.execute('block-export-add', { type: 'nbd', id: EXPORT, 'node-name': vm.topNode, name: EXPORT, writable: true });
     diskUri = `nbd://${hostPart(listenAddress)}:${port}/${EXPORT}`;
   }
@@ -97,10 +108,6 @@ export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<num
     const ev = await ended;
     if (ev.data.status !== 'completed') throw new VnsnapError('ERR_DRIVER', `incoming migration of ${vm.spec.id} ${String(ev.data.status)}: ${vm.stderr()}`.trim());
   }
-  if (vm.hasDisk) {
-    await q.execute('block-export-del', { id: EXPORT }).catch(() => undefined);
-    await q.execute('nbd-server-stop').catch(() => undefined);
-  }
   const resumed = q.waitEvent('RESUME', () => true, 10_000);
   resumed.catch(() => undefined);
   const end = Date.now() + 5000;
@@ -114,6 +121,15 @@ export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<num
     }
   }
   const ev = await resumed.catch(() => undefined);
+  // After cont (outside the downtime): the source deleted its NBD client before the switchover.
+  if (vm.hasDisk) {
+    await q.execute('block-export-del', { id: EXPORT }).catch(() => undefined);
+    await q.execute('nbd-server-stop').catch(() => undefined);
+  }
+  if (fs.existsSync(path.join(vm.files.dir, 'tls'))) {
+    await clearTls(vm);
+    removeTlsFiles(vm);
+  }
   await q.execute('announce-self', { initial: 50, max: 550, rounds: 5, step: 100 }).catch((e: Error) => vm.log.warn({ err: e.message }, 'announce-self failed'));
   await vm.refreshStatus();
   return ev ? eventUs(ev) : Date.now() * 1000;
@@ -125,6 +141,8 @@ const eventUs = (ev: QmpEvent): number => ev.timestampUs || Date.now() * 1000;
 export class OutgoingMigration {
   private readonly o: Required<LiveMigrationOptions>;
   private mirrorStarted = false;
+  /** The mirror completing at the switchover (memory() starts it, finish() awaits it). */
+  private settling: Promise<void> | undefined;
   private throttled = false;
   private migrateStarted = false;
   private pausedByMigration = false;
@@ -138,6 +156,7 @@ export class OutgoingMigration {
     private readonly targets: { diskUri: string; memoryUri: string },
     private readonly onProgress: (p: MigrationProgress) => void,
     opts: LiveMigrationOptions = {},
+    private readonly tls?: MigrationTls,
   ) {
     this.o = {
       throttleAfterMs: opts.throttleAfterMs ?? 10_000,
@@ -152,8 +171,15 @@ export class OutgoingMigration {
     return this.vm.q();
   }
 
+  /** The TLS options of the nbd client and of the migration (none without TLS). */
+  private secure(): Record<string, string> {
+    if (!this.tls) return {};
+    return { 'tls-creds': TLS_CREDS, ...(this.tls.peer ? { 'tls-hostname': this.tls.peer } : {}) };
+  }
+
   /** Mirror the disk, pre-copy memory; resolves when the VM is paused at the switchover with its disk in sync. */
   async untilPaused(): Promise<{ pausedUnixUs: number; diskBytes: number; throttled: boolean }> {
+    if (this.tls) await addTls(this.vm, this.tls, 'client');
     if (this.targets.diskUri && this.vm.hasDisk) await this.mirror();
     return this.memory();
   }
@@ -161,7 +187,7 @@ export class OutgoingMigration {
   private async mirror(): Promise<void> {
     const u = new URL(this.targets.diskUri);
     const host = u.hostname.replace(/^\[|\]$/g, '');
-    await this.q.execute('blockdev-add', { driver: 'nbd', 'node-name': TARGET_NODE, server: { type: 'inet', host, port: u.port }, export: u.pathname.slice(1) });
+    await this.q.execute('blockdev-add', { driver: 'nbd', 'node-name': TARGET_NODE, server: { type: 'inet', host, port: u.port }, export: u.pathname.slice(1), ...this.secure() });
     const ready = this.q.waitEvent('BLOCK_JOB_READY', (d) => d.device === JOB, this.o.timeoutMs);
     const failed = this.q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, this.o.timeoutMs).then((ev) => {
       throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} ended before it was in sync: ${String(ev.data.error ?? 'no error given')}`);
@@ -220,7 +246,7 @@ export class OutgoingMigration {
     const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
     const want = new Set(['events', 'pause-before-switchover']);
     await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: want.has(c.capability) })) });
-    await q.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024, 'downtime-limit': this.o.downtimeLimitMs });
+    await q.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024, 'downtime-limit': this.o.downtimeLimitMs, ...this.secure() });
     const pre = q.waitEvent('MIGRATION', (d) => d.status === 'pre-switchover' || d.status === 'failed' || d.status === 'cancelled', this.o.timeoutMs);
     const stopped = q.waitEvent('STOP', () => true, this.o.timeoutMs);
     pre.catch(() => undefined);
@@ -241,16 +267,29 @@ export class OutgoingMigration {
     this.pausedByMigration = true;
     const stop = await stopped.catch(() => undefined);
     const pausedUnixUs = stop ? eventUs(stop) : Date.now() * 1000;
-    // The VM is paused: its disk no longer changes. A READY mirror cancelled now completes with the target identical.
+    // The VM is paused: its disk no longer changes. The mirror completes while the caller
+    // reports the pause and the destination attaches the ports; finish() waits for it.
     if (this.mirrorStarted) {
-      const completed = q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, 60_000);
-      await q.execute('block-job-cancel', { device: JOB });
-      const c = await completed;
-      if (c.data.error) throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} failed at the switchover: ${String(c.data.error)}`);
-      this.mirrorStarted = false;
-      await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
+      this.settling = this.completeMirror(pausedUnixUs);
+      this.settling.catch(() => undefined);
     }
     return { pausedUnixUs, diskBytes: this.diskBytes, throttled: this.throttled };
+  }
+
+  /**
+   * A READY mirror cancelled with the VM paused completes with the target identical (its last
+   * step flushes the destination's disk), without moving the source onto it; the nbd node goes.
+   */
+  private async completeMirror(pausedUnixUs: number): Promise<void> {
+    const q = this.q;
+    const completed = q.waitEvent('BLOCK_JOB_COMPLETED', (d) => d.device === JOB, 60_000);
+    const t0 = Date.now();
+    await q.execute('block-job-cancel', { device: JOB });
+    const c = await completed;
+    this.mirrorStarted = false;
+    this.vm.log.info({ ms: Date.now() - t0, sincePauseMs: Date.now() - pausedUnixUs / 1000 }, 'disk mirror completed at the switchover');
+    if (c.data.error) throw new VnsnapError('ERR_DRIVER', `the disk mirror of ${this.vm.spec.id} failed at the switchover: ${String(c.data.error)}`);
+    await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
   }
 
   private async memProgress(): Promise<void> {
@@ -261,15 +300,17 @@ export class OutgoingMigration {
   }
 
   /** The switchover: let QEMU send the rest; resolves at MIGRATION completed (the VM stays paused here). */
-  async finish(): Promise<{ memoryBytes: number }> {
+  async finish(): Promise<{ memoryBytes: number; downtimeMs?: number }> {
     const q = this.q;
+    // The destination's disk is final before QEMU sends the rest (after which it may run there).
+    await this.settling;
     const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', this.o.timeoutMs);
     await q.execute('migrate-continue', { state: 'pre-switchover' });
     const ev = await done;
     const info = await q.execute<MigrationInfo>('query-migrate').catch(() => ({}) as MigrationInfo);
     if (ev.data.status !== 'completed') throw new VnsnapError('ERR_DRIVER', `migration of ${this.vm.spec.id} ${String(ev.data.status)} at the switchover: ${info['error-desc'] ?? ''}`.trim());
     this.onProgress({ phase: 'memory', bytesDone: info.ram?.transferred ?? 0, bytesTotal: info.ram?.total ?? 0, iteration: info.ram?.['dirty-sync-count'] ?? 0, done: true });
-    return { memoryBytes: info.ram?.transferred ?? 0 };
+    return { memoryBytes: info.ram?.transferred ?? 0, ...(info.downtime !== undefined ? { downtimeMs: info.downtime } : {}) };
   }
 
   /** Undo everything before finish(): the VM runs on here as before. Idempotent. */
@@ -277,6 +318,7 @@ export class OutgoingMigration {
     this.cancelled = true;
     clearTimeout(this.throttleTimer);
     const q = this.q;
+    await this.settling?.catch(() => undefined);
     if (this.mirrorStarted) {
       const jobs = await q.execute<{ device: string }[]>('query-block-jobs').catch(() => []);
       if (jobs.some((j) => j.device === JOB)) {
@@ -296,6 +338,10 @@ export class OutgoingMigration {
       }
     }
     await q.execute('blockdev-del', { 'node-name': TARGET_NODE }).catch(() => undefined);
+    if (this.tls) {
+      await clearTls(this.vm);
+      removeTlsFiles(this.vm);
+    }
     await this.unthrottle();
     await this.vm.refreshStatus();
     if (this.vm.status !== 'running') await q.execute('cont');

@@ -1,0 +1,72 @@
+/**
+ * Mutual TLS for a live migration's two streams (docs/migration.md "Encryption"): when the
+ * agents run with certificates, the destination's NBD server and migration listener, and the
+ * source's NBD client and migration, use QEMU's own `tls-creds-x509` made from the agent's
+ * certificate, key and CA, so the disk and memory never cross the underlay in clear.
+ *
+ *   server (destination)  credentials with endpoint=server, verify-peer: the source must present
+ *                         a certificate of the cluster's CA; an `authz-list` lets only agent
+ *                         certificates (OU=agent, vnsnap-pki.sh) through, not an operator's or
+ *                         the coordinator's. The agent certificate needs serverAuth as well as
+ *                         clientAuth for this (vnsnap-pki.sh agent issues both).
+ *   client (source)       endpoint=client, verify-peer: the destination's certificate must be
+ *                         of the CA and name the destination agent (`tls-hostname` = its id,
+ *                         the certificate's DNS SAN).
+ *
+ * QEMU reads credentials from a directory of fixed names, so the PEM files are copied into
+ * `tls/` of the VM's instance directory (the key 0600, root-only like the directory); the
+ * files are read at each migration, so a renewed certificate is used from the next one on.
+ * clearTls() removes the objects and resets the migration parameters: later snapshot cuts of
+ * the VM migrate to a local socket, without TLS.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { VnsnapError } from '../../../proto/core/errors';
+import type { MigrationTls } from '../driver';
+import type { QemuVm } from './process';
+
+export const TLS_CREDS = 'vnsnap-mig-tls';
+export const TLS_AUTHZ = 'vnsnap-mig-authz';
+
+/** Subject DNs of agent certificates (vnsnap-pki.sh: /OU=agent/CN=ID), in either order GnuTLS prints. */
+const AGENT_DN_GLOBS = ['CN=*,OU=agent', 'OU=agent,CN=*'];
+
+/** Add the credentials (and, for the server, the authorisation) to the VM's QEMU. */
+export async function addTls(vm: QemuVm, tls: MigrationTls, endpoint: 'server' | 'client'): Promise<void> {
+  const q = vm.q();
+  const dir = path.join(vm.files.dir, 'tls');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  try {
+    fs.copyFileSync(tls.files.ca, path.join(dir, 'ca-cert.pem'));
+    fs.copyFileSync(tls.files.cert, path.join(dir, `${endpoint}-cert.pem`));
+    fs.copyFileSync(tls.files.key, path.join(dir, `${endpoint}-key.pem`));
+    fs.chmodSync(path.join(dir, `${endpoint}-key.pem`), 0o600);
+  } catch (e) {
+    throw new VnsnapError('ERR_CONFIG', `the agent's TLS files for the migration of ${vm.spec.id} cannot be read: ${(e as Error).message}`, { cause: e });
+  }
+  await clearTls(vm);
+  try {
+    await q.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
+  } catch (e) {
+    const msg = (e as Error).message;
+    const hint = /purpose/i.test(msg) ? ` (the agent certificate ${tls.files.cert} needs extendedKeyUsage serverAuth as well as clientAuth: re-issue it with vnsnap-pki.sh agent)` : '';
+    throw new VnsnapError('ERR_CONFIG', `QEMU refused the agent's certificate for the migration of ${vm.spec.id}: ${msg}${hint}`, { cause: e });
+  }
+  if (endpoint === 'server') {
+    await q.execute('object-add', { 'qom-type': 'authz-list', id: TLS_AUTHZ, policy: 'deny', rules: AGENT_DN_GLOBS.map((match) => ({ match, policy: 'allow', format: 'glob' })) });
+  }
+}
+
+/** Remove the TLS objects and reset the migration's TLS parameters (idempotent, never throws). */
+export async function clearTls(vm: QemuVm): Promise<void> {
+  const q = vm.q();
+  await q.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' }).catch(() => undefined);
+  await q.execute('object-del', { id: TLS_AUTHZ }).catch(() => undefined);
+  await q.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
+}
+
+/** Remove the copied PEM files (after the migration ended either way). */
+export function removeTlsFiles(vm: QemuVm): void {
+  fs.rmSync(path.join(vm.files.dir, 'tls'), { recursive: true, force: true });
+}
