@@ -10,8 +10,13 @@
  *                     checked; the last chunk is held back until both match, so a consumer (QEMU's
  *                     incoming migration) never receives a whole image that is wrong: a mismatch is
  *                     ERR_CHECKSUM naming the artefact, raised before the stream's end.
+ *                     A read its store already checked whole (a content-addressed store's:
+ *                     proto/store/checked-read.ts) is not hashed again: the store's claim (its
+ *                     index's size and SHA-256) must equal the expected ones, checked before the
+ *                     first byte is passed on. Each byte is then hashed twice in all (its chunk,
+ *                     the artefact, both in the store), not three times (docs/storage.md, "Reading").
  *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
- *                     memory images are verifiedRead / a checked get; everything else passes through
+ *                     memory images are verifiedRead (get() too, through read()); everything else passes through
  *                     (disk layers are checked by the driver's own chain rebuild). The first read()
  *                     of any artefact (a driver rebuilding a disk chain, or loading a memory image)
  *                     starts reading every checked image ahead (proto/store/read-ahead.ts, at most
@@ -20,6 +25,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
+import { checkedClaim, type Claim } from '../proto/store/checked-read';
 import { readAhead } from '../proto/store/read-ahead';
 import type { SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
 
@@ -52,20 +58,34 @@ function mismatch(a: Expected, size: number, sha: string): VnsnapError {
   return new VnsnapError('ERR_CHECKSUM', `${a.path}: ${what}`);
 }
 
-/** The chunks of `a` from `source`, its size and SHA-256 checked; the last chunk only once both match. */
+/**
+ * The chunks of `a` from `source`, its size and SHA-256 checked; the last chunk only once both
+ * match. A source its store checked whole (proto/store/checked-read.ts: a content-addressed
+ * store's read) is not hashed again: its claim (the index's size and SHA-256) is compared with
+ * `a` before the first chunk is passed on, and its clean end proves the bytes are the claim's.
+ */
 export async function* verifiedRead(source: AsyncIterable<Buffer>, a: Expected): AsyncGenerator<Buffer> {
-  const h = createHash('sha256');
+  const claim = checkedClaim(source);
+  const h = claim ? undefined : createHash('sha256');
   const want = Number(a.size);
   let size = 0;
   let held: Buffer | undefined;
+  let confirmed = false;
+  const confirm = async (): Promise<void> => {
+    confirmed = true;
+    const c = await (claim as Promise<Claim>);
+    if (c.size !== want || c.sha256 !== a.sha256.toLowerCase()) throw mismatch(a, c.size, c.sha256);
+  };
   for await (const b of source) {
+    if (claim && !confirmed) await confirm();
     size += b.length;
     if (size > want) throw mismatch(a, size, '');
-    h.update(b);
+    h?.update(b);
     if (held) yield held;
     held = b;
   }
-  const sha = h.digest('hex');
+  if (claim && !confirmed) await confirm();
+  const sha = h ? h.digest('hex') : a.sha256.toLowerCase();
   if (size !== want || sha !== a.sha256.toLowerCase()) throw mismatch(a, size, sha);
   if (held) yield held;
 }
@@ -90,12 +110,10 @@ export function verifyingStore(store: SnapshotStore, checked: readonly Expected[
       if (prop === 'get') {
         return async (p: string): Promise<Buffer> => {
           const a = byPath.get(p);
-          const b = await target.get(p);
-          if (a) {
-            const sha = createHash('sha256').update(b).digest('hex');
-            if (b.length !== Number(a.size) || sha !== a.sha256.toLowerCase()) throw mismatch(a, b.length, sha);
-          }
-          return b;
+          if (!a) return target.get(p);
+          const parts: Buffer[] = [];
+          for await (const b of verifiedRead(target.read(p), a)) parts.push(b);
+          return Buffer.concat(parts);
         };
       }
       const v: unknown = Reflect.get(target, prop, receiver);

@@ -12,6 +12,8 @@
  *     not the first snapshot.
  *   - Before open() every call is ERR_STATE (a rejected promise, never a synchronous throw).
  *   - describe is describeStore() of the config: safe to log (no credentials).
+ *   - read() hands out the opened store's read itself, so a read the store checked whole
+ *     (proto/store/checked-read.ts) is not hashed again by a restore.
  *   - close() closes the opened store (an S3 client's sockets) when the agent stops.
  */
 import { VnsnapError } from '../proto/core/errors';
@@ -50,8 +52,12 @@ export class StoreHandle implements SnapshotStore {
   async get(relPath: string): Promise<Buffer> {
     return this.store.get(relPath);
   }
-  async *read(relPath: string): AsyncIterable<Buffer> {
-    yield* this.store.read(relPath);
+  read(relPath: string): AsyncIterable<Buffer> {
+    if (this.opened) return this.opened.read(relPath); // unwrapped: a checked read stays tagged
+    const notOpen = async function* (h: StoreHandle): AsyncGenerator<Buffer> {
+      yield* h.store.read(relPath); // ERR_STATE on the first step
+    };
+    return notOpen(this);
   }
   async link(from: string, to: string): Promise<StoredArtefact> {
     return this.store.link(from, to);

@@ -13,6 +13,9 @@
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()
  *     yields a chunk only after checking it).
+ *   - read() is tagged with its index's size and SHA-256 (checked-read.ts), so a reader that
+ *     expects them (a restore) compares them once instead of hashing the bytes a second time;
+ *     verify() hashes each byte twice (chunk, artefact), never three times.
  *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data);
  *     verifyAll(prefix) does it for every artefact under a prefix (a snapshot) and reports each.
  *   - list/stat/delete/deleteByPrefix see only indexes; delete removes the index, not the chunks:
@@ -41,6 +44,7 @@ import { storeStats, type StoreStats } from './cas-stats';
 import type { ObjectBackend } from './object-backend';
 import { PackMap, type ChunkLocation } from './pack-map';
 import { readChunks } from './pack-reader';
+import { checkedRead, type Claim } from './checked-read';
 import type { SnapshotStore, StoredArtefact } from './snapshot-store';
 import { putThroughWriter } from './snapshot-store';
 
@@ -75,6 +79,9 @@ export interface CasStoreOptions {
 
 /** One artefact's verification: ok, or the problem found; bytes of chunks read and checked. */
 export type VerifyResult = { path: string; ok: true; bytes: number } | { path: string; ok: false; problem: string; bytes: number };
+
+/** How read() settles the claim it is tagged with. */
+type Settle = { ok: (c: Claim) => void; fail: (e: unknown) => void };
 
 /** The failures that say something is wrong with an artefact (not with reaching the store). */
 const ARTEFACT_PROBLEMS = ['ERR_CHECKSUM', 'ERR_DATA_LOSS', 'ERR_UNSUPPORTED_VERSION'] as const;
@@ -182,9 +189,25 @@ export class CasStore implements SnapshotStore {
    * The bytes of a committed artefact, chunk by chunk, each checked before it is yielded, with
    * up to `concurrency` chunks read ahead. ERR_NOT_FOUND when absent.
    */
-  async *read(relPath: string): AsyncGenerator<Buffer> {
-    const idx = await this.index(relPath);
-    if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+  read(relPath: string): AsyncGenerator<Buffer> {
+    let settle: Settle | undefined;
+    const claim = new Promise<Claim>((ok, fail) => (settle = { ok, fail }));
+    // Checked whole against its index (checked-read.ts): a reader expecting the same size and
+    // SHA-256 need not hash the bytes again.
+    return checkedRead(this.readIndexed(relPath, settle as Settle), claim);
+  }
+
+  /** read()'s chunks; `settle` gets the index's size and SHA-256 before the first chunk. */
+  private async *readIndexed(relPath: string, settle: Settle): AsyncGenerator<Buffer> {
+    let idx: ArtefactIndex | null;
+    try {
+      idx = await this.index(relPath);
+      if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+    } catch (e) {
+      settle.fail(e);
+      throw e;
+    }
+    settle.ok({ size: idx.size, sha256: idx.sha256 });
     yield* this.chunks(idx);
   }
 
@@ -269,7 +292,6 @@ export class CasStore implements SnapshotStore {
 
   /** Read one artefact whole, checked; what it holds or what is wrong with it. */
   private async check(path: string): Promise<{ ok: true; size: number; sha256: string; bytes: number } | { ok: false; problem: string; bytes: number }> {
-    const whole = createHash('sha256');
     let bytes = 0;
     let idx: ArtefactIndex | null;
     try {
@@ -279,11 +301,9 @@ export class CasStore implements SnapshotStore {
     }
     if (!idx) return { ok: false, problem: `${path}: missing`, bytes };
     try {
-      for await (const b of this.chunks(idx)) {
-        whole.update(b);
-        bytes += b.length;
-      }
-      return { ok: true, size: bytes, sha256: whole.digest('hex'), bytes };
+      // chunks() checks the whole artefact against idx.sha256 at its end: no second hash here.
+      for await (const b of this.chunks(idx)) bytes += b.length;
+      return { ok: true, size: bytes, sha256: idx.sha256, bytes };
     } catch (e) {
       if (ARTEFACT_PROBLEMS.some((c) => isVnsnapError(e, c))) return { ok: false, problem: (e as Error).message.replace(/^artefact /, ''), bytes };
       throw e;

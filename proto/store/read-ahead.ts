@@ -13,8 +13,10 @@
  *   - One consumer: a second iteration is refused (ERR_STATE). A consumer that stops early ends
  *     the source (its return() is called) once the pull in progress is over.
  *   - A failure of the source is never an unhandled rejection, whether or not anyone consumes.
+ *   - A source its store checked whole (checked-read.ts) stays tagged as such.
  */
 import { VnsnapError } from '../core/errors';
+import { keepClaim } from './checked-read';
 
 export function readAhead(source: AsyncIterable<Buffer>, bytes: number): AsyncIterable<Buffer> {
   const it = source[Symbol.asyncIterator]();
@@ -50,7 +52,7 @@ export function readAhead(source: AsyncIterable<Buffer>, bytes: number): AsyncIt
   const pumping = pump();
   let taken = false;
 
-  return {
+  return keepClaim(source, {
     [Symbol.asyncIterator](): AsyncIterator<Buffer> {
       if (taken) throw new VnsnapError('ERR_STATE', 'an artefact read ahead can be consumed once');
       taken = true;
@@ -82,5 +84,5 @@ export function readAhead(source: AsyncIterable<Buffer>, bytes: number): AsyncIt
         },
       };
     },
-  };
+  });
 }
