@@ -15,7 +15,8 @@
  *            processes on the two hosts: a destination QEMU started in the other host's network
  *            namespace with a's command line (its disk the same file: shared storage on this
  *            machine; its NIC a stream socket nobody serves), `migrate tcp:ADDR:PORT` on the
- *            source's monitor with vnsnap's parameters (downtime limit 300 ms, 1 GiB/s), and its
+ *            source's monitor with vnsnap's parameters (downtime limit 300 ms, 1 GiB/s) and its
+ *            encryption: mutual TLS with the agents' certificates, as vnsnap's stream, and its
  *            downtime measured as vnsnap's: the source's STOP to the twin's RESUME (QEMU's event
  *            stamps); QEMU's own figure (query-migrate `downtime`, the source's stop to its
  *            completion) is printed beside it. The guest leaves vnsnap's network here, so this
@@ -29,13 +30,15 @@
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr):
  * {"downtime_ms":{"vnsnap":{"median","max"},"qemu":{"median","max"}},"total_s":{"vnsnap","qemu"},
- *  "disk_mib","streams_intact","disk_intact"}
+ *  "disk_mib","streams_intact","disk_intact","tls"} — "tls": both sides' migration streams were
+ * mutual TLS (true) or clear (false).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
+import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
 import { median as medianOf } from './proc';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster } from '../support/cluster';
@@ -43,6 +46,11 @@ import { FatalWait, sleep, until } from '../support/wait';
 import { allStatuses, E2E_VNE, guestStatus, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const JSON_OUT = process.argv.includes('--json');
+/**
+ * The test cluster's gRPC links are mutual TLS (test/support/cluster.ts), so the agents encrypt
+ * the migration streams too; the baseline then runs over TLS as well (qemuRound).
+ */
+const TLS = true;
 const ROUNDS = Number(process.argv[process.argv.indexOf('--rounds') + 1] ?? '') || 3;
 /** Progress: to stderr under --json (stdout is the one JSON object). */
 function say(s: string): void {
@@ -149,9 +157,9 @@ async function vnsnapRound(c: Cluster, to: string): Promise<VnsnapRound> {
  * The command line of a running QEMU, for its twin waiting for a RAM-only migration: its own
  * monitors, pidfile, serial, -S and -incoming dropped; the NIC on nothing: a TAP of the twin's
  * own name (the source's TAP name may be held by another QEMU on that host) or a stream socket
- * nobody serves; the channel in `dir`.
+ * nobody serves; the channel in `dir`; `-incoming defer`.
  */
-function incomingTwin(srcDir: string, dir: string, listen: string): string[] {
+function incomingTwin(srcDir: string, dir: string): string[] {
   const pid = Number(fs.readFileSync(path.join(srcDir, 'qemu.pid'), 'utf8').trim());
   const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean).slice(1);
   const out: string[] = [];
@@ -176,7 +184,8 @@ function incomingTwin(srcDir: string, dir: string, listen: string): string[] {
     }
     out.push(a);
   }
-  out.push('-qmp', `unix:${dir}/qmp.sock,server=on,wait=off`, '-pidfile', `${dir}/qemu.pid`, '-serial', `file:${dir}/console.log`, '-incoming', `tcp:${listen}`);
+  // Deferred: the listener opens (migrate-incoming) once the twin's TLS parameters are set.
+  out.push('-qmp', `unix:${dir}/qmp.sock,server=on,wait=off`, '-pidfile', `${dir}/qemu.pid`, '-serial', `file:${dir}/console.log`, '-incoming', 'defer');
   return out;
 }
 
@@ -190,12 +199,18 @@ interface QemuRound {
   twinQ: QmpClient;
 }
 
-/** QEMU alone: migrate the guest's RAM from its QEMU (monitor `q`) to a twin on `host`. */
-async function qemuRound(c: Cluster, q: QmpClient, srcDir: string, host: string, dir: string, twins: ChildProcess[]): Promise<QemuRound> {
+/**
+ * QEMU alone: migrate the guest's RAM from its QEMU (monitor `q`, on host `from`) to a twin on
+ * `host`. With TLS, both ends get what vnsnap's agents give theirs (migration-tls.ts): the twin
+ * server credentials of `host`'s agent certificate with the agent-only authz list, the source
+ * client credentials of `from`'s agent certificate verifying the twin's as `host` (tls-hostname),
+ * so the baseline pays the same encryption as vnsnap's stream.
+ */
+async function qemuRound(c: Cluster, q: QmpClient, srcDir: string, from: string, host: string, dir: string, twins: ChildProcess[]): Promise<QemuRound> {
   fs.mkdirSync(dir, { recursive: true });
   const addr = c.hostAddress(host);
   const port = 47000 + Math.floor(Math.random() * 1000);
-  const twin = spawn('ip', ['netns', 'exec', c.topo.ns(host), 'qemu-system-x86_64', ...incomingTwin(srcDir, dir, `${addr}:${port}`)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const twin = spawn('ip', ['netns', 'exec', c.topo.ns(host), 'qemu-system-x86_64', ...incomingTwin(srcDir, dir)], { stdio: ['ignore', 'ignore', 'pipe'] });
   twins.push(twin);
   let stderr = '';
   twin.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -204,9 +219,16 @@ async function qemuRound(c: Cluster, q: QmpClient, srcDir: string, host: string,
   // One monitor connection for the twin's whole life (QEMU serves one client per socket): its
   // RESUME ends this round's downtime, and it is the next round's source.
   const tq = await step(`the twin QEMU on ${host} up`, 30_000, () => Promise.race([exited, QmpClient.connect(path.join(dir, 'qmp.sock'), { name: `twin on ${host}`, timeoutMs: 30_000 })]));
+  await clearTlsObjects(q);
+  if (TLS) {
+    await addTlsObjects(tq, path.join(dir, 'tls'), c.pki.agent(host, [addr]), 'server', `the twin on ${host}`);
+    await tq.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, 'tls-authz': TLS_AUTHZ });
+    await addTlsObjects(q, path.join(dir, 'source-tls'), c.pki.agent(from, [c.hostAddress(from)]), 'client', `the source on ${from}`);
+  }
+  await tq.execute('migrate-incoming', { uri: `tcp:${addr}:${port}` });
   const caps = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
   await q.execute('migrate-set-capabilities', { capabilities: caps.map((x) => ({ capability: x.capability, state: x.capability === 'events' })) });
-  await q.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024, 'downtime-limit': 300 });
+  await q.execute('migrate-set-parameters', { 'max-bandwidth': 1024 * 1024 * 1024, 'downtime-limit': 300, ...(TLS ? { 'tls-creds': TLS_CREDS, 'tls-hostname': host } : {}) });
   const stopped = q.waitEvent('STOP', () => true, 120_000);
   const resumed = tq.waitEvent('RESUME', () => true, 120_000);
   stopped.catch(() => undefined);
@@ -337,9 +359,10 @@ async function main(): Promise<void> {
   let q = await QmpClient.connect(path.join(srcDir, 'monitor.sock'), { name: 'a monitor', timeoutMs: 10_000 });
   try {
     for (let i = 0; i < ROUNDS; i++) {
+      const from = host;
       host = host === 'h1' ? 'h2' : 'h1';
       const dir = path.join(c.dir, `twin-${i}`);
-      const r = await qemuRound(c, q, srcDir, host, dir, twins);
+      const r = await qemuRound(c, q, srcDir, from, host, dir, twins);
       say(`  qemu round ${i + 1}: → ${host}: downtime ${r.downtimeMs.toFixed(1)} ms (QEMU reports ${r.reportedMs} ms), ${r.seconds.toFixed(1)} s`);
       qd.push(r);
       q.close();
@@ -360,6 +383,8 @@ async function main(): Promise<void> {
     disk_mib: r1(median(v.map((x) => x.diskBytes)) / 1048576),
     streams_intact: problems.length === 0,
     disk_intact: diskP.length === 0,
+    /** The encryption both sides' migration streams used: mutual TLS (QEMU tls-creds-x509) or clear. */
+    tls: TLS,
   };
   const ratio = out.downtime_ms.qemu.median > 0 ? out.downtime_ms.vnsnap.median / out.downtime_ms.qemu.median : NaN;
   if (JSON_OUT) {

@@ -22,8 +22,10 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
+import type { TlsFiles } from '../../../proto/core/tls';
 import type { MigrationTls } from '../driver';
 import type { QemuVm } from './process';
+import type { QmpClient } from './qmp';
 
 export const TLS_CREDS = 'vnsnap-mig-tls';
 export const TLS_AUTHZ = 'vnsnap-mig-authz';
@@ -33,25 +35,32 @@ const AGENT_DN_GLOBS = ['CN=*,OU=agent', 'OU=agent,CN=*'];
 
 /** Add the credentials (and, for the server, the authorisation) to the VM's QEMU. */
 export async function addTls(vm: QemuVm, tls: MigrationTls, endpoint: 'server' | 'client'): Promise<void> {
-  const q = vm.q();
-  const dir = path.join(vm.files.dir, 'tls');
+  await addTlsObjects(vm.q(), path.join(vm.files.dir, 'tls'), tls.files, endpoint, `the migration of ${vm.spec.id}`);
+}
+
+/**
+ * The same credentials on any QEMU monitor `q` (bench:migrate's baseline gives QEMU's own
+ * migration exactly vnsnap's encryption with it): the PEM files copied into `dir`, any earlier
+ * objects removed, then the `tls-creds-x509` object and, for the server, the `authz-list`.
+ */
+export async function addTlsObjects(q: QmpClient, dir: string, files: TlsFiles, endpoint: 'server' | 'client', what: string): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   try {
-    fs.copyFileSync(tls.files.ca, path.join(dir, 'ca-cert.pem'));
-    fs.copyFileSync(tls.files.cert, path.join(dir, `${endpoint}-cert.pem`));
-    fs.copyFileSync(tls.files.key, path.join(dir, `${endpoint}-key.pem`));
+    fs.copyFileSync(files.ca, path.join(dir, 'ca-cert.pem'));
+    fs.copyFileSync(files.cert, path.join(dir, `${endpoint}-cert.pem`));
+    fs.copyFileSync(files.key, path.join(dir, `${endpoint}-key.pem`));
     fs.chmodSync(path.join(dir, `${endpoint}-key.pem`), 0o600);
   } catch (e) {
-    throw new VnsnapError('ERR_CONFIG', `the agent's TLS files for the migration of ${vm.spec.id} cannot be read: ${(e as Error).message}`, { cause: e });
+    throw new VnsnapError('ERR_CONFIG', `the agent's TLS files for ${what} cannot be read: ${(e as Error).message}`, { cause: e });
   }
-  await clearTls(vm);
+  await clearTlsObjects(q);
   try {
     await q.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
   } catch (e) {
     const msg = (e as Error).message;
-    const hint = /purpose/i.test(msg) ? ` (the agent certificate ${tls.files.cert} needs extendedKeyUsage serverAuth as well as clientAuth: re-issue it with vnsnap-pki.sh agent)` : '';
-    throw new VnsnapError('ERR_CONFIG', `QEMU refused the agent's certificate for the migration of ${vm.spec.id}: ${msg}${hint}`, { cause: e });
+    const hint = /purpose/i.test(msg) ? ` (the agent certificate ${files.cert} needs extendedKeyUsage serverAuth as well as clientAuth: re-issue it with vnsnap-pki.sh agent)` : '';
+    throw new VnsnapError('ERR_CONFIG', `QEMU refused the agent's certificate for ${what}: ${msg}${hint}`, { cause: e });
   }
   if (endpoint === 'server') {
     await q.execute('object-add', { 'qom-type': 'authz-list', id: TLS_AUTHZ, policy: 'deny', rules: AGENT_DN_GLOBS.map((match) => ({ match, policy: 'allow', format: 'glob' })) });
@@ -60,7 +69,11 @@ export async function addTls(vm: QemuVm, tls: MigrationTls, endpoint: 'server' |
 
 /** Remove the TLS objects and reset the migration's TLS parameters (idempotent, never throws). */
 export async function clearTls(vm: QemuVm): Promise<void> {
-  const q = vm.q();
+  await clearTlsObjects(vm.q());
+}
+
+/** clearTls() on any QEMU monitor. */
+export async function clearTlsObjects(q: QmpClient): Promise<void> {
   await q.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' }).catch(() => undefined);
   await q.execute('object-del', { id: TLS_AUTHZ }).catch(() => undefined);
   await q.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
