@@ -5,24 +5,13 @@ import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { CATALOG_SCHEMA_VERSION, Catalog, RESTARTED_ERROR } from '../../coordinator/catalog';
+import { simVms, vneRecord } from '../support/vne-record';
 
 const T0 = 1_800_000_000_000;
 
 function vne(name: string, state: Vne__Output['state'], placement: Record<string, string>): Vne__Output {
-  return {
-    name,
-    vni: 7,
-    vms: Object.keys(placement).map((vm, i) => ({ name: vm, host: 'h1', macs: [`52:54:00:00:00:0${i + 1}`], driver: { sim: { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0, peers: [] }, kind: 'sim' } })),
-    generation: 2,
-    epoch: 4,
-    state,
-    createdUnixMs: T0,
-    updatedUnixMs: T0,
-    placement,
-    vmStatus: [],
-    fenced: [],
-    stateReason: '',
-  };
+  const vms = simVms(Object.keys(placement).map((vm) => [vm, 'h1']), (i) => `52:54:00:00:00:0${i + 1}`, { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0 });
+  return vneRecord({ name, vni: 7, vms, generation: 2, epoch: 4, state, createdUnixMs: T0, updatedUnixMs: T0, placement });
 }
 
 describe('coordinator catalog', () => {

@@ -20,13 +20,9 @@ import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 import { CasStore } from '../../proto/store/cas-store';
 import { MemoryObjects } from '../support/memory-objects';
+import { simVmSpec, vneRecord } from '../support/vne-record';
 
-const simVm = (name: string, host: string, i: number): VmSpec__Output => ({
-  name,
-  host,
-  macs: [`52:54:00:0c:00:0${i}`],
-  driver: { sim: { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0, peers: [] }, kind: 'sim' },
-});
+const simVm = (name: string, host: string, i: number): VmSpec__Output => simVmSpec(name, host, `52:54:00:0c:00:0${i}`, { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0 });
 
 /** A coordinator on `file` (':memory:' or a path, to open again as after a restart), VNE lh: a on h1, b and c on h2. */
 function coordinator(file = ':memory:', agents = new FakeAgents(['h1', 'h2'])) {
@@ -42,7 +38,7 @@ function coordinator(file = ':memory:', agents = new FakeAgents(['h1', 'h2'])) {
 
 async function started(c: ReturnType<typeof coordinator>) {
   const vms = [simVm('a', 'h1', 1), simVm('b', 'h2', 2), simVm('c', 'h2', 3)];
-  await c.svc.defineVne({ vne: { name: 'lh', vni: 90, vms, generation: 0, epoch: 0, state: 'VNE_STATE_UNSPECIFIED', createdUnixMs: 0, updatedUnixMs: 0, placement: {}, vmStatus: [], fenced: [], stateReason: '' } });
+  await c.svc.defineVne({ vne: vneRecord({ name: 'lh', vni: 90, vms }) });
   await c.svc.startVne({ name: 'lh' });
   c.agents.sent.length = 0;
   c.seen.length = 0;

@@ -11,27 +11,14 @@ import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { CoordinatorServiceImpl } from '../../coordinator/service';
 import { CasStore } from '../../proto/store/cas-store';
 import { MemoryObjects } from '../support/memory-objects';
+import { placementOf, simVms, vneRecord } from '../support/vne-record';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
 const T0 = 1_800_000_000_000;
 
 function vneDef(vms: [string, string][], state: Vne__Output['state'] = 'VNE_STATE_RUNNING'): Vne__Output {
-  const placement: Record<string, string> = {};
-  for (const [vm, host] of vms) placement[vm] = host;
-  return {
-    name: 'blue',
-    vni: 100,
-    vms: vms.map(([vm, host], i) => ({ name: vm, host, macs: [`52:54:00:00:01:0${i + 1}`], driver: { sim: { memoryMib: 4, dirtyRateMibS: 1, frameRateHz: 10, peers: [] }, kind: 'sim' } })),
-    generation: 3,
-    epoch: 7,
-    state,
-    createdUnixMs: T0,
-    updatedUnixMs: T0,
-    placement,
-    vmStatus: [],
-    fenced: [],
-    stateReason: '',
-  };
+  const specs = simVms(vms, (i) => `52:54:00:00:01:0${i + 1}`, { memoryMib: 4 });
+  return vneRecord({ vms: specs, generation: 3, epoch: 7, state, createdUnixMs: T0, updatedUnixMs: T0, placement: placementOf(specs) });
 }
 
 function harness(state: Vne__Output['state'] = 'VNE_STATE_RUNNING') {

@@ -9,27 +9,15 @@ import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
+import { placementOf, simVms, vneRecord } from '../support/vne-record';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
 const T0 = 1_800_000_000_000;
 
 function vneDef(name: string, vni: number, vms: [string, string][], state: Vne__Output['state'] = 'VNE_STATE_RUNNING'): Vne__Output {
-  const placement: Record<string, string> = {};
-  for (const [vm, host] of vms) placement[vm] = host;
-  return {
-    name,
-    vni,
-    vms: vms.map(([vm, host], i) => ({ name: vm, host, macs: [`52:54:00:00:${vni.toString(16).padStart(2, '0')}:${(i + 1).toString(16).padStart(2, '0')}`], driver: { sim: { memoryMib: 4, dirtyRateMibS: 1, frameRateHz: 10, peers: [] }, kind: 'sim' } })),
-    generation: 1,
-    epoch: 0,
-    state,
-    createdUnixMs: T0,
-    updatedUnixMs: T0,
-    placement,
-    vmStatus: [],
-    fenced: [],
-    stateReason: '',
-  };
+  const hex = (n: number) => n.toString(16).padStart(2, '0');
+  const specs = simVms(vms, (i) => `52:54:00:00:${hex(vni)}:${hex(i + 1)}`, { memoryMib: 4 });
+  return vneRecord({ name, vni, vms: specs, generation: 1, state, createdUnixMs: T0, updatedUnixMs: T0, placement: placementOf(specs) });
 }
 
 function artefacts(id: string, vms: string[]): Artefact__Output[] {

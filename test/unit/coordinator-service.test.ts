@@ -6,6 +6,7 @@ import { isVnsnapError } from '../../proto/core/errors';
 import type { DefineVneRequest__Output } from '../../proto/gen/vnsnap/v1/DefineVneRequest';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
+import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { encodeManifest, decodeManifest } from '../../proto/artefacts/manifest';
 import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
@@ -18,29 +19,14 @@ import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 import { CasStore } from '../../proto/store/cas-store';
 import { MemoryObjects } from '../support/memory-objects';
+import { simVmSpec, vneRecord } from '../support/vne-record';
 
 function vm(name: string, host: string, mac: string, peers: string[] = []): VmSpec__Output {
-  return { name, host, macs: [mac], driver: { sim: { memoryMib: 8, dirtyRateMibS: 1, frameRateHz: 10, peers }, kind: 'sim' } };
+  return simVmSpec(name, host, mac, { peers });
 }
 
-function req(over: Record<string, unknown> = {}, vms?: VmSpec__Output[]): DefineVneRequest__Output {
-  return {
-    vne: {
-      name: 'blue',
-      vni: 100,
-      vms: vms ?? [vm('vm1', 'h1', '52:54:00:00:00:01', ['vm2']), vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1'])],
-      generation: 0,
-      epoch: 0,
-      state: 'VNE_STATE_UNSPECIFIED',
-      createdUnixMs: 0,
-      updatedUnixMs: 0,
-      placement: {},
-      vmStatus: [],
-      fenced: [],
-    stateReason: '',
-      ...over,
-    },
-  };
+function req(over: Partial<Vne__Output> = {}, vms?: VmSpec__Output[]): DefineVneRequest__Output {
+  return { vne: vneRecord({ vms: vms ?? [vm('vm1', 'h1', '52:54:00:00:00:01', ['vm2']), vm('vm2', 'h2', '52:54:00:00:00:02', ['vm1'])], ...over }) };
 }
 
 function setup() {

@@ -12,25 +12,14 @@ import { MIGRATIONS } from '../../coordinator/catalog-schema';
 import { renderVne } from '../../coordinator/cli/format';
 import { withDiskStatus } from '../../coordinator/vm-disks';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
+import { simVms, vneRecord } from '../support/vne-record';
 
 const T0 = 1_800_000_000_000;
 const MiB = 1024 * 1024;
 
 function blue(state: Vne__Output['state']): Vne__Output {
-  return {
-    name: 'blue',
-    vni: 7,
-    vms: ['a', 'b'].map((name, i) => ({ name, host: 'h1', macs: [`52:54:00:00:00:0${i + 1}`], driver: { sim: { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0, peers: [] }, kind: 'sim' } })),
-    generation: 1,
-    epoch: 0,
-    state,
-    createdUnixMs: T0,
-    updatedUnixMs: T0,
-    placement: { a: 'h1', b: 'h1' },
-    vmStatus: [],
-    fenced: [],
-    stateReason: '',
-  };
+  const vms = simVms([['a', 'h1'], ['b', 'h1']], (i) => `52:54:00:00:00:0${i + 1}`, { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0 });
+  return vneRecord({ vni: 7, vms, generation: 1, state, createdUnixMs: T0, updatedUnixMs: T0, placement: { a: 'h1', b: 'h1' } });
 }
 
 describe('coordinator: where VM disks are (vm_disks)', () => {

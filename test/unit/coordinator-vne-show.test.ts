@@ -5,26 +5,14 @@
 import { strict as assert } from 'node:assert';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { renderVne } from '../../coordinator/cli/format';
+import { simVms, vneRecord } from '../support/vne-record';
 
 const T0 = 1_800_000_000_000;
 const NO_DISK = { diskSource: 'DISK_SOURCE_UNSPECIFIED', diskHost: '', diskPath: '', diskBytes: 0, diskKeptUnixMs: 0 } as const;
 
 function vne(over: Partial<Vne__Output>): Vne__Output {
-  return {
-    name: 'blue',
-    vni: 100,
-    vms: ['a', 'b'].map((name, i) => ({ name, host: `h${i + 1}`, macs: [`52:54:00:00:00:0${i + 1}`], driver: { sim: { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0, peers: [] }, kind: 'sim' } })),
-    generation: 3,
-    epoch: 2,
-    state: 'VNE_STATE_DEGRADED',
-    createdUnixMs: T0,
-    updatedUnixMs: T0,
-    placement: { a: 'h1', b: 'h2' },
-    vmStatus: [],
-    fenced: [],
-    stateReason: '',
-    ...over,
-  };
+  const vms = simVms([['a', 'h1'], ['b', 'h2']], (i) => `52:54:00:00:00:0${i + 1}`, { memoryMib: 4, dirtyRateMibS: 0, frameRateHz: 0 });
+  return vneRecord({ vms, generation: 3, epoch: 2, state: 'VNE_STATE_DEGRADED', createdUnixMs: T0, updatedUnixMs: T0, placement: { a: 'h1', b: 'h2' }, ...over });
 }
 
 describe('vne show: per-VM status and fenced instances', () => {

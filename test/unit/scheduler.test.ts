@@ -9,7 +9,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { isVnsnapError } from '../../proto/core/errors';
 import { ManualClock } from '../../proto/core/clock';
-import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { denial } from '../../coordinator/authz';
 import { Catalog } from '../../coordinator/catalog';
 import { EventBus } from '../../coordinator/events';
@@ -19,14 +18,13 @@ import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
 import { FakeAgents, log, MemoryManifestStore, ok } from './coordinator-fakes';
 import { CasStore } from '../../proto/store/cas-store';
 import { MemoryObjects } from '../support/memory-objects';
+import { simVmSpec, vneRecord } from '../support/vne-record';
 
 const M = 60_000;
 const H = 60 * M;
 const T0 = Date.UTC(2027, 0, 15, 0, 30);
 
-function vm(name: string, host: string, mac: string): VmSpec__Output {
-  return { name, host, macs: [mac], driver: { sim: { memoryMib: 8, dirtyRateMibS: 1, frameRateHz: 10, peers: [] }, kind: 'sim' } };
-}
+const vm = simVmSpec;
 
 function setup(file = ':memory:', clock = new ManualClock(T0)) {
   const catalog = new Catalog(file, { now: () => clock.now() });
@@ -49,7 +47,7 @@ function setup(file = ':memory:', clock = new ManualClock(T0)) {
 }
 
 async function defineBlue(s: ReturnType<typeof setup>, start = true) {
-  const vne = { name: 'blue', vni: 100, vms: [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm2', 'h2', '52:54:00:00:00:02')], generation: 0, epoch: 0, state: 'VNE_STATE_UNSPECIFIED' as const, createdUnixMs: 0, updatedUnixMs: 0, placement: {}, vmStatus: [], fenced: [], stateReason: '' };
+  const vne = vneRecord({ vms: [vm('vm1', 'h1', '52:54:00:00:00:01'), vm('vm2', 'h2', '52:54:00:00:00:02')] });
   await s.svc.defineVne({ vne });
   if (start) await s.svc.startVne({ name: 'blue' });
 }

@@ -20,6 +20,7 @@ import { addedBytes, renderSnapshot, verifiedLine } from '../../coordinator/cli/
 import { parseGrace, renderGcResult, renderStoreStats } from '../../coordinator/cli/store';
 import { log, MemoryManifestStore } from './coordinator-fakes';
 import { failureOf, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { vneRecord } from '../support/vne-record';
 
 const KiB = 1024;
 const SMALL = { min: 1 * KiB, avg: 4 * KiB, max: 16 * KiB };
@@ -40,7 +41,7 @@ function rig(store: SnapshotStore) {
     }
     const manifestPath = `snapshots/${id}/manifest.pb`;
     await manifests.write(manifestPath, encodeManifest({ snapshotId: id, vne: { name: 'blue', vni: 100, vms: [] }, epoch: 1, mode: 'SNAPSHOT_MODE_PRECOPY', artefacts, vms: [] }));
-    const vneDefinition = { name: 'blue', vni: 100, vms: [], generation: 1, epoch: 1, state: 'VNE_STATE_RUNNING' as const, createdUnixMs: T0, updatedUnixMs: T0, placement: {}, vmStatus: [], fenced: [], stateReason: '' };
+    const vneDefinition = vneRecord({ generation: 1, epoch: 1, state: 'VNE_STATE_RUNNING', createdUnixMs: T0, updatedUnixMs: T0 });
     catalog.insertSnapshot({ id, vne: 'blue', epoch: 1, generation: 1, mode: 'SNAPSHOT_MODE_PRECOPY', description: '', storePrefix: `snapshots/${id}/`, agents: ['h1'], vneDefinition, createdUnixMs: T0 });
     catalog.completeSnapshot(id, { completedUnixMs: T0 + 1, manifestPath, artefacts, vms: [], lostFrames: 0, sizeBytes: artefacts.reduce((n, a) => n + a.size, 0) });
     return artefacts;
@@ -116,7 +117,7 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
 
     it('refuses a snapshot that is not complete, and names an unknown one', async () => {
       const r = rig(new CasStore(new MemoryObjects()));
-      const vneDefinition = { name: 'blue', vni: 100, vms: [], generation: 1, epoch: 1, state: 'VNE_STATE_RUNNING' as const, createdUnixMs: T0, updatedUnixMs: T0, placement: {}, vmStatus: [], fenced: [], stateReason: '' };
+      const vneDefinition = vneRecord({ generation: 1, epoch: 1, state: 'VNE_STATE_RUNNING', createdUnixMs: T0, updatedUnixMs: T0 });
       r.catalog.insertSnapshot({ id: 's9', vne: 'blue', epoch: 1, generation: 1, mode: 'SNAPSHOT_MODE_PRECOPY', description: '', storePrefix: 'snapshots/s9/', agents: [], vneDefinition, createdUnixMs: T0 });
       r.catalog.abortSnapshot('s9', 'boom', T0);
       assert.equal(await failureOf(r.ops.verifySnapshot('s9', () => undefined)), 'ERR_FAILED_PRECONDITION: snapshot s9 is aborted: only a complete snapshot can be verified');
