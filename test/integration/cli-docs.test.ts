@@ -31,6 +31,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Cluster } from '../support/cluster';
 import { until } from '../support/wait';
+import { childOutput } from '../support/child-output';
 
 const REPO = path.resolve(__dirname, '../../..');
 const DOC = path.join(REPO, 'docs/cli.md');
@@ -154,16 +155,8 @@ describe('docs/cli.md: every command example, run against a live cluster', funct
     return spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, ...own], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   }
 
-  function collect(child: ChildProcess): Promise<Ran> {
-    return new Promise((resolve, reject) => {
-      let stdout = '';
-      let stderr = '';
-      child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
-  }
+  const collect = (child: ChildProcess): Promise<Ran> => childOutput(child);
+
 
   /** Established TCP connections to the coordinator's port (to know a follower has connected). */
   function coordinatorConnections(): number {

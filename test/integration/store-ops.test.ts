@@ -15,6 +15,7 @@ import * as path from 'node:path';
 import { Cluster, type CatalogSnapshot, type CliResult } from '../support/cluster';
 import { continuityProblems, liveProblems, readStates } from '../sim/checks';
 import { until } from '../support/wait';
+import { childOutput } from '../support/child-output';
 import type { TlsFiles } from '../support/pki';
 import { decodeIndex, type ChunkRef } from '../../proto/store/cas-index';
 import { chunkObject } from '../../proto/store/pack-format';
@@ -42,16 +43,9 @@ describe('store commands on namespaced hosts: bytes added, snapshot verify, stor
 
   /** The CLI as `who` (the cluster's cli() presents the operator). */
   function cliAs(who: TlsFiles, args: readonly string[]): Promise<CliResult> {
-    return new Promise((resolve, reject) => {
-      const p = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress, ...c.tlsArgs(who)], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      p.on('error', reject);
-      p.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
+    return childOutput(spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', c.coordinatorAddress, ...c.tlsArgs(who)], { stdio: ['ignore', 'pipe', 'pipe'] }));
   }
+
 
   before(async function () {
     this.timeout(60_000);

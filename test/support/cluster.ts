@@ -41,6 +41,7 @@ import type { SnapshotStore } from '../../proto/store/snapshot-store';
 import { ClusterStore, type ClusterStoreKind } from './cluster-store';
 import { sh, Topology, waitForJsonLine } from './netns';
 import { sleep, until } from './wait';
+import { childOutput } from './child-output';
 import { testPki, type TestPki, type TlsFiles } from './pki';
 
 // Kept for the tests and benches that import them from here; new code imports ./wait.
@@ -304,20 +305,9 @@ export class Cluster {
 
   /** Run `vnsnap ARGS --coordinator <addr>` in the underlay namespace. */
   cli(args: readonly string[], timeoutMs = 120_000): Promise<CliResult> {
-    return new Promise((resolve, reject) => {
-      const c = spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', this.coordinatorAddress, ...this.tlsArgs()], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      const t = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
-      c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      c.on('error', reject);
-      c.on('close', (code) => {
-        clearTimeout(t);
-        resolve({ code, stdout, stderr });
-      });
-    });
+    return childOutput(spawn('ip', ['netns', 'exec', this.topo.ns('ul'), process.execPath, CLI, ...args, '--coordinator', this.coordinatorAddress, ...this.tlsArgs()], { stdio: ['ignore', 'pipe', 'pipe'] }), timeoutMs);
   }
+
 
   /** `vnsnap ARGS --json`, insisting on exit 0; the parsed output. */
   async cliJson<T>(args: readonly string[]): Promise<T> {

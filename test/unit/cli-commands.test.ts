@@ -4,35 +4,16 @@
  * exact stdout, stderr and exit codes. stdout is a pipe here, so progress comes as lines.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startFakeCoordinator, type FakeCoordinator } from '../interop/fake-coordinator';
+import { runCliPlaintext, type ChildOutput } from '../support/child-output';
 
-const MAIN = path.resolve(__dirname, '../../coordinator/cli/main.js');
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function vnsnap(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const base = { ...process.env };
-    delete base.VNSNAP_COORDINATOR;
-    base.VNSNAP_INSECURE_PLAINTEXT = '1'; // the fake coordinator listens on loopback in plaintext
-    const child = spawn(process.execPath, [MAIN, ...args], { env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+type Run = ChildOutput;
+const vnsnap = runCliPlaintext;
 
 /** A TCP port on 127.0.0.1 that nothing listens on. */
 async function closedPort(): Promise<number> {

@@ -4,25 +4,10 @@
  * codes.
  */
 import { strict as assert } from 'node:assert';
-import { spawn } from 'node:child_process';
-import * as path from 'node:path';
 import { startFakeCoordinator, type FakeCoordinator } from '../interop/fake-coordinator';
+import { runCliPlaintext } from '../support/child-output';
 
-const MAIN = path.resolve(__dirname, '../../coordinator/cli/main.js');
-
-function vnsnap(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, VNSNAP_INSECURE_PLAINTEXT: '1' };
-    delete env.VNSNAP_COORDINATOR;
-    const child = spawn(process.execPath, [MAIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const vnsnap = runCliPlaintext;
 
 describe('cli: vnsnap migrate', function () {
   this.timeout(30_000);
