@@ -6,17 +6,15 @@
  * The object is the one `npm install` built and the agent's loader pins (under a test prefix).
  */
 import { strict as assert } from 'node:assert';
-import { attachDataPath, loadDataPath, unloadDataPath, type LoadedDataPath } from '../../agent/bpf-dp/loader';
+import { attachDataPath, loadDataPath } from '../../agent/bpf-dp/loader';
 import { isVnsnapError } from '../../proto/core/errors';
 import { decodePunt, PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
-import { DataPathMaps } from '../../switch/bpf-dp/maps';
-import { nativeIo } from '../../switch/native-io';
+import type { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
+import { openDpHarness, skbCtx as ctx, TC_ACT_OK, TC_ACT_REDIRECT, type DpHarness } from '../support/bpf-dp-harness';
 import { makeFrame, rng, vmMac } from '../support/frames';
 import { superFrame } from '../support/tcp-frames';
 
-const TC_ACT_OK = 0;
-const TC_ACT_REDIRECT = 7;
 const PREFIX = `vnut-bpfdp-${process.pid}`;
 const VNI = 4242;
 const TAP_A = 101; // ifindexes as the maps name them (the test runs never reach a device)
@@ -26,33 +24,18 @@ const PUNT = 202;
 const PEER = '10.9.0.2';
 const mac = (i: number): string => [0x02, 0, 0, 0, 0, i].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
-/** A struct __sk_buff for BPF_PROG_TEST_RUN: ingress_ifindex, cb[0..2], gso_segs. */
-function ctx(o: { ingressIfindex?: number; cb?: number[]; gsoSegs?: number; gsoSize?: number }): Buffer {
-  const b = Buffer.alloc(192);
-  b.writeUInt32LE(o.ingressIfindex ?? 0, 36);
-  (o.cb ?? []).forEach((v, i) => b.writeUInt32LE(v >>> 0, 48 + 4 * i));
-  b.writeUInt32LE(o.gsoSegs ?? 0, 164);
-  b.writeUInt32LE(o.gsoSize ?? 0, 176);
-  return b;
-}
-
 describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
   this.timeout(60_000);
-  const io = nativeIo();
-  let dp: LoadedDataPath;
+  let h: DpHarness;
   let maps: DataPathMaps;
-  const progs: Record<string, number> = {};
 
   before(async () => {
-    dp = await loadDataPath(PREFIX);
-    maps = new DataPathMaps(dp.mapsDir);
-    for (const p of ['vn_tx', 'vn_rx_test'] as const) progs[p] = io.bpfObjGet(dp.prog(p));
+    h = await openDpHarness(PREFIX);
+    maps = h.maps;
     maps.setDevices(VXLAN, PUNT);
   });
   after(async () => {
-    for (const fd of Object.values(progs)) io.close(fd);
-    maps?.close();
-    await unloadDataPath(PREFIX);
+    await h?.close();
   });
   beforeEach(() => {
     maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: true });
@@ -63,17 +46,8 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
   });
 
   const frame = (dst: number): Buffer => makeFrame({ dst: vmMac(dst), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
-  const run = (prog: string, data: Buffer, c: Buffer): { retval: number; out: Buffer } => {
-    const out = Buffer.alloc(data.length + 64);
-    const r = io.bpfProgTestRun(progs[prog] as number, data, c, out);
-    return { retval: r.retval, out: out.subarray(0, r.size) };
-  };
-  const delta = (f: () => void): Record<string, number> => {
-    const before = maps.stats();
-    f();
-    const after = maps.stats();
-    return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - before[k as keyof typeof before]]).filter(([, v]) => v !== 0));
-  };
+  const run = (prog: 'vn_tx' | 'vn_rx_test', data: Buffer, c: Buffer): { retval: number; out: Buffer } => h.run(prog, data, c);
+  const delta = (f: () => void): Record<string, number> => h.delta(f);
 
   it("from a TAP: a peer's MAC is sent into the tunnel, counted by the datagrams a super-frame becomes", () => {
     const sent = maps.count(VNI, PEER, 7, 'sent');
@@ -197,6 +171,6 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.throws(() => maps.setEpoch(TAP_B, 1), (e) => isVnsnapError(e, 'ERR_PORT_UNKNOWN'));
     await assert.rejects(loadDataPath('Bad/Prefix'), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
     await assert.rejects(loadDataPath(`${PREFIX}-x`, '/nonexistent/vnsnap-dp.bpf.o'), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'the in-kernel data path (nic tap-bpf) cannot run here: /nonexistent/vnsnap-dp.bpf.o was not built (install clang and libbpf-dev, then run npm install)');
-    await assert.rejects(attachDataPath(dp, 'vnut-nodev0', 'vn_tx'), (e) => isVnsnapError(e, 'ERR_DRIVER'));
+    await assert.rejects(attachDataPath(h.dp, 'vnut-nodev0', 'vn_tx'), (e) => isVnsnapError(e, 'ERR_DRIVER'));
   });
 });
