@@ -87,7 +87,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: 999 })).retval, TC_ACT_OK)), {});
   });
 
-  it("from the tunnel: the port's colour is delivered in the kernel and counted per (peer, epoch)", () => {
+  it("from the tunnel: the port's colour is delivered in the kernel and counted per (VNI, peer, epoch)", () => {
     const got = maps.count(VNI, PEER, 7, 'received');
     const f = frame(2);
     const r = run('vn_rx_test', f, ctx({ cb: [VNI, 7, 0x0a090002], gsoSegs: 3, gsoSize: 1448 }));
