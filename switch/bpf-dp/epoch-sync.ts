@@ -48,8 +48,10 @@ export class DataPathEpochs implements CutObserver {
 
   advanced(port: string, epoch: number): void {
     const r = this.ports.get(port);
-    if (r) this.counts?.noteEpoch(epoch);
-    this.write(port, (p) => ({ ...p, epoch, fast: r?.fast ?? false }));
+    this.write(port, (p) => {
+      this.counts?.noteEpoch(epoch, p.vni);
+      return { ...p, epoch, fast: r?.fast ?? false };
+    });
   }
 
   cancelled(port: string): void {

@@ -1,56 +1,81 @@
 /**
- * What the in-kernel data path carried to and from each peer below an epoch, for the markers
- * (switch/snapshot/markers.ts): the kernel's per-(peer, epoch, direction) datagram counters
- * (vn_counts, read through DataPathMaps.count) summed over the epochs the data path's ports have
- * had, so a marker's count covers the frames the kernel sent as well as the switch's own.
+ * What the in-kernel data path carried to and from each peer below an epoch, per VNE, for the
+ * markers (switch/snapshot/markers.ts): the kernel's per-(VNI, peer, epoch, direction) datagram
+ * counters (vn_counts, read through DataPathMaps.count) summed over the epochs the VNI's data
+ * path ports have had, so a marker's count covers the frames the kernel sent as well as the
+ * switch's own — and only that VNE's frames, so two VNEs between the same two hosts each get
+ * exact counts.
  *
- * Why a set of epochs: the kernel counts by a port's full epoch and the markers need "every
- * epoch below k"; the epochs are the ones the switch wrote into the ports map (noteEpoch at
- * each setEpoch / setPort), so a marker costs one bpf() lookup per noted epoch below k, not one
- * per integer. Epochs below the oldest recording still wanted can be forgotten (forgetBelow),
- * folded into a running base so the sums stay exact.
+ * Why a set of epochs per VNI: the kernel counts by a port's full epoch and the markers need
+ * "every epoch below k"; the epochs are the ones the switch wrote into the ports map (noteEpoch
+ * at each setEpoch / setPort, with the port's VNI), so a marker costs one bpf() lookup per noted
+ * epoch of its VNI below k, not one per integer. Epochs below the oldest recording still wanted
+ * can be forgotten per VNI (forgetBelow): folded into a running base so the sums stay exact, and
+ * their counters removed from the map so it does not fill (the kernel stops counting into an
+ * epoch once every port of the VNI has passed it, which is when a caller may forget it).
  *
- * Guarantees: below(peer, k, dir) equals the sum of count(peer, e, dir) over noted epochs e < k
- * (plus what forgetBelow folded in for that peer and direction); the counters are per peer host,
- * not per VNI — exact only while one VNE per pair of hosts uses the data path, which is why the
- * switch attaches this source only when told to (Markers.kernelCounts, undefined by default).
+ * Guarantees: below(vni, peer, k, dir) equals the sum of count(vni, peer, e, dir) over the
+ * epochs e < k noted for that VNI (plus what forgetBelow folded in for that VNI, peer and
+ * direction); no other VNI's counters ever enter it.
  */
 import { numToIpv4 } from './layout';
-import type { DataPathMaps } from './maps';
+import type { CountDir, DataPathMaps } from './maps';
 
-type Dir = 'sent' | 'received';
+interface VniCounts {
+  epochs: Set<number>;
+  /** Folded counts of forgotten epochs: `${peer}/${dir}` → datagrams. */
+  folded: Map<string, number>;
+  /** The epochs below this were folded. */
+  foldedBelow: number;
+}
 
 export class KernelCounts {
-  private readonly epochs = new Set<number>();
-  /** Folded counts of forgotten epochs: `${peer}/${dir}` → datagrams, and the epoch bound. */
-  private readonly folded = new Map<string, number>();
-  private foldedBelow = 0;
+  private readonly vnis = new Map<number, VniCounts>();
 
-  constructor(private readonly maps: Pick<DataPathMaps, 'count'>) {}
+  constructor(private readonly maps: Pick<DataPathMaps, 'count' | 'removeCount'>) {}
 
-  noteEpoch(e: number): void {
-    if (e >= this.foldedBelow) this.epochs.add(e);
+  private of(vni: number): VniCounts {
+    let v = this.vnis.get(vni);
+    if (!v) this.vnis.set(vni, (v = { epochs: new Set(), folded: new Map(), foldedBelow: 0 }));
+    return v;
   }
 
-  /** Datagrams the kernel carried to/from `peerIp` (host-order IPv4, as Peer.ip) in noted epochs below k. */
-  below(peerIp: number, k: number, dir: Dir): number {
+  /** A port of `vni` has (had) epoch `epoch` in the kernel's ports map. */
+  noteEpoch(epoch: number, vni: number): void {
+    const v = this.of(vni);
+    if (epoch >= v.foldedBelow) v.epochs.add(epoch);
+  }
+
+  /** Datagrams of `vni` the kernel carried to/from `peerIp` (host-order IPv4, as Peer.ip) in its noted epochs below k. */
+  below(vni: number, peerIp: number, k: number, dir: CountDir): number {
+    const v = this.vnis.get(vni);
+    if (!v) return 0;
     const peer = numToIpv4(peerIp);
-    let n = k >= this.foldedBelow ? (this.folded.get(`${peer}/${dir}`) ?? 0) : 0;
-    for (const e of this.epochs) if (e < k) n += this.maps.count(peer, e, dir);
+    let n = k >= v.foldedBelow ? (v.folded.get(`${peer}/${dir}`) ?? 0) : 0;
+    for (const e of v.epochs) if (e < k) n += this.maps.count(vni, peer, e, dir);
     return n;
   }
 
-  /** Fold the epochs below k for `peers` into a base (no marker will ask below k again). */
-  forgetBelow(k: number, peers: readonly number[]): void {
+  /**
+   * Fold the epochs of `vni` below k for `peers` into its base and remove their counters from the
+   * map: no marker of that VNI will ask below k again and no port of it is below k any more.
+   */
+  forgetBelow(vni: number, k: number, peers: readonly number[]): void {
+    const v = this.of(vni);
+    const old = [...v.epochs].filter((e) => e < k);
     for (const ip of peers) {
+      const peer = numToIpv4(ip);
       for (const dir of ['sent', 'received'] as const) {
-        const key = `${numToIpv4(ip)}/${dir}`;
-        let n = this.folded.get(key) ?? 0;
-        for (const e of this.epochs) if (e < k) n += this.maps.count(numToIpv4(ip), e, dir);
-        this.folded.set(key, n);
+        const key = `${peer}/${dir}`;
+        let n = v.folded.get(key) ?? 0;
+        for (const e of old) {
+          n += this.maps.count(vni, peer, e, dir);
+          this.maps.removeCount(vni, peer, e, dir);
+        }
+        v.folded.set(key, n);
       }
     }
-    for (const e of [...this.epochs]) if (e < k) this.epochs.delete(e);
-    this.foldedBelow = Math.max(this.foldedBelow, k);
+    for (const e of old) v.epochs.delete(e);
+    v.foldedBelow = Math.max(v.foldedBelow, k);
   }
 }

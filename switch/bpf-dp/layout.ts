@@ -84,7 +84,8 @@ export const encodeFdbValue = (d: DpDest): Buffer => ('ifindex' in d ? u32s(d.if
 
 export const decodeFdbValue = (b: Buffer): DpDest => (b.readUInt32LE(0) !== 0 ? { ifindex: b.readUInt32LE(0) } : { peer: numToIpv4(b.readUInt32LE(4)) });
 
-export const encodeCountKey = (peer: string, epoch: number, dir: number): Buffer => u32s(ipv4ToNum(peer), epoch, dir);
+/** vn_counts' key (struct vn_count_key): the VNI, the peer host, the port's epoch, the direction. */
+export const encodeCountKey = (vni: number, peer: string, epoch: number, dir: number): Buffer => u32s(vni, ipv4ToNum(peer), epoch, dir);
 
 export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
 

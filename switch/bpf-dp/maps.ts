@@ -5,7 +5,7 @@
  * Why it exists: the kernel decides per frame from these maps (FDB, ports and their epochs, the
  * VXLAN and punt devices); the switch writes them when it learns, when a port joins or leaves,
  * and at a port's cut (setEpoch: one bpf() call, made while the VM is paused), and reads the
- * per-(peer, epoch) counters of what the kernel carried when it sends or checks markers.
+ * per-(VNI, peer, epoch) counters of what the kernel carried when it sends or checks markers.
  *
  * Guarantees: every call is one bpf(2) syscall through the addon (no per-packet JS); a missing
  * element is undefined/false, never an error; a failing syscall throws ERR_NATIVE_IO; close()
@@ -15,6 +15,9 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { nativeIo, type NativeIo } from '../native-io';
 import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
+
+export type CountDir = 'sent' | 'received';
+const countKey = (vni: number, peer: string, epoch: number, dir: CountDir): Buffer => encodeCountKey(vni, peer, epoch, dir === 'sent' ? DIR_SENT : DIR_RECEIVED);
 
 const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats'] as const;
 type MapName = (typeof MAPS)[number];
@@ -84,10 +87,18 @@ export class DataPathMaps {
     return this.io.bpfMapDelete(this.fd('vn_fdb'), encodeFdbKey(vni, mac));
   }
 
-  /** Datagrams the kernel carried to (sent) or from (received) `peer` in `epoch`: super-frames count their segments. */
-  count(peer: string, epoch: number, dir: 'sent' | 'received'): number {
+  /**
+   * Datagrams of VNI `vni` the kernel carried to (sent) or from (received) `peer` while the local
+   * port's epoch was `epoch`: super-frames count their segments; 0 when it carried none.
+   */
+  count(vni: number, peer: string, epoch: number, dir: CountDir): number {
     const v = Buffer.alloc(8);
-    return this.io.bpfMapLookup(this.fd('vn_counts'), encodeCountKey(peer, epoch, dir === 'sent' ? DIR_SENT : DIR_RECEIVED), v) ? Number(v.readBigUInt64LE(0)) : 0;
+    return this.io.bpfMapLookup(this.fd('vn_counts'), countKey(vni, peer, epoch, dir), v) ? Number(v.readBigUInt64LE(0)) : 0;
+  }
+
+  /** Forget one counter (KernelCounts.forgetBelow, once folded); whether there was one. */
+  removeCount(vni: number, peer: string, epoch: number, dir: CountDir): boolean {
+    return this.io.bpfMapDelete(this.fd('vn_counts'), countKey(vni, peer, epoch, dir));
   }
 
   stats(): DataPathStats {

@@ -12,12 +12,12 @@
  *          Fast path off, group/broadcast destination, FDB miss → punted whole to the port's
  *          own device (`punt_ifindex`, the switch reads it as this port; with none, TC_ACT_OK:
  *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
- *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (peer, epoch,
- *          tx) by the datagrams it becomes (segments()), redirected to the VXLAN device. FDB hit, local port of the
- *          same epoch: redirected to that TAP; of another epoch: punted.
+ *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (VNI, peer,
+ *          epoch, tx) by the datagrams it becomes (segments()), redirected to the VXLAN device.
+ *          FDB hit, local port of the same epoch: redirected to that TAP; of another epoch: punted.
  *   vn_rx  on the VXLAN device's ingress (decapsulated, GRO-merged). FDB (VNI, dst MAC) names
  *          a local port whose fast path is on and whose epoch colour equals the frame's: counted
- *          per (peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
+ *          per (VNI, peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
  *          punted to the switch's punt device with a 16-byte header (struct vn_punt: magic,
  *          VNI, colour, reason, peer) in front of the Ethernet frame: colour < port epoch is
  *          LATE (the switch delivers and records it), colour > port epoch EARLY (the switch
@@ -27,7 +27,8 @@
  *
  * Guarantees: no frame is dropped here (every path is a redirect or TC_ACT_OK; a helper that
  * fails punts the frame and counts ST_ERROR); a frame the kernel carries is counted exactly once
- * per side in `counts`; the colour carried is the low 16 bits of the port's epoch (neighbouring
+ * per side in `vn_counts`, under its VNI (so two VNEs between the same two hosts have their own
+ * counts, as their markers need); the colour carried is the low 16 bits of the port's epoch (neighbouring
  * VMs' epochs differ by at most one during a snapshot, so a signed 16-bit difference orders them
  * exactly).
  */
@@ -46,7 +47,7 @@ enum vn_stat { ST_TX_REMOTE, ST_TX_LOCAL, ST_TX_PUNT, ST_RX_FAST, ST_RX_PUNT, ST
 struct vn_port { __u32 vni; __u32 epoch; __u32 punt_ifindex; __u32 flags; };
 struct vn_fdb_key { __u32 vni; __u8 mac[6]; __u8 pad[2]; };
 struct vn_fdb_val { __u32 ifindex; __u32 peer; }; /* ifindex != 0: local port; else peer (IPv4, host order) */
-struct vn_count_key { __u32 peer; __u32 epoch; __u32 dir; }; /* dir 0 sent, 1 received */
+struct vn_count_key { __u32 vni; __u32 peer; __u32 epoch; __u32 dir; }; /* dir 0 sent, 1 received */
 struct vn_cfg { __u32 vxlan_ifindex; __u32 punt_ifindex; };
 struct vn_punt { __u32 magic; __u32 vni; __u16 colour; __u16 reason; __u32 peer; }; /* network order */
 struct vxlan_gbp { __u32 gbp; };
@@ -97,8 +98,8 @@ static __always_inline __u64 segments(struct __sk_buff *skb) {
   return n > 1 ? n : 1;
 }
 
-static __always_inline void count(__u32 peer, __u32 epoch, __u32 dir, struct __sk_buff *skb) {
-  struct vn_count_key k = { .peer = peer, .epoch = epoch, .dir = dir };
+static __always_inline void count(__u32 vni, __u32 peer, __u32 epoch, __u32 dir, struct __sk_buff *skb) {
+  struct vn_count_key k = { .vni = vni, .peer = peer, .epoch = epoch, .dir = dir };
   __u64 n = segments(skb);
   __u64 *v = bpf_map_lookup_elem(&vn_counts, &k);
   if (v) { __sync_fetch_and_add(v, n); return; }
@@ -141,7 +142,7 @@ int vn_tx(struct __sk_buff *skb) {
     stat(ST_ERROR);
     return punt_port(p);
   }
-  count(d->peer, p->epoch, 0, skb);
+  count(p->vni, d->peer, p->epoch, 0, skb);
   stat(ST_TX_REMOTE);
   return bpf_redirect(c->vxlan_ifindex, 0);
 }
@@ -170,7 +171,7 @@ static __always_inline int rx_rules(struct __sk_buff *skb, __u32 vni, __u32 gbp,
   __s16 delta = (__s16)((__u16)gbp - (__u16)p->epoch);
   if (delta < 0) return punt_rx(skb, vni, gbp, peer, VN_LATE);
   if (delta > 0) return punt_rx(skb, vni, gbp, peer, VN_EARLY);
-  count(peer, p->epoch, 1, skb);
+  count(vni, peer, p->epoch, 1, skb);
   stat(ST_RX_FAST);
   return bpf_redirect(to, 0);
 }

@@ -75,8 +75,8 @@ export class Markers {
     private readonly peerName: (idx: number) => string | undefined,
   ) {}
 
-  private recvBelow(vp: VnePeer, k: number): number {
-    return vp.recv.below(k) + (this.kernelCounts?.below(vp.peer.ip, k, 'received') ?? 0);
+  private recvBelow(v: Vne, vp: VnePeer, k: number): number {
+    return vp.recv.below(k) + (this.kernelCounts?.below(v.vni, vp.peer.ip, k, 'received') ?? 0);
   }
 
   /** Recording k of v, created on first use (a local operation: always, past the cap too). */
@@ -142,7 +142,7 @@ export class Markers {
       return;
     }
     const knownLost = vp.lostEpoch < k ? vp.lost : 0;
-    if (count - this.recvBelow(vp, k) - knownLost > MAX_MARKER_SHORTFALL) {
+    if (count - this.recvBelow(v, vp, k) - knownLost > MAX_MARKER_SHORTFALL) {
       this.counters.markersInvalid++;
       return;
     }
@@ -220,7 +220,7 @@ export class Markers {
       peers: [...v.peers.values()].map((vp) => ({
         peer: vp.peer.name,
         marker: r.markersIn.get(vp.peer.idx)?.count ?? null,
-        received: this.recvBelow(vp, r.k),
+        received: this.recvBelow(v, vp, r.k),
         acked: r.localDone && !r.unacked.has(vp.peer.idx),
       })),
     }));
@@ -245,7 +245,7 @@ export class Markers {
     for (const idx of r.unacked) {
       const vp = v.peers.get(idx);
       if (!vp) continue;
-      this.tunnel.queue(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k) + (this.kernelCounts?.below(vp.peer.ip, r.k, 'sent') ?? 0)), vp.peer, null, 0, null, 0);
+      this.tunnel.queue(encodeMarker(v.vni, r.k, v.generation, vp.sent.below(r.k) + (this.kernelCounts?.below(v.vni, vp.peer.ip, r.k, 'sent') ?? 0)), vp.peer, null, 0, null, 0);
       this.counters.markersSent++;
     }
     r.lastMarkerSent = now;
@@ -263,7 +263,7 @@ export class Markers {
     for (const vp of v.peers.values()) {
       const m = r.markersIn.get(vp.peer.idx);
       if (!m) return;
-      const got = this.recvBelow(vp, r.k);
+      const got = this.recvBelow(v, vp, r.k);
       const knownLost = vp.lostEpoch < r.k ? vp.lost : 0;
       if (got + knownLost < m.count) {
         if (now - m.at < this.opts.recordingGraceMs) return;

@@ -8,12 +8,19 @@
  *
  * Also here: background snapshots of the VNE through the coordinator, taken back to back at most
  * once a second while something else runs (each deleted once complete, so the store does not
- * fill), and the frame counters of a VM's switch port (the agent's /metrics).
+ * fill), the frame counters of a VM's switch port (the agent's /metrics), and for nic tap-bpf the
+ * agent's in-kernel data path counters: frames its programs carried in the kernel and frames they
+ * punted to the switch (so a figure says which path it measured).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import { BPFFS } from '../../agent/bpf-dp/loader';
+import { dataPathPrefix } from '../../agent/drivers/qemu/tap-bpf';
+import { STAT_NAMES, type DataPathStats } from '../../switch/bpf-dp/layout';
+import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
+import { sh } from '../support/netns';
 import { instanceDir, QEMU_WORKDIR } from '../support/qemu-vne';
 import { FatalWait, sleep, until } from '../support/wait';
 import { guestPair, type GuestPair, type PairSetup } from './vm-net-measure';
@@ -116,4 +123,45 @@ export function portFrames(c: Cluster, host: string, vne: string, vm: string): {
     return Number(m[1]);
   };
   return { rx: read('rx'), tx: read('tx') };
+}
+
+/**
+ * The program counters (vn_stats) of the in-kernel data path the agent on `host` loaded for its
+ * tap-bpf VMs, or zeros when it has loaded none. The agent runs under `ip netns exec`, whose
+ * mount namespace has its own bpf file system, so its pins are read through /proc/<pid>/root.
+ */
+export function agentDataPathStats(c: Cluster, host: string): DataPathStats {
+  const ns = c.topo.ns(host);
+  const pid = sh('ip', ['netns', 'pids', ns]).split('\n').filter(Boolean).find((p) => {
+    try {
+      return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').some((a) => a.endsWith(path.join('agent', 'main.js')));
+    } catch {
+      return false; // the process ended between the listing and the read
+    }
+  });
+  if (pid === undefined) throw new Error(`no vnsnap-agent process in namespace ${ns}`);
+  const dir = path.join(`/proc/${pid}/root`, BPFFS, dataPathPrefix(QEMU_WORKDIR), 'maps');
+  if (!fs.existsSync(dir)) return Object.fromEntries(STAT_NAMES.map((n) => [n, 0])) as DataPathStats;
+  const m = new DataPathMaps(dir);
+  try {
+    return m.stats();
+  } finally {
+    m.close();
+  }
+}
+
+/** What the data path did between two readings, over the hosts: frames carried in the kernel, punted to the switch. */
+export interface DataPathSplit {
+  perHost: DataPathStats[];
+  /** vn_tx's frames to a peer or a local TAP and vn_rx's to a TAP */
+  kernelCarried: number;
+  /** vn_tx's and vn_rx's frames handed to the switch */
+  punted: number;
+  errors: number;
+}
+
+export function dataPathSplit(before: readonly DataPathStats[], after: readonly DataPathStats[]): DataPathSplit {
+  const perHost = after.map((a, i) => Object.fromEntries(STAT_NAMES.map((n) => [n, a[n] - (before[i]?.[n] ?? 0)])) as DataPathStats);
+  const sum = (f: (s: DataPathStats) => number): number => perHost.reduce((x, s) => x + f(s), 0);
+  return { perHost, kernelCarried: sum((s) => s.txRemote + s.txLocal + s.rxFast), punted: sum((s) => s.txPunt + s.rxPunt), errors: sum((s) => s.errors) };
 }

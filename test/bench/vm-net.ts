@@ -3,11 +3,16 @@
  * kernel, measured with iperf3 between two guests inside the guests, in one run:
  *
  *   vnsnap   two test guests (docs/guest.md) as one VNE of a real deployment on two namespaced
- *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), NIC
- *            mode tap-vnet (QEMU's TAP with vnet_hdr=on, the switch on its host side through a
- *            packet socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as
- *            the agent runs it (the agent's default NIC); also, as extra rows, nic=tap (vnet_hdr=off) and
- *            nic=stream (QEMU's stream netdev to the switch's unix socket)
+ *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), in
+ *            the NIC mode the agent ships as the default for QEMU VMs (DEFAULT_NIC_MODE; today
+ *            tap-vnet: QEMU's TAP with vnet_hdr=on, the switch on its host side through a packet
+ *            socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as the
+ *            agent runs it; also, as extra rows, nic=tap (vnet_hdr=off) and nic=stream (QEMU's
+ *            stream netdev to the switch's unix socket); with --bpf also nic=tap-bpf (the agent's
+ *            in-kernel data path on QEMU's TAP), with its own during-snapshot figure and the
+ *            programs' counters of frames carried in the kernel and punted to the switch (while
+ *            the switch does not turn the fast path on, every frame is punted: the figure is then
+ *            the switch's path through the program's punt)
  *   kernel   the same guests, same QEMU command line (the driver's qemuCmdline), on QEMU's TAP
  *            with vnet_hdr=on (vhost off) in a Linux bridge per host + kernel VXLAN between the
  *            two namespaces (vm-net-kernel.ts)
@@ -17,7 +22,7 @@
  * the machine's busy cores per Gbit/s during the TCP runs (/proc/stat), and during one TCP run
  * per direction the busiest threads of the hosts' processes (vm-net-threads.ts). On the vnsnap
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
- * once a second. On every path the TCP payload bytes per frame the sending QEMU handed over and
+ * once a second (and on nic=tap-bpf's). On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
  *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json]
@@ -33,6 +38,8 @@ import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { buildGuest, channelStatus, ensureAptPackages, ensureQemu, guestImageRoots, kernelCmdline, STATUS_CHANNEL_NAME, type GuestImage } from '../guest/qemu-guest';
 import { checkDataPathSupport } from '../../agent/bpf-dp/loader';
+import type { NicMode } from '../../agent/drivers/qemu/cmdline';
+import { DEFAULT_NIC_MODE } from '../../agent/drivers/qemu/nic-backend';
 import type { DataPathStats } from '../../switch/bpf-dp/layout';
 import { Cluster } from '../support/cluster';
 import { Topology } from '../support/netns';
@@ -41,7 +48,7 @@ import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
 import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
 import { busiestThreads, sampleThreads } from './vm-net-threads';
-import { HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair } from './vm-net-vnsnap';
+import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
 const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json] [--help]';
@@ -54,16 +61,21 @@ const HELP = `${USAGE}
   --tunnel-offload on|off
                   the agents' tunnelOffload (UDP GSO/GRO on the Geneve tunnel; default: the
                   agent's default, on where the kernel has it)
-  --extra-nics L  vnsnap NIC modes measured as extra rows besides tap-vnet, comma-separated
+  --extra-nics L  vnsnap NIC modes measured as extra rows besides the default, comma-separated
                   (tap, stream; default tap,stream; none for no extra row)
-  --bpf           also measure vnsnap's in-kernel data path (switch/bpf/, as the agent loads it)
-                  between the kernel path's hosts: known guests' frames through tc bpf and VXLAN
-                  in external mode with GBP carrying the epoch colour, broadcasts through the
-                  bridge (docs/nic-offloads.md); a row "bpf_dataplane" beside the others, with the
-                  programs' counters
+  --bpf           also measure vnsnap's in-kernel data path (switch/bpf/, as the agent loads it):
+                  (1) between the kernel path's hosts: known guests' frames through tc bpf and
+                  VXLAN in external mode with GBP carrying the epoch colour, broadcasts through
+                  the bridge (docs/nic-offloads.md); a row "bpf_dataplane" with the programs'
+                  counters; (2) through the agents, the vnsnap row's deployment with
+                  nic=tap-bpf: fields "vnsnap_tap_bpf" beside "vnsnap" in tcp_mbps, udp64_kpps,
+                  cpu_per_gbps, "during_snapshot_tcp_mbps_vnsnap_tap_bpf", and a row
+                  "vnsnap_tap_bpf" with the frames the agents' programs carried in the kernel
+                  and punted to the switch (fast_path on/off says which path was measured)
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
-                   "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...}
+                   "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
+                  "vnsnap" is always the NIC mode the agent ships as the default for QEMU VMs
 Needs root, qemu-system-x86_64 (installed if missing) and the test guest (built if missing).`;
 
 interface Options {
@@ -123,7 +135,17 @@ const EXTRA_VNE = {
   stream: ['vmnbs', 3091, 'QEMU -netdev stream (nic=stream) → unix socket → switch → Geneve → switch → unix socket'],
 } as const;
 type ExtraNic = keyof typeof EXTRA_VNE;
-const ALL_VNES = [VNE_VNET, EXTRA_VNE.tap[0], EXTRA_VNE.stream[0]];
+/** The nic=tap-bpf row (--bpf). */
+const VNE_BPF = 'vmnbp';
+const VNI_BPF = 3092;
+/** What each NIC mode's vnsnap row goes through. */
+const NIC_PATH: Record<NicMode, string> = {
+  'tap-vnet': 'QEMU -netdev tap,vnet_hdr=on (nic=tap-vnet) → packet socket with PACKET_VNET_HDR → switch → Geneve (the tunnel as the agent runs it) → switch → TAP',
+  'tap-bpf': "QEMU -netdev tap,vnet_hdr=on (nic=tap-bpf) → tc bpf vn_tx on the TAP (the agent's in-kernel data path): what it does not carry punted into the port's veth end → packet socket → switch → Geneve → switch → TAP; the kernel-carried share is in data_path",
+  tap: EXTRA_VNE.tap[2],
+  stream: EXTRA_VNE.stream[2],
+};
+const ALL_VNES = [VNE_VNET, EXTRA_VNE.tap[0], EXTRA_VNE.stream[0], VNE_BPF];
 
 /** One path's figures. */
 interface PathResult {
@@ -260,7 +282,7 @@ async function main(): Promise<void> {
     await (cleanups.pop() as () => Promise<void>)();
   }
 
-  // (a) vnsnap: a real deployment, tap-vnet NICs (then the extra NIC modes)
+  // (a) vnsnap: a real deployment, the default NIC mode (then nic=tap-bpf with --bpf, then the extra NIC modes)
   const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000, ...(o.tunnelOffload !== undefined ? { tunnelOffload: o.tunnelOffload } : {}) });
   cleanups.push(async () => {
     await c.destroy();
@@ -273,23 +295,22 @@ async function main(): Promise<void> {
     return dir === 'a->b' ? { sent: a.rx, delivered: b.tx } : { sent: b.rx, delivered: a.tx };
   };
 
-  const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, 'tap-vnet'));
+  // The row "vnsnap": the NIC mode the agent ships as the default for QEMU VMs.
+  const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, DEFAULT_NIC_MODE));
   cleanups.push(() => vpair.close());
-  const vnsnap = await measure('vnsnap', vpair.guests, o, 'QEMU -netdev tap,vnet_hdr=on (nic=tap-vnet) → packet socket with PACKET_VNET_HDR → switch → Geneve (the tunnel as the agent runs it) → switch → TAP', { namespaces: hostNs, frames: frames(VNE_VNET) });
-  const during: TcpRun[] = [];
-  const snaps = { completed: 0, failed: [] as string[], pausesMs: [] as number[] };
-  for (let i = 0; i < o.runs; i++) {
-    const loop = snapshotLoop(c, VNE_VNET);
-    const run = await tcpRun(vpair.guests, 'a->b', o.seconds).finally(async () => {
-      const s = await loop.stop();
-      snaps.completed += s.completed;
-      snaps.failed.push(...s.failed);
-      snaps.pausesMs.push(...s.pausesMs);
-    });
-    during.push(run);
-    say(`vnsnap: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
-  }
+  const vnsnap = await measure('vnsnap', vpair.guests, o, NIC_PATH[DEFAULT_NIC_MODE], { namespaces: hostNs, frames: frames(VNE_VNET) });
+  const { during, snaps } = await duringSnapshots(c, vpair, o, 'vnsnap');
   await (cleanups.pop() as () => Promise<void>)();
+
+  // nic=tap-bpf through the agents (unless it is the default, measured above); a failure of this
+  // row is reported in its place and the other rows' figures are kept.
+  let tapBpf: TapBpfRow | { error: string } | undefined;
+  if (o.bpf && DEFAULT_NIC_MODE !== 'tap-bpf') {
+    tapBpf = await tapBpfRow(c, image, o, hostNs, frames(VNE_BPF)).catch((e: unknown) => {
+      say(`vnsnap nic=tap-bpf: failed: ${errMsg(e)}`);
+      return { error: errMsg(e) };
+    });
+  }
 
   const extra: Partial<Record<ExtraNic, PathResult>> = {};
   for (const nic of o.extraNics) {
@@ -301,7 +322,51 @@ async function main(): Promise<void> {
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}) });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}) });
+}
+
+type Snaps = { completed: number; failed: string[]; pausesMs: number[] };
+
+/** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE once a second. */
+async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
+  const during: TcpRun[] = [];
+  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [] };
+  for (let i = 0; i < o.runs; i++) {
+    const loop = snapshotLoop(c, pair.vne);
+    const run = await tcpRun(pair.guests, 'a->b', o.seconds).finally(async () => {
+      const s = await loop.stop();
+      snaps.completed += s.completed;
+      snaps.failed.push(...s.failed);
+      snaps.pausesMs.push(...s.pausesMs);
+    });
+    during.push(run);
+    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
+  }
+  return { during, snaps };
+}
+
+interface TapBpfRow {
+  path: PathResult;
+  during: TcpRun[];
+  snaps: Snaps;
+  /** What the agents' programs did over the row (all its runs): frames carried in the kernel, punted to the switch. */
+  dataPath: DataPathSplit;
+}
+
+/** The nic=tap-bpf row: the vnsnap row's guests and hosts, QEMU started by the agents' driver with nic tap-bpf. */
+async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: string[], frames: Hooks['frames']): Promise<TapBpfRow> {
+  const pair = await startVnsnapPair(c, VNE_BPF, VNI_BPF, setupOf(image, o, 'tap-bpf'));
+  cleanups.push(() => pair.close());
+  try {
+    const s0 = HOSTS.map((h) => agentDataPathStats(c, h));
+    const path = await measure('vnsnap nic=tap-bpf', pair.guests, o, NIC_PATH['tap-bpf'], { namespaces: hostNs, ...(frames ? { frames } : {}) });
+    const { during, snaps } = await duringSnapshots(c, pair, o, 'vnsnap nic=tap-bpf');
+    const dataPath = dataPathSplit(s0, HOSTS.map((h) => agentDataPathStats(c, h)));
+    say(`vnsnap nic=tap-bpf: the agents' programs carried ${dataPath.kernelCarried} frames in the kernel and punted ${dataPath.punted} to the switch (${dataPath.errors} errors)`);
+    return { path, during, snaps, dataPath };
+  } finally {
+    await (cleanups.pop() as () => Promise<void>)();
+  }
 }
 
 interface Results {
@@ -314,6 +379,7 @@ interface Results {
   bpf?: PathResult;
   /** The bpf row's programs' counters, per host. */
   bpfStats?: DataPathStats[] | undefined;
+  tapBpf?: TapBpfRow | { error: string };
 }
 
 function pathJson(r: PathResult): Record<string, unknown> {
@@ -332,6 +398,20 @@ function pathJson(r: PathResult): Record<string, unknown> {
   };
 }
 
+/** The nic=tap-bpf row's own object: its figures, its during-snapshot runs, what its programs carried and punted. */
+function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
+  const dp = tb.dataPath;
+  return {
+    tcp_mbps: round(tcpSummary(tb.path).median),
+    udp64_kpps: round(udpSummary(tb.path).median),
+    cpu_per_gbps: round(cpuSummary(tb.path).median, 2),
+    during_snapshot: { tcp_mbps: summarize(tb.during.map((x) => x.mbps)), snapshots_completed: tb.snaps.completed, snapshots_failed: tb.snaps.failed, pause_ms: summarize(tb.snaps.pausesMs) },
+    // Which path the figures measured: the kernel's (fast path on) or the switch's through the punt.
+    fast_path: dp.kernelCarried > 0 ? 'on' : 'off',
+    data_path: { frames_carried_in_kernel: dp.kernelCarried, frames_punted_to_switch: dp.punted, errors: dp.errors, per_host: Object.fromEntries(HOSTS.map((h, i) => [h, dp.perHost[i]])) },
+  };
+}
+
 function report(o: Options, r: Results): void {
   const tcpV = tcpSummary(r.vnsnap).median;
   const tcpK = tcpSummary(r.kernel).median;
@@ -339,31 +419,47 @@ function report(o: Options, r: Results): void {
   const cpuK = cpuSummary(r.kernel).median;
   const during = summarize(r.during.map((x) => x.mbps));
   const idleAb = summarize(r.vnsnap.tcp['a->b'].map((x) => x.mbps)).median;
+  // The nic=tap-bpf row, when it ran (--bpf) and did not fail: its figures beside "vnsnap"'s.
+  const tb = r.tapBpf && 'path' in r.tapBpf ? r.tapBpf : undefined;
+  const tbTcp = tb && tcpSummary(tb.path).median;
+  const tbCpu = tb && cpuSummary(tb.path).median;
+  const tbDuring = tb && summarize(tb.during.map((x) => x.mbps));
+  const tbIdleAb = tb && summarize(tb.path.tcp['a->b'].map((x) => x.mbps)).median;
+  const beside = <T>(v: T | undefined): { vnsnap_tap_bpf?: T } => (v === undefined ? {} : { vnsnap_tap_bpf: v });
   const out = {
-    tcp_mbps: { vnsnap: round(tcpV), kernel: round(tcpK) },
-    udp64_kpps: { vnsnap: round(udpSummary(r.vnsnap).median), kernel: round(udpSummary(r.kernel).median) },
-    cpu_per_gbps: { vnsnap: round(cpuV, 2), kernel: round(cpuK, 2) },
+    tcp_mbps: { vnsnap: round(tcpV), kernel: round(tcpK), ...beside(tbTcp && round(tbTcp)) },
+    udp64_kpps: { vnsnap: round(udpSummary(r.vnsnap).median), kernel: round(udpSummary(r.kernel).median), ...beside(tb && round(udpSummary(tb.path).median)) },
+    cpu_per_gbps: { vnsnap: round(cpuV, 2), kernel: round(cpuK, 2), ...beside(tbCpu && round(tbCpu, 2)) },
     during_snapshot_tcp_mbps: round(during.median),
+    ...(tbDuring ? { during_snapshot_tcp_mbps_vnsnap_tap_bpf: round(tbDuring.median) } : {}),
     ratios: {
       tcp_vnsnap_over_kernel: round(tcpV / (tcpK || 1), 3),
       cpu_per_gbps_vnsnap_over_kernel: round(cpuV / (cpuK || 1), 3),
       during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
+      ...(tb && tbTcp !== undefined && tbCpu !== undefined && tbDuring && tbIdleAb !== undefined
+        ? {
+            tcp_vnsnap_tap_bpf_over_kernel: round(tbTcp / (tcpK || 1), 3),
+            cpu_per_gbps_vnsnap_tap_bpf_over_kernel: round(tbCpu / (cpuK || 1), 3),
+            during_snapshot_over_idle_a_to_b_vnsnap_tap_bpf: round(tbDuring.median / (tbIdleAb || 1), 3),
+          }
+        : {}),
     },
     ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, { tcp_mbps: round(tcpSummary(p).median), udp64_kpps: round(udpSummary(p).median), cpu_per_gbps: round(cpuSummary(p).median, 2) }])),
     ...(r.bpf
       ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
-    settings: { tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
+    ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
+    settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
-    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}) },
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}) },
   };
   if (o.json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
   }
   const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
-  const rows: [string, PathResult][] = [['vnsnap (tap-vnet)', r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : [])];
+  const rows: [string, PathResult][] = [[`vnsnap (${DEFAULT_NIC_MODE}, the default)`, r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : []), ...(tb ? [['vnsnap nic=tap-bpf (agents)', tb.path] as [string, PathResult]] : [])];
   console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
   console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
   for (const [name, p] of rows) {
@@ -372,6 +468,10 @@ function report(o: Options, r: Results): void {
     );
   }
   console.log(`vnsnap TCP a->b while a background snapshot runs once a second: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms)`);
+  if (tb) {
+    const dp = tb.dataPath;
+    console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);
+  } else if (r.tapBpf && 'error' in r.tapBpf) console.log(`vnsnap nic=tap-bpf: failed: ${r.tapBpf.error}`);
   console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
   for (const [name, p] of rows) {
     const b = p.bytesPerFrame;

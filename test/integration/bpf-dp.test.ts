@@ -121,28 +121,28 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
   const test = (dst: number, src: number, seq: number): Buffer => makeFrame({ dst: vmMac(dst), src: vmMac(src), sender: src, seq, epoch: 3 }, 300);
   const ofTest = (r: FdReader['got'], seq: number): Buffer | undefined => r.find((g) => parseFrame(g.frame)?.seq === seq)?.frame;
 
-  it('carries frames from TAP to TAP both ways in the kernel, counted per (peer, epoch) on both sides', async () => {
+  it('carries frames from TAP to TAP both ways in the kernel, counted per (VNI, peer, epoch) on both sides', async () => {
     const ab = test(2, 1, 1);
     const ba = test(1, 2, 2);
     write(tapAfd, ab);
     write(tapBfd, ba);
     assert.deepEqual(await until('a→b at b\'s TAP', () => ofTest(tapB, 1), 5000), ab);
     assert.deepEqual(await until('b→a at a\'s TAP', () => ofTest(tapA, 2), 5000), ba);
-    assert.deepEqual([a?.count(B_IP, 3, 'sent'), b?.count(A_IP, 3, 'received'), b?.count(A_IP, 3, 'sent'), a?.count(B_IP, 3, 'received')], [1, 1, 1, 1]);
+    assert.deepEqual([a?.count(VNI, B_IP, 3, 'sent'), b?.count(VNI, A_IP, 3, 'received'), b?.count(VNI, A_IP, 3, 'sent'), a?.count(VNI, B_IP, 3, 'received')], [1, 1, 1, 1]);
     assert.deepEqual([a?.stats().txRemote, a?.stats().rxFast, a?.stats().errors], [1, 1, 0]);
     assert.equal(puntA.length, 0, 'nothing punted');
   });
 
   it('carries a TCP super-frame whole to the tunnel and GRO-merged to the far TAP; counts are its segments', async () => {
     const sf = superFrame({ payload: 20 * 1348, mss: 1348 });
-    const before = [a?.count(B_IP, 3, 'sent') ?? 0, b?.count(A_IP, 3, 'received') ?? 0];
+    const before = [a?.count(VNI, B_IP, 3, 'sent') ?? 0, b?.count(VNI, A_IP, 3, 'received') ?? 0];
     const isOurs = (f: Buffer): boolean => f.readUInt16BE(12) === 0x0800 && f.readUInt16BE(14 + 20) === 40000;
     write(tapAfd, sf.frame, sf.meta);
     const got = (): Buffer[] => tapB.filter((g) => isOurs(g.frame)).map((g) => g.frame.subarray(sf.hdrs));
     await until('the super-frame\'s payload at b\'s TAP', () => got().reduce((n, p) => n + p.length, 0) >= sf.payload.length, 5000);
     assert.deepEqual(Buffer.concat(got()), sf.payload, 'the payload, in order, byte for byte');
     assert.ok(got().length < 20, `fewer frames than segments reach b's TAP (${got().length})`);
-    assert.deepEqual([(a?.count(B_IP, 3, 'sent') ?? 0) - (before[0] as number), (b?.count(A_IP, 3, 'received') ?? 0) - (before[1] as number)], [20, 20]);
+    assert.deepEqual([(a?.count(VNI, B_IP, 3, 'sent') ?? 0) - (before[0] as number), (b?.count(VNI, A_IP, 3, 'received') ?? 0) - (before[1] as number)], [20, 20]);
   });
 
   it('hands the switch a frame of another epoch behind its header (late, early), and a VM\'s broadcast through its port', async () => {
@@ -156,7 +156,7 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     assert.deepEqual(decodePunt(early), { vni: VNI, colour: 5, reason: 'early', peer: B_IP });
     assert.deepEqual(early.subarray(PUNT_HEADER_LEN), test(1, 2, 11));
     assert.equal(ofTest(tapA, 10) ?? ofTest(tapA, 11), undefined, 'neither reached a\'s VM in the kernel');
-    assert.equal(a?.count(B_IP, 4, 'received'), 0);
+    assert.equal(a?.count(VNI, B_IP, 4, 'received'), 0);
 
     const bcast = test(1, 1, 12);
     bcast.fill(0xff, 0, 6);

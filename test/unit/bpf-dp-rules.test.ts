@@ -2,21 +2,19 @@
  * The rules of the in-kernel data path (switch/bpf/vnsnap-dp.bpf.c), run in the kernel on test
  * frames with BPF_PROG_TEST_RUN through the addon, against maps written by DataPathMaps: which
  * frames the kernel carries (to a peer, to a local port, to the receiving TAP), which it punts
- * to the switch and with what header, and the per-(peer, epoch) counters the markers need.
+ * to the switch and with what header, and the per-(VNI, peer, epoch) counters the markers need.
  * The object is the one `npm install` built and the agent's loader pins (under a test prefix).
  */
 import { strict as assert } from 'node:assert';
-import { attachDataPath, loadDataPath, unloadDataPath, type LoadedDataPath } from '../../agent/bpf-dp/loader';
+import { attachDataPath, loadDataPath } from '../../agent/bpf-dp/loader';
 import { isVnsnapError } from '../../proto/core/errors';
 import { decodePunt, PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
-import { DataPathMaps } from '../../switch/bpf-dp/maps';
-import { nativeIo } from '../../switch/native-io';
+import type { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { classify, Verdict } from '../../switch/snapshot/epoch-rules';
+import { openDpHarness, skbCtx as ctx, TC_ACT_OK, TC_ACT_REDIRECT, type DpHarness } from '../support/bpf-dp-harness';
 import { makeFrame, rng, vmMac } from '../support/frames';
 import { superFrame } from '../support/tcp-frames';
 
-const TC_ACT_OK = 0;
-const TC_ACT_REDIRECT = 7;
 const PREFIX = `vnut-bpfdp-${process.pid}`;
 const VNI = 4242;
 const TAP_A = 101; // ifindexes as the maps name them (the test runs never reach a device)
@@ -26,33 +24,18 @@ const PUNT = 202;
 const PEER = '10.9.0.2';
 const mac = (i: number): string => [0x02, 0, 0, 0, 0, i].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
-/** A struct __sk_buff for BPF_PROG_TEST_RUN: ingress_ifindex, cb[0..2], gso_segs. */
-function ctx(o: { ingressIfindex?: number; cb?: number[]; gsoSegs?: number; gsoSize?: number }): Buffer {
-  const b = Buffer.alloc(192);
-  b.writeUInt32LE(o.ingressIfindex ?? 0, 36);
-  (o.cb ?? []).forEach((v, i) => b.writeUInt32LE(v >>> 0, 48 + 4 * i));
-  b.writeUInt32LE(o.gsoSegs ?? 0, 164);
-  b.writeUInt32LE(o.gsoSize ?? 0, 176);
-  return b;
-}
-
 describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
   this.timeout(60_000);
-  const io = nativeIo();
-  let dp: LoadedDataPath;
+  let h: DpHarness;
   let maps: DataPathMaps;
-  const progs: Record<string, number> = {};
 
   before(async () => {
-    dp = await loadDataPath(PREFIX);
-    maps = new DataPathMaps(dp.mapsDir);
-    for (const p of ['vn_tx', 'vn_rx_test'] as const) progs[p] = io.bpfObjGet(dp.prog(p));
+    h = await openDpHarness(PREFIX);
+    maps = h.maps;
     maps.setDevices(VXLAN, PUNT);
   });
   after(async () => {
-    for (const fd of Object.values(progs)) io.close(fd);
-    maps?.close();
-    await unloadDataPath(PREFIX);
+    await h?.close();
   });
   beforeEach(() => {
     maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: true });
@@ -63,36 +46,27 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
   });
 
   const frame = (dst: number): Buffer => makeFrame({ dst: vmMac(dst), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
-  const run = (prog: string, data: Buffer, c: Buffer): { retval: number; out: Buffer } => {
-    const out = Buffer.alloc(data.length + 64);
-    const r = io.bpfProgTestRun(progs[prog] as number, data, c, out);
-    return { retval: r.retval, out: out.subarray(0, r.size) };
-  };
-  const delta = (f: () => void): Record<string, number> => {
-    const before = maps.stats();
-    f();
-    const after = maps.stats();
-    return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - before[k as keyof typeof before]]).filter(([, v]) => v !== 0));
-  };
+  const run = (prog: 'vn_tx' | 'vn_rx_test', data: Buffer, c: Buffer): { retval: number; out: Buffer } => h.run(prog, data, c);
+  const delta = (f: () => void): Record<string, number> => h.delta(f);
 
   it("from a TAP: a peer's MAC is sent into the tunnel, counted by the datagrams a super-frame becomes", () => {
-    const sent = maps.count(PEER, 7, 'sent');
+    const sent = maps.count(VNI, PEER, 7, 'sent');
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A })).retval, TC_ACT_REDIRECT)), { txRemote: 1 });
-    assert.equal(maps.count(PEER, 7, 'sent'), sent + 1);
+    assert.equal(maps.count(VNI, PEER, 7, 'sent'), sent + 1);
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A, gsoSegs: 45, gsoSize: 1448 })).retval, TC_ACT_REDIRECT)), { txRemote: 1 });
-    assert.equal(maps.count(PEER, 7, 'sent'), sent + 46);
+    assert.equal(maps.count(VNI, PEER, 7, 'sent'), sent + 46);
     // A super-frame from QEMU's TAP has gso_size but no gso_segs yet: its segments are computed
     // (small ones: BPF_PROG_TEST_RUN takes at most a page).
     const sf = superFrame({ payload: 2 * 1348 + 5, mss: 1348 }).frame;
     sf[5] = 9;
     run('vn_tx', sf, ctx({ ingressIfindex: TAP_A, gsoSize: 1348 }));
-    assert.equal(maps.count(PEER, 7, 'sent'), sent + 46 + 3);
+    assert.equal(maps.count(VNI, PEER, 7, 'sent'), sent + 46 + 3);
     const v6 = superFrame({ v6: true, payload: 2 * 1328, mss: 1328 }).frame;
     v6[5] = 9;
     run('vn_tx', v6, ctx({ ingressIfindex: TAP_A, gsoSize: 1328 }));
-    assert.equal(maps.count(PEER, 7, 'sent'), sent + 46 + 3 + 2);
-    assert.equal(maps.count(PEER, 8, 'sent'), 0);
-    assert.equal(maps.count(PEER, 7, 'received'), 0);
+    assert.equal(maps.count(VNI, PEER, 7, 'sent'), sent + 46 + 3 + 2);
+    assert.equal(maps.count(VNI, PEER, 8, 'sent'), 0);
+    assert.equal(maps.count(VNI, PEER, 7, 'received'), 0);
   });
 
   it('from a TAP: a local port of the same epoch is reached in the kernel; of another epoch, unknown or group MACs are punted', () => {
@@ -113,13 +87,34 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: 999 })).retval, TC_ACT_OK)), {});
   });
 
-  it("from the tunnel: the port's colour is delivered in the kernel and counted per (peer, epoch)", () => {
-    const got = maps.count(PEER, 7, 'received');
+  it("from the tunnel: the port's colour is delivered in the kernel and counted per (VNI, peer, epoch)", () => {
+    const got = maps.count(VNI, PEER, 7, 'received');
     const f = frame(2);
     const r = run('vn_rx_test', f, ctx({ cb: [VNI, 7, 0x0a090002], gsoSegs: 3, gsoSize: 1448 }));
     assert.equal(r.retval, TC_ACT_REDIRECT);
     assert.deepEqual(r.out, f, 'delivered unchanged');
-    assert.equal(maps.count(PEER, 7, 'received'), got + 3);
+    assert.equal(maps.count(VNI, PEER, 7, 'received'), got + 3);
+  });
+
+  it('two VNIs between the same two hosts: the kernel counts each VNI\'s datagrams apart, both ways (exact per-VNI counts for two VNEs\' markers)', () => {
+    const VNI2 = 4343;
+    const TAP_C = 103;
+    const TAP_D = 104;
+    maps.setPort(TAP_C, { vni: VNI2, epoch: 7, puntIfindex: 303, fast: true });
+    maps.setPort(TAP_D, { vni: VNI2, epoch: 7, puntIfindex: 304, fast: true });
+    maps.setFdb(VNI2, mac(9), { peer: PEER }); // the same peer host (and MAC) in the other VNE
+    maps.setFdb(VNI2, mac(4), { ifindex: TAP_D });
+    const c0 = [maps.count(VNI, PEER, 7, 'sent'), maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'received'), maps.count(VNI2, PEER, 7, 'received')];
+    // Sent: 2 frames + a 10-segment super-frame of VNI's, one frame of VNI2's.
+    for (const [tap, segs] of [[TAP_A, 0], [TAP_A, 0], [TAP_A, 10], [TAP_C, 0]] as const) assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: tap, gsoSegs: segs, gsoSize: segs ? 1448 : 0 })).retval, TC_ACT_REDIRECT);
+    // Received from the peer: a 4-datagram GRO frame of VNI's (to TAP_B), 2 + 1 datagrams of VNI2's (to TAP_D).
+    for (const [vni, dst, segs] of [[VNI, 2, 4], [VNI2, 4, 2], [VNI2, 4, 0]] as const) assert.equal(run('vn_rx_test', frame(dst), ctx({ cb: [vni, 7, 0x0a090002], gsoSegs: segs, gsoSize: segs ? 1448 : 0 })).retval, TC_ACT_REDIRECT);
+    const c1 = [maps.count(VNI, PEER, 7, 'sent'), maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'received'), maps.count(VNI2, PEER, 7, 'received')];
+    assert.deepEqual(c1.map((n, i) => n - (c0[i] as number)), [12, 1, 4, 3]);
+    assert.equal(maps.removeCount(VNI2, PEER, 7, 'sent'), true);
+    assert.deepEqual([maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'sent'), maps.removeCount(VNI2, PEER, 7, 'sent')], [0, c1[0], false], 'one VNI\'s counter removed, the other\'s kept');
+    maps.removePort(TAP_C);
+    maps.removePort(TAP_D);
   });
 
   it('from the tunnel: late, early and unknown frames go to the switch behind a header with VNI, colour, reason and peer', () => {
@@ -139,7 +134,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
       assert.deepEqual(decodePunt(r.out), { vni: VNI, colour, reason, peer: PEER }, reason);
       assert.deepEqual(r.out.subarray(PUNT_HEADER_LEN), g, `${reason}: the frame follows the header whole`);
     }
-    assert.equal(maps.count(PEER, 8, 'received'), 0, 'punted frames are the switch\'s to count');
+    assert.equal(maps.count(VNI, PEER, 8, 'received'), 0, 'punted frames are the switch\'s to count');
     assert.deepEqual(decodePunt(f), null);
   });
 
@@ -176,6 +171,6 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.throws(() => maps.setEpoch(TAP_B, 1), (e) => isVnsnapError(e, 'ERR_PORT_UNKNOWN'));
     await assert.rejects(loadDataPath('Bad/Prefix'), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
     await assert.rejects(loadDataPath(`${PREFIX}-x`, '/nonexistent/vnsnap-dp.bpf.o'), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'the in-kernel data path (nic tap-bpf) cannot run here: /nonexistent/vnsnap-dp.bpf.o was not built (install clang and libbpf-dev, then run npm install)');
-    await assert.rejects(attachDataPath(dp, 'vnut-nodev0', 'vn_tx'), (e) => isVnsnapError(e, 'ERR_DRIVER'));
+    await assert.rejects(attachDataPath(h.dp, 'vnut-nodev0', 'vn_tx'), (e) => isVnsnapError(e, 'ERR_DRIVER'));
   });
 });
