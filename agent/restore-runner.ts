@@ -24,7 +24,7 @@
  *
  * Over a running VNE (RestorePrepare.load_beside; docs/operations.md "Restore"), the steps split so
  * that nothing runs differently until every VM of every agent has loaded and verified:
- *   prepare   step 1, then restore-beside.ts's refusal check (every driver loads beside, the host
+ *   prepare   step 1, then restore-swap.ts's refusal check (every driver loads beside, the host
  *             has the memory for a second copy of its VMs): a refusal loads nothing and says why
  *             (the coordinator then restores the older way). Else every VM is loaded paused beside
  *             its running instance, all at once, through verifyingStore; nothing is attached, the

@@ -21,6 +21,8 @@
  * virtio-serial status channel (`channel.sock` in the QEMU driver's instance directory).
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
 import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
@@ -129,6 +131,12 @@ interface SnapshotEvent {
     }
     const vne = await c.cliJson<{ state: string; generation: number; epoch: number }>(['vne', 'show', E2E_VNE]);
     assert.deepEqual([vne.state, vne.generation, vne.epoch], ['VNE_STATE_RUNNING', vneBefore.generation, vneBefore.epoch]);
+    // Every running VM's disk directory is back in place; nothing waits in .beside-running/.
+    for (const host of ['h1', 'h2']) {
+      const disks = path.join(c.dir, 'state', host, 'disks');
+      assert.deepEqual(fs.existsSync(path.join(disks, '.beside-running')) ? fs.readdirSync(path.join(disks, '.beside-running')) : [], [], `${host}: nothing left beside`);
+      assert.deepEqual(fs.readdirSync(disks).filter((d) => !d.startsWith('.')).length, 2, `${host}: its two VMs' disk directories`);
+    }
     // Kept: the sleep is the observation window over which every stream must move and none may break.
     await sleep(3000);
     assert.deepEqual(intactProblems('after a restore refused while loading beside', before, await allStatuses()), []);
