@@ -84,7 +84,7 @@ interface PreparedRestore {
   /** Recorded frames per port name. */
   channel: Map<string, ChannelFrame[]>;
   /** Loaded beside the running VMs (load_beside): what swap() puts in their place. */
-  beside?: { loaded: { spec: VmSpec__Output; driver: HypervisorDriver; beside: BesideRestore }[]; epoch: number; generation: number; swapStarted: boolean };
+  beside?: { loaded: { spec: VmSpec__Output; driver: HypervisorDriver; beside: BesideRestore }[]; epoch: number; generation: number; swapStarted: boolean; loading: boolean; cancelled: boolean };
 }
 
 export class RestoreRunner {
@@ -152,6 +152,9 @@ export class RestoreRunner {
       this.o.log.info({ restore: c.restoreId, vne: c.vne, why: refused }, 'restore: not loading beside the running VMs (the coordinator restores the older way)');
       return { restorePrepare: { vms: [], beside: false, besideRefused: refused } };
     }
+    // Registered while loading, so a RestoreCancel that comes meanwhile is not lost: the loads then end discarded.
+    const b: NonNullable<PreparedRestore['beside']> = { loaded: [], epoch: c.epoch, generation: c.generation, swapStarted: false, loading: true, cancelled: false };
+    this.restores.set(c.restoreId, { id: c.restoreId, vne: c.vne, vms: [], channel, beside: b });
     const store = verifyingStore(this.o.store, c.vms.map((rv) => stored(rv.memory as Artefact__Output)));
     const loads = await Promise.allSettled(
       c.vms.map(async (rv) => {
@@ -161,13 +164,15 @@ export class RestoreRunner {
         return { loaded: { spec, ...loaded }, snap: this.loadReport(c.vne, rv, channel, [t0, tValidated, tl]) };
       }),
     );
+    b.loading = false;
     const ok = loads.flatMap((l) => (l.status === 'fulfilled' ? [l.value] : []));
     const failed = loads.find((l): l is PromiseRejectedResult => l.status === 'rejected');
-    if (failed) {
+    if (failed || b.cancelled) {
+      this.restores.delete(c.restoreId);
       await Promise.all(ok.map((l) => l.loaded.beside.discard().catch((e) => this.o.log.error({ vm: l.loaded.spec.name, err: describeError(e) }, 'discarding a VM loaded beside failed'))));
-      throw failed.reason;
+      throw failed ? failed.reason : new VnsnapError('ERR_CANCELLED', `restore ${c.restoreId} was cancelled while its VMs loaded beside the running ones on agent ${this.o.agentId}`);
     }
-    this.restores.set(c.restoreId, { id: c.restoreId, vne: c.vne, vms: [], channel, beside: { loaded: ok.map((l) => l.loaded), epoch: c.epoch, generation: c.generation, swapStarted: false } });
+    b.loaded = ok.map((l) => l.loaded);
     this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_LOAD' }, (this.nowUs() - tValidated) / 1e6);
     this.o.log.info({ restore: c.restoreId, vne: c.vne, vms: ok.map((l) => l.loaded.spec.name) }, 'restore loaded beside the running VMs');
     return { restorePrepare: { vms: ok.map((l) => l.snap), beside: true } };
@@ -193,7 +198,7 @@ export class RestoreRunner {
   /** RestoreSwap (module comment): the running VMs stopped, the loaded ones attached at epoch k under the new generation. */
   async swap(c: RestoreSwap__Output): Promise<Partial<Result>> {
     const rec = this.restores.get(c.restoreId);
-    if (!rec?.beside) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} has no VMs loaded beside on agent ${this.o.agentId}`);
+    if (!rec?.beside || rec.beside.loading) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} has no VMs loaded beside on agent ${this.o.agentId}`);
     const b = rec.beside;
     if (b.swapStarted) throw new VnsnapError('ERR_STATE', `restore ${c.restoreId} was swapped already on agent ${this.o.agentId}`);
     b.swapStarted = true;
@@ -288,6 +293,12 @@ export class RestoreRunner {
     if (!rec) return {};
     this.restores.delete(rec.id);
     const b = rec.beside;
+    if (b?.loading) {
+      // Still loading: prepareBeside discards what it loaded when its loads end.
+      b.cancelled = true;
+      this.o.log.info({ restore: rec.id }, 'restore cancelled while loading beside');
+      return {};
+    }
     if (b) {
       // Not swapped: the running VMs run on. Swap begun: what is left of the VNE here stops too.
       for (const l of b.loaded) await l.beside.discard().catch((e) => this.o.log.error({ vm: l.spec.name, err: describeError(e) }, 'discarding a VM loaded beside failed'));

@@ -120,6 +120,8 @@ export class FakeDriver implements HypervisorDriver {
   failPause = false;
   /** Copies loaded beside a running VM, by id, until swapped or discarded. */
   readonly besides = new Map<string, FakeVmRecord>();
+  /** Loads beside wait for this (a test holding them). */
+  holdBeside: Promise<void> = Promise.resolve();
   /** Ids whose swap fails after the running VM was stopped. */
   readonly failSwap = new Set<string>();
 
@@ -157,9 +159,10 @@ export class FakeDriver implements HypervisorDriver {
   /** Load beside the VM of the id ("load-beside a"); swap() stops the running one ("stop a", "swap a"), discard() drops the copy ("discard a"). */
   async restoreBeside(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<BesideRestore> {
     await store.get(image.memory.path);
+    this.events.push(`load-beside ${spec.name}`);
+    await this.holdBeside;
     const copy: FakeVmRecord = { spec, status: 'paused', ports: ctx.portNames.map((n) => new FakePort(n)), restoredFrom: image.memory.path, restoredDisks: image.disks.map((d) => d.path) };
     this.besides.set(spec.id, copy);
-    this.events.push(`load-beside ${spec.name}`);
     let state: 'loaded' | 'swapped' | 'discarded' = 'loaded';
     return {
       handle: { name: spec.name, ports: copy.ports },

@@ -8,6 +8,7 @@ import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { Switch } from '../../switch/switch';
 import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
 import { parseFrame, vmMac } from '../support/frames';
+import { until } from '../support/wait';
 
 async function failure(p: Promise<unknown>): Promise<string> {
   try {
@@ -250,6 +251,21 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.equal(h.vm('a'), oldA);
     assert.equal(h.driver.status('blue/a'), 'running');
     assert.equal(h.sw.portEpoch('blue/a/0'), 0);
+  });
+
+  it('load beside: a RestoreCancel while the copies load is not lost: the loads end discarded, the running VM untouched', async () => {
+    h = await new AgentParts().init(['a']);
+    let release!: () => void;
+    h.driver.holdBeside = new Promise<void>((r) => (release = r));
+    const p = failure(h.restores.prepare(await imageOfA(h, 'b6', { loadBeside: true })));
+    await until('the load beside started', () => h.driver.events.includes('load-beside a') || undefined, { timeoutMs: 5000 });
+    await h.restores.cancel({ restoreId: 'r-b6', vne: VNE });
+    release();
+    assert.equal(await p, 'ERR_CANCELLED: restore r-b6 was cancelled while its VMs loaded beside the running ones on agent h1');
+    assert.deepEqual(h.driver.events, ['start a', 'load-beside a', 'discard a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 0);
+    await assert.rejects(h.restores.swap({ restoreId: 'r-b6', vne: VNE }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
   });
 
   it('load beside is refused, loading nothing, when two copies do not fit in the host\'s memory', async () => {
