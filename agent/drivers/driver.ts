@@ -52,7 +52,9 @@
  *         (QEMU resumes the VM itself) → durable() waits for completion.
  *         abort: migrate_cancel (resumes in pre-switchover), cont, delete partials.
  *         restore: same command line + -incoming defer, migrate-incoming from the artefact,
- *         the VM comes up paused; resume = cont.
+ *         the VM comes up paused; resume = cont. restoreBeside: the same load in a second QEMU
+ *         beside the running one, swapped in later (qemu/restore-beside.ts).
+ *   sim   (tests) restoreBeside too; xen has none: a running Xen VNE is restored the older way.
  *   xen   precopy: `xl migrate -s '' DOM RECEIVER` with a receiver capturing the stream into an
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
