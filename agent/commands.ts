@@ -76,6 +76,7 @@ export class CommandDispatcher {
     validateArtefacts: (c) => this.validateArtefacts(c),
     restorePrepare: (c) => this.o.restores.prepare(c),
     restoreResume: (c) => this.o.restores.resume(c),
+    restoreSwap: (c) => this.o.restores.swap(c),
     restoreCancel: (c) => this.o.restores.cancel(c),
     discardDisks: (c) => this.discardDisks(c),
     migrateIncoming: (c) => this.o.migrations.prepareIncoming(c),

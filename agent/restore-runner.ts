@@ -21,9 +21,23 @@
  *             frames first, then what the gate kept, then the gate stays open — frames from
  *             peers that resumed first cannot overtake the channel state.
  *   cancel    destroy the prepared VMs.
+ *
+ * Over a running VNE (RestorePrepare.load_beside; docs/operations.md "Restore"), the steps split so
+ * that nothing runs differently until every VM of every agent has loaded and verified:
+ *   prepare   step 1, then restore-swap.ts's refusal check (every driver loads beside, the host
+ *             has the memory for a second copy of its VMs): a refusal loads nothing and says why
+ *             (the coordinator then restores the older way). Else every VM is loaded paused beside
+ *             its running instance, all at once, through verifyingStore; nothing is attached, the
+ *             generation is not applied. A failed load discards every loaded copy: the running VMs
+ *             run on as they were.
+ *   swap      stop the running instances (their snapshots aborted, their disks discarded) as each
+ *             driver swaps its loaded copy in, apply the generation, attach every new VM's ports at
+ *             epoch k behind the restore gates. resume as above.
+ *   cancel    before the swap: discard the loaded copies (the running VMs untouched); once the
+ *             swap began: stop every VM of the restore on this agent, old and new.
  */
 import type { Clock } from '../proto/core/clock';
-import { VnsnapError } from '../proto/core/errors';
+import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { ChannelFrame } from '../proto/artefacts/channel-state';
 import { decodeChannel } from '../proto/artefacts/channel-state';
@@ -31,16 +45,19 @@ import type { Artefact__Output } from '../proto/gen/vnsnap/v1/Artefact';
 import type { RestoreCancel__Output } from '../proto/gen/vnsnap/v1/RestoreCancel';
 import type { RestorePrepare__Output } from '../proto/gen/vnsnap/v1/RestorePrepare';
 import type { RestoreVm__Output } from '../proto/gen/vnsnap/v1/RestoreVm';
+import type { RestoreSwap__Output } from '../proto/gen/vnsnap/v1/RestoreSwap';
 import type { RestoreResume__Output } from '../proto/gen/vnsnap/v1/RestoreResume';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Switch } from '../switch/switch';
-import type { RestoreImage } from './drivers/driver';
+import type { BesideRestore, HypervisorDriver, RestoreImage } from './drivers/driver';
+import { availableMemoryBytes } from './host-memory';
+import { besideRefusal } from './restore-swap';
 import type { AgentMetrics } from './metrics';
 import type { SnapshotRunner } from './snapshot-runner';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
-import { portName, type VmRecord, type VmTable } from './vms';
+import { portName, vmKey, type VmRecord, type VmTable } from './vms';
 import type { VneTable } from './vne-table';
 import { presenceProblems, verifyingStore } from './restore-verify';
 
@@ -56,6 +73,8 @@ export interface RestoreRunnerOptions {
   nowUs?: () => number;
   log: Logger;
   metrics: AgentMetrics;
+  /** The host's available memory (default: MemAvailable of /proc/meminfo). */
+  availableMemory?: () => Promise<number>;
 }
 
 interface PreparedRestore {
@@ -64,6 +83,8 @@ interface PreparedRestore {
   vms: VmRecord[];
   /** Recorded frames per port name. */
   channel: Map<string, ChannelFrame[]>;
+  /** Loaded beside the running VMs (load_beside): what swap() puts in their place. */
+  beside?: { loaded: { spec: VmSpec__Output; driver: HypervisorDriver; beside: BesideRestore }[]; epoch: number; generation: number; swapStarted: boolean; loading: boolean; cancelled: boolean };
 }
 
 export class RestoreRunner {
@@ -81,6 +102,7 @@ export class RestoreRunner {
     const t0 = this.nowUs();
     const channel = await this.check(c);
     const tValidated = this.nowUs();
+    if (c.loadBeside) return this.prepareBeside(c, channel, t0, tValidated);
     await Promise.all(
       c.vms.map(async (rv) => {
         const existing = this.o.vms.get(c.vne, (rv.vm as VmSpec__Output).name);
@@ -96,21 +118,8 @@ export class RestoreRunner {
       c.vms.map(async (rv) => {
         const spec = rv.vm as VmSpec__Output;
         const tl = this.nowUs();
-        const mem = rv.memory as Artefact__Output;
-        const image: RestoreImage = { memory: stored(mem), disks: diskLayers(rv).map(stored) };
-        const vm = await this.o.vms.restore(c.vne, spec, image, store, c.epoch, c.restoreId);
-        const frames = spec.macs.reduce((n, _, i) => n + (channel.get(portName(c.vne, spec.name, i))?.length ?? 0), 0);
-        const snap: VmSnapshot = {
-          name: vm.name,
-          host: this.o.agentId,
-          memoryBytes: mem.size,
-          diskBytes: diskLayers(rv).reduce((n, a) => n + Number(a.size), 0),
-          channelFrames: frames,
-          phases: [
-            { phase: 'PHASE_VALIDATE', startUnixUs: t0, endUnixUs: tValidated },
-            { phase: 'PHASE_LOAD', startUnixUs: tl, endUnixUs: this.nowUs() },
-          ],
-        };
+        const vm = await this.o.vms.restore(c.vne, spec, imageOf(rv), store, c.epoch, c.restoreId);
+        const snap = this.loadReport(c.vne, rv, channel, [t0, tValidated, tl]);
         return { vm, snap };
       }),
     );
@@ -130,6 +139,79 @@ export class RestoreRunner {
     this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_LOAD' }, (this.nowUs() - tValidated) / 1e6);
     this.o.log.info({ restore: rec.id, vne: c.vne, epoch: c.epoch, generation: c.generation, vms: rec.vms.map((x) => x.name) }, 'restore prepared');
     return { restorePrepare: { vms: out } };
+  }
+
+  /** prepare with load_beside (module comment): nothing running is touched. */
+  private async prepareBeside(c: RestorePrepare__Output, channel: Map<string, ChannelFrame[]>, t0: number, tValidated: number): Promise<Partial<Result>> {
+    const refused = await besideRefusal(c.vms.map((rv) => rv.vm as VmSpec__Output), {
+      driverFor: (spec) => this.o.vms.driverFor(spec),
+      running: (spec) => this.o.vms.get(c.vne, spec.name),
+      availableMemory: this.o.availableMemory ?? availableMemoryBytes,
+    });
+    if (refused) {
+      this.o.log.info({ restore: c.restoreId, vne: c.vne, why: refused }, 'restore: not loading beside the running VMs (the coordinator restores the older way)');
+      return { restorePrepare: { vms: [], beside: false, besideRefused: refused } };
+    }
+    // Registered while loading, so a RestoreCancel that comes meanwhile is not lost: the loads then end discarded.
+    const b: NonNullable<PreparedRestore['beside']> = { loaded: [], epoch: c.epoch, generation: c.generation, swapStarted: false, loading: true, cancelled: false };
+    this.restores.set(c.restoreId, { id: c.restoreId, vne: c.vne, vms: [], channel, beside: b });
+    const store = verifyingStore(this.o.store, c.vms.map((rv) => stored(rv.memory as Artefact__Output)));
+    const loads = await Promise.allSettled(
+      c.vms.map(async (rv) => {
+        const spec = rv.vm as VmSpec__Output;
+        const tl = this.nowUs();
+        const loaded = await this.o.vms.restoreBeside(c.vne, spec, imageOf(rv), store);
+        return { loaded: { spec, ...loaded }, snap: this.loadReport(c.vne, rv, channel, [t0, tValidated, tl]) };
+      }),
+    );
+    b.loading = false;
+    const ok = loads.flatMap((l) => (l.status === 'fulfilled' ? [l.value] : []));
+    const failed = loads.find((l): l is PromiseRejectedResult => l.status === 'rejected');
+    if (failed || b.cancelled) {
+      this.restores.delete(c.restoreId);
+      await Promise.all(ok.map((l) => l.loaded.beside.discard().catch((e) => this.o.log.error({ vm: l.loaded.spec.name, err: describeError(e) }, 'discarding a VM loaded beside failed'))));
+      throw failed ? failed.reason : new VnsnapError('ERR_CANCELLED', `restore ${c.restoreId} was cancelled while its VMs loaded beside the running ones on agent ${this.o.agentId}`);
+    }
+    b.loaded = ok.map((l) => l.loaded);
+    this.o.metrics.phaseSeconds.observe({ phase: 'PHASE_LOAD' }, (this.nowUs() - tValidated) / 1e6);
+    this.o.log.info({ restore: c.restoreId, vne: c.vne, vms: ok.map((l) => l.loaded.spec.name) }, 'restore loaded beside the running VMs');
+    return { restorePrepare: { vms: ok.map((l) => l.snap), beside: true } };
+  }
+
+  /** A VM's load as its VmSnapshot: sizes, channel frames, the validate and load phases ([start, validated, load start]). */
+  private loadReport(vne: string, rv: RestoreVm__Output, channel: Map<string, ChannelFrame[]>, [t0, tValidated, tl]: number[]): VmSnapshot {
+    const spec = rv.vm as VmSpec__Output;
+    const mem = rv.memory as Artefact__Output;
+    return {
+      name: spec.name,
+      host: this.o.agentId,
+      memoryBytes: mem.size,
+      diskBytes: diskLayers(rv).reduce((n, a) => n + Number(a.size), 0),
+      channelFrames: spec.macs.reduce((n, _, i) => n + (channel.get(portName(vne, spec.name, i))?.length ?? 0), 0),
+      phases: [
+        { phase: 'PHASE_VALIDATE', startUnixUs: t0, endUnixUs: tValidated },
+        { phase: 'PHASE_LOAD', startUnixUs: tl, endUnixUs: this.nowUs() },
+      ],
+    };
+  }
+
+  /** RestoreSwap (module comment): the running VMs stopped, the loaded ones attached at epoch k under the new generation. */
+  async swap(c: RestoreSwap__Output): Promise<Partial<Result>> {
+    const rec = this.restores.get(c.restoreId);
+    if (!rec?.beside || rec.beside.loading) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} has no VMs loaded beside on agent ${this.o.agentId}`);
+    const b = rec.beside;
+    if (b.swapStarted) throw new VnsnapError('ERR_STATE', `restore ${c.restoreId} was swapped already on agent ${this.o.agentId}`);
+    b.swapStarted = true;
+    const t0 = this.nowUs();
+    const olds = b.loaded.map((l) => this.o.vms.get(rec.vne, l.spec.name));
+    await Promise.all(olds.map((o) => (o ? this.o.snapshots.abortIncluding(o, 'restore stops its VMs') : undefined)));
+    const swapped = await Promise.allSettled(b.loaded.map((l, i) => this.o.vms.swapIn(l.beside, olds[i])));
+    const failed = swapped.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failed) throw failed.reason;
+    if (b.generation) this.o.switch().configureVne({ name: rec.vne, generation: b.generation, generationNow: true });
+    for (const l of b.loaded) rec.vms.push(await this.o.vms.attachPrepared(rec.vne, l.spec, l.driver, l.beside.handle, b.epoch, rec.id));
+    this.o.log.info({ restore: rec.id, vne: rec.vne, replaced: olds.filter((o) => o).length, ms: Math.round((this.nowUs() - t0) / 1000) }, 'restore swapped in');
+    return {};
   }
 
   /**
@@ -174,6 +256,7 @@ export class RestoreRunner {
   async resume(c: RestoreResume__Output): Promise<Partial<Result>> {
     const rec = this.restores.get(c.restoreId);
     if (!rec) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} is not prepared on agent ${this.o.agentId}`);
+    if (rec.beside && !rec.beside.swapStarted) throw new VnsnapError('ERR_FAILED_PRECONDITION', `restore ${c.restoreId} is loaded beside the running VMs on agent ${this.o.agentId}: RestoreSwap first`);
     this.restores.delete(rec.id);
     const t0 = this.nowUs();
     await Promise.all(rec.vms.map((vm) => vm.driver.resume(vm.key)));
@@ -209,8 +292,27 @@ export class RestoreRunner {
     const rec = this.restores.get(c.restoreId);
     if (!rec) return {};
     this.restores.delete(rec.id);
+    const b = rec.beside;
+    if (b?.loading) {
+      // Still loading: prepareBeside discards what it loaded when its loads end.
+      b.cancelled = true;
+      this.o.log.info({ restore: rec.id }, 'restore cancelled while loading beside');
+      return {};
+    }
+    if (b) {
+      // Not swapped: the running VMs run on. Swap begun: what is left of the VNE here stops too.
+      for (const l of b.loaded) await l.beside.discard().catch((e) => this.o.log.error({ vm: l.spec.name, err: describeError(e) }, 'discarding a VM loaded beside failed'));
+      if (b.swapStarted) {
+        for (const l of b.loaded) {
+          const left = this.o.vms.get(rec.vne, l.spec.name);
+          if (left) await this.o.vms.destroy(left, { discardDisk: true }).catch(() => undefined);
+          // A copy swapped in whose ports were never attached is the driver's only.
+          await l.driver.stop(vmKey(rec.vne, l.spec.name), { discardDisk: true }).catch(() => undefined);
+        }
+      }
+    }
     for (const vm of rec.vms) if (this.o.vms.holds(vm)) await this.o.vms.destroy(vm, { discardDisk: true });
-    this.o.log.info({ restore: rec.id }, 'restore cancelled');
+    this.o.log.info({ restore: rec.id, swapStarted: b?.swapStarted }, 'restore cancelled');
     return {};
   }
 }
@@ -218,6 +320,10 @@ export class RestoreRunner {
 function stored(a: Artefact__Output): { path: string; size: number; sha256: string; attributes?: Record<string, string> } {
   const attrs = a.attributes ?? {};
   return { path: a.path, size: Number(a.size), sha256: a.sha256, ...(Object.keys(attrs).length > 0 ? { attributes: { ...attrs } } : {}) };
+}
+
+function imageOf(rv: RestoreVm__Output): RestoreImage {
+  return { memory: stored(rv.memory as Artefact__Output), disks: diskLayers(rv).map(stored) };
 }
 
 /** A VM's disk artefacts in order: disk_layers, or an older coordinator's one whole-disk `disk`. */

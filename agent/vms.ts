@@ -21,13 +21,15 @@
  *    discardDisks() deletes kept disks of VMs that do not run here, and refuses one that does.
  *  - Each port is attached with its MAC (a static FDB entry to it); a restored VM's ports are
  *    attached behind the switch's restore gate (gated), which the restore opens on resume.
+ *  - A VM loaded beside its running instance (restoreBeside) is not in the table and has nothing
+ *    attached until swapIn(), which replaces the running record, its ports and its state record.
  */
 import { describeError, VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
 import type { Port } from '../switch/port/port';
 import type { Switch } from '../switch/switch';
-import type { DriverSpecKind, HypervisorDriver, RestoreImage, StopOptions, StopReport, VmHandle, VmStartSpec } from './drivers/driver';
+import type { BesideRestore, DriverSpecKind, HypervisorDriver, RestoreImage, StopOptions, StopReport, VmHandle, VmStartSpec } from './drivers/driver';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { ProcessIdentity, VmStateDir } from './vm-state';
 
@@ -249,6 +251,37 @@ export class VmTable {
     const driver = this.driverFor(vmSpec);
     const h = await driver.restore(spec, image, store, { portNames: this.portNames(spec), log: this.o.log.child({ vm: spec.id }) });
     return this.adopt(vne, vmSpec, driver, h, epoch, restoreId, true);
+  }
+
+  /**
+   * Load a VM paused beside its running instance (driver.restoreBeside): nothing of the running
+   * one is touched and nothing is attached; swapIn() makes it the VM. ERR_FAILED_PRECONDITION
+   * when the VM's driver cannot (the restore runner checks that first).
+   */
+  async restoreBeside(vne: string, vmSpec: VmSpec__Output, image: RestoreImage, store: SnapshotStore): Promise<{ driver: HypervisorDriver; beside: BesideRestore }> {
+    const spec = this.startSpec(vne, vmSpec);
+    const driver = this.driverFor(vmSpec);
+    if (!driver.restoreBeside) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${driver.kind} driver cannot load a VM beside its running instance`);
+    const beside = await driver.restoreBeside(spec, image, store, { portNames: this.portNames(spec), log: this.o.log.child({ vm: spec.id }) });
+    return { driver, beside };
+  }
+
+  /**
+   * The swap of a restore loaded beside: the running instance (`old`, if any) leaves the table,
+   * the driver stops it and makes the loaded one the VM (beside.swap()), and the old ports are
+   * detached and its state record removed even if the driver failed. attachPrepared() then
+   * attaches the new ports (after the caller applied the restore's generation).
+   */
+  async swapIn(beside: BesideRestore, old: VmRecord | undefined): Promise<void> {
+    if (old) this.vms.delete(old.key);
+    try {
+      await beside.swap();
+    } finally {
+      if (old) {
+        this.detach(old);
+        await this.o.state?.remove(old.vne, old.name).catch((e) => this.o.log.warn({ vm: old.key, err: describeError(e) }, 'removing the VM\'s state record failed'));
+      }
+    }
   }
 
   /**

@@ -10,6 +10,14 @@
  *      artefact. A running instance on an unreachable agent is fenced when the operator placed
  *      its VM elsewhere (placement, place_lost) or the VNE is FAILED; otherwise the restore is
  *      refused (FAILED_PRECONDITION naming the agents when the VNE is DEGRADED).
+ *   2'. A RUNNING VNE replaced in place (stop_running; no VM moves to another agent, nothing to
+ *      fence, no kept disk): RestorePrepare with load_beside on every agent first — each VM loaded
+ *      paused beside its running instance, every image verified while it loads, nothing stopped,
+ *      attached or configured. A failure here (a bad image) leaves the VNE exactly as it was, its
+ *      generation too. When every agent loaded beside, step 2 is skipped and step 4 is
+ *      RestoreSwap (the running VMs stopped, the loaded ones attached at epoch k under g);
+ *      when an agent refused (its driver cannot, its host lacks the memory for two copies),
+ *      RestoreCancel discards the loaded copies everywhere and the restore goes on from step 2.
  *   2. When the restore would touch something before its VMs are loaded (VMs that run, in place
  *      or moving; kept disks to discard; instances to fence: the VNE is not DEFINED),
  *      ValidateArtefacts on every agent of the new placement (its VMs' artefacts, read in full;
@@ -27,7 +35,7 @@
  *   6. The VNE is RUNNING with the snapshot's definition, the new placement, generation g and
  *      epoch k.
  *
- * A failure in 3–4 sends RestoreCancel to every agent of the new placement and leaves the VNE
+ * A failure in 2'–4 sends RestoreCancel to every agent of the new placement and leaves the VNE
  * as it was — except that its generation stays g once agents were configured with it (so
  * generations never go back), and a VNE whose VMs were stopped (stop_running) is DEFINED.
  * A failure in 5 leaves the VNE FAILED (some VMs may run). The restore is recorded in the
@@ -131,10 +139,30 @@ export class RestoreSequencer {
     let configured = false;
     let stopped = false;
     try {
+      // 2'. A running VNE replaced in place: every VM loaded beside its running instance, verified
+      // while loading, nothing touched until every agent has loaded (module comment).
+      let loadedBeside = false;
+      if (req.stopRunning && prevState === 'VNE_STATE_RUNNING' && plan.toStop.length === 0 && plan.fenced.length === 0 && catalog.disks.kept(vneName).size === 0) {
+        stage = 'prepare';
+        emit({ note: `restore: loading ${Object.keys(plan.placement).length} VMs beside the running ones on ${agents.join(', ')} (every image verified while it loads; nothing stops before all have loaded)` });
+        const prepared = await onAll(agents, (a) => ({ restorePrepare: { restoreId, vne: vneName, epoch: plan.body.epoch, generation, vms: plan.byAgent.get(a) ?? [], stopRunning: true, loadBeside: true } }));
+        const refused = [...prepared].filter(([, r]) => !r.restorePrepare?.beside);
+        loadedBeside = refused.length === 0;
+        if (!loadedBeside) {
+          // An agent that does not know load_beside restored the older way: its VMs stopped.
+          if (refused.some(([, r]) => !r.restorePrepare?.besideRefused)) stopped = true;
+          emit({ note: `restore: not loaded beside (${refused.map(([a, r]) => `${a}: ${r.restorePrepare?.besideRefused || 'an agent without load beside'}`).join('; ')}); restoring the older way` });
+          await Promise.all(agents.map((a) => sendOk(this.deps.agents, a, { restoreCancel: { restoreId, vne: vneName } }, { signal: ac.signal, timeoutMs: 0 })));
+          stage = 'validate';
+        }
+      }
+
       // 2. Validate before touching anything; with nothing to touch, verified while loading (module comment).
       const nArtefacts = [...plan.artefactsByAgent.values()].flat().reduce((n, l) => n + l.length, 0);
       const onAgents = `${agents.length} agent${agents.length === 1 ? '' : 's'}`;
-      if (prevState !== 'VNE_STATE_DEFINED' || plan.toStop.length > 0 || plan.fenced.length > 0 || catalog.disks.kept(vneName).size > 0) {
+      if (loadedBeside) {
+        // verified while loading beside
+      } else if (prevState !== 'VNE_STATE_DEFINED' || plan.toStop.length > 0 || plan.fenced.length > 0 || catalog.disks.kept(vneName).size > 0) {
         emit({ note: `restore: validating ${nArtefacts} artefacts on ${onAgents}` });
         const problems = await this.validate(plan, (a, body) => sendOk(this.deps.agents, a, body, { signal: ac.signal, timeoutMs: 0 }));
         if (problems.length > 0) throw new VnsnapError('ERR_DATA_LOSS', `snapshot ${plan.snapshot.id} cannot be restored, its artefacts are invalid: ${problems.join('; ')}`);
@@ -149,7 +177,7 @@ export class RestoreSequencer {
         emit({ note: `restore: stopping ${plan.toStop.map((s) => `${s.vm} on ${s.agent}`).join(', ')}` });
         await Promise.all(plan.toStop.map((s) => sendOk(this.deps.agents, s.agent, { stopVm: { vne: vneName, vm: s.vm, discardDisk: true } }, { signal: ac.signal, timeoutMs: 0 })));
       }
-      if (req.stopRunning && (prevState === 'VNE_STATE_RUNNING' || prevState === 'VNE_STATE_DEGRADED')) stopped = true;
+      if (!loadedBeside && req.stopRunning && (prevState === 'VNE_STATE_RUNNING' || prevState === 'VNE_STATE_DEGRADED')) stopped = true;
       if (plan.fenced.length > 0) {
         catalog.addFenced(vneName, plan.fenced.map((f) => ({ ...f, generation: vne.generation })));
         const list = plan.fenced.map((f) => `${f.vm} on ${f.agent}`).join(', ');
@@ -161,11 +189,18 @@ export class RestoreSequencer {
       const restoredVne: Vne__Output = { ...plan.vne, vni: plan.body.vne?.vni ?? plan.vne.vni, vms: plan.body.vne?.vms ?? plan.vne.vms, generation, epoch: plan.body.epoch, placement: plan.placement };
       await onAll(agents, (a) => ({ configureVne: configureVneFor(restoredVne, a, this.deps.agents) }));
 
-      // 4. Prepare: VMs loaded paused, ports at epoch k under g.
-      emit({ note: `restore: loading ${Object.keys(plan.placement).length} VMs paused` });
-      await onAll(agents, (a) => ({
-        restorePrepare: { restoreId, vne: vneName, epoch: plan.body.epoch, generation, vms: plan.byAgent.get(a) ?? [], stopRunning: !!req.stopRunning },
-      }));
+      if (loadedBeside) {
+        // 4'. Swap: the running VMs stopped, the loaded ones attached at epoch k under g.
+        emit({ note: `restore: swapping the loaded VMs in on ${agents.join(', ')}` });
+        stopped = true;
+        await onAll(agents, () => ({ restoreSwap: { restoreId, vne: vneName } }));
+      } else {
+        // 4. Prepare: VMs loaded paused, ports at epoch k under g.
+        emit({ note: `restore: loading ${Object.keys(plan.placement).length} VMs paused` });
+        await onAll(agents, (a) => ({
+          restorePrepare: { restoreId, vne: vneName, epoch: plan.body.epoch, generation, vms: plan.byAgent.get(a) ?? [], stopRunning: !!req.stopRunning, loadBeside: false },
+        }));
+      }
 
       // 5. Resume everywhere in one turn.
       stage = 'resume';

@@ -52,7 +52,9 @@
  *         (QEMU resumes the VM itself) → durable() waits for completion.
  *         abort: migrate_cancel (resumes in pre-switchover), cont, delete partials.
  *         restore: same command line + -incoming defer, migrate-incoming from the artefact,
- *         the VM comes up paused; resume = cont.
+ *         the VM comes up paused; resume = cont. restoreBeside: the same load in a second QEMU
+ *         beside the running one, swapped in later (qemu/restore-beside.ts).
+ *   sim   (tests) restoreBeside too; xen has none: a running Xen VNE is restored the older way.
  *   xen   precopy: `xl migrate -s '' DOM RECEIVER` with a receiver capturing the stream into an
  *         ArtefactWriter; background mode unsupported (cut() rejects with ERR_DRIVER);
  *         restore: `xl restore -p FILE`, resume = `xl unpause`.
@@ -215,6 +217,26 @@ export interface RestoreImage {
   disks: DiskArtefact[];
 }
 
+/**
+ * A VM loaded beside its running instance (restoreBeside): its own process, paused, its own disk,
+ * its ports not attached. Nothing of the running instance was touched.
+ */
+export interface BesideRestore {
+  /** The loaded VM's ports (not attached: the agent attaches them after swap()). */
+  handle: VmHandle;
+  /**
+   * Stop the running instance of the id (its disk discarded: the restore replaces it) and make the
+   * loaded one the VM of the id, its disk the VM's disk. Once called, discard() stops the loaded
+   * one (and the running one, if swap() failed before stopping it).
+   */
+  swap(): Promise<void>;
+  /**
+   * Before swap(): stop the loaded VM and remove its disk; the running instance runs on with its
+   * disk as it was. Idempotent.
+   */
+  discard(): Promise<void>;
+}
+
 /** Progress of a live migration (driver.migrateOut): the disk mirror, then the memory pre-copy. */
 export interface MigrationProgress {
   phase: 'disk' | 'memory';
@@ -286,6 +308,20 @@ export interface HypervisorDriver {
   snapshot(vm: string, opts: SnapshotOptions): Promise<SnapshotJob>;
   /** Load a VM paused from a snapshot image in `store`; resume() starts it. */
   restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle>;
+
+  // ── Restore over a running VNE: load beside, then swap (docs/operations.md "Restore"). A driver
+  // without these two is restored the older way (the coordinator validates every image first, then
+  // the running VMs are stopped before their replacements load). ──
+
+  /**
+   * Load the VM paused from a snapshot image beside its running instance of the same id (or with
+   * none running), verifying the image while it loads; ctx.portNames are the running instance's
+   * port names (the agent attaches the new ports only after swap()). A failure leaves nothing
+   * behind and the running instance untouched.
+   */
+  restoreBeside?(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<BesideRestore>;
+  /** Host memory a loaded copy of a VM of this spec takes while its running instance still runs (bytes). */
+  besideMemoryBytes?(spec: DriverSpec__Output): number;
   /**
    * The VM's ports were advanced to `epoch` without a snapshot of it (an abort). Optional; the
    * product drivers leave it out. It stays in the interface because the cut's consistency is

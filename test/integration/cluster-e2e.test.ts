@@ -313,7 +313,7 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     );
   });
 
-  it('a tampered memory image is found by ValidateArtefacts before anything is touched (DATA_LOSS)', async () => {
+  it('a tampered memory image is found while loading beside the running VMs, before anything is touched (DATA_LOSS)', async () => {
     const s = await snapshotIn('precopy');
     const mem = s.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY' && a.owner === 'c');
     assert.ok(mem);

@@ -160,13 +160,17 @@ class ScriptedAgent {
       case 'restorePrepare': {
         const p = c.restorePrepare!;
         for (const v of p.vms) {
-          if (p.stopRunning) this.running.delete(v.vm?.name ?? '');
+          // Loaded beside: the running VMs go only at RestoreSwap.
+          if (p.stopRunning && !p.loadBeside) this.running.delete(v.vm?.name ?? '');
           await fs.promises.readFile(this.file(v.memory!.path));
         }
         this.prepared = p.vms.map((v) => v.vm?.name ?? '');
         this.injected = p.vms.reduce((n, v) => n + v.channel.length, 0);
-        return this.result({ ok: true, restorePrepare: { vms: p.vms.map((v) => ({ name: v.vm?.name, host: this.id })) } }, c.id);
+        return this.result({ ok: true, restorePrepare: { vms: p.vms.map((v) => ({ name: v.vm?.name, host: this.id })), beside: p.loadBeside } }, c.id);
       }
+      case 'restoreSwap':
+        for (const vm of this.prepared) this.running.delete(vm);
+        return this.result(ok, c.id);
       case 'restoreResume':
         for (const vm of this.prepared) this.running.add(vm);
         return this.result({ ok: true, resume: { vms: this.prepared.map((vm) => ({ name: vm, host: this.id })), injectedFrames: this.injected } }, c.id);
@@ -377,13 +381,14 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
   
     }
 
-    // RestoreSnapshot onto the same hosts: validate, configure (new generation), prepare, resume.
+    // RestoreSnapshot onto the same hosts, over the running VNE: loaded beside (no separate validation), configure (new generation), swap, resume.
     {
       const before1 = h1.commands.length;
       const { events, error } = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true }));
       assert.equal(error, undefined);
       assert.equal(events.at(-1)?.done?.id, snapPrecopy);
-      assert.deepEqual(h1.commands.slice(before1).map((c) => c.body), ['validateArtefacts', 'configureVne', 'restorePrepare', 'restoreResume']);
+      assert.deepEqual(h1.commands.slice(before1).map((c) => c.body), ['restorePrepare', 'configureVne', 'restoreSwap', 'restoreResume']);
+      assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.loadBeside, true);
       assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.generation, 2);
       assert.equal(h1.commands.find((c) => c.restorePrepare)?.restorePrepare?.epoch, 1);
       const vne = await unary<object, { epoch: number; generation: number; state: string; placement: Record<string, string> }>(client, 'GetVne', { name: 'blue' });

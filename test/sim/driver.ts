@@ -11,7 +11,8 @@
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../../proto/core/errors';
 import { formatMac, parseMac } from '../../switch/bridge/mac';
-import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
+import type { DriverSpec__Output } from '../../proto/gen/vnsnap/v1/DriverSpec';
+import type { BesideRestore, HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../../agent/drivers/driver';
 import type { SnapshotStore } from '../../proto/store/local-dir';
 import { SimPort, SimVm } from './guest';
 import { parseSimImage } from './image';
@@ -25,6 +26,9 @@ export { guestOf, type SimDriverOptions, type SimGuestState, type SimVmState } f
 export class SimDriver implements HypervisorDriver {
   readonly kind = 'sim' as const;
   private readonly vms = new Map<string, SimVm>();
+  private readonly besides = new Map<string, BesideRestore>();
+  /** Ids whose swap fails (tests of a failure during the swap). */
+  readonly failSwap = new Set<string>();
   private readonly cutStates = new Map<string, SimVmState | (Omit<SimVmState, 'memorySha256'> & { memory: Buffer })>();
   private readonly opts: Required<SimDriverOptions>;
 
@@ -40,10 +44,10 @@ export class SimDriver implements HypervisorDriver {
     };
   }
 
-  private make(spec: VmStartSpec, ctx: VmStartContext): SimVm {
+  private make(spec: VmStartSpec, ctx: VmStartContext, beside = false): SimVm {
     if (spec.driver.sim === undefined || spec.driver.sim === null) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the sim driver needs a sim driver spec`);
     const existing = this.vms.get(spec.id);
-    if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `sim VM ${spec.id} is already ${existing.status}`);
+    if (existing && existing.status !== 'stopped' && !beside) throw new VnsnapError('ERR_ALREADY_EXISTS', `sim VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
     const ports = ctx.portNames.map((n) => new SimPort(n, this.opts.batchSize));
     const vm = new SimVm(spec, ports, this.opts, spec.driver.sim.memoryMib || 4);
@@ -93,13 +97,53 @@ export class SimDriver implements HypervisorDriver {
   }
 
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
-    const vm = this.make(spec, { ...ctx, vneVms: [] });
+    const vm = await this.load(spec, image, store, ctx, false);
+    this.vms.set(spec.id, vm);
+    return { name: spec.name, ports: vm.ports };
+  }
+
+  private async load(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext, beside: boolean): Promise<SimVm> {
+    const vm = this.make(spec, { ...ctx, vneVms: [] }, beside);
     const { memory, state } = parseSimImage(await store.get(image.memory.path), image.memory.path, vm.pageCount);
     memory.copy(vm.memory);
     vm.state = state;
     vm.status = 'paused';
-    this.vms.set(spec.id, vm);
-    return { name: spec.name, ports: vm.ports };
+    return vm;
+  }
+
+  /** Load beside the running VM of the id (a second SimVm); swap() stops the running one and puts this one in its place. */
+  async restoreBeside(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<BesideRestore> {
+    if (this.besides.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `sim VM ${spec.id} already has a restore loading beside it`);
+    const vm = await this.load(spec, image, store, ctx, true);
+    let state: 'loaded' | 'swapped' | 'discarded' = 'loaded';
+    const b: BesideRestore = {
+      handle: { name: spec.name, ports: vm.ports },
+      swap: async () => {
+        if (state !== 'loaded') throw new VnsnapError('ERR_STATE', `sim VM ${spec.id}: the restore beside it is ${state}`);
+        if (this.failSwap.has(spec.id)) throw new VnsnapError('ERR_DRIVER', `sim VM ${spec.id}: the swap failed (test)`);
+        await this.stop(spec.id);
+        this.vms.set(spec.id, vm);
+        this.besides.delete(spec.id);
+        state = 'swapped';
+      },
+      discard: async () => {
+        if (state !== 'loaded') return;
+        state = 'discarded';
+        this.besides.delete(spec.id);
+        vm.destroy();
+      },
+    };
+    this.besides.set(spec.id, b);
+    return b;
+  }
+
+  besideMemoryBytes(spec: DriverSpec__Output): number {
+    return (spec.sim?.memoryMib || 4) * 1024 * 1024;
+  }
+
+  /** Restores loaded beside and not yet swapped or discarded (tests). */
+  besidePending(): string[] {
+    return [...this.besides.keys()];
   }
 
   epochAdvanced(id: string, epoch: number): void {

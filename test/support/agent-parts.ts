@@ -49,6 +49,8 @@ export class AgentParts {
   readonly vnes: VneTable;
   readonly snapshots: SnapshotRunner;
   readonly restores: RestoreRunner;
+  /** The host's available memory the restore runner sees (bytes). */
+  memAvailable = 8 * 1024 ** 3;
   /** Progress the snapshot runner reported, in order. */
   readonly progress: { vm: string; fraction: number; phaseDone: boolean }[] = [];
 
@@ -58,7 +60,7 @@ export class AgentParts {
     const vnes = new VneTable(parts);
     this.vnes = vnes;
     this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, vnes, ...opts });
-    this.restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots });
+    this.restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots, availableMemory: () => Promise.resolve(this.memAvailable) });
   }
 
   /** Init the store, configure VNE "blue" (VNI 7, no peers) and start the named VMs (MAC i+1) at epoch 0. */

@@ -4,7 +4,7 @@
  * traffic of its own (the test sends frames through the ports' FakeVm side).
  *
  * Every driver action is appended to `events` ("start a", "pause a", "atPause a", "resume a",
- * "abort a", "stop a", "restore a"), so tests assert exact sequences.
+ * "abort a", "stop a", "restore a", "load-beside a", "swap a", "discard a"), so tests assert exact sequences.
  * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`); abort resolves it
  * (the driver contract) and `job.failCopy(err)` rejects it, as a failed copy does; `failPause` makes cut() reject without
  * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem".
@@ -12,6 +12,7 @@
 import { VnsnapError } from '../../proto/core/errors';
 import { FakePort } from '../../switch/port/porttest/fake-port';
 import type {
+  BesideRestore,
   CutReport,
   DriverKind,
   HypervisorDriver,
@@ -117,6 +118,12 @@ export class FakeDriver implements HypervisorDriver {
   holdReady = false;
   /** cut() rejects (ERR_DRIVER) without calling atPause. */
   failPause = false;
+  /** Copies loaded beside a running VM, by id, until swapped or discarded. */
+  readonly besides = new Map<string, FakeVmRecord>();
+  /** Loads beside wait for this (a test holding them). */
+  holdBeside: Promise<void> = Promise.resolve();
+  /** Ids whose swap fails after the running VM was stopped. */
+  readonly failSwap = new Set<string>();
 
   constructor(
     readonly kind: DriverKind = 'qemu',
@@ -147,6 +154,39 @@ export class FakeDriver implements HypervisorDriver {
     this.record(spec.id).restoredDisks = image.disks.map((d) => d.path);
     this.events.push(`restore ${spec.name}`);
     return h;
+  }
+
+  /** Load beside the VM of the id ("load-beside a"); swap() stops the running one ("stop a", "swap a"), discard() drops the copy ("discard a"). */
+  async restoreBeside(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<BesideRestore> {
+    await store.get(image.memory.path);
+    this.events.push(`load-beside ${spec.name}`);
+    await this.holdBeside;
+    const copy: FakeVmRecord = { spec, status: 'paused', ports: ctx.portNames.map((n) => new FakePort(n)), restoredFrom: image.memory.path, restoredDisks: image.disks.map((d) => d.path) };
+    this.besides.set(spec.id, copy);
+    let state: 'loaded' | 'swapped' | 'discarded' = 'loaded';
+    return {
+      handle: { name: spec.name, ports: copy.ports },
+      swap: async () => {
+        if (state !== 'loaded') throw new VnsnapError('ERR_STATE', `fake VM ${spec.id}: ${state}`);
+        await this.stop(spec.id);
+        if (this.failSwap.has(spec.id)) throw new VnsnapError('ERR_DRIVER', `fake VM ${spec.id}: the swap failed`);
+        this.besides.delete(spec.id);
+        this.vms.set(spec.id, copy);
+        state = 'swapped';
+        this.events.push(`swap ${spec.name}`);
+      },
+      discard: async () => {
+        if (state !== 'loaded') return;
+        state = 'discarded';
+        this.besides.delete(spec.id);
+        for (const p of copy.ports) p.close();
+        this.events.push(`discard ${spec.name}`);
+      },
+    };
+  }
+
+  besideMemoryBytes(): number {
+    return 64 * 1024 * 1024;
   }
 
   private add(spec: VmStartSpec, ctx: VmStartContext, status: VmStatus): VmHandle {

@@ -199,7 +199,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     const { agent, ok: run } = await agentRunningA();
     const started = record('a').process;
     const mem = await agent.store.put('snapshots/s5/a.mem', Buffer.from('memory of a'));
-    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, storedBytes: 0 }, disk: null, channel: [], diskLayers: [] }] } });
+    await run({ body: 'restorePrepare', restorePrepare: { restoreId: 'r5', vne: VNE, epoch: 7, generation: 3, stopRunning: true, loadBeside: false, vms: [{ vm: fakeVmSpec('a', 1), memory: { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, storedBytes: 0 }, disk: null, channel: [], diskLayers: [] }] } });
     assert.equal(fs.existsSync(path.join(stateDir, 'vms', `${VNE}_a`)), false, 'the replaced VM\'s record is gone; the prepared one has none yet');
     await run({ body: 'restoreResume', restoreResume: { restoreId: 'r5', vne: VNE } });
     const r = record('a');

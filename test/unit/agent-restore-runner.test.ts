@@ -8,6 +8,7 @@ import { fakePortPair } from '../../switch/port/porttest/fake-port';
 import { Switch } from '../../switch/switch';
 import { AgentParts, fakeVmSpec, flush, testFrame, VNE } from '../support/agent-parts';
 import { parseFrame, vmMac } from '../support/frames';
+import { until } from '../support/wait';
 
 async function failure(p: Promise<unknown>): Promise<string> {
   try {
@@ -24,7 +25,7 @@ async function imageOfA(h: AgentParts, id: string, over: Partial<RestorePrepare_
   const chan = await h.store.put(`snapshots/${id}/a.0.chan`, encodeChannel([plainFrame(testFrame(2, 1, 9))]));
   const memory: Artefact__Output = { ...mem, kind: 'ARTEFACT_KIND_MEMORY', owner: 'a', attributes: {}, storedBytes: 0 };
   const channel: Artefact__Output = { ...chan, kind: 'ARTEFACT_KIND_CHANNEL', owner: 'blue/a/0', attributes: {}, storedBytes: 0 };
-  return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel], diskLayers: [] }], ...over };
+  return { restoreId: `r-${id}`, vne: VNE, epoch: 2, generation: 0, stopRunning: true, loadBeside: false, vms: [{ vm: fakeVmSpec('a', 1), memory, disk: null, channel: [channel], diskLayers: [] }], ...over };
 }
 
 describe('agent restore runner (fake driver, real switch over fake ports, manual clock)', () => {
@@ -199,6 +200,97 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     await h.restores.cancel({ restoreId: 'r-s5', vne: VNE });
     await h.restores.prepare(await imageOfA(h, 's6', { generation: 5 }));
     assert.equal(h.vnes.generation(VNE), 5);
+  });
+
+  it('load beside: Prepare loads a copy and touches nothing running; Swap stops the old VM and attaches the copy at epoch k behind the gate; Resume as before', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const old = h.vm('a');
+    const r = await h.restores.prepare(await imageOfA(h, 'b1', { loadBeside: true }));
+    assert.equal(r.restorePrepare?.beside, true);
+    assert.deepEqual(r.restorePrepare?.vms?.map((v) => [v.name, v.memoryBytes, v.channelFrames]), [['a', 11, 1]]);
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'load-beside a']);
+    // The running VM is as it was: same record, running, its port attached at epoch 0, no restore gate.
+    assert.equal(h.vm('a'), old);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 0);
+    assert.deepEqual(h.vms.running(VNE).map((v) => v.name), ['a', 'b']);
+    await assert.rejects(h.restores.resume({ restoreId: 'r-b1', vne: VNE }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'restore r-b1 is loaded beside the running VMs on agent h1: RestoreSwap first');
+
+    await h.restores.swap({ restoreId: 'r-b1', vne: VNE });
+    assert.deepEqual(h.driver.events.slice(3), ['stop a', 'swap a']);
+    assert.notEqual(h.vm('a'), old);
+    assert.equal(h.vm('a').restoreId, 'r-b1');
+    assert.equal(h.driver.status('blue/a'), 'paused');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 2);
+    const b = h.driver.port('blue/b').vm;
+    b.send(testFrame(2, 1, 10));
+    b.pumpAll();
+    const a = h.driver.port('blue/a').vm;
+    assert.deepEqual(a.received, []);
+    const res = await h.restores.resume({ restoreId: 'r-b1', vne: VNE });
+    assert.equal(res.resume?.injectedFrames, 1);
+    assert.deepEqual(a.received.map((f) => parseFrame(f)?.seq), [9, 10]);
+    assert.deepEqual(h.driver.events.slice(-1), ['resume a']);
+  });
+
+  it('load beside: a bad image discards every copy loaded and leaves the running VMs as they were; RestoreCancel before the swap does the same', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const [oldA, oldB] = [h.vm('a'), h.vm('b')];
+    const c = await imageOfA(h, 'b2', { loadBeside: true });
+    const memB = await h.store.put('snapshots/b2/b.mem', Buffer.from('memory of b'));
+    c.vms.push({ vm: fakeVmSpec('b', 2), memory: { ...memB, sha256: 'ab'.repeat(32), kind: 'ARTEFACT_KIND_MEMORY', owner: 'b', attributes: {}, storedBytes: 0 }, disk: null, channel: [], diskLayers: [] });
+    assert.equal(await failure(h.restores.prepare(c)), `ERR_CHECKSUM: snapshots/b2/b.mem: SHA-256 ${memB.sha256}, ${'ab'.repeat(32)} expected`);
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'load-beside a', 'discard a']);
+    assert.deepEqual([h.vm('a'), h.vm('b')], [oldA, oldB]);
+    assert.deepEqual([h.driver.status('blue/a'), h.driver.status('blue/b'), h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], ['running', 'running', 0, 0]);
+    assert.equal(h.driver.besides.size, 0);
+
+    await h.restores.prepare(await imageOfA(h, 'b3', { loadBeside: true }));
+    await h.restores.cancel({ restoreId: 'r-b3', vne: VNE });
+    assert.deepEqual(h.driver.events.slice(4), ['load-beside a', 'discard a']);
+    assert.equal(h.vm('a'), oldA);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 0);
+  });
+
+  it('load beside: a RestoreCancel while the copies load is not lost: the loads end discarded, the running VM untouched', async () => {
+    h = await new AgentParts().init(['a']);
+    let release!: () => void;
+    h.driver.holdBeside = new Promise<void>((r) => (release = r));
+    const p = failure(h.restores.prepare(await imageOfA(h, 'b6', { loadBeside: true })));
+    await until('the load beside started', () => h.driver.events.includes('load-beside a') || undefined, { timeoutMs: 5000 });
+    await h.restores.cancel({ restoreId: 'r-b6', vne: VNE });
+    release();
+    assert.equal(await p, 'ERR_CANCELLED: restore r-b6 was cancelled while its VMs loaded beside the running ones on agent h1');
+    assert.deepEqual(h.driver.events, ['start a', 'load-beside a', 'discard a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    assert.equal(h.sw.portEpoch('blue/a/0'), 0);
+    await assert.rejects(h.restores.swap({ restoreId: 'r-b6', vne: VNE }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+  });
+
+  it('load beside is refused, loading nothing, when two copies do not fit in the host\'s memory', async () => {
+    h = await new AgentParts().init(['a']);
+    h.memAvailable = 300 * 1024 * 1024;
+    const r = await h.restores.prepare(await imageOfA(h, 'b4', { loadBeside: true }));
+    assert.deepEqual(r.restorePrepare, { vms: [], beside: false, besideRefused: 'loading 1 VM beside the running ones needs 320 MiB (with 256 MiB kept for the host), 300 MiB available' });
+    assert.deepEqual(h.driver.events, ['start a']);
+    assert.equal(h.driver.status('blue/a'), 'running');
+    await assert.rejects(h.restores.swap({ restoreId: 'r-b4', vne: VNE }), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
+  });
+
+  it('load beside: a failure during the swap, then RestoreCancel, stops every VM of the restore here, old and new', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const c = await imageOfA(h, 'b5', { loadBeside: true });
+    const memB = await h.store.put('snapshots/b5/b.mem', Buffer.from('memory of b'));
+    c.vms.push({ vm: fakeVmSpec('b', 2), memory: { ...memB, kind: 'ARTEFACT_KIND_MEMORY', owner: 'b', attributes: {}, storedBytes: 0 }, disk: null, channel: [], diskLayers: [] });
+    await h.restores.prepare(c);
+    h.driver.failSwap.add('blue/b');
+    assert.equal(await failure(h.restores.swap({ restoreId: 'r-b5', vne: VNE })), 'ERR_DRIVER: fake VM blue/b: the swap failed');
+    await h.restores.cancel({ restoreId: 'r-b5', vne: VNE });
+    assert.deepEqual(h.vms.values(), []);
+    assert.deepEqual([...h.driver.vms.keys()], []);
+    assert.equal(h.driver.besides.size, 0);
+    assert.deepEqual(h.driver.events.slice(2).sort(), ['discard b', 'load-beside a', 'load-beside b', 'stop a', 'stop a', 'stop b', 'swap a']);
   });
 });
 

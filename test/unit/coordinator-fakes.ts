@@ -142,7 +142,7 @@ export function defaultResult(agent: string, body: CommandBody): Result__Output 
   if (body.snapshotCommit) return ok({ payload: 'commit', commit: { vms: [] } });
   if (body.snapshotPersist) return ok({ payload: 'persist', persist: { artefacts: [], vms: [], lostFrames: 0 } });
   if (body.validateArtefacts) return ok({ payload: 'validate', validate: { problems: [] } });
-  if (body.restorePrepare) return ok({ payload: 'restorePrepare', restorePrepare: { vms: [] } });
+  if (body.restorePrepare) return ok({ payload: 'restorePrepare', restorePrepare: { vms: [], beside: !!body.restorePrepare.loadBeside, besideRefused: '' } });
   if (body.restoreResume) return ok({ payload: 'resume', resume: { vms: [], injectedFrames: 0, diskPaths: {} } });
   void agent;
   return ok();

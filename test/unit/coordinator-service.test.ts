@@ -16,7 +16,7 @@ import { CoordinatorServiceImpl } from '../../coordinator/service';
 import { readConfigFile } from '../../coordinator/main';
 import { CoordinatorServer } from '../../coordinator/server';
 import { SnapshotSequencer } from '../../coordinator/snapshot-sequencer';
-import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
+import { failed, FakeAgents, flush, log, MemoryManifestStore, ok, type Sent } from './coordinator-fakes';
 import { CasStore } from '../../proto/store/cas-store';
 import { MemoryObjects } from '../support/memory-objects';
 import { simVmSpec, vneRecord } from '../support/vne-record';
@@ -37,7 +37,8 @@ function setup() {
   const events = new EventBus(() => clock.now());
   const deps = { agents, catalog, manifests, store: new CasStore(new MemoryObjects()), clock, log, events, version: '0.1.0' };
   const snapshots = new SnapshotSequencer({ ...deps, newSnapshotId: (v, e) => `${v}-s${e}` });
-  const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => `r-${s}` });
+  let nRestores = 0;
+  const restores = new RestoreSequencer({ ...deps, newRestoreId: (s) => (++nRestores === 1 ? `r-${s}` : `r-${s}-${nRestores}`) });
   const svc = new CoordinatorServiceImpl({ ...deps, store: new CasStore(new MemoryObjects()), snapshots, restores });
   // Persist: a memory and a channel artefact per VM of the agent.
   agents.on('snapshotPersist', (agent: string) => {
@@ -660,12 +661,24 @@ describe('coordinator service: snapshots and restores', () => {
     await refuses(restore({ placement: { vm1: 'h7' } }), 'ERR_NOT_FOUND', 'agent "h7" (placement of VM vm1) is unknown');
     assert.deepEqual(s.agents.sent, []);
 
+    // A bad image found while loading beside the running VMs: nothing else was sent, the VMs run on.
+    s.agents.on('restorePrepare', failed('ERR_CHECKSUM', 'snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected'), 'h2');
+    await refuses(restore(), 'ERR_CHECKSUM', 'agent h2: RestorePrepare failed: snapshots/blue-s1/vm2.mem: SHA-256 ab, cd expected');
+    assert.deepEqual(s.agents.names(), ['h1:restorePrepare', 'h2:restorePrepare', 'h1:restoreCancel', 'h2:restoreCancel']);
+    assert.deepEqual((s.agents.sent as Sent[]).filter((x) => x.name === 'restorePrepare').map((x) => x.body.restorePrepare?.loadBeside), [true, true]);
+    assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
+    assert.equal(s.catalog.getVne('blue')?.generation, 1);
+    s.agents.sent.length = 0;
+
+    // An agent that cannot load beside: the copies are discarded, then the older way (a validation read first).
+    s.agents.on('restorePrepare', ok({ payload: 'restorePrepare', restorePrepare: { vms: [], beside: false, besideRefused: 'not enough memory' } }), 'h2');
     s.agents.on('validateArtefacts', (a: string) => ok({ payload: 'validate', validate: { problems: a === 'h2' ? ['snapshots/blue-s1/vm2.mem: sha256 mismatch'] : [] } }));
     await refuses(restore(), 'ERR_DATA_LOSS', 'snapshot blue-s1 cannot be restored, its artefacts are invalid: h2: snapshots/blue-s1/vm2.mem: sha256 mismatch');
-    assert.deepEqual(s.agents.names(), ['h1:validateArtefacts', 'h2:validateArtefacts']);
+    assert.deepEqual(s.agents.names(), ['h1:restorePrepare', 'h2:restorePrepare', 'h1:restoreCancel', 'h2:restoreCancel', 'h1:validateArtefacts', 'h2:validateArtefacts']);
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
     assert.equal(s.catalog.getVne('blue')?.generation, 1);
     s.agents.behaviour.delete('validateArtefacts');
+    s.agents.behaviour.delete('restorePrepare');
     s.agents.sent.length = 0;
 
     const path = snap.manifestPath;
@@ -683,13 +696,39 @@ describe('coordinator service: snapshots and restores', () => {
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_RUNNING');
   });
 
-  it('a failed RestorePrepare cancels on every agent; the VNE is DEFINED (stopped), generation kept monotonic', async () => {
+  it('a running VNE is loaded beside its VMs, then swapped: no separate validation read, ConfigureVne only after every agent loaded', async () => {
     const s = setup();
     await running(s);
     const snap = await snapshot(s);
-    s.agents.on('restorePrepare', failed('ERR_DRIVER', 'cannot load'), 'h2');
-    await assert.rejects(s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined), (e) => isVnsnapError(e, 'ERR_DRIVER') && e.message === 'agent h2: RestorePrepare failed: cannot load');
+    s.agents.sent.length = 0;
+    const notes: string[] = [];
+    await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, (e) => void (e.note && notes.push(e.note)));
+    assert.deepEqual(s.agents.names(), ['h1:restorePrepare', 'h2:restorePrepare', 'h1:configureVne', 'h2:configureVne', 'h1:restoreSwap', 'h2:restoreSwap', 'h1:restoreResume', 'h2:restoreResume']);
+    assert.equal(notes[0], 'restore: loading 2 VMs beside the running ones on h1, h2 (every image verified while it loads; nothing stops before all have loaded)');
+    const vne = s.catalog.getVne('blue');
+    assert.deepEqual([vne?.state, vne?.generation], ['VNE_STATE_RUNNING', 2]);
+  });
+
+  it('a failed RestoreSwap cancels on every agent; the VNE is DEFINED (stopped), generation kept monotonic', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.on('restoreSwap', failed('ERR_DRIVER', 'cannot swap'), 'h2');
+    await assert.rejects(s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined), (e) => isVnsnapError(e, 'ERR_DRIVER') && e.message === 'agent h2: RestoreSwap failed: cannot swap');
     assert.deepEqual(s.agents.names('restoreCancel'), ['h1:restoreCancel', 'h2:restoreCancel']);
+    assert.deepEqual(s.agents.names('restoreResume'), []);
+    const vne = s.catalog.getVne('blue');
+    assert.deepEqual([vne?.state, vne?.generation], ['VNE_STATE_DEFINED', 2]);
+    assert.deepEqual(s.catalog.listRestores().map((r) => [r.state, r.error]), [['FAILED', 'agent h2: RestoreSwap failed: cannot swap']]);
+  });
+
+  it('a failed RestorePrepare (the older way: an agent could not load beside) cancels on every agent; the VNE is DEFINED (stopped), generation kept monotonic', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.on('restorePrepare', (_a, body) => (body.restorePrepare?.loadBeside ? ok({ payload: 'restorePrepare', restorePrepare: { vms: [], beside: false, besideRefused: 'not enough memory' } }) : failed('ERR_DRIVER', 'cannot load')), 'h2');
+    await assert.rejects(s.svc.restoreSnapshot({ snapshotId: snap.id, placement: {}, stopRunning: true, timeoutMs: 0 }, () => undefined), (e) => isVnsnapError(e, 'ERR_DRIVER') && e.message === 'agent h2: RestorePrepare failed: cannot load');
+    assert.deepEqual(s.agents.names('restoreCancel'), ['h1:restoreCancel', 'h2:restoreCancel', 'h1:restoreCancel', 'h2:restoreCancel']);
     assert.deepEqual(s.agents.names('restoreResume'), []);
     const vne = s.catalog.getVne('blue');
     assert.deepEqual([vne?.state, vne?.generation], ['VNE_STATE_DEFINED', 2]);

@@ -19,7 +19,8 @@
  *
  * Restore: the same command line + -S -incoming defer, the disk on a new overlay over the
  * snapshot's layers rebuilt as a chain (disk-chain.ts), the memory image streamed from the store
- * into QEMU's incoming migration (incoming.ts); the VM is left paused; resume = cont.
+ * into QEMU's incoming migration (incoming.ts); the VM is left paused; resume = cont. Over a
+ * running VM: the same load beside it, in a second process, then a swap (restore-beside.ts).
  *
  * Disks (docs/qemu.md "Where disks live"): each VM's qcow2 chain is in its own directory under
  * disksDir (../disk-dir.ts), not in the tmpfs instance directory. stop() quits QEMU cleanly (QMP
@@ -34,12 +35,13 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../../../proto/core/errors';
+import type { DriverSpec__Output } from '../../../proto/gen/vnsnap/v1/DriverSpec';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { silentLogger, type Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
 import { sha256File, type SnapshotStore } from '../../../proto/store/local-dir';
-import type { HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTargets, MigrationTls, OutgoingMigration, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
+import type { BesideRestore, HypervisorDriver, IncomingMigration, MigrationProgress, MigrationTargets, MigrationTls, OutgoingMigration, RestoreImage, SnapshotJob, SnapshotOptions, StopOptions, StopReport, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
@@ -51,6 +53,7 @@ import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { MiB, qemuImg, QemuVm, type QemuDriverOptions, type QemuOptions } from './process';
 import { loadMemory } from './incoming';
+import { BESIDE_OVERHEAD_BYTES, restoreBeside } from './restore-beside';
 import { OutgoingMigration as QemuOutgoing, prepareIncoming, resumeIncoming } from './live-migration';
 import { adoptQemuVm, type AdoptionParts, type QemuSavedState } from './adopt';
 import { cleanDriverLeftovers, tapTag } from './leftovers';
@@ -90,6 +93,8 @@ export class QemuDriver implements HypervisorDriver {
   /** Spawn each QEMU in a transient systemd scope (systemd is PID 1, or the option says so). */
   private readonly useScope: boolean;
   private readonly disks: DiskDirs;
+  /** Restores loaded beside a running instance, by id, until swapped or discarded (restore-beside.ts). */
+  private readonly besides = new Map<string, BesideRestore>();
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
@@ -166,14 +171,14 @@ export class QemuDriver implements HypervisorDriver {
    * Make the instance directory, the disk directory (`kept`: the kept one, checked; else a fresh
    * one), the ports, the NIC arguments; a failure undoes everything (but never deletes a kept disk).
    */
-  private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean, image?: RestoreImage): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
+  private async prepare(spec: VmStartSpec, ctx: VmStartContext, kept: boolean, image?: RestoreImage, beside = false): Promise<{ vm: QemuVm; nics: NicArg[]; keptTop?: string }> {
     const checked = await this.qspecOf(spec, image !== undefined && hasLayers(image.disks));
     // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
     // spec records it, so inspect(), persistent() and a later snapshot see the same.
     const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
     const qspec: QemuDriverSpec__Output = { ...checked, extra: { ...checked.extra, nic: mode } };
     const existing = this.vms.get(spec.id);
-    if (existing && existing.status !== 'stopped') throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
+    if (existing && existing.status !== 'stopped' && !beside) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
     const diskDir = this.disks.dirOf(spec.vne, spec.name);
     let keptTop: string | undefined;
@@ -279,6 +284,7 @@ export class QemuDriver implements HypervisorDriver {
    * an agent that kept disks in the instance directory has nothing to keep.
    */
   async stop(id: string, opts: StopOptions = {}): Promise<StopReport> {
+    await this.besides.get(id)?.discard(); // a copy loading beside goes first: the VM's disk back in place
     const vm = this.vms.get(id);
     if (!vm) return opts.discardDisk ? this.discardUnknown(id) : {};
     this.vms.delete(id);
@@ -340,6 +346,7 @@ export class QemuDriver implements HypervisorDriver {
     await vm.refreshStatus();
     if (vm.status !== 'running') throw new VnsnapError('ERR_STATE', `QEMU VM ${id} is ${vm.status}; a snapshot needs it running`);
     if (vm.job) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `QEMU VM ${id} already has a snapshot in progress`);
+    if (this.besides.has(id)) throw new VnsnapError('ERR_STATE', `QEMU VM ${id} is being replaced by a restore loading beside it`);
     const job = new QemuJob(vm, opts, this.o);
     vm.job = job;
     try {
@@ -352,7 +359,43 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async restore(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<VmHandle> {
-    const { vm, nics } = await this.prepare(spec, ctx, false, image);
+    const vm = await this.load(spec, image, store, ctx, false);
+    this.vms.set(spec.id, vm);
+    return { name: spec.name, ports: vm.ports };
+  }
+
+  /** Restore beside the running instance of the id (restore-beside.ts); the running one is untouched until swap(). */
+  restoreBeside(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext): Promise<BesideRestore> {
+    return restoreBeside(
+      {
+        disks: this.disks,
+        pending: this.besides,
+        running: (id) => this.vms.get(id),
+        load: (s, i, st, c) => this.load(s, i, st, c, true),
+        cleanup: (vm, discardDisk) => this.cleanup(vm, discardDisk),
+        install: (id, vm) => void this.vms.set(id, vm),
+        remove: (id) => void this.vms.delete(id),
+        log: this.log,
+      },
+      spec,
+      image,
+      store,
+      ctx,
+    );
+  }
+
+  /** The guest's RAM (padded) and what a QEMU process takes beside it under TCG (BESIDE_OVERHEAD_BYTES). */
+  besideMemoryBytes(spec: DriverSpec__Output): number {
+    return (spec.qemu?.memoryMib || 256) * MiB + BESIDE_OVERHEAD_BYTES;
+  }
+
+  /**
+   * Prepare, spawn with -incoming and load the VM paused (its disk chain rebuilt, its memory image
+   * streamed in); `beside`: an instance of the id may run (restore-beside.ts moved its disk away).
+   * A failure removes everything it made, the disk directory included.
+   */
+  private async load(spec: VmStartSpec, image: RestoreImage, store: SnapshotStore, ctx: VmStartContext, beside: boolean): Promise<QemuVm> {
+    const { vm, nics } = await this.prepare(spec, ctx, false, image, beside);
     try {
       // The disk: its layers rebuilt as a chain in the VM's directory under a new overlay (disk-chain.ts).
       if (vm.hasDisk) vm.diskChain = await restoreDisk({ vm: spec.name, disks: image.disks, store, dir: vm.files.diskDir, disk0: vm.files.disk0, roots: this.roots, qemuImg: (args) => this.qemuImg(args) });
@@ -368,9 +411,8 @@ export class QemuDriver implements HypervisorDriver {
       await this.cleanup(vm, true);
       throw e;
     }
-    this.vms.set(spec.id, vm);
-    vm.log.info({ pid: vm.pid, dir: vm.files.dir, memory: image.memory.path }, 'QEMU VM restored (paused)');
-    return { name: spec.name, ports: vm.ports };
+    vm.log.info({ pid: vm.pid, dir: vm.files.dir, memory: image.memory.path, beside }, beside ? 'QEMU VM restored beside its running instance (paused)' : 'QEMU VM restored (paused)');
+    return vm;
   }
 
   /** Live migration, destination (live-migration.ts): the VM waits for its state; stop(id, {discardDisk}) undoes it. */
@@ -483,6 +525,7 @@ export class QemuDriver implements HypervisorDriver {
   }
 
   async close(): Promise<void> {
+    await Promise.all([...this.besides.values()].map((b) => b.discard()));
     await Promise.all([...this.vms.keys()].map((id) => this.stop(id)));
   }
 
