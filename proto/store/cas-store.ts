@@ -34,8 +34,8 @@
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
-import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
-import type { Codec } from './chunk-codec';
+import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
+import { defaultCodec, type Codec } from './chunk-codec';
 import { decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
@@ -60,15 +60,18 @@ export interface PackOptions {
   rangeBytes?: number;
   /** Bytes a reader requests ahead of its consumer (default 16 MiB). */
   aheadBytes?: number;
-  /** How new chunks are compressed (chunk-codec.ts; default deflate), or 'none'. */
+  /** How new chunks are compressed (chunk-codec.ts; default zstd where the native addon has it, else deflate), or 'none'. */
   compress?: Codec | 'none';
 }
 
-export const DEFAULT_PACK: Required<PackOptions> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20, compress: 'deflate' };
+/** The defaults of PackOptions (compress: defaultCodec(), resolved when a store is made). */
+export const DEFAULT_PACK: Required<Omit<PackOptions, 'compress'>> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20 };
 
 export interface CasStoreOptions {
   /** Chunker parameters for new artefacts (default DEFAULT_CHUNKER). */
   chunker?: ChunkerParams;
+  /** Which chunker engine cuts (chunker.ts; default the native one where the addon has it): the same boundaries either way. */
+  chunkerEngine?: ChunkerEngine;
   /** Chunk uploads in flight per writer (chunk objects), and requests ahead per reader (default 4). */
   concurrency?: number;
   /** Write new chunks into packs (what openStore() does); without it, one object per chunk (layout 1). */
@@ -100,6 +103,7 @@ function checkPrefix(prefix: string): string {
 
 export class CasStore implements SnapshotStore {
   private readonly chunker: ChunkerParams;
+  private readonly engine: ChunkerEngine;
   private readonly concurrency: number;
   private readonly timing: Timing;
   private readonly pack: Required<PackOptions> | null;
@@ -114,9 +118,10 @@ export class CasStore implements SnapshotStore {
     opts: CasStoreOptions = {},
   ) {
     this.chunker = checkChunkerParams({ ...(opts.chunker ?? DEFAULT_CHUNKER) });
+    this.engine = opts.chunkerEngine ?? 'auto';
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
     this.timing = timing(opts.locks);
-    this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack } : null;
+    this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack, compress: opts.pack.compress ?? defaultCodec() } : null;
   }
 
   async create(relPath: string): Promise<CasWriter> {
@@ -124,7 +129,7 @@ export class CasStore implements SnapshotStore {
     const session = await this.enter();
     return new CasWriter(relPath, {
       backend: this.backend,
-      splitter: new Chunker(this.chunker),
+      splitter: new Chunker(this.chunker, this.engine),
       chunker: this.chunker,
       concurrency: this.concurrency,
       ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads, ...(this.pack.compress !== 'none' ? { codec: this.pack.compress } : {}) } } : {}),
