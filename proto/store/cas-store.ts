@@ -16,6 +16,11 @@
  *   - read() is tagged with its index's size and SHA-256 (checked-read.ts), so a reader that
  *     expects them (a restore) compares them once instead of hashing the bytes a second time;
  *     verify() hashes each byte twice (chunk, artefact), never three times.
+ *   - read(path, { chunkList }) — the chunk list SHA-256 that commit() returned
+ *     (CHUNK_LIST_ATTRIBUTE), kept in the caller's manifest — first checks that the index lists
+ *     exactly those chunks (else ERR_CHECKSUM before any chunk is read: a forged or replaced
+ *     index), then checks each chunk only: the whole-artefact hash is skipped, since the chunks
+ *     proven one by one are the ones the artefact was written with. Each byte is hashed once.
  *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data);
  *     verifyAll(prefix) does it for every artefact under a prefix (a snapshot) and reports each.
  *   - list/stat/delete/deleteByPrefix see only indexes; delete removes the index, not the chunks:
@@ -36,7 +41,7 @@ import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
 import { defaultCodec, type Codec } from './chunk-codec';
-import { decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { chunkListSha256, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
@@ -45,7 +50,7 @@ import type { ObjectBackend } from './object-backend';
 import { PackMap, type ChunkLocation } from './pack-map';
 import { readChunks } from './pack-reader';
 import { checkedRead, type Claim } from './checked-read';
-import type { SnapshotStore, StoredArtefact } from './snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type ReadExpect, type SnapshotStore, type StoredArtefact } from './snapshot-store';
 import { putThroughWriter } from './snapshot-store';
 
 export type { WriteStats } from './cas-writer';
@@ -194,31 +199,36 @@ export class CasStore implements SnapshotStore {
    * The bytes of a committed artefact, chunk by chunk, each checked before it is yielded, with
    * up to `concurrency` chunks read ahead. ERR_NOT_FOUND when absent.
    */
-  read(relPath: string): AsyncGenerator<Buffer> {
+  read(relPath: string, expect: ReadExpect = {}): AsyncGenerator<Buffer> {
     let settle: Settle | undefined;
     const claim = new Promise<Claim>((ok, fail) => (settle = { ok, fail }));
     // Checked whole against its index (checked-read.ts): a reader expecting the same size and
     // SHA-256 need not hash the bytes again.
-    return checkedRead(this.readIndexed(relPath, settle as Settle), claim);
+    return checkedRead(this.readIndexed(relPath, settle as Settle, expect), claim);
   }
 
   /** read()'s chunks; `settle` gets the index's size and SHA-256 before the first chunk. */
-  private async *readIndexed(relPath: string, settle: Settle): AsyncGenerator<Buffer> {
+  private async *readIndexed(relPath: string, settle: Settle, expect: ReadExpect): AsyncGenerator<Buffer> {
     let idx: ArtefactIndex | null;
     try {
       idx = await this.index(relPath);
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+      const list = expect.chunkList === undefined ? undefined : chunkListSha256(idx.chunks);
+      if (list !== undefined && list !== expect.chunkList?.toLowerCase()) {
+        throw new VnsnapError('ERR_CHECKSUM', `artefact ${relPath}: its index lists other chunks than when it was written (chunk list SHA-256 ${list}, the manifest says ${expect.chunkList}): the index was replaced or forged`);
+      }
     } catch (e) {
       settle.fail(e);
       throw e;
     }
     settle.ok({ size: idx.size, sha256: idx.sha256 });
-    yield* this.chunks(idx);
+    // A chunk list bound by the caller's manifest: each chunk checked suffices (module comment).
+    yield* this.chunks(idx, expect.chunkList === undefined);
   }
 
-  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); its SHA-256 checked at the end. */
-  private async *chunks(idx: ArtefactIndex): AsyncGenerator<Buffer> {
-    const whole = createHash('sha256');
+  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); with `whole`, its SHA-256 checked at the end. */
+  private async *chunks(idx: ArtefactIndex, whole = true): AsyncGenerator<Buffer> {
+    const sum = whole ? createHash('sha256') : undefined;
     let refreshed: Promise<void> | undefined;
     const locate = async (sha: string): Promise<ChunkLocation | undefined> => {
       refreshed ??= this.map.refresh(this.backend);
@@ -227,11 +237,11 @@ export class CasStore implements SnapshotStore {
     };
     const read = this.pack ?? DEFAULT_PACK;
     for await (const b of readChunks(idx, { backend: this.backend, locate, concurrency: this.concurrency, rangeBytes: read.rangeBytes, aheadBytes: read.aheadBytes })) {
-      whole.update(b);
+      sum?.update(b);
       yield b;
     }
-    const sum = whole.digest('hex');
-    if (sum !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its chunks have SHA-256 ${sum}, its index says ${idx.sha256}`);
+    const got = sum?.digest('hex');
+    if (got !== undefined && got !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its chunks have SHA-256 ${got}, its index says ${idx.sha256}`);
   }
 
   async get(relPath: string): Promise<Buffer> {
@@ -252,7 +262,7 @@ export class CasStore implements SnapshotStore {
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${from} is not in the store`);
       await session.held(`artefact ${to}`);
       await this.backend.put(indexKey(to), encodeIndex({ ...idx, path: to }));
-      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0 };
+      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(idx.chunks) } };
     } finally {
       await this.leave();
     }
