@@ -14,11 +14,14 @@
         "switch/native/offload_napi.c",
         "switch/native/poller.c",
         "switch/native/poller_read.c",
-        "switch/native/bpf.c"
+        "switch/native/bpf.c",
+        "switch/native/zstd.c",
+        "switch/native/cdc.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
-      "defines": ["NAPI_VERSION=8"]
+      "defines": ["NAPI_VERSION=8"],
+      "libraries": ["-lzstd"]
     },
     {
       "target_name": "vnsnap-xen-relay",

@@ -23,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 2
 fi
 
-# System packages: a C toolchain for the addon; clang, libbpf-dev and bpftool for the in-kernel data
+# System packages: a C toolchain for the addon and libzstd-dev (the store's zstd chunks, switch/native/zstd.c); clang, libbpf-dev and bpftool for the in-kernel data
 # path (switch/bpf/, built at install, loaded by the agent for nic tap-bpf); iproute2/ping/ethtool for namespaced hosts;
 # nftables (tunnel loss in the fault tests: this kernel has no sch_netem) and curl (agents' /debug/vms);
 # iperf3, tcpdump and tshark for tests; openvswitch-switch for the benchmark's baseline;
@@ -33,7 +33,7 @@ fi
 # openssl for the cluster certificates (coordinator/pki/vnsnap-pki.sh: the demo and tests make theirs);
 # Ceph's mon, OSD and RADOS gateway for the S3 store tests (test/support/ceph-rgw.sh; their
 # postinst scripts start nothing).
-packages=(build-essential clang libbpf-dev bpftool openssl python3 iproute2 iputils-ping ethtool nftables curl iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio debootstrap python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin ceph-mon ceph-osd radosgw ceph-common)
+packages=(build-essential libzstd-dev clang libbpf-dev bpftool openssl python3 iproute2 iputils-ping ethtool nftables curl iperf3 tcpdump tshark openvswitch-switch qemu-system-x86 qemu-utils busybox-static cpio debootstrap python3-grpcio python3-grpc-tools protobuf-compiler librsvg2-bin ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

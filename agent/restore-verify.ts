@@ -14,7 +14,10 @@
  *                     proto/store/checked-read.ts) is not hashed again: the store's claim (its
  *                     index's size and SHA-256) must equal the expected ones, checked before the
  *                     first byte is passed on. Each byte is then hashed twice in all (its chunk,
- *                     the artefact, both in the store), not three times (docs/storage.md, "Reading").
+ *                     the artefact, both in the store), not three times (docs/storage.md, "Reading");
+ *                     once only when the manifest recorded the artefact's chunk list
+ *                     (CHUNK_LIST_ATTRIBUTE in its attributes): it is handed to the store's read(),
+ *                     which then refuses an index listing other chunks and checks each chunk only.
  *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
  *                     memory images are verifiedRead (get() too, through read()); everything else passes through
  *                     (disk layers are checked by the driver's own chain rebuild). The first read()
@@ -27,12 +30,18 @@ import { createHash } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
 import { checkedClaim, type Claim } from '../proto/store/checked-read';
 import { readAhead } from '../proto/store/read-ahead';
-import type { SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type ReadExpect, type SnapshotStore, type StoredArtefact } from '../proto/store/snapshot-store';
 
 /** Bytes of each checked memory image read ahead of the driver (docs/storage.md, "Reading"). */
 export const READ_AHEAD_BYTES = 16 << 20;
 
-export type Expected = Pick<StoredArtefact, 'path' | 'size' | 'sha256'>;
+export type Expected = Pick<StoredArtefact, 'path' | 'size' | 'sha256' | 'attributes'>;
+
+/** What the manifest tells the store to check: the chunk list the artefact was written with, if recorded. */
+function expectOf(a: Expected | undefined): ReadExpect | undefined {
+  const chunkList = a?.attributes?.[CHUNK_LIST_ATTRIBUTE];
+  return chunkList === undefined ? undefined : { chunkList };
+}
 
 /** A problem line per artefact that is absent or of another size than recorded (stat only). */
 export async function presenceProblems(store: Pick<SnapshotStore, 'stat'>, artefacts: readonly Expected[]): Promise<string[]> {
@@ -99,11 +108,11 @@ export function verifyingStore(store: SnapshotStore, checked: readonly Expected[
     get(target, prop, receiver) {
       if (prop === 'read') {
         return (p: string): AsyncIterable<Buffer> => {
-          ahead ??= new Map([...byPath.keys()].filter((q) => q !== p).map((q) => [q, readAhead(target.read(q), aheadBytes)]));
+          ahead ??= new Map([...byPath.keys()].filter((q) => q !== p).map((q) => [q, readAhead(target.read(q, expectOf(byPath.get(q))), aheadBytes)]));
           const a = byPath.get(p);
           const early = ahead.get(p);
           ahead.delete(p);
-          const source = early ?? target.read(p);
+          const source = early ?? target.read(p, expectOf(a));
           return a ? verifiedRead(source, a) : source;
         };
       }
@@ -112,7 +121,7 @@ export function verifyingStore(store: SnapshotStore, checked: readonly Expected[
           const a = byPath.get(p);
           if (!a) return target.get(p);
           const parts: Buffer[] = [];
-          for await (const b of verifiedRead(target.read(p), a)) parts.push(b);
+          for await (const b of verifiedRead(target.read(p, expectOf(a)), a)) parts.push(b);
           return Buffer.concat(parts);
         };
       }

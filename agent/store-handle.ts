@@ -17,7 +17,7 @@
  *   - close() closes the opened store (an S3 client's sockets) when the agent stops.
  */
 import { VnsnapError } from '../proto/core/errors';
-import type { ArtefactWriter, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+import type { ArtefactWriter, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 
 export class StoreHandle implements SnapshotStore {
@@ -52,10 +52,10 @@ export class StoreHandle implements SnapshotStore {
   async get(relPath: string): Promise<Buffer> {
     return this.store.get(relPath);
   }
-  read(relPath: string): AsyncIterable<Buffer> {
-    if (this.opened) return this.opened.read(relPath); // unwrapped: a checked read stays tagged
+  read(relPath: string, expect?: ReadExpect): AsyncIterable<Buffer> {
+    if (this.opened) return this.opened.read(relPath, expect); // unwrapped: a checked read stays tagged
     const notOpen = async function* (h: StoreHandle): AsyncGenerator<Buffer> {
-      yield* h.store.read(relPath); // ERR_STATE on the first step
+      yield* h.store.read(relPath, expect); // ERR_STATE on the first step
     };
     return notOpen(this);
   }

@@ -207,7 +207,7 @@ export interface NativeIo {
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 5;
+export const NATIVE_INTERFACE_VERSION = 6;
 
 let loaded: NativeIo | undefined;
 

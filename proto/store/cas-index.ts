@@ -18,6 +18,7 @@
  * an artefact without its index does not exist. decodeIndex() refuses an index of another
  * format (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
  */
+import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
 import type { ChunkerParams } from './chunker';
 import { isCodec, type Codec } from './chunk-codec';
@@ -51,6 +52,18 @@ export interface ArtefactIndex {
   sha256: string;
   chunker: ChunkerParams & { algo: 'fastcdc-gear32' };
   chunks: ChunkRef[];
+}
+
+/**
+ * The SHA-256 of a chunk list: each chunk's SHA-256 and size in order, under a format line. A
+ * manifest that records it (snapshot-store.ts, CHUNK_LIST_ATTRIBUTE) binds the artefact to exactly
+ * these chunks: an index that lists others — forged, or replaced — no longer matches, so checking
+ * each chunk against the index proves the whole artefact without hashing it again.
+ */
+export function chunkListSha256(chunks: readonly Pick<ChunkRef, 'sha256' | 'size'>[]): string {
+  const h = createHash('sha256').update('vnsnap-chunk-list/1\n');
+  for (const c of chunks) h.update(`${c.sha256} ${c.size}\n`);
+  return h.digest('hex');
 }
 
 /** The object key of the chunk with this SHA-256. */

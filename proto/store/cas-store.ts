@@ -16,6 +16,11 @@
  *   - read() is tagged with its index's size and SHA-256 (checked-read.ts), so a reader that
  *     expects them (a restore) compares them once instead of hashing the bytes a second time;
  *     verify() hashes each byte twice (chunk, artefact), never three times.
+ *   - read(path, { chunkList }) — the chunk list SHA-256 that commit() returned
+ *     (CHUNK_LIST_ATTRIBUTE), kept in the caller's manifest — first checks that the index lists
+ *     exactly those chunks (else ERR_CHECKSUM before any chunk is read: a forged or replaced
+ *     index), then checks each chunk only: the whole-artefact hash is skipped, since the chunks
+ *     proven one by one are the ones the artefact was written with. Each byte is hashed once.
  *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data);
  *     verifyAll(prefix) does it for every artefact under a prefix (a snapshot) and reports each.
  *   - list/stat/delete/deleteByPrefix see only indexes; delete removes the index, not the chunks:
@@ -34,9 +39,9 @@
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
-import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerParams } from './chunker';
-import type { Codec } from './chunk-codec';
-import { decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
+import { defaultCodec, type Codec } from './chunk-codec';
+import { chunkListSha256, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
@@ -45,7 +50,7 @@ import type { ObjectBackend } from './object-backend';
 import { PackMap, type ChunkLocation } from './pack-map';
 import { readChunks } from './pack-reader';
 import { checkedRead, type Claim } from './checked-read';
-import type { SnapshotStore, StoredArtefact } from './snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type ReadExpect, type SnapshotStore, type StoredArtefact } from './snapshot-store';
 import { putThroughWriter } from './snapshot-store';
 
 export type { WriteStats } from './cas-writer';
@@ -60,15 +65,18 @@ export interface PackOptions {
   rangeBytes?: number;
   /** Bytes a reader requests ahead of its consumer (default 16 MiB). */
   aheadBytes?: number;
-  /** How new chunks are compressed (chunk-codec.ts; default deflate), or 'none'. */
+  /** How new chunks are compressed (chunk-codec.ts; default zstd where the native addon has it, else deflate), or 'none'. */
   compress?: Codec | 'none';
 }
 
-export const DEFAULT_PACK: Required<PackOptions> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20, compress: 'deflate' };
+/** The defaults of PackOptions (compress: defaultCodec(), resolved when a store is made). */
+export const DEFAULT_PACK: Required<Omit<PackOptions, 'compress'>> = { targetBytes: 8 << 20, uploads: 4, rangeBytes: 4 << 20, aheadBytes: 16 << 20 };
 
 export interface CasStoreOptions {
   /** Chunker parameters for new artefacts (default DEFAULT_CHUNKER). */
   chunker?: ChunkerParams;
+  /** Which chunker engine cuts (chunker.ts; default the native one where the addon has it): the same boundaries either way. */
+  chunkerEngine?: ChunkerEngine;
   /** Chunk uploads in flight per writer (chunk objects), and requests ahead per reader (default 4). */
   concurrency?: number;
   /** Write new chunks into packs (what openStore() does); without it, one object per chunk (layout 1). */
@@ -100,6 +108,7 @@ function checkPrefix(prefix: string): string {
 
 export class CasStore implements SnapshotStore {
   private readonly chunker: ChunkerParams;
+  private readonly engine: ChunkerEngine;
   private readonly concurrency: number;
   private readonly timing: Timing;
   private readonly pack: Required<PackOptions> | null;
@@ -114,9 +123,10 @@ export class CasStore implements SnapshotStore {
     opts: CasStoreOptions = {},
   ) {
     this.chunker = checkChunkerParams({ ...(opts.chunker ?? DEFAULT_CHUNKER) });
+    this.engine = opts.chunkerEngine ?? 'auto';
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
     this.timing = timing(opts.locks);
-    this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack } : null;
+    this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack, compress: opts.pack.compress ?? defaultCodec() } : null;
   }
 
   async create(relPath: string): Promise<CasWriter> {
@@ -124,7 +134,7 @@ export class CasStore implements SnapshotStore {
     const session = await this.enter();
     return new CasWriter(relPath, {
       backend: this.backend,
-      splitter: new Chunker(this.chunker),
+      splitter: new Chunker(this.chunker, this.engine),
       chunker: this.chunker,
       concurrency: this.concurrency,
       ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads, ...(this.pack.compress !== 'none' ? { codec: this.pack.compress } : {}) } } : {}),
@@ -189,31 +199,36 @@ export class CasStore implements SnapshotStore {
    * The bytes of a committed artefact, chunk by chunk, each checked before it is yielded, with
    * up to `concurrency` chunks read ahead. ERR_NOT_FOUND when absent.
    */
-  read(relPath: string): AsyncGenerator<Buffer> {
+  read(relPath: string, expect: ReadExpect = {}): AsyncGenerator<Buffer> {
     let settle: Settle | undefined;
     const claim = new Promise<Claim>((ok, fail) => (settle = { ok, fail }));
     // Checked whole against its index (checked-read.ts): a reader expecting the same size and
     // SHA-256 need not hash the bytes again.
-    return checkedRead(this.readIndexed(relPath, settle as Settle), claim);
+    return checkedRead(this.readIndexed(relPath, settle as Settle, expect), claim);
   }
 
   /** read()'s chunks; `settle` gets the index's size and SHA-256 before the first chunk. */
-  private async *readIndexed(relPath: string, settle: Settle): AsyncGenerator<Buffer> {
+  private async *readIndexed(relPath: string, settle: Settle, expect: ReadExpect): AsyncGenerator<Buffer> {
     let idx: ArtefactIndex | null;
     try {
       idx = await this.index(relPath);
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
+      const list = expect.chunkList === undefined ? undefined : chunkListSha256(idx.chunks);
+      if (list !== undefined && list !== expect.chunkList?.toLowerCase()) {
+        throw new VnsnapError('ERR_CHECKSUM', `artefact ${relPath}: its index lists other chunks than when it was written (chunk list SHA-256 ${list}, the manifest says ${expect.chunkList}): the index was replaced or forged`);
+      }
     } catch (e) {
       settle.fail(e);
       throw e;
     }
     settle.ok({ size: idx.size, sha256: idx.sha256 });
-    yield* this.chunks(idx);
+    // A chunk list bound by the caller's manifest: each chunk checked suffices (module comment).
+    yield* this.chunks(idx, expect.chunkList === undefined);
   }
 
-  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); its SHA-256 checked at the end. */
-  private async *chunks(idx: ArtefactIndex): AsyncGenerator<Buffer> {
-    const whole = createHash('sha256');
+  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); with `whole`, its SHA-256 checked at the end. */
+  private async *chunks(idx: ArtefactIndex, whole = true): AsyncGenerator<Buffer> {
+    const sum = whole ? createHash('sha256') : undefined;
     let refreshed: Promise<void> | undefined;
     const locate = async (sha: string): Promise<ChunkLocation | undefined> => {
       refreshed ??= this.map.refresh(this.backend);
@@ -222,11 +237,11 @@ export class CasStore implements SnapshotStore {
     };
     const read = this.pack ?? DEFAULT_PACK;
     for await (const b of readChunks(idx, { backend: this.backend, locate, concurrency: this.concurrency, rangeBytes: read.rangeBytes, aheadBytes: read.aheadBytes })) {
-      whole.update(b);
+      sum?.update(b);
       yield b;
     }
-    const sum = whole.digest('hex');
-    if (sum !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its chunks have SHA-256 ${sum}, its index says ${idx.sha256}`);
+    const got = sum?.digest('hex');
+    if (got !== undefined && got !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its chunks have SHA-256 ${got}, its index says ${idx.sha256}`);
   }
 
   async get(relPath: string): Promise<Buffer> {
@@ -247,7 +262,7 @@ export class CasStore implements SnapshotStore {
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${from} is not in the store`);
       await session.held(`artefact ${to}`);
       await this.backend.put(indexKey(to), encodeIndex({ ...idx, path: to }));
-      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0 };
+      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(idx.chunks) } };
     } finally {
       await this.leave();
     }

@@ -20,6 +20,8 @@
  *     chunk is stored and before the index is put, and fails the commit (no index) when the
  *     session's lock is gone or stale; `done` is called once when the writer commits, fails or
  *     aborts.
+ *   - commit() returns, beside size and SHA-256, the SHA-256 of the chunk list it indexed
+ *     (CHUNK_LIST_ATTRIBUTE), for the manifest to bind the artefact to its chunks.
  *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
  *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
  */
@@ -27,11 +29,11 @@ import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerParams, ChunkSplitter } from './chunker';
 import type { Codec } from './chunk-codec';
-import { chunkKey, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
 import { PackWriter, type PackJob } from './pack-writer';
-import type { ArtefactWriter, StoredArtefact } from './snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact } from './snapshot-store';
 
 /** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
 export interface WriteStats {
@@ -103,7 +105,7 @@ export class CasWriter implements ArtefactWriter {
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
-      return { ...a, storedBytes: this.stats.newBytes };
+      return { ...a, storedBytes: this.stats.newBytes, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(this.chunks) } };
     }, 'committing')
       .catch((e: unknown) => {
         this.state = 'aborted';

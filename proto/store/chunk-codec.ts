@@ -1,31 +1,42 @@
 /**
  * How a chunk's bytes are kept in a pack (docs/storage.md, "Compression"): as they are, or
- * compressed with raw DEFLATE (zlib level 1) when that saves at least a sixteenth of them — what
- * restic and Proxmox Backup Server do with zstd, which Node's zlib does not have. The codec is
- * recorded per chunk (pack table and index), so a store mixes both and older stores, whose chunks
- * are all plain, read as before.
+ * compressed when that saves at least a sixteenth of them — with zstd (level ZSTD_LEVEL, through
+ * the native addon: store-native.ts), what restic and Proxmox Backup Server use, or with raw
+ * DEFLATE (zlib level 1), what stores written before zstd hold and what is written when the addon
+ * is not built. The codec is recorded per chunk (pack table and index), so a store mixes all three
+ * and older stores read as before.
  *
  * Guarantees:
- *   - Compression and decompression run in libuv's thread pool (zlib's asynchronous calls), never
- *     on the event loop.
- *   - decodeChunk() returns exactly `size` bytes or throws ERR_CHECKSUM naming `what`: a stored
- *     chunk that does not inflate, or inflates to another size, is corrupt like one whose
- *     SHA-256 is wrong (the caller still checks the SHA-256 of what it returns).
+ *   - Compression and decompression run in libuv's thread pool (zlib's asynchronous calls, the
+ *     addon's async work), never on the event loop; a batch (a pack's chunks, a ranged read's
+ *     chunks) is one piece of zstd work.
+ *   - decodeChunks() returns exactly `size` bytes per chunk or throws ERR_CHECKSUM naming the
+ *     chunk's `what`: a stored chunk that does not decompress, or decompresses to another size, is
+ *     corrupt like one whose SHA-256 is wrong (the caller still checks the SHA-256 of what it
+ *     returns). A zstd chunk read where the addon is not built is ERR_UNSUPPORTED_VERSION.
  *   - A codec name this vnsnap does not know is refused by the format decoders (cas-index.ts,
  *     pack-format.ts) before any byte is read.
  */
 import { promisify } from 'node:util';
 import * as zlib from 'node:zlib';
 import { VnsnapError } from '../core/errors';
+import { isZstdError, storeNative, type StoreNative } from './store-native';
 
 /** The codecs a chunk may be stored with; absent means plain. */
-export const CODECS = ['deflate'] as const;
+export const CODECS = ['deflate', 'zstd'] as const;
 export type Codec = (typeof CODECS)[number];
 
 export const isCodec = (c: unknown): c is Codec => typeof c === 'string' && (CODECS as readonly string[]).includes(c);
 
 /** DEFLATE level: 1, the fastest (docs/storage.md has the measurements). */
 export const DEFLATE_LEVEL = 1;
+/** zstd level, chosen by measurement (docs/storage.md, "Compression"). */
+export const ZSTD_LEVEL = 1;
+
+/** The codec new chunks get by default: zstd where the addon has it, else DEFLATE. */
+export function defaultCodec(native: StoreNative | null = storeNative()): Codec {
+  return native ? 'zstd' : 'deflate';
+}
 
 const deflateRaw = promisify(zlib.deflateRaw);
 const inflateRaw = promisify(zlib.inflateRaw);
@@ -36,22 +47,75 @@ export interface EncodedChunk {
   codec?: Codec;
 }
 
-/** The chunk compressed when that saves at least 1/16 of it, else as it is. */
-export async function encodeChunk(data: Buffer, codec: Codec | undefined): Promise<EncodedChunk> {
-  if (codec === undefined || data.length < 64) return { data };
-  const z = await deflateRaw(data, { level: DEFLATE_LEVEL });
-  return z.length <= data.length - (data.length >> 4) ? { data: z, codec } : { data };
+/** A stored chunk to decode: its stored bytes and codec, its own size, and what to call it in errors. */
+export interface StoredChunk {
+  stored: Buffer;
+  codec: Codec | undefined;
+  size: number;
+  what: string;
 }
 
-/** The chunk's own bytes from its stored bytes; ERR_CHECKSUM (naming `what`) when they do not decode to `size` bytes. */
-export async function decodeChunk(stored: Buffer, codec: Codec | undefined, size: number, what: string): Promise<Buffer> {
-  if (codec === undefined) return stored;
+/** Chunks shorter than this are kept plain: nothing to gain. */
+const MIN_COMPRESS = 64;
+
+/** `z` when it saves at least 1/16 of `data`, else `data` plain. */
+const keepIfSmaller = (data: Buffer, z: Buffer, codec: Codec): EncodedChunk => (z.length <= data.length - (data.length >> 4) ? { data: z, codec } : { data });
+
+function needNative(native: StoreNative | null, what: string): StoreNative {
+  if (native) return native;
+  throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `${what} is stored with zstd, and this vnsnap's native addon is not built or has no zstd (rebuild it with \`npm install\`)`);
+}
+
+/** Each chunk compressed with `codec` when that saves at least 1/16 of it, else as it is. */
+export async function encodeChunks(chunks: Buffer[], codec: Codec | undefined, native: StoreNative | null = storeNative()): Promise<EncodedChunk[]> {
+  if (codec === undefined) return chunks.map((data) => ({ data }));
+  const big = chunks.filter((c) => c.length >= MIN_COMPRESS);
+  let z: Buffer[];
+  if (codec === 'zstd') z = big.length > 0 ? await needNative(native, 'a new chunk').zstdCompress(big, ZSTD_LEVEL) : [];
+  else z = await Promise.all(big.map((c) => deflateRaw(c, { level: DEFLATE_LEVEL })));
+  let k = 0;
+  return chunks.map((data) => (data.length < MIN_COMPRESS ? { data } : keepIfSmaller(data, z[k++] as Buffer, codec)));
+}
+
+/** encodeChunks() of one chunk. */
+export async function encodeChunk(data: Buffer, codec: Codec | undefined, native: StoreNative | null = storeNative()): Promise<EncodedChunk> {
+  return (await encodeChunks([data], codec, native))[0] as EncodedChunk;
+}
+
+/** Each chunk's own bytes from its stored bytes (module comment): one batch of zstd work for all zstd chunks. */
+export async function decodeChunks(chunks: readonly StoredChunk[], native: StoreNative | null = storeNative()): Promise<Buffer[]> {
+  const zs = chunks.filter((c) => c.codec === 'zstd');
+  let unz: Buffer[] = [];
+  if (zs.length > 0) {
+    const n = needNative(native, (zs[0] as StoredChunk).what);
+    try {
+      unz = await n.zstdDecompress(
+        zs.map((c) => c.stored),
+        zs.map((c) => c.size),
+      );
+    } catch (e) {
+      if (!isZstdError(e)) throw e;
+      throw new VnsnapError('ERR_CHECKSUM', `${(zs[e.index] as StoredChunk).what} is corrupt (${e.message})`, { cause: e });
+    }
+  }
+  let k = 0;
+  return Promise.all(chunks.map((c) => (c.codec === 'zstd' ? (unz[k++] as Buffer) : inflate(c))));
+}
+
+/** decodeChunks() of one chunk. */
+export async function decodeChunk(stored: Buffer, codec: Codec | undefined, size: number, what: string, native: StoreNative | null = storeNative()): Promise<Buffer> {
+  return (await decodeChunks([{ stored, codec, size, what }], native))[0] as Buffer;
+}
+
+/** A plain or DEFLATE chunk's own bytes. */
+async function inflate(c: StoredChunk): Promise<Buffer> {
+  if (c.codec === undefined) return c.stored;
   let out: Buffer;
   try {
-    out = await inflateRaw(stored, { maxOutputLength: Math.max(1, size) });
+    out = await inflateRaw(c.stored, { maxOutputLength: Math.max(1, c.size) });
   } catch (e) {
-    throw new VnsnapError('ERR_CHECKSUM', `${what} is corrupt (it does not inflate: ${(e as Error).message})`, { cause: e });
+    throw new VnsnapError('ERR_CHECKSUM', `${c.what} is corrupt (it does not inflate: ${(e as Error).message})`, { cause: e });
   }
-  if (out.length !== size) throw new VnsnapError('ERR_CHECKSUM', `${what} is corrupt (it inflates to ${out.length} bytes, not ${size})`);
+  if (out.length !== c.size) throw new VnsnapError('ERR_CHECKSUM', `${c.what} is corrupt (it inflates to ${out.length} bytes, not ${c.size})`);
   return out;
 }

@@ -20,8 +20,14 @@
  * end() returns the last one. The chunks (bytes and boundaries) are exactly the same however the
  * stream is split into pushes. Returned chunks are fresh copies: the caller may reuse its buffers
  * as soon as push() returns.
+ *
+ * Two engines cut the same boundaries byte for byte: the native addon's loop (switch/native/cdc.c,
+ * through store-native.ts; about ten times faster), used when the addon has it, and the
+ * JavaScript scan below, the reference and the fallback (test/unit/chunker-native.test.ts
+ * compares them on random data and at the edges).
  */
 import { VnsnapError } from '../core/errors';
+import { storeNative, type StoreNative } from './store-native';
 
 export interface ChunkerParams {
   /** Smallest chunk (except the last of a stream). */
@@ -87,6 +93,12 @@ class Pending {
   }
 }
 
+/** Which engine cuts: the addon's when it has one ('auto'), or the one named. */
+export type ChunkerEngine = 'auto' | 'native' | 'js';
+
+/** Largest piece handed to the native loop at once (its offsets are 32-bit). */
+const NATIVE_PIECE = 1 << 30;
+
 /** FastCDC with normalized chunking (level 2). See the module comment. */
 export class Chunker implements ChunkSplitter {
   private readonly min: number;
@@ -98,8 +110,14 @@ export class Chunker implements ChunkSplitter {
   /** Bytes of the current chunk seen so far, and the hash over them (from byte `min` on). */
   private pos = 0;
   private h = 0;
+  /** The native loop, its state [pos, h] and params, when it cuts; null for the JS scan. */
+  private readonly native: StoreNative | null;
+  private readonly nState = new Uint32Array(2);
+  private readonly nParams: Uint32Array;
+  /** Which engine cuts this stream. */
+  readonly engine: 'native' | 'js';
 
-  constructor(params: ChunkerParams = DEFAULT_CHUNKER) {
+  constructor(params: ChunkerParams = DEFAULT_CHUNKER, engine: ChunkerEngine = 'auto') {
     checkChunkerParams(params);
     this.min = params.min;
     this.avg = params.avg;
@@ -107,9 +125,15 @@ export class Chunker implements ChunkSplitter {
     const bits = Math.round(Math.log2(params.avg));
     this.maskS = topBits(bits + 2);
     this.maskL = topBits(bits - 2);
+    this.nParams = new Uint32Array([this.min, this.avg, this.max, this.maskS >>> 0, this.maskL >>> 0]);
+    const n = engine === 'js' || params.max > 0xffff_ffff ? null : storeNative();
+    if (engine === 'native' && !n) throw new VnsnapError('ERR_NATIVE_IO', 'the native chunker is not built (run `npm install`)');
+    this.native = n;
+    this.engine = n ? 'native' : 'js';
   }
 
   push(data: Uint8Array): Buffer[] {
+    if (this.native) return this.pushNative(this.native, data);
     const out: Buffer[] = [];
     let start = 0;
     while (start < data.length) {
@@ -125,11 +149,30 @@ export class Chunker implements ChunkSplitter {
   }
 
   end(): Buffer[] {
-    const had = this.pos > 0;
+    const had = this.native ? this.nState[0] !== 0 : this.pos > 0;
     const last = this.pending.take(new Uint8Array(0));
     this.pos = 0;
     this.h = 0;
+    this.nState.fill(0);
     return had ? [last] : [];
+  }
+
+  /** push() through the addon's loop, in pieces its 32-bit offsets can address. */
+  private pushNative(native: StoreNative, data: Uint8Array): Buffer[] {
+    const out: Buffer[] = [];
+    for (let off = 0; off < data.length; off += NATIVE_PIECE) {
+      const piece = data.subarray(off, Math.min(data.length, off + NATIVE_PIECE));
+      const cuts = new Uint32Array(Math.floor(piece.length / this.min) + 2);
+      const n = native.cdcCuts(piece, this.nState, this.nParams, cuts);
+      let start = 0;
+      for (let k = 0; k < n; k++) {
+        const cut = cuts[k] as number;
+        out.push(this.pending.take(piece.subarray(start, cut)));
+        start = cut;
+      }
+      this.pending.add(piece.subarray(start));
+    }
+    return out;
   }
 
   /** Scan data from `i` for the end of the current chunk: the index just past it, or -1 when data ran out first. */

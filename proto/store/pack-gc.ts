@@ -9,7 +9,7 @@
  * `deadFraction` of it; younger packs are left alone (a writer may be about to name them).
  *
  * Repacking copies the live chunks of the packs to repack into new packs (each chunk's SHA-256
- * checked on the way, a compressed one after inflating it; it is copied as stored, codec and
+ * checked on the way, a compressed one after decompressing it; it is copied as stored, codec and
  * all; a pack with a chunk that does not check out is left as it is), puts each
  * new pack and then its table, and only then deletes the old packs' tables and then the old
  * packs. Indexes are not rewritten: they keep naming the old pack, and a reader that finds it

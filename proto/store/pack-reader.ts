@@ -12,14 +12,15 @@
  *   - A pack that is gone (garbage collection repacked its live chunks into a new pack) is not
  *     the end: each of its chunks is looked up through `locate` (the store's pack map, read from
  *     the pack tables) and read from where it is now; only a chunk found nowhere is missing.
- *   - A compressed chunk (chunk-codec.ts) is inflated in zlib's thread pool, then checked like
- *     any other; one that does not inflate to its size is ERR_CHECKSUM.
+ *   - A compressed chunk (chunk-codec.ts) is decompressed in libuv's thread pool (a run's chunks
+ *     as one batch), then checked like any other; one that does not decompress to its size is
+ *     ERR_CHECKSUM.
  *   - Backend failures other than an absent object (ERR_UNAVAILABLE, …) pass through unchanged.
  */
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { chunkKey, storedSize, type ArtefactIndex, type ChunkRef } from './cas-index';
-import { decodeChunk, type Codec } from './chunk-codec';
+import { decodeChunk, decodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import { packKey } from './pack-format';
 import type { ChunkLocation } from './pack-map';
@@ -103,13 +104,12 @@ async function readRun(idx: ArtefactIndex, run: Run, o: ReadOptions): Promise<Bu
     return out;
   }
   let at = 0;
-  return Promise.all(
-    run.refs.map(async (ref, k) => {
-      const b = data.subarray(at, at + storedSize(ref));
-      at += storedSize(ref);
-      return check(idx, run.first + k, await decode(idx, run.first + k, b, ref.codec));
-    }),
-  );
+  const stored = run.refs.map((ref, k) => {
+    const b = data.subarray(at, at + storedSize(ref));
+    at += storedSize(ref);
+    return { stored: b, codec: ref.codec, size: ref.size, what: `artefact ${idx.path}: ${which(idx, run.first + k)}` };
+  });
+  return (await decodeChunks(stored)).map((b, k) => check(idx, run.first + k, b));
 }
 
 /** Chunk i's own bytes from the bytes stored for it. */

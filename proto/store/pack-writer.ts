@@ -12,12 +12,12 @@
  *     map; a failed job leaves at most a pack without a table (garbage collection's debris).
  *   - locate() fills in every reference's pack and offset; it is called only once every job has
  *     succeeded, so an index never names a pack whose upload did not finish.
- *   - With a codec, each chunk of a pack is compressed when its upload job runs (in zlib's thread
- *     pool, chunk-codec.ts) and kept compressed only when that saves; the reference then records
+ *   - With a codec, each chunk of a pack is compressed when its upload job runs (in libuv's thread
+ *     pool, the pack's chunks as one batch: chunk-codec.ts) and kept compressed only when that saves; the reference then records
  *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes.
  */
 import type { ChunkRef } from './cas-index';
-import { encodeChunk, type Codec } from './chunk-codec';
+import { encodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
 import { encodeTable, packKey, sealPack, tableKey, type PackEntry } from './pack-format';
@@ -85,7 +85,10 @@ export class PackWriter {
     if (chunks.length === 0) return null;
     this.open = { chunks: [], slots: [], bytes: 0 };
     return async () => {
-      const encoded = await Promise.all(chunks.map(async (c) => ({ sha256: c.sha256, raw: c.data.length, ...(await encodeChunk(c.data, this.codec)) })));
+      const encoded = (await encodeChunks(
+        chunks.map((c) => c.data),
+        this.codec,
+      )).map((e, i) => ({ sha256: (chunks[i] as { sha256: string }).sha256, raw: (chunks[i] as { data: Buffer }).data.length, ...e }));
       const p = sealPack(encoded);
       await this.backend.put(packKey(p.id), p.data);
       await this.backend.put(tableKey(p.id), encodeTable(p.table));

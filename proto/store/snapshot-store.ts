@@ -26,6 +26,25 @@ export interface StoredArtefact {
    * content-addressed one, 0 for a link there. Absent on artefacts described by a caller.
    */
   storedBytes?: number;
+  /**
+   * What the store asks a reader of this artefact to hand back to read() (set by create()/put()/
+   * link() results of a content-addressed store: CHUNK_LIST_ATTRIBUTE). Kept with the artefact in
+   * the snapshot's manifest (Artefact.attributes), so a restore can ask for a cheaper check.
+   */
+  attributes?: Record<string, string>;
+}
+
+/**
+ * The attribute a content-addressed store puts on what it writes: the SHA-256 of the artefact's
+ * chunk list (cas-index.ts, chunkListSha256). Given back to read() as `expect.chunkList`, it lets
+ * the store check each chunk only, not the whole artefact a second time (docs/storage.md, "Reading").
+ */
+export const CHUNK_LIST_ATTRIBUTE = 'store.chunk_list';
+
+/** What a reader already knows of an artefact, from its manifest (read()'s optional second argument). */
+export interface ReadExpect {
+  /** The artefact's CHUNK_LIST_ATTRIBUTE: its index must list exactly these chunks. */
+  chunkList?: string;
 }
 
 export interface ArtefactWriter {
@@ -50,9 +69,11 @@ export interface SnapshotStore {
   /**
    * The bytes of a committed artefact as a stream of chunks in order, for artefacts too big to
    * hold at once (memory images, disks); checked as get() is, a problem thrown by the iteration.
-   * ERR_NOT_FOUND (on the first step) when absent.
+   * ERR_NOT_FOUND (on the first step) when absent. `expect` (optional; stores that do not set
+   * attributes ignore it) is what the caller's manifest recorded; a store that uses it refuses an
+   * artefact that does not match it (ERR_CHECKSUM) before its first byte.
    */
-  read(relPath: string): AsyncIterable<Buffer>;
+  read(relPath: string, expect?: ReadExpect): AsyncIterable<Buffer>;
   /**
    * Make the committed artefact `from` also available as `to` (replacing an older `to`), without
    * copying its bytes where the store can avoid it; the two are independent from then on:

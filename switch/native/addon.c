@@ -11,7 +11,9 @@
  * Files: napi_util (errors, arguments), tap, packet, frame_write (TAP/packet writes), udp_sock
  * (UDP sockets and their per-socket state), udp_send (batched send, GSO), offload (segmenting,
  * coalescing, checksums) and offload_napi (its JS faces), poller/poller_read (batched reads),
- * bpf (the in-kernel data path's maps and test runs).
+ * bpf (the in-kernel data path's maps and test runs); zstd and cdc serve the snapshot store, not the
+ * switch (chunk compression in the thread pool, the content-defined chunker's loop: their contract
+ * is proto/store/store-native.ts).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -33,8 +33,9 @@ struct send_arena;
  * 4: writeFrames/writeFramesVnet skip a frame the kernel refuses on its own (EMSGSIZE, EINVAL,
  *    ENOMEM, EFAULT) and go on, counting it in opts.refused[0] (writeFrames' new opts argument).
  * 5: bpfObjGet, bpfMapUpdate, bpfMapLookup, bpfMapDelete, bpfProgTestRun (the in-kernel data path).
+ * 6: zstdCompress, zstdDecompress, cdcCuts (the snapshot store: proto/store/store-native.ts).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 5
+#define VNSNAP_IO_INTERFACE_VERSION 6
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -63,7 +64,9 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(gsoSegment, GsoSegment) X(groSplit, GroSplit)                       /* offload_napi.c */  \
   X(createPoller, CreatePoller)                                         /* poller.c */        \
   X(bpfObjGet, BpfObjGet) X(bpfMapUpdate, BpfMapUpdate) X(bpfMapLookup, BpfMapLookup)            \
-  X(bpfMapDelete, BpfMapDelete) X(bpfProgTestRun, BpfProgTestRun)       /* bpf.c */
+  X(bpfMapDelete, BpfMapDelete) X(bpfProgTestRun, BpfProgTestRun)       /* bpf.c */           \
+  X(zstdCompress, ZstdCompress) X(zstdDecompress, ZstdDecompress)       /* zstd.c */          \
+  X(cdcCuts, CdcCuts)                                                   /* cdc.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

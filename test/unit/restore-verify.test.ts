@@ -3,7 +3,8 @@ import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { isVnsnapError } from '../../proto/core/errors';
 import { verifiedRead, verifyingStore } from '../../agent/restore-verify';
-import { decodeIndex, encodeIndex, indexKey } from '../../proto/store/cas-index';
+import { chunkListSha256, decodeIndex, encodeIndex, indexKey } from '../../proto/store/cas-index';
+import { CHUNK_LIST_ATTRIBUTE } from '../../proto/store/snapshot-store';
 import { checkedClaim } from '../../proto/store/checked-read';
 import { packKey } from '../../proto/store/pack-format';
 import { readAhead } from '../../proto/store/read-ahead';
@@ -123,5 +124,52 @@ describe('restore-verify over a content-addressed store: each byte hashed twice,
     const raw = await consume(r.store.read(right.path));
     assert.equal(raw.error, out.error);
     assert.ok(out.got.length > 0 && out.got.length < raw.got.length, 'the chunks before the last, not the last');
+  });
+
+  describe('with the chunk list the manifest recorded (CHUNK_LIST_ATTRIBUTE): each byte hashed once', () => {
+    /** The artefact as its manifest records it: with the attributes its commit returned. */
+    async function recorded(): Promise<{ r: Rig; a: typeof right & { attributes: Record<string, string> } }> {
+      const r = rig({ pack: PACK });
+      const s = await r.store.put(right.path, data);
+      assert.deepEqual(Object.keys(s.attributes ?? {}), [CHUNK_LIST_ATTRIBUTE]);
+      return { r, a: { ...right, attributes: s.attributes as Record<string, string> } };
+    }
+
+    it('a read and a get of a memory image hash its bytes once (per chunk) and hand them all out', async () => {
+      const { r, a } = await recorded();
+      const idx = decodeIndex(await r.objects.get(indexKey(a.path)), a.path);
+      // Each byte once, plus the chunk list's text (its SHA-256 compared with the manifest's).
+      const once = data.length + 'vnsnap-chunk-list/1\n'.length + idx.chunks.reduce((n, c) => n + `${c.sha256} ${c.size}\n`.length, 0);
+      const parts: Buffer[] = [];
+      assert.equal(await hashedBytes(async () => {
+        for await (const b of verifyingStore(r.store, [a]).read(a.path)) parts.push(b);
+      }), once);
+      assert.deepEqual(Buffer.concat(parts), data);
+      let whole: Buffer = Buffer.alloc(0);
+      assert.equal(await hashedBytes(async () => void (whole = await verifyingStore(r.store, [a]).get(a.path))), once);
+      assert.deepEqual(whole, data);
+    });
+
+    it('a forged index (another artefact\'s chunks under the expected SHA-256) is ERR_CHECKSUM before any byte is handed out', async () => {
+      const { r, a } = await recorded();
+      await r.store.put('s1/other', bytes(200 * KiB, 22));
+      const forged = decodeIndex(await r.objects.get(indexKey('s1/other')), 's1/other');
+      await r.objects.put(indexKey(a.path), encodeIndex({ ...forged, path: a.path, sha256: a.sha256 }));
+      const out = await consume(verifyingStore(r.store, [a]).read(a.path));
+      const msg = `ERR_CHECKSUM: artefact s1/vm.mem: its index lists other chunks than when it was written (chunk list SHA-256 ${chunkListSha256(forged.chunks)}, the manifest says ${a.attributes[CHUNK_LIST_ATTRIBUTE]}): the index was replaced or forged`;
+      assert.deepEqual(out, { got: '', error: msg });
+      assert.equal(await failure(verifyingStore(r.store, [a]).get(a.path)), msg);
+      // A manifest without the chunk list (an older one) gets the whole-artefact check, as before.
+      assert.match((await consume(verifyingStore(r.store, [right]).read(a.path))).error, /^ERR_CHECKSUM: artefact s1\/vm\.mem: its chunks have SHA-256 \w+, its index says /);
+    });
+
+    it('a corrupt chunk is still refused naming it, the last chunk never handed out', async () => {
+      const { r, a } = await recorded();
+      const idx = decodeIndex(await r.objects.get(indexKey(a.path)), a.path);
+      r.objects.corrupt(packKey(idx.chunks[idx.chunks.length - 1]?.pack as string));
+      const out = await consume(verifyingStore(r.store, [a]).read(a.path));
+      assert.match(out.error, /^ERR_CHECKSUM: artefact s1\/vm\.mem: chunk \d+ of \d+ \(\w+\) is corrupt /);
+      assert.ok(out.got.length < data.length);
+    });
   });
 });

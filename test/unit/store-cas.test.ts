@@ -1,8 +1,9 @@
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import type { ErrorCode } from '../../proto/core/errors';
-import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
+import { chunkKey, chunkListSha256, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
+import { CHUNK_LIST_ATTRIBUTE } from '../../proto/store/snapshot-store';
 import { snapshotStoreCompliance } from '../support/compliance/store';
 import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
@@ -35,8 +36,8 @@ describe('CasStore', () => {
   it('lays an artefact out as chunks named by SHA-256 and an index listing them in order', async () => {
     const data = bytes(100 * KiB, 1);
     const a = await store.put('snapshots/s1/vm1.mem', data);
-    assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: data.length, sha256: sha(data), storedBytes: data.length });
     const idx = decodeIndex(await objects.get('artefacts/snapshots/s1/vm1.mem.idx'), 'snapshots/s1/vm1.mem');
+    assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: data.length, sha256: sha(data), storedBytes: data.length, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(idx.chunks) } });
     assert.deepEqual({ size: idx.size, sha256: idx.sha256, chunker: idx.chunker }, { size: data.length, sha256: sha(data), chunker: { algo: 'fastcdc-gear32', ...SMALL } });
     let off = 0;
     for (const c of idx.chunks) {

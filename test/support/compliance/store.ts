@@ -14,7 +14,8 @@
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import { isVnsnapError, type ErrorCode } from '../../../proto/core/errors';
-import type { SnapshotStore } from '../../../proto/store/snapshot-store';
+import { chunkListSha256 } from '../../../proto/store/cas-index';
+import { CHUNK_LIST_ATTRIBUTE, type SnapshotStore } from '../../../proto/store/snapshot-store';
 
 export interface StoreHarness {
   /** A fresh, empty store. */
@@ -29,6 +30,12 @@ export interface StoreHarness {
 export type OpenFullStore = () => Promise<{ store: SnapshotStore; room: number }>;
 
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
+
+/** The attributes a store returns for `content` written whole: a content-addressed store binds its chunk list (one chunk for these small artefacts). */
+function attrsOf(harness: StoreHarness, content: string): { attributes?: Record<string, string> } {
+  if (!harness.dedup) return {};
+  return { attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(content === '' ? [] : [{ sha256: sha(content), size: Buffer.byteLength(content) }]) } };
+}
 
 function rejectsWith(p: Promise<unknown>, code: ErrorCode, message?: string | RegExp): Promise<void> {
   return assert.rejects(p, (e) => {
@@ -51,12 +58,12 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
 
     it('put returns the path, size and lower-case SHA-256; get, stat and list see exactly that artefact', async () => {
       const a = await store.put('snapshots/s1/vm1.mem', Buffer.from('hello world'));
-      assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: 11, sha256: sha('hello world'), storedBytes: 11 });
+      assert.deepEqual(a, { path: 'snapshots/s1/vm1.mem', size: 11, sha256: sha('hello world'), storedBytes: 11, ...attrsOf(harness, 'hello world') });
       assert.deepEqual(await store.get('snapshots/s1/vm1.mem'), Buffer.from('hello world'));
       assert.equal(await store.stat('snapshots/s1/vm1.mem'), 11);
       assert.deepEqual(await store.list(''), ['snapshots/s1/vm1.mem']);
       const empty = await store.put('snapshots/s1/empty', new Uint8Array(0));
-      assert.deepEqual(empty, { path: 'snapshots/s1/empty', size: 0, sha256: sha(''), storedBytes: 0 });
+      assert.deepEqual(empty, { path: 'snapshots/s1/empty', size: 0, sha256: sha(''), storedBytes: 0, ...attrsOf(harness, '') });
       assert.deepEqual(await store.get('snapshots/s1/empty'), Buffer.alloc(0));
       assert.equal(await store.stat('snapshots/s1/empty'), 0);
     });
@@ -77,7 +84,7 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
     it('link gives an artefact a second, independent name', async () => {
       await store.put('snapshots/s1/disk', Buffer.from('layer bytes'));
       const l = await store.link('snapshots/s1/disk', 'snapshots/s2/disk');
-      assert.deepEqual(l, { path: 'snapshots/s2/disk', size: 11, sha256: sha('layer bytes'), storedBytes: harness.dedup ? 0 : 11 });
+      assert.deepEqual(l, { path: 'snapshots/s2/disk', size: 11, sha256: sha('layer bytes'), storedBytes: harness.dedup ? 0 : 11, ...attrsOf(harness, 'layer bytes') });
       await store.deleteByPrefix('snapshots/s1/');
       assert.deepEqual(await store.get('snapshots/s2/disk'), Buffer.from('layer bytes'));
       assert.equal(await store.verify(l), null);
@@ -103,7 +110,7 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
     it('put replaces an artefact of the same path whole', async () => {
       await store.put('a/b', Buffer.from('first version, longer'));
       const a = await store.put('a/b', Buffer.from('second'));
-      assert.deepEqual(a, { path: 'a/b', size: 6, sha256: sha('second'), storedBytes: 6 });
+      assert.deepEqual(a, { path: 'a/b', size: 6, sha256: sha('second'), storedBytes: 6, ...attrsOf(harness, 'second') });
       assert.deepEqual(await store.get('a/b'), Buffer.from('second'));
       assert.deepEqual(await store.list('a/'), ['a/b']);
     });
@@ -118,7 +125,7 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
       assert.equal(await store.stat('snapshots/s1/vm1.mem'), null);
       await rejectsWith(store.get('snapshots/s1/vm1.mem'), 'ERR_NOT_FOUND');
       assert.deepEqual(await store.list(''), []);
-      assert.deepEqual(await w.commit(), { path: 'snapshots/s1/vm1.mem', size: 13, sha256: sha('one two three'), storedBytes: 13 });
+      assert.deepEqual(await w.commit(), { path: 'snapshots/s1/vm1.mem', size: 13, sha256: sha('one two three'), storedBytes: 13, ...attrsOf(harness, 'one two three') });
       assert.deepEqual(await store.get('snapshots/s1/vm1.mem'), Buffer.from('one two three'));
       assert.deepEqual(await store.list(''), ['snapshots/s1/vm1.mem']);
       await rejectsWith(w.write(Buffer.from('more')), 'ERR_STATE', 'artefact snapshots/s1/vm1.mem is already committed');

@@ -1,0 +1,60 @@
+/**
+ * The snapshot store's native helpers: zstd compression and the content-defined chunker's inner
+ * loop, in C in the vnsnap_io addon (switch/native/zstd.c, switch/native/cdc.c), because the
+ * store's write path in JavaScript and zlib ran at about 47 MiB/s against 653 MiB/s for whole
+ * files (docs/performance.md, "Snapshot storage"). The coordinator opens stores too and imports
+ * only proto/, so the store loads the addon itself (the same build/Release/vnsnap_io.node that
+ * switch/native-io.ts loads; Node loads it once per process) rather than through switch/.
+ *
+ * Guarantees:
+ *   - storeNative() is the addon's store entry points, loaded once, or null when the addon is not
+ *     built or lacks them (built from older sources): the store then falls back to the JavaScript
+ *     chunker (same boundaries, chunker.ts) and writes DEFLATE instead of zstd (chunk-codec.ts);
+ *     only reading a zstd chunk needs the addon, and without it is ERR_UNSUPPORTED_VERSION saying so.
+ *   - Nothing here throws at import; loading is lazy.
+ */
+import * as path from 'node:path';
+
+export interface StoreNative {
+  /** One zstd frame per chunk, compressed at `level` in libuv's thread pool. */
+  zstdCompress(chunks: Buffer[], level: number): Promise<Buffer[]>;
+  /**
+   * Frame i decompressed to exactly sizes[i] bytes, in the thread pool; rejects with code
+   * 'ERR_ZSTD', `index` the first frame that failed, when one is not a whole frame of its size.
+   */
+  zstdDecompress(frames: Buffer[], sizes: number[]): Promise<Buffer[]>;
+  /**
+   * The chunk boundaries in data (offsets just past each chunk that closes), written to out;
+   * state [pos, h] carries the open chunk across calls; params [min, avg, max, maskS, maskL].
+   * out needs data.length / min + 2 entries. Returns how many were written.
+   */
+  cdcCuts(data: Uint8Array, state: Uint32Array, params: Uint32Array, out: Uint32Array): number;
+}
+
+/** The error zstdDecompress rejects with. */
+export interface ZstdError extends Error {
+  code: 'ERR_ZSTD';
+  index: number;
+}
+
+export const isZstdError = (e: unknown): e is ZstdError => e instanceof Error && (e as { code?: unknown }).code === 'ERR_ZSTD' && typeof (e as { index?: unknown }).index === 'number';
+
+let loaded: StoreNative | null | undefined;
+
+/** The addon's store entry points, or null (module comment). */
+export function storeNative(): StoreNative | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
+  for (const c of [path.join(__dirname, '..', '..', '..', 'build', 'Release', 'vnsnap_io.node'), path.join(__dirname, '..', '..', 'build', 'Release', 'vnsnap_io.node')]) {
+    let mod: Partial<StoreNative>;
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      mod = require(c) as Partial<StoreNative>;
+    } catch {
+      continue;
+    }
+    if (typeof mod.zstdCompress === 'function' && typeof mod.zstdDecompress === 'function' && typeof mod.cdcCuts === 'function') loaded = mod as StoreNative;
+    break;
+  }
+  return loaded;
+}
