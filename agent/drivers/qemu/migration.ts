@@ -53,7 +53,7 @@ import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
-import { StreamIntoStore } from '../image-stream';
+import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
@@ -101,6 +101,8 @@ export class QemuJob extends DriverJob {
   private trace: [string, number][] = [];
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
+  /** Releases the agent-wide hold of the store's writes taken at the VM's stop (cut()). */
+  private releaseStore: (() => void) | undefined;
 
   constructor(
     private readonly vmObj: QemuVm,
@@ -339,8 +341,15 @@ export class QemuJob extends DriverJob {
     try {
       return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
     } finally {
+      this.releaseStore?.();
+      this.releaseStore = undefined;
       this.qmpTrace.stop();
     }
+  }
+
+  /** From the VM's stop to the end of its cut no stream of this agent writes into the store (image-stream.ts). */
+  private holdStore(): void {
+    this.releaseStore ??= holdStoreWrites();
   }
 
   private mark(step: string): void {
@@ -356,6 +365,7 @@ export class QemuJob extends DriverJob {
         atPause,
         snapshotDisk: () => this.disk.snapshot(),
         stopped: () => {
+          this.holdStore();
           this.pausedByUs = true;
           this.vmObj.status = 'paused';
         },
@@ -389,7 +399,10 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => {
+        this.holdStore();
+        this.mark('stopped');
+      }, mark: (m) => this.mark(m) };
       try {
         await reachSwitchover(s);
       } catch (e) {
@@ -400,6 +413,7 @@ export class QemuJob extends DriverJob {
       }
     }
     const stopEv = this.vmObj.lastStop;
+    this.holdStore();
     this.mark('paused');
     this.preSwitchover = undefined;
     this.pausedByUs = true;
