@@ -15,7 +15,7 @@
  *          on, the rest off), migrate-set-parameters
  *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain, migrate into the
  *          socket opened at begin, QEMU resumes the VM itself)
- *   In both modes, from the VM's stop to the end of its cut no stream of this agent writes
+ *   In both modes, from the commit to the end of the VM's cut no stream of this agent writes
  *   into the store (image-stream.ts holdStoreWrites: other VMs' streams hashed on this loop).
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
@@ -107,7 +107,7 @@ export class QemuJob extends DriverJob {
   private trace: [string, number][] = [];
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
-  /** Releases the agent-wide hold of the store's writes taken at the VM's stop (cut()). */
+  /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
   private releaseStore: (() => void) | undefined;
 
   constructor(
@@ -346,6 +346,7 @@ export class QemuJob extends DriverJob {
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
     this.qmpTrace = CutQmpTrace.start(this.q);
+    this.holdStore(); // from the commit: the stop's round trip and the STOP's delivery too
     try {
       return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
     } finally {
@@ -355,7 +356,7 @@ export class QemuJob extends DriverJob {
     }
   }
 
-  /** From the VM's stop to the end of its cut no stream of this agent writes into the store (image-stream.ts). */
+  /** From the commit to the end of this cut no stream of this agent writes into the store (image-stream.ts). */
   private holdStore(): void {
     this.releaseStore ??= holdStoreWrites();
   }
@@ -373,7 +374,6 @@ export class QemuJob extends DriverJob {
         atPause,
         snapshotDisk: () => this.disk.snapshot(),
         stopped: () => {
-          this.holdStore();
           this.pausedByUs = true;
           this.vmObj.status = 'paused';
         },
@@ -407,10 +407,7 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => {
-        this.holdStore();
-        this.mark('stopped');
-      }, mark: (m) => this.mark(m) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m) };
       try {
         await reachSwitchover(s);
       } catch (e) {
@@ -421,7 +418,6 @@ export class QemuJob extends DriverJob {
       }
     }
     const stopEv = this.vmObj.lastStop;
-    this.holdStore();
     this.mark('paused');
     this.preSwitchover = undefined;
     this.pausedByUs = true;
