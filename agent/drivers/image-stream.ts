@@ -15,6 +15,13 @@
  *                    pass, sent while the VM is paused: it must not wait behind the backlog);
  *                    holdWrites() also stops the writes until releaseWrites() (the store
  *                    catches up after the VM resumed).
+ *                    holdStoreWrites() holds the writes of every stream of this process (the
+ *                    agent) while one of its VMs is paused in a cut: a store write hashes on the
+ *                    event loop, and a 512 KiB batch of another VM's stream there delayed the
+ *                    paused VM's STOP, QMP replies and drain by 15-23 ms. Such a hold keeps each
+ *                    stream's bound (its socket is paused above bufferBytes, so memory stays
+ *                    bounded) and ends by itself after its limit (STORE_HOLD_LIMIT_MS) should a
+ *                    cut never release it.
  *                    `ended` resolves once the sender closed the stream (EOF) and every byte
  *                    was written into the writer; committing is the caller's (it also waits for
  *                    the hypervisor to report success). discard() turns the stream into a sink
@@ -42,6 +49,51 @@ import type { ArtefactWriter } from '../../proto/store/snapshot-store';
  * buffer through in one go.
  */
 const WRITE_BATCH = 512 * 1024;
+
+/** Longest time holdStoreWrites() holds the store's writes if nobody releases them (ms). */
+export const STORE_HOLD_LIMIT_MS = 2000;
+
+/** The streams of this process that may still write into the store (holdStoreWrites() resumes them). */
+const liveStreams = new Set<StreamIntoStore>();
+/** Holds taken and not released; the writes resume at 0 or once the oldest hold's limit passed. */
+let storeHolds = 0;
+let storeHoldExpired = false;
+let storeHoldTimer: NodeJS.Timeout | undefined;
+
+/** Whether the store's writes are held for the whole process now. */
+export function storeWritesHeld(): boolean {
+  return storeHolds > 0 && !storeHoldExpired;
+}
+
+/**
+ * Hold every stream's store writes in this process (the sockets are still read, within each
+ * stream's bound) until every hold taken is released, or `limitMs` after the first one.
+ * Returns the release (idempotent).
+ */
+export function holdStoreWrites(limitMs = STORE_HOLD_LIMIT_MS): () => void {
+  if (storeHolds++ === 0) {
+    storeHoldExpired = false;
+    storeHoldTimer = setTimeout(() => {
+      storeHoldExpired = true;
+      resumeStoreWrites();
+    }, limitMs);
+    storeHoldTimer.unref();
+  }
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    if (--storeHolds > 0) return;
+    clearTimeout(storeHoldTimer);
+    storeHoldTimer = undefined;
+    storeHoldExpired = false;
+    resumeStoreWrites();
+  };
+}
+
+function resumeStoreWrites(): void {
+  for (const st of liveStreams) st.resumeWrites();
+}
 
 export interface StreamIntoStoreOptions {
   /** Bytes read from the socket that may wait for the store before the socket is paused. */
@@ -88,6 +140,8 @@ export class StreamIntoStore {
   ) {
     this.ended = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.ended.catch(() => undefined);
+    liveStreams.add(this);
+    this.ended.finally(() => liveStreams.delete(this)).catch(() => undefined);
     server.on('connection', (c) => this.onConnection(c));
   }
 
@@ -163,7 +217,7 @@ export class StreamIntoStore {
     this.pumping = true;
     void (async () => {
       try {
-        while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld) {
+        while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
           const batch = this.takeBatch();
           await this.writer.write(batch);
           await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
@@ -177,7 +231,7 @@ export class StreamIntoStore {
       }
       if (this.failure) return;
       if (this.pending.length > 0 && !this.discarding) {
-        if (!this.writesHeld) this.pump();
+        if (!this.writesHeld && !storeWritesHeld()) this.pump();
       } else if (this.eof) this.settle.resolve();
     })();
   }
@@ -230,6 +284,11 @@ export class StreamIntoStore {
     this.pump();
   }
 
+  /** The process-wide hold ended (holdStoreWrites()): write what waits, unless held otherwise. */
+  resumeWrites(): void {
+    if (!this.writesHeld && !storeWritesHeld()) this.pump();
+  }
+
   /** From now on drop what arrives (an abort); `ended` then rejects with ERR_SNAPSHOT_ABORTED. */
   discard(): void {
     if (this.discarding) return;
@@ -256,6 +315,7 @@ export class StreamIntoStore {
 
   /** Close the connection and the listener, remove the socket file (idempotent). */
   async close(): Promise<void> {
+    liveStreams.delete(this);
     this.conn?.destroy();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await fsp.rm(this.sockPath, { force: true });

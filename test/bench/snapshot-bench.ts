@@ -31,9 +31,14 @@
  * guest and mode: every trace phase's median / p95 / max, and the longest pauses with their
  * trace lines (stderr with --json). The targets of issue 15 are printed as ratios, MET or not.
  *
- *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]
+ *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --help]
  *
  * With --json stdout is exactly one JSON object (progress and the report go to stderr).
+ * snapshot_mib is the median size of one snapshot of the VNE per mode (the sum of its artefacts'
+ * lengths: the four VMs' memory streams and disk layers): a pre-copy stream holds every page
+ * each of its passes sent, so a hold that keeps QEMU iterating shows here.
+ * On SIGINT or SIGTERM the clusters of the run (namespaces, agents, QEMUs, directories) are
+ * removed before the bench exits (130 / 143).
  */
 import * as os from 'node:os';
 import { buildDistroGuest, distroImageRoots, type DistroImage } from '../guest/distro-guest';
@@ -42,17 +47,56 @@ import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestSta
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
-import { usageExit } from './args';
+import { forEachFlag, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine } from './snapshot-wall';
 
-const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N]';
-const JSON_OUT = process.argv.includes('--json');
-const roundsArg = process.argv.indexOf('--rounds');
-const ROUNDS = roundsArg >= 0 ? Number(process.argv[roundsArg + 1]) : 10;
+const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --help]';
+const HELP = `${USAGE}
+  --json        stdout is one JSON object; progress and the report go to stderr
+  --no-distro   the test guests only (no distro-guest VNE, no image-size leg)
+  --rounds N    snapshots per mode and guest (default 10); 1-2 for a quick check
+  --help        this text`;
+let JSON_OUT = false;
+let NO_DISTRO = false;
+let ROUNDS = 10;
+forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, msg), (flag, value) => {
+  if (flag === '--help' || flag === '-h') {
+    process.stdout.write(HELP + '\n');
+    process.exit(0);
+  } else if (flag === '--json') JSON_OUT = true;
+  else if (flag === '--no-distro') NO_DISTRO = true;
+  else if (flag === '--rounds') ROUNDS = Number(value());
+  else usageExit('bench:snapshot', USAGE, `unknown argument ${flag}`);
+});
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) usageExit('bench:snapshot', USAGE, '--rounds needs a whole number ≥ 1');
+
+// ---- cleanup: on the end, a failure, SIGINT or SIGTERM ----------------------------------------
+
+/** The clusters up now (test guests, distro guests): a signal removes them before the exit. */
+const clusters = new Set<Cluster>();
+
+/** Stop the VNE and remove the cluster (namespaces, agents, QEMUs, directory); idempotent. */
+async function removeCluster(c: Cluster): Promise<void> {
+  try {
+    await destroyE2eCluster(c);
+  } finally {
+    clusters.delete(c);
+  }
+}
+
+function onSignal(sig: NodeJS.Signals): void {
+  process.stderr.write(`bench:snapshot: ${sig}: removing the clusters\n`);
+  const left = [...clusters].map((c) => removeCluster(c).catch((e: Error) => process.stderr.write(`bench:snapshot: ${e.message}\n`)));
+  void Promise.all(left).finally(() => {
+    killE2eQemus();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  });
+}
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
 
 /** Progress, and with --json the report: stderr; otherwise stdout. */
 const say = (s: string): void => {
@@ -154,6 +198,11 @@ async function guestRun(c: Cluster, label: string, rounds: number): Promise<Gues
   return { background, precopy, baseline: base, bareQemu: bare, problems };
 }
 
+/** The median size of one snapshot per mode, MiB (its artefacts' lengths). */
+function sizesMib(g: GuestRun): { background: number; precopy: number } {
+  return { background: r2(median(g.background.sizes) / 1048576), precopy: r2(median(g.precopy.sizes) / 1048576) };
+}
+
 function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null } {
   return { background: stats(g.background.pauses), precopy: stats(g.precopy.pauses), baseline: stats(g.baseline.pauses), bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null };
 }
@@ -176,6 +225,7 @@ async function distroRun(): Promise<GuestRun> {
   say('distro guest image (built once, cached) ...');
   const image = buildDistroGuest();
   const c = new Cluster({ prefix: 'vnsd', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: distroImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  clusters.add(c);
   try {
     await startVne(c, image, 'distro: coordinator + 2 agents up; starting 4 Debian 12 guests (192 MiB, systemd, TCG) ...', 400_000);
     say(`distro: all 5 streams up; ${ROUNDS} rounds per mode ...`);
@@ -183,7 +233,7 @@ async function distroRun(): Promise<GuestRun> {
     if (g.problems.length) say(`  distro guest consoles saved: ${saveConsoles('/var/tmp/vnsnap-bench-distro-consoles').join(', ')}`);
     return g;
   } finally {
-    await destroyE2eCluster(c);
+    await removeCluster(c);
   }
 }
 
@@ -207,6 +257,7 @@ async function main(): Promise<void> {
   say('guest image (built once, cached) ...');
   const image = buildGuest();
   const c = new Cluster({ prefix: 'vnsb', hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000 });
+  clusters.add(c);
   try {
     const first = await startVne(c, image, 'coordinator + 2 agents (qemu driver) up; starting 4 guests (128 MiB, TCG) ...', 180_000);
     say(`all 5 streams up (memory + disk load running); ${ROUNDS} rounds per mode ...`);
@@ -254,9 +305,11 @@ async function main(): Promise<void> {
       restore_s: { vne: r2(restoreS), single_vm: r2(singleVm), defined_vne: r2(restored.defined?.seconds ?? 0), defined_single_vm: r2(restored.defined?.loadToResumeS ?? 0) },
       streams_intact: problems.length === 0,
       cut_spread_ms: Math.max(...g.background.spreads, ...g.precopy.spreads),
+      snapshot_mib: sizesMib(g),
     };
     const report = [...guestTable(`4 VMs (128 MiB, TCG) on 2 hosts, streams + memory + disk load, ${ROUNDS} rounds per mode`, out.pause_ms, g)];
     report.push(`  snapshot wall time (median): background ${snapshotS.background} s, precopy ${snapshotS.precopy} s; I/O floor ${snapshotS.io_floor} s for ${(snapBytes / 1048576).toFixed(0)} MiB`);
+    report.push(`  snapshot size (median, the whole VNE): background ${out.snapshot_mib.background} MiB, precopy ${out.snapshot_mib.precopy} MiB`);
     report.push(`  baseline: slowest single-VM save ${snapshotS.slowest_single_vm} s, ${(g.baseline.bytes / 1048576).toFixed(0)} MiB written (memory only)`);
     report.push(`  restore: whole VNE ${restoreS.toFixed(2)} s (the VMs' own load + resume ${out.restore_s.single_vm} s); onto the stopped VNE ${out.restore_s.defined_vne} s (load + resume ${out.restore_s.defined_single_vm} s)`);
     report.push(`  cut spread: max ${out.cut_spread_ms} ms, median ${median([...g.background.spreads, ...g.precopy.spreads])} ms`);
@@ -266,11 +319,9 @@ async function main(): Promise<void> {
     let distro: GuestRun | undefined;
     let distroError: string | undefined;
     let imageVsUsed: number | undefined;
-    if (!process.argv.includes('--no-distro')) {
-      // the test guests' cluster goes first (destroy() is idempotent: the finally below repeats it)
-      await c.cli(['vne', 'stop', E2E_VNE], 30_000).catch(() => undefined);
-      killE2eQemus();
-      await c.destroy();
+    if (!NO_DISTRO) {
+      // the test guests' cluster goes first (idempotent: the finally below repeats it)
+      await removeCluster(c);
       try {
         distro = await distroRun();
         for (const p of distro.problems) say(`  PROBLEM: ${p}`);
@@ -293,6 +344,7 @@ async function main(): Promise<void> {
       pause_ms: pauseStats(distro),
       cut_spread_ms: Math.max(...distro.background.spreads, ...distro.precopy.spreads),
       streams_intact: distro.problems.length === 0,
+      snapshot_mib: sizesMib(distro),
     };
     if (distro && d) {
       report.push('', ...guestTable(`distro guests: 4 VMs (Debian 12, systemd, ext4 root, 192 MiB, TCG), ${ROUNDS} rounds per mode`, d.pause_ms, distro));
@@ -310,7 +362,7 @@ async function main(): Promise<void> {
       process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) } }) + '\n');
     }
   } finally {
-    await destroyE2eCluster(c);
+    await removeCluster(c);
   }
 }
 

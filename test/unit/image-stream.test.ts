@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { feedSocket, ReceiverGone, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
+import { feedSocket, holdStoreWrites, ReceiverGone, storeWritesHeld, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import { CasStore } from '../../proto/store/cas-store';
 import type { ArtefactWriter, StoredArtefact } from '../../proto/store/snapshot-store';
@@ -212,6 +212,65 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       assert.deepEqual(Buffer.concat(w.parts), data);
       assert.equal(st.buffered, 0);
     } finally {
+      await st.close();
+    }
+  });
+
+  it('save: holdStoreWrites() holds every stream of the process, within its bound, until the last hold is released', async () => {
+    const bufferBytes = 1 * MiB;
+    const ws = [new GatedWriter(), new GatedWriter()];
+    const sts = await Promise.all(ws.map((w, i) => StreamIntoStore.listen(path.join(dir, `mig${i}.sock`), w, { bufferBytes, what: `memory image of vm${i}` })));
+    const releaseA = holdStoreWrites();
+    const releaseB = holdStoreWrites(); // a second VM of the agent paused meanwhile
+    try {
+      assert.equal(storeWritesHeld(), true);
+      const small = bytes(256 * KiB, 11);
+      const big = bytes(6 * MiB, 12);
+      const s0 = send((sts[0] as StreamIntoStore).sockPath, small);
+      const s1 = send((sts[1] as StreamIntoStore).sockPath, big);
+      await s0.done;
+      await until('both streams read what they may', () => ((sts[0] as StreamIntoStore).received === small.length && (sts[1] as StreamIntoStore).buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(ws.map((w) => w.bytes), [0, 0], 'no write into the store while held');
+      assert.ok((sts[1] as StreamIntoStore).received < big.length, `the bound holds the big sender back (read ${(sts[1] as StreamIntoStore).received} of ${big.length})`);
+      releaseA();
+      releaseA(); // idempotent: one release per hold
+      assert.equal(storeWritesHeld(), true, 'held until the last hold is released');
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(ws.map((w) => w.bytes), [0, 0]);
+      releaseB();
+      assert.equal(storeWritesHeld(), false);
+      await s1.done;
+      await Promise.all(sts.map((st) => st.ended));
+      assert.deepEqual(Buffer.concat((ws[0] as GatedWriter).parts), small);
+      assert.deepEqual(Buffer.concat((ws[1] as GatedWriter).parts), big);
+    } finally {
+      releaseA();
+      releaseB();
+      for (const st of sts) await st.close();
+    }
+  });
+
+  it('save: a hold nobody releases ends by itself after its limit, and the next hold holds again', async () => {
+    const w = new GatedWriter();
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });
+    const t0 = performance.now();
+    const release = holdStoreWrites(200);
+    try {
+      const data = bytes(300 * KiB, 13);
+      await send(st.sockPath, data).done;
+      await until('every byte read', () => (st.received === data.length ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      assert.equal(w.bytes, 0, 'held');
+      await st.ended;
+      assert.ok(performance.now() - t0 >= 195, 'written only once the limit passed');
+      assert.equal(storeWritesHeld(), false);
+      assert.deepEqual(Buffer.concat(w.parts), data);
+      release();
+      const again = holdStoreWrites();
+      assert.equal(storeWritesHeld(), true, 'a new hold after the release holds');
+      again();
+    } finally {
+      release();
       await st.close();
     }
   });

@@ -15,13 +15,16 @@
  *          on, the rest off), migrate-set-parameters
  *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain, migrate into the
  *          socket opened at begin, QEMU resumes the VM itself)
+ *   In both modes, from the commit to the end of the VM's cut no stream of this agent writes
+ *   into the store (image-stream.ts holdStoreWrites: other VMs' streams hashed on this loop).
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
  *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
  *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
  *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
- *          so QEMU keeps iterating slowly, the VM running, instead of switching over by itself.
+ *          so QEMU keeps iterating, the VM running, instead of switching over by itself; how
+ *          fast, and what a convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
  *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
@@ -53,11 +56,12 @@ import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
-import { StreamIntoStore } from '../image-stream';
+import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
+import { holdAfterConvergence } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -91,6 +95,8 @@ export class QemuJob extends DriverJob {
   private restarts = 0;
   private restarting: Promise<void> | undefined;
   private bandwidth: number;
+  /** max-bandwidth of the hold (halved by each convergence during the hold). */
+  private holdBandwidth: number;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -101,6 +107,8 @@ export class QemuJob extends DriverJob {
   private trace: [string, number][] = [];
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
+  /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
+  private releaseStore: (() => void) | undefined;
 
   constructor(
     private readonly vmObj: QemuVm,
@@ -112,6 +120,7 @@ export class QemuJob extends DriverJob {
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
     this.bandwidth = o.precopyBandwidth;
+    this.holdBandwidth = o.holdBandwidth;
   }
 
   get vm(): string {
@@ -291,7 +300,7 @@ export class QemuJob extends DriverJob {
     if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
       this.isReady = true;
       // Keep QEMU iterating but unable to converge by itself: see the module comment.
-      this.q.execute('migrate-set-parameters', { 'max-bandwidth': this.o.holdBandwidth }).catch(() => undefined);
+      this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.holdBandwidth) }).catch(() => undefined);
       this.latch.set();
     }
     const p: SnapshotProgress = {
@@ -318,6 +327,7 @@ export class QemuJob extends DriverJob {
       if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
       if ((this.phase as JobPhase) !== 'precopy') return;
       this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
+      if (this.isReady) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
       this.isReady = false;
       await this.startPrecopy();
     } catch (e) {
@@ -336,11 +346,19 @@ export class QemuJob extends DriverJob {
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
     this.qmpTrace = CutQmpTrace.start(this.q);
+    this.holdStore(); // from the commit: the stop's round trip and the STOP's delivery too
     try {
       return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
     } finally {
+      this.releaseStore?.();
+      this.releaseStore = undefined;
       this.qmpTrace.stop();
     }
+  }
+
+  /** From the commit to the end of this cut no stream of this agent writes into the store (image-stream.ts). */
+  private holdStore(): void {
+    this.releaseStore ??= holdStoreWrites();
   }
 
   private mark(step: string): void {
