@@ -6,7 +6,7 @@
  * "Chunking") and docs/performance.md ("Snapshot storage"). Also each codec alone on the same
  * chunks: the stored fraction and compress / decompress MB/s of one core, for the zstd level.
  *
- *   npm run build && node dist/test/bench/store-write-bench.js [--json] FILE...
+ *   npm run bench:store-write -- [--json] FILE...
  *
  * FILE: real memory images (chunker-bench --make DIR writes some). Each figure is the best of two
  * passes (the machine is shared), in MiB/s of the artefact's own bytes.
@@ -21,7 +21,7 @@ import { storeNative } from '../../proto/store/store-native';
 import { MemoryObjects } from '../support/memory-objects';
 import { forEachFlag, usageExit } from './args';
 
-const USAGE = 'usage: node dist/test/bench/store-write-bench.js [--json] FILE...';
+const USAGE = 'usage: npm run bench:store-write -- [--json] FILE...';
 const MiB = 1 << 20;
 /** The pieces an image arrives in (a migration pipe's reads). */
 const PIECE = 1 * MiB;
