@@ -132,6 +132,11 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     return a ? { address: a.tunnelAddress, port: a.tunnelPort } : undefined;
   }
 
+  /** Whether the connected agent runs with certificates (its Register's `tls`); undefined when not connected. */
+  registeredTls(agentId: string): boolean | undefined {
+    return this.sessions.get(agentId)?.register.tls;
+  }
+
   /** VMs the agent reported running when it registered. */
   reportedRunning(agentId: string): RunningVm__Output[] {
     return this.sessions.get(agentId)?.register.running ?? [];

@@ -57,6 +57,12 @@ export interface MigrateDeps {
   log: Logger;
   events?: EventBus;
   newMigrationId?: (vne: string) => string;
+  /**
+   * Whether the agent runs with certificates (its Register's `tls`; undefined: not connected).
+   * Both ends of a move with them: the streams are mutual TLS, the destination admitting only
+   * the source's certificate; one end without: refused.
+   */
+  tlsOf?: (agentId: string) => boolean | undefined;
 }
 
 export type MigrateEventSink = (e: SnapshotEvent) => void;
@@ -65,6 +71,8 @@ interface Move {
   vm: string;
   from: string;
   to: string;
+  /** Both agents run with certificates: the streams are mutual TLS. */
+  tls: boolean;
 }
 
 export class MigrateSequencer {
@@ -87,7 +95,7 @@ export class MigrateSequencer {
         if (req.placement?.[vm] === from) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${vm} already runs on ${from}`);
         continue;
       }
-      moves.push({ vm, from, to });
+      moves.push({ vm, from, to, tls: false });
     }
     if (moves.length === 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', `nothing to migrate: every VM of ${vne.name} named already runs where asked (${Object.entries(current).map(([v, a]) => `${v} on ${a}`).join(', ')})`);
     for (const m of moves) {
@@ -96,8 +104,18 @@ export class MigrateSequencer {
         if (!catalog.getAgent(a)) throw new VnsnapError('ERR_NOT_FOUND', `agent "${a}" (${a === m.to ? 'destination' : 'host'} of VM ${m.vm}) is unknown`);
         throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${a}" (${a === m.to ? 'destination' : 'host'} of VM ${m.vm}) is not connected; nothing was migrated`);
       }
+      m.tls = this.tlsBetween(m);
     }
     return { vne, moves };
+  }
+
+  /** Both ends with certificates (true) or neither (false); one only: refused, before anything moved. */
+  private tlsBetween(m: Move): boolean {
+    const from = this.d.tlsOf?.(m.from) ?? false;
+    const to = this.d.tlsOf?.(m.to) ?? false;
+    if (from === to) return from;
+    const [withTls, without] = from ? [m.from, m.to] : [m.to, m.from];
+    throw new VnsnapError('ERR_FAILED_PRECONDITION', `agent "${withTls}" runs with certificates and agent "${without}" without: VM ${m.vm}'s disk and memory would cross the underlay in clear; nothing was migrated`);
   }
 
   async migrate(req: MigrateRequest, sink: MigrateEventSink = () => undefined): Promise<MigrationResult> {
@@ -163,11 +181,11 @@ export class MigrateSequencer {
     const ids = { migrationId: id, vne: vne0.name, vm: m.vm };
     let switched = false;
     try {
-      const inc = await sendOk(agents, m.to, { migrateIncoming: { ...ids, vm: { ...spec, host: m.to }, vneVms: vne0.vms } }, opts());
+      const inc = await sendOk(agents, m.to, { migrateIncoming: { ...ids, vm: { ...spec, host: m.to }, vneVms: vne0.vms, tls: m.tls, fromAgent: m.from } }, opts());
       const targets = inc.migrateIncoming;
       if (!targets) throw new VnsnapError('ERR_INTERNAL', `agent ${m.to}: MigrateIncoming returned no URIs`);
       emit({ note: `migrate: ${m.vm}: ${m.to} waits (disk ${targets.diskUri || 'none'}, memory ${targets.memoryUri})` });
-      const out = await sendOk(agents, m.from, { migrateOutgoing: { ...ids, diskUri: targets.diskUri, memoryUri: targets.memoryUri, toAgent: m.to } }, opts((p) => emit({ vm: { ...p, vm: p.vm || m.vm, host: p.host || m.from } })));
+      const out = await sendOk(agents, m.from, { migrateOutgoing: { ...ids, diskUri: targets.diskUri, memoryUri: targets.memoryUri, toAgent: m.to, tls: m.tls } }, opts((p) => emit({ vm: { ...p, vm: p.vm || m.vm, host: p.host || m.from } })));
       const paused = Number(out.migrateOutgoing?.pausedUnixUs ?? 0);
       if (out.migrateOutgoing?.throttled) emit({ note: `migrate: ${m.vm}: the guest's disk writes were throttled for the mirror to converge` });
       const vne = catalog.getVne(vne0.name) ?? vne0;

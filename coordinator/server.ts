@@ -162,7 +162,7 @@ export class CoordinatorServer implements Startable {
       ...deps,
       snapshots: this.snapshots,
       restores: this.restores,
-      migrations: new MigrateSequencer({ ...deps, log: log.child({ part: 'migrate' }) }),
+      migrations: new MigrateSequencer({ ...deps, log: log.child({ part: 'migrate' }), tlsOf: (a) => this.registry.registeredTls(a) }),
       log: log.child({ part: 'service' }),
       store,
       storeName,

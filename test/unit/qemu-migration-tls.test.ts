@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { QmpClient } from '../../agent/drivers/qemu/qmp';
-import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
+import { addTlsObjects, admittedDns, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
 import { VnsnapError } from '../../proto/core/errors';
 
 class ScriptedQmp {
@@ -52,6 +52,22 @@ describe('QEMU migration TLS credentials on any monitor', () => {
     assert.deepEqual(fs.readdirSync(dir).sort(), ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']);
     assert.equal(fs.readFileSync(path.join(dir, 'server-key.pem'), 'utf8'), 'KEY');
     assert.equal(fs.statSync(path.join(dir, 'server-key.pem')).mode & 0o777, 0o600);
+  });
+
+  it('server for a named source: the authz list admits exactly that agent\'s subject, nothing else', async () => {
+    const q = new ScriptedQmp();
+    await addTlsObjects(q as unknown as QmpClient, path.join(tmp, 'dst', 'tls'), files, 'server', 'the migration of blue/a', 'h1');
+    assert.deepEqual(q.sent[4]?.[1], {
+      'qom-type': 'authz-list',
+      id: TLS_AUTHZ,
+      policy: 'deny',
+      rules: [
+        { match: 'CN=h1,OU=agent', policy: 'allow', format: 'exact' },
+        { match: 'OU=agent,CN=h1', policy: 'allow', format: 'exact' },
+      ],
+    });
+    assert.deepEqual(admittedDns('h1.example-2_x').map((r) => r.match), ['CN=h1.example-2_x,OU=agent', 'OU=agent,CN=h1.example-2_x']);
+    for (const bad of ['h1,OU=agent', 'h*', 'a=b', 'h 1']) assert.throws(() => admittedDns(bad), (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_INVALID_ARGUMENT');
   });
 
   it('client: the x509 credentials only, no authz list', async () => {

@@ -88,6 +88,7 @@ export async function prepareIncoming(vm: QemuVm, listenAddress: string, tls?: M
     await q.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listenAddress, port: String(port) } }, ...secure });
     await q.execute('block-export-add', { type: 'nbd', id: EXPORT, 'node-name': vm.topNode, name: EXPORT, writable: true });
     diskUri = `nbd://${hostPart(listenAddress)}:${port}/${EXPORT}`;
+    keepFlushed(vm);
   }
   await q.execute('migrate-incoming', { uri: `tcp:${hostPart(listenAddress)}:0` });
   const info = await q.execute<MigrationInfo & { 'socket-address'?: { host?: string; port?: string }[] }>('query-migrate');
@@ -99,6 +100,7 @@ export async function prepareIncoming(vm: QemuVm, listenAddress: string, tls?: M
 /** Destination: wait for the state, stop the export, resume, announce. Returns the resume instant (µs). */
 export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<number> {
   const q = vm.q();
+  flushers.get(vm)?.();
   // Registered before the query: the destination finishes loading a moment after the source
   // reports completed, and its event must not fall between the two.
   const ended = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', timeoutMs);
@@ -134,6 +136,46 @@ export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<num
   await vm.refreshStatus();
   return ev ? eventUs(ev) : Date.now() * 1000;
 }
+
+/** Stops a destination's background flush (keepFlushed), by VM. */
+const flushers = new WeakMap<QemuVm, () => void>();
+
+/**
+ * Destination: while the mirror writes into the exported disk, write the host's dirty pages of
+ * its file out every FLUSH_EVERY_MS. The source's VM stop flushes every block node, the mirror's
+ * NBD target included, and that flush (the destination's fdatasync) lies inside the downtime: it
+ * then only has the last moments' writes to write out, not everything since the mirror was
+ * READY. Ends at resume, or when QEMU exits (a cancel).
+ */
+function keepFlushed(vm: QemuVm): void {
+  let stopped = false;
+  let busy = false;
+  let timer: NodeJS.Timeout | undefined;
+  let fh: fs.promises.FileHandle | undefined;
+  const close = (): void => void fh?.close().catch(() => undefined);
+  const stop = (): void => {
+    stopped = true;
+    clearTimeout(timer);
+    if (!busy) close();
+  };
+  const tick = async (): Promise<void> => {
+    busy = true;
+    try {
+      fh ??= await fs.promises.open(vm.topFile, 'r');
+      await fh.datasync();
+    } catch (e) {
+      vm.log.debug({ err: (e as Error).message }, 'background flush of the incoming disk failed');
+    }
+    busy = false;
+    if (stopped) close();
+    else timer = setTimeout(() => void tick(), FLUSH_EVERY_MS);
+  };
+  flushers.set(vm, stop);
+  void vm.exitPromise.then(stop);
+  timer = setTimeout(() => void tick(), FLUSH_EVERY_MS);
+}
+
+const FLUSH_EVERY_MS = 100;
 
 const eventUs = (ev: QmpEvent): number => ev.timestampUs || Date.now() * 1000;
 
@@ -194,7 +236,9 @@ export class OutgoingMigration {
     });
     ready.catch(() => undefined);
     failed.catch(() => undefined);
-    await this.q.execute('blockdev-mirror', { 'job-id': JOB, device: this.vm.topNode, target: TARGET_NODE, sync: 'full', 'auto-finalize': true, 'auto-dismiss': true });
+    // Active mode: a guest write returns once it is on both disks, so after the first pass the
+    // target never falls behind and the switchover has nothing left to copy.
+    await this.q.execute('blockdev-mirror', { 'job-id': JOB, device: this.vm.topNode, target: TARGET_NODE, sync: 'full', 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true });
     this.mirrorStarted = true;
     this.throttleTimer = setTimeout(() => void this.throttle(), this.o.throttleAfterMs);
     const poll = setInterval(() => void this.diskProgress(), this.o.progressMs);
