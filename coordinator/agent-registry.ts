@@ -132,9 +132,9 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     return a ? { address: a.tunnelAddress, port: a.tunnelPort } : undefined;
   }
 
-  /** Whether the connected agent runs with certificates (its Register's `tls`); undefined when not connected. */
-  registeredTls(agentId: string): boolean | undefined {
-    return this.sessions.get(agentId)?.register.tls;
+  /** The Register of the agent's current session (undefined when not connected). */
+  registration(agentId: string): Register__Output | undefined {
+    return this.sessions.get(agentId)?.register;
   }
 
   /** VMs the agent reported running when it registered. */
