@@ -15,9 +15,11 @@
  *     3. destination MigrateAttach: ports gated at the VNE's epoch and generation;
  *     4. the switchover: the catalog places the VM on its destination, and in one event-loop turn
  *        source MigrateFinish (its switch routes the VM's MACs to the destination, QEMU sends the
- *        rest, the source VM is stopped) and ConfigureVne with the new MAC routes to every agent
- *        of the VNE;
- *     5. destination MigrateResume (the VM runs, the gates open) → its downtime.
+ *        rest, the source VM is stopped), destination MigrateResume (it waits for its QEMU to
+ *        have the whole state, then the VM runs and the gates open: the downtime ends without
+ *        a round trip through the coordinator) and ConfigureVne with the new MAC routes to
+ *        every agent of the VNE;
+ *     5. the source's and the destination's Results → its downtime.
  *   A failure in 1–3, or of MigrateFinish (the source then resumed the VM itself; the catalog
  *   and the routes go back to it — unless the source's session ended during it and the
  *   destination resumes the VM: QEMU had delivered everything), sends MigrateCancel to both agents: the VM runs on at its
@@ -199,6 +201,10 @@ export class MigrateSequencer {
         return moved;
       });
       const finish = sendOk(agents, m.from, { migrateFinish: { ...ids, toAgent: m.to } }, opts());
+      // MigrateResume leaves with it: the destination resumes the VM the moment its QEMU has the
+      // whole state (which it has only if the source's QEMU completed), not a round trip later.
+      const resuming = sendOk(agents, m.to, { migrateResume: ids }, opts());
+      resuming.catch(() => undefined);
       const routes = Promise.all(hosts.filter((a) => agents.isConnected(a)).map((a) => sendOk(agents, a, { configureVne: withPeers(configureVneFor(now, a, agents), hosts, a, agents) }, opts())));
       let fin: Awaited<typeof finish> | undefined;
       try {
@@ -206,7 +212,7 @@ export class MigrateSequencer {
       } catch (e) {
         // The source's session ended during its switchover: the outcome is unknown. The
         // destination knows: its VM resumes only if QEMU delivered the whole state.
-        if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && (await agents.send(m.to, { migrateResume: ids }, opts()).then((r) => r.ok, () => false))) {
+        if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && (await resuming.then(() => true, () => false))) {
           switched = true;
           emit({ note: `migrate: ${m.vm}: ${m.from} went away during the switchover; the VM resumed on ${m.to}` });
           await routes.catch(() => undefined);
@@ -222,7 +228,7 @@ export class MigrateSequencer {
         throw e;
       }
       switched = true;
-      const resumed = await sendOk(agents, m.to, { migrateResume: ids }, opts());
+      const resumed = await resuming;
       await routes;
       const r = resumed.migrateResume;
       if (r?.diskPath) catalog.disks.put({ vne: vne0.name, vm: m.vm, host: m.to, path: r.diskPath, bytes: 0, keptUnixMs: 0 });
