@@ -21,6 +21,9 @@ class ScriptedQmp {
   }
 }
 
+/** The authz-list object QEMU gets: deny, except these subjects. */
+const authzList = (allow: [string, 'exact' | 'glob'][]) => ({ 'qom-type': 'authz-list', id: TLS_AUTHZ, policy: 'deny', rules: allow.map(([match, format]) => ({ match, policy: 'allow', format })) });
+
 describe('QEMU migration TLS credentials on any monitor', () => {
   let tmp: string;
   let files: { ca: string; cert: string; key: string };
@@ -33,22 +36,14 @@ describe('QEMU migration TLS credentials on any monitor', () => {
   });
   afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-  it('server: old objects cleared, the x509 credentials from the copied files, then the agent-only authz list', async () => {
+  it('server without a named source: old objects cleared, the x509 credentials from the copied files, then an authz list of any agent', async () => {
     const q = new ScriptedQmp();
     const dir = path.join(tmp, 'twin', 'tls');
     await addTlsObjects(q as unknown as QmpClient, dir, files, 'server', 'the twin');
     assert.deepEqual(q.sent.map(([c]) => c), ['migrate-set-parameters', 'object-del', 'object-del', 'object-add', 'object-add']);
     assert.deepEqual(q.sent[0]?.[1], { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' });
     assert.deepEqual(q.sent[3]?.[1], { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint: 'server', 'verify-peer': true });
-    assert.deepEqual(q.sent[4]?.[1], {
-      'qom-type': 'authz-list',
-      id: TLS_AUTHZ,
-      policy: 'deny',
-      rules: [
-        { match: 'CN=*,OU=agent', policy: 'allow', format: 'glob' },
-        { match: 'OU=agent,CN=*', policy: 'allow', format: 'glob' },
-      ],
-    });
+    assert.deepEqual(q.sent[4]?.[1], authzList([['CN=*,OU=agent', 'glob'], ['OU=agent,CN=*', 'glob']]));
     assert.deepEqual(fs.readdirSync(dir).sort(), ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']);
     assert.equal(fs.readFileSync(path.join(dir, 'server-key.pem'), 'utf8'), 'KEY');
     assert.equal(fs.statSync(path.join(dir, 'server-key.pem')).mode & 0o777, 0o600);
@@ -57,15 +52,7 @@ describe('QEMU migration TLS credentials on any monitor', () => {
   it('server for a named source: the authz list admits exactly that agent\'s subject, nothing else', async () => {
     const q = new ScriptedQmp();
     await addTlsObjects(q as unknown as QmpClient, path.join(tmp, 'dst', 'tls'), files, 'server', 'the migration of blue/a', 'h1');
-    assert.deepEqual(q.sent[4]?.[1], {
-      'qom-type': 'authz-list',
-      id: TLS_AUTHZ,
-      policy: 'deny',
-      rules: [
-        { match: 'CN=h1,OU=agent', policy: 'allow', format: 'exact' },
-        { match: 'OU=agent,CN=h1', policy: 'allow', format: 'exact' },
-      ],
-    });
+    assert.deepEqual(q.sent[4]?.[1], authzList([['CN=h1,OU=agent', 'exact'], ['OU=agent,CN=h1', 'exact']]));
     assert.deepEqual(admittedDns('h1.example-2_x').map((r) => r.match), ['CN=h1.example-2_x,OU=agent', 'OU=agent,CN=h1.example-2_x']);
     for (const bad of ['h1,OU=agent', 'h*', 'a=b', 'h 1']) assert.throws(() => admittedDns(bad), (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_INVALID_ARGUMENT');
   });
