@@ -27,9 +27,12 @@
  *                          disk deleted. Idempotent.
  *
  * One migration per VM at a time; the records live until finish/resume/cancel. When the
- * session with the coordinator ends, every migration settles locally (sessionLost). With the
- * agent's certificates both streams are mutual TLS (the destination's name checked by the
- * source; drivers/qemu/migration-tls.ts).
+ * session with the coordinator ends, every migration settles locally (sessionLost), except the
+ * two ends of a switchover: a paused source is held for holdMs, and both are reported in the
+ * next Register (held()) for the coordinator to finish or cancel as its catalog says. resume is
+ * idempotent (the coordinator sends it with MigrateFinish, and again after a restart). With the
+ * agent's certificates both streams are mutual TLS (each end checks the other's agent name;
+ * drivers/qemu/migration-tls.ts).
  */
 import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 import { VnsnapError } from '../proto/core/errors';

@@ -8,15 +8,22 @@
  *                `nbd-server-start` on the agent's underlay address and `block-export-add`
  *                (writable) of the disk's node; `migrate-incoming tcp:ADDR:0` (the port QEMU
  *                took is read back from query-migrate's socket-address). Returns the two URIs.
+ *                Until resume, the disk file is fdatasync'd every 100 ms (keepFlushed): the
+ *                source's VM stop flushes the mirror target inside the downtime, and then
+ *                finds little to write.
  *   source       outgoing(): `blockdev-add` an nbd node for the destination's export,
- *                `blockdev-mirror` sync=full from the disk's top node with the VM running; the
- *                guest's writes go to both once the job is READY. If READY has not come within
+ *                `blockdev-mirror` sync=full copy-mode=write-blocking from the disk's top node
+ *                with the VM running: an active mirror, each guest write returns once it is on
+ *                both disks, so nothing is left to copy at the pause (QEMU 7.2 cannot switch a
+ *                running job to active mode; docs/migration.md says why it is active from the
+ *                start). If READY has not come within
  *                throttleAfterMs, the guest's writes are throttled (`block_set_io_throttle`
  *                bps_wr on the VM's disk; seed 004's write throttling) until the migration ends.
  *                Then `migrate` with pause-before-switchover: pre-copy of memory while the
  *                mirror keeps the disk in sync; at MIGRATION pre-switchover QEMU has paused the
  *                VM: the mirror is cancelled-as-ready (`block-job-cancel` of a READY mirror
- *                completes it with the target identical, without pivoting the source onto it).
+ *                completes it with the target identical, without pivoting the source onto it;
+ *                with the active mirror there is nothing left to copy).
  *                untilPaused() resolves here, the mirror still completing (meanwhile the
  *                coordinator has the destination attach the VM's ports).
  *                finish(): the mirror completed (a failure there is finish's failure: the VM
@@ -25,7 +32,8 @@
  *                cancel(): the mirror cancelled, `migrate_cancel`, the nbd node deleted, the
  *                throttle lifted, `cont` if the VM was paused by the migration: it runs on
  *                untouched (its own disk was only read).
- *   destination  resume(): MIGRATION completed, `cont`, the NBD export and server removed,
+ *   destination  resume(): (called as the source is told to finish) MIGRATION completed,
+ *                `cont`, the NBD export and server removed,
  *                `announce-self` (RARP for every NIC: switches that learnt the MAC elsewhere
  *                learn it again; vnsnap's switches already have the static route).
  *                cancel(): the caller stops the VM with its disk discarded.
