@@ -73,6 +73,16 @@ describe('QEMU migration TLS credentials on any monitor', () => {
     assert.deepEqual(q.sent, []);
   });
 
+  it('QEMU refusing the credentials is ERR_CONFIG naming the file; QEMU gone meanwhile is its own error, not a certificate problem', async () => {
+    const failing = (err: Error) => ({ execute: (cmd: string) => (cmd === 'object-add' ? Promise.reject(err) : Promise.resolve({})) }) as unknown as QmpClient;
+    await assert.rejects(
+      addTlsObjects(failing(new VnsnapError('ERR_DRIVER', 'QMP object-add on blue/a: GenericError: Certificate does not support TLS server usage (purpose)')), path.join(tmp, 'r'), files, 'server', 'the migration of blue/a', 'h1'),
+      (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_CONFIG' && e.message.includes(files.cert),
+    );
+    const gone = new VnsnapError('ERR_DRIVER', 'QMP object-add on blue/a (pid 9): QMP connection to blue/a (pid 9) failed: read ECONNRESET');
+    await assert.rejects(addTlsObjects(failing(gone), path.join(tmp, 'g'), files, 'server', 'the migration of blue/a', 'h1'), (e: unknown) => e === gone);
+  });
+
   it('clearTlsObjects never throws when QEMU refuses', async () => {
     const q = { execute: () => Promise.reject(new Error('no such object')) };
     await clearTlsObjects(q as unknown as QmpClient);

@@ -22,7 +22,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VnsnapError } from '../../../proto/core/errors';
+import { isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { TlsFiles } from '../../../proto/core/tls';
 import type { MigrationTls } from '../driver';
 import type { QemuVm } from './process';
@@ -69,6 +69,8 @@ export async function addTlsObjects(q: QmpClient, dir: string, files: TlsFiles, 
     await q.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
   } catch (e) {
     const msg = (e as Error).message;
+    // QEMU gone or not answering (killed meanwhile) is not a refusal of the certificate.
+    if (isVnsnapError(e, 'ERR_TIMEOUT') || /QMP connection to|connection closed/.test(msg)) throw e;
     const hint = /purpose/i.test(msg) ? ` (the agent certificate ${files.cert} needs extendedKeyUsage serverAuth as well as clientAuth: re-issue it with vnsnap-pki.sh agent)` : '';
     throw new VnsnapError('ERR_CONFIG', `QEMU refused the agent's certificate for ${what}: ${msg}${hint}`, { cause: e });
   }
