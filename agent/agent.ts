@@ -171,7 +171,7 @@ export class Agent extends EventEmitter implements Startable {
       metrics: this.metrics,
       ...(opts.reconnect ? { reconnect: opts.reconnect } : {}),
       handlers: {
-        register: () => this.register(),
+        register: () => this.register(migrations.held()),
         command: (link, cmd) => void commands.execute(link, cmd),
         up: () => this.emit('connected'),
         down: (wasUp) => {
@@ -275,8 +275,8 @@ export class Agent extends EventEmitter implements Startable {
     return this.vms.keys();
   }
 
-  /** The Register message of a new session: this host, its tunnel, drivers and running VMs. */
-  private register(): Register {
+  /** The Register message of a new session: this host, its tunnel, drivers, running VMs and migrations held at their switchover. */
+  private register(migrating: Register['migrating']): Register {
     const running = this.vms
       .values()
       .filter((v) => v.restoreId === undefined)
@@ -289,6 +289,8 @@ export class Agent extends EventEmitter implements Startable {
       tunnelPort: this.tunnelPort,
       drivers: this.vms.driverKinds,
       running,
+      tls: !!this.opts.migrationTls,
+      migrating,
     };
   }
 }

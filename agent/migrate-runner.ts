@@ -27,10 +27,14 @@
  *                          disk deleted. Idempotent.
  *
  * One migration per VM at a time; the records live until finish/resume/cancel. When the
- * session with the coordinator ends, every migration settles locally (sessionLost). With the
- * agent's certificates both streams are mutual TLS (the destination's name checked by the
- * source; drivers/qemu/migration-tls.ts).
+ * session with the coordinator ends, every migration settles locally (sessionLost), except the
+ * two ends of a switchover: a paused source is held for holdMs, and both are reported in the
+ * next Register (held()) for the coordinator to finish or cancel as its catalog says. resume is
+ * idempotent (the coordinator sends it with MigrateFinish, and again after a restart). With the
+ * agent's certificates both streams are mutual TLS (each end checks the other's agent name;
+ * drivers/qemu/migration-tls.ts).
  */
+import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
 import type { TlsFiles } from '../proto/core/tls';
@@ -38,6 +42,7 @@ import type { MigrateAttach__Output } from '../proto/gen/vnsnap/v1/MigrateAttach
 import type { MigrateCancel__Output } from '../proto/gen/vnsnap/v1/MigrateCancel';
 import type { MigrateFinish__Output } from '../proto/gen/vnsnap/v1/MigrateFinish';
 import type { MigrateIncoming__Output } from '../proto/gen/vnsnap/v1/MigrateIncoming';
+import type { MigratingVm } from '../proto/gen/vnsnap/v1/MigratingVm';
 import type { MigrateOutgoing__Output } from '../proto/gen/vnsnap/v1/MigrateOutgoing';
 import type { MigrateResume__Output } from '../proto/gen/vnsnap/v1/MigrateResume';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
@@ -59,7 +64,15 @@ export interface MigrateRunnerOptions {
   vnes: VneTable;
   snapshots: SnapshotRunner;
   log: Logger;
+  clock?: Clock;
+  /**
+   * A source paused at its switchover whose session ends waits this long for a coordinator to
+   * settle it (finish or cancel) before it resumes the VM itself (default 30 s).
+   */
+  holdMs?: number;
 }
+
+export const DEFAULT_HOLD_MS = 30_000;
 
 interface Incoming {
   id: string;
@@ -68,14 +81,22 @@ interface Incoming {
   driver: HypervisorDriver;
   mig: IncomingMigration;
   spec: NonNullable<MigrateIncoming__Output['vm']>;
+  from: string;
   record?: VmRecord;
+  /** The resume under way (MigrateResume and a lost session's settling share it). */
+  resuming?: Promise<Partial<Result>>;
 }
 
 interface Outgoing {
   id: string;
   vm: VmRecord;
   mig: OutgoingMigration;
+  to: string;
   finishing: boolean;
+  /** Paused at the switchover (the coordinator has the Result). */
+  paused: boolean;
+  /** Held after the session ended (sessionLost): resumes the VM here when it fires. */
+  hold?: TimerHandle;
 }
 
 /** One VM's part of a migration: a migration of a whole VNE moves several VMs under one id. */
@@ -103,14 +124,15 @@ export class MigrateRunner {
     await this.leaving.get(vmKey(c.vne, c.vm.name));
     if (this.o.vms.get(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} already runs on agent ${this.o.agentId}`);
     if (this.migrating(c.vne, c.vm.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `VM ${c.vm.name} of VNE ${c.vne} is already being migrated here`);
+    if (this.o.tls && !c.fromAgent) throw new VnsnapError('ERR_INVALID_ARGUMENT', `MigrateIncoming of VM ${c.vm.name} names no source agent: over TLS the destination admits only the source's certificate`);
     const driver = this.o.vms.driverFor(c.vm);
     if (!driver.migrateIn) throw new VnsnapError('ERR_FAILED_PRECONDITION', `the ${driver.kind} driver cannot migrate VMs live`);
     if (c.vm.macs.length === 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${c.vm.name} has no MAC`);
     const spec = { id: vmKey(c.vne, c.vm.name), vne: c.vne, name: c.vm.name, macs: c.vm.macs, driver: c.vm.driver ?? {} };
     const portNames = c.vm.macs.map((_, i) => portName(c.vne, c.vm!.name, i));
     const vneVms = c.vneVms.map((v) => ({ name: v.name, macs: v.macs }));
-    const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress, this.tlsFor(c.tls));
-    this.incoming.set(moveKey(c.migrationId, c.vm.name), { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm });
+    const mig = await driver.migrateIn(spec, { portNames, vneVms, log: this.o.log.child({ vm: spec.id }) }, this.o.listenAddress, this.tlsFor(c.tls, c.fromAgent));
+    this.incoming.set(moveKey(c.migrationId, c.vm.name), { id: c.migrationId, vne: c.vne, vm: c.vm.name, driver, mig, spec: c.vm, from: c.fromAgent });
     this.o.log.info({ migration: c.migrationId, vm: spec.id, ...mig.targets }, 'waiting for a VM migrating here');
     return { migrateIncoming: { diskUri: mig.targets.diskUri, memoryUri: mig.targets.memoryUri } };
   }
@@ -133,14 +155,20 @@ export class MigrateRunner {
         phaseDone: p.done,
       });
     const mig = await vm.driver.migrateOut(vm.key, { diskUri: c.diskUri, memoryUri: c.memoryUri }, onProgress, this.tlsFor(c.tls, c.toAgent));
-    const rec: Outgoing = { id: c.migrationId, vm, mig, finishing: false };
+    const rec: Outgoing = { id: c.migrationId, vm, mig, to: c.toAgent, finishing: false, paused: false };
     this.outgoing.set(moveKey(c.migrationId, c.vm), rec);
     try {
       const r = await mig.untilPaused();
+      if (this.outgoing.get(moveKey(c.migrationId, c.vm)) !== rec) {
+        // Cancelled meanwhile (MigrateCancel, or the session ended): the pause came after the undo.
+        await mig.cancel();
+        throw new VnsnapError('ERR_CANCELLED', `migration ${c.migrationId} of VM ${c.vm} was cancelled before its switchover; the VM runs on at agent ${this.o.agentId}`);
+      }
+      rec.paused = true;
       this.o.log.info({ migration: c.migrationId, vm: vm.key, diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs }, 'migrating VM paused for the switchover');
       return { migrateOutgoing: { diskBytes: r.diskBytes, throttled: r.throttled, pausedUnixUs: r.pausedUnixUs } };
     } catch (e) {
-      this.outgoing.delete(moveKey(c.migrationId, c.vm));
+      if (this.outgoing.get(moveKey(c.migrationId, c.vm)) === rec) this.outgoing.delete(moveKey(c.migrationId, c.vm));
       await mig.cancel().catch((err: Error) => this.o.log.error({ vm: vm.key, err: err.message }, 'undoing a failed migration failed'));
       throw e;
     }
@@ -159,6 +187,8 @@ export class MigrateRunner {
     const key = moveKey(c.migrationId, c.vm);
     const out = this.outgoing.get(key);
     if (!out) throw new VnsnapError('ERR_NOT_FOUND', `migration ${c.migrationId} of VM ${c.vm} is not in progress on agent ${this.o.agentId}`);
+    if (!out.paused) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId} of VM ${c.vm} is not at its switchover on agent ${this.o.agentId}`);
+    this.clock.clearTimeout(out.hold);
     out.finishing = true;
     const sw = this.o.switch();
     const vm = out.vm;
@@ -194,10 +224,32 @@ export class MigrateRunner {
     return { migrateFinish: { memoryBytes: r.memoryBytes, forwardedFrames, droppedFrames } };
   }
 
+  /**
+   * Idempotent: a second MigrateResume (a restarted coordinator's) shares the one under way, and
+   * one for a VM that already resumed here answers with it (resumed_unix_us 0: not measured).
+   * An empty migration id names the VM's incoming migration, whichever it is.
+   */
   async resume(c: MigrateResume__Output): Promise<Partial<Result>> {
-    const inc = this.mustIncoming(c.migrationId, c.vm);
-    if (!inc.record) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId}: the VM's ports are not attached (MigrateAttach first)`);
-    const resumedUnixUs = await inc.mig.resume();
+    const inc = c.migrationId ? this.incoming.get(moveKey(c.migrationId, c.vm)) : [...this.incoming.values()].find((x) => x.vne === c.vne && x.vm === c.vm);
+    if (!inc) {
+      const vm = this.o.vms.get(c.vne, c.vm);
+      if (vm && vm.restoreId === undefined) return { migrateResume: { resumedUnixUs: 0, diskPath: this.o.vms.diskPath(vm) } };
+      throw new VnsnapError('ERR_NOT_FOUND', `migration ${c.migrationId || '(any)'} of VM ${c.vm} is not prepared on agent ${this.o.agentId}`);
+    }
+    if (!inc.record) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${inc.id}: the VM's ports are not attached (MigrateAttach first)`);
+    inc.resuming ??= this.resumeNow(inc);
+    return inc.resuming;
+  }
+
+  private async resumeNow(inc: Incoming): Promise<Partial<Result>> {
+    if (!inc.record) throw new VnsnapError('ERR_INTERNAL', `migration ${inc.id}: resumed without its ports`);
+    let resumedUnixUs: number;
+    try {
+      resumedUnixUs = await inc.mig.resume();
+    } catch (e) {
+      inc.resuming = undefined;
+      throw e;
+    }
     this.incoming.delete(moveKey(inc.id, inc.vm));
     const vm = inc.record;
     delete vm.restoreId;
@@ -211,6 +263,7 @@ export class MigrateRunner {
     const key = moveKey(c.migrationId, c.vm);
     const out = this.outgoing.get(key);
     if (out) {
+      this.clock.clearTimeout(out.hold);
       if (out.finishing) throw new VnsnapError('ERR_FAILED_PRECONDITION', `migration ${c.migrationId} is past its switchover on agent ${this.o.agentId}`);
       this.outgoing.delete(key);
       await out.mig.cancel();
@@ -228,14 +281,30 @@ export class MigrateRunner {
 
   /**
    * The session with the coordinator ended: every migration settles here without it — a
-   * source not yet at its switchover resumes its VM (one in its switchover finishes it), a
-   * destination not yet attached removes its waiting VM, and one already attached resumes its
-   * VM if QEMU delivers the whole state (the source was finishing: the catalog already places
-   * the VM here) and removes it otherwise (the source cancelled and runs it on).
+   * source not yet paused resumes its VM; one paused at its switchover is held for holdMs
+   * (the coordinator may have placed the VM on the destination already: a coordinator that
+   * comes back within that time finishes or cancels it, as its catalog says; then the source
+   * resumes the VM itself); one in its switchover finishes it. A destination not yet attached
+   * removes its waiting VM, and one already attached resumes its VM if QEMU delivers the whole
+   * state (the source finished) and removes it otherwise (the source cancelled and runs it on).
    */
   sessionLost(): void {
     const failed = (id: string) => (e: Error) => this.o.log.error({ migration: id, err: e.message }, 'undoing a migration after the session ended failed');
-    for (const out of [...this.outgoing.values()]) if (!out.finishing) void this.cancel({ migrationId: out.id, vne: out.vm.vne, vm: out.vm.name }).catch(failed(out.id));
+    for (const out of [...this.outgoing.values()]) {
+      if (out.finishing) continue;
+      const ids = { migrationId: out.id, vne: out.vm.vne, vm: out.vm.name };
+      if (!out.paused) {
+        void this.cancel(ids).catch(failed(out.id));
+        continue;
+      }
+      if (out.hold !== undefined) continue;
+      const holdMs = this.o.holdMs ?? DEFAULT_HOLD_MS;
+      this.o.log.warn({ migration: out.id, vm: out.vm.key, holdMs }, 'the session ended at the switchover: the VM stays paused for the coordinator to settle it');
+      out.hold = this.clock.setTimeout(() => {
+        this.o.log.warn({ migration: out.id, vm: out.vm.key }, 'no coordinator settled the switchover: the VM resumes here');
+        void this.cancel(ids).catch(failed(out.id));
+      }, holdMs);
+    }
     for (const inc of [...this.incoming.values()]) {
       const ids = { migrationId: inc.id, vne: inc.vne, vm: inc.vm };
       if (!inc.record) {
@@ -254,7 +323,9 @@ export class MigrateRunner {
 
   /**
    * The streams' TLS: on whenever this agent has certificates (then its coordinator runs mutual
-   * TLS and so do the other agents'); asked for (`tls`) without them is refused.
+   * TLS and so do the other agents'); asked for (`tls`) without them is refused. `peer`: on the
+   * source the destination (its certificate must name it), on the destination the source (the
+   * only certificate admitted).
    */
   private tlsFor(asked: boolean, peer?: string): MigrationTls | undefined {
     if (!this.o.tls) {
@@ -262,6 +333,17 @@ export class MigrateRunner {
       return undefined;
     }
     return { files: this.o.tls, ...(peer ? { peer } : {}) };
+  }
+
+  /** Migrations at their switchover (Register's `migrating`): a restarted coordinator settles them. */
+  held(): MigratingVm[] {
+    const out = [...this.outgoing.values()].filter((o) => o.paused && !o.finishing).map((o) => ({ vne: o.vm.vne, vm: o.vm.name, migrationId: o.id, outgoing: true, peerAgent: o.to }));
+    const inc = [...this.incoming.values()].filter((i) => i.record).map((i) => ({ vne: i.vne, vm: i.vm, migrationId: i.id, outgoing: false, peerAgent: i.from }));
+    return [...out, ...inc];
+  }
+
+  private get clock(): Clock {
+    return this.o.clock ?? systemClock;
   }
 
   private mustIncoming(id: string, vm: string): Incoming {

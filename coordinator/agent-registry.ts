@@ -132,6 +132,11 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     return a ? { address: a.tunnelAddress, port: a.tunnelPort } : undefined;
   }
 
+  /** The Register of the agent's current session (undefined when not connected). */
+  registration(agentId: string): Register__Output | undefined {
+    return this.sessions.get(agentId)?.register;
+  }
+
   /** VMs the agent reported running when it registered. */
   reportedRunning(agentId: string): RunningVm__Output[] {
     return this.sessions.get(agentId)?.register.running ?? [];

@@ -15,9 +15,11 @@
  *     3. destination MigrateAttach: ports gated at the VNE's epoch and generation;
  *     4. the switchover: the catalog places the VM on its destination, and in one event-loop turn
  *        source MigrateFinish (its switch routes the VM's MACs to the destination, QEMU sends the
- *        rest, the source VM is stopped) and ConfigureVne with the new MAC routes to every agent
- *        of the VNE;
- *     5. destination MigrateResume (the VM runs, the gates open) → its downtime.
+ *        rest, the source VM is stopped), destination MigrateResume (it waits for its QEMU to
+ *        have the whole state, then the VM runs and the gates open: the downtime ends without
+ *        a round trip through the coordinator) and ConfigureVne with the new MAC routes to
+ *        every agent of the VNE;
+ *     5. the source's and the destination's Results → its downtime.
  *   A failure in 1–3, or of MigrateFinish (the source then resumed the VM itself; the catalog
  *   and the routes go back to it — unless the source's session ended during it and the
  *   destination resumes the VM: QEMU had delivered everything), sends MigrateCancel to both agents: the VM runs on at its
@@ -57,6 +59,12 @@ export interface MigrateDeps {
   log: Logger;
   events?: EventBus;
   newMigrationId?: (vne: string) => string;
+  /**
+   * Whether the agent runs with certificates (its Register's `tls`; undefined: not connected).
+   * Both ends of a move with them: the streams are mutual TLS, the destination admitting only
+   * the source's certificate; one end without: refused.
+   */
+  tlsOf?: (agentId: string) => boolean | undefined;
 }
 
 export type MigrateEventSink = (e: SnapshotEvent) => void;
@@ -65,6 +73,8 @@ interface Move {
   vm: string;
   from: string;
   to: string;
+  /** Both agents run with certificates: the streams are mutual TLS. */
+  tls: boolean;
 }
 
 export class MigrateSequencer {
@@ -87,7 +97,7 @@ export class MigrateSequencer {
         if (req.placement?.[vm] === from) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${vm} already runs on ${from}`);
         continue;
       }
-      moves.push({ vm, from, to });
+      moves.push({ vm, from, to, tls: false });
     }
     if (moves.length === 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', `nothing to migrate: every VM of ${vne.name} named already runs where asked (${Object.entries(current).map(([v, a]) => `${v} on ${a}`).join(', ')})`);
     for (const m of moves) {
@@ -96,8 +106,18 @@ export class MigrateSequencer {
         if (!catalog.getAgent(a)) throw new VnsnapError('ERR_NOT_FOUND', `agent "${a}" (${a === m.to ? 'destination' : 'host'} of VM ${m.vm}) is unknown`);
         throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${a}" (${a === m.to ? 'destination' : 'host'} of VM ${m.vm}) is not connected; nothing was migrated`);
       }
+      m.tls = this.tlsBetween(m);
     }
     return { vne, moves };
+  }
+
+  /** Both ends with certificates (true) or neither (false); one only: refused, before anything moved. */
+  private tlsBetween(m: Move): boolean {
+    const from = this.d.tlsOf?.(m.from) ?? false;
+    const to = this.d.tlsOf?.(m.to) ?? false;
+    if (from === to) return from;
+    const [withTls, without] = from ? [m.from, m.to] : [m.to, m.from];
+    throw new VnsnapError('ERR_FAILED_PRECONDITION', `agent "${withTls}" runs with certificates and agent "${without}" without: VM ${m.vm}'s disk and memory would cross the underlay in clear; nothing was migrated`);
   }
 
   async migrate(req: MigrateRequest, sink: MigrateEventSink = () => undefined): Promise<MigrationResult> {
@@ -163,11 +183,11 @@ export class MigrateSequencer {
     const ids = { migrationId: id, vne: vne0.name, vm: m.vm };
     let switched = false;
     try {
-      const inc = await sendOk(agents, m.to, { migrateIncoming: { ...ids, vm: { ...spec, host: m.to }, vneVms: vne0.vms } }, opts());
+      const inc = await sendOk(agents, m.to, { migrateIncoming: { ...ids, vm: { ...spec, host: m.to }, vneVms: vne0.vms, tls: m.tls, fromAgent: m.from } }, opts());
       const targets = inc.migrateIncoming;
       if (!targets) throw new VnsnapError('ERR_INTERNAL', `agent ${m.to}: MigrateIncoming returned no URIs`);
       emit({ note: `migrate: ${m.vm}: ${m.to} waits (disk ${targets.diskUri || 'none'}, memory ${targets.memoryUri})` });
-      const out = await sendOk(agents, m.from, { migrateOutgoing: { ...ids, diskUri: targets.diskUri, memoryUri: targets.memoryUri, toAgent: m.to } }, opts((p) => emit({ vm: { ...p, vm: p.vm || m.vm, host: p.host || m.from } })));
+      const out = await sendOk(agents, m.from, { migrateOutgoing: { ...ids, diskUri: targets.diskUri, memoryUri: targets.memoryUri, toAgent: m.to, tls: m.tls } }, opts((p) => emit({ vm: { ...p, vm: p.vm || m.vm, host: p.host || m.from } })));
       const paused = Number(out.migrateOutgoing?.pausedUnixUs ?? 0);
       if (out.migrateOutgoing?.throttled) emit({ note: `migrate: ${m.vm}: the guest's disk writes were throttled for the mirror to converge` });
       const vne = catalog.getVne(vne0.name) ?? vne0;
@@ -181,6 +201,10 @@ export class MigrateSequencer {
         return moved;
       });
       const finish = sendOk(agents, m.from, { migrateFinish: { ...ids, toAgent: m.to } }, opts());
+      // MigrateResume leaves with it: the destination resumes the VM the moment its QEMU has the
+      // whole state (which it has only if the source's QEMU completed), not a round trip later.
+      const resuming = sendOk(agents, m.to, { migrateResume: ids }, opts());
+      resuming.catch(() => undefined);
       const routes = Promise.all(hosts.filter((a) => agents.isConnected(a)).map((a) => sendOk(agents, a, { configureVne: withPeers(configureVneFor(now, a, agents), hosts, a, agents) }, opts())));
       let fin: Awaited<typeof finish> | undefined;
       try {
@@ -188,7 +212,7 @@ export class MigrateSequencer {
       } catch (e) {
         // The source's session ended during its switchover: the outcome is unknown. The
         // destination knows: its VM resumes only if QEMU delivered the whole state.
-        if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && (await agents.send(m.to, { migrateResume: ids }, opts()).then((r) => r.ok, () => false))) {
+        if (isVnsnapError(e, 'ERR_AGENT_DISCONNECTED') && (await resuming.then(() => true, () => false))) {
           switched = true;
           emit({ note: `migrate: ${m.vm}: ${m.from} went away during the switchover; the VM resumed on ${m.to}` });
           await routes.catch(() => undefined);
@@ -204,7 +228,7 @@ export class MigrateSequencer {
         throw e;
       }
       switched = true;
-      const resumed = await sendOk(agents, m.to, { migrateResume: ids }, opts());
+      const resumed = await resuming;
       await routes;
       const r = resumed.migrateResume;
       if (r?.diskPath) catalog.disks.put({ vne: vne0.name, vm: m.vm, host: m.to, path: r.diskPath, bytes: 0, keptUnixMs: 0 });

@@ -32,6 +32,7 @@ import { StoreManifests } from './manifest-store';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 import { RestoreSequencer } from './restore-sequencer';
+import { MigrateRecovery } from './migrate-recovery';
 import { MigrateSequencer } from './migrate-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
@@ -145,9 +146,11 @@ export class CoordinatorServer implements Startable {
       deadAfterMs: config.deadAfterMs,
       commandTimeoutMs: config.commandTimeoutMs,
     });
+    const migrations = new MigrateRecovery({ agents: this.registry, catalog: this.catalog, log: log.child({ part: 'migrate' }), events: this.events, now: () => clock.now(), commandTimeoutMs: config.commandTimeoutMs });
     this.registry.on('joined', (agent, running, endpointChanged) => {
       this.events.publish({ kind: 'agent.joined', agent, message: `agent ${agent} connected` });
-      this.service.agentJoined(agent, running, endpointChanged);
+      // Migrations held at their switchover first: they decide which VMs count as running there.
+      this.service.agentJoined(agent, migrations.joined(agent, running, this.registry.registration(agent)?.migrating ?? []), endpointChanged);
     });
     this.registry.on('left', (agent, reason) => {
       this.events.publish({ kind: 'agent.left', agent, message: reason });
@@ -162,7 +165,7 @@ export class CoordinatorServer implements Startable {
       ...deps,
       snapshots: this.snapshots,
       restores: this.restores,
-      migrations: new MigrateSequencer({ ...deps, log: log.child({ part: 'migrate' }) }),
+      migrations: new MigrateSequencer({ ...deps, log: log.child({ part: 'migrate' }), tlsOf: (a) => this.registry.registration(a)?.tls }),
       log: log.child({ part: 'service' }),
       store,
       storeName,

@@ -258,8 +258,9 @@ export interface MigrationTargets {
 
 /**
  * The disk and memory streams of a live migration over mutual TLS (docs/migration.md): the
- * agent's own certificate, key and CA; on the source, the destination agent's id, which its
- * certificate must name.
+ * agent's own certificate, key and CA, and the other end's agent id: on the source the
+ * destination's, which its certificate must name; on the destination the source's, the only
+ * certificate its listeners admit.
  */
 export interface MigrationTls {
   files: TlsFiles;

@@ -221,7 +221,7 @@ async function qemuRound(c: Cluster, q: QmpClient, srcDir: string, from: string,
   const tq = await step(`the twin QEMU on ${host} up`, 30_000, () => Promise.race([exited, QmpClient.connect(path.join(dir, 'qmp.sock'), { name: `twin on ${host}`, timeoutMs: 30_000 })]));
   await clearTlsObjects(q);
   if (TLS) {
-    await addTlsObjects(tq, path.join(dir, 'tls'), c.pki.agent(host, [addr]), 'server', `the twin on ${host}`);
+    await addTlsObjects(tq, path.join(dir, 'tls'), c.pki.agent(host, [addr]), 'server', `the twin on ${host}`, from);
     await tq.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, 'tls-authz': TLS_AUTHZ });
     await addTlsObjects(q, path.join(dir, 'source-tls'), c.pki.agent(from, [c.hostAddress(from)]), 'client', `the source on ${from}`);
   }

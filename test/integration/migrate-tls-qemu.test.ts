@@ -4,9 +4,10 @@
  * loopback address with agent certificates made by the product's certificate tool (real
  * openssl, test/support/pki.ts), the test guest of docs/guest.md writing disk records.
  *
- *   - the destination's listeners refuse what is not the source agent: a plain NBD client, and
- *     a TLS client with an operator's certificate of the same CA (only agent certificates are
- *     authorised), while a TLS client with an agent certificate is served; a source that
+ *   - the destination's listeners refuse what is not the source agent: a plain NBD client, a
+ *     TLS client with an operator's certificate of the same CA, and one with another agent's
+ *     certificate (only this migration's source is authorised), while a TLS client with the
+ *     source agent's certificate is served; a source that
  *     expects another agent's name (tls-hostname) refuses the destination; a source without TLS
  *     cannot send the memory: each time untilPaused() rejects and the source runs on.
  *   - with TLS on both ends the guest moves with its disk: the same run continues on the
@@ -31,14 +32,16 @@ describe('QEMU driver: live migration over mutual TLS (the agents\' certificates
   let h1: MigrationTls;
   let h2: MigrationTls;
   let operator: TlsFiles;
+  let other: TlsFiles;
 
   before(function () {
     this.timeout(25 * 60_000);
     if (!pair.prepare()) this.skip();
     const pki = testPki();
     h1 = { files: pki.agent('vnqm-h1', ['127.0.0.1']), peer: 'vnqm-h2' };
-    h2 = { files: pki.agent('vnqm-h2', ['127.0.0.1']) };
+    h2 = { files: pki.agent('vnqm-h2', ['127.0.0.1']), peer: 'vnqm-h1' };
     operator = pki.client('vnqm-operator', 'operator');
+    other = pki.agent('vnqm-h3', ['127.0.0.1']);
   });
   after(() => pair.close());
 
@@ -63,7 +66,7 @@ describe('QEMU driver: live migration over mutual TLS (the agents\' certificates
     return { ok: r.status === 0, stderr: r.stderr };
   }
 
-  it('refuses a plain NBD client, an operator\'s certificate, a source expecting another agent and a plain source; the source runs on', async () => {
+  it('refuses a plain NBD client, an operator\'s certificate, another agent\'s, a source expecting another agent and a plain source; the source runs on', async () => {
     const src = driver('h1');
     const dst = driver('h2');
     const { spec, ctx } = setup('tr');
@@ -76,8 +79,10 @@ describe('QEMU driver: live migration over mutual TLS (the agents\' certificates
     assert.match(plain.stderr, /TLS/);
     const op = nbdInfo(inc.targets.diskUri, operator);
     assert.equal(op.ok, false, 'an operator certificate is refused');
+    const otherAgent = nbdInfo(inc.targets.diskUri, other);
+    assert.equal(otherAgent.ok, false, 'another agent\'s certificate is refused');
     const agent = nbdInfo(inc.targets.diskUri, h1.files);
-    assert.equal(agent.ok, true, `an agent certificate is served: ${agent.stderr}`);
+    assert.equal(agent.ok, true, `the source agent's certificate is served: ${agent.stderr}`);
 
     const wrongPeer = await src.migrateOut(spec.id, inc.targets, () => undefined, { ...h1, peer: 'vnqm-h9' });
     await assert.rejects(wrongPeer.untilPaused(), /vnqm-h9|hostname|certificate/i);

@@ -55,7 +55,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
 
   it('registers through the injected transport, is connected on the Welcome, and lists its running VMs when it registers again', async () => {
     const first = transport.last;
-    assert.deepEqual(first.written, [{ register: { agentId: 'h1', hostname: 'host-1', version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['qemu'], running: [] } }]);
+    assert.deepEqual(first.written, [{ register: { agentId: 'h1', hostname: 'host-1', version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['qemu'], running: [], tls: false, migrating: [] } }]);
     let connected = 0;
     agent.on('connected', () => connected++);
     first.welcome(1000, 2000);

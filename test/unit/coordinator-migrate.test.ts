@@ -42,23 +42,24 @@ async function rejects(p: Promise<unknown>, code: string, re: RegExp): Promise<v
 }
 
 describe('coordinator migrate sequencer', () => {
-  it('moves one VM: destination prepared, source mirrored and paused, attach, switchover in one turn, resume; the catalog places it at its destination', async () => {
+  it('moves one VM: destination prepared, source mirrored and paused, attach, switchover and resume in one turn; the catalog places it at its destination', async () => {
     const h = harness();
     const r = await h.seq.migrate({ vne: 'blue', placement: { vm2: 'h1' } }, h.sink);
     assert.deepEqual(h.agents.names(), [
       'h1:configureVne', 'h2:configureVne',
       'h1:migrateIncoming', 'h2:migrateOutgoing', 'h1:migrateAttach',
-      'h2:migrateFinish', 'h1:configureVne', 'h2:configureVne',
-      'h1:migrateResume',
+      'h2:migrateFinish', 'h1:migrateResume', 'h1:configureVne', 'h2:configureVne',
       'h1:configureVne', 'h2:configureVne',
     ]);
     const sent = (name: string, agent: string) => h.agents.sent.filter((s) => s.name === name && s.agent === agent);
-    assert.deepEqual(sent('migrateOutgoing', 'h2')[0]?.body.migrateOutgoing, { migrationId: 'm1', vne: 'blue', vm: 'vm2', diskUri: 'nbd://h1:10809/x', memoryUri: 'tcp:h1:4444', toAgent: 'h1' });
+    assert.deepEqual(sent('migrateOutgoing', 'h2')[0]?.body.migrateOutgoing, { migrationId: 'm1', vne: 'blue', vm: 'vm2', diskUri: 'nbd://h1:10809/x', memoryUri: 'tcp:h1:4444', toAgent: 'h1', tls: false });
+    assert.equal(sent('migrateIncoming', 'h1')[0]?.body.migrateIncoming?.fromAgent, 'h2', 'the destination is told its source');
     assert.deepEqual(sent('migrateAttach', 'h1')[0]?.body.migrateAttach, { migrationId: 'm1', vne: 'blue', vm: 'vm2', epoch: 7, generation: 3 });
-    // The switchover: MigrateFinish and the new MAC routes leave in the same turn.
+    // The switchover: MigrateFinish, MigrateResume and the new MAC routes leave in the same turn.
     const fin = h.agents.sent.find((s) => s.name === 'migrateFinish');
     const routes = h.agents.sent.filter((s) => s.name === 'configureVne' && s.turn === fin?.turn);
     assert.equal(routes.length, 2);
+    assert.equal(h.agents.sent.find((s) => s.name === 'migrateResume')?.turn, fin?.turn, 'the resume does not wait for the source\'s reply');
     assert.deepEqual(routes[0]?.body.configureVne?.macs, [
       { mac: '52:54:00:00:01:01', agentId: 'h1' },
       { mac: '52:54:00:00:01:02', agentId: 'h1' },
@@ -72,6 +73,23 @@ describe('coordinator migrate sequencer', () => {
     assert.equal(h.catalog.disks.of('blue').get('vm2')?.host, 'h1');
     assert.deepEqual((r.vms ?? []).map((v) => [v.vm, v.fromAgent, v.toAgent, v.downtimeMs, v.diskBytes, v.memoryBytes, v.forwardedFrames, v.droppedFrames]), [['vm2', 'h2', 'h1', 42.5, 1000, 5000, 2, 1]]);
     assert.equal(h.got[h.got.length - 1]?.migrated?.vms?.length, 1);
+  });
+
+  it('TLS: both agents with certificates: both streams asked encrypted; one without: refused with one line, nothing sent', async () => {
+    const h = harness();
+    const certs: Record<string, boolean> = { h1: true, h2: true, h3: false };
+    const seq = new MigrateSequencer({ agents: h.agents, catalog: h.catalog, clock: h.clock, log, events: h.events, newMigrationId: () => 'm1', tlsOf: (a) => certs[a] });
+    await seq.migrate({ vne: 'blue', placement: { vm2: 'h1' } }, h.sink);
+    const body = (name: string) => h.agents.sent.find((s) => s.name === name)?.body;
+    assert.deepEqual([body('migrateIncoming')?.migrateIncoming?.tls, body('migrateIncoming')?.migrateIncoming?.fromAgent, body('migrateOutgoing')?.migrateOutgoing?.tls], [true, 'h2', true]);
+    const before = h.agents.sent.length;
+    await rejects(seq.migrate({ vne: 'blue', placement: { vm1: 'h3' } }, h.sink), 'ERR_FAILED_PRECONDITION', /^agent "h1" runs with certificates and agent "h3" without: VM vm1's disk and memory would cross the underlay in clear; nothing was migrated$/);
+    await rejects(seq.migrate({ vne: 'blue', placement: { vm1: 'h3' } }, h.sink), 'ERR_FAILED_PRECONDITION', /agent "h1" runs with certificates and agent "h3" without/);
+    certs.h1 = false;
+    certs.h3 = true;
+    await rejects(seq.migrate({ vne: 'blue', placement: { vm1: 'h3' } }, h.sink), 'ERR_FAILED_PRECONDITION', /^agent "h3" runs with certificates and agent "h1" without/);
+    assert.equal(h.agents.sent.length, before, 'nothing sent for a refused migration');
+    assert.deepEqual(h.catalog.getVne('blue')?.placement, { vm1: 'h1', vm2: 'h1', vm3: 'h2' });
   });
 
   it('--to moves every VM not there, in parallel: each VM has its own switchover', async () => {
@@ -129,7 +147,7 @@ describe('coordinator migrate sequencer', () => {
     assert.deepEqual(vne?.placement, { vm1: 'h1', vm2: 'h2', vm3: 'h2' });
     assert.equal(vne?.state, 'VNE_STATE_RUNNING');
     assert.deepEqual(h.agents.names('migrateCancel').sort(), ['h1:migrateCancel', 'h2:migrateCancel']);
-    assert.equal(h.agents.names('migrateResume').length, 0);
+    assert.deepEqual(h.agents.names('migrateResume'), ['h1:migrateResume'], 'sent with the finish; the destination never gets the whole state and is cancelled');
     const last = h.agents.sent.filter((s) => s.name === 'configureVne').pop();
     assert.deepEqual(last?.body.configureVne?.macs?.map((x) => x.agentId), ['h1', 'h2', 'h2']);
   });

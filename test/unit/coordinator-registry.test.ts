@@ -40,7 +40,7 @@ class FakeCall extends EventEmitter {
 }
 
 function register(id: string): Partial<AgentMessage__Output> {
-  const r: Register__Output = { agentId: id, hostname: `host-${id}`, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], running: [] };
+  const r: Register__Output = { agentId: id, hostname: `host-${id}`, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], running: [], tls: false, migrating: [] };
   return { msg: 'register', register: r };
 }
 

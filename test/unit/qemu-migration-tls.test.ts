@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { QmpClient } from '../../agent/drivers/qemu/qmp';
-import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
+import { addTlsObjects, admittedDns, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
 import { VnsnapError } from '../../proto/core/errors';
 
 class ScriptedQmp {
@@ -20,6 +20,9 @@ class ScriptedQmp {
     return {};
   }
 }
+
+/** The authz-list object QEMU gets: deny, except these subjects. */
+const authzList = (allow: [string, 'exact' | 'glob'][]) => ({ 'qom-type': 'authz-list', id: TLS_AUTHZ, policy: 'deny', rules: allow.map(([match, format]) => ({ match, policy: 'allow', format })) });
 
 describe('QEMU migration TLS credentials on any monitor', () => {
   let tmp: string;
@@ -33,25 +36,25 @@ describe('QEMU migration TLS credentials on any monitor', () => {
   });
   afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-  it('server: old objects cleared, the x509 credentials from the copied files, then the agent-only authz list', async () => {
+  it('server without a named source: old objects cleared, the x509 credentials from the copied files, then an authz list of any agent', async () => {
     const q = new ScriptedQmp();
     const dir = path.join(tmp, 'twin', 'tls');
     await addTlsObjects(q as unknown as QmpClient, dir, files, 'server', 'the twin');
     assert.deepEqual(q.sent.map(([c]) => c), ['migrate-set-parameters', 'object-del', 'object-del', 'object-add', 'object-add']);
     assert.deepEqual(q.sent[0]?.[1], { 'tls-creds': '', 'tls-hostname': '', 'tls-authz': '' });
     assert.deepEqual(q.sent[3]?.[1], { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint: 'server', 'verify-peer': true });
-    assert.deepEqual(q.sent[4]?.[1], {
-      'qom-type': 'authz-list',
-      id: TLS_AUTHZ,
-      policy: 'deny',
-      rules: [
-        { match: 'CN=*,OU=agent', policy: 'allow', format: 'glob' },
-        { match: 'OU=agent,CN=*', policy: 'allow', format: 'glob' },
-      ],
-    });
+    assert.deepEqual(q.sent[4]?.[1], authzList([['CN=*,OU=agent', 'glob'], ['OU=agent,CN=*', 'glob']]));
     assert.deepEqual(fs.readdirSync(dir).sort(), ['ca-cert.pem', 'server-cert.pem', 'server-key.pem']);
     assert.equal(fs.readFileSync(path.join(dir, 'server-key.pem'), 'utf8'), 'KEY');
     assert.equal(fs.statSync(path.join(dir, 'server-key.pem')).mode & 0o777, 0o600);
+  });
+
+  it('server for a named source: the authz list admits exactly that agent\'s subject, nothing else', async () => {
+    const q = new ScriptedQmp();
+    await addTlsObjects(q as unknown as QmpClient, path.join(tmp, 'dst', 'tls'), files, 'server', 'the migration of blue/a', 'h1');
+    assert.deepEqual(q.sent[4]?.[1], authzList([['CN=h1,OU=agent', 'exact'], ['OU=agent,CN=h1', 'exact']]));
+    assert.deepEqual(admittedDns('h1.example-2_x').map((r) => r.match), ['CN=h1.example-2_x,OU=agent', 'OU=agent,CN=h1.example-2_x']);
+    for (const bad of ['h1,OU=agent', 'h*', 'a=b', 'h 1']) assert.throws(() => admittedDns(bad), (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_INVALID_ARGUMENT');
   });
 
   it('client: the x509 credentials only, no authz list', async () => {
@@ -68,6 +71,16 @@ describe('QEMU migration TLS credentials on any monitor', () => {
     fs.rmSync(files.key);
     await assert.rejects(addTlsObjects(q as unknown as QmpClient, path.join(tmp, 'x'), files, 'client', 'the source on h1'), (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_CONFIG' && /the source on h1/.test(e.message));
     assert.deepEqual(q.sent, []);
+  });
+
+  it('QEMU refusing the credentials is ERR_CONFIG naming the file; QEMU gone meanwhile is its own error, not a certificate problem', async () => {
+    const failing = (err: Error) => ({ execute: (cmd: string) => (cmd === 'object-add' ? Promise.reject(err) : Promise.resolve({})) }) as unknown as QmpClient;
+    await assert.rejects(
+      addTlsObjects(failing(new VnsnapError('ERR_DRIVER', 'QMP object-add on blue/a: GenericError: Certificate does not support TLS server usage (purpose)')), path.join(tmp, 'r'), files, 'server', 'the migration of blue/a', 'h1'),
+      (e: unknown) => e instanceof VnsnapError && e.code === 'ERR_CONFIG' && e.message.includes(files.cert),
+    );
+    const gone = new VnsnapError('ERR_DRIVER', 'QMP object-add on blue/a (pid 9): QMP connection to blue/a (pid 9) failed: read ECONNRESET');
+    await assert.rejects(addTlsObjects(failing(gone), path.join(tmp, 'g'), files, 'server', 'the migration of blue/a', 'h1'), (e: unknown) => e === gone);
   });
 
   it('clearTlsObjects never throws when QEMU refuses', async () => {

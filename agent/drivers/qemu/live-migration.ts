@@ -8,15 +8,22 @@
  *                `nbd-server-start` on the agent's underlay address and `block-export-add`
  *                (writable) of the disk's node; `migrate-incoming tcp:ADDR:0` (the port QEMU
  *                took is read back from query-migrate's socket-address). Returns the two URIs.
+ *                Until resume, the disk file is fdatasync'd every 100 ms (keepFlushed): the
+ *                source's VM stop flushes the mirror target inside the downtime, and then
+ *                finds little to write.
  *   source       outgoing(): `blockdev-add` an nbd node for the destination's export,
- *                `blockdev-mirror` sync=full from the disk's top node with the VM running; the
- *                guest's writes go to both once the job is READY. If READY has not come within
+ *                `blockdev-mirror` sync=full copy-mode=write-blocking from the disk's top node
+ *                with the VM running: an active mirror, each guest write returns once it is on
+ *                both disks, so nothing is left to copy at the pause (QEMU 7.2 cannot switch a
+ *                running job to active mode; docs/migration.md says why it is active from the
+ *                start). If READY has not come within
  *                throttleAfterMs, the guest's writes are throttled (`block_set_io_throttle`
  *                bps_wr on the VM's disk; seed 004's write throttling) until the migration ends.
  *                Then `migrate` with pause-before-switchover: pre-copy of memory while the
  *                mirror keeps the disk in sync; at MIGRATION pre-switchover QEMU has paused the
  *                VM: the mirror is cancelled-as-ready (`block-job-cancel` of a READY mirror
- *                completes it with the target identical, without pivoting the source onto it).
+ *                completes it with the target identical, without pivoting the source onto it;
+ *                with the active mirror there is nothing left to copy).
  *                untilPaused() resolves here, the mirror still completing (meanwhile the
  *                coordinator has the destination attach the VM's ports).
  *                finish(): the mirror completed (a failure there is finish's failure: the VM
@@ -25,7 +32,8 @@
  *                cancel(): the mirror cancelled, `migrate_cancel`, the nbd node deleted, the
  *                throttle lifted, `cont` if the VM was paused by the migration: it runs on
  *                untouched (its own disk was only read).
- *   destination  resume(): MIGRATION completed, `cont`, the NBD export and server removed,
+ *   destination  resume(): (called as the source is told to finish) MIGRATION completed,
+ *                `cont`, the NBD export and server removed,
  *                `announce-self` (RARP for every NIC: switches that learnt the MAC elsewhere
  *                learn it again; vnsnap's switches already have the static route).
  *                cancel(): the caller stops the VM with its disk discarded.
@@ -88,6 +96,7 @@ export async function prepareIncoming(vm: QemuVm, listenAddress: string, tls?: M
     await q.execute('nbd-server-start', { addr: { type: 'inet', data: { host: listenAddress, port: String(port) } }, ...secure });
     await q.execute('block-export-add', { type: 'nbd', id: EXPORT, 'node-name': vm.topNode, name: EXPORT, writable: true });
     diskUri = `nbd://${hostPart(listenAddress)}:${port}/${EXPORT}`;
+    keepFlushed(vm);
   }
   await q.execute('migrate-incoming', { uri: `tcp:${hostPart(listenAddress)}:0` });
   const info = await q.execute<MigrationInfo & { 'socket-address'?: { host?: string; port?: string }[] }>('query-migrate');
@@ -99,6 +108,7 @@ export async function prepareIncoming(vm: QemuVm, listenAddress: string, tls?: M
 /** Destination: wait for the state, stop the export, resume, announce. Returns the resume instant (µs). */
 export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<number> {
   const q = vm.q();
+  flushers.get(vm)?.();
   // Registered before the query: the destination finishes loading a moment after the source
   // reports completed, and its event must not fall between the two.
   const ended = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', timeoutMs);
@@ -134,6 +144,46 @@ export async function resumeIncoming(vm: QemuVm, timeoutMs: number): Promise<num
   await vm.refreshStatus();
   return ev ? eventUs(ev) : Date.now() * 1000;
 }
+
+/** Stops a destination's background flush (keepFlushed), by VM. */
+const flushers = new WeakMap<QemuVm, () => void>();
+
+/**
+ * Destination: while the mirror writes into the exported disk, write the host's dirty pages of
+ * its file out every FLUSH_EVERY_MS. The source's VM stop flushes every block node, the mirror's
+ * NBD target included, and that flush (the destination's fdatasync) lies inside the downtime: it
+ * then only has the last moments' writes to write out, not everything since the mirror was
+ * READY. Ends at resume, or when QEMU exits (a cancel).
+ */
+function keepFlushed(vm: QemuVm): void {
+  let stopped = false;
+  let busy = false;
+  let timer: NodeJS.Timeout | undefined;
+  let fh: fs.promises.FileHandle | undefined;
+  const close = (): void => void fh?.close().catch(() => undefined);
+  const stop = (): void => {
+    stopped = true;
+    clearTimeout(timer);
+    if (!busy) close();
+  };
+  const tick = async (): Promise<void> => {
+    busy = true;
+    try {
+      fh ??= await fs.promises.open(vm.topFile, 'r');
+      await fh.datasync();
+    } catch (e) {
+      vm.log.debug({ err: (e as Error).message }, 'background flush of the incoming disk failed');
+    }
+    busy = false;
+    if (stopped) close();
+    else timer = setTimeout(() => void tick(), FLUSH_EVERY_MS);
+  };
+  flushers.set(vm, stop);
+  void vm.exitPromise.then(stop);
+  timer = setTimeout(() => void tick(), FLUSH_EVERY_MS);
+}
+
+const FLUSH_EVERY_MS = 100;
 
 const eventUs = (ev: QmpEvent): number => ev.timestampUs || Date.now() * 1000;
 
@@ -194,7 +244,9 @@ export class OutgoingMigration {
     });
     ready.catch(() => undefined);
     failed.catch(() => undefined);
-    await this.q.execute('blockdev-mirror', { 'job-id': JOB, device: this.vm.topNode, target: TARGET_NODE, sync: 'full', 'auto-finalize': true, 'auto-dismiss': true });
+    // Active mode: a guest write returns once it is on both disks, so after the first pass the
+    // target never falls behind and the switchover has nothing left to copy.
+    await this.q.execute('blockdev-mirror', { 'job-id': JOB, device: this.vm.topNode, target: TARGET_NODE, sync: 'full', 'copy-mode': 'write-blocking', 'auto-finalize': true, 'auto-dismiss': true });
     this.mirrorStarted = true;
     this.throttleTimer = setTimeout(() => void this.throttle(), this.o.throttleAfterMs);
     const poll = setInterval(() => void this.diskProgress(), this.o.progressMs);
