@@ -90,6 +90,10 @@ export class QemuDriver implements HypervisorDriver {
   /** Spawn each QEMU in a transient systemd scope (systemd is PID 1, or the option says so). */
   private readonly useScope: boolean;
   private readonly disks: DiskDirs;
+  /** The agent's in-kernel data path prefix (tap-bpf.ts): one per work directory. */
+  get dataPathPrefix(): string {
+    return dataPathPrefix(this.o.workDir);
+  }
 
   constructor(opts: QemuDriverOptions = {}) {
     this.o = {
