@@ -27,8 +27,9 @@
  * Guarantees: the switch's FDB stays the one source; vn_fdb follows it at the end of every
  * batch in which it changed (a cheap stamp of its size and change counters, plus the switch's
  * explicit calls for static routes); no port's fast flag is on before its FDB entries are
- * written; a failing bpf() call in sync is counted (syncErrors) and leaves the flag off for
- * ports of that VNE, never an exception into the forwarding path.
+ * written; a failing bpf() call is counted (syncErrors) and never an exception into the
+ * forwarding path or attachPort: in sync it leaves the flag off for the ports of that VNE, at
+ * attach it leaves the port off the data path (the kernel punts all of its frames).
  */
 import type { Forwarding } from '../bridge/forwarding';
 import type { Port } from '../port/port';
@@ -87,7 +88,9 @@ export class DataPathWiring {
   attached(lp: LocalPort): boolean {
     const info = dataPathOf(lp.port);
     if (info === undefined) return false;
-    this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false });
+    // A port whose entry cannot be written stays off the data path: its TAP's entry (fast off,
+    // written when the TAP was opened) makes the kernel punt all of its frames to this switch.
+    if (!this.guard(() => this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false }))) return false;
     this.counts.noteEpoch(lp.epoch);
     this.epochs.register(lp.name, info.tapIfindex, false);
     this.ports.set(lp.name, { lp, info, fast: false });
