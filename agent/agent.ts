@@ -42,6 +42,7 @@ import { UdpTransport } from '../switch/tunnel/udp';
 import { probeUdpOffload, type UdpOffloadProbe } from '../switch/tunnel/offload-probe';
 import { CommandDispatcher } from './commands';
 import type { HypervisorDriver } from './drivers/driver';
+import { wireDataPath } from './bpf-dp/host-dp';
 import { AgentMetrics } from './metrics';
 import { MigrateRunner } from './migrate-runner';
 import { RestoreRunner } from './restore-runner';
@@ -111,6 +112,12 @@ export interface AgentOptions {
    * could find them). main passes the configured one.
    */
   stateDir?: string;
+  /**
+   * The in-kernel data path's fast path (agent/bpf-dp/host-dp.ts): loaded at start (a start
+   * where it cannot run fails) and wired into the switch. Absent: off. `prefix`: the QEMU
+   * driver's (QemuDriver.dataPathPrefix), so its tap-bpf TAPs share the set.
+   */
+  dataPath?: { prefix: string; vxlanPort: number };
 }
 
 /** Wall-clock microseconds: sub-millisecond on the system clock, the clock's ms × 1000 otherwise. */
@@ -199,6 +206,15 @@ export class Agent extends EventEmitter implements Startable {
       throw e;
     }
     this.tunnelPort = t.localPort;
+    if (this.opts.dataPath) {
+      try {
+        await wireDataPath(sw, this.opts.dataPath.prefix, this.opts.dataPath.vxlanPort);
+      } catch (e) {
+        sw.stop();
+        throw e;
+      }
+      this.log.info({ vxlanPort: this.opts.dataPath.vxlanPort }, 'in-kernel data path on: tap-bpf ports carried in the kernel');
+    }
     sw.start();
     this.sw = sw;
     if (this.state) {

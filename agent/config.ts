@@ -21,7 +21,8 @@
  *     "stateDir": "/var/lib/vnsnap",       // optional: records of the VMs that outlive the agent (vms/) and the VMs' disks (disks/)
  *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
  *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
- *     "insecurePlaintext": false           // true: no TLS, allowed only for a loopback coordinator
+ *     "insecurePlaintext": false,          // true: no TLS, allowed only for a loopback coordinator
+ *     "dataPath": { "vxlanPort": 6082 }    // optional: nic tap-bpf ports carried in the kernel (below)
  *   }
  *
  * store: where snapshots go, in any form proto/store/store-config.ts parses — a directory (a
@@ -32,6 +33,12 @@
  * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
  * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
  * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
+ * dataPath: turn the in-kernel data path's fast path on (docs/nic-offloads.md, "The in-kernel data
+ * path"): the agent loads it at start (refusing to start where it cannot run) and its switch
+ * lets the kernel carry the frames of `nic: 'tap-bpf'` ports. `true` or { "vxlanPort": N }
+ * (default 6082): the data path's VXLAN UDP port, the same on every host of a network; two
+ * agents in one network namespace each need their own. Absent: off (tap-bpf frames all cross
+ * the switch).
  * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator
  * address is loopback (proto/core/tls.ts checkTransport).
  */
@@ -43,6 +50,7 @@ import type { DriverKind } from './drivers/driver';
 import { parseStoreConfig, type StoreConfig } from '../proto/store/store-config';
 import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 import { DEFAULT_STATE_DIR } from './vm-state';
+import { DP_VXLAN_PORT } from './bpf-dp/rx-side';
 
 export interface AgentConfig {
   id: string;
@@ -68,9 +76,11 @@ export interface AgentConfig {
   insecurePlaintext?: boolean;
   /** The agent's state directory (agent/vm-state.ts; default /var/lib/vnsnap). */
   stateDir: string;
+  /** The in-kernel data path's fast path (absent: off) and its VXLAN UDP port. */
+  dataPath?: { vxlanPort: number };
 }
 
-const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'tunnelOffload', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir'] as const;
+const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'tunnelOffload', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir', 'dataPath'] as const;
 /** Where /metrics and /debug/vms listen unless metricsAddress says otherwise: never the network by default. */
 export const METRICS_DEFAULT_ADDRESS = '127.0.0.1';
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -124,6 +134,7 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   const insecurePlaintext = raw.insecurePlaintext === true;
   const stateDir = raw.stateDir ?? DEFAULT_STATE_DIR;
   if (typeof stateDir !== 'string' || !path.posix.isAbsolute(stateDir) || stateDir === '/') fail(`stateDir: expected an absolute directory other than "/", got ${JSON.stringify(raw.stateDir)}`);
+  const dataPath = validateDataPath(raw.dataPath);
   return {
     id,
     coordinator: `${coord.host}:${coord.port}`,
@@ -140,7 +151,19 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
     ...(tls ? { tls } : {}),
     insecurePlaintext,
     stateDir,
+    ...(dataPath ? { dataPath } : {}),
   };
+}
+
+/** dataPath: absent/false (off), true (port 6082) or { vxlanPort: 1..65535 }. */
+function validateDataPath(v: unknown): { vxlanPort: number } | undefined {
+  if (v === undefined || v === false) return undefined;
+  if (v === true) return { vxlanPort: DP_VXLAN_PORT };
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(`dataPath: expected true, false or { "vxlanPort": N }, got ${JSON.stringify(v)}`);
+  rejectUnknownKeys(v as Record<string, unknown>, ['vxlanPort'], 'dataPath');
+  const port = (v as { vxlanPort?: unknown }).vxlanPort ?? DP_VXLAN_PORT;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) fail(`dataPath.vxlanPort: expected 1..65535, got ${JSON.stringify(port)}`);
+  return { vxlanPort: port };
 }
 
 /** imageRoots: a non-empty list of absolute, normalised directories, not "/" (module comment). */

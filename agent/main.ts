@@ -43,6 +43,11 @@ const productDrivers: DriverFactory[] = [
   { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 
+/** The in-kernel data path's prefix: the QEMU driver's (its tap-bpf TAPs share the set), else its default's. */
+function dataPathPrefixOf(drivers: readonly HypervisorDriver[]): string {
+  return (drivers.find((d): d is QemuDriver => d instanceof QemuDriver) ?? new QemuDriver({ accel: 'tcg' })).dataPathPrefix;
+}
+
 /** The Prometheus /metrics (and /debug/vms) HTTP server as a lifecycle part: start binds, stop closes. */
 class MetricsServer implements Startable {
   private served: Awaited<ReturnType<typeof serveMetrics>> | undefined;
@@ -165,6 +170,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     metrics,
     session: grpcSessionTransportWith(certs?.channelCredentials()),
     ...(cfg.tls ? { migrationTls: cfg.tls } : {}),
+    ...(cfg.dataPath ? { dataPath: { prefix: dataPathPrefixOf(drivers), vxlanPort: cfg.dataPath.vxlanPort } } : {}),
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.

@@ -38,6 +38,7 @@
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
+import type { DataPathWiring } from './bpf-dp/wiring';
 import { Forwarding } from './bridge/forwarding';
 import { isGroupMac, parseMac } from './bridge/mac';
 import type { PeerChange, PeerConfig } from './peers';
@@ -92,6 +93,7 @@ export class Switch implements Startable {
   private readonly cuts: Cuts;
   private readonly fwd: Forwarding;
   private tunnel: TunnelTransport | undefined;
+  private dataPath: DataPathWiring | undefined;
   private timer: NodeJS.Timeout | undefined;
   private nextPortId = 0;
 
@@ -120,6 +122,8 @@ export class Switch implements Startable {
     for (const lp of [...this.portsByName.values()]) this.removePort(lp.name);
     this.tunnel?.close();
     this.tunnel = undefined;
+    this.dataPath?.close();
+    this.dataPath = undefined;
     this.tunnelTx.transport = undefined;
     for (const v of this.vnes.byName.values()) for (const r of v.recordings.values()) this.markers.fail(r, new VnsnapError('ERR_STATE', 'switch stopped'));
   }
@@ -154,6 +158,7 @@ export class Switch implements Startable {
    */
   configureVne(spec: VneSpec): void {
     this.vnes.configure(spec);
+    this.dataPath?.syncAll(this.portsById, true);
   }
 
   /** Add a peer switch, or move a known one to a new underlay address (frames queued to the old one are lost). */
@@ -171,10 +176,14 @@ export class Switch implements Startable {
     this.vnes.setStaticMac(v, mac, { peer });
     const e = v.fdb.lookup(parseMac(mac));
     if (e) e.relay = true;
+    this.dataPath?.sync(v, this.portsById, true);
   }
 
   removeMac(vneName: string, mac: string): boolean {
-    return this.vnes.get(vneName).fdb.remove(parseMac(mac));
+    const v = this.vnes.get(vneName);
+    const removed = v.fdb.remove(parseMac(mac));
+    this.dataPath?.sync(v, this.portsById, true);
+    return removed;
   }
 
   // ───────────────────────────── ports ─────────────────────────────
@@ -193,6 +202,7 @@ export class Switch implements Startable {
     this.portsById[lp.id] = lp;
     v.ports.push(lp);
     if (mac !== undefined) v.fdb.setStatic(mac, lp.id);
+    if (this.dataPath?.attached(lp)) this.dataPath.sync(v, this.portsById, true);
     port.open((n) => this.fwd.onPortBatch(lp, n, () => this.flush()));
   }
 
@@ -205,6 +215,7 @@ export class Switch implements Startable {
     const v = lp.vne;
     v.ports.splice(v.ports.indexOf(lp), 1);
     v.fdb.flushOwner(lp.id, true);
+    this.dataPath?.detached(lp, this.portsById);
     // A departed port no longer holds back markers of a cut in progress.
     for (const r of v.recordings.values()) this.markers.checkLocalCut(v, r.k);
     this.vnes.portDetached(v);
@@ -217,7 +228,10 @@ export class Switch implements Startable {
    * port with offloads and as its segments (each one counted) to a port without.
    */
   openGate(portName: string, frames: readonly ChannelFrame[]): number {
-    return this.delivery.openGate(this.port(portName), frames);
+    const lp = this.port(portName);
+    const n = this.delivery.openGate(lp, frames);
+    this.dataPath?.sync(lp.vne, this.portsById);
+    return n;
   }
 
   /** Set a port's epoch directly (restore attaches ports at the snapshot's epoch). */
@@ -301,6 +315,30 @@ export class Switch implements Startable {
     this.cuts.dataPath = o;
   }
 
+  /**
+   * Put the in-kernel data path under this switch (switch/bpf-dp/wiring.ts): its ports'
+   * entries, the FDB mirror, the epochs at the cut, the kernel's counts in the markers and the
+   * punt device's reader. Once per switch.
+   */
+  useDataPath(w: DataPathWiring): void {
+    if (this.dataPath) throw new VnsnapError('ERR_STATE', 'an in-kernel data path is already in use');
+    this.dataPath = w;
+    this.cuts.dataPath = w.epochs;
+    this.markers.kernelCounts = w.counts;
+    for (const lp of this.portsByName.values()) w.attached(lp);
+    w.syncAll(this.portsById, true);
+    w.punt?.open((n) => {
+      if (this.dataPath !== w) return;
+      w.onPunt(n, this.vnes.byVni, this.fwd);
+      this.flush();
+    });
+  }
+
+  /** The in-kernel data path's wiring (undefined: not in use). */
+  get inKernelDataPath(): DataPathWiring | undefined {
+    return this.dataPath;
+  }
+
   /** What each channel recording of a VNE is waiting for (operators' and tests' view). */
   recordingStatus(vneName: string): RecordingStatus[] {
     return this.markers.status(this.vnes.get(vneName));
@@ -320,6 +358,7 @@ export class Switch implements Startable {
       v.fdb.age(this.fwd.fdbTick);
       this.markers.tick(v, now);
     }
+    this.dataPath?.syncAll(this.portsById);
     this.tunnelTx.flush();
   }
 
@@ -328,6 +367,7 @@ export class Switch implements Startable {
   private flush(): void {
     this.tunnelTx.flush();
     this.delivery.flush();
+    this.dataPath?.syncAll(this.portsById);
   }
 
   private port(name: string): LocalPort {

@@ -78,6 +78,8 @@ export interface ClusterOptions {
    * over the offloaded tunnel.
    */
   tunnelOffload?: boolean;
+  /** The agents' dataPath key (the in-kernel data path's fast path for tap-bpf NICs); absent: off. */
+  dataPath?: boolean;
 }
 
 export interface CliResult {
@@ -228,6 +230,7 @@ export class Cluster {
         coordinator: this.coordinatorAddress,
         tunnel: `${this.hostAddress(host)}:6081`,
         ...(this.opts.tunnelOffload !== undefined ? { tunnelOffload: this.opts.tunnelOffload } : {}),
+        ...(this.opts.dataPath === true ? { dataPath: true } : {}),
         store: this.storage.config,
         stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,

@@ -24,6 +24,7 @@
  */
 import * as fsp from 'node:fs/promises';
 import { VnsnapError } from '../../../proto/core/errors';
+import { DataPathPort } from '../../../switch/bpf-dp/port';
 import { PacketPort } from '../../../switch/port/fd-port';
 import { exec } from '../exec';
 import type { NicMode } from './cmdline';
@@ -107,7 +108,8 @@ export async function removeVmVeth(tap: string): Promise<void> {
  * The switch's port on a VM's TAP (driver.ts prepare(), adopt.ts): a packet socket reading the
  * TAP; for tap-vnet with offloads, writing through the TAP's veth pair (made here when missing).
  * For tap-bpf the in-kernel data path's vn_tx is attached to the TAP (tap-bpf.ts) and the port
- * reads and writes the pair's `v` end, where the program hands it the TAP's frames.
+ * reads and writes the pair's `v` end, where the program hands it the TAP's frames (a
+ * DataPathPort: it names the TAP, so a switch running the data path puts it on the fast path).
  * `dataPathPrefix` names the agent's pinned data path (dataPathPrefix()); tap-bpf only.
  */
 export async function openTapPort(name: string, tap: string, nic: NicMode, dataPathPrefix?: string): Promise<PacketPort> {
@@ -115,6 +117,5 @@ export async function openTapPort(name: string, tap: string, nic: NicMode, dataP
   const v = await ensureVmVeth(tap);
   if (nic === 'tap-vnet') return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
   if (dataPathPrefix === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `TAP ${tap}: nic tap-bpf needs the agent's data path prefix`);
-  await attachTapBpf(dataPathPrefix, tap, v.sw);
-  return new PacketPort(name, v.sw, undefined, { offload: true, writeIfname: v.sw });
+  return new DataPathPort(name, v.sw, await attachTapBpf(dataPathPrefix, tap, v.sw));
 }

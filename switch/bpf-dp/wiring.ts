@@ -1,0 +1,190 @@
+/**
+ * The in-kernel data path wired into a running switch: the one object the switch is given
+ * (Switch.useDataPath) when its agent's data path is loaded, joining the parts of this folder —
+ * the FDB mirror, the epochs at the cut, the kernel's counts in the markers, the punt reader.
+ *
+ *   attach of a DataPathPort  → vn_ports entry (its VNI and epoch, fast off), registered with
+ *                               the cut (DataPathEpochs), its epoch noted for the markers
+ *   sync (every FDB change the switch makes: configuration, learning, aging, a port's arrival)
+ *                             → vn_fdb = the VNE's FDB, owners resolved (local port → its TAP's
+ *                               ifindex, peer → its underlay address), then the fast flag on for
+ *                               every data path port that may have it
+ *   detach                    → fast off, unregistered, its MACs leave vn_fdb with the FDB's
+ *
+ * When a port may be fast: attached, not being cut (the cut's gate turned the flag off and its
+ * advance turns it back: epoch-sync.ts), and not behind a restore gate (the kernel would carry
+ * frames past the gate straight to a VM whose channel state is not injected yet). Until then
+ * the kernel punts all of the port's frames to the switch, which applies its own rules: the
+ * fast path is only ever an optimisation of a path the switch already takes.
+ *
+ * Which peers the kernel may send to: every host of a network that enables the fast path runs
+ * the data path on the same VXLAN UDP port (agent config `dataPath.vxlanPort`), since vn_tx's
+ * VXLAN device sends to its own port. A peer on one of this host's own addresses (two agents in
+ * one network namespace, as in tests, each with its own VXLAN port) is never resolved: the
+ * kernel would send to our own device. Its frames go through the switches' Geneve, as do those
+ * of any owner that does not resolve.
+ *
+ * Guarantees: the switch's FDB stays the one source; vn_fdb follows it at the end of every
+ * batch in which it changed (a cheap stamp of its size and change counters, plus the switch's
+ * explicit calls for static routes); no port's fast flag is on before its FDB entries are
+ * written; a failing bpf() call is counted (syncErrors) and never an exception into the
+ * forwarding path or attachPort: in sync it leaves the flag off for the ports of that VNE, at
+ * attach it leaves the port off the data path (the kernel punts all of its frames).
+ */
+import type { Forwarding } from '../bridge/forwarding';
+import type { Port } from '../port/port';
+import type { LocalPort, Vne } from '../tables';
+import { DataPathEpochs } from './epoch-sync';
+import { enableFastPath, FdbMirror } from './fdb-mirror';
+import { KernelCounts } from './kernel-counts';
+import { numToIpv4, type DpDest } from './layout';
+import type { DataPathMaps } from './maps';
+import { dataPathOf, type DataPathPortInfo } from './port';
+import { newPuntCounters, onPuntBatch, type PuntCounters } from './punt-rx';
+
+export interface DataPathWiringOptions {
+  /** Is this host-order IPv4 one of this host's own addresses (module comment)? */
+  isLocalAddress(ip: number): boolean;
+  /** The punt device's port (vr<hash>, read with offloads); undefined: nothing read. */
+  punt?: Port;
+}
+
+export interface DataPathWiringStats {
+  ports: number;
+  fastPorts: number;
+  syncs: number;
+  fdbSet: number;
+  fdbRemoved: number;
+  syncErrors: number;
+  punt: PuntCounters;
+}
+
+interface Entry {
+  lp: LocalPort;
+  info: DataPathPortInfo;
+  fast: boolean;
+}
+
+export class DataPathWiring {
+  readonly epochs: DataPathEpochs;
+  readonly counts: KernelCounts;
+  readonly punt: Port | undefined;
+  private readonly mirror: FdbMirror;
+  private readonly ports = new Map<string, Entry>();
+  private readonly stamps = new Map<Vne, string>();
+  private readonly s: Omit<DataPathWiringStats, 'ports' | 'fastPorts'> = { syncs: 0, fdbSet: 0, fdbRemoved: 0, syncErrors: 0, punt: newPuntCounters() };
+
+  constructor(
+    readonly maps: DataPathMaps,
+    private readonly opts: DataPathWiringOptions,
+  ) {
+    this.counts = new KernelCounts(maps);
+    this.epochs = new DataPathEpochs(maps, this.counts);
+    this.mirror = new FdbMirror(maps);
+    this.punt = opts.punt;
+  }
+
+  /** A port joined the switch: on the data path when it is a DataPathPort (fast off until sync). */
+  attached(lp: LocalPort): boolean {
+    const info = dataPathOf(lp.port);
+    if (info === undefined) return false;
+    // A port whose entry cannot be written stays off the data path: its TAP's entry (fast off,
+    // written when the TAP was opened) makes the kernel punt all of its frames to this switch.
+    if (!this.guard(() => this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false }))) return false;
+    this.counts.noteEpoch(lp.epoch, lp.vne.vni);
+    this.epochs.register(lp.name, info.tapIfindex, false);
+    this.ports.set(lp.name, { lp, info, fast: false });
+    this.stamps.delete(lp.vne);
+    return true;
+  }
+
+  /** A port left the switch (its FDB entries already flushed): fast off, forgotten, its VNE re-mirrored. */
+  detached(lp: LocalPort, portsById: readonly (LocalPort | undefined)[]): void {
+    const e = this.ports.get(lp.name);
+    if (!e || e.lp !== lp) return;
+    this.ports.delete(lp.name);
+    this.epochs.unregister(lp.name);
+    this.guard(() => {
+      const p = this.maps.port(e.info.tapIfindex);
+      if (p) this.maps.setPort(e.info.tapIfindex, { ...p, fast: false });
+    });
+    if (![...this.ports.values()].some((o) => o.lp.vne === lp.vne)) {
+      this.guard(() => this.mirror.drop(lp.vne.vni));
+      this.stamps.delete(lp.vne);
+    } else this.sync(lp.vne, portsById, true);
+  }
+
+  /**
+   * Bring vn_fdb to v's FDB when it changed since the last sync (or always, `force`), then turn
+   * on the fast flag of v's data path ports that may have it (module comment).
+   */
+  sync(v: Vne, portsById: readonly (LocalPort | undefined)[], force = false): void {
+    const mine = [...this.ports.values()].filter((e) => e.lp.vne === v);
+    if (mine.length === 0) return;
+    const c = v.fdb.counters;
+    const stamp = `${v.fdb.size}/${c.learned}/${c.moved}/${c.aged}/${c.evicted}`;
+    if (force || this.stamps.get(v) !== stamp) {
+      const ok = this.guard(() => {
+        const r = this.mirror.sync(v.vni, v.fdb, (o) => this.resolve(v, o, portsById));
+        this.s.fdbSet += r.set;
+        this.s.fdbRemoved += r.removed;
+      });
+      this.s.syncs++;
+      if (!ok) {
+        this.stamps.delete(v);
+        return;
+      }
+      this.stamps.set(v, stamp);
+    }
+    for (const e of mine) {
+      if (e.fast || e.lp.cutting || e.lp.gated || e.lp.gate !== null) continue;
+      if (!this.guard(() => enableFastPath(this.maps, e.info.tapIfindex, { vni: v.vni, epoch: e.lp.epoch, puntIfindex: e.info.puntIfindex }))) continue;
+      e.fast = true;
+      this.epochs.register(e.lp.name, e.info.tapIfindex, true);
+    }
+  }
+
+  /** Every VNE with data path ports, re-mirrored when its FDB changed (the end of a batch, the tick). */
+  syncAll(portsById: readonly (LocalPort | undefined)[], force = false): void {
+    for (const v of new Set([...this.ports.values()].map((e) => e.lp.vne))) this.sync(v, portsById, force);
+  }
+
+  /** A batch read from the punt device (punt-rx.ts). */
+  onPunt(count: number, vnesByVni: ReadonlyMap<number, Vne>, fwd: Forwarding): void {
+    if (this.punt) onPuntBatch(this.punt.rx, count, vnesByVni, fwd, this.s.punt);
+  }
+
+  /** Is `port` carried by the kernel now (its fast flag on)? */
+  isFast(port: string): boolean {
+    return this.ports.get(port)?.fast === true && this.ports.get(port)?.lp.gated === false;
+  }
+
+  stats(): DataPathWiringStats {
+    return { ...this.s, punt: { ...this.s.punt }, ports: this.ports.size, fastPorts: [...this.ports.values()].filter((e) => e.fast).length };
+  }
+
+  close(): void {
+    this.punt?.close();
+  }
+
+  private resolve(v: Vne, owner: number, portsById: readonly (LocalPort | undefined)[]): DpDest | undefined {
+    if (owner >= 0) {
+      const lp = portsById[owner];
+      const e = lp && this.ports.get(lp.name);
+      return e && e.lp === lp ? { ifindex: e.info.tapIfindex } : undefined;
+    }
+    const vp = v.peers.get(-owner - 1);
+    if (!vp || this.opts.isLocalAddress(vp.peer.ip)) return undefined;
+    return { peer: numToIpv4(vp.peer.ip) };
+  }
+
+  private guard(f: () => unknown): boolean {
+    try {
+      f();
+      return true;
+    } catch {
+      this.s.syncErrors++;
+      return false;
+    }
+  }
+}

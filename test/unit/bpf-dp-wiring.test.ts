@@ -1,0 +1,182 @@
+/**
+ * The in-kernel data path wired into a switch (switch/bpf-dp/wiring.ts, Switch.useDataPath), on
+ * the real pinned maps of a loaded data path (prefix vnut-bpfwire-<pid>, removed after), with
+ * fake ports and a fake underlay: a tap-bpf port's entry and its fast flag, the FDB mirrored on
+ * static routes and learning (owners resolved to TAP ifindexes and peers' addresses, a peer on a
+ * local address left out), the flag off during the cut and behind a restore gate, a marker that
+ * counts what the kernel sent (vn_tx run in the kernel), and punted frames meeting the snapshot
+ * rules as tunnel frames from their peer with their colour.
+ */
+import { strict as assert } from 'node:assert';
+import { loadDataPath, unloadDataPath } from '../../agent/bpf-dp/loader';
+import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
+import { DataPathMaps } from '../../switch/bpf-dp/maps';
+import type { DataPathPortInfo } from '../../switch/bpf-dp/port';
+import { datagramsOf, widenColour } from '../../switch/bpf-dp/punt-rx';
+import { DataPathWiring } from '../../switch/bpf-dp/wiring';
+import { formatMac } from '../../switch/bridge/mac';
+import { nativeIo } from '../../switch/native-io';
+import { FakePort } from '../../switch/port/porttest/fake-port';
+import { Switch } from '../../switch/switch';
+import { decode } from '../../switch/tunnel/geneve';
+import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
+import { makeFrame, parseFrame, vmMac } from '../support/frames';
+import { superFrame } from '../support/tcp-frames';
+
+const PREFIX = `vnut-bpfwire-${process.pid}`;
+const VNI = 4545;
+const B = '10.0.0.2';
+const LOCAL_PEER = 0x7f000001; // 127.0.0.1: "this host's own address" in these tests
+const m = (i: number): string => formatMac(vmMac(i));
+
+class DpFakePort extends FakePort {
+  constructor(
+    name: string,
+    readonly dataPath: DataPathPortInfo,
+  ) {
+    super(name, { offload: true });
+  }
+}
+
+/** Destination VM i, source VM j, written into a frame's Ethernet header. */
+function vmMacInto(frame: Buffer, i: number, j: number): void {
+  frame.writeUIntBE(vmMac(i), 0, 6);
+  frame.writeUIntBE(vmMac(j), 6, 6);
+}
+
+/** A vn_punt header (network order) in front of `frame`. */
+function punted(frame: Buffer, o: { vni?: number; colour: number; reason: number; peer?: number }): Buffer {
+  const h = Buffer.alloc(PUNT_HEADER_LEN);
+  h.writeUInt32BE(0x564e5350, 0);
+  h.writeUInt32BE(o.vni ?? VNI, 4);
+  h.writeUInt16BE(o.colour, 8);
+  h.writeUInt16BE(o.reason, 10);
+  h.writeUInt32BE(o.peer ?? 0x0a000002, 12);
+  return Buffer.concat([h, frame]);
+}
+
+describe('in-kernel data path wired into the switch', function () {
+  this.timeout(60_000);
+  const io = nativeIo();
+  let maps: DataPathMaps;
+  let vnTx: number;
+
+  before(async () => {
+    const dp = await loadDataPath(PREFIX);
+    maps = new DataPathMaps(dp.mapsDir);
+    vnTx = io.bpfObjGet(dp.prog('vn_tx'));
+    maps.setDevices(201, 202);
+  });
+  after(async () => {
+    if (vnTx !== undefined) io.close(vnTx);
+    maps?.close();
+    await unloadDataPath(PREFIX);
+  });
+
+  function rig(): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
+    const net = new FakeUdpNetwork();
+    const sw = new Switch({ id: 'a' });
+    sw.attachTunnel(net.endpoint(0x0a000001, 6081));
+    sw.configureVne({ name: 'blue', vni: VNI, peers: [{ name: 'b', address: B, port: 6081 }, { name: 'c', address: '127.0.0.1', port: 6091 }] });
+    const punt = new FakePort('punt', { offload: true, batchSize: 8 });
+    const w = new DataPathWiring(maps, { isLocalAddress: (ip) => ip === LOCAL_PEER, punt });
+    sw.useDataPath(w);
+    const p1 = new DpFakePort('p1', { tapIfindex: 101, puntIfindex: 301 });
+    sw.attachPort('blue', p1, { mac: m(1) });
+    const p2 = new FakePort('p2', { offload: true });
+    sw.attachPort('blue', p2, { mac: m(2) });
+    return { sw, net, w, punt, p1, p2 };
+  }
+
+  it('puts a tap-bpf port on the data path and mirrors static routes and learning; a plain port and a peer on a local address stay off', () => {
+    const { sw, w, p1 } = rig();
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }, { mac: m(8), peer: 'c' }] });
+    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true });
+    assert.deepEqual([m(1), m(2), m(7), m(8)].map((x) => maps.fdb(VNI, x)), [{ ifindex: 101 }, undefined, { peer: B }, undefined]);
+    p1.vm.send(makeFrame({ dst: vmMac(2), src: vmMac(3), sender: 3, seq: 1, epoch: 0 })); // a second MAC behind p1: learned
+    p1.vm.pumpAll();
+    assert.deepEqual(maps.fdb(VNI, m(3)), { ifindex: 101 });
+    sw.removeMac('blue', m(7));
+    assert.equal(maps.fdb(VNI, m(7)), undefined);
+    assert.deepEqual([w.stats().ports, w.stats().fastPorts, w.stats().syncErrors], [1, 1, 0]);
+    sw.removePort('p1');
+    assert.deepEqual([maps.port(101)?.fast, maps.fdb(VNI, m(1)), maps.fdb(VNI, m(3))], [false, undefined, undefined]);
+    sw.stop();
+  });
+
+  it('the cut turns the flag off while the VM is paused and on at the new epoch; a restored port stays off until its gate opens', async () => {
+    const { sw } = rig();
+    let during: unknown;
+    await sw.cutPorts(['p1', 'p2'], 1, async (pass) => {
+      during = maps.port(101);
+      await pass();
+    });
+    assert.deepEqual(during, { vni: VNI, epoch: 0, puntIfindex: 301, fast: false });
+    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true });
+    const p3 = new DpFakePort('p3', { tapIfindex: 103, puntIfindex: 303 });
+    sw.attachPort('blue', p3, { mac: m(4), epoch: 1, gated: true });
+    sw.setPortEpoch('p3', 1);
+    assert.deepEqual([maps.port(103)?.fast, maps.fdb(VNI, m(4))], [false, { ifindex: 103 }]);
+    sw.openGate('p3', []);
+    assert.deepEqual(maps.port(103), { vni: VNI, epoch: 1, puntIfindex: 303, fast: true });
+    sw.stop();
+  });
+
+  it('a marker counts the datagrams the kernel sent to that peer (vn_tx run in the kernel)', async () => {
+    const { sw, net } = rig();
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+    const ctx = Buffer.alloc(192);
+    ctx.writeUInt32LE(101, 36); // ingress_ifindex: p1's TAP
+    const frame = makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
+    const before = maps.count(VNI, B, 0, 'sent');
+    for (let i = 0; i < 3; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    assert.equal(maps.count(VNI, B, 0, 'sent') - before, 3);
+    await sw.cutPorts(['p1', 'p2'], 1);
+    const toB = net.inFlight.filter((d) => d.toIp === 0x0a000002);
+    const markers = toB.map((d) => decode(d.data, 0, d.data.length)).filter((d) => d?.kind === 'marker') as { epoch: number; count: number }[];
+    assert.deepEqual(markers.map((d) => [d.epoch, d.count]), [[1, before + 3]]);
+    sw.stop();
+  });
+
+  it('punted frames meet the snapshot rules as tunnel frames of their peer and colour: late delivered and recorded, early held, unknown forwarded', async () => {
+    const { sw, w, punt, p1 } = rig();
+    await sw.cutPorts(['p1', 'p2'], 1);
+    const f = (seq: number, dst = 1): Buffer => makeFrame({ dst: vmMac(dst), src: vmMac(9), sender: 9, seq, epoch: 0 });
+    punt.vm.send(punted(f(1), { colour: 0, reason: 1 })); // late
+    punt.vm.send(punted(f(2), { colour: 2, reason: 2 })); // early
+    punt.vm.send(punted(f(3), { colour: 1, reason: 0 })); // unknown (e.g. fast off)
+    punt.vm.send(punted(f(4), { colour: 1, reason: 0, vni: 9 })); // no such VNE
+    punt.vm.send(punted(f(5), { colour: 1, reason: 0, peer: 0x0a000063 })); // no such peer
+    punt.vm.send(Buffer.concat([Buffer.alloc(PUNT_HEADER_LEN), f(6)])); // no header
+    punt.vm.pumpAll();
+    assert.deepEqual(p1.vm.received.map((x) => parseFrame(x)?.seq), [1, 3]);
+    const s = sw.stats().ports['p1'];
+    assert.deepEqual([s?.recorded, s?.held], [1, 1]);
+    assert.deepEqual(w.stats().punt, { frames: 6, late: 1, early: 1, unknown: 3, malformed: 1, unknownVni: 1, unknownPeer: 1 });
+    assert.equal(sw.stats().vnes['blue']?.fdbSize, 3, 'the punted frames\' source learned behind peer b');
+    assert.deepEqual(maps.fdb(VNI, m(9)), { peer: B });
+    sw.stop();
+  });
+
+  it('widens a colour across the 16-bit wrap', () => {
+    assert.deepEqual([widenColour(5, 5), widenColour(4, 5), widenColour(0xffff, 0x10000), widenColour(0, 0xffff), widenColour(1, 0)], [5, 4, 0xffff, 0x10000, 1]);
+  });
+
+  it('a punted GRO super-frame reaches the port whole with its header made relative to the inner frame, counted by its datagrams', () => {
+    const { sw, punt, p1 } = rig();
+    const sf = superFrame({ payload: 500 * 20, mss: 500 }); // fits the fake port's slab
+    vmMacInto(sf.frame, 1, 9);
+    assert.equal(datagramsOf(sf.frame, 0, sf.frame.length, sf.meta, 0), 20);
+    assert.equal(datagramsOf(sf.frame, 0, sf.frame.length, null, 0), 1);
+    const pm = Buffer.from(sf.meta);
+    pm.writeUInt16LE(sf.meta.readUInt16LE(2) + PUNT_HEADER_LEN, 2);
+    pm.writeUInt16LE(sf.meta.readUInt16LE(6) + PUNT_HEADER_LEN, 6);
+    punt.vm.send(punted(sf.frame, { colour: 0, reason: 0 }), pm);
+    punt.vm.pumpAll();
+    assert.deepEqual(p1.vm.received.map((f) => f.length), [sf.frame.length]);
+    assert.ok(p1.vm.received[0]?.equals(sf.frame));
+    assert.deepEqual(p1.vm.receivedMeta[0], sf.meta);
+    assert.equal(sw.recordingStatus('blue').length, 0);
+    sw.stop();
+  });
+});
