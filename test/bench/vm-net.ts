@@ -141,7 +141,7 @@ const VNI_BPF = 3092;
 /** What each NIC mode's vnsnap row goes through. */
 const NIC_PATH: Record<NicMode, string> = {
   'tap-vnet': 'QEMU -netdev tap,vnet_hdr=on (nic=tap-vnet) → packet socket with PACKET_VNET_HDR → switch → Geneve (the tunnel as the agent runs it) → switch → TAP',
-  'tap-bpf': "QEMU -netdev tap,vnet_hdr=on (nic=tap-bpf) → tc bpf vn_tx on the TAP (the agent's in-kernel data path): what it does not carry punted into the port's veth end → packet socket → switch → Geneve → switch → TAP; the kernel-carried share is in data_path",
+  'tap-bpf': "QEMU -netdev tap,vnet_hdr=on (nic=tap-bpf, agents with dataPath on) → tc bpf vn_tx on the TAP → VXLAN-GBP (UDP 6082, kernel GSO/GRO) → vn_rx → the peer's TAP, all in the kernel; what it does not carry (broadcast, unknown, a port being cut, late/early frames) punted into the port's veth end → packet socket → switch → Geneve → switch; the kernel-carried share is in data_path",
   tap: EXTRA_VNE.tap[2],
   stream: EXTRA_VNE.stream[2],
 };
@@ -283,7 +283,7 @@ async function main(): Promise<void> {
   }
 
   // (a) vnsnap: a real deployment, the default NIC mode (then nic=tap-bpf with --bpf, then the extra NIC modes)
-  const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000, ...(o.tunnelOffload !== undefined ? { tunnelOffload: o.tunnelOffload } : {}) });
+  const c = new Cluster({ prefix: 'vmnbc', hosts: [...HOSTS], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: 1000, deadAfterMs: 10_000, ...(o.tunnelOffload !== undefined ? { tunnelOffload: o.tunnelOffload } : {}), ...(o.bpf ? { dataPath: true } : {}) });
   cleanups.push(async () => {
     await c.destroy();
     removeInstanceDirs(ALL_VNES);
