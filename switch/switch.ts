@@ -99,7 +99,7 @@ export class Switch implements Startable {
 
   constructor(opts: Partial<SwitchOptions> & { id: string }) {
     this.opts = { ...DEFAULT_SWITCH_OPTIONS, ...opts };
-    this.vnes = new VneTable(this.opts.fdb, (name) => this.port(name), (r, e) => this.markers.fail(r, e));
+    this.vnes = new VneTable(this.opts.fdb, (name) => this.port(name), (r, e) => this.markers.fail(r, e), (v) => this.dataPath?.generationApplied(v));
     this.tunnelTx = new TunnelTx(this.counters, this.innerFrameMax);
     this.delivery = new Delivery(this.counters, this.opts);
     this.markers = new Markers(this.opts, this.counters, this.tunnelTx, (i) => this.vnes.peers.byIdx[i]?.name);

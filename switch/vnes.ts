@@ -58,6 +58,8 @@ export class VneTable {
     private readonly fdbOpts: Partial<FdbOptions>,
     private readonly port: (name: string) => LocalPort,
     private readonly failRecording: (r: Recording, e: Error) => void,
+    /** Told after a generation was applied (the in-kernel data path restarts its counts). */
+    private readonly generationApplied?: (v: Vne) => void,
   ) {}
 
   get(name: string): Vne {
@@ -209,6 +211,7 @@ export class VneTable {
     v.cutEpoch = 0;
     v.topEpoch = Math.max(0, ...v.ports.map((p) => p.epoch));
     v.fdb.flushLearned();
+    this.generationApplied?.(v);
   }
 }
 

@@ -57,6 +57,26 @@ export class KernelCounts {
   }
 
   /**
+   * The VNE of `vni` moved to another generation (a restore): its epochs start over and the
+   * switch's own counts were reset, so every counter of the old generation goes from the map
+   * (the same epoch numbers will be counted again) and the VNI's notes restart with `epochs`
+   * (its ports' epochs now). Without this a marker after a restore in place would add the old
+   * generation's datagrams of the same epoch numbers and its recording would wait for frames
+   * that never come.
+   */
+  restart(vni: number, peers: readonly number[], epochs: readonly number[]): void {
+    const v = this.vnis.get(vni);
+    if (v) {
+      for (const ip of peers) {
+        const peer = numToIpv4(ip);
+        for (const e of v.epochs) for (const dir of ['sent', 'received'] as const) this.maps.removeCount(vni, peer, e, dir);
+      }
+      this.vnis.delete(vni);
+    }
+    for (const e of epochs) this.noteEpoch(e, vni);
+  }
+
+  /**
    * Fold the epochs of `vni` below k for `peers` into its base and remove their counters from the
    * map: no marker of that VNI will ask below k again and no port of it is below k any more.
    */

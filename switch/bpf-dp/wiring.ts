@@ -98,6 +98,13 @@ export class DataPathWiring {
     return true;
   }
 
+  /** v moved to another generation: the kernel's counts of the old one go (KernelCounts.restart). */
+  generationApplied(v: Vne): void {
+    const peers = [...v.peers.values()].map((vp) => vp.peer.ip);
+    const epochs = v.ports.filter((lp) => this.ports.has(lp.name)).map((lp) => lp.epoch);
+    this.guard(() => this.counts.restart(v.vni, peers, epochs));
+  }
+
   /** A port left the switch (its FDB entries already flushed): fast off, forgotten, its VNE re-mirrored. */
   detached(lp: LocalPort, portsById: readonly (LocalPort | undefined)[]): void {
     const e = this.ports.get(lp.name);

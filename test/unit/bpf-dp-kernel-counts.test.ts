@@ -45,6 +45,20 @@ describe('in-kernel data path: its counts in the markers', () => {
     assert.deepEqual(Object.keys(t.entries).sort(), [`${BLUE}/${B}/3/sent`, `${BLUE}/${B}/9/sent`], 'the folded epochs\' counters are gone from the map');
   });
 
+  it('restart (a new generation): the VNI\'s counters of every noted epoch go from the map, its fold too; notes start over from the ports\' epochs; other VNIs untouched', () => {
+    const t = table({ [`${BLUE}/${B}/1/sent`]: 3, [`${BLUE}/${B}/2/sent`]: 4, [`${BLUE}/${B}/2/received`]: 7, [`${RED}/${B}/2/sent`]: 5 });
+    const k = new KernelCounts(t);
+    const b = ipv4ToNum(B);
+    for (const e of [1, 2]) k.noteEpoch(e, BLUE);
+    k.noteEpoch(2, RED);
+    k.forgetBelow(BLUE, 2, [b]);
+    k.restart(BLUE, [b], [1]);
+    assert.deepEqual(Object.keys(t.entries).sort(), [`${RED}/${B}/2/sent`]);
+    assert.deepEqual([k.below(BLUE, b, 3, 'sent'), k.below(RED, b, 3, 'sent')], [0, 5]);
+    t.entries[`${BLUE}/${B}/1/sent`] = 2; // the new generation's epoch 1 (below the old fold: noted again)
+    assert.equal(k.below(BLUE, b, 2, 'sent'), 2);
+  });
+
   it('two VNIs between the same two hosts: each sums only its own counters, over its own epochs, and folds on its own', () => {
     // Blue and red both send to B in epoch 4; red's ports also had epoch 6, blue's never did.
     const k = new KernelCounts(table({ [`${BLUE}/${B}/4/sent`]: 10, [`${RED}/${B}/4/sent`]: 3, [`${RED}/${B}/6/sent`]: 2, [`${RED}/${B}/4/received`]: 8 }));

@@ -138,6 +138,24 @@ describe('in-kernel data path wired into the switch', function () {
     sw.stop();
   });
 
+  it('a new generation (a restore in place) restarts the kernel counts: the old counters go, the next marker counts only the new generation', async () => {
+    const { sw, net } = rig();
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+    const ctx = Buffer.alloc(192);
+    ctx.writeUInt32LE(101, 36); // ingress_ifindex: p1's TAP
+    const frame = makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
+    for (let i = 0; i < 3; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    assert.ok(maps.count(VNI, B, 0, 'sent') >= 3);
+    sw.configureVne({ name: 'blue', generation: 2, generationNow: true });
+    assert.equal(maps.count(VNI, B, 0, 'sent'), 0, 'the old generation\'s epoch-0 counter is gone from the map');
+    for (let i = 0; i < 2; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    await sw.cutPorts(['p1', 'p2'], 1);
+    const toB = net.inFlight.filter((d) => d.toIp === 0x0a000002);
+    const markers = toB.map((d) => decode(d.data, 0, d.data.length)).filter((d) => d?.kind === 'marker') as { epoch: number; count: number }[];
+    assert.deepEqual(markers.map((d) => [d.epoch, d.count]), [[1, 2]]);
+    sw.stop();
+  });
+
   it('punted frames meet the snapshot rules as tunnel frames of their peer and colour: late delivered and recorded, early held, unknown forwarded', async () => {
     const { sw, w, punt, p1 } = rig();
     await sw.cutPorts(['p1', 'p2'], 1);
