@@ -31,7 +31,7 @@ describe('vnsnap-agent (main)', function () {
     fs.writeFileSync(cfg, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: dir, colour: 'blue' }));
     const r = spawnSync(process.execPath, [MAIN, '--config', cfg], { encoding: 'utf8' });
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, tunnelOffload, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext, stateDir) [ERR_CONFIG]\n');
+    assert.equal(r.stderr, 'vnsnap-agent: unknown key "colour" (known: id, coordinator, tunnel, advertise, tunnelOffload, store, metricsPort, metricsAddress, debugVms, logLevel, drivers, imageRoots, tls, insecurePlaintext, stateDir, dataPath) [ERR_CONFIG]\n');
     const r2 = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', 'nowhere', '--tunnel', '127.0.0.1:0', '--store', dir], { encoding: 'utf8' });
     assert.equal(r2.status, 2);
     assert.equal(r2.stderr, 'vnsnap-agent: coordinator: expected "host:port", got "nowhere" [ERR_CONFIG]\n');
