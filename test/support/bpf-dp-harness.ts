@@ -75,3 +75,23 @@ export async function openDpHarness(prefix: string): Promise<DpHarness> {
     throw e;
   }
 }
+
+/**
+ * Mocha hooks for a suite that runs the programs: a harness opened under `prefix` before the
+ * suite's tests (then `onOpen`, e.g. to set the devices), closed after them even when a test
+ * failed. The returned function gives the open harness.
+ */
+export function dpHarnessHooks(prefix: string, onOpen: (h: DpHarness) => void = () => undefined): () => DpHarness {
+  let h: DpHarness | undefined;
+  before(async () => {
+    h = await openDpHarness(prefix);
+    onOpen(h);
+  });
+  after(async () => {
+    await h?.close();
+  });
+  return () => {
+    if (!h) throw new Error('the data path harness is not open');
+    return h;
+  };
+}

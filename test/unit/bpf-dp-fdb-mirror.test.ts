@@ -6,14 +6,13 @@
  * where before it punted it to the switch.
  */
 import { strict as assert } from 'node:assert';
-import { loadDataPath, unloadDataPath } from '../../agent/bpf-dp/loader';
 import { enableFastPath, FdbMirror } from '../../switch/bpf-dp/fdb-mirror';
 import type { DpDest } from '../../switch/bpf-dp/layout';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { Fdb } from '../../switch/bridge/fdb';
 import { formatMac, parseMac } from '../../switch/bridge/mac';
-import { nativeIo } from '../../switch/native-io';
 import { makeFrame, vmMac } from '../support/frames';
+import { dpHarnessHooks, skbCtx } from '../support/bpf-dp-harness';
 
 const PREFIX = `vnut-bpfmirror-${process.pid}`;
 const VNI = 4343;
@@ -24,20 +23,10 @@ const m = (i: number): string => formatMac(vmMac(i));
 
 describe('in-kernel data path: the switch\'s FDB mirrored into vn_fdb', function () {
   this.timeout(60_000);
-  const io = nativeIo();
   let maps: DataPathMaps;
-  let vnTx: number;
-
-  before(async () => {
-    const dp = await loadDataPath(PREFIX);
-    maps = new DataPathMaps(dp.mapsDir);
-    vnTx = io.bpfObjGet(dp.prog('vn_tx'));
+  const h = dpHarnessHooks(PREFIX, (o) => {
+    maps = o.maps;
     maps.setDevices(201, 202);
-  });
-  after(async () => {
-    if (vnTx !== undefined) io.close(vnTx);
-    maps?.close();
-    await unloadDataPath(PREFIX);
   });
 
   it('writes exactly the resolvable entries, then only what changed; drop removes what it wrote', () => {
@@ -69,11 +58,10 @@ describe('in-kernel data path: the switch\'s FDB mirrored into vn_fdb', function
     maps.setPort(102, { vni: VNI, epoch: 3, puntIfindex: 302, fast: false });
     enableFastPath(maps, 102, { vni: VNI, epoch: 3, puntIfindex: 302 });
     const frame = makeFrame({ dst: vmMac(2), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
-    const ctx = Buffer.alloc(192);
-    ctx.writeUInt32LE(101, 36); // ingress_ifindex
+    const ctx = skbCtx({ ingressIfindex: 101 });
     const txRun = (): { retval: number; local: number; punt: number } => {
       const before = maps.stats();
-      const r = io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+      const r = h().run('vn_tx', frame, ctx);
       const after = maps.stats();
       return { retval: r.retval, local: after.txLocal - before.txLocal, punt: after.txPunt - before.txPunt };
     };

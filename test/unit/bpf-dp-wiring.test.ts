@@ -8,20 +8,19 @@
  * rules as tunnel frames from their peer with their colour.
  */
 import { strict as assert } from 'node:assert';
-import { loadDataPath, unloadDataPath } from '../../agent/bpf-dp/loader';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import type { DataPathPortInfo } from '../../switch/bpf-dp/port';
 import { datagramsOf, widenColour } from '../../switch/bpf-dp/punt-rx';
 import { DataPathWiring } from '../../switch/bpf-dp/wiring';
 import { formatMac } from '../../switch/bridge/mac';
-import { nativeIo } from '../../switch/native-io';
 import { FakePort } from '../../switch/port/porttest/fake-port';
 import { Switch } from '../../switch/switch';
 import { decode } from '../../switch/tunnel/geneve';
 import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { makeFrame, parseFrame, vmMac } from '../support/frames';
 import { superFrame } from '../support/tcp-frames';
+import { dpHarnessHooks, skbCtx } from '../support/bpf-dp-harness';
 
 const PREFIX = `vnut-bpfwire-${process.pid}`;
 const VNI = 4545;
@@ -57,20 +56,10 @@ function punted(frame: Buffer, o: { vni?: number; colour: number; reason: number
 
 describe('in-kernel data path wired into the switch', function () {
   this.timeout(60_000);
-  const io = nativeIo();
   let maps: DataPathMaps;
-  let vnTx: number;
-
-  before(async () => {
-    const dp = await loadDataPath(PREFIX);
-    maps = new DataPathMaps(dp.mapsDir);
-    vnTx = io.bpfObjGet(dp.prog('vn_tx'));
+  const h = dpHarnessHooks(PREFIX, (o) => {
+    maps = o.maps;
     maps.setDevices(201, 202);
-  });
-  after(async () => {
-    if (vnTx !== undefined) io.close(vnTx);
-    maps?.close();
-    await unloadDataPath(PREFIX);
   });
 
   function rig(): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
@@ -122,37 +111,36 @@ describe('in-kernel data path wired into the switch', function () {
     sw.stop();
   });
 
+  /** n frames from p1's TAP (ifindex 101) to VM 7 behind peer b, run through vn_tx in the kernel. */
+  const sendToB = (n: number): void => {
+    const frame = makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
+    for (let i = 0; i < n; i++) h().run('vn_tx', frame, skbCtx({ ingressIfindex: 101 }));
+  };
+  /** The (epoch, count) of every marker the switch sent to b. */
+  const markersToB = (net: FakeUdpNetwork): number[][] =>
+    (net.inFlight.filter((d) => d.toIp === 0x0a000002).map((d) => decode(d.data, 0, d.data.length)).filter((d) => d?.kind === 'marker') as { epoch: number; count: number }[]).map((d) => [d.epoch, d.count]);
+
   it('a marker counts the datagrams the kernel sent to that peer (vn_tx run in the kernel)', async () => {
     const { sw, net } = rig();
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
-    const ctx = Buffer.alloc(192);
-    ctx.writeUInt32LE(101, 36); // ingress_ifindex: p1's TAP
-    const frame = makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
     const before = maps.count(VNI, B, 0, 'sent');
-    for (let i = 0; i < 3; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    sendToB(3);
     assert.equal(maps.count(VNI, B, 0, 'sent') - before, 3);
     await sw.cutPorts(['p1', 'p2'], 1);
-    const toB = net.inFlight.filter((d) => d.toIp === 0x0a000002);
-    const markers = toB.map((d) => decode(d.data, 0, d.data.length)).filter((d) => d?.kind === 'marker') as { epoch: number; count: number }[];
-    assert.deepEqual(markers.map((d) => [d.epoch, d.count]), [[1, before + 3]]);
+    assert.deepEqual(markersToB(net), [[1, before + 3]]);
     sw.stop();
   });
 
   it('a new generation (a restore in place) restarts the kernel counts: the old counters go, the next marker counts only the new generation', async () => {
     const { sw, net } = rig();
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
-    const ctx = Buffer.alloc(192);
-    ctx.writeUInt32LE(101, 36); // ingress_ifindex: p1's TAP
-    const frame = makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
-    for (let i = 0; i < 3; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    sendToB(3);
     assert.ok(maps.count(VNI, B, 0, 'sent') >= 3);
     sw.configureVne({ name: 'blue', generation: 2, generationNow: true });
     assert.equal(maps.count(VNI, B, 0, 'sent'), 0, 'the old generation\'s epoch-0 counter is gone from the map');
-    for (let i = 0; i < 2; i++) io.bpfProgTestRun(vnTx, frame, ctx, Buffer.alloc(frame.length + 64));
+    sendToB(2);
     await sw.cutPorts(['p1', 'p2'], 1);
-    const toB = net.inFlight.filter((d) => d.toIp === 0x0a000002);
-    const markers = toB.map((d) => decode(d.data, 0, d.data.length)).filter((d) => d?.kind === 'marker') as { epoch: number; count: number }[];
-    assert.deepEqual(markers.map((d) => [d.epoch, d.count]), [[1, 2]]);
+    assert.deepEqual(markersToB(net), [[1, 2]]);
     sw.stop();
   });
 
