@@ -29,9 +29,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { GuestImage, GuestStatus } from '../guest/qemu-guest';
 import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
-import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
+import { Cluster } from '../support/cluster';
 import { sleep, until } from '../support/wait';
-import { allStatuses, checkAfterRestore, E2E_HOME, E2E_VNE, E2E_VMS, instanceDir, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { allStatuses, backgroundSnapshotAndRestore, portRxFrames, E2E_HOME, E2E_VNE, E2E_VMS, instanceDir, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 
@@ -59,13 +59,7 @@ function netdevs(vm: string): string[] {
     },
   });
 
-  /** Frames the switch of `host` read from guest vm's port (its metrics endpoint). */
-  function rxFrames(host: string, vm: string): number {
-    const text = c.topo.exec(host, 'curl', ['-sf', '--max-time', '20', `http://127.0.0.1:${METRICS_PORT}/metrics`]);
-    const m = new RegExp(`^vnsnap_switch_port_rx_frames\\{[^}]*port="${E2E_VNE}/${vm}/0"[^}]*\\} (\\d+)`, 'm').exec(text);
-    assert.ok(m, `no rx_frames metric for ${E2E_VNE}/${vm}/0 on ${host}`);
-    return Number(m[1]);
-  }
+  const rxFrames = (host: string, vm: string): number => portRxFrames(c, host, vm);
 
   const sentBytes = (st: GuestStatus): number => st.out.reduce((n, o) => n + o.bytes, 0);
 
@@ -136,18 +130,7 @@ function netdevs(vm: string): string[] {
   });
 
   it('a background snapshot and a restore keep every stream, disk and memory intact; the restored QEMUs have vnet_hdr=on', async () => {
-    const before = await allStatuses();
-    const r = await c.cliStream<{ done?: CatalogSnapshot }>(['snapshot', 'create', E2E_VNE, '--mode', 'background']).done;
-    assert.equal(r.code, 0, r.stderr);
-    const done = r.events[r.events.length - 1]?.done;
-    assert.ok(done, 'the stream ends with the final record');
-    assert.equal(done.state, 'SNAPSHOT_STATE_COMPLETE', done.error);
-    assert.deepEqual(await c.completeSnapshotProblems(done), []);
-    await sleep(3000); // kept: the window over which every stream must move and none break
-    assert.deepEqual(intactProblems('after the background snapshot', before, await allStatuses()), []);
-    const rr = await c.cliStream<{ done?: CatalogSnapshot }>(['restore', done.id, '--stop-running']).done;
-    assert.equal(rr.code, 0, rr.stderr);
-    assert.deepEqual(await checkAfterRestore('background, same hosts', first), []);
+    assert.deepEqual(await backgroundSnapshotAndRestore(c, first), []);
     for (const vm of E2E_VMS) assert.match(netdevs(vm).join(' '), /vnet_hdr=on$/, vm);
     // The restored b has a new TAP and a new veth pair in front of it.
     await towardGuest('b');
