@@ -72,7 +72,7 @@ export interface QemuDriverOptions {
    * in pre-switchover until cut() (the pause includes that wait).
    */
   precopyHold?: 'pre-switchover' | 'bandwidth';
-  /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 8 MiB/s; migration.ts explains the choice). */
+  /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 64 KiB/s; precopy-hold.ts explains the choice and FAST_HOLD_BANDWIDTH). */
   holdBandwidth?: number;
   /**
    * downtime-limit at the cut (ms; default 30 with the bandwidth hold, where a lower limit only
