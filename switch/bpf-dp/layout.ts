@@ -22,6 +22,8 @@ export type PuntReason = (typeof PUNT_REASONS)[number];
 export const STAT_NAMES = ['txRemote', 'txLocal', 'txPunt', 'rxFast', 'rxPunt', 'errors'] as const;
 export type DataPathStats = Record<(typeof STAT_NAMES)[number], number>;
 export const PUNT_HEADER_LEN = 16;
+/** Where a punt header keeps the peer's underlay IPv4 address (network order). */
+export const PUNT_PEER_OFFSET = 12;
 const PUNT_MAGIC = 0x564e5350;
 
 export interface DpPort {
@@ -96,5 +98,5 @@ export function decodePunt(frame: Buffer): PuntHeader | null {
   if (frame.length < PUNT_HEADER_LEN || frame.readUInt32BE(0) !== PUNT_MAGIC) return null;
   const reason = PUNT_REASONS[frame.readUInt16BE(10)];
   if (reason === undefined) return null;
-  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, peer: numToIpv4(frame.readUInt32BE(12)) };
+  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, peer: numToIpv4(frame.readUInt32BE(PUNT_PEER_OFFSET)) };
 }

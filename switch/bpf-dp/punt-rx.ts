@@ -32,7 +32,7 @@ import { MARKER_EPOCHS_AHEAD } from '../options';
 import { isSuperFrame, VNET_HDR_LEN } from '../offload';
 import type { RxBatch } from '../port/port';
 import type { Vne, VnePeer } from '../tables';
-import { decodePunt, ipv4ToNum, PUNT_HEADER_LEN } from './layout';
+import { decodePunt, PUNT_HEADER_LEN, PUNT_PEER_OFFSET } from './layout';
 
 export interface PuntCounters {
   /** Frames read from the punt device. */
@@ -88,7 +88,7 @@ export function onPuntBatch(rx: RxBatch, count: number, vnesByVni: ReadonlyMap<n
       c.unknownVni++;
       continue;
     }
-    const vp = peerOf(v, ipv4ToNum(h.peer));
+    const vp = peerOf(v, slab.readUInt32BE(off + PUNT_PEER_OFFSET)); // as a number: no string round trip per frame
     if (vp === undefined) {
       c.unknownPeer++;
       continue;
