@@ -26,7 +26,9 @@
  * Commit fan-out skew = max − min of the instants the agents' session streams delivered the
  * SnapshotCommit (each worker stamps them, scale-worker.ts): what the coordinator's fan-out
  * spreads over, before any agent-side work. With --workers equal to --agents each agent has its
- * own process, so one agent's cut cannot delay another's receipt.
+ * own process, so one agent's cut cannot delay another's receipt. Its own part is reported
+ * beside it: the spread of the coordinator's write instants (SnapshotCommit.sent_unix_us, stamped
+ * as each agent's commit is written), and the longest write → receipt of one agent.
  *
  * Consistent means, for every VM: after the restore it runs at the snapshot's epoch; it has no
  * more orphans, duplicates and gaps than at the cut (the sim driver keeps each VM's state at
@@ -37,7 +39,7 @@
  * With --json exactly one JSON object goes to stdout:
  *   {"agents":N,"vms":N,"commit_skew_ms":N,"coordinator_rss_mib":N,"snapshot_s":N,"restore_s":N,"consistent":true|false,
  *    "workers":N,"runs":N,"cut_skew_ms":{"median":N,"p95":N,"max":N},"commit_fanout_skew_ms":{"median":N,"p95":N,"max":N},
- *    "load":[1-min,5-min,15-min]}
+ *    "commit_send_spread_ms":{"median":N,"p95":N,"max":N},"commit_lag_ms":{"median":N,"p95":N,"max":N},"load":[1-min,5-min,15-min]}
  * (medians over the runs unless named; RSS is the peak); progress goes to stderr. Everything started is
  * stopped at the end, on failure and on SIGINT/SIGTERM, and the temporary directory removed.
  *
@@ -391,6 +393,10 @@ interface RunResult {
   commitSkewMs: number;
   /** Spread of the instants the agents received SnapshotCommit. */
   fanoutSkewMs: number;
+  /** Spread of the instants the coordinator wrote them (its own part of fanoutSkewMs). */
+  fanoutSendMs: number;
+  /** The longest time from the coordinator's write to an agent's receipt. */
+  fanoutLagMs: number;
   pauseMedianMs: number | null;
   pauseMaxMs: number | null;
   snapshotS: number;
@@ -477,15 +483,22 @@ function checkConsistency(o: Options, states: Map<string, { now?: VmCounters; cu
   return { consistent: problems.length === 0, checkedVms: checked, inFlightAtCut: inFlight, recorded, lost, gapsAfter, problems };
 }
 
-/** The commit fan-out skew of one snapshot: max − min of the agents' receipt instants, ms. */
-async function fanoutSkew(workers: Worker[], snapshotId: string, agents: number): Promise<number> {
-  const at: number[] = [];
+/**
+ * The commit fan-out of one snapshot, ms: `skew`, max − min of the agents' receipt instants; `send`,
+ * max − min of the coordinator's own write instants (its part of the skew; the rest is the
+ * network and the receiving processes); `lag`, the largest receipt − write of one agent.
+ */
+async function fanout(workers: Worker[], snapshotId: string, agents: number): Promise<{ skew: number; send: number; lag: number }> {
+  const got: { at: number; sent: number }[] = [];
   for (const w of workers) {
     const r = await w.request<Extract<FromWorker, { type: 'commits' }>>({ type: 'commits', snapshotId });
-    at.push(...Object.values(r.received));
+    got.push(...Object.values(r.received));
   }
-  if (at.length !== agents) throw new Error(`snapshot ${snapshotId}: ${at.length} of ${agents} agents stamped a SnapshotCommit`);
-  return (Math.max(...at) - Math.min(...at)) / 1000;
+  if (got.length !== agents) throw new Error(`snapshot ${snapshotId}: ${got.length} of ${agents} agents stamped a SnapshotCommit`);
+  const at = got.map((g) => g.at);
+  const sent = got.map((g) => g.sent);
+  if (sent.some((s) => s <= 0)) throw new Error(`snapshot ${snapshotId}: a SnapshotCommit without the coordinator's send stamp`);
+  return { skew: (Math.max(...at) - Math.min(...at)) / 1000, send: (Math.max(...sent) - Math.min(...sent)) / 1000, lag: Math.max(...got.map((g) => g.at - g.sent)) / 1000 };
 }
 
 /** Nearest-rank percentile of xs (NaN when empty). */
@@ -583,7 +596,8 @@ async function main(): Promise<void> {
       const cuts = rec.vms.map((v) => Number(v.cutUnixUs)).filter((x) => x > 0);
       if (cuts.length !== nVms) throw new Error(`snapshot ${rec.id} has ${cuts.length} cut instants for ${nVms} VMs`);
       const commitSkewMs = (Math.max(...cuts) - Math.min(...cuts)) / 1000;
-      const fanoutSkewMs = await fanoutSkew(workers, rec.id, o.agents);
+      const fan = await fanout(workers, rec.id, o.agents);
+      const fanoutSkewMs = fan.skew;
       const pauses = rec.vms.map((v) => v.pauseMs);
       const at = (s: string) => snap.states.find((x) => x.state === s)?.coordinatorMs;
       const created = Number(rec.createdUnixMs);
@@ -595,7 +609,7 @@ async function main(): Promise<void> {
       if (committing !== undefined && persisting !== undefined) states.committing = (persisting - committing) / 1000;
       if (persisting !== undefined) states.persisting = (completed - persisting) / 1000;
       const channelFrames = rec.vms.reduce((n, v) => n + v.channelFrames, 0);
-      say(`run ${run}: snapshot ${rec.id} complete in ${((snap.endMs - snap.startMs) / 1000).toFixed(2)} s, commit fan-out skew ${fanoutSkewMs.toFixed(1)} ms, cut skew ${commitSkewMs.toFixed(1)} ms, ${channelFrames} channel frames, ${rec.lostFrames} lost`);
+      say(`run ${run}: snapshot ${rec.id} complete in ${((snap.endMs - snap.startMs) / 1000).toFixed(2)} s, commit fan-out skew ${fanoutSkewMs.toFixed(1)} ms (coordinator's writes spread ${fan.send.toFixed(1)} ms, longest write → receipt ${fan.lag.toFixed(1)} ms), cut skew ${commitSkewMs.toFixed(1)} ms, ${channelFrames} channel frames, ${rec.lostFrames} lost`);
 
       // Let the VNE move on, then restore it to the cut.
       await sleep(1000);
@@ -615,6 +629,8 @@ async function main(): Promise<void> {
         epoch: rec.epoch,
         commitSkewMs,
         fanoutSkewMs,
+        fanoutSendMs: fan.send,
+        fanoutLagMs: fan.lag,
         pauseMedianMs: median(pauses),
         pauseMaxMs: Math.max(...pauses),
         snapshotS: (snap.endMs - snap.startMs) / 1000,
@@ -655,11 +671,13 @@ async function main(): Promise<void> {
     const spread = (xs: number[]) => ({ median: round(median(xs) ?? NaN), p95: round(percentile(xs, 95)), max: round(Math.max(...xs)) });
     const cutSkews = runs.map((r) => r.commitSkewMs);
     const fanoutSkews = runs.map((r) => r.fanoutSkewMs);
-    const fanout = spread(fanoutSkews);
+    const fanoutSpread = spread(fanoutSkews);
+    const sendSpread = spread(runs.map((r) => r.fanoutSendMs));
+    const lagSpread = spread(runs.map((r) => r.fanoutLagMs));
     const load = os.loadavg().map((l) => round(l, 2));
     if (o.json) {
       process.stdout.write(
-        `${JSON.stringify({ agents: o.agents, vms: nVms, commit_skew_ms: round(skew), coordinator_rss_mib: round(rss, 1), snapshot_s: round(med((r) => r.snapshotS)), restore_s: round(med((r) => r.restoreS)), consistent, workers: o.workers, runs: runs.length, cut_skew_ms: spread(cutSkews), commit_fanout_skew_ms: fanout, load })}\n`,
+        `${JSON.stringify({ agents: o.agents, vms: nVms, commit_skew_ms: round(skew), coordinator_rss_mib: round(rss, 1), snapshot_s: round(med((r) => r.snapshotS)), restore_s: round(med((r) => r.restoreS)), consistent, workers: o.workers, runs: runs.length, cut_skew_ms: spread(cutSkews), commit_fanout_skew_ms: fanoutSpread, commit_send_spread_ms: sendSpread, commit_lag_ms: lagSpread, load })}\n`,
       );
     } else {
       const f = (x: number | null | undefined, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
@@ -669,7 +687,8 @@ async function main(): Promise<void> {
       out(`snapshot mode ${o.mode}; restore onto the same placement (stop_running); ${runs.length} run(s)${runs.length > 1 ? ', medians' : ''}`);
       out(`coordinator dead_after_ms ${o.deadAfterMs || 'default (3000)'}; load average at the end ${load.map((l) => l.toFixed(1)).join(' ')}`);
       out('');
-      out(`commit fan-out skew (max − min receipt) median ${f(fanout.median)} ms, p95 ${f(fanout.p95)} ms, max ${f(fanout.max)} ms    target ≤ ${TARGET_FANOUT_SKEW_MS} ms: ${met(fanout.max <= TARGET_FANOUT_SKEW_MS)}`);
+      out(`commit fan-out skew (max − min receipt) median ${f(fanoutSpread.median)} ms, p95 ${f(fanoutSpread.p95)} ms, max ${f(fanoutSpread.max)} ms    target ≤ ${TARGET_FANOUT_SKEW_MS} ms: ${met(fanoutSpread.max <= TARGET_FANOUT_SKEW_MS)}`);
+      out(`  of which the coordinator's writes (max − min send stamp) median ${f(sendSpread.median)} ms, max ${f(sendSpread.max)} ms; longest write → receipt median ${f(lagSpread.median)} ms, max ${f(lagSpread.max)} ms`);
       out(`cut skew (max − min cut instant)        median ${f(skew)} ms, p95 ${f(percentile(cutSkews, 95))} ms, max ${f(Math.max(...cutSkews))} ms    target ≤ ${TARGET_SKEW_MS} ms: ${met(skew <= TARGET_SKEW_MS)}`);
       out(`coordinator peak RSS (VmHWM)         ${f(rss)} MiB   target ≤ ${TARGET_RSS_MIB} MiB: ${met(rss <= TARGET_RSS_MIB)}`);
       out(`consistent                           ${consistent ? 'yes' : 'NO'}`);
@@ -685,7 +704,7 @@ async function main(): Promise<void> {
       for (const [i, r] of runs.entries()) {
         const c = r.consistency;
         out(
-          `run ${i + 1}: fan-out skew ${f(r.fanoutSkewMs)} ms, cut skew ${f(r.commitSkewMs)} ms, snapshot ${f(r.snapshotS, 2)} s, restore ${f(r.restoreS, 2)} s; ${c.checkedVms} VMs checked, in flight at the cut ${c.inFlightAtCut}, recorded ${c.recorded}, lost ${c.lost}: ${c.consistent ? 'consistent' : `NOT consistent (${c.problems.join('; ')})`}`,
+          `run ${i + 1}: fan-out skew ${f(r.fanoutSkewMs)} ms (writes ${f(r.fanoutSendMs)} ms), cut skew ${f(r.commitSkewMs)} ms, snapshot ${f(r.snapshotS, 2)} s, restore ${f(r.restoreS, 2)} s; ${c.checkedVms} VMs checked, in flight at the cut ${c.inFlightAtCut}, recorded ${c.recorded}, lost ${c.lost}: ${c.consistent ? 'consistent' : `NOT consistent (${c.problems.join('; ')})`}`,
         );
       }
     }

@@ -96,10 +96,12 @@ export interface WorkerCommits {
   type: 'commits';
   id: number;
   /**
-   * agent id → wall-clock µs (performance.timeOrigin + now) at which its session stream
-   * delivered the SnapshotCommit, before the agent handled it. Agents that got none are absent.
+   * agent id → `at`: wall-clock µs (performance.timeOrigin + now) at which its session stream
+   * delivered the SnapshotCommit, before the agent handled it; `sent`: the coordinator's stamp of
+   * the instant it wrote that commit to the agent's stream (SnapshotCommit.sent_unix_us, 0 if
+   * absent). Agents that got none are absent.
    */
-  received: Record<string, number>;
+  received: Record<string, { at: number; sent: number }>;
 }
 
 export type FromWorker = WorkerReady | WorkerStates | WorkerStopped | WorkerError | WorkerStats | WorkerCommits;

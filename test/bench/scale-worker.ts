@@ -20,8 +20,8 @@ import type { FromWorker, ToWorker, VmCounters, WorkerInit, WorkerQuery } from '
 const agents = new Map<string, { agent: Agent; driver: SimDriver }>();
 let log: Logger | undefined;
 let stopping: Promise<void> | undefined;
-/** snapshot id → agent id → µs when the agent's stream delivered SnapshotCommit. */
-const commitsReceived = new Map<string, Record<string, number>>();
+/** snapshot id → agent id → µs when the agent's stream delivered SnapshotCommit, and the coordinator's send stamp. */
+const commitsReceived = new Map<string, Record<string, { at: number; sent: number }>>();
 const lag = monitorEventLoopDelay({ resolution: 10 });
 lag.enable();
 
@@ -52,10 +52,10 @@ function stampingSession(agentId: string): SessionFactory {
       open: (events) =>
         t.open({
           message: (msg) => {
-            const id = msg.command?.snapshotCommit?.snapshotId;
-            if (id) {
+            const commit = msg.command?.snapshotCommit;
+            if (commit?.snapshotId) {
               const at = Math.round((performance.timeOrigin + performance.now()) * 1000);
-              commitsReceived.set(id, { ...commitsReceived.get(id), [agentId]: at });
+              commitsReceived.set(commit.snapshotId, { ...commitsReceived.get(commit.snapshotId), [agentId]: { at, sent: Number(commit.sentUnixUs ?? 0) } });
             }
             events.message(msg);
           },
