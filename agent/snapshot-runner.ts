@@ -20,7 +20,9 @@
  *             LOOP_STALL (the longest stall of this event loop between the receipt and the
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
- *             synchronous write); the commit is logged once every cut has settled.
+ *             synchronous write); the commit is logged once every cut has settled. From the
+ *             receipt until every cut has settled the event loop runs at a raised scheduling
+ *             priority (cut-priority.ts), so QEMU's STOP and replies are read as they arrive.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -54,6 +56,7 @@ import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';
 import type { VneTable } from './vne-table';
+import { raiseCutPriority } from './cut-priority';
 import { LoopStallProbe } from './loop-stall-probe';
 
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
@@ -224,10 +227,12 @@ export class SnapshotRunner {
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
     const probe = LoopStallProbe.start({ now: this.nowUs });
+    const normalPriority = raiseCutPriority(); // until every VM here has resumed (cut-priority.ts)
     let results: PromiseSettledResult<VmSnapshot>[];
     try {
       results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe)));
     } finally {
+      normalPriority();
       probe.stop();
     }
     if (snap.vms.length === 0) await this.cutBystanders(snap.vne, snap.epoch);
