@@ -1,11 +1,13 @@
 /**
  * The agent's event-loop thread at a raised scheduling priority while it cuts VMs: from a
- * commit's receipt until every VM of it has resumed. A VM's pause contains the agent's reaction
+ * commit's receipt until the agent's part of its VMs' pauses is done (snapshot-runner.ts says
+ * when, per mode). A VM's pause contains the agent's reaction
  * to QEMU's STOP (the drain, then `migrate` or `cont`): on a host whose cores are busy with
  * guests, a woken agent at the default priority waited for a core (the cut traces' loop stalls
  * of 15-40 ms around the STOP), and every such wait lengthens the pause. At nice CUT_NICE the
  * scheduler runs it as soon as QEMU's reply arrives. The window is the cut's own, bounded by it
- * (tens of ms per VM); the agent's other work in it (dataplane batches) gains the same.
+ * (tens of ms per VM); the agent's other work in it (dataplane batches) gains the same, which is
+ * why it ends as soon as the rest of the pause is QEMU's own work.
  *
  * Guarantees: only the calling thread (the event loop; Linux's nice value is per thread: the
  * libuv pool, which compresses store chunks, keeps its own) is raised, and only while a hold is

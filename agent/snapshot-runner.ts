@@ -21,8 +21,10 @@
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
  *             synchronous write); the commit is logged once every cut has settled. From the
- *             receipt until every cut has settled the event loop runs at a raised scheduling
- *             priority (cut-priority.ts), so QEMU's STOP and replies are read as they arrive.
+ *             receipt the event loop runs at a raised scheduling priority (cut-priority.ts), so
+ *             QEMU's STOP and replies are read as they arrive: until the last VM's drain in
+ *             background mode (then the rest of the pause is QEMU's), until every cut has
+ *             settled in precopy mode.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -227,10 +229,15 @@ export class SnapshotRunner {
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
     const probe = LoopStallProbe.start({ now: this.nowUs });
-    const normalPriority = raiseCutPriority(); // until every VM here has resumed (cut-priority.ts)
+    const normalPriority = raiseCutPriority(); // the agent's part of the pauses (cut-priority.ts)
+    // Background: the agent's part ends with the last VM's drain (its `migrate` is written in the
+    // same turn of the loop, hence setImmediate); then the pause is QEMU's, and the agent reading
+    // the streams must not take QEMU's cores. Precopy: the agent still sends `cont` at the end.
+    let undrained = snap.vms.length;
+    const drained = snap.mode === 'background' ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
     let results: PromiseSettledResult<VmSnapshot>[];
     try {
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe)));
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe, drained)));
     } finally {
       normalPriority();
       probe.stop();
@@ -252,7 +259,7 @@ export class SnapshotRunner {
   }
 
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe, drained: () => void): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
     const trace: PhaseTiming[] = [commit];
     const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) =>
@@ -262,6 +269,7 @@ export class SnapshotRunner {
           await pass();
         } finally {
           trace.push({ phase: 'PHASE_DRAIN', startUnixUs, endUnixUs: this.nowUs() });
+          drained();
         }
       }),
     )) as CutReport;
