@@ -3,9 +3,14 @@
  * command only when told to (reply / error), so a test sees which commands reached it before
  * any reply was sent — pipelining, not one await per reply — and sends events with the
  * timestamp it is given. Every command line it reads is recorded in `lines`, in order.
+ * fakeMonitorPerTest() gives each test of a suite a fresh monitor and a client connected to it,
+ * in a temporary directory removed after the test.
  */
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { QmpClient } from '../../agent/drivers/qemu/qmp';
 
 export interface MonitorLine {
   execute: string;
@@ -73,4 +78,21 @@ export class FakeMonitor {
     this.conn?.destroy();
     this.server.close();
   }
+}
+
+/** A fresh monitor and a QmpClient ('fake') on it for every test of the calling suite (beforeEach / afterEach). */
+export function fakeMonitorPerTest(prefix: string): { mon: FakeMonitor; q: QmpClient } {
+  const ctx = {} as { mon: FakeMonitor; q: QmpClient };
+  let dir = '';
+  beforeEach(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    ctx.mon = await FakeMonitor.start(dir);
+    ctx.q = await QmpClient.connect(ctx.mon.path, { name: 'fake', timeoutMs: 5000, commandTimeoutMs: 5000 });
+  });
+  afterEach(() => {
+    ctx.q?.close();
+    ctx.mon?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return ctx;
 }

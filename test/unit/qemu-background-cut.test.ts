@@ -1,28 +1,17 @@
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import { backgroundCut } from '../../agent/drivers/qemu/background-cut';
-import { QmpClient } from '../../agent/drivers/qemu/qmp';
+import type { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { CUT_NICE, raiseCutPriority } from '../../agent/cut-priority';
 import { nowUs } from '../../proto/core/clock';
-import { FakeMonitor } from '../support/fake-qmp-monitor';
+import { fakeMonitorPerTest, type FakeMonitor } from '../support/fake-qmp-monitor';
 import { until } from '../support/wait';
 
 describe('QEMU background cut (real unix socket, fake monitor)', () => {
-  let dir: string;
+  const ctx = fakeMonitorPerTest('vnsnap-bgcut-');
   let mon: FakeMonitor;
   let q: QmpClient;
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-bgcut-'));
-    mon = await FakeMonitor.start(dir);
-    q = await QmpClient.connect(mon.path, { name: 'fake', timeoutMs: 5000, commandTimeoutMs: 5000 });
-  });
-  afterEach(() => {
-    q.close();
-    mon.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  beforeEach(() => ({ mon, q } = ctx));
 
   /** A cut over the fake monitor; `steps` records the callbacks in the order they ran. */
   function start(steps: string[]): ReturnType<typeof backgroundCut> {

@@ -1,28 +1,16 @@
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { CutQmpTrace, qmpPhase } from '../../agent/drivers/qemu/cut-qmp-trace';
-import { QmpClient, type QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
+import type { QmpClient, QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
 import { LoopStallProbe } from '../../agent/loop-stall-probe';
 import { nowUs } from '../../proto/core/clock';
-import { FakeMonitor } from '../support/fake-qmp-monitor';
+import { fakeMonitorPerTest, type FakeMonitor } from '../support/fake-qmp-monitor';
 import { until } from '../support/wait';
 
 describe('QMP cut trace (real unix socket, fake monitor)', () => {
-  let dir: string;
+  const ctx = fakeMonitorPerTest('vnsnap-qmptrace-');
   let mon: FakeMonitor;
   let q: QmpClient;
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-qmptrace-'));
-    mon = await FakeMonitor.start(dir);
-    q = await QmpClient.connect(mon.path, { name: 'fake', timeoutMs: 5000, commandTimeoutMs: 5000 });
-  });
-  afterEach(() => {
-    q.close();
-    mon.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  beforeEach(() => ({ mon, q } = ctx));
 
   it('commands issued without an await between them reach QEMU back to back, before any reply; a prepared command is sent as serialised, with a new id each time', async () => {
     const migrate = q.prepare<Record<string, never>>('migrate', { uri: 'unix:/x y"z' });
