@@ -20,11 +20,10 @@
  *             LOOP_STALL (the longest stall of this event loop between the receipt and the
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
- *             synchronous write); the commit is logged once every cut has settled. From the
- *             receipt the event loop runs at a raised scheduling priority (cut-priority.ts), so
- *             QEMU's STOP and replies are read as they arrive: until the last VM's drain in
- *             background mode (then the rest of the pause is QEMU's), until every cut has
- *             settled in precopy mode.
+ *             synchronous write); the commit is logged once every cut has settled. In
+ *             background mode the event loop runs at a raised scheduling priority from the
+ *             receipt to the last VM's drain (cut-priority.ts), so QEMU's STOP is read as it
+ *             arrives; the rest of the pause is QEMU's.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -229,12 +228,15 @@ export class SnapshotRunner {
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
     const probe = LoopStallProbe.start({ now: this.nowUs });
-    const normalPriority = raiseCutPriority(); // the agent's part of the pauses (cut-priority.ts)
-    // Background: the agent's part ends with the last VM's drain (its `migrate` is written in the
-    // same turn of the loop, hence setImmediate); then the pause is QEMU's, and the agent reading
-    // the streams must not take QEMU's cores. Precopy: the agent still sends `cont` at the end.
+    // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
+    // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
+    // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
+    // QEMU's cores. Precopy cuts run at the agent's own priority (their final round reads the
+    // stream at full speed with the VM running).
+    const background = snap.mode === 'background';
+    const normalPriority = background ? raiseCutPriority() : () => undefined;
     let undrained = snap.vms.length;
-    const drained = snap.mode === 'background' ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
+    const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
     let results: PromiseSettledResult<VmSnapshot>[];
     try {
       results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe, drained)));
