@@ -15,8 +15,7 @@
  *          on, the rest off), migrate-set-parameters
  *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain from the STOP
  *          event, migrate into the socket opened at begin written without waiting for the other
- *          replies, QEMU resumes the VM itself), QEMU's threads at a raised priority from the
- *          stop to the RESUME (../../cut-priority.ts)
+ *          replies, QEMU resumes the VM itself)
  *   In both modes, from the commit to the end of the VM's cut no stream of this agent writes
  *   into the store (image-stream.ts holdStoreWrites: other VMs' streams hashed on this loop).
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
