@@ -14,15 +14,7 @@
  * taken; the last release puts back the value found at the first hold. Holds nest (two VNEs
  * committing at once). Where raising is not permitted (no CAP_SYS_NICE) nothing changes and no
  * error is raised: the priority is an optimisation, never a condition of the cut.
- *
- * raiseProcessPriority(pid) does the same for a hypervisor process during its own part of a
- * pause (QEMU's background snapshot: after `migrate`, its main thread and the migration thread
- * save the devices, write-protect the RAM and resume the VM; at the default priority each of
- * those steps waited for a core behind the other guests' vCPUs). Its main thread is raised at
- * once; threads it starts meanwhile (the migration thread) inherit the value, so the release
- * puts every thread of the process still at the raised value back to the main thread's old one.
  */
-import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 
 /** The nice value of the agent's event-loop thread during a cut (-20 highest … 19 lowest). */
@@ -57,33 +49,5 @@ export function raiseCutPriority(nice = CUT_NICE): () => void {
       /* lowering one's own priority is always permitted */
     }
     restoreTo = undefined;
-  };
-}
-
-/**
- * Raise the main thread of process `pid` (see the module comment); the release (idempotent) puts
- * each of its threads found at `nice` back to the old value. Nothing where not permitted.
- */
-export function raiseProcessPriority(pid: number, nice = CUT_NICE): () => Promise<void> {
-  let before: number;
-  try {
-    before = os.getPriority(pid);
-    if (before <= nice) return () => Promise.resolve();
-    os.setPriority(pid, nice);
-  } catch {
-    return () => Promise.resolve();
-  }
-  let released = false;
-  return async () => {
-    if (released) return;
-    released = true;
-    const tids = await fsp.readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
-    for (const tid of tids.map(Number)) {
-      try {
-        if (os.getPriority(tid) === nice) os.setPriority(tid, before);
-      } catch {
-        /* the thread ended */
-      }
-    }
   };
 }

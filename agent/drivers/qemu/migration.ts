@@ -61,7 +61,6 @@ import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
-import { raiseProcessPriority } from '../../cut-priority';
 import { loggedPageOrder } from './page-order';
 import { holdAfterConvergence } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
@@ -371,8 +370,6 @@ export class QemuJob extends DriverJob {
 
   private async cutBackground(atPause: () => Promise<void>): Promise<CutReport> {
     let cut: { cutUnixUs: number; resume: QmpEvent };
-    // QEMU's threads at a raised priority through the pause (agent/cut-priority.ts).
-    const normalPriority = this.vmObj.pid !== undefined && !this.vmObj.exited ? raiseProcessPriority(this.vmObj.pid) : () => Promise.resolve();
     try {
       cut = await backgroundCut({
         q: this.q,
@@ -390,14 +387,11 @@ export class QemuJob extends DriverJob {
         mark: (m) => this.mark(m),
       });
     } catch (e) {
-      await normalPriority();
       await this.failCut(false); // a disk QEMU froze all the same is merged back
       throw e;
     }
     this.pausedByUs = false;
-    const report = this.finishCut(cut.cutUnixUs, cut.resume);
-    await normalPriority();
-    return report;
+    return this.finishCut(cut.cutUnixUs, cut.resume);
   }
 
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
