@@ -20,7 +20,10 @@
  *             LOOP_STALL (the longest stall of this event loop between the receipt and the
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
- *             synchronous write); the commit is logged once every cut has settled.
+ *             synchronous write); the commit is logged once every cut has settled. In
+ *             background mode the event loop runs at a raised scheduling priority from the
+ *             receipt to the last VM's drain (cut-priority.ts), so QEMU's STOP is read as it
+ *             arrives; the rest of the pause is QEMU's.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -54,6 +57,7 @@ import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';
 import type { VneTable } from './vne-table';
+import { raiseCutPriority } from './cut-priority';
 import { LoopStallProbe } from './loop-stall-probe';
 
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
@@ -224,10 +228,20 @@ export class SnapshotRunner {
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
     const probe = LoopStallProbe.start({ now: this.nowUs });
+    // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
+    // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
+    // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
+    // QEMU's cores. Precopy cuts run at the agent's own priority (their final round reads the
+    // stream at full speed with the VM running).
+    const background = snap.mode === 'background';
+    const normalPriority = background ? raiseCutPriority() : () => undefined;
+    let undrained = snap.vms.length;
+    const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
     let results: PromiseSettledResult<VmSnapshot>[];
     try {
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe)));
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe, drained)));
     } finally {
+      normalPriority();
       probe.stop();
     }
     if (snap.vms.length === 0) await this.cutBystanders(snap.vne, snap.epoch);
@@ -247,7 +261,7 @@ export class SnapshotRunner {
   }
 
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe, drained: () => void): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
     const trace: PhaseTiming[] = [commit];
     const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) =>
@@ -257,6 +271,7 @@ export class SnapshotRunner {
           await pass();
         } finally {
           trace.push({ phase: 'PHASE_DRAIN', startUnixUs, endUnixUs: this.nowUs() });
+          drained();
         }
       }),
     )) as CutReport;

@@ -1,78 +1,16 @@
 import { strict as assert } from 'node:assert';
-import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { CutQmpTrace, qmpPhase } from '../../agent/drivers/qemu/cut-qmp-trace';
-import { QmpClient, type QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
+import type { QmpClient, QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
 import { LoopStallProbe } from '../../agent/loop-stall-probe';
 import { nowUs } from '../../proto/core/clock';
+import { fakeMonitorPerTest, type FakeMonitor } from '../support/fake-qmp-monitor';
 import { until } from '../support/wait';
 
-/**
- * A QMP monitor on a real unix socket that answers a command only when told to (hold), so a
- * test sees which commands reached it before any reply was sent: pipelining, not one await per
- * reply. Every line it reads is recorded.
- */
-class FakeMonitor {
-  readonly lines: { execute: string; id: string }[] = [];
-  private conn: net.Socket | undefined;
-  private constructor(
-    readonly server: net.Server,
-    readonly path: string,
-  ) {}
-
-  static async start(dir: string): Promise<FakeMonitor> {
-    const p = path.join(dir, 'mon.sock');
-    const server = net.createServer();
-    const m = new FakeMonitor(server, p);
-    server.on('connection', (c) => {
-      m.conn = c;
-      c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
-      let buf = '';
-      c.on('data', (d) => {
-        buf += d.toString();
-        let i: number;
-        while ((i = buf.indexOf('\n')) >= 0) {
-          const msg = JSON.parse(buf.slice(0, i)) as { execute: string; id: string };
-          buf = buf.slice(i + 1);
-          if (msg.execute === 'qmp_capabilities') c.write(`{"return": {}, "id": "${msg.id}"}\n`);
-          else m.lines.push(msg);
-        }
-      });
-    });
-    await new Promise<void>((r) => server.listen(p, r));
-    return m;
-  }
-
-  reply(id: string): void {
-    this.conn?.write(`{"return": {}, "id": "${id}"}\n`);
-  }
-
-  event(name: string, unixUs: number): void {
-    this.conn?.write(`${JSON.stringify({ event: name, data: {}, timestamp: { seconds: Math.floor(unixUs / 1e6), microseconds: unixUs % 1e6 } })}\n`);
-  }
-
-  close(): void {
-    this.conn?.destroy();
-    this.server.close();
-  }
-}
-
 describe('QMP cut trace (real unix socket, fake monitor)', () => {
-  let dir: string;
+  const ctx = fakeMonitorPerTest('vnsnap-qmptrace-');
   let mon: FakeMonitor;
   let q: QmpClient;
-  beforeEach(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-qmptrace-'));
-    mon = await FakeMonitor.start(dir);
-    q = await QmpClient.connect(mon.path, { name: 'fake', timeoutMs: 5000, commandTimeoutMs: 5000 });
-  });
-  afterEach(() => {
-    q.close();
-    mon.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  beforeEach(() => ({ mon, q } = ctx));
 
   it('commands issued without an await between them reach QEMU back to back, before any reply; a prepared command is sent as serialised, with a new id each time', async () => {
     const migrate = q.prepare<Record<string, never>>('migrate', { uri: 'unix:/x y"z' });

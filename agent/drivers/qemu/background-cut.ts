@@ -2,18 +2,25 @@
  * The cut of a QEMU background snapshot: from `stop` to QEMU's RESUME, the whole pause of a
  * background-mode VM, kept apart so that nothing else gets into it.
  *
- *   `stop` and `blockdev-snapshot` (the overlay prepared at begin) written back to back (QEMU
- *   freezes the disk right after the stop, while the switch drains) ─► STOP (the cut instant) ─►
- *   atPause() (the switch's drain and epoch) ─► the disk frozen ─► `migrate` (serialised before
- *   the stop, into the socket opened at begin) ─► QEMU resumes the VM itself (RESUME).
- * `migrate` waits for the drain: it resumes the VM, and a frame the VM writes after that must
- * not be drained as the old epoch.
+ *   `stop` and `blockdev-snapshot` (the overlay prepared at begin) written back to back ─► the
+ *   STOP event (the cut instant) ─► atPause() (the switch's drain and epoch) ─► `migrate`
+ *   (serialised before the stop, into the socket opened at begin) ─► QEMU resumes the VM itself
+ *   (RESUME).
+ * The drain starts at the STOP event, not at the `stop` reply: QEMU emits STOP once the vCPUs are
+ * paused and the devices told (virtio-net sends nothing more), and only then drains and flushes
+ * the block layer before it replies; the agent's drain runs beside that flush. `migrate` is
+ * written as soon as the drain is done, without waiting for the replies of `stop` and
+ * `blockdev-snapshot`: QEMU runs a monitor's commands in order, so it starts the migration after
+ * the disk is frozen, and the agent's reaction to STOP overlaps QEMU's own stop and disk work
+ * instead of following it. `migrate` must wait for the drain: it resumes the VM, and a frame the
+ * VM writes after that must not be drained as the old epoch.
  *
- * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event; on any
- * failure it rejects with the first error once the disk step settled (the caller resumes the VM
- * and merges a disk QEMU froze all the same back). `stopped` is called as soon as the VM is
- * known to be paused, `migrating` right before `migrate` is sent (the caller watches the
- * migration's end from there).
+ * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event once
+ * every command of the cut succeeded; on any failure it rejects with the first error once every
+ * command it sent settled (the caller resumes the VM if it is still paused and merges a disk
+ * QEMU froze all the same back). `stopped` is called as soon as the VM is known to be paused,
+ * `migrating` right before `migrate` is sent (from then on the migration may run even if the cut
+ * fails — a `blockdev-snapshot` refused after it was sent — and the caller watches its end).
  */
 import { nowUs } from '../../../proto/core/clock';
 import type { QmpClient, QmpEvent } from './qmp';
@@ -30,32 +37,39 @@ export interface BackgroundCut {
   mark: (step: string) => void;
 }
 
+/** A promise whose rejection is handled later (or never, when an earlier step failed). */
+function settledLater<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
 export async function backgroundCut(c: BackgroundCut): Promise<{ cutUnixUs: number; resume: QmpEvent }> {
   const q = c.q;
   const migrate = q.prepare('migrate', { uri: c.uri });
   c.mark('start');
-  const stopEv = q.waitEvent('STOP', undefined, 10_000).catch(() => undefined);
+  const stopEv = settledLater(q.waitEvent('STOP', undefined, 10_000));
   // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
-  const stopped = q.execute('stop');
-  const disk = c.snapshotDisk();
-  disk.catch(() => undefined);
+  const stopped = settledLater(q.execute('stop'));
+  const disk = settledLater(c.snapshotDisk());
+  const sent: Promise<unknown>[] = [stopped, disk];
   try {
-    await stopped;
-    const stop = await stopEv;
+    // QEMU writes STOP before the stop's reply; a reply without it (a VM that was not running)
+    // or a refused stop ends the wait too.
+    const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
     c.mark('stopped');
     c.stopped();
     const cutUnixUs = stop?.timestampUs || nowUs();
     await c.atPause();
     c.mark('hook');
-    await disk;
     c.migrating();
-    const resumeEv = q.waitEvent('RESUME', undefined, 30_000);
-    await migrate.send();
+    const resumeEv = settledLater(q.waitEvent('RESUME', undefined, 30_000));
+    sent.push(migrate.send());
+    await Promise.all(sent);
     const resume = await resumeEv;
     c.mark('resumed');
     return { cutUnixUs, resume };
   } catch (e) {
-    await disk.catch(() => undefined);
+    await Promise.allSettled(sent);
     throw e;
   }
 }

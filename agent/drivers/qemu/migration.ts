@@ -13,8 +13,9 @@
  * Snapshot, background mode:
  *   begin: migrate-set-capabilities (every capability, explicitly: events, background-snapshot
  *          on, the rest off), migrate-set-parameters
- *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain, migrate into the
- *          socket opened at begin, QEMU resumes the VM itself)
+ *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain from the STOP
+ *          event, migrate into the socket opened at begin written without waiting for the other
+ *          replies, QEMU resumes the VM itself)
  *   In both modes, from the commit to the end of the VM's cut no stream of this agent writes
  *   into the store (image-stream.ts holdStoreWrites: other VMs' streams hashed on this loop).
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
@@ -109,6 +110,8 @@ export class QemuJob extends DriverJob {
   private qmpTrace: CutQmpTrace | undefined;
   /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
   private releaseStore: (() => void) | undefined;
+  /** A background cut wrote `migrate` (the migration may run even though the cut then failed). */
+  private backgroundMigrate = false;
 
   constructor(
     private readonly vmObj: QemuVm,
@@ -377,7 +380,10 @@ export class QemuJob extends DriverJob {
           this.pausedByUs = true;
           this.vmObj.status = 'paused';
         },
-        migrating: () => (this.migrationDone = this.watchCompletion()),
+        migrating: () => {
+          this.backgroundMigrate = true;
+          this.migrationDone = this.watchCompletion();
+        },
         mark: (m) => this.mark(m),
       });
     } catch (e) {
@@ -566,12 +572,13 @@ export class QemuJob extends DriverJob {
     await this.restarting;
     const heldByQemu = this.migrationStatus === 'pre-switchover';
     this.stream?.discard(); // QEMU must never wait on a stream nobody will keep
-    if (was === 'writing' && this.opts.mode === 'background') {
+    if (this.opts.mode === 'background' && (was === 'writing' || this.backgroundMigrate)) {
       // Never migrate_cancel a background snapshot: on QEMU 7.2 under TCG it hung QEMU's main
       // loop in about 1 run of 3 (no QMP reply, VM lost; docs/qemu.md). The VM is running and
-      // the stream is bounded by its RAM, so let it end and discard it.
+      // the stream is bounded by its RAM, so let it end and discard it. (A cut that failed after
+      // its `migrate` was written, its disk step refused, may have started one: 'none' if not.)
       this.log.debug({ migration: this.migrationStatus }, 'abort: letting the background stream end');
-      await this.migrationDone?.catch(() => undefined);
+      if (this.migrationStatus !== 'none') await this.migrationDone?.catch(() => undefined);
     } else {
       this.log.debug({ was, migration: this.migrationStatus }, 'abort: cancelling the migration');
       await this.cancelMigration();
