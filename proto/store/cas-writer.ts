@@ -32,8 +32,10 @@ import type { Codec } from './chunk-codec';
 import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
-import { PackWriter, type PackJob } from './pack-writer';
+import { msSince, PackWriter, type PackJob, type WriteProfile } from './pack-writer';
 import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact } from './snapshot-store';
+
+export type { WriteProfile } from './pack-writer';
 
 /** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
 export interface WriteStats {
@@ -71,12 +73,13 @@ export class CasWriter implements ArtefactWriter {
   private finished = false;
   private readonly packer: PackWriter | null;
   readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
+  readonly profile: WriteProfile = { hashMs: 0, chunkMs: 0, chunkHashMs: 0, compressMs: 0, putMs: 0, flushMs: 0, packs: 0 };
 
   constructor(
     readonly path: string,
     private readonly o: CasWriterOptions,
   ) {
-    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec) : null;
+    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec, this.profile) : null;
   }
 
   get bytes(): number {
@@ -87,9 +90,14 @@ export class CasWriter implements ArtefactWriter {
     if (this.state !== 'open') return Promise.reject(this.ended());
     const copy = Buffer.from(data); // the caller may reuse its buffer once write() returns
     return this.step(async () => {
+      let t = process.hrtime.bigint();
       this.hash.update(copy);
       this.size += copy.length;
-      for (const c of this.o.splitter.push(copy)) await this.store(c);
+      this.profile.hashMs += msSince(t);
+      t = process.hrtime.bigint();
+      const cut = this.o.splitter.push(copy);
+      this.profile.chunkMs += msSince(t);
+      for (const c of cut) await this.store(c);
     }, 'writing');
   }
 
@@ -101,6 +109,7 @@ export class CasWriter implements ArtefactWriter {
       const tail = this.packer?.seal();
       if (tail) await this.launch(tail);
       await this.drain();
+      await this.packer?.flush();
       this.packer?.locate();
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
@@ -147,7 +156,9 @@ export class CasWriter implements ArtefactWriter {
 
   /** Hash a closed chunk, list it, and store it unless this writer already did. */
   private async store(chunk: Buffer): Promise<void> {
+    const t = process.hrtime.bigint();
     const sha = sha256(chunk);
+    this.profile.chunkHashMs += msSince(t);
     const ref: ChunkRef = { sha256: sha, size: chunk.length };
     this.chunks.push(ref);
     this.stats.chunks++;
