@@ -225,7 +225,7 @@ export class StreamIntoStore {
     const t0 = nowMs();
     try {
       bufs = parts();
-      this.profile.transformMs += nowMs() - t0;
+      if (this.o.transform) this.profile.transformMs += nowMs() - t0;
     } catch (e) {
       this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: rewriting the stream failed after ${this.received} bytes: ${(e as Error).message}`, { cause: e }));
       return;
