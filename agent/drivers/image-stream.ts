@@ -28,6 +28,7 @@
  *                    that drops what arrives (an abort: the sender is never blocked, so it ends
  *                    by itself). close() closes the socket and the listener and removes the
  *                    socket file. One connection is accepted; a second one is refused.
+ *                    `profile` says where the stream's time went (StreamProfile), for the job's log.
  *   feedSocket       restore: an artefact's chunks (store.read(): each checked before it is
  *                    handed out) written into a unix socket the hypervisor listens on (QEMU
  *                    `migrate-incoming unix:PATH`), honouring the socket's backpressure. A store
@@ -42,11 +43,12 @@ import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
  * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A store
- * hashes (and a content-addressed one chunks) a write in one go on the event loop — about 5–10 ms
- * per MiB here for the content-addressed store — and the job's QMP events wait behind it: 4 MiB
- * writes held the loop for 40–90 ms. Between two writes the pump yields to the event loop
- * (setImmediate), since a store whose write() resolves without I/O would otherwise run the whole
- * buffer through in one go.
+ * may hash (and a content-addressed one chunk) a write in one go on the event loop — about 5–10 ms
+ * per MiB here for the content-addressed store, before its hashing moved to a worker thread
+ * (proto/store/chunk-hasher.ts; the whole-file layout still hashes here) — and the job's QMP
+ * events wait behind it: 4 MiB writes held the loop for 40–90 ms. Between two writes the pump
+ * yields to the event loop (setImmediate), since a store whose write() resolves without I/O would
+ * otherwise run the whole buffer through in one go.
  */
 const WRITE_BATCH = 512 * 1024;
 
@@ -114,6 +116,22 @@ export interface StreamTransform {
   end(): Buffer[];
 }
 
+/**
+ * Where a stream's time went (ms): first byte → EOF, and within it the transform's time on the
+ * event loop, the time the writer's writes took (awaited, store work on the loop and waits for
+ * its uploads), the time the socket was paused (the sender held back by the bound), and the time
+ * the writes were held (a cut).
+ */
+export interface StreamProfile {
+  spanMs: number;
+  transformMs: number;
+  writeMs: number;
+  pausedMs: number;
+  heldMs: number;
+}
+
+const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
+
 export class StreamIntoStore {
   private conn: net.Socket | undefined;
   private pending: Buffer[] = [];
@@ -131,6 +149,11 @@ export class StreamIntoStore {
   received = 0;
   /** The most bytes that waited for the store at once. */
   peakQueued = 0;
+  /** Where the time went (StreamProfile); spanMs is set at EOF. */
+  readonly profile: StreamProfile = { spanMs: 0, transformMs: 0, writeMs: 0, pausedMs: 0, heldMs: 0 };
+  private firstByteAt = 0;
+  private pausedAt = 0;
+  private heldAt = 0;
 
   private constructor(
     private readonly server: net.Server,
@@ -177,14 +200,16 @@ export class StreamIntoStore {
     }
     this.conn = c;
     c.on('data', (chunk: Buffer) => {
+      if (this.received === 0) this.firstByteAt = nowMs();
       this.received += chunk.length;
       if (this.discarding || this.failure) return;
       this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
-      if (this.bounded && this.queued >= this.o.bufferBytes) c.pause();
+      if (this.bounded && this.queued >= this.o.bufferBytes) this.pauseSocket(c);
       this.pump();
     });
     c.on('end', () => {
       if (this.o.transform && !this.discarding && !this.failure) this.enqueue(() => (this.o.transform as StreamTransform).end());
+      this.profile.spanMs = this.firstByteAt > 0 ? nowMs() - this.firstByteAt : 0;
       this.eof = true;
       this.pump();
     });
@@ -197,8 +222,10 @@ export class StreamIntoStore {
   /** Queue what `parts` returns; a transform that throws fails the stream. */
   private enqueue(parts: () => Buffer[]): void {
     let bufs: Buffer[];
+    const t0 = nowMs();
     try {
       bufs = parts();
+      if (this.o.transform) this.profile.transformMs += nowMs() - t0;
     } catch (e) {
       this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: rewriting the stream failed after ${this.received} bytes: ${(e as Error).message}`, { cause: e }));
       return;
@@ -219,10 +246,12 @@ export class StreamIntoStore {
       try {
         while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
           const batch = this.takeBatch();
+          const t0 = nowMs();
           await this.writer.write(batch);
+          this.profile.writeMs += nowMs() - t0;
           await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
           this.queued -= batch.length;
-          if (this.conn?.isPaused() && this.queued < this.o.bufferBytes / 2) this.conn.resume();
+          if (this.conn?.isPaused() && this.queued < this.o.bufferBytes / 2) this.resumeSocket();
         }
       } catch (e) {
         this.fail(e as Error);
@@ -234,6 +263,17 @@ export class StreamIntoStore {
         if (!this.writesHeld && !storeWritesHeld()) this.pump();
       } else if (this.eof) this.settle.resolve();
     })();
+  }
+
+  private pauseSocket(c: net.Socket): void {
+    if (!c.isPaused()) this.pausedAt = nowMs();
+    c.pause();
+  }
+
+  private resumeSocket(): void {
+    if (this.conn?.isPaused() && this.pausedAt > 0) this.profile.pausedMs += nowMs() - this.pausedAt;
+    this.pausedAt = 0;
+    this.conn?.resume();
   }
 
   private takeBatch(): Buffer {
@@ -254,7 +294,7 @@ export class StreamIntoStore {
   private dropQueue(): void {
     this.pending = [];
     this.queued = 0;
-    this.conn?.resume(); // keep reading (and dropping): the sender is never left blocked
+    this.resumeSocket(); // keep reading (and dropping): the sender is never left blocked
   }
 
   /**
@@ -264,7 +304,7 @@ export class StreamIntoStore {
    */
   unbound(): void {
     this.bounded = false;
-    this.conn?.resume();
+    this.resumeSocket();
   }
 
   /**
@@ -274,12 +314,14 @@ export class StreamIntoStore {
    */
   holdWrites(): void {
     this.unbound();
+    if (!this.writesHeld) this.heldAt = nowMs();
     this.writesHeld = true;
   }
 
   /** The store catches up with what arrived while writes were held (idempotent). */
   releaseWrites(): void {
     if (!this.writesHeld) return;
+    this.profile.heldMs += nowMs() - this.heldAt;
     this.writesHeld = false;
     this.pump();
   }

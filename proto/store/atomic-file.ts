@@ -54,6 +54,27 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * Make files committed with `durable: false` durable: each file fsynced and then each of their
+ * directories once (its entry, the rename), all in parallel so the filesystem can commit them
+ * together. ENOSPC/EDQUOT is ERR_STORE_FULL, any other failure ERR_INTERNAL naming `label`.
+ */
+export async function syncFiles(files: readonly string[], label: string): Promise<void> {
+  try {
+    await Promise.all(files.map(async (f) => {
+      const h = await fsp.open(f, fs.constants.O_RDONLY);
+      try {
+        await h.sync();
+      } finally {
+        await h.close();
+      }
+    }));
+    await Promise.all([...new Set(files.map((f) => path.dirname(f)))].map((d) => fsyncDir(d)));
+  } catch (e) {
+    throw storeFailure(e, 'committing', label);
+  }
+}
+
 /** The absolute path of `relPath` under `root`; ERR_INVALID_ARGUMENT for a path that could leave it. */
 export function confine(root: string, relPath: string): string {
   if (typeof relPath !== 'string' || relPath === '' || path.isAbsolute(relPath) || relPath.includes('\0')) {
@@ -115,15 +136,21 @@ export class AtomicFile {
     return p;
   }
 
-  /** After the pending writes: fsync, rename to the final name, fsync the directory. */
-  async commit(): Promise<void> {
+  /**
+   * After the pending writes: fsync, rename to the final name, fsync the directory. With
+   * `durable: false` only the rename: the file is whole or absent for readers now, but a crash
+   * may lose or tear it until syncFiles() of its path returned (a caller that flushes many files
+   * at once, in parallel, instead of waiting on the disk for each).
+   */
+  async commit(o: { durable?: boolean } = {}): Promise<void> {
     await this.chain;
     if (this.state !== 'open') throw this.stateError();
+    const durable = o.durable ?? true;
     try {
-      await this.h.sync();
+      if (durable) await this.h.sync();
       await this.h.close();
       await fsp.rename(this.tmp, this.final);
-      await fsyncDir(path.dirname(this.final));
+      if (durable) await fsyncDir(path.dirname(this.final));
     } catch (e) {
       throw await this.fail(e, 'committing');
     }

@@ -39,11 +39,12 @@
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
-import { checkChunkerParams, Chunker, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
+import { checkChunkerParams, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
 import { defaultCodec, type Codec } from './chunk-codec';
 import { chunkListSha256, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
+import { InlineChunkHasher, WorkerChunkHasher } from './chunk-hasher';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
 import { storeStats, type StoreStats } from './cas-stats';
 import type { ObjectBackend } from './object-backend';
@@ -83,6 +84,8 @@ export interface CasStoreOptions {
   pack?: PackOptions;
   /** Clock, timers and waits of the writer session (tests inject fakes). */
   locks?: LockTiming;
+  /** Hash and cut new artefacts in the process's worker thread (chunk-hasher.ts) rather than on the caller's (default false). */
+  hashWorker?: boolean;
 }
 
 /** One artefact's verification: ok, or the problem found; bytes of chunks read and checked. */
@@ -112,6 +115,7 @@ export class CasStore implements SnapshotStore {
   private readonly concurrency: number;
   private readonly timing: Timing;
   private readonly pack: Required<PackOptions> | null;
+  private readonly hashWorker: boolean;
   /** Which chunks the packs hold (pack-map.ts): refreshed when a writer session starts. */
   readonly map = new PackMap();
   /** The open writer session, and how many writers are in it. */
@@ -125,6 +129,7 @@ export class CasStore implements SnapshotStore {
     this.chunker = checkChunkerParams({ ...(opts.chunker ?? DEFAULT_CHUNKER) });
     this.engine = opts.chunkerEngine ?? 'auto';
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
+    this.hashWorker = opts.hashWorker ?? false;
     this.timing = timing(opts.locks);
     this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack, compress: opts.pack.compress ?? defaultCodec() } : null;
   }
@@ -134,8 +139,8 @@ export class CasStore implements SnapshotStore {
     const session = await this.enter();
     return new CasWriter(relPath, {
       backend: this.backend,
-      splitter: new Chunker(this.chunker, this.engine),
       chunker: this.chunker,
+      hasher: this.hashWorker ? new WorkerChunkHasher(this.chunker, this.engine) : new InlineChunkHasher(this.chunker, this.engine),
       concurrency: this.concurrency,
       ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads, ...(this.pack.compress !== 'none' ? { codec: this.pack.compress } : {}) } } : {}),
       guard: (what) => session.held(what),

@@ -25,15 +25,17 @@
  *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
  *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
  */
-import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
-import type { ChunkerParams, ChunkSplitter } from './chunker';
+import type { ChunkerEngine, ChunkerParams } from './chunker';
+import { InlineChunkHasher, type ChunkHasher, type HashedChunks } from './chunk-hasher';
 import type { Codec } from './chunk-codec';
 import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
-import { PackWriter, type PackJob } from './pack-writer';
+import { PackWriter, type PackJob, type WriteProfile } from './pack-writer';
 import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact } from './snapshot-store';
+
+export type { WriteProfile } from './pack-writer';
 
 /** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
 export interface WriteStats {
@@ -44,8 +46,11 @@ export interface WriteStats {
 
 export interface CasWriterOptions {
   backend: ObjectBackend;
-  splitter: ChunkSplitter;
   chunker: ChunkerParams;
+  /** Which chunker engine cuts (default 'auto'), when `hasher` is not given. */
+  engine?: ChunkerEngine;
+  /** Hashes and cuts the stream (chunk-hasher.ts); default an InlineChunkHasher of `chunker` and `engine`. */
+  hasher?: ChunkHasher;
   concurrency: number;
   /** Store new chunks in packs of about targetBytes, `uploads` in flight (not `concurrency`), registered in map; else one object per chunk. */
   packs?: { map: PackMap; targetBytes: number; uploads: number; codec?: Codec };
@@ -55,15 +60,13 @@ export interface CasWriterOptions {
   done?: () => Promise<void>;
 }
 
-const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
-
 export class CasWriter implements ArtefactWriter {
   private state: 'open' | 'committed' | 'aborted' = 'open';
   /** The last queued step (errors swallowed: each caller sees its own step's). */
   private chain: Promise<unknown> = Promise.resolve();
   /** The first failure; every later step fails with it. */
   private failure: unknown;
-  private readonly hash = createHash('sha256');
+  private readonly hasher: ChunkHasher;
   private size = 0;
   private readonly chunks: ChunkRef[] = [];
   private readonly seen = new Set<string>();
@@ -71,12 +74,14 @@ export class CasWriter implements ArtefactWriter {
   private finished = false;
   private readonly packer: PackWriter | null;
   readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
+  readonly profile: WriteProfile = { hashMs: 0, chunkMs: 0, chunkHashMs: 0, compressMs: 0, putMs: 0, flushMs: 0, packs: 0 };
 
   constructor(
     readonly path: string,
     private readonly o: CasWriterOptions,
   ) {
-    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec) : null;
+    this.hasher = o.hasher ?? new InlineChunkHasher(o.chunker, o.engine ?? 'auto');
+    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec, this.profile) : null;
   }
 
   get bytes(): number {
@@ -86,24 +91,37 @@ export class CasWriter implements ArtefactWriter {
   write(data: Uint8Array): Promise<void> {
     if (this.state !== 'open') return Promise.reject(this.ended());
     const copy = Buffer.from(data); // the caller may reuse its buffer once write() returns
+    const n = copy.length;
+    // Handed to the hasher now (a worker starts on it while earlier steps still store chunks).
+    const hashed = this.hasher.push(copy);
+    hashed.catch(() => undefined);
     return this.step(async () => {
-      this.hash.update(copy);
-      this.size += copy.length;
-      for (const c of this.o.splitter.push(copy)) await this.store(c);
+      this.size += n;
+      await this.storeAll(await hashed);
     }, 'writing');
+  }
+
+  /** Store the chunks a hasher step closed, in order; its times go into the profile. */
+  private async storeAll(h: HashedChunks): Promise<void> {
+    this.profile.hashMs += h.ms.hash;
+    this.profile.chunkMs += h.ms.chunk;
+    this.profile.chunkHashMs += h.ms.chunkHash;
+    for (let i = 0; i < h.chunks.length; i++) await this.store(h.chunks[i] as Buffer, h.sha256[i] as string);
   }
 
   commit(): Promise<StoredArtefact> {
     if (this.state !== 'open') return Promise.reject(this.ended());
     this.state = 'committed';
     return this.step(async () => {
-      for (const c of this.o.splitter.end()) await this.store(c);
+      const last = await this.hasher.end();
+      await this.storeAll(last);
       const tail = this.packer?.seal();
       if (tail) await this.launch(tail);
       await this.drain();
+      await this.packer?.flush();
       this.packer?.locate();
       await this.o.guard?.(`artefact ${this.path}`);
-      const a: StoredArtefact = { path: this.path, size: this.size, sha256: this.hash.digest('hex') };
+      const a: StoredArtefact = { path: this.path, size: this.size, sha256: last.artefactSha256 };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
       return { ...a, storedBytes: this.stats.newBytes, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(this.chunks) } };
     }, 'committing')
@@ -118,6 +136,7 @@ export class CasWriter implements ArtefactWriter {
     if (this.state === 'committed') return;
     this.state = 'aborted';
     this.failure ??= this.ended();
+    this.hasher.close();
     await this.chain;
     await Promise.allSettled([...this.inflight]);
     await this.finish();
@@ -146,8 +165,7 @@ export class CasWriter implements ArtefactWriter {
   }
 
   /** Hash a closed chunk, list it, and store it unless this writer already did. */
-  private async store(chunk: Buffer): Promise<void> {
-    const sha = sha256(chunk);
+  private async store(chunk: Buffer, sha: string): Promise<void> {
     const ref: ChunkRef = { sha256: sha, size: chunk.length };
     this.chunks.push(ref);
     this.stats.chunks++;

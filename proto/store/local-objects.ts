@@ -8,6 +8,10 @@
  *     fsync, rename over the final name, fsync of the directory. A reader sees the old object or
  *     the whole new one; a failed put removes its temporary file; a crash leaves at most a
  *     temporary file, which list() never shows.
+ *   - putUnsynced() is put() without its two fsyncs (the optional half of the contract a pack
+ *     writer uses): readers see the same, but a crash may lose the object or leave it torn until
+ *     sync() of its key returned; sync() fsyncs the keys' files and then their directories, in
+ *     parallel, so a writer waits on the disk once for all its packs instead of four times per pack.
  *   - ENOSPC/EDQUOT is ERR_STORE_FULL with nothing of the failed object left.
  *   - Keys are checked (checkObjectKey) before any I/O; a key whose last segment has the shape
  *     of a temporary name (".x.tmp-…") is refused too, so no object can hide behind one.
@@ -20,7 +24,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError, isVnsnapError } from '../core/errors';
-import { AtomicFile, confine, isTempName } from './atomic-file';
+import { AtomicFile, confine, isTempName, syncFiles } from './atomic-file';
 import { checkObjectKey, checkRange, type ObjectBackend, type ObjectInfo } from './object-backend';
 
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException | undefined)?.code;
@@ -47,12 +51,32 @@ export class LocalObjects implements ObjectBackend {
   }
 
   async put(key: string, data: Uint8Array): Promise<void> {
+    await this.write(key, data, true);
+  }
+
+  /** put() without the fsyncs: whole or absent for readers, durable once sync() of its key returned. */
+  async putUnsynced(key: string, data: Uint8Array): Promise<void> {
+    await this.write(key, data, false);
+  }
+
+  /** Every key's file fsynced, then each of their directories once, in parallel. */
+  async sync(keys: readonly string[]): Promise<void> {
+    if (keys.length === 0) return;
+    const files = keys.map((k) => this.fileOf(k));
+    try {
+      await syncFiles(files, keys[0] as string);
+    } catch (e) {
+      throw this.failure('sync', keys.length === 1 ? (keys[0] as string) : `${keys[0] as string} and ${keys.length - 1} more`, e);
+    }
+  }
+
+  private async write(key: string, data: Uint8Array, durable: boolean): Promise<void> {
     const file = this.fileOf(key);
     let f: AtomicFile | undefined;
     try {
       f = await AtomicFile.create(file, key);
       await f.write(data);
-      await f.commit();
+      await f.commit({ durable });
     } catch (e) {
       await f?.abort();
       throw this.failure('put', key, e);

@@ -58,6 +58,14 @@ export interface ObjectBackend {
   listInfo(prefix: string): Promise<ObjectInfo[]>;
   /** Delete one object (idempotent). */
   delete(key: string): Promise<void>;
+  /**
+   * Optional, for a backend whose put() waits for its medium (a local disk's fsyncs): put() that
+   * does not wait — atomic and visible as put() is, but a crash may lose it or leave it torn
+   * until sync() of its key returned. A writer then waits on the disk once for many objects.
+   */
+  putUnsynced?(key: string, data: Uint8Array): Promise<void>;
+  /** With putUnsynced(): the objects it put under these keys made durable (as put() leaves them). */
+  sync?(keys: readonly string[]): Promise<void>;
   /** Release what the backend holds open (an S3 client's sockets); it is unusable afterwards. */
   close?(): void;
 }

@@ -10,6 +10,11 @@
  *     placed again: its reference points at where it already is.
  *   - An upload job puts the pack, then its table (pack-format.ts), then adds the table to the
  *     map; a failed job leaves at most a pack without a table (garbage collection's debris).
+ *     With a backend that can defer its flushes (putUnsynced/sync: a local directory, whose put
+ *     fsyncs the file and its directory), a job puts only the pack, unsynced, and flush() at the
+ *     writer's commit makes every pack durable at once, then puts their tables the same way, and
+ *     only then adds them to the map: a table is never durable before its pack (a crash leaves
+ *     packs without tables, debris), and no other writer finds a chunk in a pack not yet durable.
  *   - locate() fills in every reference's pack and offset; it is called only once every job has
  *     succeeded, so an index never names a pack whose upload did not finish.
  *   - With a codec, each chunk of a pack is compressed when its upload job runs (in libuv's thread
@@ -20,8 +25,27 @@ import type { ChunkRef } from './cas-index';
 import { encodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
-import { encodeTable, packKey, sealPack, tableKey, type PackEntry } from './pack-format';
+import { encodeTable, packKey, sealPack, tableKey, type PackEntry, type PackTable } from './pack-format';
 import type { ChunkLocation } from './pack-map';
+
+/**
+ * Where a writer's time went, in ms: on the event loop (the artefact's SHA-256, the chunker, each
+ * chunk's SHA-256) and in its pack jobs (compression in the thread pool, the backend's puts with
+ * their fsyncs), the jobs' spans summed (they overlap each other, not the loop's work).
+ */
+export interface WriteProfile {
+  hashMs: number;
+  chunkMs: number;
+  chunkHashMs: number;
+  compressMs: number;
+  putMs: number;
+  /** flush(): the deferred packs and their tables made durable at commit. */
+  flushMs: number;
+  packs: number;
+}
+
+/** Milliseconds since `t0` (process.hrtime.bigint()). */
+export const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
 /** Where a chunk will be: its place in the pack once that is sealed and stored. */
 interface Slot {
@@ -50,13 +74,21 @@ export class PackWriter {
   private open: { chunks: { sha256: string; data: Buffer }[]; slots: Slot[]; bytes: number } = { chunks: [], slots: [], bytes: 0 };
   private readonly placed = new Map<string, Slot>();
   private readonly refs: [ChunkRef, Slot][] = [];
+  /** The backend's deferred puts (putUnsynced + sync), when it has them. */
+  private readonly deferred: Required<Pick<ObjectBackend, 'putUnsynced' | 'sync'>> | null;
+  /** Tables of the packs put without their flush; written by flush(). */
+  private readonly unsynced: PackTable[] = [];
 
   constructor(
     private readonly backend: ObjectBackend,
     private readonly map: PackMap,
     private readonly targetBytes: number,
     private readonly codec?: Codec,
-  ) {}
+    private readonly profile?: WriteProfile,
+  ) {
+    const b = backend;
+    this.deferred = b.putUnsynced && b.sync ? { putUnsynced: (k, d) => (b.putUnsynced as NonNullable<ObjectBackend['putUnsynced']>)(k, d), sync: (k) => (b.sync as NonNullable<ObjectBackend['sync']>)(k) } : null;
+  }
 
   /** Place one chunk; an upload job when the open pack is full. */
   place(ref: ChunkRef, data: Buffer): PackJob | null {
@@ -85,20 +117,50 @@ export class PackWriter {
     if (chunks.length === 0) return null;
     this.open = { chunks: [], slots: [], bytes: 0 };
     return async () => {
+      let t = process.hrtime.bigint();
       const encoded = (await encodeChunks(
         chunks.map((c) => c.data),
         this.codec,
       )).map((e, i) => ({ sha256: (chunks[i] as { sha256: string }).sha256, raw: (chunks[i] as { data: Buffer }).data.length, ...e }));
       const p = sealPack(encoded);
-      await this.backend.put(packKey(p.id), p.data);
-      await this.backend.put(tableKey(p.id), encodeTable(p.table));
+      if (this.profile) this.profile.compressMs += msSince(t);
+      t = process.hrtime.bigint();
+      if (this.deferred) {
+        await this.deferred.putUnsynced(packKey(p.id), p.data);
+        this.unsynced.push(p.table);
+      } else {
+        await this.backend.put(packKey(p.id), p.data);
+        await this.backend.put(tableKey(p.id), encodeTable(p.table));
+      }
+      if (this.profile) {
+        this.profile.putMs += msSince(t);
+        this.profile.packs++;
+      }
       slots.forEach((s, i) => {
         const e = p.table.chunks[i] as PackEntry;
         s.at = { pack: p.id, offset: e.offset, size: e.size, ...(e.codec ? { codec: e.codec, raw: e.raw as number } : {}) };
       });
-      this.map.add(p.table);
+      if (!this.deferred) this.map.add(p.table);
       return { chunks: chunks.length, bytes: p.data.length };
     };
+  }
+
+  /**
+   * With a backend that defers its flushes: the packs put so far made durable (one sync() for
+   * all), then their tables put and made durable the same way, then the tables added to the map.
+   * A no-op otherwise (each job put its pack and table durably). Called after every job succeeded
+   * and before the index is put.
+   */
+  async flush(): Promise<void> {
+    const d = this.deferred;
+    const tables = this.unsynced.splice(0);
+    if (!d || tables.length === 0) return;
+    const t = process.hrtime.bigint();
+    await d.sync(tables.map((tb) => packKey(tb.pack)));
+    await Promise.all(tables.map((tb) => d.putUnsynced(tableKey(tb.pack), encodeTable(tb))));
+    await d.sync(tables.map((tb) => tableKey(tb.pack)));
+    for (const tb of tables) this.map.add(tb);
+    if (this.profile) this.profile.flushMs += msSince(t);
   }
 
   /** Give every placed reference its pack and offset (after every job succeeded). */

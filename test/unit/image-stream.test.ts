@@ -167,6 +167,9 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       await st.ended;
       assert.deepEqual(Buffer.concat(w.parts), data);
       assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
+      const p = st.profile;
+      assert.ok(p.pausedMs > 0 && p.writeMs >= p.pausedMs / 2 && p.spanMs >= p.pausedMs, `the profile shows the sender held back by the store: ${JSON.stringify(p)}`);
+      assert.deepEqual([p.transformMs, p.heldMs], [0, 0], 'no transform, no hold');
     } finally {
       await st.close();
     }
@@ -211,6 +214,7 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       await st.ended;
       assert.deepEqual(Buffer.concat(w.parts), data);
       assert.equal(st.buffered, 0);
+      assert.ok(st.profile.heldMs > 0, `the hold is in the profile: ${JSON.stringify(st.profile)}`);
     } finally {
       await st.close();
     }

@@ -548,7 +548,7 @@ export class QemuJob extends DriverJob {
     if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
     const a = await w.commit();
     this.committed.push(a);
-    this.log.debug({ bytes: a.size, peakBufferedBytes: st.peakQueued }, 'memory image committed');
+    this.log.debug({ bytes: a.size, peakBufferedBytes: st.peakQueued, stream: st.profile, store: (w as { profile?: unknown }).profile }, 'memory image committed');
     this.stream = undefined;
     this.memWriter = undefined;
     await st.close();

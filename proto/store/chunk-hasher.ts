@@ -1,0 +1,186 @@
+/**
+ * The CPU half of an artefact writer (cas-writer.ts): the artefact's SHA-256, the content-defined
+ * cuts (chunker.ts) and each chunk's SHA-256, either on the caller's thread (InlineChunkHasher)
+ * or in a worker thread (WorkerChunkHasher, chunk-hash-worker.ts) — one per process, shared by
+ * every writer — so an agent's event loop, which reads the hypervisors' streams, rewrites their
+ * page order and answers QMP, does not also hash every byte twice (docs/storage.md, "Write path").
+ *
+ * Guarantees:
+ *   - The same chunks, chunk names and artefact SHA-256 either way, byte for byte (the worker
+ *     runs the same Chunker and node:crypto).
+ *   - push() may be called again before the previous result arrived; results come back in call
+ *     order. push() takes ownership of `data` (the worker's hasher transfers its memory).
+ *   - A worker that dies or fails a request fails every request in flight with ERR_INTERNAL; the
+ *     next writer starts a new worker. The worker holds the process open only while it has work.
+ *   - close() drops the stream's state (an aborted writer); nothing of it is kept in the worker.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { VnsnapError } from '../core/errors';
+import { Chunker, type ChunkerEngine, type ChunkerParams } from './chunker';
+
+/** The chunks that closed, their SHA-256s, and the time each step took (ms, on the thread that hashed). */
+export interface HashedChunks {
+  chunks: Buffer[];
+  sha256: string[];
+  ms: { hash: number; chunk: number; chunkHash: number };
+}
+
+export interface ChunkHasher {
+  /** Feed the next bytes (owned by the hasher from now on): the chunks that closed. */
+  push(data: Buffer): Promise<HashedChunks>;
+  /** The stream is over: the last chunk and the artefact's SHA-256. */
+  end(): Promise<HashedChunks & { artefactSha256: string }>;
+  /** Drop the stream (idempotent). */
+  close(): void;
+}
+
+const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
+
+/** One stream's hashing on the calling thread (what the worker runs too). */
+export class InlineChunkHasher implements ChunkHasher {
+  private readonly hash: Hash = createHash('sha256');
+  private readonly chunker: Chunker;
+
+  constructor(params: ChunkerParams, engine: ChunkerEngine) {
+    this.chunker = new Chunker(params, engine);
+  }
+
+  push(data: Buffer): Promise<HashedChunks> {
+    return Promise.resolve(this.pushSync(data));
+  }
+
+  end(): Promise<HashedChunks & { artefactSha256: string }> {
+    return Promise.resolve(this.endSync());
+  }
+
+  close(): void {}
+
+  pushSync(data: Uint8Array): HashedChunks {
+    let t = process.hrtime.bigint();
+    this.hash.update(data);
+    const hash = msSince(t);
+    t = process.hrtime.bigint();
+    const chunks = this.chunker.push(data);
+    const chunk = msSince(t);
+    return { chunks, ...this.named(chunks, { hash, chunk }) };
+  }
+
+  endSync(): HashedChunks & { artefactSha256: string } {
+    const chunks = this.chunker.end();
+    return { chunks, ...this.named(chunks, { hash: 0, chunk: 0 }), artefactSha256: this.hash.digest('hex') };
+  }
+
+  private named(chunks: Buffer[], ms: { hash: number; chunk: number }): Pick<HashedChunks, 'sha256' | 'ms'> {
+    const t = process.hrtime.bigint();
+    const sha256 = chunks.map((c) => createHash('sha256').update(c).digest('hex'));
+    return { sha256, ms: { ...ms, chunkHash: msSince(t) } };
+  }
+}
+
+/** A request to the worker (chunk-hash-worker.ts). */
+export type HasherRequest =
+  | { op: 'open'; id: number; params: ChunkerParams; engine: ChunkerEngine }
+  | { op: 'push'; id: number; seq: number; data: Uint8Array }
+  | { op: 'end'; id: number; seq: number }
+  | { op: 'drop'; id: number };
+
+/** The worker's answer to a push or end. */
+export type HasherReply = { id: number; seq: number; chunks: Uint8Array[]; sha256: string[]; ms: HashedChunks['ms']; artefactSha256?: string } | { id: number; seq: number; error: string };
+
+/** A buffer's memory can move to the other thread when the buffer is all of it. */
+export const ownsMemory = (b: Uint8Array): boolean => b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+type Waiter = { resolve: (r: HasherReply) => void; reject: (e: Error) => void };
+
+/** The process's hashing worker: started on first use, restarted after a failure. */
+class SharedWorker {
+  private worker: Worker | null = null;
+  private readonly waiting = new Map<string, Waiter>();
+  private nextId = 1;
+
+  open(params: ChunkerParams, engine: ChunkerEngine): number {
+    const id = this.nextId++;
+    this.post({ op: 'open', id, params, engine });
+    return id;
+  }
+
+  request(req: Extract<HasherRequest, { seq: number }>, transfer: ArrayBuffer[] = []): Promise<HasherReply> {
+    const p = new Promise<HasherReply>((resolve, reject) => this.waiting.set(`${req.id}:${req.seq}`, { resolve, reject }));
+    this.post(req, transfer);
+    return p;
+  }
+
+  drop(id: number): void {
+    if (this.worker) this.post({ op: 'drop', id });
+  }
+
+  private post(m: HasherRequest, transfer: ArrayBuffer[] = []): void {
+    const w = this.start();
+    w.postMessage(m, transfer);
+    if (this.waiting.size > 0) w.ref();
+  }
+
+  private start(): Worker {
+    if (this.worker) return this.worker;
+    const w = new Worker(path.join(__dirname, 'chunk-hash-worker.js'));
+    w.unref();
+    w.on('message', (r: HasherReply) => {
+      const key = `${r.id}:${r.seq}`;
+      const waiter = this.waiting.get(key);
+      this.waiting.delete(key);
+      if (this.waiting.size === 0) w.unref();
+      waiter?.resolve(r);
+    });
+    const failAll = (e: Error): void => {
+      if (this.worker === w) this.worker = null;
+      const waiters = [...this.waiting.values()];
+      this.waiting.clear();
+      for (const x of waiters) x.reject(new VnsnapError('ERR_INTERNAL', `the store's hashing worker failed: ${e.message}`, { cause: e }));
+    };
+    w.on('error', failAll);
+    w.on('exit', (code) => failAll(new Error(`it exited with code ${code}`)));
+    this.worker = w;
+    return w;
+  }
+}
+
+let shared: SharedWorker | undefined;
+
+/** One stream hashed in the process's worker thread. */
+export class WorkerChunkHasher implements ChunkHasher {
+  private readonly w: SharedWorker;
+  private readonly id: number;
+  private seq = 0;
+  private closed = false;
+
+  constructor(params: ChunkerParams, engine: ChunkerEngine) {
+    this.w = shared ??= new SharedWorker();
+    this.id = this.w.open(params, engine);
+  }
+
+  async push(data: Buffer): Promise<HashedChunks> {
+    const r = await this.w.request({ op: 'push', id: this.id, seq: this.seq++, data }, ownsMemory(data) ? [data.buffer as ArrayBuffer] : []);
+    return this.unpack(r);
+  }
+
+  async end(): Promise<HashedChunks & { artefactSha256: string }> {
+    const r = this.unpack(await this.w.request({ op: 'end', id: this.id, seq: this.seq++ }));
+    this.closed = true;
+    return r as HashedChunks & { artefactSha256: string };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.w.drop(this.id);
+  }
+
+  private unpack(r: HasherReply): HashedChunks & { artefactSha256?: string } {
+    if ('error' in r) throw new VnsnapError('ERR_INTERNAL', `the store's hashing worker failed: ${r.error}`);
+    return { chunks: r.chunks.map(asBuffer), sha256: r.sha256, ms: r.ms, ...(r.artefactSha256 ? { artefactSha256: r.artefactSha256 } : {}) };
+  }
+}

@@ -1,0 +1,64 @@
+import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
+import { decodeIndex, indexKey } from '../../proto/store/cas-index';
+import { CasStore } from '../../proto/store/cas-store';
+import { InlineChunkHasher, WorkerChunkHasher, type ChunkHasher } from '../../proto/store/chunk-hasher';
+import { DEFAULT_CHUNKER } from '../../proto/store/chunker';
+import { KiB, SMALL } from '../support/cas-rig';
+import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
+
+/** Feed `data` in pieces of the given sizes (cycled), all pushes in flight at once; the chunks, their names and the artefact's SHA-256. */
+async function run(h: ChunkHasher, data: Buffer, sizes: number[]): Promise<{ chunks: Buffer[]; names: string[]; sha: string }> {
+  const pending = [];
+  for (let off = 0, k = 0; off < data.length; k++) {
+    const n = sizes[k % sizes.length] as number;
+    pending.push(h.push(Buffer.from(data.subarray(off, off + n))));
+    off += n;
+  }
+  const parts = await Promise.all(pending);
+  const last = await h.end();
+  return { chunks: [...parts, last].flatMap((p) => p.chunks), names: [...parts, last].flatMap((p) => p.sha256), sha: last.artefactSha256 };
+}
+
+describe('chunk hasher: on the caller\'s thread or in the worker', () => {
+  it('the worker cuts and names exactly what the caller\'s thread does, whatever the pieces, pushes in flight together', async () => {
+    const data = bytes(3 * 1024 * KiB + 123, 21);
+    const inline = await run(new InlineChunkHasher(DEFAULT_CHUNKER, 'auto'), data, [512 * KiB]);
+    assert.equal(Buffer.concat(inline.chunks).equals(data), true);
+    assert.equal(inline.sha, createHash('sha256').update(data).digest('hex'));
+    assert.deepEqual(inline.names, inline.chunks.map((c) => createHash('sha256').update(c).digest('hex')));
+    const worker = await run(new WorkerChunkHasher(DEFAULT_CHUNKER, 'auto'), data, [1, 4095, 65536, 700 * KiB, 3]);
+    assert.equal(worker.sha, inline.sha);
+    assert.deepEqual(worker.names, inline.names);
+    assert.deepEqual(worker.chunks.map((c) => c.length), inline.chunks.map((c) => c.length));
+  });
+
+  it('two streams in the worker at once keep apart; a closed one is dropped', async () => {
+    const a = bytes(700 * KiB, 22);
+    const b = bytes(500 * KiB, 23);
+    const dropped = new WorkerChunkHasher(SMALL, 'auto');
+    await dropped.push(bytes(100 * KiB, 24));
+    dropped.close();
+    const [ra, rb] = await Promise.all([run(new WorkerChunkHasher(SMALL, 'auto'), a, [64 * KiB]), run(new WorkerChunkHasher(SMALL, 'auto'), b, [100 * KiB])]);
+    assert.equal(ra.sha, createHash('sha256').update(a).digest('hex'));
+    assert.equal(rb.sha, createHash('sha256').update(b).digest('hex'));
+    assert.equal(Buffer.concat(rb.chunks).equals(b), true);
+  });
+
+  it('a store hashing in the worker writes the same index as one hashing on the caller\'s thread, and reads back', async () => {
+    const data = bytes(900 * KiB, 25);
+    const indexes = [];
+    for (const hashWorker of [false, true]) {
+      const objects = new MemoryObjects();
+      const store = new CasStore(objects, { chunker: SMALL, pack: { targetBytes: 128 * KiB, compress: 'none' }, hashWorker });
+      const w = await store.create('hw/a');
+      for (let off = 0; off < data.length; off += 100 * KiB) await w.write(data.subarray(off, off + 100 * KiB));
+      const a = await w.commit();
+      assert.equal(a.sha256, createHash('sha256').update(data).digest('hex'));
+      assert.deepEqual(await store.get('hw/a'), data);
+      const idx = decodeIndex(await objects.get(indexKey('hw/a')), 'hw/a');
+      indexes.push(idx.chunks.map((c) => [c.sha256, c.size, c.offset]));
+    }
+    assert.deepEqual(indexes[1], indexes[0]);
+  });
+});
