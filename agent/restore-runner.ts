@@ -27,12 +27,14 @@
  *   prepare   step 1, then restore-swap.ts's refusal check (every driver loads beside, the host
  *             has the memory for a second copy of its VMs): a refusal loads nothing and says why
  *             (the coordinator then restores the older way). Else every VM is loaded paused beside
- *             its running instance, all at once, through verifyingStore; nothing is attached, the
- *             generation is not applied. A failed load discards every loaded copy: the running VMs
- *             run on as they were.
- *   swap      stop the running instances (their snapshots aborted, their disks discarded) as each
- *             driver swaps its loaded copy in, apply the generation, attach every new VM's ports at
- *             epoch k behind the restore gates. resume as above.
+ *             its running instance — or, for a VM moving to this agent, while its old instance
+ *             runs on elsewhere (the coordinator stops it only after every agent loaded) — all at
+ *             once, through verifyingStore, each chunk read from the store once; nothing is
+ *             attached, the generation is not applied. A failed load discards every loaded copy:
+ *             the running VMs run on as they were.
+ *   swap      stop the running instances here, if any (their snapshots aborted, their disks
+ *             discarded) as each driver swaps its loaded copy in, apply the generation, attach
+ *             every new VM's ports at epoch k behind the restore gates. resume as above.
  *   cancel    before the swap: discard the loaded copies (the running VMs untouched); once the
  *             swap began: stop every VM of the restore on this agent, old and new.
  */

@@ -20,7 +20,7 @@
  *                     which then refuses an index listing other chunks and checks each chunk only.
  *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
  *                     memory images are verifiedRead (get() too, through read()); everything else passes through
- *                     (disk layers are checked by the driver's own chain rebuild). The first read()
+ *                     (disk layers are checked by the driver's own chain rebuild, which hands read() their chunk lists). The first read()
  *                     of any artefact (a driver rebuilding a disk chain, or loading a memory image)
  *                     starts reading every checked image ahead (proto/store/read-ahead.ts, at most
  *                     READ_AHEAD_BYTES each), so a VM's memory image is read while its disk layers
@@ -38,7 +38,7 @@ export const READ_AHEAD_BYTES = 16 << 20;
 export type Expected = Pick<StoredArtefact, 'path' | 'size' | 'sha256' | 'attributes'>;
 
 /** What the manifest tells the store to check: the chunk list the artefact was written with, if recorded. */
-function expectOf(a: Expected | undefined): ReadExpect | undefined {
+export function expectOf(a: Expected | undefined): ReadExpect | undefined {
   const chunkList = a?.attributes?.[CHUNK_LIST_ATTRIBUTE];
   return chunkList === undefined ? undefined : { chunkList };
 }
@@ -107,12 +107,12 @@ export function verifyingStore(store: SnapshotStore, checked: readonly Expected[
   return new Proxy(store, {
     get(target, prop, receiver) {
       if (prop === 'read') {
-        return (p: string): AsyncIterable<Buffer> => {
+        return (p: string, expect?: ReadExpect): AsyncIterable<Buffer> => {
           ahead ??= new Map([...byPath.keys()].filter((q) => q !== p).map((q) => [q, readAhead(target.read(q, expectOf(byPath.get(q))), aheadBytes)]));
           const a = byPath.get(p);
           const early = ahead.get(p);
           ahead.delete(p);
-          const source = early ?? target.read(p, expectOf(a));
+          const source = early ?? target.read(p, expectOf(a) ?? expect);
           return a ? verifiedRead(source, a) : source;
         };
       }

@@ -10,14 +10,16 @@
  *      artefact. A running instance on an unreachable agent is fenced when the operator placed
  *      its VM elsewhere (placement, place_lost) or the VNE is FAILED; otherwise the restore is
  *      refused (FAILED_PRECONDITION naming the agents when the VNE is DEGRADED).
- *   2'. A RUNNING VNE replaced in place (stop_running; no VM moves to another agent, nothing to
- *      fence, no kept disk): RestorePrepare with load_beside on every agent first — each VM loaded
- *      paused beside its running instance, every image verified while it loads, nothing stopped,
- *      attached or configured. A failure here (a bad image) leaves the VNE exactly as it was, its
- *      generation too. When every agent loaded beside, step 2 is skipped and step 4 is
- *      RestoreSwap (the running VMs stopped, the loaded ones attached at epoch k under g);
- *      when an agent refused (its driver cannot, its host lacks the memory for two copies),
- *      RestoreCancel discards the loaded copies everywhere and the restore goes on from step 2.
+ *   2'. A RUNNING VNE replaced (stop_running; nothing to fence, no kept disk), in place or with
+ *      VMs moving to other agents: RestorePrepare with load_beside on every agent of the new
+ *      placement first — each VM loaded paused beside its running instance, or on its new agent
+ *      while its old instance runs on elsewhere; every image verified while it loads (its chunks
+ *      read from the store once), nothing stopped, attached or configured. A failure here (a bad
+ *      image) leaves the VNE exactly as it was, its generation too. When every agent loaded,
+ *      step 2 is skipped, step 3 stops the VMs that move, and step 4 is RestoreSwap (the running
+ *      VMs stopped, the loaded ones attached at epoch k under g); when an agent refused (its
+ *      driver cannot, its host lacks the memory for the copies), RestoreCancel discards the
+ *      loaded copies everywhere and the restore goes on from step 2.
  *   2. When the restore would touch something before its VMs are loaded (VMs that run, in place
  *      or moving; kept disks to discard; instances to fence: the VNE is not DEFINED),
  *      ValidateArtefacts on every agent of the new placement (its VMs' artefacts, read in full;
@@ -139,10 +141,10 @@ export class RestoreSequencer {
     let configured = false;
     let stopped = false;
     try {
-      // 2'. A running VNE replaced in place: every VM loaded beside its running instance, verified
-      // while loading, nothing touched until every agent has loaded (module comment).
+      // 2'. A running VNE replaced, in place or moving: every VM loaded beside the running ones,
+      // verified while loading, nothing touched until every agent has loaded (module comment).
       let loadedBeside = false;
-      if (req.stopRunning && prevState === 'VNE_STATE_RUNNING' && plan.toStop.length === 0 && plan.fenced.length === 0 && catalog.disks.kept(vneName).size === 0) {
+      if (req.stopRunning && prevState === 'VNE_STATE_RUNNING' && plan.fenced.length === 0 && catalog.disks.kept(vneName).size === 0) {
         stage = 'prepare';
         emit({ note: `restore: loading ${Object.keys(plan.placement).length} VMs beside the running ones on ${agents.join(', ')} (every image verified while it loads; nothing stops before all have loaded)` });
         const prepared = await onAll(agents, (a) => ({ restorePrepare: { restoreId, vne: vneName, epoch: plan.body.epoch, generation, vms: plan.byAgent.get(a) ?? [], stopRunning: true, loadBeside: true } }));

@@ -85,6 +85,8 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     const t0 = Date.now();
     const r = await c.cliStream<SnapshotEvent>(args).done;
     assert.equal(r.code, 0, r.stderr);
+    // In place or moved, every image is verified while it loads: no separate validation read.
+    assert.deepEqual(r.events.filter((e) => e.note?.startsWith('restore: validating')), []);
     const note = r.events.map((e) => e.note ?? '').find((n) => /recorded frames injected/.test(n)) ?? '';
     const m = /(\d+) recorded frames injected/.exec(note);
     assert.ok(m, `restore reports what it injected: ${note}`);
@@ -269,12 +271,12 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
    * Restore after `tamper` changed the store (it returns its undo): refused with `exit`/`code`,
    * nothing touched; the store is put back.
    */
-  async function refusedRestore(s: CatalogSnapshot, tamper: () => Promise<() => unknown>, exit: number, code: string, message: RegExp): Promise<void> {
+  async function refusedRestore(s: CatalogSnapshot, tamper: () => Promise<() => unknown>, exit: number, code: string, message: RegExp, place: Record<string, string> = {}): Promise<void> {
     const vneBefore = await c.cliJson<{ generation: number; epoch: number; placement: Record<string, string> }>(['vne', 'show', VNE]);
     const before = await readStates(c, VNE, VMS);
     const undo = await tamper();
     try {
-      const r = await c.cli(['restore', s.id, '--stop-running', '--json']);
+      const r = await c.cli(['restore', s.id, '--stop-running', '--json', ...Object.entries(place).flatMap(([vm, h]) => ['--place', `${vm}=${h}`])]);
       assert.equal(r.code, exit, r.stderr);
       assert.equal(errorOf(r).code, code);
       assert.match(r.stderr, message);
@@ -313,10 +315,20 @@ describe('end to end on namespaced hosts: coordinator + 3 agents (sim VMs, real 
     );
   });
 
-  it('a tampered memory image is found while loading beside the running VMs, before anything is touched (DATA_LOSS)', async () => {
+  it('a tampered memory image is found while loading beside the running VMs, before anything is touched (CHECKSUM, naming the chunk)', async () => {
     const s = await snapshotIn('precopy');
     const mem = s.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY' && a.owner === 'c');
     assert.ok(mem);
-    await refusedRestore(s, () => c.tamperChunk(mem.path, (b) => (b[100] = (b[100] as number) ^ 1)), 1, 'ERR_DATA_LOSS', /SHA-256|checksum|corrupt/i);
+    await refusedRestore(s, () => c.tamperChunk(mem.path, (b) => (b[100] = (b[100] as number) ^ 1)), 1, 'ERR_CHECKSUM', /c\.mem: chunk \d+ of \d+ \(\w+\) is corrupt/);
+  });
+
+  it('a tampered memory image is found while loading on the new hosts of a restore that moves every VM, before any VM is stopped (CHECKSUM, naming the chunk)', async () => {
+    const s = await snapshotIn('precopy');
+    const mem = s.artefacts.find((a) => a.kind === 'ARTEFACT_KIND_MEMORY' && a.owner === 'c');
+    assert.ok(mem);
+    const vne = await c.cliJson<{ placement: Record<string, string> }>(['vne', 'show', VNE]);
+    const hosts = ['h1', 'h2', 'h3'];
+    const moved = Object.fromEntries(VMS.map((vm) => [vm, hosts[(hosts.indexOf(vne.placement[vm] as string) + 1) % hosts.length] as string]));
+    await refusedRestore(s, () => c.tamperChunk(mem.path, (b) => (b[100] = (b[100] as number) ^ 1)), 1, 'ERR_CHECKSUM', /c\.mem: chunk \d+ of \d+ \(\w+\) is corrupt/, moved);
   });
 });

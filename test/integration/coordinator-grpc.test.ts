@@ -97,6 +97,17 @@ class ScriptedAgent {
     return path.join(this.storeDir, p);
   }
 
+  /** A line per artefact missing or not of its size and SHA-256. */
+  private async problems(artefacts: readonly { path: string; size: unknown; sha256: string }[]): Promise<string[]> {
+    const problems: string[] = [];
+    for (const a of artefacts) {
+      const b = await fs.promises.readFile(this.file(a.path)).catch(() => undefined);
+      if (!b) problems.push(`${a.path}: missing`);
+      else if (b.length !== Number(a.size) || sha(b) !== a.sha256) problems.push(`${a.path}: size or sha256 mismatch`);
+    }
+    return problems;
+  }
+
   private async handle(c: Command__Output): Promise<void> {
     const ok = { ok: true };
     switch (c.body) {
@@ -148,17 +159,13 @@ class ScriptedAgent {
         for (const p of c.deleteArtefacts!.paths) await fs.promises.rm(this.file(p), { force: true });
         if (c.deleteArtefacts!.storePrefix) await fs.promises.rm(this.file(c.deleteArtefacts!.storePrefix), { recursive: true, force: true });
         return this.result(ok, c.id);
-      case 'validateArtefacts': {
-        const problems: string[] = [];
-        for (const a of c.validateArtefacts!.artefacts) {
-          const b = await fs.promises.readFile(this.file(a.path)).catch(() => undefined);
-          if (!b) problems.push(`${a.path}: missing`);
-          else if (b.length !== a.size || sha(b) !== a.sha256) problems.push(`${a.path}: size or sha256 mismatch`);
-        }
-        return this.result({ ok: true, validate: { problems } }, c.id);
-      }
+      case 'validateArtefacts':
+        return this.result({ ok: true, validate: { problems: await this.problems(c.validateArtefacts!.artefacts) } }, c.id);
       case 'restorePrepare': {
         const p = c.restorePrepare!;
+        // Loading beside verifies every image while it loads: a bad one fails the prepare.
+        const bad = p.loadBeside ? await this.problems(p.vms.flatMap((v) => [v.memory!, ...v.channel])) : [];
+        if (bad.length > 0) return this.result({ ok: false, errorCode: 'ERR_CHECKSUM', errorMessage: bad.join('; ') }, c.id);
         for (const v of p.vms) {
           // Loaded beside: the running VMs go only at RestoreSwap.
           if (p.stopRunning && !p.loadBeside) this.running.delete(v.vm?.name ?? '');
@@ -405,7 +412,8 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
       assert.match(events.filter((e) => e.event === 'note').at(-1)?.note ?? '', /2 VMs resumed at epoch 2, generation 3; 2 recorded frames injected/);
       const prep2 = h2.commands.slice(n2).find((c) => c.restorePrepare)?.restorePrepare;
       assert.deepEqual(prep2?.vms.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path.endsWith('vm1.mem'), v.channel.length]), [['vm1', 'h2', true, 1]]);
-      assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts', 'stopVm', 'configureVne', 'restorePrepare', 'restoreResume']);
+      assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['restorePrepare', 'stopVm', 'configureVne', 'restoreSwap', 'restoreResume']);
+      assert.equal(h1.commands.slice(n1).find((c) => c.restorePrepare)?.restorePrepare?.loadBeside, true);
       assert.deepEqual(h1.commands.slice(n1).find((c) => c.configureVne)?.configureVne?.macs, [
         { mac: '52:54:00:00:00:01', agentId: 'h2' },
         { mac: '52:54:00:00:00:02', agentId: 'h1' },
@@ -448,16 +456,25 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
   
     }
 
-    // an artefact changed on disk is refused at validation with nothing else sent.
+    // an artefact changed on disk, in a restore that moves every VM back, is refused while loading on the new hosts: nothing stopped, configured or swapped.
     {
       const snap = await unary<object, { artefacts: { path: string }[] }>(client, 'GetSnapshot', { id: snapPrecopy });
       const art = path.join(storeDir, snap.artefacts[0]!.path);
       const orig = fs.readFileSync(art);
       fs.writeFileSync(art, Buffer.concat([orig, Buffer.from('!')]));
       const n1 = h1.commands.length;
+      const n2 = h2.commands.length;
+      type Shown = { state: string; generation: number; epoch: number; placement: Record<string, string> };
+      const shown = async (): Promise<unknown[]> => {
+        const v = await unary<object, Shown>(client, 'GetVne', { name: 'blue' });
+        return [v.state, v.generation, v.epoch, v.placement];
+      };
+      const vneBefore = await shown();
+      assert.deepEqual(vneBefore.slice(0, 1).concat(vneBefore.slice(3)), ['VNE_STATE_RUNNING', { vm1: 'h2', vm2: 'h1' }]);
       const r = await streamAll(client.RestoreSnapshot({ snapshotId: snapPrecopy, stopRunning: true, placement: { vm1: 'h1', vm2: 'h2' } }));
-      expectStatus(r.error, grpc.status.DATA_LOSS, 'ERR_DATA_LOSS', `snapshot ${snapPrecopy} cannot be restored, its artefacts are invalid: h1: ${snap.artefacts[0]!.path}: size or sha256 mismatch`);
-      assert.deepEqual(h1.commands.slice(n1).map((c) => c.body), ['validateArtefacts']);
+      expectStatus(r.error, grpc.status.DATA_LOSS, 'ERR_CHECKSUM', `agent h1: RestorePrepare failed: ${snap.artefacts[0]!.path}: size or sha256 mismatch`);
+      assert.deepEqual([...h1.commands.slice(n1), ...h2.commands.slice(n2)].map((c) => c.body).filter((b) => b !== 'restoreCancel'), ['restorePrepare', 'restorePrepare']);
+      assert.deepEqual(await shown(), vneBefore);
       fs.writeFileSync(art, orig);
   
     }

@@ -85,7 +85,7 @@ interface SnapshotEvent {
     const args = ['restore', s.id, '--stop-running', ...Object.entries(place ?? {}).flatMap(([vm, h]) => ['--place', `${vm}=${h}`])];
     const r = await c.cliStream<SnapshotEvent>(args).done;
     assert.equal(r.code, 0, r.stderr);
-    // In place over the running VNE: loaded beside the running VMs, then swapped (no validation read).
+    // Over the running VNE, in place or moved: loaded beside the running VMs, then swapped (no validation read).
     const notes = r.events.flatMap((e) => (e.note ? [e.note] : []));
     if (beside) assert.deepEqual([notes.some((n) => n.startsWith('restore: loading 4 VMs beside the running ones')), notes.some((n) => n.startsWith('restore: validating'))], [true, false], notes.join('\n'));
     const ms = Date.now() - t0;
@@ -143,14 +143,14 @@ interface SnapshotEvent {
   });
 
   it('restores the background snapshot onto the swapped placement (every VM on the other host): intact', async () => {
-    await restore(snaps.background as CatalogSnapshot, E2E_SWAPPED, 'background, swapped hosts');
+    await restore(snaps.background as CatalogSnapshot, E2E_SWAPPED, 'background, swapped hosts', true);
   });
 
   it(`repeats snapshot/restore cycles (VNSNAP_E2E_CYCLES=${CYCLES})`, async () => {
     for (let i = 0; i < CYCLES; i++) {
       const mode = i % 2 === 0 ? 'precopy' : 'background';
       const s = await snapshot(mode);
-      await restore(s, i % 2 === 0 ? E2E_HOME : E2E_SWAPPED, `cycle ${i + 1} (${mode})`);
+      await restore(s, i % 2 === 0 ? E2E_HOME : E2E_SWAPPED, `cycle ${i + 1} (${mode})`, true);
       cyclesPassed++;
     }
   });

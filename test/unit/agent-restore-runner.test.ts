@@ -233,6 +233,23 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.deepEqual(h.driver.events.slice(-1), ['resume a']);
   });
 
+  it('load beside for a VM moving here (nothing of it runs on this agent): loaded, nothing attached; Swap attaches it at epoch k behind the gate, stopping nothing', async () => {
+    h = await new AgentParts().init(['b']);
+    const oldB = h.vm('b');
+    const r = await h.restores.prepare(await imageOfA(h, 'm1', { loadBeside: true }));
+    assert.equal(r.restorePrepare?.beside, true);
+    assert.deepEqual(h.driver.events, ['start b', 'load-beside a']);
+    assert.deepEqual(h.vms.running(VNE).map((v) => v.name), ['b']);
+    assert.deepEqual(h.sw.portNames(VNE), ['blue/b/0']);
+    await h.restores.swap({ restoreId: 'r-m1', vne: VNE });
+    assert.deepEqual(h.driver.events.slice(2), ['swap a']);
+    assert.equal(h.vm('b'), oldB);
+    assert.deepEqual([h.vm('a').restoreId, h.driver.status('blue/a'), h.sw.portEpoch('blue/a/0')], ['r-m1', 'paused', 2]);
+    const res = await h.restores.resume({ restoreId: 'r-m1', vne: VNE });
+    assert.equal(res.resume?.injectedFrames, 1);
+    assert.deepEqual(h.driver.events.slice(-1), ['resume a']);
+  });
+
   it('load beside: a bad image discards every copy loaded and leaves the running VMs as they were; RestoreCancel before the swap does the same', async () => {
     h = await new AgentParts().init(['a', 'b']);
     const [oldA, oldB] = [h.vm('a'), h.vm('b')];

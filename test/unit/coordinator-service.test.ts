@@ -583,7 +583,7 @@ describe('coordinator service: snapshots and restores', () => {
     assert.deepEqual((await s.svc.listSnapshots({ vne: '' })).snapshots, []);
   });
 
-  it('restore onto a swapped placement: validate, stop movers, configure, prepare, resume in one turn', async () => {
+  it('restore of a running VNE onto a swapped placement: loaded on the new agents first (no separate validation read), then movers stopped, configure, swap, resume in one turn', async () => {
     const s = setup();
     await running(s);
     const snap = await snapshot(s);
@@ -592,6 +592,57 @@ describe('coordinator service: snapshots and restores', () => {
     const done = await s.svc.restoreSnapshot({ snapshotId: snap.id, placement: { vm1: 'h2', vm2: 'h1' }, stopRunning: true, timeoutMs: 0 }, (e) => events.push(e));
     assert.equal(done.id, snap.id);
     assert.deepEqual(s.agents.names(), [
+      'h2:restorePrepare',
+      'h1:restorePrepare',
+      'h1:stopVm',
+      'h2:stopVm',
+      'h2:configureVne',
+      'h1:configureVne',
+      'h2:restoreSwap',
+      'h1:restoreSwap',
+      'h2:restoreResume',
+      'h1:restoreResume',
+    ]);
+    const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
+    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1', discardDisk: true }, { vne: 'blue', vm: 'vm2', discardDisk: true }]);
+    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
+    const prep = byName('restorePrepare')[0]?.body.restorePrepare;
+    assert.deepEqual([prep?.restoreId, prep?.epoch, prep?.generation, prep?.stopRunning, prep?.loadBeside], ['r-blue-s1', 1, 2, true, true]);
+    assert.deepEqual(prep?.vms?.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path, v.channel?.map((c) => c.path)]), [['vm1', 'h2', 'snapshots/blue-s1/vm1.mem', ['snapshots/blue-s1/vm1/port0.chan']]]);
+    const resumes = byName('restoreResume');
+    assert.equal(resumes[0]?.turn, resumes[1]?.turn, 'resume leaves in one turn');
+    const vne = s.catalog.getVne('blue');
+    assert.deepEqual([vne?.state, vne?.generation, vne?.epoch, vne?.placement], ['VNE_STATE_RUNNING', 2, 1, { vm1: 'h2', vm2: 'h1' }]);
+    assert.deepEqual(events.filter((e) => e.note).map((e) => e.note), [
+      'restore: loading 2 VMs beside the running ones on h2, h1 (every image verified while it loads; nothing stops before all have loaded)',
+      'restore: stopping vm1 on h1, vm2 on h2',
+      'restore: configuring VNE blue (generation 2) on h2, h1',
+      'restore: swapping the loaded VMs in on h2, h1',
+      'restore: 2 VMs resumed at epoch 1, generation 2; 0 recorded frames injected',
+    ]);
+    assert.deepEqual(s.catalog.listRestores().map((r) => [r.id, r.state]), [['r-blue-s1', 'COMPLETE']]);
+  });
+
+  it('restore onto a swapped placement: a bad image found while loading on the new agent stops nothing (the VMs run on where they were); an agent that cannot load beside gets the older way (validate, stop movers, configure, prepare)', async () => {
+    const s = setup();
+    await running(s);
+    const snap = await snapshot(s);
+    s.agents.sent.length = 0;
+    const restore = () => s.svc.restoreSnapshot({ snapshotId: snap.id, placement: { vm1: 'h2', vm2: 'h1' }, stopRunning: true, timeoutMs: 0 }, () => undefined);
+    s.agents.on('restorePrepare', failed('ERR_CHECKSUM', 'snapshots/blue-s1/vm1.mem: SHA-256 ab, cd expected'), 'h2');
+    await assert.rejects(restore(), (e) => isVnsnapError(e, 'ERR_CHECKSUM') && e.message === 'agent h2: RestorePrepare failed: snapshots/blue-s1/vm1.mem: SHA-256 ab, cd expected');
+    assert.deepEqual(s.agents.names(), ['h2:restorePrepare', 'h1:restorePrepare', 'h2:restoreCancel', 'h1:restoreCancel']);
+    const untouched = s.catalog.getVne('blue');
+    assert.deepEqual([untouched?.state, untouched?.generation, untouched?.placement], ['VNE_STATE_RUNNING', 1, { vm1: 'h1', vm2: 'h2' }]);
+    s.agents.sent.length = 0;
+
+    s.agents.on('restorePrepare', (_a, body) => (body.restorePrepare?.loadBeside ? ok({ payload: 'restorePrepare', restorePrepare: { vms: [], beside: false, besideRefused: 'not enough memory' } }) : ok()), 'h2');
+    await restore();
+    assert.deepEqual(s.agents.names(), [
+      'h2:restorePrepare',
+      'h1:restorePrepare',
+      'h2:restoreCancel',
+      'h1:restoreCancel',
       'h2:validateArtefacts',
       'h1:validateArtefacts',
       'h1:stopVm',
@@ -603,28 +654,8 @@ describe('coordinator service: snapshots and restores', () => {
       'h2:restoreResume',
       'h1:restoreResume',
     ]);
-    const byName = (n: string) => s.agents.sent.filter((x) => x.name === n);
-    assert.deepEqual(byName('validateArtefacts')[0]?.body.validateArtefacts?.artefacts?.map((a) => a.path), ['snapshots/blue-s1/vm1.mem', 'snapshots/blue-s1/vm1/port0.chan']);
-    assert.deepEqual(byName('stopVm').map((x) => x.body.stopVm), [{ vne: 'blue', vm: 'vm1', discardDisk: true }, { vne: 'blue', vm: 'vm2', discardDisk: true }]);
-    assert.deepEqual(byName('configureVne')[0]?.body.configureVne, configureBlue(2, 1, 'h1', ['h2', 'h1']));
-    const prep = byName('restorePrepare')[0]?.body.restorePrepare;
-    assert.equal(prep?.restoreId, 'r-blue-s1');
-    assert.equal(prep?.epoch, 1);
-    assert.equal(prep?.generation, 2);
-    assert.equal(prep?.stopRunning, true);
-    assert.deepEqual(prep?.vms?.map((v) => [v.vm?.name, v.vm?.host, v.memory?.path, v.channel?.map((c) => c.path)]), [['vm1', 'h2', 'snapshots/blue-s1/vm1.mem', ['snapshots/blue-s1/vm1/port0.chan']]]);
-    const resumes = byName('restoreResume');
-    assert.equal(resumes[0]?.turn, resumes[1]?.turn, 'resume leaves in one turn');
     const vne = s.catalog.getVne('blue');
-    assert.deepEqual([vne?.state, vne?.generation, vne?.epoch, vne?.placement], ['VNE_STATE_RUNNING', 2, 1, { vm1: 'h2', vm2: 'h1' }]);
-    assert.deepEqual(events.filter((e) => e.note).map((e) => e.note), [
-      'restore: validating 4 artefacts on 2 agents',
-      'restore: stopping vm1 on h1, vm2 on h2',
-      'restore: configuring VNE blue (generation 2) on h2, h1',
-      'restore: loading 2 VMs paused',
-      'restore: 2 VMs resumed at epoch 1, generation 2; 0 recorded frames injected',
-    ]);
-    assert.deepEqual(s.catalog.listRestores().map((r) => [r.id, r.state]), [['r-blue-s1', 'COMPLETE']]);
+    assert.deepEqual([vne?.state, vne?.generation, vne?.placement], ['VNE_STATE_RUNNING', 2, { vm1: 'h2', vm2: 'h1' }]);
   });
 
   it('restore sends each VM its disk layers in layer order (disk_layers), and an older snapshot\'s one whole disk also as `disk`', async () => {

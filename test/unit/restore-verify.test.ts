@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { isVnsnapError } from '../../proto/core/errors';
-import { verifiedRead, verifyingStore } from '../../agent/restore-verify';
+import { expectOf, verifiedRead, verifyingStore } from '../../agent/restore-verify';
 import { chunkListSha256, decodeIndex, encodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CHUNK_LIST_ATTRIBUTE } from '../../proto/store/snapshot-store';
 import { checkedClaim } from '../../proto/store/checked-read';
@@ -135,11 +135,15 @@ describe('restore-verify over a content-addressed store: each byte hashed twice,
       return { r, a: { ...right, attributes: s.attributes as Record<string, string> } };
     }
 
+    /** Each byte once, plus the chunk list's text (its SHA-256 compared with the manifest's). */
+    async function hashedOnce(r: Rig, path: string): Promise<number> {
+      const idx = decodeIndex(await r.objects.get(indexKey(path)), path);
+      return data.length + 'vnsnap-chunk-list/1\n'.length + idx.chunks.reduce((n, c) => n + `${c.sha256} ${c.size}\n`.length, 0);
+    }
+
     it('a read and a get of a memory image hash its bytes once (per chunk) and hand them all out', async () => {
       const { r, a } = await recorded();
-      const idx = decodeIndex(await r.objects.get(indexKey(a.path)), a.path);
-      // Each byte once, plus the chunk list's text (its SHA-256 compared with the manifest's).
-      const once = data.length + 'vnsnap-chunk-list/1\n'.length + idx.chunks.reduce((n, c) => n + `${c.sha256} ${c.size}\n`.length, 0);
+      const once = await hashedOnce(r, a.path);
       const parts: Buffer[] = [];
       assert.equal(await hashedBytes(async () => {
         for await (const b of verifyingStore(r.store, [a]).read(a.path)) parts.push(b);
@@ -148,6 +152,15 @@ describe('restore-verify over a content-addressed store: each byte hashed twice,
       let whole: Buffer = Buffer.alloc(0);
       assert.equal(await hashedBytes(async () => void (whole = await verifyingStore(r.store, [a]).get(a.path))), once);
       assert.deepEqual(whole, data);
+    });
+
+    it('a disk layer read as the chain rebuild reads it (read() given its manifest entry\'s chunk list through the restore\'s store) hashes its bytes once', async () => {
+      const { r, a } = await recorded();
+      const parts: Buffer[] = [];
+      assert.equal(await hashedBytes(async () => {
+        for await (const b of verifiedRead(verifyingStore(r.store, []).read(a.path, expectOf(a)), a)) parts.push(b);
+      }), await hashedOnce(r, a.path));
+      assert.deepEqual(Buffer.concat(parts), data);
     });
 
     it('a forged index (another artefact\'s chunks under the expected SHA-256) is ERR_CHECKSUM before any byte is handed out', async () => {

@@ -5,7 +5,9 @@
  *
  * Layers (DISK artefacts with the attribute "layer" = 0..n-1, disk-layers.ts):
  *   - each layer is streamed from the store (read()) to `layer-<N>.qcow2` in the directory, its
- *     size and SHA-256 checked as it streams (ERR_CHECKSUM naming the artefact);
+ *     size and SHA-256 checked as it streams (ERR_CHECKSUM naming the artefact); a layer whose
+ *     manifest entry records its chunk list hands it to read(), so each byte is hashed once
+ *     (its chunk's SHA-256, the list bound by the manifest: ../../restore-verify.ts);
  *   - each must be a qcow2 image without an external data file, layer 0 without a backing file;
  *   - from layer 1 up, `qemu-img rebase -u -b <layer N-1> -F qcow2` names the layer below (the
  *     header only: the layer was written over that content);
@@ -20,7 +22,7 @@
  * chain checked against the image roots), and the VM has no chain record (its next snapshot
  * stores a full image).
  */
-import { verifiedRead } from '../../restore-verify';
+import { expectOf, verifiedRead } from '../../restore-verify';
 import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import { streamToFile } from '../image-stream';
 import * as path from 'node:path';
@@ -102,7 +104,7 @@ export function orderLayers(vm: string, disks: DiskArtefact[]): DiskArtefact[] |
 
 /** Stream an artefact into a new file (image-stream.ts), checking its size and SHA-256 against the manifest's as it comes. */
 async function layerToFile(store: SnapshotStore, a: DiskArtefact, file: string): Promise<void> {
-  await streamToFile(verifiedRead(store.read(a.path), a), file);
+  await streamToFile(verifiedRead(store.read(a.path, expectOf(a)), a), file);
 }
 
 /** The chain read back from its top must be exactly `files` (top first), all in the VM's directory. */
