@@ -54,14 +54,14 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import type { CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
-import { holdAfterConvergence } from './precopy-hold';
+import { HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -94,7 +94,15 @@ export class QemuJob extends DriverJob {
   private lastProgress: SnapshotProgress | undefined;
   private restarts = 0;
   private restarting: Promise<void> | undefined;
+  /** Each early convergence's pause (QEMU's STOP → RESUME), reported with the cut: never hidden. */
+  private restartSpans: PhaseSpan[] = [];
+  /** max-bandwidth of the first pass (halved by each convergence before ready). */
   private bandwidth: number;
+  /** The max-bandwidth last sent for the current migration (the landing lowers it, precopy-hold.ts). */
+  private appliedBandwidth = 0;
+  /** When QEMU took the hold's max-bandwidth (performance.now()); `ready` waits HOLD_SETTLE_MS from it. */
+  private holdAppliedAt: number | undefined;
+  private holdApplying = false;
   /** max-bandwidth of the hold (halved by each convergence during the hold). */
   private holdBandwidth: number;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
@@ -271,6 +279,8 @@ export class QemuJob extends DriverJob {
   private async startPrecopy(): Promise<void> {
     const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
     await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
+    this.appliedBandwidth = Math.round(this.bandwidth);
+    this.holdAppliedAt = undefined;
     await this.openStream();
     this.migrationDone = this.watchCompletion();
     await this.q.execute('migrate', { uri: this.migrateUri() });
@@ -296,13 +306,7 @@ export class QemuJob extends DriverJob {
     const remaining = ram.remaining ?? 0;
     const pageSize = ram['page-size'] ?? 4096;
     this.iteration = Math.max(1, sync);
-    const firstPassDone = sync >= 2;
-    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
-      this.isReady = true;
-      // Keep QEMU iterating but unable to converge by itself: see the module comment.
-      this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.holdBandwidth) }).catch(() => undefined);
-      this.latch.set();
-    }
+    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && !this.restarting) this.towardsReady(info.status, sync, remaining);
     const p: SnapshotProgress = {
       bytesDone: ram.transferred ?? 0,
       bytesRemaining: remaining,
@@ -315,19 +319,60 @@ export class QemuJob extends DriverJob {
     if (this.phase === 'precopy') this.opts.onProgress?.(p);
   }
 
+  /**
+   * Before ready (bandwidth hold), at each poll: land the first pass, then hold, then confirm
+   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active.
+   */
+  private towardsReady(status: string, sync: number, remaining: number): void {
+    if (this.holdAppliedAt !== undefined) {
+      if (status === 'active' && performance.now() - this.holdAppliedAt >= HOLD_SETTLE_MS) {
+        this.isReady = true;
+        this.latch.set();
+      }
+      return;
+    }
+    if (this.holdApplying) return;
+    if (sync >= 2 && (remaining <= this.o.readyBytes || sync >= 30)) {
+      // Keep QEMU iterating but unable to converge by itself: see the module comment.
+      this.holdApplying = true;
+      const serial = this.restarts;
+      this.setBandwidth(this.holdBandwidth)
+        .then(() => {
+          if (serial === this.restarts) this.holdAppliedAt = performance.now();
+        })
+        .catch(() => undefined)
+        .finally(() => (this.holdApplying = false));
+      return;
+    }
+    const want = landingBandwidth(remaining, this.bandwidth);
+    if (want < this.appliedBandwidth * 0.9 || (sync >= 2 && want > this.appliedBandwidth * 1.1)) void this.setBandwidth(want).catch(() => undefined);
+  }
+
+  private async setBandwidth(bytesPerS: number): Promise<void> {
+    this.appliedBandwidth = Math.round(bytesPerS);
+    await this.q.execute('migrate-set-parameters', { 'max-bandwidth': this.appliedBandwidth });
+  }
+
   /** QEMU converged and paused the VM before the cut: cancel (QEMU resumes it), start again slower. */
   private async restartAfterEarlySwitchover(): Promise<void> {
     this.restarts++;
-    this.log.info({ restarts: this.restarts }, 'pre-copy converged before the cut; restarting it');
+    const held = this.isReady || this.holdAppliedAt !== undefined;
+    this.log.info({ restarts: this.restarts, held, sync: this.iteration, bandwidth: this.appliedBandwidth }, 'pre-copy converged before the cut; restarting it');
+    const stop = this.vmObj.lastStop;
+    const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
+    resumed.catch(() => undefined);
     try {
       const cancelled = this.migrationDone?.catch(() => undefined);
       this.stream?.discard();
       await this.q.execute('migrate_cancel');
       await cancelled;
       if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
+      const resume = await resumed.catch(() => undefined);
+      const startUnixUs = stop?.timestampUs || nowUs();
+      this.restartSpans.push({ phase: 'PHASE_PRECOPY_RESTART', startUnixUs, endUnixUs: Math.max(startUnixUs, resume?.timestampUs || nowUs()) });
       if ((this.phase as JobPhase) !== 'precopy') return;
       this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
-      if (this.isReady) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
+      if (held) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
       this.isReady = false;
       await this.startPrecopy();
     } catch (e) {
@@ -464,7 +509,7 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
-    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans);
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
