@@ -367,7 +367,7 @@ export class QemuJob extends DriverJob {
       await this.q.execute('migrate_cancel');
       await cancelled;
       if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
-      const resume = await resumed.catch(() => undefined);
+      const resume = await Promise.race([resumed.catch(() => undefined), sleep(2000).then(() => undefined)]); // RESUME precedes cont's reply
       const startUnixUs = stop?.timestampUs || nowUs();
       this.restartSpans.push({ phase: 'PHASE_PRECOPY_RESTART', startUnixUs, endUnixUs: Math.max(startUnixUs, resume?.timestampUs || nowUs()) });
       if ((this.phase as JobPhase) !== 'precopy') return;
