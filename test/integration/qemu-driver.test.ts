@@ -125,7 +125,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     image = buildGuest();
     fs.mkdirSync(root, { recursive: true });
     store = await st.open(path.join(root, 'store'));
-    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
+    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), ...(process.env.VNQM_HOLD ? { holdBandwidth: process.env.VNQM_HOLD === 'paced' ? ('paced' as const) : Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
     sw = new Switch({ id: 'vnqm' });
     sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();

@@ -61,7 +61,7 @@ import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
-import { HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth } from './precopy-hold';
+import { HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -103,8 +103,11 @@ export class QemuJob extends DriverJob {
   /** When QEMU took the hold's max-bandwidth (performance.now()); `ready` waits HOLD_SETTLE_MS from it. */
   private holdAppliedAt: number | undefined;
   private holdApplying = false;
-  /** max-bandwidth of the hold (halved by each convergence during the hold). */
+  /** max-bandwidth of the hold (quartered by each convergence during the hold). */
   private holdBandwidth: number;
+  /** holdBandwidth 'paced': the hold follows QEMU's syncs (precopy-hold.ts); off after a convergence while held. */
+  private pacing: boolean;
+  private paced: PacedHold | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -128,7 +131,8 @@ export class QemuJob extends DriverJob {
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
     this.bandwidth = o.precopyBandwidth;
-    this.holdBandwidth = o.holdBandwidth;
+    this.pacing = o.holdBandwidth === 'paced';
+    this.holdBandwidth = o.holdBandwidth === 'paced' ? HOLD_FLOOR : o.holdBandwidth;
   }
 
   get vm(): string {
@@ -306,13 +310,20 @@ export class QemuJob extends DriverJob {
     const remaining = ram.remaining ?? 0;
     const pageSize = ram['page-size'] ?? 4096;
     this.iteration = Math.max(1, sync);
-    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && !this.restarting) this.towardsReady(info.status, sync, remaining);
+    const dirtyBytesS = (ram['dirty-pages-rate'] ?? 0) * pageSize;
+    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.restarting) {
+      if (!this.isReady) this.towardsReady(info.status, sync, remaining, dirtyBytesS);
+      else if (this.paced) {
+        const bw = this.paced.observe(sync, performance.now());
+        if (bw !== undefined) void this.setBandwidth(bw).catch(() => undefined);
+      }
+    }
     const p: SnapshotProgress = {
       bytesDone: ram.transferred ?? 0,
       bytesRemaining: remaining,
       bytesTotal: ram.total ?? this.vmObj.memBytes,
       iteration: this.iteration,
-      dirtyRateMibS: ((ram['dirty-pages-rate'] ?? 0) * pageSize) / MiB,
+      dirtyRateMibS: dirtyBytesS / MiB,
       ready: this.isReady,
     };
     this.lastProgress = p;
@@ -323,7 +334,7 @@ export class QemuJob extends DriverJob {
    * Before ready (bandwidth hold), at each poll: land the first pass, then hold, then confirm
    * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active.
    */
-  private towardsReady(status: string, sync: number, remaining: number): void {
+  private towardsReady(status: string, sync: number, remaining: number, dirtyBytesS: number): void {
     if (this.holdAppliedAt !== undefined) {
       if (status === 'active' && performance.now() - this.holdAppliedAt >= HOLD_SETTLE_MS) {
         this.isReady = true;
@@ -336,7 +347,8 @@ export class QemuJob extends DriverJob {
       // Keep QEMU iterating but unable to converge by itself: see the module comment.
       this.holdApplying = true;
       const serial = this.restarts;
-      this.setBandwidth(this.holdBandwidth)
+      this.paced = this.pacing ? new PacedHold(2 * dirtyBytesS) : undefined; // drains, then paced down
+      this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth)
         .then(() => {
           if (serial === this.restarts) this.holdAppliedAt = performance.now();
         })
@@ -372,7 +384,9 @@ export class QemuJob extends DriverJob {
       this.restartSpans.push({ phase: 'PHASE_PRECOPY_RESTART', startUnixUs, endUnixUs: Math.max(startUnixUs, resume?.timestampUs || nowUs()) });
       if ((this.phase as JobPhase) !== 'precopy') return;
       this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
-      if (held) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
+      if (held && this.pacing) this.pacing = false; // the paced hold converged: the fixed floor from now on
+      else if (held) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
+      this.paced = undefined;
       this.isReady = false;
       await this.startPrecopy();
     } catch (e) {

@@ -29,9 +29,13 @@
  * the hold restarts the pre-copy (migration.ts) with the hold quartered (holdAfterConvergence),
  * down to HOLD_FLOOR; every restart is reported as a PHASE_PRECOPY_RESTART span of the cut.
  *
+ * PacedHold (option `holdBandwidth: 'paced'`, not the default) is the attempt at a hold that
+ * re-syncs without running into back-to-back syncs: see its comment.
+ *
  * Guarantees: landingBandwidth() is within [LANDING_FLOOR, ceiling] (the ceiling alone when it is
  * lower) and never rises as the remaining set shrinks; holdAfterConvergence() quarters a hold
- * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is.
+ * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is; a
+ * PacedHold's bandwidth stays within [HOLD_FLOOR, PACED_CAP].
  */
 import { MiB } from './process';
 
@@ -65,4 +69,65 @@ export function landingBandwidth(remaining: number, ceiling: number): number {
 /** The hold for the restarted pre-copy of a guest that converged during the hold. */
 export function holdAfterConvergence(bandwidth: number): number {
   return bandwidth <= HOLD_FLOOR ? bandwidth : Math.max(HOLD_FLOOR, bandwidth / 4);
+}
+
+/** The paced hold's bounds: QEMU's syncs kept between these intervals (ms), its bandwidth between HOLD_FLOOR and PACED_CAP. */
+export const PACED_MIN_INTERVAL_MS = 300;
+export const PACED_MAX_INTERVAL_MS = 1500;
+export const PACED_CAP = 64 * MiB;
+
+/**
+ * The paced hold (driver option `holdBandwidth: 'paced'`): a hold that lets QEMU sync, paced from
+ * the progress polls so that its syncs stay PACED_MIN_INTERVAL_MS..PACED_MAX_INTERVAL_MS apart.
+ * A sync after an interval I finds what the guest dirtied in I (far above the threshold, a few
+ * pages at these bandwidths), so it does not converge; the danger is only a run of shrinking
+ * intervals (a hold above the dirty rate), which the first interval under the minimum stops by
+ * halving the bandwidth. No sync for the maximum raises it by half. The set at the cut is then
+ * about what the guest dirtied in one interval instead of its whole working set since ready.
+ * A guest whose dirty rate falls at once can still run into back-to-back syncs before the next
+ * poll and converge (then the restart of migration.ts).
+ */
+export class PacedHold {
+  private lastSync = -1;
+  private lastSyncAt = 0;
+  private lastRaiseAt = 0;
+
+  constructor(private bw: number) {
+    this.bw = clampPaced(bw);
+  }
+
+  get bandwidth(): number {
+    return this.bw;
+  }
+
+  /** A poll's dirty-sync-count at `nowMs`: the bandwidth to set now, or undefined to keep it. */
+  observe(sync: number, nowMs: number): number | undefined {
+    if (this.lastSync < 0 || sync < this.lastSync) {
+      this.lastSync = sync;
+      this.lastSyncAt = this.lastRaiseAt = nowMs;
+      return undefined;
+    }
+    if (sync > this.lastSync) {
+      const interval = (nowMs - this.lastSyncAt) / (sync - this.lastSync);
+      this.lastSync = sync;
+      this.lastSyncAt = this.lastRaiseAt = nowMs;
+      return interval < PACED_MIN_INTERVAL_MS ? this.set(this.bw / 2) : undefined;
+    }
+    if (nowMs - this.lastRaiseAt >= PACED_MAX_INTERVAL_MS) {
+      this.lastRaiseAt = nowMs;
+      return this.set(this.bw * 1.5);
+    }
+    return undefined;
+  }
+
+  private set(bw: number): number | undefined {
+    const next = clampPaced(bw);
+    if (next === this.bw) return undefined;
+    this.bw = next;
+    return next;
+  }
+}
+
+function clampPaced(bw: number): number {
+  return Math.round(Math.min(PACED_CAP, Math.max(HOLD_FLOOR, bw)));
 }
