@@ -61,7 +61,7 @@ import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
-import { HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
+import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -130,7 +130,7 @@ export class QemuJob extends DriverJob {
     this.vmObj.snapSerial++;
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
-    this.bandwidth = o.precopyBandwidth;
+    this.bandwidth = Math.min(o.precopyBandwidth, FIRST_PASS_CEILING);
     this.pacing = o.holdBandwidth === 'paced';
     this.holdBandwidth = o.holdBandwidth === 'paced' ? HOLD_FLOOR : o.holdBandwidth;
   }

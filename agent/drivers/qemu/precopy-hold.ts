@@ -11,13 +11,14 @@
  * sync happens only once everything was sent, and converges only if the guest dirtied no page at
  * all since the previous one.
  *
- * The landing: the first pass starts at precopyBandwidth (1 GiB/s: a threshold of about 1 MiB),
+ * The landing: the first pass started at precopyBandwidth (1 GiB/s: a threshold of about 1 MiB),
  * and a guest that dirtied less than that during the pass converged at the sync that ends it,
  * before the first progress poll; the pre-copy was then cancelled and restarted (a hidden pause).
- * So before ready every progress poll lowers max-bandwidth to what sends the remaining set in
- * LANDING_SECONDS, never under LANDING_FLOOR (landingBandwidth()): the pass ends with the last
- * windows at the floor, whose threshold is under a page, and the sync that ends it converges
- * only for a guest that dirtied nothing during the whole pass.
+ * So the first pass goes at most FIRST_PASS_CEILING, and before ready every progress poll lowers
+ * max-bandwidth to what sends the remaining set in LANDING_SECONDS, never under LANDING_FLOOR
+ * (landingBandwidth()): the pass ends with the last windows at the floor, whose threshold is under
+ * a page, and the sync that ends it converges only for a guest that dirtied nothing during the
+ * whole pass; a pass ending before the landing reached the floor has a threshold of 16 pages.
  *
  * The hold: at ready max-bandwidth drops to the hold; `ready` is confirmed only once QEMU took it
  * (the migrate-set-parameters reply), HOLD_SETTLE_MS later (two of QEMU's windows: its threshold
@@ -51,6 +52,13 @@ export const FAST_HOLD_BANDWIDTH = 8 * MiB;
 
 /** The hold's max-bandwidth unless the driver is told otherwise (bytes/s): the floor, never converging. */
 export const DEFAULT_HOLD_BANDWIDTH = HOLD_FLOOR;
+
+/**
+ * The first pass's ceiling (bytes/s): a threshold of 64 KiB (16 pages) at 1 ms. The landing alone
+ * came too late for guests whose RAM is mostly zero pages (sent almost for free, so a pass of a
+ * 256 MiB guest ended within one or two polls at 0.4-0.5 GiB/s and converged).
+ */
+export const FIRST_PASS_CEILING = 64 * MiB;
 
 /** The landing's floor (bytes/s): a 100 ms window at it measures a threshold of 1 KiB at 1 ms, under a page. */
 export const LANDING_FLOOR = 1 * MiB;
