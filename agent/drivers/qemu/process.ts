@@ -62,7 +62,7 @@ export interface QemuDriverOptions {
   nic?: NicMode;
   /** Pre-copy: ready once the first pass is done and at most this much is dirty (default 16 MiB). */
   readyBytes?: number;
-  /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s). */
+  /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s; the first pass goes at most 64 MiB/s: FIRST_PASS_CEILING in precopy-hold.ts). */
   precopyBandwidth?: number;
   /**
    * How a pre-copy waits for the cut. 'bandwidth' (default): downtime-limit 1 ms and max-bandwidth
