@@ -21,10 +21,12 @@
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
  *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
- *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
- *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
- *          so QEMU keeps iterating, the VM running, instead of switching over by itself; how
- *          fast, and what a convergence during the hold changes: precopy-hold.ts.
+ *          migrate; query-migrate every progressMs → onProgress; the first pass lands at a low
+ *          bandwidth (so QEMU does not converge at its end); once it is done and the remaining
+ *          dirty set is small, max-bandwidth is lowered to holdBandwidth so QEMU keeps
+ *          iterating, the VM running, instead of switching over by itself, and `ready` is set
+ *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
+ *          convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
  *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
@@ -37,7 +39,8 @@
  *   converges by itself at begin and the VM waits paused from then to the cut (which then
  *   starts at atPause()).
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
- *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
+ *   cancelled (QEMU resumes the VM) and started again with half the bandwidth; each such early
+ *   pause (QEMU's STOP → RESUME) is a PHASE_PRECOPY_RESTART span of the cut's CutReport.
  * The pause is measured from QEMU's own STOP and RESUME event timestamps. Each cut's QMP round
  * trips and STOP / RESUME deliveries become phases of its CutReport (cut-qmp-trace.ts).
  * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
