@@ -94,6 +94,10 @@ describe('QEMU driver', function () {
   });
 });
 
+/** How many times, and how far apart (ms), a ready pre-copy's VMs are checked to be running before the cut. */
+const HOLD_SAMPLES = 6;
+const HOLD_SAMPLE_MS = 200;
+
 /** Two guests streaming to each other through a Switch: snapshot in each mode, kill, restore, check. */
 for (const st of STORES)
 describe(`QEMU driver: two guests, snapshot and restore with TCP streams through the switch (${st.kind} store)`, function () {
@@ -106,6 +110,8 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
   const names = ['a', 'b'];
   const specs = new Map<string, VmStartSpec>();
   const pauses: Record<string, number[]> = { background: [], precopy: [] };
+  /** Each pre-copy's early convergences (QEMU paused the VM before the cut; the driver restarted it): their pauses, ms. */
+  const restarts: number[] = [];
   let epoch = 0;
 
   const status = (name: string): Promise<GuestStatus> => channelStatus((driver as QemuDriver).inspect(`vnqm/${name}`)?.channelSock as string, 8000);
@@ -119,7 +125,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     image = buildGuest();
     fs.mkdirSync(root, { recursive: true });
     store = await st.open(path.join(root, 'store'));
-    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), ...(process.env.VNQM_HOLD ? { holdBandwidth: Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
+    driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root), ...(process.env.VNQM_HOLD ? { holdBandwidth: process.env.VNQM_HOLD === 'paced' ? ('paced' as const) : Number(process.env.VNQM_HOLD) } : {}), ...(process.env.VNQM_PRECOPY_HOLD === 'bandwidth' ? { precopyHold: 'bandwidth' as const } : {}) });
     sw = new Switch({ id: 'vnqm' });
     sw.configureVne({ name: 'vnqm', vni: 77 });
     sw.start();
@@ -149,6 +155,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
   after(async () => {
     const p = Object.entries(pauses).map(([m, v]) => `${m}: ${v.map((x) => x.toFixed(1)).join(', ')} ms`);
     if (p.length) console.log(`      pauses (pause → resume, per VM and cut): ${p.join('; ')}`);
+    console.log(`      pre-copy restarts (early convergences): ${restarts.length}${restarts.length ? `, paused ${restarts.map((x) => x.toFixed(1)).join(', ')} ms` : ''}`);
     if (process.env.VNQM_KEEP) {
       for (const n of names) {
         const i = driver?.inspect(`vnqm/${n}`);
@@ -173,25 +180,40 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
       throw notStarted.reason;
     }
     const jobs = started.map((r) => (r as PromiseFulfilledResult<SnapshotJob>).value);
-    await Promise.all(jobs.map((j) => j.ready));
-    if (mode === 'precopy') {
-      // The bandwidth hold: a ready pre-copy waits for the cut with its VM running, not paused.
-      for (const n of names) assert.equal((await d.execute<{ status: string }>(`vnqm/${n}`, 'query-status', undefined, 5000)).status, 'running', `${n} runs while its pre-copy waits for the cut`);
+    let imgs: VmImage[];
+    try {
+      await Promise.all(jobs.map((j) => j.ready));
+      if (mode === 'precopy') {
+        // The bandwidth hold: a ready pre-copy waits for the cut with its VM running, not paused
+        // (QEMU converging by itself would stop it): sampled over a second of the wait.
+        for (let i = 0; i < HOLD_SAMPLES; i++) {
+          if (i > 0) await sleep(HOLD_SAMPLE_MS);
+          for (const n of names) assert.equal((await d.execute<{ status: string }>(`vnqm/${n}`, 'query-status', undefined, 5000)).status, 'running', `${n} runs while its pre-copy waits for the cut (sample ${i + 1} of ${HOLD_SAMPLES})`);
+        }
+      }
+      const reports = await Promise.all(
+        jobs.map(async (j, i) => {
+          const port = `vnqm/${names[i]}/0`;
+          const report = await s.cutPorts([port], k, (pass) =>
+            j.cut(async () => {
+              await pass();
+              await atCut?.(names[i] as string);
+            }),
+          );
+          return report as CutReport;
+        }),
+      );
+      for (const r of reports) {
+        const early = r.phases.filter((p) => p.phase === 'PHASE_PRECOPY_RESTART');
+        if (early.length) restarts.push(...early.map((p) => (p.endUnixUs - p.startUnixUs) / 1000));
+      }
+      if (!atCut) for (const r of reports) pauses[mode]?.push(r.pauseMs); // a RAM dump at the cut lengthens the pause
+      imgs = await Promise.all(jobs.map((j) => j.durable()));
+    } catch (e) {
+      // Leave no job behind: a snapshot in progress would fail every later test of the VM.
+      await Promise.allSettled(jobs.map((j) => j.abort()));
+      throw e;
     }
-    const reports = await Promise.all(
-      jobs.map(async (j, i) => {
-        const port = `vnqm/${names[i]}/0`;
-        const report = await s.cutPorts([port], k, (pass) =>
-          j.cut(async () => {
-            await pass();
-            await atCut?.(names[i] as string);
-          }),
-        );
-        return report as CutReport;
-      }),
-    );
-    if (!atCut) for (const r of reports) pauses[mode]?.push(r.pauseMs); // a RAM dump at the cut lengthens the pause
-    const imgs = await Promise.all(jobs.map((j) => j.durable()));
     const cs = await s.channelState('vnqm', k, 10_000);
     const images = new Map<string, VmImage>();
     names.forEach((n, i) => images.set(n, imgs[i] as VmImage));

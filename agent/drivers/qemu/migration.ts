@@ -22,10 +22,12 @@
  *          frozen disk goes into the store
  * Snapshot, precopy mode (VNsnap's), with the default bandwidth hold:
  *   begin: capabilities (events, pause-before-switchover on, the rest off), downtime-limit 1 ms,
- *          migrate; query-migrate every progressMs → onProgress; `ready` after the first pass
- *          when the remaining dirty set is small; then max-bandwidth is lowered to holdBandwidth
- *          so QEMU keeps iterating, the VM running, instead of switching over by itself; how
- *          fast, and what a convergence during the hold changes: precopy-hold.ts.
+ *          migrate; query-migrate every progressMs → onProgress; the first pass lands at a low
+ *          bandwidth (so QEMU does not converge at its end); once it is done and the remaining
+ *          dirty set is small, max-bandwidth is lowered to holdBandwidth so QEMU keeps
+ *          iterating, the VM running, instead of switching over by itself, and `ready` is set
+ *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
+ *          convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
  *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
@@ -38,7 +40,8 @@
  *   converges by itself at begin and the VM waits paused from then to the cut (which then
  *   starts at atPause()).
  *   If QEMU converges and pauses by itself before the cut (an idle guest can), the migration is
- *   cancelled (QEMU resumes the VM) and started again with half the bandwidth.
+ *   cancelled (QEMU resumes the VM) and started again with half the bandwidth; each such early
+ *   pause (QEMU's STOP → RESUME) is a PHASE_PRECOPY_RESTART span of the cut's CutReport.
  * The pause is measured from QEMU's own STOP and RESUME event timestamps. Each cut's QMP round
  * trips and STOP / RESUME deliveries become phases of its CutReport (cut-qmp-trace.ts).
  * Abort: the stream is turned into a sink first (QEMU is never left blocked on it), then
@@ -55,14 +58,14 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import type { CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
-import { holdAfterConvergence } from './precopy-hold';
+import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -95,9 +98,20 @@ export class QemuJob extends DriverJob {
   private lastProgress: SnapshotProgress | undefined;
   private restarts = 0;
   private restarting: Promise<void> | undefined;
+  /** Each early convergence's pause (QEMU's STOP → RESUME), reported with the cut: never hidden. */
+  private restartSpans: PhaseSpan[] = [];
+  /** max-bandwidth of the first pass (halved by each convergence before ready). */
   private bandwidth: number;
-  /** max-bandwidth of the hold (halved by each convergence during the hold). */
+  /** The max-bandwidth last sent for the current migration (the landing lowers it, precopy-hold.ts). */
+  private appliedBandwidth = 0;
+  /** When QEMU took the hold's max-bandwidth (performance.now()); `ready` waits HOLD_SETTLE_MS from it. */
+  private holdAppliedAt: number | undefined;
+  private holdApplying = false;
+  /** max-bandwidth of the hold (quartered by each convergence during the hold). */
   private holdBandwidth: number;
+  /** holdBandwidth 'paced': the hold follows QEMU's syncs (precopy-hold.ts); off after a convergence while held. */
+  private pacing: boolean;
+  private paced: PacedHold | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -122,8 +136,9 @@ export class QemuJob extends DriverJob {
     this.vmObj.snapSerial++;
     this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
-    this.bandwidth = o.precopyBandwidth;
-    this.holdBandwidth = o.holdBandwidth;
+    this.bandwidth = Math.min(o.precopyBandwidth, FIRST_PASS_CEILING);
+    this.pacing = o.holdBandwidth === 'paced';
+    this.holdBandwidth = o.holdBandwidth === 'paced' ? HOLD_FLOOR : o.holdBandwidth;
   }
 
   get vm(): string {
@@ -274,6 +289,8 @@ export class QemuJob extends DriverJob {
   private async startPrecopy(): Promise<void> {
     const downtime = this.o.precopyHold === 'pre-switchover' ? this.o.cutDowntimeMs : 1;
     await this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.bandwidth), 'downtime-limit': downtime });
+    this.appliedBandwidth = Math.round(this.bandwidth);
+    this.holdAppliedAt = undefined;
     await this.openStream();
     this.migrationDone = this.watchCompletion();
     await this.q.execute('migrate', { uri: this.migrateUri() });
@@ -299,38 +316,83 @@ export class QemuJob extends DriverJob {
     const remaining = ram.remaining ?? 0;
     const pageSize = ram['page-size'] ?? 4096;
     this.iteration = Math.max(1, sync);
-    const firstPassDone = sync >= 2;
-    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.isReady && firstPassDone && (remaining <= this.o.readyBytes || sync >= 30)) {
-      this.isReady = true;
-      // Keep QEMU iterating but unable to converge by itself: see the module comment.
-      this.q.execute('migrate-set-parameters', { 'max-bandwidth': Math.round(this.holdBandwidth) }).catch(() => undefined);
-      this.latch.set();
+    const dirtyBytesS = (ram['dirty-pages-rate'] ?? 0) * pageSize;
+    if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.restarting) {
+      if (!this.isReady) this.towardsReady(info.status, sync, remaining, dirtyBytesS);
+      else if (this.paced) {
+        const bw = this.paced.observe(sync, performance.now());
+        if (bw !== undefined) void this.setBandwidth(bw).catch(() => undefined);
+      }
     }
     const p: SnapshotProgress = {
       bytesDone: ram.transferred ?? 0,
       bytesRemaining: remaining,
       bytesTotal: ram.total ?? this.vmObj.memBytes,
       iteration: this.iteration,
-      dirtyRateMibS: ((ram['dirty-pages-rate'] ?? 0) * pageSize) / MiB,
+      dirtyRateMibS: dirtyBytesS / MiB,
       ready: this.isReady,
     };
     this.lastProgress = p;
     if (this.phase === 'precopy') this.opts.onProgress?.(p);
   }
 
+  /**
+   * Before ready (bandwidth hold), at each poll: land the first pass, then hold, then confirm
+   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active.
+   */
+  private towardsReady(status: string, sync: number, remaining: number, dirtyBytesS: number): void {
+    if (this.holdAppliedAt !== undefined) {
+      if (status === 'active' && performance.now() - this.holdAppliedAt >= HOLD_SETTLE_MS) {
+        this.isReady = true;
+        this.latch.set();
+      }
+      return;
+    }
+    if (this.holdApplying) return;
+    if (sync >= 2 && (remaining <= this.o.readyBytes || sync >= 30)) {
+      // Keep QEMU iterating but unable to converge by itself: see the module comment.
+      this.holdApplying = true;
+      const serial = this.restarts;
+      this.paced = this.pacing ? new PacedHold(2 * dirtyBytesS) : undefined; // drains, then paced down
+      this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth)
+        .then(() => {
+          if (serial === this.restarts) this.holdAppliedAt = performance.now();
+        })
+        .catch(() => undefined)
+        .finally(() => (this.holdApplying = false));
+      return;
+    }
+    const want = landingBandwidth(remaining, this.bandwidth);
+    if (want < this.appliedBandwidth * 0.9 || (sync >= 2 && want > this.appliedBandwidth * 1.1)) void this.setBandwidth(want).catch(() => undefined);
+  }
+
+  private async setBandwidth(bytesPerS: number): Promise<void> {
+    this.appliedBandwidth = Math.round(bytesPerS);
+    await this.q.execute('migrate-set-parameters', { 'max-bandwidth': this.appliedBandwidth });
+  }
+
   /** QEMU converged and paused the VM before the cut: cancel (QEMU resumes it), start again slower. */
   private async restartAfterEarlySwitchover(): Promise<void> {
     this.restarts++;
-    this.log.info({ restarts: this.restarts }, 'pre-copy converged before the cut; restarting it');
+    const held = this.isReady || this.holdAppliedAt !== undefined;
+    this.log.info({ restarts: this.restarts, held, sync: this.iteration, bandwidth: this.appliedBandwidth }, 'pre-copy converged before the cut; restarting it');
+    const stop = this.vmObj.lastStop;
+    const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
+    resumed.catch(() => undefined);
     try {
       const cancelled = this.migrationDone?.catch(() => undefined);
       this.stream?.discard();
       await this.q.execute('migrate_cancel');
       await cancelled;
       if (this.vmObj.status !== 'running') await this.q.execute('cont').catch(() => undefined);
+      const resume = await Promise.race([resumed.catch(() => undefined), sleep(2000).then(() => undefined)]); // RESUME precedes cont's reply
+      const startUnixUs = stop?.timestampUs || nowUs();
+      this.restartSpans.push({ phase: 'PHASE_PRECOPY_RESTART', startUnixUs, endUnixUs: Math.max(startUnixUs, resume?.timestampUs || nowUs()) });
       if ((this.phase as JobPhase) !== 'precopy') return;
       this.bandwidth = Math.max(8 * MiB, this.bandwidth / 2);
-      if (this.isReady) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
+      if (held && this.pacing) this.pacing = false; // the paced hold converged: the fixed floor from now on
+      else if (held) this.holdBandwidth = holdAfterConvergence(this.holdBandwidth); // converged while held
+      this.paced = undefined;
       this.isReady = false;
       await this.startPrecopy();
     } catch (e) {
@@ -470,7 +532,7 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
-    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans);
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');

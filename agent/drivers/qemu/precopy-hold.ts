@@ -1,23 +1,42 @@
 /**
- * How fast a QEMU pre-copy goes on sending between ready and the cut (the hold): the VM runs, the
- * coordinator waits for the VNE's other VMs, and what the hold leaves unsent is sent at the cut,
- * with the VM stopped.
+ * How fast a QEMU pre-copy sends before and after ready: the landing of the first pass, and the
+ * hold between ready and the cut (the VM runs, the coordinator waits for the VNE's other VMs, and
+ * what the hold leaves unsent is sent at the cut, with the VM stopped).
  *
- * QEMU 7.2 syncs its dirty bitmap only once it has sent all of it (remaining below its threshold,
- * the measured bandwidth × downtime-limit: under one page at a few MiB/s and 1 ms), and at that
- * sync it converges (stops the VM and, with pause-before-switchover, waits) if less than the
- * threshold was dirtied since the last one. So the hold decides how old the dirty set is at the
- * cut. At 64 KiB/s (the default) QEMU never gets through the bitmap: everything
- * the guest dirtied since ready is sent in the pause, 380-680 ms of it in bench:snapshot. At a
- * hold above the guest's dirty rate (FAST_HOLD_BANDWIDTH, twice the 4 MiB/s memory load of
- * the benchmark's guests) QEMU gets through and syncs every few hundred ms, so the set at the cut
- * is what the guest dirtied since a recent sync; the cost is the stream: every pass is in the
- * image (up to the hold × the wait for the commit). The risk is a guest that dirties nothing
- * between two syncs: QEMU then converges before the cut, and the pre-copy is restarted
- * (migration.ts) with the hold quartered (holdAfterConvergence), down to HOLD_FLOOR.
+ * QEMU 7.2 (migration.c migration_iteration_run, ram.c ram_save_pending) converges — stops the
+ * VM and, with pause-before-switchover, waits — whenever the pending dirty set is empty or below
+ * its threshold, the bandwidth measured over its last 100 ms window × downtime-limit (1 ms here).
+ * It syncs its dirty bitmap only when the remaining set is below that threshold, so a sync and a
+ * convergence test are the same step. Under one page of threshold (a window under 4 MiB/s) a
+ * sync happens only once everything was sent, and converges only if the guest dirtied no page at
+ * all since the previous one.
  *
- * Guarantees: holdAfterConvergence() quarters a hold above HOLD_FLOOR, never below the floor,
- * and leaves a hold at or below it (set so by the operator) as it is.
+ * The landing: the first pass started at precopyBandwidth (1 GiB/s: a threshold of about 1 MiB),
+ * and a guest that dirtied less than that during the pass converged at the sync that ends it,
+ * before the first progress poll; the pre-copy was then cancelled and restarted (a hidden pause).
+ * So the first pass goes at most FIRST_PASS_CEILING, and before ready every progress poll lowers
+ * max-bandwidth to what sends the remaining set in LANDING_SECONDS, never under LANDING_FLOOR
+ * (landingBandwidth()): the pass ends with the last windows at the floor, whose threshold is under
+ * a page, and the sync that ends it converges only for a guest that dirtied nothing during the
+ * whole pass; a pass ending before the landing reached the floor has a threshold of 16 pages.
+ *
+ * The hold: at ready max-bandwidth drops to the hold; `ready` is confirmed only once QEMU took it
+ * (the migrate-set-parameters reply), HOLD_SETTLE_MS later (two of QEMU's windows: its threshold
+ * is then the hold's) and with QEMU still `active`. At 64 KiB/s (the default) QEMU never gets
+ * through the bitmap: everything the guest dirtied since ready is sent at the cut. A hold above
+ * the guest's dirty rate (FAST_HOLD_BANDWIDTH) gets through and syncs, but then the set it sends
+ * shrinks pass after pass until QEMU syncs back to back, and the first sync that finds no page
+ * dirtied converges: in QEMU 7.2 no hold both re-syncs and cannot converge. A convergence during
+ * the hold restarts the pre-copy (migration.ts) with the hold quartered (holdAfterConvergence),
+ * down to HOLD_FLOOR; every restart is reported as a PHASE_PRECOPY_RESTART span of the cut.
+ *
+ * PacedHold (option `holdBandwidth: 'paced'`, not the default) is the attempt at a hold that
+ * re-syncs without running into back-to-back syncs: see its comment.
+ *
+ * Guarantees: landingBandwidth() is within [LANDING_FLOOR, ceiling] (the ceiling alone when it is
+ * lower) and never rises as the remaining set shrinks; holdAfterConvergence() quarters a hold
+ * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is; a
+ * PacedHold's bandwidth stays within [HOLD_FLOOR, PACED_CAP].
  */
 import { MiB } from './process';
 
@@ -25,19 +44,98 @@ import { MiB } from './process';
 export const HOLD_FLOOR = 64 * 1024;
 
 /**
- * A hold above a guest's dirty rate (bytes/s): the benchmark's guests write 4 MiB/s. What
- * bench:snapshot measured at 8 MiB/s (precopy pauses never above the stop-all baseline) is
- * reached with `holdBandwidth: FAST_HOLD_BANDWIDTH`; it is not the default because a guest that
- * dirties almost nothing converges during the hold and is seen paused (QEMU's finish-migrate)
- * until the restart: the qemu-driver suite's "runs while its pre-copy waits for the cut" caught
- * it in one fresh-clone run of two.
+ * A hold above a guest's dirty rate (bytes/s): the benchmark's guests write 4 MiB/s. Not the
+ * default: such a hold converges as soon as the guest dirties nothing between two back-to-back
+ * syncs (see the module comment).
  */
 export const FAST_HOLD_BANDWIDTH = 8 * MiB;
 
 /** The hold's max-bandwidth unless the driver is told otherwise (bytes/s): the floor, never converging. */
 export const DEFAULT_HOLD_BANDWIDTH = HOLD_FLOOR;
 
+/**
+ * The first pass's ceiling (bytes/s): a threshold of 64 KiB (16 pages) at 1 ms. The landing alone
+ * came too late for guests whose RAM is mostly zero pages (sent almost for free, so a pass of a
+ * 256 MiB guest ended within one or two polls at 0.4-0.5 GiB/s and converged).
+ */
+export const FIRST_PASS_CEILING = 64 * MiB;
+
+/** The landing's floor (bytes/s): a 100 ms window at it measures a threshold of 1 KiB at 1 ms, under a page. */
+export const LANDING_FLOOR = 1 * MiB;
+
+/** The landing aims to send the remaining set in this long (s): each 100 ms poll lowers the bandwidth by about a third. */
+export const LANDING_SECONDS = 0.3;
+
+/** From the hold's migrate-set-parameters reply to `ready` (ms): two of QEMU's 100 ms bandwidth windows and a margin. */
+export const HOLD_SETTLE_MS = 250;
+
+/** max-bandwidth for the rest of the pre-copy before ready, `remaining` bytes still dirty. */
+export function landingBandwidth(remaining: number, ceiling: number): number {
+  return Math.round(Math.min(ceiling, Math.max(LANDING_FLOOR, remaining / LANDING_SECONDS)));
+}
+
 /** The hold for the restarted pre-copy of a guest that converged during the hold. */
 export function holdAfterConvergence(bandwidth: number): number {
   return bandwidth <= HOLD_FLOOR ? bandwidth : Math.max(HOLD_FLOOR, bandwidth / 4);
+}
+
+/** The paced hold's bounds: QEMU's syncs kept between these intervals (ms), its bandwidth between HOLD_FLOOR and PACED_CAP. */
+export const PACED_MIN_INTERVAL_MS = 300;
+export const PACED_MAX_INTERVAL_MS = 1500;
+export const PACED_CAP = 64 * MiB;
+
+/**
+ * The paced hold (driver option `holdBandwidth: 'paced'`): a hold that lets QEMU sync, paced from
+ * the progress polls so that its syncs stay PACED_MIN_INTERVAL_MS..PACED_MAX_INTERVAL_MS apart.
+ * A sync after an interval I finds what the guest dirtied in I (far above the threshold, a few
+ * pages at these bandwidths), so it does not converge; the danger is only a run of shrinking
+ * intervals (a hold above the dirty rate), which the first interval under the minimum stops by
+ * halving the bandwidth. No sync for the maximum raises it by half. The set at the cut is then
+ * about what the guest dirtied in one interval instead of its whole working set since ready.
+ * A guest whose dirty rate falls at once can still run into back-to-back syncs before the next
+ * poll and converge (then the restart of migration.ts).
+ */
+export class PacedHold {
+  private lastSync = -1;
+  private lastSyncAt = 0;
+  private lastRaiseAt = 0;
+
+  constructor(private bw: number) {
+    this.bw = clampPaced(bw);
+  }
+
+  get bandwidth(): number {
+    return this.bw;
+  }
+
+  /** A poll's dirty-sync-count at `nowMs`: the bandwidth to set now, or undefined to keep it. */
+  observe(sync: number, nowMs: number): number | undefined {
+    if (this.lastSync < 0 || sync < this.lastSync) {
+      this.lastSync = sync;
+      this.lastSyncAt = this.lastRaiseAt = nowMs;
+      return undefined;
+    }
+    if (sync > this.lastSync) {
+      const interval = (nowMs - this.lastSyncAt) / (sync - this.lastSync);
+      this.lastSync = sync;
+      this.lastSyncAt = this.lastRaiseAt = nowMs;
+      return interval < PACED_MIN_INTERVAL_MS ? this.set(this.bw / 2) : undefined;
+    }
+    if (nowMs - this.lastRaiseAt >= PACED_MAX_INTERVAL_MS) {
+      this.lastRaiseAt = nowMs;
+      return this.set(this.bw * 1.5);
+    }
+    return undefined;
+  }
+
+  private set(bw: number): number | undefined {
+    const next = clampPaced(bw);
+    if (next === this.bw) return undefined;
+    this.bw = next;
+    return next;
+  }
+}
+
+function clampPaced(bw: number): number {
+  return Math.round(Math.min(PACED_CAP, Math.max(HOLD_FLOOR, bw)));
 }

@@ -62,7 +62,7 @@ export interface QemuDriverOptions {
   nic?: NicMode;
   /** Pre-copy: ready once the first pass is done and at most this much is dirty (default 16 MiB). */
   readyBytes?: number;
-  /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s). */
+  /** Pre-copy bandwidth before ready, bytes/s (default 1 GiB/s; the first pass goes at most 64 MiB/s: FIRST_PASS_CEILING in precopy-hold.ts). */
   precopyBandwidth?: number;
   /**
    * How a pre-copy waits for the cut. 'bandwidth' (default): downtime-limit 1 ms and max-bandwidth
@@ -72,8 +72,8 @@ export interface QemuDriverOptions {
    * in pre-switchover until cut() (the pause includes that wait).
    */
   precopyHold?: 'pre-switchover' | 'bandwidth';
-  /** Pre-copy bandwidth while waiting for the cut, bytes/s (default 64 KiB/s; precopy-hold.ts explains the choice and FAST_HOLD_BANDWIDTH). */
-  holdBandwidth?: number;
+  /** Pre-copy bandwidth while waiting for the cut, bytes/s, or 'paced' (default 64 KiB/s; precopy-hold.ts explains the choice, FAST_HOLD_BANDWIDTH and PacedHold). */
+  holdBandwidth?: number | 'paced';
   /**
    * downtime-limit at the cut (ms; default 30 with the bandwidth hold, where a lower limit only
    * costs iterations while the VM runs, 100 with the pre-switchover hold); raised ×4 every
