@@ -10,6 +10,7 @@
  *                               ifindex, peer → its underlay address), then the fast flag on for
  *                               every data path port that may have it
  *   detach                    → fast off, unregistered, its MACs leave vn_fdb with the FDB's
+ *   tick                      → the kernel's counts of settled epochs folded (forgetSettled)
  *
  * When a port may be fast: attached, not being cut (the cut's gate turned the flag off and its
  * advance turns it back: epoch-sync.ts), and not behind a restore gate (the kernel would carry
@@ -154,6 +155,25 @@ export class DataPathWiring {
   /** Every VNE with data path ports, re-mirrored when its FDB changed (the end of a batch, the tick). */
   syncAll(portsById: readonly (LocalPort | undefined)[], force = false): void {
     for (const v of new Set([...this.ports.values()].map((e) => e.lp.vne))) this.sync(v, portsById, force);
+  }
+
+  /**
+   * Fold the kernel's counts of the epochs no marker will ask for again into KernelCounts' base
+   * (forgetBelow), so vn_counts and a marker's lookups stay bounded however many snapshots were
+   * taken: below the lowest epoch of a VNE's local ports (the kernel counts only into a port's
+   * current epoch) and below the lowest epoch of the recordings it still keeps (a kept recording
+   * may still send its markers or check a peer's against the counts below it). Run on the
+   * switch's tick; peers that left the VNE are folded too (their counts are kept if they return).
+   */
+  forgetSettled(): void {
+    for (const v of new Set([...this.ports.values()].map((e) => e.lp.vne))) {
+      let k = Infinity;
+      for (const lp of v.ports) k = Math.min(k, lp.epoch);
+      for (const rk of v.recordings.keys()) k = Math.min(k, rk);
+      if (!Number.isFinite(k)) continue;
+      const peers = [...v.peers.values(), ...v.departedPeers.values()].map((vp) => vp.peer.ip);
+      this.guard(() => this.counts.forgetBelow(v.vni, k, peers));
+    }
   }
 
   /** A batch read from the punt device (punt-rx.ts). */

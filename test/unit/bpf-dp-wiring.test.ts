@@ -5,7 +5,8 @@
  * static routes and learning (owners resolved to TAP ifindexes and peers' addresses, a peer on a
  * local address left out), the flag off during the cut and behind a restore gate, a marker that
  * counts what the kernel sent (vn_tx run in the kernel), and punted frames meeting the snapshot
- * rules as tunnel frames from their peer with their colour.
+ * rules as tunnel frames from their peer with their colour; the counts of settled epochs folded on
+ * the tick (their counters removed, later markers still exact).
  */
 import { strict as assert } from 'node:assert';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
@@ -62,9 +63,9 @@ describe('in-kernel data path wired into the switch', function () {
     maps.setDevices(201, 202);
   });
 
-  function rig(): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
+  function rig(opts: Partial<ConstructorParameters<typeof Switch>[0]> = {}): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
     const net = new FakeUdpNetwork();
-    const sw = new Switch({ id: 'a' });
+    const sw = new Switch({ ...opts, id: 'a' });
     sw.attachTunnel(net.endpoint(0x0a000001, 6081));
     sw.configureVne({ name: 'blue', vni: VNI, peers: [{ name: 'b', address: B, port: 6081 }, { name: 'c', address: '127.0.0.1', port: 6091 }] });
     const punt = new FakePort('punt', { offload: true, batchSize: 8 });
@@ -141,6 +142,27 @@ describe('in-kernel data path wired into the switch', function () {
     sendToB(2);
     await sw.cutPorts(['p1', 'p2'], 1);
     assert.deepEqual(markersToB(net), [[1, 2]]);
+    sw.stop();
+  });
+
+  it('folds the kernel counts of settled epochs on the tick: their counters leave the map, markers after it still count them', async () => {
+    let now = 1_000_000;
+    const { sw, net } = rig({ now: () => now });
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+    const before = maps.count(VNI, B, 0, 'sent');
+    sendToB(3);
+    await sw.cutPorts(['p1', 'p2'], 1);
+    assert.equal(maps.count(VNI, B, 0, 'sent'), before + 3);
+    sw.tick(); // every port is at 1 and no recording is below 1: epoch 0 is settled
+    assert.equal(maps.count(VNI, B, 0, 'sent'), 0, "epoch 0's counter is gone from the map");
+    now += 100;
+    sw.tick(); // b has not acknowledged: the marker of 1 is sent again, from the folded count
+    sendToB(2);
+    assert.equal(maps.count(VNI, B, 1, 'sent'), 2);
+    await sw.cutPorts(['p1', 'p2'], 2);
+    sw.tick();
+    assert.equal(maps.count(VNI, B, 1, 'sent'), 2, 'recording 1 is still kept (b never acknowledges): epoch 1 stays');
+    assert.deepEqual(markersToB(net), [[1, before + 3], [1, before + 3], [2, before + 5]]);
     sw.stop();
   });
 
