@@ -122,7 +122,7 @@ async function bpfDataplane(topo: Topology, host: string, remote: string, mac: s
   await attachDataPath(dp, 'vxd', 'vn_rx', ns);
   const m = new DataPathMaps(dp.mapsDir);
   m.setDevices(ifindex('vxd'), 0);
-  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true });
+  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
   m.setFdb(VNI, mac, { ifindex: ifindex('vmnbtap') });
   m.setFdb(VNI, peerMac, { peer: remote });
   return m;
