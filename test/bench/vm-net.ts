@@ -47,11 +47,11 @@ import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
 import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
-import { busiestThreads, sampleThreads } from './vm-net-threads';
-import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
+import { busiestThreads, sampleProcesses, sampleThreads } from './vm-net-threads';
+import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, vmTapPackets, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
@@ -72,6 +72,10 @@ const HELP = `${USAGE}
                   cpu_per_gbps, "during_snapshot_tcp_mbps_vnsnap_tap_bpf", and a row
                   "vnsnap_tap_bpf" with the frames the agents' programs carried in the kernel
                   and punted to the switch (fast_path on/off says which path was measured)
+  --same-hosts    also measure the kernel path between the vnsnap deployment's own hosts, over
+                  its underlay (each host's veth to a bridge in a third namespace) with the
+                  agents running beside: a row "kernel_same_hosts" and the vnsnap rows' ratios
+                  against it (the "kernel" row's hosts have one veth between them)
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
@@ -86,11 +90,12 @@ interface Options {
   extraNics: ExtraNic[];
   tunnelOffload?: boolean;
   bpf: boolean;
+  sameHosts: boolean;
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -115,6 +120,7 @@ function parseArgs(argv: readonly string[]): Options {
       if (v !== 'on' && v !== 'off') usage(`--tunnel-offload takes on or off, got ${v}`);
       o.tunnelOffload = v === 'on';
     } else if (flag === '--bpf') o.bpf = true;
+    else if (flag === '--same-hosts') o.sameHosts = true;
     else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') {
       process.stdout.write(`${HELP}\n`);
@@ -290,10 +296,12 @@ async function main(): Promise<void> {
   });
   await c.start();
   const hostNs = HOSTS.map((h) => c.topo.ns(h));
-  const frames = (vne: string) => (dir: Direction): { sent: number; delivered: number } => {
-    const [a, b] = [portFrames(c, 'h1', vne, 'a'), portFrames(c, 'h2', vne, 'b')];
+  // What each host's VM handed over (rx) and was given (tx), read by `read` (on host h1 guest a, on h2 guest b).
+  const framesBy = (read: (host: string, vm: string) => { rx: number; tx: number }) => (dir: Direction): { sent: number; delivered: number } => {
+    const [a, b] = [read('h1', 'a'), read('h2', 'b')];
     return dir === 'a->b' ? { sent: a.rx, delivered: b.tx } : { sent: b.rx, delivered: a.tx };
   };
+  const frames = (vne: string) => framesBy((host, vm) => portFrames(c, host, vne, vm));
 
   // The row "vnsnap": the NIC mode the agent ships as the default for QEMU VMs.
   const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, DEFAULT_NIC_MODE));
@@ -306,10 +314,22 @@ async function main(): Promise<void> {
   // row is reported in its place and the other rows' figures are kept.
   let tapBpf: TapBpfRow | { error: string } | undefined;
   if (o.bpf && DEFAULT_NIC_MODE !== 'tap-bpf') {
-    tapBpf = await tapBpfRow(c, image, o, hostNs, frames(VNE_BPF)).catch((e: unknown) => {
+    // at the VMs' TAPs: the kernel carries the frames past the switch's ports
+    tapBpf = await tapBpfRow(c, image, o, hostNs, framesBy((host) => vmTapPackets(c, host))).catch((e: unknown) => {
       say(`vnsnap nic=tap-bpf: failed: ${errMsg(e)}`);
       return { error: errMsg(e) };
     });
+  }
+
+  // The kernel path again, between the deployment's own hosts over its underlay (--same-hosts).
+  let sameHosts: PathResult | undefined;
+  if (o.sameHosts) {
+    const sdir = path.join(dir, 'same-hosts');
+    fs.mkdirSync(sdir);
+    const spath = await startKernelPath(c.topo, sdir, setupOf(image, o), 'bridge', { devices: [`${c.topo.prefix}u0`, `${c.topo.prefix}u1`], addresses: [c.hostAddress('h1'), c.hostAddress('h2')] });
+    cleanups.push(() => spath.close());
+    sameHosts = await measure('kernel, same hosts', spath.guests, o, spath.describe, { namespaces: hostNs, frames: (d) => spath.frames(d) });
+    await (cleanups.pop() as () => Promise<void>)();
   }
 
   const extra: Partial<Record<ExtraNic, PathResult>> = {};
@@ -322,15 +342,30 @@ async function main(): Promise<void> {
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}) });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}), ...(sameHosts ? { sameHosts } : {}) });
 }
 
-type Snaps = { completed: number; failed: string[]; pausesMs: number[] };
+type Snaps = {
+  completed: number;
+  failed: string[];
+  pausesMs: number[];
+  /** Cores per process (hosts and the coordinator's namespace) over all the runs, busiest first: where the snapshots' CPU goes. */
+  processes: { thread: string; cores: number }[];
+  /** The same processes over one idle TCP run a->b just before, for comparison. */
+  processesIdle: { thread: string; cores: number }[];
+};
 
 /** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE once a second. */
 async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
   const during: TcpRun[] = [];
-  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [] };
+  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [], processes: [], processesIdle: [] };
+  const namespaces = [...HOSTS.map((h) => c.topo.ns(h)), c.topo.ns('ul')];
+  const i0 = sampleProcesses(namespaces);
+  const w0 = Date.now();
+  await tcpRun(pair.guests, 'a->b', o.seconds);
+  snaps.processesIdle = busiestThreads(i0, sampleProcesses(namespaces), (Date.now() - w0) / 1000);
+  const p0 = sampleProcesses(namespaces);
+  const w1 = Date.now();
   for (let i = 0; i < o.runs; i++) {
     const loop = snapshotLoop(c, pair.vne);
     const run = await tcpRun(pair.guests, 'a->b', o.seconds).finally(async () => {
@@ -340,8 +375,9 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
       snaps.pausesMs.push(...s.pausesMs);
     });
     during.push(run);
-    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
+    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
   }
+  snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), (Date.now() - w1) / 1000);
   return { during, snaps };
 }
 
@@ -351,6 +387,8 @@ interface TapBpfRow {
   snaps: Snaps;
   /** What the agents' programs did over the row (all its runs): frames carried in the kernel, punted to the switch. */
   dataPath: DataPathSplit;
+  /** The same over the during-snapshot runs only (and the idle run before them). */
+  duringSplit: DataPathSplit;
 }
 
 /** The nic=tap-bpf row: the vnsnap row's guests and hosts, QEMU started by the agents' driver with nic tap-bpf. */
@@ -360,10 +398,14 @@ async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: stri
   try {
     const s0 = HOSTS.map((h) => agentDataPathStats(c, h));
     const path = await measure('vnsnap nic=tap-bpf', pair.guests, o, NIC_PATH['tap-bpf'], { namespaces: hostNs, ...(frames ? { frames } : {}) });
+    const s1 = HOSTS.map((h) => agentDataPathStats(c, h));
     const { during, snaps } = await duringSnapshots(c, pair, o, 'vnsnap nic=tap-bpf');
-    const dataPath = dataPathSplit(s0, HOSTS.map((h) => agentDataPathStats(c, h)));
+    const s2 = HOSTS.map((h) => agentDataPathStats(c, h));
+    const dataPath = dataPathSplit(s0, s2);
+    const duringSplit = dataPathSplit(s1, s2);
+    say(`vnsnap nic=tap-bpf: during the snapshot runs the programs carried ${duringSplit.kernelCarried} frames and punted ${duringSplit.punted} (${snaps.completed} snapshots)`);
     say(`vnsnap nic=tap-bpf: the agents' programs carried ${dataPath.kernelCarried} frames in the kernel and punted ${dataPath.punted} to the switch (${dataPath.errors} errors)`);
-    return { path, during, snaps, dataPath };
+    return { path, during, snaps, dataPath, duringSplit };
   } finally {
     await (cleanups.pop() as () => Promise<void>)();
   }
@@ -374,12 +416,14 @@ interface Results {
   vnsnap: PathResult;
   extra: Partial<Record<ExtraNic, PathResult>>;
   during: TcpRun[];
-  snaps: { completed: number; failed: string[]; pausesMs: number[] };
+  snaps: Snaps;
   load: [number, number, number][];
   bpf?: PathResult;
   /** The bpf row's programs' counters, per host. */
   bpfStats?: DataPathStats[] | undefined;
   tapBpf?: TapBpfRow | { error: string };
+  /** The kernel path between the deployment's own hosts (--same-hosts). */
+  sameHosts?: PathResult;
 }
 
 function pathJson(r: PathResult): Record<string, unknown> {
@@ -398,6 +442,19 @@ function pathJson(r: PathResult): Record<string, unknown> {
   };
 }
 
+/** A during-snapshot measurement: throughput, retransmits, busy cores, the snapshots and where the CPU went (idle run before vs the snapshot runs). */
+function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
+  return {
+    tcp_mbps: summarize(runs.map((x) => x.mbps)),
+    retransmits: summarize(runs.map((x) => x.retransmits)),
+    busy_cores: summarize(runs.map((x) => x.busyCores)),
+    snapshots_completed: s.completed,
+    snapshots_failed: s.failed,
+    pause_ms: summarize(s.pausesMs),
+    busiest_processes: { idle_run_before: s.processesIdle, during_snapshots: s.processes },
+  };
+}
+
 /** The nic=tap-bpf row's own object: its figures, its during-snapshot runs, what its programs carried and punted. */
 function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
   const dp = tb.dataPath;
@@ -405,10 +462,23 @@ function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
     tcp_mbps: round(tcpSummary(tb.path).median),
     udp64_kpps: round(udpSummary(tb.path).median),
     cpu_per_gbps: round(cpuSummary(tb.path).median, 2),
-    during_snapshot: { tcp_mbps: summarize(tb.during.map((x) => x.mbps)), snapshots_completed: tb.snaps.completed, snapshots_failed: tb.snaps.failed, pause_ms: summarize(tb.snaps.pausesMs) },
+    during_snapshot: { ...duringJson(tb.during, tb.snaps), data_path: { frames_carried_in_kernel: tb.duringSplit.kernelCarried, frames_punted_to_switch: tb.duringSplit.punted, errors: tb.duringSplit.errors } },
     // Which path the figures measured: the kernel's (fast path on) or the switch's through the punt.
     fast_path: dp.kernelCarried > 0 ? 'on' : 'off',
     data_path: { frames_carried_in_kernel: dp.kernelCarried, frames_punted_to_switch: dp.punted, errors: dp.errors, per_host: Object.fromEntries(HOSTS.map((h, i) => [h, dp.perHost[i]])) },
+  };
+}
+
+/** The kernel path between the deployment's hosts: its figures and the vnsnap rows' ratios against them. */
+function sameHostsJson(k: PathResult, vnsnap: PathResult, tapBpf: PathResult | undefined): Record<string, unknown> {
+  const tcp = tcpSummary(k).median || 1;
+  const cpu = cpuSummary(k).median || 1;
+  const against = (p: PathResult): { tcp: number; cpu_per_gbps: number } => ({ tcp: round(tcpSummary(p).median / tcp, 3), cpu_per_gbps: round(cpuSummary(p).median / cpu, 3) });
+  return {
+    tcp_mbps: round(tcpSummary(k).median),
+    udp64_kpps: round(udpSummary(k).median),
+    cpu_per_gbps: round(cpuSummary(k).median, 2),
+    ratios: { vnsnap: against(vnsnap), ...(tapBpf ? { vnsnap_tap_bpf: against(tapBpf) } : {}) },
   };
 }
 
@@ -449,17 +519,18 @@ function report(o: Options, r: Results): void {
       ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
     ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
+    ...(r.sameHosts ? { kernel_same_hosts: sameHostsJson(r.sameHosts, r.vnsnap, tb?.path) } : {}),
     settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
-    during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
-    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}) },
+    during_snapshot: duringJson(r.during, r.snaps),
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}), ...(r.sameHosts ? { kernel_same_hosts: pathJson(r.sameHosts) } : {}) },
   };
   if (o.json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
   }
   const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
-  const rows: [string, PathResult][] = [[`vnsnap (${DEFAULT_NIC_MODE}, the default)`, r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : []), ...(tb ? [['vnsnap nic=tap-bpf (agents)', tb.path] as [string, PathResult]] : [])];
+  const rows: [string, PathResult][] = [[`vnsnap (${DEFAULT_NIC_MODE}, the default)`, r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : []), ...(tb ? [['vnsnap nic=tap-bpf (agents)', tb.path] as [string, PathResult]] : []), ...(r.sameHosts ? [['kernel, between the deployment\'s hosts', r.sameHosts] as [string, PathResult]] : [])];
   console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
   console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
   for (const [name, p] of rows) {
