@@ -72,10 +72,11 @@ const HELP = `${USAGE}
                   cpu_per_gbps, "during_snapshot_tcp_mbps_vnsnap_tap_bpf", and a row
                   "vnsnap_tap_bpf" with the frames the agents' programs carried in the kernel
                   and punted to the switch (fast_path on/off says which path was measured)
-  --same-hosts    also measure the kernel path between the vnsnap deployment's own hosts, over
-                  its underlay (each host's veth to a bridge in a third namespace) with the
-                  agents running beside: a row "kernel_same_hosts" and the vnsnap rows' ratios
-                  against it (the "kernel" row's hosts have one veth between them)
+  --same-hosts    with --bpf: also run the kernel path between the vnsnap deployment's own
+                  hosts, over its underlay (each host's veth to a bridge in a third namespace),
+                  beside the nic=tap-bpf guests, and alternate TCP runs between the two pairs
+                  (the "kernel" row's hosts have one veth between them, and it runs minutes
+                  apart): "same_hosts_paired" with both paths' figures and their ratios
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
@@ -127,6 +128,7 @@ function parseArgs(argv: readonly string[]): Options {
       process.exit(0);
     } else usage(`unknown argument ${arg}`);
   });
+  if (o.sameHosts && !o.bpf) usage('--same-hosts runs beside the nic=tap-bpf row: give --bpf too');
   return o;
 }
 
@@ -315,21 +317,10 @@ async function main(): Promise<void> {
   let tapBpf: TapBpfRow | { error: string } | undefined;
   if (o.bpf && DEFAULT_NIC_MODE !== 'tap-bpf') {
     // at the VMs' TAPs: the kernel carries the frames past the switch's ports
-    tapBpf = await tapBpfRow(c, image, o, hostNs, framesBy((host) => vmTapPackets(c, host))).catch((e: unknown) => {
+    tapBpf = await tapBpfRow(c, image, o, hostNs, framesBy((host) => vmTapPackets(c, host)), dir).catch((e: unknown) => {
       say(`vnsnap nic=tap-bpf: failed: ${errMsg(e)}`);
       return { error: errMsg(e) };
     });
-  }
-
-  // The kernel path again, between the deployment's own hosts over its underlay (--same-hosts).
-  let sameHosts: PathResult | undefined;
-  if (o.sameHosts) {
-    const sdir = path.join(dir, 'same-hosts');
-    fs.mkdirSync(sdir);
-    const spath = await startKernelPath(c.topo, sdir, setupOf(image, o), 'bridge', { devices: [`${c.topo.prefix}u0`, `${c.topo.prefix}u1`], addresses: [c.hostAddress('h1'), c.hostAddress('h2')] });
-    cleanups.push(() => spath.close());
-    sameHosts = await measure('kernel, same hosts', spath.guests, o, spath.describe, { namespaces: hostNs, frames: (d) => spath.frames(d) });
-    await (cleanups.pop() as () => Promise<void>)();
   }
 
   const extra: Partial<Record<ExtraNic, PathResult>> = {};
@@ -342,7 +333,7 @@ async function main(): Promise<void> {
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}), ...(sameHosts ? { sameHosts } : {}) });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}) });
 }
 
 type Snaps = {
@@ -381,6 +372,42 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
   return { during, snaps };
 }
 
+interface Paired {
+  describe: string;
+  tapBpf: Record<Direction, TcpRun[]>;
+  kernel: Record<Direction, TcpRun[]>;
+}
+
+/**
+ * --same-hosts: the kernel path built inside the deployment's hosts over their underlay, beside the
+ * running nic=tap-bpf guests (separate L2 networks: VNE vs bridge + VXLAN 100), and TCP runs
+ * alternating between the two pairs, which goes first swapped every round, so both paths meet
+ * the same load on a shared machine.
+ */
+async function sameHostsPaired(c: Cluster, image: GuestImage, o: Options, dir: string, tapBpf: GuestPair): Promise<Paired> {
+  const sdir = path.join(dir, 'same-hosts');
+  fs.mkdirSync(sdir);
+  const k = await startKernelPath(c.topo, sdir, setupOf(image, o), 'bridge', { devices: [`${c.topo.prefix}u0`, `${c.topo.prefix}u1`], addresses: [c.hostAddress('h1'), c.hostAddress('h2')] });
+  cleanups.push(() => k.close());
+  try {
+    await warmUp(k.guests);
+    const r: Paired = { describe: k.describe, tapBpf: { 'a->b': [], 'b->a': [] }, kernel: { 'a->b': [], 'b->a': [] } };
+    for (let i = 0; i < o.runs; i++) {
+      for (const dir of ['a->b', 'b->a'] as const) {
+        const order: ['tapBpf' | 'kernel', GuestPair][] = i % 2 === 0 ? [['tapBpf', tapBpf], ['kernel', k.guests]] : [['kernel', k.guests], ['tapBpf', tapBpf]];
+        for (const [which, pair] of order) {
+          const run = await tcpRun(pair, dir, o.seconds);
+          r[which][dir].push(run);
+          say(`same hosts, alternating: ${which === 'tapBpf' ? 'nic=tap-bpf' : 'kernel path'} TCP ${dir} run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.busyCores.toFixed(2)} busy cores (${run.cpuPerGbps.toFixed(2)} per Gbit/s)`);
+        }
+      }
+    }
+    return r;
+  } finally {
+    await (cleanups.pop() as () => Promise<void>)();
+  }
+}
+
 interface TapBpfRow {
   path: PathResult;
   during: TcpRun[];
@@ -389,10 +416,12 @@ interface TapBpfRow {
   dataPath: DataPathSplit;
   /** The same over the during-snapshot runs only (and the idle run before them). */
   duringSplit: DataPathSplit;
+  /** --same-hosts: TCP runs alternating with the kernel path's between the same hosts. */
+  paired?: Paired;
 }
 
 /** The nic=tap-bpf row: the vnsnap row's guests and hosts, QEMU started by the agents' driver with nic tap-bpf. */
-async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: string[], frames: Hooks['frames']): Promise<TapBpfRow> {
+async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: string[], frames: Hooks['frames'], dir: string): Promise<TapBpfRow> {
   const pair = await startVnsnapPair(c, VNE_BPF, VNI_BPF, setupOf(image, o, 'tap-bpf'));
   cleanups.push(() => pair.close());
   try {
@@ -404,8 +433,9 @@ async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: stri
     const dataPath = dataPathSplit(s0, s2);
     const duringSplit = dataPathSplit(s1, s2);
     say(`vnsnap nic=tap-bpf: during the snapshot runs the programs carried ${duringSplit.kernelCarried} frames and punted ${duringSplit.punted} (${snaps.completed} snapshots)`);
+    const paired = o.sameHosts ? await sameHostsPaired(c, image, o, dir, pair.guests) : undefined;
     say(`vnsnap nic=tap-bpf: the agents' programs carried ${dataPath.kernelCarried} frames in the kernel and punted ${dataPath.punted} to the switch (${dataPath.errors} errors)`);
-    return { path, during, snaps, dataPath, duringSplit };
+    return { path, during, snaps, dataPath, duringSplit, ...(paired ? { paired } : {}) };
   } finally {
     await (cleanups.pop() as () => Promise<void>)();
   }
@@ -422,8 +452,6 @@ interface Results {
   /** The bpf row's programs' counters, per host. */
   bpfStats?: DataPathStats[] | undefined;
   tapBpf?: TapBpfRow | { error: string };
-  /** The kernel path between the deployment's own hosts (--same-hosts). */
-  sameHosts?: PathResult;
 }
 
 function pathJson(r: PathResult): Record<string, unknown> {
@@ -469,16 +497,22 @@ function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
   };
 }
 
-/** The kernel path between the deployment's hosts: its figures and the vnsnap rows' ratios against them. */
-function sameHostsJson(k: PathResult, vnsnap: PathResult, tapBpf: PathResult | undefined): Record<string, unknown> {
-  const tcp = tcpSummary(k).median || 1;
-  const cpu = cpuSummary(k).median || 1;
-  const against = (p: PathResult): { tcp: number; cpu_per_gbps: number } => ({ tcp: round(tcpSummary(p).median / tcp, 3), cpu_per_gbps: round(cpuSummary(p).median / cpu, 3) });
+/** The alternating runs of --same-hosts: both paths' figures, the ratio of their medians and the ratio within each pair of runs. */
+function pairedJson(p: Paired): Record<string, unknown> {
+  const all = (x: Record<Direction, TcpRun[]>): TcpRun[] => [...x['a->b'], ...x['b->a']];
+  const [t, k] = [all(p.tapBpf), all(p.kernel)];
+  const fig = (runs: TcpRun[]): Record<string, unknown> => ({ tcp_mbps: summarize(runs.map((x) => x.mbps)), cpu_per_gbps: summarize(runs.map((x) => x.cpuPerGbps)), retransmits: summarize(runs.map((x) => x.retransmits)) });
+  const med = (runs: TcpRun[], f: (x: TcpRun) => number): number => summarize(runs.map(f)).median;
   return {
-    tcp_mbps: round(tcpSummary(k).median),
-    udp64_kpps: round(udpSummary(k).median),
-    cpu_per_gbps: round(cpuSummary(k).median, 2),
-    ratios: { vnsnap: against(vnsnap), ...(tapBpf ? { vnsnap_tap_bpf: against(tapBpf) } : {}) },
+    describe: p.describe,
+    vnsnap_tap_bpf: fig(t),
+    kernel: fig(k),
+    runs_mbps: { vnsnap_tap_bpf: t.map((x) => round(x.mbps)), kernel: k.map((x) => round(x.mbps)) },
+    ratios: {
+      tcp: round(med(t, (x) => x.mbps) / (med(k, (x) => x.mbps) || 1), 3),
+      cpu_per_gbps: round(med(t, (x) => x.cpuPerGbps) / (med(k, (x) => x.cpuPerGbps) || 1), 3),
+      tcp_within_pairs: summarize(t.map((x, i) => x.mbps / (k[i]?.mbps || 1))),
+    },
   };
 }
 
@@ -519,18 +553,18 @@ function report(o: Options, r: Results): void {
       ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
     ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
-    ...(r.sameHosts ? { kernel_same_hosts: sameHostsJson(r.sameHosts, r.vnsnap, tb?.path) } : {}),
+    ...(tb?.paired ? { same_hosts_paired: pairedJson(tb.paired) } : {}),
     settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: duringJson(r.during, r.snaps),
-    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}), ...(r.sameHosts ? { kernel_same_hosts: pathJson(r.sameHosts) } : {}) },
+    paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}) },
   };
   if (o.json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
     return;
   }
   const f = (s: Summary, d = 0): string => `${s.median.toFixed(d)} / ${s.p95.toFixed(d)} / ${s.max.toFixed(d)}`;
-  const rows: [string, PathResult][] = [[`vnsnap (${DEFAULT_NIC_MODE}, the default)`, r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : []), ...(tb ? [['vnsnap nic=tap-bpf (agents)', tb.path] as [string, PathResult]] : []), ...(r.sameHosts ? [['kernel, between the deployment\'s hosts', r.sameHosts] as [string, PathResult]] : [])];
+  const rows: [string, PathResult][] = [[`vnsnap (${DEFAULT_NIC_MODE}, the default)`, r.vnsnap], ['kernel (TAP vnet_hdr=on + bridge + VXLAN)', r.kernel], ...Object.entries(r.extra).map(([nic, p]): [string, PathResult] => [`vnsnap nic=${nic} (extra)`, p]), ...(r.bpf ? [['in-kernel data path (tc bpf + VXLAN-GBP)', r.bpf] as [string, PathResult]] : []), ...(tb ? [['vnsnap nic=tap-bpf (agents)', tb.path] as [string, PathResult]] : [])];
   console.log(`\n${NAME}: medians / p95 / max of ${o.runs} runs of ${o.seconds} s`);
   console.log(`${'path'.padEnd(44)}${'TCP a->b Mbit/s'.padEnd(22)}${'TCP b->a Mbit/s'.padEnd(22)}${'UDP 64 B kpps'.padEnd(22)}cores per Gbit/s`);
   for (const [name, p] of rows) {
@@ -542,6 +576,11 @@ function report(o: Options, r: Results): void {
   if (tb) {
     const dp = tb.dataPath;
     console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);
+    if (tb.paired) {
+      const pj = pairedJson(tb.paired) as { ratios: { tcp: number; cpu_per_gbps: number } };
+      const med = (x: Record<Direction, TcpRun[]>): number => summarize([...x['a->b'], ...x['b->a']].map((y) => y.mbps)).median;
+      console.log(`alternating TCP runs between the same hosts: nic=tap-bpf ${med(tb.paired.tapBpf).toFixed(0)} Mbit/s, kernel path ${med(tb.paired.kernel).toFixed(0)} (TCP ${pj.ratios.tcp}x, CPU per Gbit/s ${pj.ratios.cpu_per_gbps}x)`);
+    }
   } else if (r.tapBpf && 'error' in r.tapBpf) console.log(`vnsnap nic=tap-bpf: failed: ${r.tapBpf.error}`);
   console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
   for (const [name, p] of rows) {
