@@ -359,6 +359,7 @@ export class Switch implements Startable {
       this.markers.tick(v, now);
     }
     this.dataPath?.syncAll(this.portsById);
+    this.dataPath?.forgetSettled();
     this.tunnelTx.flush();
   }
 

@@ -83,6 +83,10 @@ export class KernelCounts {
   forgetBelow(vni: number, k: number, peers: readonly number[]): void {
     const v = this.of(vni);
     const old = [...v.epochs].filter((e) => e < k);
+    if (old.length === 0) {
+      v.foldedBelow = Math.max(v.foldedBelow, k);
+      return;
+    }
     for (const ip of peers) {
       const peer = numToIpv4(ip);
       for (const dir of ['sent', 'received'] as const) {

@@ -12,6 +12,10 @@ import { VnsnapError } from '../../proto/core/errors';
 
 /** Port flag: the kernel may carry this port's frames (otherwise all are punted to the switch). */
 export const PORT_FAST = 1;
+/** Port flags bits 8-9: the VNE's generation modulo 4 (carried in GBP's D and A bits). */
+const PORT_GEN_SHIFT = 8;
+/** The generation bits the kernel keeps and carries: a generation modulo 4. */
+export const genBits = (generation: number): number => generation & 3;
 /** Counters' direction. */
 export const DIR_SENT = 0;
 export const DIR_RECEIVED = 1;
@@ -34,6 +38,11 @@ export interface DpPort {
   puntIfindex: number;
   /** The kernel may carry its frames (PORT_FAST). */
   fast: boolean;
+  /**
+   * The VNE's generation; the kernel keeps it modulo 4 (genBits), sends it with the port's
+   * frames and carries a frame to the port only when it came with the same (decoded: those bits).
+   */
+  generation: number;
 }
 
 /** An FDB entry: a local port (its TAP's ifindex) or a peer host (its underlay IPv4). */
@@ -43,6 +52,8 @@ export interface PuntHeader {
   vni: number;
   colour: number;
   reason: PuntReason;
+  /** The generation the frame came with, modulo 4 (the reason field's high byte). */
+  generation: number;
   /** The sending host's underlay address. */
   peer: string;
 }
@@ -69,10 +80,11 @@ const u32s = (...v: number[]): Buffer => {
 
 export const u32Key = (n: number): Buffer => u32s(n);
 
-export const encodePort = (p: DpPort): Buffer => u32s(p.vni, p.epoch, p.puntIfindex, p.fast ? PORT_FAST : 0);
+export const encodePort = (p: DpPort): Buffer => u32s(p.vni, p.epoch, p.puntIfindex, (p.fast ? PORT_FAST : 0) | (genBits(p.generation) << PORT_GEN_SHIFT));
 
 export function decodePort(b: Buffer): DpPort {
-  return { vni: b.readUInt32LE(0), epoch: b.readUInt32LE(4), puntIfindex: b.readUInt32LE(8), fast: (b.readUInt32LE(12) & PORT_FAST) !== 0 };
+  const flags = b.readUInt32LE(12);
+  return { vni: b.readUInt32LE(0), epoch: b.readUInt32LE(4), puntIfindex: b.readUInt32LE(8), fast: (flags & PORT_FAST) !== 0, generation: (flags >> PORT_GEN_SHIFT) & 3 };
 }
 
 export function encodeFdbKey(vni: number, mac: string): Buffer {
@@ -96,7 +108,8 @@ export const decodeCfg = (b: Buffer): { vxlanIfindex: number; puntIfindex: numbe
 /** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
 export function decodePunt(frame: Buffer): PuntHeader | null {
   if (frame.length < PUNT_HEADER_LEN || frame.readUInt32BE(0) !== PUNT_MAGIC) return null;
-  const reason = PUNT_REASONS[frame.readUInt16BE(10)];
-  if (reason === undefined) return null;
-  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, peer: numToIpv4(frame.readUInt32BE(PUNT_PEER_OFFSET)) };
+  const field = frame.readUInt16BE(10);
+  const reason = PUNT_REASONS[field & 0xff];
+  if (reason === undefined || field >> 8 > 3) return null;
+  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, generation: field >> 8, peer: numToIpv4(frame.readUInt32BE(PUNT_PEER_OFFSET)) };
 }

@@ -22,8 +22,13 @@
  * datagrams it was on the wire (a GRO super-frame: its payload over gso_size), so the marker
  * check sees every datagram once — in the kernel's counts or in the switch's.
  *
- * Guarantees: a frame without a valid header, of an unknown VNI, or from an address that is no
- * peer of that VNE is dropped and counted (malformed, unknownVni, unknownPeer); a super-frame
+ * Generation: the header carries the generation (modulo 4) the frame came with; a frame of
+ * another generation than the VNE's here is dropped, as the switch's Geneve check drops one
+ * (a restore in place moved the VNE on while the old generation's frames were in flight).
+ *
+ * Guarantees: a frame without a valid header, of an unknown VNI, of another generation, or from
+ * an address that is no peer of that VNE is dropped and counted (malformed, unknownVni,
+ * otherGeneration, unknownPeer); a super-frame
  * goes on whole with its virtio_net_hdr made relative to the inner frame (csum_start and hdr_len
  * less the header). Nothing here reaches a port but through the bridge's rules.
  */
@@ -32,7 +37,7 @@ import { MARKER_EPOCHS_AHEAD } from '../options';
 import { isSuperFrame, VNET_HDR_LEN } from '../offload';
 import type { RxBatch } from '../port/port';
 import type { Vne, VnePeer } from '../tables';
-import { decodePunt, PUNT_HEADER_LEN, PUNT_PEER_OFFSET } from './layout';
+import { decodePunt, genBits, PUNT_HEADER_LEN, PUNT_PEER_OFFSET } from './layout';
 
 export interface PuntCounters {
   /** Frames read from the punt device. */
@@ -44,9 +49,11 @@ export interface PuntCounters {
   malformed: number;
   unknownVni: number;
   unknownPeer: number;
+  /** Dropped: sent under another generation of the VNE (modulo 4) than this switch's. */
+  otherGeneration: number;
 }
 
-export const newPuntCounters = (): PuntCounters => ({ frames: 0, late: 0, early: 0, unknown: 0, malformed: 0, unknownVni: 0, unknownPeer: 0 });
+export const newPuntCounters = (): PuntCounters => ({ frames: 0, late: 0, early: 0, unknown: 0, malformed: 0, unknownVni: 0, unknownPeer: 0, otherGeneration: 0 });
 
 /** A 16-bit colour widened to the epoch nearest `ref` (module comment). */
 export function widenColour(colour: number, ref: number): number {
@@ -86,6 +93,10 @@ export function onPuntBatch(rx: RxBatch, count: number, vnesByVni: ReadonlyMap<n
     const v = vnesByVni.get(h.vni);
     if (v === undefined) {
       c.unknownVni++;
+      continue;
+    }
+    if (h.generation !== genBits(v.generation)) {
+      c.otherGeneration++;
       continue;
     }
     const vp = peerOf(v, slab.readUInt32BE(off + PUNT_PEER_OFFSET)); // as a number: no string round trip per frame

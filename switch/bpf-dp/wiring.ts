@@ -3,13 +3,16 @@
  * (Switch.useDataPath) when its agent's data path is loaded, joining the parts of this folder —
  * the FDB mirror, the epochs at the cut, the kernel's counts in the markers, the punt reader.
  *
- *   attach of a DataPathPort  → vn_ports entry (its VNI and epoch, fast off), registered with
+ *   attach of a DataPathPort  → vn_ports entry (its VNI, epoch and VNE generation, fast off), registered with
  *                               the cut (DataPathEpochs), its epoch noted for the markers
  *   sync (every FDB change the switch makes: configuration, learning, aging, a port's arrival)
  *                             → vn_fdb = the VNE's FDB, owners resolved (local port → its TAP's
  *                               ifindex, peer → its underlay address), then the fast flag on for
  *                               every data path port that may have it
  *   detach                    → fast off, unregistered, its MACs leave vn_fdb with the FDB's
+ *   a new VNE generation      → every port's entry of that VNE takes it (the kernel refuses
+ *                               frames of another generation, modulo 4), the old counts go
+ *   tick                      → the kernel's counts of settled epochs folded (forgetSettled)
  *
  * When a port may be fast: attached, not being cut (the cut's gate turned the flag off and its
  * advance turns it back: epoch-sync.ts), and not behind a restore gate (the kernel would carry
@@ -90,7 +93,7 @@ export class DataPathWiring {
     if (info === undefined) return false;
     // A port whose entry cannot be written stays off the data path: its TAP's entry (fast off,
     // written when the TAP was opened) makes the kernel punt all of its frames to this switch.
-    if (!this.guard(() => this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false }))) return false;
+    if (!this.guard(() => this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false, generation: lp.vne.generation }))) return false;
     this.counts.noteEpoch(lp.epoch, lp.vne.vni);
     this.epochs.register(lp.name, info.tapIfindex, false);
     this.ports.set(lp.name, { lp, info, fast: false });
@@ -98,8 +101,20 @@ export class DataPathWiring {
     return true;
   }
 
-  /** v moved to another generation: the kernel's counts of the old one go (KernelCounts.restart). */
+  /**
+   * v moved to another generation: its ports' entries take the new one (from now on the kernel
+   * sends their frames with it and carries to them only frames that came with it; a frame of the
+   * old generation still in flight is punted, and the punt reader drops it), and the kernel's
+   * counts of the old one go (KernelCounts.restart).
+   */
   generationApplied(v: Vne): void {
+    for (const e of this.ports.values()) {
+      if (e.lp.vne !== v) continue;
+      this.guard(() => {
+        const p = this.maps.port(e.info.tapIfindex);
+        if (p) this.maps.setPort(e.info.tapIfindex, { ...p, generation: v.generation });
+      });
+    }
     const peers = [...v.peers.values()].map((vp) => vp.peer.ip);
     const epochs = v.ports.filter((lp) => this.ports.has(lp.name)).map((lp) => lp.epoch);
     this.guard(() => this.counts.restart(v.vni, peers, epochs));
@@ -145,7 +160,7 @@ export class DataPathWiring {
     }
     for (const e of mine) {
       if (e.fast || e.lp.cutting || e.lp.gated || e.lp.gate !== null) continue;
-      if (!this.guard(() => enableFastPath(this.maps, e.info.tapIfindex, { vni: v.vni, epoch: e.lp.epoch, puntIfindex: e.info.puntIfindex }))) continue;
+      if (!this.guard(() => enableFastPath(this.maps, e.info.tapIfindex, { vni: v.vni, epoch: e.lp.epoch, puntIfindex: e.info.puntIfindex, generation: v.generation }))) continue;
       e.fast = true;
       this.epochs.register(e.lp.name, e.info.tapIfindex, true);
     }
@@ -154,6 +169,25 @@ export class DataPathWiring {
   /** Every VNE with data path ports, re-mirrored when its FDB changed (the end of a batch, the tick). */
   syncAll(portsById: readonly (LocalPort | undefined)[], force = false): void {
     for (const v of new Set([...this.ports.values()].map((e) => e.lp.vne))) this.sync(v, portsById, force);
+  }
+
+  /**
+   * Fold the kernel's counts of the epochs no marker will ask for again into KernelCounts' base
+   * (forgetBelow), so vn_counts and a marker's lookups stay bounded however many snapshots were
+   * taken: below the lowest epoch of a VNE's local ports (the kernel counts only into a port's
+   * current epoch) and below the lowest epoch of the recordings it still keeps (a kept recording
+   * may still send its markers or check a peer's against the counts below it). Run on the
+   * switch's tick; peers that left the VNE are folded too (their counts are kept if they return).
+   */
+  forgetSettled(): void {
+    for (const v of new Set([...this.ports.values()].map((e) => e.lp.vne))) {
+      let k = Infinity;
+      for (const lp of v.ports) k = Math.min(k, lp.epoch);
+      for (const rk of v.recordings.keys()) k = Math.min(k, rk);
+      if (!Number.isFinite(k)) continue;
+      const peers = [...v.peers.values(), ...v.departedPeers.values()].map((vp) => vp.peer.ip);
+      this.guard(() => this.counts.forgetBelow(v.vni, k, peers));
+    }
   }
 
   /** A batch read from the punt device (punt-rx.ts). */

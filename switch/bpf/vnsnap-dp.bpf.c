@@ -14,14 +14,18 @@
  *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
  *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (VNI, peer,
  *          epoch, tx) by the datagrams it becomes (segments()), redirected to the VXLAN device.
- *          FDB hit, local port of the same epoch: redirected to that TAP; of another epoch: punted.
+ *          FDB hit, local port of the same epoch and generation: redirected to that TAP; else punted.
+ *          The frame's GBP: the colour in the policy ID, the generation (mod 4) in the D and A bits.
  *   vn_rx  on the VXLAN device's ingress (decapsulated, GRO-merged). FDB (VNI, dst MAC) names
- *          a local port whose fast path is on and whose epoch colour equals the frame's: counted
+ *          a local port whose fast path is on, whose generation (mod 4) is the frame's and whose
+ *          epoch colour equals the frame's: counted
  *          per (VNI, peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
  *          punted to the switch's punt device with a 16-byte header (struct vn_punt: magic,
  *          VNI, colour, reason, peer) in front of the Ethernet frame: colour < port epoch is
  *          LATE (the switch delivers and records it), colour > port epoch EARLY (the switch
- *          holds it until the port's cut), no local port UNKNOWN (the switch's own rules).
+ *          holds it until the port's cut), no local port UNKNOWN (the switch's own rules), and of
+ *          another generation UNKNOWN too; the header's reason carries the frame's generation
+ *          (mod 4) in its high byte, and the switch drops a frame of another generation.
  *   vn_rx_test  the rules of vn_rx with the tunnel metadata taken from skb->cb[] instead of the
  *          tunnel key (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
  *
@@ -40,6 +44,9 @@
 
 #define VN_PUNT_MAGIC 0x564e5350u /* "VNSP" */
 #define VN_FAST 1u                /* port flag: the kernel may carry its frames */
+#define VN_GEN_SHIFT 8            /* port flags bits 8-9: the VNE's generation, modulo 4 */
+#define GBP_DONT_LEARN (1u << 22) /* the kernel's VXLAN_GBP_DONT_LEARN: GBP's D bit, generation bit 0 */
+#define GBP_POLICY_APPLIED (1u << 19) /* VXLAN_GBP_POLICY_APPLIED: GBP's A bit, generation bit 1 */
 
 enum vn_reason { VN_UNKNOWN = 0, VN_LATE = 1, VN_EARLY = 2, VN_ERROR = 3 };
 enum vn_stat { ST_TX_REMOTE, ST_TX_LOCAL, ST_TX_PUNT, ST_RX_FAST, ST_RX_PUNT, ST_ERROR, ST_N };
@@ -57,6 +64,15 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key,
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, struct vn_fdb_key); __type(value, struct vn_fdb_val); } vn_fdb SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_count_key); __type(value, __u64); } vn_counts SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, ST_N); __type(key, __u32); __type(value, __u64); } vn_stats SEC(".maps");
+
+/*
+ * The VNE generation travels beside the colour in GBP's D and A flag bits (the policy ID's 16
+ * bits are the colour): two bits, so generations are told apart modulo 4 — a restore in place
+ * moves a VNE one generation on, and frames of the previous one still in flight are then refused.
+ */
+static __always_inline __u32 port_gen(const struct vn_port *p) { return (p->flags >> VN_GEN_SHIFT) & 3; }
+static __always_inline __u32 gbp_gen(__u32 gbp) { return ((gbp & GBP_DONT_LEARN) ? 1 : 0) | ((gbp & GBP_POLICY_APPLIED) ? 2 : 0); }
+static __always_inline __u32 gen_gbp(__u32 gen) { return ((gen & 1) ? GBP_DONT_LEARN : 0) | ((gen & 2) ? GBP_POLICY_APPLIED : 0); }
 
 static __always_inline void stat(__u32 i) {
   __u64 *v = bpf_map_lookup_elem(&vn_stats, &i);
@@ -130,14 +146,14 @@ int vn_tx(struct __sk_buff *skb) {
   if (d->ifindex) {
     __u32 to = d->ifindex;
     struct vn_port *q = bpf_map_lookup_elem(&vn_ports, &to);
-    if (!q || !(q->flags & VN_FAST) || q->epoch != p->epoch) return punt_port(p);
+    if (!q || !(q->flags & VN_FAST) || q->epoch != p->epoch || port_gen(q) != port_gen(p)) return punt_port(p);
     stat(ST_TX_LOCAL);
     return bpf_redirect(to, 0);
   }
   __u32 zero = 0;
   struct vn_cfg *c = bpf_map_lookup_elem(&vn_cfg, &zero);
   struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
-  struct vxlan_gbp md = { .gbp = p->epoch & 0xffff };
+  struct vxlan_gbp md = { .gbp = (p->epoch & 0xffff) | gen_gbp(port_gen(p)) };
   if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
     stat(ST_ERROR);
     return punt_port(p);
@@ -151,7 +167,7 @@ int vn_tx(struct __sk_buff *skb) {
 static __always_inline int punt_rx(struct __sk_buff *skb, __u32 vni, __u32 gbp, __u32 peer, __u16 reason) {
   __u32 zero = 0;
   struct vn_cfg *c = bpf_map_lookup_elem(&vn_cfg, &zero);
-  struct vn_punt h = { .magic = bpf_htonl(VN_PUNT_MAGIC), .vni = bpf_htonl(vni), .colour = bpf_htons(gbp & 0xffff), .reason = bpf_htons(reason), .peer = bpf_htonl(peer) };
+  struct vn_punt h = { .magic = bpf_htonl(VN_PUNT_MAGIC), .vni = bpf_htonl(vni), .colour = bpf_htons(gbp & 0xffff), .reason = bpf_htons(reason | (gbp_gen(gbp) << 8)), .peer = bpf_htonl(peer) };
   stat(ST_RX_PUNT);
   if (!c || bpf_skb_change_head(skb, sizeof(h), 0) < 0 || bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) < 0) {
     stat(ST_ERROR);
@@ -167,7 +183,7 @@ static __always_inline int rx_rules(struct __sk_buff *skb, __u32 vni, __u32 gbp,
   if (!d || !d->ifindex) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
   __u32 to = d->ifindex;
   struct vn_port *p = bpf_map_lookup_elem(&vn_ports, &to);
-  if (!p || p->vni != vni || !(p->flags & VN_FAST)) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
+  if (!p || p->vni != vni || !(p->flags & VN_FAST) || gbp_gen(gbp) != port_gen(p)) return punt_rx(skb, vni, gbp, peer, VN_UNKNOWN);
   __s16 delta = (__s16)((__u16)gbp - (__u16)p->epoch);
   if (delta < 0) return punt_rx(skb, vni, gbp, peer, VN_LATE);
   if (delta > 0) return punt_rx(skb, vni, gbp, peer, VN_EARLY);

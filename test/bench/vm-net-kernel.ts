@@ -17,6 +17,9 @@
  * the program does not decide in the kernel (broadcast: ARP) it leaves to the stack behind the
  * TAP (the port has no punt device), here the same Linux bridge and a plain VXLAN on another UDP
  * port, standing in for the switch's flooding; the bench reports how many frames took each way.
+ *
+ * With `shared` hosts (SharedHosts) the path is built inside existing namespaces, the vnsnap
+ * deployment's, over their underlay, and close() removes only its own devices and QEMUs.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -49,31 +52,52 @@ export interface KernelPath {
   close(): Promise<void>;
 }
 
-/** Build both hosts and boot one guest on each; resolves once both guests answer on their channels. */
-export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge'): Promise<KernelPath> {
+/**
+ * Hosts that exist already (the vnsnap deployment's, test/support/cluster.ts): the kernel path is
+ * built inside them over their own underlay (its devices and addresses), beside what runs there,
+ * and close() removes only what it added. So the kernel path and vnsnap are measured between the
+ * same namespaces over the same underlay (the deployment's: a veth to a bridge in a third
+ * namespace, where the path's own hosts have one veth between them).
+ */
+export interface SharedHosts {
+  /** Each host's underlay device, in host order (h1, h2). */
+  devices: readonly [string, string];
+  /** Each host's underlay address, in host order. */
+  addresses: readonly [string, string];
+}
+
+/** The kernel path's devices on each host; removed by close() on shared hosts. */
+const DEVICES = ['vmnbtap', 'vx0', 'br0'];
+
+/** Build both hosts (or use `shared` ones) and boot one guest on each; resolves once both guests answer on their channels. */
+export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge', shared?: SharedHosts): Promise<KernelPath> {
   const qemus: ChildProcess[] = [];
   const maps: DataPathMaps[] = [];
+  const underlay = shared ? shared.addresses : UNDERLAY;
   const close = async (): Promise<void> => {
     await Promise.all(qemus.map((q) => stopChild(q, 2000)));
     for (const m of maps.splice(0)) m.close();
-    await topo.destroy();
+    if (shared) for (const h of ['h1', 'h2']) for (const d of DEVICES) topo.exec(h, 'ip', ['link', 'del', d], { allowFail: true });
+    else await topo.destroy();
     if (dataplane === 'bpf') for (const h of ['h1', 'h2']) await unloadDataPath(`${topo.prefix}-${h}`);
   };
   try {
-    topo.addNamespace('h1');
-    topo.addNamespace('h2');
-    topo.veth('h1', 'vmnbu1', 'h2', 'vmnbu2', `${UNDERLAY[0]}/24`, `${UNDERLAY[1]}/24`, 1500);
+    if (!shared) {
+      topo.addNamespace('h1');
+      topo.addNamespace('h2');
+      topo.veth('h1', 'vmnbu1', 'h2', 'vmnbu2', `${UNDERLAY[0]}/24`, `${UNDERLAY[1]}/24`, 1500);
+    }
     const version = await qemuVersion(QEMU);
     const socks: string[] = [];
     for (const i of [0, 1] as const) {
       const h = `h${i + 1}`;
       const g = setup.guests[i];
       topo.exec(h, 'ip', ['tuntap', 'add', 'dev', 'vmnbtap', 'mode', 'tap', 'vnet_hdr']);
-      topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', UNDERLAY[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', `vmnbu${i + 1}`]);
+      topo.exec(h, 'ip', ['link', 'add', 'vx0', 'type', 'vxlan', 'id', String(VNI), 'remote', underlay[1 - i] as string, 'dstport', String(VXLAN_PORT), 'dev', shared ? shared.devices[i] : `vmnbu${i + 1}`]);
       topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
       for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
       topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
-      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, UNDERLAY[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac));
+      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, underlay[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac));
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
@@ -99,7 +123,7 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       describe:
         dataplane === 'bpf'
           ? `QEMU -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
-          : `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over a veth underlay (MTU 1500)`,
+          : `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over ${shared ? "the vnsnap deployment's hosts and underlay (each host's veth to a bridge in a third namespace; the agents running beside)" : 'a veth underlay (MTU 1500)'}`,
       close,
     };
   } catch (e) {
@@ -122,7 +146,7 @@ async function bpfDataplane(topo: Topology, host: string, remote: string, mac: s
   await attachDataPath(dp, 'vxd', 'vn_rx', ns);
   const m = new DataPathMaps(dp.mapsDir);
   m.setDevices(ifindex('vxd'), 0);
-  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true });
+  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
   m.setFdb(VNI, mac, { ifindex: ifindex('vmnbtap') });
   m.setFdb(VNI, peerMac, { peer: remote });
   return m;

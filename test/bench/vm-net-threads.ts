@@ -3,7 +3,8 @@
  * in the given network namespaces (QEMU's vCPU and I/O threads, the agents' main and worker
  * threads), from /proc/PID/task/TID/stat, between two samples. The kernel's own work done in
  * softirq context on behalf of no process (bridge, VXLAN, TAP delivery) is not in these figures:
- * compare their sum with the machine's busy cores to see it.
+ * compare their sum with the machine's busy cores to see it. Also per process (all its threads,
+ * ended ones included), for what runs in short-lived threads.
  */
 import * as fs from 'node:fs';
 import { sh } from '../support/netns';
@@ -51,7 +52,23 @@ export function sampleThreads(namespaces: readonly string[]): ThreadSample {
   return out;
 }
 
-/** The busiest threads between two samples over `seconds`: cores each (ticks are 1/100 s). */
+/**
+ * Sample every process in the namespaces as a whole, keyed "process": /proc/PID/stat counts the
+ * threads that already ended too (QEMU's migration thread of a background snapshot, an agent's
+ * finished workers), which a sample of the live threads misses.
+ */
+export function sampleProcesses(namespaces: readonly string[]): ThreadSample {
+  const out: ThreadSample = new Map();
+  for (const ns of namespaces) {
+    for (const pid of sh('ip', ['netns', 'pids', ns], { allowFail: true }).split('\n').filter(Boolean)) {
+      const proc = statOf(`/proc/${pid}/stat`);
+      if (proc) out.set(`${ns.split('-').pop()} ${proc.comm}[${pid}]`, proc.ticks);
+    }
+  }
+  return out;
+}
+
+/** The busiest threads (or processes) between two samples over `seconds`: cores each (ticks are 1/100 s). */
 export function busiestThreads(a: ThreadSample, b: ThreadSample, seconds: number, top = 8): { thread: string; cores: number }[] {
   const out: { thread: string; cores: number }[] = [];
   for (const [k, v] of b) {

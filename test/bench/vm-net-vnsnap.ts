@@ -126,6 +126,19 @@ export function portFrames(c: Cluster, host: string, vne: string, vm: string): {
 }
 
 /**
+ * Packets the one TAP in `host`'s namespace received from its QEMU (rx) and sent to it (tx): a
+ * tap-bpf VM's frames, which the kernel carries past the switch's port (whose counters then
+ * stay still).
+ */
+export function vmTapPackets(c: Cluster, host: string): { rx: number; tx: number } {
+  const j = JSON.parse(c.topo.exec(host, 'ip', ['-j', '-s', 'link', 'show', 'type', 'tun'])) as Array<{ ifname: string; stats64?: Record<string, { packets?: number }> }>;
+  if (j.length !== 1) throw new Error(`expected one TAP in ${c.topo.ns(host)}, found ${j.map((x) => x.ifname).join(', ') || 'none'}`);
+  const [rx, tx] = [j[0]?.stats64?.['rx']?.packets, j[0]?.stats64?.['tx']?.packets];
+  if (typeof rx !== 'number' || typeof tx !== 'number') throw new Error(`no packet counters for ${j[0]?.ifname} in ${c.topo.ns(host)}`);
+  return { rx, tx };
+}
+
+/**
  * The program counters (vn_stats) of the in-kernel data path the agent on `host` loaded for its
  * tap-bpf VMs, or zeros when it has loaded none. The agent runs under `ip netns exec`, whose
  * mount namespace has its own bpf file system, so its pins are read through /proc/<pid>/root.

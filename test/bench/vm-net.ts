@@ -47,11 +47,11 @@ import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
 import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
-import { busiestThreads, sampleThreads } from './vm-net-threads';
-import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
+import { busiestThreads, sampleProcesses, sampleThreads } from './vm-net-threads';
+import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, vmTapPackets, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
@@ -72,6 +72,11 @@ const HELP = `${USAGE}
                   cpu_per_gbps, "during_snapshot_tcp_mbps_vnsnap_tap_bpf", and a row
                   "vnsnap_tap_bpf" with the frames the agents' programs carried in the kernel
                   and punted to the switch (fast_path on/off says which path was measured)
+  --same-hosts    with --bpf: also run the kernel path between the vnsnap deployment's own
+                  hosts, over its underlay (each host's veth to a bridge in a third namespace),
+                  beside the nic=tap-bpf guests, and alternate TCP runs between the two pairs
+                  (the "kernel" row's hosts have one veth between them, and it runs minutes
+                  apart): "same_hosts_paired" with both paths' figures and their ratios
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
@@ -86,11 +91,12 @@ interface Options {
   extraNics: ExtraNic[];
   tunnelOffload?: boolean;
   bpf: boolean;
+  sameHosts: boolean;
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -115,12 +121,14 @@ function parseArgs(argv: readonly string[]): Options {
       if (v !== 'on' && v !== 'off') usage(`--tunnel-offload takes on or off, got ${v}`);
       o.tunnelOffload = v === 'on';
     } else if (flag === '--bpf') o.bpf = true;
+    else if (flag === '--same-hosts') o.sameHosts = true;
     else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') {
       process.stdout.write(`${HELP}\n`);
       process.exit(0);
     } else usage(`unknown argument ${arg}`);
   });
+  if (o.sameHosts && !o.bpf) usage('--same-hosts runs beside the nic=tap-bpf row: give --bpf too');
   return o;
 }
 
@@ -290,10 +298,12 @@ async function main(): Promise<void> {
   });
   await c.start();
   const hostNs = HOSTS.map((h) => c.topo.ns(h));
-  const frames = (vne: string) => (dir: Direction): { sent: number; delivered: number } => {
-    const [a, b] = [portFrames(c, 'h1', vne, 'a'), portFrames(c, 'h2', vne, 'b')];
+  // What each host's VM handed over (rx) and was given (tx), read by `read` (on host h1 guest a, on h2 guest b).
+  const framesBy = (read: (host: string, vm: string) => { rx: number; tx: number }) => (dir: Direction): { sent: number; delivered: number } => {
+    const [a, b] = [read('h1', 'a'), read('h2', 'b')];
     return dir === 'a->b' ? { sent: a.rx, delivered: b.tx } : { sent: b.rx, delivered: a.tx };
   };
+  const frames = (vne: string) => framesBy((host, vm) => portFrames(c, host, vne, vm));
 
   // The row "vnsnap": the NIC mode the agent ships as the default for QEMU VMs.
   const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, DEFAULT_NIC_MODE));
@@ -306,7 +316,8 @@ async function main(): Promise<void> {
   // row is reported in its place and the other rows' figures are kept.
   let tapBpf: TapBpfRow | { error: string } | undefined;
   if (o.bpf && DEFAULT_NIC_MODE !== 'tap-bpf') {
-    tapBpf = await tapBpfRow(c, image, o, hostNs, frames(VNE_BPF)).catch((e: unknown) => {
+    // at the VMs' TAPs: the kernel carries the frames past the switch's ports
+    tapBpf = await tapBpfRow(c, image, o, hostNs, framesBy((host) => vmTapPackets(c, host)), dir).catch((e: unknown) => {
       say(`vnsnap nic=tap-bpf: failed: ${errMsg(e)}`);
       return { error: errMsg(e) };
     });
@@ -325,12 +336,27 @@ async function main(): Promise<void> {
   report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}) });
 }
 
-type Snaps = { completed: number; failed: string[]; pausesMs: number[] };
+type Snaps = {
+  completed: number;
+  failed: string[];
+  pausesMs: number[];
+  /** Cores per process (hosts and the coordinator's namespace) over all the runs, busiest first: where the snapshots' CPU goes. */
+  processes: { thread: string; cores: number }[];
+  /** The same processes over one idle TCP run a->b just before, for comparison. */
+  processesIdle: { thread: string; cores: number }[];
+};
 
 /** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE once a second. */
 async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
   const during: TcpRun[] = [];
-  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [] };
+  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [], processes: [], processesIdle: [] };
+  const namespaces = [...HOSTS.map((h) => c.topo.ns(h)), c.topo.ns('ul')];
+  const i0 = sampleProcesses(namespaces);
+  const w0 = Date.now();
+  await tcpRun(pair.guests, 'a->b', o.seconds);
+  snaps.processesIdle = busiestThreads(i0, sampleProcesses(namespaces), (Date.now() - w0) / 1000);
+  const p0 = sampleProcesses(namespaces);
+  const w1 = Date.now();
   for (let i = 0; i < o.runs; i++) {
     const loop = snapshotLoop(c, pair.vne);
     const run = await tcpRun(pair.guests, 'a->b', o.seconds).finally(async () => {
@@ -340,9 +366,46 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
       snaps.pausesMs.push(...s.pausesMs);
     });
     during.push(run);
-    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
+    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
   }
+  snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), (Date.now() - w1) / 1000);
   return { during, snaps };
+}
+
+interface Paired {
+  describe: string;
+  tapBpf: Record<Direction, TcpRun[]>;
+  kernel: Record<Direction, TcpRun[]>;
+}
+
+/**
+ * --same-hosts: the kernel path built inside the deployment's hosts over their underlay, beside the
+ * running nic=tap-bpf guests (separate L2 networks: VNE vs bridge + VXLAN 100), and TCP runs
+ * alternating between the two pairs, which goes first swapped every round, so both paths meet
+ * the same load on a shared machine.
+ */
+async function sameHostsPaired(c: Cluster, image: GuestImage, o: Options, dir: string, tapBpf: GuestPair): Promise<Paired> {
+  const sdir = path.join(dir, 'same-hosts');
+  fs.mkdirSync(sdir);
+  const k = await startKernelPath(c.topo, sdir, setupOf(image, o), 'bridge', { devices: [`${c.topo.prefix}u0`, `${c.topo.prefix}u1`], addresses: [c.hostAddress('h1'), c.hostAddress('h2')] });
+  cleanups.push(() => k.close());
+  try {
+    await warmUp(k.guests);
+    const r: Paired = { describe: k.describe, tapBpf: { 'a->b': [], 'b->a': [] }, kernel: { 'a->b': [], 'b->a': [] } };
+    for (let i = 0; i < o.runs; i++) {
+      for (const dir of ['a->b', 'b->a'] as const) {
+        const order: ['tapBpf' | 'kernel', GuestPair][] = i % 2 === 0 ? [['tapBpf', tapBpf], ['kernel', k.guests]] : [['kernel', k.guests], ['tapBpf', tapBpf]];
+        for (const [which, pair] of order) {
+          const run = await tcpRun(pair, dir, o.seconds);
+          r[which][dir].push(run);
+          say(`same hosts, alternating: ${which === 'tapBpf' ? 'nic=tap-bpf' : 'kernel path'} TCP ${dir} run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.busyCores.toFixed(2)} busy cores (${run.cpuPerGbps.toFixed(2)} per Gbit/s)`);
+        }
+      }
+    }
+    return r;
+  } finally {
+    await (cleanups.pop() as () => Promise<void>)();
+  }
 }
 
 interface TapBpfRow {
@@ -351,19 +414,28 @@ interface TapBpfRow {
   snaps: Snaps;
   /** What the agents' programs did over the row (all its runs): frames carried in the kernel, punted to the switch. */
   dataPath: DataPathSplit;
+  /** The same over the during-snapshot runs only (and the idle run before them). */
+  duringSplit: DataPathSplit;
+  /** --same-hosts: TCP runs alternating with the kernel path's between the same hosts. */
+  paired?: Paired;
 }
 
 /** The nic=tap-bpf row: the vnsnap row's guests and hosts, QEMU started by the agents' driver with nic tap-bpf. */
-async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: string[], frames: Hooks['frames']): Promise<TapBpfRow> {
+async function tapBpfRow(c: Cluster, image: GuestImage, o: Options, hostNs: string[], frames: Hooks['frames'], dir: string): Promise<TapBpfRow> {
   const pair = await startVnsnapPair(c, VNE_BPF, VNI_BPF, setupOf(image, o, 'tap-bpf'));
   cleanups.push(() => pair.close());
   try {
     const s0 = HOSTS.map((h) => agentDataPathStats(c, h));
     const path = await measure('vnsnap nic=tap-bpf', pair.guests, o, NIC_PATH['tap-bpf'], { namespaces: hostNs, ...(frames ? { frames } : {}) });
+    const s1 = HOSTS.map((h) => agentDataPathStats(c, h));
     const { during, snaps } = await duringSnapshots(c, pair, o, 'vnsnap nic=tap-bpf');
-    const dataPath = dataPathSplit(s0, HOSTS.map((h) => agentDataPathStats(c, h)));
+    const s2 = HOSTS.map((h) => agentDataPathStats(c, h));
+    const dataPath = dataPathSplit(s0, s2);
+    const duringSplit = dataPathSplit(s1, s2);
+    say(`vnsnap nic=tap-bpf: during the snapshot runs the programs carried ${duringSplit.kernelCarried} frames and punted ${duringSplit.punted} (${snaps.completed} snapshots)`);
+    const paired = o.sameHosts ? await sameHostsPaired(c, image, o, dir, pair.guests) : undefined;
     say(`vnsnap nic=tap-bpf: the agents' programs carried ${dataPath.kernelCarried} frames in the kernel and punted ${dataPath.punted} to the switch (${dataPath.errors} errors)`);
-    return { path, during, snaps, dataPath };
+    return { path, during, snaps, dataPath, duringSplit, ...(paired ? { paired } : {}) };
   } finally {
     await (cleanups.pop() as () => Promise<void>)();
   }
@@ -374,7 +446,7 @@ interface Results {
   vnsnap: PathResult;
   extra: Partial<Record<ExtraNic, PathResult>>;
   during: TcpRun[];
-  snaps: { completed: number; failed: string[]; pausesMs: number[] };
+  snaps: Snaps;
   load: [number, number, number][];
   bpf?: PathResult;
   /** The bpf row's programs' counters, per host. */
@@ -398,6 +470,19 @@ function pathJson(r: PathResult): Record<string, unknown> {
   };
 }
 
+/** A during-snapshot measurement: throughput, retransmits, busy cores, the snapshots and where the CPU went (idle run before vs the snapshot runs). */
+function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
+  return {
+    tcp_mbps: summarize(runs.map((x) => x.mbps)),
+    retransmits: summarize(runs.map((x) => x.retransmits)),
+    busy_cores: summarize(runs.map((x) => x.busyCores)),
+    snapshots_completed: s.completed,
+    snapshots_failed: s.failed,
+    pause_ms: summarize(s.pausesMs),
+    busiest_processes: { idle_run_before: s.processesIdle, during_snapshots: s.processes },
+  };
+}
+
 /** The nic=tap-bpf row's own object: its figures, its during-snapshot runs, what its programs carried and punted. */
 function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
   const dp = tb.dataPath;
@@ -405,10 +490,29 @@ function tapBpfJson(tb: TapBpfRow): Record<string, unknown> {
     tcp_mbps: round(tcpSummary(tb.path).median),
     udp64_kpps: round(udpSummary(tb.path).median),
     cpu_per_gbps: round(cpuSummary(tb.path).median, 2),
-    during_snapshot: { tcp_mbps: summarize(tb.during.map((x) => x.mbps)), snapshots_completed: tb.snaps.completed, snapshots_failed: tb.snaps.failed, pause_ms: summarize(tb.snaps.pausesMs) },
+    during_snapshot: { ...duringJson(tb.during, tb.snaps), data_path: { frames_carried_in_kernel: tb.duringSplit.kernelCarried, frames_punted_to_switch: tb.duringSplit.punted, errors: tb.duringSplit.errors } },
     // Which path the figures measured: the kernel's (fast path on) or the switch's through the punt.
     fast_path: dp.kernelCarried > 0 ? 'on' : 'off',
     data_path: { frames_carried_in_kernel: dp.kernelCarried, frames_punted_to_switch: dp.punted, errors: dp.errors, per_host: Object.fromEntries(HOSTS.map((h, i) => [h, dp.perHost[i]])) },
+  };
+}
+
+/** The alternating runs of --same-hosts: both paths' figures, the ratio of their medians and the ratio within each pair of runs. */
+function pairedJson(p: Paired): Record<string, unknown> {
+  const all = (x: Record<Direction, TcpRun[]>): TcpRun[] => [...x['a->b'], ...x['b->a']];
+  const [t, k] = [all(p.tapBpf), all(p.kernel)];
+  const fig = (runs: TcpRun[]): Record<string, unknown> => ({ tcp_mbps: summarize(runs.map((x) => x.mbps)), cpu_per_gbps: summarize(runs.map((x) => x.cpuPerGbps)), retransmits: summarize(runs.map((x) => x.retransmits)) });
+  const med = (runs: TcpRun[], f: (x: TcpRun) => number): number => summarize(runs.map(f)).median;
+  return {
+    describe: p.describe,
+    vnsnap_tap_bpf: fig(t),
+    kernel: fig(k),
+    runs_mbps: { vnsnap_tap_bpf: t.map((x) => round(x.mbps)), kernel: k.map((x) => round(x.mbps)) },
+    ratios: {
+      tcp: round(med(t, (x) => x.mbps) / (med(k, (x) => x.mbps) || 1), 3),
+      cpu_per_gbps: round(med(t, (x) => x.cpuPerGbps) / (med(k, (x) => x.cpuPerGbps) || 1), 3),
+      tcp_within_pairs: summarize(t.map((x, i) => x.mbps / (k[i]?.mbps || 1))),
+    },
   };
 }
 
@@ -449,9 +553,10 @@ function report(o: Options, r: Results): void {
       ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
     ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
+    ...(tb?.paired ? { same_hosts_paired: pairedJson(tb.paired) } : {}),
     settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
-    during_snapshot: { tcp_mbps: during, snapshots_completed: r.snaps.completed, snapshots_failed: r.snaps.failed, pause_ms: summarize(r.snaps.pausesMs) },
+    during_snapshot: duringJson(r.during, r.snaps),
     paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}) },
   };
   if (o.json) {
@@ -471,6 +576,11 @@ function report(o: Options, r: Results): void {
   if (tb) {
     const dp = tb.dataPath;
     console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);
+    if (tb.paired) {
+      const pj = pairedJson(tb.paired) as { ratios: { tcp: number; cpu_per_gbps: number } };
+      const med = (x: Record<Direction, TcpRun[]>): number => summarize([...x['a->b'], ...x['b->a']].map((y) => y.mbps)).median;
+      console.log(`alternating TCP runs between the same hosts: nic=tap-bpf ${med(tb.paired.tapBpf).toFixed(0)} Mbit/s, kernel path ${med(tb.paired.kernel).toFixed(0)} (TCP ${pj.ratios.tcp}x, CPU per Gbit/s ${pj.ratios.cpu_per_gbps}x)`);
+    }
   } else if (r.tapBpf && 'error' in r.tapBpf) console.log(`vnsnap nic=tap-bpf: failed: ${r.tapBpf.error}`);
   console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
   for (const [name, p] of rows) {

@@ -96,7 +96,7 @@ describe('in-kernel data path: the agent\'s receiving side', function () {
     const got = reader.got;
     topo.exec('hb', 'ping', ['-c', '1', '-W', '1', '192.168.79.1'], { allowFail: true }); // its ARP request crosses the tunnel
     const arp = await until('the peer\'s ARP request at the punt device', () => got.find((g) => g.frame.length > PUNT_HEADER_LEN + 14 && g.frame.readUInt16BE(PUNT_HEADER_LEN + 12) === 0x0806)?.frame, 5000);
-    assert.deepEqual(decodePunt(arp), { vni: VNI, colour: 0, reason: 'unknown', peer: B_IP });
+    assert.deepEqual(decodePunt(arp), { vni: VNI, colour: 0, reason: 'unknown', generation: 0, peer: B_IP });
     assert.deepEqual(arp.subarray(PUNT_HEADER_LEN, PUNT_HEADER_LEN + 6), Buffer.alloc(6, 0xff), 'the frame whole after the header: a broadcast');
     // Every datagram vn_rx punted is read at the device, behind its header: the counter and the
     // frames read meet (the peer may still send its own packets — a retried ARP, IPv6 neighbour

@@ -10,7 +10,9 @@
  * cuts, a's VM sends to b's in between — records at a exactly the frames b sent before its cut
  * that arrived after a's (punted late by vn_rx, delivered and recorded by a's switch), holds the
  * frames a sent after its cut at b until b's cut (punted early), ends both recordings with
- * nothing lost (the markers carry the kernel's counts), and afterwards the kernel carries again.
+ * nothing lost (the markers carry the kernel's counts), and afterwards the kernel carries again;
+ * after host a's process is restarted (an agent restart: the TAP, its veth pair and the VXLAN and
+ * punt devices are found and reused, the VM's TAP untouched) the kernel carries both ways again.
  * Everything is named vnbw* (namespaces vnbw-ha, vnbw-hb) and removed even when a test fails.
  */
 import { strict as assert } from 'node:assert';
@@ -32,6 +34,7 @@ const HOST = path.join(__dirname, '..', 'support', 'bpf-dp-host.js');
 interface Stats {
   kernel: { txRemote: number; rxFast: number; txPunt: number; rxPunt: number; errors: number };
   counts: Record<string, number>;
+  below1: { sent: number; received: number };
   port: { rxFrames: number; txFrames: number; held: number; recorded: number };
   wiring: { punt: { late: number; early: number; unknown: number } };
   fast: boolean;
@@ -87,14 +90,18 @@ describe('in-kernel data path under running switches (two hosts, tap-bpf ports)'
       topo.exec(`h${h}`, 'ip', ['link', 'set', TAPS[h], 'up']);
       topo.exec(`h${h}`, 'sysctl', ['-qw', `net.ipv6.conf.${TAPS[h]}.disable_ipv6=1`]);
     }
-    for (const h of ['a', 'b'] as const) {
-      const o = h === 'a' ? 'b' : 'a';
-      const setup = { id: h, ip: IPS[h], peer: { name: o, ip: IPS[o] }, vni: VNI, tap: TAPS[h], mac: formatMac(vmMac(h === 'a' ? 1 : 2)), peerMac: formatMac(vmMac(h === 'a' ? 2 : 1)), prefix: `vnit-bpfwire-${h}`, vxlanPort: 6082 };
-      const child = topo.spawn(`h${h}`, process.execPath, [HOST, JSON.stringify(setup)], { stdio: ['pipe', 'pipe', 'pipe'] });
-      hosts[h] = new Host(child);
-      await waitForJsonLine<{ ready?: boolean }>(child, (v) => v.ready === true, 60_000);
-    }
+    for (const h of ['a', 'b'] as const) hosts[h] = await startHost(h);
   });
+
+  /** Host h's process (the agent's switch with its data path), its port attached at `epoch` (default the VNE's). */
+  async function startHost(h: 'a' | 'b', epoch?: number): Promise<Host> {
+    const o = h === 'a' ? 'b' : 'a';
+    const setup = { id: h, ip: IPS[h], peer: { name: o, ip: IPS[o] }, vni: VNI, tap: TAPS[h], mac: formatMac(vmMac(h === 'a' ? 1 : 2)), peerMac: formatMac(vmMac(h === 'a' ? 2 : 1)), prefix: `vnit-bpfwire-${h}`, vxlanPort: 6082, ...(epoch !== undefined ? { epoch } : {}) };
+    const child = topo.spawn(`h${h}`, process.execPath, [HOST, JSON.stringify(setup)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const host = new Host(child);
+    await waitForJsonLine<{ ready?: boolean }>(child, (v) => v.ready === true, 60_000);
+    return host;
+  }
 
   after(async () => {
     await Promise.all(Object.values(hosts).map((h) => stopChild(h.child)));
@@ -138,12 +145,30 @@ describe('in-kernel data path under running switches (two hosts, tap-bpf ports)'
     assert.deepEqual(await hosts.b.call('channel', { k: 1 }), { seqs: [], lostFrames: 0 });
     const [a, b] = [await hosts.a.stats(), await hosts.b.stats()];
     assert.deepEqual(
-      { aLate: a.wiring.punt.late, aRecorded: a.port.recorded, aReceived0: a.counts['0/received'], bSent0: b.counts['0/sent'], aSent1: a.counts['1/sent'], bEarly: b.wiring.punt.early, bReceived1: b.counts['1/received'] },
+      { aLate: a.wiring.punt.late, aRecorded: a.port.recorded, aReceived0: a.below1.received, bSent0: b.below1.sent, aSent1: a.counts['1/sent'], bEarly: b.wiring.punt.early, bReceived1: b.counts['1/received'] },
       { aLate: 4, aRecorded: 4, aReceived0: 5, bSent0: 9, aSent1: 3, bEarly: 3, bReceived1: 0 },
     );
     await send('a', [401]);
     await until('a → b in the kernel again', () => seqsAt('b').includes(401), 10_000);
     const [a2, b2] = [await hosts.a.stats(), await hosts.b.stats()];
     assert.deepEqual([a2.counts['1/sent'], b2.counts['1/received'], a2.fast, b2.fast], [4, 1, true, true]);
+  });
+
+  it("an agent restart keeps the port: a new process takes the same TAP, its veth pair and the receiving side's devices, and the kernel carries again without the VM's TAP being touched", async () => {
+    await stopChild(hosts.a.child);
+    hosts.a = await startHost('a', 1); // adopted at the VNE's epoch
+    await until("a's port on the fast path again", async () => (await hosts.a.stats()).fast, 10_000);
+    const [a0, b0] = [seqsAt('a').length, seqsAt('b').length];
+    const bReceived = (await hosts.b.stats()).counts['1/received'] as number;
+    await send('a', [501, 502]);
+    await send('b', [601, 602]);
+    await until('a → b and b → a after the restart', () => seqsAt('a').length >= a0 + 2 && seqsAt('b').length >= b0 + 2, 10_000);
+    assert.deepEqual([seqsAt('a').slice(a0), seqsAt('b').slice(b0)], [[601, 602], [501, 502]]);
+    const [a, b] = [await hosts.a.stats(), await hosts.b.stats()];
+    assert.deepEqual(
+      { aSent1: a.counts['1/sent'], aReceived1: a.counts['1/received'], bReceived1: (b.counts['1/received'] as number) - bReceived, aPortRx: a.port.rxFrames, aPortTx: a.port.txFrames, aErrors: a.kernel.errors },
+      { aSent1: 2, aReceived1: 2, bReceived1: 2, aPortRx: 0, aPortTx: 0, aErrors: 0 },
+      "carried in the kernel both ways (the new process's counts start at 0), never through a's switch",
+    );
   });
 });

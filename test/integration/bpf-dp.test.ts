@@ -8,7 +8,9 @@
  * Asserted exactly: frames and TCP super-frames cross from TAP to TAP in the kernel, byte for
  * byte, and the per-(peer, epoch) counters on both sides equal the datagrams carried; a frame
  * whose colour is not the receiving port's epoch reaches the punt device behind its header
- * (late, early), and a broadcast from a VM reaches its port's punt device, not the peer.
+ * (late, early), and a broadcast from a VM reaches its port's punt device, not the peer; the VNE
+ * generation (mod 4) crosses the wire in GBP's D and A bits (delivered when it is the port's,
+ * punted with it in the header when not).
  * Everything is named vnbd* (the namespace vnbd-hb) and removed even when a test fails.
  */
 import { strict as assert } from 'node:assert';
@@ -89,8 +91,8 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     const ifB = { tap: ifindex('vnbdt1', topo), punt: ifindex('vnbdp1', topo) };
     a.setDevices(ifindex('vnbdx0'), ifA.punt);
     b.setDevices(ifindex('vnbdx1', topo), ifB.punt);
-    a.setPort(ifA.tap, { vni: VNI, epoch: 3, puntIfindex: ifA.punt, fast: true });
-    b.setPort(ifB.tap, { vni: VNI, epoch: 3, puntIfindex: ifB.punt, fast: true });
+    a.setPort(ifA.tap, { vni: VNI, epoch: 3, puntIfindex: ifA.punt, fast: true, generation: 0 });
+    b.setPort(ifB.tap, { vni: VNI, epoch: 3, puntIfindex: ifB.punt, fast: true, generation: 0 });
     a.setFdb(VNI, MAC_A, { ifindex: ifA.tap });
     a.setFdb(VNI, MAC_B, { peer: B_IP });
     b.setFdb(VNI, MAC_B, { ifindex: ifB.tap });
@@ -149,11 +151,11 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     a?.setEpoch(ifA.tap, 4); // a cut first: b's colour 3 is late here
     write(tapBfd, test(1, 2, 10));
     const late = await until('the late frame at a\'s punt device', () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 10)?.frame, 5000);
-    assert.deepEqual(decodePunt(late), { vni: VNI, colour: 3, reason: 'late', peer: B_IP });
+    assert.deepEqual(decodePunt(late), { vni: VNI, colour: 3, reason: 'late', generation: 0, peer: B_IP });
     b?.setEpoch(ifindex('vnbdt1', topo), 5); // b cut twice: colour 5 is early at a (epoch 4)
     write(tapBfd, test(1, 2, 11));
     const early = await until('the early frame at a\'s punt device', () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 11)?.frame, 5000);
-    assert.deepEqual(decodePunt(early), { vni: VNI, colour: 5, reason: 'early', peer: B_IP });
+    assert.deepEqual(decodePunt(early), { vni: VNI, colour: 5, reason: 'early', generation: 0, peer: B_IP });
     assert.deepEqual(early.subarray(PUNT_HEADER_LEN), test(1, 2, 11));
     assert.equal(ofTest(tapA, 10) ?? ofTest(tapA, 11), undefined, 'neither reached a\'s VM in the kernel');
     assert.equal(a?.count(VNI, B_IP, 4, 'received'), 0);
@@ -164,5 +166,21 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     write(tapAfd, bcast);
     assert.deepEqual(await until('the broadcast at a\'s port device', () => puntA.find((g) => parseFrame(g.frame)?.seq === 12)?.frame, 5000), bcast);
     assert.equal(a?.stats().txRemote, sent, 'not sent to the peer');
+  });
+
+  it("carries the VNE generation (mod 4) on the wire in GBP's D and A bits: the port's generation is delivered in the kernel, another is punted with it", async () => {
+    const tb = ifindex('vnbdt1', topo);
+    const pa = a?.port(ifA.tap);
+    const pb = b?.port(tb);
+    assert.ok(pa && pb);
+    a?.setPort(ifA.tap, { ...pa, epoch: 6, generation: 3 });
+    b?.setPort(tb, { ...pb, epoch: 6, generation: 3 }); // both bits set on the wire
+    write(tapBfd, test(1, 2, 20));
+    assert.deepEqual(await until("generation 3 at a's TAP", () => ofTest(tapA, 20), 5000), test(1, 2, 20));
+    b?.setPort(tb, { ...pb, epoch: 6, generation: 2 }); // A only
+    write(tapBfd, test(1, 2, 21));
+    const other = await until("generation 2 at a's punt device", () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 21)?.frame, 5000);
+    assert.deepEqual(decodePunt(other), { vni: VNI, colour: 6, reason: 'unknown', generation: 2, peer: B_IP });
+    assert.equal(ofTest(tapA, 21), undefined, "not delivered to a's VM");
   });
 });

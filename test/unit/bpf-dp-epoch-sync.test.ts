@@ -34,8 +34,8 @@ describe('in-kernel data path: port epochs follow the cut', function () {
     const env = new FakeEnv({ switches: { a: ['v1', 'v2'] } });
     const noted: number[] = [];
     const epochs = new DataPathEpochs(maps, { noteEpoch: (e) => noted.push(e) } as Pick<KernelCounts, 'noteEpoch'>);
-    maps.setPort(TAP1, { vni: VNI, epoch: 0, puntIfindex: 301, fast: true });
-    maps.setPort(TAP2, { vni: VNI, epoch: 0, puntIfindex: 302, fast: true });
+    maps.setPort(TAP1, { vni: VNI, epoch: 0, puntIfindex: 301, fast: true, generation: 0 });
+    maps.setPort(TAP2, { vni: VNI, epoch: 0, puntIfindex: 302, fast: true, generation: 0 });
     epochs.register('v1', TAP1, true);
     env.sw('a').useDataPathEpochs(epochs);
     return { env, noted };
@@ -47,9 +47,9 @@ describe('in-kernel data path: port epochs follow the cut', function () {
     await env.sw('a').cutPort('v1', 1, () => {
       duringPause = maps.port(TAP1);
     });
-    assert.deepEqual(duringPause, { vni: VNI, epoch: 0, puntIfindex: 301, fast: false });
-    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true });
-    assert.deepEqual(maps.port(TAP2), { vni: VNI, epoch: 0, puntIfindex: 302, fast: true }, 'v2 passed the cut in the switch, but is not on the data path here');
+    assert.deepEqual(duringPause, { vni: VNI, epoch: 0, puntIfindex: 301, fast: false, generation: 0 });
+    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true, generation: 0 });
+    assert.deepEqual(maps.port(TAP2), { vni: VNI, epoch: 0, puntIfindex: 302, fast: true, generation: 0 }, 'v2 passed the cut in the switch, but is not on the data path here');
     assert.deepEqual(noted, [1]);
   });
 
@@ -60,9 +60,9 @@ describe('in-kernel data path: port epochs follow the cut', function () {
     }), /pause failed/);
     // The failed port was un-gated, then passed the cut without a pause (cut.ts): the kernel agrees.
     assert.equal(env.sw('a').portEpoch('v1'), 1);
-    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true });
+    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true, generation: 0 });
     env.sw('a').setPortEpoch('v1', 7);
-    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 7, puntIfindex: 301, fast: true });
+    assert.deepEqual(maps.port(TAP1), { vni: VNI, epoch: 7, puntIfindex: 301, fast: true, generation: 0 });
     env.sw('a').abort('blue', 9);
     assert.equal(maps.port(TAP1)?.epoch, 9);
   });

@@ -54,9 +54,9 @@ describe('in-kernel data path: the switch\'s FDB mirrored into vn_fdb', function
     const fdb = new Fdb();
     fdb.learn(parseMac(m(2)), 2, 0);
     new FdbMirror(maps).sync(VNI, fdb, (o) => OWNERS.get(o));
-    maps.setPort(101, { vni: VNI, epoch: 3, puntIfindex: 301, fast: false });
-    maps.setPort(102, { vni: VNI, epoch: 3, puntIfindex: 302, fast: false });
-    enableFastPath(maps, 102, { vni: VNI, epoch: 3, puntIfindex: 302 });
+    maps.setPort(101, { vni: VNI, epoch: 3, puntIfindex: 301, fast: false, generation: 0 });
+    maps.setPort(102, { vni: VNI, epoch: 3, puntIfindex: 302, fast: false, generation: 0 });
+    enableFastPath(maps, 102, { vni: VNI, epoch: 3, puntIfindex: 302, generation: 0 });
     const frame = makeFrame({ dst: vmMac(2), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200);
     const ctx = skbCtx({ ingressIfindex: 101 });
     const txRun = (): { retval: number; local: number; punt: number } => {
@@ -66,8 +66,8 @@ describe('in-kernel data path: the switch\'s FDB mirrored into vn_fdb', function
       return { retval: r.retval, local: after.txLocal - before.txLocal, punt: after.txPunt - before.txPunt };
     };
     assert.deepEqual(txRun(), { retval: TC_ACT_REDIRECT, local: 0, punt: 1 });
-    enableFastPath(maps, 101, { vni: VNI, epoch: 3, puntIfindex: 301 });
-    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 3, puntIfindex: 301, fast: true });
+    enableFastPath(maps, 101, { vni: VNI, epoch: 3, puntIfindex: 301, generation: 0 });
+    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 3, puntIfindex: 301, fast: true, generation: 0 });
     assert.deepEqual(txRun(), { retval: TC_ACT_REDIRECT, local: 1, punt: 0 });
   });
 });

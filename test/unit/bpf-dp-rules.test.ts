@@ -38,8 +38,8 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     await h?.close();
   });
   beforeEach(() => {
-    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: true });
-    maps.setPort(TAP_B, { vni: VNI, epoch: 7, puntIfindex: 302, fast: true });
+    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: true, generation: 0 });
+    maps.setPort(TAP_B, { vni: VNI, epoch: 7, puntIfindex: 302, fast: true, generation: 0 });
     maps.setFdb(VNI, mac(1), { ifindex: TAP_A });
     maps.setFdb(VNI, mac(2), { ifindex: TAP_B });
     maps.setFdb(VNI, mac(9), { peer: PEER });
@@ -77,9 +77,9 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     const bcast = frame(9);
     bcast.fill(0xff, 0, 6);
     assert.deepEqual(delta(() => run('vn_tx', bcast, ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'broadcast');
-    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 0, fast: true });
+    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 0, fast: true, generation: 0 });
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', bcast, ctx({ ingressIfindex: TAP_A })).retval, TC_ACT_OK)), { txPunt: 1 }, 'no punt device: left to the stack');
-    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: false });
+    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: false, generation: 0 });
     assert.deepEqual(delta(() => run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'fast path off');
   });
 
@@ -100,8 +100,8 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     const VNI2 = 4343;
     const TAP_C = 103;
     const TAP_D = 104;
-    maps.setPort(TAP_C, { vni: VNI2, epoch: 7, puntIfindex: 303, fast: true });
-    maps.setPort(TAP_D, { vni: VNI2, epoch: 7, puntIfindex: 304, fast: true });
+    maps.setPort(TAP_C, { vni: VNI2, epoch: 7, puntIfindex: 303, fast: true, generation: 0 });
+    maps.setPort(TAP_D, { vni: VNI2, epoch: 7, puntIfindex: 304, fast: true, generation: 0 });
     maps.setFdb(VNI2, mac(9), { peer: PEER }); // the same peer host (and MAC) in the other VNE
     maps.setFdb(VNI2, mac(4), { ifindex: TAP_D });
     const c0 = [maps.count(VNI, PEER, 7, 'sent'), maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'received'), maps.count(VNI2, PEER, 7, 'received')];
@@ -115,6 +115,26 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.deepEqual([maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'sent'), maps.removeCount(VNI2, PEER, 7, 'sent')], [0, c1[0], false], 'one VNI\'s counter removed, the other\'s kept');
     maps.removePort(TAP_C);
     maps.removePort(TAP_D);
+  });
+
+  it("the VNE generation (mod 4) rides in GBP's D and A bits: a frame of another generation is punted with it in the header, a local port of another generation is not reached in the kernel", () => {
+    const D = 1 << 22; // generation bit 0
+    const A = 1 << 19; // generation bit 1
+    maps.setPort(TAP_B, { vni: VNI, epoch: 7, puntIfindex: 302, fast: true, generation: 6 }); // 6 mod 4 = 2: A
+    assert.equal(maps.port(TAP_B)?.generation, 2);
+    const got = maps.count(VNI, PEER, 7, 'received');
+    const f = frame(2);
+    const ok = run('vn_rx_test', f, ctx({ cb: [VNI, 7 | A, 0x0a090002] }));
+    assert.deepEqual([ok.retval, ok.out.equals(f), maps.count(VNI, PEER, 7, 'received') - got], [TC_ACT_REDIRECT, true, 1]);
+    for (const [gbp, generation] of [[7, 0], [7 | D, 1], [7 | D | A, 3]] as const) {
+      const r = run('vn_rx_test', f, ctx({ cb: [VNI, gbp, 0x0a090002] }));
+      assert.equal(r.retval, TC_ACT_REDIRECT);
+      assert.deepEqual(decodePunt(r.out), { vni: VNI, colour: 7, reason: 'unknown', generation, peer: PEER }, `generation ${generation}`);
+    }
+    assert.equal(maps.count(VNI, PEER, 7, 'received') - got, 1, 'frames of another generation are not counted in the kernel');
+    assert.deepEqual(delta(() => run('vn_tx', frame(2), ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'TAP_A is at generation 0, TAP_B at 2');
+    maps.setPort(TAP_A, { vni: VNI, epoch: 7, puntIfindex: 301, fast: true, generation: 2 });
+    assert.deepEqual(delta(() => run('vn_tx', frame(2), ctx({ ingressIfindex: TAP_A }))), { txLocal: 1 });
   });
 
   it('from the tunnel: late, early and unknown frames go to the switch behind a header with VNI, colour, reason and peer', () => {
@@ -131,7 +151,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
       const g = frame(dst);
       const r = run('vn_rx_test', g, ctx({ cb: [VNI, colour, 0x0a090002] }));
       assert.equal(r.retval, TC_ACT_REDIRECT, reason);
-      assert.deepEqual(decodePunt(r.out), { vni: VNI, colour, reason, peer: PEER }, reason);
+      assert.deepEqual(decodePunt(r.out), { vni: VNI, colour, reason, generation: 0, peer: PEER }, reason);
       assert.deepEqual(r.out.subarray(PUNT_HEADER_LEN), g, `${reason}: the frame follows the header whole`);
     }
     assert.equal(maps.count(VNI, PEER, 8, 'received'), 0, 'punted frames are the switch\'s to count');
@@ -147,7 +167,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
       const port = r() < 0.5 ? Math.floor(r() * 2 ** 31) : (Math.floor(r() * 64) + 1) * 0x10000 + Math.floor(r() * 3) - 1;
       const frameEpoch = port + Math.floor(r() * 3) - 1; // neighbours differ by at most one
       const gated = r() < 0.2; // a cut in progress: the agent turns the port's fast path off
-      maps.setPort(TAP_B, { vni: VNI, epoch: port, puntIfindex: 302, fast: !gated });
+      maps.setPort(TAP_B, { vni: VNI, epoch: port, puntIfindex: 302, fast: !gated, generation: 0 });
       const f = frame(2);
       const res = run('vn_rx_test', f, ctx({ cb: [VNI, frameEpoch & 0xffff, 0x0a090002] }));
       const punt = decodePunt(res.out);
@@ -163,7 +183,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
 
   it('maps: epochs and FDB entries read back; removals say whether there was one; a wrong prefix is refused', async () => {
     maps.setEpoch(TAP_A, 12);
-    assert.deepEqual(maps.port(TAP_A), { vni: VNI, epoch: 12, puntIfindex: 301, fast: true });
+    assert.deepEqual(maps.port(TAP_A), { vni: VNI, epoch: 12, puntIfindex: 301, fast: true, generation: 0 });
     assert.equal(maps.removeFdb(VNI, mac(9)), true);
     assert.equal(maps.removeFdb(VNI, mac(9)), false);
     assert.equal(maps.removePort(TAP_B), true);

@@ -94,7 +94,7 @@ describe('in-kernel data path: randomized snapshot rules against the switch\'s m
         return { vni: 7100 + si * 10 + v, target: base, locals, remote: [base, base] };
       });
       const starts = vnes.map((v) => v.target);
-      const write = (vi: number, p: LocalPort): void => maps.setPort(p.ifindex, { vni: (vnes[vi] as VneModel).vni, epoch: p.epoch, puntIfindex: p.ifindex + 1000, fast: !p.gated });
+      const write = (vi: number, p: LocalPort): void => maps.setPort(p.ifindex, { vni: (vnes[vi] as VneModel).vni, epoch: p.epoch, puntIfindex: p.ifindex + 1000, fast: !p.gated, generation: 0 });
       vnes.forEach((v, vi) => {
         for (const p of v.locals) {
           write(vi, p);
@@ -172,7 +172,7 @@ describe('in-kernel data path: randomized snapshot rules against the switch\'s m
             assert.deepEqual(d, { rxFast: 1 }, what);
             add(v.vni, peer, (dst as LocalPort).epoch, 'received', datagrams);
           } else {
-            assert.deepEqual(decodePunt(res.out), { vni: v.vni, colour: frameEpoch & 0xffff, reason: want, peer }, what);
+            assert.deepEqual(decodePunt(res.out), { vni: v.vni, colour: frameEpoch & 0xffff, reason: want, generation: 0, peer }, what);
             assert.deepEqual(res.out.subarray(PUNT_HEADER_LEN), f, `${what}: the frame whole behind the header`);
             assert.deepEqual(d, { rxPunt: 1 }, what);
           }

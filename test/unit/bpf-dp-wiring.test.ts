@@ -5,7 +5,8 @@
  * static routes and learning (owners resolved to TAP ifindexes and peers' addresses, a peer on a
  * local address left out), the flag off during the cut and behind a restore gate, a marker that
  * counts what the kernel sent (vn_tx run in the kernel), and punted frames meeting the snapshot
- * rules as tunnel frames from their peer with their colour.
+ * rules as tunnel frames from their peer with their colour; the counts of settled epochs folded on
+ * the tick (their counters removed, later markers still exact).
  */
 import { strict as assert } from 'node:assert';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
@@ -43,13 +44,13 @@ function vmMacInto(frame: Buffer, i: number, j: number): void {
   frame.writeUIntBE(vmMac(j), 6, 6);
 }
 
-/** A vn_punt header (network order) in front of `frame`. */
-function punted(frame: Buffer, o: { vni?: number; colour: number; reason: number; peer?: number }): Buffer {
+/** A vn_punt header (network order) in front of `frame`; the generation (mod 4) defaults to the VNE's, 1. */
+function punted(frame: Buffer, o: { vni?: number; colour: number; reason: number; peer?: number; generation?: number }): Buffer {
   const h = Buffer.alloc(PUNT_HEADER_LEN);
   h.writeUInt32BE(0x564e5350, 0);
   h.writeUInt32BE(o.vni ?? VNI, 4);
   h.writeUInt16BE(o.colour, 8);
-  h.writeUInt16BE(o.reason, 10);
+  h.writeUInt16BE(o.reason | ((o.generation ?? 1) << 8), 10);
   h.writeUInt32BE(o.peer ?? 0x0a000002, 12);
   return Buffer.concat([h, frame]);
 }
@@ -62,9 +63,9 @@ describe('in-kernel data path wired into the switch', function () {
     maps.setDevices(201, 202);
   });
 
-  function rig(): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
+  function rig(opts: Partial<ConstructorParameters<typeof Switch>[0]> = {}): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
     const net = new FakeUdpNetwork();
-    const sw = new Switch({ id: 'a' });
+    const sw = new Switch({ ...opts, id: 'a' });
     sw.attachTunnel(net.endpoint(0x0a000001, 6081));
     sw.configureVne({ name: 'blue', vni: VNI, peers: [{ name: 'b', address: B, port: 6081 }, { name: 'c', address: '127.0.0.1', port: 6091 }] });
     const punt = new FakePort('punt', { offload: true, batchSize: 8 });
@@ -80,7 +81,7 @@ describe('in-kernel data path wired into the switch', function () {
   it('puts a tap-bpf port on the data path and mirrors static routes and learning; a plain port and a peer on a local address stay off', () => {
     const { sw, w, p1 } = rig();
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }, { mac: m(8), peer: 'c' }] });
-    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true });
+    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true, generation: 1 });
     assert.deepEqual([m(1), m(2), m(7), m(8)].map((x) => maps.fdb(VNI, x)), [{ ifindex: 101 }, undefined, { peer: B }, undefined]);
     p1.vm.send(makeFrame({ dst: vmMac(2), src: vmMac(3), sender: 3, seq: 1, epoch: 0 })); // a second MAC behind p1: learned
     p1.vm.pumpAll();
@@ -100,14 +101,14 @@ describe('in-kernel data path wired into the switch', function () {
       during = maps.port(101);
       await pass();
     });
-    assert.deepEqual(during, { vni: VNI, epoch: 0, puntIfindex: 301, fast: false });
-    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true });
+    assert.deepEqual(during, { vni: VNI, epoch: 0, puntIfindex: 301, fast: false, generation: 1 });
+    assert.deepEqual(maps.port(101), { vni: VNI, epoch: 1, puntIfindex: 301, fast: true, generation: 1 });
     const p3 = new DpFakePort('p3', { tapIfindex: 103, puntIfindex: 303 });
     sw.attachPort('blue', p3, { mac: m(4), epoch: 1, gated: true });
     sw.setPortEpoch('p3', 1);
     assert.deepEqual([maps.port(103)?.fast, maps.fdb(VNI, m(4))], [false, { ifindex: 103 }]);
     sw.openGate('p3', []);
-    assert.deepEqual(maps.port(103), { vni: VNI, epoch: 1, puntIfindex: 303, fast: true });
+    assert.deepEqual(maps.port(103), { vni: VNI, epoch: 1, puntIfindex: 303, fast: true, generation: 1 });
     sw.stop();
   });
 
@@ -131,16 +132,38 @@ describe('in-kernel data path wired into the switch', function () {
     sw.stop();
   });
 
-  it('a new generation (a restore in place) restarts the kernel counts: the old counters go, the next marker counts only the new generation', async () => {
+  it('a new generation (a restore in place) restarts the kernel counts and moves the ports\' entries to it: the old counters go, the next marker counts only the new generation', async () => {
     const { sw, net } = rig();
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
     sendToB(3);
     assert.ok(maps.count(VNI, B, 0, 'sent') >= 3);
     sw.configureVne({ name: 'blue', generation: 2, generationNow: true });
     assert.equal(maps.count(VNI, B, 0, 'sent'), 0, 'the old generation\'s epoch-0 counter is gone from the map');
+    assert.equal(maps.port(101)?.generation, 2, 'the port\'s entry took the new generation (the kernel refuses frames of the old one)');
     sendToB(2);
     await sw.cutPorts(['p1', 'p2'], 1);
     assert.deepEqual(markersToB(net), [[1, 2]]);
+    sw.stop();
+  });
+
+  it('folds the kernel counts of settled epochs on the tick: their counters leave the map, markers after it still count them', async () => {
+    let now = 1_000_000;
+    const { sw, net } = rig({ now: () => now });
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+    const before = maps.count(VNI, B, 0, 'sent');
+    sendToB(3);
+    await sw.cutPorts(['p1', 'p2'], 1);
+    assert.equal(maps.count(VNI, B, 0, 'sent'), before + 3);
+    sw.tick(); // every port is at 1 and no recording is below 1: epoch 0 is settled
+    assert.equal(maps.count(VNI, B, 0, 'sent'), 0, "epoch 0's counter is gone from the map");
+    now += 100;
+    sw.tick(); // b has not acknowledged: the marker of 1 is sent again, from the folded count
+    sendToB(2);
+    assert.equal(maps.count(VNI, B, 1, 'sent'), 2);
+    await sw.cutPorts(['p1', 'p2'], 2);
+    sw.tick();
+    assert.equal(maps.count(VNI, B, 1, 'sent'), 2, 'recording 1 is still kept (b never acknowledges): epoch 1 stays');
+    assert.deepEqual(markersToB(net), [[1, before + 3], [1, before + 3], [2, before + 5]]);
     sw.stop();
   });
 
@@ -153,12 +176,13 @@ describe('in-kernel data path wired into the switch', function () {
     punt.vm.send(punted(f(3), { colour: 1, reason: 0 })); // unknown (e.g. fast off)
     punt.vm.send(punted(f(4), { colour: 1, reason: 0, vni: 9 })); // no such VNE
     punt.vm.send(punted(f(5), { colour: 1, reason: 0, peer: 0x0a000063 })); // no such peer
+    punt.vm.send(punted(f(7), { colour: 1, reason: 0, generation: 0 })); // another generation: dropped
     punt.vm.send(Buffer.concat([Buffer.alloc(PUNT_HEADER_LEN), f(6)])); // no header
     punt.vm.pumpAll();
     assert.deepEqual(p1.vm.received.map((x) => parseFrame(x)?.seq), [1, 3]);
     const s = sw.stats().ports['p1'];
     assert.deepEqual([s?.recorded, s?.held], [1, 1]);
-    assert.deepEqual(w.stats().punt, { frames: 6, late: 1, early: 1, unknown: 3, malformed: 1, unknownVni: 1, unknownPeer: 1 });
+    assert.deepEqual(w.stats().punt, { frames: 7, late: 1, early: 1, unknown: 4, malformed: 1, unknownVni: 1, unknownPeer: 1, otherGeneration: 1 });
     assert.equal(sw.stats().vnes['blue']?.fdbSize, 3, 'the punted frames\' source learned behind peer b');
     assert.deepEqual(maps.fdb(VNI, m(9)), { peer: B });
     sw.stop();

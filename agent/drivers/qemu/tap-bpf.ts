@@ -34,7 +34,7 @@ const ifindex = async (dev: string): Promise<number> => Number((await fsp.readFi
 export async function attachTapBpf(prefix: string, tap: string, punt: string): Promise<DataPathPortInfo> {
   const { dp, maps } = await hostDataPath(prefix);
   const info = { tapIfindex: await ifindex(tap), puntIfindex: await ifindex(punt) };
-  maps.setPort(info.tapIfindex, { vni: 0, epoch: 0, puntIfindex: info.puntIfindex, fast: false });
+  maps.setPort(info.tapIfindex, { vni: 0, epoch: 0, puntIfindex: info.puntIfindex, fast: false, generation: 0 });
   await attachDataPath(dp, tap, 'vn_tx');
   return info;
 }
