@@ -2,10 +2,13 @@
  * The test command: runs mocha over the compiled tests and ends with the one line CI reads,
  * `N passed, N failed` (mocha's own summary is not recognised there).
  *
- * Usage: node dist/test/support/run-tests.js [unit|security|integration|PATTERN...]
- * Unit tests run first (fast, no root needed), then the security suite (test/security: TLS,
- * roles, refused driver specs, tunnel floods; `npm run test:security`), then integration tests
- * (namespaces, TAP, ...).
+ * Usage: node dist/test/support/run-tests.js [unit|security|integration]... [PATTERN...]
+ * With no argument: unit tests first (fast, no root needed), then the security suite
+ * (test/security: TLS, roles, refused driver specs, tunnel floods; `npm run test:security`), then
+ * integration tests (namespaces, TAP, ...). Suite names select suites; patterns (substrings of a
+ * test file's path) then keep only the matching files of those suites, or of every test file when
+ * no suite is named: `npm run test:integration -- qemu-driver` runs the integration suite's
+ * qemu-driver file alone, `run-tests.js e2e-qemu qemu-driver` the files matching either pattern.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -26,11 +29,14 @@ async function main(): Promise<void> {
   const testRoot = path.resolve(__dirname, '..');
   const args = process.argv.slice(2);
   const SUITES = ['unit', 'security', 'integration'];
-  const suites = args.length === 0 ? SUITES : args;
-  const files: string[] = [];
-  for (const s of suites) {
-    if (SUITES.includes(s)) files.push(...collect(path.join(testRoot, s)));
-    else files.push(...collect(testRoot).filter((f) => f.includes(s)));
+  const named = args.filter((a) => SUITES.includes(a));
+  const patterns = args.filter((a) => !SUITES.includes(a));
+  const base = named.length > 0 ? named.flatMap((s) => collect(path.join(testRoot, s))) : patterns.length > 0 ? collect(testRoot) : SUITES.flatMap((s) => collect(path.join(testRoot, s)));
+  const files = patterns.length > 0 ? base.filter((f) => patterns.some((p) => f.includes(p))) : base;
+  if (files.length === 0) {
+    console.error(`run-tests: no test file matches ${args.join(' ')}`);
+    console.log('\n0 passed, 0 failed');
+    process.exit(1);
   }
   const mocha = new Mocha({ reporter: 'spec', timeout: 120_000, forbidOnly: true });
   for (const f of files) mocha.addFile(f);
