@@ -27,7 +27,7 @@ export const STAT_NAMES = ['txRemote', 'txLocal', 'txPunt', 'rxFast', 'rxPunt', 
 export type DataPathStats = Record<(typeof STAT_NAMES)[number], number>;
 export const PUNT_HEADER_LEN = 16;
 /** Where a punt header keeps the peer's underlay IPv4 address (network order). */
-export const PUNT_PEER_OFFSET = 12;
+const PUNT_PEER_OFFSET = 12;
 const PUNT_MAGIC = 0x564e5350;
 
 export interface DpPort {
@@ -105,11 +105,25 @@ export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => 
 
 export const decodeCfg = (b: Buffer): { vxlanIfindex: number; puntIfindex: number } => ({ vxlanIfindex: b.readUInt32LE(0), puntIfindex: b.readUInt32LE(4) });
 
-/** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
-export function decodePunt(frame: Buffer): PuntHeader | null {
-  if (frame.length < PUNT_HEADER_LEN || frame.readUInt32BE(0) !== PUNT_MAGIC) return null;
-  const field = frame.readUInt16BE(10);
+/** A punt header's fields as read on the punt reader's per-frame path: the peer as its number. */
+export type PuntFields = Omit<PuntHeader, 'peer'> & { peerIp: number };
+
+/**
+ * The header vn_rx puts in front of the frame at `off` (`len` bytes) of `buf`, or null when it
+ * does not start with one; read in place, the peer left a number (no copy, no string per frame).
+ */
+export function decodePuntAt(buf: Buffer, off: number, len: number): PuntFields | null {
+  if (len < PUNT_HEADER_LEN || buf.readUInt32BE(off) !== PUNT_MAGIC) return null;
+  const field = buf.readUInt16BE(off + 10);
   const reason = PUNT_REASONS[field & 0xff];
   if (reason === undefined || field >> 8 > 3) return null;
-  return { vni: frame.readUInt32BE(4), colour: frame.readUInt16BE(8), reason, generation: field >> 8, peer: numToIpv4(frame.readUInt32BE(PUNT_PEER_OFFSET)) };
+  return { vni: buf.readUInt32BE(off + 4), colour: buf.readUInt16BE(off + 8), reason, generation: field >> 8, peerIp: buf.readUInt32BE(off + PUNT_PEER_OFFSET) };
+}
+
+/** The header vn_rx puts in front of a punted frame, or null when `frame` does not start with one. */
+export function decodePunt(frame: Buffer): PuntHeader | null {
+  const f = decodePuntAt(frame, 0, frame.length);
+  if (f === null) return null;
+  const { peerIp, ...rest } = f;
+  return { ...rest, peer: numToIpv4(peerIp) };
 }

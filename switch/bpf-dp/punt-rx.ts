@@ -1,7 +1,7 @@
 /**
  * The switch's reading of the in-kernel data path's punt device (vr<hash>, agent/bpf-dp/rx-side.ts):
  * the frames from peers that vn_rx did not carry to a VM, each behind a 16-byte struct vn_punt
- * (switch/bpf-dp/layout.ts decodePunt), handed to the bridge exactly as a tunnel frame from that
+ * (switch/bpf-dp/layout.ts decodePuntAt), handed to the bridge exactly as a tunnel frame from that
  * peer with that colour (switch/tunnel/rx.ts does the same for the switch's own Geneve).
  *
  * Why it exists: vn_rx carries a frame to a VM only when the destination port is on the data
@@ -37,7 +37,7 @@ import { MARKER_EPOCHS_AHEAD } from '../options';
 import { isSuperFrame, VNET_HDR_LEN } from '../offload';
 import type { RxBatch } from '../port/port';
 import type { Vne, VnePeer } from '../tables';
-import { decodePunt, genBits, PUNT_HEADER_LEN, PUNT_PEER_OFFSET } from './layout';
+import { decodePuntAt, genBits, PUNT_HEADER_LEN } from './layout';
 
 export interface PuntCounters {
   /** Frames read from the punt device. */
@@ -84,7 +84,7 @@ export function onPuntBatch(rx: RxBatch, count: number, vnesByVni: ReadonlyMap<n
     const off = i * rx.slotSize + rx.headroom;
     const len = rx.lens[i] as number;
     c.frames++;
-    const h = len >= PUNT_HEADER_LEN + 14 ? decodePunt(slab.subarray(off, off + len)) : null;
+    const h = len >= PUNT_HEADER_LEN + 14 ? decodePuntAt(slab, off, len) : null;
     if (h === null || h.reason === 'error') {
       c.malformed++;
       continue;
@@ -99,7 +99,7 @@ export function onPuntBatch(rx: RxBatch, count: number, vnesByVni: ReadonlyMap<n
       c.otherGeneration++;
       continue;
     }
-    const vp = peerOf(v, slab.readUInt32BE(off + PUNT_PEER_OFFSET)); // as a number: no string round trip per frame
+    const vp = peerOf(v, h.peerIp);
     if (vp === undefined) {
       c.unknownPeer++;
       continue;
