@@ -21,6 +21,7 @@ import { silentLogger } from '../../proto/core/log';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
 import { openStore } from '../../proto/store/store-config';
 import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
+import { storedLayerAttrs } from '../support/layer-attrs';
 import { until } from '../support/wait';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
@@ -93,7 +94,8 @@ describe('QEMU driver: incremental disks (layers over links, restored byte for b
     }
     const frozen3 = frozenOf(src, vmId);
     const [s1, s2, s3] = images as [VmImage, VmImage, VmImage];
-    assert.deepEqual(s1.disks.map((d) => d.attributes), [{ layer: '0' }, { layer: '1' }], 'the first: the base and what was written since the boot');
+    assert.deepEqual(s1.disks.map((d) => d.attributes), await Promise.all(s1.disks.map((d, n) => storedLayerAttrs(store, d.path, n))), 'the first: the base and what was written since the boot, each with its chunk list');
+    assert.deepEqual(s1.disks.map((d) => d.attributes?.layer), ['0', '1']);
     for (const [i, s] of [s2, s3].entries()) {
       const prev = (i === 0 ? s1 : s2) as VmImage;
       assert.deepEqual(s.disks.map((d) => d.path), Array.from({ length: i + 3 }, (_, n) => `snapshots/dl-${i + 2}/dl.disk.${n}.qcow2`));

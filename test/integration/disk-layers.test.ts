@@ -22,8 +22,9 @@ import { qemuImg } from '../../agent/drivers/qemu/process';
 import { checkBackingChain } from '../../agent/drivers/qemu/spec-check';
 import type { DiskChainRecord } from '../../agent/vm-state';
 import { isVnsnapError } from '../../proto/core/errors';
-import type { SnapshotStore } from '../../proto/store/snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type SnapshotStore } from '../../proto/store/snapshot-store';
 import { openStore } from '../../proto/store/store-config';
+import { storedLayerAttrs } from '../support/layer-attrs';
 
 const MiB = 1024 * 1024;
 const img = (args: string[]): Promise<string> => qemuImg('qemu-img', args);
@@ -83,6 +84,8 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
   }
 
   /** Restore into a fresh directory; returns its top overlay (disk0). */
+  const layerAttrs = (relPath: string, n: number): Promise<Record<string, string>> => storedLayerAttrs(store, relPath, n);
+
   async function restore(disks: DiskArtefact[], name: string): Promise<{ disk0: string; chain: DiskChainRecord | undefined }> {
     const dir = path.join(root, name);
     fs.rmSync(dir, { recursive: true, force: true });
@@ -105,8 +108,8 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
     const s1 = await snapshot('s1', disk0, { layers: [], top: base });
     assert.equal(s1.how, 'incremental');
     assert.deepEqual(s1.disks.map((d) => [d.path, d.attributes]), [
-      [layerPath('snapshots/s1/', 'a', 0), { layer: '0' }],
-      [layerPath('snapshots/s1/', 'a', 1), { layer: '1' }],
+      [layerPath('snapshots/s1/', 'a', 0), await layerAttrs(layerPath('snapshots/s1/', 'a', 0), 0)],
+      [layerPath('snapshots/s1/', 'a', 1), await layerAttrs(layerPath('snapshots/s1/', 'a', 1), 1)],
     ]);
     assert.deepEqual(s1.chain, { layers: s1.disks.map((d) => ({ path: d.path, size: d.size, sha256: d.sha256 })), top: disk0 });
 
@@ -123,6 +126,7 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
       const added = s.disks[s.disks.length - 1] as DiskArtefact;
       assert.deepEqual(lower.map((d) => d.storedBytes), lower.map(() => 0), 'the lower layers are links: nothing added');
       assert.deepEqual(lower.map((d) => d.sha256), (snaps[snaps.length - 1] as StoredLayers).disks.map((d) => d.sha256));
+      assert.deepEqual(s.disks.map((d) => d.attributes), await Promise.all(s.disks.map((d, n) => layerAttrs(d.path, n))), 'links keep the chunk list too');
       assert.ok((added.storedBytes ?? Infinity) < MiB, `the new layer added ${added.storedBytes} bytes, far below the 64 MiB disk`);
       assert.ok(added.size < 2 * MiB, `the new layer is ${added.size} bytes`);
       snaps.push(s);
@@ -149,7 +153,7 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
     // A snapshot over a chain whose lower layers are gone: one full layer 0, nothing else under the prefix.
     const full = await snapshot('s1b', disk0, s1.chain);
     assert.equal(full.how, 'full');
-    assert.deepEqual(full.disks.map((d) => d.attributes), [{ layer: '0' }]);
+    assert.deepEqual(full.disks.map((d) => d.attributes), [await layerAttrs(layerPath('snapshots/s1b/', 'a', 0), 0)]);
     assert.deepEqual(await store.list('snapshots/s1b/'), [layerPath('snapshots/s1b/', 'a', 0)]);
     const rf = await restore(full.disks, 'restore-3');
     assert.ok(sameDisk(rf.disk0, disk0), 'the full image is the disk at the first cut');
@@ -198,7 +202,10 @@ describe('incremental disks (qcow2 layers in a content-addressed store, real qem
     cut(d0);
     const s = await snapshot('bad', d0, { layers: [], top: base });
     const [l0, l1] = s.disks as [DiskArtefact, DiskArtefact];
-    await assert.rejects(restore([l0, { ...l1, sha256: 'ab'.repeat(32) }], 'restore-bad'), (e) => isVnsnapError(e, 'ERR_CHECKSUM') && e.message.startsWith(`${l1.path}: SHA-256 ${l1.sha256}, ${'ab'.repeat(32)} expected`));
+    const forged = { ...l1, attributes: { ...l1.attributes, [CHUNK_LIST_ATTRIBUTE]: 'cd'.repeat(32) } };
+    await assert.rejects(restore([l0, forged], 'restore-bad'), (e) => isVnsnapError(e, 'ERR_CHECKSUM') && e.message.includes(l1.path), 'a chunk list other than the manifest\'s is refused');
+    // a manifest written before disk layers carried their chunk list: the whole layer's SHA-256 is the check
+    await assert.rejects(restore([l0, { ...l1, attributes: { layer: '1' }, sha256: 'ab'.repeat(32) }], 'restore-bad'), (e) => isVnsnapError(e, 'ERR_CHECKSUM') && e.message.startsWith(`${l1.path}: SHA-256 ${l1.sha256}, ${'ab'.repeat(32)} expected`));
     await assert.rejects(restore([{ ...l1, attributes: { layer: '0' } }], 'restore-bad'), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === `VM a: disk layer ${l1.path} is layer 0 but names a backing file`);
     assert.throws(() => orderLayers('a', [l0, { ...l1, attributes: { layer: '2' } }]), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === `VM a: the snapshot's disk layers are not numbered 0..1 once each ("2" of ${l1.path})`);
     assert.throws(() => orderLayers('a', [l0, { ...l1, attributes: {} }]), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT') && e.message === "VM a: the snapshot's disk layers mix layers with whole-disk images");

@@ -82,8 +82,9 @@ export async function backingOf(qemuImg: LayerJob['qemuImg'], file: string): Pro
   return b ? path.resolve(path.dirname(file), b) : undefined;
 }
 
+/** A stored layer: its number added to what the store asked to be kept with it (a content-addressed store's chunk list, which lets a restore check each chunk once instead of the whole layer again). */
 function layer(a: StoredArtefact, n: number): DiskArtefact {
-  return { ...a, attributes: { [LAYER_ATTRIBUTE]: String(n) } };
+  return { ...a, attributes: { ...a.attributes, [LAYER_ATTRIBUTE]: String(n) } };
 }
 
 /** Store the frozen disk as layers (module comment). */
