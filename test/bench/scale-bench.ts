@@ -179,7 +179,8 @@ function parseArgs(argv: string[]): Options {
 /** VNSNAP_SCALE_PROF=<dir>: CPU profiles of the coordinator and the workers go there (.cpuprofile). */
 function profArgs(who: string): string[] {
   const dir = process.env.VNSNAP_SCALE_PROF;
-  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(dir)}`, `--cpu-prof-name=${who}.cpuprofile`] : [];
+  // One directory per process: its worker threads write their own profiles beside the main thread's.
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(dir, who)}`] : [];
 }
 
 let quiet = false;
