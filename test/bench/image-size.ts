@@ -13,8 +13,10 @@
  *                                  non-zero pages: every page once, a non-zero one as its 8-byte
  *                                  header + 4096 bytes, a zero one as header + 1 byte (9 bytes)
  *   measureDistroImage(image, o)   one distro guest booted (init_on_free=1 unless zeroFreed is
- *                                  false), settled, its figures read, a background snapshot with
- *                                  the RAM dumped at the cut: the image against all of the above
+ *                                  false), settled, its figures read, a background snapshot into
+ *                                  the store an agent has by default (a new local content-addressed
+ *                                  one) with the RAM dumped at the cut: the image against all of
+ *                                  the above, and the bytes the store wrote for it (compressed)
  *
  * Run alone (as root): `node dist/test/bench/image-size.js` measures the distro guest with and
  * without init_on_free and prints one JSON object per run; `--ram MiB` and `--load MiB` size the VM
@@ -25,7 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { silentLogger } from '../../proto/core/log';
-import { LocalDirStore } from '../../proto/store/local-dir';
+import { openStore } from '../../proto/store/store-config';
 import { buildDistroGuest, distroImageRoots, distroOverlay, distroSpec, type DistroImage } from '../guest/distro-guest';
 import { channelStatus, ensureQemu } from '../guest/qemu-guest';
 import { sleep, until } from '../support/wait';
@@ -115,6 +117,10 @@ export interface ImageMeasurement {
   /** image − pageBound(pages): device state, section headers and the RAM block list. */
   overheadBytes: number;
   imageVsUsed: number;
+  /** What the store wrote for the image (its chunks compressed; the store is new, so nothing deduplicated against an earlier snapshot). */
+  storedBytes: number;
+  /** storedBytes / (MemTotal − MemFree): the image as kept, against the memory in use. */
+  storedVsUsed: number;
   imageVsUsedAvailable: number;
   imageVsRam: number;
   pauseMs: number;
@@ -125,8 +131,8 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
   const root = o.root ?? `/tmp/vnim-${process.pid}`;
   const vne = 'vnim';
   fs.mkdirSync(root, { recursive: true });
-  const store = new LocalDirStore(path.join(root, 'store'));
-  await store.init();
+  // the store an agent gets by default (a local directory, content-addressed, chunks compressed)
+  const store = await openStore({ kind: 'local', dir: path.join(root, 'store') });
   const driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: distroImageRoots(image, root) });
   const id = `${vne}/g`;
   try {
@@ -146,6 +152,7 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
     const pages = countPages(dump);
     const ramBytes = (spec.driver.qemu?.memoryMib ?? 0) * 1024 * 1024;
     const imageBytes = Number(img.memory.size);
+    const storedBytes = img.memory.storedBytes ?? imageBytes;
     return {
       zeroFreed: o.zeroFreed,
       ramBytes,
@@ -154,6 +161,8 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
       pages,
       overheadBytes: imageBytes - pageBound(pages),
       imageVsUsed: imageVsUsed(imageBytes, mem),
+      storedBytes,
+      storedVsUsed: imageVsUsed(storedBytes, mem),
       imageVsUsedAvailable: imageBytes / (mem.totalBytes - mem.availableBytes),
       imageVsRam: imageBytes / ramBytes,
       pauseMs: cut.pauseMs,
