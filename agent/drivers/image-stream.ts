@@ -22,6 +22,11 @@
  *                    stream's bound (its socket is paused above bufferBytes, so memory stays
  *                    bounded) and ends by itself after its limit (STORE_HOLD_LIMIT_MS) should a
  *                    cut never release it.
+ *                    holdStreamReads() holds the socket reads of every stream of this process
+ *                    (the senders block once the socket's buffer is full) while its VMs' background
+ *                    cuts run: the streams of VMs already resumed are not read, rewritten and
+ *                    queued on the event loop, nor sent by their QEMUs, while another VM's pause
+ *                    still waits for a core. Ends by itself after its limit like the store hold.
  *                    `ended` resolves once the sender closed the stream (EOF) and every byte
  *                    was written into the writer; committing is the caller's (it also waits for
  *                    the hypervisor to report success). discard() turns the stream into a sink
@@ -95,6 +100,35 @@ export function holdStoreWrites(limitMs = STORE_HOLD_LIMIT_MS): () => void {
 
 function resumeStoreWrites(): void {
   for (const st of liveStreams) st.resumeWrites();
+}
+
+/** Holds of the streams' socket reads not released; the reads resume at 0 or at the limit's timer. */
+let readHolds = 0;
+let readHoldTimer: NodeJS.Timeout | undefined;
+
+/** Whether the streams' sockets are held unread now. */
+export function streamReadsHeld(): boolean {
+  return readHoldTimer !== undefined;
+}
+
+/** Hold every stream's socket reads in this process until every hold is released, or `limitMs` after the first (module comment); the release is idempotent. */
+export function holdStreamReads(limitMs = STORE_HOLD_LIMIT_MS): () => void {
+  const resume = (): void => {
+    clearTimeout(readHoldTimer);
+    readHoldTimer = undefined;
+    for (const st of liveStreams) st.resumeReads();
+  };
+  if (readHolds++ === 0) {
+    readHoldTimer = setTimeout(resume, limitMs);
+    readHoldTimer.unref();
+    for (const st of liveStreams) st.pauseReads();
+  }
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    if (--readHolds === 0) resume();
+  };
 }
 
 export interface StreamIntoStoreOptions {
@@ -199,6 +233,7 @@ export class StreamIntoStore {
       return;
     }
     this.conn = c;
+    if (streamReadsHeld()) this.pauseReads();
     c.on('data', (chunk: Buffer) => {
       if (this.received === 0) this.firstByteAt = nowMs();
       this.received += chunk.length;
@@ -271,6 +306,7 @@ export class StreamIntoStore {
   }
 
   private resumeSocket(): void {
+    if (streamReadsHeld() && !this.discarding && !this.failure) return; // holdStreamReads(): resumeReads() at its end
     if (this.conn?.isPaused() && this.pausedAt > 0) this.profile.pausedMs += nowMs() - this.pausedAt;
     this.pausedAt = 0;
     this.conn?.resume();
@@ -324,6 +360,16 @@ export class StreamIntoStore {
     this.profile.heldMs += nowMs() - this.heldAt;
     this.writesHeld = false;
     this.pump();
+  }
+
+  /** holdStreamReads() began: the socket is not read until resumeReads(). */
+  pauseReads(): void {
+    if (this.conn && !this.eof) this.pauseSocket(this.conn);
+  }
+
+  /** holdStreamReads() ended: read again unless the stream's own bound holds the socket. */
+  resumeReads(): void {
+    if (!this.bounded || this.queued < this.o.bufferBytes) this.resumeSocket();
   }
 
   /** The process-wide hold ended (holdStoreWrites()): write what waits, unless held otherwise. */

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { feedSocket, holdStoreWrites, ReceiverGone, storeWritesHeld, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
+import { feedSocket, holdStoreWrites, holdStreamReads, ReceiverGone, storeWritesHeld, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import { CasStore } from '../../proto/store/cas-store';
 import type { ArtefactWriter, StoredArtefact } from '../../proto/store/snapshot-store';
@@ -252,6 +252,32 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       releaseA();
       releaseB();
       for (const st of sts) await st.close();
+    }
+  });
+
+  it('save: holdStreamReads() leaves every stream of the process unread (its sender blocked) until the last hold is released', async () => {
+    const w = new GatedWriter();
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 32 * MiB, what: 'memory image of vm' });
+    const releaseA = holdStreamReads();
+    const releaseB = holdStreamReads(); // a second VM of the agent in its cut meanwhile
+    try {
+      const data = bytes(8 * MiB, 14);
+      const s = send(st.sockPath, data);
+      await until('the sender blocked on the unread socket', () => (s.sock.writableLength > 0 ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      await new Promise((r) => setImmediate(r));
+      assert.equal(st.received, 0, 'nothing read while held');
+      releaseA();
+      releaseA(); // idempotent: one release per hold
+      await new Promise((r) => setImmediate(r));
+      assert.equal(st.received, 0, 'held until the last hold is released');
+      releaseB();
+      await s.done;
+      await st.ended;
+      assert.deepEqual(Buffer.concat(w.parts), data);
+    } finally {
+      releaseA();
+      releaseB();
+      await st.close();
     }
   });
 

@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import { backgroundCut } from '../../agent/drivers/qemu/background-cut';
 import type { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { CUT_NICE, raiseCutPriority } from '../../agent/cut-priority';
+import { streamReadsHeld } from '../../agent/drivers/image-stream';
 import { nowUs } from '../../proto/core/clock';
 import { fakeMonitorPerTest, type FakeMonitor } from '../support/fake-qmp-monitor';
 import { until } from '../support/wait';
@@ -44,9 +45,12 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     assert.deepEqual(mon.lines[2], { execute: 'migrate', arguments: { uri: 'unix:/run/m1.sock' }, id: mon.lines[2]?.id });
     assert.deepEqual(steps, ['stopped', 'drain after stop+blockdev-snapshot', 'migrating'], 'no reply was sent yet');
     for (const l of mon.lines) mon.reply(l.id);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(streamReadsHeld(), true, 'no stream is read until RESUME');
     mon.event('RESUME', stopAt + 7000);
     const r = await cut;
     assert.deepEqual([r.cutUnixUs, r.resume.event, r.resume.timestampUs], [stopAt, 'RESUME', stopAt + 7000]);
+    assert.equal(streamReadsHeld(), false, 'read again from RESUME');
   });
 
   it('bgcut: a blockdev-snapshot refused after migrate was written fails the cut with its error once every reply is in; migrating was called', async () => {
@@ -64,6 +68,7 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     mon.reply(mon.idOf('migrate'));
     await assert.rejects(cut, /QMP blockdev-snapshot on fake: GenericError: overlay busy/);
     assert.deepEqual(steps, ['stopped', 'drain after stop+blockdev-snapshot', 'migrating']);
+    assert.equal(streamReadsHeld(), false, 'a failed cut lets the streams be read');
   });
 
   it('bgcut: a refused stop ends the cut without a drain or a migrate', async () => {
@@ -74,6 +79,7 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     mon.reply(mon.idOf('blockdev-snapshot'));
     await assert.rejects(cut, /QMP stop on fake: GenericError: no/);
     assert.deepEqual(steps, []);
+    assert.equal(streamReadsHeld(), false);
     assert.deepEqual(mon.commands(), ['stop', 'blockdev-snapshot']);
   });
 });

@@ -15,6 +15,16 @@
  * instead of following it. `migrate` must wait for the drain: it resumes the VM, and a frame the
  * VM writes after that must not be drained as the old epoch.
  *
+ * From before the `stop` until QEMU's RESUME no memory stream of this agent is read
+ * (image-stream.ts holdStreamReads; holds nest, so with two VMs of the agent cut together the
+ * reads resume once both are running): a VM that resumed first would otherwise send its RAM
+ * at once, and the agent would read it, rewrite it into address order and queue it on the
+ * event loop that has to read the other VM's STOP and write its `migrate` (the cut traces' loop
+ * stalls of 15-40 ms), while QEMU's migration thread and the agent took the cores the other
+ * VM's QEMU needs for its own part of the pause. The price: a VM resumed before the agent's
+ * last one sends nothing meanwhile, so its vCPU, at its first write to a page not yet saved,
+ * waits for the reads to resume (a QEMU background snapshot's write faults wait on its stream).
+ *
  * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event once
  * every command of the cut succeeded; on any failure it rejects with the first error once every
  * command it sent settled (the caller resumes the VM if it is still paused and merges a disk
@@ -23,6 +33,7 @@
  * fails — a `blockdev-snapshot` refused after it was sent — and the caller watches its end).
  */
 import { nowUs } from '../../../proto/core/clock';
+import { holdStreamReads } from '../image-stream';
 import type { QmpClient, QmpEvent } from './qmp';
 
 export interface BackgroundCut {
@@ -46,6 +57,9 @@ function settledLater<T>(p: Promise<T>): Promise<T> {
 export async function backgroundCut(c: BackgroundCut): Promise<{ cutUnixUs: number; resume: QmpEvent }> {
   const q = c.q;
   const migrate = q.prepare('migrate', { uri: c.uri });
+  // No stream of this agent is read until this VM resumed (nor, holds nesting, any other VM it
+  // cuts meanwhile): see the module comment.
+  const readAgain = holdStreamReads();
   c.mark('start');
   const stopEv = settledLater(q.waitEvent('STOP', undefined, 10_000));
   // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
@@ -63,13 +77,17 @@ export async function backgroundCut(c: BackgroundCut): Promise<{ cutUnixUs: numb
     c.mark('hook');
     c.migrating();
     const resumeEv = settledLater(q.waitEvent('RESUME', undefined, 30_000));
+    resumeEv.then(readAgain, () => undefined);
     sent.push(migrate.send());
     await Promise.all(sent);
     const resume = await resumeEv;
     c.mark('resumed');
     return { cutUnixUs, resume };
   } catch (e) {
+    readAgain();
     await Promise.allSettled(sent);
     throw e;
+  } finally {
+    readAgain();
   }
 }
