@@ -31,7 +31,10 @@
  * guest and mode: every trace phase's median / p95 / max, and the longest pauses with their
  * trace lines (stderr with --json). The targets of issue 15 are printed as ratios, MET or not.
  *
- *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --help]
+ *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --hold H] [-- --help]
+ *
+ * --hold sets the agents' pre-copy hold (VNSNAP_QEMU_HOLD: `paced` or bytes/s; precopy-hold.ts),
+ * reported as "hold" in the JSON ("default" without it).
  *
  * With --json stdout is exactly one JSON object (progress and the report go to stderr).
  * snapshot_mib is the median size of one snapshot of the VNE per mode (the sum of its artefacts'
@@ -47,21 +50,24 @@ import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestSta
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
+import { HOLD_ENV, parseHold } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine } from './snapshot-wall';
 
-const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --help]';
+const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --hold H] [-- --help]';
 const HELP = `${USAGE}
   --json        stdout is one JSON object; progress and the report go to stderr
   --no-distro   the test guests only (no distro-guest VNE, no image-size leg)
   --rounds N    snapshots per mode and guest (default 10); 1-2 for a quick check
+  --hold H      the agents' pre-copy hold: paced, or bytes/s (default: the driver's, 64 KiB/s)
   --help        this text`;
 let JSON_OUT = false;
 let NO_DISTRO = false;
 let ROUNDS = 10;
+let HOLD: string | undefined;
 forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, msg), (flag, value) => {
   if (flag === '--help' || flag === '-h') {
     process.stdout.write(HELP + '\n');
@@ -69,9 +75,18 @@ forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, m
   } else if (flag === '--json') JSON_OUT = true;
   else if (flag === '--no-distro') NO_DISTRO = true;
   else if (flag === '--rounds') ROUNDS = Number(value());
+  else if (flag === '--hold') HOLD = value();
   else usageExit('bench:snapshot', USAGE, `unknown argument ${flag}`);
 });
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) usageExit('bench:snapshot', USAGE, '--rounds needs a whole number ≥ 1');
+if (HOLD !== undefined) {
+  try {
+    parseHold(HOLD);
+  } catch (e) {
+    usageExit('bench:snapshot', USAGE, `--hold: ${(e as Error).message}`);
+  }
+  process.env[HOLD_ENV] = HOLD; // the agents' drivers take it (they inherit the environment)
+}
 
 // ---- cleanup: on the end, a failure, SIGINT or SIGTERM ----------------------------------------
 
@@ -359,7 +374,7 @@ async function main(): Promise<void> {
     for (const l of report) say(l);
     if (JSON_OUT) {
       const distroOut = d ? { distro: d } : distroError ? { distro: { error: distroError } } : {};
-      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) } }) + '\n');
+      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) }, hold: HOLD ?? 'default' }) + '\n');
     }
   } finally {
     await removeCluster(c);

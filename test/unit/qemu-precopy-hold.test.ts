@@ -5,7 +5,8 @@
  * bandwidth whose convergence threshold (1 ms of it) is under one page. The real QEMU runs of it are in test/integration/qemu-driver.test.ts.
  */
 import { strict as assert } from 'node:assert';
-import { DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PacedHold } from '../../agent/drivers/qemu/precopy-hold';
+import { DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PacedHold, parseHold } from '../../agent/drivers/qemu/precopy-hold';
+import { isVnsnapError } from '../../proto/core/errors';
 
 describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence', () => {
   it('the default is the 64 KiB/s floor; the fast hold 8 MiB/s', () => {
@@ -54,5 +55,13 @@ describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence
     const low = new PacedHold(HOLD_FLOOR);
     low.observe(2, 0);
     assert.equal(low.observe(3, 10), undefined, 'never under the floor');
+  });
+
+  it('the hold from the environment: unset or empty is none, `paced`, or whole bytes/s; anything else is ERR_CONFIG', () => {
+    assert.equal(parseHold(undefined), undefined);
+    assert.equal(parseHold(''), undefined);
+    assert.equal(parseHold('paced'), 'paced');
+    assert.equal(parseHold('8388608'), 8 * 1024 * 1024);
+    for (const bad of ['0', '-1', '1.5', 'fast', '8M']) assert.throws(() => parseHold(bad), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG'), bad);
   });
 });

@@ -38,6 +38,7 @@
  * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is; a
  * PacedHold's bandwidth stays within [HOLD_FLOOR, PACED_CAP].
  */
+import { VnsnapError } from '../../../proto/core/errors';
 import { MiB } from './process';
 
 /** The lowest hold after convergences (bytes/s), never converging in practice. */
@@ -52,6 +53,21 @@ export const FAST_HOLD_BANDWIDTH = 8 * MiB;
 
 /** The hold's max-bandwidth unless the driver is told otherwise (bytes/s): the floor, never converging. */
 export const DEFAULT_HOLD_BANDWIDTH = HOLD_FLOOR;
+
+/**
+ * The environment variable that sets the hold of a driver built without holdBandwidth (an agent's):
+ * `paced`, or bytes/s. For measuring one hold against another with the agents as they are.
+ */
+export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
+
+/** The hold `value` names (`paced` or a whole number of bytes/s ≥ 1), or undefined when unset or empty. */
+export function parseHold(value: string | undefined): number | 'paced' | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (value === 'paced') return 'paced';
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new VnsnapError('ERR_CONFIG', `${HOLD_ENV}: expected "paced" or bytes/s (a whole number ≥ 1), got ${JSON.stringify(value)}`);
+  return n;
+}
 
 /**
  * The first pass's ceiling (bytes/s): a threshold of 64 KiB (16 pages) at 1 ms. The landing alone
