@@ -323,13 +323,7 @@ export class QemuJob extends DriverJob {
     const dirtyBytesS = (ram['dirty-pages-rate'] ?? 0) * pageSize;
     if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.restarting) {
       if (!this.isReady) this.towardsReady(info.status, sync, remaining, dirtyBytesS);
-      else if (this.paced) {
-        const bw = this.paced.observe(sync, performance.now());
-        if (bw !== undefined) {
-          this.log.debug({ vm: this.vm, sync, bandwidth: bw, dirtyBytesS, remaining }, 'paced hold: max-bandwidth');
-          void this.setBandwidth(bw).catch(() => undefined);
-        }
-      }
+      else if (this.paced) this.pace(sync, remaining, dirtyBytesS);
     }
     const p: SnapshotProgress = {
       bytesDone: ram.transferred ?? 0,
@@ -349,7 +343,9 @@ export class QemuJob extends DriverJob {
    */
   private towardsReady(status: string, sync: number, remaining: number, dirtyBytesS: number): void {
     if (this.holdAppliedAt !== undefined) {
-      if (status === 'active' && performance.now() - this.holdAppliedAt >= HOLD_SETTLE_MS) {
+      const heldMs = performance.now() - this.holdAppliedAt;
+      if (this.paced) this.pace(sync, remaining, dirtyBytesS); // paced: ready once QEMU synced at the hold's pace
+      if (status === 'active' && heldMs >= HOLD_SETTLE_MS && (!this.paced || this.paced.ready(remaining, heldMs))) {
         this.holdSeen = { ...this.holdSeen, readyAt: performance.now(), readySync: sync };
         this.isReady = true;
         this.latch.set();
@@ -361,7 +357,7 @@ export class QemuJob extends DriverJob {
       // Keep QEMU iterating but unable to converge by itself: see the module comment.
       this.holdApplying = true;
       const serial = this.restarts;
-      this.paced = this.pacing ? new PacedHold(2 * dirtyBytesS) : undefined; // drains, then paced down
+      this.paced = this.pacing ? PacedHold.start(remaining, dirtyBytesS, sync, performance.now()) : undefined; // drains, then paced down
       this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth)
         .then(() => {
           if (serial === this.restarts) this.holdAppliedAt = performance.now();
@@ -372,6 +368,14 @@ export class QemuJob extends DriverJob {
     }
     const want = landingBandwidth(remaining, this.bandwidth);
     if (want < this.appliedBandwidth * 0.9 || (sync >= 2 && want > this.appliedBandwidth * 1.1)) void this.setBandwidth(want).catch(() => undefined);
+  }
+
+  /** A poll during the paced hold: its bandwidth follows QEMU's syncs (precopy-hold.ts). */
+  private pace(sync: number, remaining: number, dirtyBytesS: number): void {
+    const bw = this.paced?.observe(sync, performance.now());
+    if (bw === undefined) return;
+    this.log.debug({ vm: this.vm, sync, bandwidth: bw, dirtyBytesS, remaining }, 'paced hold: max-bandwidth');
+    void this.setBandwidth(bw).catch(() => undefined);
   }
 
   private async setBandwidth(bytesPerS: number): Promise<void> {

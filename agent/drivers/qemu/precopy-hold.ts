@@ -101,6 +101,18 @@ export const PACED_MAX_INTERVAL_MS = 1500;
 export const PACED_CAP = 64 * MiB;
 
 /**
+ * The paced hold's first bandwidth sends the set left at the hold's start in about this long (s)
+ * when that is faster than twice the dirty rate QEMU measured (which is 0 until QEMU measured one).
+ */
+export const PACED_DRAIN_S = 2;
+
+/** A paced pre-copy is ready once QEMU synced during the hold and at most this much remains (bytes). */
+export const PACED_READY_BYTES = 4 * MiB;
+
+/** …or once it has been held this long (ms), whatever remains: a guest dirtying faster than the hold can send. */
+export const PACED_READY_MAX_MS = 8000;
+
+/**
  * The paced hold (driver option `holdBandwidth: 'paced'`): a hold that lets QEMU sync, paced from
  * the progress polls so that its syncs stay PACED_MIN_INTERVAL_MS..PACED_MAX_INTERVAL_MS apart.
  * A sync after an interval I finds what the guest dirtied in I (far above the threshold, a few
@@ -115,19 +127,41 @@ export class PacedHold {
   private lastSync = -1;
   private lastSyncAt = 0;
   private lastRaiseAt = 0;
+  private firstSync = -1;
 
   constructor(private bw: number) {
     this.bw = clampPaced(bw);
+  }
+
+  /**
+   * The paced hold of a pre-copy whose first pass left `remaining` bytes, the guest dirtying
+   * `dirtyBytesS` (0: not measured yet), at dirty-sync-count `sync`: twice the dirty rate, or the
+   * set over PACED_DRAIN_S when faster, so the hold gets through QEMU's bitmap and syncs.
+   */
+  static start(remaining: number, dirtyBytesS: number, sync: number, nowMs: number): PacedHold {
+    const h = new PacedHold(Math.max(2 * dirtyBytesS, remaining / PACED_DRAIN_S));
+    h.observe(sync, nowMs);
+    return h;
   }
 
   get bandwidth(): number {
     return this.bw;
   }
 
+  /** QEMU synced since the hold started: its bitmap is fresh, what remains is what the guest dirtied lately. */
+  get synced(): boolean {
+    return this.firstSync >= 0 && this.lastSync > this.firstSync;
+  }
+
+  /** Ready (the set left at a cut is small): synced and at most PACED_READY_BYTES remaining, or held PACED_READY_MAX_MS. */
+  ready(remaining: number, heldMs: number): boolean {
+    return (this.synced && remaining <= PACED_READY_BYTES) || heldMs >= PACED_READY_MAX_MS;
+  }
+
   /** A poll's dirty-sync-count at `nowMs`: the bandwidth to set now, or undefined to keep it. */
   observe(sync: number, nowMs: number): number | undefined {
     if (this.lastSync < 0 || sync < this.lastSync) {
-      this.lastSync = sync;
+      this.lastSync = this.firstSync = sync;
       this.lastSyncAt = this.lastRaiseAt = nowMs;
       return undefined;
     }
