@@ -339,7 +339,8 @@ export class QemuJob extends DriverJob {
 
   /**
    * Before ready (bandwidth hold), at each poll: land the first pass, then hold, then confirm
-   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active.
+   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active
+   * (the paced hold: and once QEMU synced at its pace with little left, PacedHold.ready()).
    */
   private towardsReady(status: string, sync: number, remaining: number, dirtyBytesS: number): void {
     if (this.holdAppliedAt !== undefined) {

@@ -122,6 +122,12 @@ export const PACED_READY_MAX_MS = 8000;
  * about what the guest dirtied in one interval instead of its whole working set since ready.
  * A guest whose dirty rate falls at once can still run into back-to-back syncs before the next
  * poll and converge (then the restart of migration.ts).
+ * It starts (start()) at twice the dirty rate QEMU measured, or at the set the first pass left
+ * over PACED_DRAIN_S when that is faster (QEMU reports no rate before its first second of
+ * syncs), and the pre-copy is ready only once QEMU synced at the hold's pace with at most
+ * PACED_READY_BYTES left (ready()): in bench:snapshot the coordinator commits 0.01-1.6 s after
+ * the last VM's ready, too soon for a hold that starts with up to readyBytes (16 MiB) unsent to
+ * get through them, so with `ready` at the hold's start the paced hold synced in 1 cut of 20.
  */
 export class PacedHold {
   private lastSync = -1;
