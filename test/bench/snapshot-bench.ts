@@ -34,7 +34,7 @@
  *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --hold H] [-- --help]
  *
  * --hold sets the agents' pre-copy hold (VNSNAP_QEMU_HOLD: `paced` or bytes/s; precopy-hold.ts),
- * reported as "hold" in the JSON ("default" without it).
+ * reported as "hold" in the JSON (the agents inherit VNSNAP_QEMU_HOLD; "default" when unset).
  *
  * With --json stdout is exactly one JSON object (progress and the report go to stderr).
  * snapshot_mib is the median size of one snapshot of the VNE per mode (the sum of its artefacts'
@@ -374,7 +374,7 @@ async function main(): Promise<void> {
     for (const l of report) say(l);
     if (JSON_OUT) {
       const distroOut = d ? { distro: d } : distroError ? { distro: { error: distroError } } : {};
-      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) }, hold: HOLD ?? 'default' }) + '\n');
+      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) }, hold: process.env[HOLD_ENV] || 'default' }) + '\n');
     }
   } finally {
     await removeCluster(c);
