@@ -5,7 +5,8 @@
  * bandwidth whose convergence threshold (1 ms of it) is under one page. The real QEMU runs of it are in test/integration/qemu-driver.test.ts.
  */
 import { strict as assert } from 'node:assert';
-import { DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PacedHold } from '../../agent/drivers/qemu/precopy-hold';
+import { DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_DRAIN_S, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PACED_READY_BYTES, PACED_READY_MAX_MS, PacedHold, parseHold } from '../../agent/drivers/qemu/precopy-hold';
+import { isVnsnapError } from '../../proto/core/errors';
 
 describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence', () => {
   it('the default is the 64 KiB/s floor; the fast hold 8 MiB/s', () => {
@@ -54,5 +55,29 @@ describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence
     const low = new PacedHold(HOLD_FLOOR);
     low.observe(2, 0);
     assert.equal(low.observe(3, 10), undefined, 'never under the floor');
+  });
+
+  it('the hold from the environment: unset or empty is none, `paced`, or whole bytes/s; anything else is ERR_CONFIG', () => {
+    assert.equal(parseHold(undefined), undefined);
+    assert.equal(parseHold(''), undefined);
+    assert.equal(parseHold('paced'), 'paced');
+    assert.equal(parseHold('8388608'), 8 * 1024 * 1024);
+    for (const bad of ['0', '-1', '1.5', 'fast', '8M']) assert.throws(() => parseHold(bad), (e: unknown) => isVnsnapError(e, 'ERR_CONFIG'), bad);
+  });
+
+  it('the paced hold starts at twice the dirty rate or the set over PACED_DRAIN_S, and is ready once QEMU synced with little left (or held long)', () => {
+    const MiB = 1024 * 1024;
+    assert.equal(PacedHold.start(16 * MiB, 4 * MiB, 3, 0).bandwidth, 8 * MiB, 'twice the dirty rate');
+    assert.equal(PacedHold.start(16 * MiB, 0, 3, 0).bandwidth, (16 * MiB) / PACED_DRAIN_S, 'no rate measured yet: the set over PACED_DRAIN_S');
+    const h = PacedHold.start(16 * MiB, 4 * MiB, 3, 0);
+    assert.equal(h.synced, false);
+    assert.equal(h.ready(PACED_READY_BYTES, 1000), false, 'no sync since the hold started: not ready, however little remains');
+    h.observe(3, 100);
+    assert.equal(h.synced, false, 'the sync count the hold started at is not a sync');
+    h.observe(4, 2000);
+    assert.equal(h.synced, true);
+    assert.equal(h.ready(PACED_READY_BYTES + 1, 2000), false, 'synced, too much left');
+    assert.equal(h.ready(PACED_READY_BYTES, 2000), true);
+    assert.equal(PacedHold.start(16 * MiB, 4 * MiB, 3, 0).ready(16 * MiB, PACED_READY_MAX_MS), true, 'held PACED_READY_MAX_MS: ready whatever remains');
   });
 });

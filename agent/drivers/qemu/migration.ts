@@ -112,6 +112,9 @@ export class QemuJob extends DriverJob {
   /** holdBandwidth 'paced': the hold follows QEMU's syncs (precopy-hold.ts); off after a convergence while held. */
   private pacing: boolean;
   private paced: PacedHold | undefined;
+  /** The hold as the cut found it, for the cut's log line: QEMU's syncs seen since ready, the last one's age. */
+  private holdSeen = { readyAt: 0, readySync: 0, sync: 0, syncAt: 0 };
+  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; toSwitchoverBytes?: number } | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -316,13 +319,11 @@ export class QemuJob extends DriverJob {
     const remaining = ram.remaining ?? 0;
     const pageSize = ram['page-size'] ?? 4096;
     this.iteration = Math.max(1, sync);
+    if (sync !== this.holdSeen.sync) this.holdSeen = { ...this.holdSeen, sync, syncAt: performance.now() };
     const dirtyBytesS = (ram['dirty-pages-rate'] ?? 0) * pageSize;
     if (this.phase === 'precopy' && this.o.precopyHold === 'bandwidth' && !this.restarting) {
       if (!this.isReady) this.towardsReady(info.status, sync, remaining, dirtyBytesS);
-      else if (this.paced) {
-        const bw = this.paced.observe(sync, performance.now());
-        if (bw !== undefined) void this.setBandwidth(bw).catch(() => undefined);
-      }
+      else if (this.paced) this.pace(sync, remaining, dirtyBytesS);
     }
     const p: SnapshotProgress = {
       bytesDone: ram.transferred ?? 0,
@@ -338,11 +339,15 @@ export class QemuJob extends DriverJob {
 
   /**
    * Before ready (bandwidth hold), at each poll: land the first pass, then hold, then confirm
-   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active.
+   * (precopy-hold.ts). `ready` only once QEMU took the hold HOLD_SETTLE_MS ago and is still active
+   * (the paced hold: and once QEMU synced at its pace with little left, PacedHold.ready()).
    */
   private towardsReady(status: string, sync: number, remaining: number, dirtyBytesS: number): void {
     if (this.holdAppliedAt !== undefined) {
-      if (status === 'active' && performance.now() - this.holdAppliedAt >= HOLD_SETTLE_MS) {
+      const heldMs = performance.now() - this.holdAppliedAt;
+      if (this.paced) this.pace(sync, remaining, dirtyBytesS); // paced: ready once QEMU synced at the hold's pace
+      if (status === 'active' && heldMs >= HOLD_SETTLE_MS && (!this.paced || this.paced.ready(remaining, heldMs))) {
+        this.holdSeen = { ...this.holdSeen, readyAt: performance.now(), readySync: sync };
         this.isReady = true;
         this.latch.set();
       }
@@ -353,7 +358,7 @@ export class QemuJob extends DriverJob {
       // Keep QEMU iterating but unable to converge by itself: see the module comment.
       this.holdApplying = true;
       const serial = this.restarts;
-      this.paced = this.pacing ? new PacedHold(2 * dirtyBytesS) : undefined; // drains, then paced down
+      this.paced = this.pacing ? PacedHold.start(remaining, dirtyBytesS, sync, performance.now()) : undefined; // drains, then paced down
       this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth)
         .then(() => {
           if (serial === this.restarts) this.holdAppliedAt = performance.now();
@@ -364,6 +369,14 @@ export class QemuJob extends DriverJob {
     }
     const want = landingBandwidth(remaining, this.bandwidth);
     if (want < this.appliedBandwidth * 0.9 || (sync >= 2 && want > this.appliedBandwidth * 1.1)) void this.setBandwidth(want).catch(() => undefined);
+  }
+
+  /** A poll during the paced hold: its bandwidth follows QEMU's syncs (precopy-hold.ts). */
+  private pace(sync: number, remaining: number, dirtyBytesS: number): void {
+    const bw = this.paced?.observe(sync, performance.now());
+    if (bw === undefined) return;
+    this.log.debug({ vm: this.vm, sync, bandwidth: bw, dirtyBytesS, remaining }, 'paced hold: max-bandwidth');
+    void this.setBandwidth(bw).catch(() => undefined);
   }
 
   private async setBandwidth(bytesPerS: number): Promise<void> {
@@ -407,6 +420,11 @@ export class QemuJob extends DriverJob {
     if (this.opts.mode === 'background' && this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     // From here a pre-switchover (even one QEMU reached a moment ago) is the cut, not a restart.
     this.phase = 'cutting';
+    if (this.opts.mode === 'precopy' && this.isReady) {
+      const h = this.holdSeen;
+      const now = performance.now();
+      this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.appliedBandwidth, toSwitchoverBytes: -(this.stream?.received ?? 0) };
+    }
     // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass.
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
@@ -495,6 +513,7 @@ export class QemuJob extends DriverJob {
     // when the pre-switchover came during the cut.
     this.stream?.holdWrites();
     const sent = this.stream?.received ?? 0;
+    if (this.holdAtCut?.toSwitchoverBytes !== undefined) this.holdAtCut.toSwitchoverBytes += sent; // the commit to the pre-switchover: the final round and the stopped VM's set
     const cutUnixUs = stopEv?.timestampUs || nowUs();
     const copyStart = nowUs();
     let resume: QmpEvent;
@@ -536,7 +555,7 @@ export class QemuJob extends DriverJob {
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
-    const finalBytes = this.opts.mode === 'precopy' ? { finalPassBytes: this.finalPassBytes } : {};
+    const finalBytes = this.opts.mode === 'precopy' ? { finalPassBytes: this.finalPassBytes, hold: this.holdAtCut } : {};
     this.log.debug({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps, ...finalBytes }, 'cut done');
     return report;
   }
@@ -566,6 +585,8 @@ export class QemuJob extends DriverJob {
       await this.migrationDone;
       this.unlisten();
       const memory = await this.commitStream();
+      // Off the cut path (the VM's stream is in the store): what the hold left to the cut.
+      if (this.holdAtCut) this.log.info({ vm: this.vm, restarts: this.restarts, finalPassBytes: this.finalPassBytes, ...this.holdAtCut }, 'pre-copy hold at the cut');
       let disks: DiskArtefact[] = [];
       if (this.disk.frozen) {
         // The disk as layers: the frozen top over the previous snapshot's (linked), or a full image (disk-layers.ts).

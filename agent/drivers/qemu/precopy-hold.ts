@@ -38,6 +38,7 @@
  * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is; a
  * PacedHold's bandwidth stays within [HOLD_FLOOR, PACED_CAP].
  */
+import { VnsnapError } from '../../../proto/core/errors';
 import { MiB } from './process';
 
 /** The lowest hold after convergences (bytes/s), never converging in practice. */
@@ -52,6 +53,21 @@ export const FAST_HOLD_BANDWIDTH = 8 * MiB;
 
 /** The hold's max-bandwidth unless the driver is told otherwise (bytes/s): the floor, never converging. */
 export const DEFAULT_HOLD_BANDWIDTH = HOLD_FLOOR;
+
+/**
+ * The environment variable that sets the hold of a driver built without holdBandwidth (an agent's):
+ * `paced`, or bytes/s. For measuring one hold against another with the agents as they are.
+ */
+export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
+
+/** The hold `value` names (`paced` or a whole number of bytes/s ≥ 1), or undefined when unset or empty. */
+export function parseHold(value: string | undefined): number | 'paced' | undefined {
+  if (value === undefined || value === '') return undefined;
+  if (value === 'paced') return 'paced';
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new VnsnapError('ERR_CONFIG', `${HOLD_ENV}: expected "paced" or bytes/s (a whole number ≥ 1), got ${JSON.stringify(value)}`);
+  return n;
+}
 
 /**
  * The first pass's ceiling (bytes/s): a threshold of 64 KiB (16 pages) at 1 ms. The landing alone
@@ -85,6 +101,18 @@ export const PACED_MAX_INTERVAL_MS = 1500;
 export const PACED_CAP = 64 * MiB;
 
 /**
+ * The paced hold's first bandwidth sends the set left at the hold's start in about this long (s)
+ * when that is faster than twice the dirty rate QEMU measured (which is 0 until QEMU measured one).
+ */
+export const PACED_DRAIN_S = 2;
+
+/** A paced pre-copy is ready once QEMU synced during the hold and at most this much remains (bytes). */
+export const PACED_READY_BYTES = 4 * MiB;
+
+/** …or once it has been held this long (ms), whatever remains: a guest dirtying faster than the hold can send. */
+export const PACED_READY_MAX_MS = 8000;
+
+/**
  * The paced hold (driver option `holdBandwidth: 'paced'`): a hold that lets QEMU sync, paced from
  * the progress polls so that its syncs stay PACED_MIN_INTERVAL_MS..PACED_MAX_INTERVAL_MS apart.
  * A sync after an interval I finds what the guest dirtied in I (far above the threshold, a few
@@ -94,24 +122,52 @@ export const PACED_CAP = 64 * MiB;
  * about what the guest dirtied in one interval instead of its whole working set since ready.
  * A guest whose dirty rate falls at once can still run into back-to-back syncs before the next
  * poll and converge (then the restart of migration.ts).
+ * It starts (start()) at twice the dirty rate QEMU measured, or at the set the first pass left
+ * over PACED_DRAIN_S when that is faster (QEMU reports no rate before its first second of
+ * syncs), and the pre-copy is ready only once QEMU synced at the hold's pace with at most
+ * PACED_READY_BYTES left (ready()): in bench:snapshot the coordinator commits 0.01-1.6 s after
+ * the last VM's ready, too soon for a hold that starts with up to readyBytes (16 MiB) unsent to
+ * get through them, so with `ready` at the hold's start the paced hold synced in 1 cut of 20.
  */
 export class PacedHold {
   private lastSync = -1;
   private lastSyncAt = 0;
   private lastRaiseAt = 0;
+  private firstSync = -1;
 
   constructor(private bw: number) {
     this.bw = clampPaced(bw);
+  }
+
+  /**
+   * The paced hold of a pre-copy whose first pass left `remaining` bytes, the guest dirtying
+   * `dirtyBytesS` (0: not measured yet), at dirty-sync-count `sync`: twice the dirty rate, or the
+   * set over PACED_DRAIN_S when faster, so the hold gets through QEMU's bitmap and syncs.
+   */
+  static start(remaining: number, dirtyBytesS: number, sync: number, nowMs: number): PacedHold {
+    const h = new PacedHold(Math.max(2 * dirtyBytesS, remaining / PACED_DRAIN_S));
+    h.observe(sync, nowMs);
+    return h;
   }
 
   get bandwidth(): number {
     return this.bw;
   }
 
+  /** QEMU synced since the hold started: its bitmap is fresh, what remains is what the guest dirtied lately. */
+  get synced(): boolean {
+    return this.firstSync >= 0 && this.lastSync > this.firstSync;
+  }
+
+  /** Ready (the set left at a cut is small): synced and at most PACED_READY_BYTES remaining, or held PACED_READY_MAX_MS. */
+  ready(remaining: number, heldMs: number): boolean {
+    return (this.synced && remaining <= PACED_READY_BYTES) || heldMs >= PACED_READY_MAX_MS;
+  }
+
   /** A poll's dirty-sync-count at `nowMs`: the bandwidth to set now, or undefined to keep it. */
   observe(sync: number, nowMs: number): number | undefined {
     if (this.lastSync < 0 || sync < this.lastSync) {
-      this.lastSync = sync;
+      this.lastSync = this.firstSync = sync;
       this.lastSyncAt = this.lastRaiseAt = nowMs;
       return undefined;
     }
