@@ -47,7 +47,9 @@ import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
- * Largest single write into the store: socket reads (64 KiB each) are joined up to this. A store
+ * Largest single write into the store: socket reads (64 KiB each) are joined up to this, in a
+ * buffer handed over to the writer (ArtefactWriter.write's `owned`: the one copy between the
+ * socket and the store's chunks; its memory moves to the hashing worker and back). A store
  * may hash (and a content-addressed one chunk) a write in one go on the event loop — about 5–10 ms
  * per MiB here for the content-addressed store, before its hashing moved to a worker thread
  * (proto/store/chunk-hasher.ts; the whole-file layout still hashes here) — and the job's QMP
@@ -281,11 +283,12 @@ export class StreamIntoStore {
       try {
         while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
           const batch = this.takeBatch();
+          const n = batch.length; // handed over: its memory may move away (detached) during the write
           const t0 = nowMs();
-          await this.writer.write(batch);
+          await this.writer.write(batch, true);
           this.profile.writeMs += nowMs() - t0;
           await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
-          this.queued -= batch.length;
+          this.queued -= n;
           if (this.conn?.isPaused() && this.queued < this.o.bufferBytes / 2) this.resumeSocket();
         }
       } catch (e) {
@@ -316,8 +319,11 @@ export class StreamIntoStore {
     let n = 0;
     let k = 0;
     while (k < this.pending.length && (k === 0 || n + (this.pending[k] as Buffer).length <= WRITE_BATCH)) n += (this.pending[k++] as Buffer).length;
-    const parts = this.pending.splice(0, k);
-    return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
+    // One copy, into memory of the batch's own that is handed to the writer (no copy of its own).
+    const batch = Buffer.allocUnsafeSlow(n);
+    let at = 0;
+    for (const part of this.pending.splice(0, k)) at += part.copy(batch, at);
+    return batch;
   }
 
   private fail(e: Error): void {

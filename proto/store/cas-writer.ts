@@ -88,9 +88,10 @@ export class CasWriter implements ArtefactWriter {
     return this.size;
   }
 
-  write(data: Uint8Array): Promise<void> {
+  write(data: Uint8Array, owned = false): Promise<void> {
     if (this.state !== 'open') return Promise.reject(this.ended());
-    const copy = Buffer.from(data); // the caller may reuse its buffer once write() returns
+    // Unless handed over, the caller may reuse its buffer once write() returns: the hasher gets a copy.
+    const copy = owned ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
     const n = copy.length;
     // Handed to the hasher now (a worker starts on it while earlier steps still store chunks).
     const hashed = this.hasher.push(copy);

@@ -9,7 +9,9 @@
  *   - The same chunks, chunk names and artefact SHA-256 either way, byte for byte (the worker
  *     runs the same Chunker and node:crypto).
  *   - push() may be called again before the previous result arrived; results come back in call
- *     order. push() takes ownership of `data` (the worker's hasher transfers its memory).
+ *     order. push() takes ownership of `data` (the worker's hasher transfers its memory): the
+ *     chunks that lie whole inside it are views of it, not copies (Chunker.pushOwned), and come
+ *     back from the worker in the same memory, moved back with them.
  *   - A worker that dies or fails a request fails every request in flight with ERR_INTERNAL; the
  *     next writer starts a new worker. The worker holds the process open only while it has work.
  *   - close() drops the stream's state (an aborted writer); nothing of it is kept in the worker.
@@ -62,7 +64,7 @@ export class InlineChunkHasher implements ChunkHasher {
     this.hash.update(data);
     const hash = msSince(t);
     t = process.hrtime.bigint();
-    const chunks = this.chunker.push(data);
+    const chunks = this.chunker.pushOwned(data); // data is the hasher's (push()): chunks inside it are views
     const chunk = msSince(t);
     return { chunks, ...this.named(chunks, { hash, chunk }) };
   }
@@ -91,6 +93,16 @@ export type HasherReply = { id: number; seq: number; chunks: Uint8Array[]; sha25
 
 /** A buffer's memory can move to the other thread when the buffer is all of it. */
 export const ownsMemory = (b: Uint8Array): boolean => b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
+
+/**
+ * The memory to move with the chunks of a push of `data` (handed over): `data`'s own, which its
+ * chunks view and nothing else refers to any more, and each chunk that owns its memory; each once.
+ */
+export function chunkTransfer(data: Uint8Array, chunks: readonly Uint8Array[]): ArrayBuffer[] {
+  const out = new Set<ArrayBuffer>();
+  for (const c of chunks) if (c.buffer instanceof ArrayBuffer && (c.buffer === data.buffer || ownsMemory(c))) out.add(c.buffer);
+  return [...out];
+}
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 

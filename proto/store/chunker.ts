@@ -19,7 +19,8 @@
  * Streaming guarantee: push() takes the stream in any pieces and returns the chunks that closed;
  * end() returns the last one. The chunks (bytes and boundaries) are exactly the same however the
  * stream is split into pushes. Returned chunks are fresh copies: the caller may reuse its buffers
- * as soon as push() returns.
+ * as soon as push() returns; pushOwned() instead returns views of a buffer handed over where a
+ * chunk lies whole inside it (the store's write path: no copy per chunk).
  *
  * Two engines cut the same boundaries byte for byte: the native addon's loop (switch/native/cdc.c,
  * through store-native.ts; about ten times faster), used when the addon has it, and the
@@ -85,9 +86,14 @@ class Pending {
     if (piece.length > 0) this.parts.push(Buffer.from(piece));
   }
 
-  /** The pending pieces plus `tail` as one new Buffer; empties the pending pieces. */
-  take(tail: Uint8Array): Buffer {
-    const out = this.parts.length === 0 ? Buffer.from(tail) : Buffer.concat([...this.parts, tail]);
+  /**
+   * The pending pieces plus `tail` as one new Buffer; empties the pending pieces. With `view`
+   * (`tail` is in a buffer handed over: pushOwned()), a chunk that is all `tail` is a view of it.
+   */
+  take(tail: Uint8Array, view = false): Buffer {
+    let out: Buffer;
+    if (this.parts.length > 0) out = Buffer.concat([...this.parts, tail]);
+    else out = view ? Buffer.from(tail.buffer, tail.byteOffset, tail.byteLength) : Buffer.from(tail);
     this.parts = [];
     return out;
   }
@@ -133,7 +139,20 @@ export class Chunker implements ChunkSplitter {
   }
 
   push(data: Uint8Array): Buffer[] {
-    if (this.native) return this.pushNative(this.native, data);
+    return this.cutInto(data, false);
+  }
+
+  /**
+   * push() of a buffer the caller hands over (never written again): a chunk that lies whole
+   * inside `data` is a view of it, not a copy (the same bytes and boundaries); a chunk begun in
+   * an earlier push is still a fresh Buffer, and nothing this chunker keeps refers to `data`.
+   */
+  pushOwned(data: Uint8Array): Buffer[] {
+    return this.cutInto(data, true);
+  }
+
+  private cutInto(data: Uint8Array, view: boolean): Buffer[] {
+    if (this.native) return this.pushNative(this.native, data, view);
     const out: Buffer[] = [];
     let start = 0;
     while (start < data.length) {
@@ -142,7 +161,7 @@ export class Chunker implements ChunkSplitter {
         this.pending.add(data.subarray(start));
         break;
       }
-      out.push(this.pending.take(data.subarray(start, cut)));
+      out.push(this.pending.take(data.subarray(start, cut), view));
       start = cut;
     }
     return out;
@@ -158,7 +177,7 @@ export class Chunker implements ChunkSplitter {
   }
 
   /** push() through the addon's loop, in pieces its 32-bit offsets can address. */
-  private pushNative(native: StoreNative, data: Uint8Array): Buffer[] {
+  private pushNative(native: StoreNative, data: Uint8Array, view: boolean): Buffer[] {
     const out: Buffer[] = [];
     for (let off = 0; off < data.length; off += NATIVE_PIECE) {
       const piece = data.subarray(off, Math.min(data.length, off + NATIVE_PIECE));
@@ -167,7 +186,7 @@ export class Chunker implements ChunkSplitter {
       let start = 0;
       for (let k = 0; k < n; k++) {
         const cut = cuts[k] as number;
-        out.push(this.pending.take(piece.subarray(start, cut)));
+        out.push(this.pending.take(piece.subarray(start, cut), view));
         start = cut;
       }
       this.pending.add(piece.subarray(start));

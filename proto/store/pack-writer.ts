@@ -70,8 +70,16 @@ export interface PackUpload {
 
 export type PackJob = () => Promise<PackUpload>;
 
+/**
+ * The most memory the open pack's chunks may keep alive beyond their own bytes, as a multiple of
+ * targetBytes: a new chunk is a view of the write it came in (chunk-hasher.ts), which it keeps
+ * whole; past this a chunk of a write not kept yet is copied out of it (a mostly deduplicated
+ * stream, one new chunk in many writes, would otherwise keep every one of those writes).
+ */
+const KEEP_FACTOR = 2;
+
 export class PackWriter {
-  private open: { chunks: { sha256: string; data: Buffer }[]; slots: Slot[]; bytes: number } = { chunks: [], slots: [], bytes: 0 };
+  private open: { chunks: { sha256: string; data: Buffer }[]; slots: Slot[]; bytes: number; kept: Set<ArrayBufferLike>; keptBytes: number } = PackWriter.empty();
   private readonly placed = new Map<string, Slot>();
   private readonly refs: [ChunkRef, Slot][] = [];
   /** The backend's deferred puts (putUnsynced + sync), when it has them. */
@@ -103,7 +111,7 @@ export class PackWriter {
       return null;
     }
     const slot: Slot = {};
-    this.open.chunks.push({ sha256: ref.sha256, data });
+    this.open.chunks.push({ sha256: ref.sha256, data: this.keep(data) });
     this.open.slots.push(slot);
     this.open.bytes += data.length;
     this.placed.set(ref.sha256, slot);
@@ -111,11 +119,25 @@ export class PackWriter {
     return this.open.bytes >= this.targetBytes ? this.seal() : null;
   }
 
+  private static empty(): PackWriter['open'] {
+    return { chunks: [], slots: [], bytes: 0, kept: new Set(), keptBytes: 0 };
+  }
+
+  /** `data` as the open pack keeps it: itself, or a copy when the memory it would keep is over the bound (KEEP_FACTOR). */
+  private keep(data: Buffer): Buffer {
+    const o = this.open;
+    if (data.byteLength === data.buffer.byteLength || o.kept.has(data.buffer)) return data;
+    if (o.keptBytes + data.buffer.byteLength > KEEP_FACTOR * this.targetBytes) return Buffer.from(data);
+    o.kept.add(data.buffer);
+    o.keptBytes += data.buffer.byteLength;
+    return data;
+  }
+
   /** The upload job of the open pack, or null when it is empty. */
   seal(): PackJob | null {
     const { chunks, slots } = this.open;
     if (chunks.length === 0) return null;
-    this.open = { chunks: [], slots: [], bytes: 0 };
+    this.open = PackWriter.empty();
     return async () => {
       let t = process.hrtime.bigint();
       const encoded = (await encodeChunks(

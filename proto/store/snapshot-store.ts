@@ -51,8 +51,13 @@ export interface ArtefactWriter {
   readonly path: string;
   /** Bytes written so far. */
   readonly bytes: number;
-  /** Append a chunk; writes are applied in call order. ERR_STATE after commit or abort. */
-  write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Append a chunk; writes are applied in call order. ERR_STATE after commit or abort. With
+   * `owned` the caller hands `chunk` over (it never reads or writes it again): the writer may keep
+   * it, or move its memory to another thread, without a copy. Without, the caller may reuse it
+   * once write() returned.
+   */
+  write(chunk: Uint8Array, owned?: boolean): Promise<void>;
   /** Make the artefact visible, whole, under its path (replacing an older one). */
   commit(): Promise<StoredArtefact>;
   /** Drop what was written (idempotent; a no-op after commit). */

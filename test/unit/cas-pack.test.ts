@@ -2,10 +2,12 @@ import { strict as assert } from 'node:assert';
 import { decodeIndex, indexKey, INDEX_FORMAT_2, type ArtefactIndex } from '../../proto/store/cas-index';
 import { STALE_MS } from '../../proto/store/cas-locks';
 import { decodeTable, packIdOf, packKey, tableKey, type PackTable } from '../../proto/store/pack-format';
+import { PackMap } from '../../proto/store/pack-map';
+import { PackWriter } from '../../proto/store/pack-writer';
 import { planRuns } from '../../proto/store/pack-reader';
 import type { GcOptions } from '../../proto/store/cas-gc';
 import { failEveryGcStep, KiB, MIN, rig, type Rig } from '../support/cas-rig';
-import { failureOf as failure, pseudoRandomBytes as bytes } from '../support/memory-objects';
+import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const PACK = { targetBytes: 64 * KiB, rangeBytes: 32 * KiB, aheadBytes: 64 * KiB };
 
@@ -26,6 +28,24 @@ async function allReadable(r: Rig): Promise<void> {
 }
 
 describe('CAS packs: writing', () => {
+  it('an open pack keeps the writes its new chunks are views of up to twice its target; a chunk of a write beyond that is copied', async () => {
+    const objects = new MemoryObjects();
+    const pw = new PackWriter(objects, new PackMap(), 64 * KiB);
+    // Four writes of 64 KiB, one 1 KiB chunk of each new: the first two are kept (128 KiB), the others copied.
+    const writes = [1, 2, 3, 4].map((seed) => bytes(64 * KiB, 100 + seed));
+    const chunks = writes.map((w) => w.subarray(1 * KiB, 2 * KiB));
+    const originals = chunks.map((c) => Buffer.from(c));
+    chunks.forEach((c, i) => assert.equal(pw.place({ sha256: String(i).padStart(64, '0'), size: c.length }, c), null));
+    for (const w of writes) w.fill(0xee); // the test's probe: a kept view sees this, a copy does not
+    const job = pw.seal();
+    assert.ok(job);
+    await job();
+    const pack = await objects.get(keysUnder({ objects } as Rig, 'packs/')[0] as string);
+    const stored = [0, 1, 2, 3].map((i) => pack.subarray(i * KiB, (i + 1) * KiB));
+    assert.deepEqual(stored.map((b, i) => b.equals(originals[i] as Buffer)), [false, false, true, true]);
+    assert.deepEqual(stored.slice(0, 2).map((b) => b.every((x) => x === 0xee)), [true, true]);
+  });
+
   it('stores new chunks in packs of about the target size, each with its table, and asks nothing per chunk', async () => {
     const r = rig({ pack: PACK });
     const data = bytes(300 * KiB, 1);

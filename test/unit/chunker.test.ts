@@ -80,6 +80,35 @@ describe('Chunker (FastCDC)', () => {
     assert.deepEqual(chunkAll(new Chunker(SMALL), new Uint8Array(0)), []);
   });
 
+  for (const engine of ['native', 'js'] as const) {
+    it(`pushOwned (${engine}): the same chunks as push; those inside one pushed buffer are views of it at their place, the others fresh`, () => {
+      const data = bytes(200 * KiB, 3);
+      const pieces = [50 * KiB, 70 * KiB, 80 * KiB];
+      const expected = chunkAll(new Chunker(SMALL, engine), data, pieces);
+      const c = new Chunker(SMALL, engine);
+      const got: { chunk: Buffer; view: number | undefined }[] = [];
+      let off = 0;
+      for (const n of pieces) {
+        const buf = Buffer.from(data.subarray(off, off + n)); // owns its memory, handed over
+        for (const chunk of c.pushOwned(buf)) got.push({ chunk, view: chunk.buffer === buf.buffer ? off + chunk.byteOffset - buf.byteOffset : undefined });
+        off += n;
+      }
+      for (const chunk of c.end()) got.push({ chunk, view: undefined });
+      assert.deepEqual(got.map((g) => sha(g.chunk)), expected.map(sha));
+      // Where each chunk starts, and whether it lies inside one piece (then, but for the last, it is a view there).
+      const bounds = [0, 50 * KiB, 120 * KiB, 200 * KiB];
+      let at = 0;
+      const want = expected.map((ch, i) => {
+        const inside = bounds.some((b, k) => k < 3 && at >= b && at + ch.length <= (bounds[k + 1] as number));
+        const v = inside && i < expected.length - 1 ? at : undefined;
+        at += ch.length;
+        return v;
+      });
+      assert.deepEqual(got.map((g) => g.view), want);
+      assert.ok(want.filter((v) => v !== undefined).length >= expected.length - 4, 'most chunks are views');
+    });
+  }
+
   it('refuses bad parameters with ERR_INVALID_ARGUMENT', () => {
     const bad: [object, string][] = [
       [{ min: 0, avg: 64, max: 128 }, 'chunker sizes must be positive integers with min <= avg <= max, got 0/64/128'],

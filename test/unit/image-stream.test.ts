@@ -121,6 +121,34 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
   });
 
+  it('save: each batch is handed over to the writer (its memory moves to the hashing worker) and the bound still counts it: the sender is paused and resumed to the end', async () => {
+    const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB }, hashWorker: true });
+    const data = bytes(6 * MiB + 77, 8);
+    const w = await store.create('snapshots/s/vm.mem');
+    const handed: Buffer[] = [];
+    const write = w.write.bind(w);
+    w.write = (chunk: Uint8Array, owned?: boolean) => {
+      assert.equal(owned, true);
+      handed.push(chunk as Buffer);
+      return write(chunk, owned);
+    };
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });
+    try {
+      await send(st.sockPath, data).done;
+      await st.ended;
+      const a = await w.commit();
+      assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: data.length, sha256: sha(data) });
+      assert.equal(st.buffered, 0);
+      assert.ok(st.peakQueued >= 1 * MiB, `the bound was reached (${st.peakQueued})`);
+      assert.ok(handed.length >= 12, `${handed.length} batches`);
+      assert.deepEqual(handed.map((b) => b.length), handed.map(() => 0), 'every batch moved to the worker (detached here)');
+      assert.deepEqual(await store.get('snapshots/s/vm.mem'), data);
+    } finally {
+      await st.close();
+      store.close?.();
+    }
+  });
+
   it('save: a transform rewrites the stream on its way into the writer, its tail written at EOF', async () => {
     const store = new CasStore(new MemoryObjects());
     const w = await store.create('snapshots/s/vm.mem');

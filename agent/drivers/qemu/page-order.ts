@@ -166,13 +166,24 @@ export class PageOrder implements StreamTransform {
     return this.state === 'pass';
   }
 
-  /** What this call wrote, as one buffer (records are small: one copy beats thousands of pieces). */
+  /**
+   * What this call wrote, as pieces: views of the input where records went out as they came
+   * (runs of them joined into one view: put()), new buffers only for rewritten headers and held
+   * pages. No copy here: the stream's writer copies them once into its batch.
+   */
   private flushOut(t0: number): Buffer[] {
-    const out = this.out.length > 1 ? [Buffer.concat(this.out)] : this.out;
+    const out = this.out;
     this.out = [];
-    if (out[0]) this.stats.bytesOut += out[0].length;
+    for (const b of out) this.stats.bytesOut += b.length;
     this.stats.cpuMs += performance.now() - t0;
     return out;
+  }
+
+  /** Append `b` to the output, joined to the piece before it when it follows it in the same memory. */
+  private put(b: Buffer): void {
+    const last = this.out[this.out.length - 1];
+    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) this.out[this.out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+    else this.out.push(b);
   }
 
   /** One step of the parser; false when it needs more bytes (or passes through from now on). */
@@ -196,7 +207,7 @@ export class PageOrder implements StreamTransform {
   }
 
   private emitRaw(n: number): void {
-    this.out.push(this.q.take(n));
+    this.put(this.q.take(n));
   }
 
   private header(): boolean {
@@ -436,7 +447,7 @@ export class PageOrder implements StreamTransform {
     const sameBlock = this.outLast === p.block;
     this.outLast = p.block;
     if (p.raw && p.rawCont === sameBlock) {
-      this.out.push(p.raw);
+      this.put(p.raw);
       return;
     }
     this.out.push(pageHeader(p.addr, p.fill === undefined ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, sameBlock ? undefined : (this.blocks[p.block] as RamBlock).name));
