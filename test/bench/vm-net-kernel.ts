@@ -11,9 +11,9 @@
  * (setsid), as the driver starts every VM so it outlives the agent: with the kernel's session
  * scheduling groups (sched_autogroup, on by default) a QEMU that shares the bench's session is
  * scheduled in one group with the bench's other children, one in its own session in a group of
- * its own. Before, only the kernel path's QEMUs shared the bench's session, and between the same
- * hosts that placement alone was worth 5-9 % of the kernel path's TCP against nic=tap-bpf's
- * (docs/performance.md, "VM NIC throughput"). Everything is named with the Topology's prefix
+ * its own. Before, only the kernel path's QEMUs shared the bench's session: between the same
+ * hosts nic=tap-bpf then measured 0.92x the kernel path's TCP, after this change 1.02x with
+ * nothing else changed on either path (docs/performance.md, "VM NIC throughput"). Everything is named with the Topology's prefix
  * and lives in its namespaces; close() kills the QEMUs and removes the namespaces and files.
  *
  * With dataplane 'bpf' the frames between known guests go through vnsnap's in-kernel data path
