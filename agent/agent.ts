@@ -307,6 +307,8 @@ export class Agent extends EventEmitter implements Startable {
       running,
       tls: !!this.opts.migrationTls,
       migrating,
+      // the in-kernel data path's port: peers hand the kernel frames for this agent only on the same one
+      ...(this.opts.dataPath ? { dataPathPort: this.opts.dataPath.vxlanPort } : {}),
     };
   }
 }

@@ -36,7 +36,8 @@
  * dataPath: turn the in-kernel data path's fast path on (docs/nic-offloads.md, "The in-kernel data
  * path"): the agent loads it at start (refusing to start where it cannot run) and its switch
  * lets the kernel carry the frames of `nic: 'tap-bpf'` ports. `true` or { "vxlanPort": N }
- * (default 6082): the data path's VXLAN UDP port, the same on every host of a network; two
+ * (default 6082): the data path's VXLAN UDP port, registered with the coordinator; the kernel
+ * carries only between agents on the same port (the rest crosses the switches' Geneve); two
  * agents in one network namespace each need their own. Absent: off (tap-bpf frames all cross
  * the switch).
  * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator

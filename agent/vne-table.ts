@@ -47,7 +47,8 @@ export class VneTable {
     const id = this.o.agentId;
     const peers = c.peers.filter((p) => p.agentId !== id);
     for (const p of peers) {
-      const r = sw.upsertPeer({ name: p.agentId, address: p.address, port: p.port });
+      // the port as the coordinator told it (0: none, or a coordinator without the field): bpf-dp/wiring.ts
+      const r = sw.upsertPeer({ name: p.agentId, address: p.address, port: p.port, dataPathPort: p.dataPathPort });
       if (r.change === 'moved') this.o.log.info({ peer: p.agentId, from: r.from, to: `${p.address}:${p.port}` }, 'peer moved');
     }
     const before = this.generation(c.vne);

@@ -27,8 +27,11 @@ export interface SendOptions {
 export interface AgentLink {
   send(agentId: string, body: CommandBody, opts?: SendOptions): Promise<Result__Output>;
   isConnected(agentId: string): boolean;
-  /** The tunnel endpoint the agent registered (for its peers' ConfigureVne). */
-  endpoint(agentId: string): { address: string; port: number } | undefined;
+  /**
+   * The tunnel endpoint the agent registered (for its peers' ConfigureVne), with its in-kernel
+   * data path port when it registered one with this coordinator (absent: none, or not known).
+   */
+  endpoint(agentId: string): { address: string; port: number; dataPathPort?: number } | undefined;
 }
 
 /** The name of a command body, for messages ("SnapshotCommit"). */

@@ -77,7 +77,7 @@ class Session {
 }
 
 export interface AgentRegistryEvents {
-  /** endpointChanged: its tunnel endpoint differs from the one it last registered (or it is new). */
+  /** endpointChanged: its tunnel endpoint or data path port differs from the one it last registered (or it is new). */
   joined: [agentId: string, running: RunningVm__Output[], endpointChanged: boolean];
   left: [agentId: string, reason: string];
 }
@@ -88,6 +88,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
   private readonly commandTimeoutMs: number;
   private readonly clock: Clock;
   private readonly sessions = new Map<string, Session>();
+  /** Each agent's in-kernel data path port as it last registered it with this coordinator (not in the catalog). */
+  private readonly dataPathPorts = new Map<string, number>();
   private readonly pending = new Map<number, InFlight>();
   private readonly unregistered = new Set<SessionCall>();
   private nextCommandId = 1;
@@ -125,11 +127,14 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     return [...this.sessions.keys()].sort();
   }
 
-  endpoint(agentId: string): { address: string; port: number } | undefined {
+  /** The agent's tunnel endpoint, with its data path port when it registered one with this coordinator. */
+  endpoint(agentId: string): { address: string; port: number; dataPathPort?: number } | undefined {
     const s = this.sessions.get(agentId);
-    if (s) return { address: s.register.tunnelAddress, port: s.register.tunnelPort };
+    const dp = this.dataPathPorts.get(agentId);
+    const dataPath = dp ? { dataPathPort: dp } : {};
+    if (s) return { address: s.register.tunnelAddress, port: s.register.tunnelPort, ...dataPath };
     const a = this.opts.catalog.getAgent(agentId);
-    return a ? { address: a.tunnelAddress, port: a.tunnelPort } : undefined;
+    return a ? { address: a.tunnelAddress, port: a.tunnelPort, ...dataPath } : undefined;
   }
 
   /** The Register of the agent's current session (undefined when not connected). */
@@ -215,7 +220,10 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     }
     const now = this.clock.now();
     const before = this.opts.catalog.getAgent(id);
-    const endpointChanged = !before || before.tunnelAddress !== reg.tunnelAddress || before.tunnelPort !== reg.tunnelPort;
+    // a data path port its peers were not told (unknown counts as 0) changes the endpoint too
+    const dataPathChanged = (this.dataPathPorts.get(id) ?? 0) !== (reg.dataPathPort ?? 0);
+    this.dataPathPorts.set(id, reg.dataPathPort ?? 0);
+    const endpointChanged = !before || before.tunnelAddress !== reg.tunnelAddress || before.tunnelPort !== reg.tunnelPort || dataPathChanged;
     const s = new Session(id, call, reg, now);
     this.sessions.set(id, s);
     this.opts.catalog.upsertAgent({

@@ -39,7 +39,7 @@ import type { Logger } from '../proto/core/log';
 import { sendOk, type AgentLink } from './agent-link';
 import type { Catalog } from './catalog';
 import type { EventBus } from './events';
-import { configureVneFor, placementOf } from './vne-config';
+import { configureVneFor, peerEndpoint, placementOf } from './vne-config';
 
 export const DEFAULT_MIGRATE_TIMEOUT_MS = 600_000;
 
@@ -275,10 +275,6 @@ function withPeers<T extends { peers?: unknown[] }>(cfg: T, hosts: readonly stri
   const peers = hosts
     .filter((h) => h !== self)
     .sort()
-    .map((h) => {
-      const ep = link.endpoint(h);
-      if (!ep) throw new VnsnapError('ERR_AGENT_DISCONNECTED', `agent "${h}" has never registered: its tunnel endpoint is unknown`);
-      return { agentId: h, address: ep.address, port: ep.port };
-    });
+    .map((h) => peerEndpoint(h, link));
   return { ...cfg, peers };
 }

@@ -12,6 +12,12 @@ export interface PeerConfig {
   name: string;
   address: string;
   port: number;
+  /**
+   * The peer's in-kernel data path port (its VXLAN device; 0: it runs none), as the coordinator
+   * tells it; absent: not told (a switch configured directly). bpf-dp/wiring.ts hands the
+   * kernel a peer's frames only when this is absent or equals this host's own port.
+   */
+  dataPathPort?: number;
 }
 
 /** What upsertPeer did: `from` is the old "address:port" of a moved peer. */
@@ -19,6 +25,8 @@ export interface PeerChange {
   change: 'added' | 'moved' | 'unchanged';
   from?: string;
 }
+
+const dataPathPortOf = (p: number | undefined): { dataPathPort?: number } => (p === undefined ? {} : { dataPathPort: p });
 
 export class PeerTable {
   readonly byName = new Map<string, Peer>();
@@ -34,19 +42,19 @@ export class PeerTable {
   add(cfg: PeerConfig): Peer {
     if (this.byName.has(cfg.name)) throw new VnsnapError('ERR_ALREADY_EXISTS', `peer ${cfg.name} already exists`);
     const key = this.freeKey(cfg.name, cfg.address, cfg.port, undefined);
-    const peer: Peer = { idx: this.byIdx.length, name: cfg.name, ip: Math.floor(key / 65536), port: cfg.port };
+    const peer: Peer = { idx: this.byIdx.length, name: cfg.name, ip: Math.floor(key / 65536), port: cfg.port, ...dataPathPortOf(cfg.dataPathPort) };
     this.byIdx.push(peer);
     this.byName.set(peer.name, peer);
     this.byAddr.set(key, peer);
     return peer;
   }
 
-  /** Move a peer to a new address; returns its new record (the caller re-points VNE records). */
-  move(name: string, address: string, port: number): Peer {
+  /** Move a peer to a new address (or data path port); returns its new record (the caller re-points VNE records). */
+  move(name: string, address: string, port: number, dataPathPort?: number): Peer {
     const peer = this.get(name);
     const key = this.freeKey(name, address, port, peer);
     this.byAddr.delete(peer.ip * 65536 + peer.port);
-    const moved: Peer = { ...peer, ip: Math.floor(key / 65536), port };
+    const moved: Peer = { idx: peer.idx, name: peer.name, ip: Math.floor(key / 65536), port, ...dataPathPortOf(dataPathPort) };
     this.byIdx[peer.idx] = moved;
     this.byName.set(name, moved);
     this.byAddr.set(key, moved);

@@ -22,6 +22,8 @@ export interface Peer {
   readonly name: string;
   readonly ip: number;
   readonly port: number;
+  /** The peer's in-kernel data path port as its configuration said (PeerConfig.dataPathPort). */
+  readonly dataPathPort?: number;
 }
 
 /** A peer's part in one VNE: what was sent to and received from it, per epoch. */

@@ -107,13 +107,15 @@ export class VneTable {
       return { change: 'added' };
     }
     const from = PeerTable.address(have);
-    if (from === `${cfg.address}:${cfg.port}`) return { change: 'unchanged' };
-    const moved = this.peers.move(cfg.name, cfg.address, cfg.port);
+    const sameAddress = from === `${cfg.address}:${cfg.port}`;
+    if (sameAddress && have.dataPathPort === cfg.dataPathPort) return { change: 'unchanged' };
+    const moved = this.peers.move(cfg.name, cfg.address, cfg.port, cfg.dataPathPort);
     for (const v of this.byName.values()) {
       const vp = v.peers.get(moved.idx);
       if (vp) vp.peer = moved;
     }
-    return { change: 'moved', from };
+    // a new data path port only: the record is replaced (the FDB mirror re-resolves it), the endpoint is the same
+    return sameAddress ? { change: 'unchanged' } : { change: 'moved', from };
   }
 
   add(cfg: VneConfig): Vne {

@@ -76,7 +76,7 @@ function localAddresses(): (ip: number) => boolean {
 export async function wireDataPath(sw: Switch, prefix: string, vxlanPort: number): Promise<DataPathWiring> {
   const h = await hostDataPath(prefix, vxlanPort);
   const punt = new PacketPort(`${prefix}-punt`, h.rx.punt, undefined, { offload: true });
-  const w = new DataPathWiring(h.maps, { isLocalAddress: localAddresses(), punt });
+  const w = new DataPathWiring(h.maps, { isLocalAddress: localAddresses(), punt, vxlanPort });
   try {
     sw.useDataPath(w);
   } catch (e) {

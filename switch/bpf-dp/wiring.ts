@@ -25,7 +25,12 @@
  * VXLAN device sends to its own port. A peer on one of this host's own addresses (two agents in
  * one network namespace, as in tests, each with its own VXLAN port) is never resolved: the
  * kernel would send to our own device. Its frames go through the switches' Geneve, as do those
- * of any owner that does not resolve.
+ * of any owner that does not resolve. Nor is a peer whose data path port the coordinator told
+ * (PeerConfig.dataPathPort, from the peer's registration) and which is not this host's
+ * (`vxlanPort`): a peer without the data path (0), or on another port, would not receive what
+ * vn_tx sends; so a network may mix agents with and without `dataPath`, the kernel carrying only
+ * between those on the same port. A peer configured without a port (a switch configured
+ * directly, not through an agent) is trusted.
  *
  * Guarantees: the switch's FDB stays the one source; vn_fdb follows it at the end of every
  * batch in which it changed (a cheap stamp of its size and change counters, plus the switch's
@@ -50,6 +55,8 @@ export interface DataPathWiringOptions {
   isLocalAddress(ip: number): boolean;
   /** The punt device's port (vr<hash>, read with offloads); undefined: nothing read. */
   punt?: Port;
+  /** This host's data path UDP port: a peer told with another port is never resolved (module comment); undefined: not checked. */
+  vxlanPort?: number;
 }
 
 export interface DataPathWiringStats {
@@ -216,6 +223,8 @@ export class DataPathWiring {
     }
     const vp = v.peers.get(-owner - 1);
     if (!vp || this.opts.isLocalAddress(vp.peer.ip)) return undefined;
+    const told = vp.peer.dataPathPort;
+    if (told !== undefined && this.opts.vxlanPort !== undefined && told !== this.opts.vxlanPort) return undefined;
     return { peer: numToIpv4(vp.peer.ip) };
   }
 

@@ -7,7 +7,13 @@
  *
  * The QEMU command line is the QEMU driver's own (agent/drivers/qemu/cmdline.ts qemuCmdline with
  * the same spec, NIC mode tap-vnet, the same TCG RAM padding), so the guests differ from the
- * vnsnap path's only in what is behind the TAP. Everything is named with the Topology's prefix
+ * vnsnap path's only in what is behind the TAP. Each QEMU is started in its own session
+ * (setsid), as the driver starts every VM so it outlives the agent: with the kernel's session
+ * scheduling groups (sched_autogroup, on by default) a QEMU that shares the bench's session is
+ * scheduled in one group with the bench's other children, one in its own session in a group of
+ * its own. Before, only the kernel path's QEMUs shared the bench's session: between the same
+ * hosts nic=tap-bpf then measured 0.92x the kernel path's TCP, after this change 1.02x with
+ * nothing else changed on either path (docs/performance.md, "VM NIC throughput"). Everything is named with the Topology's prefix
  * and lives in its namespaces; close() kills the QEMUs and removes the namespaces and files.
  *
  * With dataplane 'bpf' the frames between known guests go through vnsnap's in-kernel data path
@@ -101,7 +107,9 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
-      const q = topo.spawn(h, QEMU, args, { stdio: ['ignore', 'ignore', fs.openSync(files.stderrLog, 'w')] });
+      // detached: its own session, as the QEMU driver starts every VM (process.ts spawn), so
+      // both paths' QEMUs are scheduled alike (module comment)
+      const q = topo.spawn(h, QEMU, args, { stdio: ['ignore', 'ignore', fs.openSync(files.stderrLog, 'w')], detached: true });
       qemus.push(q);
       socks.push(files.channelSock);
     }
@@ -122,8 +130,8 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       ...(dataplane === 'bpf' ? { bpfStats: () => maps.map((m) => m.stats()) } : {}),
       describe:
         dataplane === 'bpf'
-          ? `QEMU -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
-          : `QEMU -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over ${shared ? "the vnsnap deployment's hosts and underlay (each host's veth to a bridge in a third namespace; the agents running beside)" : 'a veth underlay (MTU 1500)'}`,
+          ? `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
+          : `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over ${shared ? "the vnsnap deployment's hosts and underlay (each host's veth to a bridge in a third namespace; the agents running beside)" : 'a veth underlay (MTU 1500)'}`,
       close,
     };
   } catch (e) {

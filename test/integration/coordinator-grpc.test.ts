@@ -334,7 +334,7 @@ describe('coordinator over gRPC (in-process, scripted agents)', function () {
       assert.equal(vne.state, 'VNE_STATE_RUNNING');
       assert.deepEqual(vne.placement, { vm1: 'h1', vm2: 'h2' });
       assert.deepEqual(h1.names(), ['configureVne', 'startVm']);
-      assert.deepEqual(h1.commands[0]?.configureVne?.peers, [{ agentId: 'h2', address: '127.0.0.1', port: 6082 }]);
+      assert.deepEqual(h1.commands[0]?.configureVne?.peers, [{ agentId: 'h2', address: '127.0.0.1', port: 6082, dataPathPort: 0 }]);
       assert.deepEqual(h2.commands[0]?.configureVne?.macs, [
         { mac: '52:54:00:00:00:01', agentId: 'h1' },
         { mac: '52:54:00:00:00:02', agentId: 'h2' },

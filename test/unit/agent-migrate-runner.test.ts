@@ -82,7 +82,7 @@ function agent(id: string, tls?: { ca: string; cert: string; key: string }) {
   const snapshots = new SnapshotRunner({ ...parts, vms, vnes });
   const runner = new MigrateRunner({ ...parts, listenAddress: `10.0.0.${id.slice(1)}`, ...(tls ? { tls } : {}), vms, vnes, snapshots });
   const other = id === 'h1' ? 'h2' : 'h1';
-  vnes.configure({ vne: VNE, vni: 7, generation: 4, peers: [{ agentId: other, address: '10.0.0.9', port: 6081 }], macs: [], epoch: 3 });
+  vnes.configure({ vne: VNE, vni: 7, generation: 4, peers: [{ agentId: other, address: '10.0.0.9', port: 6081, dataPathPort: 0 }], macs: [], epoch: 3 });
   return { sw, driver, vms, runner, clock };
 }
 

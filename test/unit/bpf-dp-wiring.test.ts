@@ -94,6 +94,35 @@ describe('in-kernel data path wired into the switch', function () {
     sw.stop();
   });
 
+  it('a peer told a data path port other than this host\'s (none: 0, or another) is left out of the kernel FDB until told ours; one never told is trusted', () => {
+    const net = new FakeUdpNetwork();
+    const sw = new Switch({ id: 'a' });
+    sw.attachTunnel(net.endpoint(0x0a000001, 6081));
+    const peers = (dpB: number | undefined, dpD: number | undefined) => [
+      { name: 'b', address: B, port: 6081, ...(dpB === undefined ? {} : { dataPathPort: dpB }) },
+      { name: 'd', address: '10.0.0.4', port: 6081, ...(dpD === undefined ? {} : { dataPathPort: dpD }) },
+      { name: 'e', address: '10.0.0.5', port: 6081 },
+    ];
+    sw.configureVne({ name: 'blue', vni: VNI, peers: peers(0, 6083) });
+    sw.useDataPath(new DataPathWiring(maps, { isLocalAddress: () => false, vxlanPort: 6082 }));
+    sw.attachPort('blue', new DpFakePort('p1', { tapIfindex: 101, puntIfindex: 301 }), { mac: m(1) });
+    sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }, { mac: m(8), peer: 'd' }, { mac: m(9), peer: 'e' }] });
+    const fdb = (): unknown[] => [m(7), m(8), m(9)].map((x) => maps.fdb(VNI, x));
+    assert.deepEqual(fdb(), [undefined, undefined, { peer: '10.0.0.5' }]);
+    // a frame to b: punted by vn_tx (to the port's punt device, for the switch's Geneve)
+    const punts = maps.stats().txPunt;
+    const r = h().run('vn_tx', makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200), skbCtx({ ingressIfindex: 101 }));
+    assert.deepEqual([r.retval, maps.stats().txPunt - punts], [7 /* TC_ACT_REDIRECT */, 1]);
+    // b turns its data path on (registered again: the coordinator tells its port), d moves to ours
+    assert.deepEqual(sw.upsertPeer({ name: 'b', address: B, port: 6081, dataPathPort: 6082 }), { change: 'unchanged' });
+    sw.configureVne({ name: 'blue', peers: peers(6082, 6082) });
+    assert.deepEqual(fdb(), [{ peer: B }, { peer: '10.0.0.4' }, { peer: '10.0.0.5' }]);
+    // and b turns it off again: out of the kernel FDB
+    sw.configureVne({ name: 'blue', peers: peers(0, 6082) });
+    assert.deepEqual(fdb(), [undefined, { peer: '10.0.0.4' }, { peer: '10.0.0.5' }]);
+    sw.stop();
+  });
+
   it('the cut turns the flag off while the VM is paused and on at the new epoch; a restored port stays off until its gate opens', async () => {
     const { sw } = rig();
     let during: unknown;

@@ -6,6 +6,8 @@ import type { CoordinatorMessage } from '../../proto/gen/vnsnap/v1/CoordinatorMe
 import type { Register__Output } from '../../proto/gen/vnsnap/v1/Register';
 import { AgentRegistry, type SessionCall } from '../../coordinator/agent-registry';
 import { Catalog } from '../../coordinator/catalog';
+import { configureVneFor } from '../../coordinator/vne-config';
+import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
 import { ManualClock } from '../../proto/core/clock';
 import { flush, log } from './coordinator-fakes';
 
@@ -40,7 +42,7 @@ class FakeCall extends EventEmitter {
 }
 
 function register(id: string): Partial<AgentMessage__Output> {
-  const r: Register__Output = { agentId: id, hostname: `host-${id}`, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], running: [], tls: false, migrating: [] };
+  const r: Register__Output = { agentId: id, hostname: `host-${id}`, version: '0.1.0', tunnelAddress: '10.0.0.1', tunnelPort: 6081, drivers: ['sim'], running: [], tls: false, migrating: [], dataPathPort: 0 };
   return { msg: 'register', register: r };
 }
 
@@ -84,6 +86,41 @@ describe('coordinator agent registry', () => {
     connect().msg(moved);
     assert.deepEqual(seen, ['h1:true', 'h1:false', 'h1:true']);
     assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6082 });
+  });
+
+  it("gives an agent's data path port with its endpoint, and a changed one (on, off) counts as a changed endpoint", () => {
+    const { reg, connect } = setup();
+    const seen: string[] = [];
+    reg.on('joined', (a, _running, changed) => seen.push(`${a}:${changed}`));
+    const withPort = (p: number) => {
+      const r = register('h1');
+      if (r.register) r.register.dataPathPort = p;
+      return r;
+    };
+    const s1 = connect();
+    s1.msg(withPort(6082));
+    assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6081, dataPathPort: 6082 });
+    s1.emit('end');
+    assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6081, dataPathPort: 6082 }); // kept while it is away
+    const s2 = connect();
+    s2.msg(withPort(6082));
+    s2.emit('end');
+    connect().msg(withPort(0));
+    assert.deepEqual(reg.endpoint('h1'), { address: '10.0.0.1', port: 6081 });
+    assert.deepEqual(seen, ['h1:true', 'h1:false', 'h1:true']);
+  });
+
+  it("a VNE's peer list carries each peer's data path port as it registered it (none: no field)", () => {
+    const { reg, connect } = setup();
+    const r = register('h2');
+    if (r.register) r.register.dataPathPort = 6082;
+    connect().msg(r);
+    connect('h3');
+    const vne = { name: 'v', vni: 9, generation: 1, epoch: 0, placement: {}, vms: ['h1', 'h2', 'h3'].map((h, i) => ({ name: `vm${i}`, host: h, macs: [] })) } as unknown as Vne__Output;
+    assert.deepEqual(configureVneFor(vne, 'h1', reg).peers, [
+      { agentId: 'h2', address: '10.0.0.1', port: 6081, dataPathPort: 6082 },
+      { agentId: 'h3', address: '10.0.0.1', port: 6081 },
+    ]);
   });
 
   it('refuses a second session for a live agent id, and a session that does not start with Register', () => {
