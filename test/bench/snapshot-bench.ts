@@ -67,7 +67,7 @@ const HELP = `${USAGE}
   --no-distro   the test guests only (no distro-guest VNE, no image-size leg)
   --rounds N    snapshots per mode and guest (default 10); 1-2 for a quick check
   --background-only  vnsnap background and bare QEMU only, in alternating rounds
-  --hold H      the agents' pre-copy hold: paced, or bytes/s (default: the driver's, 64 KiB/s)
+  --hold H      the agents' pre-copy hold: paced, or bytes/s (default: the driver's, paced)
   --help        this text`;
 let JSON_OUT = false;
 let NO_DISTRO = false;

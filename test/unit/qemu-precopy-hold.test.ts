@@ -5,11 +5,12 @@
  * bandwidth whose convergence threshold (1 ms of it) is under one page. The real QEMU runs of it are in test/integration/qemu-driver.test.ts.
  */
 import { strict as assert } from 'node:assert';
-import { DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_DRAIN_S, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PACED_READY_BYTES, PACED_READY_MAX_MS, PacedHold, parseHold } from '../../agent/drivers/qemu/precopy-hold';
+import { DEFAULT_HOLD, DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_DRAIN_S, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PACED_READY_BYTES, PACED_READY_MAX_MS, PacedHold, parseHold } from '../../agent/drivers/qemu/precopy-hold';
 import { isVnsnapError } from '../../proto/core/errors';
 
 describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence', () => {
-  it('the default is the 64 KiB/s floor; the fast hold 8 MiB/s', () => {
+  it('the default is the paced hold; the fixed hold the 64 KiB/s floor; the fast hold 8 MiB/s', () => {
+    assert.equal(DEFAULT_HOLD, 'paced');
     assert.equal(DEFAULT_HOLD_BANDWIDTH, 64 * 1024);
     assert.equal(HOLD_FLOOR, 64 * 1024);
     assert.equal(FAST_HOLD_BANDWIDTH, 8 * 1024 * 1024);

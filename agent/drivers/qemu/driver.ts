@@ -51,7 +51,7 @@ import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
-import { DEFAULT_HOLD_BANDWIDTH, HOLD_ENV, parseHold } from './precopy-hold';
+import { DEFAULT_HOLD, HOLD_ENV, parseHold } from './precopy-hold';
 import { MiB, qemuImg, QemuVm, type QemuDriverOptions, type QemuOptions } from './process';
 import { loadMemory } from './incoming';
 import { BESIDE_OVERHEAD_BYTES, restoreBeside } from './restore-beside';
@@ -113,7 +113,7 @@ export class QemuDriver implements HypervisorDriver {
       readyBytes: opts.readyBytes ?? 16 * MiB,
       precopyHold: opts.precopyHold ?? 'bandwidth',
       precopyBandwidth: opts.precopyBandwidth ?? 1024 * MiB,
-      holdBandwidth: opts.holdBandwidth ?? parseHold(process.env[HOLD_ENV]) ?? DEFAULT_HOLD_BANDWIDTH,
+      holdBandwidth: opts.holdBandwidth ?? parseHold(process.env[HOLD_ENV]) ?? DEFAULT_HOLD,
       cutDowntimeMs: opts.cutDowntimeMs ?? ((opts.precopyHold ?? 'bandwidth') === 'bandwidth' ? 30 : 100),
       cutEscalateMs: opts.cutEscalateMs ?? 1500,
       progressMs: opts.progressMs ?? 100,

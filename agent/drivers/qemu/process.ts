@@ -72,7 +72,7 @@ export interface QemuDriverOptions {
    * in pre-switchover until cut() (the pause includes that wait).
    */
   precopyHold?: 'pre-switchover' | 'bandwidth';
-  /** Pre-copy bandwidth while waiting for the cut, bytes/s, or 'paced' (default: VNSNAP_QEMU_HOLD when set, else 64 KiB/s; precopy-hold.ts explains the choice, FAST_HOLD_BANDWIDTH and PacedHold). */
+  /** Pre-copy bandwidth while waiting for the cut, bytes/s, or 'paced' (default: VNSNAP_QEMU_HOLD when set, else 'paced'; precopy-hold.ts explains the choice, FAST_HOLD_BANDWIDTH and PacedHold). */
   holdBandwidth?: number | 'paced';
   /**
    * downtime-limit at the cut (ms; default 30 with the bandwidth hold, where a lower limit only
