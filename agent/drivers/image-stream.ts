@@ -64,14 +64,71 @@ export const STORE_HOLD_LIMIT_MS = 2000;
 
 /** The streams of this process that may still write into the store (holdStoreWrites() resumes them). */
 const liveStreams = new Set<StreamIntoStore>();
-/** Holds taken and not released; the writes resume at 0 or once the oldest hold's limit passed. */
-let storeHolds = 0;
-let storeHoldExpired = false;
-let storeHoldTimer: NodeJS.Timeout | undefined;
+/**
+ * A process-wide hold over every live stream, taken by several callers at once: held from the
+ * first take() until every hold taken is released, or `limitMs` after the first one, whichever
+ * comes first (a hold nobody releases cannot stall the streams). `begin` runs when it starts
+ * holding, `end` when it stops (at the limit, and again at the last release: both idempotent on
+ * the streams' side). Each take() returns its release, idempotent.
+ */
+class StreamsHold {
+  private holds = 0;
+  private expired = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly begin: () => void,
+    private readonly end: () => void,
+  ) {}
+
+  get held(): boolean {
+    return this.holds > 0 && !this.expired;
+  }
+
+  take(limitMs: number): () => void {
+    if (this.holds++ === 0) {
+      this.expired = false;
+      this.timer = setTimeout(() => {
+        this.expired = true;
+        this.end();
+      }, limitMs);
+      this.timer.unref();
+      this.begin();
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (--this.holds > 0) return;
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      this.expired = false;
+      this.end();
+    };
+  }
+}
+
+/** holdStoreWrites(): the streams write nothing into the store (their sockets are still read, within each stream's bound). */
+const storeHold = new StreamsHold(
+  () => undefined,
+  () => {
+    for (const st of liveStreams) st.resumeWrites();
+  },
+);
+
+/** holdStreamReads(): the streams' sockets are not read. */
+const readHold = new StreamsHold(
+  () => {
+    for (const st of liveStreams) st.pauseReads();
+  },
+  () => {
+    for (const st of liveStreams) st.resumeReads();
+  },
+);
 
 /** Whether the store's writes are held for the whole process now. */
 export function storeWritesHeld(): boolean {
-  return storeHolds > 0 && !storeHoldExpired;
+  return storeHold.held;
 }
 
 /**
@@ -80,57 +137,17 @@ export function storeWritesHeld(): boolean {
  * Returns the release (idempotent).
  */
 export function holdStoreWrites(limitMs = STORE_HOLD_LIMIT_MS): () => void {
-  if (storeHolds++ === 0) {
-    storeHoldExpired = false;
-    storeHoldTimer = setTimeout(() => {
-      storeHoldExpired = true;
-      resumeStoreWrites();
-    }, limitMs);
-    storeHoldTimer.unref();
-  }
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    if (--storeHolds > 0) return;
-    clearTimeout(storeHoldTimer);
-    storeHoldTimer = undefined;
-    storeHoldExpired = false;
-    resumeStoreWrites();
-  };
+  return storeHold.take(limitMs);
 }
-
-function resumeStoreWrites(): void {
-  for (const st of liveStreams) st.resumeWrites();
-}
-
-/** Holds of the streams' socket reads not released; the reads resume at 0 or at the limit's timer. */
-let readHolds = 0;
-let readHoldTimer: NodeJS.Timeout | undefined;
 
 /** Whether the streams' sockets are held unread now. */
 export function streamReadsHeld(): boolean {
-  return readHoldTimer !== undefined;
+  return readHold.held;
 }
 
 /** Hold every stream's socket reads in this process until every hold is released, or `limitMs` after the first (module comment); the release is idempotent. */
 export function holdStreamReads(limitMs = STORE_HOLD_LIMIT_MS): () => void {
-  const resume = (): void => {
-    clearTimeout(readHoldTimer);
-    readHoldTimer = undefined;
-    for (const st of liveStreams) st.resumeReads();
-  };
-  if (readHolds++ === 0) {
-    readHoldTimer = setTimeout(resume, limitMs);
-    readHoldTimer.unref();
-    for (const st of liveStreams) st.pauseReads();
-  }
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    if (--readHolds === 0) resume();
-  };
+  return readHold.take(limitMs);
 }
 
 export interface StreamIntoStoreOptions {
