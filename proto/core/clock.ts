@@ -82,3 +82,6 @@ export class ManualClock implements Clock {
 export function nowUs(): number {
   return Math.round((performance.timeOrigin + performance.now()) * 1000);
 }
+
+/** Milliseconds of a monotonic clock since `t0` (process.hrtime.bigint()): a duration for profiles, not an instant. */
+export const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;

@@ -19,6 +19,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { msSince } from '../core/clock';
 import { VnsnapError } from '../core/errors';
 import { Chunker, type ChunkerEngine, type ChunkerParams } from './chunker';
 
@@ -37,8 +38,6 @@ export interface ChunkHasher {
   /** Drop the stream (idempotent). */
   close(): void;
 }
-
-const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
 /** One stream's hashing on the calling thread (what the worker runs too). */
 export class InlineChunkHasher implements ChunkHasher {

@@ -21,6 +21,7 @@
  *     pool, the pack's chunks as one batch: chunk-codec.ts) and kept compressed only when that saves; the reference then records
  *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes.
  */
+import { msSince } from '../core/clock';
 import type { ChunkRef } from './cas-index';
 import { encodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
@@ -43,9 +44,6 @@ export interface WriteProfile {
   flushMs: number;
   packs: number;
 }
-
-/** Milliseconds since `t0` (process.hrtime.bigint()). */
-export const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
 /** Where a chunk will be: its place in the pack once that is sealed and stored. */
 interface Slot {
@@ -94,8 +92,7 @@ export class PackWriter {
     private readonly codec?: Codec,
     private readonly profile?: WriteProfile,
   ) {
-    const b = backend;
-    this.deferred = b.putUnsynced && b.sync ? { putUnsynced: (k, d) => (b.putUnsynced as NonNullable<ObjectBackend['putUnsynced']>)(k, d), sync: (k) => (b.sync as NonNullable<ObjectBackend['sync']>)(k) } : null;
+    this.deferred = backend.putUnsynced && backend.sync ? { putUnsynced: backend.putUnsynced.bind(backend), sync: backend.sync.bind(backend) } : null;
   }
 
   /** Place one chunk; an upload job when the open pack is full. */
