@@ -29,8 +29,9 @@
  *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
  *          convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
- *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
- *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
+ *          a final round with the VM running until QEMU synced and sent that set (query-migrate
+ *          every 5 ms, at most 120 ms), then `stop` (not at QEMU's own convergence, which comes
+ *          seconds late on a busy host: every VM of the VNE is cut within the round) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
  *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
@@ -426,7 +427,8 @@ export class QemuJob extends DriverJob {
       const last = this.lastProgress;
       this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.appliedBandwidth, remainingBytes: last?.bytesRemaining, dirtyBytesS: last ? Math.round(last.dirtyRateMibS * MiB) : undefined, toSwitchoverBytes: -(this.stream?.received ?? 0) };
     }
-    // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass.
+    // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass
+    // (the final round's own, before the stop, are precopy-switchover.ts's).
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
     this.qmpTrace = CutQmpTrace.start(this.q);
