@@ -167,6 +167,20 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
     assert.deepEqual(u.stops, ['stopped']);
   });
 
+  it('a watched round whose query-migrate fails or hangs still ends at its bound with the stop', async () => {
+    for (const progress of [() => Promise.reject(new Error('QMP gone')), () => new Promise<RoundProgress>(() => undefined)]) {
+      const t = setup();
+      t.s.progress = progress;
+      t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+      await reachSwitchover(t.s, round(20));
+      assert.equal(t.s.round?.how, 'fixed');
+      assert.deepEqual(
+        t.q.sent.map(([c]) => c),
+        ['migrate-set-parameters', 'stop'],
+      );
+    }
+  });
+
   it('finalRoundDone: a sync after the lift with at most leftBytes left, or two syncs', () => {
     assert.equal(finalRoundDone(5, { sync: 5, remaining: 0 }, MiB), false, 'no sync since the lift');
     assert.equal(finalRoundDone(5, { sync: 6, remaining: MiB + 1 }, MiB), false);
