@@ -27,11 +27,12 @@
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
- * Guarantees: `stop` is sent at most round.maxMs after the lift's reply (a query-migrate that
- * outlasts the round ends it); resolves once QEMU is in pre-switchover (the VM stopped, the final pass not sent);
- * `stopped` is called once, as soon as the VM is known to be stopped (ours or QEMU's); rejects
- * when the migration ends or fails before the switchover (the caller cancels and resumes: its
- * `stoppedByUs` says whether `stop` was sent).
+ * Guarantees: `stop` is sent round.maxMs after the lift was sent at the latest (as the event
+ * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
+ * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
+ * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
+ * before the switchover (the caller cancels and resumes: its `stoppedByUs` says whether `stop`
+ * was sent).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VnsnapError } from '../../../proto/core/errors';
