@@ -30,7 +30,7 @@
  *          convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a final round with the VM running until QEMU synced and sent that set (query-migrate
- *          every 5 ms, at most 120 ms), then `stop` (not at QEMU's own convergence, which comes
+ *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes
  *          seconds late on a busy host: every VM of the VNE is cut within the round) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►

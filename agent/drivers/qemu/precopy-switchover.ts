@@ -50,7 +50,7 @@ export interface FinalRound {
   leftBytes: number;
 }
 
-export const FINAL_ROUND: FinalRound = { maxMs: 120, pollMs: 5, leftBytes: 1 * MiB };
+export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * MiB };
 
 /** One query-migrate of the round: QEMU's dirty-bitmap syncs so far and the bytes still dirty. */
 export interface RoundProgress {
