@@ -1,14 +1,19 @@
 /**
  * The start of a QEMU pre-copy cut (agent/drivers/qemu/precopy-switchover.ts) over a scripted
- * QMP peer: the VM is stopped at the commit (after the short final round) instead of waiting
- * for QEMU to converge by itself, and what a failure leaves. The real QEMU runs of it are in
+ * QMP peer: the VM is stopped at the commit (after the final round) instead of waiting for QEMU
+ * to converge by itself, the round ended by QEMU's progress (a sync after the lift, the set
+ * sent) or its bound, and what a failure leaves. The real QEMU runs of it are in
  * test/integration/qemu-driver.test.ts.
  */
 import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { silentLogger } from '../../proto/core/log';
 import type { QmpClient, QmpEvent } from '../../agent/drivers/qemu/qmp';
-import { reachSwitchover, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+import { FINAL_ROUND, finalRoundDone, reachSwitchover, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+
+const MiB = 1024 * 1024;
+/** A round of at most `maxMs`, polled every ms. */
+const round = (maxMs: number) => ({ ...FINAL_ROUND, maxMs, pollMs: 1 });
 
 /** Records commands (and their arguments) in order; `onStop` runs when `stop` is executed. */
 class ScriptedQmp extends EventEmitter {
@@ -58,7 +63,7 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
   it('a VM that has not converged after the final round is stopped; done at the pre-switchover that follows', async () => {
     const t = setup();
     t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
-    await reachSwitchover(t.s, 5);
+    await reachSwitchover(t.s, round(5));
     assert.deepEqual(
       t.q.sent.map(([c]) => c),
       ['migrate-set-parameters', 'stop'],
@@ -71,7 +76,7 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
   it('a VM that converges within the final round is not stopped by us', async () => {
     const t = setup();
     t.pre.resolve(PRE_SWITCHOVER);
-    await reachSwitchover(t.s, 60_000);
+    await reachSwitchover(t.s, round(60_000));
     assert.deepEqual(
       t.q.sent.map(([c]) => c),
       ['migrate-set-parameters'],
@@ -89,7 +94,7 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
       if (cmd === 'migrate-set-parameters' && args?.['max-bandwidth'] === undefined && ++raised === 2) t.pre.resolve(PRE_SWITCHOVER);
       return r;
     };
-    await reachSwitchover(t.s, 5);
+    await reachSwitchover(t.s, round(5));
     assert.deepEqual(
       t.q.sent.map(([c, a]) => (c === 'migrate-set-parameters' ? `${c} ${String(a?.['downtime-limit'])}` : c)),
       ['migrate-set-parameters 30', 'stop', 'migrate-set-parameters 120', 'migrate-set-parameters 480'],
@@ -99,13 +104,87 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
   it('a migration that ends before the switchover rejects, saying whether the VM was stopped', async () => {
     const t = setup();
     t.q.onStop = () => setImmediate(() => t.ended.reject(new Error('migration of vm1 failed')));
-    await assert.rejects(reachSwitchover(t.s, 5), /migration of vm1 failed/);
+    await assert.rejects(reachSwitchover(t.s, round(5)), /migration of vm1 failed/);
     assert.equal(t.s.stoppedByUs, true);
 
     const u = setup();
     u.ended.resolve();
-    await assert.rejects(reachSwitchover(u.s, 60_000), (e: Error & { code?: string }) => e.code === 'ERR_DRIVER' && /ended before the switchover/.test(e.message));
+    await assert.rejects(reachSwitchover(u.s, round(60_000)), (e: Error & { code?: string }) => e.code === 'ERR_DRIVER' && /ended before the switchover/.test(e.message));
     assert.equal(u.s.stoppedByUs, undefined);
     assert.deepEqual(u.stops, []);
+  });
+
+  it('a watched round ends once QEMU synced after the lift and sent the set down to leftBytes: then stop', async () => {
+    const t = setup();
+    const script: RoundProgress[] = [
+      { sync: 7, remaining: 3 * MiB }, // at the lift
+      { sync: 7, remaining: 2 * MiB }, // sending the old set
+      { sync: 8, remaining: 2 * MiB }, // synced: the new set
+      { sync: 8, remaining: MiB / 2 }, // sent down to leftBytes
+      { sync: 8, remaining: 0 },
+    ];
+    let polls = 0;
+    t.s.progress = async () => script[Math.min(polls++, script.length - 1)] as RoundProgress;
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    await reachSwitchover(t.s, round(60_000));
+    assert.equal(polls, 4);
+    assert.deepEqual(
+      t.q.sent.map(([c]) => c),
+      ['migrate-set-parameters', 'stop'],
+    );
+    assert.equal(t.s.round?.how, 'synced');
+    assert.equal(t.s.round?.syncs, 1);
+    assert.equal(t.s.round?.remaining, MiB / 2);
+    assert.equal(t.s.stoppedByUs, true);
+  });
+
+  it('a watched round without a sync ends at its bound; QEMU converging during it ends it without a stop', async () => {
+    const t = setup();
+    t.s.progress = async () => ({ sync: 3, remaining: 9 * MiB });
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    await reachSwitchover(t.s, round(20));
+    assert.equal(t.s.round?.how, 'cap');
+    assert.equal(t.s.round?.syncs, 0);
+    assert.ok((t.s.round?.ms ?? 0) >= 20, `the round lasted ${String(t.s.round?.ms)} ms`);
+    assert.deepEqual(
+      t.q.sent.map(([c]) => c),
+      ['migrate-set-parameters', 'stop'],
+    );
+
+    const u = setup();
+    let polls = 0;
+    u.s.progress = async () => {
+      if (++polls === 3) u.pre.resolve(PRE_SWITCHOVER);
+      return { sync: 3, remaining: 9 * MiB };
+    };
+    await reachSwitchover(u.s, round(60_000));
+    assert.equal(u.s.round?.how, 'converged');
+    assert.equal(u.s.stoppedByUs, undefined);
+    assert.deepEqual(
+      u.q.sent.map(([c]) => c),
+      ['migrate-set-parameters'],
+    );
+    assert.deepEqual(u.stops, ['stopped']);
+  });
+
+  it('a watched round whose query-migrate fails or hangs still ends at its bound with the stop', async () => {
+    for (const progress of [() => Promise.reject(new Error('QMP gone')), () => new Promise<RoundProgress>(() => undefined)]) {
+      const t = setup();
+      t.s.progress = progress;
+      t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+      await reachSwitchover(t.s, round(20));
+      assert.equal(t.s.round?.how, 'fixed');
+      assert.deepEqual(
+        t.q.sent.map(([c]) => c),
+        ['migrate-set-parameters', 'stop'],
+      );
+    }
+  });
+
+  it('finalRoundDone: a sync after the lift with at most leftBytes left, or two syncs', () => {
+    assert.equal(finalRoundDone(5, { sync: 5, remaining: 0 }, MiB), false, 'no sync since the lift');
+    assert.equal(finalRoundDone(5, { sync: 6, remaining: MiB + 1 }, MiB), false);
+    assert.equal(finalRoundDone(5, { sync: 6, remaining: MiB }, MiB), true);
+    assert.equal(finalRoundDone(5, { sync: 7, remaining: 8 * MiB }, MiB), true);
   });
 });

@@ -29,8 +29,9 @@
  *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
  *          convergence during the hold changes: precopy-hold.ts.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
- *          a short final round with the VM running, then `stop` at the commit (not at QEMU's
- *          own convergence: every VM of the VNE is cut at its commit) ─► MIGRATION
+ *          a final round with the VM running until QEMU synced and sent that set (query-migrate
+ *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes
+ *          seconds late on a busy host: every VM of the VNE is cut within the round) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
  *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
@@ -67,7 +68,7 @@ import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
 import { precopyPause } from './precopy-pause';
-import { reachSwitchover, type Switchover } from './precopy-switchover';
+import { reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -114,7 +115,7 @@ export class QemuJob extends DriverJob {
   private paced: PacedHold | undefined;
   /** The hold as the cut found it, for the cut's log line: QEMU's syncs seen since ready, the last one's age. */
   private holdSeen = { readyAt: 0, readySync: 0, sync: 0, syncAt: 0 };
-  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; toSwitchoverBytes?: number } | undefined;
+  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; remainingBytes?: number; dirtyBytesS?: number; toSwitchoverBytes?: number; round?: RoundOutcome; steps?: string } | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -423,9 +424,11 @@ export class QemuJob extends DriverJob {
     if (this.opts.mode === 'precopy' && this.isReady) {
       const h = this.holdSeen;
       const now = performance.now();
-      this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.appliedBandwidth, toSwitchoverBytes: -(this.stream?.received ?? 0) };
+      const last = this.lastProgress;
+      this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.appliedBandwidth, remainingBytes: last?.bytesRemaining, dirtyBytesS: last ? Math.round(last.dirtyRateMibS * MiB) : undefined, toSwitchoverBytes: -(this.stream?.received ?? 0) };
     }
-    // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass.
+    // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass
+    // (the final round's own, before the stop, are precopy-switchover.ts's).
     if (this.pollTimer) clearInterval(this.pollTimer);
     this.pollTimer = undefined;
     this.qmpTrace = CutQmpTrace.start(this.q);
@@ -493,9 +496,10 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), progress: () => this.roundProgress() };
       try {
         await reachSwitchover(s);
+        if (this.holdAtCut) this.holdAtCut.round = s.round;
       } catch (e) {
         this.pausedByUs = s.stoppedByUs === true;
         this.stream?.releaseWrites();
@@ -531,6 +535,12 @@ export class QemuJob extends DriverJob {
     return this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
   }
 
+  /** query-migrate during the final round (precopy-switchover.ts): QEMU's syncs and what is still dirty. */
+  private async roundProgress(): Promise<RoundProgress> {
+    const ram = (await this.q.execute<MigrationInfo>('query-migrate', undefined, 1000)).ram;
+    return { sync: ram?.['dirty-sync-count'] ?? 0, remaining: ram?.remaining ?? 0 };
+  }
+
   /**
    * A cut failed: stop the migration (pre-copy), resume the VM if this job paused it, merge a
    * disk overlay made at the cut back and drop an unused one.
@@ -555,6 +565,7 @@ export class QemuJob extends DriverJob {
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');
+    if (this.holdAtCut) this.holdAtCut.steps = steps;
     const finalBytes = this.opts.mode === 'precopy' ? { finalPassBytes: this.finalPassBytes, hold: this.holdAtCut } : {};
     this.log.debug({ mode: this.opts.mode, pauseMs: Number(report.pauseMs.toFixed(3)), restarts: this.restarts, steps, ...finalBytes }, 'cut done');
     return report;

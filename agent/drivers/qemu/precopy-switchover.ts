@@ -3,27 +3,36 @@
  * pre-switchover, so that the VM is cut at the commit rather than whenever its own pre-copy
  * happens to converge, and its pause holds nothing but its own final copy.
  *
- * At the commit the pre-copy is held (migration.ts: max-bandwidth holdBandwidth, downtime-limit
+ * At the commit the pre-copy is held (migration.ts: max-bandwidth at the hold, downtime-limit
  * 1 ms, the VM running). Then:
- *   1. max-bandwidth up and downtime-limit = cutDowntimeMs, and a short final round
- *      (FINAL_ROUND_MS) with the VM still running: QEMU sends what it has queued at full speed;
+ *   1. max-bandwidth up and downtime-limit = cutDowntimeMs, and a final round with the VM still
+ *      running, watched by query-migrate every round.pollMs: it ends as soon as QEMU has synced
+ *      its dirty bitmap since the lift and sent it down to round.leftBytes, or synced twice
+ *      (finalRoundDone()), or after round.maxMs at most;
  *   2. `stop` (serialised before the round) when the round ends, unless QEMU converged and
- *      stopped the VM by itself first. Its STOP is the cut: on every VM the commit's receipt +
- *      the round at most, whatever the guest's dirty rate, so the cut instants of a VNE spread by
- *      the commit fan-out and the agents' wake-ups only;
+ *      stopped the VM by itself first. Its STOP is the cut;
  *   3. with the VM stopped nothing more is dirtied: QEMU sends what is left, converges and waits
  *      in pre-switchover (its MIGRATION event), where precopy-pause.ts takes over.
- * Waiting for QEMU to converge by itself instead (the code before) put each VM's cut at its own
- * convergence, 0.1–2 s after the commit on a loaded machine: the VNE's cut instants spread by as
- * much, and the VM's ports stayed gated (their frames held) all that time.
+ * Why the round watches QEMU instead of lasting a fixed 25 ms (the code before): QEMU 7.2 rate-
+ * limits in 100 ms windows and, its window's quota at the hold spent, sleeps until the window
+ * ends; raising max-bandwidth does not wake it. A fixed 25 ms round mostly ended before QEMU
+ * woke, so the pause held that wait (0-100 ms) and the set dirtied since the hold's last sync,
+ * 0.3-1.5 s ago, both with the VM stopped. Watched, the round lasts until QEMU woke, sent the set
+ * and synced with the VM running, and the pause holds what was dirtied during its last pass.
+ * The price: the cut comes later after the commit (up to round.maxMs), by as much more on one VM
+ * than another. Without a progress source (round.progress) the round is a fixed round.maxMs.
+ * Waiting for QEMU to converge by itself with no bound (the code before the cut at the commit)
+ * put each VM's cut 0.1–2 s after the commit on a loaded machine.
  * A stopped VM always converges (its dirty set only shrinks); should QEMU not reach
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
- * Guarantees: resolves once QEMU is in pre-switchover (the VM stopped, the final pass not sent);
- * `stopped` is called once, as soon as the VM is known to be stopped (ours or QEMU's); rejects
- * when the migration ends or fails before the switchover (the caller cancels and resumes: its
- * `stoppedByUs` says whether `stop` was sent).
+ * Guarantees: `stop` is sent round.maxMs after the lift was sent at the latest (as the event
+ * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
+ * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
+ * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
+ * before the switchover (the caller cancels and resumes: its `stoppedByUs` says whether `stop`
+ * was sent).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VnsnapError } from '../../../proto/core/errors';
@@ -31,8 +40,38 @@ import type { Logger } from '../../../proto/core/log';
 import { MiB } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
-/** The final round with the VM running, from the bandwidth's lift to `stop` (ms). */
-export const FINAL_ROUND_MS = 25;
+/** The final round with the VM running, from the bandwidth's lift to `stop`. */
+export interface FinalRound {
+  /** The longest round (ms): `stop` then, whatever QEMU did. */
+  maxMs: number;
+  /** query-migrate this often during the round (ms). */
+  pollMs: number;
+  /** The round ends once QEMU synced after the lift and at most this much remains (bytes). */
+  leftBytes: number;
+}
+
+export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * MiB };
+
+/** One query-migrate of the round: QEMU's dirty-bitmap syncs so far and the bytes still dirty. */
+export interface RoundProgress {
+  sync: number;
+  remaining: number;
+}
+
+/** The round is done: QEMU synced after the lift (at sync0) and sent the set down to leftBytes, or synced twice. */
+export function finalRoundDone(sync0: number, p: RoundProgress, leftBytes: number): boolean {
+  return p.sync >= sync0 + 2 || (p.sync > sync0 && p.remaining <= leftBytes);
+}
+
+/** How the round ended, for the cut's log line. */
+export interface RoundOutcome {
+  /** 'converged': QEMU stopped the VM itself; 'synced': finalRoundDone(); 'cap': round.maxMs; 'fixed': no progress source. */
+  how: 'converged' | 'synced' | 'cap' | 'fixed';
+  ms: number;
+  /** QEMU's syncs during the round and the bytes dirty at its last poll (undefined: not polled). */
+  syncs?: number;
+  remaining?: number;
+}
 
 export interface Switchover {
   q: QmpClient;
@@ -47,12 +86,16 @@ export interface Switchover {
   /** The VM is stopped from now on (called once). */
   stopped: () => void;
   mark: (step: string) => void;
+  /** QEMU's progress (query-migrate) for a watched final round; none: a fixed round. */
+  progress?: () => Promise<RoundProgress>;
   /** Set when `stop` was sent (the caller resumes the VM on failure). */
   stoppedByUs?: boolean;
+  /** Set when the final round ended. */
+  round?: RoundOutcome;
 }
 
 /** From the commit to QEMU in pre-switchover with the VM stopped (see the module comment). */
-export async function reachSwitchover(s: Switchover, finalRoundMs = FINAL_ROUND_MS): Promise<void> {
+export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_ROUND): Promise<void> {
   const q = s.q;
   const stop = q.prepare('stop');
   let isStopped = false;
@@ -71,8 +114,12 @@ export async function reachSwitchover(s: Switchover, finalRoundMs = FINAL_ROUND_
   ended.catch(() => undefined);
   const wait = (ms: number): Promise<'paused' | 'late'> => Promise.race([paused, ended, sleep(ms).then(() => 'late' as const)]);
   let downtime = s.cutDowntimeMs;
+  const t0 = performance.now();
   await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': downtime });
-  if ((await wait(finalRoundMs)) === 'paused') return;
+  const race = <T>(x: Promise<T>, ms: number): Promise<T | 'paused' | 'late'> => Promise.race([paused, ended, x, sleep(ms).then(() => 'late' as const)]);
+  const outcome = await finalRound(s, round, { wait, race }, t0);
+  s.round = outcome;
+  if (outcome.how === 'converged') return;
   s.stoppedByUs = true;
   await stop.send();
   stopped();
@@ -82,4 +129,37 @@ export async function reachSwitchover(s: Switchover, finalRoundMs = FINAL_ROUND_
     s.log.info({ downtime }, 'stopped, no switchover yet: raising downtime-limit');
     await q.execute('migrate-set-parameters', { 'downtime-limit': downtime });
   }
+}
+
+/** Waits that end early at QEMU's pre-switchover ('paused') and reject when the migration ends. */
+interface RoundWaits {
+  wait: (ms: number) => Promise<'paused' | 'late'>;
+  race: <T>(x: Promise<T>, ms: number) => Promise<T | 'paused' | 'late'>;
+}
+
+/** The final round, the VM running: until QEMU synced and sent the set (finalRoundDone), converged by itself, or round.maxMs. */
+async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: number): Promise<RoundOutcome> {
+  const ms = (): number => Math.round(performance.now() - t0);
+  const left = (): number => Math.max(0, t0 + round.maxMs - performance.now());
+  const progress = s.progress;
+  if (!progress) return { how: (await w.wait(round.maxMs)) === 'paused' ? 'converged' : 'fixed', ms: ms() };
+  let first: RoundProgress | undefined; // at the lift: the syncs before it
+  let last: RoundProgress | undefined;
+  for (;;) {
+    // A query-migrate that fails counts as none; one that outlasts the round ends it.
+    const p = await w.race(progress().catch(() => undefined), left());
+    if (p === 'paused') return { how: 'converged', ms: ms() };
+    if (p === 'late') break;
+    if (p) {
+      first ??= p;
+      last = p;
+      if (finalRoundDone(first.sync, p, round.leftBytes)) {
+        s.mark('round-synced');
+        return { how: 'synced', ms: ms(), syncs: p.sync - first.sync, remaining: p.remaining };
+      }
+    }
+    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
+    if (left() <= 0) break;
+  }
+  return { how: first ? 'cap' : 'fixed', ms: ms(), syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
 }
