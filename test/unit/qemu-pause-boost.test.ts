@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
 import { boostPause, BOOST_BOUND_MS, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies, type Chrt } from '../../agent/drivers/qemu/pause-boost';
 
 /** A fake `chrt`: records each call; each call settles when the test says so. */
@@ -121,5 +122,20 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
     const own = threadPolicies(process.pid);
     assert.ok(own.length >= 1);
     assert.deepEqual(own, own.map(() => 0), 'the test runner runs SCHED_OTHER');
+  });
+
+  it('pauseboost: with the real chrt (through the agent\'s shell) a process goes to SCHED_FIFO and back (as root; elsewhere it is left alone)', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const pid = child.pid as number;
+      const root = process.getuid?.() === 0;
+      const b = boostPause(pid, { log: logger().log });
+      assert.equal(await b.applied, root);
+      assert.deepEqual(threadPolicies(pid), [root ? 1 : 0], 'SCHED_FIFO is policy 1');
+      await b.release();
+      assert.deepEqual(threadPolicies(pid), [0]);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 });
