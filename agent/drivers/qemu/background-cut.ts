@@ -25,6 +25,10 @@
  * last one sends nothing meanwhile, so its vCPU, at its first write to a page not yet saved,
  * waits for the reads to resume (a QEMU background snapshot's write faults wait on its stream).
  *
+ * QEMU's own part of the pause (its stop, the device state, the resume) runs with its main thread
+ * at SCHED_FIFO when the caller gives a `boost` (pause-boost.ts): taken right before `stop` is
+ * written, undone at the RESUME and on every failure.
+ *
  * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event once
  * every command of the cut succeeded; on any failure it rejects with the first error once every
  * command it sent settled (the caller resumes the VM if it is still paused and merges a disk
