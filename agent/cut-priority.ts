@@ -5,7 +5,11 @@
  * to QEMU's STOP (the drain, then `migrate` or `cont`): on a host whose cores are busy with
  * guests, a woken agent at the default priority waited for a core (the cut traces' loop stalls
  * of 15-40 ms around the STOP), and every such wait lengthens the pause. At nice CUT_NICE the
- * scheduler runs it as soon as QEMU's reply arrives. The window is the cut's own, bounded by it
+ * scheduler prefers it to the threads of its own session; where the kernel groups tasks by
+ * session (kernel.sched_autogroup_enabled=1) that is all a nice value does: the stalls measured
+ * at CUT_NICE on such a host were still 85-90 % run-queue wait behind other sessions' threads
+ * (the guests' vCPUs), and raising the agent's whole session changed nothing measurable
+ * (docs/performance.md, "QEMU's pause at SCHED_FIFO"). The window is the cut's own, bounded by it
  * (tens of ms per VM); the agent's other work in it (dataplane batches) gains the same, which is
  * why it ends as soon as the rest of the pause is QEMU's own work.
  *

@@ -14,8 +14,8 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
   let q: QmpClient;
   beforeEach(() => ({ mon, q } = ctx));
 
-  /** A cut over the fake monitor; `steps` records the callbacks in the order they ran. */
-  function start(steps: string[]): ReturnType<typeof backgroundCut> {
+  /** A cut over the fake monitor; `steps` records the callbacks in the order they ran, `boosts` the pause boost's. */
+  function start(steps: string[], boosts: string[] = []): ReturnType<typeof backgroundCut> {
     return backgroundCut({
       q,
       uri: 'unix:/run/m1.sock',
@@ -29,14 +29,19 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
       stopped: () => steps.push('stopped'),
       migrating: () => steps.push('migrating'),
       mark: () => undefined,
+      boost: () => {
+        boosts.push(`boost after ${mon.commands().length} commands`);
+        return () => boosts.push(`unboost after ${mon.commands().join('+')}`);
+      },
     });
   }
 
   const gotCommands = (n: number): Promise<true> => until(`${n} commands at the monitor`, () => mon.lines.length === n || undefined, { timeoutMs: 5000, everyMs: 2 });
 
-  it('bgcut: the drain starts at the STOP event and migrate follows it before any reply; the cut instant is STOP, the end RESUME', async () => {
+  it('bgcut: the drain starts at the STOP event and migrate follows it before any reply; the cut instant is STOP, the end RESUME; QEMU boosted from before the stop to the RESUME', async () => {
     const steps: string[] = [];
-    const cut = start(steps);
+    const boosts: string[] = [];
+    const cut = start(steps, boosts);
     await gotCommands(2);
     assert.deepEqual(mon.commands(), ['stop', 'blockdev-snapshot']);
     const stopAt = nowUs() - 1000;
@@ -47,15 +52,18 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     for (const l of mon.lines) mon.reply(l.id);
     await new Promise((r) => setImmediate(r));
     assert.equal(streamReadsHeld(), true, 'no stream is read until RESUME');
+    assert.deepEqual(boosts, ['boost after 0 commands'], 'boosted before the stop, still boosted with every reply in');
     mon.event('RESUME', stopAt + 7000);
     const r = await cut;
+    assert.equal(boosts[1], 'unboost after stop+blockdev-snapshot+migrate');
     assert.deepEqual([r.cutUnixUs, r.resume.event, r.resume.timestampUs], [stopAt, 'RESUME', stopAt + 7000]);
     assert.equal(streamReadsHeld(), false, 'read again from RESUME');
   });
 
-  it('bgcut: a blockdev-snapshot refused after migrate was written fails the cut with its error once every reply is in; migrating was called', async () => {
+  it('bgcut: a blockdev-snapshot refused after migrate was written fails the cut with its error once every reply is in; migrating was called; the boost undone', async () => {
     const steps: string[] = [];
-    const cut = start(steps);
+    const boosts: string[] = [];
+    const cut = start(steps, boosts);
     await gotCommands(2);
     mon.event('STOP', nowUs());
     await gotCommands(3);
@@ -68,12 +76,15 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     mon.reply(mon.idOf('migrate'));
     await assert.rejects(cut, /QMP blockdev-snapshot on fake: GenericError: overlay busy/);
     assert.deepEqual(steps, ['stopped', 'drain after stop+blockdev-snapshot', 'migrating']);
+    assert.equal(boosts[0], 'boost after 0 commands');
+    assert.deepEqual(new Set(boosts.slice(1)), new Set(['unboost after stop+blockdev-snapshot+migrate']), 'undone (repeats are idempotent at the boost)');
     assert.equal(streamReadsHeld(), false, 'a failed cut lets the streams be read');
   });
 
-  it('bgcut: a refused stop ends the cut without a drain or a migrate', async () => {
+  it('bgcut: a refused stop ends the cut without a drain or a migrate; the boost undone', async () => {
     const steps: string[] = [];
-    const cut = start(steps);
+    const boosts: string[] = [];
+    const cut = start(steps, boosts);
     await gotCommands(2);
     mon.error(mon.idOf('stop'), 'no');
     mon.reply(mon.idOf('blockdev-snapshot'));
@@ -81,6 +92,8 @@ describe('QEMU background cut (real unix socket, fake monitor)', () => {
     assert.deepEqual(steps, []);
     assert.equal(streamReadsHeld(), false);
     assert.deepEqual(mon.commands(), ['stop', 'blockdev-snapshot']);
+    assert.equal(boosts[0], 'boost after 0 commands');
+    assert.deepEqual(new Set(boosts.slice(1)), new Set(['unboost after stop+blockdev-snapshot']));
   });
 });
 

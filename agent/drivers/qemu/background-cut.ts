@@ -25,6 +25,10 @@
  * last one sends nothing meanwhile, so its vCPU, at its first write to a page not yet saved,
  * waits for the reads to resume (a QEMU background snapshot's write faults wait on its stream).
  *
+ * QEMU's own part of the pause (its stop, the device state, the resume) runs with its main thread
+ * at SCHED_FIFO when the caller gives a `boost` (pause-boost.ts): taken right before `stop` is
+ * written, undone at the RESUME and on every failure.
+ *
  * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event once
  * every command of the cut succeeded; on any failure it rejects with the first error once every
  * command it sent settled (the caller resumes the VM if it is still paused and merges a disk
@@ -46,6 +50,11 @@ export interface BackgroundCut {
   stopped: () => void;
   migrating: () => void;
   mark: (step: string) => void;
+  /**
+   * Give QEMU the CPU for the pause (pause-boost.ts): called right before `stop` is written; the
+   * function it returns is called at the RESUME and on every failure (at least once).
+   */
+  boost?: () => () => void;
 }
 
 /** A promise whose rejection is handled later (or never, when an earlier step failed). */
@@ -60,6 +69,7 @@ export async function backgroundCut(c: BackgroundCut): Promise<{ cutUnixUs: numb
   // No stream of this agent is read until this VM resumed (nor, holds nesting, any other VM it
   // cuts meanwhile): see the module comment.
   const readAgain = holdStreamReads();
+  const unboost = c.boost?.() ?? ((): void => undefined);
   c.mark('start');
   const stopEv = settledLater(q.waitEvent('STOP', undefined, 10_000));
   // Pipelined: QEMU runs blockdev-snapshot right after stop, while the switch drains below.
@@ -77,17 +87,22 @@ export async function backgroundCut(c: BackgroundCut): Promise<{ cutUnixUs: numb
     c.mark('hook');
     c.migrating();
     const resumeEv = settledLater(q.waitEvent('RESUME', undefined, 30_000));
-    resumeEv.then(readAgain, () => undefined);
+    resumeEv.then(() => {
+      unboost();
+      readAgain();
+    }, () => undefined);
     sent.push(migrate.send());
     await Promise.all(sent);
     const resume = await resumeEv;
     c.mark('resumed');
     return { cutUnixUs, resume };
   } catch (e) {
+    unboost();
     readAgain();
     await Promise.allSettled(sent);
     throw e;
   } finally {
+    unboost();
     readAgain();
   }
 }

@@ -15,7 +15,8 @@
  *          on, the rest off), migrate-set-parameters
  *   cut:   background-cut.ts (stop + blockdev-snapshot back to back, the drain from the STOP
  *          event, migrate into the socket opened at begin written without waiting for the other
- *          replies, QEMU resumes the VM itself)
+ *          replies, QEMU resumes the VM itself; QEMU's main thread at SCHED_FIFO from before the
+ *          stop to the RESUME: pause-boost.ts)
  *   In both modes, from the commit to the end of the VM's cut no stream of this agent writes
  *   into the store (image-stream.ts holdStoreWrites: other VMs' streams hashed on this loop).
  *   durable: MIGRATION completed and the stream's end ─► the memory artefact is committed; the
@@ -67,6 +68,7 @@ import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
+import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -281,6 +283,7 @@ export class QemuJob extends DriverJob {
     await this.disk.prepare();
     this.listen();
     if (this.opts.mode === 'background') {
+      if (pauseBoostEnabled()) startChrtShell(); // ahead of the cut, which boosts QEMU through it
       await this.openStream();
       await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
       this.isReady = true;
@@ -468,6 +471,7 @@ export class QemuJob extends DriverJob {
           this.migrationDone = this.watchCompletion();
         },
         mark: (m) => this.mark(m),
+        boost: () => this.boostPause(),
       });
     } catch (e) {
       await this.failCut(false); // a disk QEMU froze all the same is merged back
@@ -475,6 +479,13 @@ export class QemuJob extends DriverJob {
     }
     this.pausedByUs = false;
     return this.finishCut(cut.cutUnixUs, cut.resume);
+  }
+
+  /** QEMU's main thread at SCHED_FIFO for the pause (pause-boost.ts); the function returned undoes it. */
+  private boostPause(): () => void {
+    if (!pauseBoostEnabled()) return () => undefined;
+    const boost = boostPause(this.vmObj.pid, { log: this.log });
+    return () => void boost.release();
   }
 
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {

@@ -1,0 +1,208 @@
+/**
+ * QEMU's own part of a background pause given a core: the VM's QEMU main thread at SCHED_FIFO
+ * (priority PAUSE_BOOST_PRIORITY) from just before the cut's `stop` until its RESUME, then every
+ * thread of that QEMU back at SCHED_OTHER.
+ *
+ * Why: once the agent has written `migrate`, the rest of a background pause is QEMU's (device
+ * state saved, RAM write-protected, the resume scheduled on its main loop: ~2 ms on a quiet
+ * machine). On a host whose cores run the guests' vCPUs at 100 % that work waits for a core
+ * behind them, and the pause with it (bare QEMU's own background snapshot took 24–70 ms median
+ * on a busy 2-core host, docs/performance.md). Nice values did not help there (a niced thread
+ * still shares a core by weight); a realtime thread runs as soon as it is runnable. The
+ * migration thread QEMU starts at `migrate` inherits the main thread's policy, so the device
+ * state it saves in the pause runs at the same priority; `chrt --all-tasks` puts it back with
+ * the main thread.
+ *
+ * The window is the pause: the boost is applied with `chrt` (util-linux, run by the agent's
+ * shell: ChrtShell) right before `stop` is written, not waited for, and undone at the RESUME, on any failure of the cut, or when the bound (BOOST_BOUND_MS)
+ * runs out, whichever comes first — a QMP that never answers cannot leave a realtime thread
+ * behind while the agent runs. Should the agent die inside the window, the kernel's realtime
+ * throttling (kernel.sched_rt_runtime_us, 950000 of every 1000000 µs by default) still leaves
+ * the other threads 5 % of each core until the VM's QEMU is restarted or its policy reset.
+ *
+ * Guarantees: a QEMU is boosted only when every one of its threads runs SCHED_OTHER (what the
+ * release restores is then exactly what was found; a QEMU an operator gave realtime threads is
+ * left alone). release() is idempotent, runs the restore only after the boost's own `chrt`
+ * exited (never before it, which would leave the boost in place), and never rejects: where
+ * raising is not permitted or `chrt` is missing nothing changes and the cut runs unboosted (a
+ * debug line says why). VNSNAP_QEMU_PAUSE_BOOST=0 turns the boost off.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+
+/** SCHED_FIFO priority of QEMU's main thread in the pause (1 lowest … 99; the kernel's own threads run at 50 and 99). */
+export const PAUSE_BOOST_PRIORITY = 10;
+/** The longest a boost stays in place when neither RESUME nor a failure ends it first. */
+export const BOOST_BOUND_MS = 2000;
+/** Set to 0 to cut without the boost. */
+export const PAUSE_BOOST_ENV = 'VNSNAP_QEMU_PAUSE_BOOST';
+
+/** Linux's SCHED_OTHER (the policy field of /proc/PID/task/TID/stat). */
+const SCHED_OTHER = 0;
+
+/** The scheduling policy of each thread of a process. */
+export type ThreadPolicies = (pid: number) => number[];
+/** Run `chrt` with these arguments; rejects when it fails. */
+export type Chrt = (args: string[]) => Promise<void>;
+
+/** Where the boost says why it was not applied (debug) or not undone (warn): the job's logger. */
+export interface BoostLog {
+  debug(o: object, msg: string): void;
+  warn(o: object, msg: string): void;
+}
+
+export interface PauseBoostOptions {
+  log: BoostLog;
+  priority?: number;
+  boundMs?: number;
+  chrt?: Chrt;
+  policies?: ThreadPolicies;
+}
+
+/** The policy of every thread of `pid` (/proc; throws when the process is gone). */
+export function threadPolicies(pid: number): number[] {
+  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    // Fields after the command's closing parenthesis start at field 3 (state); policy is field 41.
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
+  });
+}
+
+/**
+ * `chrt` run by one shell per agent instead of a process spawned from the agent at each cut:
+ * spawning from Node forks the whole agent synchronously on its event loop (3 ms at 44 MiB of
+ * RSS, 10 ms at 244 MiB, up to 57 ms, on the busy 2-core host), which would sit in the pause of
+ * the agent's other VMs at the RESUME's restore. The shell is small to fork, raises itself to
+ * SCHED_FIFO 1 where permitted (so a boost lands at once on a busy host; the `chrt` it forks
+ * inherits that), reads one command line per request and answers `#RC MESSAGE`. It is started
+ * ahead of the cut (startChrtShell(), at a background snapshot's begin), exits at the agent's end
+ * (its stdin closes), and is started again after it died.
+ */
+/** How long the chrt shell may take to answer one request before it is killed. */
+const CHRT_ANSWER_MS = 5000;
+
+class ChrtShell {
+  private child: ChildProcess | undefined;
+  private readonly pending: { resolve: () => void; reject: (e: Error) => void; what: string }[] = [];
+  private out = '';
+
+  start(): ChildProcess {
+    if (this.child) return this.child;
+    const c = spawn('sh', ['-s'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    this.child = c;
+    const gone = (why: string): void => {
+      if (this.child !== c) return;
+      this.child = undefined;
+      for (const p of this.pending.splice(0)) p.reject(new Error(`${p.what}: the shell running chrt ${why}`));
+    };
+    c.on('error', (e) => gone(`failed: ${e.message}`));
+    c.on('exit', (code) => gone(`exited (${code})`));
+    c.stdin?.on('error', () => undefined); // the exit above says it
+    c.stdout?.setEncoding('utf8');
+    c.stdout?.on('data', (d: string) => {
+      this.out += d;
+      let i: number;
+      while ((i = this.out.indexOf('\n')) >= 0) {
+        const line = this.out.slice(0, i);
+        this.out = this.out.slice(i + 1);
+        const m = /^#(\d+) ?(.*)$/.exec(line);
+        const p = m ? this.pending.shift() : undefined;
+        if (!p || !m) continue;
+        if (m[1] === '0') p.resolve();
+        else p.reject(new Error(`${p.what}: ${m[2] || `exit ${m[1]}`}`));
+      }
+    });
+    c.unref();
+    (c.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+    (c.stdout as unknown as { unref?: () => void } | null)?.unref?.();
+    c.stdin?.write('chrt --fifo --pid 1 $$ >/dev/null 2>&1\n');
+    return c;
+  }
+
+  run(args: string[]): Promise<void> {
+    const c = this.start();
+    const what = `chrt ${args.join(' ')}`;
+    return new Promise<void>((resolve, reject) => {
+      // A shell that stops answering is killed (its requests fail, the next run starts another),
+      // so a release never waits forever behind it.
+      const t = setTimeout(() => {
+        if (this.child === c) c.kill('SIGKILL');
+      }, CHRT_ANSWER_MS);
+      t.unref();
+      const settle = <A extends unknown[]>(f: (...a: A) => void) => (...a: A): void => {
+        clearTimeout(t);
+        f(...a);
+      };
+      this.pending.push({ resolve: settle(resolve), reject: settle(reject), what });
+      // Our own arguments only (flags and numbers): nothing to quote.
+      c.stdin?.write(`out=$(${what} 2>&1); rc=$?; printf '#%d %s\\n' "$rc" "$(printf %s "$out" | tr '\\n' ' ')"\n`);
+    });
+  }
+}
+
+const shell = new ChrtShell();
+const runChrt: Chrt = (args) => shell.run(args);
+
+/** Start the agent's chrt shell ahead of a cut (a background snapshot's begin), so the cut's boost does not. */
+export function startChrtShell(): void {
+  shell.start();
+}
+
+export function pauseBoostEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env[PAUSE_BOOST_ENV] !== '0';
+}
+
+/** A boost in place (or not: see `applied`); release() undoes it. */
+export interface PauseBoost {
+  /** Resolves true once the boost is in place, false when it was not applied. */
+  readonly applied: Promise<boolean>;
+  /** Undo the boost (idempotent); resolves once QEMU's threads are back at SCHED_OTHER. */
+  release(): Promise<void>;
+}
+
+const NOT_APPLIED: PauseBoost = { applied: Promise.resolve(false), release: () => Promise.resolve() };
+
+/**
+ * Boost QEMU `pid`'s main thread for a pause (see the module comment); the boost's `chrt` is
+ * started at once and not waited for, so the caller writes `stop` right after.
+ */
+export function boostPause(pid: number | undefined, o: PauseBoostOptions): PauseBoost {
+  if (pid === undefined) return NOT_APPLIED;
+  const chrt = o.chrt ?? runChrt;
+  try {
+    const policies = (o.policies ?? threadPolicies)(pid);
+    if (policies.some((p) => p !== SCHED_OTHER)) {
+      o.log.debug({ pid, policies }, 'QEMU runs a thread that is not SCHED_OTHER: cut without the pause boost');
+      return NOT_APPLIED;
+    }
+  } catch (e) {
+    o.log.debug({ pid, err: (e as Error).message }, 'QEMU threads not readable: cut without the pause boost');
+    return NOT_APPLIED;
+  }
+  const applied = chrt(['--fifo', '--pid', String(o.priority ?? PAUSE_BOOST_PRIORITY), String(pid)]).then(
+    () => true,
+    (e: Error) => {
+      o.log.debug({ pid, err: e.message }, 'pause boost not applied');
+      return false;
+    },
+  );
+  let released: Promise<void> | undefined;
+  const bound = setTimeout(() => {
+    o.log.warn({ pid, boundMs: o.boundMs ?? BOOST_BOUND_MS }, 'the pause did not end within the boost bound: QEMU put back at SCHED_OTHER');
+    void release();
+  }, o.boundMs ?? BOOST_BOUND_MS);
+  bound.unref();
+  function release(): Promise<void> {
+    released ??= (async () => {
+      clearTimeout(bound);
+      if (!(await applied)) return;
+      const back = (): Promise<void> => chrt(['--other', '--all-tasks', '--pid', '0', String(pid)]);
+      // Once more after a failure (a shell killed for not answering is started again).
+      await back()
+        .catch(back)
+        .catch((e: Error) => o.log.warn({ pid, err: e.message }, 'QEMU threads not put back at SCHED_OTHER after the pause'));
+    })();
+    return released;
+  }
+  return { applied, release };
+}

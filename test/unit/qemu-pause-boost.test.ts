@@ -1,0 +1,143 @@
+import { strict as assert } from 'node:assert';
+import { spawn } from 'node:child_process';
+import { boostPause, BOOST_BOUND_MS, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies, type Chrt } from '../../agent/drivers/qemu/pause-boost';
+
+/** A fake `chrt`: records each call; each call settles when the test says so. */
+class FakeChrt {
+  readonly calls: string[] = [];
+  private readonly pending: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private waiters: (() => void)[] = [];
+  readonly run: Chrt = (args) =>
+    new Promise<void>((resolve, reject) => {
+      this.calls.push(args.join(' '));
+      this.pending.push({ resolve, reject });
+      for (const w of this.waiters.splice(0)) w();
+    });
+  /** Settle call `i` (0-based). */
+  finish(i: number, err?: string): void {
+    const p = this.pending[i];
+    if (!p) throw new Error(`no chrt call ${i}`);
+    if (err) p.reject(new Error(err));
+    else p.resolve();
+  }
+  /** Resolves once `n` calls were made. */
+  async made(n: number): Promise<void> {
+    while (this.calls.length < n) await new Promise<void>((r) => this.waiters.push(r));
+  }
+}
+
+const BOOST = `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`;
+const RESTORE = '--other --all-tasks --pid 0 4242';
+
+function logger(): { lines: string[]; log: { debug: (o: object, m: string) => void; warn: (o: object, m: string) => void } } {
+  const lines: string[] = [];
+  return { lines, log: { debug: (_o, m) => lines.push(`debug ${m}`), warn: (_o, m) => lines.push(`warn ${m}`) } };
+}
+
+/** Let settled promises run their callbacks. */
+const turn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe('QEMU pause boost (fake chrt and thread policies)', () => {
+  it('pauseboost: the main thread goes to SCHED_FIFO at once, every thread back to SCHED_OTHER at release, once', async () => {
+    const c = new FakeChrt();
+    const { log, lines } = logger();
+    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0, 0, 0] });
+    assert.deepEqual(c.calls, [BOOST], 'started without waiting');
+    c.finish(0);
+    assert.equal(await b.applied, true);
+    const r1 = b.release();
+    const r2 = b.release();
+    await c.made(2);
+    c.finish(1);
+    await Promise.all([r1, r2]);
+    await b.release();
+    assert.deepEqual(c.calls, [BOOST, RESTORE]);
+    assert.deepEqual(lines, []);
+  });
+
+  it('pauseboost: a release before the boost\'s chrt exited restores only after it', async () => {
+    const c = new FakeChrt();
+    const b = boostPause(4242, { log: logger().log, chrt: c.run, policies: () => [0] });
+    const released = b.release();
+    await turn();
+    assert.deepEqual(c.calls, [BOOST], 'no restore while the boost may still land');
+    c.finish(0);
+    await c.made(2);
+    c.finish(1);
+    await released;
+    assert.deepEqual(c.calls, [BOOST, RESTORE]);
+  });
+
+  it('pauseboost: the bound restores a boost nobody released; a later release adds nothing', async () => {
+    const c = new FakeChrt();
+    const { log, lines } = logger();
+    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0], boundMs: 20 });
+    c.finish(0);
+    await c.made(2);
+    assert.deepEqual(lines, ['warn the pause did not end within the boost bound: QEMU put back at SCHED_OTHER']);
+    c.finish(1);
+    await b.release();
+    assert.deepEqual(c.calls, [BOOST, RESTORE]);
+    assert.equal(BOOST_BOUND_MS, 2000);
+  });
+
+  it('pauseboost: a QEMU with a thread not at SCHED_OTHER, or whose threads cannot be read, is left alone', async () => {
+    const c = new FakeChrt();
+    const { log, lines } = logger();
+    const rt = boostPause(4242, { log, chrt: c.run, policies: () => [0, 1, 0] });
+    const gone = boostPause(4242, {
+      log,
+      chrt: c.run,
+      policies: () => {
+        throw new Error('ENOENT');
+      },
+    });
+    const none = boostPause(undefined, { log, chrt: c.run });
+    assert.deepEqual(await Promise.all([rt.applied, gone.applied, none.applied]), [false, false, false]);
+    await Promise.all([rt.release(), gone.release(), none.release()]);
+    assert.deepEqual(c.calls, []);
+    assert.deepEqual(lines, ['debug QEMU runs a thread that is not SCHED_OTHER: cut without the pause boost', 'debug QEMU threads not readable: cut without the pause boost']);
+  });
+
+  it('pauseboost: a boost chrt refused (no permission, no chrt) is never restored; a failed restore is tried once more, then logged; release still resolves', async () => {
+    const c = new FakeChrt();
+    const { log, lines } = logger();
+    const refused = boostPause(4242, { log, chrt: c.run, policies: () => [0] });
+    c.finish(0, 'Operation not permitted');
+    assert.equal(await refused.applied, false);
+    await refused.release();
+    assert.deepEqual(c.calls, [BOOST]);
+    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0] });
+    c.finish(1);
+    const released = b.release();
+    await c.made(3);
+    c.finish(2, 'No such process');
+    await c.made(4); // tried once more (a shell killed for not answering is started again)
+    c.finish(3, 'No such process');
+    await released;
+    assert.deepEqual(c.calls, [BOOST, BOOST, RESTORE, RESTORE]);
+    assert.deepEqual(lines, ['debug pause boost not applied', 'warn QEMU threads not put back at SCHED_OTHER after the pause']);
+  });
+
+  it('pauseboost: on by default, off with VNSNAP_QEMU_PAUSE_BOOST=0; this process\'s threads read from /proc', () => {
+    assert.deepEqual([pauseBoostEnabled({}), pauseBoostEnabled({ VNSNAP_QEMU_PAUSE_BOOST: '0' }), pauseBoostEnabled({ VNSNAP_QEMU_PAUSE_BOOST: '1' })], [true, false, true]);
+    const own = threadPolicies(process.pid);
+    assert.ok(own.length >= 1);
+    assert.deepEqual(own, own.map(() => 0), 'the test runner runs SCHED_OTHER');
+  });
+
+  it('pauseboost: with the real chrt (through the agent\'s shell) a process goes to SCHED_FIFO and back (as root; elsewhere it is left alone)', async () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      const pid = child.pid as number;
+      const root = process.getuid?.() === 0;
+      const b = boostPause(pid, { log: logger().log });
+      assert.equal(await b.applied, root);
+      assert.deepEqual(threadPolicies(pid), [root ? 1 : 0], 'SCHED_FIFO is policy 1');
+      await b.release();
+      assert.deepEqual(threadPolicies(pid), [0]);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
