@@ -5,8 +5,8 @@
  * are stale; stale pins whose vn_tx still runs on a TAP the caller does not re-attach are refused
  * (ERR_UNSUPPORTED_VERSION, one line naming the TAP) and left as they were; once every such TAP
  * is one the caller re-attaches they are unloaded, and a new load is current, with programs of
- * its own. Pins vnit-bpfstamp; a dummy device in namespace vnbs-h (no traffic); all removed even
- * when a test fails.
+ * its own. Pins vnit-bpfstamp; a veth pair in namespace vnbs-h (no traffic; this kernel has no
+ * dummy devices); all removed even when a test fails.
  */
 import { strict as assert } from 'node:assert';
 import * as fsp from 'node:fs/promises';
@@ -29,7 +29,7 @@ describe('in-kernel data path: pins stamped with their build; pins of another bu
   before(() => {
     topo = new Topology('vnbs');
     ns = topo.addNamespace('h');
-    topo.exec('h', 'ip', ['link', 'add', DEV, 'type', 'dummy']);
+    topo.exec('h', 'ip', ['link', 'add', DEV, 'type', 'veth', 'peer', 'name', 'vnbsd1']);
     topo.exec('h', 'ip', ['link', 'set', DEV, 'up']);
   });
 
