@@ -127,8 +127,9 @@ export async function pinnedDataPath(prefix: string, object = DP_OBJECT): Promis
 /** The devices of this network namespace (or of `netns`, a name under /var/run/netns) that run pinned program `prog` on their tc hooks. */
 export async function devicesRunning(prog: string, netns?: string): Promise<string[]> {
   const show = JSON.parse(await run('bpftool', ['-j', 'prog', 'show', 'pinned', prog])) as { id: number };
-  const net = JSON.parse(await inNetns(netns, 'bpftool', ['-j', 'net', 'show'])) as { tc?: { devname: string; prog_id: number }[] }[];
-  return [...new Set(net.flatMap((n) => n.tc ?? []).filter((t) => t.prog_id === show.id).map((t) => t.devname))];
+  // tc filters name their program "id" (tcx links "prog_id").
+  const net = JSON.parse(await inNetns(netns, 'bpftool', ['-j', 'net', 'show'])) as { tc?: { devname: string; id?: number; prog_id?: number }[] }[];
+  return [...new Set(net.flatMap((n) => n.tc ?? []).filter((t) => (t.id ?? t.prog_id) === show.id).map((t) => t.devname))];
 }
 
 const tc = (netns: string | undefined, args: string[]): Promise<string> => inNetns(netns, 'tc', args);
