@@ -31,7 +31,7 @@
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import { systemClock, type Clock } from '../proto/core/clock';
-import { describeError, VnsnapError } from '../proto/core/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../proto/core/errors';
 import type { Startable } from '../proto/core/lifecycle';
 import { silentLogger, type Logger } from '../proto/core/log';
 import type { TlsFiles } from '../proto/core/tls';
@@ -42,7 +42,7 @@ import { UdpTransport } from '../switch/tunnel/udp';
 import { probeUdpOffload, type UdpOffloadProbe } from '../switch/tunnel/offload-probe';
 import { CommandDispatcher } from './commands';
 import type { HypervisorDriver } from './drivers/driver';
-import { wireDataPath } from './bpf-dp/host-dp';
+import { hostDataPath, wireDataPath } from './bpf-dp/host-dp';
 import { AgentMetrics } from './metrics';
 import { MigrateRunner } from './migrate-runner';
 import { RestoreRunner } from './restore-runner';
@@ -52,7 +52,7 @@ import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { StoreConfig } from '../proto/store/store-config';
 import { StoreHandle } from './store-handle';
 import { adoptVms, cleanLeftovers, type AdoptionReport } from './adopt';
-import { VmStateDir } from './vm-state';
+import { isSameProcess, VmStateDir } from './vm-state';
 import { VmTable, type VmDebugView } from './vms';
 import { VneTable } from './vne-table';
 import { AGENT_VERSION } from './version';
@@ -113,11 +113,18 @@ export interface AgentOptions {
    */
   stateDir?: string;
   /**
-   * The in-kernel data path's fast path (agent/bpf-dp/host-dp.ts): loaded at start (a start
-   * where it cannot run fails) and wired into the switch. Absent: off. `prefix`: the QEMU
-   * driver's (QemuDriver.dataPathPrefix), so its tap-bpf TAPs share the set.
+   * The in-kernel data path's fast path (agent/bpf-dp/host-dp.ts): loaded at start and wired
+   * into the switch. `required`: a start where it cannot run fails; otherwise the agent goes on
+   * without it, with one warning giving the loader's reason. `prefix`: the QEMU driver's
+   * (QemuDriver.dataPathPrefix), so its tap-bpf TAPs share the set. `{ off }`: not loaded, for
+   * the reason given (logged). Absent: off.
    */
-  dataPath?: { prefix: string; vxlanPort: number };
+  dataPath?: { prefix: string; vxlanPort: number; required?: boolean } | { off: string };
+  /**
+   * Called once at start with whether the data path runs, before any VM is adopted or started
+   * (main: the QEMU driver's nic for specs that name none).
+   */
+  dataPathDecided?: (on: boolean) => void;
 }
 
 /** Wall-clock microseconds: sub-millisecond on the system clock, the clock's ms × 1000 otherwise. */
@@ -135,6 +142,8 @@ export class Agent extends EventEmitter implements Startable {
   private tunnelPort = 0;
   /** The tunnel runs with UDP GSO/GRO (set at start). */
   tunnelOffloaded = false;
+  /** The in-kernel data path's VXLAN port when it runs (set at start; registered with the coordinator), else undefined. */
+  dataPathPort: number | undefined;
   private readonly vms: VmTable;
   private readonly vnes: VneTable;
   private readonly snapshots: SnapshotRunner;
@@ -206,15 +215,13 @@ export class Agent extends EventEmitter implements Startable {
       throw e;
     }
     this.tunnelPort = t.localPort;
-    if (this.opts.dataPath) {
-      try {
-        await wireDataPath(sw, this.opts.dataPath.prefix, this.opts.dataPath.vxlanPort);
-      } catch (e) {
-        sw.stop();
-        throw e;
-      }
-      this.log.info({ vxlanPort: this.opts.dataPath.vxlanPort }, 'in-kernel data path on: tap-bpf ports carried in the kernel');
+    try {
+      this.dataPathPort = await this.startDataPath(sw);
+    } catch (e) {
+      sw.stop();
+      throw e;
     }
+    this.opts.dataPathDecided?.(this.dataPathPort !== undefined);
     sw.start();
     this.sw = sw;
     if (this.state) {
@@ -232,6 +239,42 @@ export class Agent extends EventEmitter implements Startable {
     this.metrics.setStatsSource(() => sw.stats());
     this.log.info({ tunnelPort: this.tunnelPort, tunnelOffload: this.tunnelOffloaded, coordinator: this.opts.coordinator, ...(this.store instanceof StoreHandle ? { store: this.store.describe } : {}) }, 'agent started');
     this.session.start();
+  }
+
+  /**
+   * The data path as configured (AgentOptions.dataPath): wired into `sw` and its VXLAN port
+   * returned, or undefined when it is off or, not required, cannot run. One log line says which.
+   * Pins of another build are refused (ERR_UNSUPPORTED_VERSION) even when not required: the
+   * tap-bpf VMs the agent is about to adopt would be left on them.
+   */
+  private async startDataPath(sw: Switch): Promise<number | undefined> {
+    const dp = this.opts.dataPath;
+    const fallback = 'new VMs whose spec names no nic get tap-vnet';
+    if (!dp) return undefined;
+    if ('off' in dp) {
+      this.log.info({ dataPath: false }, `in-kernel data path off (${dp.off}): ${fallback}`);
+      return undefined;
+    }
+    try {
+      await wireDataPath(sw, dp.prefix, dp.vxlanPort, () => this.recordedTaps());
+    } catch (e) {
+      if (dp.required || isVnsnapError(e, 'ERR_UNSUPPORTED_VERSION')) throw e;
+      this.log.warn({ dataPath: false, reason: describeError(e) }, `in-kernel data path off, it cannot run here (${describeError(e)}): ${fallback}`);
+      return undefined;
+    }
+    const { replaced } = await hostDataPath(dp.prefix, dp.vxlanPort);
+    if (replaced) this.log.warn({ stamp: replaced.stamp ?? null, taps: replaced.taps }, 'in-kernel data path: pins of another build replaced (their TAPs are put on the new program as their VMs are adopted)');
+    this.log.info({ dataPath: true, vxlanPort: dp.vxlanPort }, `in-kernel data path on (VXLAN UDP ${dp.vxlanPort}): new VMs whose spec names no nic get tap-bpf, carried in the kernel`);
+    return dp.vxlanPort;
+  }
+
+  /** The TAPs of the live QEMU VMs this agent's state directory records: the adoption puts them on a new data path. */
+  private async recordedTaps(): Promise<ReadonlySet<string>> {
+    if (!this.state) return new Set();
+    const { records } = await this.state.scan();
+    const live = records.filter(({ record: r }) => r.agent === this.id && r.spec.driver?.kind === 'qemu' && r.process !== undefined && isSameProcess(r.process));
+    const taps = live.map(({ record: r }) => (r.driverState as { taps?: unknown } | null)?.taps);
+    return new Set(taps.flatMap((t) => (Array.isArray(t) ? t : [])).filter((t): t is string => typeof t === 'string'));
   }
 
   /** Whether the tunnel uses UDP GSO/GRO: as configured, and only where the kernel has them. */
@@ -308,7 +351,7 @@ export class Agent extends EventEmitter implements Startable {
       tls: !!this.opts.migrationTls,
       migrating,
       // the in-kernel data path's port: peers hand the kernel frames for this agent only on the same one
-      ...(this.opts.dataPath ? { dataPathPort: this.opts.dataPath.vxlanPort } : {}),
+      ...(this.dataPathPort !== undefined ? { dataPathPort: this.dataPathPort } : {}),
     };
   }
 }

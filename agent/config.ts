@@ -22,7 +22,7 @@
  *     "tls": { "ca": "/etc/vnsnap/pki/ca.pem", "cert": "/etc/vnsnap/pki/agent-h1.pem",
  *              "key": "/etc/vnsnap/pki/agent-h1-key.pem" },   // mutual TLS to the coordinator
  *     "insecurePlaintext": false,          // true: no TLS, allowed only for a loopback coordinator
- *     "dataPath": { "vxlanPort": 6082 }    // optional: nic tap-bpf ports carried in the kernel (below)
+ *     "dataPath": { "vxlanPort": 6082 }    // optional: the in-kernel data path (default: on where it can run; below)
  *   }
  *
  * store: where snapshots go, in any form proto/store/store-config.ts parses — a directory (a
@@ -33,13 +33,16 @@
  * imageRoots: the directories every kernel, initrd, ramdisk and disk of a VM must be under
  * (after symlinks are resolved; agent/drivers/image-root.ts). Absolute, normalised paths; "/"
  * is refused (it would admit every file of the host). Default DEFAULT_IMAGE_ROOTS.
- * dataPath: turn the in-kernel data path's fast path on (docs/nic-offloads.md, "The in-kernel data
- * path"): the agent loads it at start (refusing to start where it cannot run) and its switch
- * lets the kernel carry the frames of `nic: 'tap-bpf'` ports. `true` or { "vxlanPort": N }
- * (default 6082): the data path's VXLAN UDP port, registered with the coordinator; the kernel
- * carries only between agents on the same port (the rest crosses the switches' Geneve); two
- * agents in one network namespace each need their own. Absent: off (tap-bpf frames all cross
- * the switch).
+ * dataPath: the in-kernel data path (docs/nic-offloads.md, "The in-kernel data path"): the agent
+ * loads it at start and its switch lets the kernel carry the frames of `nic: 'tap-bpf'` ports.
+ * Absent: on where it can run — the agent runs the QEMU driver and the loader succeeds (the
+ * object built at install, bpftool and tc present, the kernel takes the programs) — and off,
+ * with one line giving the loader's reason, where it cannot; new QEMU VMs whose spec names no
+ * nic then get tap-bpf or tap-vnet accordingly. `false`: off. `true` or { "vxlanPort": N }:
+ * required (the agent refuses to start where it cannot run). The VXLAN UDP port (default 6082)
+ * is registered with the coordinator; the kernel carries only between agents on the same port
+ * (the rest crosses the switches' Geneve); two agents in one network namespace each need their
+ * own.
  * Without "tls" the agent refuses to start unless insecurePlaintext is set and the coordinator
  * address is loopback (proto/core/tls.ts checkTransport).
  */
@@ -52,6 +55,12 @@ import { parseStoreConfig, type StoreConfig } from '../proto/store/store-config'
 import { DEFAULT_IMAGE_ROOTS } from './drivers/image-root';
 import { DEFAULT_STATE_DIR } from './vm-state';
 import { DP_VXLAN_PORT } from './bpf-dp/rx-side';
+
+export interface DataPathConfig {
+  vxlanPort: number;
+  /** Named in the configuration (true or an object): the agent refuses to start where it cannot run. */
+  required: boolean;
+}
 
 export interface AgentConfig {
   id: string;
@@ -77,8 +86,11 @@ export interface AgentConfig {
   insecurePlaintext?: boolean;
   /** The agent's state directory (agent/vm-state.ts; default /var/lib/vnsnap). */
   stateDir: string;
-  /** The in-kernel data path's fast path (absent: off) and its VXLAN UDP port. */
-  dataPath?: { vxlanPort: number };
+  /**
+   * The in-kernel data path and its VXLAN UDP port; `required` false: on where it can run (the
+   * default), true: refuse to start without it. Absent: off (`dataPath: false`).
+   */
+  dataPath?: DataPathConfig;
 }
 
 const KEYS = ['id', 'coordinator', 'tunnel', 'advertise', 'tunnelOffload', 'store', 'metricsPort', 'metricsAddress', 'debugVms', 'logLevel', 'drivers', 'imageRoots', 'tls', 'insecurePlaintext', 'stateDir', 'dataPath'] as const;
@@ -156,15 +168,16 @@ export function validateAgentConfig(raw: Record<string, unknown>, knownDrivers: 
   };
 }
 
-/** dataPath: absent/false (off), true (port 6082) or { vxlanPort: 1..65535 }. */
-function validateDataPath(v: unknown): { vxlanPort: number } | undefined {
-  if (v === undefined || v === false) return undefined;
-  if (v === true) return { vxlanPort: DP_VXLAN_PORT };
+/** dataPath: absent (on where it can run), false (off), true (required, port 6082) or { vxlanPort: 1..65535 } (required). */
+function validateDataPath(v: unknown): DataPathConfig | undefined {
+  if (v === false) return undefined;
+  if (v === undefined) return { vxlanPort: DP_VXLAN_PORT, required: false };
+  if (v === true) return { vxlanPort: DP_VXLAN_PORT, required: true };
   if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(`dataPath: expected true, false or { "vxlanPort": N }, got ${JSON.stringify(v)}`);
   rejectUnknownKeys(v as Record<string, unknown>, ['vxlanPort'], 'dataPath');
   const port = (v as { vxlanPort?: unknown }).vxlanPort ?? DP_VXLAN_PORT;
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) fail(`dataPath.vxlanPort: expected 1..65535, got ${JSON.stringify(port)}`);
-  return { vxlanPort: port };
+  return { vxlanPort: port, required: true };
 }
 
 /** imageRoots: a non-empty list of absolute, normalised directories, not "/" (module comment). */

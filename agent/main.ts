@@ -19,12 +19,12 @@ import { Command } from 'commander';
 import { describeError } from '../proto/core/errors';
 import { startAll, stopAll, type Startable } from '../proto/core/lifecycle';
 import { createLogger, type Logger } from '../proto/core/log';
-import { Agent } from './agent';
+import { Agent, type AgentOptions } from './agent';
 import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentConfig } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
 import { QemuDriver } from './drivers/qemu/driver';
-import { DEFAULT_NIC_MODE } from './drivers/qemu/nic-backend';
+import { defaultNicMode } from './drivers/qemu/nic-backend';
 import { XenDriver } from './drivers/xen/driver';
 import { grpcSessionTransportWith } from './session';
 import { hideIpServerNameWarning, PemCertificates, reloadOnSighup } from '../proto/core/tls';
@@ -37,15 +37,22 @@ export interface DriverFactory {
 }
 
 const productDrivers: DriverFactory[] = [
-  // nic tap-vnet (DEFAULT_NIC_MODE): QEMU holds its own TAP, which outlives the agent
-  // (docs/agent-restart.md), with vnet_hdr=on so guest offloads reach the switch (docs/qemu.md).
-  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: DEFAULT_NIC_MODE, disksDir: `${cfg.stateDir}/disks` }) },
+  // nic tap-vnet until the agent's start decides (defaultNicMode: tap-bpf where its in-kernel data
+  // path runs): QEMU holds its own TAP, which outlives the agent (docs/agent-restart.md), with
+  // vnet_hdr=on so guest offloads reach the switch (docs/qemu.md, docs/nic-offloads.md).
+  { name: 'qemu', make: (log, cfg) => new QemuDriver({ logger: log.child({ driver: 'qemu' }), imageRoots: cfg.imageRoots, nic: defaultNicMode(false), disksDir: `${cfg.stateDir}/disks` }) },
   { name: 'xen', make: (log, cfg) => new XenDriver({ logger: log.child({ driver: 'xen' }), imageRoots: cfg.imageRoots }) },
 ];
 
-/** The in-kernel data path's prefix: the QEMU driver's (its tap-bpf TAPs share the set), else its default's. */
-function dataPathPrefixOf(drivers: readonly HypervisorDriver[]): string {
-  return (drivers.find((d): d is QemuDriver => d instanceof QemuDriver) ?? new QemuDriver({ accel: 'tcg' })).dataPathPrefix;
+/**
+ * The agent's in-kernel data path (config.ts dataPath): required, on where it can run (the
+ * default, when the agent runs the QEMU driver: the data path carries its tap-bpf NICs only), or
+ * off. The prefix is the QEMU driver's (its tap-bpf TAPs share the set), else its default's.
+ */
+function dataPathOf(cfg: AgentConfig, qemu: QemuDriver | undefined): AgentOptions['dataPath'] {
+  if (!cfg.dataPath) return { off: 'dataPath: false' };
+  if (!cfg.dataPath.required && !qemu) return { off: 'this agent runs no QEMU driver' };
+  return { prefix: (qemu ?? new QemuDriver({ accel: 'tcg' })).dataPathPrefix, vxlanPort: cfg.dataPath.vxlanPort, required: cfg.dataPath.required };
 }
 
 /** The Prometheus /metrics (and /debug/vms) HTTP server as a lifecycle part: start binds, stop closes. */
@@ -158,6 +165,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
   const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log, cfg));
+  const qemu = drivers.find((d): d is QemuDriver => d instanceof QemuDriver);
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });
   const agent = new Agent({
     id: cfg.id,
@@ -170,7 +178,10 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
     metrics,
     session: grpcSessionTransportWith(certs?.channelCredentials()),
     ...(cfg.tls ? { migrationTls: cfg.tls } : {}),
-    ...(cfg.dataPath ? { dataPath: { prefix: dataPathPrefixOf(drivers), vxlanPort: cfg.dataPath.vxlanPort } } : {}),
+    dataPath: dataPathOf(cfg, qemu),
+    dataPathDecided: (on) => {
+      if (qemu) qemu.defaultNic = defaultNicMode(on);
+    },
   });
   // The process's parts, started in order and stopped in reverse by the one lifecycle helper: a
   // metrics port that cannot be bound stops the agent that had started.
@@ -206,7 +217,7 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // The ready line comes last: whoever reads it may signal at once, and a signal that arrives
   // before its handler is installed would take Node's default action (exit by the signal).
   process.stdout.write(
-    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, tunnelOffload: agent.tunnelOffloaded, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers }) + '\n',
+    JSON.stringify({ event: 'ready', id: cfg.id, tunnelPort: agent.boundTunnelPort, tunnelOffload: agent.tunnelOffloaded, metricsPort: metricsServer?.port ?? null, innerMtu: agent.switch.innerMtu, drivers: cfg.drivers, dataPath: agent.dataPathPort ?? null }) + '\n',
   );
 }
 

@@ -9,8 +9,13 @@
  * driver may need them before or after the agent wires its switch, and both must see the same
  * maps and the same VXLAN port.
  *
- * Guarantees: hostDataPath(prefix, port) loads (or adopts the pins an earlier agent left) and
- * makes the receiving side on `port` once; a later call with another port for a prefix already
+ * Guarantees: hostDataPath(prefix, port) loads (or adopts the pins an earlier agent of the same
+ * build left) and makes the receiving side on `port` once. Pins of another build (loader.ts: the
+ * stamp) are replaced — unloaded, then loaded afresh — only when every TAP that still runs their
+ * vn_tx is one the caller re-attaches (`reattached`: the TAPs of the VMs it adopts; the old
+ * program keeps running on a TAP, with the old maps, until a new vn_tx replaces it); otherwise
+ * the data path is refused with ERR_UNSUPPORTED_VERSION naming those TAPs, and nothing is
+ * touched; a later call with another port for a prefix already
  * set up is refused (ERR_CONFIG) rather than silently using the first; a failed set-up is
  * forgotten, so the next call retries. wireDataPath opens the punt device's port and hands the
  * switch its wiring; a peer on one of this host's own IPv4 addresses is never given to the
@@ -23,7 +28,7 @@ import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { DataPathWiring } from '../../switch/bpf-dp/wiring';
 import { ipv4ToNum } from '../../switch/bpf-dp/layout';
 import { PacketPort } from '../../switch/port/fd-port';
-import { loadDataPath, pinnedDataPath, type LoadedDataPath } from './loader';
+import { devicesRunning, loadDataPath, pinnedDataPath, unloadDataPath, type LoadedDataPath, type PinnedDataPath } from './loader';
 import { DP_VXLAN_PORT, ensureReceivingSide, type ReceivingSide } from './rx-side';
 
 export interface HostDataPath {
@@ -31,12 +36,38 @@ export interface HostDataPath {
   maps: DataPathMaps;
   rx: ReceivingSide;
   vxlanPort: number;
+  /** Set when the pins of another build were replaced: their stamp and the TAPs that ran their vn_tx. */
+  replaced?: { stamp: string | undefined; taps: string[] };
+}
+
+/** The TAPs the caller puts on the new program itself (module comment). */
+export type Reattached = () => Promise<ReadonlySet<string>>;
+
+/**
+ * Unload the stale pins `found` when every device still running their vn_tx (in this network
+ * namespace, or `netns`) is in `reattached`; refuse otherwise (module comment). Returns those devices.
+ */
+export async function replaceStale(found: PinnedDataPath, reattached: Reattached, netns?: string): Promise<string[]> {
+  const taps = await devicesRunning(found.dp.prog('vn_tx'), netns);
+  const keep = await reattached();
+  const left = taps.filter((t) => !keep.has(t));
+  if (left.length > 0) {
+    throw new VnsnapError(
+      'ERR_UNSUPPORTED_VERSION',
+      `in-kernel data path ${found.dp.prefix}: the pins under ${found.dp.dir} are of another build (stamp ${found.stamp ?? 'none'}) and ${left.join(', ')} still run their vn_tx without a VM this agent adopts; stop those VMs (or run the agent of the build that pinned it) before starting this one`,
+    );
+  }
+  await unloadDataPath(found.dp.prefix);
+  return taps;
 }
 
 const loaded = new Map<string, { port: number; p: Promise<HostDataPath> }>();
 
-/** The agent's data path of `prefix` with its receiving side on UDP `vxlanPort` (module comment). */
-export function hostDataPath(prefix: string, vxlanPort?: number): Promise<HostDataPath> {
+/**
+ * The agent's data path of `prefix` with its receiving side on UDP `vxlanPort` (module comment);
+ * `reattached` names the TAPs the caller re-attaches, should the pins be of another build.
+ */
+export function hostDataPath(prefix: string, vxlanPort?: number, reattached: Reattached = async () => new Set()): Promise<HostDataPath> {
   const had = loaded.get(prefix);
   if (had) {
     if (vxlanPort !== undefined && vxlanPort !== had.port) return Promise.reject(new VnsnapError('ERR_CONFIG', `in-kernel data path ${prefix}: already set up on VXLAN port ${had.port}, not ${vxlanPort}`));
@@ -44,10 +75,12 @@ export function hostDataPath(prefix: string, vxlanPort?: number): Promise<HostDa
   }
   const port = vxlanPort ?? DP_VXLAN_PORT;
   const p = (async () => {
-    const dp = (await pinnedDataPath(prefix)) ?? (await loadDataPath(prefix));
+    const found = await pinnedDataPath(prefix);
+    const replaced = found && !found.current ? { stamp: found.stamp, taps: await replaceStale(found, reattached) } : undefined;
+    const dp = found?.current ? found.dp : await loadDataPath(prefix);
     const maps = new DataPathMaps(dp.mapsDir);
     try {
-      return { dp, maps, rx: await ensureReceivingSide(dp, maps, port), vxlanPort: port };
+      return { dp, maps, rx: await ensureReceivingSide(dp, maps, port), vxlanPort: port, ...(replaced ? { replaced } : {}) };
     } catch (e) {
       maps.close();
       throw e;
@@ -73,8 +106,8 @@ function localAddresses(): (ip: number) => boolean {
 }
 
 /** Put the agent's data path under `sw`: the fast path for its tap-bpf ports (module comment). */
-export async function wireDataPath(sw: Switch, prefix: string, vxlanPort: number): Promise<DataPathWiring> {
-  const h = await hostDataPath(prefix, vxlanPort);
+export async function wireDataPath(sw: Switch, prefix: string, vxlanPort: number, reattached?: Reattached): Promise<DataPathWiring> {
+  const h = await hostDataPath(prefix, vxlanPort, reattached);
   const punt = new PacketPort(`${prefix}-punt`, h.rx.punt, undefined, { offload: true });
   const w = new DataPathWiring(h.maps, { isLocalAddress: localAddresses(), punt, vxlanPort });
   try {

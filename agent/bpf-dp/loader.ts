@@ -7,6 +7,12 @@
  * maps and they outlive the agent as its VMs' TAPs do; iproute2's tc attaches a pinned program
  * to a device's clsact ingress). The switch then opens the pinned maps (switch/bpf-dp/maps.ts).
  *
+ * The pins carry a stamp of the build that made them: an empty directory `stamp-<hash>` beside
+ * `progs/` and `maps/`, the hash of the compiled object (its maps' layout and its programs). A
+ * data path pinned by another build (another stamp, or none: builds before the stamp) is stale:
+ * its maps may not have the layout this build's switch writes, so it is never adopted; the
+ * agent replaces it (agent/bpf-dp/host-dp.ts) when no TAP would be left on the old program.
+ *
  * Guarantees: where the data path cannot run — the object was not built (no clang or libbpf-dev
  * at install), bpftool or tc is missing, the bpf file system cannot be mounted, the kernel
  * refuses the programs — loadDataPath throws ERR_FAILED_PRECONDITION with one line naming what
@@ -15,6 +21,7 @@
  * idempotently); unloadDataPath removes the pins (programs still attached stay until their
  * device goes). A failing tc step is ERR_DRIVER naming the step.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -38,6 +45,12 @@ export interface LoadedDataPath {
 }
 
 const run = (cmd: string, args: string[]): Promise<string> => exec(cmd, args, { timeoutMs: 60_000 });
+
+/**
+ * `cmd` in network namespace `netns` (a name under /var/run/netns) when given: entered with
+ * nsenter, not `ip netns exec`, which remounts /sys and so hides the pins under /sys/fs/bpf.
+ */
+const inNetns = (netns: string | undefined, cmd: string, args: string[]): Promise<string> => (netns ? run('nsenter', [`--net=/var/run/netns/${netns}`, cmd, ...args]) : run(cmd, args));
 
 function refuse(what: string, cause?: unknown): never {
   throw new VnsnapError('ERR_FAILED_PRECONDITION', `the in-kernel data path (nic tap-bpf) cannot run here: ${what}`, cause === undefined ? undefined : { cause });
@@ -68,7 +81,15 @@ function layout(prefix: string): LoadedDataPath {
   return { prefix, dir, mapsDir: path.join(dir, 'maps'), prog: (p) => path.join(dir, 'progs', p) };
 }
 
-/** Load the object afresh and pin it under /sys/fs/bpf/<prefix>/ (an earlier set there is replaced). */
+const STAMP_PREFIX = 'stamp-';
+
+/** The build's stamp: the hash of the compiled object (module comment); undefined when it was not built. */
+export async function dataPathStamp(object = DP_OBJECT): Promise<string | undefined> {
+  const bytes = await fsp.readFile(object).catch(() => undefined);
+  return bytes === undefined ? undefined : createHash('sha256').update(bytes).digest('hex').slice(0, 16);
+}
+
+/** Load the object afresh and pin it under /sys/fs/bpf/<prefix>/ with its stamp (an earlier set there is replaced). */
 export async function loadDataPath(prefix: string, object = DP_OBJECT): Promise<LoadedDataPath> {
   const dp = layout(prefix);
   await checkDataPathSupport(object);
@@ -77,6 +98,7 @@ export async function loadDataPath(prefix: string, object = DP_OBJECT): Promise<
   await fsp.mkdir(dp.dir, { recursive: true });
   try {
     await run('bpftool', ['prog', 'loadall', object, path.join(dp.dir, 'progs'), 'type', 'classifier', 'pinmaps', dp.mapsDir]);
+    await fsp.mkdir(path.join(dp.dir, `${STAMP_PREFIX}${(await dataPathStamp(object)) ?? 'unknown'}`));
   } catch (e) {
     await fsp.rm(dp.dir, { recursive: true, force: true });
     refuse(`bpftool could not load ${object}: ${(e as Error).message.split('\n')[0] ?? ''}`, e);
@@ -84,18 +106,33 @@ export async function loadDataPath(prefix: string, object = DP_OBJECT): Promise<
   return dp;
 }
 
-/** The pinned set under /sys/fs/bpf/<prefix>/ as an earlier agent left it, or undefined. */
-export async function pinnedDataPath(prefix: string): Promise<LoadedDataPath | undefined> {
-  const dp = layout(prefix);
-  const ok = await Promise.all([dp.prog('vn_tx'), dp.prog('vn_rx'), path.join(dp.mapsDir, 'vn_ports')].map((p) => fsp.access(p).then(() => true, () => false)));
-  return ok.every(Boolean) ? dp : undefined;
+/** A pinned set as an earlier agent left it: `current` when its stamp is this build's. */
+export interface PinnedDataPath {
+  dp: LoadedDataPath;
+  /** The pins' stamp; undefined for pins of a build before stamps. */
+  stamp: string | undefined;
+  current: boolean;
 }
 
-/**
- * tc, in network namespace `netns` (a name under /var/run/netns) when given: entered with nsenter,
- * not `ip netns exec`, which remounts /sys and so hides the pins under /sys/fs/bpf.
- */
-const tc = (netns: string | undefined, args: string[]): Promise<string> => (netns ? run('nsenter', [`--net=/var/run/netns/${netns}`, 'tc', ...args]) : run('tc', args));
+/** The pinned set under /sys/fs/bpf/<prefix>/ as an earlier agent left it, or undefined when there is none. */
+export async function pinnedDataPath(prefix: string, object = DP_OBJECT): Promise<PinnedDataPath | undefined> {
+  const dp = layout(prefix);
+  const ok = await Promise.all([dp.prog('vn_tx'), dp.prog('vn_rx'), path.join(dp.mapsDir, 'vn_ports')].map((p) => fsp.access(p).then(() => true, () => false)));
+  if (!ok.every(Boolean)) return undefined;
+  const stamp = (await fsp.readdir(dp.dir)).find((n) => n.startsWith(STAMP_PREFIX))?.slice(STAMP_PREFIX.length);
+  const ours = await dataPathStamp(object);
+  return { dp, stamp, current: stamp !== undefined && stamp === ours };
+}
+
+/** The devices of this network namespace (or of `netns`, a name under /var/run/netns) that run pinned program `prog` on their tc hooks. */
+export async function devicesRunning(prog: string, netns?: string): Promise<string[]> {
+  const show = JSON.parse(await run('bpftool', ['-j', 'prog', 'show', 'pinned', prog])) as { id: number };
+  // tc filters name their program "id" (tcx links "prog_id").
+  const net = JSON.parse(await inNetns(netns, 'bpftool', ['-j', 'net', 'show'])) as { tc?: { devname: string; id?: number; prog_id?: number }[] }[];
+  return [...new Set(net.flatMap((n) => n.tc ?? []).filter((t) => (t.id ?? t.prog_id) === show.id).map((t) => t.devname))];
+}
+
+const tc = (netns: string | undefined, args: string[]): Promise<string> => inNetns(netns, 'tc', args);
 
 /** Attach program `p` to `dev`'s ingress (clsact, direct action), replacing an earlier one. */
 export async function attachDataPath(dp: LoadedDataPath, dev: string, p: DpProgram, netns?: string): Promise<void> {

@@ -4,10 +4,11 @@
  *
  *   vnsnap   two test guests (docs/guest.md) as one VNE of a real deployment on two namespaced
  *            hosts (coordinator + two agents with the QEMU driver, test/support/cluster.ts), in
- *            the NIC mode the agent ships as the default for QEMU VMs (DEFAULT_NIC_MODE; today
- *            tap-vnet: QEMU's TAP with vnet_hdr=on, the switch on its host side through a packet
- *            socket with PACKET_VNET_HDR), through both switches and the Geneve tunnel as the
- *            agent runs it; also, as extra rows, nic=tap (vnet_hdr=off) and nic=stream (QEMU's
+ *            the NIC mode the agent ships as the default for QEMU VMs where its in-kernel data
+ *            path runs (DEFAULT_NIC_MODE: tap-bpf since 2026-12-06, the agents' default
+ *            configuration turning the data path on; tap-vnet before: QEMU's TAP with
+ *            vnet_hdr=on, the switch on its host side through a packet socket with
+ *            PACKET_VNET_HDR, through both switches and the Geneve tunnel as the agent runs it); also, as extra rows, nic=tap (vnet_hdr=off) and nic=stream (QEMU's
  *            stream netdev to the switch's unix socket); with --bpf also nic=tap-bpf (the agent's
  *            in-kernel data path on QEMU's TAP), with its own during-snapshot figure and the
  *            programs' counters of frames carried in the kernel and punted to the switch (while
@@ -308,7 +309,9 @@ async function main(): Promise<void> {
   // The row "vnsnap": the NIC mode the agent ships as the default for QEMU VMs.
   const vpair = await startVnsnapPair(c, VNE_VNET, 3089, setupOf(image, o, DEFAULT_NIC_MODE));
   cleanups.push(() => vpair.close());
-  const vnsnap = await measure('vnsnap', vpair.guests, o, NIC_PATH[DEFAULT_NIC_MODE], { namespaces: hostNs, frames: frames(VNE_VNET) });
+  // tap-bpf: counted at the VMs' TAPs (the kernel carries the frames past the switch's ports)
+  const defaultFrames = DEFAULT_NIC_MODE === 'tap-bpf' ? framesBy((host) => vmTapPackets(c, host)) : frames(VNE_VNET);
+  const vnsnap = await measure('vnsnap', vpair.guests, o, NIC_PATH[DEFAULT_NIC_MODE], { namespaces: hostNs, frames: defaultFrames });
   const { during, snaps } = await duringSnapshots(c, vpair, o, 'vnsnap');
   await (cleanups.pop() as () => Promise<void>)();
 

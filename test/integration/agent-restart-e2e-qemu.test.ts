@@ -45,7 +45,7 @@ function packageVersion(root: string): string {
 
 /**
  * A newer build, as an upgrade installs it: a copy of this build (dist/ without the tests, the
- * .proto files, the native addon) in another directory, its package.json's version one patch
+ * .proto files, the native addon, the in-kernel data path's object) in another directory, its package.json's version one patch
  * level higher; node_modules is linked. Returns its agent entry point and version.
  */
 function newerBuild(dir: string): { main: string; version: string } {
@@ -55,6 +55,7 @@ function newerBuild(dir: string): { main: string; version: string } {
   fs.cpSync(path.join(ROOT, 'proto', 'vnsnap'), path.join(dir, 'proto', 'vnsnap'), { recursive: true });
   fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
   fs.copyFileSync(path.join(ROOT, 'build', 'Release', 'vnsnap_io.node'), path.join(dir, 'build', 'Release', 'vnsnap_io.node'));
+  if (fs.existsSync(path.join(ROOT, 'build', 'bpf'))) fs.cpSync(path.join(ROOT, 'build', 'bpf'), path.join(dir, 'build', 'bpf'), { recursive: true });
   fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(dir, 'node_modules'));
   const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
   const [maj, min, patch] = pkg.version.split(/[.-]/).map(Number);

@@ -78,7 +78,10 @@ export interface ClusterOptions {
    * over the offloaded tunnel.
    */
   tunnelOffload?: boolean;
-  /** The agents' dataPath key (the in-kernel data path's fast path for tap-bpf NICs); absent: off. */
+  /**
+   * The agents' dataPath key (the in-kernel data path for tap-bpf NICs): true requires it, false
+   * turns it off; absent: the agent's default (on where it can run, with the QEMU driver).
+   */
   dataPath?: boolean;
 }
 
@@ -230,7 +233,7 @@ export class Cluster {
         coordinator: this.coordinatorAddress,
         tunnel: `${this.hostAddress(host)}:6081`,
         ...(this.opts.tunnelOffload !== undefined ? { tunnelOffload: this.opts.tunnelOffload } : {}),
-        ...(this.opts.dataPath === true ? { dataPath: true } : {}),
+        ...(this.opts.dataPath !== undefined ? { dataPath: this.opts.dataPath } : {}),
         store: this.storage.config,
         stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,

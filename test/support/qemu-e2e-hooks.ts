@@ -25,7 +25,7 @@ export interface QemuE2eHooks {
   logLines?: number;
   /** Kills the test's QEMUs (default the four-guest VNE's). */
   killQemus?: () => void;
-  /** The agents' dataPath key (tap-bpf NICs carried in the kernel; default off). */
+  /** The agents' dataPath key (tap-bpf NICs carried in the kernel; default: the agent's, on where it can run). */
   dataPath?: boolean;
   /** Called once the cluster runs. */
   ready(c: Cluster, image: GuestImage): void;
@@ -47,7 +47,7 @@ export function qemuE2eHooks(o: QemuE2eHooks): void {
     ensureQemu();
     const image = buildGuest();
     kill();
-    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: o.heartbeatIntervalMs ?? 1000, deadAfterMs: o.deadAfterMs ?? 10_000, ...(o.store ? { store: o.store } : {}), ...(o.dataPath ? { dataPath: true } : {}) });
+    c = new Cluster({ prefix: o.prefix, hosts: ['h1', 'h2'], drivers: ['qemu'], imageRoots: guestImageRoots(image), heartbeatIntervalMs: o.heartbeatIntervalMs ?? 1000, deadAfterMs: o.deadAfterMs ?? 10_000, ...(o.store ? { store: o.store } : {}), ...(o.dataPath !== undefined ? { dataPath: o.dataPath } : {}) });
     await c.start();
     o.ready(c, image);
   });

@@ -8,7 +8,7 @@ import { decodeManifest, encodeManifest } from '../../proto/artefacts/manifest';
 import { isVnsnapError } from '../../proto/core/errors';
 import { checkQemuExtra } from '../../proto/specs/qemu-extra';
 import type { CutReport, SnapshotJob, VmImage } from '../../agent/drivers/driver';
-import { DEFAULT_NIC_MODE, NIC_ATTRIBUTE, recordNicMode, restoreNicMode } from '../../agent/drivers/qemu/nic-backend';
+import { DEFAULT_NIC_MODE, defaultNicMode, NIC_ATTRIBUTE, recordNicMode, restoreNicMode } from '../../agent/drivers/qemu/nic-backend';
 import type { NicMode } from '../../agent/drivers/qemu/cmdline';
 
 const image = (nic?: string) => ({ path: 'snapshots/s1/a.mem', size: 1, sha256: 'aa'.repeat(32), ...(nic === undefined ? {} : { attributes: { [NIC_ATTRIBUTE]: nic } }) });
@@ -34,15 +34,17 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.equal(restoreNicMode('a', undefined, 'tap', image('stream')), 'stream');
   });
 
-  it('new VMs default to tap-vnet; old images restore as before the default changed', () => {
-    assert.equal(DEFAULT_NIC_MODE, 'tap-vnet');
+  it('new VMs default to tap-bpf where the data path runs, tap-vnet elsewhere; old images restore as before the default changed', () => {
+    assert.equal(DEFAULT_NIC_MODE, 'tap-bpf');
+    assert.equal(defaultNicMode(true), 'tap-bpf');
+    assert.equal(defaultNicMode(false), 'tap-vnet');
     // Recorded tap or stream, no mode in the spec: the recorded mode, not the new default.
     assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('tap')), 'tap');
     assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('stream')), 'stream');
     // No record (saved with vnet_hdr=off when the default was tap): tap, as before.
     assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image()), restoreNicMode('a', undefined, 'tap', image()));
     assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image()), 'tap');
-    assert.equal(restoreNicMode('a', undefined, DEFAULT_NIC_MODE, image('tap-vnet')), 'tap-vnet');
+    assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image()), 'tap');
   });
 
   it('honours a mode the spec names when its vnet_hdr matches (stream and tap are interchangeable)', () => {
@@ -52,7 +54,11 @@ describe('QEMU NIC backend across snapshot and restore', () => {
   });
 
   it('tap-bpf is tap-vnet\'s twin (vnet_hdr=on): each restores onto the other, never onto tap or stream', () => {
-    assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image('tap-bpf')), 'tap-bpf');
+    // No mode in the spec: the agent's choice between the twins (tap-bpf where its data path runs).
+    assert.equal(restoreNicMode('a', undefined, 'tap-vnet', image('tap-bpf')), 'tap-vnet');
+    assert.equal(restoreNicMode('a', undefined, 'tap-bpf', image('tap-vnet')), 'tap-bpf');
+    assert.equal(restoreNicMode('a', undefined, 'tap-bpf', image('tap-bpf')), 'tap-bpf');
+    assert.equal(restoreNicMode('a', undefined, 'tap', image('tap-bpf')), 'tap-bpf');
     assert.equal(restoreNicMode('a', 'tap-vnet', 'tap-vnet', image('tap-bpf')), 'tap-vnet');
     assert.equal(restoreNicMode('a', 'tap-bpf', 'tap-vnet', image('tap-vnet')), 'tap-bpf');
     assert.equal(refusal('tap', 'tap', 'tap-bpf'), 'VM a: the snapshot was saved with NIC backend tap-bpf (vnet_hdr=on) and cannot be restored onto nic=tap (vnet_hdr=off); restore it with nic=tap-vnet');

@@ -96,6 +96,11 @@ export class QemuDriver implements HypervisorDriver {
   private readonly disks: DiskDirs;
   /** Restores loaded beside a running instance, by id, until swapped or discarded (restore-beside.ts). */
   private readonly besides = new Map<string, BesideRestore>();
+  /** The NIC mode of new VMs whose spec names none (the agent sets it at start: nic-backend.ts defaultNicMode). */
+  set defaultNic(mode: NicMode) {
+    this.o.nic = mode;
+  }
+
   /** The agent's in-kernel data path prefix (tap-bpf.ts): one per work directory. */
   get dataPathPrefix(): string {
     return dataPathPrefix(this.o.workDir);

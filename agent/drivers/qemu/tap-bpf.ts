@@ -32,7 +32,8 @@ const ifindex = async (dev: string): Promise<number> => Number((await fsp.readFi
 
 /** Put `tap` on the data path of `prefix`, frames it does not carry punted into `punt`'s ingress. */
 export async function attachTapBpf(prefix: string, tap: string, punt: string): Promise<DataPathPortInfo> {
-  const { dp, maps } = await hostDataPath(prefix);
+  // Pins of another build are replaced only when no other TAP still runs their vn_tx (host-dp.ts).
+  const { dp, maps } = await hostDataPath(prefix, undefined, async () => new Set([tap]));
   const info = { tapIfindex: await ifindex(tap), puntIfindex: await ifindex(punt) };
   maps.setPort(info.tapIfindex, { vni: 0, epoch: 0, puntIfindex: info.puntIfindex, fast: false, generation: 0 });
   await attachDataPath(dp, tap, 'vn_tx');
