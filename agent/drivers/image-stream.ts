@@ -44,12 +44,15 @@
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import { VnsnapError } from '../../proto/core/errors';
+import { BATCH_BYTES, batchPool, type PoolSlot } from '../../proto/store/batch-pool';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
  * Largest single write into the store: socket reads (64 KiB each) are joined up to this, in a
- * buffer handed over to the writer (ArtefactWriter.write's `owned`: the one copy between the
- * socket and the store's chunks; its memory moves to the hashing worker and back). A store
+ * slot of the process's batch pool (proto/store/batch-pool.ts: shared memory, reused) lent to
+ * the writer (ArtefactWriter.write's 'lent': the one copy between the socket and the store's
+ * chunks; the hashing worker reads it in place) and taken back once the write settled; when
+ * every slot is out, in memory of the batch's own handed over ('owned'). A store
  * may hash (and a content-addressed one chunk) a write in one go on the event loop — about 5–10 ms
  * per MiB here for the content-addressed store, before its hashing moved to a worker thread
  * (proto/store/chunk-hasher.ts; the whole-file layout still hashes here) — and the job's QMP
@@ -57,7 +60,7 @@ import type { ArtefactWriter } from '../../proto/store/snapshot-store';
  * yields to the event loop (setImmediate), since a store whose write() resolves without I/O would
  * otherwise run the whole buffer through in one go.
  */
-const WRITE_BATCH = 512 * 1024;
+const WRITE_BATCH = BATCH_BYTES;
 
 /** Longest time holdStoreWrites() holds the store's writes if nobody releases them (ms). */
 export const STORE_HOLD_LIMIT_MS = 2000;
@@ -299,10 +302,14 @@ export class StreamIntoStore {
     void (async () => {
       try {
         while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
-          const batch = this.takeBatch();
+          const { batch, slot } = this.takeBatch();
           const n = batch.length; // handed over: its memory may move away (detached) during the write
           const t0 = nowMs();
-          await this.writer.write(batch, true);
+          try {
+            await this.writer.write(batch, slot ? 'lent' : 'owned');
+          } finally {
+            if (slot) batchPool().give(slot);
+          }
           this.profile.writeMs += nowMs() - t0;
           await new Promise<void>((r) => setImmediate(r)); // QMP events and socket reads first
           this.queued -= n;
@@ -332,15 +339,16 @@ export class StreamIntoStore {
     this.conn?.resume();
   }
 
-  private takeBatch(): Buffer {
+  /** The next batch: the one copy of what waits, into a pool slot lent to the writer, else into memory of its own handed over. */
+  private takeBatch(): { batch: Buffer; slot: PoolSlot | null } {
     let n = 0;
     let k = 0;
     while (k < this.pending.length && (k === 0 || n + (this.pending[k] as Buffer).length <= WRITE_BATCH)) n += (this.pending[k++] as Buffer).length;
-    // One copy, into memory of the batch's own that is handed to the writer (no copy of its own).
-    const batch = Buffer.allocUnsafeSlow(n);
+    const slot = batchPool().take(n);
+    const batch = slot ? slot.buf : Buffer.allocUnsafeSlow(n);
     let at = 0;
     for (const part of this.pending.splice(0, k)) at += part.copy(batch, at);
-    return batch;
+    return { batch, slot };
   }
 
   private fail(e: Error): void {

@@ -33,7 +33,7 @@ import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from 
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
 import { PackWriter, type PackJob, type WriteProfile } from './pack-writer';
-import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact } from './snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
 
 export type { WriteProfile } from './pack-writer';
 
@@ -88,18 +88,27 @@ export class CasWriter implements ArtefactWriter {
     return this.size;
   }
 
-  write(data: Uint8Array, owned = false): Promise<void> {
+  write(data: Uint8Array, handover: WriteHandover = 'copy'): Promise<void> {
     if (this.state !== 'open') return Promise.reject(this.ended());
-    // Unless handed over, the caller may reuse its buffer once write() returns: the hasher gets a copy.
-    const copy = owned ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
-    const n = copy.length;
+    // Lent shared memory is read in place (the worker too) until this write settled; the pack
+    // writer copies the new chunks it keeps. Lent memory of one thread is copied like the default
+    // (the caller may reuse its buffer once write() returns: the hasher gets a copy).
+    const inPlace = handover === 'owned' || (handover === 'lent' && data.buffer instanceof SharedArrayBuffer);
+    const bytes = inPlace ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
+    const n = bytes.length;
     // Handed to the hasher now (a worker starts on it while earlier steps still store chunks).
-    const hashed = this.hasher.push(copy);
+    const hashed = this.hasher.push(bytes);
     hashed.catch(() => undefined);
-    return this.step(async () => {
+    const stored = this.step(async () => {
       this.size += n;
       await this.storeAll(await hashed);
     }, 'writing');
+    if (handover !== 'lent') return stored;
+    // Settled only once the hasher is done with the bytes, whatever failed before.
+    return stored.catch(async (e: unknown) => {
+      await hashed.catch(() => undefined);
+      throw e;
+    });
   }
 
   /** Store the chunks a hasher step closed, in order; its times go into the profile. */
@@ -177,7 +186,8 @@ export class CasWriter implements ArtefactWriter {
     }
     if (this.seen.has(sha)) return;
     this.seen.add(sha);
-    await this.launch(() => this.upload(sha, chunk));
+    const own = chunk.buffer instanceof SharedArrayBuffer ? Buffer.from(chunk) : chunk; // lent: the upload outlives the write
+    await this.launch(() => this.upload(sha, own));
   }
 
   /** Start an upload once fewer than `concurrency` are in flight; its failure fails the writer. */

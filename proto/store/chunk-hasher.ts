@@ -11,7 +11,12 @@
  *   - push() may be called again before the previous result arrived; results come back in call
  *     order. push() takes ownership of `data` (the worker's hasher transfers its memory): the
  *     chunks that lie whole inside it are views of it, not copies (Chunker.pushOwned), and come
- *     back from the worker in the same memory, moved back with them.
+ *     back from the worker in the same memory, moved back with them. `data` in shared memory
+ *     (batch-pool.ts) is not moved: the worker reads it in place (each SharedArrayBuffer is
+ *     shared with the worker once, then a push names its bytes by offset, so a push allocates
+ *     nothing on either side) and its chunks are views of it; the caller leaves it untouched
+ *     until the push settled and the chunks are no longer used, and may reuse it after: nothing
+ *     the hasher keeps refers to it.
  *   - A worker that dies or fails a request fails every request in flight with ERR_INTERNAL; the
  *     next writer starts a new worker. The worker holds the process open only while it has work.
  *   - close() drops the stream's state (an aborted writer); nothing of it is kept in the worker.
@@ -31,7 +36,7 @@ export interface HashedChunks {
 }
 
 export interface ChunkHasher {
-  /** Feed the next bytes (owned by the hasher from now on): the chunks that closed. */
+  /** Feed the next bytes (owned by the hasher from now on, or shared memory lent: module comment): the chunks that closed. */
   push(data: Buffer): Promise<HashedChunks>;
   /** The stream is over: the last chunk and the artefact's SHA-256. */
   end(): Promise<HashedChunks & { artefactSha256: string }>;
@@ -80,15 +85,23 @@ export class InlineChunkHasher implements ChunkHasher {
   }
 }
 
+/** Bytes of a SharedArrayBuffer shared with the worker before (`share`): its key, offset, length. */
+export type SharedBytes = [key: number, offset: number, length: number];
+
 /** A request to the worker (chunk-hash-worker.ts). */
 export type HasherRequest =
   | { op: 'open'; id: number; params: ChunkerParams; engine: ChunkerEngine }
-  | { op: 'push'; id: number; seq: number; data: Uint8Array }
+  | { op: 'push'; id: number; seq: number; data: Uint8Array | SharedBytes }
   | { op: 'end'; id: number; seq: number }
-  | { op: 'drop'; id: number };
+  | { op: 'drop'; id: number }
+  | { op: 'share'; key: number; memory: SharedArrayBuffer }
+  | { op: 'unshare'; key: number };
+
+/** A chunk in a reply: its own memory (moved), or [offset, length] inside the push's shared bytes. */
+export type ReplyChunk = Uint8Array | [offset: number, length: number];
 
 /** The worker's answer to a push or end. */
-export type HasherReply = { id: number; seq: number; chunks: Uint8Array[]; sha256: string[]; ms: HashedChunks['ms']; artefactSha256?: string } | { id: number; seq: number; error: string };
+export type HasherReply = { id: number; seq: number; chunks: ReplyChunk[]; sha256: string[]; ms: HashedChunks['ms']; artefactSha256?: string } | { id: number; seq: number; error: string };
 
 /** A buffer's memory can move to the other thread when the buffer is all of it. */
 export const ownsMemory = (b: Uint8Array): boolean => b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
@@ -97,13 +110,23 @@ export const ownsMemory = (b: Uint8Array): boolean => b.byteOffset === 0 && b.by
  * The memory to move with the chunks of a push of `data` (handed over): `data`'s own, which its
  * chunks view and nothing else refers to any more, and each chunk that owns its memory; each once.
  */
-export function chunkTransfer(data: Uint8Array, chunks: readonly Uint8Array[]): ArrayBuffer[] {
+export function chunkTransfer(data: Uint8Array, chunks: readonly ReplyChunk[]): ArrayBuffer[] {
   const out = new Set<ArrayBuffer>();
-  for (const c of chunks) if (c.buffer instanceof ArrayBuffer && (c.buffer === data.buffer || ownsMemory(c))) out.add(c.buffer);
+  for (const c of chunks) if (!Array.isArray(c) && c.buffer instanceof ArrayBuffer && (c.buffer === data.buffer || ownsMemory(c))) out.add(c.buffer);
   return [...out];
 }
 
+/** The chunks of a push of `data` as a reply carries them: those in `data`'s shared memory by offset (data.buffer is a SharedArrayBuffer). */
+export function replyChunks(data: Uint8Array, chunks: readonly Uint8Array[]): ReplyChunk[] {
+  if (!(data.buffer instanceof SharedArrayBuffer)) return [...chunks];
+  return chunks.map((c) => (c.buffer === data.buffer ? [c.byteOffset - data.byteOffset, c.byteLength] : c));
+}
+
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+const fail = (): never => {
+  throw new VnsnapError('ERR_INTERNAL', "the store's hashing worker named shared bytes for a push that had none");
+};
 
 type Waiter = { resolve: (r: HasherReply) => void; reject: (e: Error) => void };
 
@@ -112,6 +135,12 @@ class SharedWorker {
   private worker: Worker | null = null;
   private readonly waiting = new Map<string, Waiter>();
   private nextId = 1;
+  /** The shared memory the current worker has (key), and the registry that tells it when one is gone. */
+  private shared = new WeakMap<SharedArrayBuffer, number>();
+  private nextKey = 1;
+  private readonly gone = new FinalizationRegistry<{ key: number; worker: Worker }>(({ key, worker }) => {
+    if (this.worker === worker) worker.postMessage({ op: 'unshare', key } satisfies HasherRequest);
+  });
 
   open(params: ChunkerParams, engine: ChunkerEngine): number {
     const id = this.nextId++;
@@ -123,6 +152,19 @@ class SharedWorker {
     const p = new Promise<HasherReply>((resolve, reject) => this.waiting.set(`${req.id}:${req.seq}`, { resolve, reject }));
     this.post(req, transfer);
     return p;
+  }
+
+  /** The key of `memory` in the worker, shared with it on first use. */
+  share(memory: SharedArrayBuffer): number {
+    const w = this.start();
+    let key = this.shared.get(memory);
+    if (key === undefined) {
+      key = this.nextKey++;
+      this.shared.set(memory, key);
+      this.gone.register(memory, { key, worker: w });
+      this.post({ op: 'share', key, memory });
+    }
+    return key;
   }
 
   drop(id: number): void {
@@ -138,6 +180,7 @@ class SharedWorker {
   private start(): Worker {
     if (this.worker) return this.worker;
     const w = new Worker(path.join(__dirname, 'chunk-hash-worker.js'));
+    this.shared = new WeakMap(); // a new worker has none
     w.unref();
     w.on('message', (r: HasherReply) => {
       const key = `${r.id}:${r.seq}`;
@@ -174,6 +217,10 @@ export class WorkerChunkHasher implements ChunkHasher {
   }
 
   async push(data: Buffer): Promise<HashedChunks> {
+    if (data.buffer instanceof SharedArrayBuffer) {
+      const key = this.w.share(data.buffer);
+      return this.unpack(await this.w.request({ op: 'push', id: this.id, seq: this.seq++, data: [key, data.byteOffset, data.byteLength] }), data);
+    }
     const r = await this.w.request({ op: 'push', id: this.id, seq: this.seq++, data }, ownsMemory(data) ? [data.buffer as ArrayBuffer] : []);
     return this.unpack(r);
   }
@@ -190,8 +237,10 @@ export class WorkerChunkHasher implements ChunkHasher {
     this.w.drop(this.id);
   }
 
-  private unpack(r: HasherReply): HashedChunks & { artefactSha256?: string } {
+  /** The reply as chunks: its own memory, or views of `shared` (the push's shared bytes) where it names them by offset. */
+  private unpack(r: HasherReply, shared?: Buffer): HashedChunks & { artefactSha256?: string } {
     if ('error' in r) throw new VnsnapError('ERR_INTERNAL', `the store's hashing worker failed: ${r.error}`);
-    return { chunks: r.chunks.map(asBuffer), sha256: r.sha256, ms: r.ms, ...(r.artefactSha256 ? { artefactSha256: r.artefactSha256 } : {}) };
+    const chunk = (c: ReplyChunk): Buffer => (!Array.isArray(c) ? asBuffer(c) : shared ? shared.subarray(c[0], c[0] + c[1]) : fail());
+    return { chunks: r.chunks.map(chunk), sha256: r.sha256, ms: r.ms, ...(r.artefactSha256 ? { artefactSha256: r.artefactSha256 } : {}) };
   }
 }

@@ -69,15 +69,22 @@ export interface PackUpload {
 export type PackJob = () => Promise<PackUpload>;
 
 /**
- * The most memory the open pack's chunks may keep alive beyond their own bytes, as a multiple of
- * targetBytes: a new chunk is a view of the write it came in (chunk-hasher.ts), which it keeps
- * whole; past this a chunk of a write not kept yet is copied out of it (a mostly deduplicated
- * stream, one new chunk in many writes, would otherwise keep every one of those writes).
+ * The open pack's new chunks, copied into memory of the pack's own as they are placed (one
+ * buffer of targetBytes, filled in order; a chunk past its end gets its own): the chunks a writer
+ * places are views of its writes (chunk-hasher.ts), and the writes' memory is then free at once
+ * — a lent write's is reused by its caller (snapshot-store.ts WriteHandover), and a mostly
+ * deduplicated stream, one new chunk in many writes, keeps none of those writes alive.
  */
-const KEEP_FACTOR = 2;
+interface OpenPack {
+  chunks: { sha256: string; data: Buffer }[];
+  slots: Slot[];
+  bytes: number;
+  arena: Buffer | undefined;
+  used: number;
+}
 
 export class PackWriter {
-  private open: { chunks: { sha256: string; data: Buffer }[]; slots: Slot[]; bytes: number; kept: Set<ArrayBufferLike>; keptBytes: number } = PackWriter.empty();
+  private open: OpenPack = PackWriter.empty();
   private readonly placed = new Map<string, Slot>();
   private readonly refs: [ChunkRef, Slot][] = [];
   /** The backend's deferred puts (putUnsynced + sync), when it has them. */
@@ -108,7 +115,7 @@ export class PackWriter {
       return null;
     }
     const slot: Slot = {};
-    this.open.chunks.push({ sha256: ref.sha256, data: this.keep(data) });
+    this.open.chunks.push({ sha256: ref.sha256, data: this.copy(data) });
     this.open.slots.push(slot);
     this.open.bytes += data.length;
     this.placed.set(ref.sha256, slot);
@@ -116,18 +123,18 @@ export class PackWriter {
     return this.open.bytes >= this.targetBytes ? this.seal() : null;
   }
 
-  private static empty(): PackWriter['open'] {
-    return { chunks: [], slots: [], bytes: 0, kept: new Set(), keptBytes: 0 };
+  private static empty(): OpenPack {
+    return { chunks: [], slots: [], bytes: 0, arena: undefined, used: 0 };
   }
 
-  /** `data` as the open pack keeps it: itself, or a copy when the memory it would keep is over the bound (KEEP_FACTOR). */
-  private keep(data: Buffer): Buffer {
+  /** A copy of `data` in the open pack's own memory (OpenPack). */
+  private copy(data: Buffer): Buffer {
     const o = this.open;
-    if (data.byteLength === data.buffer.byteLength || o.kept.has(data.buffer)) return data;
-    if (o.keptBytes + data.buffer.byteLength > KEEP_FACTOR * this.targetBytes) return Buffer.from(data);
-    o.kept.add(data.buffer);
-    o.keptBytes += data.buffer.byteLength;
-    return data;
+    o.arena ??= Buffer.allocUnsafeSlow(this.targetBytes);
+    if (o.used + data.length > o.arena.length) return Buffer.from(data);
+    const at = o.used;
+    o.used += data.copy(o.arena, at);
+    return o.arena.subarray(at, o.used);
   }
 
   /** The upload job of the open pack, or null when it is empty. */

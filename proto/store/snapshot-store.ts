@@ -47,17 +47,27 @@ export interface ReadExpect {
   chunkList?: string;
 }
 
+/**
+ * How ArtefactWriter.write() takes its bytes:
+ *   'copy'  (the default) the caller may reuse them once write() returned;
+ *   'owned' the caller hands them over (never reads or writes them again): the writer may keep
+ *           them, or move their memory to another thread, without a copy;
+ *   'lent'  the caller leaves them untouched until write() settled (resolved or rejected) and
+ *           reuses them after: the writer reads them in place meanwhile (shared memory: from
+ *           another thread too) and keeps no reference once it settled (batch-pool.ts).
+ */
+export type WriteHandover = 'copy' | 'owned' | 'lent';
+
 export interface ArtefactWriter {
   readonly path: string;
   /** Bytes written so far. */
   readonly bytes: number;
   /**
-   * Append a chunk; writes are applied in call order. ERR_STATE after commit or abort. With
-   * `owned` the caller hands `chunk` over (it never reads or writes it again): the writer may keep
-   * it, or move its memory to another thread, without a copy. Without, the caller may reuse it
-   * once write() returned.
+   * Append a chunk; writes are applied in call order. ERR_STATE after commit or abort. How the
+   * writer takes `chunk` (WriteHandover): by default the caller may reuse it once write()
+   * returned (the writer copies what it keeps).
    */
-  write(chunk: Uint8Array, owned?: boolean): Promise<void>;
+  write(chunk: Uint8Array, handover?: WriteHandover): Promise<void>;
   /** Make the artefact visible, whole, under its path (replacing an older one). */
   commit(): Promise<StoredArtefact>;
   /** Drop what was written (idempotent; a no-op after commit). */

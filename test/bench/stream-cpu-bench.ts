@@ -13,7 +13,12 @@
  * hashing worker, libuv's pool) and the event loop's thread alone (/proc/self/task), the time in
  * garbage collection (perf_hooks 'gc' entries), and the writer's and stream's profiles.
  *
- *   node dist/test/bench/stream-cpu-bench.js [--json] [--streams N] [--mib M]
+ *   node dist/test/bench/stream-cpu-bench.js [--json] [--streams N] [--mib M] [--windows]
+ *
+ * The streams are built (into files) before the first one is measured, so the measured span
+ * holds only the agent's work. --windows prints each stream's measured span on stderr as
+ * monotonic microseconds (the clock of a `node --cpu-prof` profile's sample times), to take a
+ * profile of this process apart stream by stream.
  *
  * Not a QEMU run: it measures what the agent's own code costs per byte, the part this machine's
  * other load does not change much. The figures of a real run come from bench:snapshot.
@@ -29,12 +34,14 @@ import { openStore } from '../../proto/store/store-config';
 import { buildStream, type PageRec } from '../support/migration-stream-builder';
 import { forEachFlag, usageExit } from './args';
 
-const USAGE = 'usage: stream-cpu-bench [--json] [--streams N] [--mib M]';
+const USAGE = 'usage: stream-cpu-bench [--json] [--streams N] [--mib M] [--windows]';
 let JSON_OUT = false;
+let WINDOWS = false;
 let STREAMS = 4;
 let MIB = 128;
 forEachFlag(process.argv.slice(2), (msg) => usageExit('stream-cpu-bench', USAGE, msg), (flag, value) => {
   if (flag === '--json') JSON_OUT = true;
+  else if (flag === '--windows') WINDOWS = true;
   else if (flag === '--streams') STREAMS = Number(value());
   else if (flag === '--mib') MIB = Number(value());
   else usageExit('stream-cpu-bench', USAGE, `unknown argument ${flag}`);
@@ -162,11 +169,16 @@ async function main(): Promise<void> {
   try {
     const store = await openStore({ kind: 'local', dir: path.join(dir, 'store') });
     const hz = 100;
+    const files: { file: string; bytes: number }[] = [];
     for (let i = 0; i < STREAMS; i++) {
       const from = Math.floor((((i * 3) % 10) * pages) / 10);
       const stream = makeStream(pages, (p) => (i > 0 && p >= from && p < from + pages / 10 ? i : 0)); // a tenth changed, in one run
-      const file = path.join(dir, 'stream.bin');
+      const file = path.join(dir, `stream-${i}.bin`);
       fs.writeFileSync(file, stream);
+      files.push({ file, bytes: stream.length });
+    }
+    for (let i = 0; i < STREAMS; i++) {
+      const { file, bytes } = files[i] as { file: string; bytes: number };
       const w = await store.create(`bench/mem-${i}.img`);
       const sock = path.join(dir, `s${i}.sock`);
       const st = await StreamIntoStore.listen(sock, w, { bufferBytes: 32 << 20, what: `stream ${i}`, transform: new PageOrder() });
@@ -174,6 +186,7 @@ async function main(): Promise<void> {
       const c0 = process.cpuUsage();
       const t0 = threadTicks();
       const w0 = performance.now();
+      const us0 = process.hrtime.bigint() / 1000n;
       const child = spawn(process.execPath, ['-e', `const n=require('net');const f=require('fs');const s=n.connect(${JSON.stringify(sock)},()=>f.createReadStream(${JSON.stringify(file)},{highWaterMark:1<<20}).pipe(s));`], { stdio: 'inherit' });
       const exited = new Promise((r) => child.once('exit', r));
       await st.ended;
@@ -181,10 +194,11 @@ async function main(): Promise<void> {
       const wall = (performance.now() - w0) / 1000;
       const c = process.cpuUsage(c0);
       const t1 = threadTicks();
+      if (WINDOWS) process.stderr.write(`stream ${i} window_us ${us0} ${process.hrtime.bigint() / 1000n}\n`);
       await st.close();
       await exited;
       out.push({
-        mib: Math.round((stream.length / 1048576) * 10) / 10,
+        mib: Math.round((bytes / 1048576) * 10) / 10,
         wall_s: Math.round(wall * 1000) / 1000,
         cpu_s: Math.round((c.user + c.system) / 1e4) / 100,
         loop_thread_s: (t1.main - t0.main) / hz,

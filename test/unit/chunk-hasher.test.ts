@@ -33,6 +33,31 @@ describe('chunk hasher: on the caller\'s thread or in the worker', () => {
     assert.deepEqual(worker.chunks.map((c) => c.length), inline.chunks.map((c) => c.length));
   });
 
+  it('pushes in shared memory are read in place by the worker, one slot reused for every push: the same chunks and names, whole chunks views of the slot', async () => {
+    const data = bytes(3 * 1024 * KiB + 321, 26);
+    const inline = await run(new InlineChunkHasher(DEFAULT_CHUNKER, 'auto'), data, [512 * KiB]);
+    const slot = Buffer.from(new SharedArrayBuffer(512 * KiB));
+    const h = new WorkerChunkHasher(DEFAULT_CHUNKER, 'auto');
+    const chunks: Buffer[] = [];
+    const names: string[] = [];
+    let views = 0;
+    for (let off = 0; off < data.length; off += 512 * KiB) {
+      const piece = slot.subarray(0, data.copy(slot, 0, off, off + 512 * KiB));
+      const r = await h.push(piece);
+      views += r.chunks.filter((c) => c.buffer === slot.buffer).length;
+      chunks.push(...r.chunks.map((c) => Buffer.from(c))); // used before the slot is reused, as the writer does
+      names.push(...r.sha256);
+      slot.fill(0xee); // reused: nothing the hasher keeps may see this
+    }
+    const last = await h.end();
+    chunks.push(...last.chunks);
+    names.push(...last.sha256);
+    assert.equal(last.artefactSha256, inline.sha);
+    assert.deepEqual(names, inline.names);
+    assert.equal(Buffer.concat(chunks).equals(data), true);
+    assert.ok(views > 0 && views < names.length, `${views} of ${names.length} chunks are views of the slot (the others span two pushes)`);
+  });
+
   it('two streams in the worker at once keep apart; a closed one is dropped', async () => {
     const a = bytes(700 * KiB, 22);
     const b = bytes(500 * KiB, 23);

@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { feedSocket, holdStoreWrites, holdStreamReads, ReceiverGone, storeWritesHeld, streamToFile, StreamIntoStore } from '../../agent/drivers/image-stream';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import { CasStore } from '../../proto/store/cas-store';
-import type { ArtefactWriter, StoredArtefact } from '../../proto/store/snapshot-store';
+import { batchPool, type PoolSlot } from '../../proto/store/batch-pool';
+import type { ArtefactWriter, StoredArtefact, WriteHandover } from '../../proto/store/snapshot-store';
 import { MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 import { until } from '../support/wait';
 import { buildStream, PAGE, pages } from '../support/migration-stream-builder';
@@ -121,16 +122,17 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
   });
 
-  it('save: each batch is handed over to the writer (its memory moves to the hashing worker) and the bound still counts it: the sender is paused and resumed to the end', async () => {
+  /** Send `data` through a stream into a worker-hashing CasStore, recording each write's handover and memory. */
+  async function handoverRun(data: Buffer): Promise<{ handovers: WriteHandover[]; shared: boolean[] }> {
     const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB }, hashWorker: true });
-    const data = bytes(6 * MiB + 77, 8);
     const w = await store.create('snapshots/s/vm.mem');
-    const handed: Buffer[] = [];
+    const handovers: WriteHandover[] = [];
+    const shared: boolean[] = [];
     const write = w.write.bind(w);
-    w.write = (chunk: Uint8Array, owned?: boolean) => {
-      assert.equal(owned, true);
-      handed.push(chunk as Buffer);
-      return write(chunk, owned);
+    w.write = (chunk: Uint8Array, handover?: WriteHandover) => {
+      handovers.push(handover ?? 'copy');
+      shared.push(chunk.buffer instanceof SharedArrayBuffer);
+      return write(chunk, handover);
     };
     const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });
     try {
@@ -140,12 +142,32 @@ describe('image-stream: a memory image between a hypervisor socket and the store
       assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: data.length, sha256: sha(data) });
       assert.equal(st.buffered, 0);
       assert.ok(st.peakQueued >= 1 * MiB, `the bound was reached (${st.peakQueued})`);
-      assert.ok(handed.length >= 12, `${handed.length} batches`);
-      assert.deepEqual(handed.map((b) => b.length), handed.map(() => 0), 'every batch moved to the worker (detached here)');
+      assert.ok(handovers.length >= 12, `${handovers.length} batches`);
       assert.deepEqual(await store.get('snapshots/s/vm.mem'), data);
     } finally {
       await st.close();
       store.close?.();
+    }
+    return { handovers, shared };
+  }
+
+  it('save: each batch is a slot of the batch pool lent to the writer (the hashing worker reads it in place), given back after its write; the bound still counts it: the sender is paused and resumed to the end', async () => {
+    const lentBefore = batchPool().lent;
+    const r = await handoverRun(bytes(6 * MiB + 77, 8));
+    assert.deepEqual(r.handovers, r.handovers.map(() => 'lent'));
+    assert.deepEqual(r.shared, r.shared.map(() => true), 'every batch is in the pool\'s shared memory');
+    assert.equal(batchPool().lent, lentBefore, 'every slot is back in the pool');
+  });
+
+  it('save: with every slot of the pool out, a batch is memory of its own handed over, the bytes the same', async () => {
+    const taken: PoolSlot[] = [];
+    for (let s = batchPool().take(1); s; s = batchPool().take(1)) taken.push(s);
+    try {
+      const r = await handoverRun(bytes(6 * MiB + 5, 9));
+      assert.deepEqual(r.handovers, r.handovers.map(() => 'owned'));
+      assert.deepEqual(r.shared, r.shared.map(() => false));
+    } finally {
+      for (const s of taken) batchPool().give(s);
     }
   });
 
