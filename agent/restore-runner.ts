@@ -100,7 +100,9 @@ export class RestoreRunner {
   async prepare(c: RestorePrepare__Output): Promise<Partial<Result>> {
     if (!c.restoreId) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'RestorePrepare without a restore id');
     if (this.restores.has(c.restoreId)) throw new VnsnapError('ERR_ALREADY_EXISTS', `restore ${c.restoreId} is already prepared here`);
-    this.o.vnes.require(c.vne);
+    // Loading beside attaches nothing, and the coordinator configures the VNE only after every
+    // agent has loaded (a host the VNE comes back to has none configured yet): the swap requires it.
+    if (!c.loadBeside) this.o.vnes.require(c.vne);
     const t0 = this.nowUs();
     const channel = await this.check(c);
     const tValidated = this.nowUs();
@@ -203,6 +205,7 @@ export class RestoreRunner {
     if (!rec?.beside || rec.beside.loading) throw new VnsnapError('ERR_NOT_FOUND', `restore ${c.restoreId} has no VMs loaded beside on agent ${this.o.agentId}`);
     const b = rec.beside;
     if (b.swapStarted) throw new VnsnapError('ERR_STATE', `restore ${c.restoreId} was swapped already on agent ${this.o.agentId}`);
+    this.o.vnes.require(rec.vne);
     b.swapStarted = true;
     const t0 = this.nowUs();
     const olds = b.loaded.map((l) => this.o.vms.get(rec.vne, l.spec.name));

@@ -250,6 +250,22 @@ describe('agent restore runner (fake driver, real switch over fake ports, manual
     assert.deepEqual(h.driver.events.slice(-1), ['resume a']);
   });
 
+  it('load beside onto an agent where the VNE is not configured yet (a host it comes back to): loaded; Swap refused until ConfigureVne, then attached', async () => {
+    h = new AgentParts();
+    await h.store.init();
+    const r = await h.restores.prepare(await imageOfA(h, 'm2', { loadBeside: true }));
+    assert.equal(r.restorePrepare?.beside, true);
+    assert.deepEqual(h.driver.events, ['load-beside a']);
+    assert.equal(await failure(h.restores.swap({ restoreId: 'r-m2', vne: VNE })), `ERR_VNE_UNKNOWN: VNE ${VNE} is not configured on agent h1 (ConfigureVne first)`);
+    assert.deepEqual(h.driver.events, ['load-beside a']);
+    h.vnes.configure({ vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 });
+    await h.restores.swap({ restoreId: 'r-m2', vne: VNE });
+    assert.deepEqual(h.driver.events, ['load-beside a', 'swap a']);
+    assert.deepEqual([h.vm('a').restoreId, h.driver.status('blue/a'), h.sw.portEpoch('blue/a/0')], ['r-m2', 'paused', 2]);
+    const res = await h.restores.resume({ restoreId: 'r-m2', vne: VNE });
+    assert.equal(res.resume?.injectedFrames, 1);
+  });
+
   it('load beside: a bad image discards every copy loaded and leaves the running VMs as they were; RestoreCancel before the swap does the same', async () => {
     h = await new AgentParts().init(['a', 'b']);
     const [oldA, oldB] = [h.vm('a'), h.vm('b')];
