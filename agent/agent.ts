@@ -204,6 +204,9 @@ export class Agent extends EventEmitter implements Startable {
 
   async start(): Promise<void> {
     if (this.sw) return;
+    // A state directory a newer agent left is refused before anything is touched (the data
+    // path's pins among them: a newer build's would be replaced below).
+    if (this.state) await this.state.scan();
     if (this.store instanceof StoreHandle) await this.store.open();
     const sw = new Switch({ id: this.id, ...(this.opts.restoreGateBytes !== undefined ? { restoreGateBytes: this.opts.restoreGateBytes } : {}), ...this.opts.switchOptions });
     const t = this.opts.transport ?? new UdpTransport(this.opts.tunnel.address, this.opts.tunnel.port, { offload: this.tunnelOffload() });
