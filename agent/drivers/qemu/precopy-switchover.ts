@@ -94,6 +94,9 @@ export interface Switchover {
   round?: RoundOutcome;
 }
 
+/** A promise that never settles: race() with nothing of its own to wait for. */
+const NEVER = new Promise<never>(() => undefined);
+
 /** From the commit to QEMU in pre-switchover with the VM stopped (see the module comment). */
 export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_ROUND): Promise<void> {
   const q = s.q;
@@ -112,11 +115,11 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
     throw new VnsnapError('ERR_DRIVER', `migration of ${s.vm} ended before the switchover`);
   });
   ended.catch(() => undefined);
-  const wait = (ms: number): Promise<'paused' | 'late'> => Promise.race([paused, ended, sleep(ms).then(() => 'late' as const)]);
+  const race = <T>(x: Promise<T>, ms: number): Promise<T | 'paused' | 'late'> => Promise.race([paused, ended, x, sleep(ms).then(() => 'late' as const)]);
+  const wait = (ms: number): Promise<'paused' | 'late'> => race(NEVER, ms);
   let downtime = s.cutDowntimeMs;
   const t0 = performance.now();
   await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': downtime });
-  const race = <T>(x: Promise<T>, ms: number): Promise<T | 'paused' | 'late'> => Promise.race([paused, ended, x, sleep(ms).then(() => 'late' as const)]);
   const outcome = await finalRound(s, round, { wait, race }, t0);
   s.round = outcome;
   if (outcome.how === 'converged') return;
