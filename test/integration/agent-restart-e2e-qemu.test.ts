@@ -47,16 +47,17 @@ function packageVersion(root: string): string {
 /**
  * A newer build, as an upgrade installs it: a copy of this build (dist/ without the tests, the
  * .proto files, the native addon, the in-kernel data path's object) in another directory, its package.json's version one patch
- * level higher; node_modules is linked. Returns its agent entry point and version.
+ * level higher; node_modules is linked. `dataPath: false`: without the data path's object (a
+ * build made where clang or libbpf-dev was missing). Returns its agent entry point and version.
  */
-function newerBuild(dir: string): { main: string; version: string } {
+function newerBuild(dir: string, o: { dataPath?: boolean } = {}): { main: string; version: string } {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(path.join(dir, 'dist'), { recursive: true });
   for (const d of ['agent', 'proto', 'switch']) fs.cpSync(path.join(ROOT, 'dist', d), path.join(dir, 'dist', d), { recursive: true });
   fs.cpSync(path.join(ROOT, 'proto', 'vnsnap'), path.join(dir, 'proto', 'vnsnap'), { recursive: true });
   fs.mkdirSync(path.join(dir, 'build', 'Release'), { recursive: true });
   fs.copyFileSync(path.join(ROOT, 'build', 'Release', 'vnsnap_io.node'), path.join(dir, 'build', 'Release', 'vnsnap_io.node'));
-  if (fs.existsSync(path.join(ROOT, 'build', 'bpf'))) fs.cpSync(path.join(ROOT, 'build', 'bpf'), path.join(dir, 'build', 'bpf'), { recursive: true });
+  if (o.dataPath !== false && fs.existsSync(path.join(ROOT, 'build', 'bpf'))) fs.cpSync(path.join(ROOT, 'build', 'bpf'), path.join(dir, 'build', 'bpf'), { recursive: true });
   fs.symlinkSync(fs.realpathSync(path.join(ROOT, 'node_modules')), path.join(dir, 'node_modules'));
   const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
   const [maj, min, patch] = pkg.version.split(/[.-]/).map(Number);
@@ -223,6 +224,25 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
     assert.deepEqual(problems('after the agent and the coordinator restarted', mid, await statuses()), []);
     assert.equal(qemuOf('a')?.pid, pid);
     assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+  });
+
+  it('SIGTERM of h1\'s agent, then a build that cannot run the data path started: its tap-bpf VM is adopted as tap-vnet (the program off its TAP), same pid, streams intact through the switches', async () => {
+    const a = qemuOf('a');
+    assert.ok(a, 'the QEMU of a runs');
+    const tap = `vnqm${tapTag(a.dir)}n0`;
+    const clsact = (): boolean => c.topo.exec('h1', 'tc', ['qdisc', 'show', 'dev', tap]).includes('clsact');
+    const onDataPath = clsact();
+    const before = await statuses();
+    await c.kill('h1', 'SIGTERM');
+    await c.startAgent('h1', true, newerBuild(path.join(c.dir, `${VNE}-nodp-build`), { dataPath: false }).main);
+    await until('every stream moves again', async () => (problems('', before, await statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 500 });
+    const mid = await statuses();
+    await sleep(3000); // kept: the window over which every stream must keep moving
+    assert.deepEqual(problems('after the agent without the data path started', mid, await statuses()), []);
+    assert.equal(qemuOf('a')?.pid, a.pid, 'the same QEMU process');
+    assert.equal((await c.cliJson<{ state: string }>(['vne', 'show', VNE])).state, 'VNE_STATE_RUNNING');
+    assert.equal(clsact(), false, `the program is off ${tap}`);
+    figures.push(`SIGTERM, a build without the data path started: a adopted (its TAP ${onDataPath ? 'had' : 'did not have'} vn_tx before), streams intact`);
   });
 
   it('a VM killed while its agent is down is reported dead when the agent returns (VNE FAILED), its TAP and directory removed, a stray QEMU of a dead agent killed; the other VM runs on', async () => {
