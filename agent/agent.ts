@@ -14,7 +14,8 @@
  * session's are testable on a manual clock.
  *
  * VMs outlive the agent (docs/agent-restart.md): stop() releases the VMs of drivers that can
- * hand them over (QEMU) instead of stopping them, and start() adopts what a previous agent left
+ * hand them over (QEMU) instead of stopping them, their in-kernel data path left carrying
+ * (DataPathWiring.leave), and start() adopts what a previous agent left
  * in the state directory (adopt.ts) before it registers; their ports rejoin the switch at the
  * coordinator's ConfigureVne. Only StopVm (or a restore replacing them) stops VMs.
  *
@@ -291,11 +292,14 @@ export class Agent extends EventEmitter implements Startable {
   async stop(): Promise<void> {
     this.session.stop();
     await this.snapshots.abortAll('agent stopping');
-    // VMs that outlive the agent keep running (the next agent adopts them); the others stop.
-    for (const vm of this.vms.values()) {
-      if (this.state && this.vms.outlivesAgent(vm)) await this.vms.release(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'releasing VM failed'));
-      else await this.vms.destroy(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'stopping VM failed'));
-    }
+    // VMs that outlive the agent keep running (the next agent adopts them); the others stop,
+    // first: their ports leave the in-kernel data path as any stopped VM's do. Then the data
+    // path is left as it is (entries, fast flags, kernel FDB, programs on the TAPs), so the
+    // kernel goes on carrying the released VMs' frames while no agent runs, as after a SIGKILL.
+    const outlive = [...this.vms.values()].filter((vm) => this.state !== undefined && this.vms.outlivesAgent(vm));
+    for (const vm of this.vms.values()) if (!outlive.includes(vm)) await this.vms.destroy(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'stopping VM failed'));
+    this.sw?.inKernelDataPath?.leave();
+    for (const vm of outlive) await this.vms.release(vm).catch((e) => this.log.warn({ vm: vm.key, err: describeError(e) }, 'releasing VM failed'));
     this.sw?.stop();
     this.sw = undefined;
     if (this.store instanceof StoreHandle) this.store.close(); // the store it opened itself (an S3 client's sockets)

@@ -149,6 +149,22 @@ export async function detachDataPath(dev: string, netns?: string): Promise<void>
   await tc(netns, ['qdisc', 'del', 'dev', dev, 'clsact']).catch(() => undefined);
 }
 
+/**
+ * Take `dev` off the data path for good, checked: its clsact qdisc (and with it vn_tx) removed,
+ * then read back. ERR_FAILED_PRECONDITION when the program may still run there (tc missing, the
+ * qdisc still shown): a caller that goes on reading the device would see its frames twice.
+ */
+export async function leaveDataPath(dev: string, netns?: string): Promise<void> {
+  await detachDataPath(dev, netns);
+  let shown: string;
+  try {
+    shown = await tc(netns, ['qdisc', 'show', 'dev', dev]);
+  } catch (e) {
+    throw new VnsnapError('ERR_FAILED_PRECONDITION', `${dev}: cannot check that the in-kernel data path's program left it: ${(e as Error).message}`, { cause: e });
+  }
+  if (/\bclsact\b/.test(shown)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `${dev}: the in-kernel data path's program could not be taken off it`);
+}
+
 /** Remove the pins of `prefix`; quiet when there are none. */
 export async function unloadDataPath(prefix: string): Promise<void> {
   await fsp.rm(layout(prefix).dir, { recursive: true, force: true });

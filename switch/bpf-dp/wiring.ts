@@ -13,6 +13,9 @@
  *   a new VNE generation      → every port's entry of that VNE takes it (the kernel refuses
  *                               frames of another generation, modulo 4), the old counts go
  *   tick                      → the kernel's counts of settled epochs folded (forgetSettled)
+ *   leave (the agent stops, its VMs run on) → nothing written any more: the kernel keeps
+ *                               carrying them as it does after the agent is killed, until the
+ *                               next agent adopts them (docs/agent-restart.md)
  *
  * When a port may be fast: attached, not being cut (the cut's gate turned the flag off and its
  * advance turns it back: epoch-sync.ts), and not behind a restore gate (the kernel would carry
@@ -82,6 +85,7 @@ export class DataPathWiring {
   private readonly mirror: FdbMirror;
   private readonly ports = new Map<string, Entry>();
   private readonly stamps = new Map<Vne, string>();
+  private left = false;
   private readonly s: Omit<DataPathWiringStats, 'ports' | 'fastPorts'> = { syncs: 0, fdbSet: 0, fdbRemoved: 0, syncErrors: 0, punt: newPuntCounters() };
 
   constructor(
@@ -97,7 +101,7 @@ export class DataPathWiring {
   /** A port joined the switch: on the data path when it is a DataPathPort (fast off until sync). */
   attached(lp: LocalPort): boolean {
     const info = dataPathOf(lp.port);
-    if (info === undefined) return false;
+    if (info === undefined || this.left) return false;
     // A port whose entry cannot be written stays off the data path: its TAP's entry (fast off,
     // written when the TAP was opened) makes the kernel punt all of its frames to this switch.
     if (!this.guard(() => this.maps.setPort(info.tapIfindex, { vni: lp.vne.vni, epoch: lp.epoch, puntIfindex: info.puntIfindex, fast: false, generation: lp.vne.generation }))) return false;
@@ -115,6 +119,7 @@ export class DataPathWiring {
    * counts of the old one go (KernelCounts.restart).
    */
   generationApplied(v: Vne): void {
+    if (this.left) return;
     for (const e of this.ports.values()) {
       if (e.lp.vne !== v) continue;
       this.guard(() => {
@@ -125,6 +130,22 @@ export class DataPathWiring {
     const peers = [...v.peers.values()].map((vp) => vp.peer.ip);
     const epochs = v.ports.filter((lp) => this.ports.has(lp.name)).map((lp) => lp.epoch);
     this.guard(() => this.counts.restart(v.vni, peers, epochs));
+  }
+
+  /**
+   * The agent stops and the VMs of these ports run on (they outlive the agent): from now on this
+   * wiring writes no map. Every port is forgotten without touching its entry (fast flag and
+   * epoch as they are; the cut no longer writes it), and vn_fdb keeps the VNEs' entries, so
+   * the ports' later removal from the switch (their FDB entries flushed there) reaches the
+   * kernel no more: it goes on carrying the VMs' frames, exactly as after a SIGKILL, until the
+   * next agent adopts them. Only an explicit detach (a VM stopped, a VNE removed) before this
+   * takes a port off the data path. Idempotent; the punt reader stays until close().
+   */
+  leave(): void {
+    this.left = true;
+    for (const name of this.ports.keys()) this.epochs.unregister(name);
+    this.ports.clear();
+    this.stamps.clear();
   }
 
   /** A port left the switch (its FDB entries already flushed): fast off, forgotten, its VNE re-mirrored. */

@@ -4,15 +4,16 @@
  *
  * Two namespaced hosts (test/support/cluster.ts, agents with `"drivers": ["qemu"]`), one TCG test
  * guest on each streaming byte-checked TCP to the other at 256 KiB/s (test/support/restart-vne.ts).
- * Each round: SIGKILL h1's agent, start it again at once, wait until both streams move again,
+ * Each round: SIGKILL h1's agent (or SIGTERM, `--signal TERM`: a stop as `systemctl restart` or an
+ * upgrade does it), start it again at once (or after `--down-ms`), wait until both streams move again,
  * then 2 s more in which a later gap would show. The outage is measured from the guests' side:
  * the longest gap in a stream's received bytes (sampled every 100 ms over the status channels).
  *
- *   npm run bench:agent-restart [-- --rounds N] [-- --json]
+ *   npm run bench:agent-restart [-- --rounds N] [--signal KILL|TERM] [--down-ms MS] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr):
  *   {"vms_survived":true|false,"stream_errors":N,"reconnects":N,
- *    "network_outage_ms":{"median":N,"max":N},"rounds":N}
+ *    "network_outage_ms":{"median":N,"max":N},"rounds":N,"signal":"SIGKILL"|"SIGTERM","down_ms":N}
  * Root only (namespaces, TAPs, QEMU).
  */
 import { buildGuest, ensureQemu, guestImageRoots } from '../guest/qemu-guest';
@@ -21,15 +22,24 @@ import { RestartVne, streamProblems } from '../support/restart-vne';
 import { sleep, until } from '../support/wait';
 import { forEachFlag, usageExit } from './args';
 
-const USAGE = 'usage: agent-restart [--rounds N] [--json]';
+const USAGE = 'usage: agent-restart [--rounds N] [--signal KILL|TERM] [--down-ms MS] [--json]';
 let rounds = 5;
 let json = false;
+let signal: 'SIGKILL' | 'SIGTERM' = 'SIGKILL';
+let downMs = 0;
 const usage = (msg: string): never => usageExit('agent-restart', USAGE, msg);
 forEachFlag(process.argv.slice(2), usage, (flag, value) => {
   if (flag === '--json') json = true;
   else if (flag === '--rounds') {
     rounds = Number(value());
     if (!Number.isInteger(rounds) || rounds < 1 || rounds > 100) usage('--rounds must be 1..100');
+  } else if (flag === '--signal') {
+    const v = value().toUpperCase().replace(/^SIG/, '');
+    if (v !== 'KILL' && v !== 'TERM') usage('--signal is KILL or TERM');
+    signal = v === 'KILL' ? 'SIGKILL' : 'SIGTERM';
+  } else if (flag === '--down-ms') {
+    downMs = Number(value());
+    if (!Number.isInteger(downMs) || downMs < 0 || downMs > 60_000) usage('--down-ms must be 0..60000');
   } else usage(`unknown argument ${flag}`);
 });
 const say = (s: string): void => void (json ? process.stderr : process.stdout).write(s + '\n');
@@ -56,7 +66,8 @@ async function main(): Promise<void> {
     for (let r = 1; r <= rounds; r++) {
       const before = await vne.statuses();
       const sampler = vne.outageSampler();
-      await c.kill('h1', 'SIGKILL');
+      await c.kill('h1', signal);
+      if (downMs > 0) await sleep(downMs); // kept: the agent stays down this long (the outage under test)
       await c.startAgent('h1');
       await until('every stream moves again', async () => (streamProblems('', before, await vne.statuses()).length === 0 ? true : undefined), { timeoutMs: 60_000, everyMs: 200 });
       await sleep(2000); // kept: the window after the restart in which a later gap would show
@@ -74,6 +85,8 @@ async function main(): Promise<void> {
       reconnects: Object.values(last).reduce((n, s) => n + s.totals.reconnects, 0),
       network_outage_ms: { median, max: sorted[sorted.length - 1] as number },
       rounds,
+      signal,
+      down_ms: downMs,
     };
     if (json) process.stdout.write(JSON.stringify(out) + '\n');
     else say(JSON.stringify(out, null, 2));

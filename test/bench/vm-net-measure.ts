@@ -11,8 +11,9 @@
  * throws with iperf3's message.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
-import { channelIperf } from '../guest/qemu-guest';
+import { channelIperf, channelStatus } from '../guest/qemu-guest';
 import { UDP64_PAYLOAD } from './iperf';
 
 /** One guest of the pair: its name, inner address (CIDR) and MAC. */
@@ -104,9 +105,38 @@ function sides(p: GuestPair, dir: Direction): { sock: string; server: string } {
 }
 
 async function iperf(sock: string, args: string[], seconds: number): Promise<IperfEnd> {
-  const j = (await channelIperf(sock, args, (seconds + 40) * 1000)) as IperfEnd;
+  let j: IperfEnd;
+  try {
+    j = (await channelIperf(sock, args, (seconds + 40) * 1000)) as IperfEnd;
+  } catch (e) {
+    throw new Error(`${(e as Error).message}; ${await stallDiagnosis(sock)}`);
+  }
   if (j.error) throw new Error(`iperf3: ${j.error}`);
   return j;
+}
+
+/**
+ * What a run whose guest gave no answer leaves to look at, before the bench removes its hosts:
+ * whether the same channel still answers a status request (then the channel works and what did
+ * not return is iperf3 in the guest: the network path or iperf3 itself), the guest's stream
+ * totals, and the last lines of its serial console (beside the channel socket, as the QEMU
+ * driver and the kernel path lay them out).
+ */
+export async function stallDiagnosis(sock: string): Promise<string> {
+  const out: string[] = [];
+  try {
+    const st = await channelStatus(sock, 5000);
+    out.push(`the channel answers a status request (uptime ${st.uptime_ms} ms, totals ${JSON.stringify(st.totals)}): iperf3 in the guest did not return`);
+  } catch (e) {
+    out.push(`the channel does not answer a status request either (${(e as Error).message})`);
+  }
+  try {
+    const lines = fs.readFileSync(path.join(path.dirname(sock), 'console.log'), 'utf8').split(/\r?\n/).filter((l) => l && !l.includes('VNSTAT {'));
+    out.push(`console tail: ${JSON.stringify(lines.slice(-8))}`);
+  } catch (e) {
+    out.push(`no console log (${(e as Error).message})`);
+  }
+  return out.join('; ');
 }
 
 export interface TcpRun {

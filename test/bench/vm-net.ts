@@ -75,7 +75,7 @@ const HELP = `${USAGE}
                   and punted to the switch (fast_path on/off says which path was measured)
   --same-hosts    with --bpf: also run the kernel path between the vnsnap deployment's own
                   hosts, over its underlay (each host's veth to a bridge in a third namespace),
-                  beside the nic=tap-bpf guests, and alternate TCP runs between the two pairs
+                  beside the nic=tap-bpf guests (the default row's where tap-bpf is the default), and alternate TCP runs between the two pairs
                   (the "kernel" row's hosts have one veth between them, and it runs minutes
                   apart): "same_hosts_paired" with both paths' figures and their ratios
   --json          one JSON object on stdout:
@@ -313,6 +313,8 @@ async function main(): Promise<void> {
   const defaultFrames = DEFAULT_NIC_MODE === 'tap-bpf' ? framesBy((host) => vmTapPackets(c, host)) : frames(VNE_VNET);
   const vnsnap = await measure('vnsnap', vpair.guests, o, NIC_PATH[DEFAULT_NIC_MODE], { namespaces: hostNs, frames: defaultFrames });
   const { during, snaps } = await duringSnapshots(c, vpair, o, 'vnsnap');
+  // --same-hosts beside the default row when that is nic=tap-bpf (else beside the tap-bpf row below)
+  const paired = o.sameHosts && DEFAULT_NIC_MODE === 'tap-bpf' ? await sameHostsPaired(c, image, o, dir, vpair.guests) : undefined;
   await (cleanups.pop() as () => Promise<void>)();
 
   // nic=tap-bpf through the agents (unless it is the default, measured above); a failure of this
@@ -336,7 +338,7 @@ async function main(): Promise<void> {
   }
   const load1 = loadAverage();
   await cleanup();
-  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}) });
+  report(o, { kernel, vnsnap, extra, during, snaps, load: [load0, load1], ...(bpf ? { bpf, bpfStats } : {}), ...(tapBpf ? { tapBpf } : {}), ...(paired ? { paired } : {}) });
 }
 
 type Snaps = {
@@ -455,6 +457,8 @@ interface Results {
   /** The bpf row's programs' counters, per host. */
   bpfStats?: DataPathStats[] | undefined;
   tapBpf?: TapBpfRow | { error: string };
+  /** --same-hosts run beside the default row (when the default is nic=tap-bpf). */
+  paired?: Paired;
 }
 
 function pathJson(r: PathResult): Record<string, unknown> {
@@ -533,6 +537,7 @@ function report(o: Options, r: Results): void {
   const tbDuring = tb && summarize(tb.during.map((x) => x.mbps));
   const tbIdleAb = tb && summarize(tb.path.tcp['a->b'].map((x) => x.mbps)).median;
   const beside = <T>(v: T | undefined): { vnsnap_tap_bpf?: T } => (v === undefined ? {} : { vnsnap_tap_bpf: v });
+  const paired = tb?.paired ?? r.paired;
   const out = {
     tcp_mbps: { vnsnap: round(tcpV), kernel: round(tcpK), ...beside(tbTcp && round(tbTcp)) },
     udp64_kpps: { vnsnap: round(udpSummary(r.vnsnap).median), kernel: round(udpSummary(r.kernel).median), ...beside(tb && round(udpSummary(tb.path).median)) },
@@ -556,7 +561,7 @@ function report(o: Options, r: Results): void {
       ? { bpf_dataplane: { tcp_mbps: round(tcpSummary(r.bpf).median), udp64_kpps: round(udpSummary(r.bpf).median), cpu_per_gbps: round(cpuSummary(r.bpf).median, 2), tcp_over_kernel: round(tcpSummary(r.bpf).median / (tcpK || 1), 3), cpu_over_kernel: round(cpuSummary(r.bpf).median / (cpuSummary(r.kernel).median || 1), 3), programs: r.bpfStats ?? null } }
       : {}),
     ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
-    ...(tb?.paired ? { same_hosts_paired: pairedJson(tb.paired) } : {}),
+    ...(paired ? { same_hosts_paired: pairedJson(paired) } : {}),
     settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: duringJson(r.during, r.snaps),
@@ -579,12 +584,12 @@ function report(o: Options, r: Results): void {
   if (tb) {
     const dp = tb.dataPath;
     console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);
-    if (tb.paired) {
-      const pj = pairedJson(tb.paired) as { ratios: { tcp: number; cpu_per_gbps: number } };
-      const med = (x: Record<Direction, TcpRun[]>): number => summarize([...x['a->b'], ...x['b->a']].map((y) => y.mbps)).median;
-      console.log(`alternating TCP runs between the same hosts: nic=tap-bpf ${med(tb.paired.tapBpf).toFixed(0)} Mbit/s, kernel path ${med(tb.paired.kernel).toFixed(0)} (TCP ${pj.ratios.tcp}x, CPU per Gbit/s ${pj.ratios.cpu_per_gbps}x)`);
-    }
   } else if (r.tapBpf && 'error' in r.tapBpf) console.log(`vnsnap nic=tap-bpf: failed: ${r.tapBpf.error}`);
+  if (paired) {
+    const pj = pairedJson(paired) as { ratios: { tcp: number; cpu_per_gbps: number } };
+    const med = (x: Record<Direction, TcpRun[]>): number => summarize([...x['a->b'], ...x['b->a']].map((y) => y.mbps)).median;
+    console.log(`alternating TCP runs between the same hosts: nic=tap-bpf ${med(paired.tapBpf).toFixed(0)} Mbit/s, kernel path ${med(paired.kernel).toFixed(0)} (TCP ${pj.ratios.tcp}x, CPU per Gbit/s ${pj.ratios.cpu_per_gbps}x)`);
+  }
   console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
   for (const [name, p] of rows) {
     const b = p.bytesPerFrame;

@@ -28,6 +28,7 @@ import { qemuE2eHooks } from '../support/qemu-e2e-hooks';
 import { Cluster } from '../support/cluster';
 import { sleep, until } from '../support/wait';
 import { allStatuses, backgroundSnapshotAndRestore, portRxFrames, E2E_VNE, E2E_VMS, intactProblems, streamsUp, writeVneFile } from '../support/qemu-vne';
+import { dataPathVxlanRx } from '../support/dp-vxlan';
 
 const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 
@@ -50,10 +51,9 @@ const ENABLED = process.env.VNSNAP_E2E_QEMU === '1';
 
   /** Packets the data path's VXLAN device of `host` received (agent/bpf-dp/rx-side.ts: vx<hash>). */
   function vxlanRx(host: string): number {
-    const links = JSON.parse(c.topo.exec(host, 'ip', ['-s', '-j', '-d', 'link', 'show', 'type', 'vxlan'])) as { ifname: string; stats64: { rx: { packets: number } } }[];
-    const vx = links.filter((l) => /^vx[0-9a-f]{10}$/.test(l.ifname));
-    assert.equal(vx.length, 1, `${host}: one data path VXLAN device, got ${links.map((l) => l.ifname).join(', ')}`);
-    return (vx[0] as (typeof vx)[0]).stats64.rx.packets;
+    const n = dataPathVxlanRx(c.topo, host);
+    assert.ok(n !== undefined, `${host}: no data path VXLAN device`);
+    return n;
   }
 
   /** Over a window: the kernel carried the streams (both VXLAN devices busy), a's switch port nearly idle. */

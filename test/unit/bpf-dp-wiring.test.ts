@@ -6,7 +6,8 @@
  * local address left out), the flag off during the cut and behind a restore gate, a marker that
  * counts what the kernel sent (vn_tx run in the kernel), and punted frames meeting the snapshot
  * rules as tunnel frames from their peer with their colour; the counts of settled epochs folded on
- * the tick (their counters removed, later markers still exact).
+ * the tick (their counters removed, later markers still exact); an agent that stops while its VMs
+ * run on leaves their entries and kernel FDB carrying (DataPathWiring.leave).
  */
 import { strict as assert } from 'node:assert';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
@@ -92,6 +93,30 @@ describe('in-kernel data path wired into the switch', function () {
     sw.removePort('p1');
     assert.deepEqual([maps.port(101)?.fast, maps.fdb(VNI, m(1)), maps.fdb(VNI, m(3))], [false, undefined, undefined]);
     sw.stop();
+  });
+
+  it('an agent that stops while its VMs run on leaves them carried in the kernel: entry, flag and kernel FDB stay, a port stopped before leaves', () => {
+    const { sw, w } = rig();
+    try {
+      sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+      sw.attachPort('blue', new DpFakePort('p3', { tapIfindex: 103, puntIfindex: 303 }), { mac: m(4) });
+      assert.deepEqual([maps.port(103)?.fast, maps.fdb(VNI, m(4))], [true, { ifindex: 103 }]);
+      sw.removePort('p3'); // its VM stopped: off the data path
+      assert.deepEqual([maps.port(103)?.fast, maps.fdb(VNI, m(4))], [false, undefined]);
+      w.leave();
+      sw.removePort('p1'); // its VM released: left as it is
+      sw.configureVne({ name: 'blue', macs: [] });
+      sw.stop();
+      assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true, generation: 1 });
+      assert.deepEqual([m(1), m(7)].map((x) => maps.fdb(VNI, x)), [{ ifindex: 101 }, { peer: B }]);
+      const [punts, sent] = [maps.stats().txPunt, maps.count(VNI, B, 0, 'sent')];
+      h().run('vn_tx', makeFrame({ dst: vmMac(7), src: vmMac(1), sender: 1, seq: 1, epoch: 0 }, 200), skbCtx({ ingressIfindex: 101 }));
+      assert.deepEqual([maps.stats().txPunt - punts, maps.count(VNI, B, 0, 'sent') - sent], [0, 1]);
+    } finally {
+      sw.stop();
+      maps.removePort(101);
+      for (const x of [m(1), m(7)]) maps.removeFdb(VNI, x);
+    }
   });
 
   it('a peer told a data path port other than this host\'s (none: 0, or another) is left out of the kernel FDB until told ours; one never told is trusted', () => {

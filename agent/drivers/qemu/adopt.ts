@@ -20,11 +20,12 @@
  *    record was written);
  *  - TAP NICs come back as new packet sockets on the same TAPs (QEMU kept them open), a tap-vnet
  *    NIC's writes again through the TAP's veth pair (vm-veth.ts: kept from the VM's start, made
- *    if a VM started without one); a stream
+ *    if a VM started without one); a tap-bpf NIC back on the data path, or, where this agent
+ *    cannot run it, taken off it and opened as tap-vnet (openAdoptedTaps); a stream
  *    NIC (QEMU was the client of the dead agent's socket) does not reconnect: its port listens
  *    again but the VM stays off the network until it is restarted, which is logged.
  */
-import { VnsnapError } from '../../../proto/core/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import type { Port } from '../../../switch/port/port';
 import { StreamPort } from '../../../switch/port/stream-port';
@@ -32,6 +33,7 @@ import { parseDiskChain, type DiskChainRecord, type ProcessIdentity } from '../.
 import type { VmHandle, VmStartContext, VmStartSpec } from '../driver';
 import { isTapMode, NIC_MODES, vmFiles, type NicMode } from './cmdline';
 import { QemuVm, type MigrationInfo } from './process';
+import { leaveDataPath } from '../../bpf-dp/loader';
 import { dataPathPrefix } from './tap-bpf';
 import { openTapPort } from './vm-veth';
 
@@ -85,19 +87,18 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
   const q = spec.driver.qemu;
   if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
-  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: { ...(q.extra ?? {}), nic: st.nic } };
   const files = vmFiles(st.dir);
   const log = ctx.log.child({ driver: 'qemu' });
+  let nic = st.nic;
   const ports: Port[] = [];
   if (isTapMode(st.nic)) {
     if (st.taps.length !== ctx.portNames.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: ${st.taps.length} TAPs for ${ctx.portNames.length} ports`);
-    try {
-      for (const [i, t] of st.taps.entries()) ports.push(await openTapPort(ctx.portNames[i] as string, t, st.nic, dataPathPrefix(d.workDir)));
-    } catch (e) {
-      for (const p of ports) p.close();
-      throw e;
-    }
+    const opened = await openAdoptedTaps(ctx.portNames, st.taps, st.nic, dataPathPrefix(d.workDir));
+    ports.push(...opened.ports);
+    nic = opened.nic;
+    if (nic !== st.nic) log.warn({ vm: spec.id, taps: st.taps, reason: opened.reason }, `adopted a tap-bpf VM this agent cannot carry in the kernel (${opened.reason ?? ''}): its TAPs left the in-kernel data path and run as tap-vnet`);
   }
+  const qspec: QemuDriverSpec__Output = { memoryMib: q.memoryMib ?? 0, cpus: q.cpus ?? 0, kernel: q.kernel ?? '', initrd: q.initrd ?? '', append: q.append ?? '', disk: q.disk ?? '', extra: { ...(q.extra ?? {}), nic } };
   const vm = new QemuVm(spec, qspec, files, ports, log);
   vm.taps = [...st.taps];
   vm.ramPadKib = st.ramPadKib;
@@ -144,6 +145,40 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
 }
 
 /** A migration the dead agent started (a snapshot's stream) cannot finish: cancel it and wait for the end. */
+/** How adoptQemuVm opens a TAP, and takes one off the in-kernel data path (tests pass fakes). */
+export interface AdoptedTapOps {
+  open(name: string, tap: string, nic: NicMode, prefix: string): Promise<Port>;
+  leave(tap: string): Promise<void>;
+}
+
+/**
+ * The adopted VM's TAPs as ports in its recorded mode; a tap-bpf VM whose new agent cannot run
+ * the data path (the loader's ERR_FAILED_PRECONDITION: the object not built, bpftool missing)
+ * falls back to tap-vnet, its twin (the same QEMU netdev, vnet_hdr=on): every TAP is taken off
+ * the data path first (vn_tx removed and checked gone, or the switch would read the TAP's frames
+ * and the program would still carry or punt them), then opened again. Any other failure, or one
+ * taking vn_tx off, closes what was opened and is thrown (the VM is then not adopted).
+ */
+export async function openAdoptedTaps(names: readonly string[], taps: readonly string[], nic: NicMode, prefix: string, ops: AdoptedTapOps = { open: openTapPort, leave: leaveDataPath }): Promise<{ ports: Port[]; nic: NicMode; reason?: string }> {
+  const openAll = async (mode: NicMode): Promise<Port[]> => {
+    const ports: Port[] = [];
+    try {
+      for (const [i, t] of taps.entries()) ports.push(await ops.open(names[i] as string, t, mode, prefix));
+      return ports;
+    } catch (e) {
+      for (const p of ports) p.close();
+      throw e;
+    }
+  };
+  try {
+    return { ports: await openAll(nic), nic };
+  } catch (e) {
+    if (nic !== 'tap-bpf' || !isVnsnapError(e, 'ERR_FAILED_PRECONDITION')) throw e;
+    for (const t of taps) await ops.leave(t);
+    return { ports: await openAll('tap-vnet'), nic: 'tap-vnet', reason: describeError(e) };
+  }
+}
+
 async function cancelDeadSnapshot(vm: QemuVm): Promise<void> {
   const q = vm.q();
   const info = await q.execute<MigrationInfo>('query-migrate');
