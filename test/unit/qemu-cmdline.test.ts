@@ -23,8 +23,8 @@ describe('QEMU command line', () => {
 
   it('traces QEMU only with VNSNAP_QEMU_TRACE_DIR: threads named, events timestamped into DIR/<instance>.trace', () => {
     assert.deepEqual(traceArgs('/run/vnqm-x', {}), []);
-    const args = traceArgs('/run/vnqm-x', { VNSNAP_QEMU_TRACE_DIR: '/tmp/t' });
-    assert.deepEqual(args.slice(0, 6), ['-name', 'vnqm-x,debug-threads=on', '-msg', 'timestamp=on', '-D', '/tmp/t/vnqm-x.trace']);
+    const args = traceArgs('/run/vnqm-x', { VNSNAP_QEMU_TRACE_DIR: '/srv/trace' });
+    assert.deepEqual(args.slice(0, 6), ['-name', 'vnqm-x,debug-threads=on', '-msg', 'timestamp=on', '-D', '/srv/trace/vnqm-x.trace']);
     assert.ok(args.includes('enable=savevm_state_header') && args.includes('enable=monitor_protocol_event_emit'));
     assert.equal(args.filter((a) => a === '-trace').length, (args.length - 6) / 2);
   });
