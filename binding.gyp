@@ -29,6 +29,13 @@
       "sources": ["agent/native/xen-relay.c"],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+    },
+    {
+      "target_name": "vnsnap-thp-collapse",
+      "type": "executable",
+      "sources": ["agent/native/thp-collapse.c"],
+      "cflags!": ["-O3"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
     }
   ]
 }

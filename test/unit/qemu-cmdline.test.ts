@@ -3,7 +3,7 @@
  * and the RAM padding that keeps QEMU < 9.0 under TCG off its lossy dirty-bitmap fast path.
  */
 import { strict as assert } from 'node:assert';
-import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
+import { qemuCmdline, qemuVersion, tcgRamPadKib, traceArgs, vmFiles } from '../../agent/drivers/qemu/cmdline';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 
 const spec: QemuDriverSpec__Output = { memoryMib: 256, cpus: 1, kernel: '/k', initrd: '/i', append: 'quiet', disk: '/d.qcow2', extra: {} };
@@ -19,6 +19,14 @@ describe('QEMU command line', () => {
   it('gives -m in MiB without padding, in KiB with it', () => {
     assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'kvm', nics: [], disk: false, incoming: false }), '-m'), '256');
     assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'tcg', nics: [], disk: false, incoming: false, ramPadKib: 8 }), '-m'), '262152k');
+  });
+
+  it('traces QEMU only with VNSNAP_QEMU_TRACE_DIR: threads named, events timestamped into DIR/<instance>.trace', () => {
+    assert.deepEqual(traceArgs('/run/vnqm-x', {}), []);
+    const args = traceArgs('/run/vnqm-x', { VNSNAP_QEMU_TRACE_DIR: '/srv/trace' });
+    assert.deepEqual(args.slice(0, 6), ['-name', 'vnqm-x,debug-threads=on', '-msg', 'timestamp=on', '-D', '/srv/trace/vnqm-x.trace']);
+    assert.ok(args.includes('enable=savevm_state_header') && args.includes('enable=monitor_protocol_event_emit'));
+    assert.equal(args.filter((a) => a === '-trace').length, (args.length - 6) / 2);
   });
 
   it('pads RAM only for TCG on QEMU before 9.0', () => {

@@ -42,6 +42,7 @@
  * of 64 pages takes the page-by-page path, which resets the TLB. docs/qemu.md has the evidence.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { exec } from '../exec';
 
@@ -203,5 +204,30 @@ export function qemuCmdline(c: CmdlineInput): string[] {
   }
   if (extra.balloon === 'stats') args.push('-device', 'virtio-balloon-pci,id=balloon0');
   if (c.incoming) args.push('-S', '-incoming', 'defer');
+  args.push(...traceArgs(c.files.dir));
   return args;
+}
+
+/** Set to a directory: every QEMU started writes its cut's trace events there (traceArgs). */
+export const QEMU_TRACE_ENV = 'VNSNAP_QEMU_TRACE_DIR';
+
+/**
+ * QEMU's own trace events of a cut (its stop, the QMP commands, the background snapshot's setup,
+ * device state and write protection, the events it emits), timestamped, into
+ * `DIR/<instance directory's name>.trace`, and its threads named (`CPU 0/TCG`, `live_migration`:
+ * /proc/PID/task/TID/comm), when VNSNAP_QEMU_TRACE_DIR is set; nothing otherwise. Diagnostics
+ * only: neither changes the device set, so an image loads with or without them.
+ */
+export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.env): string[] {
+  const dir = env[QEMU_TRACE_ENV];
+  if (!dir) return [];
+  const events = [
+    'handle_qmp_command', 'monitor_qmp_respond', 'monitor_protocol_event_emit', 'vm_stop_flush_all',
+    'migrate_set_state', 'migration_thread_setup_complete', 'savevm_state_setup', 'savevm_state_header',
+    'savevm_section_start', 'savevm_section_end', 'ram_write_tracking_ramblock_start', 'file_paio_submit', 'qcow2_cache_flush',
+  ];
+  return [
+    '-name', `${path.basename(instanceDir)},debug-threads=on`, '-msg', 'timestamp=on',
+    '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`]),
+  ];
 }

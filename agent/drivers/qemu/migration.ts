@@ -69,6 +69,7 @@ import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
+import { collapseGuestRam } from './ram-huge-pages';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -279,6 +280,8 @@ export class QemuJob extends DriverJob {
   }
 
   async begin(): Promise<void> {
+    // Guest RAM back on huge pages before the cut, beside the rest of the begin (ram-huge-pages.ts).
+    const huge = this.opts.mode === 'background' ? collapseGuestRam(this.vmObj.pid, this.log) : undefined;
     await this.setCapabilities();
     await this.disk.prepare();
     this.listen();
@@ -286,6 +289,8 @@ export class QemuJob extends DriverJob {
       if (pauseBoostEnabled()) startChrtShell(); // ahead of the cut, which boosts QEMU through it
       await this.openStream();
       await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
+      const collapsed = await huge;
+      if (collapsed?.ranges) this.log.debug({ vm: this.vm, ...collapsed }, 'guest RAM collapsed to huge pages');
       this.isReady = true;
       this.latch.set();
       return;
