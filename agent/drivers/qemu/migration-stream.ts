@@ -78,23 +78,6 @@ export class ByteQueue {
     this.length += b.length;
   }
 
-  /** Where view()'s bytes start in the buffer it returned. */
-  viewAt = 0;
-
-  /**
-   * The first `n` bytes (n <= length), not consumed, without making a Buffer when they lie in one
-   * received buffer: that buffer is returned and they start at `viewAt` in it; else a copy (viewAt 0).
-   */
-  view(n: number): Buffer {
-    const first = this.bufs[0] as Buffer;
-    if (first.length - this.off >= n) {
-      this.viewAt = this.off;
-      return first;
-    }
-    this.viewAt = 0;
-    return this.peek(n);
-  }
-
   /** The first `n` bytes (n <= length), not consumed. */
   peek(n: number): Buffer {
     const first = this.bufs[0] as Buffer;

@@ -38,7 +38,7 @@ import type { StreamTransform } from '../image-stream';
 import {
   ByteQueue,
   eosRecord,
-  putU64,
+  pageHeader,
   QEVM_MAGIC,
   QEVM_VERSION,
   RAM_FLAG,
@@ -94,43 +94,17 @@ export interface PageOrderStats {
 
 type State = 'header' | 'top' | 'ram-size' | 'ram-blocks' | 'ram' | 'after-eos' | 'pass';
 
-/**
- * A page record where it lies: in `buf` (a received buffer, or a copy when the record spans two),
- * the record from `recAt` (`recLen` bytes, header included), its data (the page, or the ZERO
- * record's fill byte) from `dataAt`. One object per parser, reused for every record: a record
- * makes no object of its own.
- */
-class RecordAt {
-  key = 0;
-  block = 0;
-  addr = 0;
-  /** ZERO: the fill byte; PAGE: -1. */
-  fill = -1;
-  buf: Buffer = NO_BYTES;
-  recAt = 0;
-  recLen = 0;
-  dataAt = 0;
-  /** The record had CONTINUE. */
-  cont = false;
-
-  copyFrom(r: RecordAt): void {
-    this.key = r.key;
-    this.block = r.block;
-    this.addr = r.addr;
-    this.fill = r.fill;
-    this.buf = r.buf;
-    this.recAt = r.recAt;
-    this.recLen = r.recLen;
-    this.dataAt = r.dataAt;
-    this.cont = r.cont;
-  }
+interface Page {
+  key: number;
+  block: number;
+  addr: number;
+  /** ZERO: the fill byte; PAGE: undefined. */
+  fill: number | undefined;
+  data: Buffer | undefined;
+  /** The record as it arrived and whether it had CONTINUE: written as it is when that still holds. */
+  raw: Buffer | undefined;
+  rawCont: boolean;
 }
-
-const NO_BYTES = Buffer.alloc(0);
-/** Held pages' data are kept in slabs of this size (reused as pages go out: no memory per page). */
-const SLAB_BYTES = 1024 * 1024;
-/** Rewritten headers and held pages go out in buffers of this size, filled in order. */
-const OUT_BYTES = 256 * 1024;
 
 /** Positions: block index * 2^32 + page index (exact in a number for any real guest). */
 const BLOCK_SHIFT = 0x1_0000_0000;
@@ -139,13 +113,6 @@ export class PageOrder implements StreamTransform {
   readonly stats: PageOrderStats = { bytesIn: 0, bytesOut: 0, pages: 0, held: 0, forced: 0, late: 0, atEnd: 0, peakHeldBytes: 0, fallback: undefined, cpuMs: 0 };
   private readonly q = new ByteQueue();
   private out: Buffer[] = [];
-  /** The output piece being built: bytes [runFrom, runTo) of runBuf (input, or outBuf), not yet in `out`. */
-  private runBuf: Buffer | undefined;
-  private runFrom = 0;
-  private runTo = 0;
-  /** Where rewritten bytes are written (filled from outAt on; what is before it is already handed out or in the run). */
-  private outBuf: Buffer = NO_BYTES;
-  private outAt = 0;
   private state: State = 'header';
   private readonly holdBytes: number;
   private pageSize: number;
@@ -158,20 +125,12 @@ export class PageOrder implements StreamTransform {
   private footers = false;
   private next = 0;
   private heap: number[] = [];
-  /** Held pages by position: a PAGE's slab slot (>= 0), or -1 - fill of a ZERO record. */
-  private heldPages = new Map<number, number>();
+  private heldPages = new Map<number, Page>();
   private heldBytes = 0;
-  private slabs: Buffer[] = [];
-  private slotsPerSlab = 0;
-  private freeSlots: number[] = [];
-  private slotsMade = 0;
   /** Block of the last page record read / written (the loader's CONTINUE block). */
   private inLast: number | undefined;
   private outLast: number | undefined;
-  /** The record being read, and the last page record read (as it arrived). */
-  private readonly cur = new RecordAt();
-  private readonly lastIn = new RecordAt();
-  private hasLastIn = false;
+  private lastIn: Page | undefined;
 
   constructor(private readonly o: PageOrderOptions = {}) {
     this.holdBytes = o.holdBytes ?? DEFAULT_HOLD_BYTES;
@@ -188,7 +147,7 @@ export class PageOrder implements StreamTransform {
     }
     this.q.push(chunk);
     while (this.step());
-    if (this.passing()) this.piece(...this.q.drain());
+    if (this.passing()) this.out.push(...this.q.drain());
     return this.flushOut(t0);
   }
 
@@ -196,7 +155,7 @@ export class PageOrder implements StreamTransform {
     const t0 = performance.now();
     if (this.state !== 'pass' && (this.q.length > 0 || this.heap.length > 0)) {
       this.fallback(`the stream ended in the middle (${this.state})`);
-      this.piece(...this.q.drain());
+      this.out.push(...this.q.drain());
     }
     const out = this.flushOut(t0);
     this.o.onEnd?.(this.stats);
@@ -209,12 +168,10 @@ export class PageOrder implements StreamTransform {
 
   /**
    * What this call wrote, as pieces: views of the input where records went out as they came
-   * (runs of them one view), and of buffers filled in order with rewritten headers and held pages
-   * (one view per run of them). No copy of the input here: the stream's writer copies the pieces
-   * once into its batch.
+   * (runs of them joined into one view: put()), new buffers only for rewritten headers and held
+   * pages. No copy here: the stream's writer copies them once into its batch.
    */
   private flushOut(t0: number): Buffer[] {
-    this.endRun();
     const out = this.out;
     this.out = [];
     for (const b of out) this.stats.bytesOut += b.length;
@@ -222,54 +179,11 @@ export class PageOrder implements StreamTransform {
     return out;
   }
 
-  /** Bytes [at, at + n) of `buf` out next: the current run grows when they follow it in the same buffer. */
-  private extend(buf: Buffer, at: number, n: number): void {
-    if (this.runBuf === buf && this.runTo === at) {
-      this.runTo += n;
-      return;
-    }
-    this.endRun();
-    this.runBuf = buf;
-    this.runFrom = at;
-    this.runTo = at + n;
-  }
-
-  private endRun(): void {
-    if (this.runBuf && this.runTo > this.runFrom) this.out.push(this.runBuf.subarray(this.runFrom, this.runTo));
-    this.runBuf = undefined;
-  }
-
-  /** Whole buffers out next, as they are. */
-  private piece(...bufs: Buffer[]): void {
-    this.endRun();
-    this.out.push(...bufs);
-  }
-
-  /** `n` bytes of the output buffer to write into, at the returned offset (out next once written: wrote()). */
-  private room(n: number): number {
-    if (this.outBuf.length - this.outAt < n) {
-      this.outBuf = Buffer.allocUnsafeSlow(Math.max(OUT_BYTES, n));
-      this.outAt = 0;
-    }
-    return this.outAt;
-  }
-
-  private wrote(at: number, n: number): void {
-    this.extend(this.outBuf, at, n);
-    this.outAt = at + n;
-  }
-
-  /** A page record's header (u64 address|flags, the block's idstr unless CONTINUE) into the output. */
-  private writeHeader(addr: number, flags: number, block: number, sameBlock: boolean): void {
-    const name = sameBlock ? undefined : (this.blocks[block] as RamBlock).name;
-    const n = 8 + (name === undefined ? 0 : 1 + name.length);
-    const at = this.room(n);
-    putU64(this.outBuf, at, addr + (flags | (name === undefined ? RAM_FLAG.CONTINUE : 0)));
-    if (name !== undefined) {
-      this.outBuf[at + 8] = name.length;
-      this.outBuf.write(name, at + 9, 'latin1');
-    }
-    this.wrote(at, n);
+  /** Append `b` to the output, joined to the piece before it when it follows it in the same memory. */
+  private put(b: Buffer): void {
+    const last = this.out[this.out.length - 1];
+    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) this.out[this.out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
+    else this.out.push(b);
   }
 
   /** One step of the parser; false when it needs more bytes (or passes through from now on). */
@@ -293,9 +207,7 @@ export class PageOrder implements StreamTransform {
   }
 
   private emitRaw(n: number): void {
-    const b = this.q.view(n);
-    this.extend(b, this.q.viewAt, n);
-    this.q.skip(n);
+    this.put(this.q.take(n));
   }
 
   private header(): boolean {
@@ -418,11 +330,9 @@ export class PageOrder implements StreamTransform {
 
   /** One record inside a RAM section: EOS or a page. */
   private ramRecord(): boolean {
-    const q = this.q;
-    if (q.length < 8) return false;
-    let b = q.view(8);
-    let o = q.viewAt;
-    const v = u64(b, o);
+    if (this.q.length < 8) return false;
+    const h = this.q.peek(8);
+    const v = u64(h, 0);
     if (v === undefined) return this.fallback('a RAM record beyond 2^53');
     const flags = v & RAM_FLAG_MASK;
     if (flags === RAM_FLAG.EOS && v === RAM_FLAG.EOS) {
@@ -436,33 +346,30 @@ export class PageOrder implements StreamTransform {
     let at = 8;
     let block = this.inLast;
     if (!cont) {
-      if (q.length < 9) return false;
-      at = 9 + q.byteAt(8);
+      if (this.q.length < 9) return false;
+      at = 9 + this.q.byteAt(8);
     }
     const need = at + (kind === RAM_FLAG.ZERO ? 1 : this.pageSize);
-    if (q.length < need) return false;
-    b = q.view(need);
-    o = q.viewAt;
-    if (!cont) block = this.blockIndex.get(b.toString('latin1', o + 9, o + at));
+    if (this.q.length < need) return false;
+    const rec = this.q.peek(need);
+    if (!cont) block = this.blockIndex.get(rec.toString('latin1', 9, at));
     const addr = v - flags;
-    const blk = block === undefined ? undefined : this.blocks[block];
-    if (block === undefined || !blk || addr >= blk.length || addr % this.pageSize !== 0) return this.fallback(`a page record for an unknown block or address (0x${addr.toString(16)})`);
-    const r = this.cur;
-    r.key = block * BLOCK_SHIFT + addr / this.pageSize;
-    r.block = block;
-    r.addr = addr;
-    r.fill = kind === RAM_FLAG.ZERO ? (b[o + at] as number) : -1;
-    r.buf = b;
-    r.recAt = o;
-    r.recLen = need;
-    r.dataAt = o + at;
-    r.cont = cont;
-    q.skip(need);
+    const b = block === undefined ? undefined : this.blocks[block];
+    if (block === undefined || !b || addr >= b.length || addr % this.pageSize !== 0) return this.fallback(`a page record for an unknown block or address (0x${addr.toString(16)})`);
+    const page: Page = {
+      key: block * BLOCK_SHIFT + addr / this.pageSize,
+      block,
+      addr,
+      fill: kind === RAM_FLAG.ZERO ? (rec[at] as number) : undefined,
+      data: kind === RAM_FLAG.PAGE ? rec.subarray(at) : undefined,
+      raw: rec,
+      rawCont: cont,
+    };
+    this.q.skip(need);
     this.stats.pages++;
     this.inLast = block;
-    this.lastIn.copyFrom(r);
-    this.hasLastIn = true;
-    this.place(r);
+    this.lastIn = page;
+    this.place(page);
     return true;
   }
 
@@ -486,116 +393,65 @@ export class PageOrder implements StreamTransform {
     return block * BLOCK_SHIFT + page;
   }
 
-  private place(r: RecordAt): void {
-    if (r.key === this.next) {
-      this.emitRecord(r);
-      this.next = this.succ(r.key);
+  private place(p: Page): void {
+    if (p.key === this.next) {
+      this.emitPage(p);
+      this.next = this.succ(p.key);
       this.drainHeap();
       return;
     }
-    if (r.key < this.next) {
+    if (p.key < this.next) {
       this.stats.late++;
-      this.emitRecord(r);
+      this.emitPage(p);
       return;
     }
-    this.hold(r);
+    this.hold(p);
     while (this.heldBytes > this.holdBytes) {
       const k = this.popHeap();
       this.stats.forced++;
-      this.emitHeld(k);
+      this.emitPage(this.unhold(k));
       this.next = this.succ(k);
       this.drainHeap();
     }
   }
 
-  /** What holding a page costs against the bound: its data (a ZERO record's fill byte) and HELD_OVERHEAD. */
-  private heldCost(code: number): number {
-    return (code >= 0 ? this.pageSize : 1) + HELD_OVERHEAD;
-  }
-
-  /** A free slab slot for a held page's data (a new slab when every slot is taken). */
-  private takeSlot(): number {
-    const free = this.freeSlots.pop();
-    if (free !== undefined) return free;
-    if (this.slotsPerSlab === 0) this.slotsPerSlab = Math.max(1, Math.floor(SLAB_BYTES / this.pageSize));
-    const slot = this.slotsMade++;
-    if (slot >= this.slabs.length * this.slotsPerSlab) this.slabs.push(Buffer.allocUnsafeSlow(this.slotsPerSlab * this.pageSize));
-    return slot;
-  }
-
-  private slab(slot: number): Buffer {
-    return this.slabs[Math.floor(slot / this.slotsPerSlab)] as Buffer;
-  }
-
-  private slotAt(slot: number): number {
-    return (slot % this.slotsPerSlab) * this.pageSize;
-  }
-
-  /** Keep the record's page (copied: the input's buffer is not kept) until the scan reaches it. */
-  private hold(r: RecordAt): void {
-    const had = this.heldPages.get(r.key);
-    if (had !== undefined) {
-      this.heldBytes -= this.heldCost(had);
-      if (had >= 0) this.freeSlots.push(had);
-    } else {
-      this.pushHeap(r.key);
+  private hold(p: Page): void {
+    const copy: Page = { ...p, data: p.data ? Buffer.from(p.data) : undefined, raw: undefined }; // not a view of the socket's buffer
+    const had = this.heldPages.get(p.key);
+    if (had) this.heldBytes -= pageBytes(had);
+    else {
+      this.pushHeap(p.key);
       this.stats.held++;
     }
-    let code = -1 - r.fill;
-    if (r.fill < 0) {
-      code = this.takeSlot();
-      r.buf.copy(this.slab(code), this.slotAt(code), r.dataAt, r.dataAt + this.pageSize);
-    }
-    this.heldPages.set(r.key, code);
-    this.heldBytes += this.heldCost(code);
+    this.heldPages.set(p.key, copy);
+    this.heldBytes += pageBytes(copy);
     this.stats.peakHeldBytes = Math.max(this.stats.peakHeldBytes, this.heldBytes);
+  }
+
+  private unhold(k: number): Page {
+    const p = this.heldPages.get(k) as Page;
+    this.heldPages.delete(k);
+    this.heldBytes -= pageBytes(p);
+    return p;
   }
 
   private drainHeap(): void {
     while (this.heap.length > 0 && this.heap[0] === this.next) {
       const k = this.popHeap();
-      this.emitHeld(k);
+      this.emitPage(this.unhold(k));
       this.next = this.succ(k);
     }
   }
 
-  /** The CONTINUE block of the output moves to `block`: whether it was that already. */
-  private toBlock(block: number): boolean {
-    const same = this.outLast === block;
-    this.outLast = block;
-    return same;
-  }
-
-  /** A record as it arrived when its CONTINUE still holds, else with a new header and its data (views of the input). */
-  private emitRecord(r: RecordAt): void {
-    const sameBlock = this.toBlock(r.block);
-    if (r.cont === sameBlock) {
-      this.extend(r.buf, r.recAt, r.recLen);
+  private emitPage(p: Page): void {
+    const sameBlock = this.outLast === p.block;
+    this.outLast = p.block;
+    if (p.raw && p.rawCont === sameBlock) {
+      this.put(p.raw);
       return;
     }
-    this.writeHeader(r.addr, r.fill < 0 ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, r.block, sameBlock);
-    this.extend(r.buf, r.dataAt, r.fill < 0 ? this.pageSize : 1);
-  }
-
-  /** The held page at `k` out (header and data written into the output buffer), its slot free again. */
-  private emitHeld(k: number): void {
-    const code = this.heldPages.get(k) as number;
-    this.heldPages.delete(k);
-    this.heldBytes -= this.heldCost(code);
-    const block = Math.floor(k / BLOCK_SHIFT);
-    const addr = (k - block * BLOCK_SHIFT) * this.pageSize;
-    this.writeHeader(addr, code >= 0 ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, block, this.toBlock(block));
-    if (code >= 0) {
-      const at = this.room(this.pageSize);
-      const from = this.slotAt(code);
-      this.slab(code).copy(this.outBuf, at, from, from + this.pageSize);
-      this.wrote(at, this.pageSize);
-      this.freeSlots.push(code);
-    } else {
-      const at = this.room(1);
-      this.outBuf[at] = -1 - code;
-      this.wrote(at, 1);
-    }
+    this.out.push(pageHeader(p.addr, p.fill === undefined ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, sameBlock ? undefined : (this.blocks[p.block] as RamBlock).name));
+    this.out.push(p.data ?? Buffer.from([p.fill as number]));
   }
 
   /**
@@ -607,17 +463,17 @@ export class PageOrder implements StreamTransform {
     const fix = keepBlock && this.inLast !== undefined && this.outLast !== this.inLast;
     if (this.heap.length === 0 && !fix) return;
     const wrap = !inSection && this.ramId !== undefined;
-    if (wrap) this.piece(sectionMark(SEC.PART, this.ramId as number));
+    if (wrap) this.out.push(sectionMark(SEC.PART, this.ramId as number));
     while (this.heap.length > 0) {
       const k = this.popHeap();
       if (!inSection) this.stats.atEnd++;
-      this.emitHeld(k);
+      this.emitPage(this.unhold(k));
       this.next = this.succ(k);
     }
-    if (keepBlock && this.inLast !== undefined && this.outLast !== this.inLast && this.hasLastIn) this.emitRecord(this.lastIn);
+    if (keepBlock && this.inLast !== undefined && this.outLast !== this.inLast) this.emitPage(this.lastIn as Page);
     if (wrap) {
-      this.piece(eosRecord());
-      if (this.footers) this.piece(sectionMark(SEC.FOOTER, this.ramId as number));
+      this.out.push(eosRecord());
+      if (this.footers) this.out.push(sectionMark(SEC.FOOTER, this.ramId as number));
     }
   }
 
@@ -675,6 +531,10 @@ export class PageOrder implements StreamTransform {
     }
     return top;
   }
+}
+
+function pageBytes(p: Page): number {
+  return (p.data ? p.data.length : 1) + HELD_OVERHEAD;
 }
 
 /** A PageOrder that logs why it stopped rewriting (warn) and its figures at the end (debug). */
