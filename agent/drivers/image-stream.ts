@@ -184,6 +184,8 @@ export interface StreamProfile {
   writeMs: number;
   pausedMs: number;
   heldMs: number;
+  /** Reads from the socket (each a callback on the event loop). */
+  reads: number;
 }
 
 const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
@@ -206,7 +208,7 @@ export class StreamIntoStore {
   /** The most bytes that waited for the store at once. */
   peakQueued = 0;
   /** Where the time went (StreamProfile); spanMs is set at EOF. */
-  readonly profile: StreamProfile = { spanMs: 0, transformMs: 0, writeMs: 0, pausedMs: 0, heldMs: 0 };
+  readonly profile: StreamProfile = { spanMs: 0, transformMs: 0, writeMs: 0, pausedMs: 0, heldMs: 0, reads: 0 };
   private firstByteAt = 0;
   private pausedAt = 0;
   private heldAt = 0;
@@ -259,6 +261,7 @@ export class StreamIntoStore {
     c.on('data', (chunk: Buffer) => {
       if (this.received === 0) this.firstByteAt = nowMs();
       this.received += chunk.length;
+      this.profile.reads++;
       if (this.discarding || this.failure) return;
       this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
       if (this.bounded && this.queued >= this.o.bufferBytes) this.pauseSocket(c);

@@ -2,18 +2,25 @@
  * The CPU an agent spends per memory stream, without QEMU: a synthetic QEMU 7.2 background-
  * snapshot stream (a 128 MiB guest's RAM: pages like the test guest's memory load — a few words
  * then zeros —, incompressible pages like its disk records in the page cache, text-like pages,
- * ZERO records; about 5 % of the pages sent ahead of the scan, as write faults do) is sent by a
+ * ZERO records) is sent by a
  * child process into a unix socket and goes the agent's way into a content-addressed store in a
  * temporary directory: StreamIntoStore (agent/drivers/image-stream.ts) with the page-order
  * rewrite (qemu/page-order.ts), the store opened as an agent opens it (openStore: packs, zstd,
  * the hashing worker). Each stream after the first changes a tenth of its pages, one run of them
  * (the next snapshot: most chunks deduplicated).
  *
+ * The order of the pages is QEMU 7.2's (--faults N, default 6): the scan is linear, but a write
+ * fault saves its page at once and the scan continues from there, wrapping at the end of RAM, so
+ * the stream is a few long runs and page-order holds back every page sent ahead of the lowest
+ * gap — half to three quarters of the test guest's pages in bench:snapshot (docs/performance.md,
+ * issue 15, "Why a QEMU stream cost twice the synthetic one"). --scatter sends instead about 5 %
+ * of the pages one by one ahead of the scan (this bench's order before: few pages held).
+ *
  * Per stream: wall time, this process's CPU (user + system, every thread: the event loop, the
  * hashing worker, libuv's pool) and the event loop's thread alone (/proc/self/task), the time in
  * garbage collection (perf_hooks 'gc' entries), and the writer's and stream's profiles.
  *
- *   node dist/test/bench/stream-cpu-bench.js [--json] [--streams N] [--mib M] [--windows]
+ *   node dist/test/bench/stream-cpu-bench.js [--json] [--streams N] [--mib M] [--faults N | --scatter] [--windows]
  *
  * The streams are built (into files) before the first one is measured, so the measured span
  * holds only the agent's work. --windows prints each stream's measured span on stderr as
@@ -34,16 +41,20 @@ import { openStore } from '../../proto/store/store-config';
 import { buildStream, type PageRec } from '../support/migration-stream-builder';
 import { forEachFlag, usageExit } from './args';
 
-const USAGE = 'usage: stream-cpu-bench [--json] [--streams N] [--mib M] [--windows]';
+const USAGE = 'usage: stream-cpu-bench [--json] [--streams N] [--mib M] [--faults N | --scatter] [--windows]';
 let JSON_OUT = false;
 let WINDOWS = false;
 let STREAMS = 4;
 let MIB = 128;
+let FAULTS = 6;
+let SCATTER = false;
 forEachFlag(process.argv.slice(2), (msg) => usageExit('stream-cpu-bench', USAGE, msg), (flag, value) => {
   if (flag === '--json') JSON_OUT = true;
   else if (flag === '--windows') WINDOWS = true;
   else if (flag === '--streams') STREAMS = Number(value());
   else if (flag === '--mib') MIB = Number(value());
+  else if (flag === '--faults') FAULTS = Number(value());
+  else if (flag === '--scatter') SCATTER = true;
   else usageExit('stream-cpu-bench', USAGE, `unknown argument ${flag}`);
 });
 
@@ -88,8 +99,8 @@ function content(p: number, version: number): Buffer {
   return b;
 }
 
-/** One stream: every page once, the scan linear but ~5 % of the pages sent ahead of it. */
-function makeStream(pages: number, changed: (p: number) => number): Buffer {
+/** The order of --scatter: every page once, the scan linear but ~5 % of the pages sent ahead of it. */
+function scatterOrder(pages: number): number[] {
   const r = rng(4242);
   const sent = new Uint8Array(pages);
   const order: number[] = [];
@@ -106,6 +117,38 @@ function makeStream(pages: number, changed: (p: number) => number): Buffer {
       order.push(p);
     }
   }
+  return order;
+}
+
+/**
+ * QEMU 7.2's order: every page once, the scan linear from page 0; `faults` times, at a random
+ * moment, a write fault saves a random page not sent yet and the scan goes on from it (wrapping
+ * at the end), skipping pages already sent.
+ */
+function faultOrder(pages: number, faults: number): number[] {
+  const r = rng(4242);
+  const sent = new Uint8Array(pages);
+  const at = new Set<number>();
+  while (at.size < Math.min(faults, pages - 1)) at.add(1 + (r() % (pages - 1)));
+  const order: number[] = [];
+  let pos = 0;
+  while (order.length < pages) {
+    if (at.has(order.length)) {
+      let f = r() % pages;
+      while (sent[f]) f = (f + 1) % pages;
+      pos = f;
+    }
+    while (sent[pos]) pos = (pos + 1) % pages;
+    sent[pos] = 1;
+    order.push(pos);
+    pos = (pos + 1) % pages;
+  }
+  return order;
+}
+
+/** One stream: every page once, in the order of the options (module comment). */
+function makeStream(pages: number, changed: (p: number) => number): Buffer {
+  const order = SCATTER ? scatterOrder(pages) : faultOrder(pages, FAULTS);
   const recs: PageRec[] = order.map((p) => (kind(p) === 0 ? { block: 'pc.ram', page: p, fill: 0 } : { block: 'pc.ram', page: p, version: changed(p) }));
   const stream = buildStream({ blocks: [['pc.ram', pages * PAGE]], sections: chunked(recs, 2048) });
   // buildStream writes its own page data; put this bench's content in instead (same offsets).
@@ -155,6 +198,7 @@ interface StreamFigures {
   new_mib: number;
   stream: unknown;
   store: unknown;
+  page_order: { pages: number; held: number; peak_held_mib: number; ms: number };
 }
 
 async function main(): Promise<void> {
@@ -181,7 +225,8 @@ async function main(): Promise<void> {
       const { file, bytes } = files[i] as { file: string; bytes: number };
       const w = await store.create(`bench/mem-${i}.img`);
       const sock = path.join(dir, `s${i}.sock`);
-      const st = await StreamIntoStore.listen(sock, w, { bufferBytes: 32 << 20, what: `stream ${i}`, transform: new PageOrder() });
+      const po = new PageOrder();
+      const st = await StreamIntoStore.listen(sock, w, { bufferBytes: 32 << 20, what: `stream ${i}`, transform: po });
       gcMs = 0;
       const c0 = process.cpuUsage();
       const t0 = threadTicks();
@@ -206,6 +251,7 @@ async function main(): Promise<void> {
         new_mib: Math.round(((a.storedBytes ?? 0) / 1048576) * 10) / 10,
         stream: st.profile,
         store: (w as { profile?: unknown }).profile,
+        page_order: { pages: po.stats.pages, held: po.stats.held, peak_held_mib: Math.round((po.stats.peakHeldBytes / 1048576) * 10) / 10, ms: Math.round(po.stats.cpuMs) },
       });
       if (!JSON_OUT) console.log(JSON.stringify(out[out.length - 1]));
     }
@@ -215,7 +261,7 @@ async function main(): Promise<void> {
     fs.rmSync(dir, { recursive: true, force: true });
   }
   const load = os.loadavg()[0];
-  const res = { streams: out, load_1m: load };
+  const res = { streams: out, order: SCATTER ? 'scatter' : `faults ${FAULTS}`, load_1m: load };
   if (JSON_OUT) process.stdout.write(JSON.stringify(res) + '\n');
   else console.log(`load average (1 min) ${load?.toFixed(2)}`);
 }
