@@ -21,8 +21,10 @@
  * all huge (a fresh VM's) are skipped, so the first snapshot of a VM starts no program.
  *
  * Cost: the kernel copies the small pages into huge ones (20-55 ms of CPU per 128 MiB measured,
- * outside any pause; the guest's accesses to a range wait while it is copied), and a 2 MiB range
- * the guest never touched becomes resident (QEMU's snapshot maps it to the zero page anyway).
+ * outside any pause; the guest's accesses to a range wait while it is copied). Only 2 MiB pages
+ * that hold data of the QEMU's own are collapsed (the program reads /proc/PID/pagemap): guest RAM
+ * the guest never wrote, which the previous snapshot's populate walk mapped to the shared zero
+ * page, would otherwise become 2 MiB of real memory each (MADV_COLLAPSE does that).
  *
  * Guarantees: never rejects and never fails a snapshot: where the kernel, the permissions or the
  * program do not allow it, nothing changes and a debug line says why. Bounded (COLLAPSE_BOUND_MS).
