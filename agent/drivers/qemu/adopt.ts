@@ -144,7 +144,6 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   }
 }
 
-/** A migration the dead agent started (a snapshot's stream) cannot finish: cancel it and wait for the end. */
 /** How adoptQemuVm opens a TAP, and takes one off the in-kernel data path (tests pass fakes). */
 export interface AdoptedTapOps {
   open(name: string, tap: string, nic: NicMode, prefix: string): Promise<Port>;
@@ -179,6 +178,7 @@ export async function openAdoptedTaps(names: readonly string[], taps: readonly s
   }
 }
 
+/** A migration the dead agent started (a snapshot's stream) cannot finish: cancel it and wait for the end. */
 async function cancelDeadSnapshot(vm: QemuVm): Promise<void> {
   const q = vm.q();
   const info = await q.execute<MigrationInfo>('query-migrate');
