@@ -6,6 +6,8 @@
  *   spawnProc(cmd, args, {timeoutMs})  → Proc: `exited` resolves (never rejects) with the exit
  *                                         code, signal, output and when each piece arrived
  *   exec(cmd, args, {timeoutMs})       → stdout; rejects with an ExecError
+ *   builtProgram(name)                 → a small program built with the native addon
+ *                                         (build/Release/NAME), or null when it was not built
  *
  * Guarantees: the result is taken at 'close', not 'exit' ('exit' can come before the last of
  * stdout was read: `qemu-img info --output=json` was once parsed as an empty string under load);
@@ -15,6 +17,8 @@
  * driver times xl's steps by when its messages arrived.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { nowUs } from '../../proto/core/clock';
 import { VnsnapError } from '../../proto/core/errors';
 
@@ -98,4 +102,14 @@ export async function exec(cmd: string, args: readonly string[], opts: ExecOptio
   const r = await spawnProc(cmd, args, opts).exited;
   if (r.code !== 0) throw new ExecError(cmd, args, r);
   return r.stdout;
+}
+
+/** The program `name` node-gyp built beside the addon (binding.gyp), or null when it was not built. */
+export function builtProgram(name: string): string | null {
+  // Compiled: dist/agent/drivers/ → the repository's build/; from source: agent/drivers/.
+  for (const up of [3, 2]) {
+    const p = path.join(__dirname, ...Array<string>(up).fill('..'), 'build', 'Release', name);
+    if (fs.existsSync(p)) return p;
+  }
+  return null;
 }

@@ -31,8 +31,7 @@
  * VNSNAP_QEMU_RAM_COLLAPSE=0 turns it off.
  */
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { spawnProc } from '../exec';
+import { builtProgram, spawnProc } from '../exec';
 
 /** Set to 0 to take background snapshots without collapsing guest RAM first. */
 export const RAM_COLLAPSE_ENV = 'VNSNAP_QEMU_RAM_COLLAPSE';
@@ -72,12 +71,7 @@ export function guestRamRanges(smaps: string): RamRange[] {
 
 /** The collapse program built with the native addon, or null when it was not built. */
 export function collapseProgram(): string | null {
-  // Compiled: dist/agent/drivers/qemu/ → the repository's build/; from source: agent/drivers/qemu/.
-  for (const up of [4, 3]) {
-    const p = path.join(__dirname, ...Array<string>(up).fill('..'), 'build', 'Release', 'vnsnap-thp-collapse');
-    if (fs.existsSync(p)) return p;
-  }
-  return null;
+  return builtProgram('vnsnap-thp-collapse');
 }
 
 export interface CollapseLog {

@@ -26,6 +26,7 @@ import { VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { Port } from '../../../switch/port/port';
 import { LocalDirStore, type SnapshotStore } from '../../../proto/store/local-dir';
+import { builtProgram } from '../exec';
 import { streamToFile } from '../image-stream';
 import type { HypervisorDriver, RestoreImage, SnapshotJob, SnapshotOptions, VmHandle, VmStartContext, VmStartSpec, VmStatus } from '../driver';
 import { PauseQuiet, type XenJobHost, type XenVm } from './job-base';
@@ -69,11 +70,7 @@ export interface XenDriverOptions {
  * built: then the Node relay (relay.ts) is used, which works but lengthens the pause.
  */
 export function nativeRelayPath(): string | null {
-  // Compiled: dist/agent/drivers/xen/ → the repository's build/; from source: agent/drivers/xen/.
-  for (const p of [path.join(__dirname, '..', '..', '..', '..', 'build', 'Release', 'vnsnap-xen-relay'), path.join(__dirname, '..', '..', '..', 'build', 'Release', 'vnsnap-xen-relay')]) {
-    if (fs.existsSync(p)) return p;
-  }
-  return null;
+  return builtProgram('vnsnap-xen-relay');
 }
 
 export class XenDriver implements HypervisorDriver, XenJobHost {
