@@ -75,7 +75,8 @@ const HELP = `${USAGE}
                   and punted to the switch (fast_path on/off says which path was measured)
   --same-hosts    with --bpf: also run the kernel path between the vnsnap deployment's own
                   hosts, over its underlay (each host's veth to a bridge in a third namespace),
-                  beside the nic=tap-bpf guests (the default row's where tap-bpf is the default), and alternate TCP runs between the two pairs
+                  beside the nic=tap-bpf guests (the default row's where tap-bpf is the
+                  default), and alternate TCP runs between the two pairs
                   (the "kernel" row's hosts have one veth between them, and it runs minutes
                   apart): "same_hosts_paired" with both paths' figures and their ratios
   --json          one JSON object on stdout:
