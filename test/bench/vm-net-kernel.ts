@@ -24,6 +24,8 @@
  * TAP (the port has no punt device), here the same Linux bridge and a plain VXLAN on another UDP
  * port, standing in for the switch's flooding; the bench reports how many frames took each way.
  *
+ * `object` loads another build of the program than the installed one (vm-net-ab.ts compares two).
+ *
  * With `shared` hosts (SharedHosts) the path is built inside existing namespaces, the vnsnap
  * deployment's, over their underlay, and close() removes only its own devices and QEMUs.
  */
@@ -76,7 +78,7 @@ export interface SharedHosts {
 const DEVICES = ['vmnbtap', 'vx0', 'br0'];
 
 /** Build both hosts (or use `shared` ones) and boot one guest on each; resolves once both guests answer on their channels. */
-export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge', shared?: SharedHosts): Promise<KernelPath> {
+export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge', shared?: SharedHosts, object?: string): Promise<KernelPath> {
   const qemus: ChildProcess[] = [];
   const maps: DataPathMaps[] = [];
   const underlay = shared ? shared.addresses : UNDERLAY;
@@ -103,7 +105,7 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
       for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
       topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
-      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, underlay[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac));
+      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, underlay[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac, object));
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
@@ -144,12 +146,12 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
  * vnsnap's in-kernel data path on one host (module comment): loaded under /sys/fs/bpf/<prefix>-<host>,
  * attached to the TAP and a VXLAN device in external mode with GBP, the FDB holding both guests.
  */
-async function bpfDataplane(topo: Topology, host: string, remote: string, mac: string, peerMac: string): Promise<DataPathMaps> {
+async function bpfDataplane(topo: Topology, host: string, remote: string, mac: string, peerMac: string, object?: string): Promise<DataPathMaps> {
   const ns = topo.ns(host);
   topo.exec(host, 'ip', ['link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(BPF_VXLAN_PORT)]);
   topo.exec(host, 'ip', ['link', 'set', 'vxd', 'up']);
   const ifindex = (dev: string): number => Number(topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim());
-  const dp = await loadDataPath(`${topo.prefix}-${host}`);
+  const dp = await loadDataPath(`${topo.prefix}-${host}`, object);
   await attachDataPath(dp, 'vmnbtap', 'vn_tx', ns);
   await attachDataPath(dp, 'vxd', 'vn_rx', ns);
   const m = new DataPathMaps(dp.mapsDir);

@@ -6,7 +6,7 @@
  * the program's punt, whole and in order, super-frames with their header; what the switch writes
  * reaches the VM as on tap-vnet; the data path comes with its receiving side (VXLAN device with
  * vn_rx, punt device, both in vn_cfg). Links are named vncb*, the pins vnit-tapbpf-<pid> (and
- * the receiving side's devices named from it); all removed.
+ * the receiving side's devices named from it); all removed. The TAP gets no IPv6 from openTapPort.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -81,6 +81,23 @@ describe('nic tap-bpf port', function () {
       maps.close();
       t.port.close();
       await t.dispose();
+    }
+  });
+
+  it('takes IPv6 off the TAP: no link-local address of the host in the VM\'s network', async function () {
+    if (!fs.existsSync('/proc/sys/net/ipv6')) this.skip(); // a kernel without IPv6
+    const tap = 'vncbn1';
+    sh('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+    try {
+      sh('ip', ['link', 'set', tap, 'up']);
+      assert.equal(fs.readFileSync(`/proc/sys/net/ipv6/conf/${tap}/disable_ipv6`, 'utf8').trim(), '0', 'a new TAP has IPv6 on');
+      const port = await openTapPort('q1', tap, 'tap-bpf', PREFIX);
+      port.close();
+      assert.equal(fs.readFileSync(`/proc/sys/net/ipv6/conf/${tap}/disable_ipv6`, 'utf8').trim(), '1');
+      assert.equal(sh('ip', ['-6', 'addr', 'show', 'dev', tap]).trim(), '');
+    } finally {
+      await removeVmVeth(tap);
+      sh('ip', ['link', 'del', tap], { allowFail: true });
     }
   });
 

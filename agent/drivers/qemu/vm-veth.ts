@@ -53,6 +53,9 @@ const linkExists = (name: string): Promise<boolean> =>
     () => false,
   );
 
+/** IPv6 off on `dev`: the host has no address there, so its own frames (router solicitations, MLD, DAD) stay out of the VM's network; quiet in a kernel without IPv6. */
+const noIpv6 = (dev: string): Promise<void> => fsp.writeFile(`/proc/sys/net/ipv6/conf/${dev}/disable_ipv6`, '1').catch(() => undefined);
+
 async function step(what: string, cmd: string, args: string[]): Promise<void> {
   try {
     await run(cmd, args);
@@ -75,7 +78,7 @@ export async function createVmVeth(tap: string): Promise<VmVeth> {
   const mtu = (await fsp.readFile(`/sys/class/net/${tap}/mtu`, 'utf8')).trim();
   await step(`ip link add ${v.sw}`, 'ip', ['link', 'add', v.sw, 'mtu', mtu, 'type', 'veth', 'peer', 'name', v.gro, 'mtu', mtu]);
   try {
-    for (const l of [v.sw, v.gro]) await fsp.writeFile(`/proc/sys/net/ipv6/conf/${l}/disable_ipv6`, '1').catch(() => undefined); // no IPv6 in this kernel
+    for (const l of [v.sw, v.gro]) await noIpv6(l);
     // TSO off on the switch's end: veth then hands segments to the peer's GRO (with TSO on it
     // bypasses NAPI and the peer sees 45 single frames).
     await step(`ethtool -K ${v.sw} tso off`, 'ethtool', ['-K', v.sw, 'tso', 'off']);
@@ -107,13 +110,15 @@ export async function removeVmVeth(tap: string): Promise<void> {
 /**
  * The switch's port on a VM's TAP (driver.ts prepare(), adopt.ts): a packet socket reading the
  * TAP; for tap-vnet with offloads, writing through the TAP's veth pair (made here when missing).
- * For tap-bpf the in-kernel data path's vn_tx is attached to the TAP (tap-bpf.ts) and the port
+ * The TAP gets no IPv6 (like the pair): the host's own link-local address, router solicitations and
+ * MLD reports on it would be frames from the host in the VM's network. For tap-bpf the in-kernel data path's vn_tx is attached to the TAP (tap-bpf.ts) and the port
  * reads and writes the pair's `v` end, where the program hands it the TAP's frames (a
  * DataPathPort: it names the TAP, so a switch running the data path puts it on the fast path).
  * `dataPathPrefix` names the agent's pinned data path (dataPathPrefix()); tap-bpf only.
  */
 export async function openTapPort(name: string, tap: string, nic: NicMode, dataPathPrefix?: string): Promise<PacketPort> {
   if (nic !== 'tap-vnet' && nic !== 'tap-bpf') return new PacketPort(name, tap);
+  await noIpv6(tap);
   const v = await ensureVmVeth(tap);
   if (nic === 'tap-vnet') return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
   if (dataPathPrefix === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `TAP ${tap}: nic tap-bpf needs the agent's data path prefix`);

@@ -1,0 +1,118 @@
+/**
+ * An A/B comparison of the kernel path (Linux bridge + VXLAN) and vnsnap's in-kernel data path
+ * (switch/bpf/vnsnap-dp.bpf.c, the same program the agents load) for bench:vm-net: two guest
+ * pairs, each on its own two namespaced hosts (vm-net-kernel.ts, 'bridge' and 'bpf'), booted
+ * once, and TCP runs alternating between the two pairs (which goes first swapped every round),
+ * so both meet the same load on a shared machine. Why it exists: the rows of bench:vm-net run
+ * minutes apart, and a difference of a few percent between the two paths is below the load's
+ * drift between them.
+ *
+ *   node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]]
+ *
+ * --object loads that build of the program on a bpf pair (the same maps' layout) instead of the
+ * installed one; given twice, two bpf pairs run, so two builds are compared against the same
+ * bridge in one run. Prints one line per run and, at the end, the
+ * medians and the ratio of medians as one JSON object on stdout. Everything is named vmnba* /
+ * vmnbb<i>* and removed at the end, on failure and on SIGINT/SIGTERM. Needs root, QEMU, the test
+ * guest and the built program, as bench:vm-net --bpf does.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { buildGuest, channelStatus, ensureQemu, kernelCmdline, STATUS_CHANNEL_NAME } from '../guest/qemu-guest';
+import { Topology } from '../support/netns';
+import { forEachFlag, usageExit } from './args';
+import { errMsg, killRunning } from './proc';
+import { startKernelPath, type KernelPath } from './vm-net-kernel';
+import { loadAverage, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type TcpRun } from './vm-net-measure';
+
+const NAME = 'vm-net-ab';
+const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]]';
+
+const GUESTS: [PairGuest, PairGuest] = [
+  { name: 'a', cidr: '192.168.89.1/24', mac: '52:54:00:89:00:01' },
+  { name: 'b', cidr: '192.168.89.2/24', mac: '52:54:00:89:00:02' },
+];
+
+async function main(): Promise<void> {
+  const o = { rounds: 4, seconds: 8, objects: [] as string[] };
+  const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
+  forEachFlag(process.argv.slice(2), usage, (flag, value, arg) => {
+    if (flag === '--rounds') o.rounds = Number(value());
+    else if (flag === '--seconds') o.seconds = Number(value());
+    else if (flag === '--object') o.objects.push(path.resolve(value()));
+    else usage(`unknown argument ${arg}`);
+  });
+  if (!Number.isInteger(o.rounds) || o.rounds < 1 || !Number.isInteger(o.seconds) || o.seconds < 2) usage('--rounds >= 1 and --seconds >= 2, integers');
+  if (o.objects.length > 2) usage('at most two --object');
+  const objects: (string | undefined)[] = o.objects.length > 0 ? o.objects : [undefined];
+  ensureQemu();
+  const image = buildGuest();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmnbab-'));
+  const setup: PairSetup = {
+    guests: GUESTS,
+    specOf: (g) => ({ memoryMib: 256, cpus: 1, kernel: image.kernel, initrd: image.initrd, append: kernelCmdline({ name: g.name, ip: g.cidr, mtu: 1400, disk: 'none', iperf: true, reportSecs: 60 }), disk: '', extra: { channel: STATUS_CHANNEL_NAME } }),
+    ready: (sock) => channelStatus(sock, 8000),
+  };
+  const paths: KernelPath[] = [];
+  const cleanup = async (): Promise<void> => {
+    for (const p of paths.splice(0)) await p.close().catch((e: unknown) => process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`));
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => void cleanup().then(() => process.exit(130)));
+  try {
+    // the pairs: the bridge, then one bpf pair per object (each on its own two hosts)
+    const pairs: { label: string; path: KernelPath }[] = [];
+    const bridge = await startKernelPath(new Topology('vmnba'), path.join(dir, 'a'), setup, 'bridge');
+    paths.push(bridge);
+    pairs.push({ label: 'bridge', path: bridge });
+    for (const [i, obj] of objects.entries()) {
+      const p = await startKernelPath(new Topology(`vmnbb${i}`), path.join(dir, `b${i}`), setup, 'bpf', undefined, obj);
+      paths.push(p);
+      pairs.push({ label: `bpf${i}`, path: p });
+    }
+    for (const p of pairs) await warmUp(p.path.guests);
+    const runs = new Map<string, TcpRun[]>(pairs.map((p) => [p.label, []]));
+    const load0 = loadAverage();
+    const t0 = new Date().toISOString();
+    for (let i = 0; i < o.rounds; i++) {
+      for (const d of ['a->b', 'b->a'] as Direction[]) {
+        // which pair goes first rotates every round
+        const order = pairs.map((_, k) => pairs[(k + i) % pairs.length] as (typeof pairs)[number]);
+        for (const p of order) {
+          const r = await tcpRun(p.path.guests, d, o.seconds);
+          runs.get(p.label)?.push(r);
+          process.stderr.write(`${new Date().toISOString()} ${p.label} ${d} round ${i + 1}: ${r.mbps.toFixed(0)} Mbit/s, ${r.retransmits} retransmits, ${r.busyCores.toFixed(2)} busy cores\n`);
+        }
+      }
+    }
+    const br = runs.get('bridge') ?? [];
+    const brMed = summarize(br.map((r) => r.mbps)).median || 1;
+    process.stdout.write(
+      `${JSON.stringify({
+        utc: [t0, new Date().toISOString()],
+        load_average: [load0, loadAverage()],
+        bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), busy_cores: summarize(br.map((r) => r.busyCores)), runs: br.map((r) => Math.round(r.mbps)) },
+        bpf: objects.map((obj, i) => {
+          const rs = runs.get(`bpf${i}`) ?? [];
+          return {
+            object: obj ?? 'build/bpf/vnsnap-dp.bpf.o',
+            tcp_mbps: summarize(rs.map((r) => r.mbps)),
+            busy_cores: summarize(rs.map((r) => r.busyCores)),
+            runs: rs.map((r) => Math.round(r.mbps)),
+            ratio_of_medians: Math.round((summarize(rs.map((r) => r.mbps)).median / brMed) * 1000) / 1000,
+            ratio_within_rounds: summarize(rs.map((r, k) => r.mbps / (br[k]?.mbps || 1))),
+          };
+        }),
+      })}\n`,
+    );
+  } finally {
+    killRunning();
+    await cleanup();
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`${NAME}: ${errMsg(e)}\n`);
+  process.exit(1);
+});
