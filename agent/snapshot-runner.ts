@@ -21,9 +21,10 @@
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
  *             synchronous write); the commit is logged once every cut has settled. In
- *             background mode the event loop runs at a raised scheduling priority from the
- *             receipt to the last VM's drain (cut-priority.ts), so QEMU's STOP is read as it
- *             arrives; the rest of the pause is QEMU's.
+ *             background mode the event loop runs at a raised scheduling priority (SCHED_FIFO
+ *             below QEMU's pause boost) from the begin to the last VM's drain, bounded
+ *             (cut-priority.ts), so QEMU's STOP is read as it arrives; the rest of the pause
+ *             is QEMU's.
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -57,7 +58,7 @@ import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';
 import type { VneTable } from './vne-table';
-import { raiseCutPriority } from './cut-priority';
+import { raiseCutPriority, windowStats, type CutPriorityOptions } from './cut-priority';
 import { LoopStallProbe } from './loop-stall-probe';
 
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
@@ -79,6 +80,8 @@ export interface SnapshotRunnerOptions {
   progressIntervalMs?: number;
   /** How long persist waits for the switch's channel recording to end. Default 30 s. */
   channelTimeoutMs?: number;
+  /** The raised priority of background cuts (cut-priority.ts); default: its own. */
+  cutPriority?: CutPriorityOptions;
 }
 
 interface SnapVm {
@@ -107,6 +110,8 @@ interface LocalSnapshot {
   begun: Promise<void>;
   /** Settles Begin's Result early (commit arrived, or abort). */
   endBegin: (e?: Error) => void;
+  /** Background: the event loop's raised priority taken at begin (cut-priority.ts), handed to the commit. */
+  priority?: () => void;
 }
 
 export class SnapshotRunner {
@@ -156,6 +161,9 @@ export class SnapshotRunner {
       endBegin,
     };
     this.snapshots.set(snap.id, snap);
+    // Background: the event loop raised from now, so that it is in place when the commit and
+    // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort).
+    if (mode === 'background') snap.priority = raiseCutPriority(this.o.cutPriority);
     this.o.log.info({ snapshot: snap.id, epoch: snap.epoch, mode, vms: c.vms }, 'snapshot begin');
     try {
       for (const vm of vms) {
@@ -231,10 +239,12 @@ export class SnapshotRunner {
     // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
     // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
     // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
-    // QEMU's cores. Precopy cuts run at the agent's own priority (their final round reads the
-    // stream at full speed with the VM running).
+    // QEMU's cores. The commit's hold carries on the begin's (raised again if its bound ran
+    // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
+    // full speed with the VM running).
     const background = snap.mode === 'background';
-    const normalPriority = background ? raiseCutPriority() : () => undefined;
+    const normalPriority = background ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    this.dropPriority(snap);
     let undrained = snap.vms.length;
     const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
     let results: PromiseSettledResult<VmSnapshot>[];
@@ -256,7 +266,7 @@ export class SnapshotRunner {
     if ((snap.state as SnapState) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${snap.id} was aborted during the cut`);
     snap.state = 'committed';
     const vms = results.map((r) => (r as PromiseFulfilledResult<VmSnapshot>).value);
-    this.o.log.info({ snapshot: snap.id, pauses: vms.map((v) => [v.name, Number(v.pauseMs).toFixed(2)]) }, 'snapshot committed');
+    this.o.log.info({ snapshot: snap.id, pauses: vms.map((v) => [v.name, Number(v.pauseMs).toFixed(2)]), ...(background && { priorityWindow: windowStats() }) }, 'snapshot committed');
     return { commit: { vms } };
   }
 
@@ -385,8 +395,15 @@ export class SnapshotRunner {
     this.abortTimers.clear();
   }
 
+  /** The begin's raised priority, if still held (idempotent). */
+  private dropPriority(snap: LocalSnapshot): void {
+    snap.priority?.();
+    snap.priority = undefined;
+  }
+
   /** Abort a snapshot this agent knows: stop copies, resume VMs, advance ports, delete partials. */
   private async localAbort(snap: LocalSnapshot, reason: string, prefix = snap.prefix): Promise<void> {
+    this.dropPriority(snap);
     if (snap.state === 'aborted' && !this.snapshots.has(snap.id)) return;
     snap.state = 'aborted';
     snap.endBegin(aborted(snap.id, reason));

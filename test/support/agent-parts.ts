@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { CutPriorityOptions } from '../../agent/cut-priority';
 import { AgentMetrics } from '../../agent/metrics';
 import { RestoreRunner } from '../../agent/restore-runner';
 import { SnapshotRunner } from '../../agent/snapshot-runner';
@@ -54,12 +55,13 @@ export class AgentParts {
   /** Progress the snapshot runner reported, in order. */
   readonly progress: { vm: string; fraction: number; phaseDone: boolean }[] = [];
 
-  constructor(opts: { progressIntervalMs?: number } = {}) {
+  /** cutPriority: the background cut's raised priority (default: the nice value only, no realtime policy). */
+  constructor(opts: { progressIntervalMs?: number; cutPriority?: CutPriorityOptions } = {}) {
     const parts = { agentId: 'h1', switch: () => this.sw, store: this.store, clock: this.clock, log: this.log, metrics: this.metrics };
     this.vms = new VmTable({ ...parts, drivers: [this.driver] });
     const vnes = new VneTable(parts);
     this.vnes = vnes;
-    this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, vnes, ...opts });
+    this.snapshots = new SnapshotRunner({ ...parts, vms: this.vms, vnes, cutPriority: { realtime: false }, ...opts });
     this.restores = new RestoreRunner({ ...parts, vms: this.vms, vnes, snapshots: this.snapshots, availableMemory: () => Promise.resolve(this.memAvailable) });
   }
 

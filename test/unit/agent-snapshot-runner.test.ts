@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import * as os from 'node:os';
+import { cutPriorityHolds, cutPrioritySettled } from '../../agent/cut-priority';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
@@ -143,6 +145,45 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
       { vm: 'a', fraction: 1, phaseDone: true },
       { vm: 'b', fraction: 1, phaseDone: true },
     ]);
+  });
+
+  it('background: the event loop raised from Begin to the last VM\'s drain (one window over the commit), dropped at an abort; a pre-copy never raises it', async () => {
+    const chrt = (args: string[]): Promise<void> => {
+      h.driver.events.push(`chrt ${args[0] ?? ''}`);
+      return Promise.resolve();
+    };
+    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+    const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
+    await h.snapshots.begin(begin('s11', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    await cutPrioritySettled();
+    assert.deepEqual(events(), ['chrt --fifo'], 'raised at Begin');
+    assert.equal(cutPriorityHolds(), 1);
+    await h.snapshots.commit({ snapshotId: 's11' });
+    await cutPrioritySettled();
+    assert.equal(cutPriorityHolds(), 0);
+    assert.deepEqual(events(), ['pause a', 'atPause a', 'pause b', 'atPause b', 'resume a', 'resume b', 'chrt --other'], 'dropped after the last drain');
+    await h.snapshots.persist({ snapshotId: 's11' });
+
+    await h.snapshots.begin(begin('s12', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    await h.snapshots.abort(abortOf('s12', 2));
+    await cutPrioritySettled();
+    assert.deepEqual(events(), ['chrt --fifo', 'chrt --other', 'abort a']);
+    assert.equal(cutPriorityHolds(), 0);
+
+    h.driver.failPause = true;
+    await h.snapshots.begin(begin('s13', 3, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    assert.equal(await code(h.snapshots.commit({ snapshotId: 's13' })), 'ERR_DRIVER');
+    await cutPrioritySettled();
+    assert.equal(cutPriorityHolds(), 0, 'a failed cut drops it too');
+    assert.deepEqual(events(), ['chrt --fifo', 'chrt --other']);
+    await h.snapshots.abort(abortOf('s13', 3));
+    assert.deepEqual(events(), ['abort a'], 'nothing more to drop');
+    h.driver.failPause = false;
+
+    await h.snapshots.begin(begin('s14', 4, ['a']), h.sink);
+    await h.snapshots.commit({ snapshotId: 's14' });
+    await cutPrioritySettled();
+    assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a'], 'the pre-copy raised nothing');
   });
 
   it("the cut trace: COMMIT from the coordinator's send instant to the receipt (receipt alone from an older coordinator), DRAIN while the VM is paused, no stall on a clock that does not move", async () => {

@@ -1,30 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
-import { boostPause, BOOST_BOUND_MS, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies, type Chrt } from '../../agent/drivers/qemu/pause-boost';
-
-/** A fake `chrt`: records each call; each call settles when the test says so. */
-class FakeChrt {
-  readonly calls: string[] = [];
-  private readonly pending: { resolve: () => void; reject: (e: Error) => void }[] = [];
-  private waiters: (() => void)[] = [];
-  readonly run: Chrt = (args) =>
-    new Promise<void>((resolve, reject) => {
-      this.calls.push(args.join(' '));
-      this.pending.push({ resolve, reject });
-      for (const w of this.waiters.splice(0)) w();
-    });
-  /** Settle call `i` (0-based). */
-  finish(i: number, err?: string): void {
-    const p = this.pending[i];
-    if (!p) throw new Error(`no chrt call ${i}`);
-    if (err) p.reject(new Error(err));
-    else p.resolve();
-  }
-  /** Resolves once `n` calls were made. */
-  async made(n: number): Promise<void> {
-    while (this.calls.length < n) await new Promise<void>((r) => this.waiters.push(r));
-  }
-}
+import { boostPause, BOOST_BOUND_MS, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies } from '../../agent/drivers/qemu/pause-boost';
+import { FakeChrt } from '../support/fake-chrt';
 
 const BOOST = `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`;
 const RESTORE = '--other --all-tasks --pid 0 4242';

@@ -27,7 +27,9 @@
  *
  * QEMU's own part of the pause (its stop, the device state, the resume) runs with its main thread
  * at SCHED_FIFO when the caller gives a `boost` (pause-boost.ts): taken right before `stop` is
- * written, undone at the RESUME and on every failure.
+ * written, undone at the RESUME and on every failure. The agent's part (the STOP read, the drain,
+ * `migrate` written) runs with the agent's event loop at SCHED_FIFO below QEMU's, raised by the
+ * snapshot runner from the snapshot's begin (agent/cut-priority.ts), so it is in place at the STOP.
  *
  * Guarantees: resolves with the cut instant (QEMU's STOP timestamp) and the RESUME event once
  * every command of the cut succeeded; on any failure it rejects with the first error once every

@@ -38,7 +38,7 @@ export const BOOST_BOUND_MS = 2000;
 export const PAUSE_BOOST_ENV = 'VNSNAP_QEMU_PAUSE_BOOST';
 
 /** Linux's SCHED_OTHER (the policy field of /proc/PID/task/TID/stat). */
-const SCHED_OTHER = 0;
+export const SCHED_OTHER = 0;
 
 /** The scheduling policy of each thread of a process. */
 export type ThreadPolicies = (pid: number) => number[];
@@ -59,13 +59,16 @@ export interface PauseBoostOptions {
   policies?: ThreadPolicies;
 }
 
+/** The scheduling policy of thread `tid` of `pid` (/proc; throws when it is gone). */
+export function threadPolicy(pid: number, tid: number | string = pid): number {
+  const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  // Fields after the command's closing parenthesis start at field 3 (state); policy is field 41.
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
+}
+
 /** The policy of every thread of `pid` (/proc; throws when the process is gone). */
 export function threadPolicies(pid: number): number[] {
-  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
-    const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-    // Fields after the command's closing parenthesis start at field 3 (state); policy is field 41.
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[41 - 3]);
-  });
+  return fs.readdirSync(`/proc/${pid}/task`).map((tid) => threadPolicy(pid, tid));
 }
 
 /**
@@ -141,7 +144,8 @@ class ChrtShell {
 }
 
 const shell = new ChrtShell();
-const runChrt: Chrt = (args) => shell.run(args);
+/** `chrt` through the agent's shell (also the agent's own raise for its part of a cut: cut-priority.ts). */
+export const runChrt: Chrt = (args) => shell.run(args);
 
 /** Start the agent's chrt shell ahead of a cut (a background snapshot's begin), so the cut's boost does not. */
 export function startChrtShell(): void {
