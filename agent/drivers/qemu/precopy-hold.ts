@@ -68,6 +68,23 @@ export const DEFAULT_HOLD: number | 'paced' = 'paced';
  */
 export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
 
+/** max-bandwidth with no limit in practice (bytes/s): QEMU sends as fast as it can (the lift at the cut, the read-paced hold). */
+export const UNLIMITED_BANDWIDTH = 8 * 1024 * MiB;
+
+/**
+ * How the paced hold is applied: `reads` (the default) by the agent's reads of the stream
+ * (read-pacer.ts), QEMU's max-bandwidth unlimited; `bandwidth` by QEMU's max-bandwidth (its rate
+ * limit), as before. For measuring one against the other with the agents as they are.
+ */
+export const PACE_BY_ENV = 'VNSNAP_QEMU_PACE_BY';
+
+/** PACE_BY_ENV's value: `reads` when unset or empty. */
+export function parsePaceBy(value: string | undefined): 'reads' | 'bandwidth' {
+  if (value === undefined || value === '' || value === 'reads') return 'reads';
+  if (value === 'bandwidth') return 'bandwidth';
+  throw new VnsnapError('ERR_CONFIG', `${PACE_BY_ENV}: expected "reads" or "bandwidth", got ${JSON.stringify(value)}`);
+}
+
 /** The hold `value` names (`paced` or a whole number of bytes/s ≥ 1), or undefined when unset or empty. */
 export function parseHold(value: string | undefined): number | 'paced' | undefined {
   if (value === undefined || value === '') return undefined;
