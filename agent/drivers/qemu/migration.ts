@@ -29,6 +29,10 @@
  *          iterating, the VM running, instead of switching over by itself, and `ready` is set
  *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
  *          convergence during the hold changes: precopy-hold.ts.
+ *          The paced hold is applied by reading the stream at its rate (read-pacer.ts), QEMU's
+ *          max-bandwidth unlimited: QEMU blocks in its write instead of sleeping in its rate
+ *          limit; at the cut the stream is read at full speed, a fixed round, `stop`
+ *          (precopy-switchover.ts, `lifted`), the rest as below.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a final round with the VM running until QEMU synced and sent that set (query-migrate
  *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes

@@ -23,11 +23,18 @@
  * than another. Without a progress source (round.progress) the round is a fixed round.maxMs.
  * Waiting for QEMU to converge by itself with no bound (the code before the cut at the commit)
  * put each VM's cut 0.1–2 s after the commit on a loaded machine.
+ * A pre-copy held by its reads (read-pacer.ts, `lifted`): QEMU's max-bandwidth is unlimited
+ * already and its thread is blocked in its write, not asleep in a rate-limit window, so the
+ * round is not watched: the socket is read at full speed from the commit, `stop` after a fixed
+ * READ_PACED_ROUND_MS (the same on every VM, so the VMs' STOPs are the commit's receipt + that
+ * + a QMP round trip; a VM whose QEMU converges by itself in the round stops earlier), with no
+ * QMP command before it; downtime-limit stays 1 ms (the stopped VM converges once its set is sent).
  * A stopped VM always converges (its dirty set only shrinks); should QEMU not reach
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
- * Guarantees: `stop` is sent round.maxMs after the lift was sent at the latest (as the event
+ * Guarantees: `stop` is sent round.maxMs after the lift was sent (held by reads: after the
+ * round started) at the latest (as the event
  * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
  * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
  * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
