@@ -543,6 +543,11 @@ export class QemuJob extends DriverJob {
       this.phase = 'failed';
       throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${st}, cannot cut`);
     }
+    // Held by its reads: QEMU is awake, blocked in its write, its max-bandwidth unlimited; read
+    // at full speed from now on (also for a QEMU that converged a moment ago: its final pass),
+    // then a fixed round and `stop` (precopy-switchover.ts readPacedRound).
+    const byReads = this.pacer !== undefined;
+    this.endReadPacing();
     if (!this.preSwitchoverEv && st !== 'pre-switchover') {
       const preSwitchover = new Promise<QmpEvent>((resolve) => {
         this.preSwitchover = resolve;
@@ -551,10 +556,6 @@ export class QemuJob extends DriverJob {
       // Nothing of the store from the commit to the resume: what QEMU sends in the final round
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
-      // Held by its reads: QEMU is awake, blocked in its write, its max-bandwidth unlimited; read
-      // at full speed from now on, a fixed round and `stop` (precopy-switchover.ts readPacedRound).
-      const byReads = this.pacer !== undefined;
-      this.endReadPacing();
       this.stream?.holdWrites();
       const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
       try {
