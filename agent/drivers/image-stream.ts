@@ -199,6 +199,10 @@ export class StreamIntoStore {
   private discarding = false;
   private bounded = true;
   private writesHeld = false;
+  /** closeReads(): the caller keeps the socket unread (a read pacer) until openReads(). */
+  private readsClosed = false;
+  /** Called with each read's size (a read pacer counts them). */
+  onRead: ((bytes: number) => void) | undefined;
   private failure: Error | undefined;
   private settle!: { resolve: () => void; reject: (e: Error) => void };
   /** Resolves at EOF once every byte is in the writer; rejects on a socket or store failure. */
@@ -257,11 +261,12 @@ export class StreamIntoStore {
       return;
     }
     this.conn = c;
-    if (streamReadsHeld()) this.pauseReads();
+    if (streamReadsHeld() || this.readsClosed) this.pauseReads();
     c.on('data', (chunk: Buffer) => {
       if (this.received === 0) this.firstByteAt = nowMs();
       this.received += chunk.length;
       this.profile.reads++;
+      this.onRead?.(chunk.length);
       if (this.discarding || this.failure) return;
       this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
       if (this.bounded && this.queued >= this.o.bufferBytes) this.pauseSocket(c);
@@ -336,7 +341,7 @@ export class StreamIntoStore {
   }
 
   private resumeSocket(): void {
-    if (streamReadsHeld() && !this.discarding && !this.failure) return; // holdStreamReads(): resumeReads() at its end
+    if ((streamReadsHeld() || this.readsClosed) && !this.discarding && !this.failure) return; // resumeReads() / openReads() at their end
     if (this.conn?.isPaused() && this.pausedAt > 0) this.profile.pausedMs += nowMs() - this.pausedAt;
     this.pausedAt = 0;
     this.conn?.resume();
@@ -394,6 +399,18 @@ export class StreamIntoStore {
     this.profile.heldMs += nowMs() - this.heldAt;
     this.writesHeld = false;
     this.pump();
+  }
+
+  /** The caller's own hold on the socket's reads (a read pacer): not read until openReads(), whatever else resumes it. */
+  closeReads(): void {
+    this.readsClosed = true;
+    this.pauseReads();
+  }
+
+  /** The caller's hold ended: read again unless another hold or the stream's bound keeps the socket paused. */
+  openReads(): void {
+    this.readsClosed = false;
+    this.resumeReads();
   }
 
   /** holdStreamReads() began: the socket is not read until resumeReads(). */

@@ -112,6 +112,8 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
   const pauses: Record<string, number[]> = { background: [], precopy: [] };
   /** Each pre-copy's early convergences (QEMU paused the VM before the cut; the driver restarted it): their pauses, ms. */
   const restarts: number[] = [];
+  /** Each pre-copy cut's spread: its two VMs' cut instants (QEMU's STOPs) apart, ms. */
+  const spreads: number[] = [];
   let epoch = 0;
 
   const status = (name: string): Promise<GuestStatus> => channelStatus((driver as QemuDriver).inspect(`vnqm/${name}`)?.channelSock as string, 8000);
@@ -155,6 +157,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
   after(async () => {
     const p = Object.entries(pauses).map(([m, v]) => `${m}: ${v.map((x) => x.toFixed(1)).join(', ')} ms`);
     if (p.length) console.log(`      pauses (pause → resume, per VM and cut): ${p.join('; ')}`);
+    if (spreads.length) console.log(`      pre-copy cut spreads (the two VMs' STOPs apart, per cut): ${spreads.map((x) => x.toFixed(1)).join(', ')} ms`);
     console.log(`      pre-copy restarts (early convergences): ${restarts.length}${restarts.length ? `, paused ${restarts.map((x) => x.toFixed(1)).join(', ')} ms` : ''}`);
     if (process.env.VNQM_KEEP) {
       for (const n of names) {
@@ -203,6 +206,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
           return report as CutReport;
         }),
       );
+      if (mode === 'precopy') spreads.push((Math.max(...reports.map((r) => r.cutUnixUs)) - Math.min(...reports.map((r) => r.cutUnixUs))) / 1000);
       for (const r of reports) {
         const early = r.phases.filter((p) => p.phase === 'PHASE_PRECOPY_RESTART');
         if (early.length) restarts.push(...early.map((p) => (p.endUnixUs - p.startUnixUs) / 1000));

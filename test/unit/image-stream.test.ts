@@ -331,6 +331,33 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
+  it('save: closeReads() (a read pacer) keeps the socket unread through the other holds\' ends and unbound(); openReads() reads again; onRead counts each read', async () => {
+    const w = new GatedWriter();
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 32 * MiB, what: 'memory image of vm' });
+    let counted = 0;
+    st.onRead = (n) => (counted += n);
+    const release = holdStreamReads();
+    try {
+      const data = bytes(8 * MiB, 15);
+      const s = send(st.sockPath, data);
+      await until('the sender blocked on the unread socket', () => (s.sock.writableLength > 0 ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
+      st.closeReads();
+      release(); // another hold ends: the caller's own still holds
+      st.holdWrites(); // unbound() resumes the socket: not this one
+      await new Promise((r) => setImmediate(r));
+      assert.equal(st.received, 0, 'nothing read while closed');
+      st.releaseWrites();
+      st.openReads();
+      await s.done;
+      await st.ended;
+      assert.equal(counted, data.length);
+      assert.deepEqual(Buffer.concat(w.parts), data);
+    } finally {
+      release();
+      await st.close();
+    }
+  });
+
   it('save: a hold nobody releases ends by itself after its limit, and the next hold holds again', async () => {
     const w = new GatedWriter();
     const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });

@@ -5,7 +5,7 @@
  * bandwidth whose convergence threshold (1 ms of it) is under one page. The real QEMU runs of it are in test/integration/qemu-driver.test.ts.
  */
 import { strict as assert } from 'node:assert';
-import { DEFAULT_HOLD, DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_DRAIN_S, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PACED_READY_BYTES, PACED_READY_MAX_MS, PacedHold, parseHold } from '../../agent/drivers/qemu/precopy-hold';
+import { DEFAULT_HOLD, DEFAULT_HOLD_BANDWIDTH, FAST_HOLD_BANDWIDTH, HOLD_FLOOR, holdAfterConvergence, LANDING_FLOOR, landingBandwidth, PACED_CAP, PACED_DRAIN_S, PACED_MAX_INTERVAL_MS, PACED_MIN_INTERVAL_MS, PACED_READY_BYTES, PACED_READY_MAX_MS, PacedHold, parseHold, parsePaceBy, PACE_BY_ENV, UNLIMITED_BANDWIDTH } from '../../agent/drivers/qemu/precopy-hold';
 import { isVnsnapError } from '../../proto/core/errors';
 
 describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence', () => {
@@ -80,5 +80,14 @@ describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence
     assert.equal(h.ready(PACED_READY_BYTES + 1, 2000), false, 'synced, too much left');
     assert.equal(h.ready(PACED_READY_BYTES, 2000), true);
     assert.equal(PacedHold.start(16 * MiB, 4 * MiB, 3, 0).ready(16 * MiB, PACED_READY_MAX_MS), true, 'held PACED_READY_MAX_MS: ready whatever remains');
+  });
+
+  it('the paced hold is applied by the reads unless the environment says `bandwidth`; anything else is ERR_CONFIG', () => {
+    assert.equal(parsePaceBy(undefined), 'reads');
+    assert.equal(parsePaceBy(''), 'reads');
+    assert.equal(parsePaceBy('reads'), 'reads');
+    assert.equal(parsePaceBy('bandwidth'), 'bandwidth');
+    assert.throws(() => parsePaceBy('qemu'), (e) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message.includes(PACE_BY_ENV));
+    assert.equal(UNLIMITED_BANDWIDTH, 8 * 1024 * 1024 * 1024);
   });
 });

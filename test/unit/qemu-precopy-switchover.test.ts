@@ -9,7 +9,8 @@ import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { silentLogger } from '../../proto/core/log';
 import type { QmpClient, QmpEvent } from '../../agent/drivers/qemu/qmp';
-import { FINAL_ROUND, finalRoundDone, reachSwitchover, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+import { CUT_ROUND_ENV, FINAL_ROUND, finalRoundDone, READ_PACED_ROUND_MS, readPacedRound, reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+import { isVnsnapError } from '../../proto/core/errors';
 
 const MiB = 1024 * 1024;
 /** A round of at most `maxMs`, polled every ms. */
@@ -71,6 +72,39 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
     assert.deepEqual(t.q.sent[0]?.[1], { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': 30 });
     assert.equal(t.s.stoppedByUs, true);
     assert.deepEqual(t.stops, ['stopped'], 'stopped once (the stop, not again at the pre-switchover)');
+  });
+
+  /** A cut held by its reads with a fixed round of `maxMs`: the commands sent, the round, how long it took (ms). */
+  async function liftedCut(maxMs: number): Promise<{ cmds: string[]; round: RoundOutcome | undefined; ms: number; stoppedByUs?: boolean }> {
+    const t = setup();
+    t.s.lifted = true;
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    const t0 = performance.now();
+    await reachSwitchover(t.s, { ...FINAL_ROUND, maxMs });
+    return { cmds: t.q.sent.map(([c]) => c), round: t.s.round, ms: performance.now() - t0, stoppedByUs: t.s.stoppedByUs };
+  }
+
+  it('held by its reads (lifted): no migrate-set-parameters before the stop; a round of 0 ms stops at once', async () => {
+    const r = await liftedCut(0);
+    assert.deepEqual(r.cmds, ['stop']);
+    assert.deepEqual(r.round, { how: 'fixed', ms: 0 });
+    assert.ok(r.ms < 50, 'no wait before the stop');
+    assert.equal(r.stoppedByUs, true);
+  });
+
+  it('held by its reads: a fixed round of N ms, then the stop', async () => {
+    const r = await liftedCut(20);
+    assert.deepEqual(r.cmds, ['stop']);
+    assert.equal(r.round?.how, 'fixed');
+    assert.ok(r.ms >= 19, 'the stop after the round');
+  });
+
+  it('readPacedRound(): READ_PACED_ROUND_MS unless the environment gives whole ms ≥ 0; anything else is ERR_CONFIG', () => {
+    assert.equal(readPacedRound(undefined).maxMs, READ_PACED_ROUND_MS);
+    assert.equal(readPacedRound('').maxMs, READ_PACED_ROUND_MS);
+    assert.equal(readPacedRound('0').maxMs, 0);
+    assert.equal(readPacedRound('45').maxMs, 45);
+    for (const bad of ['-1', '2.5', 'soon']) assert.throws(() => readPacedRound(bad), (e) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message.includes(CUT_ROUND_ENV));
   });
 
   it('a VM that converges within the final round is not stopped by us', async () => {

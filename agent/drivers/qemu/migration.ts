@@ -29,6 +29,10 @@
  *          iterating, the VM running, instead of switching over by itself, and `ready` is set
  *          once QEMU took the hold, HOLD_SETTLE_MS later, still active; how fast, and what a
  *          convergence during the hold changes: precopy-hold.ts.
+ *          The paced hold is applied by reading the stream at its rate (read-pacer.ts), QEMU's
+ *          max-bandwidth unlimited: QEMU blocks in its write instead of sleeping in its rate
+ *          limit; at the cut the stream is read at full speed, a fixed round, `stop`
+ *          (precopy-switchover.ts, `lifted`), the rest as below.
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a final round with the VM running until QEMU synced and sent that set (query-migrate
  *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes
@@ -67,11 +71,12 @@ import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
-import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PacedHold } from './precopy-hold';
+import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PACE_BY_ENV, PacedHold, parsePaceBy, UNLIMITED_BANDWIDTH } from './precopy-hold';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { collapseGuestRam } from './ram-huge-pages';
 import { precopyPause } from './precopy-pause';
-import { reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
+import { reachSwitchover, readPacedRound, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
+import { ReadPacer } from './read-pacer';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -116,9 +121,13 @@ export class QemuJob extends DriverJob {
   /** holdBandwidth 'paced': the hold follows QEMU's syncs (precopy-hold.ts); off after a convergence while held. */
   private pacing: boolean;
   private paced: PacedHold | undefined;
+  /** The paced hold applied by the stream's reads (read-pacer.ts), QEMU's max-bandwidth unlimited; else by max-bandwidth. */
+  private readonly paceByReads: boolean;
+  /** The read pacer of the current hold (undefined: not held by reads). */
+  private pacer: ReadPacer | undefined;
   /** The hold as the cut found it, for the cut's log line: QEMU's syncs seen since ready, the last one's age. */
   private holdSeen = { readyAt: 0, readySync: 0, sync: 0, syncAt: 0 };
-  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; remainingBytes?: number; dirtyBytesS?: number; toSwitchoverBytes?: number; round?: RoundOutcome; steps?: string } | undefined;
+  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; byReads: boolean; remainingBytes?: number; dirtyBytesS?: number; toSwitchoverBytes?: number; round?: RoundOutcome; steps?: string } | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -145,6 +154,7 @@ export class QemuJob extends DriverJob {
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
     this.bandwidth = Math.min(o.precopyBandwidth, FIRST_PASS_CEILING);
     this.pacing = o.holdBandwidth === 'paced';
+    this.paceByReads = parsePaceBy(process.env[PACE_BY_ENV]) === 'reads';
     this.holdBandwidth = o.holdBandwidth === 'paced' ? HOLD_FLOOR : o.holdBandwidth;
   }
 
@@ -240,6 +250,7 @@ export class QemuJob extends DriverJob {
 
   /** Drop the current stream (its bytes go nowhere from now on, QEMU is not blocked) and its writer. */
   private async closeStream(): Promise<void> {
+    this.endReadPacing();
     const st = this.stream;
     const w = this.memWriter;
     this.stream = undefined;
@@ -288,7 +299,7 @@ export class QemuJob extends DriverJob {
     if (this.opts.mode === 'background') {
       if (pauseBoostEnabled()) startChrtShell(); // ahead of the cut, which boosts QEMU through it
       await this.openStream();
-      await this.q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': 300 });
+      await this.q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': 300 });
       const collapsed = await huge;
       if (collapsed?.ranges) this.log.debug({ vm: this.vm, ...collapsed }, 'guest RAM collapsed to huge pages');
       this.isReady = true;
@@ -368,7 +379,7 @@ export class QemuJob extends DriverJob {
       this.holdApplying = true;
       const serial = this.restarts;
       this.paced = this.pacing ? PacedHold.start(remaining, dirtyBytesS, sync, performance.now()) : undefined; // drains, then paced down
-      this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth)
+      (this.paced && this.paceByReads ? this.holdByReads(this.paced.bandwidth) : this.setBandwidth(this.paced?.bandwidth ?? this.holdBandwidth))
         .then(() => {
           if (serial === this.restarts) this.holdAppliedAt = performance.now();
         })
@@ -384,8 +395,36 @@ export class QemuJob extends DriverJob {
   private pace(sync: number, remaining: number, dirtyBytesS: number): void {
     const bw = this.paced?.observe(sync, performance.now());
     if (bw === undefined) return;
+    if (this.pacer) {
+      this.log.debug({ vm: this.vm, sync, rate: bw, dirtyBytesS, remaining }, 'paced hold: read rate');
+      this.pacer.setRate(bw);
+      return;
+    }
     this.log.debug({ vm: this.vm, sync, bandwidth: bw, dirtyBytesS, remaining }, 'paced hold: max-bandwidth');
     void this.setBandwidth(bw).catch(() => undefined);
+  }
+
+  /**
+   * The paced hold by the stream's reads (read-pacer.ts): the socket read at `rate` from now on,
+   * then QEMU's max-bandwidth unlimited (in that order: QEMU never sends faster than the reads).
+   */
+  private holdByReads(rate: number): Promise<void> {
+    const st = this.stream;
+    if (!st) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no memory stream open`));
+    this.endReadPacing();
+    const pacer = new ReadPacer(rate, { close: () => st.closeReads(), open: () => st.openReads() });
+    st.onRead = (n) => pacer.read(n);
+    this.pacer = pacer;
+    return this.setBandwidth(UNLIMITED_BANDWIDTH);
+  }
+
+  /** The stream read at full speed again, for good (the cut, a restart, an abort). */
+  private endReadPacing(): void {
+    const pacer = this.pacer;
+    this.pacer = undefined;
+    if (!pacer) return;
+    if (this.stream) this.stream.onRead = undefined;
+    pacer.release();
   }
 
   private async setBandwidth(bytesPerS: number): Promise<void> {
@@ -403,6 +442,7 @@ export class QemuJob extends DriverJob {
     resumed.catch(() => undefined);
     try {
       const cancelled = this.migrationDone?.catch(() => undefined);
+      this.endReadPacing();
       this.stream?.discard();
       await this.q.execute('migrate_cancel');
       await cancelled;
@@ -433,7 +473,7 @@ export class QemuJob extends DriverJob {
       const h = this.holdSeen;
       const now = performance.now();
       const last = this.lastProgress;
-      this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.appliedBandwidth, remainingBytes: last?.bytesRemaining, dirtyBytesS: last ? Math.round(last.dirtyRateMibS * MiB) : undefined, toSwitchoverBytes: -(this.stream?.received ?? 0) };
+      this.holdAtCut = { heldMs: Math.round(now - h.readyAt), syncs: h.sync - h.readySync, sinceSyncMs: Math.round(now - Math.max(h.syncAt, h.readyAt)), bandwidth: this.pacer?.rate ?? this.appliedBandwidth, byReads: this.pacer !== undefined, remainingBytes: last?.bytesRemaining, dirtyBytesS: last ? Math.round(last.dirtyRateMibS * MiB) : undefined, toSwitchoverBytes: -(this.stream?.received ?? 0) };
     }
     // No progress polls from here: a query-migrate in the pause waits behind QEMU's final pass
     // (the final round's own, before the stop, are precopy-switchover.ts's).
@@ -503,6 +543,11 @@ export class QemuJob extends DriverJob {
       this.phase = 'failed';
       throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm}: the pre-copy is ${st}, cannot cut`);
     }
+    // Held by its reads: QEMU is awake, blocked in its write, its max-bandwidth unlimited; read
+    // at full speed from now on (also for a QEMU that converged a moment ago: its final pass),
+    // then a fixed round and `stop` (precopy-switchover.ts readPacedRound).
+    const byReads = this.pacer !== undefined;
+    this.endReadPacing();
     if (!this.preSwitchoverEv && st !== 'pre-switchover') {
       const preSwitchover = new Promise<QmpEvent>((resolve) => {
         this.preSwitchover = resolve;
@@ -512,9 +557,9 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), progress: () => this.roundProgress() };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
       try {
-        await reachSwitchover(s);
+        await reachSwitchover(s, byReads ? readPacedRound() : undefined);
         if (this.holdAtCut) this.holdAtCut.round = s.round;
       } catch (e) {
         this.pausedByUs = s.stoppedByUs === true;

@@ -33,6 +33,21 @@
  * PacedHold (option `holdBandwidth: 'paced'`, the default since it was measured) is the hold that
  * re-syncs without running into back-to-back syncs: see its comment.
  *
+ * The read-paced hold (the default way to apply PacedHold; PACE_BY_ENV=bandwidth for the old
+ * way): PacedHold's bandwidth is the rate at which the agent reads QEMU's migration socket
+ * (read-pacer.ts) and max-bandwidth is unlimited (UNLIMITED_BANDWIDTH). QEMU measures its
+ * bandwidth from what got through, so its threshold is the same as under its own rate limit, but
+ * its migration thread, when ahead, blocks in its write instead of sleeping until its 100 ms
+ * window ends, and goes on at full speed the instant the socket is read at full speed again (the
+ * cut: no window to sleep out, no QMP command before `stop`; precopy-switchover.ts). QEMU
+ * syncs and converges as under the rate limit (a sync only once the pass is written, a
+ * convergence when it found no more than the threshold), so a convergence during this hold is
+ * handled as any other (the restart of migration.ts, after which the fixed floor holds by
+ * max-bandwidth). downtime-limit 0 (QEMU 7.2 takes it) does not help, by QEMU 7.2's source
+ * (ram.c ram_save_pending, migration.c migration_iteration_run; not run here): threshold 0 never
+ * lets it sync (remaining < 0 never holds), and a pass sent to its end (pending 0) converges at
+ * once, without a sync: a hold that could never re-sync and converged at each pass's end.
+ *
  * Guarantees: landingBandwidth() is within [LANDING_FLOOR, ceiling] (the ceiling alone when it is
  * lower) and never rises as the remaining set shrinks; holdAfterConvergence() quarters a hold
  * above HOLD_FLOOR, never below the floor, and leaves a hold at or below it as it is; a
@@ -67,6 +82,23 @@ export const DEFAULT_HOLD: number | 'paced' = 'paced';
  * `paced`, or bytes/s. For measuring one hold against another with the agents as they are.
  */
 export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
+
+/** max-bandwidth with no limit in practice (bytes/s): QEMU sends as fast as it can (the lift at the cut, the read-paced hold). */
+export const UNLIMITED_BANDWIDTH = 8 * 1024 * MiB;
+
+/**
+ * How the paced hold is applied: `reads` (the default) by the agent's reads of the stream
+ * (read-pacer.ts), QEMU's max-bandwidth unlimited; `bandwidth` by QEMU's max-bandwidth (its rate
+ * limit), as before. For measuring one against the other with the agents as they are.
+ */
+export const PACE_BY_ENV = 'VNSNAP_QEMU_PACE_BY';
+
+/** PACE_BY_ENV's value: `reads` when unset or empty. */
+export function parsePaceBy(value: string | undefined): 'reads' | 'bandwidth' {
+  if (value === undefined || value === '' || value === 'reads') return 'reads';
+  if (value === 'bandwidth') return 'bandwidth';
+  throw new VnsnapError('ERR_CONFIG', `${PACE_BY_ENV}: expected "reads" or "bandwidth", got ${JSON.stringify(value)}`);
+}
 
 /** The hold `value` names (`paced` or a whole number of bytes/s ≥ 1), or undefined when unset or empty. */
 export function parseHold(value: string | undefined): number | 'paced' | undefined {

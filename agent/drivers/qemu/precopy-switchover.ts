@@ -23,11 +23,18 @@
  * than another. Without a progress source (round.progress) the round is a fixed round.maxMs.
  * Waiting for QEMU to converge by itself with no bound (the code before the cut at the commit)
  * put each VM's cut 0.1–2 s after the commit on a loaded machine.
+ * A pre-copy held by its reads (read-pacer.ts, `lifted`): QEMU's max-bandwidth is unlimited
+ * already and its thread is blocked in its write, not asleep in a rate-limit window, so the
+ * round is not watched: the socket is read at full speed from the commit, `stop` after a fixed
+ * READ_PACED_ROUND_MS (the same on every VM, so the VMs' STOPs are the commit's receipt + that
+ * + a QMP round trip; a VM whose QEMU converges by itself in the round stops earlier), with no
+ * QMP command before it; downtime-limit stays 1 ms (the stopped VM converges once its set is sent).
  * A stopped VM always converges (its dirty set only shrinks); should QEMU not reach
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
- * Guarantees: `stop` is sent round.maxMs after the lift was sent at the latest (as the event
+ * Guarantees: `stop` is sent round.maxMs after the lift was sent (held by reads: after the
+ * round started) at the latest (as the event
  * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
  * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
  * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
@@ -37,6 +44,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
+import { UNLIMITED_BANDWIDTH } from './precopy-hold';
 import { MiB } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
 
@@ -51,6 +59,28 @@ export interface FinalRound {
 }
 
 export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * MiB };
+
+/**
+ * The round of a pre-copy held by its reads (read-pacer.ts), in ms: QEMU is awake (blocked in its
+ * write, its max-bandwidth unlimited already), so from the commit it sends at full speed at once;
+ * every VM runs this fixed round and is stopped at its end, so the VMs' cut instants are the
+ * commit's receipt + this + one QMP round trip (or earlier, QEMU converging by itself in the
+ * round). 0: `stop` at the commit, everything left sent with the VM stopped.
+ */
+export const READ_PACED_ROUND_MS = 30;
+
+/** Sets the read-paced round's length (ms, a whole number ≥ 0), for measuring one against another. */
+export const CUT_ROUND_ENV = 'VNSNAP_QEMU_CUT_ROUND_MS';
+
+/** The read-paced pre-copy's round: READ_PACED_ROUND_MS or CUT_ROUND_ENV, no progress watched. */
+export function readPacedRound(env: string | undefined = process.env[CUT_ROUND_ENV]): FinalRound {
+  let maxMs = READ_PACED_ROUND_MS;
+  if (env !== undefined && env !== '') {
+    maxMs = Number(env);
+    if (!Number.isInteger(maxMs) || maxMs < 0) throw new VnsnapError('ERR_CONFIG', `${CUT_ROUND_ENV}: expected a whole number of ms ≥ 0, got ${JSON.stringify(env)}`);
+  }
+  return { ...FINAL_ROUND, maxMs };
+}
 
 /** One query-migrate of the round: QEMU's dirty-bitmap syncs so far and the bytes still dirty. */
 export interface RoundProgress {
@@ -86,6 +116,8 @@ export interface Switchover {
   /** The VM is stopped from now on (called once). */
   stopped: () => void;
   mark: (step: string) => void;
+  /** max-bandwidth is unlimited already (the read-paced hold): no lift, `downtime-limit` stays until the stop. */
+  lifted?: boolean;
   /** QEMU's progress (query-migrate) for a watched final round; none: a fixed round. */
   progress?: () => Promise<RoundProgress>;
   /** Set when `stop` was sent (the caller resumes the VM on failure). */
@@ -119,7 +151,7 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
   const wait = (ms: number): Promise<'paused' | 'late'> => race(NEVER, ms);
   let downtime = s.cutDowntimeMs;
   const t0 = performance.now();
-  await q.execute('migrate-set-parameters', { 'max-bandwidth': 8 * 1024 * MiB, 'downtime-limit': downtime });
+  if (!s.lifted) await q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': downtime });
   const outcome = await finalRound(s, round, { wait, race }, t0);
   s.round = outcome;
   if (outcome.how === 'converged') return;
@@ -145,6 +177,7 @@ async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: n
   const ms = (): number => Math.round(performance.now() - t0);
   const left = (): number => Math.max(0, t0 + round.maxMs - performance.now());
   const progress = s.progress;
+  if (!progress && round.maxMs <= 0) return { how: 'fixed', ms: 0 };
   if (!progress) return { how: (await w.wait(round.maxMs)) === 'paused' ? 'converged' : 'fixed', ms: ms() };
   let first: RoundProgress | undefined; // at the lift: the syncs before it
   let last: RoundProgress | undefined;
