@@ -90,7 +90,7 @@ export const UNLIMITED_BANDWIDTH = 8 * 1024 * MiB;
  * How the paced hold is applied: `bandwidth` (the default) by QEMU's max-bandwidth (its rate
  * limit); `reads` by the agent's reads of the stream (read-pacer.ts), QEMU's max-bandwidth
  * unlimited. `reads` brings the VMs' pre-copy cut instants together (docs/qemu.md) but is opt-in:
- * in one qemu-driver run of eleven one page of one pre-copy image differed from the VM's RAM at
+ * in one of twelve qemu-driver runs one page of one pre-copy image differed from the VM's RAM at
  * the cut, and the cause is not established (docs/performance.md, "The pre-copy held by the
  * agent's reads"). An image must never differ from the RAM it claims, so the proven way stays
  * the default until that is understood.
