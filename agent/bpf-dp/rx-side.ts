@@ -25,6 +25,7 @@ import { VnsnapError } from '../../proto/core/errors';
 import type { DataPathMaps } from '../../switch/bpf-dp/maps';
 import { exec } from '../drivers/exec';
 import { attachDataPath, type LoadedDataPath } from './loader';
+import { disableIpv6 } from '../link-ipv6';
 
 /** The data path's VXLAN UDP port by default: beside Geneve's 6081. Every host of a network must use the same. */
 export const DP_VXLAN_PORT = 6082;
@@ -78,7 +79,7 @@ export async function ensureReceivingSide(dp: LoadedDataPath, maps: DataPathMaps
     await run('ip', ['link', 'del', n.punt]).catch(() => undefined);
     await step(`creating the punt pair ${n.punt}/${n.puntPeer}`, () => run('ip', ['link', 'add', n.punt, 'type', 'veth', 'peer', 'name', n.puntPeer]));
   }
-  for (const d of [n.punt, n.puntPeer]) await fsp.writeFile(`/proc/sys/net/ipv6/conf/${d}/disable_ipv6`, '1').catch(() => undefined);
+  for (const d of [n.punt, n.puntPeer]) await disableIpv6(d);
   for (const d of [n.vxlan, n.punt, n.puntPeer]) await step(`bringing ${d} up`, () => run('ip', ['link', 'set', d, 'up']));
   await attachDataPath(dp, n.vxlan, 'vn_rx');
   const vxlanIfindex = await ifindexOf(n.vxlan);

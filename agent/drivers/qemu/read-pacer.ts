@@ -42,13 +42,17 @@ export const realClock: PacerClock = {
 /** The bucket's size (bytes): one socket read (64 KiB), so a gate that was shut lets one read through at once. */
 export const PACER_BURST = 64 * 1024;
 
+function checkRate(rateBs: number): void {
+  if (!(rateBs > 0)) throw new VnsnapError('ERR_CONFIG', `read pacer: the rate must be above 0 bytes/s, got ${rateBs}`);
+}
+
 export class ReadPacer {
   private tokens = 0;
   private at: number;
   private closed = false;
   private released = false;
   private cancelTimer: (() => void) | undefined;
-  /** Bytes counted by read(), for the cut's log. */
+  /** Bytes counted by read(). */
   bytes = 0;
 
   constructor(
@@ -57,7 +61,7 @@ export class ReadPacer {
     private readonly clock: PacerClock = realClock,
     private readonly burst = PACER_BURST,
   ) {
-    if (!(rateBs > 0)) throw new VnsnapError('ERR_CONFIG', `read pacer: the rate must be above 0 bytes/s, got ${rateBs}`);
+    checkRate(rateBs);
     this.at = clock.now();
   }
 
@@ -85,7 +89,7 @@ export class ReadPacer {
 
   /** Read at `rateBs` from now on (the bucket filled at the old rate until now). */
   setRate(rateBs: number): void {
-    if (!(rateBs > 0)) throw new VnsnapError('ERR_CONFIG', `read pacer: the rate must be above 0 bytes/s, got ${rateBs}`);
+    checkRate(rateBs);
     if (this.released) return;
     this.refill();
     this.rateBs = rateBs;

@@ -29,6 +29,7 @@ import { PacketPort } from '../../../switch/port/fd-port';
 import { exec } from '../exec';
 import type { NicMode } from './cmdline';
 import { attachTapBpf } from './tap-bpf';
+import { disableIpv6 } from '../../link-ipv6';
 
 export interface VmVeth {
   /** The switch's end: it writes here. */
@@ -53,9 +54,6 @@ const linkExists = (name: string): Promise<boolean> =>
     () => false,
   );
 
-/** IPv6 off on `dev`: the host has no address there, so its own frames (router solicitations, MLD, DAD) stay out of the VM's network; quiet in a kernel without IPv6. */
-const noIpv6 = (dev: string): Promise<void> => fsp.writeFile(`/proc/sys/net/ipv6/conf/${dev}/disable_ipv6`, '1').catch(() => undefined);
-
 async function step(what: string, cmd: string, args: string[]): Promise<void> {
   try {
     await run(cmd, args);
@@ -78,7 +76,7 @@ export async function createVmVeth(tap: string): Promise<VmVeth> {
   const mtu = (await fsp.readFile(`/sys/class/net/${tap}/mtu`, 'utf8')).trim();
   await step(`ip link add ${v.sw}`, 'ip', ['link', 'add', v.sw, 'mtu', mtu, 'type', 'veth', 'peer', 'name', v.gro, 'mtu', mtu]);
   try {
-    for (const l of [v.sw, v.gro]) await noIpv6(l);
+    for (const l of [v.sw, v.gro]) await disableIpv6(l);
     // TSO off on the switch's end: veth then hands segments to the peer's GRO (with TSO on it
     // bypasses NAPI and the peer sees 45 single frames).
     await step(`ethtool -K ${v.sw} tso off`, 'ethtool', ['-K', v.sw, 'tso', 'off']);
@@ -118,7 +116,7 @@ export async function removeVmVeth(tap: string): Promise<void> {
  */
 export async function openTapPort(name: string, tap: string, nic: NicMode, dataPathPrefix?: string): Promise<PacketPort> {
   if (nic !== 'tap-vnet' && nic !== 'tap-bpf') return new PacketPort(name, tap);
-  await noIpv6(tap);
+  await disableIpv6(tap);
   const v = await ensureVmVeth(tap);
   if (nic === 'tap-vnet') return new PacketPort(name, tap, undefined, { offload: true, writeIfname: v.sw });
   if (dataPathPrefix === undefined) throw new VnsnapError('ERR_INVALID_ARGUMENT', `TAP ${tap}: nic tap-bpf needs the agent's data path prefix`);

@@ -25,6 +25,7 @@
 import * as fsp from 'node:fs/promises';
 import { VnsnapError } from '../../../proto/core/errors';
 import { exec } from '../exec';
+import { disableIpv6 } from '../../link-ipv6';
 
 /** The pair of one vNIC: the switch's end and the end in the bridge. */
 export interface VnicVeth {
@@ -58,7 +59,7 @@ async function ethtool(dev: string, feature: string, on: boolean): Promise<void>
 async function makePair(v: VnicVeth): Promise<void> {
   for (const l of [v.sw, v.br]) if (await present(l)) await exec('ip', ['link', 'del', l], { timeoutMs: 60_000 }).catch(() => undefined);
   await ip(`ip link add ${v.sw} (veth, peer ${v.br})`, ['link', 'add', v.sw, 'type', 'veth', 'peer', 'name', v.br]);
-  for (const l of [v.sw, v.br]) await fsp.writeFile(`/proc/sys/net/ipv6/conf/${l}/disable_ipv6`, '1').catch(() => undefined); // a kernel without IPv6
+  for (const l of [v.sw, v.br]) await disableIpv6(l);
   // TSO off on the switch's end: veth then hands the segments to the peer's NAPI, where GRO
   // coalesces them (with TSO on, the DODGY super-frame would pass whole and be cut at the vif).
   await ethtool(v.sw, 'tso', false);
