@@ -7,12 +7,7 @@ import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { VnsnapError } from '../../proto/core/errors';
 import type { QmpClient, QmpEvent } from '../../agent/drivers/qemu/qmp';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { boostPrecopyCut, MIGRATION_THREAD, precopyPause, threadsNamed } from '../../agent/drivers/qemu/precopy-pause';
-import { PAUSE_BOOST_PRIORITY } from '../../agent/drivers/qemu/pause-boost';
-import { FakeChrt } from '../support/fake-chrt';
+import { precopyPause } from '../../agent/drivers/qemu/precopy-pause';
 
 /** A QMP client that records commands in order and answers cont "not finalized" `notFinalized` times. */
 class ScriptedQmp extends EventEmitter {
@@ -130,48 +125,5 @@ describe('QEMU pre-copy pause: the hook beside the final pass, cont on the event
     r.hook.open();
     await assert.rejects(r.run, /node is used as backing hd/);
     assert.deepEqual(q.sent.slice(0, 2), ['blockdev-snapshot', 'migrate-continue']);
-  });
-});
-
-describe("QEMU pre-copy cut's boost: the main and migration threads", () => {
-  const log = { debug: (): void => undefined, warn: (): void => undefined };
-
-  it('precopyboost: both threads to SCHED_FIFO in the same turn, every thread back at release, once per boost', async () => {
-    const c = new FakeChrt();
-    const { release, threads } = boostPrecopyCut(4242, log, { chrt: c.run, policies: () => [0, 0, 0], migrationThreads: () => [4250] });
-    assert.deepEqual(threads, [4242, 4250]);
-    assert.deepEqual(c.calls, [`--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`, `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4250`]);
-    c.finish(0);
-    c.finish(1);
-    release();
-    release();
-    await c.made(4);
-    assert.deepEqual(c.calls.slice(2).sort(), ['--other --all-tasks --pid 0 4242', '--other --all-tasks --pid 0 4250']);
-    c.finish(2);
-    c.finish(3);
-  });
-
-  it('precopyboost: no migration thread found boosts the main thread alone; no pid boosts nothing', async () => {
-    const c = new FakeChrt();
-    boostPrecopyCut(4242, log, { chrt: c.run, policies: () => [0], migrationThreads: () => [] }).release();
-    assert.deepEqual(boostPrecopyCut(undefined, log, { chrt: c.run, policies: () => [0], migrationThreads: () => [4250] }).threads, []);
-    assert.deepEqual(c.calls, [`--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`]);
-    c.finish(0);
-    await c.made(2);
-    c.finish(1);
-  });
-
-  it("precopyboost: threadsNamed() finds the threads by their comm, none for a process that is gone", () => {
-    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'precopyboost-'));
-    try {
-      for (const [tid, comm] of [['10', 'qemu-system-x86'], ['11', MIGRATION_THREAD], ['12', 'CPU 0/TCG']] as const) {
-        fs.mkdirSync(path.join(root, '10', 'task', tid), { recursive: true });
-        fs.writeFileSync(path.join(root, '10', 'task', tid, 'comm'), `${comm}\n`);
-      }
-      assert.deepEqual(threadsNamed(10, MIGRATION_THREAD, root), [11]);
-      assert.deepEqual(threadsNamed(99, MIGRATION_THREAD, root), []);
-    } finally {
-      fs.rmSync(root, { recursive: true, force: true });
-    }
   });
 });

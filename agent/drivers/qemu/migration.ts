@@ -67,7 +67,6 @@ import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-
 import type { CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
-import { raiseCutPriority } from '../../cut-priority';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DiskOverlay } from './disk-overlay';
@@ -75,7 +74,7 @@ import { loggedPageOrder } from './page-order';
 import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PACE_BY_ENV, PacedHold, parsePaceBy, UNLIMITED_BANDWIDTH } from './precopy-hold';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { collapseGuestRam } from './ram-huge-pages';
-import { boostPrecopyCut, precopyPause } from './precopy-pause';
+import { precopyPause } from './precopy-pause';
 import { reachSwitchover, readPacedRound, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { ReadPacer } from './read-pacer';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
@@ -128,7 +127,7 @@ export class QemuJob extends DriverJob {
   private pacer: ReadPacer | undefined;
   /** The hold as the cut found it, for the cut's log line: QEMU's syncs seen since ready, the last one's age. */
   private holdSeen = { readyAt: 0, readySync: 0, sync: 0, syncAt: 0 };
-  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; byReads: boolean; remainingBytes?: number; dirtyBytesS?: number; toSwitchoverBytes?: number; round?: RoundOutcome; steps?: string; boosted?: number } | undefined;
+  private holdAtCut: { heldMs: number; syncs: number; sinceSyncMs: number; bandwidth: number; byReads: boolean; remainingBytes?: number; dirtyBytesS?: number; toSwitchoverBytes?: number; round?: RoundOutcome; steps?: string } | undefined;
   private onMigration: ((ev: QmpEvent) => void) | undefined;
   private preSwitchover: ((ev: QmpEvent) => void) | undefined;
   private preSwitchoverEv: QmpEvent | undefined;
@@ -297,8 +296,8 @@ export class QemuJob extends DriverJob {
     await this.setCapabilities();
     await this.disk.prepare();
     this.listen();
-    if (pauseBoostEnabled()) startChrtShell(); // ahead of the cut, which boosts QEMU through it
     if (this.opts.mode === 'background') {
+      if (pauseBoostEnabled()) startChrtShell(); // ahead of the cut, which boosts QEMU through it
       await this.openStream();
       await this.q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': 300 });
       const collapsed = await huge;
@@ -534,34 +533,7 @@ export class QemuJob extends DriverJob {
     return () => void boost.release();
   }
 
-  /**
-   * From the stop to the RESUME of a pre-copy cut: QEMU's main and migration threads at
-   * SCHED_FIFO (precopy-pause.ts boostPrecopyCut) and the agent's loop raised below them
-   * (cut-priority.ts), so that the final pass with the VM stopped and the completion do not
-   * wait for a core behind the other guests' vCPUs. The function returned undoes both.
-   */
-  private boostPrecopy(): () => void {
-    if (!pauseBoostEnabled()) return () => undefined;
-    const boost = boostPrecopyCut(this.vmObj.pid, this.log);
-    if (this.holdAtCut) this.holdAtCut.boosted = boost.threads.length;
-    const lower = raiseCutPriority();
-    return () => {
-      boost.release();
-      lower();
-    };
-  }
-
   private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
-    let unboost: (() => void) | undefined;
-    const boost = (): void => void (unboost ??= this.boostPrecopy());
-    try {
-      return await this.cutPrecopyBoosted(atPause, boost);
-    } finally {
-      unboost?.();
-    }
-  }
-
-  private async cutPrecopyBoosted(atPause: () => Promise<void>, boost: () => void): Promise<CutReport> {
     const q = this.q;
     this.mark('start');
     // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
@@ -585,7 +557,7 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopping: boost, stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
       try {
         await reachSwitchover(s, byReads ? readPacedRound() : undefined);
         if (this.holdAtCut) this.holdAtCut.round = s.round;
@@ -596,7 +568,6 @@ export class QemuJob extends DriverJob {
         throw e;
       }
     }
-    boost(); // a VM QEMU stopped before the cut (precopyHold 'pre-switchover') or a moment before it
     const stopEv = this.vmObj.lastStop;
     this.mark('paused');
     this.preSwitchover = undefined;

@@ -13,60 +13,11 @@
  * to it wait in QEMU's net queue), so the image is the RAM at the stop whatever the overlap.
  * The caller holds the stream's store writes meanwhile (image-stream.ts holdWrites()).
  *
- * The cut's CPU (boostPrecopyCut()): from the commit to the RESUME, QEMU's main thread and its
- * migration thread at SCHED_FIFO (pause-boost.ts, the background pause's boost, applied to both
- * threads): the final round's send, the final pass with the VM stopped and the completion then
- * run as soon as they are runnable instead of waiting for a core behind the guests' vCPUs. The
- * migration thread exists from the pre-copy's start, so the main thread's policy does not reach
- * it; QEMU names it `live_migration` (cmdline.ts: `-name …,debug-threads=on`).
- *
  * Guarantees: the VM is never resumed before the hook returned and QEMU left finish-migrate; on
  * any failure it rejects with the first error, after QEMU's side settled (the caller cancels
- * what is left, resumes the VM and merges the disk back). boostPrecopyCut() boosts only a QEMU
- * whose threads all run SCHED_OTHER, and its release (idempotent) puts every thread back there,
- * or pause-boost.ts's bound does.
+ * what is left, resumes the VM and merges the disk back).
  */
-import * as fs from 'node:fs';
-import { boostPause, type BoostLog, type PauseBoostOptions } from './pause-boost';
 import type { QmpClient, QmpEvent } from './qmp';
-
-/** QEMU's name for its outgoing migration thread (with debug-threads=on). */
-export const MIGRATION_THREAD = 'live_migration';
-
-/** The ids of the threads of `pid` named `name` (/proc; none when the process is gone). */
-export function threadsNamed(pid: number, name: string, root = '/proc'): number[] {
-  try {
-    return fs
-      .readdirSync(`${root}/${pid}/task`)
-      .filter((tid) => {
-        try {
-          return fs.readFileSync(`${root}/${pid}/task/${tid}/comm`, 'utf8').trim() === name;
-        } catch {
-          return false; // the thread ended meanwhile
-        }
-      })
-      .map(Number);
-  } catch {
-    return [];
-  }
-}
-
-/**
- * QEMU `pid`'s main and migration threads at SCHED_FIFO from now (see the module comment);
- * release() puts every thread back; `threads`: the ids asked for. Both boosts are asked for in the same turn, so both
- * find the threads as they were (SCHED_OTHER) and each release restores them all.
- */
-export function boostPrecopyCut(pid: number | undefined, log: BoostLog, o: Omit<PauseBoostOptions, 'log'> & { migrationThreads?: (pid: number) => number[] } = {}): { release: () => void; threads: number[] } {
-  if (pid === undefined) return { release: () => undefined, threads: [] };
-  const tids = (o.migrationThreads ?? ((p: number) => threadsNamed(p, MIGRATION_THREAD)))(pid);
-  const boosts = [pid, ...tids].map((t) => boostPause(t, { ...o, log }));
-  return {
-    release: () => {
-      for (const b of boosts) void b.release();
-    },
-    threads: [pid, ...tids],
-  };
-}
 
 export interface PrecopyPause {
   q: QmpClient;

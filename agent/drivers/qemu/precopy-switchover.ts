@@ -113,8 +113,6 @@ export interface Switchover {
   preSwitchover: Promise<QmpEvent>;
   /** The migration's end: anything before the switchover is a failure. */
   ended: Promise<void>;
-  /** The VM stops now: called once, right before `stop` is written, or when QEMU stopped it itself in the round. */
-  stopping?: () => void;
   /** The VM is stopped from now on (called once). */
   stopped: () => void;
   mark: (step: string) => void;
@@ -156,7 +154,6 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
   if (!s.lifted) await q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': downtime });
   const outcome = await finalRound(s, round, { wait, race }, t0);
   s.round = outcome;
-  s.stopping?.();
   if (outcome.how === 'converged') return;
   s.stoppedByUs = true;
   await stop.send();
