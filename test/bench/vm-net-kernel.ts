@@ -195,8 +195,8 @@ async function bpfDataplane(topo: Topology, host: string, index: number, side: H
     // the bridge's side of the split: an ordinary device in br0 on the port the peer's external device uses
     fixedVxlan('vxs', SPLIT_PORT + 1 - index);
     ip('link', 'set', 'vxs', 'master', 'br0', 'up');
-    if (variant === 'bridge-tx-bpf-rx') topo.exec(host, 'bridge', ['fdb', 'replace', side.peerMac, 'dev', 'vxs', 'master', 'static']);
-    else topo.exec(host, 'bridge', ['fdb', 'replace', side.mac, 'dev', 'vmnbtap', 'master', 'static']);
+    if (variant === 'bridge-tx-bpf-rx') topo.exec(host, 'bridge', ['fdb', 'replace', side.peerMac, 'dev', 'vxs', 'master', 'static', 'sticky']);
+    else topo.exec(host, 'bridge', ['fdb', 'replace', side.mac, 'dev', 'vmnbtap', 'master', 'static', 'sticky']);
   }
   const ifindex = (dev: string): number => Number(topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim());
   const dp = await loadDataPath(`${topo.prefix}-${host}`, object);
