@@ -25,6 +25,8 @@
  * port, standing in for the switch's flooding; the bench reports how many frames took each way.
  *
  * `object` loads another build of the program than the installed one (vm-net-ab.ts compares two).
+ * The other dataplanes are vm-net-ab.ts's variants, each one structural difference between the
+ * bridge and the program on its own (KernelDataplane).
  *
  * With `shared` hosts (SharedHosts) the path is built inside existing namespaces, the vnsnap
  * deployment's, over their underlay, and close() removes only its own devices and QEMUs.
