@@ -29,6 +29,12 @@
  *   vn_rx_test  the rules of vn_rx with the tunnel metadata taken from skb->cb[] instead of the
  *          tunnel key (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
  *
+ * Built with -DVN_FIXED_TUNNEL=<VNI> (only the A/B bench, test/bench/vm-net-kernel.ts
+ * 'bpf-fixed'): the VXLAN device is an ordinary one (fixed VNI and remote, GBP) instead of an
+ * external one: vn_tx leaves the tunnel key unset and puts the GBP in skb->mark (what such a
+ * device sends as GBP), vn_rx takes the GBP from skb->mark (where such a device puts it), the VNI
+ * from the build and counts under peer 0. It measures the external device's own cost apart.
+ *
  * Guarantees: no frame is dropped here (every path is a redirect or TC_ACT_OK; a helper that
  * fails punts the frame and counts ST_ERROR); a frame the kernel carries is counted exactly once
  * per side in `vn_counts`, under its VNI (so two VNEs between the same two hosts have their own
@@ -152,12 +158,20 @@ int vn_tx(struct __sk_buff *skb) {
   }
   __u32 zero = 0;
   struct vn_cfg *c = bpf_map_lookup_elem(&vn_cfg, &zero);
-  struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
   struct vxlan_gbp md = { .gbp = (p->epoch & 0xffff) | gen_gbp(port_gen(p)) };
+#ifdef VN_FIXED_TUNNEL
+  if (!c) {
+    stat(ST_ERROR);
+    return punt_port(p);
+  }
+  skb->mark = md.gbp;
+#else
+  struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
   if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
     stat(ST_ERROR);
     return punt_port(p);
   }
+#endif
   count(p->vni, d->peer, p->epoch, 0, skb);
   stat(ST_TX_REMOTE);
   return bpf_redirect(c->vxlan_ifindex, 0);
@@ -194,6 +208,9 @@ static __always_inline int rx_rules(struct __sk_buff *skb, __u32 vni, __u32 gbp,
 
 SEC("tc")
 int vn_rx(struct __sk_buff *skb) {
+#ifdef VN_FIXED_TUNNEL
+  return rx_rules(skb, VN_FIXED_TUNNEL, skb->mark, 0);
+#endif
   struct bpf_tunnel_key key = {};
   struct vxlan_gbp md = {};
   if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {

@@ -8,10 +8,16 @@
  * drift between them.
  *
  *   node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]]
+ *                                     [--pair KIND[:FILE] ...]
  *
  * --object loads that build of the program on a bpf pair (the same maps' layout) instead of the
  * installed one; given twice, two bpf pairs run, so two builds are compared against the same
- * bridge in one run. Prints one line per run and, at the end, the
+ * bridge in one run. --pair (repeatable, instead of --object) names each pair after the bridge:
+ * KIND is one of vm-net-kernel.ts's KernelDataplane variants (bpf, bridge-clsact, bpf-fixed,
+ * bpf-tx-bridge-rx, bridge-tx-bpf-rx, bridge), FILE another build of the program for it; the
+ * pairs' hosts are numbered in the order given, so giving the same kinds in another order swaps
+ * which hosts carry which (a pair's own speed differs). 'bpf-fixed' without FILE compiles its
+ * build (clang) into the run's directory. Prints one line per run and, at the end, the
  * medians and the ratio of medians as one JSON object on stdout. Everything is named vmnba* /
  * vmnbb<i>* and removed at the end, on failure and on SIGINT/SIGTERM. Needs root, QEMU, the test
  * guest and the built program, as bench:vm-net --bpf does.
@@ -23,11 +29,11 @@ import { buildGuest, channelStatus, ensureQemu, kernelCmdline, STATUS_CHANNEL_NA
 import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
-import { startKernelPath, type KernelPath } from './vm-net-kernel';
+import { fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
 import { loadAverage, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type TcpRun } from './vm-net-measure';
 
 const NAME = 'vm-net-ab';
-const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]]';
+const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...]';
 
 const GUESTS: [PairGuest, PairGuest] = [
   { name: 'a', cidr: '192.168.89.1/24', mac: '52:54:00:89:00:01' },
@@ -35,17 +41,24 @@ const GUESTS: [PairGuest, PairGuest] = [
 ];
 
 async function main(): Promise<void> {
-  const o = { rounds: 4, seconds: 8, objects: [] as string[] };
+  const o = { rounds: 4, seconds: 8, objects: [] as string[], pairs: [] as { kind: KernelDataplane; object?: string }[] };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   forEachFlag(process.argv.slice(2), usage, (flag, value, arg) => {
     if (flag === '--rounds') o.rounds = Number(value());
     else if (flag === '--seconds') o.seconds = Number(value());
     else if (flag === '--object') o.objects.push(path.resolve(value()));
+    else if (flag === '--pair') {
+      const [kind, file] = value().split(':') as [string, string | undefined];
+      if (!(KERNEL_DATAPLANES as readonly string[]).includes(kind)) usage(`--pair ${kind}: one of ${KERNEL_DATAPLANES.join(', ')}`);
+      o.pairs.push({ kind: kind as KernelDataplane, ...(file ? { object: path.resolve(file) } : {}) });
+    }
     else usage(`unknown argument ${arg}`);
   });
   if (!Number.isInteger(o.rounds) || o.rounds < 1 || !Number.isInteger(o.seconds) || o.seconds < 2) usage('--rounds >= 1 and --seconds >= 2, integers');
   if (o.objects.length > 2) usage('at most two --object');
-  const objects: (string | undefined)[] = o.objects.length > 0 ? o.objects : [undefined];
+  if (o.objects.length > 0 && o.pairs.length > 0) usage('--object or --pair, not both');
+  if (o.pairs.length > 6) usage('at most six --pair');
+  const specs = o.pairs.length > 0 ? o.pairs : (o.objects.length > 0 ? o.objects : [undefined]).map((object) => ({ kind: 'bpf' as KernelDataplane, ...(object ? { object } : {}) }));
   ensureQemu();
   const image = buildGuest();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmnbab-'));
@@ -66,10 +79,11 @@ async function main(): Promise<void> {
     const bridge = await startKernelPath(new Topology('vmnba'), path.join(dir, 'a'), setup, 'bridge');
     paths.push(bridge);
     pairs.push({ label: 'bridge', path: bridge });
-    for (const [i, obj] of objects.entries()) {
-      const p = await startKernelPath(new Topology(`vmnbb${i}`), path.join(dir, `b${i}`), setup, 'bpf', undefined, obj);
+    for (const [i, spec] of specs.entries()) {
+      const object = spec.object ?? (spec.kind === 'bpf-fixed' ? fixedTunnelObject(dir) : undefined);
+      const p = await startKernelPath(new Topology(`vmnbb${i}`), path.join(dir, `b${i}`), setup, spec.kind, undefined, object);
       paths.push(p);
-      pairs.push({ label: `bpf${i}`, path: p });
+      pairs.push({ label: `${spec.kind}${i}`, path: p });
     }
     for (const p of pairs) await warmUp(p.path.guests);
     const runs = new Map<string, TcpRun[]>(pairs.map((p) => [p.label, []]));
@@ -93,13 +107,16 @@ async function main(): Promise<void> {
         utc: [t0, new Date().toISOString()],
         load_average: [load0, loadAverage()],
         bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), busy_cores: summarize(br.map((r) => r.busyCores)), runs: br.map((r) => Math.round(r.mbps)) },
-        bpf: objects.map((obj, i) => {
-          const rs = runs.get(`bpf${i}`) ?? [];
+        bpf: specs.map((spec, i) => {
+          const rs = runs.get(`${spec.kind}${i}`) ?? [];
           return {
-            object: obj ?? 'build/bpf/vnsnap-dp.bpf.o',
+            kind: spec.kind,
+            hosts: `vmnbb${i}`,
+            object: spec.object ?? (spec.kind === 'bpf-fixed' ? 'VN_FIXED_TUNNEL build' : spec.kind === 'bridge' ? null : 'build/bpf/vnsnap-dp.bpf.o'),
             tcp_mbps: summarize(rs.map((r) => r.mbps)),
             busy_cores: summarize(rs.map((r) => r.busyCores)),
             runs: rs.map((r) => Math.round(r.mbps)),
+            programs: pairs[i + 1]?.path.bpfStats?.() ?? null,
             ratio_of_medians: Math.round((summarize(rs.map((r) => r.mbps)).median / brMed) * 1000) / 1000,
             ratio_within_rounds: summarize(rs.map((r, k) => r.mbps / (br[k]?.mbps || 1))),
           };

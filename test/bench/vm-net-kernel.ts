@@ -25,13 +25,15 @@
  * port, standing in for the switch's flooding; the bench reports how many frames took each way.
  *
  * `object` loads another build of the program than the installed one (vm-net-ab.ts compares two).
+ * The other dataplanes are vm-net-ab.ts's variants, each one structural difference between the
+ * bridge and the program on its own (KernelDataplane).
  *
  * With `shared` hosts (SharedHosts) the path is built inside existing namespaces, the vnsnap
  * deployment's, over their underlay, and close() removes only its own devices and QEMUs.
  */
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { ChildProcess } from 'node:child_process';
 import { attachDataPath, loadDataPath, unloadDataPath } from '../../agent/bpf-dp/loader';
 import { qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles } from '../../agent/drivers/qemu/cmdline';
 import type { DataPathStats } from '../../switch/bpf-dp/layout';
@@ -44,12 +46,28 @@ const UNDERLAY = ['10.79.0.1', '10.79.0.2'] as const;
 const VNI = 100;
 const VXLAN_PORT = 4789;
 const QEMU = 'qemu-system-x86_64';
-/** Behind the TAPs: a Linux bridge (the operator's kernel path), or vnsnap's in-kernel data path. */
-export type KernelDataplane = 'bridge' | 'bpf';
+/**
+ * Behind the TAPs: a Linux bridge (the operator's kernel path), or vnsnap's in-kernel data path;
+ * the others are the A/B bench's variants, each one structural difference between the two
+ * (module comment): 'bridge-clsact' the bridge path with vn_tx on each TAP's ingress and no port
+ * in its map (one lookup, TC_ACT_OK: the cost of clsact and a program on the TAP at all);
+ * 'bpf-fixed' the program built with VN_FIXED_TUNNEL on an ordinary VXLAN device (fixed VNI and
+ * remote, GBP) instead of the external one; 'bpf-tx-bridge-rx' the program sends (external
+ * device), the bridge receives (an ordinary GBP VXLAN device in it); 'bridge-tx-bpf-rx' the bridge
+ * sends (an ordinary GBP VXLAN device in it, the peer's MAC on it), vn_rx receives (external device).
+ */
+export type KernelDataplane = 'bridge' | 'bpf' | 'bridge-clsact' | 'bpf-fixed' | 'bpf-tx-bridge-rx' | 'bridge-tx-bpf-rx';
+export const KERNEL_DATAPLANES: readonly KernelDataplane[] = ['bridge', 'bpf', 'bridge-clsact', 'bpf-fixed', 'bpf-tx-bridge-rx', 'bridge-tx-bpf-rx'];
 /** The in-kernel data path's UDP port; the bridge's VXLAN (broadcasts on the bpf row) keeps VXLAN_PORT. */
 const BPF_VXLAN_PORT = 4790;
 /** The epoch both hosts' ports are in (one epoch: no snapshot runs on this row). */
 const BPF_EPOCH = 7;
+/**
+ * The split variants' UDP ports: host i's external device sends to (and listens on) 4791 + i, so
+ * the other host receives that direction on an ordinary device of the same port, beside its own
+ * external device on the other port (two VXLAN devices of different modes cannot share a port).
+ */
+const SPLIT_PORT = 4791;
 export interface KernelPath {
   guests: GuestPair;
   describe: string;
@@ -75,7 +93,8 @@ export interface SharedHosts {
 }
 
 /** The kernel path's devices on each host; removed by close() on shared hosts. */
-const DEVICES = ['vmnbtap', 'vx0', 'br0'];
+const DEVICES = ['vmnbtap', 'vx0', 'br0', 'vxd', 'vxs'];
+const isBpf = (d: KernelDataplane): boolean => d !== 'bridge';
 
 /** Build both hosts (or use `shared` ones) and boot one guest on each; resolves once both guests answer on their channels. */
 export async function startKernelPath(topo: Topology, dir: string, setup: PairSetup, dataplane: KernelDataplane = 'bridge', shared?: SharedHosts, object?: string): Promise<KernelPath> {
@@ -87,7 +106,7 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
     for (const m of maps.splice(0)) m.close();
     if (shared) for (const h of ['h1', 'h2']) for (const d of DEVICES) topo.exec(h, 'ip', ['link', 'del', d], { allowFail: true });
     else await topo.destroy();
-    if (dataplane === 'bpf') for (const h of ['h1', 'h2']) await unloadDataPath(`${topo.prefix}-${h}`);
+    if (isBpf(dataplane)) for (const h of ['h1', 'h2']) await unloadDataPath(`${topo.prefix}-${h}`);
   };
   try {
     if (!shared) {
@@ -105,7 +124,7 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
       topo.exec(h, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
       for (const l of ['vx0', 'vmnbtap']) topo.exec(h, 'ip', ['link', 'set', l, 'master', 'br0', 'up']);
       topo.exec(h, 'ip', ['link', 'set', 'br0', 'up']);
-      if (dataplane === 'bpf') maps.push(await bpfDataplane(topo, h, underlay[1 - i] as string, g.mac, setup.guests[i === 0 ? 1 : 0].mac, object));
+      if (isBpf(dataplane)) maps.push(await bpfDataplane(topo, h, i, { remote: underlay[1 - i] as string, underlay: shared ? shared.devices[i] : `vmnbu${i + 1}`, mac: g.mac, peerMac: setup.guests[i === 0 ? 1 : 0].mac }, dataplane, object));
       const files = vmFiles(path.join(dir, `kernel-${g.name}`));
       fs.mkdirSync(files.dir, { recursive: true });
       const args = qemuCmdline({ spec: setup.specOf(g), files, accel: 'tcg', nics: [{ mode: 'tap-vnet', mac: g.mac, target: 'vmnbtap' }], disk: false, incoming: false, ramPadKib: tcgRamPadKib('tcg', version) });
@@ -129,9 +148,11 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
         const [from, to] = dir === 'a->b' ? ['h1', 'h2'] : ['h2', 'h1'];
         return { sent: tapPackets(topo, from, 'rx'), delivered: tapPackets(topo, to, 'tx') };
       },
-      ...(dataplane === 'bpf' ? { bpfStats: () => maps.map((m) => m.stats()) } : {}),
+      ...(isBpf(dataplane) ? { bpfStats: () => maps.map((m) => m.stats()) } : {}),
       describe:
-        dataplane === 'bpf'
+        dataplane !== 'bridge' && dataplane !== 'bpf'
+          ? `variant ${dataplane} (vm-net-kernel.ts KernelDataplane) of the bridge and the in-kernel data path`
+          : dataplane === 'bpf'
           ? `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
           : `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over ${shared ? "the vnsnap deployment's hosts and underlay (each host's veth to a bridge in a third namespace; the agents running beside)" : 'a veth underlay (MTU 1500)'}`,
       close,
@@ -142,23 +163,54 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
   }
 }
 
+/** Compile the program with VN_FIXED_TUNNEL (the 'bpf-fixed' variant's build) into `dir`; returns the object's path. */
+export function fixedTunnelObject(dir: string): string {
+  const out = path.join(dir, 'vnsnap-dp-fixed.bpf.o');
+  const src = path.join(__dirname, '..', '..', '..', 'switch', 'bpf', 'vnsnap-dp.bpf.c');
+  execFileSync('clang', ['-O2', '-g', '-Wall', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, `-DVN_FIXED_TUNNEL=${VNI}`, '-c', src, '-o', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return out;
+}
+
+/** One host's side of the pair for bpfDataplane. */
+interface HostSide {
+  remote: string;
+  underlay: string;
+  mac: string;
+  peerMac: string;
+}
+
 /**
  * vnsnap's in-kernel data path on one host (module comment): loaded under /sys/fs/bpf/<prefix>-<host>,
- * attached to the TAP and a VXLAN device in external mode with GBP, the FDB holding both guests.
+ * attached to the TAP and a VXLAN device in external mode with GBP, the FDB holding both guests;
+ * or one of the A/B bench's variants of it (KernelDataplane). `index` is the host's (0, 1).
  */
-async function bpfDataplane(topo: Topology, host: string, remote: string, mac: string, peerMac: string, object?: string): Promise<DataPathMaps> {
+async function bpfDataplane(topo: Topology, host: string, index: number, side: HostSide, variant: KernelDataplane, object?: string): Promise<DataPathMaps> {
   const ns = topo.ns(host);
-  topo.exec(host, 'ip', ['link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(BPF_VXLAN_PORT)]);
-  topo.exec(host, 'ip', ['link', 'set', 'vxd', 'up']);
+  const ip = (...args: string[]): string => topo.exec(host, 'ip', args);
+  // an ordinary VXLAN device with GBP, to the peer at `port`: what the bridge path's vx0 is, plus GBP
+  const fixedVxlan = (dev: string, port: number): void => void ip('link', 'add', dev, 'type', 'vxlan', 'id', String(VNI), 'remote', side.remote, 'dstport', String(port), 'gbp', 'nolearning', 'dev', side.underlay);
+  const split = variant === 'bpf-tx-bridge-rx' || variant === 'bridge-tx-bpf-rx';
+  if (variant === 'bpf-fixed') fixedVxlan('vxd', BPF_VXLAN_PORT);
+  else ip('link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(split ? SPLIT_PORT + index : BPF_VXLAN_PORT));
+  ip('link', 'set', 'vxd', 'up');
+  if (split) {
+    // the bridge's side of the split: an ordinary device in br0 on the port the peer's external device uses
+    fixedVxlan('vxs', SPLIT_PORT + 1 - index);
+    ip('link', 'set', 'vxs', 'master', 'br0', 'up');
+    if (variant === 'bridge-tx-bpf-rx') topo.exec(host, 'bridge', ['fdb', 'replace', side.peerMac, 'dev', 'vxs', 'master', 'static', 'sticky']);
+    else topo.exec(host, 'bridge', ['fdb', 'replace', side.mac, 'dev', 'vmnbtap', 'master', 'static', 'sticky']);
+  }
   const ifindex = (dev: string): number => Number(topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim());
   const dp = await loadDataPath(`${topo.prefix}-${host}`, object);
-  await attachDataPath(dp, 'vmnbtap', 'vn_tx', ns);
-  await attachDataPath(dp, 'vxd', 'vn_rx', ns);
+  if (variant !== 'bridge-tx-bpf-rx') await attachDataPath(dp, 'vmnbtap', 'vn_tx', ns);
+  if (variant === 'bpf' || variant === 'bpf-fixed' || variant === 'bridge-tx-bpf-rx') await attachDataPath(dp, 'vxd', 'vn_rx', ns);
   const m = new DataPathMaps(dp.mapsDir);
+  if (variant === 'bridge-clsact') return m; // no port: vn_tx returns TC_ACT_OK for every frame
   m.setDevices(ifindex('vxd'), 0);
-  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
-  m.setFdb(VNI, mac, { ifindex: ifindex('vmnbtap') });
-  m.setFdb(VNI, peerMac, { peer: remote });
+  // the bridge sends GBP 0 (no mark): the port's epoch 0 is then the frames' colour
+  m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: variant === 'bridge-tx-bpf-rx' ? 0 : BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
+  m.setFdb(VNI, side.mac, { ifindex: ifindex('vmnbtap') });
+  m.setFdb(VNI, side.peerMac, { peer: side.remote });
   return m;
 }
 
