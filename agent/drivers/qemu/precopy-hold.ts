@@ -87,20 +87,20 @@ export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
 export const UNLIMITED_BANDWIDTH = 8 * 1024 * MiB;
 
 /**
- * How the paced hold is applied: `bandwidth` (the default) by QEMU's max-bandwidth (its rate
- * limit); `reads` by the agent's reads of the stream (read-pacer.ts), QEMU's max-bandwidth
- * unlimited. `reads` brings the VMs' pre-copy cut instants together (docs/qemu.md) but is opt-in:
- * in one of twelve qemu-driver runs one page of one pre-copy image differed from the VM's RAM at
- * the cut, and the cause is not established (docs/performance.md, "The pre-copy held by the
- * agent's reads"). An image must never differ from the RAM it claims, so the proven way stays
- * the default until that is understood.
+ * How the paced hold is applied: `reads` (the default) by the agent's reads of the stream
+ * (read-pacer.ts), QEMU's max-bandwidth unlimited; `bandwidth` by QEMU's max-bandwidth (its rate
+ * limit, the default until 2026-12-06). `reads` brings the VMs' pre-copy cut instants together
+ * (docs/qemu.md). One page of one pre-copy image held by reads once differed from the VM's RAM at
+ * the cut (one image in about 140); the page-for-page reproducer (test/bench/precopy-pages.ts)
+ * then found no differing page in either way of holding (docs/performance.md, "Pre-copy images
+ * page for page, held by reads and by max-bandwidth").
  */
 export const PACE_BY_ENV = 'VNSNAP_QEMU_PACE_BY';
 
-/** PACE_BY_ENV's value: `bandwidth` when unset or empty. */
+/** PACE_BY_ENV's value: `reads` when unset or empty. */
 export function parsePaceBy(value: string | undefined): 'reads' | 'bandwidth' {
-  if (value === undefined || value === '' || value === 'bandwidth') return 'bandwidth';
-  if (value === 'reads') return 'reads';
+  if (value === undefined || value === '' || value === 'reads') return 'reads';
+  if (value === 'bandwidth') return 'bandwidth';
   throw new VnsnapError('ERR_CONFIG', `${PACE_BY_ENV}: expected "reads" or "bandwidth", got ${JSON.stringify(value)}`);
 }
 
