@@ -311,6 +311,7 @@ async function main(): Promise<void> {
         const dump = fs.readFileSync(dumpFile);
         const ram = parseRam(s, MAIN_BLOCK);
         const diff = differingPages(s, ram, dump);
+        if (k === 1 && i === 0) console.log(`RAM blocks (pages; * = a multiple of 64 pages, QEMU 7.2's word-at-a-time dirty sync): ${[...ram.blocks].map(([b, len]) => `${b} ${len / PAGE}${(len / PAGE) % 64 === 0 ? '*' : ''}`).join(', ')}`);
         results.push({ cut: k, mode, vm: n, pages: diff.length, spreadMs: spread });
         const line = `cut ${k} ${mode} ${n}: ${diff.length} page(s) differ, ${ram.sections.length} RAM sections, spread ${spread.toFixed(1)} ms, pause ${(reports[i] as CutReport).pauseMs.toFixed(1)} ms${diff.length ? `: ${diff.slice(0, 8).map((p) => `0x${(p * PAGE).toString(16)}`).join(' ')}` : ''}`;
         console.log(line);
