@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { VmStartSpec } from '../../agent/drivers/driver';
 import type { QemuDriver } from '../../agent/drivers/qemu/driver';
-import { silentLogger } from '../../proto/core/log';
+import { silentLogger, type Logger } from '../../proto/core/log';
 import type { Port } from '../../switch/port/port';
 import type { Switch } from '../../switch/switch';
 import { channelStatus, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
@@ -28,6 +28,8 @@ export interface GuestPairOptions {
   /** Per-stream rate in KiB/s. */
   rateKiB: number;
   accel?: string;
+  /** The VMs' log (the driver's lines about their jobs); silent when absent. */
+  log?: Logger;
 }
 
 export const PAIR_NAMES = ['a', 'b'] as const;
@@ -42,7 +44,7 @@ export async function startGuestPair(o: GuestPairOptions): Promise<Map<string, V
     const append = kernelCmdline({ name, ip: `192.168.${o.net}.${i + 1}/24`, peers: [`192.168.${o.net}.${2 - i}:7001`], rateKiB: o.rateKiB, memMiB: 16, memRateMiB: 4, diskRate: 20, reportSecs: 2 });
     const sp = guestSpec(o.image, name, { disk: base, append, mac: `52:54:00:${o.net}:00:0${i + 1}`, ...(o.accel ? { accel: o.accel } : {}) });
     specs.set(name, sp);
-    const h = await o.driver.start(sp, { portNames: [`${o.vne}/${name}/0`], log: silentLogger() });
+    const h = await o.driver.start(sp, { portNames: [`${o.vne}/${name}/0`], log: o.log ?? silentLogger() });
     o.sw.attachPort(o.vne, h.ports[0] as Port, { epoch: 0 });
   }
   await until(
