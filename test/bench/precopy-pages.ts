@@ -38,6 +38,7 @@ import { buildGuest, ensureQemu, guestImageRoots } from '../guest/qemu-guest';
 import { PAIR_NAMES, startGuestPair } from '../support/guest-pair';
 import { PAGE } from '../support/ram-diff';
 import { sleep } from '../support/wait';
+import { usageExit } from './args';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 
 /** The RAM block a pmemsave of [0, RAM) reads (below 4 GiB, the guests here have 256 MiB). */
@@ -214,8 +215,35 @@ interface ImageResult {
   convergedInRound?: boolean;
 }
 
+const USAGE = `usage: node dist/test/bench/precopy-pages.js [--cuts N] [--modes reads,bandwidth] [--hold-ms MS] [--jitter-ms MS]
+       [--store cas|files] [--trace sync|notdirty] [--out DIR] [--json] [--help]
+  --cuts N        pre-copy cuts of the guest pair (default 20; two images each), modes alternating
+  --modes LIST    the holds to alternate, of reads and bandwidth (default reads,bandwidth)
+  --hold-ms MS    each cut this long after both VMs are ready (default 1000), plus up to
+  --jitter-ms MS  a random part (default 500)
+  --store S       cas (default) or files
+  --trace T       QEMU trace events into DIR: sync (dirty-bitmap syncs) or notdirty (also TCG's
+                  first store to each page after a sync)
+  --out DIR       where differing pages, the driver's log and traces go
+  --json          the summary as one JSON object
+Needs root, qemu-system-x86_64 and the test guest (built if missing).`;
+
+/** Exit 2 with `precopy-pages: <msg>` and the usage. */
+function usage(msg: string): never {
+  usageExit('precopy-pages', USAGE, msg);
+}
+
+/** A whole number of at least `min` from option `name`, or usage(). */
+function wholeOption(name: string, v: string, min: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) usage(`--${name}: expected a whole number of at least ${min}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({
+  let parsed;
+  try {
+    parsed = parseArgs({
     options: {
       cuts: { type: 'string', default: '20' },
       modes: { type: 'string', default: 'reads,bandwidth' },
@@ -225,12 +253,24 @@ async function main(): Promise<void> {
       'hold-ms': { type: 'string', default: '1000' },
       'jitter-ms': { type: 'string', default: '500' },
       json: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
     },
   });
-  const cuts = Number(values.cuts);
-  const holdMs = Number(values['hold-ms']);
-  const jitterMs = Number(values['jitter-ms']);
+  } catch (e) {
+    usage((e as Error).message);
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  const cuts = wholeOption('cuts', String(values.cuts), 1);
+  const holdMs = wholeOption('hold-ms', String(values['hold-ms']), 0);
+  const jitterMs = wholeOption('jitter-ms', String(values['jitter-ms']), 0);
   const modes = String(values.modes).split(',');
+  for (const m of modes) if (m !== 'reads' && m !== 'bandwidth') usage(`--modes: expected reads and/or bandwidth, got ${JSON.stringify(m)}`);
+  if (values.store !== 'cas' && values.store !== 'files') usage(`--store: expected cas or files, got ${JSON.stringify(values.store)}`);
+  if (values.trace !== undefined && values.trace !== 'sync' && values.trace !== 'notdirty') usage(`--trace: expected sync or notdirty, got ${JSON.stringify(values.trace)}`);
   const out = String(values.out);
   fs.mkdirSync(out, { recursive: true });
   if (values.trace !== undefined) process.env[QEMU_TRACE_ENV] = out;
@@ -347,7 +387,8 @@ if (require.main === module) {
   main().then(
     () => process.exit(0),
     (e: unknown) => {
-      console.error(e);
+      console.error(`precopy-pages: ${e instanceof Error ? e.message : String(e)}`);
+      if (process.env.VNSNAP_DEBUG) console.error(e);
       process.exit(1);
     },
   );
