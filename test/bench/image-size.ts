@@ -31,6 +31,7 @@ import { openStore } from '../../proto/store/store-config';
 import { buildDistroGuest, distroImageRoots, distroOverlay, distroSpec, type DistroImage } from '../guest/distro-guest';
 import { channelStatus, ensureQemu } from '../guest/qemu-guest';
 import { sleep, until } from '../support/wait';
+import { forEachFlag, usageExit } from './args';
 
 const PAGE = 4096;
 /** A RAM page in QEMU's stream (RAM_SAVE_FLAG_CONTINUE: no block name): 8-byte offset|flags, then 4096 bytes or one fill byte. */
@@ -173,21 +174,44 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
   }
 }
 
+const USAGE = `usage: node dist/test/bench/image-size.js [--ram MiB] [--load MiB] [--zero-freed-only] [--help]
+  --ram MiB           the distro guest's RAM (default 192)
+  --load MiB          its workload's memory (default 16)
+  --zero-freed-only   only the run with init_on_free=1 (default: without it, then with it)
+Prints one JSON object per run. Needs root, qemu-system-x86_64 and the distro guest (built if missing).`;
+
+/** The command line: exit 2 with the reason and the usage on a mistake. */
+function parseImageSizeArgs(argv: readonly string[]): { help: boolean; zeroFreedOnly: boolean; ramMib?: number; loadMib?: number } {
+  const out: { help: boolean; zeroFreedOnly: boolean; ramMib?: number; loadMib?: number } = { help: false, zeroFreedOnly: false };
+  const usage = (msg: string): never => usageExit('image-size', USAGE, msg);
+  const mib = (flag: string, v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) usage(`${flag} needs a whole number of MiB ≥ 1, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  forEachFlag(argv, usage, (flag, value) => {
+    if (flag === '--help') out.help = true;
+    else if (flag === '--zero-freed-only') out.zeroFreedOnly = true;
+    // --ram and --load: the same measurement with more memory in use, so the fixed part of the
+    // image above it can be told from the rest.
+    else if (flag === '--ram') out.ramMib = mib(flag, value());
+    else if (flag === '--load') out.loadMib = mib(flag, value());
+    else usage(`unknown argument ${flag}`);
+  });
+  return out;
+}
+
 async function main(): Promise<void> {
+  const args = parseImageSizeArgs(process.argv.slice(2));
+  if (args.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
   if (process.getuid?.() !== 0) throw new Error('image-size needs root (QEMU, the guest image cache)');
   ensureQemu();
   const image = buildDistroGuest();
-  const num = (flag: string): number | undefined => {
-    const i = process.argv.indexOf(flag);
-    if (i < 0) return undefined;
-    const v = Number(process.argv[i + 1]);
-    if (!Number.isInteger(v) || v < 1) throw new Error(`${flag} needs a whole number of MiB ≥ 1`);
-    return v;
-  };
-  // --ram MiB (the VM's RAM) and --load MiB (the guest workload's memory): the same measurement
-  // with more memory in use, so the fixed part of the image above it can be told from the rest.
-  const sized = { ...(num('--ram') ? { ramMib: num('--ram') } : {}), ...(num('--load') ? { loadMib: num('--load') } : {}) };
-  const modes = process.argv.includes('--zero-freed-only') ? [true] : [false, true];
+  const sized = { ...(args.ramMib ? { ramMib: args.ramMib } : {}), ...(args.loadMib ? { loadMib: args.loadMib } : {}) };
+  const modes = args.zeroFreedOnly ? [true] : [false, true];
   for (const zeroFreed of modes) console.log(JSON.stringify(await measureDistroImage(image, { zeroFreed, ...sized })));
 }
 
