@@ -39,19 +39,41 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
+import { forEachFlag, usageExit } from './args';
 import { median as medianOf } from './proc';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster } from '../support/cluster';
 import { FatalWait, sleep, until } from '../support/wait';
 import { allStatuses, E2E_VNE, guestStatus, instanceDir, intactProblems, destroyE2eCluster, killE2eQemus, streamsUp, writeVneFile } from '../support/qemu-vne';
 
-const JSON_OUT = process.argv.includes('--json');
+const USAGE = 'usage: npm run bench:migrate [-- --json] [-- --rounds N] [-- --help]   (default 3 rounds per side: vnsnap\'s migration and QEMU\'s own)';
+
+/** The command line; a mistake exits 2 with the reason and the usage. */
+function parseMigrateArgs(argv: readonly string[]): { json: boolean; rounds: number } {
+  const out = { json: false, rounds: 3 };
+  const usage = (msg: string): never => usageExit('bench:migrate', USAGE, msg);
+  forEachFlag(argv, usage, (flag, value) => {
+    if (flag === '--help') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else if (flag === '--json') out.json = true;
+    else if (flag === '--rounds') {
+      const v = value();
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) usage(`--rounds needs a whole number ≥ 1, got ${JSON.stringify(v)}`);
+      out.rounds = n;
+    } else usage(`unknown argument ${flag}`);
+  });
+  return out;
+}
+const ARGS = parseMigrateArgs(process.argv.slice(2));
+const JSON_OUT = ARGS.json;
 /**
  * The test cluster's gRPC links are mutual TLS (test/support/cluster.ts), so the agents encrypt
  * the migration streams too; the baseline then runs over TLS as well (qemuRound).
  */
 const TLS = true;
-const ROUNDS = Number(process.argv[process.argv.indexOf('--rounds') + 1] ?? '') || 3;
+const ROUNDS = ARGS.rounds;
 /** Progress: to stderr under --json (stdout is the one JSON object). */
 function say(s: string): void {
   (JSON_OUT ? process.stderr : process.stdout).write(s + '\n');

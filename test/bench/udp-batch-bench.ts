@@ -10,11 +10,12 @@
  *            per second, whatever the loss.
  *  tx-only:  datagrams per second one thread can send (to a socket nobody reads).
  *
- * Usage: node dist/test/bench/udp-batch-bench.js [--duration-ms 1500] [--runs 3]
+ * Usage: npm run bench:udp -- [--duration-ms 1500] [--runs 3] [--json]
  */
 import * as dgram from 'node:dgram';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { nativeIo, NativeIo } from '../../switch/native-io';
+import { forEachFlag, usageExit } from './args';
 
 const LOOPBACK = 0x7f000001;
 const BURST = 64;
@@ -22,12 +23,36 @@ const WINDOW = 1024;
 const MAX_BATCH = 64;
 const SLOT = 2048;
 
-function arg(name: string, def: number): number {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? Number(process.argv[i + 1]) : def;
+const USAGE = 'usage: npm run bench:udp -- [--duration-ms MS] [--runs N] [--json] [--help]   (defaults: 1500 ms, 3 runs; median of the runs per figure; --json: stdout is one JSON object, the report goes to stderr)';
+
+/** The command line (the main thread only: the flooding worker has none); a mistake exits 2 with the reason and the usage. */
+function parseUdpArgs(argv: readonly string[]): { durationMs: number; runs: number; json: boolean } {
+  const out = { durationMs: 1500, runs: 3, json: false };
+  if (!isMainThread) return out;
+  const usage = (msg: string): never => usageExit('bench:udp', USAGE, msg);
+  const whole = (flag: string, v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) usage(`${flag} needs a whole number ≥ 1, got ${JSON.stringify(v)}`);
+    return n;
+  };
+  forEachFlag(argv, usage, (flag, value) => {
+    if (flag === '--help') {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else if (flag === '--json') out.json = true;
+    else if (flag === '--duration-ms') out.durationMs = whole(flag, value());
+    else if (flag === '--runs') out.runs = whole(flag, value());
+    else usage(`unknown argument ${flag}`);
+  });
+  return out;
 }
-const DURATION_MS = arg('--duration-ms', 1500);
-const RUNS = arg('--runs', 3);
+const ARGS = parseUdpArgs(process.argv.slice(2));
+const DURATION_MS = ARGS.durationMs;
+const RUNS = ARGS.runs;
+/** The report: stdout, or stderr under --json (stdout is then the one JSON object). */
+const say = (line: string): void => {
+  (ARGS.json ? process.stderr : process.stdout).write(`${line}\n`);
+};
 const WARMUP_MS = 200;
 
 const turn = () => new Promise<void>((r) => setImmediate(r));
@@ -188,8 +213,9 @@ async function txOnly(kind: 'dgram' | 'addon', io: NativeIo, size: number): Prom
 
 async function main(): Promise<void> {
   const io = nativeIo();
-  console.log(`udp-batch-bench: loopback, ${RUNS} runs x ${DURATION_MS} ms each, median; addon batch ${MAX_BATCH}, burst ${BURST}, window ${WINDOW}`);
-  console.log('(dgram and addon runs alternate, so background load hits both alike; ratio = median of per-run ratios)');
+  const figures: { size: number; case: string; dgram_pps: number; addon_pps: number; ratio: number }[] = [];
+  say(`udp-batch-bench: loopback, ${RUNS} runs x ${DURATION_MS} ms each, median; addon batch ${MAX_BATCH}, burst ${BURST}, window ${WINDOW}`);
+  say('(dgram and addon runs alternate, so background load hits both alike; ratio = median of per-run ratios)');
   for (const size of [64, 1400]) {
     const cases: [string, () => Promise<number>, () => Promise<number>][] = [
       ['pipeline (send+receive, one thread)', () => pipelineDgram(size), () => pipelineAddon(io, size)],
@@ -208,16 +234,18 @@ async function main(): Promise<void> {
       const d = median(ds);
       const a = median(as);
       const gbit = (x: number) => `${((x * size * 8) / 1e9).toFixed(2)} Gbit/s`;
-      console.log(
+      figures.push({ size, case: name, dgram_pps: Math.round(d), addon_pps: Math.round(a), ratio: Number(median(ratios).toFixed(2)) });
+      say(
         `${String(size).padStart(4)} B  ${name.padEnd(36)} dgram ${kpps(d)} (${gbit(d)})   addon ${kpps(a)} (${gbit(a)})   ratio ${median(ratios).toFixed(2)}x`,
       );
     }
   }
+  if (ARGS.json) process.stdout.write(`${JSON.stringify({ duration_ms: DURATION_MS, runs: RUNS, figures })}\n`);
 }
 
 if (isMainThread) {
-  main().catch((e) => {
-    console.error(e);
+  main().catch((e: unknown) => {
+    console.error(`bench:udp: ${e instanceof Error ? e.message : String(e)}`);
     process.exit(1);
   });
 } else {
