@@ -225,7 +225,7 @@ const USAGE = `usage: node dist/test/bench/precopy-pages.js [--cuts N] [--modes 
   --trace T       QEMU trace events into DIR: sync (dirty-bitmap syncs) or notdirty (also TCG's
                   first store to each page after a sync)
   --out DIR       where differing pages, the driver's log and traces go
-  --json          the summary as one JSON object
+  --json          stdout is the summary as one JSON object; the lines per image go to stderr
 Needs root, qemu-system-x86_64 and the test guest (built if missing).`;
 
 /** Exit 2 with `precopy-pages: <msg>` and the usage. */
@@ -264,6 +264,10 @@ async function main(): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
+  /** A line of the report: stdout, or stderr under --json (stdout is then the one summary object). */
+  const say = (line: string): void => {
+    (values.json ? process.stderr : process.stdout).write(`${line}\n`);
+  };
   const cuts = wholeOption('cuts', String(values.cuts), 1);
   const holdMs = wholeOption('hold-ms', String(values['hold-ms']), 0);
   const jitterMs = wholeOption('jitter-ms', String(values['jitter-ms']), 0);
@@ -351,10 +355,10 @@ async function main(): Promise<void> {
         const dump = fs.readFileSync(dumpFile);
         const ram = parseRam(s, MAIN_BLOCK);
         const diff = differingPages(s, ram, dump);
-        if (k === 1 && i === 0) console.log(`RAM blocks (pages; * = a multiple of 64 pages, QEMU 7.2's word-at-a-time dirty sync): ${[...ram.blocks].map(([b, len]) => `${b} ${len / PAGE}${(len / PAGE) % 64 === 0 ? '*' : ''}`).join(', ')}`);
+        if (k === 1 && i === 0) say(`RAM blocks (pages; * = a multiple of 64 pages, QEMU 7.2's word-at-a-time dirty sync): ${[...ram.blocks].map(([b, len]) => `${b} ${len / PAGE}${(len / PAGE) % 64 === 0 ? '*' : ''}`).join(', ')}`);
         results.push({ cut: k, mode, vm: n, pages: diff.length, spreadMs: spread });
         const line = `cut ${k} ${mode} ${n}: ${diff.length} page(s) differ, ${ram.sections.length} RAM sections, spread ${spread.toFixed(1)} ms, pause ${(reports[i] as CutReport).pauseMs.toFixed(1)} ms${diff.length ? `: ${diff.slice(0, 8).map((p) => `0x${(p * PAGE).toString(16)}`).join(' ')}` : ''}`;
-        console.log(line);
+        say(line);
         if (diff.length) {
           const ev = path.join(out, `cut${k}-${n}`);
           fs.mkdirSync(ev, { recursive: true });
@@ -365,7 +369,7 @@ async function main(): Promise<void> {
             const cs = ram.copies[p] as PageCopy[];
             cs.forEach((c, j) => fs.writeFileSync(path.join(ev, `image-0x${(p * PAGE).toString(16)}-copy${j}-sec${c.section}.bin`), copyBytes(s, c)));
           }
-          console.log(`  evidence: ${ev}\n${JSON.stringify(hist[0])}`);
+          say(`  evidence: ${ev}\n${JSON.stringify(hist[0])}`);
         }
         fs.rmSync(dumpFile);
       }
