@@ -163,11 +163,11 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
   }
 }
 
-/** Compile the program with VN_FIXED_TUNNEL (the 'bpf-fixed' variant's build) into `dir`; returns the object's path. */
+/** Compile the program with VN_FIXED_TUNNEL (the 'bpf-fixed' variant's build) into `dir` by the install's build script; returns the object's path. */
 export function fixedTunnelObject(dir: string): string {
-  const out = path.join(dir, 'vnsnap-dp-fixed.bpf.o');
-  const src = path.join(__dirname, '..', '..', '..', 'switch', 'bpf', 'vnsnap-dp.bpf.c');
-  execFileSync('clang', ['-O2', '-g', '-Wall', '-target', 'bpf', `-I/usr/include/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, `-DVN_FIXED_TUNNEL=${VNI}`, '-c', src, '-o', out], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const out = path.resolve(dir, 'vnsnap-dp-fixed.bpf.o');
+  execFileSync('sh', [path.join(__dirname, '..', '..', '..', 'switch', 'bpf', 'build.sh'), out, `-DVN_FIXED_TUNNEL=${VNI}`], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (!fs.existsSync(out)) throw new Error(`the VN_FIXED_TUNNEL build was not made (${out}): clang or libbpf-dev missing`);
   return out;
 }
 
