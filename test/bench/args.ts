@@ -32,3 +32,10 @@ export function forEachFlag(argv: readonly string[], usage: (msg: string) => nev
     );
   }
 }
+
+/** `v` as a whole number of at least `min`, else `usage("<flag> needs a whole number ≥ <min>, got …")`. */
+export function wholeArg(flag: string, v: string, min: number, usage: (msg: string) => never): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) usage(`${flag} needs a whole number ≥ ${min}, got ${JSON.stringify(v)}`);
+  return n;
+}

@@ -31,7 +31,7 @@ import { openStore } from '../../proto/store/store-config';
 import { buildDistroGuest, distroImageRoots, distroOverlay, distroSpec, type DistroImage } from '../guest/distro-guest';
 import { channelStatus, ensureQemu } from '../guest/qemu-guest';
 import { sleep, until } from '../support/wait';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, usageExit, wholeArg } from './args';
 
 const PAGE = 4096;
 /** A RAM page in QEMU's stream (RAM_SAVE_FLAG_CONTINUE: no block name): 8-byte offset|flags, then 4096 bytes or one fill byte. */
@@ -184,18 +184,13 @@ Prints one JSON object per run. Needs root, qemu-system-x86_64 and the distro gu
 function parseImageSizeArgs(argv: readonly string[]): { help: boolean; zeroFreedOnly: boolean; ramMib?: number; loadMib?: number } {
   const out: { help: boolean; zeroFreedOnly: boolean; ramMib?: number; loadMib?: number } = { help: false, zeroFreedOnly: false };
   const usage = (msg: string): never => usageExit('image-size', USAGE, msg);
-  const mib = (flag: string, v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) usage(`${flag} needs a whole number of MiB ≥ 1, got ${JSON.stringify(v)}`);
-    return n;
-  };
   forEachFlag(argv, usage, (flag, value) => {
     if (flag === '--help') out.help = true;
     else if (flag === '--zero-freed-only') out.zeroFreedOnly = true;
     // --ram and --load: the same measurement with more memory in use, so the fixed part of the
     // image above it can be told from the rest.
-    else if (flag === '--ram') out.ramMib = mib(flag, value());
-    else if (flag === '--load') out.loadMib = mib(flag, value());
+    else if (flag === '--ram') out.ramMib = wholeArg(flag, value(), 1, usage);
+    else if (flag === '--load') out.loadMib = wholeArg(flag, value(), 1, usage);
     else usage(`unknown argument ${flag}`);
   });
   return out;

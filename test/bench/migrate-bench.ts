@@ -39,7 +39,7 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, usageExit, wholeArg } from './args';
 import { median as medianOf } from './proc';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster } from '../support/cluster';
@@ -57,12 +57,8 @@ function parseMigrateArgs(argv: readonly string[]): { json: boolean; rounds: num
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
     } else if (flag === '--json') out.json = true;
-    else if (flag === '--rounds') {
-      const v = value();
-      const n = Number(v);
-      if (!Number.isInteger(n) || n < 1) usage(`--rounds needs a whole number ≥ 1, got ${JSON.stringify(v)}`);
-      out.rounds = n;
-    } else usage(`unknown argument ${flag}`);
+    else if (flag === '--rounds') out.rounds = wholeArg(flag, value(), 1, usage);
+    else usage(`unknown argument ${flag}`);
   });
   return out;
 }

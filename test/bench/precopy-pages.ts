@@ -30,15 +30,14 @@ import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import { QEVM_MAGIC, RAM_FLAG, RAM_FLAG_MASK, SEC, u64 } from '../../agent/drivers/qemu/migration-stream';
 import { PACE_BY_ENV } from '../../agent/drivers/qemu/precopy-hold';
 import { createLogger } from '../../proto/core/log';
-import { CasStore } from '../../proto/store/cas-store';
-import { LocalDirStore, type SnapshotStore } from '../../proto/store/local-dir';
-import { LocalObjects } from '../../proto/store/local-objects';
+import type { SnapshotStore } from '../../proto/store/local-dir';
+import { openStore } from '../../proto/store/store-config';
 import { Switch } from '../../switch/switch';
 import { buildGuest, ensureQemu, guestImageRoots } from '../guest/qemu-guest';
 import { PAIR_NAMES, startGuestPair } from '../support/guest-pair';
 import { PAGE } from '../support/ram-diff';
 import { sleep } from '../support/wait';
-import { usageExit } from './args';
+import { usageExit, wholeArg } from './args';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 
 /** The RAM block a pmemsave of [0, RAM) reads (below 4 GiB, the guests here have 256 MiB). */
@@ -189,17 +188,6 @@ function pageHistory(s: Buffer, ram: ParsedRam, dump: Buffer, p: number): Record
   };
 }
 
-async function openStore(kind: string, dir: string): Promise<SnapshotStore> {
-  if (kind === 'files') {
-    const st = new LocalDirStore(dir);
-    await st.init();
-    return st;
-  }
-  const objects = new LocalObjects(dir);
-  await objects.init();
-  return new CasStore(objects);
-}
-
 async function readAll(store: SnapshotStore, rel: string): Promise<Buffer> {
   const parts: Buffer[] = [];
   for await (const b of store.read(rel)) parts.push(Buffer.from(b));
@@ -233,13 +221,6 @@ function usage(msg: string): never {
   usageExit('precopy-pages', USAGE, msg);
 }
 
-/** A whole number of at least `min` from option `name`, or usage(). */
-function wholeOption(name: string, v: string, min: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) usage(`--${name}: expected a whole number of at least ${min}, got ${JSON.stringify(v)}`);
-  return n;
-}
-
 async function main(): Promise<void> {
   let parsed;
   try {
@@ -268,9 +249,9 @@ async function main(): Promise<void> {
   const say = (line: string): void => {
     (values.json ? process.stderr : process.stdout).write(`${line}\n`);
   };
-  const cuts = wholeOption('cuts', String(values.cuts), 1);
-  const holdMs = wholeOption('hold-ms', String(values['hold-ms']), 0);
-  const jitterMs = wholeOption('jitter-ms', String(values['jitter-ms']), 0);
+  const cuts = wholeArg('--cuts', String(values.cuts), 1, usage);
+  const holdMs = wholeArg('--hold-ms', String(values['hold-ms']), 0, usage);
+  const jitterMs = wholeArg('--jitter-ms', String(values['jitter-ms']), 0, usage);
   const modes = String(values.modes).split(',');
   for (const m of modes) if (m !== 'reads' && m !== 'bandwidth') usage(`--modes: expected reads and/or bandwidth, got ${JSON.stringify(m)}`);
   if (values.store !== 'cas' && values.store !== 'files') usage(`--store: expected cas or files, got ${JSON.stringify(values.store)}`);
@@ -282,7 +263,7 @@ async function main(): Promise<void> {
   const image = buildGuest();
   const root = `${VNQM_ROOT_PREFIX}${process.pid}-pages`;
   fs.mkdirSync(root, { recursive: true });
-  const store = await openStore(String(values.store), path.join(root, 'store'));
+  const store = await openStore({ kind: values.store === 'files' ? 'files' : 'local', dir: path.join(root, 'store') });
   const logFd = fs.openSync(path.join(out, 'driver.log'), 'a');
   const log = createLogger('vnqm-pages', { level: 'info', destination: logFd });
   const driver = new QemuDriver({ workDir: path.join(root, 'w'), imageRoots: guestImageRoots(image, root) });

@@ -15,7 +15,7 @@
 import * as dgram from 'node:dgram';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { nativeIo, NativeIo } from '../../switch/native-io';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, usageExit, wholeArg } from './args';
 
 const LOOPBACK = 0x7f000001;
 const BURST = 64;
@@ -30,18 +30,13 @@ function parseUdpArgs(argv: readonly string[]): { durationMs: number; runs: numb
   const out = { durationMs: 1500, runs: 3, json: false };
   if (!isMainThread) return out;
   const usage = (msg: string): never => usageExit('bench:udp', USAGE, msg);
-  const whole = (flag: string, v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) usage(`${flag} needs a whole number ≥ 1, got ${JSON.stringify(v)}`);
-    return n;
-  };
   forEachFlag(argv, usage, (flag, value) => {
     if (flag === '--help') {
       process.stdout.write(`${USAGE}\n`);
       process.exit(0);
     } else if (flag === '--json') out.json = true;
-    else if (flag === '--duration-ms') out.durationMs = whole(flag, value());
-    else if (flag === '--runs') out.runs = whole(flag, value());
+    else if (flag === '--duration-ms') out.durationMs = wholeArg(flag, value(), 1, usage);
+    else if (flag === '--runs') out.runs = wholeArg(flag, value(), 1, usage);
     else usage(`unknown argument ${flag}`);
   });
   return out;
