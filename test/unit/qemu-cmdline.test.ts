@@ -21,12 +21,16 @@ describe('QEMU command line', () => {
     assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'tcg', nics: [], disk: false, incoming: false, ramPadKib: 8 }), '-m'), '262152k');
   });
 
-  it('traces QEMU only with VNSNAP_QEMU_TRACE_DIR: threads named, events timestamped into DIR/<instance>.trace', () => {
+  it('traces QEMU only with VNSNAP_QEMU_TRACE_DIR: events timestamped into DIR/<instance>.trace', () => {
     assert.deepEqual(traceArgs('/run/vnqm-x', {}), []);
     const args = traceArgs('/run/vnqm-x', { VNSNAP_QEMU_TRACE_DIR: '/srv/trace' });
-    assert.deepEqual(args.slice(0, 6), ['-name', 'vnqm-x,debug-threads=on', '-msg', 'timestamp=on', '-D', '/srv/trace/vnqm-x.trace']);
-    assert.ok(args.includes('enable=savevm_state_header') && args.includes('enable=monitor_protocol_event_emit'));
-    assert.equal(args.filter((a) => a === '-trace').length, (args.length - 6) / 2);
+    assert.deepEqual(args.slice(0, 4), ['-msg', 'timestamp=on', '-D', '/srv/trace/vnqm-x.trace']);
+    assert.ok(args.includes('enable=savevm_state_header') && args.includes('enable=monitor_protocol_event_emit') && args.includes('enable=qmp_enter_cont'));
+    assert.equal(args.filter((a) => a === '-trace').length, (args.length - 4) / 2);
+  });
+
+  it('names QEMU\'s threads on every command line (the pause boost finds the monitor thread by its name)', () => {
+    assert.equal(argAfter(qemuCmdline({ spec, files, accel: 'tcg', nics: [], disk: false, incoming: false }), '-name'), 'vnqm-x,debug-threads=on');
   });
 
   it('pads RAM only for TCG on QEMU before 9.0', () => {

@@ -266,6 +266,10 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     );
   }
   if (extra.balloon === 'stats') args.push('-device', 'virtio-balloon-pci,id=balloon0');
+  // QEMU's threads named (/proc/PID/task/TID/comm: `IO mon_iothread`, `live_migration`, `CPU 0/TCG`):
+  // the pause boost finds the QMP monitor thread by its name (pause-boost.ts). Not part of the
+  // device state: an image loads with or without it.
+  args.push('-name', `${path.basename(c.files.dir)},debug-threads=on`);
   if (c.incoming) args.push('-S', '-incoming', 'defer');
   args.push(...traceArgs(c.files.dir));
   return args;
@@ -277,9 +281,10 @@ export const QEMU_TRACE_ENV = 'VNSNAP_QEMU_TRACE_DIR';
 /**
  * QEMU's own trace events of a cut (its stop, the QMP commands, the background snapshot's setup,
  * device state and write protection, the events it emits), timestamped, into
- * `DIR/<instance directory's name>.trace`, and its threads named (`CPU 0/TCG`, `live_migration`:
- * /proc/PID/task/TID/comm), when VNSNAP_QEMU_TRACE_DIR is set; nothing otherwise. Diagnostics
- * only: neither changes the device set, so an image loads with or without them.
+ * `DIR/<instance directory's name>.trace` (each line by thread id; the threads are named with
+ * every command line: /proc/PID/task/TID/comm), when VNSNAP_QEMU_TRACE_DIR is set; nothing
+ * otherwise. Diagnostics only: they do not change the device set, so an image loads with or
+ * without them.
  */
 export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.env): string[] {
   const dir = env[QEMU_TRACE_ENV];
@@ -295,8 +300,5 @@ export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.
     'migration_completion_vm_stop', 'savevm_state_complete_precopy', 'qmp_enter_stop', 'qmp_exit_stop', 'qmp_enter_cont',
     'qmp_exit_cont', 'qmp_enter_migrate_continue', 'qmp_exit_migrate_continue',
   ];
-  return [
-    '-name', `${path.basename(instanceDir)},debug-threads=on`, '-msg', 'timestamp=on',
-    '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`]),
-  ];
+  return ['-msg', 'timestamp=on', '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`])];
 }
