@@ -1,10 +1,12 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
-import { boostPause, BOOST_BOUND_MS, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies } from '../../agent/drivers/qemu/pause-boost';
+import { boostPause, BOOST_BOUND_MS, monitorThread, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies } from '../../agent/drivers/qemu/pause-boost';
 import { FakeChrt } from '../support/fake-chrt';
 
 const BOOST = `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`;
 const RESTORE = '--other --all-tasks --pid 0 4242';
+/** A QEMU without named threads: no monitor thread to raise. */
+const noMonitor = (): undefined => undefined;
 
 function logger(): { lines: string[]; log: { debug: (o: object, m: string) => void; warn: (o: object, m: string) => void } } {
   const lines: string[] = [];
@@ -18,7 +20,7 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
   it('pauseboost: the main thread goes to SCHED_FIFO at once, every thread back to SCHED_OTHER at release, once', async () => {
     const c = new FakeChrt();
     const { log, lines } = logger();
-    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0, 0, 0] });
+    const b = boostPause(4242, { log, chrt: c.run, monitorThread: noMonitor, policies: () => [0, 0, 0] });
     assert.deepEqual(c.calls, [BOOST], 'started without waiting');
     c.finish(0);
     assert.equal(await b.applied, true);
@@ -32,9 +34,30 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
     assert.deepEqual(lines, []);
   });
 
+  it('pauseboost: the QMP monitor thread goes up right after the main thread; all restored once, after both raises settled', async () => {
+    const c = new FakeChrt();
+    const b = boostPause(4242, { log: logger().log, chrt: c.run, monitorThread: () => 4250, policies: () => [0, 0, 0] });
+    assert.deepEqual(c.calls, [BOOST, `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4250`], 'both started without waiting');
+    const released = b.release();
+    c.finish(0);
+    await turn();
+    assert.equal(c.calls.length, 2, 'no restore while the monitor thread\'s raise may still land');
+    c.finish(1, 'chrt: failed to set pid 4250\'s policy: Operation not permitted');
+    await c.made(3);
+    c.finish(2);
+    await released;
+    assert.equal(await b.applied, true);
+    assert.deepEqual(c.calls.slice(2), [RESTORE]);
+  });
+
+  it('pauseboost: the monitor thread is found by the name QEMU gives it; none in a process without it', () => {
+    assert.equal(monitorThread(process.pid), undefined);
+    assert.equal(monitorThread(2 ** 30), undefined);
+  });
+
   it('pauseboost: a release before the boost\'s chrt exited restores only after it', async () => {
     const c = new FakeChrt();
-    const b = boostPause(4242, { log: logger().log, chrt: c.run, policies: () => [0] });
+    const b = boostPause(4242, { log: logger().log, chrt: c.run, monitorThread: noMonitor, policies: () => [0] });
     const released = b.release();
     await turn();
     assert.deepEqual(c.calls, [BOOST], 'no restore while the boost may still land');
@@ -48,7 +71,7 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
   it('pauseboost: the bound restores a boost nobody released; a later release adds nothing', async () => {
     const c = new FakeChrt();
     const { log, lines } = logger();
-    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0], boundMs: 20 });
+    const b = boostPause(4242, { log, chrt: c.run, monitorThread: noMonitor, policies: () => [0], boundMs: 20 });
     c.finish(0);
     await c.made(2);
     assert.deepEqual(lines, ['warn the pause did not end within the boost bound: QEMU put back at SCHED_OTHER']);
@@ -61,7 +84,7 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
   it('pauseboost: a QEMU with a thread not at SCHED_OTHER, or whose threads cannot be read, is left alone', async () => {
     const c = new FakeChrt();
     const { log, lines } = logger();
-    const rt = boostPause(4242, { log, chrt: c.run, policies: () => [0, 1, 0] });
+    const rt = boostPause(4242, { log, chrt: c.run, monitorThread: noMonitor, policies: () => [0, 1, 0] });
     const gone = boostPause(4242, {
       log,
       chrt: c.run,
@@ -79,12 +102,12 @@ describe('QEMU pause boost (fake chrt and thread policies)', () => {
   it('pauseboost: a boost chrt refused (no permission, no chrt) is never restored; a failed restore is tried once more, then logged; release still resolves', async () => {
     const c = new FakeChrt();
     const { log, lines } = logger();
-    const refused = boostPause(4242, { log, chrt: c.run, policies: () => [0] });
+    const refused = boostPause(4242, { log, chrt: c.run, monitorThread: noMonitor, policies: () => [0] });
     c.finish(0, 'Operation not permitted');
     assert.equal(await refused.applied, false);
     await refused.release();
     assert.deepEqual(c.calls, [BOOST]);
-    const b = boostPause(4242, { log, chrt: c.run, policies: () => [0] });
+    const b = boostPause(4242, { log, chrt: c.run, monitorThread: noMonitor, policies: () => [0] });
     c.finish(1);
     const released = b.release();
     await c.made(3);

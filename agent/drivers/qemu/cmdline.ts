@@ -162,6 +162,73 @@ export interface CmdlineInput {
   incoming: boolean;
   /** Extra guest RAM in KiB (tcgRamPadKib); the same value must be used to restore. */
   ramPadKib?: number;
+  /**
+   * The disk's backing chain below its top, top down (`qemu-img info --backing-chain`): given, every
+   * layer is a node of its own with drop-cache off (diskArgs); absent, QEMU opens the chain itself.
+   */
+  backing?: BackingLayer[];
+}
+
+/** One image under the disk's top. */
+export interface BackingLayer {
+  file: string;
+  format: 'qcow2' | 'raw';
+}
+
+/**
+ * The chain under `top` as QEMU would open it (`qemu-img info -U --backing-chain`), for diskArgs;
+ * undefined when it cannot be read or holds anything but absolute paths to qcow2 images (a raw
+ * one last), so QEMU then opens the chain itself as before.
+ */
+export async function readBackingChain(top: string, qemuImg: (args: string[]) => Promise<string>): Promise<BackingLayer[] | undefined> {
+  let chain: unknown;
+  try {
+    chain = JSON.parse(await qemuImg(['info', '-U', '--backing-chain', '--output=json', top]));
+  } catch {
+    return undefined;
+  }
+  const images = (Array.isArray(chain) ? chain : [chain]) as { filename?: unknown; format?: unknown }[];
+  const layers: BackingLayer[] = [];
+  for (const [i, img] of images.slice(1).entries()) {
+    const last = i === images.length - 2;
+    if (typeof img.filename !== 'string' || !path.isAbsolute(img.filename)) return undefined;
+    if (img.format !== 'qcow2' && !(img.format === 'raw' && last)) return undefined;
+    layers.push({ file: img.filename, format: img.format });
+  }
+  return layers;
+}
+
+/** A value in QEMU's `key=value,...` option syntax (a comma doubled). */
+const optValue = (v: string): string => v.replaceAll(',', ',,');
+
+/**
+ * The disk's block nodes: the top image (file0/disk0), written by the VM, over its backing chain,
+ * each layer given as nodes of its own (back<i>/bfile<i>, read-only) when the chain is known.
+ * Every file node has `drop-cache=off`: a pre-copy's completion inactivates the block nodes and
+ * the `cont` that resumes the VM re-activates them, and with QEMU's default (drop-cache on) the
+ * re-activation evicts every image file of the chain from the host's page cache
+ * (posix_fadvise DONTNEED) and re-reads each qcow2 layer's header and tables from the disk, all
+ * inside the VM's pause (10-75 ms of a distro guest's; docs/qemu.md). The option only matters for
+ * images another host may have written (shared storage); these are the agent's own local files,
+ * read and written only through the host's one page cache. A chain QEMU opens itself (no
+ * `backing` given) would leave the lower layers at the default.
+ */
+function diskArgs(top: string, backing: BackingLayer[] | undefined): string[] {
+  const args: string[] = [];
+  const chain = backing ?? [];
+  for (let i = chain.length - 1; i >= 0; i--) {
+    const l = chain[i] as BackingLayer;
+    const below = i < chain.length - 1 ? `,backing=back${i + 1}` : '';
+    args.push(
+      '-blockdev', `driver=file,filename=${optValue(l.file)},node-name=bfile${i},read-only=on,drop-cache=off`,
+      '-blockdev', `driver=${l.format},file=bfile${i},node-name=back${i},read-only=on${l.format === 'qcow2' ? below : ''}`,
+    );
+  }
+  args.push(
+    '-blockdev', `driver=file,filename=${optValue(top)},node-name=file0,drop-cache=off`,
+    '-blockdev', `driver=qcow2,file=file0,node-name=disk0${chain.length ? ',backing=back0' : ''}`,
+  );
+  return args;
 }
 
 export function qemuCmdline(c: CmdlineInput): string[] {
@@ -189,11 +256,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     args.push('-netdev', netdev, '-device', `virtio-net-pci,netdev=n${i},mac=${n.mac},romfile=`);
   });
   if (c.disk) {
-    args.push(
-      '-blockdev', `driver=file,filename=${c.diskFile ?? c.files.disk0},node-name=file0`,
-      '-blockdev', 'driver=qcow2,file=file0,node-name=disk0',
-      '-device', 'virtio-blk-pci,drive=disk0',
-    );
+    args.push(...diskArgs(c.diskFile ?? c.files.disk0, c.backing), '-device', 'virtio-blk-pci,drive=disk0');
   }
   if (extra.channel) {
     args.push(
@@ -203,6 +266,10 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     );
   }
   if (extra.balloon === 'stats') args.push('-device', 'virtio-balloon-pci,id=balloon0');
+  // QEMU's threads named (/proc/PID/task/TID/comm: `IO mon_iothread`, `live_migration`, `CPU 0/TCG`):
+  // the pause boost finds the QMP monitor thread by its name (pause-boost.ts). Not part of the
+  // device state: an image loads with or without it.
+  args.push('-name', `${path.basename(c.files.dir)},debug-threads=on`);
   if (c.incoming) args.push('-S', '-incoming', 'defer');
   args.push(...traceArgs(c.files.dir));
   return args;
@@ -214,9 +281,10 @@ export const QEMU_TRACE_ENV = 'VNSNAP_QEMU_TRACE_DIR';
 /**
  * QEMU's own trace events of a cut (its stop, the QMP commands, the background snapshot's setup,
  * device state and write protection, the events it emits), timestamped, into
- * `DIR/<instance directory's name>.trace`, and its threads named (`CPU 0/TCG`, `live_migration`:
- * /proc/PID/task/TID/comm), when VNSNAP_QEMU_TRACE_DIR is set; nothing otherwise. Diagnostics
- * only: neither changes the device set, so an image loads with or without them.
+ * `DIR/<instance directory's name>.trace` (each line by thread id; the threads are named with
+ * every command line: /proc/PID/task/TID/comm), when VNSNAP_QEMU_TRACE_DIR is set; nothing
+ * otherwise. Diagnostics only: they do not change the device set, so an image loads with or
+ * without them.
  */
 export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.env): string[] {
   const dir = env[QEMU_TRACE_ENV];
@@ -225,9 +293,12 @@ export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.
     'handle_qmp_command', 'monitor_qmp_respond', 'monitor_protocol_event_emit', 'vm_stop_flush_all',
     'migrate_set_state', 'migration_thread_setup_complete', 'savevm_state_setup', 'savevm_state_header',
     'savevm_section_start', 'savevm_section_end', 'ram_write_tracking_ramblock_start', 'file_paio_submit', 'qcow2_cache_flush',
+    // The disk work of a cut: each block-layer job on QEMU's thread pool (a flush's fdatasync among
+    // them) from submit to completion, what the stop, the completion's inactivation and the `cont`'s
+    // reactivation spend in it, and the run states between them.
+    'thread_pool_submit', 'thread_pool_complete', 'qcow2_cache_entry_flush', 'qcow2_cache_get_read', 'runstate_set',
+    'migration_completion_vm_stop', 'savevm_state_complete_precopy', 'qmp_enter_stop', 'qmp_exit_stop', 'qmp_enter_cont',
+    'qmp_exit_cont', 'qmp_enter_migrate_continue', 'qmp_exit_migrate_continue',
   ];
-  return [
-    '-name', `${path.basename(instanceDir)},debug-threads=on`, '-msg', 'timestamp=on',
-    '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`]),
-  ];
+  return ['-msg', 'timestamp=on', '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`])];
 }

@@ -66,7 +66,7 @@ export class DiskOverlay {
     if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
     await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
     try {
-      await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file }, backing: null });
+      await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file, 'drop-cache': false }, backing: null });
     } catch (e) {
       await fsp.rm(file, { force: true });
       throw e;

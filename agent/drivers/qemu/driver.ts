@@ -45,7 +45,7 @@ import type { BesideRestore, HypervisorDriver, IncomingMigration, MigrationProgr
 import { DiskDirs } from '../disk-dir';
 import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
-import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
+import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, readBackingChain, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
 import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
@@ -268,7 +268,8 @@ export class QemuDriver implements HypervisorDriver {
       this.padLogged = true;
       this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');
     }
-    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, diskFile: vm.topFile, incoming, ramPadKib: vm.ramPadKib });
+    const backing = vm.hasDisk ? await readBackingChain(vm.topFile, (a) => this.qemuImg(a)) : undefined;
+    return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, diskFile: vm.topFile, incoming, ramPadKib: vm.ramPadKib, backing });
   }
 
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
