@@ -18,7 +18,12 @@
  * pairs' hosts are numbered in the order given, so giving the same kinds in another order swaps
  * which hosts carry which (a pair's own speed differs). 'bpf-fixed' without FILE compiles its
  * build (clang) into the run's directory. Prints one line per run and, at the end, the
- * medians and the ratio of medians as one JSON object on stdout. Everything is named vmnba* /
+ * medians and the ratio of medians as one JSON object on stdout. Beside each run's throughput
+ * and busy cores: the machine's RCU and TIMER softirqs per second during it (a VXLAN device in
+ * external mode allocates a metadata dst for every frame it receives and frees it through RCU,
+ * so a pair through one runs the machine's RCU grace periods continuously: docs/nic-offloads.md,
+ * "The external device's receive cost") and the bytes iperf3 received per frame the receiving
+ * TAP delivered to QEMU (the super-frames' size). Everything is named vmnba* /
  * vmnbb<i>* and removed at the end, on failure and on SIGINT/SIGTERM. Needs root, QEMU, the test
  * guest and the built program, as bench:vm-net --bpf does.
  */
@@ -30,7 +35,28 @@ import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
-import { loadAverage, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type TcpRun } from './vm-net-measure';
+import { loadAverage, softirqRate, softirqSample, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type Summary, type TcpRun } from './vm-net-measure';
+
+/** One TCP run and what the machine and the receiving TAP did during it (module comment). */
+interface AbRun extends TcpRun {
+  /** the machine's RCU and TIMER softirqs per second during the run */
+  rcuPerS: number;
+  timerPerS: number;
+  /** bytes iperf3 received per frame the receiving guest's TAP delivered to QEMU */
+  bytesPerFrame: number;
+}
+
+/** A TCP run on one pair, with the softirq rates and the frames delivered around it. */
+async function abRun(p: KernelPath, d: Direction, seconds: number): Promise<AbRun> {
+  const s0 = softirqSample();
+  const f0 = p.frames(d);
+  const w0 = Date.now();
+  const r = await tcpRun(p.guests, d, seconds);
+  const secs = (Date.now() - w0) / 1000;
+  const s1 = softirqSample();
+  const delivered = p.frames(d).delivered - f0.delivered;
+  return { ...r, rcuPerS: softirqRate(s0, s1, 'RCU', secs), timerPerS: softirqRate(s0, s1, 'TIMER', secs), bytesPerFrame: delivered > 0 ? r.bytes / delivered : 0 };
+}
 
 const NAME = 'vm-net-ab';
 const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...]';
@@ -86,7 +112,7 @@ async function main(): Promise<void> {
       pairs.push({ label: `${spec.kind}${i}`, path: p });
     }
     for (const p of pairs) await warmUp(p.path.guests);
-    const runs = new Map<string, TcpRun[]>(pairs.map((p) => [p.label, []]));
+    const runs = new Map<string, AbRun[]>(pairs.map((p) => [p.label, []]));
     const load0 = loadAverage();
     const t0 = new Date().toISOString();
     for (let i = 0; i < o.rounds; i++) {
@@ -94,19 +120,26 @@ async function main(): Promise<void> {
         // which pair goes first rotates every round
         const order = pairs.map((_, k) => pairs[(k + i) % pairs.length] as (typeof pairs)[number]);
         for (const p of order) {
-          const r = await tcpRun(p.path.guests, d, o.seconds);
+          const r = await abRun(p.path, d, o.seconds);
           runs.get(p.label)?.push(r);
-          process.stderr.write(`${new Date().toISOString()} ${p.label} ${d} round ${i + 1}: ${r.mbps.toFixed(0)} Mbit/s, ${r.retransmits} retransmits, ${r.busyCores.toFixed(2)} busy cores\n`);
+          process.stderr.write(`${new Date().toISOString()} ${p.label} ${d} round ${i + 1}: ${r.mbps.toFixed(0)} Mbit/s, ${r.retransmits} retransmits, ${r.busyCores.toFixed(2)} busy cores, RCU ${r.rcuPerS.toFixed(0)}/s, TIMER ${r.timerPerS.toFixed(0)}/s, ${r.bytesPerFrame.toFixed(0)} B per frame delivered\n`);
         }
       }
     }
     const br = runs.get('bridge') ?? [];
+    // the machine during a pair's runs: busy cores, RCU and TIMER softirqs per second, bytes per delivered frame
+    const machine = (rs: AbRun[]): Record<string, Summary> => ({
+      busy_cores: summarize(rs.map((r) => r.busyCores)),
+      rcu_softirqs_per_s: summarize(rs.map((r) => Math.round(r.rcuPerS))),
+      timer_softirqs_per_s: summarize(rs.map((r) => Math.round(r.timerPerS))),
+      bytes_per_frame_delivered: summarize(rs.map((r) => Math.round(r.bytesPerFrame))),
+    });
     const brMed = summarize(br.map((r) => r.mbps)).median || 1;
     process.stdout.write(
       `${JSON.stringify({
         utc: [t0, new Date().toISOString()],
         load_average: [load0, loadAverage()],
-        bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), busy_cores: summarize(br.map((r) => r.busyCores)), runs: br.map((r) => Math.round(r.mbps)) },
+        bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), ...machine(br), runs: br.map((r) => Math.round(r.mbps)) },
         bpf: specs.map((spec, i) => {
           const rs = runs.get(`${spec.kind}${i}`) ?? [];
           return {
@@ -114,7 +147,7 @@ async function main(): Promise<void> {
             hosts: `vmnbb${i}`,
             object: spec.object ?? (spec.kind === 'bpf-fixed' ? 'VN_FIXED_TUNNEL build' : spec.kind === 'bridge' ? null : 'build/bpf/vnsnap-dp.bpf.o'),
             tcp_mbps: summarize(rs.map((r) => r.mbps)),
-            busy_cores: summarize(rs.map((r) => r.busyCores)),
+            ...machine(rs),
             runs: rs.map((r) => Math.round(r.mbps)),
             programs: pairs[i + 1]?.path.bpfStats?.() ?? null,
             ratio_of_medians: Math.round((summarize(rs.map((r) => r.mbps)).median / brMed) * 1000) / 1000,
