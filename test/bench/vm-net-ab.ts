@@ -23,7 +23,9 @@
  * external mode allocates a metadata dst for every frame it receives and frees it through RCU,
  * so a pair through one runs the machine's RCU grace periods continuously: docs/nic-offloads.md,
  * "The external device's receive cost") and the bytes iperf3 received per frame the receiving
- * TAP delivered to QEMU (the super-frames' size). Everything is named vmnba* /
+ * TAP delivered to QEMU (the super-frames' size). --rcu-load puts a load of that RCU kind
+ * (external) or its control (ordinary) beside the pairs from the warm-up's end to the last run
+ * (vm-net-rcu-load.ts), so the bridge's loss under it can be measured. Everything is named vmnba* /
  * vmnbb<i>* and removed at the end, on failure and on SIGINT/SIGTERM. Needs root, QEMU, the test
  * guest and the built program, as bench:vm-net --bpf does.
  */
@@ -34,6 +36,7 @@ import { buildGuest, channelStatus, ensureQemu, kernelCmdline, STATUS_CHANNEL_NA
 import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
+import { RCU_LOAD_MODES, startRcuLoad, type RcuLoad, type RcuLoadMode } from './vm-net-rcu-load';
 import { fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
 import { loadAverage, softirqRate, softirqSample, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type Summary, type TcpRun } from './vm-net-measure';
 
@@ -59,7 +62,7 @@ async function abRun(p: KernelPath, d: Direction, seconds: number): Promise<AbRu
 }
 
 const NAME = 'vm-net-ab';
-const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...]';
+const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...] [--rcu-load external|ordinary]';
 
 const GUESTS: [PairGuest, PairGuest] = [
   { name: 'a', cidr: '192.168.89.1/24', mac: '52:54:00:89:00:01' },
@@ -67,13 +70,17 @@ const GUESTS: [PairGuest, PairGuest] = [
 ];
 
 async function main(): Promise<void> {
-  const o = { rounds: 4, seconds: 8, objects: [] as string[], pairs: [] as { kind: KernelDataplane; object?: string }[] };
+  const o = { rounds: 4, seconds: 8, objects: [] as string[], pairs: [] as { kind: KernelDataplane; object?: string }[], rcuLoad: undefined as RcuLoadMode | undefined };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   forEachFlag(process.argv.slice(2), usage, (flag, value, arg) => {
     if (flag === '--rounds') o.rounds = Number(value());
     else if (flag === '--seconds') o.seconds = Number(value());
     else if (flag === '--object') o.objects.push(path.resolve(value()));
-    else if (flag === '--pair') {
+    else if (flag === '--rcu-load') {
+      const m = value();
+      if (!(RCU_LOAD_MODES as readonly string[]).includes(m)) usage(`--rcu-load ${m}: one of ${RCU_LOAD_MODES.join(', ')}`);
+      o.rcuLoad = m as RcuLoadMode;
+    } else if (flag === '--pair') {
       const [kind, file] = value().split(':') as [string, string | undefined];
       if (!(KERNEL_DATAPLANES as readonly string[]).includes(kind)) usage(`--pair ${kind}: one of ${KERNEL_DATAPLANES.join(', ')}`);
       o.pairs.push({ kind: kind as KernelDataplane, ...(file ? { object: path.resolve(file) } : {}) });
@@ -94,7 +101,10 @@ async function main(): Promise<void> {
     ready: (sock) => channelStatus(sock, 8000),
   };
   const paths: KernelPath[] = [];
+  let load: RcuLoad | undefined;
   const cleanup = async (): Promise<void> => {
+    await load?.close().catch((e: unknown) => process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`));
+    load = undefined;
     for (const p of paths.splice(0)) await p.close().catch((e: unknown) => process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`));
     fs.rmSync(dir, { recursive: true, force: true });
   };
@@ -112,6 +122,8 @@ async function main(): Promise<void> {
       pairs.push({ label: `${spec.kind}${i}`, path: p });
     }
     for (const p of pairs) await warmUp(p.path.guests);
+    if (o.rcuLoad) load = startRcuLoad(o.rcuLoad);
+    const sent0 = load?.sent() ?? 0;
     const runs = new Map<string, AbRun[]>(pairs.map((p) => [p.label, []]));
     const load0 = loadAverage();
     const t0 = new Date().toISOString();
@@ -139,6 +151,7 @@ async function main(): Promise<void> {
       `${JSON.stringify({
         utc: [t0, new Date().toISOString()],
         load_average: [load0, loadAverage()],
+        ...(o.rcuLoad && load ? { rcu_load: { mode: o.rcuLoad, datagrams_sent: load.sent() - sent0 } } : {}),
         bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), ...machine(br), runs: br.map((r) => Math.round(r.mbps)) },
         bpf: specs.map((spec, i) => {
           const rs = runs.get(`${spec.kind}${i}`) ?? [];
