@@ -18,7 +18,14 @@
  * pairs' hosts are numbered in the order given, so giving the same kinds in another order swaps
  * which hosts carry which (a pair's own speed differs). 'bpf-fixed' without FILE compiles its
  * build (clang) into the run's directory. Prints one line per run and, at the end, the
- * medians and the ratio of medians as one JSON object on stdout. Everything is named vmnba* /
+ * medians and the ratio of medians as one JSON object on stdout. Beside each run's throughput
+ * and busy cores: the machine's RCU and TIMER softirqs per second during it (a VXLAN device in
+ * external mode allocates a metadata dst for every frame it receives and frees it through RCU,
+ * so a pair through one runs the machine's RCU grace periods continuously: docs/nic-offloads.md,
+ * "The external device's receive cost") and the bytes iperf3 received per frame the receiving
+ * TAP delivered to QEMU (the super-frames' size). --rcu-load puts a load of that RCU kind
+ * (external) or its control (ordinary) beside the pairs from the warm-up's end to the last run
+ * (vm-net-rcu-load.ts), so the bridge's loss under it can be measured. Everything is named vmnba* /
  * vmnbb<i>* and removed at the end, on failure and on SIGINT/SIGTERM. Needs root, QEMU, the test
  * guest and the built program, as bench:vm-net --bpf does.
  */
@@ -29,11 +36,33 @@ import { buildGuest, channelStatus, ensureQemu, kernelCmdline, STATUS_CHANNEL_NA
 import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
+import { RCU_LOAD_MODES, startRcuLoad, type RcuLoad, type RcuLoadMode } from './vm-net-rcu-load';
 import { fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
-import { loadAverage, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type TcpRun } from './vm-net-measure';
+import { loadAverage, softirqRate, softirqSample, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type Summary, type TcpRun } from './vm-net-measure';
+
+/** One TCP run and what the machine and the receiving TAP did during it (module comment). */
+interface AbRun extends TcpRun {
+  /** the machine's RCU and TIMER softirqs per second during the run */
+  rcuPerS: number;
+  timerPerS: number;
+  /** bytes iperf3 received per frame the receiving guest's TAP delivered to QEMU */
+  bytesPerFrame: number;
+}
+
+/** A TCP run on one pair, with the softirq rates and the frames delivered around it. */
+async function abRun(p: KernelPath, d: Direction, seconds: number): Promise<AbRun> {
+  const s0 = softirqSample();
+  const f0 = p.frames(d);
+  const w0 = Date.now();
+  const r = await tcpRun(p.guests, d, seconds);
+  const secs = (Date.now() - w0) / 1000;
+  const s1 = softirqSample();
+  const delivered = p.frames(d).delivered - f0.delivered;
+  return { ...r, rcuPerS: softirqRate(s0, s1, 'RCU', secs), timerPerS: softirqRate(s0, s1, 'TIMER', secs), bytesPerFrame: delivered > 0 ? r.bytes / delivered : 0 };
+}
 
 const NAME = 'vm-net-ab';
-const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...]';
+const USAGE = 'usage: node dist/test/bench/vm-net-ab.js [--rounds N] [--seconds S] [--object FILE [--object FILE]] [--pair KIND[:FILE] ...] [--rcu-load external|ordinary]';
 
 const GUESTS: [PairGuest, PairGuest] = [
   { name: 'a', cidr: '192.168.89.1/24', mac: '52:54:00:89:00:01' },
@@ -41,13 +70,17 @@ const GUESTS: [PairGuest, PairGuest] = [
 ];
 
 async function main(): Promise<void> {
-  const o = { rounds: 4, seconds: 8, objects: [] as string[], pairs: [] as { kind: KernelDataplane; object?: string }[] };
+  const o = { rounds: 4, seconds: 8, objects: [] as string[], pairs: [] as { kind: KernelDataplane; object?: string }[], rcuLoad: undefined as RcuLoadMode | undefined };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   forEachFlag(process.argv.slice(2), usage, (flag, value, arg) => {
     if (flag === '--rounds') o.rounds = Number(value());
     else if (flag === '--seconds') o.seconds = Number(value());
     else if (flag === '--object') o.objects.push(path.resolve(value()));
-    else if (flag === '--pair') {
+    else if (flag === '--rcu-load') {
+      const m = value();
+      if (!(RCU_LOAD_MODES as readonly string[]).includes(m)) usage(`--rcu-load ${m}: one of ${RCU_LOAD_MODES.join(', ')}`);
+      o.rcuLoad = m as RcuLoadMode;
+    } else if (flag === '--pair') {
       const [kind, file] = value().split(':') as [string, string | undefined];
       if (!(KERNEL_DATAPLANES as readonly string[]).includes(kind)) usage(`--pair ${kind}: one of ${KERNEL_DATAPLANES.join(', ')}`);
       o.pairs.push({ kind: kind as KernelDataplane, ...(file ? { object: path.resolve(file) } : {}) });
@@ -68,7 +101,10 @@ async function main(): Promise<void> {
     ready: (sock) => channelStatus(sock, 8000),
   };
   const paths: KernelPath[] = [];
+  let load: RcuLoad | undefined;
   const cleanup = async (): Promise<void> => {
+    await load?.close().catch((e: unknown) => process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`));
+    load = undefined;
     for (const p of paths.splice(0)) await p.close().catch((e: unknown) => process.stderr.write(`${NAME}: cleanup: ${errMsg(e)}\n`));
     fs.rmSync(dir, { recursive: true, force: true });
   };
@@ -86,7 +122,9 @@ async function main(): Promise<void> {
       pairs.push({ label: `${spec.kind}${i}`, path: p });
     }
     for (const p of pairs) await warmUp(p.path.guests);
-    const runs = new Map<string, TcpRun[]>(pairs.map((p) => [p.label, []]));
+    if (o.rcuLoad) load = startRcuLoad(o.rcuLoad);
+    const sent0 = load?.sent() ?? 0;
+    const runs = new Map<string, AbRun[]>(pairs.map((p) => [p.label, []]));
     const load0 = loadAverage();
     const t0 = new Date().toISOString();
     for (let i = 0; i < o.rounds; i++) {
@@ -94,19 +132,27 @@ async function main(): Promise<void> {
         // which pair goes first rotates every round
         const order = pairs.map((_, k) => pairs[(k + i) % pairs.length] as (typeof pairs)[number]);
         for (const p of order) {
-          const r = await tcpRun(p.path.guests, d, o.seconds);
+          const r = await abRun(p.path, d, o.seconds);
           runs.get(p.label)?.push(r);
-          process.stderr.write(`${new Date().toISOString()} ${p.label} ${d} round ${i + 1}: ${r.mbps.toFixed(0)} Mbit/s, ${r.retransmits} retransmits, ${r.busyCores.toFixed(2)} busy cores\n`);
+          process.stderr.write(`${new Date().toISOString()} ${p.label} ${d} round ${i + 1}: ${r.mbps.toFixed(0)} Mbit/s, ${r.retransmits} retransmits, ${r.busyCores.toFixed(2)} busy cores, RCU ${r.rcuPerS.toFixed(0)}/s, TIMER ${r.timerPerS.toFixed(0)}/s, ${r.bytesPerFrame.toFixed(0)} B per frame delivered\n`);
         }
       }
     }
     const br = runs.get('bridge') ?? [];
+    // the machine during a pair's runs: busy cores, RCU and TIMER softirqs per second, bytes per delivered frame
+    const machine = (rs: AbRun[]): Record<string, Summary> => ({
+      busy_cores: summarize(rs.map((r) => r.busyCores)),
+      rcu_softirqs_per_s: summarize(rs.map((r) => Math.round(r.rcuPerS))),
+      timer_softirqs_per_s: summarize(rs.map((r) => Math.round(r.timerPerS))),
+      bytes_per_frame_delivered: summarize(rs.map((r) => Math.round(r.bytesPerFrame))),
+    });
     const brMed = summarize(br.map((r) => r.mbps)).median || 1;
     process.stdout.write(
       `${JSON.stringify({
         utc: [t0, new Date().toISOString()],
         load_average: [load0, loadAverage()],
-        bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), busy_cores: summarize(br.map((r) => r.busyCores)), runs: br.map((r) => Math.round(r.mbps)) },
+        ...(o.rcuLoad && load ? { rcu_load: { mode: o.rcuLoad, datagrams_sent: load.sent() - sent0 } } : {}),
+        bridge: { tcp_mbps: summarize(br.map((r) => r.mbps)), ...machine(br), runs: br.map((r) => Math.round(r.mbps)) },
         bpf: specs.map((spec, i) => {
           const rs = runs.get(`${spec.kind}${i}`) ?? [];
           return {
@@ -114,7 +160,7 @@ async function main(): Promise<void> {
             hosts: `vmnbb${i}`,
             object: spec.object ?? (spec.kind === 'bpf-fixed' ? 'VN_FIXED_TUNNEL build' : spec.kind === 'bridge' ? null : 'build/bpf/vnsnap-dp.bpf.o'),
             tcp_mbps: summarize(rs.map((r) => r.mbps)),
-            busy_cores: summarize(rs.map((r) => r.busyCores)),
+            ...machine(rs),
             runs: rs.map((r) => Math.round(r.mbps)),
             programs: pairs[i + 1]?.path.bpfStats?.() ?? null,
             ratio_of_medians: Math.round((summarize(rs.map((r) => r.mbps)).median / brMed) * 1000) / 1000,

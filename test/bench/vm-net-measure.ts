@@ -68,6 +68,21 @@ export function busyCores(a: CpuSample, b: CpuSample, cpus: number): number {
   return dt > 0 ? ((b.busy - a.busy) / dt) * cpus : 0;
 }
 
+/** The machine's softirqs so far by type (/proc/softirqs: RCU, TIMER, NET_RX, ...), summed over CPUs. */
+export function softirqSample(text = fs.readFileSync('/proc/softirqs', 'utf8')): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n').slice(1)) {
+    const [name, ...counts] = line.trim().split(/\s+/);
+    if (name?.endsWith(':')) out[name.slice(0, -1)] = counts.reduce((a, c) => a + Number(c), 0);
+  }
+  return out;
+}
+
+/** Softirqs of type `kind` per second between two samples `seconds` apart. */
+export function softirqRate(a: Record<string, number>, b: Record<string, number>, kind: string, seconds: number): number {
+  return seconds > 0 ? ((b[kind] ?? 0) - (a[kind] ?? 0)) / seconds : 0;
+}
+
 export interface Summary {
   median: number;
   p95: number;

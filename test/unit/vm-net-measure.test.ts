@@ -1,9 +1,10 @@
 /**
  * The pure parts of bench:vm-net's measurements (test/bench/vm-net-measure.ts): the /proc/stat
- * reading, busy cores between two samples, and the median / p95 / max summary.
+ * reading, busy cores between two samples, the /proc/softirqs reading and rates, and the
+ * median / p95 / max summary.
  */
 import { strict as assert } from 'node:assert';
-import { busyCores, cpuSample, summarize } from '../bench/vm-net-measure';
+import { busyCores, cpuSample, softirqRate, softirqSample, summarize } from '../bench/vm-net-measure';
 
 describe('bench:vm-net measurements', () => {
   it('reads busy and total jiffies from the aggregate cpu line (idle and iowait are not busy)', () => {
@@ -16,6 +17,17 @@ describe('bench:vm-net measurements', () => {
   it('busy cores: the busy share of the CPU time between two samples times the CPUs', () => {
     assert.equal(busyCores({ busy: 100, total: 1000 }, { busy: 250, total: 1200 }, 2), 1.5);
     assert.equal(busyCores({ busy: 100, total: 1000 }, { busy: 100, total: 1000 }, 2), 0);
+  });
+
+  it('reads /proc/softirqs summed over CPUs, and a type per second between two samples', () => {
+    const text = '                    CPU0       CPU1\n          HI:          0          1\n       TIMER:        100        250\n         RCU:       1000       2000\n';
+    const a = softirqSample(text);
+    assert.deepEqual(a, { HI: 1, TIMER: 350, RCU: 3000 });
+    const b = { ...a, RCU: 4600 };
+    assert.equal(softirqRate(a, b, 'RCU', 2), 800);
+    assert.equal(softirqRate(a, b, 'TIMER', 2), 0);
+    assert.equal(softirqRate(a, b, 'NET_RX', 2), 0);
+    assert.equal(softirqRate(a, b, 'RCU', 0), 0);
   });
 
   it('summarises with the median, the nearest-rank p95 and the maximum', () => {
