@@ -42,8 +42,10 @@ export function sampleThreads(namespaces: readonly string[]): ThreadSample {
       for (const tid of tids) {
         const t = statOf(`/proc/${pid}/task/${tid}/stat`);
         if (!t) continue;
-        // QEMU names no threads (no debug-threads here): its main thread (tid = pid) is the
-        // main loop, where the NIC backend's I/O runs; the busiest other one is the TCG vCPU.
+        // A QEMU the agent starts names its threads (`-name …,debug-threads=on`: "CPU 0/TCG",
+        // "IO mon_iothread", ...); one started without it does not, and its unnamed threads are
+        // listed by tid. Either way its main thread (tid = pid) is the main loop, where the NIC
+        // backend's I/O runs.
         const thread = tid === pid ? 'main' : t.comm === proc.comm ? `thread ${tid}` : t.comm;
         out.set(`${ns.split('-').pop()} ${proc.comm}[${pid}] ${thread}`, t.ticks);
       }
