@@ -45,6 +45,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { exec } from '../exec';
+import { readImageChain, type ImageInfo } from './spec-check';
 
 export type Accel = 'kvm' | 'tcg';
 export type NicMode = 'stream' | 'tap' | 'tap-vnet' | 'tap-bpf';
@@ -181,13 +182,12 @@ export interface BackingLayer {
  * one last), so QEMU then opens the chain itself as before.
  */
 export async function readBackingChain(top: string, qemuImg: (args: string[]) => Promise<string>): Promise<BackingLayer[] | undefined> {
-  let chain: unknown;
+  let images: ImageInfo[];
   try {
-    chain = JSON.parse(await qemuImg(['info', '-U', '--backing-chain', '--output=json', top]));
+    images = await readImageChain(top, qemuImg);
   } catch {
     return undefined;
   }
-  const images = (Array.isArray(chain) ? chain : [chain]) as { filename?: unknown; format?: unknown }[];
   const layers: BackingLayer[] = [];
   for (const [i, img] of images.slice(1).entries()) {
     const last = i === images.length - 2;

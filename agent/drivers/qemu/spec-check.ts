@@ -24,7 +24,8 @@ import { VnsnapError } from '../../../proto/core/errors';
 import { checkQemuExtra } from '../../../proto/specs/qemu-extra';
 import type { ImageRoots } from '../image-root';
 
-interface ImageInfo {
+/** One image of a chain as `qemu-img info --output=json` describes it (the fields read here). */
+export interface ImageInfo {
   filename?: string;
   format?: string;
   'backing-filename'?: string;
@@ -46,14 +47,23 @@ export async function checkQemuSpec(name: string, q: QemuDriverSpec__Output, roo
 }
 
 /**
+ * The image chain from `disk` down, top first (`qemu-img info --backing-chain --output=json -U`:
+ * headers only, no lock taken, so a running QEMU's images can be read too); throws what qemu-img
+ * or the JSON parse threw.
+ */
+export async function readImageChain(disk: string, qemuImg: (args: string[]) => Promise<string>): Promise<ImageInfo[]> {
+  const parsed = JSON.parse(await qemuImg(['info', '--backing-chain', '--output=json', '-U', disk])) as unknown;
+  return Array.isArray(parsed) ? (parsed as ImageInfo[]) : [parsed as ImageInfo];
+}
+
+/**
  * Refuse a disk whose chain leaves the roots (module comment); the first image itself is not
  * root-checked. `own`: a kept disk's chain (its upper layers in own.dir, its base own.base).
  */
 export async function checkBackingChain(field: string, disk: string, roots: ImageRoots, qemuImg: (args: string[]) => Promise<string>, own?: { dir: string; base: string }): Promise<void> {
   let chain: ImageInfo[];
   try {
-    const parsed = JSON.parse(await qemuImg(['info', '--backing-chain', '--output=json', '-U', disk])) as unknown;
-    chain = Array.isArray(parsed) ? (parsed as ImageInfo[]) : [parsed as ImageInfo];
+    chain = await readImageChain(disk, qemuImg);
   } catch (e) {
     throw new VnsnapError('ERR_INVALID_ARGUMENT', `${field} ${JSON.stringify(disk)}: its image chain cannot be read (${(e as Error).message.split('\n')[0]?.slice(0, 200)})`);
   }
