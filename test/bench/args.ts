@@ -11,6 +11,12 @@ export function usageExit(name: string, usageLine: string, msg?: string): never 
   process.exit(2);
 }
 
+/** `--help`: print `text` on stdout and exit 0. */
+export function helpExit(text: string): never {
+  process.stdout.write(`${text}\n`);
+  process.exit(0);
+}
+
 /**
  * Call `on` for every argument, in order, with its flag (the part before `=`), `value()` (the
  * text after `=`, else the next argument, which is then consumed; none is

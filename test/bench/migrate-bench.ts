@@ -39,7 +39,7 @@ import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { QmpClient } from '../../agent/drivers/qemu/qmp';
 import { addTlsObjects, clearTlsObjects, TLS_AUTHZ, TLS_CREDS } from '../../agent/drivers/qemu/migration-tls';
-import { forEachFlag, usageExit, wholeArg } from './args';
+import { forEachFlag, helpExit, usageExit, wholeArg } from './args';
 import { median as medianOf } from './proc';
 import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { Cluster } from '../support/cluster';
@@ -53,10 +53,8 @@ function parseMigrateArgs(argv: readonly string[]): { json: boolean; rounds: num
   const out = { json: false, rounds: 3 };
   const usage = (msg: string): never => usageExit('bench:migrate', USAGE, msg);
   forEachFlag(argv, usage, (flag, value) => {
-    if (flag === '--help') {
-      process.stdout.write(`${USAGE}\n`);
-      process.exit(0);
-    } else if (flag === '--json') out.json = true;
+    if (flag === '--help') helpExit(USAGE);
+    else if (flag === '--json') out.json = true;
     else if (flag === '--rounds') out.rounds = wholeArg(flag, value(), 1, usage);
     else usage(`unknown argument ${flag}`);
   });

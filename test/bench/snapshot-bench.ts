@@ -55,7 +55,7 @@ import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
 import { HOLD_ENV, parseHold } from '../../agent/drivers/qemu/precopy-hold';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, helpExit, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
@@ -75,10 +75,8 @@ let ROUNDS = 10;
 let BG_ONLY = false;
 let HOLD: string | undefined;
 forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, msg), (flag, value) => {
-  if (flag === '--help' || flag === '-h') {
-    process.stdout.write(HELP + '\n');
-    process.exit(0);
-  } else if (flag === '--json') JSON_OUT = true;
+  if (flag === '--help' || flag === '-h') helpExit(HELP);
+  else if (flag === '--json') JSON_OUT = true;
   else if (flag === '--no-distro') NO_DISTRO = true;
   else if (flag === '--rounds') ROUNDS = Number(value());
   else if (flag === '--background-only') BG_ONLY = true;

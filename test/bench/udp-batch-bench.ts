@@ -15,7 +15,7 @@
 import * as dgram from 'node:dgram';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { nativeIo, NativeIo } from '../../switch/native-io';
-import { forEachFlag, usageExit, wholeArg } from './args';
+import { forEachFlag, helpExit, usageExit, wholeArg } from './args';
 
 const LOOPBACK = 0x7f000001;
 const BURST = 64;
@@ -31,10 +31,8 @@ function parseUdpArgs(argv: readonly string[]): { durationMs: number; runs: numb
   if (!isMainThread) return out;
   const usage = (msg: string): never => usageExit('bench:udp', USAGE, msg);
   forEachFlag(argv, usage, (flag, value) => {
-    if (flag === '--help') {
-      process.stdout.write(`${USAGE}\n`);
-      process.exit(0);
-    } else if (flag === '--json') out.json = true;
+    if (flag === '--help') helpExit(USAGE);
+    else if (flag === '--json') out.json = true;
     else if (flag === '--duration-ms') out.durationMs = wholeArg(flag, value(), 1, usage);
     else if (flag === '--runs') out.runs = wholeArg(flag, value(), 1, usage);
     else usage(`unknown argument ${flag}`);

@@ -44,7 +44,7 @@ import { DEFAULT_NIC_MODE } from '../../agent/drivers/qemu/nic-backend';
 import type { DataPathStats } from '../../switch/bpf-dp/layout';
 import { Cluster } from '../support/cluster';
 import { Topology } from '../support/netns';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, helpExit, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
 import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
@@ -125,10 +125,8 @@ function parseArgs(argv: readonly string[]): Options {
     } else if (flag === '--bpf') o.bpf = true;
     else if (flag === '--same-hosts') o.sameHosts = true;
     else if (flag === '--json') o.json = true;
-    else if (flag === '--help' || flag === '-h') {
-      process.stdout.write(`${HELP}\n`);
-      process.exit(0);
-    } else usage(`unknown argument ${arg}`);
+    else if (flag === '--help' || flag === '-h') helpExit(HELP);
+    else usage(`unknown argument ${arg}`);
   });
   if (o.sameHosts && !o.bpf) usage('--same-hosts runs beside the nic=tap-bpf row: give --bpf too');
   return o;
