@@ -31,7 +31,7 @@
  * guest and mode: every trace phase's median / p95 / max, and the longest pauses with their
  * trace lines (stderr with --json). The targets of issue 15 are printed as ratios, MET or not.
  *
- *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --background-only] [-- --hold H] [-- --help]
+ *   npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --background-only] [-- --hold H] [-- --pace-by P] [-- --help]
  *
  * --background-only measures vnsnap's background mode and bare QEMU's background snapshot alone,
  * in alternating rounds (one vnsnap snapshot, then one bare QEMU round, so both see the same
@@ -39,6 +39,8 @@
  * JSON keeps pause_ms (background, bare_qemu), cut_spread_ms, streams_intact and distro's same.
  * --hold sets the agents' pre-copy hold (VNSNAP_QEMU_HOLD: `paced` or bytes/s; precopy-hold.ts),
  * reported as "hold" in the JSON (the agents inherit VNSNAP_QEMU_HOLD; "default" when unset).
+ * --pace-by sets how they apply the paced hold (VNSNAP_QEMU_PACE_BY: `reads`, the default, or
+ * `bandwidth`), reported as "pace_by".
  *
  * With --json stdout is exactly one JSON object (progress and the report go to stderr).
  * snapshot_mib is the median size of one snapshot of the VNE per mode (the sum of its artefacts'
@@ -54,26 +56,28 @@ import { buildGuest, ensureQemu, guestImageRoots, type GuestImage, type GuestSta
 import { Cluster, type CatalogSnapshot } from '../support/cluster';
 import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eCluster, killE2eQemus, saveConsoles, streamsUp, writeVneFile } from '../support/qemu-vne';
 import { sleep, until } from '../support/wait';
-import { HOLD_ENV, parseHold } from '../../agent/drivers/qemu/precopy-hold';
+import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine } from './snapshot-wall';
 
-const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --background-only] [-- --hold H] [-- --help]';
+const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --background-only] [-- --hold H] [-- --pace-by reads|bandwidth] [-- --help]';
 const HELP = `${USAGE}
   --json        stdout is one JSON object; progress and the report go to stderr
   --no-distro   the test guests only (no distro-guest VNE, no image-size leg)
   --rounds N    snapshots per mode and guest (default 10); 1-2 for a quick check
   --background-only  vnsnap background and bare QEMU only, in alternating rounds
   --hold H      the agents' pre-copy hold: paced, or bytes/s (default: the driver's, paced)
+  --pace-by P   how the agents apply the paced hold: reads or bandwidth (default: the driver's, reads)
   --help        this text`;
 let JSON_OUT = false;
 let NO_DISTRO = false;
 let ROUNDS = 10;
 let BG_ONLY = false;
 let HOLD: string | undefined;
+let PACE_BY: string | undefined;
 forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, msg), (flag, value) => {
   if (flag === '--help' || flag === '-h') helpExit(HELP);
   else if (flag === '--json') JSON_OUT = true;
@@ -81,6 +85,7 @@ forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, m
   else if (flag === '--rounds') ROUNDS = Number(value());
   else if (flag === '--background-only') BG_ONLY = true;
   else if (flag === '--hold') HOLD = value();
+  else if (flag === '--pace-by') PACE_BY = value();
   else usageExit('bench:snapshot', USAGE, `unknown argument ${flag}`);
 });
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) usageExit('bench:snapshot', USAGE, '--rounds needs a whole number ≥ 1');
@@ -91,6 +96,14 @@ if (HOLD !== undefined) {
     usageExit('bench:snapshot', USAGE, `--hold: ${(e as Error).message}`);
   }
   process.env[HOLD_ENV] = HOLD; // the agents' drivers take it (they inherit the environment)
+}
+if (PACE_BY !== undefined) {
+  try {
+    parsePaceBy(PACE_BY);
+  } catch (e) {
+    usageExit('bench:snapshot', USAGE, `--pace-by: ${(e as Error).message}`);
+  }
+  process.env[PACE_BY_ENV] = PACE_BY;
 }
 
 // ---- cleanup: on the end, a failure, SIGINT or SIGTERM ----------------------------------------
@@ -409,7 +422,7 @@ async function main(): Promise<void> {
     for (const l of report) say(l);
     if (JSON_OUT) {
       const distroOut = d ? { distro: d } : distroError ? { distro: { error: distroError } } : {};
-      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, image_stored_vs_used: storedVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) }, hold: process.env[HOLD_ENV] || 'default' }) + '\n');
+      process.stdout.write(JSON.stringify({ ...out, ...distroOut, image_vs_used: imageVsUsed ?? null, image_stored_vs_used: storedVsUsed ?? null, load_1m: { start: r2(loadStart), end: r2(loadEnd) }, hold: process.env[HOLD_ENV] || 'default', pace_by: parsePaceBy(process.env[PACE_BY_ENV]) }) + '\n');
     }
   } finally {
     await removeCluster(c);
