@@ -1,6 +1,6 @@
 /**
  * Reused memory for the batches a stream writes into the store (agent/drivers/image-stream.ts),
- * so a memory stream allocates nothing per batch: a fresh 512 KiB buffer costs its page faults
+ * so a memory stream allocates nothing per batch: a fresh 2 MiB buffer costs its page faults
  * (about 2.5 GB/s on the machines measured, a copy into reused memory about 45 GB/s) and the
  * external memory it adds drives V8's full collections (docs/performance.md, "The agent's CPU per
  * memory stream").
@@ -59,10 +59,18 @@ export class BatchPool {
   }
 }
 
-/** Slot size: the streams' largest write into the store (image-stream.ts WRITE_BATCH). */
-export const BATCH_BYTES = 512 * 1024;
-/** Slots in the process's pool: a stream holds one while its write is in the store (8 MiB kept). */
-export const BATCH_SLOTS = 16;
+/**
+ * Slot size: the streams' largest write into the store (image-stream.ts WRITE_BATCH). 2 MiB, not
+ * the 512 KiB it was: each batch is a request to the hashing worker and a reply (two thread
+ * wake-ups, a postMessage each way), a chunk cut across two batches is copied whole, and the
+ * writer's per-write steps run once per batch; at 2 MiB a 115 MiB stream makes 58 of them
+ * instead of 230, and the agent spent about a fifth less CPU on it (docs/performance.md, "The
+ * agents' CPU per memory stream, cut"). The event loop's part of a batch is its one copy (well
+ * under a millisecond); the hashing is the worker's.
+ */
+export const BATCH_BYTES = 2 * 1024 * 1024;
+/** Slots in the process's pool: a stream holds one while its write is in the store (16 MiB kept). */
+export const BATCH_SLOTS = 8;
 
 let shared: BatchPool | undefined;
 

@@ -73,9 +73,19 @@ export interface SealedPack {
 /** A chunk going into a pack: its SHA-256, stored bytes and codec, and its own size when encoded. */
 export type PackInput = EncodedChunk & { sha256: string; raw?: number };
 
-/** Concatenate chunks (already hashed, maybe encoded) into a pack with its table. */
-export function sealPack(chunks: PackInput[]): SealedPack {
-  const data = Buffer.concat(chunks.map((c) => c.data));
+/**
+ * Concatenate chunks (already hashed, maybe encoded) into a pack with its table: into the start
+ * of `into` when they fit there (memory the caller reuses from pack to pack: pack-writer.ts),
+ * else into new memory.
+ */
+export function sealPack(chunks: PackInput[], into?: Buffer): SealedPack {
+  const total = chunks.reduce((n, c) => n + c.data.length, 0);
+  let data: Buffer;
+  if (into && into.length >= total) {
+    let at = 0;
+    for (const c of chunks) at += c.data.copy(into, at);
+    data = into.subarray(0, total);
+  } else data = Buffer.concat(chunks.map((c) => c.data), total);
   const id = createHash('sha256').update(data).digest('hex');
   let offset = 0;
   const entries = chunks.map((c): PackEntry => {

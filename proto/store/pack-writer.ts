@@ -50,6 +50,11 @@ interface Slot {
   at?: ChunkLocation;
 }
 
+/** Keep `b` for reuse unless SPARE are kept already. */
+function keep(spare: Buffer[], b: Buffer): void {
+  if (spare.length < SPARE) spare.push(b);
+}
+
 /** Point a reference at where its chunk is stored. */
 export function pointAt(ref: ChunkRef, at: ChunkLocation): void {
   ref.pack = at.pack;
@@ -74,6 +79,14 @@ export type PackJob = () => Promise<PackUpload>;
  * places are views of its writes (chunk-hasher.ts), and the writes' memory is then free at once
  * — a lent write's is reused by its caller (snapshot-store.ts WriteHandover), and a mostly
  * deduplicated stream, one new chunk in many writes, keeps none of those writes alive.
+ *
+ * That buffer (the arena) and the sealed pack's bytes are reused by the writer's next packs
+ * (`spare`): the arena once its pack is sealed (its bytes then copied into the pack), the pack's
+ * bytes once a deferred put of them settled (a local directory's file written: nothing holds
+ * them any more). A writer of a new memory image seals a pack every 8 MiB, and fresh memory for
+ * each cost the agent its page faults and, as external memory, full collections of its heap
+ * (docs/performance.md, "The agents' CPU per memory stream, cut"). The writer keeps at most
+ * SPARE of each, and none once it is gone.
  */
 interface OpenPack {
   chunks: { sha256: string; data: Buffer }[];
@@ -83,8 +96,13 @@ interface OpenPack {
   used: number;
 }
 
+/** Spare arenas and pack buffers a writer keeps for its next packs (each at most). */
+const SPARE = 2;
+
 export class PackWriter {
   private open: OpenPack = PackWriter.empty();
+  /** Memory of sealed packs free for the next ones: arenas, and buffers for a pack's bytes. */
+  private readonly spare = { arenas: [] as Buffer[], packs: [] as Buffer[] };
   private readonly placed = new Map<string, Slot>();
   private readonly refs: [ChunkRef, Slot][] = [];
   /** The backend's deferred puts (putUnsynced + sync), when it has them. */
@@ -130,7 +148,7 @@ export class PackWriter {
   /** A copy of `data` in the open pack's own memory (OpenPack). */
   private copy(data: Buffer): Buffer {
     const o = this.open;
-    o.arena ??= Buffer.allocUnsafeSlow(this.targetBytes);
+    o.arena ??= this.spare.arenas.pop() ?? Buffer.allocUnsafeSlow(this.targetBytes);
     if (o.used + data.length > o.arena.length) return Buffer.from(data);
     const at = o.used;
     o.used += data.copy(o.arena, at);
@@ -139,7 +157,7 @@ export class PackWriter {
 
   /** The upload job of the open pack, or null when it is empty. */
   seal(): PackJob | null {
-    const { chunks, slots } = this.open;
+    const { chunks, slots, arena, bytes } = this.open;
     if (chunks.length === 0) return null;
     this.open = PackWriter.empty();
     return async () => {
@@ -148,11 +166,15 @@ export class PackWriter {
         chunks.map((c) => c.data),
         this.codec,
       )).map((e, i) => ({ sha256: (chunks[i] as { sha256: string }).sha256, raw: (chunks[i] as { data: Buffer }).data.length, ...e }));
-      const p = sealPack(encoded);
+      // Stored bytes are at most the chunks' own (a chunk is kept encoded only when smaller).
+      const out = this.deferred ? (this.spare.packs.pop() ?? Buffer.allocUnsafeSlow(Math.max(bytes, this.targetBytes + (this.targetBytes >> 3)))) : undefined;
+      const p = sealPack(encoded, out);
+      if (arena) keep(this.spare.arenas, arena); // every chunk in it was copied into the pack
       if (this.profile) this.profile.compressMs += msSince(t);
       t = process.hrtime.bigint();
       if (this.deferred) {
         await this.deferred.putUnsynced(packKey(p.id), p.data);
+        if (out) keep(this.spare.packs, out); // written: the pack's bytes are the file's now
         this.unsynced.push(p.table);
       } else {
         await this.backend.put(packKey(p.id), p.data);

@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -101,6 +102,27 @@ describe('CAS packs: one flush per artefact (deferred sync)', () => {
       const data = bytes(300 * KiB, 14);
       const a = await store.put('dsync/d', data);
       assert.deepEqual(await store.get('dsync/d'), data);
+      assert.equal(await store.verify(a), null, 'every chunk and the artefact check');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a writer reuses its packs\' memory from pack to pack: every pack file is the bytes its id names, and the artefact reads back whole', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'dsync-'));
+    try {
+      const lo = new LocalObjects(dir);
+      await lo.init();
+      const store = new CasStore(lo, { chunker: SMALL, pack: { targetBytes: 64 * KiB, uploads: 3, compress: 'deflate' } });
+      // compressible and incompressible runs: packs of encoded and plain chunks, of different sizes
+      const data = Buffer.concat([bytes(400 * KiB, 21), Buffer.alloc(200 * KiB, 7), bytes(300 * KiB, 22), Buffer.from('vnsnap '.repeat(40 * 1024))]);
+      const w = await store.create('dsync/reuse');
+      for (let off = 0; off < data.length; off += 24 * KiB) await w.write(data.subarray(off, off + 24 * KiB));
+      const a = await w.commit();
+      const packs = (await lo.list('packs/')).filter((k) => packIdOf(k) !== null);
+      assert.ok(packs.length >= 8, `${packs.length} packs`);
+      for (const k of packs) assert.equal(createHash('sha256').update(await lo.get(k)).digest('hex'), packIdOf(k), `${k} holds the bytes its id names`);
+      assert.deepEqual(await store.get('dsync/reuse'), data);
       assert.equal(await store.verify(a), null, 'every chunk and the artefact check');
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
