@@ -70,6 +70,26 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key,
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, struct vn_fdb_key); __type(value, struct vn_fdb_val); } vn_fdb SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_count_key); __type(value, __u64); } vn_counts SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, ST_N); __type(key, __u32); __type(value, __u64); } vn_stats SEC(".maps");
+/* VNI -> the ifindex of that VNI's ordinary VXLAN device (agent/bpf-dp/rx-side.ts): where vn_tx sends its frames to peers. */
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4096); __type(key, __u32); __type(value, __u32); } vn_vxdevs SEC(".maps");
+
+/*
+ * The kernel's sk_buff, only the two fields vn_rx reads (CO-RE: relocated against the running
+ * kernel's BTF at load), and the kfunc that gives a tc program its skb as the kernel's.
+ */
+struct sk_buff { unsigned char *head; __u16 mac_header; } __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The outer headers an ordinary VXLAN device leaves in the skb's head in front of the inner frame. */
+struct vn_outer {
+  __u8 ver_ihl, tos; __u16 tot_len, id, frag; __u8 ttl, protocol; __u16 check; __u32 saddr, daddr; /* IPv4, no options */
+  __u16 sport, dport, ulen, ucheck;                                                                  /* UDP */
+  __u8 vx_flags, gbp_flags; __u16 policy; __u8 vni[3], vx_rsvd;                                      /* VXLAN (GBP) */
+} __attribute__((packed));
+#define VXLAN_HF_VNI 0x08 /* VXLAN flags: I (the VNI is valid) */
+#define VXLAN_HF_GBP 0x80 /* VXLAN flags: G (Group Based Policy extension) */
+#define VXLAN_GBP_D 0x40  /* GBP flags: D (don't learn) */
+#define VXLAN_GBP_A 0x08  /* GBP flags: A (policy applied) */
 
 /*
  * The VNE generation travels beside the colour in GBP's D and A flag bits (the policy ID's 16
@@ -164,17 +184,19 @@ int vn_tx(struct __sk_buff *skb) {
     stat(ST_ERROR);
     return punt_port(p);
   }
-  skb->mark = md.gbp;
+  __u32 out = c->vxlan_ifindex;
 #else
-  struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
-  if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
-    stat(ST_ERROR);
-    return punt_port(p);
-  }
+  /* the VNI's ordinary device sends to the peer its FDB names (mirrored before vn_fdb's entry), with skb->mark as GBP */
+  __u32 vni = p->vni;
+  __u32 *dev = bpf_map_lookup_elem(&vn_vxdevs, &vni);
+  if (!dev) return punt_port(p);
+  __u32 out = *dev;
+  (void)c;
 #endif
+  skb->mark = md.gbp;
   count(p->vni, d->peer, p->epoch, 0, skb);
   stat(ST_TX_REMOTE);
-  return bpf_redirect(c->vxlan_ifindex, 0);
+  return bpf_redirect(out, 0);
 }
 
 /* Hand the frame to the switch's punt device behind a struct vn_punt. */
@@ -211,14 +233,22 @@ int vn_rx(struct __sk_buff *skb) {
 #ifdef VN_FIXED_TUNNEL
   return rx_rules(skb, VN_FIXED_TUNNEL, skb->mark, 0);
 #endif
-  struct bpf_tunnel_key key = {};
-  struct vxlan_gbp md = {};
-  if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+  /*
+   * An ordinary device keeps no tunnel metadata: the VNI, the GBP and the sending peer are read
+   * from the outer IPv4/UDP/VXLAN headers still in the skb's head in front of the inner frame.
+   * The device's GRO is off (rx-side.ts), so an skb holds the datagrams of one outer flow only
+   * (the underlay's UDP tunnel GRO keys on the outer header): its peer is every datagram's peer.
+   */
+  struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+  struct vn_outer o;
+  if (bpf_probe_read_kernel(&o, sizeof(o), k->head + k->mac_header - sizeof(o)) < 0 || o.ver_ihl != 0x45 || o.protocol != 17 || !(o.vx_flags & VXLAN_HF_VNI)) {
     stat(ST_ERROR);
     return punt_rx(skb, 0, 0, 0, VN_ERROR);
   }
-  if (bpf_skb_get_tunnel_opt(skb, &md, sizeof(md)) < 0) md.gbp = 0; /* no GBP: not one of ours, colour 0 */
-  return rx_rules(skb, key.tunnel_id, md.gbp, key.remote_ipv4);
+  __u32 vni = ((__u32)o.vni[0] << 16) | ((__u32)o.vni[1] << 8) | o.vni[2];
+  __u32 gbp = 0; /* no GBP: not one of ours, colour 0 */
+  if (o.vx_flags & VXLAN_HF_GBP) gbp = bpf_ntohs(o.policy) | ((o.gbp_flags & VXLAN_GBP_D) ? GBP_DONT_LEARN : 0) | ((o.gbp_flags & VXLAN_GBP_A) ? GBP_POLICY_APPLIED : 0);
+  return rx_rules(skb, vni, gbp, bpf_ntohl(o.saddr));
 }
 
 SEC("tc")

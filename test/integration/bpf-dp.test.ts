@@ -2,7 +2,8 @@
  * The in-kernel data path for real (switch/bpf/vnsnap-dp.bpf.c, loaded and attached by
  * agent/bpf-dp/loader.ts, its maps written by switch/bpf-dp/maps.ts): two hosts — this test's
  * own network namespace (host a) and a namespace (host b) — joined by a veth underlay, each with
- * a VXLAN device in external mode with GBP, a VM TAP whose character side the addon holds with
+ * the VNI's ordinary VXLAN device as the agent makes it (agent/bpf-dp/rx-side.ts: the VNI, GBP,
+ * no learning, GRO off; its FDB naming the peer, vn_vxdevs naming it), a VM TAP whose character side the addon holds with
  * IFF_VNET_HDR and TSO (as QEMU does), and a punt device the switch would read.
  *
  * Asserted exactly: frames and TCP super-frames cross from TAP to TAP in the kernel, byte for
@@ -74,8 +75,13 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     sh('ip', ['link', 'set', 'vnbdt1', 'netns', topo.ns('hb')]);
     sh('ip', ['link', 'add', 'vnbdp0', 'type', 'veth', 'peer', 'name', 'vnbdq0']);
     topo.exec('hb', 'ip', ['link', 'add', 'vnbdp1', 'type', 'veth', 'peer', 'name', 'vnbdq1']);
-    sh('ip', ['link', 'add', 'vnbdx0', 'type', 'vxlan', 'external', 'gbp', 'dstport', PORT]);
-    topo.exec('hb', 'ip', ['link', 'add', 'vnbdx1', 'type', 'vxlan', 'external', 'gbp', 'dstport', PORT]);
+    const vx = ['link', 'add', '', 'type', 'vxlan', 'id', String(VNI), 'dstport', PORT, 'gbp', 'nolearning'];
+    sh('ip', vx.map((x, i) => (i === 2 ? 'vnbdx0' : x)));
+    topo.exec('hb', 'ip', vx.map((x, i) => (i === 2 ? 'vnbdx1' : x)));
+    sh('ethtool', ['-K', 'vnbdx0', 'gro', 'off']);
+    topo.exec('hb', 'ethtool', ['-K', 'vnbdx1', 'gro', 'off']);
+    sh('bridge', ['fdb', 'replace', MAC_B, 'dev', 'vnbdx0', 'dst', B_IP, 'self', 'permanent']);
+    topo.exec('hb', 'bridge', ['fdb', 'replace', MAC_A, 'dev', 'vnbdx1', 'dst', A_IP, 'self', 'permanent']);
     for (const l of ['vnbdu0', 'vnbdt0', 'vnbdp0', 'vnbdq0', 'vnbdx0']) sh('ip', ['link', 'set', l, 'up']);
     for (const l of ['vnbdu1', 'vnbdt1', 'vnbdp1', 'vnbdq1', 'vnbdx1']) topo.exec('hb', 'ip', ['link', 'set', l, 'up']);
 
@@ -89,8 +95,10 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     b = new DataPathMaps(dpB.mapsDir);
     ifA = { tap: ifindex('vnbdt0'), punt: ifindex('vnbdp0') };
     const ifB = { tap: ifindex('vnbdt1', topo), punt: ifindex('vnbdp1', topo) };
-    a.setDevices(ifindex('vnbdx0'), ifA.punt);
-    b.setDevices(ifindex('vnbdx1', topo), ifB.punt);
+    a.setDevices(0, ifA.punt);
+    b.setDevices(0, ifB.punt);
+    a.setVniDevice(VNI, ifindex('vnbdx0'));
+    b.setVniDevice(VNI, ifindex('vnbdx1', topo));
     a.setPort(ifA.tap, { vni: VNI, epoch: 3, puntIfindex: ifA.punt, fast: true, generation: 0 });
     b.setPort(ifB.tap, { vni: VNI, epoch: 3, puntIfindex: ifB.punt, fast: true, generation: 0 });
     a.setFdb(VNI, MAC_A, { ifindex: ifA.tap });

@@ -62,6 +62,7 @@ describe('in-kernel data path wired into the switch', function () {
   const h = dpHarnessHooks(PREFIX, (o) => {
     maps = o.maps;
     maps.setDevices(201, 202);
+    maps.setVniDevice(VNI, 201); // the VNI's VXLAN device, as the agent's kernel tunnel writes it
   });
 
   function rig(opts: Partial<ConstructorParameters<typeof Switch>[0]> = {}): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
