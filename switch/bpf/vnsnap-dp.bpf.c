@@ -1,22 +1,30 @@
 /*
  * vnsnap's in-kernel data path for VM NICs (`nic: 'tap-bpf'`, docs/nic-offloads.md "The
  * in-kernel data path"). Why it exists: a VM's TSO super-frames then cross the host in the
- * kernel, whole, from QEMU's TAP to a VXLAN device (external mode, Group Based Policy) and from
- * the far host's VXLAN device to the receiving QEMU's TAP, never copied to user space; the
- * switch stays the control plane (it fills the maps) and handles what the rules below do not
- * decide here (punted to it).
+ * kernel, whole, from QEMU's TAP to the VNI's VXLAN device (an ordinary one: one per VNI, Group
+ * Based Policy, no learning, GRO off; agent/bpf-dp/rx-side.ts) and from the far host's VXLAN
+ * device to the receiving QEMU's TAP, never copied to user space; the switch stays the control
+ * plane (it fills the maps and the devices' FDB) and handles what the rules below do not decide
+ * here (punted to it). Ordinary devices, not one external (collect-metadata) device: an external
+ * device allocates a metadata dst per received packet, freed through a hurried RCU callback, whose
+ * grace periods cost latency-bound guests their throughput (docs/nic-offloads.md).
  *
  * Programs (tc clsact, direct action), compiled at install (switch/bpf/build.sh), loaded and
  * pinned per agent under /sys/fs/bpf/<prefix>/ (switch/bpf-dp/loader.ts):
  *   vn_tx  on a VM TAP's ingress (what QEMU sends). Port unknown: TC_ACT_OK (nothing of ours).
  *          Fast path off, group/broadcast destination, FDB miss → punted whole to the port's
  *          own device (`punt_ifindex`, the switch reads it as this port; with none, TC_ACT_OK:
- *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
- *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (VNI, peer,
- *          epoch, tx) by the datagrams it becomes (segments()), redirected to the VXLAN device.
- *          FDB hit, local port of the same epoch and generation: redirected to that TAP; else punted.
+ *          whatever is behind the TAP in the stack takes it). FDB hit, remote, the VNI's device
+ *          named in vn_vxdevs: GBP = the port's epoch colour in skb->mark (what an ordinary
+ *          device sends as GBP), counted per (VNI, peer, epoch, tx) by the datagrams it becomes
+ *          (segments()), redirected to the VNI's device, whose own FDB sends it to that peer (the
+ *          agent writes the kernel FDB entry before vn_fdb's, switch/bpf-dp/fdb-mirror.ts); no
+ *          device for the VNI: punted. FDB hit, local port of the same epoch and generation:
+ *          redirected to that TAP; else punted.
  *          The frame's GBP: the colour in the policy ID, the generation (mod 4) in the D and A bits.
- *   vn_rx  on the VXLAN device's ingress (decapsulated, GRO-merged). FDB (VNI, dst MAC) names
+ *   vn_rx  on each VNI device's ingress (decapsulated). The VNI, the GBP and the sending peer are
+ *          read from the outer IPv4/UDP/VXLAN headers still in the skb's head (an ordinary device
+ *          keeps no tunnel metadata). FDB (VNI, dst MAC) names
  *          a local port whose fast path is on, whose generation (mod 4) is the frame's and whose
  *          epoch colour equals the frame's: counted
  *          per (VNI, peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
@@ -27,13 +35,14 @@
  *          another generation UNKNOWN too; the header's reason carries the frame's generation
  *          (mod 4) in its high byte, and the switch drops a frame of another generation.
  *   vn_rx_test  the rules of vn_rx with the tunnel metadata taken from skb->cb[] instead of the
- *          tunnel key (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
+ *          outer headers (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
  *
- * Built with -DVN_FIXED_TUNNEL=<VNI> (only the A/B bench, test/bench/vm-net-kernel.ts
- * 'bpf-fixed'): the VXLAN device is an ordinary one (fixed VNI and remote, GBP) instead of an
- * external one: vn_tx leaves the tunnel key unset and puts the GBP in skb->mark (what such a
- * device sends as GBP), vn_rx takes the GBP from skb->mark (where such a device puts it), the VNI
- * from the build and counts under peer 0. It measures the external device's own cost apart.
+ * Built for the A/B bench only (test/bench/vm-net-kernel.ts), the same maps' layout:
+ * -DVN_FIXED_TUNNEL=<VNI> ('bpf-fixed'): one ordinary device with a fixed VNI and remote (vn_cfg's
+ * vxlan_ifindex), vn_rx takes the GBP from skb->mark, the VNI from the build and counts under peer
+ * 0. -DVN_EXTERNAL_TUNNEL ('bpf-external' and the split variants): the earlier product path, one
+ * external device (vn_cfg's vxlan_ifindex) for every VNI and peer, vn_tx setting the tunnel key
+ * and GBP option, vn_rx reading them; kept so the two receive sides compare in one session.
  *
  * Guarantees: no frame is dropped here (every path is a redirect or TC_ACT_OK; a helper that
  * fails punts the frame and counts ST_ERROR); a frame the kernel carries is counted exactly once
@@ -185,6 +194,13 @@ int vn_tx(struct __sk_buff *skb) {
     return punt_port(p);
   }
   __u32 out = c->vxlan_ifindex;
+#elif defined(VN_EXTERNAL_TUNNEL)
+  struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
+  if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
+    stat(ST_ERROR);
+    return punt_port(p);
+  }
+  __u32 out = c->vxlan_ifindex;
 #else
   /* the VNI's ordinary device sends to the peer its FDB names (mirrored before vn_fdb's entry), with skb->mark as GBP */
   __u32 vni = p->vni;
@@ -193,7 +209,9 @@ int vn_tx(struct __sk_buff *skb) {
   __u32 out = *dev;
   (void)c;
 #endif
-  skb->mark = md.gbp;
+#ifndef VN_EXTERNAL_TUNNEL
+  skb->mark = md.gbp; /* an ordinary device sends skb->mark as the GBP */
+#endif
   count(p->vni, d->peer, p->epoch, 0, skb);
   stat(ST_TX_REMOTE);
   return bpf_redirect(out, 0);
@@ -232,6 +250,15 @@ SEC("tc")
 int vn_rx(struct __sk_buff *skb) {
 #ifdef VN_FIXED_TUNNEL
   return rx_rules(skb, VN_FIXED_TUNNEL, skb->mark, 0);
+#elif defined(VN_EXTERNAL_TUNNEL)
+  struct bpf_tunnel_key key = {};
+  struct vxlan_gbp md = {};
+  if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
+    stat(ST_ERROR);
+    return punt_rx(skb, 0, 0, 0, VN_ERROR);
+  }
+  if (bpf_skb_get_tunnel_opt(skb, &md, sizeof(md)) < 0) md.gbp = 0; /* no GBP: not one of ours, colour 0 */
+  return rx_rules(skb, key.tunnel_id, md.gbp, key.remote_ipv4);
 #endif
   /*
    * An ordinary device keeps no tunnel metadata: the VNI, the GBP and the sending peer are read
