@@ -14,12 +14,12 @@
 import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { nativeIo, type NativeIo } from '../native-io';
-import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
+import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePeerKey, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
 
 export type CountDir = 'sent' | 'received';
 const countKey = (vni: number, peer: string, epoch: number, dir: CountDir): Buffer => encodeCountKey(vni, peer, epoch, dir === 'sent' ? DIR_SENT : DIR_RECEIVED);
 
-const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats', 'vn_vxdevs'] as const;
+const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats', 'vn_vxdevs', 'vn_peers'] as const;
 type MapName = (typeof MAPS)[number];
 
 export class DataPathMaps {
@@ -71,6 +71,19 @@ export class DataPathMaps {
 
   removeVniDevice(vni: number): boolean {
     return this.io.bpfMapDelete(this.fd('vn_vxdevs'), u32Key(vni));
+  }
+
+  /** `peer` is a peer host of VNI `vni`'s VNE: vn_rx carries its frames (others it punts). */
+  setPeer(vni: number, peer: string): void {
+    this.io.bpfMapUpdate(this.fd('vn_peers'), encodePeerKey(vni, peer), u32Key(1), 0);
+  }
+
+  hasPeer(vni: number, peer: string): boolean {
+    return this.io.bpfMapLookup(this.fd('vn_peers'), encodePeerKey(vni, peer), Buffer.alloc(4));
+  }
+
+  removePeer(vni: number, peer: string): boolean {
+    return this.io.bpfMapDelete(this.fd('vn_peers'), encodePeerKey(vni, peer));
   }
 
   setPort(tapIfindex: number, port: DpPort): void {

@@ -9,6 +9,8 @@
  *                             → vn_fdb = the VNE's FDB, owners resolved (local port → its TAP's
  *                               ifindex, peer → its underlay address), then the fast flag on for
  *                               every data path port that may have it
+ *   sync also                 → vn_peers = the VNE's peers' addresses (vn_rx carries frames only
+ *                               from those; the tunnel's check, docs/security.md)
  *   detach                    → fast off, unregistered, its MACs leave vn_fdb with the FDB's
  *   a new VNE generation      → every port's entry of that VNE takes it (the kernel refuses
  *                               frames of another generation, modulo 4), the old counts go
@@ -97,6 +99,8 @@ export class DataPathWiring {
   private readonly ports = new Map<string, Entry>();
   private readonly stamps = new Map<Vne, string>();
   private readonly vnis = new Set<number>();
+  /** What vn_peers holds per VNI (host-order IPv4s), as this wiring wrote it. */
+  private readonly peersWritten = new Map<number, Set<number>>();
   private tunnelErrors = 0;
   private left = false;
   private readonly s: Omit<DataPathWiringStats, 'ports' | 'fastPorts' | 'kernelErrors'> = { syncs: 0, fdbSet: 0, fdbRemoved: 0, syncErrors: 0, punt: newPuntCounters() };
@@ -194,6 +198,7 @@ export class DataPathWiring {
     });
     if (![...this.ports.values()].some((o) => o.lp.vne === lp.vne)) {
       this.guard(() => this.mirror.drop(lp.vne.vni));
+      this.guard(() => this.syncPeers(lp.vne.vni, new Set()));
       this.stamps.delete(lp.vne);
     } else this.sync(lp.vne, portsById, true);
   }
@@ -205,6 +210,7 @@ export class DataPathWiring {
   sync(v: Vne, portsById: readonly (LocalPort | undefined)[], force = false): void {
     const mine = [...this.ports.values()].filter((e) => e.lp.vne === v);
     if (mine.length === 0) return;
+    this.guard(() => this.syncPeers(v.vni, new Set([...v.peers.values()].map((vp) => vp.peer.ip))));
     const c = v.fdb.counters;
     const stamp = `${v.fdb.size}/${c.learned}/${c.moved}/${c.aged}/${c.evicted}`;
     if (force || this.stamps.get(v) !== stamp) {
@@ -268,6 +274,22 @@ export class DataPathWiring {
 
   close(): void {
     this.punt?.close();
+  }
+
+  /** Bring vn_peers' entries of `vni` to `want`, writing only what changed. */
+  private syncPeers(vni: number, want: ReadonlySet<number>): void {
+    let had = this.peersWritten.get(vni);
+    if (!had) this.peersWritten.set(vni, (had = new Set()));
+    for (const ip of [...had]) {
+      if (want.has(ip)) continue;
+      this.maps.removePeer(vni, numToIpv4(ip));
+      had.delete(ip);
+    }
+    for (const ip of want) {
+      if (had.has(ip)) continue;
+      this.maps.setPeer(vni, numToIpv4(ip));
+      had.add(ip);
+    }
   }
 
   private resolve(v: Vne, owner: number, portsById: readonly (LocalPort | undefined)[]): DpDest | undefined {

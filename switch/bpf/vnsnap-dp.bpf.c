@@ -24,7 +24,8 @@
  *          The frame's GBP: the colour in the policy ID, the generation (mod 4) in the D and A bits.
  *   vn_rx  on each VNI device's ingress (decapsulated). The VNI, the GBP and the sending peer are
  *          read from the outer IPv4/UDP/VXLAN headers still in the skb's head (an ordinary device
- *          keeps no tunnel metadata). FDB (VNI, dst MAC) names
+ *          keeps no tunnel metadata). A sender that is no peer of the VNE (vn_peers) is punted
+ *          UNKNOWN (the switch drops and counts it: unknownPeer). FDB (VNI, dst MAC) names
  *          a local port whose fast path is on, whose generation (mod 4) is the frame's and whose
  *          epoch colour equals the frame's: counted
  *          per (VNI, peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
@@ -79,6 +80,9 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key,
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, struct vn_fdb_key); __type(value, struct vn_fdb_val); } vn_fdb SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_count_key); __type(value, __u64); } vn_counts SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, ST_N); __type(key, __u32); __type(value, __u64); } vn_stats SEC(".maps");
+/* (VNI, peer) present: that host is a peer of that VNE (the switch's configuration); vn_rx carries nothing from any other address. */
+struct vn_peer_key { __u32 vni; __u32 peer; };
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_peer_key); __type(value, __u32); } vn_peers SEC(".maps");
 /* VNI -> the ifindex of that VNI's ordinary VXLAN device (agent/bpf-dp/rx-side.ts): where vn_tx sends its frames to peers. */
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4096); __type(key, __u32); __type(value, __u32); } vn_vxdevs SEC(".maps");
 
@@ -275,7 +279,10 @@ int vn_rx(struct __sk_buff *skb) {
   __u32 vni = ((__u32)o.vni[0] << 16) | ((__u32)o.vni[1] << 8) | o.vni[2];
   __u32 gbp = 0; /* no GBP: not one of ours, colour 0 */
   if (o.vx_flags & VXLAN_HF_GBP) gbp = bpf_ntohs(o.policy) | ((o.gbp_flags & VXLAN_GBP_D) ? GBP_DONT_LEARN : 0) | ((o.gbp_flags & VXLAN_GBP_A) ? GBP_POLICY_APPLIED : 0);
-  return rx_rules(skb, vni, gbp, bpf_ntohl(o.saddr));
+  /* the tunnel's check (docs/security.md): only a peer of the VNE is carried; anything else goes to the switch, which counts and drops it */
+  struct vn_peer_key pk = { .vni = vni, .peer = bpf_ntohl(o.saddr) };
+  if (!bpf_map_lookup_elem(&vn_peers, &pk)) return punt_rx(skb, vni, gbp, pk.peer, VN_UNKNOWN);
+  return rx_rules(skb, vni, gbp, pk.peer);
 }
 
 SEC("tc")

@@ -227,6 +227,7 @@ async function bpfDataplane(topo: Topology, host: string, index: number, side: H
   if (variant === 'bridge-clsact') return m; // no port: vn_tx returns TC_ACT_OK for every frame
   m.setDevices(ifindex('vxd'), 0);
   m.setVniDevice(VNI, ifindex('vxd'));
+  m.setPeer(VNI, side.remote);
   // the bridge sends GBP 0 (no mark): the port's epoch 0 is then the frames' colour
   m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: variant === 'bridge-tx-bpf-rx' ? 0 : BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
   m.setFdb(VNI, side.mac, { ifindex: ifindex('vmnbtap') });

@@ -11,7 +11,8 @@
  * whose colour is not the receiving port's epoch reaches the punt device behind its header
  * (late, early), and a broadcast from a VM reaches its port's punt device, not the peer; the VNE
  * generation (mod 4) crosses the wire in GBP's D and A bits (delivered when it is the port's,
- * punted with it in the header when not).
+ * punted with it in the header when not); a frame from an address that is no peer of the VNE
+ * (vn_peers) is punted, not carried.
  * Everything is named vnbd* (the namespace vnbd-hb) and removed even when a test fails.
  */
 import { strict as assert } from 'node:assert';
@@ -101,6 +102,8 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     b.setVniDevice(VNI, ifindex('vnbdx1', topo));
     a.setPort(ifA.tap, { vni: VNI, epoch: 3, puntIfindex: ifA.punt, fast: true, generation: 0 });
     b.setPort(ifB.tap, { vni: VNI, epoch: 3, puntIfindex: ifB.punt, fast: true, generation: 0 });
+    a.setPeer(VNI, B_IP);
+    b.setPeer(VNI, A_IP);
     a.setFdb(VNI, MAC_A, { ifindex: ifA.tap });
     a.setFdb(VNI, MAC_B, { peer: B_IP });
     b.setFdb(VNI, MAC_B, { ifindex: ifB.tap });
@@ -190,5 +193,23 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     const other = await until("generation 2 at a's punt device", () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 21)?.frame, 5000);
     assert.deepEqual(decodePunt(other), { vni: VNI, colour: 6, reason: 'unknown', generation: 2, peer: B_IP });
     assert.equal(ofTest(tapA, 21), undefined, "not delivered to a's VM");
+  });
+
+  it('punts a frame from an address that is no peer of the VNE (vn_peers) instead of carrying it, the peer named in its header', async () => {
+    const tb = ifindex('vnbdt1', topo);
+    const pb = b?.port(tb);
+    assert.ok(pb);
+    b?.setPort(tb, { ...pb, generation: 3 }); // a's port's epoch and generation (the test before): only the peer check stops it
+    a?.removePeer(VNI, B_IP);
+    try {
+      write(tapBfd, test(1, 2, 40));
+      const got = await until('b→a at a\'s punt device', () => puntA.find((g) => g.frame.length > PUNT_HEADER_LEN && parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 40)?.frame, 5000);
+      assert.deepEqual(decodePunt(got), { vni: VNI, colour: 6, reason: 'unknown', generation: 3, peer: B_IP });
+      assert.equal(ofTest(tapA, 40), undefined, 'not carried to a\'s TAP');
+    } finally {
+      a?.setPeer(VNI, B_IP);
+    }
+    write(tapBfd, test(1, 2, 41));
+    assert.deepEqual(await until("a peer again: carried to a's TAP", () => ofTest(tapA, 41), 5000), test(1, 2, 41));
   });
 });

@@ -85,6 +85,7 @@ describe('in-kernel data path wired into the switch', function () {
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }, { mac: m(8), peer: 'c' }] });
     assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true, generation: 1 });
     assert.deepEqual([m(1), m(2), m(7), m(8)].map((x) => maps.fdb(VNI, x)), [{ ifindex: 101 }, undefined, { peer: B }, undefined]);
+    assert.deepEqual([B, '127.0.0.1', '10.0.0.9'].map((ip) => maps.hasPeer(VNI, ip)), [true, true, false], "vn_peers: exactly the VNE's peers");
     p1.vm.send(makeFrame({ dst: vmMac(2), src: vmMac(3), sender: 3, seq: 1, epoch: 0 })); // a second MAC behind p1: learned
     p1.vm.pumpAll();
     assert.deepEqual(maps.fdb(VNI, m(3)), { ifindex: 101 });
@@ -93,6 +94,7 @@ describe('in-kernel data path wired into the switch', function () {
     assert.deepEqual([w.stats().ports, w.stats().fastPorts, w.stats().syncErrors], [1, 1, 0]);
     sw.removePort('p1');
     assert.deepEqual([maps.port(101)?.fast, maps.fdb(VNI, m(1)), maps.fdb(VNI, m(3))], [false, undefined, undefined]);
+    assert.deepEqual([B, '127.0.0.1'].map((ip) => maps.hasPeer(VNI, ip)), [false, false], 'the last data path port gone: its VNE\'s peers leave vn_peers');
     sw.stop();
   });
 
