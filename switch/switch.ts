@@ -158,6 +158,7 @@ export class Switch implements Startable {
    */
   configureVne(spec: VneSpec): void {
     this.vnes.configure(spec);
+    this.dataPath?.vnesConfigured(this.vnes.byVni.keys());
     this.dataPath?.syncAll(this.portsById, true);
   }
 
@@ -325,6 +326,7 @@ export class Switch implements Startable {
     this.dataPath = w;
     this.cuts.dataPath = w.epochs;
     this.markers.kernelCounts = w.counts;
+    w.vnesConfigured(this.vnes.byVni.keys());
     for (const lp of this.portsByName.values()) w.attached(lp);
     w.syncAll(this.portsById, true);
     w.punt?.open((n) => {

@@ -4,7 +4,7 @@
  * and, when the agent's configuration turns the fast path on (`dataPath`), the switch
  * (wireDataPath: Switch.useDataPath with the wiring of switch/bpf-dp/wiring.ts).
  *
- * Why one place: the pinned programs and maps, the VXLAN device and the punt device are one set
+ * Why one place: the pinned programs and maps, the VXLAN devices and the punt device are one set
  * per agent (prefix `vnsnap-<hash of the QEMU work directory>`, loader.ts, rx-side.ts); the
  * driver may need them before or after the agent wires its switch, and both must see the same
  * maps and the same VXLAN port.
@@ -29,7 +29,7 @@ import { DataPathWiring } from '../../switch/bpf-dp/wiring';
 import { ipv4ToNum } from '../../switch/bpf-dp/layout';
 import { PacketPort } from '../../switch/port/fd-port';
 import { devicesRunning, loadDataPath, pinnedDataPath, unloadDataPath, type LoadedDataPath, type PinnedDataPath } from './loader';
-import { DP_VXLAN_PORT, ensureReceivingSide, type ReceivingSide } from './rx-side';
+import { DP_VXLAN_PORT, ensureReceivingSide, VniDevices, type ReceivingSide } from './rx-side';
 
 export interface HostDataPath {
   dp: LoadedDataPath;
@@ -80,7 +80,7 @@ export function hostDataPath(prefix: string, vxlanPort?: number, reattached: Rea
     const dp = found?.current ? found.dp : await loadDataPath(prefix);
     const maps = new DataPathMaps(dp.mapsDir);
     try {
-      return { dp, maps, rx: await ensureReceivingSide(dp, maps, port), vxlanPort: port, ...(replaced ? { replaced } : {}) };
+      return { dp, maps, rx: await ensureReceivingSide(dp, maps), vxlanPort: port, ...(replaced ? { replaced } : {}) };
     } catch (e) {
       maps.close();
       throw e;
@@ -109,7 +109,7 @@ function localAddresses(): (ip: number) => boolean {
 export async function wireDataPath(sw: Switch, prefix: string, vxlanPort: number, reattached?: Reattached): Promise<DataPathWiring> {
   const h = await hostDataPath(prefix, vxlanPort, reattached);
   const punt = new PacketPort(`${prefix}-punt`, h.rx.punt, undefined, { offload: true });
-  const w = new DataPathWiring(h.maps, { isLocalAddress: localAddresses(), punt, vxlanPort });
+  const w = new DataPathWiring(h.maps, { isLocalAddress: localAddresses(), punt, vxlanPort, tunnel: new VniDevices(h.dp, h.maps, vxlanPort) });
   try {
     sw.useDataPath(w);
   } catch (e) {

@@ -101,6 +101,9 @@ export const decodeFdbValue = (b: Buffer): DpDest => (b.readUInt32LE(0) !== 0 ? 
 /** vn_counts' key (struct vn_count_key): the VNI, the peer host, the port's epoch, the direction. */
 export const encodeCountKey = (vni: number, peer: string, epoch: number, dir: number): Buffer => u32s(vni, ipv4ToNum(peer), epoch, dir);
 
+/** vn_peers' key (struct vn_peer_key): the VNI and a peer host of its VNE. */
+export const encodePeerKey = (vni: number, peer: string): Buffer => u32s(vni, ipv4ToNum(peer));
+
 export const encodeCfg = (vxlanIfindex: number, puntIfindex: number): Buffer => u32s(vxlanIfindex, puntIfindex);
 
 export const decodeCfg = (b: Buffer): { vxlanIfindex: number; puntIfindex: number } => ({ vxlanIfindex: b.readUInt32LE(0), puntIfindex: b.readUInt32LE(4) });

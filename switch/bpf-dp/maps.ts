@@ -14,12 +14,12 @@
 import * as path from 'node:path';
 import { VnsnapError } from '../../proto/core/errors';
 import { nativeIo, type NativeIo } from '../native-io';
-import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
+import { decodeCfg, decodeFdbValue, decodePort, DIR_RECEIVED, DIR_SENT, encodeCfg, encodeCountKey, encodeFdbKey, encodeFdbValue, encodePeerKey, encodePort, STAT_NAMES, u32Key, type DataPathStats, type DpDest, type DpPort } from './layout';
 
 export type CountDir = 'sent' | 'received';
 const countKey = (vni: number, peer: string, epoch: number, dir: CountDir): Buffer => encodeCountKey(vni, peer, epoch, dir === 'sent' ? DIR_SENT : DIR_RECEIVED);
 
-const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats'] as const;
+const MAPS = ['vn_cfg', 'vn_ports', 'vn_fdb', 'vn_counts', 'vn_stats', 'vn_vxdevs', 'vn_peers'] as const;
 type MapName = (typeof MAPS)[number];
 
 export class DataPathMaps {
@@ -42,7 +42,11 @@ export class DataPathMaps {
     return fd;
   }
 
-  /** The devices: the VXLAN device frames to peers go to, the one punted frames from peers go to. */
+  /**
+   * The devices: the VXLAN device frames to peers go to (only the bench's VN_FIXED_TUNNEL build
+   * reads it; the product's vn_tx sends through the VNI's device, setVniDevice), the one punted
+   * frames from peers go to.
+   */
   setDevices(vxlanIfindex: number, puntIfindex: number): void {
     this.io.bpfMapUpdate(this.fd('vn_cfg'), u32Key(0), encodeCfg(vxlanIfindex, puntIfindex), 0);
   }
@@ -52,6 +56,34 @@ export class DataPathMaps {
     const v = Buffer.alloc(8);
     this.io.bpfMapLookup(this.fd('vn_cfg'), u32Key(0), v);
     return decodeCfg(v);
+  }
+
+  /** VNI `vni`'s VXLAN device (agent/bpf-dp/rx-side.ts): vn_tx sends the VNI's frames to peers through it. */
+  setVniDevice(vni: number, ifindex: number): void {
+    this.io.bpfMapUpdate(this.fd('vn_vxdevs'), u32Key(vni), u32Key(ifindex), 0);
+  }
+
+  /** The VNI's VXLAN device's ifindex, or undefined when it has none (vn_tx punts its frames to peers). */
+  vniDevice(vni: number): number | undefined {
+    const v = Buffer.alloc(4);
+    return this.io.bpfMapLookup(this.fd('vn_vxdevs'), u32Key(vni), v) ? v.readUInt32LE(0) : undefined;
+  }
+
+  removeVniDevice(vni: number): boolean {
+    return this.io.bpfMapDelete(this.fd('vn_vxdevs'), u32Key(vni));
+  }
+
+  /** `peer` is a peer host of VNI `vni`'s VNE: vn_rx carries its frames (others it punts). */
+  setPeer(vni: number, peer: string): void {
+    this.io.bpfMapUpdate(this.fd('vn_peers'), encodePeerKey(vni, peer), u32Key(1), 0);
+  }
+
+  hasPeer(vni: number, peer: string): boolean {
+    return this.io.bpfMapLookup(this.fd('vn_peers'), encodePeerKey(vni, peer), Buffer.alloc(4));
+  }
+
+  removePeer(vni: number, peer: string): boolean {
+    return this.io.bpfMapDelete(this.fd('vn_peers'), encodePeerKey(vni, peer));
   }
 
   setPort(tapIfindex: number, port: DpPort): void {

@@ -9,9 +9,13 @@
  *                             → vn_fdb = the VNE's FDB, owners resolved (local port → its TAP's
  *                               ifindex, peer → its underlay address), then the fast flag on for
  *                               every data path port that may have it
+ *   sync also                 → vn_peers = the VNE's peers' addresses (vn_rx carries frames only
+ *                               from those; the tunnel's check, docs/security.md)
  *   detach                    → fast off, unregistered, its MACs leave vn_fdb with the FDB's
  *   a new VNE generation      → every port's entry of that VNE takes it (the kernel refuses
  *                               frames of another generation, modulo 4), the old counts go
+ *   a VNE configured          → its VNI's VXLAN device made (or adopted) by the kernel tunnel
+ *                               (kernel-tunnel.ts), so peers' vn_tx can send to it
  *   tick                      → the kernel's counts of settled epochs folded (forgetSettled)
  *   leave (the agent stops, its VMs run on) → nothing written any more: the kernel keeps
  *                               carrying them as it does after the agent is killed, until the
@@ -47,6 +51,7 @@ import type { Port } from '../port/port';
 import type { LocalPort, Vne } from '../tables';
 import { DataPathEpochs } from './epoch-sync';
 import { enableFastPath, FdbMirror } from './fdb-mirror';
+import type { KernelTunnel } from './kernel-tunnel';
 import { KernelCounts } from './kernel-counts';
 import { numToIpv4, type DpDest } from './layout';
 import type { DataPathMaps } from './maps';
@@ -60,6 +65,12 @@ export interface DataPathWiringOptions {
   punt?: Port;
   /** This host's data path UDP port: a peer told with another port is never resolved (module comment); undefined: not checked. */
   vxlanPort?: number;
+  /**
+   * The per-VNI VXLAN devices and their FDB (kernel-tunnel.ts): remote MACs reach vn_fdb only
+   * after the device's FDB has them (fdb-mirror.ts). Undefined: vn_fdb written alone (the unit
+   * tests, whose vn_tx runs under BPF_PROG_TEST_RUN).
+   */
+  tunnel?: KernelTunnel;
 }
 
 export interface DataPathWiringStats {
@@ -69,6 +80,8 @@ export interface DataPathWiringStats {
   fdbSet: number;
   fdbRemoved: number;
   syncErrors: number;
+  /** Kernel tunnel operations that failed (a VNI's device, a kernel FDB entry): those MACs stay punted. */
+  kernelErrors: number;
   punt: PuntCounters;
 }
 
@@ -85,8 +98,12 @@ export class DataPathWiring {
   private readonly mirror: FdbMirror;
   private readonly ports = new Map<string, Entry>();
   private readonly stamps = new Map<Vne, string>();
+  private readonly vnis = new Set<number>();
+  /** What vn_peers holds per VNI (host-order IPv4s), as this wiring wrote it. */
+  private readonly peersWritten = new Map<number, Set<number>>();
+  private tunnelErrors = 0;
   private left = false;
-  private readonly s: Omit<DataPathWiringStats, 'ports' | 'fastPorts'> = { syncs: 0, fdbSet: 0, fdbRemoved: 0, syncErrors: 0, punt: newPuntCounters() };
+  private readonly s: Omit<DataPathWiringStats, 'ports' | 'fastPorts' | 'kernelErrors'> = { syncs: 0, fdbSet: 0, fdbRemoved: 0, syncErrors: 0, punt: newPuntCounters() };
 
   constructor(
     readonly maps: DataPathMaps,
@@ -94,8 +111,29 @@ export class DataPathWiring {
   ) {
     this.counts = new KernelCounts(maps);
     this.epochs = new DataPathEpochs(maps, this.counts);
-    this.mirror = new FdbMirror(maps);
+    this.mirror = new FdbMirror(maps, opts.tunnel);
     this.punt = opts.punt;
+  }
+
+  /**
+   * The switch's VNEs: each VNI's VXLAN device made (or adopted) once, in the tunnel's order,
+   * so it is there before any of its FDB entries (module comment). Kept when the agent leaves.
+   */
+  vnesConfigured(vnis: Iterable<number>): void {
+    if (!this.opts.tunnel || this.left) return;
+    for (const vni of vnis) {
+      if (this.vnis.has(vni)) continue;
+      this.vnis.add(vni);
+      this.opts.tunnel.addVni(vni).catch(() => {
+        this.tunnelErrors++;
+        this.vnis.delete(vni);
+      });
+    }
+  }
+
+  /** Every kernel tunnel operation asked so far is done (or failed). */
+  settled(): Promise<void> {
+    return this.opts.tunnel ? this.opts.tunnel.idle() : Promise.resolve();
   }
 
   /** A port joined the switch: on the data path when it is a DataPathPort (fast off until sync). */
@@ -160,6 +198,7 @@ export class DataPathWiring {
     });
     if (![...this.ports.values()].some((o) => o.lp.vne === lp.vne)) {
       this.guard(() => this.mirror.drop(lp.vne.vni));
+      this.guard(() => this.syncPeers(lp.vne.vni, new Set()));
       this.stamps.delete(lp.vne);
     } else this.sync(lp.vne, portsById, true);
   }
@@ -171,6 +210,7 @@ export class DataPathWiring {
   sync(v: Vne, portsById: readonly (LocalPort | undefined)[], force = false): void {
     const mine = [...this.ports.values()].filter((e) => e.lp.vne === v);
     if (mine.length === 0) return;
+    this.guard(() => this.syncPeers(v.vni, new Set([...v.peers.values()].map((vp) => vp.peer.ip))));
     const c = v.fdb.counters;
     const stamp = `${v.fdb.size}/${c.learned}/${c.moved}/${c.aged}/${c.evicted}`;
     if (force || this.stamps.get(v) !== stamp) {
@@ -229,11 +269,27 @@ export class DataPathWiring {
   }
 
   stats(): DataPathWiringStats {
-    return { ...this.s, punt: { ...this.s.punt }, ports: this.ports.size, fastPorts: [...this.ports.values()].filter((e) => e.fast).length };
+    return { ...this.s, kernelErrors: this.tunnelErrors + this.mirror.kernelErrors, punt: { ...this.s.punt }, ports: this.ports.size, fastPorts: [...this.ports.values()].filter((e) => e.fast).length };
   }
 
   close(): void {
     this.punt?.close();
+  }
+
+  /** Bring vn_peers' entries of `vni` to `want`, writing only what changed. */
+  private syncPeers(vni: number, want: ReadonlySet<number>): void {
+    let had = this.peersWritten.get(vni);
+    if (!had) this.peersWritten.set(vni, (had = new Set()));
+    for (const ip of [...had]) {
+      if (want.has(ip)) continue;
+      this.maps.removePeer(vni, numToIpv4(ip));
+      had.delete(ip);
+    }
+    for (const ip of want) {
+      if (had.has(ip)) continue;
+      this.maps.setPeer(vni, numToIpv4(ip));
+      had.add(ip);
+    }
   }
 
   private resolve(v: Vne, owner: number, portsById: readonly (LocalPort | undefined)[]): DpDest | undefined {

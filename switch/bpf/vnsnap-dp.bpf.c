@@ -1,22 +1,31 @@
 /*
  * vnsnap's in-kernel data path for VM NICs (`nic: 'tap-bpf'`, docs/nic-offloads.md "The
  * in-kernel data path"). Why it exists: a VM's TSO super-frames then cross the host in the
- * kernel, whole, from QEMU's TAP to a VXLAN device (external mode, Group Based Policy) and from
- * the far host's VXLAN device to the receiving QEMU's TAP, never copied to user space; the
- * switch stays the control plane (it fills the maps) and handles what the rules below do not
- * decide here (punted to it).
+ * kernel, whole, from QEMU's TAP to the VNI's VXLAN device (an ordinary one: one per VNI, Group
+ * Based Policy, no learning, GRO off; agent/bpf-dp/rx-side.ts) and from the far host's VXLAN
+ * device to the receiving QEMU's TAP, never copied to user space; the switch stays the control
+ * plane (it fills the maps and the devices' FDB) and handles what the rules below do not decide
+ * here (punted to it). Ordinary devices, not one external (collect-metadata) device: an external
+ * device allocates a metadata dst per received packet, freed through a hurried RCU callback, whose
+ * grace periods cost latency-bound guests their throughput (docs/nic-offloads.md).
  *
  * Programs (tc clsact, direct action), compiled at install (switch/bpf/build.sh), loaded and
  * pinned per agent under /sys/fs/bpf/<prefix>/ (switch/bpf-dp/loader.ts):
  *   vn_tx  on a VM TAP's ingress (what QEMU sends). Port unknown: TC_ACT_OK (nothing of ours).
  *          Fast path off, group/broadcast destination, FDB miss → punted whole to the port's
  *          own device (`punt_ifindex`, the switch reads it as this port; with none, TC_ACT_OK:
- *          whatever is behind the TAP in the stack takes it). FDB hit, remote:
- *          tunnel key (VNI, peer) + GBP = the port's epoch colour, counted per (VNI, peer,
- *          epoch, tx) by the datagrams it becomes (segments()), redirected to the VXLAN device.
- *          FDB hit, local port of the same epoch and generation: redirected to that TAP; else punted.
+ *          whatever is behind the TAP in the stack takes it). FDB hit, remote, the VNI's device
+ *          named in vn_vxdevs: GBP = the port's epoch colour in skb->mark (what an ordinary
+ *          device sends as GBP), counted per (VNI, peer, epoch, tx) by the datagrams it becomes
+ *          (segments()), redirected to the VNI's device, whose own FDB sends it to that peer (the
+ *          agent writes the kernel FDB entry before vn_fdb's, switch/bpf-dp/fdb-mirror.ts); no
+ *          device for the VNI: punted. FDB hit, local port of the same epoch and generation:
+ *          redirected to that TAP; else punted.
  *          The frame's GBP: the colour in the policy ID, the generation (mod 4) in the D and A bits.
- *   vn_rx  on the VXLAN device's ingress (decapsulated, GRO-merged). FDB (VNI, dst MAC) names
+ *   vn_rx  on each VNI device's ingress (decapsulated). The VNI, the GBP and the sending peer are
+ *          read from the outer IPv4/UDP/VXLAN headers still in the skb's head (an ordinary device
+ *          keeps no tunnel metadata). A sender that is no peer of the VNE (vn_peers) is punted
+ *          UNKNOWN (the switch drops and counts it: unknownPeer). FDB (VNI, dst MAC) names
  *          a local port whose fast path is on, whose generation (mod 4) is the frame's and whose
  *          epoch colour equals the frame's: counted
  *          per (VNI, peer, epoch, rx) by the datagrams GRO merged into it, redirected to the TAP. Anything else is
@@ -27,13 +36,14 @@
  *          another generation UNKNOWN too; the header's reason carries the frame's generation
  *          (mod 4) in its high byte, and the switch drops a frame of another generation.
  *   vn_rx_test  the rules of vn_rx with the tunnel metadata taken from skb->cb[] instead of the
- *          tunnel key (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
+ *          outer headers (cb[0] VNI, cb[1] GBP, cb[2] peer): what BPF_PROG_TEST_RUN can drive.
  *
- * Built with -DVN_FIXED_TUNNEL=<VNI> (only the A/B bench, test/bench/vm-net-kernel.ts
- * 'bpf-fixed'): the VXLAN device is an ordinary one (fixed VNI and remote, GBP) instead of an
- * external one: vn_tx leaves the tunnel key unset and puts the GBP in skb->mark (what such a
- * device sends as GBP), vn_rx takes the GBP from skb->mark (where such a device puts it), the VNI
- * from the build and counts under peer 0. It measures the external device's own cost apart.
+ * Built for the A/B bench only (test/bench/vm-net-kernel.ts), the same maps' layout:
+ * -DVN_FIXED_TUNNEL=<VNI> ('bpf-fixed'): one ordinary device with a fixed VNI and remote (vn_cfg's
+ * vxlan_ifindex), vn_rx takes the GBP from skb->mark, the VNI from the build and counts under peer
+ * 0. -DVN_EXTERNAL_TUNNEL ('bpf-external' and the split variants): the earlier product path, one
+ * external device (vn_cfg's vxlan_ifindex) for every VNI and peer, vn_tx setting the tunnel key
+ * and GBP option, vn_rx reading them; kept so the two receive sides compare in one session.
  *
  * Guarantees: no frame is dropped here (every path is a redirect or TC_ACT_OK; a helper that
  * fails punts the frame and counts ST_ERROR); a frame the kernel carries is counted exactly once
@@ -70,6 +80,29 @@ struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key,
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 65536); __type(key, struct vn_fdb_key); __type(value, struct vn_fdb_val); } vn_fdb SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_count_key); __type(value, __u64); } vn_counts SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, ST_N); __type(key, __u32); __type(value, __u64); } vn_stats SEC(".maps");
+/* (VNI, peer) present: that host is a peer of that VNE (the switch's configuration); vn_rx carries nothing from any other address. */
+struct vn_peer_key { __u32 vni; __u32 peer; };
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16384); __type(key, struct vn_peer_key); __type(value, __u32); } vn_peers SEC(".maps");
+/* VNI -> the ifindex of that VNI's ordinary VXLAN device (agent/bpf-dp/rx-side.ts): where vn_tx sends its frames to peers. */
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 4096); __type(key, __u32); __type(value, __u32); } vn_vxdevs SEC(".maps");
+
+/*
+ * The kernel's sk_buff, only the two fields vn_rx reads (CO-RE: relocated against the running
+ * kernel's BTF at load), and the kfunc that gives a tc program its skb as the kernel's.
+ */
+struct sk_buff { unsigned char *head; __u16 mac_header; } __attribute__((preserve_access_index));
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym;
+
+/* The outer headers an ordinary VXLAN device leaves in the skb's head in front of the inner frame. */
+struct vn_outer {
+  __u8 ver_ihl, tos; __u16 tot_len, id, frag; __u8 ttl, protocol; __u16 check; __u32 saddr, daddr; /* IPv4, no options */
+  __u16 sport, dport, ulen, ucheck;                                                                  /* UDP */
+  __u8 vx_flags, gbp_flags; __u16 policy; __u8 vni[3], vx_rsvd;                                      /* VXLAN (GBP) */
+} __attribute__((packed));
+#define VXLAN_HF_VNI 0x08 /* VXLAN flags: I (the VNI is valid) */
+#define VXLAN_HF_GBP 0x80 /* VXLAN flags: G (Group Based Policy extension) */
+#define VXLAN_GBP_D 0x40  /* GBP flags: D (don't learn) */
+#define VXLAN_GBP_A 0x08  /* GBP flags: A (policy applied) */
 
 /*
  * The VNE generation travels beside the colour in GBP's D and A flag bits (the policy ID's 16
@@ -164,17 +197,28 @@ int vn_tx(struct __sk_buff *skb) {
     stat(ST_ERROR);
     return punt_port(p);
   }
-  skb->mark = md.gbp;
-#else
+  __u32 out = c->vxlan_ifindex;
+#elif defined(VN_EXTERNAL_TUNNEL)
   struct bpf_tunnel_key key = { .tunnel_id = p->vni, .remote_ipv4 = d->peer, .tunnel_ttl = 64 };
   if (!c || bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0 || bpf_skb_set_tunnel_opt(skb, &md, sizeof(md)) < 0) {
     stat(ST_ERROR);
     return punt_port(p);
   }
+  __u32 out = c->vxlan_ifindex;
+#else
+  /* the VNI's ordinary device sends to the peer its FDB names (mirrored before vn_fdb's entry), with skb->mark as GBP */
+  __u32 vni = p->vni;
+  __u32 *dev = bpf_map_lookup_elem(&vn_vxdevs, &vni);
+  if (!dev) return punt_port(p);
+  __u32 out = *dev;
+  (void)c;
+#endif
+#ifndef VN_EXTERNAL_TUNNEL
+  skb->mark = md.gbp; /* an ordinary device sends skb->mark as the GBP */
 #endif
   count(p->vni, d->peer, p->epoch, 0, skb);
   stat(ST_TX_REMOTE);
-  return bpf_redirect(c->vxlan_ifindex, 0);
+  return bpf_redirect(out, 0);
 }
 
 /* Hand the frame to the switch's punt device behind a struct vn_punt. */
@@ -210,7 +254,7 @@ SEC("tc")
 int vn_rx(struct __sk_buff *skb) {
 #ifdef VN_FIXED_TUNNEL
   return rx_rules(skb, VN_FIXED_TUNNEL, skb->mark, 0);
-#endif
+#elif defined(VN_EXTERNAL_TUNNEL)
   struct bpf_tunnel_key key = {};
   struct vxlan_gbp md = {};
   if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0) {
@@ -219,6 +263,26 @@ int vn_rx(struct __sk_buff *skb) {
   }
   if (bpf_skb_get_tunnel_opt(skb, &md, sizeof(md)) < 0) md.gbp = 0; /* no GBP: not one of ours, colour 0 */
   return rx_rules(skb, key.tunnel_id, md.gbp, key.remote_ipv4);
+#endif
+  /*
+   * An ordinary device keeps no tunnel metadata: the VNI, the GBP and the sending peer are read
+   * from the outer IPv4/UDP/VXLAN headers still in the skb's head in front of the inner frame.
+   * The device's GRO is off (rx-side.ts), so an skb holds the datagrams of one outer flow only
+   * (the underlay's UDP tunnel GRO keys on the outer header): its peer is every datagram's peer.
+   */
+  struct sk_buff *k = bpf_cast_to_kern_ctx(skb);
+  struct vn_outer o;
+  if (bpf_probe_read_kernel(&o, sizeof(o), k->head + k->mac_header - sizeof(o)) < 0 || o.ver_ihl != 0x45 || o.protocol != 17 || !(o.vx_flags & VXLAN_HF_VNI)) {
+    stat(ST_ERROR);
+    return punt_rx(skb, 0, 0, 0, VN_ERROR);
+  }
+  __u32 vni = ((__u32)o.vni[0] << 16) | ((__u32)o.vni[1] << 8) | o.vni[2];
+  __u32 gbp = 0; /* no GBP: not one of ours, colour 0 */
+  if (o.vx_flags & VXLAN_HF_GBP) gbp = bpf_ntohs(o.policy) | ((o.gbp_flags & VXLAN_GBP_D) ? GBP_DONT_LEARN : 0) | ((o.gbp_flags & VXLAN_GBP_A) ? GBP_POLICY_APPLIED : 0);
+  /* the tunnel's check (docs/security.md): only a peer of the VNE is carried; anything else goes to the switch, which counts and drops it */
+  struct vn_peer_key pk = { .vni = vni, .peer = bpf_ntohl(o.saddr) };
+  if (!bpf_map_lookup_elem(&vn_peers, &pk)) return punt_rx(skb, vni, gbp, pk.peer, VN_UNKNOWN);
+  return rx_rules(skb, vni, gbp, pk.peer);
 }
 
 SEC("tc")

@@ -14,10 +14,10 @@
  * installed one; given twice, two bpf pairs run, so two builds are compared against the same
  * bridge in one run. --pair (repeatable, instead of --object) names each pair after the bridge:
  * KIND is one of vm-net-kernel.ts's KernelDataplane variants (bpf, bridge-clsact, bpf-fixed,
- * bpf-tx-bridge-rx, bridge-tx-bpf-rx, bridge), FILE another build of the program for it; the
+ * bpf-external, bpf-tx-bridge-rx, bridge-tx-bpf-rx, bridge), FILE another build of the program for it; the
  * pairs' hosts are numbered in the order given, so giving the same kinds in another order swaps
  * which hosts carry which (a pair's own speed differs). 'bpf-fixed' without FILE compiles its
- * build (clang) into the run's directory. Prints one line per run and, at the end, the
+ * build (clang) into the run's directory, and the external variants their VN_EXTERNAL_TUNNEL build. Prints one line per run and, at the end, the
  * medians and the ratio of medians as one JSON object on stdout. Beside each run's throughput
  * and busy cores: the machine's RCU and TIMER softirqs per second during it (a VXLAN device in
  * external mode allocates a metadata dst for every frame it receives and frees it through RCU,
@@ -37,7 +37,7 @@ import { Topology } from '../support/netns';
 import { forEachFlag, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { RCU_LOAD_MODES, startRcuLoad, type RcuLoad, type RcuLoadMode } from './vm-net-rcu-load';
-import { fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
+import { EXTERNAL_DATAPLANES, externalTunnelObject, fixedTunnelObject, KERNEL_DATAPLANES, startKernelPath, type KernelDataplane, type KernelPath } from './vm-net-kernel';
 import { loadAverage, softirqRate, softirqSample, summarize, tcpRun, warmUp, type Direction, type PairGuest, type PairSetup, type Summary, type TcpRun } from './vm-net-measure';
 
 /** One TCP run and what the machine and the receiving TAP did during it (module comment). */
@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     paths.push(bridge);
     pairs.push({ label: 'bridge', path: bridge });
     for (const [i, spec] of specs.entries()) {
-      const object = spec.object ?? (spec.kind === 'bpf-fixed' ? fixedTunnelObject(dir) : undefined);
+      const object = spec.object ?? (spec.kind === 'bpf-fixed' ? fixedTunnelObject(dir) : EXTERNAL_DATAPLANES.includes(spec.kind) ? externalTunnelObject(dir) : undefined);
       const p = await startKernelPath(new Topology(`vmnbb${i}`), path.join(dir, `b${i}`), setup, spec.kind, undefined, object);
       paths.push(p);
       pairs.push({ label: `${spec.kind}${i}`, path: p });
@@ -158,7 +158,7 @@ async function main(): Promise<void> {
           return {
             kind: spec.kind,
             hosts: `vmnbb${i}`,
-            object: spec.object ?? (spec.kind === 'bpf-fixed' ? 'VN_FIXED_TUNNEL build' : spec.kind === 'bridge' ? null : 'build/bpf/vnsnap-dp.bpf.o'),
+            object: spec.object ?? (spec.kind === 'bpf-fixed' ? 'VN_FIXED_TUNNEL build' : EXTERNAL_DATAPLANES.includes(spec.kind) ? 'VN_EXTERNAL_TUNNEL build' : spec.kind === 'bridge' ? null : 'build/bpf/vnsnap-dp.bpf.o'),
             tcp_mbps: summarize(rs.map((r) => r.mbps)),
             ...machine(rs),
             runs: rs.map((r) => Math.round(r.mbps)),

@@ -19,7 +19,8 @@
  * With dataplane 'bpf' the frames between known guests go through vnsnap's in-kernel data path
  * instead (switch/bpf/vnsnap-dp.bpf.c, loaded and pinned per host by agent/bpf-dp/loader.ts, its
  * maps written with switch/bpf-dp/maps.ts: both guests' MACs in the FDB, one epoch): tc programs
- * on the TAP's and a VXLAN device's ingress (external mode, GBP carrying the epoch colour). What
+ * on the TAP's and the VNI's VXLAN device's ingress (an ordinary device as the agent makes it: the
+ * VNI, GBP carrying the epoch colour, no learning, GRO off, the peer's MAC in its FDB). What
  * the program does not decide in the kernel (broadcast: ARP) it leaves to the stack behind the
  * TAP (the port has no punt device), here the same Linux bridge and a plain VXLAN on another UDP
  * port, standing in for the switch's flooding; the bench reports how many frames took each way.
@@ -52,12 +53,16 @@ const QEMU = 'qemu-system-x86_64';
  * (module comment): 'bridge-clsact' the bridge path with vn_tx on each TAP's ingress and no port
  * in its map (one lookup, TC_ACT_OK: the cost of clsact and a program on the TAP at all);
  * 'bpf-fixed' the program built with VN_FIXED_TUNNEL on an ordinary VXLAN device (fixed VNI and
- * remote, GBP) instead of the external one; 'bpf-tx-bridge-rx' the program sends (external
- * device), the bridge receives (an ordinary GBP VXLAN device in it); 'bridge-tx-bpf-rx' the bridge
- * sends (an ordinary GBP VXLAN device in it, the peer's MAC on it), vn_rx receives (external device).
+ * remote, GBP); 'bpf-external' the earlier product path: the program built with
+ * VN_EXTERNAL_TUNNEL on one external device (the tunnel key per frame); 'bpf-tx-bridge-rx' that
+ * build sends (external device), the bridge receives (an ordinary GBP VXLAN device in it);
+ * 'bridge-tx-bpf-rx' the bridge sends (an ordinary GBP VXLAN device in it, the peer's MAC on it),
+ * that build's vn_rx receives (external device).
  */
-export type KernelDataplane = 'bridge' | 'bpf' | 'bridge-clsact' | 'bpf-fixed' | 'bpf-tx-bridge-rx' | 'bridge-tx-bpf-rx';
-export const KERNEL_DATAPLANES: readonly KernelDataplane[] = ['bridge', 'bpf', 'bridge-clsact', 'bpf-fixed', 'bpf-tx-bridge-rx', 'bridge-tx-bpf-rx'];
+export type KernelDataplane = 'bridge' | 'bpf' | 'bridge-clsact' | 'bpf-fixed' | 'bpf-external' | 'bpf-tx-bridge-rx' | 'bridge-tx-bpf-rx';
+export const KERNEL_DATAPLANES: readonly KernelDataplane[] = ['bridge', 'bpf', 'bridge-clsact', 'bpf-fixed', 'bpf-external', 'bpf-tx-bridge-rx', 'bridge-tx-bpf-rx'];
+/** The variants that need the VN_EXTERNAL_TUNNEL build (externalTunnelObject). */
+export const EXTERNAL_DATAPLANES: readonly KernelDataplane[] = ['bpf-external', 'bpf-tx-bridge-rx', 'bridge-tx-bpf-rx'];
 /** The in-kernel data path's UDP port; the bridge's VXLAN (broadcasts on the bpf row) keeps VXLAN_PORT. */
 const BPF_VXLAN_PORT = 4790;
 /** The epoch both hosts' ports are in (one epoch: no snapshot runs on this row). */
@@ -153,7 +158,7 @@ export async function startKernelPath(topo: Topology, dir: string, setup: PairSe
         dataplane !== 'bridge' && dataplane !== 'bpf'
           ? `variant ${dataplane} (vm-net-kernel.ts KernelDataplane) of the bridge and the in-kernel data path`
           : dataplane === 'bpf'
-          ? `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → kernel VXLAN, external mode (VNI ${VNI}, UDP ${BPF_VXLAN_PORT}) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
+          ? `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) → vnsnap's in-kernel data path (tc bpf: FDB, epoch colour in VXLAN GBP, redirect) → the VNI's ordinary kernel VXLAN device (VNI ${VNI}, GBP, UDP ${BPF_VXLAN_PORT}, its FDB naming the peer) over a veth underlay (MTU 1500); broadcasts through a Linux bridge + VXLAN (device MTU ${vxMtu})`
           : `QEMU (own session) -netdev tap,vnet_hdr=on (vhost off) on a Linux bridge + kernel VXLAN (VNI ${VNI}, UDP ${VXLAN_PORT}, device MTU ${vxMtu}) over ${shared ? "the vnsnap deployment's hosts and underlay (each host's veth to a bridge in a third namespace; the agents running beside)" : 'a veth underlay (MTU 1500)'}`,
       close,
     };
@@ -171,6 +176,14 @@ export function fixedTunnelObject(dir: string): string {
   return out;
 }
 
+/** Compile the program with VN_EXTERNAL_TUNNEL (EXTERNAL_DATAPLANES' build) into `dir`; returns the object's path. */
+export function externalTunnelObject(dir: string): string {
+  const out = path.resolve(dir, 'vnsnap-dp-external.bpf.o');
+  execFileSync('sh', [path.join(__dirname, '..', '..', '..', 'switch', 'bpf', 'build.sh'), out, '-DVN_EXTERNAL_TUNNEL'], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (!fs.existsSync(out)) throw new Error(`the VN_EXTERNAL_TUNNEL build was not made (${out}): clang or libbpf-dev missing`);
+  return out;
+}
+
 /** One host's side of the pair for bpfDataplane. */
 interface HostSide {
   remote: string;
@@ -181,7 +194,8 @@ interface HostSide {
 
 /**
  * vnsnap's in-kernel data path on one host (module comment): loaded under /sys/fs/bpf/<prefix>-<host>,
- * attached to the TAP and a VXLAN device in external mode with GBP, the FDB holding both guests;
+ * attached to the TAP and the VNI's ordinary VXLAN device (GBP, no learning, GRO off, the peer's
+ * MAC in its FDB, vn_vxdevs naming it), the FDB holding both guests;
  * or one of the A/B bench's variants of it (KernelDataplane). `index` is the host's (0, 1).
  */
 async function bpfDataplane(topo: Topology, host: string, index: number, side: HostSide, variant: KernelDataplane, object?: string): Promise<DataPathMaps> {
@@ -191,7 +205,12 @@ async function bpfDataplane(topo: Topology, host: string, index: number, side: H
   const fixedVxlan = (dev: string, port: number): void => void ip('link', 'add', dev, 'type', 'vxlan', 'id', String(VNI), 'remote', side.remote, 'dstport', String(port), 'gbp', 'nolearning', 'dev', side.underlay);
   const split = variant === 'bpf-tx-bridge-rx' || variant === 'bridge-tx-bpf-rx';
   if (variant === 'bpf-fixed') fixedVxlan('vxd', BPF_VXLAN_PORT);
-  else ip('link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(split ? SPLIT_PORT + index : BPF_VXLAN_PORT));
+  else if (variant === 'bpf') {
+    // the product's device (agent/bpf-dp/rx-side.ts ensureVniDevice) and its FDB entry (VniDevices.setFdb)
+    ip('link', 'add', 'vxd', 'type', 'vxlan', 'id', String(VNI), 'dstport', String(BPF_VXLAN_PORT), 'gbp', 'nolearning');
+    topo.exec(host, 'ethtool', ['-K', 'vxd', 'gro', 'off']);
+    topo.exec(host, 'bridge', ['fdb', 'replace', side.peerMac, 'dev', 'vxd', 'dst', side.remote, 'self', 'permanent']);
+  } else ip('link', 'add', 'vxd', 'type', 'vxlan', 'external', 'gbp', 'dstport', String(split ? SPLIT_PORT + index : BPF_VXLAN_PORT));
   ip('link', 'set', 'vxd', 'up');
   if (split) {
     // the bridge's side of the split: an ordinary device in br0 on the port the peer's external device uses
@@ -203,10 +222,12 @@ async function bpfDataplane(topo: Topology, host: string, index: number, side: H
   const ifindex = (dev: string): number => Number(topo.exec(host, 'cat', [`/sys/class/net/${dev}/ifindex`]).trim());
   const dp = await loadDataPath(`${topo.prefix}-${host}`, object);
   if (variant !== 'bridge-tx-bpf-rx') await attachDataPath(dp, 'vmnbtap', 'vn_tx', ns);
-  if (variant === 'bpf' || variant === 'bpf-fixed' || variant === 'bridge-tx-bpf-rx') await attachDataPath(dp, 'vxd', 'vn_rx', ns);
+  if (variant === 'bpf' || variant === 'bpf-fixed' || variant === 'bpf-external' || variant === 'bridge-tx-bpf-rx') await attachDataPath(dp, 'vxd', 'vn_rx', ns);
   const m = new DataPathMaps(dp.mapsDir);
   if (variant === 'bridge-clsact') return m; // no port: vn_tx returns TC_ACT_OK for every frame
   m.setDevices(ifindex('vxd'), 0);
+  m.setVniDevice(VNI, ifindex('vxd'));
+  m.setPeer(VNI, side.remote);
   // the bridge sends GBP 0 (no mark): the port's epoch 0 is then the frames' colour
   m.setPort(ifindex('vmnbtap'), { vni: VNI, epoch: variant === 'bridge-tx-bpf-rx' ? 0 : BPF_EPOCH, puntIfindex: 0, fast: true, generation: 0 });
   m.setFdb(VNI, side.mac, { ifindex: ifindex('vmnbtap') });

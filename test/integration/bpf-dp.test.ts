@@ -2,7 +2,8 @@
  * The in-kernel data path for real (switch/bpf/vnsnap-dp.bpf.c, loaded and attached by
  * agent/bpf-dp/loader.ts, its maps written by switch/bpf-dp/maps.ts): two hosts — this test's
  * own network namespace (host a) and a namespace (host b) — joined by a veth underlay, each with
- * a VXLAN device in external mode with GBP, a VM TAP whose character side the addon holds with
+ * the VNI's ordinary VXLAN device as the agent makes it (agent/bpf-dp/rx-side.ts: the VNI, GBP,
+ * no learning, GRO off; its FDB naming the peer, vn_vxdevs naming it), a VM TAP whose character side the addon holds with
  * IFF_VNET_HDR and TSO (as QEMU does), and a punt device the switch would read.
  *
  * Asserted exactly: frames and TCP super-frames cross from TAP to TAP in the kernel, byte for
@@ -10,7 +11,8 @@
  * whose colour is not the receiving port's epoch reaches the punt device behind its header
  * (late, early), and a broadcast from a VM reaches its port's punt device, not the peer; the VNE
  * generation (mod 4) crosses the wire in GBP's D and A bits (delivered when it is the port's,
- * punted with it in the header when not).
+ * punted with it in the header when not); a frame from an address that is no peer of the VNE
+ * (vn_peers) is punted, not carried.
  * Everything is named vnbd* (the namespace vnbd-hb) and removed even when a test fails.
  */
 import { strict as assert } from 'node:assert';
@@ -74,8 +76,13 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     sh('ip', ['link', 'set', 'vnbdt1', 'netns', topo.ns('hb')]);
     sh('ip', ['link', 'add', 'vnbdp0', 'type', 'veth', 'peer', 'name', 'vnbdq0']);
     topo.exec('hb', 'ip', ['link', 'add', 'vnbdp1', 'type', 'veth', 'peer', 'name', 'vnbdq1']);
-    sh('ip', ['link', 'add', 'vnbdx0', 'type', 'vxlan', 'external', 'gbp', 'dstport', PORT]);
-    topo.exec('hb', 'ip', ['link', 'add', 'vnbdx1', 'type', 'vxlan', 'external', 'gbp', 'dstport', PORT]);
+    const vx = ['link', 'add', '', 'type', 'vxlan', 'id', String(VNI), 'dstport', PORT, 'gbp', 'nolearning'];
+    sh('ip', vx.map((x, i) => (i === 2 ? 'vnbdx0' : x)));
+    topo.exec('hb', 'ip', vx.map((x, i) => (i === 2 ? 'vnbdx1' : x)));
+    sh('ethtool', ['-K', 'vnbdx0', 'gro', 'off']);
+    topo.exec('hb', 'ethtool', ['-K', 'vnbdx1', 'gro', 'off']);
+    sh('bridge', ['fdb', 'replace', MAC_B, 'dev', 'vnbdx0', 'dst', B_IP, 'self', 'permanent']);
+    topo.exec('hb', 'bridge', ['fdb', 'replace', MAC_A, 'dev', 'vnbdx1', 'dst', A_IP, 'self', 'permanent']);
     for (const l of ['vnbdu0', 'vnbdt0', 'vnbdp0', 'vnbdq0', 'vnbdx0']) sh('ip', ['link', 'set', l, 'up']);
     for (const l of ['vnbdu1', 'vnbdt1', 'vnbdp1', 'vnbdq1', 'vnbdx1']) topo.exec('hb', 'ip', ['link', 'set', l, 'up']);
 
@@ -89,10 +96,14 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     b = new DataPathMaps(dpB.mapsDir);
     ifA = { tap: ifindex('vnbdt0'), punt: ifindex('vnbdp0') };
     const ifB = { tap: ifindex('vnbdt1', topo), punt: ifindex('vnbdp1', topo) };
-    a.setDevices(ifindex('vnbdx0'), ifA.punt);
-    b.setDevices(ifindex('vnbdx1', topo), ifB.punt);
+    a.setDevices(0, ifA.punt);
+    b.setDevices(0, ifB.punt);
+    a.setVniDevice(VNI, ifindex('vnbdx0'));
+    b.setVniDevice(VNI, ifindex('vnbdx1', topo));
     a.setPort(ifA.tap, { vni: VNI, epoch: 3, puntIfindex: ifA.punt, fast: true, generation: 0 });
     b.setPort(ifB.tap, { vni: VNI, epoch: 3, puntIfindex: ifB.punt, fast: true, generation: 0 });
+    a.setPeer(VNI, B_IP);
+    b.setPeer(VNI, A_IP);
     a.setFdb(VNI, MAC_A, { ifindex: ifA.tap });
     a.setFdb(VNI, MAC_B, { peer: B_IP });
     b.setFdb(VNI, MAC_B, { ifindex: ifB.tap });
@@ -182,5 +193,23 @@ describe('in-kernel data path between two hosts (tc bpf + VXLAN GBP)', function 
     const other = await until("generation 2 at a's punt device", () => puntA.find((g) => parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 21)?.frame, 5000);
     assert.deepEqual(decodePunt(other), { vni: VNI, colour: 6, reason: 'unknown', generation: 2, peer: B_IP });
     assert.equal(ofTest(tapA, 21), undefined, "not delivered to a's VM");
+  });
+
+  it('punts a frame from an address that is no peer of the VNE (vn_peers) instead of carrying it, the peer named in its header', async () => {
+    const tb = ifindex('vnbdt1', topo);
+    const pb = b?.port(tb);
+    assert.ok(pb);
+    b?.setPort(tb, { ...pb, generation: 3 }); // a's port's epoch and generation (the test before): only the peer check stops it
+    a?.removePeer(VNI, B_IP);
+    try {
+      write(tapBfd, test(1, 2, 40));
+      const got = await until('b→a at a\'s punt device', () => puntA.find((g) => g.frame.length > PUNT_HEADER_LEN && parseFrame(g.frame.subarray(PUNT_HEADER_LEN))?.seq === 40)?.frame, 5000);
+      assert.deepEqual(decodePunt(got), { vni: VNI, colour: 6, reason: 'unknown', generation: 3, peer: B_IP });
+      assert.equal(ofTest(tapA, 40), undefined, 'not carried to a\'s TAP');
+    } finally {
+      a?.setPeer(VNI, B_IP);
+    }
+    write(tapBfd, test(1, 2, 41));
+    assert.deepEqual(await until("a peer again: carried to a's TAP", () => ofTest(tapA, 41), 5000), test(1, 2, 41));
   });
 });

@@ -8,7 +8,7 @@
  *
  * Speaks JSON lines: argv[2] is the host's set-up; each stdin line {id, op, ...} is answered on
  * stdout by {id, ok: result} or {id, error}. Ops: stats, cut {k}, channel {k}. Prints {ready:
- * true} once the port is attached.
+ * true} once the port is attached and the kernel tunnel's writes (the VNI's device, its FDB) are made.
  */
 import * as readline from 'node:readline';
 import { wireDataPath } from '../../agent/bpf-dp/host-dp';
@@ -73,6 +73,7 @@ async function main(): Promise<void> {
     sw.stop();
     process.exit(0);
   });
+  await w.settled(); // the VNI's VXLAN device made and the peer's MAC in its FDB, as vn_fdb then names it
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
 }
 

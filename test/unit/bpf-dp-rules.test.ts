@@ -32,7 +32,8 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
   before(async () => {
     h = await openDpHarness(PREFIX);
     maps = h.maps;
-    maps.setDevices(VXLAN, PUNT);
+    maps.setDevices(0, PUNT);
+    maps.setVniDevice(VNI, VXLAN);
   });
   after(async () => {
     await h?.close();
@@ -83,6 +84,17 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     assert.deepEqual(delta(() => run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 }, 'fast path off');
   });
 
+  it("from a TAP: a peer's MAC of a VNI without its VXLAN device is punted, not counted", () => {
+    maps.removeVniDevice(VNI);
+    try {
+      const sent = maps.count(VNI, PEER, 7, 'sent');
+      assert.deepEqual(delta(() => run('vn_tx', frame(9), ctx({ ingressIfindex: TAP_A }))), { txPunt: 1 });
+      assert.equal(maps.count(VNI, PEER, 7, 'sent'), sent);
+    } finally {
+      maps.setVniDevice(VNI, VXLAN);
+    }
+  });
+
   it('from a TAP that is no port of ours: left alone (TC_ACT_OK), nothing counted', () => {
     assert.deepEqual(delta(() => assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: 999 })).retval, TC_ACT_OK)), {});
   });
@@ -104,6 +116,7 @@ describe('in-kernel data path rules (BPF_PROG_TEST_RUN)', function () {
     maps.setPort(TAP_D, { vni: VNI2, epoch: 7, puntIfindex: 304, fast: true, generation: 0 });
     maps.setFdb(VNI2, mac(9), { peer: PEER }); // the same peer host (and MAC) in the other VNE
     maps.setFdb(VNI2, mac(4), { ifindex: TAP_D });
+    maps.setVniDevice(VNI2, VXLAN + 1);
     const c0 = [maps.count(VNI, PEER, 7, 'sent'), maps.count(VNI2, PEER, 7, 'sent'), maps.count(VNI, PEER, 7, 'received'), maps.count(VNI2, PEER, 7, 'received')];
     // Sent: 2 frames + a 10-segment super-frame of VNI's, one frame of VNI2's.
     for (const [tap, segs] of [[TAP_A, 0], [TAP_A, 0], [TAP_A, 10], [TAP_C, 0]] as const) assert.equal(run('vn_tx', frame(9), ctx({ ingressIfindex: tap, gsoSegs: segs, gsoSize: segs ? 1448 : 0 })).retval, TC_ACT_REDIRECT);

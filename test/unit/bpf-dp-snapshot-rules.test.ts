@@ -96,6 +96,7 @@ describe('in-kernel data path: randomized snapshot rules against the switch\'s m
       const starts = vnes.map((v) => v.target);
       const write = (vi: number, p: LocalPort): void => maps.setPort(p.ifindex, { vni: (vnes[vi] as VneModel).vni, epoch: p.epoch, puntIfindex: p.ifindex + 1000, fast: !p.gated, generation: 0 });
       vnes.forEach((v, vi) => {
+        maps.setVniDevice(v.vni, 231); // the VNI's VXLAN device: vn_tx sends to peers through it
         for (const p of v.locals) {
           write(vi, p);
           maps.setFdb(v.vni, macStr(p.mac), { ifindex: p.ifindex });

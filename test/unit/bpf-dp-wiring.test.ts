@@ -11,6 +11,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
+import type { KernelTunnel } from '../../switch/bpf-dp/kernel-tunnel';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
 import type { DataPathPortInfo } from '../../switch/bpf-dp/port';
 import { datagramsOf, widenColour } from '../../switch/bpf-dp/punt-rx';
@@ -62,6 +63,7 @@ describe('in-kernel data path wired into the switch', function () {
   const h = dpHarnessHooks(PREFIX, (o) => {
     maps = o.maps;
     maps.setDevices(201, 202);
+    maps.setVniDevice(VNI, 201); // the VNI's VXLAN device, as the agent's kernel tunnel writes it
   });
 
   function rig(opts: Partial<ConstructorParameters<typeof Switch>[0]> = {}): { sw: Switch; net: FakeUdpNetwork; w: DataPathWiring; punt: FakePort; p1: DpFakePort; p2: FakePort } {
@@ -84,6 +86,7 @@ describe('in-kernel data path wired into the switch', function () {
     sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }, { mac: m(8), peer: 'c' }] });
     assert.deepEqual(maps.port(101), { vni: VNI, epoch: 0, puntIfindex: 301, fast: true, generation: 1 });
     assert.deepEqual([m(1), m(2), m(7), m(8)].map((x) => maps.fdb(VNI, x)), [{ ifindex: 101 }, undefined, { peer: B }, undefined]);
+    assert.deepEqual([B, '127.0.0.1', '10.0.0.9'].map((ip) => maps.hasPeer(VNI, ip)), [true, true, false], "vn_peers: exactly the VNE's peers");
     p1.vm.send(makeFrame({ dst: vmMac(2), src: vmMac(3), sender: 3, seq: 1, epoch: 0 })); // a second MAC behind p1: learned
     p1.vm.pumpAll();
     assert.deepEqual(maps.fdb(VNI, m(3)), { ifindex: 101 });
@@ -92,6 +95,7 @@ describe('in-kernel data path wired into the switch', function () {
     assert.deepEqual([w.stats().ports, w.stats().fastPorts, w.stats().syncErrors], [1, 1, 0]);
     sw.removePort('p1');
     assert.deepEqual([maps.port(101)?.fast, maps.fdb(VNI, m(1)), maps.fdb(VNI, m(3))], [false, undefined, undefined]);
+    assert.deepEqual([B, '127.0.0.1'].map((ip) => maps.hasPeer(VNI, ip)), [false, false], 'the last data path port gone: its VNE\'s peers leave vn_peers');
     sw.stop();
   });
 
@@ -262,5 +266,53 @@ describe('in-kernel data path wired into the switch', function () {
     assert.deepEqual(p1.vm.receivedMeta[0], sf.meta);
     assert.equal(sw.recordingStatus('blue').length, 0);
     sw.stop();
+  });
+
+  it('with the kernel tunnel: each VNE\'s device asked for once (again after a failure), and a remote MAC in vn_fdb only after its kernel FDB write', async () => {
+    const calls: string[] = [];
+    let failVni = -1;
+    const tunnel: KernelTunnel = {
+      addVni: (vni) => {
+        calls.push(`add ${vni}`);
+        return vni === failVni ? Promise.reject(new Error('no')) : Promise.resolve();
+      },
+      setFdb: (vni, mac, peer) => {
+        calls.push(`set ${vni} ${mac} ${peer} (vn_fdb ${JSON.stringify(maps.fdb(vni, mac) ?? null)})`);
+        return Promise.resolve();
+      },
+      removeFdb: (vni, mac) => {
+        calls.push(`del ${vni} ${mac} (vn_fdb ${JSON.stringify(maps.fdb(vni, mac) ?? null)})`);
+        return Promise.resolve();
+      },
+      idle: () => Promise.resolve(),
+    };
+    const net = new FakeUdpNetwork();
+    const sw = new Switch({ id: 'a' });
+    try {
+      sw.attachTunnel(net.endpoint(0x0a000001, 6081));
+      failVni = VNI + 1;
+      sw.configureVne({ name: 'blue', vni: VNI, peers: [{ name: 'b', address: B, port: 6081 }] });
+      const w = new DataPathWiring(maps, { isLocalAddress: () => false, tunnel });
+      sw.useDataPath(w);
+      sw.configureVne({ name: 'green', vni: VNI + 1, peers: [] });
+      await w.settled();
+      assert.equal(w.stats().kernelErrors, 1, "green's device failed");
+      failVni = -1;
+      sw.configureVne({ name: 'green', vni: VNI + 1 });
+      sw.configureVne({ name: 'blue', vni: VNI });
+      sw.attachPort('blue', new DpFakePort('p5', { tapIfindex: 105, puntIfindex: 305 }), { mac: m(5) });
+      sw.configureVne({ name: 'blue', macs: [{ mac: m(7), peer: 'b' }] });
+      assert.equal(maps.fdb(VNI, m(7)), undefined, 'not before the kernel FDB has it');
+      await w.settled();
+      assert.deepEqual(maps.fdb(VNI, m(7)), { peer: B });
+      assert.deepEqual(calls, [`add ${VNI}`, `add ${VNI + 1}`, `add ${VNI + 1}`, `set ${VNI} ${m(7)} ${B} (vn_fdb null)`]);
+      sw.removeMac('blue', m(7));
+      assert.equal(maps.fdb(VNI, m(7)), undefined);
+      assert.deepEqual(calls.slice(4), [`del ${VNI} ${m(7)} (vn_fdb null)`]);
+    } finally {
+      sw.stop();
+      maps.removePort(105);
+      for (const x of [m(5), m(7)]) maps.removeFdb(VNI, x);
+    }
   });
 });
