@@ -39,8 +39,8 @@
  * JSON keeps pause_ms (background, bare_qemu), cut_spread_ms, streams_intact and distro's same.
  * --hold sets the agents' pre-copy hold (VNSNAP_QEMU_HOLD: `paced` or bytes/s; precopy-hold.ts),
  * reported as "hold" in the JSON (the agents inherit VNSNAP_QEMU_HOLD; "default" when unset).
- * --pace-by sets how they apply the paced hold (VNSNAP_QEMU_PACE_BY: `reads`, the default, or
- * `bandwidth`), reported as "pace_by".
+ * --pace-by sets how they apply the paced hold (VNSNAP_QEMU_PACE_BY: `bandwidth`, the default, or
+ * `reads`), reported as "pace_by".
  *
  * With --json stdout is exactly one JSON object (progress and the report go to stderr).
  * snapshot_mib is the median size of one snapshot of the VNE per mode (the sum of its artefacts'
@@ -70,7 +70,7 @@ const HELP = `${USAGE}
   --rounds N    snapshots per mode and guest (default 10); 1-2 for a quick check
   --background-only  vnsnap background and bare QEMU only, in alternating rounds
   --hold H      the agents' pre-copy hold: paced, or bytes/s (default: the driver's, paced)
-  --pace-by P   how the agents apply the paced hold: reads or bandwidth (default: the driver's, reads)
+  --pace-by P   how the agents apply the paced hold: reads or bandwidth (default: the driver's, bandwidth)
   --help        this text`;
 let JSON_OUT = false;
 let NO_DISTRO = false;

@@ -82,9 +82,9 @@ describe('QEMU pre-copy hold: fast enough to sync, quartered by each convergence
     assert.equal(PacedHold.start(16 * MiB, 4 * MiB, 3, 0).ready(16 * MiB, PACED_READY_MAX_MS), true, 'held PACED_READY_MAX_MS: ready whatever remains');
   });
 
-  it('the paced hold is applied by the reads unless the environment says `bandwidth`; anything else is ERR_CONFIG', () => {
-    assert.equal(parsePaceBy(undefined), 'reads');
-    assert.equal(parsePaceBy(''), 'reads');
+  it('the paced hold is applied by max-bandwidth unless the environment says `reads`; anything else is ERR_CONFIG', () => {
+    assert.equal(parsePaceBy(undefined), 'bandwidth');
+    assert.equal(parsePaceBy(''), 'bandwidth');
     assert.equal(parsePaceBy('reads'), 'reads');
     assert.equal(parsePaceBy('bandwidth'), 'bandwidth');
     assert.throws(() => parsePaceBy('qemu'), (e) => isVnsnapError(e, 'ERR_CONFIG') && (e as Error).message.includes(PACE_BY_ENV));

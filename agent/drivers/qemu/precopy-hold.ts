@@ -33,8 +33,7 @@
  * PacedHold (option `holdBandwidth: 'paced'`, the default since it was measured) is the hold that
  * re-syncs without running into back-to-back syncs: see its comment.
  *
- * The read-paced hold (the default way to apply PacedHold; PACE_BY_ENV=bandwidth for the
- * max-bandwidth way): PacedHold's bandwidth is the rate at which the agent reads QEMU's migration socket
+ * The read-paced hold (PACE_BY_ENV=reads; the default applies PacedHold by max-bandwidth): PacedHold's bandwidth is the rate at which the agent reads QEMU's migration socket
  * (read-pacer.ts) and max-bandwidth is unlimited (UNLIMITED_BANDWIDTH). QEMU measures its
  * bandwidth from what got through, so its threshold is the same as under its own rate limit, but
  * its migration thread, when ahead, blocks in its write instead of sleeping until its 100 ms
@@ -87,21 +86,22 @@ export const HOLD_ENV = 'VNSNAP_QEMU_HOLD';
 export const UNLIMITED_BANDWIDTH = 8 * 1024 * MiB;
 
 /**
- * How the paced hold is applied: `reads` (the default) by the agent's reads of the stream
- * (read-pacer.ts), QEMU's max-bandwidth unlimited; `bandwidth` by QEMU's max-bandwidth (its rate
- * limit). `reads` brings the VMs' pre-copy cut instants together (no 100 ms rate-limit window to
- * sleep out at the commit: docs/qemu.md). It became the default once QEMU's own traces showed
- * that the one known way for a TCG guest's store to escape the dirty log (a vCPU's notdirty
- * write racing a bitmap sync) is met as often under `bandwidth` as under `reads`, and the
- * page-for-page checks found no more differing images with it (docs/performance.md, "The
- * read-paced hold as the default").
+ * How the paced hold is applied: `bandwidth` (the default) by QEMU's max-bandwidth (its rate
+ * limit); `reads` by the agent's reads of the stream (read-pacer.ts), QEMU's max-bandwidth
+ * unlimited. `reads` brings the VMs' pre-copy cut instants together (no 100 ms rate-limit window
+ * to sleep out at the commit: docs/qemu.md), and QEMU's traces found it no more exposed than
+ * `bandwidth` to the one known way a TCG guest's store escapes the dirty log; but in ten rounds
+ * of bench:snapshot each, back to back, the distro guests' precopy pauses were 73.0 / 253.6 ms
+ * (median / max) with `reads` against 49.7 / 112.7 with `bandwidth`, and neither met the cut
+ * spread target (docs/performance.md, "Ten rounds per mode on merged main"). The guests' pauses
+ * decide: `bandwidth` stays the default.
  */
 export const PACE_BY_ENV = 'VNSNAP_QEMU_PACE_BY';
 
-/** PACE_BY_ENV's value: `reads` when unset or empty. */
+/** PACE_BY_ENV's value: `bandwidth` when unset or empty. */
 export function parsePaceBy(value: string | undefined): 'reads' | 'bandwidth' {
-  if (value === undefined || value === '' || value === 'reads') return 'reads';
-  if (value === 'bandwidth') return 'bandwidth';
+  if (value === undefined || value === '' || value === 'bandwidth') return 'bandwidth';
+  if (value === 'reads') return 'reads';
   throw new VnsnapError('ERR_CONFIG', `${PACE_BY_ENV}: expected "reads" or "bandwidth", got ${JSON.stringify(value)}`);
 }
 
