@@ -89,22 +89,18 @@ forEachFlag(process.argv.slice(2), (msg) => usageExit('bench:snapshot', USAGE, m
   else usageExit('bench:snapshot', USAGE, `unknown argument ${flag}`);
 });
 if (!Number.isInteger(ROUNDS) || ROUNDS < 1) usageExit('bench:snapshot', USAGE, '--rounds needs a whole number ≥ 1');
-if (HOLD !== undefined) {
+/** A flag the agents take from the environment (they inherit it): checked with its parser, then set. */
+function agentEnv(flag: string, name: string, value: string | undefined, parse: (v: string) => unknown): void {
+  if (value === undefined) return;
   try {
-    parseHold(HOLD);
+    parse(value);
   } catch (e) {
-    usageExit('bench:snapshot', USAGE, `--hold: ${(e as Error).message}`);
+    usageExit('bench:snapshot', USAGE, `${flag}: ${(e as Error).message}`);
   }
-  process.env[HOLD_ENV] = HOLD; // the agents' drivers take it (they inherit the environment)
+  process.env[name] = value;
 }
-if (PACE_BY !== undefined) {
-  try {
-    parsePaceBy(PACE_BY);
-  } catch (e) {
-    usageExit('bench:snapshot', USAGE, `--pace-by: ${(e as Error).message}`);
-  }
-  process.env[PACE_BY_ENV] = PACE_BY;
-}
+agentEnv('--hold', HOLD_ENV, HOLD, parseHold);
+agentEnv('--pace-by', PACE_BY_ENV, PACE_BY, parsePaceBy);
 
 // ---- cleanup: on the end, a failure, SIGINT or SIGTERM ----------------------------------------
 

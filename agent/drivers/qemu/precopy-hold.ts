@@ -33,7 +33,8 @@
  * PacedHold (option `holdBandwidth: 'paced'`, the default since it was measured) is the hold that
  * re-syncs without running into back-to-back syncs: see its comment.
  *
- * The read-paced hold (PACE_BY_ENV=reads; the default applies PacedHold by max-bandwidth): PacedHold's bandwidth is the rate at which the agent reads QEMU's migration socket
+ * The read-paced hold (PACE_BY_ENV=reads; the default applies PacedHold by max-bandwidth):
+ * PacedHold's bandwidth is the rate at which the agent reads QEMU's migration socket
  * (read-pacer.ts) and max-bandwidth is unlimited (UNLIMITED_BANDWIDTH). QEMU measures its
  * bandwidth from what got through, so its threshold is the same as under its own rate limit, but
  * its migration thread, when ahead, blocks in its write instead of sleeping until its 100 ms
