@@ -23,8 +23,8 @@
 #                   Editing the rest of this script does not rebuild it.
 #   img-<key2>/     the images above (~20 s). key2 = key1 + sha256 of this script, dom0-init.sh,
 #                   test/guest/init.sh, vnguest.c, the node binary and the dom0 kernel version.
-# The project itself (dist/, node_modules/) is NOT in the image: the test shares /work/main (the
-# checkout) into dom0 over 9p, so rebuilding the project never rebuilds the image. The node binary
+# The project itself (dist/, node_modules/) is NOT in the image: the test shares the checkout into
+# dom0 over 9p (mounted at /vnsnap there), so rebuilding the project never rebuilds the image. The node binary
 # is copied in (its hash is in key2). Entries are complete or absent (built in a temporary
 # directory, renamed into place); concurrent builds are serialised with flock.
 set -euo pipefail
@@ -156,7 +156,7 @@ D0="$WORK/dom0"
 cp -a "$R" "$D0"
 install -m 0755 "$HERE/dom0-init.sh" "$D0/sbin/vnxen-init"
 install -m 0755 "$(readlink -f "$(command -v node)")" "$D0/usr/local/bin/node"
-mkdir -p "$D0/work/main" "$D0/vnxen" "$D0/vnxen-img" "$D0/proc/xen" "$D0/var/lib/vnsnap" "$D0/var/log/xen"
+mkdir -p "$D0/vnsnap" "$D0/vnxen" "$D0/vnxen-img" "$D0/proc/xen" "$D0/var/lib/vnsnap" "$D0/var/log/xen"
 echo vnxen-dom0 >"$D0/etc/hostname"
 # no systemd here: our init starts what is needed; make sure the xen init script does not try
 # to talk to systemd and that no xendomains auto-start happens

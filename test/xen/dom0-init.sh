@@ -2,7 +2,7 @@
 # PID 1 of the nested-Xen test bed's dom0 (installed as /sbin/vnxen-init; see docs/xen.md).
 # No systemd: mount what Xen's toolstack needs, load the backend modules, start xenstored and
 # xenconsoled (guest consoles logged to /var/log/xen/console/guest-NAME.log), mount the 9p
-# shares (tag "work" = the vnsnap checkout at /work/main, tag "vnxen" = the test's exchange
+# shares (tag "work" = the vnsnap checkout at /vnsnap, tag "vnxen" = the test's exchange
 # directory at /vnxen, tag "img" = the test bed's cache entry at /vnxen-img, read-only: the PV
 # guest's initramfs), then run the command named on the kernel command line:
 #   vnxen.run=/path/to/script   (run with /bin/sh; its output goes to /vnxen/run.log, its exit
@@ -27,8 +27,8 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback 
   modprobe "$m" 2>/dev/null || echo "vnxen-init: modprobe $m failed"
 done
 mount -t xenfs xenfs /proc/xen || echo "vnxen-init: cannot mount xenfs (not running on Xen?)"
-mkdir -p /work/main /vnxen /var/run/xen /var/log/xen/console /var/lib/xen
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work /work/main 2>/dev/null || echo "vnxen-init: no 9p share 'work'"
+mkdir -p /vnsnap /vnxen /var/run/xen /var/log/xen/console /var/lib/xen
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work /vnsnap 2>/dev/null || echo "vnxen-init: no 9p share 'work'"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vnxen /vnxen 2>/dev/null || echo "vnxen-init: no 9p share 'vnxen'"
 mkdir -p /vnxen-img
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,ro img /vnxen-img 2>/dev/null || echo "vnxen-init: no 9p share 'img'"

@@ -26,7 +26,7 @@ function sh(cmd: string, args: string[], timeoutMs: number): Promise<{ code: num
 
 /**
  * A checkout whose node_modules is a symlink (a git worktree sharing another checkout's) cannot
- * resolve it inside dom0, where the checkout is the 9p share at /work/main: the link's target
+ * resolve it inside dom0, where the checkout is the 9p share at /vnsnap: the link's target
  * is not there. Such a node_modules is shared separately (tag "nodemods") and dom0 finds it
  * through NODE_PATH (DOM0_NODE_PATH); null when node_modules is a plain directory.
  */
@@ -178,7 +178,7 @@ export async function runDom0Program<T>(o: { dir: string; program: string; args?
   const cmd = ['node', `dist/test/xen/${o.program}.js`, ...(o.args ?? [])].join(' ');
   const run = await runInDom0({
     dir: o.dir,
-    script: `#!/bin/sh\n${DOM0_NODE_PATH}cd /work/main && ${cmd}\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n`,
+    script: `#!/bin/sh\n${DOM0_NODE_PATH}cd /vnsnap && ${cmd}\nrc=$?\ncp -r /var/log/xen /vnxen/xenlog 2>/dev/null\nexit $rc\n`,
     timeoutMs: o.timeoutMs,
     results: [o.result],
   });
