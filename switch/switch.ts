@@ -162,6 +162,17 @@ export class Switch implements Startable {
     this.dataPath?.syncAll(this.portsById, true);
   }
 
+  /**
+   * Forget a deleted VNE (VneTable.remove: refused while ports of it are attached; false when
+   * unknown here). With the in-kernel data path, its VNI's VXLAN device goes too.
+   */
+  removeVne(name: string): boolean {
+    const v = this.vnes.remove(name);
+    if (!v) return false;
+    this.dataPath?.vneRemoved(v.vni);
+    return true;
+  }
+
   /** Add a peer switch, or move a known one to a new underlay address (frames queued to the old one are lost). */
   upsertPeer(cfg: PeerConfig): PeerChange {
     return this.vnes.upsertPeer(cfg);
