@@ -110,7 +110,7 @@ export class CommandDispatcher {
 
   /** A deleted VNE leaves the switch, and its VNI's device the kernel (vne-table.ts). */
   private async forgetVne(c: ForgetVne__Output): Promise<Partial<Result>> {
-    this.o.vnes.forget(c.vne);
+    await this.o.vnes.forget(c.vne, c.vni);
     return {};
   }
 

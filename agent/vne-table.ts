@@ -67,12 +67,23 @@ export class VneTable {
     }
   }
 
-  /** A deleted VNE leaves the switch (refused while its ports are attached); false when it was not configured here. */
-  forget(vne: string): boolean {
+  /**
+   * A deleted VNE leaves the switch (refused while its ports are attached), its VNI's device the
+   * kernel (also when the switch did not know it: Switch.removeVne); false when it was not
+   * configured here. Resolves once the kernel's side is done (or failed: counted in the data
+   * path's kernelErrors).
+   */
+  async forget(vne: string, vni: number): Promise<boolean> {
     if (!vne) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'ForgetVne without a VNE name');
-    if (!this.has(vne)) return false;
-    const forgotten = this.o.switch().removeVne(vne);
-    if (forgotten) this.o.log.info({ vne }, 'VNE forgotten (deleted)');
+    let sw: Switch;
+    try {
+      sw = this.o.switch();
+    } catch {
+      return false; // not started: nothing configured
+    }
+    const forgotten = sw.removeVne(vne, vni || undefined);
+    await sw.inKernelDataPath?.settled();
+    this.o.log.info({ vne, vni, known: forgotten }, 'VNE forgotten (deleted)');
     return forgotten;
   }
 

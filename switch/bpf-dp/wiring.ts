@@ -133,16 +133,18 @@ export class DataPathWiring {
   }
 
   /**
-   * A VNE was removed from the switch (it had no port here any more, so vn_fdb and vn_peers hold
-   * nothing of it): its VNI's device goes, vn_vxdevs' entry first. Not after leave(): a VNE the
-   * agent no longer runs is removed by the next agent.
+   * A VNE was removed from the switch, or was never configured here but its VNI's device may be
+   * left by an earlier agent (no port of it here: vn_fdb and vn_peers hold nothing of it once the
+   * mirror's entries are dropped): its VNI's device goes, vn_vxdevs' entry first (quiet when
+   * there is none). Not after leave(): the agent is stopping.
    */
   vneRemoved(vni: number): void {
+    if (this.left) return;
     this.guard(() => this.mirror.drop(vni));
     this.guard(() => this.syncPeers(vni, new Set()));
     this.peersWritten.delete(vni);
-    if (!this.opts.tunnel || this.left || !this.vnis.delete(vni)) return;
-    this.opts.tunnel.removeVni(vni).catch(() => void this.tunnelErrors++);
+    this.vnis.delete(vni);
+    this.opts.tunnel?.removeVni(vni).catch(() => void this.tunnelErrors++);
   }
 
   /** Every kernel tunnel operation asked so far is done (or failed). */

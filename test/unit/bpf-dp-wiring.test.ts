@@ -321,7 +321,7 @@ describe('in-kernel data path wired into the switch', function () {
     }
   });
 
-  it('a removed VNE: refused while its port is attached, then its device removed once; unknown afterwards; configured again, its device asked for again', async () => {
+  it('a removed VNE: refused while its port is attached, then its device removed once; unknown afterwards; configured again, its device asked for again; an unknown VNE\'s VNI device removed unless its VNI is in use', async () => {
     const calls: string[] = [];
     const log = (call: string): Promise<void> => {
       calls.push(call);
@@ -354,6 +354,11 @@ describe('in-kernel data path wired into the switch', function () {
       sw.configureVne({ name: 'blue', vni: VNI });
       await w.settled();
       assert.deepEqual(calls.slice(4), [`add ${VNI}`]);
+      // a VNE this switch never knew (a restarted agent): only its VNI's device, and only if no VNE here uses the VNI
+      assert.equal(sw.removeVne('ghost', VNI), false);
+      assert.equal(sw.removeVne('ghost', VNI + 7), false);
+      await w.settled();
+      assert.deepEqual(calls.slice(5), [`remove ${VNI + 7}`]);
       assert.equal(w.stats().kernelErrors, 0);
     } finally {
       sw.stop();

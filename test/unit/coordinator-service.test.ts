@@ -181,7 +181,7 @@ describe('coordinator service: VNE definitions', () => {
     await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" has 1 snapshot: delete them first or pass delete_snapshots');
     s.agents.on('forgetVne', failed('ERR_FAILED_PRECONDITION', 'VNE blue still has ports here (p): detach them first'), 'h2');
     await s.svc.deleteVne({ name: 'blue', deleteSnapshots: true });
-    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'forgetVne').map((x) => [x.agent, x.body.forgetVne?.vne]), [['h1', 'blue'], ['h2', 'blue']], 'every connected agent told, a refusal only logged');
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'forgetVne').map((x) => [x.agent, x.body.forgetVne]), [['h1', { vne: 'blue', vni: 101 }], ['h2', { vne: 'blue', vni: 101 }]], 'every connected agent told, a refusal only logged');
     assert.deepEqual(s.agents.sent.filter((x) => x.name === 'deleteArtefacts').map((x) => [x.agent, x.body.deleteArtefacts?.storePrefix, x.body.deleteArtefacts?.paths?.length]), [['h1', 'snapshots/blue-s1/', 5]]);
     assert.equal(s.manifests.files.size, 0);
     assert.deepEqual(s.catalog.listVnes(), []);
