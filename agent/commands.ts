@@ -14,6 +14,7 @@ import type { Command__Output } from '../proto/gen/vnsnap/v1/Command';
 import type { ConfigureVne__Output } from '../proto/gen/vnsnap/v1/ConfigureVne';
 import type { DeleteArtefacts__Output } from '../proto/gen/vnsnap/v1/DeleteArtefacts';
 import type { DiscardDisks__Output } from '../proto/gen/vnsnap/v1/DiscardDisks';
+import type { ForgetVne__Output } from '../proto/gen/vnsnap/v1/ForgetVne';
 import type { Result } from '../proto/gen/vnsnap/v1/Result';
 import type { StartVm__Output } from '../proto/gen/vnsnap/v1/StartVm';
 import type { StopVm__Output } from '../proto/gen/vnsnap/v1/StopVm';
@@ -66,6 +67,7 @@ export class CommandDispatcher {
   /** One handler per Command body; the compiler checks every body has one. */
   private readonly handlers: { [K in CommandBody]: (c: NonNullable<Command__Output[K]>, link: SessionLink, commandId: number) => Promise<Partial<Result>> } = {
     configureVne: (c) => this.configureVne(c),
+    forgetVne: (c) => this.forgetVne(c),
     startVm: (c) => this.startVm(c),
     stopVm: (c) => this.stopVm(c),
     snapshotBegin: (c, link, id) => this.o.snapshots.begin(c, this.progressTo(link, id)),
@@ -103,6 +105,12 @@ export class CommandDispatcher {
     this.o.vnes.configure(c);
     await this.o.vms.attachAdopted(c.vne, c.epoch);
     await this.o.vms.saveStates(c.vne);
+    return {};
+  }
+
+  /** A deleted VNE leaves the switch, and its VNI's device the kernel (vne-table.ts). */
+  private async forgetVne(c: ForgetVne__Output): Promise<Partial<Result>> {
+    await this.o.vnes.forget(c.vne, c.vni);
     return {};
   }
 

@@ -11,6 +11,7 @@
  *  - a VNI clash is refused; a generation change while old instances of the VNE still run here
  *    is deferred by the switch until the last of their ports detaches (bumping now would stamp
  *    their frames with the new generation and let them reach the restored VMs).
+ * ForgetVne (a deleted VNE) is the switch's removeVne: refused while ports of it run here.
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { Logger } from '../proto/core/log';
@@ -64,6 +65,26 @@ export class VneTable {
     else if (after?.pendingGeneration !== undefined && c.generation === after.pendingGeneration) {
       this.o.log.info({ vne: c.vne, generation: c.generation }, 'generation change deferred until the running instances stop');
     }
+  }
+
+  /**
+   * A deleted VNE leaves the switch (refused while its ports are attached), its VNI's device the
+   * kernel (also when the switch did not know it: Switch.removeVne); false when it was not
+   * configured here. Resolves once the kernel's side is done (or failed: counted in the data
+   * path's kernelErrors).
+   */
+  async forget(vne: string, vni: number): Promise<boolean> {
+    if (!vne) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'ForgetVne without a VNE name');
+    let sw: Switch;
+    try {
+      sw = this.o.switch();
+    } catch {
+      return false; // not started: nothing configured
+    }
+    const forgotten = sw.removeVne(vne, vni || undefined);
+    await sw.inKernelDataPath?.settled();
+    this.o.log.info({ vne, vni, known: forgotten }, 'VNE forgotten (deleted)');
+    return forgotten;
   }
 
   private vneState(vne: string): { generation: number; pendingGeneration?: number } | undefined {

@@ -219,8 +219,23 @@ export class CoordinatorServiceImpl {
         this.o.catalog.deleteVne(vne.name);
       });
       this.o.events.publish({ kind: 'vne.deleted', vne: vne.name, message: snaps.length ? `with ${snaps.length} snapshot${snaps.length === 1 ? '' : 's'}` : '' });
+      await this.forgetOnAgents(vne.name, vne.vni);
       return disks;
     });
+  }
+
+  /**
+   * A deleted VNE leaves every connected agent's switch (ForgetVne: the in-kernel data path's
+   * VXLAN device of its VNI goes with it). The delete is done whatever they answer: an agent
+   * that refuses (a port of the VNE still attached) or is older is logged, not an error.
+   */
+  private async forgetOnAgents(vne: string, vni: number): Promise<void> {
+    const { agents, log } = this.o;
+    await Promise.all(
+      agents.connectedIds().map((a) =>
+        sendOk(agents, a, { forgetVne: { vne, vni } }, this.cmd).catch((e: Error) => log.warn({ vne, agent: a, error: e.message }, 'ForgetVne of a deleted VNE failed: the agent keeps its switch entry and VXLAN device')),
+      ),
+    );
   }
 
   async listVnes(): Promise<{ vnes: Vne__Output[] }> {

@@ -162,6 +162,20 @@ export class Switch implements Startable {
     this.dataPath?.syncAll(this.portsById, true);
   }
 
+  /**
+   * Forget a deleted VNE (VneTable.remove: refused while ports of it are attached; false when
+   * unknown here). With the in-kernel data path, its VNI's VXLAN device goes too — also when
+   * this switch does not know the VNE but was told its VNI (`vni`) and no other VNE here uses
+   * it: a device an earlier agent made outlives it, and a restarted agent's switch is only told
+   * of the VNEs that still run.
+   */
+  removeVne(name: string, vni?: number): boolean {
+    const v = this.vnes.remove(name);
+    if (v) this.dataPath?.vneRemoved(v.vni);
+    else if (vni !== undefined && !this.vnes.byVni.has(vni)) this.dataPath?.vneRemoved(vni);
+    return v !== undefined;
+  }
+
   /** Add a peer switch, or move a known one to a new underlay address (frames queued to the old one are lost). */
   upsertPeer(cfg: PeerConfig): PeerChange {
     return this.vnes.upsertPeer(cfg);

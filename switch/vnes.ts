@@ -12,7 +12,8 @@
  * here: bumping now would stamp their frames with the new generation and let them reach the
  * restored VMs); it applies when the last of them detaches, or at once with `generationNow`.
  * Applying one restarts the peers' frame counts and the VNE's epochs, fails and drops its
- * recordings and forgets learned MACs.
+ * recordings and forgets learned MACs. `remove` forgets a deleted VNE (none of its ports may
+ * remain): its recordings fail, its name and VNI are free again.
  */
 import { VnsnapError } from '../proto/core/errors';
 import { Fdb, FdbOptions } from './bridge/fdb';
@@ -132,6 +133,22 @@ export class VneTable {
     v.configChanged();
     this.byName.set(v.name, v);
     this.byVni.set(v.vni, v);
+    return v;
+  }
+
+  /**
+   * Forget VNE `name` (it was deleted): its peers' membership, MAC routes, recordings (failed)
+   * and generation go with it; its name and VNI are free again. Refused while a port of it is
+   * attached (ERR_FAILED_PRECONDITION naming them); an unknown name is nothing to do (false).
+   */
+  remove(name: string): Vne | undefined {
+    const v = this.byName.get(name);
+    if (!v) return undefined;
+    if (v.ports.length > 0) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VNE ${name} still has ports here (${v.ports.map((p) => p.name).join(', ')}): detach them first`);
+    for (const r of [...v.recordings.values()]) this.failRecording(r, new VnsnapError('ERR_SNAPSHOT_ABORTED', `VNE ${name} was removed`));
+    v.recordings.clear();
+    this.byName.delete(name);
+    this.byVni.delete(v.vni);
     return v;
   }
 

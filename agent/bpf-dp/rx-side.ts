@@ -186,6 +186,10 @@ export class VniDevices implements KernelTunnel {
     return this.enqueue(() => ensureVniDevice(this.dp, this.maps, vni, this.port));
   }
 
+  removeVni(vni: number): Promise<void> {
+    return this.enqueue(() => removeVniDevice(this.dp.prefix, this.maps, vni));
+  }
+
   setFdb(vni: number, mac: string, peer: string): Promise<void> {
     const dev = vniDeviceName(this.dp.prefix, vni);
     return this.enqueue(() => step(`the FDB entry ${mac} → ${peer} on ${dev}`, () => run('bridge', ['fdb', 'replace', mac, 'dev', dev, 'dst', peer, 'self', 'permanent'])));

@@ -13,12 +13,15 @@
  *
  * Guarantees asked of an implementation: operations take effect in the order they are called
  * (one queue); addVni resolves once the VNI's device is up with vn_rx on it and vn_vxdevs names
- * it (idempotent: a device an earlier agent left is adopted); setFdb resolves once the kernel's
+ * it (idempotent: a device an earlier agent left is adopted); removeVni resolves once vn_vxdevs
+ * no longer names the VNI's device and the device is gone (with its FDB; quiet when it was not
+ * there); setFdb resolves once the kernel's
  * entry sends that MAC to that peer (replacing any other); a failure rejects with a VnsnapError
  * and leaves the entry out.
  */
 export interface KernelTunnel {
   addVni(vni: number): Promise<void>;
+  removeVni(vni: number): Promise<void>;
   setFdb(vni: number, mac: string, peer: string): Promise<void>;
   removeFdb(vni: number, mac: string): Promise<void>;
   /** Resolves once every operation called before it has been made or has failed. */

@@ -16,6 +16,7 @@
  *                               frames of another generation, modulo 4), the old counts go
  *   a VNE configured          → its VNI's VXLAN device made (or adopted) by the kernel tunnel
  *                               (kernel-tunnel.ts), so peers' vn_tx can send to it
+ *   a VNE removed (deleted)   → its VNI's device removed (vn_vxdevs' entry first)
  *   tick                      → the kernel's counts of settled epochs folded (forgetSettled)
  *   leave (the agent stops, its VMs run on) → nothing written any more: the kernel keeps
  *                               carrying them as it does after the agent is killed, until the
@@ -129,6 +130,21 @@ export class DataPathWiring {
         this.vnis.delete(vni);
       });
     }
+  }
+
+  /**
+   * A VNE was removed from the switch, or was never configured here but its VNI's device may be
+   * left by an earlier agent (no port of it here: vn_fdb and vn_peers hold nothing of it once the
+   * mirror's entries are dropped): its VNI's device goes, vn_vxdevs' entry first (quiet when
+   * there is none). Not after leave(): the agent is stopping.
+   */
+  vneRemoved(vni: number): void {
+    if (this.left) return;
+    this.guard(() => this.mirror.drop(vni));
+    this.guard(() => this.syncPeers(vni, new Set()));
+    this.peersWritten.delete(vni);
+    this.vnis.delete(vni);
+    this.opts.tunnel?.removeVni(vni).catch(() => void this.tunnelErrors++);
   }
 
   /** Every kernel tunnel operation asked so far is done (or failed). */

@@ -275,4 +275,12 @@ const statuses = (): ReturnType<RestartVne['statuses']> => v.statuses();
     assert.equal(qemuOf('c')?.pid, other, 'the VM of h2 is undisturbed');
     assert.deepEqual(fs.readdirSync(path.join(c.dir, 'state', 'h1', 'vms')), [], 'the dead VM\'s record is gone');
   });
+
+  it('the VNE stopped and deleted: both hosts\' data path VXLAN devices of it are removed (ForgetVne)', async function () {
+    if (dataPathVxlanRx(c.topo, 'h2') === undefined) this.skip(); // no data path on this machine: no device to remove
+    await c.cli(['vne', 'stop', VNE], 60_000);
+    await c.cli(['vne', 'delete', VNE, '--with-snapshots'], 60_000);
+    assert.equal(dataPathVxlanRx(c.topo, 'h1'), undefined, 'h1 (its agent restarted since the VNE was configured)');
+    assert.equal(dataPathVxlanRx(c.topo, 'h2'), undefined, 'h2');
+  });
 });

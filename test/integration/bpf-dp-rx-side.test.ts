@@ -96,7 +96,7 @@ describe('in-kernel data path: the agent\'s receiving side', function () {
     assert.equal(maps?.vniDevice(VNI), undefined);
   });
 
-  it('writes the VNI device\'s FDB in call order: exact entries after set, move and removal', async () => {
+  it('writes the VNI device\'s FDB in call order: exact entries after set, move and removal; removes the device with its FDB', async () => {
     const t = new VniDevices(dp, maps as DataPathMaps, PORT);
     const dev = vniDeviceName(PREFIX, VNI);
     await t.addVni(VNI);
@@ -112,6 +112,12 @@ describe('in-kernel data path: the agent\'s receiving side', function () {
     await t.removeFdb(VNI, '02:00:00:00:00:0a');
     assert.deepEqual(kernelFdb(dev), []);
     await assert.rejects(t.setFdb(VNI + 1, '02:00:00:00:00:0c', '10.79.0.7'), (e: Error & { code?: string }) => e.code === 'ERR_DRIVER', 'no device for that VNI');
+    // a deleted VNE (ForgetVne): the device goes with its FDB, vn_vxdevs' entry first; again is quiet
+    void t.setFdb(VNI, '02:00:00:00:00:0d', '10.79.0.7');
+    await t.removeVni(VNI);
+    assert.equal(exists(dev), false);
+    assert.equal(maps?.vniDevice(VNI), undefined);
+    await t.removeVni(VNI);
   });
 
   it('hands the switch a peer\'s VXLAN-GBP frame that no local port owns, behind its header (unknown; VNI, colour, generation and peer from the outer headers)', async () => {

@@ -38,6 +38,9 @@ class FakeTunnel implements KernelTunnel {
   addVni(): Promise<void> {
     return Promise.resolve();
   }
+  removeVni(): Promise<void> {
+    return Promise.resolve();
+  }
   setFdb(vni: number, mac: string, peer: string): Promise<void> {
     this.log.push(`set ${mac} ${peer} (vn_fdb ${this.at(vni, mac)})`);
     return new Promise((resolve, reject) => this.pending.push({ resolve, reject }));

@@ -10,6 +10,7 @@
  * run on leaves their entries and kernel FDB carrying (DataPathWiring.leave).
  */
 import { strict as assert } from 'node:assert';
+import type { VnsnapError } from '../../proto/core/errors';
 import { PUNT_HEADER_LEN } from '../../switch/bpf-dp/layout';
 import type { KernelTunnel } from '../../switch/bpf-dp/kernel-tunnel';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
@@ -284,6 +285,10 @@ describe('in-kernel data path wired into the switch', function () {
         calls.push(`del ${vni} ${mac} (vn_fdb ${JSON.stringify(maps.fdb(vni, mac) ?? null)})`);
         return Promise.resolve();
       },
+      removeVni: (vni) => {
+        calls.push(`remove ${vni}`);
+        return Promise.resolve();
+      },
       idle: () => Promise.resolve(),
     };
     const net = new FakeUdpNetwork();
@@ -309,6 +314,52 @@ describe('in-kernel data path wired into the switch', function () {
       sw.removeMac('blue', m(7));
       assert.equal(maps.fdb(VNI, m(7)), undefined);
       assert.deepEqual(calls.slice(4), [`del ${VNI} ${m(7)} (vn_fdb null)`]);
+    } finally {
+      sw.stop();
+      maps.removePort(105);
+      for (const x of [m(5), m(7)]) maps.removeFdb(VNI, x);
+    }
+  });
+
+  it('a removed VNE: refused while its port is attached, then its device removed once; unknown afterwards; configured again, its device asked for again; an unknown VNE\'s VNI device removed unless its VNI is in use', async () => {
+    const calls: string[] = [];
+    const log = (call: string): Promise<void> => {
+      calls.push(call);
+      return Promise.resolve();
+    };
+    const tunnel: KernelTunnel = {
+      addVni: (vni) => log(`add ${vni}`),
+      setFdb: (vni, mac, peer) => log(`set ${vni} ${mac} ${peer}`),
+      removeFdb: (vni, mac) => log(`del ${vni} ${mac}`),
+      removeVni: (vni) => log(`remove ${vni}`),
+      idle: () => Promise.resolve(),
+    };
+    const sw = new Switch({ id: 'a' });
+    try {
+      const w = new DataPathWiring(maps, { isLocalAddress: () => false, tunnel });
+      sw.useDataPath(w);
+      sw.configureVne({ name: 'blue', vni: VNI, peers: [{ name: 'b', address: B, port: 6081 }], macs: [{ mac: m(7), peer: 'b' }] });
+      sw.attachPort('blue', new DpFakePort('p5', { tapIfindex: 105, puntIfindex: 305 }), { mac: m(5) });
+      await w.settled();
+      assert.deepEqual(maps.fdb(VNI, m(7)), { peer: B });
+      assert.throws(() => sw.removeVne('blue'), (e: VnsnapError) => e.code === 'ERR_FAILED_PRECONDITION' && e.message === 'VNE blue still has ports here (p5): detach them first');
+      assert.deepEqual(calls, [`add ${VNI}`, `set ${VNI} ${m(7)} ${B}`]);
+      sw.removePort('p5');
+      assert.equal(sw.removeVne('blue'), true);
+      await w.settled();
+      assert.deepEqual(calls.slice(2), [`del ${VNI} ${m(7)}`, `remove ${VNI}`]);
+      assert.equal(maps.fdb(VNI, m(7)), undefined);
+      assert.equal(sw.removeVne('blue'), false);
+      assert.throws(() => sw.attachPort('blue', new DpFakePort('p6', { tapIfindex: 106, puntIfindex: 306 })), (e: VnsnapError) => e.code === 'ERR_VNE_UNKNOWN');
+      sw.configureVne({ name: 'blue', vni: VNI });
+      await w.settled();
+      assert.deepEqual(calls.slice(4), [`add ${VNI}`]);
+      // a VNE this switch never knew (a restarted agent): only its VNI's device, and only if no VNE here uses the VNI
+      assert.equal(sw.removeVne('ghost', VNI), false);
+      assert.equal(sw.removeVne('ghost', VNI + 7), false);
+      await w.settled();
+      assert.deepEqual(calls.slice(5), [`remove ${VNI + 7}`]);
+      assert.equal(w.stats().kernelErrors, 0);
     } finally {
       sw.stop();
       maps.removePort(105);

@@ -165,7 +165,7 @@ describe('coordinator service: VNE definitions', () => {
     assert.equal(s.catalog.getVne('blue')?.state, 'VNE_STATE_DEFINED');
   });
 
-  it('StopVne stops every VM; UpdateVne and DeleteVne then work; a VNE with snapshots needs delete_snapshots', async () => {
+  it('StopVne stops every VM; UpdateVne and DeleteVne then work (ForgetVne to every connected agent); a VNE with snapshots needs delete_snapshots', async () => {
     const s = setup();
     await running(s);
     const snap = await snapshot(s);
@@ -179,7 +179,9 @@ describe('coordinator service: VNE definitions', () => {
     assert.equal(u.epoch, 1, 'update keeps the epoch');
     await assert.rejects(s.svc.updateVne(req({ name: 'green' })), (e) => isVnsnapError(e, 'ERR_NOT_FOUND'));
     await assert.rejects(s.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), (e) => isVnsnapError(e, 'ERR_FAILED_PRECONDITION') && e.message === 'VNE "blue" has 1 snapshot: delete them first or pass delete_snapshots');
+    s.agents.on('forgetVne', failed('ERR_FAILED_PRECONDITION', 'VNE blue still has ports here (p): detach them first'), 'h2');
     await s.svc.deleteVne({ name: 'blue', deleteSnapshots: true });
+    assert.deepEqual(s.agents.sent.filter((x) => x.name === 'forgetVne').map((x) => [x.agent, x.body.forgetVne]), [['h1', { vne: 'blue', vni: 101 }], ['h2', { vne: 'blue', vni: 101 }]], 'every connected agent told, a refusal only logged');
     assert.deepEqual(s.agents.sent.filter((x) => x.name === 'deleteArtefacts').map((x) => [x.agent, x.body.deleteArtefacts?.storePrefix, x.body.deleteArtefacts?.paths?.length]), [['h1', 'snapshots/blue-s1/', 5]]);
     assert.equal(s.manifests.files.size, 0);
     assert.deepEqual(s.catalog.listVnes(), []);
@@ -926,7 +928,8 @@ describe('coordinator service: kept disks (stop keeps, start boots from them, de
     await t.svc.stopVne({ name: 'blue' });
     t.agents.sent.length = 0;
     assert.deepEqual(await t.svc.deleteVne({ name: 'blue', deleteSnapshots: false }), { discarded: [`discarded vm1 on h1: ${DIR1} (12.3 MiB)`], forgotten: [] });
-    assert.deepEqual(t.agents.sent.map((x) => [x.agent, x.body.discardDisks]), [['h1', { vne: 'blue', vms: ['vm1'] }]]);
+    assert.deepEqual(t.agents.sent.filter((x) => x.name === 'discardDisks').map((x) => [x.agent, x.body.discardDisks]), [['h1', { vne: 'blue', vms: ['vm1'] }]]);
+    assert.deepEqual(t.agents.names(), ['h1:discardDisks', 'h1:forgetVne', 'h2:forgetVne'], 'the disks discarded first, then the VNE forgotten everywhere');
   });
 
   it('restore of a VNE with kept disks is refused unless --discard-disks; update refused when a kept VM changes', async () => {
