@@ -1,0 +1,33 @@
+/**
+ * batch-pool.ts: slots made a slab at a time as they are first needed, up to the pool's size;
+ * each slot out once; null when every slot is out; a slot given back is handed out again.
+ */
+import { strict as assert } from 'node:assert';
+import { BatchPool, type PoolSlot } from '../../proto/store/batch-pool';
+
+describe('batch-pool: reused shared memory for stream batches', function () {
+  it('makes slots a slab at a time up to its size, hands each out once, then null; a slot given back comes out again', function () {
+    const pool = new BatchPool(1024, 5, 2);
+    assert.equal(pool.made, 0, 'no memory before the first take');
+    const out: PoolSlot[] = [];
+    for (let i = 0; i < 5; i++) {
+      const s = pool.take(1000);
+      assert.ok(s);
+      assert.equal(s.buf.length, 1000);
+      assert.ok(s.buf.buffer instanceof SharedArrayBuffer);
+      out.push(s);
+      assert.equal(pool.made, Math.min(5, 2 * Math.ceil((i + 1) / 2)));
+    }
+    assert.deepEqual(out.map((s) => s.index).sort(), [0, 1, 2, 3, 4]);
+    // Slots of one slab do not overlap: each keeps what was written into it.
+    out.forEach((s, i) => s.buf.fill(i));
+    out.forEach((s, i) => assert.ok(s.buf.every((b) => b === i), `slot ${s.index} overwritten`));
+    assert.equal(pool.take(1), null, 'every slot is out');
+    assert.equal(pool.take(1025), null, 'larger than a slot');
+    assert.equal(pool.lent, 5);
+    pool.give(out[3] as PoolSlot);
+    assert.throws(() => pool.give(out[3] as PoolSlot), (e: Error & { code?: string }) => e.code === 'ERR_INTERNAL' && e.message === 'batch pool: slot 3 given back twice');
+    assert.equal(pool.take(10)?.index, (out[3] as PoolSlot).index);
+    assert.equal(pool.made, 5);
+  });
+});
