@@ -44,7 +44,7 @@
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import { VnsnapError } from '../../proto/core/errors';
-import { BATCH_BYTES, batchPool, type PoolSlot } from '../../proto/store/batch-pool';
+import { BATCH_BYTES, batchPool, copyInto, type PoolSlot } from '../../proto/store/batch-pool';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
@@ -347,7 +347,7 @@ export class StreamIntoStore {
         f = this.filling = { buf: slot ? slot.buf : Buffer.allocUnsafeSlow(WRITE_BATCH), used: 0, slot };
       }
       const n = Math.min(b.length - at, f.buf.length - f.used);
-      f.buf.set(n === b.length ? b : b.subarray(at, at + n), f.used);
+      copyInto(f.buf, f.used, n === b.length ? b : b.subarray(at, at + n));
       f.used += n;
       at += n;
       this.queued += n;
