@@ -20,7 +20,7 @@
  * never a stream's progress.
  */
 import { VnsnapError } from '../core/errors';
-import { nativeCopy } from './store-native';
+import { keepFromChildren, nativeCopy } from './store-native';
 
 /** One lent slot: `buf` is its first `n` bytes as asked for. */
 export interface PoolSlot {
@@ -70,7 +70,9 @@ export class BatchPool {
   private grow(): void {
     const first = this.slabs.length * this.slabSlots;
     if (first >= this.slots) return;
-    this.slabs.push(new SharedArrayBuffer(this.slotBytes * this.slabSlots));
+    const slab = new SharedArrayBuffer(this.slotBytes * this.slabSlots);
+    keepFromChildren(new Uint8Array(slab)); // kept for the process's life: no copy-on-write faults after each child started
+    this.slabs.push(slab);
     for (let i = Math.min(this.slots, first + this.slabSlots) - 1; i >= first; i--) this.free.push(i);
   }
 }

@@ -55,6 +55,19 @@ export function nativeCopy(): ((dst: Uint8Array, at: number, src: Uint8Array) =>
   return copy;
 }
 
+/**
+ * Keep the whole pages inside `buf` out of the children this process starts (switch/native/bytes.c
+ * keepFromChildren: MADV_DONTFORK), so a fork does not leave them write-protected; memory reused
+ * for the process's life (stream batches, held pages) then takes no copy-on-write fault per page
+ * after each child started. Only for memory never freed while the process lives: memory freed
+ * with the mark still on could be reused by malloc for what a child needs between its fork and
+ * its exec. Nothing without the addon.
+ */
+export function keepFromChildren(buf: Uint8Array): void {
+  const m = storeNative() as (StoreNative & { keepFromChildren?: (b: Uint8Array) => number }) | null;
+  m?.keepFromChildren?.(buf);
+}
+
 /** Bytes of a sha256x2.c context. */
 export const SHA256_CTX_BYTES = 112;
 
