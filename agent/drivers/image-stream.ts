@@ -67,8 +67,8 @@ const WRITE_BATCH = BATCH_BYTES;
  * `onread` with a buffer of the caller's): a read allocates nothing, and its bytes are copied out
  * (into the batch being filled) before the next read overwrites them. Node's own reads are a new
  * 64 KiB buffer each — a 115 MiB memory stream was about 1 900 of them, external memory that
- * brought V8's full collections forward (docs/performance.md, "The memory stream off the event
- * loop"). 256 KiB: a unix socket's read returns what its buffer holds, so a fast sender is read in
+ * brought V8's full collections forward (docs/performance.md, "The memory stream: no buffer per
+ * read"). 256 KiB: a unix socket's read returns what its buffer holds, so a fast sender is read in
  * a quarter of the wake-ups; the bound (bufferBytes) may be passed by at most one read.
  */
 const READ_BYTES = 256 * 1024;

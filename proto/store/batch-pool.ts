@@ -3,7 +3,7 @@
  * so a memory stream allocates nothing per batch nor per socket read: a fresh buffer costs its
  * page faults (about 2.5 GB/s on the machines measured, a copy into reused memory about 45 GB/s)
  * and the external memory it adds drives V8's full collections (docs/performance.md, "The agent's
- * CPU per memory stream" and "The memory stream off the event loop").
+ * CPU per memory stream" and "The memory stream: no buffer per read").
  *
  * The pool is SharedArrayBuffers ("slabs") of `slabSlots` equal slots each, made as they are first
  * needed up to `slots` slots, and kept for the process's life: what the pool keeps is the most its

@@ -9,7 +9,7 @@
  * Why: a batch slot is shared memory (a SharedArrayBuffer the hashing worker reads in place), and
  * V8 copies into shared memory with relaxed atomic word moves (TypedArray.prototype.set and
  * Buffer.copy alike): a memory stream's one copy into its batches took about a quarter of the
- * event loop's time that way (docs/performance.md, "The memory stream off the event loop"). The
+ * event loop's time that way (docs/performance.md, "The memory stream: no buffer per read"). The
  * slot is the stream's alone while it fills (nothing reads it concurrently), so a memcpy is exact.
  *
  * keepFromChildren: a process that starts a child (the agent: qemu-img at every disk snapshot)

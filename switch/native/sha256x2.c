@@ -10,7 +10,7 @@
  * two streams' rounds interleaved fill those waits. So both digests cost less than two passes
  * (node:crypto's OpenSSL, the same instructions, one stream at a time: 0.9 GB/s of stream for
  * both digests on this machine's EPYC, 1.3–1.4 GB/s here: docs/performance.md, "The memory
- * stream off the event loop").
+ * stream: no buffer per read").
  *
  *   sha256x2Available(): boolean        this CPU has the SHA extensions (and SSSE3, SSE4.1)
  *   sha256Reset(ctx: Uint8Array)        ctx (SHA256_CTX_BYTES) := an empty SHA-256
@@ -211,14 +211,18 @@ static void update2(sha_ctx_t *a, sha_ctx_t *b, const uint8_t *p, size_t len) { 
 static void final(sha_ctx_t *c, uint8_t out[32]) { (void)c, (void)out; }
 #endif
 
-/* A context argument: its bytes (at least SHA256_CTX_BYTES) copied into *c. */
-static int arg_ctx(napi_env env, napi_value v, uint8_t **raw, sha_ctx_t *c, const char *what) {
+/* A context argument's bytes (at least SHA256_CTX_BYTES). */
+static int arg_ctx_bytes(napi_env env, napi_value v, uint8_t **raw, const char *what) {
   size_t len;
   if (!arg_bytes(env, v, raw, &len, what)) return 0;
-  if (len < SHA256_CTX_BYTES) {
-    throw_range(env, "%s holds %zu bytes, %d needed", what, len, SHA256_CTX_BYTES);
-    return 0;
-  }
+  if (len >= SHA256_CTX_BYTES) return 1;
+  throw_range(env, "%s holds %zu bytes, %d needed", what, len, SHA256_CTX_BYTES);
+  return 0;
+}
+
+/* A context argument: its bytes copied into *c. */
+static int arg_ctx(napi_env env, napi_value v, uint8_t **raw, sha_ctx_t *c, const char *what) {
+  if (!arg_ctx_bytes(env, v, raw, what)) return 0;
   memcpy(c, *raw, sizeof(*c));
   if (c->n >= 64) {
     throw_range(env, "%s is not a SHA-256 context", what);
@@ -243,13 +247,8 @@ napi_value Sha256x2Available(napi_env env, napi_callback_info info) {
 napi_value Sha256Reset(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   uint8_t *raw;
-  size_t len;
-  if (!arg_bytes(env, argv[0], &raw, &len, "sha256Reset: ctx")) return NULL;
-  if (len < SHA256_CTX_BYTES) {
-    throw_range(env, "sha256Reset: ctx holds %zu bytes, %d needed", len, SHA256_CTX_BYTES);
-    return NULL;
-  }
   sha_ctx_t c;
+  if (!arg_ctx_bytes(env, argv[0], &raw, "sha256Reset: ctx")) return NULL;
   memset(&c, 0, sizeof(c));
   ctx_reset(&c);
   memcpy(raw, &c, sizeof(c));
