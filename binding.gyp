@@ -16,7 +16,9 @@
         "switch/native/poller_read.c",
         "switch/native/bpf.c",
         "switch/native/zstd.c",
-        "switch/native/cdc.c"
+        "switch/native/cdc.c",
+        "switch/native/sha256x2.c",
+        "switch/native/bytes.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],

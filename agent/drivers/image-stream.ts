@@ -44,23 +44,34 @@
 import * as fsp from 'node:fs/promises';
 import * as net from 'node:net';
 import { VnsnapError } from '../../proto/core/errors';
-import { BATCH_BYTES, batchPool, type PoolSlot } from '../../proto/store/batch-pool';
+import { BATCH_BYTES, batchPool, copyInto, type PoolSlot } from '../../proto/store/batch-pool';
 import type { ArtefactWriter } from '../../proto/store/snapshot-store';
 
 /**
- * Largest single write into the store: socket reads (64 KiB each) are joined up to this, in a
- * slot of the process's batch pool (proto/store/batch-pool.ts: shared memory, reused) lent to
- * the writer (ArtefactWriter.write's 'lent': the one copy between the socket and the store's
- * chunks; the hashing worker reads it in place) and taken back once the write settled; when
- * every slot is out, in memory of the batch's own handed over ('owned'). A store
- * may hash (and a content-addressed one chunk) a write in one go on the event loop — about 5–10 ms
- * per MiB here for the content-addressed store, before its hashing moved to a worker thread
- * (proto/store/chunk-hasher.ts; the whole-file layout still hashes here) — and the job's QMP
- * events wait behind it: 4 MiB writes held the loop for 40–90 ms. Between two writes the pump
- * yields to the event loop (setImmediate), since a store whose write() resolves without I/O would
- * otherwise run the whole buffer through in one go.
+ * Largest single write into the store: what the socket delivers is copied, as it arrives, into
+ * a slot of the process's batch pool (proto/store/batch-pool.ts: shared memory, reused) — the one
+ * copy between the socket and the store's chunks — and a slot, full or (when the store is idle)
+ * as far as it is filled, is lent to the writer (ArtefactWriter.write's 'lent': the hashing worker
+ * reads it in place) and taken back once the write settled; when every slot is out, a batch is
+ * memory of its own handed over ('owned'). A store may hash (and a content-addressed one chunk) a
+ * write in one go on the event loop — about 5–10 ms per MiB here for the content-addressed store,
+ * before its hashing moved to a worker thread (proto/store/chunk-hasher.ts; the whole-file layout
+ * still hashes here) — and the job's QMP events wait behind it: 4 MiB writes held the loop for
+ * 40–90 ms. Between two writes the pump yields to the event loop (setImmediate), since a store
+ * whose write() resolves without I/O would otherwise run the whole buffer through in one go.
  */
 const WRITE_BATCH = BATCH_BYTES;
+
+/**
+ * Each stream's socket is read into one buffer of this size, reused for every read (Node's
+ * `onread` with a buffer of the caller's): a read allocates nothing, and its bytes are copied out
+ * (into the batch being filled) before the next read overwrites them. Node's own reads are a new
+ * 64 KiB buffer each — a 115 MiB memory stream was about 1 900 of them, external memory that
+ * brought V8's full collections forward (docs/performance.md, "The memory stream: no buffer per
+ * read"). 256 KiB: a unix socket's read returns what its buffer holds, so a fast sender is read in
+ * a quarter of the wake-ups; the bound (bufferBytes) may be passed by at most one read.
+ */
+const READ_BYTES = 256 * 1024;
 
 /** Longest time holdStoreWrites() holds the store's writes if nobody releases them (ms). */
 export const STORE_HOLD_LIMIT_MS = 2000;
@@ -163,13 +174,18 @@ export interface StreamIntoStoreOptions {
 }
 
 /**
- * A synchronous rewriter of a stream, called on each read from the socket: what it returns is
- * what goes into the buffer (and counts against its bound); end() returns its tail at EOF. It
- * holds what it keeps back itself, within its own bound.
+ * A synchronous rewriter of a stream, called on each read from the socket with the bytes read (a
+ * view of the stream's read buffer, which the next read overwrites): what it returns is what goes
+ * into the buffer (and counts against its bound) — views of `chunk` or of the transform's own
+ * memory, valid until its next call: the stream copies them before it calls again. It keeps
+ * nothing of `chunk` past the call (it copies what it holds back, within its own bound). end()
+ * returns its tail at EOF.
  */
 export interface StreamTransform {
   push(chunk: Buffer): Buffer[];
   end(): Buffer[];
+  /** Called once the stream needs nothing of the transform any more (end()'s output copied, or the stream given up): its memory may be reused. */
+  close?(): void;
 }
 
 /**
@@ -190,9 +206,21 @@ export interface StreamProfile {
 
 const nowMs = (): number => Number(process.hrtime.bigint()) / 1e6;
 
+/** A batch being filled or waiting for the store: a pool slot, or memory of its own. */
+interface Batch {
+  buf: Buffer;
+  used: number;
+  slot: PoolSlot | null;
+}
+
 export class StreamIntoStore {
+  /** The socket read (reads into `readBuf`), and the one the server accepted (its handle moved to `conn`). */
   private conn: net.Socket | undefined;
-  private pending: Buffer[] = [];
+  private accepted: net.Socket | undefined;
+  private readBuf: Buffer | undefined;
+  /** Full batches in stream order, then the one being filled. */
+  private pending: Batch[] = [];
+  private filling: Batch | undefined;
   private queued = 0;
   private pumping = false;
   private eof = false;
@@ -233,7 +261,7 @@ export class StreamIntoStore {
   /** Listen on `sockPath` (a stale file there is replaced); the stream goes into `writer`. */
   static async listen(sockPath: string, writer: ArtefactWriter, o: StreamIntoStoreOptions): Promise<StreamIntoStore> {
     await fsp.rm(sockPath, { force: true });
-    const server = net.createServer();
+    const server = net.createServer({ pauseOnConnect: true }); // not read before its reads have their buffer
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(sockPath, () => {
@@ -255,36 +283,45 @@ export class StreamIntoStore {
     return this.queued;
   }
 
-  private onConnection(c: net.Socket): void {
+  private onConnection(accepted: net.Socket): void {
     if (this.conn) {
-      c.destroy();
+      accepted.destroy();
       return;
     }
+    this.accepted = accepted;
+    this.readBuf = Buffer.allocUnsafeSlow(READ_BYTES);
+    const c = readsInto(accepted, this.readBuf, (n, buf) => this.onBytes(buf.subarray(0, n)));
     this.conn = c;
+    if (c === accepted) c.on('data', (chunk: Buffer) => this.onBytes(chunk));
     if (streamReadsHeld() || this.readsClosed) this.pauseReads();
-    c.on('data', (chunk: Buffer) => {
-      if (this.received === 0) this.firstByteAt = nowMs();
-      this.received += chunk.length;
-      this.profile.reads++;
-      this.onRead?.(chunk.length);
-      if (this.discarding || this.failure) return;
-      this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
-      if (this.bounded && this.queued >= this.o.bufferBytes) this.pauseSocket(c);
-      this.pump();
-    });
+    else c.resume();
     c.on('end', () => {
       if (this.o.transform && !this.discarding && !this.failure) this.enqueue(() => (this.o.transform as StreamTransform).end());
+      this.o.transform?.close?.();
       this.profile.spanMs = this.firstByteAt > 0 ? nowMs() - this.firstByteAt : 0;
       this.eof = true;
       this.pump();
     });
     c.on('error', (e) => this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: the stream broke after ${this.received} bytes: ${e.message}`, { cause: e })));
     c.on('close', () => {
+      if (c !== accepted) accepted.destroy(); // the server counts its connection until then
       if (!this.eof) this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: the stream was closed after ${this.received} bytes without its end`));
     });
   }
 
-  /** Queue what `parts` returns; a transform that throws fails the stream. */
+  /** One read from the socket (valid only during the call: copied into the batches at once). */
+  private onBytes(chunk: Buffer): void {
+    if (this.received === 0) this.firstByteAt = nowMs();
+    this.received += chunk.length;
+    this.profile.reads++;
+    this.onRead?.(chunk.length);
+    if (this.discarding || this.failure) return;
+    this.enqueue(() => (this.o.transform ? this.o.transform.push(chunk) : [chunk]));
+    if (this.bounded && this.queued >= this.o.bufferBytes && this.conn) this.pauseSocket(this.conn);
+    this.pump();
+  }
+
+  /** Copy what `parts` returns into the batches (it may be views of the read buffer); a transform that throws fails the stream. */
   private enqueue(parts: () => Buffer[]): void {
     let bufs: Buffer[];
     const t0 = nowMs();
@@ -295,12 +332,26 @@ export class StreamIntoStore {
       this.fail(new VnsnapError('ERR_DRIVER', `${this.o.what}: rewriting the stream failed after ${this.received} bytes: ${(e as Error).message}`, { cause: e }));
       return;
     }
-    for (const b of bufs) {
-      if (b.length === 0) continue;
-      this.pending.push(b);
-      this.queued += b.length;
-    }
+    for (const b of bufs) this.append(b);
     this.peakQueued = Math.max(this.peakQueued, this.queued);
+  }
+
+  /** Copy `b` into the batch being filled, starting new ones as they fill up. */
+  private append(b: Uint8Array): void {
+    let at = 0;
+    while (at < b.length) {
+      let f = this.filling;
+      if (!f || f.used === f.buf.length) {
+        if (f) this.pending.push(f);
+        const slot = batchPool().take(WRITE_BATCH);
+        f = this.filling = { buf: slot ? slot.buf : Buffer.allocUnsafeSlow(WRITE_BATCH), used: 0, slot };
+      }
+      const n = Math.min(b.length - at, f.buf.length - f.used);
+      copyInto(f.buf, f.used, n === b.length ? b : b.subarray(at, at + n));
+      f.used += n;
+      at += n;
+      this.queued += n;
+    }
   }
 
   /** Write the queue into the store in order, one batch at a time; resolve `ended` at EOF. */
@@ -309,7 +360,7 @@ export class StreamIntoStore {
     this.pumping = true;
     void (async () => {
       try {
-        while (this.pending.length > 0 && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
+        while (this.waiting() && !this.discarding && !this.failure && !this.writesHeld && !storeWritesHeld()) {
           const { batch, slot } = this.takeBatch();
           const n = batch.length; // handed over: its memory may move away (detached) during the write
           const t0 = nowMs();
@@ -329,7 +380,7 @@ export class StreamIntoStore {
         this.pumping = false;
       }
       if (this.failure) return;
-      if (this.pending.length > 0 && !this.discarding) {
+      if (this.waiting() && !this.discarding) {
         if (!this.writesHeld && !storeWritesHeld()) this.pump();
       } else if (this.eof) this.settle.resolve();
     })();
@@ -347,29 +398,45 @@ export class StreamIntoStore {
     this.conn?.resume();
   }
 
-  /** The next batch: the one copy of what waits, into a pool slot lent to the writer, else into memory of its own handed over. */
+  /** Whether bytes wait for the store. */
+  private waiting(): boolean {
+    return this.pending.length > 0 || (this.filling !== undefined && this.filling.used > 0);
+  }
+
+  /** The next batch: the first full one, else the one being filled as far as it is (waiting() is true). */
   private takeBatch(): { batch: Buffer; slot: PoolSlot | null } {
-    let n = 0;
-    let k = 0;
-    while (k < this.pending.length && (k === 0 || n + (this.pending[k] as Buffer).length <= WRITE_BATCH)) n += (this.pending[k++] as Buffer).length;
-    const slot = batchPool().take(n);
-    const batch = slot ? slot.buf : Buffer.allocUnsafeSlow(n);
-    let at = 0;
-    for (const part of this.pending.splice(0, k)) at += part.copy(batch, at);
-    return { batch, slot };
+    let b = this.pending.shift();
+    if (!b) {
+      b = this.filling as Batch;
+      this.filling = undefined;
+    }
+    if (b.slot || b.used === b.buf.length) return { batch: b.buf.subarray(0, b.used), slot: b.slot };
+    // Memory of its own moves to the hashing worker only when the batch is all of it.
+    const own = Buffer.allocUnsafeSlow(b.used);
+    b.buf.copy(own, 0, 0, b.used);
+    return { batch: own, slot: null };
   }
 
   private fail(e: Error): void {
-    if (this.failure || (this.eof && this.pending.length === 0 && !this.pumping)) return;
+    if (this.failure || (this.eof && !this.waiting() && !this.pumping)) return;
     this.failure = e;
     this.dropQueue();
     this.settle.reject(e);
   }
 
   private dropQueue(): void {
-    this.pending = [];
-    this.queued = 0;
+    this.o.transform?.close?.();
+    this.releaseQueue();
     this.resumeSocket(); // keep reading (and dropping): the sender is never left blocked
+  }
+
+  /** Drop what waits for the store, its slots back in the pool. */
+  private releaseQueue(): void {
+    for (const b of this.pending) if (b.slot) batchPool().give(b.slot);
+    if (this.filling?.slot) batchPool().give(this.filling.slot);
+    this.pending = [];
+    this.filling = undefined;
+    this.queued = 0;
   }
 
   /**
@@ -456,9 +523,30 @@ export class StreamIntoStore {
   async close(): Promise<void> {
     liveStreams.delete(this);
     this.conn?.destroy();
+    this.accepted?.destroy();
+    if (!this.pumping) this.releaseQueue(); // the slots of a stream that never ended go back
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     await fsp.rm(this.sockPath, { force: true });
   }
+}
+
+/**
+ * Reads of the accepted socket `c` into `buf`, reused for every read: a socket over c's handle
+ * made with Node's `onread` (`net.Server` offers no `onread` for the sockets it accepts; a socket
+ * made over an existing handle does). c keeps no handle and is destroyed (the server's count of
+ * connections) when the returned socket closes. Where this Node's sockets have no such handle,
+ * c itself is returned, read the usual way ('data', a new buffer per read). Either is paused.
+ */
+function readsInto(c: net.Socket, buf: Buffer, callback: (n: number, buf: Buffer) => void): net.Socket {
+  const handle = (c as unknown as { _handle?: { useUserBuffer?: unknown } })._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function') {
+    c.pause();
+    return c;
+  }
+  (c as unknown as { _handle: unknown })._handle = null;
+  const s = new net.Socket({ handle, onread: { buffer: buf, callback: (n: number, b: Uint8Array) => void callback(n, b as Buffer) } } as net.SocketConstructorOpts);
+  s.pause();
+  return s;
 }
 
 /** feedSocket's receiver closed or broke the stream (ERR_DRIVER): the receiver knows why. */

@@ -122,6 +122,9 @@ export class Chunker implements ChunkSplitter {
   private readonly nParams: Uint32Array;
   /** Which engine cuts this stream. */
   readonly engine: 'native' | 'js';
+  /** Where the chunks the last push closed end, as offsets in its data (`lastEnds` entries of `ends`). */
+  private ends = new Uint32Array(64);
+  private lastEnds = 0;
 
   constructor(params: ChunkerParams = DEFAULT_CHUNKER, engine: ChunkerEngine = 'auto') {
     checkChunkerParams(params);
@@ -151,7 +154,16 @@ export class Chunker implements ChunkSplitter {
     return this.cutInto(data, true);
   }
 
+  /**
+   * The offsets in the last push()'s data just past each chunk it closed, in order (one per chunk
+   * returned); valid until the next push. Data of 4 GiB or more has none (null).
+   */
+  cutEnds(): Uint32Array | null {
+    return this.lastEnds < 0 ? null : this.ends.subarray(0, this.lastEnds);
+  }
+
   private cutInto(data: Uint8Array, view: boolean): Buffer[] {
+    this.lastEnds = data.length > 0xffff_ffff ? -1 : 0;
     if (this.native) return this.pushNative(this.native, data, view);
     const out: Buffer[] = [];
     let start = 0;
@@ -162,9 +174,20 @@ export class Chunker implements ChunkSplitter {
         break;
       }
       out.push(this.pending.take(data.subarray(start, cut), view));
+      this.noteEnd(cut);
       start = cut;
     }
     return out;
+  }
+
+  private noteEnd(at: number): void {
+    if (this.lastEnds < 0) return;
+    if (this.lastEnds === this.ends.length) {
+      const more = new Uint32Array(this.ends.length * 2);
+      more.set(this.ends);
+      this.ends = more;
+    }
+    this.ends[this.lastEnds++] = at;
   }
 
   end(): Buffer[] {
@@ -187,6 +210,7 @@ export class Chunker implements ChunkSplitter {
       for (let k = 0; k < n; k++) {
         const cut = cuts[k] as number;
         out.push(this.pending.take(piece.subarray(start, cut), view));
+        this.noteEnd(off + cut);
         start = cut;
       }
       this.pending.add(piece.subarray(start));

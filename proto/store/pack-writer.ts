@@ -22,6 +22,7 @@
  *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes.
  */
 import { msSince } from '../core/clock';
+import { copyInto } from './batch-pool';
 import type { ChunkRef } from './cas-index';
 import { encodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
@@ -151,7 +152,8 @@ export class PackWriter {
     o.arena ??= this.spare.arenas.pop() ?? Buffer.allocUnsafeSlow(this.targetBytes);
     if (o.used + data.length > o.arena.length) return Buffer.from(data);
     const at = o.used;
-    o.used += data.copy(o.arena, at);
+    copyInto(o.arena, at, data); // from a stream's batch slot: shared memory, which V8 copies with relaxed atomic moves
+    o.used += data.length;
     return o.arena.subarray(at, o.used);
   }
 

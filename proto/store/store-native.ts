@@ -1,6 +1,7 @@
 /**
- * The snapshot store's native helpers: zstd compression and the content-defined chunker's inner
- * loop, in C in the vnsnap_io addon (switch/native/zstd.c, switch/native/cdc.c), because the
+ * The snapshot store's native helpers: zstd compression, the content-defined chunker's inner
+ * loop and the two SHA-256s of a written stream in one pass, in C in the vnsnap_io addon
+ * (switch/native/zstd.c, cdc.c, sha256x2.c), because the
  * store's write path in JavaScript and zlib ran at about 47 MiB/s against 653 MiB/s for whole
  * files (docs/performance.md, "Snapshot storage"). The coordinator opens stores too and imports
  * only proto/, so the store loads the addon itself (the same build/Release/vnsnap_io.node that
@@ -29,6 +30,55 @@ export interface StoreNative {
    * out needs data.length / min + 2 entries. Returns how many were written.
    */
   cdcCuts(data: Uint8Array, state: Uint32Array, params: Uint32Array, out: Uint32Array): number;
+}
+
+/**
+ * The artefact's and its chunks' SHA-256s in one pass (switch/native/sha256x2.c): contexts are
+ * SHA256_CTX_BYTES the caller owns. sha256Pair hashes all of data into `whole`, and into `open`
+ * up to each of the first `count` ends (each chunk's digest into out, 32 bytes each, `open` then
+ * empty again), the rest staying in `open`. Only where sha256x2Available() (the CPU's SHA
+ * extensions): otherwise node:crypto hashes (chunk-hasher.ts).
+ */
+export interface Sha256Pair {
+  sha256Reset(ctx: Uint8Array): void;
+  sha256Pair(data: Uint8Array, ends: Uint32Array, count: number, whole: Uint8Array, open: Uint8Array, out: Uint8Array): void;
+  sha256Final(ctx: Uint8Array, out: Uint8Array): void;
+}
+
+let copy: ((dst: Uint8Array, at: number, src: Uint8Array) => number) | null | undefined;
+
+/** The addon's memcpy into a buffer (switch/native/bytes.c: dst[at..] := src, returns at + src.length), or null. */
+export function nativeCopy(): ((dst: Uint8Array, at: number, src: Uint8Array) => number) | null {
+  if (copy !== undefined) return copy;
+  const m = storeNative() as (StoreNative & { copyBytes?: (dst: Uint8Array, at: number, src: Uint8Array) => number }) | null;
+  copy = m && typeof m.copyBytes === 'function' ? m.copyBytes.bind(m) : null;
+  return copy;
+}
+
+/**
+ * Keep the whole pages inside `buf` out of the children this process starts (switch/native/bytes.c
+ * keepFromChildren: MADV_DONTFORK), so a fork does not leave them write-protected; memory reused
+ * for the process's life (stream batches, held pages) then takes no copy-on-write fault per page
+ * after each child started. Only for memory never freed while the process lives: memory freed
+ * with the mark still on could be reused by malloc for what a child needs between its fork and
+ * its exec. Nothing without the addon.
+ */
+export function keepFromChildren(buf: Uint8Array): void {
+  const m = storeNative() as (StoreNative & { keepFromChildren?: (b: Uint8Array) => number }) | null;
+  m?.keepFromChildren?.(buf);
+}
+
+/** Bytes of a sha256x2.c context. */
+export const SHA256_CTX_BYTES = 112;
+
+let pair: Sha256Pair | null | undefined;
+
+/** The addon's one-pass SHA-256 pair where the addon has it and the CPU runs it, else null. */
+export function sha256Pair(): Sha256Pair | null {
+  if (pair !== undefined) return pair;
+  const m = storeNative() as (StoreNative & Partial<Sha256Pair> & { sha256x2Available?: () => boolean }) | null;
+  pair = m && typeof m.sha256x2Available === 'function' && typeof m.sha256Pair === 'function' && m.sha256x2Available() ? (m as Sha256Pair) : null;
+  return pair;
 }
 
 /** The error zstdDecompress rejects with. */

@@ -33,6 +33,27 @@ describe('chunk hasher: on the caller\'s thread or in the worker', () => {
     assert.deepEqual(worker.chunks.map((c) => c.length), inline.chunks.map((c) => c.length));
   });
 
+  it('the addon\'s one-pass pair (where this CPU runs it) names the chunks and the artefact exactly as node:crypto does, whatever the pieces; an empty stream too', async function () {
+    const probe = new InlineChunkHasher(DEFAULT_CHUNKER, 'auto');
+    probe.close();
+    if (!probe.onePass) this.skip(); // no SHA extensions or an addon without them: node:crypto hashes everywhere
+    const small = { min: 64, avg: 256, max: 1024 }; // many chunks, many ends per push, every offset mod 64
+    for (const [params, data, sizes] of [
+      [DEFAULT_CHUNKER, bytes(3 * 1024 * KiB + 123, 31), [512 * KiB, 1, 63, 65, 2 * 1024 * KiB]],
+      [small, bytes(200 * KiB + 7, 32), [1, 2, 3, 63, 64, 65, 127, 128, 129, 4096, 10_000]],
+      [small, Buffer.alloc(0), [1]],
+      [small, bytes(55, 33), [55]],
+    ] as const) {
+      const node = await run(new InlineChunkHasher(params, 'auto', 'node'), data, [...sizes]);
+      const pair = await run(new InlineChunkHasher(params, 'auto'), data, [...sizes]);
+      assert.equal(pair.sha, createHash('sha256').update(data).digest('hex'));
+      assert.equal(node.sha, pair.sha);
+      assert.deepEqual(pair.names, pair.chunks.map((c) => createHash('sha256').update(c).digest('hex')));
+      assert.deepEqual(pair.names, node.names);
+      assert.equal(Buffer.concat(pair.chunks).equals(data), true);
+    }
+  });
+
   it('pushes in shared memory are read in place by the worker, one slot reused for every push: the same chunks and names, whole chunks views of the slot', async () => {
     const data = bytes(3 * 1024 * KiB + 321, 26);
     const inline = await run(new InlineChunkHasher(DEFAULT_CHUNKER, 'auto'), data, [512 * KiB]);

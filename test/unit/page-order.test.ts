@@ -14,13 +14,22 @@ const BLOCKS: [string, number][] = [
   ['/rom@etc/acpi/tables', 2 * PAGE],
 ];
 
-/** Run `input` through a PageOrder in reads of `step` bytes. */
+/**
+ * Run `input` through a PageOrder in reads of `step` bytes, as a stream does: each read in one
+ * buffer reused for every read, the output copied at once, then that buffer overwritten (0xee):
+ * output that kept a view of an earlier read, or of a held page's slot reused too early, differs.
+ */
 function rewrite(input: Buffer, step: number, o: PageOrderOptions = {}): { out: Buffer; po: PageOrder; reasons: string[] } {
   const reasons: string[] = [];
   const po = new PageOrder({ ...o, onFallback: (r) => reasons.push(r) });
   const out: Buffer[] = [];
-  for (let i = 0; i < input.length; i += step) out.push(...po.push(input.subarray(i, i + step)));
-  out.push(...po.end());
+  const readBuf = Buffer.alloc(Math.min(step, input.length));
+  for (let i = 0; i < input.length; i += step) {
+    const n = input.copy(readBuf, 0, i, i + step);
+    for (const b of po.push(readBuf.subarray(0, n))) out.push(Buffer.from(b));
+    readBuf.fill(0xee);
+  }
+  for (const b of po.end()) out.push(Buffer.from(b));
   return { out: Buffer.concat(out), po, reasons };
 }
 
@@ -64,6 +73,20 @@ describe('page-order: RAM pages of a QEMU migration stream in address order', fu
     assert.ok(out.equals(want), 'not the linear scan stream');
     assert.deepEqual([po.stats.pages, po.stats.held, po.stats.forced, po.stats.atEnd], [22, 4, 0, 0]);
     assert.equal(po.stats.peakHeldBytes, 4 * (PAGE + HELD_OVERHEAD));
+  });
+
+  it('holds more pages than a slab of slots, reuses the slots of pages gone out, every byte as sent', function () {
+    const blocks: [string, number][] = [['pc.ram', 1200 * PAGE]];
+    const ram = (a: number, b: number): PageRec[] => pages('pc.ram', a, b, (n) => n % 7 === 0);
+    // 600..900 wait (300 pages: more than a slab), go out after 0..600; then 1000..1200 wait in the slots they left.
+    const input = buildStream(spec([[...ram(600, 900), ...ram(0, 300)], [...ram(300, 600), ...ram(1000, 1200)], ram(900, 1000)], { blocks }));
+    const want = buildStream(spec([ram(0, 300), [...ram(300, 900)], ram(900, 1200)], { blocks }));
+    const { out, po, reasons } = rewrite(input, input.length);
+    for (const step of [PAGE + 3, 3 * PAGE + 5]) assert.ok(rewrite(input, step).out.equals(out), `reads of ${step} bytes gave another output`);
+    assert.deepEqual(reasons, []);
+    assert.ok(out.equals(want), 'not the linear scan stream');
+    const held = ram(600, 900).length + ram(1000, 1200).length;
+    assert.deepEqual([po.stats.pages, po.stats.held, po.stats.forced, po.stats.late, po.stats.atEnd], [1200, held, 0, 0, 0]);
   });
 
   it('writes out the lowest held pages once the bound is passed, and the late scan pages as they come', function () {

@@ -125,6 +125,20 @@ export class ByteQueue {
     }
   }
 
+  /** What is left now in memory of the queue's own (a copy: the buffers pushed may be reused by the caller after this). */
+  own(): void {
+    if (this.length === 0) {
+      this.bufs = [];
+      this.off = 0;
+      return;
+    }
+    const b = Buffer.allocUnsafe(this.length);
+    let at = 0;
+    for (let i = 0; i < this.bufs.length; i++) at += (this.bufs[i] as Buffer).copy(b, at, i === 0 ? this.off : 0);
+    this.bufs = [b];
+    this.off = 0;
+  }
+
   /** Everything, consumed. */
   drain(): Buffer[] {
     const out = this.bufs;

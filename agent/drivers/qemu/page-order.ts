@@ -26,6 +26,12 @@
  * that block across sections), and section headers, footers, EOS records and device state are
  * the input's bytes.
  *
+ * Memory: what push() returns is views of its input and of this rewriter's own memory, valid until
+ * its next call (the stream copies them into its batches at once: image-stream.ts); nothing of
+ * the input is kept past a call — the few bytes of a record cut by the read are copied, and so is
+ * each held page, into slabs of page slots (PageSlots) reused as pages go out, so holding half a
+ * stream's pages makes a few large buffers, not one per page.
+ *
  * Anything not understood (another magic or version, an unknown configuration subsection, a
  * capability that changes the block list, a record flag other than ZERO/PAGE/CONTINUE, an
  * unknown block, a non-RAM section before the RAM part ended...) ends the rewriting: the held
@@ -60,6 +66,17 @@ import {
 export const DEFAULT_HOLD_BYTES = 128 * 1024 * 1024;
 /** What holding one page costs beyond its data (the record object, the map and heap entries). */
 export const HELD_OVERHEAD = 64;
+
+/** Page slots per slab of held pages (1 MiB of 4 KiB pages). */
+const SLAB_PAGES = 256;
+/**
+ * Slabs kept for the next stream once a PageOrder is done (close()): a stream's held pages then
+ * take no fresh memory (fresh memory costs its page faults, and as external memory it brings
+ * V8's full collections forward). 64 MiB of 4 KiB pages, about what the test guest's stream holds
+ * at its peak; past it a slab is left to the collector.
+ */
+const SPARE_SLABS = 64;
+const spareSlabs = new Map<number, Buffer[]>();
 
 export interface PageOrderOptions {
   /** Page bytes that may wait for the scan before the lowest go out anyway. */
@@ -101,6 +118,8 @@ interface Page {
   /** ZERO: the fill byte; PAGE: undefined. */
   fill: number | undefined;
   data: Buffer | undefined;
+  /** The PageSlots slot holding `data` while the page is held (-1: none). */
+  slot: number;
   /** The record as it arrived and whether it had CONTINUE: written as it is when that still holds. */
   raw: Buffer | undefined;
   rawCont: boolean;
@@ -108,6 +127,58 @@ interface Page {
 
 /** Positions: block index * 2^32 + page index (exact in a number for any real guest). */
 const BLOCK_SHIFT = 0x1_0000_0000;
+
+/** The one-byte bodies of ZERO records, one per fill byte (shared, never written). */
+const FILL: readonly Buffer[] = Array.from({ length: 256 }, (_, i) => Buffer.from([i]));
+
+/**
+ * Held pages' bytes: slots of one page in slabs of SLAB_PAGES, made as needed and reused. A slot
+ * given back during a push() may still be viewed by that call's output, so it is free again only
+ * at the next call (settle()).
+ */
+class PageSlots {
+  private readonly slabs: Buffer[] = [];
+  private readonly free: number[] = [];
+  private released: number[] = [];
+
+  constructor(readonly pageSize: number) {}
+
+  /** A copy of `page` (pageSize bytes) in a slot: the slot and the view of it. */
+  put(page: Uint8Array): { slot: number; data: Buffer } {
+    let slot = this.free.pop();
+    if (slot === undefined) {
+      const first = this.slabs.length * SLAB_PAGES;
+      this.slabs.push(spareSlabs.get(this.pageSize)?.pop() ?? Buffer.allocUnsafeSlow(SLAB_PAGES * this.pageSize));
+      for (let i = first + SLAB_PAGES - 1; i > first; i--) this.free.push(i);
+      slot = first;
+    }
+    const slab = this.slabs[Math.floor(slot / SLAB_PAGES)] as Buffer;
+    const at = (slot % SLAB_PAGES) * this.pageSize;
+    slab.set(page, at);
+    return { slot, data: slab.subarray(at, at + this.pageSize) };
+  }
+
+  /** The slot's page went out (or was replaced): free from the next call on. */
+  release(slot: number): void {
+    this.released.push(slot);
+  }
+
+  /** Nothing is held or viewed any more: the slabs go to the next stream's PageSlots (up to SPARE_SLABS). */
+  close(): void {
+    let spare = spareSlabs.get(this.pageSize);
+    if (!spare) spareSlabs.set(this.pageSize, (spare = []));
+    for (const slab of this.slabs.splice(0)) if (spare.length < SPARE_SLABS) spare.push(slab);
+    this.free.length = 0;
+    this.released = [];
+  }
+
+  /** The caller has copied the last call's output: the slots released in it are free. */
+  settle(): void {
+    if (this.released.length === 0) return;
+    for (const s of this.released) this.free.push(s);
+    this.released = [];
+  }
+}
 
 export class PageOrder implements StreamTransform {
   readonly stats: PageOrderStats = { bytesIn: 0, bytesOut: 0, pages: 0, held: 0, forced: 0, late: 0, atEnd: 0, peakHeldBytes: 0, fallback: undefined, cpuMs: 0 };
@@ -131,6 +202,10 @@ export class PageOrder implements StreamTransform {
   private inLast: number | undefined;
   private outLast: number | undefined;
   private lastIn: Page | undefined;
+  /** The output piece being joined (put()): a view of its first part, and the bytes joined so far. */
+  private run: Buffer | undefined;
+  private runLen = 0;
+  private slots: PageSlots | undefined;
 
   constructor(private readonly o: PageOrderOptions = {}) {
     this.holdBytes = o.holdBytes ?? DEFAULT_HOLD_BYTES;
@@ -139,6 +214,7 @@ export class PageOrder implements StreamTransform {
 
   push(chunk: Buffer): Buffer[] {
     const t0 = performance.now();
+    this.slots?.settle();
     this.stats.bytesIn += chunk.length;
     if (this.state === 'pass') {
       this.stats.bytesOut += chunk.length;
@@ -147,19 +223,31 @@ export class PageOrder implements StreamTransform {
     }
     this.q.push(chunk);
     while (this.step());
-    if (this.passing()) this.out.push(...this.q.drain());
+    if (this.passing()) for (const b of this.q.drain()) this.put(b);
+    this.q.own(); // a record cut by the read: its first bytes outlive the caller's buffer
+    if (this.lastIn?.raw) this.lastIn = { ...this.lastIn, data: this.lastIn.data ? Buffer.from(this.lastIn.data) : undefined, raw: undefined };
     return this.flushOut(t0);
   }
 
   end(): Buffer[] {
     const t0 = performance.now();
+    this.slots?.settle();
     if (this.state !== 'pass' && (this.q.length > 0 || this.heap.length > 0)) {
       this.fallback(`the stream ended in the middle (${this.state})`);
-      this.out.push(...this.q.drain());
+      for (const b of this.q.drain()) this.put(b);
     }
     const out = this.flushOut(t0);
     this.o.onEnd?.(this.stats);
     return out;
+  }
+
+  /** The caller copied end()'s output (or gave up on the stream): the held pages' memory is reused by the next stream. */
+  close(): void {
+    this.heldPages.clear();
+    this.heap = [];
+    this.heldBytes = 0;
+    this.slots?.close();
+    this.slots = undefined;
   }
 
   private passing(): boolean {
@@ -168,10 +256,11 @@ export class PageOrder implements StreamTransform {
 
   /**
    * What this call wrote, as pieces: views of the input where records went out as they came
-   * (runs of them joined into one view: put()), new buffers only for rewritten headers and held
-   * pages. No copy here: the stream's writer copies them once into its batch.
+   * (runs of them joined into one view: put()), views of the held pages' slots, new buffers only
+   * for rewritten headers. No copy here: the stream copies them once into its batch.
    */
   private flushOut(t0: number): Buffer[] {
+    this.endRun();
     const out = this.out;
     this.out = [];
     for (const b of out) this.stats.bytesOut += b.length;
@@ -179,11 +268,24 @@ export class PageOrder implements StreamTransform {
     return out;
   }
 
-  /** Append `b` to the output, joined to the piece before it when it follows it in the same memory. */
+  /** Append `b` to the output, joined to the piece before it when it follows it in the same memory (one view made per run, at its end). */
   private put(b: Buffer): void {
-    const last = this.out[this.out.length - 1];
-    if (last && last.buffer === b.buffer && last.byteOffset + last.length === b.byteOffset) this.out[this.out.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + b.length);
-    else this.out.push(b);
+    const r = this.run;
+    if (r && r.buffer === b.buffer && r.byteOffset + this.runLen === b.byteOffset) {
+      this.runLen += b.length;
+      return;
+    }
+    this.endRun();
+    this.run = b;
+    this.runLen = b.length;
+  }
+
+  private endRun(): void {
+    const r = this.run;
+    if (!r) return;
+    this.out.push(this.runLen === r.length ? r : Buffer.from(r.buffer, r.byteOffset, this.runLen));
+    this.run = undefined;
+    this.runLen = 0;
   }
 
   /** One step of the parser; false when it needs more bytes (or passes through from now on). */
@@ -362,6 +464,7 @@ export class PageOrder implements StreamTransform {
       addr,
       fill: kind === RAM_FLAG.ZERO ? (rec[at] as number) : undefined,
       data: kind === RAM_FLAG.PAGE ? rec.subarray(at) : undefined,
+      slot: -1,
       raw: rec,
       rawCont: cont,
     };
@@ -416,10 +519,17 @@ export class PageOrder implements StreamTransform {
   }
 
   private hold(p: Page): void {
-    const copy: Page = { ...p, data: p.data ? Buffer.from(p.data) : undefined, raw: undefined }; // not a view of the socket's buffer
+    let copy: Page = { ...p, raw: undefined }; // not a view of the socket's buffer
+    if (p.data) {
+      const slots = (this.slots ??= new PageSlots(this.pageSize));
+      const { slot, data } = slots.put(p.data);
+      copy = { ...copy, data, slot };
+    }
     const had = this.heldPages.get(p.key);
-    if (had) this.heldBytes -= pageBytes(had);
-    else {
+    if (had) {
+      this.heldBytes -= pageBytes(had);
+      if (had.slot >= 0) this.slots?.release(had.slot);
+    } else {
       this.pushHeap(p.key);
       this.stats.held++;
     }
@@ -428,10 +538,12 @@ export class PageOrder implements StreamTransform {
     this.stats.peakHeldBytes = Math.max(this.stats.peakHeldBytes, this.heldBytes);
   }
 
+  /** The held page at `k`, no longer held: its slot is free once this call's output is copied. */
   private unhold(k: number): Page {
     const p = this.heldPages.get(k) as Page;
     this.heldPages.delete(k);
     this.heldBytes -= pageBytes(p);
+    if (p.slot >= 0) this.slots?.release(p.slot);
     return p;
   }
 
@@ -450,8 +562,8 @@ export class PageOrder implements StreamTransform {
       this.put(p.raw);
       return;
     }
-    this.out.push(pageHeader(p.addr, p.fill === undefined ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, sameBlock ? undefined : (this.blocks[p.block] as RamBlock).name));
-    this.out.push(p.data ?? Buffer.from([p.fill as number]));
+    this.put(pageHeader(p.addr, p.fill === undefined ? RAM_FLAG.PAGE : RAM_FLAG.ZERO, sameBlock ? undefined : (this.blocks[p.block] as RamBlock).name));
+    this.put(p.data ?? (FILL[p.fill as number] as Buffer));
   }
 
   /**
@@ -463,7 +575,7 @@ export class PageOrder implements StreamTransform {
     const fix = keepBlock && this.inLast !== undefined && this.outLast !== this.inLast;
     if (this.heap.length === 0 && !fix) return;
     const wrap = !inSection && this.ramId !== undefined;
-    if (wrap) this.out.push(sectionMark(SEC.PART, this.ramId as number));
+    if (wrap) this.put(sectionMark(SEC.PART, this.ramId as number));
     while (this.heap.length > 0) {
       const k = this.popHeap();
       if (!inSection) this.stats.atEnd++;
@@ -472,8 +584,8 @@ export class PageOrder implements StreamTransform {
     }
     if (keepBlock && this.inLast !== undefined && this.outLast !== this.inLast) this.emitPage(this.lastIn as Page);
     if (wrap) {
-      this.out.push(eosRecord());
-      if (this.footers) this.out.push(sectionMark(SEC.FOOTER, this.ramId as number));
+      this.put(eosRecord());
+      if (this.footers) this.put(sectionMark(SEC.FOOTER, this.ramId as number));
     }
   }
 
