@@ -58,7 +58,7 @@ import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eClus
 import { sleep, until } from '../support/wait';
 import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
-import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, median, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine } from './snapshot-wall';
@@ -177,7 +177,7 @@ async function vnsnapRound(c: Cluster, label: string, mode: Mode, i: number, rou
   run.commitSkews.push(commitSkewMs(snap.vms));
   run.vms.push(...snap.vms);
   run.last = snap;
-  say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, cut spread ${cutSpreadMs(snap.vms)} ms`);
+  say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, ${spreadPartsLine(spreadParts(snap.vms))}`);
   // each snapshot is a separate catalog entry: remove it so the store does not fill up
   if (!keep) await c.cli(['snapshot', 'delete', snap.id], 60_000).catch(() => undefined);
 }
