@@ -7,12 +7,14 @@
  * converted into each agent's clock with that agent's offset (clock-offset.ts), and every agent
  * begins its cuts then. An agent that receives the commit after the instant cuts at once.
  *
- * The margin adapts to the commit delays measured on the previous commits (each VM's
+ * Background commits only: a pre-copy VM stops when its own final round ends after the commit,
+ * and the rounds' lengths (tens to 200 ms) make that spread, not the commit's arrival.
+ *
+ * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
  * its offset): `factor` × the largest of the last `history` delays + `padMs`, within
  * [minMs, maxMs]; `defaultMs` before any was measured. It costs no pause: the VMs run until the
- * instant (a background VM as ever; a pre-copy VM with its copy held as before the commit); the
- * snapshot takes the margin longer. VNSNAP_CUT_MARGIN_MS sets it: `auto` (the default), a fixed
+ * instant; the snapshot takes the margin longer. VNSNAP_CUT_MARGIN_MS sets it: `auto` (the default), a fixed
  * number of ms, or 0 for no instant (every agent cuts at receipt, as before the field).
  *
  * Consistency does not depend on it: the epoch colouring of the switches keeps the cut

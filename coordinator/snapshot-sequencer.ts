@@ -23,10 +23,10 @@
  *   before anything else: the catalog's COMMITTING mark, the log line and the events follow
  *   (a restart aborts a snapshot found in PRECOPY or COMMITTING alike, so nothing depends on
  *   the mark). PERSISTING likewise: SnapshotPersist first, then the per-VM results and mark.
- *   Each commit names the cut instant (cut-instant.ts): now + the margin, in that agent's clock
- *   (its offset from the session's round trips); every agent begins its cuts then, or at once if
- *   the commit reaches it later. The commit delays the CommitResults report (PHASE_COMMIT) set
- *   the next snapshot's margin.
+ *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
+ *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
+ *   or at once if the commit reaches it later. The commit delays its CommitResults report
+ *   (PHASE_COMMIT) set the next background snapshot's margin. A pre-copy commit names none.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
@@ -393,8 +393,12 @@ export class SnapshotRun {
       return;
     }
     const at = this.deps.clock.now();
-    // The cut instant: now + the margin on this clock, each agent's in its own (0: none, cut at receipt).
-    const marginMs = this.seq.cutMargin.marginMs();
+    // Background: the cut instant, now + the margin on this clock, each agent's in its own (0: none,
+    // cut at receipt). A pre-copy commit names none: its VMs stop when their own final rounds end,
+    // whose lengths, not the commit's arrival, make its spread (docs/performance.md, "A scheduled
+    // cut instant").
+    const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
+    const marginMs = background ? this.seq.cutMargin.marginMs() : 0;
     const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
     const instants = marginMs > 0 ? cutInstants(this.seq.nowUs() + marginMs * 1000, [...this.spec.byAgent.keys()], offsetOf) : undefined;
     this.fanOut(
@@ -403,7 +407,7 @@ export class SnapshotRun {
       (agent, r) => {
         const vms = r.commit?.vms ?? [];
         this.commits.set(agent, vms);
-        const delay = commitDelayMs(vms, offsetOf(agent) ?? 0);
+        const delay = background ? commitDelayMs(vms, offsetOf(agent) ?? 0) : undefined;
         if (delay !== undefined) this.seq.cutMargin.observe(delay);
       },
       () => this.persist(),
