@@ -6,6 +6,9 @@
  * more Progress before it); a failure is a Result with ok=false and the error's stable code
  * (a VnsnapError's code; anything else is ERR_INTERNAL); a command this agent does not know is
  * ERR_INVALID_ARGUMENT. The link drops what is sent after its session is gone.
+ * Every Result carries this agent's wall-clock instants of the command's arrival and of the
+ * Result's writing (µs): with the coordinator's stamps, its estimate of this agent's clock offset
+ * (coordinator/clock-offset.ts).
  */
 import type { Clock } from '../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../proto/core/errors';
@@ -39,16 +42,23 @@ export interface CommandDispatcherOptions {
   migrations: MigrateRunner;
   store: SnapshotStore;
   clock: Clock;
+  /** Wall-clock µs for the Results' stamps (default: clock.now() × 1000). */
+  nowUs?: () => number;
   log: Logger;
   metrics: AgentMetrics;
 }
 
 export class CommandDispatcher {
-  constructor(private readonly o: CommandDispatcherOptions) {}
+  private readonly nowUs: () => number;
+
+  constructor(private readonly o: CommandDispatcherOptions) {
+    this.nowUs = o.nowUs ?? (() => o.clock.now() * 1000);
+  }
 
   /** Run one Command and send its Result on `link`. Never rejects. */
   async execute(link: SessionLink, cmd: Command__Output): Promise<void> {
     const kind = cmd.body ?? 'unknown';
+    const commandReceivedUnixUs = this.nowUs();
     const t0 = this.o.clock.now();
     let result: Result;
     try {
@@ -61,7 +71,7 @@ export class CommandDispatcher {
     }
     this.o.metrics.commands.inc({ command: kind, result: result.ok ? 'ok' : (result.errorCode ?? 'error') });
     this.o.log.debug({ command: kind, id: cmd.id, ok: result.ok, ms: this.o.clock.now() - t0 }, 'command done');
-    link.send({ result });
+    link.send({ result: { ...result, commandReceivedUnixUs, sentUnixUs: this.nowUs() } });
   }
 
   /** One handler per Command body; the compiler checks every body has one. */

@@ -6,7 +6,12 @@
  *   begin     one SnapshotJob per VM (precopy: the live copy runs; background: nothing yet);
  *             Progress per VM at most every progressIntervalMs (the readiness change at once);
  *             the Result when every job is ready, or early when Commit or Abort arrives.
- *   commit    the cut of each VM, in DESIGN.md's order, is one switch.cutPorts(ports, k, atPause)
+ *   commit    a commit that names a cut instant (SnapshotCommit.cut_at_unix_us, this agent's clock:
+ *             coordinator/cut-instant.ts) waits until then, so that every agent's VMs stop
+ *             together whatever the commit's arrival; one that arrives after it (or names none:
+ *             an older coordinator) cuts at once. The wait is bounded (maxCutWaitMs) and ended
+ *             by an abort; the VMs run meanwhile, and no port is gated yet. Then
+ *             the cut of each VM, in DESIGN.md's order, is one switch.cutPorts(ports, k, atPause)
  *             (switch/snapshot/cut.ts):
  *               gate                        frames for the VM's ports are held
  *               job.cut(pass)               the driver pauses the VM, then calls pass:
@@ -16,7 +21,8 @@
  *               driver: disk snapshot, final copy / copy-on-write start, resume.
  *             If the driver fails, the ports still being cut are un-gated at their old epoch.
  *             Each VM's cut is traced into its phases: COMMIT (the coordinator's send of the
- *             commit → its receipt here), DRAIN (the switch's pass while the VM is paused),
+ *             commit → its receipt here), CUT_AT (the named instant → the cuts began: how late),
+ *             DRAIN (the switch's pass while the VM is paused),
  *             LOOP_STALL (the longest stall of this event loop between the receipt and the
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
@@ -82,6 +88,8 @@ export interface SnapshotRunnerOptions {
   channelTimeoutMs?: number;
   /** The raised priority of background cuts (cut-priority.ts); default: its own. */
   cutPriority?: CutPriorityOptions;
+  /** The longest wait for a commit's cut instant (an instant further ahead is cut then). Default 1000 ms. */
+  maxCutWaitMs?: number;
 }
 
 interface SnapVm {
@@ -92,8 +100,8 @@ interface SnapVm {
   trace?: PhaseTiming[];
 }
 
-/** What commit() needs of SnapshotCommit (sentUnixUs: 0 or absent from an older coordinator). */
-export type CommitCommand = Pick<SnapshotCommit__Output, 'snapshotId'> & { sentUnixUs?: number };
+/** What commit() needs of SnapshotCommit (sentUnixUs, cutAtUnixUs: 0 or absent from an older coordinator). */
+export type CommitCommand = Pick<SnapshotCommit__Output, 'snapshotId'> & { sentUnixUs?: number; cutAtUnixUs?: number };
 
 type SnapState = 'precopy' | 'committing' | 'committed' | 'persisting' | 'aborted';
 
@@ -112,6 +120,8 @@ interface LocalSnapshot {
   endBegin: (e?: Error) => void;
   /** Background: the event loop's raised priority taken at begin (cut-priority.ts), handed to the commit. */
   priority?: () => void;
+  /** Ends the commit's wait for its cut instant at once (an abort). */
+  wakeCut?: () => void;
 }
 
 export class SnapshotRunner {
@@ -248,8 +258,13 @@ export class SnapshotRunner {
     let undrained = snap.vms.length;
     const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
     let results: PromiseSettledResult<VmSnapshot>[];
+    let cutAt: PhaseTiming | undefined;
     try {
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, commit, probe, drained)));
+      // The commit's cut instant: the VMs run (no port gated) until it, at the priority above.
+      cutAt = await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0));
+      if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
+      const shared = cutAt ? [commit, cutAt] : [commit];
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained)));
     } finally {
       normalPriority();
       probe.stop();
@@ -266,14 +281,40 @@ export class SnapshotRunner {
     if ((snap.state as SnapState) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot ${snap.id} was aborted during the cut`);
     snap.state = 'committed';
     const vms = results.map((r) => (r as PromiseFulfilledResult<VmSnapshot>).value);
-    this.o.log.info({ snapshot: snap.id, pauses: vms.map((v) => [v.name, Number(v.pauseMs).toFixed(2)]), ...(background && { priorityWindow: windowStats() }) }, 'snapshot committed');
+    this.o.log.info(
+      { snapshot: snap.id, pauses: vms.map((v) => [v.name, Number(v.pauseMs).toFixed(2)]), ...(cutAt && { cutAt: cutAtWords(cutAt, receivedUs) }), ...(background && { priorityWindow: windowStats() }) },
+      'snapshot committed',
+    );
     return { commit: { vms } };
   }
 
+  /**
+   * Until the commit's cut instant `atUs` (this agent's clock; at most maxCutWaitMs from now), or
+   * an abort; at once when it is 0 (none named) or past. The CUT_AT span (the instant → now), or
+   * undefined without an instant.
+   */
+  private async untilCutInstant(snap: LocalSnapshot, atUs: number): Promise<PhaseTiming | undefined> {
+    if (!(atUs > 0)) return undefined;
+    const waitMs = Math.min((atUs - this.nowUs()) / 1000, this.o.maxCutWaitMs ?? 1000);
+    if (waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const wake = (): void => {
+          this.o.clock.clearTimeout(t);
+          snap.wakeCut = undefined;
+          resolve();
+        };
+        const t = this.o.clock.setTimeout(wake, Math.ceil(waitMs));
+        snap.wakeCut = wake;
+      });
+    }
+    return { phase: 'PHASE_CUT_AT', startUnixUs: atUs, endUnixUs: this.nowUs() };
+  }
+
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm, commit: PhaseTiming, probe: LoopStallProbe, drained: () => void): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, shared: PhaseTiming[], probe: LoopStallProbe, drained: () => void): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
-    const trace: PhaseTiming[] = [commit];
+    const commit = shared[0] as PhaseTiming;
+    const trace: PhaseTiming[] = [...shared];
     const report = (await this.o.switch().cutPorts(names, snap.epoch, (pass) =>
       sv.job.cut(async () => {
         const startUnixUs = this.nowUs();
@@ -404,6 +445,7 @@ export class SnapshotRunner {
   /** Abort a snapshot this agent knows: stop copies, resume VMs, advance ports, delete partials. */
   private async localAbort(snap: LocalSnapshot, reason: string, prefix = snap.prefix): Promise<void> {
     this.dropPriority(snap);
+    snap.wakeCut?.();
     if (snap.state === 'aborted' && !this.snapshots.has(snap.id)) return;
     snap.state = 'aborted';
     snap.endBegin(aborted(snap.id, reason));
@@ -445,6 +487,16 @@ export class SnapshotRunner {
     sw.abort(vne, epoch);
     await this.o.vms.saveStates(vne);
   }
+}
+
+/** The commit's cut instant for the log: waited for (ms), or how late the commit or the timer made the cuts (ms). */
+export function cutAtWords(cutAt: PhaseTiming, receivedUs: number): { waitedMs: number } | { lateMs: number; by: 'receipt' | 'timer' } {
+  const at = Number(cutAt.startUnixUs);
+  const began = Number(cutAt.endUnixUs);
+  const r2 = (us: number): number => Math.round(us / 10) / 100;
+  if (receivedUs >= at) return { lateMs: r2(began - at), by: 'receipt' };
+  if (began - at > 1000) return { lateMs: r2(began - at), by: 'timer' };
+  return { waitedMs: r2(began - receivedUs) };
 }
 
 function aborted(id: string, reason?: string): VnsnapError {

@@ -23,6 +23,11 @@
  * Commands: `send` numbers each command (one counter for the coordinator), writes it to the
  * stream at once and keeps {resolve, reject, onProgress} by id until its Result arrives.
  * Progress for an unknown or finished command is ignored; so is a Result nobody waits for.
+ *
+ * Clock offsets: every command is stamped with the instant it is written (Command.sent_unix_us),
+ * and a Result that carries the agent's receipt and send instants gives one NTP-style sample of
+ * that agent's clock offset (clock-offset.ts), kept per session: clockOffset() is what the
+ * snapshot's cut instant is converted with (cut-instant.ts).
  */
 import { EventEmitter } from 'node:events';
 import { status, type ServerDuplexStream } from '@grpc/grpc-js';
@@ -40,6 +45,7 @@ import type { Startable } from '../proto/core/lifecycle';
 import { commandName, type AgentLink, type CommandBody, type SendOptions } from './agent-link';
 import type { Catalog } from './catalog';
 import { nowUs, systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
+import { ClockOffset, offsetSample, type OffsetSample } from './clock-offset';
 
 export type SessionCall = ServerDuplexStream<AgentMessage__Output, CoordinatorMessage>;
 
@@ -52,6 +58,8 @@ export interface AgentRegistryOptions {
   deadAfterMs?: number;
   /** Default per-command timeout when the caller gives none (0: none). */
   commandTimeoutMs?: number;
+  /** Wall-clock µs for the commands' stamps and the offsets' samples (default: clock.ts nowUs). */
+  nowUs?: () => number;
 }
 
 interface InFlight {
@@ -62,12 +70,16 @@ interface InFlight {
   onProgress?: (p: VmProgress__Output) => void;
   timer?: TimerHandle;
   detach?: () => void;
+  /** The coordinator's instant of writing the command (µs). */
+  sentUnixUs: number;
 }
 
 class Session {
   deadTimer?: TimerHandle;
   closed = false;
   readonly inFlight = new Set<number>();
+  /** The agent's clock offset, from this session's round trips. */
+  readonly offset = new ClockOffset();
   constructor(
     readonly agentId: string,
     readonly call: SessionCall,
@@ -87,6 +99,7 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
   readonly deadAfterMs: number;
   private readonly commandTimeoutMs: number;
   private readonly clock: Clock;
+  private readonly nowUs: () => number;
   private readonly sessions = new Map<string, Session>();
   /** Each agent's in-kernel data path port as it last registered it with this coordinator (not in the catalog). */
   private readonly dataPathPorts = new Map<string, number>();
@@ -101,6 +114,7 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
   constructor(private readonly opts: AgentRegistryOptions) {
     super();
     this.clock = opts.clock ?? systemClock;
+    this.nowUs = opts.nowUs ?? nowUs;
     this.heartbeatIntervalMs = opts.heartbeatIntervalMs ?? 1000;
     this.deadAfterMs = opts.deadAfterMs ?? 3000;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 120_000;
@@ -140,6 +154,15 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
   /** The Register of the agent's current session (undefined when not connected). */
   registration(agentId: string): Register__Output | undefined {
     return this.sessions.get(agentId)?.register;
+  }
+
+  /**
+   * The agent's clock offset (its clock minus the coordinator's, µs) and the round trip it was
+   * taken from, estimated from its current session's command round trips; undefined before one
+   * (a new session, an older agent).
+   */
+  clockOffset(agentId: string): OffsetSample | undefined {
+    return this.sessions.get(agentId)?.offset.estimate();
   }
 
   /** VMs the agent reported running when it registered. */
@@ -281,6 +304,7 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
         const r = m.result;
         const f = r ? this.pending.get(r.commandId) : undefined;
         if (!r || !f || f.agentId !== s.agentId) return;
+        s.offset.add(offsetSample(f.sentUnixUs, Number(r.commandReceivedUnixUs ?? 0), Number(r.sentUnixUs ?? 0), this.nowUs()));
         this.settle(r.commandId);
         f.resolve(r);
         return;
@@ -345,7 +369,8 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
     if (opts.signal?.aborted) return Promise.reject(new VnsnapError('ERR_CANCELLED', `${name} to agent ${agentId} cancelled`));
     const id = this.nextCommandId++;
     return new Promise<Result__Output>((resolve, reject) => {
-      const f: InFlight = { agentId, name, resolve, reject, onProgress: opts.onProgress };
+      const sentUnixUs = this.nowUs();
+      const f: InFlight = { agentId, name, resolve, reject, onProgress: opts.onProgress, sentUnixUs };
       const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
       if (timeoutMs > 0) {
         f.timer = this.clock.setTimeout(() => {
@@ -364,9 +389,10 @@ export class AgentRegistry extends EventEmitter<AgentRegistryEvents> implements 
       }
       this.pending.set(id, f);
       s.inFlight.add(id);
-      // A commit carries the instant it was written: the agent's PHASE_COMMIT (the fan-out).
-      const stamped = body.snapshotCommit ? { ...body, snapshotCommit: { ...body.snapshotCommit, sentUnixUs: nowUs() } } : body;
-      s.call.write({ command: { id, ...stamped } });
+      // Every command carries the instant it was written (the offset's sample); a commit also in
+      // its own field: the agent's PHASE_COMMIT (the fan-out).
+      const stamped = body.snapshotCommit ? { ...body, snapshotCommit: { ...body.snapshotCommit, sentUnixUs } } : body;
+      s.call.write({ command: { id, sentUnixUs, ...stamped } });
     });
   }
 }

@@ -26,7 +26,7 @@ import type { Startable } from '../proto/core/lifecycle';
 import type { Logger } from '../proto/core/log';
 import { AgentRegistry } from './agent-registry';
 import { Catalog } from './catalog';
-import { systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
+import { nowUs, systemClock, type Clock, type TimerHandle } from '../proto/core/clock';
 import { EventBus } from './events';
 import { StoreManifests } from './manifest-store';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
@@ -36,6 +36,7 @@ import { MigrateRecovery } from './migrate-recovery';
 import { MigrateSequencer } from './migrate-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
+import { CUT_MARGIN_ENV, CutMargin, parseCutMargin } from './cut-instant';
 import { MAX_TIMEOUT_MS } from './validation';
 import { checkTransport, PemCertificates, type TransportConfig } from '../proto/core/tls';
 import { authzInterceptor, type RolesTable } from './authz';
@@ -137,7 +138,10 @@ export class CoordinatorServer implements Startable {
       log.warn({ snapshots: this.catalog.recovered.snapshots, restores: this.catalog.recovered.restores }, 'marked operations of the previous coordinator aborted; agents get SnapshotAbort when they register');
     }
     const coordinatorId = config.coordinatorId ?? `coordinator-${randomBytes(4).toString('hex')}`;
+    // One µs clock for the commands' stamps and the cut instants (the agents' offsets are taken against it).
+    const micros = clock === systemClock ? nowUs : () => clock.now() * 1000;
     this.registry = new AgentRegistry({
+      nowUs: micros,
       catalog: this.catalog,
       log: log.child({ part: 'agents' }),
       coordinatorId,
@@ -159,7 +163,13 @@ export class CoordinatorServer implements Startable {
     const manifests = new StoreManifests(store);
     const storeName = describeStore(storeConfig);
     const deps = { agents: this.registry, catalog: this.catalog, manifests, store, clock, events: this.events, version: this.opts.version };
-    this.snapshots = new SnapshotSequencer({ ...deps, log: log.child({ part: 'snapshot' }) });
+    this.snapshots = new SnapshotSequencer({
+      ...deps,
+      log: log.child({ part: 'snapshot' }),
+      cutMargin: new CutMargin(parseCutMargin(process.env[CUT_MARGIN_ENV])),
+      nowUs: micros,
+      clockOffset: (a) => this.registry.clockOffset(a),
+    });
     this.restores = new RestoreSequencer({ ...deps, log: log.child({ part: 'restore' }) });
     this.service = new CoordinatorServiceImpl({
       ...deps,

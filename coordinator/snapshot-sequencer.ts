@@ -23,6 +23,10 @@
  *   before anything else: the catalog's COMMITTING mark, the log line and the events follow
  *   (a restart aborts a snapshot found in PRECOPY or COMMITTING alike, so nothing depends on
  *   the mark). PERSISTING likewise: SnapshotPersist first, then the per-VM results and mark.
+ *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
+ *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
+ *   or at once if the commit reaches it later. The commit delays its CommitResults report
+ *   (PHASE_COMMIT) set the next background snapshot's margin. A pre-copy commit names none.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
@@ -59,6 +63,8 @@ import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import { vmsByAgent } from './vne-config';
+import { commitDelayMs, cutInstants, CutMargin } from './cut-instant';
+import type { OffsetSample } from './clock-offset';
 import { degradedError, degradedReason } from './vne-health';
 
 export const DEFAULT_PRECOPY_DEADLINE_MS = 30_000;
@@ -84,6 +90,12 @@ export interface SequencerDeps {
   events?: EventBus;
   /** vnsnap release written into manifests. */
   version?: string;
+  /** The margin of the commits' cut instants (cut-instant.ts); default: adaptive. */
+  cutMargin?: CutMargin;
+  /** Wall-clock µs of the cut instants, the clock the agents' offsets are taken against (default: clock.now() × 1000). */
+  nowUs?: () => number;
+  /** Each agent's clock offset (the registry's clockOffset); default: none known (0). */
+  clockOffset?: (agentId: string) => OffsetSample | undefined;
   newSnapshotId?: (vne: string, epoch: number) => string;
 }
 
@@ -109,9 +121,13 @@ export function defaultSnapshotId(vne: string, epoch: number): string {
 export class SnapshotSequencer {
   private readonly runs = new Map<string, SnapshotRun>();
   readonly newSnapshotId: (vne: string, epoch: number) => string;
+  readonly cutMargin: CutMargin;
+  readonly nowUs: () => number;
 
   constructor(readonly deps: SequencerDeps) {
     this.newSnapshotId = deps.newSnapshotId ?? defaultSnapshotId;
+    this.cutMargin = deps.cutMargin ?? new CutMargin();
+    this.nowUs = deps.nowUs ?? (() => deps.clock.now() * 1000);
   }
 
   /** The snapshot in progress for a VNE. */
@@ -300,10 +316,11 @@ export class SnapshotRun {
    * Send one command to every agent of the snapshot in this turn; `each` handles each Result
    * while the run is in state `expect` (the state the caller enters right after sending).
    */
-  private fanOut(expect: State, body: CommandBody, each: (agent: string, r: Result__Output) => void, all: () => void): void {
+  private fanOut(expect: State, bodyOf: CommandBody | ((agent: string) => CommandBody), each: (agent: string, r: Result__Output) => void, all: () => void): void {
     const agents = [...this.spec.byAgent.keys()];
     let left = agents.length;
     for (const agent of agents) {
+      const body = typeof bodyOf === 'function' ? bodyOf(agent) : bodyOf;
       this.deps.agents
         .send(agent, body, { signal: this.ac.signal, timeoutMs: 0, onProgress: (p) => this.onProgress(agent, p) })
         .then(
@@ -376,13 +393,27 @@ export class SnapshotRun {
       return;
     }
     const at = this.deps.clock.now();
+    // Background: the cut instant, now + the margin on this clock, each agent's in its own (0: none,
+    // cut at receipt). A pre-copy commit names none: its VMs stop when their own final rounds end,
+    // whose lengths, not the commit's arrival, make its spread (docs/performance.md, "A scheduled
+    // cut instant").
+    const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
+    const marginMs = background ? this.seq.cutMargin.marginMs() : 0;
+    const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
+    const instants = marginMs > 0 ? cutInstants(this.seq.nowUs() + marginMs * 1000, [...this.spec.byAgent.keys()], offsetOf) : undefined;
     this.fanOut(
       'SNAPSHOT_STATE_COMMITTING',
-      { snapshotCommit: { snapshotId: this.id } },
-      (agent, r) => this.commits.set(agent, r.commit?.vms ?? []),
+      (agent) => ({ snapshotCommit: { snapshotId: this.id, ...(instants && { cutAtUnixUs: instants.get(agent) }) } }),
+      (agent, r) => {
+        const vms = r.commit?.vms ?? [];
+        this.commits.set(agent, vms);
+        const delay = background ? commitDelayMs(vms, offsetOf(agent) ?? 0) : undefined;
+        if (delay !== undefined) this.seq.cutMargin.observe(delay);
+      },
       () => this.persist(),
     );
     this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_COMMITTING', at);
+    this.deps.log.info({ snapshot: this.id, cutMarginMs: marginMs, offsetsUs: Object.fromEntries([...this.spec.byAgent.keys()].map((a) => [a, offsetOf(a) ?? null])) }, 'snapshot commit sent');
     this.transition('SNAPSHOT_STATE_COMMITTING');
   }
 

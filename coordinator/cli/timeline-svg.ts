@@ -28,6 +28,7 @@ export const PHASE_COLOURS: Readonly<Record<string, string>> = {
   INJECT: '#9c755f',
   // cut traces (cut-trace.ts): the agent's side of each VM's cut
   COMMIT: '#bab0ac',
+  CUT_AT: '#9467bd',
   DRAIN: '#17becf',
   LOOP_STALL: '#d62728',
   EVENT_STOP: '#7f7f7f',

@@ -58,7 +58,7 @@ import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eClus
 import { sleep, until } from '../support/wait';
 import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
-import { commitSkewMs, cutSpreadMs, longestTraces, median, ratio, stats, targetLines, traceStats, type Stats, type Target, type TracedVm } from './snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, median, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine } from './snapshot-wall';
@@ -160,12 +160,14 @@ interface ModeRun {
   spreads: number[];
   /** Per snapshot, the spread of the agents' commit receipts (the fan-out skew). */
   commitSkews: number[];
+  /** Per snapshot, where its cut spread comes from (snapshot-figures.ts spreadParts). */
+  parts: SpreadParts[];
   vms: TracedVm[];
   /** The last snapshot (kept in the catalog when asked: the restore's). */
   last?: BenchSnapshot;
 }
 
-const emptyRun = (): ModeRun => ({ pauses: [], seconds: [], sizes: [], spreads: [], commitSkews: [], vms: [] });
+const emptyRun = (): ModeRun => ({ pauses: [], seconds: [], sizes: [], spreads: [], commitSkews: [], parts: [], vms: [] });
 
 /** Round `i` of `rounds` in `mode`, added to `run`; the snapshot is deleted after it is measured unless `keep`. */
 async function vnsnapRound(c: Cluster, label: string, mode: Mode, i: number, rounds: number, run: ModeRun, keep: boolean): Promise<void> {
@@ -175,9 +177,10 @@ async function vnsnapRound(c: Cluster, label: string, mode: Mode, i: number, rou
   run.sizes.push(Number(snap.sizeBytes ?? 0));
   run.spreads.push(cutSpreadMs(snap.vms));
   run.commitSkews.push(commitSkewMs(snap.vms));
+  run.parts.push(spreadParts(snap.vms));
   run.vms.push(...snap.vms);
   run.last = snap;
-  say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, cut spread ${cutSpreadMs(snap.vms)} ms`);
+  say(`    ${label} ${mode} ${i + 1}/${rounds}: ${seconds.toFixed(2)} s, pauses ${snap.vms.map((v) => v.pauseMs.toFixed(1)).join(' ')} ms, ${spreadPartsLine(spreadParts(snap.vms))}`);
   // each snapshot is a separate catalog entry: remove it so the store does not fill up
   if (!keep) await c.cli(['snapshot', 'delete', snap.id], 60_000).catch(() => undefined);
 }
@@ -292,12 +295,32 @@ async function distroRun<R extends { problems: string[] }>(run: (c: Cluster, lab
   }
 }
 
+/** The spread parts over a mode's snapshots: each part's median and max ("cut begins 1.2 / 3.4, …"). */
+function partsSummary(parts: readonly SpreadParts[]): string {
+  const keys: [keyof SpreadParts, string][] = [
+    ['cut', 'cut spread'],
+    ['receipt', 'receipts'],
+    ['cutBegin', 'cut begins'],
+    ['stopWritten', 'stop written'],
+    ['commitDelayMax', 'commit delay'],
+    ['beginLateMax', 'begin late'],
+    ['stopLagMax', 'stop → STOP'],
+  ];
+  return `median / max ms: ${keys
+    .map(([k, name]) => {
+      const xs = parts.map((p) => p[k]).filter((x): x is number => x !== null);
+      return `${name} ${xs.length ? `${median(xs)} / ${Math.max(...xs)}` : '-'}`;
+    })
+    .join(', ')}`;
+}
+
 /** Where every long pause goes: each trace phase's durations, and the longest pauses' traces. */
 function traceReport(label: string, g: Partial<Record<Mode, ModeRun>>): string[] {
   const out: string[] = [];
   for (const [m, run] of Object.entries(g) as [Mode, ModeRun | undefined][]) {
     if (!run) continue;
     out.push(`  ${label} ${m}: cut spread median ${median(run.spreads)} ms, max ${Math.max(...run.spreads)} ms; commit fan-out skew median ${median(run.commitSkews)} ms, max ${Math.max(...run.commitSkews)} ms`);
+    out.push(`  ${label} ${m}: per snapshot, ${partsSummary(run.parts)}`);
     out.push(`  ${label} ${m}: trace phases over ${run.vms.length} cuts (ms: median / p95 / max)`);
     for (const [k, v] of Object.entries(traceStats(run.vms))) out.push(`    ${k.padEnd(32)} ${String(v.median).padStart(8)} ${String(v.p95).padStart(8)} ${String(v.max).padStart(8)}  (${v.n})`);
     out.push(`  ${label} ${m}: the longest pauses`);

@@ -52,6 +52,64 @@ export function commitSkewMs(vms: readonly TracedVm[]): number {
   return rx.length < 2 ? 0 : r1((Math.max(...rx) - Math.min(...rx)) / 1000);
 }
 
+/**
+ * Where one snapshot's cut spread comes from, each a spread over its VMs (last − first, ms) or a
+ * largest lag (ms): the agents' commit receipts (PHASE_COMMIT's end), the instants the agents
+ * began their cuts (PHASE_CUT_AT's end: the scheduled instant reached, or the receipt when there
+ * was none or it came late), the `stop` written (PHASE_QMP_STOP's start: background cuts; a
+ * pre-copy cut that converged writes none) and the cut instants themselves; and the largest
+ * commit delay (sent → received, both hosts' clocks as they are), the largest lag of a cut's
+ * begin behind its scheduled instant, and the largest lag of QEMU's STOP behind the `stop`
+ * written. null where no VM has the phase.
+ */
+export interface SpreadParts {
+  cut: number;
+  receipt: number | null;
+  cutBegin: number | null;
+  stopWritten: number | null;
+  commitDelayMax: number | null;
+  beginLateMax: number | null;
+  stopLagMax: number | null;
+}
+
+type Span = { start: number; end: number };
+
+function span(v: TracedVm, phase: string): Span | undefined {
+  const p = (v.phases ?? []).find((q) => q.phase === phase);
+  return p ? { start: Number(p.startUnixUs), end: Number(p.endUnixUs) } : undefined;
+}
+
+function spreadOf(xs: readonly number[]): number | null {
+  const ok = xs.filter((x) => x > 0);
+  return ok.length < 2 ? null : r1((Math.max(...ok) - Math.min(...ok)) / 1000);
+}
+
+function maxLag(xs: readonly (number | undefined)[]): number | null {
+  const ok = xs.filter((x): x is number => x !== undefined && Number.isFinite(x));
+  return ok.length === 0 ? null : r1(Math.max(...ok) / 1000);
+}
+
+export function spreadParts(vms: readonly TracedVm[]): SpreadParts {
+  const commit = vms.map((v) => span(v, 'PHASE_COMMIT'));
+  const at = vms.map((v) => span(v, 'PHASE_CUT_AT'));
+  const stop = vms.map((v) => span(v, 'PHASE_QMP_STOP'));
+  return {
+    cut: cutSpreadMs(vms),
+    receipt: spreadOf(commit.map((c) => c?.end ?? 0)),
+    cutBegin: spreadOf(vms.map((_, i) => at[i]?.end ?? commit[i]?.end ?? 0)),
+    stopWritten: spreadOf(stop.map((s) => s?.start ?? 0)),
+    commitDelayMax: maxLag(commit.map((c) => (c && c.start > 0 && c.end > 0 ? c.end - c.start : undefined))),
+    beginLateMax: maxLag(at.map((a) => (a && a.start > 0 ? a.end - a.start : undefined))),
+    stopLagMax: maxLag(vms.map((v, i) => (stop[i] && Number(v.cutUnixUs) > 0 ? Number(v.cutUnixUs) - (stop[i] as Span).start : undefined))),
+  };
+}
+
+/** spreadParts as one line: "cut 77.0 = receipts 43.7, cut begins 44.0, stop written 45.1; …". */
+export function spreadPartsLine(p: SpreadParts): string {
+  const f = (x: number | null): string => (x === null ? '-' : x.toFixed(1));
+  return `cut ${f(p.cut)} ms; spreads: receipts ${f(p.receipt)}, cut begins ${f(p.cutBegin)}, stop written ${f(p.stopWritten)}; max: commit delay ${f(p.commitDelayMax)}, begin late ${f(p.beginLateMax)}, stop → STOP ${f(p.stopLagMax)}`;
+}
+
 /** Per trace phase (short name, lower case), the statistics of its durations over every cut given. */
 export function traceStats(vms: readonly TracedVm[]): Record<string, Stats & { n: number }> {
   const by = new Map<string, number[]>();

@@ -56,7 +56,7 @@ export class AgentParts {
   readonly progress: { vm: string; fraction: number; phaseDone: boolean }[] = [];
 
   /** cutPriority: the background cut's raised priority (default: the nice value only, no realtime policy). */
-  constructor(opts: { progressIntervalMs?: number; cutPriority?: CutPriorityOptions } = {}) {
+  constructor(opts: { progressIntervalMs?: number; cutPriority?: CutPriorityOptions; maxCutWaitMs?: number } = {}) {
     const parts = { agentId: 'h1', switch: () => this.sw, store: this.store, clock: this.clock, log: this.log, metrics: this.metrics };
     this.vms = new VmTable({ ...parts, drivers: [this.driver] });
     const vnes = new VneTable(parts);

@@ -93,7 +93,7 @@ describe('xen driver: domains outlive the agent (fake toolstack)', () => {
   describe('through the agent', () => {
     const agents: Agent[] = [];
     let id = 0;
-    const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
+    const cmd = (body: Omit<Command__Output, 'id' | 'sentUnixUs'>): Command__Output => ({ id: ++id, sentUnixUs: 0, ...body });
     const vmSpec = (name: string, i: number): VmSpec__Output => ({ name, host: 'h1', macs: [`00:16:3e:00:00:0${i}`], driver: { kind: 'xen', xen: { config: 'type="pv"\n' } } });
 
     function newAgent(): { agent: Agent; transport: FakeSessionTransport } {

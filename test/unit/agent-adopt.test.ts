@@ -89,7 +89,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   let stateDir: string;
   let agents: Agent[] = [];
   let id = 0;
-  const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
+  const cmd = (body: Omit<Command__Output, 'id' | 'sentUnixUs'>): Command__Output => ({ id: ++id, sentUnixUs: 0, ...body });
 
   function newAgent(driver: FakeDriver): { agent: Agent; transport: FakeSessionTransport } {
     const made = sessionAgent(root, stateDir, driver);
@@ -110,11 +110,11 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
   }
 
   /** A connected agent running VM a (VNE at epoch 2, generation 1); `ok` runs a command that must succeed. */
-  async function agentRunningA(): Promise<{ agent: Agent; ok: (c: Omit<Command__Output, 'id'>) => Promise<void> }> {
+  async function agentRunningA(): Promise<{ agent: Agent; ok: (c: Omit<Command__Output, 'id' | 'sentUnixUs'>) => Promise<void> }> {
     const { agent, transport } = newAgent(new AdoptingDriver());
     await agent.start();
     transport.last.welcome(1000);
-    const ok = async (c: Omit<Command__Output, 'id'>): Promise<void> => {
+    const ok = async (c: Omit<Command__Output, 'id' | 'sentUnixUs'>): Promise<void> => {
       const r = await transport.last.run(cmd(c));
       assert.equal(r.ok, true, `${c.body}: ${r.errorMessage}`);
     };
@@ -177,7 +177,7 @@ describe('agent state directory and adoption of VMs left by a previous agent', (
     const { agent, ok } = await agentRunningA();
     assert.deepEqual([record('a').epoch, record('a').generation], [2, 1]);
     await ok({ body: 'snapshotBegin', snapshotBegin: { snapshotId: 's3', vne: VNE, epoch: 3, mode: 'SNAPSHOT_MODE_PRECOPY', vms: ['a'], storePrefix: 'snapshots/s3/' } });
-    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3', sentUnixUs: 0 } });
+    await ok({ body: 'snapshotCommit', snapshotCommit: { snapshotId: 's3', sentUnixUs: 0, cutAtUnixUs: 0 } });
     assert.equal(record('a').epoch, 3, 'the cut moved the ports to epoch 3: the record says so');
     await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's3', vne: VNE, epoch: 3, storePrefix: 'snapshots/s3/' } });
     await ok({ body: 'snapshotAbort', snapshotAbort: { snapshotId: 's4', vne: VNE, epoch: 4, storePrefix: 'snapshots/s4/' } });

@@ -8,6 +8,9 @@ import { ManualClock } from '../../proto/core/clock';
 import type { Command__Output } from '../../proto/gen/vnsnap/v1/Command';
 import { FakeUdpNetwork } from '../../switch/tunnel/tunneltest/fake-transport';
 import { fakeVmSpec, flush, T0, VNE } from '../support/agent-parts';
+
+/** A Result's stamps on the manual clock that never moved: the command's arrival and the Result's writing (µs). */
+const AT_T0 = { commandReceivedUnixUs: T0 * 1000, sentUnixUs: T0 * 1000 };
 import { FakeDriver } from '../support/fake-driver';
 import { FakeSessionTransport } from '../support/fake-session';
 
@@ -25,7 +28,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
   let clock: ManualClock;
   let transport: FakeSessionTransport;
   let id = 0;
-  const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
+  const cmd = (body: Omit<Command__Output, 'id' | 'sentUnixUs'>): Command__Output => ({ id: ++id, sentUnixUs: 0, ...body });
   const configure = cmd.bind(null, { body: 'configureVne', configureVne: { vne: VNE, vni: 7, generation: 1, peers: [], macs: [], epoch: 0 } });
   const startA = (): Command__Output => cmd({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [], keptDisk: false } });
 
@@ -61,8 +64,8 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
     first.welcome(1000, 2000);
     assert.equal(agent.connected, true);
     assert.equal(connected, 1);
-    assert.deepEqual(await first.run(configure()), { commandId: id, ok: true });
-    assert.deepEqual(await first.run(startA()), { commandId: id, ok: true });
+    assert.deepEqual(await first.run(configure()), { commandId: id, ok: true, ...AT_T0 });
+    assert.deepEqual(await first.run(startA()), { commandId: id, ok: true, ...AT_T0 });
     assert.deepEqual(agent.vmKeys(), ['blue/a']);
     assert.deepEqual(agent.debugVms(), { agent: 'h1', vms: [{ vne: VNE, vm: 'a', ports: [{ name: 'blue/a/0', epoch: 0 }], state: { status: 'running' } }] });
     first.end();
@@ -74,7 +77,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
   it('maps failures to Results with stable codes', async () => {
     const s = transport.last;
     s.welcome(1000);
-    assert.deepEqual(await s.run(startA()), { commandId: id, ok: false, errorCode: 'ERR_VNE_UNKNOWN', errorMessage: 'VNE blue is not configured on agent h1 (ConfigureVne first) [ERR_VNE_UNKNOWN]' });
+    assert.deepEqual(await s.run(startA()), { commandId: id, ok: false, errorCode: 'ERR_VNE_UNKNOWN', errorMessage: 'VNE blue is not configured on agent h1 (ConfigureVne first) [ERR_VNE_UNKNOWN]', ...AT_T0 });
     assert.equal((await s.run(cmd({}))).errorCode, 'ERR_INVALID_ARGUMENT');
     await s.run(configure());
     assert.equal((await s.run(cmd({ body: 'startVm', startVm: { vne: VNE, vm: { ...fakeVmSpec('x', 2), driver: { kind: 'xen' } }, epoch: 0, vneVms: [], keptDisk: false } }))).errorCode, 'ERR_FAILED_PRECONDITION');
@@ -94,7 +97,7 @@ describe('agent over a fake session (no gRPC, fake tunnel, manual clock)', () =>
     const s = transport.last;
     s.welcome(1000);
     await s.run(configure());
-    assert.deepEqual(await s.run(startA()), { commandId: id, ok: false, errorCode: 'ERR_INTERNAL', errorMessage: 'boom' });
+    assert.deepEqual(await s.run(startA()), { commandId: id, ok: false, errorCode: 'ERR_INTERNAL', errorMessage: 'boom', ...AT_T0 });
   });
 
   it('a session lost mid-snapshot: the snapshot is aborted after dead_after_ms, its Result goes nowhere, the VM keeps running', async () => {

@@ -110,8 +110,8 @@ describe('kept disks on the agent: StopVm, StartVm kept_disk, DiscardDisks', () 
   let driver: DiskDriver;
   let transport: FakeSessionTransport;
   let id = 0;
-  const cmd = (body: Omit<Command__Output, 'id'>): Command__Output => ({ id: ++id, ...body });
-  const run = (body: Omit<Command__Output, 'id'>) => transport.last.run(cmd(body));
+  const cmd = (body: Omit<Command__Output, 'id' | 'sentUnixUs'>): Command__Output => ({ id: ++id, sentUnixUs: 0, ...body });
+  const run = (body: Omit<Command__Output, 'id' | 'sentUnixUs'>) => transport.last.run(cmd(body));
   const startA = (keptDisk: boolean) => run({ body: 'startVm', startVm: { vne: VNE, vm: fakeVmSpec('a', 1), epoch: 0, vneVms: [], keptDisk } });
   const stopA = (discardDisk: boolean) => run({ body: 'stopVm', stopVm: { vne: VNE, vm: 'a', discardDisk } });
 
@@ -131,7 +131,7 @@ describe('kept disks on the agent: StopVm, StartVm kept_disk, DiscardDisks', () 
 
   it('stop keeps the disk and says where; start with kept_disk boots from it; discard_disk deletes it and says so', async () => {
     const dir = path.join(root, 'disks', `${VNE}_a`);
-    assert.deepEqual(await startA(false), { commandId: id, ok: true, startVm: { diskPath: dir } });
+    assert.deepEqual(await startA(false), { commandId: id, ok: true, commandReceivedUnixUs: T0 * 1000, sentUnixUs: T0 * 1000, startVm: { diskPath: dir } });
     const stopped = await stopA(false);
     assert.equal(stopped.ok, true);
     assert.equal(stopped.stopVm?.diskPath, dir);

@@ -142,7 +142,7 @@ describe('agent session (fake transport, manual clock)', () => {
     h.session.start();
     const first = h.transport.last;
     first.welcome(1000);
-    first.command({ id: 7, body: 'stopVm', stopVm: { vne: 'v', vm: 'a', discardDisk: false } });
+    first.command({ id: 7, sentUnixUs: 0, body: 'stopVm', stopVm: { vne: 'v', vm: 'a', discardDisk: false } });
     const c = h.commands[0];
     assert.ok(c);
     assert.equal(c.cmd.id, 7);

@@ -4,6 +4,8 @@ import { cutPriorityHolds, cutPrioritySettled } from '../../agent/cut-priority';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
+import { cutAtWords } from '../../agent/snapshot-runner';
+import type { PhaseTiming } from '../../proto/gen/vnsnap/v1/PhaseTiming';
 import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
 import { parseFrame, vmMac } from '../support/frames';
@@ -202,6 +204,74 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     await h.snapshots.begin(begin('s10', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     const old = await h.snapshots.commit({ snapshotId: 's10' });
     assert.deepEqual(old.commit?.vms?.[0]?.phases?.find((p) => p.phase === 'PHASE_COMMIT'), { phase: 'PHASE_COMMIT', startUnixUs: rx, endUnixUs: rx });
+  });
+
+  it("a commit naming a cut instant: the VMs run (no pause, no gate) until this agent's clock reaches it, CUT_AT traces the instant → the cuts' begin; one that names none cuts at receipt", async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    await h.snapshots.begin(begin('s20', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const rx = h.clock.now() * 1000;
+    let done = false;
+    const p = h.snapshots.commit({ snapshotId: 's20', sentUnixUs: rx - 2000, cutAtUnixUs: rx + 30_000 }).then((r) => ((done = true), r));
+    await flush();
+    h.clock.advance(29);
+    await flush();
+    assert.deepEqual(h.driver.events, ['start a', 'start b'], 'nothing paused 1 ms before the instant');
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 3));
+    h.driver.port('blue/b').vm.pumpAll();
+    await flush();
+    assert.equal(h.driver.port('blue/a').vm.received.length, 1, 'a frame to a VM waiting for its cut is delivered, not held');
+    assert.equal(done, false);
+    h.clock.advance(1);
+    const r = await p;
+    assert.deepEqual(h.driver.events.filter((e) => e.startsWith('pause')), ['pause a', 'pause b'], 'both VMs cut at the instant');
+    for (const vm of r.commit?.vms ?? [])
+      assert.deepEqual(
+        (vm.phases ?? []).filter((x) => x.phase === 'PHASE_COMMIT' || x.phase === 'PHASE_CUT_AT'),
+        [
+          { phase: 'PHASE_COMMIT', startUnixUs: rx - 2000, endUnixUs: rx },
+          { phase: 'PHASE_CUT_AT', startUnixUs: rx + 30_000, endUnixUs: rx + 30_000 },
+        ],
+        vm.name ?? '',
+      );
+    assert.deepEqual(cutAtWords({ phase: 'PHASE_CUT_AT', startUnixUs: rx + 30_000, endUnixUs: rx + 30_000 }, rx), { waitedMs: 30 });
+    await h.snapshots.persist({ snapshotId: 's20' });
+    // An older coordinator: no instant, the cut at once and no CUT_AT.
+    await h.snapshots.begin(begin('s21', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const old = await h.snapshots.commit({ snapshotId: 's21', sentUnixUs: 0 });
+    assert.deepEqual(old.commit?.vms?.[0]?.phases?.map((x) => x.phase).filter((x) => x === 'PHASE_COMMIT' || x === 'PHASE_CUT_AT'), ['PHASE_COMMIT']);
+  });
+
+  it('a commit received after its cut instant cuts at once, and its CUT_AT says how late (the receipt); an instant beyond maxCutWaitMs is cut then', async () => {
+    h = await new AgentParts({ maxCutWaitMs: 200 }).init(['a']);
+    await h.snapshots.begin(begin('s22', 1, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const rx = h.clock.now() * 1000;
+    const r = await h.snapshots.commit({ snapshotId: 's22', sentUnixUs: rx - 50_000, cutAtUnixUs: rx - 12_500 });
+    const at = r.commit?.vms?.[0]?.phases?.find((x) => x.phase === 'PHASE_CUT_AT');
+    assert.deepEqual(at, { phase: 'PHASE_CUT_AT', startUnixUs: rx - 12_500, endUnixUs: rx });
+    assert.deepEqual(cutAtWords(at as PhaseTiming, rx), { lateMs: 12.5, by: 'receipt' });
+    await h.snapshots.persist({ snapshotId: 's22' });
+    await h.snapshots.begin(begin('s23', 2, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const t = h.clock.now() * 1000;
+    let done = false;
+    const far = h.snapshots.commit({ snapshotId: 's23', cutAtUnixUs: t + 5_000_000 }).then((x) => ((done = true), x));
+    await flush();
+    h.clock.advance(199);
+    await flush();
+    assert.equal(done, false);
+    h.clock.advance(1);
+    const rf = await far;
+    assert.deepEqual(rf.commit?.vms?.[0]?.phases?.find((x) => x.phase === 'PHASE_CUT_AT'), { phase: 'PHASE_CUT_AT', startUnixUs: t + 5_000_000, endUnixUs: t + 200_000 });
+  });
+
+  it('an abort during the wait for the cut instant ends it at once: Commit fails ERR_SNAPSHOT_ABORTED, no VM was paused, no timer is left', async () => {
+    h = await new AgentParts().init(['a']);
+    await h.snapshots.begin(begin('s24', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const c = code(h.snapshots.commit({ snapshotId: 's24', cutAtUnixUs: h.clock.now() * 1000 + 100_000 }));
+    await flush();
+    await h.snapshots.abort(abortOf('s24', 1));
+    assert.equal(await c, 'ERR_SNAPSHOT_ABORTED');
+    assert.equal(h.driver.events.includes('pause a'), false);
+    assert.equal(h.clock.pending, 0);
   });
 
   it('a VM that cannot be paused: Commit fails with the driver code, atPause never ran, the VNE still passes the cut; Abort cleans up', async () => {

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { commitSkewMs, cutSpreadMs, longestTraces, p95, ratio, stats, targetLines, traceStats } from '../bench/snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, p95, ratio, spreadParts, spreadPartsLine, stats, targetLines, traceStats } from '../bench/snapshot-figures';
 
 const CUT = 1_800_000_000_000_000;
 
@@ -9,6 +9,25 @@ describe('bench:snapshot figures', () => {
     assert.deepEqual(stats(xs), { median: 20.5, p95: 38, max: 40 });
     assert.equal(p95([5]), 5);
     assert.throws(() => stats([]), /no values/);
+  });
+
+  it("a snapshot's cut spread in parts: receipts, cut begins (CUT_AT's end, else the receipt), stop written; the largest commit delay, begin lateness and stop → STOP", () => {
+    const ph = (phase: string, start: number, end: number) => ({ phase, startUnixUs: start, endUnixUs: end });
+    const vms = [
+      // h1 received the commit 40 ms before h2, both cut at the instant CUT (h1's timer 0.5 ms late)
+      { name: 'a', host: 'h1', pauseMs: 5, cutUnixUs: CUT + 3000, phases: [ph('PHASE_COMMIT', CUT - 50_000, CUT - 45_000), ph('PHASE_CUT_AT', CUT, CUT + 500), ph('PHASE_QMP_STOP', CUT + 600, CUT + 9000)] },
+      // h2's commit came 4 ms after the instant: cut at once
+      { name: 'b', host: 'h2', pauseMs: 5, cutUnixUs: String(CUT + 4000 + 12_000), phases: [ph('PHASE_COMMIT', CUT - 50_000, CUT + 4000), ph('PHASE_CUT_AT', CUT, CUT + 4000), ph('PHASE_QMP_STOP', CUT + 4100, CUT + 20_000)] },
+    ];
+    const p = spreadParts(vms);
+    assert.deepEqual(p, { cut: 13, receipt: 49, cutBegin: 3.5, stopWritten: 3.5, commitDelayMax: 54, beginLateMax: 4, stopLagMax: 11.9 });
+    assert.equal(spreadPartsLine(p), 'cut 13.0 ms; spreads: receipts 49.0, cut begins 3.5, stop written 3.5; max: commit delay 54.0, begin late 4.0, stop → STOP 11.9');
+    // An older coordinator (no CUT_AT: the cut begins at the receipt) and a pre-copy cut that wrote no stop.
+    const old = spreadParts([
+      { name: 'a', host: 'h1', pauseMs: 1, cutUnixUs: CUT, phases: [ph('PHASE_COMMIT', CUT - 9000, CUT - 8000)] },
+      { name: 'b', host: 'h2', pauseMs: 1, cutUnixUs: CUT + 1000, phases: [ph('PHASE_COMMIT', CUT - 9000, CUT - 2000)] },
+    ]);
+    assert.deepEqual(old, { cut: 1, receipt: 6, cutBegin: 6, stopWritten: null, commitDelayMax: 7, beginLateMax: null, stopLagMax: null });
   });
 
   it("cut spread from the catalog's cut instants (strings from JSON too; unknown cuts ignored); trace phases summarised; the longest pauses first", () => {

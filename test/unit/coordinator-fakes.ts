@@ -18,11 +18,11 @@ export async function flush(rounds = 5): Promise<void> {
 }
 
 export function ok(extra: Partial<Result__Output> = {}): Result__Output {
-  return { commandId: 0, ok: true, errorCode: '', errorMessage: '', ...extra };
+  return { commandId: 0, ok: true, errorCode: '', errorMessage: '', commandReceivedUnixUs: 0, sentUnixUs: 0, ...extra };
 }
 
 export function failed(code: string, message: string): Result__Output {
-  return { commandId: 0, ok: false, errorCode: code, errorMessage: message };
+  return { commandId: 0, ok: false, errorCode: code, errorMessage: message, commandReceivedUnixUs: 0, sentUnixUs: 0 };
 }
 
 export interface Sent {

@@ -49,7 +49,7 @@ function register(id: string): Partial<AgentMessage__Output> {
 function setup() {
   const clock = new ManualClock();
   const catalog = new Catalog(':memory:', { now: () => clock.now() });
-  const reg = new AgentRegistry({ catalog, log, coordinatorId: 'c1', clock, heartbeatIntervalMs: 1000, deadAfterMs: 3000 });
+  const reg = new AgentRegistry({ catalog, log, coordinatorId: 'c1', clock, heartbeatIntervalMs: 1000, deadAfterMs: 3000, nowUs: () => clock.now() * 1000 });
   const joined: string[] = [];
   const left: string[] = [];
   reg.on('joined', (a) => joined.push(a));
@@ -149,12 +149,11 @@ describe('coordinator agent registry', () => {
     const progress: string[] = [];
     const p = reg.send('h1', { snapshotCommit: { snapshotId: 's' } }, { onProgress: (v) => progress.push(`${v.vm}@${v.host}:${v.phase}`) });
     const q = reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } });
-    const [commit, stop] = call.commands() as [{ id: number; snapshotCommit: { snapshotId: string; sentUnixUs: number } }, unknown];
-    // The commit carries the wall-clock instant it was written (the agent's PHASE_COMMIT starts there).
-    assert.ok(Math.abs(commit.snapshotCommit.sentUnixUs - Date.now() * 1000) < 5_000_000, `sentUnixUs ${commit.snapshotCommit.sentUnixUs}`);
-    assert.deepEqual([commit, stop], [
-      { id: 1, snapshotCommit: { snapshotId: 's', sentUnixUs: commit.snapshotCommit.sentUnixUs } },
-      { id: 2, stopVm: { vne: 'v', vm: 'a' } },
+    // Every command carries the instant it was written; the commit also in its own field (the agent's PHASE_COMMIT starts there).
+    const t = clock.now() * 1000;
+    assert.deepEqual(call.commands(), [
+      { id: 1, sentUnixUs: t, snapshotCommit: { snapshotId: 's', sentUnixUs: t } },
+      { id: 2, sentUnixUs: t, stopVm: { vne: 'v', vm: 'a' } },
     ]);
     for (let i = 0; i < 5; i++) {
       clock.advance(2000);
@@ -163,11 +162,11 @@ describe('coordinator agent registry', () => {
     assert.equal(reg.isConnected('h1'), true);
     call.msg({ msg: 'progress', progress: { commandId: 1, vm: { vm: 'a', host: '', phase: 'PHASE_PAUSE', fraction: 0, bytesDone: 0, bytesTotal: 0, iteration: 0, dirtyRateMibS: 0, pauseMs: 0, phaseDone: false } } });
     call.msg({ msg: 'progress', progress: { commandId: 99, vm: null } });
-    call.msg({ msg: 'result', result: { commandId: 2, ok: true, errorCode: '', errorMessage: '' } });
-    call.msg({ msg: 'result', result: { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x' } });
+    call.msg({ msg: 'result', result: { commandId: 2, ok: true, errorCode: '', errorMessage: '', commandReceivedUnixUs: 0, sentUnixUs: 0 } });
+    call.msg({ msg: 'result', result: { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x', commandReceivedUnixUs: 0, sentUnixUs: 0 } });
     assert.deepEqual(progress, ['a@h1:PHASE_PAUSE']);
     assert.equal((await q).ok, true);
-    assert.deepEqual(await p, { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x' });
+    assert.deepEqual(await p, { commandId: 1, ok: false, errorCode: 'ERR_DRIVER', errorMessage: 'x', commandReceivedUnixUs: 0, sentUnixUs: 0 });
   });
 
   it('writes heartbeats to the catalog in one batch per heartbeat interval, a disconnect at once', () => {
@@ -227,8 +226,36 @@ describe('coordinator agent registry', () => {
     assert.deepEqual(left, ['h1: session ended by the agent']);
   });
 
+  it("the agent's clock offset from the session's round trips: the smallest-delay sample; none from an older agent's Results; a new session starts afresh", async () => {
+    const { reg, connect, clock } = setup();
+    let call = connect('h1');
+    const result = (commandId: number, rx: number, tx: number) => call.msg({ msg: 'result', result: { commandId, ok: true, errorCode: '', errorMessage: '', commandReceivedUnixUs: rx, sentUnixUs: tx } });
+    assert.equal(reg.clockOffset('h1'), undefined);
+    const t1 = clock.now() * 1000;
+    const a = reg.send('h1', { stopVm: { vne: 'v', vm: 'a' } });
+    clock.advance(10);
+    // The agent's clock is 250 ms ahead: received 4 ms after t1, answered 2 ms later; read at t1 + 10 ms (δ 8 ms).
+    result(1, t1 + 250_000 + 4000, t1 + 250_000 + 6000);
+    await a;
+    assert.deepEqual(reg.clockOffset('h1'), { offsetUs: 250_000, delayUs: 8000 });
+    const t2 = clock.now() * 1000;
+    const b = reg.send('h1', { stopVm: { vne: 'v', vm: 'b' } });
+    clock.advance(2);
+    // A shorter round trip (δ 1 ms) with an asymmetric path: its estimate wins.
+    result(2, t2 + 250_000 + 1500, t2 + 250_000 + 2500);
+    await b;
+    assert.deepEqual(reg.clockOffset('h1'), { offsetUs: 250_000 + 1000, delayUs: 1000 });
+    const c = reg.send('h1', { stopVm: { vne: 'v', vm: 'c' } });
+    result(3, 0, 0); // an older agent: no sample
+    await c;
+    assert.deepEqual(reg.clockOffset('h1'), { offsetUs: 251_000, delayUs: 1000 });
+    call.emit('end');
+    call = connect('h1');
+    assert.equal(reg.clockOffset('h1'), undefined);
+  });
+
   it('delivers pending aborts right after Welcome and forgets the acknowledged ones', async () => {
-    const { catalog, connect } = setup();
+    const { catalog, connect, clock } = setup();
     catalog.addPendingAborts([
       { snapshotId: 's1', agentId: 'h1', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' },
       { snapshotId: 's2', agentId: 'h1', vne: 'red', epoch: 9, storePrefix: 'snapshots/s2/' },
@@ -237,11 +264,11 @@ describe('coordinator agent registry', () => {
     const call = connect('h1');
     assert.ok(call.written[0]?.welcome);
     assert.deepEqual(call.commands(), [
-      { id: 1, snapshotAbort: { snapshotId: 's1', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' } },
-      { id: 2, snapshotAbort: { snapshotId: 's2', vne: 'red', epoch: 9, storePrefix: 'snapshots/s2/' } },
+      { id: 1, sentUnixUs: clock.now() * 1000, snapshotAbort: { snapshotId: 's1', vne: 'blue', epoch: 3, storePrefix: 'snapshots/s1/' } },
+      { id: 2, sentUnixUs: clock.now() * 1000, snapshotAbort: { snapshotId: 's2', vne: 'red', epoch: 9, storePrefix: 'snapshots/s2/' } },
     ]);
-    call.msg({ msg: 'result', result: { commandId: 1, ok: true, errorCode: '', errorMessage: '' } });
-    call.msg({ msg: 'result', result: { commandId: 2, ok: false, errorCode: 'ERR_INTERNAL', errorMessage: 'busy' } });
+    call.msg({ msg: 'result', result: { commandId: 1, ok: true, errorCode: '', errorMessage: '', commandReceivedUnixUs: 0, sentUnixUs: 0 } });
+    call.msg({ msg: 'result', result: { commandId: 2, ok: false, errorCode: 'ERR_INTERNAL', errorMessage: 'busy', commandReceivedUnixUs: 0, sentUnixUs: 0 } });
     await flush();
     assert.deepEqual(catalog.pendingAborts().map((p) => `${p.agentId}:${p.snapshotId}`), ['h1:s2', 'h2:s1']);
   });

@@ -8,7 +8,8 @@ import type { CommandBody } from '../../coordinator/agent-link';
 import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
-import { SnapshotSequencer, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
+import { SnapshotSequencer, type SequencerDeps, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
+import { CutMargin } from '../../coordinator/cut-instant';
 import { placementOf, simVms, vneRecord } from '../support/vne-record';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
@@ -68,13 +69,13 @@ interface Harness {
   start(req?: Partial<SnapshotRequest>): ReturnType<SnapshotSequencer['start']>;
 }
 
-function harness(): Harness {
+function harness(extra: Partial<SequencerDeps> = {}): Harness {
   const clock = new ManualClock(T0);
   const catalog = new Catalog(':memory:', { now: () => clock.now() });
   const agents = new FakeAgents(['h1', 'h2']);
   const manifests = new MemoryManifestStore();
   const bus = new EventBus(() => clock.now());
-  const seq = new SnapshotSequencer({ agents, catalog, manifests, clock, log, events: bus, version: '0.1.0', newSnapshotId: (vne, e) => `${vne}-s${e}` });
+  const seq = new SnapshotSequencer({ agents, catalog, manifests, clock, log, events: bus, version: '0.1.0', newSnapshotId: (vne, e) => `${vne}-s${e}`, ...extra });
   catalog.insertVne(vneDef('blue', 100, [['vm1', 'h1'], ['vm2', 'h2'], ['vm3', 'h2']]));
   catalog.insertVne(vneDef('red', 200, [['r1', 'h1'], ['r2', 'h2']]));
   const events: SnapshotEvent[] = [];
@@ -99,6 +100,61 @@ const states = (h: Harness) => h.events.filter((e) => e.state !== undefined).map
 const ready = (h: Harness, agent: string, vm: string) => h.agents.progress(agent, 'snapshotBegin', { vm, phase: 'PHASE_PRECOPY', phaseDone: true });
 
 describe('coordinator snapshot sequencer', () => {
+  it("a background commit's cut instant: now + the margin, in each agent's clock (its offset); the next margin from the commit delays the CommitResults report; a margin of 0 names none", async () => {
+    // h2's clock is 40 ms behind the coordinator's; h1's offset is not known (taken as 0).
+    const h = harness({ clockOffset: (a) => (a === 'h2' ? { offsetUs: -40_000, delayUs: 500 } : undefined) });
+    // Each agent received the commit: h1 12 ms, h2 30 ms after it was sent (h2's receipt in its own clock).
+    const delays: Record<string, number> = { h1: 12_000, h2: 30_000 - 40_000 };
+    const commit = commitFor(h);
+    h.agents.on('snapshotCommit', (agent, body) => {
+      const r = commit(agent, body);
+      const sent = T0 * 1000;
+      for (const vm of r.commit?.vms ?? []) vm.phases.push({ phase: 'PHASE_COMMIT', startUnixUs: sent, endUnixUs: sent + (delays[agent] as number) });
+      return r;
+    });
+    const background = async (x: Harness) => {
+      const r = x.start({ mode: 'SNAPSHOT_MODE_BACKGROUND' });
+      for (const a of ['h1', 'h2']) x.agents.reply(a, 'snapshotBegin'); // background: ready with the Begin Result
+      await flush();
+      return r;
+    };
+    const run = await background(h);
+    const cutAt = () => h.agents.sent.filter((x) => x.name === 'snapshotCommit').map((x) => [x.agent, x.body.snapshotCommit?.cutAtUnixUs]);
+    assert.deepEqual(cutAt(), [
+      ['h1', T0 * 1000 + 100_000],
+      ['h2', T0 * 1000 + 100_000 - 40_000],
+    ]);
+    assert.equal((await run.done).state, 'SNAPSHOT_STATE_COMPLETE');
+    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30], 'h2: 30 ms once its clock is taken back by its offset');
+    assert.equal(h.seq.cutMargin.marginMs(), 50, '1.5 × 30 + 5');
+    h.clock.advance(1000);
+    const second = await background(h);
+    assert.deepEqual(cutAt().slice(2), [
+      ['h1', (T0 + 1000) * 1000 + 50_000],
+      ['h2', (T0 + 1000) * 1000 + 50_000 - 40_000],
+    ]);
+    await second.done;
+    // A pre-copy commit names none, and its delays do not move the margin.
+    h.clock.advance(1000);
+    const precopy = h.start();
+    for (const [a, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(h, a, vm);
+    assert.deepEqual(cutAt().slice(4), [
+      ['h1', undefined],
+      ['h2', undefined],
+    ]);
+    await precopy.done;
+    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30, 12, 30]);
+
+    const off = harness({ cutMargin: new CutMargin(0) });
+    const r = await background(off);
+    assert.deepEqual(
+      off.agents.sent.filter((x) => x.name === 'snapshotCommit').map((x) => x.body.snapshotCommit),
+      [{ snapshotId: 'blue-s1' }, { snapshotId: 'blue-s1' }],
+    );
+    await r.done;
+  });
+
+
   it('PRECOPY → COMMITTING → PERSISTING → COMPLETE: Begin to every agent, commit in one turn, manifest, catalog', async () => {
     const h = harness();
     const run = h.start({ description: 'first' });
@@ -121,6 +177,7 @@ describe('coordinator snapshot sequencer', () => {
     const commits = h.agents.sent.filter((s) => s.name === 'snapshotCommit');
     assert.deepEqual(commits.map((c) => c.agent), ['h1', 'h2']);
     assert.equal(commits[0]?.turn, commits[1]?.turn, 'commits leave in the same turn');
+    // A pre-copy commit names no cut instant (each VM stops at its own final round's end).
     assert.deepEqual(commits[0]?.body.snapshotCommit, { snapshotId: 'blue-s1' });
 
     const snap = await run.done;
