@@ -75,12 +75,8 @@ export class VneTable {
    */
   async forget(vne: string, vni: number): Promise<boolean> {
     if (!vne) throw new VnsnapError('ERR_INVALID_ARGUMENT', 'ForgetVne without a VNE name');
-    let sw: Switch;
-    try {
-      sw = this.o.switch();
-    } catch {
-      return false; // not started: nothing configured
-    }
+    const sw = this.started();
+    if (!sw) return false; // nothing configured
     const forgotten = sw.removeVne(vne, vni || undefined);
     await sw.inKernelDataPath?.settled();
     this.o.log.info({ vne, vni, known: forgotten }, 'VNE forgotten (deleted)');
@@ -88,12 +84,15 @@ export class VneTable {
   }
 
   private vneState(vne: string): { generation: number; pendingGeneration?: number } | undefined {
-    let sw: Switch;
+    return this.started()?.vneGeneration(vne);
+  }
+
+  /** The switch, or undefined while the agent is not started. */
+  private started(): Switch | undefined {
     try {
-      sw = this.o.switch();
+      return this.o.switch();
     } catch {
-      return undefined; // not started
+      return undefined;
     }
-    return sw.vneGeneration(vne);
   }
 }
