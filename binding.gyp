@@ -18,8 +18,7 @@
         "switch/native/zstd.c",
         "switch/native/cdc.c",
         "switch/native/sha256x2.c",
-        "switch/native/bytes.c",
-        "switch/native/thread_sched.c"
+        "switch/native/bytes.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],

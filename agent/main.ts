@@ -23,7 +23,6 @@ import { Agent, type AgentOptions } from './agent';
 import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentConfig } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
-import { lowerPersistPriority, PERSIST_IDLE_ENV } from './persist-priority';
 import { QemuDriver } from './drivers/qemu/driver';
 import { defaultNicMode } from './drivers/qemu/nic-backend';
 import { XenDriver } from './drivers/xen/driver';
@@ -165,8 +164,6 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
-  // the store's hashing worker at SCHED_IDLE: a snapshot's persist yields to the guests (persist-priority.ts)
-  if (!lowerPersistPriority()) log.info(`${PERSIST_IDLE_ENV}=0: the store's hashing worker keeps the default policy`);
   const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log, cfg));
   const qemu = drivers.find((d): d is QemuDriver => d instanceof QemuDriver);
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });

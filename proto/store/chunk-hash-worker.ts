@@ -6,13 +6,9 @@
  * memory moves back whole), or by offset when those bytes are shared memory (read in place:
  * the SharedArrayBuffers shared before, by key), the others where they own their memory. A failure answers the
  * request with its message (the writer fails the artefact); it never ends the worker.
- * Its first message is its thread id; started with `idle` (or sent 'idle') it puts its own thread
- * at SCHED_IDLE (store-native.ts threadIdle(): only a thread can name itself that way).
  */
-import * as fs from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
-import { chunkTransfer, InlineChunkHasher, replyChunks, type HashWorkerData, type HasherReply, type HasherRequest, type SharedBytes, type WorkerHello } from './chunk-hasher';
-import { threadIdle } from './store-native';
+import { parentPort } from 'node:worker_threads';
+import { chunkTransfer, InlineChunkHasher, replyChunks, type HasherReply, type HasherRequest, type SharedBytes } from './chunk-hasher';
 
 const streams = new Map<number, InlineChunkHasher>();
 const shared = new Map<number, SharedArrayBuffer>();
@@ -44,17 +40,8 @@ function answer(id: number, seq: number, pushed: Uint8Array | SharedBytes, f: (h
   parentPort?.postMessage(reply, chunkTransfer(data, reply.chunks));
 }
 
-/** This thread's id: /proc/thread-self is "PID/task/TID". */
-function ownThreadId(): number {
-  return Number(fs.readlinkSync('/proc/thread-self').split('/').pop());
-}
-
-if ((workerData as HashWorkerData | undefined)?.idle) threadIdle();
-parentPort?.postMessage({ tid: ownThreadId() } satisfies WorkerHello);
-
 parentPort?.on('message', (m: HasherRequest) => {
-  if (m.op === 'idle') threadIdle();
-  else if (m.op === 'open') streams.set(m.id, new InlineChunkHasher(m.params, m.engine));
+  if (m.op === 'open') streams.set(m.id, new InlineChunkHasher(m.params, m.engine));
   else if (m.op === 'drop') streams.delete(m.id);
   else if (m.op === 'share') shared.set(m.key, m.memory);
   else if (m.op === 'unshare') shared.delete(m.key);

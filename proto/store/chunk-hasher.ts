@@ -25,14 +25,8 @@
  *   - A worker that dies or fails a request fails every request in flight with ERR_INTERNAL; the
  *     next writer starts a new worker. The worker holds the process open only while it has work.
  *   - close() drops the stream's state (an aborted writer); nothing of it is kept in the worker.
- *   - hashWorkerIdle() puts the worker thread (the one running, and every one started after) at
- *     SCHED_IDLE: its work then waits for every other runnable thread of the host, the
- *     guests' vCPUs included, whatever their session or nice value. Only that thread; the digests
- *     and chunks are the same. Where the addon lacks the entry point or the kernel refuses, the
- *     thread keeps its policy (hashWorkerPolicy() says what it got).
  */
 import { createHash, type Hash } from 'node:crypto';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { msSince } from '../core/clock';
@@ -165,8 +159,7 @@ export type HasherRequest =
   | { op: 'end'; id: number; seq: number }
   | { op: 'drop'; id: number }
   | { op: 'share'; key: number; memory: SharedArrayBuffer }
-  | { op: 'unshare'; key: number }
-  | { op: 'idle' };
+  | { op: 'unshare'; key: number };
 
 /** A chunk in a reply: its own memory (moved), or [offset, length] inside the push's shared bytes. */
 export type ReplyChunk = Uint8Array | [offset: number, length: number];
@@ -208,10 +201,7 @@ class SharedWorker {
   private nextId = 1;
   /** The shared memory the current worker has (key), and the registry that tells it when one is gone. */
   private shared = new WeakMap<SharedArrayBuffer, number>();
-  private tid: number | undefined;
   private nextKey = 1;
-  /** hashWorkerIdle() was called: every worker started from then on goes idle first. */
-  idle = false;
   private readonly gone = new FinalizationRegistry<{ key: number; worker: Worker }>(({ key, worker }) => {
     if (this.worker === worker) worker.postMessage({ op: 'unshare', key } satisfies HasherRequest);
   });
@@ -245,17 +235,6 @@ class SharedWorker {
     if (this.worker) this.post({ op: 'drop', id });
   }
 
-  /** The running worker (if any) and the ones started later at SCHED_IDLE. */
-  goIdle(): void {
-    this.idle = true;
-    if (this.worker) this.worker.postMessage({ op: 'idle' } satisfies HasherRequest);
-  }
-
-  /** The worker thread's id (its own /proc/thread-self), once it started. */
-  get threadId(): number | undefined {
-    return this.tid;
-  }
-
   private post(m: HasherRequest, transfer: ArrayBuffer[] = []): void {
     const w = this.start();
     w.postMessage(m, transfer);
@@ -264,15 +243,10 @@ class SharedWorker {
 
   private start(): Worker {
     if (this.worker) return this.worker;
-    const w = new Worker(path.join(__dirname, 'chunk-hash-worker.js'), { workerData: { idle: this.idle } satisfies HashWorkerData });
+    const w = new Worker(path.join(__dirname, 'chunk-hash-worker.js'));
     this.shared = new WeakMap(); // a new worker has none
-    this.tid = undefined;
     w.unref();
-    w.on('message', (r: HasherReply | WorkerHello) => {
-      if ('tid' in r) {
-        if (this.worker === w) this.tid = r.tid;
-        return;
-      }
+    w.on('message', (r: HasherReply) => {
       const key = `${r.id}:${r.seq}`;
       const waiter = this.waiting.get(key);
       this.waiting.delete(key);
@@ -294,45 +268,6 @@ class SharedWorker {
 
 let shared: SharedWorker | undefined;
 
-/** What a hashing worker is started with. */
-export interface HashWorkerData {
-  /** Go SCHED_IDLE before the first request. */
-  idle: boolean;
-}
-
-/** The worker's first message: its thread id (for hashWorkerPolicy()). */
-export interface WorkerHello {
-  tid: number;
-}
-
-function sharedWorker(): SharedWorker {
-  shared ??= new SharedWorker();
-  return shared;
-}
-
-/**
- * The process's hashing worker at SCHED_IDLE from now on (module comment): the agent calls it
- * once at its start, so a snapshot's hashing yields to the host's guests.
- */
-export function hashWorkerIdle(): void {
-  sharedWorker().goIdle();
-}
-
-/**
- * The scheduling policy of the running hashing worker's thread (/proc: 0 SCHED_OTHER, 5
- * SCHED_IDLE, ...), or undefined when none has started yet (or its first message has not arrived).
- */
-export function hashWorkerPolicy(): number | undefined {
-  const tid = shared?.threadId;
-  if (tid === undefined) return undefined;
-  try {
-    const stat = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
-    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]);
-  } catch {
-    return undefined;
-  }
-}
-
 /** One stream hashed in the process's worker thread. */
 export class WorkerChunkHasher implements ChunkHasher {
   private readonly w: SharedWorker;
@@ -341,7 +276,7 @@ export class WorkerChunkHasher implements ChunkHasher {
   private closed = false;
 
   constructor(params: ChunkerParams, engine: ChunkerEngine) {
-    this.w = sharedWorker();
+    this.w = shared ??= new SharedWorker();
     this.id = this.w.open(params, engine);
   }
 

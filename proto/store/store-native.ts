@@ -68,15 +68,6 @@ export function keepFromChildren(buf: Uint8Array): void {
   m?.keepFromChildren?.(buf);
 }
 
-/**
- * The calling thread set to SCHED_IDLE (switch/native/thread_sched.c): 0, or the errno of the
- * refusal; undefined without the addon or its entry point. Only the calling thread changes.
- */
-export function threadIdle(): number | undefined {
-  const m = storeNative() as (StoreNative & { threadIdle?: () => number }) | null;
-  return typeof m?.threadIdle === 'function' ? m.threadIdle() : undefined;
-}
-
 /** Bytes of a sha256x2.c context. */
 export const SHA256_CTX_BYTES = 112;
 

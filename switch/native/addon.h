@@ -69,8 +69,7 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(cdcCuts, CdcCuts)                                                   /* cdc.c */           \
   X(sha256x2Available, Sha256x2Available) X(sha256Reset, Sha256Reset)                          \
   X(sha256Pair, Sha256Pair) X(sha256Final, Sha256Final)                 /* sha256x2.c */       \
-  X(copyBytes, CopyBytes) X(keepFromChildren, KeepFromChildren)        /* bytes.c */          \
-  X(threadIdle, ThreadIdle)                                             /* thread_sched.c */
+  X(copyBytes, CopyBytes) X(keepFromChildren, KeepFromChildren)        /* bytes.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)
