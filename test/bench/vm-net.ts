@@ -23,7 +23,8 @@
  * the machine's busy cores per Gbit/s during the TCP runs (/proc/stat), and during one TCP run
  * per direction the busiest threads of the hosts' processes (vm-net-threads.ts). On the vnsnap
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
- * once a second (and on nic=tap-bpf's). On every path the TCP payload bytes per frame the sending QEMU handed over and
+ * once a second, or back to back when one takes longer (one client of the coordinator:
+ * snapshot-loop.ts; `snapshot_ms` in the JSON says which), and on nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
  *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json]
