@@ -6,24 +6,27 @@
  * socket with PACKET_VNET_HDR; tap: the same with vnet_hdr=off), the tunnel is the one the agent
  * runs (its configuration has no offload switch of its own yet).
  *
- * Also here: background snapshots of the VNE through the coordinator, taken back to back at most
+ * Also here: background snapshots of the VNE through one client of the coordinator, back to back at most
  * once a second while something else runs (each deleted once complete, so the store does not
  * fill), the frame counters of a VM's switch port (the agent's /metrics), and for nic tap-bpf the
  * agent's in-kernel data path counters: frames its programs carried in the kernel and frames they
  * punted to the switch (so a figure says which path it measured).
  */
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { BPFFS } from '../../agent/bpf-dp/loader';
 import { dataPathPrefix } from '../../agent/drivers/qemu/tap-bpf';
 import { STAT_NAMES, type DataPathStats } from '../../switch/bpf-dp/layout';
 import { DataPathMaps } from '../../switch/bpf-dp/maps';
-import { Cluster, METRICS_PORT, type CatalogSnapshot } from '../support/cluster';
+import { Cluster, METRICS_PORT } from '../support/cluster';
 import { sh } from '../support/netns';
 import { instanceDir, QEMU_WORKDIR } from '../support/qemu-vne';
-import { FatalWait, sleep, until } from '../support/wait';
+import { FatalWait, until } from '../support/wait';
 import { guestPair, type GuestPair, type PairSetup } from './vm-net-measure';
+import type { SnapshotLoopRecord } from './snapshot-loop';
 
 export const HOSTS = ['h1', 'h2'] as const;
 
@@ -79,37 +82,49 @@ export function removeInstanceDirs(vnes: readonly string[]): void {
   for (const d of fs.readdirSync(QEMU_WORKDIR)) if (vnes.some((v) => d.startsWith(`vnqm-${v}_`))) fs.rmSync(path.join(QEMU_WORKDIR, d), { recursive: true, force: true });
 }
 
-export interface SnapshotLoop {
-  /** Stop starting snapshots; resolves when the one under way has ended: how many completed, their per-VM pauses. */
-  stop(): Promise<{ completed: number; failed: string[]; pausesMs: number[] }>;
+export interface SnapshotLoopResult {
+  completed: number;
+  failed: string[];
+  /** Every VM's pause in the completed snapshots. */
+  pausesMs: number[];
+  /** Each completed snapshot end to end, from the create call to its final record. */
+  snapshotMs: number[];
+  /** Each completed snapshot's delete call. */
+  deleteMs: number[];
 }
 
-/** Background snapshots of `vne`, one started every second (or when the last ends, if later). */
+export interface SnapshotLoop {
+  /** Stop starting snapshots; resolves when the one under way has ended (and was deleted). */
+  stop(): Promise<SnapshotLoopResult>;
+}
+
+/**
+ * Background snapshots of `vne`, one started every second, or when the last one ended if that is
+ * later (never two at once), each deleted once complete: one long-lived client of the coordinator
+ * in the underlay namespace (snapshot-loop.ts), not a CLI process per call.
+ */
 export function snapshotLoop(c: Cluster, vne: string): SnapshotLoop {
-  let stopping = false;
-  let completed = 0;
-  const failed: string[] = [];
-  const pausesMs: number[] = [];
-  const loop = (async (): Promise<void> => {
-    while (!stopping) {
-      const t0 = Date.now();
-      const r = await c.cliStream<{ done?: CatalogSnapshot }>(['snapshot', 'create', vne, '--mode', 'background']).done;
-      const done = r.events[r.events.length - 1]?.done;
-      if (r.code === 0 && done?.state === 'SNAPSHOT_STATE_COMPLETE') {
-        completed++;
-        pausesMs.push(...done.vms.map((v) => v.pauseMs));
-        await c.cli(['snapshot', 'delete', done.id], 60_000);
-      } else failed.push(`${done?.state ?? `exit ${r.code}`}: ${done?.error || r.stderr.trim().split('\n').pop() || ''}`);
-      const wait = 1000 - (Date.now() - t0);
-      // kept: the pacing of the loop (one snapshot a second), not a synchronisation
-      if (wait > 0 && !stopping) await sleep(wait);
-    }
-  })();
+  const args = [path.join(__dirname, 'snapshot-loop.js'), '--coordinator', c.coordinatorAddress, ...c.tlsArgs(), '--vne', vne, '--every-ms', '1000'];
+  const child = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const r: SnapshotLoopResult = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [] };
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    const x = JSON.parse(line) as SnapshotLoopRecord;
+    if (x.state === 'SNAPSHOT_STATE_COMPLETE' && x.deletedUnixMs > 0) {
+      r.completed++;
+      r.pausesMs.push(...x.pausesMs);
+      r.snapshotMs.push(x.doneUnixMs - x.startUnixMs);
+      r.deleteMs.push(x.deletedUnixMs - x.doneUnixMs);
+    } else r.failed.push(`${x.state || 'call failed'}: ${x.error}`);
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return {
     stop: async () => {
-      stopping = true;
-      await loop;
-      return { completed, failed, pausesMs };
+      child.stdin.end();
+      const code = await exited;
+      if (code !== 0) r.failed.push(`snapshot loop exited ${String(code)}: ${stderr.trim().split('\n').pop() ?? ''}`);
+      return r;
     },
   };
 }

@@ -23,7 +23,8 @@
  * the machine's busy cores per Gbit/s during the TCP runs (/proc/stat), and during one TCP run
  * per direction the busiest threads of the hosts' processes (vm-net-threads.ts). On the vnsnap
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
- * once a second (and on nic=tap-bpf's). On every path the TCP payload bytes per frame the sending QEMU handed over and
+ * once a second, or back to back when one takes longer (one client of the coordinator:
+ * snapshot-loop.ts; `snapshot_ms` in the JSON says which), and on nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
  *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json]
@@ -344,6 +345,11 @@ type Snaps = {
   completed: number;
   failed: string[];
   pausesMs: number[];
+  /** Each completed snapshot end to end (the create call to its final record), and its delete. */
+  snapshotMs: number[];
+  deleteMs: number[];
+  /** Seconds of the snapshot runs (what `processes` is averaged over). */
+  windowS: number;
   /** Cores per process (hosts and the coordinator's namespace) over all the runs, busiest first: where the snapshots' CPU goes. */
   processes: { thread: string; cores: number }[];
   /** The same processes over one idle TCP run a->b just before, for comparison. */
@@ -353,7 +359,7 @@ type Snaps = {
 /** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE once a second. */
 async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
   const during: TcpRun[] = [];
-  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [], processes: [], processesIdle: [] };
+  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], windowS: 0, processes: [], processesIdle: [] };
   const namespaces = [...HOSTS.map((h) => c.topo.ns(h)), c.topo.ns('ul')];
   const i0 = sampleProcesses(namespaces);
   const w0 = Date.now();
@@ -368,11 +374,14 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
       snaps.completed += s.completed;
       snaps.failed.push(...s.failed);
       snaps.pausesMs.push(...s.pausesMs);
+      snaps.snapshotMs.push(...s.snapshotMs);
+      snaps.deleteMs.push(...s.deleteMs);
     });
     during.push(run);
     say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
   }
-  snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), (Date.now() - w1) / 1000);
+  snaps.windowS = (Date.now() - w1) / 1000;
+  snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), snaps.windowS);
   return { during, snaps };
 }
 
@@ -485,7 +494,12 @@ function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
     snapshots_completed: s.completed,
     snapshots_failed: s.failed,
     pause_ms: summarize(s.pausesMs),
+    // end to end per snapshot: over a second means the loop ran them back to back
+    snapshot_ms: summarize(s.snapshotMs),
+    delete_ms: summarize(s.deleteMs),
     busiest_processes: { idle_run_before: s.processesIdle, during_snapshots: s.processes },
+    // each process's CPU over the snapshot runs, less its idle run's, per completed snapshot
+    core_s_per_snapshot: s.processes.map((p) => ({ thread: p.thread, core_s: round(((p.cores - (s.processesIdle.find((q) => q.thread === p.thread)?.cores ?? 0)) * s.windowS) / (s.completed || 1), 3) })),
   };
 }
 
@@ -579,7 +593,7 @@ function report(o: Options, r: Results): void {
       `${name.padEnd(44)}${f(summarize(p.tcp['a->b'].map((x) => x.mbps))).padEnd(22)}${f(summarize(p.tcp['b->a'].map((x) => x.mbps))).padEnd(22)}${f(udpSummary(p), 1).padEnd(22)}${f(cpuSummary(p), 2)}`,
     );
   }
-  console.log(`vnsnap TCP a->b while a background snapshot runs once a second: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms)`);
+  console.log(`vnsnap TCP a->b while a background snapshot runs once a second: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms, each snapshot ${f(summarize(r.snaps.snapshotMs))} ms end to end)`);
   if (tb) {
     const dp = tb.dataPath;
     console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);
