@@ -7,8 +7,12 @@
  * converted into each agent's clock with that agent's offset (clock-offset.ts), and every agent
  * begins its cuts then. An agent that receives the commit after the instant cuts at once.
  *
- * Background commits only: a pre-copy VM stops when its own final round ends after the commit,
- * and the rounds' lengths (tens to 200 ms) make that spread, not the commit's arrival.
+ * Pre-copy commits name one too, later by a lead (precopyMarginMs(): the margin + PRECOPY_LEAD_MS,
+ * VNSNAP_PRECOPY_LEAD_MS): each agent begins its cuts at the receipt, and each VM's final round of
+ * its copy runs (the VM running, at full speed) until the instant, when the agent writes `stop`
+ * (agent/drivers/qemu/precopy-switchover.ts). Without it a pre-copy VM stopped when its own round
+ * ended, 14–200 ms after the receipt, differently per VM: that made the pre-copy spread. The lead
+ * is the time the rounds get to send their sets before the instant (their median was 66–85 ms).
  *
  * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
@@ -36,6 +40,20 @@ export interface CutMarginOptions {
 
 export const CUT_MARGIN: Readonly<CutMarginOptions> = { defaultMs: 100, minMs: 20, maxMs: 250, factor: 1.5, padMs: 5, history: 16 };
 
+export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
+
+/** A pre-copy commit's instant comes this much (ms) after a background one's: the final rounds' time. */
+export const PRECOPY_LEAD_MS = 100;
+
+/** What VNSNAP_PRECOPY_LEAD_MS asks for: whole ms (unset or empty: PRECOPY_LEAD_MS), or 'none' (pre-copy commits name no instant). ERR_CONFIG otherwise. */
+export function parsePrecopyLead(v: string | undefined): number | 'none' {
+  if (v === undefined || v.trim() === '') return PRECOPY_LEAD_MS;
+  if (v.trim() === 'none') return 'none';
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 1000) throw new VnsnapError('ERR_CONFIG', `${PRECOPY_LEAD_ENV}="${v}": expected whole ms 0..1000, or none (pre-copy commits name no cut instant)`);
+  return n;
+}
+
 /** What VNSNAP_CUT_MARGIN_MS asks for: 'auto' (unset or "auto"), or fixed ms (0: no instant). ERR_CONFIG otherwise. */
 export function parseCutMargin(v: string | undefined): 'auto' | number {
   if (v === undefined || v.trim() === '' || v.trim() === 'auto') return 'auto';
@@ -52,8 +70,15 @@ export class CutMargin {
   constructor(
     private readonly fixedMs: 'auto' | number = 'auto',
     o: Partial<CutMarginOptions> = {},
+    private readonly precopyLead: number | 'none' = PRECOPY_LEAD_MS,
   ) {
     this.o = { ...CUT_MARGIN, ...o };
+  }
+
+  /** A pre-copy commit's margin: marginMs() + the lead; 0 (no instant) when marginMs() is 0 or the lead 'none'. */
+  precopyMarginMs(): number {
+    const m = this.marginMs();
+    return m === 0 || this.precopyLead === 'none' ? 0 : m + this.precopyLead;
   }
 
   /** 0: no scheduled instant (cut at receipt). */

@@ -9,7 +9,7 @@ import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SequencerDeps, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
-import { CutMargin } from '../../coordinator/cut-instant';
+import { CUT_MARGIN, CutMargin, PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
 import { placementOf, simVms, vneRecord } from '../support/vne-record';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
@@ -134,16 +134,26 @@ describe('coordinator snapshot sequencer', () => {
       ['h2', (T0 + 1000) * 1000 + 50_000 - 40_000],
     ]);
     await second.done;
-    // A pre-copy commit names none, and its delays do not move the margin.
+    // A pre-copy commit names one later by the lead (PRECOPY_LEAD_MS), and its delays count too.
     h.clock.advance(1000);
     const precopy = h.start();
     for (const [a, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(h, a, vm);
     assert.deepEqual(cutAt().slice(4), [
-      ['h1', undefined],
-      ['h2', undefined],
+      ['h1', (T0 + 2000) * 1000 + (50 + PRECOPY_LEAD_MS) * 1000],
+      ['h2', (T0 + 2000) * 1000 + (50 + PRECOPY_LEAD_MS) * 1000 - 40_000],
     ]);
     await precopy.done;
-    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30, 12, 30]);
+    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30, 12, 30, 12, 30]);
+
+    // A lead of 'none': pre-copy commits name no instant, background ones still do.
+    const noLead = harness({ cutMargin: new CutMargin('auto', {}, 'none') });
+    const pr = noLead.start();
+    for (const [a, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(noLead, a, vm);
+    assert.deepEqual(
+      noLead.agents.sent.filter((x) => x.name === 'snapshotCommit').map((x) => x.body.snapshotCommit),
+      [{ snapshotId: 'blue-s1' }, { snapshotId: 'blue-s1' }],
+    );
+    await pr.done;
 
     const off = harness({ cutMargin: new CutMargin(0) });
     const r = await background(off);
@@ -177,8 +187,8 @@ describe('coordinator snapshot sequencer', () => {
     const commits = h.agents.sent.filter((s) => s.name === 'snapshotCommit');
     assert.deepEqual(commits.map((c) => c.agent), ['h1', 'h2']);
     assert.equal(commits[0]?.turn, commits[1]?.turn, 'commits leave in the same turn');
-    // A pre-copy commit names no cut instant (each VM stops at its own final round's end).
-    assert.deepEqual(commits[0]?.body.snapshotCommit, { snapshotId: 'blue-s1' });
+    // A pre-copy commit names its cut instant: the default margin (no delay measured yet) + the lead.
+    assert.deepEqual(commits[0]?.body.snapshotCommit, { snapshotId: 'blue-s1', cutAtUnixUs: h.seq.nowUs() + (CUT_MARGIN.defaultMs + PRECOPY_LEAD_MS) * 1000 });
 
     const snap = await run.done;
     assert.equal(snap.state, 'SNAPSHOT_STATE_COMPLETE');

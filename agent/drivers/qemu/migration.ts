@@ -64,7 +64,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import type { CutInstant, CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
@@ -136,6 +136,8 @@ export class QemuJob extends DriverJob {
   private finalPassBytes = 0;
   /** Steps of the cut with their times (performance.now()), logged (debug) with 'cut done'. */
   private trace: [string, number][] = [];
+  /** A pre-copy cut at the commit's instant: the instant → `stop` written (PHASE_CUT_AT, into the CutReport). */
+  private cutAtSpan: PhaseSpan | undefined;
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
   /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
@@ -462,7 +464,7 @@ export class QemuJob extends DriverJob {
     }
   }
 
-  async cut(atPause: () => Promise<void>): Promise<CutReport> {
+  async cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
@@ -482,7 +484,7 @@ export class QemuJob extends DriverJob {
     this.qmpTrace = CutQmpTrace.start(this.q);
     this.holdStore(); // from the commit: the stop's round trip and the STOP's delivery too
     try {
-      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
+      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause, at));
     } finally {
       this.releaseStore?.();
       this.releaseStore = undefined;
@@ -533,9 +535,12 @@ export class QemuJob extends DriverJob {
     return () => void boost.release();
   }
 
-  private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
+  private async cutPrecopy(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
     const q = this.q;
     this.mark('start');
+    // The commit's cut instant on this process's monotonic clock: `stop` then (precopy-switchover.ts).
+    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    let stopWrittenAt: number | undefined;
     // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
     // right after a restart (its 'active' event may follow migrate's reply).
     const st = this.migrationStatus;
@@ -557,9 +562,10 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt }) };
       try {
         await reachSwitchover(s, byReads ? readPacedRound() : undefined);
+        stopWrittenAt = s.stopWrittenAt;
         if (this.holdAtCut) this.holdAtCut.round = s.round;
       } catch (e) {
         this.pausedByUs = s.stoppedByUs === true;
@@ -580,6 +586,8 @@ export class QemuJob extends DriverJob {
     const sent = this.stream?.received ?? 0;
     if (this.holdAtCut?.toSwitchoverBytes !== undefined) this.holdAtCut.toSwitchoverBytes += sent; // the commit to the pre-switchover: the final round and the stopped VM's set
     const cutUnixUs = stopEv?.timestampUs || nowUs();
+    // How the pause met the instant: the instant → `stop` written (or QEMU's own STOP).
+    if (at && stopAt !== undefined) this.cutAtSpan = { phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: stopWrittenAt !== undefined ? Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) : cutUnixUs };
     const copyStart = nowUs();
     let resume: QmpEvent;
     try {
@@ -622,7 +630,7 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
-    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans);
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans, ...(this.cutAtSpan ? [this.cutAtSpan] : []));
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');

@@ -29,12 +29,25 @@
  * READ_PACED_ROUND_MS (the same on every VM, so the VMs' STOPs are the commit's receipt + that
  * + a QMP round trip; a VM whose QEMU converges by itself in the round stops earlier), with no
  * QMP command before it; downtime-limit stays 1 ms (the stopped VM converges once its set is sent).
+ * A cut instant (Switchover.stopAt, the commit's SnapshotCommit.cut_at_unix_us handed down by the
+ * agent: driver.ts CutInstant): the round starts at the commit's receipt as above, but `stop` is
+ * written at the instant itself, on every VM of the VNE at once, whether QEMU's round was done
+ * before it (finalRoundDone: the polls end there, QEMU goes on sending pass after pass at full
+ * speed, the VM running, until the instant) or not (`stop` at the instant all the same, the rest
+ * sent with the VM stopped). downtime-limit stays 1 ms through such a round (not cutDowntimeMs):
+ * QEMU's threshold is its last 100 ms window's bandwidth × the limit, so it converges by itself
+ * only when a sync finds less than a millisecond's worth of sending dirty, which ends a round
+ * early (its STOP before the instant) much more rarely than at 30 ms. An instant already past
+ * at the lift (a late commit) runs the watched round as without one. So the VMs' `stop`s are
+ * written together and each pause holds what its guest dirtied in QEMU's last pass (docs/qemu.md
+ * "The pre-copy cut at the commit's instant").
  * A stopped VM always converges (its dirty set only shrinks); should QEMU not reach
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
  * Guarantees: `stop` is sent round.maxMs after the lift was sent (held by reads: after the
- * round started) at the latest (as the event
+ * round started; with a cut instant still ahead at the lift: at the instant, not before) at the
+ * latest (as the event
  * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
  * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
  * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
@@ -59,6 +72,19 @@ export interface FinalRound {
 }
 
 export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * MiB };
+
+/** downtime-limit (ms) through a round that ends at a cut instant: QEMU's own threshold as at the hold. */
+export const INSTANT_DOWNTIME_MS = 1;
+
+/**
+ * How the round of a cut ends (ms from the lift): `instant`: `stop` at the cut instant
+ * `stopAt` (performance.now() ms) whatever QEMU's progress; `watched`: at finalRoundDone or the
+ * round's bound, no instant or one already past at the lift (`now`).
+ */
+export function roundEnd(stopAt: number | undefined, now: number): { how: 'instant'; inMs: number } | { how: 'watched' } {
+  if (stopAt === undefined || !(stopAt > now)) return { how: 'watched' };
+  return { how: 'instant', inMs: stopAt - now };
+}
 
 /**
  * The round of a pre-copy held by its reads (read-pacer.ts), in ms: QEMU is awake (blocked in its
@@ -95,9 +121,11 @@ export function finalRoundDone(sync0: number, p: RoundProgress, leftBytes: numbe
 
 /** How the round ended, for the cut's log line. */
 export interface RoundOutcome {
-  /** 'converged': QEMU stopped the VM itself; 'synced': finalRoundDone(); 'cap': round.maxMs; 'fixed': no progress source. */
-  how: 'converged' | 'synced' | 'cap' | 'fixed';
+  /** 'converged': QEMU stopped the VM itself; 'synced': finalRoundDone(); 'cap': round.maxMs; 'fixed': no progress source; 'instant': the cut instant. */
+  how: 'converged' | 'synced' | 'cap' | 'fixed' | 'instant';
   ms: number;
+  /** A round to a cut instant: when finalRoundDone() was seen (ms from the lift; undefined: not before the end). */
+  doneMs?: number;
   /** QEMU's syncs during the round and the bytes dirty at its last poll (undefined: not polled). */
   syncs?: number;
   remaining?: number;
@@ -120,8 +148,12 @@ export interface Switchover {
   lifted?: boolean;
   /** QEMU's progress (query-migrate) for a watched final round; none: a fixed round. */
   progress?: () => Promise<RoundProgress>;
+  /** The commit's cut instant (performance.now() ms): `stop` then (see the module comment). */
+  stopAt?: number;
   /** Set when `stop` was sent (the caller resumes the VM on failure). */
   stoppedByUs?: boolean;
+  /** performance.now() as `stop` was written. */
+  stopWrittenAt?: number;
   /** Set when the final round ended. */
   round?: RoundOutcome;
 }
@@ -149,13 +181,15 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
   ended.catch(() => undefined);
   const race = <T>(x: Promise<T>, ms: number): Promise<T | 'paused' | 'late'> => Promise.race([paused, ended, x, sleep(ms).then(() => 'late' as const)]);
   const wait = (ms: number): Promise<'paused' | 'late'> => race(NEVER, ms);
-  let downtime = s.cutDowntimeMs;
   const t0 = performance.now();
+  const end = roundEnd(s.stopAt, t0);
+  let downtime = end.how === 'instant' ? INSTANT_DOWNTIME_MS : s.cutDowntimeMs;
   if (!s.lifted) await q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': downtime });
-  const outcome = await finalRound(s, round, { wait, race }, t0);
+  const outcome = end.how === 'instant' ? await instantRound(s, round, { wait, race }, t0, t0 + end.inMs) : await finalRound(s, round, { wait, race }, t0);
   s.round = outcome;
   if (outcome.how === 'converged') return;
   s.stoppedByUs = true;
+  s.stopWrittenAt = performance.now();
   await stop.send();
   stopped();
   s.mark('stop');
@@ -198,4 +232,34 @@ async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: n
     if (left() <= 0) break;
   }
   return { how: first ? 'cap' : 'fixed', ms: ms(), syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
+}
+
+/**
+ * The round to a cut instant `at` (performance.now() ms), the VM running: QEMU's progress watched
+ * as in finalRound() until finalRoundDone() (for the log), then nothing but the wait; ends at the
+ * instant, or earlier when QEMU converged by itself.
+ */
+async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: number, at: number): Promise<RoundOutcome> {
+  const ms = (): number => Math.round(performance.now() - t0);
+  const left = (): number => Math.max(0, at - performance.now());
+  let first: RoundProgress | undefined;
+  let last: RoundProgress | undefined;
+  let doneMs: number | undefined;
+  while (s.progress && doneMs === undefined && left() > 0) {
+    const p = await w.race(s.progress().catch(() => undefined), left());
+    if (p === 'paused') return { how: 'converged', ms: ms() };
+    if (p === 'late') break;
+    if (p) {
+      first ??= p;
+      last = p;
+      if (finalRoundDone(first.sync, p, round.leftBytes)) {
+        doneMs = ms();
+        s.mark('round-synced');
+        break;
+      }
+    }
+    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
+  }
+  if (left() > 0 && (await w.wait(left())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
+  return { how: 'instant', ms: ms(), doneMs, syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
 }
