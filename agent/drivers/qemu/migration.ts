@@ -36,7 +36,10 @@
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a final round with the VM running until QEMU synced and sent that set (query-migrate
  *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes
- *          seconds late on a busy host: every VM of the VNE is cut within the round) ─► MIGRATION
+ *          seconds late on a busy host: every VM of the VNE is cut within the round); with the
+ *          commit's cut instant (cut()'s CutInstant) the round runs until it and `stop` is
+ *          written then, the same instant on every VM (PHASE_CUT_AT: the instant → `stop`
+ *          written) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
  *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
