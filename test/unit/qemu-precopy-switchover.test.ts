@@ -223,10 +223,14 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
     ];
     let polls = 0;
     t.s.progress = async () => script[Math.min(polls++, script.length - 1)] as RoundProgress;
+    const reads: string[] = [];
+    t.s.freeze = () => reads.push(`freeze after ${polls} polls`);
+    t.s.thaw = () => reads.push(`thaw after ${t.q.sent.map(([c]) => c).join(',')}`);
     t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
     const t0 = performance.now();
     t.s.stopAt = t0 + 60;
     await reachSwitchover(t.s, round(5));
+    assert.deepEqual(reads, ['freeze after 2 polls', 'thaw after migrate-set-parameters,stop'], 'the stream unread from the round done to the stop written');
     assert.deepEqual(t.q.sent[0]?.[1], { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': INSTANT_DOWNTIME_MS });
     assert.deepEqual(
       t.q.sent.map(([c]) => c),
@@ -253,8 +257,11 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
 
     const u = setup();
     u.s.stopAt = performance.now() + 60_000;
+    let thawed = 0;
+    u.s.thaw = () => void thawed++;
     setTimeout(() => u.pre.resolve(PRE_SWITCHOVER), 10);
     await reachSwitchover(u.s, round(5));
+    assert.equal(thawed, 1, 'read again when QEMU converged by itself');
     assert.equal(u.s.round?.how, 'converged');
     assert.equal(u.s.stoppedByUs, undefined);
     assert.deepEqual(u.stops, ['stopped']);
@@ -266,6 +273,18 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
     await reachSwitchover(v.s, round(15));
     assert.equal(v.s.round?.how, 'cap');
     assert.deepEqual(v.q.sent[0]?.[1], { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': 30 });
+  });
+
+  it('a migration that ends during a round to a cut instant rejects, the stream read again', async () => {
+    const t = setup();
+    t.s.progress = async () => ({ sync: 3, remaining: 9 * MiB });
+    t.s.stopAt = performance.now() + 60_000;
+    let thawed = 0;
+    t.s.thaw = () => void thawed++;
+    setTimeout(() => t.ended.resolve(), 10);
+    await assert.rejects(reachSwitchover(t.s, round(5)), (e) => isVnsnapError(e, 'ERR_DRIVER'));
+    assert.equal(thawed, 1);
+    assert.equal(t.s.stoppedByUs, undefined);
   });
 
   it('roundEnd: the instant when it is ahead of the lift, else the watched round', () => {

@@ -260,6 +260,7 @@ export class QemuJob extends DriverJob {
     const w = this.memWriter;
     this.stream = undefined;
     this.memWriter = undefined;
+    st?.openReads(); // a cut's freeze (precopy-switchover.ts) ends here too
     st?.discard();
     await st?.drained(5000); // let QEMU finish or drop its side first: it sees no broken pipe
     await st?.close();
@@ -565,7 +566,7 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt }) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt, freeze: () => this.stream?.closeReads(), thaw: () => this.stream?.openReads() }) };
       try {
         await reachSwitchover(s, byReads ? readPacedRound() : undefined);
         stopWrittenAt = s.stopWrittenAt;

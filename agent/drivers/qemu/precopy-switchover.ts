@@ -37,7 +37,11 @@
  * sent with the VM stopped). downtime-limit stays 1 ms through such a round (not cutDowntimeMs):
  * QEMU's threshold is its last 100 ms window's bandwidth × the limit, so it converges by itself
  * only when a sync finds less than a millisecond's worth of sending dirty, which ends a round
- * early (its STOP before the instant) much more rarely than at 30 ms. An instant already past
+ * early (its STOP before the instant) less often than at 30 ms; and once the round is done the
+ * stream is not read until the `stop` is written (Switchover.freeze): QEMU, its set sent down to
+ * leftBytes, blocks in its write once the socket's buffer is full instead of passing on to the
+ * back-to-back syncs whose first that finds under a millisecond's worth dirty converges (a round
+ * done with less left than the socket's buffer can still converge). An instant already past
  * at the lift (a late commit) runs the watched round as without one. So the VMs' `stop`s are
  * written together and each pause holds what its guest dirtied in QEMU's last pass (docs/qemu.md
  * "The pre-copy cut at the commit's instant").
@@ -150,6 +154,13 @@ export interface Switchover {
   progress?: () => Promise<RoundProgress>;
   /** The commit's cut instant (performance.now() ms): `stop` then (see the module comment). */
   stopAt?: number;
+  /**
+   * A round to a cut instant done before it: the stream is no longer read (QEMU blocks in its
+   * write, no sync, no convergence) until thaw(), which comes right behind the `stop` (and on
+   * every way out). Optional: without it QEMU goes on iterating and may converge by itself.
+   */
+  freeze?: () => void;
+  thaw?: () => void;
   /** Set when `stop` was sent (the caller resumes the VM on failure). */
   stoppedByUs?: boolean;
   /** performance.now() as `stop` was written. */
@@ -185,12 +196,23 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
   const end = roundEnd(s.stopAt, t0);
   let downtime = end.how === 'instant' ? INSTANT_DOWNTIME_MS : s.cutDowntimeMs;
   if (!s.lifted) await q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': downtime });
-  const outcome = end.how === 'instant' ? await instantRound(s, round, { wait, race }, t0, t0 + end.inMs) : await finalRound(s, round, { wait, race }, t0);
+  let outcome: RoundOutcome;
+  try {
+    outcome = end.how === 'instant' ? await instantRound(s, round, { wait, race }, t0, t0 + end.inMs) : await finalRound(s, round, { wait, race }, t0);
+  } catch (e) {
+    s.thaw?.();
+    throw e;
+  }
   s.round = outcome;
-  if (outcome.how === 'converged') return;
+  if (outcome.how === 'converged') {
+    s.thaw?.();
+    return;
+  }
   s.stoppedByUs = true;
   s.stopWrittenAt = performance.now();
-  await stop.send();
+  const stopReply = stop.send();
+  s.thaw?.(); // the stop is written: QEMU sends the rest with the VM stopping
+  await stopReply;
   stopped();
   s.mark('stop');
   while ((await wait(s.escalateMs)) !== 'paused') {
@@ -254,6 +276,7 @@ async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0:
       last = p;
       if (finalRoundDone(first.sync, p, round.leftBytes)) {
         doneMs = ms();
+        s.freeze?.();
         s.mark('round-synced');
         break;
       }
