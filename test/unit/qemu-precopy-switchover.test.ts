@@ -9,7 +9,7 @@ import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { silentLogger } from '../../proto/core/log';
 import type { QmpClient, QmpEvent } from '../../agent/drivers/qemu/qmp';
-import { CUT_ROUND_ENV, FINAL_ROUND, finalRoundDone, INSTANT_DOWNTIME_MS, READ_PACED_ROUND_MS, readPacedRound, reachSwitchover, roundEnd, type RoundOutcome, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+import { CUT_ROUND_ENV, FINAL_ROUND, finalRoundDone, INSTANT_DOWNTIME_MS, READ_PACED_ROUND_MS, readPacedRound, reachSwitchover, roundEnd, thawMs, type RoundOutcome, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
 import { isVnsnapError } from '../../proto/core/errors';
 
 const MiB = 1024 * 1024;
@@ -285,6 +285,36 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
     await assert.rejects(reachSwitchover(t.s, round(5)), (e) => isVnsnapError(e, 'ERR_DRIVER'));
     assert.equal(thawed, 1);
     assert.equal(t.s.stoppedByUs, undefined);
+  });
+
+  it('a frozen round with thawMs: read again that long before the instant, `stop` still at the instant; thawMs() parses THAW_ENV', async () => {
+    const t = setup();
+    const script: RoundProgress[] = [
+      { sync: 7, remaining: 3 * MiB },
+      { sync: 8, remaining: MiB / 4 },
+    ];
+    let polls = 0;
+    t.s.progress = async () => script[Math.min(polls++, script.length - 1)] as RoundProgress;
+    const t0 = performance.now();
+    const reads: [string, number][] = [];
+    t.s.freeze = () => reads.push(['freeze', performance.now() - t0]);
+    t.s.thaw = () => reads.push(['thaw', performance.now() - t0]);
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    t.s.stopAt = t0 + 80;
+    t.s.thawMs = 40;
+    await reachSwitchover(t.s, round(5));
+    assert.deepEqual(
+      reads.map(([k]) => k),
+      ['freeze', 'thaw', 'thaw'],
+      'read again before the instant (and the idempotent thaw behind the stop)',
+    );
+    const thawedAt = reads[1]?.[1] ?? 0;
+    assert.ok(thawedAt >= 39 && thawedAt < 79, `read again ${thawedAt.toFixed(1)} ms after the lift`);
+    assert.ok((t.s.stopWrittenAt ?? 0) >= t0 + 79);
+    assert.equal(thawMs(undefined), 0);
+    assert.equal(thawMs(''), 0);
+    assert.equal(thawMs('15'), 15);
+    for (const bad of ['-1', '2.5', 'x']) assert.throws(() => thawMs(bad), (e) => isVnsnapError(e, 'ERR_CONFIG'));
   });
 
   it('roundEnd: the instant when it is ahead of the lift, else the watched round', () => {

@@ -78,7 +78,7 @@ import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, l
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { collapseGuestRam } from './ram-huge-pages';
 import { precopyPause } from './precopy-pause';
-import { reachSwitchover, readPacedRound, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
+import { reachSwitchover, readPacedRound, thawMs, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { ReadPacer } from './read-pacer';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
@@ -566,7 +566,7 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt, freeze: () => this.stream?.closeReads(), thaw: () => this.stream?.openReads() }) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt, thawMs: thawMs(), freeze: () => this.stream?.closeReads(), thaw: () => this.stream?.openReads() }) };
       try {
         await reachSwitchover(s, byReads ? readPacedRound() : undefined);
         stopWrittenAt = s.stopWrittenAt;

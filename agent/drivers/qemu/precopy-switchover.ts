@@ -81,6 +81,22 @@ export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * M
 export const INSTANT_DOWNTIME_MS = 1;
 
 /**
+ * A round to a cut instant, done and frozen before it, is read again this long (ms) before the
+ * instant (THAW_ENV), so that QEMU sends the rest of its pass with the VM still running; 0 (the
+ * default): read again right behind the `stop`. QEMU may converge by itself in that time (its
+ * STOP at most this much before the instant).
+ */
+export const THAW_ENV = 'VNSNAP_QEMU_THAW_MS';
+
+/** THAW_ENV as ms (a whole number ≥ 0; unset or empty: 0). ERR_CONFIG otherwise. */
+export function thawMs(env: string | undefined = process.env[THAW_ENV]): number {
+  if (env === undefined || env === '') return 0;
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 0) throw new VnsnapError('ERR_CONFIG', `${THAW_ENV}: expected a whole number of ms ≥ 0, got ${JSON.stringify(env)}`);
+  return n;
+}
+
+/**
  * How the round of a cut ends (ms from the lift): `instant`: `stop` at the cut instant
  * `stopAt` (performance.now() ms) whatever QEMU's progress; `watched`: at finalRoundDone or the
  * round's bound, no instant or one already past at the lift (`now`).
@@ -154,6 +170,8 @@ export interface Switchover {
   progress?: () => Promise<RoundProgress>;
   /** The commit's cut instant (performance.now() ms): `stop` then (see the module comment). */
   stopAt?: number;
+  /** A frozen round is read again this long before stopAt (thawMs()); default 0. */
+  thawMs?: number;
   /**
    * A round to a cut instant done before it: the stream is no longer read (QEMU blocks in its
    * write, no sync, no convergence) until thaw(), which comes right behind the `stop` (and on
@@ -282,6 +300,11 @@ async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0:
       }
     }
     if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
+  }
+  const thawAt = at - (s.thawMs ?? 0);
+  if (doneMs !== undefined && thawAt < at && performance.now() < thawAt) {
+    if ((await w.wait(thawAt - performance.now())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
+    s.thaw?.(); // QEMU sends the rest of its pass, the VM running, until the stop
   }
   if (left() > 0 && (await w.wait(left())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
   return { how: 'instant', ms: ms(), doneMs, syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
