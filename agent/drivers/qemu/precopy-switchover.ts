@@ -253,53 +253,60 @@ async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: n
   const progress = s.progress;
   if (!progress && round.maxMs <= 0) return { how: 'fixed', ms: 0 };
   if (!progress) return { how: (await w.wait(round.maxMs)) === 'paused' ? 'converged' : 'fixed', ms: ms() };
+  const r = await pollRound(progress, round, w, left);
+  if (r.end === 'paused') return { how: 'converged', ms: ms() };
+  const syncs = r.first && r.last ? r.last.sync - r.first.sync : undefined;
+  if (r.end === 'done') {
+    s.mark('round-synced');
+    return { how: 'synced', ms: ms(), syncs, remaining: r.last?.remaining };
+  }
+  return { how: r.first ? 'cap' : 'fixed', ms: ms(), syncs, remaining: r.last?.remaining };
+}
+
+/** How pollRound() ended, with the first poll (the syncs before the lift) and the last. */
+interface Polled {
+  end: 'done' | 'paused' | 'late';
+  first?: RoundProgress;
+  last?: RoundProgress;
+}
+
+/**
+ * QEMU's progress every round.pollMs until finalRoundDone() ('done'), QEMU's own convergence
+ * ('paused') or the time `left()` runs out ('late'). A query-migrate that fails counts as none; one
+ * that outlasts the time left ends it.
+ */
+async function pollRound(progress: () => Promise<RoundProgress>, round: FinalRound, w: RoundWaits, left: () => number): Promise<Polled> {
   let first: RoundProgress | undefined; // at the lift: the syncs before it
   let last: RoundProgress | undefined;
-  for (;;) {
-    // A query-migrate that fails counts as none; one that outlasts the round ends it.
+  while (left() > 0) {
     const p = await w.race(progress().catch(() => undefined), left());
-    if (p === 'paused') return { how: 'converged', ms: ms() };
+    if (p === 'paused') return { end: 'paused', first, last };
     if (p === 'late') break;
     if (p) {
       first ??= p;
       last = p;
-      if (finalRoundDone(first.sync, p, round.leftBytes)) {
-        s.mark('round-synced');
-        return { how: 'synced', ms: ms(), syncs: p.sync - first.sync, remaining: p.remaining };
-      }
+      if (finalRoundDone(first.sync, p, round.leftBytes)) return { end: 'done', first, last };
     }
-    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
-    if (left() <= 0) break;
+    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { end: 'paused', first, last };
   }
-  return { how: first ? 'cap' : 'fixed', ms: ms(), syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
+  return { end: 'late', first, last };
 }
 
 /**
  * The round to a cut instant `at` (performance.now() ms), the VM running: QEMU's progress watched
- * as in finalRound() until finalRoundDone() (for the log), then nothing but the wait; ends at the
- * instant, or earlier when QEMU converged by itself.
+ * as in finalRound() until finalRoundDone(), then the stream frozen (s.freeze) and nothing but the
+ * wait; ends at the instant, or earlier when QEMU converged by itself.
  */
 async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: number, at: number): Promise<RoundOutcome> {
   const ms = (): number => Math.round(performance.now() - t0);
   const left = (): number => Math.max(0, at - performance.now());
-  let first: RoundProgress | undefined;
-  let last: RoundProgress | undefined;
+  const r: Polled = s.progress ? await pollRound(s.progress, round, w, left) : { end: 'late' };
+  if (r.end === 'paused') return { how: 'converged', ms: ms() };
   let doneMs: number | undefined;
-  while (s.progress && doneMs === undefined && left() > 0) {
-    const p = await w.race(s.progress().catch(() => undefined), left());
-    if (p === 'paused') return { how: 'converged', ms: ms() };
-    if (p === 'late') break;
-    if (p) {
-      first ??= p;
-      last = p;
-      if (finalRoundDone(first.sync, p, round.leftBytes)) {
-        doneMs = ms();
-        s.freeze?.();
-        s.mark('round-synced');
-        break;
-      }
-    }
-    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
+  if (r.end === 'done') {
+    doneMs = ms();
+    s.freeze?.();
+    s.mark('round-synced');
   }
   const thawAt = at - (s.thawMs ?? 0);
   if (doneMs !== undefined && thawAt < at && performance.now() < thawAt) {
@@ -307,5 +314,5 @@ async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0:
     s.thaw?.(); // QEMU sends the rest of its pass, the VM running, until the stop
   }
   if (left() > 0 && (await w.wait(left())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
-  return { how: 'instant', ms: ms(), doneMs, syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
+  return { how: 'instant', ms: ms(), doneMs, syncs: r.first && r.last ? r.last.sync - r.first.sync : undefined, remaining: r.last?.remaining };
 }
