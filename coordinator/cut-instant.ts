@@ -7,12 +7,15 @@
  * converted into each agent's clock with that agent's offset (clock-offset.ts), and every agent
  * begins its cuts then. An agent that receives the commit after the instant cuts at once.
  *
- * Pre-copy commits name one too, later by a lead (precopyMarginMs(): the margin + PRECOPY_LEAD_MS,
- * VNSNAP_PRECOPY_LEAD_MS): each agent begins its cuts at the receipt, and each VM's final round of
- * its copy runs (the VM running, at full speed) until the instant, when the agent writes `stop`
- * (agent/drivers/qemu/precopy-switchover.ts). Without it a pre-copy VM stopped when its own round
- * ended, 14–200 ms after the receipt, differently per VM: that made the pre-copy spread. The lead
- * is the time the rounds get to send their sets before the instant (their median was 66–85 ms).
+ * Pre-copy commits name one only when VNSNAP_PRECOPY_LEAD_MS gives a lead (precopyMarginMs(): the
+ * margin + the lead; unset: none, each VM stops when its own final round ends, 14–200 ms after the
+ * receipt, differently per VM). With one, each agent begins its cuts at the receipt, and each
+ * VM's final round of its copy runs (the VM running) until the instant, when the agent writes
+ * `stop` (agent/drivers/qemu/precopy-switchover.ts); the lead is the time the rounds get to send
+ * their sets before it. Opt-in: measured with a lead of 100 ms it brought the pre-copy cut
+ * spreads' median down to 8–14 ms but not their maximum (QEMU still converged by itself before
+ * the instant in some rounds), and the pre-copy pauses over their targets (docs/performance.md,
+ * "The pre-copy cut at the commit's instant").
  *
  * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
@@ -42,13 +45,9 @@ export const CUT_MARGIN: Readonly<CutMarginOptions> = { defaultMs: 100, minMs: 2
 
 export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
 
-/** A pre-copy commit's instant comes this much (ms) after a background one's: the final rounds' time. */
-export const PRECOPY_LEAD_MS = 100;
-
-/** What VNSNAP_PRECOPY_LEAD_MS asks for: whole ms (unset or empty: PRECOPY_LEAD_MS), or 'none' (pre-copy commits name no instant). ERR_CONFIG otherwise. */
+/** What VNSNAP_PRECOPY_LEAD_MS asks for: whole ms (a pre-copy commit's instant that much after a background one's), or 'none' (unset or empty too: pre-copy commits name no instant). ERR_CONFIG otherwise. */
 export function parsePrecopyLead(v: string | undefined): number | 'none' {
-  if (v === undefined || v.trim() === '') return PRECOPY_LEAD_MS;
-  if (v.trim() === 'none') return 'none';
+  if (v === undefined || v.trim() === '' || v.trim() === 'none') return 'none';
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 1000) throw new VnsnapError('ERR_CONFIG', `${PRECOPY_LEAD_ENV}="${v}": expected whole ms 0..1000, or none (pre-copy commits name no cut instant)`);
   return n;
@@ -70,7 +69,7 @@ export class CutMargin {
   constructor(
     private readonly fixedMs: 'auto' | number = 'auto',
     o: Partial<CutMarginOptions> = {},
-    private readonly precopyLead: number | 'none' = PRECOPY_LEAD_MS,
+    private readonly precopyLead: number | 'none' = 'none',
   ) {
     this.o = { ...CUT_MARGIN, ...o };
   }

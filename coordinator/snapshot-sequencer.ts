@@ -26,9 +26,9 @@
  *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
  *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
  *   or at once if the commit reaches it later. The commit delays its CommitResults report
- *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit's instant is later by a
- *   lead: its agents begin their cuts at receipt and stop each VM at the instant, after the
- *   VM's final round of its copy.
+ *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one only with a lead
+ *   configured (VNSNAP_PRECOPY_LEAD_MS; opt-in), later by it: its agents begin their cuts at
+ *   receipt and stop each VM at the instant, after the VM's final round of its copy.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
@@ -396,7 +396,8 @@ export class SnapshotRun {
     }
     const at = this.deps.clock.now();
     // The cut instant, now + the margin on this clock, each agent's in its own (0: none, cut at
-    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it (cut-instant.ts).
+    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it; none without a
+    // lead, the default (cut-instant.ts).
     const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
     const marginMs = background ? this.seq.cutMargin.marginMs() : this.seq.cutMargin.precopyMarginMs();
     const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
@@ -407,7 +408,7 @@ export class SnapshotRun {
       (agent, r) => {
         const vms = r.commit?.vms ?? [];
         this.commits.set(agent, vms);
-        const delay = commitDelayMs(vms, offsetOf(agent) ?? 0);
+        const delay = background || marginMs > 0 ? commitDelayMs(vms, offsetOf(agent) ?? 0) : undefined; // commits that named an instant
         if (delay !== undefined) this.seq.cutMargin.observe(delay);
       },
       () => this.persist(),

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { ClockOffset, offsetSample } from '../../coordinator/clock-offset';
-import { commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead, PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
+import { commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead } from '../../coordinator/cut-instant';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { VmSnapshot__Output } from '../../proto/gen/vnsnap/v1/VmSnapshot';
 
@@ -59,13 +59,14 @@ describe('cut instant: clock offsets and the margin', () => {
   });
 
   it("a pre-copy commit's margin: the margin + the lead; none when the margin is 0 or the lead 'none'; VNSNAP_PRECOPY_LEAD_MS parsed", () => {
-    assert.equal(new CutMargin().precopyMarginMs(), CUT_MARGIN.defaultMs + PRECOPY_LEAD_MS);
+    assert.equal(new CutMargin().precopyMarginMs(), 0, 'no lead unless configured');
+    assert.equal(new CutMargin('auto', {}, 100).precopyMarginMs(), CUT_MARGIN.defaultMs + 100);
     assert.equal(new CutMargin(35, {}, 80).precopyMarginMs(), 115);
     assert.equal(new CutMargin(0, {}, 80).precopyMarginMs(), 0);
     assert.equal(new CutMargin(35, {}, 'none').precopyMarginMs(), 0);
     assert.equal(new CutMargin(35, {}, 'none').marginMs(), 35, 'background commits keep theirs');
-    assert.equal(parsePrecopyLead(undefined), PRECOPY_LEAD_MS);
-    assert.equal(parsePrecopyLead(' '), PRECOPY_LEAD_MS);
+    assert.equal(parsePrecopyLead(undefined), 'none');
+    assert.equal(parsePrecopyLead(' '), 'none');
     assert.equal(parsePrecopyLead('none'), 'none');
     assert.equal(parsePrecopyLead('0'), 0);
     assert.equal(parsePrecopyLead('150'), 150);
