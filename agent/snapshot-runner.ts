@@ -10,7 +10,11 @@
  *             coordinator/cut-instant.ts) waits until then, so that every agent's VMs stop
  *             together whatever the commit's arrival; one that arrives after it (or names none:
  *             an older coordinator) cuts at once. The wait is bounded (maxCutWaitMs) and ended
- *             by an abort; the VMs run meanwhile, and no port is gated yet. Then
+ *             by an abort; the VMs run meanwhile, and no port is gated yet. A pre-copy
+ *             commit's instant is not waited for here: the cuts begin at the receipt (the
+ *             ports gated, each VM's final round of its copy running) and the driver writes
+ *             `stop` at the instant (driver.ts CutInstant), so the VMs stop together whatever
+ *             their rounds' lengths. Then
  *             the cut of each VM, in DESIGN.md's order, is one switch.cutPorts(ports, k, atPause)
  *             (switch/snapshot/cut.ts):
  *               gate                        frames for the VM's ports are held
@@ -59,7 +63,7 @@ import type { SnapshotPersist__Output } from '../proto/gen/vnsnap/v1/SnapshotPer
 import type { VmProgress } from '../proto/gen/vnsnap/v1/VmProgress';
 import type { VmSnapshot } from '../proto/gen/vnsnap/v1/VmSnapshot';
 import type { ChannelState, Switch } from '../switch/switch';
-import type { CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImage } from './drivers/driver';
+import type { CutInstant, CutReport, SnapshotJob, SnapshotModeName, SnapshotProgress, VmImage } from './drivers/driver';
 import type { AgentMetrics } from './metrics';
 import type { SnapshotStore } from '../proto/store/snapshot-store';
 import type { VmRecord, VmTable } from './vms';
@@ -260,11 +264,14 @@ export class SnapshotRunner {
     let results: PromiseSettledResult<VmSnapshot>[];
     let cutAt: PhaseTiming | undefined;
     try {
-      // The commit's cut instant: the VMs run (no port gated) until it, at the priority above.
-      cutAt = await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0));
+      // Background: the commit's cut instant, the VMs run (no port gated) until it, at the priority
+      // above. Pre-copy: the cuts begin now and the driver stops each VM at the instant, after its
+      // final round (precopyInstant()).
+      const instant = background ? undefined : precopyInstant(Number(c.cutAtUnixUs ?? 0), receivedUs, this.o.maxCutWaitMs);
+      cutAt = background ? await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0)) : undefined;
       if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
       const shared = cutAt ? [commit, cutAt] : [commit];
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained)));
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained, instant)));
     } finally {
       normalPriority();
       probe.stop();
@@ -311,7 +318,7 @@ export class SnapshotRunner {
   }
 
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm, shared: PhaseTiming[], probe: LoopStallProbe, drained: () => void): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, shared: PhaseTiming[], probe: LoopStallProbe, drained: () => void, instant?: CutInstant): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
     const commit = shared[0] as PhaseTiming;
     const trace: PhaseTiming[] = [...shared];
@@ -324,7 +331,7 @@ export class SnapshotRunner {
           trace.push({ phase: 'PHASE_DRAIN', startUnixUs, endUnixUs: this.nowUs() });
           drained();
         }
-      }),
+      }, instant),
     )) as CutReport;
     const stall = probe.longest(Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs)));
     if (stall) trace.push({ phase: 'PHASE_LOOP_STALL', ...stall });
@@ -487,6 +494,16 @@ export class SnapshotRunner {
     sw.abort(vne, epoch);
     await this.o.vms.saveStates(vne);
   }
+}
+
+/**
+ * A pre-copy commit's cut instant for the drivers (CutInstant): `atUs` (this agent's clock; 0: none
+ * named) bounded to `maxWaitMs` (default 1 s) after the receipt; undefined without one. A driver
+ * with a final round stops its VM then (an instant already past: as soon as its round is done).
+ */
+export function precopyInstant(atUs: number, receivedUs: number, maxWaitMs = 1000): CutInstant | undefined {
+  if (!(atUs > 0)) return undefined;
+  return { stopAtUs: Math.min(atUs, receivedUs + maxWaitMs * 1000) };
 }
 
 /** The commit's cut instant for the log: waited for (ms), or how late the commit or the timer made the cuts (ms). */

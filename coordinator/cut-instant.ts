@@ -7,8 +7,15 @@
  * converted into each agent's clock with that agent's offset (clock-offset.ts), and every agent
  * begins its cuts then. An agent that receives the commit after the instant cuts at once.
  *
- * Background commits only: a pre-copy VM stops when its own final round ends after the commit,
- * and the rounds' lengths (tens to 200 ms) make that spread, not the commit's arrival.
+ * Pre-copy commits name one only when VNSNAP_PRECOPY_LEAD_MS gives a lead (precopyMarginMs(): the
+ * margin + the lead; unset: none, each VM stops when its own final round ends, 14–200 ms after the
+ * receipt, differently per VM). With one, each agent begins its cuts at the receipt, and each
+ * VM's final round of its copy runs (the VM running) until the instant, when the agent writes
+ * `stop` (agent/drivers/qemu/precopy-switchover.ts); the lead is the time the rounds get to send
+ * their sets before it. Opt-in: measured with a lead of 100 ms it brought the pre-copy cut
+ * spreads' median down to 8–14 ms but not their maximum (QEMU still converged by itself before
+ * the instant in some rounds), and the pre-copy pauses over their targets (docs/performance.md,
+ * "The pre-copy cut at the commit's instant").
  *
  * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
@@ -36,6 +43,16 @@ export interface CutMarginOptions {
 
 export const CUT_MARGIN: Readonly<CutMarginOptions> = { defaultMs: 100, minMs: 20, maxMs: 250, factor: 1.5, padMs: 5, history: 16 };
 
+export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
+
+/** What VNSNAP_PRECOPY_LEAD_MS asks for: whole ms (a pre-copy commit's instant that much after a background one's), or 'none' (unset or empty too: pre-copy commits name no instant). ERR_CONFIG otherwise. */
+export function parsePrecopyLead(v: string | undefined): number | 'none' {
+  if (v === undefined || v.trim() === '' || v.trim() === 'none') return 'none';
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 1000) throw new VnsnapError('ERR_CONFIG', `${PRECOPY_LEAD_ENV}="${v}": expected whole ms 0..1000, or none (pre-copy commits name no cut instant)`);
+  return n;
+}
+
 /** What VNSNAP_CUT_MARGIN_MS asks for: 'auto' (unset or "auto"), or fixed ms (0: no instant). ERR_CONFIG otherwise. */
 export function parseCutMargin(v: string | undefined): 'auto' | number {
   if (v === undefined || v.trim() === '' || v.trim() === 'auto') return 'auto';
@@ -52,8 +69,15 @@ export class CutMargin {
   constructor(
     private readonly fixedMs: 'auto' | number = 'auto',
     o: Partial<CutMarginOptions> = {},
+    private readonly precopyLead: number | 'none' = 'none',
   ) {
     this.o = { ...CUT_MARGIN, ...o };
+  }
+
+  /** A pre-copy commit's margin: marginMs() + the lead; 0 (no instant) when marginMs() is 0 or the lead 'none'. */
+  precopyMarginMs(): number {
+    const m = this.marginMs();
+    return m === 0 || this.precopyLead === 'none' ? 0 : m + this.precopyLead;
   }
 
   /** 0: no scheduled instant (cut at receipt). */

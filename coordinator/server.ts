@@ -36,7 +36,7 @@ import { MigrateRecovery } from './migrate-recovery';
 import { MigrateSequencer } from './migrate-sequencer';
 import { CoordinatorServiceImpl } from './service';
 import { SnapshotSequencer } from './snapshot-sequencer';
-import { CUT_MARGIN_ENV, CutMargin, parseCutMargin } from './cut-instant';
+import { CUT_MARGIN_ENV, CutMargin, parseCutMargin, parsePrecopyLead, PRECOPY_LEAD_ENV } from './cut-instant';
 import { MAX_TIMEOUT_MS } from './validation';
 import { checkTransport, PemCertificates, type TransportConfig } from '../proto/core/tls';
 import { authzInterceptor, type RolesTable } from './authz';
@@ -166,7 +166,7 @@ export class CoordinatorServer implements Startable {
     this.snapshots = new SnapshotSequencer({
       ...deps,
       log: log.child({ part: 'snapshot' }),
-      cutMargin: new CutMargin(parseCutMargin(process.env[CUT_MARGIN_ENV])),
+      cutMargin: new CutMargin(parseCutMargin(process.env[CUT_MARGIN_ENV]), {}, parsePrecopyLead(process.env[PRECOPY_LEAD_ENV])),
       nowUs: micros,
       clockOffset: (a) => this.registry.clockOffset(a),
     });

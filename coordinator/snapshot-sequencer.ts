@@ -26,7 +26,9 @@
  *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
  *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
  *   or at once if the commit reaches it later. The commit delays its CommitResults report
- *   (PHASE_COMMIT) set the next background snapshot's margin. A pre-copy commit names none.
+ *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one only with a lead
+ *   configured (VNSNAP_PRECOPY_LEAD_MS; opt-in), later by it: its agents begin their cuts at
+ *   receipt and stop each VM at the instant, after the VM's final round of its copy.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
@@ -393,12 +395,11 @@ export class SnapshotRun {
       return;
     }
     const at = this.deps.clock.now();
-    // Background: the cut instant, now + the margin on this clock, each agent's in its own (0: none,
-    // cut at receipt). A pre-copy commit names none: its VMs stop when their own final rounds end,
-    // whose lengths, not the commit's arrival, make its spread (docs/performance.md, "A scheduled
-    // cut instant").
+    // The cut instant, now + the margin on this clock, each agent's in its own (0: none, cut at
+    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it; none without a
+    // lead, the default (cut-instant.ts).
     const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
-    const marginMs = background ? this.seq.cutMargin.marginMs() : 0;
+    const marginMs = background ? this.seq.cutMargin.marginMs() : this.seq.cutMargin.precopyMarginMs();
     const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
     const instants = marginMs > 0 ? cutInstants(this.seq.nowUs() + marginMs * 1000, [...this.spec.byAgent.keys()], offsetOf) : undefined;
     this.fanOut(
@@ -407,7 +408,7 @@ export class SnapshotRun {
       (agent, r) => {
         const vms = r.commit?.vms ?? [];
         this.commits.set(agent, vms);
-        const delay = background ? commitDelayMs(vms, offsetOf(agent) ?? 0) : undefined;
+        const delay = background || marginMs > 0 ? commitDelayMs(vms, offsetOf(agent) ?? 0) : undefined; // commits that named an instant
         if (delay !== undefined) this.seq.cutMargin.observe(delay);
       },
       () => this.persist(),

@@ -194,6 +194,18 @@ export interface VmImage {
   disks: DiskArtefact[];
 }
 
+/**
+ * A pre-copy commit's cut instant, handed to the driver with the cut instead of waited for by the
+ * agent: a driver whose VM keeps running through a final round of its copy after the commit
+ * starts that round at the call and pauses the VM at `stopAtUs` (this host's wall clock, µs), so
+ * that every VM of the VNE stops at the one instant whatever its round's length. The driver
+ * reports how its pause met the instant as a PHASE_CUT_AT span (the instant → `stop` written, or
+ * → the VM found stopped by itself).
+ */
+export interface CutInstant {
+  stopAtUs: number;
+}
+
 export interface SnapshotJob {
   readonly vm: string;
   readonly mode: SnapshotModeName;
@@ -203,8 +215,12 @@ export interface SnapshotJob {
    * module comment: the contract of `ready`).
    */
   readonly ready: Promise<void>;
-  /** The cut; see the module comment. Rejects (without calling atPause) if the VM could not be paused. */
-  cut(atPause: () => Promise<void>): Promise<CutReport>;
+  /**
+   * The cut; see the module comment. Rejects (without calling atPause) if the VM could not be
+   * paused. `at`: the commit's cut instant for a pre-copy cut (CutInstant); a driver without a
+   * final round before its pause ignores it (the VM is cut at the call).
+   */
+  cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport>;
   /** Wait until the image (memory, disk) is committed in the store. */
   durable(): Promise<VmImage>;
   /** Cancel, resume the VM if this job paused it, delete partial artefacts. Idempotent; concurrent calls share one run. */

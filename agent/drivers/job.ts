@@ -16,7 +16,7 @@
 import * as fsp from 'node:fs/promises';
 import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter, StoredArtefact } from '../../proto/store/local-dir';
-import type { CutReport, PhaseSpan, SnapshotJob, SnapshotModeName, VmImage } from './driver';
+import type { CutInstant, CutReport, PhaseSpan, SnapshotJob, SnapshotModeName, VmImage } from './driver';
 
 export class ReadyLatch {
   readonly promise: Promise<void>;
@@ -110,7 +110,7 @@ export abstract class DriverJob implements SnapshotJob {
 
   abstract get vm(): string;
   abstract get mode(): SnapshotModeName;
-  abstract cut(atPause: () => Promise<void>): Promise<CutReport>;
+  abstract cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport>;
   /** The driver's abort, run once; `ready` is already released. */
   protected abstract runAbort(): Promise<void>;
 

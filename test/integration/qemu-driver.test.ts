@@ -97,6 +97,8 @@ describe('QEMU driver', function () {
 /** How many times, and how far apart (ms), a ready pre-copy's VMs are checked to be running before the cut. */
 const HOLD_SAMPLES = 6;
 const HOLD_SAMPLE_MS = 200;
+/** A pre-copy cut given a cut instant stops both VMs this long after the cut began (a commit's margin + lead). */
+const INSTANT_AFTER_MS = 150;
 
 /** Two guests streaming to each other through a Switch: snapshot in each mode, kill, restore, check. */
 for (const st of STORES)
@@ -114,6 +116,8 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
   const restarts: number[] = [];
   /** Each pre-copy cut's spread: its two VMs' cut instants (QEMU's STOPs) apart, ms. */
   const spreads: number[] = [];
+  /** The same for the pre-copy cuts given a common cut instant (every other one). */
+  const instantSpreads: number[] = [];
   let epoch = 0;
 
   const status = (name: string): Promise<GuestStatus> => channelStatus((driver as QemuDriver).inspect(`vnqm/${name}`)?.channelSock as string, 8000);
@@ -158,6 +162,7 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
     const p = Object.entries(pauses).map(([m, v]) => `${m}: ${v.map((x) => x.toFixed(1)).join(', ')} ms`);
     if (p.length) console.log(`      pauses (pause → resume, per VM and cut): ${p.join('; ')}`);
     if (spreads.length) console.log(`      pre-copy cut spreads (the two VMs' STOPs apart, per cut): ${spreads.map((x) => x.toFixed(1)).join(', ')} ms`);
+    if (instantSpreads.length) console.log(`      pre-copy cut spreads at a cut instant ${INSTANT_AFTER_MS} ms after the cut began (per cut): ${instantSpreads.map((x) => x.toFixed(1)).join(', ')} ms`);
     console.log(`      pre-copy restarts (early convergences): ${restarts.length}${restarts.length ? `, paused ${restarts.map((x) => x.toFixed(1)).join(', ')} ms` : ''}`);
     if (process.env.VNQM_KEEP) {
       for (const n of names) {
@@ -194,6 +199,8 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
           for (const n of names) assert.equal((await d.execute<{ status: string }>(`vnqm/${n}`, 'query-status', undefined, 5000)).status, 'running', `${n} runs while its pre-copy waits for the cut (sample ${i + 1} of ${HOLD_SAMPLES})`);
         }
       }
+      // Every other pre-copy cut stops both VMs at one cut instant (as a commit naming one does), the others each at its own round's end.
+      const at = mode === 'precopy' && k % 2 === 0 ? { stopAtUs: Date.now() * 1000 + INSTANT_AFTER_MS * 1000 } : undefined;
       const reports = await Promise.all(
         jobs.map(async (j, i) => {
           const port = `vnqm/${names[i]}/0`;
@@ -201,12 +208,13 @@ describe(`QEMU driver: two guests, snapshot and restore with TCP streams through
             j.cut(async () => {
               await pass();
               await atCut?.(names[i] as string);
-            }),
+            }, at),
           );
           return report as CutReport;
         }),
       );
-      if (mode === 'precopy') spreads.push((Math.max(...reports.map((r) => r.cutUnixUs)) - Math.min(...reports.map((r) => r.cutUnixUs))) / 1000);
+      if (at) for (const r of reports) assert.ok(r.phases.some((p) => p.phase === 'PHASE_CUT_AT' && p.startUnixUs === at.stopAtUs), 'a cut given an instant reports CUT_AT from it');
+      if (mode === 'precopy') (at ? instantSpreads : spreads).push((Math.max(...reports.map((r) => r.cutUnixUs)) - Math.min(...reports.map((r) => r.cutUnixUs))) / 1000);
       for (const r of reports) {
         const early = r.phases.filter((p) => p.phase === 'PHASE_PRECOPY_RESTART');
         if (early.length) restarts.push(...early.map((p) => (p.endUnixUs - p.startUnixUs) / 1000));

@@ -12,6 +12,7 @@
 import { VnsnapError } from '../../proto/core/errors';
 import { FakePort } from '../../switch/port/porttest/fake-port';
 import type {
+  CutInstant,
   BesideRestore,
   CutReport,
   DriverKind,
@@ -69,8 +70,9 @@ export class FakeJob implements SnapshotJob {
     this.opts.onProgress?.({ bytesDone: 0, bytesRemaining: 0, bytesTotal: 1024, iteration: 1, dirtyRateMibS: 0, ready: false, ...p });
   }
 
-  async cut(atPause: () => Promise<void>): Promise<CutReport> {
+  async cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
     const rec = this.driver.record(this.vm);
+    if (at) this.driver.events.push(`instant ${rec.spec.name} ${at.stopAtUs}`);
     if (this.driver.failPause) throw new VnsnapError('ERR_DRIVER', `cannot pause ${this.vm}`);
     rec.status = 'paused';
     this.driver.events.push(`pause ${rec.spec.name}`);

@@ -4,7 +4,7 @@ import { cutPriorityHolds, cutPrioritySettled } from '../../agent/cut-priority';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
-import { cutAtWords } from '../../agent/snapshot-runner';
+import { cutAtWords, precopyInstant } from '../../agent/snapshot-runner';
 import type { PhaseTiming } from '../../proto/gen/vnsnap/v1/PhaseTiming';
 import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
@@ -241,16 +241,37 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(old.commit?.vms?.[0]?.phases?.map((x) => x.phase).filter((x) => x === 'PHASE_COMMIT' || x === 'PHASE_CUT_AT'), ['PHASE_COMMIT']);
   });
 
+  it('a pre-copy commit naming a cut instant: the cuts begin at the receipt (ports gated) and the driver gets the instant, bounded by maxCutWaitMs; none named, none given', async () => {
+    h = await new AgentParts({ maxCutWaitMs: 200 }).init(['a', 'b']);
+    await h.snapshots.begin(begin('s25', 1, ['a', 'b'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const rx = h.clock.now() * 1000;
+    const r = await h.snapshots.commit({ snapshotId: 's25', sentUnixUs: rx - 2000, cutAtUnixUs: rx + 120_000 });
+    assert.deepEqual(h.driver.events.filter((e) => e.startsWith('instant') || e.startsWith('pause')), [`instant a ${rx + 120_000}`, 'pause a', `instant b ${rx + 120_000}`, 'pause b'], 'no wait here: the instant goes to the driver');
+    for (const vm of r.commit?.vms ?? []) assert.equal((vm.phases ?? []).some((x) => x.phase === 'PHASE_CUT_AT'), false, 'CUT_AT is the driver’s in pre-copy');
+    await h.snapshots.persist({ snapshotId: 's25' });
+    await h.snapshots.begin(begin('s26', 2, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const t = h.clock.now() * 1000;
+    await h.snapshots.commit({ snapshotId: 's26', cutAtUnixUs: t + 5_000_000 });
+    assert.equal(h.driver.events.at(-4), `instant a ${t + 200_000}`, 'bounded by maxCutWaitMs');
+    await h.snapshots.persist({ snapshotId: 's26' });
+    await h.snapshots.begin(begin('s27', 3, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const n = h.driver.events.length;
+    await h.snapshots.commit({ snapshotId: 's27' });
+    assert.equal(h.driver.events.slice(n).some((e) => e.startsWith('instant')), false);
+    assert.deepEqual(precopyInstant(0, t), undefined);
+    assert.deepEqual(precopyInstant(t - 5, t), { stopAtUs: t - 5 }, 'an instant already past is handed on: the driver knows it is late');
+  });
+
   it('a commit received after its cut instant cuts at once, and its CUT_AT says how late (the receipt); an instant beyond maxCutWaitMs is cut then', async () => {
     h = await new AgentParts({ maxCutWaitMs: 200 }).init(['a']);
-    await h.snapshots.begin(begin('s22', 1, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    await h.snapshots.begin(begin('s22', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     const rx = h.clock.now() * 1000;
     const r = await h.snapshots.commit({ snapshotId: 's22', sentUnixUs: rx - 50_000, cutAtUnixUs: rx - 12_500 });
     const at = r.commit?.vms?.[0]?.phases?.find((x) => x.phase === 'PHASE_CUT_AT');
     assert.deepEqual(at, { phase: 'PHASE_CUT_AT', startUnixUs: rx - 12_500, endUnixUs: rx });
     assert.deepEqual(cutAtWords(at as PhaseTiming, rx), { lateMs: 12.5, by: 'receipt' });
     await h.snapshots.persist({ snapshotId: 's22' });
-    await h.snapshots.begin(begin('s23', 2, ['a'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    await h.snapshots.begin(begin('s23', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     const t = h.clock.now() * 1000;
     let done = false;
     const far = h.snapshots.commit({ snapshotId: 's23', cutAtUnixUs: t + 5_000_000 }).then((x) => ((done = true), x));

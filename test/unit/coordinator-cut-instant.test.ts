@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { ClockOffset, offsetSample } from '../../coordinator/clock-offset';
-import { commitDelayMs, cutInstants, CutMargin, parseCutMargin } from '../../coordinator/cut-instant';
+import { commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead } from '../../coordinator/cut-instant';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { VmSnapshot__Output } from '../../proto/gen/vnsnap/v1/VmSnapshot';
 
@@ -56,6 +56,23 @@ describe('cut instant: clock offsets and the margin', () => {
     assert.equal(m.marginMs(), 20, 'the 400 ms delay left the history');
     assert.equal(new CutMargin(35).marginMs(), 35);
     assert.equal(new CutMargin(0).marginMs(), 0);
+  });
+
+  it("a pre-copy commit's margin: the margin + the lead; none when the margin is 0 or the lead 'none'; VNSNAP_PRECOPY_LEAD_MS parsed", () => {
+    assert.equal(new CutMargin().precopyMarginMs(), 0, 'no lead unless configured');
+    assert.equal(new CutMargin('auto', {}, 100).precopyMarginMs(), CUT_MARGIN.defaultMs + 100);
+    assert.equal(new CutMargin(35, {}, 80).precopyMarginMs(), 115);
+    assert.equal(new CutMargin(0, {}, 80).precopyMarginMs(), 0);
+    assert.equal(new CutMargin(35, {}, 'none').precopyMarginMs(), 0);
+    assert.equal(new CutMargin(35, {}, 'none').marginMs(), 35, 'background commits keep theirs');
+    const parsed = [undefined, ' ', 'none', '0', '150', '-1', '1.5', 'x', '1001'].map((v) => {
+      try {
+        return parsePrecopyLead(v);
+      } catch (e) {
+        return isVnsnapError(e, 'ERR_CONFIG') ? 'ERR_CONFIG' : e;
+      }
+    });
+    assert.deepEqual(parsed, ['none', 'none', 'none', 0, 150, 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG']);
   });
 
   it('VNSNAP_CUT_MARGIN_MS: auto, whole ms 0..10000, anything else ERR_CONFIG', () => {

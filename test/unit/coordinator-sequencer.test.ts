@@ -10,6 +10,9 @@ import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SequencerDeps, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
 import { CutMargin } from '../../coordinator/cut-instant';
+
+/** The pre-copy lead of the sequencer tests that configure one (ms). */
+const LEAD = 100;
 import { placementOf, simVms, vneRecord } from '../support/vne-record';
 import { failed, FakeAgents, flush, log, MemoryManifestStore, ok } from './coordinator-fakes';
 
@@ -102,7 +105,7 @@ const ready = (h: Harness, agent: string, vm: string) => h.agents.progress(agent
 describe('coordinator snapshot sequencer', () => {
   it("a background commit's cut instant: now + the margin, in each agent's clock (its offset); the next margin from the commit delays the CommitResults report; a margin of 0 names none", async () => {
     // h2's clock is 40 ms behind the coordinator's; h1's offset is not known (taken as 0).
-    const h = harness({ clockOffset: (a) => (a === 'h2' ? { offsetUs: -40_000, delayUs: 500 } : undefined) });
+    const h = harness({ clockOffset: (a) => (a === 'h2' ? { offsetUs: -40_000, delayUs: 500 } : undefined), cutMargin: new CutMargin('auto', {}, LEAD) });
     // Each agent received the commit: h1 12 ms, h2 30 ms after it was sent (h2's receipt in its own clock).
     const delays: Record<string, number> = { h1: 12_000, h2: 30_000 - 40_000 };
     const commit = commitFor(h);
@@ -134,16 +137,26 @@ describe('coordinator snapshot sequencer', () => {
       ['h2', (T0 + 1000) * 1000 + 50_000 - 40_000],
     ]);
     await second.done;
-    // A pre-copy commit names none, and its delays do not move the margin.
+    // With a lead configured a pre-copy commit names one later by it, and its delays count too.
     h.clock.advance(1000);
     const precopy = h.start();
     for (const [a, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(h, a, vm);
     assert.deepEqual(cutAt().slice(4), [
-      ['h1', undefined],
-      ['h2', undefined],
+      ['h1', (T0 + 2000) * 1000 + (50 + LEAD) * 1000],
+      ['h2', (T0 + 2000) * 1000 + (50 + LEAD) * 1000 - 40_000],
     ]);
     await precopy.done;
-    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30, 12, 30]);
+    assert.deepEqual(h.seq.cutMargin.recent(), [12, 30, 12, 30, 12, 30]);
+
+    // No lead (the default): pre-copy commits name no instant, background ones still do.
+    const noLead = harness();
+    const pr = noLead.start();
+    for (const [a, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(noLead, a, vm);
+    assert.deepEqual(
+      noLead.agents.sent.filter((x) => x.name === 'snapshotCommit').map((x) => x.body.snapshotCommit),
+      [{ snapshotId: 'blue-s1' }, { snapshotId: 'blue-s1' }],
+    );
+    await pr.done;
 
     const off = harness({ cutMargin: new CutMargin(0) });
     const r = await background(off);
@@ -177,7 +190,7 @@ describe('coordinator snapshot sequencer', () => {
     const commits = h.agents.sent.filter((s) => s.name === 'snapshotCommit');
     assert.deepEqual(commits.map((c) => c.agent), ['h1', 'h2']);
     assert.equal(commits[0]?.turn, commits[1]?.turn, 'commits leave in the same turn');
-    // A pre-copy commit names no cut instant (each VM stops at its own final round's end).
+    // A pre-copy commit names no cut instant without a lead configured (each VM stops at its own final round's end).
     assert.deepEqual(commits[0]?.body.snapshotCommit, { snapshotId: 'blue-s1' });
 
     const snap = await run.done;

@@ -9,7 +9,7 @@ import { strict as assert } from 'node:assert';
 import { EventEmitter } from 'node:events';
 import { silentLogger } from '../../proto/core/log';
 import type { QmpClient, QmpEvent } from '../../agent/drivers/qemu/qmp';
-import { CUT_ROUND_ENV, FINAL_ROUND, finalRoundDone, READ_PACED_ROUND_MS, readPacedRound, reachSwitchover, type RoundOutcome, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
+import { CUT_ROUND_ENV, FINAL_ROUND, finalRoundDone, INSTANT_DOWNTIME_MS, READ_PACED_ROUND_MS, readPacedRound, reachSwitchover, roundEnd, thawMs, type RoundOutcome, type RoundProgress, type Switchover } from '../../agent/drivers/qemu/precopy-switchover';
 import { isVnsnapError } from '../../proto/core/errors';
 
 const MiB = 1024 * 1024;
@@ -213,6 +213,115 @@ describe('QEMU pre-copy cut: stopped at the commit, not at its own convergence',
         ['migrate-set-parameters', 'stop'],
       );
     }
+  });
+
+  it('a cut instant ahead: downtime-limit stays 1 ms, the round done early waits (no more polls) and `stop` is written at the instant', async () => {
+    const t = setup();
+    const script: RoundProgress[] = [
+      { sync: 7, remaining: 3 * MiB },
+      { sync: 8, remaining: MiB / 4 }, // done
+    ];
+    let polls = 0;
+    t.s.progress = async () => script[Math.min(polls++, script.length - 1)] as RoundProgress;
+    const reads: string[] = [];
+    t.s.freeze = () => reads.push(`freeze after ${polls} polls`);
+    t.s.thaw = () => reads.push(`thaw after ${t.q.sent.map(([c]) => c).join(',')}`);
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    const t0 = performance.now();
+    t.s.stopAt = t0 + 60;
+    await reachSwitchover(t.s, round(5));
+    assert.deepEqual(reads, ['freeze after 2 polls', 'thaw after migrate-set-parameters,stop'], 'the stream unread from the round done to the stop written');
+    assert.deepEqual(t.q.sent[0]?.[1], { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': INSTANT_DOWNTIME_MS });
+    assert.deepEqual(
+      t.q.sent.map(([c]) => c),
+      ['migrate-set-parameters', 'stop'],
+    );
+    assert.equal(polls, 2, 'no poll after the round was done');
+    assert.ok((t.s.stopWrittenAt ?? 0) >= t0 + 59, `stop written ${((t.s.stopWrittenAt ?? 0) - t0).toFixed(1)} ms after the lift, not before the instant (the round's own bound was 5 ms)`);
+    assert.equal(t.s.round?.how, 'instant');
+    assert.ok(t.s.round?.doneMs !== undefined && t.s.round.doneMs < 30);
+    assert.equal(t.s.round?.syncs, 1);
+  });
+
+  it('a cut instant reached before the round was done: `stop` at it; QEMU converging before it: no stop; an instant already past: the watched round', async () => {
+    const t = setup();
+    t.s.progress = async () => ({ sync: 3, remaining: 9 * MiB });
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    const t0 = performance.now();
+    t.s.stopAt = t0 + 25;
+    await reachSwitchover(t.s, round(60_000));
+    assert.equal(t.s.round?.how, 'instant');
+    assert.equal(t.s.round?.doneMs, undefined);
+    assert.equal(t.s.round?.remaining, 9 * MiB);
+    assert.ok((t.s.stopWrittenAt ?? 0) >= t0 + 24 && (t.s.stopWrittenAt ?? 0) < t0 + 1000);
+
+    const u = setup();
+    u.s.stopAt = performance.now() + 60_000;
+    let thawed = 0;
+    u.s.thaw = () => void thawed++;
+    setTimeout(() => u.pre.resolve(PRE_SWITCHOVER), 10);
+    await reachSwitchover(u.s, round(5));
+    assert.equal(thawed, 1, 'read again when QEMU converged by itself');
+    assert.equal(u.s.round?.how, 'converged');
+    assert.equal(u.s.stoppedByUs, undefined);
+    assert.deepEqual(u.stops, ['stopped']);
+
+    const v = setup();
+    v.s.progress = async () => ({ sync: 3, remaining: 9 * MiB });
+    v.q.onStop = () => setImmediate(() => v.pre.resolve(PRE_SWITCHOVER));
+    v.s.stopAt = performance.now() - 5;
+    await reachSwitchover(v.s, round(15));
+    assert.equal(v.s.round?.how, 'cap');
+    assert.deepEqual(v.q.sent[0]?.[1], { 'max-bandwidth': 8 * 1024 * 1024 * 1024, 'downtime-limit': 30 });
+  });
+
+  it('a migration that ends during a round to a cut instant rejects, the stream read again', async () => {
+    const t = setup();
+    t.s.progress = async () => ({ sync: 3, remaining: 9 * MiB });
+    t.s.stopAt = performance.now() + 60_000;
+    let thawed = 0;
+    t.s.thaw = () => void thawed++;
+    setTimeout(() => t.ended.resolve(), 10);
+    await assert.rejects(reachSwitchover(t.s, round(5)), (e) => isVnsnapError(e, 'ERR_DRIVER'));
+    assert.equal(thawed, 1);
+    assert.equal(t.s.stoppedByUs, undefined);
+  });
+
+  it('a frozen round with thawMs: read again that long before the instant, `stop` still at the instant; thawMs() parses THAW_ENV', async () => {
+    const t = setup();
+    const script: RoundProgress[] = [
+      { sync: 7, remaining: 3 * MiB },
+      { sync: 8, remaining: MiB / 4 },
+    ];
+    let polls = 0;
+    t.s.progress = async () => script[Math.min(polls++, script.length - 1)] as RoundProgress;
+    const t0 = performance.now();
+    const reads: [string, number][] = [];
+    t.s.freeze = () => reads.push(['freeze', performance.now() - t0]);
+    t.s.thaw = () => reads.push(['thaw', performance.now() - t0]);
+    t.q.onStop = () => setImmediate(() => t.pre.resolve(PRE_SWITCHOVER));
+    t.s.stopAt = t0 + 80;
+    t.s.thawMs = 40;
+    await reachSwitchover(t.s, round(5));
+    assert.deepEqual(
+      reads.map(([k]) => k),
+      ['freeze', 'thaw', 'thaw'],
+      'read again before the instant (and the idempotent thaw behind the stop)',
+    );
+    const thawedAt = reads[1]?.[1] ?? 0;
+    assert.ok(thawedAt >= 39 && thawedAt < 79, `read again ${thawedAt.toFixed(1)} ms after the lift`);
+    assert.ok((t.s.stopWrittenAt ?? 0) >= t0 + 79);
+    assert.equal(thawMs(undefined), 0);
+    assert.equal(thawMs(''), 0);
+    assert.equal(thawMs('15'), 15);
+    for (const bad of ['-1', '2.5', 'x']) assert.throws(() => thawMs(bad), (e) => isVnsnapError(e, 'ERR_CONFIG'));
+  });
+
+  it('roundEnd: the instant when it is ahead of the lift, else the watched round', () => {
+    assert.deepEqual(roundEnd(undefined, 100), { how: 'watched' });
+    assert.deepEqual(roundEnd(100, 100), { how: 'watched' });
+    assert.deepEqual(roundEnd(90, 100), { how: 'watched' });
+    assert.deepEqual(roundEnd(140, 100), { how: 'instant', inMs: 40 });
   });
 
   it('finalRoundDone: a sync after the lift with at most leftBytes left, or two syncs', () => {

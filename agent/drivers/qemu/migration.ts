@@ -36,7 +36,10 @@
  *   cut:   the progress polls stop (none in the pause); precopy-switchover.ts: max-bandwidth up,
  *          a final round with the VM running until QEMU synced and sent that set (query-migrate
  *          every 5 ms, at most 200 ms), then `stop` (not at QEMU's own convergence, which comes
- *          seconds late on a busy host: every VM of the VNE is cut within the round) ─► MIGRATION
+ *          seconds late on a busy host: every VM of the VNE is cut within the round); with the
+ *          commit's cut instant (cut()'s CutInstant) the round runs until it and `stop` is
+ *          written then, the same instant on every VM (PHASE_CUT_AT: the instant → `stop`
+ *          written) ─► MIGRATION
  *          pre-switchover ─► precopy-pause.ts: atPause() beside blockdev-snapshot +
  *          migrate-continue and QEMU's final pass ─► MIGRATION completed and the hook done ─►
  *          cont ─► the store catches up with the final pass. From the commit on, the stream reads
@@ -64,7 +67,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import type { CutInstant, CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
 import { cutReport, DriverJob, fileToStore } from '../job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
@@ -75,7 +78,7 @@ import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, l
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { collapseGuestRam } from './ram-huge-pages';
 import { precopyPause } from './precopy-pause';
-import { reachSwitchover, readPacedRound, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
+import { reachSwitchover, readPacedRound, thawMs, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { ReadPacer } from './read-pacer';
 import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
 import type { QmpClient, QmpEvent } from './qmp';
@@ -136,6 +139,8 @@ export class QemuJob extends DriverJob {
   private finalPassBytes = 0;
   /** Steps of the cut with their times (performance.now()), logged (debug) with 'cut done'. */
   private trace: [string, number][] = [];
+  /** A pre-copy cut at the commit's instant: the instant → `stop` written (PHASE_CUT_AT, into the CutReport). */
+  private cutAtSpan: PhaseSpan | undefined;
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
   /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
@@ -255,6 +260,7 @@ export class QemuJob extends DriverJob {
     const w = this.memWriter;
     this.stream = undefined;
     this.memWriter = undefined;
+    st?.openReads(); // a cut's freeze (precopy-switchover.ts) ends here too
     st?.discard();
     await st?.drained(5000); // let QEMU finish or drop its side first: it sees no broken pipe
     await st?.close();
@@ -462,7 +468,7 @@ export class QemuJob extends DriverJob {
     }
   }
 
-  async cut(atPause: () => Promise<void>): Promise<CutReport> {
+  async cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
     if (this.phase !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     while (this.restarting) await this.restarting;
     if ((this.phase as JobPhase) !== 'precopy') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `snapshot of ${this.vm} was aborted`);
@@ -482,7 +488,7 @@ export class QemuJob extends DriverJob {
     this.qmpTrace = CutQmpTrace.start(this.q);
     this.holdStore(); // from the commit: the stop's round trip and the STOP's delivery too
     try {
-      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause));
+      return await (this.opts.mode === 'background' ? this.cutBackground(atPause) : this.cutPrecopy(atPause, at));
     } finally {
       this.releaseStore?.();
       this.releaseStore = undefined;
@@ -533,9 +539,12 @@ export class QemuJob extends DriverJob {
     return () => void boost.release();
   }
 
-  private async cutPrecopy(atPause: () => Promise<void>): Promise<CutReport> {
+  private async cutPrecopy(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
     const q = this.q;
     this.mark('start');
+    // The commit's cut instant on this process's monotonic clock: `stop` then (precopy-switchover.ts).
+    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    let stopWrittenAt: number | undefined;
     // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
     // right after a restart (its 'active' event may follow migrate's reply).
     const st = this.migrationStatus;
@@ -557,9 +566,10 @@ export class QemuJob extends DriverJob {
       // and the pause is read into memory at once (hashing 512 KiB batches on this event loop
       // stalled it for 130-340 ms per cut, delaying the stop and QEMU's events of every VM here).
       this.stream?.holdWrites();
-      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }) };
+      const s: Switchover = { q, vm: this.vm, log: this.log, cutDowntimeMs: this.o.cutDowntimeMs, escalateMs: this.o.cutEscalateMs, preSwitchover, ended: this.migrationDone ?? Promise.resolve(), stopped: () => this.mark('stopped'), mark: (m) => this.mark(m), ...(byReads ? { lifted: true } : { progress: () => this.roundProgress() }), ...(stopAt !== undefined && { stopAt, thawMs: thawMs(), freeze: () => this.stream?.closeReads(), thaw: () => this.stream?.openReads() }) };
       try {
         await reachSwitchover(s, byReads ? readPacedRound() : undefined);
+        stopWrittenAt = s.stopWrittenAt;
         if (this.holdAtCut) this.holdAtCut.round = s.round;
       } catch (e) {
         this.pausedByUs = s.stoppedByUs === true;
@@ -580,6 +590,8 @@ export class QemuJob extends DriverJob {
     const sent = this.stream?.received ?? 0;
     if (this.holdAtCut?.toSwitchoverBytes !== undefined) this.holdAtCut.toSwitchoverBytes += sent; // the commit to the pre-switchover: the final round and the stopped VM's set
     const cutUnixUs = stopEv?.timestampUs || nowUs();
+    // How the pause met the instant: the instant → `stop` written (or QEMU's own STOP).
+    if (at && stopAt !== undefined) this.cutAtSpan = { phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: stopWrittenAt !== undefined ? Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) : cutUnixUs };
     const copyStart = nowUs();
     let resume: QmpEvent;
     try {
@@ -622,7 +634,7 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
-    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans);
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans, ...(this.cutAtSpan ? [this.cutAtSpan] : []));
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');

@@ -78,7 +78,7 @@ export function recordNicMode(job: SnapshotJob, mode: NicMode): SnapshotJob {
     get ready() {
       return job.ready;
     },
-    cut: (atPause) => job.cut(atPause),
+    cut: (atPause, at) => job.cut(atPause, at),
     durable: async () => {
       const img = await job.durable();
       return { ...img, memory: { ...img.memory, attributes: { ...img.memory.attributes, [NIC_ATTRIBUTE]: mode } } };

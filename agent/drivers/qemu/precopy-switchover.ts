@@ -29,12 +29,29 @@
  * READ_PACED_ROUND_MS (the same on every VM, so the VMs' STOPs are the commit's receipt + that
  * + a QMP round trip; a VM whose QEMU converges by itself in the round stops earlier), with no
  * QMP command before it; downtime-limit stays 1 ms (the stopped VM converges once its set is sent).
+ * A cut instant (Switchover.stopAt, the commit's SnapshotCommit.cut_at_unix_us handed down by the
+ * agent: driver.ts CutInstant): the round starts at the commit's receipt as above, but `stop` is
+ * written at the instant itself, on every VM of the VNE at once, whether QEMU's round was done
+ * before it (finalRoundDone: the polls end there, QEMU goes on sending pass after pass at full
+ * speed, the VM running, until the instant) or not (`stop` at the instant all the same, the rest
+ * sent with the VM stopped). downtime-limit stays 1 ms through such a round (not cutDowntimeMs):
+ * QEMU's threshold is its last 100 ms window's bandwidth × the limit, so it converges by itself
+ * only when a sync finds less than a millisecond's worth of sending dirty, which ends a round
+ * early (its STOP before the instant) less often than at 30 ms; and once the round is done the
+ * stream is not read until the `stop` is written (Switchover.freeze): QEMU, its set sent down to
+ * leftBytes, blocks in its write once the socket's buffer is full instead of passing on to the
+ * back-to-back syncs whose first that finds under a millisecond's worth dirty converges (a round
+ * done with less left than the socket's buffer can still converge). An instant already past
+ * at the lift (a late commit) runs the watched round as without one. So the VMs' `stop`s are
+ * written together and each pause holds what its guest dirtied in QEMU's last pass (docs/qemu.md
+ * "The pre-copy cut at the commit's instant").
  * A stopped VM always converges (its dirty set only shrinks); should QEMU not reach
  * pre-switchover within escalateMs all the same, downtime-limit is raised ×4 (QEMU's threshold
  * is its measured bandwidth × the limit), up to 60 s.
  *
  * Guarantees: `stop` is sent round.maxMs after the lift was sent (held by reads: after the
- * round started) at the latest (as the event
+ * round started; with a cut instant still ahead at the lift: at the instant, not before) at the
+ * latest (as the event
  * loop's timers allow; a query-migrate that outlasts the round ends it); resolves once QEMU is
  * in pre-switchover (the VM stopped, the final pass not sent); `stopped` is called once, as soon
  * as the VM is known to be stopped (ours or QEMU's); rejects when the migration ends or fails
@@ -59,6 +76,35 @@ export interface FinalRound {
 }
 
 export const FINAL_ROUND: FinalRound = { maxMs: 200, pollMs: 5, leftBytes: 1 * MiB };
+
+/** downtime-limit (ms) through a round that ends at a cut instant: QEMU's own threshold as at the hold. */
+export const INSTANT_DOWNTIME_MS = 1;
+
+/**
+ * A round to a cut instant, done and frozen before it, is read again this long (ms) before the
+ * instant (THAW_ENV), so that QEMU sends the rest of its pass with the VM still running; 0 (the
+ * default): read again right behind the `stop`. QEMU may converge by itself in that time (its
+ * STOP at most this much before the instant).
+ */
+export const THAW_ENV = 'VNSNAP_QEMU_THAW_MS';
+
+/** THAW_ENV as ms (a whole number ≥ 0; unset or empty: 0). ERR_CONFIG otherwise. */
+export function thawMs(env: string | undefined = process.env[THAW_ENV]): number {
+  if (env === undefined || env === '') return 0;
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 0) throw new VnsnapError('ERR_CONFIG', `${THAW_ENV}: expected a whole number of ms ≥ 0, got ${JSON.stringify(env)}`);
+  return n;
+}
+
+/**
+ * How the round of a cut ends (ms from the lift): `instant`: `stop` at the cut instant
+ * `stopAt` (performance.now() ms) whatever QEMU's progress; `watched`: at finalRoundDone or the
+ * round's bound, no instant or one already past at the lift (`now`).
+ */
+export function roundEnd(stopAt: number | undefined, now: number): { how: 'instant'; inMs: number } | { how: 'watched' } {
+  if (stopAt === undefined || !(stopAt > now)) return { how: 'watched' };
+  return { how: 'instant', inMs: stopAt - now };
+}
 
 /**
  * The round of a pre-copy held by its reads (read-pacer.ts), in ms: QEMU is awake (blocked in its
@@ -95,9 +141,11 @@ export function finalRoundDone(sync0: number, p: RoundProgress, leftBytes: numbe
 
 /** How the round ended, for the cut's log line. */
 export interface RoundOutcome {
-  /** 'converged': QEMU stopped the VM itself; 'synced': finalRoundDone(); 'cap': round.maxMs; 'fixed': no progress source. */
-  how: 'converged' | 'synced' | 'cap' | 'fixed';
+  /** 'converged': QEMU stopped the VM itself; 'synced': finalRoundDone(); 'cap': round.maxMs; 'fixed': no progress source; 'instant': the cut instant. */
+  how: 'converged' | 'synced' | 'cap' | 'fixed' | 'instant';
   ms: number;
+  /** A round to a cut instant: when finalRoundDone() was seen (ms from the lift; undefined: not before the end). */
+  doneMs?: number;
   /** QEMU's syncs during the round and the bytes dirty at its last poll (undefined: not polled). */
   syncs?: number;
   remaining?: number;
@@ -120,8 +168,21 @@ export interface Switchover {
   lifted?: boolean;
   /** QEMU's progress (query-migrate) for a watched final round; none: a fixed round. */
   progress?: () => Promise<RoundProgress>;
+  /** The commit's cut instant (performance.now() ms): `stop` then (see the module comment). */
+  stopAt?: number;
+  /** A frozen round is read again this long before stopAt (thawMs()); default 0. */
+  thawMs?: number;
+  /**
+   * A round to a cut instant done before it: the stream is no longer read (QEMU blocks in its
+   * write, no sync, no convergence) until thaw(), which comes right behind the `stop` (and on
+   * every way out). Optional: without it QEMU goes on iterating and may converge by itself.
+   */
+  freeze?: () => void;
+  thaw?: () => void;
   /** Set when `stop` was sent (the caller resumes the VM on failure). */
   stoppedByUs?: boolean;
+  /** performance.now() as `stop` was written. */
+  stopWrittenAt?: number;
   /** Set when the final round ended. */
   round?: RoundOutcome;
 }
@@ -149,14 +210,27 @@ export async function reachSwitchover(s: Switchover, round: FinalRound = FINAL_R
   ended.catch(() => undefined);
   const race = <T>(x: Promise<T>, ms: number): Promise<T | 'paused' | 'late'> => Promise.race([paused, ended, x, sleep(ms).then(() => 'late' as const)]);
   const wait = (ms: number): Promise<'paused' | 'late'> => race(NEVER, ms);
-  let downtime = s.cutDowntimeMs;
   const t0 = performance.now();
+  const end = roundEnd(s.stopAt, t0);
+  let downtime = end.how === 'instant' ? INSTANT_DOWNTIME_MS : s.cutDowntimeMs;
   if (!s.lifted) await q.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED_BANDWIDTH, 'downtime-limit': downtime });
-  const outcome = await finalRound(s, round, { wait, race }, t0);
+  let outcome: RoundOutcome;
+  try {
+    outcome = end.how === 'instant' ? await instantRound(s, round, { wait, race }, t0, t0 + end.inMs) : await finalRound(s, round, { wait, race }, t0);
+  } catch (e) {
+    s.thaw?.();
+    throw e;
+  }
   s.round = outcome;
-  if (outcome.how === 'converged') return;
+  if (outcome.how === 'converged') {
+    s.thaw?.();
+    return;
+  }
   s.stoppedByUs = true;
-  await stop.send();
+  s.stopWrittenAt = performance.now();
+  const stopReply = stop.send();
+  s.thaw?.(); // the stop is written: QEMU sends the rest with the VM stopping
+  await stopReply;
   stopped();
   s.mark('stop');
   while ((await wait(s.escalateMs)) !== 'paused') {
@@ -179,23 +253,66 @@ async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: n
   const progress = s.progress;
   if (!progress && round.maxMs <= 0) return { how: 'fixed', ms: 0 };
   if (!progress) return { how: (await w.wait(round.maxMs)) === 'paused' ? 'converged' : 'fixed', ms: ms() };
+  const r = await pollRound(progress, round, w, left);
+  if (r.end === 'paused') return { how: 'converged', ms: ms() };
+  const syncs = r.first && r.last ? r.last.sync - r.first.sync : undefined;
+  if (r.end === 'done') {
+    s.mark('round-synced');
+    return { how: 'synced', ms: ms(), syncs, remaining: r.last?.remaining };
+  }
+  return { how: r.first ? 'cap' : 'fixed', ms: ms(), syncs, remaining: r.last?.remaining };
+}
+
+/** How pollRound() ended, with the first poll (the syncs before the lift) and the last. */
+interface Polled {
+  end: 'done' | 'paused' | 'late';
+  first?: RoundProgress;
+  last?: RoundProgress;
+}
+
+/**
+ * QEMU's progress every round.pollMs until finalRoundDone() ('done'), QEMU's own convergence
+ * ('paused') or the time `left()` runs out ('late'). A query-migrate that fails counts as none; one
+ * that outlasts the time left ends it.
+ */
+async function pollRound(progress: () => Promise<RoundProgress>, round: FinalRound, w: RoundWaits, left: () => number): Promise<Polled> {
   let first: RoundProgress | undefined; // at the lift: the syncs before it
   let last: RoundProgress | undefined;
-  for (;;) {
-    // A query-migrate that fails counts as none; one that outlasts the round ends it.
+  while (left() > 0) {
     const p = await w.race(progress().catch(() => undefined), left());
-    if (p === 'paused') return { how: 'converged', ms: ms() };
+    if (p === 'paused') return { end: 'paused', first, last };
     if (p === 'late') break;
     if (p) {
       first ??= p;
       last = p;
-      if (finalRoundDone(first.sync, p, round.leftBytes)) {
-        s.mark('round-synced');
-        return { how: 'synced', ms: ms(), syncs: p.sync - first.sync, remaining: p.remaining };
-      }
+      if (finalRoundDone(first.sync, p, round.leftBytes)) return { end: 'done', first, last };
     }
-    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { how: 'converged', ms: ms() };
-    if (left() <= 0) break;
+    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { end: 'paused', first, last };
   }
-  return { how: first ? 'cap' : 'fixed', ms: ms(), syncs: first && last ? last.sync - first.sync : undefined, remaining: last?.remaining };
+  return { end: 'late', first, last };
+}
+
+/**
+ * The round to a cut instant `at` (performance.now() ms), the VM running: QEMU's progress watched
+ * as in finalRound() until finalRoundDone(), then the stream frozen (s.freeze) and nothing but the
+ * wait; ends at the instant, or earlier when QEMU converged by itself.
+ */
+async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: number, at: number): Promise<RoundOutcome> {
+  const ms = (): number => Math.round(performance.now() - t0);
+  const left = (): number => Math.max(0, at - performance.now());
+  const r: Polled = s.progress ? await pollRound(s.progress, round, w, left) : { end: 'late' };
+  if (r.end === 'paused') return { how: 'converged', ms: ms() };
+  let doneMs: number | undefined;
+  if (r.end === 'done') {
+    doneMs = ms();
+    s.freeze?.();
+    s.mark('round-synced');
+  }
+  const thawAt = at - (s.thawMs ?? 0);
+  if (doneMs !== undefined && thawAt < at && performance.now() < thawAt) {
+    if ((await w.wait(thawAt - performance.now())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
+    s.thaw?.(); // QEMU sends the rest of its pass, the VM running, until the stop
+  }
+  if (left() > 0 && (await w.wait(left())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
+  return { how: 'instant', ms: ms(), doneMs, syncs: r.first && r.last ? r.last.sync - r.first.sync : undefined, remaining: r.last?.remaining };
 }
