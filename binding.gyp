@@ -18,7 +18,8 @@
         "switch/native/zstd.c",
         "switch/native/cdc.c",
         "switch/native/sha256x2.c",
-        "switch/native/bytes.c"
+        "switch/native/bytes.c",
+        "switch/native/sched.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],

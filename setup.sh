@@ -56,6 +56,8 @@ echo "== installing npm dependencies and building the native addon"
 # `npm install` (not `npm ci`): npm 11 rejects this lock file in `ci` over optional platform
 # packages of a lint dependency it never installs here; `install` keeps the locked versions.
 # Native modules (ours, better-sqlite3) are compiled here; never fetch prebuilt binaries.
+# package.json's allowScripts names the dependencies whose install scripts run (better-sqlite3's
+# compile, protobufjs's version check): npm 11 only warns about the others, npm 12 skips them.
 export npm_config_build_from_source=true
 npm install --no-audit --no-fund
 echo "== building"

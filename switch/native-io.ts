@@ -201,13 +201,19 @@ export interface NativeIo {
   bpfMapDelete(fd: number, key: Buffer): boolean;
   /** Run a program once on `data` (BPF_PROG_TEST_RUN), ctx as its struct __sk_buff; the frame it left in dataOut[0, size). */
   bpfProgTestRun(fd: number, data: Buffer, ctx: Buffer | null, dataOut: Buffer): { retval: number; size: number };
+  /**
+   * Thread `tid`'s scheduling policy with one sched_setscheduler(2) (native/sched.c): policy 1 is
+   * SCHED_FIFO at `priority` (1-99), 0 SCHED_OTHER (priority 0); its nice value is kept. Throws
+   * ERR_NATIVE_IO with the errno's code (EPERM, ESRCH, EINVAL) and changes nothing when refused.
+   */
+  setThreadPolicy(tid: number, policy: 0 | 1, priority: number): void;
 }
 
 /**
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 6;
+export const NATIVE_INTERFACE_VERSION = 7;
 
 let loaded: NativeIo | undefined;
 

@@ -171,6 +171,11 @@ export interface StreamIntoStoreOptions {
   what: string;
   /** Rewrites the stream between the socket and the buffer (qemu/page-order.ts). */
   transform?: StreamTransform;
+  /**
+   * false: read the socket the ordinary way (a new buffer per read), as where this Node's socket
+   * handle takes no buffer of the caller's (readsInto); default true. For tests of that path.
+   */
+  userBuffer?: boolean;
 }
 
 /**
@@ -290,7 +295,7 @@ export class StreamIntoStore {
     }
     this.accepted = accepted;
     this.readBuf = Buffer.allocUnsafeSlow(READ_BYTES);
-    const c = readsInto(accepted, this.readBuf, (n, buf) => this.onBytes(buf.subarray(0, n)));
+    const c = this.o.userBuffer === false ? accepted.pause() : readsInto(accepted, this.readBuf, (n, buf) => this.onBytes(buf.subarray(0, n)));
     this.conn = c;
     if (c === accepted) c.on('data', (chunk: Buffer) => this.onBytes(chunk));
     if (streamReadsHeld() || this.readsClosed) this.pauseReads();

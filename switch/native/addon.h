@@ -34,8 +34,9 @@ struct send_arena;
  *    ENOMEM, EFAULT) and go on, counting it in opts.refused[0] (writeFrames' new opts argument).
  * 5: bpfObjGet, bpfMapUpdate, bpfMapLookup, bpfMapDelete, bpfProgTestRun (the in-kernel data path).
  * 6: zstdCompress, zstdDecompress, cdcCuts (the snapshot store: proto/store/store-native.ts).
+ * 7: setThreadPolicy (a thread's scheduling policy: the QEMU driver's pause boost).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 6
+#define VNSNAP_IO_INTERFACE_VERSION 7
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -69,7 +70,8 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(cdcCuts, CdcCuts)                                                   /* cdc.c */           \
   X(sha256x2Available, Sha256x2Available) X(sha256Reset, Sha256Reset)                          \
   X(sha256Pair, Sha256Pair) X(sha256Final, Sha256Final)                 /* sha256x2.c */       \
-  X(copyBytes, CopyBytes) X(keepFromChildren, KeepFromChildren)        /* bytes.c */
+  X(copyBytes, CopyBytes) X(keepFromChildren, KeepFromChildren)        /* bytes.c */          \
+  X(setThreadPolicy, SetThreadPolicy)                                   /* sched.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

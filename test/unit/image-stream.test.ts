@@ -94,33 +94,56 @@ describe('image-stream: a memory image between a hypervisor socket and the store
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   /** A stream into a store that holds its first write, a sender of `size` bytes, once the buffer is full. */
-  async function heldStream(size: number, seed: number, bufferBytes: number): Promise<{ w: GatedWriter; st: StreamIntoStore; data: Buffer; s: ReturnType<typeof send> }> {
+  async function heldStream(size: number, seed: number, bufferBytes: number, userBuffer = true): Promise<{ w: GatedWriter; st: StreamIntoStore; data: Buffer; s: ReturnType<typeof send> }> {
     const w = new GatedWriter();
     w.hold = true;
-    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm' });
+    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes, what: 'memory image of vm', userBuffer });
     const data = bytes(size, seed);
     const s = send(st.sockPath, data);
     await until('the buffer fills', () => (st.buffered >= bufferBytes ? true : undefined), { timeoutMs: 10_000, everyMs: 5 });
     return { w, st, data, s };
   }
 
-  it('save: every byte reaches a CasStore writer in order; the artefact commits with the stream size and SHA-256', async () => {
-    const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
-    const data = bytes(5 * MiB + 123, 7);
-    const w = await store.create('snapshots/s/vm.mem');
-    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm' });
-    try {
-      assert.equal(st.uri, `unix:${dir}/mig.sock`);
-      await send(st.sockPath, data).done;
-      await st.ended;
-      const a = await w.commit();
-      assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: data.length, sha256: sha(data) });
-      assert.deepEqual(await store.get('snapshots/s/vm.mem'), data);
-    } finally {
-      await st.close();
-    }
-    assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
-  });
+  for (const userBuffer of [true, false]) {
+    const how = userBuffer ? 'read into one reused buffer' : 'read the ordinary way (no user buffer)';
+    it(`save (${how}): every byte reaches a CasStore writer in order; the artefact commits with the stream size and SHA-256`, async () => {
+      const store = new CasStore(new MemoryObjects(), { chunker: { min: 16 * KiB, avg: 64 * KiB, max: 256 * KiB } });
+      const data = bytes(5 * MiB + 123, 7);
+      const w = await store.create('snapshots/s/vm.mem');
+      const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm', userBuffer });
+      try {
+        assert.equal(st.uri, `unix:${dir}/mig.sock`);
+        await send(st.sockPath, data).done;
+        await st.ended;
+        const a = await w.commit();
+        assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: data.length, sha256: sha(data) });
+        assert.deepEqual(await store.get('snapshots/s/vm.mem'), data);
+      } finally {
+        await st.close();
+      }
+      assert.equal(fs.existsSync(path.join(dir, 'mig.sock')), false, 'the socket file is removed');
+    });
+
+    it(`save (${how}): a transform rewrites the stream on its way into the writer, its tail written at EOF`, async () => {
+      const store = new CasStore(new MemoryObjects());
+      const w = await store.create('snapshots/s/vm.mem');
+      // Out of order in, address order out (a QEMU background snapshot's pages: qemu/page-order.ts).
+      const input = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [[...pages('pc.ram', 0, 2), ...pages('pc.ram', 5, 8), ...pages('pc.ram', 2, 5)]] });
+      const want = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [pages('pc.ram', 0, 8)] });
+      const transform = new PageOrder();
+      const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm', transform, userBuffer });
+      try {
+        await send(st.sockPath, input).done;
+        await st.ended;
+        const a = await w.commit();
+        assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: want.length, sha256: sha(want) });
+        assert.equal(st.received, input.length);
+        assert.deepEqual([transform.stats.held, transform.stats.fallback], [3, undefined]);
+      } finally {
+        await st.close();
+      }
+    });
+  }
 
   /** Send `data` through a stream into a worker-hashing CasStore, recording each write's handover and memory. */
   async function handoverRun(data: Buffer): Promise<{ handovers: WriteHandover[]; shared: boolean[] }> {
@@ -171,26 +194,6 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
-  it('save: a transform rewrites the stream on its way into the writer, its tail written at EOF', async () => {
-    const store = new CasStore(new MemoryObjects());
-    const w = await store.create('snapshots/s/vm.mem');
-    // Out of order in, address order out (a QEMU background snapshot's pages: qemu/page-order.ts).
-    const input = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [[...pages('pc.ram', 0, 2), ...pages('pc.ram', 5, 8), ...pages('pc.ram', 2, 5)]] });
-    const want = buildStream({ blocks: [['pc.ram', 8 * PAGE]], sections: [pages('pc.ram', 0, 8)] });
-    const transform = new PageOrder();
-    const st = await StreamIntoStore.listen(path.join(dir, 'mig.sock'), w, { bufferBytes: 1 * MiB, what: 'memory image of vm', transform });
-    try {
-      await send(st.sockPath, input).done;
-      await st.ended;
-      const a = await w.commit();
-      assert.deepEqual({ size: a.size, sha256: a.sha256 }, { size: want.length, sha256: sha(want) });
-      assert.equal(st.received, input.length);
-      assert.deepEqual([transform.stats.held, transform.stats.fallback], [3, undefined]);
-    } finally {
-      await st.close();
-    }
-  });
-
   it('save: a transform that throws fails the stream with ERR_DRIVER naming it', async () => {
     const w = new GatedWriter();
     const transform = { push: (): Buffer[] => { throw new Error('bad record'); }, end: (): Buffer[] => [] };
@@ -203,27 +206,29 @@ describe('image-stream: a memory image between a hypervisor socket and the store
     }
   });
 
-  it('save: a slow store holds the sender back only once the buffer is full (bounded memory), then lets it finish', async () => {
-    const bufferBytes = 512 * KiB;
-    // The first batch waits in the store; the socket is paused once the buffer holds bufferBytes.
-    const { w, st, data, s } = await heldStream(8 * MiB, 3, bufferBytes);
-    try {
-      const stalledAt = st.received;
-      // The sender is held: nothing more than the kernel's socket buffers goes past the pause.
-      assert.ok(stalledAt < data.length, `the sender was held back (received ${stalledAt} of ${data.length})`);
-      assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
-      w.release();
-      await s.done;
-      await st.ended;
-      assert.deepEqual(Buffer.concat(w.parts), data);
-      assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
-      const p = st.profile;
-      assert.ok(p.pausedMs > 0 && p.writeMs >= p.pausedMs / 2 && p.spanMs >= p.pausedMs, `the profile shows the sender held back by the store: ${JSON.stringify(p)}`);
-      assert.deepEqual([p.transformMs, p.heldMs], [0, 0], 'no transform, no hold');
-    } finally {
-      await st.close();
-    }
-  });
+  for (const userBuffer of [true, false]) {
+    it(`save (${userBuffer ? 'one reused read buffer' : 'ordinary reads'}): a slow store holds the sender back only once the buffer is full (bounded memory), then lets it finish`, async () => {
+      const bufferBytes = 512 * KiB;
+      // The first batch waits in the store; the socket is paused once the buffer holds bufferBytes.
+      const { w, st, data, s } = await heldStream(8 * MiB, 3, bufferBytes, userBuffer);
+      try {
+        const stalledAt = st.received;
+        // The sender is held: nothing more than the kernel's socket buffers goes past the pause.
+        assert.ok(stalledAt < data.length, `the sender was held back (received ${stalledAt} of ${data.length})`);
+        assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
+        w.release();
+        await s.done;
+        await st.ended;
+        assert.deepEqual(Buffer.concat(w.parts), data);
+        assert.ok(st.peakQueued < bufferBytes + 256 * KiB, `peak ${st.peakQueued} stays near the bound ${bufferBytes}`);
+        const p = st.profile;
+        assert.ok(p.pausedMs > 0 && p.writeMs >= p.pausedMs / 2 && p.spanMs >= p.pausedMs, `the profile shows the sender held back by the store: ${JSON.stringify(p)}`);
+        assert.deepEqual([p.transformMs, p.heldMs], [0, 0], 'no transform, no hold');
+      } finally {
+        await st.close();
+      }
+    });
+  }
 
   it('save: unbound() lets a tail through at the sender\'s pace while the store still holds the backlog', async () => {
     const bufferBytes = 512 * KiB;

@@ -299,6 +299,8 @@ export function traceArgs(instanceDir: string, env: NodeJS.ProcessEnv = process.
     'thread_pool_submit', 'thread_pool_complete', 'qcow2_cache_entry_flush', 'qcow2_cache_get_read', 'runstate_set',
     'migration_completion_vm_stop', 'savevm_state_complete_precopy', 'qmp_enter_stop', 'qmp_exit_stop', 'qmp_enter_cont',
     'qmp_exit_cont', 'qmp_enter_migrate_continue', 'qmp_exit_migrate_continue',
+    // The end of pause_all_vcpus in a stop (the vCPUs parked; the device handlers follow, then STOP).
+    'vm_state_notify',
   ];
   return ['-msg', 'timestamp=on', '-D', path.join(dir, `${path.basename(instanceDir)}.trace`), ...events.flatMap((e) => ['-trace', `enable=${e}`])];
 }

@@ -21,10 +21,17 @@
  * `blockdev-snapshot` was read 0.3-26 ms after the STOP (median 5-8 ms), with the main thread idle.
  * A QEMU whose threads are not named (started without debug-threads) gets its main thread only.
  *
- * The window is the pause: the boost is applied with `chrt` (util-linux, run by the agent's
- * shell: ChrtShell) right before `stop` is written, not waited for, and undone at the RESUME, on any failure of the cut, or when the bound (BOOST_BOUND_MS)
- * runs out, whichever comes first — a QMP that never answers cannot leave a realtime thread
- * behind while the agent runs. Should the agent die inside the window, the kernel's realtime
+ * The window is the pause: the boost is applied right before `stop` is written and undone at
+ * the RESUME, on any failure of the cut, or when the bound (BOOST_BOUND_MS) runs out, whichever
+ * comes first — a QMP that never answers cannot leave a realtime thread behind while the agent
+ * runs. Both are sched_setscheduler(2) calls made by the agent itself (the addon's
+ * setThreadPolicy: microseconds, nothing else runs), not `chrt` processes: each `chrt`, even
+ * forked from the agent's small shell at SCHED_FIFO 1, was a fork and an exec at a realtime
+ * priority on the host's busy cores in the very milliseconds the stop needed them, and QEMU's
+ * trace showed its vCPU threads parked 2-22 ms after such a boosted `stop` was dispatched
+ * against 0.1-3 ms unboosted (docs/performance.md, "The vCPUs' exit at a boosted stop"). Where
+ * the addon lacks the call (built from older sources) the boost goes through `chrt` as before
+ * (util-linux, run by the agent's shell: ChrtShell), started and not waited for. Should the agent die inside the window, the kernel's realtime
  * throttling (kernel.sched_rt_runtime_us, 950000 of every 1000000 µs by default) still leaves
  * the other threads 5 % of each core until the VM's QEMU is restarted or its policy reset.
  *
@@ -37,6 +44,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import { nativeIo } from '../../../switch/native-io';
 
 /** SCHED_FIFO priority of QEMU's main thread in the pause (1 lowest … 99; the kernel's own threads run at 50 and 99). */
 export const PAUSE_BOOST_PRIORITY = 10;
@@ -57,6 +65,22 @@ export type MonitorThread = (pid: number) => number | undefined;
 export const MONITOR_THREAD_NAME = 'IO mon_iothread';
 /** Run `chrt` with these arguments; rejects when it fails. */
 export type Chrt = (args: string[]) => Promise<void>;
+/** Set thread `tid` to SCHED_FIFO at `priority` (fifo) or to SCHED_OTHER, at once; throws when refused. */
+export type SetPolicy = (tid: number, fifo: boolean, priority: number) => void;
+
+let nativeSet: SetPolicy | null | undefined;
+
+/** The addon's setThreadPolicy (switch/native/sched.c) as a SetPolicy, or null when the addon is not built or lacks it. */
+export function nativeSetPolicy(): SetPolicy | null {
+  if (nativeSet !== undefined) return nativeSet;
+  try {
+    const io = nativeIo();
+    nativeSet = typeof io.setThreadPolicy === 'function' ? (tid, fifo, priority) => io.setThreadPolicy(tid, fifo ? 1 : 0, fifo ? priority : 0) : null;
+  } catch {
+    nativeSet = null;
+  }
+  return nativeSet;
+}
 
 /** Where the boost says why it was not applied (debug) or not undone (warn): the job's logger. */
 export interface BoostLog {
@@ -69,6 +93,10 @@ export interface PauseBoostOptions {
   priority?: number;
   boundMs?: number;
   chrt?: Chrt;
+  /** The system call that boosts and restores (default: nativeSetPolicy(); null: `chrt` through the shell). */
+  setPolicy?: SetPolicy | null;
+  /** The thread ids of a process (default: /proc/PID/task). */
+  threads?: (pid: number) => number[];
   policies?: ThreadPolicies;
   monitorThread?: MonitorThread;
 }
@@ -90,6 +118,15 @@ export function monitorThread(pid: number): number | undefined {
     /* gone: the main thread's boost says so */
   }
   return undefined;
+}
+
+/** The thread ids of `pid` (/proc/PID/task; [] when the process is gone). */
+export function threadIds(pid: number): number[] {
+  try {
+    return fs.readdirSync(`/proc/${pid}/task`).map(Number);
+  } catch {
+    return [];
+  }
 }
 
 /** The policy of every thread of `pid` (/proc; throws when the process is gone). */
@@ -209,19 +246,53 @@ export function boostPause(pid: number | undefined, o: PauseBoostOptions): Pause
     o.log.debug({ pid, err: (e as Error).message }, 'QEMU threads not readable: cut without the pause boost');
     return NOT_APPLIED;
   }
-  const raise = (tid: number): Promise<boolean> =>
-    chrt(['--fifo', '--pid', String(o.priority ?? PAUSE_BOOST_PRIORITY), String(tid)]).then(
-      () => true,
-      (e: Error) => {
-        o.log.debug({ pid, tid, err: e.message }, 'pause boost not applied');
-        return false;
-      },
-    );
-  const main = raise(pid);
   const monitor = (o.monitorThread ?? monitorThread)(pid);
-  const monitorRaised = monitor === undefined ? Promise.resolve(false) : raise(monitor);
-  // Restored together (--all-tasks), once both raises settled: either may have landed.
-  const applied = Promise.all([main, monitorRaised]).then(([m, t]) => m || t);
+  const tids = monitor === undefined ? [pid] : [pid, monitor];
+  const priority = o.priority ?? PAUSE_BOOST_PRIORITY;
+  const set = o.setPolicy === undefined ? nativeSetPolicy() : o.setPolicy;
+  let applied: Promise<boolean>;
+  let restore: () => Promise<void>;
+  if (set) {
+    // At once, before `stop` is written: one system call per thread.
+    let any = false;
+    for (const tid of tids) {
+      try {
+        set(tid, true, priority);
+        any = true;
+      } catch (e) {
+        o.log.debug({ pid, tid, err: (e as Error).message }, 'pause boost not applied');
+      }
+    }
+    applied = Promise.resolve(any);
+    restore = async () => {
+      // Every thread, the migration thread started in the pause (it inherited the main thread's policy) among them.
+      const failed: string[] = [];
+      for (const tid of (o.threads ?? threadIds)(pid)) {
+        try {
+          set(tid, false, 0);
+        } catch (e) {
+          if ((e as { errnoCode?: string }).errnoCode !== 'ESRCH') failed.push(`${tid}: ${(e as Error).message}`);
+        }
+      }
+      if (failed.length) o.log.warn({ pid, failed }, 'QEMU threads not put back at SCHED_OTHER after the pause');
+    };
+  } else {
+    const raise = (tid: number): Promise<boolean> =>
+      chrt(['--fifo', '--pid', String(priority), String(tid)]).then(
+        () => true,
+        (e: Error) => {
+          o.log.debug({ pid, tid, err: e.message }, 'pause boost not applied');
+          return false;
+        },
+      );
+    // Restored together (--all-tasks), once every raise settled: any may have landed.
+    applied = Promise.all(tids.map(raise)).then((r) => r.some(Boolean));
+    const back = (): Promise<void> => chrt(['--other', '--all-tasks', '--pid', '0', String(pid)]);
+    // Once more after a failure (a shell killed for not answering is started again).
+    restore = () => back()
+      .catch(back)
+      .catch((e: Error) => o.log.warn({ pid, err: e.message }, 'QEMU threads not put back at SCHED_OTHER after the pause'));
+  }
   let released: Promise<void> | undefined;
   const bound = setTimeout(() => {
     o.log.warn({ pid, boundMs: o.boundMs ?? BOOST_BOUND_MS }, 'the pause did not end within the boost bound: QEMU put back at SCHED_OTHER');
@@ -232,11 +303,7 @@ export function boostPause(pid: number | undefined, o: PauseBoostOptions): Pause
     released ??= (async () => {
       clearTimeout(bound);
       if (!(await applied)) return;
-      const back = (): Promise<void> => chrt(['--other', '--all-tasks', '--pid', '0', String(pid)]);
-      // Once more after a failure (a shell killed for not answering is started again).
-      await back()
-        .catch(back)
-        .catch((e: Error) => o.log.warn({ pid, err: e.message }, 'QEMU threads not put back at SCHED_OTHER after the pause'));
+      await restore();
     })();
     return released;
   }
