@@ -219,10 +219,9 @@ interface Batch {
 }
 
 export class StreamIntoStore {
-  /** The socket read (reads into `readBuf`), and the one the server accepted (its handle moved to `conn`). */
+  /** The socket read (into one reused buffer: readsInto), and the one the server accepted (its handle moved to `conn`). */
   private conn: net.Socket | undefined;
   private accepted: net.Socket | undefined;
-  private readBuf: Buffer | undefined;
   /** Full batches in stream order, then the one being filled. */
   private pending: Batch[] = [];
   private filling: Batch | undefined;
@@ -294,8 +293,7 @@ export class StreamIntoStore {
       return;
     }
     this.accepted = accepted;
-    this.readBuf = Buffer.allocUnsafeSlow(READ_BYTES);
-    const c = this.o.userBuffer === false ? accepted.pause() : readsInto(accepted, this.readBuf, (n, buf) => this.onBytes(buf.subarray(0, n)));
+    const c = this.o.userBuffer === false ? accepted.pause() : readsInto(accepted, Buffer.allocUnsafeSlow(READ_BYTES), (n, buf) => this.onBytes(buf.subarray(0, n)));
     this.conn = c;
     if (c === accepted) c.on('data', (chunk: Buffer) => this.onBytes(chunk));
     if (streamReadsHeld() || this.readsClosed) this.pauseReads();

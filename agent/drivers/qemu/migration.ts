@@ -139,8 +139,6 @@ export class QemuJob extends DriverJob {
   private finalPassBytes = 0;
   /** Steps of the cut with their times (performance.now()), logged (debug) with 'cut done'. */
   private trace: [string, number][] = [];
-  /** A pre-copy cut at the commit's instant: the instant → `stop` written (PHASE_CUT_AT, into the CutReport). */
-  private cutAtSpan: PhaseSpan | undefined;
   /** The QMP trace of the cut in progress (its spans go into the CutReport). */
   private qmpTrace: CutQmpTrace | undefined;
   /** Releases the agent-wide hold of the store's writes taken at the commit (cut()). */
@@ -591,7 +589,7 @@ export class QemuJob extends DriverJob {
     if (this.holdAtCut?.toSwitchoverBytes !== undefined) this.holdAtCut.toSwitchoverBytes += sent; // the commit to the pre-switchover: the final round and the stopped VM's set
     const cutUnixUs = stopEv?.timestampUs || nowUs();
     // How the pause met the instant: the instant → `stop` written (or QEMU's own STOP).
-    if (at && stopAt !== undefined) this.cutAtSpan = { phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: stopWrittenAt !== undefined ? Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) : cutUnixUs };
+    const cutAtSpan: PhaseSpan | undefined = at && stopAt !== undefined ? { phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: stopWrittenAt !== undefined ? Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) : cutUnixUs } : undefined;
     const copyStart = nowUs();
     let resume: QmpEvent;
     try {
@@ -605,7 +603,9 @@ export class QemuJob extends DriverJob {
     }
     this.finalPassBytes = (this.stream?.received ?? 0) - sent;
     const copyEnd = resume.timestampUs || nowUs();
-    return this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
+    const report = this.finishCut(cutUnixUs, resume, { startUnixUs: copyStart, endUnixUs: copyEnd });
+    if (cutAtSpan) report.phases.push(cutAtSpan);
+    return report;
   }
 
   /** query-migrate during the final round (precopy-switchover.ts): QEMU's syncs and what is still dirty. */
@@ -634,7 +634,7 @@ export class QemuJob extends DriverJob {
     this.final = this.finish();
     this.final.catch(() => undefined);
     const report = cutReport(cutUnixUs, resumeUnixUs, copy);
-    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans, ...(this.cutAtSpan ? [this.cutAtSpan] : []));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.restartSpans);
     // debug: at info a synchronous stderr write while other VMs may be paused (the QMP phases have it)
     const t0 = this.trace[0]?.[1] ?? 0;
     const steps = this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ');

@@ -255,19 +255,19 @@ async function finalRound(s: Switchover, round: FinalRound, w: RoundWaits, t0: n
   if (!progress) return { how: (await w.wait(round.maxMs)) === 'paused' ? 'converged' : 'fixed', ms: ms() };
   const r = await pollRound(progress, round, w, left);
   if (r.end === 'paused') return { how: 'converged', ms: ms() };
-  const syncs = r.first && r.last ? r.last.sync - r.first.sync : undefined;
   if (r.end === 'done') {
     s.mark('round-synced');
-    return { how: 'synced', ms: ms(), syncs, remaining: r.last?.remaining };
+    return { how: 'synced', ms: ms(), syncs: r.syncs, remaining: r.remaining };
   }
-  return { how: r.first ? 'cap' : 'fixed', ms: ms(), syncs, remaining: r.last?.remaining };
+  return { how: r.polled ? 'cap' : 'fixed', ms: ms(), syncs: r.syncs, remaining: r.remaining };
 }
 
-/** How pollRound() ended, with the first poll (the syncs before the lift) and the last. */
+/** How pollRound() ended; whether QEMU answered a poll, its syncs since the first answer and the bytes dirty at the last. */
 interface Polled {
   end: 'done' | 'paused' | 'late';
-  first?: RoundProgress;
-  last?: RoundProgress;
+  polled?: boolean;
+  syncs?: number;
+  remaining?: number;
 }
 
 /**
@@ -278,18 +278,19 @@ interface Polled {
 async function pollRound(progress: () => Promise<RoundProgress>, round: FinalRound, w: RoundWaits, left: () => number): Promise<Polled> {
   let first: RoundProgress | undefined; // at the lift: the syncs before it
   let last: RoundProgress | undefined;
+  const ended = (end: Polled['end']): Polled => (first && last ? { end, polled: true, syncs: last.sync - first.sync, remaining: last.remaining } : { end });
   while (left() > 0) {
     const p = await w.race(progress().catch(() => undefined), left());
-    if (p === 'paused') return { end: 'paused', first, last };
+    if (p === 'paused') return ended('paused');
     if (p === 'late') break;
     if (p) {
       first ??= p;
       last = p;
-      if (finalRoundDone(first.sync, p, round.leftBytes)) return { end: 'done', first, last };
+      if (finalRoundDone(first.sync, p, round.leftBytes)) return ended('done');
     }
-    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return { end: 'paused', first, last };
+    if ((await w.wait(Math.min(round.pollMs, left()))) === 'paused') return ended('paused');
   }
-  return { end: 'late', first, last };
+  return ended('late');
 }
 
 /**
@@ -314,5 +315,5 @@ async function instantRound(s: Switchover, round: FinalRound, w: RoundWaits, t0:
     s.thaw?.(); // QEMU sends the rest of its pass, the VM running, until the stop
   }
   if (left() > 0 && (await w.wait(left())) === 'paused') return { how: 'converged', ms: ms(), doneMs };
-  return { how: 'instant', ms: ms(), doneMs, syncs: r.first && r.last ? r.last.sync - r.first.sync : undefined, remaining: r.last?.remaining };
+  return { how: 'instant', ms: ms(), doneMs, syncs: r.syncs, remaining: r.remaining };
 }
