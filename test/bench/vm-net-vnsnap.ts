@@ -91,6 +91,8 @@ export interface SnapshotLoopResult {
   snapshotMs: number[];
   /** Each completed snapshot's delete call. */
   deleteMs: number[];
+  /** Every snapshot's [start, end] (Date.now() ms; the end its delete's return, or its final record or failure): when the loop was busy. */
+  busyUnixMs: [number, number][];
 }
 
 export interface SnapshotLoop {
@@ -106,11 +108,12 @@ export interface SnapshotLoop {
 export function snapshotLoop(c: Cluster, vne: string, everyMs: number): SnapshotLoop {
   const args = [path.join(__dirname, 'snapshot-loop.js'), '--coordinator', c.coordinatorAddress, ...c.tlsArgs(), '--vne', vne, '--every-ms', String(everyMs)];
   const child = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const r: SnapshotLoopResult = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [] };
+  const r: SnapshotLoopResult = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], busyUnixMs: [] };
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   readline.createInterface({ input: child.stdout }).on('line', (line) => {
     const x = JSON.parse(line) as SnapshotLoopRecord;
+    r.busyUnixMs.push([x.startUnixMs, x.deletedUnixMs || x.doneUnixMs]);
     if (x.state === 'SNAPSHOT_STATE_COMPLETE' && x.deletedUnixMs > 0) {
       r.completed++;
       r.pausesMs.push(...x.pausesMs);
