@@ -100,6 +100,28 @@ export function summarize(xs: readonly number[]): Summary {
   return { median, p95, max: s[s.length - 1] as number, n: s.length };
 }
 
+/**
+ * The share of the `windows`' total length during which one of the `busy` intervals was under way
+ * (each a [start, end] pair of one clock; overlapping busy intervals count once): what part of the
+ * TCP runs a snapshot took, however many started.
+ */
+export function coveredShare(busy: readonly (readonly [number, number])[], windows: readonly (readonly [number, number])[]): number {
+  const merged: [number, number][] = [];
+  for (const [s, e] of [...busy].filter(([s, e]) => e > s).sort((x, y) => x[0] - y[0])) {
+    const last = merged[merged.length - 1];
+    if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+    else merged.push([s, e]);
+  }
+  let total = 0;
+  let covered = 0;
+  for (const [ws, we] of windows) {
+    if (we <= ws) continue;
+    total += we - ws;
+    for (const [s, e] of merged) covered += Math.max(0, Math.min(e, we) - Math.max(s, ws));
+  }
+  return total > 0 ? covered / total : 0;
+}
+
 /** The 1-, 5- and 15-minute load averages. */
 export function loadAverage(): [number, number, number] {
   const [a, b, c] = fs.readFileSync('/proc/loadavg', 'utf8').split(' ').map(Number);

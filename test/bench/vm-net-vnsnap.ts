@@ -7,7 +7,7 @@
  * runs (its configuration has no offload switch of its own yet).
  *
  * Also here: background snapshots of the VNE through one client of the coordinator, back to back at most
- * once a second while something else runs (each deleted once complete, so the store does not
+ * once per interval (bench:vm-net's --snapshot-every-ms) while something else runs (each deleted once complete, so the store does not
  * fill), the frame counters of a VM's switch port (the agent's /metrics), and for nic tap-bpf the
  * agent's in-kernel data path counters: frames its programs carried in the kernel and frames they
  * punted to the switch (so a figure says which path it measured).
@@ -91,6 +91,8 @@ export interface SnapshotLoopResult {
   snapshotMs: number[];
   /** Each completed snapshot's delete call. */
   deleteMs: number[];
+  /** Every snapshot's [start, end] (Date.now() ms; the end its delete's return, or its final record or failure): when the loop was busy. */
+  busyUnixMs: [number, number][];
 }
 
 export interface SnapshotLoop {
@@ -99,18 +101,19 @@ export interface SnapshotLoop {
 }
 
 /**
- * Background snapshots of `vne`, one started every second, or when the last one ended if that is
+ * Background snapshots of `vne`, one started every `everyMs`, or when the last one ended if that is
  * later (never two at once), each deleted once complete: one long-lived client of the coordinator
  * in the underlay namespace (snapshot-loop.ts), not a CLI process per call.
  */
-export function snapshotLoop(c: Cluster, vne: string): SnapshotLoop {
-  const args = [path.join(__dirname, 'snapshot-loop.js'), '--coordinator', c.coordinatorAddress, ...c.tlsArgs(), '--vne', vne, '--every-ms', '1000'];
+export function snapshotLoop(c: Cluster, vne: string, everyMs: number): SnapshotLoop {
+  const args = [path.join(__dirname, 'snapshot-loop.js'), '--coordinator', c.coordinatorAddress, ...c.tlsArgs(), '--vne', vne, '--every-ms', String(everyMs)];
   const child = spawn('ip', ['netns', 'exec', c.topo.ns('ul'), process.execPath, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-  const r: SnapshotLoopResult = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [] };
+  const r: SnapshotLoopResult = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], busyUnixMs: [] };
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   readline.createInterface({ input: child.stdout }).on('line', (line) => {
     const x = JSON.parse(line) as SnapshotLoopRecord;
+    r.busyUnixMs.push([x.startUnixMs, x.deletedUnixMs || x.doneUnixMs]);
     if (x.state === 'SNAPSHOT_STATE_COMPLETE' && x.deletedUnixMs > 0) {
       r.completed++;
       r.pausesMs.push(...x.pausesMs);

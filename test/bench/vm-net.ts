@@ -23,11 +23,13 @@
  * the machine's busy cores per Gbit/s during the TCP runs (/proc/stat), and during one TCP run
  * per direction the busiest threads of the hosts' processes (vm-net-threads.ts). On the vnsnap
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
- * once a second, or back to back when one takes longer (one client of the coordinator:
- * snapshot-loop.ts; `snapshot_ms` in the JSON says which), and on nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
+ * every `--snapshot-every-ms` (default once a second), or back to back when one takes longer (one
+ * client of the coordinator: snapshot-loop.ts; `snapshot_ms` and `snapshot_busy_share` in the
+ * JSON say which), and on
+ * nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
- *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--json]
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
  * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
@@ -48,12 +50,12 @@ import { Topology } from '../support/netns';
 import { forEachFlag, helpExit, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
-import { cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
+import { coveredShare, cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
 import { busiestThreads, sampleProcesses, sampleThreads } from './vm-net-threads';
 import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, vmTapPackets, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
@@ -80,6 +82,13 @@ const HELP = `${USAGE}
                   default), and alternate TCP runs between the two pairs
                   (the "kernel" row's hosts have one veth between them, and it runs minutes
                   apart): "same_hosts_paired" with both paths' figures and their ratios
+  --snapshot-every-ms N
+                  the interval of the background snapshots during the "during snapshot" TCP
+                  runs: one started every N ms, or as soon as the previous one ended when it
+                  took longer (default 1000, at least 100); the loop starts afresh with each
+                  run, so each run's first snapshot starts with it (during_snapshot.every_ms in
+                  the JSON; snapshot_ms and snapshot_busy_share, the share of the runs' wall
+                  time a snapshot was under way, say whether the loop ran back to back)
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
@@ -95,11 +104,13 @@ interface Options {
   tunnelOffload?: boolean;
   bpf: boolean;
   sameHosts: boolean;
+  /** The snapshot loop's interval during the snapshot runs (snapshot-loop.ts --every-ms). */
+  snapshotEveryMs: number;
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, snapshotEveryMs: 1000, json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -125,6 +136,7 @@ function parseArgs(argv: readonly string[]): Options {
       o.tunnelOffload = v === 'on';
     } else if (flag === '--bpf') o.bpf = true;
     else if (flag === '--same-hosts') o.sameHosts = true;
+    else if (flag === '--snapshot-every-ms') o.snapshotEveryMs = int(value(), flag, 100);
     else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') helpExit(HELP);
     else usage(`unknown argument ${arg}`);
@@ -342,12 +354,16 @@ async function main(): Promise<void> {
 }
 
 type Snaps = {
+  /** The loop's interval (--snapshot-every-ms). */
+  everyMs: number;
   completed: number;
   failed: string[];
   pausesMs: number[];
   /** Each completed snapshot end to end (the create call to its final record), and its delete. */
   snapshotMs: number[];
   deleteMs: number[];
+  /** The share of the snapshot runs' wall time (each tcpRun call) during which a snapshot (or its delete) was under way. */
+  busyShare: number;
   /** Seconds of the snapshot runs (what `processes` is averaged over). */
   windowS: number;
   /** Cores per process (hosts and the coordinator's namespace) over all the runs, busiest first: where the snapshots' CPU goes. */
@@ -356,10 +372,10 @@ type Snaps = {
   processesIdle: { thread: string; cores: number }[];
 };
 
-/** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE once a second. */
+/** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE every `o.snapshotEveryMs`. */
 async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
   const during: TcpRun[] = [];
-  const snaps: Snaps = { completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], windowS: 0, processes: [], processesIdle: [] };
+  const snaps: Snaps = { everyMs: o.snapshotEveryMs, completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], busyShare: 0, windowS: 0, processes: [], processesIdle: [] };
   const namespaces = [...HOSTS.map((h) => c.topo.ns(h)), c.topo.ns('ul')];
   const i0 = sampleProcesses(namespaces);
   const w0 = Date.now();
@@ -367,10 +383,15 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
   snaps.processesIdle = busiestThreads(i0, sampleProcesses(namespaces), (Date.now() - w0) / 1000);
   const p0 = sampleProcesses(namespaces);
   const w1 = Date.now();
+  const runWindows: [number, number][] = [];
+  const busy: [number, number][] = [];
   for (let i = 0; i < o.runs; i++) {
-    const loop = snapshotLoop(c, pair.vne);
+    const loop = snapshotLoop(c, pair.vne, o.snapshotEveryMs);
+    const r0 = Date.now();
     const run = await tcpRun(pair.guests, 'a->b', o.seconds).finally(async () => {
+      runWindows.push([r0, Date.now()]);
       const s = await loop.stop();
+      busy.push(...s.busyUnixMs);
       snaps.completed += s.completed;
       snaps.failed.push(...s.failed);
       snaps.pausesMs.push(...s.pausesMs);
@@ -380,6 +401,7 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
     during.push(run);
     say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
   }
+  snaps.busyShare = coveredShare(busy, runWindows);
   snaps.windowS = (Date.now() - w1) / 1000;
   snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), snaps.windowS);
   return { during, snaps };
@@ -491,12 +513,15 @@ function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
     tcp_mbps: summarize(runs.map((x) => x.mbps)),
     retransmits: summarize(runs.map((x) => x.retransmits)),
     busy_cores: summarize(runs.map((x) => x.busyCores)),
+    every_ms: s.everyMs,
     snapshots_completed: s.completed,
     snapshots_failed: s.failed,
     pause_ms: summarize(s.pausesMs),
-    // end to end per snapshot: over a second means the loop ran them back to back
+    // end to end per snapshot: over every_ms means the loop ran them back to back
     snapshot_ms: summarize(s.snapshotMs),
     delete_ms: summarize(s.deleteMs),
+    // the share of the runs' wall time a snapshot was under way: 1 when the loop ran back to back
+    snapshot_busy_share: round(s.busyShare, 3),
     busiest_processes: { idle_run_before: s.processesIdle, during_snapshots: s.processes },
     // each process's CPU over the snapshot runs, less its idle run's, per completed snapshot
     core_s_per_snapshot: s.processes.map((p) => ({ thread: p.thread, core_s: round(((p.cores - (s.processesIdle.find((q) => q.thread === p.thread)?.cores ?? 0)) * s.windowS) / (s.completed || 1), 3) })),
@@ -593,7 +618,7 @@ function report(o: Options, r: Results): void {
       `${name.padEnd(44)}${f(summarize(p.tcp['a->b'].map((x) => x.mbps))).padEnd(22)}${f(summarize(p.tcp['b->a'].map((x) => x.mbps))).padEnd(22)}${f(udpSummary(p), 1).padEnd(22)}${f(cpuSummary(p), 2)}`,
     );
   }
-  console.log(`vnsnap TCP a->b while a background snapshot runs once a second: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms, each snapshot ${f(summarize(r.snaps.snapshotMs))} ms end to end)`);
+  console.log(`vnsnap TCP a->b while a background snapshot runs every ${r.snaps.everyMs} ms: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms, each snapshot ${f(summarize(r.snaps.snapshotMs))} ms end to end, one under way ${(r.snaps.busyShare * 100).toFixed(0)} % of the runs)`);
   if (tb) {
     const dp = tb.dataPath;
     console.log(`vnsnap nic=tap-bpf TCP a->b during snapshots: ${f(summarize(tb.during.map((x) => x.mbps)))} Mbit/s (${tb.snaps.completed} snapshots, ${tb.snaps.failed.length} failed); programs: ${dp.kernelCarried} frames carried in the kernel, ${dp.punted} punted to the switch (fast path ${dp.kernelCarried > 0 ? 'on' : 'off'})`);

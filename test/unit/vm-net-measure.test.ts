@@ -1,10 +1,10 @@
 /**
  * The pure parts of bench:vm-net's measurements (test/bench/vm-net-measure.ts): the /proc/stat
- * reading, busy cores between two samples, the /proc/softirqs reading and rates, and the
- * median / p95 / max summary.
+ * reading, busy cores between two samples, the /proc/softirqs reading and rates, the
+ * median / p95 / max summary, and the share of the TCP runs a snapshot was under way.
  */
 import { strict as assert } from 'node:assert';
-import { busyCores, cpuSample, softirqRate, softirqSample, summarize } from '../bench/vm-net-measure';
+import { busyCores, coveredShare, cpuSample, softirqRate, softirqSample, summarize } from '../bench/vm-net-measure';
 
 describe('bench:vm-net measurements', () => {
   it('reads busy and total jiffies from the aggregate cpu line (idle and iowait are not busy)', () => {
@@ -36,5 +36,17 @@ describe('bench:vm-net measurements', () => {
     const twenty = Array.from({ length: 20 }, (_, i) => i + 1);
     assert.deepEqual(summarize(twenty), { median: 10.5, p95: 19, max: 20, n: 20 });
     assert.deepEqual(summarize([]), { median: 0, p95: 0, max: 0, n: 0 });
+  });
+
+  it('the share of the runs covered by snapshots: clipped to each run, overlaps counted once', () => {
+    // two runs of 10 each; snapshots 0-3 (in run 1), 9-12 (its first 1 in run 1, 2 in the gap),
+    // 20-24 and 22-26 overlapping (6 in run 2)
+    const runs = [[0, 10], [20, 30]] as const;
+    assert.equal(coveredShare([[0, 3], [9, 12], [20, 24], [22, 26]], runs), (3 + 1 + 6) / 20);
+    assert.equal(coveredShare([[10, 20]], runs), 0, 'a snapshot between the runs');
+    assert.equal(coveredShare([[-5, 40]], runs), 1);
+    assert.equal(coveredShare([], runs), 0);
+    assert.equal(coveredShare([[0, 5]], []), 0);
+    assert.equal(coveredShare([[5, 5], [7, 6]], [[0, 10]]), 0, 'empty and reversed intervals cover nothing');
   });
 });
