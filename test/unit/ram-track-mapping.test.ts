@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { isVnsnapError } from '../../proto/core/errors';
-import { trackedRamMapping, trackedRamArgs } from '../../agent/drivers/qemu/ram-track';
+import { blockRuns, trackedRamMapping, trackedRamArgs } from '../../agent/drivers/qemu/ram-track';
 
 const MEMFD = '/memfd:memory-backend-memfd (deleted)';
 const line = (a: string, b: string, name: string): string => `${a}-${b} rw-s 00000000 00:01 371                        ${name}`;
@@ -29,5 +29,23 @@ describe('trackedRamMapping', () => {
 
   it('gives QEMU a shared memfd backend named pc.ram', () => {
     assert.deepEqual(trackedRamArgs(262144), ['-object', 'memory-backend-memfd,id=pc.ram,size=262144k,share=on', '-machine', 'memory-backend=pc.ram']);
+  });
+});
+
+describe('blockRuns', () => {
+  const runs = (...p: number[]) => ({ pairs: Float64Array.from(p), count: p.length / 2, bytes: p.filter((_, i) => i % 2).reduce((a, b) => a + b, 0) });
+  const K = 1024;
+
+  it('widens runs to whole blocks and merges the blocks they share', () => {
+    const r = blockRuns(runs(4 * K, 4 * K, 60 * K, 8 * K, 200 * K, 4 * K), 64 * K, 1024 * K);
+    assert.deepEqual([...r.pairs], [0, 128 * K, 192 * K, 64 * K]);
+    assert.equal(r.count, 2);
+    assert.equal(r.bytes, 192 * K);
+  });
+
+  it('clips the last block to the RAM and refuses a block size that is not a power of two', () => {
+    const r = blockRuns(runs(96 * K, 4 * K), 64 * K, 100 * K);
+    assert.deepEqual([...r.pairs], [64 * K, 36 * K]);
+    assert.throws(() => blockRuns(runs(), 48 * K, 100 * K), (e) => isVnsnapError(e, 'ERR_INVALID_ARGUMENT'));
   });
 });

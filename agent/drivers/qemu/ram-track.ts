@@ -204,3 +204,26 @@ export class RamWriteTracker {
 
 /** Page size of the tracked RAM (runs are multiples of it). */
 export const TRACKED_PAGE_SIZE = PAGE;
+
+/**
+ * The runs widened to whole blocks of `blockSize` bytes (a power of two, at least a page) and
+ * merged, clipped to `limit`: what an image kept in fixed blocks must read again. Reading whole
+ * blocks is exact for the same reason the runs are: a page of a block written after the scan is
+ * reported by the next one.
+ */
+export function blockRuns(runs: WrittenRuns, blockSize: number, limit: number): WrittenRuns {
+  if (blockSize < PAGE || (blockSize & (blockSize - 1)) !== 0) throw new VnsnapError('ERR_INVALID_ARGUMENT', `block size ${blockSize} is not a power of two of at least ${PAGE}`);
+  const out: number[] = [];
+  for (let i = 0; i < runs.count; i++) {
+    const off = runs.pairs[2 * i] as number;
+    const len = runs.pairs[2 * i + 1] as number;
+    const a = Math.floor(off / blockSize) * blockSize;
+    const b = Math.min(limit, Math.ceil((off + len) / blockSize) * blockSize);
+    const n = out.length;
+    if (n > 0 && (out[n - 2] as number) + (out[n - 1] as number) >= a) out[n - 1] = Math.max(out[n - 1] as number, b - (out[n - 2] as number));
+    else out.push(a, b - a);
+  }
+  let bytes = 0;
+  for (let i = 1; i < out.length; i += 2) bytes += out[i] as number;
+  return { pairs: Float64Array.from(out), count: out.length / 2, bytes };
+}
