@@ -236,6 +236,8 @@ export interface NativeIo {
    * refusal or a short copy (a range not mapped), RangeError when they do not fit.
    */
   readProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
+  /** readProcessMemory the other way: buf[offset, ...] into the ranges of process `pid` (process_vm_writev(2)). */
+  writeProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
 }
 
 /**

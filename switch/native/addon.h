@@ -74,7 +74,7 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(setThreadPolicy, SetThreadPolicy)                                   /* sched.c */          \
   X(uffdWriteTrackingAvailable, UffdWriteTrackingAvailable) X(uffdAdopt, UffdAdopt)              \
   X(uffdTrackWrites, UffdTrackWrites) X(pagemapScanWritten, PagemapScanWritten)                  \
-  X(readProcessMemory, ReadProcessMemory)                               /* ram_track.c */
+  X(readProcessMemory, ReadProcessMemory) X(writeProcessMemory, WriteProcessMemory) /* ram_track.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

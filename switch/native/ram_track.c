@@ -27,6 +27,9 @@
  *   readProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number
  *        copies `count` (address, length) ranges of process pid's memory back to back into
  *        buf[offset ...] with process_vm_readv(2) (IOV_MAX ranges per call); the bytes copied.
+ *   writeProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number
+ *        the other way (process_vm_writev(2)): buf[offset ...] into the ranges (a restore's RAM,
+ *        written into a QEMU waiting for its incoming device state).
  *
  * Guarantees: synchronous, no allocation but the scan's region vector (on the stack) and the
  * iovec arrays; a refusal is ERR_NATIVE_IO with the errno's code; a short read (the range is not
@@ -235,26 +238,34 @@ napi_value PagemapScanWritten(napi_env env, napi_callback_info info) {
   return r;
 }
 
-napi_value ReadProcessMemory(napi_env env, napi_callback_info info) {
+/* readProcessMemory / writeProcessMemory: the same argument checks and batching, one direction each. */
+static napi_value process_memory(napi_env env, napi_callback_info info, int write) {
+  const char *fn = write ? "writeProcessMemory" : "readProcessMemory";
   GET_ARGS(5);
   int64_t pid, count, offset;
   double *ranges;
   size_t rlen, blen;
   uint8_t *buf;
-  if (!arg_int(env, argv[0], 1, 0x7fffffff, &pid, "readProcessMemory: pid") || !arg_f64array(env, argv[1], &ranges, &rlen, "readProcessMemory: ranges") ||
-      !arg_int(env, argv[2], 0, (int64_t)(rlen / 2), &count, "readProcessMemory: count") || !arg_bytes(env, argv[3], &buf, &blen, "readProcessMemory: buf") ||
-      !arg_int(env, argv[4], 0, (int64_t)blen, &offset, "readProcessMemory: offset"))
+  char w_pid[40], w_ranges[40], w_count[40], w_buf[40], w_offset[40];
+  snprintf(w_pid, sizeof w_pid, "%s: pid", fn);
+  snprintf(w_ranges, sizeof w_ranges, "%s: ranges", fn);
+  snprintf(w_count, sizeof w_count, "%s: count", fn);
+  snprintf(w_buf, sizeof w_buf, "%s: buf", fn);
+  snprintf(w_offset, sizeof w_offset, "%s: offset", fn);
+  if (!arg_int(env, argv[0], 1, 0x7fffffff, &pid, w_pid) || !arg_f64array(env, argv[1], &ranges, &rlen, w_ranges) ||
+      !arg_int(env, argv[2], 0, (int64_t)(rlen / 2), &count, w_count) || !arg_bytes(env, argv[3], &buf, &blen, w_buf) ||
+      !arg_int(env, argv[4], 0, (int64_t)blen, &offset, w_offset))
     return NULL;
   uint64_t total = 0;
   for (int64_t i = 0; i < count; i++) {
     if (ranges[2 * i] < 0 || ranges[2 * i + 1] < 0 || ranges[2 * i] > (double)MAX_EXACT || ranges[2 * i + 1] > (double)MAX_EXACT) {
-      throw_range(env, "readProcessMemory: range %lld is not an address and a length", (long long)i);
+      throw_range(env, "%s: range %lld is not an address and a length", fn, (long long)i);
       return NULL;
     }
     total += (uint64_t)ranges[2 * i + 1];
   }
   if (total > blen - (uint64_t)offset) {
-    throw_range(env, "readProcessMemory: %llu bytes do not fit in the buffer's %llu from offset %lld", (unsigned long long)total, (unsigned long long)(blen - (uint64_t)offset), (long long)offset);
+    throw_range(env, "%s: %llu bytes do not fit in the buffer's %llu from offset %lld", fn, (unsigned long long)total, (unsigned long long)(blen - (uint64_t)offset), (long long)offset);
     return NULL;
   }
   struct iovec local, remote[IOV_MAX];
@@ -269,12 +280,12 @@ napi_value ReadProcessMemory(napi_env env, napi_callback_info info) {
     }
     local.iov_base = dst;
     local.iov_len = want;
-    ssize_t got = process_vm_readv((pid_t)pid, &local, 1, remote, (unsigned long)k, 0);
+    ssize_t got = write ? process_vm_writev((pid_t)pid, &local, 1, remote, (unsigned long)k, 0) : process_vm_readv((pid_t)pid, &local, 1, remote, (unsigned long)k, 0);
     if (got < 0 || (size_t)got != want) {
       char op[96];
-      snprintf(op, sizeof op, "readProcessMemory(%lld, ranges %lld-%lld)", (long long)pid, (long long)i, (long long)(i + k - 1));
-      if (got < 0) throw_sys(env, op, "process_vm_readv", errno);
-      else throw_io(env, "%s: process_vm_readv copied %zd of %zu bytes (a range not mapped)", op, got, want);
+      snprintf(op, sizeof op, "%s(%lld, ranges %lld-%lld)", fn, (long long)pid, (long long)i, (long long)(i + k - 1));
+      if (got < 0) throw_sys(env, op, write ? "process_vm_writev" : "process_vm_readv", errno);
+      else throw_io(env, "%s: %s copied %zd of %zu bytes (a range not mapped)", op, write ? "process_vm_writev" : "process_vm_readv", got, want);
       return NULL;
     }
     dst += want;
@@ -284,3 +295,6 @@ napi_value ReadProcessMemory(napi_env env, napi_callback_info info) {
   napi_create_double(env, (double)total, &r);
   return r;
 }
+
+napi_value ReadProcessMemory(napi_env env, napi_callback_info info) { return process_memory(env, info, 0); }
+napi_value WriteProcessMemory(napi_env env, napi_callback_info info) { return process_memory(env, info, 1); }

@@ -227,3 +227,14 @@ export function blockRuns(runs: WrittenRuns, blockSize: number, limit: number): 
   for (let i = 1; i < out.length; i += 2) bytes += out[i] as number;
   return { pairs: Float64Array.from(out), count: out.length / 2, bytes };
 }
+
+/**
+ * Writes a whole RAM image into QEMU pid, started with trackedRamArgs and `-incoming defer` (its
+ * RAM is skipped by the device-state stream that follows: x-ignore-shared). Throws
+ * ERR_INVALID_ARGUMENT when the image's size is not the RAM's.
+ */
+export function writeTrackedRam(pid: number, image: Buffer, io: NativeIo = nativeIo()): void {
+  const { start, length } = trackedRamMapping(pid);
+  if (image.length !== length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `a RAM image of ${image.length} bytes does not fit QEMU ${pid}'s RAM of ${length} bytes`);
+  io.writeProcessMemory(pid, Float64Array.of(start, length), 1, image, 0);
+}
