@@ -17,11 +17,14 @@
  *            pages read, widened to `--block-kib` blocks, the unit an incremental image would
  *            keep), then `stop`, one more round (what was written since: the pause's copy), the
  *            device state alone saved by `migrate` with x-ignore-shared to a socket this process
- *            reads, `cont`; then every block read and the device state SHA-256'd.
+ *            reads, `cont`; then every block read SHA-256'd on the thread pool. As an agent would
+ *            run it, the rounds before the stop are done for both VMs before either stops (the
+ *            begin, ahead of the cut), so one VM's reads never fall inside the other's pause.
  * Rounds alternate between the pair, both VMs of a pair at once, one round every `--every-ms`.
  * Per snapshot: the pause (QEMU's STOP → RESUME event timestamps), the wall time (stop → last
  * byte hashed), the bytes captured, and the CPU it cost: QEMU's threads other than its vCPUs
- * (/proc/PID/task/TID/schedstat) plus this process's own (process.cpuUsage), over the snapshot.
+ * (/proc/PID/task/TID/schedstat) over the snapshot, plus this process's own over the round
+ * (process.cpuUsage) shared out evenly between the round's VMs.
  * Over the whole run, each guest's memory-load progress (pages touched per second, from its
  * VNSTAT lines): what tracking and snapshots cost the guests.
  *
@@ -32,7 +35,7 @@
  * a temporary directory; every QEMU is killed on exit, also on failure or SIGINT.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -181,6 +184,11 @@ async function hashingSink(sock: string): Promise<{ done: Promise<{ bytes: numbe
   return { done, close: () => (server.close(), fs.rmSync(sock, { force: true })) };
 }
 
+/** Event waits a failure may leave unawaited: their rejection at cleanup must not hide the failure. */
+function handled(...ps: Promise<unknown>[]): void {
+  for (const p of ps) p.catch(() => undefined);
+}
+
 async function pauseOf(stop: Promise<QmpEvent>, resume: Promise<QmpEvent>): Promise<number> {
   const [s, e] = await Promise.all([stop, resume]);
   return (e.timestampUs - s.timestampUs) / 1000;
@@ -191,66 +199,99 @@ async function qemuShot(g: Guest): Promise<Shot> {
   const sink = await hashingSink(path.join(g.dir, 'snap.sock'));
   try {
     const cpu0 = qemuNonVcpuS(g.proc.pid as number);
-    const own0 = ownCpuS();
     const stop = g.qmp.waitEvent('STOP', undefined, 30_000);
     const resume = g.qmp.waitEvent('RESUME', undefined, 60_000);
     const end = g.qmp.waitEvent('MIGRATION', (d) => ['completed', 'failed', 'cancelled'].includes(String(d.status)), 300_000);
+    handled(stop, resume, end);
     const t0 = performance.now();
     await Promise.all([g.qmp.execute('stop'), g.qmp.execute('migrate', { uri: `unix:${path.join(g.dir, 'snap.sock')}` })]);
     const st = await end;
     if (st.data.status !== 'completed') throw new Error(`${g.name}: background snapshot ${String(st.data.status)}`);
     const got = await sink.done;
     const pauseMs = await pauseOf(stop, resume);
-    return { pauseMs, wallMs: got.end - t0, bytes: got.bytes, cpuS: qemuNonVcpuS(g.proc.pid as number) - cpu0 + ownCpuS() - own0 };
+    return { pauseMs, wallMs: got.end - t0, bytes: got.bytes, cpuS: qemuNonVcpuS(g.proc.pid as number) - cpu0 };
   } finally {
     sink.close();
   }
 }
 
-/** The tracked capture of g: stop, scan, read the written blocks, save the device state, cont; then hash. */
-async function trackedShot(g: Guest, blockSize: number, preRounds: number): Promise<Shot> {
+/** Blocks read by a tracked capture's rounds. */
+interface Capture {
+  bufs: Buffer[];
+  bytes: number;
+  t0: number;
+  cpu0: number;
+}
+
+/** One round of a tracked capture: the runs written since the last scan, widened to blocks, read now. */
+function captureRound(g: Guest, c: Capture, blockSize: number): Buffer {
   const t = g.tracker as RamWriteTracker;
+  const blocks = blockRuns(t.scan(), blockSize, t.length);
+  const buf = Buffer.allocUnsafe(blocks.bytes);
+  t.read(blocks, buf);
+  c.bufs.push(buf);
+  c.bytes += blocks.bytes;
+  return buf;
+}
+
+/**
+ * The tracked capture's begin, as an agent would run it ahead of the cut: `preRounds` rounds with
+ * the guest running. Done for every VM before any VM stops, so one VM's reads never fall inside
+ * another's pause.
+ */
+function trackedBegin(g: Guest, blockSize: number, preRounds: number): Capture {
+  const c: Capture = { bufs: [], bytes: 0, t0: performance.now(), cpu0: qemuNonVcpuS(g.proc.pid as number) };
+  for (let i = 0; i < preRounds; i++) captureRound(g, c, blockSize);
+  return c;
+}
+
+/**
+ * The tracked capture's cut: `stop`, the last round, the device state alone (x-ignore-shared), `cont`;
+ * then every block read SHA-256'd on the thread pool (webcrypto), as a store's hashing worker would.
+ */
+async function trackedCut(g: Guest, c: Capture, blockSize: number): Promise<Shot> {
   const sink = await hashingSink(path.join(g.dir, 'dev.sock'));
   try {
-    const cpu0 = qemuNonVcpuS(g.proc.pid as number);
-    const own0 = ownCpuS();
     const stop = g.qmp.waitEvent('STOP', undefined, 30_000);
     const resume = g.qmp.waitEvent('RESUME', undefined, 60_000);
     const end = g.qmp.waitEvent('MIGRATION', (d) => ['completed', 'failed', 'cancelled'].includes(String(d.status)), 60_000);
-    const t0 = performance.now();
-    // The rounds before the stop, while the guest runs: what they read, a later round reads again if written since.
-    const bufs: Buffer[] = [];
-    let bytes = 0;
-    const round = (): void => {
-      const blocks = blockRuns(t.scan(), blockSize, t.length);
-      const buf = Buffer.allocUnsafe(blocks.bytes);
-      t.read(blocks, buf);
-      bufs.push(buf);
-      bytes += blocks.bytes;
-    };
-    for (let i = 0; i < preRounds; i++) round();
+    handled(stop, resume, end);
     const tStop = performance.now();
     await g.qmp.execute('stop');
     const tStopped = performance.now();
-    round();
+    const last = captureRound(g, c, blockSize);
     const tRead = performance.now();
     await g.qmp.execute('migrate', { uri: `unix:${path.join(g.dir, 'dev.sock')}` });
     const st = await end;
     if (st.data.status !== 'completed') throw new Error(`${g.name}: device state ${String(st.data.status)}`);
     const tSaved = performance.now();
     await g.qmp.execute('cont');
-    for (const buf of bufs) for (let off = 0; off < buf.length; off += blockSize) createHash('sha256').update(buf.subarray(off, off + blockSize)).digest();
+    const hashes: Promise<ArrayBuffer>[] = [];
+    for (const buf of c.bufs) for (let off = 0; off < buf.length; off += blockSize) hashes.push(webcrypto.subtle.digest('SHA-256', buf.subarray(off, off + blockSize)));
+    await Promise.all(hashes);
     const dev = await sink.done;
-    const wallMs = Math.max(dev.end, performance.now()) - t0;
+    const wallMs = Math.max(dev.end, performance.now()) - c.t0;
     const pauseMs = await pauseOf(stop, resume);
-    const finalBytes = bufs.at(-1)?.length ?? 0;
     return {
-      pauseMs, wallMs, bytes: bytes + dev.bytes, cpuS: qemuNonVcpuS(g.proc.pid as number) - cpu0 + ownCpuS() - own0,
-      split: { preMs: tStop - t0, stopMs: tStopped - tStop, finalReadMs: tRead - tStopped, finalMiB: finalBytes / 1048576, deviceStateMs: tSaved - tRead, deviceStateKiB: dev.bytes / 1024 },
+      pauseMs, wallMs, bytes: c.bytes + dev.bytes, cpuS: qemuNonVcpuS(g.proc.pid as number) - c.cpu0,
+      split: { preMs: tStop - c.t0, stopMs: tStopped - tStop, finalReadMs: tRead - tStopped, finalMiB: last.length / 1048576, deviceStateMs: tSaved - tRead, deviceStateKiB: dev.bytes / 1024 },
     };
   } finally {
     sink.close();
   }
+}
+
+/** One round of `mode` over its VMs at once; this process's CPU over the round shared out evenly. */
+async function round(mode: Guest['mode'], vms: Guest[], o: Options): Promise<Shot[]> {
+  const own0 = ownCpuS();
+  let shots: Shot[];
+  if (mode === 'qemu') shots = await Promise.all(vms.map((g) => qemuShot(g)));
+  else {
+    const begun = vms.map((g) => trackedBegin(g, o.blockKib * 1024, o.preRounds));
+    shots = await Promise.all(vms.map((g, i) => trackedCut(g, begun[i] as Capture, o.blockKib * 1024)));
+  }
+  const own = (ownCpuS() - own0) / vms.length;
+  return shots.map((x) => ({ ...x, cpuS: x.cpuS + own }));
 }
 
 /** Pages the guest's memory load touched per second between its first and last VNSTAT line of the run. */
@@ -288,14 +329,14 @@ async function main(): Promise<void> {
       return fs.existsSync(log) && fs.readFileSync(log, 'utf8').includes('VNGUEST-READY');
     }), { timeoutMs: 180_000, everyMs: 250 });
     // One round of each first (not counted): the tracked guests' first scan holds all of their boot.
-    for (const g of pairs.tracked) await trackedShot(g, o.blockKib * 1024, o.preRounds);
-    for (const g of pairs.qemu) await qemuShot(g);
+    await round('tracked', pairs.tracked, o);
+    await round('qemu', pairs.qemu, o);
     const uptimeAtStart = Math.max(...guests.map((g) => serialStatuses(guestFiles(g.dir).serialLog).at(-1)?.uptime_ms ?? 0));
     const shots = { qemu: [] as Shot[], tracked: [] as Shot[] };
     for (let r = 0; r < o.rounds; r++) {
       for (const mode of ['qemu', 'tracked'] as const) {
         const t0 = performance.now();
-        const one = await Promise.all(pairs[mode].map((g) => (mode === 'qemu' ? qemuShot(g) : trackedShot(g, o.blockKib * 1024, o.preRounds))));
+        const one = await round(mode, pairs[mode], o);
         shots[mode].push(...one);
         const sp = one.map((x) => x.split).filter((x) => x !== undefined);
         if (sp.length) say(`    tracked split: ${sp.map((x) => `pre ${x.preMs.toFixed(1)} stop ${x.stopMs.toFixed(1)} final ${x.finalReadMs.toFixed(1)} ms/${x.finalMiB.toFixed(2)} MiB, device state ${x.deviceStateMs.toFixed(1)} ms/${x.deviceStateKiB.toFixed(0)} KiB`).join('; ')}`);
