@@ -19,7 +19,8 @@
         "switch/native/cdc.c",
         "switch/native/sha256x2.c",
         "switch/native/bytes.c",
-        "switch/native/sched.c"
+        "switch/native/sched.c",
+        "switch/native/ram_track.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
@@ -32,6 +33,13 @@
       "sources": ["agent/native/xen-relay.c"],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
+    },
+    {
+      "target_name": "vnsnap-uffd-preload",
+      "type": "shared_library",
+      "sources": ["agent/native/uffd-preload.c"],
+      "cflags!": ["-O3"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11", "-fPIC"]
     },
     {
       "target_name": "vnsnap-thp-collapse",

@@ -207,13 +207,44 @@ export interface NativeIo {
    * ERR_NATIVE_IO with the errno's code (EPERM, ESRCH, EINVAL) and changes nothing when refused.
    */
   setThreadPolicy(tid: number, policy: 0 | 1, priority: number): void;
+  /**
+   * Whether this kernel has asynchronous userfaultfd write protection and PAGEMAP_SCAN (Linux
+   * 6.7 or later; native/ram_track.c): probed on a userfaultfd of the caller's own.
+   */
+  uffdWriteTrackingAvailable(): boolean;
+  /** A copy of process `pid`'s descriptor `targetFd` (pidfd_getfd(2)); closed with close(). */
+  uffdAdopt(pid: number, targetFd: number): number;
+  /**
+   * Asynchronous write protection on userfaultfd `ufd` over [start, start+length) of its address
+   * space (page-aligned), the whole range protected now: every later write to a page is resolved
+   * by the kernel alone and leaves the page "written" until the next scan. 'adopted' when the
+   * descriptor was enabled before (by an earlier agent): the range's protection is left as that
+   * agent left it, so the next scan reports every page written since its last scan. Throws
+   * ERR_NATIVE_IO when refused.
+   */
+  uffdTrackWrites(ufd: number, start: number, length: number): 'new' | 'adopted';
+  /**
+   * One PAGEMAP_SCAN over [start, start+length) of the process whose /proc/PID/pagemap is
+   * `pagemapFd`: the runs of pages written since last protected, as (offset from start, length)
+   * pairs into `out`, each protected again in the same walk. Stops when `out` is full: everything
+   * before `walkEnd` is reported and protected again (start + length when the walk is complete).
+   */
+  pagemapScanWritten(pagemapFd: number, start: number, length: number, out: Float64Array): { regions: number; walkEnd: number };
+  /**
+   * Copies `count` (address, length) pairs of `ranges` from process `pid`'s memory back to back
+   * into buf[offset, ...] (process_vm_readv(2)); the bytes copied. Throws ERR_NATIVE_IO on a
+   * refusal or a short copy (a range not mapped), RangeError when they do not fit.
+   */
+  readProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
+  /** readProcessMemory the other way: buf[offset, ...] into the ranges of process `pid` (process_vm_writev(2)). */
+  writeProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
 }
 
 /**
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 7;
+export const NATIVE_INTERFACE_VERSION = 8;
 
 let loaded: NativeIo | undefined;
 

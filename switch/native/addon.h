@@ -36,7 +36,7 @@ struct send_arena;
  * 6: zstdCompress, zstdDecompress, cdcCuts (the snapshot store: proto/store/store-native.ts).
  * 7: setThreadPolicy (a thread's scheduling policy: the QEMU driver's pause boost).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 7
+#define VNSNAP_IO_INTERFACE_VERSION 8
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -71,7 +71,10 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(sha256x2Available, Sha256x2Available) X(sha256Reset, Sha256Reset)                          \
   X(sha256Pair, Sha256Pair) X(sha256Final, Sha256Final)                 /* sha256x2.c */       \
   X(copyBytes, CopyBytes) X(keepFromChildren, KeepFromChildren)        /* bytes.c */          \
-  X(setThreadPolicy, SetThreadPolicy)                                   /* sched.c */
+  X(setThreadPolicy, SetThreadPolicy)                                   /* sched.c */          \
+  X(uffdWriteTrackingAvailable, UffdWriteTrackingAvailable) X(uffdAdopt, UffdAdopt)              \
+  X(uffdTrackWrites, UffdTrackWrites) X(pagemapScanWritten, PagemapScanWritten)                  \
+  X(readProcessMemory, ReadProcessMemory) X(writeProcessMemory, WriteProcessMemory) /* ram_track.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)
