@@ -264,6 +264,9 @@ async function trackedCut(g: Guest, c: Capture, blockSize: number): Promise<Shot
     await g.qmp.execute('migrate', { uri: `unix:${path.join(g.dir, 'dev.sock')}` });
     const st = await end;
     if (st.data.status !== 'completed') throw new Error(`${g.name}: device state ${String(st.data.status)}`);
+    // QEMU emits the completion before its cleanup moves the VM out of finish-migrate, and refuses
+    // `cont` until then ("Migration is not finalized yet"): no event marks that step.
+    await until(`${g.name} out of finish-migrate`, async () => (await g.qmp.execute<{ status: string }>('query-status')).status !== 'finish-migrate', { timeoutMs: 10_000, everyMs: 1 });
     const tSaved = performance.now();
     await g.qmp.execute('cont');
     const hashes: Promise<ArrayBuffer>[] = [];
