@@ -227,7 +227,6 @@ napi_value PagemapScanWritten(napi_env env, napi_callback_info info) {
     }
     if (a.walk_end <= pos) break; /* no progress: should not happen; never loop forever */
     pos = a.walk_end;
-    if ((size_t)got < a.vec_len && pos < end) continue; /* stopped for another reason: go on */
   }
   napi_value r, v;
   napi_create_object(env, &r);
