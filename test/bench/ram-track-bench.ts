@@ -306,10 +306,15 @@ function memRate(g: Guest, fromMs: number): number | null {
   return Math.round(((b.mem.pages_touched - a.mem.pages_touched) * 1000) / (b.uptime_ms - a.uptime_ms));
 }
 
+/** Every guest stopped, each whatever the others' failures. */
 async function cleanup(): Promise<void> {
   for (const g of guests) {
-    g.tracker?.close();
-    g.qmp?.close();
+    try {
+      g.tracker?.close();
+      g.qmp?.close();
+    } catch {
+      /* closing a broken connection: the process is stopped below all the same */
+    }
     await stopChild(g.proc);
   }
 }
@@ -391,6 +396,10 @@ async function main(): Promise<void> {
 }
 
 process.on('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+// Whatever ends this process (a crash included), no guest outlives it.
+process.on('exit', () => {
+  for (const g of guests) if (g.proc.exitCode === null && g.proc.signalCode === null) g.proc.kill('SIGKILL');
+});
 main().catch(async (e: unknown) => {
   say(`${NAME}: ${e instanceof Error ? e.message : String(e)}`);
   await cleanup();
