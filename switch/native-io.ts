@@ -226,8 +226,9 @@ export interface NativeIo {
   /**
    * One PAGEMAP_SCAN over [start, start+length) of the process whose /proc/PID/pagemap is
    * `pagemapFd`: the runs of pages written since last protected, as (offset from start, length)
-   * pairs into `out`, each protected again in the same walk. Stops when `out` is full: everything
-   * before `walkEnd` is reported and protected again (start + length when the walk is complete).
+   * pairs into `out`, each protected again in the same walk. Stops when `out` is full or after 512
+   * runs: everything before `walkEnd` is reported and protected again (start + length when the
+   * walk is complete).
    */
   pagemapScanWritten(pagemapFd: number, start: number, length: number, out: Float64Array): { regions: number; walkEnd: number };
   /**

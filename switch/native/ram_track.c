@@ -22,8 +22,8 @@
  *        one PAGEMAP_SCAN ioctl on /proc/PID/pagemap: the runs of pages written since they were
  *        last protected, as (offset from start, length) pairs into out, each run protected again
  *        in the same walk (atomically: a write after the walk passed a page is seen next time).
- *        The walk stops when out is full; walkEnd is where it stopped (start + length when done),
- *        and everything before walkEnd is reported and protected again.
+ *        The walk stops when out is full or after 512 runs; walkEnd is where it stopped (start +
+ *        length when done), and everything before walkEnd is reported and protected again.
  *   readProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number
  *        copies `count` (address, length) ranges of process pid's memory back to back into
  *        buf[offset ...] with process_vm_readv(2) (IOV_MAX ranges per call); the bytes copied.
@@ -193,41 +193,32 @@ napi_value PagemapScanWritten(napi_env env, napi_callback_info info) {
     throw_range(env, "pagemapScanWritten: out must hold at least one (offset, length) pair");
     return NULL;
   }
+  /* One walk: the kernel already joins adjacent written pages into one region; the caller joins
+   * a run its walks' ends cut in two (ram-track.ts). */
   struct vn_page_region vec[SCAN_VEC];
-  uint64_t pos = (uint64_t)start, end = (uint64_t)(start + len);
-  size_t n = 0;
-  while (pos < end && n < max_regions) {
-    size_t room = max_regions - n;
-    struct vn_pm_scan_arg a = {
-        .size = sizeof a,
-        .flags = VN_PM_SCAN_WP_MATCHING | VN_PM_SCAN_CHECK_WPASYNC,
-        .start = pos,
-        .end = end,
-        .vec = (uint64_t)(uintptr_t)vec,
-        .vec_len = room < SCAN_VEC ? room : SCAN_VEC,
-        .category_mask = VN_PAGE_IS_WRITTEN,
-        .return_mask = VN_PAGE_IS_WRITTEN,
-    };
-    long got = ioctl(fd, VN_PAGEMAP_SCAN, &a);
-    if (got < 0) {
-      char op[80];
-      snprintf(op, sizeof op, "pagemapScanWritten(%d, 0x%llx)", fd, (unsigned long long)start);
-      throw_sys(env, op, "PAGEMAP_SCAN", errno);
-      return NULL;
-    }
-    for (long i = 0; i < got; i++) {
-      uint64_t s = vec[i].start, e = vec[i].end;
-      if (n > 0 && (uint64_t)(start + out[2 * n - 2] + out[2 * n - 1]) == s) {
-        out[2 * n - 1] += (double)(e - s); /* continues the previous run */
-      } else {
-        out[2 * n] = (double)(s - (uint64_t)start);
-        out[2 * n + 1] = (double)(e - s);
-        n++;
-      }
-    }
-    if (a.walk_end <= pos) break; /* no progress: should not happen; never loop forever */
-    pos = a.walk_end;
+  uint64_t end = (uint64_t)(start + len);
+  struct vn_pm_scan_arg a = {
+      .size = sizeof a,
+      .flags = VN_PM_SCAN_WP_MATCHING | VN_PM_SCAN_CHECK_WPASYNC,
+      .start = (uint64_t)start,
+      .end = end,
+      .vec = (uint64_t)(uintptr_t)vec,
+      .vec_len = max_regions < SCAN_VEC ? max_regions : SCAN_VEC,
+      .category_mask = VN_PAGE_IS_WRITTEN,
+      .return_mask = VN_PAGE_IS_WRITTEN,
+  };
+  long n = ioctl(fd, VN_PAGEMAP_SCAN, &a);
+  if (n < 0) {
+    char op[80];
+    snprintf(op, sizeof op, "pagemapScanWritten(%d, 0x%llx)", fd, (unsigned long long)start);
+    throw_sys(env, op, "PAGEMAP_SCAN", errno);
+    return NULL;
   }
+  for (long i = 0; i < n; i++) {
+    out[2 * i] = (double)(vec[i].start - (uint64_t)start);
+    out[2 * i + 1] = (double)(vec[i].end - vec[i].start);
+  }
+  uint64_t pos = a.walk_end;
   napi_value r, v;
   napi_create_object(env, &r);
   napi_create_uint32(env, (uint32_t)n, &v);

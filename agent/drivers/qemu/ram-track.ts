@@ -33,8 +33,8 @@ import { VnsnapError } from '../../../proto/core/errors';
 import { nativeIo, type NativeIo } from '../../../switch/native-io';
 import { builtProgram } from '../exec';
 
-/** The RAM backend's id and the name of its mapping in /proc/PID/maps. */
-export const TRACKED_RAM_ID = 'pc.ram';
+/** The RAM backend's id: the RAM block QEMU names when given `-m` alone. */
+const TRACKED_RAM_ID = 'pc.ram';
 /** QEMU 7.2 names every memfd it creates for a backend after the backend's type, not its id. */
 const MAPPING_NAME = '/memfd:memory-backend-memfd (deleted)';
 const PAGE = 4096;
@@ -44,14 +44,12 @@ export function trackedRamArgs(sizeKib: number): string[] {
   return ['-object', `memory-backend-memfd,id=${TRACKED_RAM_ID},size=${sizeKib}k,share=on`, '-machine', `memory-backend=${TRACKED_RAM_ID}`];
 }
 
-/** The preloaded library that creates QEMU's userfaultfd (agent/native/uffd-preload.c), or null when not built. */
-export function uffdPreloadLibrary(): string | null {
-  return builtProgram('vnsnap-uffd-preload.so');
-}
-
-/** QEMU's environment additions for tracking; throws ERR_FAILED_PRECONDITION when the library is not built. */
+/**
+ * QEMU's environment additions for tracking: the preloaded library that creates its userfaultfd
+ * (agent/native/uffd-preload.c). Throws ERR_FAILED_PRECONDITION when the library is not built.
+ */
 export function trackedRamEnv(): Record<string, string> {
-  const lib = uffdPreloadLibrary();
+  const lib = builtProgram('vnsnap-uffd-preload.so');
   if (!lib) throw new VnsnapError('ERR_FAILED_PRECONDITION', 'vnsnap-uffd-preload.so is not built: run `npm install` (it builds the native parts)');
   return { LD_PRELOAD: lib };
 }
@@ -80,7 +78,7 @@ export function trackedRamMapping(pid: number, maps = fs.readFileSync(`/proc/${p
 }
 
 /** The descriptor number of the userfaultfd in process pid (the preloaded library's: the lowest). */
-export function preloadedUffd(pid: number): number {
+function preloadedUffd(pid: number): number {
   const dir = `/proc/${pid}/fd`;
   const fds = fs.readdirSync(dir).map(Number).sort((a, b) => a - b);
   for (const fd of fds) {
@@ -96,7 +94,6 @@ export function preloadedUffd(pid: number): number {
 }
 
 export class RamWriteTracker {
-  private readonly io: NativeIo;
   private out = new Float64Array(2 * 1024);
   private closed = false;
 
@@ -108,10 +105,8 @@ export class RamWriteTracker {
     private readonly pagemap: number,
     /** 'adopted' when an earlier agent had set the descriptor up: the first scan then reports every page written since that agent's last scan. */
     readonly how: 'new' | 'adopted',
-    io: NativeIo,
-  ) {
-    this.io = io;
-  }
+    private readonly io: NativeIo,
+  ) {}
 
   /**
    * Starts tracking QEMU pid's RAM. The first tracker of a QEMU protects the whole RAM (every page
@@ -183,7 +178,7 @@ export class RamWriteTracker {
     return this.read({ pairs: Float64Array.of(0, this.length), count: 1, bytes: this.length }, buf, 0);
   }
 
-  /** Stops using the descriptors (QEMU's RAM stays registered; a later start protects it anew). */
+  /** Stops using the descriptors (QEMU's RAM stays registered and protected; a later start adopts both). */
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -201,9 +196,6 @@ export class RamWriteTracker {
     if (this.closed) throw new VnsnapError('ERR_STATE', `the RAM write tracker of QEMU ${this.pid} is closed`);
   }
 }
-
-/** Page size of the tracked RAM (runs are multiples of it). */
-export const TRACKED_PAGE_SIZE = PAGE;
 
 /**
  * The runs widened to whole blocks of `blockSize` bytes (a power of two, at least a page) and
