@@ -74,6 +74,53 @@ export interface ArtefactWriter {
   abort(): Promise<void>;
 }
 
+/**
+ * The attribute a block image carries (createBlockImage): its `sha256` is not the SHA-256 of its
+ * bytes but of its chunk list (cas-index.ts chunkListSha256, the same value as
+ * CHUNK_LIST_ATTRIBUTE): hashing the whole image again at every snapshot is the pass a block
+ * image exists to avoid. Value: DIGEST_CHUNK_LIST.
+ */
+export const DIGEST_ATTRIBUTE = 'store.digest';
+export const DIGEST_CHUNK_LIST = 'chunk-list';
+
+/** What createBlockImage() makes: an image of `size` bytes kept as fixed blocks, then a tail. */
+export interface BlockImageOptions {
+  /** Bytes of the blocks together (the guest RAM): a multiple of blockSize. */
+  size: number;
+  /** Bytes per block: a power of two, 4 KiB .. 1 MiB; each block is one chunk of the store. */
+  blockSize: number;
+  /**
+   * A committed block image of the same size and blockSize: every block not put is named again
+   * from it, without being read or hashed. ERR_NOT_FOUND when absent, ERR_FAILED_PRECONDITION
+   * when it is not a block image of this size and blockSize.
+   */
+  base?: string;
+}
+
+/**
+ * A block image being written (an incremental memory image: docs/incremental-memory.md). Its
+ * bytes, as read() streams them, are the blocks in order, then the tail. Either absent or
+ * complete, like every artefact.
+ */
+export interface BlockImageWriter {
+  readonly path: string;
+  /**
+   * Block `index` is `data` (exactly blockSize bytes); putting an index again replaces it (the
+   * later data wins). The caller may reuse `data` once the promise settled.
+   */
+  putBlock(index: number, data: Uint8Array): Promise<void>;
+  /** The bytes after the blocks (a QEMU device state); at most once; none when never called. */
+  setTail(data: Uint8Array): Promise<void>;
+  /**
+   * Make the artefact visible. ERR_FAILED_PRECONDITION naming the first block that was neither
+   * put nor found in a base. The result's sha256 is its chunk list's SHA-256 and its attributes
+   * hold CHUNK_LIST_ATTRIBUTE and DIGEST_ATTRIBUTE = DIGEST_CHUNK_LIST.
+   */
+  commit(): Promise<StoredArtefact>;
+  /** Drop what was written (idempotent; a no-op after commit). */
+  abort(): Promise<void>;
+}
+
 export interface SnapshotStore {
   /** A writer for a new artefact (an existing one of that path is replaced at commit). */
   create(relPath: string): Promise<ArtefactWriter>;
@@ -105,6 +152,11 @@ export interface SnapshotStore {
   delete(relPath: string): Promise<void>;
   /** Delete every artefact (and unfinished write) under prefix; returns how many artefacts were removed. */
   deleteByPrefix(prefix: string): Promise<number>;
+  /**
+   * A writer for a block image (BlockImageOptions, BlockImageWriter). Only a content-addressed
+   * store has it: a caller falls back to create() with the whole image where it is absent.
+   */
+  createBlockImage?(relPath: string, o: BlockImageOptions): Promise<BlockImageWriter>;
   /** Release what the store holds open (an S3 client's connections); unusable afterwards. Optional. */
   close?(): void;
 }
