@@ -28,21 +28,14 @@
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerEngine, ChunkerParams } from './chunker';
 import { InlineChunkHasher, type ChunkHasher, type HashedChunks } from './chunk-hasher';
-import type { Codec } from './chunk-codec';
-import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { ChunkSink, type PackSettings, type WriteStats } from './chunk-sink';
 import type { ObjectBackend } from './object-backend';
-import type { PackMap } from './pack-map';
-import { PackWriter, type PackJob, type WriteProfile } from './pack-writer';
+import type { WriteProfile } from './pack-writer';
 import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
 
 export type { WriteProfile } from './pack-writer';
-
-/** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
-export interface WriteStats {
-  chunks: number;
-  newChunks: number;
-  newBytes: number;
-}
+export type { WriteStats } from './chunk-sink';
 
 export interface CasWriterOptions {
   backend: ObjectBackend;
@@ -53,7 +46,7 @@ export interface CasWriterOptions {
   hasher?: ChunkHasher;
   concurrency: number;
   /** Store new chunks in packs of about targetBytes, `uploads` in flight (not `concurrency`), registered in map; else one object per chunk. */
-  packs?: { map: PackMap; targetBytes: number; uploads: number; codec?: Codec };
+  packs?: PackSettings;
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
@@ -69,11 +62,8 @@ export class CasWriter implements ArtefactWriter {
   private readonly hasher: ChunkHasher;
   private size = 0;
   private readonly chunks: ChunkRef[] = [];
-  private readonly seen = new Set<string>();
-  private readonly inflight = new Set<Promise<void>>();
   private finished = false;
-  private readonly packer: PackWriter | null;
-  readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
+  private readonly sink: ChunkSink;
   readonly profile: WriteProfile = { hashMs: 0, chunkMs: 0, chunkHashMs: 0, compressMs: 0, putMs: 0, flushMs: 0, packs: 0 };
 
   constructor(
@@ -81,7 +71,13 @@ export class CasWriter implements ArtefactWriter {
     private readonly o: CasWriterOptions,
   ) {
     this.hasher = o.hasher ?? new InlineChunkHasher(o.chunker, o.engine ?? 'auto');
-    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec, this.profile) : null;
+    // An upload's failure is the writer's: the next step fails with it.
+    this.sink = new ChunkSink({ backend: o.backend, concurrency: o.concurrency, ...(o.packs ? { packs: o.packs } : {}), profile: this.profile, wrap: (e) => (this.failure ??= this.wrap(e, 'writing')) });
+  }
+
+  /** Chunks named, and chunks and bytes added to the store so far. */
+  get stats(): WriteStats {
+    return this.sink.stats;
   }
 
   get bytes(): number {
@@ -125,11 +121,7 @@ export class CasWriter implements ArtefactWriter {
     return this.step(async () => {
       const last = await this.hasher.end();
       await this.storeAll(last);
-      const tail = this.packer?.seal();
-      if (tail) await this.launch(tail);
-      await this.drain();
-      await this.packer?.flush();
-      this.packer?.locate();
+      await this.sink.finish();
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: last.artefactSha256 };
       await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
@@ -148,7 +140,7 @@ export class CasWriter implements ArtefactWriter {
     this.failure ??= this.ended();
     this.hasher.close();
     await this.chain;
-    await Promise.allSettled([...this.inflight]);
+    await this.sink.settle();
     await this.finish();
   }
 
@@ -174,53 +166,9 @@ export class CasWriter implements ArtefactWriter {
     return p;
   }
 
-  /** Hash a closed chunk, list it, and store it unless this writer already did. */
+  /** List a closed chunk and store it (chunk-sink.ts). */
   private async store(chunk: Buffer, sha: string): Promise<void> {
-    const ref: ChunkRef = { sha256: sha, size: chunk.length };
-    this.chunks.push(ref);
-    this.stats.chunks++;
-    if (this.packer) {
-      const job = this.packer.place(ref, chunk);
-      if (job) await this.launch(job);
-      return;
-    }
-    if (this.seen.has(sha)) return;
-    this.seen.add(sha);
-    const own = chunk.buffer instanceof SharedArrayBuffer ? Buffer.from(chunk) : chunk; // lent: the upload outlives the write
-    await this.launch(() => this.upload(sha, own));
-  }
-
-  /** Start an upload once fewer than `concurrency` are in flight; its failure fails the writer. */
-  private async launch(job: PackJob | (() => Promise<void>)): Promise<void> {
-    const limit = this.o.packs?.uploads ?? this.o.concurrency;
-    while (this.inflight.size >= limit) await Promise.race(this.inflight);
-    if (this.failure !== undefined) throw this.failure;
-    const p: Promise<void> = job()
-      .then((added) => {
-        if (!added) return;
-        this.stats.newChunks += added.chunks;
-        this.stats.newBytes += added.bytes;
-      })
-      .catch((e: unknown) => {
-        this.failure ??= this.wrap(e, 'writing');
-      })
-      .finally(() => this.inflight.delete(p));
-    this.inflight.add(p);
-  }
-
-  private async upload(sha: string, chunk: Buffer): Promise<void> {
-    const key = chunkKey(sha);
-    const have = await this.o.backend.head(key);
-    if (have && have.size === chunk.length) return;
-    await this.o.backend.put(key, chunk);
-    this.stats.newChunks++;
-    this.stats.newBytes += chunk.length;
-  }
-
-  /** Wait for every upload in flight; the first failure among them is thrown. */
-  private async drain(): Promise<void> {
-    while (this.inflight.size > 0) await Promise.race(this.inflight);
-    if (this.failure !== undefined) throw this.failure;
+    this.chunks.push(await this.sink.store(chunk, sha));
   }
 
   private ended(): VnsnapError {
