@@ -25,14 +25,14 @@
  *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
  *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
  */
-import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerEngine, ChunkerParams } from './chunker';
 import { InlineChunkHasher, type ChunkHasher, type HashedChunks } from './chunk-hasher';
-import { chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { attributesOf, encodeIndex, indexKey, type ChunkRef } from './cas-index';
 import { ChunkSink, type PackSettings, type WriteStats } from './chunk-sink';
 import type { ObjectBackend } from './object-backend';
 import type { WriteProfile } from './pack-writer';
-import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
+import { WriterSteps } from './writer-steps';
+import { type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
 
 export type { WriteProfile } from './pack-writer';
 export type { WriteStats } from './chunk-sink';
@@ -53,23 +53,18 @@ export interface CasWriterOptions {
   done?: () => Promise<void>;
 }
 
-export class CasWriter implements ArtefactWriter {
-  private state: 'open' | 'committed' | 'aborted' = 'open';
-  /** The last queued step (errors swallowed: each caller sees its own step's). */
-  private chain: Promise<unknown> = Promise.resolve();
-  /** The first failure; every later step fails with it. */
-  private failure: unknown;
+export class CasWriter extends WriterSteps implements ArtefactWriter {
   private readonly hasher: ChunkHasher;
   private size = 0;
   private readonly chunks: ChunkRef[] = [];
-  private finished = false;
   private readonly sink: ChunkSink;
   readonly profile: WriteProfile = { hashMs: 0, chunkMs: 0, chunkHashMs: 0, compressMs: 0, putMs: 0, flushMs: 0, packs: 0 };
 
   constructor(
-    readonly path: string,
+    path: string,
     private readonly o: CasWriterOptions,
   ) {
+    super(path, { describe: o.backend.describe, ...(o.done ? { done: o.done } : {}) });
     this.hasher = o.hasher ?? new InlineChunkHasher(o.chunker, o.engine ?? 'auto');
     // An upload's failure is the writer's: the next step fails with it.
     this.sink = new ChunkSink({ backend: o.backend, concurrency: o.concurrency, ...(o.packs ? { packs: o.packs } : {}), profile: this.profile, wrap: (e) => (this.failure ??= this.wrap(e, 'writing')) });
@@ -116,22 +111,16 @@ export class CasWriter implements ArtefactWriter {
   }
 
   commit(): Promise<StoredArtefact> {
-    if (this.state !== 'open') return Promise.reject(this.ended());
-    this.state = 'committed';
-    return this.step(async () => {
+    return this.commitStep(async () => {
       const last = await this.hasher.end();
       await this.storeAll(last);
       await this.sink.finish();
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: last.artefactSha256 };
-      await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
-      return { ...a, storedBytes: this.stats.newBytes, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(this.chunks) } };
-    }, 'committing')
-      .catch((e: unknown) => {
-        this.state = 'aborted';
-        throw e;
-      })
-      .finally(() => this.finish());
+      const index = { ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks } as const;
+      await this.o.backend.put(indexKey(this.path), encodeIndex(index));
+      return { ...a, storedBytes: this.stats.newBytes, attributes: attributesOf(index) };
+    });
   }
 
   async abort(): Promise<void> {
@@ -144,44 +133,8 @@ export class CasWriter implements ArtefactWriter {
     await this.finish();
   }
 
-  /** Tell the session this writer is over (once). */
-  private async finish(): Promise<void> {
-    if (this.finished) return;
-    this.finished = true;
-    await this.o.done?.();
-  }
-
-  /** Run `f` after every step queued before it; the first failure fails every later step. */
-  private step<T>(f: () => Promise<T>, doing: 'writing' | 'committing'): Promise<T> {
-    const p = this.chain.then(async () => {
-      if (this.failure !== undefined) throw this.failure;
-      try {
-        return await f();
-      } catch (e) {
-        this.failure ??= this.wrap(e, doing);
-        throw this.failure;
-      }
-    });
-    this.chain = p.catch(() => undefined);
-    return p;
-  }
-
   /** List a closed chunk and store it (chunk-sink.ts). */
   private async store(chunk: Buffer, sha: string): Promise<void> {
     this.chunks.push(await this.sink.store(chunk, sha));
-  }
-
-  private ended(): VnsnapError {
-    return new VnsnapError('ERR_STATE', `artefact ${this.path} is already ${this.state}`);
-  }
-
-  /** A backend failure as one line naming the artefact, keeping its code. */
-  private wrap(e: unknown, doing: 'writing' | 'committing'): unknown {
-    if (isVnsnapError(e, 'ERR_STATE') || isVnsnapError(e, 'ERR_FAILED_PRECONDITION')) return e;
-    if (isVnsnapError(e, 'ERR_STORE_FULL')) {
-      return new VnsnapError('ERR_STORE_FULL', `store is full while ${doing} ${this.path}; no index was written (chunks already stored are left for garbage collection)`, { cause: e });
-    }
-    const code = isVnsnapError(e) ? e.code : 'ERR_INTERNAL';
-    return new VnsnapError(code, `store ${this.o.backend.describe} failed while ${doing} ${this.path}: ${(e as Error).message}`, { cause: e });
   }
 }
