@@ -15,12 +15,14 @@ const chunkKeys = (m: MemoryObjects): string[] => m.keys().filter((k) => k.start
 
 snapshotStoreCompliance('CasStore over memory objects', {
   dedup: true,
+  blockImages: true,
   open: async () => new CasStore(new MemoryObjects(), { chunker: SMALL }),
   close: async () => undefined,
 });
 
 snapshotStoreCompliance('CasStore in packs over memory objects', {
   dedup: true,
+  blockImages: true,
   open: async () => new CasStore(new MemoryObjects(), { chunker: SMALL, pack: { targetBytes: 32 * KiB, rangeBytes: 16 * KiB, aheadBytes: 48 * KiB } }),
   close: async () => undefined,
 });
