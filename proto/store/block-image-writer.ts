@@ -15,8 +15,9 @@
  *   - A block not put is named by the base's entry at the same position, location included: it
  *     is not read, hashed or copied. Putting a block costs one SHA-256 of it on the caller's
  *     thread (about 40 µs for 64 KiB on this machine's CPUs: a slice short enough that the event
- *     loop stays responsive; a worker round trip would cost about as much) and one copy into the
- *     open pack (none when the store already holds it).
+ *     loop stays responsive; handing the block to the hashing worker instead costs its copy into
+ *     the message, measured at 1.0–2.6 ms of the loop for 64 blocks against 2.5 ms for hashing
+ *     them here) and one copy into the open pack (none when the store already holds it).
  *   - putBlock() of the same index again: the later call wins (steps run in call order); the
  *     earlier chunk, if new, stays stored until garbage collection frees it.
  *   - commit() fails with ERR_FAILED_PRECONDITION naming the first block neither put nor named by
