@@ -18,7 +18,8 @@
  * chunkListSha256 of its chunks, not the SHA-256 of its bytes) and the chunker `{"algo":"blocks",
  * "blockSize":B,"blocks":N}` (its first N chunks are its blocks, B bytes each, the rest its tail).
  * Only block images are written in format 4, so a vnsnap that predates them refuses one
- * (ERR_UNSUPPORTED_VERSION) rather than calling its chunk-list digest a wrong content hash. It is written only
+ * (ERR_UNSUPPORTED_VERSION) rather than calling its chunk-list digest a wrong content hash; its
+ * garbage collection stops before deleting anything. An index is written only
  * after every chunk it names is stored, so an index never names a chunk that was never written;
  * an artefact without its index does not exist. decodeIndex() refuses an index of another
  * format (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
