@@ -198,7 +198,20 @@ export class CasStore implements SnapshotStore {
     if (blockSize !== o.blockSize || n !== blocks) {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `base ${base} of block image ${relPath} has ${n} blocks of ${blockSize} bytes, not ${blocks} of ${o.blockSize}`);
     }
-    return idx.chunks.slice(0, blocks);
+    return idx.chunks.slice(0, blocks).map((c) => this.current(c));
+  }
+
+  /**
+   * A chunk reference pointing where the pack map says the chunk is now, when the pack it names
+   * is gone (garbage collection repacked it; indexes are not rewritten: docs/storage.md,
+   * "Layout"): a block image named from its base then does not carry the old location on, image
+   * after image, each read of it looking the chunk up in the tables again. Else `c` itself.
+   */
+  private current(c: ChunkRef): ChunkRef {
+    if (c.pack === undefined || this.map.hasPack(c.pack)) return c;
+    const at = this.map.find(c.sha256);
+    if (!at) return c; // read() looks again, and names it missing if it is
+    return { sha256: c.sha256, size: c.size, pack: at.pack, offset: at.offset, ...(at.codec ? { codec: at.codec, stored: at.size } : {}) };
   }
 
   /** What every writer of this store is given: where its chunks go, and its session. */

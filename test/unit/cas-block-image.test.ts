@@ -7,6 +7,7 @@ import { readDigest } from '../../proto/store/artefact-digest';
 import { chunkKey, chunkListSha256, decodeIndex, encodeIndex, indexKey, INDEX_FORMAT_BLOCKS, type ArtefactIndex } from '../../proto/store/cas-index';
 import { CasStore, type PackOptions } from '../../proto/store/cas-store';
 import { LocalObjects } from '../../proto/store/local-objects';
+import { packKey } from '../../proto/store/pack-format';
 import type { ObjectBackend } from '../../proto/store/object-backend';
 import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type BlockImageOptions, type StoredArtefact } from '../../proto/store/snapshot-store';
 import { KiB, MIN, rig } from '../support/cas-rig';
@@ -293,6 +294,20 @@ describe('CasStore block images', () => {
       for (let i = 1; i < BLOCKS; i += 2) bytes(BS, 100 + i).copy(want, i * BS);
       assert.deepEqual(await r.store.get(b.path), Buffer.concat([want, bytes(6 * KiB, 3)]));
       assert.equal(await r.store.verify(b), null);
+
+      // The repack moved chunks b names; its index still names their old packs. An image from b
+      // names them where they are now.
+      const gone = (idx: ArtefactIndex): number => {
+        const packs = new Set(r.objects.keys());
+        return idx.chunks.filter((k) => !packs.has(packKey(k.pack as string))).length;
+      };
+      assert.ok(res.packsWritten > 0 && gone(await indexOf(r.objects, b.path)) > 0, 'the collection repacked chunks of b');
+      const w3 = await r.store.createBlockImage('snapshots/s3/vm.mem', { ...OPTS, base: b.path });
+      await w3.putBlock(0, bytes(BS, 50));
+      const c = await w3.commit();
+      assert.equal(gone(await indexOf(r.objects, c.path)), 0);
+      bytes(BS, 50).copy(want, 0);
+      assert.deepEqual(await r.store.get(c.path), want);
     });
 
     it("a writer's base chunks are not swept while it is open, though every name of the base is deleted: the sweep waits for its lock and reads its index", async () => {
