@@ -12,8 +12,9 @@
  * configured. The tail (QEMU's device state) follows the blocks, cut into pieces of blockSize.
  *
  * Guarantees:
- *   - A block not put is named by the base's entry at the same position, location included: it
- *     is not read, hashed or copied. Putting a block costs one SHA-256 of it on the caller's
+ *   - A block not put is named by the base's entry at the same position, location included (the
+ *     store points it at the chunk's pack of now when a repack moved it: cas-store.ts): it is not
+ *     read, hashed or copied. Putting a block costs one SHA-256 of it on the caller's
  *     thread (about 40 µs for 64 KiB on this machine's CPUs: a slice short enough that the event
  *     loop stays responsive; handing the block to the hashing worker instead costs its copy into
  *     the message, measured at 1.0–2.6 ms of the loop for 64 blocks against 2.5 ms for hashing
