@@ -171,6 +171,17 @@ describe('CasStore block images', () => {
     assert.notEqual(await store.stat('p/a'), null);
   });
 
+  it('a full store fails the writer with ERR_STORE_FULL naming the image: no index, the session left', async () => {
+    const backend = new MemoryObjects(100 * KiB);
+    const store = new CasStore(backend, { pack: PACK });
+    const w = await store.createBlockImage('p/a', OPTS);
+    const puts = Array.from({ length: BLOCKS }, (_, i) => w.putBlock(i, bytes(BS, i + 1)).then(() => 'ok', (e: { code?: string }) => e.code));
+    assert.match(await failure(w.commit()), /^ERR_STORE_FULL: store is full while writing p\/a; no index was written/);
+    assert.ok((await Promise.all(puts)).includes('ERR_STORE_FULL'));
+    assert.equal(await store.stat('p/a'), null);
+    assert.deepEqual(backend.keys().filter((k) => k.startsWith('locks/') || k.startsWith('artefacts/')), []);
+  });
+
   it('an aborted writer writes no index and leaves its session', async () => {
     const backend = new MemoryObjects();
     const store = new CasStore(backend, { pack: PACK });
