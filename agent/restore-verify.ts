@@ -18,6 +18,10 @@
  *                     once only when the manifest recorded the artefact's chunk list
  *                     (CHUNK_LIST_ATTRIBUTE in its attributes): it is handed to the store's read(),
  *                     which then refuses an index listing other chunks and checks each chunk only.
+ *                     A block image (DIGEST_ATTRIBUTE = DIGEST_CHUNK_LIST in its attributes) records
+ *                     its chunk list's SHA-256 as its sha256: its bytes are never hashed here, and a
+ *                     read its store did not check is refused (ERR_FAILED_PRECONDITION) before its
+ *                     first byte (proto/store/artefact-digest.ts).
  *   verifyingStore    the store as a driver sees it during a restore: read() and get() of the
  *                     memory images are verifiedRead (get() too, through read()); everything else passes through
  *                     (disk layers are checked by the driver's own chain rebuild, which hands read() their chunk lists). The first read()
@@ -28,6 +32,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
+import { digestIsChunkList, uncheckable } from '../proto/store/artefact-digest';
 import { checkedClaim, type Claim } from '../proto/store/checked-read';
 import { readAhead } from '../proto/store/read-ahead';
 import { CHUNK_LIST_ATTRIBUTE, type ReadExpect, type SnapshotStore, type StoredArtefact } from '../proto/store/snapshot-store';
@@ -75,6 +80,8 @@ function mismatch(a: Expected, size: number, sha: string): VnsnapError {
  */
 export async function* verifiedRead(source: AsyncIterable<Buffer>, a: Expected): AsyncGenerator<Buffer> {
   const claim = checkedClaim(source);
+  // A block image's recorded digest is its chunk list's: only its store's checked read proves it.
+  if (!claim && digestIsChunkList(a)) throw uncheckable(a);
   const h = claim ? undefined : createHash('sha256');
   const want = Number(a.size);
   let size = 0;

@@ -6,7 +6,8 @@
  * Guarantees:
  *   - verify re-reads every byte of every artefact the snapshot's manifest lists, through the
  *     store's read() (a content-addressed store checks each chunk's size and SHA-256 as it
- *     arrives), and checks the artefact's size and SHA-256 against the manifest. A damaged,
+ *     arrives), and checks the artefact's size and SHA-256 against the manifest (a block image's
+ *     recorded digest is its chunk list's SHA-256: proto/store/artefact-digest.ts). A damaged,
  *     missing or unreadable artefact is a problem naming it (and the chunk, from the store); a
  *     manifest that is missing or fails its checksum is a problem too. The result (ok, or the
  *     problems) and the time are recorded in the catalog. A failure to reach the store
@@ -18,11 +19,11 @@
  *     to collect: refused with ERR_FAILED_PRECONDITION saying that delete frees the space.
  *   - stats on a store of whole files: stored = logical, ratio 1, no chunk count.
  */
-import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../proto/core/errors';
 import type { Clock } from '../proto/core/clock';
 import type { Logger } from '../proto/core/log';
 import { decodeManifest } from '../proto/artefacts/manifest';
+import { readDigest, digestIsChunkList } from '../proto/store/artefact-digest';
 import { CasStore } from '../proto/store/cas-store';
 import { collectGarbage, DEFAULT_GRACE_MS } from '../proto/store/cas-gc';
 import { withGcProgress } from './gc-progress';
@@ -133,22 +134,18 @@ export class StoreOps {
 
   /** Read one artefact whole; the problem with it (one line naming it), or null. */
   private async checkArtefact(store: SnapshotStore, a: Artefact__Output, read: (bytes: number) => void): Promise<string | null> {
-    const hash = createHash('sha256');
-    let size = 0;
+    let size: number;
+    let sum: string;
     try {
-      for await (const b of store.read(a.path)) {
-        hash.update(b);
-        size += b.length;
-        read(b.length);
-      }
+      // Its digest as the manifest records it: a block image's is its chunk list's SHA-256.
+      ({ size, sha256: sum } = await readDigest(store, a, read));
     } catch (e) {
       if (!isArtefactProblem(e)) throw e;
       const m = e.message;
       return m.includes(a.path) ? m : `artefact ${a.path}: ${m}`;
     }
     if (size !== Number(a.size)) return `artefact ${a.path}: ${size} bytes in the store, the manifest says ${a.size}`;
-    const sum = hash.digest('hex');
-    if (sum !== a.sha256.toLowerCase()) return `artefact ${a.path}: SHA-256 ${sum} in the store, the manifest says ${a.sha256}`;
+    if (sum !== a.sha256.toLowerCase()) return `artefact ${a.path}: ${digestIsChunkList(a) ? 'chunk list SHA-256' : 'SHA-256'} ${sum} in the store, the manifest says ${a.sha256}`;
     return null;
   }
 

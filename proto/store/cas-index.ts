@@ -13,7 +13,13 @@
  * neighbouring chunks of a pack in one ranged request; a chunk without a location is a chunk
  * object of layout 1. Format 3 (written only when a chunk is stored compressed: chunk-codec.ts)
  * adds entries [sha256, size, pack, offset, codec, stored bytes]. Formats 1 (every chunk its own
- * object) and 2 are still read, and written when they suffice. It is written only
+ * object) and 2 are still read, and written when they suffice. Format 4 is a block image's
+ * (block-image-writer.ts): entries as in format 3, plus `"digest":"chunk-list"` (its `sha256` is
+ * chunkListSha256 of its chunks, not the SHA-256 of its bytes) and the chunker `{"algo":"blocks",
+ * "blockSize":B,"blocks":N}` (its first N chunks are its blocks, B bytes each, the rest its tail).
+ * Only block images are written in format 4, so a vnsnap that predates them refuses one
+ * (ERR_UNSUPPORTED_VERSION) rather than calling its chunk-list digest a wrong content hash; its
+ * garbage collection stops before deleting anything. An index is written only
  * after every chunk it names is stored, so an index never names a chunk that was never written;
  * an artefact without its index does not exist. decodeIndex() refuses an index of another
  * format (ERR_UNSUPPORTED_VERSION) or one that is damaged (ERR_DATA_LOSS), naming the artefact.
@@ -22,11 +28,18 @@ import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
 import type { ChunkerParams } from './chunker';
 import { isCodec, type Codec } from './chunk-codec';
+import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST } from './snapshot-store';
 
 export const INDEX_FORMAT_1 = 'vnsnap-cas-index/1';
 export const INDEX_FORMAT_2 = 'vnsnap-cas-index/2';
 export const INDEX_FORMAT = 'vnsnap-cas-index/3';
-const READ_FORMATS = [INDEX_FORMAT, INDEX_FORMAT_2, INDEX_FORMAT_1];
+export const INDEX_FORMAT_BLOCKS = 'vnsnap-cas-index/4';
+const READ_FORMATS = [INDEX_FORMAT_BLOCKS, INDEX_FORMAT, INDEX_FORMAT_2, INDEX_FORMAT_1];
+/** The `digest` of a format-4 index: its sha256 is its chunk list's. */
+const CHUNK_LIST_DIGEST = DIGEST_CHUNK_LIST;
+/** Smallest and largest block of a block image (snapshot-store.ts BlockImageOptions). */
+export const MIN_BLOCK = 4096;
+export const MAX_BLOCK = 1 << 20;
 export const CHUNK_PREFIX = 'chunks/';
 export const ARTEFACT_PREFIX = 'artefacts/';
 const INDEX_SUFFIX = '.idx';
@@ -46,13 +59,27 @@ export interface ChunkRef {
 /** The bytes a chunk takes where it is stored. */
 export const storedSize = (c: ChunkRef): number => (c.codec ? (c.stored as number) : c.size);
 
+/** How a block image is cut: `blocks` chunks of `blockSize` bytes, then its tail. */
+export interface BlockLayout {
+  algo: 'blocks';
+  blockSize: number;
+  blocks: number;
+}
+
 export interface ArtefactIndex {
   path: string;
   size: number;
+  /** The SHA-256 of its bytes; of a block image (chunker.algo 'blocks'), of its chunk list. */
   sha256: string;
-  chunker: ChunkerParams & { algo: 'fastcdc-gear32' };
+  chunker: (ChunkerParams & { algo: 'fastcdc-gear32' }) | BlockLayout;
   chunks: ChunkRef[];
 }
+
+/** Whether the index is a block image's (format 4): its sha256 is its chunk list's SHA-256. */
+export const isBlockImage = (i: ArtefactIndex): i is ArtefactIndex & { chunker: BlockLayout } => i.chunker.algo === 'blocks';
+
+/** Whether `n` is a block size a block image may have: a power of two, MIN_BLOCK .. MAX_BLOCK. */
+export const isBlockSize = (n: number): boolean => Number.isInteger(n) && n >= MIN_BLOCK && n <= MAX_BLOCK && (n & (n - 1)) === 0;
 
 /**
  * The SHA-256 of a chunk list: each chunk's SHA-256 and size in order, under a format line. A
@@ -64,6 +91,15 @@ export function chunkListSha256(chunks: readonly Pick<ChunkRef, 'sha256' | 'size
   const h = createHash('sha256').update('vnsnap-chunk-list/1\n');
   for (const c of chunks) h.update(`${c.sha256} ${c.size}\n`);
   return h.digest('hex');
+}
+
+/**
+ * What the store's results say of an artefact with this index (snapshot-store.ts): its chunk
+ * list's SHA-256 (CHUNK_LIST_ATTRIBUTE; `list` when already computed), and for a block image that
+ * its sha256 is that same value (DIGEST_ATTRIBUTE = DIGEST_CHUNK_LIST).
+ */
+export function attributesOf(i: Pick<ArtefactIndex, 'chunker' | 'chunks'>, list = chunkListSha256(i.chunks)): Record<string, string> {
+  return { [CHUNK_LIST_ATTRIBUTE]: list, ...(i.chunker.algo === 'blocks' ? { [DIGEST_ATTRIBUTE]: DIGEST_CHUNK_LIST } : {}) };
 }
 
 /** The object key of the chunk with this SHA-256. */
@@ -86,11 +122,13 @@ export function pathOfIndexKey(key: string): string | null {
 /**
  * Format 1 when no chunk is in a pack (what readers before packs understand), else format 2:
  * "packs" lists the packs once, each chunk is [sha256, size] or [sha256, size, pack number, offset];
- * format 3 when a chunk is compressed: its entry is [sha256, size, pack number, offset, codec, stored].
+ * format 3 when a chunk is compressed: its entry is [sha256, size, pack number, offset, codec, stored];
+ * format 4, with any of those entries, for a block image (and only for one).
  */
 export function encodeIndex(i: ArtefactIndex): Buffer {
-  const head = { path: i.path, size: i.size, sha256: i.sha256, chunker: i.chunker };
-  if (i.chunks.every((c) => c.pack === undefined)) return Buffer.from(JSON.stringify({ format: INDEX_FORMAT_1, ...head, chunks: i.chunks.map((c) => [c.sha256, c.size]) }));
+  const blocks = isBlockImage(i);
+  const head = { path: i.path, size: i.size, sha256: i.sha256, ...(blocks ? { digest: CHUNK_LIST_DIGEST } : {}), chunker: i.chunker };
+  if (!blocks && i.chunks.every((c) => c.pack === undefined)) return Buffer.from(JSON.stringify({ format: INDEX_FORMAT_1, ...head, chunks: i.chunks.map((c) => [c.sha256, c.size]) }));
   const packs = new Map<string, number>();
   const chunks = i.chunks.map((c) => {
     if (c.pack === undefined) return [c.sha256, c.size];
@@ -98,7 +136,7 @@ export function encodeIndex(i: ArtefactIndex): Buffer {
     if (n === undefined) packs.set(c.pack, (n = packs.size));
     return c.codec ? [c.sha256, c.size, n, c.offset ?? 0, c.codec, c.stored] : [c.sha256, c.size, n, c.offset ?? 0];
   });
-  const format = i.chunks.some((c) => c.codec) ? INDEX_FORMAT : INDEX_FORMAT_2;
+  const format = blocks ? INDEX_FORMAT_BLOCKS : i.chunks.some((c) => c.codec) ? INDEX_FORMAT : INDEX_FORMAT_2;
   return Buffer.from(JSON.stringify({ format, ...head, packs: [...packs.keys()], chunks }));
 }
 
@@ -127,7 +165,7 @@ export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
     throw new VnsnapError('ERR_UNSUPPORTED_VERSION', `artefact ${relPath}: index format ${JSON.stringify(o.format)} is none of ${READ_FORMATS.join(', ')}; this vnsnap is older than the store, upgrade it`);
   }
   const packs = o.format === INDEX_FORMAT_1 ? [] : o.packs;
-  const v3 = o.format === INDEX_FORMAT;
+  const v3 = o.format === INDEX_FORMAT || o.format === INDEX_FORMAT_BLOCKS;
   if (!Array.isArray(packs) || !packs.every((p) => typeof p === 'string' && SHA.test(p))) damaged('bad pack list');
   if (o.path !== relPath) damaged(`it names ${JSON.stringify(o.path)}`);
   if (!isSize(o.size) || typeof o.sha256 !== 'string' || !SHA.test(o.sha256)) damaged('bad size or SHA-256');
@@ -147,5 +185,15 @@ export function decodeIndex(data: Buffer, relPath: string): ArtefactIndex {
     total += size;
   }
   if (total !== o.size) damaged(`chunks add up to ${total} bytes, not ${String(o.size)}`);
+  if (o.format === INDEX_FORMAT_BLOCKS) checkBlocks(o, chunks, damaged);
   return { path: relPath, size: o.size as number, sha256: o.sha256 as string, chunker: o.chunker as ArtefactIndex['chunker'], chunks };
+}
+
+/** A format-4 index is a block image's: its digest, its layout, and blocks of its block size. */
+function checkBlocks(o: Record<string, unknown>, chunks: readonly ChunkRef[], damaged: (why: string) => never): void {
+  if (o.digest !== CHUNK_LIST_DIGEST) damaged(`digest ${JSON.stringify(o.digest)} in a block image`);
+  const c = o.chunker as Partial<BlockLayout> | null;
+  if (c === null || typeof c !== 'object' || c.algo !== 'blocks' || !isBlockSize(c.blockSize as number) || !isSize(c.blocks) || c.blocks > chunks.length) damaged('bad block layout');
+  const { blockSize, blocks } = c as BlockLayout;
+  for (let i = 0; i < blocks; i++) if ((chunks[i] as ChunkRef).size !== blockSize) damaged(`block ${i} is ${(chunks[i] as ChunkRef).size} bytes, not ${blockSize}`);
 }

@@ -21,6 +21,12 @@
  *     exactly those chunks (else ERR_CHECKSUM before any chunk is read: a forged or replaced
  *     index), then checks each chunk only: the whole-artefact hash is skipped, since the chunks
  *     proven one by one are the ones the artefact was written with. Each byte is hashed once.
+ *   - Block images (createBlockImage, block-image-writer.ts): an index of format 4 whose sha256 is
+ *     its chunk list's SHA-256 (cas-index.ts). Every reader and checker takes that as its digest:
+ *     read()/get()/verify() check that the index's chunk list has that SHA-256 (else ERR_CHECKSUM,
+ *     before any chunk is read), then every chunk, and hash no whole content; read() claims the
+ *     index's sha256 (checked-read.ts), which a restore compares with its manifest's. link() keeps
+ *     it a block image; garbage collection sees its chunks like any index's.
  *   - verify() re-reads every chunk and checks every checksum (restic's check --read-data);
  *     verifyAll(prefix) does it for every artefact under a prefix (a snapshot) and reports each.
  *   - list/stat/delete/deleteByPrefix see only indexes; delete removes the index, not the chunks:
@@ -41,9 +47,11 @@ import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
 import { checkChunkerParams, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
 import { defaultCodec, type Codec } from './chunk-codec';
-import { chunkListSha256, decodeIndex, encodeIndex, indexKey, pathOfIndexKey, ARTEFACT_PREFIX, type ArtefactIndex } from './cas-index';
+import { attributesOf, chunkListSha256, decodeIndex, encodeIndex, indexKey, isBlockImage, isBlockSize, pathOfIndexKey, ARTEFACT_PREFIX, MAX_BLOCK, MIN_BLOCK, type ArtefactIndex, type ChunkRef } from './cas-index';
 import { GC_LOCK, isLive, timing, waitForGc, WriterSession, type LockTiming, type Timing } from './cas-locks';
 import { CasWriter } from './cas-writer';
+import { CasBlockImageWriter } from './block-image-writer';
+import type { PackSettings } from './chunk-sink';
 import { InlineChunkHasher, WorkerChunkHasher } from './chunk-hasher';
 import { collectGarbage, type GcOptions, type GcResult } from './cas-gc';
 import { storeStats, type StoreStats } from './cas-stats';
@@ -51,7 +59,7 @@ import type { ObjectBackend } from './object-backend';
 import { PackMap, type ChunkLocation } from './pack-map';
 import { readChunks } from './pack-reader';
 import { checkedRead, type Claim } from './checked-read';
-import { CHUNK_LIST_ATTRIBUTE, type ReadExpect, type SnapshotStore, type StoredArtefact } from './snapshot-store';
+import type { BlockImageOptions, ReadExpect, SnapshotStore, StoredArtefact } from './snapshot-store';
 import { putThroughWriter } from './snapshot-store';
 
 export type { WriteStats } from './cas-writer';
@@ -98,10 +106,27 @@ type Settle = { ok: (c: Claim) => void; fail: (e: unknown) => void };
 const ARTEFACT_PROBLEMS = ['ERR_CHECKSUM', 'ERR_DATA_LOSS', 'ERR_UNSUPPORTED_VERSION'] as const;
 
 
+/**
+ * A block image's index is consistent: its sha256 is its chunk list's SHA-256 (`list`, when
+ * already computed). Else ERR_CHECKSUM: its chunk list was changed after it was written.
+ */
+function checkBlockDigest(idx: ArtefactIndex, list = chunkListSha256(idx.chunks)): void {
+  if (list !== idx.sha256) throw new VnsnapError('ERR_CHECKSUM', `artefact ${idx.path}: its index lists chunks whose chunk list SHA-256 is ${list}, its digest says ${idx.sha256}: the index was changed`);
+}
+
 /** ERR_INVALID_ARGUMENT unless relPath is a valid artefact path (the local store's rules and messages). */
 function checkPath(relPath: string): string {
   confine('/', relPath);
   return relPath;
+}
+
+/** The blocks of a block image of these options; ERR_INVALID_ARGUMENT unless they are valid. */
+function blockCount(relPath: string, o: BlockImageOptions): number {
+  if (!isBlockSize(o.blockSize)) throw new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${relPath}: block size ${o.blockSize} is not a power of two from ${MIN_BLOCK} to ${MAX_BLOCK}`);
+  if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % o.blockSize !== 0) {
+    throw new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${relPath}: size ${o.size} is not a positive multiple of its block size ${o.blockSize}`);
+  }
+  return o.size / o.blockSize;
 }
 
 function checkPrefix(prefix: string): string {
@@ -138,14 +163,66 @@ export class CasStore implements SnapshotStore {
     checkPath(relPath);
     const session = await this.enter();
     return new CasWriter(relPath, {
-      backend: this.backend,
       chunker: this.chunker,
       hasher: this.hashWorker ? new WorkerChunkHasher(this.chunker, this.engine) : new InlineChunkHasher(this.chunker, this.engine),
+      ...this.writing(session),
+    });
+  }
+
+  /**
+   * A writer of a block image (block-image-writer.ts; docs/storage.md, "Block images"). The base's
+   * index is read inside the writer session, so the chunks it names cannot be swept before the new
+   * index names them. ERR_INVALID_ARGUMENT for a bad size or block size, ERR_NOT_FOUND when the
+   * base is absent, ERR_FAILED_PRECONDITION when it is not a block image of this size and block size.
+   */
+  async createBlockImage(relPath: string, o: BlockImageOptions): Promise<CasBlockImageWriter> {
+    checkPath(relPath);
+    const blocks = blockCount(relPath, o);
+    const session = await this.enter();
+    try {
+      const base = o.base === undefined ? undefined : await this.baseBlocks(relPath, o, blocks);
+      return new CasBlockImageWriter(relPath, { blockSize: o.blockSize, blocks, ...(base ? { base } : {}), ...this.writing(session) });
+    } catch (e) {
+      await this.leave();
+      throw e;
+    }
+  }
+
+  /** The blocks of `o.base` as a block image of `blocks` blocks of o.blockSize names them. */
+  private async baseBlocks(relPath: string, o: BlockImageOptions, blocks: number): Promise<ChunkRef[]> {
+    const base = o.base as string;
+    const idx = await this.index(base);
+    if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `base ${base} of block image ${relPath} is not in the store`);
+    if (!isBlockImage(idx)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `base ${base} of block image ${relPath} is not a block image`);
+    const { blockSize, blocks: n } = idx.chunker;
+    if (blockSize !== o.blockSize || n !== blocks) {
+      throw new VnsnapError('ERR_FAILED_PRECONDITION', `base ${base} of block image ${relPath} has ${n} blocks of ${blockSize} bytes, not ${blocks} of ${o.blockSize}`);
+    }
+    return idx.chunks.slice(0, blocks).map((c) => this.current(c));
+  }
+
+  /**
+   * A chunk reference pointing where the pack map says the chunk is now, when the pack it names
+   * is gone (garbage collection repacked it; indexes are not rewritten: docs/storage.md,
+   * "Layout"): a block image named from its base then does not carry the old location on, image
+   * after image, each read of it looking the chunk up in the tables again. Else `c` itself.
+   */
+  private current(c: ChunkRef): ChunkRef {
+    if (c.pack === undefined || this.map.hasPack(c.pack)) return c;
+    const at = this.map.find(c.sha256);
+    if (!at) return c; // read() looks again, and names it missing if it is
+    return { sha256: c.sha256, size: c.size, pack: at.pack, offset: at.offset, ...(at.codec ? { codec: at.codec, stored: at.size } : {}) };
+  }
+
+  /** What every writer of this store is given: where its chunks go, and its session. */
+  private writing(session: WriterSession): { backend: ObjectBackend; concurrency: number; packs?: PackSettings; guard: (what: string) => Promise<void>; done: () => Promise<void> } {
+    return {
+      backend: this.backend,
       concurrency: this.concurrency,
       ...(this.pack ? { packs: { map: this.map, targetBytes: this.pack.targetBytes, uploads: this.pack.uploads, ...(this.pack.compress !== 'none' ? { codec: this.pack.compress } : {}) } } : {}),
       guard: (what) => session.held(what),
       done: () => this.leave(),
-    });
+    };
   }
 
   /** Join the open writer session, or start one; either way after any live GC sweep. */
@@ -218,22 +295,28 @@ export class CasStore implements SnapshotStore {
     try {
       idx = await this.index(relPath);
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${relPath} is not in the store`);
-      const list = expect.chunkList === undefined ? undefined : chunkListSha256(idx.chunks);
-      if (list !== undefined && list !== expect.chunkList?.toLowerCase()) {
+      const list = expect.chunkList === undefined && !isBlockImage(idx) ? undefined : chunkListSha256(idx.chunks);
+      if (list !== undefined && expect.chunkList !== undefined && list !== expect.chunkList.toLowerCase()) {
         throw new VnsnapError('ERR_CHECKSUM', `artefact ${relPath}: its index lists other chunks than when it was written (chunk list SHA-256 ${list}, the manifest says ${expect.chunkList}): the index was replaced or forged`);
       }
+      if (isBlockImage(idx)) checkBlockDigest(idx, list as string);
     } catch (e) {
       settle.fail(e);
       throw e;
     }
     settle.ok({ size: idx.size, sha256: idx.sha256 });
-    // A chunk list bound by the caller's manifest: each chunk checked suffices (module comment).
+    // A chunk list bound by the caller's manifest, or a block image's (its digest): each chunk
+    // checked suffices (module comment).
     yield* this.chunks(idx, expect.chunkList === undefined);
   }
 
-  /** The chunks of an artefact, each checked, read ahead (pack-reader.ts); with `whole`, its SHA-256 checked at the end. */
+  /**
+   * The chunks of an artefact, each checked, read ahead (pack-reader.ts); with `whole`, its
+   * SHA-256 checked at the end — except a block image's, whose digest is its chunk list's
+   * (checkBlockDigest, before the first chunk).
+   */
   private async *chunks(idx: ArtefactIndex, whole = true): AsyncGenerator<Buffer> {
-    const sum = whole ? createHash('sha256') : undefined;
+    const sum = whole && !isBlockImage(idx) ? createHash('sha256') : undefined;
     let refreshed: Promise<void> | undefined;
     const locate = async (sha: string): Promise<ChunkLocation | undefined> => {
       refreshed ??= this.map.refresh(this.backend);
@@ -267,7 +350,7 @@ export class CasStore implements SnapshotStore {
       if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `artefact ${from} is not in the store`);
       await session.held(`artefact ${to}`);
       await this.backend.put(indexKey(to), encodeIndex({ ...idx, path: to }));
-      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(idx.chunks) } };
+      return { path: to, size: idx.size, sha256: idx.sha256, storedBytes: 0, attributes: attributesOf(idx) };
     } finally {
       await this.leave();
     }
@@ -321,7 +404,9 @@ export class CasStore implements SnapshotStore {
     }
     if (!idx) return { ok: false, problem: `${path}: missing`, bytes };
     try {
-      // chunks() checks the whole artefact against idx.sha256 at its end: no second hash here.
+      // chunks() checks the whole artefact against idx.sha256 at its end (a block image: its
+      // chunk list, before the first chunk): no second hash here.
+      if (isBlockImage(idx)) checkBlockDigest(idx);
       for await (const b of this.chunks(idx)) bytes += b.length;
       return { ok: true, size: bytes, sha256: idx.sha256, bytes };
     } catch (e) {

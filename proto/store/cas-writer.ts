@@ -25,24 +25,17 @@
  *   - Failures keep the backend's code (ERR_STORE_FULL, ERR_UNAVAILABLE, ...) with one line naming
  *     the artefact; a writer that is committed or aborted refuses writes with ERR_STATE.
  */
-import { isVnsnapError, VnsnapError } from '../core/errors';
 import type { ChunkerEngine, ChunkerParams } from './chunker';
 import { InlineChunkHasher, type ChunkHasher, type HashedChunks } from './chunk-hasher';
-import type { Codec } from './chunk-codec';
-import { chunkKey, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { attributesOf, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { ChunkSink, type PackSettings, type WriteStats } from './chunk-sink';
 import type { ObjectBackend } from './object-backend';
-import type { PackMap } from './pack-map';
-import { PackWriter, type PackJob, type WriteProfile } from './pack-writer';
-import { CHUNK_LIST_ATTRIBUTE, type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
+import type { WriteProfile } from './pack-writer';
+import { WriterSteps } from './writer-steps';
+import { type ArtefactWriter, type StoredArtefact, type WriteHandover } from './snapshot-store';
 
 export type { WriteProfile } from './pack-writer';
-
-/** What a writer stored: chunks named, and the chunks and bytes it added to the backend. */
-export interface WriteStats {
-  chunks: number;
-  newChunks: number;
-  newBytes: number;
-}
+export type { WriteStats } from './chunk-sink';
 
 export interface CasWriterOptions {
   backend: ObjectBackend;
@@ -53,35 +46,33 @@ export interface CasWriterOptions {
   hasher?: ChunkHasher;
   concurrency: number;
   /** Store new chunks in packs of about targetBytes, `uploads` in flight (not `concurrency`), registered in map; else one object per chunk. */
-  packs?: { map: PackMap; targetBytes: number; uploads: number; codec?: Codec };
+  packs?: PackSettings;
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
   done?: () => Promise<void>;
 }
 
-export class CasWriter implements ArtefactWriter {
-  private state: 'open' | 'committed' | 'aborted' = 'open';
-  /** The last queued step (errors swallowed: each caller sees its own step's). */
-  private chain: Promise<unknown> = Promise.resolve();
-  /** The first failure; every later step fails with it. */
-  private failure: unknown;
+export class CasWriter extends WriterSteps implements ArtefactWriter {
   private readonly hasher: ChunkHasher;
   private size = 0;
   private readonly chunks: ChunkRef[] = [];
-  private readonly seen = new Set<string>();
-  private readonly inflight = new Set<Promise<void>>();
-  private finished = false;
-  private readonly packer: PackWriter | null;
-  readonly stats: WriteStats = { chunks: 0, newChunks: 0, newBytes: 0 };
+  private readonly sink: ChunkSink;
   readonly profile: WriteProfile = { hashMs: 0, chunkMs: 0, chunkHashMs: 0, compressMs: 0, putMs: 0, flushMs: 0, packs: 0 };
 
   constructor(
-    readonly path: string,
+    path: string,
     private readonly o: CasWriterOptions,
   ) {
+    super(path, { describe: o.backend.describe, ...(o.done ? { done: o.done } : {}) });
     this.hasher = o.hasher ?? new InlineChunkHasher(o.chunker, o.engine ?? 'auto');
-    this.packer = o.packs ? new PackWriter(o.backend, o.packs.map, o.packs.targetBytes, o.packs.codec, this.profile) : null;
+    // An upload's failure is the writer's: the next step fails with it.
+    this.sink = new ChunkSink({ backend: o.backend, concurrency: o.concurrency, ...(o.packs ? { packs: o.packs } : {}), profile: this.profile, wrap: (e) => (this.failure ??= this.wrap(e, 'writing')) });
+  }
+
+  /** Chunks named, and chunks and bytes added to the store so far. */
+  get stats(): WriteStats {
+    return this.sink.stats;
   }
 
   get bytes(): number {
@@ -120,26 +111,16 @@ export class CasWriter implements ArtefactWriter {
   }
 
   commit(): Promise<StoredArtefact> {
-    if (this.state !== 'open') return Promise.reject(this.ended());
-    this.state = 'committed';
-    return this.step(async () => {
+    return this.commitStep(async () => {
       const last = await this.hasher.end();
       await this.storeAll(last);
-      const tail = this.packer?.seal();
-      if (tail) await this.launch(tail);
-      await this.drain();
-      await this.packer?.flush();
-      this.packer?.locate();
+      await this.sink.finish();
       await this.o.guard?.(`artefact ${this.path}`);
       const a: StoredArtefact = { path: this.path, size: this.size, sha256: last.artefactSha256 };
-      await this.o.backend.put(indexKey(this.path), encodeIndex({ ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks }));
-      return { ...a, storedBytes: this.stats.newBytes, attributes: { [CHUNK_LIST_ATTRIBUTE]: chunkListSha256(this.chunks) } };
-    }, 'committing')
-      .catch((e: unknown) => {
-        this.state = 'aborted';
-        throw e;
-      })
-      .finally(() => this.finish());
+      const index = { ...a, chunker: { algo: 'fastcdc-gear32', ...this.o.chunker }, chunks: this.chunks } as const;
+      await this.o.backend.put(indexKey(this.path), encodeIndex(index));
+      return { ...a, storedBytes: this.stats.newBytes, attributes: attributesOf(index) };
+    });
   }
 
   async abort(): Promise<void> {
@@ -148,92 +129,12 @@ export class CasWriter implements ArtefactWriter {
     this.failure ??= this.ended();
     this.hasher.close();
     await this.chain;
-    await Promise.allSettled([...this.inflight]);
+    await this.sink.settle();
     await this.finish();
   }
 
-  /** Tell the session this writer is over (once). */
-  private async finish(): Promise<void> {
-    if (this.finished) return;
-    this.finished = true;
-    await this.o.done?.();
-  }
-
-  /** Run `f` after every step queued before it; the first failure fails every later step. */
-  private step<T>(f: () => Promise<T>, doing: 'writing' | 'committing'): Promise<T> {
-    const p = this.chain.then(async () => {
-      if (this.failure !== undefined) throw this.failure;
-      try {
-        return await f();
-      } catch (e) {
-        this.failure ??= this.wrap(e, doing);
-        throw this.failure;
-      }
-    });
-    this.chain = p.catch(() => undefined);
-    return p;
-  }
-
-  /** Hash a closed chunk, list it, and store it unless this writer already did. */
+  /** List a closed chunk and store it (chunk-sink.ts). */
   private async store(chunk: Buffer, sha: string): Promise<void> {
-    const ref: ChunkRef = { sha256: sha, size: chunk.length };
-    this.chunks.push(ref);
-    this.stats.chunks++;
-    if (this.packer) {
-      const job = this.packer.place(ref, chunk);
-      if (job) await this.launch(job);
-      return;
-    }
-    if (this.seen.has(sha)) return;
-    this.seen.add(sha);
-    const own = chunk.buffer instanceof SharedArrayBuffer ? Buffer.from(chunk) : chunk; // lent: the upload outlives the write
-    await this.launch(() => this.upload(sha, own));
-  }
-
-  /** Start an upload once fewer than `concurrency` are in flight; its failure fails the writer. */
-  private async launch(job: PackJob | (() => Promise<void>)): Promise<void> {
-    const limit = this.o.packs?.uploads ?? this.o.concurrency;
-    while (this.inflight.size >= limit) await Promise.race(this.inflight);
-    if (this.failure !== undefined) throw this.failure;
-    const p: Promise<void> = job()
-      .then((added) => {
-        if (!added) return;
-        this.stats.newChunks += added.chunks;
-        this.stats.newBytes += added.bytes;
-      })
-      .catch((e: unknown) => {
-        this.failure ??= this.wrap(e, 'writing');
-      })
-      .finally(() => this.inflight.delete(p));
-    this.inflight.add(p);
-  }
-
-  private async upload(sha: string, chunk: Buffer): Promise<void> {
-    const key = chunkKey(sha);
-    const have = await this.o.backend.head(key);
-    if (have && have.size === chunk.length) return;
-    await this.o.backend.put(key, chunk);
-    this.stats.newChunks++;
-    this.stats.newBytes += chunk.length;
-  }
-
-  /** Wait for every upload in flight; the first failure among them is thrown. */
-  private async drain(): Promise<void> {
-    while (this.inflight.size > 0) await Promise.race(this.inflight);
-    if (this.failure !== undefined) throw this.failure;
-  }
-
-  private ended(): VnsnapError {
-    return new VnsnapError('ERR_STATE', `artefact ${this.path} is already ${this.state}`);
-  }
-
-  /** A backend failure as one line naming the artefact, keeping its code. */
-  private wrap(e: unknown, doing: 'writing' | 'committing'): unknown {
-    if (isVnsnapError(e, 'ERR_STATE') || isVnsnapError(e, 'ERR_FAILED_PRECONDITION')) return e;
-    if (isVnsnapError(e, 'ERR_STORE_FULL')) {
-      return new VnsnapError('ERR_STORE_FULL', `store is full while ${doing} ${this.path}; no index was written (chunks already stored are left for garbage collection)`, { cause: e });
-    }
-    const code = isVnsnapError(e) ? e.code : 'ERR_INTERNAL';
-    return new VnsnapError(code, `store ${this.o.backend.describe} failed while ${doing} ${this.path}: ${(e as Error).message}`, { cause: e });
+    this.chunks.push(await this.sink.store(chunk, sha));
   }
 }

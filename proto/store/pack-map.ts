@@ -52,6 +52,11 @@ export class PackMap {
     return this.byChunk.get(sha256);
   }
 
+  /** Whether this map knows the pack (its table is listed). */
+  hasPack(id: string): boolean {
+    return this.tables.has(id);
+  }
+
   /** Packs known. */
   get packs(): number {
     return this.tables.size;

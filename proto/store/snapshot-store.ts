@@ -10,7 +10,8 @@
  * absent or complete: until commit() nothing is visible under its path (get: ERR_NOT_FOUND,
  * stat: null, list: not shown), and a failed or aborted write leaves nothing behind. A full
  * store is ERR_STORE_FULL. The size and the lower-case hex SHA-256 are computed while writing
- * and returned by commit(); verify() checks a committed artefact against them. read() streams an
+ * and returned by commit() (a block image's SHA-256 is its chunk list's: DIGEST_ATTRIBUTE);
+ * verify() checks a committed artefact against them. read() streams an
  * artefact; link() gives it a second name (an incremental snapshot names the unchanged disk
  * layers of its predecessor that way, so deleting the predecessor frees nothing it still needs).
  */
@@ -106,10 +107,11 @@ export interface BlockImageWriter {
   readonly path: string;
   /**
    * Block `index` is `data` (exactly blockSize bytes); putting an index again replaces it (the
-   * later data wins). The caller may reuse `data` once the promise settled.
+   * later call wins). The caller may reuse `data` once the promise settled. ERR_INVALID_ARGUMENT
+   * for an index outside the image or data of another length; ERR_STATE after commit or abort.
    */
   putBlock(index: number, data: Uint8Array): Promise<void>;
-  /** The bytes after the blocks (a QEMU device state); at most once; none when never called. */
+  /** The bytes after the blocks (a QEMU device state); at most once (again: ERR_STATE); none when never called. */
   setTail(data: Uint8Array): Promise<void>;
   /**
    * Make the artefact visible. ERR_FAILED_PRECONDITION naming the first block that was neither
@@ -155,6 +157,8 @@ export interface SnapshotStore {
   /**
    * A writer for a block image (BlockImageOptions, BlockImageWriter). Only a content-addressed
    * store has it: a caller falls back to create() with the whole image where it is absent.
+   * ERR_INVALID_ARGUMENT when size or blockSize break BlockImageOptions' rules; the base's
+   * errors as BlockImageOptions.base says. docs/storage.md, "Block images".
    */
   createBlockImage?(relPath: string, o: BlockImageOptions): Promise<BlockImageWriter>;
   /** Release what the store holds open (an S3 client's connections); unusable afterwards. Optional. */

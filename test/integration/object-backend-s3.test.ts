@@ -61,12 +61,14 @@ describe('S3Objects on a real Ceph RADOS Gateway', function () {
 
   snapshotStoreCompliance('CasStore over S3Objects on Ceph RGW', {
     dedup: true,
+    blockImages: true,
     open: async () => new CasStore(backend(), { chunker: { min: 1024, avg: 4096, max: 16384 } }),
     close: async (s) => empty((s as CasStore).backend as S3Objects),
   });
 
   snapshotStoreCompliance('CasStore in packs over S3Objects on Ceph RGW', {
     dedup: true,
+    blockImages: true,
     open: async () => new CasStore(backend(), { chunker: { min: 1024, avg: 4096, max: 16384 }, pack: { targetBytes: 32 * 1024, rangeBytes: 16 * 1024, aheadBytes: 48 * 1024 } }),
     close: async (s) => empty((s as CasStore).backend as S3Objects),
   });

@@ -132,6 +132,7 @@ describe('LocalDirStore', () => {
 
 snapshotStoreCompliance('LocalDirStore', {
   dedup: false,
+  blockImages: false,
   open: tempStore,
   async close(store) {
     fs.rmSync((store as LocalDirStore).root, { recursive: true, force: true });

@@ -9,7 +9,8 @@ import { chunkKey, decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import { LocalObjects } from '../../proto/store/local-objects';
-import type { SnapshotStore, StoredArtefact } from '../../proto/store/snapshot-store';
+import { DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type SnapshotStore, type StoredArtefact } from '../../proto/store/snapshot-store';
+import { packKey } from '../../proto/store/pack-format';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { GcEvent } from '../../proto/gen/vnsnap/v1/GcEvent';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
@@ -34,11 +35,13 @@ function rig(store: SnapshotStore) {
   const ops = new StoreOps({ catalog, store, manifests, clock, log });
   /** A snapshot `id` whose artefacts hold `data` (name → bytes), written through the store. */
   const snapshot = async (id: string, data: Record<string, Buffer>): Promise<Artefact__Output[]> => {
-    const artefacts: Artefact__Output[] = [];
-    for (const [name, b] of Object.entries(data)) {
-      const a: StoredArtefact = await store.put(`snapshots/${id}/${name}`, b);
-      artefacts.push({ path: a.path, size: a.size, sha256: a.sha256, kind: 'ARTEFACT_KIND_MEMORY', owner: 'vm1', attributes: {}, storedBytes: a.storedBytes ?? 0 });
-    }
+    const written: StoredArtefact[] = [];
+    for (const [name, b] of Object.entries(data)) written.push({ ...(await store.put(`snapshots/${id}/${name}`, b)), attributes: {} });
+    return record(id, written);
+  };
+  /** A COMPLETE snapshot `id` of the artefacts written, as its manifest records them (their attributes too). */
+  const record = async (id: string, written: readonly StoredArtefact[]): Promise<Artefact__Output[]> => {
+    const artefacts = written.map((a): Artefact__Output => ({ path: a.path, size: a.size, sha256: a.sha256, kind: 'ARTEFACT_KIND_MEMORY', owner: 'vm1', attributes: a.attributes ?? {}, storedBytes: a.storedBytes ?? 0 }));
     const manifestPath = `snapshots/${id}/manifest.pb`;
     await manifests.write(manifestPath, encodeManifest({ snapshotId: id, vne: { name: 'blue', vni: 100, vms: [] }, epoch: 1, mode: 'SNAPSHOT_MODE_PRECOPY', artefacts, vms: [] }));
     const vneDefinition = vneRecord({ generation: 1, epoch: 1, state: 'VNE_STATE_RUNNING', createdUnixMs: T0, updatedUnixMs: T0 });
@@ -46,7 +49,7 @@ function rig(store: SnapshotStore) {
     catalog.completeSnapshot(id, { completedUnixMs: T0 + 1, manifestPath, artefacts, vms: [], lostFrames: 0, sizeBytes: artefacts.reduce((n, a) => n + a.size, 0) });
     return artefacts;
   };
-  return { clock, catalog, manifests, ops, snapshot };
+  return { clock, catalog, manifests, ops, snapshot, record };
 }
 
 const collect = () => {
@@ -113,6 +116,35 @@ describe('store ops: snapshot verify, store stats, store gc', () => {
       assert.match(rec.verifyProblems[1] as string, new RegExp(`^artefact snapshots/s1/a\\.mem: chunk 1 of ${idx.chunks.length} \\(${idx.chunks[0]?.sha256}\\) is missing from the store`));
       assert.equal(rec.verifyProblems[2], 'artefact snapshots/s1/b.mem is not in the store');
       assert.equal(verifiedLine(rec).split('\n').length, 4, 'one line, then "also:" for the others');
+    });
+
+    it("a block image is checked against its recorded digest, its chunk list's SHA-256: ok, then a changed chunk and a swapped index are problems", async () => {
+      const objects = new MemoryObjects();
+      const store = new CasStore(objects, { pack: { targetBytes: 32 * KiB, compress: 'none' } });
+      const r = rig(store);
+      const image = async (p: string, seed: number): Promise<StoredArtefact> => {
+        const w = await store.createBlockImage(p, { size: 16 * 4 * KiB, blockSize: 4 * KiB });
+        for (let i = 0; i < 16; i++) await w.putBlock(i, bytes(4 * KiB, seed + i));
+        await w.setTail(bytes(KiB, seed));
+        return w.commit();
+      };
+      const mem = await image('snapshots/s1/vm1.mem', 1);
+      await r.record('s1', [mem, await store.put('snapshots/s1/vm1.0.chan', bytes(3 * KiB, 2))]);
+      assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, []);
+      const other = await image('snapshots/s0/vm1.mem', 100);
+      await store.link(other.path, mem.path);
+      assert.deepEqual((await r.ops.verifySnapshot('s1', () => undefined)).verifyProblems, [
+        `artefact ${mem.path}: its index lists other chunks than when it was written (chunk list SHA-256 ${other.sha256}, the manifest says ${mem.sha256}): the index was replaced or forged`,
+      ]);
+      // Without the chunk list recorded, the digest itself is compared.
+      await r.record('s2', [{ ...mem, attributes: { [DIGEST_ATTRIBUTE]: DIGEST_CHUNK_LIST } }]);
+      assert.deepEqual((await r.ops.verifySnapshot('s2', () => undefined)).verifyProblems, [`artefact ${mem.path}: chunk list SHA-256 ${other.sha256} in the store, the manifest says ${mem.sha256}`]);
+      await r.record('s0', [other]);
+      const idx = decodeIndex(await objects.get(indexKey(other.path)), other.path);
+      objects.corrupt(packKey(idx.chunks[3]?.pack as string));
+      const problems = (await r.ops.verifySnapshot('s0', () => undefined)).verifyProblems;
+      assert.equal(problems.length, 1);
+      assert.match(problems[0] as string, /^artefact snapshots\/s0\/vm1\.mem: chunk \d+ of 17 \([0-9a-f]{64}\) is corrupt/);
     });
 
     it('refuses a snapshot that is not complete, and names an unknown one', async () => {

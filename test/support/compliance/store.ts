@@ -9,13 +9,17 @@
  * semantics; a writer's artefact is invisible until commit (and after abort, or when never
  * committed: the "crash"); writes apply in call order; size and lower-case SHA-256 computed
  * while writing, and verify()'s exact one-line problems; path confinement with its exact
- * messages; and, given a full store, ERR_STORE_FULL with nothing of the failed artefact left.
+ * messages; block images where the store has them (createBlockImage: an image from its base
+ * with only the blocks put replaced, its chunk-list digest verified, linked and deleted like any
+ * artefact, the contract's errors) and their absence where it has not; and, given a full store,
+ * ERR_STORE_FULL with nothing of the failed artefact left.
  */
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
 import { isVnsnapError, type ErrorCode } from '../../../proto/core/errors';
 import { chunkListSha256 } from '../../../proto/store/cas-index';
-import { CHUNK_LIST_ATTRIBUTE, type SnapshotStore } from '../../../proto/store/snapshot-store';
+import { pseudoRandomBytes } from '../memory-objects';
+import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type SnapshotStore } from '../../../proto/store/snapshot-store';
 
 export interface StoreHarness {
   /** A fresh, empty store. */
@@ -24,6 +28,8 @@ export interface StoreHarness {
   close(store: SnapshotStore): Promise<void>;
   /** The store keeps each distinct byte sequence once (content-addressed): a repeat or a link adds nothing. */
   dedup: boolean;
+  /** The store has createBlockImage (a content-addressed one); without it, callers fall back to create(). */
+  blockImages: boolean;
 }
 
 /** A fresh, empty store with room for about `room` bytes. */
@@ -187,6 +193,67 @@ export function snapshotStoreCompliance(label: string, harness: StoreHarness): v
       await store.delete('s/a.bin');
       assert.equal(await store.verify(a), 's/a.bin: missing');
     });
+
+    if (!harness.blockImages) {
+      it('has no createBlockImage: a caller falls back to create() with the whole image', () => {
+        assert.equal(store.createBlockImage, undefined);
+      });
+    } else {
+      const BS = 4096;
+      const opts = { size: 8 * BS, blockSize: BS };
+      const blockOf = (seed: number): Buffer => pseudoRandomBytes(BS, seed); // incompressible: stored bytes are exact
+
+      it('a block image: an incremental one is its base with the blocks put replaced, then its tail; verified, linked, listed and deleted like any artefact', async () => {
+        const create = store.createBlockImage?.bind(store) as NonNullable<SnapshotStore['createBlockImage']>;
+        const w = await create('s/1/vm.mem', opts);
+        assert.equal(w.path, 's/1/vm.mem');
+        for (let i = 0; i < 8; i++) await w.putBlock(i, blockOf(i + 1));
+        await w.setTail(Buffer.from('device state'));
+        const a = await w.commit();
+        const base = Buffer.concat([...Array.from({ length: 8 }, (_, i) => blockOf(i + 1))]);
+        assert.deepEqual({ path: a.path, size: a.size, digest: a.attributes?.[DIGEST_ATTRIBUTE], list: a.attributes?.[CHUNK_LIST_ATTRIBUTE] }, { path: 's/1/vm.mem', size: 8 * BS + 12, digest: DIGEST_CHUNK_LIST, list: a.sha256 });
+        assert.equal(a.storedBytes, 8 * BS + 12);
+        assert.deepEqual(await store.get(a.path), Buffer.concat([base, Buffer.from('device state')]));
+
+        const w2 = await create('s/2/vm.mem', { ...opts, base: a.path });
+        await w2.putBlock(3, blockOf(99));
+        await w2.putBlock(6, blockOf(2)); // a block the store holds: named, not stored
+        const b = await w2.commit();
+        const want = Buffer.from(base);
+        blockOf(99).copy(want, 3 * BS);
+        blockOf(2).copy(want, 6 * BS);
+        assert.deepEqual(await store.get(b.path), want, 'no tail set: none');
+        assert.equal(b.storedBytes, BS);
+        assert.equal(await store.stat(b.path), 8 * BS);
+        assert.equal(await store.verify(b), null);
+        assert.equal(await store.verify({ ...b, sha256: a.sha256 }), `s/2/vm.mem: SHA-256 ${b.sha256}, expected ${a.sha256}`);
+
+        const l = await store.link(b.path, 'keep/vm.mem');
+        assert.deepEqual(l, { ...b, path: 'keep/vm.mem', storedBytes: 0 });
+        await store.delete(b.path);
+        await store.delete(a.path);
+        assert.deepEqual(await store.list(''), ['keep/vm.mem']);
+        assert.deepEqual(await store.get(l.path), want);
+        assert.equal(await store.verify(l), null);
+      });
+
+      it("a block image's errors: no base and a block never put, an absent base, a base of another shape", async () => {
+        const create = store.createBlockImage?.bind(store) as NonNullable<SnapshotStore['createBlockImage']>;
+        const w = await create('s/1/vm.mem', opts);
+        for (let i = 0; i < 8; i++) if (i !== 4) await w.putBlock(i, blockOf(i + 1));
+        await rejectsWith(w.commit(), 'ERR_FAILED_PRECONDITION', /block 4 /);
+        assert.equal(await store.stat('s/1/vm.mem'), null);
+        await rejectsWith(create('s/2/vm.mem', { ...opts, base: 's/none' }), 'ERR_NOT_FOUND', /s\/none/);
+        await store.put('s/plain', Buffer.alloc(8 * BS));
+        await rejectsWith(create('s/2/vm.mem', { ...opts, base: 's/plain' }), 'ERR_FAILED_PRECONDITION', /s\/plain/);
+        const full = await create('s/3/vm.mem', opts);
+        for (let i = 0; i < 8; i++) await full.putBlock(i, blockOf(1));
+        await full.commit();
+        await rejectsWith(create('s/2/vm.mem', { size: 16 * BS, blockSize: BS, base: 's/3/vm.mem' }), 'ERR_FAILED_PRECONDITION', /s\/3\/vm\.mem/);
+        await rejectsWith(create('s/2/vm.mem', { size: 8 * BS, blockSize: 2 * BS, base: 's/3/vm.mem' }), 'ERR_FAILED_PRECONDITION', /s\/3\/vm\.mem/);
+        assert.deepEqual(await store.list(''), ['s/3/vm.mem', 's/plain']);
+      });
+    }
 
     it('refuses every path that could leave the store, with a message naming the path and the rule', async () => {
       const rules: [string, string][] = [
