@@ -55,7 +55,7 @@ import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, readBackingChain, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
 import { RamWriteTracker, trackedRamEnv } from './ram-track';
-import { MEMORY_TRACKED, TrackedJob, trackedBasePath } from './tracked-job';
+import { MEMORY_TRACKED, TrackedJob, trackedBasePath, trackedRamPadKib } from './tracked-job';
 import { isTrackedImage, loadTrackedMemory } from './tracked-load';
 import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
@@ -278,6 +278,8 @@ export class QemuDriver implements HypervisorDriver {
   private async args(vm: QemuVm, nics: NicArg[], incoming: boolean): Promise<string[]> {
     const accel = this.accelFor(vm.qspec);
     vm.ramPadKib = tcgRamPadKib(accel, await qemuVersion(this.o.qemuBinary));
+    // Tracked RAM is kept in whole blocks (tracked-job.ts): the padded size rounded up to one.
+    if (this.isTracked(vm) && vm.ramPadKib) vm.ramPadKib = trackedRamPadKib(vm.qspec.memoryMib || 256, vm.ramPadKib);
     if (vm.ramPadKib && !this.padLogged) {
       this.padLogged = true;
       this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');

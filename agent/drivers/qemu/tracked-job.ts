@@ -56,6 +56,16 @@ const FULL_SLICE = 4 * MiB;
 /** With a cut instant, the last round before it starts at least this long before it. */
 const ROUND_LEAD_MS = 30;
 
+/**
+ * The RAM padding (KiB) of a tracked VM of `memoryMib` whose untracked padding would be `padKib`
+ * (cmdline.ts tcgRamPadKib: TCG on QEMU < 9.0): at least that, and the RAM a whole number of blocks.
+ */
+export function trackedRamPadKib(memoryMib: number, padKib: number): number {
+  const blockKib = TRACKED_BLOCK_SIZE / 1024;
+  const total = memoryMib * 1024 + padKib;
+  return Math.ceil(total / blockKib) * blockKib - memoryMib * 1024;
+}
+
 /** Where a VM's base image is kept in the store (apart from every snapshot's prefix). */
 export function trackedBasePath(vne: string, vm: string): string {
   return `tracked-bases/${vne}/${vm}.mem`;
