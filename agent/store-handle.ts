@@ -14,10 +14,12 @@
  *   - describe is describeStore() of the config: safe to log (no credentials).
  *   - read() hands out the opened store's read itself, so a read the store checked whole
  *     (proto/store/checked-read.ts) is not hashed again by a restore.
+ *   - createBlockImage is the opened store's own, or undefined where it has none (a store of
+ *     whole files): a caller sees what the store behind it can do.
  *   - close() closes the opened store (an S3 client's sockets) when the agent stops.
  */
 import { VnsnapError } from '../proto/core/errors';
-import type { ArtefactWriter, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+import type { ArtefactWriter, BlockImageOptions, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 
 export class StoreHandle implements SnapshotStore {
@@ -41,6 +43,12 @@ export class StoreHandle implements SnapshotStore {
   private get store(): SnapshotStore {
     if (!this.opened) throw new VnsnapError('ERR_STATE', `the snapshot store (${this.describe}) is not open yet: the agent has not started`);
     return this.opened;
+  }
+
+  /** The opened store's block images, where it has them (a content-addressed store); undefined otherwise. */
+  get createBlockImage(): SnapshotStore['createBlockImage'] {
+    const s = this.opened;
+    return s?.createBlockImage ? (relPath: string, o: BlockImageOptions) => (s.createBlockImage as NonNullable<SnapshotStore['createBlockImage']>).call(s, relPath, o) : undefined;
   }
 
   async create(relPath: string): Promise<ArtefactWriter> {

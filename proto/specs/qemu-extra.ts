@@ -15,6 +15,8 @@
  *   nic      stream | tap | tap-vnet | tap-bpf
  *   monitor  0 | 1
  *   balloon  stats
+ *   memory   migration | tracked   (how memory snapshots are taken: QEMU's migration stream, the
+ *            default, or the agent's tracked capture of written blocks: docs/incremental-memory.md)
  *
  * Pure: the coordinator checks at definition, the QEMU driver again before it builds a command
  * line (agent/drivers/qemu/driver.ts).
@@ -31,6 +33,7 @@ export const QEMU_EXTRA: Readonly<Record<string, { re: RegExp; grammar: string }
   nic: { re: /^(stream|tap|tap-vnet|tap-bpf)$/, grammar: 'stream, tap, tap-vnet or tap-bpf' },
   monitor: { re: /^[01]$/, grammar: '0 or 1' },
   balloon: { re: /^stats$/, grammar: 'stats' },
+  memory: { re: /^(migration|tracked)$/, grammar: 'migration or tracked' },
 };
 
 /** Refuse an unknown key or a value outside its grammar; `where` prefixes the message (e.g. `VM "a": `). */

@@ -29,7 +29,7 @@
  * nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
- *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--json]
+ *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--memory-mode migration|tracked] [--json]
  *
  * With --json stdout is exactly one JSON object (progress goes to stderr). Everything it creates
  * is named vmnb* (namespaces, VNEs, directories) and removed at the end, on failure and on
@@ -55,7 +55,7 @@ import { busiestThreads, sampleProcesses, sampleThreads } from './vm-net-threads
 import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, vmTapPackets, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
-const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--json] [--help]';
+const USAGE = 'usage: npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--memory-mode migration|tracked] [--json] [--help]';
 const HELP = `${USAGE}
 
   --runs N        runs per measurement (default 3)
@@ -89,6 +89,10 @@ const HELP = `${USAGE}
                   run, so each run's first snapshot starts with it (during_snapshot.every_ms in
                   the JSON; snapshot_ms and snapshot_busy_share, the share of the runs' wall
                   time a snapshot was under way, say whether the loop ran back to back)
+  --memory-mode M how vnsnap's guests are snapshotted (qemu extra memory, docs/incremental-memory.md):
+                  migration (default: QEMU's background snapshot of the whole RAM) or tracked
+                  (the agent saves the blocks the guest wrote since the previous snapshot); the
+                  kernel path's guests are the same either way (settings.memory_mode in the JSON)
   --json          one JSON object on stdout:
                   {"tcp_mbps":{"vnsnap":N,"kernel":N},"udp64_kpps":{...},"cpu_per_gbps":{...},
                    "during_snapshot_tcp_mbps":N,"ratios":{...},"tap":{...},"stream":{...},...};
@@ -106,11 +110,13 @@ interface Options {
   sameHosts: boolean;
   /** The snapshot loop's interval during the snapshot runs (snapshot-loop.ts --every-ms). */
   snapshotEveryMs: number;
+  /** The vnsnap guests' qemu extra memory (--memory-mode). */
+  memoryMode: 'migration' | 'tracked';
   json: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
-  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, snapshotEveryMs: 1000, json: false };
+  const o: Options = { runs: 3, seconds: 10, udpRate: '0', memoryMib: 256, extraNics: ['tap', 'stream'], bpf: false, sameHosts: false, snapshotEveryMs: 1000, memoryMode: 'migration', json: false };
   const usage = (msg: string): never => usageExit(NAME, USAGE, msg);
   const int = (v: string, flag: string, min: number): number => {
     const n = Number(v);
@@ -137,7 +143,11 @@ function parseArgs(argv: readonly string[]): Options {
     } else if (flag === '--bpf') o.bpf = true;
     else if (flag === '--same-hosts') o.sameHosts = true;
     else if (flag === '--snapshot-every-ms') o.snapshotEveryMs = int(value(), flag, 100);
-    else if (flag === '--json') o.json = true;
+    else if (flag === '--memory-mode') {
+      const m = value();
+      if (m !== 'migration' && m !== 'tracked') usage(`--memory-mode must be migration or tracked, got "${m}"`);
+      o.memoryMode = m as Options['memoryMode'];
+    } else if (flag === '--json') o.json = true;
     else if (flag === '--help' || flag === '-h') helpExit(HELP);
     else usage(`unknown argument ${arg}`);
   });
@@ -241,7 +251,8 @@ function specOf(image: GuestImage, o: Options, nic?: string): (g: PairGuest) => 
     initrd: image.initrd,
     append: kernelCmdline({ name: g.name, ip: g.cidr, mtu: 1400, disk: 'none', iperf: true, reportSecs: 60 }),
     disk: '',
-    extra: { channel: STATUS_CHANNEL_NAME, ...(nic ? { nic } : {}) },
+    // The memory mode is vnsnap's (the kernel path, no nic given, keeps QEMU's usual RAM).
+    extra: { channel: STATUS_CHANNEL_NAME, ...(nic ? { nic } : {}), ...(nic && o.memoryMode !== 'migration' ? { memory: o.memoryMode } : {}) },
   });
 }
 
@@ -600,7 +611,7 @@ function report(o: Options, r: Results): void {
       : {}),
     ...(r.tapBpf ? { vnsnap_tap_bpf: tb ? tapBpfJson(tb) : r.tapBpf } : {}),
     ...(paired ? { same_hosts_paired: pairedJson(paired) } : {}),
-    settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, host_cpus: cpuCount() },
+    settings: { default_nic: DEFAULT_NIC_MODE, tunnel_offload: o.tunnelOffload ?? 'default', runs: o.runs, seconds: o.seconds, udp_rate: o.udpRate, guest_memory_mib: o.memoryMib, memory_mode: o.memoryMode, host_cpus: cpuCount() },
     load_average: { start: r.load[0], end: r.load[1] },
     during_snapshot: duringJson(r.during, r.snaps),
     paths: { vnsnap: pathJson(r.vnsnap), kernel: pathJson(r.kernel), ...Object.fromEntries(Object.entries(r.extra).map(([nic, p]) => [nic, pathJson(p)])), ...(r.bpf ? { bpf_dataplane: pathJson(r.bpf) } : {}), ...(tb ? { vnsnap_tap_bpf: pathJson(tb.path) } : {}) },

@@ -208,7 +208,7 @@ export function qemuArgs(o: QemuGuestOptions): string[] {
 }
 
 /** A VmStartSpec (QEMU driver, VNE "vnqm") for the test guest with its status channel. */
-export function guestSpec(image: GuestImage, name: string, opts: { disk?: string; append?: string; mac?: string; memMib?: number; nic?: string; accel?: string }): VmStartSpec {
+export function guestSpec(image: GuestImage, name: string, opts: { disk?: string; append?: string; mac?: string; memMib?: number; nic?: string; accel?: string; memory?: string }): VmStartSpec {
   return {
     id: `vnqm/${name}`,
     vne: 'vnqm',
@@ -223,7 +223,7 @@ export function guestSpec(image: GuestImage, name: string, opts: { disk?: string
         initrd: image.initrd,
         append: opts.append ?? kernelCmdline({ name, disk: 'none' }),
         disk: opts.disk ?? '',
-        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}) },
+        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}), ...(opts.memory ? { memory: opts.memory } : {}) },
       },
     },
   };

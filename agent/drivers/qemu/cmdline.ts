@@ -46,6 +46,7 @@ import * as path from 'node:path';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { exec } from '../exec';
 import { readImageChain, type ImageInfo } from './spec-check';
+import { trackedRamArgs } from './ram-track';
 
 export type Accel = 'kvm' | 'tcg';
 export type NicMode = 'stream' | 'tap' | 'tap-vnet' | 'tap-bpf';
@@ -244,6 +245,8 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     '-qmp', `unix:${c.files.qmpSock},server=on,wait=off`,
     '-pidfile', c.files.pidFile,
   ];
+  // Tracked memory (docs/incremental-memory.md): the RAM a shared memfd the agent reads; `-m` stays (the same size).
+  if (extra.memory === 'tracked') args.push(...trackedRamArgs(mem * 1024 + (c.ramPadKib ?? 0)));
   if (extra.monitor === '1') args.push('-qmp', `unix:${c.files.dir}/monitor.sock,server=on,wait=off`);
   if (s.kernel) args.push('-kernel', s.kernel);
   if (s.initrd) args.push('-initrd', s.initrd);

@@ -13,6 +13,13 @@
  * of the TAP so super-frames reach the guest whole (vm-veth.ts; offloads end to end,
  * docs/nic-offloads.md). docs/qemu.md has the measurements behind the default.
  *
+ * Memory: by default a snapshot's memory is QEMU's own migration stream (migration.ts: background
+ * snapshot or pre-copy). With `extra.memory=tracked` the guest RAM is a shared memfd, QEMU runs
+ * with the agent's preloaded library and the agent tracks the guest's writes from the start
+ * (ram-track.ts): a snapshot saves the blocks written since the previous one and the device state
+ * alone (tracked-job.ts), a restore writes the RAM straight into the new QEMU (tracked-load.ts);
+ * docs/incremental-memory.md.
+ *
  * Specs: before anything is made or spawned, start and restore check the spec (spec-check.ts:
  * the extra allow-list, every image resolved under the agent's image roots, the disk's backing
  * chain) and from then on use only the resolved paths.
@@ -34,7 +41,7 @@ import { OVERLAY_CREATE_OPTIONS } from './overlay-format';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { VnsnapError } from '../../../proto/core/errors';
+import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { DriverSpec__Output } from '../../../proto/gen/vnsnap/v1/DriverSpec';
 import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import { silentLogger, type Logger } from '../../../proto/core/log';
@@ -47,6 +54,9 @@ import { exec } from '../exec';
 import { DEFAULT_IMAGE_ROOTS, ImageRoots } from '../image-root';
 import { NIC_MODES, probeAccel, qemuCmdline, qemuVersion, readBackingChain, tcgRamPadKib, vmFiles, type Accel, type NicArg, type NicMode } from './cmdline';
 import { QemuJob } from './migration';
+import { RamWriteTracker, trackedRamEnv } from './ram-track';
+import { MEMORY_TRACKED, TrackedJob, trackedBasePath, trackedRamPadKib } from './tracked-job';
+import { isTrackedImage, loadTrackedMemory } from './tracked-load';
 import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
 import { recordNicMode, restoreNicMode } from './nic-backend';
@@ -186,7 +196,9 @@ export class QemuDriver implements HypervisorDriver {
     // The NIC mode: a restore's is the one its image was saved with (nic-backend.ts); the VM's
     // spec records it, so inspect(), persistent() and a later snapshot see the same.
     const mode = image ? restoreNicMode(spec.name, checked.extra.nic === undefined ? undefined : this.nicFor(checked), this.o.nic, image.memory) : this.nicFor(checked);
-    const qspec: QemuDriverSpec__Output = { ...checked, extra: { ...checked.extra, nic: mode } };
+    // A tracked image loads only into tracked RAM (tracked-load.ts): the restored VM keeps it.
+    const memory: Record<string, string> = image && isTrackedImage(image.memory) ? { memory: MEMORY_TRACKED } : {};
+    const qspec: QemuDriverSpec__Output = { ...checked, extra: { ...checked.extra, nic: mode, ...memory } };
     const existing = this.vms.get(spec.id);
     if (existing && existing.status !== 'stopped' && !beside) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already ${existing.status}`);
     if (ctx.portNames.length !== spec.macs.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: ${spec.macs.length} MACs but ${ctx.portNames.length} port names`);
@@ -237,6 +249,8 @@ export class QemuDriver implements HypervisorDriver {
    * directory; the disk directory too when `discardDisk`. Returns whether QEMU had to be killed.
    */
   private async cleanup(vm: QemuVm, discardDisk: boolean): Promise<boolean> {
+    vm.tracker?.close();
+    vm.tracker = undefined;
     const killed = await vm.kill();
     for (const p of vm.ports) {
       try {
@@ -264,6 +278,8 @@ export class QemuDriver implements HypervisorDriver {
   private async args(vm: QemuVm, nics: NicArg[], incoming: boolean): Promise<string[]> {
     const accel = this.accelFor(vm.qspec);
     vm.ramPadKib = tcgRamPadKib(accel, await qemuVersion(this.o.qemuBinary));
+    // Tracked RAM is kept in whole blocks (tracked-job.ts): the padded size rounded up to one.
+    if (this.isTracked(vm) && vm.ramPadKib) vm.ramPadKib = trackedRamPadKib(vm.qspec.memoryMib || 256, vm.ramPadKib);
     if (vm.ramPadKib && !this.padLogged) {
       this.padLogged = true;
       this.log.info({ padKib: vm.ramPadKib }, 'TCG on QEMU < 9.0: guest RAM padded so pre-copy dirty tracking is exact (docs/qemu.md)');
@@ -272,11 +288,32 @@ export class QemuDriver implements HypervisorDriver {
     return qemuCmdline({ spec: vm.qspec, files: vm.files, accel, nics, disk: vm.hasDisk, diskFile: vm.topFile, incoming, ramPadKib: vm.ramPadKib, backing });
   }
 
+  /** Tracked memory (qemu extra memory=tracked; docs/incremental-memory.md). */
+  private isTracked(vm: QemuVm): boolean {
+    return vm.qspec.extra.memory === MEMORY_TRACKED;
+  }
+
+  /** QEMU's own environment: the preloaded library of tracked memory (ram-track.ts). */
+  private qemuEnv(vm: QemuVm): Record<string, string> {
+    return this.isTracked(vm) ? trackedRamEnv() : {};
+  }
+
+  /** Start tracking the guest RAM's writes of a tracked VM (a kernel without the feature: the VM does not start). */
+  private track(vm: QemuVm): void {
+    if (!this.isTracked(vm) || vm.tracker) return;
+    try {
+      vm.tracker = RamWriteTracker.start(vm.pid as number);
+    } catch (e) {
+      throw new VnsnapError(isVnsnapError(e) ? e.code : 'ERR_DRIVER', `VM ${vm.spec.name} asks for tracked memory: ${describeError(e)} (start it with qemu extra memory=migration)`, { cause: e });
+    }
+  }
+
   async start(spec: VmStartSpec, ctx: VmStartContext): Promise<VmHandle> {
     const { vm, nics, keptTop } = await this.prepare(spec, ctx, spec.keptDisk === true);
     try {
       if (vm.hasDisk && !keptTop) await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
-      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs, this.scopeUnit(vm));
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, false), this.o.startTimeoutMs, this.scopeUnit(vm), this.qemuEnv(vm));
+      this.track(vm);
       await vm.refreshStatus();
       if (vm.status !== 'running') await vm.q().execute('cont');
       await vm.refreshStatus();
@@ -303,6 +340,7 @@ export class QemuDriver implements HypervisorDriver {
     const { vne, name } = vm.spec;
     const ownDisk = vm.hasDisk && path.dirname(vm.topFile) === this.disks.dirOf(vne, name);
     const killed = await this.cleanup(vm, opts.discardDisk === true && ownDisk);
+    await this.dropTrackedBase(vm);
     const report: StopReport = killed ? { killed } : {};
     if (!ownDisk) return report;
     if (opts.discardDisk) {
@@ -313,6 +351,14 @@ export class QemuDriver implements HypervisorDriver {
     const kept = await this.disks.markKept(vne, name, vm.topFile);
     vm.log.info({ dir: kept.dir, top: vm.topFile, bytes: kept.bytes, killed }, 'QEMU VM stopped; its disk kept');
     return { ...report, diskPath: kept.dir, diskBytes: kept.bytes };
+  }
+
+  /** A stopped VM's tracked base image leaves the store (a new instance starts with a full capture). */
+  private async dropTrackedBase(vm: QemuVm): Promise<void> {
+    const base = vm.trackedBase;
+    vm.trackedBase = undefined;
+    if (!base) return;
+    await base.store.delete(base.path).catch((e) => vm.log.warn({ path: base.path, err: describeError(e) }, 'could not delete the tracked memory base'));
   }
 
   /** StopVm(discard) of a VM this driver does not run: its id is "<vne>/<vm>" (the agent's key). */
@@ -358,7 +404,8 @@ export class QemuDriver implements HypervisorDriver {
     if (vm.status !== 'running') throw new VnsnapError('ERR_STATE', `QEMU VM ${id} is ${vm.status}; a snapshot needs it running`);
     if (vm.job) throw new VnsnapError('ERR_CUT_IN_PROGRESS', `QEMU VM ${id} already has a snapshot in progress`);
     if (this.besides.has(id)) throw new VnsnapError('ERR_STATE', `QEMU VM ${id} is being replaced by a restore loading beside it`);
-    const job = new QemuJob(vm, opts, this.o);
+    if (this.isTracked(vm) && !vm.tracker) throw new VnsnapError('ERR_FAILED_PRECONDITION', `QEMU VM ${id} runs with tracked memory but its writes are not tracked (the tracker could not be adopted after an agent restart: see the agent's log); restart the VM`);
+    const job = vm.tracker ? new TrackedJob(vm, vm.tracker, opts, this.o) : new QemuJob(vm, opts, this.o);
     vm.job = job;
     try {
       await job.begin();
@@ -410,11 +457,22 @@ export class QemuDriver implements HypervisorDriver {
     try {
       // The disk: its layers rebuilt as a chain in the VM's directory under a new overlay (disk-chain.ts).
       if (vm.hasDisk) vm.diskChain = await restoreDisk({ vm: spec.name, disks: image.disks, store, dir: vm.files.diskDir, disk0: vm.files.disk0, roots: this.roots, qemuImg: (args) => this.qemuImg(args) });
-      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm), this.qemuEnv(vm));
       const q = vm.q();
-      const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
-      await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
-      await loadMemory(vm, image.memory.path, store.read(image.memory.path));
+      if (isTrackedImage(image.memory)) await loadTrackedMemory(vm, image.memory, store.read(image.memory.path));
+      else {
+        const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
+        await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' })) });
+        await loadMemory(vm, image.memory.path, store.read(image.memory.path));
+      }
+      // Tracked from the loaded RAM on: a restored tracked image is the next capture's base (not
+      // beside a running instance, whose own base it would replace).
+      this.track(vm);
+      if (vm.tracker && isTrackedImage(image.memory) && !beside) {
+        const basePath = trackedBasePath(spec.vne, spec.name);
+        await store.link(image.memory.path, basePath);
+        vm.trackedBase = { store, path: basePath, valid: true };
+      }
       await vm.refreshStatus();
       if (vm.status === 'running') await q.execute('stop');
       await vm.refreshStatus();
@@ -432,7 +490,8 @@ export class QemuDriver implements HypervisorDriver {
     let targets: MigrationTargets;
     try {
       if (vm.hasDisk) await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-b', vm.qspec.disk, '-F', 'qcow2', vm.files.disk0]);
-      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm));
+      await vm.spawn(this.o.qemuBinary, await this.args(vm, nics, true), this.o.startTimeoutMs, this.scopeUnit(vm), this.qemuEnv(vm));
+      this.track(vm); // the incoming RAM counts as written: the first snapshot here is a full one
       targets = await prepareIncoming(vm, listenAddress, tls);
     } catch (e) {
       await this.cleanup(vm, true);
@@ -503,8 +562,18 @@ export class QemuDriver implements HypervisorDriver {
     return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial, ...(vm.diskChain ? { diskChain: vm.diskChain } : {}) } };
   }
 
-  adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
-    return adoptQemuVm(this.adoptionParts(), spec, saved, ctx);
+  async adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
+    const handle = await adoptQemuVm(this.adoptionParts(), spec, saved, ctx);
+    const vm = this.vms.get(spec.id);
+    if (vm && this.isTracked(vm)) {
+      // The previous agent's protection adopted as it stands (ram-track.ts); no base: the next capture is a full one.
+      try {
+        this.track(vm);
+      } catch (e) {
+        vm.log.warn({ err: describeError(e) }, 'adopted a VM with tracked memory whose writes cannot be tracked: its snapshots are refused until it is restarted');
+      }
+    }
+    return handle;
   }
 
   private adoptionParts(): AdoptionParts {
@@ -531,6 +600,8 @@ export class QemuDriver implements HypervisorDriver {
         /* closed */
       }
     }
+    vm.tracker?.close();
+    vm.tracker = undefined;
     vm.release();
     vm.log.info({ pid: vm.pid }, 'QEMU VM released: it keeps running without this agent');
   }

@@ -42,6 +42,8 @@ import { exec } from '../exec';
 import { isSameProcess, processStartTime, type DiskChainRecord, type ProcessIdentity } from '../../vm-state';
 import type { Accel, NicMode, VmFiles } from './cmdline';
 import { QmpClient, type QmpEvent } from './qmp';
+import type { RamWriteTracker } from './ram-track';
+import type { SnapshotStore } from '../../../proto/store/snapshot-store';
 
 export interface QemuDriverOptions {
   /** Where instance directories go (default /run/vnsnap/qemu). */
@@ -144,6 +146,14 @@ export class QemuVm {
   lastStop: QmpEvent | undefined;
   lastResume: QmpEvent | undefined;
   snapSerial = 0;
+  /** The guest RAM's write tracker, when the VM runs with tracked memory (ram-track.ts). */
+  tracker: RamWriteTracker | undefined;
+  /**
+   * The block image the tracker's next scan is relative to (tracked-job.ts): the last tracked
+   * capture's (or the restored image), kept in the store under its own path so deleting its
+   * snapshot leaves it; `valid` only while no scan ran since it was committed.
+   */
+  trackedBase: { store: SnapshotStore; path: string; valid: boolean } | undefined;
   /** The stored layers under the disk's current top (disk-layers.ts); undefined = unknown: the next snapshot stores a full image. */
   diskChain: DiskChainRecord | undefined;
 
@@ -175,13 +185,17 @@ export class QemuVm {
   /**
    * Start QEMU detached from the agent (module comment): its own session and process group
    * (setsid), stdin and stdout on /dev/null, stderr to qemu.stderr in its directory; inside a
-   * transient systemd scope `scopeUnit` when given. Resolves once QMP answers.
+   * transient systemd scope `scopeUnit` when given. `qemuEnv`: variables set for QEMU alone,
+   * through env(1) right before QEMU's exec (a preloaded library given to the spawn's own
+   * environment would be loaded by systemd-run first). Resolves once QMP answers.
    */
-  async spawn(binary: string, args: string[], timeoutMs: number, scopeUnit?: string): Promise<void> {
+  async spawn(binary: string, args: string[], timeoutMs: number, scopeUnit?: string, qemuEnv: Record<string, string> = {}): Promise<void> {
     const errFd = fs.openSync(this.files.stderrLog, 'a', 0o600);
     let p: ChildProcess;
     try {
-      const [cmd, argv] = scopeUnit ? ['systemd-run', ['--scope', '--quiet', '--collect', `--unit=${scopeUnit}`, '--', binary, ...args]] : [binary, args];
+      const vars = Object.entries(qemuEnv).map(([k, v]) => `${k}=${v}`);
+      const run = vars.length ? ['env', ...vars, binary, ...args] : [binary, ...args];
+      const [cmd, argv] = scopeUnit ? ['systemd-run', ['--scope', '--quiet', '--collect', `--unit=${scopeUnit}`, '--', ...run]] : [run[0] as string, run.slice(1)];
       p = spawn(cmd, argv, { stdio: ['ignore', 'ignore', errFd], detached: true });
     } finally {
       fs.closeSync(errFd);

@@ -221,6 +221,30 @@ export function blockRuns(runs: WrittenRuns, blockSize: number, limit: number): 
 }
 
 /**
+ * Writes a RAM image piece by piece into QEMU pid, started with trackedRamArgs and `-incoming
+ * defer` (a restore streaming the image from the store: no whole copy in the agent). write()
+ * throws ERR_INVALID_ARGUMENT for a piece outside the RAM.
+ */
+export class TrackedRamWriter {
+  readonly start: number;
+  readonly length: number;
+
+  constructor(
+    readonly pid: number,
+    private readonly io: NativeIo = nativeIo(),
+  ) {
+    ({ start: this.start, length: this.length } = trackedRamMapping(pid));
+  }
+
+  /** `data` into the RAM at byte `offset` from its start. */
+  write(offset: number, data: Buffer): void {
+    if (offset < 0 || offset + data.length > this.length) throw new VnsnapError('ERR_INVALID_ARGUMENT', `${data.length} bytes at ${offset} do not fit QEMU ${this.pid}'s RAM of ${this.length} bytes`);
+    if (data.length === 0) return;
+    this.io.writeProcessMemory(this.pid, Float64Array.of(this.start + offset, data.length), 1, data, 0);
+  }
+}
+
+/**
  * Writes a whole RAM image into QEMU pid, started with trackedRamArgs and `-incoming defer` (its
  * RAM is skipped by the device-state stream that follows: x-ignore-shared). Throws
  * ERR_INVALID_ARGUMENT when the image's size is not the RAM's.

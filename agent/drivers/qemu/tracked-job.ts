@@ -1,0 +1,383 @@
+/**
+ * A snapshot job of a QEMU VM with tracked memory (qemu extra `memory: tracked`;
+ * docs/incremental-memory.md): the agent saves only the RAM blocks the guest wrote since the
+ * previous snapshot, read from QEMU's RAM itself, and QEMU saves only its device state. Both
+ * snapshot modes take this path (what a mode asks for — a short pause, the commit's instant — it
+ * gives either way): a snapshot costs what the guest wrote, not a pass over its whole RAM.
+ *
+ *   begin: x-ignore-shared on (QEMU's migration skips the shared RAM), the disk overlay prepared,
+ *          a block image opened in the store over the VM's base (the previous capture's image,
+ *          kept under its own path: unchanged blocks are named from it, never read or hashed);
+ *          the first round: the blocks written since the base (no valid base: every block), read
+ *          with the VM running and put in the store ─► ready.
+ *   cut:   another round with the VM running (with the commit's instant: rounds until it, then
+ *          the `stop` written at it) ─► `stop` + blockdev-snapshot back to back ─► STOP (the cut
+ *          instant) ─► atPause() (the switch's drain) beside the last round (the blocks written
+ *          since the previous round, read while the VM is stopped) ─► the device state alone
+ *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
+ *          `stop` to the RESUME (pause-boost.ts), as in a background cut; no stream of this agent
+ *          writes into the store meanwhile (image-stream.ts holdStoreWrites).
+ *   durable: the last round's blocks and the device state (the image's tail) put, the image
+ *          committed, linked as the VM's new base, the frozen disk stored (disk-layers.ts).
+ *
+ * Exactness: a block's content in the image is its last read; every page written after a scan is
+ * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped, so the
+ * image is the RAM at the STOP. The base is only used while no scan ran since it was committed
+ * (QemuVm.trackedBase.valid): a failed or aborted job, or an agent restart, makes the next
+ * capture a full one, never a wrong one.
+ *
+ * Failure and abort: the VM is resumed if this job stopped it, the disk overlay merged back, the
+ * block image aborted and what was committed deleted: nothing of the job stays in the store.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { nowUs } from '../../../proto/core/clock';
+import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
+import type { Logger } from '../../../proto/core/log';
+import type { ArtefactWriter, BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
+import type { CutInstant, CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, VmImage } from '../driver';
+import { cutReport, DriverJob, fileToStore } from '../job';
+import { holdStoreWrites } from '../image-stream';
+import { CutQmpTrace } from './cut-qmp-trace';
+import { DeviceStateSink, saveDeviceState } from './device-state';
+import { DiskOverlay } from './disk-overlay';
+import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
+import { MiB, qemuImg, type QemuOptions, type QemuVm } from './process';
+import type { QmpClient, QmpEvent } from './qmp';
+import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
+
+/** Bytes per block of a tracked image: the unit a round reads and the store keeps as one chunk. */
+export const TRACKED_BLOCK_SIZE = 64 * 1024;
+/** The memory artefact's attributes a tracked image carries (its loader: tracked-load.ts). */
+export const MEMORY_ATTRIBUTE = 'memory';
+export const MEMORY_TRACKED = 'tracked';
+export const RAM_BYTES_ATTRIBUTE = 'ram_bytes';
+/** Bytes a full round reads at a time. */
+const FULL_SLICE = 4 * MiB;
+/** With a cut instant, the last round before it starts at least this long before it. */
+const ROUND_LEAD_MS = 30;
+
+/**
+ * The RAM padding (KiB) of a tracked VM of `memoryMib` whose untracked padding would be `padKib`
+ * (cmdline.ts tcgRamPadKib: TCG on QEMU < 9.0): at least that, and the RAM a whole number of blocks.
+ */
+export function trackedRamPadKib(memoryMib: number, padKib: number): number {
+  const blockKib = TRACKED_BLOCK_SIZE / 1024;
+  const total = memoryMib * 1024 + padKib;
+  return Math.ceil(total / blockKib) * blockKib - memoryMib * 1024;
+}
+
+/** Where a VM's base image is kept in the store (apart from every snapshot's prefix). */
+export function trackedBasePath(vne: string, vm: string): string {
+  return `tracked-bases/${vne}/${vm}.mem`;
+}
+
+type Phase = 'begin' | 'ready' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
+
+/** Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back. */
+interface ReadBlocks {
+  runs: WrittenRuns;
+  data: Buffer;
+}
+
+export class TrackedJob extends DriverJob {
+  private phase: Phase = 'begin';
+  private readonly disk: DiskOverlay;
+  private image: BlockImageWriter | undefined;
+  private writers: ArtefactWriter[] = [];
+  private committed: StoredArtefact[] = [];
+  private sink: DeviceStateSink | undefined;
+  private pausedByUs = false;
+  /** Bytes read by the rounds, and whether the first round read every block (no valid base). */
+  private readBytes = 0;
+  private full = false;
+  /** This job's commit was linked as the VM's base (an abort after it deletes the link). */
+  private linkedBase = false;
+  private qmpTrace: CutQmpTrace | undefined;
+  private trace: [string, number][] = [];
+  /** The puts of the rounds before the stop, in flight (awaited before the commit). */
+  private puts: Promise<void>[] = [];
+
+  constructor(
+    private readonly vmObj: QemuVm,
+    private readonly tracker: RamWriteTracker,
+    private readonly opts: SnapshotOptions,
+    private readonly o: QemuOptions,
+  ) {
+    super();
+    this.vmObj.snapSerial++;
+    this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
+  }
+
+  get vm(): string {
+    return this.vmObj.spec.id;
+  }
+
+  get mode(): SnapshotModeName {
+    return this.opts.mode;
+  }
+
+  private get q(): QmpClient {
+    return this.vmObj.q();
+  }
+
+  private get log(): Logger {
+    return this.vmObj.log;
+  }
+
+  private get memPath(): string {
+    return `${this.opts.prefix}${this.vmObj.spec.name}.mem`;
+  }
+
+  private get basePath(): string {
+    return trackedBasePath(this.vmObj.spec.vne, this.vmObj.spec.name);
+  }
+
+  async begin(): Promise<void> {
+    const store = this.opts.store;
+    if (!store.createBlockImage) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${this.vmObj.spec.name} runs with tracked memory, which needs a content-addressed store (this store keeps whole files): give the agent a content-addressed store, or start the VM with qemu extra memory=migration`);
+    const known = await this.q.execute<{ capability: string }[]>('query-migrate-capabilities');
+    if (!known.some((c) => c.capability === 'x-ignore-shared')) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.vm} lacks the migration capability x-ignore-shared`);
+    await this.q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
+    await this.disk.prepare();
+    if (pauseBoostEnabled()) startChrtShell();
+    this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`);
+    this.image = await this.openImage(store.createBlockImage.bind(store));
+    await this.firstRound();
+    this.phase = 'ready';
+    this.opts.onProgress?.({ bytesDone: this.readBytes, bytesRemaining: 0, bytesTotal: this.tracker.length, iteration: 1, dirtyRateMibS: 0, ready: true });
+    this.latch.set();
+  }
+
+  /** The block image over the VM's base when it is valid and still in the store; else a full one. */
+  private async openImage(create: NonNullable<SnapshotOptions['store']['createBlockImage']>): Promise<BlockImageWriter> {
+    const o = { size: this.tracker.length, blockSize: TRACKED_BLOCK_SIZE };
+    const base = this.vmObj.trackedBase;
+    const usable = base?.valid === true;
+    // From here the tracker's scans move on: the base stays usable only through this job's commit.
+    if (base) base.valid = false;
+    this.full = !usable;
+    if (usable) {
+      try {
+        return await create(this.memPath, { ...o, base: base.path });
+      } catch (e) {
+        if (!isVnsnapError(e, 'ERR_NOT_FOUND') && !isVnsnapError(e, 'ERR_FAILED_PRECONDITION')) throw e;
+        this.log.warn({ vm: this.vm, base: base.path, err: describeError(e) }, 'tracked memory: the base image is gone or unusable; this snapshot saves every block');
+        this.full = true;
+      }
+    }
+    return create(this.memPath, o);
+  }
+
+  /** Every block (no base), or those written since the base; the VM running. */
+  private async firstRound(): Promise<void> {
+    if (!this.full) return this.round();
+    this.tracker.scan(); // from here every write is reported again
+    const t = this.tracker;
+    for (let off = 0; off < t.length; off += FULL_SLICE) {
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const len = Math.min(FULL_SLICE, t.length - off);
+      const data = Buffer.allocUnsafe(len);
+      t.read({ pairs: Float64Array.of(off, len), count: 1, bytes: len }, data);
+      this.readBytes += len;
+      await this.put({ runs: { pairs: Float64Array.of(off, len), count: 1, bytes: len }, data });
+    }
+  }
+
+  /** One round with the VM running: the blocks written since the last scan, read and put. */
+  private async round(): Promise<void> {
+    const r = this.readRound();
+    await this.put(r);
+  }
+
+  private readRound(): ReadBlocks {
+    const runs = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, this.tracker.length);
+    const data = Buffer.allocUnsafe(runs.bytes);
+    this.tracker.read(runs, data);
+    this.readBytes += runs.bytes;
+    return { runs, data };
+  }
+
+  /** Put the blocks read (each block of the runs, in order). */
+  private put(r: ReadBlocks): Promise<void> {
+    const image = this.image;
+    if (!image) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no image open`));
+    const puts: Promise<void>[] = [];
+    let at = 0;
+    for (let i = 0; i < r.runs.count; i++) {
+      const off = r.runs.pairs[2 * i] as number;
+      const len = r.runs.pairs[2 * i + 1] as number;
+      for (let b = 0; b < len; b += TRACKED_BLOCK_SIZE) puts.push(image.putBlock((off + b) / TRACKED_BLOCK_SIZE, r.data.subarray(at + b, at + b + TRACKED_BLOCK_SIZE)));
+      at += len;
+    }
+    const all = Promise.all(puts).then(() => undefined);
+    this.puts.push(all);
+    all.catch(() => undefined);
+    return all;
+  }
+
+  private mark(step: string): void {
+    this.trace.push([step, performance.now()]);
+  }
+
+  async cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
+    if (this.phase !== 'ready') throw new VnsnapError(this.phase === 'aborted' ? 'ERR_SNAPSHOT_ABORTED' : 'ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
+    if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
+    this.phase = 'cutting';
+    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    this.mark('start');
+    let final: ReadBlocks | undefined;
+    let state: Buffer | undefined;
+    let cutUnixUs = 0;
+    let resume: QmpEvent | undefined;
+    let stopWrittenAt: number | undefined;
+    try {
+      // Rounds with the VM running: the stopped one reads only what was written since the last.
+      await this.round();
+      while (stopAt !== undefined && stopAt - performance.now() > 2 * ROUND_LEAD_MS) {
+        await sleep(Math.min(100, stopAt - performance.now() - ROUND_LEAD_MS));
+        await this.round();
+      }
+      if (stopAt !== undefined && stopAt > performance.now()) await sleep(stopAt - performance.now());
+      this.mark('rounds');
+      this.qmpTrace = CutQmpTrace.start(this.q);
+      const releaseStore = holdStoreWrites();
+      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log }) : undefined;
+      try {
+        const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
+        stopEv.catch(() => undefined);
+        stopWrittenAt = performance.now();
+        const stopped = this.q.execute('stop');
+        stopped.catch(() => undefined);
+        const disk = this.disk.snapshot();
+        disk.catch(() => undefined);
+        const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
+        this.pausedByUs = true;
+        this.vmObj.status = 'paused';
+        cutUnixUs = stop?.timestampUs || nowUs();
+        this.mark('stopped');
+        const hook = atPause();
+        hook.catch(() => undefined);
+        final = this.readRound(); // synchronous: the VM is stopped
+        this.mark('read');
+        await Promise.all([hook, stopped, disk]);
+        this.mark('hook');
+        state = await saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
+        this.mark('device state');
+        const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
+        resumed.catch(() => undefined);
+        await this.q.execute('cont');
+        resume = await resumed;
+        this.pausedByUs = false;
+        this.vmObj.status = 'running';
+        this.mark('resumed');
+      } finally {
+        void unboost?.release();
+        releaseStore();
+      }
+    } catch (e) {
+      await this.failCut();
+      throw e;
+    } finally {
+      this.qmpTrace?.stop();
+    }
+    const report = cutReport(cutUnixUs, Math.max(cutUnixUs, resume.timestampUs || nowUs()));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    if (at && stopAt !== undefined && stopWrittenAt !== undefined) report.phases.push({ phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) });
+    const t0 = this.trace[0]?.[1] ?? 0;
+    this.log.debug({ mode: this.opts.mode, memory: MEMORY_TRACKED, pauseMs: Number(report.pauseMs.toFixed(3)), full: this.full, readBytes: this.readBytes, finalBytes: final.data.length, deviceStateBytes: state.length, steps: this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ') }, 'cut done');
+    this.phase = 'writing';
+    this.final = this.finish(final, state);
+    this.final.catch(() => undefined);
+    return report;
+  }
+
+  /** A cut failed: resume the VM if this job stopped it, the disk overlay merged back or dropped. */
+  private async failCut(): Promise<void> {
+    this.phase = 'failed';
+    await this.resumeIfOurs();
+    await this.disk.undo();
+    await this.disk.drop();
+    await this.image?.abort();
+    this.sink?.close();
+    if (this.vmObj.job === this) this.vmObj.job = undefined;
+  }
+
+  private async resumeIfOurs(): Promise<void> {
+    if (!this.pausedByUs) return;
+    this.pausedByUs = false;
+    if (this.vmObj.exited) return;
+    await this.vmObj.refreshStatus().catch(() => undefined);
+    // A stopped save leaves QEMU in finish-migrate for a moment: cont is refused until it left.
+    for (let i = 0; i < 100 && this.vmObj.status !== 'running'; i++) {
+      try {
+        await this.q.execute('cont');
+      } catch (e) {
+        if (!/not finalized/i.test(describeError(e))) throw e;
+        await sleep(10);
+      }
+      await this.vmObj.refreshStatus().catch(() => undefined);
+    }
+  }
+
+  /** After the cut: the last blocks and the device state put, the image committed and made the base, the disk stored. */
+  private async finish(final: ReadBlocks, state: Buffer): Promise<VmImage> {
+    const image = this.image as BlockImageWriter;
+    try {
+      this.sink?.close();
+      await this.put(final);
+      await Promise.all(this.puts);
+      await image.setTail(state);
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const a = await image.commit();
+      this.committed.push(a);
+      const memory: StoredArtefact = { ...a, attributes: { ...a.attributes, [MEMORY_ATTRIBUTE]: MEMORY_TRACKED, [RAM_BYTES_ATTRIBUTE]: String(this.tracker.length) } };
+      // The next capture's base, under its own path: deleting this snapshot leaves it.
+      await this.opts.store.link(a.path, this.basePath);
+      this.linkedBase = true;
+      this.vmObj.trackedBase = { store: this.opts.store, path: this.basePath, valid: true };
+      this.log.debug({ vm: this.vm, full: this.full, readBytes: this.readBytes, storedBytes: a.storedBytes, bytes: a.size }, 'tracked memory image committed');
+      let disks: DiskArtefact[] = [];
+      if (this.disk.frozen) {
+        const tmpFile = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
+        const r = await this.disk.store({ store: this.opts.store, prefix: this.opts.prefix, vm: this.vmObj.spec.name, tmpFile, upload: (f, rel) => this.copyIn(f, rel), committed: (c) => void this.committed.push(c), aborted: () => this.abortRequested });
+        disks = r.disks;
+        this.log.info({ how: r.how, why: r.why, layers: disks.length, storedBytes: disks.map((d) => d.storedBytes ?? d.size) }, 'disk stored');
+      }
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      this.phase = 'done';
+      if (this.vmObj.job === this) this.vmObj.job = undefined;
+      return { memory, disks };
+    } catch (e) {
+      if (!this.abortRequested) this.phase = 'failed';
+      await image.abort();
+      for (const w of this.writers) await w.abort();
+      if (this.vmObj.trackedBase?.path === this.basePath && this.committed.length === 0) this.vmObj.trackedBase.valid = false;
+      throw e;
+    }
+  }
+
+  private async copyIn(file: string, rel: string): Promise<StoredArtefact> {
+    const w = await this.opts.store.create(rel);
+    this.writers.push(w);
+    const a = await fileToStore(file, w, { chunkBytes: 4 * MiB, copyChunks: true, aborted: () => this.abortRequested });
+    this.committed.push(a);
+    return a;
+  }
+
+  protected async runAbort(): Promise<void> {
+    const was = this.phase;
+    this.phase = 'aborted';
+    if (was === 'writing') await this.final?.catch(() => undefined);
+    await this.resumeIfOurs().catch((e) => this.log.warn({ err: describeError(e) }, 'resume after abort failed'));
+    await this.disk.undo();
+    await this.disk.drop();
+    await this.image?.abort();
+    for (const w of this.writers) await w.abort();
+    this.sink?.close();
+    for (const a of this.committed) await this.opts.store.delete(a.path);
+    // The base was moved on by this job's scans (or replaced by its commit, now deleted): the next capture is a full one.
+    if (this.vmObj.trackedBase) this.vmObj.trackedBase.valid = false;
+    if (this.linkedBase) await this.opts.store.delete(this.basePath);
+    if (this.vmObj.job === this) this.vmObj.job = undefined;
+  }
+}
