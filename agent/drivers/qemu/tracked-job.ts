@@ -15,8 +15,12 @@
  *          instant) ─► atPause() (the switch's drain) beside the last round (the blocks written
  *          since the previous round, read while the VM is stopped) ─► the device state alone
  *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
- *          `stop` to the RESUME (pause-boost.ts), as in a background cut; no stream of this agent
- *          writes into the store meanwhile (image-stream.ts holdStoreWrites).
+ *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
+ *          QEMU thread: its vCPUs must leave the guest for the `stop` and its helpers answer the
+ *          device-state save (at the default policy the host's realtime threads, an agent
+ *          forwarding a TCP stream in its cut window among them, held them off for up to 0.95 s:
+ *          the kernel's realtime throttling); no stream of this agent writes into the store
+ *          meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
  *          committed, linked as the VM's new base, the frozen disk stored (disk-layers.ts).
  *
@@ -135,14 +139,18 @@ export class TrackedJob extends DriverJob {
   async begin(): Promise<void> {
     const store = this.opts.store;
     if (!store.createBlockImage) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${this.vmObj.spec.name} runs with tracked memory, which needs a content-addressed store (this store keeps whole files): give the agent a content-addressed store, or start the VM with qemu extra memory=migration`);
+    this.mark('begin');
     const known = await this.q.execute<{ capability: string }[]>('query-migrate-capabilities');
     if (!known.some((c) => c.capability === 'x-ignore-shared')) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.vm} lacks the migration capability x-ignore-shared`);
     await this.q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
     await this.disk.prepare();
     if (pauseBoostEnabled()) startChrtShell();
     this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`);
+    this.mark('prepared');
     this.image = await this.openImage(store.createBlockImage.bind(store));
+    this.mark('opened');
     await this.firstRound();
+    this.mark('first round');
     this.phase = 'ready';
     this.opts.onProgress?.({ bytesDone: this.readBytes, bytesRemaining: 0, bytesTotal: this.tracker.length, iteration: 1, dirtyRateMibS: 0, ready: true });
     this.latch.set();
@@ -224,7 +232,7 @@ export class TrackedJob extends DriverJob {
     if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     this.phase = 'cutting';
     const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
-    this.mark('start');
+    this.mark('cut');
     let final: ReadBlocks | undefined;
     let state: Buffer | undefined;
     let cutUnixUs = 0;
@@ -241,7 +249,7 @@ export class TrackedJob extends DriverJob {
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
       const releaseStore = holdStoreWrites();
-      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log }) : undefined;
+      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true }) : undefined;
       try {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
         stopEv.catch(() => undefined);
