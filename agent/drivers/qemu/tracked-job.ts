@@ -12,8 +12,9 @@
  *          with the VM running and put in the store ─► ready.
  *   cut:   another round with the VM running unless the last is younger than FRESH_ROUND_MS
  *          (with the commit's instant: rounds until it, then the `stop` written at it) ─►
- *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the switch's drain) beside the last round (the blocks written
- *          since the previous round, read while the VM is stopped) ─► the device state alone
+ *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the
+ *          switch's drain) beside the last round (the blocks written since the previous round,
+ *          read while the VM is stopped) ─► the device state alone
  *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
  *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
  *          QEMU thread: its vCPUs must leave the guest for the `stop` and its helpers answer the
