@@ -6,12 +6,15 @@
  * and a 300 KiB tail (QEMU's device state). Into a local directory store in packs, as openStore()
  * opens one (fsyncs at commit; the default codec unless --compress says otherwise).
  *
- *   npm run bench:block-image -- [--size MiB] [--changed MiB] [--rounds N] [--compress zstd|deflate|none] [--dir DIR]
+ *   npm run bench:block-image -- [--size MiB] [--changed MiB] [--rounds N] [--compress zstd|deflate|none] [--dir DIR] [--json]
  *
  * Per incremental image: wall ms from createBlockImage() to commit()'s end, the process's CPU ms
  * in that span (every thread: the compression in libuv's pool too), and the event loop's own ms
  * inside putBlock()/setTail() calls (hashing, placing). Median, p95 and max. The RAM is 1/4 zero
  * blocks and 3/4 random; the store is a temporary directory unless --dir names one (kept).
+ * The baseline, in the same run: the whole image written once (every block put, what a snapshot
+ * without a base writes); `ratios.incremental_over_full` is the incremental wall median over it.
+ * With --json stdout is one JSON object; without, a few lines for a reader.
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -20,10 +23,19 @@ import * as path from 'node:path';
 import { isCodec, type Codec } from '../../proto/store/chunk-codec';
 import { CasStore } from '../../proto/store/cas-store';
 import { LocalObjects } from '../../proto/store/local-objects';
-import { forEachFlag, usageExit } from './args';
+import { forEachFlag, helpExit, usageExit } from './args';
 import { summarize } from './vm-net-measure';
 
-const USAGE = 'usage: npm run bench:block-image -- [--size MiB] [--changed MiB] [--rounds N] [--compress zstd|deflate|none] [--dir DIR]';
+const USAGE = 'usage: npm run bench:block-image -- [--size MiB] [--changed MiB] [--rounds N] [--compress zstd|deflate|none] [--dir DIR] [--json] [--help]';
+const HELP = `${USAGE}
+  --size MiB      the image's RAM (default 256)
+  --changed MiB   blocks replaced per incremental image (default 4)
+  --rounds N      incremental images (default 30)
+  --compress C    how new chunks are stored: zstd, deflate or none (default: the store's default)
+  --dir DIR       the store's directory (kept; default a temporary one, removed)
+  --json          stdout is one JSON object (the figures below, ratios included)
+Prints per incremental image wall ms, process CPU ms and event-loop ms (median / p95 / max), the
+whole image's write (the baseline) and the ratio of the two.`;
 const MiB = 1 << 20;
 const BLOCK = 64 * 1024;
 const TAIL = 300 * 1024;
@@ -48,6 +60,7 @@ async function main(): Promise<void> {
   let rounds = 30;
   let dir: string | undefined;
   let compress: Codec | 'none' | undefined;
+  let json = false;
   forEachFlag(process.argv.slice(2), usage, (flag, value) => {
     if (flag === '--size') sizeMiB = positive(flag, value());
     else if (flag === '--changed') changedMiB = positive(flag, value());
@@ -58,6 +71,8 @@ async function main(): Promise<void> {
       if (c !== 'none' && !isCodec(c)) usage(`--compress must be zstd, deflate or none, not "${c}"`);
       compress = c as Codec | 'none';
     }
+    else if (flag === '--json') json = true;
+    else if (flag === '--help' || flag === '-h') helpExit(HELP);
     else usage(`unknown argument ${flag}`);
   });
   const blocks = (sizeMiB * MiB) / BLOCK;
@@ -106,23 +121,32 @@ async function main(): Promise<void> {
       await store.delete(`bench/${r - 1}.mem`);
     }
     const round = (s: ReturnType<typeof summarize>): Record<string, number> => ({ median: +s.median.toFixed(2), p95: +s.p95.toFixed(2), max: +s.max.toFixed(2), n: s.n });
-    process.stdout.write(
-      `${JSON.stringify(
-        {
-          sizeMiB,
-          compress: compress ?? 'default',
-          changedMiB,
-          blockBytes: BLOCK,
-          tailBytes: TAIL,
-          fullImageMs: +fullMs.toFixed(1),
-          incremental: { wallMs: round(summarize(wall)), cpuMs: round(summarize(cpu)), loopMs: round(summarize(loop)), storedMiB: +(summarize(stored).median / MiB).toFixed(2) },
-          utc: [began, new Date().toISOString()],
-          load: { start: loadBefore.map((x) => +x.toFixed(2)), end: os.loadavg().map((x) => +x.toFixed(2)) },
-        },
-        null,
-        2,
-      )}\n`,
-    );
+    const wallS = summarize(wall);
+    const figures = {
+      sizeMiB,
+      compress: compress ?? 'default',
+      changedMiB,
+      blockBytes: BLOCK,
+      tailBytes: TAIL,
+      fullImageMs: +fullMs.toFixed(1),
+      incremental: { wallMs: round(wallS), cpuMs: round(summarize(cpu)), loopMs: round(summarize(loop)), storedMiB: +(summarize(stored).median / MiB).toFixed(2) },
+      ratios: { incremental_over_full: +(wallS.median / fullMs).toFixed(4) },
+      utc: [began, new Date().toISOString()],
+      load: { start: loadBefore.map((x) => +x.toFixed(2)), end: os.loadavg().map((x) => +x.toFixed(2)) },
+    };
+    if (json) process.stdout.write(`${JSON.stringify(figures, null, 2)}\n`);
+    else {
+      const f = (x: Record<string, number>): string => `${x.median} / ${x.p95} / ${x.max} ms`;
+      process.stdout.write(
+        [
+          `bench:block-image: ${sizeMiB} MiB image, ${changedMiB} MiB changed per image, ${rounds} rounds, codec ${figures.compress}`,
+          `  whole image (baseline): ${figures.fullImageMs} ms`,
+          `  incremental image, median / p95 / max: wall ${f(figures.incremental.wallMs)}, CPU ${f(figures.incremental.cpuMs)}, event loop ${f(figures.incremental.loopMs)}; ${figures.incremental.storedMiB} MiB stored`,
+          `  incremental / whole: ${figures.ratios.incremental_over_full}`,
+          `  ${figures.utc[0]} - ${figures.utc[1]}, load ${figures.load.start.join(' ')} -> ${figures.load.end.join(' ')}`,
+        ].join('\n') + '\n',
+      );
+    }
   } finally {
     store.close();
     if (!dir) fs.rmSync(root, { recursive: true, force: true });

@@ -34,6 +34,7 @@ import * as path from 'node:path';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { parseSimImage, type SimGuestState, type SimVmState } from '../sim/driver';
 import { decodeManifest } from '../../proto/artefacts/manifest';
+import { readDigest } from '../../proto/store/artefact-digest';
 import { storedSize } from '../../proto/store/cas-index';
 import { chunkObject } from '../../proto/store/pack-format';
 import { CasStore } from '../../proto/store/cas-store';
@@ -481,19 +482,16 @@ export class Cluster {
         problems.push(`${s.id}: artefact ${a.path} is missing`);
         continue;
       }
-      const h = createHash('sha256');
-      let size = 0;
+      // The digest as the manifest records it: a block image's is its chunk list's (artefact-digest.ts).
+      let got: { size: number; sha256: string };
       try {
-        for await (const b of store.read(a.path)) {
-          h.update(b);
-          size += b.length;
-        }
+        got = await readDigest(store, a);
       } catch (e) {
         problems.push(`${s.id}: ${a.path} unreadable: ${(e as Error).message}`);
         continue;
       }
-      if (size !== Number(a.size)) problems.push(`${s.id}: ${a.path} is ${size} bytes, listed ${a.size}`);
-      if (h.digest('hex') !== a.sha256) problems.push(`${s.id}: ${a.path} checksum differs`);
+      if (got.size !== Number(a.size)) problems.push(`${s.id}: ${a.path} is ${got.size} bytes, listed ${a.size}`);
+      if (got.sha256 !== a.sha256) problems.push(`${s.id}: ${a.path} checksum differs`);
     }
     return problems;
   }

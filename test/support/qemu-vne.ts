@@ -31,6 +31,12 @@ export interface E2eOptions {
   rateKiB?: number;
   /** the VMs' NIC mode (extra.nic; default: the driver's) */
   nic?: string;
+  /**
+   * the VMs' memory mode (extra.memory: migration or tracked; default VNSNAP_E2E_MEMORY, else the
+   * driver's): `VNSNAP_E2E_MEMORY=tracked npm run test:e2e-qemu` runs the end-to-end suites with
+   * tracked memory (docs/incremental-memory.md)
+   */
+  memory?: string;
 }
 
 /**
@@ -41,6 +47,7 @@ export interface E2eOptions {
  */
 export function writeVneFile(dir: string, image: GuestImage | DistroImage, o: E2eOptions = {}): string {
   const distro = 'kind' in image && image.kind === 'distro';
+  const memory = o.memory ?? process.env.VNSNAP_E2E_MEMORY;
   const vms = E2E_VMS.map((name, i) => {
     const disk = path.join(dir, `${name}-base.qcow2`);
     if (distro) distroOverlay(image, disk);
@@ -61,7 +68,7 @@ export function writeVneFile(dir: string, image: GuestImage | DistroImage, o: E2
       name,
       host: E2E_HOME[name],
       macs: [`52:54:00:88:00:0${i + 1}`],
-      driver: { qemu: { memoryMib: o.memoryMib ?? (distro ? DISTRO_MEMORY_MIB : 128), cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}), ...(o.nic ? { nic: o.nic } : {}) } } },
+      driver: { qemu: { memoryMib: o.memoryMib ?? (distro ? DISTRO_MEMORY_MIB : 128), cpus: 1, kernel: image.kernel, initrd: image.initrd, append, disk, extra: { channel: 'org.vnsnap.status', ...(o.monitor ? { monitor: '1' } : {}), ...(o.nic ? { nic: o.nic } : {}), ...(memory ? { memory } : {}) } } },
     };
   });
   const f = path.join(dir, `${E2E_VNE}.json`);

@@ -179,6 +179,15 @@ describe('QEMU pause boost through the system call (fake setPolicy)', () => {
     assert.deepEqual(c.calls, [], 'no chrt');
   });
 
+  it('pauseboost: allThreads raises every thread of the QEMU (vCPUs and helpers too) before boostPause returns; release puts them all back', async () => {
+    const f = fakeSet();
+    const b = boostPause(4242, { log: logger().log, chrt: new FakeChrt().run, setPolicy: f.set, monitorThread: () => 4250, policies: () => [0, 0, 0, 0], threads: () => [4242, 4250, 4251, 4252], allThreads: true });
+    assert.deepEqual(f.calls, ['4242', '4250', '4251', '4252'].map((t) => `${t} fifo ${PAUSE_BOOST_PRIORITY}`));
+    assert.equal(await b.applied, true);
+    await b.release();
+    assert.deepEqual(f.calls.slice(4), ['4242 other', '4250 other', '4251 other', '4252 other']);
+  });
+
   it('pauseboost: a refused raise is not restored; a thread gone by the release (ESRCH) is skipped in silence, another refusal is logged; release resolves', async () => {
     const { log, lines } = logger();
     const refused = boostPause(4242, { log, setPolicy: fakeSet({ 4242: 'EPERM' }).set, monitorThread: noMonitor, policies: () => [0], threads: () => [4242] });

@@ -99,6 +99,13 @@ export interface PauseBoostOptions {
   threads?: (pid: number) => number[];
   policies?: ThreadPolicies;
   monitorThread?: MonitorThread;
+  /**
+   * Raise every thread of QEMU, its vCPUs and helpers (RCU) among them, not only the main and
+   * monitor threads: for a pause in which QEMU itself waits for them (a tracked cut's `stop` and
+   * device state: tracked-job.ts), where a host's realtime threads would otherwise hold them off
+   * for up to the kernel's realtime throttling period.
+   */
+  allThreads?: boolean;
 }
 
 /** The scheduling policy of thread `tid` of `pid` (/proc; throws when it is gone). */
@@ -247,7 +254,7 @@ export function boostPause(pid: number | undefined, o: PauseBoostOptions): Pause
     return NOT_APPLIED;
   }
   const monitor = (o.monitorThread ?? monitorThread)(pid);
-  const tids = monitor === undefined ? [pid] : [pid, monitor];
+  const tids = o.allThreads ? (o.threads ?? threadIds)(pid) : monitor === undefined ? [pid] : [pid, monitor];
   const priority = o.priority ?? PAUSE_BOOST_PRIORITY;
   const set = o.setPolicy === undefined ? nativeSetPolicy() : o.setPolicy;
   let applied: Promise<boolean>;

@@ -10,13 +10,18 @@
  *          kept under its own path: unchanged blocks are named from it, never read or hashed);
  *          the first round: the blocks written since the base (no valid base: every block), read
  *          with the VM running and put in the store ─► ready.
- *   cut:   another round with the VM running (with the commit's instant: rounds until it, then
- *          the `stop` written at it) ─► `stop` + blockdev-snapshot back to back ─► STOP (the cut
- *          instant) ─► atPause() (the switch's drain) beside the last round (the blocks written
- *          since the previous round, read while the VM is stopped) ─► the device state alone
+ *   cut:   another round with the VM running unless the last is younger than FRESH_ROUND_MS
+ *          (with the commit's instant: rounds until it, then the `stop` written at it) ─►
+ *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the
+ *          switch's drain) beside the last round (the blocks written since the previous round,
+ *          read while the VM is stopped) ─► the device state alone
  *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
- *          `stop` to the RESUME (pause-boost.ts), as in a background cut; no stream of this agent
- *          writes into the store meanwhile (image-stream.ts holdStoreWrites).
+ *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
+ *          QEMU thread: its vCPUs must leave the guest for the `stop` and its helpers answer the
+ *          device-state save (at the default policy the host's realtime threads, an agent
+ *          forwarding a TCP stream in its cut window among them, held them off for up to 0.95 s:
+ *          the kernel's realtime throttling); no stream of this agent writes into the store
+ *          meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
  *          committed, linked as the VM's new base, the frozen disk stored (disk-layers.ts).
  *
@@ -55,6 +60,14 @@ export const RAM_BYTES_ATTRIBUTE = 'ram_bytes';
 const FULL_SLICE = 4 * MiB;
 /** With a cut instant, the last round before it starts at least this long before it. */
 const ROUND_LEAD_MS = 30;
+/**
+ * A cut without an instant (the agent itself waited for the commit's) stops the VM at once when
+ * the last round is younger than this: the stopped round then reads what was written since (at
+ * a few hundred MiB/s of guest writes, a few MiB: a millisecond or two), and the stop is not
+ * delayed after the instant by a round of its own (5-12 ms measured, varying per VM: the cut
+ * spread).
+ */
+const FRESH_ROUND_MS = 250;
 
 /**
  * The RAM padding (KiB) of a tracked VM of `memoryMib` whose untracked padding would be `padKib`
@@ -94,6 +107,8 @@ export class TrackedJob extends DriverJob {
   private linkedBase = false;
   private qmpTrace: CutQmpTrace | undefined;
   private trace: [string, number][] = [];
+  /** When the last round before the stop began (performance.now()). */
+  private lastRoundAt = 0;
   /** The puts of the rounds before the stop, in flight (awaited before the commit). */
   private puts: Promise<void>[] = [];
 
@@ -135,14 +150,18 @@ export class TrackedJob extends DriverJob {
   async begin(): Promise<void> {
     const store = this.opts.store;
     if (!store.createBlockImage) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${this.vmObj.spec.name} runs with tracked memory, which needs a content-addressed store (this store keeps whole files): give the agent a content-addressed store, or start the VM with qemu extra memory=migration`);
+    this.mark('begin');
     const known = await this.q.execute<{ capability: string }[]>('query-migrate-capabilities');
     if (!known.some((c) => c.capability === 'x-ignore-shared')) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.vm} lacks the migration capability x-ignore-shared`);
     await this.q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
     await this.disk.prepare();
     if (pauseBoostEnabled()) startChrtShell();
     this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`);
+    this.mark('prepared');
     this.image = await this.openImage(store.createBlockImage.bind(store));
+    this.mark('opened');
     await this.firstRound();
+    this.mark('first round');
     this.phase = 'ready';
     this.opts.onProgress?.({ bytesDone: this.readBytes, bytesRemaining: 0, bytesTotal: this.tracker.length, iteration: 1, dirtyRateMibS: 0, ready: true });
     this.latch.set();
@@ -171,6 +190,7 @@ export class TrackedJob extends DriverJob {
   /** Every block (no base), or those written since the base; the VM running. */
   private async firstRound(): Promise<void> {
     if (!this.full) return this.round();
+    this.lastRoundAt = performance.now();
     this.tracker.scan(); // from here every write is reported again
     const t = this.tracker;
     for (let off = 0; off < t.length; off += FULL_SLICE) {
@@ -185,6 +205,7 @@ export class TrackedJob extends DriverJob {
 
   /** One round with the VM running: the blocks written since the last scan, read and put. */
   private async round(): Promise<void> {
+    this.lastRoundAt = performance.now();
     const r = this.readRound();
     await this.put(r);
   }
@@ -224,7 +245,7 @@ export class TrackedJob extends DriverJob {
     if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     this.phase = 'cutting';
     const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
-    this.mark('start');
+    this.mark('cut');
     let final: ReadBlocks | undefined;
     let state: Buffer | undefined;
     let cutUnixUs = 0;
@@ -232,7 +253,7 @@ export class TrackedJob extends DriverJob {
     let stopWrittenAt: number | undefined;
     try {
       // Rounds with the VM running: the stopped one reads only what was written since the last.
-      await this.round();
+      if (stopAt !== undefined || performance.now() - this.lastRoundAt > FRESH_ROUND_MS) await this.round();
       while (stopAt !== undefined && stopAt - performance.now() > 2 * ROUND_LEAD_MS) {
         await sleep(Math.min(100, stopAt - performance.now() - ROUND_LEAD_MS));
         await this.round();
@@ -241,7 +262,7 @@ export class TrackedJob extends DriverJob {
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
       const releaseStore = holdStoreWrites();
-      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log }) : undefined;
+      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true }) : undefined;
       try {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
         stopEv.catch(() => undefined);
