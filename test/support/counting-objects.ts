@@ -1,6 +1,8 @@
 /**
  * An object backend that records every call it passes on to another one (operation and key or
- * prefix), for the tests and the bench that count what a writer session asks of its store.
+ * prefix), for the tests and the bench that count what a writer session asks of its store. It has
+ * putUnsynced()/sync() exactly when the backend it wraps has them (a local directory's deferred
+ * syncs), so a writer over it does what it does over that backend.
  */
 import type { ObjectBackend, ObjectInfo } from '../../proto/store/object-backend';
 
@@ -8,7 +10,16 @@ export class CountingObjects implements ObjectBackend {
   /** "op key" for each call, in the order they were made. */
   readonly calls: string[] = [];
 
-  constructor(readonly inner: ObjectBackend) {}
+  readonly putUnsynced?: (key: string, data: Uint8Array) => Promise<void>;
+  readonly sync?: (keys: readonly string[]) => Promise<void>;
+
+  constructor(readonly inner: ObjectBackend) {
+    const { putUnsynced, sync } = inner;
+    if (putUnsynced && sync) {
+      this.putUnsynced = (key, data) => this.note('putUnsynced', key, putUnsynced.call(inner, key, data));
+      this.sync = (keys) => this.note('sync', keys.join(','), sync.call(inner, keys));
+    }
+  }
 
   get describe(): string {
     return this.inner.describe;
