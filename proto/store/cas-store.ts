@@ -9,8 +9,8 @@
  * Guarantees on top of the contract:
  *   - Packs: the pack map (pack-map.ts) is brought up to date when a writer session starts, after
  *     its lock is put, so the chunks a writer finds there cannot be swept before its index is
- *     written. That costs one get() of the sweep generation (gc-generation.ts) while no sweep
- *     ran since the map last listed the tables, a listing at most once a minute otherwise.
+ *     written. That costs one get() of the sweep generation (gc-generation.ts), and a listing of
+ *     the tables only when a sweep ran since the map's last listing or that is a minute old.
  *   - get() and read() check every chunk's SHA-256 and size as it arrives, and the artefact's
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()

@@ -22,7 +22,8 @@
  *     new packs of other processes (this process's own packs come in by add()), and missing them
  *     costs dedup, never correctness: their chunks are stored again, in this writer's packs; the
  *     age bound makes them seen within maxAgeMs. An absent token (a store only an older version
- *     collected, which deletes without a token) means a full refresh at every session start.
+ *     collected, which deletes without a token) means a full refresh at every session start;
+ *     only on an empty store (no table listed) does the session put the first token itself.
  *   - A chunk stored in two packs (two writers of different processes storing it at once) is
  *     found in one of them; both copies are whole chunks, either serves.
  *   - A damaged table stops refresh() with its error (ERR_DATA_LOSS naming the key).
