@@ -1,7 +1,11 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { decodeIndex, indexKey } from '../../proto/store/cas-index';
 import { CasStore } from '../../proto/store/cas-store';
 import { GENERATION_KEY, newGeneration } from '../../proto/store/gc-generation';
+import { LocalObjects } from '../../proto/store/local-objects';
 import { packKey } from '../../proto/store/pack-format';
 import { MAP_MAX_AGE_MS, PackMap } from '../../proto/store/pack-map';
 import { KiB, rig, SMALL, type Rig } from '../support/cas-rig';
@@ -52,6 +56,24 @@ describe('CAS pack map at writer session start', () => {
     await store.put('new/a', bytes(100 * KiB, 101));
     assert.deepEqual(lists(c, from), []);
     assert.equal(c.since(more, 'get').filter((k) => k === `get ${GENERATION_KEY}`).length, 2, 'one get of the generation per session');
+  });
+
+  it('over a local directory (deferred syncs) too, the packs this store wrote are in its map without a listing', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-session-map-'));
+    try {
+      const c = new CountingObjects(new LocalObjects(dir));
+      assert.ok(c.putUnsynced, 'the wrapper keeps deferred syncs');
+      const store = new CasStore(c, { chunker: SMALL, concurrency: 3, pack: PACK });
+      const data = bytes(150 * KiB, 40);
+      await store.put('l/1', data);
+      const from = c.calls.length;
+      assert.equal((await store.put('l/2', data)).storedBytes, 0);
+      assert.deepEqual(lists(c, from), []);
+      assert.ok(c.since(0, 'putUnsynced').length > 0);
+      assert.deepEqual(await store.get('l/2'), data);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a sweep between two sessions makes the next one list: the writer names no chunk of a deleted pack', async () => {
