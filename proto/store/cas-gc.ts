@@ -8,6 +8,7 @@
  *      bytes (repack), or without a table; every table without its pack (pack-gc.ts).
  *   3. Sweep (exclusive): put locks/gc (a stale one is taken over, a live one is ERR_UNAVAILABLE);
  *      wait until no live writer lock is left (cas-locks.ts; bounded, then ERR_UNAVAILABLE);
+ *      put a new sweep generation (gc-generation.ts: writers' pack maps list the tables again);
  *      list the indexes again and read the ones new or rewritten since the mark, dropping their
  *      chunks from the candidates; repack, then delete the candidates (a pack's table before the
  *      pack), keeping locks/gc fresh; delete locks/gc.
@@ -30,6 +31,7 @@
 import { VnsnapError } from '../core/errors';
 import { CHUNK_PREFIX, ARTEFACT_PREFIX, decodeIndex, pathOfIndexKey } from './cas-index';
 import { liveWriterLocks, refreshGcLock, REFRESH_MS, STALE_MS, takeGcLock, timing, GC_LOCK, type LockTiming } from './cas-locks';
+import { newGeneration } from './gc-generation';
 import { getIfPresent, type ObjectBackend, type ObjectInfo } from './object-backend';
 import { decodeTable, packIdOf, packKey, tableKey, PACK_PREFIX, TABLE_PREFIX } from './pack-format';
 import { planPacks, repack, type PackFacts } from './pack-gc';
@@ -154,6 +156,9 @@ export async function collectGarbage(backend: ObjectBackend, opts: GcOptions = {
       }
       await t.sleep(t.pollMs);
     }
+    // Before the first delete: writers' pack maps list again at their next session (gc-generation.ts).
+    await keepFresh();
+    await newGeneration(backend);
     for (const info of await backend.listInfo(ARTEFACT_PREFIX)) {
       // Unchanged since the mark unless its time moved, or it is recent enough that a rewrite
       // could share its time stamp (S3 keeps whole seconds): those are read again.

@@ -7,8 +7,10 @@
  * (cas-writer.ts), which says where each chunk is. docs/storage.md ("Layout") has the picture.
  *
  * Guarantees on top of the contract:
- *   - Packs: the pack map (pack-map.ts) is refreshed when a writer session starts, after its
- *     lock is put, so the chunks a writer finds there cannot be swept before its index is written.
+ *   - Packs: the pack map (pack-map.ts) is brought up to date when a writer session starts, after
+ *     its lock is put, so the chunks a writer finds there cannot be swept before its index is
+ *     written. That costs one get() of the sweep generation (gc-generation.ts), and a listing of
+ *     the tables only when a sweep ran since the map's last listing or that is a minute old.
  *   - get() and read() check every chunk's SHA-256 and size as it arrives, and the artefact's
  *     own SHA-256 at the end: a corrupt chunk is ERR_CHECKSUM, a missing one ERR_DATA_LOSS, both
  *     naming the artefact and the chunk; bad bytes are never handed out as good ones (read()
@@ -141,7 +143,7 @@ export class CasStore implements SnapshotStore {
   private readonly timing: Timing;
   private readonly pack: Required<PackOptions> | null;
   private readonly hashWorker: boolean;
-  /** Which chunks the packs hold (pack-map.ts): refreshed when a writer session starts. */
+  /** Which chunks the packs hold (pack-map.ts): brought up to date when a writer session starts. */
   readonly map = new PackMap();
   /** The open writer session, and how many writers are in it. */
   private session: Promise<WriterSession> | null = null;
@@ -236,7 +238,7 @@ export class CasStore implements SnapshotStore {
       const s = new WriterSession(this.backend, this.timing);
       // The map is read only once the lock is held: no sweep can then delete a pack it lists.
       this.session = s.start().then(async () => {
-        if (this.pack) await this.map.refresh(this.backend).catch(async (e: unknown) => {
+        if (this.pack) await this.map.refreshForSession(this.backend, this.timing.clock()).catch(async (e: unknown) => {
           await s.end().catch(() => undefined);
           throw e;
         });
@@ -317,7 +319,7 @@ export class CasStore implements SnapshotStore {
    */
   private async *chunks(idx: ArtefactIndex, whole = true): AsyncGenerator<Buffer> {
     const sum = whole && !isBlockImage(idx) ? createHash('sha256') : undefined;
-    let refreshed: Promise<void> | undefined;
+    let refreshed: Promise<number> | undefined;
     const locate = async (sha: string): Promise<ChunkLocation | undefined> => {
       refreshed ??= this.map.refresh(this.backend);
       await refreshed;

@@ -9,13 +9,26 @@
  *   - refresh() makes the map exactly what the tables listed now say, plus what add() added since
  *     that is still listed: it lists packtabs/ once, reads only the tables it has not read before
  *     (at most PARALLEL at a time), and drops the packs whose table is gone.
- *   - A writer session refreshes it after its lock is taken (cas-store.ts): garbage collection
- *     cannot delete a pack while the session is open, so a chunk found in the map stays stored
- *     until an index naming it is written (docs/storage.md, "Delete and garbage collection").
+ *   - A writer session calls refreshForSession() after its lock is taken (cas-store.ts): garbage
+ *     collection cannot delete a pack while the session is open, so a chunk found in the map stays
+ *     stored until an index naming it is written (docs/storage.md, "Delete and garbage collection").
+ *   - refreshForSession() costs one get() in the steady state: it reads the sweep generation
+ *     (gc-generation.ts) and skips the listing when the token is the one read at its last full
+ *     refresh, that refresh is less than maxAgeMs old, and no other refresh() overlapped it. Safe
+ *     because a sweep puts a new token only once no writer lock is live and before it deletes
+ *     anything, and a session starts only when no sweep is live: a sweep that deleted a pack
+ *     after the last listing put its token after that listing's token was read, so the tokens
+ *     differ and the session lists again. What the map does not see without a listing is only
+ *     new packs of other processes (this process's own packs come in by add()), and missing them
+ *     costs dedup, never correctness: their chunks are stored again, in this writer's packs; the
+ *     age bound makes them seen within maxAgeMs. An absent token (a store only an older version
+ *     collected, which deletes without a token) means a full refresh at every session start;
+ *     only on an empty store (no table listed) does the session put the first token itself.
  *   - A chunk stored in two packs (two writers of different processes storing it at once) is
  *     found in one of them; both copies are whole chunks, either serves.
  *   - A damaged table stops refresh() with its error (ERR_DATA_LOSS naming the key).
  */
+import { newGeneration, readGeneration } from './gc-generation';
 import { getIfPresent, type ObjectBackend } from './object-backend';
 import { decodeTable, packIdOf, tableKey, TABLE_PREFIX, type PackEntry, type PackTable } from './pack-format';
 
@@ -24,6 +37,9 @@ export type ChunkLocation = Omit<PackEntry, 'sha256'> & { pack: string };
 
 /** Table reads in flight during refresh(). */
 export const PARALLEL = 16;
+
+/** How old the last full refresh may be before refreshForSession() lists again (other processes' packs). */
+export const MAP_MAX_AGE_MS = 60_000;
 
 /** Run f over items with at most `limit` running at once; the first failure is thrown after all settle. */
 export async function forEachLimit<T>(items: readonly T[], limit: number, f: (item: T) => Promise<void>): Promise<void> {
@@ -46,6 +62,11 @@ export async function forEachLimit<T>(items: readonly T[], limit: number, f: (it
 export class PackMap {
   private readonly tables = new Map<string, PackTable>();
   private readonly byChunk = new Map<string, ChunkLocation>();
+  /** The sweep generation read before the last full refresh that may be skipped after, and when. */
+  private synced: { generation: string; at: number } | null = null;
+  /** refresh() calls begun, and running now (a session's refresh overlapped by another is not trusted). */
+  private begun = 0;
+  private running = 0;
 
   /** Where the chunk with this SHA-256 is stored, if in a pack this map knows. */
   find(sha256: string): ChunkLocation | undefined {
@@ -73,8 +94,37 @@ export class PackMap {
     for (const { sha256, ...at } of t.chunks) if (!this.byChunk.has(sha256)) this.byChunk.set(sha256, { pack: t.pack, ...at });
   }
 
-  /** Bring the map to what the backend's tables say now (see the header). */
-  async refresh(backend: ObjectBackend): Promise<void> {
+  /**
+   * At a writer session's start, after its lock is put (see the header): a full refresh unless
+   * the sweep generation is unchanged since the last one and that is less than maxAgeMs old at
+   * `now`. Returns whether it listed the tables. On an empty store (no table listed) with no
+   * generation it puts the first one, so a new store has the cheap path from its first session.
+   */
+  async refreshForSession(backend: ObjectBackend, now: number, maxAgeMs = MAP_MAX_AGE_MS): Promise<boolean> {
+    let generation = await readGeneration(backend);
+    const last = this.synced;
+    if (generation !== null && last !== null && last.generation === generation && now - last.at < maxAgeMs) return false;
+    this.synced = null;
+    const alone = this.running === 0;
+    const before = this.begun;
+    const listed = await this.refresh(backend);
+    if (generation === null && listed === 0) generation = await newGeneration(backend);
+    if (generation !== null && alone && this.begun === before + 1) this.synced = { generation, at: now };
+    return true;
+  }
+
+  /** Bring the map to what the backend's tables say now (see the header); returns the tables listed. */
+  async refresh(backend: ObjectBackend): Promise<number> {
+    this.begun++;
+    this.running++;
+    try {
+      return await this.list(backend);
+    } finally {
+      this.running--;
+    }
+  }
+
+  private async list(backend: ObjectBackend): Promise<number> {
     const listed = new Set<string>();
     for (const key of await backend.list(TABLE_PREFIX)) {
       const id = packIdOf(key);
@@ -97,5 +147,6 @@ export class PackMap {
       const data = await getIfPresent(backend, key);
       if (data) this.add(decodeTable(data, key)); // else deleted since listed
     });
+    return listed.size;
   }
 }
