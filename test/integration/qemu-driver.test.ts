@@ -21,6 +21,7 @@ import { LocalDirStore, type SnapshotStore } from '../../proto/store/local-dir';
 import { LocalObjects } from '../../proto/store/local-objects';
 import { buildGuest, channelStatus, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage, type GuestStatus } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
+import { qemuUnderTest } from '../support/qemu-compliance';
 import { describeRuns, diffFiles } from '../support/ram-diff';
 import { sleep, until } from '../support/wait';
 import { sweepVnqm, VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
@@ -71,20 +72,9 @@ describe('QEMU driver', function () {
   for (const st of STORES)
   driverCompliance(`qemu (TCG guests, stream NIC, qcow2 disk, ${st.kind} store)`, async () => {
     const dir = path.join(root, `c${++n}`);
-    fs.mkdirSync(dir, { recursive: true });
     const store = await st.open(path.join(dir, 'store'));
-    const base = path.join(dir, 'base.qcow2');
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    const driver = new QemuDriver({ workDir: path.join(dir, 'w'), imageRoots: guestImageRoots(image as GuestImage, dir), ...(process.env.VNQM_LOG ? { logger: createLogger('vnqm-test', { level: 'debug' }) } : {}) });
     const img = image as GuestImage;
-    return {
-      driver,
-      store,
-      spec: (name) => guestSpec(img, name, { disk: base, append: kernelCmdline({ name, diskRate: 50 }), memMib: 128 }),
-      fingerprint: (id) => driver.fingerprint(id),
-      cleanup: async () => fs.rmSync(dir, { recursive: true, force: true }),
-      warmupMs: 2500,
-    };
+    return qemuUnderTest(dir, img, store, (name, disk) => guestSpec(img, name, { disk, append: kernelCmdline({ name, diskRate: 50 }), memMib: 128 }));
   });
 
   it('probes the accelerator once (TCG here: no vmx/svm)', () => {

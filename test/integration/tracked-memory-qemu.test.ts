@@ -11,7 +11,6 @@
  * userfaultfd write protection); skipped before that.
  */
 import { strict as assert } from 'node:assert';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
@@ -25,6 +24,7 @@ import type { BlockImageOptions, BlockImageWriter, SnapshotStore } from '../../p
 import { nativeIo } from '../../switch/native-io';
 import { buildGuest, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
+import { qemuUnderTest } from '../support/qemu-compliance';
 import { sleep } from '../support/wait';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
 
@@ -78,20 +78,9 @@ describe('QEMU driver with tracked memory', function () {
   let n = 0;
   driverCompliance('qemu (TCG guests, tracked memory, content-addressed store)', async () => {
     const dir = path.join(root, `c${++n}`);
-    fs.mkdirSync(dir, { recursive: true });
     const store = await casStore(path.join(dir, 'store'));
-    const base = path.join(dir, 'base.qcow2');
-    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', base, '16M']);
-    const driver = new QemuDriver({ workDir: path.join(dir, 'w'), imageRoots: guestImageRoots(image as GuestImage, dir), ...(process.env.VNQM_LOG ? { logger: createLogger('vnqm-test', { level: 'debug' }) } : {}) });
     const img = image as GuestImage;
-    return {
-      driver,
-      store,
-      spec: (name) => guestSpec(img, name, { disk: base, append: kernelCmdline({ name, diskRate: 50, memMiB: 16, memRateMiB: 4 }), memMib: RAM_MIB, memory: 'tracked' }),
-      fingerprint: (id) => driver.fingerprint(id),
-      cleanup: async () => fs.rmSync(dir, { recursive: true, force: true }),
-      warmupMs: 2500,
-    };
+    return qemuUnderTest(dir, img, store, (name, disk) => guestSpec(img, name, { disk, append: kernelCmdline({ name, diskRate: 50, memMiB: 16, memRateMiB: 4 }), memMib: RAM_MIB, memory: 'tracked' }));
   });
 
   describe('incremental images', function () {

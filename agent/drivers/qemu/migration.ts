@@ -61,18 +61,16 @@
  * `ready` follows driver.ts's contract (ReadyLatch): set at ready, released by abort(), rejected
  * when QEMU reports the pre-copy failed before it was ready.
  */
-import * as fsp from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
-import type { Logger } from '../../../proto/core/log';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
-import type { CutInstant, CutReport, DiskArtefact, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
-import { cutReport, DriverJob, fileToStore } from '../job';
+import type { CutInstant, CutReport, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
+import { cutReport } from '../job';
+import { QemuVmJob } from './vm-job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
 import { CutQmpTrace } from './cut-qmp-trace';
-import { DiskOverlay } from './disk-overlay';
 import { loggedPageOrder } from './page-order';
 import { FIRST_PASS_CEILING, HOLD_FLOOR, HOLD_SETTLE_MS, holdAfterConvergence, landingBandwidth, PACE_BY_ENV, PacedHold, parsePaceBy, UNLIMITED_BANDWIDTH } from './precopy-hold';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
@@ -80,8 +78,8 @@ import { collapseGuestRam } from './ram-huge-pages';
 import { precopyPause } from './precopy-pause';
 import { reachSwitchover, readPacedRound, thawMs, type RoundOutcome, type RoundProgress, type Switchover } from './precopy-switchover';
 import { ReadPacer } from './read-pacer';
-import { MiB, qemuImg, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
-import type { QmpClient, QmpEvent } from './qmp';
+import { MiB, type MigrationInfo, type QemuOptions, type QemuVm } from './process';
+import type { QmpEvent } from './qmp';
 
 type JobPhase = 'precopy' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
 
@@ -90,7 +88,7 @@ function capsFor(mode: SnapshotModeName): Set<string> {
   return mode === 'precopy' ? new Set(['events', 'pause-before-switchover']) : new Set(['events', 'background-snapshot']);
 }
 
-export class QemuJob extends DriverJob {
+export class QemuJob extends QemuVmJob {
   private isReady = false;
   private phase: JobPhase = 'precopy';
   /** The socket QEMU migrates into (one at a time: a pre-copy restart makes a new one). */
@@ -98,9 +96,6 @@ export class QemuJob extends DriverJob {
   /** The current migration's stream into the store, and its writer. */
   private stream: StreamIntoStore | undefined;
   private memWriter: ArtefactWriter | undefined;
-  private readonly disk: DiskOverlay;
-  private committed: StoredArtefact[] = [];
-  private writers: ArtefactWriter[] = [];
   private pausedByUs = false;
   private pollTimer: NodeJS.Timeout | undefined;
   private migrationStatus = 'none';
@@ -146,35 +141,13 @@ export class QemuJob extends DriverJob {
   /** A background cut wrote `migrate` (the migration may run even though the cut then failed). */
   private backgroundMigrate = false;
 
-  constructor(
-    private readonly vmObj: QemuVm,
-    private readonly opts: SnapshotOptions,
-    private readonly o: QemuOptions,
-  ) {
-    super();
-    this.vmObj.snapSerial++;
-    this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
+  constructor(vmObj: QemuVm, opts: SnapshotOptions, o: QemuOptions) {
+    super(vmObj, opts, o);
     this.memSock = `${vmObj.files.dir}/mig${vmObj.snapSerial}.sock`; // short: unix socket paths are limited
     this.bandwidth = Math.min(o.precopyBandwidth, FIRST_PASS_CEILING);
     this.pacing = o.holdBandwidth === 'paced';
     this.paceByReads = parsePaceBy(process.env[PACE_BY_ENV]) === 'reads';
     this.holdBandwidth = o.holdBandwidth === 'paced' ? HOLD_FLOOR : o.holdBandwidth;
-  }
-
-  get vm(): string {
-    return this.vmObj.spec.id;
-  }
-
-  get mode(): SnapshotModeName {
-    return this.opts.mode;
-  }
-
-  private get q(): QmpClient {
-    return this.vmObj.q();
-  }
-
-  private get log(): Logger {
-    return this.vmObj.log;
   }
 
   /** Every migration capability explicitly (they persist for the life of the QEMU process). */
@@ -664,25 +637,13 @@ export class QemuJob extends DriverJob {
 
   /** After the cut: wait for the stream to complete, then put the memory and disk images in the store. */
   private async finish(): Promise<VmImage> {
-    const name = this.vmObj.spec.name;
     try {
       await this.migrationDone;
       this.unlisten();
       const memory = await this.commitStream();
       // Off the cut path (the VM's stream is in the store): what the hold left to the cut.
       if (this.holdAtCut) this.log.info({ vm: this.vm, restarts: this.restarts, finalPassBytes: this.finalPassBytes, ...this.holdAtCut }, 'pre-copy hold at the cut');
-      let disks: DiskArtefact[] = [];
-      if (this.disk.frozen) {
-        // The disk as layers: the frozen top over the previous snapshot's (linked), or a full image (disk-layers.ts).
-        const tmpFile = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
-        try {
-          const r = await this.disk.store({ store: this.opts.store, prefix: this.opts.prefix, vm: name, tmpFile, upload: (f, rel) => this.copyIn(f, rel), committed: (a) => void this.committed.push(a), aborted: () => (this.phase as JobPhase) === 'aborted' });
-          disks = r.disks;
-          this.log.info({ how: r.how, why: r.why, layers: disks.length, storedBytes: disks.map((d) => d.storedBytes ?? d.size) }, 'disk stored');
-        } finally {
-          await fsp.rm(tmpFile, { force: true });
-        }
-      }
+      const disks = await this.storeDisk();
       if ((this.phase as JobPhase) === 'aborted') throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       this.phase = 'done';
       this.vmObj.job = undefined;
@@ -719,14 +680,6 @@ export class QemuJob extends DriverJob {
     this.stream = undefined;
     this.memWriter = undefined;
     await st.close();
-    return a;
-  }
-
-  private async copyIn(file: string, rel: string): Promise<StoredArtefact> {
-    const w = await this.opts.store.create(rel);
-    this.writers.push(w);
-    const a = await fileToStore(file, w, { chunkBytes: 4 * MiB, copyChunks: true, aborted: () => (this.phase as JobPhase) === 'aborted' });
-    this.committed.push(a);
     return a;
   }
 

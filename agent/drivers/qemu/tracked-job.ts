@@ -37,17 +37,16 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
-import type { Logger } from '../../../proto/core/log';
-import type { ArtefactWriter, BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
-import type { CutInstant, CutReport, DiskArtefact, SnapshotModeName, SnapshotOptions, VmImage } from '../driver';
-import { cutReport, DriverJob, fileToStore } from '../job';
+import type { BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
+import type { CutInstant, CutReport, SnapshotOptions, VmImage } from '../driver';
+import { cutReport } from '../job';
+import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DeviceStateSink, saveDeviceState } from './device-state';
-import { DiskOverlay } from './disk-overlay';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
-import { MiB, qemuImg, type QemuOptions, type QemuVm } from './process';
-import type { QmpClient, QmpEvent } from './qmp';
+import { MiB, type QemuOptions, type QemuVm } from './process';
+import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
 
 /** Bytes per block of a tracked image: the unit a round reads and the store keeps as one chunk. */
@@ -92,12 +91,9 @@ interface ReadBlocks {
   data: Buffer;
 }
 
-export class TrackedJob extends DriverJob {
+export class TrackedJob extends QemuVmJob {
   private phase: Phase = 'begin';
-  private readonly disk: DiskOverlay;
   private image: BlockImageWriter | undefined;
-  private writers: ArtefactWriter[] = [];
-  private committed: StoredArtefact[] = [];
   private sink: DeviceStateSink | undefined;
   private pausedByUs = false;
   /** Bytes read by the rounds, and whether the first round read every block (no valid base). */
@@ -113,30 +109,12 @@ export class TrackedJob extends DriverJob {
   private puts: Promise<void>[] = [];
 
   constructor(
-    private readonly vmObj: QemuVm,
+    vmObj: QemuVm,
     private readonly tracker: RamWriteTracker,
-    private readonly opts: SnapshotOptions,
-    private readonly o: QemuOptions,
+    opts: SnapshotOptions,
+    o: QemuOptions,
   ) {
-    super();
-    this.vmObj.snapSerial++;
-    this.disk = new DiskOverlay(vmObj, opts.epoch, (args) => qemuImg(o.qemuImg, args));
-  }
-
-  get vm(): string {
-    return this.vmObj.spec.id;
-  }
-
-  get mode(): SnapshotModeName {
-    return this.opts.mode;
-  }
-
-  private get q(): QmpClient {
-    return this.vmObj.q();
-  }
-
-  private get log(): Logger {
-    return this.vmObj.log;
+    super(vmObj, opts, o);
   }
 
   private get memPath(): string {
@@ -357,13 +335,7 @@ export class TrackedJob extends DriverJob {
       this.linkedBase = true;
       this.vmObj.trackedBase = { store: this.opts.store, path: this.basePath, valid: true };
       this.log.debug({ vm: this.vm, full: this.full, readBytes: this.readBytes, storedBytes: a.storedBytes, bytes: a.size }, 'tracked memory image committed');
-      let disks: DiskArtefact[] = [];
-      if (this.disk.frozen) {
-        const tmpFile = `${this.vmObj.files.dir}/frozen-e${this.opts.epoch}-${this.vmObj.snapSerial}.qcow2`;
-        const r = await this.disk.store({ store: this.opts.store, prefix: this.opts.prefix, vm: this.vmObj.spec.name, tmpFile, upload: (f, rel) => this.copyIn(f, rel), committed: (c) => void this.committed.push(c), aborted: () => this.abortRequested });
-        disks = r.disks;
-        this.log.info({ how: r.how, why: r.why, layers: disks.length, storedBytes: disks.map((d) => d.storedBytes ?? d.size) }, 'disk stored');
-      }
+      const disks = await this.storeDisk();
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       this.phase = 'done';
       if (this.vmObj.job === this) this.vmObj.job = undefined;
@@ -375,14 +347,6 @@ export class TrackedJob extends DriverJob {
       if (this.vmObj.trackedBase?.path === this.basePath && this.committed.length === 0) this.vmObj.trackedBase.valid = false;
       throw e;
     }
-  }
-
-  private async copyIn(file: string, rel: string): Promise<StoredArtefact> {
-    const w = await this.opts.store.create(rel);
-    this.writers.push(w);
-    const a = await fileToStore(file, w, { chunkBytes: 4 * MiB, copyChunks: true, aborted: () => this.abortRequested });
-    this.committed.push(a);
-    return a;
   }
 
   protected async runAbort(): Promise<void> {
