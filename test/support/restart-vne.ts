@@ -42,9 +42,11 @@ export class RestartVne {
     readonly vni = 3089,
   ) {}
 
-  /** The VNE definition file (in `dir`): each VM on its host, streaming to its peers at 256 KiB/s, no disk. */
+  /** The VNE definition file (in `dir`): each VM on its host, streaming to its peers at 256 KiB/s, no disk; memory as VNSNAP_E2E_MEMORY says. */
   writeFile(dir: string, image: GuestImage): string {
     const ipOf = (vm: string): string => (this.vms[vm] as RestartVm).ip;
+    // The memory mode of the e2e suites (qemu-vne.ts E2eOptions.memory): tracked VMs adopted too.
+    const memory = process.env.VNSNAP_E2E_MEMORY;
     const vms = Object.entries(this.vms).map(([name, v]) => ({
       name,
       host: v.host,
@@ -56,7 +58,7 @@ export class RestartVne {
           kernel: image.kernel,
           initrd: image.initrd,
           append: kernelCmdline({ name, ip: `${v.ip}/24`, mtu: 1400, peers: v.peers.map((p) => `${ipOf(p)}:7001`), rateKiB: 256, disk: 'none', reportSecs: 5 }),
-          extra: { channel: 'org.vnsnap.status' },
+          extra: { channel: 'org.vnsnap.status', ...(memory ? { memory } : {}) },
         },
       },
     }));

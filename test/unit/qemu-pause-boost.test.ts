@@ -188,6 +188,14 @@ describe('QEMU pause boost through the system call (fake setPolicy)', () => {
     assert.deepEqual(f.calls.slice(4), ['4242 other', '4250 other', '4251 other', '4252 other']);
   });
 
+  it('pauseboost: allThreads with othersPriority puts the main and monitor threads at the boost, every other thread at othersPriority below it', async () => {
+    const f = fakeSet();
+    const b = boostPause(4242, { log: logger().log, chrt: new FakeChrt().run, setPolicy: f.set, monitorThread: () => 4250, policies: () => [0, 0, 0, 0], threads: () => [4242, 4250, 4251, 4252], allThreads: true, othersPriority: 6 });
+    assert.deepEqual(f.calls, [`4242 fifo ${PAUSE_BOOST_PRIORITY}`, `4250 fifo ${PAUSE_BOOST_PRIORITY}`, '4251 fifo 6', '4252 fifo 6']);
+    await b.release();
+    assert.deepEqual(f.calls.slice(4), ['4242 other', '4250 other', '4251 other', '4252 other']);
+  });
+
   it('pauseboost: a refused raise is not restored; a thread gone by the release (ESRCH) is skipped in silence, another refusal is logged; release resolves', async () => {
     const { log, lines } = logger();
     const refused = boostPause(4242, { log, setPolicy: fakeSet({ 4242: 'EPERM' }).set, monitorThread: noMonitor, policies: () => [0], threads: () => [4242] });

@@ -106,6 +106,12 @@ export interface PauseBoostOptions {
    * for up to the kernel's realtime throttling period.
    */
   allThreads?: boolean;
+  /**
+   * With allThreads: the priority of the threads other than the main and monitor threads (default
+   * `priority`). Below QEMU's main thread, so that it always gets a core to kick a vCPU that is
+   * still running its guest at the raised priority out of it.
+   */
+  othersPriority?: number;
 }
 
 /** The scheduling policy of thread `tid` of `pid` (/proc; throws when it is gone). */
@@ -264,7 +270,7 @@ export function boostPause(pid: number | undefined, o: PauseBoostOptions): Pause
     let any = false;
     for (const tid of tids) {
       try {
-        set(tid, true, priority);
+        set(tid, true, tid === pid || tid === monitor ? priority : (o.othersPriority ?? priority));
         any = true;
       } catch (e) {
         o.log.debug({ pid, tid, err: (e as Error).message }, 'pause boost not applied');

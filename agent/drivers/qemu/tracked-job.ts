@@ -17,11 +17,16 @@
  *          read while the VM is stopped) ─► the device state alone
  *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
  *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
- *          QEMU thread: its vCPUs must leave the guest for the `stop` and its helpers answer the
+ *          QEMU thread, those at one above the agents' cut windows (CUT_FIFO_PRIORITY + 1) and
+ *          below QEMU's main thread, which so always gets a core to kick a vCPU still running its
+ *          guest out of it: its vCPUs must leave the guest for the `stop` and its helpers answer the
  *          device-state save (at the default policy the host's realtime threads, an agent
  *          forwarding a TCP stream in its cut window among them, held them off for up to 0.95 s:
- *          the kernel's realtime throttling); no stream of this agent writes into the store
- *          meanwhile (image-stream.ts holdStoreWrites).
+ *          the kernel's realtime throttling). The vCPUs go back to the default policy right
+ *          before the `cont`: a TCG vCPU running its guest at SCHED_FIFO above the agents' cut
+ *          windows took both cores of a 2-core host, so the agents never ran to see the RESUME and
+ *          undo the boost (their heartbeats stopped). No stream of this agent writes into the
+ *          store meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
  *          committed, linked as the VM's new base, the frozen disk stored (disk-layers.ts).
  *
@@ -45,6 +50,7 @@ import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { DeviceStateSink, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
+import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
@@ -240,7 +246,10 @@ export class TrackedJob extends QemuVmJob {
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
       const releaseStore = holdStoreWrites();
-      const unboost = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true }) : undefined;
+      // Every QEMU thread up for the stop and the device state; the vCPUs back down before the
+      // `cont` (the main and monitor threads alone stay up to the RESUME): see the module comment.
+      const boostAll = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true, othersPriority: CUT_FIFO_PRIORITY + 1 }) : undefined;
+      let boostMain: ReturnType<typeof boostPause> | undefined;
       try {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
         stopEv.catch(() => undefined);
@@ -262,6 +271,10 @@ export class TrackedJob extends QemuVmJob {
         this.mark('hook');
         state = await saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
         this.mark('device state');
+        if (boostAll) {
+          await boostAll.release();
+          boostMain = boostPause(this.vmObj.pid, { log: this.log });
+        }
         const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
         resumed.catch(() => undefined);
         await this.q.execute('cont');
@@ -270,7 +283,8 @@ export class TrackedJob extends QemuVmJob {
         this.vmObj.status = 'running';
         this.mark('resumed');
       } finally {
-        void unboost?.release();
+        void boostAll?.release();
+        void boostMain?.release();
         releaseStore();
       }
     } catch (e) {
