@@ -42,8 +42,8 @@ describe('driver spec policy: QEMU extra', () => {
   });
 
   it('refuses unknown keys instead of ignoring them', () => {
-    assert.equal(refusal(() => checkQemuExtra('VM "a": ', { 'rtc-base': 'utc' })), 'VM "a": qemu.extra key "rtc-base" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon)');
-    assert.equal(refusal(() => checkQemuExtra('', { constructor: 'x' })), 'qemu.extra key "constructor" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon)');
+    assert.equal(refusal(() => checkQemuExtra('VM "a": ', { 'rtc-base': 'utc' })), 'VM "a": qemu.extra key "rtc-base" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon, memory)');
+    assert.equal(refusal(() => checkQemuExtra('', { constructor: 'x' })), 'qemu.extra key "constructor" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon, memory)');
   });
 });
 

@@ -174,7 +174,7 @@ describe('driver specs: the agent refuses what a VM may not touch, before anythi
 
   it('QEMU extra.machine=q35,firmware=/etc/shadow, and an unknown extra key', async () => {
     await refused(qemu.start(qemuSpec({ kernel: bed.img('vmlinuz'), extra: { machine: 'q35,firmware=/etc/shadow' } }), ctx), 'VM a: qemu.extra.machine "q35,firmware=/etc/shadow" is invalid: expected q35, pc, microvm, pc-q35-X.Y or pc-i440fx-X.Y');
-    await refused(qemu.start(qemuSpec({ kernel: bed.img('vmlinuz'), extra: { 'global': 'x' } }), ctx), 'VM a: qemu.extra key "global" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon)');
+    await refused(qemu.start(qemuSpec({ kernel: bed.img('vmlinuz'), extra: { 'global': 'x' } }), ctx), 'VM a: qemu.extra key "global" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon, memory)');
     nothingRan();
   });
 
@@ -306,7 +306,7 @@ describe('driver specs: refused at `vne define` by the coordinator, and at Start
 
   it('every attack the coordinator can judge is INVALID_ARGUMENT at define (and update), and nothing of it is stored', async () => {
     await grpcRefused(define('m', q({ extra: { machine: 'q35,firmware=/etc/shadow' } })), 'VM "a": qemu.extra.machine "q35,firmware=/etc/shadow" is invalid: expected q35, pc, microvm, pc-q35-X.Y or pc-i440fx-X.Y');
-    await grpcRefused(define('u', q({ extra: { 'device': 'x' } })), 'VM "a": qemu.extra key "device" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon)');
+    await grpcRefused(define('u', q({ extra: { 'device': 'x' } })), 'VM "a": qemu.extra key "device" is not allowed (allowed: accel, machine, cpu, channel, nic, monitor, balloon, memory)');
     await grpcRefused(define('d', q({ kernel: `${bed.root}/../../etc/shadow` })), `VM "a": qemu.kernel ${JSON.stringify(`${bed.root}/../../etc/shadow`)} is not a normalised path (no '.', '..', '//' or trailing '/')`);
     await grpcRefused(define('r', q({ initrd: 'id_rsa' })), 'VM "a": qemu.initrd "id_rsa" is not an absolute path');
     await grpcRefused(define('b', { xen: { config: 'type = "pv"\nbootloader = "/bin/sh"\nbootloader_args = [ "-c", "id > /tmp/x" ]\n' } }), 'VM "a": xen.config bootloader is not allowed: it names a program dom0 runs as root');
