@@ -19,7 +19,7 @@
  *   - close() closes the opened store (an S3 client's sockets) when the agent stops.
  */
 import { VnsnapError } from '../proto/core/errors';
-import type { ArtefactWriter, BlockImageOptions, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
+import type { ArtefactWriter, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
 
 export class StoreHandle implements SnapshotStore {
@@ -47,8 +47,7 @@ export class StoreHandle implements SnapshotStore {
 
   /** The opened store's block images, where it has them (a content-addressed store); undefined otherwise. */
   get createBlockImage(): SnapshotStore['createBlockImage'] {
-    const s = this.opened;
-    return s?.createBlockImage ? (relPath: string, o: BlockImageOptions) => (s.createBlockImage as NonNullable<SnapshotStore['createBlockImage']>).call(s, relPath, o) : undefined;
+    return this.opened?.createBlockImage?.bind(this.opened);
   }
 
   async create(relPath: string): Promise<ArtefactWriter> {

@@ -7,6 +7,8 @@
  * Why a socket the agent listens on (not a file): nothing of it touches a disk inside the pause,
  * and the bytes are in memory when QEMU reports the migration completed.
  *
+ * ignoreSharedRam() sets the capabilities both a tracked save and a tracked load need.
+ *
  * Guarantees of saveDeviceState: resolves once QEMU reported MIGRATION completed, the stream
  * ended and QEMU left `finish-migrate` (it emits the completion before that last step and
  * refuses `cont` until it is done: "Migration is not finalized yet"); the VM is still stopped
@@ -18,6 +20,17 @@ import * as net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VnsnapError } from '../../../proto/core/errors';
 import type { QmpClient } from './qmp';
+
+/**
+ * Every migration capability explicitly: events and x-ignore-shared on, the rest off, so a
+ * migration carries the devices and not the shared RAM (a tracked capture's save, and a tracked
+ * restore's load). ERR_DRIVER when this QEMU lacks x-ignore-shared.
+ */
+export async function ignoreSharedRam(q: QmpClient, vm: string): Promise<void> {
+  const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
+  if (!known.some((c) => c.capability === 'x-ignore-shared')) throw new VnsnapError('ERR_DRIVER', `QEMU for ${vm} lacks the migration capability x-ignore-shared`);
+  await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
+}
 
 /** The whole save (migrate to the end of finish-migrate) must take less than this. */
 const SAVE_TIMEOUT_MS = 30_000;

@@ -48,7 +48,7 @@ import { cutReport } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
-import { DeviceStateSink, saveDeviceState } from './device-state';
+import { DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
@@ -111,8 +111,6 @@ export class TrackedJob extends QemuVmJob {
   private trace: [string, number][] = [];
   /** When the last round before the stop began (performance.now()). */
   private lastRoundAt = 0;
-  /** The puts of the rounds before the stop, in flight (awaited before the commit). */
-  private puts: Promise<void>[] = [];
 
   constructor(
     vmObj: QemuVm,
@@ -135,9 +133,7 @@ export class TrackedJob extends QemuVmJob {
     const store = this.opts.store;
     if (!store.createBlockImage) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${this.vmObj.spec.name} runs with tracked memory, which needs a content-addressed store (this store keeps whole files): give the agent a content-addressed store, or start the VM with qemu extra memory=migration`);
     this.mark('begin');
-    const known = await this.q.execute<{ capability: string }[]>('query-migrate-capabilities');
-    if (!known.some((c) => c.capability === 'x-ignore-shared')) throw new VnsnapError('ERR_DRIVER', `QEMU for ${this.vm} lacks the migration capability x-ignore-shared`);
-    await this.q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
+    await ignoreSharedRam(this.q, this.vm);
     await this.disk.prepare();
     if (pauseBoostEnabled()) startChrtShell();
     this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`);
@@ -180,10 +176,11 @@ export class TrackedJob extends QemuVmJob {
     for (let off = 0; off < t.length; off += FULL_SLICE) {
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const len = Math.min(FULL_SLICE, t.length - off);
+      const runs = { pairs: Float64Array.of(off, len), count: 1, bytes: len };
       const data = Buffer.allocUnsafe(len);
-      t.read({ pairs: Float64Array.of(off, len), count: 1, bytes: len }, data);
+      t.read(runs, data);
       this.readBytes += len;
-      await this.put({ runs: { pairs: Float64Array.of(off, len), count: 1, bytes: len }, data });
+      await this.put({ runs, data });
     }
   }
 
@@ -214,10 +211,7 @@ export class TrackedJob extends QemuVmJob {
       for (let b = 0; b < len; b += TRACKED_BLOCK_SIZE) puts.push(image.putBlock((off + b) / TRACKED_BLOCK_SIZE, r.data.subarray(at + b, at + b + TRACKED_BLOCK_SIZE)));
       at += len;
     }
-    const all = Promise.all(puts).then(() => undefined);
-    this.puts.push(all);
-    all.catch(() => undefined);
-    return all;
+    return Promise.all(puts).then(() => undefined);
   }
 
   private mark(step: string): void {
@@ -337,8 +331,7 @@ export class TrackedJob extends QemuVmJob {
     const image = this.image as BlockImageWriter;
     try {
       this.sink?.close();
-      await this.put(final);
-      await Promise.all(this.puts);
+      await this.put(final); // every earlier round's puts were awaited by the round
       await image.setTail(state);
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const a = await image.commit();
@@ -358,7 +351,6 @@ export class TrackedJob extends QemuVmJob {
       if (!this.abortRequested) this.phase = 'failed';
       await image.abort();
       for (const w of this.writers) await w.abort();
-      if (this.vmObj.trackedBase?.path === this.basePath && this.committed.length === 0) this.vmObj.trackedBase.valid = false;
       throw e;
     }
   }

@@ -14,6 +14,7 @@
  */
 import { VnsnapError } from '../../../proto/core/errors';
 import type { MemoryArtefact } from '../driver';
+import { ignoreSharedRam } from './device-state';
 import { loadMemory } from './incoming';
 import type { QemuVm } from './process';
 import { TrackedRamWriter } from './ram-track';
@@ -47,8 +48,6 @@ export async function loadTrackedMemory(vm: QemuVm, image: MemoryArtefact, sourc
   if (!Number.isSafeInteger(ramBytes) || ramBytes !== ram.length) {
     throw new VnsnapError('ERR_FAILED_PRECONDITION', `memory image ${image.path} holds ${image.attributes?.[RAM_BYTES_ATTRIBUTE] ?? '?'} bytes of RAM; VM ${vm.spec.name} has ${ram.length}: restore it with the memory size it was saved with`);
   }
-  const q = vm.q();
-  const known = await q.execute<{ capability: string }[]>('query-migrate-capabilities');
-  await q.execute('migrate-set-capabilities', { capabilities: known.map((c) => ({ capability: c.capability, state: c.capability === 'events' || c.capability === 'x-ignore-shared' })) });
+  await ignoreSharedRam(vm.q(), vm.spec.id);
   await loadMemory(vm, image.path, ramThenDeviceState(source, ram, ramBytes, `memory image ${image.path}`));
 }
