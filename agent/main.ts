@@ -1,8 +1,10 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --single-threaded-gc
 /**
  * vnsnap-agent: the per-host daemon. Thin: read the configuration (file + flags), build the
  * agent, its drivers and metrics server, start them in order with the lifecycle helper
  * (proto/core/lifecycle.ts); stop them in reverse on SIGTERM/SIGINT.
+ * It runs with the Node flags of node-flags.ts (this file's `#!` line and the unit pass them; a
+ * process started without one logs a warning naming it and goes on).
  * When ready it prints one JSON line on stdout ({"event":"ready",...}); logs are JSON on stderr.
  * A bad configuration is one line on stderr and exit status 2. The metrics server (when a port is
  * given) binds loopback unless metricsAddress names another address, and serves /debug/vms only
@@ -23,6 +25,7 @@ import { Agent, type AgentOptions } from './agent';
 import { loadAgentConfig, METRICS_DEFAULT_ADDRESS, PRODUCT_DRIVERS, type AgentConfig } from './config';
 import type { HypervisorDriver } from './drivers/driver';
 import { AgentMetrics, serveMetrics } from './metrics';
+import { AGENT_NODE_FLAGS, missingNodeFlags } from './node-flags';
 import { QemuDriver } from './drivers/qemu/driver';
 import { defaultNicMode } from './drivers/qemu/nic-backend';
 import { XenDriver } from './drivers/xen/driver';
@@ -164,6 +167,8 @@ export async function runAgentMain(extra: readonly DriverFactory[] = []): Promis
   // (a bug) is logged with its stack, and the agent goes on instead of taking the ports down
   // (seen once in dom0 when xl migrate failed mid-capture; the snapshot itself failed cleanly).
   process.on('unhandledRejection', (reason) => log.error({ err: describeError(reason), stack: reason instanceof Error ? reason.stack : undefined }, 'unhandled promise rejection (a bug): logged, the agent goes on'));
+  const missing = missingNodeFlags(process.execArgv);
+  if (missing.length > 0) log.warn({ missing }, `started without the Node flags ${missing.join(' ')}: each snapshot costs this host more CPU (docs/performance.md, "The agent's garbage collection on one thread"); start it as the unit does: node ${AGENT_NODE_FLAGS.join(' ')} .../agent/main.js`);
   const drivers: HypervisorDriver[] = factories.filter((f) => cfg.drivers.includes(f.name)).map((f) => f.make(log, cfg));
   const qemu = drivers.find((d): d is QemuDriver => d instanceof QemuDriver);
   const metrics = new AgentMetrics(undefined, { agent: cfg.id });

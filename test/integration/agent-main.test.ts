@@ -5,6 +5,7 @@ import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
+import { AGENT_NODE_FLAGS } from '../../agent/node-flags';
 
 const MAIN = path.resolve(__dirname, '../../agent/main.js');
 /** The same main with the simulated driver added (test/sim/agent-main.ts). */
@@ -47,8 +48,8 @@ describe('vnsnap-agent (main)', function () {
   });
 
   /** Start the sim agent with these arguments and resolve with its ready line. */
-  async function startAgent(args: string[]): Promise<{ p: ChildProcess; ready: { event: string; id: string; tunnelPort: number; tunnelOffload: boolean; metricsPort: number; drivers: string[] } }> {
-    const p = spawn(process.execPath, [SIM_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  async function startAgent(args: string[], nodeFlags: readonly string[] = []): Promise<{ p: ChildProcess; ready: { event: string; id: string; tunnelPort: number; tunnelOffload: boolean; metricsPort: number; drivers: string[] } }> {
+    const p = spawn(process.execPath, [...nodeFlags, SIM_MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = readline.createInterface({ input: p.stdout });
     const first = await new Promise<string>((resolve) => lines.once('line', resolve));
     return { p, ready: JSON.parse(first) as { event: string; id: string; tunnelPort: number; tunnelOffload: boolean; metricsPort: number; drivers: string[] } };
@@ -93,6 +94,20 @@ describe('vnsnap-agent (main)', function () {
     assert.equal(d.status, 200);
     assert.deepEqual(JSON.parse(d.body), { agent: 'h9', vms: [] });
     assert.equal(await stopAgent(p), 0);
+  });
+
+  it("warns, naming them, when started without the agent's Node flags (node-flags.ts), and not when started with them", async () => {
+    const cfg = path.join(dir, 'flags.json');
+    fs.writeFileSync(cfg, JSON.stringify({ id: 'h6', coordinator: '127.0.0.1:1', tunnel: '127.0.0.1:0', store: path.join(dir, 'store'), drivers: ['sim'], logLevel: 'warn', insecurePlaintext: true }));
+    const warnings = async (flags: readonly string[]): Promise<unknown[]> => {
+      const { p } = await startAgent(['--config', cfg], flags);
+      let err = '';
+      p.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+      assert.equal(await stopAgent(p), 0);
+      return err.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; missing?: string[] }).filter((l) => l.msg.startsWith('started without the Node flags')).map((l) => [l.level, l.missing]);
+    };
+    assert.deepEqual(await warnings([]), [[40, ['--single-threaded-gc']]]); // pino's warn
+    assert.deepEqual(await warnings(AGENT_NODE_FLAGS), []);
   });
 
   it('runs the tunnel with UDP GSO/GRO by default on this kernel; --no-tunnel-offload and "tunnelOffload": false turn them off', async () => {

@@ -43,6 +43,7 @@ import { ClusterStore, type ClusterStoreKind } from './cluster-store';
 import { sh, Topology, waitForJsonLine } from './netns';
 import { sleep, until } from './wait';
 import { childOutput } from './child-output';
+import { AGENT_NODE_FLAGS } from '../../agent/node-flags';
 import { testPki, type TestPki, type TlsFiles } from './pki';
 
 // Kept for the tests and benches that import them from here; new code imports ./wait.
@@ -246,7 +247,7 @@ export class Cluster {
       }),
     );
     const entry = main ?? ((this.opts.drivers ?? ['sim']).includes('sim') ? SIM_AGENT : AGENT);
-    const child = this.topo.spawn(host, process.execPath, [...nodeArgs(), entry, '--config', cfg]);
+    const child = this.topo.spawn(host, process.execPath, [...AGENT_NODE_FLAGS, ...nodeArgs(), entry, '--config', cfg]);
     this.pipeLog(child, host);
     const ready = await waitForJsonLine<{ event: string; tunnelOffload?: boolean }>(child, (v) => v.event === 'ready', 20_000);
     this.agents.set(host, child);

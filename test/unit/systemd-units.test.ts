@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { AGENT_NODE_FLAGS, missingNodeFlags } from '../../agent/node-flags';
 
 const root = path.resolve(__dirname, '../../..');
 const units = [path.join(root, 'agent/systemd/vnsnap-agent.service'), path.join(root, 'coordinator/systemd/vnsnap-coordinator.service')];
@@ -42,11 +43,18 @@ describe('systemd units', () => {
   });
 
   it('restart on failure and point at the installed code and config', () => {
-    for (const u of units) {
-      const text = fs.readFileSync(u, 'utf8');
-      assert.match(text, /^Restart=on-failure$/m);
-      assert.match(text, /^ExecStart=\/usr\/bin\/node \/opt\/vnsnap\/dist\/(agent|coordinator)\/main\.js --config \/etc\/vnsnap\/(agent|coordinator)\.json$/m);
-    }
+    for (const u of units) assert.match(fs.readFileSync(u, 'utf8'), /^Restart=on-failure$/m);
+    const execStart = (u: string): string[] => fs.readFileSync(u, 'utf8').match(/^ExecStart=.*$/gm) ?? [];
+    assert.deepEqual(execStart(units[0] as string), [`ExecStart=/usr/bin/node ${AGENT_NODE_FLAGS.join(' ')} /opt/vnsnap/dist/agent/main.js --config /etc/vnsnap/agent.json`]);
+    assert.deepEqual(execStart(units[1] as string), ['ExecStart=/usr/bin/node /opt/vnsnap/dist/coordinator/main.js --config /etc/vnsnap/coordinator.json']);
+  });
+
+  it("the agent's Node flags are the same in its unit and its #! line", () => {
+    assert.deepEqual(AGENT_NODE_FLAGS, ['--single-threaded-gc']);
+    const firstLine = fs.readFileSync(path.join(root, 'agent/main.ts'), 'utf8').split('\n')[0];
+    assert.equal(firstLine, `#!/usr/bin/env -S node ${AGENT_NODE_FLAGS.join(' ')}`);
+    assert.deepEqual(missingNodeFlags(['--inspect']), ['--single-threaded-gc']);
+    assert.deepEqual(missingNodeFlags(['--inspect', '--single-threaded-gc']), []);
   });
 
   it('reload sends SIGHUP to the main process (the daemons re-read their TLS files on it)', () => {

@@ -14,6 +14,7 @@ import { xenNames } from '../../agent/drivers/xen/driver';
 import { run } from '../bench/proc';
 import { parseStatuses, type GuestStatus } from './guest-config';
 import { FatalWait, sleep, until } from '../support/wait';
+import { AGENT_NODE_FLAGS } from '../../agent/node-flags';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
 export const VAR = '/var/lib/vnsnap';
@@ -94,7 +95,7 @@ export function coordinatorDaemon(): Daemon {
 export function agentDaemon(imageRoots: readonly string[]): Daemon {
   fs.writeFileSync(`${VAR}/agent.json`, JSON.stringify({ id: 'h1', coordinator: '127.0.0.1:7443', tunnel: '127.0.0.1:0', store: `${VAR}/store`, drivers: ['xen'], imageRoots, logLevel: 'info', insecurePlaintext: true }));
   // dom0-trace.ts: the stack of a bad buffer size goes to the agent's log.
-  return new Daemon('agent', [path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`], { ...process.env, NODE_OPTIONS: `--require ${path.join(__dirname, 'dom0-trace.js')}` });
+  return new Daemon('agent', [...AGENT_NODE_FLAGS, path.join(REPO, 'dist/agent/main.js'), '-c', `${VAR}/agent.json`], { ...process.env, NODE_OPTIONS: `--require ${path.join(__dirname, 'dom0-trace.js')}` });
 }
 
 /** The stream endpoints of the test VNE: guest a and guest b stream to each other. */
