@@ -27,6 +27,7 @@ import type { ChunkRef } from './cas-index';
 import { encodeChunks, type Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
+import { SpareBuffers } from './spare-buffers';
 import { encodeTable, packKey, sealPack, tableKey, type PackEntry, type PackTable } from './pack-format';
 import type { ChunkLocation } from './pack-map';
 
@@ -49,11 +50,6 @@ export interface WriteProfile {
 /** Where a chunk will be: its place in the pack once that is sealed and stored. */
 interface Slot {
   at?: ChunkLocation;
-}
-
-/** Keep `b` for reuse unless SPARE are kept already. */
-function keep(spare: Buffer[], b: Buffer): void {
-  if (spare.length < SPARE) spare.push(b);
 }
 
 /** Point a reference at where its chunk is stored. */
@@ -81,13 +77,14 @@ export type PackJob = () => Promise<PackUpload>;
  * — a lent write's is reused by its caller (snapshot-store.ts WriteHandover), and a mostly
  * deduplicated stream, one new chunk in many writes, keeps none of those writes alive.
  *
- * That buffer (the arena) and the sealed pack's bytes are reused by the writer's next packs
- * (`spare`): the arena once its pack is sealed (its bytes then copied into the pack), the pack's
- * bytes once a deferred put of them settled (a local directory's file written: nothing holds
- * them any more). A writer of a new memory image seals a pack every 8 MiB, and fresh memory for
- * each cost the agent its page faults and, as external memory, full collections of its heap
- * (docs/performance.md, "The agents' CPU per memory stream, cut"). The writer keeps at most
- * SPARE of each, and none once it is gone.
+ * That buffer (the arena) and the sealed pack's bytes are reused by the next packs of this and
+ * every later writer of the process (SPARE_ARENAS, SPARE_PACKS: spare-buffers.ts): the arena once
+ * its pack is sealed (its bytes then copied into the pack), the pack's bytes once a deferred put
+ * of them settled (a local directory's file written: nothing holds them any more). A writer of a
+ * new memory image seals a pack every 8 MiB, and fresh memory for each cost the agent its page
+ * faults and, as external memory, full collections of its heap (docs/performance.md, "The agents'
+ * CPU per memory stream, cut"); a tracked VM's snapshot every second is a new writer every
+ * second, which per-writer spares did not help.
  */
 interface OpenPack {
   chunks: { sha256: string; data: Buffer }[];
@@ -97,13 +94,12 @@ interface OpenPack {
   used: number;
 }
 
-/** Spare arenas and pack buffers a writer keeps for its next packs (each at most). */
-const SPARE = 2;
+/** Arenas and buffers for a pack's bytes kept for the process's next packs (at most 4 of each). */
+const SPARE_ARENAS = new SpareBuffers(4);
+const SPARE_PACKS = new SpareBuffers(4);
 
 export class PackWriter {
   private open: OpenPack = PackWriter.empty();
-  /** Memory of sealed packs free for the next ones: arenas, and buffers for a pack's bytes. */
-  private readonly spare = { arenas: [] as Buffer[], packs: [] as Buffer[] };
   private readonly placed = new Map<string, Slot>();
   private readonly refs: [ChunkRef, Slot][] = [];
   /** The backend's deferred puts (putUnsynced + sync), when it has them. */
@@ -149,7 +145,7 @@ export class PackWriter {
   /** A copy of `data` in the open pack's own memory (OpenPack). */
   private copy(data: Buffer): Buffer {
     const o = this.open;
-    o.arena ??= this.spare.arenas.pop() ?? Buffer.allocUnsafeSlow(this.targetBytes);
+    o.arena ??= SPARE_ARENAS.take(this.targetBytes);
     if (o.used + data.length > o.arena.length) return Buffer.from(data);
     const at = o.used;
     copyInto(o.arena, at, data); // from a stream's batch slot: shared memory, which V8 copies with relaxed atomic moves
@@ -169,14 +165,14 @@ export class PackWriter {
         this.codec,
       )).map((e, i) => ({ sha256: (chunks[i] as { sha256: string }).sha256, raw: (chunks[i] as { data: Buffer }).data.length, ...e }));
       // Stored bytes are at most the chunks' own (a chunk is kept encoded only when smaller).
-      const out = this.deferred ? (this.spare.packs.pop() ?? Buffer.allocUnsafeSlow(Math.max(bytes, this.targetBytes + (this.targetBytes >> 3)))) : undefined;
+      const out = this.deferred ? SPARE_PACKS.take(bytes, this.targetBytes + (this.targetBytes >> 3)) : undefined;
       const p = sealPack(encoded, out);
-      if (arena) keep(this.spare.arenas, arena); // every chunk in it was copied into the pack
+      if (arena) SPARE_ARENAS.give(arena); // every chunk in it was copied into the pack
       if (this.profile) this.profile.compressMs += msSince(t);
       t = process.hrtime.bigint();
       if (this.deferred) {
         await this.deferred.putUnsynced(packKey(p.id), p.data);
-        if (out) keep(this.spare.packs, out); // written: the pack's bytes are the file's now
+        if (out) SPARE_PACKS.give(out); // written: the pack's bytes are the file's now
         this.unsynced.push(p.table);
       } else {
         await this.backend.put(packKey(p.id), p.data);

@@ -43,6 +43,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
+import { SpareBuffers } from '../../../proto/store/spare-buffers';
 import type { CutInstant, CutReport, SnapshotOptions, VmImage } from '../driver';
 import { cutReport } from '../job';
 import { QemuVmJob } from './vm-job';
@@ -91,13 +92,23 @@ export function trackedBasePath(vne: string, vm: string): string {
 
 type Phase = 'begin' | 'ready' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
 
-/** Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back. */
+/** Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back, in `buf` (from RAM_READS). */
 interface ReadBlocks {
   runs: WrittenRuns;
   data: Buffer;
+  buf: Buffer;
 }
 
+/**
+ * The memory the rounds read the RAM into, reused by every round of the agent's tracked VMs
+ * (spare-buffers.ts says why): a round's buffer goes back once its blocks are put (the store
+ * copies what it keeps, block-image-writer.ts), the last round's once the image has it.
+ */
+const RAM_READS = new SpareBuffers(4);
+
 export class TrackedJob extends QemuVmJob {
+  /** This job writes the `stop` in cut() after at most a short round: see SnapshotJob.stopsAtCut. */
+  readonly stopsAtCut = true;
   private phase: Phase = 'begin';
   private image: BlockImageWriter | undefined;
   private sink: DeviceStateSink | undefined;
@@ -173,15 +184,17 @@ export class TrackedJob extends QemuVmJob {
     this.lastRoundAt = performance.now();
     this.tracker.scan(); // from here every write is reported again
     const t = this.tracker;
+    const buf = RAM_READS.take(FULL_SLICE);
     for (let off = 0; off < t.length; off += FULL_SLICE) {
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const len = Math.min(FULL_SLICE, t.length - off);
       const runs = { pairs: Float64Array.of(off, len), count: 1, bytes: len };
-      const data = Buffer.allocUnsafe(len);
+      const data = buf.subarray(0, len);
       t.read(runs, data);
       this.readBytes += len;
-      await this.put({ runs, data });
+      await this.put({ runs, data, buf });
     }
+    RAM_READS.give(buf);
   }
 
   /** One round with the VM running: the blocks written since the last scan, read and put. */
@@ -189,14 +202,16 @@ export class TrackedJob extends QemuVmJob {
     this.lastRoundAt = performance.now();
     const r = this.readRound();
     await this.put(r);
+    RAM_READS.give(r.buf);
   }
 
   private readRound(): ReadBlocks {
     const runs = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, this.tracker.length);
-    const data = Buffer.allocUnsafe(runs.bytes);
+    const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
+    const data = buf.subarray(0, runs.bytes);
     this.tracker.read(runs, data);
     this.readBytes += runs.bytes;
-    return { runs, data };
+    return { runs, data, buf };
   }
 
   /** Put the blocks read (each block of the runs, in order). */
@@ -332,6 +347,7 @@ export class TrackedJob extends QemuVmJob {
     try {
       this.sink?.close();
       await this.put(final); // every earlier round's puts were awaited by the round
+      RAM_READS.give(final.buf);
       await image.setTail(state);
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const a = await image.commit();
