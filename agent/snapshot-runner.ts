@@ -175,9 +175,6 @@ export class SnapshotRunner {
       endBegin,
     };
     this.snapshots.set(snap.id, snap);
-    // Background: the event loop raised from now, so that it is in place when the commit and
-    // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort).
-    if (mode === 'background') snap.priority = raiseCutPriority(this.o.cutPriority);
     this.o.log.info({ snapshot: snap.id, epoch: snap.epoch, mode, vms: c.vms }, 'snapshot begin');
     try {
       for (const vm of vms) {
@@ -206,6 +203,13 @@ export class SnapshotRunner {
       await this.localAbort(snap, `begin failed: ${describeError(e)}`);
       throw e;
     }
+    // Background: the event loop raised from now, so that it is in place when the commit and
+    // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort) — unless every job
+    // stops its VM itself at the cut (SnapshotJob.stopsAtCut): then the commit's raise is in
+    // time, and the copy before it (a tracked VM's first round: its blocks read, hashed and
+    // stored) runs at the agent's own priority, where it takes the host's idle time first instead
+    // of a guest's core.
+    if (mode === 'background' && (snap.state as SnapState) !== 'aborted' && snap.vms.some((sv) => sv.job.stopsAtCut !== true)) snap.priority = raiseCutPriority(this.o.cutPriority);
     begun();
     if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
     await Promise.race([Promise.all(snap.vms.map((x) => x.job.ready)), early]);

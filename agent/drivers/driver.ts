@@ -216,6 +216,12 @@ export interface SnapshotJob {
    */
   readonly ready: Promise<void>;
   /**
+   * True when cut() itself writes the pause at its call (or at its instant) after no more than a
+   * short round (a tracked QEMU VM, tracked-job.ts): the agent then raises its event loop for a
+   * background cut from the commit only (snapshot-runner.ts), not through the copy before it.
+   */
+  readonly stopsAtCut?: boolean;
+  /**
    * The cut; see the module comment. Rejects (without calling atPause) if the VM could not be
    * paused. `at`: the commit's cut instant for a pre-copy cut (CutInstant); a driver without a
    * final round before its pause ignores it (the VM is cut at the call).

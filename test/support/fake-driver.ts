@@ -52,12 +52,16 @@ export class FakeJob implements SnapshotJob {
     private readonly opts: SnapshotOptions,
   ) {
     this.ready = new Promise<void>((resolve, reject) => (this.settleReady = (e) => (e ? reject(e) : resolve())));
+    this.stopsAtCut = driver.stopsAtCut;
     if (!driver.holdReady) this.setReady();
   }
 
   get mode(): SnapshotModeName {
     return this.opts.mode;
   }
+
+  /** As the driver's `stopsAtCut` said when the job was made (a tracked QEMU VM's does). */
+  readonly stopsAtCut: boolean | undefined;
 
   setReady(): void {
     if (this.readySettled) return;
@@ -120,6 +124,8 @@ export class FakeDriver implements HypervisorDriver {
   holdReady = false;
   /** cut() rejects (ERR_DRIVER) without calling atPause. */
   failPause = false;
+  /** New jobs' stopsAtCut (SnapshotJob.stopsAtCut). */
+  stopsAtCut: boolean | undefined = undefined;
   /** Copies loaded beside a running VM, by id, until swapped or discarded. */
   readonly besides = new Map<string, FakeVmRecord>();
   /** Loads beside wait for this (a test holding them). */

@@ -188,6 +188,33 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a'], 'the pre-copy raised nothing');
   });
 
+  it('background with jobs that stop their VMs themselves at the cut (stopsAtCut): raised from the commit only, not through the copy before it', async () => {
+    const chrt = (args: string[]): Promise<void> => {
+      h.driver.events.push(`chrt ${args[0] ?? ''}`);
+      return Promise.resolve();
+    };
+    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+    const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
+    h.driver.stopsAtCut = true;
+    await h.snapshots.begin(begin('s15', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    await cutPrioritySettled();
+    assert.deepEqual(events(), [], 'not raised at Begin');
+    assert.equal(cutPriorityHolds(), 0);
+    await h.snapshots.commit({ snapshotId: 's15' });
+    await cutPrioritySettled();
+    assert.equal(cutPriorityHolds(), 0);
+    assert.deepEqual(events(), ['chrt --fifo', 'pause a', 'atPause a', 'pause b', 'atPause b', 'resume a', 'resume b', 'chrt --other'], 'raised at the commit, dropped after the last drain');
+    await h.snapshots.persist({ snapshotId: 's15' });
+    // One job without it (a VM snapshotted through QEMU's migration stream): raised at Begin again.
+    h.driver.stopsAtCut = undefined;
+    await h.snapshots.begin(begin('s16', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    await cutPrioritySettled();
+    assert.deepEqual(events(), ['chrt --fifo'], 'raised at Begin');
+    await h.snapshots.abort(abortOf('s16', 2));
+    await cutPrioritySettled();
+    assert.equal(cutPriorityHolds(), 0);
+  });
+
   it("the cut trace: COMMIT from the coordinator's send instant to the receipt (receipt alone from an older coordinator), DRAIN while the VM is paused, no stall on a clock that does not move", async () => {
     h = await new AgentParts().init(['a', 'b']);
     await h.snapshots.begin(begin('s9', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
