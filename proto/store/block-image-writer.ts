@@ -26,7 +26,9 @@
  *     writer session's lock is still held) puts the index, last: format 4 (cas-index.ts), whose
  *     sha256 is chunkListSha256 of its chunks; the result's sha256 is the same value, its
  *     attributes CHUNK_LIST_ATTRIBUTE and DIGEST_ATTRIBUTE = DIGEST_CHUNK_LIST, its storedBytes
- *     the bytes of the chunks this writer added.
+ *     the bytes of the chunks this writer added. With `alsoAt`, the same index (its path that
+ *     one) is put there next, under the same guard: a failure there fails the commit and deletes
+ *     the first index again (best effort: a backend that refused the put may refuse that too).
  *   - The base's chunks cannot be freed while the writer is open: the store reads the base's
  *     index only after this writer's session lock is put (cas-store.ts createBlockImage), and a
  *     garbage collection's sweep waits for every live writer lock, then re-reads the indexes
@@ -53,6 +55,8 @@ export interface CasBlockImageOptions {
   blocks: number;
   /** The base image's blocks' references, in order (as many as `blocks`). */
   base?: ChunkRef[];
+  /** A second path the commit puts the same image's index under (BlockImageOptions.alsoAt), after the first. */
+  alsoAt?: string;
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
@@ -134,6 +138,14 @@ export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter
     const sha = chunkListSha256(chunks);
     const index = { path: this.path, size, sha256: sha, chunker: { algo: 'blocks', blockSize: this.o.blockSize, blocks: this.o.blocks }, chunks } as const;
     await this.o.backend.put(indexKey(this.path), encodeIndex(index));
+    if (this.o.alsoAt !== undefined) {
+      try {
+        await this.o.backend.put(indexKey(this.o.alsoAt), encodeIndex({ ...index, path: this.o.alsoAt }));
+      } catch (e) {
+        await this.o.backend.delete(indexKey(this.path)).catch(() => undefined); // absent or complete, both
+        throw e;
+      }
+    }
     return { path: this.path, size, sha256: sha, storedBytes: this.stats.newBytes, attributes: attributesOf(index, sha) };
   }
 

@@ -179,11 +179,12 @@ export class CasStore implements SnapshotStore {
    */
   async createBlockImage(relPath: string, o: BlockImageOptions): Promise<CasBlockImageWriter> {
     checkPath(relPath);
+    if (o.alsoAt !== undefined) checkPath(o.alsoAt);
     const blocks = blockCount(relPath, o);
     const session = await this.enter();
     try {
       const base = o.base === undefined ? undefined : await this.baseBlocks(relPath, o, blocks);
-      return new CasBlockImageWriter(relPath, { blockSize: o.blockSize, blocks, ...(base ? { base } : {}), ...this.writing(session) });
+      return new CasBlockImageWriter(relPath, { blockSize: o.blockSize, blocks, ...(base ? { base } : {}), ...(o.alsoAt !== undefined ? { alsoAt: o.alsoAt } : {}), ...this.writing(session) });
     } catch (e) {
       await this.leave();
       throw e;

@@ -96,6 +96,13 @@ export interface BlockImageOptions {
    * when it is not a block image of this size and blockSize.
    */
   base?: string;
+  /**
+   * A second path the committed image is also made visible under, by the same commit (an index
+   * there, as link() would put, in the writer's own session; an artefact already there is
+   * replaced): a tracked VM's next base (agent/drivers/qemu/tracked-job.ts), without a link()
+   * that reads, decodes and writes the index again in a session of its own.
+   */
+  alsoAt?: string;
 }
 
 /**

@@ -12,6 +12,7 @@ import { packKey } from '../../proto/store/pack-format';
 import type { ObjectBackend } from '../../proto/store/object-backend';
 import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type BlockImageOptions, type StoredArtefact } from '../../proto/store/snapshot-store';
 import { KiB, MIN, rig } from '../support/cas-rig';
+import { VnsnapError } from '../../proto/core/errors';
 import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
 
 const BS = 4 * KiB;
@@ -273,6 +274,41 @@ describe('CasStore block images', () => {
     await w.putBlock(0, bytes(BS, 9));
     const b = await w.commit();
     assert.deepEqual((await store.get(b.path)).subarray(BS), ram(1).subarray(BS));
+  });
+
+  it('alsoAt: the commit makes the image visible under a second path too (replacing what is there, its own base included); a bad path is refused at creation', async () => {
+    const backend = new MemoryObjects();
+    const store = new CasStore(backend, { pack: PACK });
+    const a = await full(store, 'snapshots/s1/vm.mem', ram(1), bytes(3 * KiB, 2));
+    await store.link(a.path, 'bases/vm.mem');
+    const w = await store.createBlockImage('snapshots/s2/vm.mem', { ...OPTS, base: 'bases/vm.mem', alsoAt: 'bases/vm.mem' });
+    await w.putBlock(0, bytes(BS, 9));
+    const b = await w.commit();
+    await store.delete(a.path);
+    await store.delete(b.path);
+    assert.deepEqual(await store.get('bases/vm.mem'), Buffer.concat([bytes(BS, 9), ram(1).subarray(BS)])); // no tail set: none
+    assert.equal(await store.verify({ ...b, path: 'bases/vm.mem', storedBytes: 0 }), null);
+    const idx = await indexOf(backend, 'bases/vm.mem');
+    assert.deepEqual([idx.path, chunkListSha256(idx.chunks)], ['bases/vm.mem', b.sha256]);
+    assert.equal(await failure(store.createBlockImage('snapshots/s3/vm.mem', { ...OPTS, alsoAt: '../x' })), 'ERR_INVALID_ARGUMENT: bad artefact path "../x": no "." or ".." segments');
+    assert.deepEqual(backend.keys().filter((k) => k.startsWith('locks/w-')), [], 'a refused writer holds no session');
+  });
+
+  it('alsoAt: when the second index cannot be put, the commit fails and the first index is deleted again', async () => {
+    class RefusingAt extends MemoryObjects {
+      override async put(key: string, data: Uint8Array): Promise<void> {
+        if (key === indexKey('bases/vm.mem')) throw new VnsnapError('ERR_UNAVAILABLE', `put ${key} refused`);
+        return super.put(key, data);
+      }
+    }
+    const backend = new RefusingAt();
+    const store = new CasStore(backend, { pack: PACK });
+    const w = await store.createBlockImage('snapshots/s1/vm.mem', { ...OPTS, alsoAt: 'bases/vm.mem' });
+    for (let i = 0; i < BLOCKS; i++) await w.putBlock(i, block(ram(1), i));
+    assert.equal(await failure(w.commit()), `ERR_UNAVAILABLE: store ${backend.describe} failed while committing snapshots/s1/vm.mem: put ${indexKey('bases/vm.mem')} refused`);
+    assert.equal(await store.stat('snapshots/s1/vm.mem'), null);
+    assert.equal(await store.stat('bases/vm.mem'), null);
+    assert.deepEqual(backend.keys().filter((k) => k.startsWith('locks/w-') || k.startsWith('artefacts/')), []);
   });
 
   it('rejects a format-4 index whose blocks are not of its block size (ERR_DATA_LOSS) and one without its digest', async () => {

@@ -28,7 +28,8 @@
  *          undo the boost (their heartbeats stopped). No stream of this agent writes into the
  *          store meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
- *          committed, linked as the VM's new base, the frozen disk stored (disk-layers.ts).
+ *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt),
+ *          the frozen disk stored (disk-layers.ts).
  *
  * Exactness: a block's content in the image is its last read; every page written after a scan is
  * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped, so the
@@ -160,7 +161,8 @@ export class TrackedJob extends QemuVmJob {
 
   /** The block image over the VM's base when it is valid and still in the store; else a full one. */
   private async openImage(create: NonNullable<SnapshotOptions['store']['createBlockImage']>): Promise<BlockImageWriter> {
-    const o = { size: this.tracker.length, blockSize: TRACKED_BLOCK_SIZE };
+    // The commit also makes the image the VM's next base, under its own path (deleting this snapshot leaves it).
+    const o = { size: this.tracker.length, blockSize: TRACKED_BLOCK_SIZE, alsoAt: this.basePath };
     const base = this.vmObj.trackedBase;
     const usable = base?.valid === true;
     // From here the tracker's scans move on: the base stays usable only through this job's commit.
@@ -350,12 +352,10 @@ export class TrackedJob extends QemuVmJob {
       RAM_READS.give(final.buf);
       await image.setTail(state);
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
-      const a = await image.commit();
+      const a = await image.commit(); // and the VM's next base (openImage's alsoAt)
       this.committed.push(a);
-      const memory: StoredArtefact = { ...a, attributes: { ...a.attributes, [MEMORY_ATTRIBUTE]: MEMORY_TRACKED, [RAM_BYTES_ATTRIBUTE]: String(this.tracker.length) } };
-      // The next capture's base, under its own path: deleting this snapshot leaves it.
-      await this.opts.store.link(a.path, this.basePath);
       this.linkedBase = true;
+      const memory: StoredArtefact = { ...a, attributes: { ...a.attributes, [MEMORY_ATTRIBUTE]: MEMORY_TRACKED, [RAM_BYTES_ATTRIBUTE]: String(this.tracker.length) } };
       this.vmObj.trackedBase = { store: this.opts.store, path: this.basePath, valid: true };
       this.log.debug({ vm: this.vm, full: this.full, readBytes: this.readBytes, storedBytes: a.storedBytes, bytes: a.size }, 'tracked memory image committed');
       const disks = await this.storeDisk();
