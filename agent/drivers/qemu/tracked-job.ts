@@ -247,7 +247,10 @@ export class TrackedJob extends QemuVmJob {
       this.qmpTrace = CutQmpTrace.start(this.q);
       const releaseStore = holdStoreWrites();
       // Background: the agent's loop raised from the `stop` to the hook's end (cut-priority.ts;
-      // the rounds above ran at its own priority: snapshot-runner.ts agentWindow()).
+      // the rounds above ran at its own priority: snapshot-runner.ts agentWindow()). Not to the
+      // `stop`'s reply: QEMU answers it once it has flushed the disks, which waits for the
+      // kernel's I/O threads at the default policy, and the loop's other work (another VM's
+      // round) kept at a realtime policy meanwhile held them off again (~1 s pauses).
       const loopUp = this.opts.mode === 'background' ? this.opts.raiseCutPriority?.() : undefined;
       // Every QEMU thread up for the stop and the device state; the vCPUs back down before the
       // `cont` (the main and monitor threads alone stay up to the RESUME): see the module comment.
@@ -267,11 +270,13 @@ export class TrackedJob extends QemuVmJob {
         cutUnixUs = stop?.timestampUs || nowUs();
         this.mark('stopped');
         const hook = atPause();
-        hook.catch(() => undefined);
+        hook.then(
+          () => loopUp?.(),
+          () => loopUp?.(),
+        );
         final = this.readRound(); // synchronous: the VM is stopped
         this.mark('read');
         await Promise.all([hook, stopped, disk]);
-        loopUp?.();
         this.mark('hook');
         state = await saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
         this.mark('device state');
