@@ -18,9 +18,11 @@
  * instant. A tracked VM's job reads short rounds of the blocks written, the VM running, until
  * the instant and writes `stop` at it (agent/drivers/qemu/tracked-job.ts cut()): its pause is its
  * last, stopped round and its device state whenever the stop comes, so the instant costs it no
- * pause and brings its cut to the others'. The lead is 0: the margin that covers the commit's
- * delivery also covers the round begun at the receipt (measured: docs/performance.md, "Tracked
- * memory in bench:snapshot"). A VM of QEMU's own migration stream runs its final round of the
+ * pause and brings its cut to the others'. The lead is what the rounds begun at the receipt need
+ * to end before the instant: with none (the margin alone) the agents wrote `stop` 11–63 / 107–316
+ * ms (test / distro guests, medians of two runs) and up to 309 / 989 ms after it, each when its
+ * round ended, and the pre-copy cut spreads reached 80–315 ms; with 300 ms the test guests'
+ * spreads were 4–74 ms (docs/performance.md, "Tracked memory in bench:snapshot"). A VM of QEMU's own migration stream runs its final round of the
  * copy until the instant (agent/drivers/qemu/precopy-switchover.ts), but QEMU converges by itself
  * before it in some rounds and the frozen round's set is sent with the VM stopped: measured with
  * a lead of 100 ms it brought the pre-copy cut spreads' median down to 8–14 ms but not their
@@ -60,7 +62,7 @@ export const CUT_MARGIN: Readonly<CutMarginOptions> = { defaultMs: 100, minMs: 2
 export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
 
 /** The lead of a pre-copy commit's instant over a background one's, ms, for a VNE whose VMs all have tracked memory (the module comment). */
-export const TRACKED_PRECOPY_LEAD_MS = 0;
+export const TRACKED_PRECOPY_LEAD_MS = 300;
 
 /** What VNSNAP_PRECOPY_LEAD_MS asks for (the module comment): 'auto', 'none', or whole ms of lead. */
 export type PrecopyLead = 'auto' | 'none' | number;

@@ -61,7 +61,7 @@ describe('cut instant: clock offsets and the margin', () => {
   });
 
   it("a pre-copy commit's margin: the margin + the lead; 'auto' (the default) leads by TRACKED_PRECOPY_LEAD_MS for an all-tracked VNE only; none when the margin is 0 or there is no lead; VNSNAP_PRECOPY_LEAD_MS parsed", () => {
-    assert.equal(TRACKED_PRECOPY_LEAD_MS, 0);
+    assert.equal(TRACKED_PRECOPY_LEAD_MS, 300);
     assert.equal(new CutMargin().precopyMarginMs(false), 0, 'auto, not every VM tracked: no instant');
     assert.equal(new CutMargin().precopyMarginMs(true), CUT_MARGIN.defaultMs + TRACKED_PRECOPY_LEAD_MS, 'auto, every VM tracked: the margin + the tracked lead');
     assert.equal(new CutMargin(35).precopyMarginMs(true), 35 + TRACKED_PRECOPY_LEAD_MS);
