@@ -14,6 +14,21 @@ function begin(id: string, epoch: number, vms: string[], mode: SnapshotBegin__Ou
   return { snapshotId: id, vne: VNE, epoch, mode, vms, storePrefix: `snapshots/${id}/` };
 }
 
+/** Agent parts for VMs a and b whose cut-priority changes go into the driver's events ("chrt --fifo", "chrt --other"). */
+async function withChrtEvents(): Promise<AgentParts> {
+  const parts: AgentParts = await new AgentParts({
+    cutPriority: {
+      chrt: (args: string[]): Promise<void> => {
+        parts.driver.events.push(`chrt ${args[0] ?? ''}`);
+        return Promise.resolve();
+      },
+      policy: () => 0,
+      nice: os.getPriority(0),
+    },
+  }).init(['a', 'b']);
+  return parts;
+}
+
 const abortOf = (id: string, epoch: number) => ({ snapshotId: id, vne: VNE, epoch, storePrefix: `snapshots/${id}/` });
 
 async function code(p: Promise<unknown>): Promise<string> {
@@ -150,11 +165,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
   });
 
   it('background: the event loop raised from Begin to the last VM\'s drain (one window over the commit), dropped at an abort; a pre-copy never raises it', async () => {
-    const chrt = (args: string[]): Promise<void> => {
-      h.driver.events.push(`chrt ${args[0] ?? ''}`);
-      return Promise.resolve();
-    };
-    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+    h = await withChrtEvents();
     const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
     await h.snapshots.begin(begin('s11', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     await cutPrioritySettled();
@@ -189,11 +200,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
   });
 
   it('background with jobs that own their cut window (tracked memory): no window from Begin or the commit, each job raises the loop for its own pause; a job without one among them keeps the agent\'s window', async () => {
-    const chrt = (args: string[]): Promise<void> => {
-      h.driver.events.push(`chrt ${args[0] ?? ''}`);
-      return Promise.resolve();
-    };
-    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+    h = await withChrtEvents();
     const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
     h.driver.ownCutWindow = true;
     await h.snapshots.begin(begin('s21', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
