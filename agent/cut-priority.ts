@@ -14,7 +14,11 @@
  * thread the agent starts in the window does not inherit it. The raise is asked for at the
  * begin so that it is in place when the commit and the STOP arrive (a raise asked for at the
  * commit landed a few ms late, in the pause); the thread also gets nice CUT_NICE at once, all a
- * host without the permission for a realtime policy allows.
+ * host without the permission for a realtime policy allows. A snapshot job that does heavy work
+ * on this loop with its VM running before its stop (tracked memory's rounds: SnapshotJob
+ * ownCutWindow) takes the window itself, from right before its `stop` to its drain, and the
+ * agent takes none for it: at a realtime policy that work kept both agents of a 2-core host on
+ * their cores for up to the kernel's realtime throttling (snapshot-runner.ts agentWindow()).
  *
  * Guarantees: only the event-loop thread is raised (the libuv pool and the hashing workers keep
  * theirs), and only while a hold is taken; holds nest (two VNEs snapshotting at once), and the

@@ -185,6 +185,7 @@ export class SnapshotRunner {
           store: this.o.store,
           prefix: snap.prefix,
           onProgress: this.throttledProgress(vm, progress),
+          raiseCutPriority: () => raiseCutPriority(this.o.cutPriority),
         });
         const sv: SnapVm = { vm, job };
         snap.vms.push(sv);
@@ -204,12 +205,10 @@ export class SnapshotRunner {
       throw e;
     }
     // Background: the event loop raised from now, so that it is in place when the commit and
-    // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort) — unless every job
-    // stops its VM itself at the cut (SnapshotJob.stopsAtCut): then the commit's raise is in
-    // time, and the copy before it (a tracked VM's first round: its blocks read, hashed and
-    // stored) runs at the agent's own priority, where it takes the host's idle time first instead
-    // of a guest's core.
-    if (mode === 'background' && (snap.state as SnapState) !== 'aborted' && snap.vms.some((sv) => sv.job.stopsAtCut !== true)) snap.priority = raiseCutPriority(this.o.cutPriority);
+    // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort); not for jobs that
+    // raise it for their own pauses (ownCutWindow: tracked memory, whose rounds with the VM
+    // running must not run at a realtime policy, see agentWindow()).
+    if (this.agentWindow(snap) && (snap.state as SnapState) !== 'aborted') snap.priority = raiseCutPriority(this.o.cutPriority);
     begun();
     if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
     await Promise.race([Promise.all(snap.vms.map((x) => x.job.ready)), early]);
@@ -261,7 +260,7 @@ export class SnapshotRunner {
     // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
     // full speed with the VM running).
     const background = snap.mode === 'background';
-    const normalPriority = background ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    const normalPriority = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
     this.dropPriority(snap);
     let undrained = snap.vms.length;
     const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
@@ -445,6 +444,20 @@ export class SnapshotRunner {
   cancelTimers(): void {
     for (const t of this.abortTimers) this.o.clock.clearTimeout(t);
     this.abortTimers.clear();
+  }
+
+  /**
+   * Whether the agent holds the cut window (cut-priority.ts) for this snapshot: a background one
+   * with a VM whose job does not raise it for its own pause (SnapshotJob.ownCutWindow). A tracked
+   * job's rounds (reading and storing the blocks its guest wrote) run on this loop with the VM
+   * running, before its stop; at a realtime policy through the agent's window they took the
+   * loop's core for up to the kernel's realtime throttling, on both agents of a 2-core host at
+   * once, and every thread at the default policy (QEMU's threads the pause needs, the kernel's
+   * I/O threads behind a `stop`'s flush) waited: 0.9–1.1 s pauses (docs/performance.md, "Tracked
+   * memory in bench:snapshot"). Such a job raises the loop from its `stop` to its drain only.
+   */
+  private agentWindow(snap: LocalSnapshot): boolean {
+    return snap.mode === 'background' && (snap.vms.length === 0 || snap.vms.some((x) => x.job.ownCutWindow !== true));
   }
 
   /** The begin's raised priority, if still held (idempotent). */

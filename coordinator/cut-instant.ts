@@ -7,15 +7,29 @@
  * converted into each agent's clock with that agent's offset (clock-offset.ts), and every agent
  * begins its cuts then. An agent that receives the commit after the instant cuts at once.
  *
- * Pre-copy commits name one only when VNSNAP_PRECOPY_LEAD_MS gives a lead (precopyMarginMs(): the
- * margin + the lead; unset: none, each VM stops when its own final round ends, 14–200 ms after the
- * receipt, differently per VM). With one, each agent begins its cuts at the receipt, and each
- * VM's final round of its copy runs (the VM running) until the instant, when the agent writes
- * `stop` (agent/drivers/qemu/precopy-switchover.ts); the lead is the time the rounds get to send
- * their sets before it. Opt-in: measured with a lead of 100 ms it brought the pre-copy cut
- * spreads' median down to 8–14 ms but not their maximum (QEMU still converged by itself before
- * the instant in some rounds), and the pre-copy pauses over their targets (docs/performance.md,
- * "The pre-copy cut at the commit's instant").
+ * A pre-copy commit names one (precopyMarginMs(): the margin + a lead) when the lead says so:
+ *
+ *   VNSNAP_PRECOPY_LEAD_MS unset, empty or `auto` (the default): a lead of TRACKED_PRECOPY_LEAD_MS
+ *     when every VM of the VNE is a QEMU VM with tracked memory (qemu extra `memory: tracked`,
+ *     proto/specs/qemu-extra.ts memoryMode()), no instant otherwise;
+ *   `none`: no instant for any VNE; whole ms: that lead for every VNE.
+ *
+ * With an instant each agent begins its cuts at the receipt and each VM's driver stops it at the
+ * instant. A tracked VM's job reads short rounds of the blocks written, the VM running, until
+ * the instant and writes `stop` at it (agent/drivers/qemu/tracked-job.ts cut()): its pause is its
+ * last, stopped round and its device state whenever the stop comes, so the instant costs it no
+ * pause and brings its cut to the others'. The lead is what the rounds begun at the receipt need
+ * to end before the instant: with none (the margin alone) the agents wrote `stop` 11–63 / 107–316
+ * ms (test / distro guests, medians of two runs) and up to 309 / 989 ms after it, each when its
+ * round ended, and the pre-copy cut spreads reached 80–315 ms; with 300 ms the test guests'
+ * spreads were 4–74 ms (docs/performance.md, "Tracked memory in bench:snapshot"). A VM of QEMU's own migration stream runs its final round of the
+ * copy until the instant (agent/drivers/qemu/precopy-switchover.ts), but QEMU converges by itself
+ * before it in some rounds and the frozen round's set is sent with the VM stopped: measured with
+ * a lead of 100 ms it brought the pre-copy cut spreads' median down to 8–14 ms but not their
+ * maximum, and the pre-copy pauses over their targets (docs/performance.md, "The pre-copy cut at
+ * the commit's instant"). So a VNE with any such VM (or a Xen or sim VM) gets no instant by
+ * default: each VM stops when its own final round ends, 14–200 ms after the receipt, differently
+ * per VM.
  *
  * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
@@ -29,6 +43,8 @@
  */
 import { VnsnapError } from '../proto/core/errors';
 import type { VmSnapshot__Output } from '../proto/gen/vnsnap/v1/VmSnapshot';
+import type { VmSpec__Output } from '../proto/gen/vnsnap/v1/VmSpec';
+import { memoryMode } from '../proto/specs/qemu-extra';
 
 export const CUT_MARGIN_ENV = 'VNSNAP_CUT_MARGIN_MS';
 
@@ -45,12 +61,25 @@ export const CUT_MARGIN: Readonly<CutMarginOptions> = { defaultMs: 100, minMs: 2
 
 export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
 
-/** What VNSNAP_PRECOPY_LEAD_MS asks for: whole ms (a pre-copy commit's instant that much after a background one's), or 'none' (unset or empty too: pre-copy commits name no instant). ERR_CONFIG otherwise. */
-export function parsePrecopyLead(v: string | undefined): number | 'none' {
-  if (v === undefined || v.trim() === '' || v.trim() === 'none') return 'none';
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 1000) throw new VnsnapError('ERR_CONFIG', `${PRECOPY_LEAD_ENV}="${v}": expected whole ms 0..1000, or none (pre-copy commits name no cut instant)`);
+/** The lead of a pre-copy commit's instant over a background one's, ms, for a VNE whose VMs all have tracked memory (the module comment). */
+export const TRACKED_PRECOPY_LEAD_MS = 300;
+
+/** What VNSNAP_PRECOPY_LEAD_MS asks for (the module comment): 'auto', 'none', or whole ms of lead. */
+export type PrecopyLead = 'auto' | 'none' | number;
+
+/** VNSNAP_PRECOPY_LEAD_MS parsed: unset, empty or "auto": 'auto'; "none": 'none'; whole ms 0..1000; ERR_CONFIG otherwise. */
+export function parsePrecopyLead(v: string | undefined): PrecopyLead {
+  const t = v?.trim();
+  if (t === undefined || t === '' || t === 'auto') return 'auto';
+  if (t === 'none') return 'none';
+  const n = Number(t);
+  if (!Number.isInteger(n) || n < 0 || n > 1000) throw new VnsnapError('ERR_CONFIG', `${PRECOPY_LEAD_ENV}="${v}": expected auto (an instant for VNEs whose VMs all have tracked memory), none (pre-copy commits name no cut instant), or whole ms 0..1000`);
   return n;
+}
+
+/** Whether every VM of a VNE (at least one) is a QEMU VM with tracked memory: its pre-copy commits name an instant by default. */
+export function allVmsTracked(vms: readonly Pick<VmSpec__Output, 'driver'>[]): boolean {
+  return vms.length > 0 && vms.every((v) => !!v.driver?.qemu && memoryMode(v.driver.qemu.extra) === 'tracked');
 }
 
 /** What VNSNAP_CUT_MARGIN_MS asks for: 'auto' (unset or "auto"), or fixed ms (0: no instant). ERR_CONFIG otherwise. */
@@ -69,15 +98,20 @@ export class CutMargin {
   constructor(
     private readonly fixedMs: 'auto' | number = 'auto',
     o: Partial<CutMarginOptions> = {},
-    private readonly precopyLead: number | 'none' = 'none',
+    private readonly precopyLead: PrecopyLead = 'auto',
   ) {
     this.o = { ...CUT_MARGIN, ...o };
   }
 
-  /** A pre-copy commit's margin: marginMs() + the lead; 0 (no instant) when marginMs() is 0 or the lead 'none'. */
-  precopyMarginMs(): number {
+  /**
+   * A pre-copy commit's margin for a VNE whose VMs are all tracked (`allTracked`: allVmsTracked())
+   * or not: marginMs() + the lead ('auto': TRACKED_PRECOPY_LEAD_MS when allTracked, else none);
+   * 0 (no instant) when marginMs() is 0 or there is no lead.
+   */
+  precopyMarginMs(allTracked: boolean): number {
     const m = this.marginMs();
-    return m === 0 || this.precopyLead === 'none' ? 0 : m + this.precopyLead;
+    const lead = this.precopyLead === 'auto' ? (allTracked ? TRACKED_PRECOPY_LEAD_MS : 'none') : this.precopyLead;
+    return m === 0 || lead === 'none' ? 0 : m + lead;
   }
 
   /** 0: no scheduled instant (cut at receipt). */

@@ -26,9 +26,10 @@
  *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
  *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
  *   or at once if the commit reaches it later. The commit delays its CommitResults report
- *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one only with a lead
- *   configured (VNSNAP_PRECOPY_LEAD_MS; opt-in), later by it: its agents begin their cuts at
- *   receipt and stop each VM at the instant, after the VM's final round of its copy.
+ *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one, later by a lead,
+ *   when every VM of the VNE has tracked memory or VNSNAP_PRECOPY_LEAD_MS sets a lead
+ *   (cut-instant.ts): its agents begin their cuts at receipt and stop each VM at the instant,
+ *   after the VM's final round of its copy.
  * - PERSISTING: SnapshotPersist to every agent; each VM must come back with a memory artefact
  *   and every artefact must lie under the snapshot's store prefix; then the manifest is
  *   written (temporary name, fsync, rename, fsync dir) and only then is the catalog entry
@@ -65,7 +66,7 @@ import type { Clock, TimerHandle } from '../proto/core/clock';
 import type { EventBus } from './events';
 import type { ManifestStore } from './manifest-store';
 import { vmsByAgent } from './vne-config';
-import { commitDelayMs, cutInstants, CutMargin } from './cut-instant';
+import { allVmsTracked, commitDelayMs, cutInstants, CutMargin } from './cut-instant';
 import type { OffsetSample } from './clock-offset';
 import { degradedError, degradedReason } from './vne-health';
 
@@ -396,10 +397,10 @@ export class SnapshotRun {
     }
     const at = this.deps.clock.now();
     // The cut instant, now + the margin on this clock, each agent's in its own (0: none, cut at
-    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it; none without a
-    // lead, the default (cut-instant.ts).
+    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it; by default
+    // only when every VM has tracked memory (cut-instant.ts).
     const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
-    const marginMs = background ? this.seq.cutMargin.marginMs() : this.seq.cutMargin.precopyMarginMs();
+    const marginMs = background ? this.seq.cutMargin.marginMs() : this.seq.cutMargin.precopyMarginMs(allVmsTracked(this.spec.vne.vms));
     const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
     const instants = marginMs > 0 ? cutInstants(this.seq.nowUs() + marginMs * 1000, [...this.spec.byAgent.keys()], offsetOf) : undefined;
     this.fanOut(

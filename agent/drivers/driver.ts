@@ -155,6 +155,11 @@ export interface SnapshotOptions {
   /** Store prefix of the snapshot ("snapshots/<id>/"); artefacts go under it. */
   prefix: string;
   onProgress?: (p: SnapshotProgress) => void;
+  /**
+   * The agent's event loop raised for a cut window (agent/cut-priority.ts raiseCutPriority with
+   * the agent's options); returns its release (idempotent). A job with ownCutWindow calls it.
+   */
+  raiseCutPriority?: () => () => void;
 }
 
 export interface PhaseSpan {
@@ -216,17 +221,19 @@ export interface SnapshotJob {
    */
   readonly ready: Promise<void>;
   /**
-   * True when cut() itself writes the pause at its call (or at its instant) after no more than a
-   * short round (a tracked QEMU VM, tracked-job.ts): the agent then raises its event loop for a
-   * background cut from the commit only (snapshot-runner.ts), not through the copy before it.
-   */
-  readonly stopsAtCut?: boolean;
-  /**
    * The cut; see the module comment. Rejects (without calling atPause) if the VM could not be
    * paused. `at`: the commit's cut instant for a pre-copy cut (CutInstant); a driver without a
    * final round before its pause ignores it (the VM is cut at the call).
    */
   cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport>;
+  /**
+   * True when the job raises the agent's event loop for its own pause (SnapshotOptions
+   * raiseCutPriority: from right before its `stop` until its atPause hook has run) and does
+   * heavy work with the VM running before it (tracked memory's rounds) that must run at the
+   * agent's own priority: the agent then takes no window of its own for the background
+   * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts).
+   */
+  readonly ownCutWindow?: boolean;
   /** Wait until the image (memory, disk) is committed in the store. */
   durable(): Promise<VmImage>;
   /** Cancel, resume the VM if this job paused it, delete partial artefacts. Idempotent; concurrent calls share one run. */

@@ -19,7 +19,8 @@
  *            default, or the agent's tracked capture of written blocks: docs/incremental-memory.md)
  *
  * Pure: the coordinator checks at definition, the QEMU driver again before it builds a command
- * line (agent/drivers/qemu/driver.ts).
+ * line (agent/drivers/qemu/driver.ts). memoryMode() reads `memory` for both sides (the coordinator
+ * decides the pre-copy cut instant by it: coordinator/cut-instant.ts).
  */
 import { VnsnapError } from '../core/errors';
 
@@ -35,6 +36,14 @@ export const QEMU_EXTRA: Readonly<Record<string, { re: RegExp; grammar: string }
   balloon: { re: /^stats$/, grammar: 'stats' },
   memory: { re: /^(migration|tracked)$/, grammar: 'migration or tracked' },
 };
+
+/** How a QEMU VM's memory is snapshotted: its extra `memory`, `migration` when absent (QEMU's stream, the default). */
+export type MemoryMode = 'migration' | 'tracked';
+
+/** The memory mode an extra map asks for (it is checked already: anything but `tracked` is `migration`). */
+export function memoryMode(extra: Readonly<Record<string, string>> | undefined): MemoryMode {
+  return extra?.memory === 'tracked' ? 'tracked' : 'migration';
+}
 
 /** Refuse an unknown key or a value outside its grammar; `where` prefixes the message (e.g. `VM "a": `). */
 export function checkQemuExtra(where: string, extra: Readonly<Record<string, string>>): void {

@@ -16,7 +16,9 @@
  *                                  false), settled, its figures read, a background snapshot into
  *                                  the store an agent has by default (a new local content-addressed
  *                                  one) with the RAM dumped at the cut: the image against all of
- *                                  the above, and the bytes the store wrote for it (compressed)
+ *                                  the above, and the bytes the store wrote for it (compressed);
+ *                                  `memory` sets the VM's qemu extra memory (a tracked VM's first
+ *                                  image holds every block of its RAM: no base yet)
  *
  * Run alone (as root): `node dist/test/bench/image-size.js` measures the distro guest with and
  * without init_on_free and prints one JSON object per run; `--ram MiB` and `--load MiB` size the VM
@@ -32,6 +34,7 @@ import { buildDistroGuest, distroImageRoots, distroOverlay, distroSpec, type Dis
 import { channelStatus, ensureQemu } from '../guest/qemu-guest';
 import { sleep, until } from '../support/wait';
 import { forEachFlag, usageExit, wholeArg } from './args';
+import type { MemoryMode } from '../../proto/specs/qemu-extra';
 
 const PAGE = 4096;
 /** A RAM page in QEMU's stream (RAM_SAVE_FLAG_CONTINUE: no block name): 8-byte offset|flags, then 4096 bytes or one fill byte. */
@@ -128,7 +131,7 @@ export interface ImageMeasurement {
 }
 
 /** One distro guest: boot, settle `settleMs`, read its memory, take a background snapshot with a RAM dump at the cut. */
-export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boolean; settleMs?: number; root?: string; ramMib?: number; loadMib?: number }): Promise<ImageMeasurement> {
+export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boolean; settleMs?: number; root?: string; ramMib?: number; loadMib?: number; memory?: MemoryMode }): Promise<ImageMeasurement> {
   const root = o.root ?? `/tmp/vnim-${process.pid}`;
   const vne = 'vnim';
   fs.mkdirSync(root, { recursive: true });
@@ -138,7 +141,7 @@ export async function measureDistroImage(image: DistroImage, o: { zeroFreed: boo
   const id = `${vne}/g`;
   try {
     const disk = distroOverlay(image, path.join(root, `g-${o.zeroFreed ? 'z' : 'n'}.qcow2`));
-    const spec = distroSpec(image, vne, 'g', { disk, params: { ip: '192.168.79.1/24', memMiB: o.loadMib ?? 16, memRateMiB: 4, diskRate: 20 }, zeroFreed: o.zeroFreed, balloonStats: true, ...(o.ramMib ? { memMib: o.ramMib } : {}) });
+    const spec = distroSpec(image, vne, 'g', { disk, params: { ip: '192.168.79.1/24', memMiB: o.loadMib ?? 16, memRateMiB: 4, diskRate: 20 }, zeroFreed: o.zeroFreed, balloonStats: true, ...(o.ramMib ? { memMib: o.ramMib } : {}), ...(o.memory ? { memory: o.memory } : {}) });
     await driver.start(spec, { portNames: [`${vne}/g/0`], log: silentLogger() });
     const sock = driver.inspect(id)?.channelSock as string;
     await until('the distro guest answering on its status channel', () => channelStatus(sock, 5000).catch(() => undefined), { timeoutMs: 400_000, everyMs: 2000 });

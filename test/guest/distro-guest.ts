@@ -65,7 +65,7 @@ export function distroCmdline(p: GuestParams, extra: readonly string[] = [], o: 
 }
 
 /** A VmStartSpec (QEMU driver) for a distro guest: `disk` is the VM's own overlay (distroOverlay). */
-export function distroSpec(image: DistroImage, vne: string, name: string, opts: { disk: string; params?: Omit<GuestParams, 'name'>; mac?: string; memMib?: number; nic?: string; accel?: string; zeroFreed?: boolean; balloonStats?: boolean }): VmStartSpec {
+export function distroSpec(image: DistroImage, vne: string, name: string, opts: { disk: string; params?: Omit<GuestParams, 'name'>; mac?: string; memMib?: number; nic?: string; accel?: string; zeroFreed?: boolean; balloonStats?: boolean; memory?: string }): VmStartSpec {
   return {
     id: `${vne}/${name}`,
     vne,
@@ -80,7 +80,7 @@ export function distroSpec(image: DistroImage, vne: string, name: string, opts: 
         initrd: image.initrd,
         append: distroCmdline({ name, ...(opts.params ?? {}) }, [], { zeroFreed: opts.zeroFreed !== false }),
         disk: opts.disk,
-        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}), ...(opts.balloonStats ? { balloon: 'stats' } : {}) },
+        extra: { channel: STATUS_CHANNEL_NAME, ...(opts.nic ? { nic: opts.nic } : {}), ...(opts.accel ? { accel: opts.accel } : {}), ...(opts.balloonStats ? { balloon: 'stats' } : {}), ...(opts.memory ? { memory: opts.memory } : {}) },
       },
     },
   };

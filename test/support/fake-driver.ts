@@ -7,7 +7,9 @@
  * "abort a", "stop a", "restore a", "load-beside a", "swap a", "discard a"), so tests assert exact sequences.
  * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`); abort resolves it
  * (the driver contract) and `job.failCopy(err)` rejects it, as a failed copy does; `failPause` makes cut() reject without
- * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem".
+ * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem". With `ownCutWindow`
+ * the jobs say so (SnapshotJob.ownCutWindow) and a background cut raises the agent's loop
+ * (SnapshotOptions.raiseCutPriority) from its pause to its atPause's end ("window a" when raised).
  */
 import { VnsnapError } from '../../proto/core/errors';
 import { FakePort } from '../../switch/port/porttest/fake-port';
@@ -52,7 +54,6 @@ export class FakeJob implements SnapshotJob {
     private readonly opts: SnapshotOptions,
   ) {
     this.ready = new Promise<void>((resolve, reject) => (this.settleReady = (e) => (e ? reject(e) : resolve())));
-    this.stopsAtCut = driver.stopsAtCut;
     if (!driver.holdReady) this.setReady();
   }
 
@@ -60,8 +61,9 @@ export class FakeJob implements SnapshotJob {
     return this.opts.mode;
   }
 
-  /** As the driver's `stopsAtCut` said when the job was made (a tracked QEMU VM's does). */
-  readonly stopsAtCut: boolean | undefined;
+  get ownCutWindow(): boolean {
+    return this.driver.ownCutWindow;
+  }
 
   setReady(): void {
     if (this.readySettled) return;
@@ -80,9 +82,12 @@ export class FakeJob implements SnapshotJob {
     if (this.driver.failPause) throw new VnsnapError('ERR_DRIVER', `cannot pause ${this.vm}`);
     rec.status = 'paused';
     this.driver.events.push(`pause ${rec.spec.name}`);
+    const window = this.ownCutWindow && this.opts.mode === 'background' ? this.opts.raiseCutPriority?.() : undefined;
+    if (window) this.driver.events.push(`window ${rec.spec.name}`);
     const t = this.driver.nowUs();
     this.driver.events.push(`atPause ${rec.spec.name}`);
     await atPause();
+    window?.();
     rec.status = 'running';
     this.driver.events.push(`resume ${rec.spec.name}`);
     return { pauseMs: 1, cutUnixUs: t, resumeUnixUs: t + 1000, phases: [{ phase: 'PHASE_PAUSE', startUnixUs: t, endUnixUs: t + 1000 }] };
@@ -124,8 +129,8 @@ export class FakeDriver implements HypervisorDriver {
   holdReady = false;
   /** cut() rejects (ERR_DRIVER) without calling atPause. */
   failPause = false;
-  /** New jobs' stopsAtCut (SnapshotJob.stopsAtCut). */
-  stopsAtCut: boolean | undefined = undefined;
+  /** Jobs raise the agent's loop for their own pauses (SnapshotJob.ownCutWindow). */
+  ownCutWindow = false;
   /** Copies loaded beside a running VM, by id, until swapped or discarded. */
   readonly besides = new Map<string, FakeVmRecord>();
   /** Loads beside wait for this (a test holding them). */

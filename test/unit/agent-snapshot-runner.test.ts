@@ -14,6 +14,21 @@ function begin(id: string, epoch: number, vms: string[], mode: SnapshotBegin__Ou
   return { snapshotId: id, vne: VNE, epoch, mode, vms, storePrefix: `snapshots/${id}/` };
 }
 
+/** Agent parts for VMs a and b whose cut-priority changes go into the driver's events ("chrt --fifo", "chrt --other"). */
+async function withChrtEvents(): Promise<AgentParts> {
+  const parts: AgentParts = await new AgentParts({
+    cutPriority: {
+      chrt: (args: string[]): Promise<void> => {
+        parts.driver.events.push(`chrt ${args[0] ?? ''}`);
+        return Promise.resolve();
+      },
+      policy: () => 0,
+      nice: os.getPriority(0),
+    },
+  }).init(['a', 'b']);
+  return parts;
+}
+
 const abortOf = (id: string, epoch: number) => ({ snapshotId: id, vne: VNE, epoch, storePrefix: `snapshots/${id}/` });
 
 async function code(p: Promise<unknown>): Promise<string> {
@@ -150,11 +165,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
   });
 
   it('background: the event loop raised from Begin to the last VM\'s drain (one window over the commit), dropped at an abort; a pre-copy never raises it', async () => {
-    const chrt = (args: string[]): Promise<void> => {
-      h.driver.events.push(`chrt ${args[0] ?? ''}`);
-      return Promise.resolve();
-    };
-    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+    h = await withChrtEvents();
     const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
     await h.snapshots.begin(begin('s11', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     await cutPrioritySettled();
@@ -188,31 +199,39 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a'], 'the pre-copy raised nothing');
   });
 
-  it('background with jobs that stop their VMs themselves at the cut (stopsAtCut): raised from the commit only, not through the copy before it', async () => {
-    const chrt = (args: string[]): Promise<void> => {
-      h.driver.events.push(`chrt ${args[0] ?? ''}`);
-      return Promise.resolve();
-    };
-    h = await new AgentParts({ cutPriority: { chrt, policy: () => 0, nice: os.getPriority(0) } }).init(['a', 'b']);
+  it('background with jobs that own their cut window (tracked memory): no window from Begin or the commit, each job raises the loop for its own pause; a job without one among them keeps the agent\'s window', async () => {
+    h = await withChrtEvents();
     const events = (): string[] => h.driver.events.splice(0).filter((e) => !e.startsWith('start'));
-    h.driver.stopsAtCut = true;
-    await h.snapshots.begin(begin('s15', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    h.driver.ownCutWindow = true;
+    await h.snapshots.begin(begin('s21', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     await cutPrioritySettled();
-    assert.deepEqual(events(), [], 'not raised at Begin');
+    assert.deepEqual(events(), [], 'nothing raised at Begin');
     assert.equal(cutPriorityHolds(), 0);
-    await h.snapshots.commit({ snapshotId: 's15' });
+    await h.snapshots.commit({ snapshotId: 's21' });
     await cutPrioritySettled();
-    assert.equal(cutPriorityHolds(), 0);
-    assert.deepEqual(events(), ['chrt --fifo', 'pause a', 'atPause a', 'pause b', 'atPause b', 'resume a', 'resume b', 'chrt --other'], 'raised at the commit, dropped after the last drain');
-    await h.snapshots.persist({ snapshotId: 's15' });
-    // One job without it (a VM snapshotted through QEMU's migration stream): raised at Begin again.
-    h.driver.stopsAtCut = undefined;
-    await h.snapshots.begin(begin('s16', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    assert.equal(cutPriorityHolds(), 0, 'every job released its window');
+    const cut = events();
+    assert.deepEqual(cut.filter((e) => !e.startsWith('chrt')), ['pause a', 'window a', 'atPause a', 'pause b', 'window b', 'atPause b', 'resume a', 'resume b']);
+    assert.equal(cut[cut.length - 1], 'chrt --other', 'the loop back at its own policy after the last pause');
+    assert.ok(cut.indexOf('chrt --fifo') > cut.indexOf('pause a'), 'raised only once a VM was paused');
+    await h.snapshots.persist({ snapshotId: 's21' });
+
+    // A pre-copy: the jobs raise nothing (their windows are background cuts' only).
+    await h.snapshots.begin(begin('s22', 2, ['a']), h.sink);
+    await h.snapshots.commit({ snapshotId: 's22' });
+    await cutPrioritySettled();
+    assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a']);
+    await h.snapshots.persist({ snapshotId: 's22' });
+
+    // One job without its own window: the agent's window from Begin, as for any background snapshot.
+    h.driver.ownCutWindow = false;
+    await h.snapshots.begin(begin('s23', 3, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     await cutPrioritySettled();
     assert.deepEqual(events(), ['chrt --fifo'], 'raised at Begin');
-    await h.snapshots.abort(abortOf('s16', 2));
+    await h.snapshots.commit({ snapshotId: 's23' });
     await cutPrioritySettled();
     assert.equal(cutPriorityHolds(), 0);
+    assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a', 'chrt --other']);
   });
 
   it("the cut trace: COMMIT from the coordinator's send instant to the receipt (receipt alone from an older coordinator), DRAIN while the VM is paused, no stall on a clock that does not move", async () => {

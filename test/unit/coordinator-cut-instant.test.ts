@@ -1,6 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { ClockOffset, offsetSample } from '../../coordinator/clock-offset';
-import { commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead } from '../../coordinator/cut-instant';
+import { allVmsTracked, commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
+import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
+import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { VmSnapshot__Output } from '../../proto/gen/vnsnap/v1/VmSnapshot';
 
@@ -58,21 +60,39 @@ describe('cut instant: clock offsets and the margin', () => {
     assert.equal(new CutMargin(0).marginMs(), 0);
   });
 
-  it("a pre-copy commit's margin: the margin + the lead; none when the margin is 0 or the lead 'none'; VNSNAP_PRECOPY_LEAD_MS parsed", () => {
-    assert.equal(new CutMargin().precopyMarginMs(), 0, 'no lead unless configured');
-    assert.equal(new CutMargin('auto', {}, 100).precopyMarginMs(), CUT_MARGIN.defaultMs + 100);
-    assert.equal(new CutMargin(35, {}, 80).precopyMarginMs(), 115);
-    assert.equal(new CutMargin(0, {}, 80).precopyMarginMs(), 0);
-    assert.equal(new CutMargin(35, {}, 'none').precopyMarginMs(), 0);
+  it("a pre-copy commit's margin: the margin + the lead; 'auto' (the default) leads by TRACKED_PRECOPY_LEAD_MS for an all-tracked VNE only; none when the margin is 0 or there is no lead; VNSNAP_PRECOPY_LEAD_MS parsed", () => {
+    assert.equal(TRACKED_PRECOPY_LEAD_MS, 300);
+    assert.equal(new CutMargin().precopyMarginMs(false), 0, 'auto, not every VM tracked: no instant');
+    assert.equal(new CutMargin().precopyMarginMs(true), CUT_MARGIN.defaultMs + TRACKED_PRECOPY_LEAD_MS, 'auto, every VM tracked: the margin + the tracked lead');
+    assert.equal(new CutMargin(35).precopyMarginMs(true), 35 + TRACKED_PRECOPY_LEAD_MS);
+    assert.equal(new CutMargin(0).precopyMarginMs(true), 0, 'no instant at all: none for tracked VNEs either');
+    assert.equal(new CutMargin('auto', {}, 100).precopyMarginMs(false), CUT_MARGIN.defaultMs + 100, 'a lead set applies to every VNE');
+    assert.equal(new CutMargin(35, {}, 80).precopyMarginMs(true), 115);
+    assert.equal(new CutMargin(0, {}, 80).precopyMarginMs(false), 0);
+    assert.equal(new CutMargin(35, {}, 'none').precopyMarginMs(true), 0, "'none' set: no instant, tracked VNEs too");
+    assert.equal(new CutMargin(35, {}, 'none').precopyMarginMs(false), 0);
     assert.equal(new CutMargin(35, {}, 'none').marginMs(), 35, 'background commits keep theirs');
-    const parsed = [undefined, ' ', 'none', '0', '150', '-1', '1.5', 'x', '1001'].map((v) => {
+    const parsed = [undefined, ' ', 'auto', ' auto ', 'none', '0', '150', '-1', '1.5', 'x', '1001'].map((v) => {
       try {
         return parsePrecopyLead(v);
       } catch (e) {
         return isVnsnapError(e, 'ERR_CONFIG') ? 'ERR_CONFIG' : e;
       }
     });
-    assert.deepEqual(parsed, ['none', 'none', 'none', 0, 150, 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG']);
+    assert.deepEqual(parsed, ['auto', 'auto', 'auto', 'auto', 'none', 0, 150, 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG']);
+  });
+
+  it('allVmsTracked: every VM a QEMU VM with extra memory=tracked, and at least one', () => {
+    const qemu = (extra: Record<string, string>): Pick<VmSpec__Output, 'driver'> => ({ driver: { kind: 'qemu', qemu: { memoryMib: 128, cpus: 1, kernel: '/k', initrd: '', append: '', disk: '', extra } as QemuDriverSpec__Output } });
+    const sim: Pick<VmSpec__Output, 'driver'> = { driver: { kind: 'sim', sim: { memoryMib: 8, dirtyRateMibS: 1, frameRateHz: 10, peers: [] } } };
+    const tracked = qemu({ memory: 'tracked' });
+    assert.equal(allVmsTracked([tracked, qemu({ memory: 'tracked', nic: 'tap' })]), true);
+    assert.equal(allVmsTracked([tracked]), true);
+    assert.equal(allVmsTracked([tracked, qemu({ memory: 'migration' })]), false, 'one VM of the migration stream');
+    assert.equal(allVmsTracked([tracked, qemu({})]), false, 'no memory key: migration');
+    assert.equal(allVmsTracked([tracked, sim]), false, 'a sim VM');
+    assert.equal(allVmsTracked([tracked, { driver: null }]), false, 'no driver');
+    assert.equal(allVmsTracked([]), false, 'no VMs');
   });
 
   it('VNSNAP_CUT_MARGIN_MS: auto, whole ms 0..10000, anything else ERR_CONFIG', () => {

@@ -3,13 +3,14 @@ import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
 import type { Vne__Output } from '../../proto/gen/vnsnap/v1/Vne';
+import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { decodeManifest } from '../../proto/artefacts/manifest';
 import type { CommandBody } from '../../coordinator/agent-link';
 import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SequencerDeps, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
-import { CutMargin } from '../../coordinator/cut-instant';
+import { CUT_MARGIN, CutMargin, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
 
 /** The pre-copy lead of the sequencer tests that configure one (ms). */
 const LEAD = 100;
@@ -157,6 +158,33 @@ describe('coordinator snapshot sequencer', () => {
       [{ snapshotId: 'blue-s1' }, { snapshotId: 'blue-s1' }],
     );
     await pr.done;
+
+    // ... unless every VM of the VNE has tracked memory: then an instant, the margin + TRACKED_PRECOPY_LEAD_MS.
+    const tracked = harness();
+    const qemuVms = (mem: string[]): VmSpec__Output[] =>
+      vneDef('green', 300, [['g1', 'h1'], ['g2', 'h2']]).vms.map((v, i) => {
+        const extra: Record<string, string> = mem[i] ? { memory: mem[i] as string } : {};
+        return { ...v, driver: { kind: 'qemu' as const, qemu: { memoryMib: 128, cpus: 1, kernel: '/k', initrd: '', append: '', disk: '', extra } } };
+      });
+    const greenCommits = async (x: Harness, vms: ReturnType<typeof qemuVms>) => {
+      x.catalog.insertVne({ ...vneDef('green', 300, [['g1', 'h1'], ['g2', 'h2']]), vms });
+      const g = x.start({ vne: 'green' });
+      for (const [a, vm] of [['h1', 'g1'], ['h2', 'g2']] as const) ready(x, a, vm);
+      await g.done;
+      return x.agents.sent.filter((s) => s.name === 'snapshotCommit' && s.body.snapshotCommit?.snapshotId === g.id).map((s) => [s.agent, s.body.snapshotCommit?.cutAtUnixUs]);
+    };
+    assert.deepEqual(await greenCommits(tracked, qemuVms(['tracked', 'tracked'])), [
+      ['h1', T0 * 1000 + (CUT_MARGIN.defaultMs + TRACKED_PRECOPY_LEAD_MS) * 1000],
+      ['h2', T0 * 1000 + (CUT_MARGIN.defaultMs + TRACKED_PRECOPY_LEAD_MS) * 1000],
+    ]);
+    assert.deepEqual(await greenCommits(harness(), qemuVms(['tracked', 'migration'])), [
+      ['h1', undefined],
+      ['h2', undefined],
+    ], 'one VM of the migration stream: none');
+    assert.deepEqual(await greenCommits(harness({ cutMargin: new CutMargin('auto', {}, 'none') }), qemuVms(['tracked', 'tracked'])), [
+      ['h1', undefined],
+      ['h2', undefined],
+    ], 'VNSNAP_PRECOPY_LEAD_MS=none: none');
 
     const off = harness({ cutMargin: new CutMargin(0) });
     const r = await background(off);

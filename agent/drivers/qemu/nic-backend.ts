@@ -78,6 +78,9 @@ export function recordNicMode(job: SnapshotJob, mode: NicMode): SnapshotJob {
     get ready() {
       return job.ready;
     },
+    get ownCutWindow() {
+      return job.ownCutWindow;
+    },
     cut: (atPause, at) => job.cut(atPause, at),
     durable: async () => {
       const img = await job.durable();

@@ -22,7 +22,11 @@
  *          guest out of it: its vCPUs must leave the guest for the `stop` and its helpers answer the
  *          device-state save (at the default policy the host's realtime threads, an agent
  *          forwarding a TCP stream in its cut window among them, held them off for up to 0.95 s:
- *          the kernel's realtime throttling). The vCPUs go back to the default policy right
+ *          the kernel's realtime throttling). In a background cut the agent's event loop is
+ *          raised (cut-priority.ts) from right before the `stop` to the hook's end only: the
+ *          rounds before it run at the agent's own priority (ownCutWindow; at a realtime policy
+ *          they held every other thread of a 2-core host off for up to 1 s, pauses with them).
+ *          The vCPUs go back to the default policy right
  *          before the `cont`: a TCG vCPU running its guest at SCHED_FIFO above the agents' cut
  *          windows took both cores of a 2-core host, so the agents never ran to see the RESUME and
  *          undo the boost (their heartbeats stopped). No stream of this agent writes into the
@@ -108,8 +112,8 @@ interface ReadBlocks {
 const RAM_READS = new SpareBuffers(4);
 
 export class TrackedJob extends QemuVmJob {
-  /** This job writes the `stop` in cut() after at most a short round: see SnapshotJob.stopsAtCut. */
-  readonly stopsAtCut = true;
+  /** Its rounds run at the agent's own priority; the loop is raised for the pause alone (cut()). */
+  readonly ownCutWindow = true;
   private phase: Phase = 'begin';
   private image: BlockImageWriter | undefined;
   private sink: DeviceStateSink | undefined;
@@ -257,6 +261,12 @@ export class TrackedJob extends QemuVmJob {
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
       const releaseStore = holdStoreWrites();
+      // Background: the agent's loop raised from the `stop` to the hook's end (cut-priority.ts;
+      // the rounds above ran at its own priority: snapshot-runner.ts agentWindow()). Not to the
+      // `stop`'s reply: QEMU answers it once it has flushed the disks, which waits for the
+      // kernel's I/O threads at the default policy, and the loop's other work (another VM's
+      // round) kept at a realtime policy meanwhile held them off again (~1 s pauses).
+      const loopUp = this.opts.mode === 'background' ? this.opts.raiseCutPriority?.() : undefined;
       // Every QEMU thread up for the stop and the device state; the vCPUs back down before the
       // `cont` (the main and monitor threads alone stay up to the RESUME): see the module comment.
       const boostAll = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true, othersPriority: CUT_FIFO_PRIORITY + 1 }) : undefined;
@@ -275,7 +285,10 @@ export class TrackedJob extends QemuVmJob {
         cutUnixUs = stop?.timestampUs || nowUs();
         this.mark('stopped');
         const hook = atPause();
-        hook.catch(() => undefined);
+        hook.then(
+          () => loopUp?.(),
+          () => loopUp?.(),
+        );
         final = this.readRound(); // synchronous: the VM is stopped
         this.mark('read');
         await Promise.all([hook, stopped, disk]);
@@ -294,6 +307,7 @@ export class TrackedJob extends QemuVmJob {
         this.vmObj.status = 'running';
         this.mark('resumed');
       } finally {
+        loopUp?.();
         void boostAll?.release();
         void boostMain?.release();
         releaseStore();
