@@ -185,6 +185,8 @@ export class SnapshotRunner {
           store: this.o.store,
           prefix: snap.prefix,
           onProgress: this.throttledProgress(vm, progress),
+          // A job whose driver state must leave the VM's record before it goes on (a tracked base, tracked-job.ts).
+          saveState: () => this.o.vms.writeState(vm),
         });
         const sv: SnapVm = { vm, job };
         snap.vms.push(sv);
