@@ -20,29 +20,21 @@ import { createLogger, silentLogger } from '../../proto/core/log';
 import type { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore } from '../../proto/store/local-dir';
 import type { SnapshotStore } from '../../proto/store/snapshot-store';
-import { nativeIo } from '../../switch/native-io';
-import { buildGuest, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
+import { guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
 import { qemuUnderTest } from '../support/qemu-compliance';
 import { sleep } from '../support/wait';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
-import { casStore, countingStore } from '../support/tracked-store';
+import { casStore, countingStore, trackable, trackedGuest } from '../support/tracked-memory';
 
 const RAM_MIB = 128;
-
-/** Whether this machine can run tracked memory at all. */
-const trackable = (): boolean => process.getuid?.() === 0 && nativeIo().uffdWriteTrackingAvailable();
 
 describe('QEMU driver with tracked memory', function () {
   let image: GuestImage | undefined;
   const root = `${VNQM_ROOT_PREFIX}${process.pid}-tracked`;
 
   before(function () {
-    if (!trackable()) this.skip();
-    this.timeout(25 * 60_000);
-    ensureQemu();
-    image = buildGuest();
-    fs.mkdirSync(root, { recursive: true });
+    image = trackedGuest(this, root);
   });
   after(() => {
     fs.rmSync(root, { recursive: true, force: true });

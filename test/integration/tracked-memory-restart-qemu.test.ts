@@ -19,16 +19,14 @@ import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import type { VmImage } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
 import type { CasStore } from '../../proto/store/cas-store';
-import { nativeIo } from '../../switch/native-io';
-import { buildGuest, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
+import { guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
 import { sleep } from '../support/wait';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
-import { casStore, countingStore } from '../support/tracked-store';
+import { casStore, countingStore, trackedGuest } from '../support/tracked-memory';
 import { writeRecord, type HolderTask } from '../support/tracked-holder';
 
 const RAM_MIB = 128;
 const RAM = RAM_MIB * 1024 * 1024;
-const trackable = (): boolean => process.getuid?.() === 0 && nativeIo().uffdWriteTrackingAvailable();
 
 describe('QEMU tracked memory across an agent killed with SIGKILL', function () {
   this.timeout(240_000);
@@ -43,11 +41,7 @@ describe('QEMU tracked memory across an agent killed with SIGKILL', function () 
   const holders: ReturnType<typeof spawn>[] = [];
 
   before(function () {
-    if (!trackable()) this.skip();
-    this.timeout(25 * 60_000);
-    ensureQemu();
-    image = buildGuest();
-    fs.mkdirSync(dir, { recursive: true });
+    image = trackedGuest(this, dir);
     // A guest rewriting 16 MiB of its memory at 4 MiB/s.
     const spec = guestSpec(image, 'r', { append: kernelCmdline({ name: 'r', disk: 'none', memMiB: 16, memRateMiB: 4 }), memMib: RAM_MIB, memory: 'tracked' });
     task = { workDir, storeDir, recordFile, imageRoots: guestImageRoots(image, dir), spec, portNames: ['vnqm/r/0'], settleMs: 2500 };

@@ -16,7 +16,7 @@ import * as path from 'node:path';
 import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import type { VmStartSpec } from '../../agent/drivers/driver';
 import { createLogger, silentLogger } from '../../proto/core/log';
-import { casStore } from './tracked-store';
+import { casStore } from './tracked-memory';
 
 export interface HolderTask {
   step: 'start' | 'adopt-begin';
