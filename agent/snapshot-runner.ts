@@ -186,6 +186,8 @@ export class SnapshotRunner {
           prefix: snap.prefix,
           onProgress: this.throttledProgress(vm, progress),
           raiseCutPriority: () => raiseCutPriority(this.o.cutPriority),
+          // A job whose driver state must leave the VM's record before it goes on (a tracked base, tracked-job.ts).
+          saveState: () => this.o.vms.writeState(vm),
         });
         const sv: SnapVm = { vm, job };
         snap.vms.push(sv);

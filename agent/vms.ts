@@ -14,7 +14,8 @@
  *    until then none of its frames is forwarded.
  *  - Drivers whose VMs outlive the agent (persistent/adopt/release) get a state record per VM
  *    (vm-state.ts) written when it starts running and removed when it is destroyed; release()
- *    lets such a VM go without stopping it (the agent stopping).
+ *    lets such a VM go without stopping it (the agent stopping). One VM's record writes run in
+ *    the order asked, each from the driver's state at its turn (writeState).
  *  - destroy() removes the record first, then stops the VM and detaches its ports even if the
  *    driver's stop fails. It keeps the VM's disk (drivers with disks of their own:
  *    drivers/disk-dir.ts) unless told to discard it, and returns what the driver did with it;
@@ -86,6 +87,8 @@ export interface VmDebugView {
 
 export class VmTable {
   private readonly vms = new Map<string, VmRecord>();
+  /** Per VM key, its state record's last write asked for (writeState runs them in order). */
+  private readonly writes = new Map<string, Promise<void>>();
   private readonly drivers = new Map<DriverSpecKind, HypervisorDriver>();
 
   constructor(private readonly o: VmTableOptions) {
@@ -225,24 +228,45 @@ export class VmTable {
 
   /** Write the VM's state record (drivers whose VMs outlive the agent); a failure is logged. */
   async saveState(vm: VmRecord): Promise<void> {
-    const st = this.o.state;
-    const saved = vm.driver.persistent?.(vm.key);
-    if (!st || !saved || vm.restoreId !== undefined) return;
     try {
-      await st.write({
-        agent: this.o.agentId,
-        vne: vm.vne,
-        vm: vm.name,
-        driver: vm.driver.kind,
-        spec: vm.spec,
-        ...(saved.process ? { process: saved.process } : {}),
-        epoch: this.epochOf(vm),
-        generation: this.generationOf(vm),
-        driverState: saved.state,
-      });
+      await this.writeState(vm);
     } catch (e) {
       this.o.log.error({ vm: vm.key, err: describeError(e) }, 'writing the VM\'s state record failed: a restarted agent will not find it');
     }
+  }
+
+  /**
+   * Write the VM's state record and reject when that fails (a snapshot job that must know its
+   * record is on disk: SnapshotOptions.saveState). One VM's writes run one at a time in the order
+   * asked, each from the driver's state when its turn comes: the record on disk is never older
+   * than the state at the last write asked for.
+   */
+  writeState(vm: VmRecord): Promise<void> {
+    const next = (this.writes.get(vm.key) ?? Promise.resolve()).catch(() => undefined).then(() => this.writeNow(vm));
+    this.writes.set(vm.key, next);
+    const settled = (): void => {
+      if (this.writes.get(vm.key) === next) this.writes.delete(vm.key);
+    };
+    next.then(settled, settled);
+    return next;
+  }
+
+  private async writeNow(vm: VmRecord): Promise<void> {
+    const st = this.o.state;
+    if (!st || vm.restoreId !== undefined) return;
+    const saved = vm.driver.persistent?.(vm.key);
+    if (!saved) return;
+    await st.write({
+      agent: this.o.agentId,
+      vne: vm.vne,
+      vm: vm.name,
+      driver: vm.driver.kind,
+      spec: vm.spec,
+      ...(saved.process ? { process: saved.process } : {}),
+      epoch: this.epochOf(vm),
+      generation: this.generationOf(vm),
+      driverState: saved.state,
+    });
   }
 
   /** Load a VM paused from a snapshot image and attach its ports at `epoch` behind held restore gates. */

@@ -160,6 +160,13 @@ export interface SnapshotOptions {
    * the agent's options); returns its release (idempotent). A job with ownCutWindow calls it.
    */
   raiseCutPriority?: () => () => void;
+  /**
+   * Write the VM's state record now, from the driver's current state (persistent()), and resolve
+   * once it is on disk; reject when it could not be written. A job whose driver state must leave
+   * the record before the job goes on awaits it (a tracked QEMU VM's base: tracked-job.ts); the
+   * agent passes it (snapshot-runner.ts), callers without state records leave it out.
+   */
+  saveState?: () => Promise<void>;
 }
 
 export interface PhaseSpan {

@@ -17,59 +17,24 @@ import { QemuDriver } from '../../agent/drivers/qemu/driver';
 import type { SnapshotModeName, VmImage, VmStartSpec } from '../../agent/drivers/driver';
 import { isVnsnapError } from '../../proto/core/errors';
 import { createLogger, silentLogger } from '../../proto/core/log';
-import { CasStore } from '../../proto/store/cas-store';
+import type { CasStore } from '../../proto/store/cas-store';
 import { LocalDirStore } from '../../proto/store/local-dir';
-import { LocalObjects } from '../../proto/store/local-objects';
-import type { BlockImageOptions, BlockImageWriter, SnapshotStore } from '../../proto/store/snapshot-store';
-import { nativeIo } from '../../switch/native-io';
-import { buildGuest, ensureQemu, guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
+import type { SnapshotStore } from '../../proto/store/snapshot-store';
+import { guestImageRoots, guestSpec, kernelCmdline, type GuestImage } from '../guest/qemu-guest';
 import { driverCompliance } from '../support/compliance/driver';
 import { qemuUnderTest } from '../support/qemu-compliance';
 import { sleep } from '../support/wait';
 import { VNQM_ROOT_PREFIX } from '../support/vnqm-sweep';
+import { casStore, countingStore, trackable, trackedGuest } from '../support/tracked-memory';
 
 const RAM_MIB = 128;
-
-/** Whether this machine can run tracked memory at all. */
-const trackable = (): boolean => process.getuid?.() === 0 && nativeIo().uffdWriteTrackingAvailable();
-
-async function casStore(dir: string): Promise<CasStore> {
-  const objects = new LocalObjects(dir);
-  await objects.init();
-  return new CasStore(objects);
-}
-
-/** A store whose block images count the bytes put into them (by artefact path). */
-function countingStore(inner: CasStore): { store: SnapshotStore; put: Map<string, number> } {
-  const put = new Map<string, number>();
-  const store = Object.create(inner) as SnapshotStore;
-  store.createBlockImage = async (relPath: string, o: BlockImageOptions): Promise<BlockImageWriter> => {
-    const w = await inner.createBlockImage(relPath, o);
-    put.set(relPath, 0);
-    return {
-      path: w.path,
-      putBlock: (i, d) => {
-        put.set(relPath, (put.get(relPath) ?? 0) + d.length);
-        return w.putBlock(i, d);
-      },
-      setTail: (d) => w.setTail(d),
-      commit: () => w.commit(),
-      abort: () => w.abort(),
-    };
-  };
-  return { store, put };
-}
 
 describe('QEMU driver with tracked memory', function () {
   let image: GuestImage | undefined;
   const root = `${VNQM_ROOT_PREFIX}${process.pid}-tracked`;
 
   before(function () {
-    if (!trackable()) this.skip();
-    this.timeout(25 * 60_000);
-    ensureQemu();
-    image = buildGuest();
-    fs.mkdirSync(root, { recursive: true });
+    image = trackedGuest(this, root);
   });
   after(() => {
     fs.rmSync(root, { recursive: true, force: true });

@@ -4,9 +4,9 @@
  *
  * What a VM needs to be found again is small, and the driver returns it from persistent() for
  * the agent's state record (QemuSavedState): the instance directory (QMP socket, console,
- * overlays), the NIC mode, the TAP devices, the RAM padding. The process itself (pid and start
- * time) is the agent's part of the record; the agent checks it is still that process before it
- * asks for the adoption.
+ * overlays), the NIC mode, the TAP devices, the RAM padding, the disk chain and the tracked
+ * memory base. The process itself (pid and start time) is the agent's part of the record; the
+ * agent checks it is still that process before it asks for the adoption.
  *
  * Guarantees of adoptQemuVm:
  *  - nothing outside the driver's work directory is ever taken for an instance directory, and
@@ -18,6 +18,9 @@
  *    delete), and a VM left paused (by a cut) is resumed with `cont` — `resumed` says so;
  *  - the disk's current top node is read back from QEMU (a cut may have moved it after the
  *    record was written);
+ *  - a tracked memory base the record names (present only while it was valid: tracked-job.ts)
+ *    is restored as valid, and only the VM's own base path (trackedBasePath) is taken; the driver
+ *    drops it again unless the tracker is adopted as it stood (driver.ts adopt());
  *  - TAP NICs come back as new packet sockets on the same TAPs (QEMU kept them open), a tap-vnet
  *    NIC's writes again through the TAP's veth pair (vm-veth.ts: kept from the VM's start, made
  *    if a VM started without one); a tap-bpf NIC back on the data path, or, where this agent
@@ -36,6 +39,7 @@ import { QemuVm, type MigrationInfo } from './process';
 import { leaveDataPath } from '../../bpf-dp/loader';
 import { dataPathPrefix } from './tap-bpf';
 import { openTapPort } from './vm-veth';
+import { trackedBasePath } from './tracked-job';
 
 /** The QEMU driver's part of a VM's state record. */
 export interface QemuSavedState {
@@ -46,6 +50,12 @@ export interface QemuSavedState {
   snapSerial: number;
   /** The VM's stored disk chain (disk-layers.ts); absent in older records: the next snapshot stores a full image. */
   diskChain?: DiskChainRecord;
+  /**
+   * The VM's tracked memory base (tracked-job.ts), present only while it is valid: no scan of the
+   * tracker ran since it was committed (a job saves the record without it before its first scan).
+   * Absent in older records: the next capture is a full one.
+   */
+  trackedBase?: { path: string };
 }
 
 /** What adoption needs of the driver. */
@@ -74,7 +84,15 @@ export function parseQemuSavedState(v: unknown, workDir: string): QemuSavedState
     return typeof x === 'number' && Number.isInteger(x) && x >= 0 ? x : bad(`${k} is not a non-negative integer`);
   };
   const diskChain = parseDiskChain(o.diskChain);
-  return { dir, nic: nic as NicMode, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial'), ...(diskChain ? { diskChain } : {}) };
+  const trackedBase = o.trackedBase === undefined ? undefined : parseTrackedBase(o.trackedBase, bad);
+  return { dir, nic: nic as NicMode, taps: taps as string[], ramPadKib: int('ramPadKib'), snapSerial: int('snapSerial'), ...(diskChain ? { diskChain } : {}), ...(trackedBase ? { trackedBase } : {}) };
+}
+
+/** A record's tracked base: `{ path }`, the path a store path under tracked-bases/ (trackedBasePath). */
+function parseTrackedBase(v: unknown, bad: (why: string) => never): { path: string } {
+  const p = typeof v === 'object' && v !== null ? (v as Record<string, unknown>).path : undefined;
+  if (typeof p !== 'string' || !/^tracked-bases\/[^/]+\/[^/]+\.mem$/.test(p) || p.split('/').some((s) => s === '..' || s === '.')) return bad(`trackedBase ${JSON.stringify(v)} is not { path: "tracked-bases/<vne>/<vm>.mem" }`);
+  return { path: p };
 }
 
 const ACTIVE_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'cancelling', 'wait-unplug']);
@@ -85,6 +103,9 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   const proc = saved.process;
   if (!proc) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: no process`);
   if (d.has(spec.id)) throw new VnsnapError('ERR_ALREADY_EXISTS', `QEMU VM ${spec.id} is already held by this driver`);
+  // Only the VM's own base path is taken (a record naming another is refused like any bad field).
+  const ownBase = trackedBasePath(spec.vne, spec.name);
+  if (st.trackedBase && st.trackedBase.path !== ownBase) throw new VnsnapError('ERR_INVALID_ARGUMENT', `QEMU state record of ${spec.id}: trackedBase ${st.trackedBase.path} is not the VM's own (${ownBase})`);
   const q = spec.driver.qemu;
   if (!q) throw new VnsnapError('ERR_INVALID_ARGUMENT', `VM ${spec.name}: the qemu driver needs a qemu driver spec`);
   const files = vmFiles(st.dir);
@@ -104,6 +125,8 @@ export async function adoptQemuVm(d: AdoptionParts, spec: VmStartSpec, saved: { 
   vm.ramPadKib = st.ramPadKib;
   vm.snapSerial = st.snapSerial;
   vm.diskChain = st.diskChain;
+  // Valid as recorded; the driver keeps it only if the tracker is adopted as it stood (driver.ts adopt()).
+  if (st.trackedBase) vm.trackedBase = { path: st.trackedBase.path, valid: true };
   try {
     await vm.attachProcess(proc, d.timeoutMs);
   } catch (e) {

@@ -353,11 +353,20 @@ export class QemuDriver implements HypervisorDriver {
     return { ...report, diskPath: kept.dir, diskBytes: kept.bytes };
   }
 
-  /** A stopped VM's tracked base image leaves the store (a new instance starts with a full capture). */
+  /**
+   * A stopped VM's tracked base image leaves the store (a new instance starts with a full
+   * capture). A base adopted from a state record has no store until a snapshot job names the
+   * agent's (tracked-job.ts): stopped before that, it stays in the store under its path, and the
+   * VM's next tracked capture there replaces it.
+   */
   private async dropTrackedBase(vm: QemuVm): Promise<void> {
     const base = vm.trackedBase;
     vm.trackedBase = undefined;
     if (!base) return;
+    if (!base.store) {
+      vm.log.info({ path: base.path }, 'the tracked memory base adopted from the state record stays in the store (no snapshot since the adoption named the store)');
+      return;
+    }
     await base.store.delete(base.path).catch((e) => vm.log.warn({ path: base.path, err: describeError(e) }, 'could not delete the tracked memory base'));
   }
 
@@ -559,19 +568,29 @@ export class QemuDriver implements HypervisorDriver {
   persistent(id: string): { process: ProcessIdentity; state: QemuSavedState } | undefined {
     const vm = this.vms.get(id);
     if (!vm || vm.exited || vm.pid === undefined || vm.startTime === undefined) return undefined;
-    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial, ...(vm.diskChain ? { diskChain: vm.diskChain } : {}) } };
+    // The tracked base only while it is valid: a snapshot job saves the record again before its first scan (tracked-job.ts).
+    const base = vm.trackedBase?.valid ? { trackedBase: { path: vm.trackedBase.path } } : {};
+    return { process: { pid: vm.pid, startTime: vm.startTime }, state: { dir: vm.files.dir, nic: this.nicFor(vm.qspec), taps: [...vm.taps], ramPadKib: vm.ramPadKib, snapSerial: vm.snapSerial, ...(vm.diskChain ? { diskChain: vm.diskChain } : {}), ...base } };
   }
 
   async adopt(spec: VmStartSpec, saved: { process?: ProcessIdentity; state: unknown }, ctx: VmStartContext): Promise<VmHandle & { resumed: boolean }> {
     const handle = await adoptQemuVm(this.adoptionParts(), spec, saved, ctx);
     const vm = this.vms.get(spec.id);
     if (vm && this.isTracked(vm)) {
-      // The previous agent's protection adopted as it stands (ram-track.ts); no base: the next capture is a full one.
+      // The previous agent's protection adopted as it stands (ram-track.ts): every page written
+      // since its last scan is reported by the next, so the recorded base (adopt.ts) stays valid
+      // and the next capture is incremental over it.
       try {
         this.track(vm);
       } catch (e) {
         vm.log.warn({ err: describeError(e) }, 'adopted a VM with tracked memory whose writes cannot be tracked: its snapshots are refused until it is restarted');
       }
+    }
+    // A base is relative to the protection the previous agent left: a tracker that had to protect
+    // the RAM anew (or none) has lost the writes since, and the next capture is a full one.
+    if (vm?.trackedBase && vm.tracker?.how !== 'adopted') {
+      vm.log.warn({ base: vm.trackedBase.path, tracker: vm.tracker?.how ?? 'none' }, 'the recorded tracked memory base is not used: the RAM write protection was not adopted as it stood; the next snapshot saves every block');
+      vm.trackedBase = undefined;
     }
     return handle;
   }

@@ -151,9 +151,11 @@ export class QemuVm {
   /**
    * The block image the tracker's next scan is relative to (tracked-job.ts): the last tracked
    * capture's (or the restored image), kept in the store under its own path so deleting its
-   * snapshot leaves it; `valid` only while no scan ran since it was committed.
+   * snapshot leaves it; `valid` only while no scan ran since it was committed. A valid base is
+   * in the VM's state record (persistent()), so a restarted agent adopts it; `store` is absent for
+   * a base adopted so, until the next snapshot job names the agent's store (tracked-job.ts).
    */
-  trackedBase: { store: SnapshotStore; path: string; valid: boolean } | undefined;
+  trackedBase: { store?: SnapshotStore; path: string; valid: boolean } | undefined;
   /** The stored layers under the disk's current top (disk-layers.ts); undefined = unknown: the next snapshot stores a full image. */
   diskChain: DiskChainRecord | undefined;
 

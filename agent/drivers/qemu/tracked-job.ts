@@ -38,8 +38,13 @@
  * Exactness: a block's content in the image is its last read; every page written after a scan is
  * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped, so the
  * image is the RAM at the STOP. The base is only used while no scan ran since it was committed
- * (QemuVm.trackedBase.valid): a failed or aborted job, or an agent restart, makes the next
- * capture a full one, never a wrong one.
+ * (QemuVm.trackedBase.valid): a failed or aborted job makes the next capture a full one, never a
+ * wrong one. A valid base is in the VM's state record, so it survives an agent restart (the
+ * adopted tracker reports what was written since the dead agent's last scan): before its first
+ * scan, a job over a base writes the record without it (SnapshotOptions.saveState) and fails if it
+ * cannot, so a record on disk never names a base a scan has moved past; the persist phase's save
+ * after this job's commit names the new one. A crash in between leaves no base recorded: the
+ * next capture is a full one.
  *
  * Failure and abort: the VM is resumed if this job stopped it, the disk overlay merged back, the
  * block image aborted and what was committed deleted: nothing of the job stays in the store.
@@ -163,14 +168,26 @@ export class TrackedJob extends QemuVmJob {
     this.latch.set();
   }
 
-  /** The block image over the VM's base when it is valid and still in the store; else a full one. */
+  /**
+   * The block image over the VM's base when it is valid and still in the store; else a full one.
+   * The base is marked invalid first, and while the VM has one the state record (which may name
+   * it) is written without it before this returns, so before any scan (module comment).
+   */
   private async openImage(create: NonNullable<SnapshotOptions['store']['createBlockImage']>): Promise<BlockImageWriter> {
     // The commit also makes the image the VM's next base, under its own path (deleting this snapshot leaves it).
     const o = { size: this.tracker.length, blockSize: TRACKED_BLOCK_SIZE, alsoAt: this.basePath };
     const base = this.vmObj.trackedBase;
     const usable = base?.valid === true;
-    // From here the tracker's scans move on: the base stays usable only through this job's commit.
-    if (base) base.valid = false;
+    if (base) {
+      // From here the tracker's scans move on: the base stays usable only through this job's commit.
+      base.valid = false;
+      base.store ??= this.opts.store; // a base adopted from a record is in the agent's store
+      try {
+        await this.opts.saveState?.();
+      } catch (e) {
+        throw new VnsnapError('ERR_FAILED_PRECONDITION', `snapshot of ${this.vm}: the VM's state record could not be written without its tracked memory base before reading its RAM, so a restarted agent could take a stale base: ${describeError(e)}`, { cause: e });
+      }
+    }
     this.full = !usable;
     if (usable) {
       try {
@@ -396,7 +413,9 @@ export class TrackedJob extends QemuVmJob {
     for (const w of this.writers) await w.abort();
     this.sink?.close();
     for (const a of this.committed) await this.opts.store.delete(a.path);
-    // The base was moved on by this job's scans (or replaced by its commit, now deleted): the next capture is a full one.
+    // The base was moved on by this job's scans (or replaced by its commit, now deleted): the next
+    // capture is a full one. The record names no base since openImage (or, aborted before it, no
+    // scan ran: the base it names is still right, and the next job's openImage drops it first).
     if (this.vmObj.trackedBase) this.vmObj.trackedBase.valid = false;
     if (this.linkedBase) await this.opts.store.delete(this.basePath);
     if (this.vmObj.job === this) this.vmObj.job = undefined;
