@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { processIdentity, processStartTime, VM_STATE_FORMAT } from '../../agent/vm-state';
+import { AGENT_NODE_FLAGS } from '../../agent/node-flags';
 
 const MAIN = path.resolve(__dirname, '../../agent/main.js');
 
@@ -58,7 +59,7 @@ describe('vnsnap-agent on a state directory of a newer format', function () {
     fs.mkdirSync(path.join(state, 'vms', 'blue_c'));
     fs.writeFileSync(path.join(state, 'vms', 'blue_c', 'vm.json'), 'not json'); // a start would remove it
     const before = snapshotTree(state);
-    const r = spawnSync(process.execPath, [MAIN, '--id', 'h1', '--coordinator', '127.0.0.1:1', '--tunnel', '127.0.0.1:0', '--store', path.join(dir, 'store'), '--state-dir', state, '--insecure-plaintext', '--log-level', 'info'], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [...AGENT_NODE_FLAGS, MAIN, '--id', 'h1', '--coordinator', '127.0.0.1:1', '--tunnel', '127.0.0.1:0', '--store', path.join(dir, 'store'), '--state-dir', state, '--insecure-plaintext', '--log-level', 'info'], { encoding: 'utf8' });
     assert.equal(r.status, 2);
     assert.equal(r.stdout, '');
     assert.equal(r.stderr, `vnsnap-agent: VM state ${newer} has format ${VM_STATE_FORMAT + 1}, newer than this agent reads (${VM_STATE_FORMAT}): a newer agent left it; run that version (this one touches nothing) [ERR_UNSUPPORTED_VERSION]\n`);
