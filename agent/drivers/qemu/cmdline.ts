@@ -47,6 +47,7 @@ import type { QemuDriverSpec__Output } from '../../../proto/gen/vnsnap/v1/QemuDr
 import { exec } from '../exec';
 import { readImageChain, type ImageInfo } from './spec-check';
 import { trackedRamArgs } from './ram-track';
+import { memoryMode } from '../../../proto/specs/qemu-extra';
 
 export type Accel = 'kvm' | 'tcg';
 export type NicMode = 'stream' | 'tap' | 'tap-vnet' | 'tap-bpf';
@@ -246,7 +247,7 @@ export function qemuCmdline(c: CmdlineInput): string[] {
     '-pidfile', c.files.pidFile,
   ];
   // Tracked memory (docs/incremental-memory.md): the RAM a shared memfd the agent reads; `-m` stays (the same size).
-  if (extra.memory === 'tracked') args.push(...trackedRamArgs(mem * 1024 + (c.ramPadKib ?? 0)));
+  if (memoryMode(extra) === 'tracked') args.push(...trackedRamArgs(mem * 1024 + (c.ramPadKib ?? 0)));
   if (extra.monitor === '1') args.push('-qmp', `unix:${c.files.dir}/monitor.sock,server=on,wait=off`);
   if (s.kernel) args.push('-kernel', s.kernel);
   if (s.initrd) args.push('-initrd', s.initrd);

@@ -59,6 +59,7 @@ import { MEMORY_TRACKED, TrackedJob, trackedBasePath, trackedRamPadKib } from '.
 import { isTrackedImage, loadTrackedMemory } from './tracked-load';
 import { hasLayers, restoreDisk } from './disk-chain';
 import { checkImagePath } from '../../../proto/specs/image-path';
+import { memoryMode } from '../../../proto/specs/qemu-extra';
 import { recordNicMode, restoreNicMode } from './nic-backend';
 import { checkBackingChain, checkQemuSpec } from './spec-check';
 import { DEFAULT_HOLD, HOLD_ENV, parseHold } from './precopy-hold';
@@ -290,7 +291,7 @@ export class QemuDriver implements HypervisorDriver {
 
   /** Tracked memory (qemu extra memory=tracked; docs/incremental-memory.md). */
   private isTracked(vm: QemuVm): boolean {
-    return vm.qspec.extra.memory === MEMORY_TRACKED;
+    return memoryMode(vm.qspec.extra) === 'tracked';
   }
 
   /** QEMU's own environment: the preloaded library of tracked memory (ram-track.ts). */

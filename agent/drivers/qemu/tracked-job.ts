@@ -126,7 +126,7 @@ export class TrackedJob extends QemuVmJob {
   /** Bytes read by the rounds, and whether the first round read every block (no valid base). */
   private readBytes = 0;
   private full = false;
-  /** This job's commit was linked as the VM's base (an abort after it deletes the link). */
+  /** This job's commit also wrote the VM's base (alsoAt): an abort after it deletes the base. */
   private linkedBase = false;
   private qmpTrace: CutQmpTrace | undefined;
   private trace: [string, number][] = [];
