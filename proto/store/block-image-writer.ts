@@ -29,6 +29,8 @@
  *     the bytes of the chunks this writer added. With `alsoAt`, the same index (its path that
  *     one) is put there next, under the same guard: a failure there fails the commit and deletes
  *     the first index again (best effort: a backend that refused the put may refuse that too).
+ *     The index is turned into JSON once for both paths (cas-index.ts encodeIndexAs), and the
+ *     last one put is handed to `remember` with its bytes.
  *   - The base's chunks cannot be freed while the writer is open: the store reads the base's
  *     index only after this writer's session lock is put (cas-store.ts createBlockImage), and a
  *     garbage collection's sweep waits for every live writer lock, then re-reads the indexes
@@ -39,7 +41,7 @@
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
-import { attributesOf, chunkListSha256, encodeIndex, indexKey, type ChunkRef } from './cas-index';
+import { attributesOf, chunkListSha256, encodeIndexAs, indexKey, type ArtefactIndex, type ChunkRef } from './cas-index';
 import { ChunkSink, type PackSettings, type WriteStats } from './chunk-sink';
 import type { ObjectBackend } from './object-backend';
 import type { BlockImageWriter, StoredArtefact } from './snapshot-store';
@@ -57,6 +59,11 @@ export interface CasBlockImageOptions {
   base?: ChunkRef[];
   /** A second path the commit puts the same image's index under (BlockImageOptions.alsoAt), after the first. */
   alsoAt?: string;
+  /**
+   * Told the index the commit put last (under alsoAt, if given) and its bytes: the store keeps it
+   * decoded for the next image over it (known-indexes.ts).
+   */
+  remember?: (path: string, bytes: Buffer, index: ArtefactIndex) => void;
   /** Awaited before the index is put; throws to refuse the commit. */
   guard?: (what: string) => Promise<void>;
   /** Called once when the writer has committed, failed or been aborted. */
@@ -137,15 +144,18 @@ export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter
     const size = chunks.reduce((n, c) => n + c.size, 0);
     const sha = chunkListSha256(chunks);
     const index = { path: this.path, size, sha256: sha, chunker: { algo: 'blocks', blockSize: this.o.blockSize, blocks: this.o.blocks }, chunks } as const;
-    await this.o.backend.put(indexKey(this.path), encodeIndex(index));
-    if (this.o.alsoAt !== undefined) {
+    const also = this.o.alsoAt;
+    const [own, second] = encodeIndexAs(index, also === undefined ? [this.path] : [this.path, also]) as [Buffer, Buffer?];
+    await this.o.backend.put(indexKey(this.path), own);
+    if (also !== undefined) {
       try {
-        await this.o.backend.put(indexKey(this.o.alsoAt), encodeIndex({ ...index, path: this.o.alsoAt }));
+        await this.o.backend.put(indexKey(also), second as Buffer);
       } catch (e) {
         await this.o.backend.delete(indexKey(this.path)).catch(() => undefined); // absent or complete, both
         throw e;
       }
-    }
+      this.o.remember?.(also, second as Buffer, { ...index, path: also });
+    } else this.o.remember?.(this.path, own, index);
     return { path: this.path, size, sha256: sha, storedBytes: this.stats.newBytes, attributes: attributesOf(index, sha) };
   }
 

@@ -126,9 +126,35 @@ export function pathOfIndexKey(key: string): string | null {
  * format 4, with any of those entries, for a block image (and only for one).
  */
 export function encodeIndex(i: ArtefactIndex): Buffer {
-  const blocks = isBlockImage(i);
-  const head = { path: i.path, size: i.size, sha256: i.sha256, ...(blocks ? { digest: CHUNK_LIST_DIGEST } : {}), chunker: i.chunker };
-  if (!blocks && i.chunks.every((c) => c.pack === undefined)) return Buffer.from(JSON.stringify({ format: INDEX_FORMAT_1, ...head, chunks: i.chunks.map((c) => [c.sha256, c.size]) }));
+  return Buffer.from(indexJson(i));
+}
+
+/**
+ * The index `i` as encodeIndex gives it under each of `paths` in turn (the same artefact under
+ * two names: BlockImageOptions.alsoAt), its chunk list turned into JSON once: the path is the
+ * encoding's second member, after the format, so only the head differs.
+ */
+export function encodeIndexAs(i: ArtefactIndex, paths: readonly string[]): Buffer[] {
+  const format = formatOf(i);
+  const json = indexJson(i, format);
+  const head = (path: string): string => `{"format":${JSON.stringify(format)},"path":${JSON.stringify(path)}`;
+  const own = head(i.path);
+  if (!json.startsWith(own)) throw new VnsnapError('ERR_INTERNAL', `an index encoding does not begin with ${own}`); // indexJson's member order changed
+  const rest = json.slice(own.length);
+  return paths.map((p) => Buffer.from(head(p) + rest));
+}
+
+/** The format encodeIndex writes `i` in. */
+function formatOf(i: ArtefactIndex): string {
+  if (isBlockImage(i)) return INDEX_FORMAT_BLOCKS;
+  if (i.chunks.every((c) => c.pack === undefined)) return INDEX_FORMAT_1;
+  return i.chunks.some((c) => c.codec) ? INDEX_FORMAT : INDEX_FORMAT_2;
+}
+
+/** The encoding's JSON: `format` first, then `path` (encodeIndexAs relies on that order). */
+function indexJson(i: ArtefactIndex, format = formatOf(i)): string {
+  const head = { path: i.path, size: i.size, sha256: i.sha256, ...(isBlockImage(i) ? { digest: CHUNK_LIST_DIGEST } : {}), chunker: i.chunker };
+  if (format === INDEX_FORMAT_1) return JSON.stringify({ format, ...head, chunks: i.chunks.map((c) => [c.sha256, c.size]) });
   const packs = new Map<string, number>();
   const chunks = i.chunks.map((c) => {
     if (c.pack === undefined) return [c.sha256, c.size];
@@ -136,8 +162,7 @@ export function encodeIndex(i: ArtefactIndex): Buffer {
     if (n === undefined) packs.set(c.pack, (n = packs.size));
     return c.codec ? [c.sha256, c.size, n, c.offset ?? 0, c.codec, c.stored] : [c.sha256, c.size, n, c.offset ?? 0];
   });
-  const format = blocks ? INDEX_FORMAT_BLOCKS : i.chunks.some((c) => c.codec) ? INDEX_FORMAT : INDEX_FORMAT_2;
-  return Buffer.from(JSON.stringify({ format, ...head, packs: [...packs.keys()], chunks }));
+  return JSON.stringify({ format, ...head, packs: [...packs.keys()], chunks });
 }
 
 const SHA = /^[0-9a-f]{64}$/;

@@ -23,6 +23,10 @@
  *     exactly those chunks (else ERR_CHECKSUM before any chunk is read: a forged or replaced
  *     index), then checks each chunk only: the whole-artefact hash is skipped, since the chunks
  *     proven one by one are the ones the artefact was written with. Each byte is hashed once.
+ *   - A block image over a base (createBlockImage) reads the base's index in its session every
+ *     time, and decodes it only when its bytes differ from those this store last put or read
+ *     there (known-indexes.ts): a tracked VM's base, put by its previous snapshot, is not decoded
+ *     again at every snapshot.
  *   - Block images (createBlockImage, block-image-writer.ts): an index of format 4 whose sha256 is
  *     its chunk list's SHA-256 (cas-index.ts). Every reader and checker takes that as its digest:
  *     read()/get()/verify() check that the index's chunk list has that SHA-256 (else ERR_CHECKSUM,
@@ -47,6 +51,7 @@
 import { createHash } from 'node:crypto';
 import { isVnsnapError, VnsnapError } from '../core/errors';
 import { confine } from './atomic-file';
+import { KnownIndexes } from './known-indexes';
 import { checkChunkerParams, DEFAULT_CHUNKER, type ChunkerEngine, type ChunkerParams } from './chunker';
 import { defaultCodec, type Codec } from './chunk-codec';
 import { attributesOf, chunkListSha256, decodeIndex, encodeIndex, indexKey, isBlockImage, isBlockSize, pathOfIndexKey, ARTEFACT_PREFIX, MAX_BLOCK, MIN_BLOCK, type ArtefactIndex, type ChunkRef } from './cas-index';
@@ -96,6 +101,8 @@ export interface CasStoreOptions {
   locks?: LockTiming;
   /** Hash and cut new artefacts in the process's worker thread (chunk-hasher.ts) rather than on the caller's (default false). */
   hashWorker?: boolean;
+  /** The decoded indexes kept for block images over a base (default: a KnownIndexes of its own; tests pass one to watch it). */
+  knownIndexes?: KnownIndexes;
 }
 
 /** One artefact's verification: ok, or the problem found; bytes of chunks read and checked. */
@@ -147,6 +154,8 @@ export class CasStore implements SnapshotStore {
   readonly map = new PackMap();
   /** The open writer session, and how many writers are in it. */
   private session: Promise<WriterSession> | null = null;
+  /** Block image indexes this store last put or read as a base, decoded (known-indexes.ts). */
+  private readonly known: KnownIndexes;
   private writers = 0;
 
   constructor(
@@ -157,6 +166,7 @@ export class CasStore implements SnapshotStore {
     this.engine = opts.chunkerEngine ?? 'auto';
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
     this.hashWorker = opts.hashWorker ?? false;
+    this.known = opts.knownIndexes ?? new KnownIndexes();
     this.timing = timing(opts.locks);
     this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack, compress: opts.pack.compress ?? defaultCodec() } : null;
   }
@@ -184,18 +194,28 @@ export class CasStore implements SnapshotStore {
     const session = await this.enter();
     try {
       const base = o.base === undefined ? undefined : await this.baseBlocks(relPath, o, blocks);
-      return new CasBlockImageWriter(relPath, { blockSize: o.blockSize, blocks, ...(base ? { base } : {}), ...(o.alsoAt !== undefined ? { alsoAt: o.alsoAt } : {}), ...this.writing(session) });
+      const remember = (path: string, bytes: Buffer, index: ArtefactIndex): void => this.known.remember(path, bytes, index);
+      return new CasBlockImageWriter(relPath, { blockSize: o.blockSize, blocks, ...(base ? { base } : {}), ...(o.alsoAt !== undefined ? { alsoAt: o.alsoAt } : {}), remember, ...this.writing(session) });
     } catch (e) {
       await this.leave();
       throw e;
     }
   }
 
-  /** The blocks of `o.base` as a block image of `blocks` blocks of o.blockSize names them. */
+  /**
+   * The blocks of `o.base` as a block image of `blocks` blocks of o.blockSize names them. The
+   * index is read here, in the session, every time; it is decoded only when its bytes are not
+   * the ones this store last put or read there (known-indexes.ts).
+   */
   private async baseBlocks(relPath: string, o: BlockImageOptions, blocks: number): Promise<ChunkRef[]> {
     const base = o.base as string;
-    const idx = await this.index(base);
-    if (!idx) throw new VnsnapError('ERR_NOT_FOUND', `base ${base} of block image ${relPath} is not in the store`);
+    const bytes = await this.indexBytes(base);
+    if (!bytes) throw new VnsnapError('ERR_NOT_FOUND', `base ${base} of block image ${relPath} is not in the store`);
+    let idx = this.known.lookup(base, bytes);
+    if (!idx) {
+      idx = decodeIndex(bytes, base);
+      if (isBlockImage(idx)) this.known.remember(base, bytes, idx);
+    }
     if (!isBlockImage(idx)) throw new VnsnapError('ERR_FAILED_PRECONDITION', `base ${base} of block image ${relPath} is not a block image`);
     const { blockSize, blocks: n } = idx.chunker;
     if (blockSize !== o.blockSize || n !== blocks) {
@@ -270,14 +290,18 @@ export class CasStore implements SnapshotStore {
 
   /** The index of a committed artefact, or null when there is none. */
   async index(relPath: string): Promise<ArtefactIndex | null> {
-    let data: Buffer;
+    const data = await this.indexBytes(relPath);
+    return data && decodeIndex(data, relPath);
+  }
+
+  /** The bytes of a committed artefact's index, or null when there is none. */
+  private async indexBytes(relPath: string): Promise<Buffer | null> {
     try {
-      data = await this.backend.get(indexKey(checkPath(relPath)));
+      return await this.backend.get(indexKey(checkPath(relPath)));
     } catch (e) {
       if (isVnsnapError(e, 'ERR_NOT_FOUND')) return null;
       throw e;
     }
-    return decodeIndex(data, relPath);
   }
 
   /**
@@ -428,6 +452,7 @@ export class CasStore implements SnapshotStore {
 
   async delete(relPath: string): Promise<void> {
     await this.backend.delete(indexKey(checkPath(relPath)));
+    this.known.forget(relPath);
   }
 
   /** Close the backend (an S3 client's sockets, which otherwise stay open until the process ends). */
@@ -437,7 +462,10 @@ export class CasStore implements SnapshotStore {
 
   async deleteByPrefix(prefix: string): Promise<number> {
     const paths = await this.list(prefix);
-    for (const p of paths) await this.backend.delete(indexKey(p));
+    for (const p of paths) {
+      await this.backend.delete(indexKey(p));
+      this.known.forget(p);
+    }
     return paths.length;
   }
 }
