@@ -140,8 +140,10 @@ export function encodeIndexAs(i: ArtefactIndex, paths: readonly string[]): Buffe
   const head = (path: string): string => `{"format":${JSON.stringify(format)},"path":${JSON.stringify(path)}`;
   const own = head(i.path);
   if (!json.startsWith(own)) throw new VnsnapError('ERR_INTERNAL', `an index encoding does not begin with ${own}`); // indexJson's member order changed
-  const rest = json.slice(own.length);
-  return paths.map((p) => Buffer.from(head(p) + rest));
+  if (paths.length === 1 && paths[0] === i.path) return [Buffer.from(json)];
+  // The rest as bytes once, each path's head put before it in a copy: no second copy of the JSON as a string.
+  const rest = Buffer.from(json.slice(own.length));
+  return paths.map((p) => Buffer.concat([Buffer.from(head(p)), rest]));
 }
 
 /** The format encodeIndex writes `i` in. */
