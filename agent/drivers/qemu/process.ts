@@ -156,6 +156,12 @@ export class QemuVm {
    * a base adopted so, until the next snapshot job names the agent's store (tracked-job.ts).
    */
   trackedBase: { store?: SnapshotStore; path: string; valid: boolean } | undefined;
+  /**
+   * The blocks its last tracked snapshot's stopped round found written (hot-blocks.ts): the next
+   * snapshot's rounds before its stop leave them to its stopped round. Only a prediction: absent
+   * (a new or adopted VM), every round reads all it is given.
+   */
+  trackedHot?: Uint8Array;
   /** The stored layers under the disk's current top (disk-layers.ts); undefined = unknown: the next snapshot stores a full image. */
   diskChain: DiskChainRecord | undefined;
 

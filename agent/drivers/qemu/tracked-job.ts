@@ -10,6 +10,10 @@
  *          kept under its own path: unchanged blocks are named from it, never read or hashed);
  *          the first round: the blocks written since the base (no valid base: every block), read
  *          with the VM running and put in the store ─► ready.
+ *          A round with the VM running leaves the blocks the previous snapshot's stopped round
+ *          found written (the guest's hot set, QemuVm.trackedHot) to this job's stopped round,
+ *          which reads them with its own (hot-blocks.ts): they would be written again and read
+ *          twice.
  *   cut:   another round with the VM running unless the last is younger than FRESH_ROUND_MS
  *          (with the commit's instant: rounds until it, then the `stop` written at it) ─►
  *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the
@@ -36,8 +40,8 @@
  *          the frozen disk stored (disk-layers.ts).
  *
  * Exactness: a block's content in the image is its last read; every page written after a scan is
- * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped, so the
- * image is the RAM at the STOP. The base is only used while no scan ran since it was committed
+ * reported by the next scan (ram-track.ts), a block a round left out is read by the stopped round
+ * (hot-blocks.ts), and the last scan runs with the VM stopped, so the image is the RAM at the STOP. The base is only used while no scan ran since it was committed
  * (QemuVm.trackedBase.valid): a failed or aborted job makes the next capture a full one, never a
  * wrong one. A valid base is in the VM's state record, so it survives an agent restart (the
  * adopted tracker reports what was written since the dead agent's last scan): before its first
@@ -65,6 +69,7 @@ import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
+import { blockSet, split, withLeft } from './hot-blocks';
 
 /** Bytes per block of a tracked image: the unit a round reads and the store keeps as one chunk. */
 export const TRACKED_BLOCK_SIZE = 64 * 1024;
@@ -130,6 +135,8 @@ export class TrackedJob extends QemuVmJob {
   private linkedBase = false;
   private qmpTrace: CutQmpTrace | undefined;
   private trace: [string, number][] = [];
+  /** Blocks the rounds before the stop left to the stopped round (hot-blocks.ts). */
+  private left: Uint8Array | undefined;
   /** When the last round before the stop began (performance.now()). */
   private lastRoundAt = 0;
 
@@ -228,8 +235,23 @@ export class TrackedJob extends QemuVmJob {
     RAM_READS.give(r.buf);
   }
 
-  private readRound(): ReadBlocks {
-    const runs = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, this.tracker.length);
+  /**
+   * The blocks written since the last scan, read. A round with the VM running leaves the VM's hot
+   * blocks (QemuVm.trackedHot) to the stopped round, which reads them with its own
+   * (hot-blocks.ts) and makes its own the next job's hot set.
+   */
+  private readRound(stopped = false): ReadBlocks {
+    const len = this.tracker.length;
+    const written = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, len);
+    let runs = written;
+    const blocks = len / TRACKED_BLOCK_SIZE;
+    if (stopped) {
+      if (this.left) runs = withLeft(written, this.left, TRACKED_BLOCK_SIZE, len);
+      this.vmObj.trackedHot = blockSet(written, TRACKED_BLOCK_SIZE, blocks);
+    } else if (this.vmObj.trackedHot?.length === blocks) {
+      this.left ??= new Uint8Array(blocks);
+      runs = split(written, this.vmObj.trackedHot, this.left, TRACKED_BLOCK_SIZE, len);
+    }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
     const data = buf.subarray(0, runs.bytes);
     this.tracker.read(runs, data);
@@ -306,7 +328,7 @@ export class TrackedJob extends QemuVmJob {
           () => loopUp?.(),
           () => loopUp?.(),
         );
-        final = this.readRound(); // synchronous: the VM is stopped
+        final = this.readRound(true); // synchronous: the VM is stopped
         this.mark('read');
         await Promise.all([hook, stopped, disk]);
         this.mark('hook');
