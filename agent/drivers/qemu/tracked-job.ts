@@ -65,6 +65,7 @@ import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
+import { nextRoundInMs, roundDue } from './round-schedule';
 
 /** Bytes per block of a tracked image: the unit a round reads and the store keeps as one chunk. */
 export const TRACKED_BLOCK_SIZE = 64 * 1024;
@@ -74,17 +75,6 @@ export const MEMORY_TRACKED = 'tracked';
 export const RAM_BYTES_ATTRIBUTE = 'ram_bytes';
 /** Bytes a full round reads at a time. */
 const FULL_SLICE = 4 * MiB;
-/** With a cut instant, the last round before it starts at least this long before it. */
-const ROUND_LEAD_MS = 30;
-/**
- * A cut without an instant (the agent itself waited for the commit's) stops the VM at once when
- * the last round is younger than this: the stopped round then reads what was written since (at
- * a few hundred MiB/s of guest writes, a few MiB: a millisecond or two), and the stop is not
- * delayed after the instant by a round of its own (5-12 ms measured, varying per VM: the cut
- * spread).
- */
-const FRESH_ROUND_MS = 250;
-
 /**
  * The RAM padding (KiB) of a tracked VM of `memoryMib` whose untracked padding would be `padKib`
  * (cmdline.ts tcgRamPadKib: TCG on QEMU < 9.0): at least that, and the RAM a whole number of blocks.
@@ -93,6 +83,11 @@ export function trackedRamPadKib(memoryMib: number, padKib: number): number {
   const blockKib = TRACKED_BLOCK_SIZE / 1024;
   const total = memoryMib * 1024 + padKib;
   return Math.ceil(total / blockKib) * blockKib - memoryMib * 1024;
+}
+
+/** A cut instant (this host's wall clock) on performance.now()'s clock, ms. */
+function perfAt(at: CutInstant): number {
+  return performance.now() + (at.stopAtUs - nowUs()) / 1000;
 }
 
 /** Where a VM's base image is kept in the store (apart from every snapshot's prefix). */
@@ -132,6 +127,9 @@ export class TrackedJob extends QemuVmJob {
   private trace: [string, number][] = [];
   /** When the last round before the stop began (performance.now()). */
   private lastRoundAt = 0;
+  /** The rounds begun by approachCut() (a failure of them is cut()'s), and what ends their waits on an abort. */
+  private approaching: Promise<void> | undefined;
+  private readonly roundsEnd = new AbortController();
 
   constructor(
     vmObj: QemuVm,
@@ -252,6 +250,37 @@ export class TrackedJob extends QemuVmJob {
     return Promise.all(puts).then(() => undefined);
   }
 
+  /**
+   * The rounds of a cut at the commit's instant, begun at the commit's receipt with the VM running
+   * and its ports not gated (SnapshotJob.approachCut): they end before the instant
+   * (round-schedule.ts), and the cut called then writes `stop` at once, the last round being
+   * fresh. cut() awaits them first (they ran late: the `stop` waits for them), and a failure of
+   * them is the cut's.
+   */
+  approachCut(at: CutInstant): void {
+    if (this.phase !== 'ready' || this.approaching) return;
+    this.mark('approach');
+    this.approaching = this.roundsUntil(perfAt(at));
+    this.approaching.then(
+      () => this.mark('approached'),
+      () => undefined,
+    );
+  }
+
+  /** Rounds with the VM running until the next would not end before `stopAt` (performance.now() ms). */
+  private async roundsUntil(stopAt: number): Promise<void> {
+    if (!roundDue(performance.now(), this.lastRoundAt, stopAt)) return;
+    for (;;) {
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const t0 = performance.now();
+      await this.round();
+      const now = performance.now();
+      const wait = nextRoundInMs(now, stopAt, now - t0);
+      if (wait === undefined) return;
+      await sleep(wait, undefined, { signal: this.roundsEnd.signal });
+    }
+  }
+
   private mark(step: string): void {
     this.trace.push([step, performance.now()]);
   }
@@ -260,7 +289,7 @@ export class TrackedJob extends QemuVmJob {
     if (this.phase !== 'ready') throw new VnsnapError(this.phase === 'aborted' ? 'ERR_SNAPSHOT_ABORTED' : 'ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     this.phase = 'cutting';
-    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    const stopAt = at ? perfAt(at) : undefined;
     this.mark('cut');
     let final: ReadBlocks | undefined;
     let state: Buffer | undefined;
@@ -268,12 +297,11 @@ export class TrackedJob extends QemuVmJob {
     let resume: QmpEvent | undefined;
     let stopWrittenAt: number | undefined;
     try {
-      // Rounds with the VM running: the stopped one reads only what was written since the last.
-      if (stopAt !== undefined || performance.now() - this.lastRoundAt > FRESH_ROUND_MS) await this.round();
-      while (stopAt !== undefined && stopAt - performance.now() > 2 * ROUND_LEAD_MS) {
-        await sleep(Math.min(100, stopAt - performance.now() - ROUND_LEAD_MS));
-        await this.round();
-      }
+      // Rounds with the VM running (round-schedule.ts): the stopped one reads only what was
+      // written since the last. Begun at the commit's receipt by approachCut(), they are done.
+      await this.approaching;
+      if (stopAt !== undefined) await this.roundsUntil(stopAt);
+      else if (roundDue(performance.now(), this.lastRoundAt)) await this.round();
       if (stopAt !== undefined && stopAt > performance.now()) await sleep(stopAt - performance.now());
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
@@ -405,6 +433,8 @@ export class TrackedJob extends QemuVmJob {
   protected async runAbort(): Promise<void> {
     const was = this.phase;
     this.phase = 'aborted';
+    this.roundsEnd.abort(); // rounds begun by approachCut() end before the image is aborted under them
+    await this.approaching?.catch(() => undefined);
     if (was === 'writing') await this.final?.catch(() => undefined);
     await this.resumeIfOurs().catch((e) => this.log.warn({ err: describeError(e) }, 'resume after abort failed'));
     await this.disk.undo();
