@@ -10,12 +10,19 @@
  *          kept under its own path: unchanged blocks are named from it, never read or hashed);
  *          the first round: the blocks written since the base (no valid base: every block), read
  *          with the VM running and put in the store ─► ready.
- *   cut:   another round with the VM running unless the last is younger than FRESH_ROUND_MS
- *          (with the commit's instant: rounds until it, then the `stop` written at it) ─►
- *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the
- *          switch's drain) beside the last round (the blocks written since the previous round,
- *          read while the VM is stopped) ─► the device state alone
- *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
+ *   approach (approachCut(), at the commit's receipt when it names an instant, both modes):
+ *          rounds with the VM running and its ports not gated, on round-schedule.ts's schedule,
+ *          the last ending before the instant; the agent cuts at the instant.
+ *   cut:   the approach's rounds awaited (run late: the `stop` waits for them); without them
+ *          another round with the VM running unless the last is younger than FRESH_ROUND_MS
+ *          (with an instant given to cut() itself: rounds until it, then the `stop` written at
+ *          it) ─► `stop`, blockdev-snapshot and the device state's `migrate` back to back
+ *          (device-state.ts: QEMU saves the devices alone once the VM is stopped and the disk
+ *          frozen, without resuming it) ─► STOP (the cut instant) ─► atPause() (the switch's
+ *          drain), and beside it, once QEMU answered `stop` (it drains in-flight disk I/O into
+ *          the RAM after its STOP), the last round (the blocks written since the previous round,
+ *          read while the VM is stopped) ─► the device state's end ─► `cont` (contAfterSave:
+ *          no status query before it) ─► RESUME. QEMU's main thread boosted from before the
  *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
  *          QEMU thread, those at one above the agents' cut windows (CUT_FIFO_PRIORITY + 1) and
  *          below QEMU's main thread, which so always gets a core to kick a vCPU still running its
@@ -36,8 +43,9 @@
  *          the frozen disk stored (disk-layers.ts).
  *
  * Exactness: a block's content in the image is its last read; every page written after a scan is
- * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped, so the
- * image is the RAM at the STOP. The base is only used while no scan ran since it was committed
+ * reported by the next scan (ram-track.ts), and the last scan runs with the VM stopped and its
+ * in-flight disk I/O drained (after the `stop`'s reply), so the image is the RAM the device state
+ * was saved with. The base is only used while no scan ran since it was committed
  * (QemuVm.trackedBase.valid): a failed or aborted job makes the next capture a full one, never a
  * wrong one. A valid base is in the VM's state record, so it survives an agent restart (the
  * adopted tracker reports what was written since the dead agent's last scan): before its first
@@ -46,8 +54,10 @@
  * after this job's commit names the new one. A crash in between leaves no base recorded: the
  * next capture is a full one.
  *
- * Failure and abort: the VM is resumed if this job stopped it, the disk overlay merged back, the
- * block image aborted and what was committed deleted: nothing of the job stays in the store.
+ * Failure and abort: the VM is resumed if this job stopped it (its `stop`, or the device state's
+ * save once its `migrate` was written: that save is cancelled and waited for first, as its end
+ * would stop the VM again), the disk overlay merged back, the block image aborted and what was
+ * committed deleted: nothing of the job stays in the store. An abort ends the approach's rounds.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
@@ -59,7 +69,7 @@ import { cutReport } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
-import { DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
+import { contAfterSave, DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
@@ -130,6 +140,8 @@ export class TrackedJob extends QemuVmJob {
   /** The rounds begun by approachCut() (a failure of them is cut()'s), and what ends their waits on an abort. */
   private approaching: Promise<void> | undefined;
   private readonly roundsEnd = new AbortController();
+  /** The device state's save, once its `migrate` was written (failCut() ends it before resuming). */
+  private saving: Promise<Buffer> | undefined;
 
   constructor(
     vmObj: QemuVm,
@@ -320,12 +332,19 @@ export class TrackedJob extends QemuVmJob {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
         stopEv.catch(() => undefined);
         stopWrittenAt = performance.now();
+        // `stop`, `blockdev-snapshot` and the device state's `migrate` back to back: QEMU runs
+        // them in order (the save begins with the VM stopped and the disk frozen) while the
+        // agent drains and reads; the save does not resume the VM. From the `migrate` on, a
+        // failure leaves the VM stopped by it: failCut() ends the save, then resumes it.
         const stopped = this.q.execute('stop');
         stopped.catch(() => undefined);
         const disk = this.disk.snapshot();
         disk.catch(() => undefined);
-        const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
+        const saved = saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
+        saved.catch(() => undefined);
+        this.saving = saved;
         this.pausedByUs = true;
+        const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
         this.vmObj.status = 'paused';
         cutUnixUs = stop?.timestampUs || nowUs();
         this.mark('stopped');
@@ -334,11 +353,15 @@ export class TrackedJob extends QemuVmJob {
           () => loopUp?.(),
           () => loopUp?.(),
         );
-        final = this.readRound(); // synchronous: the VM is stopped
+        hook.catch(() => undefined);
+        // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
+        // layer, and a disk read still in flight writes guest RAM until then.
+        await stopped;
+        final = this.readRound(); // synchronous: nothing writes the RAM any more
         this.mark('read');
-        await Promise.all([hook, stopped, disk]);
+        await Promise.all([hook, disk]);
         this.mark('hook');
-        state = await saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
+        state = await saved;
         this.mark('device state');
         if (boostAll) {
           await boostAll.release();
@@ -346,7 +369,7 @@ export class TrackedJob extends QemuVmJob {
         }
         const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
         resumed.catch(() => undefined);
-        await this.q.execute('cont');
+        await contAfterSave(this.q, this.vm);
         resume = await resumed;
         this.pausedByUs = false;
         this.vmObj.status = 'running';
@@ -374,9 +397,14 @@ export class TrackedJob extends QemuVmJob {
     return report;
   }
 
-  /** A cut failed: resume the VM if this job stopped it, the disk overlay merged back or dropped. */
+  /** A cut failed: the device state's save ended, the VM resumed if this job stopped it, the disk overlay merged back or dropped. */
   private async failCut(): Promise<void> {
     this.phase = 'failed';
+    if (this.saving) {
+      // A save still running would stop the VM after the resume (its completion does).
+      await this.q.execute('migrate_cancel').catch(() => undefined);
+      await this.saving.catch(() => undefined);
+    }
     await this.resumeIfOurs();
     await this.disk.undo();
     await this.disk.drop();
