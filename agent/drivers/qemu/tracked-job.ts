@@ -33,10 +33,13 @@
  *          raised (cut-priority.ts) from right before the `stop` to the hook's end only: the
  *          rounds before it run at the agent's own priority (ownCutWindow; at a realtime policy
  *          they held every other thread of a 2-core host off for up to 1 s, pauses with them).
- *          The vCPUs go back to the default policy right
- *          before the `cont`: a TCG vCPU running its guest at SCHED_FIFO above the agents' cut
- *          windows took both cores of a 2-core host, so the agents never ran to see the RESUME and
- *          undo the boost (their heartbeats stopped). No stream of this agent writes into the
+ *          The vCPUs go back to the default policy right before the `cont` (a TCG vCPU running
+ *          its guest at SCHED_FIFO above the agents' cut windows took both cores of a 2-core
+ *          host, so the agents never ran to see the RESUME and undo the boost: their heartbeats
+ *          stopped), the vCPUs alone (PauseBoost.lowerVcpus): QEMU's other threads stay up to
+ *          the RESUME, since lowered with them the migration thread, which leaves finish-migrate
+ *          after the save, waited for a core behind the guests (the RESUME came 10-26 ms after
+ *          the `cont` in the longest pauses). No stream of this agent writes into the
  *          store meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
  *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt),
@@ -363,7 +366,10 @@ export class TrackedJob extends QemuVmJob {
         this.mark('hook');
         state = await saved;
         this.mark('device state');
-        if (boostAll) {
+        // The vCPUs down before the `cont`; QEMU's other threads stay up to the RESUME (the
+        // migration thread still has to leave finish-migrate). Where the vCPUs cannot be lowered
+        // alone: every thread down, the main and monitor threads up again.
+        if (boostAll && !boostAll.lowerVcpus()) {
           await boostAll.release();
           boostMain = boostPause(this.vmObj.pid, { log: this.log });
         }
