@@ -10,11 +10,16 @@
  *             coordinator/cut-instant.ts) waits until then, so that every agent's VMs stop
  *             together whatever the commit's arrival; one that arrives after it (or names none:
  *             an older coordinator) cuts at once. The wait is bounded (maxCutWaitMs) and ended
- *             by an abort; the VMs run meanwhile, and no port is gated yet. A pre-copy
- *             commit's instant is not waited for here: the cuts begin at the receipt (the
- *             ports gated, each VM's final round of its copy running) and the driver writes
- *             `stop` at the instant (driver.ts CutInstant), so the VMs stop together whatever
- *             their rounds' lengths. Then
+ *             by an abort; the VMs run meanwhile, and no port is gated yet. A job with work to
+ *             do before its `stop` (SnapshotJob.approachCut: a tracked VM's rounds of the blocks
+ *             its guest wrote) does it meanwhile, from the receipt, and its cut begins at the
+ *             instant with the others', so its `stop` is written then (a job whose work runs
+ *             late stops when it ends, its ports gated meanwhile). A
+ *             pre-copy commit's instant is waited for here likewise when every job here
+ *             approaches it so; else not: the cuts begin at the receipt (the ports gated, each
+ *             VM's final round of its copy running) and the driver writes `stop` at the
+ *             instant (driver.ts CutInstant), so the VMs stop together whatever their rounds'
+ *             lengths. Then
  *             the cut of each VM, in DESIGN.md's order, is one switch.cutPorts(ports, k, atPause)
  *             (switch/snapshot/cut.ts):
  *               gate                        frames for the VM's ports are held
@@ -270,13 +275,19 @@ export class SnapshotRunner {
     let cutAt: PhaseTiming | undefined;
     try {
       // Background: the commit's cut instant, the VMs run (no port gated) until it, at the priority
-      // above. Pre-copy: the cuts begin now and the driver stops each VM at the instant, after its
-      // final round (precopyInstant()).
-      const instant = background ? undefined : precopyInstant(Number(c.cutAtUnixUs ?? 0), receivedUs, this.o.maxCutWaitMs);
-      cutAt = background ? await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0)) : undefined;
+      // above; a job with work before its `stop` (approachCut: tracked memory's rounds) does it
+      // meanwhile, from now. Pre-copy: the same when every job here approaches the instant so;
+      // else the cuts begin now and the driver stops each VM at the instant, after its final
+      // round (cutInstant()).
+      const instant = cutInstant(Number(c.cutAtUnixUs ?? 0), receivedUs, this.o.maxCutWaitMs);
+      const waitHere = background || (instant !== undefined && snap.vms.length > 0 && snap.vms.every((sv) => sv.job.approachCut));
+      if (waitHere && instant) for (const sv of snap.vms) sv.job.approachCut?.(instant);
+      cutAt = waitHere ? await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0)) : undefined;
       if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
+      // Every VM's cut begins now, its ports gated together (a VM cut later would find them
+      // passed as a bystander's): a job still approaching the instant stops once it is done.
       const shared = cutAt ? [commit, cutAt] : [commit];
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained, instant)));
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained, waitHere ? undefined : instant)));
     } finally {
       normalPriority();
       probe.stop();
@@ -516,11 +527,12 @@ export class SnapshotRunner {
 }
 
 /**
- * A pre-copy commit's cut instant for the drivers (CutInstant): `atUs` (this agent's clock; 0: none
- * named) bounded to `maxWaitMs` (default 1 s) after the receipt; undefined without one. A driver
- * with a final round stops its VM then (an instant already past: as soon as its round is done).
+ * A commit's cut instant for the drivers (CutInstant: a pre-copy cut's, or a job's approachCut()):
+ * `atUs` (this agent's clock; 0: none named) bounded to `maxWaitMs` (default 1 s) after the
+ * receipt, as the agent's own wait for it is; undefined without one. A driver with a final round
+ * stops its VM then (an instant already past: as soon as its round is done).
  */
-export function precopyInstant(atUs: number, receivedUs: number, maxWaitMs = 1000): CutInstant | undefined {
+export function cutInstant(atUs: number, receivedUs: number, maxWaitMs = 1000): CutInstant | undefined {
   if (!(atUs > 0)) return undefined;
   return { stopAtUs: Math.min(atUs, receivedUs + maxWaitMs * 1000) };
 }

@@ -15,11 +15,12 @@
  *   `none`: no instant for any VNE; whole ms: that lead for every VNE.
  *
  * With an instant each agent begins its cuts at the receipt and each VM's driver stops it at the
- * instant. A tracked VM's job reads short rounds of the blocks written, the VM running, until
- * the instant and writes `stop` at it (agent/drivers/qemu/tracked-job.ts cut()): its pause is its
- * last, stopped round and its device state whenever the stop comes, so the instant costs it no
- * pause and brings its cut to the others'. The lead is what the rounds begun at the receipt need
- * to end before the instant: with none (the margin alone) the agents wrote `stop` 11–63 / 107–316
+ * instant. A tracked VM's job reads short rounds of the blocks written, the VM running, from the
+ * receipt until the instant, and its `stop` is written at it (agent/drivers/qemu/tracked-job.ts
+ * approachCut(); the agent waits for the instant before it gates the VM's ports and cuts): its
+ * pause is its last, stopped round and its device state whenever the stop comes, so the instant
+ * costs it no pause and brings its cut to the others'. The lead is what the rounds begun at the
+ * receipt need to end before the instant: with none (the margin alone) the agents wrote `stop` 11–63 / 107–316
  * ms (test / distro guests, medians of two runs) and up to 309 / 989 ms after it, each when its
  * round ended, and the pre-copy cut spreads reached 80–315 ms; with 300 ms the test guests'
  * spreads were 4–74 ms (docs/performance.md, "Tracked memory in bench:snapshot"). A VM of QEMU's own migration stream runs its final round of the
@@ -30,6 +31,13 @@
  * the commit's instant"). So a VNE with any such VM (or a Xen or sim VM) gets no instant by
  * default: each VM stops when its own final round ends, 14–200 ms after the receipt, differently
  * per VM.
+ *
+ * A background commit of a VNE whose VMs are all tracked names its instant later by a lead too
+ * (backgroundMarginMs(): the margin + TRACKED_BACKGROUND_LEAD_MS): its tracked jobs do the same
+ * rounds from the receipt to the instant. Before it, each tracked VM's cut ran a round of its own
+ * after the instant (when its last round was older than 250 ms) at the agent's own priority,
+ * beside the guests' vCPUs and the agent's other VM: the `stop`s came 10–97 ms apart (median
+ * 41.6, test guests: docs/performance.md, "Tracked memory in bench:snapshot").
  *
  * The margin adapts to the commit delays measured on the previous background commits (each VM's
  * PHASE_COMMIT: the coordinator wrote it → the agent received it, the agent's clock taken back by
@@ -63,6 +71,13 @@ export const PRECOPY_LEAD_ENV = 'VNSNAP_PRECOPY_LEAD_MS';
 
 /** The lead of a pre-copy commit's instant over a background one's, ms, for a VNE whose VMs all have tracked memory (the module comment). */
 export const TRACKED_PRECOPY_LEAD_MS = 300;
+
+/**
+ * The lead of a background commit's instant over the margin, ms, for a VNE whose VMs all have
+ * tracked memory (the module comment): their jobs do the same rounds from the receipt to the
+ * instant as in a pre-copy cut, so the same lead as TRACKED_PRECOPY_LEAD_MS.
+ */
+export const TRACKED_BACKGROUND_LEAD_MS = 300;
 
 /** What VNSNAP_PRECOPY_LEAD_MS asks for (the module comment): 'auto', 'none', or whole ms of lead. */
 export type PrecopyLead = 'auto' | 'none' | number;
@@ -112,6 +127,15 @@ export class CutMargin {
     const m = this.marginMs();
     const lead = this.precopyLead === 'auto' ? (allTracked ? TRACKED_PRECOPY_LEAD_MS : 'none') : this.precopyLead;
     return m === 0 || lead === 'none' ? 0 : m + lead;
+  }
+
+  /**
+   * A background commit's margin: marginMs(), + TRACKED_BACKGROUND_LEAD_MS for a VNE whose VMs
+   * are all tracked (`allTracked`: allVmsTracked()); 0 (no instant) when marginMs() is 0.
+   */
+  backgroundMarginMs(allTracked: boolean): number {
+    const m = this.marginMs();
+    return m === 0 || !allTracked ? m : m + TRACKED_BACKGROUND_LEAD_MS;
   }
 
   /** 0: no scheduled instant (cut at receipt). */

@@ -25,8 +25,9 @@
  *   the mark). PERSISTING likewise: SnapshotPersist first, then the per-VM results and mark.
  *   A background commit names the cut instant (cut-instant.ts): now + the margin, in that
  *   agent's clock (its offset from the session's round trips); every agent begins its cuts then,
- *   or at once if the commit reaches it later. The commit delays its CommitResults report
- *   (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one, later by a lead,
+ *   or at once if the commit reaches it later; later by a lead when every VM of the VNE has
+ *   tracked memory (their rounds run from the receipt until it). The commit delays its
+ *   CommitResults report (PHASE_COMMIT) set the next snapshot's margin. A pre-copy commit names one, later by a lead,
  *   when every VM of the VNE has tracked memory or VNSNAP_PRECOPY_LEAD_MS sets a lead
  *   (cut-instant.ts): its agents begin their cuts at receipt and stop each VM at the instant,
  *   after the VM's final round of its copy.
@@ -397,10 +398,11 @@ export class SnapshotRun {
     }
     const at = this.deps.clock.now();
     // The cut instant, now + the margin on this clock, each agent's in its own (0: none, cut at
-    // receipt). Pre-copy: later by the lead, the VMs' final rounds running until it; by default
-    // only when every VM has tracked memory (cut-instant.ts).
+    // receipt). Later by a lead when every VM has tracked memory (their rounds run until it),
+    // and in pre-copy when VNSNAP_PRECOPY_LEAD_MS sets one (cut-instant.ts).
     const background = this.spec.mode === 'SNAPSHOT_MODE_BACKGROUND';
-    const marginMs = background ? this.seq.cutMargin.marginMs() : this.seq.cutMargin.precopyMarginMs(allVmsTracked(this.spec.vne.vms));
+    const allTracked = allVmsTracked(this.spec.vne.vms);
+    const marginMs = background ? this.seq.cutMargin.backgroundMarginMs(allTracked) : this.seq.cutMargin.precopyMarginMs(allTracked);
     const offsetOf = (agent: string): number | undefined => this.deps.clockOffset?.(agent)?.offsetUs;
     const instants = marginMs > 0 ? cutInstants(this.seq.nowUs() + marginMs * 1000, [...this.spec.byAgent.keys()], offsetOf) : undefined;
     this.fanOut(

@@ -207,12 +207,13 @@ export interface VmImage {
 }
 
 /**
- * A pre-copy commit's cut instant, handed to the driver with the cut instead of waited for by the
- * agent: a driver whose VM keeps running through a final round of its copy after the commit
- * starts that round at the call and pauses the VM at `stopAtUs` (this host's wall clock, µs), so
- * that every VM of the VNE stops at the one instant whatever its round's length. The driver
- * reports how its pause met the instant as a PHASE_CUT_AT span (the instant → `stop` written, or
- * → the VM found stopped by itself).
+ * A commit's cut instant handed to the driver (`stopAtUs`: this host's wall clock, µs). A
+ * pre-copy one with the cut instead of waited for by the agent: a driver whose VM keeps running
+ * through a final round of its copy after the commit starts that round at the call and pauses the
+ * VM at the instant, so that every VM of the VNE stops at the one instant whatever its round's
+ * length; it reports how its pause met the instant as a PHASE_CUT_AT span (the instant → `stop`
+ * written, or → the VM found stopped by itself). Or, in either mode, to a job's approachCut()
+ * at the commit's receipt, the agent waiting for the instant itself.
  */
 export interface CutInstant {
   stopAtUs: number;
@@ -229,8 +230,9 @@ export interface SnapshotJob {
   readonly ready: Promise<void>;
   /**
    * The cut; see the module comment. Rejects (without calling atPause) if the VM could not be
-   * paused. `at`: the commit's cut instant for a pre-copy cut (CutInstant); a driver without a
-   * final round before its pause ignores it (the VM is cut at the call).
+   * paused. `at`: the commit's cut instant for a pre-copy cut (CutInstant) of a job the agent
+   * did not approach it with (approachCut); a driver without a final round before its pause
+   * ignores it (the VM is cut at the call).
    */
   cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport>;
   /**
@@ -241,6 +243,17 @@ export interface SnapshotJob {
    * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts).
    */
   readonly ownCutWindow?: boolean;
+  /**
+   * A job whose work before its `stop` can run outside the cut (tracked memory's rounds): called
+   * at the commit's receipt with the commit's instant, before the agent waits for it and before
+   * the VM's ports are gated; the job starts that work with the VM running, to end before the
+   * instant, and the cut() called at the instant (without `at`) writes `stop` at once, or once
+   * the work is done if it ran late. A failure of the work is cut()'s to report; an abort ends
+   * it. The agent calls it in background mode, and in pre-copy mode when every job of the
+   * snapshot here has it (snapshot-runner.ts commit()); a job without it gets the instant with
+   * cut().
+   */
+  approachCut?(at: CutInstant): void;
   /** Wait until the image (memory, disk) is committed in the store. */
   durable(): Promise<VmImage>;
   /** Cancel, resume the VM if this job paused it, delete partial artefacts. Idempotent; concurrent calls share one run. */

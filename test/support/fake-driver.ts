@@ -10,6 +10,9 @@
  * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem". With `ownCutWindow`
  * the jobs say so (SnapshotJob.ownCutWindow) and a background cut raises the agent's loop
  * (SnapshotOptions.raiseCutPriority) from its pause to its atPause's end ("window a" when raised).
+ * With `approach` the jobs have approachCut ("approach a <stopAtUs>" at the call, "approached a"
+ * when its work ends: at once, or with `holdApproach` at job.endApproach() or the job's abort;
+ * cut() waits for it first).
  */
 import { VnsnapError } from '../../proto/core/errors';
 import { FakePort } from '../../switch/port/porttest/fake-port';
@@ -45,8 +48,12 @@ export interface FakeVmRecord {
 export class FakeJob implements SnapshotJob {
   readonly ready: Promise<void>;
   aborted = false;
+  /** SnapshotJob.approachCut when the driver's `approach` was set at the job's start. */
+  approachCut?: (at: CutInstant) => void;
   private settleReady!: (e?: Error) => void;
   private readySettled = false;
+  private approachEnd: (() => void) | undefined;
+  private approaching: Promise<void> | undefined;
 
   constructor(
     private readonly driver: FakeDriver,
@@ -55,6 +62,20 @@ export class FakeJob implements SnapshotJob {
   ) {
     this.ready = new Promise<void>((resolve, reject) => (this.settleReady = (e) => (e ? reject(e) : resolve())));
     if (!driver.holdReady) this.setReady();
+    if (driver.approach) this.approachCut = (at) => this.approachUntil(at);
+  }
+
+  private approachUntil(at: CutInstant): void {
+    const name = this.driver.record(this.vm).spec.name;
+    this.driver.events.push(`approach ${name} ${at.stopAtUs}`);
+    const held = this.driver.holdApproach && !this.aborted ? new Promise<void>((resolve) => (this.approachEnd = resolve)) : Promise.resolve();
+    this.approaching = held.then(() => void this.driver.events.push(`approached ${name}`));
+  }
+
+  /** A held approachCut() resolves. */
+  endApproach(): void {
+    this.approachEnd?.();
+    this.approachEnd = undefined;
   }
 
   get mode(): SnapshotModeName {
@@ -77,6 +98,10 @@ export class FakeJob implements SnapshotJob {
   }
 
   async cut(atPause: () => Promise<void>, at?: CutInstant): Promise<CutReport> {
+    if (this.approaching) {
+      await this.approaching;
+      if (this.aborted) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', `fake job of ${this.vm} aborted while approaching its cut`);
+    }
     const rec = this.driver.record(this.vm);
     if (at) this.driver.events.push(`instant ${rec.spec.name} ${at.stopAtUs}`);
     if (this.driver.failPause) throw new VnsnapError('ERR_DRIVER', `cannot pause ${this.vm}`);
@@ -104,6 +129,7 @@ export class FakeJob implements SnapshotJob {
     this.aborted = true;
     const rec = this.driver.vms.get(this.vm);
     this.driver.events.push(`abort ${rec?.spec.name ?? this.vm}`);
+    this.endApproach();
     if (rec) rec.status = 'running';
     // The driver contract (agent/drivers/driver.ts): abort resolves a pending `ready`, never rejects it.
     if (!this.readySettled) {
@@ -131,6 +157,9 @@ export class FakeDriver implements HypervisorDriver {
   failPause = false;
   /** Jobs raise the agent's loop for their own pauses (SnapshotJob.ownCutWindow). */
   ownCutWindow = false;
+  /** New jobs have approachCut(); with holdApproach it resolves at job.endApproach() (or the abort). */
+  approach = false;
+  holdApproach = false;
   /** Copies loaded beside a running VM, by id, until swapped or discarded. */
   readonly besides = new Map<string, FakeVmRecord>();
   /** Loads beside wait for this (a test holding them). */

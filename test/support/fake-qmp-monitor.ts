@@ -70,8 +70,13 @@ export class FakeMonitor {
     this.conn?.write(`${JSON.stringify({ error: { class: 'GenericError', desc }, id })}\n`);
   }
 
-  event(name: string, unixUs: number): void {
-    this.conn?.write(`${JSON.stringify({ event: name, data: {}, timestamp: { seconds: Math.floor(unixUs / 1e6), microseconds: unixUs % 1e6 } })}\n`);
+  event(name: string, unixUs: number, data: Record<string, unknown> = {}): void {
+    this.conn?.write(`${JSON.stringify({ event: name, data, timestamp: { seconds: Math.floor(unixUs / 1e6), microseconds: unixUs % 1e6 } })}\n`);
+  }
+
+  /** A command's return value (reply() returns {}). */
+  replyWith(id: string, value: unknown): void {
+    this.conn?.write(`${JSON.stringify({ return: value, id })}\n`);
   }
 
   close(): void {

@@ -4,7 +4,7 @@ import { cutPriorityHolds, cutPrioritySettled } from '../../agent/cut-priority';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
-import { cutAtWords, precopyInstant } from '../../agent/snapshot-runner';
+import { cutAtWords, cutInstant } from '../../agent/snapshot-runner';
 import type { PhaseTiming } from '../../proto/gen/vnsnap/v1/PhaseTiming';
 import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
@@ -304,8 +304,98 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     const n = h.driver.events.length;
     await h.snapshots.commit({ snapshotId: 's27' });
     assert.equal(h.driver.events.slice(n).some((e) => e.startsWith('instant')), false);
-    assert.deepEqual(precopyInstant(0, t), undefined);
-    assert.deepEqual(precopyInstant(t - 5, t), { stopAtUs: t - 5 }, 'an instant already past is handed on: the driver knows it is late');
+    assert.deepEqual(cutInstant(0, t), undefined);
+    assert.deepEqual(cutInstant(t - 5, t), { stopAtUs: t - 5 }, 'an instant already past is handed on: the driver knows it is late');
+  });
+
+  it("a background commit's instant with jobs that approach it: their work starts at the receipt (no gate, no pause), every VM's cut begins at the instant without it, a job whose work runs late stops when it ends (its ports gated meanwhile)", async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.approach = true;
+    h.driver.holdApproach = true;
+    await h.snapshots.begin(begin('s30', 1, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const rx = h.clock.now() * 1000;
+    const p = h.snapshots.commit({ snapshotId: 's30', sentUnixUs: rx - 2000, cutAtUnixUs: rx + 30_000 });
+    await flush();
+    assert.deepEqual(h.driver.events, ['start a', 'start b', `approach a ${rx + 30_000}`, `approach b ${rx + 30_000}`], 'both approaches begun at the receipt');
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 3));
+    h.driver.port('blue/b').vm.pumpAll();
+    await flush();
+    assert.equal(h.driver.port('blue/a').vm.received.length, 1, 'a frame to an approaching VM is delivered, not held');
+    job(h, 0).endApproach();
+    await flush();
+    h.clock.advance(29);
+    await flush();
+    assert.deepEqual(h.driver.events.slice(4), ['approached a'], 'a done early: still not cut before the instant');
+    h.clock.advance(1);
+    await flush();
+    assert.deepEqual(h.driver.events.slice(4), ['approached a', 'pause a', 'atPause a', 'resume a'], 'a cut at the instant; b waits for its approach');
+    h.driver.port('blue/a').vm.send(testFrame(1, 2, 4));
+    h.driver.port('blue/a').vm.pumpAll();
+    await flush();
+    assert.equal(h.driver.port('blue/b').vm.received.length, 0, "b's ports are gated from the instant: the frame is held");
+    h.clock.advance(7);
+    job(h, 1).endApproach();
+    const r = await p;
+    assert.deepEqual(h.driver.events.slice(8), ['approached b', 'pause b', 'atPause b', 'resume b']);
+    assert.equal(h.driver.port('blue/b').vm.received.length, 1, 'released after its cut');
+    assert.equal(h.driver.events.some((e) => e.startsWith('instant')), false, 'the cuts get no instant: they stop at once');
+    for (const vm of r.commit?.vms ?? []) assert.deepEqual(vm.phases?.find((x) => x.phase === 'PHASE_CUT_AT'), { phase: 'PHASE_CUT_AT', startUnixUs: rx + 30_000, endUnixUs: rx + 30_000 }, vm.name ?? '');
+    await h.snapshots.persist({ snapshotId: 's30' });
+    // No instant named: no approach, the cut at once.
+    await h.snapshots.begin(begin('s31', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const n = h.driver.events.length;
+    await h.snapshots.commit({ snapshotId: 's31' });
+    assert.deepEqual(h.driver.events.slice(n), ['pause a', 'atPause a', 'resume a']);
+  });
+
+  it('a pre-copy commit whose jobs all approach its instant is waited for here as a background one; with one job that does not, every cut begins at the receipt with the instant', async () => {
+    h = await new AgentParts({ maxCutWaitMs: 200 }).init(['a', 'b']);
+    h.driver.approach = true;
+    await h.snapshots.begin(begin('s32', 1, ['a', 'b'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    const rx = h.clock.now() * 1000;
+    let done = false;
+    const p = h.snapshots.commit({ snapshotId: 's32', sentUnixUs: rx - 2000, cutAtUnixUs: rx + 5_000_000 }).then((x) => ((done = true), x));
+    await flush();
+    assert.deepEqual(h.driver.events, ['start a', 'start b', `approach a ${rx + 200_000}`, `approach b ${rx + 200_000}`, 'approached a', 'approached b'], 'the instant bounded by maxCutWaitMs, as the wait');
+    h.clock.advance(199);
+    await flush();
+    assert.equal(done, false);
+    h.clock.advance(1);
+    const r = await p;
+    assert.deepEqual(h.driver.events.slice(6).filter((e) => /^(pause|instant)/.test(e)), ['pause a', 'pause b'], 'cut at the instant, without it');
+    for (const vm of r.commit?.vms ?? []) assert.deepEqual(vm.phases?.find((x) => x.phase === 'PHASE_CUT_AT'), { phase: 'PHASE_CUT_AT', startUnixUs: rx + 5_000_000, endUnixUs: rx + 200_000 });
+    await h.snapshots.persist({ snapshotId: 's32' });
+    await h.snapshots.begin(begin('s33', 2, ['a', 'b'], 'SNAPSHOT_MODE_PRECOPY'), h.sink);
+    job(h, 3).approachCut = undefined; // b's job: a driver without it
+    const n = h.driver.events.length;
+    const t = h.clock.now() * 1000;
+    await h.snapshots.commit({ snapshotId: 's33', cutAtUnixUs: t + 100_000 });
+    assert.deepEqual(
+      h.driver.events.slice(n).filter((e) => /^(instant|pause|approach)/.test(e)),
+      [`instant a ${t + 100_000}`, 'pause a', `instant b ${t + 100_000}`, 'pause b'],
+      'no approach, no wait: the instant goes to the drivers',
+    );
+  });
+
+  it('an abort while a job approaches the instant ends its approach: Commit fails ERR_SNAPSHOT_ABORTED, no VM was paused, its ports un-gated', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.approach = true;
+    h.driver.holdApproach = true;
+    await h.snapshots.begin(begin('s34', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    const c = code(h.snapshots.commit({ snapshotId: 's34', cutAtUnixUs: h.clock.now() * 1000 + 10_000 }));
+    await flush();
+    h.clock.advance(10); // the instant passed, the approach still runs: the cut waits for it
+    await flush();
+    await h.snapshots.abort(abortOf('s34', 1));
+    assert.equal(await c, 'ERR_SNAPSHOT_ABORTED');
+    assert.deepEqual(
+      h.driver.events.filter((e) => e.endsWith(' a')),
+      ['start a', 'abort a', 'approached a'],
+    );
+    h.driver.port('blue/b').vm.send(testFrame(2, 1, 3));
+    h.driver.port('blue/b').vm.pumpAll();
+    await flush();
+    assert.equal(h.driver.port('blue/a').vm.received.length, 1, 'not gated');
   });
 
   it('a commit received after its cut instant cuts at once, and its CUT_AT says how late (the receipt); an instant beyond maxCutWaitMs is cut then', async () => {

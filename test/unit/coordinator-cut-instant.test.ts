@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { ClockOffset, offsetSample } from '../../coordinator/clock-offset';
-import { allVmsTracked, commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
+import { allVmsTracked, commitDelayMs, CUT_MARGIN, cutInstants, CutMargin, parseCutMargin, parsePrecopyLead, TRACKED_BACKGROUND_LEAD_MS, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
 import type { QemuDriverSpec__Output } from '../../proto/gen/vnsnap/v1/QemuDriverSpec';
 import type { VmSpec__Output } from '../../proto/gen/vnsnap/v1/VmSpec';
 import { isVnsnapError } from '../../proto/core/errors';
@@ -80,6 +80,19 @@ describe('cut instant: clock offsets and the margin', () => {
       }
     });
     assert.deepEqual(parsed, ['auto', 'auto', 'auto', 'auto', 'none', 0, 150, 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG', 'ERR_CONFIG']);
+  });
+
+  it("a background commit's margin: the margin, + TRACKED_BACKGROUND_LEAD_MS for an all-tracked VNE; none when the margin is 0; the pre-copy lead setting does not touch it", () => {
+    assert.equal(TRACKED_BACKGROUND_LEAD_MS, 300);
+    assert.equal(new CutMargin().backgroundMarginMs(false), CUT_MARGIN.defaultMs);
+    assert.equal(new CutMargin().backgroundMarginMs(true), CUT_MARGIN.defaultMs + TRACKED_BACKGROUND_LEAD_MS);
+    assert.equal(new CutMargin(35).backgroundMarginMs(true), 35 + TRACKED_BACKGROUND_LEAD_MS);
+    assert.equal(new CutMargin(0).backgroundMarginMs(true), 0, 'no instant at all: none for tracked VNEs either');
+    assert.equal(new CutMargin(35, {}, 'none').backgroundMarginMs(true), 35 + TRACKED_BACKGROUND_LEAD_MS);
+    assert.equal(new CutMargin(35, {}, 80).backgroundMarginMs(false), 35);
+    const m = new CutMargin();
+    m.observe(30);
+    assert.equal(m.backgroundMarginMs(true), 50 + TRACKED_BACKGROUND_LEAD_MS, 'the adaptive margin (1.5 × 30 + 5) + the lead');
   });
 
   it('allVmsTracked: every VM a QEMU VM with extra memory=tracked, and at least one', () => {

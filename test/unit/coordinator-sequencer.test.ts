@@ -10,7 +10,7 @@ import { Catalog } from '../../coordinator/catalog';
 import { ManualClock } from '../../proto/core/clock';
 import { EventBus } from '../../coordinator/events';
 import { SnapshotSequencer, type SequencerDeps, type SnapshotRequest } from '../../coordinator/snapshot-sequencer';
-import { CUT_MARGIN, CutMargin, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
+import { CUT_MARGIN, CutMargin, TRACKED_BACKGROUND_LEAD_MS, TRACKED_PRECOPY_LEAD_MS } from '../../coordinator/cut-instant';
 
 /** The pre-copy lead of the sequencer tests that configure one (ms). */
 const LEAD = 100;
@@ -166,10 +166,11 @@ describe('coordinator snapshot sequencer', () => {
         const extra: Record<string, string> = mem[i] ? { memory: mem[i] as string } : {};
         return { ...v, driver: { kind: 'qemu' as const, qemu: { memoryMib: 128, cpus: 1, kernel: '/k', initrd: '', append: '', disk: '', extra } } };
       });
-    const greenCommits = async (x: Harness, vms: ReturnType<typeof qemuVms>) => {
-      x.catalog.insertVne({ ...vneDef('green', 300, [['g1', 'h1'], ['g2', 'h2']]), vms });
-      const g = x.start({ vne: 'green' });
-      for (const [a, vm] of [['h1', 'g1'], ['h2', 'g2']] as const) ready(x, a, vm);
+    const greenCommits = async (x: Harness, vms: ReturnType<typeof qemuVms>, mode: 'SNAPSHOT_MODE_PRECOPY' | 'SNAPSHOT_MODE_BACKGROUND' = 'SNAPSHOT_MODE_PRECOPY') => {
+      if (!x.catalog.getVne('green')) x.catalog.insertVne({ ...vneDef('green', 300, [['g1', 'h1'], ['g2', 'h2']]), vms });
+      const g = x.start({ vne: 'green', mode });
+      if (mode === 'SNAPSHOT_MODE_BACKGROUND') for (const a of ['h1', 'h2']) x.agents.reply(a, 'snapshotBegin');
+      else for (const [a, vm] of [['h1', 'g1'], ['h2', 'g2']] as const) ready(x, a, vm);
       await g.done;
       return x.agents.sent.filter((s) => s.name === 'snapshotCommit' && s.body.snapshotCommit?.snapshotId === g.id).map((s) => [s.agent, s.body.snapshotCommit?.cutAtUnixUs]);
     };
@@ -181,6 +182,16 @@ describe('coordinator snapshot sequencer', () => {
       ['h1', undefined],
       ['h2', undefined],
     ], 'one VM of the migration stream: none');
+    // A background commit of an all-tracked VNE: the margin + TRACKED_BACKGROUND_LEAD_MS; with one VM of the migration stream, the margin alone.
+    const bg = harness();
+    assert.deepEqual(await greenCommits(bg, qemuVms(['tracked', 'tracked']), 'SNAPSHOT_MODE_BACKGROUND'), [
+      ['h1', T0 * 1000 + (CUT_MARGIN.defaultMs + TRACKED_BACKGROUND_LEAD_MS) * 1000],
+      ['h2', T0 * 1000 + (CUT_MARGIN.defaultMs + TRACKED_BACKGROUND_LEAD_MS) * 1000],
+    ]);
+    assert.deepEqual(await greenCommits(harness(), qemuVms(['migration', 'tracked']), 'SNAPSHOT_MODE_BACKGROUND'), [
+      ['h1', T0 * 1000 + CUT_MARGIN.defaultMs * 1000],
+      ['h2', T0 * 1000 + CUT_MARGIN.defaultMs * 1000],
+    ]);
     assert.deepEqual(await greenCommits(harness({ cutMargin: new CutMargin('auto', {}, 'none') }), qemuVms(['tracked', 'tracked'])), [
       ['h1', undefined],
       ['h2', undefined],

@@ -97,6 +97,10 @@ describe('QEMU NIC backend across snapshot and restore', () => {
     assert.deepEqual(await job.durable(), { memory: image('tap-vnet'), disks: [{ path: 'snapshots/s1/a.qcow2', size: 2, sha256: 'bb'.repeat(32) }] });
     await job.abort();
     assert.deepEqual(calls, ['cut', 'durable', 'abort']);
+    assert.equal(job.approachCut, undefined, 'a job without approachCut: none');
+    const approaching = recordNicMode({ ...inner, approachCut: (at) => void calls.push(`approach ${at.stopAtUs}`) }, 'tap');
+    approaching.approachCut?.({ stopAtUs: 42 });
+    assert.equal(calls.at(-1), 'approach 42', 'one with it: delegated');
   });
 
   it('the record goes through the manifest (the artefact attributes)', () => {

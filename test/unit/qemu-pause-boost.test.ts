@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
-import { boostPause, BOOST_BOUND_MS, monitorThread, nativeSetPolicy, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies } from '../../agent/drivers/qemu/pause-boost';
+import { boostPause, BOOST_BOUND_MS, monitorThread, nativeSetPolicy, PAUSE_BOOST_PRIORITY, pauseBoostEnabled, threadPolicies, VCPU_THREAD_NAME, vcpuThreads } from '../../agent/drivers/qemu/pause-boost';
 import { FakeChrt } from '../support/fake-chrt';
 
 const BOOST = `--fifo --pid ${PAUSE_BOOST_PRIORITY} 4242`;
@@ -194,6 +194,41 @@ describe('QEMU pause boost through the system call (fake setPolicy)', () => {
     assert.deepEqual(f.calls, [`4242 fifo ${PAUSE_BOOST_PRIORITY}`, `4250 fifo ${PAUSE_BOOST_PRIORITY}`, '4251 fifo 6', '4252 fifo 6']);
     await b.release();
     assert.deepEqual(f.calls.slice(4), ['4242 other', '4250 other', '4251 other', '4252 other']);
+  });
+
+  it('pauseboost: lowerVcpus puts the vCPU threads alone back at SCHED_OTHER, the others stay up until release(); false without vCPUs found, after the release, or on a refusal other than ESRCH', async () => {
+    const f = fakeSet();
+    const opts = { log: logger().log, chrt: new FakeChrt().run, setPolicy: f.set, monitorThread: () => 4250, policies: () => [0, 0, 0, 0], threads: () => [4242, 4250, 4251, 4252, 4260], allThreads: true, othersPriority: 6 };
+    const b = boostPause(4242, { ...opts, vcpus: () => [4251, 4252] });
+    assert.equal(b.lowerVcpus(), true);
+    assert.deepEqual(f.calls.slice(5), ['4251 other', '4252 other']);
+    await b.release();
+    assert.deepEqual(f.calls.slice(7), ['4242 other', '4250 other', '4251 other', '4252 other', '4260 other'], 'every thread at the release, the migration thread (4260) among them');
+    assert.equal(b.lowerVcpus(), false, 'released: nothing to lower');
+    const none = boostPause(4242, { ...opts, vcpus: () => [] });
+    assert.equal(none.lowerVcpus(), false, 'no vCPU thread found by its name');
+    await none.release();
+    const refuse: Record<number, string> = {};
+    const g = fakeSet(refuse);
+    const gone = boostPause(4242, { ...opts, setPolicy: g.set, vcpus: () => [4251, 4299] });
+    refuse[4299] = 'ESRCH';
+    assert.equal(gone.lowerVcpus(), true, 'a vCPU gone is skipped');
+    refuse[4251] = 'EPERM';
+    assert.equal(gone.lowerVcpus(), false, 'another refusal: the caller releases the whole boost');
+    await gone.release();
+    const c = new FakeChrt();
+    const viaChrt = boostPause(4242, { ...opts, chrt: c.run, setPolicy: null, vcpus: () => [4251] });
+    assert.equal(viaChrt.lowerVcpus(), false, 'through chrt: not alone');
+    for (let i = 0; i < c.calls.length; i++) c.finish(i);
+    const released = viaChrt.release();
+    await turn();
+    c.finish(c.calls.length - 1);
+    await released;
+  });
+
+  it('pauseboost: vCPU threads are found by the names QEMU gives them', () => {
+    assert.deepEqual(['CPU 0/TCG', 'CPU 12/KVM', 'ALL CPUs/TCG', 'IO mon_iothread', 'qemu-system-x86', 'live_migration', 'CPU0/TCG'].map((n) => VCPU_THREAD_NAME.test(n)), [true, true, true, false, false, false, false]);
+    assert.deepEqual(vcpuThreads(process.pid), [], 'this process has none');
   });
 
   it('pauseboost: a refused raise is not restored; a thread gone by the release (ESRCH) is skipped in silence, another refusal is logged; release resolves', async () => {

@@ -9,16 +9,18 @@
  *
  * ignoreSharedRam() sets the capabilities both a tracked save and a tracked load need.
  *
- * Guarantees of saveDeviceState: resolves once QEMU reported MIGRATION completed, the stream
- * ended and QEMU left `finish-migrate` (it emits the completion before that last step and
- * refuses `cont` until it is done: "Migration is not finalized yet"); the VM is still stopped
- * then (`postmigrate`), for the caller to `cont`. A failed or cancelled migration, or a stream
- * that does not end, is ERR_DRIVER / ERR_TIMEOUT naming the VM; the socket is removed either way.
+ * Guarantees of saveDeviceState: `migrate` is written at the call; it resolves once QEMU
+ * reported MIGRATION completed and the stream ended; the VM is still stopped then
+ * (`finish-migrate` or `postmigrate`), for the caller to resume with contAfterSave(), which
+ * waits out `finish-migrate` (QEMU emits the completion before that last step and refuses `cont`
+ * until it is done: "Migration is not finalized yet"). A failed or cancelled migration, or a
+ * stream that does not end, is ERR_DRIVER / ERR_TIMEOUT naming the VM; the socket is removed
+ * either way.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { VnsnapError } from '../../../proto/core/errors';
+import { describeError, VnsnapError } from '../../../proto/core/errors';
 import type { QmpClient } from './qmp';
 
 /**
@@ -73,12 +75,20 @@ export class DeviceStateSink {
   }
 }
 
-/** The stopped VM's device state through `sink` (see the module comment). */
+/**
+ * The stopped VM's device state through `sink`: `migrate` is written at the call (before any
+ * await: a caller may write it right behind its `stop`, QEMU runs a monitor's commands in order,
+ * so the save begins once the VM is stopped; it does not resume the VM). Resolves with the bytes
+ * once QEMU reported MIGRATION completed and the stream ended; QEMU may still be in
+ * finish-migrate then (contAfterSave()).
+ */
 export async function saveDeviceState(q: QmpClient, vm: string, sink: DeviceStateSink): Promise<Buffer> {
   const end = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', SAVE_TIMEOUT_MS);
   end.catch(() => undefined);
   const deadline = performance.now() + SAVE_TIMEOUT_MS;
-  await q.execute('migrate', { uri: sink.uri });
+  const migrated = q.execute('migrate', { uri: sink.uri });
+  migrated.catch(() => undefined);
+  await migrated;
   const ev = await end;
   if (ev.data.status !== 'completed') {
     const info = await q.execute<{ 'error-desc'?: string }>('query-migrate').catch(() => ({}) as { 'error-desc'?: string });
@@ -88,16 +98,29 @@ export async function saveDeviceState(q: QmpClient, vm: string, sink: DeviceStat
   const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new VnsnapError('ERR_TIMEOUT', `saving the device state of ${vm}: the stream did not end`)), Math.max(1, deadline - performance.now()))));
   late.catch(() => undefined);
   try {
-    const state = await Promise.race([sink.ended, late]);
-    // No event marks the end of finish-migrate: ask (usually already over by the stream's end).
-    for (;;) {
-      const st = await q.execute<{ status: string }>('query-status');
-      if (st.status !== 'finish-migrate') break;
-      if (performance.now() > deadline) throw new VnsnapError('ERR_TIMEOUT', `saving the device state of ${vm}: QEMU stayed in finish-migrate`);
-      await sleep(1);
-    }
-    return state;
+    return await Promise.race([sink.ended, late]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * `cont` after saveDeviceState(): QEMU refuses it while the save is still in finish-migrate
+ * ("Migration is not finalized yet"; no event marks that step's end), so it is sent again 1 ms
+ * later until QEMU takes it — one round trip when the save is over, as it usually is by the
+ * stream's end (a `query-status` before it was a round trip more in every pause). Other
+ * refusals are thrown; ERR_TIMEOUT after SAVE_TIMEOUT_MS.
+ */
+export async function contAfterSave(q: QmpClient, vm: string): Promise<void> {
+  const deadline = performance.now() + SAVE_TIMEOUT_MS;
+  for (;;) {
+    try {
+      await q.execute('cont');
+      return;
+    } catch (e) {
+      if (!/not finalized/i.test(describeError(e))) throw e;
+      if (performance.now() > deadline) throw new VnsnapError('ERR_TIMEOUT', `resuming ${vm} after saving its device state: QEMU stayed in finish-migrate`);
+    }
+    await sleep(1);
   }
 }

@@ -23,7 +23,7 @@
  * recorded with tap or stream keep restoring in that mode.
  */
 import { VnsnapError } from '../../../proto/core/errors';
-import type { MemoryArtefact, SnapshotJob } from '../driver';
+import type { CutInstant, MemoryArtefact, SnapshotJob } from '../driver';
 import { NIC_MODES, type NicMode } from './cmdline';
 
 /** The attribute of a memory image that names its NIC backend. */
@@ -82,6 +82,8 @@ export function recordNicMode(job: SnapshotJob, mode: NicMode): SnapshotJob {
       return job.ownCutWindow;
     },
     cut: (atPause, at) => job.cut(atPause, at),
+    // Only a job that has it: the agent takes a job with approachCut to do its work before the instant.
+    ...(job.approachCut && { approachCut: (at: CutInstant) => job.approachCut?.(at) }),
     durable: async () => {
       const img = await job.durable();
       return { ...img, memory: { ...img.memory, attributes: { ...img.memory.attributes, [NIC_ATTRIBUTE]: mode } } };

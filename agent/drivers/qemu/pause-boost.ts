@@ -112,6 +112,28 @@ export interface PauseBoostOptions {
    * still running its guest at the raised priority out of it.
    */
   othersPriority?: number;
+  /** The vCPU threads of a process (default: vcpuThreads(), by the names QEMU gives them). */
+  vcpus?: (pid: number) => number[];
+}
+
+/** The names QEMU 7.2 gives its vCPU threads with debug-threads=on: `CPU 0/TCG`, `CPU 1/KVM`, single-threaded TCG's `ALL CPUs/TCG`. */
+export const VCPU_THREAD_NAME = /^(CPU \d+|ALL CPUs)\//;
+
+/** The vCPU threads of QEMU `pid` by their names (/proc/PID/task/TID/comm); [] when none or unreadable. */
+export function vcpuThreads(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        if (VCPU_THREAD_NAME.test(fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8'))) out.push(Number(tid));
+      } catch {
+        /* the thread ended */
+      }
+    }
+  } catch {
+    /* gone */
+  }
+  return out;
 }
 
 /** The scheduling policy of thread `tid` of `pid` (/proc; throws when it is gone). */
@@ -238,9 +260,17 @@ export interface PauseBoost {
   readonly applied: Promise<boolean>;
   /** Undo the boost (idempotent); resolves once QEMU's threads are back at SCHED_OTHER. */
   release(): Promise<void>;
+  /**
+   * Put the vCPU threads alone back at SCHED_OTHER now (before a `cont`: a vCPU running its guest
+   * at a realtime policy takes a core), every other thread staying raised until release(): the
+   * migration thread that still has to leave finish-migrate after a save among them. False when
+   * it cannot (the boost goes through `chrt`, or no vCPU thread is found by its name): the
+   * caller then releases the whole boost.
+   */
+  lowerVcpus(): boolean;
 }
 
-const NOT_APPLIED: PauseBoost = { applied: Promise.resolve(false), release: () => Promise.resolve() };
+const NOT_APPLIED: PauseBoost = { applied: Promise.resolve(false), release: () => Promise.resolve(), lowerVcpus: () => false };
 
 /**
  * Boost QEMU `pid`'s main thread for a pause (see the module comment); the boost's `chrt` is
@@ -320,5 +350,18 @@ export function boostPause(pid: number | undefined, o: PauseBoostOptions): Pause
     })();
     return released;
   }
-  return { applied, release };
+  function lowerVcpus(): boolean {
+    if (!set || released) return false;
+    const vcpus = (o.vcpus ?? vcpuThreads)(pid as number);
+    if (vcpus.length === 0) return false;
+    for (const tid of vcpus) {
+      try {
+        set(tid, false, 0);
+      } catch (e) {
+        if ((e as { errnoCode?: string }).errnoCode !== 'ESRCH') return false;
+      }
+    }
+    return true;
+  }
+  return { applied, release, lowerVcpus };
 }

@@ -14,12 +14,19 @@
  *          found written (the guest's hot set, QemuVm.trackedHot) to this job's stopped round,
  *          which reads them with its own (hot-blocks.ts): they would be written again and read
  *          twice.
- *   cut:   another round with the VM running unless the last is younger than FRESH_ROUND_MS
- *          (with the commit's instant: rounds until it, then the `stop` written at it) ─►
- *          `stop` + blockdev-snapshot back to back ─► STOP (the cut instant) ─► atPause() (the
- *          switch's drain) beside the last round (the blocks written since the previous round,
- *          read while the VM is stopped) ─► the device state alone
- *          (device-state.ts) ─► `cont` ─► RESUME. QEMU's main thread boosted from before the
+ *   approach (approachCut(), at the commit's receipt when it names an instant, both modes):
+ *          rounds with the VM running and its ports not gated, on round-schedule.ts's schedule,
+ *          the last ending before the instant; the agent cuts at the instant.
+ *   cut:   the approach's rounds awaited (run late: the `stop` waits for them); without them
+ *          another round with the VM running unless the last is younger than FRESH_ROUND_MS
+ *          (with an instant given to cut() itself: rounds until it, then the `stop` written at
+ *          it) ─► `stop`, blockdev-snapshot and the device state's `migrate` back to back
+ *          (device-state.ts: QEMU saves the devices alone once the VM is stopped and the disk
+ *          frozen, without resuming it) ─► STOP (the cut instant) ─► atPause() (the switch's
+ *          drain), and beside it, once QEMU answered `stop` (it drains in-flight disk I/O into
+ *          the RAM after its STOP), the last round (the blocks written since the previous round,
+ *          read while the VM is stopped) ─► the device state's end ─► `cont` (contAfterSave:
+ *          no status query before it) ─► RESUME. QEMU's main thread boosted from before the
  *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
  *          QEMU thread, those at one above the agents' cut windows (CUT_FIFO_PRIORITY + 1) and
  *          below QEMU's main thread, which so always gets a core to kick a vCPU still running its
@@ -30,10 +37,13 @@
  *          raised (cut-priority.ts) from right before the `stop` to the hook's end only: the
  *          rounds before it run at the agent's own priority (ownCutWindow; at a realtime policy
  *          they held every other thread of a 2-core host off for up to 1 s, pauses with them).
- *          The vCPUs go back to the default policy right
- *          before the `cont`: a TCG vCPU running its guest at SCHED_FIFO above the agents' cut
- *          windows took both cores of a 2-core host, so the agents never ran to see the RESUME and
- *          undo the boost (their heartbeats stopped). No stream of this agent writes into the
+ *          The vCPUs go back to the default policy right before the `cont` (a TCG vCPU running
+ *          its guest at SCHED_FIFO above the agents' cut windows took both cores of a 2-core
+ *          host, so the agents never ran to see the RESUME and undo the boost: their heartbeats
+ *          stopped), the vCPUs alone (PauseBoost.lowerVcpus): QEMU's other threads stay up to
+ *          the RESUME, since lowered with them the migration thread, which leaves finish-migrate
+ *          after the save, waited for a core behind the guests (the RESUME came 10-26 ms after
+ *          the `cont` in the longest pauses). No stream of this agent writes into the
  *          store meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
  *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt),
@@ -41,7 +51,9 @@
  *
  * Exactness: a block's content in the image is its last read; every page written after a scan is
  * reported by the next scan (ram-track.ts), a block a round left out is read by the stopped round
- * (hot-blocks.ts), and the last scan runs with the VM stopped, so the image is the RAM at the STOP. The base is only used while no scan ran since it was committed
+ * (hot-blocks.ts), and the last scan runs with the VM stopped and its in-flight disk I/O drained
+ * (after the `stop`'s reply), so the image is the RAM the device state was saved with. The base
+ * is only used while no scan ran since it was committed
  * (QemuVm.trackedBase.valid): a failed or aborted job makes the next capture a full one, never a
  * wrong one. A valid base is in the VM's state record, so it survives an agent restart (the
  * adopted tracker reports what was written since the dead agent's last scan): before its first
@@ -50,8 +62,10 @@
  * after this job's commit names the new one. A crash in between leaves no base recorded: the
  * next capture is a full one.
  *
- * Failure and abort: the VM is resumed if this job stopped it, the disk overlay merged back, the
- * block image aborted and what was committed deleted: nothing of the job stays in the store.
+ * Failure and abort: the VM is resumed if this job stopped it (its `stop`, or the device state's
+ * save once its `migrate` was written: that save is cancelled and waited for first, as its end
+ * would stop the VM again), the disk overlay merged back, the block image aborted and what was
+ * committed deleted: nothing of the job stays in the store. An abort ends the approach's rounds.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { nowUs } from '../../../proto/core/clock';
@@ -63,13 +77,14 @@ import { cutReport } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
-import { DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
+import { contAfterSave, DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
 import { CUT_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
 import { blockSet, split, withLeft } from './hot-blocks';
+import { nextRoundInMs, roundDue } from './round-schedule';
 
 /** Bytes per block of a tracked image: the unit a round reads and the store keeps as one chunk. */
 export const TRACKED_BLOCK_SIZE = 64 * 1024;
@@ -79,17 +94,6 @@ export const MEMORY_TRACKED = 'tracked';
 export const RAM_BYTES_ATTRIBUTE = 'ram_bytes';
 /** Bytes a full round reads at a time. */
 const FULL_SLICE = 4 * MiB;
-/** With a cut instant, the last round before it starts at least this long before it. */
-const ROUND_LEAD_MS = 30;
-/**
- * A cut without an instant (the agent itself waited for the commit's) stops the VM at once when
- * the last round is younger than this: the stopped round then reads what was written since (at
- * a few hundred MiB/s of guest writes, a few MiB: a millisecond or two), and the stop is not
- * delayed after the instant by a round of its own (5-12 ms measured, varying per VM: the cut
- * spread).
- */
-const FRESH_ROUND_MS = 250;
-
 /**
  * The RAM padding (KiB) of a tracked VM of `memoryMib` whose untracked padding would be `padKib`
  * (cmdline.ts tcgRamPadKib: TCG on QEMU < 9.0): at least that, and the RAM a whole number of blocks.
@@ -98,6 +102,11 @@ export function trackedRamPadKib(memoryMib: number, padKib: number): number {
   const blockKib = TRACKED_BLOCK_SIZE / 1024;
   const total = memoryMib * 1024 + padKib;
   return Math.ceil(total / blockKib) * blockKib - memoryMib * 1024;
+}
+
+/** A cut instant (this host's wall clock) on performance.now()'s clock, ms. */
+function perfAt(at: CutInstant): number {
+  return performance.now() + (at.stopAtUs - nowUs()) / 1000;
 }
 
 /** Where a VM's base image is kept in the store (apart from every snapshot's prefix). */
@@ -139,6 +148,11 @@ export class TrackedJob extends QemuVmJob {
   private left: Uint8Array | undefined;
   /** When the last round before the stop began (performance.now()). */
   private lastRoundAt = 0;
+  /** The rounds begun by approachCut() (a failure of them is cut()'s), and what ends their waits on an abort. */
+  private approaching: Promise<void> | undefined;
+  private readonly roundsEnd = new AbortController();
+  /** The device state's save, once its `migrate` was written (failCut() ends it before resuming). */
+  private saving: Promise<Buffer> | undefined;
 
   constructor(
     vmObj: QemuVm,
@@ -274,6 +288,37 @@ export class TrackedJob extends QemuVmJob {
     return Promise.all(puts).then(() => undefined);
   }
 
+  /**
+   * The rounds of a cut at the commit's instant, begun at the commit's receipt with the VM running
+   * and its ports not gated (SnapshotJob.approachCut): they end before the instant
+   * (round-schedule.ts), and the cut called then writes `stop` at once, the last round being
+   * fresh. cut() awaits them first (they ran late: the `stop` waits for them), and a failure of
+   * them is the cut's.
+   */
+  approachCut(at: CutInstant): void {
+    if (this.phase !== 'ready' || this.approaching) return;
+    this.mark('approach');
+    this.approaching = this.roundsUntil(perfAt(at));
+    this.approaching.then(
+      () => this.mark('approached'),
+      () => undefined,
+    );
+  }
+
+  /** Rounds with the VM running until the next would not end before `stopAt` (performance.now() ms). */
+  private async roundsUntil(stopAt: number): Promise<void> {
+    if (!roundDue(performance.now(), this.lastRoundAt, stopAt)) return;
+    for (;;) {
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const t0 = performance.now();
+      await this.round();
+      const now = performance.now();
+      const wait = nextRoundInMs(now, stopAt, now - t0);
+      if (wait === undefined) return;
+      await sleep(wait, undefined, { signal: this.roundsEnd.signal });
+    }
+  }
+
   private mark(step: string): void {
     this.trace.push([step, performance.now()]);
   }
@@ -282,7 +327,7 @@ export class TrackedJob extends QemuVmJob {
     if (this.phase !== 'ready') throw new VnsnapError(this.phase === 'aborted' ? 'ERR_SNAPSHOT_ABORTED' : 'ERR_STATE', `snapshot of ${this.vm}: cut() in phase ${this.phase}`);
     if (this.vmObj.status !== 'running') throw new VnsnapError('ERR_DRIVER', `QEMU VM ${this.vm} is ${this.vmObj.status}, cannot cut`);
     this.phase = 'cutting';
-    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    const stopAt = at ? perfAt(at) : undefined;
     this.mark('cut');
     let final: ReadBlocks | undefined;
     let state: Buffer | undefined;
@@ -290,12 +335,11 @@ export class TrackedJob extends QemuVmJob {
     let resume: QmpEvent | undefined;
     let stopWrittenAt: number | undefined;
     try {
-      // Rounds with the VM running: the stopped one reads only what was written since the last.
-      if (stopAt !== undefined || performance.now() - this.lastRoundAt > FRESH_ROUND_MS) await this.round();
-      while (stopAt !== undefined && stopAt - performance.now() > 2 * ROUND_LEAD_MS) {
-        await sleep(Math.min(100, stopAt - performance.now() - ROUND_LEAD_MS));
-        await this.round();
-      }
+      // Rounds with the VM running (round-schedule.ts): the stopped one reads only what was
+      // written since the last. Begun at the commit's receipt by approachCut(), they are done.
+      await this.approaching;
+      if (stopAt !== undefined) await this.roundsUntil(stopAt);
+      else if (roundDue(performance.now(), this.lastRoundAt)) await this.round();
       if (stopAt !== undefined && stopAt > performance.now()) await sleep(stopAt - performance.now());
       this.mark('rounds');
       this.qmpTrace = CutQmpTrace.start(this.q);
@@ -314,12 +358,19 @@ export class TrackedJob extends QemuVmJob {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
         stopEv.catch(() => undefined);
         stopWrittenAt = performance.now();
+        // `stop`, `blockdev-snapshot` and the device state's `migrate` back to back: QEMU runs
+        // them in order (the save begins with the VM stopped and the disk frozen) while the
+        // agent drains and reads; the save does not resume the VM. From the `migrate` on, a
+        // failure leaves the VM stopped by it: failCut() ends the save, then resumes it.
         const stopped = this.q.execute('stop');
         stopped.catch(() => undefined);
         const disk = this.disk.snapshot();
         disk.catch(() => undefined);
-        const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
+        const saved = saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
+        saved.catch(() => undefined);
+        this.saving = saved;
         this.pausedByUs = true;
+        const stop = await Promise.race([stopEv, stopped.then(() => undefined)]);
         this.vmObj.status = 'paused';
         cutUnixUs = stop?.timestampUs || nowUs();
         this.mark('stopped');
@@ -328,19 +379,26 @@ export class TrackedJob extends QemuVmJob {
           () => loopUp?.(),
           () => loopUp?.(),
         );
-        final = this.readRound(true); // synchronous: the VM is stopped
+        hook.catch(() => undefined);
+        // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
+        // layer, and a disk read still in flight writes guest RAM until then.
+        await stopped;
+        final = this.readRound(true); // synchronous: nothing writes the RAM any more
         this.mark('read');
-        await Promise.all([hook, stopped, disk]);
+        await Promise.all([hook, disk]);
         this.mark('hook');
-        state = await saveDeviceState(this.q, this.vm, this.sink as DeviceStateSink);
+        state = await saved;
         this.mark('device state');
-        if (boostAll) {
+        // The vCPUs down before the `cont`; QEMU's other threads stay up to the RESUME (the
+        // migration thread still has to leave finish-migrate). Where the vCPUs cannot be lowered
+        // alone: every thread down, the main and monitor threads up again.
+        if (boostAll && !boostAll.lowerVcpus()) {
           await boostAll.release();
           boostMain = boostPause(this.vmObj.pid, { log: this.log });
         }
         const resumed = this.q.waitEvent('RESUME', undefined, 10_000);
         resumed.catch(() => undefined);
-        await this.q.execute('cont');
+        await contAfterSave(this.q, this.vm);
         resume = await resumed;
         this.pausedByUs = false;
         this.vmObj.status = 'running';
@@ -368,9 +426,14 @@ export class TrackedJob extends QemuVmJob {
     return report;
   }
 
-  /** A cut failed: resume the VM if this job stopped it, the disk overlay merged back or dropped. */
+  /** A cut failed: the device state's save ended, the VM resumed if this job stopped it, the disk overlay merged back or dropped. */
   private async failCut(): Promise<void> {
     this.phase = 'failed';
+    if (this.saving) {
+      // A save still running would stop the VM after the resume (its completion does).
+      await this.q.execute('migrate_cancel').catch(() => undefined);
+      await this.saving.catch(() => undefined);
+    }
     await this.resumeIfOurs();
     await this.disk.undo();
     await this.disk.drop();
@@ -427,6 +490,8 @@ export class TrackedJob extends QemuVmJob {
   protected async runAbort(): Promise<void> {
     const was = this.phase;
     this.phase = 'aborted';
+    this.roundsEnd.abort(); // rounds begun by approachCut() end before the image is aborted under them
+    await this.approaching?.catch(() => undefined);
     if (was === 'writing') await this.final?.catch(() => undefined);
     await this.resumeIfOurs().catch((e) => this.log.warn({ err: describeError(e) }, 'resume after abort failed'));
     await this.disk.undo();

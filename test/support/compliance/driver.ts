@@ -12,7 +12,9 @@
  * snapshots with the hook called exactly once at the pause instant with the VM paused, the
  * image durable and verifiable, the VM running afterwards; abort leaves the VM running and no
  * artefact; restore comes back paused with exactly the state of the pause instant; `ready` keeps
- * driver.ts's contract on abort (it resolves, it never rejects).
+ * driver.ts's contract on abort (it resolves, it never rejects); a job with approachCut (work
+ * before its stop begun at the commit's receipt) keeps the VM running through it, cuts exactly
+ * when called at the instant or before the work ends, and an abort during it leaves nothing.
  */
 import { strict as assert } from 'node:assert';
 import type { HypervisorDriver, SnapshotModeName, VmStartSpec } from '../../../agent/drivers/driver';
@@ -120,6 +122,62 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
         assert.equal(t.driver.status(spec.id), 'running');
       });
     }
+
+    // A job with work before its stop (SnapshotJob.approachCut: tracked memory's rounds); others skip.
+    it('approachCut: the work from the call with the VM running; the cut at the instant, and one called before the work ends, each pause once, restore exact', async function () {
+      const spec = await startOne();
+      for (const [i, early] of [
+        [1, false],
+        [2, true],
+      ] as const) {
+        const prefix = `snapshots/approach-${n}-${i}/`;
+        const job = await t.driver.snapshot(spec.id, { snapshotId: `p${n}-${i}`, epoch: i, mode: 'background', store: t.store, prefix });
+        await job.ready;
+        if (!job.approachCut) {
+          await job.abort();
+          this.skip();
+        }
+        const atUs = Date.now() * 1000 + 300_000;
+        job.approachCut({ stopAtUs: atUs });
+        assert.equal(t.driver.status(spec.id), 'running');
+        await sleep(early ? 20 : 300);
+        assert.equal(t.driver.status(spec.id), 'running', 'still running');
+        let calls = 0;
+        let fp = '';
+        const report = await job.cut(async () => {
+          calls++;
+          assert.equal(t.driver.status(spec.id), 'paused');
+          fp = await t.fingerprint(spec.id);
+        });
+        assert.equal(calls, 1);
+        assert.equal(t.driver.status(spec.id), 'running');
+        if (early) assert.ok(report.cutUnixUs >= atUs - 200_000, `a cut called 280 ms before the instant waited for the work (${(atUs - report.cutUnixUs) / 1000} ms before it)`);
+        const img = await job.durable();
+        assert.equal(await t.store.verify(img.memory), null);
+        await t.driver.stop(spec.id);
+        await t.driver.restore(spec, { memory: img.memory, disks: img.disks }, t.store, ctx(spec));
+        assert.equal(await t.fingerprint(spec.id), fp, 'restored state = state at the pause instant');
+        await t.driver.resume(spec.id);
+        await sleep(t.warmupMs ?? 50);
+      }
+    });
+
+    it('approachCut: an abort while the work runs leaves the VM running and no artefact; the cut then rejects', async function () {
+      const spec = await startOne();
+      const prefix = `snapshots/approach-abort-${n}/`;
+      const job = await t.driver.snapshot(spec.id, { snapshotId: `q${n}`, epoch: 1, mode: 'background', store: t.store, prefix });
+      await job.ready;
+      if (!job.approachCut) {
+        await job.abort();
+        this.skip();
+      }
+      job.approachCut({ stopAtUs: Date.now() * 1000 + 1_000_000 });
+      await sleep(150);
+      await job.abort();
+      await assert.rejects(job.cut(async () => undefined));
+      assert.equal(t.driver.status(spec.id), 'running');
+      assert.deepEqual(await t.store.list(prefix), []);
+    });
 
     it('abort during pre-copy leaves the VM running and no artefact', async () => {
       const spec = await startOne();
