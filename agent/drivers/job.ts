@@ -14,6 +14,7 @@
  *                store artefact, stopping early when the job is aborted.
  */
 import * as fsp from 'node:fs/promises';
+import { nowUs } from '../../proto/core/clock';
 import { VnsnapError } from '../../proto/core/errors';
 import type { ArtefactWriter, StoredArtefact } from '../../proto/store/local-dir';
 import type { CutInstant, CutReport, PhaseSpan, SnapshotJob, SnapshotModeName, VmImage } from './driver';
@@ -74,6 +75,11 @@ export class AbortOnce {
 }
 
 /** A cut's report: pause = cut → resume (or the driver's own measure), plus a copy span if any. */
+/** A cut instant (this host's wall clock) on performance.now()'s clock, ms: when a job writes its `stop`. */
+export function perfAt(at: CutInstant): number {
+  return performance.now() + (at.stopAtUs - nowUs()) / 1000;
+}
+
 export function cutReport(cutUnixUs: number, resumeUnixUs: number, copy?: { startUnixUs: number; endUnixUs: number }, pauseMs?: number): CutReport {
   const phases: PhaseSpan[] = [{ phase: 'PHASE_PAUSE', startUnixUs: cutUnixUs, endUnixUs: resumeUnixUs }];
   if (copy) phases.push({ phase: 'PHASE_COPY', ...copy });

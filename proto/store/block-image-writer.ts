@@ -144,18 +144,18 @@ export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter
     const size = chunks.reduce((n, c) => n + c.size, 0);
     const sha = chunkListSha256(chunks);
     const index = { path: this.path, size, sha256: sha, chunker: { algo: 'blocks', blockSize: this.o.blockSize, blocks: this.o.blocks }, chunks } as const;
-    const also = this.o.alsoAt;
-    const [own, second] = encodeIndexAs(index, also === undefined ? [this.path] : [this.path, also]) as [Buffer, Buffer?];
-    await this.o.backend.put(indexKey(this.path), own);
-    if (also !== undefined) {
+    const paths = this.o.alsoAt === undefined ? [this.path] : [this.path, this.o.alsoAt];
+    const bytes = encodeIndexAs(index, paths);
+    for (let i = 0; i < paths.length; i++) {
       try {
-        await this.o.backend.put(indexKey(also), second as Buffer);
+        await this.o.backend.put(indexKey(paths[i] as string), bytes[i] as Buffer);
       } catch (e) {
-        await this.o.backend.delete(indexKey(this.path)).catch(() => undefined); // absent or complete, both
+        if (i > 0) await this.o.backend.delete(indexKey(this.path)).catch(() => undefined); // absent or complete, both
         throw e;
       }
-      this.o.remember?.(also, second as Buffer, { ...index, path: also });
-    } else this.o.remember?.(this.path, own, index);
+    }
+    const last = paths.length - 1;
+    this.o.remember?.(paths[last] as string, bytes[last] as Buffer, { ...index, path: paths[last] as string });
     return { path: this.path, size, sha256: sha, storedBytes: this.stats.newBytes, attributes: attributesOf(index, sha) };
   }
 

@@ -66,7 +66,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { ArtefactWriter, StoredArtefact } from '../../../proto/store/local-dir';
 import type { CutInstant, CutReport, PhaseSpan, SnapshotModeName, SnapshotOptions, SnapshotProgress, VmImage } from '../driver';
-import { cutReport } from '../job';
+import { cutReport, perfAt } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites, StreamIntoStore } from '../image-stream';
 import { backgroundCut } from './background-cut';
@@ -514,7 +514,7 @@ export class QemuJob extends QemuVmJob {
     const q = this.q;
     this.mark('start');
     // The commit's cut instant on this process's monotonic clock: `stop` then (precopy-switchover.ts).
-    const stopAt = at ? performance.now() + (at.stopAtUs - nowUs()) / 1000 : undefined;
+    const stopAt = at ? perfAt(at) : undefined;
     let stopWrittenAt: number | undefined;
     // The migration's state from its events (no query-migrate round trip at the commit); 'setup'
     // right after a restart (its 'active' event may follow migrate's reply).

@@ -73,7 +73,7 @@ import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/e
 import type { BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
 import { SpareBuffers } from '../../../proto/store/spare-buffers';
 import type { CutInstant, CutReport, SnapshotOptions, VmImage } from '../driver';
-import { cutReport } from '../job';
+import { cutReport, perfAt } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
@@ -102,11 +102,6 @@ export function trackedRamPadKib(memoryMib: number, padKib: number): number {
   const blockKib = TRACKED_BLOCK_SIZE / 1024;
   const total = memoryMib * 1024 + padKib;
   return Math.ceil(total / blockKib) * blockKib - memoryMib * 1024;
-}
-
-/** A cut instant (this host's wall clock) on performance.now()'s clock, ms. */
-function perfAt(at: CutInstant): number {
-  return performance.now() + (at.stopAtUs - nowUs()) / 1000;
 }
 
 /** Where a VM's base image is kept in the store (apart from every snapshot's prefix). */
