@@ -18,7 +18,7 @@ function schedule(stopAt: number, len: (i: number) => number, lastRoundAt = -100
 
 describe('tracked rounds before a stop (round-schedule.ts)', () => {
   it('the constants', () => {
-    assert.deepEqual([FRESH_ROUND_MS, ROUND_LEAD_MS, ROUND_GAP_MS, MIN_ROUND_GAP_MS], [250, 30, 100, 10]);
+    assert.deepEqual([FRESH_ROUND_MS, ROUND_LEAD_MS, ROUND_GAP_MS, MIN_ROUND_GAP_MS], [250, 30, 300, 10]);
   });
 
   it('roundDue: always when the last round is stale; with a fresh one only when the instant leaves more than ROUND_LEAD_MS', () => {
@@ -31,26 +31,28 @@ describe('tracked rounds before a stop (round-schedule.ts)', () => {
   });
 
   it('nextRoundInMs: the room before the latest start (instant − ROUND_LEAD_MS − 2 × the last round) in equal gaps of at most ROUND_GAP_MS; none under MIN_ROUND_GAP_MS', () => {
-    assert.equal(nextRoundInMs(0, 330, 0), 100, '300 ms of room: 3 gaps of 100');
-    assert.equal(nextRoundInMs(0, 340, 0), 77.5, '310 ms: 4 gaps');
-    assert.equal(nextRoundInMs(0, 140, 0), 55, '110 ms: 2 gaps of 55, not 100 then 10');
+    assert.equal(nextRoundInMs(0, 330, 0), 300, '300 ms of room: 1 gap');
+    assert.equal(nextRoundInMs(0, 340, 0), 155, '310 ms: 2 gaps');
+    assert.equal(nextRoundInMs(0, 710, 0), 680 / 3, '680 ms: 3 equal gaps, not 300, 300 then 80');
   });
 
   it('nextRoundInMs at its edges', () => {
-    assert.equal(nextRoundInMs(20, 300, 20), 70, '300 − 30 − 2 × 20 − 20 = 210 ms: 3 gaps of 70');
+    assert.equal(nextRoundInMs(20, 300, 20), 210, '300 − 30 − 2 × 20 − 20 = 210 ms: 1 gap');
     assert.equal(nextRoundInMs(0, 40, 0), 10, 'exactly MIN_ROUND_GAP_MS of room');
     assert.equal(nextRoundInMs(0, 39.9, 0), undefined);
     assert.equal(nextRoundInMs(0, 100, 30), 10, '100 − 30 − 2 × 30 = 10 ms');
     assert.equal(nextRoundInMs(0, 99, 30), undefined, '9 ms');
     assert.equal(nextRoundInMs(500, 400, 5), undefined, 'the instant past');
-    assert.equal(nextRoundInMs(0, 200, -5), 85, 'a negative length (clock) counts as 0: 170 ms, 2 gaps of 85');
+    assert.equal(nextRoundInMs(0, 200, -5), 170, 'a negative length (clock) counts as 0: 170 ms, 1 gap');
     assert.equal(nextRoundInMs(0, Number.NaN, 0), undefined);
   });
 
   it('whole schedules: the last round begins at the latest start, a long round stops the rounds early, a fresh round near the instant means none', () => {
-    assert.deepEqual(schedule(330, () => 0), [0, 100, 200, 300]);
-    // Rounds of 10 ms: after each, room = 330 − 30 − 20 − now (270, 170, 75 ms in 3, 2, 1 gaps); the last begins at 280.
-    assert.deepEqual(schedule(330, () => 10), [0, 100, 195, 280]);
+    assert.deepEqual(schedule(330, () => 0), [0, 300], 'the lead of 300 ms: one round at the receipt, one at the latest start');
+    // Rounds of 10 ms: after the first, room = 330 − 30 − 20 − 10 = 270 ms in 1 gap; the last begins at 280.
+    assert.deepEqual(schedule(330, () => 10), [0, 280]);
+    // A longer lead: room 870 ms in 3 gaps (290), then 570 in 2 (285), then 275 in 1; the last begins at 880.
+    assert.deepEqual(schedule(930, () => 10), [0, 300, 595, 880]);
     assert.deepEqual(schedule(120, () => 50), [0], 'a 50 ms round: 120 − 30 − 100 − 50 < 10, none after it');
     assert.deepEqual(schedule(20, () => 5, -10), [], 'fresh (10 ms old) and 20 ms to the instant: none');
     assert.deepEqual(schedule(20, () => 5, -1000), [0], 'stale: one round whatever the instant');
