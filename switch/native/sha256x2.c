@@ -21,6 +21,8 @@
  *        ends must be non-decreasing and within data.
  *   sha256Final(ctx, out: Uint8Array)   ctx's digest into out[0..32); ctx starts again empty
  *
+ * For the addon's own C (sha256.h): vn_sha256_ni_two, two whole messages of one length at once.
+ *
  * Guarantees: the digests are SHA-256 (FIPS 180-4) byte for byte, whatever the pieces the
  * stream arrives in (test/unit/sha256x2.test.ts compares with node:crypto at every length
  * around the block size and on random cuts). A context is plain bytes owned by the caller
@@ -32,6 +34,7 @@
 
 #include "addon.h"
 #include "napi_util.h"
+#include "sha256.h"
 
 /* A context as the caller holds it: state, bytes so far, the partial block. */
 typedef struct {
@@ -205,11 +208,36 @@ static int available(void) {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
   return (b & (1u << 29)) != 0; /* SHA */
 }
+
+/* sha256.h: two whole messages of one length, their full blocks interleaved (blocks2), each tail by final(). */
+SHA_TARGET void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len, uint8_t out_a[32], uint8_t out_b[32]) {
+  sha_ctx_t ca, cb;
+  ctx_reset(&ca);
+  ctx_reset(&cb);
+  size_t n = len / 64, tail = len - 64 * n;
+  lanes_t sa = lanes_of(ca.h), sb = sa;
+  if (b) blocks2(&sa, a, &sb, b, n);
+  else blocks1(&sa, a, n);
+  lanes_to(ca.h, sa);
+  ca.len = len;
+  ca.n = (uint32_t)tail;
+  memcpy(ca.buf, a + 64 * n, tail);
+  final(&ca, out_a);
+  if (!b) return;
+  lanes_to(cb.h, sb);
+  cb.len = len;
+  cb.n = (uint32_t)tail;
+  memcpy(cb.buf, b + 64 * n, tail);
+  final(&cb, out_b);
+}
 #else
 static int available(void) { return 0; }
 static void update2(sha_ctx_t *a, sha_ctx_t *b, const uint8_t *p, size_t len) { (void)a, (void)b, (void)p, (void)len; }
 static void final(sha_ctx_t *c, uint8_t out[32]) { (void)c, (void)out; }
+void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len, uint8_t out_a[32], uint8_t out_b[32]) { (void)a, (void)b, (void)len, (void)out_a, (void)out_b; }
 #endif
+
+int vn_sha256_ni_available(void) { return available(); }
 
 /* A context argument's bytes (at least SHA256_CTX_BYTES). */
 static int arg_ctx_bytes(napi_env env, napi_value v, uint8_t **raw, const char *what) {
