@@ -66,10 +66,12 @@ function rig(o: { base?: boolean; saveFails?: boolean } = {}) {
       return none;
     },
     read: (runs: WrittenRuns) => runs.bytes,
+    readBlocks: async (runs: WrittenRuns) => runs.bytes,
   } as unknown as RamWriteTracker;
   const writer: BlockImageWriter = {
     path: 'snapshots/s1/a.mem',
     putBlock: async () => undefined,
+    putNamedBlock: async () => undefined,
     setTail: async () => undefined,
     commit: async () => ({ path: 'snapshots/s1/a.mem', size: 0, sha256: '' }),
     abort: async () => void order.push('image abort'),
