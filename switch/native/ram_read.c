@@ -17,7 +17,10 @@
  *        32*i+32); resolves with the bytes copied. The bytes copied must be a whole number of
  *        blocks. The hashing is the SHA extensions' (sha256x2.c, two blocks' rounds interleaved)
  *        where this CPU has them, else portable C (sha256_portable.c); opts.portable forces the
- *        latter (tests, comparisons).
+ *        latter (tests, comparisons). opts.fifoPriority (1-99): the pool thread runs the work at
+ *        SCHED_FIFO at that priority and puts its own policy back after it (a read inside a VM's
+ *        pause, at the agent's cut window's priority: agent/cut-priority.ts); where that is not
+ *        permitted the work runs at the thread's own policy, nothing is raised.
  *
  * Guarantees: arguments are checked at the call (TypeError / RangeError, code
  * ERR_INVALID_ARGUMENT, thrown: no work queued); the ranges are copied at the call (the caller
@@ -31,6 +34,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +60,7 @@ typedef struct {
   uint8_t *dst, *digests;
   size_t total, block;
   int portable;
+  int fifo; /* SCHED_FIFO priority for the work, 0: the thread's own */
   /* The outcome (written by the pool thread, read by complete()). */
   int err;        /* errno of a refused copy, 0 */
   size_t got, want; /* a short copy: bytes copied of those asked for */
@@ -82,9 +87,20 @@ static void hash_blocks(rjob_t *j, size_t from, size_t to) {
   for (; i < to; i++) vn_sha256_portable(j->dst + i * bs, bs, j->digests + 32 * i);
 }
 
+static void read_and_hash(rjob_t *j);
+
+/* The work at j->fifo's priority when asked and permitted, the pool thread's policy put back after it. */
 static void execute(napi_env env, void *data) {
   (void)env;
   rjob_t *j = data;
+  struct sched_param was = {0}, fifo = {.sched_priority = j->fifo};
+  int policy = j->fifo ? sched_getscheduler(0) : -1;
+  int raised = policy >= 0 && sched_getparam(0, &was) == 0 && sched_setscheduler(0, SCHED_FIFO, &fifo) == 0;
+  read_and_hash(j);
+  if (raised) sched_setscheduler(0, policy, &was);
+}
+
+static void read_and_hash(rjob_t *j) {
   struct iovec local, remote[IOV_MAX];
   size_t rix[IOV_MAX]; /* the range each remote piece is of */
   size_t ri = 0, roff = 0, done = 0, hashed = 0;
@@ -184,6 +200,13 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
   j->total = (size_t)total;
   j->block = (size_t)block;
   j->portable = opt_bool(env, argv[7], "portable") || !vn_sha256_ni_available();
+  napi_value fv;
+  int64_t fifo = 0;
+  if (opt_prop(env, argv[7], "fifoPriority", &fv) && !arg_int(env, fv, 1, 99, &fifo, "readProcessBlocks: opts.fifoPriority")) {
+    rjob_free(env, j);
+    return NULL;
+  }
+  j->fifo = (int)fifo;
   napi_value promise, name;
   napi_create_string_utf8(env, "readProcessBlocks", NAPI_AUTO_LENGTH, &name);
   if (napi_create_reference(env, argv[3], 1, &j->buf_ref) != napi_ok || napi_create_reference(env, argv[6], 1, &j->digests_ref) != napi_ok ||

@@ -110,6 +110,34 @@ describe('readProcessBlocks: a process\'s memory and its blocks\' SHA-256s off t
     assert.equal(await read, length);
   });
 
+  it('runs at SCHED_FIFO when asked (where permitted) and puts the pool thread\'s policy back after it', async function () {
+    /** This process's threads at SCHED_FIFO (policy 1: /proc/self/task/TID/stat, field 41). */
+    const fifoThreads = (): number =>
+      fs.readdirSync('/proc/self/task').filter((t) => {
+        try {
+          const stat = fs.readFileSync(`/proc/self/task/${t}/stat`, 'utf8');
+          return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38] === '1';
+        } catch {
+          return false; // the thread ended meanwhile
+        }
+      }).length;
+    const block = 64 * 1024;
+    const length = Math.floor(code.length / block) * block;
+    const read = (fifoPriority: number): Promise<number> => io.readProcessBlocks(process.pid, Float64Array.of(code.start, length), 1, Buffer.alloc(length), 0, block, Buffer.alloc((32 * length) / block), { portable: true, fifoPriority });
+    assert.equal(fifoThreads(), 0, 'no thread at SCHED_FIFO before');
+    let settled = false;
+    const r = read(5).then((n) => ((settled = true), n));
+    let seen = 0;
+    while (!settled) {
+      seen = Math.max(seen, fifoThreads());
+      await new Promise(setImmediate);
+    }
+    assert.equal(await r, length);
+    assert.equal(fifoThreads(), 0, 'none after');
+    if (process.getuid?.() === 0) assert.equal(seen, 1, 'the pool thread at SCHED_FIFO while it read');
+    for (const bad of [0, 100, 1.5]) assert.throws(() => read(bad), /readProcessBlocks: opts.fifoPriority/);
+  });
+
   it('reads nothing for no ranges', async function () {
     assert.equal(await io.readProcessBlocks(process.pid, new Float64Array(0), 0, Buffer.alloc(0), 0, 64, Buffer.alloc(0)), 0);
   });
