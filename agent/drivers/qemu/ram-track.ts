@@ -172,11 +172,12 @@ export class RamWriteTracker {
    * read() in the thread pool, off the event loop (switch/native/ram_read.c), with the SHA-256 of
    * each `blockSize` bytes read into digests[32*i, 32*i+32) (the runs a whole number of blocks):
    * the contents at the time of the read, and each digest of exactly the bytes left in buf. buf
-   * and digests belong to the read until the promise settles, also when it rejects.
+   * and digests belong to the read until the promise settles, also when it rejects. With
+   * `fifoPriority` the pool thread reads at SCHED_FIFO at that priority where permitted.
    */
-  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer): Promise<number> {
+  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer, fifoPriority?: number): Promise<number> {
     this.check();
-    return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests);
+    return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests, fifoPriority === undefined ? {} : { fifoPriority });
   }
 
   /** The runs' (offset, length) pairs as (address, length) in QEMU's address space. */
