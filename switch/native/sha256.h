@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* SHA-256's 64 round constants (FIPS 180-4 4.2.2), 16-byte aligned: defined in sha256_portable.c. */
+extern const uint32_t vn_sha256_k[64] __attribute__((aligned(16)));
 /* 1 when this CPU has the SHA extensions (and SSSE3, SSE4.1) vn_sha256_ni_two uses. */
 int vn_sha256_ni_available(void);
 /*
