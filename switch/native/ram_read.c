@@ -96,6 +96,7 @@ static void execute(napi_env env, void *data) {
   struct sched_param was = {0}, fifo = {.sched_priority = j->fifo};
   int policy = j->fifo ? sched_getscheduler(0) : -1;
   int raised = policy >= 0 && sched_getparam(0, &was) == 0 && sched_setscheduler(0, SCHED_FIFO, &fifo) == 0;
+  j->portable = j->portable || !vn_sha256_ni_available();
   read_and_hash(j);
   if (raised) sched_setscheduler(0, policy, &was);
 }
@@ -199,7 +200,7 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
   j->digests = digests;
   j->total = (size_t)total;
   j->block = (size_t)block;
-  j->portable = opt_bool(env, argv[7], "portable") || !vn_sha256_ni_available();
+  j->portable = opt_bool(env, argv[7], "portable"); /* else decided by execute(): cpuid, a VM exit under a hypervisor, off the loop too */
   napi_value fv;
   int64_t fifo = 0;
   if (opt_prop(env, argv[7], "fifoPriority", &fv) && !arg_int(env, fv, 1, 99, &fifo, "readProcessBlocks: opts.fifoPriority")) {
