@@ -17,10 +17,15 @@
  *        32*i+32); resolves with the bytes copied. The bytes copied must be a whole number of
  *        blocks. The hashing is the SHA extensions' (sha256x2.c, two blocks' rounds interleaved)
  *        where this CPU has them, else portable C (sha256_portable.c); opts.portable forces the
- *        latter (tests, comparisons). opts.fifoPriority (1-99): the pool thread runs the work at
+ *        latter (tests, comparisons). digests null: the read alone, nothing hashed (a stopped
+ *        round: its pause holds the read, its blocks are hashed after the resume). opts.fifoPriority (1-99): the pool thread runs the work at
  *        SCHED_FIFO at that priority and puts its own policy back after it (a read inside a VM's
  *        pause, at the agent's cut window's priority: agent/cut-priority.ts); where that is not
  *        permitted the work runs at the thread's own policy, nothing is raised.
+ *
+ *   sha256Blocks(data: Buffer, blockSize: number, digests: Buffer, opts?: { portable?: boolean }): Promise<number>
+ *        the SHA-256 of each blockSize bytes of data (a whole number of blocks) into digests, in
+ *        the pool; resolves with data's length.
  *
  * Guarantees: arguments are checked at the call (TypeError / RangeError, code
  * ERR_INVALID_ARGUMENT, thrown: no work queued); the ranges are copied at the call (the caller
@@ -61,6 +66,7 @@ typedef struct {
   size_t total, block;
   int portable;
   int fifo; /* SCHED_FIFO priority for the work, 0: the thread's own */
+  int hash_only; /* sha256Blocks: no read, the blocks at dst hashed */
   /* The outcome (written by the pool thread, read by complete()). */
   int err;        /* errno of a refused copy, 0 */
   size_t got, want; /* a short copy: bytes copied of those asked for */
@@ -97,7 +103,8 @@ static void execute(napi_env env, void *data) {
   int policy = j->fifo ? sched_getscheduler(0) : -1;
   int raised = policy >= 0 && sched_getparam(0, &was) == 0 && sched_setscheduler(0, SCHED_FIFO, &fifo) == 0;
   j->portable = j->portable || !vn_sha256_ni_available();
-  read_and_hash(j);
+  if (j->hash_only) hash_blocks(j, 0, j->total / j->block);
+  else read_and_hash(j);
   if (raised) sched_setscheduler(0, policy, &was);
 }
 
@@ -129,7 +136,7 @@ static void read_and_hash(rjob_t *j) {
     }
     done += want;
     size_t complete = done / j->block;
-    hash_blocks(j, hashed, complete);
+    if (j->digests) hash_blocks(j, hashed, complete);
     hashed = complete;
   }
 }
@@ -154,6 +161,20 @@ static void complete(napi_env env, napi_status status, void *data) {
   rjob_free(env, j);
 }
 
+/* j queued with buf and digests (digests may be NULL) referenced until it settles; its promise. */
+static napi_value queue(napi_env env, rjob_t *j, napi_value buf, napi_value digests, const char *name) {
+  napi_value promise, res;
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &res);
+  if (napi_create_reference(env, buf, 1, &j->buf_ref) != napi_ok || (digests && napi_create_reference(env, digests, 1, &j->digests_ref) != napi_ok) ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok || napi_create_async_work(env, NULL, res, execute, complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    rjob_free(env, j);
+    throw_io(env, "%s: cannot queue the work", name);
+    return NULL;
+  }
+  return promise;
+}
+
 napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
   GET_ARGS(8);
   int64_t pid, count, offset, block;
@@ -163,8 +184,9 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
   if (!arg_int(env, argv[0], 1, 0x7fffffff, &pid, "readProcessBlocks: pid") || !arg_f64array(env, argv[1], &ranges, &rlen, "readProcessBlocks: ranges") ||
       !arg_int(env, argv[2], 0, (int64_t)(rlen / 2), &count, "readProcessBlocks: count") || !arg_bytes(env, argv[3], &buf, &blen, "readProcessBlocks: buf") ||
       !arg_int(env, argv[4], 0, (int64_t)blen, &offset, "readProcessBlocks: offset") || !arg_int(env, argv[5], 1, MAX_BLOCK, &block, "readProcessBlocks: blockSize") ||
-      !arg_bytes(env, argv[6], &digests, &dlen, "readProcessBlocks: digests"))
+      (arg_present(env, argv[6]) && !arg_bytes(env, argv[6], &digests, &dlen, "readProcessBlocks: digests")))
     return NULL;
+  if (!arg_present(env, argv[6])) digests = NULL, dlen = 0;
   uint64_t total = 0;
   for (int64_t i = 0; i < count; i++) {
     if (!(ranges[2 * i] >= 0 && ranges[2 * i + 1] >= 0 && ranges[2 * i] <= (double)MAX_EXACT && ranges[2 * i + 1] <= (double)MAX_EXACT) ||
@@ -183,7 +205,7 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
     return NULL;
   }
   uint64_t blocks = total / (uint64_t)block;
-  if (dlen < 32 * blocks) {
+  if (digests && dlen < 32 * blocks) {
     throw_range(env, "readProcessBlocks: digests holds %zu bytes, %llu blocks need %llu", dlen, (unsigned long long)blocks, (unsigned long long)(32 * blocks));
     return NULL;
   }
@@ -208,14 +230,35 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->fifo = (int)fifo;
-  napi_value promise, name;
-  napi_create_string_utf8(env, "readProcessBlocks", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[3], 1, &j->buf_ref) != napi_ok || napi_create_reference(env, argv[6], 1, &j->digests_ref) != napi_ok ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok || napi_create_async_work(env, NULL, name, execute, complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    rjob_free(env, j);
-    throw_io(env, "readProcessBlocks: cannot queue the work");
+  return queue(env, j, argv[3], digests ? argv[6] : NULL, "readProcessBlocks");
+}
+
+napi_value Sha256Blocks(napi_env env, napi_callback_info info) {
+  GET_ARGS(4);
+  int64_t block;
+  size_t len, dlen;
+  uint8_t *data, *digests;
+  if (!arg_bytes(env, argv[0], &data, &len, "sha256Blocks: data") || !arg_int(env, argv[1], 1, MAX_BLOCK, &block, "sha256Blocks: blockSize") ||
+      !arg_bytes(env, argv[2], &digests, &dlen, "sha256Blocks: digests"))
+    return NULL;
+  if (len % (size_t)block != 0) {
+    throw_range(env, "sha256Blocks: %zu bytes are not a whole number of %lld-byte blocks", len, (long long)block);
     return NULL;
   }
-  return promise;
+  if (dlen < 32 * (len / (size_t)block)) {
+    throw_range(env, "sha256Blocks: digests holds %zu bytes, %zu blocks need %zu", dlen, len / (size_t)block, 32 * (len / (size_t)block));
+    return NULL;
+  }
+  rjob_t *j = calloc(1, sizeof *j);
+  if (!j) {
+    throw_sys(env, "sha256Blocks", "malloc", ENOMEM);
+    return NULL;
+  }
+  j->hash_only = 1;
+  j->dst = data;
+  j->digests = digests;
+  j->total = len;
+  j->block = (size_t)block;
+  j->portable = opt_bool(env, argv[3], "portable");
+  return queue(env, j, argv[0], argv[2], "sha256Blocks");
 }

@@ -4,7 +4,8 @@
  * itself): the bytes equal what /proc/self/mem holds at those addresses (the node binary's code,
  * which nothing writes), every digest equals node:crypto's over the bytes left in the buffer —
  * with the SHA extensions and the portable code, at block sizes around SHA-256's 64-byte block
- * and with ranges that do not fall on block boundaries — and a failure rejects with
+ * and with ranges that do not fall on block boundaries; a read without digests reads alone and
+ * sha256Blocks names its blocks afterwards alike — and a failure rejects with
  * ERR_NATIVE_IO naming the range, a bad argument throws at the call.
  */
 import { strict as assert } from 'node:assert';
@@ -136,6 +137,24 @@ describe('readProcessBlocks: a process\'s memory and its blocks\' SHA-256s off t
     assert.equal(fifoThreads(), 0, 'none after');
     if (process.getuid?.() === 0) assert.equal(seen, 1, 'the pool thread at SCHED_FIFO while it read');
     for (const bad of [0, 100, 1.5]) assert.throws(() => read(bad), /readProcessBlocks: opts.fifoPriority/);
+  });
+
+  it('reads alone without digests, and sha256Blocks names the blocks afterwards as a hashing read does', async function () {
+    const block = 64 * 1024;
+    const ranges = Float64Array.of(code.start + 4096, 2 << 20);
+    const buf = Buffer.alloc(2 << 20);
+    const named = Buffer.alloc(32 * 32);
+    await io.readProcessBlocks(process.pid, ranges, 1, buf, 0, block, named);
+    const plain = Buffer.alloc(2 << 20);
+    assert.equal(await io.readProcessBlocks(process.pid, ranges, 1, plain, 0, block, null), 2 << 20);
+    assert.ok(plain.equals(buf));
+    for (const portable of [false, true]) {
+      const later = Buffer.alloc(32 * 32);
+      assert.equal(await io.sha256Blocks(plain, block, later, { portable }), 2 << 20);
+      assert.ok(later.equals(named), `sha256Blocks (portable: ${portable})`);
+    }
+    assert.throws(() => io.sha256Blocks(plain.subarray(1), block, Buffer.alloc(1024)), /sha256Blocks: 2097151 bytes are not a whole number of 65536-byte blocks/);
+    assert.throws(() => io.sha256Blocks(plain, block, Buffer.alloc(1023)), /sha256Blocks: digests holds 1023 bytes, 32 blocks need 1024/);
   });
 
   it('reads nothing for no ranges', async function () {

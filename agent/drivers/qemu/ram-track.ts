@@ -173,11 +173,17 @@ export class RamWriteTracker {
    * each `blockSize` bytes read into digests[32*i, 32*i+32) (the runs a whole number of blocks):
    * the contents at the time of the read, and each digest of exactly the bytes left in buf. buf
    * and digests belong to the read until the promise settles, also when it rejects. With
-   * `fifoPriority` the pool thread reads at SCHED_FIFO at that priority where permitted.
+   * `fifoPriority` the pool thread reads at SCHED_FIFO at that priority where permitted; with
+   * digests null it only reads (hashBlocks names the blocks later).
    */
-  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer, fifoPriority?: number): Promise<number> {
+  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer | null, fifoPriority?: number): Promise<number> {
     this.check();
     return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests, fifoPriority === undefined ? {} : { fifoPriority });
+  }
+
+  /** The SHA-256s readBlocks gives, of blocks read without them (digests null), in the thread pool. */
+  hashBlocks(data: Buffer, blockSize: number, digests: Buffer): Promise<number> {
+    return this.io.sha256Blocks(data, blockSize, digests);
   }
 
   /** The runs' (offset, length) pairs as (address, length) in QEMU's address space. */

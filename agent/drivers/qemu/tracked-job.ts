@@ -122,13 +122,15 @@ type Phase = 'begin' | 'ready' | 'cutting' | 'writing' | 'done' | 'aborted' | 'f
 
 /**
  * Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back, in
- * `buf` (from RAM_READS), with each block's SHA-256 (32 bytes a block, in order) in `digests`.
+ * `buf` (from RAM_READS), with each block's SHA-256 (32 bytes a block, in order) in `digests`
+ * once `named` (the stopped round's are computed after the resume: finish()).
  */
 interface ReadBlocks {
   runs: WrittenRuns;
   data: Buffer;
   buf: Buffer;
   digests: Buffer;
+  named: boolean;
 }
 
 /**
@@ -264,6 +266,7 @@ export class TrackedJob extends QemuVmJob {
    * background cut's window: the priority it had when it ran on the raised loop).
    */
   private readRound(stopped = false, fifoPriority?: number): Promise<ReadBlocks> {
+    // The stopped round's blocks are named after the resume (finish()): its pause holds the read alone.
     const len = this.tracker.length;
     const written = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, len);
     let runs = written;
@@ -276,30 +279,31 @@ export class TrackedJob extends QemuVmJob {
       runs = split(written, this.vmObj.trackedHot, this.left, TRACKED_BLOCK_SIZE, len);
     }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
-    return this.read(runs, buf, fifoPriority);
+    return this.read(runs, buf, fifoPriority, !stopped);
   }
 
   /**
    * The runs (whole blocks) read into buf and named, off the event loop. buf is the caller's until
    * this settles; on a failure, once no thread writes it any more, it goes back to RAM_READS.
    */
-  private async read(runs: WrittenRuns, buf: Buffer, fifoPriority?: number): Promise<ReadBlocks> {
+  private async read(runs: WrittenRuns, buf: Buffer, fifoPriority?: number, named = true): Promise<ReadBlocks> {
     const data = buf.subarray(0, runs.bytes);
     const digests = Buffer.allocUnsafe((32 * runs.bytes) / TRACKED_BLOCK_SIZE);
     try {
-      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, digests, fifoPriority);
+      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, fifoPriority);
     } catch (e) {
       RAM_READS.give(buf); // settled: the read is over
       throw e;
     }
     this.readBytes += runs.bytes;
-    return { runs, data, buf, digests };
+    return { runs, data, buf, digests, named };
   }
 
   /** Put the blocks read (each block of the runs, in order), named by the read's digests. */
   private put(r: ReadBlocks): Promise<void> {
     const image = this.image;
     if (!image) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no image open`));
+    if (!r.named) return Promise.reject(new VnsnapError('ERR_INTERNAL', `snapshot of ${this.vm}: blocks put before they were named`));
     const puts: Promise<void>[] = [];
     let at = 0;
     for (let i = 0; i < r.runs.count; i++) {
@@ -410,7 +414,8 @@ export class TrackedJob extends QemuVmJob {
         // layer, and a disk read still in flight writes guest RAM until then. Its scan runs now,
         // its read in the thread pool (nothing writes the RAM any more): the loop meanwhile serves
         // the hook and the agent's other VMs. In a background cut the read keeps the window's
-        // priority the loop has (cut-priority.ts), as when it ran on the loop.
+        // priority the loop has (cut-priority.ts), as when it ran on the loop. Its blocks are
+        // hashed after the resume (finish()), as they were before the rounds left the loop.
         await stopped;
         final = await this.readRound(true, loopUp && cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
         this.mark('read');
@@ -493,6 +498,8 @@ export class TrackedJob extends QemuVmJob {
     const image = this.image as BlockImageWriter;
     try {
       this.sink?.close();
+      await this.tracker.hashBlocks(final.data, TRACKED_BLOCK_SIZE, final.digests); // in the thread pool, the VM running again
+      final.named = true;
       await this.put(final); // every earlier round's puts were awaited by the round
       RAM_READS.give(final.buf);
       await image.setTail(state);
