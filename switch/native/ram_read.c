@@ -163,16 +163,17 @@ static void complete(napi_env env, napi_status status, void *data) {
 
 /* j queued with buf and digests (digests may be NULL) referenced until it settles; its promise. */
 static napi_value queue(napi_env env, rjob_t *j, napi_value buf, napi_value digests, const char *name) {
-  napi_value promise, res;
-  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &res);
-  if (napi_create_reference(env, buf, 1, &j->buf_ref) != napi_ok || (digests && napi_create_reference(env, digests, 1, &j->digests_ref) != napi_ok) ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok || napi_create_async_work(env, NULL, res, execute, complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    rjob_free(env, j);
-    throw_io(env, "%s: cannot queue the work", name);
-    return NULL;
-  }
-  return promise;
+  napi_value promise = NULL, res;
+  napi_status st = napi_create_reference(env, buf, 1, &j->buf_ref);
+  if (st == napi_ok && digests) st = napi_create_reference(env, digests, 1, &j->digests_ref);
+  if (st == napi_ok) st = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &res);
+  if (st == napi_ok) st = napi_create_promise(env, &j->deferred, &promise);
+  if (st == napi_ok) st = napi_create_async_work(env, NULL, res, execute, complete, j, &j->work);
+  if (st == napi_ok) st = napi_queue_async_work(env, j->work);
+  if (st == napi_ok) return promise;
+  rjob_free(env, j); /* a promise made is left pending: the exception below is the call's outcome */
+  throw_io(env, "%s: cannot queue the work (N-API status %d)", name, (int)st);
+  return NULL;
 }
 
 napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
