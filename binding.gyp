@@ -20,7 +20,9 @@
         "switch/native/sha256x2.c",
         "switch/native/bytes.c",
         "switch/native/sched.c",
-        "switch/native/ram_track.c"
+        "switch/native/ram_track.c",
+        "switch/native/ram_read.c",
+        "switch/native/sha256_portable.c"
       ],
       "cflags!": ["-O3"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],

@@ -239,13 +239,30 @@ export interface NativeIo {
   readProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
   /** readProcessMemory the other way: buf[offset, ...] into the ranges of process `pid` (process_vm_writev(2)). */
   writeProcessMemory(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number): number;
+  /**
+   * readProcessMemory in libuv's thread pool, off the event loop (native/ram_read.c), with the
+   * SHA-256 of each `blockSize` bytes copied (from offset on; a whole number of blocks) into
+   * digests[32*i, 32*i+32): the SHA extensions where this CPU has them, else portable C
+   * (`portable` forces it); digests null reads alone, nothing hashed; `fifoPriority` runs the work at SCHED_FIFO at that priority (1-99)
+   * where permitted, the pool thread's own policy put back after it. Resolves with the bytes copied. buf and digests belong to the call
+   * until the promise settles, also when it rejects: neither read, written nor reused before.
+   * Arguments are checked at the call (thrown); a refused or short copy (a range not mapped)
+   * rejects with ERR_NATIVE_IO naming the range.
+   */
+  readProcessBlocks(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number, blockSize: number, digests: Buffer | null, opts?: { portable?: boolean; fifoPriority?: number }): Promise<number>;
+  /**
+   * The SHA-256 of each `blockSize` bytes of data (a whole number of blocks) into
+   * digests[32*i, 32*i+32), in the thread pool as readProcessBlocks hashes; resolves with data's
+   * length. data and digests belong to the call until the promise settles.
+   */
+  sha256Blocks(data: Buffer, blockSize: number, digests: Buffer, opts?: { portable?: boolean }): Promise<number>;
 }
 
 /**
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 8;
+export const NATIVE_INTERFACE_VERSION = 9;
 
 let loaded: NativeIo | undefined;
 

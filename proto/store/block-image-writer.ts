@@ -19,8 +19,14 @@
  *     loop stays responsive; handing the block to the hashing worker instead costs its copy into
  *     the message, measured at 1.0–2.6 ms of the loop for 64 blocks against 2.5 ms for hashing
  *     them here) and one copy into the open pack (none when the store already holds it).
- *   - putBlock() of the same index again: the later call wins (steps run in call order); the
- *     earlier chunk, if new, stays stored until garbage collection frees it.
+ *   - putNamedBlock() is putBlock() with the block's SHA-256 computed by the caller (a tracked
+ *     round's, in the thread pool with its read: switch/native/ram_read.c), so nothing is hashed
+ *     on the caller's thread; the rest is the same, and the index the same byte for byte. The
+ *     name must be the SHA-256 of exactly the bytes given, which must stay unchanged until the
+ *     call settled: it is checked to be a SHA-256 in lower-case hex, not recomputed (the chunk
+ *     would be stored under a wrong name, and its reader's check fail).
+ *   - putBlock() of the same index again (either form): the later call wins (steps run in call
+ *     order); the earlier chunk, if new, stays stored until garbage collection frees it.
  *   - commit() fails with ERR_FAILED_PRECONDITION naming the first block neither put nor named by
  *     a base, and writes nothing then. Otherwise it stores every new chunk, then (guard: the
  *     writer session's lock is still held) puts the index, last: format 4 (cas-index.ts), whose
@@ -36,8 +42,8 @@
  *     garbage collection's sweep waits for every live writer lock, then re-reads the indexes
  *     written since its mark (cas-gc.ts): the new index then names those chunks. The argument is
  *     the pack map's (a writer names chunks it found in the map the same way).
- *   - Arguments are checked at the call: an index outside the image or a block of another size
- *     is ERR_INVALID_ARGUMENT; a second setTail(), or any call after commit or abort, ERR_STATE.
+ *   - Arguments are checked at the call: an index outside the image, a block of another size or
+ *     a name that is no SHA-256 is ERR_INVALID_ARGUMENT; a second setTail(), or any call after commit or abort, ERR_STATE.
  */
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
@@ -71,6 +77,7 @@ export interface CasBlockImageOptions {
 }
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+const SHA256_HEX = /^[0-9a-f]{64}$/;
 
 export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter {
   /** Each block's chunk: the base's, until put. */
@@ -94,14 +101,27 @@ export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter
   }
 
   putBlock(index: number, data: Uint8Array): Promise<void> {
-    if (this.state !== 'open') return Promise.reject(this.ended());
-    if (!Number.isInteger(index) || index < 0 || index >= this.o.blocks) {
-      return Promise.reject(new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${this.path}: block ${index} is outside 0..${this.o.blocks - 1}`));
-    }
-    if (data.length !== this.o.blockSize) {
-      return Promise.reject(new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${this.path}: block ${index} is ${data.length} bytes, not ${this.o.blockSize}`));
-    }
-    const sha = sha256(data);
+    const refused = this.refusal(index, data);
+    return refused ? Promise.reject(refused) : this.place(index, data, sha256(data));
+  }
+
+  putNamedBlock(index: number, data: Uint8Array, sha: string): Promise<void> {
+    const refused = this.refusal(index, data);
+    if (refused) return Promise.reject(refused);
+    if (!SHA256_HEX.test(sha)) return Promise.reject(new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${this.path}: block ${index}'s name ${JSON.stringify(sha.slice(0, 80))} is not a SHA-256 in lower-case hex`));
+    return this.place(index, data, sha);
+  }
+
+  /** Why block `index` of `data` cannot be put now (module comment), or undefined. */
+  private refusal(index: number, data: Uint8Array): VnsnapError | undefined {
+    if (this.state !== 'open') return this.ended();
+    if (!Number.isInteger(index) || index < 0 || index >= this.o.blocks) return new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${this.path}: block ${index} is outside 0..${this.o.blocks - 1}`);
+    if (data.length !== this.o.blockSize) return new VnsnapError('ERR_INVALID_ARGUMENT', `block image ${this.path}: block ${index} is ${data.length} bytes, not ${this.o.blockSize}`);
+    return undefined;
+  }
+
+  /** Block `index` is `data`, named `sha`: stored (or only named) in call order. */
+  private place(index: number, data: Uint8Array, sha: string): Promise<void> {
     return this.step(async () => {
       this.slots[index] = await this.sink.store(this.held(data), sha);
     }, 'writing');

@@ -118,6 +118,13 @@ export interface BlockImageWriter {
    * for an index outside the image or data of another length; ERR_STATE after commit or abort.
    */
   putBlock(index: number, data: Uint8Array): Promise<void>;
+  /**
+   * putBlock() with the block's name given: `sha256` is the SHA-256 of exactly `data` in
+   * lower-case hex, computed by the caller (off the event loop), and `data` stays unchanged until
+   * the promise settled. The image is the same as putBlock()'s. ERR_INVALID_ARGUMENT also for a
+   * name that is no SHA-256 (its value is not recomputed).
+   */
+  putNamedBlock(index: number, data: Uint8Array, sha256: string): Promise<void>;
   /** The bytes after the blocks (a QEMU device state); at most once (again: ERR_STATE); none when never called. */
   setTail(data: Uint8Array): Promise<void>;
   /**

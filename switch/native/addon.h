@@ -35,8 +35,11 @@ struct send_arena;
  * 5: bpfObjGet, bpfMapUpdate, bpfMapLookup, bpfMapDelete, bpfProgTestRun (the in-kernel data path).
  * 6: zstdCompress, zstdDecompress, cdcCuts (the snapshot store: proto/store/store-native.ts).
  * 7: setThreadPolicy (a thread's scheduling policy: the QEMU driver's pause boost).
+ * 8: the RAM write tracking of ram_track.c.
+ * 9: readProcessBlocks, sha256Blocks (a tracked round's read and its blocks' SHA-256s in the thread
+ *    pool: ram_read.c).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 8
+#define VNSNAP_IO_INTERFACE_VERSION 9
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -74,7 +77,8 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(setThreadPolicy, SetThreadPolicy)                                   /* sched.c */          \
   X(uffdWriteTrackingAvailable, UffdWriteTrackingAvailable) X(uffdAdopt, UffdAdopt)              \
   X(uffdTrackWrites, UffdTrackWrites) X(pagemapScanWritten, PagemapScanWritten)                  \
-  X(readProcessMemory, ReadProcessMemory) X(writeProcessMemory, WriteProcessMemory) /* ram_track.c */
+  X(readProcessMemory, ReadProcessMemory) X(writeProcessMemory, WriteProcessMemory) /* ram_track.c */ \
+  X(readProcessBlocks, ReadProcessBlocks) X(sha256Blocks, Sha256Blocks) /* ram_read.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

@@ -143,6 +143,18 @@ int arg_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len, const cha
   return 1;
 }
 
+int arg_f64array(napi_env env, napi_value v, double **data, size_t *len, const char *what) {
+  bool is = false;
+  napi_typedarray_type t;
+  void *p = NULL;
+  if (!v || napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &t, len, &p, NULL, NULL) != napi_ok || t != napi_float64_array) {
+    throw_type(env, "%s must be a Float64Array", what);
+    return 0;
+  }
+  *data = (double *)p;
+  return 1;
+}
+
 int arg_array(napi_env env, napi_value v, uint32_t *len, const char *what) {
   bool is = false;
   if (!v || napi_is_array(env, v, &is) != napi_ok || !is) {

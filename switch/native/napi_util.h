@@ -36,6 +36,7 @@ int arg_int(napi_env env, napi_value v, int64_t lo, int64_t hi, int64_t *out, co
 int arg_fd(napi_env env, napi_value v, int *fd);
 int arg_u32array(napi_env env, napi_value v, uint32_t **data, size_t *len, const char *what);
 int arg_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len, const char *what);
+int arg_f64array(napi_env env, napi_value v, double **data, size_t *len, const char *what);
 int arg_array(napi_env env, napi_value v, uint32_t *len, const char *what);
 int arg_function(napi_env env, napi_value v, const char *what);
 /* 1 when v is neither missing, undefined nor null. */

@@ -165,18 +165,6 @@ napi_value UffdTrackWrites(napi_env env, napi_callback_info info) {
   return r;
 }
 
-static int arg_f64array(napi_env env, napi_value v, double **data, size_t *len, const char *what) {
-  bool is = false;
-  napi_typedarray_type t;
-  void *p = NULL;
-  if (!v || napi_is_typedarray(env, v, &is) != napi_ok || !is || napi_get_typedarray_info(env, v, &t, len, &p, NULL, NULL) != napi_ok || t != napi_float64_array) {
-    throw_type(env, "%s must be a Float64Array", what);
-    return 0;
-  }
-  *data = (double *)p;
-  return 1;
-}
-
 #define SCAN_VEC 512
 
 napi_value PagemapScanWritten(napi_env env, napi_callback_info info) {

@@ -21,6 +21,8 @@
  *        ends must be non-decreasing and within data.
  *   sha256Final(ctx, out: Uint8Array)   ctx's digest into out[0..32); ctx starts again empty
  *
+ * For the addon's own C (sha256.h): vn_sha256_ni_two, two whole messages of one length at once.
+ *
  * Guarantees: the digests are SHA-256 (FIPS 180-4) byte for byte, whatever the pieces the
  * stream arrives in (test/unit/sha256x2.test.ts compares with node:crypto at every length
  * around the block size and on random cuts). A context is plain bytes owned by the caller
@@ -32,6 +34,7 @@
 
 #include "addon.h"
 #include "napi_util.h"
+#include "sha256.h"
 
 /* A context as the caller holds it: state, bytes so far, the partial block. */
 typedef struct {
@@ -58,13 +61,7 @@ static void ctx_reset(sha_ctx_t *c) {
 
 #define SHA_TARGET __attribute__((target("sha,sse4.1,ssse3")))
 
-static const uint32_t K[64] __attribute__((aligned(16))) = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be,
-    0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa,
-    0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85,
-    0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3,
-    0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f,
-    0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+#define K vn_sha256_k /* the round constants (sha256.h, sha256_portable.c) */
 
 /* The state in the order the round instruction takes it: ABEF and CDGH. */
 typedef struct {
@@ -205,11 +202,36 @@ static int available(void) {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
   return (b & (1u << 29)) != 0; /* SHA */
 }
+
+/* sha256.h: two whole messages of one length, their full blocks interleaved (blocks2), each tail by final(). */
+SHA_TARGET void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len, uint8_t out_a[32], uint8_t out_b[32]) {
+  sha_ctx_t ca, cb;
+  ctx_reset(&ca);
+  ctx_reset(&cb);
+  size_t n = len / 64, tail = len - 64 * n;
+  lanes_t sa = lanes_of(ca.h), sb = sa;
+  if (b) blocks2(&sa, a, &sb, b, n);
+  else blocks1(&sa, a, n);
+  lanes_to(ca.h, sa);
+  ca.len = len;
+  ca.n = (uint32_t)tail;
+  memcpy(ca.buf, a + 64 * n, tail);
+  final(&ca, out_a);
+  if (!b) return;
+  lanes_to(cb.h, sb);
+  cb.len = len;
+  cb.n = (uint32_t)tail;
+  memcpy(cb.buf, b + 64 * n, tail);
+  final(&cb, out_b);
+}
 #else
 static int available(void) { return 0; }
 static void update2(sha_ctx_t *a, sha_ctx_t *b, const uint8_t *p, size_t len) { (void)a, (void)b, (void)p, (void)len; }
 static void final(sha_ctx_t *c, uint8_t out[32]) { (void)c, (void)out; }
+void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len, uint8_t out_a[32], uint8_t out_b[32]) { (void)a, (void)b, (void)len, (void)out_a, (void)out_b; }
 #endif
+
+int vn_sha256_ni_available(void) { return available(); }
 
 /* A context argument's bytes (at least SHA256_CTX_BYTES). */
 static int arg_ctx_bytes(napi_env env, napi_value v, uint8_t **raw, const char *what) {

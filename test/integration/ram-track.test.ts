@@ -12,6 +12,7 @@
  * QEMU and Linux 6.7 or later (asynchronous userfaultfd write protection); skipped before that.
  */
 import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -132,6 +133,15 @@ describe('RAM write tracking (real QEMU guest, running kernel)', function () {
     patch(t, last, mirror);
     const full = Buffer.alloc(t.length);
     t.readAll(full);
+    // The thread pool's read with each block's SHA-256 (a tracked round's) sees the same bytes.
+    const BLOCK = 64 * 1024;
+    const pooled = Buffer.alloc(t.length);
+    const digests = Buffer.alloc((32 * t.length) / BLOCK);
+    assert.equal(await t.readBlocks({ pairs: Float64Array.of(0, t.length), count: 1, bytes: t.length }, pooled, BLOCK, digests), t.length);
+    assert.ok(pooled.equals(full), 'readBlocks reads what read does');
+    for (let i = 0; i < t.length / BLOCK; i += 7) {
+      assert.equal(digests.toString('hex', 32 * i, 32 * i + 32), createHash('sha256').update(full.subarray(i * BLOCK, (i + 1) * BLOCK)).digest('hex'), `block ${i}'s digest`);
+    }
     const diff = firstDifference(mirror, full);
     assert.equal(diff, -1, `the copy differs from the RAM at offset 0x${diff.toString(16)} (${rounds} rounds, ${written} bytes written)`);
     assert.ok(last.bytes < 32 * 1024 * 1024, `the last scan reports only what was written since the one before (${last.bytes} bytes)`);

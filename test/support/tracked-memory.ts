@@ -44,6 +44,10 @@ export function countingStore(inner: CasStore): { store: SnapshotStore; put: Map
         put.set(relPath, (put.get(relPath) ?? 0) + d.length);
         return w.putBlock(i, d);
       },
+      putNamedBlock: (i, d, sha) => {
+        put.set(relPath, (put.get(relPath) ?? 0) + d.length);
+        return w.putNamedBlock(i, d, sha);
+      },
       setTail: (d) => w.setTail(d),
       commit: () => w.commit(),
       abort: () => w.abort(),

@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -10,7 +11,7 @@ import { LocalObjects } from '../../proto/store/local-objects';
 import { GENERATION_KEY } from '../../proto/store/gc-generation';
 import { packKey } from '../../proto/store/pack-format';
 import type { ObjectBackend } from '../../proto/store/object-backend';
-import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type BlockImageOptions, type StoredArtefact } from '../../proto/store/snapshot-store';
+import { CHUNK_LIST_ATTRIBUTE, DIGEST_ATTRIBUTE, DIGEST_CHUNK_LIST, type BlockImageOptions, type BlockImageWriter, type StoredArtefact } from '../../proto/store/snapshot-store';
 import { KiB, MIN, rig } from '../support/cas-rig';
 import { VnsnapError } from '../../proto/core/errors';
 import { failureOf as failure, MemoryObjects, pseudoRandomBytes as bytes } from '../support/memory-objects';
@@ -173,6 +174,44 @@ describe('CasStore block images', () => {
     assert.equal(await failure(w.commit()), 'ERR_STATE: artefact p/a is already committed');
     await w.abort(); // a no-op after commit
     assert.notEqual(await store.stat('p/a'), null);
+  });
+
+  it('named puts (the SHA-256 computed by the caller) write the image byte for byte as hashing puts do, index included; a name that is no SHA-256 is refused', async () => {
+    const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+    const write = async (named: boolean): Promise<{ backend: MemoryObjects; store: CasStore }> => {
+      const backend = new MemoryObjects();
+      const store = new CasStore(backend, { pack: PACK });
+      const put = (w: BlockImageWriter, i: number, d: Buffer): Promise<void> => (named ? w.putNamedBlock(i, d, sha(d)) : w.putBlock(i, d));
+      const base = ram(1);
+      const w1 = await store.createBlockImage('s1/vm.mem', OPTS);
+      await Promise.all(Array.from({ length: BLOCKS }, (_, i) => put(w1, i, block(base, i))));
+      await w1.setTail(bytes(5 * KiB, 2));
+      await w1.commit();
+      const changed = bytes(4 * BS, 3);
+      const w2 = await store.createBlockImage('s2/vm.mem', { ...OPTS, base: 's1/vm.mem' });
+      // Block 9 twice (the later wins), block 12 made zero (already stored: only named).
+      await Promise.all([put(w2, 9, block(changed, 0)), put(w2, 40, block(changed, 1)), put(w2, 9, block(changed, 2)), put(w2, 12, Buffer.alloc(BS))]);
+      await w2.setTail(bytes(3 * KiB, 4));
+      await w2.commit();
+      return { backend, store };
+    };
+    const hashed = await write(false);
+    const named = await write(true);
+    for (const p of ['s1/vm.mem', 's2/vm.mem']) {
+      assert.ok((await named.backend.get(indexKey(p))).equals(await hashed.backend.get(indexKey(p))), `${p}: the same index`);
+      assert.deepEqual(await named.store.get(p), await hashed.store.get(p));
+    }
+    assert.deepEqual(named.backend.keys(), hashed.backend.keys(), 'the same objects');
+
+    const w = await named.store.createBlockImage('p/a', { ...OPTS, base: 's2/vm.mem' });
+    const d = bytes(BS, 5);
+    for (const bad of [sha(d).toUpperCase(), sha(d).slice(1), `${sha(d)}0`, '', `${sha(d).slice(0, 63)}g`]) {
+      assert.equal(await failure(w.putNamedBlock(1, d, bad)), `ERR_INVALID_ARGUMENT: block image p/a: block 1's name ${JSON.stringify(bad)} is not a SHA-256 in lower-case hex`);
+    }
+    assert.equal(await failure(w.putNamedBlock(64, d, sha(d))), 'ERR_INVALID_ARGUMENT: block image p/a: block 64 is outside 0..63');
+    assert.equal(await failure(w.putNamedBlock(2, d.subarray(1), sha(d))), 'ERR_INVALID_ARGUMENT: block image p/a: block 2 is 4095 bytes, not 4096');
+    await w.abort();
+    assert.equal(await failure(w.putNamedBlock(1, d, sha(d))), 'ERR_STATE: artefact p/a is already aborted');
   });
 
   it('a full store fails the writer with ERR_STORE_FULL naming the image: no index, the session left', async () => {

@@ -34,9 +34,15 @@ describe('tracked memory base in the state record', () => {
   });
 });
 
+/** How the fake tracker reads: its runs written by the scan, and its readBlocks. */
+interface ReadRig {
+  written: WrittenRuns;
+  readBlocks: (runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer) => Promise<number>;
+}
+
 /** A fake tracked VM: the record claims a base exactly while persistent() would write one (valid). */
-function rig(o: { base?: boolean; saveFails?: boolean } = {}) {
-  const order: string[] = [];
+function rig(o: { base?: boolean; saveFails?: boolean; read?: ReadRig; order?: string[] } = {}) {
+  const order: string[] = o.order ?? [];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-tb-'));
   const basePath = trackedBasePath('blue', 'a');
   const blocks = 4;
@@ -63,13 +69,15 @@ function rig(o: { base?: boolean; saveFails?: boolean } = {}) {
     length: blocks * TRACKED_BLOCK_SIZE,
     scan: () => {
       order.push(`scan (record claims a base: ${recordClaims})`);
-      return none;
+      return o.read?.written ?? none;
     },
     read: (runs: WrittenRuns) => runs.bytes,
+    readBlocks: o.read?.readBlocks ?? (async (runs: WrittenRuns) => runs.bytes),
   } as unknown as RamWriteTracker;
   const writer: BlockImageWriter = {
     path: 'snapshots/s1/a.mem',
     putBlock: async () => undefined,
+    putNamedBlock: async (i, d, sha) => void order.push(`put ${i} ${d.length} ${sha.slice(0, 8)}`),
     setTail: async () => undefined,
     commit: async () => ({ path: 'snapshots/s1/a.mem', size: 0, sha256: '' }),
     abort: async () => void order.push('image abort'),
@@ -115,7 +123,7 @@ describe('tracked job: the base leaves the record before the first scan', () => 
     const r = rig();
     try {
       await r.job.begin();
-      assert.deepEqual(r.order.filter((s) => !s.startsWith('qmp')), ['create full', 'scan (record claims a base: false)']);
+      assert.deepEqual(r.order.filter((s) => !s.startsWith('qmp') && !s.startsWith('put')), ['create full', 'scan (record claims a base: false)']);
       await r.job.abort();
     } finally {
       r.done();
@@ -129,6 +137,62 @@ describe('tracked job: the base leaves the record before the first scan', () => 
       await r.job.abort();
       assert.ok(!r.order.some((s) => s.startsWith('scan') || s.startsWith('create')), r.order.join(', '));
       assert.equal(r.claims(), true, 'the record still names the base, which no scan moved past');
+    } finally {
+      r.done();
+    }
+  });
+});
+
+describe('tracked job: a round read and named off the event loop', () => {
+  const env = process.env[PAUSE_BOOST_ENV];
+  before(() => (process.env[PAUSE_BOOST_ENV] = '0'));
+  after(() => (env === undefined ? delete process.env[PAUSE_BOOST_ENV] : (process.env[PAUSE_BOOST_ENV] = env)));
+
+  /** Blocks 1 and 2 written; a read that waits for release() and names block k by 32 bytes of k + 0xa0. */
+  function pendingRead(order: string[], fail?: Error) {
+    let release = (): void => undefined;
+    const gate = new Promise<void>((r) => (release = r));
+    const read: ReadRig = {
+      written: { pairs: Float64Array.of(TRACKED_BLOCK_SIZE, 2 * TRACKED_BLOCK_SIZE), count: 1, bytes: 2 * TRACKED_BLOCK_SIZE },
+      readBlocks: async (runs, buf, blockSize, digests) => {
+        order.push(`read ${runs.bytes / blockSize} blocks`);
+        await gate;
+        order.push('read settled');
+        if (fail) throw fail;
+        for (let k = 0; k < runs.bytes / blockSize; k++) digests.fill(0xa0 + k, 32 * k, 32 * k + 32);
+        return runs.bytes;
+      },
+    };
+    return { read, release: () => release() };
+  }
+
+  it('scans, then reads, and puts each block under the digest the read gave it once the read settled', async () => {
+    const order: string[] = [];
+    const p = pendingRead(order);
+    const r = rig({ base: true, read: p.read, order });
+    try {
+      const begun = r.job.begin();
+      await new Promise(setImmediate);
+      assert.deepEqual(order.filter((s) => !s.startsWith('qmp') && s !== 'save' && !s.startsWith('create')), ['scan (record claims a base: false)', 'read 2 blocks'], 'nothing put while the read runs');
+      p.release();
+      await begun;
+      assert.deepEqual(order.filter((s) => s.startsWith('read') || s.startsWith('put')), ['read 2 blocks', 'read settled', `put 1 ${TRACKED_BLOCK_SIZE} a0a0a0a0`, `put 2 ${TRACKED_BLOCK_SIZE} a1a1a1a1`]);
+      await r.job.abort();
+    } finally {
+      r.done();
+    }
+  });
+
+  it('a failed read fails the round with its error, after it settled, and puts nothing', async () => {
+    const order: string[] = [];
+    const p = pendingRead(order, Object.assign(new Error('readProcessBlocks(1, range 0): process_vm_readv: Bad address'), { code: 'ERR_NATIVE_IO' }));
+    const r = rig({ base: true, read: p.read, order });
+    try {
+      const begun = r.job.begin();
+      p.release();
+      await assert.rejects(begun, /process_vm_readv: Bad address/);
+      assert.deepEqual(order.filter((s) => s.startsWith('read') || s.startsWith('put')), ['read 2 blocks', 'read settled']);
+      await r.job.abort();
     } finally {
       r.done();
     }

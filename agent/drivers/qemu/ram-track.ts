@@ -165,12 +165,35 @@ export class RamWriteTracker {
   /** Copies the runs' current contents back to back into buf[offset, ...]; the bytes copied. */
   read(runs: WrittenRuns, buf: Buffer, offset = 0): number {
     this.check();
+    return this.io.readProcessMemory(this.pid, this.absolute(runs), runs.count, buf, offset);
+  }
+
+  /**
+   * read() in the thread pool, off the event loop (switch/native/ram_read.c), with the SHA-256 of
+   * each `blockSize` bytes read into digests[32*i, 32*i+32) (the runs a whole number of blocks):
+   * the contents at the time of the read, and each digest of exactly the bytes left in buf. buf
+   * and digests belong to the read until the promise settles, also when it rejects. With
+   * `fifoPriority` the pool thread reads at SCHED_FIFO at that priority where permitted; with
+   * digests null it only reads (hashBlocks names the blocks later).
+   */
+  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer | null, fifoPriority?: number): Promise<number> {
+    this.check();
+    return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests, fifoPriority === undefined ? {} : { fifoPriority });
+  }
+
+  /** The SHA-256s readBlocks gives, of blocks read without them (digests null), in the thread pool. */
+  hashBlocks(data: Buffer, blockSize: number, digests: Buffer): Promise<number> {
+    return this.io.sha256Blocks(data, blockSize, digests);
+  }
+
+  /** The runs' (offset, length) pairs as (address, length) in QEMU's address space. */
+  private absolute(runs: WrittenRuns): Float64Array {
     const abs = new Float64Array(2 * runs.count);
     for (let i = 0; i < runs.count; i++) {
       abs[2 * i] = this.start + (runs.pairs[2 * i] as number);
       abs[2 * i + 1] = runs.pairs[2 * i + 1] as number;
     }
-    return this.io.readProcessMemory(this.pid, abs, runs.count, buf, offset);
+    return abs;
   }
 
   /** The whole RAM's current contents into buf (at least `length` bytes). */

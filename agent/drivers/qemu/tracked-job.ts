@@ -49,6 +49,15 @@
  *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt),
  *          the frozen disk stored (disk-layers.ts).
  *
+ * Off the event loop: a round's read and its blocks' SHA-256s run in libuv's thread pool
+ * (ram-track.ts readBlocks, switch/native/ram_read.c), not on the agent's loop, which an agent's
+ * other VMs' cuts share (their `stop`, STOP/RESUME, the switch's drain): a distro guest's round
+ * held it for up to 527 ms (docs/performance.md, issue 15). The round's scan runs before its read
+ * begins (at the call); the stopped round's scan and read begin only after QEMU answered `stop`;
+ * a read's buffer goes back to RAM_READS only once its read settled (also on a failure or an
+ * abort: nothing writes a buffer given back), and each block is put under the digest of exactly
+ * the bytes the read left in it (putNamedBlock), which stay unchanged until the put settled.
+ *
  * Exactness: a block's content in the image is its last read; every page written after a scan is
  * reported by the next scan (ram-track.ts), a block a round left out is read by the stopped round
  * (hot-blocks.ts), and the last scan runs with the VM stopped and its in-flight disk I/O drained
@@ -79,7 +88,7 @@ import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { contAfterSave, DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
-import { CUT_FIFO_PRIORITY } from '../../cut-priority';
+import { CUT_FIFO_PRIORITY, cutRealtimeEnabled } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
@@ -111,17 +120,24 @@ export function trackedBasePath(vne: string, vm: string): string {
 
 type Phase = 'begin' | 'ready' | 'cutting' | 'writing' | 'done' | 'aborted' | 'failed';
 
-/** Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back, in `buf` (from RAM_READS). */
+/**
+ * Blocks read by a round: runs (offsets from the RAM's start) and their bytes back to back, in
+ * `buf` (from RAM_READS), with each block's SHA-256 (32 bytes a block, in order) in `digests`
+ * once `named` (the stopped round's are computed after the resume: finish()).
+ */
 interface ReadBlocks {
   runs: WrittenRuns;
   data: Buffer;
   buf: Buffer;
+  digests: Buffer;
+  named: boolean;
 }
 
 /**
  * The memory the rounds read the RAM into, reused by every round of the agent's tracked VMs
  * (spare-buffers.ts says why): a round's buffer goes back once its blocks are put (the store
- * copies what it keeps, block-image-writer.ts), the last round's once the image has it.
+ * copies what it keeps, block-image-writer.ts), the last round's once the image has it, and
+ * never while its read may still write it (readBlocks' promise settled, also on a failure).
  */
 const RAM_READS = new SpareBuffers(4);
 
@@ -227,11 +243,8 @@ export class TrackedJob extends QemuVmJob {
     for (let off = 0; off < t.length; off += FULL_SLICE) {
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       const len = Math.min(FULL_SLICE, t.length - off);
-      const runs = { pairs: Float64Array.of(off, len), count: 1, bytes: len };
-      const data = buf.subarray(0, len);
-      t.read(runs, data);
-      this.readBytes += len;
-      await this.put({ runs, data, buf });
+      const r = await this.read({ pairs: Float64Array.of(off, len), count: 1, bytes: len }, buf);
+      await this.put(r);
     }
     RAM_READS.give(buf);
   }
@@ -239,7 +252,7 @@ export class TrackedJob extends QemuVmJob {
   /** One round with the VM running: the blocks written since the last scan, read and put. */
   private async round(): Promise<void> {
     this.lastRoundAt = performance.now();
-    const r = this.readRound();
+    const r = await this.readRound();
     await this.put(r);
     RAM_READS.give(r.buf);
   }
@@ -247,9 +260,13 @@ export class TrackedJob extends QemuVmJob {
   /**
    * The blocks written since the last scan, read. A round with the VM running leaves the VM's hot
    * blocks (QemuVm.trackedHot) to the stopped round, which reads them with its own
-   * (hot-blocks.ts) and makes its own the next job's hot set.
+   * (hot-blocks.ts) and makes its own the next job's hot set. The scan runs at the call (before
+   * the read, which only begins after it); the read and the blocks' SHA-256s run in the thread
+   * pool (ram-track.ts readBlocks), at `fifoPriority` when given (the stopped round inside a
+   * background cut's window: the priority it had when it ran on the raised loop).
    */
-  private readRound(stopped = false): ReadBlocks {
+  private readRound(stopped = false, fifoPriority?: number): Promise<ReadBlocks> {
+    // The stopped round's blocks are named after the resume (finish()): its pause holds the read alone.
     const len = this.tracker.length;
     const written = blockRuns(this.tracker.scan(), TRACKED_BLOCK_SIZE, len);
     let runs = written;
@@ -262,22 +279,40 @@ export class TrackedJob extends QemuVmJob {
       runs = split(written, this.vmObj.trackedHot, this.left, TRACKED_BLOCK_SIZE, len);
     }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
-    const data = buf.subarray(0, runs.bytes);
-    this.tracker.read(runs, data);
-    this.readBytes += runs.bytes;
-    return { runs, data, buf };
+    return this.read(runs, buf, fifoPriority, !stopped);
   }
 
-  /** Put the blocks read (each block of the runs, in order). */
+  /**
+   * The runs (whole blocks) read into buf and named, off the event loop. buf is the caller's until
+   * this settles; on a failure, once no thread writes it any more, it goes back to RAM_READS.
+   */
+  private async read(runs: WrittenRuns, buf: Buffer, fifoPriority?: number, named = true): Promise<ReadBlocks> {
+    const data = buf.subarray(0, runs.bytes);
+    const digests = Buffer.allocUnsafe((32 * runs.bytes) / TRACKED_BLOCK_SIZE);
+    try {
+      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, fifoPriority);
+    } catch (e) {
+      RAM_READS.give(buf); // settled: the read is over
+      throw e;
+    }
+    this.readBytes += runs.bytes;
+    return { runs, data, buf, digests, named };
+  }
+
+  /** Put the blocks read (each block of the runs, in order), named by the read's digests. */
   private put(r: ReadBlocks): Promise<void> {
     const image = this.image;
     if (!image) return Promise.reject(new VnsnapError('ERR_STATE', `snapshot of ${this.vm}: no image open`));
+    if (!r.named) return Promise.reject(new VnsnapError('ERR_INTERNAL', `snapshot of ${this.vm}: blocks put before they were named`));
     const puts: Promise<void>[] = [];
     let at = 0;
     for (let i = 0; i < r.runs.count; i++) {
       const off = r.runs.pairs[2 * i] as number;
       const len = r.runs.pairs[2 * i + 1] as number;
-      for (let b = 0; b < len; b += TRACKED_BLOCK_SIZE) puts.push(image.putBlock((off + b) / TRACKED_BLOCK_SIZE, r.data.subarray(at + b, at + b + TRACKED_BLOCK_SIZE)));
+      for (let b = 0; b < len; b += TRACKED_BLOCK_SIZE) {
+        const k = (at + b) / TRACKED_BLOCK_SIZE; // the block's place in the read: its digest's
+        puts.push(image.putNamedBlock((off + b) / TRACKED_BLOCK_SIZE, r.data.subarray(at + b, at + b + TRACKED_BLOCK_SIZE), r.digests.toString('hex', 32 * k, 32 * k + 32)));
+      }
       at += len;
     }
     return Promise.all(puts).then(() => undefined);
@@ -376,9 +411,13 @@ export class TrackedJob extends QemuVmJob {
         );
         hook.catch(() => undefined);
         // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
-        // layer, and a disk read still in flight writes guest RAM until then.
+        // layer, and a disk read still in flight writes guest RAM until then. Its scan runs now,
+        // its read in the thread pool (nothing writes the RAM any more): the loop meanwhile serves
+        // the hook and the agent's other VMs. In a background cut the read keeps the window's
+        // priority the loop has (cut-priority.ts), as when it ran on the loop. Its blocks are
+        // hashed after the resume (finish()), as they were before the rounds left the loop.
         await stopped;
-        final = this.readRound(true); // synchronous: nothing writes the RAM any more
+        final = await this.readRound(true, loopUp && cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
         this.mark('read');
         await Promise.all([hook, disk]);
         this.mark('hook');
@@ -459,6 +498,8 @@ export class TrackedJob extends QemuVmJob {
     const image = this.image as BlockImageWriter;
     try {
       this.sink?.close();
+      await this.tracker.hashBlocks(final.data, TRACKED_BLOCK_SIZE, final.digests); // in the thread pool, the VM running again
+      final.named = true;
       await this.put(final); // every earlier round's puts were awaited by the round
       RAM_READS.give(final.buf);
       await image.setTail(state);
