@@ -126,15 +126,20 @@ describe('readProcessBlocks: a process\'s memory and its blocks\' SHA-256s off t
     const length = Math.floor(code.length / block) * block;
     const read = (fifoPriority: number): Promise<number> => io.readProcessBlocks(process.pid, Float64Array.of(code.start, length), 1, Buffer.alloc(length), 0, block, Buffer.alloc((32 * length) / block), { portable: true, fifoPriority });
     assert.equal(fifoThreads(), 0, 'no thread at SCHED_FIFO before');
-    let settled = false;
-    const r = read(5).then((n) => ((settled = true), n));
+    // The loop samples while the pool reads; on a loaded host a read may end before the loop runs
+    // again, so a few reads are sampled until one is seen (never more than the one pool thread).
     let seen = 0;
-    while (!settled) {
-      seen = Math.max(seen, fifoThreads());
-      await new Promise(setImmediate);
+    for (let attempt = 0; attempt < 10 && seen === 0; attempt++) {
+      let settled = false;
+      const r = read(5).then((n) => ((settled = true), n));
+      while (!settled) {
+        seen = Math.max(seen, fifoThreads());
+        await new Promise(setImmediate);
+      }
+      assert.equal(await r, length);
+      assert.equal(fifoThreads(), 0, 'none after');
+      if (process.getuid?.() !== 0) break;
     }
-    assert.equal(await r, length);
-    assert.equal(fifoThreads(), 0, 'none after');
     if (process.getuid?.() === 0) assert.equal(seen, 1, 'the pool thread at SCHED_FIFO while it read');
     for (const bad of [0, 100, 1.5]) assert.throws(() => read(bad), /readProcessBlocks: opts.fifoPriority/);
   });
