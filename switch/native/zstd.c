@@ -96,23 +96,34 @@ static void zjob_free(napi_env env, zjob_t *j) {
   free(j);
 }
 
-/* The compression context of every frame either entry point makes (one home for the parameters). */
-static ZSTD_CCtx *cctx_new(int level) {
+/* The compression context of every frame either entry point makes (one home for the
+ * parameters); NULL with j->enomem set when there is no memory for it. */
+static ZSTD_CCtx *cctx_new(zjob_t *j) {
   ZSTD_CCtx *cx = ZSTD_createCCtx();
-  if (!cx) return NULL;
-  ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, level);
+  if (!cx) {
+    j->enomem = 1;
+    return NULL;
+  }
+  ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, j->level);
   ZSTD_CCtx_setParameter(cx, ZSTD_c_checksumFlag, 0); /* the chunk's SHA-256 checks it */
   return cx;
+}
+
+/* Item i's frame into dst (cap bytes, at least ZSTD_compressBound); its size, or 0 (no frame is
+ * empty) with j->failed set. */
+static size_t compress_one(zjob_t *j, ZSTD_CCtx *cx, uint32_t i, uint8_t *dst, size_t cap) {
+  size_t r = ZSTD_compress2(cx, dst, cap, j->items[i].src, j->items[i].len);
+  if (!ZSTD_isError(r)) return r;
+  j->failed = i;
+  snprintf(j->msg, sizeof j->msg, "zstd cannot compress chunk %u: %s", i, ZSTD_getErrorName(r));
+  return 0;
 }
 
 static void compress_execute(napi_env env, void *data) {
   (void)env;
   zjob_t *j = data;
-  ZSTD_CCtx *cx = cctx_new(j->level);
-  if (!cx) {
-    j->enomem = 1;
-    return;
-  }
+  ZSTD_CCtx *cx = cctx_new(j);
+  if (!cx) return;
   for (uint32_t i = 0; i < j->n; i++) {
     zitem_t *it = &j->items[i];
     it->cap = ZSTD_compressBound(it->len);
@@ -120,13 +131,7 @@ static void compress_execute(napi_env env, void *data) {
       j->enomem = 1;
       break;
     }
-    size_t r = ZSTD_compress2(cx, it->dst, it->cap, it->src, it->len);
-    if (ZSTD_isError(r)) {
-      j->failed = i;
-      snprintf(j->msg, sizeof j->msg, "zstd cannot compress chunk %u: %s", i, ZSTD_getErrorName(r));
-      break;
-    }
-    it->out = r;
+    if (!(it->out = compress_one(j, cx, i, it->dst, it->cap))) break;
   }
   ZSTD_freeCCtx(cx);
 }
@@ -145,12 +150,8 @@ static int pack_one(zjob_t *j, ZSTD_CCtx *cx, uint32_t i, uint8_t *to, size_t ro
       }
       dst = j->scratch;
     }
-    size_t r = ZSTD_compress2(cx, dst, bound, it->src, it->len);
-    if (ZSTD_isError(r)) {
-      j->failed = i;
-      snprintf(j->msg, sizeof j->msg, "zstd cannot compress chunk %u: %s", i, ZSTD_getErrorName(r));
-      return 0;
-    }
+    size_t r = compress_one(j, cx, i, dst, bound);
+    if (!r) return 0;
     if (r <= keep) {
       if (dst != to) memcpy(to, dst, r);
       it->out = r;
@@ -164,14 +165,11 @@ static int pack_one(zjob_t *j, ZSTD_CCtx *cx, uint32_t i, uint8_t *to, size_t ro
 static void pack_execute(napi_env env, void *data) {
   (void)env;
   zjob_t *j = data;
-  ZSTD_CCtx *cx = cctx_new(j->level);
-  if (!cx) {
-    j->enomem = 1;
-    return;
-  }
   sha_ctx_t sha;
   j->hashed = sha256_available();
   if (j->hashed) sha256_init(&sha);
+  ZSTD_CCtx *cx = cctx_new(j);
+  if (!cx) return;
   size_t at = 0;
   for (uint32_t i = 0; i < j->n; i++) {
     if (!pack_one(j, cx, i, j->dest + at, j->dest_len - at)) break;
