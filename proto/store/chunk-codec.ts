@@ -9,7 +9,9 @@
  * Guarantees:
  *   - Compression and decompression run in libuv's thread pool (zlib's asynchronous calls, the
  *     addon's async work), never on the event loop; a batch (a pack's chunks, a ranged read's
- *     chunks) is one piece of zstd work.
+ *     chunks) is one piece of zstd work. encodeChunksInto() writes a pack's zstd chunks straight
+ *     into the pack's memory and hashes them there, byte for byte what encodeChunks() and a
+ *     copy would give.
  *   - decodeChunks() returns exactly `size` bytes per chunk or throws ERR_CHECKSUM naming the
  *     chunk's `what`: a stored chunk that does not decompress, or decompresses to another size, is
  *     corrupt like one whose SHA-256 is wrong (the caller still checks the SHA-256 of what it
@@ -58,7 +60,11 @@ export interface StoredChunk {
 /** Chunks shorter than this are kept plain: nothing to gain. */
 const MIN_COMPRESS = 64;
 
-/** `z` when it saves at least 1/16 of `data`, else `data` plain. */
+/**
+ * `z` when it saves at least 1/16 of `data`, else `data` plain. The addon's zstdPack applies the
+ * same rule and MIN_COMPRESS in C (switch/native/zstd.c); test/unit/zstd-pack.test.ts holds
+ * both to the same packs around the threshold.
+ */
 const keepIfSmaller = (data: Buffer, z: Buffer, codec: Codec): EncodedChunk => (z.length <= data.length - (data.length >> 4) ? { data: z, codec } : { data });
 
 function needNative(native: StoreNative | null, what: string): StoreNative {
@@ -75,6 +81,26 @@ export async function encodeChunks(chunks: Buffer[], codec: Codec | undefined, n
   else z = await Promise.all(big.map((c) => deflateRaw(c, { level: DEFLATE_LEVEL })));
   let k = 0;
   return chunks.map((data) => (data.length < MIN_COMPRESS ? { data } : keepIfSmaller(data, z[k++] as Buffer, codec)));
+}
+
+/** Chunks as encodeChunksInto() wrote them: each one's stored size and codec, and the SHA-256 of all their stored bytes (null: not computed). */
+export interface PackedChunks {
+  stored: Uint32Array;
+  codecs: (Codec | undefined)[];
+  sha256: Buffer | null;
+}
+
+/**
+ * encodeChunks()'s stored bytes written straight into `dest`, back to back, with their SHA-256,
+ * in one piece of thread-pool work (the addon's zstdPack: no Buffer per compressed chunk, no
+ * copy, no hash on the event loop); the same bytes and codecs encodeChunks() gives. Null, and
+ * nothing written, unless the codec is zstd, the addon has zstdPack and dest holds the chunks'
+ * total length: the caller then encodes and copies.
+ */
+export async function encodeChunksInto(chunks: Buffer[], codec: Codec | undefined, dest: Buffer, native: StoreNative | null = storeNative()): Promise<PackedChunks | null> {
+  if (codec !== 'zstd' || !native?.zstdPack || dest.length < chunks.reduce((n, c) => n + c.length, 0)) return null;
+  const { sizes, sha256 } = await native.zstdPack(chunks, ZSTD_LEVEL, dest);
+  return { stored: sizes, codecs: chunks.map((c, i) => ((sizes[i] as number) < c.length ? codec : undefined)), sha256 };
 }
 
 /** encodeChunks() of one chunk. */

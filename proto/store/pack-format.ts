@@ -20,7 +20,8 @@
 import { createHash } from 'node:crypto';
 import { VnsnapError } from '../core/errors';
 import { chunkKey, parseObject, type ChunkRef } from './cas-index';
-import { isCodec, type Codec, type EncodedChunk } from './chunk-codec';
+import { encodeChunks, encodeChunksInto, isCodec, type Codec, type EncodedChunk } from './chunk-codec';
+import { storeNative, type StoreNative } from './store-native';
 
 export const PACK_PREFIX = 'packs/';
 export const TABLE_PREFIX = 'packtabs/';
@@ -73,6 +74,21 @@ export interface SealedPack {
 /** A chunk going into a pack: its SHA-256, stored bytes and codec, and its own size when encoded. */
 export type PackInput = EncodedChunk & { sha256: string; raw?: number };
 
+/** A chunk as a pack stores it: its SHA-256, bytes in the pack, codec, and its own size when encoded. */
+type StoredInput = Omit<PackEntry, 'offset'>;
+
+/** The pack whose bytes are `data` (its chunks back to back, in order), its id (hashed here when not given) and table. */
+function sealed(data: Buffer, chunks: StoredInput[], sha256?: Buffer | null): SealedPack {
+  const id = (sha256 ?? createHash('sha256').update(data).digest()).toString('hex');
+  let offset = 0;
+  const entries = chunks.map((c): PackEntry => {
+    const e: PackEntry = { sha256: c.sha256, offset, size: c.size, ...(c.codec ? { codec: c.codec, raw: c.raw as number } : {}) };
+    offset += c.size;
+    return e;
+  });
+  return { id, data, table: { pack: id, size: data.length, chunks: entries } };
+}
+
 /**
  * Concatenate chunks (already hashed, maybe encoded) into a pack with its table: into the start
  * of `into` when they fit there (memory the caller reuses from pack to pack: pack-writer.ts),
@@ -86,14 +102,36 @@ export function sealPack(chunks: PackInput[], into?: Buffer): SealedPack {
     for (const c of chunks) at += c.data.copy(into, at);
     data = into.subarray(0, total);
   } else data = Buffer.concat(chunks.map((c) => c.data), total);
-  const id = createHash('sha256').update(data).digest('hex');
-  let offset = 0;
-  const entries = chunks.map((c): PackEntry => {
-    const e: PackEntry = { sha256: c.sha256, offset, size: c.data.length, ...(c.codec ? { codec: c.codec, raw: c.raw as number } : {}) };
-    offset += c.data.length;
-    return e;
-  });
-  return { id, data, table: { pack: id, size: data.length, chunks: entries } };
+  return sealed(
+    data,
+    chunks.map((c) => ({ sha256: c.sha256, size: c.data.length, codec: c.codec, raw: c.raw })),
+  );
+}
+
+/** A chunk going into a pack before encoding: its SHA-256 and own bytes. */
+export interface RawPackInput {
+  sha256: string;
+  data: Buffer;
+}
+
+/**
+ * Encode chunks with `codec` (chunk-codec.ts) and seal them into a pack: with zstd, an addon that
+ * has zstdPack and `into`, compressed and hashed straight into `into` in the thread pool
+ * (encodeChunksInto); otherwise encoded (encodeChunks) then concatenated (sealPack). The same
+ * pack, id and table either way (test/unit/zstd-pack.test.ts).
+ */
+export async function encodeAndSealPack(chunks: RawPackInput[], codec: Codec | undefined, into?: Buffer, native: StoreNative | null = storeNative()): Promise<SealedPack> {
+  const own = chunks.map((c) => c.data);
+  const packed = into ? await encodeChunksInto(own, codec, into, native) : null;
+  if (!packed) {
+    const encoded = await encodeChunks(own, codec, native);
+    return sealPack(
+      encoded.map((e, i) => ({ ...e, sha256: (chunks[i] as RawPackInput).sha256, raw: (own[i] as Buffer).length })),
+      into,
+    );
+  }
+  const stored = chunks.map((c, i): StoredInput => ({ sha256: c.sha256, size: packed.stored[i] as number, codec: packed.codecs[i], raw: c.data.length }));
+  return sealed((into as Buffer).subarray(0, stored.reduce((n, c) => n + c.size, 0)), stored, packed.sha256);
 }
 
 /** Format 1 when no chunk is encoded (what older readers understand), else format 2. */

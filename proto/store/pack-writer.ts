@@ -19,16 +19,18 @@
  *     succeeded, so an index never names a pack whose upload did not finish.
  *   - With a codec, each chunk of a pack is compressed when its upload job runs (in libuv's thread
  *     pool, the pack's chunks as one batch: chunk-codec.ts) and kept compressed only when that saves; the reference then records
- *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes.
+ *     the codec and the bytes stored. `targetBytes` counts the chunks' own bytes. With zstd and a
+ *     deferring backend, the chunks are compressed straight into the pack's reused buffer and
+ *     the pack hashed in the same thread-pool work (pack-format.ts encodeAndSealPack).
  */
 import { msSince } from '../core/clock';
 import { copyInto } from './batch-pool';
 import type { ChunkRef } from './cas-index';
-import { encodeChunks, type Codec } from './chunk-codec';
+import type { Codec } from './chunk-codec';
 import type { ObjectBackend } from './object-backend';
 import type { PackMap } from './pack-map';
 import { SpareBuffers } from './spare-buffers';
-import { encodeTable, packKey, sealPack, tableKey, type PackEntry, type PackTable } from './pack-format';
+import { encodeAndSealPack, encodeTable, packKey, tableKey, type PackEntry, type PackTable } from './pack-format';
 import type { ChunkLocation } from './pack-map';
 
 /**
@@ -160,13 +162,9 @@ export class PackWriter {
     this.open = PackWriter.empty();
     return async () => {
       let t = process.hrtime.bigint();
-      const encoded = (await encodeChunks(
-        chunks.map((c) => c.data),
-        this.codec,
-      )).map((e, i) => ({ sha256: (chunks[i] as { sha256: string }).sha256, raw: (chunks[i] as { data: Buffer }).data.length, ...e }));
       // Stored bytes are at most the chunks' own (a chunk is kept encoded only when smaller).
       const out = this.deferred ? SPARE_PACKS.take(bytes, this.targetBytes + (this.targetBytes >> 3)) : undefined;
-      const p = sealPack(encoded, out);
+      const p = await encodeAndSealPack(chunks, this.codec, out);
       if (arena) SPARE_ARENAS.give(arena); // every chunk in it was copied into the pack
       if (this.profile) this.profile.compressMs += msSince(t);
       t = process.hrtime.bigint();

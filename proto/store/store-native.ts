@@ -1,6 +1,7 @@
 /**
  * The snapshot store's native helpers: zstd compression, the content-defined chunker's inner
- * loop and the two SHA-256s of a written stream in one pass, in C in the vnsnap_io addon
+ * loop, the two SHA-256s of a written stream in one pass and a pack compressed and hashed in
+ * place, in C in the vnsnap_io addon
  * (switch/native/zstd.c, cdc.c, sha256x2.c), because the
  * store's write path in JavaScript and zlib ran at about 47 MiB/s against 653 MiB/s for whole
  * files (docs/performance.md, "Snapshot storage"). The coordinator opens stores too and imports
@@ -24,6 +25,17 @@ export interface StoreNative {
    * 'ERR_ZSTD', `index` the first frame that failed, when one is not a whole frame of its size.
    */
   zstdDecompress(frames: Buffer[], sizes: number[]): Promise<Buffer[]>;
+  /**
+   * A pack written straight into dest, in one piece of thread-pool work: the chunks back to
+   * back, each one the frame zstdCompress makes of it (byte for byte) when the chunk is at least
+   * 64 bytes and the frame at most len - (len >> 4) bytes, else the chunk's own bytes (chunk-codec.ts
+   * keepIfSmaller's rule); sizes[i] is chunk i's stored size (< its length: zstd, == its length:
+   * plain) and sha256 the SHA-256 of dest[0 .. sum of sizes), or null where the CPU has no SHA
+   * extensions (the caller hashes). dest must hold the chunks' total length and overlap none of
+   * them (else a RangeError, code ERR_INVALID_ARGUMENT); chunks and dest are held until it settles.
+   * Absent from an addon built from older sources.
+   */
+  zstdPack?(chunks: Buffer[], level: number, dest: Buffer): Promise<{ sizes: Uint32Array; sha256: Buffer | null }>;
   /**
    * The chunk boundaries in data (offsets just past each chunk that closes), written to out;
    * state [pos, h] carries the open chunk across calls; params [min, avg, max, maskS, maskL].

@@ -69,7 +69,8 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(createPoller, CreatePoller)                                         /* poller.c */        \
   X(bpfObjGet, BpfObjGet) X(bpfMapUpdate, BpfMapUpdate) X(bpfMapLookup, BpfMapLookup)            \
   X(bpfMapDelete, BpfMapDelete) X(bpfProgTestRun, BpfProgTestRun)       /* bpf.c */           \
-  X(zstdCompress, ZstdCompress) X(zstdDecompress, ZstdDecompress)       /* zstd.c */          \
+  X(zstdCompress, ZstdCompress) X(zstdDecompress, ZstdDecompress)                               \
+  X(zstdPack, ZstdPack)                                                 /* zstd.c */          \
   X(cdcCuts, CdcCuts)                                                   /* cdc.c */           \
   X(sha256x2Available, Sha256x2Available) X(sha256Reset, Sha256Reset)                          \
   X(sha256Pair, Sha256Pair) X(sha256Final, Sha256Final)                 /* sha256x2.c */       \

@@ -28,6 +28,9 @@
  * around the block size and on random cuts). A context is plain bytes owned by the caller
  * (copied in and out, any alignment); nothing is kept between calls. Synchronous and
  * allocation-free. Off x86-64, sha256x2Available() is false and the others throw.
+ *
+ * The single-stream functions of sha256.h (the addon's other C files: zstd.c's pack id) are
+ * this file's code, at the end.
  */
 #include <stdint.h>
 #include <string.h>
@@ -36,13 +39,7 @@
 #include "napi_util.h"
 #include "sha256.h"
 
-/* A context as the caller holds it: state, bytes so far, the partial block. */
-typedef struct {
-  uint32_t h[8];
-  uint64_t len;
-  uint32_t n;
-  uint8_t buf[64];
-} sha_ctx_t;
+/* A context as the caller holds it is a sha_ctx_t (sha256.h): state, bytes so far, the partial block. */
 
 #define SHA256_CTX_BYTES 112 /* sizeof(sha_ctx_t) rounded up; store-native.ts allocates it */
 _Static_assert(sizeof(sha_ctx_t) <= SHA256_CTX_BYTES, "sha_ctx_t outgrew SHA256_CTX_BYTES");
@@ -196,7 +193,7 @@ static SHA_TARGET void final(sha_ctx_t *c, uint8_t out[32]) {
   ctx_reset(c);
 }
 
-static int available(void) {
+static int probe(void) {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 19)) || !(c & (1u << 9))) return 0; /* SSE4.1, SSSE3 */
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
@@ -225,11 +222,19 @@ SHA_TARGET void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len,
   final(&cb, out_b);
 }
 #else
-static int available(void) { return 0; }
+static int probe(void) { return 0; }
 static void update2(sha_ctx_t *a, sha_ctx_t *b, const uint8_t *p, size_t len) { (void)a, (void)b, (void)p, (void)len; }
 static void final(sha_ctx_t *c, uint8_t out[32]) { (void)c, (void)out; }
 void vn_sha256_ni_two(const uint8_t *a, const uint8_t *b, size_t len, uint8_t out_a[32], uint8_t out_b[32]) { (void)a, (void)b, (void)len, (void)out_a, (void)out_b; }
 #endif
+
+/* probe() once per process (cpuid traps to the hypervisor in a VM); any thread may race to set it,
+ * with the same answer. */
+static int available(void) {
+  static volatile int known = -1;
+  if (known < 0) known = probe();
+  return known;
+}
 
 int vn_sha256_ni_available(void) { return available(); }
 
@@ -323,4 +328,19 @@ napi_value Sha256Final(napi_env env, napi_callback_info info) {
   final(&c, out);
   memcpy(raw, &c, sizeof(c));
   return NULL;
+}
+
+/* sha256.h: one stream, for the addon's other C files. */
+
+void vn_sha256_init(sha_ctx_t *c) {
+  memset(c, 0, sizeof(*c));
+  ctx_reset(c);
+}
+
+void vn_sha256_update(sha_ctx_t *c, const uint8_t *p, size_t len) {
+  if (available()) update2(c, NULL, p, len);
+}
+
+void vn_sha256_final(sha_ctx_t *c, uint8_t out[32]) {
+  if (available()) final(c, out);
 }

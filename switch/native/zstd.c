@@ -5,6 +5,20 @@
  *
  *   zstdCompress(chunks: Buffer[], level): Promise<Buffer[]>     one zstd frame per chunk
  *   zstdDecompress(frames: Buffer[], sizes: number[]): Promise<Buffer[]>
+ *   zstdPack(chunks: Buffer[], level, dest: Buffer): Promise<{ sizes: Uint32Array, sha256: Buffer | null }>
+ *        a pack written straight into dest: the chunks back to back, each one the zstd frame
+ *        zstdCompress makes of it when the chunk is at least PACK_MIN_COMPRESS bytes and the frame
+ *        saves at least 1/16 of them (at most len - (len >> 4) bytes), else the chunk's own bytes;
+ *        sizes[i] is chunk i's stored size (< its length: a frame, == its length: plain), and
+ *        sha256 the SHA-256 of dest[0 .. sum of sizes), or null where this CPU has no SHA
+ *        extensions (sha256.h; the caller then hashes). dest must hold the chunks' total length
+ *        and overlap none of them.
+ *
+ * Why zstdPack: a pack sealed from zstdCompress's output took one new Buffer per chunk (a
+ * pack's ~128 chunks of 64 KiB a tracked snapshot, V8 external memory that drove the agent's
+ * full collections) and a copy of each into the pack, then the pack's SHA-256 on the event
+ * loop; zstdPack writes each frame into the pack where it belongs and hashes it there, in the
+ * same piece of thread-pool work (docs/storage.md, "Compression").
  *
  * Guarantees:
  *   - The work runs in libuv's thread pool (napi_async_work), never on the event loop; a batch
@@ -14,6 +28,14 @@
  *   - zstdDecompress yields exactly sizes[i] bytes for frame i or rejects with an Error whose code
  *     is 'ERR_ZSTD', whose `index` is the first frame that failed and whose message says why (not
  *     zstd, truncated, or another size than expected): nothing of a failed batch is handed out.
+ *   - zstdPack's frames are byte for byte zstdCompress's (one home for the parameters: cctx_new;
+ *     each frame is made with at least ZSTD_compressBound bytes of room, as zstdCompress gives it:
+ *     zstd given only len - (len >> 4) bytes refuses a frame that would have fitted with up to
+ *     8 bytes to spare (its bit streams write a word at a time; seen with libzstd 1.5.4), and
+ *     that chunk would be stored plain here and compressed there), so a pack is the same
+ *     whichever way it was sealed (proto/store/pack-format.ts; test/unit/zstd-pack.test.ts binds
+ *     the keep rule to chunk-codec.ts keepIfSmaller). The frame is made in dest when dest has the
+ *     room past it, else in a scratch buffer of the job and copied when kept.
  *   - Out of memory rejects with code 'ERR_NATIVE_IO' (ENOMEM); argument errors throw synchronously
  *     (TypeError/RangeError, code 'ERR_INVALID_ARGUMENT', napi_util.h).
  */
@@ -24,28 +46,39 @@
 
 #include "addon.h"
 #include "napi_util.h"
+#include "sha256.h"
 
 /* Largest batch, and largest chunk either way (the store's chunks are at most a few MiB). */
 #define ZSTD_MAX_ITEMS 65536
 #define ZSTD_MAX_ITEM_BYTES (64u << 20)
+/* zstdPack: chunks shorter than this are stored plain (chunk-codec.ts MIN_COMPRESS). */
+#define PACK_MIN_COMPRESS 64
+
+typedef enum { Z_COMPRESS, Z_DECOMPRESS, Z_PACK } zmode_t;
 
 typedef struct {
   const uint8_t *src;
   size_t len;
   uint8_t *dst; /* compress: malloc'd, ZSTD_compressBound(len); decompress: the output Buffer's bytes */
   size_t cap;
-  size_t out;
+  size_t out;   /* compress: the frame's size; pack: the stored size */
 } zitem_t;
 
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref inputs;  /* the input array: keeps its buffers alive */
-  napi_ref outputs; /* decompress: the output array */
-  int decompress;
+  napi_ref outputs; /* decompress: the output array; pack: dest */
+  zmode_t mode;
   int level;
   uint32_t n;
   zitem_t *items;
+  uint8_t *dest; /* pack: dest's bytes, dest_len of them */
+  size_t dest_len;
+  uint8_t *scratch; /* pack: a frame's room when dest has not enough past it (malloc'd on demand) */
+  size_t scratch_cap;
+  int hashed; /* pack: digest holds the SHA-256 of the pack */
+  uint8_t digest[32];
   int enomem;
   long failed; /* index of the first failed item, or -1 */
   char msg[192];
@@ -53,25 +86,44 @@ typedef struct {
 
 static void zjob_free(napi_env env, zjob_t *j) {
   if (!j) return;
-  if (!j->decompress && j->items)
+  if (j->mode == Z_COMPRESS && j->items)
     for (uint32_t i = 0; i < j->n; i++) free(j->items[i].dst);
   free(j->items);
+  free(j->scratch);
   if (j->inputs) napi_delete_reference(env, j->inputs);
   if (j->outputs) napi_delete_reference(env, j->outputs);
   if (j->work) napi_delete_async_work(env, j->work);
   free(j);
 }
 
-static void compress_execute(napi_env env, void *data) {
-  (void)env;
-  zjob_t *j = data;
+/* The compression context of every frame either entry point makes (one home for the
+ * parameters); NULL with j->enomem set when there is no memory for it. */
+static ZSTD_CCtx *cctx_new(zjob_t *j) {
   ZSTD_CCtx *cx = ZSTD_createCCtx();
   if (!cx) {
     j->enomem = 1;
-    return;
+    return NULL;
   }
   ZSTD_CCtx_setParameter(cx, ZSTD_c_compressionLevel, j->level);
   ZSTD_CCtx_setParameter(cx, ZSTD_c_checksumFlag, 0); /* the chunk's SHA-256 checks it */
+  return cx;
+}
+
+/* Item i's frame into dst (cap bytes, at least ZSTD_compressBound); its size, or 0 (no frame is
+ * empty) with j->failed set. */
+static size_t compress_one(zjob_t *j, ZSTD_CCtx *cx, uint32_t i, uint8_t *dst, size_t cap) {
+  size_t r = ZSTD_compress2(cx, dst, cap, j->items[i].src, j->items[i].len);
+  if (!ZSTD_isError(r)) return r;
+  j->failed = i;
+  snprintf(j->msg, sizeof j->msg, "zstd cannot compress chunk %u: %s", i, ZSTD_getErrorName(r));
+  return 0;
+}
+
+static void compress_execute(napi_env env, void *data) {
+  (void)env;
+  zjob_t *j = data;
+  ZSTD_CCtx *cx = cctx_new(j);
+  if (!cx) return;
   for (uint32_t i = 0; i < j->n; i++) {
     zitem_t *it = &j->items[i];
     it->cap = ZSTD_compressBound(it->len);
@@ -79,14 +131,52 @@ static void compress_execute(napi_env env, void *data) {
       j->enomem = 1;
       break;
     }
-    size_t r = ZSTD_compress2(cx, it->dst, it->cap, it->src, it->len);
-    if (ZSTD_isError(r)) {
-      j->failed = i;
-      snprintf(j->msg, sizeof j->msg, "zstd cannot compress chunk %u: %s", i, ZSTD_getErrorName(r));
-      break;
-    }
-    it->out = r;
+    if (!(it->out = compress_one(j, cx, i, it->dst, it->cap))) break;
   }
+  ZSTD_freeCCtx(cx);
+}
+
+/* Chunk it stored at `to` (room: bytes of dest from there on): its frame when kept, else its bytes. */
+static int pack_one(zjob_t *j, ZSTD_CCtx *cx, uint32_t i, uint8_t *to, size_t room) {
+  zitem_t *it = &j->items[i];
+  it->out = it->len;
+  if (it->len >= PACK_MIN_COMPRESS) {
+    size_t bound = ZSTD_compressBound(it->len), keep = it->len - (it->len >> 4);
+    uint8_t *dst = to;
+    if (room < bound) {
+      if (!j->scratch && !(j->scratch = malloc(j->scratch_cap))) {
+        j->enomem = 1;
+        return 0;
+      }
+      dst = j->scratch;
+    }
+    size_t r = compress_one(j, cx, i, dst, bound);
+    if (!r) return 0;
+    if (r <= keep) {
+      if (dst != to) memcpy(to, dst, r);
+      it->out = r;
+      return 1;
+    }
+  }
+  memcpy(to, it->src, it->len);
+  return 1;
+}
+
+static void pack_execute(napi_env env, void *data) {
+  (void)env;
+  zjob_t *j = data;
+  sha_ctx_t sha;
+  j->hashed = vn_sha256_ni_available();
+  if (j->hashed) vn_sha256_init(&sha);
+  ZSTD_CCtx *cx = cctx_new(j);
+  if (!cx) return;
+  size_t at = 0;
+  for (uint32_t i = 0; i < j->n; i++) {
+    if (!pack_one(j, cx, i, j->dest + at, j->dest_len - at)) break;
+    if (j->hashed) vn_sha256_update(&sha, j->dest + at, j->items[i].out); /* while it is in the cache */
+    at += j->items[i].out;
+  }
+  if (j->hashed) vn_sha256_final(&sha, j->digest);
   ZSTD_freeCCtx(cx);
 }
 
@@ -115,18 +205,40 @@ static void decompress_execute(napi_env env, void *data) {
   ZSTD_freeDCtx(dx);
 }
 
+/* zstdPack's result, { sizes, sha256 }; NULL when out of memory. */
+static napi_value pack_result(napi_env env, zjob_t *j) {
+  napi_value result, ab, sizes, sha;
+  void *p;
+  if (napi_create_object(env, &result) != napi_ok || napi_create_arraybuffer(env, (size_t)j->n * 4, &p, &ab) != napi_ok ||
+      napi_create_typedarray(env, napi_uint32_array, j->n, ab, 0, &sizes) != napi_ok)
+    return NULL;
+  for (uint32_t i = 0; i < j->n; i++) ((uint32_t *)p)[i] = (uint32_t)j->items[i].out;
+  if (!j->hashed) napi_get_null(env, &sha);
+  else if (napi_create_buffer_copy(env, 32, j->digest, NULL, &sha) != napi_ok)
+    return NULL;
+  napi_set_named_property(env, result, "sizes", sizes);
+  napi_set_named_property(env, result, "sha256", sha);
+  return result;
+}
+
 static void complete(napi_env env, napi_status status, void *data) {
   zjob_t *j = data;
   napi_value result = NULL;
   if (status != napi_ok) {
     result = make_error(env, "ERR_NATIVE_IO", "zstd: the work was cancelled");
   } else if (j->enomem) {
-    result = sys_error(env, j->decompress ? "zstdDecompress" : "zstdCompress", "malloc", 12 /* ENOMEM */);
+    result = sys_error(env, j->mode == Z_DECOMPRESS ? "zstdDecompress" : j->mode == Z_PACK ? "zstdPack" : "zstdCompress", "malloc", 12 /* ENOMEM */);
   } else if (j->failed >= 0) {
     result = make_error(env, "ERR_ZSTD", j->msg);
     set_num_prop(env, result, "index", (double)j->failed);
-  } else if (j->decompress) {
+  } else if (j->mode == Z_DECOMPRESS) {
     napi_get_reference_value(env, j->outputs, &result);
+  } else if (j->mode == Z_PACK) {
+    result = pack_result(env, j);
+    if (!result) {
+      result = sys_error(env, "zstdPack", "malloc", 12);
+      j->failed = 0;
+    }
   } else {
     napi_create_array_with_length(env, j->n, &result);
     for (uint32_t i = 0; i < j->n; i++) {
@@ -211,7 +323,7 @@ napi_value ZstdDecompress(napi_env env, napi_callback_info info) {
   if (!arg_array(env, argv[1], &nsizes, "zstdDecompress: sizes")) return NULL;
   zjob_t *j = zjob_new(env, argv[0], "zstdDecompress: frames", &n);
   if (!j) return NULL;
-  j->decompress = 1;
+  j->mode = Z_DECOMPRESS;
   napi_value outs;
   if (nsizes != n) {
     throw_range(env, "zstdDecompress: %u frames but %u sizes", n, nsizes);
@@ -233,6 +345,41 @@ napi_value ZstdDecompress(napi_env env, napi_callback_info info) {
   }
   if (napi_create_reference(env, outs, 1, &j->outputs) != napi_ok) goto fail;
   return zjob_queue(env, j, decompress_execute, "zstdDecompress");
+fail:
+  zjob_free(env, j);
+  return NULL;
+}
+
+napi_value ZstdPack(napi_env env, napi_callback_info info) {
+  GET_ARGS(3);
+  int64_t level;
+  uint8_t *dest;
+  size_t dest_len;
+  if (!arg_int(env, argv[1], ZSTD_minCLevel(), ZSTD_maxCLevel(), &level, "zstdPack: level") || !arg_bytes(env, argv[2], &dest, &dest_len, "zstdPack: dest")) return NULL;
+  uint32_t n;
+  zjob_t *j = zjob_new(env, argv[0], "zstdPack: chunks", &n);
+  if (!j) return NULL;
+  j->mode = Z_PACK;
+  j->level = (int)level;
+  j->dest = dest;
+  j->dest_len = dest_len;
+  size_t total = 0, longest = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    const zitem_t *it = &j->items[i];
+    if (it->len > 0 && it->src < dest + dest_len && dest < it->src + it->len) {
+      throw_range(env, "zstdPack: chunks[%u] overlaps dest", i);
+      goto fail;
+    }
+    total += it->len;
+    if (it->len > longest) longest = it->len;
+  }
+  if (dest_len < total) {
+    throw_range(env, "zstdPack: dest holds %zu bytes, the chunks %zu", dest_len, total);
+    goto fail;
+  }
+  j->scratch_cap = ZSTD_compressBound(longest);
+  if (napi_create_reference(env, argv[2], 1, &j->outputs) != napi_ok) goto fail;
+  return zjob_queue(env, j, pack_execute, "zstdPack");
 fail:
   zjob_free(env, j);
   return NULL;
