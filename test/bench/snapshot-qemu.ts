@@ -21,6 +21,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { contAfterSave } from '../../agent/drivers/qemu/device-state';
 import { QmpClient, type QmpEvent } from '../../agent/drivers/qemu/qmp';
 import { E2E_VMS, instanceDir } from '../support/qemu-vne';
 import { sleep } from '../support/wait';
@@ -67,7 +68,9 @@ export async function baseline(dir: string): Promise<{ pauses: number[]; seconds
         return performance.now() - s;
       }),
     );
-    const resumed = await Promise.all(qmps.map(async (q) => (await q.execute('cont'), performance.now())));
+    // `completed` can come while QEMU is still in finish-migrate, which refuses a `cont` ("not
+    // finalized"): sent again until it takes, as the agent does after a save.
+    const resumed = await Promise.all(qmps.map(async (q, i) => (await contAfterSave(q, E2E_VMS[i] as string), performance.now())));
     const seconds = (performance.now() - t0) / 1000;
     const bytes = files.reduce((n, f) => n + fs.statSync(f).size, 0);
     for (const f of files) fs.rmSync(f, { force: true });
