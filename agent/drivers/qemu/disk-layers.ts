@@ -31,6 +31,7 @@ import { isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { SnapshotStore, StoredArtefact } from '../../../proto/store/snapshot-store';
 import type { DiskArtefact } from '../driver';
 import type { DiskChainRecord } from '../../vm-state';
+import { readQcow2Header } from './qcow2-header';
 
 /**
  * The most layers a snapshot's disk has: a chain that would grow past it is stored as one full
@@ -75,8 +76,13 @@ export interface StoredLayers {
   why?: string;
 }
 
-/** The backing file named in a qcow2 image's header (absolute), or undefined. */
+/**
+ * The backing file named in a qcow2 image's header (absolute), or undefined: read from the header
+ * itself (qcow2-header.ts), qemu-img asked only about an image that is no qcow2 of its own.
+ */
 export async function backingOf(qemuImg: LayerJob['qemuImg'], file: string): Promise<string | undefined> {
+  const header = await readQcow2Header(file);
+  if (header) return header.backing;
   const info = JSON.parse(await qemuImg(['info', '-U', '--output=json', file])) as { 'full-backing-filename'?: string; 'backing-filename'?: string };
   const b = info['full-backing-filename'] ?? info['backing-filename'];
   return b ? path.resolve(path.dirname(file), b) : undefined;

@@ -3,8 +3,9 @@
  * chain's current top: under the agent's disks directory: it outlives the instance, see ../disk-dir.ts). A kept disk
  * already holds overlays of earlier instances, so a new overlay never reuses an existing name.
  *
- *   prepare()   before the cut: create the next overlay (qemu-img, its backing named but not
- *               opened) and attach it as a node without a backing, so the cut's disk step is one
+ *   prepare()   before the cut: create the next overlay (qemu-img's, or a copy of its first one of
+ *               the same size with the backing name replaced: overlay-template.ts; its backing
+ *               named but not opened; the top's size read from its header, qcow2-header.ts) and attach it as a node without a backing, so the cut's disk step is one
  *               graph change instead of creating and formatting a file while the VM is paused.
  *   snapshot()  at the cut (VM paused): blockdev-snapshot puts the prepared overlay on top of the
  *               current top, which is frozen from then on: the disk as of the cut.
@@ -27,6 +28,8 @@ import type { QemuVm } from './process';
 import type { QmpClient } from './qmp';
 import type { DiskChainRecord } from '../../vm-state';
 import { backingOf, storeLayers, type LayerJob, type StoredLayers } from './disk-layers';
+import { readQcow2Header } from './qcow2-header';
+import { createOverlay } from './overlay-template';
 
 export class DiskOverlay {
   /** The overlay made and attached (blockdev-add, no backing yet) before the cut, so the pause only links it in. */
@@ -62,9 +65,12 @@ export class DiskOverlay {
     const dir = path.dirname(vm.topFile);
     let file = `${dir}/disk-e${this.epoch}-${vm.snapSerial}.qcow2`;
     for (let n = 1; await exists(file); n++) file = `${dir}/disk-e${this.epoch}-${vm.snapSerial}-${n}.qcow2`;
-    const info = JSON.parse(await this.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number };
-    if (!info['virtual-size']) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
-    await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-u', '-b', path.resolve(vm.topFile), '-F', 'qcow2', file, String(info['virtual-size'])]);
+    // The top's size from its header (qcow2-header.ts); qemu-img asked only about another format.
+    const size = (await readQcow2Header(vm.topFile))?.virtualSize ?? (JSON.parse(await this.qemuImg(['info', '-U', '--output=json', vm.topFile])) as { 'virtual-size'?: number })['virtual-size'];
+    if (!size) throw new VnsnapError('ERR_DRIVER', `QEMU VM ${vm.spec.id}: qemu-img info gave no virtual size for ${vm.topFile}`);
+    const backing = path.resolve(vm.topFile);
+    // From the template of qemu-img's first overlay of this size (overlay-template.ts): no process per snapshot.
+    await createOverlay(file, backing, size, async (f) => void (await this.qemuImg(['create', '-q', '-f', 'qcow2', ...OVERLAY_CREATE_OPTIONS, '-u', '-b', backing, '-F', 'qcow2', f, String(size)])));
     try {
       await this.q.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: { driver: 'file', filename: file, 'drop-cache': false }, backing: null });
     } catch (e) {
