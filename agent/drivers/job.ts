@@ -86,21 +86,30 @@ export function cutReport(cutUnixUs: number, resumeUnixUs: number, copy?: { star
   return { pauseMs: pauseMs ?? (resumeUnixUs - cutUnixUs) / 1000, cutUnixUs, resumeUnixUs, phases };
 }
 
+/** The smallest buffer fileToStore reads into (the file grew after its size was taken, or is empty). */
+const MIN_READ = 64 * 1024;
+
 /**
  * Copy a local file into `w` and commit it (SHA-256 computed while writing). `aborted()` is
  * checked before every chunk: an aborted job stops with ERR_SNAPSHOT_ABORTED. On failure the
  * writer is left to the caller (it may hold other writers to abort with it).
  */
 export async function fileToStore(src: string, w: ArtefactWriter, opts: { chunkBytes?: number; copyChunks?: boolean; aborted?: () => boolean } = {}): Promise<StoredArtefact> {
-  const buf = Buffer.allocUnsafe(opts.chunkBytes ?? 1 << 20);
+  const chunk = opts.chunkBytes ?? 1 << 20;
   const h = await fsp.open(src, 'r');
   try {
+    // A store that keeps the chunk (rather than writing it before write() resolves) gets a buffer
+    // of its own per read, no larger than what is left of the file (a snapshot's disk layer is
+    // often a few KiB: not a 4 MiB buffer and no copy per snapshot); else one buffer read into again.
+    let left = opts.copyChunks ? (await h.stat()).size : 0;
+    const reused = opts.copyChunks ? undefined : Buffer.allocUnsafe(chunk);
     for (;;) {
       if (opts.aborted?.()) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const buf = reused ?? Buffer.allocUnsafe(Math.min(chunk, Math.max(left, MIN_READ)));
       const { bytesRead } = await h.read(buf, 0, buf.length, null);
       if (bytesRead === 0) break;
-      // A store that keeps the chunk (rather than writing it before write() resolves) needs a copy.
-      await w.write(opts.copyChunks ? Buffer.from(buf.subarray(0, bytesRead)) : buf.subarray(0, bytesRead));
+      left = Math.max(0, left - bytesRead);
+      await w.write(buf.subarray(0, bytesRead));
     }
   } finally {
     await h.close();
