@@ -21,6 +21,7 @@
 import { VnsnapError } from '../proto/core/errors';
 import type { ArtefactWriter, ReadExpect, SnapshotStore, StoredArtefact } from '../proto/store/snapshot-store';
 import { checkStoreReachable, describeStore, openStore, type StoreConfig } from '../proto/store/store-config';
+import { SESSION_LINGER_MS } from '../proto/store/cas-store';
 
 export class StoreHandle implements SnapshotStore {
   private opened: SnapshotStore | undefined;
@@ -33,7 +34,8 @@ export class StoreHandle implements SnapshotStore {
   /** Open the store (once) and check that it answers; the store. */
   async open(): Promise<SnapshotStore> {
     if (!this.opened) {
-      const s = await openStore(this.config);
+      // Its writer session outlives a snapshot's writers briefly: the next snapshot's join it (cas-store.ts).
+      const s = await openStore(this.config, { sessionLingerMs: SESSION_LINGER_MS });
       await checkStoreReachable(s, this.config);
       this.opened = s;
     }

@@ -43,8 +43,12 @@
  *     waiting out a live garbage collection sweep) and deleted when the last ends. Per instance
  *     rather than per snapshot because the SnapshotStore contract knows artefacts, not snapshots;
  *     a snapshot's artefacts are written by one store instance while they are open, so they share
- *     one lock, and an idle store holds none (a GC never waits for it). A writer joining an open
- *     session waits out a live sweep too, so a busy store cannot hold a GC off for ever.
+ *     one lock, and an idle store holds none (a GC never waits for it). With `sessionLingerMs`
+ *     (the agent's store: SESSION_LINGER_MS) the session stays open that long after its last
+ *     writer ended, so that the next snapshot's writers (a tracked VM's come once a second) join
+ *     it instead of putting, refreshing and deleting a lock of their own: a store idle for longer
+ *     holds none. A writer joining an open session waits out a live sweep too, before it joins (a
+ *     lingering session meanwhile ends as it would), so a busy store cannot hold a GC off for ever.
  *   - Artefact paths follow the same rules as the local directory store (confine()), with the
  *     same messages; the backend's key rules apply on top (ERR_INVALID_ARGUMENT).
  */
@@ -103,7 +107,16 @@ export interface CasStoreOptions {
   hashWorker?: boolean;
   /** The decoded indexes kept for block images over a base (default: a KnownIndexes of its own; tests pass one to watch it). */
   knownIndexes?: KnownIndexes;
+  /** How long the writer session stays open after its last writer ended (default 0: it ends then; module comment). */
+  sessionLingerMs?: number;
 }
+
+/**
+ * The writer session's linger the agent's store has (agent/store-handle.ts): longer than the gap
+ * between a tracked VM's snapshots (one a second), short against the waits of a GC (cas-gc.ts).
+ * Not for a process that may exit right after a write (a CLI): its lock would stay until stale.
+ */
+export const SESSION_LINGER_MS = 2000;
 
 /** One artefact's verification: ok, or the problem found; bytes of chunks read and checked. */
 export type VerifyResult = { path: string; ok: true; bytes: number } | { path: string; ok: false; problem: string; bytes: number };
@@ -157,6 +170,9 @@ export class CasStore implements SnapshotStore {
   /** Block image indexes this store last put or read as a base, decoded (known-indexes.ts). */
   private readonly known: KnownIndexes;
   private writers = 0;
+  private readonly lingerMs: number;
+  /** The timer that ends a session left without writers (sessionLingerMs). */
+  private lingering: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     readonly backend: ObjectBackend,
@@ -167,6 +183,7 @@ export class CasStore implements SnapshotStore {
     this.concurrency = Math.max(1, Math.floor(opts.concurrency ?? 4));
     this.hashWorker = opts.hashWorker ?? false;
     this.known = opts.knownIndexes ?? new KnownIndexes();
+    this.lingerMs = Math.max(0, opts.sessionLingerMs ?? 0);
     this.timing = timing(opts.locks);
     this.pack = opts.pack ? { ...DEFAULT_PACK, ...opts.pack, compress: opts.pack.compress ?? defaultCodec() } : null;
   }
@@ -254,6 +271,9 @@ export class CasStore implements SnapshotStore {
       const began = this.timing.clock();
       while (isLive(await this.backend.head(GC_LOCK), this.timing.clock())) await waitForGc(this.backend, this.timing, began);
     }
+    // Joining a lingering session: it no longer ends (it may have ended during the wait above).
+    clearTimeout(this.lingering);
+    this.lingering = undefined;
     this.writers++;
     if (!this.session) {
       const s = new WriterSession(this.backend, this.timing);
@@ -277,8 +297,20 @@ export class CasStore implements SnapshotStore {
 
   /** A writer is over; the last one ends the session. */
   private async leave(): Promise<void> {
+    if (--this.writers > 0 || !this.session) return;
+    if (this.lingerMs === 0) return this.endSession();
+    clearTimeout(this.lingering);
+    this.lingering = setTimeout(() => {
+      this.lingering = undefined;
+      void this.endSession();
+    }, this.lingerMs);
+    this.lingering.unref();
+  }
+
+  /** End the session unless a writer is in it. */
+  private async endSession(): Promise<void> {
     const s = this.session;
-    if (--this.writers > 0 || !s) return;
+    if (this.writers > 0 || !s) return;
     this.session = null;
     const session = await s.catch(() => null);
     await session?.end().catch(() => undefined); // a lock left behind goes stale
@@ -455,9 +487,13 @@ export class CasStore implements SnapshotStore {
     this.known.forget(relPath);
   }
 
-  /** Close the backend (an S3 client's sockets, which otherwise stay open until the process ends). */
+  /** Close the backend (an S3 client's sockets, which otherwise stay open until the process ends), after ending a lingering session. */
   close(): void {
-    this.backend.close?.();
+    if (this.lingering === undefined) return this.backend.close?.();
+    // A lingering session's lock deleted first (a GC would wait for it until it went stale).
+    clearTimeout(this.lingering);
+    this.lingering = undefined;
+    void this.endSession().finally(() => this.backend.close?.());
   }
 
   async deleteByPrefix(prefix: string): Promise<number> {

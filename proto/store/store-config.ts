@@ -17,7 +17,7 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { VnsnapError } from '../core/errors';
-import { CasStore } from './cas-store';
+import { CasStore, type CasStoreOptions } from './cas-store';
 import { LocalDirStore } from './local-dir';
 import { LocalObjects } from './local-objects';
 import { S3Objects } from './s3-objects';
@@ -100,15 +100,15 @@ const exists = (p: string): Promise<boolean> =>
   );
 
 /** Open the store a config names, creating a local directory if needed. */
-export async function openStore(c: StoreConfig): Promise<SnapshotStore> {
-  if (c.kind === 's3') return new CasStore(new S3Objects({ endpoint: c.s3.endpoint, bucket: c.s3.bucket, ...(c.s3.region ? { region: c.s3.region } : {}), ...(c.s3.credentialsFile ? { credentialsFile: c.s3.credentialsFile } : {}) }), { concurrency: S3_CONCURRENCY, pack: {}, hashWorker: true });
+export async function openStore(c: StoreConfig, o: Pick<CasStoreOptions, 'sessionLingerMs'> = {}): Promise<SnapshotStore> {
+  if (c.kind === 's3') return new CasStore(new S3Objects({ endpoint: c.s3.endpoint, bucket: c.s3.bucket, ...(c.s3.region ? { region: c.s3.region } : {}), ...(c.s3.credentialsFile ? { credentialsFile: c.s3.credentialsFile } : {}) }), { concurrency: S3_CONCURRENCY, pack: {}, hashWorker: true, ...o });
   const dir = path.resolve(c.dir);
   await fsp.mkdir(dir, { recursive: true });
   const hasFiles = await exists(path.join(dir, 'snapshots'));
   const hasChunks = (await exists(path.join(dir, 'artefacts'))) || (await exists(path.join(dir, 'chunks'))) || (await exists(path.join(dir, 'packs')));
   if (c.kind === 'local') {
     if (hasFiles && !hasChunks) throw new VnsnapError('ERR_FAILED_PRECONDITION', `store ${dir} holds snapshots as whole files (the layout before chunks); set "store": { "dir": "${dir}", "layout": "files" } to keep using it`);
-    return new CasStore(new LocalObjects(dir), { concurrency: LOCAL_CONCURRENCY, pack: {}, hashWorker: true });
+    return new CasStore(new LocalObjects(dir), { concurrency: LOCAL_CONCURRENCY, pack: {}, hashWorker: true, ...o });
   }
   if (hasChunks && !hasFiles) throw new VnsnapError('ERR_FAILED_PRECONDITION', `store ${dir} holds content-addressed chunks; set "store": "${dir}" to use it`);
   const store = new LocalDirStore(dir);

@@ -184,4 +184,42 @@ describe('CAS pack map at writer session start', () => {
     assert.equal(await map.refreshForSession(c, r.now), false, 'alone: trusted');
     assert.equal(c.since(0, 'list').length, 3);
   });
+
+  it('with sessionLingerMs the next writers join the session their predecessors left: one lock put, deleted once the store is idle that long', async () => {
+    const r = rig();
+    const c = new CountingObjects(r.objects);
+    const store = new CasStore(c, { chunker: SMALL, concurrency: 3, locks: r.timing, pack: PACK, sessionLingerMs: 30 });
+    await store.put('a/1', bytes(100 * KiB, 1));
+    const lock = r.objects.keys().filter((k) => k.startsWith('locks/w-'));
+    assert.equal(lock.length, 1, 'the lock stays after the last writer ended');
+    const from = c.calls.length;
+    await store.put('a/2', bytes(100 * KiB, 2));
+    await store.link('a/1', 'b/1');
+    assert.deepEqual(anon(c.calls.slice(from)).filter((k) => k.includes('locks/')), ['head locks/gc', 'head locks/w-*', 'head locks/gc', 'head locks/w-*'], 'joiners look for a live sweep, put no lock of their own');
+    assert.deepEqual(r.objects.keys().filter((k) => k.startsWith('locks/w-')), lock);
+    await new Promise((res) => setTimeout(res, 80));
+    assert.deepEqual(r.objects.keys().filter((k) => k.startsWith('locks/w-')), [], 'an idle store holds no lock');
+    await store.put('a/3', bytes(100 * KiB, 3));
+    store.close();
+    await new Promise((res) => setTimeout(res, 10));
+    assert.deepEqual(r.objects.keys().filter((k) => k.startsWith('locks/w-')), [], 'close() ends a lingering session');
+  });
+
+  it('a writer that finds a live sweep waits it out while the lingering session ends, so the sweep is not held off', async () => {
+    const r = rig();
+    const store = new CasStore(r.objects, { chunker: SMALL, concurrency: 3, locks: r.timing, pack: PACK, sessionLingerMs: 30 });
+    await store.put('a/1', bytes(100 * KiB, 1));
+    await r.objects.put('locks/gc', Buffer.from('{}'));
+    let sawWriterLock = true;
+    r.onSleep = async (): Promise<void> => {
+      // The sweep's side: it waits for the writer locks to go, then ends.
+      await new Promise((res) => setTimeout(res, 50));
+      sawWriterLock = r.objects.keys().some((k) => k.startsWith('locks/w-'));
+      if (!sawWriterLock) await r.objects.delete('locks/gc');
+    };
+    await store.put('a/2', bytes(100 * KiB, 2));
+    assert.equal(sawWriterLock, false, 'the lingering session ended while the writer waited for the sweep');
+    store.close();
+  });
 });
+
