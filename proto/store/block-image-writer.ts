@@ -155,13 +155,16 @@ export class CasBlockImageWriter extends WriterSteps implements BlockImageWriter
 
   /** The commit's work: every chunk stored, then the index put (module comment). */
   private async index(): Promise<StoredArtefact> {
-    const missing = this.slots.findIndex((s) => s === undefined);
+    // Loops, not callbacks per block: see indexJson (cas-index.ts) for why.
+    let missing = -1;
+    for (let k = 0; k < this.slots.length && missing < 0; k++) if (this.slots[k] === undefined) missing = k;
     // Only without a base: a base names every block.
     if (missing >= 0) throw new VnsnapError('ERR_FAILED_PRECONDITION', `block image ${this.path} not committed: block ${missing} was never put and there is no base to name it`);
     await this.sink.finish();
     await this.o.guard?.(`artefact ${this.path}`);
     const chunks = [...(this.slots as ChunkRef[]), ...(this.tail ?? [])];
-    const size = chunks.reduce((n, c) => n + c.size, 0);
+    let size = 0;
+    for (const c of chunks) size += c.size;
     const sha = chunkListSha256(chunks);
     const index = { path: this.path, size, sha256: sha, chunker: { algo: 'blocks', blockSize: this.o.blockSize, blocks: this.o.blocks }, chunks } as const;
     const paths = this.o.alsoAt === undefined ? [this.path] : [this.path, this.o.alsoAt];

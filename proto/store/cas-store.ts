@@ -238,7 +238,10 @@ export class CasStore implements SnapshotStore {
     if (blockSize !== o.blockSize || n !== blocks) {
       throw new VnsnapError('ERR_FAILED_PRECONDITION', `base ${base} of block image ${relPath} has ${n} blocks of ${blockSize} bytes, not ${blocks} of ${o.blockSize}`);
     }
-    return idx.chunks.slice(0, blocks).map((c) => this.current(c));
+    // A loop, not a callback per block: see indexJson (cas-index.ts) for why.
+    const out = new Array<ChunkRef>(blocks);
+    for (let k = 0; k < blocks; k++) out[k] = this.current(idx.chunks[k] as ChunkRef);
+    return out;
   }
 
   /**
