@@ -47,7 +47,8 @@ export async function createOverlay(file: string, backing: string, virtualSize: 
   const name = Buffer.from(backing, 'utf8');
   if (!t || name.length > MAX_BACKING_NAME || t.nameAt + name.length > t.clusterEnd) {
     await create(file);
-    if (t === undefined) templates.set(virtualSize, templateOf(await fsp.readFile(file)));
+    // The overlay exists now: a failure to read it back only means no template (qemu-img every time).
+    if (t === undefined) templates.set(virtualSize, await fsp.readFile(file).then(templateOf, () => null));
     return;
   }
   const bytes = Buffer.from(t.bytes);
