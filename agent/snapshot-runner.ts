@@ -99,6 +99,29 @@ export interface SnapshotRunnerOptions {
   cutPriority?: CutPriorityOptions;
   /** The longest wait for a commit's cut instant (an instant further ahead is cut then). Default 1000 ms. */
   maxCutWaitMs?: number;
+  /** Trace what the loop's stalls were (run-queue waits, GCs: loop-stall-probe.ts causes); the agent's, not a test clock's. */
+  loopCauses?: boolean;
+}
+
+/**
+ * The loop's side of a VM's cut trace over [fromUs, toUs] (the commit's receipt → the resume):
+ * the longest stall (LOOP_STALL), the stall the cut's begin at `beginUs` fell in when it is
+ * another (also LOOP_STALL: what made the cut begin late), each with its run-queue wait as
+ * LOOP_RUNQ from the stall's start (its length the time the loop's thread waited for a CPU in
+ * it), and V8's collections of 1 ms or more (LOOP_GC), where the probe traces causes.
+ */
+function loopSpans(probe: LoopStallProbe, fromUs: number, toUs: number, beginUs: number): PhaseTiming[] {
+  const out: PhaseTiming[] = [];
+  const longest = probe.longest(fromUs, toUs);
+  const atBegin = probe.around(beginUs);
+  const stalls = atBegin && atBegin.startUnixUs !== longest?.startUnixUs ? [longest, atBegin] : [longest];
+  for (const st of stalls) {
+    if (!st) continue;
+    out.push({ phase: 'PHASE_LOOP_STALL', startUnixUs: st.startUnixUs, endUnixUs: st.endUnixUs });
+    if ((st.runqueueUs ?? 0) >= 500) out.push({ phase: 'PHASE_LOOP_RUNQ', startUnixUs: st.startUnixUs, endUnixUs: st.startUnixUs + (st.runqueueUs as number) });
+  }
+  for (const g of probe.gcs(fromUs, toUs)) out.push({ phase: 'PHASE_LOOP_GC', ...g });
+  return out;
 }
 
 interface SnapVm {
@@ -259,7 +282,7 @@ export class SnapshotRunner {
     if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
-    const probe = LoopStallProbe.start({ now: this.nowUs });
+    const probe = LoopStallProbe.start({ now: this.nowUs, causes: this.o.loopCauses === true });
     // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
     // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
     // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
@@ -349,8 +372,8 @@ export class SnapshotRunner {
         }
       }, instant),
     )) as CutReport;
-    const stall = probe.longest(Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs)));
-    if (stall) trace.push({ phase: 'PHASE_LOOP_STALL', ...stall });
+    const [from, to] = [Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs))];
+    trace.push(...loopSpans(probe, from, to, Number((shared[1] ?? commit).endUnixUs)));
     sv.cut = report;
     sv.trace = trace;
     const m = this.o.metrics;

@@ -81,7 +81,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
 import { SpareBuffers } from '../../../proto/store/spare-buffers';
-import type { CutInstant, CutReport, SnapshotOptions, VmImage } from '../driver';
+import type { CutInstant, CutReport, PhaseSpan, SnapshotOptions, VmImage } from '../driver';
 import { cutReport, perfAt } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
@@ -141,6 +141,19 @@ interface ReadBlocks {
  */
 const RAM_READS = new SpareBuffers(4);
 
+/** The stopped round's read on a thread of its own rather than the pool's (docs/incremental-memory.md, "Off the agent's event loop"). */
+const STOPPED_READ_OWN_THREAD = false;
+
+/** The stopped round's read as cut-trace spans: waiting for its thread (RAM_QUEUE), reading (RAM_READ). */
+function readSpans(t: Float64Array): PhaseSpan[] {
+  const [submitted, begun, ended] = [Math.round(t[0] as number), Math.round(t[1] as number), Math.round(t[2] as number)];
+  if (!(submitted > 0 && begun >= submitted && ended >= begun)) return [];
+  return [
+    { phase: 'PHASE_RAM_QUEUE', startUnixUs: submitted, endUnixUs: begun },
+    { phase: 'PHASE_RAM_READ', startUnixUs: begun, endUnixUs: ended },
+  ];
+}
+
 export class TrackedJob extends QemuVmJob {
   /** Its rounds run at the agent's own priority; the loop is raised for the pause alone (cut()). */
   readonly ownCutWindow = true;
@@ -162,6 +175,8 @@ export class TrackedJob extends QemuVmJob {
   /** The rounds begun by approachCut() (a failure of them is cut()'s), and what ends their waits on an abort. */
   private approaching: Promise<void> | undefined;
   private readonly roundsEnd = new AbortController();
+  /** The stopped round's read: submitted, begun on its thread, ended (wall-clock µs; PHASE_RAM_QUEUE, PHASE_RAM_READ). */
+  private readonly stoppedReadTiming = new Float64Array(3);
   /** The device state's save, once its `migrate` was written (failCut() ends it before resuming). */
   private saving: Promise<Buffer> | undefined;
 
@@ -279,18 +294,19 @@ export class TrackedJob extends QemuVmJob {
       runs = split(written, this.vmObj.trackedHot, this.left, TRACKED_BLOCK_SIZE, len);
     }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
-    return this.read(runs, buf, fifoPriority, !stopped);
+    if (!stopped) return this.read(runs, buf);
+    return this.read(runs, buf, { fifoPriority, ownThread: STOPPED_READ_OWN_THREAD, timing: this.stoppedReadTiming }, false);
   }
 
   /**
    * The runs (whole blocks) read into buf and named, off the event loop. buf is the caller's until
    * this settles; on a failure, once no thread writes it any more, it goes back to RAM_READS.
    */
-  private async read(runs: WrittenRuns, buf: Buffer, fifoPriority?: number, named = true): Promise<ReadBlocks> {
+  private async read(runs: WrittenRuns, buf: Buffer, opts: { fifoPriority?: number; ownThread?: boolean; timing?: Float64Array } = {}, named = true): Promise<ReadBlocks> {
     const data = buf.subarray(0, runs.bytes);
     const digests = Buffer.allocUnsafe((32 * runs.bytes) / TRACKED_BLOCK_SIZE);
     try {
-      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, fifoPriority);
+      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, opts);
     } catch (e) {
       RAM_READS.give(buf); // settled: the read is over
       throw e;
@@ -450,7 +466,7 @@ export class TrackedJob extends QemuVmJob {
       this.qmpTrace?.stop();
     }
     const report = cutReport(cutUnixUs, Math.max(cutUnixUs, resume.timestampUs || nowUs()));
-    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...readSpans(this.stoppedReadTiming));
     if (at && stopAt !== undefined && stopWrittenAt !== undefined) report.phases.push({ phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) });
     const t0 = this.trace[0]?.[1] ?? 0;
     this.log.debug({ mode: this.opts.mode, memory: MEMORY_TRACKED, pauseMs: Number(report.pauseMs.toFixed(3)), full: this.full, readBytes: this.readBytes, finalBytes: final.data.length, deviceStateBytes: state.length, steps: this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ') }, 'cut done');
