@@ -177,6 +177,8 @@ export class TrackedJob extends QemuVmJob {
   private readonly roundsEnd = new AbortController();
   /** The stopped round's read: submitted, begun on its thread, ended (wall-clock µs; PHASE_RAM_QUEUE, PHASE_RAM_READ). */
   private readonly stoppedReadTiming = new Float64Array(3);
+  /** The rounds with the VM running of the cut (approachCut(), cut()): PHASE_RAM_ROUND (scan and read), PHASE_RAM_PUT. */
+  private readonly roundSpans: PhaseSpan[] = [];
   /** The device state's save, once its `migrate` was written (failCut() ends it before resuming). */
   private saving: Promise<Buffer> | undefined;
 
@@ -267,9 +269,13 @@ export class TrackedJob extends QemuVmJob {
   /** One round with the VM running: the blocks written since the last scan, read and put. */
   private async round(): Promise<void> {
     this.lastRoundAt = performance.now();
+    const began = nowUs();
     const r = await this.readRound();
+    const read = nowUs();
     await this.put(r);
     RAM_READS.give(r.buf);
+    // The rounds of the cut (from approachCut() or cut()) in its trace: read, then put.
+    if (this.phase !== 'begin') this.roundSpans.push({ phase: 'PHASE_RAM_ROUND', startUnixUs: began, endUnixUs: read }, { phase: 'PHASE_RAM_PUT', startUnixUs: read, endUnixUs: nowUs() });
   }
 
   /**
@@ -466,7 +472,7 @@ export class TrackedJob extends QemuVmJob {
       this.qmpTrace?.stop();
     }
     const report = cutReport(cutUnixUs, Math.max(cutUnixUs, resume.timestampUs || nowUs()));
-    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...readSpans(this.stoppedReadTiming));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.roundSpans, ...readSpans(this.stoppedReadTiming));
     if (at && stopAt !== undefined && stopWrittenAt !== undefined) report.phases.push({ phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) });
     const t0 = this.trace[0]?.[1] ?? 0;
     this.log.debug({ mode: this.opts.mode, memory: MEMORY_TRACKED, pauseMs: Number(report.pauseMs.toFixed(3)), full: this.full, readBytes: this.readBytes, finalBytes: final.data.length, deviceStateBytes: state.length, steps: this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ') }, 'cut done');
