@@ -76,6 +76,12 @@ import type { VneTable } from './vne-table';
 import { raiseCutPriority, windowStats, type CutPriorityOptions } from './cut-priority';
 import { LoopStallProbe } from './loop-stall-probe';
 
+/**
+ * How long before a background cut's instant the loop is raised for jobs that take the window
+ * themselves (ownCutWindow): their rounds end 30 ms before it (round-schedule.ts ROUND_LEAD_MS).
+ */
+export const CUT_RAISE_LEAD_MS = 30;
+
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
 export type ProgressSink = (vm: VmProgress) => void;
 
@@ -290,7 +296,17 @@ export class SnapshotRunner {
     // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
     // full speed with the VM running).
     const background = snap.mode === 'background';
-    const normalPriority = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    const agentRaise = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    // Jobs that take the window themselves (ownCutWindow) have it from right before the instant
+    // (raiseBeforeInstant): at the default policy this loop waited for a core for up to 0.45 s
+    // while the other agent's VMs' pauses, boosted, held both, and began its cuts that late.
+    let lateRaise: (() => void) | undefined;
+    const raiseTimer = background && !this.agentWindow(snap) && snap.vms.length > 0 ? this.raiseBeforeInstant(Number(c.cutAtUnixUs ?? 0), (release) => (lateRaise = release)) : undefined;
+    const normalPriority = (): void => {
+      if (raiseTimer) this.o.clock.clearTimeout(raiseTimer);
+      agentRaise();
+      lateRaise?.();
+    };
     this.dropPriority(snap);
     let undrained = snap.vms.length;
     const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
@@ -492,6 +508,18 @@ export class SnapshotRunner {
    * I/O threads behind a `stop`'s flush) waited: 0.9–1.1 s pauses (docs/performance.md, "Tracked
    * memory in bench:snapshot"). Such a job raises the loop from its `stop` to its drain only.
    */
+  /**
+   * The loop raised (cut-priority.ts) CUT_RAISE_LEAD_MS before the instant `atUs` (this agent's
+   * clock), its release handed to `raised`: the timer's handle, or undefined without an instant.
+   * The jobs' rounds end ROUND_LEAD_MS (30 ms) before the instant by their schedule, so the loop
+   * runs realtime only for the cut's own work, as the jobs' windows would from their `stop`.
+   */
+  private raiseBeforeInstant(atUs: number, raised: (release: () => void) => void): TimerHandle | undefined {
+    if (!(atUs > 0)) return undefined;
+    const inMs = Math.max(0, (atUs - this.nowUs()) / 1000 - CUT_RAISE_LEAD_MS);
+    return this.o.clock.setTimeout(() => raised(raiseCutPriority(this.o.cutPriority)), Math.floor(inMs));
+  }
+
   private agentWindow(snap: LocalSnapshot): boolean {
     return snap.mode === 'background' && (snap.vms.length === 0 || snap.vms.some((x) => x.job.ownCutWindow !== true));
   }

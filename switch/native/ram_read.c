@@ -24,8 +24,9 @@
  *        permitted the work runs at the thread's own policy, nothing is raised.
  *        opts.ownThread: the work runs on a thread of its own, created for it, never in libuv's
  *        pool (whose four threads the store's compression, hashing and file I/O share: a read
- *        inside a VM's pause waited behind them), and settles on the loop through a threadsafe
- *        function; where no thread can be created, in the pool. opts.timing (a Float64Array of
+ *        inside a VM's pause waited behind them), created at SCHED_FIFO when fifoPriority asks for
+ *        it (where permitted), and settles on the loop through a threadsafe function; where no
+ *        thread can be created, in the pool. opts.timing (a Float64Array of
  *        at least 3): when the promise settles it holds the wall-clock µs (CLOCK_REALTIME) at
  *        which the work was submitted, began on its thread and ended (the cut trace's
  *        PHASE_RAM_QUEUE and PHASE_RAM_READ).
@@ -208,10 +209,20 @@ static int start_lane(napi_env env, rjob_t *j, napi_value res) {
   if (napi_create_threadsafe_function(env, NULL, NULL, res, 0, 1, NULL, NULL, NULL, lane_settle, &j->tsfn) != napi_ok) return j->tsfn = NULL, 0;
   pthread_attr_t attr;
   pthread_t t;
-  int ok = pthread_attr_init(&attr) == 0;
-  if (ok) {
+  int ok = 0;
+  /* With fifo, the thread is created at SCHED_FIFO (it must not wait for a core to raise itself:
+   * inside a pause the cores are QEMU's and the agents' realtime threads'); where that is not
+   * permitted, at the creator's policy (execute() then tries itself). */
+  for (int explicit_fifo = j->fifo > 0; !ok && explicit_fifo >= 0; explicit_fifo--) {
+    if (pthread_attr_init(&attr) != 0) break;
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 * 1024); /* read_and_hash's iovecs: ~24 KiB */
+    if (explicit_fifo) {
+      struct sched_param sp = {.sched_priority = j->fifo};
+      pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+      pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+      pthread_attr_setschedparam(&attr, &sp);
+    }
     ok = pthread_create(&t, &attr, lane_main, j) == 0;
     pthread_attr_destroy(&attr);
   }
