@@ -292,8 +292,8 @@ export class TrackedJob extends QemuVmJob {
    * blocks (QemuVm.trackedHot) to the stopped round, which reads them with its own
    * (hot-blocks.ts) and makes its own the next job's hot set. The scan runs at the call (before
    * the read, which only begins after it); the read and the blocks' SHA-256s run in the thread
-   * pool (ram-track.ts readBlocks), at `fifoPriority` when given (the stopped round inside a
-   * background cut's window: the priority it had when it ran on the raised loop).
+   * pool (ram-track.ts readBlocks), the stopped round's read on a thread of its own, at
+   * `fifoPriority` when given (the cut window's: it is inside the pause).
    */
   private readRound(stopped = false, fifoPriority?: number): Promise<ReadBlocks> {
     // The stopped round's blocks are named after the resume (finish()): its pause holds the read alone.
@@ -454,12 +454,14 @@ export class TrackedJob extends QemuVmJob {
         hook.catch(() => undefined);
         // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
         // layer, and a disk read still in flight writes guest RAM until then. Its scan runs now,
-        // its read in the thread pool (nothing writes the RAM any more): the loop meanwhile serves
-        // the hook and the agent's other VMs. In a background cut the read keeps the window's
-        // priority the loop has (cut-priority.ts), as when it ran on the loop. Its blocks are
-        // hashed after the resume (finish()), as they were before the rounds left the loop.
+        // its read on a thread of its own (nothing writes the RAM any more): the loop meanwhile
+        // serves the hook and the agent's other VMs. The read runs at the cut window's priority
+        // (cut-priority.ts) in both modes: it is inside the pause, and a pre-copy cut's read at
+        // the default policy, when it read everything since a round the cut did not wait for,
+        // took 28 / 80 / 103 ms (median / p95 / max) against 7 / 15 / 16 raised (docs/performance.md,
+        // branch `cutlane`). Its blocks are hashed after the resume (finish()).
         await stopped;
-        final = await this.readRound(true, loopUp && cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
+        final = await this.readRound(true, cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
         this.mark('read');
         await Promise.all([hook, disk]);
         this.mark('hook');
