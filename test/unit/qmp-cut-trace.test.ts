@@ -70,16 +70,21 @@ describe('QMP cut trace (real unix socket, fake monitor)', () => {
   });
 });
 
+/** The event loop blocked for `ms`. */
+function blockLoop(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    /* blocked */
+  }
+}
+
 describe('event-loop stall probe', () => {
   it('a synchronous 40 ms block of the loop is the longest stall, with its interval; outside the window nothing', async () => {
     const p = LoopStallProbe.start();
     try {
       await until('the probe ticking', () => true, { timeoutMs: 1000, everyMs: 5 });
       const before = nowUs();
-      const end = performance.now() + 40;
-      while (performance.now() < end) {
-        /* the loop is blocked: what a long dataplane batch or a synchronous write does */
-      }
+      blockLoop(40); // what a long dataplane batch or a synchronous write does
       const after = nowUs();
       await until('the probe ticked after the block', () => ((p.longest(before, after)?.endUnixUs ?? 0) >= after ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
       const s = p.longest(before, after) as { startUnixUs: number; endUnixUs: number };
@@ -97,10 +102,7 @@ describe('event-loop stall probe', () => {
     try {
       await until('the probe ticking', () => true, { timeoutMs: 1000, everyMs: 5 });
       const before = nowUs();
-      const end = performance.now() + 30;
-      while (performance.now() < end) {
-        /* blocked */
-      }
+      blockLoop(30);
       const mid = nowUs();
       const keep = Array.from({ length: 200_000 }, (_, i) => ({ i, s: String(i) })); // a heap a full collection takes a while over
       gc();
