@@ -240,7 +240,9 @@ export interface SnapshotJob {
    * raiseCutPriority: from right before its `stop` until its atPause hook has run) and does
    * heavy work with the VM running before it (tracked memory's rounds) that must run at the
    * agent's own priority: the agent then takes no window of its own for the background
-   * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts).
+   * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts), but from
+   * 30 ms before a commit's cut instant (the jobs' rounds end before that: the loop must not wait
+   * for a core at the instant).
    */
   readonly ownCutWindow?: boolean;
   /**
