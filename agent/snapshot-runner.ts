@@ -39,7 +39,10 @@
  *             background mode the event loop runs at a raised scheduling priority (SCHED_FIFO
  *             below QEMU's pause boost) from the begin to the last VM's drain, bounded
  *             (cut-priority.ts), so QEMU's STOP is read as it arrives; the rest of the pause
- *             is QEMU's.
+ *             is QEMU's. Jobs that take the window themselves (ownCutWindow) have it from
+ *             CUT_RAISE_LEAD_MS before the commit's instant instead (raiseBeforeInstant).
+ *             The trace's LOOP_RUNQ and LOOP_GC say what the loop's stalls were (the probe's
+ *             causes).
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
