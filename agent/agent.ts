@@ -174,6 +174,7 @@ export class Agent extends EventEmitter implements Startable {
       ...parts,
       vms: this.vms,
       vnes,
+      loopCauses: true,
       ...(opts.progressIntervalMs !== undefined ? { progressIntervalMs: opts.progressIntervalMs } : {}),
       ...(opts.channelTimeoutMs !== undefined ? { channelTimeoutMs: opts.channelTimeoutMs } : {}),
     });

@@ -17,8 +17,12 @@
  * host without the permission for a realtime policy allows. A snapshot job that does heavy work
  * on this loop with its VM running before its stop (tracked memory's rounds: SnapshotJob
  * ownCutWindow) takes the window itself, from right before its `stop` to its drain, and the
- * agent takes none for it: at a realtime policy that work kept both agents of a 2-core host on
- * their cores for up to the kernel's realtime throttling (snapshot-runner.ts agentWindow()).
+ * agent takes none for it at the begin: at a realtime policy that work kept both agents of a
+ * 2-core host on their cores for up to the kernel's realtime throttling (snapshot-runner.ts
+ * agentWindow()). With a cut instant the runner raises the loop for such jobs 30 ms before it
+ * (after their rounds, by their schedule: snapshot-runner.ts raiseBeforeInstant): at the default
+ * policy the loop waited for a core for up to 0.45 s at the instant, while the other agent's
+ * boosted pauses held both, and began its cuts that late.
  *
  * Guarantees: only the event-loop thread is raised (the libuv pool and the hashing workers keep
  * theirs), and only while a hold is taken; holds nest (two VNEs snapshotting at once), and the

@@ -11,12 +11,43 @@
  * observed (its start is the last tick before it, its end the tick after). The gap still open
  * when it is asked (the loop is running the caller) counts up to now. The probe holds no
  * reference to the process (unref'd timers) and stops itself after maxMs.
+ *
+ * With `causes` (the agent's runner; not with a test's clock) it also says what a stall was:
+ * each stall carries `runqueueUs`, the time the loop's thread waited for a CPU in it (its
+ * /proc/thread-self/schedstat run-queue delay: the thread was runnable but not running — other
+ * threads, a realtime one above all, had the cores), and gcs(from, to) lists V8's collections of
+ * 1 ms or more in the interval (a PerformanceObserver's 'gc' entries, wall-clock). A stall that
+ * is neither is the loop's own work. The causes cost one pread of schedstat a tick.
  */
+import * as fs from 'node:fs';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 import { nowUs } from '../proto/core/clock';
 
 export interface Stall {
   startUnixUs: number;
   endUnixUs: number;
+  /** With causes: µs of the stall the loop's thread waited on a CPU's run queue. */
+  runqueueUs?: number;
+}
+
+/** A collection of V8's, wall-clock µs. */
+export interface GcSpan {
+  startUnixUs: number;
+  endUnixUs: number;
+}
+
+/** GCs shorter than this are not listed. */
+const MIN_GC_US = 1000;
+
+/** The calling thread's cumulative run-queue delay (ns) from its schedstat, read through fd; undefined when unreadable. */
+function runqueueNs(fd: number, buf: Buffer): number | undefined {
+  try {
+    const n = fs.readSync(fd, buf, 0, buf.length, 0);
+    const wait = Number(buf.toString('latin1', 0, n).split(' ')[1]);
+    return Number.isFinite(wait) ? wait : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Gaps shorter than this (the timer's own granularity) are not stalls. */
@@ -27,19 +58,55 @@ export class LoopStallProbe {
   private last: number;
   private timer: NodeJS.Timeout | undefined;
   private readonly stopAt: number;
+  /** With causes: schedstat's descriptor, the run-queue delay (ns) at the last tick, the GCs seen. */
+  private schedFd = -1;
+  private readonly schedBuf = Buffer.alloc(96);
+  private lastWaitNs: number | undefined;
+  private gcObserver: PerformanceObserver | undefined;
+  private readonly gcSpans: GcSpan[] = [];
 
   private constructor(
     private readonly now: () => number,
     maxMs: number,
+    causes: boolean,
   ) {
+    if (causes) this.watchCauses();
     this.last = now();
     this.stopAt = this.last + maxMs * 1000;
     this.arm();
   }
 
-  /** Start probing (stops by itself after maxMs, default 120 s). */
-  static start(opts: { now?: () => number; maxMs?: number } = {}): LoopStallProbe {
-    return new LoopStallProbe(opts.now ?? nowUs, opts.maxMs ?? 120_000);
+  /** Start probing (stops by itself after maxMs, default 120 s); `causes`: see the module comment. */
+  static start(opts: { now?: () => number; maxMs?: number; causes?: boolean } = {}): LoopStallProbe {
+    return new LoopStallProbe(opts.now ?? nowUs, opts.maxMs ?? 120_000, opts.causes ?? false);
+  }
+
+  private watchCauses(): void {
+    try {
+      this.schedFd = fs.openSync('/proc/thread-self/schedstat', 'r');
+      this.lastWaitNs = runqueueNs(this.schedFd, this.schedBuf);
+    } catch {
+      this.schedFd = -1; // no schedstats here: stalls without runqueueUs
+    }
+    const origin = performance.timeOrigin;
+    this.gcObserver = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        if (e.duration * 1000 < MIN_GC_US) continue;
+        const start = Math.round((origin + e.startTime) * 1000);
+        this.gcSpans.push({ startUnixUs: start, endUnixUs: start + Math.round(e.duration * 1000) });
+      }
+    });
+    this.gcObserver.observe({ entryTypes: ['gc'] });
+  }
+
+  /** V8's collections of 1 ms or more overlapping [fromUs, toUs] (with causes; those delivered so far). */
+  gcs(fromUs: number, toUs: number): GcSpan[] {
+    return this.gcSpans.filter((g) => g.endUnixUs > fromUs && g.startUnixUs < toUs);
+  }
+
+  /** The stall still open at `t` (the loop is running its caller: a stall ending then), if any. */
+  openAt(t: number): Stall | undefined {
+    return this.timer && t - this.last >= MIN_STALL_US ? { startUnixUs: this.last, endUnixUs: t } : undefined;
   }
 
   private arm(): void {
@@ -55,8 +122,19 @@ export class LoopStallProbe {
   }
 
   private note(t: number): void {
-    if (t - this.last >= MIN_STALL_US) this.stalls.push({ startUnixUs: this.last, endUnixUs: t });
+    const wait = this.schedFd >= 0 ? runqueueNs(this.schedFd, this.schedBuf) : undefined;
+    if (t - this.last >= MIN_STALL_US) {
+      const stall: Stall = { startUnixUs: this.last, endUnixUs: t };
+      if (wait !== undefined && this.lastWaitNs !== undefined) stall.runqueueUs = Math.round((wait - this.lastWaitNs) / 1000);
+      this.stalls.push(stall);
+    }
     this.last = t;
+    this.lastWaitNs = wait;
+  }
+
+  /** The stall that contains instant t (ended, or still open), if any. */
+  around(t: number): Stall | undefined {
+    return this.stalls.find((s) => s.startUnixUs <= t && t <= s.endUnixUs) ?? this.openAt(t);
   }
 
   /** The longest stall overlapping [fromUs, toUs] (the one still open counts up to now), if any. */
@@ -73,5 +151,9 @@ export class LoopStallProbe {
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.gcObserver?.disconnect();
+    this.gcObserver = undefined;
+    if (this.schedFd >= 0) fs.closeSync(this.schedFd);
+    this.schedFd = -1;
   }
 }

@@ -39,7 +39,10 @@
  *             background mode the event loop runs at a raised scheduling priority (SCHED_FIFO
  *             below QEMU's pause boost) from the begin to the last VM's drain, bounded
  *             (cut-priority.ts), so QEMU's STOP is read as it arrives; the rest of the pause
- *             is QEMU's.
+ *             is QEMU's. Jobs that take the window themselves (ownCutWindow) have it from
+ *             CUT_RAISE_LEAD_MS before the commit's instant instead (raiseBeforeInstant).
+ *             The trace's LOOP_RUNQ and LOOP_GC say what the loop's stalls were (the probe's
+ *             causes).
  *             When each cut settles, the VNE's ports nobody is cutting (outside the snapshot,
  *             or of a VM whose cut failed) pass the cut without a pause, or the switch would
  *             never send its markers.
@@ -76,6 +79,12 @@ import type { VneTable } from './vne-table';
 import { raiseCutPriority, windowStats, type CutPriorityOptions } from './cut-priority';
 import { LoopStallProbe } from './loop-stall-probe';
 
+/**
+ * How long before a background cut's instant the loop is raised for jobs that take the window
+ * themselves (ownCutWindow): their rounds end 30 ms before it (round-schedule.ts ROUND_LEAD_MS).
+ */
+export const CUT_RAISE_LEAD_MS = 30;
+
 /** Where a command's Progress goes (its session link; dropped once that session is gone). */
 export type ProgressSink = (vm: VmProgress) => void;
 
@@ -99,6 +108,29 @@ export interface SnapshotRunnerOptions {
   cutPriority?: CutPriorityOptions;
   /** The longest wait for a commit's cut instant (an instant further ahead is cut then). Default 1000 ms. */
   maxCutWaitMs?: number;
+  /** Trace what the loop's stalls were (run-queue waits, GCs: loop-stall-probe.ts causes); the agent's, not a test clock's. */
+  loopCauses?: boolean;
+}
+
+/**
+ * The loop's side of a VM's cut trace over [fromUs, toUs] (the commit's receipt → the resume):
+ * the longest stall (LOOP_STALL), the stall the cut's begin at `beginUs` fell in when it is
+ * another (also LOOP_STALL: what made the cut begin late), each with its run-queue wait as
+ * LOOP_RUNQ from the stall's start (its length the time the loop's thread waited for a CPU in
+ * it), and V8's collections of 1 ms or more (LOOP_GC), where the probe traces causes.
+ */
+function loopSpans(probe: LoopStallProbe, fromUs: number, toUs: number, beginUs: number): PhaseTiming[] {
+  const out: PhaseTiming[] = [];
+  const longest = probe.longest(fromUs, toUs);
+  const atBegin = probe.around(beginUs);
+  const stalls = atBegin && atBegin.startUnixUs !== longest?.startUnixUs ? [longest, atBegin] : [longest];
+  for (const st of stalls) {
+    if (!st) continue;
+    out.push({ phase: 'PHASE_LOOP_STALL', startUnixUs: st.startUnixUs, endUnixUs: st.endUnixUs });
+    if ((st.runqueueUs ?? 0) >= 500) out.push({ phase: 'PHASE_LOOP_RUNQ', startUnixUs: st.startUnixUs, endUnixUs: st.startUnixUs + (st.runqueueUs as number) });
+  }
+  for (const g of probe.gcs(fromUs, toUs)) out.push({ phase: 'PHASE_LOOP_GC', ...g });
+  return out;
 }
 
 interface SnapVm {
@@ -259,7 +291,7 @@ export class SnapshotRunner {
     if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
-    const probe = LoopStallProbe.start({ now: this.nowUs });
+    const probe = LoopStallProbe.start({ now: this.nowUs, causes: this.o.loopCauses === true });
     // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
     // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
     // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
@@ -267,7 +299,17 @@ export class SnapshotRunner {
     // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
     // full speed with the VM running).
     const background = snap.mode === 'background';
-    const normalPriority = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    const agentRaise = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    // Jobs that take the window themselves (ownCutWindow) have it from right before the instant
+    // (raiseBeforeInstant): at the default policy this loop waited for a core for up to 0.45 s
+    // while the other agent's VMs' pauses, boosted, held both, and began its cuts that late.
+    let lateRaise: (() => void) | undefined;
+    const raiseTimer = background && !this.agentWindow(snap) && snap.vms.length > 0 ? this.raiseBeforeInstant(Number(c.cutAtUnixUs ?? 0), (release) => (lateRaise = release)) : undefined;
+    const normalPriority = (): void => {
+      if (raiseTimer) this.o.clock.clearTimeout(raiseTimer);
+      agentRaise();
+      lateRaise?.();
+    };
     this.dropPriority(snap);
     let undrained = snap.vms.length;
     const drained = background ? () => void (--undrained === 0 && setImmediate(normalPriority)) : () => undefined;
@@ -349,8 +391,8 @@ export class SnapshotRunner {
         }
       }, instant),
     )) as CutReport;
-    const stall = probe.longest(Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs)));
-    if (stall) trace.push({ phase: 'PHASE_LOOP_STALL', ...stall });
+    const [from, to] = [Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs))];
+    trace.push(...loopSpans(probe, from, to, Number((shared[1] ?? commit).endUnixUs)));
     sv.cut = report;
     sv.trace = trace;
     const m = this.o.metrics;
@@ -469,6 +511,18 @@ export class SnapshotRunner {
    * I/O threads behind a `stop`'s flush) waited: 0.9–1.1 s pauses (docs/performance.md, "Tracked
    * memory in bench:snapshot"). Such a job raises the loop from its `stop` to its drain only.
    */
+  /**
+   * The loop raised (cut-priority.ts) CUT_RAISE_LEAD_MS before the instant `atUs` (this agent's
+   * clock), its release handed to `raised`: the timer's handle, or undefined without an instant.
+   * The jobs' rounds end ROUND_LEAD_MS (30 ms) before the instant by their schedule, so the loop
+   * runs realtime only for the cut's own work, as the jobs' windows would from their `stop`.
+   */
+  private raiseBeforeInstant(atUs: number, raised: (release: () => void) => void): TimerHandle | undefined {
+    if (!(atUs > 0)) return undefined;
+    const inMs = Math.max(0, (atUs - this.nowUs()) / 1000 - CUT_RAISE_LEAD_MS);
+    return this.o.clock.setTimeout(() => raised(raiseCutPriority(this.o.cutPriority)), Math.floor(inMs));
+  }
+
   private agentWindow(snap: LocalSnapshot): boolean {
     return snap.mode === 'background' && (snap.vms.length === 0 || snap.vms.some((x) => x.job.ownCutWindow !== true));
   }

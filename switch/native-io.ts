@@ -244,12 +244,15 @@ export interface NativeIo {
    * SHA-256 of each `blockSize` bytes copied (from offset on; a whole number of blocks) into
    * digests[32*i, 32*i+32): the SHA extensions where this CPU has them, else portable C
    * (`portable` forces it); digests null reads alone, nothing hashed; `fifoPriority` runs the work at SCHED_FIFO at that priority (1-99)
-   * where permitted, the pool thread's own policy put back after it. Resolves with the bytes copied. buf and digests belong to the call
+   * where permitted, the pool thread's own policy put back after it; `ownThread` runs it on a
+   * thread created for it instead of the pool (never queued behind the pool's other work; the
+   * pool where no thread can be made); `timing` (3 values or more) holds, once the promise
+   * settled, the wall-clock µs the work was submitted, began and ended. Resolves with the bytes copied. buf and digests belong to the call
    * until the promise settles, also when it rejects: neither read, written nor reused before.
    * Arguments are checked at the call (thrown); a refused or short copy (a range not mapped)
    * rejects with ERR_NATIVE_IO naming the range.
    */
-  readProcessBlocks(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number, blockSize: number, digests: Buffer | null, opts?: { portable?: boolean; fifoPriority?: number }): Promise<number>;
+  readProcessBlocks(pid: number, ranges: Float64Array, count: number, buf: Buffer, offset: number, blockSize: number, digests: Buffer | null, opts?: ReadBlocksOptions): Promise<number>;
   /**
    * The SHA-256 of each `blockSize` bytes of data (a whole number of blocks) into
    * digests[32*i, 32*i+32), in the thread pool as readProcessBlocks hashes; resolves with data's
@@ -258,11 +261,19 @@ export interface NativeIo {
   sha256Blocks(data: Buffer, blockSize: number, digests: Buffer, opts?: { portable?: boolean }): Promise<number>;
 }
 
+/** readProcessBlocks' options (native/ram_read.c). */
+export interface ReadBlocksOptions {
+  portable?: boolean;
+  fifoPriority?: number;
+  ownThread?: boolean;
+  timing?: Float64Array;
+}
+
 /**
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 9;
+export const NATIVE_INTERFACE_VERSION = 10;
 
 let loaded: NativeIo | undefined;
 

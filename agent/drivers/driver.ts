@@ -240,16 +240,19 @@ export interface SnapshotJob {
    * raiseCutPriority: from right before its `stop` until its atPause hook has run) and does
    * heavy work with the VM running before it (tracked memory's rounds) that must run at the
    * agent's own priority: the agent then takes no window of its own for the background
-   * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts).
+   * snapshot of a VM set whose jobs all say so (snapshot-runner.ts, cut-priority.ts), but from
+   * 30 ms before a commit's cut instant (the jobs' rounds end before that: the loop must not wait
+   * for a core at the instant).
    */
   readonly ownCutWindow?: boolean;
   /**
    * A job whose work before its `stop` can run outside the cut (tracked memory's rounds): called
    * at the commit's receipt with the commit's instant, before the agent waits for it and before
    * the VM's ports are gated; the job starts that work with the VM running, to end before the
-   * instant, and the cut() called at the instant (without `at`) writes `stop` at once, or once
-   * the work is done if it ran late. A failure of the work is cut()'s to report; an abort ends
-   * it. The agent calls it in background mode, and in pre-copy mode when every job of the
+   * instant, and the cut() called at the instant (without `at`) writes `stop` at once, also when
+   * the work ran late: work still running then ends by itself, what it would have taken being
+   * the cut's (tracked memory: the stopped round reads what was written since the running
+   * round's scan), and a failure of it is the snapshot's (durable() rejects). An abort ends it. The agent calls it in background mode, and in pre-copy mode when every job of the
    * snapshot here has it (snapshot-runner.ts commit()); a job without it gets the instant with
    * cut().
    */

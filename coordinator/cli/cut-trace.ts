@@ -1,6 +1,6 @@
 /**
  * A VM's cut trace (the phases its agent records around the cut: PHASE_COMMIT, PHASE_CUT_AT, PHASE_DRAIN,
- * PHASE_LOOP_STALL, PHASE_QMP_*, PHASE_EVENT_*; types.proto) told apart from a snapshot's own
+ * PHASE_LOOP_*, PHASE_QMP_*, PHASE_EVENT_*, PHASE_RAM_*; types.proto) told apart from a snapshot's own
  * steps, and written as one line of text with every span in ms relative to the VM's cut:
  *
  *   pause 0…+21.4, event_stop 0…+0.3, qmp_stop -0.2…+0.4, drain +0.5…+1.1, loop_stall +1.0…+18.9, …
@@ -17,7 +17,7 @@ function shortEnum(phase: string): string {
 /** The phases a cut trace adds (short names, as shortEnum gives them). */
 export function isTracePhase(phase: string): boolean {
   const p = shortEnum(phase);
-  return p === 'COMMIT' || p === 'CUT_AT' || p === 'DRAIN' || p === 'LOOP_STALL' || p.startsWith('QMP_') || p.startsWith('EVENT_');
+  return p === 'COMMIT' || p === 'CUT_AT' || p === 'DRAIN' || p.startsWith('LOOP_') || p.startsWith('QMP_') || p.startsWith('EVENT_') || p.startsWith('RAM_');
 }
 
 interface TracedVm {

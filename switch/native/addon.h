@@ -38,8 +38,9 @@ struct send_arena;
  * 8: the RAM write tracking of ram_track.c.
  * 9: readProcessBlocks, sha256Blocks (a tracked round's read and its blocks' SHA-256s in the thread
  *    pool: ram_read.c).
+ * 10: readProcessBlocks' opts.ownThread (a thread of its own, not the pool) and opts.timing.
  */
-#define VNSNAP_IO_INTERFACE_VERSION 9
+#define VNSNAP_IO_INTERFACE_VERSION 10
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)

@@ -22,6 +22,14 @@
  *        SCHED_FIFO at that priority and puts its own policy back after it (a read inside a VM's
  *        pause, at the agent's cut window's priority: agent/cut-priority.ts); where that is not
  *        permitted the work runs at the thread's own policy, nothing is raised.
+ *        opts.ownThread: the work runs on a thread of its own, created for it, never in libuv's
+ *        pool (whose four threads the store's compression, hashing and file I/O share: a read
+ *        inside a VM's pause waited behind them), created at SCHED_FIFO when fifoPriority asks for
+ *        it (where permitted), and settles on the loop through a threadsafe function; where no
+ *        thread can be created, in the pool. opts.timing (a Float64Array of
+ *        at least 3): when the promise settles it holds the wall-clock µs (CLOCK_REALTIME) at
+ *        which the work was submitted, began on its thread and ended (the cut trace's
+ *        PHASE_RAM_QUEUE and PHASE_RAM_READ).
  *
  *   sha256Blocks(data: Buffer, blockSize: number, digests: Buffer, opts?: { portable?: boolean }): Promise<number>
  *        the SHA-256 of each blockSize bytes of data (a whole number of blocks) into digests, in
@@ -39,11 +47,13 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "addon.h"
 #include "napi_util.h"
@@ -57,8 +67,11 @@
 
 typedef struct {
   napi_async_work work;
+  napi_threadsafe_function tsfn; /* opts.ownThread: its thread's way back to the loop */
   napi_deferred deferred;
-  napi_ref buf_ref, digests_ref;
+  napi_ref buf_ref, digests_ref, timing_ref;
+  double *timing;  /* opts.timing's storage (referenced by timing_ref), NULL */
+  double times[3]; /* submitted, begun, ended: wall-clock µs */
   pid_t pid;
   uint64_t *ranges; /* (address, length) pairs, copied at the call */
   size_t count;
@@ -76,6 +89,7 @@ typedef struct {
 static void rjob_free(napi_env env, rjob_t *j) {
   if (j->buf_ref) napi_delete_reference(env, j->buf_ref);
   if (j->digests_ref) napi_delete_reference(env, j->digests_ref);
+  if (j->timing_ref) napi_delete_reference(env, j->timing_ref);
   if (j->work) napi_delete_async_work(env, j->work);
   free(j->ranges);
   free(j);
@@ -95,10 +109,18 @@ static void hash_blocks(rjob_t *j, size_t from, size_t to) {
 
 static void read_and_hash(rjob_t *j);
 
+/* Wall-clock µs (the cut trace's clock: CLOCK_REALTIME, as Date.now()). */
+static double wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
 /* The work at j->fifo's priority when asked and permitted, the pool thread's policy put back after it. */
 static void execute(napi_env env, void *data) {
   (void)env;
   rjob_t *j = data;
+  j->times[1] = wall_us();
   struct sched_param was = {0}, fifo = {.sched_priority = j->fifo};
   int policy = j->fifo ? sched_getscheduler(0) : -1;
   int raised = policy >= 0 && sched_getparam(0, &was) == 0 && sched_setscheduler(0, SCHED_FIFO, &fifo) == 0;
@@ -106,6 +128,7 @@ static void execute(napi_env env, void *data) {
   if (j->hash_only) hash_blocks(j, 0, j->total / j->block);
   else read_and_hash(j);
   if (raised) sched_setscheduler(0, policy, &was);
+  j->times[2] = wall_us();
 }
 
 static void read_and_hash(rjob_t *j) {
@@ -143,6 +166,7 @@ static void read_and_hash(rjob_t *j) {
 
 static void complete(napi_env env, napi_status status, void *data) {
   rjob_t *j = data;
+  if (j->timing) memcpy(j->timing, j->times, sizeof j->times);
   char op[96];
   snprintf(op, sizeof op, "readProcessBlocks(%d, range %zu)", (int)j->pid, j->bad);
   if (status != napi_ok) {
@@ -161,13 +185,66 @@ static void complete(napi_env env, napi_status status, void *data) {
   rjob_free(env, j);
 }
 
-/* j queued with buf and digests (digests may be NULL) referenced until it settles; its promise. */
-static napi_value queue(napi_env env, rjob_t *j, napi_value buf, napi_value digests, const char *name) {
+/* The settling of an ownThread job, on the loop (env NULL: the environment is going away). */
+static void lane_settle(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)context;
+  rjob_t *j = data;
+  if (env) complete(env, napi_ok, j);
+  else free(j->ranges), free(j);
+}
+
+/* An ownThread job's thread: the work, then its settling queued to the loop and the tsfn let go. */
+static void *lane_main(void *data) {
+  rjob_t *j = data;
+  napi_threadsafe_function tsfn = j->tsfn;
+  execute(NULL, j);
+  napi_call_threadsafe_function(tsfn, j, napi_tsfn_blocking);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+/* j on a thread of its own (1), or 0 when none could be made (nothing left behind: the pool's then). */
+static int start_lane(napi_env env, rjob_t *j, napi_value res) {
+  if (napi_create_threadsafe_function(env, NULL, NULL, res, 0, 1, NULL, NULL, NULL, lane_settle, &j->tsfn) != napi_ok) return j->tsfn = NULL, 0;
+  pthread_attr_t attr;
+  pthread_t t;
+  int ok = 0;
+  /* With fifo, the thread is created at SCHED_FIFO (it must not wait for a core to raise itself:
+   * inside a pause the cores are QEMU's and the agents' realtime threads'); where that is not
+   * permitted, at the creator's policy (execute() then tries itself). */
+  for (int explicit_fifo = j->fifo > 0; !ok && explicit_fifo >= 0; explicit_fifo--) {
+    if (pthread_attr_init(&attr) != 0) break;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024); /* read_and_hash's iovecs: ~24 KiB */
+    if (explicit_fifo) {
+      struct sched_param sp = {.sched_priority = j->fifo};
+      pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+      pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+      pthread_attr_setschedparam(&attr, &sp);
+    }
+    ok = pthread_create(&t, &attr, lane_main, j) == 0;
+    pthread_attr_destroy(&attr);
+  }
+  if (ok) return 1;
+  napi_release_threadsafe_function(j->tsfn, napi_tsfn_abort);
+  j->tsfn = NULL;
+  return 0;
+}
+
+/*
+ * j started with buf, digests and timing (each may be NULL but buf) referenced until it settles,
+ * on its own thread when own_thread (and one can be made), else queued to the pool; its promise.
+ */
+static napi_value queue(napi_env env, rjob_t *j, napi_value buf, napi_value digests, napi_value timing, int own_thread, const char *name) {
   napi_value promise = NULL, res;
   napi_status st = napi_create_reference(env, buf, 1, &j->buf_ref);
   if (st == napi_ok && digests) st = napi_create_reference(env, digests, 1, &j->digests_ref);
+  if (st == napi_ok && timing) st = napi_create_reference(env, timing, 1, &j->timing_ref);
   if (st == napi_ok) st = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &res);
   if (st == napi_ok) st = napi_create_promise(env, &j->deferred, &promise);
+  j->times[0] = wall_us();
+  if (st == napi_ok && own_thread && start_lane(env, j, res)) return promise;
   if (st == napi_ok) st = napi_create_async_work(env, NULL, res, execute, complete, j, &j->work);
   if (st == napi_ok) st = napi_queue_async_work(env, j->work);
   if (st == napi_ok) return promise;
@@ -231,7 +308,22 @@ napi_value ReadProcessBlocks(napi_env env, napi_callback_info info) {
     return NULL;
   }
   j->fifo = (int)fifo;
-  return queue(env, j, argv[3], digests ? argv[6] : NULL, "readProcessBlocks");
+  napi_value tv = NULL;
+  if (opt_prop(env, argv[7], "timing", &tv)) {
+    size_t tlen;
+    if (!arg_f64array(env, tv, &j->timing, &tlen, "readProcessBlocks: opts.timing")) {
+      rjob_free(env, j);
+      return NULL;
+    }
+    if (tlen < 3) {
+      rjob_free(env, j);
+      throw_range(env, "readProcessBlocks: opts.timing holds %zu values, 3 are written", tlen);
+      return NULL;
+    }
+  } else {
+    tv = NULL;
+  }
+  return queue(env, j, argv[3], digests ? argv[6] : NULL, tv, opt_bool(env, argv[7], "ownThread"), "readProcessBlocks");
 }
 
 napi_value Sha256Blocks(napi_env env, napi_callback_info info) {
@@ -261,5 +353,5 @@ napi_value Sha256Blocks(napi_env env, napi_callback_info info) {
   j->total = len;
   j->block = (size_t)block;
   j->portable = opt_bool(env, argv[3], "portable");
-  return queue(env, j, argv[0], argv[2], "sha256Blocks");
+  return queue(env, j, argv[0], argv[2], NULL, 0, "sha256Blocks");
 }

@@ -4,7 +4,7 @@ import { cutPriorityHolds, cutPrioritySettled } from '../../agent/cut-priority';
 import { decodeChannel } from '../../proto/artefacts/channel-state';
 import { isVnsnapError, VnsnapError } from '../../proto/core/errors';
 import type { SnapshotBegin__Output } from '../../proto/gen/vnsnap/v1/SnapshotBegin';
-import { cutAtWords, cutInstant } from '../../agent/snapshot-runner';
+import { CUT_RAISE_LEAD_MS, cutAtWords, cutInstant } from '../../agent/snapshot-runner';
 import type { PhaseTiming } from '../../proto/gen/vnsnap/v1/PhaseTiming';
 import { AgentParts, flush, T0, testFrame, VNE } from '../support/agent-parts';
 import type { FakeJob } from '../support/fake-driver';
@@ -216,6 +216,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.ok(cut.indexOf('chrt --fifo') > cut.indexOf('pause a'), 'raised only once a VM was paused');
     await h.snapshots.persist({ snapshotId: 's21' });
 
+
     // A pre-copy: the jobs raise nothing (their windows are background cuts' only).
     await h.snapshots.begin(begin('s22', 2, ['a']), h.sink);
     await h.snapshots.commit({ snapshotId: 's22' });
@@ -232,6 +233,26 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     await cutPrioritySettled();
     assert.equal(cutPriorityHolds(), 0);
     assert.deepEqual(events(), ['pause a', 'atPause a', 'resume a', 'chrt --other']);
+    // With an instant: the loop raised CUT_RAISE_LEAD_MS before it (not at the receipt), dropped after the last pause.
+    h.driver.ownCutWindow = true;
+    await h.snapshots.begin(begin('s24', 4, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
+    events();
+    const rx = h.clock.now() * 1000;
+    const p = h.snapshots.commit({ snapshotId: 's24', sentUnixUs: rx - 2000, cutAtUnixUs: rx + 100_000 });
+    await flush();
+    h.clock.advance(100 - CUT_RAISE_LEAD_MS - 1);
+    await flush();
+    assert.deepEqual(events().filter((e) => e.startsWith('chrt')), [], 'not raised at the receipt');
+    h.clock.advance(1);
+    await cutPrioritySettled();
+    assert.deepEqual(events().filter((e) => e.startsWith('chrt') || e.startsWith('pause')), ['chrt --fifo'], `raised ${CUT_RAISE_LEAD_MS} ms before the instant, nothing paused yet`);
+    assert.equal(cutPriorityHolds(), 1);
+    h.clock.advance(CUT_RAISE_LEAD_MS);
+    await p;
+    await cutPrioritySettled();
+    assert.equal(cutPriorityHolds(), 0, 'every hold released after the cut');
+    assert.equal(events().at(-1), 'chrt --other');
+    await h.snapshots.persist({ snapshotId: 's24' });
   });
 
   it("the cut trace: COMMIT from the coordinator's send instant to the receipt (receipt alone from an older coordinator), DRAIN while the VM is paused, no stall on a clock that does not move", async () => {

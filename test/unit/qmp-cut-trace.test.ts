@@ -1,4 +1,7 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 import { CutQmpTrace, qmpPhase } from '../../agent/drivers/qemu/cut-qmp-trace';
 import type { QmpClient, QmpRoundTrip } from '../../agent/drivers/qemu/qmp';
 import { LoopStallProbe } from '../../agent/loop-stall-probe';
@@ -67,22 +70,56 @@ describe('QMP cut trace (real unix socket, fake monitor)', () => {
   });
 });
 
+/** The event loop blocked for `ms`. */
+function blockLoop(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    /* blocked */
+  }
+}
+
 describe('event-loop stall probe', () => {
   it('a synchronous 40 ms block of the loop is the longest stall, with its interval; outside the window nothing', async () => {
     const p = LoopStallProbe.start();
     try {
       await until('the probe ticking', () => true, { timeoutMs: 1000, everyMs: 5 });
       const before = nowUs();
-      const end = performance.now() + 40;
-      while (performance.now() < end) {
-        /* the loop is blocked: what a long dataplane batch or a synchronous write does */
-      }
+      blockLoop(40); // what a long dataplane batch or a synchronous write does
       const after = nowUs();
       await until('the probe ticked after the block', () => ((p.longest(before, after)?.endUnixUs ?? 0) >= after ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
       const s = p.longest(before, after) as { startUnixUs: number; endUnixUs: number };
       assert.ok(s.endUnixUs - s.startUnixUs >= 40_000, `stall of ${s.endUnixUs - s.startUnixUs} µs`);
       assert.ok(s.startUnixUs <= before + 1000 && s.endUnixUs >= after, JSON.stringify({ s, before, after }));
       assert.equal(p.longest(0, s.startUnixUs - 1_000_000), undefined);
+    } finally {
+      p.stop();
+    }
+  });
+  it('with causes: a stall carries its run-queue wait (at most its length), around() finds the stall an instant fell in, and a full collection is listed', async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const p = LoopStallProbe.start({ causes: true });
+    try {
+      await until('the probe ticking', () => true, { timeoutMs: 1000, everyMs: 5 });
+      const before = nowUs();
+      blockLoop(30);
+      const mid = nowUs();
+      const keep = Array.from({ length: 200_000 }, (_, i) => ({ i, s: String(i) })); // a heap a full collection takes a while over
+      gc();
+      const after = nowUs();
+      await until('the probe ticked after the block', () => ((p.longest(before, after)?.endUnixUs ?? 0) >= after ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
+      const s = p.around(mid);
+      assert.ok(s && s.startUnixUs <= mid && s.endUnixUs >= mid, JSON.stringify(s));
+      if (fs.existsSync('/proc/thread-self/schedstat')) {
+        // Once the probe's next tick closed the stall, it carries its wait.
+        const closed = await until('the stall closed with its run-queue wait', () => p.around(mid)?.runqueueUs !== undefined ? p.around(mid) : undefined, { timeoutMs: 2000, everyMs: 5 });
+        assert.ok((closed.runqueueUs as number) >= 0 && (closed.runqueueUs as number) <= closed.endUnixUs - closed.startUnixUs, JSON.stringify(closed));
+      }
+      await until('the collection observed', () => (p.gcs(before, nowUs()).length > 0 ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
+      const g = p.gcs(before, nowUs()).find((x) => x.startUnixUs >= mid - 1000) as { startUnixUs: number; endUnixUs: number };
+      assert.ok(g && g.endUnixUs - g.startUnixUs >= 1000 && g.endUnixUs <= nowUs(), JSON.stringify(p.gcs(before, nowUs())));
+      assert.equal(keep.length, 200_000);
+      assert.equal(p.around(before - 10_000_000), undefined);
     } finally {
       p.stop();
     }

@@ -5,12 +5,13 @@
  * which nothing writes), every digest equals node:crypto's over the bytes left in the buffer —
  * with the SHA extensions and the portable code, at block sizes around SHA-256's 64-byte block
  * and with ranges that do not fall on block boundaries; a read without digests reads alone and
- * sha256Blocks names its blocks afterwards alike — and a failure rejects with
- * ERR_NATIVE_IO naming the range, a bad argument throws at the call.
+ * sha256Blocks names its blocks afterwards alike; with ownThread the read runs and settles while
+ * every pool thread is busy (without it, it waits for one: its timing says when it began) — and a
+ * failure rejects with ERR_NATIVE_IO naming the range, a bad argument throws at the call.
  */
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, pbkdf2 } from 'node:crypto';
 import * as fs from 'node:fs';
 import { nativeIo, type NativeIo } from '../../switch/native-io';
 
@@ -203,5 +204,32 @@ describe('readProcessBlocks: a process\'s memory and its blocks\' SHA-256s off t
         return true;
       });
     }
+  });
+  it('ownThread: reads on a thread of its own while the pool is busy; timing says when it was submitted, began and ended', async function () {
+    const block = 64 * 1024;
+    const ranges = Float64Array.of(code.start, 8 * block);
+    const want = viaProcMem([code.start, 8 * block]);
+    // Every pool thread (at most UV_THREADPOOL_SIZE, default 4; 8 here are more than that) busy for a while.
+    let poolDone = 0;
+    let firstPoolEnd = 0;
+    const iterations = 150_000;
+    const busy = Array.from({ length: 8 }, () => new Promise<void>((resolve, reject) => pbkdf2('p', 's', iterations, 32, 'sha256', (e) => (e ? reject(e) : (poolDone++, (firstPoolEnd ||= Date.now() * 1000), resolve())))));
+    const own = new Float64Array(3);
+    const buf = Buffer.alloc(8 * block);
+    const digests = Buffer.alloc(8 * 32);
+    const before = Date.now() * 1000;
+    assert.equal(await io.readProcessBlocks(process.pid, ranges, 1, buf, 0, block, digests, { ownThread: true, timing: own }), 8 * block);
+    assert.equal(poolDone, 0, 'settled before any of the pool\'s work ended');
+    assert.ok(buf.equals(want));
+    for (let i = 0; i < 8; i++) assert.equal(digests.toString('hex', 32 * i, 32 * i + 32), sha(want.subarray(i * block, (i + 1) * block)));
+    const [submitted, begun, ended] = [...own] as [number, number, number];
+    assert.ok(submitted >= before - 5000 && submitted <= begun && begun <= ended && ended <= Date.now() * 1000 + 5000, `timing ${[...own].join(' ')}`);
+    // Without it the read queues behind the pool's work: it begins only once a thread is free.
+    const pooled = new Float64Array(3);
+    await io.readProcessBlocks(process.pid, ranges, 1, Buffer.alloc(8 * block), 0, block, null, { timing: pooled });
+    assert.ok(firstPoolEnd > 0 && (pooled[1] as number) >= firstPoolEnd - 2000, `began ${pooled[1]} µs, the pool's first work ended ${firstPoolEnd}`);
+    await Promise.all(busy);
+    assert.throws(() => io.readProcessBlocks(process.pid, ranges, 1, buf, 0, block, null, { timing: new Float64Array(2) }), /opts.timing holds 2 values/);
+    assert.throws(() => io.readProcessBlocks(process.pid, ranges, 1, buf, 0, block, null, { timing: [0, 0, 0] as unknown as Float64Array }), /opts.timing must be a Float64Array/);
   });
 });

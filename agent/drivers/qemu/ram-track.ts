@@ -30,7 +30,7 @@
 import * as fs from 'node:fs';
 
 import { VnsnapError } from '../../../proto/core/errors';
-import { nativeIo, type NativeIo } from '../../../switch/native-io';
+import { nativeIo, type NativeIo, type ReadBlocksOptions } from '../../../switch/native-io';
 import { builtProgram } from '../exec';
 
 /** The RAM backend's id: the RAM block QEMU names when given `-m` alone. */
@@ -173,12 +173,14 @@ export class RamWriteTracker {
    * each `blockSize` bytes read into digests[32*i, 32*i+32) (the runs a whole number of blocks):
    * the contents at the time of the read, and each digest of exactly the bytes left in buf. buf
    * and digests belong to the read until the promise settles, also when it rejects. With
-   * `fifoPriority` the pool thread reads at SCHED_FIFO at that priority where permitted; with
-   * digests null it only reads (hashBlocks names the blocks later).
+   * `fifoPriority` the reading thread runs at SCHED_FIFO at that priority where permitted; with
+   * `ownThread` it is a thread of its own, not one of the pool's (a read inside a pause must not
+   * queue behind the store's work); `timing` receives the submit / begin / end instants;
+   * with digests null it only reads (hashBlocks names the blocks later).
    */
-  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer | null, fifoPriority?: number): Promise<number> {
+  readBlocks(runs: WrittenRuns, buf: Buffer, blockSize: number, digests: Buffer | null, opts: Omit<ReadBlocksOptions, 'portable'> = {}): Promise<number> {
     this.check();
-    return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests, fifoPriority === undefined ? {} : { fifoPriority });
+    return this.io.readProcessBlocks(this.pid, this.absolute(runs), runs.count, buf, 0, blockSize, digests, opts);
   }
 
   /** The SHA-256s readBlocks gives, of blocks read without them (digests null), in the thread pool. */

@@ -17,10 +17,11 @@
  *   approach (approachCut(), at the commit's receipt when it names an instant, both modes):
  *          rounds with the VM running and its ports not gated, on round-schedule.ts's schedule,
  *          the last ending before the instant; the agent cuts at the instant.
- *   cut:   the approach's rounds awaited (run late: the `stop` waits for them); without them
- *          another round with the VM running unless the last is younger than FRESH_ROUND_MS
- *          (with an instant given to cut() itself: rounds until it, then the `stop` written at
- *          it) ─► `stop`, blockdev-snapshot and the device state's `migrate` back to back
+ *   cut:   the approach's rounds ended, one still running not waited for (its scan is done:
+ *          what was written since is the stopped round's; finish() awaits its puts before the
+ *          stopped round's); without them another round with the VM running unless the last is
+ *          younger than FRESH_ROUND_MS (with an instant given to cut() itself: rounds until it,
+ *          then the `stop` written at it) ─► `stop`, blockdev-snapshot and the device state's `migrate` back to back
  *          (device-state.ts: QEMU saves the devices alone once the VM is stopped and the disk
  *          frozen, without resuming it) ─► STOP (the cut instant) ─► atPause() (the switch's
  *          drain), and beside it, once QEMU answered `stop` (it drains in-flight disk I/O into
@@ -50,7 +51,9 @@
  *          the frozen disk stored (disk-layers.ts).
  *
  * Off the event loop: a round's read and its blocks' SHA-256s run in libuv's thread pool
- * (ram-track.ts readBlocks, switch/native/ram_read.c), not on the agent's loop, which an agent's
+ * (ram-track.ts readBlocks, switch/native/ram_read.c) — the stopped round's read on a thread of
+ * its own, never queued behind the pool's other work (the store's compression, another VM's
+ * round) while the VM is paused —, not on the agent's loop, which an agent's
  * other VMs' cuts share (their `stop`, STOP/RESUME, the switch's drain): a distro guest's round
  * held it for up to 527 ms (docs/performance.md, issue 15). The round's scan runs before its read
  * begins (at the call); the stopped round's scan and read begin only after QEMU answered `stop`;
@@ -81,7 +84,7 @@ import { nowUs } from '../../../proto/core/clock';
 import { describeError, isVnsnapError, VnsnapError } from '../../../proto/core/errors';
 import type { BlockImageWriter, StoredArtefact } from '../../../proto/store/snapshot-store';
 import { SpareBuffers } from '../../../proto/store/spare-buffers';
-import type { CutInstant, CutReport, SnapshotOptions, VmImage } from '../driver';
+import type { CutInstant, CutReport, PhaseSpan, SnapshotOptions, VmImage } from '../driver';
 import { cutReport, perfAt } from '../job';
 import { QemuVmJob } from './vm-job';
 import { holdStoreWrites } from '../image-stream';
@@ -141,6 +144,23 @@ interface ReadBlocks {
  */
 const RAM_READS = new SpareBuffers(4);
 
+/**
+ * The stopped round's read on a thread of its own rather than the pool's: in the pool it waited,
+ * inside the pause, for a thread the store's compression or another VM's round held
+ * (docs/incremental-memory.md, "Off the agent's event loop", says what was measured).
+ */
+const STOPPED_READ_OWN_THREAD = true;
+
+/** The stopped round's read as cut-trace spans: waiting for its thread (RAM_QUEUE), reading (RAM_READ). */
+function readSpans(t: Float64Array): PhaseSpan[] {
+  const [submitted, begun, ended] = [Math.round(t[0] as number), Math.round(t[1] as number), Math.round(t[2] as number)];
+  if (!(submitted > 0 && begun >= submitted && ended >= begun)) return [];
+  return [
+    { phase: 'PHASE_RAM_QUEUE', startUnixUs: submitted, endUnixUs: begun },
+    { phase: 'PHASE_RAM_READ', startUnixUs: begun, endUnixUs: ended },
+  ];
+}
+
 export class TrackedJob extends QemuVmJob {
   /** Its rounds run at the agent's own priority; the loop is raised for the pause alone (cut()). */
   readonly ownCutWindow = true;
@@ -162,6 +182,12 @@ export class TrackedJob extends QemuVmJob {
   /** The rounds begun by approachCut() (a failure of them is cut()'s), and what ends their waits on an abort. */
   private approaching: Promise<void> | undefined;
   private readonly roundsEnd = new AbortController();
+  /** Aborted by cut(): the approach's rounds begin no other (the one running ends by itself). */
+  private readonly roundsCut = new AbortController();
+  /** The stopped round's read: submitted, begun on its thread, ended (wall-clock µs; PHASE_RAM_QUEUE, PHASE_RAM_READ). */
+  private readonly stoppedReadTiming = new Float64Array(3);
+  /** The rounds with the VM running of the cut (approachCut(), cut()): PHASE_RAM_ROUND (scan and read), PHASE_RAM_PUT. */
+  private readonly roundSpans: PhaseSpan[] = [];
   /** The device state's save, once its `migrate` was written (failCut() ends it before resuming). */
   private saving: Promise<Buffer> | undefined;
 
@@ -252,9 +278,13 @@ export class TrackedJob extends QemuVmJob {
   /** One round with the VM running: the blocks written since the last scan, read and put. */
   private async round(): Promise<void> {
     this.lastRoundAt = performance.now();
+    const began = nowUs();
     const r = await this.readRound();
+    const read = nowUs();
     await this.put(r);
     RAM_READS.give(r.buf);
+    // The rounds of the cut (from approachCut() or cut()) in its trace: read, then put.
+    if (this.phase !== 'begin') this.roundSpans.push({ phase: 'PHASE_RAM_ROUND', startUnixUs: began, endUnixUs: read }, { phase: 'PHASE_RAM_PUT', startUnixUs: read, endUnixUs: nowUs() });
   }
 
   /**
@@ -262,8 +292,8 @@ export class TrackedJob extends QemuVmJob {
    * blocks (QemuVm.trackedHot) to the stopped round, which reads them with its own
    * (hot-blocks.ts) and makes its own the next job's hot set. The scan runs at the call (before
    * the read, which only begins after it); the read and the blocks' SHA-256s run in the thread
-   * pool (ram-track.ts readBlocks), at `fifoPriority` when given (the stopped round inside a
-   * background cut's window: the priority it had when it ran on the raised loop).
+   * pool (ram-track.ts readBlocks), the stopped round's read on a thread of its own, at
+   * `fifoPriority` when given (the cut window's: it is inside the pause).
    */
   private readRound(stopped = false, fifoPriority?: number): Promise<ReadBlocks> {
     // The stopped round's blocks are named after the resume (finish()): its pause holds the read alone.
@@ -279,18 +309,19 @@ export class TrackedJob extends QemuVmJob {
       runs = split(written, this.vmObj.trackedHot, this.left, TRACKED_BLOCK_SIZE, len);
     }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
-    return this.read(runs, buf, fifoPriority, !stopped);
+    if (!stopped) return this.read(runs, buf);
+    return this.read(runs, buf, { fifoPriority, ownThread: STOPPED_READ_OWN_THREAD, timing: this.stoppedReadTiming }, false);
   }
 
   /**
    * The runs (whole blocks) read into buf and named, off the event loop. buf is the caller's until
    * this settles; on a failure, once no thread writes it any more, it goes back to RAM_READS.
    */
-  private async read(runs: WrittenRuns, buf: Buffer, fifoPriority?: number, named = true): Promise<ReadBlocks> {
+  private async read(runs: WrittenRuns, buf: Buffer, opts: { fifoPriority?: number; ownThread?: boolean; timing?: Float64Array } = {}, named = true): Promise<ReadBlocks> {
     const data = buf.subarray(0, runs.bytes);
     const digests = Buffer.allocUnsafe((32 * runs.bytes) / TRACKED_BLOCK_SIZE);
     try {
-      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, fifoPriority);
+      await this.tracker.readBlocks(runs, data, TRACKED_BLOCK_SIZE, named ? digests : null, opts);
     } catch (e) {
       RAM_READS.give(buf); // settled: the read is over
       throw e;
@@ -322,8 +353,12 @@ export class TrackedJob extends QemuVmJob {
    * The rounds of a cut at the commit's instant, begun at the commit's receipt with the VM running
    * and its ports not gated (SnapshotJob.approachCut): they end before the instant
    * (round-schedule.ts), and the cut called then writes `stop` at once, the last round being
-   * fresh. cut() awaits them first (they ran late: the `stop` waits for them), and a failure of
-   * them is the cut's.
+   * fresh. A round still running at the cut (it ran late) is not waited for: the cut ends the
+   * rounds (no other begins) and writes its `stop` at the instant; that round's scan is done, so
+   * what was written since is the stopped round's, and its read and puts end when they end
+   * (finish() awaits them before the stopped round's blocks are put, so the later read wins). A
+   * `stop` waiting for a late round came up to 1.1 s after the other VMs' (docs/performance.md,
+   * branch `cutlane`). A failure of the rounds is the snapshot's (finish()).
    */
   approachCut(at: CutInstant): void {
     if (this.phase !== 'ready' || this.approaching) return;
@@ -340,12 +375,18 @@ export class TrackedJob extends QemuVmJob {
     if (!roundDue(performance.now(), this.lastRoundAt, stopAt)) return;
     for (;;) {
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      if (this.roundsCut.signal.aborted) return;
       const t0 = performance.now();
       await this.round();
       const now = performance.now();
       const wait = nextRoundInMs(now, stopAt, now - t0);
-      if (wait === undefined) return;
-      await sleep(wait, undefined, { signal: this.roundsEnd.signal });
+      if (wait === undefined || this.roundsCut.signal.aborted) return;
+      try {
+        await sleep(wait, undefined, { signal: AbortSignal.any([this.roundsEnd.signal, this.roundsCut.signal]) });
+      } catch (e) {
+        if (!this.roundsCut.signal.aborted || this.roundsEnd.signal.aborted) throw e;
+        return; // the cut came: no more rounds
+      }
     }
   }
 
@@ -366,9 +407,10 @@ export class TrackedJob extends QemuVmJob {
     let stopWrittenAt: number | undefined;
     try {
       // Rounds with the VM running (round-schedule.ts): the stopped one reads only what was
-      // written since the last. Begun at the commit's receipt by approachCut(), they are done.
-      await this.approaching;
-      if (stopAt !== undefined) await this.roundsUntil(stopAt);
+      // written since the last. Begun at the commit's receipt by approachCut(), they end here:
+      // one still running is not waited for (approachCut()); finish() awaits it.
+      if (this.approaching) this.roundsCut.abort();
+      else if (stopAt !== undefined) await this.roundsUntil(stopAt);
       else if (roundDue(performance.now(), this.lastRoundAt)) await this.round();
       if (stopAt !== undefined && stopAt > performance.now()) await sleep(stopAt - performance.now());
       this.mark('rounds');
@@ -412,12 +454,14 @@ export class TrackedJob extends QemuVmJob {
         hook.catch(() => undefined);
         // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
         // layer, and a disk read still in flight writes guest RAM until then. Its scan runs now,
-        // its read in the thread pool (nothing writes the RAM any more): the loop meanwhile serves
-        // the hook and the agent's other VMs. In a background cut the read keeps the window's
-        // priority the loop has (cut-priority.ts), as when it ran on the loop. Its blocks are
-        // hashed after the resume (finish()), as they were before the rounds left the loop.
+        // its read on a thread of its own (nothing writes the RAM any more): the loop meanwhile
+        // serves the hook and the agent's other VMs. The read runs at the cut window's priority
+        // (cut-priority.ts) in both modes: it is inside the pause, and a pre-copy cut's read at
+        // the default policy, when it read everything since a round the cut did not wait for,
+        // took 28 / 80 / 103 ms (median / p95 / max) against 7 / 15 / 16 raised (docs/performance.md,
+        // branch `cutlane`). Its blocks are hashed after the resume (finish()).
         await stopped;
-        final = await this.readRound(true, loopUp && cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
+        final = await this.readRound(true, cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
         this.mark('read');
         await Promise.all([hook, disk]);
         this.mark('hook');
@@ -450,7 +494,7 @@ export class TrackedJob extends QemuVmJob {
       this.qmpTrace?.stop();
     }
     const report = cutReport(cutUnixUs, Math.max(cutUnixUs, resume.timestampUs || nowUs()));
-    report.phases.push(...(this.qmpTrace?.stop() ?? []));
+    report.phases.push(...(this.qmpTrace?.stop() ?? []), ...this.roundSpans, ...readSpans(this.stoppedReadTiming));
     if (at && stopAt !== undefined && stopWrittenAt !== undefined) report.phases.push({ phase: 'PHASE_CUT_AT', startUnixUs: at.stopAtUs, endUnixUs: Math.round(at.stopAtUs + (stopWrittenAt - stopAt) * 1000) });
     const t0 = this.trace[0]?.[1] ?? 0;
     this.log.debug({ mode: this.opts.mode, memory: MEMORY_TRACKED, pauseMs: Number(report.pauseMs.toFixed(3)), full: this.full, readBytes: this.readBytes, finalBytes: final.data.length, deviceStateBytes: state.length, steps: this.trace.map(([k, t]) => `${k}+${(t - t0).toFixed(1)}`).join(' ') }, 'cut done');
@@ -463,6 +507,8 @@ export class TrackedJob extends QemuVmJob {
   /** A cut failed: the device state's save ended, the VM resumed if this job stopped it, the disk overlay merged back or dropped. */
   private async failCut(): Promise<void> {
     this.phase = 'failed';
+    this.roundsCut.abort();
+    await this.approaching?.catch(() => undefined); // a round still running ends before the image is aborted under it
     if (this.saving) {
       // A save still running would stop the VM after the resume (its completion does).
       await this.q.execute('migrate_cancel').catch(() => undefined);
@@ -498,6 +544,7 @@ export class TrackedJob extends QemuVmJob {
     const image = this.image as BlockImageWriter;
     try {
       this.sink?.close();
+      await this.approaching; // a round the cut did not wait for: its puts before the stopped round's (the later read wins)
       await this.tracker.hashBlocks(final.data, TRACKED_BLOCK_SIZE, final.digests); // in the thread pool, the VM running again
       final.named = true;
       await this.put(final); // every earlier round's puts were awaited by the round

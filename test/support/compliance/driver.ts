@@ -124,7 +124,7 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
     }
 
     // A job with work before its stop (SnapshotJob.approachCut: tracked memory's rounds); others skip.
-    it('approachCut: the work from the call with the VM running; the cut at the instant, and one called before the work ends, each pause once, restore exact', async function () {
+    it('approachCut: the work from the call with the VM running; the cut at the instant, and one called before the work ends (not waiting for it), each pause once, restore exact', async function () {
       const spec = await startOne();
       for (const [i, early] of [
         [1, false],
@@ -151,7 +151,7 @@ export function driverCompliance(label: string, make: () => Promise<DriverUnderT
         });
         assert.equal(calls, 1);
         assert.equal(t.driver.status(spec.id), 'running');
-        if (early) assert.ok(report.cutUnixUs >= atUs - 200_000, `a cut called 280 ms before the instant waited for the work (${(atUs - report.cutUnixUs) / 1000} ms before it)`);
+        if (early) assert.ok(report.cutUnixUs < atUs - 150_000, `a cut called 280 ms before the instant did not wait for the work still running (${(atUs - report.cutUnixUs) / 1000} ms before it)`);
         const img = await job.durable();
         assert.equal(await t.store.verify(img.memory), null);
         await t.driver.stop(spec.id);
