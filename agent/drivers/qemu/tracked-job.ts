@@ -46,8 +46,8 @@
  *          the `cont` in the longest pauses). No stream of this agent writes into the
  *          store meanwhile (image-stream.ts holdStoreWrites).
  *   durable: the last round's blocks and the device state (the image's tail) put, the image
- *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt);
- *          beside them, not after, the frozen disk stored (disk-layers.ts).
+ *          committed, by the same commit also as the VM's new base (BlockImageOptions.alsoAt),
+ *          the frozen disk stored (disk-layers.ts).
  *
  * Off the event loop: a round's read and its blocks' SHA-256s run in libuv's thread pool
  * (ram-track.ts readBlocks, switch/native/ram_read.c), not on the agent's loop, which an agent's
@@ -493,45 +493,34 @@ export class TrackedJob extends QemuVmJob {
     }
   }
 
-  /**
-   * After the cut: the last blocks and the device state put, the image committed and made the
-   * base; beside it the disk stored (the two share nothing: the disk's top was frozen at the cut),
-   * so that the snapshot's persist waits for the longer of the two, not their sum. Both are
-   * settled before a failure of either is handled (the cleanup deletes what both committed).
-   */
+  /** After the cut: the last blocks and the device state put, the image committed and made the base, the disk stored. */
   private async finish(final: ReadBlocks, state: Buffer): Promise<VmImage> {
     const image = this.image as BlockImageWriter;
     try {
       this.sink?.close();
-      const [memory, disks] = await Promise.allSettled([this.commitMemory(image, final, state), this.storeDisk()]);
-      if (memory.status === 'rejected') throw memory.reason;
-      if (disks.status === 'rejected') throw disks.reason;
+      await this.tracker.hashBlocks(final.data, TRACKED_BLOCK_SIZE, final.digests); // in the thread pool, the VM running again
+      final.named = true;
+      await this.put(final); // every earlier round's puts were awaited by the round
+      RAM_READS.give(final.buf);
+      await image.setTail(state);
+      if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
+      const a = await image.commit(); // and the VM's next base (openImage's alsoAt)
+      this.committed.push(a);
+      this.linkedBase = true;
+      const memory: StoredArtefact = { ...a, attributes: { ...a.attributes, [MEMORY_ATTRIBUTE]: MEMORY_TRACKED, [RAM_BYTES_ATTRIBUTE]: String(this.tracker.length) } };
+      this.vmObj.trackedBase = { store: this.opts.store, path: this.basePath, valid: true };
+      this.log.debug({ vm: this.vm, full: this.full, readBytes: this.readBytes, storedBytes: a.storedBytes, bytes: a.size }, 'tracked memory image committed');
+      const disks = await this.storeDisk();
       if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
       this.phase = 'done';
       if (this.vmObj.job === this) this.vmObj.job = undefined;
-      return { memory: memory.value, disks: disks.value };
+      return { memory, disks };
     } catch (e) {
       if (!this.abortRequested) this.phase = 'failed';
       await image.abort();
       for (const w of this.writers) await w.abort();
       throw e;
     }
-  }
-
-  /** The stopped round's blocks hashed (in the thread pool, the VM running again) and put, the device state, the image committed: the VM's next base. */
-  private async commitMemory(image: BlockImageWriter, final: ReadBlocks, state: Buffer): Promise<StoredArtefact> {
-    await this.tracker.hashBlocks(final.data, TRACKED_BLOCK_SIZE, final.digests);
-    final.named = true;
-    await this.put(final); // every earlier round's puts were awaited by the round
-    RAM_READS.give(final.buf);
-    await image.setTail(state);
-    if (this.abortRequested) throw new VnsnapError('ERR_SNAPSHOT_ABORTED', 'aborted');
-    const a = await image.commit(); // and the VM's next base (openImage's alsoAt)
-    this.committed.push(a);
-    this.linkedBase = true;
-    this.vmObj.trackedBase = { store: this.opts.store, path: this.basePath, valid: true };
-    this.log.debug({ vm: this.vm, full: this.full, readBytes: this.readBytes, storedBytes: a.storedBytes, bytes: a.size }, 'tracked memory image committed');
-    return { ...a, attributes: { ...a.attributes, [MEMORY_ATTRIBUTE]: MEMORY_TRACKED, [RAM_BYTES_ATTRIBUTE]: String(this.tracker.length) } };
   }
 
   protected async runAbort(): Promise<void> {
