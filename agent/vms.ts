@@ -221,9 +221,13 @@ export class VmTable {
     return vm.generation;
   }
 
-  /** Refresh the records of every VM of `vne` (after a cut, an abort, a ConfigureVne). */
+  /**
+   * Refresh the records of every VM of `vne` (after a cut, an abort, a ConfigureVne), the VMs'
+   * writes together: each is its own file (two fsyncs), and a snapshot's commit reply waits for
+   * them; one VM's writes still run in the order asked (writeState).
+   */
   async saveStates(vne: string): Promise<void> {
-    for (const vm of this.values()) if (vm.vne === vne) await this.saveState(vm);
+    await Promise.all([...this.values()].filter((vm) => vm.vne === vne).map((vm) => this.saveState(vm)));
   }
 
   /** Write the VM's state record (drivers whose VMs outlive the agent); a failure is logged. */

@@ -21,7 +21,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
 import { VnsnapError } from '../proto/core/errors';
-import { addHealthAndReflection, AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap, SESSION_KEEPALIVE } from '../proto/core/grpc';
+import { AGENT_SERVICE, COORDINATOR_SERVICE, loadVnsnap, SESSION_KEEPALIVE } from '../proto/core/grpc';
+import { addHealthAndReflection } from '../proto/core/grpc-reflection';
 import type { Startable } from '../proto/core/lifecycle';
 import type { Logger } from '../proto/core/log';
 import { AgentRegistry } from './agent-registry';

@@ -16,7 +16,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
-import { loadVnsnap } from '../../proto/core/grpc';
+import { loadCoordinator } from '../../proto/core/grpc';
 import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { CreateSnapshotRequest } from '../../proto/gen/vnsnap/v1/CreateSnapshotRequest';
 import type { DeleteSnapshotResponse__Output } from '../../proto/gen/vnsnap/v1/DeleteSnapshotResponse';
@@ -87,7 +87,7 @@ export class CoordinatorClient {
     private readonly creds: CliCredentials,
   ) {
     this.address = address;
-    const pkg = loadVnsnap();
+    const pkg = loadCoordinator();
     this.c = new pkg.vnsnap.v1.CoordinatorService(address, creds.credentials);
   }
 

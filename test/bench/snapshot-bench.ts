@@ -82,7 +82,7 @@ import { forEachFlag, helpExit, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
-import { medianWallSplit, wallSplitLine } from './snapshot-wall';
+import { medianWallSplit, wallSplitLine, type WallMarks, type WallSplit } from './snapshot-wall';
 import type { MemoryMode } from '../../proto/specs/qemu-extra';
 
 const USAGE = 'usage: npm run bench:snapshot [-- --json] [-- --no-distro] [-- --rounds N] [-- --background-only] [-- --hold H] [-- --pace-by reads|bandwidth] [-- --memory-mode migration|tracked] [-- --help]';
@@ -173,7 +173,7 @@ const say = (s: string): void => {
 const r2 = (x: number): number => Math.round(x * 100) / 100;
 
 type Mode = 'background' | 'precopy';
-type BenchSnapshot = CatalogSnapshot & { sizeBytes?: number | string; storedBytes?: number | string; vms: (CatalogSnapshot['vms'][number] & TracedVm)[] };
+type BenchSnapshot = CatalogSnapshot & { sizeBytes?: number | string; storedBytes?: number | string; createdUnixMs?: number | string; completedUnixMs?: number | string; vms: (CatalogSnapshot['vms'][number] & TracedVm)[] };
 
 interface Ev {
   state?: string;
@@ -181,19 +181,21 @@ interface Ev {
   done?: BenchSnapshot;
 }
 
-async function vnsnapSnapshot(c: Cluster, mode: Mode): Promise<{ snap: BenchSnapshot; seconds: number }> {
+async function vnsnapSnapshot(c: Cluster, mode: Mode): Promise<{ snap: BenchSnapshot; seconds: number; marks: WallMarks }> {
   const t0 = Date.now();
   const r = await c.cliStream<Ev>(['snapshot', 'create', E2E_VNE, '--mode', mode, '--description', `bench ${mode}`], () => undefined).done;
   const seconds = (Date.now() - t0) / 1000;
   const snap = r.events[r.events.length - 1]?.done;
   if (r.code !== 0 || !snap || snap.state !== 'SNAPSHOT_STATE_COMPLETE') throw new Error(`${mode} snapshot failed: ${r.stderr.trim()} ${snap?.error ?? ''}`);
-  return { snap, seconds };
+  return { snap, seconds, marks: { spawnUnixMs: t0, createdUnixMs: Number(snap.createdUnixMs ?? 0), completedUnixMs: Number(snap.completedUnixMs ?? 0) } };
 }
 
 /** What one mode measured over its rounds. */
 interface ModeRun {
   pauses: number[];
   seconds: number[];
+  /** Per snapshot, its instants outside the traces (snapshot-wall.ts WallMarks). */
+  marks: WallMarks[];
   sizes: number[];
   /** Per snapshot, the bytes it added to the store (its stored_bytes). */
   stored: number[];
@@ -210,13 +212,14 @@ interface ModeRun {
 /** Issue 15's cut spread target (ms). */
 const SPREAD_TARGET_MS = 50;
 
-const emptyRun = (): ModeRun => ({ pauses: [], seconds: [], sizes: [], stored: [], spreads: [], commitSkews: [], parts: [], vms: [] });
+const emptyRun = (): ModeRun => ({ pauses: [], seconds: [], marks: [], sizes: [], stored: [], spreads: [], commitSkews: [], parts: [], vms: [] });
 
 /** Round `i` of `rounds` in `mode`, added to `run`; the snapshot is deleted after it is measured unless `keep`. */
 async function vnsnapRound(c: Cluster, label: string, mode: Mode, i: number, rounds: number, run: ModeRun, keep: boolean): Promise<void> {
-  const { snap, seconds } = await vnsnapSnapshot(c, mode);
+  const { snap, seconds, marks } = await vnsnapSnapshot(c, mode);
   run.pauses.push(...snap.vms.map((v) => v.pauseMs));
   run.seconds.push(seconds);
+  run.marks.push(marks);
   run.sizes.push(Number(snap.sizeBytes ?? 0));
   run.stored.push(Number(snap.storedBytes ?? 0));
   run.spreads.push(cutSpreadMs(snap.vms));
@@ -444,9 +447,11 @@ async function main(): Promise<void> {
     const ioFloorStored = storedBytes > 0 ? ioFloorSeconds(c.storeDir, storedBytes) : undefined;
     if (ioFloorStored !== undefined) say(`    I/O floor of the bytes stored: ${(storedBytes / 1048576).toFixed(1)} MiB with dd conv=fsync in ${ioFloorStored.toFixed(2)} s`);
     // Where the snapshots' wall time went (snapshot-wall.ts), against that floor.
+    const wallSplits: Partial<Record<Mode, WallSplit>> = {};
     for (const m of ['background', 'precopy'] as const) {
-      const w = medianWallSplit(g[m].vms, g[m].vms.length / Math.max(1, g[m].seconds.length), g[m].seconds);
+      const w = medianWallSplit(g[m].vms, g[m].vms.length / Math.max(1, g[m].seconds.length), g[m].seconds, g[m].marks);
       if (w) say(`    ${m} wall time (median split): ${wallSplitLine(w)}`);
+      if (w) wallSplits[m] = w;
     }
 
     // The last precopy snapshot is restored over the running VNE (restore time does not depend on
@@ -480,6 +485,8 @@ async function main(): Promise<void> {
         ...snapshotS,
         vs_io_floor: { background: ratio(snapshotS.background, ioFloor), precopy: ratio(snapshotS.precopy, ioFloor) },
         vs_io_floor_stored: { background: ratio(snapshotS.background, ioFloorStored), precopy: ratio(snapshotS.precopy, ioFloorStored) },
+        // where each mode's wall time went, median per part (snapshot-wall.ts)
+        split: wallSplits,
       },
       restore_s: { vne: r2(restoreS), single_vm: r2(singleVm), defined_vne: r2(restored.defined?.seconds ?? 0), defined_single_vm: r2(restored.defined?.loadToResumeS ?? 0) },
       streams_intact: problems.length === 0,

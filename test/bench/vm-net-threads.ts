@@ -70,6 +70,14 @@ export function sampleProcesses(namespaces: readonly string[]): ThreadSample {
   return out;
 }
 
+/** Add what each thread (or process) used between samples `a` and `b` to `acc`: several windows summed, for busiestThreads(new Map(), acc, their seconds). */
+export function addTicks(acc: ThreadSample, a: ThreadSample, b: ThreadSample): void {
+  for (const [k, v] of b) {
+    const d = v - (a.get(k) ?? 0);
+    if (d > 0) acc.set(k, (acc.get(k) ?? 0) + d);
+  }
+}
+
 /** The busiest threads (or processes) between two samples over `seconds`: cores each (ticks are 1/100 s). */
 export function busiestThreads(a: ThreadSample, b: ThreadSample, seconds: number, top = 8): { thread: string; cores: number }[] {
   const out: { thread: string; cores: number }[] = [];

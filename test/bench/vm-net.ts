@@ -25,8 +25,10 @@
  * path also the TCP throughput a→b while the coordinator takes a background snapshot of the VNE
  * every `--snapshot-every-ms` (default once a second), or back to back when one takes longer (one
  * client of the coordinator: snapshot-loop.ts; `snapshot_ms` and `snapshot_busy_share` in the
- * JSON say which), and on
- * nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
+ * JSON say which), each such run just after an idle run a→b of the same length (the ratio
+ * `during_snapshot_over_alternated_idle` holds the snapshot runs against those idle runs, taken
+ * beside them; `during_snapshot_over_idle_a_to_b` against the path's idle runs minutes before),
+ * and on nic=tap-bpf's. On every path the TCP payload bytes per frame the sending QEMU handed over and
  * the receiving QEMU was given (the switch ports' counters; the kernel path's TAPs').
  *
  *   npm run bench:vm-net -- [--runs N] [--seconds S] [--udp-rate R] [--memory MiB] [--extra-nics LIST] [--tunnel-offload on|off] [--bpf] [--same-hosts] [--snapshot-every-ms N] [--memory-mode migration|tracked] [--json]
@@ -51,7 +53,7 @@ import { forEachFlag, helpExit, usageExit } from './args';
 import { errMsg, killRunning } from './proc';
 import { startKernelPath } from './vm-net-kernel';
 import { coveredShare, cpuCount, loadAverage, summarize, tcpRun, udpRun, warmUp, type Direction, type GuestPair, type PairGuest, type PairSetup, type Summary, type TcpRun, type UdpRun } from './vm-net-measure';
-import { busiestThreads, sampleProcesses, sampleThreads } from './vm-net-threads';
+import { addTicks, busiestThreads, sampleProcesses, sampleThreads, type ThreadSample } from './vm-net-threads';
 import { agentDataPathStats, dataPathSplit, HOSTS, portFrames, removeInstanceDirs, snapshotLoop, startVnsnapPair, vmTapPackets, type DataPathSplit, type VnsnapPair } from './vm-net-vnsnap';
 
 const NAME = 'bench:vm-net';
@@ -84,7 +86,10 @@ const HELP = `${USAGE}
                   apart): "same_hosts_paired" with both paths' figures and their ratios
   --snapshot-every-ms N
                   the interval of the background snapshots during the "during snapshot" TCP
-                  runs: one started every N ms, or as soon as the previous one ended when it
+                  runs (each just after an idle run of its own: the ratio
+                  during_snapshot_over_alternated_idle holds them against those idle runs, and
+                  during_snapshot_over_idle_a_to_b against the path's runs minutes before):
+                  one started every N ms, or as soon as the previous one ended when it
                   took longer (default 1000, at least 100); the loop starts afresh with each
                   run, so each run's first snapshot starts with it (during_snapshot.every_ms in
                   the JSON; snapshot_ms and snapshot_busy_share, the share of the runs' wall
@@ -377,26 +382,40 @@ type Snaps = {
   busyShare: number;
   /** Seconds of the snapshot runs (what `processes` is averaged over). */
   windowS: number;
+  /** Seconds of the idle runs between them (what `processesIdle` is averaged over). */
+  idleWindowS: number;
   /** Cores per process (hosts and the coordinator's namespace) over all the runs, busiest first: where the snapshots' CPU goes. */
   processes: { thread: string; cores: number }[];
-  /** The same processes over one idle TCP run a->b just before, for comparison. */
+  /** The same processes over the idle TCP runs a->b alternated with the snapshot runs, for comparison. */
   processesIdle: { thread: string; cores: number }[];
+  /** The idle TCP runs a->b, one just before each snapshot run. */
+  idleRuns: TcpRun[];
 };
 
-/** TCP a->b, `o.runs` times, while the coordinator takes a background snapshot of the pair's VNE every `o.snapshotEveryMs`. */
+/**
+ * TCP a->b while the coordinator takes a background snapshot of the pair's VNE every
+ * `o.snapshotEveryMs`, `o.runs` times, each snapshot run just after an idle run of the same
+ * length (idle, snapshots, idle, snapshots, …): the machine moves a run's throughput by ±20 %
+ * within minutes, so the idle figure the snapshot runs are held against is taken beside them,
+ * pair by pair, as well as in the path's own idle runs minutes before.
+ */
 async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: string): Promise<{ during: TcpRun[]; snaps: Snaps }> {
   const during: TcpRun[] = [];
-  const snaps: Snaps = { everyMs: o.snapshotEveryMs, completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], busyShare: 0, windowS: 0, processes: [], processesIdle: [] };
+  const snaps: Snaps = { everyMs: o.snapshotEveryMs, completed: 0, failed: [], pausesMs: [], snapshotMs: [], deleteMs: [], busyShare: 0, windowS: 0, idleWindowS: 0, processes: [], processesIdle: [], idleRuns: [] };
   const namespaces = [...HOSTS.map((h) => c.topo.ns(h)), c.topo.ns('ul')];
-  const i0 = sampleProcesses(namespaces);
-  const w0 = Date.now();
-  await tcpRun(pair.guests, 'a->b', o.seconds);
-  snaps.processesIdle = busiestThreads(i0, sampleProcesses(namespaces), (Date.now() - w0) / 1000);
-  const p0 = sampleProcesses(namespaces);
-  const w1 = Date.now();
+  const idleTicks: ThreadSample = new Map();
+  const duringTicks: ThreadSample = new Map();
   const runWindows: [number, number][] = [];
   const busy: [number, number][] = [];
   for (let i = 0; i < o.runs; i++) {
+    const i0 = sampleProcesses(namespaces);
+    const w0 = Date.now();
+    const idle = await tcpRun(pair.guests, 'a->b', o.seconds);
+    addTicks(idleTicks, i0, sampleProcesses(namespaces));
+    snaps.idleWindowS += (Date.now() - w0) / 1000;
+    snaps.idleRuns.push(idle);
+    say(`${label}: TCP a->b idle, before snapshot run ${i + 1}: ${idle.mbps.toFixed(0)} Mbit/s, ${idle.retransmits} retransmits, ${idle.busyCores.toFixed(2)} busy cores`);
+    const p0 = sampleProcesses(namespaces);
     const loop = snapshotLoop(c, pair.vne, o.snapshotEveryMs);
     const r0 = Date.now();
     const run = await tcpRun(pair.guests, 'a->b', o.seconds).finally(async () => {
@@ -408,13 +427,15 @@ async function duringSnapshots(c: Cluster, pair: VnsnapPair, o: Options, label: 
       snaps.pausesMs.push(...s.pausesMs);
       snaps.snapshotMs.push(...s.snapshotMs);
       snaps.deleteMs.push(...s.deleteMs);
+      addTicks(duringTicks, p0, sampleProcesses(namespaces));
+      snaps.windowS += (Date.now() - r0) / 1000;
     });
     during.push(run);
-    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
+    say(`${label}: TCP a->b during snapshots, run ${i + 1}: ${run.mbps.toFixed(0)} Mbit/s, ${run.retransmits} retransmits, ${run.busyCores.toFixed(2)} busy cores (${(run.mbps / (idle.mbps || 1)).toFixed(3)}x the idle run before it; ${snaps.completed} snapshots so far, ${snaps.failed.length} failed)`);
   }
   snaps.busyShare = coveredShare(busy, runWindows);
-  snaps.windowS = (Date.now() - w1) / 1000;
-  snaps.processes = busiestThreads(p0, sampleProcesses(namespaces), snaps.windowS);
+  snaps.processesIdle = busiestThreads(new Map(), idleTicks, snaps.idleWindowS);
+  snaps.processes = busiestThreads(new Map(), duringTicks, snaps.windowS);
   return { during, snaps };
 }
 
@@ -518,10 +539,14 @@ function pathJson(r: PathResult): Record<string, unknown> {
   };
 }
 
-/** A during-snapshot measurement: throughput, retransmits, busy cores, the snapshots and where the CPU went (idle run before vs the snapshot runs). */
+/** A during-snapshot measurement: throughput, retransmits, busy cores, the snapshots and where the CPU went (the idle runs alternated with them vs the snapshot runs). */
 function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
   return {
     tcp_mbps: summarize(runs.map((x) => x.mbps)),
+    // the idle run just before each snapshot run, and each snapshot run over it
+    idle_alternated_tcp_mbps: summarize(s.idleRuns.map((x) => x.mbps)),
+    runs_mbps: { idle_alternated: s.idleRuns.map((x) => round(x.mbps)), during: runs.map((x) => round(x.mbps)) },
+    over_idle_before_each: summarize(runs.map((x, i) => x.mbps / (s.idleRuns[i]?.mbps || 1))),
     retransmits: summarize(runs.map((x) => x.retransmits)),
     busy_cores: summarize(runs.map((x) => x.busyCores)),
     every_ms: s.everyMs,
@@ -533,8 +558,8 @@ function duringJson(runs: TcpRun[], s: Snaps): Record<string, unknown> {
     delete_ms: summarize(s.deleteMs),
     // the share of the runs' wall time a snapshot was under way: 1 when the loop ran back to back
     snapshot_busy_share: round(s.busyShare, 3),
-    busiest_processes: { idle_run_before: s.processesIdle, during_snapshots: s.processes },
-    // each process's CPU over the snapshot runs, less its idle run's, per completed snapshot
+    busiest_processes: { idle_runs_alternated: s.processesIdle, during_snapshots: s.processes },
+    // each process's CPU over the snapshot runs, less what it used at the idle runs' rate, per completed snapshot
     core_s_per_snapshot: s.processes.map((p) => ({ thread: p.thread, core_s: round(((p.cores - (s.processesIdle.find((q) => q.thread === p.thread)?.cores ?? 0)) * s.windowS) / (s.completed || 1), 3) })),
   };
 }
@@ -579,12 +604,14 @@ function report(o: Options, r: Results): void {
   const cpuK = cpuSummary(r.kernel).median;
   const during = summarize(r.during.map((x) => x.mbps));
   const idleAb = summarize(r.vnsnap.tcp['a->b'].map((x) => x.mbps)).median;
+  const idleAlt = summarize(r.snaps.idleRuns.map((x) => x.mbps)).median;
   // The nic=tap-bpf row, when it ran (--bpf) and did not fail: its figures beside "vnsnap"'s.
   const tb = r.tapBpf && 'path' in r.tapBpf ? r.tapBpf : undefined;
   const tbTcp = tb && tcpSummary(tb.path).median;
   const tbCpu = tb && cpuSummary(tb.path).median;
   const tbDuring = tb && summarize(tb.during.map((x) => x.mbps));
   const tbIdleAb = tb && summarize(tb.path.tcp['a->b'].map((x) => x.mbps)).median;
+  const tbIdleAlt = tb && summarize(tb.snaps.idleRuns.map((x) => x.mbps)).median;
   const beside = <T>(v: T | undefined): { vnsnap_tap_bpf?: T } => (v === undefined ? {} : { vnsnap_tap_bpf: v });
   const paired = tb?.paired ?? r.paired;
   const out = {
@@ -597,11 +624,13 @@ function report(o: Options, r: Results): void {
       tcp_vnsnap_over_kernel: round(tcpV / (tcpK || 1), 3),
       cpu_per_gbps_vnsnap_over_kernel: round(cpuV / (cpuK || 1), 3),
       during_snapshot_over_idle_a_to_b: round(during.median / (idleAb || 1), 3),
-      ...(tb && tbTcp !== undefined && tbCpu !== undefined && tbDuring && tbIdleAb !== undefined
+      during_snapshot_over_alternated_idle: round(during.median / (idleAlt || 1), 3),
+      ...(tb && tbTcp !== undefined && tbCpu !== undefined && tbDuring && tbIdleAb !== undefined && tbIdleAlt !== undefined
         ? {
             tcp_vnsnap_tap_bpf_over_kernel: round(tbTcp / (tcpK || 1), 3),
             cpu_per_gbps_vnsnap_tap_bpf_over_kernel: round(tbCpu / (cpuK || 1), 3),
             during_snapshot_over_idle_a_to_b_vnsnap_tap_bpf: round(tbDuring.median / (tbIdleAb || 1), 3),
+            during_snapshot_over_alternated_idle_vnsnap_tap_bpf: round(tbDuring.median / (tbIdleAlt || 1), 3),
           }
         : {}),
     },
@@ -629,6 +658,7 @@ function report(o: Options, r: Results): void {
       `${name.padEnd(44)}${f(summarize(p.tcp['a->b'].map((x) => x.mbps))).padEnd(22)}${f(summarize(p.tcp['b->a'].map((x) => x.mbps))).padEnd(22)}${f(udpSummary(p), 1).padEnd(22)}${f(cpuSummary(p), 2)}`,
     );
   }
+  console.log(`vnsnap TCP a->b idle, each run just before a snapshot run: ${f(summarize(r.snaps.idleRuns.map((x) => x.mbps)))} Mbit/s`);
   console.log(`vnsnap TCP a->b while a background snapshot runs every ${r.snaps.everyMs} ms: ${f(during)} Mbit/s (${r.snaps.completed} snapshots, ${r.snaps.failed.length} failed; pauses ${f(summarize(r.snaps.pausesMs), 1)} ms, each snapshot ${f(summarize(r.snaps.snapshotMs))} ms end to end, one under way ${(r.snaps.busyShare * 100).toFixed(0)} % of the runs)`);
   if (tb) {
     const dp = tb.dataPath;
@@ -639,7 +669,7 @@ function report(o: Options, r: Results): void {
     const med = (x: Record<Direction, TcpRun[]>): number => summarize([...x['a->b'], ...x['b->a']].map((y) => y.mbps)).median;
     console.log(`alternating TCP runs between the same hosts: nic=tap-bpf ${med(paired.tapBpf).toFixed(0)} Mbit/s, kernel path ${med(paired.kernel).toFixed(0)} (TCP ${pj.ratios.tcp}x, CPU per Gbit/s ${pj.ratios.cpu_per_gbps}x)`);
   }
-  console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b}`);
+  console.log(`ratios: TCP vnsnap/kernel ${out.ratios.tcp_vnsnap_over_kernel}, CPU per Gbit/s vnsnap/kernel ${out.ratios.cpu_per_gbps_vnsnap_over_kernel}, during-snapshot/idle ${out.ratios.during_snapshot_over_idle_a_to_b} (against the idle runs alternated with the snapshot runs ${out.ratios.during_snapshot_over_alternated_idle})`);
   for (const [name, p] of rows) {
     const b = p.bytesPerFrame;
     if (b) console.log(`${name}: TCP payload bytes per frame from the sending QEMU / to the receiving QEMU: a->b ${b['a->b'].sent.toFixed(0)} / ${b['a->b'].delivered.toFixed(0)}, b->a ${b['b->a'].sent.toFixed(0)} / ${b['b->a'].delivered.toFixed(0)}`);

@@ -15,7 +15,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { VnsnapError } from '../../proto/core/errors';
 import { toServiceError } from '../../proto/core/grpc-status';
-import { addHealthAndReflection, COORDINATOR_SERVICE, loadVnsnap } from '../../proto/core/grpc';
+import { COORDINATOR_SERVICE, loadVnsnap } from '../../proto/core/grpc';
+import { addHealthAndReflection } from '../../proto/core/grpc-reflection';
 import type { Agent } from '../../proto/gen/vnsnap/v1/Agent';
 import type { CoordinatorServiceHandlers } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { Event } from '../../proto/gen/vnsnap/v1/Event';

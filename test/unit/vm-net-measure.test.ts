@@ -1,10 +1,12 @@
 /**
  * The pure parts of bench:vm-net's measurements (test/bench/vm-net-measure.ts): the /proc/stat
  * reading, busy cores between two samples, the /proc/softirqs reading and rates, the
- * median / p95 / max summary, and the share of the TCP runs a snapshot was under way.
+ * median / p95 / max summary, the share of the TCP runs a snapshot was under way, and the CPU of
+ * processes summed over several windows (vm-net-threads.ts).
  */
 import { strict as assert } from 'node:assert';
 import { busyCores, coveredShare, cpuSample, softirqRate, softirqSample, summarize } from '../bench/vm-net-measure';
+import { addTicks, busiestThreads, type ThreadSample } from '../bench/vm-net-threads';
 
 describe('bench:vm-net measurements', () => {
   it('reads busy and total jiffies from the aggregate cpu line (idle and iowait are not busy)', () => {
@@ -48,5 +50,20 @@ describe('bench:vm-net measurements', () => {
     assert.equal(coveredShare([], runs), 0);
     assert.equal(coveredShare([[0, 5]], []), 0);
     assert.equal(coveredShare([[5, 5], [7, 6]], [[0, 10]]), 0, 'empty and reversed intervals cover nothing');
+  });
+
+  it('sums what each process used over several windows, and reports it as cores over their seconds', () => {
+    const acc: ThreadSample = new Map();
+    // window 1: agent used 30 ticks, qemu 100; a process that ended or went backwards adds nothing
+    addTicks(acc, new Map([['agent', 100], ['qemu', 1000], ['gone', 5]]), new Map([['agent', 130], ['qemu', 1100]]));
+    // window 2 (later samples): agent 20 more, a process started within it 10
+    addTicks(acc, new Map([['agent', 150], ['qemu', 1200]]), new Map([['agent', 170], ['qemu', 1200], ['new', 10]]));
+    assert.deepEqual([...acc.entries()], [['agent', 50], ['qemu', 100], ['new', 10]]);
+    // 160 ticks over 2 windows of 1 s each: busiest first, in cores (ticks are 1/100 s)
+    assert.deepEqual(busiestThreads(new Map(), acc, 2), [
+      { thread: 'qemu', cores: 0.5 },
+      { thread: 'agent', cores: 0.25 },
+      { thread: 'new', cores: 0.05 },
+    ]);
   });
 });

@@ -2,7 +2,8 @@
  * VmTable's state record writes (agent/vms.ts writeState): one VM's writes run one at a time in
  * the order asked, each from the driver's state when its turn comes, so a write asked earlier can
  * never land after (and over) a later one; a failed write rejects writeState (a snapshot job that
- * must know its record is on disk) while saveState only logs it.
+ * must know its record is on disk) while saveState only logs it. saveStates writes a VNE's VMs'
+ * records together (a snapshot's commit reply waits for them), not one after the other.
  */
 import { strict as assert } from 'node:assert';
 import type { HypervisorDriver } from '../../agent/drivers/driver';
@@ -59,5 +60,27 @@ describe('VM state record writes', () => {
     (await r.next()).release();
     await last;
     assert.deepEqual(r.landed, ['with base']);
+  });
+
+  it("saveStates writes every VM of the VNE together, and no other VNE's", async () => {
+    const r = rig();
+    const other: VmRecord = { ...r.vm, key: 'blue/b', name: 'b' };
+    const elsewhere: VmRecord = { ...r.vm, key: 'red/a', vne: 'red' };
+    // the table's VMs (what values() lists), as start/adopt would have added them
+    const vms = (r.table as unknown as { vms: Map<string, VmRecord> }).vms;
+    for (const v of [r.vm, other, elsewhere]) vms.set(v.key, v);
+    const saved = r.table.saveStates('blue');
+    const a = await r.next();
+    const b = await r.next();
+    await new Promise((res) => setImmediate(res));
+    assert.equal(r.pendingCount(), 0, "both blue records asked at once, red's not at all");
+    let done = false;
+    void saved.then(() => (done = true));
+    a.release();
+    await new Promise((res) => setImmediate(res));
+    assert.equal(done, false, 'saveStates waits for every write');
+    b.release();
+    await saved;
+    assert.deepEqual(r.landed, ['with base', 'with base']);
   });
 });
