@@ -45,6 +45,13 @@ import { runChrt, SCHED_OTHER, threadPolicy, type Chrt } from './drivers/qemu/pa
 export const CUT_NICE = -10;
 /** SCHED_FIFO priority of the event-loop thread in the window: below QEMU's pause boost (10). */
 export const CUT_FIFO_PRIORITY = 5;
+/**
+ * SCHED_FIFO priority of the work inside a tracked VM's pause that is not its QEMU's main
+ * thread: the stopped round's read and the paused QEMU's other threads. One above the event
+ * loops' windows (a raised loop, this agent's or another's, must not hold the core the pause is
+ * waiting for: equal FIFO priorities do not preempt each other), below QEMU's main thread's boost.
+ */
+export const STOPPED_READ_FIFO_PRIORITY = CUT_FIFO_PRIORITY + 1;
 /** The longest one hold keeps the thread raised when nothing releases it first. */
 export const CUT_WINDOW_BOUND_MS = 5000;
 /** Set to 0 to raise the event loop by its nice value only. */

@@ -29,7 +29,7 @@
  *          read while the VM is stopped) ─► the device state's end ─► `cont` (contAfterSave:
  *          no status query before it) ─► RESUME. QEMU's main thread boosted from before the
  *          `stop` to the RESUME (pause-boost.ts), as in a background cut, and with it every other
- *          QEMU thread, those at one above the agents' cut windows (CUT_FIFO_PRIORITY + 1) and
+ *          QEMU thread, those at one above the agents' cut windows (STOPPED_READ_FIFO_PRIORITY) and
  *          below QEMU's main thread, which so always gets a core to kick a vCPU still running its
  *          guest out of it: its vCPUs must leave the guest for the `stop` and its helpers answer the
  *          device-state save (at the default policy the host's realtime threads, an agent
@@ -91,7 +91,7 @@ import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { contAfterSave, DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
-import { CUT_FIFO_PRIORITY, cutRealtimeEnabled } from '../../cut-priority';
+import { cutRealtimeEnabled, STOPPED_READ_FIFO_PRIORITY } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
@@ -424,7 +424,7 @@ export class TrackedJob extends QemuVmJob {
       const loopUp = this.opts.mode === 'background' ? this.opts.raiseCutPriority?.() : undefined;
       // Every QEMU thread up for the stop and the device state; the vCPUs back down before the
       // `cont` (the main and monitor threads alone stay up to the RESUME): see the module comment.
-      const boostAll = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true, othersPriority: CUT_FIFO_PRIORITY + 1 }) : undefined;
+      const boostAll = pauseBoostEnabled() ? boostPause(this.vmObj.pid, { log: this.log, allThreads: true, othersPriority: STOPPED_READ_FIFO_PRIORITY }) : undefined;
       let boostMain: ReturnType<typeof boostPause> | undefined;
       try {
         const stopEv = this.q.waitEvent('STOP', undefined, 10_000);
@@ -455,13 +455,16 @@ export class TrackedJob extends QemuVmJob {
         // The stopped round once QEMU answered `stop`: it emits STOP before it drains the block
         // layer, and a disk read still in flight writes guest RAM until then. Its scan runs now,
         // its read on a thread of its own (nothing writes the RAM any more): the loop meanwhile
-        // serves the hook and the agent's other VMs. The read runs at the cut window's priority
-        // (cut-priority.ts) in both modes: it is inside the pause, and a pre-copy cut's read at
-        // the default policy, when it read everything since a round the cut did not wait for,
-        // took 28 / 80 / 103 ms (median / p95 / max) against 7 / 15 / 16 raised (docs/performance.md,
-        // branch `cutlane`). Its blocks are hashed after the resume (finish()).
+        // serves the hook and the agent's other VMs. The read runs realtime in both modes: it is
+        // inside the pause, and a pre-copy cut's read at the default policy, when it read
+        // everything since a round the cut did not wait for, took 28 / 80 / 103 ms (median / p95 /
+        // max) against 7 / 15 / 16 raised (docs/performance.md, branch `cutlane`). One above the
+        // agents' cut windows, as the paused QEMU's own helpers (boostPause's othersPriority): at
+        // the windows' level it waited 6.7-7.4 ms (median) for a core held by a raised event loop,
+        // this agent's or the other's, which a thread of equal FIFO priority does not preempt.
+        // Its blocks are hashed after the resume (finish()).
         await stopped;
-        final = await this.readRound(true, cutRealtimeEnabled() ? CUT_FIFO_PRIORITY : undefined);
+        final = await this.readRound(true, cutRealtimeEnabled() ? STOPPED_READ_FIFO_PRIORITY : undefined);
         this.mark('read');
         await Promise.all([hook, disk]);
         this.mark('hook');
