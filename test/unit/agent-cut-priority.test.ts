@@ -7,6 +7,7 @@ import {
   cutPrioritySettled,
   cutRealtimeEnabled,
   raiseCutPriority,
+  STOPPED_READ_FIFO_PRIORITY,
   windowStats,
   type CutPriorityOptions,
 } from '../../agent/cut-priority';
@@ -29,6 +30,8 @@ describe('agent cut priority (fake chrt)', () => {
 
   it('cutprio: the first hold asks for SCHED_FIFO below the QEMU boost (reset on fork) without waiting; nested holds ask nothing; the last release restores once', async () => {
     assert.ok(CUT_FIFO_PRIORITY < PAUSE_BOOST_PRIORITY);
+    // the work inside a pause preempts the raised loops, and stays below the paused QEMU's main thread
+    assert.ok(CUT_FIFO_PRIORITY < STOPPED_READ_FIFO_PRIORITY && STOPPED_READ_FIFO_PRIORITY < PAUSE_BOOST_PRIORITY);
     const c = new FakeChrt();
     const a = raiseCutPriority(opts(c));
     const b = raiseCutPriority(opts(c));
