@@ -299,12 +299,13 @@ export class SnapshotRunner {
     // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
     // full speed with the VM running).
     const background = snap.mode === 'background';
-    const agentRaise = this.agentWindow(snap) ? raiseCutPriority(this.o.cutPriority) : () => undefined;
+    const agentHolds = this.agentWindow(snap);
+    const agentRaise = agentHolds ? raiseCutPriority(this.o.cutPriority) : () => undefined;
     // Jobs that take the window themselves (ownCutWindow) have it from right before the instant
     // (raiseBeforeInstant): at the default policy this loop waited for a core for up to 0.45 s
     // while the other agent's VMs' pauses, boosted, held both, and began its cuts that late.
     let lateRaise: (() => void) | undefined;
-    const raiseTimer = background && !this.agentWindow(snap) && snap.vms.length > 0 ? this.raiseBeforeInstant(Number(c.cutAtUnixUs ?? 0), (release) => (lateRaise = release)) : undefined;
+    const raiseTimer = background && !agentHolds && snap.vms.length > 0 ? this.raiseBeforeInstant(Number(c.cutAtUnixUs ?? 0), (release) => (lateRaise = release)) : undefined;
     const normalPriority = (): void => {
       if (raiseTimer) this.o.clock.clearTimeout(raiseTimer);
       agentRaise();
@@ -502,16 +503,6 @@ export class SnapshotRunner {
   }
 
   /**
-   * Whether the agent holds the cut window (cut-priority.ts) for this snapshot: a background one
-   * with a VM whose job does not raise it for its own pause (SnapshotJob.ownCutWindow). A tracked
-   * job's rounds (reading and storing the blocks its guest wrote) run on this loop with the VM
-   * running, before its stop; at a realtime policy through the agent's window they took the
-   * loop's core for up to the kernel's realtime throttling, on both agents of a 2-core host at
-   * once, and every thread at the default policy (QEMU's threads the pause needs, the kernel's
-   * I/O threads behind a `stop`'s flush) waited: 0.9–1.1 s pauses (docs/performance.md, "Tracked
-   * memory in bench:snapshot"). Such a job raises the loop from its `stop` to its drain only.
-   */
-  /**
    * The loop raised (cut-priority.ts) CUT_RAISE_LEAD_MS before the instant `atUs` (this agent's
    * clock), its release handed to `raised`: the timer's handle, or undefined without an instant.
    * The jobs' rounds end ROUND_LEAD_MS (30 ms) before the instant by their schedule, so the loop
@@ -523,6 +514,16 @@ export class SnapshotRunner {
     return this.o.clock.setTimeout(() => raised(raiseCutPriority(this.o.cutPriority)), Math.floor(inMs));
   }
 
+  /**
+   * Whether the agent holds the cut window (cut-priority.ts) for this snapshot: a background one
+   * with a VM whose job does not raise it for its own pause (SnapshotJob.ownCutWindow). A tracked
+   * job's rounds (reading and storing the blocks its guest wrote) run on this loop with the VM
+   * running, before its stop; at a realtime policy through the agent's window they took the
+   * loop's core for up to the kernel's realtime throttling, on both agents of a 2-core host at
+   * once, and every thread at the default policy (QEMU's threads the pause needs, the kernel's
+   * I/O threads behind a `stop`'s flush) waited: 0.9–1.1 s pauses (docs/performance.md, "Tracked
+   * memory in bench:snapshot"). Such a job raises the loop from its `stop` to its drain only.
+   */
   private agentWindow(snap: LocalSnapshot): boolean {
     return snap.mode === 'background' && (snap.vms.length === 0 || snap.vms.some((x) => x.job.ownCutWindow !== true));
   }

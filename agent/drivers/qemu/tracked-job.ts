@@ -144,13 +144,6 @@ interface ReadBlocks {
  */
 const RAM_READS = new SpareBuffers(4);
 
-/**
- * The stopped round's read on a thread of its own rather than the pool's: in the pool it waited,
- * inside the pause, for a thread the store's compression or another VM's round held
- * (docs/incremental-memory.md, "Off the agent's event loop", says what was measured).
- */
-const STOPPED_READ_OWN_THREAD = true;
-
 /** The stopped round's read as cut-trace spans: waiting for its thread (RAM_QUEUE), reading (RAM_READ). */
 function readSpans(t: Float64Array): PhaseSpan[] {
   const [submitted, begun, ended] = [Math.round(t[0] as number), Math.round(t[1] as number), Math.round(t[2] as number)];
@@ -310,7 +303,9 @@ export class TrackedJob extends QemuVmJob {
     }
     const buf = RAM_READS.take(runs.bytes, Math.ceil((runs.bytes * 1.25) / MiB) * MiB); // room for the next rounds' growth
     if (!stopped) return this.read(runs, buf);
-    return this.read(runs, buf, { fifoPriority, ownThread: STOPPED_READ_OWN_THREAD, timing: this.stoppedReadTiming }, false);
+    // On a thread of its own, not the pool's: in the pool it waited, inside the pause, for a thread
+    // the store's compression or another VM's round held (docs/incremental-memory.md).
+    return this.read(runs, buf, { fifoPriority, ownThread: true, timing: this.stoppedReadTiming }, false);
   }
 
   /**
