@@ -28,7 +28,7 @@
  * restore), the "distro" object; `--no-distro` skips it.
  *
  * Each snapshot's cut traces (its VMs' phases: coordinator/cli/cut-trace.ts) are summarised per
- * guest and mode: every trace phase's median / p95 / max, and the longest pauses with their
+ * guest and mode: every trace phase's median / p95 / max, the longest pauses and those nearest the median with their
  * trace lines (stderr with --json); a snapshot whose cut spread is over 50 ms has every VM's
  * trace line printed with its progress line. The targets of issue 15 are printed as ratios, MET or not.
  *
@@ -79,7 +79,7 @@ import { allStatuses, checkAfterRestore, E2E_VNE, intactProblems, destroyE2eClus
 import { sleep, until } from '../support/wait';
 import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
-import { commitSkewMs, cutSpreadMs, longestTraces, median, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, median, medianTraces, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
 import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine, type WallMarks, type WallSplit } from './snapshot-wall';
@@ -407,7 +407,7 @@ function partsSummary(parts: readonly SpreadParts[]): string {
     .join(', ')}`;
 }
 
-/** Where every long pause goes: each trace phase's durations, and the longest pauses' traces. */
+/** Where every long pause goes: each trace phase's durations, the longest pauses' traces and those of the pauses nearest the median. */
 function traceReport(label: string, g: Partial<Record<Mode, ModeRun>>): string[] {
   const out: string[] = [];
   for (const [m, run] of Object.entries(g) as [Mode, ModeRun | undefined][]) {
@@ -418,6 +418,8 @@ function traceReport(label: string, g: Partial<Record<Mode, ModeRun>>): string[]
     for (const [k, v] of Object.entries(traceStats(run.vms))) out.push(`    ${k.padEnd(32)} ${String(v.median).padStart(8)} ${String(v.p95).padStart(8)} ${String(v.max).padStart(8)}  (${v.n})`);
     out.push(`  ${label} ${m}: the longest pauses`);
     for (const l of longestTraces(run.vms, 3)) out.push(`    ${l}`);
+    out.push(`  ${label} ${m}: the pauses nearest the median`);
+    for (const l of medianTraces(run.vms, 3)) out.push(`    ${l}`);
   }
   return out;
 }

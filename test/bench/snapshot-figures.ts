@@ -125,12 +125,28 @@ export function traceStats(vms: readonly TracedVm[]): Record<string, Stats & { n
   return out;
 }
 
+/** One pause with its trace line: "h1/a 466.0 ms: commit …". */
+function traceOf(v: TracedVm): string {
+  return `${v.host}/${v.name} ${v.pauseMs.toFixed(1)} ms: ${cutTraceLine({ cutUnixUs: v.cutUnixUs, phases: v.phases ?? [] })}`;
+}
+
 /** The `n` longest pauses with their trace lines, longest first: "h1/a 466.0 ms: commit …". */
 export function longestTraces(vms: readonly TracedVm[], n: number): string[] {
   return [...vms]
     .sort((a, b) => b.pauseMs - a.pauseMs)
     .slice(0, n)
-    .map((v) => `${v.host}/${v.name} ${v.pauseMs.toFixed(1)} ms: ${cutTraceLine({ cutUnixUs: v.cutUnixUs, phases: v.phases ?? [] })}`);
+    .map(traceOf);
+}
+
+/**
+ * The `n` pauses nearest the median (by rank: the middle ones of the pauses in order), shortest
+ * first, with their trace lines: where a typical pause goes, beside the longest ones.
+ */
+export function medianTraces(vms: readonly TracedVm[], n: number): string[] {
+  const sorted = [...vms].sort((a, b) => a.pauseMs - b.pauseMs);
+  const k = Math.min(n, sorted.length);
+  const from = Math.max(0, Math.min(sorted.length - k, Math.floor((sorted.length - k) / 2)));
+  return sorted.slice(from, from + k).map(traceOf);
 }
 
 export interface Target {

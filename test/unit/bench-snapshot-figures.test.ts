@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { commitSkewMs, cutSpreadMs, longestTraces, p95, ratio, spreadParts, spreadPartsLine, stats, targetLines, traceStats } from '../bench/snapshot-figures';
+import { commitSkewMs, cutSpreadMs, longestTraces, medianTraces, p95, ratio, spreadParts, spreadPartsLine, stats, targetLines, traceStats } from '../bench/snapshot-figures';
 
 const CUT = 1_800_000_000_000_000;
 
@@ -43,6 +43,9 @@ describe('bench:snapshot figures', () => {
     assert.equal(commitSkewMs(vms), 0);
     assert.deepEqual(traceStats(vms), { drain: { median: 2, p95: 3, max: 3, n: 2 }, loop_stall: { median: 400, p95: 400, max: 400, n: 1 } });
     assert.deepEqual(longestTraces(vms, 2), ['h2/b 466.0 ms: drain +0.7…+3.7, loop_stall +0.7…+400.7', 'h1/a 21.5 ms: pause 0…+21.5, drain +0.5…+1.5']);
+    assert.deepEqual(medianTraces(vms, 1), ['h1/a 21.5 ms: pause 0…+21.5, drain +0.5…+1.5']);
+    assert.deepEqual(medianTraces(vms, 2), ['h2/c 3.0 ms: -', 'h1/a 21.5 ms: pause 0…+21.5, drain +0.5…+1.5']);
+    assert.deepEqual(medianTraces(vms, 5).length, 3);
   });
 
   it('targets: MET at the limit, NOT MET above it, n/a without a figure; ratios need both sides', () => {

@@ -68,6 +68,29 @@ describe('QMP cut trace (real unix socket, fake monitor)', () => {
       'PHASE_QMP_STOP', 'PHASE_QMP_CONT', 'PHASE_QMP_BLOCKDEV_SNAPSHOT', 'PHASE_QMP_MIGRATE', 'PHASE_QMP_MIGRATE_CONTINUE', 'PHASE_QMP_MIGRATE_SET_PARAMETERS', 'PHASE_QMP_QUERY_MIGRATE', 'PHASE_QMP_OTHER',
     ]);
   });
+
+  it("QEMU's save of the device state: MIGRATION setup → completed as one DEVICE_STATE span, QEMU's timestamps; the other statuses and an end without a setup add nothing", async () => {
+    const tr = CutQmpTrace.start(q);
+    const t = nowUs() - 10_000;
+    const seen = (status: string): Promise<unknown> => q.waitEvent('MIGRATION', (d) => d.status === status);
+    const emit = async (status: string, at: number): Promise<void> => {
+      const ev = seen(status);
+      mon.event('MIGRATION', at, { status });
+      await ev;
+    };
+    await emit('completed', t - 5000); // no setup seen: nothing
+    await emit('setup', t);
+    await emit('active', t + 1000);
+    await emit('device', t + 2000);
+    await emit('completed', t + 6500);
+    await emit('setup', t + 7000);
+    await emit('failed', t + 7300);
+    const spans = tr.stop();
+    assert.deepEqual(spans, [
+      { phase: 'PHASE_DEVICE_STATE', startUnixUs: t, endUnixUs: t + 6500 },
+      { phase: 'PHASE_DEVICE_STATE', startUnixUs: t + 7000, endUnixUs: t + 7300 },
+    ]);
+  });
 });
 
 /** The event loop blocked for `ms`. */

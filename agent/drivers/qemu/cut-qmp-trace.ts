@@ -1,7 +1,9 @@
 /**
  * The QMP side of a VM's cut trace: from start() to stop(), every command's round trip on the
  * VM's monitor (sent → reply parsed, wall clock) and QEMU's STOP / RESUME events (QEMU's own
- * timestamp → parsed here), as phases of the snapshot's VmSnapshot (PHASE_QMP_*, PHASE_EVENT_*).
+ * timestamp → parsed here), as phases of the snapshot's VmSnapshot (PHASE_QMP_*, PHASE_EVENT_*),
+ * and QEMU's own save of the device state: its MIGRATION events `setup` → `completed` (or
+ * `failed` / `cancelled`), both QEMU's timestamps (PHASE_DEVICE_STATE).
  * A gap between QEMU's timestamp and the receipt, or a round trip much longer than QEMU's work,
  * is time the agent did not read its socket: its event loop was elsewhere.
  *
@@ -32,13 +34,25 @@ export function qmpPhase(cmd: string): Phase {
 export class CutQmpTrace {
   private readonly spans: PhaseSpan[] = [];
   private stopped = false;
+  /** QEMU's timestamp of the MIGRATION `setup` event seen, until its end. */
+  private migrationSetupUs: number | undefined;
   private readonly onReply = (r: QmpRoundTrip): void => {
     this.spans.push({ phase: qmpPhase(r.cmd), startUnixUs: r.sentUnixUs, endUnixUs: r.replyUnixUs });
   };
   private readonly onEvent = (e: QmpEvent): void => {
+    if (e.event === 'MIGRATION') return this.onMigration(e);
     const phase = EVENT_PHASES[e.event];
     if (phase && e.timestampUs > 0) this.spans.push({ phase, startUnixUs: e.timestampUs, endUnixUs: Math.max(e.timestampUs, e.receivedUnixUs) });
   };
+
+  private onMigration(e: QmpEvent): void {
+    const status = e.data.status;
+    if (status === 'setup') this.migrationSetupUs = e.timestampUs;
+    else if ((status === 'completed' || status === 'failed' || status === 'cancelled') && this.migrationSetupUs !== undefined && e.timestampUs > 0) {
+      this.spans.push({ phase: 'PHASE_DEVICE_STATE', startUnixUs: this.migrationSetupUs, endUnixUs: Math.max(this.migrationSetupUs, e.timestampUs) });
+      this.migrationSetupUs = undefined;
+    }
+  }
 
   private constructor(private readonly q: QmpClient) {
     q.on('reply', this.onReply);
