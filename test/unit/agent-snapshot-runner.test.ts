@@ -329,7 +329,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(cutInstant(t - 5, t), { stopAtUs: t - 5 }, 'an instant already past is handed on: the driver knows it is late');
   });
 
-  it("a background commit's instant with jobs that approach it: their work starts at the receipt (no gate, no pause), every VM's cut begins at the instant without it, a job whose work runs late stops when it ends (its ports gated meanwhile)", async () => {
+  it("a background commit's instant with jobs that approach it: their work starts at the receipt (no gate, no pause), every VM's cut begins at the instant without it, also a job whose work runs late (the cut does not wait for it; the persist does)", async () => {
     h = await new AgentParts().init(['a', 'b']);
     h.driver.approach = true;
     h.driver.holdApproach = true;
@@ -347,21 +347,24 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     h.clock.advance(29);
     await flush();
     assert.deepEqual(h.driver.events.slice(4), ['approached a'], 'a done early: still not cut before the instant');
+    const EVENTS_AT_INSTANT = ['approached a', 'pause a', 'atPause a', 'late b', 'pause b', 'atPause b', 'resume a', 'resume b'];
     h.clock.advance(1);
-    await flush();
-    assert.deepEqual(h.driver.events.slice(4), ['approached a', 'pause a', 'atPause a', 'resume a'], 'a cut at the instant; b waits for its approach');
+    const r = await p;
+    assert.deepEqual(h.driver.events.slice(4), EVENTS_AT_INSTANT, "both cut at the instant, b's without waiting for its work still running");
+    assert.equal(h.driver.events.some((e) => e.startsWith('instant')), false, 'the cuts get no instant: they stop at once');
+    for (const vm of r.commit?.vms ?? []) assert.deepEqual(vm.phases?.find((x) => x.phase === 'PHASE_CUT_AT'), { phase: 'PHASE_CUT_AT', startUnixUs: rx + 30_000, endUnixUs: rx + 30_000 }, vm.name ?? '');
     h.driver.port('blue/a').vm.send(testFrame(1, 2, 4));
     h.driver.port('blue/a').vm.pumpAll();
     await flush();
-    assert.equal(h.driver.port('blue/b').vm.received.length, 0, "b's ports are gated from the instant: the frame is held");
-    h.clock.advance(7);
+    assert.equal(h.driver.port('blue/b').vm.received.length, 1, "b's ports are released after its cut, its work still running");
+    // The image waits for that work: the persist ends only once it ended.
+    let persisted = false;
+    const pp = h.snapshots.persist({ snapshotId: 's30' }).then(() => (persisted = true));
+    await flush();
+    assert.equal(persisted, false, "the persist waits for b's work");
     job(h, 1).endApproach();
-    const r = await p;
-    assert.deepEqual(h.driver.events.slice(8), ['approached b', 'pause b', 'atPause b', 'resume b']);
-    assert.equal(h.driver.port('blue/b').vm.received.length, 1, 'released after its cut');
-    assert.equal(h.driver.events.some((e) => e.startsWith('instant')), false, 'the cuts get no instant: they stop at once');
-    for (const vm of r.commit?.vms ?? []) assert.deepEqual(vm.phases?.find((x) => x.phase === 'PHASE_CUT_AT'), { phase: 'PHASE_CUT_AT', startUnixUs: rx + 30_000, endUnixUs: rx + 30_000 }, vm.name ?? '');
-    await h.snapshots.persist({ snapshotId: 's30' });
+    await pp;
+    assert.deepEqual(h.driver.events.slice(4 + EVENTS_AT_INSTANT.length), ['approached b']);
     // No instant named: no approach, the cut at once.
     await h.snapshots.begin(begin('s31', 2, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     const n = h.driver.events.length;
@@ -405,7 +408,7 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     await h.snapshots.begin(begin('s34', 1, ['a'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink);
     const c = code(h.snapshots.commit({ snapshotId: 's34', cutAtUnixUs: h.clock.now() * 1000 + 10_000 }));
     await flush();
-    h.clock.advance(10); // the instant passed, the approach still runs: the cut waits for it
+    h.clock.advance(9); // the approach still runs, the instant not reached
     await flush();
     await h.snapshots.abort(abortOf('s34', 1));
     assert.equal(await c, 'ERR_SNAPSHOT_ABORTED');
