@@ -22,6 +22,7 @@
         "switch/native/sched.c",
         "switch/native/ram_track.c",
         "switch/native/ram_read.c",
+        "switch/native/unix_sink.c",
         "switch/native/sha256_portable.c"
       ],
       "cflags!": ["-O3"],

@@ -259,7 +259,22 @@ export interface NativeIo {
    * length. data and digests belong to the call until the promise settles.
    */
   sha256Blocks(data: Buffer, blockSize: number, digests: Buffer, opts?: { portable?: boolean }): Promise<number>;
+  /**
+   * A unix stream socket bound and listening at `path` (a socket file there is replaced; a bind
+   * or listen failure throws ERR_NATIVE_IO), whose one connection is accepted and read to its end
+   * on a thread of its own (native/unix_sink.c: created at SCHED_FIFO at `fifoPriority` where
+   * permitted), never on the event loop: the promise resolves with every byte sent once the peer
+   * closed the connection, or rejects with ERR_NATIVE_IO (more than `maxBytes`, default 64 MiB;
+   * a failed accept or read; unixSinkClose() before the end). The socket file is the caller's
+   * to remove.
+   */
+  unixSinkListen(path: string, opts?: { fifoPriority?: number; maxBytes?: number }): [UnixSinkHandle, Promise<Buffer>];
+  /** Ends a sink whose promise has not settled (it then rejects); nothing after it settled. Idempotent. */
+  unixSinkClose(handle: UnixSinkHandle): void;
 }
+
+/** A sink of unixSinkListen (opaque). */
+export type UnixSinkHandle = { readonly __unixSink: unique symbol };
 
 /** readProcessBlocks' options (native/ram_read.c). */
 export interface ReadBlocksOptions {
@@ -273,7 +288,7 @@ export interface ReadBlocksOptions {
  * The addon interface this TypeScript speaks (VNSNAP_IO_INTERFACE_VERSION in native/addon.h):
  * bump both together whenever an entry point, an option or a result changes meaning.
  */
-export const NATIVE_INTERFACE_VERSION = 10;
+export const NATIVE_INTERFACE_VERSION = 11;
 
 let loaded: NativeIo | undefined;
 

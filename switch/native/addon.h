@@ -39,8 +39,10 @@ struct send_arena;
  * 9: readProcessBlocks, sha256Blocks (a tracked round's read and its blocks' SHA-256s in the thread
  *    pool: ram_read.c).
  * 10: readProcessBlocks' opts.ownThread (a thread of its own, not the pool) and opts.timing.
+ * 11: unixSinkListen, unixSinkClose (one connection's bytes read on a thread of its own: a tracked
+ *     capture's device state, unix_sink.c).
  */
-#define VNSNAP_IO_INTERFACE_VERSION 10
+#define VNSNAP_IO_INTERFACE_VERSION 11
 
 /* Bytes of the spill tail of TAP reads (see poller_read.c). */
 #define RX_SCRATCH_BYTES (128 * 1024)
@@ -80,7 +82,8 @@ struct send_arena *addon_arena(napi_env env, const char *op);
   X(uffdWriteTrackingAvailable, UffdWriteTrackingAvailable) X(uffdAdopt, UffdAdopt)              \
   X(uffdTrackWrites, UffdTrackWrites) X(pagemapScanWritten, PagemapScanWritten)                  \
   X(readProcessMemory, ReadProcessMemory) X(writeProcessMemory, WriteProcessMemory) /* ram_track.c */ \
-  X(readProcessBlocks, ReadProcessBlocks) X(sha256Blocks, Sha256Blocks) /* ram_read.c */
+  X(readProcessBlocks, ReadProcessBlocks) X(sha256Blocks, Sha256Blocks) /* ram_read.c */      \
+  X(unixSinkListen, UnixSinkListen) X(unixSinkClose, UnixSinkClose)     /* unix_sink.c */
 
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)

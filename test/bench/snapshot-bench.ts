@@ -11,6 +11,9 @@
  *   baseline     stop all, migrate each to a file, cont all (snapshot-qemu.ts)
  *   bare_qemu    QEMU's own background snapshot of the same VMs: stop; migrate with
  *                background-snapshot; QEMU resumes (snapshot-qemu.ts), pause from STOP/RESUME
+ *   device_state_floor  with --memory-mode tracked: the tracked cut's QEMU steps alone on the
+ *                same VMs (stop; the devices saved with x-ignore-shared; cont), all at once: the
+ *                floor of a tracked pause here (snapshot-qemu.ts); printed as a ratio, no target
  *   io floor     dd conv=fsync of as many bytes as a background snapshot stored, on the store's
  *                filesystem; snapshot_s.vs_io_floor is the snapshot's wall time over it
  *   restore      `vnsnap restore ID --stop-running` of the precopy snapshot (the whole VNE:
@@ -80,7 +83,7 @@ import { sleep, until } from '../support/wait';
 import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, medianTraces, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
-import { bareQemu, baseline, ioFloorSeconds } from './snapshot-qemu';
+import { bareQemu, baseline, deviceStateFloor, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine, type WallMarks, type WallSplit } from './snapshot-wall';
 import type { MemoryMode } from '../../proto/specs/qemu-extra';
@@ -247,6 +250,8 @@ interface GuestRun {
   precopy: ModeRun;
   baseline: { pauses: number[]; seconds: number[]; slowestSingle: number[]; bytes: number };
   bareQemu: number[];
+  /** With tracked memory: the tracked cut's QEMU steps alone on the same VMs (snapshot-qemu.ts deviceStateFloor); else empty. */
+  deviceStateFloor: number[];
   problems: string[];
 }
 
@@ -281,8 +286,20 @@ async function guestRun(c: Cluster, label: string, rounds: number, image: GuestI
     }
     return b;
   });
+  const floor = TRACKED ? await floorRounds(c, label, rounds, problems) : [];
   const bare = !TRACKED ? await bareRounds(c, label, rounds, problems) : deferTwin ? [] : await twinBareQemu(c, image, label, rounds, problems);
-  return { background, precopy, baseline: base, bareQemu: bare, problems };
+  return { background, precopy, baseline: base, bareQemu: bare, deviceStateFloor: floor, problems };
+}
+
+/** With tracked memory, `rounds` of the tracked cut's QEMU steps alone on the VNE's own VMs, the streams checked (problems added). */
+function floorRounds(c: Cluster, label: string, rounds: number, problems: string[]): Promise<number[]> {
+  say(`    ${label} device-state floor: stop, the devices saved (x-ignore-shared), cont, all VMs at once (${rounds} rounds)`);
+  return checkedRun(label, problems, 'device-state floor', () =>
+    deviceStateFloor(c.dir, rounds).catch((e: Error) => {
+      say(`  PROBLEM: ${label} device-state floor (its figures are null): ${e.message}`);
+      return [] as number[];
+    }),
+  );
 }
 
 /** `rounds` bare QEMU background snapshots of the VNE's VMs, the streams checked (problems added). */
@@ -349,8 +366,14 @@ function storedMib(g: GuestRun): { background: number; precopy: number } {
 /** Where bare QEMU ran, for the report's titles. */
 const bareOn = (): string => (TRACKED ? '; bare QEMU on twins with memory=migration' : '');
 
-function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null } {
-  return { background: stats(g.background.pauses), precopy: stats(g.precopy.pauses), baseline: stats(g.baseline.pauses), bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null };
+function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null; device_state_floor?: Stats | null } {
+  return {
+    background: stats(g.background.pauses),
+    precopy: stats(g.precopy.pauses),
+    baseline: stats(g.baseline.pauses),
+    bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null,
+    ...(TRACKED ? { device_state_floor: g.deviceStateFloor.length ? stats(g.deviceStateFloor) : null } : {}),
+  };
 }
 
 /** Start the cluster and the four-guest VNE of `image` (a monitor per VM, for the baseline); resolves once every stream is up. */
@@ -593,12 +616,14 @@ async function backgroundOnly(c: Cluster, loadStart: number): Promise<void> {
 }
 
 function guestTable(title: string, p: Record<string, Stats | null>, g: BackgroundRun & Partial<GuestRun>): string[] {
-  const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'baseline' ? (g.baseline?.pauses.length ?? 0) : (g[m as Mode]?.pauses.length ?? 0));
+  const w = Math.max(11, ...Object.keys(p).map((m) => m.length));
+  const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'device_state_floor' ? (g.deviceStateFloor?.length ?? 0) : m === 'baseline' ? (g.baseline?.pauses.length ?? 0) : (g[m as Mode]?.pauses.length ?? 0));
   return [
     '',
     `  ${title}`,
-    '  mode        pause med  pause p95  pause max  pauses',
-    ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(11)} ${String(s?.median ?? '-').padStart(9)} ${String(s?.p95 ?? '-').padStart(10)} ${String(s?.max ?? '-').padStart(10)} ${String(n(m)).padStart(7)}`),
+    `  ${'mode'.padEnd(w)} pause med  pause p95  pause max  pauses`,
+    ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(w)} ${String(s?.median ?? '-').padStart(9)} ${String(s?.p95 ?? '-').padStart(10)} ${String(s?.max ?? '-').padStart(10)} ${String(n(m)).padStart(7)}`),
+    ...(p.device_state_floor ? [`  tracked background / its device-state floor (medians): ${ratio(p.background?.median, p.device_state_floor.median) ?? '-'}×`] : []),
   ];
 }
 

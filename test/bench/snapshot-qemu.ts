@@ -13,6 +13,12 @@
  *              fork or exec inside the pause (`exec:cat > FILE` put QEMU's fork of a shell and
  *              `cat` into it, so the figure was no floor). All VMs at once per round (as vnsnap
  *              cuts them), the stream awaited before the next round.
+ *   device_state_floor  with tracked memory, on the tracked VMs themselves: the QEMU steps of a
+ *              tracked cut alone — `stop` and `migrate` with x-ignore-shared (the devices, no RAM)
+ *              written back to back, the stream read here, `cont` once QEMU completed
+ *              (contAfterSave, as the agent does) — all VMs at one instant per round; the pause
+ *              from QEMU's STOP / RESUME timestamps. No page read, no frame drained: the floor of
+ *              a tracked pause on these VMs and this machine.
  *   io floor   `dd conv=fsync` of as many bytes as a snapshot stored, into the store's directory:
  *              the disk's price for the bytes, against which a snapshot's wall time is a ratio.
  */
@@ -107,18 +113,30 @@ async function socketToFile(sock: string, file: string): Promise<{ written: Prom
   };
 }
 
+/** What a round of QEMU's own steps does: QEMU's background snapshot, or a tracked cut's device state with the agent's `cont`. */
+type QemuRound = 'bare_qemu' | 'device_state_floor';
+
 /** `rounds` bare QEMU background snapshots of every VM (see the module comment); every VM's pause of every round. */
-export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
+export function bareQemu(dir: string, rounds: number): Promise<number[]> {
+  return qemuRounds(dir, rounds, 'bare_qemu');
+}
+
+/** `rounds` of a tracked cut's QEMU steps alone on every (tracked) VM (see the module comment); every VM's pause of every round. */
+export function deviceStateFloor(dir: string, rounds: number): Promise<number[]> {
+  return qemuRounds(dir, rounds, 'device_state_floor');
+}
+
+async function qemuRounds(dir: string, rounds: number, kind: QemuRound): Promise<number[]> {
   const qmps = await monitors();
   const pauses: number[] = [];
   try {
-    for (const q of qmps) await onlyCapabilities(q, ['events', 'background-snapshot']);
+    for (const q of qmps) await onlyCapabilities(q, kind === 'bare_qemu' ? ['events', 'background-snapshot'] : ['events', 'x-ignore-shared']);
     for (let r = 0; r < rounds; r++) {
       const one = await Promise.all(
         qmps.map(async (q, i) => {
           const vm = E2E_VMS[i] as string;
-          const file = path.join(dir, `bare-${vm}.img`);
-          const sock = path.join(dir, `bare-${vm}.sock`);
+          const file = path.join(dir, `${kind}-${vm}.img`);
+          const sock = path.join(dir, `${kind}-${vm}.sock`);
           const reader = await socketToFile(sock, file); // listening before the stop
           try {
             const stop = q.waitEvent('STOP', undefined, 30_000);
@@ -126,6 +144,13 @@ export async function bareQemu(dir: string, rounds: number): Promise<number[]> {
             const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
             const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${sock}` })];
             await Promise.all(cmds);
+            if (kind === 'device_state_floor') {
+              // The VM stays stopped after the save: resumed as the agent does, once QEMU completed.
+              const end = await done;
+              if (end.data.status !== 'completed') throw new Error(`device state of ${vm}: ${String(end.data.status)}`);
+              await reader.written;
+              await contAfterSave(q, vm);
+            }
             const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
             const end = await done;
             if (end.data.status !== 'completed') throw new Error(`bare QEMU background snapshot of ${vm}: ${String(end.data.status)}`);

@@ -208,7 +208,8 @@ export class TrackedJob extends QemuVmJob {
     await ignoreSharedRam(this.q, this.vm);
     await this.disk.prepare();
     if (pauseBoostEnabled()) startChrtShell();
-    this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`);
+    // Its reader at the stopped round's read's level: both are inside the pause.
+    this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`, cutRealtimeEnabled() ? { fifoPriority: STOPPED_READ_FIFO_PRIORITY } : {});
     this.mark('prepared');
     this.image = await this.openImage(store.createBlockImage.bind(store));
     this.mark('opened');
