@@ -15,7 +15,8 @@
  *              cuts them), the stream awaited before the next round.
  *   device_state_floor  with tracked memory, on the tracked VMs themselves: the QEMU steps of a
  *              tracked cut alone — `stop` and `migrate` with x-ignore-shared (the devices, no RAM)
- *              written back to back, the stream read here, `cont` once QEMU completed
+ *              written back to back, the stream read by a thread of the addon's (as the agent's
+ *              sink reads it), `cont` once QEMU completed
  *              (contAfterSave, as the agent does) — all VMs at one instant per round; the pause
  *              from QEMU's STOP / RESUME timestamps. No page read, no frame drained: the floor of
  *              a tracked pause on these VMs and this machine.
@@ -29,6 +30,7 @@ import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { contAfterSave } from '../../agent/drivers/qemu/device-state';
 import { QmpClient, type QmpEvent } from '../../agent/drivers/qemu/qmp';
+import { nativeIo } from '../../switch/native-io';
 import { E2E_VMS, instanceDir } from '../support/qemu-vne';
 import { sleep } from '../support/wait';
 
@@ -116,6 +118,21 @@ async function socketToFile(sock: string, file: string): Promise<{ written: Prom
 /** What a round of QEMU's own steps does: QEMU's background snapshot, or a tracked cut's device state with the agent's `cont`. */
 type QemuRound = 'bare_qemu' | 'device_state_floor';
 
+/** A unix socket at `sock` whose one connection the addon reads on a thread of its own (the bytes dropped); `written` resolves at its end. */
+function threadSink(sock: string): { written: Promise<void>; close: () => void } {
+  const io = nativeIo();
+  const [h, bytes] = io.unixSinkListen(sock);
+  const written = bytes.then(() => undefined);
+  written.catch(() => undefined);
+  return {
+    written,
+    close: () => {
+      io.unixSinkClose(h);
+      fs.rmSync(sock, { force: true });
+    },
+  };
+}
+
 /** `rounds` bare QEMU background snapshots of every VM (see the module comment); every VM's pause of every round. */
 export function bareQemu(dir: string, rounds: number): Promise<number[]> {
   return qemuRounds(dir, rounds, 'bare_qemu');
@@ -137,7 +154,9 @@ async function qemuRounds(dir: string, rounds: number, kind: QemuRound): Promise
           const vm = E2E_VMS[i] as string;
           const file = path.join(dir, `${kind}-${vm}.img`);
           const sock = path.join(dir, `${kind}-${vm}.sock`);
-          const reader = await socketToFile(sock, file); // listening before the stop
+          // Listening before the stop. The floor's reader is a thread of its own, as the agent's
+          // sink (device-state.ts): a reader on this loop made QEMU's save wait for it.
+          const reader = kind === 'device_state_floor' ? threadSink(sock) : await socketToFile(sock, file);
           try {
             const stop = q.waitEvent('STOP', undefined, 30_000);
             const resume = q.waitEvent('RESUME', undefined, 60_000);
