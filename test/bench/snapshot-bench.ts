@@ -11,9 +11,9 @@
  *   baseline     stop all, migrate each to a file, cont all (snapshot-qemu.ts)
  *   bare_qemu    QEMU's own background snapshot of the same VMs: stop; migrate with
  *                background-snapshot; QEMU resumes (snapshot-qemu.ts), pause from STOP/RESUME
- *   device_state_floor  with --memory-mode tracked: the tracked cut's QEMU steps alone on the
- *                same VMs (stop; the devices saved with x-ignore-shared; cont), all at once: the
- *                floor of a tracked pause here (snapshot-qemu.ts); printed as a ratio, no target
+ *   qemu_device_state  with --memory-mode tracked: the tracked cut's QEMU steps alone on the
+ *                same VMs (stop; the devices saved with x-ignore-shared; cont), all at once,
+ *                driven without vnsnap's priorities (snapshot-qemu.ts); a ratio, no target
  *   io floor     dd conv=fsync of as many bytes as a background snapshot stored, on the store's
  *                filesystem; snapshot_s.vs_io_floor is the snapshot's wall time over it
  *   restore      `vnsnap restore ID --stop-running` of the precopy snapshot (the whole VNE:
@@ -83,7 +83,7 @@ import { sleep, until } from '../support/wait';
 import { HOLD_ENV, PACE_BY_ENV, parseHold, parsePaceBy } from '../../agent/drivers/qemu/precopy-hold';
 import { forEachFlag, helpExit, usageExit } from './args';
 import { commitSkewMs, cutSpreadMs, longestTraces, median, medianTraces, spreadParts, spreadPartsLine, ratio, stats, targetLines, traceStats, type SpreadParts, type Stats, type Target, type TracedVm } from './snapshot-figures';
-import { bareQemu, baseline, deviceStateFloor, ioFloorSeconds } from './snapshot-qemu';
+import { bareQemu, baseline, qemuDeviceState, ioFloorSeconds } from './snapshot-qemu';
 import { timedRestore, type TimedRestore } from './snapshot-restore';
 import { medianWallSplit, wallSplitLine, type WallMarks, type WallSplit } from './snapshot-wall';
 import type { MemoryMode } from '../../proto/specs/qemu-extra';
@@ -250,8 +250,8 @@ interface GuestRun {
   precopy: ModeRun;
   baseline: { pauses: number[]; seconds: number[]; slowestSingle: number[]; bytes: number };
   bareQemu: number[];
-  /** With tracked memory: the tracked cut's QEMU steps alone on the same VMs (snapshot-qemu.ts deviceStateFloor); else empty. */
-  deviceStateFloor: number[];
+  /** With tracked memory: the tracked cut's QEMU steps alone on the same VMs (snapshot-qemu.ts qemuDeviceState); else empty. */
+  qemuDeviceState: number[];
   problems: string[];
 }
 
@@ -286,17 +286,17 @@ async function guestRun(c: Cluster, label: string, rounds: number, image: GuestI
     }
     return b;
   });
-  const floor = TRACKED ? await floorRounds(c, label, rounds, problems) : [];
+  const floor = TRACKED ? await qemuDeviceStateRounds(c, label, rounds, problems) : [];
   const bare = !TRACKED ? await bareRounds(c, label, rounds, problems) : deferTwin ? [] : await twinBareQemu(c, image, label, rounds, problems);
-  return { background, precopy, baseline: base, bareQemu: bare, deviceStateFloor: floor, problems };
+  return { background, precopy, baseline: base, bareQemu: bare, qemuDeviceState: floor, problems };
 }
 
 /** With tracked memory, `rounds` of the tracked cut's QEMU steps alone on the VNE's own VMs, the streams checked (problems added). */
-function floorRounds(c: Cluster, label: string, rounds: number, problems: string[]): Promise<number[]> {
-  say(`    ${label} device-state floor: stop, the devices saved (x-ignore-shared), cont, all VMs at once (${rounds} rounds)`);
-  return checkedRun(label, problems, 'device-state floor', () =>
-    deviceStateFloor(c.dir, rounds).catch((e: Error) => {
-      say(`  PROBLEM: ${label} device-state floor (its figures are null): ${e.message}`);
+function qemuDeviceStateRounds(c: Cluster, label: string, rounds: number, problems: string[]): Promise<number[]> {
+  say(`    ${label} QEMU's own steps of a tracked cut: stop, the devices saved (x-ignore-shared), cont, all VMs at once (${rounds} rounds)`);
+  return checkedRun(label, problems, 'QEMU device state', () =>
+    qemuDeviceState(c.dir, rounds).catch((e: Error) => {
+      say(`  PROBLEM: ${label} QEMU device state (its figures are null): ${e.message}`);
       return [] as number[];
     }),
   );
@@ -366,13 +366,13 @@ function storedMib(g: GuestRun): { background: number; precopy: number } {
 /** Where bare QEMU ran, for the report's titles. */
 const bareOn = (): string => (TRACKED ? '; bare QEMU on twins with memory=migration' : '');
 
-function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null; device_state_floor?: Stats | null } {
+function pauseStats(g: GuestRun): Record<'background' | 'precopy' | 'baseline', Stats> & { bare_qemu: Stats | null; qemu_device_state?: Stats | null } {
   return {
     background: stats(g.background.pauses),
     precopy: stats(g.precopy.pauses),
     baseline: stats(g.baseline.pauses),
     bare_qemu: g.bareQemu.length ? stats(g.bareQemu) : null,
-    ...(TRACKED ? { device_state_floor: g.deviceStateFloor.length ? stats(g.deviceStateFloor) : null } : {}),
+    ...(TRACKED ? { qemu_device_state: g.qemuDeviceState.length ? stats(g.qemuDeviceState) : null } : {}),
   };
 }
 
@@ -617,13 +617,13 @@ async function backgroundOnly(c: Cluster, loadStart: number): Promise<void> {
 
 function guestTable(title: string, p: Record<string, Stats | null>, g: BackgroundRun & Partial<GuestRun>): string[] {
   const w = Math.max(11, ...Object.keys(p).map((m) => m.length));
-  const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'device_state_floor' ? (g.deviceStateFloor?.length ?? 0) : m === 'baseline' ? (g.baseline?.pauses.length ?? 0) : (g[m as Mode]?.pauses.length ?? 0));
+  const n = (m: string): number => (m === 'bare_qemu' ? g.bareQemu.length : m === 'qemu_device_state' ? (g.qemuDeviceState?.length ?? 0) : m === 'baseline' ? (g.baseline?.pauses.length ?? 0) : (g[m as Mode]?.pauses.length ?? 0));
   return [
     '',
     `  ${title}`,
     `  ${'mode'.padEnd(w)} pause med  pause p95  pause max  pauses`,
     ...Object.entries(p).map(([m, s]) => `  ${m.padEnd(w)} ${String(s?.median ?? '-').padStart(9)} ${String(s?.p95 ?? '-').padStart(10)} ${String(s?.max ?? '-').padStart(10)} ${String(n(m)).padStart(7)}`),
-    ...(p.device_state_floor ? [`  tracked background / its device-state floor (medians): ${ratio(p.background?.median, p.device_state_floor.median) ?? '-'}×`] : []),
+    ...(p.qemu_device_state ? [`  tracked background / QEMU's stop, device save and cont alone (medians): ${ratio(p.background?.median, p.qemu_device_state.median) ?? '-'}×`] : []),
   ];
 }
 

@@ -13,13 +13,14 @@
  *              fork or exec inside the pause (`exec:cat > FILE` put QEMU's fork of a shell and
  *              `cat` into it, so the figure was no floor). All VMs at once per round (as vnsnap
  *              cuts them), the stream awaited before the next round.
- *   device_state_floor  with tracked memory, on the tracked VMs themselves: the QEMU steps of a
+ *   qemu_device_state  with tracked memory, on the tracked VMs themselves: the QEMU steps of a
  *              tracked cut alone — `stop` and `migrate` with x-ignore-shared (the devices, no RAM)
  *              written back to back, the stream read by a thread of the addon's (as the agent's
- *              sink reads it), `cont` once QEMU completed
- *              (contAfterSave, as the agent does) — all VMs at one instant per round; the pause
- *              from QEMU's STOP / RESUME timestamps. No page read, no frame drained: the floor of
- *              a tracked pause on these VMs and this machine.
+ *              sink reads it), `cont` once QEMU completed (contAfterSave, as the agent does) —
+ *              all VMs at once per round; the pause from QEMU's STOP / RESUME timestamps. No page
+ *              read, no frame drained, but none of vnsnap's scheduling either (QEMU's threads and
+ *              this process at the default policy, beside the guests' busy vCPUs): what QEMU's
+ *              own steps cost driven plainly, not a floor.
  *   io floor   `dd conv=fsync` of as many bytes as a snapshot stored, into the store's directory:
  *              the disk's price for the bytes, against which a snapshot's wall time is a ratio.
  */
@@ -116,7 +117,7 @@ async function socketToFile(sock: string, file: string): Promise<{ written: Prom
 }
 
 /** What a round of QEMU's own steps does: QEMU's background snapshot, or a tracked cut's device state with the agent's `cont`. */
-type QemuRound = 'bare_qemu' | 'device_state_floor';
+type QemuRound = 'bare_qemu' | 'qemu_device_state';
 
 /** A unix socket at `sock` whose one connection the addon reads on a thread of its own (the bytes dropped); `written` resolves at its end. */
 function threadSink(sock: string): { written: Promise<void>; close: () => void } {
@@ -139,8 +140,8 @@ export function bareQemu(dir: string, rounds: number): Promise<number[]> {
 }
 
 /** `rounds` of a tracked cut's QEMU steps alone on every (tracked) VM (see the module comment); every VM's pause of every round. */
-export function deviceStateFloor(dir: string, rounds: number): Promise<number[]> {
-  return qemuRounds(dir, rounds, 'device_state_floor');
+export function qemuDeviceState(dir: string, rounds: number): Promise<number[]> {
+  return qemuRounds(dir, rounds, 'qemu_device_state');
 }
 
 async function qemuRounds(dir: string, rounds: number, kind: QemuRound): Promise<number[]> {
@@ -156,14 +157,14 @@ async function qemuRounds(dir: string, rounds: number, kind: QemuRound): Promise
           const sock = path.join(dir, `${kind}-${vm}.sock`);
           // Listening before the stop. The floor's reader is a thread of its own, as the agent's
           // sink (device-state.ts): a reader on this loop made QEMU's save wait for it.
-          const reader = kind === 'device_state_floor' ? threadSink(sock) : await socketToFile(sock, file);
+          const reader = kind === 'qemu_device_state' ? threadSink(sock) : await socketToFile(sock, file);
           try {
             const stop = q.waitEvent('STOP', undefined, 30_000);
             const resume = q.waitEvent('RESUME', undefined, 60_000);
             const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
             const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${sock}` })];
             await Promise.all(cmds);
-            if (kind === 'device_state_floor') {
+            if (kind === 'qemu_device_state') {
               // The VM stays stopped after the save: resumed as the agent does, once QEMU completed.
               const end = await done;
               if (end.data.status !== 'completed') throw new Error(`device state of ${vm}: ${String(end.data.status)}`);
