@@ -3,7 +3,8 @@
  * for the VMs of one VNE on this host. Pure sequencing over injected parts (the VM table, the
  * switch, the store, a Clock), like the coordinator's sequencers.
  *
- *   begin     one SnapshotJob per VM (precopy: the live copy runs; background: nothing yet);
+ *   begin     one SnapshotJob per VM, begun together (precopy: the live copy runs; background:
+ *             what the driver prepares before its cut; a failed begin aborts the others);
  *             Progress per VM at most every progressIntervalMs (the readiness change at once);
  *             the Result when every job is ready, or early when Commit or Abort arrives.
  *   commit    a commit that names a cut instant (SnapshotCommit.cut_at_unix_us, this agent's clock:
@@ -213,9 +214,14 @@ export class SnapshotRunner {
     };
     this.snapshots.set(snap.id, snap);
     this.o.log.info({ snapshot: snap.id, epoch: snap.epoch, mode, vms: c.vms }, 'snapshot begin');
-    try {
-      for (const vm of vms) {
-        const job = await vm.driver.snapshot(vm.key, {
+    // Every VM's job begun at once, not one after the other: a job's begin waits on QEMU, the
+    // store and the disk (a tracked VM's first round, its overlay, its state record's fsyncs), and
+    // one VM's waits need not hold another's (docs/performance.md, branch `wallstart`). Each
+    // driver keeps its own VMs' begins apart; the jobs go into the snapshot in the VMs' order once
+    // every begin has settled (an abort meanwhile waits for that: localAbort awaits `begun`).
+    const started = await Promise.allSettled(
+      vms.map(async (vm) =>
+        vm.driver.snapshot(vm.key, {
           snapshotId: snap.id,
           epoch: snap.epoch,
           mode,
@@ -225,23 +231,29 @@ export class SnapshotRunner {
           raiseCutPriority: () => raiseCutPriority(this.o.cutPriority),
           // A job whose driver state must leave the VM's record before it goes on (a tracked base, tracked-job.ts).
           saveState: () => this.o.vms.writeState(vm),
-        });
-        const sv: SnapVm = { vm, job };
-        snap.vms.push(sv);
-        // A job aborted before it is ready rejects `ready`: handled here (the waits below see it),
-        // or the agent logged an unhandled rejection per VM (seen on the Xen test bed).
-        job.ready.then(
-          () => {
-            if (snap.state === 'precopy') progress({ vm: vm.name, phase: 'PHASE_PRECOPY', phaseDone: true, fraction: 1 });
-          },
-          () => undefined,
-        );
-        if ((snap.state as SnapState) === 'aborted') break;
-      }
-    } catch (e) {
+        }),
+      ),
+    );
+    started.forEach((r, i) => {
+      if (r.status !== 'fulfilled') return;
+      const vm = vms[i] as VmRecord;
+      const job = r.value;
+      snap.vms.push({ vm, job });
+      // A job aborted before it is ready rejects `ready`: handled here (the waits below see it),
+      // or the agent logged an unhandled rejection per VM (seen on the Xen test bed).
+      job.ready.then(
+        () => {
+          if (snap.state === 'precopy') progress({ vm: vm.name, phase: 'PHASE_PRECOPY', phaseDone: true, fraction: 1 });
+        },
+        () => undefined,
+      );
+    });
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // The driver aborted the job it could not begin; the others are aborted with the snapshot.
       begun();
-      await this.localAbort(snap, `begin failed: ${describeError(e)}`);
-      throw e;
+      await this.localAbort(snap, `begin failed: ${describeError(failed.reason)}`);
+      throw failed.reason;
     }
     // Background: the event loop raised from now, so that it is in place when the commit and
     // QEMU's STOP arrive (cut-priority.ts; bounded, and dropped by an abort); not for jobs that

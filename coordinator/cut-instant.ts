@@ -33,8 +33,8 @@
  * per VM.
  *
  * A background commit of a VNE whose VMs are all tracked names its instant later by a lead too
- * (backgroundMarginMs(): the margin + TRACKED_BACKGROUND_LEAD_MS): its tracked jobs do the same
- * rounds from the receipt to the instant. Before it, each tracked VM's cut ran a round of its own
+ * (backgroundMarginMs(): the margin + TRACKED_BACKGROUND_LEAD_MS, 100 ms): its tracked jobs do the
+ * same rounds from the receipt to the instant, after the begin's first round. Before it, each tracked VM's cut ran a round of its own
  * after the instant (when its last round was older than 250 ms) at the agent's own priority,
  * beside the guests' vCPUs and the agent's other VM: the `stop`s came 10–97 ms apart (median
  * 41.6, test guests: docs/performance.md, "Tracked memory in bench:snapshot").
@@ -74,10 +74,17 @@ export const TRACKED_PRECOPY_LEAD_MS = 300;
 
 /**
  * The lead of a background commit's instant over the margin, ms, for a VNE whose VMs all have
- * tracked memory (the module comment): their jobs do the same rounds from the receipt to the
- * instant as in a pre-copy cut, so the same lead as TRACKED_PRECOPY_LEAD_MS.
+ * tracked memory (the module comment): room for a round at the receipt and, for a short one, one
+ * more ending ROUND_LEAD_MS before the instant (agent/drivers/qemu/round-schedule.ts). It was
+ * TRACKED_PRECOPY_LEAD_MS's 300 ms, most of the 0.32 s a background snapshot spent before its cut
+ * (issue 15's wall time). Shorter is safe since a cut no longer waits for a round still running at
+ * the instant (its scan is done: what was written since is the stopped round's): the stopped round
+ * reads what was written since the last round's scan, 30 ms + twice a round before the instant
+ * with either lead while a second round fits; otherwise since the receipt's round, or since the
+ * begin's first round when that one is fresh (younger than FRESH_ROUND_MS): about as long before
+ * the instant (docs/performance.md, branch `wallstart`).
  */
-export const TRACKED_BACKGROUND_LEAD_MS = 300;
+export const TRACKED_BACKGROUND_LEAD_MS = 100;
 
 /** What VNSNAP_PRECOPY_LEAD_MS asks for (the module comment): 'auto', 'none', or whole ms of lead. */
 export type PrecopyLead = 'auto' | 'none' | number;

@@ -243,6 +243,9 @@ export class SnapshotRun {
   private readonly vmCount: number;
   /** The snapshot's catalog record is on stable storage (the commit waits for it). */
   private recorded = false;
+  /** When (clock ms) the record became durable, and every VM ready: the commit's log line says which the begin waited for. */
+  private recordedAtMs: number | undefined;
+  private readyAtMs: number | undefined;
   private commitWaiting = false;
 
   constructor(
@@ -271,11 +274,13 @@ export class SnapshotRun {
   recordedDurably(barrier: Promise<void> | undefined): void {
     if (!barrier) {
       this.recorded = true;
+      this.recordedAtMs = this.deps.clock.now();
       return;
     }
     barrier.then(
       () => {
         this.recorded = true;
+        this.recordedAtMs = this.deps.clock.now();
         if (this.commitWaiting) this.commit();
       },
       (e: unknown) => this.fail(e),
@@ -383,7 +388,9 @@ export class SnapshotRun {
   }
 
   private maybeCommit(): void {
-    if (this.st === 'SNAPSHOT_STATE_PRECOPY' && this.ready.size >= this.vmCount) this.commit();
+    if (this.st !== 'SNAPSHOT_STATE_PRECOPY' || this.ready.size < this.vmCount) return;
+    this.readyAtMs ??= this.deps.clock.now();
+    this.commit();
   }
 
   /** SnapshotCommit to every agent first; the catalog's mark, the log and the events after. */
@@ -417,7 +424,9 @@ export class SnapshotRun {
       () => this.persist(),
     );
     this.deps.catalog.setSnapshotPhase(this.id, 'SNAPSHOT_STATE_COMMITTING', at);
-    this.deps.log.info({ snapshot: this.id, cutMarginMs: marginMs, offsetsUs: Object.fromEntries([...this.spec.byAgent.keys()].map((a) => [a, offsetOf(a) ?? null])) }, 'snapshot commit sent');
+    // From the record: every VM ready (the agents' begin; none at a deadline) and the record durable (the commit waits for both).
+    const sinceRecord = (t: number | undefined): number | null => (t === undefined ? null : t - this.spec.createdUnixMs);
+    this.deps.log.info({ snapshot: this.id, cutMarginMs: marginMs, readyMs: sinceRecord(this.readyAtMs), recordDurableMs: sinceRecord(this.recordedAtMs), offsetsUs: Object.fromEntries([...this.spec.byAgent.keys()].map((a) => [a, offsetOf(a) ?? null])) }, 'snapshot commit sent');
     this.transition('SNAPSHOT_STATE_COMMITTING');
   }
 

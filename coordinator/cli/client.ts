@@ -16,7 +16,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { fromServiceError, ERROR_CODE_METADATA_KEY } from '../../proto/core/grpc-status';
-import { loadCoordinator } from '../../proto/core/grpc';
+import { coordinatorClientClass } from '../../proto/core/coordinator-client';
 import type { CoordinatorServiceClient } from '../../proto/gen/vnsnap/v1/CoordinatorService';
 import type { CreateSnapshotRequest } from '../../proto/gen/vnsnap/v1/CreateSnapshotRequest';
 import type { DeleteSnapshotResponse__Output } from '../../proto/gen/vnsnap/v1/DeleteSnapshotResponse';
@@ -87,8 +87,8 @@ export class CoordinatorClient {
     private readonly creds: CliCredentials,
   ) {
     this.address = address;
-    const pkg = loadCoordinator();
-    this.c = new pkg.vnsnap.v1.CoordinatorService(address, creds.credentials);
+    const Client = coordinatorClientClass();
+    this.c = new Client(address, creds.credentials);
   }
 
   close(): void {

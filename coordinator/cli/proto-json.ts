@@ -1,6 +1,7 @@
 /**
  * Proto3 JSON in and out, driven by the .proto schema (protobufjs reflection over
- * proto/vnsnap/v1), so the CLI never keeps a hand-written copy of a message's fields.
+ * proto/vnsnap/v1, read from the build's JSON descriptor: proto/core/descriptor-json.ts), so the
+ * CLI never keeps a hand-written copy of a message's fields.
  *
  * Reading (`readMessage`): what a person writes in a file. Field names in camelCase (the JSON
  * name) or snake_case (the .proto name); enums by name (or number); 64-bit integers as numbers
@@ -14,22 +15,12 @@
  * synthetic oneof-name properties (`kind`, `event`). What `vne show --json` prints is therefore
  * accepted back by `vne define`/`vne update`.
  */
-import * as path from 'node:path';
-import * as protobuf from 'protobufjs';
-import { protoDir } from '../../proto/core/grpc';
+import * as protobuf from 'protobufjs/light';
+import { COORDINATOR_PROTO_NAMES_DESCRIPTOR, loadDescriptor } from '../../proto/core/descriptor-json';
 
-let root: protobuf.Root | undefined;
-
+/** The schema with the .proto's own field names: the build's JSON descriptor (descriptor-json.ts), not the .proto text parsed again. */
 function schema(): protobuf.Root {
-  if (!root) {
-    const r = new protobuf.Root();
-    const dir = protoDir();
-    r.resolvePath = (_origin, target) => (path.isAbsolute(target) ? target : path.join(dir, target));
-    r.loadSync(['vnsnap/v1/types.proto', 'vnsnap/v1/coordinator.proto'], { keepCase: true });
-    r.resolveAll();
-    root = r;
-  }
-  return root;
+  return loadDescriptor(COORDINATOR_PROTO_NAMES_DESCRIPTOR);
 }
 
 export function messageType(fullName: string): protobuf.Type {

@@ -2,37 +2,26 @@
  * Loading the contract at run time: the .proto files under proto/vnsnap/v1 become a grpc-js
  * package definition (typed by the code proto-loader-gen-types generates into proto/gen at
  * build time — never written by hand). The servers' health and reflection services are in
- * grpc-reflection.ts, so that a client (the CLI, started per command) loads neither them nor
- * the contracts it does not call: loadCoordinator() parses coordinator.proto and its imports
- * alone.
+ * grpc-reflection.ts, so that a client loads neither them nor the contracts it does not call:
+ * loadCoordinator() parses coordinator.proto and its imports alone. The CLI, started per command,
+ * takes neither: its client class is built from the build's JSON descriptor without
+ * proto-loader or the parser (coordinator-client.ts, which loadCoordinator() is the reference of).
  *
  * Loader options must match the generator's flags in package.json (`gen:proto`): camelCase
  * fields, 64-bit integers as JS numbers, enums as their names, defaults filled in, oneofs named.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { ProtoGrpcType as AgentProto } from '../gen/agent';
 import type { ProtoGrpcType as CoordinatorProto } from '../gen/coordinator';
+import { LOADER_OPTIONS } from './loader-options';
+import { protoDir } from './proto-dir';
 
 export const PROTO_FILES = ['vnsnap/v1/coordinator.proto', 'vnsnap/v1/agent.proto', 'vnsnap/v1/manifest.proto', 'vnsnap/v1/types.proto'];
 
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: false,
-  longs: Number,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-};
+export { LOADER_OPTIONS };
 
-/** The directory holding vnsnap/v1/*.proto (works from the sources and from dist/). */
-export function protoDir(): string {
-  for (const c of [path.join(__dirname, '..'), path.join(__dirname, '..', '..', '..', 'proto')]) {
-    if (fs.existsSync(path.join(c, 'vnsnap', 'v1', 'coordinator.proto'))) return c;
-  }
-  throw new Error(`cannot find the .proto files near ${__dirname}`);
-}
+export { protoDir };
 
 let cached: protoLoader.PackageDefinition | undefined;
 

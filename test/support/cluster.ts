@@ -215,7 +215,7 @@ export class Cluster {
         store: this.storage.config,
         heartbeatIntervalMs: this.opts.heartbeatIntervalMs ?? 1000,
         deadAfterMs: this.opts.deadAfterMs ?? 5000,
-        logLevel: 'info',
+        logLevel: logLevel(),
         tls: this.pki.coordinator(this.opts.prefix, [`${this.subnet}.254`]),
       }),
     );
@@ -240,7 +240,7 @@ export class Cluster {
         stateDir: path.join(this.dir, 'state', host),
         metricsPort: METRICS_PORT,
         debugVms: true,
-        logLevel: 'info',
+        logLevel: logLevel(),
         drivers: this.opts.drivers ?? ['sim'],
         ...(this.opts.imageRoots ? { imageRoots: [...this.opts.imageRoots, this.dir] } : {}),
         tls: this.pki.agent(host, [this.hostAddress(host)]),
@@ -607,6 +607,14 @@ export interface StreamEvent {
 /** Each VM's status as "vm@host:reachable|unreachable:STATE", to assert exactly. */
 export function vmStatusLines(v: VneView): string[] {
   return v.vmStatus.map((s) => `${s.vm}@${s.host}:${s.hostReachable ? 'reachable' : 'unreachable'}:${s.state}`);
+}
+
+/**
+ * The coordinator's and agents' log level: info, or VNSNAP_CLUSTER_LOG_LEVEL (debugging: `debug`
+ * adds, for instance, each tracked cut's steps from its job's begin: tracked-job.ts 'cut done').
+ */
+function logLevel(): string {
+  return process.env.VNSNAP_CLUSTER_LOG_LEVEL || 'info';
 }
 
 /** Extra node flags for the coordinator and agents (debugging: VNSNAP_CLUSTER_NODE_ARGS="--cpu-prof --cpu-prof-dir=/tmp/prof"). */

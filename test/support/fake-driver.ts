@@ -5,7 +5,9 @@
  *
  * Every driver action is appended to `events` ("start a", "pause a", "atPause a", "resume a",
  * "abort a", "stop a", "restore a", "load-beside a", "swap a", "discard a"), so tests assert exact sequences.
- * Jobs: `ready` resolves at once unless `holdReady` (then `job.setReady()`); abort resolves it
+ * Jobs: snapshot() returns the job at once unless `holdBegin` ("begin a" at the call, the job at
+ * `releaseBegin('a')`, "begun a"; `failBegin('a', err)` aborts it and rejects, as a driver whose begin
+ * failed does); `ready` resolves at once unless `holdReady` (then `job.setReady()`); abort resolves it
  * (the driver contract) and `job.failCopy(err)` rejects it, as a failed copy does; `failPause` makes cut() reject without
  * calling atPause; durable() writes a memory artefact "<prefix><vm>.mem". With `ownCutWindow`
  * the jobs say so (SnapshotJob.ownCutWindow) and a background cut raises the agent's loop
@@ -153,6 +155,9 @@ export class FakeDriver implements HypervisorDriver {
   readonly jobs: FakeJob[] = [];
   /** New jobs' `ready` waits for setReady(). */
   holdReady = false;
+  /** snapshot() records "begin <vm>" and returns the job only at releaseBegin(vm) (or rejects at failBegin). */
+  holdBegin = false;
+  private readonly heldBegins = new Map<string, { release(): void; fail(e: Error): void }>();
   /** cut() rejects (ERR_DRIVER) without calling atPause. */
   failPause = false;
   /** Jobs raise the agent's loop for their own pauses (SnapshotJob.ownCutWindow). */
@@ -265,10 +270,33 @@ export class FakeDriver implements HypervisorDriver {
   }
 
   snapshot(vm: string, opts: SnapshotOptions): Promise<SnapshotJob> {
-    this.record(vm);
+    const rec = this.record(vm);
     const job = new FakeJob(this, vm, opts);
     this.jobs.push(job);
-    return Promise.resolve(job);
+    if (!this.holdBegin) return Promise.resolve(job);
+    this.events.push(`begin ${rec.spec.name}`);
+    return new Promise((resolve, reject) =>
+      this.heldBegins.set(rec.spec.name, {
+        release: () => {
+          this.events.push(`begun ${rec.spec.name}`);
+          resolve(job);
+        },
+        // The driver contract: a job that could not begin is aborted by its driver, which rejects.
+        fail: (e) => void job.abort().then(() => reject(e)),
+      }),
+    );
+  }
+
+  /** A held begin (holdBegin) of the VM named `name` returns its job. */
+  releaseBegin(name: string): void {
+    this.heldBegins.get(name)?.release();
+    this.heldBegins.delete(name);
+  }
+
+  /** A held begin (holdBegin) of the VM named `name` fails with `e`, its job aborted first. */
+  failBegin(name: string, e: Error): void {
+    this.heldBegins.get(name)?.fail(e);
+    this.heldBegins.delete(name);
   }
 
   inspect(vm: string): unknown {

@@ -500,6 +500,56 @@ describe('agent snapshot runner (fake driver, real switch over fake ports, manua
     assert.deepEqual(unhandled, []);
   });
 
+  it("Begin begins every VM's job at once (one VM's begin does not wait for another's); Begin answers once every job has begun and is ready", async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.holdBegin = true;
+    let answered = false;
+    const p = h.snapshots.begin(begin('s40', 2, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink).then((r) => ((answered = true), r));
+    await flush();
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'begin a', 'begin b'], "b's begin is under way while a's is");
+    h.driver.releaseBegin('b');
+    await flush();
+    assert.equal(answered, false, "a's job has not begun");
+    h.driver.releaseBegin('a');
+    assert.deepEqual(await p, {});
+    const r = await h.snapshots.commit({ snapshotId: 's40' });
+    assert.deepEqual(r.commit?.vms?.map((v) => v.name), ['a', 'b'], 'the VMs in their order, whichever began first');
+  });
+
+  it('a job that cannot begin while another begins: Begin fails with its code once both settled, the other job is aborted, the ports advanced, no unhandled rejection', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    const unhandled = await unhandledDuring(async () => {
+      h.driver.holdBegin = true;
+      const p = code(h.snapshots.begin(begin('s41', 4, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink));
+      await flush();
+      h.driver.failBegin('a', new VnsnapError('ERR_DRIVER', 'a cannot begin'));
+      await flush();
+      assert.deepEqual(h.driver.events, ['start a', 'start b', 'begin a', 'begin b', 'abort a'], 'b still begins: nothing aborted under it');
+      h.driver.releaseBegin('b');
+      assert.equal(await p, 'ERR_DRIVER');
+      assert.deepEqual(h.driver.events.slice(4), ['abort a', 'begun b', 'abort b']);
+      assert.deepEqual([h.sw.portEpoch('blue/a/0'), h.sw.portEpoch('blue/b/0')], [4, 4]);
+      assert.equal(h.snapshots.inProgress.length, 0);
+    });
+    assert.deepEqual(unhandled, []);
+  });
+
+  it('SnapshotAbort while the jobs begin: every job is aborted once it has begun, Begin fails as aborted', async () => {
+    h = await new AgentParts().init(['a', 'b']);
+    h.driver.holdBegin = true;
+    const p = code(h.snapshots.begin(begin('s42', 3, ['a', 'b'], 'SNAPSHOT_MODE_BACKGROUND'), h.sink));
+    await flush();
+    const aborted = h.snapshots.abort(abortOf('s42', 3));
+    await flush();
+    assert.deepEqual(h.driver.events, ['start a', 'start b', 'begin a', 'begin b'], 'the abort waits for the begins');
+    h.driver.releaseBegin('a');
+    h.driver.releaseBegin('b');
+    assert.deepEqual(await aborted, {});
+    assert.equal(await p, 'ERR_SNAPSHOT_ABORTED');
+    assert.deepEqual(h.driver.events.slice(4).sort(), ['abort a', 'abort b', 'begun a', 'begun b']);
+    assert.deepEqual([job(h, 0).aborted, job(h, 1).aborted], [true, true]);
+  });
+
   it('SnapshotAbort of a snapshot unknown here still advances the VNE and deletes the prefix', async () => {
     h = await new AgentParts().init(['a']);
     await h.store.put('snapshots/s5/a.0.chan', Buffer.from('x'));

@@ -83,7 +83,7 @@ describe('cut instant: clock offsets and the margin', () => {
   });
 
   it("a background commit's margin: the margin, + TRACKED_BACKGROUND_LEAD_MS for an all-tracked VNE; none when the margin is 0; the pre-copy lead setting does not touch it", () => {
-    assert.equal(TRACKED_BACKGROUND_LEAD_MS, 300);
+    assert.equal(TRACKED_BACKGROUND_LEAD_MS, 100);
     assert.equal(new CutMargin().backgroundMarginMs(false), CUT_MARGIN.defaultMs);
     assert.equal(new CutMargin().backgroundMarginMs(true), CUT_MARGIN.defaultMs + TRACKED_BACKGROUND_LEAD_MS);
     assert.equal(new CutMargin(35).backgroundMarginMs(true), 35 + TRACKED_BACKGROUND_LEAD_MS);

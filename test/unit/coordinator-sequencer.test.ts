@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import pino from 'pino';
 import { isVnsnapError } from '../../proto/core/errors';
 import type { Artefact__Output } from '../../proto/gen/vnsnap/v1/Artefact';
 import type { SnapshotEvent } from '../../proto/gen/vnsnap/v1/SnapshotEvent';
@@ -104,6 +105,20 @@ const states = (h: Harness) => h.events.filter((e) => e.state !== undefined).map
 const ready = (h: Harness, agent: string, vm: string) => h.agents.progress(agent, 'snapshotBegin', { vm, phase: 'PHASE_PRECOPY', phaseDone: true });
 
 describe('coordinator snapshot sequencer', () => {
+  it("the commit's log line says when, after the record, every VM was ready and the record durable (what the begin waited for)", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const capture = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+    const h = harness({ log: capture });
+    h.start({ mode: 'SNAPSHOT_MODE_BACKGROUND' });
+    await flush();
+    h.clock.advance(40);
+    for (const [agent, vm] of [['h1', 'vm1'], ['h2', 'vm2'], ['h2', 'vm3']] as const) ready(h, agent, vm);
+    await flush();
+    const sent = lines.find((l) => l.msg === 'snapshot commit sent');
+    assert.ok(sent, lines.map((l) => l.msg).join(', '));
+    assert.deepEqual([sent.readyMs, sent.recordDurableMs], [40, 0], 'ready 40 ms after the record; an in-memory catalog is durable at once');
+  });
+
   it("a background commit's cut instant: now + the margin, in each agent's clock (its offset); the next margin from the commit delays the CommitResults report; a margin of 0 names none", async () => {
     // h2's clock is 40 ms behind the coordinator's; h1's offset is not known (taken as 0).
     const h = harness({ clockOffset: (a) => (a === 'h2' ? { offsetUs: -40_000, delayUs: 500 } : undefined), cutMargin: new CutMargin('auto', {}, LEAD) });

@@ -41,7 +41,7 @@ interface ReadRig {
 }
 
 /** A fake tracked VM: the record claims a base exactly while persistent() would write one (valid). */
-function rig(o: { base?: boolean; saveFails?: boolean; read?: ReadRig; order?: string[] } = {}) {
+function rig(o: { base?: boolean; saveFails?: boolean; read?: ReadRig; order?: string[]; qmpGate?: Promise<void> } = {}) {
   const order: string[] = o.order ?? [];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vnsnap-tb-'));
   const basePath = trackedBasePath('blue', 'a');
@@ -59,6 +59,7 @@ function rig(o: { base?: boolean; saveFails?: boolean; read?: ReadRig; order?: s
     q: () => ({
       execute: async (cmd: string) => {
         order.push(`qmp ${cmd}`);
+        await o.qmpGate;
         return cmd === 'query-migrate-capabilities' ? [{ capability: 'events' }, { capability: 'x-ignore-shared' }] : {};
       },
     }),
@@ -178,6 +179,46 @@ describe('tracked job: a round read and named off the event loop', () => {
       await begun;
       assert.deepEqual(order.filter((s) => s.startsWith('read') || s.startsWith('put')), ['read 2 blocks', 'read settled', `put 1 ${TRACKED_BLOCK_SIZE} a0a0a0a0`, `put 2 ${TRACKED_BLOCK_SIZE} a1a1a1a1`]);
       await r.job.abort();
+    } finally {
+      r.done();
+    }
+  });
+
+  it("begin's two lines at once: the memory's (save, image, first round) does not wait for QEMU's answers, ready only once both ended", async () => {
+    const order: string[] = [];
+    let answer = (): void => undefined;
+    const r = rig({ base: true, order, qmpGate: new Promise<void>((res) => (answer = res)) });
+    try {
+      let ready = false;
+      const begun = r.job.begin().then(() => (ready = true));
+      for (let i = 0; i < 5; i++) await new Promise(setImmediate);
+      assert.deepEqual(order, ['qmp query-migrate-capabilities', 'save', `create ${trackedBasePath('blue', 'a')}`, 'scan (record claims a base: false)'], 'QEMU has not answered; the first round ran');
+      assert.equal(ready, false);
+      answer();
+      await begun;
+      assert.ok(order.includes('qmp migrate-set-capabilities'), order.join(', '));
+      await r.job.abort();
+    } finally {
+      r.done();
+    }
+  });
+
+  it("a failure of one line is thrown once the other settled: the first round's read is not cut under", async () => {
+    const order: string[] = [];
+    const p = pendingRead(order);
+    const r = rig({ base: true, read: p.read, order });
+    (r.vm as unknown as { q: () => unknown }).q = () => ({ execute: async () => [{ capability: 'events' }] }); // no x-ignore-shared
+    try {
+      let settled = false;
+      const begun = r.job.begin().finally(() => (settled = true));
+      begun.catch(() => undefined);
+      for (let i = 0; i < 5; i++) await new Promise(setImmediate);
+      assert.equal(settled, false, 'the read still runs');
+      p.release();
+      await assert.rejects(begun, /x-ignore-shared/);
+      assert.ok(order.includes('read settled'));
+      await r.job.abort();
+      assert.ok(order.includes('image abort'));
     } finally {
       r.done();
     }

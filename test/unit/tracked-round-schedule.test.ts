@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { TRACKED_BACKGROUND_LEAD_MS } from '../../coordinator/cut-instant';
 import { FRESH_ROUND_MS, MIN_ROUND_GAP_MS, nextRoundInMs, ROUND_GAP_MS, ROUND_LEAD_MS, roundDue } from '../../agent/drivers/qemu/round-schedule';
 
 /** The rounds' start times (ms) before a stop at `stopAt` from a receipt at 0, each round taking `len(i)` ms. */
@@ -56,5 +57,14 @@ describe('tracked rounds before a stop (round-schedule.ts)', () => {
     assert.deepEqual(schedule(120, () => 50), [0], 'a 50 ms round: 120 − 30 − 100 − 50 < 10, none after it');
     assert.deepEqual(schedule(20, () => 5, -10), [], 'fresh (10 ms old) and 20 ms to the instant: none');
     assert.deepEqual(schedule(20, () => 5, -1000), [0], 'stale: one round whatever the instant');
+  });
+
+  it("the background lead (TRACKED_BACKGROUND_LEAD_MS) over a 20 ms margin: a short round at the receipt and one more ending ROUND_LEAD_MS before the instant; a long one alone", () => {
+    const stopAt = 20 + TRACKED_BACKGROUND_LEAD_MS; // the receipt at 0, the commit's delivery inside the margin
+    // 10 ms rounds: room = 120 − 30 − 20 − 10 = 60 ms, 1 gap; the second begins at 70, ends at 80, 40 ms (≥ ROUND_LEAD_MS) before the instant.
+    assert.deepEqual(schedule(stopAt, () => 10), [0, 70]);
+    assert.ok(stopAt - (70 + 10) >= ROUND_LEAD_MS);
+    assert.deepEqual(schedule(stopAt, () => 30), [0], 'a 30 ms round: 120 − 30 − 60 − 30 = 0 ms of room, none after it');
+    assert.deepEqual(schedule(stopAt, () => 10, -100), [0, 70], "the begin's round 100 ms old (fresh): the instant leaves room, a round at the receipt");
   });
 });

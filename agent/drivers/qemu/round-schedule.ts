@@ -28,8 +28,8 @@ export const FRESH_ROUND_MS = 250;
 /** The room left between the end of the last round (as predicted) and the instant. */
 export const ROUND_LEAD_MS = 30;
 /**
- * The longest gap between two rounds before an instant. With the coordinator's lead of 300 ms
- * (coordinator/cut-instant.ts) that is one round at the receipt and one at the latest start: the
+ * The longest gap between two rounds before an instant. With the coordinator's leads (300 ms
+ * pre-copy, 100 background: coordinator/cut-instant.ts) that is one round at the receipt and one at the latest start: the
  * last round is as late as with shorter gaps, so the stopped round reads as little, and the
  * rounds between them (100 ms gaps: two more) read blocks the guest writes again before the next
  * round, costing the agents' CPU while snapshots run (docs/performance.md, "Fewer rounds before

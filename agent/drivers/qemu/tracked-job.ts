@@ -5,11 +5,12 @@
  * snapshot modes take this path (what a mode asks for — a short pause, the commit's instant — it
  * gives either way): a snapshot costs what the guest wrote, not a pass over its whole RAM.
  *
- *   begin: x-ignore-shared on (QEMU's migration skips the shared RAM), the disk overlay prepared,
- *          a block image opened in the store over the VM's base (the previous capture's image,
- *          kept under its own path: unchanged blocks are named from it, never read or hashed);
- *          the first round: the blocks written since the base (no valid base: every block), read
- *          with the VM running and put in the store ─► ready.
+ *   begin: in two lines at once, neither waiting for the other: x-ignore-shared on (QEMU's
+ *          migration skips the shared RAM), the disk overlay prepared, the device state's socket;
+ *          and a block image opened in the store over the VM's base (the previous capture's image,
+ *          kept under its own path: unchanged blocks are named from it, never read or hashed),
+ *          then the first round: the blocks written since the base (no valid base: every block),
+ *          read with the VM running and put in the store ─► ready.
  *          A round with the VM running leaves the blocks the previous snapshot's stopped round
  *          found written (the guest's hot set, QemuVm.trackedHot) to this job's stopped round,
  *          which reads them with its own (hot-blocks.ts): they would be written again and read
@@ -204,17 +205,30 @@ export class TrackedJob extends QemuVmJob {
   async begin(): Promise<void> {
     const store = this.opts.store;
     if (!store.createBlockImage) throw new VnsnapError('ERR_FAILED_PRECONDITION', `VM ${this.vmObj.spec.name} runs with tracked memory, which needs a content-addressed store (this store keeps whole files): give the agent a content-addressed store, or start the VM with qemu extra memory=migration`);
+    const create = store.createBlockImage.bind(store);
     this.mark('begin');
-    await ignoreSharedRam(this.q, this.vm);
-    await this.disk.prepare();
     if (pauseBoostEnabled()) startChrtShell();
-    // Its reader at the stopped round's read's level: both are inside the pause.
-    this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`, cutRealtimeEnabled() ? { fifoPriority: STOPPED_READ_FIFO_PRIORITY } : {});
-    this.mark('prepared');
-    this.image = await this.openImage(store.createBlockImage.bind(store));
-    this.mark('opened');
-    await this.firstRound();
-    this.mark('first round');
+    // Two lines at once (module comment, begin): the cut's preparations (QMP round trips, the
+    // overlay's file and blockdev-add, the device state's socket) beside the memory's (the state
+    // record's fsyncs, the image opened over the base, the first round). Each line's steps keep
+    // their order; a failure is thrown once both lines settled, so an abort finds every part made.
+    const steps = await Promise.allSettled([
+      (async () => {
+        await ignoreSharedRam(this.q, this.vm);
+        await this.disk.prepare();
+        // Its reader at the stopped round's read's level: both are inside the pause.
+        this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`, cutRealtimeEnabled() ? { fifoPriority: STOPPED_READ_FIFO_PRIORITY } : {});
+        this.mark('prepared');
+      })(),
+      (async () => {
+        this.image = await this.openImage(create);
+        this.mark('opened');
+        await this.firstRound();
+        this.mark('first round');
+      })(),
+    ]);
+    const failed = steps.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     this.phase = 'ready';
     this.opts.onProgress?.({ bytesDone: this.readBytes, bytesRemaining: 0, bytesTotal: this.tracker.length, iteration: 1, dirtyRateMibS: 0, ready: true });
     this.latch.set();
