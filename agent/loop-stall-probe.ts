@@ -13,12 +13,14 @@
  * reference to the process (unref'd timers) and stops itself after maxMs.
  *
  * Its window: from `fromUs` (default: the start), so that it ticks only where a stall matters.
- * Why: every tick is a wake-up of the loop's thread, measured at 30–50 µs of CPU each on this
- * project's 2-CPU VMs (a bare 1 ms timer chain: ~4 % of a core), and a tracked snapshot's commit
- * arrives ≥ 300 ms before its cut instant: probing from the receipt cost each agent 10–20 ms of
- * CPU per snapshot (docs/performance.md, "The loop stall probe's window…"). A start in the future
- * is one timer; the first gap is measured from `fromUs` itself, so a stall already under way
- * then (the timer fires late) is seen, clipped to the window's start. Before it nothing is seen.
+ * Why: every tick is a wake-up of the loop's thread (a bare 1 ms timer chain measured at 30–50 µs
+ * of CPU per tick on this project's 2-CPU VMs, ~4 % of a core, less where the loop is awake
+ * anyway), and a tracked snapshot's commit arrives ≥ 300 ms before its cut instant: probing from
+ * the receipt, main's agents spent 4.7 ms per snapshot in the probe's JavaScript alone (perf),
+ * most of it before the window (docs/performance.md, "The loop stall probe's window…"). A start
+ * in the future is one timer; the first gap is measured from `fromUs` itself, so a stall already
+ * under way then (the timer fires late) is seen, clipped to the window's start. Before it
+ * nothing is seen.
  *
  * With `causes` (the agent's runner; not with a test's clock) it also says what a stall was:
  * each stall carries `runqueueUs`, the time the loop's thread waited for a CPU in it (its
