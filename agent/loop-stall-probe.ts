@@ -5,12 +5,22 @@
  * a VM's cut may have been waiting for its turn. Unlike monitorEventLoopDelay it says *when*:
  * each stall is an interval of wall-clock time, drawn as the VM's PHASE_LOOP_STALL.
  *
- *   const p = LoopStallProbe.start();  ... p.longest(fromUs, toUs) ... p.stop();
+ *   const p = LoopStallProbe.start({ fromUs });  ... p.longest(fromUs, toUs) ... p.stop();
  *
  * longest(from, to) is the longest stall overlapping [from, to], clipped to nothing: the gap as
  * observed (its start is the last tick before it, its end the tick after). The gap still open
  * when it is asked (the loop is running the caller) counts up to now. The probe holds no
  * reference to the process (unref'd timers) and stops itself after maxMs.
+ *
+ * Its window: from `fromUs` (default: the start), so that it ticks only where a stall matters.
+ * Why: every tick is a wake-up of the loop's thread (a bare 1 ms timer chain measured at 30–50 µs
+ * of CPU per tick on this project's 2-CPU VMs, ~4 % of a core, less where the loop is awake
+ * anyway), and a tracked snapshot's commit arrives ≥ 300 ms before its cut instant: probing from
+ * the receipt, main's agents spent 4.7 ms per snapshot in the probe's JavaScript alone (perf),
+ * most of it before the window (docs/performance.md, "The loop stall probe's window…"). A start
+ * in the future is one timer; the first gap is measured from `fromUs` itself, so a stall already
+ * under way then (the timer fires late) is seen, clipped to the window's start. Before it
+ * nothing is seen.
  *
  * With `causes` (the agent's runner; not with a test's clock) it also says what a stall was:
  * each stall carries `runqueueUs`, the time the loop's thread waited for a CPU in it (its
@@ -55,8 +65,11 @@ const MIN_STALL_US = 2000;
 
 export class LoopStallProbe {
   private readonly stalls: Stall[] = [];
+  /** The last tick (µs); until the window opens, its start. */
   private last: number;
   private timer: NodeJS.Timeout | undefined;
+  /** The window has opened (the ticks run). */
+  private ticking = false;
   private readonly stopAt: number;
   /** With causes: schedstat's descriptor, the run-queue delay (ns) at the last tick, the GCs seen. */
   private schedFd = -1;
@@ -69,16 +82,38 @@ export class LoopStallProbe {
     private readonly now: () => number,
     maxMs: number,
     causes: boolean,
+    fromUs: number | undefined,
   ) {
     if (causes) this.watchCauses();
-    this.last = now();
-    this.stopAt = this.last + maxMs * 1000;
-    this.arm();
+    const t = now();
+    this.stopAt = t + maxMs * 1000;
+    const waitMs = fromUs === undefined ? 0 : Math.min((fromUs - t) / 1000, maxMs);
+    if (waitMs >= 1) {
+      // The window opens later: one timer, then the first gap from the window's start.
+      this.last = fromUs as number;
+      this.timer = setTimeout(() => this.open(), Math.floor(waitMs));
+      this.timer.unref();
+    } else {
+      this.last = t;
+      this.ticking = true;
+      this.arm();
+    }
   }
 
-  /** Start probing (stops by itself after maxMs, default 120 s); `causes`: see the module comment. */
-  static start(opts: { now?: () => number; maxMs?: number; causes?: boolean } = {}): LoopStallProbe {
-    return new LoopStallProbe(opts.now ?? nowUs, opts.maxMs ?? 120_000, opts.causes ?? false);
+  /**
+   * Start probing (stops by itself after maxMs, default 120 s), from `fromUs` (this clock's µs;
+   * default and any instant already past: now); `causes`: see the module comment.
+   */
+  static start(opts: { now?: () => number; maxMs?: number; causes?: boolean; fromUs?: number } = {}): LoopStallProbe {
+    return new LoopStallProbe(opts.now ?? nowUs, opts.maxMs ?? 120_000, opts.causes ?? false, opts.fromUs);
+  }
+
+  /** The window opens: a gap since its start is a stall (the timer fired late), then the ticks. */
+  private open(): void {
+    this.ticking = true;
+    // No run-queue wait for a gap begun before the window: its schedstat was not read then.
+    this.lastWaitNs = undefined;
+    this.tick();
   }
 
   private watchCauses(): void {
@@ -106,7 +141,7 @@ export class LoopStallProbe {
 
   /** The stall still open at `t` (the loop is running its caller: a stall ending then), if any. */
   openAt(t: number): Stall | undefined {
-    return this.timer && t - this.last >= MIN_STALL_US ? { startUnixUs: this.last, endUnixUs: t } : undefined;
+    return this.timer && this.ticking && t - this.last >= MIN_STALL_US ? { startUnixUs: this.last, endUnixUs: t } : undefined;
   }
 
   private arm(): void {
@@ -139,7 +174,7 @@ export class LoopStallProbe {
 
   /** The longest stall overlapping [fromUs, toUs] (the one still open counts up to now), if any. */
   longest(fromUs: number, toUs: number): Stall | undefined {
-    const open = this.timer ? { startUnixUs: this.last, endUnixUs: this.now() } : undefined;
+    const open = this.timer && this.ticking ? { startUnixUs: this.last, endUnixUs: this.now() } : undefined;
     let best: Stall | undefined;
     for (const s of open && open.endUnixUs - open.startUnixUs >= MIN_STALL_US ? [...this.stalls, open] : this.stalls) {
       if (s.endUnixUs <= fromUs || s.startUnixUs >= toUs) continue;

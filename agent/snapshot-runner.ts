@@ -33,7 +33,8 @@
  *             Each VM's cut is traced into its phases: COMMIT (the coordinator's send of the
  *             commit → its receipt here), CUT_AT (the named instant → the cuts began: how late),
  *             DRAIN (the switch's pass while the VM is paused),
- *             LOOP_STALL (the longest stall of this event loop between the receipt and the
+ *             LOOP_STALL (the longest stall of this event loop in the cut window — from
+ *             CUT_RAISE_LEAD_MS before an instant waited for, else from the receipt — to the
  *             VM's resume, loop-stall-probe.ts) and the driver's own (QEMU: QMP round trips
  *             and STOP/RESUME delivery). Nothing on the cut path logs (a log line is a
  *             synchronous write); the commit is logged once every cut has settled. In
@@ -114,7 +115,8 @@ export interface SnapshotRunnerOptions {
 }
 
 /**
- * The loop's side of a VM's cut trace over [fromUs, toUs] (the commit's receipt → the resume):
+ * The loop's side of a VM's cut trace over [fromUs, toUs] (the probe's window: the cut window's
+ * start → the resume):
  * the longest stall (LOOP_STALL), the stall the cut's begin at `beginUs` fell in when it is
  * another (also LOOP_STALL: what made the cut begin late), each with its run-queue wait as
  * LOOP_RUNQ from the stall's start (its length the time the loop's thread waited for a CPU in
@@ -303,14 +305,24 @@ export class SnapshotRunner {
     if (snap.state !== 'precopy') throw new VnsnapError('ERR_STATE', `snapshot ${snap.id} is ${snap.state}; cannot commit`);
     snap.state = 'committing';
     const commit: PhaseTiming = { phase: 'PHASE_COMMIT', startUnixUs: Number(c.sentUnixUs ?? 0) || receivedUs, endUnixUs: receivedUs };
-    const probe = LoopStallProbe.start({ now: this.nowUs, causes: this.o.loopCauses === true });
+    // Background: the commit's cut instant, the VMs run (no port gated) until it, at the priority
+    // below; a job with work before its `stop` (approachCut: tracked memory's rounds) does it
+    // meanwhile, from now. Pre-copy: the same when every job here approaches the instant so;
+    // else the cuts begin now and the driver stops each VM at the instant, after its final
+    // round (cutInstant()).
+    const background = snap.mode === 'background';
+    const instant = cutInstant(Number(c.cutAtUnixUs ?? 0), receivedUs, this.o.maxCutWaitMs);
+    const waitHere = background || (instant !== undefined && snap.vms.length > 0 && snap.vms.every((sv) => sv.job.approachCut));
+    // The loop's stalls are traced over the cut window: from CUT_RAISE_LEAD_MS before an instant
+    // waited for here (the loop is raised then too), else from the receipt (loopSpans).
+    const probeFromUs = waitHere && instant ? Math.max(receivedUs, instant.stopAtUs - CUT_RAISE_LEAD_MS * 1000) : receivedUs;
+    const probe = LoopStallProbe.start({ now: this.nowUs, causes: this.o.loopCauses === true, fromUs: probeFromUs });
     // Background: a raised priority for the agent's part of the pauses (cut-priority.ts), which
     // ends with the last VM's drain (its `migrate` is written in the same turn of the loop, hence
     // setImmediate); then the pause is QEMU's, and the agent reading the streams must not take
     // QEMU's cores. The commit's hold carries on the begin's (raised again if its bound ran
     // out). Precopy cuts run at the agent's own priority (their final round reads the stream at
     // full speed with the VM running).
-    const background = snap.mode === 'background';
     const agentHolds = this.agentWindow(snap);
     const agentRaise = agentHolds ? raiseCutPriority(this.o.cutPriority) : () => undefined;
     // Jobs that take the window themselves (ownCutWindow) have it from right before the instant
@@ -329,20 +341,13 @@ export class SnapshotRunner {
     let results: PromiseSettledResult<VmSnapshot>[];
     let cutAt: PhaseTiming | undefined;
     try {
-      // Background: the commit's cut instant, the VMs run (no port gated) until it, at the priority
-      // above; a job with work before its `stop` (approachCut: tracked memory's rounds) does it
-      // meanwhile, from now. Pre-copy: the same when every job here approaches the instant so;
-      // else the cuts begin now and the driver stops each VM at the instant, after its final
-      // round (cutInstant()).
-      const instant = cutInstant(Number(c.cutAtUnixUs ?? 0), receivedUs, this.o.maxCutWaitMs);
-      const waitHere = background || (instant !== undefined && snap.vms.length > 0 && snap.vms.every((sv) => sv.job.approachCut));
       if (waitHere && instant) for (const sv of snap.vms) sv.job.approachCut?.(instant);
       cutAt = waitHere ? await this.untilCutInstant(snap, Number(c.cutAtUnixUs ?? 0)) : undefined;
       if ((snap.state as SnapState) === 'aborted') throw aborted(snap.id);
       // Every VM's cut begins now, its ports gated together (a VM cut later would find them
       // passed as a bystander's): a job still approaching the instant stops once it is done.
       const shared = cutAt ? [commit, cutAt] : [commit];
-      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, drained, waitHere ? undefined : instant)));
+      results = await Promise.allSettled(snap.vms.map((sv) => this.cutVm(snap, sv, shared, probe, probeFromUs, drained, waitHere ? undefined : instant)));
     } finally {
       normalPriority();
       probe.stop();
@@ -389,7 +394,7 @@ export class SnapshotRunner {
   }
 
   /** The cut of one VM: gate its ports, pause (the driver calls pass), resume; the switch un-gates on failure. */
-  private async cutVm(snap: LocalSnapshot, sv: SnapVm, shared: PhaseTiming[], probe: LoopStallProbe, drained: () => void, instant?: CutInstant): Promise<VmSnapshot> {
+  private async cutVm(snap: LocalSnapshot, sv: SnapVm, shared: PhaseTiming[], probe: LoopStallProbe, probeFromUs: number, drained: () => void, instant?: CutInstant): Promise<VmSnapshot> {
     const names = sv.vm.ports.map((p) => p.name);
     const commit = shared[0] as PhaseTiming;
     const trace: PhaseTiming[] = [...shared];
@@ -404,7 +409,7 @@ export class SnapshotRunner {
         }
       }, instant),
     )) as CutReport;
-    const [from, to] = [Number(commit.endUnixUs), Math.max(report.resumeUnixUs, Number(commit.endUnixUs))];
+    const [from, to] = [probeFromUs, Math.max(report.resumeUnixUs, probeFromUs)];
     trace.push(...loopSpans(probe, from, to, Number((shared[1] ?? commit).endUnixUs)));
     sv.cut = report;
     sv.trace = trace;

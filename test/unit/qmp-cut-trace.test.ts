@@ -118,6 +118,27 @@ describe('event-loop stall probe', () => {
       p.stop();
     }
   });
+  it('a window opening later: nothing before it is seen, and a stall under way at its start counts from the start', async () => {
+    const from = nowUs() + 80_000;
+    const p = LoopStallProbe.start({ fromUs: from });
+    try {
+      blockLoop(20); // before the window
+      assert.equal(p.longest(0, nowUs()), undefined);
+      assert.equal(p.around(nowUs()), undefined);
+      await until('10 ms before the window', () => (nowUs() >= from - 10_000 ? true : undefined), { timeoutMs: 2000, everyMs: 1 });
+      const blockStart = nowUs();
+      blockLoop(40); // across the window's start (unless the machine made us late)
+      const blockEnd = nowUs();
+      await until('the probe ticked after the block', () => ((p.longest(0, blockEnd)?.endUnixUs ?? 0) >= blockEnd ? true : undefined), { timeoutMs: 2000, everyMs: 5 });
+      const s = p.longest(0, blockEnd) as { startUnixUs: number; endUnixUs: number };
+      if (blockStart < from) assert.equal(s.startUnixUs, from, JSON.stringify({ s, from, blockStart }));
+      else assert.ok(s.startUnixUs >= from && s.startUnixUs <= blockStart, JSON.stringify({ s, from, blockStart }));
+      assert.ok(s.endUnixUs >= blockEnd, JSON.stringify({ s, blockEnd }));
+      assert.equal(p.longest(0, from - 1), undefined);
+    } finally {
+      p.stop();
+    }
+  });
   it('with causes: a stall carries its run-queue wait (at most its length), around() finds the stall an instant fell in, and a full collection is listed', async () => {
     v8.setFlagsFromString('--expose-gc');
     const gc = vm.runInNewContext('gc') as () => void;
