@@ -88,6 +88,9 @@ struct send_arena *addon_arena(napi_env env, const char *op);
 #define VNSNAP_DECLARE_ENTRY(js, c) napi_value c(napi_env env, napi_callback_info info);
 VNSNAP_ENTRY_POINTS(VNSNAP_DECLARE_ENTRY)
 
+/* sched.c: a detached thread at SCHED_FIFO `fifo` where permitted, else at the creator's policy; 1 when made. */
+int vn_thread_start(void *(*fn)(void *), void *arg, int fifo, size_t stack_bytes);
+
 /* close(fd)'s duties towards the other files, run before the fd is closed. */
 void poller_fd_closing(addon_t *a, int fd); /* poller.c: stop the pollers on fd */
 void udp_sock_forget(addon_t *a, int fd);   /* udp_sock.c: drop the socket state at fd */

@@ -47,7 +47,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,25 +206,8 @@ static void *lane_main(void *data) {
 /* j on a thread of its own (1), or 0 when none could be made (nothing left behind: the pool's then). */
 static int start_lane(napi_env env, rjob_t *j, napi_value res) {
   if (napi_create_threadsafe_function(env, NULL, NULL, res, 0, 1, NULL, NULL, NULL, lane_settle, &j->tsfn) != napi_ok) return j->tsfn = NULL, 0;
-  pthread_attr_t attr;
-  pthread_t t;
-  int ok = 0;
-  /* With fifo, the thread is created at SCHED_FIFO (it must not wait for a core to raise itself:
-   * inside a pause the cores are QEMU's and the agents' realtime threads'); where that is not
-   * permitted, at the creator's policy (execute() then tries itself). */
-  for (int explicit_fifo = j->fifo > 0; !ok && explicit_fifo >= 0; explicit_fifo--) {
-    if (pthread_attr_init(&attr) != 0) break;
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024); /* read_and_hash's iovecs: ~24 KiB */
-    if (explicit_fifo) {
-      struct sched_param sp = {.sched_priority = j->fifo};
-      pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
-      pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
-      pthread_attr_setschedparam(&attr, &sp);
-    }
-    ok = pthread_create(&t, &attr, lane_main, j) == 0;
-    pthread_attr_destroy(&attr);
-  }
+  /* At SCHED_FIFO when asked (execute() tries itself where the thread could not be made so). */
+  int ok = vn_thread_start(lane_main, j, j->fifo, 256 * 1024); /* read_and_hash's iovecs: ~24 KiB */
   if (ok) return 1;
   napi_release_threadsafe_function(j->tsfn, napi_tsfn_abort);
   j->tsfn = NULL;

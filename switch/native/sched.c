@@ -14,12 +14,18 @@
  * 0.1-3 ms for the same QEMUs stopped unboosted (docs/performance.md, "The vCPUs' exit at a
  * boosted stop"). A system call takes microseconds and runs nothing else.
  *
+ * vn_thread_start (for the addon's own threads: ram_read.c's stopped read, unix_sink.c's reader):
+ * a detached thread created at SCHED_FIFO at `fifo` (1-99) where permitted — it must not wait
+ * for a core to raise itself: inside a VM's pause the cores are QEMU's and the agents' realtime
+ * threads' —, at its creator's policy where not (or when fifo is 0); 1 when a thread was made.
+ *
  * Guarantees: synchronous, allocation-free; a refusal (EPERM without CAP_SYS_NICE, ESRCH for a
  * thread that is gone, EINVAL for a priority the policy does not take) is ERR_NATIVE_IO with the
  * errno's code and nothing changed.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -40,4 +46,24 @@ napi_value SetThreadPolicy(napi_env env, napi_callback_info info) {
     throw_sys(env, op, "sched_setscheduler", errno);
   }
   return NULL;
+}
+
+int vn_thread_start(void *(*fn)(void *), void *arg, int fifo, size_t stack_bytes) {
+  for (int explicit_fifo = fifo > 0; explicit_fifo >= 0; explicit_fifo--) {
+    pthread_attr_t attr;
+    pthread_t t;
+    if (pthread_attr_init(&attr) != 0) return 0;
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, stack_bytes);
+    if (explicit_fifo) {
+      struct sched_param sp = {.sched_priority = fifo};
+      pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
+      pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
+      pthread_attr_setschedparam(&attr, &sp);
+    }
+    int ok = pthread_create(&t, &attr, fn, arg) == 0;
+    pthread_attr_destroy(&attr);
+    if (ok) return 1;
+  }
+  return 0;
 }

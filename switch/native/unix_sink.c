@@ -29,7 +29,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,26 +177,6 @@ static void finalize_sink(napi_env env, void *data, void *hint) {
   free(s);
 }
 
-static int start_thread(sink_t *s) {
-  for (int explicit_fifo = s->fifo > 0; explicit_fifo >= 0; explicit_fifo--) {
-    pthread_attr_t attr;
-    pthread_t t;
-    if (pthread_attr_init(&attr) != 0) return 0;
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 64 * 1024);
-    if (explicit_fifo) {
-      struct sched_param sp = {.sched_priority = s->fifo};
-      pthread_attr_setinheritsched(&attr, PTHREAD_EXPLICIT_SCHED);
-      pthread_attr_setschedpolicy(&attr, SCHED_FIFO);
-      pthread_attr_setschedparam(&attr, &sp);
-    }
-    int ok = pthread_create(&t, &attr, sink_main, s) == 0;
-    pthread_attr_destroy(&attr);
-    if (ok) return 1;
-  }
-  return 0;
-}
-
 napi_value UnixSinkListen(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -239,7 +218,7 @@ napi_value UnixSinkListen(napi_env env, napi_callback_info info) {
     if (s->self_ref) napi_delete_reference(env, s->self_ref), s->self_ref = NULL;
     return throw_io(env, "unixSinkListen: cannot set up the sink"), NULL;
   }
-  if (!start_thread(s)) {
+  if (!vn_thread_start(sink_main, s, s->fifo, 64 * 1024)) {
     napi_release_threadsafe_function(s->tsfn, napi_tsfn_abort);
     close(efd), close(lfd);
     s->lfd = s->efd = -1;
