@@ -15,8 +15,8 @@
  *              cuts them), the stream awaited before the next round.
  *   qemu_device_state  with tracked memory, on the tracked VMs themselves: the QEMU steps of a
  *              tracked cut alone — `stop` and `migrate` with x-ignore-shared (the devices, no RAM)
- *              written back to back, the stream read by a thread of the addon's (as the agent's
- *              sink reads it), `cont` once QEMU completed (contAfterSave, as the agent does) —
+ *              written back to back, the stream read by the agent's own sink (device-state.ts:
+ *              a thread of its own), `cont` once QEMU completed (contAfterSave, as the agent does) —
  *              all VMs at once per round; the pause from QEMU's STOP / RESUME timestamps. No page
  *              read, no frame drained, but none of vnsnap's scheduling either (QEMU's threads and
  *              this process at the default policy, beside the guests' busy vCPUs): what QEMU's
@@ -29,9 +29,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { contAfterSave } from '../../agent/drivers/qemu/device-state';
+import { contAfterSave, DeviceStateSink } from '../../agent/drivers/qemu/device-state';
 import { QmpClient, type QmpEvent } from '../../agent/drivers/qemu/qmp';
-import { nativeIo } from '../../switch/native-io';
 import { E2E_VMS, instanceDir } from '../support/qemu-vne';
 import { sleep } from '../support/wait';
 
@@ -93,7 +92,7 @@ export async function baseline(dir: string): Promise<{ pauses: number[]; seconds
  * A unix socket listening at `sock` that writes the one connection it accepts into `file`;
  * `written` resolves once the sender closed it and every byte is in the file.
  */
-async function socketToFile(sock: string, file: string): Promise<{ written: Promise<void>; close: () => void }> {
+async function socketToFile(sock: string, file: string): Promise<{ written: Promise<unknown>; close: () => void }> {
   fs.rmSync(sock, { force: true });
   let resolveConn!: (s: net.Socket) => void;
   const conn = new Promise<net.Socket>((r) => (resolveConn = r));
@@ -119,19 +118,10 @@ async function socketToFile(sock: string, file: string): Promise<{ written: Prom
 /** What a round of QEMU's own steps does: QEMU's background snapshot, or a tracked cut's device state with the agent's `cont`. */
 type QemuRound = 'bare_qemu' | 'qemu_device_state';
 
-/** A unix socket at `sock` whose one connection the addon reads on a thread of its own (the bytes dropped); `written` resolves at its end. */
-function threadSink(sock: string): { written: Promise<void>; close: () => void } {
-  const io = nativeIo();
-  const [h, bytes] = io.unixSinkListen(sock);
-  const written = bytes.then(() => undefined);
-  written.catch(() => undefined);
-  return {
-    written,
-    close: () => {
-      io.unixSinkClose(h);
-      fs.rmSync(sock, { force: true });
-    },
-  };
+/** The agent's own device-state sink at `sock` (device-state.ts); `written` resolves at its stream's end. */
+async function deviceStateReader(sock: string): Promise<{ written: Promise<unknown>; close: () => void }> {
+  const sink = await DeviceStateSink.listen(sock);
+  return { written: sink.ended, close: () => sink.close() };
 }
 
 /** `rounds` bare QEMU background snapshots of every VM (see the module comment); every VM's pause of every round. */
@@ -155,26 +145,22 @@ async function qemuRounds(dir: string, rounds: number, kind: QemuRound): Promise
           const vm = E2E_VMS[i] as string;
           const file = path.join(dir, `${kind}-${vm}.img`);
           const sock = path.join(dir, `${kind}-${vm}.sock`);
-          // Listening before the stop. The floor's reader is a thread of its own, as the agent's
-          // sink (device-state.ts): a reader on this loop made QEMU's save wait for it.
-          const reader = kind === 'qemu_device_state' ? threadSink(sock) : await socketToFile(sock, file);
+          // Listening before the stop. A tracked cut's device state is read as the agent reads it
+          // (device-state.ts: on a thread of its own; a reader on this loop made QEMU's save wait).
+          const reader = kind === 'qemu_device_state' ? await deviceStateReader(sock) : await socketToFile(sock, file);
           try {
             const stop = q.waitEvent('STOP', undefined, 30_000);
             const resume = q.waitEvent('RESUME', undefined, 60_000);
             const done = q.waitEvent('MIGRATION', (d) => d.status === 'completed' || d.status === 'failed' || d.status === 'cancelled', 300_000);
             const cmds = [q.execute('stop'), q.execute('migrate', { uri: `unix:${sock}` })];
             await Promise.all(cmds);
-            if (kind === 'qemu_device_state') {
-              // The VM stays stopped after the save: resumed as the agent does, once QEMU completed.
-              const end = await done;
-              if (end.data.status !== 'completed') throw new Error(`device state of ${vm}: ${String(end.data.status)}`);
-              await reader.written;
-              await contAfterSave(q, vm);
-            }
-            const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
             const end = await done;
-            if (end.data.status !== 'completed') throw new Error(`bare QEMU background snapshot of ${vm}: ${String(end.data.status)}`);
+            if (end.data.status !== 'completed') throw new Error(`${kind === 'bare_qemu' ? 'bare QEMU background snapshot' : 'device state'} of ${vm}: ${String(end.data.status)}`);
             await reader.written;
+            // QEMU's background snapshot resumes the VM itself; a tracked cut's save leaves it
+            // stopped, resumed as the agent does.
+            if (kind === 'qemu_device_state') await contAfterSave(q, vm);
+            const [s, e] = (await Promise.all([stop, resume])) as [QmpEvent, QmpEvent];
             return (e.timestampUs - s.timestampUs) / 1000;
           } finally {
             reader.close();
