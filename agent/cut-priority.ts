@@ -110,6 +110,11 @@ export function cutRealtimeEnabled(env: NodeJS.ProcessEnv = process.env): boolea
   return env[CUT_REALTIME_ENV] !== '0';
 }
 
+/** STOPPED_READ_FIFO_PRIORITY for work inside a pause (a thread of the addon's), undefined when realtime is off (CUT_REALTIME_ENV=0). */
+export function stoppedReadPriority(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  return cutRealtimeEnabled(env) ? STOPPED_READ_FIFO_PRIORITY : undefined;
+}
+
 function open(o: CutPriorityOptions): Window {
   const now = o.now ?? ((): number => performance.now());
   const schedstat = o.schedstat ?? threadSchedstat;

@@ -6,6 +6,7 @@ import {
   cutPriorityHolds,
   cutPrioritySettled,
   cutRealtimeEnabled,
+  stoppedReadPriority,
   raiseCutPriority,
   STOPPED_READ_FIFO_PRIORITY,
   windowStats,
@@ -135,6 +136,7 @@ describe('agent cut priority (fake chrt)', () => {
     await cutPrioritySettled();
     assert.deepEqual(c.calls, []);
     assert.deepEqual([cutRealtimeEnabled({}), cutRealtimeEnabled({ VNSNAP_AGENT_CUT_REALTIME: '0' }), cutRealtimeEnabled({ VNSNAP_AGENT_CUT_REALTIME: '1' })], [true, false, true]);
+    assert.deepEqual([stoppedReadPriority({}), stoppedReadPriority({ VNSNAP_AGENT_CUT_REALTIME: '0' })], [STOPPED_READ_FIFO_PRIORITY, undefined]);
   });
 
   it('cutprio: windowStats is the window from its first hold to its last release: its length, the time the thread ran and waited in it', async () => {

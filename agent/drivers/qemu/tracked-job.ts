@@ -92,7 +92,7 @@ import { holdStoreWrites } from '../image-stream';
 import { CutQmpTrace } from './cut-qmp-trace';
 import { contAfterSave, DeviceStateSink, ignoreSharedRam, saveDeviceState } from './device-state';
 import { boostPause, pauseBoostEnabled, startChrtShell } from './pause-boost';
-import { cutRealtimeEnabled, STOPPED_READ_FIFO_PRIORITY } from '../../cut-priority';
+import { STOPPED_READ_FIFO_PRIORITY, stoppedReadPriority } from '../../cut-priority';
 import { MiB, type QemuOptions, type QemuVm } from './process';
 import type { QmpEvent } from './qmp';
 import { blockRuns, type RamWriteTracker, type WrittenRuns } from './ram-track';
@@ -217,7 +217,7 @@ export class TrackedJob extends QemuVmJob {
         await ignoreSharedRam(this.q, this.vm);
         await this.disk.prepare();
         // Its reader at the stopped round's read's level: both are inside the pause.
-        this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`, cutRealtimeEnabled() ? { fifoPriority: STOPPED_READ_FIFO_PRIORITY } : {});
+        this.sink = await DeviceStateSink.listen(`${this.vmObj.files.dir}/dev${this.vmObj.snapSerial}.sock`, { fifoPriority: stoppedReadPriority() });
         this.mark('prepared');
       })(),
       (async () => {
@@ -474,7 +474,7 @@ export class TrackedJob extends QemuVmJob {
         // this agent's or the other's, which a thread of equal FIFO priority does not preempt.
         // Its blocks are hashed after the resume (finish()).
         await stopped;
-        final = await this.readRound(true, cutRealtimeEnabled() ? STOPPED_READ_FIFO_PRIORITY : undefined);
+        final = await this.readRound(true, stoppedReadPriority());
         this.mark('read');
         await Promise.all([hook, disk]);
         this.mark('hook');
